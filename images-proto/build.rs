@@ -1,0 +1,232 @@
+//! Build step: parse our `.proto` files (pure Rust parser, no protoc) and
+//! generate two things from the one set of descriptors:
+//!
+//! * `criu.rs`: prost message types, the typed API the engine uses;
+//! * `schema.rs`: static descriptor tables (field numbers, types, labels,
+//!   `(criu)` rendering options) that drive the generic codec behind crit's
+//!   JSON, so decode -> JSON -> encode needs no per-message code.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use protobuf::descriptor::field_descriptor_proto::{Label, Type};
+use protobuf::descriptor::{DescriptorProto, EnumDescriptorProto, FileDescriptorProto};
+use protobuf::Message as _;
+
+const CRIU_OPTS_EXTENSION: u32 = 1018;
+
+fn main() {
+    let proto_dir = PathBuf::from("proto");
+    println!("cargo:rerun-if-changed=proto");
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&proto_dir)
+        .expect("read proto/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "proto"))
+        .collect();
+    inputs.sort();
+    for p in &inputs {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+
+    let parsed = protobuf_parse::Parser::new()
+        .pure()
+        .include(&proto_dir)
+        .inputs(&inputs)
+        .parse_and_typecheck()
+        .expect("parse .proto files");
+
+    let ours: Vec<FileDescriptorProto> = parsed
+        .file_descriptors
+        .into_iter()
+        .filter(|f| !f.name().starts_with("google/"))
+        .collect();
+
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    gen_prost(&ours, &out);
+    gen_schema(&ours, &out.join("schema.rs"));
+}
+
+fn gen_prost(files: &[FileDescriptorProto], out: &Path) {
+    // Convert rust-protobuf descriptors to prost-types through their wire form.
+    let mut set = protobuf::descriptor::FileDescriptorSet::new();
+    set.file = files.to_vec();
+    let bytes = set.write_to_bytes().expect("encode descriptor set");
+    let fds = <prost_types::FileDescriptorSet as prost::Message>::decode(bytes.as_slice())
+        .expect("decode descriptor set");
+    let mut cfg = prost_build::Config::new();
+    cfg.out_dir(out);
+    cfg.compile_fds(fds).expect("prost-build");
+}
+
+#[derive(Default, Debug)]
+struct Opts {
+    hex: bool,
+    ipadd: bool,
+    flags: Option<String>,
+    dev: bool,
+    odev: bool,
+    dict: Option<String>,
+    conv: Option<String>,
+}
+
+fn read_varint(b: &[u8], i: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = b[*i];
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+fn parse_opts(b: &[u8]) -> Opts {
+    let mut o = Opts::default();
+    let mut i = 0;
+    while i < b.len() {
+        let key = read_varint(b, &mut i);
+        let (num, wt) = (key >> 3, key & 7);
+        match wt {
+            0 => {
+                let v = read_varint(b, &mut i) != 0;
+                match num {
+                    1 => o.hex = v,
+                    2 => o.ipadd = v,
+                    4 => o.dev = v,
+                    5 => o.odev = v,
+                    _ => panic!("unknown criu bool option {num}"),
+                }
+            }
+            2 => {
+                let len = read_varint(b, &mut i) as usize;
+                let s = String::from_utf8(b[i..i + len].to_vec()).expect("utf8 option");
+                i += len;
+                match num {
+                    3 => o.flags = Some(s),
+                    6 => o.dict = Some(s),
+                    7 => o.conv = Some(s),
+                    _ => panic!("unknown criu string option {num}"),
+                }
+            }
+            _ => panic!("bad wire type in criu options"),
+        }
+    }
+    o
+}
+
+fn ident(full: &str) -> String {
+    // ".a.b_c" -> "A__B_C"
+    full.trim_start_matches('.').replace('.', "__").to_uppercase()
+}
+
+struct Collector {
+    msgs: BTreeMap<String, DescriptorProto>,
+    enums: BTreeMap<String, EnumDescriptorProto>,
+}
+
+impl Collector {
+    fn add_msg(&mut self, prefix: &str, m: &DescriptorProto) {
+        let full = format!("{prefix}.{}", m.name());
+        for n in &m.nested_type {
+            self.add_msg(&full, n);
+        }
+        for e in &m.enum_type {
+            self.enums.insert(format!("{full}.{}", e.name()), e.clone());
+        }
+        self.msgs.insert(full, m.clone());
+    }
+}
+
+fn gen_schema(files: &[FileDescriptorProto], path: &Path) {
+    let mut c = Collector { msgs: BTreeMap::new(), enums: BTreeMap::new() };
+    for f in files {
+        let prefix = if f.package().is_empty() { String::new() } else { format!(".{}", f.package()) };
+        for m in &f.message_type {
+            c.add_msg(&prefix, m);
+        }
+        for e in &f.enum_type {
+            c.enums.insert(format!("{prefix}.{}", e.name()), e.clone());
+        }
+    }
+
+    let mut s = String::new();
+    s.push_str("// Generated by build.rs from proto/*.proto. Do not edit.\n");
+    for (full, e) in &c.enums {
+        let _ = writeln!(s, "pub static E_{}: EnumDesc = EnumDesc {{ name: {:?}, values: &[", ident(full), full.trim_start_matches('.'));
+        for v in &e.value {
+            let _ = writeln!(s, "    ({:?}, {}),", v.name(), v.number());
+        }
+        s.push_str("] };\n");
+    }
+    for (full, m) in &c.msgs {
+        let mut fields: Vec<_> = m.field.iter().collect();
+        fields.sort_by_key(|f| f.number());
+        let _ = writeln!(s, "pub static M_{}: MsgDesc = MsgDesc {{ name: {:?}, fields: &[", ident(full), full.trim_start_matches('.'));
+        for f in fields {
+            let ty = match f.type_() {
+                Type::TYPE_DOUBLE => "FieldType::Double".to_string(),
+                Type::TYPE_FLOAT => "FieldType::Float".to_string(),
+                Type::TYPE_INT64 => "FieldType::Int64".to_string(),
+                Type::TYPE_UINT64 => "FieldType::Uint64".to_string(),
+                Type::TYPE_INT32 => "FieldType::Int32".to_string(),
+                Type::TYPE_FIXED64 => "FieldType::Fixed64".to_string(),
+                Type::TYPE_FIXED32 => "FieldType::Fixed32".to_string(),
+                Type::TYPE_BOOL => "FieldType::Bool".to_string(),
+                Type::TYPE_STRING => "FieldType::String".to_string(),
+                Type::TYPE_BYTES => "FieldType::Bytes".to_string(),
+                Type::TYPE_UINT32 => "FieldType::Uint32".to_string(),
+                Type::TYPE_SFIXED32 => "FieldType::Sfixed32".to_string(),
+                Type::TYPE_SFIXED64 => "FieldType::Sfixed64".to_string(),
+                Type::TYPE_SINT32 => "FieldType::Sint32".to_string(),
+                Type::TYPE_SINT64 => "FieldType::Sint64".to_string(),
+                Type::TYPE_ENUM => format!("FieldType::Enum(&E_{})", ident(f.type_name())),
+                Type::TYPE_MESSAGE => format!("FieldType::Message(&M_{})", ident(f.type_name())),
+                Type::TYPE_GROUP => panic!("groups are not supported ({full}.{})", f.name()),
+            };
+            let label = match f.label() {
+                Label::LABEL_OPTIONAL => "Label::Optional",
+                Label::LABEL_REQUIRED => "Label::Required",
+                Label::LABEL_REPEATED => "Label::Repeated",
+            };
+            let mut packed = false;
+            let mut opts = Opts::default();
+            if let Some(o) = f.options.as_ref() {
+                packed = o.packed();
+                if let Some(fields) = o.special_fields.unknown_fields().get(CRIU_OPTS_EXTENSION) {
+                    if let protobuf::UnknownValueRef::LengthDelimited(b) = fields {
+                        opts = parse_opts(b);
+                    }
+                }
+            }
+            let ostr = |o: &Option<String>| match o {
+                Some(v) => format!("Some({v:?})"),
+                None => "None".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "    FieldDesc {{ name: {:?}, number: {}, ty: {ty}, label: {label}, packed: {packed}, opts: CriuOpts {{ hex: {}, ipadd: {}, flags: {}, dev: {}, odev: {}, dict: {}, conv: {} }} }},",
+                f.name(),
+                f.number(),
+                opts.hex,
+                opts.ipadd,
+                ostr(&opts.flags),
+                opts.dev,
+                opts.odev,
+                ostr(&opts.dict),
+                ostr(&opts.conv),
+            );
+        }
+        s.push_str("] };\n");
+    }
+    s.push_str("/// Look a message up by its full protobuf name (no leading dot).\n");
+    s.push_str("pub fn message_by_name(name: &str) -> Option<&'static MsgDesc> {\n    match name {\n");
+    for full in c.msgs.keys() {
+        let _ = writeln!(s, "        {:?} => Some(&M_{}),", full.trim_start_matches('.'), ident(full));
+    }
+    s.push_str("        _ => None,\n    }\n}\n");
+    std::fs::write(path, s).expect("write schema.rs");
+}

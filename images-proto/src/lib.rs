@@ -1,0 +1,3 @@
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
