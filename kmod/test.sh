@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# End-to-end test of vma_cherrypick.ko, from nothing:
+#
+#   1. apt-get download Debian bookworm's kernel image + headers + kbuild
+#      (.debs cached in $DEBS) and unpack them with dpkg-deb (nothing is
+#      installed, nothing goes to /boot)
+#   2. build kmod/src/vma_cherrypick.ko against those headers
+#   3. build the static guest programs in kmod/test/
+#   4. pack busybox-static + module + programs into an initramfs whose /init
+#      insmods, runs the tests and the benchmark, rmmods, prints a marker,
+#      and powers off
+#   5. boot that kernel under qemu-system-x86_64 (TCG) under `timeout`, with
+#      oops=panic panic=-1 -no-reboot: an oops ends the VM without a marker.
+#
+# Exit status: 0 PASS, 1 FAIL (a test failed, oops, no marker, timeout),
+# 2 setup error. Prints `N passed, M failed` (from the guest).
+#
+# Usage: kmod/test.sh [--install-deps] [--accel tcg|kvm|auto] [--timeout SECS]
+#                     [--no-bench] [--mem MB]
+# Env:   KVER (default: what linux-image-amd64 depends on, else 6.1.0-56-amd64),
+#        WORK (build dir, default kmod/build), DEBS (.deb cache, default $WORK/debs)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ACCEL=tcg
+BOOT_TIMEOUT=600
+INSTALL_DEPS=0
+BENCH=1
+MEM=3072
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--accel) ACCEL="$2"; shift 2 ;;
+	--timeout) BOOT_TIMEOUT="$2"; shift 2 ;;
+	--install-deps) INSTALL_DEPS=1; shift ;;
+	--no-bench) BENCH=0; shift ;;
+	--mem) MEM="$2"; shift 2 ;;
+	*) echo "unknown argument: $1" >&2; exit 2 ;;
+	esac
+done
+
+WORK="${WORK:-$HERE/build}"
+DEBS="${DEBS:-$WORK/debs}"
+mkdir -p "$WORK" "$DEBS"
+log() { printf '[kmod-test %s] %s\n' "$(date +%T)" "$*"; }
+die() { log "SETUP ERROR: $*"; exit 2; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+T_ALL=$(now)
+
+# ---------------------------------------------------------------- host deps
+if [ "$INSTALL_DEPS" = 1 ]; then
+	log "installing host packages"
+	export DEBIAN_FRONTEND=noninteractive
+	{ apt-get update -q && apt-get install -y -q --no-install-recommends \
+		qemu-system-x86 busybox-static cpio kmod gcc-12 make libelf1 libssl3 binutils libc6-dev; } \
+		>"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log"; die "apt-get install failed"; }
+fi
+for t in qemu-system-x86_64 cpio gzip gcc gcc-12 make dpkg-deb timeout readelf; do
+	command -v "$t" >/dev/null || die "missing tool: $t (try --install-deps)"
+done
+BUSYBOX=/bin/busybox
+[ -x "$BUSYBOX" ] || die "no $BUSYBOX (install busybox-static, or --install-deps)"
+[ "$(readelf -l "$BUSYBOX" 2>/dev/null | grep -c 'program interpreter' || true)" = 0 ] \
+	|| die "$BUSYBOX is dynamically linked (install busybox-static, not busybox)"
+
+if [ -z "${KVER:-}" ]; then
+	KVER="$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/.*Depends: linux-image-\(6\.1\..*-amd64\)$/\1/p' | head -1 || true)"
+	if [ -z "$KVER" ]; then
+		# No apt metadata: use whatever kernel is already unpacked or cached.
+		KVER="$(ls -d "$WORK"/kroot-6.1.*-amd64 2>/dev/null | sed 's#.*/kroot-##' | tail -1 || true)"
+	fi
+	[ -n "$KVER" ] || die "cannot determine KVER (run apt-get update, or set KVER=6.1.0-NN-amd64)"
+fi
+log "kernel $KVER, work dir $WORK, accel=$ACCEL"
+
+# ---------------------------------------------------------------- kernel + headers
+KROOT="$WORK/kroot-$KVER"
+KBUILD_DIR="$KROOT/usr/src/linux-headers-$KVER"
+VMLINUZ="$KROOT/boot/vmlinuz-$KVER"
+if [ ! -f "$VMLINUZ" ] || [ ! -f "$KBUILD_DIR/Module.symvers" ]; then
+	t0=$(now)
+	common="${KVER%-amd64}-common"
+	kbuild_pkg="linux-kbuild-$(echo "$KVER" | cut -d. -f1,2)"
+	for p in "linux-image-$KVER" "linux-headers-$KVER" "linux-headers-$common" "$kbuild_pkg"; do
+		ls "$DEBS/${p}_"*.deb >/dev/null 2>&1 && continue
+		log "apt-get download $p"
+		(cd "$DEBS" && apt-get download "$p" >/dev/null 2>&1) \
+			|| die "apt-get download $p failed (apt-get update first?)"
+	done
+	rm -rf "$KROOT"; mkdir -p "$KROOT"
+	# Only the bzImage from the image package: the guest loads no other module.
+	dpkg-deb --fsys-tarfile "$(ls "$DEBS/linux-image-${KVER}_"*.deb | tail -1)" \
+		| tar -x -C "$KROOT" "./boot/vmlinuz-$KVER"
+	for p in "linux-headers-$KVER" "linux-headers-$common" "$kbuild_pkg"; do
+		dpkg-deb -x "$(ls "$DEBS/${p}_"*.deb | tail -1)" "$KROOT"
+	done
+	log "extracted kernel+headers in $(elapsed "$t0")s"
+fi
+[ -f "$VMLINUZ" ] || die "no $VMLINUZ"
+# The arch headers Makefile includes the common one by absolute /usr/src path:
+# point it into $KROOT (idempotent, survives moving $WORK).
+sed -i "s#^include .*/usr/src/linux-headers-#include $KROOT/usr/src/linux-headers-#" "$KBUILD_DIR/Makefile"
+
+# ---------------------------------------------------------------- module
+MODDIR="$WORK/mod"
+rm -rf "$MODDIR"; mkdir -p "$MODDIR"
+cp "$HERE/src/vma_cherrypick.c" "$HERE/src/vma_cherrypick.h" "$HERE/src/Kbuild" "$MODDIR/"
+t0=$(now)
+make -C "$KBUILD_DIR" M="$MODDIR" modules >"$WORK/module-build.log" 2>&1 \
+	|| { cat "$WORK/module-build.log"; log "FAIL: module build"; echo "0 passed, 1 failed"; exit 1; }
+T_MOD=$(elapsed "$t0")
+if grep -Ei 'warning|error' "$WORK/module-build.log" | grep -v 'Skipping BTF generation'; then
+	log "(compiler warnings above)"
+fi
+log "module built in ${T_MOD}s"
+
+# ---------------------------------------------------------------- guest programs
+t0=$(now)
+for prog in cp_test cp_bench; do
+	gcc -static -O2 -Wall -Wextra -Werror -pthread -I"$HERE/src" -o "$WORK/$prog" \
+		"$HERE/test/$prog.c" "$HERE/test/cp_util.c" \
+		|| { log "FAIL: building $prog"; echo "0 passed, 1 failed"; exit 1; }
+done
+T_TEST=$(elapsed "$t0")
+
+# ---------------------------------------------------------------- initramfs
+t0=$(now)
+IRD="$WORK/initramfs"
+rm -rf "$IRD"; mkdir -p "$IRD"/{bin,sbin,proc,sys,dev,tmp}
+cp "$BUSYBOX" "$IRD/bin/busybox"
+for a in $("$BUSYBOX" --list); do
+	[ -e "$IRD/bin/$a" ] || ln -s busybox "$IRD/bin/$a"
+done
+cp "$MODDIR/vma_cherrypick.ko" "$WORK/cp_test" "$WORK/cp_bench" "$IRD/"
+cat >"$IRD/init" <<EOF
+#!/bin/busybox sh
+export PATH=/bin
+BENCH=$BENCH
+EOF
+cat >>"$IRD/init" <<'EOF'
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+result() { echo "KMODTEST-RESULT: $1"; sync; poweroff -f; sleep 10; }
+echo "KMODTEST: guest up, kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpu(s), $(sed -n 's/MemTotal: *//p' /proc/meminfo), uptime $(cut -d' ' -f1 /proc/uptime)s"
+echo 8 >/proc/sys/vm/nr_hugepages
+/cp_test --no-module
+rc0=$?
+if ! insmod /vma_cherrypick.ko; then
+	dmesg | tail -20
+	result "FAIL (insmod)"
+fi
+i=0
+while [ ! -c /dev/vma_cherrypick ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+/cp_test
+rc=$?
+[ $rc0 -eq 0 ] || rc=$((rc + 100))
+if [ "$BENCH" = 1 ]; then
+	/cp_bench || rc=$((rc + 1000))
+fi
+rmmod vma_cherrypick || rc=$((rc + 10000))
+dmesg | grep -E 'vma_cherrypick|BUG|Oops|WARNING|bad rss|Bad page' | tail -20
+echo "KMODTEST: tainted=$(cat /proc/sys/kernel/tainted) test_rc=$rc uptime $(cut -d' ' -f1 /proc/uptime)s"
+if [ $rc -eq 0 ]; then result PASS; else result "FAIL (rc=$rc)"; fi
+EOF
+chmod +x "$IRD/init"
+(cd "$IRD" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 >"$WORK/initramfs.cpio.gz")
+T_IRD=$(elapsed "$t0")
+log "guest programs built in ${T_TEST}s, initramfs ($(du -h "$WORK/initramfs.cpio.gz" | cut -f1)) in ${T_IRD}s"
+
+# ---------------------------------------------------------------- boot
+# /dev/kvm here is a PVM that does not boot stock kernels: TCG by default.
+case "$ACCEL" in
+auto) if [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; then ACCEL=kvm; else ACCEL=tcg; fi ;;
+kvm|tcg) ;;
+*) die "bad --accel $ACCEL" ;;
+esac
+QEMU_ACCEL=(-accel "$ACCEL")
+[ "$ACCEL" = tcg ] && QEMU_ACCEL=(-accel tcg,thread=multi)
+SMP="${SMP:-2}"
+
+SERIAL_LOG="$WORK/serial-$ACCEL.log"
+KAPPEND="${KAPPEND:-console=ttyS0 panic=-1 oops=panic loglevel=5}"
+log "booting with $ACCEL, ${MEM} MiB, $SMP cpus (timeout ${BOOT_TIMEOUT}s), serial log: $SERIAL_LOG"
+t0=$(now)
+set +e
+timeout --kill-after=10 "$BOOT_TIMEOUT" qemu-system-x86_64 "${QEMU_ACCEL[@]}" \
+	-m "$MEM" -smp "$SMP" -nographic -no-reboot -nodefaults -serial stdio -monitor none \
+	-kernel "$VMLINUZ" -initrd "$WORK/initramfs.cpio.gz" \
+	-append "$KAPPEND" </dev/null >"$SERIAL_LOG" 2>&1
+qrc=$?
+set -e
+T_BOOT=$(elapsed "$t0")
+tr -d '\r' <"$SERIAL_LOG" | grep -v '^$' | sed 's/^/  | /'
+
+SUMMARY="$(tr -d '\r' <"$SERIAL_LOG" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1 || true)"
+RESULT="$(tr -d '\r' <"$SERIAL_LOG" | sed -n 's/^KMODTEST-RESULT: //p' | tail -1)"
+log "timings: module build ${T_MOD}s, boot+tests+poweroff (${ACCEL}) ${T_BOOT}s, total $(elapsed "$T_ALL")s, qemu rc=$qrc"
+if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+	log "FAIL: qemu timed out after ${BOOT_TIMEOUT}s"
+	echo "${SUMMARY:-0 passed, 1 failed}"
+	exit 1
+fi
+if [ "$RESULT" = PASS ] && [ -n "$SUMMARY" ] && echo "$SUMMARY" | grep -q ' 0 failed$'; then
+	echo "$SUMMARY"
+	log "PASS"
+	exit 0
+fi
+if tr -d '\r' <"$SERIAL_LOG" | grep -qE 'Oops|BUG:|Kernel panic'; then
+	log "FAIL: kernel oops/panic in the guest (see above)"
+fi
+log "FAIL: ${RESULT:-no result marker in serial output}"
+echo "${SUMMARY:-0 passed, 1 failed}"
+exit 1

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Guest benchmark: taking a populated anonymous VMA of 256 MiB and 1 GiB
+ *   - with /dev/vma_cherrypick (one ioctl),
+ *   - with fork() of a process owning it (the time fork() takes to return),
+ *   - by copying it out of the stopped source with process_vm_readv into a
+ *     fresh mapping at the same address (page faults + copy).
+ * Best of REPS runs each; prints BENCH lines with ratios. Exit 0 unless a
+ * step fails.
+ */
+#include "cp_util.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define A 0x300000000000ULL
+#define REPS 3
+
+struct arg {
+	size_t len;
+};
+
+static void populate(uint64_t addr, size_t len)
+{
+	for (size_t off = 0; off < len; off += PAGE)
+		*(volatile uint64_t *)(addr + off) = off ^ 0x5a5a5a5a;
+}
+
+static void setup(void *p)
+{
+	struct arg *a = p;
+
+	if (mmap((void *)A, a->len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != (void *)A)
+		_exit(91);
+	populate(A, a->len);
+}
+
+static double min_of(double *v, int n)
+{
+	double m = v[0];
+
+	for (int i = 1; i < n; i++)
+		if (v[i] < m)
+			m = v[i];
+	return m;
+}
+
+static int bench(int dev, size_t mib)
+{
+	size_t len = mib << 20;
+	struct arg arg = { len };
+	double pick[REPS], unmap[REPS], cow[REPS], frk[REPS], readv[REPS];
+	struct src s;
+	int r;
+
+	if (src_start(&s, setup, &arg)) {
+		printf("bench: cannot start a %zu MiB source\n", mib);
+		return 1;
+	}
+	for (int i = 0; i < REPS; i++) {
+		double t0 = now_us();
+
+		r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+		double t1 = now_us();
+		if (r) {
+			printf("bench: pick failed: %d\n", r);
+			src_kill(&s);
+			return 1;
+		}
+		pick[i] = t1 - t0;
+		if (i == 0) {
+			/* write one word per page: every page takes its COW fault */
+			double c0 = now_us();
+			for (size_t off = 0; off < len; off += PAGE)
+				*(volatile uint64_t *)(A + off) = 1;
+			cow[0] = now_us() - c0;
+			if (*(volatile uint64_t *)(A + PAGE) != 1)
+				return 1;
+		}
+		double u0 = now_us();
+		munmap((void *)A, len);
+		unmap[i] = now_us() - u0;
+	}
+	for (int i = 0; i < REPS; i++) {
+		double t0 = now_us();
+		void *p = mmap((void *)A, len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		struct iovec l = { p, len }, rr = { (void *)A, len };
+		ssize_t n = process_vm_readv(s.pid, &l, 1, &rr, 1, 0);
+		double t1 = now_us();
+
+		if (p != (void *)A || n != (ssize_t)len) {
+			printf("bench: process_vm_readv: %zd %s\n", n, strerror(errno));
+			src_kill(&s);
+			return 1;
+		}
+		readv[i] = t1 - t0;
+		munmap(p, len);
+	}
+	src_kill(&s);
+
+	setup(&arg);	/* now this process owns the VMA: fork it */
+	for (int i = 0; i < REPS; i++) {
+		double t0 = now_us();
+		pid_t p = fork();
+
+		if (p == 0)
+			_exit(0);
+		double t1 = now_us();
+		waitpid(p, NULL, 0);
+		frk[i] = t1 - t0;
+	}
+	munmap((void *)A, len);
+
+	double P = min_of(pick, REPS), F = min_of(frk, REPS), R = min_of(readv, REPS);
+	printf("BENCH size=%zuMiB pick_ms=%.2f fork_ms=%.2f readv_ms=%.2f "
+	       "fork/pick=%.2f readv/pick=%.1f munmap_after_pick_ms=%.2f cow_all_pages_ms=%.1f\n",
+	       mib, P / 1e3, F / 1e3, R / 1e3, F / P, R / P, min_of(unmap, REPS) / 1e3, cow[0] / 1e3);
+	return 0;
+}
+
+int main(void)
+{
+	int dev = cp_open(), rc = 0;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (dev < 0) {
+		printf("bench: no %s\n", VMA_CP_DEVICE);
+		return 1;
+	}
+	printf("# benchmark (best of %d; TCG: absolute times are slow, compare ratios)\n", REPS);
+	rc |= bench(dev, 256);
+	rc |= bench(dev, 1024);
+	return rc;
+}
