@@ -196,10 +196,18 @@ fn gen_schema(files: &[FileDescriptorProto], path: &Path) {
             let mut opts = Opts::default();
             if let Some(o) = f.options.as_ref() {
                 packed = o.packed();
-                if let Some(fields) = o.special_fields.unknown_fields().get(CRIU_OPTS_EXTENSION) {
-                    if let protobuf::UnknownValueRef::LengthDelimited(b) = fields {
-                        opts = parse_opts(b);
+                // `[(criu).dev = true, (criu).odev = true]` gives one record
+                // per option: merge them all.
+                let mut merged = Vec::new();
+                for (num, v) in o.special_fields.unknown_fields().iter() {
+                    if num == CRIU_OPTS_EXTENSION {
+                        if let protobuf::UnknownValueRef::LengthDelimited(b) = v {
+                            merged.extend_from_slice(b);
+                        }
                     }
+                }
+                if !merged.is_empty() {
+                    opts = parse_opts(&merged);
                 }
             }
             let ostr = |o: &Option<String>| match o {
