@@ -1,0 +1,290 @@
+//! Dump/restore benchmark: our `criu` against limits measured in the same run.
+//!
+//! For each size (MiB of patterned anonymous memory) and thread count it
+//! starts `tools/bench/memhog.c` as pid 1 of a new pid namespace, times
+//! `criu dump`, drops the page cache, times `criu restore -d`, then checks
+//! the restored program ticks `ok`. Baselines measured first in the same
+//! run: memcpy of the same size, and writing it to a file in the image
+//! directory's file system. Prints a markdown table for docs/PERFORMANCE.md.
+//!
+//! `cr-bench [--criu PATH] [--sizes 64,256,1024,4096] [--threads 1,16] [--dir DIR] [--runs N]`
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    criu: PathBuf,
+    sizes: Vec<usize>,
+    threads: Vec<usize>,
+    dir: PathBuf,
+    runs: usize,
+}
+
+fn parse_list(s: &str) -> Vec<usize> {
+    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+fn opts() -> Opts {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut o = Opts {
+        criu: root.join("target/release/criu"),
+        sizes: vec![64, 256, 1024, 4096],
+        threads: vec![1, 16],
+        dir: PathBuf::from("/tmp/cr-bench"),
+        runs: 1,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--criu" => o.criu = PathBuf::from(v),
+            "--sizes" => o.sizes = parse_list(&v),
+            "--threads" => o.threads = parse_list(&v),
+            "--dir" => o.dir = PathBuf::from(v),
+            "--runs" => o.runs = v.parse().unwrap_or(1),
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => {
+                eprintln!("unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn gbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn memcpy_baseline(bytes: usize) -> Duration {
+    let src = vec![0x5au8; bytes];
+    let mut dst = vec![0u8; bytes];
+    // Touch the destination first so the copy is not measuring page faults.
+    dst.iter_mut().step_by(4096).for_each(|b| *b = 1);
+    let t = Instant::now();
+    dst.copy_from_slice(&src);
+    let d = t.elapsed();
+    std::hint::black_box(&dst);
+    d
+}
+
+fn write_baseline(dir: &Path, bytes: usize) -> Duration {
+    let path = dir.join("write-baseline");
+    let buf = vec![0xa5u8; 1 << 20];
+    let t = Instant::now();
+    let mut f = fs::File::create(&path).expect("create baseline file");
+    for _ in 0..bytes >> 20 {
+        f.write_all(&buf).expect("write baseline");
+    }
+    drop(f);
+    let d = t.elapsed();
+    let _ = fs::remove_file(&path);
+    d
+}
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn build_memhog(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/memhog.c");
+    let out = dir.join("memhog");
+    let st = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-lpthread")
+        .status()
+        .expect("run gcc");
+    assert!(st.success(), "gcc failed on {}", src.display());
+    out
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Host pid of the namespace's init started by `unshare --pid --fork`.
+fn ns_init_pid(unshare_pid: u32) -> Option<i32> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Ok(s) = fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children")) {
+            if let Some(p) = s.split_whitespace().next().and_then(|x| x.parse().ok()) {
+                return Some(p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+fn ok_ticks(log: &Path) -> (usize, bool) {
+    let s = fs::read_to_string(log).unwrap_or_default();
+    (s.lines().filter(|l| l.ends_with(" ok")).count(), s.contains("FAIL"))
+}
+
+struct Row {
+    mib: usize,
+    threads: usize,
+    dump: Option<Duration>,
+    restore: Option<Duration>,
+    note: String,
+}
+
+fn kill_tree(pid: i32) {
+    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+}
+
+fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
+    let mut row = Row { mib, threads, dump: None, restore: None, note: String::new() };
+    let work = o.dir.join(format!("w-{mib}-{threads}"));
+    let imgs = o.dir.join(format!("img-{mib}-{threads}"));
+    let _ = fs::remove_dir_all(&work);
+    let _ = fs::remove_dir_all(&imgs);
+    fs::create_dir_all(&work).expect("work dir");
+    fs::create_dir_all(&imgs).expect("image dir");
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "setsid"])
+        .arg(memhog)
+        .arg(mib.to_string())
+        .arg(threads.to_string())
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn memhog");
+    if !wait_for(&work.join("ready"), Duration::from_secs(120)) {
+        row.note = "workload never got ready".into();
+        let _ = child.kill();
+        return row;
+    }
+    let Some(pid) = ns_init_pid(child.id()) else {
+        row.note = "no namespace init".into();
+        let _ = child.kill();
+        return row;
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let st = Command::new(&o.criu)
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(&imgs)
+        .args(["-o", "dump.log"])
+        .status();
+    let dump_time = t.elapsed();
+    let _ = child.wait();
+    match st {
+        Ok(s) if s.success() => row.dump = Some(dump_time),
+        Ok(s) => {
+            row.note = format!("dump failed ({s}), see {}", imgs.join("dump.log").display());
+            kill_tree(pid);
+            return row;
+        }
+        Err(e) => {
+            row.note = format!("cannot run {}: {e}", o.criu.display());
+            kill_tree(pid);
+            return row;
+        }
+    }
+    let (before, _) = ok_ticks(&work.join("progress.log"));
+    drop_caches();
+    let pidfile = o.dir.join(format!("restored-{mib}-{threads}.pid"));
+    let _ = fs::remove_file(&pidfile);
+    let t = Instant::now();
+    let st = Command::new(&o.criu)
+        .args(["restore", "-d", "-D"])
+        .arg(&imgs)
+        .args(["-o", "restore.log", "--pidfile"])
+        .arg(&pidfile)
+        .status();
+    let restore_time = t.elapsed();
+    match st {
+        Ok(s) if s.success() => row.restore = Some(restore_time),
+        Ok(s) => {
+            row.note = format!("restore failed ({s}), see {}", imgs.join("restore.log").display());
+            return row;
+        }
+        Err(e) => {
+            row.note = format!("cannot run criu: {e}");
+            return row;
+        }
+    }
+    // The restored program must go on ticking.
+    let t = Instant::now();
+    let mut verdict = "restored program did not tick".to_string();
+    while t.elapsed() < Duration::from_secs(10) {
+        let (n, fail) = ok_ticks(&work.join("progress.log"));
+        if fail {
+            verdict = "restored program wrote FAIL".into();
+            break;
+        }
+        if n > before + 2 {
+            verdict = String::new();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    row.note = verdict;
+    if let Some(p) = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        kill_tree(p);
+    }
+    let _ = fs::remove_dir_all(&imgs);
+    row
+}
+
+fn main() {
+    let o = opts();
+    fs::create_dir_all(&o.dir).expect("bench dir");
+    let memhog = build_memhog(&o.dir);
+    println!("# cr-bench: criu = {}", o.criu.display());
+    println!();
+    println!("| MiB | threads | memcpy GB/s | write GB/s | dump s | dump GB/s | dump/memcpy | restore s | restore GB/s | vs upstream dump (1 s/GiB) | vs upstream restore (0.5 s/GiB) | note |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &mib in &o.sizes {
+        let bytes = mib << 20;
+        let mc = memcpy_baseline(bytes);
+        let wr = write_baseline(&o.dir, bytes);
+        for &threads in &o.threads {
+            for _ in 0..o.runs {
+                let r = one(&o, &memhog, mib, threads);
+                let gib = mib as f64 / 1024.0;
+                let f = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3}", d.as_secs_f64()));
+                let rate = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2}", gbps(bytes, d)));
+                let up_dump = r.dump.map_or("-".into(), |d| format!("{:.1}x faster", gib * 1.0 / d.as_secs_f64()));
+                let up_rest = r.restore.map_or("-".into(), |d| format!("{:.1}x faster", gib * 0.5 / d.as_secs_f64()));
+                let ratio = r.dump.map_or("-".into(), |d| format!("{:.2}", gbps(bytes, d) / gbps(bytes, mc)));
+                println!(
+                    "| {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.mib,
+                    r.threads,
+                    gbps(bytes, mc),
+                    gbps(bytes, wr),
+                    f(r.dump),
+                    rate(r.dump),
+                    ratio,
+                    f(r.restore),
+                    rate(r.restore),
+                    up_dump,
+                    up_rest,
+                    if r.note.is_empty() { "ok" } else { &r.note }
+                );
+            }
+        }
+    }
+}
