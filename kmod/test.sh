@@ -48,26 +48,43 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 T_ALL=$(now)
 
 # ---------------------------------------------------------------- host deps
-if [ "$INSTALL_DEPS" = 1 ]; then
-	log "installing host packages"
-	export DEBIAN_FRONTEND=noninteractive
-	{ apt-get update -q && apt-get install -y -q --no-install-recommends \
-		qemu-system-x86 busybox-static cpio kmod gcc-12 make libelf1 libssl3 binutils libc6-dev; } \
-		>"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log"; die "apt-get install failed"; }
+HOST_PKGS=(qemu-system-x86 busybox-static cpio kmod gcc-12 make libelf1 libssl3 binutils libc6-dev)
+missing_tools() {
+	local t
+	for t in qemu-system-x86_64 cpio gzip gcc gcc-12 make dpkg-deb timeout readelf; do
+		command -v "$t" >/dev/null || echo "$t"
+	done
+	[ -x /bin/busybox ] && [ "$(readelf -l /bin/busybox 2>/dev/null | grep -c 'program interpreter' || true)" = 0 ] \
+		|| echo busybox-static
+}
+# From nothing (CI): install what is missing when we can (root + apt-get).
+if [ "$INSTALL_DEPS" = 0 ] && [ -n "$(missing_tools)" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+	log "missing: $(missing_tools | tr '\n' ' ')-> installing host packages"
+	INSTALL_DEPS=1
 fi
-for t in qemu-system-x86_64 cpio gzip gcc gcc-12 make dpkg-deb timeout readelf; do
-	command -v "$t" >/dev/null || die "missing tool: $t (try --install-deps)"
-done
+if [ "$INSTALL_DEPS" = 1 ]; then
+	log "apt-get install ${HOST_PKGS[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	{ apt-get update -q && apt-get install -y -q --no-install-recommends "${HOST_PKGS[@]}"; } \
+		>"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log"; die "apt-get install failed"; }
+	APT_UPDATED=1
+fi
+m="$(missing_tools | tr '\n' ' ')"
+[ -z "$m" ] || die "missing: $m(install ${HOST_PKGS[*]}, or run as root / with --install-deps)"
 BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] || die "no $BUSYBOX (install busybox-static, or --install-deps)"
-[ "$(readelf -l "$BUSYBOX" 2>/dev/null | grep -c 'program interpreter' || true)" = 0 ] \
-	|| die "$BUSYBOX is dynamically linked (install busybox-static, not busybox)"
 
 if [ -z "${KVER:-}" ]; then
-	KVER="$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/.*Depends: linux-image-\(6\.1\..*-amd64\)$/\1/p' | head -1 || true)"
-	if [ -z "$KVER" ]; then
-		# No apt metadata: use whatever kernel is already unpacked or cached.
-		KVER="$(ls -d "$WORK"/kroot-6.1.*-amd64 2>/dev/null | sed 's#.*/kroot-##' | tail -1 || true)"
+	kver_from_apt() {
+		apt-cache depends linux-image-amd64 2>/dev/null \
+			| sed -n 's/.*Depends: linux-image-\(6\.1\..*-amd64\)$/\1/p' | head -1 || true
+	}
+	# A kernel already unpacked or cached wins: no network needed then.
+	KVER="$(ls -d "$WORK"/kroot-6.1.*-amd64 2>/dev/null | sed 's#.*/kroot-##' | tail -1 || true)"
+	[ -n "$KVER" ] || KVER="$(kver_from_apt)"
+	if [ -z "$KVER" ] && [ -z "${APT_UPDATED:-}" ] && [ "$(id -u)" = 0 ]; then
+		log "apt-get update (to find the bookworm kernel version)"
+		apt-get update -q >"$WORK/apt-update.log" 2>&1 || true
+		KVER="$(kver_from_apt)"
 	fi
 	[ -n "$KVER" ] || die "cannot determine KVER (run apt-get update, or set KVER=6.1.0-NN-amd64)"
 fi
@@ -84,8 +101,13 @@ if [ ! -f "$VMLINUZ" ] || [ ! -f "$KBUILD_DIR/Module.symvers" ]; then
 	for p in "linux-image-$KVER" "linux-headers-$KVER" "linux-headers-$common" "$kbuild_pkg"; do
 		ls "$DEBS/${p}_"*.deb >/dev/null 2>&1 && continue
 		log "apt-get download $p"
-		(cd "$DEBS" && apt-get download "$p" >/dev/null 2>&1) \
-			|| die "apt-get download $p failed (apt-get update first?)"
+		if ! (cd "$DEBS" && apt-get download "$p" >"$WORK/apt-download.log" 2>&1); then
+			[ -z "${APT_UPDATED:-}" ] && [ "$(id -u)" = 0 ] || { cat "$WORK/apt-download.log"; die "apt-get download $p failed (apt-get update first?)"; }
+			apt-get update -q >"$WORK/apt-update.log" 2>&1 || true
+			APT_UPDATED=1
+			(cd "$DEBS" && apt-get download "$p" >"$WORK/apt-download.log" 2>&1) \
+				|| { cat "$WORK/apt-download.log"; die "apt-get download $p failed"; }
+		fi
 	done
 	rm -rf "$KROOT"; mkdir -p "$KROOT"
 	# Only the bzImage from the image package: the guest loads no other module.
@@ -121,6 +143,20 @@ for prog in cp_test cp_bench; do
 		"$HERE/test/$prog.c" "$HERE/test/cp_util.c" \
 		|| { log "FAIL: building $prog"; echo "0 passed, 1 failed"; exit 1; }
 done
+# The Rust wrapper (engine/src/kmod.rs) against the real module, if cargo is here.
+RUST_SMOKE=""
+if command -v cargo >/dev/null; then
+	if RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q \
+		--manifest-path "$HERE/test/rust-smoke/Cargo.toml" \
+		--target x86_64-unknown-linux-gnu --target-dir "$WORK/rust-target" \
+		>"$WORK/rust-build.log" 2>&1; then
+		RUST_SMOKE="$WORK/rust-target/x86_64-unknown-linux-gnu/release/kmod-rust-smoke"
+	else
+		cat "$WORK/rust-build.log"; log "FAIL: building the Rust smoke test"; echo "0 passed, 1 failed"; exit 1
+	fi
+else
+	log "no cargo: skipping the Rust wrapper smoke test"
+fi
 T_TEST=$(elapsed "$t0")
 
 # ---------------------------------------------------------------- initramfs
@@ -132,6 +168,7 @@ for a in $("$BUSYBOX" --list); do
 	[ -e "$IRD/bin/$a" ] || ln -s busybox "$IRD/bin/$a"
 done
 cp "$MODDIR/vma_cherrypick.ko" "$WORK/cp_test" "$WORK/cp_bench" "$IRD/"
+[ -z "$RUST_SMOKE" ] || cp "$RUST_SMOKE" "$IRD/rust_smoke"
 cat >"$IRD/init" <<EOF
 #!/bin/busybox sh
 export PATH=/bin
@@ -142,11 +179,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 result() { echo "KMODTEST-RESULT: $1"; sync; poweroff -f; sleep 10; }
 echo "KMODTEST: guest up, kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpu(s), $(sed -n 's/MemTotal: *//p' /proc/meminfo), uptime $(cut -d' ' -f1 /proc/uptime)s"
 echo 8 >/proc/sys/vm/nr_hugepages
 /cp_test --no-module
 rc0=$?
+if [ -x /rust_smoke ]; then /rust_smoke --no-module || rc0=$((rc0 + 1)); fi
 if ! insmod /vma_cherrypick.ko; then
 	dmesg | tail -20
 	result "FAIL (insmod)"
@@ -155,6 +194,7 @@ i=0
 while [ ! -c /dev/vma_cherrypick ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 /cp_test
 rc=$?
+if [ -x /rust_smoke ]; then /rust_smoke || rc=$((rc + 1)); fi
 [ $rc0 -eq 0 ] || rc=$((rc + 100))
 if [ "$BENCH" = 1 ]; then
 	/cp_bench || rc=$((rc + 1000))
@@ -194,15 +234,18 @@ set -e
 T_BOOT=$(elapsed "$t0")
 tr -d '\r' <"$SERIAL_LOG" | grep -v '^$' | sed 's/^/  | /'
 
-SUMMARY="$(tr -d '\r' <"$SERIAL_LOG" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1 || true)"
+# Every guest check prints one `ok   - ...` or `FAIL - ...` line.
+N_OK=$(tr -d '\r' <"$SERIAL_LOG" | grep -c '^ok   - ' || true)
+N_FAIL=$(tr -d '\r' <"$SERIAL_LOG" | grep -c '^FAIL - ' || true)
+SUMMARY="$N_OK passed, $N_FAIL failed"
 RESULT="$(tr -d '\r' <"$SERIAL_LOG" | sed -n 's/^KMODTEST-RESULT: //p' | tail -1)"
 log "timings: module build ${T_MOD}s, boot+tests+poweroff (${ACCEL}) ${T_BOOT}s, total $(elapsed "$T_ALL")s, qemu rc=$qrc"
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
 	log "FAIL: qemu timed out after ${BOOT_TIMEOUT}s"
-	echo "${SUMMARY:-0 passed, 1 failed}"
+	echo "$N_OK passed, $((N_FAIL + 1)) failed"
 	exit 1
 fi
-if [ "$RESULT" = PASS ] && [ -n "$SUMMARY" ] && echo "$SUMMARY" | grep -q ' 0 failed$'; then
+if [ "$RESULT" = PASS ] && [ "$N_FAIL" = 0 ] && [ "$N_OK" -gt 0 ]; then
 	echo "$SUMMARY"
 	log "PASS"
 	exit 0
@@ -211,5 +254,6 @@ if tr -d '\r' <"$SERIAL_LOG" | grep -qE 'Oops|BUG:|Kernel panic'; then
 	log "FAIL: kernel oops/panic in the guest (see above)"
 fi
 log "FAIL: ${RESULT:-no result marker in serial output}"
-echo "${SUMMARY:-0 passed, 1 failed}"
+[ "$N_FAIL" -gt 0 ] || N_FAIL=1
+echo "$N_OK passed, $N_FAIL failed"
 exit 1

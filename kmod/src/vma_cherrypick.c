@@ -106,7 +106,11 @@ static inline void cp_flush_tlb_mm(struct mm_struct *mm)
 
 /* ------------------------------------------------------------------ checks */
 
-/* Every live thread of the source must be stopped, traced or frozen. */
+/*
+ * Every live thread of the source must be stopped (SIGSTOP), traced
+ * (ptrace-stop), frozen by the system freezer (TASK_FROZEN) or by the cgroup
+ * v2 freezer (task->frozen).
+ */
 static bool source_is_stopped(struct task_struct *task)
 {
 	struct task_struct *t;
@@ -125,6 +129,8 @@ static bool source_is_stopped(struct task_struct *task)
 		if (state & (__TASK_STOPPED | __TASK_TRACED | TASK_FROZEN))
 			continue;
 		if (task_is_stopped_or_traced(t))
+			continue;
+		if (data_race(t->frozen))	/* cgroup v2 freezer */
 			continue;
 		ok = false;
 		break;

@@ -19,10 +19,11 @@
 #include <unistd.h>
 
 #define A 0x300000000000ULL
-#define REPS 3
+#define REPS 5
 
 struct arg {
 	size_t len;
+	int thp; /* 1: MADV_HUGEPAGE, 0: MADV_NOHUGEPAGE (4 KiB ptes) */
 };
 
 static void populate(uint64_t addr, size_t len)
@@ -38,6 +39,7 @@ static void setup(void *p)
 	if (mmap((void *)A, a->len, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != (void *)A)
 		_exit(91);
+	madvise((void *)A, a->len, a->thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 	populate(A, a->len);
 }
 
@@ -51,10 +53,11 @@ static double min_of(double *v, int n)
 	return m;
 }
 
-static int bench(int dev, size_t mib)
+static int bench(int dev, size_t mib, int thp)
 {
 	size_t len = mib << 20;
-	struct arg arg = { len };
+	struct arg arg = { len, thp };
+	int rreps = mib >= 1024 ? 1 : REPS;
 	double pick[REPS], unmap[REPS], cow[REPS], frk[REPS], readv[REPS];
 	struct src s;
 	int r;
@@ -87,10 +90,12 @@ static int bench(int dev, size_t mib)
 		munmap((void *)A, len);
 		unmap[i] = now_us() - u0;
 	}
-	for (int i = 0; i < REPS; i++) {
+	for (int i = 0; i < rreps; i++) {
 		double t0 = now_us();
 		void *p = mmap((void *)A, len, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		if (p == (void *)A)
+			madvise(p, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 		struct iovec l = { p, len }, rr = { (void *)A, len };
 		ssize_t n = process_vm_readv(s.pid, &l, 1, &rr, 1, 0);
 		double t1 = now_us();
@@ -118,10 +123,10 @@ static int bench(int dev, size_t mib)
 	}
 	munmap((void *)A, len);
 
-	double P = min_of(pick, REPS), F = min_of(frk, REPS), R = min_of(readv, REPS);
-	printf("BENCH size=%zuMiB pick_ms=%.2f fork_ms=%.2f readv_ms=%.2f "
+	double P = min_of(pick, REPS), F = min_of(frk, REPS), R = min_of(readv, rreps);
+	printf("BENCH size=%zuMiB pages=%s pick_ms=%.2f fork_ms=%.2f readv_ms=%.2f "
 	       "fork/pick=%.2f readv/pick=%.1f munmap_after_pick_ms=%.2f cow_all_pages_ms=%.1f\n",
-	       mib, P / 1e3, F / 1e3, R / 1e3, F / P, R / P, min_of(unmap, REPS) / 1e3, cow[0] / 1e3);
+	       mib, thp ? "thp" : "4k", P / 1e3, F / 1e3, R / 1e3, F / P, R / P, min_of(unmap, REPS) / 1e3, cow[0] / 1e3);
 	return 0;
 }
 
@@ -135,7 +140,9 @@ int main(void)
 		return 1;
 	}
 	printf("# benchmark (best of %d; TCG: absolute times are slow, compare ratios)\n", REPS);
-	rc |= bench(dev, 256);
-	rc |= bench(dev, 1024);
+	rc |= bench(dev, 256, 0);
+	rc |= bench(dev, 1024, 0);
+	rc |= bench(dev, 256, 1);
+	rc |= bench(dev, 1024, 1);
 	return rc;
 }

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -63,6 +64,7 @@ struct anon_arg {
 	uint32_t seed;
 	int prot_after;	/* 0: leave RW */
 	int madv;	/* madvise after fill, 0 = none */
+	int madv_pre;	/* madvise before fill, 0 = none */
 };
 
 static void setup_anon(void *p)
@@ -71,6 +73,8 @@ static void setup_anon(void *p)
 
 	map_at(a->addr, a->pages * PAGE, PROT_READ | PROT_WRITE,
 	       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (a->madv_pre)
+		madvise((void *)a->addr, a->pages * PAGE, a->madv_pre);
 	fill(a->addr, a->pages, a->seed);
 	if (a->madv)
 		madvise((void *)a->addr, a->pages * PAGE, a->madv);
@@ -84,7 +88,7 @@ static void test_cow_anon(void)
 {
 	const uint64_t A = BASE;
 	const size_t N = 64;
-	struct anon_arg arg = { A, N, 7, 0, 0 };
+	struct anon_arg arg = { A, N, 7, 0, 0, 0 };
 	struct src s;
 	struct vma_cherrypick_args out;
 	int r, shared = 0, v;
@@ -149,7 +153,7 @@ static void test_cow_anon(void)
 static void test_readonly_and_flags(void)
 {
 	const uint64_t A = BASE + 0x10000000;
-	struct anon_arg arg = { A, 8, 9, PROT_READ, 0 };
+	struct anon_arg arg = { A, 8, 9, PROT_READ, 0, 0 };
 	struct src s;
 	int r;
 
@@ -382,9 +386,9 @@ static void setup_kinds(void *p)
 	uint64_t a = BASE + 0x50000000;
 
 	(void)p;
-	setup_anon(&(struct anon_arg){ a, 4, 3, 0, 0 });
-	setup_anon(&(struct anon_arg){ a + 0x100000, 4, 4, 0, MADV_DONTFORK });
-	setup_anon(&(struct anon_arg){ a + 0x200000, 4, 5, 0, MADV_WIPEONFORK });
+	setup_anon(&(struct anon_arg){ a, 4, 3, 0, 0, 0 });
+	setup_anon(&(struct anon_arg){ a + 0x100000, 4, 4, 0, MADV_DONTFORK, 0 });
+	setup_anon(&(struct anon_arg){ a + 0x200000, 4, 5, 0, MADV_WIPEONFORK, 0 });
 	void *h = mmap((void *)(a + 0x40000000), 2 << 20, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_FIXED_NOREPLACE, -1, 0);
 	if (h != MAP_FAILED)
@@ -480,17 +484,23 @@ static void test_refusals(void)
 	src_kill(&s);
 }
 
-/* Source gets SIGKILLed while picks run (and while it is being stopped). */
+/* The source gets SIGKILLed while a pick runs: the kill is fired by a thread
+ * released just before the ioctl, after a delay spread over 0..2x the time
+ * one pick takes, so it lands before, during and after the ioctl. */
 struct killer {
 	pid_t pid;
 	int delay_us;
+	volatile int go;
 };
 
 static void *killer_thread(void *p)
 {
 	struct killer *k = p;
 
-	usleep(k->delay_us);
+	while (!k->go)
+		;
+	if (k->delay_us)
+		usleep(k->delay_us);
 	kill(k->pid, SIGKILL);
 	return NULL;
 }
@@ -498,12 +508,29 @@ static void *killer_thread(void *p)
 static void test_source_exit_race(void)
 {
 	const uint64_t A = BASE + 0x60000000;
-	const size_t N = 4096; /* 16 MiB */
-	int ok = 0, errs = 0, picked = 0, intact = 0, rounds = 30;
+	const size_t N = 8192; /* 32 MiB of 4 KiB pages: a pick walks 8192 ptes */
+	int n_ok = 0, n_srch = 0, n_busy = 0, n_other = 0, errs = 0, intact = 0, rounds = 60;
+	double pick_us = 1000;
 
 	printf("# the source exits while cherry-picks run\n");
+	{
+		struct anon_arg arg = { A, N, 11, 0, 0, MADV_NOHUGEPAGE };
+		struct src s;
+
+		if (!src_start(&s, setup_anon, &arg)) {
+			double t0 = now_us();
+
+			if (cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL) == 0) {
+				pick_us = now_us() - t0;
+				munmap((void *)A, N * PAGE);
+			}
+			src_kill(&s);
+		}
+		printf("#   one pick of %zu MiB takes %.0f us here; kills land within 0..2x that\n",
+		       N * PAGE >> 20, pick_us);
+	}
 	for (int i = 0; i < rounds; i++) {
-		struct anon_arg arg = { A, N, 11, 0, 0 };
+		struct anon_arg arg = { A, N, 11, 0, 0, MADV_NOHUGEPAGE };
 		struct src s;
 		pthread_t t;
 
@@ -511,33 +538,37 @@ static void test_source_exit_race(void)
 			errs++;
 			continue;
 		}
-		struct killer k = { s.pid, (i % 10) * 150 };
+		struct killer k = { s.pid, (int)(pick_us * 2 * (i % 30) / 30), 0 };
 		pthread_create(&t, NULL, killer_thread, &k);
-		int r = 0;
-		for (int j = 0; j < 20 && r == 0; j++) {
-			r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
-			if (r == 0) {
-				picked++;
-				intact += verify(A, N, 11);
-				munmap((void *)A, N * PAGE);
-			}
-		}
+		k.go = 1;
+		int r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
 		pthread_join(t, NULL);
-		if (r == -ESRCH || r == -EBUSY || r == 0)
-			ok++;
-		else
+		if (r == 0) {
+			n_ok++;
+			src_kill(&s); /* the source is gone: our copy must not be */
+			intact += verify(A, N, 11);
+			munmap((void *)A, N * PAGE);
+			continue;
+		}
+		if (r == -ESRCH)
+			n_srch++;
+		else if (r == -EBUSY)
+			n_busy++;
+		else {
+			n_other++;
 			printf("#   round %d: unexpected r=%d\n", i, r);
+		}
 		src_kill(&s);
 	}
-	CHECK(ok == rounds && errs == 0 && intact == picked,
-	      "%d rounds: every pick returned 0/ESRCH/EBUSY, %d picks succeeded, all intact (%d)",
-	      rounds, picked, intact);
+	CHECK(n_other == 0 && errs == 0 && intact == n_ok,
+	      "%d rounds: %d picks succeeded (all intact after the source died: %d), "
+	      "%d ESRCH, %d EBUSY, %d other", rounds, n_ok, intact, n_srch, n_busy, n_other);
 }
 
 static void test_leaks(void)
 {
 	const uint64_t A = BASE + 0x70000000;
-	struct anon_arg arg = { A, 4, 13, 0, 0 };
+	struct anon_arg arg = { A, 4, 13, 0, 0, 0 };
 	const char *caches[] = { "vm_area_struct", "anon_vma", "anon_vma_chain", "filp" };
 	long before[4], after[4];
 	struct src s;
@@ -581,6 +612,148 @@ static void test_leaks(void)
 	src_kill(&s);
 }
 
+static void test_thp(void)
+{
+	const uint64_t A = BASE + 0x80000000; /* 2 MiB aligned */
+	const size_t N = 2048;                 /* 8 MiB */
+	struct anon_arg arg = { A, N, 17, 0, 0, MADV_HUGEPAGE };
+	struct src s;
+	uint8_t b;
+	int r;
+
+	printf("# transparent huge pages (MADV_HUGEPAGE)\n");
+	if (src_start(&s, setup_anon, &arg)) {
+		CHECK(0, "start source");
+		return;
+	}
+	long src_thp = smaps_field_kb(s.pid, A, "AnonHugePages:");
+	r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+	CHECK(r == 0 && verify(A, N, 17), "pick THP-backed VMA (source AnonHugePages %ld kB): r=%d",
+	      src_thp, r);
+	if (r) {
+		src_kill(&s);
+		return;
+	}
+	long dst_thp = smaps_field_kb(0, A, "AnonHugePages:");
+	CHECK(src_thp > 0 && dst_thp == src_thp, "huge pmds shared as huge pages: caller %ld kB",
+	      dst_thp);
+	CHECK(pfn_of(0, A + 5 * PAGE) == pfn_of(s.pid, A + 5 * PAGE), "same frames (pagemap)");
+	*(volatile uint8_t *)(A + 3 * PAGE) = 0xAB;
+	peek(s.pid, A + 3 * PAGE, &b, 1);
+	CHECK(b != 0xAB, "caller write into a huge page invisible to the source");
+	uint8_t before = *(volatile uint8_t *)(A + 600 * PAGE);
+	r = src_write(&s, A + 600 * PAGE, (uint8_t)(before + 1));
+	CHECK(r == 0 && *(volatile uint8_t *)(A + 600 * PAGE) == before,
+	      "source write into a huge page invisible to the caller");
+	src_kill(&s);
+	*(volatile uint8_t *)(A + 3 * PAGE) = (uint8_t)(17 * 1000003u + 3 * 131);
+	CHECK(verify(A, N, 17), "contents intact after the source died");
+	munmap((void *)A, N * PAGE);
+}
+
+static void *sleeper(void *p)
+{
+	(void)p;
+	for (;;)
+		pause();
+	return NULL;
+}
+
+static void setup_threads(void *p)
+{
+	pthread_t t;
+
+	setup_anon(p);
+	for (int i = 0; i < 3; i++)
+		pthread_create(&t, NULL, sleeper, NULL);
+}
+
+static void test_stop_kinds(void)
+{
+	const uint64_t A = BASE + 0x90000000;
+	struct anon_arg arg = { A, 16, 19, 0, 0, 0 };
+	struct src s;
+	int r, st;
+
+	printf("# stopped, traced, cgroup-frozen and multi-threaded sources\n");
+	if (src_start(&s, setup_threads, &arg)) {
+		CHECK(0, "start source");
+		return;
+	}
+	r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+	CHECK(r == 0 && verify(A, 16, 19), "4-thread source, group-stopped by SIGSTOP: r=%d", r);
+	munmap((void *)A, 16 * PAGE);
+
+	/* traced: running (sleeping in read), then PTRACE_SEIZE + INTERRUPT */
+	r = src_cont(&s);
+	int seized = !r && ptrace(PTRACE_SEIZE, s.pid, 0, 0) == 0;
+	r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+	CHECK(r == -EBUSY, "running multi-threaded source -> EBUSY (r=%d)", r);
+	if (seized && ptrace(PTRACE_INTERRUPT, s.pid, 0, 0) == 0 &&
+	    waitpid(s.pid, &st, __WALL) == s.pid) {
+		r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+		/* only the thread-group leader is traced: other threads still run */
+		CHECK(r == -EBUSY, "only the leader ptrace-stopped -> EBUSY (r=%d)", r);
+	} else {
+		CHECK(0, "ptrace seize/interrupt");
+	}
+	ptrace(PTRACE_DETACH, s.pid, 0, 0);
+	src_kill(&s);
+
+	/* single-threaded, ptrace-stopped */
+	arg.seed = 23;
+	if (src_start(&s, setup_anon, &arg)) {
+		CHECK(0, "start source");
+		return;
+	}
+	src_cont(&s);
+	r = -999;
+	if (ptrace(PTRACE_SEIZE, s.pid, 0, 0) == 0 && ptrace(PTRACE_INTERRUPT, s.pid, 0, 0) == 0 &&
+	    waitpid(s.pid, &st, __WALL) == s.pid)
+		r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+	CHECK(r == 0 && verify(A, 16, 23), "ptrace-stopped source (PTRACE_INTERRUPT): r=%d", r);
+	munmap((void *)A, 16 * PAGE);
+	ptrace(PTRACE_DETACH, s.pid, 0, 0);
+
+	/* cgroup v2 freezer */
+	r = -999;
+	char buf[64];
+	int ok = mkdir("/sys/fs/cgroup/cp_frz", 0755) == 0 || errno == EEXIST;
+	FILE *f = ok ? fopen("/sys/fs/cgroup/cp_frz/cgroup.procs", "w") : NULL;
+	if (f) {
+		fprintf(f, "%d\n", s.pid);
+		fclose(f);
+		f = fopen("/sys/fs/cgroup/cp_frz/cgroup.freeze", "w");
+		if (f) {
+			fputs("1\n", f);
+			fclose(f);
+		}
+		for (int i = 0; i < 500; i++) {
+			f = fopen("/sys/fs/cgroup/cp_frz/cgroup.events", "r");
+			int frozen = 0;
+			while (f && fgets(buf, sizeof(buf), f))
+				if (!strcmp(buf, "frozen 1\n"))
+					frozen = 1;
+			if (f)
+				fclose(f);
+			if (frozen) {
+				r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+				break;
+			}
+			usleep(2000);
+		}
+	}
+	CHECK(r == 0 && verify(A, 16, 23), "cgroup-v2-frozen source: r=%d", r);
+	munmap((void *)A, 16 * PAGE);
+	f = fopen("/sys/fs/cgroup/cp_frz/cgroup.freeze", "w");
+	if (f) {
+		fputs("0\n", f);
+		fclose(f);
+	}
+	src_kill(&s);
+	rmdir("/sys/fs/cgroup/cp_frz");
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -605,9 +778,11 @@ int main(int argc, char **argv)
 	test_file_backed();
 	test_map_file_mode();
 	test_many();
+	test_thp();
+	test_stop_kinds();
 	test_refusals();
 	test_source_exit_race();
 	test_leaks();
-	printf("%d passed, %d failed\n", cp_checks - cp_failures, cp_failures);
+	printf("cp_test: %d passed, %d failed\n", cp_checks - cp_failures, cp_failures);
 	return cp_failures ? 1 : 0;
 }
