@@ -1,0 +1,143 @@
+//! Freezing a process: PTRACE_SEIZE + PTRACE_INTERRUPT of every thread,
+//! repeated until the thread list is stable. [`Frozen`] is the guard: its
+//! `Drop` puts back each thread's registers and signal mask and detaches,
+//! so the tree runs on unchanged after `--leave-running` or any failure.
+
+use crate::sys::ptrace::{self, Regs, Wait};
+use crate::sys::Pid;
+use crate::{pr_debug, pr_info, pr_warn};
+use std::collections::BTreeMap;
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    #[error("listing threads of {pid}")]
+    List { pid: Pid, #[source] source: io::Error },
+    #[error("seizing thread {tid}")]
+    Seize { tid: Pid, #[source] source: io::Error },
+    #[error("thread {tid} exited while being frozen ({how:?})")]
+    Gone { tid: Pid, how: Wait },
+    #[error("reading registers of {tid}")]
+    Regs { tid: Pid, #[source] source: io::Error },
+}
+
+/// A stopped thread and what must be put back before it runs again.
+#[derive(Debug, Clone)]
+pub struct FrozenThread {
+    pub tid: Pid,
+    pub regs: Regs,
+    pub sigmask: u64,
+}
+
+/// Every thread of one process stopped under ptrace.
+#[derive(Debug)]
+pub struct Frozen {
+    pub pid: Pid,
+    /// Main thread first.
+    pub threads: Vec<FrozenThread>,
+    /// Kill the process instead of letting it run when dropped.
+    pub kill_on_release: bool,
+}
+
+fn list_tids(pid: Pid) -> io::Result<Vec<Pid>> {
+    let mut v: Vec<Pid> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+fn stop_one(tid: Pid) -> Result<(), FreezeError> {
+    ptrace::interrupt(tid).map_err(|e| FreezeError::Seize { tid, source: e })?;
+    loop {
+        match ptrace::wait(tid).map_err(|e| FreezeError::Seize { tid, source: e })? {
+            Wait::Stopped { event: ptrace::EVENT_STOP, .. } => return Ok(()),
+            Wait::Stopped { sig, event: 0 } => {
+                // A signal arrived first: let it be delivered as it would have
+                // been; the pending interrupt stops the thread right after.
+                pr_debug!("thread {tid}: passing signal {sig} on while stopping");
+                ptrace::cont(tid, sig).map_err(|e| FreezeError::Seize { tid, source: e })?;
+            }
+            Wait::Stopped { .. } => {
+                ptrace::cont(tid, 0).map_err(|e| FreezeError::Seize { tid, source: e })?;
+            }
+            how => return Err(FreezeError::Gone { tid, how }),
+        }
+    }
+}
+
+impl Frozen {
+    /// Seize and stop every thread of `pid`.
+    pub fn freeze(pid: Pid) -> Result<Frozen, FreezeError> {
+        let mut f = Frozen { pid, threads: Vec::new(), kill_on_release: false };
+        let mut seen: BTreeMap<Pid, ()> = BTreeMap::new();
+        loop {
+            let tids = list_tids(pid).map_err(|e| FreezeError::List { pid, source: e })?;
+            let new: Vec<Pid> = tids.into_iter().filter(|t| !seen.contains_key(t)).collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP)
+                    .map_err(|e| FreezeError::Seize { tid, source: e })?;
+                seen.insert(tid, ());
+                // From here Drop detaches it, stopped or not.
+                f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
+                stop_one(tid)?;
+                let regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+                let sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+                let t = f.threads.last_mut().expect("just pushed");
+                t.regs = regs;
+                t.sigmask = sigmask;
+                pr_info!("Seized task {tid}");
+            }
+        }
+        f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
+        Ok(f)
+    }
+
+    /// Block every signal in every thread (for syscall injection); the
+    /// original masks come back on release.
+    pub fn block_signals(&self) -> io::Result<()> {
+        for t in &self.threads {
+            ptrace::set_sigmask(t.tid, !0)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if self.kill_on_release {
+            let _ = crate::sys::process::kill(self.pid, libc::SIGKILL);
+        }
+        for t in &self.threads {
+            if t.regs != Regs::default() {
+                if let Err(e) = ptrace::set_regs(t.tid, &t.regs) {
+                    pr_warn!("can't put back registers of {}: {e}", t.tid);
+                }
+                if let Err(e) = ptrace::set_sigmask(t.tid, t.sigmask) {
+                    pr_warn!("can't put back the signal mask of {}: {e}", t.tid);
+                }
+            }
+            if let Err(e) = ptrace::detach(t.tid, 0) {
+                if !self.kill_on_release {
+                    pr_warn!("can't detach {}: {e}", t.tid);
+                }
+            }
+        }
+        if self.kill_on_release {
+            // reap nothing: the task is not our child; just make sure it's gone
+            for _ in 0..1000 {
+                if !std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
+                    break;
+                }
+                let st = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+                if st.contains(") Z") || st.is_empty() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}

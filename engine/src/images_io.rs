@@ -1,0 +1,630 @@
+//! Model <-> CRIU image files, in exactly the shapes upstream CRIU 4.2
+//! writes (see ../shared/fixtures/upstream/*/json): inventory, pstree,
+//! ids, core per thread, mm, pagemap + pages, files + fdinfo, fs, seccomp.
+
+use crate::mem_source::{MemSource, PagesImage};
+use crate::model::*;
+use crate::sys::ptrace::{Regs, UserDesc};
+use crate::sys::process::KSigaction;
+use images_proto::image::{read_all, read_one, write_all};
+use images_proto::magic as mg;
+use images_proto::pages::{PagemapReader, PagesWriter, PE_LAZY, PE_PRESENT};
+use images_proto::pb;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error(transparent)]
+    Image(#[from] images_proto::ImageError),
+    #[error(transparent)]
+    Mem(#[from] crate::mem_source::MemError),
+    #[error("{file}: {what}")]
+    Bad { file: String, what: String },
+    #[error("writing {file}")]
+    Io { file: String, #[source] source: std::io::Error },
+}
+
+fn bad(file: &str, what: impl Into<String>) -> ImagesError {
+    ImagesError::Bad { file: file.to_string(), what: what.into() }
+}
+
+// VMA status bits (criu/include/image.h)
+const VMA_AREA_REGULAR: u32 = 1 << 0;
+const VMA_AREA_VSYSCALL: u32 = 1 << 2;
+const VMA_AREA_VDSO: u32 = 1 << 3;
+const VMA_AREA_HEAP: u32 = 1 << 5;
+const VMA_FILE_PRIVATE: u32 = 1 << 6;
+const VMA_FILE_SHARED: u32 = 1 << 7;
+const VMA_ANON_SHARED: u32 = 1 << 8;
+const VMA_ANON_PRIVATE: u32 = 1 << 9;
+const VMA_AREA_VVAR: u32 = 1 << 12;
+
+const MTYPE_X86_64: i32 = 1;
+const TASK_ALIVE: u32 = 1;
+
+fn regs_to_pb(r: &Regs) -> pb::UserX86RegsEntry {
+    pb::UserX86RegsEntry {
+        r15: r.r15, r14: r.r14, r13: r.r13, r12: r.r12, bp: r.bp, bx: r.bx, r11: r.r11, r10: r.r10,
+        r9: r.r9, r8: r.r8, ax: r.ax, cx: r.cx, dx: r.dx, si: r.si, di: r.di, orig_ax: r.orig_ax,
+        ip: r.ip, cs: r.cs, flags: r.flags, sp: r.sp, ss: r.ss, fs_base: r.fs_base, gs_base: r.gs_base,
+        ds: r.ds, es: r.es, fs: r.fs, gs: r.gs, mode: Some(1),
+    }
+}
+
+fn regs_from_pb(r: &pb::UserX86RegsEntry) -> Regs {
+    Regs {
+        r15: r.r15, r14: r.r14, r13: r.r13, r12: r.r12, bp: r.bp, bx: r.bx, r11: r.r11, r10: r.r10,
+        r9: r.r9, r8: r.r8, ax: r.ax, cx: r.cx, dx: r.dx, si: r.si, di: r.di, orig_ax: r.orig_ax,
+        ip: r.ip, cs: r.cs, flags: r.flags, sp: r.sp, ss: r.ss, fs_base: r.fs_base, gs_base: r.gs_base,
+        ds: r.ds, es: r.es, fs: r.fs, gs: r.gs,
+    }
+}
+
+fn u32s(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect()
+}
+fn u64s(b: &[u8]) -> Vec<u64> {
+    b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8"))).collect()
+}
+fn put32(b: &mut [u8], v: &[u32]) {
+    for (c, x) in b.chunks_exact_mut(4).zip(v) {
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+}
+fn put64(b: &mut [u8], v: &[u64]) {
+    for (c, x) in b.chunks_exact_mut(8).zip(v) {
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+}
+fn comp(x: &[u8], i: u32) -> Option<&[u8]> {
+    let (off, len) = crate::sys::cpu::xsave_component(i)?;
+    x.get(off..off + len)
+}
+
+/// XSAVE area (standard format) -> upstream's fpregs message.
+pub fn fpregs_to_pb(x: &[u8]) -> pb::UserX86FpregsEntry {
+    let mut x = x.to_vec();
+    if x.len() < 576 {
+        x.resize(576, 0);
+    }
+    let r16 = |o: usize| u32::from(u16::from_le_bytes([x[o], x[o + 1]]));
+    let xsave = pb::UserX86XsaveEntry {
+        xstate_bv: u64s(&x[512..520])[0],
+        ymmh_space: comp(&x, 2).map(u32s).unwrap_or_default(),
+        bndreg_state: comp(&x, 3).map(u64s).unwrap_or_default(),
+        bndcsr_state: comp(&x, 4).map(u64s).unwrap_or_default(),
+        opmask_reg: comp(&x, 5).map(u64s).unwrap_or_default(),
+        zmm_upper: comp(&x, 6).map(u64s).unwrap_or_default(),
+        hi16_zmm: comp(&x, 7).map(u64s).unwrap_or_default(),
+        pkru: comp(&x, 9).map(u32s).unwrap_or_default(),
+        cet: None,
+    };
+    pb::UserX86FpregsEntry {
+        cwd: r16(0),
+        swd: r16(2),
+        twd: r16(4),
+        fop: r16(6),
+        rip: u64s(&x[8..16])[0],
+        rdp: u64s(&x[16..24])[0],
+        mxcsr: u32s(&x[24..28])[0],
+        mxcsr_mask: u32s(&x[28..32])[0],
+        st_space: u32s(&x[32..160]),
+        xmm_space: u32s(&x[160..416]),
+        padding: Vec::new(),
+        xsave: Some(xsave),
+    }
+}
+
+/// Upstream's fpregs message -> XSAVE area sized for this CPU.
+pub fn fpregs_from_pb(f: &pb::UserX86FpregsEntry) -> Vec<u8> {
+    let mut x = vec![0u8; crate::sys::cpu::xsave_size().max(576)];
+    for (o, v) in [(0, f.cwd), (2, f.swd), (4, f.twd), (6, f.fop)] {
+        x[o..o + 2].copy_from_slice(&(v as u16).to_le_bytes());
+    }
+    put64(&mut x[8..24], &[f.rip, f.rdp]);
+    put32(&mut x[24..32], &[f.mxcsr, f.mxcsr_mask]);
+    put32(&mut x[32..160], &f.st_space);
+    put32(&mut x[160..416], &f.xmm_space);
+    let mut bv = 0b11u64; // x87 and SSE state are in the legacy area
+    if let Some(xs) = &f.xsave {
+        bv = xs.xstate_bv;
+        let mut set32 = |i: u32, v: &[u32]| {
+            if let Some((o, l)) = crate::sys::cpu::xsave_component(i) {
+                put32(&mut x[o..o + l], v);
+            }
+        };
+        set32(2, &xs.ymmh_space);
+        set32(9, &xs.pkru);
+        for (i, v) in [(3, &xs.bndreg_state), (4, &xs.bndcsr_state), (5, &xs.opmask_reg), (6, &xs.zmm_upper), (7, &xs.hi16_zmm)] {
+            if let Some((o, l)) = crate::sys::cpu::xsave_component(i) {
+                put64(&mut x[o..o + l], v);
+            }
+        }
+    }
+    // only features this CPU has enabled
+    let mut mask = 0b11u64;
+    for i in 2..64 {
+        if crate::sys::cpu::xsave_component(i).is_some() {
+            mask |= 1 << i;
+        }
+    }
+    put64(&mut x[512..520], &[bv & mask]);
+    x
+}
+
+fn desc_to_pb(d: &UserDesc) -> pb::UserDescT {
+    let f = d.flags;
+    pb::UserDescT {
+        entry_number: d.entry_number,
+        base_addr: d.base_addr,
+        limit: d.limit,
+        seg_32bit: f & 1 != 0,
+        contents_h: f & 4 != 0,
+        contents_l: f & 2 != 0,
+        read_exec_only: f & 8 != 0,
+        limit_in_pages: f & 16 != 0,
+        seg_not_present: f & 32 != 0,
+        usable: f & 64 != 0,
+    }
+}
+
+fn desc_from_pb(d: &pb::UserDescT) -> UserDesc {
+    let mut f = 0;
+    f |= u32::from(d.seg_32bit);
+    f |= u32::from(d.contents_l) << 1;
+    f |= u32::from(d.contents_h) << 2;
+    f |= u32::from(d.read_exec_only) << 3;
+    f |= u32::from(d.limit_in_pages) << 4;
+    f |= u32::from(d.seg_not_present) << 5;
+    f |= u32::from(d.usable) << 6;
+    UserDesc { entry_number: d.entry_number, base_addr: d.base_addr, limit: d.limit, flags: f }
+}
+
+fn caps(v: u64) -> Vec<u32> {
+    vec![v as u32, (v >> 32) as u32]
+}
+fn caps_from(v: &[u32]) -> u64 {
+    u64::from(v.first().copied().unwrap_or(0)) | (u64::from(v.get(1).copied().unwrap_or(0)) << 32)
+}
+
+fn creds_to_pb(c: &Creds) -> pb::CredsEntry {
+    pb::CredsEntry {
+        uid: c.uid[0], euid: c.uid[1], suid: c.uid[2], fsuid: c.uid[3],
+        gid: c.gid[0], egid: c.gid[1], sgid: c.gid[2], fsgid: c.gid[3],
+        cap_inh: caps(c.cap_inh), cap_prm: caps(c.cap_prm), cap_eff: caps(c.cap_eff), cap_bnd: caps(c.cap_bnd),
+        secbits: c.secbits,
+        groups: c.groups.clone(),
+        lsm_profile: None, lsm_sockcreate: None, apparmor_data: None,
+        no_new_privs: c.no_new_privs.then_some(1),
+        cap_amb: caps(c.cap_amb),
+    }
+}
+
+fn creds_from_pb(c: &pb::CredsEntry) -> Creds {
+    Creds {
+        uid: [c.uid, c.euid, c.suid, c.fsuid],
+        gid: [c.gid, c.egid, c.sgid, c.fsgid],
+        groups: c.groups.clone(),
+        cap_inh: caps_from(&c.cap_inh), cap_prm: caps_from(&c.cap_prm), cap_eff: caps_from(&c.cap_eff),
+        cap_bnd: caps_from(&c.cap_bnd), cap_amb: caps_from(&c.cap_amb),
+        secbits: c.secbits,
+        no_new_privs: c.no_new_privs.unwrap_or(0) != 0,
+    }
+}
+
+fn sigq(v: &[[u8; 128]]) -> pb::SignalQueueEntry {
+    pb::SignalQueueEntry { signals: v.iter().map(|s| pb::SiginfoEntry { siginfo: s.to_vec() }).collect() }
+}
+fn sigq_from(q: &Option<pb::SignalQueueEntry>) -> Vec<[u8; 128]> {
+    q.iter()
+        .flat_map(|q| q.signals.iter())
+        .map(|s| {
+            let mut b = [0u8; 128];
+            let n = s.siginfo.len().min(128);
+            b[..n].copy_from_slice(&s.siginfo[..n]);
+            b
+        })
+        .collect()
+}
+
+fn itimer(t: &Itimer) -> pb::ItimerEntry {
+    pb::ItimerEntry { isec: t.isec, iusec: t.iusec, vsec: t.vsec, vusec: t.vusec }
+}
+fn itimer_from(t: &pb::ItimerEntry) -> Itimer {
+    Itimer { isec: t.isec, iusec: t.iusec, vsec: t.vsec, vusec: t.vusec }
+}
+
+fn fown() -> pb::FownEntry {
+    pb::FownEntry { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 }
+}
+
+fn reg_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Option<u64>) -> pb::FileEntry {
+    pb::FileEntry {
+        r#type: pb::FdTypes::Reg as i32,
+        id,
+        reg: Some(pb::RegFileEntry {
+            id, flags, pos, fown: fown(), name: path.to_string(), mnt_id: None, size, ext: None,
+            mode: Some(mode), build_id: Vec::new(), checksum: None, checksum_config: None, checksum_parameter: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Write the model as an image set into `dir`, page contents from `mem`.
+pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) -> Result<(), ImagesError> {
+    let task = tree.root();
+    let mut files: Vec<pb::FileEntry> = Vec::new();
+    let file_id = |files: &mut Vec<pb::FileEntry>, e: pb::FileEntry| -> u32 {
+        let id = files.len() as u32 + 1;
+        let mut e = e;
+        e.id = id;
+        if let Some(r) = e.reg.as_mut() {
+            r.id = id;
+        }
+        if let Some(p) = e.pipe.as_mut() {
+            p.id = id;
+        }
+        files.push(e);
+        id
+    };
+    // exe first (upstream gives it id 1), then the files of mappings
+    let mut map_ids: Vec<(String, u32)> = Vec::new();
+    let exe_id = match &task.mm.exe {
+        Some(x) => {
+            let id = file_id(&mut files, reg_entry(0, &x.path, 0, 0, x.mode, x.size));
+            map_ids.push((x.path.clone(), id));
+            id
+        }
+        None => 0,
+    };
+    for v in &task.mm.vmas {
+        if let Some(f) = &v.file {
+            if !map_ids.iter().any(|(p, _)| p == &f.path) {
+                let id = file_id(&mut files, reg_entry(0, &f.path, f.flags, 0, f.mode, f.size));
+                map_ids.push((f.path.clone(), id));
+            }
+        }
+    }
+    let mut fdinfo = Vec::new();
+    for fd in &task.fds {
+        let (ty, id) = match &fd.file {
+            FileDesc::Reg { path, flags, pos, mode, size } => {
+                (pb::FdTypes::Reg, file_id(&mut files, reg_entry(0, path, *flags, *pos, *mode, *size)))
+            }
+            FileDesc::Pipe { pipe_id, flags } => {
+                let e = pb::FileEntry {
+                    r#type: pb::FdTypes::Pipe as i32,
+                    id: 0,
+                    pipe: Some(pb::PipeEntry { id: 0, pipe_id: *pipe_id, flags: *flags, fown: fown() }),
+                    ..Default::default()
+                };
+                (pb::FdTypes::Pipe, file_id(&mut files, e))
+            }
+        };
+        fdinfo.push(pb::FdinfoEntry { id, flags: u32::from(fd.cloexec), r#type: ty as i32, fd: fd.fd as u32, xattr_security_selinux: None });
+    }
+    let cwd_id = file_id(&mut files, reg_entry(0, &task.fs.cwd, 0, 0, 0o40755, None));
+    let root_id = file_id(&mut files, reg_entry(0, &task.fs.root, 0, 0, 0o40755, None));
+    let pid = task.pid;
+    // ids: upstream numbers kernel objects; one task shares nothing
+    let ids = pb::TaskKobjIdsEntry {
+        vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2,
+        pid_ns_id: Some(9), net_ns_id: Some(2), ipc_ns_id: Some(3), uts_ns_id: Some(4),
+        mnt_ns_id: Some(6), user_ns_id: Some(7), cgroup_ns_id: Some(8), time_ns_id: Some(5),
+    };
+    write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
+    write_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO, &fdinfo)?;
+    write_all(dir, &mg::FS.file_name(pid), &mg::FS, &[pb::FsEntry { cwd_id, root_id, umask: Some(task.fs.umask) }])?;
+    write_all(dir, &mg::IDS.file_name(pid), &mg::IDS, &[ids.clone()])?;
+    // mm
+    let vmas = task
+        .mm
+        .vmas
+        .iter()
+        .map(|v| {
+            let (status, shmid) = match v.kind {
+                VmaKind::Vdso => (VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE, 0),
+                VmaKind::Vvar => (VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR, 0),
+                VmaKind::Vsyscall => (VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE, 0),
+                VmaKind::Heap => (VMA_AREA_REGULAR | VMA_AREA_HEAP | VMA_ANON_PRIVATE, 0),
+                VmaKind::Anon | VmaKind::Stack => {
+                    (VMA_AREA_REGULAR | if v.shared() { VMA_ANON_SHARED } else { VMA_ANON_PRIVATE }, 0)
+                }
+                VmaKind::File => {
+                    let f = v.file.as_ref().expect("file vma");
+                    let id = map_ids.iter().find(|(p, _)| p == &f.path).map(|(_, i)| *i).unwrap_or(0);
+                    (VMA_AREA_REGULAR | if v.shared() { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE }, u64::from(id))
+                }
+            };
+            pb::VmaEntry {
+                start: v.start,
+                end: v.end,
+                pgoff: v.pgoff,
+                shmid,
+                prot: v.prot,
+                flags: v.flags,
+                status,
+                fd: -1,
+                madv: (v.madv != 0).then_some(v.madv),
+                fdflags: v.file.as_ref().map(|f| f.flags),
+            }
+        })
+        .collect();
+    let mm = &task.mm;
+    let mme = pb::MmEntry {
+        mm_start_code: mm.start_code, mm_end_code: mm.end_code, mm_start_data: mm.start_data, mm_end_data: mm.end_data,
+        mm_start_stack: mm.start_stack, mm_start_brk: mm.start_brk, mm_brk: mm.brk, mm_arg_start: mm.arg_start,
+        mm_arg_end: mm.arg_end, mm_env_start: mm.env_start, mm_env_end: mm.env_end, exe_file_id: exe_id,
+        mm_saved_auxv: mm.auxv.clone(), vmas, dumpable: Some(mm.dumpable as i32), aios: Vec::new(),
+        thp_disabled: Some(mm.thp_disabled),
+    };
+    write_all(dir, &mg::MM.file_name(pid), &mg::MM, &[mme])?;
+    // pagemap + pages
+    let mut pw = PagesWriter::create(dir, pid, 1)?;
+    let mut buf = vec![0u8; 4 << 20];
+    for r in &mm.pages {
+        let flags = if r.lazy { PE_LAZY } else { 0 };
+        let len = usize::try_from(r.nr_pages * 4096).map_err(|_| bad("pagemap", "run too large"))?;
+        if len <= buf.len() {
+            mem.read(r.vaddr, &mut buf[..len])?;
+            pw.add(r.vaddr, &buf[..len], flags)?;
+        } else {
+            let mut data = vec![0u8; len];
+            mem.read(r.vaddr, &mut data)?;
+            pw.add(r.vaddr, &data, flags)?;
+        }
+    }
+    pw.finish()?;
+    // cores
+    for (i, t) in task.threads.iter().enumerate() {
+        let thread_core = pb::ThreadCoreEntry {
+            futex_rla: t.robust_list.0,
+            futex_rla_len: t.robust_list.1 as u32,
+            sched_nice: Some(t.sched_nice),
+            sched_policy: Some(t.sched_policy),
+            sched_prio: None,
+            blk_sigset: (i != 0).then_some(t.blocked),
+            sas: Some(pb::ThreadSasEntry { ss_sp: t.altstack.sp, ss_size: t.altstack.size, ss_flags: t.altstack.flags }),
+            pdeath_sig: (t.pdeath_sig != 0).then_some(t.pdeath_sig),
+            signals_p: Some(sigq(&t.pending)),
+            creds: Some(creds_to_pb(&t.creds)),
+            seccomp_mode: None,
+            seccomp_filter: None,
+            comm: Some(t.comm.clone()),
+            blk_sigset_extended: None,
+            rseq_entry: t.rseq.map(|r| pb::RseqEntry { rseq_abi_pointer: r.ptr, rseq_abi_size: r.len, signature: r.sig, rseq_cs_pointer: None }),
+            cg_set: Some(1),
+        };
+        let tc = (i == 0).then(|| pb::TaskCoreEntry {
+            task_state: TASK_ALIVE,
+            exit_code: 0,
+            personality: task.personality,
+            flags: task.flags,
+            blk_sigset: t.blocked,
+            comm: task.comm.clone(),
+            timers: Some(pb::TaskTimersEntry {
+                real: itimer(&task.itimers[0]),
+                virt: itimer(&task.itimers[1]),
+                prof: itimer(&task.itimers[2]),
+                posix: task
+                    .posix_timers
+                    .iter()
+                    .map(|p| pb::PosixTimerEntry {
+                        it_id: p.id as u32, clock_id: p.clock as u32, si_signo: p.signo as u32, it_sigev_notify: p.notify as u32,
+                        sival_ptr: p.sigval, overrun: p.overrun as u32, isec: p.interval.0, insec: p.interval.1,
+                        vsec: p.value.0, vnsec: p.value.1, notify_thread_id: (p.notify_tid != 0).then_some(p.notify_tid),
+                    })
+                    .collect(),
+            }),
+            rlimits: Some(pb::TaskRlimitsEntry { rlimits: task.rlimits.iter().map(|&(cur, max)| pb::RlimitEntry { cur, max }).collect() }),
+            cg_set: None,
+            signals_s: Some(sigq(&task.shared_pending)),
+            old_seccomp_mode: None,
+            old_seccomp_filter: None,
+            loginuid: Some(task.loginuid),
+            oom_score_adj: Some(task.oom_score_adj),
+            sigactions: task
+                .sigactions
+                .iter()
+                .map(|a| pb::SaEntry { sigaction: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask, compat_sigaction: Some(false), mask_extended: None })
+                .collect(),
+            child_subreaper: Some(task.child_subreaper),
+            blk_sigset_extended: None,
+            stop_signo: None,
+            membarrier_registration_mask: None,
+        });
+        let core = pb::CoreEntry {
+            mtype: MTYPE_X86_64,
+            thread_info: Some(pb::ThreadInfoX86 {
+                clear_tid_addr: t.clear_tid,
+                gpregs: regs_to_pb(&t.regs),
+                fpregs: fpregs_to_pb(&t.xsave),
+                tls: t.tls.iter().map(desc_to_pb).collect(),
+            }),
+            tc,
+            thread_core: Some(thread_core),
+            ..Default::default()
+        };
+        write_all(dir, &mg::CORE.file_name(t.tid), &mg::CORE, &[core])?;
+    }
+    write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: Vec::new() }])?;
+    let ps = pb::PstreeEntry {
+        pid: task.pid as u32,
+        ppid: task.ppid as u32,
+        pgid: task.pgid as u32,
+        sid: task.sid as u32,
+        threads: task.threads.iter().map(|t| t.tid as u32).collect(),
+    };
+    write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &[ps])?;
+    // inventory last: an image set without it is incomplete
+    let root_ids = pb::TaskKobjIdsEntry { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, pid_ns_id: Some(1), ..ids };
+    let inv = pb::InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(root_ids),
+        ns_per_id: Some(true),
+        root_cg_set: Some(1),
+        lsmtype: Some(0),
+        dump_uptime: None,
+        pre_dump_mode: None,
+        tcp_close: None,
+        network_lock_method: Some(0),
+        plugins_entry: Some(Default::default()),
+        dump_criu_run_id: Some(run_id.to_string()),
+    };
+    write_all(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY, &[inv])?;
+    Ok(())
+}
+
+/// Read an image set into the model; the pages come back as a [`PagesImage`].
+pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
+    let inv: pb::InventoryEntry = read_one(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY)?;
+    if inv.img_version != 2 {
+        return Err(bad("inventory.img", format!("image version {} is not supported (want 2)", inv.img_version)));
+    }
+    let ps: Vec<pb::PstreeEntry> = read_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE)?;
+    if ps.len() != 1 {
+        return Err(bad("pstree.img", format!("{} processes: restoring trees is not supported yet", ps.len())));
+    }
+    let p = &ps[0];
+    let pid = p.pid as i32;
+    let files: Vec<pb::FileEntry> = read_all(dir, &mg::FILES.file_name(""), &mg::FILES)?;
+    let file = |id: u32| files.iter().find(|f| f.id == id);
+    let reg = |id: u32, what: &str| -> Result<&pb::RegFileEntry, ImagesError> {
+        file(id).and_then(|f| f.reg.as_ref()).ok_or_else(|| bad("files.img", format!("{what}: no regular file with id {id}")))
+    };
+    let ids: pb::TaskKobjIdsEntry = read_one(dir, &mg::IDS.file_name(pid), &mg::IDS)?;
+    let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO)?;
+    let mut fds = Vec::new();
+    for fi in &fdinfo {
+        let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
+        let desc = if let Some(r) = &f.reg {
+            FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size }
+        } else if let Some(pp) = &f.pipe {
+            FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
+        } else {
+            return Err(bad("files.img", format!("fd {}: file type {} is not supported yet", fi.fd, f.r#type)));
+        };
+        fds.push(Fd { fd: fi.fd as i32, cloexec: fi.flags & 1 != 0, file: desc });
+    }
+    let fse: pb::FsEntry = read_one(dir, &mg::FS.file_name(pid), &mg::FS)?;
+    let fs = Fs {
+        cwd: reg(fse.cwd_id, "cwd")?.name.clone(),
+        root: reg(fse.root_id, "root")?.name.clone(),
+        umask: fse.umask.unwrap_or(0o22),
+    };
+    let mme: pb::MmEntry = read_one(dir, &mg::MM.file_name(pid), &mg::MM)?;
+    let mut vmas = Vec::new();
+    for (i, v) in mme.vmas.iter().enumerate() {
+        if v.start >= v.end || v.start % 4096 != 0 || v.end % 4096 != 0 {
+            return Err(bad("mm.img", format!("vma {i}: bad range {:#x}-{:#x}", v.start, v.end)));
+        }
+        let s = v.status;
+        let kind = if s & VMA_AREA_VDSO != 0 {
+            VmaKind::Vdso
+        } else if s & VMA_AREA_VVAR != 0 {
+            VmaKind::Vvar
+        } else if s & VMA_AREA_VSYSCALL != 0 {
+            VmaKind::Vsyscall
+        } else if s & VMA_AREA_HEAP != 0 {
+            VmaKind::Heap
+        } else if s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+            VmaKind::File
+        } else if s & (VMA_ANON_PRIVATE | VMA_ANON_SHARED) != 0 {
+            VmaKind::Anon
+        } else {
+            return Err(bad("mm.img", format!("vma {i} at {:#x}: status {s:#x} is not supported yet", v.start)));
+        };
+        let file = if kind == VmaKind::File {
+            let r = reg(v.shmid as u32, "file mapping")?;
+            Some(MapFile { path: r.name.clone(), flags: v.fdflags.unwrap_or(0), size: r.size, mode: r.mode.unwrap_or(0) })
+        } else {
+            None
+        };
+        vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags: v.flags, kind, madv: v.madv.unwrap_or(0), file });
+    }
+    let exe = reg(mme.exe_file_id, "exe")?;
+    // pages
+    let pm_name = images_proto::pages::pagemap_name(pid);
+    let rd = PagemapReader::open(dir, &pm_name)?;
+    let pages_id = rd.pages_id();
+    let mut pages = Vec::new();
+    for r in rd.runs()? {
+        if r.flags & PE_PRESENT == 0 {
+            return Err(bad(&pm_name, format!("run at {:#x} is not in this image (parent/lazy images are not supported yet)", r.vaddr)));
+        }
+        pages.push(PageRun { vaddr: r.vaddr, nr_pages: r.nr_pages, lazy: r.flags & PE_LAZY != 0 });
+    }
+    let src = PagesImage::open(&dir.join(images_proto::pages::pages_name(pages_id)), &pages)?;
+    pages.sort_by_key(|r| r.vaddr);
+    let mm = Mm {
+        vmas,
+        start_code: mme.mm_start_code, end_code: mme.mm_end_code, start_data: mme.mm_start_data, end_data: mme.mm_end_data,
+        start_stack: mme.mm_start_stack, start_brk: mme.mm_start_brk, brk: mme.mm_brk, arg_start: mme.mm_arg_start,
+        arg_end: mme.mm_arg_end, env_start: mme.mm_env_start, env_end: mme.mm_env_end, auxv: mme.mm_saved_auxv.clone(),
+        exe: Some(MapFile { path: exe.name.clone(), flags: 0, size: exe.size, mode: exe.mode.unwrap_or(0) }),
+        dumpable: mme.dumpable.unwrap_or(1) as u32,
+        thp_disabled: mme.thp_disabled.unwrap_or(false),
+        pages,
+    };
+    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, ..Default::default() };
+    for (i, &tid) in p.threads.iter().enumerate() {
+        let name = mg::CORE.file_name(tid);
+        let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE)?;
+        if core.mtype != MTYPE_X86_64 {
+            return Err(bad(&name, format!("machine type {} is not x86_64", core.mtype)));
+        }
+        let ti = core.thread_info.as_ref().ok_or_else(|| bad(&name, "no thread_info"))?;
+        let tcore = core.thread_core.clone().unwrap_or_default();
+        if i == 0 {
+            let tc = core.tc.as_ref().ok_or_else(|| bad(&name, "main thread without tc"))?;
+            if tc.task_state != TASK_ALIVE {
+                return Err(bad(&name, format!("task state {} is not supported yet", tc.task_state)));
+            }
+            task.comm = tc.comm.clone();
+            task.personality = tc.personality;
+            task.flags = tc.flags;
+            task.sigactions = tc.sigactions.iter().map(|a| KSigaction { handler: a.sigaction, flags: a.flags, restorer: a.restorer, mask: a.mask }).collect();
+            if let Some(t) = &tc.timers {
+                task.itimers = [itimer_from(&t.real), itimer_from(&t.virt), itimer_from(&t.prof)];
+                task.posix_timers = t
+                    .posix
+                    .iter()
+                    .map(|p| PosixTimer {
+                        id: p.it_id as i32, clock: p.clock_id as i32, signo: p.si_signo as i32, notify: p.it_sigev_notify as i32,
+                        notify_tid: p.notify_thread_id.unwrap_or(0), sigval: p.sival_ptr, overrun: p.overrun as i32,
+                        interval: (p.isec, p.insec), value: (p.vsec, p.vnsec),
+                    })
+                    .collect();
+            }
+            task.rlimits = tc.rlimits.as_ref().map(|r| r.rlimits.iter().map(|l| (l.cur, l.max)).collect()).unwrap_or_default();
+            task.shared_pending = sigq_from(&tc.signals_s);
+            task.child_subreaper = tc.child_subreaper.unwrap_or(false);
+            task.loginuid = tc.loginuid.unwrap_or(u32::MAX);
+            task.oom_score_adj = tc.oom_score_adj.unwrap_or(0);
+        }
+        let blocked = match (i, &core.tc) {
+            (0, Some(tc)) => tcore.blk_sigset.unwrap_or(tc.blk_sigset),
+            _ => tcore.blk_sigset.unwrap_or(0),
+        };
+        task.threads.push(Thread {
+            tid: tid as i32,
+            regs: regs_from_pb(&ti.gpregs),
+            xsave: fpregs_from_pb(&ti.fpregs),
+            tls: ti.tls.iter().map(desc_from_pb).collect(),
+            rseq: tcore.rseq_entry.as_ref().map(|r| Rseq { ptr: r.rseq_abi_pointer, len: r.rseq_abi_size, sig: r.signature }),
+            altstack: tcore.sas.as_ref().map(|s| AltStack { sp: s.ss_sp, size: s.ss_size, flags: s.ss_flags }).unwrap_or(AltStack { sp: 0, size: 0, flags: libc::SS_DISABLE as u32 }),
+            robust_list: (tcore.futex_rla, u64::from(tcore.futex_rla_len)),
+            clear_tid: ti.clear_tid_addr,
+            blocked,
+            pending: sigq_from(&tcore.signals_p),
+            comm: tcore.comm.clone().unwrap_or_else(|| task.comm.clone()),
+            creds: tcore.creds.as_ref().map(creds_from_pb).unwrap_or_default(),
+            sched_nice: tcore.sched_nice.unwrap_or(0),
+            sched_policy: tcore.sched_policy.unwrap_or(0),
+            pdeath_sig: tcore.pdeath_sig.unwrap_or(0),
+        });
+    }
+    let tree = Tree { root_owns_pid_ns: pid == 1, tasks: vec![task] };
+    Ok((tree, src))
+}

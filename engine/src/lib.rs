@@ -1,0 +1,17 @@
+//! The checkpoint/restore engine behind the `criu` binary.
+//!
+//! Layers: [`dump`] collects a process tree from the kernel into the
+//! [`model`]; [`images_io`] writes the model to CRIU image files and reads
+//! it back; [`restore`] recreates processes from the model, reading page
+//! contents through a [`mem_source::MemSource`]. All `unsafe` lives in
+//! [`sys`].
+#![deny(unsafe_code)]
+
+pub mod log;
+pub mod cli;
+pub mod dump;
+pub mod images_io;
+pub mod mem_source;
+pub mod model;
+pub mod restore;
+pub mod sys;

@@ -1,0 +1,235 @@
+//! The in-memory model of a dumped process tree.
+//!
+//! `dump` fills it from the kernel, `images_io` writes it to and reads it
+//! from CRIU image files, `restore` recreates processes from it. Memory
+//! contents are not held here: the model lists which pages exist
+//! ([`PageRun`]) and a [`crate::mem_source::MemSource`] supplies their bytes
+//! (a pages image, a live process, ...).
+
+use crate::sys::process::KSigaction;
+use crate::sys::ptrace::{Regs, UserDesc};
+
+/// A dumped tree of processes.
+#[derive(Debug, Clone, Default)]
+pub struct Tree {
+    /// The root was pid 1 of its own pid namespace: restore into a new one.
+    pub root_owns_pid_ns: bool,
+    /// Tasks, root first. Pids are as seen in the tree's own pid namespace.
+    pub tasks: Vec<Task>,
+}
+
+/// Credentials of one thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub secbits: u32,
+    pub no_new_privs: bool,
+}
+
+/// rseq registration of a thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rseq {
+    pub ptr: u64,
+    pub len: u32,
+    pub sig: u32,
+}
+
+/// sigaltstack of a thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AltStack {
+    pub sp: u64,
+    pub size: u64,
+    pub flags: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Thread {
+    /// Thread id in the tree's pid namespace.
+    pub tid: i32,
+    /// General registers, with an interrupted syscall already turned into
+    /// what the kernel would do on return (restart or -EINTR).
+    pub regs: Regs,
+    /// XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) returned it.
+    pub xsave: Vec<u8>,
+    pub tls: Vec<UserDesc>,
+    pub rseq: Option<Rseq>,
+    pub altstack: AltStack,
+    pub robust_list: (u64, u64),
+    pub clear_tid: u64,
+    pub blocked: u64,
+    /// Queued per-thread siginfos.
+    pub pending: Vec<[u8; 128]>,
+    pub comm: String,
+    pub creds: Creds,
+    pub sched_nice: i32,
+    pub sched_policy: u32,
+    pub pdeath_sig: u32,
+}
+
+/// One interval timer (ITIMER_REAL/VIRTUAL/PROF): interval and value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Itimer {
+    pub isec: u64,
+    pub iusec: u64,
+    pub vsec: u64,
+    pub vusec: u64,
+}
+
+/// A POSIX timer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    pub signo: i32,
+    pub notify: i32,
+    pub notify_tid: i32,
+    pub sigval: u64,
+    pub overrun: i32,
+    pub interval: (u64, u64),
+    pub value: (u64, u64),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Task {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Main thread first.
+    pub threads: Vec<Thread>,
+    pub mm: Mm,
+    pub fds: Vec<Fd>,
+    pub fs: Fs,
+    /// Index = signal number - 1, 64 entries (SIGKILL/SIGSTOP default).
+    pub sigactions: Vec<KSigaction>,
+    pub comm: String,
+    pub personality: u32,
+    /// `flags` of /proc/PID/stat (PF_*), kept as upstream does.
+    pub flags: u32,
+    /// (cur, max) per RLIMIT_*, RLIM_NLIMITS entries.
+    pub rlimits: Vec<(u64, u64)>,
+    pub itimers: [Itimer; 3],
+    pub posix_timers: Vec<PosixTimer>,
+    /// Process-wide queued siginfos.
+    pub shared_pending: Vec<[u8; 128]>,
+    pub child_subreaper: bool,
+    pub loginuid: u32,
+    pub oom_score_adj: i32,
+    pub seccomp_mode: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Fs {
+    pub cwd: String,
+    pub root: String,
+    pub umask: u32,
+}
+
+/// What a dumped fd refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileDesc {
+    /// A path-opened file: regular file, directory, character device.
+    Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64> },
+    /// One end of a pipe; `pipe_id` is the pipe's inode.
+    Pipe { pipe_id: u32, flags: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fd {
+    pub fd: i32,
+    pub cloexec: bool,
+    pub file: FileDesc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmaKind {
+    Anon,
+    File,
+    Heap,
+    Stack,
+    Vdso,
+    /// `[vvar]` (with `[vvar_vclock]` folded in, as upstream 4.2 records it).
+    Vvar,
+    Vsyscall,
+}
+
+/// A file backing a mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFile {
+    pub path: String,
+    /// Open flags needed to map it (O_RDONLY or O_RDWR).
+    pub flags: u32,
+    pub size: Option<u64>,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub pgoff: u64,
+    /// PROT_*.
+    pub prot: u32,
+    /// MAP_* (PRIVATE/SHARED/ANONYMOUS/GROWSDOWN).
+    pub flags: u32,
+    pub kind: VmaKind,
+    /// Bit per MADV_* advice that is in effect.
+    pub madv: u64,
+    pub file: Option<MapFile>,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    pub fn shared(&self) -> bool {
+        self.flags & libc::MAP_SHARED as u32 != 0
+    }
+}
+
+/// Pages present in the dumped address space at `vaddr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    pub vaddr: u64,
+    pub nr_pages: u64,
+    /// May be loaded lazily (private anonymous memory), as upstream marks it.
+    pub lazy: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Mm {
+    pub vmas: Vec<Vma>,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_stack: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: Vec<u64>,
+    pub exe: Option<MapFile>,
+    pub dumpable: u32,
+    pub thp_disabled: bool,
+    /// Pages whose contents are in the memory source, sorted by address.
+    pub pages: Vec<PageRun>,
+}
+
+impl Tree {
+    pub fn root(&self) -> &Task {
+        &self.tasks[0]
+    }
+}

@@ -1,0 +1,170 @@
+//! Restore: model -> live processes, driven from outside with ptrace.
+//!
+//! Stages (see docs/ARCHITECTURE.md, "engine"):
+//! 1. `fork3` a child (CLONE_NEWPID when the root owned its pid namespace,
+//!    else set_tid = the dumped pid). The child, still a copy of the
+//!    engine, sets up what plain syscalls can: fds, session, cwd/root,
+//!    umask, personality, sigactions, rlimits, files to map ([`child`]).
+//! 2. The engine seizes it and, injecting syscalls ([`crate::sys::inject`]):
+//!    drops the engine's rseq, maps a gadget page free in both address
+//!    spaces, unmaps everything else, maps the vdso where it was, maps
+//!    every VMA, writes the pages through /proc/PID/mem, applies madvise,
+//!    PR_SET_MM_MAP, creates the threads (clone3 + set_tid), and per thread
+//!    robust list, clear_tid, sigaltstack, rseq, comm ([`space`], [`thread`]).
+//! 3. Final per-thread XSAVE + registers + signal mask, gadget unmapped,
+//!    detach. [`RestoreGuard`] kills everything on any failure before that.
+
+pub mod child;
+pub mod space;
+pub mod thread;
+
+use crate::mem_source::MemSource;
+use crate::model::{FileDesc, Tree};
+use crate::sys::inject::{self, Injector};
+use crate::sys::process::{self as p, Forked};
+use crate::sys::ptrace::{self, Wait};
+use crate::sys::Pid;
+use crate::{pr_debug, pr_info};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{what} (pid {pid})")]
+    Io { pid: Pid, what: String, #[source] source: std::io::Error },
+    #[error("restore child {pid} failed: {msg}")]
+    Child { pid: Pid, msg: String },
+    #[error(transparent)]
+    Mem(#[from] crate::mem_source::MemError),
+}
+
+pub(crate) fn ioe(pid: Pid, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let what = what.into();
+    move |e| RestoreError::Io { pid, what, source: e }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOpts {
+    pub detached: bool,
+    pub pidfile: Option<PathBuf>,
+    pub shell_job: bool,
+    pub root: Option<PathBuf>,
+}
+
+/// Kills the half-restored tree unless committed.
+#[derive(Debug)]
+pub struct RestoreGuard {
+    pub pid: Pid,
+    committed: bool,
+}
+
+impl Drop for RestoreGuard {
+    fn drop(&mut self) {
+        if !self.committed && self.pid > 0 {
+            let _ = p::kill(self.pid, libc::SIGKILL);
+            let _ = ptrace::wait_flags(self.pid, 0);
+        }
+    }
+}
+
+/// Restore `tree` with page contents from `mem`. Returns the host pid of the root.
+pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<Pid, RestoreError> {
+    if tree.tasks.len() != 1 {
+        return Err(RestoreError::Unsupported(format!(
+            "restoring a tree of {} processes is not supported yet",
+            tree.tasks.len()
+        )));
+    }
+    if !p::is_single_threaded() {
+        return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
+    }
+    let task = tree.root();
+    // plan: which files get mapped, where service fds go
+    let mut map_files: Vec<(String, i32)> = Vec::new();
+    for v in &task.mm.vmas {
+        if let Some(f) = &v.file {
+            if !map_files.iter().any(|(p, _)| p == &f.path) {
+                map_files.push((f.path.clone(), f.flags as i32));
+            }
+        }
+    }
+    if let Some(exe) = &task.mm.exe {
+        if !map_files.iter().any(|(p, _)| p == &exe.path) {
+            map_files.push((exe.path.clone(), libc::O_RDONLY));
+        }
+    }
+    let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2);
+    let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. })).count() as i32;
+    let svc_base = (max_fd + 2 * npipes + 16).max(64);
+    let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
+    let plan = child::ChildPlan {
+        report_fd: wr.as_raw_fd(),
+        svc_base,
+        map_files: map_files.clone(),
+        root_prefix: opts.root.as_ref().map(|r| r.to_string_lossy().trim_end_matches('/').to_string()).unwrap_or_default(),
+        shell_job: opts.shell_job,
+    };
+    let (flags, set_tid): (u64, Vec<Pid>) =
+        if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
+    pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
+    let child = match p::fork3(flags, &set_tid, libc::SIGCHLD) {
+        Ok(Forked::Child) => child::child_main(&plan, task),
+        Ok(Forked::Parent(c)) => c,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            return Err(RestoreError::Unsupported(format!("pid {} is taken in this pid namespace", task.pid)))
+        }
+        Err(e) => return Err(ioe(task.pid, "clone3")(e)),
+    };
+    let mut guard = RestoreGuard { pid: child, committed: false };
+    drop(wr);
+    let mut msg = String::new();
+    std::fs::File::from(rd).read_to_string(&mut msg).map_err(ioe(child, "reading the child's report"))?;
+    if msg != "ok" {
+        return Err(RestoreError::Child { pid: child, msg });
+    }
+    pr_debug!("child {child} prepared its fds and process state");
+    // seize
+    ptrace::seize(child, ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL).map_err(ioe(child, "seize"))?;
+    ptrace::interrupt(child).map_err(ioe(child, "interrupt"))?;
+    loop {
+        match ptrace::wait(child).map_err(ioe(child, "wait"))? {
+            Wait::Stopped { event: ptrace::EVENT_STOP, .. } => break,
+            Wait::Stopped { .. } => ptrace::cont(child, 0).map_err(ioe(child, "cont"))?,
+            other => return Err(RestoreError::Child { pid: child, msg: format!("died before restore: {other:?}") }),
+        }
+    }
+    let mut main = Injector::new(child, inject::engine_gadget()).map_err(ioe(child, "registers"))?;
+    let sp = space::build(&mut main, task, mem, svc_base, &map_files)?;
+    // threads
+    let mut injs = vec![];
+    for t in task.threads.iter().skip(1) {
+        let tid = thread::create(&mut main, &sp, t.tid)?;
+        let mut ti = Injector::new(tid, sp.gadget).map_err(ioe(tid, "registers"))?;
+        ti.base = main.base;
+        injs.push((tid, ti, t));
+    }
+    thread::setup(&mut main, &sp, &task.threads[0])?;
+    for (_, ti, t) in injs.iter_mut() {
+        thread::setup(ti, &sp, t)?;
+    }
+    space::finish_process(&mut main, &sp, task, svc_base, map_files.len())?;
+    for (tid, _, t) in &injs {
+        thread::load_final(*tid, t)?;
+    }
+    // last syscall of the main thread: unmap the gadget page
+    main.call("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, space::GADGET_LEN]).map_err(ioe(child, "unmapping the gadget"))?;
+    thread::load_final(child, &task.threads[0])?;
+    for (tid, _, _) in &injs {
+        ptrace::detach(*tid, 0).map_err(ioe(*tid, "detach"))?;
+    }
+    ptrace::detach(child, 0).map_err(ioe(child, "detach"))?;
+    guard.committed = true;
+    pr_info!("Restore finished successfully. Tasks resumed.");
+    if let Some(pf) = &opts.pidfile {
+        std::fs::write(pf, format!("{child}")).map_err(ioe(child, format!("writing pidfile {}", pf.display())))?;
+    }
+    Ok(child)
+}

@@ -1,0 +1,108 @@
+//! Running syscalls inside a ptrace-stopped thread.
+//!
+//! The thread is pointed at a `syscall` instruction (the "gadget": any
+//! `0f 05` in its executable memory) with the syscall number and arguments
+//! in its registers, and stepped with PTRACE_SYSCALL to the syscall-exit
+//! stop, where the return value is read. Nothing after the `syscall`
+//! instruction ever runs, so the gadget needs no trailing trap and no
+//! memory is modified. `orig_ax = -1` keeps the kernel's syscall-restart
+//! logic away from the registers we load.
+//!
+//! The caller blocks signals (PTRACE_SETSIGMASK) for the duration, so a
+//! stop other than the syscall ones means the thread is being killed or
+//! stopped by someone else: that is reported as an error.
+
+use super::ptrace::{self, Regs, Wait};
+use super::Pid;
+use std::io;
+
+/// Address of a `syscall; int3` pair in the engine's own text. A child
+/// forked from the engine has it at the same address.
+pub fn engine_gadget() -> u64 {
+    extern "C" {
+        fn criu_rs_syscall_gadget();
+    }
+    criu_rs_syscall_gadget as *const () as usize as u64
+}
+
+std::arch::global_asm!(
+    ".pushsection .text.criu_rs_gadget,\"ax\",@progbits",
+    ".globl criu_rs_syscall_gadget",
+    ".type criu_rs_syscall_gadget,@function",
+    "criu_rs_syscall_gadget:",
+    "syscall",
+    "int3",
+    ".popsection",
+);
+
+/// Syscall injector bound to one stopped thread.
+#[derive(Debug)]
+pub struct Injector {
+    pub tid: Pid,
+    /// Address of a `syscall` instruction executable in the thread's mm.
+    pub gadget: u64,
+    /// Registers used as the template of each call (the thread's own).
+    pub base: Regs,
+    /// Called when a clone event is seen: new thread ids.
+    pub cloned: Vec<Pid>,
+}
+
+impl Injector {
+    pub fn new(tid: Pid, gadget: u64) -> io::Result<Self> {
+        let base = ptrace::get_regs(tid)?;
+        Ok(Injector { tid, gadget, base, cloned: Vec::new() })
+    }
+
+    /// Run syscall `nr` with `args`; returns the raw result (negative errno on failure).
+    pub fn raw(&mut self, nr: i64, args: &[u64]) -> io::Result<i64> {
+        let mut r = self.base;
+        r.ip = self.gadget;
+        r.ax = nr as u64;
+        r.orig_ax = u64::MAX;
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        r.di = a[0];
+        r.si = a[1];
+        r.dx = a[2];
+        r.r10 = a[3];
+        r.r8 = a[4];
+        r.r9 = a[5];
+        ptrace::set_regs(self.tid, &r)?;
+        // entry stop, then exit stop (clone events in between are recorded)
+        let mut seen_entry = false;
+        loop {
+            ptrace::cont_syscall(self.tid, 0)?;
+            match ptrace::wait(self.tid)? {
+                Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
+                    if seen_entry {
+                        break;
+                    }
+                    seen_entry = true;
+                }
+                Wait::Stopped { sig, event } if sig == libc::SIGTRAP && event == ptrace::EVENT_CLONE => {
+                    let t = ptrace::event_msg(self.tid)?;
+                    self.cloned.push(i32::try_from(t).unwrap_or(-1));
+                }
+                other => {
+                    return Err(io::Error::other(format!(
+                        "thread {} stopped unexpectedly during injected syscall {nr}: {other:?}",
+                        self.tid
+                    )))
+                }
+            }
+        }
+        let out = ptrace::get_regs(self.tid)?;
+        Ok(out.ax as i64)
+    }
+
+    /// Like [`raw`](Self::raw) but negative results become errors naming the syscall.
+    pub fn call(&mut self, what: &str, nr: i64, args: &[u64]) -> io::Result<u64> {
+        let r = self.raw(nr, args)?;
+        super::check_raw(r).map_err(|e| io::Error::new(e.kind(), format!("injected {what} in {}: {e}", self.tid)))
+    }
+
+    /// Put the thread's template registers back.
+    pub fn restore_regs(&self) -> io::Result<()> {
+        ptrace::set_regs(self.tid, &self.base)
+    }
+}

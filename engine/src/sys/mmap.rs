@@ -1,0 +1,77 @@
+//! Read-only file mappings (image files as memory sources) and the
+//! zero-page PFN probe.
+
+use super::last_err;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// A whole file mapped read-only and shared.
+#[derive(Debug)]
+pub struct MappedFile {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and never remapped while the value lives;
+// sharing `&[u8]` views of it between threads is sound.
+unsafe impl Send for MappedFile {}
+// SAFETY: as above.
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    /// mmap(2) the whole of `f` PROT_READ, MAP_SHARED.
+    pub fn map(f: &File) -> io::Result<Self> {
+        let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
+        if len == 0 {
+            return Ok(MappedFile { ptr: std::ptr::null_mut(), len: 0 });
+        }
+        // SAFETY: a fresh mapping chosen by the kernel; aliases nothing in our memory.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return Err(last_err());
+        }
+        Ok(MappedFile { ptr: p, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: ptr..ptr+len is our live read-only mapping. The image file is
+        // not truncated by us while mapped; a concurrent truncation by someone
+        // else would SIGBUS (same contract as every mmap reader).
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: unmapping exactly what `map` mapped; no borrows outlive self.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}
+
+/// PFN of the kernel's shared zero page, found by reading a fresh anonymous
+/// page of our own and looking it up in /proc/self/pagemap.
+pub fn zero_page_pfn() -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    // SAFETY: fresh private anonymous page, unmapped below before returning.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(last_err());
+    }
+    // SAFETY: p is a readable mapped page; a volatile read faults in the zero page.
+    let _ = unsafe { std::ptr::read_volatile(p as *const u8) };
+    let f = File::open("/proc/self/pagemap");
+    let res = f.and_then(|f| {
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, (p as u64 / 4096) * 8)?;
+        Ok(u64::from_le_bytes(b) & ((1u64 << 55) - 1))
+    });
+    // SAFETY: unmapping the page mapped above.
+    unsafe { libc::munmap(p, 4096) };
+    res
+}

@@ -1,0 +1,31 @@
+//! The one place with `unsafe` in the engine: thin wrappers over the raw
+//! kernel ABI (ptrace, clone3, prctl, mmap, raw syscalls). Every wrapper
+//! names the syscall it makes; every `unsafe` block says why it is sound.
+//! Everything above this module is `#![forbid(unsafe_code)]`-clean.
+#![allow(unsafe_code)]
+
+pub mod cpu;
+pub mod inject;
+pub mod mmap;
+pub mod process;
+pub mod ptrace;
+
+/// A kernel thread/process id as seen from the engine's pid namespace.
+pub type Pid = i32;
+
+/// `errno` of the last failed libc call as an `io::Error`.
+pub(crate) fn last_err() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Turn a raw `-errno` syscall return into a `Result`.
+pub fn check_raw(ret: i64) -> std::io::Result<u64> {
+    if (-4095..0).contains(&ret) {
+        Err(std::io::Error::from_raw_os_error(i32::try_from(-ret).unwrap_or(libc::EINVAL)))
+    } else {
+        Ok(ret as u64)
+    }
+}
+
+/// Page size of x86_64.
+pub const PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,277 @@
+//! Process creation and control: clone3 with set_tid, signals, prctl,
+//! rt_sigaction with raw kernel structs, pidfd.
+
+use super::{last_err, Pid};
+use std::io;
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// What a fork-like clone returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// clone3(2) without CLONE_VM (fork semantics): `flags` (e.g. CLONE_NEWPID),
+/// `set_tid` the wanted pid per pid-namespace level, innermost first.
+///
+/// The calling process must be single-threaded: the child continues in a
+/// copy of this address space with only the calling thread.
+pub fn fork3(flags: u64, set_tid: &[Pid], exit_signal: i32) -> io::Result<Forked> {
+    assert_eq!(flags & libc::CLONE_VM as u64, 0, "fork3 is fork-like only");
+    let args = CloneArgs {
+        flags,
+        exit_signal: exit_signal as u64,
+        set_tid: if set_tid.is_empty() { 0 } else { set_tid.as_ptr() as u64 },
+        set_tid_size: set_tid.len() as u64,
+        ..Default::default()
+    };
+    // SAFETY: without CLONE_VM the child gets its own copy of the address
+    // space, so both sides continue on their own stacks exactly like fork();
+    // `args` and `set_tid` are valid for the duration of the call.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match r {
+        -1 => Err(last_err()),
+        0 => Ok(Forked::Child),
+        p => Ok(Forked::Parent(p as Pid)),
+    }
+}
+
+/// Size of `struct clone_args` as the kernel takes it (for injected clone3).
+pub const CLONE_ARGS_SIZE: usize = std::mem::size_of::<CloneArgs>();
+
+/// Encode a `struct clone_args` for a thread-creating clone3 to be run in
+/// another process (all pointers are addresses in that process).
+pub fn clone_args_bytes(flags: u64, set_tid_ptr: u64, set_tid_size: u64) -> Vec<u8> {
+    let words = [flags, 0, 0, 0, 0, 0, 0, 0, set_tid_ptr, set_tid_size, 0];
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// kill(2).
+pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+/// _exit(2) of the current process (used by a forked child on error).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: terminates the process; no invariants to uphold.
+    unsafe { libc::_exit(code) }
+}
+
+/// Kernel `struct sigaction` (x86_64 rt_sigaction ABI).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// rt_sigaction(2) in the calling process with a raw kernel struct; the
+/// handler address is not interpreted (a forked restore child sets the
+/// handlers of the image before its memory is replaced).
+pub fn set_sigaction_raw(sig: i32, act: &KSigaction) -> io::Result<()> {
+    // SAFETY: `act` points to a valid kernel sigaction; oldact is NULL.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, act as *const KSigaction, 0usize, 8usize) };
+    if r < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+/// Block every signal in the calling thread (rt_sigprocmask).
+pub fn block_all_signals() -> io::Result<()> {
+    let all: u64 = !0;
+    // SAFETY: valid pointer to an 8-byte set; oldset NULL.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all as *const u64, 0usize, 8usize) };
+    if r < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+/// prctl(2) with integer arguments.
+pub fn prctl(op: i32, a2: u64, a3: u64, a4: u64, a5: u64) -> io::Result<i32> {
+    // SAFETY: only integer-argument prctl ops are passed through here.
+    let r = unsafe { libc::prctl(op, a2, a3, a4, a5) };
+    if r < 0 {
+        Err(last_err())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Thin raw syscall for integer-only calls in the current process.
+pub fn syscall6(nr: i64, a: [u64; 6]) -> io::Result<u64> {
+    // SAFETY: callers pass only syscalls whose arguments are integers or
+    // pointers into live buffers they own for the duration of the call.
+    let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+    if r < 0 {
+        Err(last_err())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// dup2(2)/close(2)/setsid(2)/umask(2)/personality(2) helpers for the restore child.
+pub fn dup2(old: i32, new: i32) -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    if unsafe { libc::dup2(old, new) } < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: closing an fd number we own by construction (restore child).
+    unsafe { libc::close(fd) };
+}
+
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    if unsafe { libc::setsid() } < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn umask(m: u32) {
+    // SAFETY: integer-only syscall.
+    unsafe { libc::umask(m) };
+}
+
+pub fn personality(p: u64) -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    if unsafe { libc::personality(p as libc::c_ulong) } < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+/// pidfd_open(2).
+pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: the kernel returned a fresh fd we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Is the calling process single-threaded (a precondition of [`fork3`])?
+pub fn is_single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1).unwrap_or(false)
+}
+
+/// pause(2) forever (a restore child waiting to be seized).
+pub fn pause_forever() -> ! {
+    loop {
+        // SAFETY: no arguments; returns only on signal delivery.
+        unsafe { libc::pause() };
+    }
+}
+
+/// pipe2(O_CLOEXEC) as owned fds (read, write).
+pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut p = [0i32; 2];
+    // SAFETY: `p` is a valid out-array of two ints.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: the kernel just returned these two fresh fds to us.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(p[0]), std::os::fd::OwnedFd::from_raw_fd(p[1])) })
+}
+
+/// Raw pipe2 returning plain fd numbers (restore child: fds it then places).
+pub fn pipe_raw() -> io::Result<[i32; 2]> {
+    let mut p = [0i32; 2];
+    // SAFETY: `p` is a valid out-array of two ints.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), 0) } < 0 {
+        return Err(last_err());
+    }
+    Ok(p)
+}
+
+/// fcntl(F_SETFD) — set or clear FD_CLOEXEC.
+pub fn set_cloexec(fd: i32, on: bool) -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, if on { libc::FD_CLOEXEC } else { 0 }) } < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+/// setrlimit(2) via prlimit64 on ourselves.
+pub fn set_rlimit(res: u32, cur: u64, max: u64) -> io::Result<()> {
+    let l = libc::rlimit64 { rlim_cur: cur, rlim_max: max };
+    // SAFETY: `l` is a valid rlimit64; old_limit NULL.
+    if unsafe { libc::prlimit64(0, res as _, &l, std::ptr::null_mut()) } < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+/// getrlimit(2).
+pub fn get_rlimit(res: u32) -> io::Result<(u64, u64)> {
+    let mut l = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `l` is a valid out-parameter.
+    if unsafe { libc::prlimit64(0, res as _, std::ptr::null(), &mut l) } < 0 {
+        Err(last_err())
+    } else {
+        Ok((l.rlim_cur, l.rlim_max))
+    }
+}
+
+/// Write all of `buf` to a raw fd (restore child reporting to the engine).
+pub fn write_fd(fd: i32, buf: &[u8]) {
+    // SAFETY: `buf` is valid for reads of its length.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+}
+
+/// Close every fd except those in `keep` (close_range over the gaps).
+pub fn close_all_except(keep: &[i32]) {
+    let mut k: Vec<i32> = keep.to_vec();
+    k.sort_unstable();
+    let mut from: u32 = 0;
+    for &fd in &k {
+        let fd = fd as u32;
+        if fd > from {
+            // SAFETY: integer-only syscall on our own fd table.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
+        }
+        from = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}

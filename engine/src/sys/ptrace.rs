@@ -1,0 +1,285 @@
+//! ptrace(2) wrappers: seize/interrupt/detach, register sets (general
+//! registers, NT_X86_XSTATE), signal masks and queues, rseq configuration,
+//! TLS descriptors, and `waitpid(__WALL)` decoding.
+
+use super::{last_err, Pid};
+use std::io;
+
+/// `struct user_regs_struct` of x86_64 (NT_PRSTATUS), field order as the kernel's.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub bp: u64,
+    pub bx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub ax: u64,
+    pub cx: u64,
+    pub dx: u64,
+    pub si: u64,
+    pub di: u64,
+    pub orig_ax: u64,
+    pub ip: u64,
+    pub cs: u64,
+    pub flags: u64,
+    pub sp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+/// `struct user_desc` (PTRACE_GET_THREAD_AREA), bitfields packed in `flags`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserDesc {
+    pub entry_number: u32,
+    pub base_addr: u32,
+    pub limit: u32,
+    pub flags: u32,
+}
+
+/// `struct ptrace_rseq_configuration`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RseqConfig {
+    pub rseq_abi_pointer: u64,
+    pub rseq_abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+/// Raw 128-byte `siginfo_t`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawSiginfo(pub [u8; 128]);
+
+impl std::fmt::Debug for RawSiginfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "siginfo(signo {})", i32::from_ne_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]))
+    }
+}
+
+const NT_PRSTATUS: usize = 1;
+const NT_X86_XSTATE: usize = 0x202;
+const PTRACE_SEIZE: libc::c_uint = 0x4206;
+const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const PTRACE_GET_THREAD_AREA: libc::c_uint = 25;
+
+pub const O_TRACESYSGOOD: u64 = 1;
+pub const O_TRACECLONE: u64 = 8;
+pub const O_EXITKILL: u64 = 1 << 20;
+pub const O_SUSPEND_SECCOMP: u64 = 1 << 21;
+pub const EVENT_CLONE: i32 = 3;
+pub const EVENT_STOP: i32 = 128;
+pub const PEEKSIGINFO_SHARED: u32 = 1;
+
+fn ptrace(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: every request passed here either ignores addr/data or is given
+    // pointers to live, correctly sized buffers by the typed wrappers below.
+    let r = unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
+    if r == -1 {
+        Err(last_err())
+    } else {
+        Ok(r)
+    }
+}
+
+/// PTRACE_SEIZE: attach without stopping the thread.
+pub fn seize(tid: Pid, options: u64) -> io::Result<()> {
+    ptrace(PTRACE_SEIZE, tid, 0, options as usize).map(drop)
+}
+
+/// PTRACE_INTERRUPT: stop a seized thread (no signal is queued or lost).
+pub fn interrupt(tid: Pid) -> io::Result<()> {
+    ptrace(PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+
+/// PTRACE_DETACH, delivering `sig` (0 for none).
+pub fn detach(tid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+}
+
+/// PTRACE_CONT.
+pub fn cont(tid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+}
+
+/// PTRACE_SYSCALL: resume until the next syscall entry or exit.
+pub fn cont_syscall(tid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+}
+
+/// PTRACE_SETOPTIONS.
+pub fn set_options(tid: Pid, options: u64) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
+}
+
+/// PTRACE_GETEVENTMSG.
+pub fn event_msg(tid: Pid) -> io::Result<u64> {
+    let mut v: libc::c_ulong = 0;
+    ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut v as *mut _ as usize)?;
+    Ok(v)
+}
+
+fn getregset(tid: Pid, nt: usize, buf: &mut [u8]) -> io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    ptrace(libc::PTRACE_GETREGSET, tid, nt, &mut iov as *mut _ as usize)?;
+    Ok(iov.iov_len)
+}
+
+fn setregset(tid: Pid, nt: usize, buf: &[u8]) -> io::Result<()> {
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    ptrace(libc::PTRACE_SETREGSET, tid, nt, &mut iov as *mut _ as usize).map(drop)
+}
+
+/// PTRACE_GETREGSET(NT_PRSTATUS).
+pub fn get_regs(tid: Pid) -> io::Result<Regs> {
+    let mut r = Regs::default();
+    let mut iov = libc::iovec { iov_base: (&mut r as *mut Regs).cast(), iov_len: std::mem::size_of::<Regs>() };
+    ptrace(libc::PTRACE_GETREGSET, tid, NT_PRSTATUS, &mut iov as *mut _ as usize)?;
+    Ok(r)
+}
+
+/// PTRACE_SETREGSET(NT_PRSTATUS).
+pub fn set_regs(tid: Pid, r: &Regs) -> io::Result<()> {
+    let mut iov = libc::iovec { iov_base: (r as *const Regs as *mut Regs).cast(), iov_len: std::mem::size_of::<Regs>() };
+    ptrace(libc::PTRACE_SETREGSET, tid, NT_PRSTATUS, &mut iov as *mut _ as usize).map(drop)
+}
+
+/// PTRACE_GETREGSET(NT_X86_XSTATE): the XSAVE area, as long as the CPU's.
+pub fn get_xstate(tid: Pid) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 16384];
+    let n = getregset(tid, NT_X86_XSTATE, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// PTRACE_SETREGSET(NT_X86_XSTATE).
+pub fn set_xstate(tid: Pid, xsave: &[u8]) -> io::Result<()> {
+    setregset(tid, NT_X86_XSTATE, xsave)
+}
+
+/// PTRACE_GETSIGMASK: the thread's blocked signal set.
+pub fn get_sigmask(tid: Pid) -> io::Result<u64> {
+    let mut m: u64 = 0;
+    ptrace(PTRACE_GETSIGMASK, tid, 8, &mut m as *mut u64 as usize)?;
+    Ok(m)
+}
+
+/// PTRACE_SETSIGMASK.
+pub fn set_sigmask(tid: Pid, mask: u64) -> io::Result<()> {
+    let m = mask;
+    ptrace(PTRACE_SETSIGMASK, tid, 8, &m as *const u64 as usize).map(drop)
+}
+
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// PTRACE_PEEKSIGINFO: every queued siginfo (per-thread, or the shared queue
+/// with [`PEEKSIGINFO_SHARED`]) without dequeuing them.
+pub fn peek_siginfo(tid: Pid, flags: u32) -> io::Result<Vec<RawSiginfo>> {
+    let mut out = Vec::new();
+    let mut buf = [RawSiginfo([0; 128]); 32];
+    loop {
+        let args = PeekSiginfoArgs { off: out.len() as u64, flags, nr: 32 };
+        let n = ptrace(PTRACE_PEEKSIGINFO, tid, &args as *const _ as usize, buf.as_mut_ptr() as usize)?;
+        let n = usize::try_from(n).unwrap_or(0);
+        out.extend_from_slice(&buf[..n]);
+        if n < 32 {
+            return Ok(out);
+        }
+    }
+}
+
+/// PTRACE_GET_RSEQ_CONFIGURATION.
+pub fn rseq_config(tid: Pid) -> io::Result<RseqConfig> {
+    let mut c = RseqConfig::default();
+    ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, std::mem::size_of::<RseqConfig>(), &mut c as *mut _ as usize)?;
+    Ok(c)
+}
+
+/// PTRACE_GET_THREAD_AREA for GDT entry `idx`.
+pub fn get_thread_area(tid: Pid, idx: u32) -> io::Result<UserDesc> {
+    let mut d = UserDesc::default();
+    ptrace(PTRACE_GET_THREAD_AREA, tid, idx as usize, &mut d as *mut _ as usize)?;
+    Ok(d)
+}
+
+/// PTRACE_GETSIGINFO of the current stop.
+pub fn get_siginfo(tid: Pid) -> io::Result<RawSiginfo> {
+    let mut s = RawSiginfo([0; 128]);
+    ptrace(libc::PTRACE_GETSIGINFO, tid, 0, s.0.as_mut_ptr() as usize)?;
+    Ok(s)
+}
+
+/// What `waitpid` reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Exited(i32),
+    Signaled(i32),
+    /// Stopped: signal and ptrace event (status >> 16).
+    Stopped { sig: i32, event: i32 },
+}
+
+/// waitpid(tid, __WALL) (restarted on EINTR).
+pub fn wait(tid: Pid) -> io::Result<Wait> {
+    wait_flags(tid, libc::__WALL).map(|w| w.expect("blocking wait"))
+}
+
+/// waitpid with flags; `None` when WNOHANG found nothing.
+pub fn wait_flags(tid: Pid, flags: i32) -> io::Result<Option<Wait>> {
+    let mut st = 0;
+    loop {
+        // SAFETY: `st` is a valid out-pointer for the duration of the call.
+        let r = unsafe { libc::waitpid(tid, &mut st, flags) };
+        if r < 0 {
+            let e = last_err();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        break;
+    }
+    Ok(Some(if libc::WIFEXITED(st) {
+        Wait::Exited(libc::WEXITSTATUS(st))
+    } else if libc::WIFSIGNALED(st) {
+        Wait::Signaled(libc::WTERMSIG(st))
+    } else {
+        Wait::Stopped { sig: libc::WSTOPSIG(st), event: st >> 16 }
+    }))
+}
+
+/// get_robust_list(2) of another thread: (head, len).
+pub fn get_robust_list(tid: Pid) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: u64 = 0;
+    // SAFETY: both out-pointers are valid u64 slots (pointer-sized on x86_64).
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut u64) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok((head, len))
+}
