@@ -112,7 +112,7 @@ impl Drop for Frozen {
             let _ = crate::sys::process::kill(self.pid, libc::SIGKILL);
         }
         for t in &self.threads {
-            if t.regs != Regs::default() {
+            if !self.kill_on_release && t.regs != Regs::default() {
                 if let Err(e) = ptrace::set_regs(t.tid, &t.regs) {
                     pr_warn!("can't put back registers of {}: {e}", t.tid);
                 }

@@ -130,24 +130,29 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     let mut total = 0u64;
     for r in &task.mm.pages {
         let end = r.vaddr + r.nr_pages * 4096;
-        let Some(v) = task.mm.vmas.iter().find(|v| v.start <= r.vaddr && end <= v.end) else {
-            return Err(RestoreError::Unsupported(format!("pages at {:#x} lie outside every VMA", r.vaddr)));
-        };
-        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || v.shared() {
-            continue;
+        let mut covered = 0u64;
+        for v in task.mm.vmas.iter().filter(|v| v.start < end && r.vaddr < v.end) {
+            let (lo, hi) = (r.vaddr.max(v.start), end.min(v.end));
+            covered += hi - lo;
+            if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || v.shared() {
+                continue;
+            }
+            let mut a = lo;
+            while a < hi {
+                let n = usize::try_from((hi - a).min(buf.len() as u64)).unwrap_or(buf.len());
+                let data: &[u8] = match mem.slice(a, n) {
+                    Some(s) => s,
+                    None => {
+                        mem.read(a, &mut buf[..n])?;
+                        &buf[..n]
+                    }
+                };
+                memf.write_all_at(data, a).map_err(e(&format!("writing pages at {a:#x}")))?;
+                a += n as u64;
+            }
         }
-        let mut a = r.vaddr;
-        while a < end {
-            let n = usize::try_from((end - a).min(buf.len() as u64)).unwrap_or(buf.len());
-            let data: &[u8] = match mem.slice(a, n) {
-                Some(s) => s,
-                None => {
-                    mem.read(a, &mut buf[..n])?;
-                    &buf[..n]
-                }
-            };
-            memf.write_all_at(data, a).map_err(e(&format!("writing pages at {a:#x}")))?;
-            a += n as u64;
+        if covered != end - r.vaddr {
+            return Err(RestoreError::Unsupported(format!("pages at {:#x}..{end:#x} lie outside the VMAs", r.vaddr)));
         }
         total += r.nr_pages;
     }
