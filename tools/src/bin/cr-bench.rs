@@ -124,7 +124,9 @@ fn wait_for(path: &Path, timeout: Duration) -> bool {
 fn ns_init_pid(unshare_pid: u32) -> Option<i32> {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(5) {
-        if let Ok(s) = fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children")) {
+        if let Ok(s) =
+            fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+        {
             if let Some(p) = s.split_whitespace().next().and_then(|x| x.parse().ok()) {
                 return Some(p);
             }
@@ -136,7 +138,10 @@ fn ns_init_pid(unshare_pid: u32) -> Option<i32> {
 
 fn ok_ticks(log: &Path) -> (usize, bool) {
     let s = fs::read_to_string(log).unwrap_or_default();
-    (s.lines().filter(|l| l.ends_with(" ok")).count(), s.contains("FAIL"))
+    (
+        s.lines().filter(|l| l.ends_with(" ok")).count(),
+        s.contains("FAIL"),
+    )
 }
 
 struct Row {
@@ -152,7 +157,13 @@ fn kill_tree(pid: i32) {
 }
 
 fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
-    let mut row = Row { mib, threads, dump: None, restore: None, note: String::new() };
+    let mut row = Row {
+        mib,
+        threads,
+        dump: None,
+        restore: None,
+        note: String::new(),
+    };
     let work = o.dir.join(format!("w-{mib}-{threads}"));
     let imgs = o.dir.join(format!("img-{mib}-{threads}"));
     let _ = fs::remove_dir_all(&work);
@@ -217,7 +228,10 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
     match st {
         Ok(s) if s.success() => row.restore = Some(restore_time),
         Ok(s) => {
-            row.note = format!("restore failed ({s}), see {}", imgs.join("restore.log").display());
+            row.note = format!(
+                "restore failed ({s}), see {}",
+                imgs.join("restore.log").display()
+            );
             return row;
         }
         Err(e) => {
@@ -241,7 +255,10 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
         std::thread::sleep(Duration::from_millis(50));
     }
     row.note = verdict;
-    if let Some(p) = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+    if let Some(p) = fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
         kill_tree(p);
     }
     let _ = fs::remove_dir_all(&imgs);
@@ -264,11 +281,21 @@ fn main() {
             for _ in 0..o.runs {
                 let r = one(&o, &memhog, mib, threads);
                 let gib = mib as f64 / 1024.0;
-                let f = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3}", d.as_secs_f64()));
-                let rate = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2}", gbps(bytes, d)));
-                let up_dump = r.dump.map_or("-".into(), |d| format!("{:.1}x faster", gib * 1.0 / d.as_secs_f64()));
-                let up_rest = r.restore.map_or("-".into(), |d| format!("{:.1}x faster", gib * 0.5 / d.as_secs_f64()));
-                let ratio = r.dump.map_or("-".into(), |d| format!("{:.2}", gbps(bytes, d) / gbps(bytes, mc)));
+                let f = |d: Option<Duration>| {
+                    d.map_or("-".to_string(), |d| format!("{:.3}", d.as_secs_f64()))
+                };
+                let rate = |d: Option<Duration>| {
+                    d.map_or("-".to_string(), |d| format!("{:.2}", gbps(bytes, d)))
+                };
+                let up_dump = r.dump.map_or("-".into(), |d| {
+                    format!("{:.1}x faster", gib * 1.0 / d.as_secs_f64())
+                });
+                let up_rest = r.restore.map_or("-".into(), |d| {
+                    format!("{:.1}x faster", gib * 0.5 / d.as_secs_f64())
+                });
+                let ratio = r.dump.map_or("-".into(), |d| {
+                    format!("{:.2}", gbps(bytes, d) / gbps(bytes, mc))
+                });
                 println!(
                     "| {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.mib,
