@@ -201,6 +201,12 @@ if [ "$BENCH" = 1 ]; then
 fi
 rmmod vma_cherrypick || rc=$((rc + 10000))
 dmesg | grep -E 'vma_cherrypick|BUG|Oops|WARNING|bad rss|Bad page' | tail -20
+if dmesg | grep -qE 'BUG:|WARNING:|Oops|bad rss-counter|Bad page|list_add corruption|list_del corruption'; then
+	echo "FAIL - kernel log has BUG/WARNING/bad rss-counter/Bad page lines (above)"
+	rc=$((rc + 100000))
+else
+	echo "ok   - kernel log clean: no BUG, WARNING, bad rss-counter or Bad page"
+fi
 echo "KMODTEST: tainted=$(cat /proc/sys/kernel/tainted) test_rc=$rc uptime $(cut -d' ' -f1 /proc/uptime)s"
 if [ $rc -eq 0 ]; then result PASS; else result "FAIL (rc=$rc)"; fi
 EOF

@@ -32,6 +32,7 @@
 #include <linux/userfaultfd_k.h>
 #include <linux/capability.h>
 #include <linux/pid.h>
+#include <linux/cgroup.h>
 #include <asm/tlbflush.h>
 #include "vma_cherrypick.h"
 
@@ -130,7 +131,14 @@ static bool source_is_stopped(struct task_struct *task)
 			continue;
 		if (task_is_stopped_or_traced(t))
 			continue;
-		if (data_race(t->frozen))	/* cgroup v2 freezer */
+		/*
+		 * cgroup v2 freezer. t->frozen alone is not enough: a SIGSTOPped
+		 * task sets it too and keeps it until it runs again, even after
+		 * a SIGKILL/SIGCONT woke it; CGRP_FROZEN is cleared before the
+		 * tasks of a thawed cgroup are woken.
+		 */
+		if (data_race(t->frozen) &&
+		    test_bit(CGRP_FROZEN, &task_dfl_cgroup(t)->flags))
 			continue;
 		ok = false;
 		break;

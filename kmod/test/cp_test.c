@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,6 +286,40 @@ static void test_file_backed(void)
 	close(fd);
 }
 
+static void setup_shared_anon(void *p)
+{
+	uint64_t a = *(uint64_t *)p;
+
+	map_at(a, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	fill(a, 4, 29);
+}
+
+static void test_shared_anon(void)
+{
+	uint64_t A = BASE + 0x22000000;
+	struct src s;
+	uint8_t b = 0;
+	int r;
+
+	printf("# MAP_SHARED|MAP_ANONYMOUS (shmem) stays shared\n");
+	if (src_start(&s, setup_shared_anon, &A)) {
+		CHECK(0, "start source");
+		return;
+	}
+	r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+	CHECK(r == 0 && verify(A, 4, 29), "pick shared anonymous VMA: r=%d", r);
+	if (!r) {
+		*(volatile uint8_t *)(A + 2 * PAGE + 1) = 0x77;
+		peek(s.pid, A + 2 * PAGE + 1, &b, 1);
+		CHECK(b == 0x77, "caller's write visible to the source (shared, as after fork)");
+		r = src_write(&s, A + 3 * PAGE + 1, 0x66);
+		CHECK(r == 0 && *(volatile uint8_t *)(A + 3 * PAGE + 1) == 0x66,
+		      "source's write visible to the caller");
+		munmap((void *)A, 4 * PAGE);
+	}
+	src_kill(&s);
+}
+
 static void test_map_file_mode(void)
 {
 	const uint64_t A = BASE + 0x30000000;
@@ -490,18 +525,30 @@ static void test_refusals(void)
 struct killer {
 	pid_t pid;
 	int delay_us;
-	volatile int go;
+	volatile int go, ready;
+	double t_kill;
 };
 
 static void *killer_thread(void *p)
 {
 	struct killer *k = p;
+	cpu_set_t cpus;
 
+	/* run on the other vCPU than the picker, so the kill really overlaps */
+	CPU_ZERO(&cpus);
+	CPU_SET(1, &cpus);
+	sched_setaffinity(0, sizeof(cpus), &cpus);
+	k->ready = 1;
 	while (!k->go)
 		;
-	if (k->delay_us)
-		usleep(k->delay_us);
+	if (k->delay_us) {
+		double until = now_us() + k->delay_us;
+
+		while (now_us() < until)
+			;
+	}
 	kill(k->pid, SIGKILL);
+	k->t_kill = now_us();
 	return NULL;
 }
 
@@ -510,9 +557,15 @@ static void test_source_exit_race(void)
 	const uint64_t A = BASE + 0x60000000;
 	const size_t N = 8192; /* 32 MiB of 4 KiB pages: a pick walks 8192 ptes */
 	int n_ok = 0, n_srch = 0, n_busy = 0, n_other = 0, errs = 0, intact = 0, rounds = 60;
+	int n_during = 0, n_pre = 0, n_pre_refused = 0;
 	double pick_us = 1000;
+	cpu_set_t cpus, old;
 
 	printf("# the source exits while cherry-picks run\n");
+	sched_getaffinity(0, sizeof(old), &old);
+	CPU_ZERO(&cpus);
+	CPU_SET(0, &cpus);
+	sched_setaffinity(0, sizeof(cpus), &cpus);
 	{
 		struct anon_arg arg = { A, N, 11, 0, 0, MADV_NOHUGEPAGE };
 		struct src s;
@@ -538,11 +591,22 @@ static void test_source_exit_race(void)
 			errs++;
 			continue;
 		}
-		struct killer k = { s.pid, (int)(pick_us * 2 * (i % 30) / 30), 0 };
+		struct killer k = { s.pid, (int)(pick_us * 2 * (i % 30) / 30), 0, 0, 0 };
 		pthread_create(&t, NULL, killer_thread, &k);
+		while (!k.ready)
+			;
+		int pre = i % 6 == 5;	/* every 6th round: SIGKILL already sent */
+		if (pre) {
+			kill(s.pid, SIGKILL);
+			n_pre++;
+		}
 		k.go = 1;
+		double t0 = now_us();
 		int r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+		double t1 = now_us();
 		pthread_join(t, NULL);
+		n_during += k.t_kill > t0 && k.t_kill < t1;
+		n_pre_refused += pre && (r == -EBUSY || r == -ESRCH);
 		if (r == 0) {
 			n_ok++;
 			src_kill(&s); /* the source is gone: our copy must not be */
@@ -560,9 +624,13 @@ static void test_source_exit_race(void)
 		}
 		src_kill(&s);
 	}
+	sched_setaffinity(0, sizeof(old), &old);
+	CHECK(n_pre_refused == n_pre, "%d/%d picks from an already-SIGKILLed source refused (EBUSY/ESRCH)",
+	      n_pre_refused, n_pre);
 	CHECK(n_other == 0 && errs == 0 && intact == n_ok,
 	      "%d rounds: %d picks succeeded (all intact after the source died: %d), "
-	      "%d ESRCH, %d EBUSY, %d other", rounds, n_ok, intact, n_srch, n_busy, n_other);
+	      "%d ESRCH, %d EBUSY, %d other; %d kills returned while the ioctl ran",
+	      rounds, n_ok, intact, n_srch, n_busy, n_other, n_during);
 }
 
 static void test_leaks(void)
@@ -776,6 +844,7 @@ int main(int argc, char **argv)
 	test_cow_anon();
 	test_readonly_and_flags();
 	test_file_backed();
+	test_shared_anon();
 	test_map_file_mode();
 	test_many();
 	test_thp();
