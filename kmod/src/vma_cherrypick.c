@@ -32,6 +32,7 @@
 #include <linux/userfaultfd_k.h>
 #include <linux/capability.h>
 #include <linux/pid.h>
+#include <linux/ptrace.h>
 #include <linux/cgroup.h>
 #include <asm/tlbflush.h>
 #include "vma_cherrypick.h"
@@ -57,6 +58,8 @@ static struct {
 				   unsigned long end, unsigned int stride_shift,
 				   bool freed_tables);
 	struct task_struct *(*pidfd_get_task)(int pidfd, unsigned int *flags);
+	struct mm_struct *(*mm_access)(struct task_struct *task, unsigned int mode);
+	int *sysctl_max_map_count;	/* a variable, not a function */
 } ks;
 
 static int resolve_symbols(void)
@@ -95,6 +98,8 @@ static int resolve_symbols(void)
 	RESOLVE(vma_dup_policy);
 	RESOLVE(flush_tlb_mm_range);
 	RESOLVE(pidfd_get_task);
+	RESOLVE(mm_access);
+	RESOLVE(sysctl_max_map_count);
 #undef RESOLVE
 	return 0;
 }
@@ -486,10 +491,17 @@ static long do_pick(struct vma_cherrypick_args *a)
 	task = ks.pidfd_get_task(a->src_pidfd, &pidfd_flags);
 	if (IS_ERR(task))
 		return PTR_ERR(task);	/* -EBADF: not a pidfd; -ESRCH: gone */
-	src_mm = get_task_mm(task);	/* holds mm_users: survives the source's exit */
-	if (!src_mm) {
+	/*
+	 * The permission check of process_vm_readv()/ptrace attach, under the
+	 * source's exec_update_lock; holds mm_users, so the mm survives the
+	 * source's exit for as long as we use it.
+	 */
+	src_mm = ks.mm_access(task, PTRACE_MODE_ATTACH_REALCREDS);
+	if (IS_ERR_OR_NULL(src_mm)) {
 		put_task_struct(task);
-		return -ESRCH;
+		if (!src_mm)
+			return -ESRCH;
+		return PTR_ERR(src_mm) == -EACCES ? -EPERM : PTR_ERR(src_mm);
 	}
 	if (src_mm == dst_mm) {
 		ret = -ELOOP;
@@ -523,6 +535,10 @@ static long do_pick(struct vma_cherrypick_args *a)
 	len = src_vma->vm_end - src_vma->vm_start;
 	if (find_vma_intersection(dst_mm, src_vma->vm_start, src_vma->vm_end)) {
 		ret = -EEXIST;
+		goto unlock;
+	}
+	if (dst_mm->map_count >= READ_ONCE(*ks.sysctl_max_map_count)) {
+		ret = -ENOMEM;
 		goto unlock;
 	}
 	ret = dup_one_vma(dst_mm, src_mm, src_vma, &linked);

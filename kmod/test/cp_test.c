@@ -18,6 +18,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -416,6 +417,29 @@ static int pick_unprivileged(int pidfd, uint64_t addr)
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
+/* Child keeps only CAP_CHECKPOINT_RESTORE as uid nobody: may not ptrace root's source. */
+static int pick_cr_only_other_uid(int pidfd, uint64_t addr)
+{
+	pid_t p = fork();
+	int st;
+
+	if (p == 0) {
+		struct { uint32_t version; int pid; } hdr = { 0x20080522, 0 };
+		struct { uint32_t eff, perm, inh; } data[2] = { { 0, 0, 0 }, { 0, 0, 0 } };
+
+		if (prctl(PR_SET_KEEPCAPS, 1) || setgid(65534) || setuid(65534))
+			_exit(97);
+		data[1].eff = data[1].perm = 1u << (40 - 32); /* CAP_CHECKPOINT_RESTORE */
+		if (syscall(SYS_capset, &hdr, data))
+			_exit(98);
+		int r = cp_pick(dev, pidfd, addr, 0, -1, 0, NULL);
+
+		_exit(r == -EPERM ? 0 : 1);
+	}
+	waitpid(p, &st, 0);
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
 static void setup_kinds(void *p)
 {
 	uint64_t a = BASE + 0x50000000;
@@ -443,6 +467,8 @@ static void test_refusals(void)
 		return;
 	}
 	CHECK(pick_unprivileged(s.pidfd, A), "no CAP_CHECKPOINT_RESTORE/CAP_SYS_ADMIN -> EPERM");
+	CHECK(pick_cr_only_other_uid(s.pidfd, A),
+	      "CAP_CHECKPOINT_RESTORE but no ptrace access to the source (other uid) -> EPERM");
 	r = cp_pick(dev, s.pidfd, A + PAGE, 0, -1, 0, NULL);
 	CHECK(r == -ENXIO, "address inside a VMA, not its start -> ENXIO (r=%d)", r);
 	r = cp_pick(dev, s.pidfd, A + 0x10000000, 0, -1, 0, NULL);
