@@ -202,10 +202,15 @@ pub fn finish_process(main: &mut Injector, sp: &Space, task: &Task, svc_base: i3
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     for (which, t) in task.itimers.iter().enumerate() {
-        if t.vsec == 0 && t.vusec == 0 {
-            continue;
+        let (vsec, mut vusec) = (t.vsec, t.vusec);
+        if vsec == 0 && vusec == 0 {
+            if t.isec == 0 && t.iusec == 0 {
+                continue;
+            }
+            // expired at dump time and not yet re-armed: due now
+            vusec = 1;
         }
-        let b: Vec<u8> = [t.isec, t.iusec, t.vsec, t.vusec].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let b: Vec<u8> = [t.isec, t.iusec, vsec, vusec].iter().flat_map(|w| w.to_le_bytes()).collect();
         let ptr = sp.write(0, &b)?;
         main.call("setitimer", libc::SYS_setitimer, &[which as u64, ptr, 0]).map_err(e("setitimer"))?;
     }

@@ -118,8 +118,10 @@ pub fn restore_posix_timers(main: &mut Injector, sp: &Space, task: &Task) -> Res
         let evp = sp.write(0, &ev)?;
         let idp = sp.write(128, &t.id.to_le_bytes())?;
         main.call("timer_create", libc::SYS_timer_create, &[t.clock as u64, evp, idp]).map_err(e(&format!("timer_create id {}", t.id)))?;
-        if t.value != (0, 0) {
-            let its: Vec<u8> = [t.interval.0, t.interval.1, t.value.0, t.value.1].iter().flat_map(|w| w.to_le_bytes()).collect();
+        // a periodic timer that had just expired reads back as value 0: due now
+        let value = if t.value == (0, 0) && t.interval != (0, 0) { (0, 1) } else { t.value };
+        if value != (0, 0) {
+            let its: Vec<u8> = [t.interval.0, t.interval.1, value.0, value.1].iter().flat_map(|w| w.to_le_bytes()).collect();
             let p = sp.write(192, &its)?;
             main.call("timer_settime", libc::SYS_timer_settime, &[t.id as u64, 0, p, 0]).map_err(e("timer_settime"))?;
         }

@@ -1,0 +1,174 @@
+//! Real-process checkpoint/restore of the shared fixture programs: build
+//! with gcc, start as `unshare --pid --fork setsid fx-NAME` (as upstream's
+//! fixtures were), dump with our `criu`, restore, and check progress.log
+//! keeps gaining `ok` ticks and never a FAIL. Needs root, gcc and unshare;
+//! otherwise each test prints SKIP with the reason and returns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CRIU: &str = env!("CARGO_BIN_EXE_criu");
+
+fn skip_reason() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2).unwrap_or("1").to_string()));
+    if uid.as_deref() != Some("0") {
+        return Some("needs root (ptrace of other processes, clone3 set_tid, PR_SET_MM_MAP)".into());
+    }
+    for tool in ["gcc", "unshare", "setsid"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+            return Some(format!("{tool} not found"));
+        }
+    }
+    None
+}
+
+fn progs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs")
+}
+
+fn build(name: &str, out: &Path) -> PathBuf {
+    let bin = out.join(format!("fx-{name}"));
+    let st = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&bin)
+        .arg(progs_dir().join(format!("{name}.c")))
+        .args(["-lpthread", "-lrt"])
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "building fx-{name}");
+    bin
+}
+
+fn last_tick(log: &Path) -> u64 {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!s.contains("FAIL"), "fixture reported a failure:\n{s}");
+    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).last().unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pid (in our namespace) of the fixture: the child of `unshare`.
+fn fixture_pid(bin: &Path) -> i32 {
+    let mut found = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).next() == Some(bin.as_os_str().as_encoded_bytes()) {
+            found = found.max(pid);
+        }
+    }
+    assert!(found > 0, "fixture {} not running", bin.display());
+    found
+}
+
+fn criu(args: &[&str], dir: &Path) {
+    let st = Command::new(CRIU).args(args).arg("-D").arg(dir).args(["-v4", "-o", "criu.log"]).status().expect("run criu");
+    if !st.success() {
+        let log = std::fs::read_to_string(dir.join("criu.log")).unwrap_or_default();
+        panic!("criu {args:?} failed:\n{log}");
+    }
+}
+
+struct Killer(i32);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
+    }
+}
+
+/// Start, dump (optionally --leave-running), restore; `cycles` times.
+fn scenario(name: &str, leave_running: bool, cycles: usize) {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP {name}: {r}");
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("criu-rs-test-{name}-{leave_running}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = build(name, &tmp);
+    Command::new("setsid")
+        .args(["unshare", "--pid", "--fork"])
+        .arg(&bin)
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fixture");
+    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+    let log = work.join("progress.log");
+    wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+    let mut pid = fixture_pid(&bin);
+    for c in 0..cycles {
+        let mut guard = Killer(pid);
+        let dir = tmp.join(format!("img{c}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args = vec!["dump", "-t"];
+        let p = pid.to_string();
+        args.push(&p);
+        if leave_running {
+            args.push("--leave-running");
+        }
+        criu(&args, &dir);
+        if leave_running {
+            let t = last_tick(&log);
+            wait_until("ticks after --leave-running", Duration::from_secs(10), || last_tick(&log) > t);
+            drop(guard);
+            std::thread::sleep(Duration::from_millis(200));
+        } else {
+            guard.0 = 0;
+            std::mem::forget(guard);
+            assert!(!Path::new(&format!("/proc/{pid}/exe")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true), "dumped task still alive");
+        }
+        let t = last_tick(&log);
+        let mut cmd = Command::new(CRIU);
+        cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&dir).current_dir(&work);
+        let st = cmd.status().unwrap();
+        assert!(st.success(), "restore failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+        wait_until("ticks after restore", Duration::from_secs(10), || last_tick(&log) > t + 3);
+        pid = fixture_pid(&bin);
+    }
+    last_tick(&log);
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn counter_dump_restore() {
+    scenario("counter", false, 1);
+}
+
+#[test]
+fn counter_leave_running() {
+    scenario("counter", true, 1);
+}
+
+#[test]
+fn threads_dump_restore_twice() {
+    scenario("threads", false, 2);
+}
+
+#[test]
+fn threads_leave_running() {
+    scenario("threads", true, 1);
+}
+
+#[test]
+fn signals_dump_restore_twice() {
+    scenario("signals", false, 2);
+}
+
+#[test]
+fn signals_leave_running() {
+    scenario("signals", true, 1);
+}
