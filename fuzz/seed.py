@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Seed corpora for the fuzz targets from the upstream fixture images.
+
+usage: seed.py FIXTURES_DIR CORPUS_DIR MAGIC_RS
+Each target's input layout is described in its fuzz_targets/*.rs.
+"""
+import os
+import re
+import struct
+import sys
+
+fixtures, corpus, magic_rs = sys.argv[1:4]
+IMG_COMMON, IMG_SERVICE = 0x54564319, 0x55105940
+
+# Order of images_proto::magic::ALL (image_reader's selector).
+kinds = re.findall(r'^\s*([A-Z_]+) = "[A-Z_]+", (0x[0-9a-f_]+),', open(magic_rs).read(), re.M)
+kind_index = {int(m.replace('_', ''), 16): i for i, (_, m) in enumerate(kinds)}
+
+
+def put(target, name, data):
+    d = os.path.join(corpus, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), 'wb') as f:
+        f.write(data)
+
+
+bodies = {}
+for s in sorted(os.listdir(fixtures)):
+    idir = os.path.join(fixtures, s, 'images')
+    if not os.path.isdir(idir):
+        continue
+    for n in sorted(os.listdir(idir)):
+        if not n.endswith('.img') or n.startswith('pages-'):
+            continue
+        data = open(os.path.join(idir, n), 'rb').read()
+        tag = '%s-%s' % (s, n)
+        put('decode_image', tag + '.plain', b'\x00' + data)
+        put('decode_image', tag + '.pretty', b'\x01' + data)
+        put('roundtrip', tag, data)
+        first, = struct.unpack_from('<I', data, 0)
+        hlen = 8 if first in (IMG_COMMON, IMG_SERVICE) else 4
+        magic, = struct.unpack_from('<I', data, hlen - 4)
+        if magic in kind_index:
+            put('image_reader', tag, bytes([kind_index[magic]]) + data)
+        if n.startswith('pagemap-'):
+            put('image_reader', tag + '.pm', b'\xf4' + data)
+        if len(data) >= hlen + 4:
+            size, = struct.unpack_from('<I', data, hlen)
+            body = data[hlen + 4:hlen + 4 + size]
+            bodies.setdefault(magic, body)
+        jf = os.path.join(fixtures, s, 'json', n[:-4] + '.json')
+        if os.path.exists(jf):
+            put('encode_image', tag + '.json', open(jf, 'rb').read())
+
+# json_decode: each kind's first entry body under every descriptor selector.
+for magic, body in bodies.items():
+    for sel in range(0, 256, 2):
+        put('json_decode', '%08x-%02x' % (magic, sel), bytes([sel]) + body)
