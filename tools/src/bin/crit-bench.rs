@@ -43,6 +43,48 @@ fn run_set(prog: &Path, imgs: &[PathBuf]) -> Result<Duration, String> {
     Ok(t.elapsed())
 }
 
+/// Decode every image in this process `reps` times (no process start-up):
+/// the cost of the decoder and JSON writer alone.
+fn in_process_ours(imgs: &[(PathBuf, Vec<u8>)], reps: usize) -> Duration {
+    let t = Instant::now();
+    for _ in 0..reps {
+        for (p, b) in imgs {
+            let out = tools::cli::decode_to_text(b, p, true, false, true).expect("decode");
+            std::hint::black_box(out);
+        }
+    }
+    t.elapsed() / reps as u32
+}
+
+/// The same inside one python process with pycriu (what /usr/bin/crit runs).
+const PY_IN_PROCESS: &str = r#"
+import io, json, sys, time
+from pycriu import images
+paths = sys.argv[2:]
+reps = int(sys.argv[1])
+data = [open(p, 'rb').read() for p in paths]
+t = time.perf_counter()
+for _ in range(reps):
+    for d in data:
+        img = images.load(io.BytesIO(d), True, False)
+        s = io.StringIO()
+        json.dump(img, s, indent=4)
+print((time.perf_counter() - t) / reps)
+"#;
+
+fn in_process_python(imgs: &[(PathBuf, Vec<u8>)], reps: usize) -> Option<Duration> {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(PY_IN_PROCESS)
+        .arg(reps.to_string())
+        .args(imgs.iter().map(|(p, _)| p))
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some(Duration::from_secs_f64(secs))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -141,8 +183,27 @@ fn main() {
         tp.as_secs_f64() / to.as_secs_f64()
     );
     println!(
-        "per image: ours {:.2} ms, python {:.2} ms",
+        "per image (process): ours {:.2} ms, python {:.2} ms",
         ms(to) / nimg.max(1) as f64,
         ms(tp) / nimg.max(1) as f64
     );
+
+    // Decoder alone: every image decoded (--pretty) and rendered in one process.
+    let all: Vec<(PathBuf, Vec<u8>)> = sets
+        .iter()
+        .flat_map(|s| images_of(s))
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect();
+    let reps = 5 * iters;
+    let ours_ip = (0..iters).map(|_| in_process_ours(&all, reps)).min().unwrap_or_default();
+    match (0..iters).filter_map(|_| in_process_python(&all, reps)).min() {
+        Some(py_ip) => println!(
+            "in-process, all {} images once: ours {:.2} ms, python (pycriu) {:.2} ms, ratio {:.1}x",
+            all.len(),
+            ms(ours_ip),
+            ms(py_ip),
+            py_ip.as_secs_f64() / ours_ip.as_secs_f64()
+        ),
+        None => println!("in-process: ours {:.2} ms for all {} images; python in-process run failed", ms(ours_ip), all.len()),
+    }
 }
