@@ -230,6 +230,11 @@ fn gen_schema(files: &[FileDescriptorProto], path: &Path) {
         }
         s.push_str("] };\n");
     }
+    s.push_str("/// Every message of the schema.\npub static ALL_MESSAGES: &[&MsgDesc] = &[\n");
+    for full in c.msgs.keys() {
+        let _ = writeln!(s, "    &M_{},", ident(full));
+    }
+    s.push_str("];\n");
     s.push_str("/// Look a message up by its full protobuf name (no leading dot).\n");
     s.push_str("pub fn message_by_name(name: &str) -> Option<&'static MsgDesc> {\n    match name {\n");
     for full in c.msgs.keys() {
