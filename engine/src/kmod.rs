@@ -20,6 +20,10 @@
 //!
 //! This file depends only on `std` and `libc`.
 
+// A complete wrapper of the module's ABI: in the `criu` binary not every item
+// has a caller (e.g. the map-file mode), which is not an error.
+#![allow(dead_code)]
+
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -184,7 +188,10 @@ impl fmt::Display for Error {
                 "vma_cherrypick ABI mismatch: module {module}, engine {wrapper}"
             ),
             Error::PermissionDenied => {
-                write!(f, "cherry-pick needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN")
+                write!(
+                    f,
+                    "cherry-pick needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN"
+                )
             }
             Error::InvalidArgument => write!(f, "invalid cherry-pick arguments"),
             Error::BadFd => write!(f, "bad pidfd or file descriptor"),
@@ -194,7 +201,10 @@ impl fmt::Display for Error {
             Error::SelfSource => write!(f, "source is the caller's own memory map"),
             Error::SourceNotStopped => write!(f, "source process is not stopped or frozen"),
             Error::UnsupportedVma => {
-                write!(f, "VMA kind not copied by fork (VM_IO, VM_PFNMAP or hugetlb)")
+                write!(
+                    f,
+                    "VMA kind not copied by fork (VM_IO, VM_PFNMAP or hugetlb)"
+                )
             }
             Error::DontCopy => write!(f, "VMA is VM_DONTCOPY (MADV_DONTFORK)"),
             Error::Interrupted => write!(f, "interrupted"),
@@ -269,13 +279,7 @@ impl Device {
         // SAFETY: `file` is an open descriptor we own for the whole call;
         // IOC_VERSION is `_IOR(.., __u32)`: the kernel writes exactly 4 bytes
         // to the pointer, which points to a live, aligned, writable u32.
-        let r = unsafe {
-            libc::ioctl(
-                file.as_raw_fd(),
-                IOC_VERSION as _,
-                &mut abi as *mut u32,
-            )
-        };
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), IOC_VERSION as _, &mut abi as *mut u32) };
         if r < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
@@ -316,7 +320,9 @@ impl Device {
             )
         };
         if r < 0 {
-            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+            let errno = io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
             return Err(Error::from_errno(errno));
         }
         Ok(Picked {
@@ -456,7 +462,10 @@ mod tests {
         ] {
             assert_eq!(Error::from_errno(e).errno(), Some(e), "errno {e}");
         }
-        assert!(matches!(Error::from_errno(libc::ENOTTY), Error::Unavailable));
+        assert!(matches!(
+            Error::from_errno(libc::ENOTTY),
+            Error::Unavailable
+        ));
         assert!(Error::Unavailable.should_fall_back());
         assert!(Error::UnsupportedVma.should_fall_back());
         assert!(!Error::SourceNotStopped.should_fall_back());
@@ -472,7 +481,10 @@ mod tests {
     #[test]
     fn other_driver_is_none() {
         // /dev/null answers our VERSION ioctl with ENOTTY: not our device.
-        assert!(matches!(Device::open_path(Path::new("/dev/null")), Ok(None)));
+        assert!(matches!(
+            Device::open_path(Path::new("/dev/null")),
+            Ok(None)
+        ));
     }
 
     #[test]

@@ -65,7 +65,10 @@ fn start_source() -> (libc::pid_t, i32) {
 fn main() {
     let no_module = std::env::args().any(|a| a == "--no-module");
     if no_module {
-        check(!kmod::is_available(), "is_available() is false without the module");
+        check(
+            !kmod::is_available(),
+            "is_available() is false without the module",
+        );
         let e = kmod::cherry_pick(-1, ADDR, 0).unwrap_err();
         check(
             matches!(e, kmod::Error::Unavailable) && e.should_fall_back(),
@@ -75,20 +78,30 @@ fn main() {
         exit(if unsafe { FAILED } == 0 { 0 } else { 1 });
     }
 
-    check(kmod::is_available(), "is_available() with the module loaded");
+    check(
+        kmod::is_available(),
+        "is_available() with the module loaded",
+    );
     let (pid, pidfd) = start_source();
     check(pidfd >= 0, "source started and stopped");
     let r = kmod::cherry_pick(pidfd, ADDR, 0);
     check(r.is_ok(), &format!("cherry_pick -> {r:?}"));
     if r.is_ok() {
         // SAFETY: the module just mapped PAGES pages at ADDR in this process.
-        let ok = (0..PAGES).all(|i| unsafe { *((ADDR as usize + i * PAGE) as *const u8) } == pattern(i));
+        let ok =
+            (0..PAGES).all(|i| unsafe { *((ADDR as usize + i * PAGE) as *const u8) } == pattern(i));
         check(ok, "picked contents match the source");
     }
     let e = kmod::cherry_pick(pidfd, ADDR, 0).unwrap_err();
-    check(matches!(e, kmod::Error::DestinationBusy), &format!("second pick -> DestinationBusy ({e})"));
+    check(
+        matches!(e, kmod::Error::DestinationBusy),
+        &format!("second pick -> DestinationBusy ({e})"),
+    );
     let e = kmod::cherry_pick(pidfd, ADDR + PAGE as u64, 0).unwrap_err();
-    check(matches!(e, kmod::Error::NotVmaStart), &format!("mid-VMA -> {e}"));
+    check(
+        matches!(e, kmod::Error::NotVmaStart),
+        &format!("mid-VMA -> {e}"),
+    );
     let dev = kmod::device().expect("device");
     // SAFETY: ADDR..+PAGES*PAGE is the mapping the module created above.
     unsafe { libc::munmap(ADDR as *mut libc::c_void, PAGES * PAGE) };
@@ -99,14 +112,20 @@ fn main() {
     );
     check(dev.abi_version() == kmod::ABI_VERSION, "ABI version");
     let e = kmod::cherry_pick(-1, ADDR, 0).unwrap_err();
-    check(matches!(e, kmod::Error::BadFd), &format!("pidfd -1 -> BadFd ({e})"));
+    check(
+        matches!(e, kmod::Error::BadFd),
+        &format!("pidfd -1 -> BadFd ({e})"),
+    );
     // SAFETY: killing and reaping our own child.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
     let e = kmod::cherry_pick(pidfd, ADDR + 0x1000_0000, 0).unwrap_err();
-    check(matches!(e, kmod::Error::NoSuchProcess), &format!("reaped source -> NoSuchProcess ({e})"));
+    check(
+        matches!(e, kmod::Error::NoSuchProcess),
+        &format!("reaped source -> NoSuchProcess ({e})"),
+    );
     // SAFETY: reading a global in a single-threaded program.
     exit(if unsafe { FAILED } == 0 { 0 } else { 1 });
 }
