@@ -23,6 +23,9 @@
 #include <unistd.h>
 
 #define BASE 0x200000000000ULL
+#ifndef MADV_SOFT_OFFLINE
+#define MADV_SOFT_OFFLINE 101
+#endif
 static int dev = -1;
 
 static void *map_at(uint64_t addr, size_t len, int prot, int flags, int fd, off_t off)
@@ -848,6 +851,194 @@ static void test_stop_kinds(void)
 	rmdir("/sys/fs/cgroup/cp_frz");
 }
 
+/* rmap: the shared pages must be reachable from both mms' anon_vma chains. */
+static void test_rmap_migration(void)
+{
+	const uint64_t A = BASE + 0xa0000000;
+	const size_t N = 256;
+	struct anon_arg arg = { A, N, 31, 0, 0, MADV_NOHUGEPAGE };
+	struct src s;
+	int r, same = 0;
+
+	printf("# rmap: migrating shared pages updates both mappings\n");
+	if (src_start(&s, setup_anon, &arg)) {
+		CHECK(0, "start source");
+		return;
+	}
+	r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+	CHECK(r == 0, "pick: r=%d", r);
+	if (r) {
+		src_kill(&s);
+		return;
+	}
+	uint64_t old0 = pfn_of(0, A), old1 = pfn_of(0, A + 7 * PAGE);
+	/* soft-offline migrates the page to a new frame via rmap (try_to_migrate) */
+	int r0 = madvise((void *)A, PAGE, MADV_SOFT_OFFLINE);
+	int r1 = madvise((void *)(A + 7 * PAGE), PAGE, MADV_SOFT_OFFLINE);
+	uint64_t n0 = pfn_of(0, A), n1 = pfn_of(0, A + 7 * PAGE);
+	CHECK(r0 == 0 && r1 == 0 && n0 != old0 && n1 != old1,
+	      "MADV_SOFT_OFFLINE moved two shared pages (%#lx -> %#lx) (r=%d/%d)",
+	      (unsigned long)old0, (unsigned long)n0, r0, r1);
+	CHECK(pfn_of(s.pid, A) == n0 && pfn_of(s.pid, A + 7 * PAGE) == n1,
+	      "the source's ptes follow the migration (still shared)");
+	FILE *f = fopen("/proc/sys/vm/compact_memory", "w");
+	if (f) {
+		fputs("1\n", f);
+		fclose(f);
+	}
+	for (size_t i = 0; i < N; i++) {
+		uint64_t a = pfn_of(0, A + i * PAGE), b = pfn_of(s.pid, A + i * PAGE);
+
+		same += a && a == b;
+	}
+	CHECK(same == (int)N, "after compaction all %zu pages still shared: %d", N, same);
+	CHECK(verify(A, N, 31), "caller's contents intact after migration");
+	uint32_t w;
+	CHECK(peek(s.pid, A + 7 * PAGE, &w, 4) == 0 && w == 31 * 1000003u + 7 * 131,
+	      "source's contents intact after migration");
+	munmap((void *)A, N * PAGE);
+	src_kill(&s);
+}
+
+/* The caller forks after a pick; then everyone writes. */
+static void test_fork_after_pick(void)
+{
+	const uint64_t A = BASE + 0xb0000000;
+	const size_t N = 32;
+	struct anon_arg arg = { A, N, 37, 0, 0, 0 };
+	struct src s;
+	int r, st;
+
+	printf("# fork after a pick, mremap'ed and mlocked sources\n");
+	if (src_start(&s, setup_anon, &arg)) {
+		CHECK(0, "start source");
+		return;
+	}
+	r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+	pid_t c = r ? -1 : fork();
+	if (c == 0) {
+		for (size_t i = 0; i < N; i += 2)
+			*(volatile uint8_t *)(A + i * PAGE + 8) = 0xC1;
+		usleep(20000); /* let the parent write its (odd) pages meanwhile */
+		for (size_t i = 1; i < N; i += 2)
+			if (*(volatile uint8_t *)(A + i * PAGE + 8) == 0xB1)
+				_exit(2); /* the parent's write leaked into the child */
+		_exit(verify(A, N, 37) ? 0 : 1);
+	}
+	for (size_t i = 1; i < N; i += 2)
+		*(volatile uint8_t *)(A + i * PAGE + 8) = 0xB1;
+	waitpid(c, &st, 0);
+	int bad_src = 0, bad_self = 0;
+	for (size_t i = 0; i < N; i++) {
+		uint8_t b = 0;
+
+		if (peek(s.pid, A + i * PAGE + 8, &b, 1) || b == 0xC1 || b == 0xB1)
+			bad_src++;
+		if (i % 2 == 0 && *(volatile uint8_t *)(A + i * PAGE + 8) == 0xC1)
+			bad_self++;
+	}
+	CHECK(r == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !bad_src && !bad_self,
+	      "caller, its fork child and the source stay isolated (r=%d, child status %#x, "
+	      "source pages changed %d, caller pages changed by the child %d)",
+	      r, st, bad_src, bad_self);
+	munmap((void *)A, N * PAGE);
+	src_kill(&s);
+}
+
+static void setup_mremap_mlock(void *p)
+{
+	uint64_t a = *(uint64_t *)p;
+	void *tmp = mmap(NULL, 8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	fill((uint64_t)tmp, 8, 41);
+	/* moved: vm_pgoff no longer matches the address */
+	if (mremap(tmp, 8 * PAGE, 8 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) != (void *)a)
+		_exit(92);
+	map_at(a + 0x100000, 8 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	fill(a + 0x100000, 8, 43);
+	mlock((void *)(a + 0x100000), 8 * PAGE);
+}
+
+static void test_mremap_mlock(void)
+{
+	uint64_t A = BASE + 0xc0000000;
+	struct src s;
+	int r;
+
+	if (src_start(&s, setup_mremap_mlock, &A)) {
+		CHECK(0, "start source");
+		return;
+	}
+	r = cp_pick(dev, s.pidfd, A, 0, -1, 0, NULL);
+	if (!r)
+		*(volatile uint8_t *)(A + 2 * PAGE) ^= 0xFF;
+	uint8_t b = 0;
+	peek(s.pid, A + 2 * PAGE, &b, 1);
+	CHECK(r == 0 && b == (uint8_t)(41 * 1000003u + 2 * 131) && pfn_of(0, A + 3 * PAGE) == pfn_of(s.pid, A + 3 * PAGE),
+	      "mremap'ed VMA: picked, shared, COW works (r=%d)", r);
+	munmap((void *)A, 8 * PAGE);
+	r = cp_pick(dev, s.pidfd, A + 0x100000, 0, -1, 0, NULL);
+	long locked = smaps_field_kb(0, A + 0x100000, "Locked:");
+	long src_locked = smaps_field_kb(s.pid, A + 0x100000, "Locked:");
+	CHECK(r == 0 && verify(A + 0x100000, 8, 43) && locked == 0 && src_locked > 0,
+	      "mlocked VMA: picked unlocked in the caller (Locked %ld kB, source %ld kB) (r=%d)",
+	      locked, src_locked, r);
+	munmap((void *)(A + 0x100000), 8 * PAGE);
+	src_kill(&s);
+}
+
+/* Two running processes pick from each other: both take both mmap locks. */
+static void test_no_abba(void)
+{
+	const uint64_t A = BASE + 0xd0000000;
+	int p2c[2], c2p[2], st;
+	int busy = 0, other = 0;
+
+	printf("# two processes picking from each other: no ABBA deadlock\n");
+	if (pipe(p2c) || pipe(c2p)) {
+		CHECK(0, "pipe");
+		return;
+	}
+	map_at(A, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	*(volatile int *)A = 1;
+	int self = pidfd_open_(getpid());
+	pid_t c = fork();
+	if (c == 0) {
+		int pfd, n = 0;
+
+		if (read(p2c[0], &pfd, sizeof(pfd)) != sizeof(pfd))
+			_exit(2);
+		int parent = pidfd_open_(getppid());
+		for (int i = 0; i < 3000; i++)
+			n += cp_pick(dev, parent, A + PAGE, 0, -1, 0, NULL) == -ENXIO;
+		char done;
+		if (read(p2c[0], &done, 1) != 1) /* stay alive until the parent is done */
+			_exit(3);
+		_exit(n == 3000 ? 0 : 1);
+	}
+	int child = pidfd_open_(c);
+	/* the child has A mapped too (inherited): pick something it does not have */
+	if (write(p2c[1], &self, sizeof(self)) != sizeof(self))
+		return;
+	for (int i = 0; i < 3000; i++) {
+		int r = cp_pick(dev, child, A + PAGE, 0, -1, 0, NULL);
+
+		if (r == -ENXIO)
+			busy++;
+		else if (other++ < 3)
+			printf("#   crossed pick: r=%d\n", r);
+	}
+	if (write(p2c[1], "x", 1) != 1)
+		other++;
+	waitpid(c, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0 && other == 0,
+	      "2 x 3000 crossed picks finished (ENXIO each: %d, other %d, child status %#x)",
+	      busy, other, st);
+	close(self);
+	close(child);
+	munmap((void *)A, PAGE);
+}
+
 #define TIMED(fn) do { double t_ = now_us(); fn(); \
 	printf("#   %s: %.2f s\n", #fn, (now_us() - t_) / 1e6); } while (0)
 
@@ -879,6 +1070,10 @@ int main(int argc, char **argv)
 	TIMED(test_thp);
 	TIMED(test_stop_kinds);
 	TIMED(test_refusals);
+	TIMED(test_rmap_migration);
+	TIMED(test_fork_after_pick);
+	TIMED(test_mremap_mlock);
+	TIMED(test_no_abba);
 	TIMED(test_source_exit_race);
 	TIMED(test_leaks);
 	printf("cp_test: %d passed, %d failed\n", cp_checks - cp_failures, cp_failures);
