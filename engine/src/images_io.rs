@@ -6,7 +6,7 @@ use crate::mem_source::{MemSource, PagesImage};
 use crate::model::*;
 use crate::sys::ptrace::{Regs, UserDesc};
 use crate::sys::process::KSigaction;
-use images_proto::image::{read_all, read_one, write_all};
+use images_proto::image::{read_all, read_one, write_all, ImageReader, ImageWriter};
 use images_proto::magic as mg;
 use images_proto::pages::{PagemapReader, PagesWriter, PE_LAZY, PE_PRESENT};
 use images_proto::pb;
@@ -250,23 +250,259 @@ fn reg_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Option<
     }
 }
 
+// ---- files: files.img, fdinfo-N.img, pipes-data.img, remap-fpath.img,
+// ghost-file-N.img, tty-info.img (the shapes upstream 4.2 writes; see
+// ../shared/fixtures/upstream/files/json). One file entry per open file
+// description: fds that share one (dup) share its id.
+
+/// Append `e` to files.img with the next id (ids count from 1).
+fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
+    let id = files.len() as u32 + 1;
+    e.id = id;
+    if let Some(r) = e.reg.as_mut() {
+        r.id = id;
+    }
+    if let Some(p) = e.pipe.as_mut() {
+        p.id = id;
+    }
+    if let Some(t) = e.tty.as_mut() {
+        t.id = id;
+    }
+    files.push(e);
+    id
+}
+
+/// Kernel-internal dev encoding (major << 20 | minor) from glibc's `dev_t`,
+/// as ghost_file_entry.dev carries it.
+fn kdev(dev: u64) -> u32 {
+    let major = crate::dump::files::dev_major(dev);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    ((major << 20) | (minor & 0xf_ffff)) as u32
+}
+
+/// TtyType and pty index of a terminal device (glibc `dev_t`).
+fn tty_kind(rdev: u64) -> (pb::TtyType, Option<u32>) {
+    let major = crate::dump::files::dev_major(rdev);
+    let minor = (((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)) as u32;
+    match major {
+        136..=143 => (pb::TtyType::Pty, Some((major as u32 - 136) * 256 + minor)),
+        5 if minor == 0 => (pb::TtyType::Ctty, None),
+        5 => (pb::TtyType::Console, None),
+        4 if minor < 64 => (pb::TtyType::Vt, None),
+        _ => (pb::TtyType::Serial, None),
+    }
+}
+
+/// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
+fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
+    let mut fdinfo = Vec::new();
+    let mut desc_ids: Vec<(u32, u32)> = Vec::new(); // (model desc, file id)
+    let mut ghosts: Vec<(u64, u64, u32)> = Vec::new(); // (dev, ino, remap id)
+    let mut remaps = Vec::new();
+    let mut tty_infos: Vec<pb::TtyInfoEntry> = Vec::new();
+    for fd in &task.fds {
+        let ty = match fd.file {
+            FileDesc::Reg { .. } => pb::FdTypes::Reg,
+            FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
+            FileDesc::Tty { .. } => pb::FdTypes::Tty,
+        };
+        let id = match desc_ids.iter().find(|(d, _)| *d == fd.desc) {
+            Some(&(_, id)) => id,
+            None => {
+                let id = match &fd.file {
+                    FileDesc::Reg { path, flags, pos, mode, size, ghost } => {
+                        let id = push_file(files, reg_entry(0, path, *flags, *pos, *mode, *size));
+                        if let Some(g) = ghost {
+                            let remap_id = match ghosts.iter().find(|(d, i, _)| *d == g.dev && *i == g.ino) {
+                                Some(&(_, _, r)) => r,
+                                None => {
+                                    let r = ghosts.len() as u32 + 1;
+                                    ghosts.push((g.dev, g.ino, r));
+                                    let e = pb::GhostFileEntry {
+                                        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino), rdev: None,
+                                        atim: Some(pb::Timeval { tv_sec: g.atime.0, tv_usec: g.atime.1 }),
+                                        mtim: Some(pb::Timeval { tv_sec: g.mtime.0, tv_usec: g.mtime.1 }),
+                                        chunks: None, size: None, symlnk_target: None,
+                                    };
+                                    let mut w = ImageWriter::create(dir, &mg::GHOST_FILE.file_name(r), &mg::GHOST_FILE)?;
+                                    w.write_entry(&e)?;
+                                    w.write_payload(&g.contents)?;
+                                    w.finish()?;
+                                    r
+                                }
+                            };
+                            remaps.push(pb::RemapFilePathEntry {
+                                orig_id: id,
+                                remap_id,
+                                remap_type: Some(pb::RemapType::Ghost as i32),
+                            });
+                        }
+                        id
+                    }
+                    FileDesc::Pipe { pipe_id, flags } => {
+                        let e = pb::FileEntry {
+                            r#type: pb::FdTypes::Pipe as i32,
+                            pipe: Some(pb::PipeEntry { id: 0, pipe_id: *pipe_id, flags: *flags, fown: fown() }),
+                            ..Default::default()
+                        };
+                        push_file(files, e)
+                    }
+                    FileDesc::Tty { path, flags, rdev } => {
+                        let info_id = match tty_infos.iter().find(|t| u64::from(t.rdev) == *rdev) {
+                            Some(t) => t.id,
+                            None => {
+                                let (kind, index) = tty_kind(*rdev);
+                                let id = tty_infos.len() as u32 + 1;
+                                tty_infos.push(pb::TtyInfoEntry {
+                                    id, r#type: kind as i32, locked: false, exclusive: false, packet_mode: false,
+                                    sid: 0, pgrp: 0, rdev: *rdev as u32,
+                                    pty: index.map(|index| pb::TtyPtyEntry { index }),
+                                    ..Default::default()
+                                });
+                                id
+                            }
+                        };
+                        let regf_id = push_file(files, reg_entry(0, path, *flags, 0, 0o20620, None));
+                        let e = pb::FileEntry {
+                            r#type: pb::FdTypes::Tty as i32,
+                            tty: Some(pb::TtyFileEntry { id: 0, tty_info_id: info_id, flags: *flags, fown: fown(), regf_id: Some(regf_id) }),
+                            ..Default::default()
+                        };
+                        push_file(files, e)
+                    }
+                };
+                desc_ids.push((fd.desc, id));
+                id
+            }
+        };
+        fdinfo.push(pb::FdinfoEntry { id, flags: u32::from(fd.cloexec), r#type: ty as i32, fd: fd.fd as u32, xattr_security_selinux: None });
+    }
+    if !task.pipe_data.is_empty() {
+        let mut w = ImageWriter::create(dir, &mg::PIPES_DATA.file_name(""), &mg::PIPES_DATA)?;
+        for d in &task.pipe_data {
+            w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes: d.data.len() as u32, size: Some(d.size) })?;
+            w.write_payload(&d.data)?;
+        }
+        w.finish()?;
+    }
+    if !remaps.is_empty() {
+        write_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH, &remaps)?;
+    }
+    if !tty_infos.is_empty() {
+        write_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO, &tty_infos)?;
+    }
+    Ok(fdinfo)
+}
+
+/// ghost-file-`id`.img: the entry and the contents (whole or in chunks).
+fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
+    let name = mg::GHOST_FILE.file_name(remap_id);
+    let mut r = ImageReader::open(dir, &name, &mg::GHOST_FILE)?;
+    let e: pb::GhostFileEntry = r.next_entry()?.ok_or_else(|| bad(&name, "no ghost_file_entry"))?;
+    if e.mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(bad(&name, format!("ghost of mode {:o}: only regular files are supported", e.mode)));
+    }
+    let contents = if e.chunks == Some(true) {
+        let size = e.size.unwrap_or(0);
+        if size > 1 << 32 {
+            return Err(bad(&name, format!("ghost size {size} is too large")));
+        }
+        let mut v = vec![0u8; size as usize];
+        while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
+            let end = c.off.checked_add(c.len).filter(|&e| e <= size).ok_or_else(|| bad(&name, format!("chunk {}+{} beyond size {size}", c.off, c.len)))?;
+            let data = r.read_payload(c.len)?;
+            v[c.off as usize..end as usize].copy_from_slice(&data);
+        }
+        v
+    } else {
+        r.read_rest()?
+    };
+    let dev = u64::from(e.dev.unwrap_or(0));
+    Ok(Ghost {
+        dev: ((dev >> 20) << 8) | (dev & 0xff), // good enough to tell ghosts apart
+        ino: e.ino.unwrap_or(0),
+        uid: e.uid,
+        gid: e.gid,
+        mode: e.mode,
+        atime: e.atim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
+        mtime: e.mtim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
+        contents,
+    })
+}
+
+/// The fds of fdinfo (and the pipe data they need) from files.img and friends.
+fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
+    let file = |id: u32| files.iter().find(|f| f.id == id);
+    let remaps: Vec<pb::RemapFilePathEntry> = if dir.join(mg::REMAP_FPATH.file_name("")).exists() {
+        read_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH)?
+    } else {
+        Vec::new()
+    };
+    let tty_infos: Vec<pb::TtyInfoEntry> = if dir.join(mg::TTY_INFO.file_name("")).exists() {
+        read_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO)?
+    } else {
+        Vec::new()
+    };
+    let mut ghosts: Vec<(u32, Box<Ghost>)> = Vec::new();
+    let mut fds = Vec::new();
+    for fi in fdinfo {
+        let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
+        let desc = if let Some(r) = &f.reg {
+            let ghost = match remaps.iter().find(|m| m.orig_id == f.id) {
+                None => None,
+                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => {
+                    match ghosts.iter().find(|(id, _)| *id == m.remap_id) {
+                        Some((_, g)) => Some(g.clone()),
+                        None => {
+                            let g = Box::new(read_ghost(dir, m.remap_id)?);
+                            ghosts.push((m.remap_id, g.clone()));
+                            Some(g)
+                        }
+                    }
+                }
+                Some(m) => {
+                    return Err(bad("remap-fpath.img", format!("fd {}: remap type {} of {} is not supported yet", fi.fd, m.remap_type.unwrap_or(0), r.name)))
+                }
+            };
+            FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost }
+        } else if let Some(pp) = &f.pipe {
+            FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
+        } else if let Some(t) = &f.tty {
+            let info = tty_infos.iter().find(|i| i.id == t.tty_info_id);
+            let rdev = info.map(|i| u64::from(i.rdev)).unwrap_or(0);
+            let path = match t.regf_id.and_then(file).and_then(|r| r.reg.as_ref()) {
+                Some(r) => r.name.clone(),
+                None => match info.and_then(|i| i.pty.as_ref()) {
+                    Some(p) => format!("/dev/pts/{}", p.index),
+                    None => "/dev/tty".to_string(),
+                },
+            };
+            FileDesc::Tty { path, flags: t.flags, rdev }
+        } else {
+            return Err(bad("files.img", format!("fd {}: file type {} is not supported yet", fi.fd, f.r#type)));
+        };
+        fds.push(Fd { fd: fi.fd as i32, cloexec: fi.flags & 1 != 0, desc: f.id, file: desc });
+    }
+    let mut pipe_data = Vec::new();
+    let name = mg::PIPES_DATA.file_name("");
+    if dir.join(&name).exists() {
+        let mut r = ImageReader::open(dir, &name, &mg::PIPES_DATA)?;
+        while let Some(e) = r.next_entry::<pb::PipeDataEntry>()? {
+            let data = r.read_payload(u64::from(e.bytes))?;
+            // only pipes this task has fds of
+            if fds.iter().any(|f| matches!(f.file, FileDesc::Pipe { pipe_id, .. } if pipe_id == e.pipe_id)) {
+                pipe_data.push(PipeData { pipe_id: e.pipe_id, size: e.size.unwrap_or(0), data });
+            }
+        }
+    }
+    Ok((fds, pipe_data))
+}
+
 /// Write the model as an image set into `dir`, page contents from `mem`.
 pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) -> Result<(), ImagesError> {
     let task = tree.root();
     let mut files: Vec<pb::FileEntry> = Vec::new();
-    let file_id = |files: &mut Vec<pb::FileEntry>, e: pb::FileEntry| -> u32 {
-        let id = files.len() as u32 + 1;
-        let mut e = e;
-        e.id = id;
-        if let Some(r) = e.reg.as_mut() {
-            r.id = id;
-        }
-        if let Some(p) = e.pipe.as_mut() {
-            p.id = id;
-        }
-        files.push(e);
-        id
-    };
+    let file_id = push_file;
     // exe first (upstream gives it id 1), then the files of mappings
     let mut map_ids: Vec<(String, u32)> = Vec::new();
     let exe_id = match &task.mm.exe {
@@ -285,24 +521,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             }
         }
     }
-    let mut fdinfo = Vec::new();
-    for fd in &task.fds {
-        let (ty, id) = match &fd.file {
-            FileDesc::Reg { path, flags, pos, mode, size } => {
-                (pb::FdTypes::Reg, file_id(&mut files, reg_entry(0, path, *flags, *pos, *mode, *size)))
-            }
-            FileDesc::Pipe { pipe_id, flags } => {
-                let e = pb::FileEntry {
-                    r#type: pb::FdTypes::Pipe as i32,
-                    id: 0,
-                    pipe: Some(pb::PipeEntry { id: 0, pipe_id: *pipe_id, flags: *flags, fown: fown() }),
-                    ..Default::default()
-                };
-                (pb::FdTypes::Pipe, file_id(&mut files, e))
-            }
-        };
-        fdinfo.push(pb::FdinfoEntry { id, flags: u32::from(fd.cloexec), r#type: ty as i32, fd: fd.fd as u32, xattr_security_selinux: None });
-    }
+    let fdinfo = write_fds(dir, task, &mut files)?;
     let cwd_id = file_id(&mut files, reg_entry(0, &task.fs.cwd, 0, 0, 0o40755, None));
     let root_id = file_id(&mut files, reg_entry(0, &task.fs.root, 0, 0, 0o40755, None));
     let pid = task.pid;
@@ -512,18 +731,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     };
     let ids: pb::TaskKobjIdsEntry = read_one(dir, &mg::IDS.file_name(pid), &mg::IDS)?;
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO)?;
-    let mut fds = Vec::new();
-    for fi in &fdinfo {
-        let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
-        let desc = if let Some(r) = &f.reg {
-            FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size }
-        } else if let Some(pp) = &f.pipe {
-            FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
-        } else {
-            return Err(bad("files.img", format!("fd {}: file type {} is not supported yet", fi.fd, f.r#type)));
-        };
-        fds.push(Fd { fd: fi.fd as i32, cloexec: fi.flags & 1 != 0, file: desc });
-    }
+    let (fds, pipe_data) = read_fds(dir, &files, &fdinfo)?;
     let fse: pb::FsEntry = read_one(dir, &mg::FS.file_name(pid), &mg::FS)?;
     let fs = Fs {
         cwd: reg(fse.cwd_id, "cwd")?.name.clone(),
@@ -584,7 +792,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         thp_disabled: mme.thp_disabled.unwrap_or(false),
         pages,
     };
-    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, ..Default::default() };
+    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, pipe_data, ..Default::default() };
     for (i, &tid) in p.threads.iter().enumerate() {
         let name = mg::CORE.file_name(tid);
         let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE)?;

@@ -1,8 +1,10 @@
 //! criu-style log: `(SS.uuuuuu) message`, warnings as `Warn  (file:line): `,
 //! errors as `Error (file:line): `. Levels follow upstream's -v0..-v4:
-//! 0 = nothing but fatal messages, 1 = errors, 2 = warnings, 3 = info,
-//! 4 = debug. The log goes to the `-o` file (relative to the work dir) or
-//! stderr.
+//! 0 = nothing but messages, 1 = errors, 2 = warnings (the default),
+//! 3 = info, 4 = debug. As upstream, the `(SS.uuuuuu) ` timestamp (seconds
+//! since the log was set up) is printed from level 3 on, and messages
+//! ([`pr_msg!`]: "Looks good.") go to stdout without prefix. The log goes
+//! to the `-o` file (relative to the work dir) or stderr.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -54,10 +56,25 @@ pub fn write(lvl: u32, file: &str, line: u32, args: std::fmt::Arguments<'_>) {
         _ => String::new(),
     };
     let mut o = l.out.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = writeln!(o, "({:02}.{:06}) {prefix}{args}", t.as_secs(), t.subsec_micros());
+    if l.level >= LOG_TIMESTAMP {
+        let _ = write!(o, "({:02}.{:06}) ", t.as_secs(), t.subsec_micros());
+    }
+    let _ = writeln!(o, "{prefix}{args}");
     let _ = o.flush();
 }
 
+/// From this level on, lines carry the `(SS.uuuuuu) ` timestamp (upstream's LOG_TIMESTAMP).
+pub const LOG_TIMESTAMP: u32 = LOG_INFO;
+
+/// A message for the user: stdout, no prefix, at every level (upstream's pr_msg).
+pub fn msg(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{args}");
+    let _ = o.flush();
+}
+
+#[macro_export]
+macro_rules! pr_msg { ($($a:tt)*) => { $crate::log::msg(format_args!($($a)*)) } }
 #[macro_export]
 macro_rules! pr_err { ($($a:tt)*) => { $crate::log::write($crate::log::LOG_ERROR, file!(), line!(), format_args!($($a)*)) } }
 #[macro_export]

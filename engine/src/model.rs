@@ -123,6 +123,8 @@ pub struct Task {
     pub loginuid: u32,
     pub oom_score_adj: i32,
     pub seccomp_mode: u32,
+    /// Queued bytes of the pipes this task has fds of.
+    pub pipe_data: Vec<PipeData>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -136,16 +138,49 @@ pub struct Fs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileDesc {
     /// A path-opened file: regular file, directory, character device.
-    Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64> },
+    /// `size` is recorded (and checked on restore) as upstream does: for
+    /// regular files not opened `O_WRONLY|O_APPEND`. `ghost`: the file was
+    /// unlinked while open; its contents travel with the image.
+    Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64>, ghost: Option<Box<Ghost>> },
     /// One end of a pipe; `pipe_id` is the pipe's inode.
     Pipe { pipe_id: u32, flags: u32 },
+    /// A terminal (only with `--shell-job`: restored as the restoring
+    /// shell's terminal). `rdev` is the device number (glibc encoding).
+    Tty { path: String, flags: u32, rdev: u64 },
+}
+
+/// An unlinked-but-open regular file: its inode identity and contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ghost {
+    /// st_dev (glibc encoding) and inode at dump: fds of one inode share one ghost.
+    pub dev: u64,
+    pub ino: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    /// (seconds, microseconds).
+    pub atime: (u64, u64),
+    pub mtime: (u64, u64),
+    pub contents: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fd {
     pub fd: i32,
     pub cloexec: bool,
+    /// Open file description: fds with the same `desc` share one (dup'ed:
+    /// one offset, one set of status flags).
+    pub desc: u32,
     pub file: FileDesc,
+}
+
+/// Bytes queued in a pipe at dump (pipes-data.img).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PipeData {
+    pub pipe_id: u32,
+    /// F_GETPIPE_SZ.
+    pub size: u32,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -96,6 +96,6 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
     let dumpable = task.mm.dumpable;
     task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
     task.mm.dumpable = dumpable;
-    task.fds = files::collect_fds(pid)?;
+    (task.fds, task.pipe_data) = files::collect_fds(pid)?;
     Ok((Tree { root_owns_pid_ns: own_ns, tasks: vec![task] }, frozen))
 }

@@ -1,10 +1,12 @@
 //! The restore child's own work, done in plain Rust right after clone3
-//! while it is still a copy of the engine: file descriptors, session,
+//! while it is still a copy of the engine: file descriptors (in
+//! [`super::files`]), session,
 //! cwd/root, umask, personality, sigactions, rlimits, and opening the files
 //! its mappings need (on "service fds" above every restored fd). It then
 //! reports "ok" (or the error) on a pipe and waits to be seized.
 
-use crate::model::{FileDesc, Task};
+use super::files;
+use crate::model::Task;
 use crate::sys::process as p;
 use std::ffi::CString;
 
@@ -19,24 +21,8 @@ pub struct ChildPlan {
     pub map_files: Vec<(String, i32)>,
     /// Prefix for every path (`--root`).
     pub root_prefix: String,
-    /// Keep inherited fds 0..2 (`--shell-job`).
+    /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
-}
-
-fn path_of(plan: &ChildPlan, path: &str) -> Result<CString, String> {
-    let full = format!("{}{}", plan.root_prefix, path);
-    CString::new(full.clone()).map_err(|_| format!("path {full:?} has a NUL byte"))
-}
-
-fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
-    let c = path_of(plan, path)?;
-    let fd = p::syscall6(libc::SYS_open, [c.as_ptr() as u64, (flags & !libc::O_CREAT & !libc::O_TRUNC) as u64, 0, 0, 0, 0])
-        .map_err(|e| format!("open {path:?} for fd {target}: {e}"))? as i32;
-    if fd != target {
-        p::dup2(fd, target).map_err(|e| format!("dup2 {fd} -> {target}: {e}"))?;
-        p::close(fd);
-    }
-    Ok(())
 }
 
 fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
@@ -44,64 +30,16 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
     // die with the engine until the engine has seized us
     p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     p::dup2(plan.report_fd, plan.svc_base).map_err(|e| format!("moving the report pipe: {e}"))?;
+    let terminal = files::park_terminal(plan)?;
     let mut keep = vec![plan.svc_base];
-    if plan.shell_job {
-        keep.extend([0, 1, 2]);
-    }
+    keep.extend(terminal);
     p::close_all_except(&keep);
     if task.sid == task.pid {
         p::setsid().map_err(|e| format!("setsid: {e}"))?;
     }
-    // fds
-    let mut pipes: Vec<(u32, [i32; 2])> = Vec::new();
-    for fd in &task.fds {
-        if plan.shell_job && fd.fd <= 2 {
-            continue;
-        }
-        match &fd.file {
-            FileDesc::Reg { path, flags, pos, .. } => {
-                open_at(plan, path, *flags as i32, fd.fd)?;
-                if *pos != 0 {
-                    p::syscall6(libc::SYS_lseek, [fd.fd as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0])
-                        .map_err(|e| format!("lseek fd {} to {pos}: {e}", fd.fd))?;
-                }
-            }
-            FileDesc::Pipe { pipe_id, flags } => {
-                let ends = match pipes.iter().find(|(id, _)| id == pipe_id) {
-                    Some((_, e)) => *e,
-                    None => {
-                        let e = p::pipe_raw().map_err(|e| format!("pipe for fd {}: {e}", fd.fd))?;
-                        // keep the pipe's two ends out of the way of later fds
-                        let hi = [plan.svc_base - 2 - 2 * pipes.len() as i32, plan.svc_base - 3 - 2 * pipes.len() as i32];
-                        p::dup2(e[0], hi[0]).map_err(|e| format!("pipe: {e}"))?;
-                        p::dup2(e[1], hi[1]).map_err(|e| format!("pipe: {e}"))?;
-                        p::close(e[0]);
-                        p::close(e[1]);
-                        pipes.push((*pipe_id, hi));
-                        hi
-                    }
-                };
-                let end = if *flags as i32 & libc::O_ACCMODE == libc::O_WRONLY { ends[1] } else { ends[0] };
-                p::dup2(end, fd.fd).map_err(|e| format!("dup2 pipe to fd {}: {e}", fd.fd))?;
-                let fl = *flags as i32 & (libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT);
-                if fl != 0 {
-                    p::syscall6(libc::SYS_fcntl, [fd.fd as u64, libc::F_SETFL as u64, fl as u64, 0, 0, 0])
-                        .map_err(|e| format!("F_SETFL fd {}: {e}", fd.fd))?;
-                }
-            }
-        }
-        p::set_cloexec(fd.fd, fd.cloexec).map_err(|e| format!("FD_CLOEXEC fd {}: {e}", fd.fd))?;
-    }
-    for (_, e) in &pipes {
-        if !task.fds.iter().any(|f| f.fd == e[0]) {
-            p::close(e[0]);
-        }
-        if !task.fds.iter().any(|f| f.fd == e[1]) {
-            p::close(e[1]);
-        }
-    }
+    files::restore_fds(plan, task, terminal)?;
     for (i, (path, flags)) in plan.map_files.iter().enumerate() {
-        open_at(plan, path, *flags, plan.svc_base + 1 + i as i32)?;
+        files::open_at(plan, path, *flags, plan.svc_base + 1 + i as i32)?;
     }
     // fs
     let root = if plan.root_prefix.is_empty() { task.fs.root.clone() } else { format!("{}{}", plan.root_prefix, task.fs.root) };
@@ -143,7 +81,11 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
 pub fn child_main(plan: &ChildPlan, task: &Task) -> ! {
     match run(plan, task) {
         Ok(()) => {
-            p::write_fd(plan.svc_base, b"ok");
+            // EPIPE: the engine died before PR_SET_PDEATHSIG was set; go too
+            let ok = b"ok";
+            if p::syscall6(libc::SYS_write, [plan.svc_base as u64, ok.as_ptr() as u64, 2, 0, 0, 0]).is_err() {
+                p::exit_now(1)
+            }
             p::close(plan.svc_base);
             p::pause_forever()
         }

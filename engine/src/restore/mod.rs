@@ -15,6 +15,7 @@
 //!    detach. [`RestoreGuard`] kills everything on any failure before that.
 
 pub mod child;
+pub mod files;
 pub mod space;
 pub mod thread;
 
