@@ -7,21 +7,26 @@
 #   2. build kmod/src/vma_cherrypick.ko against those headers
 #   3. build the static guest programs in kmod/test/
 #   4. pack busybox-static + module + programs into an initramfs whose /init
-#      insmods, runs the tests and the benchmark, rmmods, prints a marker,
-#      and powers off
+#      runs the no-module checks, insmods, runs the tests (and with --bench
+#      the benchmark), rmmods, checks the kernel log, prints a marker, and
+#      powers off
 #   5. boot that kernel under qemu-system-x86_64 (TCG) under `timeout`, with
 #      oops=panic panic=-1 -no-reboot: an oops ends the VM without a marker.
 #
 # Exit status: 0 PASS, 1 FAIL (a test failed, oops, no marker, timeout),
-# 2 setup error. Prints `N passed, M failed` (from the guest).
+# 2 setup error. Prints `N passed, M failed` (every `ok   - ` / `FAIL - `
+# line of the guest).
 #
 # Usage: kmod/test.sh [--bench] [--install-deps] [--accel tcg|kvm|auto]
 #                     [--timeout SECS] [--mem MB]
 #   --bench   also run the 256 MiB / 1 GiB benchmark (cp_bench) in the guest
 #             (adds ~70 s under TCG; the guest gets 3 GiB instead of 1 GiB)
 # Env:   KMOD_BENCH=1 is the same as --bench.
-# Env:   KVER (default: what linux-image-amd64 depends on, else 6.1.0-56-amd64),
-#        WORK (build dir, default kmod/build), DEBS (.deb cache, default $WORK/debs)
+#        KVER (default: a kernel already unpacked in $WORK, else the 6.1 version
+#        linux-image-amd64 depends on), WORK (build dir, default kmod/build),
+#        DEBS (.deb cache, default $WORK/debs), SMP (guest cpus, default 2),
+#        KAPPEND (kernel command line).
+# Runs as root from nothing: missing host packages are apt-get installed.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -273,7 +273,10 @@ fn run_dump(cli: &Cli) -> Result<(), String> {
     check_ttys(&tree, cli.shell_job)?;
     let mem = ProcessMem::open(pid).map_err(|e| format!("opening memory of {pid}: {e}"))?;
     let run_id = format!("criu-rs-{}-{}", std::process::id(), t0.elapsed().as_nanos());
-    images_io::write_images(&tree, &dir, &mem, &run_id).map_err(|e| error_chain(&e))?;
+    // images become visible only when complete (inventory last)
+    let staging = dump::staging::Staging::new(&dir).map_err(|e| error_chain(&e))?;
+    images_io::write_images(&tree, staging.path(), &mem, &run_id).map_err(|e| error_chain(&e))?;
+    staging.publish().map_err(|e| error_chain(&e))?;
     if !cli.leave_running {
         frozen.kill_on_release = true;
     }

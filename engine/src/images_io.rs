@@ -592,6 +592,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             mem.read(r.vaddr, &mut data)?;
             pw.add(r.vaddr, &data, flags)?;
         }
+        crate::fault::point("mid-memory");
     }
     pw.finish()?;
     // cores
@@ -675,6 +676,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
         threads: task.threads.iter().map(|t| t.tid as u32).collect(),
     };
     write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &[ps])?;
+    crate::fault::point("before-inventory");
     // inventory last: an image set without it is incomplete
     let root_ids = pb::TaskKobjIdsEntry { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, pid_ns_id: Some(1), ..ids };
     let inv = pb::InventoryEntry {

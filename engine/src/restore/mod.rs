@@ -71,6 +71,15 @@ impl Drop for RestoreGuard {
     }
 }
 
+/// The error for a dumped pid that clone3's set_tid found taken (EEXIST).
+fn pid_in_use(pid: Pid) -> RestoreError {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string());
+    RestoreError::Unsupported(match comm {
+        Ok(c) => format!("pid {pid} of the image is in use by {c}"),
+        Err(_) => format!("pid {pid} of the image is in use"),
+    })
+}
+
 /// Restore `tree` with page contents from `mem`. Returns the host pid of the root.
 pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<Pid, RestoreError> {
     if tree.tasks.len() != 1 {
@@ -114,12 +123,11 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let child = match p::fork3(flags, &set_tid, libc::SIGCHLD) {
         Ok(Forked::Child) => child::child_main(&plan, task),
         Ok(Forked::Parent(c)) => c,
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            return Err(RestoreError::Unsupported(format!("pid {} is taken in this pid namespace", task.pid)))
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(pid_in_use(task.pid)),
         Err(e) => return Err(ioe(task.pid, "clone3")(e)),
     };
     let mut guard = RestoreGuard { pid: child, committed: false };
+    crate::fault::point("after-clone");
     drop(wr);
     let mut msg = String::new();
     std::fs::File::from(rd).read_to_string(&mut msg).map_err(ioe(child, "reading the child's report"))?;
@@ -143,6 +151,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let mut injs = vec![];
     for t in task.threads.iter().skip(1) {
         let tid = thread::create(&mut main, &sp, t.tid)?;
+        crate::fault::point("mid-threads");
         let mut ti = Injector::new(tid, sp.gadget).map_err(ioe(tid, "registers"))?;
         ti.base = main.base;
         injs.push((tid, ti, t));
@@ -158,6 +167,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     // last syscall of the main thread: unmap the gadget page
     main.call("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, space::GADGET_LEN]).map_err(ioe(child, "unmapping the gadget"))?;
     thread::load_final(child, &task.threads[0])?;
+    crate::fault::point("before-detach");
     for (tid, _, _) in &injs {
         ptrace::detach(*tid, 0).map_err(ioe(*tid, "detach"))?;
     }

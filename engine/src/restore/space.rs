@@ -125,6 +125,7 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             return Err(RestoreError::Unsupported(format!("mmap of {:#x} landed at {got:#x}", v.start)));
         }
     }
+    crate::fault::point("mid-mm");
     // 6. contents
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
