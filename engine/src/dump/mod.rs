@@ -8,6 +8,7 @@ pub mod freeze;
 pub mod mm;
 pub mod parasite;
 pub mod proc;
+pub mod staging;
 pub mod task;
 
 use crate::model::{Task, Tree, VmaKind};
@@ -51,6 +52,7 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
     pr_info!("Dumping processes (pid: {pid})");
     pr_info!("========================================");
     let frozen = Frozen::freeze(pid)?;
+    crate::fault::point("after-freeze");
     let mut children = Vec::new();
     for t in &frozen.threads {
         let c = std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.tid)).map_err(io_err("children"))?;
@@ -92,6 +94,7 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
         task.threads.push(task::collect_thread(pid, ft, &mut par, ns_tid)?);
     }
     drop(par);
+    crate::fault::point("after-parasite");
     // the scratch page is gone again; the VMAs collected before it are the truth
     let dumpable = task.mm.dumpable;
     task.mm = mm::collect_mm(pid, vmas, pages, brk)?;

@@ -1,26 +1,153 @@
 //! Syscalls run inside the frozen process to read state that /proc and
 //! ptrace don't show (sigactions, itimers, sigaltstack, clear_tid, brk,
-//! securebits, ...). No code is injected: each thread is pointed at an
-//! existing `syscall` instruction (see `sys::inject`). Results that the
-//! kernel writes to user memory land in a scratch page mapped for the
-//! session; `Drop` unmaps it and puts the registers back.
+//! securebits, ...), made safe against the engine dying at any moment.
+//!
+//! # Fault safety
+//!
+//! Before a thread's registers are touched, an `rt_sigframe` is written on
+//! its stack below the red zone: a `ucontext` with its original registers
+//! (syscall restart already resolved, as signal delivery would), its
+//! original signal mask and its XSAVE state (with the `_fpx_sw_bytes` and
+//! `FP_XSTATE_MAGIC2` that `rt_sigreturn` checks). While the thread is ours
+//! its *parked* state is `rip = a syscall instruction, rax =
+//! __NR_rt_sigreturn, rsp = the frame`: if the engine dies (ptrace detaches
+//! on tracer exit) the thread's next instruction is `rt_sigreturn`, which
+//! puts back every register, the FPU state and the signal mask.
+//!
+//! Injected syscalls run from a scratch code page whose bytes are
+//! `syscall; mov $15,%eax; syscall`: the engine points `rip` at the first
+//! `syscall` and steps with PTRACE_SYSCALL to the exit stop; if the engine
+//! dies anywhere in between, the thread falls through into `rt_sigreturn`.
+//! Only the mmap of that page itself runs from an instruction found in the
+//! target's text (one syscall whose fall-through is foreign code), and only
+//! the final munmap of it has no page to fall into (one syscall again).
+//! A crashed engine may leave the scratch mapping behind (17 pages, rwx,
+//! anonymous); everything else is as it was.
+//!
+//! `uc_stack.ss_flags` in the frame is deliberately invalid (3), so the
+//! `restore_altstack` inside `rt_sigreturn` fails (silently, by design of
+//! the kernel) and leaves the thread's sigaltstack as it is.
 
 use super::freeze::Frozen;
-use crate::sys::inject::Injector;
+use super::task::fixup_syscall_restart;
+use crate::sys::ptrace::{self, Regs, Wait};
 use crate::sys::Pid;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+/// Size of the data area (results written by the kernel).
 pub const SCRATCH_LEN: u64 = 16 * 4096;
+/// The code page in front of the data area.
+const CODE_LEN: u64 = 4096;
+/// `syscall; mov $15,%eax; syscall`.
+const CODE: [u8; 9] = [0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+/// Offset of the `syscall` a parked thread sits on (with rax = 15).
+const PARK_OFF: u64 = 7;
+const NR_RT_SIGRETURN: u64 = 15;
 
-#[derive(Debug)]
-pub struct Parasite {
-    pub pid: Pid,
-    inj: BTreeMap<Pid, Injector>,
-    pub scratch: u64,
-    mem: File,
+/// Size of `struct rt_sigframe` on x86_64: pretcode, ucontext, siginfo.
+pub const RT_SIGFRAME_SIZE: u64 = 8 + 304 + 128;
+const REDZONE: u64 = 128;
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+const UC_FP_XSTATE: u64 = 1;
+const UC_SIGCONTEXT_SS: u64 = 2;
+const UC_STRICT_RESTORE_SS: u64 = 4;
+/// Offset of the `_fpx_sw_bytes` in the legacy FXSAVE area.
+const SW_RESERVED: usize = 464;
+/// FXSAVE area + XSAVE header.
+const XSAVE_MIN: usize = 512 + 64;
+/// AMX tile data: dynamically enabled, never in a default signal frame.
+const XFEATURE_TILEDATA: u64 = 1 << 18;
+
+/// A sigframe ready to be written at `addr`; `rsp` is what the parked
+/// thread's stack pointer must be (`frame + 8`, as after a handler's `ret`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigFrame {
+    pub addr: u64,
+    pub rsp: u64,
+    pub fpstate: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// (xstate_size, xfeatures) of a signal frame for this XSAVE buffer: the
+/// features the kernel put in the buffer's sw bytes (or its header), sized
+/// with this CPU's layout, clamped to the buffer.
+fn xstate_geometry(xsave: &[u8]) -> (usize, u64) {
+    let rd32 = |o: usize| u32::from_le_bytes(xsave[o..o + 4].try_into().expect("4"));
+    let rd64 = |o: usize| u64::from_le_bytes(xsave[o..o + 8].try_into().expect("8"));
+    let feats = if rd32(SW_RESERVED) == FP_XSTATE_MAGIC1 { rd64(SW_RESERVED + 8) } else { rd64(512) | 3 };
+    let feats = feats & !XFEATURE_TILEDATA;
+    let mut size = XSAVE_MIN;
+    let mut kept = feats & 3;
+    for i in 2..64u32 {
+        if feats & (1 << i) == 0 {
+            continue;
+        }
+        if let Some((off, len)) = crate::sys::cpu::xsave_component(i) {
+            if off + len <= xsave.len() {
+                size = size.max(off + len);
+                kept |= 1 << i;
+            }
+        }
+    }
+    (size, kept)
+}
+
+/// Build the `rt_sigframe` that `rt_sigreturn` turns back into `regs`,
+/// `sigmask` and `xsave`, placed below `regs.sp`'s red zone the way the
+/// kernel places a signal frame (fpstate 64-byte aligned, frame 16-8).
+pub fn build_sigframe(regs: &Regs, sigmask: u64, xsave: &[u8]) -> SigFrame {
+    let top = regs.sp.wrapping_sub(REDZONE);
+    // FPU state: XSAVE (standard format) + magic2, or legacy FXSAVE only
+    let mut fp: Vec<u8>;
+    if xsave.len() >= XSAVE_MIN {
+        let (size, feats) = xstate_geometry(xsave);
+        fp = xsave[..size].to_vec();
+        fp[SW_RESERVED..512].fill(0);
+        fp[SW_RESERVED..SW_RESERVED + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+        fp[SW_RESERVED + 4..SW_RESERVED + 8].copy_from_slice(&(size as u32 + 4).to_le_bytes());
+        fp[SW_RESERVED + 8..SW_RESERVED + 16].copy_from_slice(&feats.to_le_bytes());
+        fp[SW_RESERVED + 16..SW_RESERVED + 20].copy_from_slice(&(size as u32).to_le_bytes());
+        let bv = u64::from_le_bytes(fp[512..520].try_into().expect("8")) & feats;
+        fp[512..520].copy_from_slice(&bv.to_le_bytes());
+        fp[520..528].fill(0); // xcomp_bv: standard format
+        fp.extend(FP_XSTATE_MAGIC2.to_le_bytes());
+    } else {
+        fp = vec![0u8; 512];
+        let n = xsave.len().min(512);
+        fp[..n].copy_from_slice(&xsave[..n]);
+        fp[SW_RESERVED..512].fill(0);
+    }
+    let fpstate = top.wrapping_sub(fp.len() as u64) & !63;
+    let addr = (fpstate.wrapping_sub(RT_SIGFRAME_SIZE) & !15).wrapping_sub(8);
+    let mut b = vec![0u8; usize::try_from(fpstate - addr).expect("small") + fp.len()];
+    let put = |b: &mut Vec<u8>, off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    let uc = 8;
+    put(&mut b, uc, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    // uc_stack: invalid ss_flags, so rt_sigreturn leaves the sigaltstack alone
+    b[uc + 24..uc + 28].copy_from_slice(&3u32.to_le_bytes());
+    let sc = uc + 40;
+    let r = regs;
+    for (i, v) in [
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.di, r.si, r.bp, r.bx, r.dx, r.ax, r.cx, r.sp, r.ip, r.flags,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        put(&mut b, sc + 8 * i, v);
+    }
+    b[sc + 144..sc + 146].copy_from_slice(&(r.cs as u16).to_le_bytes());
+    b[sc + 146..sc + 148].copy_from_slice(&(r.gs as u16).to_le_bytes());
+    b[sc + 148..sc + 150].copy_from_slice(&(r.fs as u16).to_le_bytes());
+    b[sc + 150..sc + 152].copy_from_slice(&(r.ss as u16).to_le_bytes());
+    put(&mut b, sc + 184, fpstate);
+    put(&mut b, uc + 296, sigmask);
+    let off = usize::try_from(fpstate - addr).expect("small");
+    b[off..].copy_from_slice(&fp);
+    SigFrame { addr, rsp: addr + 8, fpstate, bytes: b }
 }
 
 /// Find a `syscall` instruction (0f 05) in an executable mapping of `pid`:
@@ -49,33 +176,115 @@ pub fn find_gadget(pid: Pid, ip: u64, exec_ranges: &[(u64, u64)]) -> io::Result<
     Err(io::Error::other(format!("no syscall instruction found in the executable memory of {pid}")))
 }
 
+/// One thread under injection: what to put back, and where it is parked.
+#[derive(Debug)]
+struct Session {
+    orig: Regs,
+    mask: u64,
+    parked: Regs,
+}
+
+/// An injection session on a frozen process. `Drop` unmaps the scratch
+/// mapping and puts every thread's registers and signal mask back.
+#[derive(Debug)]
+pub struct Parasite {
+    pub pid: Pid,
+    /// Main thread first.
+    order: Vec<Pid>,
+    threads: BTreeMap<Pid, Session>,
+    /// Start of the mapping (the code page); 0 until mapped.
+    code: u64,
+    /// Data area right after the code page.
+    pub scratch: u64,
+    mem: File,
+}
+
+fn shadow_stack(pid: Pid, tid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .map(|s| s.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk")))
+        .unwrap_or(false)
+}
+
 impl Parasite {
-    /// Start a session on every frozen thread of `f`.
+    /// Start a session on every frozen thread of `f`; `gadget` is a
+    /// `syscall` instruction in the target's text, used once to map the
+    /// scratch page.
     pub fn start(f: &Frozen, gadget: u64) -> io::Result<Parasite> {
-        f.block_signals()?;
-        let mut inj = BTreeMap::new();
-        for t in &f.threads {
-            let mut i = Injector::new(t.tid, gadget)?;
-            i.base = t.regs;
-            inj.insert(t.tid, i);
-        }
         let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{}/mem", f.pid))?;
-        let mut p = Parasite { pid: f.pid, inj, scratch: 0, mem };
-        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let a = p.call(f.pid, "mmap", libc::SYS_mmap, &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
-        p.scratch = a;
+        let mut p = Parasite { pid: f.pid, order: Vec::new(), threads: BTreeMap::new(), code: 0, scratch: 0, mem };
+        for (i, t) in f.threads.iter().enumerate() {
+            let tid = t.tid;
+            if shadow_stack(f.pid, tid) {
+                return Err(io::Error::other(format!(
+                    "thread {tid} uses a shadow stack: a sigframe without a shadow-stack token would kill it; not supported yet"
+                )));
+            }
+            let xsave = ptrace::get_xstate(tid).map_err(|e| io::Error::new(e.kind(), format!("XSAVE state of {tid}: {e}")))?;
+            let frame = build_sigframe(&fixup_syscall_restart(t.regs), t.sigmask, &xsave);
+            p.mem.write_all_at(&frame.bytes, frame.addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("writing the rt_sigframe of thread {tid} at {:#x} (sp {:#x}): {e}", frame.addr, t.regs.sp),
+                )
+            })?;
+            let mut parked = t.regs;
+            parked.sp = frame.rsp;
+            parked.ax = NR_RT_SIGRETURN;
+            parked.orig_ax = u64::MAX;
+            // the main thread parks on the found gadget until the code page exists
+            parked.ip = if i == 0 { gadget } else { p.code + PARK_OFF };
+            p.order.push(tid);
+            p.threads.insert(tid, Session { orig: t.regs, mask: t.sigmask, parked });
+            // registers first: from here a dead engine means rt_sigreturn,
+            // which also puts back the mask blocked next
+            ptrace::set_regs(tid, &parked)?;
+            ptrace::set_sigmask(tid, !0)?;
+            crate::pr_debug!("thread {tid} parked on a sigframe at {:#x}", frame.addr);
+            if i == 0 {
+                p.map_code(gadget)?;
+            }
+        }
         Ok(p)
     }
 
-    pub fn call(&mut self, tid: Pid, what: &str, nr: i64, args: &[u64]) -> io::Result<u64> {
-        let i = self.inj.get_mut(&tid).ok_or_else(|| io::Error::other(format!("thread {tid} is not frozen")))?;
-        i.call(what, nr, args)
+    /// The one syscall run from foreign code: mmap of the scratch mapping.
+    fn map_code(&mut self, gadget: u64) -> io::Result<()> {
+        let tid = self.order[0];
+        let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let len = CODE_LEN + SCRATCH_LEN;
+        let parked = self.threads[&tid].parked;
+        let mut r = call_regs(&parked, libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0]);
+        r.ip = gadget;
+        let out = step(tid, &r, &[]);
+        // back onto the gadget with rax = rt_sigreturn before anything else
+        ptrace::set_regs(tid, &parked)?;
+        let a = crate::sys::check_raw(out?.ax as i64)
+            .map_err(|e| io::Error::new(e.kind(), format!("injected mmap of the scratch page in {tid}: {e}")))?;
+        self.code = a;
+        self.scratch = a + CODE_LEN;
+        self.mem.write_all_at(&CODE, a)?;
+        let s = self.threads.get_mut(&tid).expect("main thread");
+        s.parked.ip = a + PARK_OFF;
+        ptrace::set_regs(tid, &s.parked)?;
+        crate::pr_debug!("scratch code page of {} at {a:#x}", self.pid);
+        Ok(())
     }
 
+    pub fn call(&mut self, tid: Pid, what: &str, nr: i64, args: &[u64]) -> io::Result<u64> {
+        let r = self.raw(tid, nr, args)?;
+        crate::sys::check_raw(r).map_err(|e| io::Error::new(e.kind(), format!("injected {what} in {tid}: {e}")))
+    }
+
+    /// Run syscall `nr` in thread `tid`; the raw result (negative errno on failure).
     pub fn raw(&mut self, tid: Pid, nr: i64, args: &[u64]) -> io::Result<i64> {
-        let i = self.inj.get_mut(&tid).ok_or_else(|| io::Error::other(format!("thread {tid} is not frozen")))?;
-        i.raw(nr, args)
+        let s = self.threads.get(&tid).ok_or_else(|| io::Error::other(format!("thread {tid} is not frozen")))?;
+        let mut r = call_regs(&s.parked, nr, args);
+        r.ip = self.code;
+        // after the exit stop the thread sits on `mov $15,%eax; syscall`:
+        // still parked, so there is nothing to put back between calls
+        let points: &[&str] = if tid == self.order[0] { &["mid-inject"] } else { &["mid-inject", "mid-inject-thread"] };
+        Ok(step(tid, &r, points)?.ax as i64)
     }
 
     /// Read `len` bytes at scratch offset `off`.
@@ -91,16 +300,122 @@ impl Parasite {
     }
 }
 
-impl Drop for Parasite {
-    fn drop(&mut self) {
-        if self.scratch != 0 {
-            let (pid, s) = (self.pid, self.scratch);
-            if let Err(e) = self.call(pid, "munmap", libc::SYS_munmap, &[s, SCRATCH_LEN]) {
-                crate::pr_warn!("can't unmap the scratch page of {pid}: {e}");
+/// Registers for syscall `nr(args)` from a parked state.
+fn call_regs(parked: &Regs, nr: i64, args: &[u64]) -> Regs {
+    let mut r = *parked;
+    r.ax = nr as u64;
+    r.orig_ax = u64::MAX;
+    let mut a = [0u64; 6];
+    a[..args.len()].copy_from_slice(args);
+    (r.di, r.si, r.dx, r.r10, r.r8, r.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+    r
+}
+
+/// Load `r` and run its syscall to the exit stop; the registers there.
+/// Signals are blocked, so any other stop means someone else is stopping
+/// or killing the thread: an error.
+fn step(tid: Pid, r: &Regs, fault_points: &[&str]) -> io::Result<Regs> {
+    ptrace::set_regs(tid, r)?;
+    let mut seen_entry = false;
+    loop {
+        ptrace::cont_syscall(tid, 0)?;
+        match ptrace::wait(tid)? {
+            Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
+                if seen_entry {
+                    break;
+                }
+                seen_entry = true;
+                for p in fault_points {
+                    crate::fault::point(p);
+                }
+            }
+            other => {
+                return Err(io::Error::other(format!(
+                    "thread {tid} stopped unexpectedly during injected syscall {}: {other:?}",
+                    r.ax
+                )))
             }
         }
-        for i in self.inj.values() {
-            let _ = i.restore_regs();
+    }
+    ptrace::get_regs(tid)
+}
+
+impl Drop for Parasite {
+    fn drop(&mut self) {
+        // Every step keeps each thread restorable: other threads first (they
+        // park in the mapping about to go), mask before registers (a parked
+        // thread gets its mask from the frame anyway).
+        for tid in self.order.iter().skip(1) {
+            let s = &self.threads[tid];
+            if let Err(e) = ptrace::set_sigmask(*tid, s.mask).and_then(|()| ptrace::set_regs(*tid, &s.orig)) {
+                crate::pr_warn!("can't put back the state of thread {tid}: {e}");
+            }
         }
+        let Some(&main) = self.order.first() else { return };
+        if self.code != 0 {
+            // the last window: once the page is gone the main thread must get
+            // its own registers before it runs again
+            let s = &self.threads[&main];
+            let mut r = call_regs(&s.parked, libc::SYS_munmap, &[self.code, CODE_LEN + SCRATCH_LEN]);
+            r.ip = self.code;
+            match step(main, &r, &[]).map(|o| crate::sys::check_raw(o.ax as i64)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) | Err(e) => crate::pr_warn!("can't unmap the scratch page of {}: {e}", self.pid),
+            }
+        }
+        let s = &self.threads[&main];
+        if let Err(e) = ptrace::set_regs(main, &s.orig).and_then(|()| ptrace::set_sigmask(main, s.mask)) {
+            crate::pr_warn!("can't put back the state of thread {main}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs() -> Regs {
+        Regs { sp: 0x7fff_0000_1234, ip: 0x40_1000, ax: 7, cs: 0x33, ss: 0x2b, flags: 0x246, r15: 15, ..Default::default() }
+    }
+
+    #[test]
+    fn frame_layout_matches_the_kernel() {
+        let r = regs();
+        let mut xs = vec![0u8; 832];
+        xs[SW_RESERVED..SW_RESERVED + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+        xs[SW_RESERVED + 8..SW_RESERVED + 16].copy_from_slice(&7u64.to_le_bytes());
+        xs[512..520].copy_from_slice(&3u64.to_le_bytes());
+        xs[520..528].copy_from_slice(&u64::MAX.to_le_bytes());
+        let f = build_sigframe(&r, 0x5555, &xs);
+        assert_eq!(f.fpstate % 64, 0);
+        assert_eq!((f.addr + 8) % 16, 0, "frame is aligned like at a function entry");
+        assert!(f.fpstate + f.bytes.len() as u64 - (f.fpstate - f.addr) <= r.sp - REDZONE, "red zone untouched");
+        assert!(f.fpstate >= f.addr + RT_SIGFRAME_SIZE);
+        let rd = |o: u64| u64::from_le_bytes(f.bytes[o as usize..o as usize + 8].try_into().unwrap());
+        // sigreturn reads the frame at rsp - 8
+        assert_eq!(f.rsp, f.addr + 8);
+        assert_eq!(rd(8), UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+        assert_eq!(rd(48 + 7 * 8), 15, "r15");
+        assert_eq!(rd(48 + 13 * 8), 7, "ax");
+        assert_eq!(rd(48 + 15 * 8), r.sp, "sp");
+        assert_eq!(rd(48 + 16 * 8), r.ip, "ip");
+        assert_eq!(rd(48 + 184), f.fpstate, "fpstate pointer");
+        assert_eq!(rd(304), 0x5555, "uc_sigmask");
+        assert_eq!(u32::from_le_bytes(f.bytes[32..36].try_into().unwrap()), 3, "ss_flags left invalid");
+        let fo = (f.fpstate - f.addr) as usize;
+        let sw = &f.bytes[fo + SW_RESERVED..];
+        assert_eq!(u32::from_le_bytes(sw[0..4].try_into().unwrap()), FP_XSTATE_MAGIC1);
+        let size = u32::from_le_bytes(sw[16..20].try_into().unwrap()) as usize;
+        assert_eq!(u32::from_le_bytes(sw[4..8].try_into().unwrap()) as usize, size + 4, "extended_size");
+        assert_eq!(u32::from_le_bytes(f.bytes[fo + size..fo + size + 4].try_into().unwrap()), FP_XSTATE_MAGIC2);
+        assert_eq!(rd(f.fpstate - f.addr + 520), 0, "xcomp_bv cleared");
+    }
+
+    #[test]
+    fn fxsave_only_frame_has_no_magic() {
+        let f = build_sigframe(&regs(), 0, &[0u8; 512]);
+        let fo = (f.fpstate - f.addr) as usize;
+        assert_eq!(f.bytes.len() - fo, 512);
+        assert_eq!(&f.bytes[fo + SW_RESERVED..fo + SW_RESERVED + 4], &[0, 0, 0, 0]);
     }
 }

@@ -1,0 +1,138 @@
+//! A dump becomes visible only when complete: images are written into a
+//! staging directory inside the images directory (`.criu-rs-staging-PID`)
+//! and moved into place by [`Staging::publish`]: a stale `inventory.img`
+//! is removed first, every other file is renamed in, `inventory.img` last,
+//! then the directory is synced. An image set without `inventory.img` is
+//! incomplete (restore refuses it), so a dump that fails or is killed at
+//! any point never leaves a set that looks complete with parts of another.
+//! `Drop` removes an unpublished staging directory; one left by a killed
+//! engine is removed by the next dump into the same directory.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+const PREFIX: &str = ".criu-rs-staging-";
+const INVENTORY: &str = "inventory.img";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("{what} {}", path.display())]
+    Io { what: &'static str, path: PathBuf, #[source] source: io::Error },
+}
+
+fn ioe(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StagingError {
+    let path = path.to_path_buf();
+    move |source| StagingError::Io { what, path, source }
+}
+
+/// The staging directory of one dump.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    tmp: PathBuf,
+    published: bool,
+}
+
+impl Staging {
+    /// Create `dir/.criu-rs-staging-<engine pid>`, removing the staging
+    /// directories of engines that are gone.
+    pub fn new(dir: &Path) -> Result<Staging, StagingError> {
+        for e in std::fs::read_dir(dir).map_err(ioe("listing", dir))?.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
+            if pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let tmp = dir.join(format!("{PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(ioe("creating the staging directory", &tmp))?;
+        Ok(Staging { dir: dir.to_path_buf(), tmp, published: false })
+    }
+
+    /// Where the images go until published.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Move the finished image set into the images directory.
+    pub fn publish(mut self) -> Result<(), StagingError> {
+        let old_inv = self.dir.join(INVENTORY);
+        match std::fs::remove_file(&old_inv) {
+            Ok(()) => sync_dir(&self.dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ioe("removing the old", &old_inv)(e)),
+        }
+        let mut names: Vec<_> = std::fs::read_dir(&self.tmp)
+            .map_err(ioe("listing", &self.tmp))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        // inventory last
+        names.sort_by_key(|n| n == INVENTORY);
+        for n in names {
+            let (from, to) = (self.tmp.join(&n), self.dir.join(&n));
+            if n == INVENTORY {
+                sync_dir(&self.dir)?;
+            }
+            std::fs::rename(&from, &to).map_err(ioe("moving into place", &to))?;
+        }
+        sync_dir(&self.dir)?;
+        std::fs::remove_dir(&self.tmp).map_err(ioe("removing", &self.tmp))?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+fn sync_dir(d: &Path) -> Result<(), StagingError> {
+    std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(ioe("syncing", d))
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(n: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("criu-rs-staging-{n}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn publish_moves_everything_and_replaces_an_old_set() {
+        let d = tmpdir("pub");
+        std::fs::write(d.join(INVENTORY), "old").unwrap();
+        std::fs::write(d.join("core-1.img"), "old").unwrap();
+        let s = Staging::new(&d).unwrap();
+        std::fs::write(s.path().join("core-1.img"), "new").unwrap();
+        std::fs::write(s.path().join(INVENTORY), "new").unwrap();
+        let tmp = s.path().to_path_buf();
+        s.publish().unwrap();
+        assert_eq!(std::fs::read_to_string(d.join(INVENTORY)).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(d.join("core-1.img")).unwrap(), "new");
+        assert!(!tmp.exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn dropped_staging_leaves_nothing_and_stale_ones_are_swept() {
+        let d = tmpdir("drop");
+        let stale = d.join(format!("{PREFIX}{}", u32::MAX - 1));
+        std::fs::create_dir(&stale).unwrap();
+        let s = Staging::new(&d).unwrap();
+        assert!(!stale.exists(), "staging dir of a dead engine removed");
+        std::fs::write(s.path().join("pages-1.img"), "x").unwrap();
+        drop(s);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

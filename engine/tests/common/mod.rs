@@ -1,0 +1,228 @@
+//! Helpers shared by the real-process tests (faults, pids): build a fixture
+//! from ../shared/fixtures/progs, start it, watch its progress.log, run our
+//! `criu`, and look at what is left running. Needs root, gcc, unshare and
+//! setsid; [`skip_reason`] says why not, and tests print SKIP and return.
+#![allow(dead_code)]
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CRIU: &str = env!("CARGO_BIN_EXE_criu");
+
+pub fn skip_reason() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2).unwrap_or("1").to_string()));
+    if uid.as_deref() != Some("0") {
+        return Some("needs root (ptrace of other processes, clone3 set_tid, PR_SET_MM_MAP)".into());
+    }
+    for tool in ["gcc", "unshare", "setsid"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+            return Some(format!("{tool} not found"));
+        }
+    }
+    None
+}
+
+/// A fresh scratch directory for one test.
+pub fn test_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("criu-rs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A private copy of the engine binary: processes running it (restore
+/// children before their exec image is replaced) are this test's alone.
+pub fn private_criu(dir: &Path) -> PathBuf {
+    let p = dir.join("criu");
+    std::fs::copy(CRIU, &p).expect("copy criu");
+    p
+}
+
+fn progs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs")
+}
+
+pub fn build(name: &str, out: &Path) -> PathBuf {
+    let bin = out.join(format!("fx-{name}"));
+    let st = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&bin)
+        .arg(progs_dir().join(format!("{name}.c")))
+        .args(["-lpthread", "-lrt"])
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "building fx-{name}");
+    bin
+}
+
+/// Last `tick N ok` of a progress log; panics on a FAIL line.
+pub fn last_tick(log: &Path) -> u64 {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!s.contains("FAIL"), "fixture reported a failure:\n{s}");
+    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).last().unwrap_or(0)
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pids of live (not zombie) processes whose executable is `exe`.
+pub fn live_with_exe(exe: &Path) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(exe) && alive(pid) {
+            v.push(pid);
+        }
+    }
+    v.sort_unstable();
+    v
+}
+
+/// The process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z') || r.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// `SigBlk` of every thread of `pid`, by tid.
+pub fn sigmasks(pid: i32) -> Vec<(i32, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let st = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let m = st.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap_or("").trim().to_string();
+        v.push((tid, m));
+    }
+    v.sort();
+    v
+}
+
+/// Lines of /proc/PID/maps.
+pub fn maps(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string()
+}
+
+/// How the fixture is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ns {
+    /// `setsid unshare --pid --fork fx`: pid 1 of its own pid namespace.
+    OwnPidNs,
+    /// `setsid fx`: in the host pid namespace.
+    Host,
+}
+
+/// A running fixture; killed on drop.
+pub struct Fixture {
+    pub bin: PathBuf,
+    pub work: PathBuf,
+    pub pid: i32,
+}
+
+impl Fixture {
+    pub fn start(name: &str, dir: &Path, ns: Ns) -> Fixture {
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let bin = build(name, dir);
+        let mut cmd = Command::new("setsid");
+        if ns == Ns::OwnPidNs {
+            cmd.args(["unshare", "--pid", "--fork"]);
+        }
+        let mut child = cmd.arg(&bin).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start fixture");
+        // setsid forks when it is a process group leader; reap whatever exits
+        std::thread::spawn(move || child.wait());
+        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+        let log = work.join("progress.log");
+        wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+        let pids = live_with_exe(&bin);
+        assert_eq!(pids.len(), 1, "one fixture process {} expected, found {pids:?}", bin.display());
+        Fixture { bin, work, pid: pids[0] }
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.work.join("progress.log")
+    }
+
+    pub fn tick(&self) -> u64 {
+        last_tick(&self.log())
+    }
+
+    /// Wait for `n` more ok ticks (and no FAIL).
+    pub fn ticks_on(&self, n: u64, what: &str) {
+        let t = self.tick();
+        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(15), || self.tick() >= t + n);
+    }
+
+    /// The fixture's pid again (after a restore).
+    pub fn refind(&mut self) {
+        let pids = live_with_exe(&self.bin);
+        assert_eq!(pids.len(), 1, "one fixture process expected, found {pids:?}");
+        self.pid = pids[0];
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+}
+
+/// Run `criu args -D dir -v4 -o <log>` with extra environment; the exit
+/// status and the log.
+pub fn criu_env(criu: &Path, args: &[&str], dir: &Path, log: &str, env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut cmd = Command::new(criu);
+    cmd.args(args).arg("-D").arg(dir).args(["-v4", "-o", log]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run criu");
+    let mut log = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+    log.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, log)
+}
+
+/// Run criu and require success.
+pub fn criu_ok(criu: &Path, args: &[&str], dir: &Path, log: &str) -> String {
+    let (st, log) = criu_env(criu, args, dir, log, &[]);
+    assert!(st.success(), "criu {args:?} failed ({st:?}):\n{log}");
+    log
+}
+
+/// The engine killed itself at the fault point (and did not just finish).
+pub fn assert_killed(st: ExitStatus, point: &str, log: &str) {
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "engine did not die at fault point {point} ({st:?}):\n{log}");
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
