@@ -1,24 +1,36 @@
-//! The one interface through which restore reads the memory of a dumped
-//! address space: a pages image (mmap of pages-N.img), a live process
-//! (/proc/PID/mem), or anything else that can produce the bytes of a
-//! dumped virtual address range.
+//! The one interface through which dump and restore reach the memory of a
+//! dumped address space: a pages image (mmap of pages-N.img and
+//! pages-M.img of shared memory), a live process (/proc/PID/mem), or
+//! anything else that can produce the bytes of a dumped virtual address
+//! range.
+//!
+//! Bulk copies go through [`MemSource::copy_to`] (dump: ranges -> pages
+//! file) and [`MemSource::file_range`] (restore: where a range lies in
+//! which pages file, so the target can read it itself). Measured choices
+//! are in docs/PERFORMANCE.md, "Dump and restore".
 
 use crate::model::PageRun;
 use crate::sys::mmap::MappedFile;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemError {
     #[error("reading {len} bytes at {vaddr:#x} from {what}")]
     Read { what: String, vaddr: u64, len: usize, #[source] source: io::Error },
+    #[error("writing {len} bytes of {what} at offset {off} of the pages file")]
+    Write { what: String, off: u64, len: usize, #[source] source: io::Error },
     #[error("{what} has no page at {vaddr:#x}")]
     Missing { what: String, vaddr: u64 },
     #[error("{what}: pages image is {have} bytes, pagemap needs {need}")]
     Short { what: String, have: u64, need: u64 },
 }
+
+/// Size of one copy chunk of [`MemSource::copy_to`].
+const CHUNK: usize = 8 << 20;
 
 /// Bytes of a dumped address space.
 pub trait MemSource {
@@ -28,6 +40,42 @@ pub trait MemSource {
     fn slice(&self, _vaddr: u64, _len: usize) -> Option<&[u8]> {
         None
     }
+    /// Copy `ranges` (vaddr, len), in order, back to back into `out` from
+    /// offset `off` on.
+    fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
+        let mut buf = vec![0u8; CHUNK];
+        let mut pos = off;
+        for_chunks(ranges, |a, n| {
+            let b = &mut buf[..n];
+            self.read(a, b)?;
+            out.write_all_at(b, pos).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos, len: n, source: e })?;
+            pos += n as u64;
+            Ok(())
+        })
+    }
+    /// Files backing this source, in the order [`MemSource::file_range`] numbers them.
+    fn files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    /// (index into [`MemSource::files`], offset) of the bytes at `vaddr..vaddr+len`
+    /// when they lie contiguously in one of the files.
+    fn file_range(&self, _vaddr: u64, _len: u64) -> Option<(usize, u64)> {
+        None
+    }
+}
+
+/// Split `ranges` into pieces of at most [`CHUNK`] bytes.
+fn for_chunks(ranges: &[(u64, u64)], mut f: impl FnMut(u64, usize) -> Result<(), MemError>) -> Result<(), MemError> {
+    for &(start, len) in ranges {
+        let mut a = start;
+        let end = start + len;
+        while a < end {
+            let n = usize::try_from((end - a).min(CHUNK as u64)).unwrap_or(CHUNK);
+            f(a, n)?;
+            a += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// A live (frozen) process read through /proc/PID/mem.
@@ -53,56 +101,174 @@ impl MemSource for ProcessMem {
             source: e,
         })
     }
+
+    /// Two stages on two threads: this one preads /proc/PID/mem into one of
+    /// three chunk buffers while a writer thread pwrites the previous chunk
+    /// to the pages file (the two copies overlap instead of adding up).
+    fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        if total <= CHUNK as u64 {
+            let mut buf = vec![0u8; CHUNK];
+            let mut pos = off;
+            return for_chunks(ranges, |a, n| {
+                self.read(a, &mut buf[..n])?;
+                out.write_all_at(&buf[..n], pos).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos, len: n, source: e })?;
+                pos += n as u64;
+                Ok(())
+            });
+        }
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize, u64, u64)>(2);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..3 {
+            free_tx.send(vec![0u8; CHUNK]).expect("receiver alive");
+        }
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || -> Result<(), MemError> {
+                while let Ok((buf, n, pos, vaddr)) = full_rx.recv() {
+                    out.write_all_at(&buf[..n], pos).map_err(|e| MemError::Write { what: format!("{vaddr:#x}"), off: pos, len: n, source: e })?;
+                    if free_tx.send(buf).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            let mut pos = off;
+            let read_res = for_chunks(ranges, |a, n| {
+                // the writer hung up only after an error, which join() reports
+                let Ok(mut buf) = free_rx.recv() else { return Ok(()) };
+                self.read(a, &mut buf[..n])?;
+                if full_tx.send((buf, n, pos, a)).is_err() {
+                    return Ok(());
+                }
+                pos += n as u64;
+                Ok(())
+            });
+            drop(full_tx);
+            let write_res = writer.join().unwrap_or_else(|_| Err(MemError::Write { what: "writer thread".into(), off, len: 0, source: io::Error::other("panicked") }));
+            read_res.and(write_res)
+        })
+    }
 }
 
-/// pages-N.img mapped in memory, indexed by the pagemap's runs.
+/// One pages file of a [`PagesImage`].
 #[derive(Debug)]
-pub struct PagesImage {
-    name: String,
+struct PagesFileMap {
+    path: PathBuf,
     map: MappedFile,
-    /// (vaddr, nr_pages, offset in the file), sorted by vaddr.
-    runs: Vec<(u64, u64, u64)>,
+}
+
+/// pages-N.img files mapped in memory, indexed by their pagemaps' runs
+/// (the process's own pages and those of its shared memory objects, all
+/// placed at the virtual addresses where the dumped process had them).
+#[derive(Debug, Default)]
+pub struct PagesImage {
+    files: Vec<PagesFileMap>,
+    /// (vaddr, nr_pages, file index, offset in the file), sorted by vaddr.
+    runs: Vec<(u64, u64, usize, u64)>,
 }
 
 impl PagesImage {
     /// Map `path`; `runs` are the pagemap's entries in file order.
     pub fn open(path: &Path, runs: &[PageRun]) -> Result<Self, MemError> {
-        let name = path.display().to_string();
-        let f = File::open(path).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;
-        let map = MappedFile::map(&f).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;
-        let mut off = 0u64;
-        let mut idx = Vec::with_capacity(runs.len());
-        for r in runs {
-            idx.push((r.vaddr, r.nr_pages, off));
-            off += r.nr_pages * 4096;
-        }
-        let have = map.bytes().len() as u64;
-        if have < off {
-            return Err(MemError::Short { what: name, have, need: off });
-        }
-        idx.sort_by_key(|r| r.0);
-        Ok(PagesImage { name, map, runs: idx })
+        let mut p = PagesImage::default();
+        let mut off = 0;
+        let idx: Vec<(u64, u64, u64)> = runs
+            .iter()
+            .map(|r| {
+                off += r.nr_pages * 4096;
+                (r.vaddr, r.nr_pages, off - r.nr_pages * 4096)
+            })
+            .collect();
+        p.add(path, idx)?;
+        Ok(p)
     }
 
-    fn locate(&self, vaddr: u64, len: usize) -> Option<usize> {
+    /// Add one more pages file; `runs` are (vaddr, nr_pages, offset in the
+    /// file): `vaddr` is where the pages go in the restored address space.
+    pub fn add(&mut self, path: &Path, runs: impl IntoIterator<Item = (u64, u64, u64)>) -> Result<(), MemError> {
+        let name = path.display().to_string();
+        let f = File::open(path).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;
+        // read once, front to back: a larger readahead window; advice only
+        let _ = crate::sys::mmap::advise_sequential(&f);
+        let map = MappedFile::map(&f).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;
+        let idx = self.files.len();
+        let have = map.bytes().len() as u64;
+        for (vaddr, nr, off) in runs {
+            let need = off.saturating_add(nr.saturating_mul(4096));
+            if have < need {
+                return Err(MemError::Short { what: name, have, need });
+            }
+            self.runs.push((vaddr, nr, idx, off));
+        }
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        self.files.push(PagesFileMap { path, map });
+        self.runs.sort_by_key(|r| r.0);
+        Ok(())
+    }
+
+    fn locate(&self, vaddr: u64, len: u64) -> Option<(usize, u64)> {
         let i = self.runs.partition_point(|r| r.0 <= vaddr).checked_sub(1)?;
-        let (start, nr, off) = self.runs[i];
+        let (start, nr, file, off) = self.runs[i];
         let end = start + nr * 4096;
-        if vaddr + len as u64 > end {
+        if vaddr.checked_add(len)? > end {
             return None;
         }
-        usize::try_from(off + (vaddr - start)).ok()
+        Some((file, off + (vaddr - start)))
     }
 }
 
 impl MemSource for PagesImage {
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let s = self.slice(vaddr, buf.len()).ok_or(MemError::Missing { what: self.name.clone(), vaddr })?;
+        let s = self.slice(vaddr, buf.len()).ok_or_else(|| MemError::Missing { what: self.files.first().map(|f| f.path.display().to_string()).unwrap_or_default(), vaddr })?;
         buf.copy_from_slice(s);
         Ok(())
     }
     fn slice(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
-        let off = self.locate(vaddr, len)?;
-        self.map.bytes().get(off..off + len)
+        let (file, off) = self.locate(vaddr, len as u64)?;
+        let off = usize::try_from(off).ok()?;
+        self.files[file].map.bytes().get(off..off + len)
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.path.clone()).collect()
+    }
+    fn file_range(&self, vaddr: u64, len: u64) -> Option<(usize, u64)> {
+        self.locate(vaddr, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source that produces a pattern derived from the address.
+    struct Pattern;
+    impl MemSource for Pattern {
+        fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = ((vaddr + i as u64) % 251) as u8;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn copy_then_map_back() {
+        let dir = std::env::temp_dir().join(format!("memsrc-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pages-1.img");
+        let f = File::create(&path).unwrap();
+        let ranges = [(0x10000u64, 3 * 4096u64), (0x40000, (CHUNK as u64) + 4096), (0x9000_0000, 4096)];
+        Pattern.copy_to(&ranges, &f, 0).unwrap();
+        drop(f);
+        let runs: Vec<PageRun> = ranges.iter().map(|&(v, l)| PageRun { vaddr: v, nr_pages: l / 4096, lazy: false }).collect();
+        let img = PagesImage::open(&path, &runs).unwrap();
+        for &(v, l) in &ranges {
+            let mut want = vec![0u8; l as usize];
+            Pattern.read(v, &mut want).unwrap();
+            assert_eq!(img.slice(v, l as usize).unwrap(), &want[..]);
+        }
+        assert_eq!(img.file_range(0x40000 + 4096, 4096), Some((0, 3 * 4096 + 4096)));
+        assert!(img.slice(0x10000 + 2 * 4096, 8192).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

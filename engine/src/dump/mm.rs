@@ -1,9 +1,13 @@
 //! Address space: VMAs from smaps, mm fields from stat/auxv, and which
-//! pages hold data (from /proc/PID/pagemap: present or swapped, not the
-//! shared zero page, not a page-cache page of a file mapping).
+//! pages hold data: for private mappings from PAGEMAP_SCAN (present or
+//! swapped, not the shared zero page, not a page-cache page of a file
+//! mapping; per-entry /proc/PID/pagemap reads when the kernel lacks the
+//! ioctl), for shared anonymous memory the data ranges of its shmem object
+//! (SEEK_DATA on /proc/PID/map_files/..., which sees swapped pages too).
 
 use super::proc::{self, SmapsVma};
 use crate::model::{MapFile, Mm, PageRun, Vma, VmaKind};
+use crate::sys::pagemap::{self as pm, PageRegion, ScanSpec};
 use crate::sys::Pid;
 use std::fs::File;
 use std::io;
@@ -37,7 +41,13 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
     if s.vm_flags.iter().any(|f| f == "gd") {
         flags |= libc::MAP_GROWSDOWN as u32;
     }
+    // MAP_SHARED|MAP_ANONYMOUS (and shared mappings of /dev/zero) are
+    // shmem objects the kernel names "/dev/zero (deleted)", on an
+    // anonymous device (major 0); named ones show as [anon_shmem:NAME]
+    let shared_anon = m.shared
+        && ((m.dev.0 == 0 && (m.name == "/dev/zero (deleted)" || m.name == "/dev/zero")) || m.name.starts_with("[anon_shmem:"));
     let kind = match m.name.as_str() {
+        _ if shared_anon => VmaKind::Anon,
         "[heap]" => VmaKind::Heap,
         "[stack]" => VmaKind::Stack,
         "[vdso]" => VmaKind::Vdso,
@@ -49,9 +59,6 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
             return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: n.to_string() });
         }
     };
-    if kind == VmaKind::Anon && m.shared {
-        return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: "shared anonymous memory".into() });
-    }
     if kind != VmaKind::File {
         flags |= libc::MAP_ANONYMOUS as u32;
     }
@@ -67,12 +74,13 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
     Ok(Vma {
         start: m.start,
         end: m.end,
-        pgoff: if kind == VmaKind::File { m.pgoff } else { 0 },
+        pgoff: if kind == VmaKind::File || shared_anon { m.pgoff } else { 0 },
         prot,
         flags,
         kind,
         madv: proc::madv_from_vmflags(&s.vm_flags),
         file,
+        shmid: if shared_anon { m.ino } else { 0 },
     })
 }
 
@@ -101,42 +109,169 @@ const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 const PM_PFN: u64 = (1 << 55) - 1;
 
-/// Runs of pages with data in the private VMAs.
+/// Append page `addr..addr+n*4096` to `runs`, merging with the previous run
+/// when contiguous and of the same kind (lazy, same shmem object or none).
+fn push_run(runs: &mut Vec<PageRun>, groups: &mut Vec<u64>, addr: u64, n: u64, lazy: bool, group: u64) {
+    if let (Some(r), Some(&g)) = (runs.last_mut(), groups.last()) {
+        if r.vaddr + r.nr_pages * 4096 == addr && r.lazy == lazy && g == group {
+            r.nr_pages += n;
+            return;
+        }
+    }
+    runs.push(PageRun { vaddr: addr, nr_pages: n, lazy });
+    groups.push(group);
+}
+
+/// How a VMA's pages are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// Private memory: present or swapped, not the zero page, not page cache.
+    Private,
+    /// The vdso: every present page.
+    Present,
+    /// Shared anonymous memory: the shmem object's data.
+    Shmem,
+    Skip,
+}
+
+fn pick(v: &Vma) -> Pick {
+    match v.kind {
+        VmaKind::Vvar | VmaKind::Vsyscall => Pick::Skip,
+        VmaKind::Vdso => Pick::Present,
+        _ if v.shmid != 0 => Pick::Shmem,
+        _ if v.shared() => Pick::Skip,
+        _ => Pick::Private,
+    }
+}
+
+fn lazy(v: &Vma) -> bool {
+    v.kind != VmaKind::File && v.kind != VmaKind::Vdso && v.shmid == 0
+}
+
+/// Which way [`collect_pages`] found the private pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageWalk {
+    /// One PAGEMAP_SCAN ioctl per VMA (per 4096 result regions).
+    Scan,
+    /// 8 bytes of /proc/PID/pagemap per page.
+    Pagemap,
+}
+
+/// Runs of pages with data, sorted by address. PAGEMAP_SCAN where the
+/// kernel has it, else /proc/PID/pagemap entry by entry.
 pub fn collect_pages(pid: Pid, vmas: &[Vma], zero_pfn: u64) -> Result<Vec<PageRun>, MmError> {
-    let pm = File::open(format!("/proc/{pid}/pagemap")).map_err(|e| MmError::Read { pid, what: "pagemap", source: e })?;
+    match collect_pages_with(pid, vmas, zero_pfn, PageWalk::Scan) {
+        Err(MmError::Read { source, .. }) if matches!(source.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
+            collect_pages_with(pid, vmas, zero_pfn, PageWalk::Pagemap)
+        }
+        r => r,
+    }
+}
+
+/// [`collect_pages`] with a chosen page-table walk (tests compare both).
+pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk) -> Result<Vec<PageRun>, MmError> {
+    let pmf = File::open(format!("/proc/{pid}/pagemap")).map_err(|e| MmError::Read { pid, what: "pagemap", source: e })?;
     let mut runs: Vec<PageRun> = Vec::new();
+    let mut groups: Vec<u64> = Vec::new();
     let mut buf = vec![0u8; 8 * 4096];
+    let mut regions = vec![PageRegion::default(); 4096];
     for v in vmas {
-        if v.shared() || matches!(v.kind, VmaKind::Vvar | VmaKind::Vsyscall) {
+        let p = pick(v);
+        match p {
+            Pick::Skip => continue,
+            Pick::Shmem => {
+                shmem_pages(pid, v, &pmf, &mut runs, &mut groups)?;
+                continue;
+            }
+            Pick::Private | Pick::Present => {}
+        }
+        let lz = lazy(v);
+        if walk == PageWalk::Scan {
+            let spec = if p == Pick::Present {
+                ScanSpec { mask: pm::PAGE_IS_PRESENT, ret: pm::PAGE_IS_PRESENT, ..Default::default() }
+            } else {
+                ScanSpec {
+                    inverted: pm::PAGE_IS_FILE | pm::PAGE_IS_PFNZERO,
+                    mask: pm::PAGE_IS_FILE | pm::PAGE_IS_PFNZERO,
+                    anyof: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+                    ret: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+                }
+            };
+            let mut a = v.start;
+            while a < v.end {
+                let (n, walk_end) = pm::scan(&pmf, a, v.end, spec, &mut regions).map_err(|e| MmError::Read { pid, what: "pagemap (PAGEMAP_SCAN)", source: e })?;
+                for r in &regions[..n] {
+                    push_run(&mut runs, &mut groups, r.start, (r.end - r.start) / 4096, lz, 0);
+                }
+                if walk_end <= a {
+                    break;
+                }
+                a = walk_end;
+            }
             continue;
         }
-        let lazy = v.kind != VmaKind::File && v.kind != VmaKind::Vdso;
         let mut page = v.start / 4096;
         let end = v.end / 4096;
         while page < end {
             let n = (end - page).min(4096);
             let bytes = usize::try_from(n * 8).unwrap_or(0);
-            pm.read_exact_at(&mut buf[..bytes], page * 8).map_err(|e| MmError::Read { pid, what: "pagemap", source: e })?;
+            pmf.read_exact_at(&mut buf[..bytes], page * 8).map_err(|e| MmError::Read { pid, what: "pagemap", source: e })?;
             for (i, c) in buf[..bytes].chunks_exact(8).enumerate() {
                 let e = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                let want = if v.kind == VmaKind::Vdso {
+                let want = if p == Pick::Present {
                     e & PM_PRESENT != 0
                 } else {
                     (e & PM_PRESENT != 0 && e & PM_FILE == 0 && (e & PM_PFN) != zero_pfn) || e & PM_SWAP != 0
                 };
-                if !want {
-                    continue;
-                }
-                let addr = (page + i as u64) * 4096;
-                match runs.last_mut() {
-                    Some(r) if r.vaddr + r.nr_pages * 4096 == addr && r.lazy == lazy => r.nr_pages += 1,
-                    _ => runs.push(PageRun { vaddr: addr, nr_pages: 1, lazy }),
+                if want {
+                    push_run(&mut runs, &mut groups, (page + i as u64) * 4096, 1, lz, 0);
                 }
             }
             page += n;
         }
     }
     Ok(runs)
+}
+
+/// Pages of a shared anonymous mapping: the data ranges (SEEK_DATA /
+/// SEEK_HOLE) of its shmem object inside the mapped window, through
+/// /proc/PID/map_files; when that can't be opened (no
+/// CAP_CHECKPOINT_RESTORE), the present pages of this mapping.
+fn shmem_pages(pid: Pid, v: &Vma, pmf: &File, runs: &mut Vec<PageRun>, groups: &mut Vec<u64>) -> Result<(), MmError> {
+    let base = v.pgoff;
+    let lim = v.pgoff + v.len();
+    let to_vaddr = |off: u64| v.start + (off - base);
+    match File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end)) {
+        Ok(f) => {
+            let mut off = base;
+            while off < lim {
+                let Some(d) = pm::seek(&f, off, true).map_err(|e| MmError::Read { pid, what: "shmem SEEK_DATA", source: e })? else { break };
+                if d >= lim {
+                    break;
+                }
+                let h = pm::seek(&f, d, false).map_err(|e| MmError::Read { pid, what: "shmem SEEK_HOLE", source: e })?.unwrap_or(lim).min(lim);
+                let (d, h) = (d & !4095, (h + 4095) & !4095);
+                push_run(runs, groups, to_vaddr(d), (h - d) / 4096, false, v.shmid);
+                off = h;
+            }
+        }
+        Err(_) => {
+            let mut regions = vec![PageRegion::default(); 4096];
+            let spec = ScanSpec { anyof: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED, ret: pm::PAGE_IS_PRESENT, ..Default::default() };
+            let mut a = v.start;
+            while a < v.end {
+                let (n, walk_end) = pm::scan(pmf, a, v.end, spec, &mut regions).map_err(|e| MmError::Read { pid, what: "pagemap (PAGEMAP_SCAN)", source: e })?;
+                for r in &regions[..n] {
+                    push_run(runs, groups, r.start, (r.end - r.start) / 4096, false, v.shmid);
+                }
+                if walk_end <= a {
+                    break;
+                }
+                a = walk_end;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// mm fields from /proc/PID/stat and auxv; `brk` comes from the parasite.

@@ -4,11 +4,12 @@
 use super::{ioe, RestoreError};
 use crate::dump::proc::parse_maps_line;
 use crate::mem_source::MemSource;
-use crate::model::{Task, VmaKind};
+use crate::model::{Task, Vma, VmaKind};
 use crate::sys::inject::Injector;
 use crate::sys::Pid;
 use crate::{pr_debug, pr_info};
 use std::fs::File;
+use std::path::Path;
 use std::os::unix::fs::FileExt;
 
 /// Size of the gadget page area: `syscall` at its start, scratch after.
@@ -52,6 +53,199 @@ fn free_gap(a: &[(u64, u64)], len: u64) -> Option<u64> {
         cand = cand.max(e);
     }
     (cand + len < 0x7fff_0000_0000).then_some(cand)
+}
+
+/// Protection a VMA is mapped with before its pages are filled: private
+/// regions holding dumped pages but not writable now (RELRO, mprotect'ed
+/// data, PROT_NONE with contents) were writable once, so are mapped
+/// writable and mprotect'ed after the fill. That lets the target read its
+/// pages itself and gives them the VM_ACCOUNT flag they had, so the kernel
+/// doesn't merge them with a neighbour that never was writable.
+fn fill_prot(task: &Task, v: &Vma) -> u32 {
+    let w = libc::PROT_WRITE as u32;
+    if v.shared() || v.prot & w != 0 || matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) {
+        return v.prot;
+    }
+    let pages = &task.mm.pages;
+    let i = pages.partition_point(|r| r.vaddr + r.nr_pages * 4096 <= v.start);
+    if pages.get(i).is_some_and(|r| r.vaddr < v.end) {
+        v.prot | w | libc::PROT_READ as u32
+    } else {
+        v.prot
+    }
+}
+
+/// How [`fill_private`] copies pages (`CRIU_RS_FILL=mem|preadv`, for measurements).
+fn fill_mode() -> &'static str {
+    match std::env::var("CRIU_RS_FILL").as_deref() {
+        Ok("mem") => "mem",
+        _ => "preadv",
+    }
+}
+
+/// Fill the private VMAs with the dumped pages. Pieces that lie in a pages
+/// file the target has open (`page_fds`, by [`MemSource::files`] index) are
+/// read by the target itself with injected `preadv` (up to 1024 iovecs,
+/// one contiguous file range per call: one copy, page cache -> its fresh
+/// pages); anything else is written through /proc/PID/mem.
+fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, page_fds: &[Option<u64>], scratch: u64) -> Result<(), RestoreError> {
+    let pid = main.tid;
+    let e = |what: &str| ioe(pid, what.to_string());
+    // pieces: page runs clipped to private VMAs, in address order (each
+    // inside one run, so inside one stretch of one pages file)
+    let mut pieces: Vec<(u64, u64)> = Vec::new();
+    let mut total = 0u64;
+    for r in &task.mm.pages {
+        let end = r.vaddr + r.nr_pages * 4096;
+        let mut covered = 0u64;
+        for v in task.mm.vmas.iter().filter(|v| v.start < end && r.vaddr < v.end) {
+            let (lo, hi) = (r.vaddr.max(v.start), end.min(v.end));
+            covered += hi - lo;
+            if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || v.shared() || v.shmid != 0 {
+                continue;
+            }
+            pieces.push((lo, hi - lo));
+        }
+        if covered != end - r.vaddr {
+            return Err(RestoreError::Unsupported(format!("pages at {:#x}..{end:#x} lie outside the VMAs", r.vaddr)));
+        }
+        total += r.nr_pages;
+    }
+    const IOV_MAX: usize = 1024;
+    const MAX_BATCH: u64 = 1 << 30;
+    let use_preadv = fill_mode() == "preadv";
+    let mut buf = vec![0u8; 1 << 20];
+    let mut by_preadv = 0u64;
+    let mut i = 0;
+    while i < pieces.len() {
+        let (a, len) = pieces[i];
+        // a batch: pieces back to back in one pages file
+        let mut batch: Vec<(u64, u64)> = Vec::new();
+        let mut start: Option<(u64, u64)> = None; // (fd, file offset)
+        if use_preadv {
+            let mut next_off = 0;
+            while i < pieces.len() && batch.len() < IOV_MAX {
+                let (pa, pl) = pieces[i];
+                let Some((fi, off)) = mem.file_range(pa, pl) else { break };
+                let Some(fd) = page_fds.get(fi).copied().flatten() else { break };
+                match start {
+                    None => start = Some((fd, off)),
+                    Some((sfd, _)) if sfd == fd && off == next_off && batch.iter().map(|b| b.1).sum::<u64>() + pl <= MAX_BATCH => {}
+                    Some(_) => break,
+                }
+                next_off = off + pl;
+                batch.push((pa, pl));
+                i += 1;
+            }
+        }
+        if let Some((fd, off)) = start {
+            preadv_all(main, memf, fd, off, &batch, scratch).map_err(e(&format!("preadv of pages at {:#x}", batch[0].0)))?;
+            by_preadv += batch.iter().map(|b| b.1).sum::<u64>();
+            continue;
+        }
+        // no file for this piece: through /proc/PID/mem
+        let mut p = a;
+        while p < a + len {
+            let n = usize::try_from((a + len - p).min(buf.len() as u64)).unwrap_or(buf.len());
+            let data: &[u8] = match mem.slice(p, n) {
+                Some(s) => s,
+                None => {
+                    mem.read(p, &mut buf[..n])?;
+                    &buf[..n]
+                }
+            };
+            memf.write_all_at(data, p).map_err(e(&format!("writing pages at {p:#x}")))?;
+            p += n as u64;
+        }
+        i += 1;
+    }
+    pr_info!("Restored {total} pages ({} by the target's preadv)", by_preadv / 4096);
+    Ok(())
+}
+
+/// Injected `preadv(fd, iov, n, off)` until all of `batch` (vaddr, len),
+/// back to back in the file from `off`, is read; iovecs go to `scratch`.
+fn preadv_all(main: &mut Injector, memf: &File, fd: u64, mut off: u64, batch: &[(u64, u64)], scratch: u64) -> std::io::Result<()> {
+    let mut iov: Vec<(u64, u64)> = batch.to_vec();
+    let mut first = 0;
+    while first < iov.len() {
+        let bytes: Vec<u8> = iov[first..].iter().flat_map(|(b, l)| b.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
+        memf.write_all_at(&bytes, scratch)?;
+        let n = main.call("preadv", libc::SYS_preadv, &[fd, scratch, (iov.len() - first) as u64, off, 0])?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("pages file ends at offset {off}")));
+        }
+        off += n;
+        let mut left = n;
+        while left > 0 && first < iov.len() {
+            let take = left.min(iov[first].1);
+            iov[first].0 += take;
+            iov[first].1 -= take;
+            left -= take;
+            if iov[first].1 == 0 {
+                first += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One shared anonymous object (`shmid`) and all its mappings: mapped
+/// read-write once at a free address, its pages written there, then each
+/// dumped mapping of it created at its place by `mremap(old_size = 0)` (a
+/// second mapping of the same pages, keeping the offset into the object),
+/// given its protection, and the staging mapping dropped.
+fn build_shmem(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, shmid: u64, gadget: u64) -> Result<(), RestoreError> {
+    let pid = main.tid;
+    let e = |what: &str| ioe(pid, what.to_string());
+    let maps: Vec<&Vma> = task.mm.vmas.iter().filter(|v| v.shmid == shmid).collect();
+    let size = maps.iter().map(|v| v.pgoff + v.len()).max().unwrap_or(0);
+    let cur = current_maps(pid)?;
+    let mut used: Vec<(u64, u64)> = cur.iter().map(|(s, e, _)| (*s, *e)).collect();
+    used.extend(task.mm.vmas.iter().map(|v| (v.start, v.end)));
+    used.push((gadget, gadget + GADGET_LEN));
+    let tmp = free_gap(&used, size).ok_or_else(|| RestoreError::Unsupported(format!("no free range of {size} bytes to build shared memory {shmid}")))?;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let got = main.call("mmap(shmem)", libc::SYS_mmap, &[tmp, size, rw, flags, u64::MAX, 0]).map_err(e(&format!("mapping shared memory {shmid}")))?;
+    if got != tmp {
+        return Err(RestoreError::Unsupported(format!("shared memory {shmid} mapped at {got:#x}, wanted {tmp:#x}")));
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for v in &maps {
+        for r in task.mm.pages.iter().filter(|r| r.vaddr < v.end && v.start < r.vaddr + r.nr_pages * 4096) {
+            let (lo, hi) = (r.vaddr.max(v.start), (r.vaddr + r.nr_pages * 4096).min(v.end));
+            let mut a = lo;
+            while a < hi {
+                let n = usize::try_from((hi - a).min(buf.len() as u64)).unwrap_or(buf.len());
+                let data: &[u8] = match mem.slice(a, n) {
+                    Some(s) => s,
+                    None => {
+                        mem.read(a, &mut buf[..n])?;
+                        &buf[..n]
+                    }
+                };
+                let at = tmp + v.pgoff + (a - v.start);
+                memf.write_all_at(data, at).map_err(e(&format!("writing shared memory {shmid} pages of {a:#x}")))?;
+                a += n as u64;
+            }
+        }
+    }
+    for v in &maps {
+        let mflags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        let got = main
+            .call("mremap(shmem)", libc::SYS_mremap, &[tmp + v.pgoff, 0, v.len(), mflags, v.start])
+            .map_err(e(&format!("placing shared memory {shmid} at {:#x}", v.start)))?;
+        if got != v.start {
+            return Err(RestoreError::Unsupported(format!("shared memory {shmid} placed at {got:#x}, wanted {:#x}", v.start)));
+        }
+        if u64::from(v.prot) != rw {
+            main.call("mprotect", libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]).map_err(e(&format!("mprotect {:#x}", v.start)))?;
+        }
+    }
+    main.call("munmap(shmem staging)", libc::SYS_munmap, &[tmp, size]).map_err(e("unmapping shared memory staging"))?;
+    pr_debug!("shared memory {shmid}: {size} bytes, {} mappings", maps.len());
+    Ok(())
 }
 
 /// Build the dumped address space in the stopped child `main.tid`.
@@ -105,60 +299,33 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) {
             continue;
         }
+        if v.shmid != 0 {
+            continue; // below, one object per shmid
+        }
         let (fd, off) = match &v.file {
             Some(f) => {
                 let i = map_files.iter().position(|(p, _)| p == &f.path).expect("planned");
                 ((svc_base + 1 + i as i32) as u64, v.pgoff)
             }
-            None => {
-                if v.shared() {
-                    return Err(RestoreError::Unsupported(format!("shared anonymous mapping {:#x}-{:#x} is not supported yet", v.start, v.end)));
-                }
-                (u64::MAX, 0)
-            }
+            None => (u64::MAX, 0),
         };
         let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
         let got = main
-            .call("mmap", libc::SYS_mmap, &[v.start, v.len(), u64::from(v.prot), flags, fd, off])
+            .call("mmap", libc::SYS_mmap, &[v.start, v.len(), u64::from(fill_prot(task, v)), flags, fd, off])
             .map_err(e(&format!("mapping {:#x}-{:#x}", v.start, v.end)))?;
         if got != v.start {
             return Err(RestoreError::Unsupported(format!("mmap of {:#x} landed at {got:#x}", v.start)));
         }
     }
     crate::fault::point("mid-mm");
-    // 6. contents
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    for r in &task.mm.pages {
-        let end = r.vaddr + r.nr_pages * 4096;
-        let mut covered = 0u64;
-        for v in task.mm.vmas.iter().filter(|v| v.start < end && r.vaddr < v.end) {
-            let (lo, hi) = (r.vaddr.max(v.start), end.min(v.end));
-            covered += hi - lo;
-            if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || v.shared() {
-                continue;
-            }
-            let mut a = lo;
-            while a < hi {
-                let n = usize::try_from((hi - a).min(buf.len() as u64)).unwrap_or(buf.len());
-                let data: &[u8] = match mem.slice(a, n) {
-                    Some(s) => s,
-                    None => {
-                        mem.read(a, &mut buf[..n])?;
-                        &buf[..n]
-                    }
-                };
-                memf.write_all_at(data, a).map_err(e(&format!("writing pages at {a:#x}")))?;
-                a += n as u64;
-            }
-        }
-        if covered != end - r.vaddr {
-            return Err(RestoreError::Unsupported(format!("pages at {:#x}..{end:#x} lie outside the VMAs", r.vaddr)));
-        }
-        total += r.nr_pages;
+    // 5b. shared anonymous memory, filled before it gets its final place
+    let mut shmids: Vec<u64> = task.mm.vmas.iter().filter(|v| v.shmid != 0).map(|v| v.shmid).collect();
+    shmids.sort_unstable();
+    shmids.dedup();
+    for shmid in shmids {
+        build_shmem(main, &memf, task, mem, shmid, g)?;
     }
-    pr_info!("Restored {total} pages");
-    // 7. madvise
+    // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled
     for v in &task.mm.vmas {
         if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) {
             continue;
@@ -168,6 +335,16 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
                 main.call("madvise", libc::SYS_madvise, &[v.start, v.len(), bit]).map_err(e(&format!("madvise({bit}) {:#x}", v.start)))?;
             }
         }
+    }
+    // 7. contents, then the final protection of regions filled writable
+    let page_fds: Vec<Option<u64>> = mem
+        .files()
+        .iter()
+        .map(|p| map_files.iter().position(|(m, _)| Path::new(m) == p).map(|i| (svc_base + 1 + i as i32) as u64))
+        .collect();
+    fill_private(main, &memf, task, mem, &page_fds, g + SCRATCH_OFF)?;
+    for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
+        main.call("mprotect", libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]).map_err(e(&format!("mprotect {:#x}", v.start)))?;
     }
     let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid };
     // 8. mm fields

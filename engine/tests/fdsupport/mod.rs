@@ -1,0 +1,186 @@
+//! Helpers for the fd and CLI tests: build a C program (the shared fixtures
+//! or ours in `progs/`), start it as the fixtures are started (`setsid
+//! unshare --pid --fork`), run our `criu`, read /proc fd tables.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CRIU: &str = env!("CARGO_BIN_EXE_criu");
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0")))
+        .unwrap_or(false)
+}
+
+/// Why a real-process test can't run here, if it can't.
+pub fn skip_reason() -> Option<String> {
+    if !is_root() {
+        return Some("needs root (ptrace of other processes, clone3 set_tid, PR_SET_MM_MAP)".into());
+    }
+    for tool in ["gcc", "unshare", "setsid"] {
+        let ok = Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status();
+        if !ok.map(|s| s.success()).unwrap_or(false) {
+            return Some(format!("{tool} not found"));
+        }
+    }
+    None
+}
+
+pub fn shared_progs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs")
+}
+
+/// Build `name`.c from our progs/ if it is there, else from the shared fixtures.
+pub fn build(name: &str, out: &Path) -> PathBuf {
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fdsupport/progs").join(format!("{name}.c"));
+    let src = if ours.exists() { ours } else { shared_progs().join(format!("{name}.c")) };
+    let bin = out.join(format!("fx-{name}"));
+    let st = Command::new("gcc")
+        .args(["-O2", "-static", "-I"])
+        .arg(shared_progs())
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .args(["-lpthread", "-lrt"])
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "building {}", src.display());
+    bin
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn last_tick(log: &Path) -> u64 {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!s.contains("FAIL"), "fixture reported a failure:\n{s}");
+    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).last().unwrap_or(0)
+}
+
+/// Newest process whose argv[0] is `bin`.
+pub fn pid_of(bin: &Path) -> Option<i32> {
+    let mut found = None;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).next() == Some(bin.as_os_str().as_encoded_bytes()) {
+            found = Some(found.map_or(pid, |f: i32| f.max(pid)));
+        }
+    }
+    found
+}
+
+/// A scratch directory with `work/` (the program's cwd) and a built program.
+pub struct Scene {
+    pub tmp: PathBuf,
+    pub work: PathBuf,
+    pub bin: PathBuf,
+    pub pid: i32,
+}
+
+impl Scene {
+    /// Build and start `name`; wait for its first tick.
+    pub fn start(name: &str, tag: &str) -> Scene {
+        let tmp = std::env::temp_dir().join(format!("criu-rs-fdtest-{name}-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let work = tmp.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let bin = build(name, &tmp);
+        Command::new("setsid")
+            .args(["unshare", "--pid", "--fork"])
+            .arg(&bin)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start program");
+        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+        let log = work.join("progress.log");
+        wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+        let pid = pid_of(&bin).expect("program running");
+        Scene { tmp, work, bin, pid }
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.work.join("progress.log")
+    }
+
+    pub fn images(&self, n: usize) -> PathBuf {
+        let d = self.tmp.join(format!("img{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Run criu with `args` + `-D dir -v4 -o LOG`, cwd = work.
+    pub fn criu(&self, args: &[&str], dir: &Path, logname: &str) -> Output {
+        Command::new(CRIU).args(args).arg("-D").arg(dir).args(["-v4", "-o", logname]).current_dir(&self.work).output().expect("run criu")
+    }
+
+    /// As `criu`, panicking with the log on failure.
+    pub fn criu_ok(&self, args: &[&str], dir: &Path, logname: &str) {
+        let out = self.criu(args, dir, logname);
+        if !out.status.success() {
+            let log = std::fs::read_to_string(dir.join(logname)).unwrap_or_default();
+            panic!("criu {args:?} failed ({}):\n{}\n{log}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    /// Restore detached from `dir` and wait for 3 more ticks; updates `pid`.
+    pub fn restore(&mut self, dir: &Path, extra: &[&str]) {
+        let t = last_tick(&self.log());
+        let mut args = vec!["restore", "-d"];
+        args.extend_from_slice(extra);
+        self.criu_ok(&args, dir, "restore.log");
+        wait_until("ticks after restore", Duration::from_secs(10), || last_tick(&self.log()) > t + 3);
+        self.pid = pid_of(&self.bin).expect("restored program running");
+    }
+
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).map(|s| !s.contains(") Z")).unwrap_or(false)
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if let Some(p) = pid_of(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// One fd as /proc shows it: target (pipes as "pipe", ghost suffixes cut),
+/// offset and status flags (octal, as fdinfo prints them).
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct FdView {
+    pub fd: i32,
+    pub target: String,
+    pub pos: u64,
+    pub flags: u32,
+}
+
+pub fn fd_table(pid: i32) -> Vec<FdView> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let target = std::fs::read_link(e.path()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let target = if target.starts_with("pipe:") { "pipe".to_string() } else { target };
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(|s| s.trim().to_string()).unwrap_or_default();
+        v.push(FdView { fd, target, pos: field("pos:").parse().unwrap_or(0), flags: u32::from_str_radix(&field("flags:"), 8).unwrap_or(0) });
+    }
+    v.sort_by_key(|f| f.fd);
+    v
+}

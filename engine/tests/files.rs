@@ -1,0 +1,124 @@
+//! File descriptors through dump + restore with real processes: the shared
+//! `files` fixture (two cycles: the second dumps the recreated ghost), and
+//! our programs in tests/fdsupport/progs (every fd kind, a terminal, size
+//! checks). Needs root, gcc, unshare; otherwise each test prints SKIP.
+
+mod fdsupport;
+
+use fdsupport::{fd_table, last_tick, skip_reason, wait_until, Scene};
+use std::time::Duration;
+
+macro_rules! skip_unless_able {
+    ($name:expr) => {
+        if let Some(r) = skip_reason() {
+            eprintln!("SKIP {}: {r}", $name);
+            return;
+        }
+    };
+}
+
+#[test]
+fn files_fixture_two_cycles() {
+    skip_unless_able!("files_fixture_two_cycles");
+    let mut s = Scene::start("files", "cycles");
+    for c in 0..2 {
+        let dir = s.images(c);
+        s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+        for img in ["files.img", "fdinfo-2.img", "pipes-data.img", "remap-fpath.img", "ghost-file-1.img"] {
+            assert!(dir.join(img).exists(), "cycle {c}: {img} missing");
+        }
+        s.restore(&dir, &[]);
+    }
+    last_tick(&s.log());
+}
+
+/// The fd table after restore is the one before dump: targets, offsets,
+/// status flags, FD_CLOEXEC (O_CLOEXEC in fdinfo flags).
+#[test]
+fn fd_kinds_survive_exactly() {
+    skip_unless_able!("fd_kinds_survive_exactly");
+    let mut s = Scene::start("fdkinds", "exact");
+    let before = fd_table(s.pid);
+    let dir = s.images(0);
+    s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+    s.restore(&dir, &[]);
+    let after = fd_table(s.pid);
+    // the log (fd 3) keeps growing; its offset is not comparable
+    let strip = |v: &[fdsupport::FdView]| -> Vec<fdsupport::FdView> {
+        v.iter().cloned().map(|mut f| {
+            if f.target.ends_with("progress.log") {
+                f.pos = 0;
+            }
+            f
+        }).collect()
+    };
+    assert_eq!(strip(&before), strip(&after), "fd table changed across dump+restore");
+    let cloexec = libc::O_CLOEXEC as u32;
+    let by_fd = |fd: i32| after.iter().find(|f| f.fd == fd).unwrap_or_else(|| panic!("fd {fd} missing: {after:?}")).clone();
+    assert!(after.iter().any(|f| f.target == "/dev/null" && f.flags & cloexec != 0), "/dev/null with O_CLOEXEC: {after:?}");
+    assert!(after.iter().any(|f| f.target == "/dev/zero" && f.flags & libc::O_NONBLOCK as u32 != 0), "/dev/zero O_NONBLOCK");
+    assert_eq!(by_fd(20).pos, 4321, "dup'ed fd offset");
+    assert!(after.iter().any(|f| f.target.ends_with("app.log") && f.flags & libc::O_APPEND as u32 != 0), "O_APPEND");
+    // ticks keep passing their self-checks (shared offsets, pipe contents and size)
+    let t = last_tick(&s.log());
+    wait_until("more ticks", Duration::from_secs(10), || last_tick(&s.log()) > t + 5);
+}
+
+/// Upstream's size check: a regular file that changed size since the dump
+/// refuses the restore, naming the file; restoring the size makes it work.
+#[test]
+fn changed_file_size_refuses_restore() {
+    skip_unless_able!("changed_file_size_refuses_restore");
+    let mut s = Scene::start("fdkinds", "size");
+    let dir = s.images(0);
+    s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+    let rw = s.work.join("rw.bin");
+    let orig = std::fs::read(&rw).unwrap();
+    std::fs::write(&rw, &orig[..5000]).unwrap();
+    let out = s.criu(&["restore", "-d"], &dir, "restore-bad.log");
+    assert_eq!(out.status.code(), Some(1), "restore of a changed file must fail");
+    let log = std::fs::read_to_string(dir.join("restore-bad.log")).unwrap();
+    assert!(log.contains("rw.bin has bad size 5000 (expect 10000)"), "log names the file and sizes:\n{log}");
+    assert!(log.contains("Restoring FAILED."), "{log}");
+    std::fs::write(&rw, &orig).unwrap();
+    s.restore(&dir, &[]);
+}
+
+/// A terminal fd is refused without --shell-job (the task keeps running),
+/// dumped with it, and restored onto the restoring criu's terminal.
+#[test]
+fn tty_needs_shell_job() {
+    skip_unless_able!("tty_needs_shell_job");
+    let mut s = Scene::start("ttyfd", "tty");
+    let dir = s.images(0);
+    let out = s.criu(&["dump", "-t", &s.pid.to_string()], &dir, "dump-refused.log");
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.join("dump-refused.log")).unwrap();
+    assert!(log.contains("is a terminal (/dev/pts/") && log.contains("--shell-job"), "{log}");
+    assert!(s.alive(), "a refused dump must leave the task running");
+    let t = last_tick(&s.log());
+    wait_until("ticks after refused dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 2);
+
+    s.criu_ok(&["dump", "-t", &s.pid.to_string(), "--shell-job"], &dir, "dump.log");
+    assert!(dir.join("tty-info.img").exists());
+    // without --shell-job the restore refuses too
+    let out = s.criu(&["restore", "-d"], &dir, "restore-refused.log");
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.join("restore-refused.log")).unwrap();
+    assert!(log.contains("restore with --shell-job"), "{log}");
+    // give criu a terminal with script(1), as a shell would
+    let have_script = std::process::Command::new("sh").args(["-c", "command -v script"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !have_script {
+        eprintln!("SKIP tty_needs_shell_job (restore half): script(1) not found");
+        return;
+    }
+    let t = last_tick(&s.log());
+    let cmd = format!("{} restore -d --shell-job -D {} -v4 -o restore.log", fdsupport::CRIU, dir.display());
+    let st = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).current_dir(&s.work)
+        .stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(st.success(), "restore --shell-job:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+    wait_until("ticks after restore", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);
+    s.pid = fdsupport::pid_of(&s.bin).unwrap();
+    let tbl = fd_table(s.pid);
+    assert!(tbl.iter().any(|f| f.target.starts_with("/dev/pts/")), "terminal fd restored: {tbl:?}");
+}
