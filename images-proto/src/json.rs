@@ -90,6 +90,12 @@ fn decode_msg(
             for raw in raws {
                 expand_packed(f, *raw, path, &mut items)?;
             }
+            if items.is_empty() {
+                // An empty packed run: the field has no elements and, as in
+                // protobuf's own readers, is not present.
+                path.pop();
+                continue;
+            }
             if pretty && f.opts.ipadd {
                 let words: Vec<u32> = items
                     .iter()
