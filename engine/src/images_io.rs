@@ -97,7 +97,8 @@ pub fn fpregs_to_pb(x: &[u8]) -> pb::UserX86FpregsEntry {
         zmm_upper: comp(&x, 6).map(u64s).unwrap_or_default(),
         hi16_zmm: comp(&x, 7).map(u64s).unwrap_or_default(),
         pkru: comp(&x, 9).map(u32s).unwrap_or_default(),
-        cet: None,
+        // upstream 4.2 always writes it; user shadow stacks are not dumped
+        cet: Some(pb::UserX86CetEntry { cet: 0, ssp: 0 }),
     };
     pb::UserX86FpregsEntry {
         cwd: r16(0),
@@ -430,6 +431,15 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
     })
 }
 
+/// The fd table `fdinfo-<files_id>.img` describes (with files.img,
+/// remap-fpath/ghost-file, pipes-data, tty-info), without the rest of the
+/// image set.
+pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
+    let files: Vec<pb::FileEntry> = read_all(dir, &mg::FILES.file_name(""), &mg::FILES)?;
+    let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(files_id), &mg::FDINFO)?;
+    read_fds(dir, &files, &fdinfo)
+}
+
 /// The fds of fdinfo (and the pipe data they need) from files.img and friends.
 fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
     let file = |id: u32| files.iter().find(|f| f.id == id);
@@ -498,6 +508,145 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
     Ok((fds, pipe_data))
 }
 
+fn ids_to_pb(k: &KobjIds) -> pb::TaskKobjIdsEntry {
+    let ns = |v: u32| (v != 0).then_some(v);
+    pb::TaskKobjIdsEntry {
+        vm_id: k.vm, files_id: k.files, fs_id: k.fs, sighand_id: k.sighand,
+        pid_ns_id: ns(k.pid_ns), net_ns_id: ns(k.net_ns), ipc_ns_id: ns(k.ipc_ns), uts_ns_id: ns(k.uts_ns),
+        mnt_ns_id: ns(k.mnt_ns), user_ns_id: ns(k.user_ns), cgroup_ns_id: ns(k.cgroup_ns), time_ns_id: ns(k.time_ns),
+    }
+}
+
+fn ids_from_pb(k: &pb::TaskKobjIdsEntry) -> KobjIds {
+    let ns = |v: Option<u32>| v.unwrap_or(0);
+    KobjIds {
+        vm: k.vm_id, files: k.files_id, fs: k.fs_id, sighand: k.sighand_id,
+        pid_ns: ns(k.pid_ns_id), net_ns: ns(k.net_ns_id), ipc_ns: ns(k.ipc_ns_id), uts_ns: ns(k.uts_ns_id),
+        mnt_ns: ns(k.mnt_ns_id), user_ns: ns(k.user_ns_id), cgroup_ns: ns(k.cgroup_ns_id), time_ns: ns(k.time_ns_id),
+    }
+}
+
+/// Upstream writes 62 sigactions (signals 1..=64 without SIGKILL and
+/// SIGSTOP); the model holds 64, indexed by signal number - 1.
+fn sigactions_from(v: &[pb::SaEntry]) -> Vec<KSigaction> {
+    let ka = |a: &pb::SaEntry| KSigaction { handler: a.sigaction, flags: a.flags, restorer: a.restorer, mask: a.mask };
+    if v.len() >= 64 {
+        return v.iter().take(64).map(ka).collect();
+    }
+    let mut it = v.iter();
+    (1..=64usize)
+        .map(|sig| {
+            if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
+                KSigaction::default()
+            } else {
+                it.next().map(ka).unwrap_or_default()
+            }
+        })
+        .collect()
+}
+
+/// Add a thread's filter chain (oldest first) to seccomp.img's list,
+/// sharing entries with chains already there; returns the index of its
+/// newest filter (thread_core.seccomp_filter). `prev` is the index of the
+/// filter installed before it, as upstream links them.
+fn seccomp_chain(all: &mut Vec<pb::SeccompFilter>, chain: &[SeccompFilter]) -> Option<u32> {
+    let mut prev: Option<u32> = None;
+    for f in chain {
+        let flags = (f.flags != 0).then_some(f.flags as u32);
+        let found = all.iter().position(|e| e.filter == f.prog && e.prev == prev && e.flags == flags);
+        let idx = match found {
+            Some(i) => i as u32,
+            None => {
+                all.push(pb::SeccompFilter { filter: f.prog.clone(), prev, flags });
+                all.len() as u32 - 1
+            }
+        };
+        prev = Some(idx);
+    }
+    prev
+}
+
+/// A thread's filter chain from seccomp.img, oldest first.
+fn seccomp_from(file: &str, all: &[pb::SeccompFilter], newest: u32) -> Result<Vec<SeccompFilter>, ImagesError> {
+    let mut out = Vec::new();
+    let mut pos = Some(newest);
+    while let Some(p) = pos {
+        let e = all.get(p as usize).ok_or_else(|| bad(file, format!("seccomp filter {p} is not in seccomp.img ({} filters)", all.len())))?;
+        if out.len() > all.len() || e.filter.len() % 8 != 0 {
+            return Err(bad("seccomp.img", format!("filter {p}: bad chain or program length {}", e.filter.len())));
+        }
+        out.push(SeccompFilter { prog: e.filter.clone(), flags: u64::from(e.flags.unwrap_or(0)) });
+        pos = e.prev;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Pages of shared anonymous objects, per shmid: (offset in the object,
+/// vaddr in this task, nr_pages), by offset, each offset once.
+type ShmemRuns = Vec<(u64, Vec<(u64, u64, u64)>)>;
+
+/// Split a task's page runs into its private ones and those of its shared
+/// anonymous mappings (grouped by shmem object, in object offsets).
+fn split_shmem_pages(vmas: &[Vma], pages: &[PageRun]) -> (Vec<PageRun>, ShmemRuns) {
+    let mut private: Vec<PageRun> = Vec::new();
+    let mut shmem: ShmemRuns = Vec::new();
+    for r in pages {
+        let end = r.vaddr + r.nr_pages * 4096;
+        let mut a = r.vaddr;
+        while a < end {
+            let v = vmas.iter().find(|v| v.start <= a && a < v.end);
+            let hi = v.map_or(end, |v| v.end.min(end));
+            match v {
+                Some(v) if v.shmid != 0 => {
+                    let i = shmem.iter().position(|(id, _)| *id == v.shmid).unwrap_or_else(|| {
+                        shmem.push((v.shmid, Vec::new()));
+                        shmem.len() - 1
+                    });
+                    shmem[i].1.push((a - v.start + v.pgoff, a, (hi - a) / 4096));
+                }
+                _ => match private.last_mut() {
+                    Some(p) if p.vaddr + p.nr_pages * 4096 == a && p.lazy == r.lazy => p.nr_pages += (hi - a) / 4096,
+                    _ => private.push(PageRun { vaddr: a, nr_pages: (hi - a) / 4096, lazy: r.lazy }),
+                },
+            }
+            a = hi;
+        }
+    }
+    for (_, runs) in &mut shmem {
+        runs.sort_by_key(|r| r.0);
+        // the same object mapped twice: keep each page once
+        let mut out: Vec<(u64, u64, u64)> = Vec::with_capacity(runs.len());
+        for &(off, vaddr, n) in runs.iter() {
+            let done = out.last().map_or(0, |l| l.0 + l.2 * 4096);
+            if off + n * 4096 <= done {
+                continue;
+            }
+            let skip = done.saturating_sub(off);
+            out.push((off + skip, vaddr + skip, n - skip / 4096));
+        }
+        *runs = out;
+    }
+    (private, shmem)
+}
+
+/// Page runs of shared anonymous objects (pagemap-shmem-SHMID.img, vaddr =
+/// offset in the object) placed at each mapping of them: (vaddr, nr_pages,
+/// offset in the pages file) per piece, for [`PagesImage::add`].
+fn place_shmem_runs(vmas: &[Vma], shmid: u64, runs: &[images_proto::pages::PageRun]) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    for v in vmas.iter().filter(|v| v.shmid == shmid) {
+        let (lo, hi) = (v.pgoff, v.pgoff + v.len());
+        for r in runs {
+            let (s, e) = (r.vaddr.max(lo), (r.vaddr + r.nr_pages * 4096).min(hi));
+            if s < e {
+                out.push((v.start + (s - lo), (e - s) / 4096, r.offset + (s - r.vaddr)));
+            }
+        }
+    }
+    out
+}
+
 /// Write the model as an image set into `dir`, page contents from `mem`.
 pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) -> Result<(), ImagesError> {
     let task = tree.root();
@@ -525,12 +674,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     let cwd_id = file_id(&mut files, reg_entry(0, &task.fs.cwd, 0, 0, 0o40755, None));
     let root_id = file_id(&mut files, reg_entry(0, &task.fs.root, 0, 0, 0o40755, None));
     let pid = task.pid;
-    // ids: upstream numbers kernel objects; one task shares nothing
-    let ids = pb::TaskKobjIdsEntry {
-        vm_id: 2, files_id: 2, fs_id: 2, sighand_id: 2,
-        pid_ns_id: Some(9), net_ns_id: Some(2), ipc_ns_id: Some(3), uts_ns_id: Some(4),
-        mnt_ns_id: Some(6), user_ns_id: Some(7), cgroup_ns_id: Some(8), time_ns_id: Some(5),
-    };
+    let ids = ids_to_pb(&task.ids);
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO, &fdinfo)?;
     write_all(dir, &mg::FS.file_name(pid), &mg::FS, &[pb::FsEntry { cwd_id, root_id, umask: Some(task.fs.umask) }])?;
@@ -547,7 +691,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
                 VmaKind::Vsyscall => (VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE, 0),
                 VmaKind::Heap => (VMA_AREA_REGULAR | VMA_AREA_HEAP | VMA_ANON_PRIVATE, 0),
                 VmaKind::Anon | VmaKind::Stack => {
-                    (VMA_AREA_REGULAR | if v.shared() { VMA_ANON_SHARED } else { VMA_ANON_PRIVATE }, 0)
+                    (VMA_AREA_REGULAR | if v.shared() { VMA_ANON_SHARED } else { VMA_ANON_PRIVATE }, v.shmid)
                 }
                 VmaKind::File => {
                     let f = v.file.as_ref().expect("file vma");
@@ -578,23 +722,31 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
         thp_disabled: Some(mm.thp_disabled),
     };
     write_all(dir, &mg::MM.file_name(pid), &mg::MM, &[mme])?;
-    // pagemap + pages
+    // pagemap + pages: private pages in pagemap-PID/pages-1, each shared
+    // anonymous object's in pagemap-shmem-SHMID (offsets in the object)
+    let (private, shmem) = split_shmem_pages(&mm.vmas, &mm.pages);
     let mut pw = PagesWriter::create(dir, pid, 1)?;
-    let mut buf = vec![0u8; 4 << 20];
-    for r in &mm.pages {
-        let flags = if r.lazy { PE_LAZY } else { 0 };
-        let len = usize::try_from(r.nr_pages * 4096).map_err(|_| bad("pagemap", "run too large"))?;
-        if len <= buf.len() {
-            mem.read(r.vaddr, &mut buf[..len])?;
-            pw.add(r.vaddr, &buf[..len], flags)?;
-        } else {
-            let mut data = vec![0u8; len];
-            mem.read(r.vaddr, &mut data)?;
-            pw.add(r.vaddr, &data, flags)?;
-        }
-        crate::fault::point("mid-memory");
+    let mut ranges = Vec::with_capacity(private.len());
+    for r in &private {
+        pw.add_header_only(r.vaddr, r.nr_pages, PE_PRESENT | if r.lazy { PE_LAZY } else { 0 })?;
+        ranges.push((r.vaddr, r.nr_pages * 4096));
     }
+    mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
+    crate::fault::point("mid-memory");
     pw.finish()?;
+    for (i, (shmid, runs)) in shmem.iter().enumerate() {
+        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), tree.tasks.len() as u32 + 1 + i as u32)?;
+        let mut ranges = Vec::with_capacity(runs.len());
+        for &(off, vaddr, n) in runs {
+            pw.add_header_only(off, n, PE_PRESENT)?;
+            ranges.push((vaddr, n * 4096));
+        }
+        mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
+        pw.finish()?;
+    }
+    // seccomp.img: every thread's chain, common prefixes shared
+    let mut filters: Vec<pb::SeccompFilter> = Vec::new();
+    let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(&mut filters, &t.seccomp)).collect();
     // cores
     for (i, t) in task.threads.iter().enumerate() {
         let thread_core = pb::ThreadCoreEntry {
@@ -602,14 +754,14 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             futex_rla_len: t.robust_list.1 as u32,
             sched_nice: Some(t.sched_nice),
             sched_policy: Some(t.sched_policy),
-            sched_prio: None,
+            sched_prio: (t.sched_prio != 0).then_some(t.sched_prio),
             blk_sigset: (i != 0).then_some(t.blocked),
             sas: Some(pb::ThreadSasEntry { ss_sp: t.altstack.sp, ss_size: t.altstack.size, ss_flags: t.altstack.flags }),
             pdeath_sig: (t.pdeath_sig != 0).then_some(t.pdeath_sig),
             signals_p: Some(sigq(&t.pending)),
             creds: Some(creds_to_pb(&t.creds)),
-            seccomp_mode: None,
-            seccomp_filter: None,
+            seccomp_mode: (t.seccomp_mode != 0).then_some(t.seccomp_mode as i32),
+            seccomp_filter: seccomp_pos.get(i).copied().flatten(),
             comm: Some(t.comm.clone()),
             blk_sigset_extended: None,
             rseq_entry: t.rseq.map(|r| pb::RseqEntry { rseq_abi_pointer: r.ptr, rseq_abi_size: r.len, signature: r.sig, rseq_cs_pointer: None }),
@@ -646,6 +798,10 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             sigactions: task
                 .sigactions
                 .iter()
+                .enumerate()
+                // upstream has no entries for SIGKILL and SIGSTOP
+                .filter(|(i, _)| *i + 1 != libc::SIGKILL as usize && *i + 1 != libc::SIGSTOP as usize)
+                .map(|(_, a)| a)
                 .map(|a| pb::SaEntry { sigaction: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask, compat_sigaction: Some(false), mask_extended: None })
                 .collect(),
             child_subreaper: Some(task.child_subreaper),
@@ -667,7 +823,12 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
         };
         write_all(dir, &mg::CORE.file_name(t.tid), &mg::CORE, &[core])?;
     }
-    write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: Vec::new() }])?;
+    write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
+    if let Some(tn) = &tree.timens {
+        let ts = |(tv_sec, tv_nsec): (u64, u64)| pb::Timespec { tv_sec, tv_nsec };
+        let e = pb::TimensEntry { monotonic: ts(tn.monotonic), boottime: ts(tn.boottime) };
+        write_all(dir, &mg::TIMENS.file_name(0), &mg::TIMENS, &[e])?;
+    }
     let ps = pb::PstreeEntry {
         pid: task.pid as u32,
         ppid: task.ppid as u32,
@@ -678,7 +839,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &[ps])?;
     crate::fault::point("before-inventory");
     // inventory last: an image set without it is incomplete
-    let root_ids = pb::TaskKobjIdsEntry { vm_id: 1, files_id: 1, fs_id: 1, sighand_id: 1, pid_ns_id: Some(1), ..ids };
+    let root_ids = ids_to_pb(&tree.root_ids);
     let inv = pb::InventoryEntry {
         img_version: 2,
         fdinfo_per_id: Some(true),
@@ -732,6 +893,11 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         file(id).and_then(|f| f.reg.as_ref()).ok_or_else(|| bad("files.img", format!("{what}: no regular file with id {id}")))
     };
     let ids: pb::TaskKobjIdsEntry = read_one(dir, &mg::IDS.file_name(pid), &mg::IDS)?;
+    let seccomp_img: Vec<pb::SeccompFilter> = if dir.join(mg::SECCOMP.file_name("")).exists() {
+        read_all::<pb::SeccompEntry>(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP)?.into_iter().flat_map(|e| e.seccomp_filters).collect()
+    } else {
+        Vec::new()
+    };
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO)?;
     let (fds, pipe_data) = read_fds(dir, &files, &fdinfo)?;
     let fse: pb::FsEntry = read_one(dir, &mg::FS.file_name(pid), &mg::FS)?;
@@ -768,7 +934,15 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         } else {
             None
         };
-        vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags: v.flags, kind, madv: v.madv.unwrap_or(0), file });
+        let shmid = if kind == VmaKind::Anon && s & VMA_ANON_SHARED != 0 {
+            if v.shmid == 0 {
+                return Err(bad("mm.img", format!("vma {i} at {:#x}: shared anonymous memory without a shmid", v.start)));
+            }
+            v.shmid
+        } else {
+            0
+        };
+        vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags: v.flags, kind, madv: v.madv.unwrap_or(0), file, shmid });
     }
     let exe = reg(mme.exe_file_id, "exe")?;
     // pages
@@ -782,7 +956,26 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         }
         pages.push(PageRun { vaddr: r.vaddr, nr_pages: r.nr_pages, lazy: r.flags & PE_LAZY != 0 });
     }
-    let src = PagesImage::open(&dir.join(images_proto::pages::pages_name(pages_id)), &pages)?;
+    let mut src = PagesImage::open(&dir.join(images_proto::pages::pages_name(pages_id)), &pages)?;
+    // shared anonymous objects: their pages at every mapping of them
+    let mut shmids: Vec<u64> = vmas.iter().filter(|v| v.shmid != 0).map(|v| v.shmid).collect();
+    shmids.sort_unstable();
+    shmids.dedup();
+    for shmid in shmids {
+        let name = images_proto::pages::pagemap_name(format!("shmem-{shmid}"));
+        if !dir.join(&name).exists() {
+            continue; // never written to: no pages
+        }
+        let rd = PagemapReader::open(dir, &name)?;
+        let id = rd.pages_id();
+        let runs = rd.runs()?;
+        if let Some(r) = runs.iter().find(|r| r.flags & PE_PRESENT == 0) {
+            return Err(bad(&name, format!("run at offset {:#x} is not in this image (parent images are not supported yet)", r.vaddr)));
+        }
+        let placed = place_shmem_runs(&vmas, shmid, &runs);
+        pages.extend(placed.iter().map(|&(vaddr, nr_pages, _)| PageRun { vaddr, nr_pages, lazy: false }));
+        src.add(&dir.join(images_proto::pages::pages_name(id)), placed)?;
+    }
     pages.sort_by_key(|r| r.vaddr);
     let mm = Mm {
         vmas,
@@ -812,7 +1005,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
             task.comm = tc.comm.clone();
             task.personality = tc.personality;
             task.flags = tc.flags;
-            task.sigactions = tc.sigactions.iter().map(|a| KSigaction { handler: a.sigaction, flags: a.flags, restorer: a.restorer, mask: a.mask }).collect();
+            task.sigactions = sigactions_from(&tc.sigactions);
             if let Some(t) = &tc.timers {
                 task.itimers = [itimer_from(&t.real), itimer_from(&t.virt), itimer_from(&t.prof)];
                 task.posix_timers = t
@@ -850,9 +1043,22 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
             creds: tcore.creds.as_ref().map(creds_from_pb).unwrap_or_default(),
             sched_nice: tcore.sched_nice.unwrap_or(0),
             sched_policy: tcore.sched_policy.unwrap_or(0),
+            sched_prio: tcore.sched_prio.unwrap_or(0),
             pdeath_sig: tcore.pdeath_sig.unwrap_or(0),
+            seccomp_mode: tcore.seccomp_mode.unwrap_or(0) as u32,
+            seccomp: match tcore.seccomp_filter {
+                Some(pos) => seccomp_from(&name, &seccomp_img, pos)?,
+                None => Vec::new(),
+            },
         });
     }
-    let tree = Tree { root_owns_pid_ns: pid == 1, tasks: vec![task] };
+    task.ids = ids_from_pb(&ids);
+    let timens = match read_all::<pb::TimensEntry>(dir, &mg::TIMENS.file_name(0), &mg::TIMENS) {
+        Ok(v) => v.first().map(|e| TimeNs { monotonic: (e.monotonic.tv_sec, e.monotonic.tv_nsec), boottime: (e.boottime.tv_sec, e.boottime.tv_nsec) }),
+        Err(_) if !dir.join(mg::TIMENS.file_name(0)).exists() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let root_ids = inv.root_ids.as_ref().map(ids_from_pb).unwrap_or_default();
+    let tree = Tree { root_owns_pid_ns: pid == 1, tasks: vec![task], root_ids, timens };
     Ok((tree, src))
 }

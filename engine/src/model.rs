@@ -263,6 +263,10 @@ pub struct Mm {
     pub pages: Vec<PageRun>,
 }
 
+    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS): the id of its
+    /// shmem object (the inode number, as upstream uses it); 0 otherwise.
+    /// Its pages are in [`Mm::pages`] at this mapping's addresses.
+    pub shmid: u64,
 impl Tree {
     pub fn root(&self) -> &Task {
         &self.tasks[0]

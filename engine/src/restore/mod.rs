@@ -96,8 +96,11 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let mut map_files: Vec<(String, i32)> = Vec::new();
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
-            if !map_files.iter().any(|(p, _)| p == &f.path) {
-                map_files.push((f.path.clone(), f.flags as i32));
+            // one service fd per path, opened O_RDWR if any mapping needs it
+            match map_files.iter_mut().find(|(p, _)| p == &f.path) {
+                Some(m) if f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR => m.1 = f.flags as i32,
+                Some(_) => {}
+                None => map_files.push((f.path.clone(), f.flags as i32)),
             }
         }
     }
@@ -107,6 +110,14 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
         }
     }
     let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2);
+    // pages files, so the target can read its memory itself (paths of the
+    // engine's file system: not under a --root prefix)
+    if opts.root.is_none() {
+        for p in mem.files() {
+            let p = std::fs::canonicalize(&p).unwrap_or(p);
+            map_files.push((p.to_string_lossy().to_string(), libc::O_RDONLY));
+        }
+    }
     let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. })).count() as i32;
     let svc_base = (max_fd + 2 * npipes + 16).max(64);
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;

@@ -75,3 +75,14 @@ pub fn zero_page_pfn() -> io::Result<u64> {
     unsafe { libc::munmap(p, 4096) };
     res
 }
+
+/// posix_fadvise(2) POSIX_FADV_SEQUENTIAL over the whole of `f`: a file read
+/// once front to back gets a larger readahead window.
+pub fn advise_sequential(f: &File) -> io::Result<()> {
+    // SAFETY: advice on an fd we own; no memory is passed.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}

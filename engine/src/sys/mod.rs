@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod inject;
 pub mod mmap;
+pub mod pagemap;
 pub mod process;
 pub mod ptrace;
 
