@@ -416,6 +416,111 @@ pub fn cherry_pick(src_pidfd: RawFd, addr: u64, flags: u32) -> Result<(), Error>
     dev.cherry_pick(src_pidfd, addr, flags).map(|_| ())
 }
 
+/// How [`take_anon_vma`] gave this process the VMA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Shared copy-on-write through the module, no page copied.
+    CherryPicked,
+    /// Copied with `process_vm_readv` into a fresh private anonymous mapping
+    /// (module absent, or it declined: see [`Error::should_fall_back`]).
+    Copied,
+}
+
+/// Give this process the private anonymous VMA `[addr, addr + len)` of the
+/// stopped process `src_pid` (`src_pidfd` refers to it) at the same address:
+/// copy-on-write through the module when it is available, else by copying.
+///
+/// The fallback maps `len` bytes of private anonymous memory at `addr`
+/// (`MAP_FIXED_NOREPLACE`: the range must be free), copies the source's
+/// contents with `process_vm_readv` (needs ptrace access to the source) and
+/// applies `prot` (`PROT_*`). `flags` go to the module only.
+pub fn take_anon_vma(
+    src_pid: libc::pid_t,
+    src_pidfd: RawFd,
+    addr: u64,
+    len: u64,
+    prot: i32,
+    flags: u32,
+) -> Result<Taken, Error> {
+    match cherry_pick(src_pidfd, addr, flags) {
+        Ok(()) => return Ok(Taken::CherryPicked),
+        Err(e) if e.should_fall_back() => {}
+        Err(e) => return Err(e),
+    }
+    copy_anon_vma(src_pid, addr, len, prot)?;
+    Ok(Taken::Copied)
+}
+
+/// The fallback of [`take_anon_vma`]: map and copy with `process_vm_readv`.
+pub fn copy_anon_vma(src_pid: libc::pid_t, addr: u64, len: u64, prot: i32) -> Result<(), Error> {
+    let ulen = usize::try_from(len).map_err(|_| Error::InvalidArgument)?;
+    if ulen == 0 || addr & 0xfff != 0 {
+        return Err(Error::InvalidArgument);
+    }
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no
+    // memory this program uses can be affected; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            ulen,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return Err(Error::from_errno(errno));
+    }
+    let unmap = |p: *mut libc::c_void| {
+        // SAFETY: `p`/`ulen` is the mapping created just above, which no
+        // reference points into.
+        unsafe { libc::munmap(p, ulen) };
+    };
+    if p as u64 != addr {
+        // A kernel older than 4.17 treats MAP_FIXED_NOREPLACE as a hint.
+        unmap(p);
+        return Err(Error::DestinationBusy);
+    }
+    let mut done = 0usize;
+    while done < ulen {
+        let local = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: ulen - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: ulen - done,
+        };
+        // SAFETY: `local` lies inside the writable mapping created above and
+        // owned by this function; `remote` is only read, in another process.
+        let n = unsafe { libc::process_vm_readv(src_pid, &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            let err = if n == 0 {
+                Error::Os(io::Error::from_raw_os_error(libc::EFAULT))
+            } else {
+                let errno = io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO);
+                Error::from_errno(errno)
+            };
+            unmap(p);
+            return Err(err);
+        }
+        done += n as usize;
+    }
+    // SAFETY: changes the protection of our own mapping only.
+    if unsafe { libc::mprotect(p, ulen, prot) } != 0 {
+        let e = io::Error::last_os_error();
+        unmap(p);
+        return Err(Error::Os(e));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,5 +603,63 @@ mod tests {
         assert!(e.should_fall_back());
         let io: io::Error = e.into();
         assert_eq!(io.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn take_anon_vma_falls_back_to_copying() {
+        if Path::new(DEVICE_PATH).exists() {
+            return; // would cherry-pick instead: covered by kmod/test.sh
+        }
+        const ADDR: u64 = 0x2500_0000_0000;
+        const LEN: usize = 8 * 4096;
+        // SAFETY: the child only makes raw libc calls (no allocation, no
+        // locks) before stopping itself; the fixed range is unused.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above; the child owns its copy of the address space.
+            unsafe {
+                let p = libc::mmap(
+                    ADDR as *mut libc::c_void,
+                    LEN,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                );
+                if p as u64 != ADDR {
+                    libc::_exit(3);
+                }
+                for i in 0..LEN / 4096 {
+                    *(p as *mut u8).add(i * 4096 + 1) = i as u8 + 1;
+                }
+                libc::raise(libc::SIGSTOP);
+                libc::_exit(0);
+            }
+        }
+        assert!(pid > 0);
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
+        assert!(libc::WIFSTOPPED(st), "child status {st:#x}");
+        // SAFETY: pidfd_open on our child.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+        let r = take_anon_vma(pid, pidfd, ADDR, LEN as u64, libc::PROT_READ, 0);
+        // SAFETY: kill + reap our own child, close our pidfd.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            libc::close(pidfd);
+        }
+        assert_eq!(r.unwrap(), Taken::Copied);
+        for i in 0..LEN / 4096 {
+            // SAFETY: take_anon_vma mapped LEN readable bytes at ADDR.
+            let b = unsafe { *((ADDR as usize + i * 4096 + 1) as *const u8) };
+            assert_eq!(b, i as u8 + 1);
+        }
+        // The range is taken now: a second copy must refuse, not clobber.
+        let e = copy_anon_vma(pid, ADDR, LEN as u64, libc::PROT_READ).unwrap_err();
+        assert!(matches!(e, Error::DestinationBusy), "{e:?}");
+        // SAFETY: unmapping the mapping this test created.
+        unsafe { libc::munmap(ADDR as *mut libc::c_void, LEN) };
     }
 }

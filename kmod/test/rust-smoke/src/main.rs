@@ -62,6 +62,28 @@ fn start_source() -> (libc::pid_t, i32) {
     (pid, pidfd)
 }
 
+/// take_anon_vma from a fresh stopped source: `want` says how it must go.
+fn take_and_check(want: kmod::Taken) {
+    let (pid, pidfd) = start_source();
+    let len = (PAGES * PAGE) as u64;
+    let r = kmod::take_anon_vma(pid, pidfd, ADDR, len, libc::PROT_READ, 0);
+    // SAFETY: killing and reaping our own child, closing our pidfd.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        libc::close(pidfd);
+    }
+    let ok = matches!(r, Ok(t) if t == want)
+        // SAFETY: take_anon_vma mapped PAGES readable pages at ADDR.
+        && (0..PAGES).all(|i| unsafe { *((ADDR as usize + i * PAGE) as *const u8) } == pattern(i));
+    check(
+        ok,
+        &format!("take_anon_vma -> {r:?} (want {want:?}), contents match"),
+    );
+    // SAFETY: unmapping what take_anon_vma mapped.
+    unsafe { libc::munmap(ADDR as *mut libc::c_void, PAGES * PAGE) };
+}
+
 fn main() {
     let no_module = std::env::args().any(|a| a == "--no-module");
     if no_module {
@@ -74,6 +96,7 @@ fn main() {
             matches!(e, kmod::Error::Unavailable) && e.should_fall_back(),
             &format!("cherry_pick without the module -> Unavailable ({e})"),
         );
+        take_and_check(kmod::Taken::Copied);
         // SAFETY: reading a global in a single-threaded program.
         exit(if unsafe { FAILED } == 0 { 0 } else { 1 });
     }
@@ -121,6 +144,9 @@ fn main() {
         libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
+    // SAFETY: the mapping Device::cherry_pick created above.
+    unsafe { libc::munmap(ADDR as *mut libc::c_void, PAGES * PAGE) };
+    take_and_check(kmod::Taken::CherryPicked);
     let e = kmod::cherry_pick(pidfd, ADDR + 0x1000_0000, 0).unwrap_err();
     check(
         matches!(e, kmod::Error::NoSuchProcess),
