@@ -122,3 +122,41 @@ fn tty_needs_shell_job() {
     let tbl = fd_table(s.pid);
     assert!(tbl.iter().any(|f| f.target.starts_with("/dev/pts/")), "terminal fd restored: {tbl:?}");
 }
+
+/// Upstream 4.2's own images of the files fixture read into the model:
+/// shared descriptions, ghost contents, pipe data, flags and offsets.
+#[test]
+fn upstream_files_images_read() {
+    use engine::model::FileDesc;
+    let dir = fdsupport::shared_progs().join("../upstream/files/images");
+    let (fds, pipes) = engine::images_io::read_fd_table(&dir, 2).expect("read upstream fd table");
+    assert_eq!(fds.len(), 14);
+    let fd = |n: i32| fds.iter().find(|f| f.fd == n).unwrap();
+    assert_eq!(fd(1).desc, fd(2).desc, "fds 1 and 2 share one description");
+    assert_ne!(fd(0).desc, fd(1).desc);
+    assert!(fd(6).cloexec && !fd(5).cloexec);
+    match &fd(4).file {
+        FileDesc::Reg { path, pos, size, ghost: None, .. } => {
+            assert!(path.ends_with("/data.bin"));
+            assert_eq!((*pos, *size), (1234, Some(8192)));
+        }
+        other => panic!("fd 4: {other:?}"),
+    }
+    match &fd(5).file {
+        FileDesc::Reg { flags, size: None, .. } => assert_ne!(*flags & libc::O_APPEND as u32, 0),
+        other => panic!("fd 5: {other:?}"),
+    }
+    match &fd(9).file {
+        FileDesc::Reg { path, pos, ghost: Some(g), .. } => {
+            assert!(path.ends_with("/ghost.bin"));
+            assert_eq!(*pos, 5000);
+            assert_eq!(g.contents.len(), 5000);
+            assert_eq!(g.mode, 0o100600);
+        }
+        other => panic!("fd 9: {other:?}"),
+    }
+    assert!(matches!(fd(11).file, FileDesc::Pipe { flags: 0, .. }));
+    assert!(matches!(fd(12).file, FileDesc::Pipe { flags: 1, .. }));
+    assert_eq!(pipes.len(), 1);
+    assert_eq!((pipes[0].data.len(), pipes[0].size), (100, 65536));
+}
