@@ -343,7 +343,6 @@ static void collect_anon(struct vm_area_struct *vma, unsigned long *pos,
 static long pick_file_mode(struct mm_struct *src_mm, struct task_struct *src_task,
 			   struct vma_cherrypick_args *a)
 {
-	struct mm_struct *dst_mm = current->mm;
 	struct vm_area_struct *vma;
 	struct file *file;
 	struct cp_batch *b;
@@ -460,7 +459,6 @@ static long pick_file_mode(struct mm_struct *src_mm, struct task_struct *src_tas
 		a->out_len = len;
 		a->out_pages = copied;
 	}
-	(void)dst_mm;
 out:
 	kfree(b);
 	fput(file);
