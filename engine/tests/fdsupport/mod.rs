@@ -63,7 +63,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub fn last_tick(log: &Path) -> u64 {
     let s = std::fs::read_to_string(log).unwrap_or_default();
     assert!(!s.contains("FAIL"), "fixture reported a failure:\n{s}");
-    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).last().unwrap_or(0)
+    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).next_back().unwrap_or(0)
 }
 
 /// Newest process whose argv[0] is `bin`.
@@ -85,6 +85,8 @@ pub struct Scene {
     pub work: PathBuf,
     pub bin: PathBuf,
     pub pid: i32,
+    /// The `setsid unshare` launcher, reaped on drop.
+    launcher: std::process::Child,
 }
 
 impl Scene {
@@ -95,7 +97,7 @@ impl Scene {
         let work = tmp.join("work");
         std::fs::create_dir_all(&work).unwrap();
         let bin = build(name, &tmp);
-        Command::new("setsid")
+        let launcher = Command::new("setsid")
             .args(["unshare", "--pid", "--fork"])
             .arg(&bin)
             .current_dir(&work)
@@ -108,7 +110,7 @@ impl Scene {
         let log = work.join("progress.log");
         wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
         let pid = pid_of(&bin).expect("program running");
-        Scene { tmp, work, bin, pid }
+        Scene { tmp, work, bin, pid, launcher }
     }
 
     pub fn log(&self) -> PathBuf {
@@ -155,6 +157,8 @@ impl Drop for Scene {
         if let Some(p) = pid_of(&self.bin) {
             let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
         }
+        let _ = self.launcher.kill();
+        let _ = self.launcher.wait();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.tmp);
         }
