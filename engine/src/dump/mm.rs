@@ -41,6 +41,10 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
     if s.vm_flags.iter().any(|f| f == "gd") {
         flags |= libc::MAP_GROWSDOWN as u32;
     }
+    // VM_NORESERVE: mapped MAP_NORESERVE (upstream keeps it in the flags too)
+    if s.vm_flags.iter().any(|f| f == "nr") {
+        flags |= libc::MAP_NORESERVE as u32;
+    }
     // MAP_SHARED|MAP_ANONYMOUS (and shared mappings of /dev/zero) are
     // shmem objects the kernel names "/dev/zero (deleted)", on an
     // anonymous device (major 0); named ones show as [anon_shmem:NAME]

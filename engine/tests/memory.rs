@@ -1,0 +1,290 @@
+//! Memory: every VMA kind of a normal process through dump and restore, with
+//! real processes. `progs/memkinds.c` (built with gcc, dynamically linked so
+//! shared libraries are mapped) maps each kind, writes patterns and checks
+//! them every tick. Tests touch the kernel and need root, gcc, unshare and
+//! setsid; without them each prints SKIP with the reason and returns.
+
+use engine::dump::mm;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CRIU: &str = env!("CARGO_BIN_EXE_criu");
+
+fn skip_reason() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2).unwrap_or("1").to_string()));
+    if uid.as_deref() != Some("0") {
+        return Some("needs root (ptrace of other processes, clone3 set_tid, PR_SET_MM_MAP)".into());
+    }
+    for tool in ["gcc", "unshare", "setsid"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+            return Some(format!("{tool} not found"));
+        }
+    }
+    None
+}
+
+fn build(out: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/memkinds.c");
+    let bin = out.join("memkinds");
+    let st = Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "building memkinds");
+    bin
+}
+
+fn ticks(log: &Path) -> u64 {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!s.contains("FAIL"), "memkinds reported a failure:\n{}", s.lines().filter(|l| l.contains("FAIL")).take(20).collect::<Vec<_>>().join("\n"));
+    s.lines().filter(|l| l.ends_with(" ok")).count() as u64
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills the process when dropped.
+struct Proc(i32);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
+        }
+    }
+}
+
+/// A scratch directory with the program running in `work/`.
+struct Run {
+    tmp: PathBuf,
+    work: PathBuf,
+    proc: Proc,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.proc.0.to_string()]).status();
+        self.proc.0 = 0;
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Start memkinds (with `dense_mib` MiB of extra dense memory) as pid 1 of a
+/// new pid namespace, as the fixtures run.
+fn start(name: &str, dense_mib: u64) -> Run {
+    let tmp = std::env::temp_dir().join(format!("criu-rs-mem-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = build(&tmp);
+    let mut child = Command::new("setsid")
+        .args(["unshare", "--pid", "--fork"])
+        .arg(&bin)
+        .arg(dense_mib.to_string())
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start memkinds");
+    wait_until("ready", Duration::from_secs(20), || work.join("ready").exists());
+    let log = work.join("progress.log");
+    wait_until("first tick", Duration::from_secs(10), || ticks(&log) >= 1);
+    let mut pid = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).next() == Some(bin.as_os_str().as_encoded_bytes()) {
+            pid = pid.max(p);
+        }
+    }
+    assert!(pid > 0, "memkinds not running");
+    let _ = child.try_wait();
+    Run { tmp, work, proc: Proc(pid) }
+}
+
+fn criu(args: &[&str], dir: &Path, log: &str) {
+    let st = Command::new(CRIU).args(args).arg("-D").arg(dir).args(["-v4", "-o", log]).status().expect("run criu");
+    if !st.success() {
+        panic!("criu {args:?} failed:\n{}", std::fs::read_to_string(dir.join(log)).unwrap_or_default());
+    }
+}
+
+/// One VMA as /proc/PID/smaps shows it: the maps fields that define the
+/// layout (inode and device left out: a restored shmem object is a new one)
+/// and its VmFlags.
+#[derive(Debug, PartialEq, Eq)]
+struct Area {
+    range: String,
+    perms: String,
+    offset: String,
+    name: String,
+    anon: bool,
+    flags: Vec<String>,
+}
+
+fn layout(pid: i32) -> Vec<Area> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out: Vec<Area> = Vec::new();
+    for l in text.lines() {
+        if let Some(f) = l.strip_prefix("VmFlags:") {
+            let mut v: Vec<String> = f.split_whitespace().map(str::to_string).collect();
+            v.sort();
+            out.last_mut().unwrap().flags = v;
+            continue;
+        }
+        let first = l.split(' ').next().unwrap_or("");
+        if !first.contains('-') || first.ends_with(':') {
+            continue;
+        }
+        let f: Vec<&str> = l.splitn(6, ' ').collect();
+        let name = f.get(5).map(|s| s.trim().to_string()).unwrap_or_default();
+        out.push(Area {
+            range: f[0].into(),
+            perms: f[1].into(),
+            offset: f[2].into(),
+            anon: f[4] == "0" || name == "/dev/zero (deleted)",
+            name,
+            flags: Vec::new(),
+        });
+    }
+    out
+}
+
+/// Contents of the anonymous PROT_NONE regions, read through /proc/PID/mem.
+fn prot_none_contents(pid: i32) -> Vec<(String, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    layout(pid)
+        .into_iter()
+        .filter(|a| a.perms == "---p" && a.name.is_empty())
+        .map(|a| {
+            let (s, e) = a.range.split_once('-').unwrap();
+            let (s, e) = (u64::from_str_radix(s, 16).unwrap(), u64::from_str_radix(e, 16).unwrap());
+            let mut b = vec![0u8; (e - s) as usize];
+            mem.read_exact_at(&mut b, s).unwrap();
+            (a.range, b)
+        })
+        .collect()
+}
+
+fn pages_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Every VMA kind through dump + restore, twice: the program keeps ticking
+/// `ok`, and the restored layout (addresses, permissions, offsets, paths,
+/// anon vs file, VmFlags) and the contents of PROT_NONE regions are the
+/// original's.
+#[test]
+fn memkinds_layout_and_contents_survive() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP memkinds_layout_and_contents_survive: {r}");
+        return;
+    }
+    let mut run = start("kinds", 8);
+    let log = run.work.join("progress.log");
+    for cycle in 0..2 {
+        let pid = run.proc.0;
+        // the program never changes its layout after `ready`
+        let before = layout(pid);
+        let hidden = prot_none_contents(pid);
+        assert!(before.iter().any(|a| a.name == "/dev/zero (deleted)" && a.offset != "00000000"), "no split shared anon mapping: {before:#?}");
+        let dir = run.tmp.join(format!("img{cycle}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        criu(&["dump", "-t", &pid.to_string()], &dir, "dump.log");
+        run.proc.0 = 0;
+        assert!(
+            std::fs::read_dir(&dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("pagemap-shmem-")),
+            "no pagemap-shmem image"
+        );
+        let t = ticks(&log);
+        let pidfile = run.tmp.join(format!("pid{cycle}"));
+        let st = Command::new(CRIU)
+            .args(["restore", "-d", "-v4", "-o", "restore.log", "--pidfile"])
+            .arg(&pidfile)
+            .arg("-D")
+            .arg(&dir)
+            .current_dir(&run.work)
+            .status()
+            .unwrap();
+        assert!(st.success(), "restore failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+        let rpid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        run.proc.0 = rpid;
+        wait_until("ticks after restore", Duration::from_secs(10), || ticks(&log) > t + 3);
+        let after = layout(rpid);
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(b, a, "cycle {cycle}: VMA differs after restore");
+        }
+        assert_eq!(before.len(), after.len(), "cycle {cycle}: VMA count differs:\nbefore {before:#?}\nafter {after:#?}");
+        assert_eq!(hidden, prot_none_contents(rpid), "cycle {cycle}: PROT_NONE contents differ");
+    }
+}
+
+/// A 1 GiB mapping with 8 pages written (plus the program's few MiB) makes
+/// a pages file of a few MiB, not a GiB, and no zero pages are written.
+#[test]
+fn sparse_gib_makes_small_pages_file() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP sparse_gib_makes_small_pages_file: {r}");
+        return;
+    }
+    let run = start("sparse", 0);
+    let dir = run.tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid = run.proc.0;
+    assert!(layout(pid).iter().any(|a| {
+        let (s, e) = a.range.split_once('-').unwrap();
+        u64::from_str_radix(e, 16).unwrap() - u64::from_str_radix(s, 16).unwrap() == 1 << 30
+    }));
+    criu(&["dump", "-t", &pid.to_string(), "--leave-running"], &dir, "dump.log");
+    let n = pages_bytes(&dir);
+    eprintln!("pages files: {n} bytes");
+    assert!(n < 4 << 20, "pages files hold {n} bytes for a mostly empty address space");
+    let t = ticks(&run.work.join("progress.log"));
+    wait_until("ticks after --leave-running", Duration::from_secs(10), || ticks(&run.work.join("progress.log")) > t + 2);
+}
+
+/// PAGEMAP_SCAN and the per-entry /proc/PID/pagemap walk choose the same
+/// pages; prints both times for a process with 256 MiB dense and 1 GiB
+/// sparse memory.
+#[test]
+fn pagemap_scan_matches_pagemap_read() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP pagemap_scan_matches_pagemap_read: {r}");
+        return;
+    }
+    let run = start("scan", 256);
+    let pid = run.proc.0;
+    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    let vmas = mm::collect_vmas(pid).unwrap();
+    let zero = engine::sys::mmap::zero_page_pfn().unwrap();
+    if let Err(e) = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan) {
+        eprintln!("SKIP pagemap_scan_matches_pagemap_read: PAGEMAP_SCAN: {e}");
+        return;
+    }
+    // best of 5 each, alternating (the machine is shared and noisy)
+    let (mut t_scan, mut t_read) = (Duration::MAX, Duration::MAX);
+    let (mut scan, mut read) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        scan = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan).unwrap();
+        t_scan = t_scan.min(t.elapsed());
+        let t = Instant::now();
+        read = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Pagemap).unwrap();
+        t_read = t_read.min(t.elapsed());
+    }
+    let n: u64 = scan.iter().map(|r| r.nr_pages).sum();
+    eprintln!("{} runs, {n} pages: PAGEMAP_SCAN {t_scan:?}, pagemap read {t_read:?}", scan.len());
+    assert_eq!(scan, read);
+    assert!(n >= 256 * 256, "dense memory missing: {n} pages");
+}
