@@ -148,7 +148,8 @@ fn restore_faults(name: &str, ns: Ns, points: &[&str]) {
     let dumped = fx.pid;
     let p = fx.pid.to_string();
     criu_ok(&criu, &["dump", "-t", &p], &img, "dump.log");
-    wait_until("source gone after the dump", std::time::Duration::from_secs(5), || !alive(dumped));
+    // reaped, not just dead: its pid must be free for set_tid
+    wait_until("source reaped after the dump", std::time::Duration::from_secs(5), || !Path::new(&format!("/proc/{dumped}")).exists());
     for point in points {
         let t = fx.tick();
         let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore.log", &[("CRIU_RS_FAULT_AT", point)]);
