@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod inject;
+pub mod kmod;
 pub mod mmap;
 pub mod pagemap;
 pub mod process;
