@@ -3,23 +3,6 @@
 
 use serde_json::Value;
 
-/// Drop empty lists: images-proto renders a zero-length packed repeated field
-/// as `[]` where upstream crit (python protobuf) omits the field, and the
-/// encoder writes nothing for `[]` (reported; reproducers in
-/// fuzz/regressions/*empty-packed*). Remove once fixed.
-pub fn normalize(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, x)| !matches!(x, Value::Array(a) if a.is_empty()))
-                .map(|(k, x)| (k.clone(), normalize(x)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
-        other => other.clone(),
-    }
-}
-
 /// Path and values of the first difference between two JSON values.
 pub fn first_diff(a: &Value, b: &Value, path: &str) -> Option<String> {
     let short = |v: &Value| {
