@@ -106,7 +106,17 @@ impl MemSource for ProcessMem {
     /// three chunk buffers while a writer thread pwrites the previous chunk
     /// to the pages file (the two copies overlap instead of adding up).
     fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
+        let t = std::time::Instant::now();
         let total: u64 = ranges.iter().map(|r| r.1).sum();
+        let r = self.copy_to_inner(ranges, out, off, total);
+        let s = t.elapsed().as_secs_f64();
+        crate::pr_info!("Copied {total} bytes of {} in {:.3} s ({:.2} GB/s)", self.pid, s, total as f64 / s.max(1e-9) / 1e9);
+        r
+    }
+}
+
+impl ProcessMem {
+    fn copy_to_inner(&self, ranges: &[(u64, u64)], out: &File, off: u64, total: u64) -> Result<(), MemError> {
         if total <= CHUNK as u64 {
             let mut buf = vec![0u8; CHUNK];
             let mut pos = off;

@@ -7,7 +7,11 @@
 //! run: memcpy of the same size, and writing it to a file in the image
 //! directory's file system. Prints a markdown table for docs/PERFORMANCE.md.
 //!
-//! `cr-bench [--criu PATH] [--sizes 64,256,1024,4096] [--threads 1,16] [--dir DIR] [--runs N]`
+//! With `--compare-fill` each row also restores the same images a second
+//! time with the /proc/PID/mem fill (`CRIU_RS_FILL=mem`) instead of the
+//! target's own preadv, for a same-run comparison.
+//!
+//! `cr-bench [--criu PATH] [--sizes 64,256,1024,4096] [--threads 1,16] [--dir DIR] [--runs N] [--compare-fill]`
 
 use std::fs;
 use std::io::Write;
@@ -21,6 +25,8 @@ struct Opts {
     threads: Vec<usize>,
     dir: PathBuf,
     runs: usize,
+    /// Also restore a second time with the /proc/PID/mem fill (CRIU_RS_FILL=mem).
+    compare_fill: bool,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -35,6 +41,7 @@ fn opts() -> Opts {
         threads: vec![1, 16],
         dir: PathBuf::from("/tmp/cr-bench"),
         runs: 1,
+        compare_fill: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -46,6 +53,11 @@ fn opts() -> Opts {
             "--threads" => o.threads = parse_list(&v),
             "--dir" => o.dir = PathBuf::from(v),
             "--runs" => o.runs = v.parse().unwrap_or(1),
+            "--compare-fill" => {
+                o.compare_fill = true;
+                i += 1;
+                continue;
+            }
             "--bench" => {
                 i += 1;
                 continue;
@@ -149,6 +161,7 @@ struct Row {
     threads: usize,
     dump: Option<Duration>,
     restore: Option<Duration>,
+    restore_mem: Option<Duration>,
     note: String,
 }
 
@@ -162,6 +175,7 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
         threads,
         dump: None,
         restore: None,
+        restore_mem: None,
         note: String::new(),
     };
     let work = o.dir.join(format!("w-{mib}-{threads}"));
@@ -261,6 +275,26 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
     {
         kill_tree(p);
     }
+    if o.compare_fill && row.note.is_empty() {
+        // same images, filled through /proc/PID/mem instead of the target's preadv
+        std::thread::sleep(Duration::from_millis(300));
+        drop_caches();
+        let _ = fs::remove_file(&pidfile);
+        let t = Instant::now();
+        let st = Command::new(&o.criu)
+            .env("CRIU_RS_FILL", "mem")
+            .args(["restore", "-d", "-D"])
+            .arg(&imgs)
+            .args(["-o", "restore-mem.log", "--pidfile"])
+            .arg(&pidfile)
+            .status();
+        if st.is_ok_and(|s| s.success()) {
+            row.restore_mem = Some(t.elapsed());
+        }
+        if let Some(p) = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            kill_tree(p);
+        }
+    }
     let _ = fs::remove_dir_all(&imgs);
     row
 }
@@ -271,8 +305,8 @@ fn main() {
     let memhog = build_memhog(&o.dir);
     println!("# cr-bench: criu = {}", o.criu.display());
     println!();
-    println!("| MiB | threads | memcpy GB/s | write GB/s | dump s | dump GB/s | dump/memcpy | restore s | restore GB/s | vs upstream dump (1 s/GiB) | vs upstream restore (0.5 s/GiB) | note |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| MiB | threads | memcpy GB/s | write GB/s | dump s | dump GB/s | dump/memcpy | dump/write | restore s | restore GB/s | restore s, /proc/PID/mem fill | vs upstream dump (1 s/GiB) | vs upstream restore (0.5 s/GiB) | note |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &mib in &o.sizes {
         let bytes = mib << 20;
         let mc = memcpy_baseline(bytes);
@@ -296,8 +330,11 @@ fn main() {
                 let ratio = r.dump.map_or("-".into(), |d| {
                     format!("{:.2}", gbps(bytes, d) / gbps(bytes, mc))
                 });
+                let wratio = r.dump.map_or("-".into(), |d| {
+                    format!("{:.2}", gbps(bytes, d) / gbps(bytes, wr))
+                });
                 println!(
-                    "| {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.mib,
                     r.threads,
                     gbps(bytes, mc),
@@ -305,8 +342,10 @@ fn main() {
                     f(r.dump),
                     rate(r.dump),
                     ratio,
+                    wratio,
                     f(r.restore),
                     rate(r.restore),
+                    f(r.restore_mem),
                     up_dump,
                     up_rest,
                     if r.note.is_empty() { "ok" } else { &r.note }
