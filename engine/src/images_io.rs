@@ -919,7 +919,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     let mut vmas = Vec::new();
     for (i, v) in mme.vmas.iter().enumerate() {
         if v.start >= v.end || v.start % 4096 != 0 || v.end % 4096 != 0 {
-            return Err(bad("mm.img", format!("vma {i}: bad range {:#x}-{:#x}", v.start, v.end)));
+            return Err(bad(&mg::MM.file_name(pid), format!("vma {i}: bad range {:#x}-{:#x}", v.start, v.end)));
         }
         let s = v.status;
         let kind = if s & VMA_AREA_VDSO != 0 {
@@ -935,7 +935,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         } else if s & (VMA_ANON_PRIVATE | VMA_ANON_SHARED) != 0 {
             VmaKind::Anon
         } else {
-            return Err(bad("mm.img", format!("vma {i} at {:#x}: status {s:#x} is not supported yet", v.start)));
+            return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: status {s:#x} is not supported yet", v.start)));
         };
         let file = if kind == VmaKind::File {
             let r = reg(v.shmid as u32, "file mapping")?;
@@ -945,7 +945,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         };
         let shmid = if kind == VmaKind::Anon && s & VMA_ANON_SHARED != 0 {
             if v.shmid == 0 {
-                return Err(bad("mm.img", format!("vma {i} at {:#x}: shared anonymous memory without a shmid", v.start)));
+                return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: shared anonymous memory without a shmid", v.start)));
             }
             v.shmid
         } else {
@@ -965,6 +965,9 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         }
         pages.push(PageRun { vaddr: r.vaddr, nr_pages: r.nr_pages, lazy: r.flags & PE_LAZY != 0 });
     }
+    let vma_ranges: Vec<(u64, u64)> = mme.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let run_ranges: Vec<(u64, u64)> = pages.iter().map(|r| (r.vaddr, r.nr_pages)).collect();
+    crate::validate::mm_layout(&mg::MM.file_name(pid), &pm_name, &vma_ranges, &run_ranges)?;
     let mut src = PagesImage::open(&dir.join(images_proto::pages::pages_name(pages_id)), &pages)?;
     // shared anonymous objects: their pages at every mapping of them
     let mut shmids: Vec<u64> = vmas.iter().filter(|v| v.shmid != 0).map(|v| v.shmid).collect();

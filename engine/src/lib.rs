@@ -16,3 +16,4 @@ pub mod mem_source;
 pub mod model;
 pub mod restore;
 pub mod sys;
+pub mod validate;

@@ -191,3 +191,109 @@ fn restore_faults_counter_own_pidns() {
 fn restore_faults_threads_host_pidns() {
     restore_faults("threads", Ns::Host, &["after-clone", "mid-mm", "mid-threads", "mid-threads@3", "before-detach"]);
 }
+
+// ---- corrupted images ----
+
+fn truncate(f: &Path, len: u64) {
+    std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(len).unwrap();
+}
+
+fn size(f: &Path) -> u64 {
+    std::fs::metadata(f).unwrap().len()
+}
+
+fn patch_bytes(f: &Path, off: usize, mut edit: impl FnMut(&mut u8)) {
+    let mut b = std::fs::read(f).unwrap();
+    for x in &mut b[off..off + 1] {
+        edit(x);
+    }
+    std::fs::write(f, b).unwrap();
+}
+
+/// mm-PID.img with the end of VMA `i` moved onto the end of VMA `i + 1`.
+fn overlap_vmas(dir: &Path, name: &str) {
+    use images_proto::{image, magic, pb};
+    let mut mm: pb::MmEntry = image::read_one(dir, name, &magic::MM).unwrap();
+    let i = (0..mm.vmas.len() - 1).find(|&i| mm.vmas[i].end == mm.vmas[i + 1].start || mm.vmas[i + 1].end > mm.vmas[i].end).unwrap();
+    mm.vmas[i].end = mm.vmas[i + 1].start + 4096;
+    image::write_all(dir, name, &magic::MM, &[mm]).unwrap();
+}
+
+/// pagemap-PID.img with its first run moved below every VMA.
+fn run_outside(dir: &Path, name: &str) {
+    let f = dir.join(name);
+    let mut v = images_proto::image::decode_image(&std::fs::read(&f).unwrap(), &f, false).unwrap();
+    let e = &mut v["entries"][1]["vaddr"];
+    *e = if e.is_string() { "0x10000".into() } else { 0x10000u64.into() };
+    std::fs::write(&f, images_proto::image::encode_image(&v, &f).unwrap()).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn corrupted_images_are_refused() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP corrupted images: {r}");
+        return;
+    }
+    let tmp = test_dir("faults-corrupt");
+    let criu = private_criu(&tmp);
+    let mut fx = Fixture::start("counter", &tmp, Ns::Host);
+    let pid = fx.pid;
+    let good = tmp.join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    criu_ok(&criu, &["dump", "-t", &pid.to_string()], &good, "dump.log");
+    std::fs::remove_file(good.join("dump.log")).unwrap();
+    wait_until("the dumped process reaped", std::time::Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists());
+    let core = format!("core-{pid}.img");
+    let mm = format!("mm-{pid}.img");
+    let pagemap = format!("pagemap-{pid}.img");
+    let pages = "pages-1.img".to_string();
+    type Corrupt = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Corrupt, Vec<String>)> = vec![
+        ("truncated core", Box::new({ let c = core.clone(); move |d: &Path| truncate(&d.join(&c), size(&d.join(&c)) / 2) }), vec![core.clone(), "entry 0".into()]),
+        ("truncated mm", Box::new({ let c = mm.clone(); move |d: &Path| truncate(&d.join(&c), size(&d.join(&c)) - 7) }), vec![mm.clone(), "entry 0".into()]),
+        ("truncated pagemap", Box::new({ let c = pagemap.clone(); move |d: &Path| truncate(&d.join(&c), size(&d.join(&c)) - 3) }), vec![pagemap.clone(), "entry".into()]),
+        ("truncated pages", Box::new({ let c = pages.clone(); move |d: &Path| truncate(&d.join(&c), size(&d.join(&c)) / 2) }), vec![pages.clone()]),
+        ("pages short by one page", Box::new({ let c = pages.clone(); move |d: &Path| truncate(&d.join(&c), size(&d.join(&c)) - 4096) }), vec![pages.clone()]),
+        ("core entry size flipped", Box::new({ let c = core.clone(); move |d: &Path| patch_bytes(&d.join(&c), 11, |b| *b ^= 0xff) }), vec![core.clone(), "entry 0".into()]),
+        ("mm first field tag flipped", Box::new({ let c = mm.clone(); move |d: &Path| patch_bytes(&d.join(&c), 12, |b| *b ^= 0xff) }), vec![mm.clone(), "entry 0".into()]),
+        ("wrong magic of mm", Box::new({ let c = mm.clone(); move |d: &Path| patch_bytes(&d.join(&c), 4, |b| *b ^= 0x5a) }), vec![mm.clone(), "magic".into()]),
+        ("overlapping VMAs", Box::new({ let c = mm.clone(); move |d: &Path| overlap_vmas(d, &c) }), vec![mm.clone(), "overlaps vma".into()]),
+        ("pagemap run outside every VMA", Box::new({ let c = pagemap.clone(); move |d: &Path| run_outside(d, &c) }), vec![pagemap.clone(), "entry 1".into(), "outside every VMA".into()]),
+    ];
+    for (i, (what, corrupt, want)) in cases.iter().enumerate() {
+        let dir = tmp.join(format!("bad{i}"));
+        copy_dir(&good, &dir);
+        corrupt(&dir);
+        let t = fx.tick();
+        let (st, log) = criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
+        assert_eq!(st.code(), Some(1), "{what}: restore must fail with exit code 1:\n{log}");
+        let err = log.lines().filter(|l| l.contains("Error")).collect::<Vec<_>>().join("\n");
+        for w in want {
+            assert!(err.contains(w.as_str()), "{what}: the error should name {w:?}:\n{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(live_with_exe(&fx.bin).is_empty() && live_with_exe(&criu).is_empty(), "{what}: something was left running");
+        assert!(!alive(pid), "{what}: pid {pid} is alive");
+        assert_eq!(fx.tick(), t, "{what}: a half-restored process ran");
+        eprintln!("{what}: refused: {}", err.lines().next().unwrap_or(""));
+    }
+    // the untouched set restores
+    let t = fx.tick();
+    let mut cmd = std::process::Command::new(&criu);
+    cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&good).current_dir(&fx.work);
+    assert!(cmd.status().unwrap().success(), "restore failed:\n{}", std::fs::read_to_string(good.join("restore.log")).unwrap_or_default());
+    wait_until("ticks after restore", std::time::Duration::from_secs(15), || fx.tick() > t + 3);
+    fx.refind();
+    assert_eq!(fx.pid, pid);
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
