@@ -342,6 +342,10 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         .iter()
         .map(|p| map_files.iter().position(|(m, _)| Path::new(m) == p).map(|i| (svc_base + 1 + i as i32) as u64))
         .collect();
+    for fd in page_fds.iter().flatten() {
+        // the target's own open file of the pages image: read front to back
+        let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
+    }
     fill_private(main, &memf, task, mem, &page_fds, g + SCRATCH_OFF)?;
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         main.call("mprotect", libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]).map_err(e(&format!("mprotect {:#x}", v.start)))?;

@@ -86,3 +86,15 @@ pub fn advise_sequential(f: &File) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// posix_fadvise(2) POSIX_FADV_WILLNEED over `len` bytes from 0: start
+/// reading them into the page cache now, in the background.
+pub fn advise_willneed(f: &File, len: u64) -> io::Result<()> {
+    let len = i64::try_from(len).unwrap_or(i64::MAX);
+    // SAFETY: advice on an fd we own; no memory is passed.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, len, libc::POSIX_FADV_WILLNEED) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
