@@ -440,15 +440,6 @@ pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData
     read_fds(dir, &files, &fdinfo)
 }
 
-/// The fd table `fdinfo-<files_id>.img` describes (with files.img,
-/// remap-fpath/ghost-file, pipes-data, tty-info), without the rest of the
-/// image set.
-pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
-    let files: Vec<pb::FileEntry> = read_all(dir, &mg::FILES.file_name(""), &mg::FILES)?;
-    let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(files_id), &mg::FDINFO)?;
-    read_fds(dir, &files, &fdinfo)
-}
-
 /// The fds of fdinfo (and the pipe data they need) from files.img and friends.
 fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
     let file = |id: u32| files.iter().find(|f| f.id == id);

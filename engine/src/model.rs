@@ -16,6 +16,9 @@ pub struct Tree {
     pub root_owns_pid_ns: bool,
     /// Tasks, root first. Pids are as seen in the tree's own pid namespace.
     pub tasks: Vec<Task>,
+    /// Ids of the dumping engine itself (inventory's root_ids).
+    pub root_ids: KobjIds,
+    pub timens: Option<TimeNs>,
 }
 
 /// Credentials of one thread.
@@ -70,7 +73,48 @@ pub struct Thread {
     pub creds: Creds,
     pub sched_nice: i32,
     pub sched_policy: u32,
+    /// Real-time priority (SCHED_FIFO/RR), 0 otherwise.
+    pub sched_prio: u32,
     pub pdeath_sig: u32,
+    /// SECCOMP_MODE_* of the thread.
+    pub seccomp_mode: u32,
+    /// The thread's seccomp filters, oldest (first installed) first.
+    pub seccomp: Vec<SeccompFilter>,
+}
+
+/// One installed seccomp filter program.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeccompFilter {
+    /// `struct sock_filter` array, 8 bytes per instruction.
+    pub prog: Vec<u8>,
+    /// SECCOMP_FILTER_FLAG_* it was installed with (as the kernel reports them).
+    pub flags: u64,
+}
+
+/// Kernel-object ids of a task, numbered as upstream numbers them: equal
+/// ids mean a shared object (mm, fd table, fs, sighand, namespaces).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KobjIds {
+    pub vm: u32,
+    pub files: u32,
+    pub fs: u32,
+    pub sighand: u32,
+    pub pid_ns: u32,
+    pub net_ns: u32,
+    pub ipc_ns: u32,
+    pub uts_ns: u32,
+    pub mnt_ns: u32,
+    pub user_ns: u32,
+    pub cgroup_ns: u32,
+    pub time_ns: u32,
+}
+
+/// Clocks of the tree's time namespace at dump (timens-0.img): CLOCK_MONOTONIC
+/// and CLOCK_BOOTTIME as (sec, nsec), as upstream records them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeNs {
+    pub monotonic: (u64, u64),
+    pub boottime: (u64, u64),
 }
 
 /// One interval timer (ITIMER_REAL/VIRTUAL/PROF): interval and value.
@@ -123,6 +167,7 @@ pub struct Task {
     pub loginuid: u32,
     pub oom_score_adj: i32,
     pub seccomp_mode: u32,
+    pub ids: KobjIds,
     /// Queued bytes of the pipes this task has fds of.
     pub pipe_data: Vec<PipeData>,
 }
@@ -218,6 +263,10 @@ pub struct Vma {
     /// Bit per MADV_* advice that is in effect.
     pub madv: u64,
     pub file: Option<MapFile>,
+    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS): the id of its
+    /// shmem object (the inode number, as upstream uses it); 0 otherwise.
+    /// Its pages are in [`Mm::pages`] at this mapping's addresses.
+    pub shmid: u64,
 }
 
 impl Vma {
@@ -263,10 +312,6 @@ pub struct Mm {
     pub pages: Vec<PageRun>,
 }
 
-    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS): the id of its
-    /// shmem object (the inode number, as upstream uses it); 0 otherwise.
-    /// Its pages are in [`Mm::pages`] at this mapping's addresses.
-    pub shmid: u64,
 impl Tree {
     pub fn root(&self) -> &Task {
         &self.tasks[0]

@@ -51,7 +51,7 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
     pr_info!("========================================");
     pr_info!("Dumping processes (pid: {pid})");
     pr_info!("========================================");
-    let frozen = Frozen::freeze(pid)?;
+    let mut frozen = Frozen::freeze(pid)?;
     crate::fault::point("after-freeze");
     let mut children = Vec::new();
     for t in &frozen.threads {
@@ -74,6 +74,7 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
         .map(|v| (v.start, v.end))
         .collect();
     let gadget = parasite::find_gadget(pid, frozen.threads[0].regs.ip, &exec).map_err(io_err("syscall gadget"))?;
+    task::fixup_rseq_all(pid, &mut frozen)?;
     let mut par = Parasite::start(&frozen, gadget).map_err(io_err("parasite session"))?;
     let brk = par.call(pid, "brk", libc::SYS_brk, &[0]).map_err(io_err("brk"))?;
     let mut task = Task {
@@ -100,5 +101,8 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
     task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
     task.mm.dumpable = dumpable;
     (task.fds, task.pipe_data) = files::collect_fds(pid)?;
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks: vec![task] }, frozen))
+    let (root_ids, ids) = task::collect_ids(&[pid])?;
+    task.ids = ids[0];
+    let timens = Some(task::collect_timens(pid)?);
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks: vec![task], root_ids, timens }, frozen))
 }

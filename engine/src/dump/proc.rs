@@ -189,7 +189,8 @@ pub fn parse_timers(text: &str) -> Vec<TimerLine> {
         } else if let (Some(c), Some(v)) = (cur.as_mut(), l.strip_prefix("notify:")) {
             let v = v.trim();
             let (kind, tid) = v.split_once('/').unwrap_or((v, "0"));
-            c.2 = kind.to_string();
+            // "signal/tid.N" is SIGEV_SIGNAL | SIGEV_THREAD_ID: kept as "signal/tid"
+            c.2 = if tid.starts_with("tid.") { format!("{kind}/tid") } else { kind.to_string() };
             c.3 = tid.trim_start_matches("pid.").trim_start_matches("tid.").parse().unwrap_or(0);
         } else if let (Some(c), Some(v)) = (cur.as_mut(), l.strip_prefix("ClockID:")) {
             c.4 = v.trim().parse().unwrap_or(0);

@@ -5,7 +5,7 @@
 use super::freeze::FrozenThread;
 use super::parasite::Parasite;
 use super::proc;
-use crate::model::{AltStack, Creds, Itimer, PosixTimer, Rseq, Task, Thread};
+use crate::model::{AltStack, Creds, Itimer, KobjIds, PosixTimer, Rseq, SeccompFilter, Task, Thread, TimeNs};
 use crate::sys::process::KSigaction;
 use crate::sys::ptrace::{self, Regs};
 use crate::sys::Pid;
@@ -15,6 +15,8 @@ use std::io;
 pub enum TaskError {
     #[error("{what} of {tid}")]
     Io { tid: Pid, what: &'static str, #[source] source: io::Error },
+    #[error("thread {tid} has {n} seccomp filters; more than {max} is not supported")]
+    SeccompChain { tid: Pid, n: usize, max: usize },
 }
 
 fn io_err(tid: Pid, what: &'static str) -> impl FnOnce(io::Error) -> TaskError {
@@ -65,6 +67,64 @@ fn parse_creds(status: &str) -> Creds {
     }
 }
 
+const RSEQ_CS_FLAG_NO_RESTART_ON_SIGNAL: u32 = 1 << 1;
+
+/// Threads stopped inside an rseq critical section resume at the
+/// section's abort handler, as the kernel moves them on preemption or
+/// signal delivery (struct rseq.rseq_cs at offset 8 -> struct rseq_cs:
+/// version, flags, start_ip, post_commit_offset, abort_ip). The frozen
+/// registers are changed, so the dump records the abort handler and a
+/// thread left running resumes there too.
+///
+/// Must run before any syscall is injected: the kernel handles the pending
+/// rseq notification on that syscall's return, sees an ip outside the
+/// section and clears rseq_cs.
+pub fn fixup_rseq_all(pid: Pid, frozen: &mut super::freeze::Frozen) -> Result<(), TaskError> {
+    for ft in frozen.threads.iter_mut() {
+        let rc = ptrace::rseq_config(ft.tid).map_err(io_err(ft.tid, "rseq configuration"))?;
+        if rc.rseq_abi_pointer != 0 {
+            fixup_rseq(pid, ft.tid, rc.rseq_abi_pointer, &mut ft.regs)?;
+        }
+    }
+    Ok(())
+}
+
+fn fixup_rseq(pid: Pid, tid: Pid, rseq_ptr: u64, regs: &mut Regs) -> Result<(), TaskError> {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(io_err(tid, "rseq area"))?;
+    let mut b = [0u8; 8];
+    mem.read_exact_at(&mut b, rseq_ptr + 8).map_err(io_err(tid, "rseq area"))?;
+    let cs_ptr = u64::from_le_bytes(b);
+    if cs_ptr == 0 {
+        return Ok(());
+    }
+    let mut cs = [0u8; 32];
+    mem.read_exact_at(&mut cs, cs_ptr).map_err(io_err(tid, "rseq critical section descriptor"))?;
+    let w = |o: usize| u64::from_le_bytes(cs[o..o + 8].try_into().expect("8"));
+    let flags = u32::from_le_bytes(cs[4..8].try_into().expect("4"));
+    let (start, post_commit, abort) = (w(8), w(16), w(24));
+    if regs.ip.wrapping_sub(start) < post_commit && flags & RSEQ_CS_FLAG_NO_RESTART_ON_SIGNAL == 0 {
+        crate::pr_warn!("thread {tid} is in an rseq critical section at {:#x}: it resumes at the abort handler {abort:#x}", regs.ip);
+        regs.ip = abort;
+    }
+    Ok(())
+}
+
+/// Seccomp filters of one thread, oldest first, with their flags.
+fn collect_seccomp(tid: Pid) -> Result<Vec<SeccompFilter>, TaskError> {
+    const MAX: usize = 512;
+    let mut v = Vec::new();
+    while let Some(prog) = ptrace::seccomp_filter(tid, v.len() as u64).map_err(io_err(tid, "PTRACE_SECCOMP_GET_FILTER"))? {
+        let flags = ptrace::seccomp_filter_flags(tid, v.len() as u64).unwrap_or(0);
+        v.push(SeccompFilter { prog, flags });
+        if v.len() > MAX {
+            return Err(TaskError::SeccompChain { tid, n: v.len(), max: MAX });
+        }
+    }
+    // index 0 is the oldest filter (kernel's __get_nth_filter counts from the first installed)
+    Ok(v)
+}
+
 /// Dump one thread (registers come from the freeze).
 pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i32) -> Result<Thread, TaskError> {
     let tid = ft.tid;
@@ -92,9 +152,15 @@ pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i
     let (comm, f) = proc::parse_stat(&stat).unwrap_or_default();
     let mut creds = parse_creds(&status);
     creds.secbits = secbits as u32;
+    let seccomp_mode = proc::status_field(&status, "Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let seccomp = if seccomp_mode == 2 { collect_seccomp(tid)? } else { Vec::new() };
+    // (an rseq critical section was left for its abort handler at freeze: fixup_rseq_all)
+    let regs = fixup_syscall_restart(ft.regs);
+    let sched_policy = proc::stat_field(&f, 41) as u32;
+    let rt = sched_policy == libc::SCHED_FIFO as u32 || sched_policy == libc::SCHED_RR as u32;
     Ok(Thread {
         tid: ns_tid,
-        regs: fixup_syscall_restart(ft.regs),
+        regs,
         xsave,
         tls,
         rseq,
@@ -106,9 +172,20 @@ pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i
         comm,
         creds,
         sched_nice: proc::stat_field(&f, 19) as i64 as i32,
-        sched_policy: proc::stat_field(&f, 41) as u32,
+        sched_policy,
+        sched_prio: if rt { proc::stat_field(&f, 40) as u32 } else { 0 },
         pdeath_sig: u32::from_le_bytes(pdeath_sig.try_into().expect("4")),
+        seccomp_mode,
+        seccomp,
     })
+}
+
+/// The id of host thread `tid` of `pid` in the task's own pid namespace.
+fn ns_tid(pid: Pid, tid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|st| proc::status_nums(&st, "NSpid").last().map(|v| *v as i32))
+        .unwrap_or(tid)
 }
 
 /// Process-wide state into `t` (threads, mm, files are filled elsewhere).
@@ -134,18 +211,25 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
     for (id, signo, notify, ntid, clock, sigval) in proc::parse_timers(&timers) {
         par.call(pid, "timer_gettime", libc::SYS_timer_gettime, &[id as u64, s]).map_err(io_err(pid, "timer_gettime"))?;
         let w = par.read_u64s(0, 4).map_err(io_err(pid, "timer_gettime"))?;
-        let notify = match notify.as_str() {
-            "signal" => libc::SIGEV_SIGNAL,
-            "thread" => libc::SIGEV_THREAD_ID,
-            "none" => libc::SIGEV_NONE,
-            _ => libc::SIGEV_SIGNAL,
+        const SIGEV_THREAD_ID: i32 = libc::SIGEV_THREAD_ID;
+        let (kind, thread_id) = match notify.split_once('/') {
+            Some((k, _)) => (k, SIGEV_THREAD_ID),
+            None => (notify.as_str(), 0),
         };
+        let notify = thread_id
+            | match kind {
+                "none" => libc::SIGEV_NONE,
+                "thread" => libc::SIGEV_THREAD,
+                _ => libc::SIGEV_SIGNAL,
+            };
         t.posix_timers.push(PosixTimer {
             id,
             clock,
             signo,
             notify,
-            notify_tid: ntid,
+            // the pid /proc shows for SIGEV_SIGNAL is the owner, not a target thread;
+            // a target thread is shown as a host tid: the image wants the task's own
+            notify_tid: if notify & SIGEV_THREAD_ID != 0 { ns_tid(pid, ntid) } else { 0 },
             sigval,
             overrun: 0,
             interval: (w[0], w[1]),
@@ -168,4 +252,94 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
     t.fs.cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(io_err(pid, "cwd"))?.to_string_lossy().into();
     t.fs.root = std::fs::read_link(format!("/proc/{pid}/root")).map_err(io_err(pid, "root"))?.to_string_lossy().into();
     Ok(())
+}
+
+const NS_KINDS: [&str; 8] = ["pid", "net", "ipc", "uts", "time", "mnt", "user", "cgroup"];
+
+/// Inode of `/proc/PID/ns/KIND` (`net:[4026531840]`).
+fn ns_ino(pid: Pid, kind: &str) -> Option<u64> {
+    let l = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
+    let l = l.to_string_lossy();
+    l.rsplit_once('[')?.1.strip_suffix(']')?.parse().ok()
+}
+
+/// Kernel-object ids numbered as upstream does: the dumping engine itself
+/// first (its ids become inventory's root_ids), then each task. mm, fd
+/// table, fs and sighand get a counter each and are compared with kcmp(2);
+/// namespaces share one counter, keyed by their inode, in the order
+/// pid, net, ipc, uts, time, mnt, user, cgroup. A namespace kind this
+/// kernel lacks gets id 0 (absent from the image).
+pub fn collect_ids(pids: &[Pid]) -> Result<(KobjIds, Vec<KobjIds>), TaskError> {
+    let me = std::process::id() as Pid;
+    let mut reps: [Vec<(Pid, u32)>; 4] = Default::default();
+    let mut ns: Vec<(&str, u64, u32)> = Vec::new();
+    let mut one = |pid: Pid| -> Result<KobjIds, TaskError> {
+        let mut k = [0u32; 4];
+        for (i, kind) in [1, 2, 3, 4].into_iter().enumerate() {
+            let mut id = 0;
+            for &(rp, rid) in &reps[i] {
+                if crate::sys::process::kcmp_same(rp, pid, kind).map_err(io_err(pid, "kcmp"))? {
+                    id = rid;
+                    break;
+                }
+            }
+            if id == 0 {
+                id = reps[i].len() as u32 + 1;
+                reps[i].push((pid, id));
+            }
+            k[i] = id;
+        }
+        let mut n = [0u32; 8];
+        for (i, kind) in NS_KINDS.into_iter().enumerate() {
+            let Some(ino) = ns_ino(pid, kind) else { continue };
+            n[i] = match ns.iter().find(|(k2, i2, _)| *k2 == kind && *i2 == ino) {
+                Some(&(_, _, id)) => id,
+                None => {
+                    let id = ns.len() as u32 + 1;
+                    ns.push((kind, ino, id));
+                    crate::pr_debug!("Add {kind} ns {id} pid {pid}");
+                    id
+                }
+            };
+        }
+        Ok(KobjIds {
+            vm: k[0], files: k[1], fs: k[2], sighand: k[3],
+            pid_ns: n[0], net_ns: n[1], ipc_ns: n[2], uts_ns: n[3], time_ns: n[4], mnt_ns: n[5], user_ns: n[6], cgroup_ns: n[7],
+        })
+    };
+    let root = one(me)?;
+    let tasks = pids.iter().map(|&p| one(p)).collect::<Result<Vec<_>, _>>()?;
+    Ok((root, tasks))
+}
+
+/// `/proc/PID/timens_offsets`: (monotonic, boottime) offsets in ns.
+fn timens_offsets(pid: &str) -> (i128, i128) {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
+    let get = |name: &str| -> i128 {
+        t.lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next()? == name).then(|| {
+                    let s: i128 = it.next()?.parse().ok()?;
+                    let ns: i128 = it.next()?.parse().ok()?;
+                    Some(s * 1_000_000_000 + ns)
+                })?
+            })
+            .unwrap_or(0)
+    };
+    (get("monotonic"), get("boottime"))
+}
+
+/// CLOCK_MONOTONIC and CLOCK_BOOTTIME as the task `pid` sees them now
+/// (the engine's clocks shifted by the difference of the time namespaces'
+/// offsets), what upstream writes into timens-0.img.
+pub fn collect_timens(pid: Pid) -> Result<TimeNs, TaskError> {
+    let (tm, tb) = timens_offsets(&pid.to_string());
+    let (sm, sb) = timens_offsets("self");
+    let clock = |c, off: i128| -> Result<(u64, u64), TaskError> {
+        let (s, n) = crate::sys::process::clock_gettime(c).map_err(io_err(pid, "clock_gettime"))?;
+        let v = (i128::from(s) * 1_000_000_000 + i128::from(n) + off).max(0);
+        Ok(((v / 1_000_000_000) as u64, (v % 1_000_000_000) as u64))
+    };
+    Ok(TimeNs { monotonic: clock(libc::CLOCK_MONOTONIC, tm - sm)?, boottime: clock(libc::CLOCK_BOOTTIME, tb - sb)? })
 }

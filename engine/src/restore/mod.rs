@@ -15,6 +15,7 @@
 //!    detach. [`RestoreGuard`] kills everything on any failure before that.
 
 pub mod child;
+pub mod creds;
 pub mod files;
 pub mod space;
 pub mod thread;
@@ -109,7 +110,6 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
             map_files.push((exe.path.clone(), libc::O_RDONLY));
         }
     }
-    let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     // pages files, so the target can read its memory itself (paths of the
     // engine's file system: not under a --root prefix)
     if opts.root.is_none() {
@@ -118,6 +118,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
             map_files.push((p.to_string_lossy().to_string(), libc::O_RDONLY));
         }
     }
+    let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. })).count() as i32;
     let svc_base = (max_fd + 2 * npipes + 16).max(64);
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
@@ -131,6 +132,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let (flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
     pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
+    creds::check_rlimits(task)?;
     let child = match p::fork3(flags, &set_tid, libc::SIGCHLD) {
         Ok(Forked::Child) => child::child_main(&plan, task),
         Ok(Forked::Parent(c)) => c,
@@ -147,7 +149,9 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     }
     pr_debug!("child {child} prepared its fds and process state");
     // seize
-    ptrace::seize(child, ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL).map_err(ioe(child, "seize"))?;
+    // O_SUSPEND_SECCOMP: filters installed near the end must not hit the engine's injected syscalls
+    let opts_ = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
+    ptrace::seize(child, opts_).map_err(ioe(child, "seize"))?;
     ptrace::interrupt(child).map_err(ioe(child, "interrupt"))?;
     loop {
         match ptrace::wait(child).map_err(ioe(child, "wait"))? {
@@ -172,6 +176,13 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
         thread::setup(ti, &sp, t)?;
     }
     space::finish_process(&mut main, &sp, task, svc_base, map_files.len())?;
+    // privileges last: sched, seccomp, creds per thread, then dumpable
+    creds::apply_proc(child, task);
+    for (_, ti, t) in injs.iter_mut() {
+        creds::finish_thread(ti, &sp, t)?;
+    }
+    creds::finish_thread(&mut main, &sp, &task.threads[0])?;
+    creds::finish_process(&mut main, task)?;
     for (tid, _, t) in &injs {
         thread::load_final(*tid, t)?;
     }

@@ -106,6 +106,7 @@ pub fn restore_posix_timers(main: &mut Injector, sp: &Space, task: &Task) -> Res
     const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
+    crate::pr_debug!("restoring {} POSIX timers", task.posix_timers.len());
     main.call("prctl(PR_TIMER_CREATE_RESTORE_IDS)", libc::SYS_prctl, &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0])
         .map_err(e("PR_TIMER_CREATE_RESTORE_IDS (kernel 6.16+)"))?;
     for t in &task.posix_timers {
@@ -117,7 +118,9 @@ pub fn restore_posix_timers(main: &mut Injector, sp: &Space, task: &Task) -> Res
         ev[16..20].copy_from_slice(&t.notify_tid.to_le_bytes());
         let evp = sp.write(0, &ev)?;
         let idp = sp.write(128, &t.id.to_le_bytes())?;
-        main.call("timer_create", libc::SYS_timer_create, &[t.clock as u64, evp, idp]).map_err(e(&format!("timer_create id {}", t.id)))?;
+        main.call("timer_create", libc::SYS_timer_create, &[t.clock as u64, evp, idp])
+            .map_err(e(&format!("timer_create id {} (notify {:#x}, tid {})", t.id, t.notify, t.notify_tid)))
+            .inspect_err(|err| crate::pr_err!("{err}"))?;
         // a periodic timer that had just expired reads back as value 0: due now
         let value = if t.value == (0, 0) && t.interval != (0, 0) { (0, 1) } else { t.value };
         if value != (0, 0) {

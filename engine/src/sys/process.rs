@@ -174,6 +174,27 @@ pub fn personality(p: u64) -> io::Result<()> {
     }
 }
 
+/// clock_gettime(2) of `clock` in the calling process: (sec, nsec).
+pub fn clock_gettime(clock: libc::clockid_t) -> io::Result<(u64, u64)> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer for the duration of the call.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } < 0 {
+        return Err(last_err());
+    }
+    Ok((ts.tv_sec as u64, ts.tv_nsec as u64))
+}
+
+/// kcmp(2): do `pid1` and `pid2` share the kernel object of `kind`
+/// (KCMP_VM, KCMP_FILES, ...)?
+pub fn kcmp_same(pid1: Pid, pid2: Pid, kind: i32) -> io::Result<bool> {
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0usize, 0usize) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r == 0)
+}
+
 /// pidfd_open(2).
 pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;

@@ -217,6 +217,29 @@ pub fn rseq_config(tid: Pid) -> io::Result<RseqConfig> {
     Ok(c)
 }
 
+/// PTRACE_SECCOMP_GET_FILTER: the `idx`-th seccomp filter of `tid`
+/// (0 = the first installed) as a `struct sock_filter` array;
+/// `None` past the last one (ENOENT).
+pub fn seccomp_filter(tid: Pid, idx: u64) -> io::Result<Option<Vec<u8>>> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    let n = match ptrace(PTRACE_SECCOMP_GET_FILTER, tid, idx as usize, 0) {
+        Ok(n) => usize::try_from(n).unwrap_or(0),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; n * 8];
+    ptrace(PTRACE_SECCOMP_GET_FILTER, tid, idx as usize, buf.as_mut_ptr() as usize)?;
+    Ok(Some(buf))
+}
+
+/// PTRACE_SECCOMP_GET_METADATA: the SECCOMP_FILTER_FLAG_* of filter `idx`.
+pub fn seccomp_filter_flags(tid: Pid, idx: u64) -> io::Result<u64> {
+    const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+    let mut md = [idx, 0u64];
+    ptrace(PTRACE_SECCOMP_GET_METADATA, tid, 16, md.as_mut_ptr() as usize)?;
+    Ok(md[1])
+}
+
 /// PTRACE_GET_THREAD_AREA for GDT entry `idx`.
 pub fn get_thread_area(tid: Pid, idx: u32) -> io::Result<UserDesc> {
     let mut d = UserDesc::default();
