@@ -1,0 +1,246 @@
+//! Differential shape test against upstream CRIU 4.2: dump a shared fixture
+//! program with our `criu` and check that the set of image files, and per
+//! image the set of JSON keys crit shows (nested, arrays folded to `[]`),
+//! equal those of upstream's image set of the same program
+//! (../shared/fixtures/upstream/NAME/images). Values naturally differ.
+//!
+//! XSAVE components depend on the CPU: keys of a component that this CPU
+//! and the fixtures' CPU don't both have are left out of the comparison.
+//! Needs root, gcc, unshare, setsid; otherwise prints SKIP and returns.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CRIU: &str = env!("CARGO_BIN_EXE_criu");
+
+fn skip_reason() -> Option<String> {
+    let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = st.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("1").to_string();
+    if uid != "0" {
+        return Some("needs root (ptrace of other processes)".into());
+    }
+    for tool in ["gcc", "unshare", "setsid"] {
+        if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
+            return Some(format!("{tool} not found"));
+        }
+    }
+    None
+}
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every key path of a JSON text: `a.b`, arrays as `a.[].b`. A minimal
+/// reader (strings with escapes, objects, arrays, scalars) for crit's output.
+fn json_keys(text: &str) -> BTreeSet<String> {
+    struct P<'a> {
+        b: &'a [u8],
+        i: usize,
+        out: BTreeSet<String>,
+    }
+    impl P<'_> {
+        fn ws(&mut self) {
+            while self.i < self.b.len() && self.b[self.i].is_ascii_whitespace() {
+                self.i += 1;
+            }
+        }
+        fn string(&mut self) -> String {
+            let start = self.i + 1;
+            self.i += 1;
+            while self.b[self.i] != b'"' {
+                self.i += if self.b[self.i] == b'\\' { 2 } else { 1 };
+            }
+            self.i += 1;
+            String::from_utf8_lossy(&self.b[start..self.i - 1]).into_owned()
+        }
+        fn value(&mut self, prefix: &str) {
+            self.ws();
+            match self.b[self.i] {
+                b'{' => {
+                    self.i += 1;
+                    loop {
+                        self.ws();
+                        if self.b[self.i] == b'}' {
+                            self.i += 1;
+                            return;
+                        }
+                        let k = self.string();
+                        let p = format!("{prefix}{k}");
+                        self.out.insert(p.clone());
+                        self.ws();
+                        self.i += 1; // ':'
+                        self.value(&format!("{p}."));
+                        self.ws();
+                        if self.b[self.i] == b',' {
+                            self.i += 1;
+                        }
+                    }
+                }
+                b'[' => {
+                    self.i += 1;
+                    loop {
+                        self.ws();
+                        if self.b[self.i] == b']' {
+                            self.i += 1;
+                            return;
+                        }
+                        self.value(&format!("{prefix}[]."));
+                        self.ws();
+                        if self.b[self.i] == b',' {
+                            self.i += 1;
+                        }
+                    }
+                }
+                b'"' => {
+                    self.string();
+                }
+                _ => {
+                    while self.i < self.b.len() && !matches!(self.b[self.i], b',' | b'}' | b']') && !self.b[self.i].is_ascii_whitespace() {
+                        self.i += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut p = P { b: text.as_bytes(), i: 0, out: BTreeSet::new() };
+    p.value("");
+    p.out
+}
+
+/// XSAVE component names in user_x86_xsave_entry and their component numbers.
+const XSAVE_KEYS: [(&str, u32); 7] =
+    [("ymmh_space", 2), ("bndreg_state", 3), ("bndcsr_state", 4), ("opmask_reg", 5), ("zmm_upper", 6), ("hi16_zmm", 7), ("pkru", 9)];
+
+/// Drop the keys of XSAVE components present on one CPU and not the other.
+fn drop_cpu_keys(up: &mut BTreeSet<String>, ours: &mut BTreeSet<String>) {
+    for (name, comp) in XSAVE_KEYS {
+        let here = engine::sys::cpu::xsave_component(comp).is_some();
+        let there = up.iter().any(|k| k.ends_with(&format!("xsave.{name}")));
+        if here != there {
+            up.retain(|k| !k.contains(&format!("xsave.{name}")));
+            ours.retain(|k| !k.contains(&format!("xsave.{name}")));
+        }
+    }
+}
+
+fn img_names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".img"))
+        .collect()
+}
+
+/// Our image set of `name` next to upstream's: (file set diff, per-image key diffs).
+fn shape(name: &str) {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP image_shape {name}: {r}");
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("criu-rs-shape-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let work = tmp.join("work");
+    let dir = tmp.join("img");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = tmp.join(format!("fx-{name}"));
+    let st = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&bin)
+        .arg(shared().join(format!("progs/{name}.c")))
+        .args(["-lpthread", "-lrt"])
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "building fx-{name}");
+    // as upstream's fixtures were started: pid 1 of a new pid namespace, session leader
+    let mut starter = Command::new("unshare")
+        .args(["--pid", "--fork", "setsid"])
+        .arg(&bin)
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fixture");
+    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pid = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).next() == Some(bin.as_os_str().as_encoded_bytes()) {
+            pid = pid.max(p);
+        }
+    }
+    assert!(pid > 0, "fixture not running");
+    let st = Command::new(CRIU).args(["dump", "-t", &pid.to_string(), "-v4", "-o", "dump.log", "-D"]).arg(&dir).status().unwrap();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let _ = starter.wait();
+    assert!(st.success(), "dump failed:\n{}", std::fs::read_to_string(dir.join("dump.log")).unwrap_or_default());
+
+    let up_dir = shared().join(format!("upstream/{name}/images"));
+    let (up_files, our_files) = (img_names(&up_dir), img_names(&dir));
+    let mut problems = Vec::new();
+    if up_files != our_files {
+        problems.push(format!(
+            "image files: only upstream {:?}, only ours {:?}",
+            up_files.difference(&our_files).collect::<Vec<_>>(),
+            our_files.difference(&up_files).collect::<Vec<_>>()
+        ));
+    }
+    for f in up_files.intersection(&our_files) {
+        if f.starts_with("pages-") {
+            continue;
+        }
+        let dec = |d: &Path| {
+            let p = d.join(f);
+            let buf = std::fs::read(&p).unwrap();
+            images_proto::image::decode_image(&buf, &p, true).unwrap_or_else(|e| panic!("decoding {}: {e}", p.display())).to_string()
+        };
+        let (mut up, mut ours) = (json_keys(&dec(&up_dir)), json_keys(&dec(&dir)));
+        drop_cpu_keys(&mut up, &mut ours);
+        if up != ours {
+            problems.push(format!(
+                "{f}: keys only upstream {:?}, only ours {:?}",
+                up.difference(&ours).collect::<Vec<_>>(),
+                ours.difference(&up).collect::<Vec<_>>()
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(problems.is_empty(), "fx-{name}: our images differ in shape from upstream 4.2's:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn json_keys_reader() {
+    let k = json_keys(r#"{"a": {"b": [1, {"c": "x\"}"}], "d": []}, "e": "f"}"#);
+    let want: BTreeSet<String> = ["a", "a.b", "a.b.[].c", "a.d", "e"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(k, want);
+}
+
+#[test]
+fn shape_counter() {
+    shape("counter");
+}
+
+#[test]
+fn shape_threads() {
+    shape("threads");
+}
+
+#[test]
+fn shape_signals() {
+    shape("signals");
+}
