@@ -5,7 +5,10 @@
 //!
 //! Hidden knob, read in this one place: `CRIU_RS_FAULT_AT=<point>` fires the
 //! first time `<point>` is reached, `CRIU_RS_FAULT_AT=<point>@N` the N-th
-//! time. Unset (the normal case) costs one cached lookup per point.
+//! time. `CRIU_RS_FAULT_AT=<point>:fail` makes the point fail with an error
+//! instead (where the code asks [`fails`]), to test the cleanup paths of a
+//! restore that fails on its own. Unset (the normal case) costs one cached
+//! lookup per point.
 //!
 //! Points: dump `after-freeze`, `mid-inject` (a thread is inside an injected
 //! syscall, between its entry and exit stops), `mid-inject-thread` (the
@@ -34,24 +37,34 @@ pub const POINTS: &[&str] = &[
 /// Environment variable naming the point to die at.
 pub const ENV: &str = "CRIU_RS_FAULT_AT";
 
-fn target() -> Option<&'static (String, u64)> {
-    static T: OnceLock<Option<(String, u64)>> = OnceLock::new();
+/// (point, n-th hit, fail instead of dying)
+fn target() -> Option<&'static (String, u64, bool)> {
+    static T: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
     T.get_or_init(|| {
         let v = std::env::var(ENV).ok()?;
+        let (v, fail) = match v.strip_suffix(":fail") {
+            Some(p) => (p.to_string(), true),
+            None => (v, false),
+        };
         let (name, n) = match v.split_once('@') {
             Some((a, b)) => (a.to_string(), b.parse().unwrap_or(1)),
             None => (v, 1),
         };
-        Some((name, n.max(1)))
+        Some((name, n.max(1), fail))
     })
     .as_ref()
+}
+
+/// Whether point `name` was asked to fail with an error (`<point>:fail`).
+pub fn fails(name: &str) -> bool {
+    matches!(target(), Some((want, _, true)) if want == name)
 }
 
 /// Reached point `name`: die here with SIGKILL if the tests asked for it.
 pub fn point(name: &str) {
     debug_assert!(POINTS.contains(&name), "unknown fault point {name}");
-    let Some((want, nth)) = target() else { return };
-    if want != name {
+    let Some((want, nth, fail)) = target() else { return };
+    if want != name || *fail {
         return;
     }
     static HITS: AtomicU64 = AtomicU64::new(0);

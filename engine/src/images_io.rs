@@ -240,12 +240,16 @@ fn fown() -> pb::FownEntry {
 }
 
 fn reg_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Option<u64>) -> pb::FileEntry {
+    mapped_entry(id, path, flags, pos, mode, size, &[])
+}
+
+fn mapped_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Option<u64>, build_id: &[u32]) -> pb::FileEntry {
     pb::FileEntry {
         r#type: pb::FdTypes::Reg as i32,
         id,
         reg: Some(pb::RegFileEntry {
             id, flags, pos, fown: fown(), name: path.to_string(), mnt_id: None, size, ext: None,
-            mode: Some(mode), build_id: Vec::new(), checksum: None, checksum_config: None, checksum_parameter: None,
+            mode: Some(mode), build_id: build_id.to_vec(), checksum: None, checksum_config: None, checksum_parameter: None,
         }),
         ..Default::default()
     }
@@ -656,7 +660,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     let mut map_ids: Vec<(String, u32)> = Vec::new();
     let exe_id = match &task.mm.exe {
         Some(x) => {
-            let id = file_id(&mut files, reg_entry(0, &x.path, 0, 0, x.mode, x.size));
+            let id = file_id(&mut files, mapped_entry(0, &x.path, 0, 0, x.mode, x.size, &x.build_id));
             map_ids.push((x.path.clone(), id));
             id
         }
@@ -665,7 +669,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
             if !map_ids.iter().any(|(p, _)| p == &f.path) {
-                let id = file_id(&mut files, reg_entry(0, &f.path, f.flags, 0, f.mode, f.size));
+                let id = file_id(&mut files, mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id));
                 map_ids.push((f.path.clone(), id));
             }
         }
@@ -930,7 +934,13 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         };
         let file = if kind == VmaKind::File {
             let r = reg(v.shmid as u32, "file mapping")?;
-            Some(MapFile { path: r.name.clone(), flags: v.fdflags.unwrap_or(0), size: r.size, mode: r.mode.unwrap_or(0) })
+            Some(MapFile {
+                path: r.name.clone(),
+                flags: v.fdflags.unwrap_or(0),
+                size: r.size,
+                mode: r.mode.unwrap_or(0),
+                build_id: r.build_id.clone(),
+            })
         } else {
             None
         };
@@ -985,7 +995,13 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         start_code: mme.mm_start_code, end_code: mme.mm_end_code, start_data: mme.mm_start_data, end_data: mme.mm_end_data,
         start_stack: mme.mm_start_stack, start_brk: mme.mm_start_brk, brk: mme.mm_brk, arg_start: mme.mm_arg_start,
         arg_end: mme.mm_arg_end, env_start: mme.mm_env_start, env_end: mme.mm_env_end, auxv: mme.mm_saved_auxv.clone(),
-        exe: Some(MapFile { path: exe.name.clone(), flags: 0, size: exe.size, mode: exe.mode.unwrap_or(0) }),
+        exe: Some(MapFile {
+            path: exe.name.clone(),
+            flags: 0,
+            size: exe.size,
+            mode: exe.mode.unwrap_or(0),
+            build_id: exe.build_id.clone(),
+        }),
         dumpable: mme.dumpable.unwrap_or(1) as u32,
         thp_disabled: mme.thp_disabled.unwrap_or(false),
         pages,

@@ -248,6 +248,9 @@ pub struct MapFile {
     pub flags: u32,
     pub size: Option<u64>,
     pub mode: u32,
+    /// GNU build-id of an ELF file (upstream's `reg.build_id` words), empty
+    /// when the file has none; restore refuses a file whose id changed.
+    pub build_id: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

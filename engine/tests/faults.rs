@@ -192,6 +192,43 @@ fn restore_faults_threads_host_pidns() {
     restore_faults("threads", Ns::Host, &["after-clone", "mid-mm", "mid-threads", "mid-threads@3", "before-detach"]);
 }
 
+/// A restore that fails by itself (not killed) after threads exist: the
+/// engine must clean up its half-built tree and exit 1, not hang reaping it
+/// (traced threads must be reaped before their leader).
+#[test]
+fn failing_restore_with_threads_cleans_up() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP failing restore: {r}");
+        return;
+    }
+    let tmp = test_dir("faults-fail-threads");
+    let criu = private_criu(&tmp);
+    let fx = Fixture::start("threads", &tmp, Ns::OwnPidNs);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&criu, &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
+    let t = fx.tick();
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(&criu)
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+        .arg(&img)
+        .env("CRIU_RS_FAULT_AT", "mid-threads:fail")
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+    assert_ne!(out.status.code(), Some(124), "restore hung cleaning up after a failure:\n{log}");
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("injected failure"), "{log}");
+    wait_until("nothing left after the failed restore", std::time::Duration::from_secs(5), || {
+        live_with_exe(&fx.bin).is_empty() && live_with_exe(&criu).is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(fx.tick(), t, "a half-restored process ran");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 // ---- corrupted images ----
 
 fn truncate(f: &Path, len: u64) {

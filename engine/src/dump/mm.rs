@@ -73,6 +73,7 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
             flags: if m.shared && m.w { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 },
             size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
             mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
+            build_id: super::elf::build_id_of(std::path::Path::new(&m.name)).unwrap_or_default(),
         }
     });
     Ok(Vma {
@@ -312,6 +313,7 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         env_end: proc::stat_field(&f, 51),
         auxv,
         exe: Some(MapFile {
+            build_id: super::elf::build_id_of(std::path::Path::new(&exe_path)).unwrap_or_default(),
             path: exe_path,
             flags: libc::O_RDONLY as u32,
             size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),

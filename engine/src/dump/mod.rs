@@ -3,6 +3,7 @@
 //! page contents are read from the still-frozen process through
 //! [`ProcessMem`](crate::mem_source::ProcessMem).
 
+pub mod elf;
 pub mod files;
 pub mod freeze;
 pub mod mm;

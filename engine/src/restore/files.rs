@@ -228,3 +228,25 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
     drop(ghosts);
     Ok(())
 }
+
+/// The files the image maps (executable, libraries, data files) must be the
+/// ones that were dumped: an ELF file whose GNU build-id was recorded must
+/// still have it (upstream's build-id validation). Checked in the engine
+/// before anything is forked.
+pub fn check_mapped_files(task: &Task, root_prefix: &str) -> Result<(), String> {
+    let files = task.mm.exe.iter().chain(task.mm.vmas.iter().filter_map(|v| v.file.as_ref()));
+    let mut seen: Vec<&str> = Vec::new();
+    for f in files {
+        if f.build_id.is_empty() || seen.contains(&f.path.as_str()) {
+            continue;
+        }
+        seen.push(&f.path);
+        let full = format!("{root_prefix}{}", f.path);
+        match crate::dump::elf::build_id_of(std::path::Path::new(&full)) {
+            Some(id) if id == f.build_id => {}
+            Some(_) => return Err(format!("File {full} has bad build-ID: it is not the file that was dumped")),
+            None => return Err(format!("File {full} has no build-ID (missing, unreadable or rebuilt without one)")),
+        }
+    }
+    Ok(())
+}

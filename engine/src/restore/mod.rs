@@ -67,7 +67,17 @@ impl Drop for RestoreGuard {
     fn drop(&mut self) {
         if !self.committed && self.pid > 0 {
             let _ = p::kill(self.pid, libc::SIGKILL);
-            let _ = ptrace::wait_flags(self.pid, 0);
+            // Threads we trace must be reaped (with __WALL) before their
+            // leader can be: waiting for the leader alone hangs when the
+            // tree had threads. Reap every child until the leader is gone
+            // (the engine has no other children during a restore).
+            for _ in 0..100_000 {
+                match ptrace::wait_any() {
+                    Ok((pid, ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) if pid == self.pid => break,
+                    Ok(_) => {}
+                    Err(_) => break, // ECHILD: nothing left
+                }
+            }
         }
     }
 }
@@ -133,6 +143,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
     pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
     creds::check_rlimits(task)?;
+    files::check_mapped_files(task, &plan.root_prefix).map_err(RestoreError::Unsupported)?;
     let child = match p::fork3(flags, &set_tid, libc::SIGCHLD) {
         Ok(Forked::Child) => child::child_main(&plan, task),
         Ok(Forked::Parent(c)) => c,
@@ -167,6 +178,9 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     for t in task.threads.iter().skip(1) {
         let tid = thread::create(&mut main, &sp, t.tid)?;
         crate::fault::point("mid-threads");
+        if crate::fault::fails("mid-threads") {
+            return Err(RestoreError::Unsupported("injected failure after the first thread (CRIU_RS_FAULT_AT)".into()));
+        }
         let mut ti = Injector::new(tid, sp.gadget).map_err(ioe(tid, "registers"))?;
         ti.base = main.base;
         injs.push((tid, ti, t));

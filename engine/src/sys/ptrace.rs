@@ -295,6 +295,32 @@ pub fn wait_flags(tid: Pid, flags: i32) -> io::Result<Option<Wait>> {
     }))
 }
 
+/// waitpid(-1, __WALL): the next child or tracee to change state, blocking;
+/// `Err(ECHILD)` when there is none left.
+pub fn wait_any() -> io::Result<(Pid, Wait)> {
+    let mut st = 0;
+    let r = loop {
+        // SAFETY: `st` is a valid out-pointer for the duration of the call.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::__WALL) };
+        if r < 0 {
+            let e = last_err();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        break r;
+    };
+    let w = if libc::WIFEXITED(st) {
+        Wait::Exited(libc::WEXITSTATUS(st))
+    } else if libc::WIFSIGNALED(st) {
+        Wait::Signaled(libc::WTERMSIG(st))
+    } else {
+        Wait::Stopped { sig: libc::WSTOPSIG(st), event: st >> 16 }
+    };
+    Ok((r, w))
+}
+
 /// get_robust_list(2) of another thread: (head, len).
 pub fn get_robust_list(tid: Pid) -> io::Result<(u64, u64)> {
     let mut head: u64 = 0;

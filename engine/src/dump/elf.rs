@@ -1,0 +1,124 @@
+//! The GNU build-id of an ELF file, as upstream records it in
+//! `reg_file_entry.build_id` (the note's bytes as little-endian u32 words)
+//! so that restore can tell a rebuilt binary from the dumped one. A pure
+//! reader over the file: no mapping, bounded reads, never a panic on a
+//! malformed file (it just has no build-id).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const PT_NOTE: u32 = 4;
+const NT_GNU_BUILD_ID: u32 = 3;
+/// Notes larger than this are not build-ids worth reading.
+const MAX_NOTE_SEGMENT: u64 = 1 << 16;
+
+fn u16_at(b: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+}
+
+/// Build-id words of the 64-bit little-endian ELF file `f`, if it has one.
+pub fn build_id(f: &File) -> Option<Vec<u32>> {
+    let mut eh = [0u8; 64];
+    f.read_exact_at(&mut eh, 0).ok()?;
+    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return None;
+    }
+    let phoff = u64_at(&eh, 32)?;
+    let phentsize = u64::from(u16_at(&eh, 54)?);
+    let phnum = u64::from(u16_at(&eh, 56)?);
+    if phentsize < 56 || phnum > 256 {
+        return None;
+    }
+    let mut ph = vec![0u8; usize::try_from(phentsize * phnum).ok()?];
+    f.read_exact_at(&mut ph, phoff).ok()?;
+    for i in 0..phnum as usize {
+        let p = &ph[i * phentsize as usize..];
+        if u32_at(p, 0)? != PT_NOTE {
+            continue;
+        }
+        let (off, size) = (u64_at(p, 8)?, u64_at(p, 32)?);
+        if size > MAX_NOTE_SEGMENT {
+            continue;
+        }
+        let mut notes = vec![0u8; size as usize];
+        f.read_exact_at(&mut notes, off).ok()?;
+        if let Some(id) = find_build_id(&notes) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// Walk the notes of one PT_NOTE segment for "GNU" / NT_GNU_BUILD_ID.
+fn find_build_id(notes: &[u8]) -> Option<Vec<u32>> {
+    let align4 = |x: usize| x.checked_add(3).map(|v| v & !3);
+    let mut o = 0usize;
+    while o + 12 <= notes.len() {
+        let namesz = u32_at(notes, o)? as usize;
+        let descsz = u32_at(notes, o + 4)? as usize;
+        let ty = u32_at(notes, o + 8)?;
+        let name_at = o + 12;
+        let desc_at = name_at.checked_add(align4(namesz)?)?;
+        let next = desc_at.checked_add(align4(descsz)?)?;
+        if next > notes.len() {
+            return None;
+        }
+        if ty == NT_GNU_BUILD_ID && notes.get(name_at..name_at + namesz)? == b"GNU\0" && descsz > 0 {
+            let desc = &notes[desc_at..desc_at + descsz];
+            return Some(
+                desc.chunks(4)
+                    .map(|c| {
+                        let mut w = [0u8; 4];
+                        w[..c.len()].copy_from_slice(c);
+                        u32::from_le_bytes(w)
+                    })
+                    .collect(),
+            );
+        }
+        o = next;
+    }
+    None
+}
+
+/// Build-id of the regular file at `path` (none if it is not an ELF file
+/// with one, or cannot be read).
+pub fn build_id_of(path: &Path) -> Option<Vec<u32>> {
+    let f = File::open(path).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    build_id(&f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_fixture_binary_has_the_recorded_build_id() {
+        // crit 4.2's files.json of the counter set records these words.
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/upstream/counter/fx-counter");
+        if !p.exists() {
+            eprintln!("SKIP: no fixture binary at {}", p.display());
+            return;
+        }
+        assert_eq!(build_id_of(&p), Some(vec![1541857710, 862450628, 3177806065, 3137925598, 3318226877]));
+    }
+
+    #[test]
+    fn non_elf_and_garbage_have_none() {
+        assert_eq!(find_build_id(&[0xff; 40]), None);
+        assert_eq!(find_build_id(&[]), None);
+        let p = std::env::temp_dir().join(format!("elf-test-{}", std::process::id()));
+        std::fs::write(&p, b"\x7fELF\x02\x01garbage").unwrap();
+        assert_eq!(build_id_of(&p), None);
+        std::fs::remove_file(&p).unwrap();
+    }
+}
