@@ -4,57 +4,12 @@
 //! keeps gaining `ok` ticks and never a FAIL. Needs root, gcc and unshare;
 //! otherwise each test prints SKIP with the reason and returns.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{build, last_tick, skip_reason, wait_until, CRIU};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-const CRIU: &str = env!("CARGO_BIN_EXE_criu");
-
-fn skip_reason() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2).unwrap_or("1").to_string()));
-    if uid.as_deref() != Some("0") {
-        return Some("needs root (ptrace of other processes, clone3 set_tid, PR_SET_MM_MAP)".into());
-    }
-    for tool in ["gcc", "unshare", "setsid"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
-            return Some(format!("{tool} not found"));
-        }
-    }
-    None
-}
-
-fn progs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs")
-}
-
-fn build(name: &str, out: &Path) -> PathBuf {
-    let bin = out.join(format!("fx-{name}"));
-    let st = Command::new("gcc")
-        .args(["-O2", "-static", "-o"])
-        .arg(&bin)
-        .arg(progs_dir().join(format!("{name}.c")))
-        .args(["-lpthread", "-lrt"])
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "building fx-{name}");
-    bin
-}
-
-fn last_tick(log: &Path) -> u64 {
-    let s = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(!s.contains("FAIL"), "fixture reported a failure:\n{s}");
-    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).last().unwrap_or(0)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use std::time::Duration;
 
 /// Pid (in our namespace) of the fixture: the child of `unshare`.
 fn fixture_pid(bin: &Path) -> i32 {

@@ -4,27 +4,13 @@
 //! them every tick. Tests touch the kernel and need root, gcc, unshare and
 //! setsid; without them each prints SKIP with the reason and returns.
 
+mod common;
+
+use common::{skip_reason, wait_until, CRIU};
 use engine::dump::mm;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const CRIU: &str = env!("CARGO_BIN_EXE_criu");
-
-fn skip_reason() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2).unwrap_or("1").to_string()));
-    if uid.as_deref() != Some("0") {
-        return Some("needs root (ptrace of other processes, clone3 set_tid, PR_SET_MM_MAP)".into());
-    }
-    for tool in ["gcc", "unshare", "setsid"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
-            return Some(format!("{tool} not found"));
-        }
-    }
-    None
-}
 
 fn build(out: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/memkinds.c");
@@ -38,14 +24,6 @@ fn ticks(log: &Path) -> u64 {
     let s = std::fs::read_to_string(log).unwrap_or_default();
     assert!(!s.contains("FAIL"), "memkinds reported a failure:\n{}", s.lines().filter(|l| l.contains("FAIL")).take(20).collect::<Vec<_>>().join("\n"));
     s.lines().filter(|l| l.ends_with(" ok")).count() as u64
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Kills the process when dropped.
