@@ -153,7 +153,7 @@ for prog in cp_test cp_bench; do
 		"$HERE/test/$prog.c" "$HERE/test/cp_util.c" \
 		|| { log "FAIL: building $prog"; echo "0 passed, 1 failed"; exit 1; }
 done
-# The Rust wrapper (engine/src/kmod.rs) against the real module, if cargo is here.
+# The Rust wrapper (engine/src/sys/kmod.rs) against the real module, if cargo is here.
 RUST_SMOKE=""
 if command -v cargo >/dev/null; then
 	if RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q \

@@ -3,7 +3,7 @@
  * UAPI of /dev/vma_cherrypick: take one VMA of a stopped process into the
  * caller copy-on-write, the way fork() copies it.
  *
- * Mirrored in Rust by engine/src/kmod.rs: keep the two in sync.
+ * Mirrored in Rust by engine/src/sys/kmod.rs: keep the two in sync.
  */
 #ifndef VMA_CHERRYPICK_H
 #define VMA_CHERRYPICK_H

@@ -1,8 +1,8 @@
-//! Runs engine/src/kmod.rs against /dev/vma_cherrypick in the test guest.
+//! Runs engine/src/sys/kmod.rs against /dev/vma_cherrypick in the test guest.
 //! `kmod-rust-smoke --no-module`: checks the clean fallback when absent.
 //! Prints `ok   - ...` / `FAIL - ...` lines; exit 0 when all pass.
 
-#[path = "../../../../engine/src/kmod.rs"]
+#[path = "../../../../engine/src/sys/kmod.rs"]
 #[allow(dead_code)]
 mod kmod;
 
