@@ -139,6 +139,7 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
             }
         }
         if let Some((fd, off)) = start {
+            populate(main, &batch);
             preadv_all(main, memf, fd, off, &batch, scratch).map_err(e(&format!("preadv of pages at {:#x}", batch[0].0)))?;
             by_preadv += batch.iter().map(|b| b.1).sum::<u64>();
             continue;
@@ -161,6 +162,27 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     }
     pr_info!("Restored {total} pages ({} by the target's preadv)", by_preadv / 4096);
     Ok(())
+}
+
+/// Pre-fault the pages a batch is about to be read into, with one injected
+/// `madvise(MADV_POPULATE_WRITE)` per contiguous stretch: allocating them in
+/// one call instead of one page fault per 4 KiB page during the `preadv`
+/// makes the fill ~25% faster here (docs/PERFORMANCE.md). It changes no VMA
+/// flag; where the kernel lacks it (before 5.14) the fill just faults.
+fn populate(main: &mut Injector, batch: &[(u64, u64)]) {
+    const MADV_POPULATE_WRITE: u64 = 23;
+    let mut i = 0;
+    while i < batch.len() {
+        let (start, mut len) = batch[i];
+        i += 1;
+        while i < batch.len() && batch[i].0 == start + len {
+            len += batch[i].1;
+            i += 1;
+        }
+        if let Err(err) = main.call("madvise", libc::SYS_madvise, &[start, len, MADV_POPULATE_WRITE]) {
+            crate::pr_debug!("MADV_POPULATE_WRITE {start:#x}+{len:#x}: {err}; the fill will fault instead");
+        }
+    }
 }
 
 /// Injected `preadv(fd, iov, n, off)` until all of `batch` (vaddr, len),
