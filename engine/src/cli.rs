@@ -37,7 +37,7 @@ const REFUSED_LONG: &[&str] = &[
     "log-pid", "evasive-devices", "veth-pair", "action-script", "link-remap", "file-locks", "page-server",
     "address", "port", "prev-images-dir", "ms", "track-mem", "auto-dedup", "libdir", "cpu-cap", "force-irmap",
     "ext-mount-map", "exec-cmd", "manage-cgroups", "cgroup-root", "inherit-fd", "feature", "skip-mnt",
-    "enable-fs", "enable-external-sharing", "enable-external-masters", "freeze-cgroup", "ghost-limit",
+    "enable-fs", "enable-external-sharing", "enable-external-masters", "ghost-limit",
     "irmap-scan-path", "lsm-profile", "lsm-mount-context", "timeout", "external", "empty-ns", "lazy-pages",
     "cgroup-props", "cgroup-props-file", "cgroup-dump-controller", "cgroup-yard", "skip-in-flight",
     "deprecated", "display-stats", "weak-sysctls", "status-fd", "tcp-close", "ps-socket", "remote",
@@ -102,6 +102,9 @@ struct Cli {
     /// Write the restored root task's pid here (relative to the work dir).
     #[arg(long = "pidfile", value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    /// dump: freeze this cgroup (v2 or v1 freezer) while seizing the tree.
+    #[arg(long = "freeze-cgroup", value_name = "PATH")]
+    freeze_cgroup: Option<PathBuf>,
     /// Allow a tree attached to a terminal (a shell job).
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
@@ -269,7 +272,7 @@ fn run_dump(cli: &Cli) -> Result<(), String> {
     pr_info!("Dumping processes (pid: {pid})");
     pr_info!("========================================");
     let t0 = std::time::Instant::now();
-    let (tree, mut frozen) = dump::collect(pid).map_err(|e| error_chain(&e))?;
+    let (tree, mut frozen) = dump::collect_with(pid, cli.freeze_cgroup.as_deref()).map_err(|e| error_chain(&e))?;
     check_ttys(&tree, cli.shell_job)?;
     let mem = ProcessMem::open(pid).map_err(|e| format!("opening memory of {pid}: {e}"))?;
     let run_id = format!("criu-rs-{}-{}", std::process::id(), t0.elapsed().as_nanos());

@@ -6,7 +6,6 @@
 use crate::sys::ptrace::{self, Regs, Wait};
 use crate::sys::Pid;
 use crate::{pr_debug, pr_info, pr_warn};
-use std::collections::BTreeMap;
 use std::io;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,28 +69,66 @@ impl Frozen {
     /// Seize and stop every thread of `pid`.
     pub fn freeze(pid: Pid) -> Result<Frozen, FreezeError> {
         let mut f = Frozen { pid, threads: Vec::new(), kill_on_release: false };
-        let mut seen: BTreeMap<Pid, ()> = BTreeMap::new();
+        f.seize_new_threads()?;
+        f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
+        Ok(f)
+    }
+
+    /// Seize and stop every thread of the process not yet held, until the
+    /// thread list is stable.
+    fn seize_new_threads(&mut self) -> Result<(), FreezeError> {
+        let pid = self.pid;
         loop {
             let tids = list_tids(pid).map_err(|e| FreezeError::List { pid, source: e })?;
-            let new: Vec<Pid> = tids.into_iter().filter(|t| !seen.contains_key(t)).collect();
+            let new: Vec<Pid> = tids.into_iter().filter(|t| !self.threads.iter().any(|x| x.tid == *t)).collect();
             if new.is_empty() {
-                break;
+                return Ok(());
             }
             for tid in new {
                 ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP)
                     .map_err(|e| FreezeError::Seize { tid, source: e })?;
-                seen.insert(tid, ());
                 // From here Drop detaches it, stopped or not.
-                f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
+                self.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
                 stop_one(tid)?;
                 let regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
-                let t = f.threads.last_mut().expect("just pushed");
+                let t = self.threads.last_mut().expect("just pushed");
                 t.regs = regs;
                 t.sigmask = sigmask;
                 pr_info!("Seized task {tid}");
             }
         }
+    }
+
+    /// Freeze `pid` whose cgroup is frozen (`--freeze-cgroup`): seize every
+    /// thread while nothing of it can run or clone, then `thaw` the cgroup
+    /// and stop the seized threads with PTRACE_INTERRUPT as [`Frozen::freeze`]
+    /// does (a thread created in between is picked up by the same loop).
+    pub fn freeze_frozen(pid: Pid, thaw: impl FnOnce() -> io::Result<()>) -> Result<Frozen, FreezeError> {
+        let tids = list_tids(pid).map_err(|e| FreezeError::List { pid, source: e })?;
+        let mut seized = Vec::with_capacity(tids.len());
+        for &tid in &tids {
+            if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP) {
+                for &t in &seized {
+                    let _ = ptrace::detach(t, 0);
+                }
+                return Err(FreezeError::Seize { tid, source: e });
+            }
+            seized.push(tid);
+        }
+        let mut f = Frozen { pid, threads: Vec::new(), kill_on_release: false };
+        for &tid in &seized {
+            f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
+        }
+        thaw().map_err(|e| FreezeError::Seize { tid: pid, source: e })?;
+        for i in 0..f.threads.len() {
+            let tid = f.threads[i].tid;
+            stop_one(tid)?;
+            f.threads[i].regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+            f.threads[i].sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+            pr_info!("Seized task {tid}");
+        }
+        f.seize_new_threads()?;
         f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
         Ok(f)
     }

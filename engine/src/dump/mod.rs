@@ -3,6 +3,7 @@
 //! page contents are read from the still-frozen process through
 //! [`ProcessMem`](crate::mem_source::ProcessMem).
 
+pub mod cgroup_freeze;
 pub mod elf;
 pub mod files;
 pub mod freeze;
@@ -28,6 +29,8 @@ pub enum DumpError {
     #[error(transparent)]
     Freeze(#[from] freeze::FreezeError),
     #[error(transparent)]
+    Cgroup(#[from] cgroup_freeze::CgroupError),
+    #[error(transparent)]
     Mm(#[from] mm::MmError),
     #[error(transparent)]
     Task(#[from] task::TaskError),
@@ -45,6 +48,12 @@ fn ns_last(status: &str, key: &str) -> Option<i32> {
 /// Freeze `pid` and collect its state. The returned guard keeps it frozen
 /// until dropped (then it runs on, or is killed if `kill_on_release` is set).
 pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
+    collect_with(pid, None)
+}
+
+/// [`collect`], freezing the cgroup at `freeze_cgroup` first if given
+/// (`--freeze-cgroup`).
+pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, Frozen), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
     }
@@ -52,7 +61,14 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
     pr_info!("========================================");
     pr_info!("Dumping processes (pid: {pid})");
     pr_info!("========================================");
-    let mut frozen = Frozen::freeze(pid)?;
+    let mut frozen = match freeze_cgroup {
+        None => Frozen::freeze(pid)?,
+        Some(cg) => {
+            let mut cgf = cgroup_freeze::CgroupFreeze::freeze(cg)?;
+            cgf.check_member(pid)?;
+            Frozen::freeze_frozen(pid, || cgf.thaw().map_err(io::Error::other))?
+        }
+    };
     crate::fault::point("after-freeze");
     let mut children = Vec::new();
     for t in &frozen.threads {
