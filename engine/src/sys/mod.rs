@@ -11,6 +11,7 @@ pub mod mmap;
 pub mod pagemap;
 pub mod process;
 pub mod ptrace;
+pub mod uffd;
 
 /// A kernel thread/process id as seen from the engine's pid namespace.
 pub type Pid = i32;

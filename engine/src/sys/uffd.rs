@@ -1,0 +1,82 @@
+//! userfaultfd for the restore fill: the target creates and registers the
+//! uffd (by injected syscalls, so it belongs to the target's mm), the engine
+//! takes a copy of it with pidfd_getfd(2) and fills the target's fresh
+//! anonymous memory with UFFDIO_COPY straight from its mmap of the pages
+//! file: the kernel allocates each page and copies into it without zeroing
+//! it first, and no page fault is taken per 4 KiB page.
+
+use super::{last_err, Pid};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
+pub const UFFDIO_API: u64 = 0xc018_aa3f;
+/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+pub const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+/// `_IOR(0xAA, 0x01, struct uffdio_range)`.
+pub const UFFDIO_UNREGISTER: u64 = 0x8010_aa01;
+/// `_IOWR(0xAA, 0x03, struct uffdio_copy)`.
+pub const UFFDIO_COPY: u64 = 0xc028_aa03;
+pub const UFFD_API: u64 = 0xaa;
+pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+/// pidfd_getfd(2): a duplicate of fd `target_fd` of the process `pidfd`.
+pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall on a pidfd we own; the result is checked and a
+    // non-negative value is a fresh fd that nothing else owns.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: `r` is a new fd returned by the kernel, owned by us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+/// UFFDIO_COPY `src` to `dst` in the uffd's mm, all of it (retrying the
+/// partial copies and EAGAIN the kernel may return).
+pub fn copy(uffd: &OwnedFd, dst: u64, src: &[u8], pid: Pid) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < src.len() {
+        let mut c = UffdioCopy { dst: dst + done as u64, src: src[done..].as_ptr() as u64, len: (src.len() - done) as u64, mode: 0, copy: 0 };
+        // SAFETY: `c` is a valid uffdio_copy for the duration of the call; the
+        // kernel reads `len` bytes from `src`, which `src[done..]` covers, and
+        // writes only into the target's (pid) registered range.
+        let r = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_COPY as _, &mut c) };
+        let e = if r < 0 { Some(last_err()) } else { None };
+        if c.copy > 0 {
+            done += c.copy as usize;
+            continue;
+        }
+        match e {
+            Some(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Some(e) => return Err(io::Error::new(e.kind(), format!("UFFDIO_COPY to {:#x} of {pid}: {e}", dst + done as u64))),
+            None => done = src.len(),
+        }
+    }
+    Ok(())
+}
+
+/// UFFDIO_UNREGISTER the range `start..start+len`.
+pub fn unregister(uffd: &OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut r = UffdioRange { start, len };
+    // SAFETY: `r` is a valid uffdio_range for the duration of the call.
+    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_UNREGISTER as _, &mut r) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
