@@ -53,17 +53,33 @@ const MADV_POPULATE_READ: i32 = 22;
 
 /// UFFDIO_COPY `src` to `dst` in the uffd's mm, all of it (retrying the
 /// partial copies and EAGAIN the kernel may return). `src` is a file
-/// mapping: each chunk of it is populated first with one
-/// MADV_POPULATE_READ (large reads of the file, no page fault per 4 KiB
-/// page in the engine); where that fails the copy faults the pages in.
+/// mapping: a second thread populates it ahead, chunk by chunk, with
+/// MADV_POPULATE_READ (large reads of the file, no page fault per 4 KiB page
+/// in the engine), so a cold file's disk reads overlap the copying; where
+/// the copy catches up or populating fails, the copy faults pages in itself.
 pub fn copy(uffd: &OwnedFd, dst: u64, src: &[u8], pid: Pid) -> io::Result<()> {
-    for (i, chunk) in src.chunks(CHUNK).enumerate() {
-        // SAFETY: madvise on memory of a live slice; MADV_POPULATE_READ only
-        // faults pages in, it never changes their contents or the mapping.
-        unsafe { libc::madvise(chunk.as_ptr() as *mut libc::c_void, chunk.len(), MADV_POPULATE_READ) };
-        copy_chunk(uffd, dst + (i * CHUNK) as u64, chunk, pid)?;
-    }
-    Ok(())
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let populated = AtomicUsize::new(0);
+    let chunks = src.len().div_ceil(CHUNK);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for chunk in src.chunks(CHUNK) {
+                // SAFETY: madvise on memory of a live slice; MADV_POPULATE_READ
+                // only faults pages in, it never changes contents or mappings.
+                unsafe { libc::madvise(chunk.as_ptr() as *mut libc::c_void, chunk.len(), MADV_POPULATE_READ) };
+                populated.fetch_add(1, Ordering::Release);
+            }
+        });
+        for (i, chunk) in src.chunks(CHUNK).enumerate() {
+            // Copy a chunk only once it is in: faulting a cold file mapping
+            // page by page is far slower than the populate's large reads.
+            while populated.load(Ordering::Acquire) <= i && i < chunks {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            copy_chunk(uffd, dst + (i * CHUNK) as u64, chunk, pid)?;
+        }
+        Ok(())
+    })
 }
 
 fn copy_chunk(uffd: &OwnedFd, dst: u64, src: &[u8], pid: Pid) -> io::Result<()> {
