@@ -382,9 +382,11 @@ fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<
         };
         fdinfo.push(pb::FdinfoEntry { id, flags: u32::from(fd.cloexec), r#type: ty as i32, fd: fd.fd as u32, xattr_security_selinux: None });
     }
-    if !task.pipe_data.is_empty() {
+    // As upstream: an empty pipe has no entry, and no pipes-data.img is
+    // written when no pipe holds bytes.
+    if task.pipe_data.iter().any(|d| !d.data.is_empty()) {
         let mut w = ImageWriter::create(dir, &mg::PIPES_DATA.file_name(""), &mg::PIPES_DATA)?;
-        for d in &task.pipe_data {
+        for d in task.pipe_data.iter().filter(|d| !d.data.is_empty()) {
             w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes: d.data.len() as u32, size: Some(d.size) })?;
             w.write_payload(&d.data)?;
         }

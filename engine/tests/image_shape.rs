@@ -165,15 +165,34 @@ fn shape(name: &str) {
         .expect("gcc");
     assert!(st.success(), "building fx-{name}");
     // as upstream's fixtures were started: pid 1 of a new pid namespace, session leader
-    let mut starter = Command::new("unshare")
-        .args(["--pid", "--fork", "setsid"])
-        .arg(&bin)
-        .current_dir(&work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start fixture");
+    // Upstream's harness left the fixture one inherited pipe, at fd 251;
+    // give ours the same fd set, whatever this test process inherited
+    // (cargo's jobserver pipe, say), so the images can be compared.
+    let (pipe_rd, pipe_wr) = {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into the 2-element array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
+        (fds[0], fds[1])
+    };
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "setsid"]).arg(&bin).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls (dup2, close_range) between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(pipe_rd, 251) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, 250u32, 0u32);
+            libc::syscall(libc::SYS_close_range, 252u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut starter = cmd.spawn().expect("start fixture");
+    // SAFETY: closing the pipe ends this process owns; the child has its copy.
+    unsafe {
+        libc::close(pipe_rd);
+        libc::close(pipe_wr);
+    }
     wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
     std::thread::sleep(Duration::from_millis(300));
     let mut pid = 0;
