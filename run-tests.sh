@@ -15,7 +15,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 cargo build --release --workspace
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast
 
 if [ -x kmod/test.sh ]; then
     kmod/test.sh

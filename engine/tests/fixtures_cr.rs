@@ -51,7 +51,7 @@ fn scenario(name: &str, leave_running: bool, cycles: usize) {
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
     let bin = build(name, &tmp);
-    Command::new("setsid")
+    common::only_stdio(&mut Command::new("setsid"))
         .args(["unshare", "--pid", "--fork"])
         .arg(&bin)
         .current_dir(&work)

@@ -11,35 +11,17 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const CRIU: &str = env!("CARGO_BIN_EXE_criu");
+mod common;
 
-fn skip_reason() -> Option<String> {
-    let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = st.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("1").to_string();
-    if uid != "0" {
-        return Some("needs root (ptrace of other processes)".into());
-    }
-    for tool in ["gcc", "unshare", "setsid"] {
-        if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
-            return Some(format!("{tool} not found"));
-        }
-    }
-    None
-}
+use common::{only_stdio, skip_reason, wait_until, CRIU};
+
 
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Every key path of a JSON text: `a.b`, arrays as `a.[].b`. A minimal
 /// reader (strings with escapes, objects, arrays, scalars) for crit's output.
@@ -175,15 +157,14 @@ fn shape(name: &str) {
         (fds[0], fds[1])
     };
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "setsid"]).arg(&bin).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls (dup2, close_range) between fork and exec.
+    only_stdio(&mut cmd).args(["--pid", "--fork", "setsid"]).arg(&bin).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it runs after only_stdio's hook, and
+    // the new fd 251 is not close-on-exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             if libc::dup2(pipe_rd, 251) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::syscall(libc::SYS_close_range, 3u32, 250u32, 0u32);
-            libc::syscall(libc::SYS_close_range, 252u32, u32::MAX, 0u32);
             Ok(())
         });
     }

@@ -59,7 +59,7 @@ fn start(name: &str, dense_mib: u64) -> Run {
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
     let bin = build(&tmp);
-    let mut child = Command::new("setsid")
+    let mut child = common::only_stdio(&mut Command::new("setsid"))
         .args(["unshare", "--pid", "--fork"])
         .arg(&bin)
         .arg(dense_mib.to_string())

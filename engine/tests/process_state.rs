@@ -11,41 +11,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const CRIU: &str = env!("CARGO_BIN_EXE_criu");
+mod common;
 
-fn skip_reason() -> Option<String> {
-    let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = st.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("1").to_string();
-    if uid != "0" {
-        return Some("needs root (setresuid/capabilities in the test program, ptrace)".into());
-    }
-    for tool in ["gcc", "unshare", "setsid"] {
-        if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
-            return Some(format!("{tool} not found"));
-        }
-    }
-    None
-}
+use common::{last_tick, only_stdio, skip_reason, wait_until, CRIU};
+
 
 fn log_text(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
-fn last_tick(log: &Path) -> u64 {
-    let s = log_text(log);
-    assert!(!s.contains("FAIL"), "the program reported a failure:\n{s}");
-    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).last().unwrap_or(0)
-}
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn find_pid(bin: &Path) -> i32 {
     let mut found = 0;
@@ -99,7 +76,7 @@ fn dump_restore(mode: &str) -> Option<(Run, PathBuf)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/pstate.c");
     let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).args(["-lpthread", "-lrt"]).status().expect("gcc");
     assert!(st.success(), "building pstate");
-    Command::new("setsid")
+    only_stdio(&mut Command::new("setsid"))
         .args(["unshare", "--pid", "--fork"])
         .arg(&bin)
         .arg(mode)

@@ -84,7 +84,7 @@ fn scenario(name: &str, leave_running: bool, cycles: usize) {
     let _ = std::fs::remove_dir_all(&tmp);
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let mut launcher = Command::new("unshare")
+    let mut launcher = common::only_stdio(&mut Command::new("unshare"))
         .args(["--pid", "--fork", "setsid", PYTHON, "-c", SCRIPT])
         .current_dir(&work)
         .stdin(Stdio::null())

@@ -117,6 +117,23 @@ pub fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string()
 }
 
+/// Leave the started program only its stdio: every other fd this test
+/// process inherited (cargo's jobserver pipe, a CI runner's socket) is
+/// marked close-on-exec, so what gets dumped does not depend on where the
+/// tests run.
+pub fn only_stdio(cmd: &mut Command) -> &mut Command {
+    // SAFETY: close_range is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            const CLOSE_RANGE_CLOEXEC: u32 = 4;
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// How the fixture is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ns {
@@ -142,7 +159,7 @@ impl Fixture {
         if ns == Ns::OwnPidNs {
             cmd.args(["unshare", "--pid", "--fork"]);
         }
-        let mut child = cmd.arg(&bin).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start fixture");
+        let mut child = only_stdio(&mut cmd).arg(&bin).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start fixture");
         // setsid forks when it is a process group leader; reap whatever exits
         std::thread::spawn(move || child.wait());
         wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());

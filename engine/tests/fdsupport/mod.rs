@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 pub const CRIU: &str = env!("CARGO_BIN_EXE_criu");
 
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::only_stdio;
+
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -97,7 +101,7 @@ impl Scene {
         let work = tmp.join("work");
         std::fs::create_dir_all(&work).unwrap();
         let bin = build(name, &tmp);
-        let launcher = Command::new("setsid")
+        let launcher = only_stdio(&mut Command::new("setsid"))
             .args(["unshare", "--pid", "--fork"])
             .arg(&bin)
             .current_dir(&work)
