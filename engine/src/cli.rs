@@ -274,11 +274,32 @@ fn run_dump(cli: &Cli) -> Result<(), String> {
     let t0 = std::time::Instant::now();
     let (tree, mut frozen) = dump::collect_with(pid, cli.freeze_cgroup.as_deref()).map_err(|e| error_chain(&e))?;
     check_ttys(&tree, cli.shell_job)?;
-    let mem = ProcessMem::open(pid).map_err(|e| format!("opening memory of {pid}: {e}"))?;
+    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() {
+        None
+    } else {
+        match dump::page_pump::PagePump::start(&frozen) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                pr_warn!("page pump of {pid} unavailable ({e}); reading its memory instead");
+                None
+            }
+        }
+    };
+    let plain;
+    let mem: &dyn crate::mem_source::MemSource = match &pump {
+        Some(p) => p,
+        None => {
+            plain = ProcessMem::open(pid).map_err(|e| format!("opening memory of {pid}: {e}"))?;
+            &plain
+        }
+    };
     let run_id = format!("criu-rs-{}-{}", std::process::id(), t0.elapsed().as_nanos());
     // images become visible only when complete (inventory last)
     let staging = dump::staging::Staging::new(&dir).map_err(|e| error_chain(&e))?;
-    images_io::write_images(&tree, staging.path(), &mem, &run_id).map_err(|e| error_chain(&e))?;
+    images_io::write_images(&tree, staging.path(), mem, &run_id).map_err(|e| error_chain(&e))?;
+    // the pump's pipe closed and its injection session ended before the
+    // images are published and the source is released
+    drop(pump);
     staging.publish().map_err(|e| error_chain(&e))?;
     if !cli.leave_running {
         frozen.kill_on_release = true;

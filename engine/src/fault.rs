@@ -13,7 +13,9 @@
 //! Points: dump `after-freeze`, `mid-inject` (a thread is inside an injected
 //! syscall, between its entry and exit stops), `mid-inject-thread` (the
 //! same, in a thread other than the main one), `after-parasite`,
-//! `mid-memory` (after the first page run is written), `before-inventory`;
+//! `mid-memory` (after the first page run is written), `mid-pump` (inside
+//! an injected vmsplice of the page pump, pipe fds open in the source),
+//! `before-inventory`;
 //! restore `after-clone`, `mid-mm` (half the VMAs mapped), `mid-threads`
 //! (after the first extra thread is created), `before-detach`.
 
@@ -27,6 +29,7 @@ pub const POINTS: &[&str] = &[
     "mid-inject-thread",
     "after-parasite",
     "mid-memory",
+    "mid-pump",
     "before-inventory",
     "after-clone",
     "mid-mm",

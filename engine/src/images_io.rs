@@ -684,7 +684,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO, &fdinfo)?;
     write_all(dir, &mg::FS.file_name(pid), &mg::FS, &[pb::FsEntry { cwd_id, root_id, umask: Some(task.fs.umask) }])?;
-    write_all(dir, &mg::IDS.file_name(pid), &mg::IDS, &[ids.clone()])?;
+    write_all(dir, &mg::IDS.file_name(pid), &mg::IDS, std::slice::from_ref(&ids))?;
     // mm
     let vmas = task
         .mm

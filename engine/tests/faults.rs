@@ -76,13 +76,19 @@ fn dump_faults(name: &str, points: &[&str]) {
         std::fs::create_dir_all(&dir).unwrap();
         let maps0 = maps(fx.pid);
         let masks0 = sigmasks(fx.pid);
+        let (fds0, cpus0) = (fd_links(fx.pid), cpu_masks(fx.pid));
         // without --leave-running: only a finished dump may kill the source
         let (st, log) = criu_env(&criu, &["dump", "-t", &p], &dir, "dump.log", &[("CRIU_RS_FAULT_AT", point)]);
         assert_killed(st, point, &log);
         fx.ticks_on(3, &format!("after the engine died at {point}"));
         assert!(alive(fx.pid), "{point}: source is gone");
         assert_eq!(sigmasks(fx.pid), masks0, "{point}: threads or signal masks changed");
-        let mid_inject = point.starts_with("mid-inject");
+        // the page pump's pipe fds closed and CPU mask put back by the source itself
+        assert_eq!(fd_links(fx.pid), fds0, "{point}: the source's fd table changed");
+        assert_eq!(cpu_masks(fx.pid), cpus0, "{point}: the source's CPU masks changed");
+        // an injection session (state collection, or the page pump during
+        // the memory copy) may leave its scratch mapping behind
+        let mid_inject = point.starts_with("mid-inject") || point.starts_with("mid-pump") || *point == "mid-memory" || *point == "before-inventory";
         leftovers += check_maps(&maps0, &maps(fx.pid), point, mid_inject);
         no_inventory(&dir, point);
         // the same point against the directory with the complete set
@@ -114,7 +120,7 @@ fn dump_faults(name: &str, points: &[&str]) {
 }
 
 const DUMP_POINTS: &[&str] =
-    &["after-freeze", "mid-inject", "mid-inject@40", "after-parasite", "mid-memory", "before-inventory"];
+    &["after-freeze", "mid-inject", "mid-inject@40", "after-parasite", "mid-pump", "mid-pump@2", "mid-memory", "before-inventory"];
 
 #[test]
 fn dump_faults_counter() {

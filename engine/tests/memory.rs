@@ -181,6 +181,15 @@ fn memkinds_layout_and_contents_survive() {
         std::fs::create_dir_all(&dir).unwrap();
         criu(&["dump", "-t", &pid.to_string()], &dir, "dump.log");
         run.proc.0 = 0;
+        // the page pump (vmsplice) copied the memory; the PROT_NONE pages
+        // holding data, which vmsplice can't take, went the forced way
+        let dlog = std::fs::read_to_string(dir.join("dump.log")).unwrap();
+        let forced: u64 = dlog
+            .lines()
+            .filter_map(|l| l.split("page pump: ").nth(1)?.split(", ").nth(2)?.split(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert!(dlog.contains("page pump:"), "the page pump was not used:\n{dlog}");
+        assert!(forced >= 2 * 4096, "only {forced} bytes read the forced way; the PROT_NONE data is 2 pages:\n{dlog}");
         assert!(
             std::fs::read_dir(&dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("pagemap-shmem-")),
             "no pagemap-shmem image"

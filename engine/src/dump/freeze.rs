@@ -36,6 +36,9 @@ pub struct Frozen {
     pub threads: Vec<FrozenThread>,
     /// Kill the process instead of letting it run when dropped.
     pub kill_on_release: bool,
+    /// A `syscall` instruction in the process's text, for starting
+    /// injection sessions ([`super::parasite::find_gadget`]); 0 until found.
+    pub gadget: u64,
 }
 
 fn list_tids(pid: Pid) -> io::Result<Vec<Pid>> {
@@ -68,7 +71,7 @@ fn stop_one(tid: Pid) -> Result<(), FreezeError> {
 impl Frozen {
     /// Seize and stop every thread of `pid`.
     pub fn freeze(pid: Pid) -> Result<Frozen, FreezeError> {
-        let mut f = Frozen { pid, threads: Vec::new(), kill_on_release: false };
+        let mut f = Frozen { pid, threads: Vec::new(), kill_on_release: false, gadget: 0 };
         f.seize_new_threads()?;
         f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
         Ok(f)
@@ -116,7 +119,7 @@ impl Frozen {
             }
             seized.push(tid);
         }
-        let mut f = Frozen { pid, threads: Vec::new(), kill_on_release: false };
+        let mut f = Frozen { pid, threads: Vec::new(), kill_on_release: false, gadget: 0 };
         for &tid in &seized {
             f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
         }

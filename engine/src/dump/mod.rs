@@ -8,6 +8,7 @@ pub mod elf;
 pub mod files;
 pub mod freeze;
 pub mod mm;
+pub mod page_pump;
 pub mod parasite;
 pub mod proc;
 pub mod staging;
@@ -91,6 +92,7 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
         .map(|v| (v.start, v.end))
         .collect();
     let gadget = parasite::find_gadget(pid, frozen.threads[0].regs.ip, &exec).map_err(io_err("syscall gadget"))?;
+    frozen.gadget = gadget;
     task::fixup_rseq_all(pid, &mut frozen)?;
     let mut par = Parasite::start(&frozen, gadget).map_err(io_err("parasite session"))?;
     let brk = par.call(pid, "brk", libc::SYS_brk, &[0]).map_err(io_err("brk"))?;

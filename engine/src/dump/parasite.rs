@@ -41,10 +41,49 @@ use std::os::unix::fs::FileExt;
 pub const SCRATCH_LEN: u64 = 16 * 4096;
 /// The code page in front of the data area.
 const CODE_LEN: u64 = 4096;
-/// `syscall; mov $15,%eax; syscall`.
-const CODE: [u8; 9] = [0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
 /// Offset of the `syscall` a parked thread sits on (with rax = 15).
 const PARK_OFF: u64 = 7;
+/// Scratch offset of the two fds ([`Parasite::pump_call`]) that the
+/// cleanup code closes: the last 8 bytes of the data area.
+pub const PUMP_FDS_OFF: u64 = SCRATCH_LEN - 8;
+/// Scratch offset of the CPU mask (1024 bits) the cleanup gives the main
+/// thread back ([`Parasite::arm_pump`]).
+pub const PUMP_MASK_OFF: u64 = PUMP_FDS_OFF - 128;
+/// Offset of the `syscall` of a pump call: its fall-through is the cleanup.
+const PUMP_CALL_OFF: u64 = 9;
+/// Offset of the cleanup: close the two fds at [`PUMP_FDS_OFF`], put back
+/// the CPU mask at [`PUMP_MASK_OFF`], then `rt_sigreturn`.
+const CLEANUP_OFF: u64 = 11;
+/// Syscalls in the cleanup before its `rt_sigreturn`.
+const CLEANUP_SYSCALLS: usize = 3;
+/// The code page:
+/// - 0: `syscall; mov $15,%eax; syscall` (a plain call, falling into
+///   `rt_sigreturn`, where parked threads sit at [`PARK_OFF`]);
+/// - 9: `syscall` (a pump call), falling into
+/// - 11: the cleanup: `mov fd0(%rip),%edi; mov $3,%eax; syscall;
+///   mov fd1(%rip),%edi; mov $3,%eax; syscall; xor %edi,%edi;
+///   mov $128,%esi; lea mask(%rip),%rdx; mov $203,%eax; syscall;
+///   mov $15,%eax; syscall`: close(fd0), close(fd1),
+///   sched_setaffinity(0, 128, mask), rt_sigreturn.
+const CODE: [u8; 65] = {
+    let fd0 = (CODE_LEN + PUMP_FDS_OFF - 17) as u32;
+    let fd1 = (CODE_LEN + PUMP_FDS_OFF + 4 - 30) as u32;
+    let mask = (CODE_LEN + PUMP_MASK_OFF - 51) as u32;
+    let (a, b, m) = (fd0.to_le_bytes(), fd1.to_le_bytes(), mask.to_le_bytes());
+    [
+        0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, // plain call, park
+        0x0f, 0x05, // 9: pump call
+        0x8b, 0x3d, a[0], a[1], a[2], a[3], // 11: mov fd0(%rip),%edi
+        0xb8, 0x03, 0x00, 0x00, 0x00, 0x0f, 0x05, // 17: close
+        0x8b, 0x3d, b[0], b[1], b[2], b[3], // 24: mov fd1(%rip),%edi
+        0xb8, 0x03, 0x00, 0x00, 0x00, 0x0f, 0x05, // 30: close
+        0x31, 0xff, // 37: xor %edi,%edi
+        0xbe, 0x80, 0x00, 0x00, 0x00, // 39: mov $128,%esi
+        0x48, 0x8d, 0x15, m[0], m[1], m[2], m[3], // 44: lea mask(%rip),%rdx
+        0xb8, 0xcb, 0x00, 0x00, 0x00, 0x0f, 0x05, // 51: sched_setaffinity
+        0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, // 58: rt_sigreturn
+    ]
+};
 const NR_RT_SIGRETURN: u64 = 15;
 
 /// Size of `struct rt_sigframe` on x86_64: pretcode, ucontext, siginfo.
@@ -287,6 +326,70 @@ impl Parasite {
         Ok(step(tid, &r, points)?.ax as i64)
     }
 
+    /// The main thread (the one pump calls run in).
+    pub fn main_tid(&self) -> Pid {
+        self.order[0]
+    }
+
+    /// Write `bytes` at scratch offset `off`.
+    pub fn write(&self, off: u64, bytes: &[u8]) -> io::Result<()> {
+        self.mem.write_all_at(bytes, self.scratch + off)
+    }
+
+    /// Arm the pump cleanup: the main thread's CPU mask is saved at
+    /// [`PUMP_MASK_OFF`], the two fd slots at [`PUMP_FDS_OFF`] are set to
+    /// -1 (closing -1 is harmless) and the main thread is parked on the
+    /// cleanup, so that from here an engine that dies makes the thread close
+    /// whatever fds a pump call put there and take its own CPU mask back
+    /// before it `rt_sigreturn`s. Then the thread is moved to `cpu` (where
+    /// the engine runs: an injected call then costs no cross-CPU wakeups).
+    pub fn arm_pump(&mut self, cpu: Option<usize>) -> io::Result<()> {
+        let tid = self.order[0];
+        let mask = crate::sys::process::sched_getaffinity(tid)?;
+        let bytes: Vec<u8> = mask.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.write(PUMP_MASK_OFF, &bytes)?;
+        self.write(PUMP_FDS_OFF, &[0xff; 8])?;
+        let code = self.code;
+        let s = self.threads.get_mut(&tid).expect("main thread");
+        s.parked.ip = code + CLEANUP_OFF;
+        ptrace::set_regs(tid, &s.parked)?;
+        if let Some(c) = cpu.filter(|&c| c < 1024 && mask[c / 64] & (1 << (c % 64)) != 0) {
+            let mut one = [0u64; 16];
+            one[c / 64] = 1 << (c % 64);
+            if let Err(e) = crate::sys::process::sched_setaffinity(tid, &one) {
+                crate::pr_debug!("can't move thread {tid} to CPU {c}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Run syscall `nr` in the main thread from the pump-call `syscall`,
+    /// whose fall-through (a dead engine) is the cleanup; after the exit
+    /// stop the thread is parked on the cleanup again. The raw result.
+    pub fn pump_call(&mut self, nr: i64, args: &[u64]) -> io::Result<i64> {
+        let tid = self.order[0];
+        let mut r = call_regs(&self.threads[&tid].parked, nr, args);
+        r.ip = self.code + PUMP_CALL_OFF;
+        Ok(step(tid, &r, &["mid-pump"])?.ax as i64)
+    }
+
+    /// Disarm: run the cleanup's closes and its sched_setaffinity in the
+    /// main thread (a dead engine midway lets the thread finish them
+    /// itself), then park it on the plain `rt_sigreturn` again.
+    pub fn disarm_pump(&mut self) -> io::Result<()> {
+        let tid = self.order[0];
+        let mut r = self.threads[&tid].parked;
+        r.ip = self.code + CLEANUP_OFF;
+        for _ in 0..CLEANUP_SYSCALLS {
+            r = step(tid, &r, &[])?;
+        }
+        let code = self.code;
+        let s = self.threads.get_mut(&tid).expect("main thread");
+        s.parked.ip = code + PARK_OFF;
+        s.parked.ax = NR_RT_SIGRETURN;
+        ptrace::set_regs(tid, &s.parked)
+    }
+
     /// Read `len` bytes at scratch offset `off`.
     pub fn read(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut v = vec![0u8; len];
@@ -352,6 +455,11 @@ impl Drop for Parasite {
             }
         }
         let Some(&main) = self.order.first() else { return };
+        if self.code != 0 && self.threads[&main].parked.ip == self.code + CLEANUP_OFF {
+            if let Err(e) = self.disarm_pump() {
+                crate::pr_warn!("can't close the pump fds in {}: {e}", self.pid);
+            }
+        }
         if self.code != 0 {
             // the last window: once the page is gone the main thread must get
             // its own registers before it runs again

@@ -280,6 +280,74 @@ pub fn write_fd(fd: i32, buf: &[u8]) {
     unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
 }
 
+/// Copy `buf.len()` bytes at `remote` in `pid`'s address space into `buf`
+/// (process_vm_readv, one iovec each side); the count read, which stops
+/// short at the first page the caller may not read (PROT_NONE, unmapped).
+pub fn vm_read(pid: Pid, remote: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let rem = libc::iovec { iov_base: remote as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes `buf`, writable for its whole length and
+    // borrowed mutably for the call; `rem` names memory of another process,
+    // which the kernel checks and never dereferences in ours.
+    let r = unsafe { libc::process_vm_readv(pid, &local, 1, &rem, 1, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// A duplicate of fd `target_fd` of the process behind `pidfd`
+/// (pidfd_getfd; needs ptrace access to it), close-on-exec.
+pub fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, target_fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: plain syscall on a borrowed pidfd; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Move up to `len` bytes from pipe `from` into `to` at file offset `*off`
+/// (splice; `*off` advances). The count moved, 0 at the pipe's end.
+pub fn splice_to_file(from: i32, to: i32, off: &mut i64, len: usize) -> io::Result<usize> {
+    // SAFETY: `off` is a valid, exclusively borrowed loff_t for the call;
+    // the input offset is NULL (a pipe has none).
+    let r = unsafe { libc::splice(from, std::ptr::null_mut(), to, off as *mut i64, len, libc::SPLICE_F_MOVE) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// CPU mask (1024 CPUs) of thread `tid` (0: the calling thread).
+pub fn sched_getaffinity(tid: Pid) -> io::Result<[u64; 16]> {
+    let mut m = [0u64; 16];
+    // SAFETY: the kernel writes at most 128 bytes, the size of `m`.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getaffinity, tid, std::mem::size_of_val(&m), m.as_mut_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(m)
+}
+
+/// Set the CPU mask of thread `tid` (0: the calling thread).
+pub fn sched_setaffinity(tid: Pid, mask: &[u64; 16]) -> io::Result<()> {
+    // SAFETY: the kernel reads 128 bytes, the size of `mask`.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setaffinity, tid, std::mem::size_of_val(mask), mask.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The CPU the calling thread runs on.
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: no arguments, no memory.
+    usize::try_from(unsafe { libc::sched_getcpu() }).ok()
+}
+
 /// Close every fd except those in `keep` (close_range over the gaps).
 pub fn close_all_except(keep: &[i32]) {
     let mut k: Vec<i32> = keep.to_vec();

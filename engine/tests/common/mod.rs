@@ -113,6 +113,35 @@ pub fn maps(pid: i32) -> Vec<String> {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().lines().map(str::to_string).collect()
 }
 
+/// Every open fd of `pid` with what it points to, sorted.
+pub fn fd_links(pid: i32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let fd = e.file_name().to_str()?.parse().ok()?;
+                    Some((fd, std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `Cpus_allowed_list` of every thread of `pid`, by tid.
+pub fn cpu_masks(pid: i32) -> Vec<(i32, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else { continue };
+        let st = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let m = st.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim().to_string();
+        v.push((tid, m));
+    }
+    v.sort();
+    v
+}
+
 pub fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string()
 }

@@ -11,7 +11,11 @@
 //! time with the /proc/PID/mem fill (`CRIU_RS_FILL=mem`) instead of the
 //! target's own preadv, for a same-run comparison.
 //!
-//! `cr-bench [--criu PATH] [--sizes 64,256,1024,4096] [--threads 1,16] [--dir DIR] [--runs N] [--compare-fill]`
+//! With `--compare-dump` each row also dumps a second, fresh workload with
+//! the two-copy read path (`CRIU_RS_DUMP_READ=vm`) instead of the vmsplice
+//! page pump.
+//!
+//! `cr-bench [--criu PATH] [--sizes 64,256,1024,4096] [--threads 1,16] [--dir DIR] [--runs N] [--compare-fill] [--compare-dump]`
 
 use std::fs;
 use std::io::Write;
@@ -27,6 +31,9 @@ struct Opts {
     runs: usize,
     /// Also restore a second time with the /proc/PID/mem fill (CRIU_RS_FILL=mem).
     compare_fill: bool,
+    /// Also dump a second, fresh workload with the two-copy read path
+    /// (CRIU_RS_DUMP_READ=vm) instead of the vmsplice page pump.
+    compare_dump: bool,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -42,6 +49,7 @@ fn opts() -> Opts {
         dir: PathBuf::from("/tmp/cr-bench"),
         runs: 1,
         compare_fill: false,
+        compare_dump: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -55,6 +63,11 @@ fn opts() -> Opts {
             "--runs" => o.runs = v.parse().unwrap_or(1),
             "--compare-fill" => {
                 o.compare_fill = true;
+                i += 1;
+                continue;
+            }
+            "--compare-dump" => {
+                o.compare_dump = true;
                 i += 1;
                 continue;
             }
@@ -162,6 +175,7 @@ struct Row {
     dump: Option<Duration>,
     restore: Option<Duration>,
     restore_mem: Option<Duration>,
+    dump_read: Option<Duration>,
     note: String,
 }
 
@@ -176,6 +190,7 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
         dump: None,
         restore: None,
         restore_mem: None,
+        dump_read: None,
         note: String::new(),
     };
     let work = o.dir.join(format!("w-{mib}-{threads}"));
@@ -296,7 +311,53 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
         }
     }
     let _ = fs::remove_dir_all(&imgs);
+    if o.compare_dump {
+        row.dump_read = dump_only(o, memhog, mib, threads, &[("CRIU_RS_DUMP_READ", "vm")]);
+    }
     row
+}
+
+/// Start a fresh workload and time one dump of it with `env`; no restore.
+fn dump_only(o: &Opts, memhog: &Path, mib: usize, threads: usize, env: &[(&str, &str)]) -> Option<Duration> {
+    let work = o.dir.join(format!("w2-{mib}-{threads}"));
+    let imgs = o.dir.join(format!("img2-{mib}-{threads}"));
+    let _ = fs::remove_dir_all(&work);
+    let _ = fs::remove_dir_all(&imgs);
+    fs::create_dir_all(&work).ok()?;
+    fs::create_dir_all(&imgs).ok()?;
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "setsid"])
+        .arg(memhog)
+        .arg(mib.to_string())
+        .arg(threads.to_string())
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let pid = if wait_for(&work.join("ready"), Duration::from_secs(120)) { ns_init_pid(child.id()) } else { None };
+    let Some(pid) = pid else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut cmd = Command::new(&o.criu);
+    cmd.args(["dump", "-t", &pid.to_string(), "-D"]).arg(&imgs).args(["-o", "dump.log"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let t = Instant::now();
+    let ok = cmd.status().is_ok_and(|s| s.success());
+    let d = t.elapsed();
+    let _ = child.wait();
+    if !ok {
+        kill_tree(pid);
+    }
+    let _ = fs::remove_dir_all(&imgs);
+    let _ = fs::remove_dir_all(&work);
+    ok.then_some(d)
 }
 
 fn main() {
@@ -305,8 +366,8 @@ fn main() {
     let memhog = build_memhog(&o.dir);
     println!("# cr-bench: criu = {}", o.criu.display());
     println!();
-    println!("| MiB | threads | memcpy GB/s | write GB/s | dump s | dump GB/s | dump/memcpy | dump/write | restore s | restore GB/s | restore s, /proc/PID/mem fill | vs upstream dump (1 s/GiB) | vs upstream restore (0.5 s/GiB) | note |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| MiB | threads | memcpy GB/s | write GB/s | dump s | dump GB/s | dump/memcpy | dump/write | dump s, two-copy read | restore s | restore GB/s | restore s, /proc/PID/mem fill | upstream/ours, dump (1 s/GiB) | upstream/ours, restore (0.5 s/GiB) | note |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &mib in &o.sizes {
         let bytes = mib << 20;
         let mc = memcpy_baseline(bytes);
@@ -322,10 +383,10 @@ fn main() {
                     d.map_or("-".to_string(), |d| format!("{:.2}", gbps(bytes, d)))
                 };
                 let up_dump = r.dump.map_or("-".into(), |d| {
-                    format!("{:.1}x faster", gib * 1.0 / d.as_secs_f64())
+                    format!("{:.2}x", gib * 1.0 / d.as_secs_f64())
                 });
                 let up_rest = r.restore.map_or("-".into(), |d| {
-                    format!("{:.1}x faster", gib * 0.5 / d.as_secs_f64())
+                    format!("{:.2}x", gib * 0.5 / d.as_secs_f64())
                 });
                 let ratio = r.dump.map_or("-".into(), |d| {
                     format!("{:.2}", gbps(bytes, d) / gbps(bytes, mc))
@@ -334,7 +395,7 @@ fn main() {
                     format!("{:.2}", gbps(bytes, d) / gbps(bytes, wr))
                 });
                 println!(
-                    "| {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.mib,
                     r.threads,
                     gbps(bytes, mc),
@@ -343,6 +404,7 @@ fn main() {
                     rate(r.dump),
                     ratio,
                     wratio,
+                    f(r.dump_read),
                     f(r.restore),
                     rate(r.restore),
                     f(r.restore_mem),
