@@ -118,7 +118,7 @@ impl MemSource for ProcessMem {
         })
     }
 
-    /// Two stages on two threads: this one preads /proc/PID/mem into one of
+    /// Two stages on two threads: this one reads the process (see `read`) into one of
     /// three chunk buffers while a writer thread pwrites the previous chunk
     /// to the pages file (the two copies overlap instead of adding up).
     fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {

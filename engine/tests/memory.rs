@@ -186,7 +186,7 @@ fn memkinds_layout_and_contents_survive() {
         let dlog = std::fs::read_to_string(dir.join("dump.log")).unwrap();
         let forced: u64 = dlog
             .lines()
-            .filter_map(|l| l.split("page pump: ").nth(1)?.split(", ").nth(2)?.split(' ').next()?.parse::<u64>().ok())
+            .filter_map(|l| l.split("page pump: ").nth(1)?.rsplit("; ").next()?.strip_suffix(" bytes read the forced way")?.parse::<u64>().ok())
             .sum();
         assert!(dlog.contains("page pump:"), "the page pump was not used:\n{dlog}");
         assert!(forced >= 2 * 4096, "only {forced} bytes read the forced way; the PROT_NONE data is 2 pages:\n{dlog}");

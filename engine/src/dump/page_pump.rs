@@ -1,18 +1,23 @@
 //! One-copy page dump: the frozen process `vmsplice`s its own pages into a
 //! pipe (an injected syscall: the pipe references the pages, nothing is
-//! copied) and the engine `splice`s the pipe into the pages file (the one
-//! copy, into the page cache). Against reading the pages through
+//! copied) and an engine thread `splice`s the pipe into the pages file (the
+//! one copy, into the page cache); two pipes, one filled while the other is
+//! drained. Against reading the pages through
 //! process_vm_readv or /proc/PID/mem into a buffer and writing that, it
-//! saves a copy and the remote page-table walk of the read; on this 2-vCPU
-//! VM the reader and writer threads of the two-copy path also slow each
-//! other down 3x (docs/PERFORMANCE.md).
+//! saves a copy and the remote page-table walk of the read
+//! (docs/PERFORMANCE.md, "Dump and restore").
 //!
-//! The pipe is made in the source (`pipe2`), and the engine takes a
-//! duplicate of its read end with `pidfd_getfd`. While the pipe's two fds
+//! Not O_DIRECT: splicing the source's pages straight to the disk (no copy
+//! at all) ran at a steady 1.2-1.4 GB/s here, but this VM's disk failed such
+//! writes with EIO (`I/O error, dev vda ... phys_seg 12`) for some source
+//! pages, so the pages file is always written through the page cache.
+//!
+//! The pipes are made in the source (`pipe2`), and the engine takes
+//! duplicates of their read ends with `pidfd_getfd`. While the pipes' fds
 //! live in the source, its main thread is parked on the parasite's cleanup
-//! code (close both, then `rt_sigreturn`): an engine that dies anywhere
-//! leaves the source with its own fd table and registers
-//! ([`Parasite::arm_pump`]).
+//! code (close them, put back its CPU mask, then `rt_sigreturn`): an engine
+//! that dies anywhere leaves the source with its own fd table, CPU mask and
+//! registers ([`Parasite::arm_pump`]).
 //!
 //! Pages that `vmsplice` can't take (PROT_NONE or otherwise unreadable to
 //! their owner) fall back to [`ProcessMem`] for that piece; a source where
@@ -20,7 +25,7 @@
 //! by [`ProcessMem`] alone.
 
 use super::freeze::Frozen;
-use super::parasite::{Parasite, PUMP_FDS_OFF};
+use super::parasite::{Parasite, PUMP_FDS, PUMP_FDS_OFF};
 use crate::mem_source::{MemError, MemSource, ProcessMem};
 use crate::sys::{process as p, Pid, PAGE_SIZE};
 use std::cell::RefCell;
@@ -28,25 +33,34 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc;
+use std::sync::{mpsc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// At most this many iovecs per vmsplice (one scratch page of them).
 const MAX_IOVS: usize = 256;
+/// Pipes in the source (each takes two of the parasite's fd slots): two,
+/// filled and drained in turn.
+const PIPES: usize = PUMP_FDS / 2;
+
+/// One pipe of the pump: the engine's read end, the source's write end.
+struct Pipe {
+    rd: OwnedFd,
+    wr: i32,
+}
 
 /// The source's memory, dumped through a vmsplice pump.
 pub struct PagePump {
     pid: Pid,
     par: RefCell<Parasite>,
     mem: ProcessMem,
-    /// The engine's duplicate of the pipe's read end.
-    rd: OwnedFd,
-    /// The write end's number in the source.
-    wr: i32,
-    /// Bytes one vmsplice may put in the pipe (its capacity).
+    pipes: Vec<Pipe>,
+    /// Bytes one pipe holds (the same for all).
     cap: usize,
     /// The engine thread's CPU mask before the pump pinned it.
     engine_mask: [u64; 16],
+    /// Where the splicers run: the engine's CPUs but the pinned one (all of
+    /// them when that is the only one).
+    splice_mask: [u64; 16],
 }
 
 impl Drop for PagePump {
@@ -57,19 +71,16 @@ impl Drop for PagePump {
     }
 }
 
-/// Runs `f` when dropped (an early return of [`PagePump::start`]).
-struct Guard<F: FnMut()>(F);
-impl<F: FnMut()> Drop for Guard<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
-fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
-    Guard(f)
-}
-
 fn other(what: String) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// The engine thread back on its own CPUs if [`PagePump::start`] fails.
+struct Unpin([u64; 16]);
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = p::sched_setaffinity(0, &self.0);
+    }
 }
 
 impl PagePump {
@@ -82,37 +93,55 @@ impl PagePump {
         // call is then a local switch, not a wakeup of an idle vCPU
         // (0.05 ms instead of 0.27 ms per call here)
         let engine_mask = p::sched_getaffinity(0)?;
+        let unpin = Unpin(engine_mask);
         let cpu = p::current_cpu();
         if let Some(c) = cpu {
             let mut one = [0u64; 16];
             one[c / 64] |= 1 << (c % 64);
             let _ = p::sched_setaffinity(0, &one);
         }
-        let pump_mask = engine_mask;
-        let restore_engine = scopeguard(move || {
-            let _ = p::sched_setaffinity(0, &pump_mask);
-        });
         par.arm_pump(cpu)?;
-        let r = par.pump_call(libc::SYS_pipe2, &[par.scratch + PUMP_FDS_OFF, libc::O_CLOEXEC as u64])?;
-        crate::sys::check_raw(r).map_err(other(format!("injected pipe2 in {pid}")))?;
-        let fds = par.read(PUMP_FDS_OFF, 8)?;
-        let rd_t = i32::from_le_bytes(fds[0..4].try_into().expect("4 bytes"));
-        let wr = i32::from_le_bytes(fds[4..8].try_into().expect("4 bytes"));
         let pidfd = p::pidfd_open(pid).map_err(other(format!("pidfd_open({pid})")))?;
-        let rd = p::pidfd_getfd(&pidfd, rd_t).map_err(other(format!("pidfd_getfd of fd {rd_t} of {pid}")))?;
         // the biggest pipe an unprivileged owner may have; the default
         // (64 KiB) if even that is refused (pipe-user-pages-soft)
         let max: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
-        let _ = p::syscall6(libc::SYS_fcntl, [rd.as_raw_fd() as u64, libc::F_SETPIPE_SZ as u64, max, 0, 0, 0]);
-        let cap = p::syscall6(libc::SYS_fcntl, [rd.as_raw_fd() as u64, libc::F_GETPIPE_SZ as u64, 0, 0, 0, 0])
-            .map_err(other(format!("F_GETPIPE_SZ of the pump pipe of {pid}")))? as usize;
-        crate::pr_debug!("page pump of {pid}: pipe fds {rd_t},{wr} in the source, {cap} bytes");
-        std::mem::forget(restore_engine);
-        Ok(PagePump { pid, par: RefCell::new(par), mem, rd, wr, cap: cap.min(MAX_IOVS * PAGE_SIZE as usize), engine_mask })
+        let mut pipes = Vec::new();
+        let mut cap = usize::MAX;
+        for k in 0..PIPES {
+            let slot = PUMP_FDS_OFF + 8 * k as u64;
+            let r = par.pump_call(libc::SYS_pipe2, &[par.scratch + slot, libc::O_CLOEXEC as u64])?;
+            if let Err(e) = crate::sys::check_raw(r) {
+                if k == 0 {
+                    return Err(other(format!("injected pipe2 in {pid}"))(e));
+                }
+                crate::pr_debug!("page pump of {pid}: pipe {k} refused ({e}); going on with {k}");
+                break;
+            }
+            let fds = par.read(slot, 8)?;
+            let rd_t = i32::from_le_bytes(fds[0..4].try_into().expect("4 bytes"));
+            let wr = i32::from_le_bytes(fds[4..8].try_into().expect("4 bytes"));
+            let rd = p::pidfd_getfd(&pidfd, rd_t).map_err(other(format!("pidfd_getfd of fd {rd_t} of {pid}")))?;
+            let _ = p::syscall6(libc::SYS_fcntl, [rd.as_raw_fd() as u64, libc::F_SETPIPE_SZ as u64, max, 0, 0, 0]);
+            let c = p::syscall6(libc::SYS_fcntl, [rd.as_raw_fd() as u64, libc::F_GETPIPE_SZ as u64, 0, 0, 0, 0])
+                .map_err(other(format!("F_GETPIPE_SZ of pump pipe {k} of {pid}")))? as usize;
+            crate::pr_debug!("page pump of {pid}: pipe {k} is fds {rd_t},{wr} in the source, {c} bytes");
+            cap = cap.min(c);
+            pipes.push(Pipe { rd, wr });
+        }
+        std::mem::forget(unpin);
+        let cap = cap.min(MAX_IOVS * PAGE_SIZE as usize);
+        let mut splice_mask = engine_mask;
+        if let Some(c) = cpu {
+            splice_mask[c / 64] &= !(1 << (c % 64));
+        }
+        if splice_mask.iter().all(|&w| w == 0) {
+            splice_mask = engine_mask;
+        }
+        Ok(PagePump { pid, par: RefCell::new(par), mem, pipes, cap, engine_mask, splice_mask })
     }
 
-    /// vmsplice `batch` (iovecs of the source) into the pipe; the bytes taken.
-    fn fill(&self, batch: &[(u64, u64)]) -> Result<usize, MemError> {
+    /// vmsplice `batch` (iovecs of the source) into pipe `k`; the bytes taken.
+    fn fill(&self, k: usize, batch: &[(u64, u64)]) -> Result<usize, MemError> {
         let mut iov = Vec::with_capacity(batch.len() * 16);
         for &(a, n) in batch {
             iov.extend_from_slice(&a.to_le_bytes());
@@ -122,7 +151,8 @@ impl PagePump {
         let mut par = self.par.borrow_mut();
         par.write(0, &iov).map_err(err)?;
         let scratch = par.scratch;
-        let r = par.pump_call(libc::SYS_vmsplice, &[self.wr as u64, scratch, batch.len() as u64, libc::SPLICE_F_NONBLOCK as u64]).map_err(err)?;
+        let wr = self.pipes[k].wr as u64;
+        let r = par.pump_call(libc::SYS_vmsplice, &[wr, scratch, batch.len() as u64, libc::SPLICE_F_NONBLOCK as u64]).map_err(err)?;
         // EFAULT/EAGAIN: nothing taken, the caller copies the batch itself
         Ok(usize::try_from(r).unwrap_or(0))
     }
@@ -142,80 +172,125 @@ impl PagePump {
     }
 }
 
+/// `ranges` cut into batches of at most `half` bytes and [`MAX_IOVS`] pieces.
+fn batches(ranges: &[(u64, u64)], half: u64) -> Vec<Vec<(u64, u64)>> {
+    let mut out: Vec<Vec<(u64, u64)>> = vec![Vec::new()];
+    let mut in_batch = 0u64;
+    for &(start, len) in ranges {
+        let (mut a, end) = (start, start + len);
+        while a < end {
+            let n = (end - a).min(half - in_batch);
+            let cur = out.last_mut().expect("one batch");
+            cur.push((a, n));
+            in_batch += n;
+            a += n;
+            if in_batch == half || cur.len() == MAX_IOVS {
+                out.push(Vec::new());
+                in_batch = 0;
+            }
+        }
+    }
+    out.retain(|b| !b.is_empty());
+    out
+}
+
+/// Which pipes hold pages not yet spliced, and whether the splicer gave up.
+struct Flow {
+    in_pipe: [usize; PIPES],
+    failed: bool,
+}
+
 impl MemSource for PagePump {
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.mem.read(vaddr, buf)
     }
 
-    /// Two threads over one pipe: this one (on the source's CPU) has the
-    /// source vmsplice half a pipe of pages at a time, a splicer thread (on
-    /// any CPU) moves each half into the file. A rendezvous channel keeps at
-    /// most two halves in the pipe, so a vmsplice never finds it full.
+    /// Double buffering over the pipes: this thread (on the source's CPU)
+    /// has the source vmsplice a pipeful of pages into pipe k while the
+    /// splicer thread (on the other CPUs) moves the previous pipeful, from
+    /// the other pipe, into the file. A pipe is filled only once it is empty
+    /// again, so a vmsplice never finds it full; and the splice of one pipe
+    /// (which holds that pipe's lock while it copies) never stalls the
+    /// vmsplice into the other.
     fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
         let t = Instant::now();
         let total: u64 = ranges.iter().map(|r| r.1).sum();
-        let half = ((self.cap / 2) as u64 / PAGE_SIZE).max(1) * PAGE_SIZE;
-        let mut batches: Vec<Vec<(u64, u64)>> = vec![Vec::new()];
-        let mut in_batch = 0u64;
-        for &(start, len) in ranges {
-            let (mut a, end) = (start, start + len);
-            while a < end {
-                let n = (end - a).min(half - in_batch);
-                let cur = batches.last_mut().expect("one batch");
-                cur.push((a, n));
-                in_batch += n;
-                a += n;
-                if in_batch == half || cur.len() == MAX_IOVS {
-                    batches.push(Vec::new());
-                    in_batch = 0;
-                }
-            }
-        }
-        let (rd, pid, engine_mask) = (self.rd.as_raw_fd(), self.pid, self.engine_mask);
-        let (tx, rx) = mpsc::sync_channel::<(usize, i64)>(0);
-        let (mut inject, mut fallback) = (Duration::ZERO, 0u64);
+        let work = batches(ranges, self.cap as u64);
+        let flow = (Mutex::new(Flow { in_pipe: [0; PIPES], failed: false }), Condvar::new());
+        let (pid, splice_mask, n) = (self.pid, self.splice_mask, self.pipes.len());
+        let rds: Vec<i32> = self.pipes.iter().map(|p| p.rd.as_raw_fd()).collect();
+        let mut inject = Duration::ZERO;
+        let mut fallback = 0u64;
         let res = std::thread::scope(|sc| {
+            let (tx, rx) = mpsc::channel::<(usize, usize, i64)>();
+            let flow_ref = &flow;
+            let rds = &rds;
             let splicer = sc.spawn(move || -> Result<Duration, MemError> {
-                let _ = p::sched_setaffinity(0, &engine_mask);
+                let _ = p::sched_setaffinity(0, &splice_mask);
                 let mut busy = Duration::ZERO;
-                while let Ok((n, mut pos)) = rx.recv() {
-                    let t0 = Instant::now();
-                    drain(rd, pid, out, &mut pos, n)?;
-                    busy += t0.elapsed();
+                let r = (|| {
+                    while let Ok((k, len, pos)) = rx.recv() {
+                        let t0 = Instant::now();
+                        drain(rds[k], pid, out, pos, len)?;
+                        busy += t0.elapsed();
+                        flow_ref.0.lock().expect("flow lock").in_pipe[k] = 0;
+                        flow_ref.1.notify_all();
+                    }
+                    Ok(())
+                })();
+                if r.is_err() {
+                    flow_ref.0.lock().expect("flow lock").failed = true;
+                    flow_ref.1.notify_all();
                 }
-                Ok(busy)
+                r.map(|()| busy)
             });
             let mut pos = off as i64;
             let fill_res = (|| -> Result<(), MemError> {
-                for batch in batches.iter().filter(|b| !b.is_empty()) {
-                    let t0 = Instant::now();
-                    let got = self.fill(batch)? as u64;
-                    inject += t0.elapsed();
-                    if got > 0 {
-                        if tx.send((got as usize, pos)).is_err() {
+                for (i, batch) in work.iter().enumerate() {
+                    let k = i % n;
+                    {
+                        let mut f = flow.0.lock().expect("flow lock");
+                        while f.in_pipe[k] != 0 && !f.failed {
+                            f = flow.1.wait(f).expect("flow lock");
+                        }
+                        if f.failed {
                             return Ok(()); // the splicer failed: join() says why
                         }
+                        f.in_pipe[k] = 1;
+                    }
+                    let t0 = Instant::now();
+                    let got = self.fill(k, batch)? as u64;
+                    inject += t0.elapsed();
+                    if got > 0 {
+                        if tx.send((k, got as usize, pos)).is_err() {
+                            return Ok(());
+                        }
                         pos += got as i64;
+                    } else {
+                        flow.0.lock().expect("flow lock").in_pipe[k] = 0;
                     }
                     // what vmsplice could not take: read it the forced way
-                    for (a, n) in Self::rest(batch, got) {
-                        let mut buf = vec![0u8; n as usize];
+                    for (a, len) in PagePump::rest(batch, got) {
+                        let mut buf = vec![0u8; len as usize];
                         self.mem.read(a, &mut buf)?;
                         out.write_all_at(&buf, pos as u64).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos as u64, len: buf.len(), source: e })?;
-                        pos += n as i64;
-                        fallback += n;
+                        pos += len as i64;
+                        fallback += len;
                     }
                 }
                 Ok(())
             })();
             drop(tx);
             let splice_res = splicer.join().unwrap_or_else(|_| Err(MemError::Write { what: "splicer thread".into(), off, len: 0, source: io::Error::other("panicked") }));
-            fill_res.and(splice_res)
+            match (fill_res, splice_res) {
+                (Ok(()), Ok(busy)) => Ok(busy),
+                (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            }
         });
         let splice_t = res?;
         let s = t.elapsed().as_secs_f64();
         crate::pr_debug!(
-            "page pump: vmsplice {:.3} s, splice {:.3} s, {fallback} bytes read the forced way",
+            "page pump: vmsplice {:.3} s, splice {:.3} s over {n} pipe(s); {fallback} bytes read the forced way",
             inject.as_secs_f64(),
             splice_t.as_secs_f64()
         );
@@ -224,16 +299,31 @@ impl MemSource for PagePump {
     }
 }
 
-/// Splice exactly `n` bytes out of pipe `rd` into `out` at `*pos`.
-fn drain(rd: i32, pid: Pid, out: &File, pos: &mut i64, n: usize) -> Result<(), MemError> {
+/// Splice exactly `n` bytes out of pipe `rd` into `out` at `pos`.
+fn drain(rd: i32, pid: Pid, out: &File, mut pos: i64, n: usize) -> Result<(), MemError> {
     let mut left = n;
     while left > 0 {
-        let at = *pos;
+        let at = pos;
         let err = |e| MemError::Write { what: format!("pages of {pid} from the pump pipe"), off: at as u64, len: left, source: e };
-        match p::splice_to_file(rd, out.as_raw_fd(), pos, left).map_err(err)? {
+        match p::splice_to_file(rd, out.as_raw_fd(), &mut pos, left).map_err(err)? {
             0 => return Err(err(io::Error::other("the pipe ran dry"))),
             moved => left -= moved,
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cut_at_half_and_iov_limit() {
+        let b = batches(&[(0x1000, 0x3000), (0x10000, 0x1000)], 0x2000);
+        assert_eq!(b, vec![vec![(0x1000, 0x2000)], vec![(0x3000, 0x1000), (0x10000, 0x1000)]]);
+        let many: Vec<(u64, u64)> = (0..300u64).map(|i| (i * 0x2000, 0x1000)).collect();
+        let b = batches(&many, 1 << 30);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![MAX_IOVS, 300 - MAX_IOVS]);
+        assert_eq!(PagePump::rest(&[(0x1000, 0x2000), (0x8000, 0x1000)], 0x1000), vec![(0x2000, 0x1000), (0x8000, 0x1000)]);
+    }
 }

@@ -43,46 +43,70 @@ pub const SCRATCH_LEN: u64 = 16 * 4096;
 const CODE_LEN: u64 = 4096;
 /// Offset of the `syscall` a parked thread sits on (with rax = 15).
 const PARK_OFF: u64 = 7;
-/// Scratch offset of the two fds ([`Parasite::pump_call`]) that the
-/// cleanup code closes: the last 8 bytes of the data area.
-pub const PUMP_FDS_OFF: u64 = SCRATCH_LEN - 8;
+/// Fds the pump cleanup closes (two pipes' ends).
+pub const PUMP_FDS: usize = 4;
+/// Scratch offset of the [`PUMP_FDS`] fds ([`Parasite::pump_call`]) that the
+/// cleanup code closes: the last bytes of the data area.
+pub const PUMP_FDS_OFF: u64 = SCRATCH_LEN - 4 * PUMP_FDS as u64;
 /// Scratch offset of the CPU mask (1024 bits) the cleanup gives the main
 /// thread back ([`Parasite::arm_pump`]).
 pub const PUMP_MASK_OFF: u64 = PUMP_FDS_OFF - 128;
 /// Offset of the `syscall` of a pump call: its fall-through is the cleanup.
 const PUMP_CALL_OFF: u64 = 9;
-/// Offset of the cleanup: close the two fds at [`PUMP_FDS_OFF`], put back
-/// the CPU mask at [`PUMP_MASK_OFF`], then `rt_sigreturn`.
+/// Offset of the cleanup: close the fds at [`PUMP_FDS_OFF`], put back the
+/// CPU mask at [`PUMP_MASK_OFF`], then `rt_sigreturn`.
 const CLEANUP_OFF: u64 = 11;
 /// Syscalls in the cleanup before its `rt_sigreturn`.
-const CLEANUP_SYSCALLS: usize = 3;
+const CLEANUP_SYSCALLS: usize = PUMP_FDS + 1;
+/// Bytes of one `mov fdK(%rip),%edi; mov $3,%eax; syscall`.
+const CLOSE_LEN: usize = 13;
+const CODE_SIZE: usize = CLEANUP_OFF as usize + PUMP_FDS * CLOSE_LEN + 2 + 5 + 7 + 7 + 7;
 /// The code page:
 /// - 0: `syscall; mov $15,%eax; syscall` (a plain call, falling into
 ///   `rt_sigreturn`, where parked threads sit at [`PARK_OFF`]);
 /// - 9: `syscall` (a pump call), falling into
-/// - 11: the cleanup: `mov fd0(%rip),%edi; mov $3,%eax; syscall;
-///   mov fd1(%rip),%edi; mov $3,%eax; syscall; xor %edi,%edi;
-///   mov $128,%esi; lea mask(%rip),%rdx; mov $203,%eax; syscall;
-///   mov $15,%eax; syscall`: close(fd0), close(fd1),
-///   sched_setaffinity(0, 128, mask), rt_sigreturn.
-const CODE: [u8; 65] = {
-    let fd0 = (CODE_LEN + PUMP_FDS_OFF - 17) as u32;
-    let fd1 = (CODE_LEN + PUMP_FDS_OFF + 4 - 30) as u32;
-    let mask = (CODE_LEN + PUMP_MASK_OFF - 51) as u32;
-    let (a, b, m) = (fd0.to_le_bytes(), fd1.to_le_bytes(), mask.to_le_bytes());
-    [
-        0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, // plain call, park
-        0x0f, 0x05, // 9: pump call
-        0x8b, 0x3d, a[0], a[1], a[2], a[3], // 11: mov fd0(%rip),%edi
-        0xb8, 0x03, 0x00, 0x00, 0x00, 0x0f, 0x05, // 17: close
-        0x8b, 0x3d, b[0], b[1], b[2], b[3], // 24: mov fd1(%rip),%edi
-        0xb8, 0x03, 0x00, 0x00, 0x00, 0x0f, 0x05, // 30: close
-        0x31, 0xff, // 37: xor %edi,%edi
-        0xbe, 0x80, 0x00, 0x00, 0x00, // 39: mov $128,%esi
-        0x48, 0x8d, 0x15, m[0], m[1], m[2], m[3], // 44: lea mask(%rip),%rdx
-        0xb8, 0xcb, 0x00, 0x00, 0x00, 0x0f, 0x05, // 51: sched_setaffinity
-        0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, // 58: rt_sigreturn
-    ]
+/// - 11: the cleanup: for each pump fd `mov fdK(%rip),%edi; mov $3,%eax;
+///   syscall` (close), then `xor %edi,%edi; mov $128,%esi;
+///   lea mask(%rip),%rdx; mov $203,%eax; syscall` (sched_setaffinity(0,
+///   128, mask)), then `mov $15,%eax; syscall` (rt_sigreturn).
+const CODE: [u8; CODE_SIZE] = {
+    let mut c = [0u8; CODE_SIZE];
+    let head = [0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x05];
+    let mut i = 0;
+    while i < head.len() {
+        c[i] = head[i];
+        i += 1;
+    }
+    let mut k = 0;
+    while k < PUMP_FDS {
+        let at = CLEANUP_OFF as usize + k * CLOSE_LEN;
+        let d = ((CODE_LEN + PUMP_FDS_OFF + 4 * k as u64) - (at as u64 + 6)) as u32;
+        let d = d.to_le_bytes();
+        let one = [0x8b, 0x3d, d[0], d[1], d[2], d[3], 0xb8, 0x03, 0x00, 0x00, 0x00, 0x0f, 0x05];
+        let mut j = 0;
+        while j < CLOSE_LEN {
+            c[at + j] = one[j];
+            j += 1;
+        }
+        k += 1;
+    }
+    let at = CLEANUP_OFF as usize + PUMP_FDS * CLOSE_LEN;
+    let lea_end = at + 2 + 5 + 7;
+    let m = ((CODE_LEN + PUMP_MASK_OFF) - lea_end as u64) as u32;
+    let m = m.to_le_bytes();
+    let tail = [
+        0x31, 0xff, // xor %edi,%edi
+        0xbe, 0x80, 0x00, 0x00, 0x00, // mov $128,%esi
+        0x48, 0x8d, 0x15, m[0], m[1], m[2], m[3], // lea mask(%rip),%rdx
+        0xb8, 0xcb, 0x00, 0x00, 0x00, 0x0f, 0x05, // sched_setaffinity
+        0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, // rt_sigreturn
+    ];
+    let mut j = 0;
+    while j < tail.len() {
+        c[at + j] = tail[j];
+        j += 1;
+    }
+    c
 };
 const NR_RT_SIGRETURN: u64 = 15;
 
@@ -337,7 +361,7 @@ impl Parasite {
     }
 
     /// Arm the pump cleanup: the main thread's CPU mask is saved at
-    /// [`PUMP_MASK_OFF`], the two fd slots at [`PUMP_FDS_OFF`] are set to
+    /// [`PUMP_MASK_OFF`], the fd slots at [`PUMP_FDS_OFF`] are set to
     /// -1 (closing -1 is harmless) and the main thread is parked on the
     /// cleanup, so that from here an engine that dies makes the thread close
     /// whatever fds a pump call put there and take its own CPU mask back
@@ -348,7 +372,7 @@ impl Parasite {
         let mask = crate::sys::process::sched_getaffinity(tid)?;
         let bytes: Vec<u8> = mask.iter().flat_map(|w| w.to_le_bytes()).collect();
         self.write(PUMP_MASK_OFF, &bytes)?;
-        self.write(PUMP_FDS_OFF, &[0xff; 8])?;
+        self.write(PUMP_FDS_OFF, &[0xff; 4 * PUMP_FDS])?;
         let code = self.code;
         let s = self.threads.get_mut(&tid).expect("main thread");
         s.parked.ip = code + CLEANUP_OFF;
@@ -484,6 +508,42 @@ mod tests {
 
     fn regs() -> Regs {
         Regs { sp: 0x7fff_0000_1234, ip: 0x40_1000, ax: 7, cs: 0x33, ss: 0x2b, flags: 0x246, r15: 15, ..Default::default() }
+    }
+
+    #[test]
+    fn pump_cleanup_code_addresses_its_scratch_slots() {
+        // every `mov fdK(%rip),%edi` reads fd slot K, the `lea` the mask
+        for k in 0..PUMP_FDS {
+            let at = CLEANUP_OFF as usize + k * CLOSE_LEN;
+            assert_eq!(&CODE[at..at + 2], &[0x8b, 0x3d]);
+            let d = u32::from_le_bytes(CODE[at + 2..at + 6].try_into().unwrap()) as u64;
+            assert_eq!(at as u64 + 6 + d, CODE_LEN + PUMP_FDS_OFF + 4 * k as u64);
+            assert_eq!(&CODE[at + 6..at + 13], &[0xb8, 0x03, 0, 0, 0, 0x0f, 0x05]);
+        }
+        let lea = CLEANUP_OFF as usize + PUMP_FDS * CLOSE_LEN + 7;
+        assert_eq!(&CODE[lea..lea + 3], &[0x48, 0x8d, 0x15]);
+        let d = u32::from_le_bytes(CODE[lea + 3..lea + 7].try_into().unwrap()) as u64;
+        assert_eq!(lea as u64 + 7 + d, CODE_LEN + PUMP_MASK_OFF);
+        assert_eq!(&CODE[CODE_SIZE - 7..], &[0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05]);
+        assert_eq!(&CODE[..PUMP_CALL_OFF as usize + 2], &[0x0f, 0x05, 0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05, 0x0f, 0x05]);
+        // and a disassembler, where there is one, reads the intended sequence
+        let path = std::env::temp_dir().join(format!("criu-rs-pump-code-{}", std::process::id()));
+        std::fs::write(&path, CODE).unwrap();
+        let out = std::process::Command::new("objdump").args(["-D", "-b", "binary", "-m", "i386:x86-64"]).arg(&path).output();
+        let _ = std::fs::remove_file(&path);
+        let Some(out) = out.ok().filter(|o| o.status.success()) else { return };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ops: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split('\t').nth(2))
+            .map(|i| i.split_whitespace().next().unwrap_or("").to_string())
+            .collect();
+        let mut want = vec!["syscall", "mov", "syscall", "syscall"];
+        for _ in 0..PUMP_FDS {
+            want.extend(["mov", "mov", "syscall"]);
+        }
+        want.extend(["xor", "mov", "lea", "mov", "syscall", "mov", "syscall"]);
+        assert_eq!(ops, want, "{text}");
     }
 
     #[test]
