@@ -78,7 +78,7 @@ fn copiers(src: &[u8]) -> usize {
 /// page cache (mincore).
 fn mostly_resident(src: &[u8]) -> bool {
     let addr = src.as_ptr() as usize;
-    if addr % 4096 != 0 || src.is_empty() {
+    if !addr.is_multiple_of(4096) || src.is_empty() {
         return false;
     }
     let pages = src.len().div_ceil(4096);
