@@ -274,7 +274,8 @@ fn run_dump(cli: &Cli) -> Result<(), String> {
     let t0 = std::time::Instant::now();
     let (tree, mut frozen) = dump::collect_with(pid, cli.freeze_cgroup.as_deref()).map_err(|e| error_chain(&e))?;
     check_ttys(&tree, cli.shell_job)?;
-    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() {
+    let dump_bytes: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages * crate::sys::PAGE_SIZE).sum();
+    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !dump::page_pump::pays_off(dump_bytes) {
         None
     } else {
         match dump::page_pump::PagePump::start(&frozen) {

@@ -42,6 +42,35 @@ const MAX_IOVS: usize = 256;
 /// filled and drained in turn.
 const PIPES: usize = PUMP_FDS / 2;
 
+/// Whether the pump is the faster path for `bytes` of pages. Measured here
+/// (docs/PERFORMANCE.md): faster up to 1 GiB (1 GiB: 0.35-0.6 s against
+/// 0.67-2.6 s), even at 2 GiB, and slower at 4 GiB in all of eight runs
+/// (7.9-17.7 s against 2.7-7.7 s), where the dump's page cache passes the
+/// dirty background threshold and writeback throttles the writers. So: the
+/// pump while the pages stay under half of that threshold
+/// (`vm.dirty_background_bytes`, or `dirty_background_ratio`% of
+/// MemAvailable). `CRIU_RS_PUMP=always|never` overrides.
+pub fn pays_off(bytes: u64) -> bool {
+    match std::env::var("CRIU_RS_PUMP").as_deref() {
+        Ok("always") => return true,
+        Ok("never") => return false,
+        _ => {}
+    }
+    let num = |f: &str| std::fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let bg = match num("/proc/sys/vm/dirty_background_bytes") {
+        Some(b) if b > 0 => b,
+        _ => {
+            let ratio = num("/proc/sys/vm/dirty_background_ratio").unwrap_or(10);
+            let avail_kib = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemAvailable:")?.split_whitespace().next()?.parse::<u64>().ok()))
+                .unwrap_or(0);
+            avail_kib * 1024 / 100 * ratio
+        }
+    };
+    bytes <= bg / 2
+}
+
 /// One pipe of the pump: the engine's read end, the source's write end.
 struct Pipe {
     rd: OwnedFd,
