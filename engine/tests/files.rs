@@ -160,3 +160,27 @@ fn upstream_files_images_read() {
     assert_eq!(pipes.len(), 1);
     assert_eq!((pipes[0].data.len(), pipes[0].size), (100, 65536));
 }
+
+/// A source with no free fd (RLIMIT_NOFILE 32, all taken): the page pump's
+/// injected pipe2 fails with EMFILE, the dump says so and copies the pages
+/// the two-copy way, the source's fd table is untouched (no half-made pipe
+/// left in it), and the restored program keeps passing its memory and
+/// fd-count checks. Then once more with `--leave-running` and two cycles.
+#[test]
+fn full_fd_table_dumps_without_the_pump() {
+    skip_unless_able!("full_fd_table_dumps_without_the_pump");
+    let mut s = Scene::start("fdfull", "full");
+    for cycle in 0..2 {
+        let before = fd_table(s.pid);
+        let dir = s.images(cycle);
+        s.criu_ok(&["dump", "-t", &s.pid.to_string(), "--leave-running"], &dir, "dump.log");
+        let log = std::fs::read_to_string(dir.join("dump.log")).unwrap();
+        assert!(log.contains("page pump of") && log.contains("unavailable"), "the pump should have been refused:\n{log}");
+        assert!(log.contains("Copied"), "no page copy logged:\n{log}");
+        assert_eq!(fd_table(s.pid), before, "a refused pump changed the source's fds");
+        let t = last_tick(&s.log());
+        wait_until("ticks after the --leave-running dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);
+        s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump2.log");
+        s.restore(&dir, &[]);
+    }
+}
