@@ -167,3 +167,34 @@ fn restore_without_detach_waits() {
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(0), "{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
 }
+
+/// As upstream: `--pidfile` is created with O_EXCL (mode 0600). An existing
+/// file makes the restore fail naming it, with nothing left running and the
+/// file untouched; without it the restore writes the pid.
+#[test]
+fn pidfile_is_never_overwritten() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP pidfile_is_never_overwritten: {r}");
+        return;
+    }
+    let mut s = Scene::start("exiter", "pidfile");
+    let dir = s.images(0);
+    s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+    let pf = s.tmp.join("taken.pid");
+    std::fs::write(&pf, "keep me").unwrap();
+    let t = last_tick(&s.log());
+    let out = s.criu(&["restore", "-d", "--pidfile", pf.to_str().unwrap()], &dir, "restore.log");
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "restore over an existing pidfile must fail:\n{log}");
+    assert!(log.contains("Can't open pidfile") && log.contains("taken.pid"), "the error must name the pidfile:\n{log}");
+    assert_eq!(std::fs::read_to_string(&pf).unwrap(), "keep me");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(last_tick(&s.log()), t, "a failed restore must leave nothing running");
+    assert!(fdsupport::pid_of(&s.bin).is_none(), "a failed restore left the program running");
+    std::fs::remove_file(&pf).unwrap();
+    s.restore(&dir, &["--pidfile", pf.to_str().unwrap()]);
+    let pid: i32 = std::fs::read_to_string(&pf).unwrap().trim().parse().unwrap();
+    assert_eq!(pid, s.pid);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&pf).unwrap().permissions().mode() & 0o777, 0o600);
+}

@@ -204,14 +204,32 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     main.call("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, space::GADGET_LEN]).map_err(ioe(child, "unmapping the gadget"))?;
     thread::load_final(child, &task.threads[0])?;
     crate::fault::point("before-detach");
-    for (tid, _, _) in &injs {
-        ptrace::detach(*tid, 0).map_err(ioe(*tid, "detach"))?;
+    // as upstream: the pidfile is created (never overwritten: O_EXCL, 0600)
+    // while the tree is still ours, so failing to write it kills the tree
+    if let Some(pf) = &opts.pidfile {
+        write_pidfile(pf, child)?;
     }
-    ptrace::detach(child, 0).map_err(ioe(child, "detach"))?;
+    let detached = injs.iter().map(|(tid, _, _)| *tid).chain([child]).try_for_each(|tid| ptrace::detach(tid, 0).map_err(ioe(tid, "detach")));
+    if let Err(e) = detached {
+        if let Some(pf) = &opts.pidfile {
+            let _ = std::fs::remove_file(pf);
+        }
+        return Err(e);
+    }
     guard.committed = true;
     pr_info!("Restore finished successfully. Tasks resumed.");
-    if let Some(pf) = &opts.pidfile {
-        std::fs::write(pf, format!("{child}")).map_err(ioe(child, format!("writing pidfile {}", pf.display())))?;
-    }
     Ok(child)
+}
+
+/// Create `path` with the restored root's pid, failing if it exists.
+fn write_pidfile(path: &std::path::Path, pid: Pid) -> Result<(), RestoreError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(ioe(pid, format!("Can't open pidfile {}", path.display())))?;
+    f.write_all(pid.to_string().as_bytes()).map_err(ioe(pid, format!("writing pidfile {}", path.display())))
 }
