@@ -51,7 +51,7 @@ fn scenario(name: &str, leave_running: bool, cycles: usize) {
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
     let bin = build(name, &tmp);
-    common::only_stdio(&mut Command::new("setsid"))
+    let mut launcher = common::only_stdio(&mut Command::new("setsid"))
         .args(["unshare", "--pid", "--fork"])
         .arg(&bin)
         .current_dir(&work)
@@ -60,6 +60,8 @@ fn scenario(name: &str, leave_running: bool, cycles: usize) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start fixture");
+    // reap the launcher whenever it exits
+    std::thread::spawn(move || launcher.wait());
     wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
     let log = work.join("progress.log");
     wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);

@@ -16,6 +16,7 @@ fn pattern(i: usize) -> u8 {
 
 #[test]
 fn take_anon_vma_falls_back_and_copies_exactly() {
+    // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIP: needs root for ptrace access to the source");
         return;
@@ -25,6 +26,8 @@ fn take_anon_vma_falls_back_and_copies_exactly() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
+        // SAFETY: the forked child maps a fixed range it owns, writes it and
+        // stops itself; nothing else runs in it.
         unsafe {
             let p = libc::mmap(
                 ADDR as *mut libc::c_void,
@@ -68,6 +71,7 @@ fn take_anon_vma_falls_back_and_copies_exactly() {
     }
     // The range is now taken: a second take must refuse, not overwrite.
     assert!(kmod::take_anon_vma(pid, pidfd, ADDR, LEN as u64, libc::PROT_READ, 0).is_err());
+    // SAFETY: unmapping the range this test mapped, killing and reaping its child.
     unsafe {
         libc::munmap(ADDR as *mut libc::c_void, LEN);
         libc::kill(pid, libc::SIGKILL);

@@ -76,7 +76,7 @@ fn dump_restore(mode: &str) -> Option<(Run, PathBuf)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/pstate.c");
     let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).args(["-lpthread", "-lrt"]).status().expect("gcc");
     assert!(st.success(), "building pstate");
-    only_stdio(&mut Command::new("setsid"))
+    let mut launcher = only_stdio(&mut Command::new("setsid"))
         .args(["unshare", "--pid", "--fork"])
         .arg(&bin)
         .arg(mode)
@@ -86,6 +86,8 @@ fn dump_restore(mode: &str) -> Option<(Run, PathBuf)> {
         .stderr(Stdio::null())
         .spawn()
         .expect("start pstate");
+    // reap the launcher whenever it exits
+    std::thread::spawn(move || launcher.wait());
     let mut run = Run { tmp: tmp.clone(), work: work.clone(), bin: bin.clone(), pid: 0 };
     let log = work.join("progress.log");
     wait_until("ready", Duration::from_secs(10), || work.join("ready").exists() || log_text(&log).contains("FAIL"));

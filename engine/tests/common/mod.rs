@@ -63,7 +63,7 @@ pub fn build(name: &str, out: &Path) -> PathBuf {
 pub fn last_tick(log: &Path) -> u64 {
     let s = std::fs::read_to_string(log).unwrap_or_default();
     assert!(!s.contains("FAIL"), "fixture reported a failure:\n{s}");
-    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).last().unwrap_or(0)
+    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).next_back().unwrap_or(0)
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

@@ -213,11 +213,13 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
     if !wait_for(&work.join("ready"), Duration::from_secs(120)) {
         row.note = "workload never got ready".into();
         let _ = child.kill();
+        let _ = child.wait();
         return row;
     }
     let Some(pid) = ns_init_pid(child.id()) else {
         row.note = "no namespace init".into();
         let _ = child.kill();
+        let _ = child.wait();
         return row;
     };
     std::thread::sleep(Duration::from_millis(200));
