@@ -16,7 +16,7 @@ pub mod task;
 
 use crate::model::{Task, Tree, VmaKind};
 use crate::sys::Pid;
-use crate::{pr_info, pr_debug};
+use crate::pr_debug;
 use freeze::Frozen;
 use parasite::Parasite;
 use std::io;
@@ -59,9 +59,6 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
         return Err(DumpError::NoProcess(pid));
     }
     let io_err = |what| move |e| DumpError::Io { pid, what, source: e };
-    pr_info!("========================================");
-    pr_info!("Dumping processes (pid: {pid})");
-    pr_info!("========================================");
     let mut frozen = match freeze_cgroup {
         None => Frozen::freeze(pid)?,
         Some(cg) => {
