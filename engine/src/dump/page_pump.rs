@@ -44,8 +44,8 @@ const PIPES: usize = PUMP_FDS / 2;
 
 /// Whether the pump is the faster path for `bytes` of pages. Measured here
 /// (docs/PERFORMANCE.md): faster up to 1 GiB (1 GiB: 0.35-0.6 s against
-/// 0.67-2.6 s), even at 2 GiB, and slower at 4 GiB in all of eight runs
-/// (7.9-17.7 s against 2.7-7.7 s), where the dump's page cache passes the
+/// 0.67-2.6 s), mixed at 2 GiB, slower at 4 GiB (6.8 s against 5.6 s with
+/// one splicer; worse with two), where the dump's page cache passes the
 /// dirty background threshold and writeback throttles the writers. So: the
 /// pump while the pages stay under half of that threshold
 /// (`vm.dirty_background_bytes`, or `dirty_background_ratio`% of
@@ -87,7 +87,7 @@ pub struct PagePump {
     cap: usize,
     /// The engine thread's CPU mask before the pump pinned it.
     engine_mask: [u64; 16],
-    /// Where the splicers run: the engine's CPUs but the pinned one (all of
+    /// Where the splicer runs: the engine's CPUs but the pinned one (all of
     /// them when that is the only one).
     splice_mask: [u64; 16],
 }
@@ -236,8 +236,8 @@ impl MemSource for PagePump {
 
     /// Double buffering over the pipes: this thread (on the source's CPU)
     /// has the source vmsplice a pipeful of pages into the pipes in turn,
-    /// while one splicer thread per pipe moves the previous pipefuls into the
-    /// file (both vCPUs copying). A pipe is filled only once it is empty
+    /// while the splicer thread (on the other CPUs) moves the previous
+    /// pipeful into the file. A pipe is filled only once it is empty
     /// again, so a vmsplice never finds it full; and the splice of one pipe
     /// (which holds that pipe's lock while it copies) never stalls the
     /// vmsplice into the other.
@@ -250,11 +250,12 @@ impl MemSource for PagePump {
         let rds: Vec<i32> = self.pipes.iter().map(|p| p.rd.as_raw_fd()).collect();
         let mut inject = Duration::ZERO;
         let mut fallback = 0u64;
-        // one splicer per pipe, on any CPU (both vCPUs copy: 0.37-0.57 s
-        // per GiB in six runs here, against 0.31-3.2 s for one splicer on
-        // the CPU the injector is not pinned to); CRIU_RS_PUMP_SPLICERS=1
-        // for that one, for comparisons
-        let per_pipe = std::env::var("CRIU_RS_PUMP_SPLICERS").as_deref() != Ok("1");
+        // One splicer for both pipes, on the CPUs the injector is not
+        // pinned to. Two splicers (CRIU_RS_PUMP_SPLICERS=2, kept for
+        // comparisons) serialize on the file's inode lock anyway: at 4 GiB
+        // a profile showed 23% of all CPU time in rwsem_spin_on_owner and
+        // the copy took 19.7 s against 6.8 s with one.
+        let per_pipe = std::env::var("CRIU_RS_PUMP_SPLICERS").as_deref() == Ok("2");
         let res = std::thread::scope(|sc| {
             let flow_ref = &flow;
             let rds = &rds;
