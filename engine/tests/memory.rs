@@ -86,7 +86,16 @@ fn start(name: &str, dense_mib: u64) -> Run {
 }
 
 fn criu(args: &[&str], dir: &Path, log: &str) {
-    let st = Command::new(CRIU).args(args).arg("-D").arg(dir).args(["-v4", "-o", log]).status().expect("run criu");
+    criu_env(args, dir, log, &[]);
+}
+
+fn criu_env(args: &[&str], dir: &Path, log: &str, env: &[(&str, &str)]) {
+    let mut cmd = Command::new(CRIU);
+    cmd.args(args).arg("-D").arg(dir).args(["-v4", "-o", log]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let st = cmd.status().expect("run criu");
     if !st.success() {
         panic!("criu {args:?} failed:\n{}", std::fs::read_to_string(dir.join(log)).unwrap_or_default());
     }
@@ -165,11 +174,22 @@ fn pages_bytes(dir: &Path) -> u64 {
 /// original's.
 #[test]
 fn memkinds_layout_and_contents_survive() {
+    memkinds_cycles("kinds", 8, &[], "page pump:");
+}
+
+/// The same through the two-copy path with O_DIRECT writes (what dumps over
+/// 512 MiB take), with enough dense memory for its pipelined copy.
+#[test]
+fn memkinds_through_o_direct_writes() {
+    memkinds_cycles("kinds-direct", 64, &[("CRIU_RS_PUMP", "never"), ("CRIU_RS_DUMP_DIRECT", "always")], "(O_DIRECT)");
+}
+
+fn memkinds_cycles(name: &str, dense_mib: u64, env: &[(&str, &str)], path_mark: &str) {
     if let Some(r) = skip_reason() {
-        eprintln!("SKIP memkinds_layout_and_contents_survive: {r}");
+        eprintln!("SKIP memkinds {name}: {r}");
         return;
     }
-    let mut run = start("kinds", 8);
+    let mut run = start(name, dense_mib);
     let log = run.work.join("progress.log");
     for cycle in 0..2 {
         let pid = run.proc.0;
@@ -179,17 +199,19 @@ fn memkinds_layout_and_contents_survive() {
         assert!(before.iter().any(|a| a.name == "/dev/zero (deleted)" && a.offset != "00000000"), "no split shared anon mapping: {before:#?}");
         let dir = run.tmp.join(format!("img{cycle}"));
         std::fs::create_dir_all(&dir).unwrap();
-        criu(&["dump", "-t", &pid.to_string()], &dir, "dump.log");
+        criu_env(&["dump", "-t", &pid.to_string()], &dir, "dump.log", env);
         run.proc.0 = 0;
-        // the page pump (vmsplice) copied the memory; the PROT_NONE pages
-        // holding data, which vmsplice can't take, went the forced way
         let dlog = std::fs::read_to_string(dir.join("dump.log")).unwrap();
-        let forced: u64 = dlog
-            .lines()
-            .filter_map(|l| l.split("page pump: ").nth(1)?.rsplit("; ").next()?.strip_suffix(" bytes read the forced way")?.parse::<u64>().ok())
-            .sum();
-        assert!(dlog.contains("page pump:"), "the page pump was not used:\n{dlog}");
-        assert!(forced >= 2 * 4096, "only {forced} bytes read the forced way; the PROT_NONE data is 2 pages:\n{dlog}");
+        assert!(dlog.contains(path_mark), "the dump did not take the path marked {path_mark:?}:\n{dlog}");
+        if env.is_empty() {
+            // the page pump (vmsplice) copied the memory; the PROT_NONE pages
+            // holding data, which vmsplice can't take, went the forced way
+            let forced: u64 = dlog
+                .lines()
+                .filter_map(|l| l.split("page pump: ").nth(1)?.rsplit("; ").next()?.strip_suffix(" bytes read the forced way")?.parse::<u64>().ok())
+                .sum();
+            assert!(forced >= 2 * 4096, "only {forced} bytes read the forced way; the PROT_NONE data is 2 pages:\n{dlog}");
+        }
         assert!(
             std::fs::read_dir(&dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("pagemap-shmem-")),
             "no pagemap-shmem image"

@@ -42,20 +42,34 @@ const MAX_IOVS: usize = 256;
 /// filled and drained in turn.
 const PIPES: usize = PUMP_FDS / 2;
 
-/// Whether the pump is the faster path for `bytes` of pages. Measured here
-/// (docs/PERFORMANCE.md): faster up to 1 GiB (1 GiB: 0.35-0.6 s against
-/// 0.67-2.6 s), mixed at 2 GiB, slower at 4 GiB (6.8 s against 5.6 s with
-/// one splicer; worse with two), where the dump's page cache passes the
-/// dirty background threshold and writeback throttles the writers. So: the
-/// pump while the pages stay under half of that threshold
-/// (`vm.dirty_background_bytes`, or `dirty_background_ratio`% of
-/// MemAvailable). `CRIU_RS_PUMP=always|never` overrides.
+/// The most pages the pump takes on; larger dumps go the two-copy way with
+/// O_DIRECT writes (`mem_source`). Measured here (docs/PERFORMANCE.md):
+/// 256 MiB through the pump 0.086-0.095 s against 0.20-0.22 s with
+/// O_DIRECT; 1 GiB 0.35-3.4 s through the pump (the page cache lands on
+/// memory the host took back, or not) against a steady 0.54-0.76 s with
+/// O_DIRECT; 4 GiB 2.1-2.3 s with O_DIRECT against 12.6-16.7 s buffered.
+pub const PUMP_MAX: u64 = 512 << 20;
+
+/// Whether the pump is the path for `bytes` of pages: up to [`PUMP_MAX`]
+/// and while the new page cache stays under half the dirty background
+/// threshold. `CRIU_RS_PUMP=always|never` overrides.
 pub fn pays_off(bytes: u64) -> bool {
     match std::env::var("CRIU_RS_PUMP").as_deref() {
-        Ok("always") => return true,
-        Ok("never") => return false,
-        _ => {}
+        Ok("always") => true,
+        Ok("never") => false,
+        _ => small_dump(bytes),
     }
+}
+
+/// At most [`PUMP_MAX`] and under half the dirty background threshold.
+pub fn small_dump(bytes: u64) -> bool {
+    bytes <= PUMP_MAX && under_dirty_threshold(bytes)
+}
+
+/// Whether `bytes` of new page cache stay under half the dirty background
+/// threshold (`vm.dirty_background_bytes`, or `dirty_background_ratio`% of
+/// MemAvailable), where no writeback throttling starts.
+pub fn under_dirty_threshold(bytes: u64) -> bool {
     let num = |f: &str| std::fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<u64>().ok());
     let bg = match num("/proc/sys/vm/dirty_background_bytes") {
         Some(b) if b > 0 => b,

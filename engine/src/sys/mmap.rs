@@ -98,3 +98,45 @@ pub fn advise_willneed(f: &File, len: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A page-aligned private anonymous buffer (O_DIRECT needs the alignment;
+/// a `Vec` of this size is 16 bytes past a page boundary).
+#[derive(Debug)]
+pub struct AnonBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is owned memory like a Vec's; moving it between threads
+// moves that ownership.
+unsafe impl Send for AnonBuf {}
+
+impl AnonBuf {
+    pub fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping chosen by the kernel; aliases nothing.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(last_err());
+        }
+        Ok(AnonBuf { ptr: p.cast(), len })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, writable, and `&mut self` makes the view unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AnonBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping this value owns.
+        unsafe { libc::munmap(self.ptr.cast(), self.len.max(1)) };
+    }
+}
