@@ -1,4 +1,5 @@
-//! Read-only file mappings (image files as memory sources) and the
+//! Read-only file mappings (image files as memory sources), page-aligned
+//! anonymous buffers (O_DIRECT writes), and the
 //! zero-page PFN probe.
 
 use super::last_err;
