@@ -150,7 +150,7 @@ impl MemSource for ProcessMem {
 
 impl ProcessMem {
     fn copy_to_inner(&self, ranges: &[(u64, u64)], out: &File, off: u64, total: u64) -> Result<(), MemError> {
-        if total <= CHUNK as u64 || std::env::var("CRIU_RS_DUMP_SERIAL").is_ok() {
+        if total <= CHUNK as u64 {
             let mut buf = vec![0u8; CHUNK];
             let mut pos = off;
             return for_chunks(ranges, |a, n| {

@@ -183,6 +183,32 @@ fn kill_tree(pid: i32) {
     let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
 }
 
+/// Start memhog (MIB, THREADS) as pid 1 of a new pid namespace in `work`;
+/// the launcher and the workload's pid once it is ready.
+fn start_memhog(memhog: &Path, work: &Path, mib: usize, threads: usize) -> Result<(std::process::Child, i32), &'static str> {
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "setsid"])
+        .arg(memhog)
+        .arg(mib.to_string())
+        .arg(threads.to_string())
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|_| "cannot start memhog")?;
+    let why = if !wait_for(&work.join("ready"), Duration::from_secs(120)) {
+        "workload never got ready"
+    } else if let Some(pid) = ns_init_pid(child.id()) {
+        return Ok((child, pid));
+    } else {
+        "no namespace init"
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(why)
+}
+
 fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
     let mut row = Row {
         mib,
@@ -199,28 +225,12 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
     let _ = fs::remove_dir_all(&imgs);
     fs::create_dir_all(&work).expect("work dir");
     fs::create_dir_all(&imgs).expect("image dir");
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "setsid"])
-        .arg(memhog)
-        .arg(mib.to_string())
-        .arg(threads.to_string())
-        .current_dir(&work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn memhog");
-    if !wait_for(&work.join("ready"), Duration::from_secs(120)) {
-        row.note = "workload never got ready".into();
-        let _ = child.kill();
-        let _ = child.wait();
-        return row;
-    }
-    let Some(pid) = ns_init_pid(child.id()) else {
-        row.note = "no namespace init".into();
-        let _ = child.kill();
-        let _ = child.wait();
-        return row;
+    let (mut child, pid) = match start_memhog(memhog, &work, mib, threads) {
+        Ok(v) => v,
+        Err(why) => {
+            row.note = why.into();
+            return row;
+        }
     };
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
@@ -327,23 +337,7 @@ fn dump_only(o: &Opts, memhog: &Path, mib: usize, threads: usize, env: &[(&str, 
     let _ = fs::remove_dir_all(&imgs);
     fs::create_dir_all(&work).ok()?;
     fs::create_dir_all(&imgs).ok()?;
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "setsid"])
-        .arg(memhog)
-        .arg(mib.to_string())
-        .arg(threads.to_string())
-        .current_dir(&work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let pid = if wait_for(&work.join("ready"), Duration::from_secs(120)) { ns_init_pid(child.id()) } else { None };
-    let Some(pid) = pid else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return None;
-    };
+    let (mut child, pid) = start_memhog(memhog, &work, mib, threads).ok()?;
     std::thread::sleep(Duration::from_millis(200));
     let mut cmd = Command::new(&o.criu);
     cmd.args(["dump", "-t", &pid.to_string(), "-D"]).arg(&imgs).args(["-o", "dump.log"]);
