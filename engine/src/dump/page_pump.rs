@@ -99,31 +99,16 @@ pub struct PagePump {
     pipes: Vec<Pipe>,
     /// Bytes one pipe holds (the same for all).
     cap: usize,
-    /// The engine thread's CPU mask before the pump pinned it.
-    engine_mask: [u64; 16],
     /// Where the splicer runs: the engine's CPUs but the pinned one (all of
     /// them when that is the only one).
     splice_mask: [u64; 16],
-}
-
-impl Drop for PagePump {
-    fn drop(&mut self) {
-        // the source's side (fds, CPU mask) is put back by the parasite's
-        // cleanup when `par` drops
-        let _ = p::sched_setaffinity(0, &self.engine_mask);
-    }
+    /// The engine thread pinned beside the source's main thread (its own
+    /// mask back when the pump drops).
+    pinned: p::PinnedHere,
 }
 
 fn other(what: String) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
-/// The engine thread back on its own CPUs if [`PagePump::start`] fails.
-struct Unpin([u64; 16]);
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = p::sched_setaffinity(0, &self.0);
-    }
 }
 
 impl PagePump {
@@ -135,14 +120,10 @@ impl PagePump {
         // the engine and the source's main thread on one CPU: each injected
         // call is then a local switch, not a wakeup of an idle vCPU
         // (0.05 ms instead of 0.27 ms per call here)
-        let engine_mask = p::sched_getaffinity(0)?;
-        let unpin = Unpin(engine_mask);
-        let cpu = p::current_cpu();
-        if let Some(c) = cpu {
-            let mut one = [0u64; 16];
-            one[c / 64] |= 1 << (c % 64);
-            let _ = p::sched_setaffinity(0, &one);
-        }
+        // (the source's side, fds and CPU mask, is put back by the
+        // parasite's cleanup when `par` drops)
+        let pinned = p::PinnedHere::new();
+        let cpu = pinned.cpu();
         par.arm_pump(cpu)?;
         let pidfd = p::pidfd_open(pid).map_err(other(format!("pidfd_open({pid})")))?;
         // the biggest pipe an unprivileged owner may have; the default
@@ -171,16 +152,15 @@ impl PagePump {
             cap = cap.min(c);
             pipes.push(Pipe { rd, wr });
         }
-        std::mem::forget(unpin);
         let cap = cap.min(MAX_IOVS * PAGE_SIZE as usize);
-        let mut splice_mask = engine_mask;
+        let mut splice_mask = pinned.saved();
         if let Some(c) = cpu {
             splice_mask[c / 64] &= !(1 << (c % 64));
         }
         if splice_mask.iter().all(|&w| w == 0) {
-            splice_mask = engine_mask;
+            splice_mask = pinned.saved();
         }
-        Ok(PagePump { pid, par: RefCell::new(par), mem, pipes, cap, engine_mask, splice_mask })
+        Ok(PagePump { pid, par: RefCell::new(par), mem, pipes, cap, splice_mask, pinned })
     }
 
     /// vmsplice `batch` (iovecs of the source) into pipe `k`; the bytes taken.
@@ -278,7 +258,7 @@ impl MemSource for PagePump {
             for _ in 0..if per_pipe { n } else { 1 } {
                 let (tx, rx) = mpsc::channel::<(usize, usize, i64)>();
                 txs.push(tx);
-                let mask = if per_pipe { self.engine_mask } else { splice_mask };
+                let mask = if per_pipe { self.pinned.saved() } else { splice_mask };
                 splicers.push(sc.spawn(move || -> Result<Duration, MemError> {
                     let _ = p::sched_setaffinity(0, &mask);
                     let mut busy = Duration::ZERO;

@@ -166,11 +166,14 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         }
     };
     let mut copied = 0u64;
+    let mut pieces = Vec::with_capacity(mine.len());
     for &(a, l, _) in &mine {
         let src = mem.slice(a, l as usize).ok_or_else(|| RestoreError::Unsupported(format!("pages at {a:#x} vanished from the pages file mapping")))?;
-        uffd::copy(&ufd, a, src, pid).map_err(ioe(pid, format!("filling {a:#x}+{l:#x} by userfaultfd")))?;
+        pieces.push((a, src));
         copied += l;
     }
+    // all pieces in one pass: one read-ahead thread, no thread per piece
+    uffd::copy(&ufd, &pieces, pid).map_err(ioe(pid, "filling by userfaultfd"))?;
     for &(a, l) in &registered {
         uffd::unregister(&ufd, a, l).map_err(ioe(pid, format!("UFFDIO_UNREGISTER {a:#x}+{l:#x}")))?;
     }
@@ -368,7 +371,9 @@ fn build_shmem(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSourc
 }
 
 /// Build the dumped address space in the stopped child `main.tid`.
-pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)]) -> Result<Space, RestoreError> {
+/// `pinned`: the engine thread's pin beside the target, lifted for the
+/// fill (whose copier threads want every CPU).
+pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], pinned: &p::PinnedHere) -> Result<Space, RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     // 1. the engine's rseq registration must go before its memory does
@@ -465,7 +470,7 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         // the target's own open file of the pages image: read front to back
         let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
     }
-    fill_private(main, &memf, task, mem, &page_fds, g + SCRATCH_OFF)?;
+    pinned.released(|| fill_private(main, &memf, task, mem, &page_fds, g + SCRATCH_OFF))?;
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         main.call("mprotect", libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]).map_err(e(&format!("mprotect {:#x}", v.start)))?;
     }

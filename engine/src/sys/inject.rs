@@ -1,12 +1,14 @@
 //! Running syscalls inside a ptrace-stopped thread.
 //!
-//! The thread is pointed at a `syscall` instruction (the "gadget": any
-//! `0f 05` in its executable memory) with the syscall number and arguments
-//! in its registers, and stepped with PTRACE_SYSCALL to the syscall-exit
-//! stop, where the return value is read. Nothing after the `syscall`
-//! instruction ever runs, so the gadget needs no trailing trap and no
-//! memory is modified. `orig_ax = -1` keeps the kernel's syscall-restart
-//! logic away from the registers we load.
+//! The thread is pointed at a `syscall; int3` pair (the "gadget": the
+//! engine's own, or the one the restore writes into the target) with the
+//! syscall number and arguments in its registers, and resumed with
+//! PTRACE_CONT: the syscall runs, the `int3` stops the thread with a
+//! SIGTRAP, and the return value is read there. That is one stop per call;
+//! stepping with PTRACE_SYSCALL to the syscall-exit stop took two (entry and
+//! exit), each a wakeup of the engine. The SIGTRAP is never delivered: the
+//! next resume passes signal 0. `orig_ax = -1` keeps the kernel's
+//! syscall-restart logic away from the registers we load.
 //!
 //! The caller blocks signals (PTRACE_SETSIGMASK) for the duration, so a
 //! stop other than the syscall ones means the thread is being killed or
@@ -39,7 +41,7 @@ std::arch::global_asm!(
 #[derive(Debug)]
 pub struct Injector {
     pub tid: Pid,
-    /// Address of a `syscall` instruction executable in the thread's mm.
+    /// Address of a `syscall; int3` pair executable in the thread's mm.
     pub gadget: u64,
     /// Registers used as the template of each call (the thread's own).
     pub base: Regs,
@@ -55,6 +57,18 @@ impl Injector {
 
     /// Run syscall `nr` with `args`; returns the raw result (negative errno on failure).
     pub fn raw(&mut self, nr: i64, args: &[u64]) -> io::Result<i64> {
+        self.run(nr, args, false)
+    }
+
+    /// Like [`call`](Self::call), for a syscall that unmaps the gadget
+    /// itself (the `int3` is gone when it returns): stepped to the
+    /// syscall-exit stop instead, two stops.
+    pub fn call_unmapping_gadget(&mut self, what: &str, nr: i64, args: &[u64]) -> io::Result<u64> {
+        let r = self.run(nr, args, true)?;
+        super::check_raw(r).map_err(|e| io::Error::new(e.kind(), format!("injected {what} in {}: {e}", self.tid)))
+    }
+
+    fn run(&mut self, nr: i64, args: &[u64], stepped: bool) -> io::Result<i64> {
         let mut r = self.base;
         r.ip = self.gadget;
         r.ax = nr as u64;
@@ -68,12 +82,19 @@ impl Injector {
         r.r8 = a[4];
         r.r9 = a[5];
         ptrace::set_regs(self.tid, &r)?;
-        // entry stop, then exit stop (clone events in between are recorded)
+        // run to the int3 after the syscall, or with `stepped` from the
+        // syscall-entry to the syscall-exit stop (clone events on the way
+        // are recorded)
         let mut seen_entry = false;
         loop {
-            ptrace::cont_syscall(self.tid, 0)?;
+            if stepped {
+                ptrace::cont_syscall(self.tid, 0)?;
+            } else {
+                ptrace::cont(self.tid, 0)?;
+            }
             match ptrace::wait(self.tid)? {
-                Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
+                Wait::Stopped { sig: libc::SIGTRAP, event: 0 } if !stepped => break,
+                Wait::Stopped { sig, event: 0 } if stepped && sig == (libc::SIGTRAP | 0x80) => {
                     if seen_entry {
                         break;
                     }
@@ -92,6 +113,13 @@ impl Injector {
             }
         }
         let out = ptrace::get_regs(self.tid)?;
+        let after = if stepped { self.gadget + 2 } else { self.gadget + 3 };
+        if out.ip != after {
+            return Err(io::Error::other(format!(
+                "thread {} trapped at {:#x} during injected syscall {nr}, not after the gadget at {:#x}",
+                self.tid, out.ip, self.gadget
+            )));
+        }
         Ok(out.ax as i64)
     }
 

@@ -348,6 +348,67 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(unsafe { libc::sched_getcpu() }).ok()
 }
 
+/// The mask of CPU `c` alone.
+pub fn one_cpu(c: usize) -> [u64; 16] {
+    let mut m = [0u64; 16];
+    if c < 1024 {
+        m[c / 64] = 1 << (c % 64);
+    }
+    m
+}
+
+/// The calling thread pinned to the CPU it runs on, for as long as this
+/// lives: a ptrace-driven exchange with a thread pinned to the same CPU is
+/// then a local switch per stop, not a wakeup of another (idle) vCPU
+/// (0.05 ms instead of 0.27 ms per injected call on the 2-vCPU VM). Its
+/// own CPU mask comes back on drop.
+#[derive(Debug)]
+pub struct PinnedHere {
+    saved: [u64; 16],
+    cpu: Option<usize>,
+}
+
+impl PinnedHere {
+    /// Pin; when the mask can't be read or set, nothing is pinned and
+    /// [`cpu`](Self::cpu) is `None` (the exchange is just slower).
+    pub fn new() -> PinnedHere {
+        let Ok(saved) = sched_getaffinity(0) else {
+            return PinnedHere { saved: [!0; 16], cpu: None };
+        };
+        let cpu = current_cpu().filter(|&c| c < 1024 && saved[c / 64] & (1 << (c % 64)) != 0);
+        let cpu = cpu.filter(|&c| sched_setaffinity(0, &one_cpu(c)).is_ok());
+        PinnedHere { saved, cpu }
+    }
+
+    /// The CPU pinned to, if any.
+    pub fn cpu(&self) -> Option<usize> {
+        self.cpu
+    }
+
+    /// The calling thread's mask before it was pinned.
+    pub fn saved(&self) -> [u64; 16] {
+        self.saved
+    }
+
+    /// Run `f` on the calling thread's own CPUs (threads it starts inherit
+    /// them), pinned again after.
+    pub fn released<R>(&self, f: impl FnOnce() -> R) -> R {
+        let Some(c) = self.cpu else { return f() };
+        let _ = sched_setaffinity(0, &self.saved);
+        let r = f();
+        let _ = sched_setaffinity(0, &one_cpu(c));
+        r
+    }
+}
+
+impl Drop for PinnedHere {
+    fn drop(&mut self) {
+        if self.cpu.is_some() {
+            let _ = sched_setaffinity(0, &self.saved);
+        }
+    }
+}
+
 /// Close every fd except those in `keep` (close_range over the gaps).
 pub fn close_all_except(keep: &[i32]) {
     let mut k: Vec<i32> = keep.to_vec();

@@ -51,78 +51,95 @@ struct UffdioRange {
 const CHUNK: usize = 32 << 20;
 const MADV_POPULATE_READ: i32 = 22;
 
-/// UFFDIO_COPY `src` to `dst` in the uffd's mm, all of it (retrying the
-/// partial copies and EAGAIN the kernel may return). `src` is a file
-/// mapping: a second thread populates it ahead, chunk by chunk, with
-/// MADV_POPULATE_READ (large reads of the file, no page fault per 4 KiB page
-/// in the engine), so a cold file's disk reads overlap the copying; where
-/// the copy catches up or populating fails, the copy faults pages in itself.
-/// Threads doing UFFDIO_COPY: two when the pages are already in the page
-/// cache (the allocation and first touch of the target's pages then run on
-/// both vCPUs: 1 GiB warm in 0.21-0.49 s against 0.35-2.8 s with one),
-/// one when they must come from the disk (the copies then only wait for the
-/// read-ahead, and a second copier measured slower: 0.66-1.6 s against
-/// 0.63-2.8 s). `CRIU_RS_UFFD_COPIERS=N` overrides, for comparisons.
-fn copiers(src: &[u8]) -> usize {
+/// UFFDIO_COPY each `(dst, src)` piece into the uffd's mm, all of it
+/// (retrying the partial copies and EAGAIN the kernel may return). The
+/// sources are a file mapping: a second thread populates them ahead, chunk
+/// by chunk, with MADV_POPULATE_READ (large reads of the file, no page fault
+/// per 4 KiB page in the engine), so a cold file's disk reads overlap the
+/// copying; where the copy catches up or populating fails, the copy faults
+/// pages in itself. All pieces go in one pass: a thread per piece cost
+/// ~0.5 ms each (a 16-thread process has a piece per thread stack).
+pub fn copy(uffd: &OwnedFd, pieces: &[(u64, &[u8])], pid: Pid) -> io::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // every piece in chunks of at most CHUNK bytes, in order
+    let chunks: Vec<(u64, &[u8])> =
+        pieces.iter().flat_map(|&(dst, src)| src.chunks(CHUNK).enumerate().map(move |(i, c)| (dst + (i * CHUNK) as u64, c))).collect();
+    let populate = |c: &[u8]| {
+        // SAFETY: madvise on memory of a live slice; MADV_POPULATE_READ
+        // only faults pages in, it never changes contents or mappings.
+        unsafe { libc::madvise(c.as_ptr() as *mut libc::c_void, c.len(), MADV_POPULATE_READ) };
+    };
+    if chunks.len() <= 1 {
+        // nothing to overlap: no threads
+        for &(dst, c) in &chunks {
+            populate(c);
+            copy_chunk(uffd, dst, c, pid)?;
+        }
+        return Ok(());
+    }
+    let populated = AtomicUsize::new(0);
+    let n = copiers(pieces);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &(_, c) in &chunks {
+                populate(c);
+                populated.fetch_add(1, Ordering::Release);
+            }
+        });
+        let copier = |w: usize| -> io::Result<()> {
+            for (i, &(dst, c)) in chunks.iter().enumerate().filter(|(i, _)| i % n == w) {
+                // Copy a chunk only once it is in: faulting a cold file mapping
+                // page by page is far slower than the populate's large reads.
+                while populated.load(Ordering::Acquire) <= i {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                copy_chunk(uffd, dst, c, pid)?;
+            }
+            Ok(())
+        };
+        let others: Vec<_> = (1..n).map(|w| s.spawn(move || copier(w))).collect();
+        let mut r = copier(0);
+        for o in others {
+            r = r.and(o.join().unwrap_or_else(|_| Err(io::Error::other("userfaultfd copier thread panicked"))));
+        }
+        r
+    })
+}
+
+/// Threads doing UFFDIO_COPY: two when at least 90% of the source pages are
+/// already in the page cache (the allocation and first touch of the
+/// target's pages then run on both vCPUs: 1 GiB warm in 0.21-0.49 s against
+/// 0.35-2.8 s with one), one when they must come from the disk (the copies
+/// then only wait for the read-ahead, and a second copier measured slower:
+/// 0.66-1.6 s against 0.63-2.8 s). `CRIU_RS_UFFD_COPIERS=N` overrides, for
+/// comparisons.
+fn copiers(pieces: &[(u64, &[u8])]) -> usize {
     if let Some(n) = std::env::var("CRIU_RS_UFFD_COPIERS").ok().and_then(|v| v.parse().ok()).filter(|&n: &usize| (1..=8).contains(&n)) {
         return n;
     }
-    if mostly_resident(src) {
+    let (resident, pages) = pieces.iter().map(|(_, src)| resident_pages(src)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    if pages > 0 && resident * 10 >= pages * 9 {
         2
     } else {
         1
     }
 }
 
-/// Whether at least 90% of the pages of `src` (a file mapping) are in the
-/// page cache (mincore).
-fn mostly_resident(src: &[u8]) -> bool {
+/// (pages of `src` in the page cache, pages of `src`), by mincore; none
+/// resident when it can't tell.
+fn resident_pages(src: &[u8]) -> (usize, usize) {
     let addr = src.as_ptr() as usize;
-    if !addr.is_multiple_of(4096) || src.is_empty() {
-        return false;
-    }
     let pages = src.len().div_ceil(4096);
+    if !addr.is_multiple_of(4096) || src.is_empty() {
+        return (0, pages);
+    }
     let mut v = vec![0u8; pages];
     // SAFETY: `src` is a live, page-aligned mapping of `src.len()` bytes;
     // the kernel writes one byte per page into `v`, which has that many.
     if unsafe { libc::mincore(addr as *mut libc::c_void, src.len(), v.as_mut_ptr()) } != 0 {
-        return false;
+        return (0, pages);
     }
-    v.iter().filter(|&&b| b & 1 != 0).count() * 10 >= pages * 9
-}
-
-pub fn copy(uffd: &OwnedFd, dst: u64, src: &[u8], pid: Pid) -> io::Result<()> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let populated = AtomicUsize::new(0);
-    let chunks = src.len().div_ceil(CHUNK);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for chunk in src.chunks(CHUNK) {
-                // SAFETY: madvise on memory of a live slice; MADV_POPULATE_READ
-                // only faults pages in, it never changes contents or mappings.
-                unsafe { libc::madvise(chunk.as_ptr() as *mut libc::c_void, chunk.len(), MADV_POPULATE_READ) };
-                populated.fetch_add(1, Ordering::Release);
-            }
-        });
-        let copier = |w: usize, n: usize| -> io::Result<()> {
-            for (i, chunk) in src.chunks(CHUNK).enumerate().filter(|(i, _)| i % n == w) {
-                // Copy a chunk only once it is in: faulting a cold file mapping
-                // page by page is far slower than the populate's large reads.
-                while populated.load(Ordering::Acquire) <= i && i < chunks {
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                }
-                copy_chunk(uffd, dst + (i * CHUNK) as u64, chunk, pid)?;
-            }
-            Ok(())
-        };
-        let n = copiers(src);
-        let others: Vec<_> = (1..n).map(|w| s.spawn(move || copier(w, n))).collect();
-        let mut r = copier(0, n);
-        for o in others {
-            r = r.and(o.join().unwrap_or_else(|_| Err(io::Error::other("userfaultfd copier thread panicked"))));
-        }
-        r
-    })
+    (v.iter().filter(|&&b| b & 1 != 0).count(), pages)
 }
 
 fn copy_chunk(uffd: &OwnedFd, dst: u64, src: &[u8], pid: Pid) -> io::Result<()> {

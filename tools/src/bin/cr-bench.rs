@@ -3,9 +3,13 @@
 //! For each size (MiB of patterned anonymous memory) and thread count it
 //! starts `tools/bench/memhog.c` as pid 1 of a new pid namespace, times
 //! `criu dump`, drops the page cache, times `criu restore -d`, then checks
-//! the restored program ticks `ok`. Baselines measured first in the same
-//! run: memcpy of the same size, and writing it to a file in the image
-//! directory's file system. Prints a markdown table for docs/PERFORMANCE.md.
+//! the restored program ticks `ok`. Limits measured in the same run, for
+//! each row: memcpy of the same size; the disk's write rate (the same bytes
+//! written with O_DIRECT from a hot buffer into the image directory's file
+//! system: what a dump can at best do once its pages are on the way out);
+//! and its cold read rate (the dump's own pages files read back, page
+//! cache dropped, buffered and sequential: what a restore must at least
+//! wait for). Prints a markdown table for docs/PERFORMANCE.md.
 //!
 //! With `--compare-fill` each row also restores the same images a second
 //! time with the /proc/PID/mem fill (`CRIU_RS_FILL=mem`) instead of the
@@ -18,7 +22,6 @@
 //! `cr-bench [--criu PATH] [--sizes 64,256,1024,4096] [--threads 1,16] [--dir DIR] [--runs N] [--compare-fill] [--compare-dump]`
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -101,18 +104,53 @@ fn memcpy_baseline(bytes: usize) -> Duration {
     d
 }
 
-fn write_baseline(dir: &Path, bytes: usize) -> Duration {
+/// `bytes` written with O_DIRECT in 8 MiB writes from a hot page-aligned
+/// buffer into a new file in `dir`: the disk's write rate, no page cache.
+fn direct_write_baseline(dir: &Path, bytes: usize) -> Option<Duration> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const CHUNK: usize = 8 << 20;
     let path = dir.join("write-baseline");
-    let buf = vec![0xa5u8; 1 << 20];
+    let mut buf = memmap2::MmapMut::map_anon(CHUNK).ok()?;
+    buf.fill(0xa5);
+    let f = fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&path).ok()?;
     let t = Instant::now();
-    let mut f = fs::File::create(&path).expect("create baseline file");
-    for _ in 0..bytes >> 20 {
-        f.write_all(&buf).expect("write baseline");
+    let mut off = 0;
+    while off < bytes {
+        let n = CHUNK.min(bytes - off);
+        f.write_all_at(&buf[..n], off as u64).ok()?;
+        off += n;
     }
-    drop(f);
     let d = t.elapsed();
+    drop(f);
     let _ = fs::remove_file(&path);
-    d
+    Some(d)
+}
+
+/// Every `pages-*.img` in `imgs` read front to back with the page cache
+/// dropped first (buffered, 8 MiB reads, sequential advice): the least a
+/// restore of them waits for on this disk.
+fn cold_read_baseline(imgs: &Path) -> Option<Duration> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut files: Vec<PathBuf> = fs::read_dir(imgs)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("pages-") && n.ends_with(".img")))
+        .collect();
+    files.sort();
+    drop_caches();
+    let mut buf = vec![0u8; 8 << 20];
+    let t = Instant::now();
+    for p in files {
+        let mut f = fs::File::open(&p).ok()?;
+        // SAFETY: advice on an fd we own; no memory is passed.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+        while f.read(&mut buf).ok()? > 0 {}
+    }
+    let d = t.elapsed();
+    drop_caches();
+    Some(d)
 }
 
 fn drop_caches() {
@@ -176,6 +214,8 @@ struct Row {
     restore: Option<Duration>,
     restore_mem: Option<Duration>,
     dump_read: Option<Duration>,
+    /// The dump's pages files read cold, right after the restore.
+    cold_read: Option<Duration>,
     note: String,
 }
 
@@ -217,6 +257,7 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
         restore: None,
         restore_mem: None,
         dump_read: None,
+        cold_read: None,
         note: String::new(),
     };
     let work = o.dir.join(format!("w-{mib}-{threads}"));
@@ -302,6 +343,9 @@ fn one(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Row {
     {
         kill_tree(p);
     }
+    // the restore's floor on this disk, now: the same pages files, cold
+    std::thread::sleep(Duration::from_millis(300));
+    row.cold_read = cold_read_baseline(&imgs);
     if o.compare_fill && row.note.is_empty() {
         // same images, filled through /proc/PID/mem instead of the target's preadv
         std::thread::sleep(Duration::from_millis(300));
@@ -362,47 +406,40 @@ fn main() {
     let memhog = build_memhog(&o.dir);
     println!("# cr-bench: criu = {}", o.criu.display());
     println!();
-    println!("| MiB | threads | memcpy GB/s | write GB/s | dump s | dump GB/s | dump/memcpy | dump/write | dump s, two-copy read | restore s | restore GB/s | restore s, /proc/PID/mem fill | upstream/ours, dump (1 s/GiB) | upstream/ours, restore (0.5 s/GiB) | note |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| MiB | threads | memcpy GB/s | disk write GB/s | cold read GB/s | dump s | dump GB/s | dump/disk write | dump s, two-copy read | restore s | restore GB/s | restore/cold read | restore s, /proc/PID/mem fill | upstream/ours, dump (1 s/GiB) | upstream/ours, restore (0.5 s/GiB) | note |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &mib in &o.sizes {
         let bytes = mib << 20;
-        let mc = memcpy_baseline(bytes);
-        let wr = write_baseline(&o.dir, bytes);
         for &threads in &o.threads {
             for _ in 0..o.runs {
+                // the limits, measured beside each row (this VM's rates move by 2-4x within minutes)
+                let mc = memcpy_baseline(bytes);
+                let wr = direct_write_baseline(&o.dir, bytes);
                 let r = one(&o, &memhog, mib, threads);
                 let gib = mib as f64 / 1024.0;
-                let f = |d: Option<Duration>| {
-                    d.map_or("-".to_string(), |d| format!("{:.3}", d.as_secs_f64()))
+                let f = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3}", d.as_secs_f64()));
+                let rate = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.2}", gbps(bytes, d)));
+                // limit time over our time: 1.00 is as fast as the limit allows
+                let vs = |limit: Option<Duration>, ours: Option<Duration>| match (limit, ours) {
+                    (Some(l), Some(d)) => format!("{:.2}", l.as_secs_f64() / d.as_secs_f64()),
+                    _ => "-".into(),
                 };
-                let rate = |d: Option<Duration>| {
-                    d.map_or("-".to_string(), |d| format!("{:.2}", gbps(bytes, d)))
-                };
-                let up_dump = r.dump.map_or("-".into(), |d| {
-                    format!("{:.2}x", gib * 1.0 / d.as_secs_f64())
-                });
-                let up_rest = r.restore.map_or("-".into(), |d| {
-                    format!("{:.2}x", gib * 0.5 / d.as_secs_f64())
-                });
-                let ratio = r.dump.map_or("-".into(), |d| {
-                    format!("{:.2}", gbps(bytes, d) / gbps(bytes, mc))
-                });
-                let wratio = r.dump.map_or("-".into(), |d| {
-                    format!("{:.2}", gbps(bytes, d) / gbps(bytes, wr))
-                });
+                let up_dump = r.dump.map_or("-".into(), |d| format!("{:.2}x", gib * 1.0 / d.as_secs_f64()));
+                let up_rest = r.restore.map_or("-".into(), |d| format!("{:.2}x", gib * 0.5 / d.as_secs_f64()));
                 println!(
-                    "| {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.mib,
                     r.threads,
                     gbps(bytes, mc),
-                    gbps(bytes, wr),
+                    rate(wr),
+                    rate(r.cold_read),
                     f(r.dump),
                     rate(r.dump),
-                    ratio,
-                    wratio,
+                    vs(wr, r.dump),
                     f(r.dump_read),
                     f(r.restore),
                     rate(r.restore),
+                    vs(r.cold_read, r.restore),
                     f(r.restore_mem),
                     up_dump,
                     up_rest,
