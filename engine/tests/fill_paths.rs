@@ -1,7 +1,9 @@
-//! The three ways restore fills private memory give the same running
-//! process: UFFDIO_COPY (the default), the target's own preadv, and writes
-//! through /proc/PID/mem (`CRIU_RS_FILL=uffd|preadv|mem`). The counter
-//! fixture checks all of its 8 MiB every tick. Needs root, gcc, unshare;
+//! The ways restore fills private memory give the same running process:
+//! UFFDIO_COPY (the default) from the mapped pages file or from O_DIRECT
+//! reads of it (`CRIU_RS_FILL_READ=mmap|direct`; cold restores of 128 MiB
+//! and more read directly), the target's own preadv, and writes through
+//! /proc/PID/mem (`CRIU_RS_FILL=uffd|preadv|mem`). The counter fixture
+//! checks all of its 8 MiB every tick. Needs root, gcc, unshare;
 //! otherwise SKIP.
 
 mod common;
@@ -33,12 +35,26 @@ fn every_fill_path_restores_a_ticking_process() {
     let dumped = fx.pid;
     criu_ok(&criu, &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
     wait_until("dumped process gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{dumped}")).exists());
-    for mode in ["uffd", "preadv", "mem"] {
-        let (st, log) = criu_env(&criu, &["restore", "-d"], &img, &format!("restore-{mode}.log"), &[("CRIU_RS_FILL", mode)]);
+    for mode in ["uffd", "uffd-direct", "preadv", "mem"] {
+        let env: &[(&str, &str)] = match mode {
+            "uffd" => &[("CRIU_RS_FILL", "uffd"), ("CRIU_RS_FILL_READ", "mmap")],
+            "uffd-direct" => &[("CRIU_RS_FILL", "uffd"), ("CRIU_RS_FILL_READ", "direct")],
+            m => &[("CRIU_RS_FILL", m)],
+        };
+        let (st, log) = criu_env(&criu, &["restore", "-d"], &img, &format!("restore-{mode}.log"), env);
         assert!(st.success(), "restore with {mode}:\n{log}");
         let (total, by_uffd, by_preadv) = counts(&log);
+        let direct = log.contains("by userfaultfd from O_DIRECT reads");
         match mode {
-            "uffd" => assert!(by_uffd >= 2048, "{mode}: the 8 MiB buffer must go through userfaultfd ({by_uffd} of {total})"),
+            "uffd" => assert!(by_uffd >= 2048 && !direct, "{mode}: the 8 MiB buffer must go through userfaultfd from the mapping ({by_uffd} of {total})"),
+            "uffd-direct" => {
+                assert!(by_uffd >= 2048, "{mode}: the 8 MiB buffer must go through userfaultfd ({by_uffd} of {total})");
+                // a file system without O_DIRECT makes it fall back, and says so
+                assert!(direct || log.contains("no O_DIRECT reads of"), "{mode}: neither read directly nor said why not:\n{log}");
+                if !direct {
+                    eprintln!("NOTE fill paths: the image directory's file system refuses O_DIRECT; the mapping was used");
+                }
+            }
             "preadv" => assert!(by_uffd == 0 && by_preadv > 0, "{mode}: {by_uffd}/{by_preadv} of {total}"),
             _ => assert!(by_uffd == 0 && by_preadv == 0, "{mode}: {by_uffd}/{by_preadv} of {total}"),
         }

@@ -34,7 +34,7 @@ fn layout() -> &'static Layout {
 /// `None` when the CPU doesn't have it enabled.
 pub fn xsave_component(i: u32) -> Option<(usize, usize)> {
     let l = layout();
-    if i < 2 || i >= 64 || l.mask & (1 << i) == 0 {
+    if !(2..64).contains(&i) || l.mask & (1 << i) == 0 {
         return None;
     }
     l.comps[i as usize]

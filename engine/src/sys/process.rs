@@ -371,6 +371,7 @@ pub struct PinnedHere {
 impl PinnedHere {
     /// Pin; when the mask can't be read or set, nothing is pinned and
     /// [`cpu`](Self::cpu) is `None` (the exchange is just slower).
+    #[allow(clippy::new_without_default)] // pinning is an action, not a default value
     pub fn new() -> PinnedHere {
         let Ok(saved) = sched_getaffinity(0) else {
             return PinnedHere { saved: [!0; 16], cpu: None };
