@@ -67,7 +67,7 @@ pub trait MemSource {
 }
 
 /// Whether a two-copy dump of `total` bytes writes with O_DIRECT: when it
-/// is not a small dump (`dump::page_pump::small_dump`: over 512 MiB, or
+/// is not a small dump (`dump::page_pump::small_dump`: over 32 MiB, or
 /// past half the dirty background threshold). There the page cache is
 /// the cost: on this VM filling it runs at 0.25-4 GB/s depending on
 /// whether the host still backs the memory it gets, and past the dirty

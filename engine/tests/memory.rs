@@ -178,7 +178,7 @@ fn memkinds_layout_and_contents_survive() {
 }
 
 /// The same through the two-copy path with O_DIRECT writes (what dumps over
-/// 512 MiB take), with enough dense memory for its pipelined copy.
+/// 32 MiB take), with enough dense memory for its pipelined copy.
 #[test]
 fn memkinds_through_o_direct_writes() {
     memkinds_cycles("kinds-direct", 64, &[("CRIU_RS_PUMP", "never"), ("CRIU_RS_DUMP_DIRECT", "always")], "(O_DIRECT)");

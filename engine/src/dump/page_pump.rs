@@ -43,12 +43,17 @@ const MAX_IOVS: usize = 256;
 const PIPES: usize = PUMP_FDS / 2;
 
 /// The most pages the pump takes on; larger dumps go the two-copy way with
-/// O_DIRECT writes (`mem_source`). Measured here (docs/PERFORMANCE.md):
-/// 256 MiB through the pump 0.086-0.095 s against 0.20-0.22 s with
-/// O_DIRECT; 1 GiB 0.35-3.4 s through the pump (the page cache lands on
-/// memory the host took back, or not) against a steady 0.54-0.76 s with
-/// O_DIRECT; 4 GiB 2.1-2.3 s with O_DIRECT against 12.6-16.7 s buffered.
-pub const PUMP_MAX: u64 = 512 << 20;
+/// O_DIRECT writes (`mem_source`). The pump's one copy lands in new page
+/// cache, which on this VM is fast while the kernel has unreported free
+/// memory to give it and slow (a host fault per page) once it hands out
+/// memory the host took back. Measured here, same minutes, `Copied ... in`
+/// of the dump log (docs/PERFORMANCE.md): 32 MiB through the pump
+/// 0.011-0.012 s against 0.031-0.049 s with O_DIRECT; 64 MiB 0.030-0.239 s
+/// (median 0.12) against 0.046-0.072 s; 256 MiB 0.48-1.26 s against
+/// 0.16-0.22 s (in an earlier, better hour 0.09 s against 0.21 s); 1 GiB
+/// 0.35-3.4 s against 0.54-0.96 s; 4 GiB buffered 12.6-16.7 s against
+/// 2.1-2.6 s.
+pub const PUMP_MAX: u64 = 32 << 20;
 
 /// Whether the pump is the path for `bytes` of pages: up to [`PUMP_MAX`]
 /// and while the new page cache stays under half the dirty background
