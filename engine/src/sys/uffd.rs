@@ -188,6 +188,8 @@ const DIRECT_CHUNK: usize = 8 << 20;
 const DIRECT_BUFS: usize = 6;
 /// Threads reading: two 8 MiB reads in flight.
 const DIRECT_READERS: usize = 2;
+/// Threads copying from the ring.
+const DIRECT_COPIERS: usize = 1;
 
 /// UFFDIO_COPY every piece from `files` (opened with O_DIRECT, so the
 /// pages never enter the page cache): reader threads fill a ring of
@@ -219,7 +221,8 @@ pub fn copy_from_files(uffd: &OwnedFd, pieces: &[FilePiece], files: &[std::fs::F
     }
     let free_rx = Mutex::new(free_rx);
     let (full_tx, full_rx) = mpsc::channel::<(usize, super::mmap::AnonBuf, io::Result<()>)>();
-    let next = AtomicUsize::new(0);
+    let full_rx = Mutex::new(full_rx);
+    let (next, claimed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|s| {
         let readers = std::env::var("CRIU_RS_FILL_READERS").ok().and_then(|v| v.parse().ok()).filter(|&n: &usize| (1..=8).contains(&n)).unwrap_or(DIRECT_READERS);
         for _ in 0..readers {
@@ -241,21 +244,42 @@ pub fn copy_from_files(uffd: &OwnedFd, pieces: &[FilePiece], files: &[std::fs::F
             });
         }
         drop(full_tx);
-        // the copier, here; dropping `free_tx` on the way out stops the readers
-        let free_tx = free_tx;
-        let (t0, mut copying) = (std::time::Instant::now(), std::time::Duration::ZERO);
-        for _ in 0..chunks.len() {
-            let (i, buf, r) = full_rx.recv().map_err(|_| io::Error::other("pages file readers stopped early"))?;
-            r?;
-            let c = chunks[i];
-            let t = std::time::Instant::now();
-            copy_chunk(uffd, c.dst, &buf.as_slice()[..c.len], pid)?;
-            copying += t.elapsed();
-            let _ = free_tx.send(buf);
+        // the copiers, this thread and maybe more; when all have dropped
+        // their `free_tx` the readers stop
+        let copier = |free_tx: mpsc::Sender<super::mmap::AnonBuf>| -> io::Result<std::time::Duration> {
+            let mut copying = std::time::Duration::ZERO;
+            while claimed.fetch_add(1, Ordering::Relaxed) < chunks.len() {
+                let got = full_rx.lock().map_err(|_| io::Error::other("buffer ring"))?.recv();
+                let (i, buf, r) = got.map_err(|_| io::Error::other("pages file readers stopped early"))?;
+                r?;
+                let c = chunks[i];
+                let t = std::time::Instant::now();
+                copy_chunk(uffd, c.dst, &buf.as_slice()[..c.len], pid)?;
+                copying += t.elapsed();
+                let _ = free_tx.send(buf);
+            }
+            Ok(copying)
+        };
+        let t0 = std::time::Instant::now();
+        let n = direct_copiers();
+        let others: Vec<_> = (1..n).map(|_| {
+            let tx = free_tx.clone();
+            s.spawn(move || copier(tx))
+        }).collect();
+        let mut r = copier(free_tx);
+        for o in others {
+            let o = o.join().unwrap_or_else(|_| Err(io::Error::other("userfaultfd copier thread panicked")));
+            r = r.and_then(|a| o.map(|b| a + b));
         }
-        crate::pr_debug!("O_DIRECT fill of {pid}: {:.3} s, of which copying {:.3} s ({readers} readers)", t0.elapsed().as_secs_f64(), copying.as_secs_f64());
+        let copying = r?;
+        crate::pr_debug!("O_DIRECT fill of {pid}: {:.3} s, copying {:.3} s on {n} thread(s), {readers} readers", t0.elapsed().as_secs_f64(), copying.as_secs_f64());
         Ok(())
     })
+}
+
+/// Copier threads of the O_DIRECT fill (`CRIU_RS_UFFD_COPIERS=N` overrides).
+fn direct_copiers() -> usize {
+    std::env::var("CRIU_RS_UFFD_COPIERS").ok().and_then(|v| v.parse().ok()).filter(|&n: &usize| (1..=8).contains(&n)).unwrap_or(DIRECT_COPIERS)
 }
 
 /// UFFDIO_UNREGISTER the range `start..start+len`.
