@@ -274,9 +274,7 @@ impl PagesImage {
         // read once, front to back: a larger readahead window; advice only
         let _ = crate::sys::mmap::advise_sequential(&f);
         let map = MappedFile::map(&f).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;
-        // start reading it from disk while the restore sets up (the kernel
-        // reads one read-ahead window of it; the fill's populate thread the rest)
-        let _ = crate::sys::mmap::advise_willneed(&f, map.bytes().len() as u64);
+        // (`images_io::read_images` asked for its start already)
         let idx = self.files.len();
         let have = map.bytes().len() as u64;
         for (vaddr, nr, off) in runs {

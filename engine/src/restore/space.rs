@@ -189,14 +189,8 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
     Ok((rest, copied))
 }
 
-/// Below this many bytes to fill, reading through the page cache (the
-/// mappings, with read-ahead) beat O_DIRECT reads: cold 64 MiB 0.115-0.13 s
-/// against 0.15-0.18 s; at 256 MiB O_DIRECT won (0.31-0.39 s against
-/// 0.37-0.68 s), at 1 GiB by 2x (1.0-1.6 s against 2.1-3.7 s).
-const DIRECT_FILL_MIN: usize = 128 << 20;
-
 /// The pieces as O_DIRECT reads of the pages files, with those files opened
-/// so, when the fill should read that way: at least [`DIRECT_FILL_MIN`]
+/// so, when the fill should read that way: at least [`uffd::DIRECT_FILL_MIN`]
 /// bytes, mostly not in the page cache (`CRIU_RS_FILL_READ=direct|mmap`
 /// decides instead, for comparisons), and every file takes an O_DIRECT
 /// read (a probe of its first page; file systems without O_DIRECT refuse
@@ -207,7 +201,7 @@ fn direct_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<(Vec<Fi
     match std::env::var("CRIU_RS_FILL_READ").as_deref() {
         Ok("mmap") => return None,
         Ok("direct") => {}
-        _ if total < DIRECT_FILL_MIN || !uffd::mostly_cold(pieces) => return None,
+        _ if total < uffd::DIRECT_FILL_MIN || !uffd::mostly_cold(pieces) => return None,
         _ => {}
     }
     let mut fp = Vec::with_capacity(pieces.len());
