@@ -16,8 +16,9 @@
 //! `mid-memory` (after the first page run is written), `mid-pump` (inside
 //! an injected vmsplice of the page pump, pipe fds open in the source),
 //! `before-inventory`;
-//! restore `after-clone`, `mid-mm` (half the VMAs mapped), `mid-threads`
-//! (after the first extra thread is created), `before-detach`.
+//! restore `after-clone`, `mid-mm` (half the VMAs mapped), `mid-fill`
+//! (after the first chunk of memory is copied in), `mid-threads` (after the
+//! first extra thread is created), `before-detach`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -33,6 +34,7 @@ pub const POINTS: &[&str] = &[
     "before-inventory",
     "after-clone",
     "mid-mm",
+    "mid-fill",
     "mid-threads",
     "before-detach",
 ];

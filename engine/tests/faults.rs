@@ -142,6 +142,11 @@ fn dump_faults_signals() {
 
 /// Kill the engine at each restore point; nothing may be left running.
 fn restore_faults(name: &str, ns: Ns, points: &[&str]) {
+    restore_faults_with(name, ns, points, &[]);
+}
+
+/// [`restore_faults`] with `env` set for every restore (a fill path).
+fn restore_faults_with(name: &str, ns: Ns, points: &[&str], env: &[(&str, &str)]) {
     if let Some(r) = skip_reason() {
         eprintln!("SKIP restore faults ({name}): {r}");
         return;
@@ -158,7 +163,13 @@ fn restore_faults(name: &str, ns: Ns, points: &[&str]) {
     wait_until("source reaped after the dump", std::time::Duration::from_secs(5), || !Path::new(&format!("/proc/{dumped}")).exists());
     for point in points {
         let t = fx.tick();
-        let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore.log", &[("CRIU_RS_FAULT_AT", point)]);
+        let mut envs = vec![("CRIU_RS_FAULT_AT", *point)];
+        envs.extend_from_slice(env);
+        let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore.log", &envs);
+        if let Some((_, path)) = env.iter().find(|(k, _)| *k == "CRIU_RS_FILL_READ") {
+            let direct = log.contains("from O_DIRECT reads");
+            assert!(direct == (*path == "direct") || log.contains("no O_DIRECT reads of"), "{point}: the fill did not read the {path} way:\n{log}");
+        }
         assert_killed(st, point, &log);
         wait_until(&format!("nothing left after the engine died at {point}"), std::time::Duration::from_secs(5), || {
             live_with_exe(&fx.bin).is_empty() && live_with_exe(&criu).is_empty()
@@ -193,14 +204,24 @@ fn restore_faults_counter_own_pidns() {
     restore_faults("counter", Ns::OwnPidNs, &["after-clone", "mid-mm", "before-detach"]);
 }
 
+/// The engine dies in the middle of the memory fill, copying from the
+/// mapped pages file and from O_DIRECT reads (the reader threads and the
+/// buffer ring die with it): nothing is left.
+#[test]
+fn restore_faults_mid_fill() {
+    restore_faults_with("counter", Ns::OwnPidNs, &["mid-fill"], &[("CRIU_RS_FILL_READ", "mmap")]);
+    restore_faults_with("counter", Ns::OwnPidNs, &["mid-fill"], &[("CRIU_RS_FILL_READ", "direct")]);
+}
+
 #[test]
 fn restore_faults_threads_host_pidns() {
     restore_faults("threads", Ns::Host, &["after-clone", "mid-mm", "mid-threads", "mid-threads@3", "before-detach"]);
 }
 
-/// A restore that fails by itself (not killed) after threads exist: the
-/// engine must clean up its half-built tree and exit 1, not hang reaping it
-/// (traced threads must be reaped before their leader).
+/// A restore that fails by itself (not killed) after threads exist, or in
+/// the middle of an O_DIRECT memory fill: the engine must clean up its
+/// half-built tree and exit 1, not hang reaping it (traced threads must be
+/// reaped before their leader) or waiting on its reader threads.
 #[test]
 fn failing_restore_with_threads_cleans_up() {
     if let Some(r) = skip_reason() {
@@ -213,24 +234,27 @@ fn failing_restore_with_threads_cleans_up() {
     let img = tmp.join("img");
     std::fs::create_dir_all(&img).unwrap();
     criu_ok(&criu, &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
-    let t = fx.tick();
-    let out = std::process::Command::new("timeout")
-        .arg("60")
-        .arg(&criu)
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&img)
-        .env("CRIU_RS_FAULT_AT", "mid-threads:fail")
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
-    assert_ne!(out.status.code(), Some(124), "restore hung cleaning up after a failure:\n{log}");
-    assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("injected failure"), "{log}");
-    wait_until("nothing left after the failed restore", std::time::Duration::from_secs(5), || {
-        live_with_exe(&fx.bin).is_empty() && live_with_exe(&criu).is_empty()
-    });
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(fx.tick(), t, "a half-restored process ran");
+    for (point, fill) in [("mid-threads:fail", "mmap"), ("mid-fill:fail", "direct")] {
+        let t = fx.tick();
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(&criu)
+            .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+            .arg(&img)
+            .env("CRIU_RS_FAULT_AT", point)
+            .env("CRIU_RS_FILL_READ", fill)
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+        assert_ne!(out.status.code(), Some(124), "{point}: restore hung cleaning up after a failure:\n{log}");
+        assert_eq!(out.status.code(), Some(1), "{point}: {log}");
+        assert!(log.contains("injected failure"), "{point}: {log}");
+        wait_until(&format!("nothing left after the failed restore ({point})"), std::time::Duration::from_secs(5), || {
+            live_with_exe(&fx.bin).is_empty() && live_with_exe(&criu).is_empty()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(fx.tick(), t, "{point}: a half-restored process ran");
+    }
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
