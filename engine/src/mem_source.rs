@@ -67,7 +67,7 @@ pub trait MemSource {
 }
 
 /// Whether a two-copy dump of `total` bytes writes with O_DIRECT: when it
-/// is not a small dump (`dump::page_pump::small_dump`: over 32 MiB, or
+/// is not a small dump (`dump::page_pump::small_dump`: over 1 GiB, or
 /// past half the dirty background threshold). There the page cache is
 /// the cost: on this VM filling it runs at 0.25-4 GB/s depending on
 /// whether the host still backs the memory it gets, and past the dirty
@@ -141,7 +141,7 @@ impl MemSource for ProcessMem {
     fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
         let t = std::time::Instant::now();
         let total: u64 = ranges.iter().map(|r| r.1).sum();
-        let r = self.copy_to_inner(ranges, out, off, total);
+        let r = self.copy_to_inner(ranges, out, off, total, direct_pays_off(total));
         let s = t.elapsed().as_secs_f64();
         crate::pr_info!("Copied {total} bytes of {} in {:.3} s ({:.2} GB/s)", self.pid, s, total as f64 / s.max(1e-9) / 1e9);
         r
@@ -149,7 +149,14 @@ impl MemSource for ProcessMem {
 }
 
 impl ProcessMem {
-    fn copy_to_inner(&self, ranges: &[(u64, u64)], out: &File, off: u64, total: u64) -> Result<(), MemError> {
+    /// [`MemSource::copy_to`] writing with O_DIRECT whatever the size (the
+    /// page pump hands over what is left when the page cache turns slow).
+    pub fn copy_to_direct(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        self.copy_to_inner(ranges, out, off, total, std::env::var("CRIU_RS_DUMP_DIRECT").as_deref() != Ok("never"))
+    }
+
+    fn copy_to_inner(&self, ranges: &[(u64, u64)], out: &File, off: u64, total: u64, want_direct: bool) -> Result<(), MemError> {
         if total <= CHUNK as u64 {
             let mut buf = vec![0u8; CHUNK];
             let mut pos = off;
@@ -167,7 +174,7 @@ impl ProcessMem {
             free_tx.send(b).expect("receiver alive");
         }
         // Large dumps bypass the page cache ([`direct_pays_off`]).
-        let direct = if direct_pays_off(total) {
+        let direct = if want_direct {
             std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_DIRECT)

@@ -33,6 +33,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,17 +44,40 @@ const MAX_IOVS: usize = 256;
 const PIPES: usize = PUMP_FDS / 2;
 
 /// The most pages the pump takes on; larger dumps go the two-copy way with
-/// O_DIRECT writes (`mem_source`). The pump's one copy lands in new page
-/// cache, which on this VM is fast while the kernel has unreported free
-/// memory to give it and slow (a host fault per page) once it hands out
-/// memory the host took back. Measured here, same minutes, `Copied ... in`
-/// of the dump log (docs/PERFORMANCE.md): 32 MiB through the pump
-/// 0.011-0.012 s against 0.031-0.049 s with O_DIRECT; 64 MiB 0.030-0.239 s
-/// (median 0.12) against 0.046-0.072 s; 256 MiB 0.48-1.26 s against
-/// 0.16-0.22 s (in an earlier, better hour 0.09 s against 0.21 s); 1 GiB
-/// 0.35-3.4 s against 0.54-0.96 s; 4 GiB buffered 12.6-16.7 s against
-/// 2.1-2.6 s.
-pub const PUMP_MAX: u64 = 32 << 20;
+/// O_DIRECT writes (`mem_source`) from the start. The pump's one copy lands
+/// in new page cache, which on this VM is fast while the kernel has free
+/// memory the host still backs and slow (a host fault per page) once it
+/// hands out memory the host took back; so the pump watches its splicer's
+/// rate and hands the rest over to O_DIRECT when it falls under
+/// [`SWITCH_RATE`]. Measured here, same minutes, `Copied ... in` of the
+/// dump log (docs/PERFORMANCE.md): 64 MiB through the pump 0.020-0.030 s
+/// against 0.057-0.092 s with O_DIRECT; 256 MiB 0.095-0.129 s against
+/// 0.155-0.214 s; in a slow hour, without the hand-over, 64 MiB took
+/// 0.03-0.24 s and 256 MiB 0.48-1.26 s through the pump. 4 GiB buffered
+/// took 12.6-16.7 s against 2.1-2.6 s with O_DIRECT.
+pub const PUMP_MAX: u64 = 1 << 30;
+
+/// Bytes the pump splices before it judges its rate.
+const SWITCH_PROBE: u64 = 4 << 20;
+
+/// Below this rate (bytes/s of the splicer's own time) the pump hands
+/// the rest to the two-copy path with O_DIRECT writes, which runs at the
+/// disk's 1.2-1.8 GB/s whatever the page cache costs. On this VM the
+/// pump's new page cache runs at 2-3 GB/s while the kernel hands out memory
+/// the host still backs and at 0.2-0.6 GB/s once it hands out memory the
+/// host took back (free page reporting), and which it will be is not known
+/// in advance: so the pump starts, and steps aside when it is slow.
+const SWITCH_RATE: f64 = 1.5e9;
+
+/// The rate under which the pump steps aside; `None` with
+/// `CRIU_RS_PUMP=always` (the pump to the end, for comparisons).
+/// `CRIU_RS_PUMP_MIN_RATE` (bytes/s) overrides, for tests.
+fn switch_rate() -> Option<f64> {
+    if std::env::var("CRIU_RS_PUMP").as_deref() == Ok("always") {
+        return None;
+    }
+    Some(std::env::var("CRIU_RS_PUMP_MIN_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(SWITCH_RATE))
+}
 
 /// Whether the pump is the path for `bytes` of pages: up to [`PUMP_MAX`]
 /// and while the new page cache stays under half the dirty background
@@ -255,6 +279,11 @@ impl MemSource for PagePump {
         // a profile showed 23% of all CPU time in rwsem_spin_on_owner and
         // the copy took 19.7 s against 6.8 s with one.
         let per_pipe = std::env::var("CRIU_RS_PUMP_SPLICERS").as_deref() == Ok("2");
+        let min_rate = switch_rate();
+        // (bytes, nanoseconds) the splicer has moved and spent
+        let spliced = (AtomicU64::new(0), AtomicU64::new(0));
+        let spliced = &spliced;
+        let mut pos = off as i64;
         let res = std::thread::scope(|sc| {
             let flow_ref = &flow;
             let rds = &rds;
@@ -271,7 +300,10 @@ impl MemSource for PagePump {
                         while let Ok((k, len, pos)) = rx.recv() {
                             let t0 = Instant::now();
                             drain(rds[k], pid, out, pos, len)?;
-                            busy += t0.elapsed();
+                            let d = t0.elapsed();
+                            busy += d;
+                            spliced.0.fetch_add(len as u64, Ordering::Relaxed);
+                            spliced.1.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
                             flow_ref.0.lock().expect("flow lock").in_pipe[k] = 0;
                             flow_ref.1.notify_all();
                         }
@@ -284,9 +316,15 @@ impl MemSource for PagePump {
                     r.map(|()| busy)
                 }));
             }
-            let mut pos = off as i64;
-            let fill_res = (|| -> Result<(), MemError> {
+            let fill_res = (|| -> Result<Option<usize>, MemError> {
                 for (i, batch) in work.iter().enumerate() {
+                    if let Some(min) = min_rate {
+                        // the splicer's own rate: the page cache's cost
+                        let (b, ns) = (spliced.0.load(Ordering::Relaxed), spliced.1.load(Ordering::Relaxed));
+                        if b >= SWITCH_PROBE && (b as f64) < min * ns as f64 / 1e9 {
+                            return Ok(Some(i));
+                        }
+                    }
                     let k = i % n;
                     {
                         let mut f = flow.0.lock().expect("flow lock");
@@ -294,7 +332,7 @@ impl MemSource for PagePump {
                             f = flow.1.wait(f).expect("flow lock");
                         }
                         if f.failed {
-                            return Ok(()); // the splicer failed: join() says why
+                            return Ok(None); // the splicer failed: join() says why
                         }
                         f.in_pipe[k] = 1;
                     }
@@ -303,7 +341,7 @@ impl MemSource for PagePump {
                     inject += t0.elapsed();
                     if got > 0 {
                         if txs[if per_pipe { k } else { 0 }].send((k, got as usize, pos)).is_err() {
-                            return Ok(());
+                            return Ok(None);
                         }
                         pos += got as i64;
                     } else {
@@ -318,7 +356,7 @@ impl MemSource for PagePump {
                         fallback += len;
                     }
                 }
-                Ok(())
+                Ok(None)
             })();
             drop(txs);
             let mut busy = Duration::ZERO;
@@ -329,16 +367,29 @@ impl MemSource for PagePump {
                     Err(e) => splice_res = splice_res.and(Err(e)),
                 }
             }
-            fill_res.and(splice_res).map(|()| busy)
+            fill_res.and_then(|sw| splice_res.map(|()| (busy, sw)))
         });
-        let splice_t = res?;
+        let (splice_t, switched) = res?;
+        // the page cache turned slow: the rest with O_DIRECT from our buffers
+        if let Some(i) = switched {
+            let rest: Vec<(u64, u64)> = work[i..].iter().flatten().copied().collect();
+            let left: u64 = rest.iter().map(|r| r.1).sum();
+            crate::pr_debug!(
+                "page pump: {} bytes in {:.3} s, under {:.1} GB/s: switching to O_DIRECT for the other {left} bytes",
+                pos as u64 - off,
+                t.elapsed().as_secs_f64(),
+                min_rate.unwrap_or(0.0) / 1e9
+            );
+            self.mem.copy_to_direct(&rest, out, pos as u64)?;
+        }
         let s = t.elapsed().as_secs_f64();
         crate::pr_debug!(
             "page pump: vmsplice {:.3} s, splice {:.3} s over {n} pipe(s); {fallback} bytes read the forced way",
             inject.as_secs_f64(),
             splice_t.as_secs_f64()
         );
-        crate::pr_info!("Copied {total} bytes of {} in {:.3} s ({:.2} GB/s, page pump)", self.pid, s, total as f64 / s.max(1e-9) / 1e9);
+        let how = if switched.is_some() { "page pump, then O_DIRECT" } else { "page pump" };
+        crate::pr_info!("Copied {total} bytes of {} in {:.3} s ({:.2} GB/s, {how})", self.pid, s, total as f64 / s.max(1e-9) / 1e9);
         Ok(())
     }
 }
