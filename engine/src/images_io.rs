@@ -881,7 +881,6 @@ fn check_cpu(file: &str, f: &pb::UserX86FpregsEntry) -> Result<(), ImagesError> 
     Ok(())
 }
 
-/// Read an image set into the model; the pages come back as a [`PagesImage`].
 /// Ask the disk for every image of `dir` at once, before any is parsed:
 /// the small ones first, then the start of the pages files (the kernel
 /// caps POSIX_FADV_WILLNEED at the read-ahead window, 8 MiB here, 16 with
@@ -921,6 +920,7 @@ fn prefetch(dir: &Path) {
     }
 }
 
+/// Read an image set into the model; the pages come back as a [`PagesImage`].
 pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     prefetch(dir);
     let inv: pb::InventoryEntry = read_one(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY)?;

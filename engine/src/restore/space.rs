@@ -189,13 +189,17 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
     Ok((rest, copied))
 }
 
+/// The pages files opened with O_DIRECT (with their paths, for errors) and
+/// the pieces as reads of them.
+type DirectPlan = (Vec<(File, String)>, Vec<uffd::FilePiece>);
+
 /// The pieces as O_DIRECT reads of the pages files, with those files opened
 /// so, when the fill should read that way: at least [`uffd::DIRECT_FILL_MIN`]
 /// bytes, mostly not in the page cache (`CRIU_RS_FILL_READ=direct|mmap`
 /// decides instead, for comparisons), and every file takes an O_DIRECT
 /// read (a probe of its first page; file systems without O_DIRECT refuse
 /// it). `None`: copy from the mappings.
-fn direct_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<(Vec<File>, Vec<uffd::FilePiece>)> {
+fn direct_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<DirectPlan> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let total: usize = pieces.iter().map(|(_, s)| s.len()).sum();
     match std::env::var("CRIU_RS_FILL_READ").as_deref() {
@@ -214,7 +218,7 @@ fn direct_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<(Vec<Fi
     for path in mem.files() {
         let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path);
         match f.and_then(|f| f.read_at(probe.as_mut_slice(), 0).map(|_| f)) {
-            Ok(f) => files.push(f),
+            Ok(f) => files.push((f, path.display().to_string())),
             Err(e) => {
                 pr_debug!("no O_DIRECT reads of {}: {e}; copying from its mapping", path.display());
                 return None;

@@ -211,7 +211,8 @@ const DIRECT_COPIERS: usize = 2;
 /// VM every freshly allocated page can cost a host fault), and leaves no
 /// gigabytes of page cache behind. Offsets and lengths are multiples of
 /// 4 KiB (pages files are).
-pub fn copy_from_files(uffd: &OwnedFd, pieces: &[FilePiece], files: &[std::fs::File], pid: Pid) -> io::Result<()> {
+/// `files` are (file, its path for errors).
+pub fn copy_from_files(uffd: &OwnedFd, pieces: &[FilePiece], files: &[(std::fs::File, String)], pid: Pid) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{mpsc, Mutex};
@@ -245,11 +246,12 @@ pub fn copy_from_files(uffd: &OwnedFd, pieces: &[FilePiece], files: &[std::fs::F
                 let Some(c) = chunks.get(i) else { break };
                 // a closed ring means the copier gave up: stop
                 let Ok(mut buf) = free_rx.lock().map_err(drop).and_then(|rx| rx.recv().map_err(drop)) else { break };
-                let r = files
-                    .get(c.file)
-                    .ok_or_else(|| io::Error::other(format!("no pages file {}", c.file)))
-                    .and_then(|f| f.read_exact_at(&mut buf.as_mut_slice()[..c.len], c.off))
-                    .map_err(|e| io::Error::new(e.kind(), format!("O_DIRECT read of {} bytes at {:#x} of pages file {}: {e}", c.len, c.off, c.file)));
+                let r = match files.get(c.file) {
+                    None => Err(io::Error::other(format!("no pages file number {}", c.file))),
+                    Some((f, name)) => f
+                        .read_exact_at(&mut buf.as_mut_slice()[..c.len], c.off)
+                        .map_err(|e| io::Error::new(e.kind(), format!("O_DIRECT read of {} bytes at offset {:#x} of {name}: {e}", c.len, c.off))),
+                };
                 if full_tx.send((i, buf, r)).is_err() {
                     break;
                 }
