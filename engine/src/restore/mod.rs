@@ -214,8 +214,17 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     for (tid, _, t) in &injs {
         thread::load_final(*tid, t)?;
     }
+    // The int3 after each injected syscall made the kernel reset SIGTRAP's
+    // action to SIG_DFL (a forced SIGTRAP that is blocked or ignored does
+    // that): the dumped action again, from a stepped call that runs no int3.
+    if let Some(act) = task.sigactions.get(libc::SIGTRAP as usize - 1) {
+        let b: Vec<u8> = [act.handler, act.flags, act.restorer, act.mask].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let ptr = sp.write(0, &b)?;
+        main.call_stepped("rt_sigaction(SIGTRAP)", libc::SYS_rt_sigaction, &[libc::SIGTRAP as u64, ptr, 0, 8])
+            .map_err(ioe(child, "restoring the SIGTRAP action"))?;
+    }
     // last syscall of the main thread: unmap the gadget page
-    main.call_unmapping_gadget("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, space::GADGET_LEN]).map_err(ioe(child, "unmapping the gadget"))?;
+    main.call_stepped("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, space::GADGET_LEN]).map_err(ioe(child, "unmapping the gadget"))?;
     thread::load_final(child, &task.threads[0])?;
     for tid in injs.iter().map(|(tid, _, _)| *tid).chain([child]) {
         p::sched_setaffinity(tid, &target_mask).map_err(ioe(tid, "giving back the CPU mask"))?;

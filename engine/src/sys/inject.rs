@@ -7,8 +7,12 @@
 //! SIGTRAP, and the return value is read there. That is one stop per call;
 //! stepping with PTRACE_SYSCALL to the syscall-exit stop took two (entry and
 //! exit), each a wakeup of the engine. The SIGTRAP is never delivered: the
-//! next resume passes signal 0. `orig_ax = -1` keeps the kernel's
-//! syscall-restart logic away from the registers we load.
+//! next resume passes signal 0. But the kernel forces it: with SIGTRAP
+//! blocked (every signal is, during the injection) or ignored, it resets
+//! SIGTRAP's action to SIG_DFL and unblocks it in that thread. So the
+//! caller sets SIGTRAP's action last, with [`Injector::call_stepped`], and
+//! loads each thread's signal mask after its last call. `orig_ax = -1`
+//! keeps the kernel's syscall-restart logic away from the registers we load.
 //!
 //! The caller blocks signals (PTRACE_SETSIGMASK) for the duration, so a
 //! stop other than the syscall ones means the thread is being killed or
@@ -60,10 +64,12 @@ impl Injector {
         self.run(nr, args, false)
     }
 
-    /// Like [`call`](Self::call), for a syscall that unmaps the gadget
-    /// itself (the `int3` is gone when it returns): stepped to the
-    /// syscall-exit stop instead, two stops.
-    pub fn call_unmapping_gadget(&mut self, what: &str, nr: i64, args: &[u64]) -> io::Result<u64> {
+    /// Like [`call`](Self::call) but stepped from the syscall-entry to the
+    /// syscall-exit stop (two stops), so the gadget's `int3` does not run:
+    /// for a syscall that unmaps the gadget itself, and for one that sets
+    /// SIGTRAP's action (a trap with SIGTRAP blocked or ignored makes the
+    /// kernel reset that action to SIG_DFL, so it is set after the last trap).
+    pub fn call_stepped(&mut self, what: &str, nr: i64, args: &[u64]) -> io::Result<u64> {
         let r = self.run(nr, args, true)?;
         super::check_raw(r).map_err(|e| io::Error::new(e.kind(), format!("injected {what} in {}: {e}", self.tid)))
     }

@@ -227,6 +227,8 @@ static void on_alrm(int s) { (void)s; n_alrm++; }
 static void on_vtalrm(int s) { (void)s; n_vtalrm++; }
 static void on_prof(int s) { (void)s; n_prof++; }
 static void on_usr1(int s) { (void)s; n_usr1++; }
+static volatile sig_atomic_t n_trap;
+static void on_trap(int s) { (void)s; n_trap++; }
 static void on_rt(int s, siginfo_t *si, void *uc)
 {
 	(void)s; (void)uc;
@@ -336,6 +338,9 @@ static void timers_setup(void)
 	sigaction(SIGPROF, &sa, NULL);
 	sa.sa_handler = on_usr1;
 	sigaction(SIGUSR1, &sa, NULL);
+	/* a restore whose injected syscalls trap (int3) must give this back */
+	sa.sa_handler = on_trap;
+	sigaction(SIGTRAP, &sa, NULL);
 	sa.sa_flags = SA_RESTART | SA_SIGINFO | SA_ONSTACK;
 	sa.sa_sigaction = on_rt;
 	sigaction(SIGRTMIN + 2, &sa, NULL);
@@ -399,6 +404,14 @@ static void timers_check(void)
 	CHECK(helper_fail == 0, "helper thread state (1 altstack, 2 rseq)", helper_fail);
 	if (ttimer_tid_seen)
 		CHECK(ttimer_tid_seen == helper_tid, "SIGEV_THREAD_ID timer hit another thread", ttimer_tid_seen);
+	struct sigaction cur;
+	sigaction(SIGTRAP, NULL, &cur);
+	CHECK(cur.sa_handler == on_trap, "SIGTRAP handler", (long)cur.sa_handler);
+	if (cur.sa_handler == on_trap) {
+		int before = n_trap;
+		raise(SIGTRAP);
+		CHECK(n_trap == before + 1, "SIGTRAP not handled", n_trap);
+	}
 	check_altstack(altstack_main, "main sigaltstack");
 	check_rseq_registered("main thread rseq not registered");
 	/* every few ticks, each timer must have fired */
