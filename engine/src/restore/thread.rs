@@ -76,6 +76,10 @@ pub fn setup(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), RestoreEr
     for si in &t.pending {
         let p = sp.write(0, si)?;
         let signo = u64::from(u32::from_le_bytes(si[0..4].try_into().expect("4")));
+        if signo == libc::SIGTRAP as u64 {
+            // a trap's SIGTRAP would merge with this one and be discarded with it
+            inj.stop_trapping();
+        }
         // rt_tgsigqueueinfo takes ids of the caller's pid namespace: the task's own
         inj.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, &[sp_tgid(sp, t), t.tid as u64, signo, p]).map_err(e("queueing a signal"))?;
     }

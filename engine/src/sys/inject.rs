@@ -9,10 +9,13 @@
 //! exit), each a wakeup of the engine. The SIGTRAP is never delivered: the
 //! next resume passes signal 0. But the kernel forces it: with SIGTRAP
 //! blocked (every signal is, during the injection) or ignored, it resets
-//! SIGTRAP's action to SIG_DFL and unblocks it in that thread. So the
-//! caller sets SIGTRAP's action last, with [`Injector::call_stepped`], and
-//! loads each thread's signal mask after its last call. `orig_ax = -1`
-//! keeps the kernel's syscall-restart logic away from the registers we load.
+//! SIGTRAP's action to SIG_DFL and unblocks it in that thread. So each
+//! trap is followed by blocking every signal again (PTRACE_SETSIGMASK, no
+//! resume), the caller sets SIGTRAP's action last with
+//! [`Injector::call_stepped`], and a thread that gets a SIGTRAP of its own
+//! queued is stepped from then on ([`Injector::stop_trapping`]: a trap's
+//! SIGTRAP would merge with it). `orig_ax = -1` keeps the kernel's
+//! syscall-restart logic away from the registers we load.
 //!
 //! The caller blocks signals (PTRACE_SETSIGMASK) for the duration, so a
 //! stop other than the syscall ones means the thread is being killed or
@@ -51,17 +54,26 @@ pub struct Injector {
     pub base: Regs,
     /// Called when a clone event is seen: new thread ids.
     pub cloned: Vec<Pid>,
+    /// Every call stepped (no `int3`) from now on ([`Injector::stop_trapping`]).
+    stepped: bool,
 }
 
 impl Injector {
     pub fn new(tid: Pid, gadget: u64) -> io::Result<Self> {
         let base = ptrace::get_regs(tid)?;
-        Ok(Injector { tid, gadget, base, cloned: Vec::new() })
+        Ok(Injector { tid, gadget, base, cloned: Vec::new(), stepped: false })
     }
 
     /// Run syscall `nr` with `args`; returns the raw result (negative errno on failure).
     pub fn raw(&mut self, nr: i64, args: &[u64]) -> io::Result<i64> {
         self.run(nr, args, false)
+    }
+
+    /// Step every later call (no `int3`): for a thread about to get a
+    /// SIGTRAP of its own queued, which a trap's SIGTRAP would merge with
+    /// and the discarding resume would then lose.
+    pub fn stop_trapping(&mut self) {
+        self.stepped = true;
     }
 
     /// Like [`call`](Self::call) but stepped from the syscall-entry to the
@@ -75,6 +87,7 @@ impl Injector {
     }
 
     fn run(&mut self, nr: i64, args: &[u64], stepped: bool) -> io::Result<i64> {
+        let stepped = stepped || self.stepped;
         let mut r = self.base;
         r.ip = self.gadget;
         r.ax = nr as u64;
@@ -117,6 +130,11 @@ impl Injector {
                     )))
                 }
             }
+        }
+        if !stepped {
+            // the trap unblocked SIGTRAP in this thread: every signal blocked
+            // again, so a queued SIGTRAP stays queued
+            ptrace::set_sigmask(self.tid, !0)?;
         }
         let out = ptrace::get_regs(self.tid)?;
         let after = if stepped { self.gadget + 2 } else { self.gadget + 3 };

@@ -111,6 +111,12 @@ static void install_filter(int nr, uint32_t action)
 
 static void creds_setup(void)
 {
+	/* a process-directed SIGTRAP stays pending (blocked) through every restore */
+	sigset_t trap;
+	sigemptyset(&trap);
+	sigaddset(&trap, SIGTRAP);
+	sigprocmask(SIG_BLOCK, &trap, NULL);
+	kill(getpid(), SIGTRAP);
 	gid_t groups[] = { 100, 200, 300 };
 	if (setgroups(3, groups) < 0)
 		fail("setup setgroups", 0);
@@ -167,6 +173,8 @@ static int status_num(const char *key)
 
 static void creds_check(void)
 {
+	sigset_t pend;
+	CHECK(sigpending(&pend) == 0 && sigismember(&pend, SIGTRAP), "pending process-directed SIGTRAP", 0);
 	uid_t r, e, s;
 	gid_t gr, ge, gs;
 	CHECK(getresuid(&r, &e, &s) == 0 && r == 2000 && e == 2001 && s == 2002, "uids", r);
@@ -276,7 +284,16 @@ static void *helper(void *arg)
 	(void)arg;
 	helper_tid = gettid();
 	set_altstack(altstack_helper);
+	/* a SIGTRAP of its own stays pending (blocked) through every restore */
+	sigset_t trap;
+	sigemptyset(&trap);
+	sigaddset(&trap, SIGTRAP);
+	pthread_sigmask(SIG_BLOCK, &trap, NULL);
+	raise(SIGTRAP);
 	for (;;) {
+		sigset_t pend;
+		if (sigpending(&pend) < 0 || !sigismember(&pend, SIGTRAP))
+			helper_fail = 3;
 		stack_t ss;
 		if (sigaltstack(NULL, &ss) < 0 || ss.ss_sp != altstack_helper)
 			helper_fail = 1;
@@ -401,7 +418,7 @@ static void timers_check(void)
 	struct itimerspec its;
 	CHECK(timer_gettime(ptimer, &its) == 0 && its.it_interval.tv_nsec == 25000000, "POSIX timer", its.it_interval.tv_nsec);
 	CHECK(timer_gettime(ttimer, &its) == 0 && its.it_interval.tv_nsec == 35000000, "POSIX thread timer", its.it_interval.tv_nsec);
-	CHECK(helper_fail == 0, "helper thread state (1 altstack, 2 rseq)", helper_fail);
+	CHECK(helper_fail == 0, "helper thread state (1 altstack, 2 rseq, 3 pending SIGTRAP)", helper_fail);
 	if (ttimer_tid_seen)
 		CHECK(ttimer_tid_seen == helper_tid, "SIGEV_THREAD_ID timer hit another thread", ttimer_tid_seen);
 	struct sigaction cur;
