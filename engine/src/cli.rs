@@ -349,7 +349,8 @@ fn probe_ptrace_and_set_tid() -> Result<(), String> {
     let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
     let mut err = String::new();
     for i in 0..20 {
-        let want = (last + 5000 + i * 97) % max.max(301) + 300;
+        // in 300..pid_max (a pid at or past pid_max is EINVAL, not EEXIST)
+        let want = 300 + (last + 5000 + i * 97) % (max.max(1301) - 300);
         if Path::new(&format!("/proc/{want}")).exists() {
             continue;
         }
