@@ -891,6 +891,7 @@ fn check_cpu(file: &str, f: &pb::UserX86FpregsEntry) -> Result<(), ImagesError> 
 /// read in 5-6 ms before the fork instead of 19-25 ms). Advice only:
 /// errors are ignored.
 fn prefetch(dir: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
     let Ok(rd) = std::fs::read_dir(dir) else { return };
     let mut imgs: Vec<(bool, u64, std::path::PathBuf)> = rd
         .flatten()
@@ -911,7 +912,10 @@ fn prefetch(dir: &Path) {
         if pages && direct {
             continue;
         }
-        if let Ok(f) = std::fs::File::open(&path) {
+        // non-blocking: a file swapped for a FIFO since the listing must
+        // not hang the restore here
+        let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path);
+        if let Ok(f) = f {
             if pages {
                 let _ = crate::sys::mmap::advise_sequential(&f);
             }

@@ -277,7 +277,11 @@ impl PagesImage {
     /// file): `vaddr` is where the pages go in the restored address space.
     pub fn add(&mut self, path: &Path, runs: impl IntoIterator<Item = (u64, u64, u64)>) -> Result<(), MemError> {
         let name = path.display().to_string();
-        let f = File::open(path).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;
+        // a regular file only, opened without blocking (the image directory is untrusted)
+        let f = images_proto::image::open_regular(path).map_err(|e| {
+            let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: std::io::Error::other(why) }
+        })?;
         // read once, front to back: a larger readahead window; advice only
         let _ = crate::sys::mmap::advise_sequential(&f);
         let map = MappedFile::map(&f).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;

@@ -261,6 +261,12 @@ fn failing_restore_with_threads_cleans_up() {
 
 // ---- corrupted images ----
 
+/// Replace `f` with a FIFO of the same name.
+fn fifo(f: &Path) {
+    std::fs::remove_file(f).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(f).status().unwrap().success(), "mkfifo {}", f.display());
+}
+
 fn truncate(f: &Path, len: u64) {
     std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(len).unwrap();
 }
@@ -335,6 +341,9 @@ fn corrupted_images_are_refused() {
         ("wrong magic of mm", Box::new({ let c = mm.clone(); move |d: &Path| patch_bytes(&d.join(&c), 4, |b| *b ^= 0x5a) }), vec![mm.clone(), "magic".into()]),
         ("overlapping VMAs", Box::new({ let c = mm.clone(); move |d: &Path| overlap_vmas(d, &c) }), vec![mm.clone(), "overlaps vma".into()]),
         ("pagemap run outside every VMA", Box::new({ let c = pagemap.clone(); move |d: &Path| run_outside(d, &c) }), vec![pagemap.clone(), "entry 1".into(), "outside every VMA".into()]),
+        // opening a FIFO would wait for a writer forever
+        ("core is a FIFO", Box::new({ let c = core.clone(); move |d: &Path| fifo(&d.join(&c)) }), vec![core.clone(), "not a regular file".into()]),
+        ("pages is a FIFO", Box::new({ let c = pages.clone(); move |d: &Path| fifo(&d.join(&c)) }), vec![pages.clone(), "not a regular file".into()]),
     ];
     for (i, (what, corrupt, want)) in cases.iter().enumerate() {
         let dir = tmp.join(format!("bad{i}"));

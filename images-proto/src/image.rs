@@ -373,6 +373,22 @@ pub struct ImageReader {
     index: usize,
 }
 
+/// Open an image file for reading, refusing anything but a regular file
+/// without blocking on it: an image directory is untrusted, and opening a
+/// FIFO planted there under an image's name would wait for a writer
+/// forever. (`O_NONBLOCK` has no effect on a regular file's reads.)
+pub fn open_regular(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    /// O_NONBLOCK on Linux (x86_64, aarch64).
+    const O_NONBLOCK: i32 = 0o4000;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(path).map_err(|e| ImageError::io("open", path, e))?;
+    let meta = f.metadata().map_err(|e| ImageError::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(ImageError::io("open", path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    Ok(f)
+}
+
 impl ImageReader {
     /// Open `dir/name` and check that it is a `kind` image.
     pub fn open(dir: &Path, name: &str, kind: &'static ImageKind) -> Result<Self> {
@@ -381,7 +397,7 @@ impl ImageReader {
     }
 
     pub fn open_path(path: &Path, kind: &'static ImageKind) -> Result<Self> {
-        let f = File::open(path).map_err(|e| ImageError::io("open", path, e))?;
+        let f = open_regular(path)?;
         let size = f.metadata().map_err(|e| ImageError::io("stat", path, e))?.len();
         let mut rd = BufReader::with_capacity(64 << 10, f);
         let mut hdr = [0u8; 8];

@@ -142,7 +142,7 @@ pub struct PagesFile {
 impl PagesFile {
     pub fn open(dir: &Path, pages_id: u32) -> Result<Self> {
         let path = dir.join(pages_name(pages_id));
-        let file = File::open(&path).map_err(|e| ImageError::io("open", &path, e))?;
+        let file = crate::image::open_regular(&path)?;
         let size = file.metadata().map_err(|e| ImageError::io("stat", &path, e))?.len();
         Ok(PagesFile { path, file, size })
     }
