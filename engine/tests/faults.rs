@@ -54,11 +54,18 @@ fn no_inventory(dir: &Path, point: &str) {
 }
 
 fn dump_faults(name: &str, points: &[&str]) {
+    dump_faults_with(name, points, &[]);
+}
+
+/// [`dump_faults`] with `env` set for every dump (a copy path).
+fn dump_faults_with(name: &str, points: &[&str], env: &[(&str, &str)]) {
     if let Some(r) = skip_reason() {
         eprintln!("SKIP dump faults ({name}): {r}");
         return;
     }
-    let tmp = test_dir(&format!("faults-dump-{name}"));
+    // a directory of its own per variant: the tests of this binary run in parallel
+    let tag: String = env.iter().map(|(_, v)| format!("-{v}")).collect();
+    let tmp = test_dir(&format!("faults-dump-{name}{tag}"));
     let criu = private_criu(&tmp);
     let mut fx = Fixture::start(name, &tmp, Ns::OwnPidNs);
     // a complete earlier image set: a killed dump must leave it alone
@@ -78,8 +85,13 @@ fn dump_faults(name: &str, points: &[&str]) {
         let masks0 = sigmasks(fx.pid);
         let (fds0, cpus0) = (fd_links(fx.pid), cpu_masks(fx.pid));
         // without --leave-running: only a finished dump may kill the source
-        let (st, log) = criu_env(&criu, &["dump", "-t", &p], &dir, "dump.log", &[("CRIU_RS_FAULT_AT", point)]);
+        let mut envs = vec![("CRIU_RS_FAULT_AT", *point)];
+        envs.extend_from_slice(env);
+        let (st, log) = criu_env(&criu, &["dump", "-t", &p], &dir, "dump.log", &envs);
         assert_killed(st, point, &log);
+        if env.iter().any(|(k, _)| *k == "CRIU_RS_PUMP_MIN_RATE") && *point == "mid-memory" {
+            assert!(log.contains("switching to O_DIRECT"), "{point}: the pump did not hand over:\n{log}");
+        }
         fx.ticks_on(3, &format!("after the engine died at {point}"));
         assert!(alive(fx.pid), "{point}: source is gone");
         assert_eq!(sigmasks(fx.pid), masks0, "{point}: threads or signal masks changed");
@@ -93,7 +105,7 @@ fn dump_faults(name: &str, points: &[&str]) {
         no_inventory(&dir, point);
         // the same point against the directory with the complete set
         let maps1 = maps(fx.pid);
-        let (st, log) = criu_env(&criu, &["dump", "-t", &p], &kept, "dump.log", &[("CRIU_RS_FAULT_AT", point)]);
+        let (st, log) = criu_env(&criu, &["dump", "-t", &p], &kept, "dump.log", &envs);
         assert_killed(st, point, &log);
         std::fs::remove_file(kept.join("dump.log")).unwrap();
         for (f, data) in &kept_files {
@@ -117,6 +129,14 @@ fn dump_faults(name: &str, points: &[&str]) {
     fx.refind();
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The engine dies after the page pump handed the rest of the copy to
+/// O_DIRECT writes (forced after 4 MiB by an impossible minimum rate),
+/// with the pump's pipes still open in the source: it runs on unchanged.
+#[test]
+fn dump_faults_pump_hand_over() {
+    dump_faults_with("counter", &["mid-memory"], &[("CRIU_RS_PUMP_MIN_RATE", "1e15")]);
 }
 
 const DUMP_POINTS: &[&str] =
@@ -151,7 +171,8 @@ fn restore_faults_with(name: &str, ns: Ns, points: &[&str], env: &[(&str, &str)]
         eprintln!("SKIP restore faults ({name}): {r}");
         return;
     }
-    let tmp = test_dir(&format!("faults-restore-{name}-{ns:?}"));
+    let tag: String = env.iter().map(|(_, v)| format!("-{v}")).collect();
+    let tmp = test_dir(&format!("faults-restore-{name}-{ns:?}{tag}"));
     let criu = private_criu(&tmp);
     let mut fx = Fixture::start(name, &tmp, ns);
     let img = tmp.join("img");
