@@ -1036,6 +1036,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         src.add(&dir.join(images_proto::pages::pages_name(id)), placed)?;
     }
     pages.sort_by_key(|r| r.vaddr);
+    // in address order (checked disjoint above): restore looks VMAs up by address
+    vmas.sort_by_key(|v| v.start);
     let mm = Mm {
         vmas,
         start_code: mme.mm_start_code, end_code: mme.mm_end_code, start_data: mme.mm_start_data, end_data: mme.mm_end_data,

@@ -63,10 +63,27 @@ pub const RECORD: u64 = 64;
 /// The result slot of a call the stub has not reached.
 pub const NOT_RUN: u64 = 0x8000_0000_0000_0000;
 
+/// One call: number and arguments, an optional block of bytes copied into
+/// the target beside the records (its address replaces argument `data.0`),
+/// and a name for errors.
+#[derive(Debug)]
+struct Call {
+    rec: [u64; 7],
+    data: Option<(usize, Vec<u8>)>,
+    what: String,
+}
+
+impl Call {
+    /// Bytes it takes in the target: its record and its data, 8-aligned.
+    fn footprint(&self) -> u64 {
+        RECORD + self.data.as_ref().map_or(0, |(_, d)| (d.len() as u64).next_multiple_of(8))
+    }
+}
+
 /// A list of syscalls to run in one thread, each with a name for errors.
 #[derive(Debug, Default)]
 pub struct Batch {
-    calls: Vec<([u64; 7], String)>,
+    calls: Vec<Call>,
 }
 
 impl Batch {
@@ -79,7 +96,16 @@ impl Batch {
         let mut rec = [0u64; 7];
         rec[0] = nr as u64;
         rec[1..=args.len()].copy_from_slice(args);
-        self.calls.push((rec, what.into()));
+        self.calls.push(Call { rec, data: None, what: what.into() });
+    }
+
+    /// Like [`push`](Self::push), with `data` copied into the target for
+    /// the call: argument `arg` (0-based) becomes its address there (an
+    /// ioctl's struct, a timer's itimerval). What the kernel writes back
+    /// into it is not read.
+    pub fn push_data(&mut self, what: impl Into<String>, nr: i64, args: &[u64], arg: usize, data: &[u8]) {
+        self.push(what, nr, args);
+        self.calls.last_mut().expect("just pushed").data = Some((arg, data.to_vec()));
     }
 
     pub fn len(&self) -> usize {
@@ -109,35 +135,61 @@ pub struct Place {
 /// one at a time through the injector instead.
 pub fn run(inj: &mut Injector, mem: &File, place: Place, batch: &Batch) -> io::Result<Vec<u64>> {
     let mut out = Vec::with_capacity(batch.len());
+    let tid = inj.tid;
     if inj.is_stepped() {
-        for (rec, what) in &batch.calls {
-            out.push(inj.call(what, rec[0] as i64, &rec[1..])?);
+        for c in &batch.calls {
+            let mut args = c.rec;
+            if let Some((arg, data)) = &c.data {
+                mem.write_all_at(data, place.buf).map_err(|e| io::Error::new(e.kind(), format!("writing the data of {} into {tid}: {e}", c.what)))?;
+                args[1 + arg] = place.buf;
+            }
+            out.push(inj.call(&c.what, args[0] as i64, &args[1..])?);
         }
         return Ok(out);
     }
-    let per = (place.buf_len / RECORD).saturating_sub(1) as usize;
-    if per == 0 {
-        return Err(io::Error::other(format!("batch buffer of {} bytes holds no record", place.buf_len)));
-    }
+    let mut rest = &batch.calls[..];
     let mut bytes = Vec::new();
-    for chunk in batch.calls.chunks(per) {
+    while !rest.is_empty() {
+        // as many calls as fit, with the end marker
+        let mut n = 0;
+        let mut used = 8;
+        while n < rest.len() && used + rest[n].footprint() <= place.buf_len {
+            used += rest[n].footprint();
+            n += 1;
+        }
+        if n == 0 {
+            return Err(io::Error::other(format!("{} does not fit a batch buffer of {} bytes", rest[0].what, place.buf_len)));
+        }
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        // records, the end marker, then the data blocks
+        let mut data_at = place.buf + n as u64 * RECORD + 8;
+        let mut data = Vec::new();
         bytes.clear();
-        for (rec, _) in chunk {
+        for c in chunk {
+            let mut rec = c.rec;
+            if let Some((arg, d)) = &c.data {
+                rec[1 + arg] = data_at;
+                data.extend_from_slice(d);
+                data.resize(data.len().next_multiple_of(8), 0);
+                data_at = place.buf + n as u64 * RECORD + 8 + data.len() as u64;
+            }
             rec.iter().for_each(|w| bytes.extend_from_slice(&w.to_le_bytes()));
             bytes.extend_from_slice(&NOT_RUN.to_le_bytes());
         }
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());
-        mem.write_all_at(&bytes, place.buf).map_err(|e| io::Error::new(e.kind(), format!("writing {} batch records into {}: {e}", chunk.len(), inj.tid)))?;
+        bytes.extend_from_slice(&data);
+        mem.write_all_at(&bytes, place.buf).map_err(|e| io::Error::new(e.kind(), format!("writing {n} batch records into {tid}: {e}")))?;
         trap_once(inj, place)?;
-        let mut back = vec![0u8; chunk.len() * RECORD as usize];
-        mem.read_exact_at(&mut back, place.buf).map_err(|e| io::Error::new(e.kind(), format!("reading batch results from {}: {e}", inj.tid)))?;
-        for (i, (_, what)) in chunk.iter().enumerate() {
+        let mut back = vec![0u8; n * RECORD as usize];
+        mem.read_exact_at(&mut back, place.buf).map_err(|e| io::Error::new(e.kind(), format!("reading batch results from {tid}: {e}")))?;
+        for (i, c) in chunk.iter().enumerate() {
             let at = i * RECORD as usize + 56;
             let r = u64::from_le_bytes(back[at..at + 8].try_into().expect("8 bytes"));
             if r == NOT_RUN {
-                return Err(io::Error::other(format!("batch in {} stopped before {what} without an error", inj.tid)));
+                return Err(io::Error::other(format!("batch in {tid} stopped before {} without an error", c.what)));
             }
-            super::check_raw(r as i64).map_err(|e| io::Error::new(e.kind(), format!("injected {what} in {}: {e}", inj.tid)))?;
+            super::check_raw(r as i64).map_err(|e| io::Error::new(e.kind(), format!("injected {} in {tid}: {e}", c.what)))?;
             out.push(r);
         }
     }
@@ -224,14 +276,18 @@ mod tests {
         let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{child}/mem")).unwrap();
         mem.write_all_at(&STUB, page).unwrap();
         // a small buffer, so the batch goes in several chunks
-        let place = Place { stub: page, buf: page + 4096, buf_len: 4 * RECORD };
         let mut b = Batch::new();
         for _ in 0..7 {
             b.push("getpid", libc::SYS_getpid, &[]);
         }
         b.push("mprotect", libc::SYS_mprotect, &[page + 2 * 4096, 4096, libc::PROT_READ as u64]);
-        let r = run(&mut inj, &mem, place, &b).unwrap();
-        assert_eq!(r.len(), 8);
+        // a call with data: uname(2) gets its buffer beside the records
+        b.push_data("uname", libc::SYS_uname, &[0], 0, &[0u8; 390]);
+        b.push("getpid", libc::SYS_getpid, &[]);
+        let r = run(&mut inj, &mem, Place { stub: page, buf: page + 4096, buf_len: 8 * RECORD }, &b).unwrap();
+        assert_eq!(r.len(), 10);
+        assert_eq!(r[8], 0);
+        assert_eq!(r[9], child as u64);
         assert!(r[..7].iter().all(|&p| p == child as u64), "{r:?}");
         let maps = std::fs::read_to_string(format!("/proc/{child}/maps")).unwrap();
         assert!(maps.lines().any(|l| l.starts_with(&format!("{:x}-{:x} r--p", page + 2 * 4096, page + 3 * 4096))), "{maps}");
