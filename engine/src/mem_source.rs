@@ -47,10 +47,14 @@ pub trait MemSource {
     fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
         let mut buf = vec![0u8; CHUNK];
         let mut pos = off;
-        for_chunks(ranges, |a, n| {
-            let b = &mut buf[..n];
-            self.read(a, b)?;
-            out.write_all_at(b, pos).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos, len: n, source: e })?;
+        for_packs(ranges, |pieces, n| {
+            let mut at = 0;
+            for &(a, len) in pieces {
+                self.read(a, &mut buf[at..at + len])?;
+                at += len;
+            }
+            let a = pieces[0].0;
+            out.write_all_at(&buf[..n], pos).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos, len: n, source: e })?;
             pos += n as u64;
             Ok(())
         })
@@ -92,6 +96,29 @@ fn for_chunks(ranges: &[(u64, u64)], mut f: impl FnMut(u64, usize) -> Result<(),
             f(a, n)?;
             a += n as u64;
         }
+    }
+    Ok(())
+}
+
+/// `ranges` packed into chunks of at most [`CHUNK`] bytes: each call gets
+/// the pieces (vaddr, len) that fill one chunk back to back, and their
+/// total. Many small runs (fragmented memory: every other page written)
+/// make one chunk, so one write, instead of one write per page.
+fn for_packs(ranges: &[(u64, u64)], mut f: impl FnMut(&[(u64, usize)], usize) -> Result<(), MemError>) -> Result<(), MemError> {
+    let mut pack: Vec<(u64, usize)> = Vec::new();
+    let mut fill = 0usize;
+    for_chunks(ranges, |a, n| {
+        if fill + n > CHUNK {
+            f(&pack, fill)?;
+            pack.clear();
+            fill = 0;
+        }
+        pack.push((a, n));
+        fill += n;
+        Ok(())
+    })?;
+    if fill > 0 {
+        f(&pack, fill)?;
     }
     Ok(())
 }
@@ -160,8 +187,13 @@ impl ProcessMem {
         if total <= CHUNK as u64 {
             let mut buf = vec![0u8; CHUNK];
             let mut pos = off;
-            return for_chunks(ranges, |a, n| {
-                self.read(a, &mut buf[..n])?;
+            return for_packs(ranges, |pieces, n| {
+                let mut at = 0;
+                for &(a, len) in pieces {
+                    self.read(a, &mut buf[at..at + len])?;
+                    at += len;
+                }
+                let a = pieces[0].0;
                 out.write_all_at(&buf[..n], pos).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos, len: n, source: e })?;
                 pos += n as u64;
                 Ok(())
@@ -213,12 +245,17 @@ impl ProcessMem {
             });
             let mut pos = off;
             let mut read_busy = Duration::ZERO;
-            let read_res = for_chunks(ranges, |a, n| {
+            let read_res = for_packs(ranges, |pieces, n| {
                 // the writer hung up only after an error, which join() reports
                 let Ok(mut buf) = free_rx.recv() else { return Ok(()) };
                 let t = Instant::now();
-                self.read(a, &mut buf.as_mut_slice()[..n])?;
+                let mut at = 0;
+                for &(a, len) in pieces {
+                    self.read(a, &mut buf.as_mut_slice()[at..at + len])?;
+                    at += len;
+                }
                 read_busy += t.elapsed();
+                let a = pieces[0].0;
                 if full_tx.send((buf, n, pos, a)).is_err() {
                     return Ok(());
                 }

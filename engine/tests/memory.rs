@@ -307,3 +307,107 @@ fn pagemap_scan_matches_pagemap_read() {
     assert_eq!(scan, read);
     assert!(n >= 256 * 256, "dense memory missing: {n} pages");
 }
+
+fn build_cases(out: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/memcases.c");
+    let bin = out.join("memcases");
+    let st = Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "building memcases");
+    bin
+}
+
+/// Start `memcases ARGS` as pid 1 of a new pid namespace; `None` when the
+/// program says the kernel lacks what the mode needs (its `NO...` line).
+fn start_cases(name: &str, args: &[&str]) -> Result<Run, String> {
+    let tmp = std::env::temp_dir().join(format!("criu-rs-mem-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = build_cases(&tmp);
+    let mut child = common::only_stdio(&mut Command::new("setsid"))
+        .args(["unshare", "--pid", "--fork"])
+        .arg(&bin)
+        .args(args)
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start memcases");
+    let log = work.join("progress.log");
+    wait_until("ready", Duration::from_secs(60), || {
+        work.join("ready").exists() || std::fs::read_to_string(&log).unwrap_or_default().starts_with("NO")
+    });
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    if said.starts_with("NO") {
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(said.trim().to_string());
+    }
+    wait_until("first tick", Duration::from_secs(30), || ticks(&log) >= 1);
+    let mut pid = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).next() == Some(bin.as_os_str().as_encoded_bytes()) {
+            pid = pid.max(p);
+        }
+    }
+    assert!(pid > 0, "memcases not running");
+    let _ = child.try_wait();
+    Ok(Run { tmp, work, proc: Proc(pid) })
+}
+
+/// Dump `run` (killing it) into `img`, restore it with `env`, wait for ticks
+/// after restore; the restored pid.
+fn dump_restore(run: &mut Run, img: &str, env: &[(&str, &str)]) -> i32 {
+    let dir = run.tmp.join(img);
+    std::fs::create_dir_all(&dir).unwrap();
+    criu_env(&["dump", "-t", &run.proc.0.to_string()], &dir, "dump.log", env);
+    run.proc.0 = 0;
+    let log = run.work.join("progress.log");
+    let t = ticks(&log);
+    let pidfile = run.tmp.join(format!("{img}.pid"));
+    let st = Command::new(CRIU)
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "--pidfile"])
+        .arg(&pidfile)
+        .arg("-D")
+        .arg(&dir)
+        .envs(env.iter().copied())
+        .current_dir(&run.work)
+        .status()
+        .unwrap();
+    assert!(st.success(), "restore failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+    let rpid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    run.proc.0 = rpid;
+    wait_until("ticks after restore", Duration::from_secs(30), || ticks(&log) > t + 2);
+    rpid
+}
+
+/// Fragmented memory: 256 MiB with every other page written (32,768 runs)
+/// and with every 16th. PAGEMAP_SCAN fills its result vector many times
+/// over; the runs must come out once each, in order (the kernel's
+/// `walk_end` after a full vector lies below the last region it returned:
+/// restarting there wrote overlapping runs that restore refused), and the
+/// process must come back with every page.
+#[test]
+fn fragmented_memory_dumps_and_restores() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP fragmented_memory_dumps_and_restores: {r}");
+        return;
+    }
+    for stride in ["2", "16"] {
+        let mut run = start_cases(&format!("frag{stride}"), &["frag", "256", stride]).unwrap();
+        let pid = run.proc.0;
+        let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+        let vmas = mm::collect_vmas(pid).unwrap();
+        let zero = engine::sys::mmap::zero_page_pfn().unwrap();
+        let scan = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan).unwrap();
+        let read = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Pagemap).unwrap();
+        assert_eq!(scan.len(), read.len(), "stride {stride}: PAGEMAP_SCAN and pagemap differ in run count");
+        assert_eq!(scan, read, "stride {stride}: PAGEMAP_SCAN and pagemap differ");
+        assert!(scan.len() >= 256 * 256 / stride.parse::<usize>().unwrap(), "stride {stride}: {} runs", scan.len());
+        let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        dump_restore(&mut run, "img", &[]);
+    }
+}

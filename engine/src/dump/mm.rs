@@ -202,17 +202,7 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
                     ret: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
                 }
             };
-            let mut a = v.start;
-            while a < v.end {
-                let (n, walk_end) = pm::scan(&pmf, a, v.end, spec, &mut regions).map_err(|e| MmError::Read { pid, what: "pagemap (PAGEMAP_SCAN)", source: e })?;
-                for r in &regions[..n] {
-                    push_run(&mut runs, &mut groups, r.start, (r.end - r.start) / 4096, lz, 0);
-                }
-                if walk_end <= a {
-                    break;
-                }
-                a = walk_end;
-            }
+            scan_vma(pid, &pmf, v, spec, &mut regions, |s, e| push_run(&mut runs, &mut groups, s, (e - s) / 4096, lz, 0))?;
             continue;
         }
         let mut page = v.start / 4096;
@@ -236,6 +226,44 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
         }
     }
     Ok(runs)
+}
+
+/// PAGEMAP_SCAN over all of `v`, as many ioctls as it takes; `found` gets
+/// each selected range once, in ascending order, never overlapping the
+/// previous one.
+///
+/// When the result vector fills, the kernel (6.18 here) can report a
+/// `walk_end` below the end of the regions it already returned (seen: 4 MiB
+/// back, after 4096 one-page regions of a mapping with every other page
+/// written); restarting there reported those pages a second time and wrote
+/// an image whose runs overlap. So the next ioctl starts at whichever is
+/// further, `walk_end` or the end of the last region returned (everything
+/// below a returned region's end has been walked), and any part of a region
+/// below what was already reported is dropped.
+fn scan_vma(pid: Pid, pmf: &File, v: &Vma, spec: ScanSpec, regions: &mut [PageRegion], mut found: impl FnMut(u64, u64)) -> Result<(), MmError> {
+    let mut a = v.start;
+    // everything below `done` has been reported (or found empty)
+    let mut done = v.start;
+    while a < v.end {
+        let (n, walk_end) = pm::scan(pmf, a, v.end, spec, regions).map_err(|e| MmError::Read { pid, what: "pagemap (PAGEMAP_SCAN)", source: e })?;
+        for r in &regions[..n] {
+            let (s, e) = (r.start.max(done), r.end.min(v.end));
+            if s < e {
+                found(s, e);
+                done = e;
+            }
+        }
+        let next = walk_end.max(done);
+        if next <= a {
+            return Err(MmError::Read {
+                pid,
+                what: "pagemap (PAGEMAP_SCAN)",
+                source: io::Error::other(format!("the walk of {:#x}-{:#x} made no progress at {a:#x}", v.start, v.end)),
+            });
+        }
+        a = next;
+    }
+    Ok(())
 }
 
 /// Pages of a shared anonymous mapping: the data ranges (SEEK_DATA /
@@ -263,17 +291,7 @@ fn shmem_pages(pid: Pid, v: &Vma, pmf: &File, runs: &mut Vec<PageRun>, groups: &
         Err(_) => {
             let mut regions = vec![PageRegion::default(); 4096];
             let spec = ScanSpec { anyof: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED, ret: pm::PAGE_IS_PRESENT, ..Default::default() };
-            let mut a = v.start;
-            while a < v.end {
-                let (n, walk_end) = pm::scan(pmf, a, v.end, spec, &mut regions).map_err(|e| MmError::Read { pid, what: "pagemap (PAGEMAP_SCAN)", source: e })?;
-                for r in &regions[..n] {
-                    push_run(runs, groups, r.start, (r.end - r.start) / 4096, false, v.shmid);
-                }
-                if walk_end <= a {
-                    break;
-                }
-                a = walk_end;
-            }
+            scan_vma(pid, pmf, v, spec, &mut regions, |s, e| push_run(runs, groups, s, (e - s) / 4096, false, v.shmid))?;
         }
     }
     Ok(())
