@@ -991,6 +991,11 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         if v.start >= v.end || v.start % 4096 != 0 || v.end % 4096 != 0 {
             return Err(bad(&mg::MM.file_name(pid), format!("vma {i}: bad range {:#x}-{:#x}", v.start, v.end)));
         }
+        // the offset (in a file or a shared memory object) of the whole
+        // mapping must be a valid, page-aligned off_t
+        if v.pgoff % 4096 != 0 || v.pgoff.checked_add(v.end - v.start).is_none_or(|e| e > i64::MAX as u64) {
+            return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: bad pgoff {:#x} for {} bytes", v.start, v.pgoff, v.end - v.start)));
+        }
         let s = v.status;
         let kind = if s & VMA_AREA_VDSO != 0 {
             VmaKind::Vdso
@@ -1035,7 +1040,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     let rd = PagemapReader::open(dir, &pm_name)?;
     let pages_id = rd.pages_id();
     let mut pages = Vec::new();
-    for r in rd.runs()? {
+    let runs = rd.runs()?;
+    for r in &runs {
         if r.flags & PE_PRESENT == 0 {
             return Err(bad(&pm_name, format!("run at {:#x} is not in this image (parent/lazy images are not supported yet)", r.vaddr)));
         }
@@ -1044,7 +1050,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     let vma_ranges: Vec<(u64, u64)> = mme.vmas.iter().map(|v| (v.start, v.end)).collect();
     let run_ranges: Vec<(u64, u64)> = pages.iter().map(|r| (r.vaddr, r.nr_pages)).collect();
     crate::validate::mm_layout(&mg::MM.file_name(pid), &pm_name, &vma_ranges, &run_ranges)?;
-    let mut src = PagesImage::open(&dir.join(images_proto::pages::pages_name(pages_id)), &pages)?;
+    let mut src = PagesImage::default();
+    src.add(&dir.join(images_proto::pages::pages_name(pages_id)), runs.iter().map(|r| (r.vaddr, r.nr_pages, r.offset)))?;
     // shared anonymous objects: their pages at every mapping of them
     let mut shmids: Vec<u64> = vmas.iter().filter(|v| v.shmid != 0).map(|v| v.shmid).collect();
     shmids.sort_unstable();

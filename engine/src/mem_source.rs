@@ -298,14 +298,12 @@ impl PagesImage {
     /// Map `path`; `runs` are the pagemap's entries in file order.
     pub fn open(path: &Path, runs: &[PageRun]) -> Result<Self, MemError> {
         let mut p = PagesImage::default();
-        let mut off = 0;
-        let idx: Vec<(u64, u64, u64)> = runs
-            .iter()
-            .map(|r| {
-                off += r.nr_pages * 4096;
-                (r.vaddr, r.nr_pages, off - r.nr_pages * 4096)
-            })
-            .collect();
+        let mut off = 0u64;
+        let mut idx: Vec<(u64, u64, u64)> = Vec::with_capacity(runs.len());
+        for r in runs {
+            idx.push((r.vaddr, r.nr_pages, off));
+            off = r.nr_pages.checked_mul(4096).and_then(|l| off.checked_add(l)).ok_or_else(|| MemError::Short { what: path.display().to_string(), have: 0, need: u64::MAX })?;
+        }
         p.add(path, idx)?;
         Ok(p)
     }
@@ -326,7 +324,17 @@ impl PagesImage {
         let idx = self.files.len();
         let have = map.bytes().len() as u64;
         for (vaddr, nr, off) in runs {
-            let need = off.saturating_add(nr.saturating_mul(4096));
+            // offsets and lengths come from an image: checked, never wrapped
+            let len = nr.checked_mul(4096).filter(|l| vaddr.checked_add(*l).is_some());
+            let need = len.and_then(|l| off.checked_add(l));
+            let Some(need) = need else {
+                return Err(MemError::Read {
+                    what: name,
+                    vaddr,
+                    len: 0,
+                    source: std::io::Error::other(format!("{nr} pages at offset {off:#x} overflow the address space or the file")),
+                });
+            };
             if have < need {
                 return Err(MemError::Short { what: name, have, need });
             }

@@ -411,3 +411,58 @@ fn fragmented_memory_dumps_and_restores() {
         dump_restore(&mut run, "img", &[]);
     }
 }
+
+/// Offsets from an image are checked, not wrapped: a shared anonymous VMA
+/// whose `pgoff` is near 2^64 (so `pgoff + len` overflows) is refused by
+/// `criu restore` naming the image, the VMA and the field, before anything
+/// is forked; with the offset put back the same image set restores.
+#[test]
+fn hostile_pgoff_is_refused_by_name() {
+    use images_proto::{image, magic as mg, pb};
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP hostile_pgoff_is_refused_by_name: {r}");
+        return;
+    }
+    let mut run = start("pgoff", 0);
+    let dir = run.tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid = run.proc.0;
+    criu(&["dump", "-t", &pid.to_string()], &dir, "dump.log");
+    run.proc.0 = 0;
+    // memkinds runs as pid 1 of its namespace
+    let name = mg::MM.file_name(1);
+    let good: pb::MmEntry = image::read_one(&dir, &name, &mg::MM).unwrap();
+    let i = good.vmas.iter().position(|v| v.shmid != 0 && v.status & (1 << 8) != 0).expect("a shared anonymous VMA");
+    let mut bad = good.clone();
+    bad.vmas[i].pgoff = u64::MAX & !4095;
+    std::fs::remove_file(dir.join(&name)).unwrap();
+    image::write_all(&dir, &name, &mg::MM, &[bad]).unwrap();
+    let pidfile = run.tmp.join("pid");
+    let restore = || {
+        Command::new(CRIU)
+            .args(["restore", "-d", "-v4", "-o", "restore.log", "--pidfile"])
+            .arg(&pidfile)
+            .arg("-D")
+            .arg(&dir)
+            .current_dir(&run.work)
+            .status()
+            .unwrap()
+    };
+    let st = restore();
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    if st.success() {
+        if let Ok(p) = std::fs::read_to_string(&pidfile) {
+            run.proc.0 = p.trim().parse().unwrap_or(0);
+        }
+    }
+    assert!(!st.success(), "restore accepted pgoff {:#x}:\n{log}", u64::MAX & !4095);
+    assert!(log.contains(&format!("{name}: vma {i} at")) && log.contains("bad pgoff"), "the error does not name the image, VMA and field:\n{log}");
+    std::fs::remove_file(dir.join(&name)).unwrap();
+    image::write_all(&dir, &name, &mg::MM, &[good]).unwrap();
+    let st = restore();
+    assert!(st.success(), "restore of the unmodified set failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+    run.proc.0 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let log = run.work.join("progress.log");
+    let t = ticks(&log);
+    wait_until("ticks after restore", Duration::from_secs(10), || ticks(&log) > t + 2);
+}

@@ -49,12 +49,12 @@ fn free_gap(a: &[(u64, u64)], len: u64) -> Option<u64> {
     v.sort_unstable();
     let mut cand = 0x10_0000u64;
     for (s, e) in v {
-        if cand + len <= s {
+        if cand.checked_add(len)? <= s {
             return Some(cand);
         }
         cand = cand.max(e);
     }
-    (cand + len < 0x7fff_0000_0000).then_some(cand)
+    (cand.checked_add(len)? < 0x7fff_0000_0000).then_some(cand)
 }
 
 /// Protection a VMA is mapped with before its pages are filled: private
@@ -367,7 +367,8 @@ fn build_shmem(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSourc
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     let maps: Vec<&Vma> = task.mm.vmas.iter().filter(|v| v.shmid == shmid).collect();
-    let size = maps.iter().map(|v| v.pgoff + v.len()).max().unwrap_or(0);
+    // (read_images checked that pgoff + len of every VMA is an off_t)
+    let size = maps.iter().map(|v| v.pgoff.saturating_add(v.len())).max().unwrap_or(0);
     let cur = current_maps(pid)?;
     let mut used: Vec<(u64, u64)> = cur.iter().map(|(s, e, _)| (*s, *e)).collect();
     used.extend(task.mm.vmas.iter().map(|v| (v.start, v.end)));
