@@ -480,7 +480,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             }
             None => (u64::MAX, 0),
         };
-        let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        // locked once filled (step 7): MAP_LOCKED now would populate the
+        // region before its pages are copied in
+        let flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
         let got = main
             .call("mmap", libc::SYS_mmap, &[v.start, v.len(), u64::from(fill_prot(task, v)), flags, fd, off])
             .map_err(e(&format!("mapping {:#x}-{:#x}", v.start, v.end)))?;
@@ -520,6 +522,11 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     pinned.released(|| fill_private(main, &memf, task, mem, &page_fds, g + SCRATCH_OFF))?;
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         main.call("mprotect", libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]).map_err(e(&format!("mprotect {:#x}", v.start)))?;
+    }
+    // locked memory (VM_LOCKED, kept as MAP_LOCKED): locked again now that
+    // its pages are in (mlock2 faults in the rest, as mlock did)
+    for v in task.mm.vmas.iter().filter(|v| v.flags & libc::MAP_LOCKED as u32 != 0) {
+        main.call("mlock2", libc::SYS_mlock2, &[v.start, v.len(), 0]).map_err(e(&format!("mlock2 {:#x}-{:#x}", v.start, v.end)))?;
     }
     let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid };
     // 8. mm fields
