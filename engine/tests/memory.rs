@@ -434,7 +434,7 @@ fn hostile_pgoff_is_refused_by_name() {
     let good: pb::MmEntry = image::read_one(&dir, &name, &mg::MM).unwrap();
     let i = good.vmas.iter().position(|v| v.shmid != 0 && v.status & (1 << 8) != 0).expect("a shared anonymous VMA");
     let mut bad = good.clone();
-    bad.vmas[i].pgoff = u64::MAX & !4095;
+    bad.vmas[i].pgoff = !4095u64;
     std::fs::remove_file(dir.join(&name)).unwrap();
     image::write_all(&dir, &name, &mg::MM, &[bad]).unwrap();
     let pidfile = run.tmp.join("pid");
@@ -455,7 +455,7 @@ fn hostile_pgoff_is_refused_by_name() {
             run.proc.0 = p.trim().parse().unwrap_or(0);
         }
     }
-    assert!(!st.success(), "restore accepted pgoff {:#x}:\n{log}", u64::MAX & !4095);
+    assert!(!st.success(), "restore accepted pgoff {:#x}:\n{log}", !4095u64);
     assert!(log.contains(&format!("{name}: vma {i} at")) && log.contains("bad pgoff"), "the error does not name the image, VMA and field:\n{log}");
     std::fs::remove_file(dir.join(&name)).unwrap();
     image::write_all(&dir, &name, &mg::MM, &[good]).unwrap();
