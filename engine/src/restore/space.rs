@@ -57,12 +57,12 @@ fn free_gap(a: &[(u64, u64)], len: u64) -> Option<u64> {
     v.sort_unstable();
     let mut cand = 0x10_0000u64;
     for (s, e) in v {
-        if cand + len <= s {
+        if cand.checked_add(len)? <= s {
             return Some(cand);
         }
         cand = cand.max(e);
     }
-    (cand + len < 0x7fff_0000_0000).then_some(cand)
+    (cand.checked_add(len)? < 0x7fff_0000_0000).then_some(cand)
 }
 
 /// Protection a VMA is mapped with before its pages are filled: private
@@ -373,7 +373,8 @@ fn build_shmem(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSourc
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     let maps: Vec<&Vma> = task.mm.vmas.iter().filter(|v| v.shmid == shmid).collect();
-    let size = maps.iter().map(|v| v.pgoff + v.len()).max().unwrap_or(0);
+    // (read_images checked that pgoff + len of every VMA is an off_t)
+    let size = maps.iter().map(|v| v.pgoff.saturating_add(v.len())).max().unwrap_or(0);
     let cur = current_maps(pid)?;
     let mut used: Vec<(u64, u64)> = cur.iter().map(|(s, e, _)| (*s, *e)).collect();
     used.extend(task.mm.vmas.iter().map(|v| (v.start, v.end)));
@@ -492,7 +493,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             }
             None => (u64::MAX, 0),
         };
-        let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        // locked once filled (step 7): MAP_LOCKED now would populate the
+        // region before its pages are copied in
+        let flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
         b.push(format!("mmap {:#x}-{:#x}", v.start, v.end), libc::SYS_mmap, &[v.start, v.len(), u64::from(fill_prot(task, v)), flags, fd, off]);
         starts.push(v.start);
     }
@@ -539,7 +542,12 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         b.push(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]);
     }
-    run(main, &b, "final protections")?;
+    // locked memory (VM_LOCKED, kept as MAP_LOCKED): locked again now that
+    // its pages are in (mlock2 faults in the rest, as mlock did)
+    for v in task.mm.vmas.iter().filter(|v| v.flags & libc::MAP_LOCKED as u32 != 0) {
+        b.push(format!("mlock2 {:#x}-{:#x}", v.start, v.end), libc::SYS_mlock2, &[v.start, v.len(), 0]);
+    }
+    run(main, &b, "final protections and locks")?;
     let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid };
     // 8. mm fields
     let mm = &task.mm;
