@@ -1,0 +1,143 @@
+//! Namespaces, `--root` and process-wide state, with tests/progs/nsstate.c
+//! (built here with gcc): a process in namespaces the restore would not
+//! give back is refused by name and keeps running; `--root` resolves the
+//! image's paths inside the root (a symlink in it to an absolute path
+//! stays in it); membarrier registrations, PR_SET_THP_DISABLE and loginuid
+//! survive dump + restore. Needs root, gcc, unshare, setsid; otherwise SKIP.
+//!
+//! `CRIU_RS_TEST_ENGINE=PATH` runs another build of the engine (to show a
+//! test fails without a fix).
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn engine(dir: &Path) -> PathBuf {
+    match std::env::var_os("CRIU_RS_TEST_ENGINE") {
+        Some(p) => {
+            let dst = dir.join("criu");
+            std::fs::copy(p, &dst).expect("copy the engine under test");
+            dst
+        }
+        None => private_criu(dir),
+    }
+}
+
+fn build_nsstate(dir: &Path) -> PathBuf {
+    let bin = dir.join("nsstate");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/nsstate.c");
+    let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "building nsstate");
+    bin
+}
+
+/// A running nsstate; killed on drop.
+struct Prog {
+    bin: PathBuf,
+    work: PathBuf,
+    pid: i32,
+}
+
+impl Prog {
+    /// `setsid <launcher...> nsstate <args...>` in `dir/work`.
+    fn start(dir: &Path, launcher: &[&str], args: &[&str]) -> Prog {
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let bin = build_nsstate(dir);
+        let mut cmd = Command::new("setsid");
+        let mut child = only_stdio(&mut cmd)
+            .args(launcher)
+            .arg(&bin)
+            .args(args)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nsstate");
+        std::thread::spawn(move || child.wait());
+        let log = work.join("progress.log");
+        wait_until("ready", Duration::from_secs(10), || {
+            work.join("ready").exists() || std::fs::read_to_string(&log).unwrap_or_default().contains("FAIL")
+        });
+        wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+        let pids = live_with_exe(&bin);
+        assert_eq!(pids.len(), 1, "one nsstate expected, found {pids:?}");
+        Prog { bin, work, pid: pids[0] }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.work.join("progress.log")
+    }
+
+    fn ticks_on(&self, n: u64, what: &str) {
+        let t = last_tick(&self.log());
+        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(15), || last_tick(&self.log()) >= t + n);
+    }
+}
+
+impl Drop for Prog {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+}
+
+/// Dump of `launcher nsstate args` must fail naming every one of `names`,
+/// write no image set, and leave the program running.
+fn refused(tag: &str, launcher: &[&str], args: &[&str], names: &[&str]) {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP namespaces {tag}: {r}");
+        return;
+    }
+    let tmp = test_dir(&format!("ns-refused-{tag}"));
+    let criu = engine(&tmp);
+    let prog = Prog::start(&tmp, launcher, args);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, log) = criu_env(&criu, &["dump", "-t", &prog.pid.to_string()], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "dump of a process in {tag} must fail:\n{log}");
+    for n in names {
+        assert!(log.contains(n), "the error should name {n:?}:\n{log}");
+    }
+    assert!(!img.join("inventory.img").exists(), "a refused dump left an image set");
+    prog.ticks_on(3, "after the refused dump");
+    assert_eq!(live_with_exe(&prog.bin), vec![prog.pid], "the program must run on");
+    drop(prog);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn uts_ipc_mount_namespaces_are_refused() {
+    refused("uts-ipc-mnt", &["unshare", "--uts", "--ipc", "--mount"], &["plain"], &["uts (uts:[", "ipc (ipc:[", "mnt (mnt:["]);
+}
+
+#[test]
+fn net_namespace_is_refused() {
+    refused("net", &["unshare", "--net"], &["plain"], &["net (net:["]);
+}
+
+#[test]
+fn user_namespace_is_refused() {
+    refused("user", &["unshare", "--user", "--map-root-user"], &["plain"], &["user (user:["]);
+}
+
+#[test]
+fn cgroup_namespace_is_refused() {
+    refused("cgroup", &["unshare", "--cgroup"], &["plain"], &["cgroup (cgroup:["]);
+}
+
+#[test]
+fn pending_time_namespace_is_refused() {
+    refused("time-for-children", &[], &["unshare-time"], &["time_for_children"]);
+}
+
+#[test]
+fn pid_namespace_member_that_is_not_its_init_is_refused() {
+    // sh is pid 1 of the new namespace; nsstate is pid 2 in it
+    refused("pid-member", &["unshare", "--pid", "--fork", "sh", "-c", "\"$0\" \"$@\"; exit"], &["plain"], &["pid namespace", "NSpid"]);
+}
