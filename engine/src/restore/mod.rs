@@ -82,11 +82,26 @@ impl Drop for RestoreGuard {
     }
 }
 
+/// State letter and parent of `pid` from /proc/PID/stat.
+fn proc_state(pid: Pid) -> Option<(char, String)> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut it = st.rsplit_once(") ")?.1.split_whitespace();
+    Some((it.next()?.chars().next()?, it.next()?.to_string()))
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    proc_state(pid).is_some_and(|(s, _)| s == 'Z')
+}
+
 /// The error for a dumped pid that clone3's set_tid found taken (EEXIST).
 fn pid_in_use(pid: Pid) -> RestoreError {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string());
+    let zombie = match proc_state(pid) {
+        Some(('Z', ppid)) => format!(" (a zombie its parent {ppid} has not reaped)"),
+        _ => String::new(),
+    };
     RestoreError::Unsupported(match comm {
-        Ok(c) => format!("pid {pid} of the image is in use by {c}"),
+        Ok(c) => format!("pid {pid} of the image is in use by {c}{zombie}"),
         Err(_) => format!("pid {pid} of the image is in use"),
     })
 }
@@ -144,11 +159,22 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
     creds::check_rlimits(task)?;
     files::check_mapped_files(task, &plan.root_prefix).map_err(RestoreError::Unsupported)?;
-    let child = match p::fork3(flags, &set_tid, libc::SIGCHLD) {
-        Ok(Forked::Child) => child::child_main(&plan, task),
-        Ok(Forked::Parent(c)) => c,
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(pid_in_use(task.pid)),
-        Err(e) => return Err(ioe(task.pid, "clone3")(e)),
+    // a zombie holding the pid (a source killed by a dump its parent has
+    // not reaped yet) is given a moment to go
+    let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let child = loop {
+        match p::fork3(flags, &set_tid, libc::SIGCHLD) {
+            Ok(Forked::Child) => child::child_main(&plan, task),
+            Ok(Forked::Parent(c)) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if is_zombie(task.pid) && std::time::Instant::now() < zombie_deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                return Err(pid_in_use(task.pid));
+            }
+            Err(e) => return Err(ioe(task.pid, "clone3")(e)),
+        }
     };
     let mut guard = RestoreGuard { pid: child, committed: false };
     crate::fault::point("after-clone");
