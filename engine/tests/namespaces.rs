@@ -141,3 +141,73 @@ fn pid_namespace_member_that_is_not_its_init_is_refused() {
     // sh is pid 1 of the new namespace; nsstate is pid 2 in it
     refused("pid-member", &["unshare", "--pid", "--fork", "sh", "-c", "\"$0\" \"$@\"; exit"], &["plain"], &["pid namespace", "NSpid"]);
 }
+
+fn inode(p: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+}
+
+/// `restore --root R`: the image's paths are resolved inside R. The held
+/// file's path is, inside R, a symlink to an absolute path: the restore
+/// must open R + that path, not the host's file of that name (which the
+/// string prefix R + path reached, and whose contents the program sees
+/// change: FAIL).
+#[test]
+fn root_symlink_to_an_absolute_path_resolves_inside_the_root() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP namespaces root: {r}");
+        return;
+    }
+    let tmp = test_dir("ns-root");
+    let criu = engine(&tmp);
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let data = work.join("data");
+    std::fs::write(&data, "inside-the-root!").unwrap();
+    let prog = Prog::start(&tmp, &["unshare", "--pid", "--fork"], &["hold", data.to_str().unwrap()]);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&criu, &["dump", "-t", &prog.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&prog.bin).is_empty());
+    // the root: the program, its working directory and log, and the held
+    // file's path as a symlink to an absolute path
+    let root = tmp.join("root");
+    let inr = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(inr(&work)).unwrap();
+    std::fs::copy(&prog.bin, inr(&prog.bin)).unwrap();
+    std::fs::write(inr(&prog.log()), "").unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    assert!(Command::new("mknod").args(["-m", "666"]).arg(root.join("dev/null")).args(["c", "1", "3"]).status().unwrap().success());
+    let target = tmp.join("outside");
+    std::os::unix::fs::symlink(&target, inr(&data)).unwrap();
+    std::fs::write(inr(&target), "inside-the-root!").unwrap();
+    // the same absolute path on the host: same size and mode, other bytes
+    std::fs::write(&target, "host-file-bytes!").unwrap();
+    let (st, log) = criu_env(&criu, &["restore", "-d", "--root", root.to_str().unwrap()], &img, "restore.log", &[]);
+    assert!(st.success(), "restore --root failed:\n{log}");
+    let rbin = inr(&prog.bin);
+    let rlog = inr(&prog.log());
+    let kill = || {
+        for p in live_with_exe(&rbin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    };
+    let ok = std::panic::catch_unwind(|| {
+        wait_until("ticks in the root", Duration::from_secs(10), || last_tick(&rlog) >= 3);
+        let pids = live_with_exe(&rbin);
+        assert_eq!(pids.len(), 1, "one restored program expected: {pids:?}");
+        let fds: Vec<u64> = std::fs::read_dir(format!("/proc/{}/fd", pids[0]))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::metadata(e.path()).ok())
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .collect();
+        assert!(fds.contains(&inode(&inr(&target))), "the held file is not the one inside the root");
+        assert!(!fds.contains(&inode(&target)), "the restore opened the host's file outside the root");
+    });
+    kill();
+    drop(prog);
+    if let Err(e) = ok {
+        std::panic::resume_unwind(e);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -8,10 +8,33 @@
 use super::files;
 use crate::model::Task;
 use crate::sys::process as p;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+/// The directory given with `--root`, opened by the engine (O_PATH, on an
+/// fd above every fd the child sets up). Every path of the image is
+/// resolved inside it with openat2(RESOLVE_IN_ROOT), never as a string
+/// prefix: a symlink inside the root that points to an absolute path (or
+/// `..` past the top) stays inside the root, as it would for the restored
+/// process after its chroot.
+#[derive(Debug)]
+pub struct RootDir {
+    pub path: std::path::PathBuf,
+    pub fd: OwnedFd,
+}
+
+impl RootDir {
+    pub fn open(&self, path: &str, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
+        crate::sys::ns::open_in_root(self.fd.as_fd(), OsStr::new(path), flags, mode)
+    }
+
+    pub fn unlink(&self, path: &str) -> std::io::Result<()> {
+        crate::sys::ns::unlink_in_root(self.fd.as_fd(), OsStr::new(path))
+    }
+}
 
 /// What the child must do, computed by the engine before cloning.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ChildPlan {
     /// Report pipe write end (engine side fd number, inherited).
     pub report_fd: i32,
@@ -19,8 +42,8 @@ pub struct ChildPlan {
     pub svc_base: i32,
     /// (path, open flags) of files to be mapped; fd = svc_base + 1 + index.
     pub map_files: Vec<(String, i32)>,
-    /// Prefix for every path (`--root`).
-    pub root_prefix: String,
+    /// `--root`: every path of the image is resolved inside it.
+    pub root: Option<RootDir>,
     /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
 }
@@ -33,6 +56,7 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
     let terminal = files::park_terminal(plan)?;
     let mut keep = vec![plan.svc_base];
     keep.extend(terminal);
+    keep.extend(plan.root.as_ref().map(|r| r.fd.as_raw_fd()));
     p::close_all_except(&keep);
     if task.sid == task.pid {
         p::setsid().map_err(|e| format!("setsid: {e}"))?;
@@ -42,8 +66,17 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
         files::open_at(plan, path, *flags, plan.svc_base + 1 + i as i32)?;
     }
     // fs
-    let root = if plan.root_prefix.is_empty() { task.fs.root.clone() } else { format!("{}{}", plan.root_prefix, task.fs.root) };
-    if root != "/" {
+    if let Some(r) = &plan.root {
+        // the task's root, looked up inside --root, becomes the root
+        let dir = r
+            .open(&task.fs.root, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)
+            .map_err(|e| format!("root {:?} in {}: {e}", task.fs.root, r.path.display()))?;
+        crate::sys::ns::chroot_to(dir.as_fd()).map_err(|e| format!("chroot to {:?} in {}: {e}", task.fs.root, r.path.display()))?;
+        drop(dir);
+        // the restored process must not inherit the engine's root fd
+        p::close(r.fd.as_raw_fd());
+    } else if task.fs.root != "/" {
+        let root = &task.fs.root;
         let c = CString::new(root.clone()).map_err(|_| "root path has a NUL".to_string())?;
         p::syscall6(libc::SYS_chroot, [c.as_ptr() as u64, 0, 0, 0, 0, 0]).map_err(|e| format!("chroot {root:?}: {e}"))?;
     }

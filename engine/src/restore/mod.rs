@@ -147,18 +147,27 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. })).count() as i32;
     let svc_base = (max_fd + 2 * npipes + 16).max(64);
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
+    // --root: opened once, above the service fds; paths are resolved in it
+    let root = match &opts.root {
+        None => None,
+        Some(r) => {
+            let fd = crate::sys::ns::open_root_dir(r, svc_base + 1 + map_files.len() as i32)
+                .map_err(|e| RestoreError::Unsupported(format!("--root {}: {e}", r.display())))?;
+            Some(child::RootDir { path: r.clone(), fd })
+        }
+    };
     let plan = child::ChildPlan {
         report_fd: wr.as_raw_fd(),
         svc_base,
         map_files: map_files.clone(),
-        root_prefix: opts.root.as_ref().map(|r| r.to_string_lossy().trim_end_matches('/').to_string()).unwrap_or_default(),
+        root,
         shell_job: opts.shell_job,
     };
     let (flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
     pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
     creds::check_rlimits(task)?;
-    files::check_mapped_files(task, &plan.root_prefix).map_err(RestoreError::Unsupported)?;
+    files::check_mapped_files(task, plan.root.as_ref()).map_err(RestoreError::Unsupported)?;
     // a zombie holding the pid (a source killed by a dump its parent has
     // not reaped yet) is given a moment to go
     let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
