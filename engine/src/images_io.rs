@@ -813,7 +813,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             child_subreaper: Some(task.child_subreaper),
             blk_sigset_extended: None,
             stop_signo: None,
-            membarrier_registration_mask: None,
+            membarrier_registration_mask: (task.membarrier != 0).then_some(task.membarrier),
         });
         let core = pb::CoreEntry {
             mtype: MTYPE_X86_64,
@@ -1088,6 +1088,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
             task.child_subreaper = tc.child_subreaper.unwrap_or(false);
             task.loginuid = tc.loginuid.unwrap_or(u32::MAX);
             task.oom_score_adj = tc.oom_score_adj.unwrap_or(0);
+            task.membarrier = tc.membarrier_registration_mask.unwrap_or(0);
         }
         let blocked = match (i, &core.tc) {
             (0, Some(tc)) => tcore.blk_sigset.unwrap_or(tc.blk_sigset),

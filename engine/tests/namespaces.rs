@@ -211,3 +211,41 @@ fn root_symlink_to_an_absolute_path_resolves_inside_the_root() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Dump + restore of `launcher nsstate args`; the program must tick on
+/// with no FAIL (it checks its own state every tick).
+fn roundtrip(tag: &str, launcher: &[&str], args: &[&str]) {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP namespaces {tag}: {r}");
+        return;
+    }
+    let tmp = test_dir(&format!("ns-rt-{tag}"));
+    let criu = engine(&tmp);
+    let prog = Prog::start(&tmp, launcher, args);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&criu, &["dump", "-t", &prog.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&prog.bin).is_empty());
+    let mut cmd = Command::new(&criu);
+    cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&prog.work);
+    assert!(cmd.status().unwrap().success(), "restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    prog.ticks_on(5, "after restore");
+    assert_eq!(live_with_exe(&prog.bin).len(), 1, "the restored program must run");
+    drop(prog);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn membarrier_registrations_survive() {
+    roundtrip("membarrier", &["unshare", "--pid", "--fork"], &["membarrier"]);
+}
+
+#[test]
+fn thp_disable_survives() {
+    roundtrip("thp", &["unshare", "--pid", "--fork"], &["thp"]);
+}
+
+#[test]
+fn loginuid_survives() {
+    roundtrip("loginuid", &["unshare", "--pid", "--fork"], &["loginuid", "4321"]);
+}

@@ -177,9 +177,11 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     drop(par);
     crate::fault::point("after-parasite");
     // the scratch page is gone again; the VMAs collected before it are the truth
-    let dumpable = task.mm.dumpable;
+    let (dumpable, thp_disabled) = (task.mm.dumpable, task.mm.thp_disabled);
     task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
+    // (read by injection in collect_process)
     task.mm.dumpable = dumpable;
+    task.mm.thp_disabled = thp_disabled;
     (task.fds, task.pipe_data) = files::collect_fds(pid)?;
     let (root_ids, ids) = task::collect_ids(&[pid])?;
     task.ids = ids[0];

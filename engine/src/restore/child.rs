@@ -65,6 +65,7 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
     for (i, (path, flags)) in plan.map_files.iter().enumerate() {
         files::open_at(plan, path, *flags, plan.svc_base + 1 + i as i32)?;
     }
+    restore_loginuid(task.loginuid)?;
     // fs
     if let Some(r) = &plan.root {
         // the task's root, looked up inside --root, becomes the root
@@ -108,6 +109,24 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
         p::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     }
     Ok(())
+}
+
+/// The audit loginuid: only a process itself can write its
+/// /proc/PID/loginuid (the kernel refuses anyone else with EPERM), so the
+/// child does it, before its chroot (it needs /proc), with the engine's
+/// CAP_AUDIT_CONTROL (needed to change one that is set). u32::MAX is
+/// "unset"; written as its decimal value, the kernel takes it as unset.
+fn restore_loginuid(want: u32) -> Result<(), String> {
+    const PATH: &str = "/proc/self/loginuid";
+    let now = match std::fs::read_to_string(PATH) {
+        Ok(v) => v.trim().parse::<u32>().ok(),
+        Err(_) if want == u32::MAX => return Ok(()), // no audit here, and none to give back
+        Err(e) => return Err(format!("loginuid {want}: {PATH}: {e}")),
+    };
+    if now == Some(want) {
+        return Ok(());
+    }
+    std::fs::write(PATH, want.to_string()).map_err(|e| format!("restoring loginuid {want} (was {now:?}): {e}"))
 }
 
 /// Entry point of the forked child. Never returns.
