@@ -221,16 +221,21 @@ fn roundtrip(tag: &str, launcher: &[&str], args: &[&str]) {
     }
     let tmp = test_dir(&format!("ns-rt-{tag}"));
     let criu = engine(&tmp);
-    let prog = Prog::start(&tmp, launcher, args);
-    let img = tmp.join("img");
-    std::fs::create_dir_all(&img).unwrap();
-    criu_ok(&criu, &["dump", "-t", &prog.pid.to_string()], &img, "dump.log");
-    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&prog.bin).is_empty());
-    let mut cmd = Command::new(&criu);
-    cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&prog.work);
-    assert!(cmd.status().unwrap().success(), "restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
-    prog.ticks_on(5, "after restore");
-    assert_eq!(live_with_exe(&prog.bin).len(), 1, "the restored program must run");
+    let mut prog = Prog::start(&tmp, launcher, args);
+    // twice: what a restore made must dump and restore again
+    for round in 0..2 {
+        let img = tmp.join(format!("img-{round}"));
+        std::fs::create_dir_all(&img).unwrap();
+        criu_ok(&criu, &["dump", "-t", &prog.pid.to_string()], &img, "dump.log");
+        wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&prog.bin).is_empty());
+        let mut cmd = Command::new(&criu);
+        cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&prog.work);
+        assert!(cmd.status().unwrap().success(), "restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+        prog.ticks_on(5, "after restore");
+        let pids = live_with_exe(&prog.bin);
+        assert_eq!(pids.len(), 1, "the restored program must run");
+        prog.pid = pids[0];
+    }
     drop(prog);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -248,4 +253,23 @@ fn thp_disable_survives() {
 #[test]
 fn loginuid_survives() {
     roundtrip("loginuid", &["unshare", "--pid", "--fork"], &["loginuid", "4321"]);
+}
+
+/// A time namespace of its own (clocks 100000 s ahead of the host's) is
+/// made again on restore, with the dumped clocks continuing: restored into
+/// the host's, CLOCK_MONOTONIC and CLOCK_BOOTTIME jump back (FAIL).
+#[test]
+fn own_time_namespace_clocks_continue() {
+    roundtrip(
+        "timens",
+        &["unshare", "--pid", "--time", "--fork", "--monotonic", "100000", "--boottime", "100000"],
+        &["monotonic"],
+    );
+}
+
+/// The same in the host pid namespace (the restore child is forked with
+/// the dumped pid, and enters the new time namespace itself).
+#[test]
+fn own_time_namespace_in_the_host_pid_namespace() {
+    roundtrip("timens-hostpid", &["unshare", "--time", "--fork", "--monotonic", "-50", "--boottime", "7"], &["monotonic"]);
 }

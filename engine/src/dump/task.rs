@@ -338,7 +338,7 @@ pub fn collect_ids(pids: &[Pid]) -> Result<(KobjIds, Vec<KobjIds>), TaskError> {
 }
 
 /// `/proc/PID/timens_offsets`: (monotonic, boottime) offsets in ns.
-fn timens_offsets(pid: &str) -> (i128, i128) {
+pub(crate) fn timens_offsets(pid: &str) -> (i128, i128) {
     let t = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
     let get = |name: &str| -> i128 {
         t.lines()

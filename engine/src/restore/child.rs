@@ -46,6 +46,9 @@ pub struct ChildPlan {
     pub root: Option<RootDir>,
     /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
+    /// The clocks of the task's own time namespace at dump (timens-0.img),
+    /// when it had one: the child enters a new one in which they continue.
+    pub timens: Option<crate::model::TimeNs>,
 }
 
 fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
@@ -66,6 +69,9 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
         files::open_at(plan, path, *flags, plan.svc_base + 1 + i as i32)?;
     }
     restore_loginuid(task.loginuid)?;
+    if let Some(tn) = &plan.timens {
+        enter_timens(tn)?;
+    }
     // fs
     if let Some(r) = &plan.root {
         // the task's root, looked up inside --root, becomes the root
@@ -127,6 +133,33 @@ fn restore_loginuid(want: u32) -> Result<(), String> {
         return Ok(());
     }
     std::fs::write(PATH, want.to_string()).map_err(|e| format!("restoring loginuid {want} (was {now:?}): {e}"))
+}
+
+/// Make a new time namespace whose CLOCK_MONOTONIC and CLOCK_BOOTTIME
+/// continue from the dumped values (upstream records the clocks, not the
+/// offsets), and enter it before anything else is restored: unshare, write
+/// /proc/self/timens_offsets (the new namespace's, which can be set only
+/// while no task is in it), setns into time_for_children. Offsets are
+/// relative to the host's clocks, so the engine's own offsets are added
+/// back. Needs /proc (before the chroot) and a single-threaded caller.
+fn enter_timens(tn: &crate::model::TimeNs) -> Result<(), String> {
+    const NS: i128 = 1_000_000_000;
+    let (self_mono, self_boot) = crate::dump::task::timens_offsets("self");
+    let offset = |clock, (s, n): (u64, u64), own: i128| -> Result<(i64, i64), String> {
+        let (ns, nn) = p::clock_gettime(clock).map_err(|e| format!("clock_gettime: {e}"))?;
+        let host_now = i128::from(ns) * NS + i128::from(nn) - own;
+        let off = i128::from(s) * NS + i128::from(n) - host_now;
+        let sec = i64::try_from(off.div_euclid(NS)).map_err(|_| format!("time namespace offset {off} ns is out of range"))?;
+        Ok((sec, off.rem_euclid(NS) as i64))
+    };
+    let (ms, mn) = offset(libc::CLOCK_MONOTONIC, tn.monotonic, self_mono)?;
+    let (bs, bn) = offset(libc::CLOCK_BOOTTIME, tn.boottime, self_boot)?;
+    crate::sys::ns::unshare(crate::sys::ns::CLONE_NEWTIME).map_err(|e| format!("unshare(CLONE_NEWTIME): {e}"))?;
+    let offs = format!("monotonic {ms} {mn}\nboottime {bs} {bn}\n");
+    std::fs::write("/proc/self/timens_offsets", &offs).map_err(|e| format!("writing time namespace offsets {offs:?}: {e}"))?;
+    let ns = std::fs::File::open("/proc/self/ns/time_for_children").map_err(|e| format!("the new time namespace: {e}"))?;
+    crate::sys::ns::setns(ns.as_fd(), crate::sys::ns::CLONE_NEWTIME).map_err(|e| format!("entering the new time namespace: {e}"))?;
+    Ok(())
 }
 
 /// Entry point of the forked child. Never returns.

@@ -106,6 +106,47 @@ fn pid_in_use(pid: Pid) -> RestoreError {
     })
 }
 
+/// Namespaces of the image that restore would not give back: a task whose
+/// net, ipc, uts, mnt, user or cgroup namespace was not the dumping criu's
+/// (ids against inventory's root_ids; 0 = not recorded) is refused by name
+/// (our own dump refuses it already; an image from elsewhere may have it).
+fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
+    let r = &tree.root_ids;
+    for t in &tree.tasks {
+        let i = &t.ids;
+        let kinds = [("net", i.net_ns, r.net_ns), ("ipc", i.ipc_ns, r.ipc_ns), ("uts", i.uts_ns, r.uts_ns), ("mnt", i.mnt_ns, r.mnt_ns), ("user", i.user_ns, r.user_ns), ("cgroup", i.cgroup_ns, r.cgroup_ns)];
+        let differ: Vec<&str> = kinds.iter().filter(|(_, a, b)| *a != 0 && *b != 0 && a != b).map(|(k, _, _)| *k).collect();
+        if !differ.is_empty() {
+            return Err(RestoreError::Unsupported(format!(
+                "task {} of the image was in {} namespaces of its own (ids differ from inventory's root_ids): restoring namespaces is not supported yet",
+                t.pid,
+                differ.join(", ")
+            )));
+        }
+        if i.pid_ns != 0 && r.pid_ns != 0 && i.pid_ns != r.pid_ns && !tree.root_owns_pid_ns {
+            return Err(RestoreError::Unsupported(format!(
+                "task {} of the image was in a pid namespace of its own without being its pid 1: not supported",
+                t.pid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The clocks to continue in a new time namespace, when the task had one
+/// of its own (its time ns id is not root_ids'); upstream restores it the
+/// same way from timens-0.img.
+fn own_timens(tree: &Tree) -> Result<Option<crate::model::TimeNs>, RestoreError> {
+    let (mine, root) = (tree.root().ids.time_ns, tree.root_ids.time_ns);
+    if mine == 0 || root == 0 || mine == root {
+        return Ok(None);
+    }
+    match tree.timens {
+        Some(tn) => Ok(Some(tn)),
+        None => Err(RestoreError::Unsupported("the task had a time namespace of its own, but timens-0.img is missing".into())),
+    }
+}
+
 /// Restore `tree` with page contents from `mem`. Returns the host pid of the root.
 pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<Pid, RestoreError> {
     if tree.tasks.len() != 1 {
@@ -117,6 +158,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     if !p::is_single_threaded() {
         return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
     }
+    check_namespaces(tree)?;
     let task = tree.root();
     // plan: which files get mapped, where service fds go
     let mut map_files: Vec<(String, i32)> = Vec::new();
@@ -162,6 +204,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
         map_files: map_files.clone(),
         root,
         shell_job: opts.shell_job,
+        timens: own_timens(tree)?,
     };
     let (flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };

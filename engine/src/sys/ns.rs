@@ -100,3 +100,24 @@ pub fn chroot_to(dir: BorrowedFd<'_>) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// CLONE_NEWTIME (linux/sched.h); libc does not export it.
+pub const CLONE_NEWTIME: i32 = 0x80;
+
+/// unshare(2) with namespace flags.
+pub fn unshare(flags: i32) -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    if unsafe { libc::unshare(flags) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// setns(2) into the namespace `fd` refers to (`nstype` CLONE_NEW*).
+pub fn setns(fd: BorrowedFd<'_>, nstype: i32) -> io::Result<()> {
+    // SAFETY: setns on a borrowed fd, integer arguments.
+    if unsafe { libc::setns(fd.as_raw_fd(), nstype) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
