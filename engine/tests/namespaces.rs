@@ -273,3 +273,50 @@ fn own_time_namespace_clocks_continue() {
 fn own_time_namespace_in_the_host_pid_namespace() {
     roundtrip("timens-hostpid", &["unshare", "--time", "--fork", "--monotonic", "-50", "--boottime", "7"], &["monotonic"]);
 }
+
+/// `restore --root R` of a file unlinked while open: the ghost is
+/// recreated (and unlinked again) inside R, through the root fd.
+#[test]
+fn root_ghost_file_is_made_inside_the_root() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP namespaces root ghost: {r}");
+        return;
+    }
+    let tmp = test_dir("ns-root-ghost");
+    let criu = engine(&tmp);
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let data = work.join("data");
+    std::fs::write(&data, "a ghost's bytes.").unwrap();
+    let prog = Prog::start(&tmp, &["unshare", "--pid", "--fork"], &["hold", data.to_str().unwrap()]);
+    std::fs::remove_file(&data).unwrap();
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&criu, &["dump", "-t", &prog.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&prog.bin).is_empty());
+    let root = tmp.join("root");
+    let inr = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(inr(&work)).unwrap();
+    std::fs::copy(&prog.bin, inr(&prog.bin)).unwrap();
+    std::fs::write(inr(&prog.log()), "").unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    assert!(Command::new("mknod").args(["-m", "666"]).arg(root.join("dev/null")).args(["c", "1", "3"]).status().unwrap().success());
+    // the host's directory of the ghost is gone: only the root's exists
+    std::fs::remove_dir_all(&work).unwrap();
+    let (st, log) = criu_env(&criu, &["restore", "-d", "--root", root.to_str().unwrap()], &img, "restore.log", &[]);
+    let rbin = inr(&prog.bin);
+    let ok = std::panic::catch_unwind(|| {
+        assert!(st.success(), "restore --root failed:\n{log}");
+        wait_until("ticks in the root", Duration::from_secs(10), || last_tick(&inr(&prog.log())) >= 3);
+        let left: Vec<_> = std::fs::read_dir(inr(&work)).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("progress.log")], "the ghost must be unlinked again");
+    });
+    for p in live_with_exe(&rbin) {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+    drop(prog);
+    if let Err(e) = ok {
+        std::panic::resume_unwind(e);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
