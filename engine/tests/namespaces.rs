@@ -320,3 +320,37 @@ fn root_ghost_file_is_made_inside_the_root() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Upstream CRIU 4.2 names the image of a time namespace of the task's own
+/// `timens-<its id>.img` (criu's own is timens-0.img): its dump of such a
+/// process restores here with the clocks continuing. Needs
+/// ../shared/upstream-criu/criu-4.2, otherwise SKIP.
+#[test]
+fn upstream_image_of_an_own_time_namespace_restores() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP namespaces upstream timens: {r}");
+        return;
+    }
+    let upstream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2");
+    if !upstream.exists() {
+        eprintln!("SKIP namespaces upstream timens: no {}", upstream.display());
+        return;
+    }
+    let tmp = test_dir("ns-upstream-timens");
+    let criu = engine(&tmp);
+    // upstream wants the session leader inside the pid namespace
+    let launcher = ["unshare", "--pid", "--time", "--fork", "--monotonic", "100000", "--boottime", "100000", "setsid"];
+    let prog = Prog::start(&tmp, &launcher, &["monotonic"]);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&upstream, &["dump", "-t", &prog.pid.to_string()], &img, "dump.log");
+    let names: Vec<String> = std::fs::read_dir(&img).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|n| n.starts_with("timens-") && n != "timens-0.img"), "upstream wrote no timens-<id>.img: {names:?}");
+    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&prog.bin).is_empty());
+    let mut cmd = Command::new(&criu);
+    cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&prog.work);
+    assert!(cmd.status().unwrap().success(), "restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    prog.ticks_on(5, "after restore");
+    drop(prog);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

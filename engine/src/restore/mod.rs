@@ -143,7 +143,7 @@ fn own_timens(tree: &Tree) -> Result<Option<crate::model::TimeNs>, RestoreError>
     }
     match tree.timens {
         Some(tn) => Ok(Some(tn)),
-        None => Err(RestoreError::Unsupported("the task had a time namespace of its own, but timens-0.img is missing".into())),
+        None => Err(RestoreError::Unsupported("the task had a time namespace of its own, but its timens image is missing".into())),
     }
 }
 
