@@ -842,7 +842,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             child_subreaper: Some(task.child_subreaper),
             blk_sigset_extended: None,
             stop_signo: None,
-            membarrier_registration_mask: None,
+            membarrier_registration_mask: (task.membarrier != 0).then_some(task.membarrier),
         });
         let core = pb::CoreEntry {
             mtype: MTYPE_X86_64,
@@ -862,7 +862,11 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     if let Some(tn) = &tree.timens {
         let ts = |(tv_sec, tv_nsec): (u64, u64)| pb::Timespec { tv_sec, tv_nsec };
         let e = pb::TimensEntry { monotonic: ts(tn.monotonic), boottime: ts(tn.boottime) };
-        write_all(dir, &mg::TIMENS.file_name(0), &mg::TIMENS, &[e])?;
+        // as upstream: timens-<its id>.img for a time namespace of the
+        // task's own, timens-0.img for criu's
+        let id = task.ids.time_ns;
+        let id = if id != 0 && id != tree.root_ids.time_ns { id } else { 0 };
+        write_all(dir, &mg::TIMENS.file_name(id), &mg::TIMENS, &[e])?;
     }
     let ps = pb::PstreeEntry {
         pid: task.pid as u32,
@@ -1126,6 +1130,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
             task.child_subreaper = tc.child_subreaper.unwrap_or(false);
             task.loginuid = tc.loginuid.unwrap_or(u32::MAX);
             task.oom_score_adj = tc.oom_score_adj.unwrap_or(0);
+            task.membarrier = tc.membarrier_registration_mask.unwrap_or(0);
         }
         let blocked = match (i, &core.tc) {
             (0, Some(tc)) => tcore.blk_sigset.unwrap_or(tc.blk_sigset),
@@ -1156,12 +1161,18 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         });
     }
     task.ids = ids_from_pb(&ids);
-    let timens = match read_all::<pb::TimensEntry>(dir, &mg::TIMENS.file_name(0), &mg::TIMENS) {
+    let root_ids = inv.root_ids.as_ref().map(ids_from_pb).unwrap_or_default();
+    // timens-<id>.img when the task had a time namespace of its own (as
+    // upstream names it), else timens-0.img
+    let own = task.ids.time_ns != 0 && root_ids.time_ns != 0 && task.ids.time_ns != root_ids.time_ns;
+    let tn_name = Some(mg::TIMENS.file_name(task.ids.time_ns))
+        .filter(|n| own && dir.join(n).exists())
+        .unwrap_or_else(|| mg::TIMENS.file_name(0));
+    let timens = match read_all::<pb::TimensEntry>(dir, &tn_name, &mg::TIMENS) {
         Ok(v) => v.first().map(|e| TimeNs { monotonic: (e.monotonic.tv_sec, e.monotonic.tv_nsec), boottime: (e.boottime.tv_sec, e.boottime.tv_nsec) }),
-        Err(_) if !dir.join(mg::TIMENS.file_name(0)).exists() => None,
+        Err(_) if !dir.join(&tn_name).exists() => None,
         Err(e) => return Err(e.into()),
     };
-    let root_ids = inv.root_ids.as_ref().map(ids_from_pb).unwrap_or_default();
     let tree = Tree { root_owns_pid_ns: pid == 1, tasks: vec![task], root_ids, timens };
     Ok((tree, src))
 }

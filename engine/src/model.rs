@@ -166,6 +166,10 @@ pub struct Task {
     pub child_subreaper: bool,
     pub loginuid: u32,
     pub oom_score_adj: i32,
+    /// membarrier(2) registrations of the mm: the MEMBARRIER_CMD_REGISTER_*
+    /// bits MEMBARRIER_CMD_GET_REGISTRATIONS returns (core's
+    /// `membarrier_registration_mask`).
+    pub membarrier: u32,
     pub seccomp_mode: u32,
     pub ids: KobjIds,
     /// Queued bytes of the pipes this task has fds of.

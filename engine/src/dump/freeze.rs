@@ -167,17 +167,44 @@ impl Drop for Frozen {
             }
         }
         if self.kill_on_release {
-            // reap nothing: the task is not our child; just make sure it's gone
-            for _ in 0..1000 {
-                if !std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
+            let tids: Vec<Pid> = self.threads.iter().map(|t| t.tid).collect();
+            wait_pids_free(self.pid, &tids);
+        }
+    }
+}
+
+/// After the SIGKILL of a dump: return only once the killed process's pids
+/// are free again, so that a restore right after the dump can have them.
+/// As its tracer the engine must collect each thread's exit (until then
+/// the kernel keeps it, and its parent can't reap the leader); then the
+/// parent reaps the leader. A parent that doesn't within a few seconds
+/// gets a warning: the pid stays in use by its zombie.
+fn wait_pids_free(pid: Pid, tids: &[Pid]) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for &tid in tids {
+        loop {
+            match ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG) {
+                Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break, // gone, or not our tracee
+                Ok(_) if Instant::now() > deadline => {
+                    pr_warn!("thread {tid} of the killed {pid} has not exited yet");
                     break;
                 }
-                let st = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-                if st.contains(") Z") || st.is_empty() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
             }
         }
+    }
+    let proc_dir = format!("/proc/{pid}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while std::path::Path::new(&proc_dir).exists() {
+        if Instant::now() > deadline {
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)))
+                .unwrap_or_else(|| "?".into());
+            pr_warn!("the killed {pid} is a zombie its parent {ppid} has not reaped: a restore with this pid will find it in use");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

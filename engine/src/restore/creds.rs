@@ -14,7 +14,8 @@
 //!
 //! Process-wide, from the engine: rlimits are checked before the fork
 //! (a hard limit can't be raised without CAP_SYS_RESOURCE), oom_score_adj
-//! and loginuid are written through /proc.
+//! is written through /proc. (loginuid can only be written by the process
+//! itself: the restore child does it, `child::restore_loginuid`.)
 
 use super::space::Space;
 use super::{ioe, RestoreError};
@@ -80,15 +81,6 @@ pub fn apply_proc(pid: Pid, task: &Task) {
     if now != Some(task.oom_score_adj) {
         if let Err(e) = std::fs::write(&path, task.oom_score_adj.to_string()) {
             pr_warn!("can't restore oom_score_adj {} of {pid} (lowering it needs CAP_SYS_RESOURCE): {e}", task.oom_score_adj);
-        }
-    }
-    let path = format!("/proc/{pid}/loginuid");
-    let now = std::fs::read_to_string(&path).ok().and_then(|v| v.trim().parse::<u32>().ok());
-    if now.is_some() && now != Some(task.loginuid) {
-        // u32::MAX is "unset", written as -1 (only allowed while unset, or with CAP_AUDIT_CONTROL)
-        let v = if task.loginuid == u32::MAX { "-1".to_string() } else { task.loginuid.to_string() };
-        if let Err(e) = std::fs::write(&path, v) {
-            pr_warn!("can't restore loginuid {} of {pid}: {e}", task.loginuid);
         }
     }
 }

@@ -82,13 +82,69 @@ impl Drop for RestoreGuard {
     }
 }
 
+/// State letter and parent of `pid` from /proc/PID/stat.
+fn proc_state(pid: Pid) -> Option<(char, String)> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut it = st.rsplit_once(") ")?.1.split_whitespace();
+    Some((it.next()?.chars().next()?, it.next()?.to_string()))
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    proc_state(pid).is_some_and(|(s, _)| s == 'Z')
+}
+
 /// The error for a dumped pid that clone3's set_tid found taken (EEXIST).
 fn pid_in_use(pid: Pid) -> RestoreError {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string());
+    let zombie = match proc_state(pid) {
+        Some(('Z', ppid)) => format!(" (a zombie its parent {ppid} has not reaped)"),
+        _ => String::new(),
+    };
     RestoreError::Unsupported(match comm {
-        Ok(c) => format!("pid {pid} of the image is in use by {c}"),
+        Ok(c) => format!("pid {pid} of the image is in use by {c}{zombie}"),
         Err(_) => format!("pid {pid} of the image is in use"),
     })
+}
+
+/// Namespaces of the image that restore would not give back: a task whose
+/// net, ipc, uts, mnt, user or cgroup namespace was not the dumping criu's
+/// (ids against inventory's root_ids; 0 = not recorded) is refused by name
+/// (our own dump refuses it already; an image from elsewhere may have it).
+fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
+    let r = &tree.root_ids;
+    for t in &tree.tasks {
+        let i = &t.ids;
+        let kinds = [("net", i.net_ns, r.net_ns), ("ipc", i.ipc_ns, r.ipc_ns), ("uts", i.uts_ns, r.uts_ns), ("mnt", i.mnt_ns, r.mnt_ns), ("user", i.user_ns, r.user_ns), ("cgroup", i.cgroup_ns, r.cgroup_ns)];
+        let differ: Vec<&str> = kinds.iter().filter(|(_, a, b)| *a != 0 && *b != 0 && a != b).map(|(k, _, _)| *k).collect();
+        if !differ.is_empty() {
+            return Err(RestoreError::Unsupported(format!(
+                "task {} of the image was in {} namespaces of its own (ids differ from inventory's root_ids): restoring namespaces is not supported yet",
+                t.pid,
+                differ.join(", ")
+            )));
+        }
+        if i.pid_ns != 0 && r.pid_ns != 0 && i.pid_ns != r.pid_ns && !tree.root_owns_pid_ns {
+            return Err(RestoreError::Unsupported(format!(
+                "task {} of the image was in a pid namespace of its own without being its pid 1: not supported",
+                t.pid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The clocks to continue in a new time namespace, when the task had one
+/// of its own (its time ns id is not root_ids'); upstream restores it the
+/// same way from timens-0.img.
+fn own_timens(tree: &Tree) -> Result<Option<crate::model::TimeNs>, RestoreError> {
+    let (mine, root) = (tree.root().ids.time_ns, tree.root_ids.time_ns);
+    if mine == 0 || root == 0 || mine == root {
+        return Ok(None);
+    }
+    match tree.timens {
+        Some(tn) => Ok(Some(tn)),
+        None => Err(RestoreError::Unsupported("the task had a time namespace of its own, but its timens image is missing".into())),
+    }
 }
 
 /// Restore `tree` with page contents from `mem`. Returns the host pid of the root.
@@ -102,6 +158,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     if !p::is_single_threaded() {
         return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
     }
+    check_namespaces(tree)?;
     let task = tree.root();
     // plan: which files get mapped, where service fds go
     let mut map_files: Vec<(String, i32)> = Vec::new();
@@ -132,23 +189,44 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. })).count() as i32;
     let svc_base = (max_fd + 2 * npipes + 16).max(64);
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
+    // --root: opened once, above the service fds; paths are resolved in it
+    let root = match &opts.root {
+        None => None,
+        Some(r) => {
+            let fd = crate::sys::ns::open_root_dir(r, svc_base + 1 + map_files.len() as i32)
+                .map_err(|e| RestoreError::Unsupported(format!("--root {}: {e}", r.display())))?;
+            Some(child::RootDir { path: r.clone(), fd })
+        }
+    };
     let plan = child::ChildPlan {
         report_fd: wr.as_raw_fd(),
         svc_base,
         map_files: map_files.clone(),
-        root_prefix: opts.root.as_ref().map(|r| r.to_string_lossy().trim_end_matches('/').to_string()).unwrap_or_default(),
+        root,
         shell_job: opts.shell_job,
+        timens: own_timens(tree)?,
     };
     let (flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
     pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
     creds::check_rlimits(task)?;
-    files::check_mapped_files(task, &plan.root_prefix).map_err(RestoreError::Unsupported)?;
-    let child = match p::fork3(flags, &set_tid, libc::SIGCHLD) {
-        Ok(Forked::Child) => child::child_main(&plan, task),
-        Ok(Forked::Parent(c)) => c,
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(pid_in_use(task.pid)),
-        Err(e) => return Err(ioe(task.pid, "clone3")(e)),
+    files::check_mapped_files(task, plan.root.as_ref()).map_err(RestoreError::Unsupported)?;
+    // a zombie holding the pid (a source killed by a dump its parent has
+    // not reaped yet) is given a moment to go
+    let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let child = loop {
+        match p::fork3(flags, &set_tid, libc::SIGCHLD) {
+            Ok(Forked::Child) => child::child_main(&plan, task),
+            Ok(Forked::Parent(c)) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if is_zombie(task.pid) && std::time::Instant::now() < zombie_deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                return Err(pid_in_use(task.pid));
+            }
+            Err(e) => return Err(ioe(task.pid, "clone3")(e)),
+        }
     };
     let mut guard = RestoreGuard { pid: child, committed: false };
     crate::fault::point("after-clone");

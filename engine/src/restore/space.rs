@@ -608,5 +608,27 @@ pub fn finish_process(main: &mut Injector, sp: &Space, task: &Task, svc_base: i3
     if task.mm.dumpable != 1 {
         main.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, u64::from(task.mm.dumpable)]).map_err(e("PR_SET_DUMPABLE"))?;
     }
+    mm_wide_state(main, task)
+}
+
+/// mm-wide state only the process itself can set, after its memory is in
+/// place (so the fill is not slowed by it): PR_SET_THP_DISABLE and the
+/// membarrier registrations, one MEMBARRIER_CMD_REGISTER_* call per bit.
+fn mm_wide_state(main: &mut Injector, task: &Task) -> Result<(), RestoreError> {
+    const PR_SET_THP_DISABLE: u64 = 41;
+    /// REGISTER_GLOBAL_EXPEDITED, _PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ
+    const MEMBARRIER_REGISTER_CMDS: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+    let pid = main.tid;
+    if task.mm.thp_disabled {
+        main.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[PR_SET_THP_DISABLE, 1, 0, 0, 0]).map_err(ioe(pid, "PR_SET_THP_DISABLE"))?;
+    }
+    let unknown = task.membarrier & !MEMBARRIER_REGISTER_CMDS.iter().fold(0, |a, b| a | b);
+    if unknown != 0 {
+        return Err(RestoreError::Unsupported(format!("membarrier registrations {unknown:#x} of the image are not known to this engine")));
+    }
+    for cmd in MEMBARRIER_REGISTER_CMDS.into_iter().filter(|c| task.membarrier & c != 0) {
+        main.call("membarrier(register)", libc::SYS_membarrier, &[u64::from(cmd), 0, 0])
+            .map_err(ioe(pid, format!("membarrier registration {cmd:#x}")))?;
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod inject;
 pub mod kmod;
 pub mod mmap;
+pub mod ns;
 pub mod pagemap;
 pub mod process;
 pub mod ptrace;
