@@ -68,12 +68,36 @@ fn list_tids(pid: Pid) -> io::Result<Vec<Pid>> {
     Ok(v)
 }
 
+/// How long a seized thread may take to stop (it is in an uninterruptible
+/// wait: a vfork parent, a hung file system): then the freeze gives up.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The next stop of `tid`, or an error once [`STOP_TIMEOUT`] has passed
+/// (polled: waitpid has no timeout).
+fn wait_stop(tid: Pid) -> Result<Wait, FreezeError> {
+    let t0 = std::time::Instant::now();
+    let mut nap = std::time::Duration::from_micros(20);
+    loop {
+        if let Some(w) = ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG).map_err(|e| FreezeError::Seize { tid, source: e })? {
+            return Ok(w);
+        }
+        if t0.elapsed() > STOP_TIMEOUT {
+            return Err(FreezeError::Seize {
+                tid,
+                source: io::Error::new(io::ErrorKind::TimedOut, format!("thread {tid} did not stop within {STOP_TIMEOUT:?}")),
+            });
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Stop a seized thread; the stop signal when it is in group-stop (the
 /// trap of a group-stop carries it, an interrupt's carries SIGTRAP).
 fn stop_one(tid: Pid) -> Result<Option<i32>, FreezeError> {
     ptrace::interrupt(tid).map_err(|e| FreezeError::Seize { tid, source: e })?;
     loop {
-        match ptrace::wait(tid).map_err(|e| FreezeError::Seize { tid, source: e })? {
+        match wait_stop(tid)? {
             Wait::Stopped { event: ptrace::EVENT_STOP, sig } => return Ok(is_stop_signal(sig).then_some(sig)),
             Wait::Stopped { sig, event: 0 } => {
                 // A signal arrived first: let it be delivered as it would have

@@ -4,25 +4,36 @@
 //!
 //! # Fault safety
 //!
-//! Before a thread's registers are touched, an `rt_sigframe` is written on
-//! its stack below the red zone: a `ucontext` with its original registers
-//! (syscall restart already resolved, as signal delivery would), its
-//! original signal mask and its XSAVE state (with the `_fpx_sw_bytes` and
-//! `FP_XSTATE_MAGIC2` that `rt_sigreturn` checks). While the thread is ours
-//! its *parked* state is `rip = a syscall instruction, rax =
-//! __NR_rt_sigreturn, rsp = the frame`: if the engine dies (ptrace detaches
-//! on tracer exit) the thread's next instruction is `rt_sigreturn`, which
-//! puts back every register, the FPU state and the signal mask.
+//! First the main thread, from its own untouched registers (signals
+//! blocked for that one call), runs an mmap of the scratch mapping: a code
+//! page, a data area, and a frame slot per thread. Its registers and mask
+//! go back right after. Then, before a thread's registers are touched, an
+//! `rt_sigframe` is written into its slot: a `ucontext` with its original
+//! registers (syscall restart already resolved, as signal delivery would),
+//! its original signal mask and its XSAVE state (with the `_fpx_sw_bytes`
+//! and `FP_XSTATE_MAGIC2` that `rt_sigreturn` checks). Nothing is written
+//! into the target's own memory, its stacks included (a stack may be heap
+//! memory with a neighbour's data right below the stack pointer, and the
+//! page pump copies pages while threads are parked). While the thread is
+//! ours its *parked* state is `rip = the code page's second syscall, rax =
+//! __NR_rt_sigreturn, rsp = the frame`: if the engine dies (ptrace
+//! detaches on tracer exit) the thread's next instruction is
+//! `rt_sigreturn`, which puts back every register, the FPU state and the
+//! signal mask.
 //!
-//! Injected syscalls run from a scratch code page whose bytes are
-//! `syscall; mov $15,%eax; syscall`: the engine points `rip` at the first
-//! `syscall` and steps with PTRACE_SYSCALL to the exit stop; if the engine
-//! dies anywhere in between, the thread falls through into `rt_sigreturn`.
-//! Only the mmap of that page itself runs from an instruction found in the
-//! target's text (one syscall whose fall-through is foreign code), and only
-//! the final munmap of it has no page to fall into (one syscall again).
-//! A crashed engine may leave the scratch mapping behind (17 pages, rwx,
-//! anonymous); everything else is as it was.
+//! Injected syscalls run from the code page, whose bytes are `syscall;
+//! mov $15,%eax; syscall`: the engine points `rip` at the first `syscall`
+//! and steps with PTRACE_SYSCALL to the exit stop; if the engine dies
+//! anywhere in between, the thread falls through into `rt_sigreturn`.
+//! Only the mmap of the mapping itself runs from an instruction found in
+//! the target's text (one syscall whose fall-through is foreign code), and
+//! only the final munmap of it has no page to fall into (one syscall
+//! again). A crashed engine may leave the scratch mapping behind (17 pages
+//! and the frame slots, rwx, anonymous); everything else is as it was.
+//!
+//! A SIGSTOP that reaches a thread while it is stepped is taken off and
+//! recorded ([`Frozen::stop_seen`]): the process is stopped again when it
+//! is released. Group-stop traps are resumed. See [`step`].
 //!
 //! `uc_stack.ss_flags` in the frame is deliberately invalid (3), so the
 //! `restore_altstack` inside `rt_sigreturn` fails (silently, by design of
