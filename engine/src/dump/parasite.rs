@@ -698,7 +698,7 @@ mod tests {
         assert_eq!(search_range(0, 1, &mut [0u8; 4], read).unwrap(), None);
         assert_eq!(search_range(5, 5, &mut [0u8; 4], read).unwrap(), None);
         // found where it straddles two reads, and at the very end
-        let mut t2 = vec![0x90u8; 12];
+        let mut t2 = [0x90u8; 12];
         t2[3] = 0x0f;
         t2[4] = 0x05;
         let read2 = |b: &mut [u8], a: u64| {
@@ -706,7 +706,7 @@ mod tests {
             Ok(())
         };
         assert_eq!(search_range(0, 12, &mut [0u8; 4], read2).unwrap(), Some(3));
-        let mut t3 = vec![0x90u8; 12];
+        let mut t3 = [0x90u8; 12];
         t3[10] = 0x0f;
         t3[11] = 0x05;
         let read3 = |b: &mut [u8], a: u64| {
