@@ -41,6 +41,9 @@ const VMA_AREA_VVAR: u32 = 1 << 12;
 
 const MTYPE_X86_64: i32 = 1;
 const TASK_ALIVE: u32 = 1;
+/// Upstream's TASK_STOPPED (compel's COMPEL_TASK_STOPPED): a process in
+/// group-stop, its stop signal in `stop_signo`.
+const TASK_STOPPED: u32 = 3;
 
 fn regs_to_pb(r: &Regs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
@@ -803,7 +806,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             cg_set: Some(1),
         };
         let tc = (i == 0).then(|| pb::TaskCoreEntry {
-            task_state: TASK_ALIVE,
+            task_state: if task.stop_signo.is_some() { TASK_STOPPED } else { TASK_ALIVE },
             exit_code: 0,
             personality: task.personality,
             flags: task.flags,
@@ -841,7 +844,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
                 .collect(),
             child_subreaper: Some(task.child_subreaper),
             blk_sigset_extended: None,
-            stop_signo: None,
+            stop_signo: task.stop_signo,
             membarrier_registration_mask: (task.membarrier != 0).then_some(task.membarrier),
         });
         let core = pb::CoreEntry {
@@ -1106,8 +1109,17 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         let tcore = core.thread_core.clone().unwrap_or_default();
         if i == 0 {
             let tc = core.tc.as_ref().ok_or_else(|| bad(&name, "main thread without tc"))?;
-            if tc.task_state != TASK_ALIVE {
-                return Err(bad(&name, format!("task state {} is not supported yet", tc.task_state)));
+            match tc.task_state {
+                TASK_ALIVE => {}
+                // upstream stops it with SIGSTOP when no signal was recorded
+                TASK_STOPPED => {
+                    let sig = tc.stop_signo.unwrap_or(libc::SIGSTOP as u32);
+                    if !(1..=64).contains(&sig) {
+                        return Err(bad(&name, format!("tc.stop_signo {sig} is not a signal")));
+                    }
+                    task.stop_signo = Some(sig);
+                }
+                s => return Err(bad(&name, format!("task state {s} is not supported yet"))),
             }
             task.comm = tc.comm.clone();
             task.personality = tc.personality;
