@@ -255,7 +255,10 @@ impl Drop for Frozen {
 fn wait_pids_free(pid: Pid, tids: &[Pid]) {
     use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(3);
-    for &tid in tids {
+    // the leader last: the kernel reports its exit only once every other
+    // thread of the group has been collected
+    let order = tids.iter().filter(|&&t| t != pid).chain(tids.iter().filter(|&&t| t == pid));
+    for &tid in order {
         loop {
             match ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG) {
                 Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break, // gone, or not our tracee
