@@ -37,12 +37,20 @@ pub struct Space {
     pub mem: File,
     /// The task's pid in its own pid namespace (what it sees as getpid()).
     pub ns_pid: i32,
+    /// Where syscall batches run (any thread of the task can run them).
+    pub batch: batch::Place,
 }
 
 impl Space {
     pub fn write(&self, off: u64, data: &[u8]) -> Result<u64, RestoreError> {
         self.mem.write_all_at(data, self.scratch + off).map_err(ioe(self.pid, "writing scratch memory"))?;
         Ok(self.scratch + off)
+    }
+
+    /// Run `b` in the thread of `inj`; `what` names the step in errors.
+    pub fn run(&self, inj: &mut Injector, b: &Batch, what: &str) -> Result<Vec<u64>, RestoreError> {
+        let tid = inj.tid;
+        batch::run(inj, &self.mem, self.batch, b).map_err(ioe(tid, what))
     }
 }
 
@@ -548,7 +556,7 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         b.push(format!("mlock2 {:#x}-{:#x}", v.start, v.end), libc::SYS_mlock2, &[v.start, v.len(), 0]);
     }
     run(main, &b, "final protections and locks")?;
-    let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid };
+    let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid, batch: place };
     // 8. mm fields
     let mm = &task.mm;
     let mut auxv = mm.auxv.clone();

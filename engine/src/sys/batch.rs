@@ -63,20 +63,20 @@ pub const RECORD: u64 = 64;
 /// The result slot of a call the stub has not reached.
 pub const NOT_RUN: u64 = 0x8000_0000_0000_0000;
 
-/// One call: number and arguments, an optional block of bytes copied into
-/// the target beside the records (its address replaces argument `data.0`),
-/// and a name for errors.
+/// One call: number and arguments, blocks of bytes copied into the target
+/// beside the records (each block's address replaces the argument it
+/// names), and a name for errors.
 #[derive(Debug)]
 struct Call {
     rec: [u64; 7],
-    data: Option<(usize, Vec<u8>)>,
+    data: Vec<(usize, Vec<u8>)>,
     what: String,
 }
 
 impl Call {
     /// Bytes it takes in the target: its record and its data, 8-aligned.
     fn footprint(&self) -> u64 {
-        RECORD + self.data.as_ref().map_or(0, |(_, d)| (d.len() as u64).next_multiple_of(8))
+        RECORD + self.data.iter().map(|(_, d)| (d.len() as u64).next_multiple_of(8)).sum::<u64>()
     }
 }
 
@@ -96,7 +96,7 @@ impl Batch {
         let mut rec = [0u64; 7];
         rec[0] = nr as u64;
         rec[1..=args.len()].copy_from_slice(args);
-        self.calls.push(Call { rec, data: None, what: what.into() });
+        self.calls.push(Call { rec, data: Vec::new(), what: what.into() });
     }
 
     /// Like [`push`](Self::push), with `data` copied into the target for
@@ -104,8 +104,14 @@ impl Batch {
     /// ioctl's struct, a timer's itimerval). What the kernel writes back
     /// into it is not read.
     pub fn push_data(&mut self, what: impl Into<String>, nr: i64, args: &[u64], arg: usize, data: &[u8]) {
+        self.push_blocks(what, nr, args, &[(arg, data)]);
+    }
+
+    /// Like [`push_data`](Self::push_data) with several blocks, each for
+    /// the argument it names (capset's header and data).
+    pub fn push_blocks(&mut self, what: impl Into<String>, nr: i64, args: &[u64], blocks: &[(usize, &[u8])]) {
         self.push(what, nr, args);
-        self.calls.last_mut().expect("just pushed").data = Some((arg, data.to_vec()));
+        self.calls.last_mut().expect("just pushed").data = blocks.iter().map(|(a, d)| (*a, d.to_vec())).collect();
     }
 
     pub fn len(&self) -> usize {
@@ -139,9 +145,11 @@ pub fn run(inj: &mut Injector, mem: &File, place: Place, batch: &Batch) -> io::R
     if inj.is_stepped() {
         for c in &batch.calls {
             let mut args = c.rec;
-            if let Some((arg, data)) = &c.data {
-                mem.write_all_at(data, place.buf).map_err(|e| io::Error::new(e.kind(), format!("writing the data of {} into {tid}: {e}", c.what)))?;
-                args[1 + arg] = place.buf;
+            let mut at = place.buf;
+            for (arg, data) in &c.data {
+                mem.write_all_at(data, at).map_err(|e| io::Error::new(e.kind(), format!("writing the data of {} into {tid}: {e}", c.what)))?;
+                args[1 + arg] = at;
+                at += (data.len() as u64).next_multiple_of(8);
             }
             out.push(inj.call(&c.what, args[0] as i64, &args[1..])?);
         }
@@ -168,7 +176,7 @@ pub fn run(inj: &mut Injector, mem: &File, place: Place, batch: &Batch) -> io::R
         bytes.clear();
         for c in chunk {
             let mut rec = c.rec;
-            if let Some((arg, d)) = &c.data {
+            for (arg, d) in &c.data {
                 rec[1 + arg] = data_at;
                 data.extend_from_slice(d);
                 data.resize(data.len().next_multiple_of(8), 0);
