@@ -397,3 +397,26 @@ fn failed_release_lets_no_thread_run() {
     p.refind();
     ticks_on(&p.log(), 3, "after the real restore");
 }
+
+#[test]
+fn release_sends_nothing_the_program_can_see() {
+    let Some((tmp, criu)) = setup("release-unseen") else { return };
+    let bin = build_prog("busy.c", &[], &tmp.join("busy"));
+    // a SIGCONT handler, SIGCONT blocked (it would stay queued), neither
+    for mode in ["cont-handler", "cont-blocked", "plain"] {
+        let mut p = Prog::start(&bin, &["2", "progress", mode], &tmp.join(format!("work-{mode}")));
+        let pid = p.pid.to_string();
+        ticks_on(&p.log(), 2, &format!("{mode}: before the dump"));
+        let img = tmp.join(format!("img-{mode}"));
+        std::fs::create_dir_all(&img).unwrap();
+        criu_must(&criu, &["dump", "-t", &pid], &img, "dump.log", &[]);
+        p.wait_gone();
+        restore_ok(&criu, &img, &p.work);
+        p.refind();
+        // the program says FAIL on a handled or pending SIGCONT
+        ticks_on(&p.log(), 5, &format!("{mode}: after restore"));
+        let rlog = std::fs::read_to_string(img.join("restore.log")).unwrap();
+        let one_by_one = rlog.contains("released thread by thread");
+        assert_eq!(one_by_one, mode != "plain", "{mode}: release path:\n{}", tail(&rlog));
+    }
+}
