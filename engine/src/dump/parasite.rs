@@ -531,10 +531,9 @@ fn call_regs(parked: &Regs, nr: i64, args: &[u64]) -> Regs {
 fn step(tid: Pid, r: &Regs, fault_points: &[&str], stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<Regs> {
     ptrace::set_regs(tid, r)?;
     let mut seen_entry = false;
-    let mut resume_sig = 0;
     for _ in 0..1000 {
-        ptrace::cont_syscall(tid, resume_sig)?;
-        resume_sig = 0;
+        // a signal-delivery stop resumed with 0 discards its signal
+        ptrace::cont_syscall(tid, 0)?;
         match ptrace::wait(tid)? {
             Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
                 if seen_entry {
