@@ -420,3 +420,29 @@ fn release_sends_nothing_the_program_can_see() {
         assert_eq!(one_by_one, mode != "plain", "{mode}: release path:\n{}", tail(&rlog));
     }
 }
+
+#[test]
+fn a_thread_that_cannot_stop_fails_the_freeze_in_time() {
+    let Some((tmp, criu)) = setup("nostop") else { return };
+    let bin = build_prog("vforkwait.c", &[], &tmp.join("vforkwait"));
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut child = only_stdio(&mut Command::new(&bin)).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start");
+    let pid = child.id() as i32;
+    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let t = Instant::now();
+    let (ok, log) = criu_limited(&criu, &["dump", "-t", &pid.to_string()], &img, "dump.log", &[], Duration::from_secs(40));
+    let took = t.elapsed();
+    assert!(!ok, "dump of a process stuck in vfork succeeded:\n{}", tail(&log));
+    assert!(log.contains(&format!("thread {pid} did not stop within")), "the error does not name the thread:\n{}", tail(&log));
+    assert!(took < Duration::from_secs(20), "the freeze gave up only after {took:?}");
+    assert!(alive(pid), "the source is gone");
+    let _ = child.kill();
+    let _ = child.wait();
+    // the vfork child sleeps on; it is ours to end
+    for p in live_with_exe(&bin) {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+}
