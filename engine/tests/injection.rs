@@ -397,3 +397,52 @@ fn failed_release_lets_no_thread_run() {
     p.refind();
     ticks_on(&p.log(), 3, "after the real restore");
 }
+
+#[test]
+fn release_sends_nothing_the_program_can_see() {
+    let Some((tmp, criu)) = setup("release-unseen") else { return };
+    let bin = build_prog("busy.c", &[], &tmp.join("busy"));
+    // a SIGCONT handler, SIGCONT blocked (it would stay queued), neither
+    for mode in ["cont-handler", "cont-blocked", "plain"] {
+        let mut p = Prog::start(&bin, &["2", "progress", mode], &tmp.join(format!("work-{mode}")));
+        let pid = p.pid.to_string();
+        ticks_on(&p.log(), 2, &format!("{mode}: before the dump"));
+        let img = tmp.join(format!("img-{mode}"));
+        std::fs::create_dir_all(&img).unwrap();
+        criu_must(&criu, &["dump", "-t", &pid], &img, "dump.log", &[]);
+        p.wait_gone();
+        restore_ok(&criu, &img, &p.work);
+        p.refind();
+        // the program says FAIL on a handled or pending SIGCONT
+        ticks_on(&p.log(), 5, &format!("{mode}: after restore"));
+        let rlog = std::fs::read_to_string(img.join("restore.log")).unwrap();
+        let one_by_one = rlog.contains("released thread by thread");
+        assert_eq!(one_by_one, mode != "plain", "{mode}: release path:\n{}", tail(&rlog));
+    }
+}
+
+#[test]
+fn a_thread_that_cannot_stop_fails_the_freeze_in_time() {
+    let Some((tmp, criu)) = setup("nostop") else { return };
+    let bin = build_prog("vforkwait.c", &[], &tmp.join("vforkwait"));
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut child = only_stdio(&mut Command::new(&bin)).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start");
+    let pid = child.id() as i32;
+    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let t = Instant::now();
+    let (ok, log) = criu_limited(&criu, &["dump", "-t", &pid.to_string()], &img, "dump.log", &[], Duration::from_secs(40));
+    let took = t.elapsed();
+    assert!(!ok, "dump of a process stuck in vfork succeeded:\n{}", tail(&log));
+    assert!(log.contains(&format!("thread {pid} did not stop within")), "the error does not name the thread:\n{}", tail(&log));
+    assert!(took < Duration::from_secs(20), "the freeze gave up only after {took:?}");
+    assert!(alive(pid), "the source is gone");
+    let _ = child.kill();
+    let _ = child.wait();
+    // the vfork child sleeps on; it is ours to end
+    for p in live_with_exe(&bin) {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+}

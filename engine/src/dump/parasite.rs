@@ -388,10 +388,11 @@ impl Parasite {
 
     /// The one syscall run from foreign code: mmap of the scratch mapping,
     /// in the main thread, from its own untouched state. Signals are
-    /// blocked around it (a handler must not run in the middle of a
-    /// freeze), and the thread gets its registers and mask back right
-    /// after, before anything is written into the new mapping: the window
-    /// is this one syscall and the two ptrace requests on either side.
+    /// blocked for it (a handler must not run in the middle of a freeze)
+    /// only while the registers are the call's, and the thread gets its
+    /// mask and registers back right after, before anything is written
+    /// into the new mapping: the window is, as it always was, from loading
+    /// the call's registers to putting the thread's own back.
     fn map_scratch(&mut self, gadget: u64) -> io::Result<()> {
         let tid = self.order[0];
         let (orig, mask) = self.main_orig;
@@ -399,11 +400,11 @@ impl Parasite {
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let mut r = call_regs(&orig, libc::SYS_mmap, &[0, self.len, prot, flags, u64::MAX, 0]);
         r.ip = gadget;
-        ptrace::set_sigmask(tid, !0)?;
-        let out = step(tid, &r, &[], &self.stop_seen);
-        // back to its own state before anything else
-        ptrace::set_regs(tid, &orig)?;
-        ptrace::set_sigmask(tid, mask)?;
+        ptrace::set_regs(tid, &r)?;
+        let out = ptrace::set_sigmask(tid, !0).and_then(|()| step(tid, &r, &[], &self.stop_seen));
+        // back to its own state before anything else: mask, then registers
+        let back = ptrace::set_sigmask(tid, mask).and_then(|()| ptrace::set_regs(tid, &orig));
+        back?;
         let a = crate::sys::check_raw(out?.ax as i64)
             .map_err(|e| io::Error::new(e.kind(), format!("injected mmap of the scratch mapping in {tid}: {e}")))?;
         self.code = a;
@@ -531,10 +532,9 @@ fn call_regs(parked: &Regs, nr: i64, args: &[u64]) -> Regs {
 fn step(tid: Pid, r: &Regs, fault_points: &[&str], stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<Regs> {
     ptrace::set_regs(tid, r)?;
     let mut seen_entry = false;
-    let mut resume_sig = 0;
     for _ in 0..1000 {
-        ptrace::cont_syscall(tid, resume_sig)?;
-        resume_sig = 0;
+        // a signal-delivery stop resumed with 0 discards its signal
+        ptrace::cont_syscall(tid, 0)?;
         match ptrace::wait(tid)? {
             Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
                 if seen_entry {

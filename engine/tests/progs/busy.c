@@ -7,6 +7,11 @@
  * 3 s, since 16 spinners on a busy machine wait their turn; the tests
  * check each spinner's utime too).
  *
+ * `busy N progress cont-handler` also counts SIGCONTs in a handler, and
+ * `busy N progress cont-blocked` blocks SIGCONT in every thread; either
+ * way a tick says FAIL once a SIGCONT was handled or is pending (a restore
+ * must not send the program one it can see).
+ *
  * Readiness: ./ready is created once every spinner has counted. Built by
  * engine/tests/busy.rs as static, static-pie, dynamic PIE and dynamic
  * non-PIE. */
@@ -18,9 +23,17 @@
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <signal.h>
 
 #define MAX 64
 static volatile unsigned long counters[MAX * 8]; /* one cache line each */
+static volatile sig_atomic_t conts;
+
+static void on_cont(int sig)
+{
+	(void)sig;
+	conts++;
+}
 
 static void spin(int i)
 {
@@ -54,8 +67,15 @@ static void *progress(void *arg)
 				stuck = i;
 			last[i] = v;
 		}
+		sigset_t pend;
+		sigemptyset(&pend);
+		sigpending(&pend);
 		int len;
-		if (stuck >= 0)
+		if (conts)
+			len = snprintf(line, sizeof(line), "FAIL tick %lu: %d SIGCONT handled\n", tick, (int)conts);
+		else if (sigismember(&pend, SIGCONT))
+			len = snprintf(line, sizeof(line), "FAIL tick %lu: a SIGCONT is pending\n", tick);
+		else if (stuck >= 0)
 			len = snprintf(line, sizeof(line), "FAIL tick %lu: spinner %d did not move for 30 ticks\n", tick, stuck);
 		else
 			len = snprintf(line, sizeof(line), "tick %lu ok\n", tick);
@@ -75,6 +95,18 @@ int main(int argc, char **argv)
 	int with_progress = argc > 2 && strcmp(argv[2], "progress") == 0;
 	if (n < 1 || n > MAX)
 		return 2;
+	if (argc > 3 && strcmp(argv[3], "cont-handler") == 0) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = on_cont;
+		sa.sa_flags = SA_RESTART;
+		sigaction(SIGCONT, &sa, NULL);
+	} else if (argc > 3 && strcmp(argv[3], "cont-blocked") == 0) {
+		sigset_t s;
+		sigemptyset(&s);
+		sigaddset(&s, SIGCONT);
+		sigprocmask(SIG_BLOCK, &s, NULL); /* inherited by every thread */
+	}
 	pthread_t t;
 	for (int i = 1; i < n; i++)
 		if (pthread_create(&t, NULL, spinner, (void *)(long)i))
