@@ -23,7 +23,7 @@ pub mod thread;
 use crate::mem_source::MemSource;
 use crate::model::{FileDesc, Tree};
 use crate::sys::inject::{self, Injector};
-use crate::sys::process::{self as p, Forked};
+use crate::sys::process as p;
 use crate::sys::ptrace::{self, Wait};
 use crate::sys::Pid;
 use crate::{pr_debug, pr_info};
@@ -144,9 +144,8 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
     creds::check_rlimits(task)?;
     files::check_mapped_files(task, &plan.root_prefix).map_err(RestoreError::Unsupported)?;
-    let child = match p::fork3(flags, &set_tid, libc::SIGCHLD) {
-        Ok(Forked::Child) => child::child_main(&plan, task),
-        Ok(Forked::Parent(c)) => c,
+    let child = match p::fork3(flags, &set_tid, libc::SIGCHLD, || child::child_main(&plan, task)) {
+        Ok(c) => c,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(pid_in_use(task.pid)),
         Err(e) => return Err(ioe(task.pid, "clone3")(e)),
     };
