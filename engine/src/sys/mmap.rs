@@ -35,13 +35,26 @@ impl MappedFile {
         Ok(MappedFile { ptr: p, len })
     }
 
+    /// The file's bytes as mapped.
+    ///
+    /// Not enforced here (issue 8, item 8, left open): the file must not be
+    /// written or truncated by anyone while the slice lives. A truncation
+    /// makes a read past the new end raise SIGBUS (the engine dies; no
+    /// memory of ours is corrupted); a concurrent write changes bytes under
+    /// a shared reference. The engine maps only image files of the directory
+    /// it was given, and treats that directory as its own for the duration
+    /// of the command, as upstream CRIU does. Making it enforced needs the
+    /// consumers (`MemSource::slice`, `uffd::copy`, the restore fill) to take
+    /// a kernel-only view (address and length, copies through the kernel so a
+    /// truncation is EFAULT) instead of `&[u8]`.
     pub fn bytes(&self) -> &[u8] {
         if self.len == 0 {
             return &[];
         }
-        // SAFETY: ptr..ptr+len is our live read-only mapping. The image file is
-        // not truncated by us while mapped; a concurrent truncation by someone
-        // else would SIGBUS (same contract as every mmap reader).
+        // SAFETY: ptr..ptr+len is our live read-only mapping. The engine does
+        // not write or truncate the image file while it is mapped, and holds
+        // the image directory as its own (see above for what happens if
+        // someone else does).
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
     }
 }
