@@ -395,7 +395,7 @@ fn probe_pidfd() -> Result<(), String> {
 }
 
 fn probe_userfaultfd() -> Result<(), String> {
-    crate::sys::process::userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK).map(drop).map_err(|e| format!("userfaultfd: {e}"))
+    crate::sys::process::probe_userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(|e| format!("userfaultfd: {e}"))
 }
 
 fn probe_vdso() -> Result<(), String> {

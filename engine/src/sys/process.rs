@@ -344,15 +344,20 @@ pub fn tee(from: impl AsFd, to: impl AsFd, len: usize, flags: u32) -> io::Result
     Ok(r as usize)
 }
 
-/// userfaultfd(2) with `flags` (O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY).
-pub fn userfaultfd(flags: i32) -> io::Result<OwnedFd> {
+/// Whether userfaultfd(2) with `flags` works here: one is created and
+/// closed at once. The engine never keeps a userfaultfd of its own mm (one
+/// it could register its own memory with, which `uffd::copy` would then
+/// write into): the restore fill uses the target's, taken by pidfd_getfd.
+pub fn probe_userfaultfd(flags: i32) -> io::Result<()> {
     // SAFETY: integer-only syscall.
     let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
     if r < 0 {
         return Err(last_err());
     }
-    // SAFETY: the kernel returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    // SAFETY: the kernel returned a fresh fd that nothing else owns; it is
+    // closed on drop, right here.
+    drop(unsafe { OwnedFd::from_raw_fd(r as i32) });
+    Ok(())
 }
 
 /// chroot(2).
