@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{skip_reason, wait_until, CRIU};
+use common::{require, skip, wait_until, why_not_here, CRIU};
 use engine::dump::mm;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -195,10 +195,7 @@ fn memkinds_through_the_pump_then_o_direct() {
 }
 
 fn memkinds_cycles(name: &str, dense_mib: u64, env: &[(&str, &str)], path_mark: &str) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP memkinds {name}: {r}");
-        return;
-    }
+    require!(why_not_here());
     let mut run = start(name, dense_mib);
     let log = run.work.join("progress.log");
     for cycle in 0..2 {
@@ -253,10 +250,7 @@ fn memkinds_cycles(name: &str, dense_mib: u64, env: &[(&str, &str)], path_mark: 
 /// a pages file of a few MiB, not a GiB, and no zero pages are written.
 #[test]
 fn sparse_gib_makes_small_pages_file() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP sparse_gib_makes_small_pages_file: {r}");
-        return;
-    }
+    require!(why_not_here());
     let run = start("sparse", 0);
     let dir = run.tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
@@ -278,17 +272,14 @@ fn sparse_gib_makes_small_pages_file() {
 /// sparse memory.
 #[test]
 fn pagemap_scan_matches_pagemap_read() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP pagemap_scan_matches_pagemap_read: {r}");
-        return;
-    }
+    require!(why_not_here());
     let run = start("scan", 256);
     let pid = run.proc.0;
     let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
     let vmas = mm::collect_vmas(pid).unwrap();
     let zero = engine::sys::mmap::zero_page_pfn().unwrap();
     if let Err(e) = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan) {
-        eprintln!("SKIP pagemap_scan_matches_pagemap_read: PAGEMAP_SCAN: {e}");
+        skip(format!("PAGEMAP_SCAN (kernel 6.7+) is not usable here: {e}"));
         return;
     }
     // best of 5 each, alternating (the machine is shared and noisy)
@@ -481,7 +472,7 @@ fn guard_pages_do_not_fail_the_dump() {
     let mut run = match start_cases("guard", &["guard"]) {
         Ok(r) => r,
         Err(why) => {
-            eprintln!("SKIP guard_pages_do_not_fail_the_dump: the kernel has no MADV_GUARD_INSTALL ({why})");
+            test_support::skip(format!("the kernel has no MADV_GUARD_INSTALL ({why})"));
             return;
         }
     };

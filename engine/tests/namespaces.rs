@@ -333,7 +333,7 @@ fn upstream_image_of_an_own_time_namespace_restores() {
     }
     let upstream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2");
     if !upstream.exists() {
-        eprintln!("SKIP namespaces upstream timens: no {}", upstream.display());
+        test_support::skip(format!("no upstream criu at {}", upstream.display()));
         return;
     }
     let tmp = test_dir("ns-upstream-timens");

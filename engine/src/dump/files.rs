@@ -53,8 +53,7 @@ pub fn should_check_size(flags: u32) -> bool {
 
 /// kcmp(KCMP_FILE): do `a` and `b` of `pid` share one open file description?
 fn same_description(pid: Pid, a: i32, b: i32) -> bool {
-    const KCMP_FILE: u64 = 0;
-    p::syscall6(libc::SYS_kcmp, [pid as u64, pid as u64, KCMP_FILE, a as u64, b as u64, 0]).ok() == Some(0)
+    p::kcmp_file(pid, a, pid, b).unwrap_or(false)
 }
 
 /// The queued bytes of the pipe behind `/proc/PID/fd/FD`, not consumed.
@@ -65,14 +64,11 @@ fn pipe_data(pid: Pid, fd: i32, pipe_id: u32) -> Result<PipeData, FilesError> {
         .custom_flags(libc::O_NONBLOCK)
         .open(format!("/proc/{pid}/fd/{fd}"))
         .map_err(err)?;
-    let size = p::syscall6(libc::SYS_fcntl, [src.as_raw_fd() as u64, libc::F_GETPIPE_SZ as u64, 0, 0, 0, 0]).map_err(err)? as u32;
+    let size = p::fcntl_int(src.as_raw_fd(), libc::F_GETPIPE_SZ, 0).map_err(err)? as u32;
     let (rd, wr) = p::pipe().map_err(err)?;
-    p::syscall6(libc::SYS_fcntl, [wr.as_raw_fd() as u64, libc::F_SETPIPE_SZ as u64, u64::from(size), 0, 0, 0]).map_err(err)?;
-    let n = match p::syscall6(
-        libc::SYS_tee,
-        [src.as_raw_fd() as u64, wr.as_raw_fd() as u64, u64::from(size), libc::SPLICE_F_NONBLOCK as u64, 0, 0],
-    ) {
-        Ok(n) => n as usize,
+    p::fcntl_int(wr.as_raw_fd(), libc::F_SETPIPE_SZ, u64::from(size)).map_err(err)?;
+    let n = match p::tee(&src, &wr, size as usize, libc::SPLICE_F_NONBLOCK) {
+        Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
         Err(e) => return Err(err(e)),
     };

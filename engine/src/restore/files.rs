@@ -31,8 +31,7 @@ fn cpath(path: &str) -> Result<CString, String> {
 /// open(2) `path` with the dumped `flags` (never O_CREAT/O_TRUNC) onto fd `target`.
 fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
     let c = cpath(path)?;
-    let fd = p::syscall6(libc::SYS_open, [c.as_ptr() as u64, (flags & !libc::O_CREAT & !libc::O_TRUNC) as u64, 0, 0, 0, 0])
-        .map_err(|e| format!("open {path:?} for fd {target}: {e}"))? as i32;
+    let fd = p::open_raw(&c, flags & !libc::O_CREAT & !libc::O_TRUNC).map_err(|e| format!("open {path:?} for fd {target}: {e}"))?;
     if fd != target {
         p::dup2(fd, target).map_err(|e| format!("dup2 {fd} -> {target}: {e}"))?;
         p::close(fd);
@@ -142,7 +141,7 @@ fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(), Str
 }
 
 fn fcntl(fd: i32, cmd: i32, arg: u64) -> std::io::Result<u64> {
-    p::syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0])
+    p::fcntl_int(fd, cmd, arg)
 }
 
 /// Write all of `data` into the write end `fd` of a fresh pipe.
@@ -150,7 +149,7 @@ fn fill_pipe(fd: i32, data: &[u8]) -> Result<(), String> {
     let mut off = 0;
     while off < data.len() {
         let rest = &data[off..];
-        let n = p::syscall6(libc::SYS_write, [fd as u64, rest.as_ptr() as u64, rest.len() as u64, 0, 0, 0])
+        let n = p::write_raw(fd, rest)
             .map_err(|e| format!("writing {} queued bytes into a pipe: {e}", data.len()))?;
         off += n as usize;
     }
@@ -224,7 +223,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
         }
         if let FileDesc::Reg { pos, .. } = &fd.file {
             if *pos != 0 {
-                p::syscall6(libc::SYS_lseek, [n as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0])
+                p::seek_to(n, *pos)
                     .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;
             }
         }

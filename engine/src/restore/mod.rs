@@ -23,7 +23,7 @@ pub mod thread;
 use crate::mem_source::MemSource;
 use crate::model::{FileDesc, Tree};
 use crate::sys::inject::{self, Injector};
-use crate::sys::process::{self as p, Forked};
+use crate::sys::process as p;
 use crate::sys::ptrace::{self, Wait};
 use crate::sys::Pid;
 use crate::{pr_debug, pr_info};
@@ -215,9 +215,8 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     // not reaped yet) is given a moment to go
     let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let child = loop {
-        match p::fork3(flags, &set_tid, libc::SIGCHLD) {
-            Ok(Forked::Child) => child::child_main(&plan, task),
-            Ok(Forked::Parent(c)) => break c,
+        match p::fork3(flags, &set_tid, libc::SIGCHLD, || child::child_main(&plan, task)) {
+            Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 if is_zombie(task.pid) && std::time::Instant::now() < zombie_deadline {
                     std::thread::sleep(std::time::Duration::from_millis(5));
