@@ -62,7 +62,7 @@ const REFUSED_SHORT: &[(char, &str)] = &[
 ];
 
 /// Options of ours that take a separate value (so the value is not read as a flag).
-const WITH_VALUE: &[&str] = &["-t", "--tree", "-D", "--images-dir", "-W", "--work-dir", "-o", "--log-file", "--pidfile", "-r", "--root"];
+const WITH_VALUE: &[&str] = &["--copies", "--persist", "-t", "--tree", "-D", "--images-dir", "-W", "--work-dir", "-o", "--log-file", "--pidfile", "-r", "--root"];
 
 /// Upstream commands we don't implement.
 const REFUSED_COMMANDS: &[&str] =
@@ -73,7 +73,7 @@ const DEFAULT_LOGLEVEL: u32 = log::LOG_WARN;
 #[derive(Parser, Debug)]
 #[command(name = "criu", disable_version_flag = true, about = "Checkpoint/restore of process trees (CRIU-compatible)")]
 struct Cli {
-    /// dump | restore | check
+    /// dump | restore | check | tfork
     command: Option<String>,
     /// Print the version.
     #[arg(short = 'V', long = "version")]
@@ -120,6 +120,13 @@ struct Cli {
     /// check: --extra --experimental.
     #[arg(long = "all")]
     all: bool,
+    /// tfork: number of live clones of the process (-t) to make.
+    #[arg(long = "copies", value_name = "N")]
+    copies: Option<usize>,
+    /// tfork: image set of the frozen moment: none (default; async and sync
+    /// are not supported yet).
+    #[arg(long = "persist", value_name = "MODE")]
+    persist: Option<String>,
 }
 
 /// Resolve `-v` forms into one `--loglevel-resolved=N`, drop `--no-X` of
@@ -329,6 +336,46 @@ fn run_restore(cli: &Cli) -> Result<i32, String> {
     }
 }
 
+/// `criu tfork -t PID --copies N [--persist=none]`: prints each clone's
+/// pid on a line of its own (stdout), in the order they were released.
+fn run_tfork(cli: &Cli) -> Result<(), String> {
+    let pid: crate::sys::Pid = cli
+        .tree
+        .as_deref()
+        .ok_or("tfork needs -t PID")?
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or("-t needs a positive pid")?;
+    let copies = cli.copies.ok_or("tfork needs --copies N")?;
+    let persist = match cli.persist.as_deref().unwrap_or("none") {
+        "none" => crate::tfork::Persist::None,
+        m @ ("async" | "sync") => return Err(format!("--persist={m} is not supported yet (only --persist=none)")),
+        m => return Err(format!("unknown --persist mode {m:?} (none, async, sync)")),
+    };
+    for (set, name) in [(cli.leave_running, "--leave-running"), (cli.detached, "--restore-detached"), (cli.shell_job, "--shell-job")] {
+        if set {
+            return Err(format!("{name} does not apply to tfork"));
+        }
+    }
+    if cli.root.is_some() || cli.freeze_cgroup.is_some() || cli.pidfile.is_some() {
+        return Err("--root, --freeze-cgroup and --pidfile are not supported by tfork yet".into());
+    }
+    let opts = crate::tfork::TforkOpts { copies, persist };
+    let rep = crate::tfork::tfork(pid, &opts).map_err(|e| error_chain(&e))?;
+    pr_info!(
+        "tfork of {pid}: source paused {:.3} ms, first clone running after {:.3} ms, all {} after {:.3} ms",
+        rep.pause.as_secs_f64() * 1e3,
+        rep.first.as_secs_f64() * 1e3,
+        rep.clones.len(),
+        rep.all.as_secs_f64() * 1e3
+    );
+    for c in &rep.clones {
+        println!("{c}");
+    }
+    Ok(())
+}
+
 /// One feature probe: Ok, or what is missing.
 type Probe = (&'static str, bool, fn() -> Result<(), String>);
 
@@ -484,14 +531,14 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
     let cmd = match cli.command.as_deref() {
         None => {
-            eprintln!("Error: no command given (dump, restore, check)\n\nTry -h|--help for more info");
+            eprintln!("Error: no command given (dump, restore, check, tfork)\n\nTry -h|--help for more info");
             return 1;
         }
         Some(c) if REFUSED_COMMANDS.contains(&c) => {
             eprintln!("Error: the {c} command is not supported yet");
             return 1;
         }
-        Some(c @ ("dump" | "restore" | "check")) => c.to_string(),
+        Some(c @ ("dump" | "restore" | "check" | "tfork")) => c.to_string(),
         Some(c) => {
             eprintln!("Error: unknown command: {c}\n\nTry -h|--help for more info");
             return 1;
@@ -504,6 +551,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let res = match cmd.as_str() {
         "dump" => run_dump(&cli).map(|()| 0).map_err(|e| (e, "Dumping FAILED.")),
         "restore" => run_restore(&cli).map_err(|e| (e, "Restoring FAILED.")),
+        "tfork" => run_tfork(&cli).map(|()| 0).map_err(|e| (e, "tfork FAILED.")),
         _ => run_check().map(|()| 0).map_err(|e| (e, "")),
     };
     match res {

@@ -43,6 +43,13 @@ pub const POINTS: &[&str] = &[
     "mid-threads",
     "before-detach",
     "mid-detach",
+    "tfork-fork",
+    "tfork-forked",
+    "tfork-source-released",
+    "tfork-prepared",
+    "tfork-clone-forked",
+    "tfork-mid-clone",
+    "tfork-before-release",
 ];
 
 /// Environment variable naming the point to die at.

@@ -3,7 +3,8 @@
 //! Layers: [`dump`] collects a process tree from the kernel into the
 //! [`model`]; [`images_io`] writes the model to CRIU image files and reads
 //! it back; [`restore`] recreates processes from the model, reading page
-//! contents through a [`mem_source::MemSource`]. All `unsafe` lives in
+//! contents through a [`mem_source::MemSource`]; [`tfork`] makes live
+//! clones of a running process. All `unsafe` lives in
 //! [`sys`].
 #![deny(unsafe_code)]
 
@@ -16,4 +17,5 @@ pub mod mem_source;
 pub mod model;
 pub mod restore;
 pub mod sys;
+pub mod tfork;
 pub mod validate;

@@ -71,7 +71,16 @@ const CLEANUP_OFF: u64 = 11;
 const CLEANUP_SYSCALLS: usize = PUMP_FDS + 1;
 /// Bytes of one `mov fdK(%rip),%edi; mov $3,%eax; syscall`.
 const CLOSE_LEN: usize = 13;
-const CODE_SIZE: usize = CLEANUP_OFF as usize + PUMP_FDS * CLOSE_LEN + 2 + 5 + 7 + 7 + 7;
+/// Offset of the fork call (tfork), right after the cleanup.
+pub const FORK_OFF: u64 = (CLEANUP_OFF as usize + PUMP_FDS * CLOSE_LEN + 2 + 5 + 7 + 7 + 7) as u64;
+/// `syscall; test %rax,%rax; jnz 2 (rt_sigreturn); mov $231,%eax;
+/// xor %edi,%edi; syscall` (exit_group(0)): the caller falls into its
+/// `rt_sigreturn`, the new child (rax = 0) exits.
+const FORK_CODE: [u8; 16] = {
+    let rel = (2i64 - (FORK_OFF as i64 + 7)) as i8 as u8;
+    [0x0f, 0x05, 0x48, 0x85, 0xc0, 0x75, rel, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05]
+};
+const CODE_SIZE: usize = FORK_OFF as usize + FORK_CODE.len();
 /// The code page:
 /// - 0: `syscall; mov $15,%eax; syscall` (a plain call, falling into
 ///   `rt_sigreturn`, where parked threads sit at [`PARK_OFF`]);
@@ -115,6 +124,11 @@ const CODE: [u8; CODE_SIZE] = {
     let mut j = 0;
     while j < tail.len() {
         c[at + j] = tail[j];
+        j += 1;
+    }
+    let mut j = 0;
+    while j < FORK_CODE.len() {
+        c[FORK_OFF as usize + j] = FORK_CODE[j];
         j += 1;
     }
     c
@@ -493,6 +507,37 @@ impl Parasite {
         ptrace::set_regs(tid, &s.parked)
     }
 
+    /// The scratch mapping: (start, length). A process forked from the
+    /// frozen one ([`fork_call`](Self::fork_call)) has its own copy there.
+    pub fn mapping(&self) -> (u64, u64) {
+        (self.code, self.len)
+    }
+
+    /// Fork the frozen process from its main thread: `clone3` with the
+    /// `struct clone_args` in `args` (written at scratch offset 0), run from
+    /// the fork call of the code page. If the engine dies at any point, the
+    /// main thread falls through into its `rt_sigreturn` and the child, if
+    /// one was made, into `exit_group(0)` (the child is a ptrace-attached
+    /// copy, detached when the engine dies). The fork and clone events are
+    /// reported to the engine for this one call only. Returns the raw
+    /// result and the new child's pid, stopped in its first ptrace stop
+    /// (its registers at the syscall's return, in its copy of this
+    /// mapping) and traced with the caller's options (`options`).
+    pub fn fork_call(&mut self, args: &[u8], options: u64) -> io::Result<(i64, Option<Pid>)> {
+        let tid = self.order[0];
+        self.write(0, args)?;
+        let mut r = call_regs(&self.threads[&tid].parked, libc::SYS_clone3, &[self.scratch, args.len() as u64]);
+        r.ip = self.code + FORK_OFF;
+        let base = ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP;
+        ptrace::set_options(tid, base | options)?;
+        let out = fork_step(tid, &r, &self.stop_seen);
+        let back = ptrace::set_options(tid, base);
+        let (regs, child) = out?;
+        back?;
+        // the thread sits at `test %rax,%rax` on its way to rt_sigreturn: parked
+        Ok((regs.ax as i64, child))
+    }
+
     /// Read `len` bytes at scratch offset `off`.
     pub fn read(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut v = vec![0u8; len];
@@ -564,6 +609,58 @@ fn step(tid: Pid, r: &Regs, fault_points: &[&str], stop_seen: &std::sync::atomic
     Err(io::Error::other(format!("thread {tid} did not finish injected syscall {} after 1000 stops", r.ax)))
 }
 
+/// [`step`] for a clone3 that reports a fork or clone event on the way:
+/// the exit stop's registers and the new child's pid, once it is in its
+/// first stop.
+fn fork_step(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<(Regs, Option<Pid>)> {
+    ptrace::set_regs(tid, r)?;
+    let mut seen_entry = false;
+    let mut child = None;
+    for _ in 0..1000 {
+        ptrace::cont_syscall(tid, 0)?;
+        match ptrace::wait(tid)? {
+            Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
+                if seen_entry {
+                    if let Some(c) = child {
+                        wait_first_stop(c)?;
+                    }
+                    return Ok((ptrace::get_regs(tid)?, child));
+                }
+                seen_entry = true;
+                crate::fault::point("tfork-fork");
+            }
+            Wait::Stopped { sig: libc::SIGTRAP, event } if event == ptrace::EVENT_FORK || event == ptrace::EVENT_CLONE => {
+                let c = ptrace::event_msg(tid)?;
+                child = Some(i32::try_from(c).map_err(io::Error::other)?);
+                crate::fault::point("tfork-forked");
+            }
+            Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
+                crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
+                stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
+                crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
+            }
+            other => {
+                return Err(io::Error::other(format!("thread {tid} stopped unexpectedly during an injected clone3: {other:?}")));
+            }
+        }
+    }
+    Err(io::Error::other(format!("thread {tid} did not finish an injected clone3 after 1000 stops")))
+}
+
+/// Wait for the first stop of a process or thread auto-attached by a fork
+/// or clone event (PTRACE_EVENT_STOP for a seized parent).
+pub fn wait_first_stop(pid: Pid) -> io::Result<()> {
+    loop {
+        match ptrace::wait(pid)? {
+            Wait::Stopped { event: ptrace::EVENT_STOP, .. } => return Ok(()),
+            Wait::Stopped { .. } => ptrace::cont(pid, 0)?,
+            other => return Err(io::Error::other(format!("new process {pid} died before its first stop: {other:?}"))),
+        }
+    }
+}
+
 impl Drop for Parasite {
     fn drop(&mut self) {
         // Every step keeps each thread restorable: other threads first (they
@@ -623,7 +720,10 @@ mod tests {
         assert_eq!(&CODE[lea..lea + 3], &[0x48, 0x8d, 0x15]);
         let d = u32::from_le_bytes(CODE[lea + 3..lea + 7].try_into().unwrap()) as u64;
         assert_eq!(lea as u64 + 7 + d, CODE_LEN + PUMP_MASK_OFF);
-        assert_eq!(&CODE[CODE_SIZE - 7..], &[0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05]);
+        assert_eq!(&CODE[FORK_OFF as usize - 7..FORK_OFF as usize], &[0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05]);
+        // the fork call's parent branch jumps to `mov $15,%eax; syscall`
+        let rel = CODE[FORK_OFF as usize + 6] as i8 as i64;
+        assert_eq!(FORK_OFF as i64 + 7 + rel, 2);
         assert_eq!(&CODE[..PUMP_CALL_OFF as usize + 2], &[0x0f, 0x05, 0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05, 0x0f, 0x05]);
         // and a disassembler, where there is one, reads the intended sequence
         let path = std::env::temp_dir().join(format!("criu-rs-pump-code-{}", std::process::id()));
@@ -642,6 +742,7 @@ mod tests {
             want.extend(["mov", "mov", "syscall"]);
         }
         want.extend(["xor", "mov", "lea", "mov", "syscall", "mov", "syscall"]);
+        want.extend(["syscall", "test", "jne", "mov", "xor", "syscall"]);
         assert_eq!(ops, want, "{text}");
     }
 

@@ -357,7 +357,7 @@ fn stop_barrier_is_unseen(task: &crate::model::Task) -> bool {
 /// which here is this engine. When the stop and continue could be seen by
 /// the program ([`stop_barrier_is_unseen`]), a running task is released
 /// thread by thread instead, the main thread last.
-fn release(task: &crate::model::Task, pid: Pid, tids: &[Pid]) -> Result<(), RestoreError> {
+pub(crate) fn release(task: &crate::model::Task, pid: Pid, tids: &[Pid]) -> Result<(), RestoreError> {
     let stopped = task.stop_signo.is_some();
     let barrier = stopped || stop_barrier_is_unseen(task);
     if barrier {

@@ -54,6 +54,38 @@ impl Space {
     }
 }
 
+impl Space {
+    /// Map a gadget area (gadget, batch loop, scratch, batch records) in
+    /// the stopped process `main.tid`, free in its current layout, and make
+    /// it the injector's gadget (tfork: the process already has its final
+    /// address space). `ns_pid` as in [`Space::ns_pid`].
+    pub fn map_gadget(main: &mut Injector, ns_pid: i32) -> Result<Space, RestoreError> {
+        let pid = main.tid;
+        let e = |what: &str| ioe(pid, what.to_string());
+        let used: Vec<(u64, u64)> = current_maps(pid)?.iter().map(|(s, e, _)| (*s, *e)).collect();
+        let g = free_gap(&used, GADGET_LEN).ok_or_else(|| RestoreError::Unsupported(format!("no free address range for a gadget in {pid}")))?;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        let got = main.call("mmap(gadget)", libc::SYS_mmap, &[g, GADGET_LEN, prot, flags, u64::MAX, 0]).map_err(e("mapping the gadget"))?;
+        if got != g {
+            return Err(RestoreError::Unsupported(format!("gadget of {pid} mapped at {got:#x}, wanted {g:#x}")));
+        }
+        let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")).map_err(e("opening /proc/PID/mem"))?;
+        mem.write_all_at(&[0x0f, 0x05, 0xcc], g).map_err(e("writing the gadget"))?;
+        mem.write_all_at(&batch::STUB, g + STUB_OFF).map_err(e("writing the batch loop"))?;
+        main.gadget = g;
+        let batch = batch::Place { stub: g + STUB_OFF, buf: g + BATCH_OFF, buf_len: BATCH_LEN };
+        Ok(Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem, ns_pid, batch })
+    }
+
+    /// The same gadget area in `pid`, a fork of this space's process made
+    /// after [`map_gadget`](Self::map_gadget) (its own copy of the area).
+    pub fn for_fork(&self, pid: Pid, ns_pid: i32) -> Result<Space, RestoreError> {
+        let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")).map_err(ioe(pid, "opening /proc/PID/mem"))?;
+        Ok(Space { pid, gadget_page: self.gadget_page, gadget: self.gadget, scratch: self.scratch, mem, ns_pid, batch: self.batch })
+    }
+}
+
 fn current_maps(pid: Pid) -> Result<Vec<(u64, u64, String)>, RestoreError> {
     let t = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(ioe(pid, "maps"))?;
     Ok(t.lines().filter_map(parse_maps_line).map(|m| (m.start, m.end, m.name)).collect())

@@ -13,10 +13,19 @@ use crate::sys::Pid;
 /// Create a thread with tid `ns_tid` (in the task's pid namespace); returns
 /// its host tid, stopped and traced.
 pub fn create(main: &mut Injector, sp: &Space, ns_tid: i32) -> Result<Pid, RestoreError> {
+    create_with(main, sp, Some(ns_tid))
+}
+
+/// Create a thread with the tid `ns_tid` asks for, or (`None`) any tid the
+/// kernel hands out (tfork); returns its host tid, stopped and traced.
+pub fn create_with(main: &mut Injector, sp: &Space, ns_tid: Option<i32>) -> Result<Pid, RestoreError> {
     let pid = main.tid;
-    let set_tid = sp.write(512, &ns_tid.to_le_bytes())?;
     let flags = (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;
-    let args = clone_args_bytes(flags, set_tid, 1);
+    let args = match ns_tid {
+        Some(t) => clone_args_bytes(flags, sp.write(512, &t.to_le_bytes())?, 1),
+        None => clone_args_bytes(flags, 0, 0),
+    };
+    let ns_tid = ns_tid.unwrap_or(0);
     let aptr = sp.write(256, &args)?;
     main.cloned.clear();
     main.call("clone3(thread)", libc::SYS_clone3, &[aptr, args.len() as u64]).map_err(ioe(pid, format!("creating thread {ns_tid}")))?;

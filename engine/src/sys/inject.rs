@@ -52,7 +52,7 @@ pub struct Injector {
     pub gadget: u64,
     /// Registers used as the template of each call (the thread's own).
     pub base: Regs,
-    /// Called when a clone event is seen: new thread ids.
+    /// Called when a clone or fork event is seen: new thread or process ids.
     pub cloned: Vec<Pid>,
     /// Every call stepped (no `int3`) from now on ([`Injector::stop_trapping`]).
     stepped: bool,
@@ -125,7 +125,7 @@ impl Injector {
                     }
                     seen_entry = true;
                 }
-                Wait::Stopped { sig, event } if sig == libc::SIGTRAP && event == ptrace::EVENT_CLONE => {
+                Wait::Stopped { sig, event } if sig == libc::SIGTRAP && (event == ptrace::EVENT_CLONE || event == ptrace::EVENT_FORK) => {
                     let t = ptrace::event_msg(self.tid)?;
                     self.cloned.push(i32::try_from(t).unwrap_or(-1));
                 }

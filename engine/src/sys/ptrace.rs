@@ -81,9 +81,11 @@ const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
 const PTRACE_GET_THREAD_AREA: libc::c_uint = 25;
 
 pub const O_TRACESYSGOOD: u64 = 1;
+pub const O_TRACEFORK: u64 = 2;
 pub const O_TRACECLONE: u64 = 8;
 pub const O_EXITKILL: u64 = 1 << 20;
 pub const O_SUSPEND_SECCOMP: u64 = 1 << 21;
+pub const EVENT_FORK: i32 = 1;
 pub const EVENT_CLONE: i32 = 3;
 pub const EVENT_STOP: i32 = 128;
 pub const PEEKSIGINFO_SHARED: u32 = 1;

@@ -1,0 +1,311 @@
+//! tfork: live clones of a running process, without copying its memory
+//! while it is paused (docs/ARCHITECTURE.md, "tfork").
+//!
+//! 1. Freeze and collect the source as a dump does ([`dump::collect`]):
+//!    registers, XSAVE, masks and per-thread state of every thread.
+//! 2. Inject one `clone3(CLONE_PARENT)` into the frozen main thread
+//!    ([`Parasite::fork_call`]): the kernel's fork gives the new process S
+//!    a copy-on-write copy of the address space and a copy of the fd table
+//!    (sharing the open file descriptions, as fork does). S is a sibling of
+//!    the source. The source is released right after: its pause is the
+//!    freeze, the collect and one fork.
+//! 3. In S (traced, PTRACE_O_EXITKILL): a gadget area is mapped, the dump's
+//!    scratch mapping (S's copy) unmapped; then each further clone is a
+//!    `clone3(CLONE_PARENT)` injected into S, finished and released at
+//!    once, and S itself is finished last. Finishing a clone: the other
+//!    threads are made again (injected clone3 CLONE_THREAD, new tids), each
+//!    thread's state is set (robust list, clear_tid, sigaltstack, TLS,
+//!    comm, rseq, pending signals), process-wide state (itimers, POSIX
+//!    timers, shared pending signals), every thread's dumped registers,
+//!    XSAVE and mask loaded, the gadget unmapped, and the clone released
+//!    as a restore releases ([`restore::release`]).
+//!
+//! A clone's tids are new (a fork's): where a thread's clear_tid word
+//! still holds its old tid (glibc keeps the thread's tid there), the new
+//! one is written there, as fork() does for the caller's.
+//!
+//! Fault safety: the source is only ever touched through the dump's
+//! parasite (parked threads fall into `rt_sigreturn` if the engine dies)
+//! and the fork call's fall-through sends the child, until the engine has
+//! marked it PTRACE_O_EXITKILL, into `exit_group(0)`. From then on S and
+//! every clone made from it are killed with the engine until released.
+
+use crate::dump::parasite::{self, Parasite};
+use crate::dump::{self, DumpError};
+use crate::model::{Task, Thread};
+use crate::restore::space::Space;
+use crate::restore::{self, thread, RestoreError};
+use crate::sys::inject::Injector;
+use crate::sys::process as p;
+use crate::sys::ptrace;
+use crate::sys::Pid;
+use crate::{pr_debug, pr_info};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TforkError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Dump(#[from] DumpError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("{what} (pid {pid})")]
+    Io { pid: Pid, what: String, #[source] source: std::io::Error },
+}
+
+fn ioe(pid: Pid, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TforkError {
+    let what = what.into();
+    move |e| TforkError::Io { pid, what, source: e }
+}
+
+/// What `--persist` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Persist {
+    /// Nothing is written.
+    #[default]
+    None,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TforkOpts {
+    /// Number of clones (at least 1).
+    pub copies: usize,
+    pub persist: Persist,
+}
+
+/// What a tfork did, with its timings (all from the start of the freeze).
+#[derive(Debug, Clone)]
+pub struct TforkReport {
+    pub source: Pid,
+    /// Clone pids, in the order they were released.
+    pub clones: Vec<Pid>,
+    /// Freeze to the source's release.
+    pub pause: Duration,
+    /// Until the first clone was released.
+    pub first: Duration,
+    /// Until the last clone was released.
+    pub all: Duration,
+}
+
+/// Processes made but not released: killed (and their exits collected, as
+/// their tracer) unless committed. PTRACE_O_EXITKILL does the same when
+/// the engine itself dies.
+#[derive(Debug, Default)]
+struct Unreleased(Vec<Pid>);
+
+impl Unreleased {
+    fn released(&mut self, pid: Pid) {
+        self.0.retain(|&p| p != pid);
+    }
+}
+
+impl Drop for Unreleased {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = p::kill(pid, libc::SIGKILL);
+        }
+        for &pid in &self.0 {
+            // the tracer collects the exit; the process's parent (the
+            // source's) reaps it
+            for _ in 0..1000 {
+                match ptrace::wait_flags(pid, libc::__WALL) {
+                    Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Options S and every clone are traced with until released.
+const CLONE_TRACE: u64 =
+    ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_TRACEFORK | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
+
+/// `struct clone_args` of a fork that makes a sibling of the caller. The
+/// exit signal must be 0 with CLONE_PARENT (the kernel then gives the
+/// child the caller's own exit signal, as its parent expects of it).
+fn sibling_fork_args() -> Vec<u8> {
+    p::clone_args_bytes(libc::CLONE_PARENT as u64, 0, 0)
+}
+
+/// Refuse, by name, what this version cannot clone correctly.
+fn check_supported(pid: Pid, tree: &crate::model::Tree) -> Result<(), TforkError> {
+    if tree.root_owns_pid_ns {
+        return Err(TforkError::Unsupported(format!(
+            "process {pid} is pid 1 of its own pid namespace: tfork of a namespace init (clones in new pid namespaces) is not supported yet"
+        )));
+    }
+    let task = tree.root();
+    let main = &task.threads[0];
+    for t in &task.threads[1..] {
+        let same = t.creds == main.creds
+            && t.seccomp_mode == main.seccomp_mode
+            && t.seccomp == main.seccomp
+            && (t.sched_policy, t.sched_prio, t.sched_nice) == (main.sched_policy, main.sched_prio, main.sched_nice);
+        if !same {
+            return Err(TforkError::Unsupported(format!(
+                "thread {} of {pid} has credentials, seccomp filters or a scheduling policy other than its main thread's: not supported by tfork yet",
+                t.tid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Make `opts.copies` live clones of process `pid`.
+pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
+    if opts.copies == 0 {
+        return Err(TforkError::Unsupported("--copies must be at least 1".into()));
+    }
+    let t0 = Instant::now();
+    let (tree, frozen) = dump::collect(pid)?;
+    check_supported(pid, &tree)?;
+    let task = tree.root();
+    pr_debug!("collected {pid} in {:?}", t0.elapsed());
+    let mut unreleased = Unreleased::default();
+    let (s, scratch) = {
+        let mut par = Parasite::start(&frozen, frozen.gadget).map_err(ioe(pid, "injection session for the fork"))?;
+        let (ret, child) =
+            par.fork_call(&sibling_fork_args(), ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(ioe(pid, "injected clone3"))?;
+        if let Some(c) = child {
+            unreleased.0.push(c);
+        }
+        let s = crate::sys::check_raw(ret).map_err(ioe(pid, "injected clone3(CLONE_PARENT) in the source"))? as Pid;
+        if child != Some(s) {
+            return Err(TforkError::Unsupported(format!("clone3 in {pid} made {s}, but the fork event named {child:?}")));
+        }
+        ptrace::set_options(s, CLONE_TRACE).map_err(ioe(s, "tracing the source's fork with PTRACE_O_EXITKILL"))?;
+        (s, par.mapping())
+        // the parasite session ends: the source's registers and masks back
+    };
+    drop(frozen);
+    let pause = t0.elapsed();
+    pr_info!("source {pid} paused {:.2} ms, forked {s}", pause.as_secs_f64() * 1e3);
+    crate::fault::point("tfork-source-released");
+    let sp = prepare(s, scratch)?;
+    crate::fault::point("tfork-prepared");
+    let mut clones = Vec::with_capacity(opts.copies);
+    let mut first = None;
+    let mut s_inj = Injector::new(s, sp.gadget).map_err(ioe(s, "registers"))?;
+    for _ in 1..opts.copies {
+        s_inj.cloned.clear();
+        let args = sibling_fork_args();
+        let a = sp.write(0, &args)?;
+        s_inj.call("clone3(CLONE_PARENT)", libc::SYS_clone3, &[a, args.len() as u64]).map_err(ioe(s, "forking a clone"))?;
+        let c = *s_inj.cloned.last().ok_or_else(|| TforkError::Unsupported(format!("no fork event from {s}")))?;
+        unreleased.0.push(c);
+        parasite::wait_first_stop(c).map_err(ioe(c, "waiting for a new clone"))?;
+        crate::fault::point("tfork-clone-forked");
+        let csp = sp.for_fork(c, c)?;
+        finish(c, task, &csp)?;
+        unreleased.released(c);
+        clones.push(c);
+        first.get_or_insert_with(|| t0.elapsed());
+    }
+    finish(s, task, &sp)?;
+    unreleased.released(s);
+    clones.push(s);
+    let all = t0.elapsed();
+    Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all })
+}
+
+/// S right after the fork: a `syscall; int3` in its copy of the scratch
+/// code page, rseq unregistered (the clone's threads register theirs
+/// again), a gadget area mapped, the scratch mapping unmapped.
+fn prepare(s: Pid, (code, len): (u64, u64)) -> Result<Space, TforkError> {
+    let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{s}/mem")).map_err(ioe(s, "opening /proc/PID/mem"))?;
+    // after the parasite's code (S's own copy of the page: copy-on-write)
+    let g0 = code + 0x800;
+    mem.write_all_at(&[0x0f, 0x05, 0xcc], g0).map_err(ioe(s, "writing a gadget into the scratch page"))?;
+    let mut inj = Injector::new(s, g0).map_err(ioe(s, "registers"))?;
+    // nothing of S runs before its release
+    ptrace::set_sigmask(s, !0).map_err(ioe(s, "blocking signals"))?;
+    let rc = ptrace::rseq_config(s).map_err(ioe(s, "rseq configuration"))?;
+    if rc.rseq_abi_pointer != 0 {
+        inj.call("rseq(unregister)", libc::SYS_rseq, &[rc.rseq_abi_pointer, u64::from(rc.rseq_abi_size), 1, u64::from(rc.signature)])
+            .map_err(ioe(s, "unregistering rseq"))?;
+    }
+    let sp = Space::map_gadget(&mut inj, s)?;
+    inj.call("munmap(scratch)", libc::SYS_munmap, &[code, len]).map_err(ioe(s, "unmapping the dump's scratch mapping"))?;
+    Ok(sp)
+}
+
+/// The task as clone `pid` has it: its own pid, thread ids `tids` (main
+/// first), and POSIX timers aimed at the new tids.
+fn task_for_clone(task: &Task, tids: &[Pid]) -> Task {
+    let mut t = task.clone();
+    let map: Vec<(i32, i32)> = task.threads.iter().map(|x| x.tid).zip(tids.iter().copied()).collect();
+    t.pid = tids[0];
+    for (th, &tid) in t.threads.iter_mut().zip(tids) {
+        th.tid = tid;
+    }
+    for pt in &mut t.posix_timers {
+        if let Some(&(_, new)) = map.iter().find(|(old, _)| *old == pt.notify_tid) {
+            pt.notify_tid = new;
+        }
+    }
+    t
+}
+
+/// Where a thread's clear_tid word still holds its old tid (glibc's
+/// cached tid in its thread descriptor), put the new one there.
+fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkError> {
+    if old.clear_tid == 0 {
+        return Ok(());
+    }
+    let mut b = [0u8; 4];
+    if sp.mem.read_exact_at(&mut b, old.clear_tid).is_err() {
+        return Ok(());
+    }
+    if i32::from_le_bytes(b) == old.tid {
+        sp.mem.write_all_at(&new_tid.to_le_bytes(), old.clear_tid).map_err(ioe(sp.pid, format!("writing tid {new_tid} at clear_tid {:#x}", old.clear_tid)))?;
+    }
+    Ok(())
+}
+
+/// Turn the stopped fork `pid` (single-threaded, gadget mapped, signals
+/// blocked) into a clone of `task` and release it.
+fn finish(pid: Pid, task: &Task, sp: &Space) -> Result<(), TforkError> {
+    let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
+    let mut tids = vec![pid];
+    let mut injs = Vec::new();
+    for _ in task.threads.iter().skip(1) {
+        let tid = thread::create_with(&mut main, sp, None)?;
+        crate::fault::point("tfork-mid-clone");
+        let mut ti = Injector::new(tid, sp.gadget).map_err(ioe(tid, "registers"))?;
+        ti.base = main.base;
+        tids.push(tid);
+        injs.push(ti);
+    }
+    let tc = task_for_clone(task, &tids);
+    thread::setup(&mut main, sp, &tc.threads[0])?;
+    for (ti, t) in injs.iter_mut().zip(&tc.threads[1..]) {
+        thread::setup(ti, sp, t)?;
+    }
+    for (old, &new) in task.threads.iter().zip(&tids) {
+        fix_cached_tid(sp, old, new)?;
+    }
+    restore::space::finish_process(&mut main, sp, &tc, 0, 0)?;
+    for (ti, t) in injs.iter().zip(&tc.threads[1..]) {
+        thread::load_final(ti.tid, t)?;
+    }
+    // the traps reset SIGTRAP's action: the source's again, stepped
+    if let Some(act) = tc.sigactions.get(libc::SIGTRAP as usize - 1) {
+        let b: Vec<u8> = [act.handler, act.flags, act.restorer, act.mask].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let ptr = sp.write(0, &b)?;
+        main.call_stepped("rt_sigaction(SIGTRAP)", libc::SYS_rt_sigaction, &[libc::SIGTRAP as u64, ptr, 0, 8])
+            .map_err(ioe(pid, "restoring the SIGTRAP action"))?;
+    }
+    main.call_stepped("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, restore::space::GADGET_LEN]).map_err(ioe(pid, "unmapping the gadget"))?;
+    thread::load_final(pid, &tc.threads[0])?;
+    crate::fault::point("tfork-before-release");
+    restore::release(&tc, pid, &{
+        let mut order: Vec<Pid> = tids[1..].to_vec();
+        order.push(pid);
+        order
+    })?;
+    pr_debug!("clone {pid} released ({} threads)", tids.len());
+    Ok(())
+}
