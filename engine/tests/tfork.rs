@@ -1,0 +1,361 @@
+//! `criu tfork` with real processes: `progs/tforkprog.c` (N threads, a
+//! touched memory area it checks every tick, a log named by its own pid,
+//! a `box` page whose `poke` field it reports when it changes).
+//!
+//! Clones tick independently of the source and of each other, are
+//! siblings of the source, have its threads and its mappings; a write in
+//! one is seen by no other; killing one leaves the rest running; processes
+//! tfork cannot clone are refused by name; the engine killed at each tfork
+//! fault point leaves the source as it was and no clone behind.
+//!
+//! Needs root and gcc; otherwise skips with the reason, or fails under CI=true.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn why_not() -> Option<String> {
+    why_not_root().or_else(|| why_not_tools(&["gcc", "unshare"]))
+}
+
+/// A running tforkprog; killed (with every clone found) on drop.
+struct Src {
+    bin: PathBuf,
+    work: PathBuf,
+    pid: i32,
+    child: Option<Child>,
+}
+
+fn build_prog(dir: &Path) -> PathBuf {
+    let bin = dir.join("tforkprog");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkprog.c");
+    let st = Command::new("gcc").args(["-O2", "-Wall", "-pthread", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "building tforkprog");
+    bin
+}
+
+impl Src {
+    fn start(dir: &Path, threads: u32, mib: u32) -> Src {
+        Src::start_with(dir, threads, mib, &[])
+    }
+
+    /// `prefix`: a command that runs the program (e.g. `unshare --pid --fork`).
+    fn start_with(dir: &Path, threads: u32, mib: u32, prefix: &[&str]) -> Src {
+        let bin = build_prog(dir);
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut cmd = match prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = only_stdio(&mut cmd)
+            .args([threads.to_string(), mib.to_string()])
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tforkprog");
+        wait_until("tforkprog running", Duration::from_secs(10), || live_with_exe(&bin).len() == 1);
+        let pid = live_with_exe(&bin)[0];
+        let s = Src { bin, work, pid, child: Some(child) };
+        wait_until("first ticks", Duration::from_secs(10), || s.tick(pid) >= 2);
+        s
+    }
+
+    /// The log of `pid`, named by its pid in its own pid namespace.
+    fn log(&self, pid: i32) -> PathBuf {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ns = st.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok()).unwrap_or(pid);
+        self.work.join(format!("tick-{ns}.log"))
+    }
+
+    fn log_text(&self, pid: i32) -> String {
+        std::fs::read_to_string(self.log(pid)).unwrap_or_default()
+    }
+
+    /// Last ok tick of `pid`'s log; panics on a FAIL line.
+    fn tick(&self, pid: i32) -> u64 {
+        last_tick(&self.log(pid))
+    }
+
+    /// Every process in `pids` ticks `n` more times, ok.
+    fn all_tick(&self, pids: &[i32], n: u64, what: &str) {
+        let t0: Vec<u64> = pids.iter().map(|&p| self.tick(p)).collect();
+        for (&p, t) in pids.iter().zip(t0) {
+            wait_until(&format!("{n} ticks of {p} {what}"), Duration::from_secs(15), || self.tick(p) >= t + n);
+            assert!(alive(p), "{p} died {what}");
+        }
+    }
+
+    /// Address of the program's `box` page (addr.txt).
+    fn box_addr(&self) -> u64 {
+        let s = std::fs::read_to_string(self.work.join("addr.txt")).unwrap();
+        u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap()
+    }
+}
+
+impl Drop for Src {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            // SAFETY: kill(2) of a process this test started (or its clone).
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        reap_zombies();
+    }
+}
+
+/// Reap every exited child of this test process (clones are its children:
+/// siblings of the source, which it started) other than the sources held
+/// as `Child`ren (reaped by pid only, never with -1).
+fn reap_zombies() {
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = st.rsplit_once(") ") else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 1 && f[0] == "Z" && f[1] == me {
+            // SAFETY: waitpid of one exited child of ours, by pid.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+}
+
+fn ppid(pid: i32) -> String {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    st.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)).unwrap_or_default()
+}
+
+fn threads_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Run `criu tfork`; (status, stdout, log).
+fn run_tfork(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = Command::new(CRIU);
+    cmd.arg("tfork").args(args).arg("-D").arg(dir).args(["-v4", "-o", "tfork.log"]).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run criu");
+    let mut log = std::fs::read_to_string(dir.join("tfork.log")).unwrap_or_default();
+    log.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), log)
+}
+
+/// tfork `src` into `n` clones; their pids.
+fn tfork(dir: &Path, src: &Src, n: usize) -> Vec<i32> {
+    let (st, out, log) = run_tfork(dir, &["-t", &src.pid.to_string(), "--copies", &n.to_string()], &[]);
+    assert!(st.success(), "tfork failed ({st:?}):\n{log}");
+    let pids: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(pids.len(), n, "{out}\n{log}");
+    pids
+}
+
+/// The path part of each maps line, as a multiset in order.
+fn maps_shape(pid: i32) -> Vec<String> {
+    maps(pid).iter().map(|l| l.split_whitespace().enumerate().filter(|(i, _)| *i != 2 && *i != 4).map(|(_, w)| w).collect::<Vec<_>>().join(" ")).collect()
+}
+
+#[test]
+fn clones_tick_on_their_own() {
+    require!(why_not());
+    let dir = test_dir("tfork-single");
+    let src = Src::start(&dir, 1, 16);
+    let clones = tfork(&dir, &src, 4);
+    let mut all = clones.clone();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 4);
+    assert!(!clones.contains(&src.pid));
+    for &c in &clones {
+        assert_eq!(ppid(c), ppid(src.pid), "clone {c} is a sibling of the source");
+        assert_eq!(maps_shape(c), maps_shape(src.pid), "clone {c} has the source's mappings (and no gadget or scratch left)");
+        assert_eq!(fd_links(c), fd_links(src.pid), "clone {c} has the source's fds");
+    }
+    let mut procs = clones.clone();
+    procs.push(src.pid);
+    src.all_tick(&procs, 3, "after the tfork");
+    // each clone's log starts where the source was at the freeze
+    let t_src_log0 = src.log_text(src.pid).lines().count() as u64;
+    for &c in &clones {
+        let first = src.log_text(c).lines().next().unwrap_or_default().to_string();
+        let n: u64 = first.strip_prefix("tick ").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!(n >= 3 && n <= t_src_log0, "clone {c} continues the source's count (first line {first:?})");
+    }
+}
+
+#[test]
+fn clones_have_the_threads() {
+    require!(why_not());
+    let dir = test_dir("tfork-threads");
+    let src = Src::start(&dir, 4, 16);
+    let clones = tfork(&dir, &src, 3);
+    for &c in &clones {
+        assert_eq!(threads_of(c), 4, "clone {c} threads");
+    }
+    assert_eq!(threads_of(src.pid), 4);
+    let mut procs = clones.clone();
+    procs.push(src.pid);
+    // a tick checks every thread counted and has its own tid cached
+    src.all_tick(&procs, 6, "after the tfork");
+}
+
+/// The `poke` field of `pid`'s box (through /proc/PID/mem).
+fn read_u64(pid: i32, addr: u64) -> u64 {
+    let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, addr).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn write_u64(pid: i32, addr: u64, v: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).unwrap();
+    f.write_all_at(&v.to_le_bytes(), addr).unwrap();
+}
+
+#[test]
+fn writes_are_not_shared() {
+    require!(why_not());
+    let dir = test_dir("tfork-isolation");
+    let src = Src::start(&dir, 2, 16);
+    let boxp = src.box_addr();
+    let (ticks, poke) = (boxp + 8, boxp + 16);
+    let clones = tfork(&dir, &src, 2);
+    let mut procs = clones.clone();
+    procs.push(src.pid);
+    src.all_tick(&procs, 2, "after the tfork");
+    write_u64(src.pid, poke, 11);
+    wait_until("the source sees its poke", Duration::from_secs(5), || src.log_text(src.pid).contains("poke 11"));
+    write_u64(clones[0], poke, 22);
+    wait_until("clone 0 sees its poke", Duration::from_secs(5), || src.log_text(clones[0]).contains("poke 22"));
+    src.all_tick(&procs, 2, "after the pokes");
+    assert_eq!(read_u64(src.pid, poke), 11);
+    assert_eq!(read_u64(clones[0], poke), 22);
+    assert_eq!(read_u64(clones[1], poke), 0);
+    for &p in &procs {
+        let log = src.log_text(p);
+        let pokes: Vec<&str> = log.lines().filter(|l| l.starts_with("poke")).collect();
+        let want: &[&str] = if p == src.pid { &["poke 11"] } else if p == clones[0] { &["poke 22"] } else { &[] };
+        assert_eq!(pokes, want, "pokes seen by {p}");
+    }
+    // the tick counters run apart: set one far ahead, the others don't follow
+    write_u64(clones[1], ticks, 1_000_000);
+    src.all_tick(&procs, 1, "after moving clone 1's counter");
+    assert!(read_u64(clones[1], ticks) >= 1_000_000);
+    assert!(read_u64(src.pid, ticks) < 1_000_000);
+    assert!(read_u64(clones[0], ticks) < 1_000_000);
+}
+
+#[test]
+fn killing_a_clone_leaves_the_others() {
+    require!(why_not());
+    let dir = test_dir("tfork-kill");
+    let src = Src::start(&dir, 2, 16);
+    let clones = tfork(&dir, &src, 3);
+    // SAFETY: kill(2) of a clone this test made.
+    unsafe { libc::kill(clones[1], libc::SIGKILL) };
+    wait_until("the clone gone", Duration::from_secs(5), || !alive(clones[1]));
+    reap_zombies();
+    src.all_tick(&[src.pid, clones[0], clones[2]], 3, "after a clone was killed");
+    // the source too, and its clones without it
+    // SAFETY: as above.
+    unsafe { libc::kill(src.pid, libc::SIGKILL) };
+    src.all_tick(&[clones[0], clones[2]], 2, "after the source was killed");
+}
+
+#[test]
+fn refused_by_name() {
+    require!(why_not());
+    let dir = test_dir("tfork-refused");
+    // persist modes not done yet
+    let src = Src::start(&dir, 1, 4);
+    for (mode, want) in [("async", "--persist=async is not supported yet"), ("sync", "--persist=sync is not supported yet")] {
+        let (st, _, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "1", &format!("--persist={mode}")], &[]);
+        assert!(!st.success() && log.contains(want), "{mode}: {log}");
+    }
+    drop(src);
+    // a process with a child
+    let mut sh = Command::new("sh").args(["-c", "sleep 100 & wait"]).stdin(Stdio::null()).spawn().unwrap();
+    let shpid = sh.id() as i32;
+    wait_until("the child", Duration::from_secs(5), || std::fs::read_to_string(format!("/proc/{shpid}/task/{shpid}/children")).is_ok_and(|c| !c.trim().is_empty()));
+    let (st, out, log) = run_tfork(&dir, &["-t", &shpid.to_string(), "--copies", "2"], &[]);
+    let kids = std::fs::read_to_string(format!("/proc/{shpid}/task/{shpid}/children")).unwrap_or_default();
+    for k in kids.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", k]).status();
+    }
+    let _ = sh.kill();
+    let _ = sh.wait();
+    assert!(!st.success() && out.is_empty() && log.contains("has children"), "{log}");
+    // pid 1 of its own pid namespace
+    let dir2 = test_dir("tfork-refused-ns");
+    let src = Src::start_with(&dir2, 1, 4, &["unshare", "--pid", "--fork"]);
+    let (st, out, log) = run_tfork(&dir2, &["-t", &src.pid.to_string(), "--copies", "1"], &[]);
+    assert!(!st.success() && out.is_empty() && log.contains("pid 1 of its own pid namespace"), "{log}");
+    src.all_tick(&[src.pid], 2, "after the refusal");
+    assert_eq!(live_with_exe(&src.bin), vec![src.pid]);
+}
+
+/// Size of the dump's scratch mapping (code page + data) without the
+/// frame slots.
+const SCRATCH_MAPPING: u64 = 17 * 4096;
+
+fn range_len(line: &str) -> u64 {
+    let r = line.split_whitespace().next().unwrap_or("");
+    let (a, b) = r.split_once('-').unwrap_or(("0", "0"));
+    u64::from_str_radix(b, 16).unwrap_or(0) - u64::from_str_radix(a, 16).unwrap_or(0)
+}
+
+#[test]
+fn engine_killed_at_each_fault_point() {
+    require!(why_not());
+    let dir = test_dir("tfork-faults");
+    let src = Src::start(&dir, 2, 8);
+    let points = engine::fault::POINTS.iter().filter(|p| p.starts_with("tfork-"));
+    let mut n = 0;
+    for point in points {
+        n += 1;
+        let maps0 = maps(src.pid);
+        let fds0 = fd_links(src.pid);
+        let masks0 = sigmasks(src.pid);
+        let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "2"], &[("CRIU_RS_FAULT_AT", point)]);
+        assert_killed(st, point, &log);
+        assert!(out.is_empty(), "{point}: no clone reported");
+        src.all_tick(&[src.pid], 3, &format!("after the engine died at {point}"));
+        let left: Vec<i32> = live_with_exe(&src.bin).into_iter().filter(|&p| p != src.pid).collect();
+        assert!(left.is_empty(), "{point}: processes left: {left:?}\n{log}");
+        reap_zombies();
+        assert_eq!(fd_links(src.pid), fds0, "{point}: fds");
+        assert_eq!(sigmasks(src.pid), masks0, "{point}: threads and their masks");
+        // maps as before, but for the dump's scratch mapping a death inside
+        // the injection session may leave (as a dead dump does)
+        let after = maps(src.pid);
+        let added: Vec<&String> = after.iter().filter(|l| !maps0.contains(l)).collect();
+        let removed: Vec<&String> = maps0.iter().filter(|l| !after.contains(l)).collect();
+        let in_session = matches!(*point, "tfork-fork" | "tfork-forked");
+        // (the kernel may merge a new leftover with an earlier one)
+        let scratch_like = added.iter().chain(&removed).all(|l| l.split_whitespace().nth(1) == Some("rwxp") && l.split_whitespace().count() == 5);
+        let grown = added.iter().map(|l| range_len(l)).sum::<u64>().wrapping_sub(removed.iter().map(|l| range_len(l)).sum::<u64>());
+        let ok = (added.is_empty() && removed.is_empty())
+            || (in_session && scratch_like && grown > SCRATCH_MAPPING && grown <= SCRATCH_MAPPING + 2 * 2 * 4096);
+        assert!(ok, "{point}: mappings changed: added {added:?}, removed {removed:?}");
+    }
+    assert!(n >= 7, "tfork fault points");
+    // and the source still tforks fine afterwards
+    let clones = tfork(&dir, &src, 2);
+    let mut procs = clones.clone();
+    procs.push(src.pid);
+    src.all_tick(&procs, 3, "after the faults");
+}
