@@ -1,8 +1,9 @@
 //! tfork: live clones of a running process, without copying its memory
 //! while it is paused (docs/ARCHITECTURE.md, "tfork").
 //!
-//! 1. Freeze and collect the source as a dump does ([`dump::collect`]):
-//!    registers, XSAVE, masks and per-thread state of every thread.
+//! 1. Freeze and collect the source as a dump does, but for its page runs
+//!    ([`dump::collect_state`]): registers, XSAVE, masks and per-thread
+//!    state of every thread.
 //! 2. Inject one `clone3(CLONE_PARENT)` into the frozen main thread
 //!    ([`Parasite::fork_call`]): the kernel's fork gives the new process S
 //!    a copy-on-write copy of the address space and a copy of the fd table
@@ -160,7 +161,7 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
         return Err(TforkError::Unsupported("--copies must be at least 1".into()));
     }
     let t0 = Instant::now();
-    let (tree, frozen) = dump::collect(pid)?;
+    let (tree, frozen) = dump::collect_state(pid)?;
     check_supported(pid, &tree)?;
     let task = tree.root();
     pr_debug!("collected {pid} in {:?}", t0.elapsed());

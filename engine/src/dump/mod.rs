@@ -117,6 +117,18 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
 /// [`collect`], freezing the cgroup at `freeze_cgroup` first if given
 /// (`--freeze-cgroup`).
 pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, Frozen), DumpError> {
+    collect_inner(pid, freeze_cgroup, true)
+}
+
+/// [`collect`] without the memory layout (`mm` holds only what injection
+/// reads: dumpable, THP disabled): for tfork, whose clones take the memory
+/// by fork, so that neither smaps nor the pagemap walk (each a walk of every
+/// page table) is part of the source's pause.
+pub fn collect_state(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
+    collect_inner(pid, None, false)
+}
+
+fn collect_inner(pid: Pid, freeze_cgroup: Option<&std::path::Path>, with_pages: bool) -> Result<(Tree, Frozen), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
     }
@@ -145,15 +157,24 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io_err("status"))?;
     let nspids = proc::status_nums(&status, "NSpid");
     let own_ns = nspids.len() > 1 && nspids.last() == Some(&1);
-    let vmas = mm::collect_vmas(pid)?;
-    let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(io_err("zero page pfn"))?;
-    let pages = mm::collect_pages(pid, &vmas, zero_pfn)?;
-    pr_debug!("{} vmas, {} page runs", vmas.len(), pages.len());
-    let exec: Vec<(u64, u64)> = vmas
-        .iter()
-        .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind != VmaKind::Vsyscall)
-        .map(|v| (v.start, v.end))
-        .collect();
+    // (smaps, which walks every page table, and the pagemap walk: only
+    // when the memory is to be written)
+    let (vmas, pages, exec) = if with_pages {
+        let vmas = mm::collect_vmas(pid)?;
+        let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(io_err("zero page pfn"))?;
+        let pages = mm::collect_pages(pid, &vmas, zero_pfn)?;
+        pr_debug!("{} vmas, {} page runs", vmas.len(), pages.len());
+        let exec: Vec<(u64, u64)> = vmas
+            .iter()
+            .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind != VmaKind::Vsyscall)
+            .map(|v| (v.start, v.end))
+            .collect();
+        (vmas, pages, exec)
+    } else {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(io_err("maps"))?;
+        let exec = maps.lines().filter_map(proc::parse_maps_line).filter(|m| m.x && m.name != "[vsyscall]").map(|m| (m.start, m.end)).collect();
+        (Vec::new(), Vec::new(), exec)
+    };
     let gadget = parasite::find_gadget(pid, frozen.threads[0].regs.ip, &exec).map_err(io_err("syscall gadget"))?;
     frozen.gadget = gadget;
     task::fixup_rseq_all(pid, &mut frozen)?;
@@ -195,7 +216,9 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     }
     // the scratch page is gone again; the VMAs collected before it are the truth
     let (dumpable, thp_disabled) = (task.mm.dumpable, task.mm.thp_disabled);
-    task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
+    if with_pages {
+        task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
+    }
     // (read by injection in collect_process)
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
