@@ -1,0 +1,353 @@
+//! tfork benchmark: `criu tfork` beside a live copy made the upstream way
+//! (`criu dump --leave-running` + `criu restore -d`), with our engine and
+//! with upstream CRIU 4.2, in the same run.
+//!
+//! For each size (MiB of patterned private anonymous memory, touched) and
+//! thread count it starts `tools/bench/memhog.c` in the host pid namespace
+//! and, for each N, runs `criu tfork -t PID --copies N`: the engine's own
+//! timings (source pause = freeze to the source's release; first clone and
+//! all N released, from the freeze), the command's wall time, then with
+//! the clones idle for 0.5 s: RSS and PSS per clone (smaps_rollup) and the
+//! system's extra memory per clone (MemAvailable before - after, / N: what
+//! the clones really cost, page tables included). Clones are killed after
+//! each N. The baseline starts the same workload as pid 1 of a new pid
+//! namespace (a restore of a still-running host process would find its
+//! pid taken) and times `dump --leave-running` and `restore -d` of it with
+//! our `criu`, then with upstream's, images in the page cache.
+//! Prints markdown tables for docs/PERFORMANCE.md.
+//!
+//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--dir DIR]`
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    criu: PathBuf,
+    upstream: PathBuf,
+    sizes: Vec<usize>,
+    threads: Vec<usize>,
+    copies: Vec<usize>,
+    dir: PathBuf,
+}
+
+fn parse_list(s: &str) -> Vec<usize> {
+    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+fn opts() -> Opts {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut o = Opts {
+        criu: root.join("target/release/criu"),
+        upstream: root.join("../shared/upstream-criu/criu-4.2"),
+        sizes: vec![256, 1024],
+        threads: vec![1, 16],
+        copies: vec![1, 4, 16, 100],
+        dir: PathBuf::from("/tmp/tfork-bench"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--criu" => o.criu = PathBuf::from(v),
+            "--upstream" => o.upstream = PathBuf::from(v),
+            "--sizes" => o.sizes = parse_list(&v),
+            "--threads" => o.threads = parse_list(&v),
+            "--copies" => o.copies = parse_list(&v),
+            "--dir" => o.dir = PathBuf::from(v),
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => {
+                eprintln!("unknown option {other}");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn build_memhog(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/memhog.c");
+    let out = dir.join("memhog");
+    let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&out).arg(&src).arg("-lpthread").status().expect("run gcc");
+    assert!(st.success(), "gcc failed on {}", src.display());
+    out
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Result<(), String> {
+    let t = Instant::now();
+    while !f() {
+        if t.elapsed() > Duration::from_secs(secs) {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn ticks(work: &Path) -> Result<usize, String> {
+    let s = fs::read_to_string(work.join("progress.log")).unwrap_or_default();
+    if let Some(l) = s.lines().find(|l| l.starts_with("FAIL")) {
+        return Err(format!("workload failed: {l}"));
+    }
+    Ok(s.lines().filter(|l| l.ends_with(" ok")).count())
+}
+
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+}
+
+fn kill(pid: i32) {
+    // SAFETY: kill(2) of a process this benchmark started (or cloned).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Kill a child of ours (a clone: a sibling of the workload, which this
+/// benchmark started) and reap it.
+fn kill_reap(pid: i32) {
+    kill(pid);
+    // SAFETY: waitpid of one child of ours, by pid.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+}
+
+fn meminfo_kb(key: &str) -> u64 {
+    let s = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(key)?.trim_start_matches(':').split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+fn status_kb(pid: i32, key: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(key)?.trim_start_matches(':').split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+fn rollup_kb(pid: i32, key: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(key)?.trim_start_matches(':').split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+struct TforkRow {
+    pause_ms: f64,
+    first_ms: f64,
+    all_ms: f64,
+    wall_ms: f64,
+    rss_mib: f64,
+    pss_mib: f64,
+    own_mib: f64,
+    extra_mib: f64,
+}
+
+/// "tfork of P: source paused X ms, first clone running after Y ms, all N after Z ms"
+fn parse_timings(log: &str) -> Option<(f64, f64, f64)> {
+    let l = log.lines().rev().find(|l| l.contains("tfork of "))?;
+    let num_after = |key: &str| -> Option<f64> { l.split(key).nth(1)?.split_whitespace().next()?.parse().ok() };
+    let all = l.split(" after ").nth(2)?.split_whitespace().next()?.parse().ok()?;
+    Some((num_after("source paused ")?, num_after("first clone running after ")?, all))
+}
+
+fn one_tfork(o: &Opts, pid: i32, work: &Path, n: usize) -> Result<TforkRow, String> {
+    std::thread::sleep(Duration::from_millis(300));
+    let avail0 = meminfo_kb("MemAvailable");
+    let log = o.dir.join("tfork.log");
+    let _ = fs::remove_file(&log);
+    let t = Instant::now();
+    let out = Command::new(&o.criu)
+        .args(["tfork", "-t", &pid.to_string(), "--copies", &n.to_string(), "-v3", "-o"])
+        .arg(&log)
+        .arg("-D")
+        .arg(&o.dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let wall = t.elapsed();
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let res = (|| {
+        if !out.status.success() || clones.len() != n {
+            let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            return Err(format!("tfork failed: {tail:?}"));
+        }
+        let (pause_ms, first_ms, all_ms) = parse_timings(&text).ok_or("no timings in the log")?;
+        let before = ticks(work)?;
+        std::thread::sleep(Duration::from_millis(500));
+        // source and clones share progress.log: it must grow by more than the source alone does
+        let after = ticks(work)?;
+        if after < before + 5 {
+            return Err(format!("progress.log grew by {} ticks only", after - before));
+        }
+        if let Some(c) = clones.iter().find(|&&c| !alive(c)) {
+            return Err(format!("clone {c} is not running"));
+        }
+        let rss: u64 = clones.iter().map(|&c| rollup_kb(c, "Rss")).sum();
+        // what only this clone holds: its unshared pages and its page tables
+        let own: u64 = clones.iter().map(|&c| rollup_kb(c, "Private_Clean") + rollup_kb(c, "Private_Dirty") + status_kb(c, "VmPTE")).sum();
+        let pss: u64 = clones.iter().map(|&c| rollup_kb(c, "Pss")).sum();
+        let avail1 = meminfo_kb("MemAvailable");
+        let nf = n as f64;
+        Ok(TforkRow {
+            pause_ms,
+            first_ms,
+            all_ms,
+            wall_ms: wall.as_secs_f64() * 1e3,
+            rss_mib: rss as f64 / 1024.0 / nf,
+            pss_mib: pss as f64 / 1024.0 / nf,
+            own_mib: own as f64 / 1024.0 / nf,
+            extra_mib: avail0 as f64 / 1024.0 / nf - avail1 as f64 / 1024.0 / nf,
+        })
+    })();
+    for &c in &clones {
+        kill_reap(c);
+    }
+    res
+}
+
+/// Host pid of the namespace's init started by `unshare --pid --fork`.
+fn ns_init_pid(unshare_pid: u32) -> Option<i32> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Ok(s) = fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children")) {
+            if let Some(p) = s.split_whitespace().next().and_then(|x| x.parse().ok()) {
+                return Some(p);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// `dump --leave-running` + `restore -d` of an own-pid-namespace workload
+/// with `criu`: (dump s, restore s).
+fn live_copy(criu: &Path, pid: i32, dir: &Path) -> Result<(f64, f64), String> {
+    let img = dir.join("img");
+    let _ = fs::remove_dir_all(&img);
+    fs::create_dir_all(&img).unwrap();
+    let run = |args: &[&str], log: &str| -> Result<f64, String> {
+        let t = Instant::now();
+        let out = Command::new(criu).args(args).arg("-D").arg(&img).args(["-o", log]).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+        let secs = t.elapsed().as_secs_f64();
+        if !out.status.success() {
+            let text = fs::read_to_string(img.join(log)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            return Err(format!("{} {} failed: {tail:?}", criu.display(), args[0]));
+        }
+        Ok(secs)
+    };
+    let d = run(&["dump", "--leave-running", "-t", &pid.to_string()], "dump.log")?;
+    let pidfile = img.join("restored.pid");
+    let r = run(&["restore", "-d", "--pidfile", pidfile.to_str().unwrap()], "restore.log")?;
+    let restored: i32 = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).ok_or("no pidfile")?;
+    let ok = wait_for("the restored copy", 5, || alive(restored));
+    kill(restored);
+    ok?;
+    Ok((d, r))
+}
+
+struct BaseRow {
+    ours: Result<(f64, f64), String>,
+    upstream: Result<(f64, f64), String>,
+}
+
+fn baseline(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Result<BaseRow, String> {
+    let dir = o.dir.join(format!("base-{mib}-{threads}"));
+    let _ = fs::remove_dir_all(&dir);
+    let work = dir.join("work");
+    fs::create_dir_all(&work).unwrap();
+    let mut launcher = Command::new("unshare")
+        .args(["--pid", "--fork", "setsid"])
+        .arg(memhog)
+        .args([mib.to_string(), threads.to_string()])
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let res = (|| {
+        wait_for("the workload", 120, || work.join("ready").exists() && ticks(&work).unwrap_or(0) >= 1)?;
+        let pid = ns_init_pid(launcher.id()).ok_or("no namespace init")?;
+        let ours = live_copy(&o.criu, pid, &dir.join("ours"));
+        let upstream = if o.upstream.exists() { live_copy(&o.upstream, pid, &dir.join("upstream")) } else { Err("no upstream binary".into()) };
+        kill(pid);
+        Ok(BaseRow { ours, upstream })
+    })();
+    let _ = launcher.kill();
+    let _ = launcher.wait();
+    res
+}
+
+fn main() {
+    let o = opts();
+    fs::create_dir_all(&o.dir).unwrap();
+    let memhog = build_memhog(&o.dir);
+    let mut rows = Vec::new();
+    let mut bases = Vec::new();
+    for &mib in &o.sizes {
+        for &threads in &o.threads {
+            let work = o.dir.join(format!("work-{mib}-{threads}"));
+            let _ = fs::remove_dir_all(&work);
+            fs::create_dir_all(&work).unwrap();
+            let mut src = Command::new(&memhog)
+                .args([mib.to_string(), threads.to_string()])
+                .current_dir(&work)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start memhog");
+            let pid = src.id() as i32;
+            let ready = wait_for("the workload", 120, || work.join("ready").exists() && ticks(&work).unwrap_or(0) >= 1);
+            for &n in &o.copies {
+                let r = ready.clone().and_then(|()| one_tfork(&o, pid, &work, n));
+                if let Err(e) = &r {
+                    eprintln!("{mib} MiB, {threads} threads, N={n}: {e}");
+                }
+                rows.push((mib, threads, n, r));
+            }
+            let _ = src.kill();
+            let _ = src.wait();
+            let b = baseline(&o, &memhog, mib, threads);
+            if let Err(e) = &b {
+                eprintln!("{mib} MiB, {threads} threads, baseline: {e}");
+            }
+            bases.push((mib, threads, b));
+        }
+    }
+    println!("| MiB | threads | N | source pause ms | first clone running ms | all N running ms | `criu tfork` wall ms | RSS per clone MiB | PSS per clone MiB | private + page tables per clone MiB | MemAvailable drop per clone MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (mib, threads, n, r) in &rows {
+        match r {
+            Ok(r) => println!(
+                "| {mib} | {threads} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                r.pause_ms, r.first_ms, r.all_ms, r.wall_ms, r.rss_mib, r.pss_mib, r.own_mib, r.extra_mib
+            ),
+            Err(e) => println!("| {mib} | {threads} | {n} | failed: {e} | | | | | | | |"),
+        }
+    }
+    println!();
+    println!("| MiB | threads | ours: dump --leave-running s | ours: restore s | ours: copy running s | upstream: dump --leave-running s | upstream: restore s | upstream: copy running s | tfork N=1: first clone running s | upstream copy / tfork |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (mib, threads, b) in &bases {
+        let tf = rows.iter().find(|(m, t, n, _)| m == mib && t == threads && *n == 1).and_then(|(_, _, _, r)| r.as_ref().ok()).map(|r| r.first_ms / 1e3);
+        let cell = |v: &Result<(f64, f64), String>| match v {
+            Ok((d, r)) => (format!("{d:.3}"), format!("{r:.3}"), format!("{:.3}", d + r), Some(d + r)),
+            Err(e) => (format!("failed: {e}"), String::new(), String::new(), None),
+        };
+        match b {
+            Ok(b) => {
+                let (od, or, ot, _) = cell(&b.ours);
+                let (ud, ur, ut, utot) = cell(&b.upstream);
+                let ratio = match (utot, tf) {
+                    (Some(u), Some(t)) if t > 0.0 => format!("{:.0}x", u / t),
+                    _ => String::new(),
+                };
+                let tfs = tf.map(|t| format!("{t:.3}")).unwrap_or_default();
+                println!("| {mib} | {threads} | {od} | {or} | {ot} | {ud} | {ur} | {ut} | {tfs} | {ratio} |");
+            }
+            Err(e) => println!("| {mib} | {threads} | failed: {e} | | | | | | | |"),
+        }
+    }
+}
