@@ -361,7 +361,9 @@ fn run_tfork(cli: &Cli) -> Result<(), String> {
     if cli.root.is_some() || cli.freeze_cgroup.is_some() || cli.pidfile.is_some() {
         return Err("--root, --freeze-cgroup and --pidfile are not supported by tfork yet".into());
     }
-    let opts = crate::tfork::TforkOpts { copies, persist };
+    // measurement knob: processes forking clones at the same time
+    let forkers = std::env::var("CRIU_RS_TFORK_FORKERS").ok().and_then(|v| v.parse().ok());
+    let opts = crate::tfork::TforkOpts { copies, persist, forkers };
     let rep = crate::tfork::tfork(pid, &opts).map_err(|e| error_chain(&e))?;
     pr_info!(
         "tfork of {pid}: source paused {:.3} ms, first clone running after {:.3} ms, all {} after {:.3} ms",

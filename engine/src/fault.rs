@@ -19,6 +19,12 @@
 //! `mid-memory` (after the first page run is written), `mid-pump` (inside
 //! an injected vmsplice of the page pump, pipe fds open in the source),
 //! `before-inventory`;
+//! tfork `tfork-fork` (the source's main thread at the entry of the
+//! injected clone3), `tfork-forked` (its fork event: the first clone S
+//! exists, not yet PTRACE_O_EXITKILL), `tfork-source-released`,
+//! `tfork-prepared` (S has its gadget), `tfork-clone-forked` (a further
+//! clone forked from S), `tfork-mid-clone` (a clone's first thread made),
+//! `tfork-before-release`;
 //! restore `after-clone`, `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the
 //! first extra thread is created), `before-detach`, `mid-detach` (every

@@ -12,8 +12,10 @@
 //!    freeze, the collect and one fork.
 //! 3. In S (traced, PTRACE_O_EXITKILL): a gadget area is mapped, the dump's
 //!    scratch mapping (S's copy) unmapped; then each further clone is a
-//!    `clone3(CLONE_PARENT)` injected into S, finished and released at
-//!    once, and S itself is finished last. Finishing a clone: the other
+//!    `clone3(CLONE_PARENT)` injected into S (or into one of a few other
+//!    unfinished forks of S, forking at the same time: one per CPU),
+//!    finished and released at once; the forkers are finished last, S the
+//!    very last. Finishing a clone: the other
 //!    threads are made again (injected clone3 CLONE_THREAD, new tids), each
 //!    thread's state is set (robust list, clear_tid, sigaltstack, TLS,
 //!    comm, rseq, pending signals), process-wide state (itimers, POSIX
@@ -74,6 +76,9 @@ pub struct TforkOpts {
     /// Number of clones (at least 1).
     pub copies: usize,
     pub persist: Persist,
+    /// Processes forking clones at the same time (default: the CPUs this
+    /// engine may run on, at most 8).
+    pub forkers: Option<usize>,
 }
 
 /// What a tfork did, with its timings (all from the start of the freeze).
@@ -129,6 +134,11 @@ const CLONE_TRACE: u64 =
 /// child the caller's own exit signal, as its parent expects of it).
 fn sibling_fork_args() -> Vec<u8> {
     p::clone_args_bytes(libc::CLONE_PARENT as u64, 0, 0)
+}
+
+/// CPUs this engine may run on.
+fn cpu_count() -> usize {
+    p::sched_getaffinity(0).map(|m| m.iter().map(|w| w.count_ones() as usize).sum()).unwrap_or(1)
 }
 
 /// Refuse, by name, what this version cannot clone correctly.
@@ -189,25 +199,57 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
     crate::fault::point("tfork-prepared");
     let mut clones = Vec::with_capacity(opts.copies);
     let mut first = None;
-    let mut s_inj = Injector::new(s, sp.gadget).map_err(ioe(s, "registers"))?;
-    for _ in 1..opts.copies {
-        s_inj.cloned.clear();
+    // Forkers: S and, once the first clone runs, up to one more unfinished
+    // fork of S per CPU; each round every forker forks one clone at the
+    // same time (a fork's time is its page-table copy, in the forker's own
+    // context: forks of different processes run in parallel on different
+    // CPUs). Forkers are finished last, S the very last.
+    let max_forkers = opts.forkers.unwrap_or_else(|| cpu_count().clamp(1, 8)).max(1);
+    let mut forkers: Vec<(Injector, Space)> = vec![(Injector::new(s, sp.gadget).map_err(ioe(s, "registers"))?, sp)];
+    let mut made = 1;
+    while made < opts.copies {
+        let k = forkers.len().min(opts.copies - made);
         let args = sibling_fork_args();
-        let a = sp.write(0, &args)?;
-        s_inj.call("clone3(CLONE_PARENT)", libc::SYS_clone3, &[a, args.len() as u64]).map_err(ioe(s, "forking a clone"))?;
-        let c = *s_inj.cloned.last().ok_or_else(|| TforkError::Unsupported(format!("no fork event from {s}")))?;
-        unreleased.0.push(c);
-        parasite::wait_first_stop(c).map_err(ioe(c, "waiting for a new clone"))?;
+        for (inj, fsp) in forkers.iter_mut().take(k) {
+            inj.cloned.clear();
+            let a = fsp.write(0, &args)?;
+            inj.begin(libc::SYS_clone3, &[a, args.len() as u64]).map_err(ioe(inj.tid, "forking a clone"))?;
+        }
+        let mut born = Vec::with_capacity(k);
+        for (inj, fsp) in forkers.iter_mut().take(k) {
+            let f = inj.tid;
+            let r = inj.end(libc::SYS_clone3).map_err(ioe(f, "forking a clone"))?;
+            if let Some(&c) = inj.cloned.last() {
+                unreleased.0.push(c);
+                parasite::wait_first_stop(c).map_err(ioe(c, "waiting for a new clone"))?;
+                born.push((c, fsp.for_fork(c, c)?));
+            }
+            crate::sys::check_raw(r).map_err(ioe(f, "injected clone3(CLONE_PARENT)"))?;
+            if inj.cloned.is_empty() {
+                return Err(TforkError::Unsupported(format!("no fork event from {f}")));
+            }
+        }
+        made += born.len();
         crate::fault::point("tfork-clone-forked");
-        let csp = sp.for_fork(c, c)?;
-        finish(c, task, &csp)?;
+        for (c, csp) in born {
+            if first.is_some() && forkers.len() < max_forkers && made < opts.copies {
+                forkers.push((Injector::new(c, csp.gadget).map_err(ioe(c, "registers"))?, csp));
+                continue;
+            }
+            finish(c, task, &csp)?;
+            unreleased.released(c);
+            clones.push(c);
+            first.get_or_insert_with(|| t0.elapsed());
+        }
+    }
+    // the forkers, S last
+    for (inj, fsp) in forkers.into_iter().rev() {
+        let c = inj.tid;
+        finish(c, task, &fsp)?;
         unreleased.released(c);
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
-    finish(s, task, &sp)?;
-    unreleased.released(s);
-    clones.push(s);
     let all = t0.elapsed();
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all })
 }

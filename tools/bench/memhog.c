@@ -1,7 +1,7 @@
 /* Benchmark workload: MiB of patterned private anonymous memory and
  * THREADS-1 extra threads. Every tick it checks a sample of pages and
  * appends "tick N ok" or "FAIL ..." to ./progress.log; ./ready when set up.
- * Usage: memhog MIB THREADS */
+ * Usage: memhog MIB THREADS [THP] (THP 1: madvise(MADV_HUGEPAGE) the area) */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -45,6 +45,9 @@ int main(int argc, char **argv)
 	mem = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (mem == MAP_FAILED)
 		return 3;
+	/* optional third argument 1: ask for transparent huge pages */
+	if (argc > 3 && atoi(argv[3]) == 1)
+		madvise(mem, pages * 4096, MADV_HUGEPAGE);
 	for (size_t pg = 0; pg < pages; pg++) {
 		uint64_t *p = (uint64_t *)(mem + pg * 4096);
 		for (size_t i = 0; i < 512; i++)

@@ -94,6 +94,27 @@ impl Injector {
 
     fn run(&mut self, nr: i64, args: &[u64], stepped: bool) -> io::Result<i64> {
         let stepped = stepped || self.stepped;
+        self.start(nr, args, stepped)?;
+        self.complete(nr, stepped)
+    }
+
+    /// Start syscall `nr` (trapping after it, as [`raw`](Self::raw)) and
+    /// return while it runs: several stopped processes can make one slow
+    /// call each at the same time (tfork's forks). [`end`](Self::end) waits
+    /// for it; nothing else may be done with this thread in between.
+    pub fn begin(&mut self, nr: i64, args: &[u64]) -> io::Result<()> {
+        if self.stepped {
+            return Err(io::Error::other(format!("thread {} is stepped: no call can run to its trap", self.tid)));
+        }
+        self.start(nr, args, false)
+    }
+
+    /// Wait for the call [`begin`](Self::begin) started; its raw result.
+    pub fn end(&mut self, nr: i64) -> io::Result<i64> {
+        self.complete(nr, false)
+    }
+
+    fn start(&mut self, nr: i64, args: &[u64], stepped: bool) -> io::Result<()> {
         let mut r = self.base;
         r.ip = self.gadget;
         r.ax = nr as u64;
@@ -107,16 +128,19 @@ impl Injector {
         r.r8 = a[4];
         r.r9 = a[5];
         ptrace::set_regs(self.tid, &r)?;
+        if stepped {
+            ptrace::cont_syscall(self.tid, 0)
+        } else {
+            ptrace::cont(self.tid, 0)
+        }
+    }
+
+    fn complete(&mut self, nr: i64, stepped: bool) -> io::Result<i64> {
         // run to the int3 after the syscall, or with `stepped` from the
         // syscall-entry to the syscall-exit stop (clone events on the way
         // are recorded)
         let mut seen_entry = false;
         loop {
-            if stepped {
-                ptrace::cont_syscall(self.tid, 0)?;
-            } else {
-                ptrace::cont(self.tid, 0)?;
-            }
             match ptrace::wait(self.tid)? {
                 Wait::Stopped { sig: libc::SIGTRAP, event: 0 } if !stepped => break,
                 Wait::Stopped { sig, event: 0 } if stepped && sig == (libc::SIGTRAP | 0x80) => {
@@ -135,6 +159,11 @@ impl Injector {
                         self.tid
                     )))
                 }
+            }
+            if stepped {
+                ptrace::cont_syscall(self.tid, 0)?;
+            } else {
+                ptrace::cont(self.tid, 0)?;
             }
         }
         if !stepped {

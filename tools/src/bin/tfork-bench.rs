@@ -16,7 +16,11 @@
 //! our `criu`, then with upstream's, images in the page cache.
 //! Prints markdown tables for docs/PERFORMANCE.md.
 //!
-//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--dir DIR]`
+//! Each workload runs twice: with 4 KiB pages and with its area madvised
+//! MADV_HUGEPAGE (`--thp 0,1`): a fork copies a page table entry per
+//! 4 KiB page but one per 2 MiB huge page.
+//!
+//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--dir DIR]`
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,8 @@ struct Opts {
     sizes: Vec<usize>,
     threads: Vec<usize>,
     copies: Vec<usize>,
+    /// Page kinds: 0 = 4 KiB pages, 1 = transparent huge pages (MADV_HUGEPAGE).
+    thp: Vec<usize>,
     dir: PathBuf,
 }
 
@@ -44,6 +50,7 @@ fn opts() -> Opts {
         sizes: vec![256, 1024],
         threads: vec![1, 16],
         copies: vec![1, 4, 16, 100],
+        thp: vec![0, 1],
         dir: PathBuf::from("/tmp/tfork-bench"),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,6 +63,7 @@ fn opts() -> Opts {
             "--sizes" => o.sizes = parse_list(&v),
             "--threads" => o.threads = parse_list(&v),
             "--copies" => o.copies = parse_list(&v),
+            "--thp" => o.thp = parse_list(&v),
             "--dir" => o.dir = PathBuf::from(v),
             "--bench" => {
                 i += 1;
@@ -115,11 +123,6 @@ fn kill_reap(pid: i32) {
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
 }
 
-fn meminfo_kb(key: &str) -> u64 {
-    let s = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix(key)?.trim_start_matches(':').split_whitespace().next()?.parse().ok()).unwrap_or(0)
-}
-
 fn status_kb(pid: i32, key: &str) -> u64 {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines().find_map(|l| l.strip_prefix(key)?.trim_start_matches(':').split_whitespace().next()?.parse().ok()).unwrap_or(0)
@@ -138,7 +141,6 @@ struct TforkRow {
     rss_mib: f64,
     pss_mib: f64,
     own_mib: f64,
-    extra_mib: f64,
 }
 
 /// "tfork of P: source paused X ms, first clone running after Y ms, all N after Z ms"
@@ -151,7 +153,6 @@ fn parse_timings(log: &str) -> Option<(f64, f64, f64)> {
 
 fn one_tfork(o: &Opts, pid: i32, work: &Path, n: usize) -> Result<TforkRow, String> {
     std::thread::sleep(Duration::from_millis(300));
-    let avail0 = meminfo_kb("MemAvailable");
     let log = o.dir.join("tfork.log");
     let _ = fs::remove_file(&log);
     let t = Instant::now();
@@ -186,7 +187,6 @@ fn one_tfork(o: &Opts, pid: i32, work: &Path, n: usize) -> Result<TforkRow, Stri
         // what only this clone holds: its unshared pages and its page tables
         let own: u64 = clones.iter().map(|&c| rollup_kb(c, "Private_Clean") + rollup_kb(c, "Private_Dirty") + status_kb(c, "VmPTE")).sum();
         let pss: u64 = clones.iter().map(|&c| rollup_kb(c, "Pss")).sum();
-        let avail1 = meminfo_kb("MemAvailable");
         let nf = n as f64;
         Ok(TforkRow {
             pause_ms,
@@ -196,7 +196,6 @@ fn one_tfork(o: &Opts, pid: i32, work: &Path, n: usize) -> Result<TforkRow, Stri
             rss_mib: rss as f64 / 1024.0 / nf,
             pss_mib: pss as f64 / 1024.0 / nf,
             own_mib: own as f64 / 1024.0 / nf,
-            extra_mib: avail0 as f64 / 1024.0 / nf - avail1 as f64 / 1024.0 / nf,
         })
     })();
     for &c in &clones {
@@ -287,11 +286,12 @@ fn main() {
     let mut bases = Vec::new();
     for &mib in &o.sizes {
         for &threads in &o.threads {
-            let work = o.dir.join(format!("work-{mib}-{threads}"));
+          for &thp in &o.thp {
+            let work = o.dir.join(format!("work-{mib}-{threads}-{thp}"));
             let _ = fs::remove_dir_all(&work);
             fs::create_dir_all(&work).unwrap();
             let mut src = Command::new(&memhog)
-                .args([mib.to_string(), threads.to_string()])
+                .args([mib.to_string(), threads.to_string(), thp.to_string()])
                 .current_dir(&work)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -305,33 +305,38 @@ fn main() {
                 if let Err(e) = &r {
                     eprintln!("{mib} MiB, {threads} threads, N={n}: {e}");
                 }
-                rows.push((mib, threads, n, r));
+                rows.push((mib, threads, thp, n, r));
             }
             let _ = src.kill();
             let _ = src.wait();
-            let b = baseline(&o, &memhog, mib, threads);
-            if let Err(e) = &b {
-                eprintln!("{mib} MiB, {threads} threads, baseline: {e}");
+            if thp == 0 {
+                let b = baseline(&o, &memhog, mib, threads);
+                if let Err(e) = &b {
+                    eprintln!("{mib} MiB, {threads} threads, baseline: {e}");
+                }
+                bases.push((mib, threads, b));
             }
-            bases.push((mib, threads, b));
+          }
         }
     }
-    println!("| MiB | threads | N | source pause ms | first clone running ms | all N running ms | `criu tfork` wall ms | RSS per clone MiB | PSS per clone MiB | private + page tables per clone MiB | MemAvailable drop per clone MiB |");
+    println!("| MiB | threads | pages | N | source pause ms | first clone running ms | all N running ms | `criu tfork` wall ms | RSS per clone MiB | PSS per clone MiB | private + page tables per clone MiB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (mib, threads, n, r) in &rows {
+    for (mib, threads, thp, n, r) in &rows {
+        let pages = if *thp == 1 { "THP" } else { "4 KiB" };
         match r {
             Ok(r) => println!(
-                "| {mib} | {threads} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
-                r.pause_ms, r.first_ms, r.all_ms, r.wall_ms, r.rss_mib, r.pss_mib, r.own_mib, r.extra_mib
+                "| {mib} | {threads} | {pages} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                r.pause_ms, r.first_ms, r.all_ms, r.wall_ms, r.rss_mib, r.pss_mib, r.own_mib
             ),
-            Err(e) => println!("| {mib} | {threads} | {n} | failed: {e} | | | | | | | |"),
+            Err(e) => println!("| {mib} | {threads} | {pages} | {n} | failed: {e} | | | | | | |"),
         }
     }
     println!();
+    println!("(4 KiB pages)");
     println!("| MiB | threads | ours: dump --leave-running s | ours: restore s | ours: copy running s | upstream: dump --leave-running s | upstream: restore s | upstream: copy running s | tfork N=1: first clone running s | upstream copy / tfork |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (mib, threads, b) in &bases {
-        let tf = rows.iter().find(|(m, t, n, _)| m == mib && t == threads && *n == 1).and_then(|(_, _, _, r)| r.as_ref().ok()).map(|r| r.first_ms / 1e3);
+        let tf = rows.iter().find(|(m, t, thp, n, _)| m == mib && t == threads && *thp == 0 && *n == 1).and_then(|(_, _, _, _, r)| r.as_ref().ok()).map(|r| r.first_ms / 1e3);
         let cell = |v: &Result<(f64, f64), String>| match v {
             Ok((d, r)) => (format!("{d:.3}"), format!("{r:.3}"), format!("{:.3}", d + r), Some(d + r)),
             Err(e) => (format!("failed: {e}"), String::new(), String::new(), None),
