@@ -95,30 +95,41 @@ pub struct TforkReport {
     pub all: Duration,
 }
 
-/// Processes made but not released: killed (and their exits collected, as
-/// their tracer) unless committed. PTRACE_O_EXITKILL does the same when
-/// the engine itself dies.
+/// Processes made by a tfork not yet finished: killed (and, for those
+/// still traced, their exits collected) on any error, released clones
+/// included (a failed tfork leaves no clone). PTRACE_O_EXITKILL does the
+/// same for the unreleased ones when the engine itself dies.
 #[derive(Debug, Default)]
 struct Unreleased(Vec<Pid>);
 
 impl Unreleased {
-    fn released(&mut self, pid: Pid) {
-        self.0.retain(|&p| p != pid);
+    /// The tfork succeeded: nothing to kill.
+    fn commit(&mut self) {
+        self.0.clear();
     }
 }
 
 impl Drop for Unreleased {
     fn drop(&mut self) {
+        // As their tracer the engine collects every thread's exit (the
+        // kernel reports a traced leader's only after its other threads'),
+        // by pid and without blocking; the parent (the source's) reaps.
+        let mut tids = Vec::new();
         for &pid in &self.0 {
+            let mut t: Vec<Pid> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&t| t != pid).collect())
+                .unwrap_or_default();
+            t.push(pid);
+            tids.push(t);
             let _ = p::kill(pid, libc::SIGKILL);
         }
-        for &pid in &self.0 {
-            // the tracer collects the exit; the process's parent (the
-            // source's) reaps it
-            for _ in 0..1000 {
-                match ptrace::wait_flags(pid, libc::__WALL) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for tid in tids.into_iter().flatten() {
+            loop {
+                match ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG) {
                     Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break,
-                    _ => {}
+                    Ok(_) if Instant::now() > deadline => break,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }
         }
@@ -237,7 +248,6 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
                 continue;
             }
             finish(c, task, &csp)?;
-            unreleased.released(c);
             clones.push(c);
             first.get_or_insert_with(|| t0.elapsed());
         }
@@ -246,10 +256,10 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
     for (inj, fsp) in forkers.into_iter().rev() {
         let c = inj.tid;
         finish(c, task, &fsp)?;
-        unreleased.released(c);
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
+    unreleased.commit();
     let all = t0.elapsed();
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all })
 }
@@ -312,11 +322,24 @@ fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkErr
 /// blocked) into a clone of `task` and release it.
 fn finish(pid: Pid, task: &Task, sp: &Space) -> Result<(), TforkError> {
     let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
+    // The clone beside the engine on one CPU while it is set up (each stop
+    // a local switch, as in a restore); its threads inherit the pin, and
+    // all get the mask the fork gave it (the source main thread's) back.
+    let mask = p::sched_getaffinity(pid).map_err(ioe(pid, "reading the CPU mask"))?;
+    let pinned = p::PinnedHere::new();
+    if let Some(c) = pinned.cpu() {
+        if let Err(e) = p::sched_setaffinity(pid, &p::one_cpu(c)) {
+            pr_debug!("can't move {pid} to CPU {c}: {e}");
+        }
+    }
     let mut tids = vec![pid];
     let mut injs = Vec::new();
     for _ in task.threads.iter().skip(1) {
         let tid = thread::create_with(&mut main, sp, None)?;
         crate::fault::point("tfork-mid-clone");
+        if crate::fault::fails("tfork-mid-clone") {
+            return Err(TforkError::Unsupported(format!("injected failure in clone {pid} after its first thread (CRIU_RS_FAULT_AT)")));
+        }
         let mut ti = Injector::new(tid, sp.gadget).map_err(ioe(tid, "registers"))?;
         ti.base = main.base;
         tids.push(tid);
@@ -343,6 +366,10 @@ fn finish(pid: Pid, task: &Task, sp: &Space) -> Result<(), TforkError> {
     }
     main.call_stepped("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, restore::space::GADGET_LEN]).map_err(ioe(pid, "unmapping the gadget"))?;
     thread::load_final(pid, &tc.threads[0])?;
+    for &t in &tids {
+        p::sched_setaffinity(t, &mask).map_err(ioe(t, "giving back the CPU mask"))?;
+    }
+    drop(pinned);
     crate::fault::point("tfork-before-release");
     restore::release(&tc, pid, &{
         let mut order: Vec<Pid> = tids[1..].to_vec();

@@ -359,3 +359,25 @@ fn engine_killed_at_each_fault_point() {
     procs.push(src.pid);
     src.all_tick(&procs, 3, "after the faults");
 }
+
+#[test]
+fn a_failing_tfork_leaves_no_clone() {
+    require!(why_not());
+    let dir = test_dir("tfork-fail");
+    let src = Src::start(&dir, 3, 8);
+    // a clone fails half-built (the first one; the third, when one was
+    // released and another is an unfinished forker): every process the
+    // tfork made goes, and the source runs on
+    for at in ["tfork-mid-clone:fail", "tfork-mid-clone@2:fail"] {
+        let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "4"], &[("CRIU_RS_FAULT_AT", at)]);
+        assert_eq!(st.code(), Some(1), "{at}: {log}");
+        assert!(log.contains("injected failure in clone"), "{at}: {log}");
+        // all or nothing: a clone released before the failure goes too
+        assert!(out.trim().is_empty(), "{at}: pids reported on a failure: {out}");
+        let left: Vec<i32> = live_with_exe(&src.bin).into_iter().filter(|&p| p != src.pid).collect();
+        assert!(left.is_empty(), "{at}: left {left:?}\n{log}");
+        src.all_tick(&[src.pid], 2, &format!("after the failure at {at}"));
+        wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
+        reap_zombies();
+    }
+}
