@@ -123,8 +123,9 @@ struct Cli {
     /// tfork: number of live clones of the process (-t) to make.
     #[arg(long = "copies", value_name = "N")]
     copies: Option<usize>,
-    /// tfork: image set of the frozen moment: none (default; async and sync
-    /// are not supported yet).
+    /// tfork: image set of the frozen moment: none (default) or sync
+    /// (written into -D while the clones run, durable on return; async is
+    /// not supported yet).
     #[arg(long = "persist", value_name = "MODE")]
     persist: Option<String>,
 }
@@ -350,7 +351,8 @@ fn run_tfork(cli: &Cli) -> Result<(), String> {
     let copies = cli.copies.ok_or("tfork needs --copies N")?;
     let persist = match cli.persist.as_deref().unwrap_or("none") {
         "none" => crate::tfork::Persist::None,
-        m @ ("async" | "sync") => return Err(format!("--persist={m} is not supported yet (only --persist=none)")),
+        "sync" => crate::tfork::Persist::Sync,
+        "async" => return Err("--persist=async is not supported yet (--persist=none or sync)".into()),
         m => return Err(format!("unknown --persist mode {m:?} (none, async, sync)")),
     };
     for (set, name) in [(cli.leave_running, "--leave-running"), (cli.detached, "--restore-detached"), (cli.shell_job, "--shell-job")] {
@@ -363,7 +365,11 @@ fn run_tfork(cli: &Cli) -> Result<(), String> {
     }
     // measurement knob: processes forking clones at the same time
     let forkers = std::env::var("CRIU_RS_TFORK_FORKERS").ok().and_then(|v| v.parse().ok());
-    let opts = crate::tfork::TforkOpts { copies, persist, forkers };
+    let images_dir = images_dir(cli);
+    if persist == crate::tfork::Persist::Sync && !images_dir.is_dir() {
+        return Err(format!("images directory {} does not exist", images_dir.display()));
+    }
+    let opts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir };
     let rep = crate::tfork::tfork(pid, &opts).map_err(|e| error_chain(&e))?;
     pr_info!(
         "tfork of {pid}: source paused {:.3} ms, first clone running after {:.3} ms, all {} after {:.3} ms",
@@ -372,6 +378,9 @@ fn run_tfork(cli: &Cli) -> Result<(), String> {
         rep.clones.len(),
         rep.all.as_secs_f64() * 1e3
     );
+    if let Some(t) = rep.persisted {
+        pr_info!("tfork of {pid}: image set durable after {:.3} ms", t.as_secs_f64() * 1e3);
+    }
     for c in &rep.clones {
         println!("{c}");
     }

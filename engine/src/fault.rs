@@ -24,7 +24,8 @@
 //! exists, not yet PTRACE_O_EXITKILL), `tfork-source-released`,
 //! `tfork-prepared` (S has its gadget), `tfork-clone-forked` (a further
 //! clone forked from S), `tfork-mid-clone` (a clone's first thread made),
-//! `tfork-before-release`;
+//! `tfork-before-release`, `tfork-mid-persist` (the image set staged, not
+//! yet written: `--persist=sync`);
 //! restore `after-clone`, `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the
 //! first extra thread is created), `before-detach`, `mid-detach` (every
@@ -56,6 +57,7 @@ pub const POINTS: &[&str] = &[
     "tfork-clone-forked",
     "tfork-mid-clone",
     "tfork-before-release",
+    "tfork-mid-persist",
 ];
 
 /// Environment variable naming the point to die at.

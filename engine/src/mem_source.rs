@@ -139,6 +139,14 @@ impl ProcessMem {
         let vm_readv = std::env::var("CRIU_RS_DUMP_READ").as_deref() != Ok("mem");
         Ok(ProcessMem { pid, file, vm_readv })
     }
+
+    /// Read through /proc/PID/mem only: for memory shared copy-on-write
+    /// (tfork's snapshot), which process_vm_readv's pinning would unshare
+    /// page by page.
+    pub fn open_mem_only(pid: i32) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?;
+        Ok(ProcessMem { pid, file, vm_readv: false })
+    }
 }
 
 impl MemSource for ProcessMem {

@@ -54,6 +54,8 @@ pub enum TforkError {
     Dump(#[from] DumpError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error("writing the image set: {0}")]
+    Images(String),
     #[error("{what} (pid {pid})")]
     Io { pid: Pid, what: String, #[source] source: std::io::Error },
 }
@@ -69,6 +71,9 @@ pub enum Persist {
     /// Nothing is written.
     #[default]
     None,
+    /// The image set of the frozen moment is written into `images_dir`
+    /// after the clones run, and durable when tfork returns.
+    Sync,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -79,6 +84,8 @@ pub struct TforkOpts {
     /// Processes forking clones at the same time (default: the CPUs this
     /// engine may run on, at most 8).
     pub forkers: Option<usize>,
+    /// Where `Persist::Sync` writes the image set.
+    pub images_dir: std::path::PathBuf,
 }
 
 /// What a tfork did, with its timings (all from the start of the freeze).
@@ -93,6 +100,8 @@ pub struct TforkReport {
     pub first: Duration,
     /// Until the last clone was released.
     pub all: Duration,
+    /// Until the image set was durable (`Persist::Sync`).
+    pub persisted: Option<Duration>,
 }
 
 /// Processes made by a tfork not yet finished: killed (and, for those
@@ -111,6 +120,12 @@ impl Unreleased {
 
 impl Drop for Unreleased {
     fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+impl Unreleased {
+    fn kill_all(&mut self) {
         // As their tracer the engine collects every thread's exit (the
         // kernel reports a traced leader's only after its other threads'),
         // by pid and without blocking; the parent (the source's) reaps.
@@ -133,6 +148,7 @@ impl Drop for Unreleased {
                 }
             }
         }
+        self.0.clear();
     }
 }
 
@@ -207,7 +223,26 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
     pr_info!("source {pid} paused {:.2} ms, forked {s}", pause.as_secs_f64() * 1e3);
     crate::fault::point("tfork-source-released");
     let sp = prepare(s, scratch)?;
+    let gadget_page = sp.gadget_page;
     crate::fault::point("tfork-prepared");
+    // the image set's copy: one more fork of S, never run, read from
+    // while the clones run
+    let snapshot = match opts.persist {
+        Persist::None => None,
+        Persist::Sync => {
+            let mut inj = Injector::new(s, sp.gadget).map_err(ioe(s, "registers"))?;
+            let args = sibling_fork_args();
+            let a = sp.write(0, &args)?;
+            inj.cloned.clear();
+            let r = inj.raw(libc::SYS_clone3, &[a, args.len() as u64]).map_err(ioe(s, "forking the image set's copy"))?;
+            if let Some(&d) = inj.cloned.last() {
+                unreleased.0.push(d);
+                parasite::wait_first_stop(d).map_err(ioe(d, "waiting for the image set's copy"))?;
+            }
+            crate::sys::check_raw(r).map_err(ioe(s, "injected clone3 for the image set's copy"))?;
+            Some(*inj.cloned.last().ok_or_else(|| TforkError::Unsupported(format!("no fork event from {s}")))?)
+        }
+    };
     let mut clones = Vec::with_capacity(opts.copies);
     let mut first = None;
     // Forkers: S and, once the first clone runs, up to one more unfinished
@@ -259,9 +294,57 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
-    unreleased.commit();
     let all = t0.elapsed();
-    Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all })
+    let persisted = match snapshot {
+        None => None,
+        Some(d) => {
+            write_image_set(&tree, d, gadget_page, &opts.images_dir)?;
+            Some(t0.elapsed())
+        }
+    };
+    unreleased.commit();
+    if let Some(d) = snapshot {
+        Unreleased(vec![d]).kill_all();
+    }
+    Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
+}
+
+/// Write the image set of the frozen moment from `d`, a never-run fork of
+/// S (the source's memory as at the freeze, copy-on-write; the engine's
+/// gadget area at `gadget_page` left out), with the state `tree` collected from the source:
+/// into a staging directory of `dir`, published (inventory last, synced)
+/// only when complete, as a dump's.
+fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &std::path::Path) -> Result<(), TforkError> {
+    let img = |e: &dyn std::error::Error| {
+        let mut m = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            m.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        TforkError::Images(m)
+    };
+    let gadget = (gadget_page, gadget_page + restore::space::GADGET_LEN);
+    let vmas: Vec<_> = dump::mm::collect_vmas(d).map_err(|e| img(&e))?.into_iter().filter(|v| v.end <= gadget.0 || v.start >= gadget.1).collect();
+    let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(ioe(d, "zero page pfn"))?;
+    let pages = dump::mm::collect_pages(d, &vmas, zero_pfn).map_err(|e| img(&e))?;
+    let mut tree = tree.clone();
+    let task = &mut tree.tasks[0];
+    // the root of the set has no parent in it: 0, as upstream writes it
+    // (upstream's restore refuses a root whose ppid it can't find)
+    task.ppid = 0;
+    let (dumpable, thp_disabled, brk) = (task.mm.dumpable, task.mm.thp_disabled, task.mm.brk);
+    task.mm = dump::mm::collect_mm(d, vmas, pages, brk).map_err(|e| img(&e))?;
+    task.mm.dumpable = dumpable;
+    task.mm.thp_disabled = thp_disabled;
+    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?;
+    let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), d);
+    let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
+    crate::fault::point("tfork-mid-persist");
+    crate::images_io::write_images(&tree, staging.path(), &mem, &run_id).map_err(|e| img(&e))?;
+    staging.publish().map_err(|e| img(&e))?;
+    pr_info!("image set of the frozen source written to {}", dir.display());
+    Ok(())
 }
 
 /// S right after the fork: a `syscall; int3` in its copy of the scratch

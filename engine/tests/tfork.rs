@@ -6,7 +6,9 @@
 //! siblings of the source, have its threads and its mappings; a write in
 //! one is seen by no other; killing one leaves the rest running; processes
 //! tfork cannot clone are refused by name; the engine killed at each tfork
-//! fault point leaves the source as it was and no clone behind.
+//! fault point leaves the source as it was and no clone behind;
+//! `--persist=sync` writes an image set of the frozen moment that our
+//! restore brings back.
 //!
 //! Needs root and gcc; otherwise skips with the reason, or fails under CI=true.
 
@@ -280,9 +282,9 @@ fn killing_a_clone_leaves_the_others() {
 fn refused_by_name() {
     require!(why_not());
     let dir = test_dir("tfork-refused");
-    // persist modes not done yet
+    // persist mode not done yet
     let src = Src::start(&dir, 1, 4);
-    for (mode, want) in [("async", "--persist=async is not supported yet"), ("sync", "--persist=sync is not supported yet")] {
+    for (mode, want) in [("async", "--persist=async is not supported yet")] {
         let (st, _, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "1", &format!("--persist={mode}")], &[]);
         assert!(!st.success() && log.contains(want), "{mode}: {log}");
     }
@@ -330,12 +332,28 @@ fn engine_killed_at_each_fault_point() {
         let maps0 = maps(src.pid);
         let fds0 = fd_links(src.pid);
         let masks0 = sigmasks(src.pid);
-        let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "2"], &[("CRIU_RS_FAULT_AT", point)]);
+        let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "2", "--persist=sync"], &[("CRIU_RS_FAULT_AT", point)]);
         assert_killed(st, point, &log);
         assert!(out.is_empty(), "{point}: no clone reported");
+        assert!(!dir.join("inventory.img").exists(), "{point}: an image set that looks complete");
         src.all_tick(&[src.pid], 3, &format!("after the engine died at {point}"));
         let left: Vec<i32> = live_with_exe(&src.bin).into_iter().filter(|&p| p != src.pid).collect();
-        assert!(left.is_empty(), "{point}: processes left: {left:?}\n{log}");
+        if *point == "tfork-mid-persist" {
+            // the clones were released before the image set is written:
+            // whole, and running; the image set's own copy is gone
+            assert_eq!(left.len(), 2, "{point}: {left:?}\n{log}");
+            for &c in &left {
+                assert_eq!(threads_of(c), 2, "{point}: clone {c}");
+            }
+            src.all_tick(&left, 2, &format!("(clones) after the engine died at {point}"));
+            for &c in &left {
+                // SAFETY: kill(2) of a clone this test made.
+                unsafe { libc::kill(c, libc::SIGKILL) };
+            }
+            wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
+        } else {
+            assert!(left.is_empty(), "{point}: processes left: {left:?}\n{log}");
+        }
         reap_zombies();
         assert_eq!(fd_links(src.pid), fds0, "{point}: fds");
         assert_eq!(sigmasks(src.pid), masks0, "{point}: threads and their masks");
@@ -352,7 +370,7 @@ fn engine_killed_at_each_fault_point() {
             || (in_session && scratch_like && grown > SCRATCH_MAPPING && grown <= SCRATCH_MAPPING + 2 * 2 * 4096);
         assert!(ok, "{point}: mappings changed: added {added:?}, removed {removed:?}");
     }
-    assert!(n >= 7, "tfork fault points");
+    assert!(n >= 8, "tfork fault points");
     // and the source still tforks fine afterwards
     let clones = tfork(&dir, &src, 2);
     let mut procs = clones.clone();
@@ -380,4 +398,59 @@ fn a_failing_tfork_leaves_no_clone() {
         wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
         reap_zombies();
     }
+}
+
+#[test]
+fn persist_sync_writes_a_restorable_image_set() {
+    require!(why_not());
+    let dir = test_dir("tfork-persist");
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let mut src = Src::start(&dir, 2, 16);
+    let pid = src.pid;
+    let (st, out, log) = run_tfork(&img, &["-t", &pid.to_string(), "--copies", "2", "--persist=sync"], &[]);
+    assert!(st.success(), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 2);
+    assert!(log.contains("image set durable after"), "{log}");
+    assert!(img.join("inventory.img").exists() && img.join(format!("core-{pid}.img")).exists());
+    let staged: Vec<_> = std::fs::read_dir(&img).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".criu-rs-staging")).collect();
+    assert!(staged.is_empty(), "staging left behind");
+    let mut procs = clones.clone();
+    procs.push(pid);
+    src.all_tick(&procs, 2, "after the tfork");
+    // the frozen moment: the source's tick count then
+    let at_freeze: u64 = src.log_text(clones[0]).lines().next().and_then(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).unwrap();
+    // source and clones gone, the pid free again
+    for &c in &clones {
+        // SAFETY: kill(2) of a clone this test made.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    if let Some(mut c) = src.child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    wait_until("source and clones gone", Duration::from_secs(5), || {
+        reap_zombies();
+        live_with_exe(&src.bin).is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    std::fs::remove_file(src.log(pid)).unwrap();
+    let pidfile = img.join("restored.pid");
+    let out = Command::new(CRIU)
+        .args(["restore", "-d", "-D"])
+        .arg(&img)
+        .args(["-o", "restore.log", "--pidfile"])
+        .arg(&pidfile)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let rlog = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+    assert!(out.status.success(), "restore: {rlog}");
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), pid.to_string());
+    wait_until("the restored program ticks", Duration::from_secs(10), || src.tick(pid) >= at_freeze + 3);
+    assert_eq!(threads_of(pid), 2);
+    // it goes on from the frozen moment
+    let first: u64 = src.log_text(pid).lines().next().and_then(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).unwrap();
+    assert_eq!(first, at_freeze, "the restored program continues from the freeze");
+    src.pid = pid;
 }

@@ -121,7 +121,7 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
 }
 
 /// [`collect`] without the memory layout (`mm` holds only what injection
-/// reads: dumpable, THP disabled): for tfork, whose clones take the memory
+/// reads: dumpable, THP disabled, brk): for tfork, whose clones take the memory
 /// by fork, so that neither smaps nor the pagemap walk (each a walk of every
 /// page table) is part of the source's pause.
 pub fn collect_state(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
@@ -218,6 +218,9 @@ fn collect_inner(pid: Pid, freeze_cgroup: Option<&std::path::Path>, with_pages: 
     let (dumpable, thp_disabled) = (task.mm.dumpable, task.mm.thp_disabled);
     if with_pages {
         task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
+    } else {
+        // (for a later collect_mm of a fork: tfork's image set)
+        task.mm.brk = brk;
     }
     // (read by injection in collect_process)
     task.mm.dumpable = dumpable;
