@@ -13,7 +13,9 @@
 //! each N. The baseline starts the same workload as pid 1 of a new pid
 //! namespace (a restore of a still-running host process would find its
 //! pid taken) and times `dump --leave-running` and `restore -d` of it with
-//! our `criu`, then with upstream's, images in the page cache.
+//! our `criu`, then with upstream's, images in the page cache; and the
+//! time until `criu tfork --copies 1 --persist=sync` has its image set
+//! durable (the host workload, 4 KiB pages).
 //! Prints markdown tables for docs/PERFORMANCE.md.
 //!
 //! Each workload runs twice: with 4 KiB pages and with its area madvised
@@ -250,6 +252,30 @@ struct BaseRow {
     upstream: Result<(f64, f64), String>,
 }
 
+/// `criu tfork --copies 1 --persist=sync`: ms until the image set was
+/// durable (the engine's own timing, from the freeze).
+fn persist_sync(o: &Opts, pid: i32) -> Result<f64, String> {
+    let img = o.dir.join("persist");
+    let _ = fs::remove_dir_all(&img);
+    fs::create_dir_all(&img).unwrap();
+    let out = Command::new(&o.criu)
+        .args(["tfork", "-t", &pid.to_string(), "--copies", "1", "--persist=sync", "-v3", "-o", "tfork.log", "-D"])
+        .arg(&img)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
+    for c in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        kill_reap(c);
+    }
+    if !out.status.success() {
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        return Err(format!("tfork --persist=sync failed: {tail:?}"));
+    }
+    let l = text.lines().find(|l| l.contains("image set durable after")).ok_or("no durable time in the log")?;
+    l.split("durable after ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).ok_or_else(|| "bad log line".to_string())
+}
+
 fn baseline(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Result<BaseRow, String> {
     let dir = o.dir.join(format!("base-{mib}-{threads}"));
     let _ = fs::remove_dir_all(&dir);
@@ -284,6 +310,7 @@ fn main() {
     let memhog = build_memhog(&o.dir);
     let mut rows = Vec::new();
     let mut bases = Vec::new();
+    let mut persists = Vec::new();
     for &mib in &o.sizes {
         for &threads in &o.threads {
           for &thp in &o.thp {
@@ -306,6 +333,13 @@ fn main() {
                     eprintln!("{mib} MiB, {threads} threads, N={n}: {e}");
                 }
                 rows.push((mib, threads, thp, n, r));
+            }
+            if thp == 0 {
+                let p = ready.clone().and_then(|()| persist_sync(&o, pid));
+                if let Err(e) = &p {
+                    eprintln!("{mib} MiB, {threads} threads, --persist=sync: {e}");
+                }
+                persists.push(((mib, threads), p));
             }
             let _ = src.kill();
             let _ = src.wait();
@@ -333,8 +367,8 @@ fn main() {
     }
     println!();
     println!("(4 KiB pages)");
-    println!("| MiB | threads | ours: dump --leave-running s | ours: restore s | ours: copy running s | upstream: dump --leave-running s | upstream: restore s | upstream: copy running s | tfork N=1: first clone running s | upstream copy / tfork |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| MiB | threads | ours: dump --leave-running s | ours: restore s | ours: copy running s | upstream: dump --leave-running s | upstream: restore s | upstream: copy running s | tfork N=1: first clone running s | upstream copy / tfork | tfork --persist=sync: image set durable s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (mib, threads, b) in &bases {
         let tf = rows.iter().find(|(m, t, thp, n, _)| m == mib && t == threads && *thp == 0 && *n == 1).and_then(|(_, _, _, _, r)| r.as_ref().ok()).map(|r| r.first_ms / 1e3);
         let cell = |v: &Result<(f64, f64), String>| match v {
@@ -350,9 +384,14 @@ fn main() {
                     _ => String::new(),
                 };
                 let tfs = tf.map(|t| format!("{t:.3}")).unwrap_or_default();
-                println!("| {mib} | {threads} | {od} | {or} | {ot} | {ud} | {ur} | {ut} | {tfs} | {ratio} |");
+                let ps = match persists.iter().find(|(k, _)| *k == (*mib, *threads)).map(|(_, p)| p) {
+                    Some(Ok(ms)) => format!("{:.3}", ms / 1e3),
+                    Some(Err(e)) => format!("failed: {e}"),
+                    None => String::new(),
+                };
+                println!("| {mib} | {threads} | {od} | {or} | {ot} | {ud} | {ur} | {ut} | {tfs} | {ratio} | {ps} |");
             }
-            Err(e) => println!("| {mib} | {threads} | failed: {e} | | | | | | | |"),
+            Err(e) => println!("| {mib} | {threads} | failed: {e} | | | | | | | | |"),
         }
     }
 }
