@@ -22,7 +22,10 @@
 //! MADV_HUGEPAGE (`--thp 0,1`): a fork copies a page table entry per
 //! 4 KiB page but one per 2 MiB huge page.
 //!
-//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--dir DIR]`
+//! Each tfork row is the median of `--runs` runs (default 3), column by
+//! column; the baseline and `--persist=sync` are one run each.
+//!
+//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--runs N] [--dir DIR]`
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,8 @@ struct Opts {
     copies: Vec<usize>,
     /// Page kinds: 0 = 4 KiB pages, 1 = transparent huge pages (MADV_HUGEPAGE).
     thp: Vec<usize>,
+    /// tfork runs per row; the table gives each column's median.
+    runs: usize,
     dir: PathBuf,
 }
 
@@ -53,6 +58,7 @@ fn opts() -> Opts {
         threads: vec![1, 16],
         copies: vec![1, 4, 16, 100],
         thp: vec![0, 1],
+        runs: 3,
         dir: PathBuf::from("/tmp/tfork-bench"),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -66,6 +72,7 @@ fn opts() -> Opts {
             "--threads" => o.threads = parse_list(&v),
             "--copies" => o.copies = parse_list(&v),
             "--thp" => o.thp = parse_list(&v),
+            "--runs" => o.runs = v.parse().unwrap_or(1).max(1),
             "--dir" => o.dir = PathBuf::from(v),
             "--bench" => {
                 i += 1;
@@ -206,6 +213,25 @@ fn one_tfork(o: &Opts, pid: i32, work: &Path, n: usize) -> Result<TforkRow, Stri
     res
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Each column's median over the runs.
+fn median_row(rows: Vec<TforkRow>) -> TforkRow {
+    let col = |f: fn(&TforkRow) -> f64| median(rows.iter().map(f).collect());
+    TforkRow {
+        pause_ms: col(|r| r.pause_ms),
+        first_ms: col(|r| r.first_ms),
+        all_ms: col(|r| r.all_ms),
+        wall_ms: col(|r| r.wall_ms),
+        rss_mib: col(|r| r.rss_mib),
+        pss_mib: col(|r| r.pss_mib),
+        own_mib: col(|r| r.own_mib),
+    }
+}
+
 /// Host pid of the namespace's init started by `unshare --pid --fork`.
 fn ns_init_pid(unshare_pid: u32) -> Option<i32> {
     let t = Instant::now();
@@ -328,7 +354,10 @@ fn main() {
             let pid = src.id() as i32;
             let ready = wait_for("the workload", 120, || work.join("ready").exists() && ticks(&work).unwrap_or(0) >= 1);
             for &n in &o.copies {
-                let r = ready.clone().and_then(|()| one_tfork(&o, pid, &work, n));
+                let r = ready.clone().and_then(|()| {
+                    let all: Vec<TforkRow> = (0..o.runs).map(|_| one_tfork(&o, pid, &work, n)).collect::<Result<_, _>>()?;
+                    Ok(median_row(all))
+                });
                 if let Err(e) = &r {
                     eprintln!("{mib} MiB, {threads} threads, N={n}: {e}");
                 }
