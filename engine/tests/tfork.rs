@@ -452,3 +452,29 @@ fn persist_sync_writes_a_restorable_image_set() {
     assert_eq!(first, at_freeze, "the restored program continues from the freeze");
     src.pid = pid;
 }
+
+#[test]
+fn inside_a_clone_dontneed_and_fork_behave_as_in_any_process() {
+    require!(why_not());
+    let dir = test_dir("tfork-inside");
+    let src = Src::start(&dir, 1, 8);
+    let poke = src.box_addr() + 16;
+    let clones = tfork(&dir, &src, 1);
+    let c = clones[0];
+    // MADV_DONTNEED of private anonymous memory in a clone: zeroes, not the
+    // snapshot; the source keeps its page
+    write_u64(c, poke, 1000);
+    wait_until("the clone's dontneed", Duration::from_secs(5), || src.log_text(c).contains("dontneed"));
+    assert!(src.log_text(c).contains("dontneed 0\n"), "{}", src.log_text(c));
+    // fork() in a clone: an ordinary child of the clone, sharing its pages
+    write_u64(c, poke, 1001);
+    wait_until("the clone's fork", Duration::from_secs(5), || src.log_text(c).contains("forked "));
+    let log = src.log_text(c);
+    let forked = log.lines().find_map(|l| l.strip_prefix("forked ")).unwrap().to_string();
+    let (child, status) = forked.split_once(": ").unwrap();
+    assert_eq!(status, "0", "{log}");
+    let clog = std::fs::read_to_string(src.work.join(format!("tick-{child}.log"))).unwrap_or_default();
+    assert_eq!(clog, format!("child of {c}: ok\n"));
+    src.all_tick(&[src.pid, c], 3, "after dontneed and fork in the clone");
+    assert!(!src.log_text(src.pid).contains("dontneed") && !src.log_text(src.pid).contains("forked"));
+}

@@ -7,7 +7,9 @@
  * counted. The address of `box` (a page of its own) is written to
  * addr.txt at start: box.poke is read each tick and logged as
  * `poke V` when it changes (the test writes it through /proc/PID/mem);
- * box.ticks counts the ticks. */
+ * box.ticks counts the ticks. Poke 1000: MADV_DONTNEED of the area's first
+ * page, logged as `dontneed <its word 1>`; poke 1001: fork(), the child
+ * checks the pattern and logs `child of PPID: ok`, the parent `forked PID: ST`. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -16,6 +18,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -83,6 +86,30 @@ int main(int argc, char **argv) {
             last_poke = box.poke;
             snprintf(line, sizeof line, "poke %llu\n", (unsigned long long)last_poke);
             logline(line);
+            if (last_poke == 1000) {
+                /* drop the first page of the area: what does it read then? */
+                madvise(mem, 4096, MADV_DONTNEED);
+                snprintf(line, sizeof line, "dontneed %llu\n", (unsigned long long)mem[1]);
+                logline(line);
+                for (size_t i = 0; i < 512 && i < words; i++) mem[i] = i * 0x9e3779b97f4a7c15ull; /* the pattern again */
+            }
+            if (last_poke == 1001) {
+                /* fork inside: the child checks the pattern and logs */
+                pid_t c = fork();
+                if (c == 0) {
+                    int ok = 1;
+                    for (size_t i = 0; i < words; i += 4096 + 7)
+                        if (mem[i] != i * 0x9e3779b97f4a7c15ull) ok = 0;
+                    /* (logged in the child's own tick-PID.log) */
+                    snprintf(line, sizeof line, "child of %ld: %s\n", (long)getppid(), ok ? "ok" : "FAIL pattern");
+                    logline(line);
+                    _exit(ok ? 0 : 1);
+                }
+                int st = -1;
+                waitpid(c, &st, 0);
+                snprintf(line, sizeof line, "forked %ld: %d\n", (long)c, st);
+                logline(line);
+            }
         }
         box.ticks++;
         if (why)
