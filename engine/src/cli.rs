@@ -123,9 +123,9 @@ struct Cli {
     /// tfork: number of live clones of the process (-t) to make.
     #[arg(long = "copies", value_name = "N")]
     copies: Option<usize>,
-    /// tfork: image set of the frozen moment: none (default) or sync
-    /// (written into -D while the clones run, durable on return; async is
-    /// not supported yet).
+    /// tfork: image set of the frozen moment in -D: none (default), sync
+    /// (durable on return) or async (return once the clones run; the
+    /// outcome in -D/tfork-persist.status).
     #[arg(long = "persist", value_name = "MODE")]
     persist: Option<String>,
 }
@@ -337,7 +337,7 @@ fn run_restore(cli: &Cli) -> Result<i32, String> {
     }
 }
 
-/// `criu tfork -t PID --copies N [--persist=none]`: prints each clone's
+/// `criu tfork -t PID --copies N [--persist=none|sync|async]`: prints each clone's
 /// pid on a line of its own (stdout), in the order they were released.
 fn run_tfork(cli: &Cli) -> Result<(), String> {
     let pid: crate::sys::Pid = cli
@@ -352,7 +352,7 @@ fn run_tfork(cli: &Cli) -> Result<(), String> {
     let persist = match cli.persist.as_deref().unwrap_or("none") {
         "none" => crate::tfork::Persist::None,
         "sync" => crate::tfork::Persist::Sync,
-        "async" => return Err("--persist=async is not supported yet (--persist=none or sync)".into()),
+        "async" => crate::tfork::Persist::Async,
         m => return Err(format!("unknown --persist mode {m:?} (none, async, sync)")),
     };
     for (set, name) in [(cli.leave_running, "--leave-running"), (cli.detached, "--restore-detached"), (cli.shell_job, "--shell-job")] {
@@ -366,10 +366,13 @@ fn run_tfork(cli: &Cli) -> Result<(), String> {
     // measurement knob: processes forking clones at the same time
     let forkers = std::env::var("CRIU_RS_TFORK_FORKERS").ok().and_then(|v| v.parse().ok());
     let images_dir = images_dir(cli);
-    if persist == crate::tfork::Persist::Sync && !images_dir.is_dir() {
+    if persist != crate::tfork::Persist::None && !images_dir.is_dir() {
         return Err(format!("images directory {} does not exist", images_dir.display()));
     }
     let opts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir };
+    if persist == crate::tfork::Persist::Async {
+        return tfork_async(pid, &opts);
+    }
     let rep = crate::tfork::tfork(pid, &opts).map_err(|e| error_chain(&e))?;
     pr_info!(
         "tfork of {pid}: source paused {:.3} ms, first clone running after {:.3} ms, all {} after {:.3} ms",
@@ -385,6 +388,85 @@ fn run_tfork(cli: &Cli) -> Result<(), String> {
         println!("{c}");
     }
     Ok(())
+}
+
+/// Name of the status file of `--persist=async` in the images dir.
+pub const TFORK_STATUS: &str = "tfork-persist.status";
+
+/// Write the async status file atomically (a temporary file renamed).
+fn write_status(dir: &Path, text: &str) {
+    let tmp = dir.join(format!(".{TFORK_STATUS}.tmp"));
+    let ok = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(TFORK_STATUS)));
+    if let Err(e) = ok {
+        pr_err!("can't write {}: {e}", dir.join(TFORK_STATUS).display());
+    }
+}
+
+/// `--persist=async`: the engine runs in a forked process that tells this
+/// one the clones' pids on a pipe once they run; this one prints them and
+/// returns, while the engine writes the image set and then records the
+/// outcome in `-D/tfork-persist.status`: `writing PID` (the writer's pid:
+/// a status still saying so with PID gone means the writer died), then
+/// `done` or `failed: WHY` (and the log says the same).
+fn tfork_async(pid: crate::sys::Pid, opts: &crate::tfork::TforkOpts) -> Result<(), String> {
+    use crate::sys::process as p;
+    use std::io::Read;
+    let _ = std::fs::remove_file(opts.images_dir.join(TFORK_STATUS));
+    let (rd, wr) = p::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let dir = opts.images_dir.clone();
+    let (rd_fd, wr_fd) = (std::os::fd::AsRawFd::as_raw_fd(&rd), std::os::fd::AsRawFd::as_raw_fd(&wr));
+    let writer = p::fork3(0, &[], libc::SIGCHLD, || {
+        // (the child's copies of the pipe ends, by number: the OwnedFds are the parent's)
+        p::close(rd_fd);
+        let mut wr = Some(wr_fd);
+        let say = |wr: &mut Option<i32>, text: &str| {
+            if let Some(fd) = wr.take() {
+                p::write_fd(fd, text.as_bytes());
+                p::close(fd);
+            }
+        };
+        write_status(&dir, &format!("writing {}\n", std::process::id()));
+        let res = crate::tfork::tfork_with(pid, opts, &mut |clones| {
+            let line: Vec<String> = clones.iter().map(|c| c.to_string()).collect();
+            say(&mut wr, &format!("ok {}\n", line.join(" ")));
+        });
+        match res {
+            Ok(_) => {
+                pr_info!("tfork of {pid}: image set written (--persist=async)");
+                write_status(&dir, "done\n");
+                p::exit_now(0)
+            }
+            Err(e) => {
+                let msg = error_chain(&e);
+                pr_err!("tfork of {pid}: {msg}");
+                say(&mut wr, &format!("failed {msg}\n"));
+                write_status(&dir, &format!("failed: {msg}\n"));
+                p::exit_now(1)
+            }
+        }
+    })
+    .map_err(|e| format!("starting the tfork engine: {e}"))?;
+    drop(wr);
+    let mut msg = String::new();
+    let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+    match msg.lines().next() {
+        Some(l) if l.starts_with("ok ") => {
+            pr_info!("tfork of {pid}: clones running; image set being written by {writer} (status in {})", opts.images_dir.join(TFORK_STATUS).display());
+            for c in l[3..].split_whitespace() {
+                println!("{c}");
+            }
+            Ok(())
+        }
+        Some(l) => {
+            // a failure before the clones ran: the writer exits at once
+            let _ = crate::sys::ptrace::wait_flags(writer, 0);
+            Err(l.strip_prefix("failed ").unwrap_or(l).to_string())
+        }
+        None => {
+            let _ = crate::sys::ptrace::wait_flags(writer, 0);
+            Err(format!("the tfork engine {writer} ended without a word"))
+        }
+    }
 }
 
 /// One feature probe: Ok, or what is missing.

@@ -74,6 +74,10 @@ pub enum Persist {
     /// The image set of the frozen moment is written into `images_dir`
     /// after the clones run, and durable when tfork returns.
     Sync,
+    /// As `Sync`, but the caller is told the clones run (`on_running`)
+    /// before the set is written (the CLI returns there, the writing
+    /// engine goes on in the background).
+    Async,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -194,6 +198,12 @@ fn check_supported(pid: Pid, tree: &crate::model::Tree) -> Result<(), TforkError
 
 /// Make `opts.copies` live clones of process `pid`.
 pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
+    tfork_with(pid, opts, &mut |_| {})
+}
+
+/// [`tfork`], calling `on_running` with the clones' pids once they all
+/// run, before the image set (if any) is written.
+pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
     if opts.copies == 0 {
         return Err(TforkError::Unsupported("--copies must be at least 1".into()));
     }
@@ -229,7 +239,7 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
     // while the clones run
     let snapshot = match opts.persist {
         Persist::None => None,
-        Persist::Sync => {
+        Persist::Sync | Persist::Async => {
             let mut inj = Injector::new(s, sp.gadget).map_err(ioe(s, "registers"))?;
             let args = sibling_fork_args();
             let a = sp.write(0, &args)?;
@@ -295,6 +305,12 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
         first.get_or_insert_with(|| t0.elapsed());
     }
     let all = t0.elapsed();
+    on_running(&clones);
+    if opts.persist == Persist::Async {
+        // the caller has been told they run: a failed write leaves them
+        // running (and is reported); only the image set's copy goes
+        unreleased.0.retain(|&p| Some(p) == snapshot);
+    }
     let persisted = match snapshot {
         None => None,
         Some(d) => {
@@ -341,6 +357,9 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), d);
     let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
     crate::fault::point("tfork-mid-persist");
+    if crate::fault::fails("tfork-mid-persist") {
+        return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
+    }
     crate::images_io::write_images(&tree, staging.path(), &mem, &run_id).map_err(|e| img(&e))?;
     staging.publish().map_err(|e| img(&e))?;
     pr_info!("image set of the frozen source written to {}", dir.display());

@@ -282,10 +282,10 @@ fn killing_a_clone_leaves_the_others() {
 fn refused_by_name() {
     require!(why_not());
     let dir = test_dir("tfork-refused");
-    // persist mode not done yet
+    // an unknown persist mode
     let src = Src::start(&dir, 1, 4);
-    let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "1", "--persist=async"], &[]);
-    assert!(!st.success() && out.is_empty() && log.contains("--persist=async is not supported yet"), "{log}");
+    let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "1", "--persist=later"], &[]);
+    assert!(!st.success() && out.is_empty() && log.contains("unknown --persist mode"), "{log}");
     drop(src);
     // a process with a child
     let mut sh = Command::new("sh").args(["-c", "sleep 100 & wait"]).stdin(Stdio::null()).spawn().unwrap();
@@ -477,4 +477,80 @@ fn inside_a_clone_dontneed_and_fork_behave_as_in_any_process() {
     assert_eq!(clog, format!("child of {c}: ok\n"));
     src.all_tick(&[src.pid, c], 3, "after dontneed and fork in the clone");
     assert!(!src.log_text(src.pid).contains("dontneed") && !src.log_text(src.pid).contains("forked"));
+}
+
+/// `tfork-persist.status` once it no longer says `writing` (or after 20 s).
+fn final_status(img: &Path) -> String {
+    let f = img.join("tfork-persist.status");
+    let mut last = String::new();
+    for _ in 0..2000 {
+        last = std::fs::read_to_string(&f).unwrap_or_default();
+        if !last.starts_with("writing") && !last.is_empty() {
+            break;
+        }
+        if let Some(pid) = last.strip_prefix("writing ").and_then(|p| p.trim().parse::<i32>().ok()) {
+            if !alive(pid) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    last
+}
+
+#[test]
+fn persist_async_returns_with_the_clones_and_reports_the_write() {
+    require!(why_not());
+    let dir = test_dir("tfork-async");
+    let src = Src::start(&dir, 2, 16);
+    let pid = src.pid.to_string();
+    // written in the background: the status says done, the set is complete
+    let img = dir.join("img-ok");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, out, log) = run_tfork(&img, &["-t", &pid, "--copies", "2", "--persist=async"], &[]);
+    assert!(st.success(), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 2);
+    assert_eq!(final_status(&img), "done\n");
+    assert!(img.join("inventory.img").exists());
+    let mut procs = clones.clone();
+    procs.push(src.pid);
+    src.all_tick(&procs, 2, "after an async tfork");
+    for &c in &clones {
+        // SAFETY: kill(2) of a clone this test made.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    // a write that fails: reported in the status and the log, no set that looks complete
+    let img = dir.join("img-fail");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, out, log) = run_tfork(&img, &["-t", &pid, "--copies", "1", "--persist=async"], &[("CRIU_RS_FAULT_AT", "tfork-mid-persist:fail")]);
+    assert!(st.success(), "the clones run: {log}");
+    let status = final_status(&img);
+    assert!(status.starts_with("failed: writing the image set: injected failure"), "{status}");
+    assert!(!img.join("inventory.img").exists());
+    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
+    assert!(log.contains("injected failure"), "{log}");
+    let clones: Vec<i32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(clones.len(), 1);
+    src.all_tick(&clones, 2, "(the clone) after a failed background write");
+    for c in clones {
+        // SAFETY: as above.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    // a writer killed: the status names a pid that is gone, no inventory
+    let img = dir.join("img-killed");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, out, log) = run_tfork(&img, &["-t", &pid, "--copies", "1", "--persist=async"], &[("CRIU_RS_FAULT_AT", "tfork-mid-persist")]);
+    assert!(st.success(), "{log}");
+    let status = final_status(&img);
+    let writer: i32 = status.strip_prefix("writing ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{status}"));
+    assert!(!alive(writer));
+    assert!(!img.join("inventory.img").exists());
+    for c in out.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: as above.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
+    reap_zombies();
+    src.all_tick(&[src.pid], 2, "after the async tforks");
 }
