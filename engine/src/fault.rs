@@ -25,7 +25,7 @@
 //! `tfork-prepared` (S has its gadget), `tfork-clone-forked` (a further
 //! clone forked from S), `tfork-mid-clone` (a clone's first thread made),
 //! `tfork-before-release`, `tfork-mid-persist` (the image set staged, not
-//! yet written: `--persist=sync`);
+//! yet written: `--persist=sync|async`);
 //! restore `after-clone`, `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the
 //! first extra thread is created), `before-detach`, `mid-detach` (every

@@ -554,3 +554,49 @@ fn persist_async_returns_with_the_clones_and_reports_the_write() {
     reap_zombies();
     src.all_tick(&[src.pid], 2, "after the async tforks");
 }
+
+/// The shared fixtures `counter` and `threads` (each tick checks the
+/// process's own state and appends to ./progress.log, which source and
+/// clones share as after fork(): the log must keep growing with `ok` lines
+/// from all of them, and none may fail).
+fn fixture_clones(name: &str) {
+    require!(why_not_here());
+    let dir = test_dir(&format!("tfork-fx-{name}"));
+    let fx = Fixture::start(name, &dir, Ns::Host);
+    let threads = threads_of(fx.pid);
+    let (st, out, log) = run_tfork(&dir, &["-t", &fx.pid.to_string(), "--copies", "4"], &[]);
+    assert!(st.success(), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 4);
+    for &c in &clones {
+        assert_eq!(threads_of(c), threads, "clone {c} threads");
+    }
+    // five processes appending: the log grows five times as fast as before
+    let t0 = fx.tick();
+    std::thread::sleep(Duration::from_millis(300));
+    let s0 = std::fs::read_to_string(fx.log()).unwrap().lines().count();
+    std::thread::sleep(Duration::from_secs(2));
+    let s1 = std::fs::read_to_string(fx.log()).unwrap().lines().count();
+    let _ = fx.tick(); // panics on a FAIL line
+    for &c in clones.iter().chain([&fx.pid]) {
+        assert!(alive(c), "{c} died");
+    }
+    let one = (fx.tick() - t0).max(1) as usize; // ticks of one process in ~2.3 s (counts run on from the same value)
+    assert!(s1 - s0 >= 3 * one / 2, "the log grew by {} lines, one process ticks {one} times", s1 - s0);
+    for &c in &clones {
+        // SAFETY: kill(2) of a clone this test made.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&fx.bin) == vec![fx.pid]);
+    reap_zombies();
+}
+
+#[test]
+fn fixture_counter_clones_tick() {
+    fixture_clones("counter");
+}
+
+#[test]
+fn fixture_threads_clones_tick() {
+    fixture_clones("threads");
+}
