@@ -1,9 +1,9 @@
 //! tfork: live clones of a running process, without copying its memory
 //! while it is paused (docs/ARCHITECTURE.md, "tfork").
 //!
-//! 1. Freeze and collect the source as a dump does, but for its page runs
-//!    ([`dump::collect_state`]): registers, XSAVE, masks and per-thread
-//!    state of every thread.
+//! 1. Freeze and collect the source as a dump does, without its memory
+//!    layout ([`dump::collect_state`]): registers, XSAVE, masks and
+//!    per-thread state of every thread.
 //! 2. Inject one `clone3(CLONE_PARENT)` into the frozen main thread
 //!    ([`Parasite::fork_call`]): the kernel's fork gives the new process S
 //!    a copy-on-write copy of the address space and a copy of the fd table
@@ -22,6 +22,10 @@
 //!    timers, shared pending signals), every thread's dumped registers,
 //!    XSAVE and mask loaded, the gadget unmapped, and the clone released
 //!    as a restore releases ([`restore::release`]).
+//!
+//! 4. With `--persist=sync|async`, one more fork of S made before the
+//!    clones and never run is the frozen moment: once the clones run, the
+//!    image set is written from it ([`write_image_set`]) and it is killed.
 //!
 //! A clone's tids are new (a fork's): where a thread's clear_tid word
 //! still holds its old tid (glibc keeps the thread's tid there), the new
