@@ -347,7 +347,18 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     let gadget = (gadget_page, gadget_page + restore::space::GADGET_LEN);
     let vmas: Vec<_> = dump::mm::collect_vmas(d).map_err(|e| img(&e))?.into_iter().filter(|v| v.end <= gadget.0 || v.start >= gadget.1).collect();
     let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(ioe(d, "zero page pfn"))?;
-    let pages = dump::mm::collect_pages(d, &vmas, zero_pfn).map_err(|e| img(&e))?;
+    let mut pages = dump::mm::collect_pages(d, &vmas, zero_pfn).map_err(|e| img(&e))?;
+    // A fork copies no page table entries of the vdso (a special mapping,
+    // faulted in on use), so D, which never ran, has none present: the
+    // whole vdso goes in (read through /proc/PID/mem, which faults it in),
+    // as a dump of a running process has it (upstream's restorer reads the
+    // dumped vdso's ELF).
+    for v in vmas.iter().filter(|v| v.kind == crate::model::VmaKind::Vdso) {
+        if !pages.iter().any(|r| r.vaddr < v.end && r.vaddr + r.nr_pages * 4096 > v.start) {
+            pages.push(crate::model::PageRun { vaddr: v.start, nr_pages: (v.end - v.start) / 4096, lazy: false });
+        }
+    }
+    pages.sort_by_key(|r| r.vaddr);
     let mut tree = tree.clone();
     let task = &mut tree.tasks[0];
     // the root of the set has no parent in it: 0, as upstream writes it

@@ -8,7 +8,7 @@
 //! tfork cannot clone are refused by name; the engine killed at each tfork
 //! fault point leaves the source as it was and no clone behind;
 //! `--persist=sync` writes an image set of the frozen moment that our
-//! restore brings back.
+//! restore and upstream CRIU 4.2's bring back.
 //!
 //! Needs root and gcc; otherwise skips with the reason, or fails under CI=true.
 
@@ -450,6 +450,18 @@ fn persist_sync_writes_a_restorable_image_set() {
     // it goes on from the frozen moment
     let first: u64 = src.log_text(pid).lines().next().and_then(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).unwrap();
     assert_eq!(first, at_freeze, "the restored program continues from the freeze");
+    // and upstream CRIU 4.2 restores the same set
+    // SAFETY: kill(2) of the process this test restored.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until("the restored program gone", Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists());
+    std::fs::remove_file(src.log(pid)).unwrap();
+    let upstream = test_support::fixture("progs").join("../../upstream-criu/criu-4.2");
+    require!((!upstream.exists()).then(|| format!("no upstream criu at {}", upstream.display())));
+    let out = Command::new(&upstream).args(["restore", "-d", "-D"]).arg(&img).args(["-o", "upstream-restore.log"]).stdin(Stdio::null()).output().unwrap();
+    let ulog = std::fs::read_to_string(img.join("upstream-restore.log")).unwrap_or_default();
+    assert!(out.status.success(), "upstream restore: {ulog}");
+    wait_until("the program restored by upstream ticks", Duration::from_secs(10), || src.tick(pid) >= at_freeze + 3);
+    assert_eq!(threads_of(pid), 2);
     src.pid = pid;
 }
 
