@@ -270,6 +270,7 @@ fn live_copy(criu: &Path, pid: i32, dir: &Path) -> Result<(f64, f64), String> {
     let ok = wait_for("the restored copy", 5, || alive(restored));
     kill(restored);
     ok?;
+    let _ = fs::remove_dir_all(&img);
     Ok((d, r))
 }
 
@@ -297,6 +298,11 @@ fn persist_sync(o: &Opts, pid: i32) -> Result<f64, String> {
     if !out.status.success() {
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
         return Err(format!("tfork --persist=sync failed: {tail:?}"));
+    }
+    for e in fs::read_dir(&img).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".img") {
+            let _ = fs::remove_file(e.path());
+        }
     }
     let l = text.lines().find(|l| l.contains("image set durable after")).ok_or("no durable time in the log")?;
     l.split("durable after ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).ok_or_else(|| "bad log line".to_string())
