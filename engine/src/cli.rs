@@ -274,11 +274,12 @@ fn run_dump(cli: &Cli) -> Result<(), String> {
     let t0 = std::time::Instant::now();
     let (tree, mut frozen) = dump::collect_with(pid, cli.freeze_cgroup.as_deref()).map_err(|e| error_chain(&e))?;
     check_ttys(&tree, cli.shell_job)?;
-    let dump_bytes: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages * crate::sys::PAGE_SIZE).sum();
-    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !dump::page_pump::pays_off(dump_bytes) {
+    // the root's memory through the page pump when it pays off; the other
+    // processes' (and the root's otherwise) read from outside
+    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !dump::page_pump::pays_off(tree.root().mm.pages.iter().map(|r| r.nr_pages * crate::sys::PAGE_SIZE).sum()) {
         None
     } else {
-        match dump::page_pump::PagePump::start(&frozen) {
+        match dump::page_pump::PagePump::start(&frozen.procs[0]) {
             Ok(p) => Some(p),
             Err(e) => {
                 pr_warn!("page pump of {pid} unavailable ({e}); reading its memory instead");
@@ -286,20 +287,27 @@ fn run_dump(cli: &Cli) -> Result<(), String> {
             }
         }
     };
-    let plain;
-    let mem: &dyn crate::mem_source::MemSource = match &pump {
-        Some(p) => p,
-        None => {
-            plain = ProcessMem::open(pid).map_err(|e| format!("opening memory of {pid}: {e}"))?;
-            &plain
-        }
-    };
+    let mut plain = Vec::with_capacity(tree.tasks.len());
+    for (i, m) in frozen.members.iter().enumerate() {
+        let open = m.frozen.is_some() && !(i == 0 && pump.is_some());
+        plain.push(if open { Some(ProcessMem::open(m.pid).map_err(|e| format!("opening memory of {}: {e}", m.pid))?) } else { None });
+    }
+    let mems: Vec<Option<&dyn crate::mem_source::MemSource>> = plain
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match (i, &pump, p) {
+            (0, Some(pump), _) => Some(pump as &dyn crate::mem_source::MemSource),
+            (_, _, Some(p)) => Some(p as &dyn crate::mem_source::MemSource),
+            _ => None,
+        })
+        .collect();
     let run_id = format!("criu-rs-{}-{}", std::process::id(), t0.elapsed().as_nanos());
     // images become visible only when complete (inventory last)
     let staging = dump::staging::Staging::new(&dir).map_err(|e| error_chain(&e))?;
-    images_io::write_images(&tree, staging.path(), mem, &run_id).map_err(|e| error_chain(&e))?;
+    images_io::write_images(&tree, staging.path(), &mems, &run_id).map_err(|e| error_chain(&e))?;
     // the pump's pipe closed and its injection session ended before the
     // images are published and the source is released
+    drop(mems);
     drop(pump);
     staging.publish().map_err(|e| error_chain(&e))?;
     if !cli.leave_running {

@@ -44,6 +44,7 @@ const TASK_ALIVE: u32 = 1;
 /// Upstream's TASK_STOPPED (compel's COMPEL_TASK_STOPPED): a process in
 /// group-stop, its stop signal in `stop_signo`.
 const TASK_STOPPED: u32 = 3;
+const TASK_DEAD: u32 = 2;
 
 fn regs_to_pb(r: &Regs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
@@ -301,21 +302,29 @@ fn tty_kind(rdev: u64) -> (pb::TtyType, Option<u32>) {
     }
 }
 
+/// What the fds of a tree's processes share: descriptions (numbered across
+/// the tree by the dump), ghosts, terminals, pipes; written once.
+#[derive(Default)]
+struct FdImages<'a> {
+    desc_ids: std::collections::HashMap<u32, u32>, // model desc -> file id
+    ghosts: Vec<(u64, u64, u32)>,                  // (dev, ino, remap id)
+    remaps: Vec<pb::RemapFilePathEntry>,
+    tty_infos: Vec<pb::TtyInfoEntry>,
+    pipe_data: Vec<&'a PipeData>,
+}
+
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
-fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
+fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages<'a>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::new();
-    let mut desc_ids: Vec<(u32, u32)> = Vec::new(); // (model desc, file id)
-    let mut ghosts: Vec<(u64, u64, u32)> = Vec::new(); // (dev, ino, remap id)
-    let mut remaps = Vec::new();
-    let mut tty_infos: Vec<pb::TtyInfoEntry> = Vec::new();
+    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data } = st;
     for fd in &task.fds {
         let ty = match fd.file {
             FileDesc::Reg { .. } => pb::FdTypes::Reg,
             FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
             FileDesc::Tty { .. } => pb::FdTypes::Tty,
         };
-        let id = match desc_ids.iter().find(|(d, _)| *d == fd.desc) {
-            Some(&(_, id)) => id,
+        let id = match desc_ids.get(&fd.desc) {
+            Some(&id) => id,
             None => {
                 let id = match &fd.file {
                     FileDesc::Reg { path, flags, pos, mode, size, ghost } => {
@@ -379,29 +388,41 @@ fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<
                         push_file(files, e)
                     }
                 };
-                desc_ids.push((fd.desc, id));
+                desc_ids.insert(fd.desc, id);
                 id
             }
         };
         fdinfo.push(pb::FdinfoEntry { id, flags: u32::from(fd.cloexec), r#type: ty as i32, fd: fd.fd as u32, xattr_security_selinux: None });
     }
+    for d in &task.pipe_data {
+        // (a pipe read by several processes: its bytes once)
+        if !pipe_data.iter().any(|p| p.pipe_id == d.pipe_id) {
+            pipe_data.push(d);
+        }
+    }
+    Ok(fdinfo)
+}
+
+/// The images every fd table of the tree shares, after the last one.
+fn finish_fds(dir: &Path, st: &FdImages) -> Result<(), ImagesError> {
+    let FdImages { remaps, tty_infos, pipe_data, .. } = st;
     // As upstream: an empty pipe has no entry, and no pipes-data.img is
     // written when no pipe holds bytes.
-    if task.pipe_data.iter().any(|d| !d.data.is_empty()) {
+    if pipe_data.iter().any(|d| !d.data.is_empty()) {
         let mut w = ImageWriter::create(dir, &mg::PIPES_DATA.file_name(""), &mg::PIPES_DATA)?;
-        for d in task.pipe_data.iter().filter(|d| !d.data.is_empty()) {
+        for d in pipe_data.iter().filter(|d| !d.data.is_empty()) {
             w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes: d.data.len() as u32, size: Some(d.size) })?;
             w.write_payload(&d.data)?;
         }
         w.finish()?;
     }
     if !remaps.is_empty() {
-        write_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH, &remaps)?;
+        write_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH, remaps)?;
     }
     if !tty_infos.is_empty() {
-        write_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO, &tty_infos)?;
+        write_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO, tty_infos)?;
     }
-    Ok(fdinfo)
+    Ok(())
 }
 
 /// ghost-file-`id`.img: the entry and the contents (whole or in chunks).
@@ -682,35 +703,134 @@ fn check_written_pages(dir: &Path, pid: i32, vmas: &[Vma], shmem: &ShmemRuns) ->
     Ok(())
 }
 
-/// Write the model as an image set into `dir`, page contents from `mem`.
-pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) -> Result<(), ImagesError> {
-    let task = tree.root();
+/// Write the model as an image set into `dir`, the page contents of
+/// `tree.tasks[i]` from `mems[i]` (`None` for a zombie).
+///
+/// As upstream writes a tree: pstree.img lists every process (parents
+/// before children); each live one has core-TID (per thread), ids, mm,
+/// pagemap + pages (page image ids counted across the tree), fs and
+/// fdinfo-<files id>; a zombie has only core-PID (TASK_DEAD, exit code).
+/// files.img ids count across the tree in the order the processes are
+/// visited (per process: exe and mapped files not seen before, fds whose
+/// description is new, cwd, root).
+pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], run_id: &str) -> Result<(), ImagesError> {
+    if mems.len() != tree.tasks.len() {
+        return Err(bad("pstree.img", format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
+    }
     let mut files: Vec<pb::FileEntry> = Vec::new();
-    let file_id = push_file;
-    // exe first (upstream gives it id 1), then the files of mappings
+    let mut fd_images = FdImages::default();
     let mut map_ids: Vec<(String, u32)> = Vec::new();
-    let exe_id = match &task.mm.exe {
-        Some(x) => {
-            let id = file_id(&mut files, mapped_entry(0, &x.path, 0, 0, x.mode, x.size, &x.build_id));
-            map_ids.push((x.path.clone(), id));
-            id
+    let mut filters: Vec<pb::SeccompFilter> = Vec::new();
+    let mut pages_id = 0u32;
+    let mut shm_pages_id = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).count() as u32;
+    for (task, mem) in tree.tasks.iter().zip(mems) {
+        if let Some(exit) = task.zombie_exit {
+            write_zombie(dir, task, exit)?;
+            continue;
         }
+        let Some(mem) = *mem else {
+            return Err(bad("pstree.img", format!("process {}: no memory source", task.pid)));
+        };
+        pages_id += 1;
+        write_task(dir, task, &mut shm_pages_id, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
+    }
+    finish_fds(dir, &fd_images)?;
+    write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
+    write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
+    let task = tree.root();
+    if let Some(tn) = &tree.timens {
+        let ts = |(tv_sec, tv_nsec): (u64, u64)| pb::Timespec { tv_sec, tv_nsec };
+        let e = pb::TimensEntry { monotonic: ts(tn.monotonic), boottime: ts(tn.boottime) };
+        // as upstream: timens-<its id>.img for a time namespace of the
+        // task's own, timens-0.img for criu's
+        let id = task.ids.time_ns;
+        let id = if id != 0 && id != tree.root_ids.time_ns { id } else { 0 };
+        write_all(dir, &mg::TIMENS.file_name(id), &mg::TIMENS, &[e])?;
+    }
+    let ps: Vec<pb::PstreeEntry> = tree
+        .tasks
+        .iter()
+        .map(|task| pb::PstreeEntry {
+            pid: task.pid as u32,
+            ppid: task.ppid as u32,
+            pgid: task.pgid as u32,
+            sid: task.sid as u32,
+            // (a zombie: one thread numbered 0, as upstream writes it)
+            threads: if task.zombie_exit.is_some() { vec![0] } else { task.threads.iter().map(|t| t.tid as u32).collect() },
+        })
+        .collect();
+    write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &ps)?;
+    crate::fault::point("before-inventory");
+    // inventory last: an image set without it is incomplete
+    let root_ids = ids_to_pb(&tree.root_ids);
+    let inv = pb::InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(root_ids),
+        ns_per_id: Some(true),
+        root_cg_set: Some(1),
+        lsmtype: Some(0),
+        dump_uptime: None,
+        pre_dump_mode: None,
+        tcp_close: None,
+        network_lock_method: Some(0),
+        plugins_entry: Some(Default::default()),
+        dump_criu_run_id: Some(run_id.to_string()),
+    };
+    write_all(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY, &[inv])?;
+    Ok(())
+}
+
+/// core-PID.img of a zombie: only the task core, TASK_DEAD with its wait
+/// status (upstream's shape).
+fn write_zombie(dir: &Path, task: &Task, exit: u32) -> Result<(), ImagesError> {
+    let tc = pb::TaskCoreEntry { task_state: TASK_DEAD, exit_code: exit, comm: task.comm.clone(), ..Default::default() };
+    let core = pb::CoreEntry { mtype: MTYPE_X86_64, tc: Some(tc), ..Default::default() };
+    write_all(dir, &mg::CORE.file_name(task.pid), &mg::CORE, &[core])?;
+    Ok(())
+}
+
+/// The images of one live process of the tree (its shared anonymous
+/// objects: page image ids from `shm_pages_id` on, after every process's).
+#[allow(clippy::too_many_arguments)]
+fn write_task<'a>(
+    dir: &Path,
+    task: &'a Task,
+    shm_pages_id: &mut u32,
+    mem: &dyn MemSource,
+    pages_id: u32,
+    files: &mut Vec<pb::FileEntry>,
+    map_ids: &mut Vec<(String, u32)>,
+    fd_images: &mut FdImages<'a>,
+    filters: &mut Vec<pb::SeccompFilter>,
+) -> Result<(), ImagesError> {
+    let file_id = push_file;
+    // exe first (upstream gives it id 1), then the files of mappings; one
+    // entry per path across the tree (a child maps its parent's files)
+    let exe_id = match &task.mm.exe {
+        Some(x) => match map_ids.iter().find(|(p, _)| p == &x.path) {
+            Some(&(_, id)) => id,
+            None => {
+                let id = file_id(files, mapped_entry(0, &x.path, 0, 0, x.mode, x.size, &x.build_id));
+                map_ids.push((x.path.clone(), id));
+                id
+            }
+        },
         None => 0,
     };
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
             if !map_ids.iter().any(|(p, _)| p == &f.path) {
-                let id = file_id(&mut files, mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id));
+                let id = file_id(files, mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id));
                 map_ids.push((f.path.clone(), id));
             }
         }
     }
-    let fdinfo = write_fds(dir, task, &mut files)?;
-    let cwd_id = file_id(&mut files, reg_entry(0, &task.fs.cwd, 0, 0, 0o40755, None));
-    let root_id = file_id(&mut files, reg_entry(0, &task.fs.root, 0, 0, 0o40755, None));
+    let fdinfo = write_fds(dir, task, files, fd_images)?;
+    let cwd_id = file_id(files, reg_entry(0, &task.fs.cwd, 0, 0, 0o40755, None));
+    let root_id = file_id(files, reg_entry(0, &task.fs.root, 0, 0, 0o40755, None));
     let pid = task.pid;
     let ids = ids_to_pb(&task.ids);
-    write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO, &fdinfo)?;
     write_all(dir, &mg::FS.file_name(pid), &mg::FS, &[pb::FsEntry { cwd_id, root_id, umask: Some(task.fs.umask) }])?;
     write_all(dir, &mg::IDS.file_name(pid), &mg::IDS, std::slice::from_ref(&ids))?;
@@ -760,7 +880,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     // pagemap + pages: private pages in pagemap-PID/pages-1, each shared
     // anonymous object's in pagemap-shmem-SHMID (offsets in the object)
     let (private, shmem) = split_shmem_pages(&mm.vmas, &mm.pages);
-    let mut pw = PagesWriter::create(dir, pid, 1)?;
+    let mut pw = PagesWriter::create(dir, pid, pages_id)?;
     let mut ranges = Vec::with_capacity(private.len());
     for r in &private {
         pw.add_header_only(r.vaddr, r.nr_pages, PE_PRESENT | if r.lazy { PE_LAZY } else { 0 })?;
@@ -769,8 +889,9 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
     crate::fault::point("mid-memory");
     pw.finish()?;
-    for (i, (shmid, runs)) in shmem.iter().enumerate() {
-        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), tree.tasks.len() as u32 + 1 + i as u32)?;
+    for (shmid, runs) in shmem.iter() {
+        *shm_pages_id += 1;
+        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *shm_pages_id)?;
         let mut ranges = Vec::with_capacity(runs.len());
         for &(off, vaddr, n) in runs {
             pw.add_header_only(off, n, PE_PRESENT)?;
@@ -783,8 +904,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     // kill the source: an image our own restore would refuse is an error now
     check_written_pages(dir, pid, &mm.vmas, &shmem)?;
     // seccomp.img: every thread's chain, common prefixes shared
-    let mut filters: Vec<pb::SeccompFilter> = Vec::new();
-    let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(&mut filters, &t.seccomp)).collect();
+    let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(filters, &t.seccomp)).collect();
     // cores
     for (i, t) in task.threads.iter().enumerate() {
         let thread_core = pb::ThreadCoreEntry {
@@ -861,42 +981,6 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
         };
         write_all(dir, &mg::CORE.file_name(t.tid), &mg::CORE, &[core])?;
     }
-    write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
-    if let Some(tn) = &tree.timens {
-        let ts = |(tv_sec, tv_nsec): (u64, u64)| pb::Timespec { tv_sec, tv_nsec };
-        let e = pb::TimensEntry { monotonic: ts(tn.monotonic), boottime: ts(tn.boottime) };
-        // as upstream: timens-<its id>.img for a time namespace of the
-        // task's own, timens-0.img for criu's
-        let id = task.ids.time_ns;
-        let id = if id != 0 && id != tree.root_ids.time_ns { id } else { 0 };
-        write_all(dir, &mg::TIMENS.file_name(id), &mg::TIMENS, &[e])?;
-    }
-    let ps = pb::PstreeEntry {
-        pid: task.pid as u32,
-        ppid: task.ppid as u32,
-        pgid: task.pgid as u32,
-        sid: task.sid as u32,
-        threads: task.threads.iter().map(|t| t.tid as u32).collect(),
-    };
-    write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &[ps])?;
-    crate::fault::point("before-inventory");
-    // inventory last: an image set without it is incomplete
-    let root_ids = ids_to_pb(&tree.root_ids);
-    let inv = pb::InventoryEntry {
-        img_version: 2,
-        fdinfo_per_id: Some(true),
-        root_ids: Some(root_ids),
-        ns_per_id: Some(true),
-        root_cg_set: Some(1),
-        lsmtype: Some(0),
-        dump_uptime: None,
-        pre_dump_mode: None,
-        tcp_close: None,
-        network_lock_method: Some(0),
-        plugins_entry: Some(Default::default()),
-        dump_criu_run_id: Some(run_id.to_string()),
-    };
-    write_all(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY, &[inv])?;
     Ok(())
 }
 

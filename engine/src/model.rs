@@ -177,6 +177,9 @@ pub struct Task {
     /// In group-stop, by this signal (upstream's TASK_STOPPED + stop_signo):
     /// restored stopped.
     pub stop_signo: Option<u32>,
+    /// A zombie (upstream's TASK_DEAD): exited with this wait status and
+    /// not yet reaped by its parent. It has no threads, memory or files.
+    pub zombie_exit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -173,6 +173,62 @@ pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
     Ok((out, pipes))
 }
 
+/// Number the open file descriptions of several processes' fd tables
+/// (each numbered on its own by [`collect_fds`]) across all of them: fds of
+/// different processes that share one description (inherited over fork)
+/// get one `desc`, so the images have one files.img entry for it. The
+/// descriptions seen so far are kept sorted by kcmp(KCMP_FILE)'s order (a
+/// total order on the kernel's file pointers), so each fd costs O(log n)
+/// kcmp calls.
+pub fn share_descriptions(tables: &mut [(Pid, &mut Vec<Fd>)]) -> Result<(), FilesError> {
+    const KCMP_FILE: u64 = 0;
+    // (pid, fd, global desc), in kcmp order
+    let mut reps: Vec<(Pid, i32, u32)> = Vec::new();
+    let mut next = 0u32;
+    for (pid, fds) in tables.iter_mut() {
+        let pid = *pid;
+        let mut local: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for f in fds.iter_mut() {
+            if let Some(&g) = local.get(&f.desc) {
+                f.desc = g;
+                continue;
+            }
+            let mut err = None;
+            let at = reps.binary_search_by(|&(rp, rfd, _)| {
+                match p::syscall6(libc::SYS_kcmp, [rp as u64, pid as u64, KCMP_FILE, rfd as u64, f.fd as u64, 0]) {
+                    Ok(0) => std::cmp::Ordering::Equal,
+                    Ok(1) => std::cmp::Ordering::Less,
+                    Ok(2) => std::cmp::Ordering::Greater,
+                    other => {
+                        err.get_or_insert_with(|| match other {
+                            Err(e) => e,
+                            Ok(v) => io::Error::other(format!("kcmp(KCMP_FILE) with fd {rfd} of {rp} returned {v}")),
+                        });
+                        std::cmp::Ordering::Less
+                    }
+                }
+            });
+            if let Some(e) = err {
+                return Err(FilesError::Io { pid, fd: f.fd, source: e });
+            }
+            let g = match at {
+                Ok(i) => {
+                    pr_debug!("fd {} of {pid} shares its file with fd {} of {}", f.fd, reps[i].1, reps[i].0);
+                    reps[i].2
+                }
+                Err(i) => {
+                    next += 1;
+                    reps.insert(i, (pid, f.fd, next));
+                    next
+                }
+            };
+            local.insert(f.desc, g);
+            f.desc = g;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,8 @@ pub enum FreezeError {
     Seize { tid: Pid, #[source] source: io::Error },
     #[error("thread {tid} exited while being frozen ({how:?})")]
     Gone { tid: Pid, how: Wait },
+    #[error("process {pid} has exited (a zombie or gone): nothing to dump")]
+    Exited { pid: Pid },
     #[error("reading registers of {tid}")]
     Regs { tid: Pid, #[source] source: io::Error },
 }
@@ -167,37 +169,45 @@ impl Frozen {
         }
     }
 
-    /// Freeze `pid` whose cgroup is frozen (`--freeze-cgroup`): seize every
-    /// thread while nothing of it can run or clone, then `thaw` the cgroup
-    /// and stop the seized threads with PTRACE_INTERRUPT as [`Frozen::freeze`]
-    /// does (a thread created in between is picked up by the same loop).
-    pub fn freeze_frozen(pid: Pid, thaw: impl FnOnce() -> io::Result<()>) -> Result<Frozen, FreezeError> {
+    /// Seize every thread of `pid` without stopping any (its cgroup is
+    /// frozen: `--freeze-cgroup`, nothing of it can run or clone); then
+    /// [`Frozen::stop_seized`] once the cgroup is thawed. Dropped before
+    /// that, every seized thread is detached as it was.
+    pub fn seize_only(pid: Pid) -> Result<Frozen, FreezeError> {
         let tids = list_tids(pid).map_err(|e| FreezeError::List { pid, source: e })?;
-        let mut seized = Vec::with_capacity(tids.len());
-        for &tid in &tids {
-            if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP) {
-                for &t in &seized {
-                    let _ = ptrace::detach(t, 0);
-                }
-                return Err(FreezeError::Seize { tid, source: e });
-            }
-            seized.push(tid);
-        }
         let mut f = Frozen::empty(pid);
-        for &tid in &seized {
+        for tid in tids {
+            ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| FreezeError::Seize { tid, source: e })?;
             f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
         }
-        thaw().map_err(|e| FreezeError::Seize { tid: pid, source: e })?;
-        for i in 0..f.threads.len() {
-            let tid = f.threads[i].tid;
+        Ok(f)
+    }
+
+    /// Stop the threads [`Frozen::seize_only`] seized with PTRACE_INTERRUPT
+    /// as [`Frozen::freeze`] does (a thread created since is picked up by
+    /// the same loop).
+    pub fn stop_seized(&mut self) -> Result<(), FreezeError> {
+        for i in 0..self.threads.len() {
+            let tid = self.threads[i].tid;
             let sig = stop_one(tid)?;
-            f.note_stop(tid, sig);
-            f.threads[i].regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
-            f.threads[i].sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+            self.note_stop(tid, sig);
+            self.threads[i].regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+            self.threads[i].sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
             pr_info!("Seized task {tid}");
         }
-        f.seize_new_threads()?;
-        f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
+        self.seize_new_threads()?;
+        let pid = self.pid;
+        self.threads.sort_by_key(|t| (t.tid != pid, t.tid));
+        Ok(())
+    }
+
+    /// Freeze `pid` whose cgroup is frozen (`--freeze-cgroup`): seize every
+    /// thread while nothing of it can run or clone, then `thaw` the cgroup
+    /// and stop the seized threads.
+    pub fn freeze_frozen(pid: Pid, thaw: impl FnOnce() -> io::Result<()>) -> Result<Frozen, FreezeError> {
+        let mut f = Frozen::seize_only(pid)?;
+        thaw().map_err(|e| FreezeError::Seize { tid: pid, source: e })?;
+        f.stop_seized()?;
         Ok(f)
     }
 
@@ -242,6 +252,189 @@ impl Drop for Frozen {
         if self.kill_on_release {
             let tids: Vec<Pid> = self.threads.iter().map(|t| t.tid).collect();
             wait_pids_free(self.pid, &tids);
+        }
+    }
+}
+
+/// What a process of the tree is at freeze.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Alive,
+    /// Exited, not yet reaped by its parent.
+    Zombie,
+    /// Reaped (or never was).
+    Gone,
+}
+
+/// State letter of /proc/PID/stat: Z and X are a process that has exited.
+fn state(pid: Pid) -> State {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => State::Gone,
+        Ok(s) => match super::proc::parse_stat(&s).and_then(|(_, f)| f.first().map(|v| v.to_string())).as_deref() {
+            Some("Z") | Some("X") => State::Zombie,
+            Some(_) => State::Alive,
+            None => State::Gone,
+        },
+    }
+}
+
+/// One process of a frozen tree, in the order the images list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub pid: Pid,
+    /// Host pid of its parent in the tree; `None` for the root.
+    pub parent: Option<Pid>,
+    /// Index into [`FrozenTree::procs`]; `None` for a zombie (a zombie
+    /// can't be seized, nor does it need to be: it can't change any more
+    /// while its parent is stopped).
+    pub frozen: Option<usize>,
+}
+
+/// Every process of a tree stopped under ptrace (zombies recorded), found
+/// from the root through `/proc/PID/task/TID/children`. A process's
+/// children are read only once it is stopped, so no new child of it can
+/// appear; a child that exits between being listed and being seized is
+/// taken as the zombie it became (or dropped once reaped). Once every
+/// process found is stopped the children of all are read again, until
+/// nothing new shows up. Dropping the guard releases every process as
+/// [`Frozen`] does for one (children first, so with `kill_on_release` the
+/// tracer collects each exit before its parent's).
+#[derive(Debug, Default)]
+pub struct FrozenTree {
+    /// Stopped processes, the root first.
+    pub procs: Vec<Frozen>,
+    /// Every process, depth first from the root (parents before children,
+    /// children in the order their parent's `children` files list them),
+    /// as upstream's pstree.img lists them.
+    pub members: Vec<Member>,
+    /// Kill every process instead of letting it run when dropped.
+    pub kill_on_release: bool,
+}
+
+impl FrozenTree {
+    /// Seize and stop the tree rooted at `root` (see [`FrozenTree`]).
+    pub fn freeze(root: Pid) -> Result<FrozenTree, FreezeError> {
+        let mut t = FrozenTree::default();
+        t.grow(root, |pid| Frozen::freeze(pid))?;
+        Ok(t)
+    }
+
+    /// The tree rooted at `root`, whose cgroup is frozen (`--freeze-cgroup`):
+    /// every process found is seized (not stopped) while nothing can run,
+    /// fork or exit; `thaw` is called with the pids seized (it checks they
+    /// are members and thaws), then every thread is stopped and the tree is
+    /// walked again for a child forked after the thaw.
+    pub fn freeze_frozen<E: From<FreezeError>>(root: Pid, thaw: impl FnOnce(&[Pid]) -> Result<(), E>) -> Result<FrozenTree, E> {
+        let mut t = FrozenTree::default();
+        t.grow(root, |pid| Frozen::seize_only(pid))?;
+        let pids: Vec<Pid> = t.procs.iter().map(|f| f.pid).collect();
+        thaw(&pids)?;
+        for f in &mut t.procs {
+            f.stop_seized()?;
+        }
+        t.grow(root, |pid| Frozen::freeze(pid))?;
+        Ok(t)
+    }
+
+    /// Freeze (with `freeze`) every process reachable from `root` not yet
+    /// held, until a walk finds nothing new; then order `members`.
+    fn grow(&mut self, root: Pid, mut freeze: impl FnMut(Pid) -> Result<Frozen, FreezeError>) -> Result<(), FreezeError> {
+        let mut zombies: Vec<Pid> = self.members.iter().filter(|m| m.frozen.is_none()).map(|m| m.pid).collect();
+        let mut children: std::collections::HashMap<Pid, Vec<Pid>>;
+        loop {
+            let mut queue = vec![root];
+            let mut fresh = false;
+            children = std::collections::HashMap::new();
+            let mut seen: std::collections::HashSet<Pid> = std::collections::HashSet::new();
+            while let Some(pid) = queue.pop() {
+                if !seen.insert(pid) {
+                    continue;
+                }
+                if zombies.contains(&pid) {
+                    continue;
+                }
+                let idx = match self.procs.iter().position(|f| f.pid == pid) {
+                    Some(i) => i,
+                    None => {
+                        fresh = true;
+                        match state(pid) {
+                            State::Zombie | State::Gone if pid == root => return Err(FreezeError::Exited { pid }),
+                            State::Zombie => {
+                                zombies.push(pid);
+                                continue;
+                            }
+                            State::Gone => continue,
+                            State::Alive => {}
+                        }
+                        match freeze(pid) {
+                            Ok(f) => {
+                                self.procs.push(f);
+                                self.procs.len() - 1
+                            }
+                            Err(e) if pid != root => {
+                                // exited while being seized: its tracer (us)
+                                // lets its parent have it again
+                                match state(pid) {
+                                    State::Alive => return Err(e),
+                                    st => {
+                                        let _ = ptrace::wait_flags(pid, libc::__WALL | libc::WNOHANG);
+                                        pr_info!("{pid} exited while the tree was frozen ({e}): {st:?}");
+                                        if st == State::Zombie {
+                                            zombies.push(pid);
+                                        }
+                                        continue;
+                                    }
+                                }
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                };
+                let mut kids = Vec::new();
+                for t in &self.procs[idx].threads {
+                    let c = std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.tid))
+                        .map_err(|e| FreezeError::List { pid, source: e })?;
+                    kids.extend(c.split_whitespace().filter_map(|v| v.parse::<Pid>().ok()));
+                }
+                // depth first, children in their listed order
+                queue.extend(kids.iter().rev());
+                children.insert(pid, kids);
+            }
+            if !fresh {
+                break;
+            }
+        }
+        // members depth first from the root
+        self.members.clear();
+        let mut stack = vec![(root, None)];
+        while let Some((pid, parent)) = stack.pop() {
+            let frozen = self.procs.iter().position(|f| f.pid == pid);
+            if frozen.is_none() && !zombies.contains(&pid) {
+                continue;
+            }
+            self.members.push(Member { pid, parent, frozen });
+            if let Some(kids) = children.get(&pid) {
+                stack.extend(kids.iter().rev().map(|&k| (k, Some(pid))));
+            }
+        }
+        pr_info!("tree of {root}: {} processes ({} zombies)", self.members.len(), zombies.len());
+        Ok(())
+    }
+}
+
+impl Drop for FrozenTree {
+    fn drop(&mut self) {
+        if self.kill_on_release {
+            for f in &self.procs {
+                let _ = crate::sys::process::kill(f.pid, libc::SIGKILL);
+            }
+        }
+        // children first: with kill_on_release each Frozen collects its
+        // process's exits (it is the tracer) and waits until the pid is
+        // free, which needs its parent (or the reaper) to have reaped it
+        while let Some(mut f) = self.procs.pop() {
+            f.kill_on_release = self.kill_on_release;
+            drop(f);
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod task;
 use crate::model::{Task, Tree, VmaKind};
 use crate::sys::Pid;
 use crate::pr_debug;
-use freeze::Frozen;
+use freeze::{Frozen, FrozenTree};
 use parasite::Parasite;
 use std::io;
 
@@ -25,8 +25,6 @@ use std::io;
 pub enum DumpError {
     #[error("process {0} does not exist")]
     NoProcess(Pid),
-    #[error("process {pid} has children ({children:?}): dumping process trees is not supported yet")]
-    Children { pid: Pid, children: Vec<Pid> },
     #[error(transparent)]
     Freeze(#[from] freeze::FreezeError),
     #[error(transparent)]
@@ -39,6 +37,8 @@ pub enum DumpError {
     Files(#[from] files::FilesError),
     #[error("process {pid}: {what}")]
     Namespace { pid: Pid, what: String },
+    #[error("process {pid}: {what}")]
+    Unsupported { pid: Pid, what: String },
     #[error("{what} of {pid}")]
     Io { pid: Pid, what: &'static str, #[source] source: io::Error },
 }
@@ -65,8 +65,9 @@ const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
 /// its pid 1 and it sits directly below the engine's (restore then makes
 /// one with CLONE_NEWPID); and a pending `unshare` of the pid or time
 /// namespace (`*_for_children` differs: the children would get one the
-/// images can't carry).
-pub fn check_namespaces(pid: Pid, tid: Pid) -> Result<(), DumpError> {
+/// images can't carry). The pid namespace is checked so for the tree's
+/// `root` only (the others must be in the root's: [`collect_with`]).
+pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError> {
     let err = |what: String| DumpError::Namespace { pid, what };
     let base = format!("/proc/{pid}/task/{tid}/ns");
     let mut differ = Vec::new();
@@ -94,6 +95,9 @@ pub fn check_namespaces(pid: Pid, tid: Pid) -> Result<(), DumpError> {
             )));
         }
     }
+    if !root {
+        return Ok(());
+    }
     let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/pid")), ns_link("/proc/self/ns/pid")) else { return Ok(()) };
     if theirs != ours {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| DumpError::Io { pid, what: "status", source: e })?;
@@ -108,47 +112,137 @@ pub fn check_namespaces(pid: Pid, tid: Pid) -> Result<(), DumpError> {
     Ok(())
 }
 
-/// Freeze `pid` and collect its state. The returned guard keeps it frozen
-/// until dropped (then it runs on, or is killed if `kill_on_release` is set).
-pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
+/// Freeze the tree rooted at `pid` and collect its state. The returned
+/// guard keeps every process frozen until dropped (then they run on, or are
+/// killed if `kill_on_release` is set).
+pub fn collect(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
     collect_with(pid, None)
 }
 
 /// [`collect`], freezing the cgroup at `freeze_cgroup` first if given
-/// (`--freeze-cgroup`).
-pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, Frozen), DumpError> {
+/// (`--freeze-cgroup`): every process of the tree is seized while the
+/// cgroup is frozen, and must be in it.
+pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, FrozenTree), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
     }
     let io_err = |what| move |e| DumpError::Io { pid, what, source: e };
     let mut frozen = match freeze_cgroup {
-        None => Frozen::freeze(pid)?,
+        None => FrozenTree::freeze(pid)?,
         Some(cg) => {
             let mut cgf = cgroup_freeze::CgroupFreeze::freeze(cg)?;
-            cgf.check_member(pid)?;
-            Frozen::freeze_frozen(pid, || cgf.thaw().map_err(io::Error::other))?
+            FrozenTree::freeze_frozen(pid, |pids: &[Pid]| -> Result<(), DumpError> {
+                for &p in pids {
+                    cgf.check_member(p)?;
+                }
+                cgf.thaw()?;
+                Ok(())
+            })?
         }
     };
     crate::fault::point("after-freeze");
     // (frozen: no thread can unshare or setns any more)
-    for t in &frozen.threads {
-        check_namespaces(pid, t.tid)?;
+    for f in &frozen.procs {
+        for t in &f.threads {
+            check_namespaces(f.pid, t.tid, f.pid == pid)?;
+        }
     }
-    let mut children = Vec::new();
-    for t in &frozen.threads {
-        let c = std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.tid)).map_err(io_err("children"))?;
-        children.extend(c.split_whitespace().filter_map(|v| v.parse::<Pid>().ok()));
-    }
-    if !children.is_empty() {
-        return Err(DumpError::Children { pid, children });
+    let root_pidns = ns_link(&format!("/proc/{pid}/ns/pid"));
+    for m in &frozen.members[1..] {
+        let theirs = ns_link(&format!("/proc/{}/ns/pid", m.pid));
+        if m.frozen.is_some() && theirs != root_pidns {
+            return Err(DumpError::Namespace {
+                pid: m.pid,
+                what: format!(
+                    "it is in a pid namespace ({}) other than its tree root's {pid} ({}): nested pid namespaces are not supported yet",
+                    theirs.unwrap_or_default(),
+                    root_pidns.clone().unwrap_or_default()
+                ),
+            });
+        }
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io_err("status"))?;
     let nspids = proc::status_nums(&status, "NSpid");
     let own_ns = nspids.len() > 1 && nspids.last() == Some(&1);
-    let vmas = mm::collect_vmas(pid)?;
     let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(io_err("zero page pfn"))?;
+    // host pid -> pid in the tree's namespace
+    let mut ns_pid: std::collections::HashMap<Pid, i32> = std::collections::HashMap::new();
+    let members = frozen.members.clone();
+    let mut tasks = Vec::with_capacity(members.len());
+    for m in &members {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::Io { pid: m.pid, what: "status", source: e })?;
+        ns_pid.insert(m.pid, ns_last(&st, "NSpid").unwrap_or(m.pid));
+        let ppid = match m.parent {
+            Some(p) => ns_pid[&p],
+            None if own_ns => 0,
+            None => proc::status_field(&st, "PPid").and_then(|v| v.parse().ok()).unwrap_or(0),
+        };
+        let mut task = match m.frozen {
+            Some(i) => collect_process(&mut frozen.procs[i], zero_pfn)?,
+            None => collect_zombie(m.pid)?,
+        };
+        task.pid = ns_pid[&m.pid];
+        task.ppid = ppid;
+        task.pgid = ns_last(&st, "NSpgid").unwrap_or(0);
+        task.sid = ns_last(&st, "NSsid").unwrap_or(0);
+        tasks.push((m.pid, task));
+    }
+    check_shared_anon(&tasks)?;
+    {
+        let mut tables: Vec<(Pid, &mut Vec<crate::model::Fd>)> =
+            tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
+        files::share_descriptions(&mut tables)?;
+    }
+    let alive: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
+    let (root_ids, ids) = task::collect_ids(&alive)?;
+    let mut ids = ids.into_iter();
+    for (_, t) in tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()) {
+        t.ids = ids.next().expect("one ids per live task");
+    }
+    let timens = Some(task::collect_timens(pid)?);
+    let tasks = tasks.into_iter().map(|(_, t)| t).collect();
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens }, frozen))
+}
+
+/// A zombie: its wait status (field 52 of stat, the exit code) and comm.
+fn collect_zombie(pid: Pid) -> Result<Task, DumpError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| DumpError::Io { pid, what: "stat", source: e })?;
+    let (comm, f) = proc::parse_stat(&stat).unwrap_or_default();
+    let exit = proc::stat_field(&f, 52) as u32;
+    pr_debug!("{pid} is a zombie (exit status {exit:#x})");
+    Ok(Task { comm, zombie_exit: Some(exit), ..Default::default() })
+}
+
+/// `MAP_SHARED` anonymous memory (and SysV-less shmem) mapped by more than
+/// one process of the tree: each process's images would carry the object
+/// again. Refused by name until the tree's shared objects are written once.
+fn check_shared_anon(tasks: &[(Pid, Task)]) -> Result<(), DumpError> {
+    let mut owner: std::collections::HashMap<u64, Pid> = std::collections::HashMap::new();
+    for (pid, t) in tasks {
+        let mut mine: Vec<u64> = t.mm.vmas.iter().filter(|v| v.shmid != 0 && v.kind != VmaKind::File).map(|v| v.shmid).collect();
+        mine.sort_unstable();
+        mine.dedup();
+        for id in mine {
+            if let Some(&other) = owner.get(&id) {
+                return Err(DumpError::Unsupported {
+                    pid: *pid,
+                    what: format!("MAP_SHARED anonymous memory (shmem inode {id}) is also mapped by {other}: memory shared across processes is not supported yet"),
+                });
+            }
+            owner.insert(id, *pid);
+        }
+    }
+    Ok(())
+}
+
+/// Everything of one stopped process but its place in the tree (pid,
+/// ppid, pgid, sid) and its kernel-object ids.
+fn collect_process(frozen: &mut Frozen, zero_pfn: u64) -> Result<Task, DumpError> {
+    let pid = frozen.pid;
+    let io_err = |what| move |e| DumpError::Io { pid, what, source: e };
+    let vmas = mm::collect_vmas(pid)?;
     let pages = mm::collect_pages(pid, &vmas, zero_pfn)?;
-    pr_debug!("{} vmas, {} page runs", vmas.len(), pages.len());
+    pr_debug!("{pid}: {} vmas, {} page runs", vmas.len(), pages.len());
     let exec: Vec<(u64, u64)> = vmas
         .iter()
         .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind != VmaKind::Vsyscall)
@@ -156,16 +250,10 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
         .collect();
     let gadget = parasite::find_gadget(pid, frozen.threads[0].regs.ip, &exec).map_err(io_err("syscall gadget"))?;
     frozen.gadget = gadget;
-    task::fixup_rseq_all(pid, &mut frozen)?;
-    let mut par = Parasite::start(&frozen, gadget).map_err(io_err("parasite session"))?;
+    task::fixup_rseq_all(pid, frozen)?;
+    let mut par = Parasite::start(frozen, gadget).map_err(io_err("parasite session"))?;
     let brk = par.call(pid, "brk", libc::SYS_brk, &[0]).map_err(io_err("brk"))?;
-    let mut task = Task {
-        pid: ns_last(&status, "NSpid").unwrap_or(pid),
-        ppid: if own_ns { 0 } else { proc::status_field(&status, "PPid").and_then(|v| v.parse().ok()).unwrap_or(0) },
-        pgid: ns_last(&status, "NSpgid").unwrap_or(0),
-        sid: ns_last(&status, "NSsid").unwrap_or(0),
-        ..Default::default()
-    };
+    let mut task = Task::default();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(io_err("stat"))?;
     let (comm, f) = proc::parse_stat(&stat).unwrap_or_default();
     task.comm = comm;
@@ -200,8 +288,5 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
     (task.fds, task.pipe_data) = files::collect_fds(pid)?;
-    let (root_ids, ids) = task::collect_ids(&[pid])?;
-    task.ids = ids[0];
-    let timens = Some(task::collect_timens(pid)?);
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks: vec![task], root_ids, timens }, frozen))
+    Ok(task)
 }
