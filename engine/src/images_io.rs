@@ -406,11 +406,12 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
 /// The images every fd table of the tree shares, after the last one.
 fn finish_fds(dir: &Path, st: &FdImages) -> Result<(), ImagesError> {
     let FdImages { remaps, tty_infos, pipe_data, .. } = st;
-    // As upstream: an empty pipe has no entry, and no pipes-data.img is
-    // written when no pipe holds bytes.
-    if pipe_data.iter().any(|d| !d.data.is_empty()) {
+    // As upstream: one entry per pipe whose bytes were read through a read
+    // end of the tree, empty or not (upstream's tree image has an entry of 0
+    // bytes); a pipe whose reader is elsewhere has none.
+    if !pipe_data.is_empty() {
         let mut w = ImageWriter::create(dir, &mg::PIPES_DATA.file_name(""), &mg::PIPES_DATA)?;
-        for d in pipe_data.iter().filter(|d| !d.data.is_empty()) {
+        for d in pipe_data.iter() {
             w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes: d.data.len() as u32, size: Some(d.size) })?;
             w.write_payload(&d.data)?;
         }
