@@ -369,6 +369,7 @@ impl FrozenTree {
                         match freeze(pid) {
                             Ok(f) => {
                                 self.procs.push(f);
+                                crate::fault::point("mid-freeze");
                                 self.procs.len() - 1
                             }
                             Err(e) if pid != root => {

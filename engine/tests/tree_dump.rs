@@ -1,0 +1,346 @@
+//! Dumping process trees, with real processes: the `tree` fixture of
+//! ../shared/fixtures/progs (a root, a writer and a reader joined by a
+//! pipe, a grandchild, an unreaped zombie; each checks the others every
+//! tick) started as `unshare --pid --fork setsid fx-tree`, and
+//! tests/progs/forkloop.c (a tree that forks and reaps without pause).
+//!
+//! - `--leave-running`: the whole tree runs on, nothing of it changed, and
+//!   the images hold every process (zombie included), one description for
+//!   an fd inherited by all, one pipe between writer and reader.
+//! - Upstream CRIU 4.2 restores the tree we dumped and it ticks on (the
+//!   format check); our own restore refuses a tree by name.
+//! - A tree forking all the time is frozen consistently (every parent in
+//!   the images, upstream restores it, no child lost).
+//! - The engine killed during a tree dump leaves every process running,
+//!   unchanged.
+//!
+//! Needs root, gcc, unshare, setsid and the upstream binary; otherwise SKIP
+//! (a failure under CI=true).
+
+mod common;
+
+use common::*;
+use images_proto::magic as mg;
+use images_proto::pb;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
+}
+
+/// Whether to skip `test` (printed); under CI=true a missing precondition fails.
+fn skip(test: &str, need_upstream: bool) -> bool {
+    let reason = skip_reason().or_else(|| (need_upstream && !upstream().exists()).then(|| format!("{} not found", upstream().display())));
+    let Some(r) = reason else { return false };
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: precondition missing under CI=true: {r}");
+    eprintln!("SKIP {test}: {r}");
+    true
+}
+
+/// gcc -O2 -static `src` (a fixture of ../shared/fixtures/progs, or of tests/progs).
+fn build_static(src: &Path, out: &Path) {
+    let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(out).arg(src).args(["-lpthread", "-lrt"]).status().expect("gcc");
+    assert!(st.success(), "building {}", src.display());
+}
+
+/// A tree started as `unshare --pid --fork setsid BIN` in `work`; every
+/// process running `bin` is killed on drop.
+struct TreeFx {
+    bin: PathBuf,
+    work: PathBuf,
+    root: i32,
+}
+
+fn ns_pid_is_one(pid: i32) -> bool {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+}
+
+impl TreeFx {
+    fn start(bin: PathBuf, work: PathBuf) -> TreeFx {
+        std::fs::create_dir_all(&work).unwrap();
+        let mut cmd = Command::new("unshare");
+        only_stdio(&mut cmd).args(["--pid", "--fork", "setsid"]).arg(&bin).current_dir(&work);
+        let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tree");
+        std::thread::spawn(move || starter.wait());
+        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+        let log = work.join("progress.log");
+        wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+        let mut fx = TreeFx { bin, work, root: 0 };
+        fx.refind();
+        fx
+    }
+
+    /// The root again: pid 1 of its namespace running `bin`.
+    fn refind(&mut self) {
+        let roots: Vec<i32> = live_with_exe(&self.bin).into_iter().filter(|&p| ns_pid_is_one(p)).collect();
+        assert_eq!(roots.len(), 1, "one root of {} expected, found {roots:?}", self.bin.display());
+        self.root = roots[0];
+    }
+
+    fn tick(&self) -> u64 {
+        last_tick(&self.work.join("progress.log"))
+    }
+
+    fn ticks_on(&self, n: u64, what: &str) {
+        let t = self.tick();
+        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(15), || self.tick() >= t + n);
+    }
+
+    /// The root and its descendants, zombies included, depth first.
+    fn members(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root];
+        while let Some(p) = stack.pop() {
+            out.push(p);
+            for t in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+                let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                stack.extend(c.split_whitespace().filter_map(|v| v.parse::<i32>().ok()));
+            }
+        }
+        out
+    }
+
+    /// Per process: pid, parent, state letter class (zombie or not), maps,
+    /// signal masks, fds, tracer.
+    fn snapshot(&self) -> Vec<String> {
+        self.snapshot_with(false)
+    }
+
+    /// [`TreeFx::snapshot`], leaving out of the maps, with `no_scratch`, an
+    /// anonymous rwx mapping: the scratch mapping of an injection session
+    /// an engine killed in the middle of it leaves behind (as for one
+    /// process: tests/faults.rs).
+    fn snapshot_with(&self, no_scratch: bool) -> Vec<String> {
+        let scratch = |l: &String| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            no_scratch && f.len() == 5 && f[1] == "rwxp" && f[2] == "00000000" && f[4] == "0"
+        };
+        let mut v: Vec<String> = self
+            .members()
+            .into_iter()
+            .map(|p| {
+                let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                let field = |k: &str| st.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").trim().to_string();
+                format!(
+                    "{p} ppid {} zombie {} tracer {} maps {:?} masks {:?} fds {:?}",
+                    field("PPid:"),
+                    !alive(p),
+                    field("TracerPid:"),
+                    maps(p).into_iter().filter(|l| !scratch(l)).collect::<Vec<_>>(),
+                    sigmasks(p),
+                    fd_links(p)
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TreeFx {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// A fresh dir with the `tree` fixture built in it, and the tree started.
+fn start_tree(name: &str) -> (PathBuf, TreeFx) {
+    let tmp = test_dir(&format!("treedump-{name}"));
+    let bin = tmp.join("fx-tree");
+    build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs/tree.c"), &bin);
+    let fx = TreeFx::start(bin, tmp.join("work"));
+    (tmp, fx)
+}
+
+fn pstree(dir: &Path) -> Vec<pb::PstreeEntry> {
+    images_proto::image::read_all(dir, "pstree.img", &mg::PSTREE).expect("pstree.img")
+}
+
+/// Restore `dir` with upstream 4.2 (detached, in `work`), as root.
+fn upstream_restore(dir: &Path, work: &Path) {
+    let st = Command::new(upstream())
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+        .arg(dir)
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "upstream restore failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+}
+
+/// Parents before children, each parent in the set, the root first.
+fn check_shape(ps: &[pb::PstreeEntry], what: &str) {
+    assert!(!ps.is_empty(), "{what}: empty pstree");
+    assert_eq!(ps[0].ppid, 0, "{what}: root's ppid in its own pid namespace");
+    for (i, e) in ps.iter().enumerate().skip(1) {
+        assert!(ps[..i].iter().any(|p| p.pid == e.ppid), "{what}: {} has parent {} not listed before it: {ps:?}", e.pid, e.ppid);
+        assert!(!ps[..i].iter().any(|p| p.pid == e.pid), "{what}: pid {} twice: {ps:?}", e.pid);
+    }
+}
+
+#[test]
+fn leave_running_tree_runs_on_unchanged() {
+    if skip("leave_running_tree_runs_on_unchanged", false) {
+        return;
+    }
+    let (tmp, fx) = start_tree("leave");
+    let dir = tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = fx.snapshot();
+    assert_eq!(before.len(), 5, "root, writer, reader, grandchild, zombie: {before:#?}");
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+    fx.ticks_on(3, "after the --leave-running dump");
+    assert_eq!(fx.snapshot(), before, "the tree changed");
+    // the images: every process, the zombie as TASK_DEAD with its status
+    let ps = pstree(&dir);
+    check_shape(&ps, "tree");
+    assert_eq!(ps.len(), 5, "{ps:?}");
+    assert!(ps.iter().all(|e| e.pgid == 1 && e.sid == 1), "setsid made pid 1 the session and group leader: {ps:?}");
+    let zombies: Vec<&pb::PstreeEntry> = ps.iter().filter(|e| e.threads == [0]).collect();
+    assert_eq!(zombies.len(), 1, "{ps:?}");
+    let core: Vec<pb::CoreEntry> = images_proto::image::read_all(&dir, &format!("core-{}.img", zombies[0].pid), &mg::CORE).unwrap();
+    let tc = core[0].tc.as_ref().expect("zombie's task core");
+    assert_eq!((tc.task_state, tc.exit_code), (2, 42 << 8), "zombie: TASK_DEAD, exit(42)");
+    assert!(core[0].thread_info.is_none(), "a zombie has no registers");
+    // progress.log (fd 3) inherited by all: one description, one id in each fdinfo
+    let files: Vec<pb::FileEntry> = images_proto::image::read_all(&dir, "files.img", &mg::FILES).unwrap();
+    let log_ids: Vec<u32> = files.iter().filter(|f| f.reg.as_ref().is_some_and(|r| r.name.ends_with("/progress.log"))).map(|f| f.id).collect();
+    assert_eq!(log_ids.len(), 1, "progress.log: one files.img entry expected: {files:?}");
+    let pipes: Vec<&pb::PipeEntry> = files.iter().filter_map(|f| f.pipe.as_ref()).collect();
+    let mut live = 0;
+    for e in ps.iter().filter(|e| e.threads != [0]) {
+        let ids: Vec<pb::TaskKobjIdsEntry> = images_proto::image::read_all(&dir, &format!("ids-{}.img", e.pid), &mg::IDS).unwrap();
+        let fdinfo: Vec<pb::FdinfoEntry> = images_proto::image::read_all(&dir, &format!("fdinfo-{}.img", ids[0].files_id), &mg::FDINFO).unwrap();
+        let fd3 = fdinfo.iter().find(|f| f.fd == 3).expect("fd 3");
+        assert_eq!(fd3.id, log_ids[0], "pid {}: fd 3 is progress.log's one description", e.pid);
+        live += 1;
+    }
+    assert_eq!(live, 4);
+    // the writer-reader pipe: its write end once, its read end once (the
+    // reader's and the grandchild's fd share it), its bytes once
+    let mut inodes: Vec<u32> = pipes.iter().map(|p| p.pipe_id).collect();
+    inodes.sort_unstable();
+    let both: Vec<u32> = inodes.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    assert_eq!(both.len(), 1, "one pipe with both ends in the tree: {pipes:?}");
+    assert_eq!(pipes.iter().filter(|p| p.pipe_id == both[0]).count(), 2, "{pipes:?}");
+    let data: Vec<pb::PipeDataEntry> = images_proto::image::read_all(&dir, "pipes-data.img", &mg::PIPES_DATA).unwrap();
+    assert_eq!(data.iter().filter(|d| d.pipe_id == both[0]).count(), 1, "{data:?}");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn upstream_restores_our_tree_dump() {
+    if skip("upstream_restores_our_tree_dump", true) {
+        return;
+    }
+    let (tmp, mut fx) = start_tree("upstream");
+    let dir = tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let members = fx.members();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
+    wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
+    let t = fx.tick();
+    upstream_restore(&dir, &fx.work);
+    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 5);
+    fx.refind();
+    let live = fx.members().into_iter().filter(|&p| alive(p)).count();
+    assert_eq!((live, fx.members().len()), (4, 5), "4 live processes and the zombie restored");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn our_restore_refuses_a_tree_by_name() {
+    if skip("our_restore_refuses_a_tree_by_name", false) {
+        return;
+    }
+    let (tmp, fx) = start_tree("refuse");
+    let dir = tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+    let before = live_with_exe(&fx.bin);
+    let (st, log) = criu_env(Path::new(CRIU), &["restore", "-d"], &dir, "restore.log", &[]);
+    assert!(!st.success(), "restore of a tree succeeded:\n{log}");
+    assert!(log.contains("5 processes: restoring trees is not supported yet"), "not refused by name:\n{log}");
+    assert_eq!(live_with_exe(&fx.bin), before, "the refused restore created processes");
+    fx.ticks_on(2, "after the refused restore");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn forking_tree_is_frozen_consistently() {
+    if skip("forking_tree_is_frozen_consistently", true) {
+        return;
+    }
+    let tmp = test_dir("treedump-forkloop");
+    let bin = tmp.join("forkloop");
+    build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/forkloop.c"), &bin);
+    let mut fx = TreeFx::start(bin, tmp.join("work"));
+    let mut sizes = Vec::new();
+    for round in 0..5 {
+        let dir = tmp.join(format!("img{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+        let ps = pstree(&dir);
+        check_shape(&ps, &format!("round {round}"));
+        for e in &ps {
+            let core: Vec<pb::CoreEntry> = images_proto::image::read_all(&dir, &format!("core-{}.img", e.pid), &mg::CORE).unwrap();
+            let dead = core[0].tc.as_ref().is_some_and(|tc| tc.task_state == 2);
+            assert_eq!(dead, e.threads == [0], "round {round}: pid {}: core and pstree disagree on being a zombie", e.pid);
+        }
+        sizes.push(ps.len());
+        fx.ticks_on(2, &format!("after dump round {round}"));
+    }
+    eprintln!("forkloop: trees of {sizes:?} processes dumped");
+    assert!(sizes.iter().any(|&n| n > 2), "never caught a child with its grandchild: {sizes:?}");
+    // the last one for real: upstream restores it and no child goes missing
+    let dir = tmp.join("last");
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = fx.root;
+    criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log");
+    wait_until("the tree gone after the dump", Duration::from_secs(5), || !alive(root));
+    let t = fx.tick();
+    upstream_restore(&dir, &fx.work);
+    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 3);
+    fx.refind();
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
+    if skip("engine_killed_during_a_tree_dump_leaves_the_tree_running", false) {
+        return;
+    }
+    let (tmp, fx) = start_tree("faults");
+    let criu = private_criu(&tmp);
+    for (i, point) in ["mid-freeze", "mid-freeze@3", "after-freeze", "mid-inject@30", "after-parasite@2", "after-parasite@4", "mid-memory", "before-inventory"]
+        .iter()
+        .enumerate()
+    {
+        let dir = tmp.join(format!("img{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // as for one process (tests/faults.rs): an injection session cut
+        // short, the page pump's included, may leave its scratch mapping
+        let tolerate = point.starts_with("mid-inject") || *point == "mid-memory" || *point == "before-inventory";
+        let before = fx.snapshot_with(tolerate);
+        let (st, log) = criu_env(&criu, &["dump", "-t", &fx.root.to_string()], &dir, "dump.log", &[("CRIU_RS_FAULT_AT", point)]);
+        assert_killed(st, point, &log);
+        fx.ticks_on(3, &format!("after the engine died at {point}"));
+        let after = fx.snapshot_with(tolerate);
+        assert_eq!(after, before, "{point}: the tree changed");
+        assert!(!dir.join("inventory.img").exists(), "{point}: a killed dump left inventory.img");
+        eprintln!("engine killed at {point}: every process of the tree runs on unchanged");
+    }
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
