@@ -344,3 +344,63 @@ fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `--freeze-cgroup` (the v2 freezer) with a tree: every process is seized
+/// while the cgroup is frozen, the tree runs on unchanged after
+/// `--leave-running` and the cgroup is thawed; a tree with a process
+/// outside the cgroup is refused, naming it, and runs on.
+#[test]
+fn freeze_cgroup_seizes_the_whole_tree() {
+    if skip("freeze_cgroup_seizes_the_whole_tree", false) {
+        return;
+    }
+    let parent = Path::new("/sys/fs/cgroup/unified");
+    if !parent.join("cgroup.procs").exists() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "no cgroup v2 hierarchy at {} under CI=true", parent.display());
+        eprintln!("SKIP freeze_cgroup_seizes_the_whole_tree: no cgroup v2 hierarchy at {}", parent.display());
+        return;
+    }
+    struct Cg(PathBuf);
+    impl Drop for Cg {
+        fn drop(&mut self) {
+            // (the processes were killed: empty again)
+            for _ in 0..50 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let (tmp, fx) = start_tree("cgroup");
+    let cg = Cg(parent.join(format!("criu-rs-treedump-{}", std::process::id())));
+    std::fs::create_dir_all(&cg.0).unwrap();
+    let live: Vec<i32> = fx.members().into_iter().filter(|&p| alive(p)).collect();
+    // the root alone first: its children are outside the cgroup
+    std::fs::write(cg.0.join("cgroup.procs"), fx.root.to_string()).unwrap();
+    let dir = tmp.join("img0");
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = fx.snapshot();
+    let (st, log) = criu_env(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--freeze-cgroup", cg.0.to_str().unwrap()], &dir, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(live[1..].iter().any(|p| log.contains(&format!("process {p} is not in cgroup"))), "a child outside the cgroup named:\n{log}");
+    fx.ticks_on(2, "after the refused dump");
+    assert_eq!(fx.snapshot(), before, "the refused dump changed the tree");
+    // all of it in the cgroup
+    for p in &live[1..] {
+        std::fs::write(cg.0.join("cgroup.procs"), p.to_string()).unwrap();
+    }
+    let dir = tmp.join("img1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running", "--freeze-cgroup", cg.0.to_str().unwrap()], &dir, "dump.log");
+    for p in &live {
+        assert!(log.contains(&format!("Seized task {p}")), "{p} not seized:\n{log}");
+    }
+    assert!(std::fs::read_to_string(cg.0.join("cgroup.events")).unwrap().lines().any(|l| l.trim() == "frozen 0"), "cgroup left frozen");
+    fx.ticks_on(3, "after the --freeze-cgroup dump");
+    assert_eq!(fx.snapshot(), before, "the tree changed");
+    assert_eq!(pstree(&dir).len(), 5);
+    drop(fx);
+    drop(cg);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
