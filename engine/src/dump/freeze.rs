@@ -315,7 +315,7 @@ impl FrozenTree {
     /// Seize and stop the tree rooted at `root` (see [`FrozenTree`]).
     pub fn freeze(root: Pid) -> Result<FrozenTree, FreezeError> {
         let mut t = FrozenTree::default();
-        t.grow(root, |pid| Frozen::freeze(pid))?;
+        t.grow(root, Frozen::freeze)?;
         Ok(t)
     }
 
@@ -326,13 +326,13 @@ impl FrozenTree {
     /// walked again for a child forked after the thaw.
     pub fn freeze_frozen<E: From<FreezeError>>(root: Pid, thaw: impl FnOnce(&[Pid]) -> Result<(), E>) -> Result<FrozenTree, E> {
         let mut t = FrozenTree::default();
-        t.grow(root, |pid| Frozen::seize_only(pid))?;
+        t.grow(root, Frozen::seize_only)?;
         let pids: Vec<Pid> = t.procs.iter().map(|f| f.pid).collect();
         thaw(&pids)?;
         for f in &mut t.procs {
             f.stop_seized()?;
         }
-        t.grow(root, |pid| Frozen::freeze(pid))?;
+        t.grow(root, Frozen::freeze)?;
         Ok(t)
     }
 
