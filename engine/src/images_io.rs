@@ -724,6 +724,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
     let mut pages_id = 0u32;
     let mut shm_pages_id = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).count() as u32;
+    let mut shm_written = std::collections::HashSet::new();
     for (task, mem) in tree.tasks.iter().zip(mems) {
         if let Some(exit) = task.zombie_exit {
             write_zombie(dir, task, exit)?;
@@ -733,7 +734,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
             return Err(bad("pstree.img", format!("process {}: no memory source", task.pid)));
         };
         pages_id += 1;
-        write_task(dir, task, &mut shm_pages_id, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
+        write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
     }
     finish_fds(dir, &fd_images)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
@@ -798,6 +799,7 @@ fn write_task<'a>(
     dir: &Path,
     task: &'a Task,
     shm_pages_id: &mut u32,
+    shm_written: &mut std::collections::HashSet<u64>,
     mem: &dyn MemSource,
     pages_id: u32,
     files: &mut Vec<pb::FileEntry>,
@@ -891,6 +893,12 @@ fn write_task<'a>(
     crate::fault::point("mid-memory");
     pw.finish()?;
     for (shmid, runs) in shmem.iter() {
+        // an object several processes map (inherited over fork) is written
+        // once, from the first of them (its data is the object's, not the
+        // mapping's: the dump checked the others map no part it doesn't)
+        if !shm_written.insert(*shmid) {
+            continue;
+        }
         *shm_pages_id += 1;
         let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *shm_pages_id)?;
         let mut ranges = Vec::with_capacity(runs.len());

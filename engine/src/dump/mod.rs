@@ -213,23 +213,49 @@ fn collect_zombie(pid: Pid) -> Result<Task, DumpError> {
     Ok(Task { comm, zombie_exit: Some(exit), ..Default::default() })
 }
 
-/// `MAP_SHARED` anonymous memory (and SysV-less shmem) mapped by more than
-/// one process of the tree: each process's images would carry the object
-/// again. Refused by name until the tree's shared objects are written once.
+/// `MAP_SHARED` anonymous memory mapped by several processes of the tree
+/// (inherited over fork) is written once, from the first process that maps
+/// it (its pages are read as the object's data, through that mapping:
+/// `mm::shmem_pages`). So every later mapping must lie within the first
+/// process's mappings of the object; a process mapping a part the first
+/// does not is refused by name.
 fn check_shared_anon(tasks: &[(Pid, Task)]) -> Result<(), DumpError> {
-    let mut owner: std::collections::HashMap<u64, Pid> = std::collections::HashMap::new();
+    // shmid -> (first mapper, its (pgoff, end) ranges)
+    let mut first: std::collections::HashMap<u64, (Pid, Vec<(u64, u64)>)> = std::collections::HashMap::new();
     for (pid, t) in tasks {
-        let mut mine: Vec<u64> = t.mm.vmas.iter().filter(|v| v.shmid != 0 && v.kind != VmaKind::File).map(|v| v.shmid).collect();
-        mine.sort_unstable();
-        mine.dedup();
-        for id in mine {
-            if let Some(&other) = owner.get(&id) {
-                return Err(DumpError::Unsupported {
-                    pid: *pid,
-                    what: format!("MAP_SHARED anonymous memory (shmem inode {id}) is also mapped by {other}: memory shared across processes is not supported yet"),
-                });
+        let mine: Vec<(u64, u64, u64)> =
+            t.mm.vmas.iter().filter(|v| v.shmid != 0 && v.kind != VmaKind::File).map(|v| (v.shmid, v.pgoff, v.pgoff + v.len())).collect();
+        for &(id, lo, hi) in &mine {
+            match first.get(&id) {
+                Some((owner, _)) if owner == pid => {}
+                Some((owner, ranges)) => {
+                    // covered by the union of the first mapper's ranges?
+                    let mut at = lo;
+                    let mut rs = ranges.clone();
+                    rs.sort_unstable();
+                    for (a, b) in rs {
+                        if a <= at && at < b {
+                            at = b;
+                        }
+                    }
+                    if at < hi {
+                        return Err(DumpError::Unsupported {
+                            pid: *pid,
+                            what: format!(
+                                "it maps bytes {at:#x}..{hi:#x} of MAP_SHARED anonymous memory (shmem inode {id}) that {owner}, which maps it first, does not: shared memory mapped differently across processes is not supported yet"
+                            ),
+                        });
+                    }
+                }
+                None => {
+                    first.insert(id, (*pid, Vec::new()));
+                }
             }
-            owner.insert(id, *pid);
+            if let Some((owner, ranges)) = first.get_mut(&id) {
+                if owner == pid {
+                    ranges.push((lo, hi));
+                }
+            }
         }
     }
     Ok(())
