@@ -327,6 +327,66 @@ fn shared_memory_mapped_differently_is_refused_by_name() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+fn state_letter(pid: i32) -> char {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()).unwrap_or('?')
+}
+
+/// A process of the tree in group-stop (the grandchild, SIGSTOP'ed): dumped
+/// as TASK_STOPPED with its signal, and stopped again after a
+/// `--leave-running` dump while the others run on.
+#[test]
+fn stopped_process_of_a_tree_stays_stopped() {
+    if skip("stopped_process_of_a_tree_stays_stopped", false) {
+        return;
+    }
+    let (tmp, fx) = start_tree("stopped");
+    let members = fx.members();
+    // the grandchild: the child of a child of the root
+    let gc = *members
+        .iter()
+        .find(|&&p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let ppid: i32 = st.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap_or("0").trim().parse().unwrap_or(0);
+            ppid != fx.root && members.contains(&ppid)
+        })
+        .expect("grandchild");
+    assert_eq!(send_signal(gc, libc::SIGSTOP), 0);
+    wait_until("grandchild stopped", Duration::from_secs(5), || state_letter(gc) == 'T');
+    let before = fx.snapshot();
+    let dir = tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+    fx.ticks_on(3, "after the dump");
+    wait_until("grandchild stopped again", Duration::from_secs(5), || state_letter(gc) == 'T');
+    assert_eq!(fx.snapshot(), before, "the tree changed");
+    for &p in &members {
+        if p != gc && alive(p) {
+            assert_ne!(state_letter(p), 'T', "{p} was left stopped");
+        }
+    }
+    let ps = pstree(&dir);
+    let stopped: Vec<(u32, Option<u32>)> = ps
+        .iter()
+        .filter(|e| e.threads != [0])
+        .filter_map(|e| {
+            let core: Vec<pb::CoreEntry> = images_proto::image::read_all(&dir, &format!("core-{}.img", e.pid), &mg::CORE).unwrap();
+            let tc = core[0].tc.clone()?;
+            (tc.task_state == 3).then_some((e.pid, tc.stop_signo))
+        })
+        .collect();
+    assert_eq!(stopped.len(), 1, "one TASK_STOPPED process: {stopped:?}");
+    assert_eq!(stopped[0].1, Some(libc::SIGSTOP as u32));
+    assert_eq!(send_signal(gc, libc::SIGCONT), 0);
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+fn send_signal(pid: i32, sig: i32) -> i32 {
+    let st = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status().unwrap();
+    if st.success() { 0 } else { -1 }
+}
+
 #[test]
 fn our_restore_refuses_a_tree_by_name() {
     if skip("our_restore_refuses_a_tree_by_name", false) {
