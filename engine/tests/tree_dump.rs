@@ -383,8 +383,104 @@ fn stopped_process_of_a_tree_stays_stopped() {
 }
 
 fn send_signal(pid: i32, sig: i32) -> i32 {
-    let st = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status().unwrap();
+    let st = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).stderr(Stdio::null()).status().unwrap();
     if st.success() { 0 } else { -1 }
+}
+
+/// `unshare --pid --fork setsid sh -c SCRIPT` in `work`: the root (pid 1 of
+/// its namespace, running sh) and its children once there are `n`.
+fn start_sh_tree(script: &str, work: &Path, n: usize) -> (i32, Vec<i32>) {
+    std::fs::create_dir_all(work).unwrap();
+    let mut cmd = Command::new("unshare");
+    only_stdio(&mut cmd).args(["--pid", "--fork", "setsid", "sh", "-c", script]).current_dir(work);
+    let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start sh tree");
+    let unshare = starter.id() as i32;
+    std::thread::spawn(move || starter.wait());
+    let children = |p: i32| -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default().split_whitespace().filter_map(|v| v.parse().ok()).collect()
+    };
+    let mut root = 0;
+    wait_until("the sh tree", Duration::from_secs(10), || {
+        root = children(unshare).first().copied().unwrap_or(0);
+        root > 0 && children(root).len() >= n
+    });
+    (root, children(root))
+}
+
+fn kill_all(pids: &[i32]) {
+    for p in pids {
+        let _ = send_signal(*p, libc::SIGKILL);
+    }
+}
+
+/// A tree whose processes have different uids (a root shell, a child of
+/// uid 65534): dumped, and upstream 4.2 restores it with the uids as they
+/// were (as root on this machine).
+#[test]
+fn tree_with_another_uid_dumps() {
+    if skip("tree_with_another_uid_dumps", true) {
+        return;
+    }
+    let tmp = test_dir("treedump-uid");
+    let tag = format!("{}", 1_000_000 + std::process::id() % 1_000_000);
+    let script = format!("setpriv --reuid=65534 --regid=65534 --clear-groups sleep {tag} & sleep {tag}");
+    let (root, kids) = start_sh_tree(&script, &tmp.join("work"), 2);
+    let uids = |pids: &[i32]| -> Vec<String> {
+        let mut v: Vec<String> = pids
+            .iter()
+            .map(|p| {
+                let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                st.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = uids(&kids);
+    assert!(before.iter().any(|u| u.starts_with("65534")), "{before:?}");
+    let dir = tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log");
+    assert_eq!(pstree(&dir).len(), 3);
+    upstream_restore(&dir, &tmp.join("work"));
+    // the restored sleeps (their cmdline carries the tag)
+    let mut restored = Vec::new();
+    wait_until("restored processes", Duration::from_secs(10), || {
+        restored = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default().windows(tag.len()).any(|w| w == tag.as_bytes()))
+            .collect();
+        restored.len() >= 3
+    });
+    let sleeps: Vec<i32> = restored.iter().copied().filter(|p| comm(*p) == "sleep").collect();
+    let after = uids(&sleeps);
+    kill_all(&restored);
+    assert_eq!(after, before, "uids after upstream's restore");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A process of the tree that made a pid namespace of its own below the
+/// root: refused by name, and the tree runs on.
+#[test]
+fn nested_pid_namespace_is_refused_by_name() {
+    if skip("nested_pid_namespace_is_refused_by_name", false) {
+        return;
+    }
+    let tmp = test_dir("treedump-nestedns");
+    let (root, kids) = start_sh_tree("unshare --pid --fork sleep 1000 & sleep 1000", &tmp.join("work"), 2);
+    let dir = tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (st, log) = criu_env(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log", &[]);
+    let ok = kids.iter().all(|&p| alive(p)) && alive(root);
+    let mut all = kids.clone();
+    all.push(root);
+    kill_all(&all);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("pid namespace") && log.contains("not supported"), "not refused by name:\n{log}");
+    assert!(ok, "the refused dump did not leave the tree running");
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]
