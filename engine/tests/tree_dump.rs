@@ -483,6 +483,45 @@ fn nested_pid_namespace_is_refused_by_name() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// Threads in every process of a tree (tests/progs/treethreads.c: 3 in
+/// the root, 4 in its child, all counting in shared memory the root
+/// checks): every thread is in the images (pstree threads, a core each),
+/// `--leave-running` leaves all running, and upstream restores the tree
+/// with all its threads counting.
+#[test]
+fn threads_in_every_process_of_a_tree() {
+    if skip("threads_in_every_process_of_a_tree", true) {
+        return;
+    }
+    let tmp = test_dir("treedump-threads");
+    let bin = tmp.join("treethreads");
+    build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/treethreads.c"), &bin);
+    let mut fx = TreeFx::start(bin, tmp.join("work"));
+    let dir = tmp.join("img0");
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = fx.snapshot();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+    fx.ticks_on(3, "after the --leave-running dump");
+    assert_eq!(fx.snapshot(), before, "the tree changed");
+    let ps = pstree(&dir);
+    let threads: Vec<usize> = ps.iter().map(|e| e.threads.len()).collect();
+    assert_eq!(threads, [3, 4], "{ps:?}");
+    for t in ps.iter().flat_map(|e| &e.threads) {
+        assert!(dir.join(format!("core-{t}.img")).exists(), "no core of thread {t}");
+    }
+    let dir = tmp.join("img1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let members = fx.members();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
+    wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
+    let t = fx.tick();
+    upstream_restore(&dir, &fx.work);
+    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 5);
+    fx.refind();
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 #[test]
 fn our_restore_refuses_a_tree_by_name() {
     if skip("our_restore_refuses_a_tree_by_name", false) {
