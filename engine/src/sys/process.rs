@@ -195,6 +195,21 @@ pub fn kcmp_same(pid1: Pid, pid2: Pid, kind: i32) -> io::Result<bool> {
     Ok(r == 0)
 }
 
+/// kcmp(2) of a whole object kind (`KCMP_VM`, `KCMP_FILES`, ...) as an
+/// ordering: the kernel orders the objects by their (obfuscated) pointers,
+/// a total order, so object sets can be kept sorted and binary searched.
+pub fn kcmp_order(pid1: Pid, pid2: Pid, kind: i32) -> io::Result<std::cmp::Ordering> {
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0usize, 0usize) };
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r if r < 0 => Err(last_err()),
+        r => Err(io::Error::other(format!("kcmp({pid1}, {pid2}, {kind}) returned {r}"))),
+    }
+}
+
 /// pidfd_open(2).
 pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
