@@ -60,9 +60,18 @@ fn ns_pid_is_one(pid: i32) -> bool {
 
 impl TreeFx {
     fn start(bin: PathBuf, work: PathBuf) -> TreeFx {
+        Self::start_in(bin, work, true)
+    }
+
+    /// `own_ns`: in a pid namespace of its own (`unshare --pid --fork
+    /// setsid`), else in the host's (`setsid`).
+    fn start_in(bin: PathBuf, work: PathBuf, own_ns: bool) -> TreeFx {
         std::fs::create_dir_all(&work).unwrap();
-        let mut cmd = Command::new("unshare");
-        only_stdio(&mut cmd).args(["--pid", "--fork", "setsid"]).arg(&bin).current_dir(&work);
+        let mut cmd = Command::new(if own_ns { "unshare" } else { "setsid" });
+        if own_ns {
+            cmd.args(["--pid", "--fork", "setsid"]);
+        }
+        only_stdio(&mut cmd).arg(&bin).current_dir(&work);
         let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tree");
         std::thread::spawn(move || starter.wait());
         wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
@@ -73,9 +82,14 @@ impl TreeFx {
         fx
     }
 
-    /// The root again: pid 1 of its namespace running `bin`.
+    /// The root again: the process running `bin` whose parent does not.
     fn refind(&mut self) {
-        let roots: Vec<i32> = live_with_exe(&self.bin).into_iter().filter(|&p| ns_pid_is_one(p)).collect();
+        let live = live_with_exe(&self.bin);
+        let ppid = |p: i32| -> i32 {
+            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            st.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap_or("0").trim().parse().unwrap_or(0)
+        };
+        let roots: Vec<i32> = live.iter().copied().filter(|&p| ns_pid_is_one(p) || !live.contains(&ppid(p))).collect();
         assert_eq!(roots.len(), 1, "one root of {} expected, found {roots:?}", self.bin.display());
         self.root = roots[0];
     }
@@ -518,6 +532,46 @@ fn threads_in_every_process_of_a_tree() {
     upstream_restore(&dir, &fx.work);
     wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 5);
     fx.refind();
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A tree in the host pid namespace (`setsid fx-tree`): dumped, its pids
+/// free again when the dump returns (the orphans' reaper here takes up to
+/// ~2 s: the pids are waited for together), and upstream restores it with
+/// the same pids, session and group.
+#[test]
+fn host_pid_namespace_tree_restores_with_upstream() {
+    if skip("host_pid_namespace_tree_restores_with_upstream", true) {
+        return;
+    }
+    let tmp = test_dir("treedump-hostns");
+    let bin = tmp.join("fx-tree");
+    build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs/tree.c"), &bin);
+    let mut fx = TreeFx::start_in(bin, tmp.join("work"), false);
+    let members = fx.members();
+    assert_eq!(members.len(), 5);
+    let dir = tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let t0 = std::time::Instant::now();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
+    let took = t0.elapsed();
+    let ps = pstree(&dir);
+    assert_eq!(ps[0].ppid, 0, "the root's ppid, as upstream writes it: {ps:?}");
+    let mut pids: Vec<i32> = ps.iter().map(|e| e.pid as i32).collect();
+    pids.sort_unstable();
+    let mut want = members.clone();
+    want.sort_unstable();
+    assert_eq!(pids, want, "host pids in the images");
+    assert!(members.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()), "pids still taken when the dump returned");
+    assert!(took < Duration::from_secs(5), "the dump took {took:?}");
+    let t = fx.tick();
+    upstream_restore(&dir, &fx.work);
+    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 5);
+    fx.refind();
+    let mut now = fx.members();
+    now.sort_unstable();
+    assert_eq!(now, want, "restored with the same pids");
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }

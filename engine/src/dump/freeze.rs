@@ -53,6 +53,9 @@ pub struct Frozen {
     pub gadget: u64,
     /// The stop signal when the process was in group-stop at freeze.
     pub stop_signo: Option<i32>,
+    /// Held by a [`FrozenTree`], which waits for the killed tree's pids
+    /// to be free all at once.
+    in_tree: bool,
     /// A SIGSTOP came while we held the threads (set by the injection).
     pub stop_seen: Arc<AtomicBool>,
 }
@@ -124,6 +127,7 @@ impl Frozen {
             gadget: 0,
             stop_signo: None,
             stop_seen: Arc::new(AtomicBool::new(false)),
+            in_tree: false,
         }
     }
 
@@ -251,7 +255,10 @@ impl Drop for Frozen {
         }
         if self.kill_on_release {
             let tids: Vec<Pid> = self.threads.iter().map(|t| t.tid).collect();
-            wait_pids_free(self.pid, &tids);
+            collect_exits(self.pid, &tids);
+            if !self.in_tree {
+                wait_gone(&[self.pid]);
+            }
         }
     }
 }
@@ -431,22 +438,28 @@ impl Drop for FrozenTree {
             }
         }
         // children first: with kill_on_release each Frozen collects its
-        // process's exits (it is the tracer) and waits until the pid is
-        // free, which needs its parent (or the reaper) to have reaped it
+        // process's exits (it is the tracer), then the pids must be free,
+        // which needs each parent (or the reaper of an orphan) to have
+        // reaped them: waited for all at once
+        let pids: Vec<Pid> = self.procs.iter().map(|f| f.pid).collect();
         while let Some(mut f) = self.procs.pop() {
             f.kill_on_release = self.kill_on_release;
+            f.in_tree = true;
             drop(f);
+        }
+        if self.kill_on_release {
+            wait_gone(&pids);
         }
     }
 }
 
-/// After the SIGKILL of a dump: return only once the killed process's pids
-/// are free again, so that a restore right after the dump can have them.
-/// As its tracer the engine must collect each thread's exit (until then
-/// the kernel keeps it, and its parent can't reap the leader); then the
-/// parent reaps the leader. A parent that doesn't within a few seconds
-/// gets a warning: the pid stays in use by its zombie.
-fn wait_pids_free(pid: Pid, tids: &[Pid]) {
+/// After the SIGKILL of a dump the killed processes' pids must be free
+/// again before the dump returns, so that a restore right after it can
+/// have them. First, as its tracer, the engine collects each thread's exit
+/// (until then the kernel keeps it, and its parent can't reap the leader);
+/// then ([`wait_gone`]) the parent reaps the leader. A parent that doesn't
+/// within a few seconds gets a warning: the pid stays in use by its zombie.
+fn collect_exits(pid: Pid, tids: &[Pid]) {
     use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(3);
     // the leader last: the kernel reports its exit only once every other
@@ -464,15 +477,28 @@ fn wait_pids_free(pid: Pid, tids: &[Pid]) {
             }
         }
     }
-    let proc_dir = format!("/proc/{pid}");
+}
+
+/// Then the parents reap the killed processes `pids` (all at once: an
+/// orphan's reaper may take its time): return once every pid is free, or
+/// after 3 s with a warning naming each that is still a zombie.
+fn wait_gone(pids: &[Pid]) {
+    use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(3);
-    while std::path::Path::new(&proc_dir).exists() {
+    let mut left: Vec<Pid> = pids.to_vec();
+    loop {
+        left.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if left.is_empty() {
+            return;
+        }
         if Instant::now() > deadline {
-            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)))
-                .unwrap_or_else(|| "?".into());
-            pr_warn!("the killed {pid} is a zombie its parent {ppid} has not reaped: a restore with this pid will find it in use");
+            for pid in left {
+                let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)))
+                    .unwrap_or_else(|| "?".into());
+                pr_warn!("the killed {pid} is a zombie its parent {ppid} has not reaped: a restore with this pid will find it in use");
+            }
             return;
         }
         std::thread::sleep(Duration::from_millis(1));

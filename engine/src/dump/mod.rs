@@ -172,11 +172,9 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     for m in &members {
         let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::Io { pid: m.pid, what: "status", source: e })?;
         ns_pid.insert(m.pid, ns_last(&st, "NSpid").unwrap_or(m.pid));
-        let ppid = match m.parent {
-            Some(p) => ns_pid[&p],
-            None if own_ns => 0,
-            None => proc::status_field(&st, "PPid").and_then(|v| v.parse().ok()).unwrap_or(0),
-        };
+        // as upstream: the root has no parent in the tree (its restore
+        // reads a nonzero ppid as a parent to find among the entries)
+        let ppid = m.parent.map_or(0, |p| ns_pid[&p]);
         let mut task = match m.frozen {
             Some(i) => collect_process(&mut frozen.procs[i], zero_pfn)?,
             None => collect_zombie(m.pid)?,
