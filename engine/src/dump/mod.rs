@@ -174,12 +174,13 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
         ns_pid.insert(m.pid, ns_last(&st, "NSpid").unwrap_or(m.pid));
         // as upstream: the root has no parent in the tree (its restore
         // reads a nonzero ppid as a parent to find among the entries)
-        let ppid = m.parent.map_or(0, |p| ns_pid[&p]);
+        // (members list parents first: a parent's pid is already known)
+        let ppid = m.parent.and_then(|p| ns_pid.get(&p).copied()).unwrap_or(0);
         let mut task = match m.frozen {
             Some(i) => collect_process(&mut frozen.procs[i], zero_pfn)?,
             None => collect_zombie(m.pid)?,
         };
-        task.pid = ns_pid[&m.pid];
+        task.pid = ns_pid.get(&m.pid).copied().unwrap_or(m.pid);
         task.ppid = ppid;
         task.pgid = ns_last(&st, "NSpgid").unwrap_or(0);
         task.sid = ns_last(&st, "NSsid").unwrap_or(0);
