@@ -450,8 +450,11 @@ fn tree_with_another_uid_dumps() {
         v.sort();
         v
     };
+    // (the children exist before they have exec'd sleep and changed uid)
+    wait_until("the children running sleep, one as 65534", Duration::from_secs(10), || {
+        kids.iter().all(|&p| comm(p) == "sleep") && uids(&kids).iter().any(|u| u.starts_with("65534"))
+    });
     let before = uids(&kids);
-    assert!(before.iter().any(|u| u.starts_with("65534")), "{before:?}");
     let dir = tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
     criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log");
@@ -484,6 +487,10 @@ fn nested_pid_namespace_is_refused_by_name() {
     }
     let tmp = test_dir("treedump-nestedns");
     let (root, kids) = start_sh_tree("unshare --pid --fork sleep 1000 & sleep 1000", &tmp.join("work"), 2);
+    // (until `unshare` has made its namespace and forked into it)
+    wait_until("a process in the nested pid namespace", Duration::from_secs(10), || {
+        kids.iter().any(|p| !std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default().trim().is_empty())
+    });
     let dir = tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
     let (st, log) = criu_env(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log", &[]);
