@@ -377,7 +377,7 @@ pub fn check_threads(dir: &Path, cap: u32) -> Result<(), String> {
                 xfeature_list(lost)
             );
             if cap & CAP_FPU != 0 {
-                return Err(format!("{what}; its registers would be lost (--cpu-cap=^fpu restores without them)"));
+                return Err(format!("{what}; its registers would be lost (--cpu-cap=none restores without them)"));
             }
             pr_warn!("{what}; restoring without those registers (fpu check off)");
         }

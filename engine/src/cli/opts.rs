@@ -466,8 +466,16 @@ pub fn config_args(text: &str) -> Result<Vec<String>, String> {
             [] => {}
             [opt] => args.push(name(opt)),
             [opt, val] if !opt.contains('=') => {
-                args.push(name(opt));
-                args.push(val.clone());
+                let n = name(opt);
+                // an optional value must be attached on a command line; in
+                // a file "verbosity 4" can only mean --verbosity=4
+                // (upstream drops the 4)
+                if find_long(&n[2..]).is_ok_and(|(s, _)| s.arg == Opt) {
+                    args.push(format!("{n}={val}"));
+                } else {
+                    args.push(n);
+                    args.push(val.clone());
+                }
             }
             _ => return Err(format!("line {}: want one option and at most one value: {}", n + 1, line.trim())),
         }
@@ -576,8 +584,8 @@ mod tests {
 
     #[test]
     fn config_syntax() {
-        let a = config_args("# c\n  log-file /x/y.log # why\n--verbosity=4\nshell-job\ntree \"12\"\n\n").unwrap();
-        assert_eq!(a, ["--log-file", "/x/y.log", "--verbosity=4", "--shell-job", "--tree", "12"]);
+        let a = config_args("# c\n  log-file /x/y.log # why\n--verbosity=4\nshell-job\ntree \"12\"\n\ncpu-cap fpu\n").unwrap();
+        assert_eq!(a, ["--log-file", "/x/y.log", "--verbosity=4", "--shell-job", "--tree", "12", "--cpu-cap=fpu"]);
         assert!(config_args("log-file a b").is_err());
         let mut o = Opts::new();
         assert!(o.parse(&a, false).is_empty());
