@@ -126,7 +126,7 @@ fn edit_xsave(dir: &Path, in_use: Option<u32>, carried: u32) {
         let mut core: pb::CoreEntry = read_one(dir, &name, &mg::CORE).unwrap();
         let xs = core.thread_info.as_mut().unwrap().fpregs.xsave.as_mut().unwrap();
         match carried {
-            9 => xs.pkru = vec![0x5555_5554],
+            9 => xs.pkru = vec![0x5555_5554, 0],
             _ => xs.hi16_zmm = vec![0; 128],
         }
         if let Some(c) = in_use {
