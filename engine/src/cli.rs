@@ -125,6 +125,7 @@ Options:
   -j|--shell-job         allow a process attached to a terminal
   -r|--root DIR          restore: the root directory to restore under
   --freeze-cgroup PATH   dump: freeze this cgroup (v2 or v1 freezer) first
+  --timeout N            dump: wait at most N seconds for that (default 10)
   --cpu-cap[=CAPS]       CPU checks, a list of fpu, cpu, ins, all, none
                          (^ inverts): dump writes cpuinfo.img, restore
                          checks it (default without the option: fpu, no
@@ -239,7 +240,8 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     pr_info!("========================================");
     let t0 = Instant::now();
     let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
-    let (tree, mut frozen) = dump::collect_with(pid, freeze_cgroup).here()?;
+    let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
+    let (tree, mut frozen) = dump::collect_within(pid, freeze_cgroup, timeout).here()?;
     let t_frozen = Instant::now();
     check_ttys(&tree, o.shell_job)?;
     let dump_pages: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();

@@ -167,7 +167,6 @@ const SPECS: &[Spec] = &[
 /// (listed by `--help` and the README).
 pub const ACCEPTED: &[(&str, &str)] = &[
     ("--no-default-config, --config FILE", "read as upstream (see above)"),
-    ("--timeout N", "bounds upstream's waits for a tree to freeze; ours freezes one process without that wait"),
     ("--pre-dump-mode splice|read", "applies to pre-dump, which is not implemented"),
     ("--network-lock iptables|nftables|skip", "locks the network of a dumped netns; network namespaces are refused"),
     ("--skip-in-flight, --tcp-close", "about TCP connections; sockets are refused"),
@@ -204,6 +203,8 @@ pub struct Opts {
     pub config: Option<String>,
     pub no_default_config: bool,
     pub display_stats: bool,
+    /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
+    pub timeout: Option<u64>,
     /// Config files read (for the log).
     pub configs_read: Vec<String>,
     /// Config files that were not there.
@@ -294,7 +295,12 @@ impl Opts {
             DisplayStats => self.display_stats = !negated,
             Help => self.help = true,
             Version => self.version = true,
-            Accepted | Timeout => {}
+            Accepted => {}
+            Timeout => {
+                self.timeout = Some(val.as_deref().and_then(|t| t.parse().ok()).filter(|&t: &u64| t > 0).ok_or_else(|| {
+                    format!("invalid argument for --timeout: {} (want seconds, > 0)", v())
+                })?);
+            }
             PreDumpMode => {
                 if !matches!(val.as_deref(), Some("splice" | "read")) {
                     return Err(format!("invalid argument for --pre-dump-mode: {} (want splice or read)", v()));
@@ -578,6 +584,8 @@ mod tests {
         assert!(p(&["--no-tcp-established", "restore"]).1.is_empty());
         assert!(p(&["--timeout", "5", "--pre-dump-mode", "splice", "--no-default-config"]).1.is_empty());
         assert_eq!(p(&["--pre-dump-mode=x"]).1.len(), 1);
+        assert_eq!(p(&["--timeout", "7"]).0.timeout, Some(7));
+        assert_eq!(p(&["--timeout=0"]).1.len(), 1);
         assert_eq!(p(&["--frob"]).1, ["unrecognized option '--frob'"]);
         assert_eq!(p(&["-Q"]).1, ["invalid option -- 'Q'"]);
     }
