@@ -529,6 +529,14 @@ fn probe_seccomp_filters() -> Result<(), String> {
     })
 }
 
+fn probe_loginuid() -> Result<(), String> {
+    // restore writes it through /proc (restore/creds.rs); writing our own
+    // value back is a no-op where the kernel allows the write at all
+    let p = "/proc/self/loginuid";
+    let v = std::fs::read_to_string(p).map_err(|e| format!("reading {p}: {e}"))?;
+    std::fs::write(p, v.trim()).map_err(|e| format!("writing {p}: {e}"))
+}
+
 fn probe_map_vdso() -> Result<(), String> {
     probe_vdso()?;
     // ARCH_MAP_VDSO_64 needs a process to map into; the kernel has it
@@ -562,7 +570,7 @@ const FEATURES: &[(&str, Answer)] = &[
     ("userns", Answer::No("user namespaces are refused")),
     ("fdinfo_lock", Answer::No("file locks are not dumped")),
     ("seccomp_suspend", Answer::No("seccomp is not suspended while dumping")),
-    ("loginuid", Answer::No("loginuid is not restored")),
+    ("loginuid", Answer::Probe(probe_loginuid)),
     ("cgroupns", Answer::No("cgroup namespaces are refused")),
     ("autofs", Answer::No("autofs mounts are not dumped")),
     ("tcp_half_closed", Answer::No("sockets are refused")),
@@ -662,34 +670,30 @@ pub fn main(args: Vec<OsString>) -> i32 {
         println!("for a single process; no RPC (swrk/service), pre-dump, page server, lazy pages or process trees");
         return 0;
     }
-    let usage_error = if let Some(p) = problems.first() {
-        Some(p.0.clone())
-    } else {
-        match o.command.as_deref() {
-            None => Some("no command given (dump, restore, check, cpuinfo)".to_string()),
+    let mut usage: Vec<Failure> = problems.into_iter().map(|p| Failure { msg: p.msg, loc: p.loc }).collect();
+    if usage.is_empty() {
+        let e = match o.command.as_deref() {
+            None => Some(Failure::new("no command given (dump, restore, check, cpuinfo)")),
             Some(c) => match REFUSED_COMMANDS.iter().find(|(n, _)| *n == c) {
-                Some((n, what)) => Some(format!("the {n} command ({what}) is not supported")),
+                Some((n, what)) => Some(Failure::new(format!("the {n} command ({what}) is not supported"))),
                 None if matches!(c, "dump" | "restore" | "check" | "cpuinfo") => {
                     let max = if c == "cpuinfo" { 1 } else { 0 };
-                    o.args.get(max).map(|a| format!("unexpected argument '{a}' for {c}"))
+                    o.args.get(max).map(|a| Failure::new(format!("unexpected argument '{a}' for {c}")))
                 }
-                None => Some(format!("unknown command: {c}")),
+                None => Some(Failure::new(format!("unknown command: {c}"))),
             },
-        }
-    };
-    if let Some(e) = usage_error {
+        };
+        usage.extend(e);
+    }
+    if !usage.is_empty() {
         // into the -o log as well, if it can be set up
         let in_log = o.log_file.as_deref().is_some_and(|f| f != "-") && setup_log(&o).is_ok();
-        if in_log {
-            report(&o, &Failure::new(e.clone()), "");
-        } else {
-            eprintln!("Error: {e}");
-        }
-        for p in problems.iter().skip(1) {
+        for e in &usage {
             if in_log {
-                pr_err!("{}", p.0);
+                report(&o, e, "");
+            } else {
+                eprintln!("Error: {}", e.msg);
             }
-            eprintln!("Error: {}", p.0);
         }
         eprintln!("\nTry -h|--help for more info");
         return 1;

@@ -211,9 +211,20 @@ pub struct Opts {
     pub configs_missing: Vec<String>,
 }
 
-/// What went wrong in parsing: a refusal by name or bad usage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem(pub String);
+/// What went wrong in parsing: a refusal by name or bad usage, with the
+/// place in this file that found it.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub msg: String,
+    pub loc: &'static std::panic::Location<'static>,
+}
+
+impl Problem {
+    #[track_caller]
+    fn new(msg: impl Into<String>) -> Problem {
+        Problem { msg: msg.into(), loc: std::panic::Location::caller() }
+    }
+}
 
 /// C's atoi: optional blanks and sign, then digits; anything else gives 0.
 fn atoi(s: &str) -> i64 {
@@ -264,7 +275,7 @@ impl Opts {
     }
 
     /// Apply one option with its value.
-    fn apply(&mut self, spec: &Spec, negated: bool, val: Option<String>, shown: &str) -> Result<(), String> {
+    fn apply(&mut self, spec: &Spec, negated: bool, val: Option<String>, shown: &str) -> Result<(), Problem> {
         let v = || val.clone().unwrap_or_default();
         match spec.act {
             Tree => self.tree = Some(v()),
@@ -289,7 +300,7 @@ impl Opts {
             Experimental => self.experimental = !negated,
             All => self.all = true,
             Feature => self.feature = Some(v()),
-            CpuCap => self.cpu_cap = cpuinfo::parse_cap(self.cpu_cap, val.as_deref())?,
+            CpuCap => self.cpu_cap = cpuinfo::parse_cap(self.cpu_cap, val.as_deref()).map_err(Problem::new)?,
             Config => self.config = Some(v()),
             NoDefaultConfig => self.no_default_config = true,
             DisplayStats => self.display_stats = !negated,
@@ -297,22 +308,23 @@ impl Opts {
             Version => self.version = true,
             Accepted => {}
             Timeout => {
-                self.timeout = Some(val.as_deref().and_then(|t| t.parse().ok()).filter(|&t: &u64| t > 0).ok_or_else(|| {
-                    format!("invalid argument for --timeout: {} (want seconds, > 0)", v())
-                })?);
+                match val.as_deref().and_then(|t| t.parse().ok()).filter(|&t: &u64| t > 0) {
+                    Some(t) => self.timeout = Some(t),
+                    None => return Err(Problem::new(format!("invalid argument for --timeout: {} (want seconds, > 0)", v()))),
+                }
             }
             PreDumpMode => {
                 if !matches!(val.as_deref(), Some("splice" | "read")) {
-                    return Err(format!("invalid argument for --pre-dump-mode: {} (want splice or read)", v()));
+                    return Err(Problem::new(format!("invalid argument for --pre-dump-mode: {} (want splice or read)", v())));
                 }
             }
             NetworkLock => {
                 if !matches!(val.as_deref(), Some("iptables" | "nftables" | "skip")) {
-                    return Err(format!("invalid argument for --network-lock: {} (want iptables, nftables or skip)", v()));
+                    return Err(Problem::new(format!("invalid argument for --network-lock: {} (want iptables, nftables or skip)", v())));
                 }
             }
             Refused if negated => {}
-            Refused => return Err(format!("{shown} is not supported yet")),
+            Refused => return Err(Problem::new(format!("{shown} is not supported yet"))),
         }
         Ok(())
     }
@@ -330,7 +342,7 @@ impl Opts {
             i += 1;
             if only_positional || a == "-" || !a.starts_with('-') {
                 if !positional {
-                    problems.push(Problem(format!("unexpected word '{a}'")));
+                    problems.push(Problem::new(format!("unexpected word '{a}'")));
                 } else if self.command.is_none() {
                     self.command = Some(a.clone());
                 } else {
@@ -350,14 +362,14 @@ impl Opts {
                 let (spec, negated) = match find_long(name) {
                     Ok(x) => x,
                     Err(e) => {
-                        problems.push(Problem(e));
+                        problems.push(Problem::new(e));
                         continue;
                     }
                 };
                 let shown = format!("--{}{}", if negated { "no-" } else { "" }, spec.long);
                 let val = match (spec.arg, inline, negated) {
                     (No, Some(_), _) | (_, Some(_), true) => {
-                        problems.push(Problem(format!("option '{shown}' doesn't allow an argument")));
+                        problems.push(Problem::new(format!("option '{shown}' doesn't allow an argument")));
                         continue;
                     }
                     (Req, None, false) => match args.get(i) {
@@ -366,7 +378,7 @@ impl Opts {
                             Some(v.clone())
                         }
                         None => {
-                            problems.push(Problem(format!("option '{shown}' requires an argument")));
+                            problems.push(Problem::new(format!("option '{shown}' requires an argument")));
                             continue;
                         }
                     },
@@ -374,7 +386,7 @@ impl Opts {
                 };
                 let shown = if spec.act == Refused { shown_refused(spec, negated) } else { shown };
                 if let Err(e) = self.apply(spec, negated, val, &shown) {
-                    problems.push(Problem(e));
+                    problems.push(e);
                 }
                 continue;
             }
@@ -385,7 +397,7 @@ impl Opts {
                 let c = cluster[k];
                 k += 1;
                 let Some(spec) = SPECS.iter().find(|s| s.short == Some(c)) else {
-                    problems.push(Problem(format!("invalid option -- '{c}'")));
+                    problems.push(Problem::new(format!("invalid option -- '{c}'")));
                     continue;
                 };
                 let rest: String = cluster[k..].iter().collect();
@@ -403,14 +415,14 @@ impl Opts {
                             i += 1;
                             Some(v.clone())
                         } else {
-                            problems.push(Problem(format!("option requires an argument -- '{c}'")));
+                            problems.push(Problem::new(format!("option requires an argument -- '{c}'")));
                             continue;
                         }
                     }
                 };
                 let shown = if spec.act == Refused { shown_refused(spec, false) } else { format!("-{c}") };
                 if let Err(e) = self.apply(spec, false, val, &shown) {
-                    problems.push(Problem(e));
+                    problems.push(e);
                 }
             }
         }
@@ -520,14 +532,14 @@ pub fn resolve(cmdline: &[String]) -> (Opts, Vec<Problem>) {
             Ok(text) => match config_args(&text) {
                 Ok(args) => {
                     for p in opts.parse(&args, false) {
-                        problems.push(Problem(format!("config file {f}: {}", p.0)));
+                        problems.push(Problem { msg: format!("config file {f}: {}", p.msg), loc: p.loc });
                     }
                     opts.configs_read.push(f);
                 }
-                Err(e) => problems.push(Problem(format!("config file {f}: {e}"))),
+                Err(e) => problems.push(Problem::new(format!("config file {f}: {e}"))),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => opts.configs_missing.push(f),
-            Err(e) => problems.push(Problem(format!("config file {f}: {e}"))),
+            Err(e) => problems.push(Problem::new(format!("config file {f}: {e}"))),
         }
     }
     let (read, missing) = (std::mem::take(&mut opts.configs_read), std::mem::take(&mut opts.configs_missing));
@@ -545,7 +557,7 @@ mod tests {
         let mut o = Opts::new();
         let v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
         let pr = o.parse(&v, true);
-        (o, pr.into_iter().map(|p| p.0).collect())
+        (o, pr.into_iter().map(|p| p.msg).collect())
     }
 
     #[test]
