@@ -85,6 +85,18 @@ impl<T, E: Into<Box<dyn std::error::Error>>> Here<T> for Result<T, E> {
     }
 }
 
+/// `criu --version`. runc's parser (libcontainer, `-V`) takes any `-` in
+/// the output for upstream's git format and then wants a `GitID:` line
+/// before it: the text has no `-` at all (our name is written criu_rs).
+fn version_text() -> String {
+    let own = env!("CARGO_PKG_VERSION").replace('-', "~");
+    format!(
+        "Version: {VERSION}\n\
+         Implementation: criu_rs {own}, an engine in Rust with the command line and image format of criu {VERSION}\n\
+         for one process at a time; no RPC service (swrk), predump, page server, lazy pages or process trees\n"
+    )
+}
+
 fn usage() -> String {
     let accepted: String = opts::ACCEPTED.iter().map(|(o, why)| format!("  {o}\n      {why}\n")).collect();
     format!(
@@ -665,9 +677,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         return 0;
     }
     if o.version && problems.is_empty() {
-        println!("Version: {VERSION}");
-        println!("{OWN_VERSION}: a pure-Rust engine that speaks criu {VERSION}'s command line and image format");
-        println!("for a single process; no RPC (swrk/service), pre-dump, page server, lazy pages or process trees");
+        print!("{}", version_text());
         return 0;
     }
     let mut usage: Vec<Failure> = problems.into_iter().map(|p| Failure { msg: p.msg, loc: p.loc }).collect();
