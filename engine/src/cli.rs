@@ -541,6 +541,20 @@ fn probe_seccomp_filters() -> Result<(), String> {
     })
 }
 
+fn probe_seccomp_suspend() -> Result<(), String> {
+    use crate::sys::process::{self as p, Forked};
+    use crate::sys::ptrace;
+    // the dump seizes with PTRACE_O_SUSPEND_SECCOMP (dump/freeze.rs)
+    let child = match p::fork3(0, &[], libc::SIGCHLD).map_err(|e| format!("clone3: {e}"))? {
+        Forked::Child => p::pause_forever(),
+        Forked::Parent(c) => c,
+    };
+    let r = ptrace::seize(child, ptrace::O_SUSPEND_SECCOMP).map_err(|e| format!("PTRACE_SEIZE with PTRACE_O_SUSPEND_SECCOMP: {e}"));
+    let _ = p::kill(child, libc::SIGKILL);
+    let _ = ptrace::wait_flags(child, 0);
+    r
+}
+
 fn probe_loginuid() -> Result<(), String> {
     // restore writes it through /proc (restore/creds.rs); writing our own
     // value back is a no-op where the kernel allows the write at all
@@ -579,27 +593,27 @@ const FEATURES: &[(&str, Answer)] = &[
     ("timerfd", Answer::No("timerfds are not dumped")),
     ("tun", Answer::No("tun devices are not dumped")),
     ("tun_ns", Answer::No("tun devices are not dumped")),
-    ("userns", Answer::No("user namespaces are refused")),
+    ("userns", Answer::No("user namespaces are not dumped")),
     ("fdinfo_lock", Answer::No("file locks are not dumped")),
-    ("seccomp_suspend", Answer::No("seccomp is not suspended while dumping")),
+    ("seccomp_suspend", Answer::Probe(probe_seccomp_suspend)),
     ("loginuid", Answer::Probe(probe_loginuid)),
-    ("cgroupns", Answer::No("cgroup namespaces are refused")),
+    ("cgroupns", Answer::No("cgroup namespaces are not dumped")),
     ("autofs", Answer::No("autofs mounts are not dumped")),
     ("tcp_half_closed", Answer::No("sockets are refused")),
-    ("compat_cr", Answer::No("32-bit processes are refused")),
+    ("compat_cr", Answer::No("32-bit processes are not handled")),
     ("sk_ns", Answer::No("sockets are refused")),
     ("sk_unix_file", Answer::No("sockets are refused")),
     ("net_diag_raw", Answer::No("sockets are refused")),
-    ("nsid", Answer::No("network namespaces are refused")),
-    ("link_nsid", Answer::No("network namespaces are refused")),
+    ("nsid", Answer::No("network namespaces are not dumped")),
+    ("link_nsid", Answer::No("network namespaces are not dumped")),
     ("kcmp_epoll", Answer::No("epoll is not dumped")),
     ("timens", Answer::No("time namespaces are not restored")),
-    ("external_net_ns", Answer::No("network namespaces are refused")),
-    ("newifindex", Answer::No("network namespaces are refused")),
+    ("external_net_ns", Answer::No("network namespaces are not dumped")),
+    ("newifindex", Answer::No("network namespaces are not dumped")),
     ("nftables", Answer::No("no network locking")),
     ("has_ipt_legacy", Answer::No("no network locking")),
     ("network_lock_nftables", Answer::No("no network locking")),
-    ("ns_pid", Answer::No("nested pid namespaces are refused")),
+    ("ns_pid", Answer::No("nested pid namespaces are not dumped")),
     ("apparmor_stacking", Answer::No("LSM profiles are not restored")),
     ("sockopt_buf_lock", Answer::No("sockets are refused")),
     ("memfd_hugetlb", Answer::No("hugetlb memfds are not dumped")),

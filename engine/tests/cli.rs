@@ -396,7 +396,7 @@ fn check_feature() {
         eprintln!("SKIP check_feature (probed features): needs root");
         return;
     }
-    for name in ["clone3_set_tid", "seccomp_filters", "get_rseq_conf", "loginuid"] {
+    for name in ["clone3_set_tid", "seccomp_filters", "get_rseq_conf", "loginuid", "seccomp_suspend"] {
         let out = criu(&["check", "--feature", name]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{name} is supported\n"));

@@ -166,12 +166,11 @@ const SPECS: &[Spec] = &[
 /// The options accepted without effect, and why they change nothing here
 /// (listed by `--help` and the README).
 pub const ACCEPTED: &[(&str, &str)] = &[
-    ("--no-default-config, --config FILE", "read as upstream (see above)"),
     ("--pre-dump-mode splice|read", "applies to pre-dump, which is not implemented"),
-    ("--network-lock iptables|nftables|skip", "locks the network of a dumped netns; network namespaces are refused"),
+    ("--network-lock iptables|nftables|skip", "locks the network of a dumped tree; no socket is dumped here (sockets are refused)"),
     ("--skip-in-flight, --tcp-close", "about TCP connections; sockets are refused"),
-    ("--weak-sysctls", "about namespace sysctls; namespaces other than pid are refused"),
-    ("--mntns-compat-mode", "about mount namespaces; they are refused"),
+    ("--weak-sysctls", "about the sysctls of namespaces, which are not restored here"),
+    ("--mntns-compat-mode", "about restoring mount namespaces, which is not done here"),
     ("--deprecated", "allows deprecated upstream features; none exists here"),
     ("--no-NAME of upstream's boolean options", "asks for the default"),
 ];
