@@ -380,7 +380,7 @@ fn run_cpuinfo(o: &Opts) -> Result<(), Failure> {
             // as upstream: with every check off, `cpuinfo check` does them all
             let cap = if o.cpu_cap & cpuinfo::CAP_ALL == 0 { o.cpu_cap | cpuinfo::CAP_ALL } else { o.cpu_cap };
             cpuinfo::check_image(&dir, cap).here()?;
-            pr_msg!("cpuinfo.img is compatible with this CPU");
+            pr_info!("cpuinfo.img is compatible with this CPU");
             Ok(())
         }
         Some(a) => Err(Failure::new(format!("unknown cpuinfo action {a} (dump or check)"))),
