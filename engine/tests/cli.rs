@@ -432,3 +432,27 @@ fn stats_images() {
     assert_eq!(st.pages_restored, Some(pages));
     assert!(st.restore_time > 0);
 }
+
+/// Item 16: every option the README's `criu` synopsis shows is one the
+/// binary accepts (with --help, an accepted option prints the help and
+/// exits 0, a refused or unknown one fails).
+#[test]
+fn readme_synopsis_options_are_accepted() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let sec = &readme[readme.find("\n## criu\n").expect("a criu section")..];
+    let block = sec.split("```").nth(1).expect("a synopsis block");
+    let mut seen = 0;
+    for tok in block.split(|c: char| c.is_whitespace() || "[]|".contains(c)) {
+        let opt = tok.split('=').next().unwrap_or("");
+        if !opt.starts_with('-') || opt.contains("..") {
+            continue;
+        }
+        seen += 1;
+        let out = criu(&["--help", opt, "1"]);
+        assert_eq!(out.status.code(), Some(0), "README shows {opt}, the binary says: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(seen >= 15, "only {seen} options found in the README synopsis");
+    for cmd in ["dump", "restore", "check", "cpuinfo"] {
+        assert!(block.contains(&format!("criu {cmd}")), "{cmd} missing from the README synopsis");
+    }
+}
