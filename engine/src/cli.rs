@@ -127,6 +127,7 @@ Options:
                          a process with children is refused)
   -R|--leave-running     dump: leave the process running after the dump
   -d|--restore-detached  restore: detach from the restored process
+                         (--daemon is the same, as upstream)
   -D|--images-dir DIR    directory of the image files (default: .)
   -W|--work-dir DIR      directory for the log and a relative pidfile
                          (default: the images dir)

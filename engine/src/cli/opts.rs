@@ -108,7 +108,8 @@ const SPECS: &[Spec] = &[
     o("mntns-compat-mode", None, No, Accepted, true),
     o("leave-stopped", Some('s'), No, Refused, false),
     o("restore-sibling", Some('S'), No, Refused, true),
-    o("daemon", None, No, Refused, true),
+    // upstream's --daemon is -d too
+    o("daemon", None, No, Detached, true),
     o("join-ns", Some('J'), Req, Refused, false),
     o("ext-unix-sk", Some('x'), Opt, Refused, false),
     o("tcp-established", None, No, Refused, true),
@@ -593,6 +594,7 @@ mod tests {
         assert_eq!(p(&["--ghost-limit=5M"]).1, ["--ghost-limit is not supported yet"]);
         assert_eq!(p(&["-x"]).1, ["-x/--ext-unix-sk is not supported yet"]);
         assert!(p(&["--no-tcp-established", "restore"]).1.is_empty());
+        assert!(p(&["--daemon"]).0.detached);
         assert!(p(&["--timeout", "5", "--pre-dump-mode", "splice", "--no-default-config"]).1.is_empty());
         assert_eq!(p(&["--pre-dump-mode=x"]).1.len(), 1);
         assert_eq!(p(&["--timeout", "7"]).0.timeout, Some(7));
