@@ -556,6 +556,19 @@ fn probe_seccomp_suspend() -> Result<(), String> {
     r
 }
 
+fn probe_timens() -> Result<(), String> {
+    // a task's own time namespace is made again on restore (restore/child.rs)
+    let p = "/proc/self/timens_offsets";
+    std::fs::metadata(p).map(drop).map_err(|e| format!("{p}: {e} (kernel without time namespaces)"))
+}
+
+fn probe_openat2() -> Result<(), String> {
+    // --root resolves every path with openat2(RESOLVE_IN_ROOT) (sys/ns.rs)
+    let root = crate::sys::ns::open_root_dir(Path::new("/"), 3).map_err(|e| format!("opening /: {e}"))?;
+    let f = crate::sys::ns::open_in_root(std::os::fd::AsFd::as_fd(&root), std::ffi::OsStr::new("proc"), libc::O_PATH | libc::O_CLOEXEC, 0);
+    f.map(drop).map_err(|e| format!("openat2(RESOLVE_IN_ROOT): {e}"))
+}
+
 fn probe_loginuid() -> Result<(), String> {
     // restore writes it through /proc (restore/creds.rs); writing our own
     // value back is a no-op where the kernel allows the write at all
@@ -608,7 +621,7 @@ const FEATURES: &[(&str, Answer)] = &[
     ("nsid", Answer::No("network namespaces are not dumped")),
     ("link_nsid", Answer::No("network namespaces are not dumped")),
     ("kcmp_epoll", Answer::No("epoll is not dumped")),
-    ("timens", Answer::No("time namespaces are not restored")),
+    ("timens", Answer::Probe(probe_timens)),
     ("external_net_ns", Answer::No("network namespaces are not dumped")),
     ("newifindex", Answer::No("network namespaces are not dumped")),
     ("nftables", Answer::No("no network locking")),
@@ -619,7 +632,7 @@ const FEATURES: &[(&str, Answer)] = &[
     ("sockopt_buf_lock", Answer::No("sockets are refused")),
     ("memfd_hugetlb", Answer::No("hugetlb memfds are not dumped")),
     ("move_mount_set_group", Answer::No("no mount namespaces")),
-    ("openat2", Answer::No("not used")),
+    ("openat2", Answer::Probe(probe_openat2)),
     ("ipv6_freebind", Answer::No("sockets are refused")),
     ("overlayfs_maps", Answer::No("no mount namespaces")),
 ];

@@ -383,7 +383,7 @@ fn error_lines_name_their_source() {
 /// names: exit 0 and "NAME is supported", or a message and exit 1.
 #[test]
 fn check_feature() {
-    for (name, why) in [("mem_dirty_track", "pre-dump"), ("uffd-noncoop", "lazy-pages"), ("timens", "time namespaces")] {
+    for (name, why) in [("mem_dirty_track", "pre-dump"), ("uffd-noncoop", "lazy-pages"), ("userns", "user namespaces")] {
         let out = criu(&["check", "--feature", name]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}");
@@ -396,7 +396,7 @@ fn check_feature() {
         eprintln!("SKIP check_feature (probed features): needs root");
         return;
     }
-    for name in ["clone3_set_tid", "seccomp_filters", "get_rseq_conf", "loginuid", "seccomp_suspend"] {
+    for name in ["clone3_set_tid", "seccomp_filters", "get_rseq_conf", "loginuid", "seccomp_suspend", "timens", "openat2"] {
         let out = criu(&["check", "--feature", name]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{name} is supported\n"));

@@ -17,15 +17,12 @@
 //! Working fds live just below the service fds: the terminal at
 //! `svc_base - 1`, pipe ends from `svc_base - 2` down.
 
-use super::child::ChildPlan;
+use super::child::{ChildPlan, RootDir};
 use crate::model::{FileDesc, Ghost, Task};
 use crate::sys::process as p;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-
-fn full_path(plan: &ChildPlan, path: &str) -> String {
-    format!("{}{}", plan.root_prefix, path)
-}
 
 fn cpath(path: &str) -> Result<CString, String> {
     CString::new(path).map_err(|_| format!("path {path:?} has a NUL byte"))
@@ -43,9 +40,23 @@ fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
     Ok(())
 }
 
+/// Open a path of the image (never one of the engine's own) onto fd
+/// `target`: with `--root`, resolved inside the root (RESOLVE_IN_ROOT: an
+/// absolute symlink or `..` in the root stays in it), else as it is.
+fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
+    let Some(root) = &plan.root else { return open_onto(path, flags, target) };
+    let fd = root.open(path, flags & !libc::O_CREAT & !libc::O_TRUNC, 0).map_err(|e| format!("open {path:?} in root {} for fd {target}: {e}", root.path.display()))?;
+    if fd.as_raw_fd() == target {
+        let _ = fd.into_raw_fd(); // it is the restored fd now
+    } else {
+        p::dup2(fd.as_raw_fd(), target).map_err(|e| format!("dup2 {} -> {target}: {e}", fd.as_raw_fd()))?;
+    }
+    Ok(())
+}
+
 /// Open `path` for the child's own use (service fds, mapped files).
 pub fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
-    open_onto(&full_path(plan, path), flags, target)
+    open_image_path(plan, path, flags, target)
 }
 
 fn is_terminal(fd: i32) -> bool {
@@ -68,38 +79,46 @@ pub fn park_terminal(plan: &ChildPlan) -> Result<Option<i32>, String> {
     Ok(Some(slot))
 }
 
-/// Ghost files created by this restore; unlinked when dropped (after the
-/// fds are open, or on failure).
-#[derive(Default)]
-struct Ghosts(Vec<(u64, u64, String)>);
+/// Ghost files created by this restore (paths of the image, inside
+/// `--root` if given); unlinked when dropped (after the fds are open, or on
+/// failure).
+struct Ghosts<'a> {
+    list: Vec<(u64, u64, String)>,
+    root: Option<&'a RootDir>,
+}
 
-impl Drop for Ghosts {
+impl Drop for Ghosts<'_> {
     fn drop(&mut self) {
-        for (_, _, path) in &self.0 {
-            let _ = std::fs::remove_file(path);
+        for (_, _, path) in &self.list {
+            let _ = match self.root {
+                Some(r) => r.unlink(path),
+                None => std::fs::remove_file(path),
+            };
         }
     }
 }
 
-impl Ghosts {
+impl<'a> Ghosts<'a> {
+    fn new(plan: &'a ChildPlan) -> Self {
+        Ghosts { list: Vec::new(), root: plan.root.as_ref() }
+    }
+
     /// The path of the recreated ghost for `g`, creating it the first time.
-    fn path(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost) -> Result<String, String> {
-        if let Some((_, _, path)) = self.0.iter().find(|(d, i, _)| *d == g.dev && *i == g.ino) {
+    fn path(&mut self, orig: &str, g: &Ghost) -> Result<String, String> {
+        if let Some((_, _, path)) = self.list.iter().find(|(d, i, _)| *d == g.dev && *i == g.ino) {
             return Ok(path.clone());
         }
-        let path = format!("{}.cr.{:x}.ghost", full_path(plan, orig), self.0.len() + 1);
+        let path = format!("{orig}.cr.{:x}.ghost", self.list.len() + 1);
         let err = |what: &str, e: std::io::Error| format!("ghost file {path} for {orig}: {what}: {e}");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(g.mode & 0o7777)
-            .open(&path)
-            .map_err(|e| err("create", e))?;
-        self.0.push((g.dev, g.ino, path.clone()));
+        let created = match self.root {
+            Some(r) => r.open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, g.mode & 0o7777).map(std::fs::File::from),
+            None => std::fs::OpenOptions::new().write(true).create_new(true).mode(g.mode & 0o7777).open(&path),
+        };
+        let mut f = created.map_err(|e| err("create", e))?;
+        self.list.push((g.dev, g.ino, path.clone()));
         std::io::Write::write_all(&mut f, &g.contents).map_err(|e| err("write", e))?;
         std::os::unix::fs::fchown(&f, Some(g.uid), Some(g.gid)).map_err(|e| err("fchown", e))?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(g.mode & 0o7777))
-            .map_err(|e| err("chmod", e))?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(g.mode & 0o7777)).map_err(|e| err("chmod", e))?;
         let t = |(s, us): (u64, u64)| std::time::UNIX_EPOCH + std::time::Duration::new(s, (us * 1000) as u32);
         f.set_times(std::fs::FileTimes::new().set_accessed(t(g.atime)).set_modified(t(g.mtime)))
             .map_err(|e| err("utimes", e))?;
@@ -141,7 +160,7 @@ fn fill_pipe(fd: i32, data: &[u8]) -> Result<(), String> {
 /// Recreate every fd of `task` (the fd table holds only the report pipe,
 /// the service fds and the parked terminal).
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Result<(), String> {
-    let mut ghosts = Ghosts::default();
+    let mut ghosts = Ghosts::new(plan);
     let mut pipes: Vec<(u32, [i32; 2])> = Vec::new();
     let mut descs: Vec<(u32, i32)> = Vec::new(); // (desc, first fd)
     for fd in &task.fds {
@@ -153,12 +172,12 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
         }
         match &fd.file {
             FileDesc::Reg { path, flags, mode, size, ghost: None, .. } => {
-                open_onto(&full_path(plan, path), *flags as i32, n)?;
+                open_image_path(plan, path, *flags as i32, n)?;
                 validate(n, path, *mode, *size)?;
             }
             FileDesc::Reg { path, flags, ghost: Some(g), .. } => {
-                let gp = ghosts.path(plan, path, g)?;
-                open_onto(&gp, *flags as i32, n)?;
+                let gp = ghosts.path(path, g)?;
+                open_image_path(plan, &gp, *flags as i32, n)?;
             }
             FileDesc::Pipe { pipe_id, flags } => {
                 let ends = match pipes.iter().find(|(id, _)| id == pipe_id) {
@@ -233,7 +252,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
 /// ones that were dumped: an ELF file whose GNU build-id was recorded must
 /// still have it (upstream's build-id validation). Checked in the engine
 /// before anything is forked.
-pub fn check_mapped_files(task: &Task, root_prefix: &str) -> Result<(), String> {
+pub fn check_mapped_files(task: &Task, root: Option<&RootDir>) -> Result<(), String> {
     let files = task.mm.exe.iter().chain(task.mm.vmas.iter().filter_map(|v| v.file.as_ref()));
     let mut seen: Vec<&str> = Vec::new();
     for f in files {
@@ -241,8 +260,14 @@ pub fn check_mapped_files(task: &Task, root_prefix: &str) -> Result<(), String> 
             continue;
         }
         seen.push(&f.path);
-        let full = format!("{root_prefix}{}", f.path);
-        match crate::dump::elf::build_id_of(std::path::Path::new(&full)) {
+        let (full, id) = match root {
+            None => (f.path.clone(), crate::dump::elf::build_id_of(std::path::Path::new(&f.path))),
+            Some(r) => {
+                let file = r.open(&f.path, libc::O_RDONLY | libc::O_CLOEXEC, 0).map(std::fs::File::from);
+                (format!("{} in root {}", f.path, r.path.display()), file.ok().and_then(|file| crate::dump::elf::build_id(&file)))
+            }
+        };
+        match id {
             Some(id) if id == f.build_id => {}
             Some(_) => return Err(format!("File {full} has bad build-ID: it is not the file that was dumped")),
             None => return Err(format!("File {full} has no build-ID (missing, unreadable or rebuilt without one)")),
