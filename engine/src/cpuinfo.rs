@@ -119,10 +119,11 @@ const WORDS: [(usize, u32, u32, usize); 14] = [
 /// Words not compared by the strict check (see the module doc).
 const NOT_STRICT: [usize; 4] = [3, 7, 8, 13];
 
-/// XSAVE components a process can hold state in (XCR0 bits; supervisor
-/// components never appear in XCR0). SSE (bit 1) is left out of the mask
-/// as upstream's compel leaves it out.
-const XFEATURES_WRITTEN: u64 = 1 | 0x3fc | (1 << 17) | (1 << 18) | (1 << 19);
+/// The XSAVE components of XCR0 that cpuinfo.img reports: those the image
+/// format has fields for (x87, AVX, MPX, AVX-512, PKRU in
+/// `user_x86_xsave_entry`), as upstream's compel reports them; SSE (bit 1)
+/// is left out as compel leaves it out.
+const XFEATURES_WRITTEN: u64 = 1 | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 9);
 
 /// The instruction-set extensions the `ins` check compares:
 /// (word, bit, name as in /proc/cpuinfo).
