@@ -16,7 +16,9 @@
 //! root's own exit status is not passed on by upstream either).
 //!
 //! Errors are logged as `Error (FILE:LINE): ...` with the place in this
-//! file where the failing step was called (a [`Failure`] records it).
+//! file where the failing step was called (a [`Failure`] records it with
+//! `#[track_caller]`), or the line of `cli/opts.rs` that found a usage
+//! problem; errors the engine logs itself carry their own `file!()`.
 
 mod opts;
 
