@@ -900,23 +900,6 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     Ok(())
 }
 
-/// Refuse images whose XSAVE state shows CPU features this CPU lacks:
-/// code selected at startup for those features (glibc's IFUNCs) would
-/// fault with SIGILL after restore.
-fn check_cpu(file: &str, f: &pb::UserX86FpregsEntry) -> Result<(), ImagesError> {
-    let Some(xs) = &f.xsave else { return Ok(()) };
-    for (i, name, present) in [
-        (2, "AVX", !xs.ymmh_space.is_empty()),
-        (5, "AVX-512", !xs.opmask_reg.is_empty() || !xs.zmm_upper.is_empty() || !xs.hi16_zmm.is_empty()),
-        (9, "PKRU", !xs.pkru.is_empty()),
-    ] {
-        if present && crate::sys::cpu::xsave_component(i).is_none() {
-            return Err(bad(file, format!("the image was dumped on a CPU with {name} state, which this CPU lacks; programs that chose {name} code paths would fault after restore")));
-        }
-    }
-    Ok(())
-}
-
 /// Ask the disk for every image of `dir` at once, before any is parsed:
 /// the small ones first, then the start of the pages files (the kernel
 /// caps POSIX_FADV_WILLNEED at the read-ahead window, 8 MiB here, 16 with
@@ -1105,7 +1088,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
             return Err(bad(&name, format!("machine type {} is not x86_64", core.mtype)));
         }
         let ti = core.thread_info.as_ref().ok_or_else(|| bad(&name, "no thread_info"))?;
-        check_cpu(&name, &ti.fpregs)?;
+        // XSAVE components this CPU lacks are dropped by fpregs_from_pb;
+        // whether that may happen is decided before (cpuinfo::check_threads)
         let tcore = core.thread_core.clone().unwrap_or_default();
         if i == 0 {
             let tc = core.tc.as_ref().ok_or_else(|| bad(&name, "main thread without tc"))?;

@@ -117,6 +117,16 @@ pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
 /// [`collect`], freezing the cgroup at `freeze_cgroup` first if given
 /// (`--freeze-cgroup`).
 pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, Frozen), DumpError> {
+    collect_within(pid, freeze_cgroup, cgroup_freeze::DEFAULT_TIMEOUT)
+}
+
+/// [`collect_with`], waiting at most `timeout` for the cgroup to freeze
+/// (`--timeout`).
+pub fn collect_within(
+    pid: Pid,
+    freeze_cgroup: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<(Tree, Frozen), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
     }
@@ -124,7 +134,7 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     let mut frozen = match freeze_cgroup {
         None => Frozen::freeze(pid)?,
         Some(cg) => {
-            let mut cgf = cgroup_freeze::CgroupFreeze::freeze(cg)?;
+            let mut cgf = cgroup_freeze::CgroupFreeze::freeze_within(cg, timeout)?;
             cgf.check_member(pid)?;
             Frozen::freeze_frozen(pid, || cgf.thaw().map_err(io::Error::other))?
         }
