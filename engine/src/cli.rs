@@ -498,12 +498,9 @@ const PROBES: &[Probe] = &[
 ];
 
 fn probe_stopped_child(what: &str, f: fn(i32) -> std::io::Result<()>) -> Result<(), String> {
-    use crate::sys::process::{self as p, Forked};
+    use crate::sys::process as p;
     use crate::sys::ptrace;
-    let child = match p::fork3(0, &[], libc::SIGCHLD).map_err(|e| format!("clone3: {e}"))? {
-        Forked::Child => p::pause_forever(),
-        Forked::Parent(c) => c,
-    };
+    let child = p::fork3(0, &[], libc::SIGCHLD, || p::pause_forever()).map_err(|e| format!("clone3: {e}"))?;
     let r = ptrace::seize(child, 0)
         .and_then(|()| ptrace::interrupt(child))
         .and_then(|()| ptrace::wait(child).map(drop))
@@ -528,13 +525,10 @@ fn probe_seccomp_filters() -> Result<(), String> {
 }
 
 fn probe_seccomp_suspend() -> Result<(), String> {
-    use crate::sys::process::{self as p, Forked};
+    use crate::sys::process as p;
     use crate::sys::ptrace;
     // the dump seizes with PTRACE_O_SUSPEND_SECCOMP (dump/freeze.rs)
-    let child = match p::fork3(0, &[], libc::SIGCHLD).map_err(|e| format!("clone3: {e}"))? {
-        Forked::Child => p::pause_forever(),
-        Forked::Parent(c) => c,
-    };
+    let child = p::fork3(0, &[], libc::SIGCHLD, || p::pause_forever()).map_err(|e| format!("clone3: {e}"))?;
     let r = ptrace::seize(child, ptrace::O_SUSPEND_SECCOMP).map_err(|e| format!("PTRACE_SEIZE with PTRACE_O_SUSPEND_SECCOMP: {e}"));
     let _ = p::kill(child, libc::SIGKILL);
     let _ = ptrace::wait_flags(child, 0);

@@ -384,10 +384,7 @@ fn check_feature() {
     let out = criu(&["check", "--feature", "no_such_feature"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown feature no_such_feature"));
-    if !is_root() {
-        eprintln!("SKIP check_feature (probed features): needs root");
-        return;
-    }
+    require!(why_not_root());
     for name in ["clone3_set_tid", "seccomp_filters", "get_rseq_conf", "loginuid", "seccomp_suspend", "timens", "openat2"] {
         let out = criu(&["check", "--feature", name]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -404,10 +401,7 @@ fn stats(dir: &Path, what: &str) -> images_proto::pb::StatsEntry {
 /// them; --display-stats prints them.
 #[test]
 fn stats_images() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP stats_images: {r}");
-        return;
-    }
+    require!(why_not_here());
     let mut s = Scene::start("exiter", "stats");
     let dir = s.images(0);
     let out = s.criu(&["dump", "-t", &s.pid.to_string(), "--display-stats"], &dir, "dump.log");

@@ -383,10 +383,7 @@ fn dump_restore(run: &mut Run, img: &str, env: &[(&str, &str)]) -> i32 {
 /// process must come back with every page.
 #[test]
 fn fragmented_memory_dumps_and_restores() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP fragmented_memory_dumps_and_restores: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     for stride in ["2", "16"] {
         let mut run = start_cases(&format!("frag{stride}"), &["frag", "256", stride]).unwrap();
         let pid = run.proc.0;
@@ -410,10 +407,7 @@ fn fragmented_memory_dumps_and_restores() {
 #[test]
 fn hostile_pgoff_is_refused_by_name() {
     use images_proto::{image, magic as mg, pb};
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP hostile_pgoff_is_refused_by_name: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let mut run = start("pgoff", 0);
     let dir = run.tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
@@ -465,10 +459,7 @@ fn hostile_pgoff_is_refused_by_name() {
 /// guards), and the pages around them come back intact.
 #[test]
 fn guard_pages_do_not_fail_the_dump() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP guard_pages_do_not_fail_the_dump: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let mut run = match start_cases("guard", &["guard"]) {
         Ok(r) => r,
         Err(why) => {
@@ -489,10 +480,7 @@ fn guard_pages_do_not_fail_the_dump() {
 /// format has no place for MLOCK_ONFAULT, which the dump log says).
 #[test]
 fn locked_memory_stays_locked() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP locked_memory_stays_locked: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let mut run = start_cases("lock", &["lock"]).unwrap();
     let locked = |pid: i32| -> Vec<(String, u64)> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();

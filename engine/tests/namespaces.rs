@@ -90,10 +90,7 @@ impl Drop for Prog {
 /// Dump of `launcher nsstate args` must fail naming every one of `names`,
 /// write no image set, and leave the program running.
 fn refused(tag: &str, launcher: &[&str], args: &[&str], names: &[&str]) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces {tag}: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir(&format!("ns-refused-{tag}"));
     let criu = engine(&tmp);
     let prog = Prog::start(&tmp, launcher, args);
@@ -153,10 +150,7 @@ fn inode(p: &Path) -> u64 {
 /// change: FAIL).
 #[test]
 fn root_symlink_to_an_absolute_path_resolves_inside_the_root() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces root: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir("ns-root");
     let criu = engine(&tmp);
     let work = tmp.join("work");
@@ -215,10 +209,7 @@ fn root_symlink_to_an_absolute_path_resolves_inside_the_root() {
 /// Dump + restore of `launcher nsstate args`; the program must tick on
 /// with no FAIL (it checks its own state every tick).
 fn roundtrip(tag: &str, launcher: &[&str], args: &[&str]) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces {tag}: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir(&format!("ns-rt-{tag}"));
     let criu = engine(&tmp);
     let mut prog = Prog::start(&tmp, launcher, args);
@@ -278,10 +269,7 @@ fn own_time_namespace_in_the_host_pid_namespace() {
 /// recreated (and unlinked again) inside R, through the root fd.
 #[test]
 fn root_ghost_file_is_made_inside_the_root() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces root ghost: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir("ns-root-ghost");
     let criu = engine(&tmp);
     let work = tmp.join("work");
@@ -327,10 +315,7 @@ fn root_ghost_file_is_made_inside_the_root() {
 /// ../shared/upstream-criu/criu-4.2, otherwise SKIP.
 #[test]
 fn upstream_image_of_an_own_time_namespace_restores() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces upstream timens: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let upstream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2");
     if !upstream.exists() {
         test_support::skip(format!("no upstream criu at {}", upstream.display()));

@@ -21,10 +21,7 @@ use std::time::Duration;
 
 #[test]
 fn restore_right_after_dump_gets_the_pid_20_rounds() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP pid reuse: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir("ns-pid-reuse");
     let criu = match std::env::var_os("CRIU_RS_TEST_ENGINE") {
         Some(p) => {
