@@ -181,18 +181,23 @@ impl Drop for Frozen {
 /// gets a warning: the pid stays in use by its zombie.
 fn wait_pids_free(pid: Pid, tids: &[Pid]) {
     use std::time::{Duration, Instant};
+    // all at once: the leader's exit is reported only after every other
+    // thread's has been collected
     let deadline = Instant::now() + Duration::from_secs(3);
-    for &tid in tids {
-        loop {
-            match ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG) {
-                Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break, // gone, or not our tracee
-                Ok(_) if Instant::now() > deadline => {
-                    pr_warn!("thread {tid} of the killed {pid} has not exited yet");
-                    break;
-                }
-                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
+    let mut left: Vec<Pid> = tids.to_vec();
+    while !left.is_empty() {
+        left.retain(|&tid| {
+            // kept while still running; dropped once collected, or when not our tracee any more
+            matches!(ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG), Ok(None | Some(ptrace::Wait::Stopped { .. })))
+        });
+        if left.is_empty() {
+            break;
         }
+        if Instant::now() > deadline {
+            pr_warn!("threads {left:?} of the killed {pid} have not exited yet");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
     let proc_dir = format!("/proc/{pid}");
     let deadline = Instant::now() + Duration::from_secs(3);
