@@ -148,6 +148,8 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
+        // (looked at before the kill: a dead task has no namespaces to show)
+        let pid_matters = self.kill_on_release && in_our_pid_ns(self.pid);
         if self.kill_on_release {
             let _ = crate::sys::process::kill(self.pid, libc::SIGKILL);
         }
@@ -168,18 +170,27 @@ impl Drop for Frozen {
         }
         if self.kill_on_release {
             let tids: Vec<Pid> = self.threads.iter().map(|t| t.tid).collect();
-            wait_pids_free(self.pid, &tids);
+            wait_pids_free(self.pid, &tids, pid_matters);
         }
     }
+}
+
+/// `pid` is in the engine's own pid namespace (not pid 1 of one of its own).
+fn in_our_pid_ns(pid: Pid) -> bool {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    let theirs = ns(&format!("/proc/{pid}/ns/pid"));
+    theirs.is_none() || theirs == ns("/proc/self/ns/pid")
 }
 
 /// After the SIGKILL of a dump: return only once the killed process's pids
 /// are free again, so that a restore right after the dump can have them.
 /// As its tracer the engine must collect each thread's exit (until then
-/// the kernel keeps it, and its parent can't reap the leader); then the
+/// the kernel keeps it, and its parent can't reap the leader); then, if
+/// the pids are the engine's namespace's (`pid_matters`: a restore of a
+/// pid namespace's init gets a new namespace and needs no host pid), the
 /// parent reaps the leader. A parent that doesn't within a few seconds
 /// gets a warning: the pid stays in use by its zombie.
-fn wait_pids_free(pid: Pid, tids: &[Pid]) {
+fn wait_pids_free(pid: Pid, tids: &[Pid], pid_matters: bool) {
     use std::time::{Duration, Instant};
     // all at once: the leader's exit is reported only after every other
     // thread's has been collected
@@ -198,6 +209,9 @@ fn wait_pids_free(pid: Pid, tids: &[Pid]) {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+    if !pid_matters {
+        return;
     }
     let proc_dir = format!("/proc/{pid}");
     let deadline = Instant::now() + Duration::from_secs(3);
