@@ -41,6 +41,9 @@ const VMA_AREA_VVAR: u32 = 1 << 12;
 
 const MTYPE_X86_64: i32 = 1;
 const TASK_ALIVE: u32 = 1;
+/// Upstream's TASK_STOPPED (compel's COMPEL_TASK_STOPPED): a process in
+/// group-stop, its stop signal in `stop_signo`.
+const TASK_STOPPED: u32 = 3;
 
 fn regs_to_pb(r: &Regs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
@@ -653,6 +656,32 @@ fn place_shmem_runs(vmas: &[Vma], shmid: u64, runs: &[images_proto::pages::PageR
     out
 }
 
+/// The pagemap images of task `pid` and of its shared memory objects, read
+/// back from `dir` as restore reads them: runs page aligned, in ascending
+/// order and not overlapping (`PagemapReader`), the task's runs inside its
+/// VMAs, and each pages file exactly as long as its present runs.
+fn check_written_pages(dir: &Path, pid: i32, vmas: &[Vma], shmem: &ShmemRuns) -> Result<(), ImagesError> {
+    let check_one = |name: String| -> Result<Vec<(u64, u64)>, ImagesError> {
+        let rd = PagemapReader::open(dir, &name)?;
+        let pages = images_proto::pages::pages_name(rd.pages_id());
+        let runs = rd.runs()?;
+        let need = runs.iter().filter(|r| r.present()).try_fold(0u64, |acc, r| acc.checked_add(r.nr_pages.checked_mul(4096)?));
+        let have = std::fs::metadata(dir.join(&pages)).map_err(|e| ImagesError::Io { file: pages.clone(), source: e })?.len();
+        if need != Some(have) {
+            return Err(bad(&pages, format!("the dump wrote {have} bytes of pages, but {name} accounts for {need:?}")));
+        }
+        Ok(runs.iter().map(|r| (r.vaddr, r.nr_pages)).collect())
+    };
+    let pm_name = images_proto::pages::pagemap_name(pid);
+    let runs = check_one(pm_name.clone())?;
+    let vma_ranges: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+    crate::validate::mm_layout(&mg::MM.file_name(pid), &pm_name, &vma_ranges, &runs)?;
+    for (shmid, _) in shmem {
+        check_one(images_proto::pages::pagemap_name(format!("shmem-{shmid}")))?;
+    }
+    Ok(())
+}
+
 /// Write the model as an image set into `dir`, page contents from `mem`.
 pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) -> Result<(), ImagesError> {
     let task = tree.root();
@@ -750,6 +779,9 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
         mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
         pw.finish()?;
     }
+    // read back what was written, before the dump can report success or
+    // kill the source: an image our own restore would refuse is an error now
+    check_written_pages(dir, pid, &mm.vmas, &shmem)?;
     // seccomp.img: every thread's chain, common prefixes shared
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
     let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(&mut filters, &t.seccomp)).collect();
@@ -774,7 +806,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             cg_set: Some(1),
         };
         let tc = (i == 0).then(|| pb::TaskCoreEntry {
-            task_state: TASK_ALIVE,
+            task_state: if task.stop_signo.is_some() { TASK_STOPPED } else { TASK_ALIVE },
             exit_code: 0,
             personality: task.personality,
             flags: task.flags,
@@ -812,7 +844,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
                 .collect(),
             child_subreaper: Some(task.child_subreaper),
             blk_sigset_extended: None,
-            stop_signo: None,
+            stop_signo: task.stop_signo,
             membarrier_registration_mask: (task.membarrier != 0).then_some(task.membarrier),
         });
         let core = pb::CoreEntry {
@@ -966,6 +998,11 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         if v.start >= v.end || v.start % 4096 != 0 || v.end % 4096 != 0 {
             return Err(bad(&mg::MM.file_name(pid), format!("vma {i}: bad range {:#x}-{:#x}", v.start, v.end)));
         }
+        // the offset (in a file or a shared memory object) of the whole
+        // mapping must be a valid, page-aligned off_t
+        if v.pgoff % 4096 != 0 || v.pgoff.checked_add(v.end - v.start).is_none_or(|e| e > i64::MAX as u64) {
+            return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: bad pgoff {:#x} for {} bytes", v.start, v.pgoff, v.end - v.start)));
+        }
         let s = v.status;
         let kind = if s & VMA_AREA_VDSO != 0 {
             VmaKind::Vdso
@@ -1010,7 +1047,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     let rd = PagemapReader::open(dir, &pm_name)?;
     let pages_id = rd.pages_id();
     let mut pages = Vec::new();
-    for r in rd.runs()? {
+    let runs = rd.runs()?;
+    for r in &runs {
         if r.flags & PE_PRESENT == 0 {
             return Err(bad(&pm_name, format!("run at {:#x} is not in this image (parent/lazy images are not supported yet)", r.vaddr)));
         }
@@ -1019,7 +1057,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     let vma_ranges: Vec<(u64, u64)> = mme.vmas.iter().map(|v| (v.start, v.end)).collect();
     let run_ranges: Vec<(u64, u64)> = pages.iter().map(|r| (r.vaddr, r.nr_pages)).collect();
     crate::validate::mm_layout(&mg::MM.file_name(pid), &pm_name, &vma_ranges, &run_ranges)?;
-    let mut src = PagesImage::open(&dir.join(images_proto::pages::pages_name(pages_id)), &pages)?;
+    let mut src = PagesImage::default();
+    src.add(&dir.join(images_proto::pages::pages_name(pages_id)), runs.iter().map(|r| (r.vaddr, r.nr_pages, r.offset)))?;
     // shared anonymous objects: their pages at every mapping of them
     let mut shmids: Vec<u64> = vmas.iter().filter(|v| v.shmid != 0).map(|v| v.shmid).collect();
     shmids.sort_unstable();
@@ -1040,6 +1079,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         src.add(&dir.join(images_proto::pages::pages_name(id)), placed)?;
     }
     pages.sort_by_key(|r| r.vaddr);
+    // in address order (checked disjoint above): restore looks VMAs up by address
+    vmas.sort_by_key(|v| v.start);
     let mm = Mm {
         vmas,
         start_code: mme.mm_start_code, end_code: mme.mm_end_code, start_data: mme.mm_start_data, end_data: mme.mm_end_data,
@@ -1068,8 +1109,17 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         let tcore = core.thread_core.clone().unwrap_or_default();
         if i == 0 {
             let tc = core.tc.as_ref().ok_or_else(|| bad(&name, "main thread without tc"))?;
-            if tc.task_state != TASK_ALIVE {
-                return Err(bad(&name, format!("task state {} is not supported yet", tc.task_state)));
+            match tc.task_state {
+                TASK_ALIVE => {}
+                // upstream stops it with SIGSTOP when no signal was recorded
+                TASK_STOPPED => {
+                    let sig = tc.stop_signo.unwrap_or(libc::SIGSTOP as u32);
+                    if !(1..=64).contains(&sig) {
+                        return Err(bad(&name, format!("tc.stop_signo {sig} is not a signal")));
+                    }
+                    task.stop_signo = Some(sig);
+                }
+                s => return Err(bad(&name, format!("task state {s} is not supported yet"))),
             }
             task.comm = tc.comm.clone();
             task.personality = tc.personality;

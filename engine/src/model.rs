@@ -174,6 +174,9 @@ pub struct Task {
     pub ids: KobjIds,
     /// Queued bytes of the pipes this task has fds of.
     pub pipe_data: Vec<PipeData>,
+    /// In group-stop, by this signal (upstream's TASK_STOPPED + stop_signo):
+    /// restored stopped.
+    pub stop_signo: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]

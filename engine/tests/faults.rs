@@ -18,8 +18,14 @@ mod common;
 use common::*;
 use std::path::Path;
 
-/// Size of the scratch mapping a dead engine may leave (code page + data).
+/// Size of the scratch mapping a dead engine may leave: code page + data,
+/// plus a frame slot per thread (one page each with this CPU's XSAVE
+/// size; two allowed).
 const SCRATCH_MAPPING: u64 = 17 * 4096;
+
+fn threads_of(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count() as u64).unwrap_or(1)
+}
 
 fn range_len(line: &str) -> u64 {
     let r = line.split_whitespace().next().unwrap_or("");
@@ -33,17 +39,19 @@ fn is_scratch_like(line: &str) -> bool {
 }
 
 /// Maps after vs before: identical, or (when `may_leave`) grown by one
-/// anonymous rwx mapping of the scratch size (which the kernel may have
-/// merged with an earlier leftover). Returns the number left (0 or 1).
-fn check_maps(before: &[String], after: &[String], point: &str, may_leave: bool) -> usize {
+/// anonymous rwx mapping of the scratch size for `threads` threads (which
+/// the kernel may have merged with an earlier leftover). Returns the
+/// number left (0 or 1).
+fn check_maps(before: &[String], after: &[String], point: &str, may_leave: bool, threads: u64) -> usize {
     let added: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
     let removed: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
     let other: Vec<&&String> = added.iter().chain(removed.iter()).filter(|l| !is_scratch_like(l)).collect();
     assert!(other.is_empty(), "{point}: mappings changed: {other:?} (added {added:?}, removed {removed:?})");
     let grown = added.iter().map(|l| range_len(l)).sum::<u64>() - removed.iter().map(|l| range_len(l)).sum::<u64>();
+    let frames = grown.wrapping_sub(SCRATCH_MAPPING);
     match grown {
         0 => 0,
-        SCRATCH_MAPPING if may_leave => 1,
+        _ if may_leave && grown > SCRATCH_MAPPING && frames % 4096 == 0 && frames <= threads * 2 * 4096 => 1,
         _ => panic!("{point}: unexpected new mappings: added {added:?}, removed {removed:?}"),
     }
 }
@@ -101,7 +109,7 @@ fn dump_faults_with(name: &str, points: &[&str], env: &[(&str, &str)]) {
         // an injection session (state collection, or the page pump during
         // the memory copy) may leave its scratch mapping behind
         let mid_inject = point.starts_with("mid-inject") || point.starts_with("mid-pump") || *point == "mid-memory" || *point == "before-inventory";
-        leftovers += check_maps(&maps0, &maps(fx.pid), point, mid_inject);
+        leftovers += check_maps(&maps0, &maps(fx.pid), point, mid_inject, threads_of(fx.pid));
         no_inventory(&dir, point);
         // the same point against the directory with the complete set
         let maps1 = maps(fx.pid);
@@ -111,7 +119,7 @@ fn dump_faults_with(name: &str, points: &[&str], env: &[(&str, &str)]) {
         for (f, data) in &kept_files {
             assert!(std::fs::read(f).ok().as_ref() == Some(data), "{point}: earlier complete image {} was touched", f.display());
         }
-        leftovers += check_maps(&maps1, &maps(fx.pid), point, mid_inject);
+        leftovers += check_maps(&maps1, &maps(fx.pid), point, mid_inject, threads_of(fx.pid));
         fx.ticks_on(2, &format!("after the second death at {point}"));
         eprintln!("{name}: engine killed at {point}: source runs on unchanged");
     }

@@ -179,6 +179,21 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     }
     drop(par);
     crate::fault::point("after-parasite");
+    task.stop_signo = frozen.stop_signo.map(|s| s as u32);
+    // A SIGSTOP still queued was sent before the freeze: the process is
+    // stopped (it is not a signal restore could queue again).
+    let is_stop = |si: &[u8; 128]| i32::from_le_bytes([si[0], si[1], si[2], si[3]]) == libc::SIGSTOP;
+    let queued_stop = task.shared_pending.iter().chain(task.threads.iter().flat_map(|t| &t.pending)).any(is_stop);
+    if queued_stop {
+        task.shared_pending.retain(|si| !is_stop(si));
+        for t in &mut task.threads {
+            t.pending.retain(|si| !is_stop(si));
+        }
+        task.stop_signo.get_or_insert(libc::SIGSTOP as u32);
+    }
+    if let Some(sig) = task.stop_signo {
+        pr_debug!("{pid} is stopped (signal {sig}): dumped as TASK_STOPPED");
+    }
     // the scratch page is gone again; the VMAs collected before it are the truth
     let (dumpable, thp_disabled) = (task.mm.dumpable, task.mm.thp_disabled);
     task.mm = mm::collect_mm(pid, vmas, pages, brk)?;

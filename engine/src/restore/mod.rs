@@ -311,7 +311,8 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, child)?;
     }
-    let detached = injs.iter().map(|(tid, _, _)| *tid).chain([child]).try_for_each(|tid| ptrace::detach(tid, 0).map_err(ioe(tid, "detach")));
+    let tids: Vec<Pid> = injs.iter().map(|(tid, _, _)| *tid).chain([child]).collect();
+    let detached = release(task, child, &tids);
     if let Err(e) = detached {
         if let Some(pf) = &opts.pidfile {
             let _ = std::fs::remove_file(pf);
@@ -321,6 +322,82 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     guard.committed = true;
     pr_info!("Restore finished successfully. Tasks resumed.");
     Ok(child)
+}
+
+/// Whether the release can go through a group-stop unseen: the SIGSTOP
+/// and SIGCONT it takes must not meet a SIGCONT handler, a SIGCONT the
+/// main thread blocks (it would stay queued), or queued SIGCONT or stop
+/// signals of the image (a stop signal flushes queued SIGCONTs and a
+/// SIGCONT flushes queued stop signals).
+fn stop_barrier_is_unseen(task: &crate::model::Task) -> bool {
+    let cont = libc::SIGCONT as usize;
+    let handler = task.sigactions.get(cont - 1).map_or(0, |a| a.handler);
+    let blocked = task.threads.first().is_some_and(|t| t.blocked & (1 << (cont - 1)) != 0);
+    let signo = |si: &[u8; 128]| i32::from_le_bytes([si[0], si[1], si[2], si[3]]);
+    let queued = task.shared_pending.iter().chain(task.threads.iter().flat_map(|t| &t.pending)).map(signo);
+    let touchy = queued.into_iter().any(|s| s == libc::SIGCONT || crate::dump::freeze::is_stop_signal(s));
+    handler <= 1 && !blocked && !touchy
+}
+
+/// Release the restored process `pid` (threads `tids`, main thread last),
+/// only once all of it is ready: SIGSTOP is queued while every thread is
+/// still in a ptrace stop, so each detached thread takes it (or joins the
+/// group-stop it began) on its way out of the detach, before it runs a
+/// single instruction of its own. A detach that fails then leaves nothing
+/// that ran: the caller's guard kills the process. Once every thread is
+/// detached, SIGCONT lets them all go together, or, for a task dumped
+/// stopped (TASK_STOPPED), nothing does: it stays stopped as it was
+/// (upstream also stops such a task before its detach).
+///
+/// Always SIGSTOP, whatever stop signal was recorded: SIGTSTP, SIGTTIN
+/// and SIGTTOU can be caught or blocked, and the kernel drops them for an
+/// orphaned process group; the stop signal only shows to a waiting parent,
+/// which here is this engine. When the stop and continue could be seen by
+/// the program ([`stop_barrier_is_unseen`]), a running task is released
+/// thread by thread instead, the main thread last.
+fn release(task: &crate::model::Task, pid: Pid, tids: &[Pid]) -> Result<(), RestoreError> {
+    let stopped = task.stop_signo.is_some();
+    let barrier = stopped || stop_barrier_is_unseen(task);
+    if barrier {
+        p::kill(pid, libc::SIGSTOP).map_err(ioe(pid, "stopping the restored process for its release"))?;
+    } else {
+        pr_info!("{pid} has a SIGCONT handler, or queued SIGCONT or stop signals: released thread by thread");
+    }
+    for (i, &tid) in tids.iter().enumerate() {
+        if i + 1 == tids.len() {
+            crate::fault::point("mid-detach");
+            if crate::fault::fails("mid-detach") {
+                // what was released so far gets time to show itself
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                return Err(RestoreError::Unsupported("injected failure before the last detach (CRIU_RS_FAULT_AT)".into()));
+            }
+        }
+        ptrace::detach(tid, 0).map_err(ioe(tid, "detach"))?;
+    }
+    if !barrier {
+        return Ok(());
+    }
+    if stopped {
+        // stopped as it was: wait (bounded) until every thread is in the
+        // group-stop, so whoever looks next sees it stopped
+        let t0 = std::time::Instant::now();
+        while !tids.iter().all(|&t| thread_state(pid, t) == Some('T')) {
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                crate::pr_warn!("restored process {pid} did not reach its group-stop within 10 s");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        pr_info!("{pid} restored stopped (it was dumped in group-stop)");
+        return Ok(());
+    }
+    p::kill(pid, libc::SIGCONT).map_err(ioe(pid, "continuing the restored process"))
+}
+
+/// State letter of thread `tid` of `pid` (/proc/PID/task/TID/stat).
+fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
 }
 
 /// Create `path` with the restored root's pid, failing if it exists.

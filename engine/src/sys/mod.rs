@@ -4,6 +4,7 @@
 //! Everything above this module is `#![forbid(unsafe_code)]`-clean.
 #![allow(unsafe_code)]
 
+pub mod batch;
 pub mod cpu;
 pub mod inject;
 pub mod kmod;

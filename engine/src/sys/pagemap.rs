@@ -14,6 +14,10 @@ pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 pub const PAGE_IS_HUGE: u64 = 1 << 6;
+pub const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
+/// A guard page (MADV_GUARD_INSTALL, Linux 6.13+); kernels without the
+/// category refuse it with EINVAL.
+pub const PAGE_IS_GUARD: u64 = 1 << 8;
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 = 0xc060_6610;
 
@@ -91,4 +95,17 @@ pub fn seek(f: &File, off: u64, data: bool) -> io::Result<Option<u64>> {
         return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
     }
     Ok(Some(rc as u64))
+}
+
+/// Whether this kernel's PAGEMAP_SCAN knows [`PAGE_IS_GUARD`] (asked once,
+/// with a scan of one page of our own stack).
+pub fn knows_guard() -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        let Ok(f) = File::open("/proc/self/pagemap") else { return false };
+        let here = &f as *const File as u64 & !4095;
+        let mut out = [PageRegion::default(); 1];
+        let spec = ScanSpec { mask: PAGE_IS_GUARD, ret: PAGE_IS_GUARD, ..Default::default() };
+        scan(&f, here, here + 4096, spec, &mut out).is_ok()
+    })
 }
