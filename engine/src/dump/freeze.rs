@@ -265,21 +265,25 @@ fn in_our_pid_ns(pid: Pid) -> bool {
 /// gets a warning: the pid stays in use by its zombie.
 fn wait_pids_free(pid: Pid, tids: &[Pid], pid_matters: bool) {
     use std::time::{Duration, Instant};
+    // All threads polled together, not one after the other: the kernel
+    // reports the leader only once the rest of its group is collected, and
+    // in a pid namespace's init the last thread to exit waits (in
+    // zap_pid_ns_processes) until every other task of the namespace, its
+    // own traced zombie threads included, has been reaped: waiting for any
+    // one thread alone can wait for the timeout.
     let deadline = Instant::now() + Duration::from_secs(3);
-    // the leader last: the kernel reports its exit only once every other
-    // thread of the group has been collected
-    let order = tids.iter().filter(|&&t| t != pid).chain(tids.iter().filter(|&&t| t == pid));
-    for &tid in order {
-        loop {
-            match ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG) {
-                Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break, // gone, or not our tracee
-                Ok(_) if Instant::now() > deadline => {
-                    pr_warn!("thread {tid} of the killed {pid} has not exited yet");
-                    break;
-                }
-                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
+    let mut left: Vec<Pid> = tids.to_vec();
+    while !left.is_empty() {
+        // kept while still running; dropped once collected, or when not our tracee any more
+        left.retain(|&tid| matches!(ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG), Ok(None | Some(ptrace::Wait::Stopped { .. }))));
+        if left.is_empty() {
+            break;
         }
+        if Instant::now() > deadline {
+            pr_warn!("threads {left:?} of the killed {pid} have not exited yet");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
     if !pid_matters {
         return;
