@@ -198,16 +198,7 @@ fn setup_log(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use crate::log::error_chain;
 
 /// A terminal among the dumped fds, refused unless `--shell-job`.
 #[track_caller]

@@ -325,7 +325,7 @@ pub fn check_image(dir: &Path, cap: u32) -> Result<(), String> {
     if !dir.join(CPUINFO).exists() {
         return Err(format!("no {CPUINFO} in {} (dump with --cpu-cap to write one)", dir.display()));
     }
-    let e: pb::CpuinfoEntry = read_one(dir, &mg::CPUINFO.file_name(""), &mg::CPUINFO).map_err(|e| format!("{e}"))?;
+    let e: pb::CpuinfoEntry = read_one(dir, &mg::CPUINFO.file_name(""), &mg::CPUINFO).map_err(|e| crate::log::error_chain(&e))?;
     let img = match e.x86_entry.as_slice() {
         [x] => x,
         [] => return Err(format!("{CPUINFO}: no x86 entry (the image is of another architecture)")),
@@ -360,12 +360,12 @@ fn host_xcr0() -> u64 {
 /// (`xstate_bv` bit set) that this CPU lacks is refused by name when `cap`
 /// has the fpu check, else dropped with a warning.
 pub fn check_threads(dir: &Path, cap: u32) -> Result<(), String> {
-    let ps: Vec<pb::PstreeEntry> = read_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE).map_err(|e| format!("{e}"))?;
+    let ps: Vec<pb::PstreeEntry> = read_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE).map_err(|e| crate::log::error_chain(&e))?;
     let have = host_xcr0() | 0b11;
     for p in &ps {
         for &tid in &p.threads {
             let name = mg::CORE.file_name(tid);
-            let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE).map_err(|e| format!("{e}"))?;
+            let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE).map_err(|e| crate::log::error_chain(&e))?;
             let Some(bv) = core.thread_info.as_ref().and_then(|t| t.fpregs.xsave.as_ref()).map(|x| x.xstate_bv) else {
                 continue;
             };

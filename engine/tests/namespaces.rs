@@ -339,3 +339,41 @@ fn upstream_image_of_an_own_time_namespace_restores() {
     drop(prog);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// An image (from elsewhere) whose task was in a uts namespace other than
+/// the dumping criu's is refused by restore, naming it: the restore would
+/// put it in the host's. The ids image is edited with Debian's crit
+/// (otherwise SKIP).
+#[test]
+fn restore_refuses_an_image_with_a_namespace_of_its_own() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP namespaces restore check: {r}");
+        return;
+    }
+    if !Path::new("/usr/bin/crit").exists() {
+        eprintln!("SKIP namespaces restore check: Debian's crit (/usr/bin/crit) not found");
+        return;
+    }
+    let tmp = test_dir("ns-restore-check");
+    let criu = engine(&tmp);
+    let prog = Prog::start(&tmp, &["unshare", "--pid", "--fork"], &["plain"]);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&criu, &["dump", "--leave-running", "-t", &prog.pid.to_string()], &img, "dump.log");
+    let ids = img.join("ids-1.img");
+    let json = tmp.join("ids.json");
+    assert!(Command::new("/usr/bin/crit").args(["decode", "-i"]).arg(&ids).arg("-o").arg(&json).status().unwrap().success());
+    let text = std::fs::read_to_string(&json).unwrap();
+    let key = "\"uts_ns_id\": ";
+    let at = text.find(key).expect("uts_ns_id in ids") + key.len();
+    let end = at + text[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    std::fs::write(&json, format!("{}{}{}", &text[..at], 999, &text[end..])).unwrap();
+    assert!(Command::new("/usr/bin/crit").args(["encode", "-i"]).arg(&json).arg("-o").arg(&ids).status().unwrap().success());
+    let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore.log", &[]);
+    assert_eq!(st.code(), Some(1), "restore of a task in its own uts namespace must fail:\n{log}");
+    assert!(log.contains("uts namespaces of its own"), "the error should name the uts namespace:\n{log}");
+    prog.ticks_on(2, "after the refused restore");
+    assert_eq!(live_with_exe(&prog.bin), vec![prog.pid], "only the original may run");
+    drop(prog);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -55,15 +55,16 @@ fn ns_link(path: &str) -> Option<String> {
 
 /// Namespace kinds a dumped task must share with the engine, since restore
 /// creates none of them (checked per thread: a thread can unshare some).
-/// (A time namespace of its own is kept: timens-0.img has its clocks, and
-/// restore makes a new one in which they continue.)
+/// (A time namespace of its own is kept: the timens image has its clocks,
+/// and restore makes a new one in which they continue.)
 const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
 
 /// Refuse, by name, every namespace of thread `tid` of `pid` that the
-/// restore would not give back: any kind but pid that differs from the
-/// engine's own but time; a pid namespace other than the engine's unless `pid` is
-/// its pid 1 and it sits directly below the engine's (restore then makes
-/// one with CLONE_NEWPID); and a pending `unshare` of the pid or time
+/// restore would not give back: a net, ipc, uts, mnt, user or cgroup
+/// namespace other than the engine's; a pid namespace other than the
+/// engine's unless `pid` is its pid 1 and it sits directly below the
+/// engine's (restore then makes one with CLONE_NEWPID); and a pending
+/// `unshare` of the pid or time
 /// namespace (`*_for_children` differs: the children would get one the
 /// images can't carry).
 pub fn check_namespaces(pid: Pid, tid: Pid) -> Result<(), DumpError> {

@@ -89,10 +89,6 @@ fn proc_state(pid: Pid) -> Option<(char, String)> {
     Some((it.next()?.chars().next()?, it.next()?.to_string()))
 }
 
-fn is_zombie(pid: Pid) -> bool {
-    proc_state(pid).is_some_and(|(s, _)| s == 'Z')
-}
-
 /// The error for a dumped pid that clone3's set_tid found taken (EEXIST).
 fn pid_in_use(pid: Pid) -> RestoreError {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string());
@@ -218,7 +214,8 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
         match p::fork3(flags, &set_tid, libc::SIGCHLD, || child::child_main(&plan, task)) {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                if is_zombie(task.pid) && std::time::Instant::now() < zombie_deadline {
+                // (or just freed: gone by the time it is looked at)
+                if proc_state(task.pid).is_none_or(|(s, _)| s == 'Z' || s == 'X') && std::time::Instant::now() < zombie_deadline {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                     continue;
                 }
