@@ -117,6 +117,7 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
     task.mm.dumpable = dumpable;
     (task.fds, task.pipe_data) = files::collect_fds(pid)?;
+    (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
     let (root_ids, ids) = task::collect_ids(&[pid])?;
     task.ids = ids[0];
     let timens = Some(task::collect_timens(pid)?);

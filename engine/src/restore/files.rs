@@ -8,17 +8,23 @@
 //! - ghosts (unlinked while open): recreated next to the original path as
 //!   `<path>.cr.<n>.ghost` with the saved contents, mode, owner and times,
 //!   opened, and unlinked once every fd is in place;
-//! - pipes: one new pipe per dumped pipe, its queued bytes written back,
-//!   its buffer size set;
+//! - ghosts are opened under their original name (linked there, opened,
+//!   unlinked), so they dump again as they did: no drift over rounds;
+//! - pipes: one new pipe per dumped pipe, its buffer size set and its
+//!   queued bytes written back; each end's status flags set exactly, a
+//!   second open file description of one end reopened through /proc;
+//! - FIFOs: opened by path with the dumped flags while a keeper fd holds
+//!   the FIFO O_RDWR (so a read-only or write-only open never waits for
+//!   the other side), which also refills its size and queued bytes;
 //! - terminals (`--shell-job` only): a new open of the restoring shell's
 //!   terminal (found on fds 0..2 of the engine);
 //! - fds that shared an open file description are dup'ed from the first.
 //!
 //! Working fds live just below the service fds: the terminal at
-//! `svc_base - 1`, pipe ends from `svc_base - 2` down.
+//! `svc_base - 1`, pipe ends and FIFO keepers from there down.
 
 use super::child::ChildPlan;
-use crate::model::{FileDesc, Ghost, Task};
+use crate::model::{FileDesc, Ghost, PipeData, Task};
 use crate::sys::process as p;
 use std::ffi::CString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -71,39 +77,64 @@ pub fn park_terminal(plan: &ChildPlan) -> Result<Option<i32>, String> {
 /// Ghost files created by this restore; unlinked when dropped (after the
 /// fds are open, or on failure).
 #[derive(Default)]
-struct Ghosts(Vec<(u64, u64, String)>);
+struct Ghosts(std::collections::HashMap<(u64, u64), String>);
 
 impl Drop for Ghosts {
     fn drop(&mut self) {
-        for (_, _, path) in &self.0 {
+        for path in self.0.values() {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
 impl Ghosts {
-    /// The path of the recreated ghost for `g`, creating it the first time.
+    /// The path of the recreated ghost for `g` (`<path>.cr.<n>.ghost`),
+    /// creating it the first time: its size, its data extents (holes stay
+    /// holes), mode, owner and times.
     fn path(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost) -> Result<String, String> {
-        if let Some((_, _, path)) = self.0.iter().find(|(d, i, _)| *d == g.dev && *i == g.ino) {
+        use std::os::unix::fs::FileExt;
+        if let Some(path) = self.0.get(&(g.dev, g.ino)) {
             return Ok(path.clone());
         }
         let path = format!("{}.cr.{:x}.ghost", full_path(plan, orig), self.0.len() + 1);
         let err = |what: &str, e: std::io::Error| format!("ghost file {path} for {orig}: {what}: {e}");
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(g.mode & 0o7777)
             .open(&path)
             .map_err(|e| err("create", e))?;
-        self.0.push((g.dev, g.ino, path.clone()));
-        std::io::Write::write_all(&mut f, &g.contents).map_err(|e| err("write", e))?;
+        self.0.insert((g.dev, g.ino), path.clone());
+        f.set_len(g.size).map_err(|e| err("ftruncate", e))?;
+        for (off, data) in &g.extents {
+            f.write_all_at(data, *off).map_err(|e| err("write", e))?;
+        }
         std::os::unix::fs::fchown(&f, Some(g.uid), Some(g.gid)).map_err(|e| err("fchown", e))?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(g.mode & 0o7777))
             .map_err(|e| err("chmod", e))?;
-        let t = |(s, us): (u64, u64)| std::time::UNIX_EPOCH + std::time::Duration::new(s, (us * 1000) as u32);
+        let t = |(s, us): (u64, u64)| std::time::UNIX_EPOCH + std::time::Duration::new(s, (us.min(999_999) * 1000) as u32);
         f.set_times(std::fs::FileTimes::new().set_accessed(t(g.atime)).set_modified(t(g.mtime)))
             .map_err(|e| err("utimes", e))?;
         Ok(path)
+    }
+
+    /// Open the ghost of `orig` onto fd `n` under its original name, so
+    /// that it shows (and dumps again) as `orig (deleted)`, round after
+    /// round: link the ghost to `orig`, open that, unlink it. When `orig`
+    /// is taken by another file, the fd is opened through the ghost's own
+    /// name instead.
+    fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
+        let gp = self.path(plan, orig, g)?;
+        let target = full_path(plan, orig);
+        match std::fs::hard_link(&gp, &target) {
+            Ok(()) => {
+                let r = open_onto(&target, flags, n);
+                std::fs::remove_file(&target).map_err(|e| format!("unlinking {target} (ghost of fd {n}): {e}"))?;
+                r
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open_onto(&gp, flags, n),
+            Err(e) => Err(format!("linking ghost {gp} to {target} for fd {n}: {e}")),
+        }
     }
 }
 
@@ -138,15 +169,51 @@ fn fill_pipe(fd: i32, data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The dumped buffer size and queued bytes of a pipe or FIFO, put back
+/// through `wr` (a write end of it).
+fn refill(wr: i32, d: &PipeData) -> Result<(), String> {
+    let what = if d.fifo { "fifo" } else { "pipe" };
+    let cur = fcntl(wr, libc::F_GETPIPE_SZ, 0).unwrap_or(0);
+    if d.size != 0 && u64::from(d.size) != cur {
+        fcntl(wr, libc::F_SETPIPE_SZ, u64::from(d.size)).map_err(|e| format!("F_SETPIPE_SZ {} on {what} {:#x}: {e}", d.size, d.pipe_id))?;
+    }
+    fill_pipe(wr, &d.data).map_err(|e| format!("{what} {:#x}: {e}", d.pipe_id))
+}
+
+/// The status flags a pipe or FIFO fd can have changed with F_SETFL.
+const PIPE_SETFL: i32 = libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT;
+
+/// Working fds of the restore child, handed out from just below the
+/// service fds downwards (above every restored fd: the engine leaves room).
+struct Slots(i32);
+
+impl Slots {
+    fn take(&mut self) -> i32 {
+        self.0 -= 1;
+        self.0
+    }
+}
+
 /// Recreate every fd of `task` (the fd table holds only the report pipe,
 /// the service fds and the parked terminal).
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Result<(), String> {
+    use std::collections::HashMap;
     let mut ghosts = Ghosts::default();
-    let mut pipes: Vec<(u32, [i32; 2])> = Vec::new();
-    let mut descs: Vec<(u32, i32)> = Vec::new(); // (desc, first fd)
+    let mut slots = Slots(plan.svc_base - 1);
+    if terminal.is_some() {
+        slots.take();
+    }
+    // pipe id -> its two ends (working fds) and whether each end's first
+    // open file description is handed out yet
+    let mut pipes: HashMap<u32, ([i32; 2], [bool; 2])> = HashMap::new();
+    // fifo id -> a keeper fd (O_RDWR: never blocks, and lets every open of
+    // the FIFO, read-only or write-only, blocking or not, succeed at once)
+    let mut fifos: HashMap<u32, i32> = HashMap::new();
+    let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
+    let data = |fifo: bool, id: u32| task.pipe_data.iter().find(|d| d.fifo == fifo && d.pipe_id == id);
     for fd in &task.fds {
         let n = fd.fd;
-        if let Some(&(_, first)) = descs.iter().find(|(d, _)| *d == fd.desc) {
+        if let Some(&first) = descs.get(&fd.desc) {
             p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared file): {e}"))?;
             p::set_cloexec(n, fd.cloexec).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
             continue;
@@ -157,39 +224,51 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
                 validate(n, path, *mode, *size)?;
             }
             FileDesc::Reg { path, flags, ghost: Some(g), .. } => {
-                let gp = ghosts.path(plan, path, g)?;
-                open_onto(&gp, *flags as i32, n)?;
+                ghosts.open(plan, path, g, *flags as i32, n)?;
             }
             FileDesc::Pipe { pipe_id, flags } => {
-                let ends = match pipes.iter().find(|(id, _)| id == pipe_id) {
-                    Some((_, e)) => *e,
+                let (ends, used) = match pipes.get_mut(pipe_id) {
+                    Some(e) => e,
                     None => {
                         let e = p::pipe_raw().map_err(|e| format!("pipe for fd {n}: {e}"))?;
                         // keep the pipe's two ends out of the way of later fds
-                        let k = 2 * pipes.len() as i32;
-                        let hi = [plan.svc_base - 2 - k, plan.svc_base - 3 - k];
-                        p::dup2(e[0], hi[0]).map_err(|e| format!("pipe: {e}"))?;
-                        p::dup2(e[1], hi[1]).map_err(|e| format!("pipe: {e}"))?;
-                        p::close(e[0]);
-                        p::close(e[1]);
-                        if let Some(d) = task.pipe_data.iter().find(|d| d.pipe_id == *pipe_id) {
-                            let cur = fcntl(hi[1], libc::F_GETPIPE_SZ, 0).unwrap_or(0);
-                            if d.size != 0 && u64::from(d.size) != cur {
-                                fcntl(hi[1], libc::F_SETPIPE_SZ, u64::from(d.size))
-                                    .map_err(|e| format!("F_SETPIPE_SZ {} on pipe {pipe_id:#x}: {e}", d.size))?;
-                            }
-                            fill_pipe(hi[1], &d.data)?;
+                        let hi = [slots.take(), slots.take()];
+                        for (from, to) in e.iter().zip(hi) {
+                            p::dup2(*from, to).map_err(|e| format!("pipe {pipe_id:#x}: dup2 {from} -> {to}: {e}"))?;
+                            p::close(*from);
                         }
-                        pipes.push((*pipe_id, hi));
-                        hi
+                        if let Some(d) = data(false, *pipe_id) {
+                            refill(hi[1], d)?;
+                        }
+                        pipes.entry(*pipe_id).or_insert((hi, [false; 2]))
                     }
                 };
-                let end = if *flags as i32 & libc::O_ACCMODE == libc::O_WRONLY { ends[1] } else { ends[0] };
-                p::dup2(end, n).map_err(|e| format!("dup2 pipe to fd {n}: {e}"))?;
-                let fl = *flags as i32 & (libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT);
-                if fl != 0 {
-                    fcntl(n, libc::F_SETFL, fl as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
+                let w = usize::from(*flags as i32 & libc::O_ACCMODE == libc::O_WRONLY);
+                if used[w] {
+                    // another open file description of this end: a reopen
+                    open_onto(&format!("/proc/self/fd/{}", ends[w]), *flags as i32 & !PIPE_SETFL, n)?;
+                } else {
+                    p::dup2(ends[w], n).map_err(|e| format!("dup2 pipe {pipe_id:#x} to fd {n}: {e}"))?;
+                    used[w] = true;
                 }
+                fcntl(n, libc::F_SETFL, (*flags as i32 & PIPE_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
+            }
+            FileDesc::Fifo { path, flags, mode, pipe_id } => {
+                let full = full_path(plan, path);
+                if !fifos.contains_key(pipe_id) {
+                    let keep = slots.take();
+                    open_onto(&full, libc::O_RDWR | libc::O_NONBLOCK, keep)?;
+                    let m = std::fs::metadata(format!("/proc/self/fd/{keep}")).map_err(|e| format!("fstat {full}: {e}"))?;
+                    if !m.file_type().is_fifo() {
+                        return Err(format!("{path} (fd {n}) was a FIFO but is now mode 0{:o}", m.mode()));
+                    }
+                    if let Some(d) = data(true, *pipe_id) {
+                        refill(keep, d)?;
+                    }
+                    fifos.insert(*pipe_id, keep);
+                }
+                open_onto(&full, *flags as i32, n)?;
+                validate(n, path, *mode, None)?;
             }
             FileDesc::Tty { path, flags, .. } => {
                 let Some(t) = terminal else {
@@ -210,19 +289,13 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
             }
         }
         p::set_cloexec(n, fd.cloexec).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
-        descs.push((fd.desc, n));
+        descs.insert(fd.desc, n);
     }
-    let used = |x: i32| task.fds.iter().any(|f| f.fd == x);
-    for (_, e) in &pipes {
-        for x in e {
-            if !used(*x) {
-                p::close(*x);
-            }
-        }
-    }
-    if let Some(t) = terminal {
-        if !used(t) {
-            p::close(t);
+    let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
+    let working = pipes.values().flat_map(|(e, _)| e.iter().copied()).chain(fifos.values().copied()).chain(terminal);
+    for x in working {
+        if !used.contains(&x) {
+            p::close(x);
         }
     }
     drop(ghosts);

@@ -426,3 +426,66 @@ pub fn close_all_except(keep: &[i32]) {
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }
+
+/// kcmp(KCMP_FILE) of fds `a` and `b` of `pid`: how their open file
+/// descriptions order (`Equal`: one shared description). The kernel orders
+/// them by an obfuscated pointer, consistently within one boot.
+pub fn kcmp_file_order(pid: Pid, a: i32, b: i32) -> io::Result<std::cmp::Ordering> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as usize, b as usize) };
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r if r < 0 => Err(last_err()),
+        r => Err(io::Error::other(format!("kcmp(KCMP_FILE) gave no ordering ({r})"))),
+    }
+}
+
+/// lseek(2) with SEEK_DATA or SEEK_HOLE: `None` when there is no such
+/// region at or after `off` (ENXIO).
+pub fn seek_data_hole(fd: std::os::fd::BorrowedFd<'_>, off: u64, whence: i32) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integer-only syscall on a borrowed, open fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        let e = last_err();
+        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(r as u64))
+}
+
+/// fcntl(F_GETPIPE_SZ) or, with `set`, F_SETPIPE_SZ on a pipe or FIFO.
+pub fn pipe_size(fd: std::os::fd::BorrowedFd<'_>, set: Option<u32>) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integer-only fcntl on a borrowed, open fd.
+    let r = unsafe {
+        match set {
+            None => libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ),
+            Some(n) => libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, n as libc::c_int),
+        }
+    };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r as u32)
+}
+
+/// poll(2) `fd` for input (or hang-up) for at most `timeout_ms`: whether it
+/// became ready.
+pub fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let e = last_err();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
