@@ -160,6 +160,10 @@ fn kernel_object_kind(link: &str) -> String {
     }
 }
 
+/// What fds of one open file description agree on: (st_dev, st_ino,
+/// offset, status flags).
+type DescKey = (u64, u64, u64, u32);
+
 /// Every fd of `pid` (sorted) and the queued bytes of its pipes and FIFOs.
 ///
 /// Each fd is classified by what `stat` says it is (file type, device
@@ -180,7 +184,7 @@ pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
     // per inode, offset and status flags (fds of one open file description
     // agree on all three; the task is frozen): (fd, index in `out`) of one
     // fd per open file description, sorted by kcmp order
-    let mut descs: HashMap<(u64, u64, u64, u32), Vec<(i32, usize)>> = HashMap::new();
+    let mut descs: HashMap<DescKey, Vec<(i32, usize)>> = HashMap::new();
     let mut ghosts: HashMap<(u64, u64), Box<Ghost>> = HashMap::new();
     let mut ndesc = 0;
     for fd in fds {
