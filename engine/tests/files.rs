@@ -344,3 +344,40 @@ fn unsupported_fd_kinds_refused_by_name() {
         wait_until("ticks after the refused dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 2);
     }
 }
+
+/// A regular file replaced by a FIFO between dump and restore: the restore
+/// fails at once naming the file's mode (before: the child's read-only
+/// open waited for a writer forever, and so did `criu restore`).
+#[test]
+fn file_replaced_by_fifo_fails_fast() {
+    skip_unless_able!("file_replaced_by_fifo_fails_fast");
+    let s = Scene::start_args("fdrefuse", "rdonly", &["rdonly"]);
+    let dir = s.images(0);
+    s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+    let plain = s.work.join("plain.bin");
+    std::fs::remove_file(&plain).unwrap();
+    let st = std::process::Command::new("mkfifo").arg(&plain).status().unwrap();
+    assert!(st.success(), "mkfifo");
+    let mut child = std::process::Command::new(fdsupport::CRIU)
+        .args(["restore", "-d", "-D"])
+        .arg(&dir)
+        .args(["-v4", "-o", "restore.log"])
+        .current_dir(&s.work)
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("restore still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    assert!(!status.success(), "restore should fail:\n{log}");
+    assert!(log.contains("plain.bin has bad mode"), "{log}");
+}

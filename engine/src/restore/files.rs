@@ -220,8 +220,15 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
         }
         match &fd.file {
             FileDesc::Reg { path, flags, mode, size, ghost: None, .. } => {
-                open_onto(&full_path(plan, path), *flags as i32, n)?;
+                // O_NONBLOCK until the type is checked: a path that became a
+                // FIFO (or a device that waits in open) must not block the child
+                let fl = *flags as i32;
+                open_onto(&full_path(plan, path), fl | libc::O_NONBLOCK, n)?;
                 validate(n, path, *mode, *size)?;
+                if fl & libc::O_NONBLOCK == 0 && fl & libc::O_PATH == 0 {
+                    let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
+                    fcntl(n, libc::F_SETFL, now & !(libc::O_NONBLOCK as u64)).map_err(|e| format!("F_SETFL fd {n} ({path}): {e}"))?;
+                }
             }
             FileDesc::Reg { path, flags, ghost: Some(g), .. } => {
                 ghosts.open(plan, path, g, *flags as i32, n)?;

@@ -1,6 +1,7 @@
 /* Holds one fd of a kind the engine does not support, chosen by argv[1]:
  * memfd, socket, eventfd, epoll, misc (a misc character device), rawname
- * (a file whose name is not UTF-8). */
+ * (a file whose name is not UTF-8); and one supported: rdonly (plain.bin
+ * opened read-only, for the test that replaces it with a FIFO). */
 #include "fx.h"
 #include <sys/eventfd.h>
 #include <sys/epoll.h>
@@ -21,6 +22,8 @@ int main(int argc, char **argv)
 		fd = epoll_create1(0);
 	else if (!strcmp(k, "misc"))
 		fd = open("/dev/loop-control", O_RDWR);
+	else if (!strcmp(k, "rdonly"))
+		fd = open("plain.bin", O_RDONLY | O_CREAT, 0600);
 	else if (!strcmp(k, "rawname"))
 		fd = open("raw\xff\xfe.bin", O_RDWR | O_CREAT, 0600);
 	FX_CHECK(fd >= 0, k);
