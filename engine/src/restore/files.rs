@@ -49,9 +49,11 @@ fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
     Ok(())
 }
 
-/// Open `path` for the child's own use (service fds, mapped files).
+/// Open `path` for the child's own use (service fds, mapped files; they
+/// are mmap'ed, so O_NONBLOCK changes nothing but that a path that is now a
+/// FIFO does not block the open).
 pub fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
-    open_onto(&full_path(plan, path), flags, target)
+    open_onto(&full_path(plan, path), flags | libc::O_NONBLOCK, target)
 }
 
 fn is_terminal(fd: i32) -> bool {
