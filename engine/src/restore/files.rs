@@ -37,10 +37,12 @@ fn cpath(path: &str) -> Result<CString, String> {
     CString::new(path).map_err(|_| format!("path {path:?} has a NUL byte"))
 }
 
-/// open(2) `path` with the dumped `flags` (never O_CREAT/O_TRUNC) onto fd `target`.
+/// open(2) `path` with the dumped `flags` (never O_CREAT/O_TRUNC, and
+/// never O_CLOEXEC: FD_CLOEXEC is set from fdinfo) onto fd `target`.
 fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
     let c = cpath(path)?;
-    let fd = p::syscall6(libc::SYS_open, [c.as_ptr() as u64, (flags & !libc::O_CREAT & !libc::O_TRUNC) as u64, 0, 0, 0, 0])
+    let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC);
+    let fd = p::syscall6(libc::SYS_open, [c.as_ptr() as u64, flags as u64, 0, 0, 0, 0])
         .map_err(|e| format!("open {path:?} for fd {target}: {e}"))? as i32;
     if fd != target {
         p::dup2(fd, target).map_err(|e| format!("dup2 {fd} -> {target}: {e}"))?;
@@ -143,13 +145,13 @@ impl Ghosts {
 /// Upstream's checks of a reopened regular file: same mode, same size
 /// when the size was recorded.
 fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(), String> {
-    let m = std::fs::metadata(format!("/proc/self/fd/{fd}")).map_err(|e| format!("fstat fd {fd} ({path}): {e}"))?;
-    if mode != 0 && m.mode() != mode {
-        return Err(format!("File {path} has bad mode 0{:o} (expect 0{mode:o})", m.mode()));
+    let (m_mode, m_size) = p::fstat_mode_size(fd).map_err(|e| format!("fstat fd {fd} ({path}): {e}"))?;
+    if mode != 0 && m_mode != mode {
+        return Err(format!("File {path} has bad mode 0{m_mode:o} (expect 0{mode:o})"));
     }
     if let Some(size) = size {
-        if m.size() != size {
-            return Err(format!("File {path} has bad size {} (expect {size})", m.size()));
+        if m_size != size {
+            return Err(format!("File {path} has bad size {m_size} (expect {size})"));
         }
     }
     Ok(())
@@ -217,7 +219,9 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
         let n = fd.fd;
         if let Some(&first) = descs.get(&fd.desc) {
             p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared file): {e}"))?;
-            p::set_cloexec(n, fd.cloexec).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+            if fd.cloexec {
+                p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+            }
             continue;
         }
         match &fd.file {
@@ -297,7 +301,11 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
                     .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;
             }
         }
-        p::set_cloexec(n, fd.cloexec).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+        // a fresh open (O_CLOEXEC is not among the dumped flags) or dup2
+        // leaves FD_CLOEXEC clear
+        if fd.cloexec {
+            p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+        }
         descs.insert(fd.desc, n);
     }
     let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();

@@ -489,3 +489,15 @@ pub fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> io::Re
         }
     }
 }
+
+/// fstat(2) of an fd of this process: (st_mode, st_size).
+pub fn fstat_mode_size(fd: i32) -> io::Result<(u32, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a writable stat buffer; the kernel fills it on success.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstat succeeded, so the buffer is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_mode, st.st_size as u64))
+}
