@@ -6,10 +6,10 @@
 //!   flags, checked as upstream does (mode, and size when it was recorded),
 //!   seeked to the dumped offset;
 //! - ghosts (unlinked while open): recreated next to the original path as
-//!   `<path>.cr.<n>.ghost` with the saved contents, mode, owner and times,
-//!   opened, and unlinked once every fd is in place;
-//! - ghosts are opened under their original name (linked there, opened,
-//!   unlinked), so they dump again as they did: no drift over rounds;
+//!   `<path>.cr.<n>.ghost` with the saved size, data extents (holes stay
+//!   holes), mode, owner and times; each fd opens it under the original
+//!   name (linked there, opened, unlinked), so it dumps again as it did (no
+//!   drift over rounds); the ghost is unlinked once every fd is in place;
 //! - pipes: one new pipe per dumped pipe, its buffer size set and its
 //!   queued bytes written back; each end's status flags set exactly, a
 //!   second open file description of one end reopened through /proc;
