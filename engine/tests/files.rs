@@ -291,6 +291,30 @@ fn ghost_rounds_do_not_drift() {
     last_tick(&s.log());
 }
 
+/// As `ghost_rounds_do_not_drift`, with a new file created under the
+/// ghost's old name: the ghost keeps its name (it is exchanged into place,
+/// opened, and the new file renamed back over it; before, it was opened as
+/// `kept.bin.cr.1.ghost` and the name grew every round), the new file stays
+/// as it was, and nothing else is left on disk.
+#[test]
+fn ghost_rounds_with_the_name_taken() {
+    skip_unless_able!("ghost_rounds_with_the_name_taken");
+    let mut s = Scene::start_args("ghostloop", "taken", &["taken"]);
+    let name = |pid: i32| fd_table(pid).into_iter().find(|f| f.target.contains("kept.bin")).map(|f| f.target);
+    let first = name(s.pid).expect("ghost fd");
+    assert!(first.ends_with("/kept.bin (deleted)"), "{first}");
+    for round in 0..10 {
+        let dir = s.images(round % 2);
+        s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+        s.restore(&dir, &[]);
+        assert_eq!(name(s.pid).as_deref(), Some(first.as_str()), "round {round}");
+        let mut left: Vec<_> = std::fs::read_dir(&s.work).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains("kept")).collect();
+        left.sort();
+        assert_eq!(left, ["kept.bin"], "round {round}: on disk");
+    }
+    last_tick(&s.log());
+}
+
 /// A sparse unlinked file (8 MiB apparent, 8 KiB of data): under the ghost
 /// limit, which counts allocated bytes as upstream; the image holds the
 /// data extent only (chunks) and the restored file has its holes back

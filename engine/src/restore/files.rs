@@ -124,9 +124,16 @@ impl Ghosts {
 
     /// Open the ghost of `orig` onto fd `n` under its original name, so
     /// that it shows (and dumps again) as `orig (deleted)`, round after
-    /// round: link the ghost to `orig`, open that, unlink it. When `orig`
-    /// is taken by another file, the fd is opened through the ghost's own
-    /// name instead.
+    /// round: link the ghost to `orig`, open that, unlink it.
+    ///
+    /// When another file has taken `orig` since, the ghost gets a second
+    /// link `<ghost>.tmp`, which is exchanged with `orig`
+    /// (renameat2(RENAME_EXCHANGE): `orig` names the ghost, the other file
+    /// sits at the temporary name), `orig` is opened, and the other file is
+    /// renamed back over it, which unlinks the ghost's `orig` entry: `orig`
+    /// names some file at every moment. Only where the file system cannot
+    /// exchange is the fd opened through the ghost's own name (and then
+    /// carries that name).
     fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
         let gp = self.path(plan, orig, g)?;
         let target = full_path(plan, orig);
@@ -136,10 +143,33 @@ impl Ghosts {
                 std::fs::remove_file(&target).map_err(|e| format!("unlinking {target} (ghost of fd {n}): {e}"))?;
                 r
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open_onto(&gp, flags, n),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let tmp = format!("{gp}.tmp");
+                std::fs::hard_link(&gp, &tmp).map_err(|e| format!("linking ghost {gp} to {tmp} for fd {n}: {e}"))?;
+                if let Err(e) = rename_exchange(&tmp, &target) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                        open_onto(&gp, flags, n)
+                    } else {
+                        Err(format!("exchanging ghost {tmp} with {target} for fd {n}: {e}"))
+                    };
+                }
+                let r = open_onto(&target, flags, n);
+                std::fs::rename(&tmp, &target).map_err(|e| format!("putting {target} back from {tmp} (ghost of fd {n}): {e}"))?;
+                r
+            }
             Err(e) => Err(format!("linking ghost {gp} to {target} for fd {n}: {e}")),
         }
     }
+}
+
+/// renameat2(RENAME_EXCHANGE): swap the files `a` and `b` name.
+fn rename_exchange(a: &str, b: &str) -> std::io::Result<()> {
+    let ca = CString::new(a).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cb = CString::new(b).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let at = libc::AT_FDCWD as i64 as u64;
+    p::syscall6(libc::SYS_renameat2, [at, ca.as_ptr() as u64, at, cb.as_ptr() as u64, u64::from(libc::RENAME_EXCHANGE), 0])?;
+    Ok(())
 }
 
 /// Upstream's checks of a reopened regular file: same mode, same size
