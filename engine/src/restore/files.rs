@@ -233,10 +233,8 @@ impl Slots {
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Result<(), String> {
     use std::collections::HashMap;
     let mut ghosts = Ghosts::default();
+    // svc_base - 1 is the parked terminal's; working fds go below it
     let mut slots = Slots(plan.svc_base - 1);
-    if terminal.is_some() {
-        slots.take();
-    }
     // pipe id -> its two ends (working fds) and whether each end's first
     // open file description is handed out yet
     let mut pipes: HashMap<u32, ([i32; 2], [bool; 2])> = HashMap::new();
