@@ -56,3 +56,22 @@ for s in sorted(os.listdir(fixtures)):
 for magic, body in bodies.items():
     for sel in range(0, 256, 2):
         put('json_decode', '%08x-%02x' % (magic, sel), bytes([sel]) + body)
+
+# read_images: each fixture's image directory as one input (pages files as
+# their page count; see fuzz_targets/read_images.rs).
+for s in sorted(os.listdir(fixtures)):
+    idir = os.path.join(fixtures, s, 'images')
+    if not os.path.isdir(idir):
+        continue
+    out = b''
+    for n in sorted(os.listdir(idir)):
+        if not n.endswith('.img'):
+            continue
+        path = os.path.join(idir, n)
+        if n.startswith('pages-'):
+            body = struct.pack('<I', os.path.getsize(path) // 4096)
+        else:
+            body = open(path, 'rb').read()
+        nb = n.encode()
+        out += bytes([len(nb)]) + nb + struct.pack('<I', len(body)) + body
+    put('read_images', s, out)

@@ -333,13 +333,10 @@ fn run_restore(cli: &Cli) -> Result<i32, String> {
 type Probe = (&'static str, bool, fn() -> Result<(), String>);
 
 fn probe_ptrace_and_set_tid() -> Result<(), String> {
-    use crate::sys::process::{self as p, Forked};
+    use crate::sys::process as p;
     use crate::sys::ptrace;
     // PTRACE_SEIZE of a child
-    let child = match p::fork3(0, &[], libc::SIGCHLD).map_err(|e| format!("clone3: {e}"))? {
-        Forked::Child => p::pause_forever(),
-        Forked::Parent(c) => c,
-    };
+    let child = p::fork3(0, &[], libc::SIGCHLD, || p::pause_forever()).map_err(|e| format!("clone3: {e}"))?;
     let seized = ptrace::seize(child, 0).map_err(|e| format!("PTRACE_SEIZE: {e}"));
     let _ = p::kill(child, libc::SIGKILL);
     let _ = ptrace::wait_flags(child, 0);
@@ -354,9 +351,8 @@ fn probe_ptrace_and_set_tid() -> Result<(), String> {
         if Path::new(&format!("/proc/{want}")).exists() {
             continue;
         }
-        match p::fork3(0, &[want], libc::SIGCHLD) {
-            Ok(Forked::Child) => p::exit_now(0),
-            Ok(Forked::Parent(c)) => {
+        match p::fork3(0, &[want], libc::SIGCHLD, || p::exit_now(0)) {
+            Ok(c) => {
                 let _ = ptrace::wait_flags(c, 0);
                 return if c == want { Ok(()) } else { Err(format!("clone3 set_tid={want} gave pid {c}")) };
             }
@@ -369,9 +365,7 @@ fn probe_ptrace_and_set_tid() -> Result<(), String> {
 }
 
 fn probe_mm_map() -> Result<(), String> {
-    let mut size: u32 = 0;
-    crate::sys::process::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE as u64, &mut size as *mut u32 as u64, 0, 0)
-        .map_err(|e| format!("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE): {e}"))?;
+    let size = crate::sys::process::mm_map_size().map_err(|e| format!("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE): {e}"))?;
     if size == 0 {
         return Err("PR_SET_MM_MAP_SIZE returned 0".into());
     }
@@ -392,16 +386,8 @@ fn probe_proc_mem() -> Result<(), String> {
 }
 
 fn probe_pagemap_scan() -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    // _IOWR('f', 16, struct pm_scan_arg): a NULL argument gives EFAULT when
-    // the ioctl exists, ENOTTY/EINVAL when not.
-    const PAGEMAP_SCAN: u64 = 0xc060_6610;
     let f = std::fs::File::open("/proc/self/pagemap").map_err(|e| format!("open /proc/self/pagemap: {e}"))?;
-    match crate::sys::process::syscall6(libc::SYS_ioctl, [f.as_raw_fd() as u64, PAGEMAP_SCAN, 0, 0, 0, 0]) {
-        Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Ok(()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("PAGEMAP_SCAN ioctl: {e} (kernel older than 6.7?)")),
-    }
+    crate::sys::pagemap::probe_scan(&f).map_err(|e| format!("PAGEMAP_SCAN ioctl: {e} (kernel older than 6.7?)"))
 }
 
 fn probe_pidfd() -> Result<(), String> {
@@ -409,10 +395,7 @@ fn probe_pidfd() -> Result<(), String> {
 }
 
 fn probe_userfaultfd() -> Result<(), String> {
-    let fd = crate::sys::process::syscall6(libc::SYS_userfaultfd, [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0])
-        .map_err(|e| format!("userfaultfd: {e}"))?;
-    crate::sys::process::close(fd as i32);
-    Ok(())
+    crate::sys::process::probe_userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(|e| format!("userfaultfd: {e}"))
 }
 
 fn probe_vdso() -> Result<(), String> {
@@ -434,8 +417,8 @@ fn probe_zero_pfn() -> Result<(), String> {
 }
 
 fn probe_kcmp() -> Result<(), String> {
-    let me = std::process::id() as u64;
-    crate::sys::process::syscall6(libc::SYS_kcmp, [me, me, 0, 0, 0, 0]).map(drop).map_err(|e| format!("kcmp(KCMP_FILE): {e}"))
+    let me = std::process::id() as i32;
+    crate::sys::process::kcmp_file(me, 0, me, 0).map(drop).map_err(|e| format!("kcmp(KCMP_FILE): {e}"))
 }
 
 /// (name, needed, probe): a missing needed feature fails the check; a

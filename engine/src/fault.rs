@@ -7,7 +7,10 @@
 //! first time `<point>` is reached, `CRIU_RS_FAULT_AT=<point>@N` the N-th
 //! time. `CRIU_RS_FAULT_AT=<point>:fail` makes the point fail with an error
 //! instead (where the code asks [`fails`]), to test the cleanup paths of a
-//! restore that fails on its own. Unset (the normal case) costs one cached
+//! restore that fails on its own. `CRIU_RS_FAULT_AT=<point>:sigstop` sends
+//! SIGSTOP to the process being dumped there instead (where the code asks
+//! [`stop_point`]: the injection points), as an outsider's `kill -STOP`
+//! would, and the engine goes on. Unset (the normal case) costs one cached
 //! lookup per point.
 //!
 //! Points: dump `after-freeze`, `mid-inject` (a thread is inside an injected
@@ -18,7 +21,9 @@
 //! `before-inventory`;
 //! restore `after-clone`, `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the
-//! first extra thread is created), `before-detach`.
+//! first extra thread is created), `before-detach`, `mid-detach` (every
+//! thread but the main one detached; `:fail` waits 300 ms first, so that
+//! whatever was released would show).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -37,39 +42,66 @@ pub const POINTS: &[&str] = &[
     "mid-fill",
     "mid-threads",
     "before-detach",
+    "mid-detach",
 ];
 
 /// Environment variable naming the point to die at.
 pub const ENV: &str = "CRIU_RS_FAULT_AT";
 
-/// (point, n-th hit, fail instead of dying)
-fn target() -> Option<&'static (String, u64, bool)> {
-    static T: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
+/// What a point does when reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Die,
+    Fail,
+    SigStop,
+}
+
+/// (point, n-th hit, action)
+fn target() -> Option<&'static (String, u64, Action)> {
+    static T: OnceLock<Option<(String, u64, Action)>> = OnceLock::new();
     T.get_or_init(|| {
         let v = std::env::var(ENV).ok()?;
-        let (v, fail) = match v.strip_suffix(":fail") {
-            Some(p) => (p.to_string(), true),
-            None => (v, false),
+        let (v, action) = if let Some(p) = v.strip_suffix(":fail") {
+            (p.to_string(), Action::Fail)
+        } else if let Some(p) = v.strip_suffix(":sigstop") {
+            (p.to_string(), Action::SigStop)
+        } else {
+            (v, Action::Die)
         };
         let (name, n) = match v.split_once('@') {
             Some((a, b)) => (a.to_string(), b.parse().unwrap_or(1)),
             None => (v, 1),
         };
-        Some((name, n.max(1), fail))
+        Some((name, n.max(1), action))
     })
     .as_ref()
 }
 
 /// Whether point `name` was asked to fail with an error (`<point>:fail`).
 pub fn fails(name: &str) -> bool {
-    matches!(target(), Some((want, _, true)) if want == name)
+    matches!(target(), Some((want, _, Action::Fail)) if want == name)
+}
+
+/// Reached point `name` in an injection into thread `tid`: send SIGSTOP to
+/// its process if the tests asked for it (`<point>:sigstop`, the N-th time).
+pub fn stop_point(name: &str, tid: i32) {
+    let Some((want, nth, Action::SigStop)) = target() else { return };
+    if want != name {
+        return;
+    }
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    if HITS.fetch_add(1, Ordering::Relaxed) + 1 != *nth {
+        return;
+    }
+    crate::pr_warn!("fault point {name}: sending SIGSTOP to {tid} ({ENV})");
+    let _ = crate::sys::process::kill(tid, libc::SIGSTOP);
 }
 
 /// Reached point `name`: die here with SIGKILL if the tests asked for it.
 pub fn point(name: &str) {
     debug_assert!(POINTS.contains(&name), "unknown fault point {name}");
-    let Some((want, nth, fail)) = target() else { return };
-    if want != name || *fail {
+    let Some((want, nth, action)) = target() else { return };
+    if want != name || *action != Action::Die {
         return;
     }
     static HITS: AtomicU64 = AtomicU64::new(0);

@@ -42,6 +42,9 @@ const VMA_AREA_VVAR: u32 = 1 << 12;
 
 const MTYPE_X86_64: i32 = 1;
 const TASK_ALIVE: u32 = 1;
+/// Upstream's TASK_STOPPED (compel's COMPEL_TASK_STOPPED): a process in
+/// group-stop, its stop signal in `stop_signo`.
+const TASK_STOPPED: u32 = 3;
 
 fn regs_to_pb(r: &Regs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
@@ -713,6 +716,32 @@ fn place_shmem_runs(vmas: &[Vma], shmid: u64, runs: &[images_proto::pages::PageR
     out
 }
 
+/// The pagemap images of task `pid` and of its shared memory objects, read
+/// back from `dir` as restore reads them: runs page aligned, in ascending
+/// order and not overlapping (`PagemapReader`), the task's runs inside its
+/// VMAs, and each pages file exactly as long as its present runs.
+fn check_written_pages(dir: &Path, pid: i32, vmas: &[Vma], shmem: &ShmemRuns) -> Result<(), ImagesError> {
+    let check_one = |name: String| -> Result<Vec<(u64, u64)>, ImagesError> {
+        let rd = PagemapReader::open(dir, &name)?;
+        let pages = images_proto::pages::pages_name(rd.pages_id());
+        let runs = rd.runs()?;
+        let need = runs.iter().filter(|r| r.present()).try_fold(0u64, |acc, r| acc.checked_add(r.nr_pages.checked_mul(4096)?));
+        let have = std::fs::metadata(dir.join(&pages)).map_err(|e| ImagesError::Io { file: pages.clone(), source: e })?.len();
+        if need != Some(have) {
+            return Err(bad(&pages, format!("the dump wrote {have} bytes of pages, but {name} accounts for {need:?}")));
+        }
+        Ok(runs.iter().map(|r| (r.vaddr, r.nr_pages)).collect())
+    };
+    let pm_name = images_proto::pages::pagemap_name(pid);
+    let runs = check_one(pm_name.clone())?;
+    let vma_ranges: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+    crate::validate::mm_layout(&mg::MM.file_name(pid), &pm_name, &vma_ranges, &runs)?;
+    for (shmid, _) in shmem {
+        check_one(images_proto::pages::pagemap_name(format!("shmem-{shmid}")))?;
+    }
+    Ok(())
+}
+
 /// Write the model as an image set into `dir`, page contents from `mem`.
 pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) -> Result<(), ImagesError> {
     let task = tree.root();
@@ -810,6 +839,9 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
         mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
         pw.finish()?;
     }
+    // read back what was written, before the dump can report success or
+    // kill the source: an image our own restore would refuse is an error now
+    check_written_pages(dir, pid, &mm.vmas, &shmem)?;
     // seccomp.img: every thread's chain, common prefixes shared
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
     let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(&mut filters, &t.seccomp)).collect();
@@ -834,7 +866,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             cg_set: Some(1),
         };
         let tc = (i == 0).then(|| pb::TaskCoreEntry {
-            task_state: TASK_ALIVE,
+            task_state: if task.stop_signo.is_some() { TASK_STOPPED } else { TASK_ALIVE },
             exit_code: 0,
             personality: task.personality,
             flags: task.flags,
@@ -872,8 +904,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
                 .collect(),
             child_subreaper: Some(task.child_subreaper),
             blk_sigset_extended: None,
-            stop_signo: None,
-            membarrier_registration_mask: None,
+            stop_signo: task.stop_signo,
+            membarrier_registration_mask: (task.membarrier != 0).then_some(task.membarrier),
         });
         let core = pb::CoreEntry {
             mtype: MTYPE_X86_64,
@@ -893,7 +925,11 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     if let Some(tn) = &tree.timens {
         let ts = |(tv_sec, tv_nsec): (u64, u64)| pb::Timespec { tv_sec, tv_nsec };
         let e = pb::TimensEntry { monotonic: ts(tn.monotonic), boottime: ts(tn.boottime) };
-        write_all(dir, &mg::TIMENS.file_name(0), &mg::TIMENS, &[e])?;
+        // as upstream: timens-<its id>.img for a time namespace of the
+        // task's own, timens-0.img for criu's
+        let id = task.ids.time_ns;
+        let id = if id != 0 && id != tree.root_ids.time_ns { id } else { 0 };
+        write_all(dir, &mg::TIMENS.file_name(id), &mg::TIMENS, &[e])?;
     }
     let ps = pb::PstreeEntry {
         pid: task.pid as u32,
@@ -1022,6 +1058,11 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         if v.start >= v.end || v.start % 4096 != 0 || v.end % 4096 != 0 {
             return Err(bad(&mg::MM.file_name(pid), format!("vma {i}: bad range {:#x}-{:#x}", v.start, v.end)));
         }
+        // the offset (in a file or a shared memory object) of the whole
+        // mapping must be a valid, page-aligned off_t
+        if v.pgoff % 4096 != 0 || v.pgoff.checked_add(v.end - v.start).is_none_or(|e| e > i64::MAX as u64) {
+            return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: bad pgoff {:#x} for {} bytes", v.start, v.pgoff, v.end - v.start)));
+        }
         let s = v.status;
         let kind = if s & VMA_AREA_VDSO != 0 {
             VmaKind::Vdso
@@ -1066,7 +1107,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     let rd = PagemapReader::open(dir, &pm_name)?;
     let pages_id = rd.pages_id();
     let mut pages = Vec::new();
-    for r in rd.runs()? {
+    let runs = rd.runs()?;
+    for r in &runs {
         if r.flags & PE_PRESENT == 0 {
             return Err(bad(&pm_name, format!("run at {:#x} is not in this image (parent/lazy images are not supported yet)", r.vaddr)));
         }
@@ -1075,7 +1117,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     let vma_ranges: Vec<(u64, u64)> = mme.vmas.iter().map(|v| (v.start, v.end)).collect();
     let run_ranges: Vec<(u64, u64)> = pages.iter().map(|r| (r.vaddr, r.nr_pages)).collect();
     crate::validate::mm_layout(&mg::MM.file_name(pid), &pm_name, &vma_ranges, &run_ranges)?;
-    let mut src = PagesImage::open(&dir.join(images_proto::pages::pages_name(pages_id)), &pages)?;
+    let mut src = PagesImage::default();
+    src.add(&dir.join(images_proto::pages::pages_name(pages_id)), runs.iter().map(|r| (r.vaddr, r.nr_pages, r.offset)))?;
     // shared anonymous objects: their pages at every mapping of them
     let mut shmids: Vec<u64> = vmas.iter().filter(|v| v.shmid != 0).map(|v| v.shmid).collect();
     shmids.sort_unstable();
@@ -1096,6 +1139,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         src.add(&dir.join(images_proto::pages::pages_name(id)), placed)?;
     }
     pages.sort_by_key(|r| r.vaddr);
+    // in address order (checked disjoint above): restore looks VMAs up by address
+    vmas.sort_by_key(|v| v.start);
     let mm = Mm {
         vmas,
         start_code: mme.mm_start_code, end_code: mme.mm_end_code, start_data: mme.mm_start_data, end_data: mme.mm_end_data,
@@ -1124,8 +1169,17 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         let tcore = core.thread_core.clone().unwrap_or_default();
         if i == 0 {
             let tc = core.tc.as_ref().ok_or_else(|| bad(&name, "main thread without tc"))?;
-            if tc.task_state != TASK_ALIVE {
-                return Err(bad(&name, format!("task state {} is not supported yet", tc.task_state)));
+            match tc.task_state {
+                TASK_ALIVE => {}
+                // upstream stops it with SIGSTOP when no signal was recorded
+                TASK_STOPPED => {
+                    let sig = tc.stop_signo.unwrap_or(libc::SIGSTOP as u32);
+                    if !(1..=64).contains(&sig) {
+                        return Err(bad(&name, format!("tc.stop_signo {sig} is not a signal")));
+                    }
+                    task.stop_signo = Some(sig);
+                }
+                s => return Err(bad(&name, format!("task state {s} is not supported yet"))),
             }
             task.comm = tc.comm.clone();
             task.personality = tc.personality;
@@ -1148,6 +1202,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
             task.child_subreaper = tc.child_subreaper.unwrap_or(false);
             task.loginuid = tc.loginuid.unwrap_or(u32::MAX);
             task.oom_score_adj = tc.oom_score_adj.unwrap_or(0);
+            task.membarrier = tc.membarrier_registration_mask.unwrap_or(0);
         }
         let blocked = match (i, &core.tc) {
             (0, Some(tc)) => tcore.blk_sigset.unwrap_or(tc.blk_sigset),
@@ -1178,12 +1233,18 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         });
     }
     task.ids = ids_from_pb(&ids);
-    let timens = match read_all::<pb::TimensEntry>(dir, &mg::TIMENS.file_name(0), &mg::TIMENS) {
+    let root_ids = inv.root_ids.as_ref().map(ids_from_pb).unwrap_or_default();
+    // timens-<id>.img when the task had a time namespace of its own (as
+    // upstream names it), else timens-0.img
+    let own = task.ids.time_ns != 0 && root_ids.time_ns != 0 && task.ids.time_ns != root_ids.time_ns;
+    let tn_name = Some(mg::TIMENS.file_name(task.ids.time_ns))
+        .filter(|n| own && dir.join(n).exists())
+        .unwrap_or_else(|| mg::TIMENS.file_name(0));
+    let timens = match read_all::<pb::TimensEntry>(dir, &tn_name, &mg::TIMENS) {
         Ok(v) => v.first().map(|e| TimeNs { monotonic: (e.monotonic.tv_sec, e.monotonic.tv_nsec), boottime: (e.boottime.tv_sec, e.boottime.tv_nsec) }),
-        Err(_) if !dir.join(mg::TIMENS.file_name(0)).exists() => None,
+        Err(_) if !dir.join(&tn_name).exists() => None,
         Err(e) => return Err(e.into()),
     };
-    let root_ids = inv.root_ids.as_ref().map(ids_from_pb).unwrap_or_default();
     let tree = Tree { root_owns_pid_ns: pid == 1, tasks: vec![task], root_ids, timens };
     Ok((tree, src))
 }

@@ -47,10 +47,14 @@ pub trait MemSource {
     fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
         let mut buf = vec![0u8; CHUNK];
         let mut pos = off;
-        for_chunks(ranges, |a, n| {
-            let b = &mut buf[..n];
-            self.read(a, b)?;
-            out.write_all_at(b, pos).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos, len: n, source: e })?;
+        for_packs(ranges, |pieces, n| {
+            let mut at = 0;
+            for &(a, len) in pieces {
+                self.read(a, &mut buf[at..at + len])?;
+                at += len;
+            }
+            let a = pieces[0].0;
+            out.write_all_at(&buf[..n], pos).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos, len: n, source: e })?;
             pos += n as u64;
             Ok(())
         })
@@ -92,6 +96,29 @@ fn for_chunks(ranges: &[(u64, u64)], mut f: impl FnMut(u64, usize) -> Result<(),
             f(a, n)?;
             a += n as u64;
         }
+    }
+    Ok(())
+}
+
+/// `ranges` packed into chunks of at most [`CHUNK`] bytes: each call gets
+/// the pieces (vaddr, len) that fill one chunk back to back, and their
+/// total. Many small runs (fragmented memory: every other page written)
+/// make one chunk, so one write, instead of one write per page.
+fn for_packs(ranges: &[(u64, u64)], mut f: impl FnMut(&[(u64, usize)], usize) -> Result<(), MemError>) -> Result<(), MemError> {
+    let mut pack: Vec<(u64, usize)> = Vec::new();
+    let mut fill = 0usize;
+    for_chunks(ranges, |a, n| {
+        if fill + n > CHUNK {
+            f(&pack, fill)?;
+            pack.clear();
+            fill = 0;
+        }
+        pack.push((a, n));
+        fill += n;
+        Ok(())
+    })?;
+    if fill > 0 {
+        f(&pack, fill)?;
     }
     Ok(())
 }
@@ -160,8 +187,13 @@ impl ProcessMem {
         if total <= CHUNK as u64 {
             let mut buf = vec![0u8; CHUNK];
             let mut pos = off;
-            return for_chunks(ranges, |a, n| {
-                self.read(a, &mut buf[..n])?;
+            return for_packs(ranges, |pieces, n| {
+                let mut at = 0;
+                for &(a, len) in pieces {
+                    self.read(a, &mut buf[at..at + len])?;
+                    at += len;
+                }
+                let a = pieces[0].0;
                 out.write_all_at(&buf[..n], pos).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos, len: n, source: e })?;
                 pos += n as u64;
                 Ok(())
@@ -213,12 +245,17 @@ impl ProcessMem {
             });
             let mut pos = off;
             let mut read_busy = Duration::ZERO;
-            let read_res = for_chunks(ranges, |a, n| {
+            let read_res = for_packs(ranges, |pieces, n| {
                 // the writer hung up only after an error, which join() reports
                 let Ok(mut buf) = free_rx.recv() else { return Ok(()) };
                 let t = Instant::now();
-                self.read(a, &mut buf.as_mut_slice()[..n])?;
+                let mut at = 0;
+                for &(a, len) in pieces {
+                    self.read(a, &mut buf.as_mut_slice()[at..at + len])?;
+                    at += len;
+                }
                 read_busy += t.elapsed();
+                let a = pieces[0].0;
                 if full_tx.send((buf, n, pos, a)).is_err() {
                     return Ok(());
                 }
@@ -261,14 +298,12 @@ impl PagesImage {
     /// Map `path`; `runs` are the pagemap's entries in file order.
     pub fn open(path: &Path, runs: &[PageRun]) -> Result<Self, MemError> {
         let mut p = PagesImage::default();
-        let mut off = 0;
-        let idx: Vec<(u64, u64, u64)> = runs
-            .iter()
-            .map(|r| {
-                off += r.nr_pages * 4096;
-                (r.vaddr, r.nr_pages, off - r.nr_pages * 4096)
-            })
-            .collect();
+        let mut off = 0u64;
+        let mut idx: Vec<(u64, u64, u64)> = Vec::with_capacity(runs.len());
+        for r in runs {
+            idx.push((r.vaddr, r.nr_pages, off));
+            off = r.nr_pages.checked_mul(4096).and_then(|l| off.checked_add(l)).ok_or_else(|| MemError::Short { what: path.display().to_string(), have: 0, need: u64::MAX })?;
+        }
         p.add(path, idx)?;
         Ok(p)
     }
@@ -289,7 +324,17 @@ impl PagesImage {
         let idx = self.files.len();
         let have = map.bytes().len() as u64;
         for (vaddr, nr, off) in runs {
-            let need = off.saturating_add(nr.saturating_mul(4096));
+            // offsets and lengths come from an image: checked, never wrapped
+            let len = nr.checked_mul(4096).filter(|l| vaddr.checked_add(*l).is_some());
+            let need = len.and_then(|l| off.checked_add(l));
+            let Some(need) = need else {
+                return Err(MemError::Read {
+                    what: name,
+                    vaddr,
+                    len: 0,
+                    source: std::io::Error::other(format!("{nr} pages at offset {off:#x} overflow the address space or the file")),
+                });
+            };
             if have < need {
                 return Err(MemError::Short { what: name, have, need });
             }

@@ -166,10 +166,17 @@ pub struct Task {
     pub child_subreaper: bool,
     pub loginuid: u32,
     pub oom_score_adj: i32,
+    /// membarrier(2) registrations of the mm: the MEMBARRIER_CMD_REGISTER_*
+    /// bits MEMBARRIER_CMD_GET_REGISTRATIONS returns (core's
+    /// `membarrier_registration_mask`).
+    pub membarrier: u32,
     pub seccomp_mode: u32,
     pub ids: KobjIds,
     /// Queued bytes of the pipes this task has fds of.
     pub pipe_data: Vec<PipeData>,
+    /// In group-stop, by this signal (upstream's TASK_STOPPED + stop_signo):
+    /// restored stopped.
+    pub stop_signo: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1,10 +1,11 @@
 //! The `criu` command line: version, check, refused options and commands,
 //! exit codes, log format and placement, restore without -d. Tests that
-//! start processes need root (and print SKIP otherwise); the rest don't.
+//! start processes need root (`require!` skips with the reason, or fails
+//! under CI=true); the rest don't.
 
 mod fdsupport;
 
-use fdsupport::{is_root, last_tick, skip_reason, wait_until, Scene, CRIU};
+use fdsupport::{last_tick, require, wait_until, why_not_here, why_not_root, Scene, CRIU};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -114,10 +115,7 @@ fn log_format_and_placement() {
 
 #[test]
 fn check_looks_good() {
-    if !is_root() {
-        eprintln!("SKIP check_looks_good: needs root");
-        return;
-    }
+    require!(why_not_root());
     let out = criu(&["check"]);
     let so = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "stdout {so} stderr {}", String::from_utf8_lossy(&out.stderr));
@@ -142,10 +140,7 @@ fn dump_of_missing_pid_fails() {
 /// upstream does (the task's own status, 3 here, is not passed on).
 #[test]
 fn restore_without_detach_waits() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP restore_without_detach_waits: {r}");
-        return;
-    }
+    require!(why_not_here());
     let s = Scene::start("exiter", "wait");
     let dir = s.images(0);
     s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
@@ -173,10 +168,7 @@ fn restore_without_detach_waits() {
 /// file untouched; without it the restore writes the pid.
 #[test]
 fn pidfile_is_never_overwritten() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP pidfile_is_never_overwritten: {r}");
-        return;
-    }
+    require!(why_not_here());
     let mut s = Scene::start("exiter", "pidfile");
     let dir = s.images(0);
     s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");

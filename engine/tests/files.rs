@@ -1,25 +1,17 @@
 //! File descriptors through dump + restore with real processes: the shared
 //! `files` fixture (two cycles: the second dumps the recreated ghost), and
 //! our programs in tests/fdsupport/progs (every fd kind, a terminal, size
-//! checks). Needs root, gcc, unshare; otherwise each test prints SKIP.
+//! checks). Needs root, gcc, unshare, setsid, script(1) and the shared
+//! fixtures: `require!` skips with the reason, or fails under CI=true.
 
 mod fdsupport;
 
-use fdsupport::{fd_table, last_tick, skip_reason, wait_until, Scene};
+use fdsupport::{fd_table, last_tick, require, wait_until, why_not_fixture, why_not_here, why_not_tool, Scene};
 use std::time::Duration;
-
-macro_rules! skip_unless_able {
-    ($name:expr) => {
-        if let Some(r) = skip_reason() {
-            eprintln!("SKIP {}: {r}", $name);
-            return;
-        }
-    };
-}
 
 #[test]
 fn files_fixture_two_cycles() {
-    skip_unless_able!("files_fixture_two_cycles");
+    require!(why_not_here());
     let mut s = Scene::start("files", "cycles");
     for c in 0..2 {
         let dir = s.images(c);
@@ -36,7 +28,7 @@ fn files_fixture_two_cycles() {
 /// status flags, FD_CLOEXEC (O_CLOEXEC in fdinfo flags).
 #[test]
 fn fd_kinds_survive_exactly() {
-    skip_unless_able!("fd_kinds_survive_exactly");
+    require!(why_not_here());
     let mut s = Scene::start("fdkinds", "exact");
     let before = fd_table(s.pid);
     let dir = s.images(0);
@@ -68,7 +60,7 @@ fn fd_kinds_survive_exactly() {
 /// refuses the restore, naming the file; restoring the size makes it work.
 #[test]
 fn changed_file_size_refuses_restore() {
-    skip_unless_able!("changed_file_size_refuses_restore");
+    require!(why_not_here());
     let mut s = Scene::start("fdkinds", "size");
     let dir = s.images(0);
     s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
@@ -88,7 +80,7 @@ fn changed_file_size_refuses_restore() {
 /// dumped with it, and restored onto the restoring criu's terminal.
 #[test]
 fn tty_needs_shell_job() {
-    skip_unless_able!("tty_needs_shell_job");
+    require!(why_not_here());
     let mut s = Scene::start("ttyfd", "tty");
     let dir = s.images(0);
     let out = s.criu(&["dump", "-t", &s.pid.to_string()], &dir, "dump-refused.log");
@@ -107,11 +99,7 @@ fn tty_needs_shell_job() {
     let log = std::fs::read_to_string(dir.join("restore-refused.log")).unwrap();
     assert!(log.contains("restore with --shell-job"), "{log}");
     // give criu a terminal with script(1), as a shell would
-    let have_script = std::process::Command::new("sh").args(["-c", "command -v script"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !have_script {
-        eprintln!("SKIP tty_needs_shell_job (restore half): script(1) not found");
-        return;
-    }
+    require!(why_not_tool("script").map(|w| format!("the restore half needs script(1) for a terminal: {w}")));
     let t = last_tick(&s.log());
     let cmd = format!("{} restore -d --shell-job -D {} -v4 -o restore.log", fdsupport::CRIU, dir.display());
     let st = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).current_dir(&s.work)
@@ -128,7 +116,8 @@ fn tty_needs_shell_job() {
 #[test]
 fn upstream_files_images_read() {
     use engine::model::FileDesc;
-    let dir = fdsupport::shared_progs().join("../upstream/files/images");
+    require!(why_not_fixture("upstream/files/images"));
+    let dir = test_support::fixture("upstream/files/images");
     let (fds, pipes) = engine::images_io::read_fd_table(&dir, 2).expect("read upstream fd table");
     assert_eq!(fds.len(), 14);
     let fd = |n: i32| fds.iter().find(|f| f.fd == n).unwrap();
@@ -170,7 +159,7 @@ fn upstream_files_images_read() {
 /// fd-count checks. Then once more with `--leave-running` and two cycles.
 #[test]
 fn full_fd_table_dumps_without_the_pump() {
-    skip_unless_able!("full_fd_table_dumps_without_the_pump");
+    require!(why_not_here());
     let mut s = Scene::start("fdfull", "full");
     for cycle in 0..2 {
         let before = fd_table(s.pid);
@@ -179,16 +168,12 @@ fn full_fd_table_dumps_without_the_pump() {
         let log = std::fs::read_to_string(dir.join("dump.log")).unwrap();
         assert!(log.contains("page pump of") && log.contains("unavailable"), "the pump should have been refused:\n{log}");
         assert!(log.contains("Copied"), "no page copy logged:\n{log}");
-        // the log's offset moves with every tick (one may pass during the dump)
-        let no_log_pos = |v: Vec<fdsupport::FdView>| -> Vec<fdsupport::FdView> {
-            v.into_iter().map(|mut f| {
-                if f.target.ends_with("progress.log") {
-                    f.pos = 0;
-                }
-                f
-            }).collect()
+        // the program ticks every 50 ms through its O_APPEND progress.log,
+        // whose offset moves whenever the dump outlasts a tick: not compared
+        let steady = |v: Vec<fdsupport::FdView>| -> Vec<(i32, String, u32, Option<u64>)> {
+            v.into_iter().map(|f| (f.fd, f.target.clone(), f.flags, (!f.target.ends_with("/progress.log")).then_some(f.pos))).collect()
         };
-        assert_eq!(no_log_pos(fd_table(s.pid)), no_log_pos(before), "a refused pump changed the source's fds");
+        assert_eq!(steady(fd_table(s.pid)), steady(before), "a refused pump changed the source's fds");
         let t = last_tick(&s.log());
         wait_until("ticks after the --leave-running dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);
         s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump2.log");
@@ -213,7 +198,7 @@ fn dump_refused(s: &Scene, tag: &str) -> String {
 /// blocked the restore child forever).
 #[test]
 fn fifos_survive() {
-    skip_unless_able!("fifos_survive");
+    require!(why_not_here());
     use images_proto::{image::read_all, magic as mg, pb};
     let mut s = Scene::start("fifo", "fifo");
     let before = fd_table(s.pid);
@@ -250,7 +235,7 @@ fn fifos_survive() {
 /// pipe keeps its 1 MiB buffer (before: 64 KiB after restore).
 #[test]
 fn pipe_flags_and_size_survive() {
-    skip_unless_able!("pipe_flags_and_size_survive");
+    require!(why_not_here());
     let mut s = Scene::start("pipeflags", "pipeflags");
     let before = fd_table(s.pid);
     let dir = s.images(0);
@@ -275,7 +260,7 @@ fn pipe_flags_and_size_survive() {
 /// `.cr.1.ghost` each round), and no ghost file is left on disk.
 #[test]
 fn ghost_rounds_do_not_drift() {
-    skip_unless_able!("ghost_rounds_do_not_drift");
+    require!(why_not_here());
     let mut s = Scene::start("ghostloop", "rounds");
     let name = |pid: i32| fd_table(pid).into_iter().find(|f| f.target.contains("kept.bin")).map(|f| f.target);
     let first = name(s.pid).expect("ghost fd");
@@ -298,7 +283,7 @@ fn ghost_rounds_do_not_drift() {
 /// as it was, and nothing else is left on disk.
 #[test]
 fn ghost_rounds_with_the_name_taken() {
-    skip_unless_able!("ghost_rounds_with_the_name_taken");
+    require!(why_not_here());
     let mut s = Scene::start_args("ghostloop", "taken", &["taken"]);
     let name = |pid: i32| fd_table(pid).into_iter().find(|f| f.target.contains("kept.bin")).map(|f| f.target);
     let first = name(s.pid).expect("ghost fd");
@@ -321,7 +306,7 @@ fn ghost_rounds_with_the_name_taken() {
 /// (before: refused as over the 1 MiB limit).
 #[test]
 fn sparse_ghost_keeps_holes() {
-    skip_unless_able!("sparse_ghost_keeps_holes");
+    require!(why_not_here());
     let mut s = Scene::start_args("ghostloop", "sparse", &["sparse"]);
     for c in 0..2 {
         let dir = s.images(c);
@@ -339,7 +324,7 @@ fn sparse_ghost_keeps_holes() {
 /// failed); the program runs on.
 #[test]
 fn deleted_cwd_refused() {
-    skip_unless_able!("deleted_cwd_refused");
+    require!(why_not_here());
     let s = Scene::start("delcwd", "delcwd");
     let log = dump_refused(&s, "delcwd");
     assert!(log.contains("cwd of") && log.contains("gone") && log.contains("removed"), "{log}");
@@ -352,7 +337,7 @@ fn deleted_cwd_refused() {
 /// device was reopened by path, a non-UTF-8 name was mangled).
 #[test]
 fn unsupported_fd_kinds_refused_by_name() {
-    skip_unless_able!("unsupported_fd_kinds_refused_by_name");
+    require!(why_not_here());
     for (kind, want) in [
         ("memfd", "a memfd (/memfd:x (deleted))"),
         ("socket", "a socket"),
@@ -374,7 +359,7 @@ fn unsupported_fd_kinds_refused_by_name() {
 /// open waited for a writer forever, and so did `criu restore`).
 #[test]
 fn file_replaced_by_fifo_fails_fast() {
-    skip_unless_able!("file_replaced_by_fifo_fails_fast");
+    require!(why_not_here());
     let s = Scene::start_args("fdrefuse", "rdonly", &["rdonly"]);
     let dir = s.images(0);
     s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");

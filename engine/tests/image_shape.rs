@@ -6,7 +6,8 @@
 //!
 //! XSAVE components depend on the CPU: keys of a component that this CPU
 //! and the fixtures' CPU don't both have are left out of the comparison.
-//! Needs root, gcc, unshare, setsid; otherwise prints SKIP and returns.
+//! Needs root, gcc, unshare, setsid and the shared fixtures; otherwise skips
+//! with the reason, or fails under CI=true.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,11 +16,11 @@ use std::time::Duration;
 
 mod common;
 
-use common::{only_stdio, skip_reason, wait_until, CRIU};
+use common::{only_stdio, require, wait_until, why_not_fixture, why_not_here, CRIU};
 
 
 fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    test_support::fixtures_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 
@@ -127,10 +128,7 @@ fn img_names(dir: &Path) -> BTreeSet<String> {
 
 /// Our image set of `name` next to upstream's: (file set diff, per-image key diffs).
 fn shape(name: &str) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP image_shape {name}: {r}");
-        return;
-    }
+    require!(why_not_here().or_else(|| why_not_fixture(&format!("upstream/{name}/images"))));
     let tmp = std::env::temp_dir().join(format!("criu-rs-shape-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let work = tmp.join("work");

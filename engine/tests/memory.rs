@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{skip_reason, wait_until, CRIU};
+use common::{require, skip, wait_until, why_not_here, CRIU};
 use engine::dump::mm;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -195,10 +195,7 @@ fn memkinds_through_the_pump_then_o_direct() {
 }
 
 fn memkinds_cycles(name: &str, dense_mib: u64, env: &[(&str, &str)], path_mark: &str) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP memkinds {name}: {r}");
-        return;
-    }
+    require!(why_not_here());
     let mut run = start(name, dense_mib);
     let log = run.work.join("progress.log");
     for cycle in 0..2 {
@@ -253,10 +250,7 @@ fn memkinds_cycles(name: &str, dense_mib: u64, env: &[(&str, &str)], path_mark: 
 /// a pages file of a few MiB, not a GiB, and no zero pages are written.
 #[test]
 fn sparse_gib_makes_small_pages_file() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP sparse_gib_makes_small_pages_file: {r}");
-        return;
-    }
+    require!(why_not_here());
     let run = start("sparse", 0);
     let dir = run.tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
@@ -278,17 +272,14 @@ fn sparse_gib_makes_small_pages_file() {
 /// sparse memory.
 #[test]
 fn pagemap_scan_matches_pagemap_read() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP pagemap_scan_matches_pagemap_read: {r}");
-        return;
-    }
+    require!(why_not_here());
     let run = start("scan", 256);
     let pid = run.proc.0;
     let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
     let vmas = mm::collect_vmas(pid).unwrap();
     let zero = engine::sys::mmap::zero_page_pfn().unwrap();
     if let Err(e) = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan) {
-        eprintln!("SKIP pagemap_scan_matches_pagemap_read: PAGEMAP_SCAN: {e}");
+        skip(format!("PAGEMAP_SCAN (kernel 6.7+) is not usable here: {e}"));
         return;
     }
     // best of 5 each, alternating (the machine is shared and noisy)
@@ -306,4 +297,242 @@ fn pagemap_scan_matches_pagemap_read() {
     eprintln!("{} runs, {n} pages: PAGEMAP_SCAN {t_scan:?}, pagemap read {t_read:?}", scan.len());
     assert_eq!(scan, read);
     assert!(n >= 256 * 256, "dense memory missing: {n} pages");
+}
+
+fn build_cases(out: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/memcases.c");
+    let bin = out.join("memcases");
+    let st = Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "building memcases");
+    bin
+}
+
+/// Start `memcases ARGS` as pid 1 of a new pid namespace; `None` when the
+/// program says the kernel lacks what the mode needs (its `NO...` line).
+fn start_cases(name: &str, args: &[&str]) -> Result<Run, String> {
+    let tmp = std::env::temp_dir().join(format!("criu-rs-mem-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = build_cases(&tmp);
+    let mut child = common::only_stdio(&mut Command::new("setsid"))
+        .args(["unshare", "--pid", "--fork"])
+        .arg(&bin)
+        .args(args)
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start memcases");
+    let log = work.join("progress.log");
+    wait_until("ready", Duration::from_secs(60), || {
+        work.join("ready").exists() || std::fs::read_to_string(&log).unwrap_or_default().starts_with("NO")
+    });
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    if said.starts_with("NO") {
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(said.trim().to_string());
+    }
+    wait_until("first tick", Duration::from_secs(30), || ticks(&log) >= 1);
+    let mut pid = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).next() == Some(bin.as_os_str().as_encoded_bytes()) {
+            pid = pid.max(p);
+        }
+    }
+    assert!(pid > 0, "memcases not running");
+    let _ = child.try_wait();
+    Ok(Run { tmp, work, proc: Proc(pid) })
+}
+
+/// Dump `run` (killing it) into `img`, restore it with `env`, wait for ticks
+/// after restore; the restored pid.
+fn dump_restore(run: &mut Run, img: &str, env: &[(&str, &str)]) -> i32 {
+    let dir = run.tmp.join(img);
+    std::fs::create_dir_all(&dir).unwrap();
+    criu_env(&["dump", "-t", &run.proc.0.to_string()], &dir, "dump.log", env);
+    run.proc.0 = 0;
+    let log = run.work.join("progress.log");
+    let t = ticks(&log);
+    let pidfile = run.tmp.join(format!("{img}.pid"));
+    let st = Command::new(CRIU)
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "--pidfile"])
+        .arg(&pidfile)
+        .arg("-D")
+        .arg(&dir)
+        .envs(env.iter().copied())
+        .current_dir(&run.work)
+        .status()
+        .unwrap();
+    assert!(st.success(), "restore failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+    let rpid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    run.proc.0 = rpid;
+    wait_until("ticks after restore", Duration::from_secs(30), || ticks(&log) > t + 2);
+    rpid
+}
+
+/// Fragmented memory: 256 MiB with every other page written (32,768 runs)
+/// and with every 16th. PAGEMAP_SCAN fills its result vector many times
+/// over; the runs must come out once each, in order (the kernel's
+/// `walk_end` after a full vector lies below the last region it returned:
+/// restarting there wrote overlapping runs that restore refused), and the
+/// process must come back with every page.
+#[test]
+fn fragmented_memory_dumps_and_restores() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP fragmented_memory_dumps_and_restores: {r}");
+        return;
+    }
+    for stride in ["2", "16"] {
+        let mut run = start_cases(&format!("frag{stride}"), &["frag", "256", stride]).unwrap();
+        let pid = run.proc.0;
+        let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+        let vmas = mm::collect_vmas(pid).unwrap();
+        let zero = engine::sys::mmap::zero_page_pfn().unwrap();
+        let scan = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan).unwrap();
+        let read = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Pagemap).unwrap();
+        assert_eq!(scan.len(), read.len(), "stride {stride}: PAGEMAP_SCAN and pagemap differ in run count");
+        assert_eq!(scan, read, "stride {stride}: PAGEMAP_SCAN and pagemap differ");
+        assert!(scan.len() >= 256 * 256 / stride.parse::<usize>().unwrap(), "stride {stride}: {} runs", scan.len());
+        let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        dump_restore(&mut run, "img", &[]);
+    }
+}
+
+/// Offsets from an image are checked, not wrapped: a shared anonymous VMA
+/// whose `pgoff` is near 2^64 (so `pgoff + len` overflows) is refused by
+/// `criu restore` naming the image, the VMA and the field, before anything
+/// is forked; with the offset put back the same image set restores.
+#[test]
+fn hostile_pgoff_is_refused_by_name() {
+    use images_proto::{image, magic as mg, pb};
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP hostile_pgoff_is_refused_by_name: {r}");
+        return;
+    }
+    let mut run = start("pgoff", 0);
+    let dir = run.tmp.join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid = run.proc.0;
+    criu(&["dump", "-t", &pid.to_string()], &dir, "dump.log");
+    run.proc.0 = 0;
+    // memkinds runs as pid 1 of its namespace
+    let name = mg::MM.file_name(1);
+    let good: pb::MmEntry = image::read_one(&dir, &name, &mg::MM).unwrap();
+    let i = good.vmas.iter().position(|v| v.shmid != 0 && v.status & (1 << 8) != 0).expect("a shared anonymous VMA");
+    let mut bad = good.clone();
+    bad.vmas[i].pgoff = !4095u64;
+    std::fs::remove_file(dir.join(&name)).unwrap();
+    image::write_all(&dir, &name, &mg::MM, &[bad]).unwrap();
+    let pidfile = run.tmp.join("pid");
+    let restore = || {
+        Command::new(CRIU)
+            .args(["restore", "-d", "-v4", "-o", "restore.log", "--pidfile"])
+            .arg(&pidfile)
+            .arg("-D")
+            .arg(&dir)
+            .current_dir(&run.work)
+            .status()
+            .unwrap()
+    };
+    let st = restore();
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    if st.success() {
+        if let Ok(p) = std::fs::read_to_string(&pidfile) {
+            run.proc.0 = p.trim().parse().unwrap_or(0);
+        }
+    }
+    assert!(!st.success(), "restore accepted pgoff {:#x}:\n{log}", !4095u64);
+    assert!(log.contains(&format!("{name}: vma {i} at")) && log.contains("bad pgoff"), "the error does not name the image, VMA and field:\n{log}");
+    std::fs::remove_file(dir.join(&name)).unwrap();
+    image::write_all(&dir, &name, &mg::MM, &[good]).unwrap();
+    let st = restore();
+    assert!(st.success(), "restore of the unmodified set failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+    run.proc.0 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let log = run.work.join("progress.log");
+    let t = ticks(&log);
+    wait_until("ticks after restore", Duration::from_secs(10), || ticks(&log) > t + 2);
+}
+
+/// Guard pages (MADV_GUARD_INSTALL, Linux 6.13+) are swap-entry markers
+/// that PAGEMAP_SCAN shows as swapped pages; reading them through
+/// /proc/PID/mem fails with EIO, which failed the whole dump. They are left
+/// out (the dump log names them: the image format has no place for
+/// guards), and the pages around them come back intact.
+#[test]
+fn guard_pages_do_not_fail_the_dump() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP guard_pages_do_not_fail_the_dump: {r}");
+        return;
+    }
+    let mut run = match start_cases("guard", &["guard"]) {
+        Ok(r) => r,
+        Err(why) => {
+            test_support::skip(format!("the kernel has no MADV_GUARD_INSTALL ({why})"));
+            return;
+        }
+    };
+    let addr = u64::from_str_radix(std::fs::read_to_string(run.work.join("addr")).unwrap().trim(), 16).unwrap();
+    dump_restore(&mut run, "img", &[]);
+    let dlog = std::fs::read_to_string(run.tmp.join("img/dump.log")).unwrap();
+    let want = format!("guard pages (MADV_GUARD_INSTALL) at {:#x}-{:#x} are not dumped", addr + 5 * 4096, addr + 10 * 4096);
+    assert!(dlog.contains(&want), "the dump log does not name the guard pages ({want}):\n{dlog}");
+}
+
+/// Locked memory stays locked: an mlock()ed region, a MAP_LOCKED one and
+/// an mlock2(MLOCK_ONFAULT) one come back with VM_LOCKED (VmFlags `lo`)
+/// and as many locked kB (the on-fault one is locked in full: the image
+/// format has no place for MLOCK_ONFAULT, which the dump log says).
+#[test]
+fn locked_memory_stays_locked() {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP locked_memory_stays_locked: {r}");
+        return;
+    }
+    let mut run = start_cases("lock", &["lock"]).unwrap();
+    let locked = |pid: i32| -> Vec<(String, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut out = Vec::new();
+        let (mut range, mut kb) = (String::new(), 0u64);
+        for l in text.lines() {
+            let first = l.split(' ').next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                range = first.to_string();
+            } else if let Some(v) = l.strip_prefix("Locked:") {
+                kb = v.trim().trim_end_matches(" kB").trim().parse().unwrap();
+            } else if let Some(f) = l.strip_prefix("VmFlags:") {
+                if f.split_whitespace().any(|x| x == "lo") {
+                    out.push((range.clone(), kb));
+                }
+            }
+        }
+        out
+    };
+    let before = locked(run.proc.0);
+    assert_eq!(before.len(), 3, "memcases lock: {before:?}");
+    let rpid = dump_restore(&mut run, "img", &[]);
+    let after = locked(rpid);
+    // the same address ranges locked (the on-fault region, no longer
+    // different, may merge with its neighbour), and the on-fault one (half
+    // its pages touched) locked in full now
+    let spans = |v: &[(String, u64)]| -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (r, _) in v {
+            let (s, e) = r.split_once('-').unwrap();
+            let (s, e) = (u64::from_str_radix(s, 16).unwrap(), u64::from_str_radix(e, 16).unwrap());
+            match out.last_mut() {
+                Some(l) if l.1 == s => l.1 = e,
+                _ => out.push((s, e)),
+            }
+        }
+        out
+    };
+    assert_eq!(spans(&after), spans(&before), "locked ranges differ after restore: {after:?}, before {before:?}");
+    assert_eq!(after.iter().map(|a| a.1).sum::<u64>(), 3 * 32, "locked kB after restore: {after:?}");
+    let dlog = std::fs::read_to_string(run.tmp.join("img/dump.log")).unwrap();
+    assert!(dlog.contains("is locked on fault"), "the dump log does not say MLOCK_ONFAULT is lost:\n{dlog}");
 }

@@ -116,7 +116,7 @@ impl PagemapReader {
         let flags = e.flags.unwrap_or(if e.in_parent == Some(true) { PE_PARENT } else { PE_PRESENT });
         let run = PageRun { vaddr: e.vaddr, nr_pages: nr, flags, offset: self.next_offset };
         if run.present() {
-            self.next_offset += len;
+            self.next_offset = self.next_offset.checked_add(len).ok_or_else(|| bad("nr_pages", format!("{nr} pages at {:#x} overflow the pages file offset", e.vaddr)))?;
         }
         self.last_end = e.vaddr + len;
         Ok(Some(run))

@@ -105,11 +105,8 @@ mod tests {
     #[test]
     fn upstream_fixture_binary_has_the_recorded_build_id() {
         // crit 4.2's files.json of the counter set records these words.
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/upstream/counter/fx-counter");
-        if !p.exists() {
-            eprintln!("SKIP: no fixture binary at {}", p.display());
-            return;
-        }
+        test_support::require!(test_support::why_not_fixture("upstream/counter/fx-counter"));
+        let p = test_support::fixture("upstream/counter/fx-counter");
         assert_eq!(build_id_of(&p), Some(vec![1541857710, 862450628, 3177806065, 3137925598, 3318226877]));
     }
 

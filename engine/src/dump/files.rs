@@ -72,21 +72,17 @@ pub fn should_check_size(flags: u32) -> bool {
 /// `/proc/PID/fd/FD`, not consumed: a reopen for reading (non-blocking, so
 /// a FIFO with no writer does not wait), tee(2) into a pipe of ours.
 fn pipe_data(pid: Pid, fd: i32, pipe_id: u32, fifo: bool) -> Result<PipeData, FilesError> {
-    use std::os::fd::AsFd;
     let err = |e| FilesError::PipeData { pid, fd, pipe_id, source: e };
     let src = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(format!("/proc/{pid}/fd/{fd}"))
         .map_err(err)?;
-    let size = p::pipe_size(src.as_fd(), None).map_err(err)?;
+    let size = p::fcntl_int(src.as_raw_fd(), libc::F_GETPIPE_SZ, 0).map_err(err)? as u32;
     let (rd, wr) = p::pipe().map_err(err)?;
-    p::pipe_size(wr.as_fd(), Some(size)).map_err(err)?;
-    let n = match p::syscall6(
-        libc::SYS_tee,
-        [src.as_raw_fd() as u64, wr.as_raw_fd() as u64, u64::from(size), libc::SPLICE_F_NONBLOCK as u64, 0, 0],
-    ) {
-        Ok(n) => n as usize,
+    p::fcntl_int(wr.as_raw_fd(), libc::F_SETPIPE_SZ, u64::from(size)).map_err(err)?;
+    let n = match p::tee(&src, &wr, size as usize, libc::SPLICE_F_NONBLOCK) {
+        Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
         Err(e) => return Err(err(e)),
     };

@@ -45,6 +45,18 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
     if s.vm_flags.iter().any(|f| f == "nr") {
         flags |= libc::MAP_NORESERVE as u32;
     }
+    // VM_LOCKED (mlock, MAP_LOCKED): kept as MAP_LOCKED in the flags, as
+    // upstream does; restore locks the region again once it is filled
+    if s.vm_flags.iter().any(|f| f == "lo") {
+        flags |= libc::MAP_LOCKED as u32;
+        if s.vm_flags.iter().any(|f| f == "lf") {
+            crate::pr_warn!(
+                "{pid}: {:#x}-{:#x} is locked on fault (mlock2 MLOCK_ONFAULT); the image format has no place for that, so it is restored locked in full (every page of it resident)",
+                m.start,
+                m.end
+            );
+        }
+    }
     // MAP_SHARED|MAP_ANONYMOUS (and shared mappings of /dev/zero) are
     // shmem objects the kernel names "/dev/zero (deleted)", on an
     // anonymous device (major 0); named ones show as [anon_shmem:NAME]
@@ -113,6 +125,8 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 const PM_PFN: u64 = (1 << 55) - 1;
+/// A guard page (Linux 6.14+; shown with PM_SWAP).
+const PM_GUARD_REGION: u64 = 1 << 58;
 
 /// Append page `addr..addr+n*4096` to `runs`, merging with the previous run
 /// when contiguous and of the same kind (lazy, same shmem object or none).
@@ -180,6 +194,7 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
     let mut groups: Vec<u64> = Vec::new();
     let mut buf = vec![0u8; 8 * 4096];
     let mut regions = vec![PageRegion::default(); 4096];
+    let mut guards: Vec<(u64, u64)> = Vec::new();
     for v in vmas {
         let p = pick(v);
         match p {
@@ -192,6 +207,10 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
         }
         let lz = lazy(v);
         if walk == PageWalk::Scan {
+            // guard pages (MADV_GUARD_INSTALL) are swap-entry markers, so
+            // they show as swapped: their regions are told apart by the
+            // guard category and left out (reading them fails with EIO)
+            let guard = if pm::knows_guard() { pm::PAGE_IS_GUARD } else { 0 };
             let spec = if p == Pick::Present {
                 ScanSpec { mask: pm::PAGE_IS_PRESENT, ret: pm::PAGE_IS_PRESENT, ..Default::default() }
             } else {
@@ -199,20 +218,16 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
                     inverted: pm::PAGE_IS_FILE | pm::PAGE_IS_PFNZERO,
                     mask: pm::PAGE_IS_FILE | pm::PAGE_IS_PFNZERO,
                     anyof: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
-                    ret: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+                    ret: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED | guard,
                 }
             };
-            let mut a = v.start;
-            while a < v.end {
-                let (n, walk_end) = pm::scan(&pmf, a, v.end, spec, &mut regions).map_err(|e| MmError::Read { pid, what: "pagemap (PAGEMAP_SCAN)", source: e })?;
-                for r in &regions[..n] {
-                    push_run(&mut runs, &mut groups, r.start, (r.end - r.start) / 4096, lz, 0);
+            scan_vma(pid, &pmf, v, spec, &mut regions, |s, e, cats| {
+                if cats & pm::PAGE_IS_GUARD != 0 {
+                    push_guard(&mut guards, s, e);
+                } else {
+                    push_run(&mut runs, &mut groups, s, (e - s) / 4096, lz, 0);
                 }
-                if walk_end <= a {
-                    break;
-                }
-                a = walk_end;
-            }
+            })?;
             continue;
         }
         let mut page = v.start / 4096;
@@ -223,19 +238,77 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
             pmf.read_exact_at(&mut buf[..bytes], page * 8).map_err(|e| MmError::Read { pid, what: "pagemap", source: e })?;
             for (i, c) in buf[..bytes].chunks_exact(8).enumerate() {
                 let e = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                let a = (page + i as u64) * 4096;
+                if e & PM_GUARD_REGION != 0 {
+                    push_guard(&mut guards, a, a + 4096);
+                    continue;
+                }
                 let want = if p == Pick::Present {
                     e & PM_PRESENT != 0
                 } else {
                     (e & PM_PRESENT != 0 && e & PM_FILE == 0 && (e & PM_PFN) != zero_pfn) || e & PM_SWAP != 0
                 };
                 if want {
-                    push_run(&mut runs, &mut groups, (page + i as u64) * 4096, 1, lz, 0);
+                    push_run(&mut runs, &mut groups, a, 1, lz, 0);
                 }
             }
             page += n;
         }
     }
+    if !guards.is_empty() {
+        let list: Vec<String> = guards.iter().map(|(s, e)| format!("{s:#x}-{e:#x}")).collect();
+        crate::pr_warn!(
+            "{pid}: guard pages (MADV_GUARD_INSTALL) at {} are not dumped: the image format has no place for them, so the restored process has ordinary zero-filled pages there instead of guards",
+            list.join(", ")
+        );
+    }
     Ok(runs)
+}
+
+/// Append guard range `s..e`, merging with the previous one.
+fn push_guard(guards: &mut Vec<(u64, u64)>, s: u64, e: u64) {
+    match guards.last_mut() {
+        Some(g) if g.1 == s => g.1 = e,
+        _ => guards.push((s, e)),
+    }
+}
+
+/// PAGEMAP_SCAN over all of `v`, as many ioctls as it takes; `found` gets
+/// each selected range (with its categories) once, in ascending order, never overlapping the
+/// previous one.
+///
+/// When the result vector fills, the kernel (6.18 here) can report a
+/// `walk_end` below the end of the regions it already returned (seen: 4 MiB
+/// back, after 4096 one-page regions of a mapping with every other page
+/// written); restarting there reported those pages a second time and wrote
+/// an image whose runs overlap. So the next ioctl starts at whichever is
+/// further, `walk_end` or the end of the last region returned (everything
+/// below a returned region's end has been walked), and any part of a region
+/// below what was already reported is dropped.
+fn scan_vma(pid: Pid, pmf: &File, v: &Vma, spec: ScanSpec, regions: &mut [PageRegion], mut found: impl FnMut(u64, u64, u64)) -> Result<(), MmError> {
+    let mut a = v.start;
+    // everything below `done` has been reported (or found empty)
+    let mut done = v.start;
+    while a < v.end {
+        let (n, walk_end) = pm::scan(pmf, a, v.end, spec, regions).map_err(|e| MmError::Read { pid, what: "pagemap (PAGEMAP_SCAN)", source: e })?;
+        for r in &regions[..n] {
+            let (s, e) = (r.start.max(done), r.end.min(v.end));
+            if s < e {
+                found(s, e, r.categories);
+                done = e;
+            }
+        }
+        let next = walk_end.max(done);
+        if next <= a {
+            return Err(MmError::Read {
+                pid,
+                what: "pagemap (PAGEMAP_SCAN)",
+                source: io::Error::other(format!("the walk of {:#x}-{:#x} made no progress at {a:#x}", v.start, v.end)),
+            });
+        }
+        a = next;
+    }
+    Ok(())
 }
 
 /// Pages of a shared anonymous mapping: the data ranges (SEEK_DATA /
@@ -263,17 +336,7 @@ fn shmem_pages(pid: Pid, v: &Vma, pmf: &File, runs: &mut Vec<PageRun>, groups: &
         Err(_) => {
             let mut regions = vec![PageRegion::default(); 4096];
             let spec = ScanSpec { anyof: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED, ret: pm::PAGE_IS_PRESENT, ..Default::default() };
-            let mut a = v.start;
-            while a < v.end {
-                let (n, walk_end) = pm::scan(pmf, a, v.end, spec, &mut regions).map_err(|e| MmError::Read { pid, what: "pagemap (PAGEMAP_SCAN)", source: e })?;
-                for r in &regions[..n] {
-                    push_run(runs, groups, r.start, (r.end - r.start) / 4096, false, v.shmid);
-                }
-                if walk_end <= a {
-                    break;
-                }
-                a = walk_end;
-            }
+            scan_vma(pid, pmf, v, spec, &mut regions, |s, e, _| push_run(runs, groups, s, (e - s) / 4096, false, v.shmid))?;
         }
     }
     Ok(())

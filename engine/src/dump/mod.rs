@@ -37,6 +37,8 @@ pub enum DumpError {
     Task(#[from] task::TaskError),
     #[error(transparent)]
     Files(#[from] files::FilesError),
+    #[error("process {pid}: {what}")]
+    Namespace { pid: Pid, what: String },
     #[error("{what} of {pid}")]
     Io { pid: Pid, what: &'static str, #[source] source: io::Error },
 }
@@ -44,6 +46,66 @@ pub enum DumpError {
 /// Last value of an `NS*` line of status: the id in the innermost pid ns.
 fn ns_last(status: &str, key: &str) -> Option<i32> {
     proc::status_nums(status, key).last().map(|v| *v as i32)
+}
+
+/// `/proc/PID/task/TID/ns/KIND` (or `/proc/self/ns/KIND`) as `kind:[inode]`.
+fn ns_link(path: &str) -> Option<String> {
+    std::fs::read_link(path).ok().map(|l| l.to_string_lossy().into_owned())
+}
+
+/// Namespace kinds a dumped task must share with the engine, since restore
+/// creates none of them (checked per thread: a thread can unshare some).
+/// (A time namespace of its own is kept: timens-0.img has its clocks, and
+/// restore makes a new one in which they continue.)
+const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
+
+/// Refuse, by name, every namespace of thread `tid` of `pid` that the
+/// restore would not give back: any kind but pid that differs from the
+/// engine's own but time; a pid namespace other than the engine's unless `pid` is
+/// its pid 1 and it sits directly below the engine's (restore then makes
+/// one with CLONE_NEWPID); and a pending `unshare` of the pid or time
+/// namespace (`*_for_children` differs: the children would get one the
+/// images can't carry).
+pub fn check_namespaces(pid: Pid, tid: Pid) -> Result<(), DumpError> {
+    let err = |what: String| DumpError::Namespace { pid, what };
+    let base = format!("/proc/{pid}/task/{tid}/ns");
+    let mut differ = Vec::new();
+    for kind in SAME_NS {
+        let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/{kind}")), ns_link(&format!("/proc/self/ns/{kind}"))) else {
+            continue; // a kind this kernel lacks
+        };
+        if theirs != ours {
+            differ.push(format!("{kind} ({theirs}, criu's is {ours})"));
+        }
+    }
+    if !differ.is_empty() {
+        return Err(err(format!(
+            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than a pid namespace is not supported yet",
+            differ.join(", ")
+        )));
+    }
+    for kind in ["pid", "time"] {
+        let (Some(now), Some(children)) = (ns_link(&format!("{base}/{kind}")), ns_link(&format!("{base}/{kind}_for_children"))) else {
+            continue;
+        };
+        if now != children {
+            return Err(err(format!(
+                "thread {tid} has unshared a {kind} namespace for its children ({kind}_for_children is {children}, its own is {now}): not supported"
+            )));
+        }
+    }
+    let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/pid")), ns_link("/proc/self/ns/pid")) else { return Ok(()) };
+    if theirs != ours {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| DumpError::Io { pid, what: "status", source: e })?;
+        let me = std::fs::read_to_string("/proc/self/status").map_err(|e| DumpError::Io { pid, what: "criu's own status", source: e })?;
+        let (nspid, mine) = (proc::status_nums(&st, "NSpid"), proc::status_nums(&me, "NSpid"));
+        if nspid.last() != Some(&1) || nspid.len() != mine.len() + 1 {
+            return Err(err(format!(
+                "it is in a pid namespace ({theirs}) other than criu's ({ours}) without being its pid 1 one level below criu's (NSpid {nspid:?}): only the pid 1 of a pid namespace of its own is supported"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Freeze `pid` and collect its state. The returned guard keeps it frozen
@@ -68,6 +130,10 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
         }
     };
     crate::fault::point("after-freeze");
+    // (frozen: no thread can unshare or setns any more)
+    for t in &frozen.threads {
+        check_namespaces(pid, t.tid)?;
+    }
     let mut children = Vec::new();
     for t in &frozen.threads {
         let c = std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.tid)).map_err(io_err("children"))?;
@@ -112,10 +178,27 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     }
     drop(par);
     crate::fault::point("after-parasite");
+    task.stop_signo = frozen.stop_signo.map(|s| s as u32);
+    // A SIGSTOP still queued was sent before the freeze: the process is
+    // stopped (it is not a signal restore could queue again).
+    let is_stop = |si: &[u8; 128]| i32::from_le_bytes([si[0], si[1], si[2], si[3]]) == libc::SIGSTOP;
+    let queued_stop = task.shared_pending.iter().chain(task.threads.iter().flat_map(|t| &t.pending)).any(is_stop);
+    if queued_stop {
+        task.shared_pending.retain(|si| !is_stop(si));
+        for t in &mut task.threads {
+            t.pending.retain(|si| !is_stop(si));
+        }
+        task.stop_signo.get_or_insert(libc::SIGSTOP as u32);
+    }
+    if let Some(sig) = task.stop_signo {
+        pr_debug!("{pid} is stopped (signal {sig}): dumped as TASK_STOPPED");
+    }
     // the scratch page is gone again; the VMAs collected before it are the truth
-    let dumpable = task.mm.dumpable;
+    let (dumpable, thp_disabled) = (task.mm.dumpable, task.mm.thp_disabled);
     task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
+    // (read by injection in collect_process)
     task.mm.dumpable = dumpable;
+    task.mm.thp_disabled = thp_disabled;
     (task.fds, task.pipe_data) = files::collect_fds(pid)?;
     (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
     let (root_ids, ids) = task::collect_ids(&[pid])?;

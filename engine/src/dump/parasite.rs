@@ -4,25 +4,36 @@
 //!
 //! # Fault safety
 //!
-//! Before a thread's registers are touched, an `rt_sigframe` is written on
-//! its stack below the red zone: a `ucontext` with its original registers
-//! (syscall restart already resolved, as signal delivery would), its
-//! original signal mask and its XSAVE state (with the `_fpx_sw_bytes` and
-//! `FP_XSTATE_MAGIC2` that `rt_sigreturn` checks). While the thread is ours
-//! its *parked* state is `rip = a syscall instruction, rax =
-//! __NR_rt_sigreturn, rsp = the frame`: if the engine dies (ptrace detaches
-//! on tracer exit) the thread's next instruction is `rt_sigreturn`, which
-//! puts back every register, the FPU state and the signal mask.
+//! First the main thread, from its own untouched registers (signals
+//! blocked for that one call), runs an mmap of the scratch mapping: a code
+//! page, a data area, and a frame slot per thread. Its registers and mask
+//! go back right after. Then, before a thread's registers are touched, an
+//! `rt_sigframe` is written into its slot: a `ucontext` with its original
+//! registers (syscall restart already resolved, as signal delivery would),
+//! its original signal mask and its XSAVE state (with the `_fpx_sw_bytes`
+//! and `FP_XSTATE_MAGIC2` that `rt_sigreturn` checks). Nothing is written
+//! into the target's own memory, its stacks included (a stack may be heap
+//! memory with a neighbour's data right below the stack pointer, and the
+//! page pump copies pages while threads are parked). While the thread is
+//! ours its *parked* state is `rip = the code page's second syscall, rax =
+//! __NR_rt_sigreturn, rsp = the frame`: if the engine dies (ptrace
+//! detaches on tracer exit) the thread's next instruction is
+//! `rt_sigreturn`, which puts back every register, the FPU state and the
+//! signal mask.
 //!
-//! Injected syscalls run from a scratch code page whose bytes are
-//! `syscall; mov $15,%eax; syscall`: the engine points `rip` at the first
-//! `syscall` and steps with PTRACE_SYSCALL to the exit stop; if the engine
-//! dies anywhere in between, the thread falls through into `rt_sigreturn`.
-//! Only the mmap of that page itself runs from an instruction found in the
-//! target's text (one syscall whose fall-through is foreign code), and only
-//! the final munmap of it has no page to fall into (one syscall again).
-//! A crashed engine may leave the scratch mapping behind (17 pages, rwx,
-//! anonymous); everything else is as it was.
+//! Injected syscalls run from the code page, whose bytes are `syscall;
+//! mov $15,%eax; syscall`: the engine points `rip` at the first `syscall`
+//! and steps with PTRACE_SYSCALL to the exit stop; if the engine dies
+//! anywhere in between, the thread falls through into `rt_sigreturn`.
+//! Only the mmap of the mapping itself runs from an instruction found in
+//! the target's text (one syscall whose fall-through is foreign code), and
+//! only the final munmap of it has no page to fall into (one syscall
+//! again). A crashed engine may leave the scratch mapping behind (17 pages
+//! and the frame slots, rwx, anonymous); everything else is as it was.
+//!
+//! A SIGSTOP that reaches a thread while it is stepped is taken off and
+//! recorded ([`Frozen::stop_seen`]): the process is stopped again when it
+//! is released. Group-stop traps are resumed. See [`step`].
 //!
 //! `uc_stack.ss_flags` in the frame is deliberately invalid (3), so the
 //! `restore_altstack` inside `rt_sigreturn` fails (silently, by design of
@@ -160,10 +171,11 @@ fn xstate_geometry(xsave: &[u8]) -> (usize, u64) {
 }
 
 /// Build the `rt_sigframe` that `rt_sigreturn` turns back into `regs`,
-/// `sigmask` and `xsave`, placed below `regs.sp`'s red zone the way the
-/// kernel places a signal frame (fpstate 64-byte aligned, frame 16-8).
-pub fn build_sigframe(regs: &Regs, sigmask: u64, xsave: &[u8]) -> SigFrame {
-    let top = regs.sp.wrapping_sub(REDZONE);
+/// `sigmask` and `xsave`, placed below `top` the way the kernel places a
+/// signal frame below a stack's red zone (fpstate 64-byte aligned, frame
+/// 16-8). `top` is in the scratch mapping ([`Parasite::start`]): nothing
+/// is ever written on the thread's own stack.
+pub fn build_sigframe(regs: &Regs, sigmask: u64, xsave: &[u8], top: u64) -> SigFrame {
     // FPU state: XSAVE (standard format) + magic2, or legacy FXSAVE only
     let mut fp: Vec<u8>;
     if xsave.len() >= XSAVE_MIN {
@@ -224,19 +236,37 @@ pub fn find_gadget(pid: Pid, ip: u64, exec_ranges: &[(u64, u64)]) -> io::Result<
     }
     let mut buf = vec![0u8; 1 << 16];
     for &(s, e) in exec_ranges {
-        let mut a = s;
-        while a < e {
-            let n = usize::try_from((e - a).min(buf.len() as u64)).unwrap_or(buf.len());
-            if mem.read_exact_at(&mut buf[..n], a).is_err() {
-                break;
-            }
-            if let Some(i) = buf[..n].windows(2).position(|w| w == [0x0f, 0x05]) {
-                return Ok(a + i as u64);
-            }
-            a += n as u64 - 1;
+        if let Some(at) = search_range(s, e, &mut buf, |b, a| mem.read_exact_at(b, a))? {
+            return Ok(at);
         }
     }
     Err(io::Error::other(format!("no syscall instruction found in the executable memory of {pid}")))
+}
+
+/// First `0f 05` in `[s, e)`, read through `read` a buffer at a time; each
+/// read starts one byte before the previous one ended (an instruction may
+/// straddle two reads), so every step advances by `buf.len() - 1`: with
+/// fewer than two bytes left there is nothing more to find. An unreadable
+/// piece ends the search of that range.
+fn search_range(
+    s: u64,
+    e: u64,
+    buf: &mut [u8],
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<Option<u64>> {
+    debug_assert!(buf.len() >= 2);
+    let mut a = s;
+    while e.saturating_sub(a) >= 2 {
+        let n = usize::try_from((e - a).min(buf.len() as u64)).unwrap_or(buf.len());
+        if read(&mut buf[..n], a).is_err() {
+            break;
+        }
+        if let Some(i) = buf[..n].windows(2).position(|w| w == [0x0f, 0x05]) {
+            return Ok(Some(a + i as u64));
+        }
+        a += n as u64 - 1;
+    }
+    Ok(None)
 }
 
 /// One thread under injection: what to put back, and where it is parked.
@@ -254,12 +284,24 @@ pub struct Parasite {
     pub pid: Pid,
     /// Main thread first.
     order: Vec<Pid>,
+    /// Threads parked so far (all of `order` once started).
     threads: BTreeMap<Pid, Session>,
     /// Start of the mapping (the code page); 0 until mapped.
     code: u64,
+    /// The code page holds [`CODE`].
+    code_ready: bool,
+    /// The `syscall` in the target's text the mapping was made from.
+    gadget: u64,
+    /// Length of the whole mapping (code, data, frames).
+    len: u64,
     /// Data area right after the code page.
     pub scratch: u64,
     mem: File,
+    /// The main thread's state before the session (for a munmap when it
+    /// could not be parked).
+    main_orig: (Regs, u64),
+    /// Set when a SIGSTOP reached a thread we were stepping (see [`step`]).
+    stop_seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn shadow_stack(pid: Pid, tid: Pid) -> bool {
@@ -268,69 +310,106 @@ fn shadow_stack(pid: Pid, tid: Pid) -> bool {
         .unwrap_or(false)
 }
 
+/// Bytes each thread's frame gets in the scratch mapping: the largest
+/// frame plus the red zone the kernel leaves above one and the alignment
+/// slack, in whole pages.
+fn frame_slot(frame_len: usize) -> u64 {
+    let need = frame_len as u64 + REDZONE + 64 + 16;
+    need.div_ceil(4096) * 4096
+}
+
 impl Parasite {
     /// Start a session on every frozen thread of `f`; `gadget` is a
     /// `syscall` instruction in the target's text, used once to map the
-    /// scratch page.
+    /// scratch mapping: the code page, the data area, and one frame slot
+    /// per thread where that thread's `rt_sigframe` goes.
     pub fn start(f: &Frozen, gadget: u64) -> io::Result<Parasite> {
-        let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{}/mem", f.pid))?;
-        let mut p = Parasite { pid: f.pid, order: Vec::new(), threads: BTreeMap::new(), code: 0, scratch: 0, mem };
-        for (i, t) in f.threads.iter().enumerate() {
+        let pid = f.pid;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|e| io::Error::new(e.kind(), format!("opening /proc/{pid}/mem: {e}")))?;
+        let mut xsaves = Vec::with_capacity(f.threads.len());
+        let mut max_frame = 0;
+        for t in &f.threads {
             let tid = t.tid;
-            if shadow_stack(f.pid, tid) {
+            if shadow_stack(pid, tid) {
                 return Err(io::Error::other(format!(
                     "thread {tid} uses a shadow stack: a sigframe without a shadow-stack token would kill it; not supported yet"
                 )));
             }
             let xsave = ptrace::get_xstate(tid).map_err(|e| io::Error::new(e.kind(), format!("XSAVE state of {tid}: {e}")))?;
-            let frame = build_sigframe(&fixup_syscall_restart(t.regs), t.sigmask, &xsave);
+            max_frame = max_frame.max(build_sigframe(&t.regs, 0, &xsave, 1 << 20).bytes.len());
+            xsaves.push(xsave);
+        }
+        let slot = frame_slot(max_frame);
+        let n = u64::try_from(f.threads.len()).map_err(io::Error::other)?;
+        let len = CODE_LEN + SCRATCH_LEN + n * slot;
+        let main = &f.threads[0];
+        let mut p = Parasite {
+            pid,
+            order: f.threads.iter().map(|t| t.tid).collect(),
+            threads: BTreeMap::new(),
+            code: 0,
+            code_ready: false,
+            gadget,
+            len,
+            scratch: 0,
+            mem,
+            main_orig: (main.regs, main.sigmask),
+            stop_seen: f.stop_seen.clone(),
+        };
+        p.map_scratch(gadget)?;
+        p.mem.write_all_at(&CODE, p.code)?;
+        p.code_ready = true;
+        let frames = p.code + CODE_LEN + SCRATCH_LEN;
+        for (i, (t, xsave)) in f.threads.iter().zip(&xsaves).enumerate() {
+            let tid = t.tid;
+            let top = frames + (i as u64 + 1) * slot - REDZONE;
+            let frame = build_sigframe(&fixup_syscall_restart(t.regs), t.sigmask, xsave, top);
             p.mem.write_all_at(&frame.bytes, frame.addr).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("writing the rt_sigframe of thread {tid} at {:#x} (sp {:#x}): {e}", frame.addr, t.regs.sp),
-                )
+                io::Error::new(e.kind(), format!("writing the rt_sigframe of thread {tid} at {:#x}: {e}", frame.addr))
             })?;
             let mut parked = t.regs;
             parked.sp = frame.rsp;
             parked.ax = NR_RT_SIGRETURN;
             parked.orig_ax = u64::MAX;
-            // the main thread parks on the found gadget until the code page exists
-            parked.ip = if i == 0 { gadget } else { p.code + PARK_OFF };
-            p.order.push(tid);
+            parked.ip = p.code + PARK_OFF;
             p.threads.insert(tid, Session { orig: t.regs, mask: t.sigmask, parked });
             // registers first: from here a dead engine means rt_sigreturn,
             // which also puts back the mask blocked next
             ptrace::set_regs(tid, &parked)?;
             ptrace::set_sigmask(tid, !0)?;
             crate::pr_debug!("thread {tid} parked on a sigframe at {:#x}", frame.addr);
-            if i == 0 {
-                p.map_code(gadget)?;
-            }
         }
         Ok(p)
     }
 
-    /// The one syscall run from foreign code: mmap of the scratch mapping.
-    fn map_code(&mut self, gadget: u64) -> io::Result<()> {
+    /// The one syscall run from foreign code: mmap of the scratch mapping,
+    /// in the main thread, from its own untouched state. Signals are
+    /// blocked for it (a handler must not run in the middle of a freeze)
+    /// only while the registers are the call's, and the thread gets its
+    /// mask and registers back right after, before anything is written
+    /// into the new mapping: the window is, as it always was, from loading
+    /// the call's registers to putting the thread's own back.
+    fn map_scratch(&mut self, gadget: u64) -> io::Result<()> {
         let tid = self.order[0];
+        let (orig, mask) = self.main_orig;
         let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let len = CODE_LEN + SCRATCH_LEN;
-        let parked = self.threads[&tid].parked;
-        let mut r = call_regs(&parked, libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0]);
+        let mut r = call_regs(&orig, libc::SYS_mmap, &[0, self.len, prot, flags, u64::MAX, 0]);
         r.ip = gadget;
-        let out = step(tid, &r, &[]);
-        // back onto the gadget with rax = rt_sigreturn before anything else
-        ptrace::set_regs(tid, &parked)?;
+        ptrace::set_regs(tid, &r)?;
+        let out = ptrace::set_sigmask(tid, !0).and_then(|()| step(tid, &r, &[], &self.stop_seen));
+        // back to its own state before anything else: mask, then registers
+        let back = ptrace::set_sigmask(tid, mask).and_then(|()| ptrace::set_regs(tid, &orig));
+        back?;
         let a = crate::sys::check_raw(out?.ax as i64)
-            .map_err(|e| io::Error::new(e.kind(), format!("injected mmap of the scratch page in {tid}: {e}")))?;
+            .map_err(|e| io::Error::new(e.kind(), format!("injected mmap of the scratch mapping in {tid}: {e}")))?;
         self.code = a;
         self.scratch = a + CODE_LEN;
-        self.mem.write_all_at(&CODE, a)?;
-        let s = self.threads.get_mut(&tid).expect("main thread");
-        s.parked.ip = a + PARK_OFF;
-        ptrace::set_regs(tid, &s.parked)?;
-        crate::pr_debug!("scratch code page of {} at {a:#x}", self.pid);
+        crate::pr_debug!("scratch mapping of {} at {a:#x} ({} bytes)", self.pid, self.len);
         Ok(())
     }
 
@@ -347,7 +426,7 @@ impl Parasite {
         // after the exit stop the thread sits on `mov $15,%eax; syscall`:
         // still parked, so there is nothing to put back between calls
         let points: &[&str] = if tid == self.order[0] { &["mid-inject"] } else { &["mid-inject", "mid-inject-thread"] };
-        Ok(step(tid, &r, points)?.ax as i64)
+        Ok(step(tid, &r, points, &self.stop_seen)?.ax as i64)
     }
 
     /// The main thread (the one pump calls run in).
@@ -394,7 +473,7 @@ impl Parasite {
         let tid = self.order[0];
         let mut r = call_regs(&self.threads[&tid].parked, nr, args);
         r.ip = self.code + PUMP_CALL_OFF;
-        Ok(step(tid, &r, &["mid-pump"])?.ax as i64)
+        Ok(step(tid, &r, &["mid-pump"], &self.stop_seen)?.ax as i64)
     }
 
     /// Disarm: run the cleanup's closes and its sched_setaffinity in the
@@ -405,7 +484,7 @@ impl Parasite {
         let mut r = self.threads[&tid].parked;
         r.ip = self.code + CLEANUP_OFF;
         for _ in 0..CLEANUP_SYSCALLS {
-            r = step(tid, &r, &[])?;
+            r = step(tid, &r, &[], &self.stop_seen)?;
         }
         let code = self.code;
         let s = self.threads.get_mut(&tid).expect("main thread");
@@ -439,22 +518,40 @@ fn call_regs(parked: &Regs, nr: i64, args: &[u64]) -> Regs {
 }
 
 /// Load `r` and run its syscall to the exit stop; the registers there.
-/// Signals are blocked, so any other stop means someone else is stopping
-/// or killing the thread: an error.
-fn step(tid: Pid, r: &Regs, fault_points: &[&str]) -> io::Result<Regs> {
+///
+/// Signals are blocked, but two kinds of stop still come: a SIGSTOP
+/// (unblockable) is taken off in its signal-delivery stop and recorded in
+/// `stop_seen`, so the freeze goes on and the process is stopped again
+/// when it is released ([`Frozen`]'s `Drop`), as upstream does; a
+/// group-stop or interrupt trap (PTRACE_EVENT_STOP: the process was
+/// stopped before we seized it, or a stop began before the signal was
+/// taken) is resumed, since a seized thread runs on from it under ptrace.
+/// Anything else means someone else is killing the thread: an error. A
+/// syscall that does not finish within a bounded number of such stops is
+/// an error too, never a wait without end.
+fn step(tid: Pid, r: &Regs, fault_points: &[&str], stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<Regs> {
     ptrace::set_regs(tid, r)?;
     let mut seen_entry = false;
-    loop {
+    for _ in 0..1000 {
+        // a signal-delivery stop resumed with 0 discards its signal
         ptrace::cont_syscall(tid, 0)?;
         match ptrace::wait(tid)? {
             Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
                 if seen_entry {
-                    break;
+                    return ptrace::get_regs(tid);
                 }
                 seen_entry = true;
                 for p in fault_points {
                     crate::fault::point(p);
+                    crate::fault::stop_point(p, tid);
                 }
+            }
+            Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
+                crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
+                stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
+                crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
             }
             other => {
                 return Err(io::Error::other(format!(
@@ -464,7 +561,7 @@ fn step(tid: Pid, r: &Regs, fault_points: &[&str]) -> io::Result<Regs> {
             }
         }
     }
-    ptrace::get_regs(tid)
+    Err(io::Error::other(format!("thread {tid} did not finish injected syscall {} after 1000 stops", r.ax)))
 }
 
 impl Drop for Parasite {
@@ -473,30 +570,32 @@ impl Drop for Parasite {
         // park in the mapping about to go), mask before registers (a parked
         // thread gets its mask from the frame anyway).
         for tid in self.order.iter().skip(1) {
-            let s = &self.threads[tid];
+            let Some(s) = self.threads.get(tid) else { continue };
             if let Err(e) = ptrace::set_sigmask(*tid, s.mask).and_then(|()| ptrace::set_regs(*tid, &s.orig)) {
                 crate::pr_warn!("can't put back the state of thread {tid}: {e}");
             }
         }
         let Some(&main) = self.order.first() else { return };
-        if self.code != 0 && self.threads[&main].parked.ip == self.code + CLEANUP_OFF {
+        if self.code != 0 && self.threads.get(&main).is_some_and(|s| s.parked.ip == self.code + CLEANUP_OFF) {
             if let Err(e) = self.disarm_pump() {
                 crate::pr_warn!("can't close the pump fds in {}: {e}", self.pid);
             }
         }
+        let (orig, mask) = self.threads.get(&main).map(|s| (s.orig, s.mask)).unwrap_or(self.main_orig);
         if self.code != 0 {
-            // the last window: once the page is gone the main thread must get
-            // its own registers before it runs again
-            let s = &self.threads[&main];
-            let mut r = call_regs(&s.parked, libc::SYS_munmap, &[self.code, CODE_LEN + SCRATCH_LEN]);
-            r.ip = self.code;
-            match step(main, &r, &[]).map(|o| crate::sys::check_raw(o.ax as i64)) {
+            // the last window: once the mapping is gone the main thread must
+            // get its own registers before it runs again (signals blocked for
+            // it if it was never parked)
+            let from = self.threads.get(&main).map(|s| s.parked).unwrap_or(orig);
+            let mut r = call_regs(&from, libc::SYS_munmap, &[self.code, self.len]);
+            r.ip = if self.code_ready { self.code } else { self.gadget };
+            let blocked = ptrace::set_sigmask(main, !0);
+            match blocked.and_then(|()| step(main, &r, &[], &self.stop_seen)).map(|o| crate::sys::check_raw(o.ax as i64)) {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) | Err(e) => crate::pr_warn!("can't unmap the scratch page of {}: {e}", self.pid),
+                Ok(Err(e)) | Err(e) => crate::pr_warn!("can't unmap the scratch mapping of {}: {e}", self.pid),
             }
         }
-        let s = &self.threads[&main];
-        if let Err(e) = ptrace::set_regs(main, &s.orig).and_then(|()| ptrace::set_sigmask(main, s.mask)) {
+        if let Err(e) = ptrace::set_regs(main, &orig).and_then(|()| ptrace::set_sigmask(main, mask)) {
             crate::pr_warn!("can't put back the state of thread {main}: {e}");
         }
     }
@@ -554,10 +653,12 @@ mod tests {
         xs[SW_RESERVED + 8..SW_RESERVED + 16].copy_from_slice(&7u64.to_le_bytes());
         xs[512..520].copy_from_slice(&3u64.to_le_bytes());
         xs[520..528].copy_from_slice(&u64::MAX.to_le_bytes());
-        let f = build_sigframe(&r, 0x5555, &xs);
+        let top = 0x7f00_0000_3000 - 5;
+        let f = build_sigframe(&r, 0x5555, &xs, top);
         assert_eq!(f.fpstate % 64, 0);
         assert_eq!((f.addr + 8) % 16, 0, "frame is aligned like at a function entry");
-        assert!(f.fpstate + f.bytes.len() as u64 - (f.fpstate - f.addr) <= r.sp - REDZONE, "red zone untouched");
+        assert!(f.fpstate + f.bytes.len() as u64 - (f.fpstate - f.addr) <= top, "nothing above the top");
+        assert!(f.bytes.len() as u64 + 64 + 16 >= top - f.addr, "frame right below the top");
         assert!(f.fpstate >= f.addr + RT_SIGFRAME_SIZE);
         let rd = |o: u64| u64::from_le_bytes(f.bytes[o as usize..o as usize + 8].try_into().unwrap());
         // sigreturn reads the frame at rsp - 8
@@ -580,8 +681,56 @@ mod tests {
     }
 
     #[test]
+    fn gadget_search_advances_to_the_end_of_a_range() {
+        // a range without `syscall` whose last read leaves one byte: the
+        // search must end (it used to read that byte forever)
+        let text: Vec<u8> = (0..10u8).collect();
+        let read = |b: &mut [u8], a: u64| {
+            b.copy_from_slice(&text[a as usize..a as usize + b.len()]);
+            Ok(())
+        };
+        for len in 2..=10 {
+            for buf in 2..=6 {
+                let mut v = vec![0u8; buf];
+                assert_eq!(search_range(0, len, &mut v, read).unwrap(), None, "len {len} buf {buf}");
+            }
+        }
+        assert_eq!(search_range(0, 1, &mut [0u8; 4], read).unwrap(), None);
+        assert_eq!(search_range(5, 5, &mut [0u8; 4], read).unwrap(), None);
+        // found where it straddles two reads, and at the very end
+        let mut t2 = [0x90u8; 12];
+        t2[3] = 0x0f;
+        t2[4] = 0x05;
+        let read2 = |b: &mut [u8], a: u64| {
+            b.copy_from_slice(&t2[a as usize..a as usize + b.len()]);
+            Ok(())
+        };
+        assert_eq!(search_range(0, 12, &mut [0u8; 4], read2).unwrap(), Some(3));
+        let mut t3 = [0x90u8; 12];
+        t3[10] = 0x0f;
+        t3[11] = 0x05;
+        let read3 = |b: &mut [u8], a: u64| {
+            b.copy_from_slice(&t3[a as usize..a as usize + b.len()]);
+            Ok(())
+        };
+        assert_eq!(search_range(0, 12, &mut [0u8; 5], read3).unwrap(), Some(10));
+        // an unreadable piece ends the range
+        let fail = |_: &mut [u8], _: u64| Err(io::Error::other("EIO"));
+        assert_eq!(search_range(0, 100, &mut [0u8; 4], fail).unwrap(), None);
+    }
+
+    #[test]
+    fn frame_slots_hold_the_largest_frame() {
+        for len in [440usize, 1000, 3000, 4096, 9000] {
+            let slot = frame_slot(len);
+            assert_eq!(slot % 4096, 0);
+            assert!(slot >= len as u64 + REDZONE + 64 + 16);
+        }
+    }
+
+    #[test]
     fn fxsave_only_frame_has_no_magic() {
-        let f = build_sigframe(&regs(), 0, &[0u8; 512]);
+        let f = build_sigframe(&regs(), 0, &[0u8; 512], 0x7f00_0000_3000);
         let fo = (f.fpstate - f.addr) as usize;
         assert_eq!(f.bytes.len() - fo, 512);
         assert_eq!(&f.bytes[fo + SW_RESERVED..fo + SW_RESERVED + 4], &[0, 0, 0, 0]);

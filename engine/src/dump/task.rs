@@ -15,6 +15,8 @@ use std::io;
 pub enum TaskError {
     #[error("{what} of {tid}")]
     Io { tid: Pid, what: &'static str, #[source] source: io::Error },
+    #[error("process {pid}: {what}")]
+    Unsupported { pid: Pid, what: String },
     #[error("thread {tid} has {n} seccomp filters; more than {max} is not supported")]
     SeccompChain { tid: Pid, n: usize, max: usize },
 }
@@ -239,6 +241,26 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
     let sub = par.call(pid, "prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, s]);
     t.child_subreaper = sub.is_ok() && par.read(0, 4).map(|b| b != [0, 0, 0, 0]).unwrap_or(false);
     t.mm.dumpable = par.call(pid, "prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64]).map_err(io_err(pid, "dumpable"))? as u32;
+    // mm-wide state that only the process itself can ask for
+    t.mm.thp_disabled = match par.call(pid, "prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, &[PR_GET_THP_DISABLE]).map_err(io_err(pid, "THP disable"))? {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(TaskError::Unsupported {
+                pid,
+                what: format!("PR_GET_THP_DISABLE says {v:#b} (THP disabled except where advised): the image can only say disabled or not"),
+            })
+        }
+    };
+    t.membarrier = match par.call(pid, "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", libc::SYS_membarrier, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]) {
+        Ok(v) => v as u32,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // before Linux 6.3 the registrations can't be read
+            crate::pr_warn!("membarrier registrations of {pid} can't be read on this kernel (no MEMBARRIER_CMD_GET_REGISTRATIONS): not dumped");
+            0
+        }
+        Err(e) => return Err(io_err(pid, "membarrier registrations")(e)),
+    };
     t.shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED).map_err(io_err(pid, "shared pending"))?.into_iter().map(|s| s.0).collect();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).map_err(io_err(pid, "limits"))?;
     t.rlimits = proc::parse_limits(&limits);
@@ -253,6 +275,9 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
     t.fs.root = std::fs::read_link(format!("/proc/{pid}/root")).map_err(io_err(pid, "root"))?.to_string_lossy().into();
     Ok(())
 }
+
+const PR_GET_THP_DISABLE: u64 = 42;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 
 const NS_KINDS: [&str; 8] = ["pid", "net", "ipc", "uts", "time", "mnt", "user", "cgroup"];
 
@@ -313,7 +338,7 @@ pub fn collect_ids(pids: &[Pid]) -> Result<(KobjIds, Vec<KobjIds>), TaskError> {
 }
 
 /// `/proc/PID/timens_offsets`: (monotonic, boottime) offsets in ns.
-fn timens_offsets(pid: &str) -> (i128, i128) {
+pub(crate) fn timens_offsets(pid: &str) -> (i128, i128) {
     let t = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
     let get = |name: &str| -> i128 {
         t.lines()

@@ -14,11 +14,13 @@
 //!
 //! Process-wide, from the engine: rlimits are checked before the fork
 //! (a hard limit can't be raised without CAP_SYS_RESOURCE), oom_score_adj
-//! and loginuid are written through /proc.
+//! is written through /proc. (loginuid can only be written by the process
+//! itself: the restore child does it, `child::restore_loginuid`.)
 
 use super::space::Space;
 use super::{ioe, RestoreError};
 use crate::model::{Creds, Task, Thread};
+use crate::sys::batch::Batch;
 use crate::sys::inject::Injector;
 use crate::sys::Pid;
 use crate::{pr_debug, pr_warn};
@@ -82,28 +84,20 @@ pub fn apply_proc(pid: Pid, task: &Task) {
             pr_warn!("can't restore oom_score_adj {} of {pid} (lowering it needs CAP_SYS_RESOURCE): {e}", task.oom_score_adj);
         }
     }
-    let path = format!("/proc/{pid}/loginuid");
-    let now = std::fs::read_to_string(&path).ok().and_then(|v| v.trim().parse::<u32>().ok());
-    if now.is_some() && now != Some(task.loginuid) {
-        // u32::MAX is "unset", written as -1 (only allowed while unset, or with CAP_AUDIT_CONTROL)
-        let v = if task.loginuid == u32::MAX { "-1".to_string() } else { task.loginuid.to_string() };
-        if let Err(e) = std::fs::write(&path, v) {
-            pr_warn!("can't restore loginuid {} of {pid}: {e}", task.loginuid);
-        }
-    }
 }
 
 /// Scheduling policy/priority and nice of the calling thread.
-fn apply_sched(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), RestoreError> {
-    let tid = inj.tid;
+fn apply_sched(b: &mut Batch, t: &Thread) {
     if t.sched_policy != 0 {
-        let p = sp.write(0, &t.sched_prio.to_le_bytes())?;
-        inj.call("sched_setscheduler", libc::SYS_sched_setscheduler, &[0, u64::from(t.sched_policy), p])
-            .map_err(ioe(tid, format!("sched_setscheduler(policy {}, priority {})", t.sched_policy, t.sched_prio)))?;
+        b.push_data(
+            format!("sched_setscheduler(policy {}, priority {})", t.sched_policy, t.sched_prio),
+            libc::SYS_sched_setscheduler,
+            &[0, u64::from(t.sched_policy), 0],
+            2,
+            &t.sched_prio.to_le_bytes(),
+        );
     }
-    inj.call("setpriority", libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, t.sched_nice as i64 as u64])
-        .map_err(ioe(tid, format!("setpriority(nice {})", t.sched_nice)))?;
-    Ok(())
+    b.push(format!("setpriority(nice {})", t.sched_nice), libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, t.sched_nice as i64 as u64]);
 }
 
 /// Install the thread's seccomp filters, oldest first.
@@ -138,66 +132,63 @@ fn cap_last_cap() -> u32 {
 
 /// uids, gids, groups, securebits, capabilities, no_new_privs of the
 /// calling thread, in the order that keeps the privileges each step needs.
-pub fn apply_creds(inj: &mut Injector, sp: &Space, c: &Creds) -> Result<(), RestoreError> {
-    let tid = inj.tid;
-    let e = |what: &str| ioe(tid, format!("restoring creds: {what}"));
+/// Returns the index in `b` of a second setfsuid whose result (the fsuid
+/// set by the first) the caller checks.
+fn apply_creds(b: &mut Batch, c: &Creds) -> usize {
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-    let gp = sp.write(0, &groups)?;
-    inj.call("setgroups", libc::SYS_setgroups, &[c.groups.len() as u64, gp]).map_err(e("setgroups"))?;
+    b.push_data("setgroups", libc::SYS_setgroups, &[c.groups.len() as u64, 0], 1, &groups);
     // keep every capability across the uid change; the sets are loaded below
-    inj.call("prctl(PR_SET_SECUREBITS)", libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, SECBIT_NO_SETUID_FIXUP])
-        .map_err(e("SECBIT_NO_SETUID_FIXUP"))?;
+    b.push("prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP)", libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, SECBIT_NO_SETUID_FIXUP]);
     let [gid, egid, sgid, fsgid] = c.gid.map(u64::from);
-    inj.call("setresgid", libc::SYS_setresgid, &[gid, egid, sgid]).map_err(e("setresgid"))?;
-    inj.call("setfsgid", libc::SYS_setfsgid, &[fsgid]).map_err(e("setfsgid"))?;
+    b.push("setresgid", libc::SYS_setresgid, &[gid, egid, sgid]);
+    b.push("setfsgid", libc::SYS_setfsgid, &[fsgid]);
     let [uid, euid, suid, fsuid] = c.uid.map(u64::from);
-    inj.call("setresuid", libc::SYS_setresuid, &[uid, euid, suid]).map_err(e("setresuid"))?;
-    inj.call("setfsuid", libc::SYS_setfsuid, &[fsuid]).map_err(e("setfsuid"))?;
+    b.push("setresuid", libc::SYS_setresuid, &[uid, euid, suid]);
+    b.push("setfsuid", libc::SYS_setfsuid, &[fsuid]);
     // setfs[ug]id return the previous value: a second call checks the first
-    let now = inj.call("setfsuid", libc::SYS_setfsuid, &[u64::from(u32::MAX)]).map_err(e("setfsuid"))?;
-    if now != fsuid {
-        return Err(RestoreError::Unsupported(format!("thread {tid}: fsuid is {now} after setting {fsuid}")));
-    }
+    b.push("setfsuid", libc::SYS_setfsuid, &[u64::from(u32::MAX)]);
+    let check = b.len() - 1;
     // final securebits while CAP_SETPCAP is still effective; the ambient
     // raise lock only after the ambient set is loaded
     let early = c.secbits & !SECBIT_NO_CAP_AMBIENT_RAISE;
-    inj.call("prctl(PR_SET_SECUREBITS)", libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, u64::from(early)])
-        .map_err(e(&format!("securebits {early:#x}")))?;
+    b.push(format!("prctl(PR_SET_SECUREBITS, {early:#x})"), libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, u64::from(early)]);
     for cap in 0..=cap_last_cap().min(63) {
         if c.cap_bnd & (1 << cap) == 0 {
-            inj.call("prctl(PR_CAPBSET_DROP)", libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, u64::from(cap)])
-                .map_err(e(&format!("dropping capability {cap} from the bounding set")))?;
+            b.push(format!("prctl(PR_CAPBSET_DROP, {cap})"), libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, u64::from(cap)]);
         }
     }
-    let mut b = Vec::with_capacity(32);
-    b.extend(LINUX_CAPABILITY_VERSION_3.to_le_bytes());
-    b.extend(0i32.to_le_bytes());
+    let mut data = Vec::with_capacity(32);
+    data.extend(LINUX_CAPABILITY_VERSION_3.to_le_bytes());
+    data.extend(0i32.to_le_bytes());
     for half in 0..2 {
         let w = |v: u64| ((v >> (32 * half)) as u32).to_le_bytes();
-        b.extend(w(c.cap_eff));
-        b.extend(w(c.cap_prm));
-        b.extend(w(c.cap_inh));
+        data.extend(w(c.cap_eff));
+        data.extend(w(c.cap_prm));
+        data.extend(w(c.cap_inh));
     }
-    let hp = sp.write(0, &b[..8])?;
-    let dp = sp.write(64, &b[8..])?;
-    inj.call("capset", libc::SYS_capset, &[hp, dp])
-        .map_err(e(&format!("capset(eff {:#x}, prm {:#x}, inh {:#x})", c.cap_eff, c.cap_prm, c.cap_inh)))?;
-    inj.call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", libc::SYS_prctl, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0])
-        .map_err(e("clearing the ambient set"))?;
+    b.push_blocks(
+        format!("capset(eff {:#x}, prm {:#x}, inh {:#x})", c.cap_eff, c.cap_prm, c.cap_inh),
+        libc::SYS_capset,
+        &[0, 0],
+        &[(0, &data[..8]), (1, &data[8..])],
+    );
+    b.push("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", libc::SYS_prctl, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0]);
     for cap in 0..64u64 {
         if c.cap_amb & (1 << cap) != 0 {
-            inj.call("prctl(PR_CAP_AMBIENT_RAISE)", libc::SYS_prctl, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0])
-                .map_err(e(&format!("raising ambient capability {cap}")))?;
+            b.push(format!("prctl(PR_CAP_AMBIENT_RAISE, {cap})"), libc::SYS_prctl, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0]);
         }
     }
     if c.secbits != early {
-        inj.call("prctl(PR_SET_SECUREBITS)", libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, u64::from(c.secbits)])
-            .map_err(e(&format!("securebits {:#x} (needs CAP_SETPCAP in the dumped effective set)", c.secbits)))?;
+        b.push(
+            format!("prctl(PR_SET_SECUREBITS, {:#x}) (needs CAP_SETPCAP in the dumped effective set)", c.secbits),
+            libc::SYS_prctl,
+            &[libc::PR_SET_SECUREBITS as u64, u64::from(c.secbits)],
+        );
     }
     if c.no_new_privs {
-        inj.call("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]).map_err(e("no_new_privs"))?;
+        b.push("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]);
     }
-    Ok(())
+    check
 }
 
 /// Everything privilege-bound of one thread, last: sched, seccomp, creds,
@@ -205,14 +196,25 @@ pub fn apply_creds(inj: &mut Injector, sp: &Space, c: &Creds) -> Result<(), Rest
 pub fn finish_thread(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), RestoreError> {
     let tid = inj.tid;
     pr_debug!("thread {tid}: sched, seccomp (mode {}, {} filters), creds", t.seccomp_mode, t.seccomp.len());
-    let r = apply_sched(inj, sp, t).and_then(|()| apply_seccomp(inj, sp, t)).and_then(|()| apply_creds(inj, sp, &t.creds));
+    let r = (|| {
+        let mut b = Batch::new();
+        apply_sched(&mut b, t);
+        sp.run(inj, &b, "restoring the scheduling policy")?;
+        apply_seccomp(inj, sp, t)?;
+        let mut b = Batch::new();
+        let check = apply_creds(&mut b, &t.creds);
+        b.push("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, u64::from(t.pdeath_sig)]);
+        let out = sp.run(inj, &b, "restoring creds")?;
+        let fsuid = u64::from(t.creds.uid[3]);
+        if out[check] != fsuid {
+            return Err(RestoreError::Unsupported(format!("thread {tid}: fsuid is {} after setting {fsuid}", out[check])));
+        }
+        Ok(())
+    })();
     if let Err(e) = &r {
         crate::pr_err!("thread {tid}: {e}");
     }
-    r?;
-    inj.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, u64::from(t.pdeath_sig)])
-        .map_err(ioe(tid, "PR_SET_PDEATHSIG"))?;
-    Ok(())
+    r
 }
 
 /// After every thread's creds: dumpable again (an euid change resets it).

@@ -23,30 +23,44 @@
 //! Working fds live just below the service fds: the terminal at
 //! `svc_base - 1`, pipe ends and FIFO keepers from there down.
 
-use super::child::ChildPlan;
+use super::child::{ChildPlan, RootDir};
 use crate::model::{FileDesc, Ghost, PipeData, Task};
 use crate::sys::process as p;
 use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-
-fn full_path(plan: &ChildPlan, path: &str) -> String {
-    format!("{}{}", plan.root_prefix, path)
-}
 
 fn cpath(path: &str) -> Result<CString, String> {
     CString::new(path).map_err(|_| format!("path {path:?} has a NUL byte"))
 }
 
-/// open(2) `path` with the dumped `flags` (never O_CREAT/O_TRUNC, and
-/// never O_CLOEXEC: FD_CLOEXEC is set from fdinfo) onto fd `target`.
+/// The flags an fd is opened with: the dumped ones, never O_CREAT/O_TRUNC,
+/// and never O_CLOEXEC (FD_CLOEXEC is set from fdinfo).
+fn open_flags(flags: i32) -> i32 {
+    flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC)
+}
+
+/// open(2) `path` (one of the engine's own: /proc/self/fd/N) onto fd `target`.
 fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
     let c = cpath(path)?;
-    let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC);
-    let fd = p::syscall6(libc::SYS_open, [c.as_ptr() as u64, flags as u64, 0, 0, 0, 0])
-        .map_err(|e| format!("open {path:?} for fd {target}: {e}"))? as i32;
+    let fd = p::open_raw(&c, open_flags(flags)).map_err(|e| format!("open {path:?} for fd {target}: {e}"))?;
     if fd != target {
         p::dup2(fd, target).map_err(|e| format!("dup2 {fd} -> {target}: {e}"))?;
         p::close(fd);
+    }
+    Ok(())
+}
+
+/// Open a path of the image (never one of the engine's own) onto fd
+/// `target`: with `--root`, resolved inside the root (RESOLVE_IN_ROOT: an
+/// absolute symlink or `..` in the root stays in it), else as it is.
+fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
+    let Some(root) = &plan.root else { return open_onto(path, flags, target) };
+    let fd = root.open(path, open_flags(flags), 0).map_err(|e| format!("open {path:?} in root {} for fd {target}: {e}", root.path.display()))?;
+    if fd.as_raw_fd() == target {
+        let _ = fd.into_raw_fd(); // it is the restored fd now
+    } else {
+        p::dup2(fd.as_raw_fd(), target).map_err(|e| format!("dup2 {} -> {target}: {e}", fd.as_raw_fd()))?;
     }
     Ok(())
 }
@@ -55,7 +69,7 @@ fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
 /// are mmap'ed, so O_NONBLOCK changes nothing but that a path that is now a
 /// FIFO does not block the open).
 pub fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
-    open_onto(&full_path(plan, path), flags | libc::O_NONBLOCK, target)
+    open_image_path(plan, path, flags | libc::O_NONBLOCK, target)
 }
 
 fn is_terminal(fd: i32) -> bool {
@@ -78,48 +92,73 @@ pub fn park_terminal(plan: &ChildPlan) -> Result<Option<i32>, String> {
     Ok(Some(slot))
 }
 
-/// Ghost files created by this restore; unlinked when dropped (after the
-/// fds are open, or on failure).
-#[derive(Default)]
-struct Ghosts(std::collections::HashMap<(u64, u64), String>);
+/// Ghost files created by this restore (paths of the image, inside
+/// `--root` if given); unlinked when dropped (after the fds are open, or on
+/// failure).
+struct Ghosts<'a> {
+    list: std::collections::HashMap<(u64, u64), String>,
+    root: Option<&'a RootDir>,
+}
 
-impl Drop for Ghosts {
+impl Drop for Ghosts<'_> {
     fn drop(&mut self) {
-        for path in self.0.values() {
-            let _ = std::fs::remove_file(path);
+        for path in self.list.values() {
+            let _ = match self.root {
+                Some(r) => r.unlink(path),
+                None => std::fs::remove_file(path),
+            };
         }
     }
 }
 
-impl Ghosts {
+impl<'a> Ghosts<'a> {
+    fn new(plan: &'a ChildPlan) -> Self {
+        Ghosts { list: std::collections::HashMap::new(), root: plan.root.as_ref() }
+    }
+
     /// The path of the recreated ghost for `g` (`<path>.cr.<n>.ghost`),
     /// creating it the first time: its size, its data extents (holes stay
     /// holes), mode, owner and times.
-    fn path(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost) -> Result<String, String> {
+    fn path(&mut self, orig: &str, g: &Ghost) -> Result<String, String> {
         use std::os::unix::fs::FileExt;
-        if let Some(path) = self.0.get(&(g.dev, g.ino)) {
+        if let Some(path) = self.list.get(&(g.dev, g.ino)) {
             return Ok(path.clone());
         }
-        let path = format!("{}.cr.{:x}.ghost", full_path(plan, orig), self.0.len() + 1);
+        let path = format!("{orig}.cr.{:x}.ghost", self.list.len() + 1);
         let err = |what: &str, e: std::io::Error| format!("ghost file {path} for {orig}: {what}: {e}");
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(g.mode & 0o7777)
-            .open(&path)
-            .map_err(|e| err("create", e))?;
-        self.0.insert((g.dev, g.ino), path.clone());
+        let created = match self.root {
+            Some(r) => r.open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, g.mode & 0o7777).map(std::fs::File::from),
+            None => std::fs::OpenOptions::new().write(true).create_new(true).mode(g.mode & 0o7777).open(&path),
+        };
+        let f = created.map_err(|e| err("create", e))?;
+        self.list.insert((g.dev, g.ino), path.clone());
         f.set_len(g.size).map_err(|e| err("ftruncate", e))?;
         for (off, data) in &g.extents {
             f.write_all_at(data, *off).map_err(|e| err("write", e))?;
         }
         std::os::unix::fs::fchown(&f, Some(g.uid), Some(g.gid)).map_err(|e| err("fchown", e))?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(g.mode & 0o7777))
-            .map_err(|e| err("chmod", e))?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(g.mode & 0o7777)).map_err(|e| err("chmod", e))?;
         let t = |(s, us): (u64, u64)| std::time::UNIX_EPOCH + std::time::Duration::new(s, (us.min(999_999) * 1000) as u32);
         f.set_times(std::fs::FileTimes::new().set_accessed(t(g.atime)).set_modified(t(g.mtime)))
             .map_err(|e| err("utimes", e))?;
         Ok(path)
+    }
+
+    /// The directory of `path` (inside `--root` if given), for the link,
+    /// rename and unlink of names in it, and `path`'s last component.
+    fn dir_of(&self, path: &str) -> Result<(OwnedFd, CString), String> {
+        let pp = std::path::Path::new(path);
+        let (Some(parent), Some(name)) = (pp.parent(), pp.file_name()) else {
+            return Err(format!("ghost path {path:?} has no directory"));
+        };
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let dir = match self.root {
+            Some(r) => r.open(&parent.to_string_lossy(), flags, 0),
+            None => std::fs::OpenOptions::new().read(true).custom_flags(flags).open(parent).map(OwnedFd::from),
+        };
+        let dir = dir.map_err(|e| format!("the directory of {path}: {e}"))?;
+        let name = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name)).map_err(|_| format!("path {path:?} has a NUL byte"))?;
+        Ok((dir, name))
     }
 
     /// Open the ghost of `orig` onto fd `n` under its original name, so
@@ -135,41 +174,40 @@ impl Ghosts {
     /// exchange is the fd opened through the ghost's own name (and then
     /// carries that name).
     fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
-        let gp = self.path(plan, orig, g)?;
-        let target = full_path(plan, orig);
-        match std::fs::hard_link(&gp, &target) {
+        let gp = self.path(orig, g)?;
+        let (mut dir, name) = self.dir_of(orig)?;
+        if dir.as_raw_fd() == n {
+            // fd `n` is about to be opened onto: hold the directory on
+            // another number (opened while this one still holds `n`)
+            dir = self.dir_of(orig)?.0;
+        }
+        let gname = CString::new(format!("{}.cr.{}", name.to_string_lossy(), gp.rsplit(".cr.").next().unwrap_or_default()))
+            .map_err(|_| format!("path {gp:?} has a NUL byte"))?;
+        match p::link_in(dir.as_fd(), &gname, &name) {
             Ok(()) => {
-                let r = open_onto(&target, flags, n);
-                std::fs::remove_file(&target).map_err(|e| format!("unlinking {target} (ghost of fd {n}): {e}"))?;
+                let r = open_image_path(plan, orig, flags, n);
+                p::unlink_in(dir.as_fd(), &name).map_err(|e| format!("unlinking {orig} (ghost of fd {n}): {e}"))?;
                 r
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 let tmp = format!("{gp}.tmp");
-                std::fs::hard_link(&gp, &tmp).map_err(|e| format!("linking ghost {gp} to {tmp} for fd {n}: {e}"))?;
-                if let Err(e) = rename_exchange(&tmp, &target) {
-                    let _ = std::fs::remove_file(&tmp);
+                let tname = CString::new(format!("{}.tmp", gname.to_string_lossy())).map_err(|_| format!("path {tmp:?} has a NUL byte"))?;
+                p::link_in(dir.as_fd(), &gname, &tname).map_err(|e| format!("linking ghost {gp} to {tmp} for fd {n}: {e}"))?;
+                if let Err(e) = p::rename_in(dir.as_fd(), &tname, &name, libc::RENAME_EXCHANGE) {
+                    let _ = p::unlink_in(dir.as_fd(), &tname);
                     return if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                        open_onto(&gp, flags, n)
+                        open_image_path(plan, &gp, flags, n)
                     } else {
-                        Err(format!("exchanging ghost {tmp} with {target} for fd {n}: {e}"))
+                        Err(format!("exchanging ghost {tmp} with {orig} for fd {n}: {e}"))
                     };
                 }
-                let r = open_onto(&target, flags, n);
-                std::fs::rename(&tmp, &target).map_err(|e| format!("putting {target} back from {tmp} (ghost of fd {n}): {e}"))?;
+                let r = open_image_path(plan, orig, flags, n);
+                p::rename_in(dir.as_fd(), &tname, &name, 0).map_err(|e| format!("putting {orig} back from {tmp} (ghost of fd {n}): {e}"))?;
                 r
             }
-            Err(e) => Err(format!("linking ghost {gp} to {target} for fd {n}: {e}")),
+            Err(e) => Err(format!("linking ghost {gp} to {orig} for fd {n}: {e}")),
         }
     }
-}
-
-/// renameat2(RENAME_EXCHANGE): swap the files `a` and `b` name.
-fn rename_exchange(a: &str, b: &str) -> std::io::Result<()> {
-    let ca = CString::new(a).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let cb = CString::new(b).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let at = libc::AT_FDCWD as i64 as u64;
-    p::syscall6(libc::SYS_renameat2, [at, ca.as_ptr() as u64, at, cb.as_ptr() as u64, u64::from(libc::RENAME_EXCHANGE), 0])?;
-    Ok(())
 }
 
 /// Upstream's checks of a reopened regular file: same mode, same size
@@ -188,7 +226,7 @@ fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(), Str
 }
 
 fn fcntl(fd: i32, cmd: i32, arg: u64) -> std::io::Result<u64> {
-    p::syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0])
+    p::fcntl_int(fd, cmd, arg)
 }
 
 /// Write all of `data` into the write end `fd` of a fresh pipe.
@@ -196,7 +234,7 @@ fn fill_pipe(fd: i32, data: &[u8]) -> Result<(), String> {
     let mut off = 0;
     while off < data.len() {
         let rest = &data[off..];
-        let n = p::syscall6(libc::SYS_write, [fd as u64, rest.as_ptr() as u64, rest.len() as u64, 0, 0, 0])
+        let n = p::write_raw(fd, rest)
             .map_err(|e| format!("writing {} queued bytes into a pipe: {e}", data.len()))?;
         off += n as usize;
     }
@@ -232,7 +270,7 @@ impl Slots {
 /// the service fds and the parked terminal).
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Result<(), String> {
     use std::collections::HashMap;
-    let mut ghosts = Ghosts::default();
+    let mut ghosts = Ghosts::new(plan);
     // svc_base - 1 is the parked terminal's; working fds go below it
     let mut slots = Slots(plan.svc_base - 1);
     // pipe id -> its two ends (working fds) and whether each end's first
@@ -257,7 +295,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
                 // O_NONBLOCK until the type is checked: a path that became a
                 // FIFO (or a device that waits in open) must not block the child
                 let fl = *flags as i32;
-                open_onto(&full_path(plan, path), fl | libc::O_NONBLOCK, n)?;
+                open_image_path(plan, path, fl | libc::O_NONBLOCK, n)?;
                 validate(n, path, *mode, *size)?;
                 if fl & libc::O_NONBLOCK == 0 && fl & libc::O_PATH == 0 {
                     let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
@@ -295,20 +333,19 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
                 fcntl(n, libc::F_SETFL, (*flags as i32 & PIPE_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
             }
             FileDesc::Fifo { path, flags, mode, pipe_id } => {
-                let full = full_path(plan, path);
                 if !fifos.contains_key(pipe_id) {
                     let keep = slots.take();
-                    open_onto(&full, libc::O_RDWR | libc::O_NONBLOCK, keep)?;
-                    let m = std::fs::metadata(format!("/proc/self/fd/{keep}")).map_err(|e| format!("fstat {full}: {e}"))?;
-                    if !m.file_type().is_fifo() {
-                        return Err(format!("{path} (fd {n}) was a FIFO but is now mode 0{:o}", m.mode()));
+                    open_image_path(plan, path, libc::O_RDWR | libc::O_NONBLOCK, keep)?;
+                    let (m, _) = p::fstat_mode_size(keep).map_err(|e| format!("fstat {path}: {e}"))?;
+                    if m & libc::S_IFMT != libc::S_IFIFO {
+                        return Err(format!("{path} (fd {n}) was a FIFO but is now mode 0{m:o}"));
                     }
                     if let Some(d) = data(true, *pipe_id) {
                         refill(keep, d)?;
                     }
                     fifos.insert(*pipe_id, keep);
                 }
-                open_onto(&full, *flags as i32, n)?;
+                open_image_path(plan, path, *flags as i32, n)?;
                 validate(n, path, *mode, None)?;
             }
             FileDesc::Tty { path, flags, .. } => {
@@ -325,7 +362,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
         }
         if let FileDesc::Reg { pos, .. } = &fd.file {
             if *pos != 0 {
-                p::syscall6(libc::SYS_lseek, [n as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0])
+                p::seek_to(n, *pos)
                     .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;
             }
         }
@@ -351,7 +388,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
 /// ones that were dumped: an ELF file whose GNU build-id was recorded must
 /// still have it (upstream's build-id validation). Checked in the engine
 /// before anything is forked.
-pub fn check_mapped_files(task: &Task, root_prefix: &str) -> Result<(), String> {
+pub fn check_mapped_files(task: &Task, root: Option<&RootDir>) -> Result<(), String> {
     let files = task.mm.exe.iter().chain(task.mm.vmas.iter().filter_map(|v| v.file.as_ref()));
     let mut seen: Vec<&str> = Vec::new();
     for f in files {
@@ -359,8 +396,14 @@ pub fn check_mapped_files(task: &Task, root_prefix: &str) -> Result<(), String> 
             continue;
         }
         seen.push(&f.path);
-        let full = format!("{root_prefix}{}", f.path);
-        match crate::dump::elf::build_id_of(std::path::Path::new(&full)) {
+        let (full, id) = match root {
+            None => (f.path.clone(), crate::dump::elf::build_id_of(std::path::Path::new(&f.path))),
+            Some(r) => {
+                let file = r.open(&f.path, libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK, 0).map(std::fs::File::from);
+                (format!("{} in root {}", f.path, r.path.display()), file.ok().and_then(|file| crate::dump::elf::build_id(&file)))
+            }
+        };
+        match id {
             Some(id) if id == f.build_id => {}
             Some(_) => return Err(format!("File {full} has bad build-ID: it is not the file that was dumped")),
             None => return Err(format!("File {full} has no build-ID (missing, unreadable or rebuilt without one)")),

@@ -23,7 +23,7 @@ pub mod thread;
 use crate::mem_source::MemSource;
 use crate::model::{FileDesc, Tree};
 use crate::sys::inject::{self, Injector};
-use crate::sys::process::{self as p, Forked};
+use crate::sys::process as p;
 use crate::sys::ptrace::{self, Wait};
 use crate::sys::Pid;
 use crate::{pr_debug, pr_info};
@@ -82,13 +82,69 @@ impl Drop for RestoreGuard {
     }
 }
 
+/// State letter and parent of `pid` from /proc/PID/stat.
+fn proc_state(pid: Pid) -> Option<(char, String)> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut it = st.rsplit_once(") ")?.1.split_whitespace();
+    Some((it.next()?.chars().next()?, it.next()?.to_string()))
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    proc_state(pid).is_some_and(|(s, _)| s == 'Z')
+}
+
 /// The error for a dumped pid that clone3's set_tid found taken (EEXIST).
 fn pid_in_use(pid: Pid) -> RestoreError {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string());
+    let zombie = match proc_state(pid) {
+        Some(('Z', ppid)) => format!(" (a zombie its parent {ppid} has not reaped)"),
+        _ => String::new(),
+    };
     RestoreError::Unsupported(match comm {
-        Ok(c) => format!("pid {pid} of the image is in use by {c}"),
+        Ok(c) => format!("pid {pid} of the image is in use by {c}{zombie}"),
         Err(_) => format!("pid {pid} of the image is in use"),
     })
+}
+
+/// Namespaces of the image that restore would not give back: a task whose
+/// net, ipc, uts, mnt, user or cgroup namespace was not the dumping criu's
+/// (ids against inventory's root_ids; 0 = not recorded) is refused by name
+/// (our own dump refuses it already; an image from elsewhere may have it).
+fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
+    let r = &tree.root_ids;
+    for t in &tree.tasks {
+        let i = &t.ids;
+        let kinds = [("net", i.net_ns, r.net_ns), ("ipc", i.ipc_ns, r.ipc_ns), ("uts", i.uts_ns, r.uts_ns), ("mnt", i.mnt_ns, r.mnt_ns), ("user", i.user_ns, r.user_ns), ("cgroup", i.cgroup_ns, r.cgroup_ns)];
+        let differ: Vec<&str> = kinds.iter().filter(|(_, a, b)| *a != 0 && *b != 0 && a != b).map(|(k, _, _)| *k).collect();
+        if !differ.is_empty() {
+            return Err(RestoreError::Unsupported(format!(
+                "task {} of the image was in {} namespaces of its own (ids differ from inventory's root_ids): restoring namespaces is not supported yet",
+                t.pid,
+                differ.join(", ")
+            )));
+        }
+        if i.pid_ns != 0 && r.pid_ns != 0 && i.pid_ns != r.pid_ns && !tree.root_owns_pid_ns {
+            return Err(RestoreError::Unsupported(format!(
+                "task {} of the image was in a pid namespace of its own without being its pid 1: not supported",
+                t.pid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The clocks to continue in a new time namespace, when the task had one
+/// of its own (its time ns id is not root_ids'); upstream restores it the
+/// same way from timens-0.img.
+fn own_timens(tree: &Tree) -> Result<Option<crate::model::TimeNs>, RestoreError> {
+    let (mine, root) = (tree.root().ids.time_ns, tree.root_ids.time_ns);
+    if mine == 0 || root == 0 || mine == root {
+        return Ok(None);
+    }
+    match tree.timens {
+        Some(tn) => Ok(Some(tn)),
+        None => Err(RestoreError::Unsupported("the task had a time namespace of its own, but its timens image is missing".into())),
+    }
 }
 
 /// Restore `tree` with page contents from `mem`. Returns the host pid of the root.
@@ -102,6 +158,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     if !p::is_single_threaded() {
         return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
     }
+    check_namespaces(tree)?;
     let task = tree.root();
     // plan: which files get mapped, where service fds go
     let mut map_files: Vec<(String, i32)> = Vec::new();
@@ -134,23 +191,43 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
     let svc_base = (max_fd + 2 * npipes + 16).max(64);
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
+    // --root: opened once, above the service fds; paths are resolved in it
+    let root = match &opts.root {
+        None => None,
+        Some(r) => {
+            let fd = crate::sys::ns::open_root_dir(r, svc_base + 1 + map_files.len() as i32)
+                .map_err(|e| RestoreError::Unsupported(format!("--root {}: {e}", r.display())))?;
+            Some(child::RootDir { path: r.clone(), fd })
+        }
+    };
     let plan = child::ChildPlan {
         report_fd: wr.as_raw_fd(),
         svc_base,
         map_files: map_files.clone(),
-        root_prefix: opts.root.as_ref().map(|r| r.to_string_lossy().trim_end_matches('/').to_string()).unwrap_or_default(),
+        root,
         shell_job: opts.shell_job,
+        timens: own_timens(tree)?,
     };
     let (flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
     pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
     creds::check_rlimits(task)?;
-    files::check_mapped_files(task, &plan.root_prefix).map_err(RestoreError::Unsupported)?;
-    let child = match p::fork3(flags, &set_tid, libc::SIGCHLD) {
-        Ok(Forked::Child) => child::child_main(&plan, task),
-        Ok(Forked::Parent(c)) => c,
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(pid_in_use(task.pid)),
-        Err(e) => return Err(ioe(task.pid, "clone3")(e)),
+    files::check_mapped_files(task, plan.root.as_ref()).map_err(RestoreError::Unsupported)?;
+    // a zombie holding the pid (a source killed by a dump its parent has
+    // not reaped yet) is given a moment to go
+    let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let child = loop {
+        match p::fork3(flags, &set_tid, libc::SIGCHLD, || child::child_main(&plan, task)) {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if is_zombie(task.pid) && std::time::Instant::now() < zombie_deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                return Err(pid_in_use(task.pid));
+            }
+            Err(e) => return Err(ioe(task.pid, "clone3")(e)),
+        }
     };
     let mut guard = RestoreGuard { pid: child, committed: false };
     crate::fault::point("after-clone");
@@ -248,7 +325,8 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, child)?;
     }
-    let detached = injs.iter().map(|(tid, _, _)| *tid).chain([child]).try_for_each(|tid| ptrace::detach(tid, 0).map_err(ioe(tid, "detach")));
+    let tids: Vec<Pid> = injs.iter().map(|(tid, _, _)| *tid).chain([child]).collect();
+    let detached = release(task, child, &tids);
     if let Err(e) = detached {
         if let Some(pf) = &opts.pidfile {
             let _ = std::fs::remove_file(pf);
@@ -258,6 +336,82 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     guard.committed = true;
     pr_info!("Restore finished successfully. Tasks resumed.");
     Ok(child)
+}
+
+/// Whether the release can go through a group-stop unseen: the SIGSTOP
+/// and SIGCONT it takes must not meet a SIGCONT handler, a SIGCONT the
+/// main thread blocks (it would stay queued), or queued SIGCONT or stop
+/// signals of the image (a stop signal flushes queued SIGCONTs and a
+/// SIGCONT flushes queued stop signals).
+fn stop_barrier_is_unseen(task: &crate::model::Task) -> bool {
+    let cont = libc::SIGCONT as usize;
+    let handler = task.sigactions.get(cont - 1).map_or(0, |a| a.handler);
+    let blocked = task.threads.first().is_some_and(|t| t.blocked & (1 << (cont - 1)) != 0);
+    let signo = |si: &[u8; 128]| i32::from_le_bytes([si[0], si[1], si[2], si[3]]);
+    let queued = task.shared_pending.iter().chain(task.threads.iter().flat_map(|t| &t.pending)).map(signo);
+    let touchy = queued.into_iter().any(|s| s == libc::SIGCONT || crate::dump::freeze::is_stop_signal(s));
+    handler <= 1 && !blocked && !touchy
+}
+
+/// Release the restored process `pid` (threads `tids`, main thread last),
+/// only once all of it is ready: SIGSTOP is queued while every thread is
+/// still in a ptrace stop, so each detached thread takes it (or joins the
+/// group-stop it began) on its way out of the detach, before it runs a
+/// single instruction of its own. A detach that fails then leaves nothing
+/// that ran: the caller's guard kills the process. Once every thread is
+/// detached, SIGCONT lets them all go together, or, for a task dumped
+/// stopped (TASK_STOPPED), nothing does: it stays stopped as it was
+/// (upstream also stops such a task before its detach).
+///
+/// Always SIGSTOP, whatever stop signal was recorded: SIGTSTP, SIGTTIN
+/// and SIGTTOU can be caught or blocked, and the kernel drops them for an
+/// orphaned process group; the stop signal only shows to a waiting parent,
+/// which here is this engine. When the stop and continue could be seen by
+/// the program ([`stop_barrier_is_unseen`]), a running task is released
+/// thread by thread instead, the main thread last.
+fn release(task: &crate::model::Task, pid: Pid, tids: &[Pid]) -> Result<(), RestoreError> {
+    let stopped = task.stop_signo.is_some();
+    let barrier = stopped || stop_barrier_is_unseen(task);
+    if barrier {
+        p::kill(pid, libc::SIGSTOP).map_err(ioe(pid, "stopping the restored process for its release"))?;
+    } else {
+        pr_info!("{pid} has a SIGCONT handler, or queued SIGCONT or stop signals: released thread by thread");
+    }
+    for (i, &tid) in tids.iter().enumerate() {
+        if i + 1 == tids.len() {
+            crate::fault::point("mid-detach");
+            if crate::fault::fails("mid-detach") {
+                // what was released so far gets time to show itself
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                return Err(RestoreError::Unsupported("injected failure before the last detach (CRIU_RS_FAULT_AT)".into()));
+            }
+        }
+        ptrace::detach(tid, 0).map_err(ioe(tid, "detach"))?;
+    }
+    if !barrier {
+        return Ok(());
+    }
+    if stopped {
+        // stopped as it was: wait (bounded) until every thread is in the
+        // group-stop, so whoever looks next sees it stopped
+        let t0 = std::time::Instant::now();
+        while !tids.iter().all(|&t| thread_state(pid, t) == Some('T')) {
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                crate::pr_warn!("restored process {pid} did not reach its group-stop within 10 s");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        pr_info!("{pid} restored stopped (it was dumped in group-stop)");
+        return Ok(());
+    }
+    p::kill(pid, libc::SIGCONT).map_err(ioe(pid, "continuing the restored process"))
+}
+
+/// State letter of thread `tid` of `pid` (/proc/PID/task/TID/stat).
+fn thread_state(pid: Pid, tid: Pid) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
 }
 
 /// Create `path` with the restored root's pid, failing if it exists.

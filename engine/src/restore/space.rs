@@ -5,6 +5,7 @@ use super::{ioe, RestoreError};
 use crate::dump::proc::parse_maps_line;
 use crate::mem_source::MemSource;
 use crate::model::{Task, Vma, VmaKind};
+use crate::sys::batch::{self, Batch};
 use crate::sys::inject::Injector;
 use crate::sys::process as p;
 use crate::sys::uffd;
@@ -14,10 +15,17 @@ use std::fs::File;
 use std::path::Path;
 use std::os::unix::fs::FileExt;
 
-/// Size of the gadget page area: `syscall` at its start, scratch after.
-pub const GADGET_LEN: u64 = 16 * 4096;
+/// Size of the gadget area: `syscall; int3` at its start and the syscall
+/// batch loop at [`STUB_OFF`], scratch from [`SCRATCH_OFF`], the batch
+/// records from [`BATCH_OFF`] to the end.
+pub const GADGET_LEN: u64 = BATCH_OFF + BATCH_LEN;
 /// Scratch area inside the gadget mapping.
 pub const SCRATCH_OFF: u64 = 4096;
+/// The batch loop (`sys/batch.rs`) in the gadget page.
+const STUB_OFF: u64 = 16;
+/// Record buffer of syscall batches: 16,383 calls per stop.
+const BATCH_OFF: u64 = 16 * 4096;
+const BATCH_LEN: u64 = 1 << 20;
 
 /// The built address space: where the gadget and scratch live.
 #[derive(Debug)]
@@ -29,12 +37,20 @@ pub struct Space {
     pub mem: File,
     /// The task's pid in its own pid namespace (what it sees as getpid()).
     pub ns_pid: i32,
+    /// Where syscall batches run (any thread of the task can run them).
+    pub batch: batch::Place,
 }
 
 impl Space {
     pub fn write(&self, off: u64, data: &[u8]) -> Result<u64, RestoreError> {
         self.mem.write_all_at(data, self.scratch + off).map_err(ioe(self.pid, "writing scratch memory"))?;
         Ok(self.scratch + off)
+    }
+
+    /// Run `b` in the thread of `inj`; `what` names the step in errors.
+    pub fn run(&self, inj: &mut Injector, b: &Batch, what: &str) -> Result<Vec<u64>, RestoreError> {
+        let tid = inj.tid;
+        batch::run(inj, &self.mem, self.batch, b).map_err(ioe(tid, what))
     }
 }
 
@@ -49,12 +65,12 @@ fn free_gap(a: &[(u64, u64)], len: u64) -> Option<u64> {
     v.sort_unstable();
     let mut cand = 0x10_0000u64;
     for (s, e) in v {
-        if cand + len <= s {
+        if cand.checked_add(len)? <= s {
             return Some(cand);
         }
         cand = cand.max(e);
     }
-    (cand + len < 0x7fff_0000_0000).then_some(cand)
+    (cand.checked_add(len)? < 0x7fff_0000_0000).then_some(cand)
 }
 
 /// Protection a VMA is mapped with before its pages are filled: private
@@ -96,7 +112,7 @@ fn fill_mode() -> &'static str {
 /// the preadv path: those of other VMAs, of MADV_HUGEPAGE VMAs (UFFDIO_COPY
 /// would fill them with 4 KiB pages) and everything when userfaultfd is not
 /// available (the fill then falls back).
-fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, scratch: u64, pieces: Vec<(u64, u64)>) -> Result<(Vec<(u64, u64)>, u64), RestoreError> {
+fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, place: batch::Place, pieces: Vec<(u64, u64)>) -> Result<(Vec<(u64, u64)>, u64), RestoreError> {
     const MADV_HUGEPAGE_BIT: u64 = 1 << 14;
     let pid = main.tid;
     let anon: Vec<&Vma> = task
@@ -105,7 +121,11 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         .iter()
         .filter(|v| v.file.is_none() && !v.shared() && v.shmid == 0 && matches!(v.kind, VmaKind::Anon | VmaKind::Heap | VmaKind::Stack) && v.madv & MADV_HUGEPAGE_BIT == 0)
         .collect();
-    let vma_of = |a: u64| anon.iter().position(|v| v.start <= a && a < v.end);
+    // the VMAs are sorted and disjoint
+    let vma_of = |a: u64| {
+        let i = anon.partition_point(|v| v.end <= a);
+        anon.get(i).is_some_and(|v| v.start <= a).then_some(i)
+    };
     let (mut mine, mut rest) = (Vec::new(), Vec::new());
     for (a, l) in pieces {
         match vma_of(a) {
@@ -129,27 +149,20 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         }
     };
     let words = |w: &[u64]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let inject_ioctl = |main: &mut Injector, req: u64, arg: &[u64]| -> std::io::Result<u64> {
-        memf.write_all_at(&words(arg), scratch)?;
-        main.call("ioctl", libc::SYS_ioctl, &[tfd, req, scratch])
-    };
-    // API handshake, then one registration per VMA that gets pages.
+    // API handshake, then one registration per VMA that gets pages, in
+    // one batch
     let mut registered: Vec<(u64, u64)> = Vec::new();
-    let mut setup = inject_ioctl(main, uffd::UFFDIO_API, &[uffd::UFFD_API, 0, 0]).map(|_| ());
-    if setup.is_ok() {
-        let mut idx: Vec<usize> = mine.iter().map(|m| m.2).collect();
-        idx.dedup();
-        for i in idx {
-            let (start, len) = (anon[i].start, anon[i].len());
-            match inject_ioctl(main, uffd::UFFDIO_REGISTER, &[start, len, uffd::UFFDIO_REGISTER_MODE_MISSING, 0]) {
-                Ok(_) => registered.push((start, len)),
-                Err(e) => {
-                    setup = Err(e);
-                    break;
-                }
-            }
-        }
+    let mut b = Batch::new();
+    b.push_data("ioctl(UFFDIO_API)", libc::SYS_ioctl, &[tfd, uffd::UFFDIO_API, 0], 2, &words(&[uffd::UFFD_API, 0, 0]));
+    let mut idx: Vec<usize> = mine.iter().map(|m| m.2).collect();
+    idx.dedup();
+    for i in idx {
+        let (start, len) = (anon[i].start, anon[i].len());
+        b.push_data(format!("ioctl(UFFDIO_REGISTER {start:#x}+{len:#x})"), libc::SYS_ioctl, &[tfd, uffd::UFFDIO_REGISTER, 0], 2, &words(&[start, len, uffd::UFFDIO_REGISTER_MODE_MISSING, 0]));
+        registered.push((start, len));
     }
+    let setup = batch::run(main, memf, place, &b).map(drop);
+    pr_debug!("userfaultfd of {pid}: {} VMAs registered", registered.len());
     let ours = setup.and_then(|()| {
         let pidfd = p::pidfd_open(pid)?;
         uffd::pidfd_getfd(&pidfd, tfd as i32)
@@ -157,10 +170,8 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
     let ufd = match ours {
         Ok(f) => f,
         Err(e) => {
+            // closing the target's userfaultfd drops every registration
             crate::pr_debug!("userfaultfd setup in {pid}: {e}; filling with preadv");
-            for &(a, l) in &registered {
-                let _ = inject_ioctl(main, uffd::UFFDIO_UNREGISTER, &[a, l]);
-            }
             let _ = main.call("close", libc::SYS_close, &[tfd]);
             return Ok((give_back(mine, rest), 0));
         }
@@ -181,6 +192,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         }
         None => uffd::copy(&ufd, &pieces, pid).map_err(ioe(pid, "filling by userfaultfd"))?,
     }
+    pr_debug!("userfaultfd of {pid}: {copied} bytes copied");
     for &(a, l) in &registered {
         uffd::unregister(&ufd, a, l).map_err(ioe(pid, format!("UFFDIO_UNREGISTER {a:#x}+{l:#x}")))?;
     }
@@ -233,7 +245,7 @@ fn direct_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<DirectP
 /// read by the target itself with injected `preadv` (up to 1024 iovecs,
 /// one contiguous file range per call: one copy, page cache -> its fresh
 /// pages); anything else is written through /proc/PID/mem.
-fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, page_fds: &[Option<u64>], scratch: u64) -> Result<(), RestoreError> {
+fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, page_fds: &[Option<u64>], scratch: u64, place: batch::Place) -> Result<(), RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     // pieces: page runs clipped to private VMAs, in address order (each
@@ -243,7 +255,9 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     for r in &task.mm.pages {
         let end = r.vaddr + r.nr_pages * 4096;
         let mut covered = 0u64;
-        for v in task.mm.vmas.iter().filter(|v| v.start < end && r.vaddr < v.end) {
+        // the VMAs are sorted and disjoint (validate.rs): those overlapping the run
+        let first = task.mm.vmas.partition_point(|v| v.end <= r.vaddr);
+        for v in task.mm.vmas[first..].iter().take_while(|v| v.start < end) {
             let (lo, hi) = (r.vaddr.max(v.start), end.min(v.end));
             covered += hi - lo;
             if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || v.shared() || v.shmid != 0 {
@@ -258,7 +272,7 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     }
     const IOV_MAX: usize = 1024;
     const MAX_BATCH: u64 = 1 << 30;
-    let (pieces, by_uffd) = if fill_mode() == "uffd" { fill_uffd(main, memf, task, mem, scratch, pieces)? } else { (pieces, 0) };
+    let (pieces, by_uffd) = if fill_mode() == "uffd" { fill_uffd(main, memf, task, mem, place, pieces)? } else { (pieces, 0) };
     let use_preadv = fill_mode() != "mem";
     let mut buf = vec![0u8; 1 << 20];
     let mut by_preadv = 0u64;
@@ -367,7 +381,8 @@ fn build_shmem(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSourc
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     let maps: Vec<&Vma> = task.mm.vmas.iter().filter(|v| v.shmid == shmid).collect();
-    let size = maps.iter().map(|v| v.pgoff + v.len()).max().unwrap_or(0);
+    // (read_images checked that pgoff + len of every VMA is an off_t)
+    let size = maps.iter().map(|v| v.pgoff.saturating_add(v.len())).max().unwrap_or(0);
     let cur = current_maps(pid)?;
     let mut used: Vec<(u64, u64)> = cur.iter().map(|(s, e, _)| (*s, *e)).collect();
     used.extend(task.mm.vmas.iter().map(|v| (v.start, v.end)));
@@ -441,15 +456,20 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     }
     let memf = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")).map_err(e("opening /proc/PID/mem"))?;
     memf.write_all_at(&[0x0f, 0x05, 0xcc], g).map_err(e("writing the gadget"))?;
+    memf.write_all_at(&batch::STUB, g + STUB_OFF).map_err(e("writing the batch loop"))?;
     main.gadget = g;
+    let place = batch::Place { stub: g + STUB_OFF, buf: g + BATCH_OFF, buf_len: BATCH_LEN };
+    let run = |main: &mut Injector, b: &Batch, what: &str| batch::run(main, &memf, place, b).map_err(e(what));
     pr_debug!("restore gadget at {g:#x}");
     // 3. drop everything of the engine's
+    let mut b = Batch::new();
     for (s, end, name) in cur {
         if name == "[vsyscall]" || (s >= g && end <= g + GADGET_LEN) {
             continue;
         }
-        main.call("munmap", libc::SYS_munmap, &[s, end - s]).map_err(e("unmapping the engine's memory"))?;
+        b.push(format!("munmap {s:#x}-{end:#x}"), libc::SYS_munmap, &[s, end - s]);
     }
+    run(main, &b, "unmapping the engine's memory")?;
     // 4. vdso where it was
     if let Some(vvar) = task.mm.vmas.iter().find(|v| v.kind == VmaKind::Vvar) {
         const ARCH_MAP_VDSO_64: u64 = 0x2003;
@@ -464,7 +484,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             }
         }
     }
-    // 5. every VMA
+    // 5. every VMA, in batches
+    let mut b = Batch::new();
+    let mut starts = Vec::new();
     for v in &task.mm.vmas {
         if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) {
             continue;
@@ -479,14 +501,18 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             }
             None => (u64::MAX, 0),
         };
-        let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
-        let got = main
-            .call("mmap", libc::SYS_mmap, &[v.start, v.len(), u64::from(fill_prot(task, v)), flags, fd, off])
-            .map_err(e(&format!("mapping {:#x}-{:#x}", v.start, v.end)))?;
-        if got != v.start {
-            return Err(RestoreError::Unsupported(format!("mmap of {:#x} landed at {got:#x}", v.start)));
+        // locked once filled (step 7): MAP_LOCKED now would populate the
+        // region before its pages are copied in
+        let flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
+        b.push(format!("mmap {:#x}-{:#x}", v.start, v.end), libc::SYS_mmap, &[v.start, v.len(), u64::from(fill_prot(task, v)), flags, fd, off]);
+        starts.push(v.start);
+    }
+    for (got, want) in run(main, &b, "mapping the VMAs")?.into_iter().zip(starts) {
+        if got != want {
+            return Err(RestoreError::Unsupported(format!("mmap of {want:#x} landed at {got:#x}")));
         }
     }
+    pr_debug!("{} VMAs mapped", b.len());
     crate::fault::point("mid-mm");
     // 5b. shared anonymous memory, filled before it gets its final place
     let mut shmids: Vec<u64> = task.mm.vmas.iter().filter(|v| v.shmid != 0).map(|v| v.shmid).collect();
@@ -496,16 +522,19 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         build_shmem(main, &memf, task, mem, shmid, g)?;
     }
     // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled
+    let mut b = Batch::new();
     for v in &task.mm.vmas {
         if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) {
             continue;
         }
         for bit in 0..64u64 {
             if v.madv & (1 << bit) != 0 {
-                main.call("madvise", libc::SYS_madvise, &[v.start, v.len(), bit]).map_err(e(&format!("madvise({bit}) {:#x}", v.start)))?;
+                b.push(format!("madvise({bit}) {:#x}", v.start), libc::SYS_madvise, &[v.start, v.len(), bit]);
             }
         }
     }
+    run(main, &b, "madvise")?;
+    pr_debug!("{} madvise calls", b.len());
     // 7. contents, then the final protection of regions filled writable
     let page_fds: Vec<Option<u64>> = mem
         .files()
@@ -516,11 +545,18 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         // the target's own open file of the pages image: read front to back
         let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
     }
-    pinned.released(|| fill_private(main, &memf, task, mem, &page_fds, g + SCRATCH_OFF))?;
+    pinned.released(|| fill_private(main, &memf, task, mem, &page_fds, g + SCRATCH_OFF, place))?;
+    let mut b = Batch::new();
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
-        main.call("mprotect", libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]).map_err(e(&format!("mprotect {:#x}", v.start)))?;
+        b.push(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]);
     }
-    let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid };
+    // locked memory (VM_LOCKED, kept as MAP_LOCKED): locked again now that
+    // its pages are in (mlock2 faults in the rest, as mlock did)
+    for v in task.mm.vmas.iter().filter(|v| v.flags & libc::MAP_LOCKED as u32 != 0) {
+        b.push(format!("mlock2 {:#x}-{:#x}", v.start, v.end), libc::SYS_mlock2, &[v.start, v.len(), 0]);
+    }
+    run(main, &b, "final protections and locks")?;
+    let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid, batch: place };
     // 8. mm fields
     let mm = &task.mm;
     let mut auxv = mm.auxv.clone();
@@ -579,6 +615,28 @@ pub fn finish_process(main: &mut Injector, sp: &Space, task: &Task, svc_base: i3
     }
     if task.mm.dumpable != 1 {
         main.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, u64::from(task.mm.dumpable)]).map_err(e("PR_SET_DUMPABLE"))?;
+    }
+    mm_wide_state(main, task)
+}
+
+/// mm-wide state only the process itself can set, after its memory is in
+/// place (so the fill is not slowed by it): PR_SET_THP_DISABLE and the
+/// membarrier registrations, one MEMBARRIER_CMD_REGISTER_* call per bit.
+fn mm_wide_state(main: &mut Injector, task: &Task) -> Result<(), RestoreError> {
+    const PR_SET_THP_DISABLE: u64 = 41;
+    /// REGISTER_GLOBAL_EXPEDITED, _PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ
+    const MEMBARRIER_REGISTER_CMDS: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+    let pid = main.tid;
+    if task.mm.thp_disabled {
+        main.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[PR_SET_THP_DISABLE, 1, 0, 0, 0]).map_err(ioe(pid, "PR_SET_THP_DISABLE"))?;
+    }
+    let unknown = task.membarrier & !MEMBARRIER_REGISTER_CMDS.iter().fold(0, |a, b| a | b);
+    if unknown != 0 {
+        return Err(RestoreError::Unsupported(format!("membarrier registrations {unknown:#x} of the image are not known to this engine")));
+    }
+    for cmd in MEMBARRIER_REGISTER_CMDS.into_iter().filter(|c| task.membarrier & c != 0) {
+        main.call("membarrier(register)", libc::SYS_membarrier, &[u64::from(cmd), 0, 0])
+            .map_err(ioe(pid, format!("membarrier registration {cmd:#x}")))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use super::space::Space;
 use super::{ioe, RestoreError};
 use crate::model::{Task, Thread};
+use crate::sys::batch::Batch;
 use crate::sys::inject::Injector;
 use crate::sys::process::clone_args_bytes;
 use crate::sys::ptrace::{self, Wait};
@@ -33,46 +34,45 @@ pub fn create(main: &mut Injector, sp: &Space, ns_tid: i32) -> Result<Pid, Resto
     Ok(tid)
 }
 
-/// Per-thread kernel state, by syscalls injected into that thread.
+/// Per-thread kernel state, by syscalls injected into that thread (one
+/// batch, then the pending signals).
 pub fn setup(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), RestoreError> {
     let tid = inj.tid;
     let e = |what: &str| ioe(tid, what.to_string());
+    let mut b = Batch::new();
     if t.robust_list.0 != 0 {
-        inj.call("set_robust_list", libc::SYS_set_robust_list, &[t.robust_list.0, t.robust_list.1]).map_err(e("set_robust_list"))?;
+        b.push("set_robust_list", libc::SYS_set_robust_list, &[t.robust_list.0, t.robust_list.1]);
     }
-    inj.call("set_tid_address", libc::SYS_set_tid_address, &[t.clear_tid]).map_err(e("set_tid_address"))?;
+    b.push("set_tid_address", libc::SYS_set_tid_address, &[t.clear_tid]);
     if t.altstack.flags & libc::SS_DISABLE as u32 == 0 {
-        let mut b = Vec::new();
-        b.extend(t.altstack.sp.to_le_bytes());
-        b.extend(t.altstack.flags.to_le_bytes());
-        b.extend(0u32.to_le_bytes());
-        b.extend(t.altstack.size.to_le_bytes());
-        let p = sp.write(0, &b)?;
-        inj.call("sigaltstack", libc::SYS_sigaltstack, &[p, 0]).map_err(e("sigaltstack"))?;
+        let mut d = Vec::new();
+        d.extend(t.altstack.sp.to_le_bytes());
+        d.extend(t.altstack.flags.to_le_bytes());
+        d.extend(0u32.to_le_bytes());
+        d.extend(t.altstack.size.to_le_bytes());
+        b.push_data("sigaltstack", libc::SYS_sigaltstack, &[0, 0], 0, &d);
     }
     for d in &t.tls {
         // entries that were never set read back as "not present, read-exec only"
         if d.base_addr == 0 && d.limit == 0 && d.flags & 0x20 != 0 {
             continue;
         }
-        let mut b = Vec::new();
-        b.extend(d.entry_number.to_le_bytes());
-        b.extend(d.base_addr.to_le_bytes());
-        b.extend(d.limit.to_le_bytes());
-        b.extend(d.flags.to_le_bytes());
-        let p = sp.write(0, &b)?;
-        inj.call("set_thread_area", libc::SYS_set_thread_area, &[p]).map_err(e("set_thread_area"))?;
+        let mut x = Vec::new();
+        x.extend(d.entry_number.to_le_bytes());
+        x.extend(d.base_addr.to_le_bytes());
+        x.extend(d.limit.to_le_bytes());
+        x.extend(d.flags.to_le_bytes());
+        b.push_data("set_thread_area", libc::SYS_set_thread_area, &[0], 0, &x);
     }
     let mut comm = t.comm.as_bytes().to_vec();
     comm.truncate(15);
     comm.push(0);
-    let p = sp.write(0, &comm)?;
-    inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, p]).map_err(e("PR_SET_NAME"))?;
-    if t.pdeath_sig != 0 {
-        inj.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, u64::from(t.pdeath_sig)]).map_err(e("PR_SET_PDEATHSIG"))?;
-    } else {
-        inj.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, 0]).map_err(e("PR_SET_PDEATHSIG"))?;
+    b.push_data("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, 0], 1, &comm);
+    b.push("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, u64::from(t.pdeath_sig)]);
+    if let Some(r) = t.rseq {
+        b.push("rseq", libc::SYS_rseq, &[r.ptr, u64::from(r.len), 0, u64::from(r.sig)]);
     }
+    sp.run(inj, &b, "thread state")?;
     for si in &t.pending {
         let p = sp.write(0, si)?;
         let signo = u64::from(u32::from_le_bytes(si[0..4].try_into().expect("4")));
@@ -82,9 +82,6 @@ pub fn setup(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), RestoreEr
         }
         // rt_tgsigqueueinfo takes ids of the caller's pid namespace: the task's own
         inj.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, &[sp_tgid(sp, t), t.tid as u64, signo, p]).map_err(e("queueing a signal"))?;
-    }
-    if let Some(r) = t.rseq {
-        inj.call("rseq", libc::SYS_rseq, &[r.ptr, u64::from(r.len), 0, u64::from(r.sig)]).map_err(e("rseq registration"))?;
     }
     Ok(())
 }

@@ -76,6 +76,12 @@ impl Injector {
         self.stepped = true;
     }
 
+    /// Every call is stepped ([`stop_trapping`](Self::stop_trapping) was
+    /// called): nothing may run to an `int3` in this thread.
+    pub fn is_stepped(&self) -> bool {
+        self.stepped
+    }
+
     /// Like [`call`](Self::call) but stepped from the syscall-entry to the
     /// syscall-exit stop (two stops), so the gadget's `int3` does not run:
     /// for a syscall that unmaps the gadget itself, and for one that sets

@@ -4,10 +4,12 @@
 //! Everything above this module is `#![forbid(unsafe_code)]`-clean.
 #![allow(unsafe_code)]
 
+pub mod batch;
 pub mod cpu;
 pub mod inject;
 pub mod kmod;
 pub mod mmap;
+pub mod ns;
 pub mod pagemap;
 pub mod process;
 pub mod ptrace;

@@ -14,6 +14,10 @@ pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 pub const PAGE_IS_HUGE: u64 = 1 << 6;
+pub const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
+/// A guard page (MADV_GUARD_INSTALL, Linux 6.13+); kernels without the
+/// category refuse it with EINVAL.
+pub const PAGE_IS_GUARD: u64 = 1 << 8;
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 = 0xc060_6610;
 
@@ -79,6 +83,20 @@ pub fn scan(pagemap: &File, start: u64, end: u64, spec: ScanSpec, out: &mut [Pag
     Ok((usize::try_from(rc).unwrap_or(0), arg.walk_end))
 }
 
+/// Whether PAGEMAP_SCAN exists on `pagemap` (/proc/PID/pagemap): the ioctl
+/// with a NULL argument fails with EFAULT when it does, ENOTTY or EINVAL
+/// when not.
+pub fn probe_scan(pagemap: &File) -> io::Result<()> {
+    // SAFETY: a NULL argument: the kernel reads nothing through it and
+    // answers EFAULT (or ENOTTY when it lacks the ioctl).
+    let rc = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, std::ptr::null_mut::<PmScanArg>()) };
+    if rc < 0 {
+        let e = super::last_err();
+        return if e.raw_os_error() == Some(libc::EFAULT) { Ok(()) } else { Err(e) };
+    }
+    Ok(())
+}
+
 /// lseek(2) with SEEK_DATA (`data` true) or SEEK_HOLE from `off`; `None`
 /// when there is no more data (ENXIO).
 pub fn seek(f: &File, off: u64, data: bool) -> io::Result<Option<u64>> {
@@ -91,4 +109,17 @@ pub fn seek(f: &File, off: u64, data: bool) -> io::Result<Option<u64>> {
         return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
     }
     Ok(Some(rc as u64))
+}
+
+/// Whether this kernel's PAGEMAP_SCAN knows [`PAGE_IS_GUARD`] (asked once,
+/// with a scan of one page of our own stack).
+pub fn knows_guard() -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        let Ok(f) = File::open("/proc/self/pagemap") else { return false };
+        let here = &f as *const File as u64 & !4095;
+        let mut out = [PageRegion::default(); 1];
+        let spec = ScanSpec { mask: PAGE_IS_GUARD, ret: PAGE_IS_GUARD, ..Default::default() };
+        scan(&f, here, here + 4096, spec, &mut out).is_ok()
+    })
 }
