@@ -10,6 +10,7 @@ use images_proto::image::{read_all, read_one, write_all, ImageReader, ImageWrite
 use images_proto::magic as mg;
 use images_proto::pages::{PagemapReader, PagesWriter, PE_LAZY, PE_PRESENT};
 use images_proto::pb;
+use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +277,9 @@ fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
     if let Some(t) = e.tty.as_mut() {
         t.id = id;
     }
+    if let Some(f) = e.fifo.as_mut() {
+        f.id = id;
+    }
     files.push(e);
     id
 }
@@ -303,39 +307,31 @@ fn tty_kind(rdev: u64) -> (pb::TtyType, Option<u32>) {
 
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
 fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
-    let mut fdinfo = Vec::new();
-    let mut desc_ids: Vec<(u32, u32)> = Vec::new(); // (model desc, file id)
-    let mut ghosts: Vec<(u64, u64, u32)> = Vec::new(); // (dev, ino, remap id)
+    let mut fdinfo = Vec::with_capacity(task.fds.len());
+    let mut desc_ids: HashMap<u32, u32> = HashMap::new(); // model desc -> file id
+    let mut ghosts: HashMap<(u64, u64), u32> = HashMap::new(); // (dev, ino) -> remap id
     let mut remaps = Vec::new();
     let mut tty_infos: Vec<pb::TtyInfoEntry> = Vec::new();
     for fd in &task.fds {
         let ty = match fd.file {
             FileDesc::Reg { .. } => pb::FdTypes::Reg,
             FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
+            FileDesc::Fifo { .. } => pb::FdTypes::Fifo,
             FileDesc::Tty { .. } => pb::FdTypes::Tty,
         };
-        let id = match desc_ids.iter().find(|(d, _)| *d == fd.desc) {
-            Some(&(_, id)) => id,
+        let id = match desc_ids.get(&fd.desc) {
+            Some(&id) => id,
             None => {
                 let id = match &fd.file {
                     FileDesc::Reg { path, flags, pos, mode, size, ghost } => {
                         let id = push_file(files, reg_entry(0, path, *flags, *pos, *mode, *size));
                         if let Some(g) = ghost {
-                            let remap_id = match ghosts.iter().find(|(d, i, _)| *d == g.dev && *i == g.ino) {
-                                Some(&(_, _, r)) => r,
+                            let remap_id = match ghosts.get(&(g.dev, g.ino)) {
+                                Some(&r) => r,
                                 None => {
                                     let r = ghosts.len() as u32 + 1;
-                                    ghosts.push((g.dev, g.ino, r));
-                                    let e = pb::GhostFileEntry {
-                                        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino), rdev: None,
-                                        atim: Some(pb::Timeval { tv_sec: g.atime.0, tv_usec: g.atime.1 }),
-                                        mtim: Some(pb::Timeval { tv_sec: g.mtime.0, tv_usec: g.mtime.1 }),
-                                        chunks: None, size: None, symlnk_target: None,
-                                    };
-                                    let mut w = ImageWriter::create(dir, &mg::GHOST_FILE.file_name(r), &mg::GHOST_FILE)?;
-                                    w.write_entry(&e)?;
-                                    w.write_payload(&g.contents)?;
-                                    w.finish()?;
+                                    ghosts.insert((g.dev, g.ino), r);
+                                    write_ghost(dir, r, g)?;
                                     r
                                 }
                             };
@@ -351,6 +347,16 @@ fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<
                         let e = pb::FileEntry {
                             r#type: pb::FdTypes::Pipe as i32,
                             pipe: Some(pb::PipeEntry { id: 0, pipe_id: *pipe_id, flags: *flags, fown: fown() }),
+                            ..Default::default()
+                        };
+                        push_file(files, e)
+                    }
+                    FileDesc::Fifo { path, flags, mode, pipe_id } => {
+                        // as upstream: the path and flags in a REG entry of its own
+                        let regf_id = push_file(files, reg_entry(0, path, *flags, 0, *mode, None));
+                        let e = pb::FileEntry {
+                            r#type: pb::FdTypes::Fifo as i32,
+                            fifo: Some(pb::FifoEntry { id: 0, pipe_id: *pipe_id, regf_id: Some(regf_id) }),
                             ..Default::default()
                         };
                         push_file(files, e)
@@ -379,18 +385,23 @@ fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<
                         push_file(files, e)
                     }
                 };
-                desc_ids.push((fd.desc, id));
+                desc_ids.insert(fd.desc, id);
                 id
             }
         };
         fdinfo.push(pb::FdinfoEntry { id, flags: u32::from(fd.cloexec), r#type: ty as i32, fd: fd.fd as u32, xattr_security_selinux: None });
     }
-    // As upstream: an empty pipe has no entry, and no pipes-data.img is
-    // written when no pipe holds bytes.
-    if task.pipe_data.iter().any(|d| !d.data.is_empty()) {
-        let mut w = ImageWriter::create(dir, &mg::PIPES_DATA.file_name(""), &mg::PIPES_DATA)?;
-        for d in task.pipe_data.iter().filter(|d| !d.data.is_empty()) {
-            w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes: d.data.len() as u32, size: Some(d.size) })?;
+    // As upstream: one entry per pipe (per FIFO) whose data was taken, empty
+    // ones too (they carry the buffer size).
+    for (fifo, m) in [(false, &mg::PIPES_DATA), (true, &mg::FIFO_DATA)] {
+        let mut list = task.pipe_data.iter().filter(|d| d.fifo == fifo).peekable();
+        if list.peek().is_none() {
+            continue;
+        }
+        let mut w = ImageWriter::create(dir, &m.file_name(""), m)?;
+        for d in list {
+            let bytes = u32::try_from(d.data.len()).map_err(|_| bad(&m.file_name(""), format!("pipe {:#x}: {} bytes", d.pipe_id, d.data.len())))?;
+            w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes, size: Some(d.size) })?;
             w.write_payload(&d.data)?;
         }
         w.finish()?;
@@ -404,6 +415,33 @@ fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<
     Ok(fdinfo)
 }
 
+/// ghost-file-`r`.img for `g`: the whole contents after the entry (as
+/// upstream writes a file without holes), or, when the file has holes,
+/// one `ghost_chunk_entry` + bytes per data extent (`chunks`, `size`).
+fn write_ghost(dir: &Path, r: u32, g: &Ghost) -> Result<(), ImagesError> {
+    let dense = match g.extents.as_slice() {
+        [] => g.size == 0,
+        [(0, d)] => d.len() as u64 == g.size,
+        _ => false,
+    };
+    let e = pb::GhostFileEntry {
+        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino), rdev: None,
+        atim: Some(pb::Timeval { tv_sec: g.atime.0, tv_usec: g.atime.1 }),
+        mtim: Some(pb::Timeval { tv_sec: g.mtime.0, tv_usec: g.mtime.1 }),
+        chunks: (!dense).then_some(true), size: (!dense).then_some(g.size), symlnk_target: None,
+    };
+    let mut w = ImageWriter::create(dir, &mg::GHOST_FILE.file_name(r), &mg::GHOST_FILE)?;
+    w.write_entry(&e)?;
+    for (off, data) in &g.extents {
+        if !dense {
+            w.write_entry(&pb::GhostChunkEntry { len: data.len() as u64, off: *off })?;
+        }
+        w.write_payload(data)?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
 /// ghost-file-`id`.img: the entry and the contents (whole or in chunks).
 fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
     let name = mg::GHOST_FILE.file_name(remap_id);
@@ -412,20 +450,22 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
     if e.mode & libc::S_IFMT != libc::S_IFREG {
         return Err(bad(&name, format!("ghost of mode {:o}: only regular files are supported", e.mode)));
     }
-    let contents = if e.chunks == Some(true) {
-        let size = e.size.unwrap_or(0);
-        if size > 1 << 32 {
-            return Err(bad(&name, format!("ghost size {size} is too large")));
-        }
-        let mut v = vec![0u8; size as usize];
+    let (size, extents) = if e.chunks == Some(true) {
+        let size = e.size.ok_or_else(|| bad(&name, "chunked ghost without a size"))?;
+        let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut end_prev = 0;
         while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
             let end = c.off.checked_add(c.len).filter(|&e| e <= size).ok_or_else(|| bad(&name, format!("chunk {}+{} beyond size {size}", c.off, c.len)))?;
-            let data = r.read_payload(c.len)?;
-            v[c.off as usize..end as usize].copy_from_slice(&data);
+            if c.off < end_prev {
+                return Err(bad(&name, format!("chunk at {} overlaps or precedes the previous one (ending at {end_prev})", c.off)));
+            }
+            extents.push((c.off, r.read_payload(c.len)?));
+            end_prev = end;
         }
-        v
+        (size, extents)
     } else {
-        r.read_rest()?
+        let data = r.read_rest()?;
+        (data.len() as u64, if data.is_empty() { Vec::new() } else { vec![(0, data)] })
     };
     let dev = u64::from(e.dev.unwrap_or(0));
     Ok(Ghost {
@@ -436,13 +476,14 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
         mode: e.mode,
         atime: e.atim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
         mtime: e.mtim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
-        contents,
+        size,
+        extents,
     })
 }
 
 /// The fd table `fdinfo-<files_id>.img` describes (with files.img,
-/// remap-fpath/ghost-file, pipes-data, tty-info), without the rest of the
-/// image set.
+/// remap-fpath/ghost-file, pipes-data, fifo-data, tty-info), without the
+/// rest of the image set.
 pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
     let files: Vec<pb::FileEntry> = read_all(dir, &mg::FILES.file_name(""), &mg::FILES)?;
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(files_id), &mg::FDINFO)?;
@@ -451,7 +492,8 @@ pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData
 
 /// The fds of fdinfo (and the pipe data they need) from files.img and friends.
 fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
-    let file = |id: u32| files.iter().find(|f| f.id == id);
+    let by_id: HashMap<u32, &pb::FileEntry> = files.iter().map(|f| (f.id, f)).collect();
+    let file = |id: u32| by_id.get(&id).copied();
     let remaps: Vec<pb::RemapFilePathEntry> = if dir.join(mg::REMAP_FPATH.file_name("")).exists() {
         read_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH)?
     } else {
@@ -463,7 +505,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         Vec::new()
     };
     let mut ghosts: Vec<(u32, Box<Ghost>)> = Vec::new();
-    let mut fds = Vec::new();
+    let mut fds = Vec::with_capacity(fdinfo.len());
     for fi in fdinfo {
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
         let desc = if let Some(r) = &f.reg {
@@ -486,6 +528,13 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
             FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost }
         } else if let Some(pp) = &f.pipe {
             FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
+        } else if let Some(ff) = &f.fifo {
+            let r = ff
+                .regf_id
+                .and_then(file)
+                .and_then(|r| r.reg.as_ref())
+                .ok_or_else(|| bad("files.img", format!("fd {}: fifo {} has no reg_file_entry (regf_id {:?})", fi.fd, f.id, ff.regf_id)))?;
+            FileDesc::Fifo { path: r.name.clone(), flags: r.flags, mode: r.mode.unwrap_or(libc::S_IFIFO), pipe_id: ff.pipe_id }
         } else if let Some(t) = &f.tty {
             let info = tty_infos.iter().find(|i| i.id == t.tty_info_id);
             let rdev = info.map(|i| u64::from(i.rdev)).unwrap_or(0);
@@ -503,14 +552,25 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         fds.push(Fd { fd: fi.fd as i32, cloexec: fi.flags & 1 != 0, desc: f.id, file: desc });
     }
     let mut pipe_data = Vec::new();
-    let name = mg::PIPES_DATA.file_name("");
-    if dir.join(&name).exists() {
-        let mut r = ImageReader::open(dir, &name, &mg::PIPES_DATA)?;
+    for (fifo, m) in [(false, &mg::PIPES_DATA), (true, &mg::FIFO_DATA)] {
+        let name = m.file_name("");
+        if !dir.join(&name).exists() {
+            continue;
+        }
+        let mut r = ImageReader::open(dir, &name, m)?;
         while let Some(e) = r.next_entry::<pb::PipeDataEntry>()? {
             let data = r.read_payload(u64::from(e.bytes))?;
             // only pipes this task has fds of
-            if fds.iter().any(|f| matches!(f.file, FileDesc::Pipe { pipe_id, .. } if pipe_id == e.pipe_id)) {
-                pipe_data.push(PipeData { pipe_id: e.pipe_id, size: e.size.unwrap_or(0), data });
+            let ours = fds.iter().any(|f| match f.file {
+                FileDesc::Pipe { pipe_id, .. } => !fifo && pipe_id == e.pipe_id,
+                FileDesc::Fifo { pipe_id, .. } => fifo && pipe_id == e.pipe_id,
+                _ => false,
+            });
+            if ours {
+                if pipe_data.iter().any(|d: &PipeData| d.fifo == fifo && d.pipe_id == e.pipe_id) {
+                    return Err(bad(&name, format!("pipe {:#x} has two entries", e.pipe_id)));
+                }
+                pipe_data.push(PipeData { pipe_id: e.pipe_id, fifo, size: e.size.unwrap_or(0), data });
             }
         }
     }

@@ -145,7 +145,7 @@ fn shape(name: &str) {
         .expect("gcc");
     assert!(st.success(), "building fx-{name}");
     // as upstream's fixtures were started: pid 1 of a new pid namespace, session leader
-    // Upstream's harness left the fixture one inherited pipe, at fd 251;
+    // Upstream's harness left the fixture one inherited pipe write end, at fd 251;
     // give ours the same fd set, whatever this test process inherited
     // (cargo's jobserver pipe, say), so the images can be compared.
     let (pipe_rd, pipe_wr) = {
@@ -160,7 +160,7 @@ fn shape(name: &str) {
     // the new fd 251 is not close-on-exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(pipe_rd, 251) < 0 {
+            if libc::dup2(pipe_wr, 251) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

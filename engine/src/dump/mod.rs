@@ -211,6 +211,7 @@ pub fn collect_within(
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
     (task.fds, task.pipe_data) = files::collect_fds(pid)?;
+    (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
     let (root_ids, ids) = task::collect_ids(&[pid])?;
     task.ids = ids[0];
     let timens = Some(task::collect_timens(pid)?);

@@ -28,7 +28,7 @@ use crate::sys::ptrace::{self, Wait};
 use crate::sys::Pid;
 use crate::{pr_debug, pr_info};
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -181,8 +181,10 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
             map_files.push((p.to_string_lossy().to_string(), libc::O_RDONLY));
         }
     }
+    const CHILD_REPORT_TIMEOUT_MS: i32 = 30_000;
     let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2);
-    let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. })).count() as i32;
+    // working fds of the restore child: two per pipe fd, one per FIFO fd (at most)
+    let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
     let svc_base = (max_fd + 2 * npipes + 16).max(64);
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
     // --root: opened once, above the service fds; paths are resolved in it
@@ -227,6 +229,16 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let mut guard = RestoreGuard { pid: child, committed: false };
     crate::fault::point("after-clone");
     drop(wr);
+    // The child reports, or dies (PR_SET_PDEATHSIG ties it to us, and its
+    // death closes the pipe); a child stuck in a syscall (an open that
+    // waits) is given up on after CHILD_REPORT_TIMEOUT_MS, naming it.
+    if !p::poll_readable(rd.as_fd(), CHILD_REPORT_TIMEOUT_MS).map_err(ioe(child, "waiting for the child's report"))? {
+        let stack = std::fs::read_to_string(format!("/proc/{child}/wchan")).unwrap_or_default();
+        return Err(RestoreError::Child {
+            pid: child,
+            msg: format!("no report after {} s: it is stuck setting up its fds or process state (wchan {stack:?})", CHILD_REPORT_TIMEOUT_MS / 1000),
+        });
+    }
     let mut msg = String::new();
     std::fs::File::from(rd).read_to_string(&mut msg).map_err(ioe(child, "reading the child's report"))?;
     if msg != "ok" {
