@@ -346,14 +346,8 @@ fn upstream_image_of_an_own_time_namespace_restores() {
 /// (otherwise SKIP).
 #[test]
 fn restore_refuses_an_image_with_a_namespace_of_its_own() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces restore check: {r}");
-        return;
-    }
-    if !Path::new("/usr/bin/crit").exists() {
-        eprintln!("SKIP namespaces restore check: Debian's crit (/usr/bin/crit) not found");
-        return;
-    }
+    test_support::require!(common::why_not_here());
+    test_support::require!(test_support::why_not_tool("crit"));
     let tmp = test_dir("ns-restore-check");
     let criu = engine(&tmp);
     let prog = Prog::start(&tmp, &["unshare", "--pid", "--fork"], &["plain"]);
