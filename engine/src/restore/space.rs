@@ -285,8 +285,11 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
             }
         }
         if let Some((fd, off)) = start {
+            let t0 = std::time::Instant::now();
             populate(main, &batch);
+            let t1 = t0.elapsed();
             preadv_all(main, memf, fd, off, &batch, scratch).map_err(e(&format!("preadv of pages at {:#x}", batch[0].0)))?;
+            crate::pr_debug!("preadv batch of {} pieces at {:#x}: populate {:.3} s, preadv {:.3} s", batch.len(), batch[0].0, t1.as_secs_f64(), (t0.elapsed() - t1).as_secs_f64());
             by_preadv += batch.iter().map(|b| b.1).sum::<u64>();
             continue;
         }
