@@ -93,11 +93,12 @@ fn alive(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z') || r.starts_with('X')))
 }
 
-/// Start the case in `work`; the host pid of the program (pid 1 inside).
-fn start(bin: &Path, work: &Path, args: &[String]) -> i32 {
+/// Start the case in `work`; the host pid of the program (pid 1 inside),
+/// and its `unshare` parent, to reap.
+fn start(bin: &Path, work: &Path, args: &[String]) -> (i32, std::process::Child) {
     let _ = fs::remove_dir_all(work);
     fs::create_dir_all(work).unwrap();
-    Command::new("unshare")
+    let child = Command::new("unshare")
         .args(["--pid", "--fork", "setsid"])
         .arg(bin)
         .args(args)
@@ -117,7 +118,7 @@ fn start(bin: &Path, work: &Path, args: &[String]) -> i32 {
         }
     }
     assert!(pid > 0, "memcases not found");
-    pid
+    (pid, child)
 }
 
 fn anon_huge_kib(pid: i32) -> u64 {
@@ -137,7 +138,7 @@ fn one(engine: &Path, bin: &Path, base: &Path, args: &[String]) -> One {
     let img = base.join("img");
     let _ = fs::remove_dir_all(&img);
     fs::create_dir_all(&img).unwrap();
-    let pid = start(bin, &work, args);
+    let (pid, mut parent) = start(bin, &work, args);
     let t = Instant::now();
     let st = Command::new(engine).args(["dump", "-t", &pid.to_string(), "-v2", "-o", "dump.log", "-D"]).arg(&img).status().unwrap();
     let dump = t.elapsed().as_secs_f64();
@@ -146,6 +147,7 @@ fn one(engine: &Path, bin: &Path, base: &Path, args: &[String]) -> One {
         panic!("{} dump failed:\n{}", engine.display(), fs::read_to_string(img.join("dump.log")).unwrap_or_default());
     }
     wait_for("the source to be gone", Duration::from_secs(10), || !alive(pid));
+    let _ = parent.wait();
     // restore from a cached image: every pages file read once
     for e in fs::read_dir(&img).unwrap().flatten() {
         if e.file_name().to_string_lossy().starts_with("pages-") {
