@@ -526,6 +526,13 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         main.call("mprotect", libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]).map_err(e(&format!("mprotect {:#x}", v.start)))?;
     }
+    // guard regions, once the pages around them are in (a guard region
+    // refuses to be locked, so before mlock2)
+    const MADV_GUARD_INSTALL: u64 = 102;
+    for &(s, en) in &task.mm.guards {
+        main.call("madvise(MADV_GUARD_INSTALL)", libc::SYS_madvise, &[s, en - s, MADV_GUARD_INSTALL])
+            .map_err(e(&format!("installing guard region {s:#x}-{en:#x}")))?;
+    }
     // locked memory (VM_LOCKED, kept as MAP_LOCKED): locked again now that
     // its pages are in (mlock2 faults in the rest, as mlock did)
     for v in task.mm.vmas.iter().filter(|v| v.flags & libc::MAP_LOCKED as u32 != 0) {
