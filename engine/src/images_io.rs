@@ -742,6 +742,63 @@ fn check_written_pages(dir: &Path, pid: i32, vmas: &[Vma], shmem: &ShmemRuns) ->
     Ok(())
 }
 
+/// Guard regions have no place in upstream's images: they go to a file of
+/// ours, which upstream ignores (it then restores ordinary pages there).
+const GUARDS_MAGIC: &[u8; 8] = b"CRRSGRD1";
+/// At most this many guard regions are read from an image.
+const MAX_GUARDS: usize = 1 << 20;
+
+/// `criu-rs-guards-PID.img`: [`GUARDS_MAGIC`], then (start, end) u64 LE
+/// pairs, sorted.
+pub fn guards_name(pid: i32) -> String {
+    format!("criu-rs-guards-{pid}.img")
+}
+
+fn write_guards(dir: &Path, pid: i32, guards: &[(u64, u64)]) -> Result<(), ImagesError> {
+    let name = guards_name(pid);
+    let mut b = GUARDS_MAGIC.to_vec();
+    for &(s, e) in guards {
+        b.extend_from_slice(&s.to_le_bytes());
+        b.extend_from_slice(&e.to_le_bytes());
+    }
+    std::fs::write(dir.join(&name), b).map_err(|e| ImagesError::Io { file: name, source: e })
+}
+
+/// The guard regions of `pid` (none without the file), checked: page
+/// aligned, ascending, not overlapping, inside the VMAs, holding no pages.
+fn read_guards(dir: &Path, pid: i32, vmas: &[(u64, u64)], pages: &[PageRun]) -> Result<Vec<(u64, u64)>, ImagesError> {
+    use std::io::Read;
+    let name = guards_name(pid);
+    let path = dir.join(&name);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let f = images_proto::image::open_regular(&path)?;
+    let mut b = Vec::new();
+    let limit = (8 + 16 * MAX_GUARDS) as u64;
+    f.take(limit + 1).read_to_end(&mut b).map_err(|e| ImagesError::Io { file: name.clone(), source: e })?;
+    if b.len() as u64 > limit || b.len() < 8 || &b[..8] != GUARDS_MAGIC || (b.len() - 8) % 16 != 0 {
+        return Err(bad(&name, format!("not a guard region list ({} bytes)", b.len())));
+    }
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, c) in b[8..].chunks_exact(16).enumerate() {
+        let s = u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+        let e = u64::from_le_bytes(c[8..].try_into().expect("8 bytes"));
+        if s >= e || s % 4096 != 0 || e % 4096 != 0 || out.last().is_some_and(|l| s < l.1) {
+            return Err(bad(&name, format!("entry {i}: bad guard region {s:#x}-{e:#x}")));
+        }
+        // holding pages of the pagemap: the two images contradict each other
+        let k = pages.partition_point(|r| r.vaddr.saturating_add(r.nr_pages.saturating_mul(4096)) <= s);
+        if pages.get(k).is_some_and(|r| r.vaddr < e) {
+            return Err(bad(&name, format!("entry {i}: guard region {s:#x}-{e:#x} holds pages of the pagemap")));
+        }
+        out.push((s, e));
+    }
+    let as_runs: Vec<(u64, u64)> = out.iter().map(|&(s, e)| (s, (e - s) / 4096)).collect();
+    crate::validate::mm_layout(&mg::MM.file_name(pid), &name, vmas, &as_runs)?;
+    Ok(out)
+}
+
 /// Write the model as an image set into `dir`, page contents from `mem`.
 pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) -> Result<(), ImagesError> {
     let task = tree.root();
@@ -842,6 +899,9 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     // read back what was written, before the dump can report success or
     // kill the source: an image our own restore would refuse is an error now
     check_written_pages(dir, pid, &mm.vmas, &shmem)?;
+    if !mm.guards.is_empty() {
+        write_guards(dir, pid, &mm.guards)?;
+    }
     // seccomp.img: every thread's chain, common prefixes shared
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
     let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(&mut filters, &t.seccomp)).collect();
@@ -1124,6 +1184,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     pages.sort_by_key(|r| r.vaddr);
     // in address order (checked disjoint above): restore looks VMAs up by address
     vmas.sort_by_key(|v| v.start);
+    let guards = read_guards(dir, pid, &vma_ranges, &pages)?;
     let mm = Mm {
         vmas,
         start_code: mme.mm_start_code, end_code: mme.mm_end_code, start_data: mme.mm_start_data, end_data: mme.mm_end_data,
@@ -1139,6 +1200,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         dumpable: mme.dumpable.unwrap_or(1) as u32,
         thp_disabled: mme.thp_disabled.unwrap_or(false),
         pages,
+        guards,
     };
     let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, pipe_data, ..Default::default() };
     for (i, &tid) in p.threads.iter().enumerate() {

@@ -329,6 +329,9 @@ pub struct Mm {
     pub thp_disabled: bool,
     /// Pages whose contents are in the memory source, sorted by address.
     pub pages: Vec<PageRun>,
+    /// Guard regions (MADV_GUARD_INSTALL), (start, end), sorted, inside
+    /// VMAs and outside `pages`.
+    pub guards: Vec<(u64, u64)>,
 }
 
 impl Tree {
