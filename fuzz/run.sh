@@ -28,8 +28,12 @@ fi
 
 if [ -d "$fixtures" ]; then
     python3 "$here/seed.py" "$fixtures" "$here/corpus" "$root/images-proto/src/magic.rs" || exit 1
+elif [ "${CI:-}" = true ]; then
+    echo "fuzz/run.sh: no fixtures at $fixtures: under CI=true the corpora must be seeded" >&2
+    exit 1
 else
-    echo "note: no fixtures at $fixtures; fuzzing from empty corpora"
+    echo "SKIP fuzz seeding: no fixtures at $fixtures; fuzzing from empty corpora"
+    [ -n "${CRIU_RS_SKIP_LOG:-}" ] && echo "SKIP fuzz/run.sh seeding: no fixtures at $fixtures" >>"$CRIU_RS_SKIP_LOG"
 fi
 
 cd "$here" || exit 1

@@ -2,7 +2,7 @@
 //! every message and field Debian knows must exist in ours with the same
 //! number, type, label, packing and `(criu)` options. Ours may have more
 //! (fields added up to 4.2). Needs Debian's `criu` package (python crit);
-//! without it the test says SKIP.
+//! without it the test skips with the reason, or fails under CI=true.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,11 +45,14 @@ fn our_schema_covers_debian_crit() {
     let out = match Command::new("/usr/bin/python3").arg(&script).output() {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
-            eprintln!("SKIP: Debian's pycriu not usable: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+            test_support::skip(format!(
+                "Debian's pycriu not usable (apt-get install criu): {}",
+                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            ));
             return;
         }
         Err(e) => {
-            eprintln!("SKIP: /usr/bin/python3: {e}");
+            test_support::skip(format!("/usr/bin/python3: {e}"));
             return;
         }
     };

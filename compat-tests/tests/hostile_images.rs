@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use images_proto::image::{decode_image, encode_image, ImageReader};
 use images_proto::{magic, ImageError};
 
-fn fixture_images() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/upstream");
-    let Ok(sets) = std::fs::read_dir(&root) else {
-        eprintln!("SKIP: no fixtures at {}", root.display());
-        return Vec::new();
-    };
+/// The upstream fixtures' protobuf images; `None` (after a skip, or a
+/// failure under CI=true) without the shared fixtures.
+fn fixture_images() -> Option<Vec<PathBuf>> {
+    test_support::require!(test_support::why_not_fixture("upstream"));
+    let sets = std::fs::read_dir(test_support::fixture("upstream")).unwrap();
     let mut v = Vec::new();
     for set in sets {
         let dir = set.unwrap().path().join("images");
@@ -26,7 +25,8 @@ fn fixture_images() -> Vec<PathBuf> {
         }
     }
     v.sort();
-    v
+    assert!(v.len() > 100, "only {} fixture images", v.len());
+    Some(v)
 }
 
 struct Rng(u64);
@@ -44,7 +44,8 @@ impl Rng {
 
 #[test]
 fn every_truncation_is_an_error_naming_the_file() {
-    for img in fixture_images() {
+    let Some(imgs) = fixture_images() else { return };
+    for img in imgs {
         let bytes = std::fs::read(&img).unwrap();
         // Ghost files carry their contents to the end: any cut is valid there.
         if img.to_string_lossy().contains("ghost-file") {
@@ -67,7 +68,8 @@ fn every_truncation_is_an_error_naming_the_file() {
 #[test]
 fn mutated_images_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for img in fixture_images() {
+    let Some(imgs) = fixture_images() else { return };
+    for img in imgs {
         let orig = std::fs::read(&img).unwrap();
         for _ in 0..300 {
             let mut b = orig.clone();
@@ -145,8 +147,10 @@ fn fuzz_regressions_stay_fixed() {
     // Reproducers found by fuzz/ (see fuzz/regressions): decoding must not
     // panic, and what decodes must re-encode and decode to the same JSON.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
-    let Ok(rd) = std::fs::read_dir(&dir) else { return };
+    let rd = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut n = 0;
     for e in rd {
+        n += 1;
         let p = e.unwrap().path();
         let b = std::fs::read(&p).unwrap();
         if let Ok(v) = decode_image(&b, &p, false) {
@@ -154,6 +158,7 @@ fn fuzz_regressions_stay_fixed() {
             assert_eq!(decode_image(&again, &p, false).unwrap(), v, "{}", p.display());
         }
     }
+    assert!(n > 0, "no fuzz regressions in {}", dir.display());
 }
 
 #[test]

@@ -2,21 +2,15 @@
 //! `../shared/fixtures/upstream`: our decode equals crit 4.2's JSON, and
 //! decode -> encode gives back the original bytes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use images_proto::image::{decode_image, encode_image};
 
-fn fixtures() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/upstream");
-    p.is_dir().then_some(p)
-}
-
-/// Every (image, crit-json) pair of the fixture sets.
-fn pairs() -> Vec<(PathBuf, PathBuf)> {
-    let Some(root) = fixtures() else {
-        eprintln!("SKIP: ../shared/fixtures/upstream not found");
-        return Vec::new();
-    };
+/// Every (image, crit-json) pair of the fixture sets; `None` (after a
+/// skip, or a failure under CI=true) without the shared fixtures.
+fn pairs() -> Option<Vec<(PathBuf, PathBuf)>> {
+    test_support::require!(test_support::why_not_fixture("upstream"));
+    let root = test_support::fixture("upstream");
     let mut out = Vec::new();
     let mut sets: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
     sets.sort();
@@ -32,13 +26,14 @@ fn pairs() -> Vec<(PathBuf, PathBuf)> {
             out.push((img, json));
         }
     }
-    out
+    assert!(out.len() > 100, "only {} fixture images", out.len());
+    Some(out)
 }
 
 #[test]
 fn decode_matches_crit_json() {
     let mut failures = Vec::new();
-    let pairs = pairs();
+    let Some(pairs) = pairs() else { return };
     for (img, json) in &pairs {
         let bytes = std::fs::read(img).unwrap();
         let ours = match decode_image(&bytes, img, true) {
@@ -59,7 +54,8 @@ fn decode_matches_crit_json() {
 #[test]
 fn decode_encode_is_byte_identical() {
     let mut failures = Vec::new();
-    for (img, _) in pairs() {
+    let Some(pairs) = pairs() else { return };
+    for (img, _) in pairs {
         let bytes = std::fs::read(&img).unwrap();
         for pretty in [false, true] {
             let r = decode_image(&bytes, &img, pretty).and_then(|v| encode_image(&v, &img));

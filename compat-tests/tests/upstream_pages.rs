@@ -8,11 +8,8 @@ use images_proto::pages::{PagemapReader, PagesFile, PagesWriter, PE_PRESENT};
 
 #[test]
 fn walk_and_rebuild_every_pagemap() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/upstream");
-    let Ok(sets) = std::fs::read_dir(&root) else {
-        eprintln!("SKIP: no fixtures at {}", root.display());
-        return;
-    };
+    test_support::require!(test_support::why_not_fixture("upstream"));
+    let sets = std::fs::read_dir(test_support::fixture("upstream")).unwrap();
     let out = std::env::temp_dir().join(format!("pages-rebuild-{}", std::process::id()));
     let mut checked = 0;
     for set in sets {
@@ -54,5 +51,6 @@ fn walk_and_rebuild_every_pagemap() {
         }
     }
     let _ = std::fs::remove_dir_all(&out);
+    assert!(checked >= 7, "only {checked} pagemaps checked");
     eprintln!("checked {checked} pagemaps");
 }

@@ -1,7 +1,8 @@
 //! Build-id validation of mapped files: the dump records the GNU build-id
 //! of the executable as upstream does (`reg.build_id` in files.img), and a
 //! restore over a rebuilt binary (same path, different build-id) is refused
-//! before anything is created. Needs root, gcc, unshare; otherwise SKIP.
+//! before anything is created. Needs root, gcc, unshare and the shared
+//! fixtures; otherwise skips with the reason, or fails under CI=true.
 
 mod common;
 
@@ -10,10 +11,7 @@ use std::process::Command;
 
 #[test]
 fn rebuilt_binary_is_refused() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
+    require!(why_not_here());
     let dir = test_dir("build-id");
     let criu = private_criu(&dir);
     let img = dir.join("img");
@@ -33,7 +31,7 @@ fn rebuilt_binary_is_refused() {
     assert_eq!(exe["reg"]["build_id"].as_array().map(Vec::len), Some(5), "{exe}");
 
     // Rebuild the same source at the same path with another build-id.
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs/counter.c");
+    let src = progs_dir().join("counter.c");
     let st = Command::new("gcc")
         .args(["-O2", "-static", "-Wl,--build-id=0x0123456789abcdef0123456789abcdef01234567", "-o"])
         .arg(&fx.bin)

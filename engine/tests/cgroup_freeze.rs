@@ -4,7 +4,8 @@
 //! on, and the cgroup must be thawed again), then dumped for real and
 //! restored. A cgroup that does not hold the process is refused, and left
 //! thawed with the process running. Needs root, gcc, unshare and the
-//! freezer mounts; otherwise SKIP.
+//! freezer mounts; otherwise `require!`/`skip` skip with the reason, or
+//! fail under CI=true.
 
 mod common;
 
@@ -28,19 +29,16 @@ impl Drop for Cgroup {
 }
 
 fn scenario(kind: &str, parent: &str) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP freeze-cgroup {kind}: {r}");
-        return;
-    }
+    require!(why_not_here());
     let want = if kind == "v2" { "cgroup.freeze" } else { "freezer.state" };
     if !Path::new(parent).is_dir() || (kind == "v1" && !Path::new(parent).join(want).exists() && !Path::new(parent).join("tasks").exists()) {
-        eprintln!("SKIP freeze-cgroup {kind}: no freezer hierarchy at {parent}");
+        skip(format!("freeze-cgroup {kind}: no freezer hierarchy at {parent}"));
         return;
     }
     let cg = Cgroup(Path::new(parent).join(format!("criu-rs-test-{kind}-{}", std::process::id())));
     std::fs::create_dir_all(&cg.0).unwrap();
     if !cg.0.join(want).exists() {
-        eprintln!("SKIP freeze-cgroup {kind}: {} has no {want}", cg.0.display());
+        skip(format!("freeze-cgroup {kind}: {} has no {want}", cg.0.display()));
         return;
     }
     let tmp = test_dir(&format!("freeze-cgroup-{kind}"));

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn threaded_source_dump_returns_at_once() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP dump end: {r}");
-        return;
-    }
+    test_support::require!(test_support::why_not_root());
+    test_support::require!(test_support::why_not_tools(&["gcc", "unshare", "setsid"]));
     let tmp = test_dir("dump-end");
     let criu = private_criu(&tmp);
     let fx = Fixture::start("threads", &tmp, Ns::OwnPidNs);

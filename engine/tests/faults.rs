@@ -11,7 +11,8 @@
 //!
 //! Restore: nothing of a half-restored tree is left running.
 //!
-//! Needs root, gcc, unshare; otherwise SKIP.
+//! Needs root, gcc, unshare; otherwise skips with the reason, or fails under
+//! CI=true.
 
 mod common;
 
@@ -67,10 +68,7 @@ fn dump_faults(name: &str, points: &[&str]) {
 
 /// [`dump_faults`] with `env` set for every dump (a copy path).
 fn dump_faults_with(name: &str, points: &[&str], env: &[(&str, &str)]) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP dump faults ({name}): {r}");
-        return;
-    }
+    require!(why_not_here());
     // a directory of its own per variant: the tests of this binary run in parallel
     let tag: String = env.iter().map(|(_, v)| format!("-{v}")).collect();
     let tmp = test_dir(&format!("faults-dump-{name}{tag}"));
@@ -175,10 +173,7 @@ fn restore_faults(name: &str, ns: Ns, points: &[&str]) {
 
 /// [`restore_faults`] with `env` set for every restore (a fill path).
 fn restore_faults_with(name: &str, ns: Ns, points: &[&str], env: &[(&str, &str)]) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP restore faults ({name}): {r}");
-        return;
-    }
+    require!(why_not_here());
     let tag: String = env.iter().map(|(_, v)| format!("-{v}")).collect();
     let tmp = test_dir(&format!("faults-restore-{name}-{ns:?}{tag}"));
     let criu = private_criu(&tmp);
@@ -253,10 +248,7 @@ fn restore_faults_threads_host_pidns() {
 /// reaped before their leader) or waiting on its reader threads.
 #[test]
 fn failing_restore_with_threads_cleans_up() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP failing restore: {r}");
-        return;
-    }
+    require!(why_not_here());
     let tmp = test_dir("faults-fail-threads");
     let criu = private_criu(&tmp);
     let fx = Fixture::start("threads", &tmp, Ns::OwnPidNs);
@@ -341,10 +333,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn corrupted_images_are_refused() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP corrupted images: {r}");
-        return;
-    }
+    require!(why_not_here());
     let tmp = test_dir("faults-corrupt");
     let criu = private_criu(&tmp);
     let mut fx = Fixture::start("counter", &tmp, Ns::Host);

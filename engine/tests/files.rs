@@ -1,25 +1,17 @@
 //! File descriptors through dump + restore with real processes: the shared
 //! `files` fixture (two cycles: the second dumps the recreated ghost), and
 //! our programs in tests/fdsupport/progs (every fd kind, a terminal, size
-//! checks). Needs root, gcc, unshare; otherwise each test prints SKIP.
+//! checks). Needs root, gcc, unshare, setsid, script(1) and the shared
+//! fixtures: `require!` skips with the reason, or fails under CI=true.
 
 mod fdsupport;
 
-use fdsupport::{fd_table, last_tick, skip_reason, wait_until, Scene};
+use fdsupport::{fd_table, last_tick, require, wait_until, why_not_fixture, why_not_here, why_not_tool, Scene};
 use std::time::Duration;
-
-macro_rules! skip_unless_able {
-    ($name:expr) => {
-        if let Some(r) = skip_reason() {
-            eprintln!("SKIP {}: {r}", $name);
-            return;
-        }
-    };
-}
 
 #[test]
 fn files_fixture_two_cycles() {
-    skip_unless_able!("files_fixture_two_cycles");
+    require!(why_not_here());
     let mut s = Scene::start("files", "cycles");
     for c in 0..2 {
         let dir = s.images(c);
@@ -36,7 +28,7 @@ fn files_fixture_two_cycles() {
 /// status flags, FD_CLOEXEC (O_CLOEXEC in fdinfo flags).
 #[test]
 fn fd_kinds_survive_exactly() {
-    skip_unless_able!("fd_kinds_survive_exactly");
+    require!(why_not_here());
     let mut s = Scene::start("fdkinds", "exact");
     let before = fd_table(s.pid);
     let dir = s.images(0);
@@ -68,7 +60,7 @@ fn fd_kinds_survive_exactly() {
 /// refuses the restore, naming the file; restoring the size makes it work.
 #[test]
 fn changed_file_size_refuses_restore() {
-    skip_unless_able!("changed_file_size_refuses_restore");
+    require!(why_not_here());
     let mut s = Scene::start("fdkinds", "size");
     let dir = s.images(0);
     s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
@@ -88,7 +80,7 @@ fn changed_file_size_refuses_restore() {
 /// dumped with it, and restored onto the restoring criu's terminal.
 #[test]
 fn tty_needs_shell_job() {
-    skip_unless_able!("tty_needs_shell_job");
+    require!(why_not_here());
     let mut s = Scene::start("ttyfd", "tty");
     let dir = s.images(0);
     let out = s.criu(&["dump", "-t", &s.pid.to_string()], &dir, "dump-refused.log");
@@ -107,11 +99,7 @@ fn tty_needs_shell_job() {
     let log = std::fs::read_to_string(dir.join("restore-refused.log")).unwrap();
     assert!(log.contains("restore with --shell-job"), "{log}");
     // give criu a terminal with script(1), as a shell would
-    let have_script = std::process::Command::new("sh").args(["-c", "command -v script"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !have_script {
-        eprintln!("SKIP tty_needs_shell_job (restore half): script(1) not found");
-        return;
-    }
+    require!(why_not_tool("script").map(|w| format!("the restore half needs script(1) for a terminal: {w}")));
     let t = last_tick(&s.log());
     let cmd = format!("{} restore -d --shell-job -D {} -v4 -o restore.log", fdsupport::CRIU, dir.display());
     let st = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).current_dir(&s.work)
@@ -128,7 +116,8 @@ fn tty_needs_shell_job() {
 #[test]
 fn upstream_files_images_read() {
     use engine::model::FileDesc;
-    let dir = fdsupport::shared_progs().join("../upstream/files/images");
+    require!(why_not_fixture("upstream/files/images"));
+    let dir = test_support::fixture("upstream/files/images");
     let (fds, pipes) = engine::images_io::read_fd_table(&dir, 2).expect("read upstream fd table");
     assert_eq!(fds.len(), 14);
     let fd = |n: i32| fds.iter().find(|f| f.fd == n).unwrap();
@@ -150,7 +139,9 @@ fn upstream_files_images_read() {
         FileDesc::Reg { path, pos, ghost: Some(g), .. } => {
             assert!(path.ends_with("/ghost.bin"));
             assert_eq!(*pos, 5000);
-            assert_eq!(g.contents.len(), 5000);
+            assert_eq!(g.size, 5000);
+            assert_eq!(g.extents.len(), 1);
+            assert_eq!((g.extents[0].0, g.extents[0].1.len()), (0, 5000));
             assert_eq!(g.mode, 0o100600);
         }
         other => panic!("fd 9: {other:?}"),
@@ -168,7 +159,7 @@ fn upstream_files_images_read() {
 /// fd-count checks. Then once more with `--leave-running` and two cycles.
 #[test]
 fn full_fd_table_dumps_without_the_pump() {
-    skip_unless_able!("full_fd_table_dumps_without_the_pump");
+    require!(why_not_here());
     let mut s = Scene::start("fdfull", "full");
     for cycle in 0..2 {
         let before = fd_table(s.pid);
@@ -177,10 +168,225 @@ fn full_fd_table_dumps_without_the_pump() {
         let log = std::fs::read_to_string(dir.join("dump.log")).unwrap();
         assert!(log.contains("page pump of") && log.contains("unavailable"), "the pump should have been refused:\n{log}");
         assert!(log.contains("Copied"), "no page copy logged:\n{log}");
-        assert_eq!(fd_table(s.pid), before, "a refused pump changed the source's fds");
+        // the program ticks every 50 ms through its O_APPEND progress.log,
+        // whose offset moves whenever the dump outlasts a tick: not compared
+        let steady = |v: Vec<fdsupport::FdView>| -> Vec<(i32, String, u32, Option<u64>)> {
+            v.into_iter().map(|f| (f.fd, f.target.clone(), f.flags, (!f.target.ends_with("/progress.log")).then_some(f.pos))).collect()
+        };
+        assert_eq!(steady(fd_table(s.pid)), steady(before), "a refused pump changed the source's fds");
         let t = last_tick(&s.log());
         wait_until("ticks after the --leave-running dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);
         s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump2.log");
         s.restore(&dir, &[]);
     }
+}
+
+/// Run `dump` expecting it to fail; the log, for the caller to check.
+fn dump_refused(s: &Scene, tag: &str) -> String {
+    let dir = s.images(0);
+    let log = format!("dump-{tag}.log");
+    let out = s.criu(&["dump", "-t", &s.pid.to_string()], &dir, &log);
+    let text = std::fs::read_to_string(dir.join(&log)).unwrap_or_default();
+    assert!(!out.status.success(), "{tag}: dump should have been refused:\n{text}");
+    text
+}
+
+/// FIFOs as upstream images them (a FIFO entry + its REG entry in
+/// files.img, queued bytes and size in fifo-data.img): 3 queued bytes come
+/// back, and a FIFO open read-only with no writer anywhere is restored
+/// (before: restored as a regular file with 0 bytes, and the read-only one
+/// blocked the restore child forever).
+#[test]
+fn fifos_survive() {
+    require!(why_not_here());
+    use images_proto::{image::read_all, magic as mg, pb};
+    let mut s = Scene::start("fifo", "fifo");
+    let before = fd_table(s.pid);
+    for c in 0..2 {
+        let dir = s.images(c);
+        s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+        let files: Vec<pb::FileEntry> = read_all(&dir, "files.img", &mg::FILES).unwrap();
+        let fifos: Vec<_> = files.iter().filter_map(|f| f.fifo.as_ref()).collect();
+        assert_eq!(fifos.len(), 3, "three FIFO descriptions: {files:?}");
+        for f in &fifos {
+            let reg = files.iter().find(|e| Some(e.id) == f.regf_id).and_then(|e| e.reg.as_ref()).expect("regf_id names a REG entry");
+            assert!(reg.name.ends_with(".fifo") && reg.mode.unwrap_or(0) & libc::S_IFMT == libc::S_IFIFO, "{reg:?}");
+        }
+        let mut r = images_proto::image::ImageReader::open(&dir, "fifo-data.img", &mg::FIFO_DATA).unwrap();
+        let mut sizes: Vec<(u32, Option<u32>)> = Vec::new();
+        while let Some(d) = r.next_entry::<pb::PipeDataEntry>().unwrap() {
+            let bytes = r.read_payload(u64::from(d.bytes)).unwrap();
+            assert!(bytes.is_empty() || bytes == b"abc", "{bytes:?}");
+            sizes.push((d.bytes, d.size));
+        }
+        sizes.sort();
+        assert_eq!(sizes, [(0, Some(65536)), (3, Some(65536))]);
+        let t = std::time::Instant::now();
+        s.restore(&dir, &[]);
+        assert!(t.elapsed() < Duration::from_secs(20), "restore took {:?}", t.elapsed());
+        assert_eq!(fd_table(s.pid).len(), before.len());
+    }
+    let t = last_tick(&s.log());
+    wait_until("more ticks", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);
+}
+
+/// Pipes keep each end's status flags exactly (no O_NONBLOCK gained), a
+/// second open file description of one end stays separate, and an empty
+/// pipe keeps its 1 MiB buffer (before: 64 KiB after restore).
+#[test]
+fn pipe_flags_and_size_survive() {
+    require!(why_not_here());
+    let mut s = Scene::start("pipeflags", "pipeflags");
+    let before = fd_table(s.pid);
+    let dir = s.images(0);
+    s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+    s.restore(&dir, &[]);
+    let strip = |v: Vec<fdsupport::FdView>| -> Vec<fdsupport::FdView> {
+        v.into_iter().map(|mut f| {
+            if f.target.ends_with("progress.log") {
+                f.pos = 0;
+            }
+            f
+        }).collect()
+    };
+    assert_eq!(strip(before), strip(fd_table(s.pid)), "fd table changed across dump+restore");
+    let t = last_tick(&s.log());
+    wait_until("more ticks", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);
+}
+
+/// 30 dump/restore rounds of a program holding an unlinked open file: the
+/// name /proc shows for it, its contents and offset stay the same (the
+/// program checks them every tick; before, the name grew by
+/// `.cr.1.ghost` each round), and no ghost file is left on disk.
+#[test]
+fn ghost_rounds_do_not_drift() {
+    require!(why_not_here());
+    let mut s = Scene::start("ghostloop", "rounds");
+    let name = |pid: i32| fd_table(pid).into_iter().find(|f| f.target.contains("kept.bin")).map(|f| f.target);
+    let first = name(s.pid).expect("ghost fd");
+    assert!(first.ends_with("/kept.bin (deleted)"), "{first}");
+    for round in 0..30 {
+        let dir = s.images(round % 2);
+        s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+        s.restore(&dir, &[]);
+        assert_eq!(name(s.pid).as_deref(), Some(first.as_str()), "round {round}");
+        let left: Vec<_> = std::fs::read_dir(&s.work).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains("kept")).collect();
+        assert!(left.is_empty(), "round {round}: left on disk: {left:?}");
+    }
+    last_tick(&s.log());
+}
+
+/// As `ghost_rounds_do_not_drift`, with a new file created under the
+/// ghost's old name: the ghost keeps its name (it is exchanged into place,
+/// opened, and the new file renamed back over it; before, it was opened as
+/// `kept.bin.cr.1.ghost` and the name grew every round), the new file stays
+/// as it was, and nothing else is left on disk.
+#[test]
+fn ghost_rounds_with_the_name_taken() {
+    require!(why_not_here());
+    let mut s = Scene::start_args("ghostloop", "taken", &["taken"]);
+    let name = |pid: i32| fd_table(pid).into_iter().find(|f| f.target.contains("kept.bin")).map(|f| f.target);
+    let first = name(s.pid).expect("ghost fd");
+    assert!(first.ends_with("/kept.bin (deleted)"), "{first}");
+    for round in 0..10 {
+        let dir = s.images(round % 2);
+        s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+        s.restore(&dir, &[]);
+        assert_eq!(name(s.pid).as_deref(), Some(first.as_str()), "round {round}");
+        let mut left: Vec<_> = std::fs::read_dir(&s.work).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains("kept")).collect();
+        left.sort();
+        assert_eq!(left, ["kept.bin"], "round {round}: on disk");
+    }
+    last_tick(&s.log());
+}
+
+/// A sparse unlinked file (8 MiB apparent, 8 KiB of data): under the ghost
+/// limit, which counts allocated bytes as upstream; the image holds the
+/// data extent only (chunks) and the restored file has its holes back
+/// (before: refused as over the 1 MiB limit).
+#[test]
+fn sparse_ghost_keeps_holes() {
+    require!(why_not_here());
+    let mut s = Scene::start_args("ghostloop", "sparse", &["sparse"]);
+    for c in 0..2 {
+        let dir = s.images(c);
+        s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+        let total: u64 = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ghost-file")).map(|e| e.metadata().unwrap().len()).sum();
+        assert!(total < 64 << 10, "ghost images hold {total} bytes");
+        s.restore(&dir, &[]);
+    }
+    let t = last_tick(&s.log());
+    wait_until("more ticks", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);
+}
+
+/// A working directory removed while the program sits in it is refused at
+/// dump by name, as upstream refuses it (before: dumped, then the restore
+/// failed); the program runs on.
+#[test]
+fn deleted_cwd_refused() {
+    require!(why_not_here());
+    let s = Scene::start("delcwd", "delcwd");
+    let log = dump_refused(&s, "delcwd");
+    assert!(log.contains("cwd of") && log.contains("gone") && log.contains("removed"), "{log}");
+    let t = last_tick(&s.log());
+    wait_until("ticks after the refused dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);
+}
+
+/// Kinds the engine does not support are refused by name, and the program
+/// runs on (before: a memfd became a ghost file created in `/`, a misc
+/// device was reopened by path, a non-UTF-8 name was mangled).
+#[test]
+fn unsupported_fd_kinds_refused_by_name() {
+    require!(why_not_here());
+    for (kind, want) in [
+        ("memfd", "a memfd (/memfd:x (deleted))"),
+        ("socket", "a socket"),
+        ("eventfd", "anonymous inode (eventfd)"),
+        ("epoll", "anonymous inode (eventpoll)"),
+        ("misc", "/dev/loop-control, character device 10:237"),
+        ("rawname", "a path that is not UTF-8"),
+    ] {
+        let s = Scene::start_args("fdrefuse", kind, &[kind]);
+        let log = dump_refused(&s, kind);
+        assert!(log.contains(want) && log.contains("not supported yet"), "{kind}: want {want:?} in:\n{log}");
+        let t = last_tick(&s.log());
+        wait_until("ticks after the refused dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 2);
+    }
+}
+
+/// A regular file replaced by a FIFO between dump and restore: the restore
+/// fails at once naming the file's mode (before: the child's read-only
+/// open waited for a writer forever, and so did `criu restore`).
+#[test]
+fn file_replaced_by_fifo_fails_fast() {
+    require!(why_not_here());
+    let s = Scene::start_args("fdrefuse", "rdonly", &["rdonly"]);
+    let dir = s.images(0);
+    s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+    let plain = s.work.join("plain.bin");
+    std::fs::remove_file(&plain).unwrap();
+    let st = std::process::Command::new("mkfifo").arg(&plain).status().unwrap();
+    assert!(st.success(), "mkfifo");
+    let mut child = std::process::Command::new(fdsupport::CRIU)
+        .args(["restore", "-d", "-D"])
+        .arg(&dir)
+        .args(["-v4", "-o", "restore.log"])
+        .current_dir(&s.work)
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("restore still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    assert!(!status.success(), "restore should fail:\n{log}");
+    assert!(log.contains("plain.bin has bad mode"), "{log}");
 }

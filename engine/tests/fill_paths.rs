@@ -3,8 +3,8 @@
 //! reads of it (`CRIU_RS_FILL_READ=mmap|direct`; cold restores of 128 MiB
 //! and more read directly), the target's own preadv, and writes through
 //! /proc/PID/mem (`CRIU_RS_FILL=uffd|preadv|mem`). The counter fixture
-//! checks all of its 8 MiB every tick. Needs root, gcc, unshare;
-//! otherwise SKIP.
+//! checks all of its 8 MiB every tick. Needs root, gcc, unshare; otherwise
+//! skips with the reason, or fails under CI=true.
 
 mod common;
 
@@ -23,10 +23,7 @@ fn counts(log: &str) -> (u64, u64, u64) {
 
 #[test]
 fn every_fill_path_restores_a_ticking_process() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP fill paths: {r}");
-        return;
-    }
+    require!(why_not_here());
     let tmp = test_dir("fill-paths");
     let criu = private_criu(&tmp);
     let mut fx = Fixture::start("counter", &tmp, Ns::OwnPidNs);

@@ -1,12 +1,13 @@
 //! Real-process checkpoint/restore of the shared fixture programs: build
 //! with gcc, start as `unshare --pid --fork setsid fx-NAME` (as upstream's
 //! fixtures were), dump with our `criu`, restore, and check progress.log
-//! keeps gaining `ok` ticks and never a FAIL. Needs root, gcc and unshare;
-//! otherwise each test prints SKIP with the reason and returns.
+//! keeps gaining `ok` ticks and never a FAIL. Needs root, gcc, unshare,
+//! setsid and the shared fixtures: otherwise each test skips with the
+//! reason, or fails under CI=true.
 
 mod common;
 
-use common::{build, last_tick, skip_reason, wait_until, CRIU};
+use common::{build, last_tick, require, wait_until, why_not_here, CRIU};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -42,10 +43,7 @@ impl Drop for Killer {
 
 /// Start, dump (optionally --leave-running), restore; `cycles` times.
 fn scenario(name: &str, leave_running: bool, cycles: usize) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP {name}: {r}");
-        return;
-    }
+    require!(why_not_here());
     let tmp = std::env::temp_dir().join(format!("criu-rs-test-{name}-{leave_running}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let work = tmp.join("work");

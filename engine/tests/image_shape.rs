@@ -6,7 +6,8 @@
 //!
 //! XSAVE components depend on the CPU: keys of a component that this CPU
 //! and the fixtures' CPU don't both have are left out of the comparison.
-//! Needs root, gcc, unshare, setsid; otherwise prints SKIP and returns.
+//! Needs root, gcc, unshare, setsid and the shared fixtures; otherwise skips
+//! with the reason, or fails under CI=true.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,11 +16,11 @@ use std::time::Duration;
 
 mod common;
 
-use common::{only_stdio, skip_reason, wait_until, CRIU};
+use common::{only_stdio, require, wait_until, why_not_fixture, why_not_here, CRIU};
 
 
 fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    test_support::fixtures_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 
@@ -183,10 +184,7 @@ fn compare_by_kind(name: &str, up_dir: &Path, dir: &Path) {
 }
 
 fn shape_with(name: &str, by_kind: bool) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP image_shape {name}: {r}");
-        return;
-    }
+    require!(why_not_here().or_else(|| why_not_fixture(&format!("upstream/{name}/images"))));
     let tmp = std::env::temp_dir().join(format!("criu-rs-shape-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let work = tmp.join("work");
@@ -203,8 +201,7 @@ fn shape_with(name: &str, by_kind: bool) {
         .expect("gcc");
     assert!(st.success(), "building fx-{name}");
     // as upstream's fixtures were started: pid 1 of a new pid namespace, session leader
-    // Upstream's harness left the fixture one inherited pipe's write end
-    // (flags 0x1 in its files.img), at fd 251;
+    // Upstream's harness left the fixture one inherited pipe write end, at fd 251;
     // give ours the same fd set, whatever this test process inherited
     // (cargo's jobserver pipe, say), so the images can be compared.
     let (pipe_rd, pipe_wr) = {

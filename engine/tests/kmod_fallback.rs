@@ -16,11 +16,7 @@ fn pattern(i: usize) -> u8 {
 
 #[test]
 fn take_anon_vma_falls_back_and_copies_exactly() {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: needs root for ptrace access to the source");
-        return;
-    }
+    test_support::require!(test_support::why_not_root());
     // SAFETY: the child only makes async-signal-safe calls (mmap, raise,
     // _exit) and plain memory writes before stopping itself.
     let pid = unsafe { libc::fork() };

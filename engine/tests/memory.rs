@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{skip_reason, wait_until, CRIU};
+use common::{require, skip, wait_until, why_not_here, CRIU};
 use engine::dump::mm;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -195,10 +195,7 @@ fn memkinds_through_the_pump_then_o_direct() {
 }
 
 fn memkinds_cycles(name: &str, dense_mib: u64, env: &[(&str, &str)], path_mark: &str) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP memkinds {name}: {r}");
-        return;
-    }
+    require!(why_not_here());
     let mut run = start(name, dense_mib);
     let log = run.work.join("progress.log");
     for cycle in 0..2 {
@@ -253,10 +250,7 @@ fn memkinds_cycles(name: &str, dense_mib: u64, env: &[(&str, &str)], path_mark: 
 /// a pages file of a few MiB, not a GiB, and no zero pages are written.
 #[test]
 fn sparse_gib_makes_small_pages_file() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP sparse_gib_makes_small_pages_file: {r}");
-        return;
-    }
+    require!(why_not_here());
     let run = start("sparse", 0);
     let dir = run.tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
@@ -278,17 +272,14 @@ fn sparse_gib_makes_small_pages_file() {
 /// sparse memory.
 #[test]
 fn pagemap_scan_matches_pagemap_read() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP pagemap_scan_matches_pagemap_read: {r}");
-        return;
-    }
+    require!(why_not_here());
     let run = start("scan", 256);
     let pid = run.proc.0;
     let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
     let vmas = mm::collect_vmas(pid).unwrap();
     let zero = engine::sys::mmap::zero_page_pfn().unwrap();
     if let Err(e) = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan) {
-        eprintln!("SKIP pagemap_scan_matches_pagemap_read: PAGEMAP_SCAN: {e}");
+        skip(format!("PAGEMAP_SCAN (kernel 6.7+) is not usable here: {e}"));
         return;
     }
     // best of 5 each, alternating (the machine is shared and noisy)
@@ -392,10 +383,7 @@ fn dump_restore(run: &mut Run, img: &str, env: &[(&str, &str)]) -> i32 {
 /// process must come back with every page.
 #[test]
 fn fragmented_memory_dumps_and_restores() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP fragmented_memory_dumps_and_restores: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     for stride in ["2", "16"] {
         let mut run = start_cases(&format!("frag{stride}"), &["frag", "256", stride]).unwrap();
         let pid = run.proc.0;
@@ -419,10 +407,7 @@ fn fragmented_memory_dumps_and_restores() {
 #[test]
 fn hostile_pgoff_is_refused_by_name() {
     use images_proto::{image, magic as mg, pb};
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP hostile_pgoff_is_refused_by_name: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let mut run = start("pgoff", 0);
     let dir = run.tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
@@ -470,26 +455,32 @@ fn hostile_pgoff_is_refused_by_name() {
 /// Guard pages (MADV_GUARD_INSTALL, Linux 6.13+) are swap-entry markers
 /// that PAGEMAP_SCAN shows as swapped pages; reading them through
 /// /proc/PID/mem fails with EIO, which failed the whole dump. They are left
-/// out (the dump log names them: the image format has no place for
-/// guards), and the pages around them come back intact.
+/// out of the pages, kept as guard regions (criu-rs-guards-PID.img) and
+/// installed again by restore: the restored process has guards exactly
+/// there (pagemap bit 58), and the pages around them come back intact.
 #[test]
-fn guard_pages_do_not_fail_the_dump() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP guard_pages_do_not_fail_the_dump: {r}");
-        return;
-    }
+fn guard_pages_survive_dump_and_restore() {
+    use std::os::unix::fs::FileExt;
+    test_support::require!(common::why_not_here());
     let mut run = match start_cases("guard", &["guard"]) {
         Ok(r) => r,
         Err(why) => {
-            eprintln!("SKIP guard_pages_do_not_fail_the_dump: the kernel has no MADV_GUARD_INSTALL ({why})");
+            test_support::skip(format!("the kernel has no MADV_GUARD_INSTALL ({why})"));
             return;
         }
     };
     let addr = u64::from_str_radix(std::fs::read_to_string(run.work.join("addr")).unwrap().trim(), 16).unwrap();
-    dump_restore(&mut run, "img", &[]);
-    let dlog = std::fs::read_to_string(run.tmp.join("img/dump.log")).unwrap();
-    let want = format!("guard pages (MADV_GUARD_INSTALL) at {:#x}-{:#x} are not dumped", addr + 5 * 4096, addr + 10 * 4096);
-    assert!(dlog.contains(&want), "the dump log does not name the guard pages ({want}):\n{dlog}");
+    let guard_bits = |pid: i32| -> Vec<bool> {
+        let pm = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+        let mut b = [0u8; 16 * 8];
+        pm.read_exact_at(&mut b, addr / 4096 * 8).unwrap();
+        b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) & (1 << 58) != 0).collect()
+    };
+    let want: Vec<bool> = (0..16).map(|i| (5..10).contains(&i)).collect();
+    assert_eq!(guard_bits(run.proc.0), want, "memcases guard: guard pages not where expected");
+    let rpid = dump_restore(&mut run, "img", &[]);
+    assert_eq!(guard_bits(rpid), want, "guard pages after restore");
+    assert!(run.tmp.join("img").join("criu-rs-guards-1.img").exists(), "no guard region image");
 }
 
 /// Locked memory stays locked: an mlock()ed region, a MAP_LOCKED one and
@@ -498,10 +489,7 @@ fn guard_pages_do_not_fail_the_dump() {
 /// format has no place for MLOCK_ONFAULT, which the dump log says).
 #[test]
 fn locked_memory_stays_locked() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP locked_memory_stays_locked: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let mut run = start_cases("lock", &["lock"]).unwrap();
     let locked = |pid: i32| -> Vec<(String, u64)> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();

@@ -7,7 +7,8 @@
 //! (ITIMER_REAL/VIRTUAL/PROF, POSIX timers incl. SIGEV_THREAD_ID, per-thread
 //! sigaltstack, glibc's rseq in every thread, a thread spinning in an rseq
 //! critical section). The program writes `tick N ok` / `FAIL ...` to
-//! progress.log. Needs root, gcc, unshare, setsid; otherwise prints SKIP.
+//! progress.log. Needs root, gcc, unshare, setsid; otherwise skips with the reason, or
+//! fails under CI=true.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{last_tick, only_stdio, skip_reason, wait_until, CRIU};
+use common::{last_tick, only_stdio, require, wait_until, why_not_here, CRIU};
 
 
 fn log_text(log: &Path) -> String {
@@ -61,10 +62,7 @@ impl Drop for Run {
 
 /// Build, start in `mode`, dump, restore; returns the run and the image dir.
 fn dump_restore(mode: &str) -> Option<(Run, PathBuf)> {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP process_state {mode}: {r}");
-        return None;
-    }
+    require!(why_not_here());
     let tmp = std::env::temp_dir().join(format!("criu-rs-pstate-{mode}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let work = tmp.join("work");

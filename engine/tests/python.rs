@@ -3,11 +3,11 @@
 //! only if every thread made progress since the last tick, within 2 s, and
 //! a 1 MiB buffer still has its hash). Dumped and restored plain, with
 //! `--leave-running`, and twice in a row. Needs root, unshare, setsid and
-//! /usr/bin/python3; otherwise SKIP.
+//! /usr/bin/python3; otherwise skips with the reason, or fails under CI=true.
 
 mod common;
 
-use common::{last_tick, skip_reason, wait_until, CRIU};
+use common::{last_tick, require, wait_until, why_not_root, why_not_tools, CRIU};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -72,14 +72,7 @@ fn threads(pid: i32) -> usize {
 }
 
 fn scenario(name: &str, leave_running: bool, cycles: usize) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP python {name}: {r}");
-        return;
-    }
-    if !Path::new(PYTHON).exists() {
-        eprintln!("SKIP python {name}: {PYTHON} not found");
-        return;
-    }
+    require!(why_not_root().or_else(|| why_not_tools(&["unshare", "setsid", PYTHON])));
     let tmp = std::env::temp_dir().join(format!("criu-rs-python-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let work = tmp.join("work");

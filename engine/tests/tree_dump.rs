@@ -30,12 +30,12 @@ fn upstream() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
 }
 
-/// Whether to skip `test` (printed); under CI=true a missing precondition fails.
-fn skip(test: &str, need_upstream: bool) -> bool {
-    let reason = skip_reason().or_else(|| (need_upstream && !upstream().exists()).then(|| format!("{} not found", upstream().display())));
+/// Whether `test` cannot run here (then recorded as skipped; under CI=true
+/// a missing precondition fails: test-support's `skip`).
+fn cannot_run(test: &str, need_upstream: bool) -> bool {
+    let reason = why_not_here().or_else(|| (need_upstream && !upstream().exists()).then(|| format!("{} not found", upstream().display())));
     let Some(r) = reason else { return false };
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: precondition missing under CI=true: {r}");
-    eprintln!("SKIP {test}: {r}");
+    common::skip(format!("{test}: {r}"));
     true
 }
 
@@ -89,7 +89,11 @@ impl TreeFx {
             let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
             st.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap_or("0").trim().parse().unwrap_or(0)
         };
-        let roots: Vec<i32> = live.iter().copied().filter(|&p| ns_pid_is_one(p) || !live.contains(&ppid(p))).collect();
+        // pid 1 of its namespace; in the host's, the one whose parent runs something else
+        let mut roots: Vec<i32> = live.iter().copied().filter(|&p| ns_pid_is_one(p)).collect();
+        if roots.is_empty() {
+            roots = live.iter().copied().filter(|&p| !live.contains(&ppid(p))).collect();
+        }
         assert_eq!(roots.len(), 1, "one root of {} expected, found {roots:?}", self.bin.display());
         self.root = roots[0];
     }
@@ -206,7 +210,7 @@ fn check_shape(ps: &[pb::PstreeEntry], what: &str) {
 
 #[test]
 fn leave_running_tree_runs_on_unchanged() {
-    if skip("leave_running_tree_runs_on_unchanged", false) {
+    if cannot_run("leave_running_tree_runs_on_unchanged", false) {
         return;
     }
     let (tmp, fx) = start_tree("leave");
@@ -257,7 +261,7 @@ fn leave_running_tree_runs_on_unchanged() {
 
 #[test]
 fn upstream_restores_our_tree_dump() {
-    if skip("upstream_restores_our_tree_dump", true) {
+    if cannot_run("upstream_restores_our_tree_dump", true) {
         return;
     }
     let (tmp, mut fx) = start_tree("upstream");
@@ -282,7 +286,7 @@ fn upstream_restores_our_tree_dump() {
 /// shared (the parent keeps seeing the child's writes: no FAIL).
 #[test]
 fn upstream_restores_shared_anonymous_memory_of_a_tree() {
-    if skip("upstream_restores_shared_anonymous_memory_of_a_tree", true) {
+    if cannot_run("upstream_restores_shared_anonymous_memory_of_a_tree", true) {
         return;
     }
     let (tmp, mut fx) = start_fixture("mem", "mem");
@@ -317,7 +321,7 @@ fn upstream_restores_shared_anonymous_memory_of_a_tree() {
 /// longer maps: refused, naming the child, and both run on.
 #[test]
 fn shared_memory_mapped_differently_is_refused_by_name() {
-    if skip("shared_memory_mapped_differently_is_refused_by_name", false) {
+    if cannot_run("shared_memory_mapped_differently_is_refused_by_name", false) {
         return;
     }
     let tmp = test_dir("treedump-shmsplit");
@@ -351,7 +355,7 @@ fn state_letter(pid: i32) -> char {
 /// `--leave-running` dump while the others run on.
 #[test]
 fn stopped_process_of_a_tree_stays_stopped() {
-    if skip("stopped_process_of_a_tree_stays_stopped", false) {
+    if cannot_run("stopped_process_of_a_tree_stays_stopped", false) {
         return;
     }
     let (tmp, fx) = start_tree("stopped");
@@ -432,7 +436,7 @@ fn kill_all(pids: &[i32]) {
 /// were (as root on this machine).
 #[test]
 fn tree_with_another_uid_dumps() {
-    if skip("tree_with_another_uid_dumps", true) {
+    if cannot_run("tree_with_another_uid_dumps", true) {
         return;
     }
     let tmp = test_dir("treedump-uid");
@@ -482,7 +486,7 @@ fn tree_with_another_uid_dumps() {
 /// root: refused by name, and the tree runs on.
 #[test]
 fn nested_pid_namespace_is_refused_by_name() {
-    if skip("nested_pid_namespace_is_refused_by_name", false) {
+    if cannot_run("nested_pid_namespace_is_refused_by_name", false) {
         return;
     }
     let tmp = test_dir("treedump-nestedns");
@@ -511,7 +515,7 @@ fn nested_pid_namespace_is_refused_by_name() {
 /// with all its threads counting.
 #[test]
 fn threads_in_every_process_of_a_tree() {
-    if skip("threads_in_every_process_of_a_tree", true) {
+    if cannot_run("threads_in_every_process_of_a_tree", true) {
         return;
     }
     let tmp = test_dir("treedump-threads");
@@ -549,7 +553,7 @@ fn threads_in_every_process_of_a_tree() {
 /// the same pids, session and group.
 #[test]
 fn host_pid_namespace_tree_restores_with_upstream() {
-    if skip("host_pid_namespace_tree_restores_with_upstream", true) {
+    if cannot_run("host_pid_namespace_tree_restores_with_upstream", true) {
         return;
     }
     let tmp = test_dir("treedump-hostns");
@@ -585,7 +589,7 @@ fn host_pid_namespace_tree_restores_with_upstream() {
 
 #[test]
 fn our_restore_refuses_a_tree_by_name() {
-    if skip("our_restore_refuses_a_tree_by_name", false) {
+    if cannot_run("our_restore_refuses_a_tree_by_name", false) {
         return;
     }
     let (tmp, fx) = start_tree("refuse");
@@ -604,7 +608,7 @@ fn our_restore_refuses_a_tree_by_name() {
 
 #[test]
 fn forking_tree_is_frozen_consistently() {
-    if skip("forking_tree_is_frozen_consistently", true) {
+    if cannot_run("forking_tree_is_frozen_consistently", true) {
         return;
     }
     let tmp = test_dir("treedump-forkloop");
@@ -644,7 +648,7 @@ fn forking_tree_is_frozen_consistently() {
 
 #[test]
 fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
-    if skip("engine_killed_during_a_tree_dump_leaves_the_tree_running", false) {
+    if cannot_run("engine_killed_during_a_tree_dump_leaves_the_tree_running", false) {
         return;
     }
     let (tmp, fx) = start_tree("faults");
@@ -677,7 +681,7 @@ fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
 /// outside the cgroup is refused, naming it, and runs on.
 #[test]
 fn freeze_cgroup_seizes_the_whole_tree() {
-    if skip("freeze_cgroup_seizes_the_whole_tree", false) {
+    if cannot_run("freeze_cgroup_seizes_the_whole_tree", false) {
         return;
     }
     let parent = Path::new("/sys/fs/cgroup/unified");

@@ -227,6 +227,8 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
+        // (looked at before the kill: a dead task has no namespaces to show)
+        let pid_matters = self.kill_on_release && in_our_pid_ns(self.pid);
         if self.kill_on_release {
             let _ = crate::sys::process::kill(self.pid, libc::SIGKILL);
         } else if self.stop_signo.is_some() || self.stop_seen.load(Ordering::Relaxed) {
@@ -256,11 +258,18 @@ impl Drop for Frozen {
         if self.kill_on_release {
             let tids: Vec<Pid> = self.threads.iter().map(|t| t.tid).collect();
             collect_exits(self.pid, &tids);
-            if !self.in_tree {
+            if pid_matters && !self.in_tree {
                 wait_gone(&[self.pid]);
             }
         }
     }
+}
+
+/// `pid` is in the engine's own pid namespace (not pid 1 of one of its own).
+fn in_our_pid_ns(pid: Pid) -> bool {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    let theirs = ns(&format!("/proc/{pid}/ns/pid"));
+    theirs.is_none() || theirs == ns("/proc/self/ns/pid")
 }
 
 /// What a process of the tree is at freeze.
@@ -432,6 +441,10 @@ impl FrozenTree {
 
 impl Drop for FrozenTree {
     fn drop(&mut self) {
+        // (looked at before the kill: a dead task has no namespaces to show;
+        // a tree whose root is pid 1 of its own namespace is all in it, and
+        // its restore makes a new one: no pid of it is needed again)
+        let pid_matters = self.kill_on_release && self.procs.first().is_some_and(|f| in_our_pid_ns(f.pid));
         if self.kill_on_release {
             for f in &self.procs {
                 let _ = crate::sys::process::kill(f.pid, libc::SIGKILL);
@@ -447,7 +460,7 @@ impl Drop for FrozenTree {
             f.in_tree = true;
             drop(f);
         }
-        if self.kill_on_release {
+        if pid_matters {
             wait_gone(&pids);
         }
     }
@@ -457,25 +470,31 @@ impl Drop for FrozenTree {
 /// again before the dump returns, so that a restore right after it can
 /// have them. First, as its tracer, the engine collects each thread's exit
 /// (until then the kernel keeps it, and its parent can't reap the leader);
-/// then ([`wait_gone`]) the parent reaps the leader. A parent that doesn't
+/// then, if the pids are the engine's namespace's (a restore of a pid
+/// namespace's init gets a new namespace and needs no host pid),
+/// ([`wait_gone`]) the parent reaps the leader. A parent that doesn't
 /// within a few seconds gets a warning: the pid stays in use by its zombie.
 fn collect_exits(pid: Pid, tids: &[Pid]) {
     use std::time::{Duration, Instant};
+    // All threads polled together, not one after the other: the kernel
+    // reports the leader only once the rest of its group is collected, and
+    // in a pid namespace's init the last thread to exit waits (in
+    // zap_pid_ns_processes) until every other task of the namespace, its
+    // own traced zombie threads included, has been reaped: waiting for any
+    // one thread alone can wait for the timeout.
     let deadline = Instant::now() + Duration::from_secs(3);
-    // the leader last: the kernel reports its exit only once every other
-    // thread of the group has been collected
-    let order = tids.iter().filter(|&&t| t != pid).chain(tids.iter().filter(|&&t| t == pid));
-    for &tid in order {
-        loop {
-            match ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG) {
-                Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break, // gone, or not our tracee
-                Ok(_) if Instant::now() > deadline => {
-                    pr_warn!("thread {tid} of the killed {pid} has not exited yet");
-                    break;
-                }
-                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
+    let mut left: Vec<Pid> = tids.to_vec();
+    while !left.is_empty() {
+        // kept while still running; dropped once collected, or when not our tracee any more
+        left.retain(|&tid| matches!(ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG), Ok(None | Some(ptrace::Wait::Stopped { .. }))));
+        if left.is_empty() {
+            break;
         }
+        if Instant::now() > deadline {
+            pr_warn!("threads {left:?} of the killed {pid} have not exited yet");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -256,12 +256,26 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
     }
     if !guards.is_empty() {
         let list: Vec<String> = guards.iter().map(|(s, e)| format!("{s:#x}-{e:#x}")).collect();
-        crate::pr_warn!(
-            "{pid}: guard pages (MADV_GUARD_INSTALL) at {} are not dumped: the image format has no place for them, so the restored process has ordinary zero-filled pages there instead of guards",
-            list.join(", ")
-        );
+        crate::pr_info!("{pid}: guard pages (MADV_GUARD_INSTALL) at {}: no contents, kept as guard regions", list.join(", "));
     }
     Ok(runs)
+}
+
+/// Guard regions (MADV_GUARD_INSTALL) of `pid`'s VMAs, merged, sorted.
+/// Empty where PAGEMAP_SCAN lacks the guard category (the pages walk
+/// then shows guard pages as swapped, and reading them fails the dump).
+pub fn collect_guards(pid: Pid, vmas: &[Vma]) -> Result<Vec<(u64, u64)>, MmError> {
+    let mut guards: Vec<(u64, u64)> = Vec::new();
+    if !pm::knows_guard() {
+        return Ok(guards);
+    }
+    let pmf = File::open(format!("/proc/{pid}/pagemap")).map_err(|e| MmError::Read { pid, what: "pagemap", source: e })?;
+    let mut regions = vec![PageRegion::default(); 1024];
+    let spec = ScanSpec { mask: pm::PAGE_IS_GUARD, ret: pm::PAGE_IS_GUARD, ..Default::default() };
+    for v in vmas.iter().filter(|v| pick(v) != Pick::Skip) {
+        scan_vma(pid, &pmf, v, spec, &mut regions, |s, e, _| push_guard(&mut guards, s, e))?;
+    }
+    Ok(guards)
 }
 
 /// Append guard range `s..e`, merging with the previous one.
@@ -361,7 +375,6 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
     let status = rd(pid, "status")?;
     let thp_disabled = proc::status_field(&status, "THP_enabled").map(|v| v == "0").unwrap_or(false);
     Ok(Mm {
-        vmas,
         start_code: proc::stat_field(&f, 26),
         end_code: proc::stat_field(&f, 27),
         start_stack: proc::stat_field(&f, 28),
@@ -383,6 +396,8 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         }),
         dumpable: 1,
         thp_disabled,
+        guards: collect_guards(pid, &vmas)?,
+        vmas,
         pages,
     })
 }

@@ -55,15 +55,16 @@ fn ns_link(path: &str) -> Option<String> {
 
 /// Namespace kinds a dumped task must share with the engine, since restore
 /// creates none of them (checked per thread: a thread can unshare some).
-/// (A time namespace of its own is kept: timens-0.img has its clocks, and
-/// restore makes a new one in which they continue.)
+/// (A time namespace of its own is kept: the timens image has its clocks,
+/// and restore makes a new one in which they continue.)
 const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
 
 /// Refuse, by name, every namespace of thread `tid` of `pid` that the
-/// restore would not give back: any kind but pid that differs from the
-/// engine's own but time; a pid namespace other than the engine's unless `pid` is
-/// its pid 1 and it sits directly below the engine's (restore then makes
-/// one with CLONE_NEWPID); and a pending `unshare` of the pid or time
+/// restore would not give back: a net, ipc, uts, mnt, user or cgroup
+/// namespace other than the engine's; a pid namespace other than the
+/// engine's unless `pid` is its pid 1 and it sits directly below the
+/// engine's (restore then makes one with CLONE_NEWPID); and a pending
+/// `unshare` of the pid or time
 /// namespace (`*_for_children` differs: the children would get one the
 /// images can't carry). The pid namespace is checked so for the tree's
 /// `root` only (the others must be in the root's: [`collect_with`]).
@@ -123,6 +124,16 @@ pub fn collect(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
 /// (`--freeze-cgroup`): every process of the tree is seized while the
 /// cgroup is frozen, and must be in it.
 pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, FrozenTree), DumpError> {
+    collect_within(pid, freeze_cgroup, cgroup_freeze::DEFAULT_TIMEOUT)
+}
+
+/// [`collect_with`], waiting at most `timeout` for the cgroup to freeze
+/// (`--timeout`).
+pub fn collect_within(
+    pid: Pid,
+    freeze_cgroup: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<(Tree, FrozenTree), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
     }
@@ -130,7 +141,8 @@ pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result
     let mut frozen = match freeze_cgroup {
         None => FrozenTree::freeze(pid)?,
         Some(cg) => {
-            let mut cgf = cgroup_freeze::CgroupFreeze::freeze(cg)?;
+            let mut cgf = cgroup_freeze::CgroupFreeze::freeze_within(cg, timeout)?;
+            cgf.check_member(pid)?;
             FrozenTree::freeze_frozen(pid, |pids: &[Pid]| -> Result<(), DumpError> {
                 for &p in pids {
                     cgf.check_member(p)?;
@@ -313,5 +325,6 @@ fn collect_process(frozen: &mut Frozen, zero_pfn: u64) -> Result<Task, DumpError
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
     (task.fds, task.pipe_data) = files::collect_fds(pid)?;
+    (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
     Ok(task)
 }

@@ -174,8 +174,8 @@ impl PagePump {
             let rd_t = i32::from_le_bytes(fds[0..4].try_into().expect("4 bytes"));
             let wr = i32::from_le_bytes(fds[4..8].try_into().expect("4 bytes"));
             let rd = p::pidfd_getfd(&pidfd, rd_t).map_err(other(format!("pidfd_getfd of fd {rd_t} of {pid}")))?;
-            let _ = p::syscall6(libc::SYS_fcntl, [rd.as_raw_fd() as u64, libc::F_SETPIPE_SZ as u64, max, 0, 0, 0]);
-            let c = p::syscall6(libc::SYS_fcntl, [rd.as_raw_fd() as u64, libc::F_GETPIPE_SZ as u64, 0, 0, 0, 0])
+            let _ = p::fcntl_int(rd.as_raw_fd(), libc::F_SETPIPE_SZ, max);
+            let c = p::fcntl_int(rd.as_raw_fd(), libc::F_GETPIPE_SZ, 0)
                 .map_err(other(format!("F_GETPIPE_SZ of pump pipe {k} of {pid}")))? as usize;
             crate::pr_debug!("page pump of {pid}: pipe {k} is fds {rd_t},{wr} in the source, {c} bytes");
             cap = cap.min(c);

@@ -46,8 +46,9 @@ pub struct ChildPlan {
     pub root: Option<RootDir>,
     /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
-    /// The clocks of the task's own time namespace at dump (timens-0.img),
-    /// when it had one: the child enters a new one in which they continue.
+    /// The clocks of the task's own time namespace at dump (its timens
+    /// image), when it had one: the child enters a new one in which they
+    /// continue.
     pub timens: Option<crate::model::TimeNs>,
 }
 
@@ -85,10 +86,10 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
     } else if task.fs.root != "/" {
         let root = &task.fs.root;
         let c = CString::new(root.clone()).map_err(|_| "root path has a NUL".to_string())?;
-        p::syscall6(libc::SYS_chroot, [c.as_ptr() as u64, 0, 0, 0, 0, 0]).map_err(|e| format!("chroot {root:?}: {e}"))?;
+        p::chroot(&c).map_err(|e| format!("chroot {root:?}: {e}"))?;
     }
     let cwd = CString::new(task.fs.cwd.clone()).map_err(|_| "cwd has a NUL".to_string())?;
-    p::syscall6(libc::SYS_chdir, [cwd.as_ptr() as u64, 0, 0, 0, 0, 0]).map_err(|e| format!("chdir {:?}: {e}", task.fs.cwd))?;
+    p::chdir(&cwd).map_err(|e| format!("chdir {:?}: {e}", task.fs.cwd))?;
     p::umask(task.fs.umask);
     p::personality(u64::from(task.personality)).map_err(|e| format!("personality {:#x}: {e}", task.personality))?;
     for (i, a) in task.sigactions.iter().enumerate() {
@@ -110,7 +111,7 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
         }
     }
     let comm = CString::new(task.comm.clone()).unwrap_or_default();
-    p::prctl(libc::PR_SET_NAME, comm.as_ptr() as u64, 0, 0, 0).map_err(|e| format!("PR_SET_NAME: {e}"))?;
+    p::set_comm(&comm).map_err(|e| format!("PR_SET_NAME: {e}"))?;
     if task.child_subreaper {
         p::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     }
@@ -137,7 +138,8 @@ fn restore_loginuid(want: u32) -> Result<(), String> {
 
 /// Make a new time namespace whose CLOCK_MONOTONIC and CLOCK_BOOTTIME
 /// continue from the dumped values (upstream records the clocks, not the
-/// offsets), and enter it before anything else is restored: unshare, write
+/// offsets), and enter it before the memory is restored (the kernel zaps
+/// the vvar pages on setns; they refault as the new namespace's): unshare, write
 /// /proc/self/timens_offsets (the new namespace's, which can be set only
 /// while no task is in it), setns into time_for_children. Offsets are
 /// relative to the host's clocks, so the engine's own offsets are added
@@ -168,14 +170,14 @@ pub fn child_main(plan: &ChildPlan, task: &Task) -> ! {
         Ok(()) => {
             // EPIPE: the engine died before PR_SET_PDEATHSIG was set; go too
             let ok = b"ok";
-            if p::syscall6(libc::SYS_write, [plan.svc_base as u64, ok.as_ptr() as u64, 2, 0, 0, 0]).is_err() {
+            if p::write_raw(plan.svc_base, ok).is_err() {
                 p::exit_now(1)
             }
             p::close(plan.svc_base);
             p::pause_forever()
         }
         Err(msg) => {
-            let fd = if plan.svc_base > 0 && p::syscall6(libc::SYS_fcntl, [plan.svc_base as u64, libc::F_GETFD as u64, 0, 0, 0, 0]).is_ok() {
+            let fd = if plan.svc_base > 0 && p::fcntl_int(plan.svc_base, libc::F_GETFD, 0).is_ok() {
                 plan.svc_base
             } else {
                 plan.report_fd

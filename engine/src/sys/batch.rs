@@ -247,12 +247,9 @@ mod tests {
         .unwrap();
         let obj = dir.join("stub.o");
         let bin = dir.join("stub.bin");
-        let ok = std::process::Command::new("as").arg("-o").arg(&obj).arg(&src).status().map(|s| s.success());
-        if ok.as_ref().map(|s| !s).unwrap_or(true) {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "binutils `as` is needed to check the batch stub");
-            eprintln!("SKIP stub_matches_the_assembler: no `as`");
-            return;
-        }
+        test_support::require!(test_support::why_not_tools(&["as", "objcopy"]));
+        let ok = std::process::Command::new("as").arg("-o").arg(&obj).arg(&src).status().unwrap();
+        assert!(ok.success(), "assembling the stub's listing");
         let st = std::process::Command::new("objcopy").args(["-O", "binary", "-j", ".text"]).arg(&obj).arg(&bin).status().unwrap();
         assert!(st.success());
         assert_eq!(std::fs::read(&bin).unwrap(), STUB.to_vec());
@@ -263,6 +260,7 @@ mod tests {
     /// failed call is named, and the call after it is not run.
     #[test]
     fn batch_runs_in_a_real_process() {
+        test_support::require!(test_support::why_not_root());
         // SAFETY: the child only loops on pause(2), which is async-signal-safe.
         let child = unsafe { libc::fork() };
         assert!(child >= 0);

@@ -83,6 +83,20 @@ pub fn scan(pagemap: &File, start: u64, end: u64, spec: ScanSpec, out: &mut [Pag
     Ok((usize::try_from(rc).unwrap_or(0), arg.walk_end))
 }
 
+/// Whether PAGEMAP_SCAN exists on `pagemap` (/proc/PID/pagemap): the ioctl
+/// with a NULL argument fails with EFAULT when it does, ENOTTY or EINVAL
+/// when not.
+pub fn probe_scan(pagemap: &File) -> io::Result<()> {
+    // SAFETY: a NULL argument: the kernel reads nothing through it and
+    // answers EFAULT (or ENOTTY when it lacks the ioctl).
+    let rc = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, std::ptr::null_mut::<PmScanArg>()) };
+    if rc < 0 {
+        let e = super::last_err();
+        return if e.raw_os_error() == Some(libc::EFAULT) { Ok(()) } else { Err(e) };
+    }
+    Ok(())
+}
+
 /// lseek(2) with SEEK_DATA (`data` true) or SEEK_HOLE from `off`; `None`
 /// when there is no more data (ENXIO).
 pub fn seek(f: &File, off: u64, data: bool) -> io::Result<Option<u64>> {

@@ -1,8 +1,17 @@
 //! Process creation and control: clone3 with set_tid, signals, prctl,
 //! rt_sigaction with raw kernel structs, pidfd.
+//!
+//! What may only be done in the restore child (rewriting its fd table by
+//! number, installing the image's signal handlers) is safe only there:
+//! [`fork3`] runs the child's code as a closure that never returns, marks the
+//! process as its child, and those functions refuse to run anywhere else.
+//! Everything else here is safe in any process.
 
 use super::{last_err, Pid};
+use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[repr(C)]
 #[derive(Default)]
@@ -20,20 +29,43 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// What a fork-like clone returned.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Forked {
-    Parent(Pid),
-    Child,
+/// Set in the child of [`fork3`] (and only there): this process is
+/// single-threaded, and the code running in it is the closure given to
+/// `fork3`, which never returns to the frames that existed before the fork.
+static IN_FORK3_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// Whether the calling process is the child of a [`fork3`].
+pub fn in_fork3_child() -> bool {
+    IN_FORK3_CHILD.load(Ordering::Relaxed)
+}
+
+/// Refuse `what` outside the child of [`fork3`]: the functions that
+/// rewrite the fd table by number or install raw signal handlers are sound
+/// only there. Calling them elsewhere is a bug in the engine, not an error
+/// of its input, so this panics.
+fn only_in_fork3_child(what: &str) {
+    assert!(in_fork3_child(), "{what} is only allowed in the child of fork3 (single-threaded, owning its whole fd table)");
 }
 
 /// clone3(2) without CLONE_VM (fork semantics): `flags` (e.g. CLONE_NEWPID),
-/// `set_tid` the wanted pid per pid-namespace level, innermost first.
+/// `set_tid` the wanted pid per pid-namespace level, innermost first. The
+/// child runs `child` and never comes back: it cannot return (its type is
+/// `Infallible`), and a panic in it ends the child with exit status 70
+/// instead of unwinding into the caller's frames, whose values (fds, locks,
+/// buffers) belong to the parent. Returns the child's pid in the parent.
 ///
-/// The calling process must be single-threaded: the child continues in a
-/// copy of this address space with only the calling thread.
-pub fn fork3(flags: u64, set_tid: &[Pid], exit_signal: i32) -> io::Result<Forked> {
+/// Refused with an error naming the thread count when the calling process
+/// has more than one thread: the child would continue with
+/// only the calling thread, and whatever lock another thread held
+/// (malloc's, the logger's) would never be released there.
+pub fn fork3(flags: u64, set_tid: &[Pid], exit_signal: i32, child: impl FnOnce() -> std::convert::Infallible) -> io::Result<Pid> {
     assert_eq!(flags & libc::CLONE_VM as u64, 0, "fork3 is fork-like only");
+    // Only a thread of this process can start another one, and this one is
+    // busy here: a single-threaded process stays so until clone3.
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!("fork3: the calling process has {threads} threads; a fork-like clone needs exactly one")));
+    }
     let args = CloneArgs {
         flags,
         exit_signal: exit_signal as u64,
@@ -47,9 +79,24 @@ pub fn fork3(flags: u64, set_tid: &[Pid], exit_signal: i32) -> io::Result<Forked
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
     match r {
         -1 => Err(last_err()),
-        0 => Ok(Forked::Child),
-        p => Ok(Forked::Parent(p as Pid)),
+        0 => {
+            IN_FORK3_CHILD.store(true, Ordering::Relaxed);
+            let never = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
+            // Only a panic gets here (`Infallible` has no value).
+            drop(never);
+            exit_now(70)
+        }
+        p => Ok(p as Pid),
     }
+}
+
+/// Threads of the calling process (`Threads:` of /proc/self/status).
+fn thread_count() -> io::Result<usize> {
+    let s = std::fs::read_to_string("/proc/self/status")?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
 }
 
 /// Size of `struct clone_args` as the kernel takes it (for injected clone3).
@@ -88,17 +135,44 @@ pub struct KSigaction {
     pub mask: u64,
 }
 
-/// rt_sigaction(2) in the calling process with a raw kernel struct; the
-/// handler address is not interpreted (a forked restore child sets the
-/// handlers of the image before its memory is replaced).
+/// rt_sigaction(2) in the calling process with a raw kernel struct whose
+/// handler address is not interpreted: the restore child sets the handlers
+/// of the image before its memory is replaced by the image's. Such a
+/// handler must never run on the engine's memory, so this is refused (a
+/// panic: a bug) outside the child of [`fork3`] and refused (an error)
+/// unless every signal is blocked in it (the child is single-threaded, so
+/// nothing is delivered; a fault with its signal blocked kills it with the
+/// default action). The signals are unblocked only by the engine, through
+/// ptrace, after the image's memory is in place.
 pub fn set_sigaction_raw(sig: i32, act: &KSigaction) -> io::Result<()> {
-    // SAFETY: `act` points to a valid kernel sigaction; oldact is NULL.
+    only_in_fork3_child("set_sigaction_raw");
+    let blocked = blocked_signals()?;
+    // SIGKILL and SIGSTOP cannot be blocked, and have no handlers.
+    let must = !((1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1)));
+    if blocked & must != must {
+        return Err(io::Error::other(format!("rt_sigaction {sig}: not every signal is blocked (mask {blocked:#x}); a raw handler could run on this memory")));
+    }
+    // SAFETY: `act` points to a valid kernel sigaction; oldact is NULL. The
+    // handler it names cannot run here: every signal is blocked in this
+    // single-threaded process (checked above), and the engine unblocks them
+    // only after the image's memory, which the handler belongs to, is in place.
     let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, act as *const KSigaction, 0usize, 8usize) };
     if r < 0 {
         Err(last_err())
     } else {
         Ok(())
     }
+}
+
+/// The calling thread's blocked-signal mask (rt_sigprocmask, no change).
+pub fn blocked_signals() -> io::Result<u64> {
+    let mut old: u64 = 0;
+    // SAFETY: set NULL (nothing changes); `old` is a valid 8-byte out-parameter.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, std::ptr::null::<u64>(), &mut old as *mut u64, 8usize) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(old)
 }
 
 /// Block every signal in the calling thread (rt_sigprocmask).
@@ -113,9 +187,37 @@ pub fn block_all_signals() -> io::Result<()> {
     }
 }
 
-/// prctl(2) with integer arguments.
+/// prctl(2) ops whose arguments are all integers (nothing read or written
+/// through a pointer, nothing of this process's memory layout changed).
+const PRCTL_INTEGER_OPS: &[i32] = &[
+    libc::PR_SET_PDEATHSIG,
+    libc::PR_SET_CHILD_SUBREAPER,
+    libc::PR_SET_DUMPABLE,
+    libc::PR_GET_DUMPABLE,
+    libc::PR_SET_KEEPCAPS,
+    libc::PR_GET_KEEPCAPS,
+    libc::PR_SET_NO_NEW_PRIVS,
+    libc::PR_GET_NO_NEW_PRIVS,
+    libc::PR_SET_THP_DISABLE,
+    libc::PR_GET_THP_DISABLE,
+    libc::PR_SET_TIMERSLACK,
+    libc::PR_GET_TIMERSLACK,
+    libc::PR_SET_SECUREBITS,
+    libc::PR_GET_SECUREBITS,
+    libc::PR_CAPBSET_READ,
+    libc::PR_CAPBSET_DROP,
+];
+
+/// prctl(2) with integer arguments only: an op that reads or writes memory
+/// through an argument (PR_SET_NAME, PR_GET_PDEATHSIG, PR_SET_MM, ...) is
+/// refused with `EINVAL`; those have typed wrappers ([`set_comm`],
+/// [`mm_map_size`]).
 pub fn prctl(op: i32, a2: u64, a3: u64, a4: u64, a5: u64) -> io::Result<i32> {
-    // SAFETY: only integer-argument prctl ops are passed through here.
+    if !PRCTL_INTEGER_OPS.contains(&op) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("prctl op {op} is not an integer-only op; use its typed wrapper")));
+    }
+    // SAFETY: `op` is one of PRCTL_INTEGER_OPS: the kernel takes the other
+    // arguments as integers and touches no memory of ours.
     let r = unsafe { libc::prctl(op, a2, a3, a4, a5) };
     if r < 0 {
         Err(last_err())
@@ -124,10 +226,48 @@ pub fn prctl(op: i32, a2: u64, a3: u64, a4: u64, a5: u64) -> io::Result<i32> {
     }
 }
 
-/// Thin raw syscall for integer-only calls in the current process.
-pub fn syscall6(nr: i64, a: [u64; 6]) -> io::Result<u64> {
-    // SAFETY: callers pass only syscalls whose arguments are integers or
-    // pointers into live buffers they own for the duration of the call.
+/// PR_SET_NAME: the calling thread's comm (the kernel keeps 15 bytes).
+pub fn set_comm(name: &CStr) -> io::Result<()> {
+    // SAFETY: the kernel reads a NUL-terminated string of at most 16 bytes
+    // from `name`, which is NUL-terminated and lives across the call.
+    let r = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// PR_SET_MM(PR_SET_MM_MAP_SIZE): the size of `struct prctl_mm_map` the
+/// kernel expects (nothing is changed; it answers whether PR_SET_MM_MAP is there).
+pub fn mm_map_size() -> io::Result<u32> {
+    let mut size: u32 = 0;
+    // SAFETY: PR_SET_MM_MAP_SIZE writes one u32 to arg3, a valid, aligned
+    // out-parameter living across the call; it changes nothing else.
+    let r = unsafe {
+        libc::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE as libc::c_ulong, &mut size as *mut u32 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong)
+    };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(size)
+}
+
+/// A raw syscall in the calling process.
+///
+/// ```compile_fail
+/// // not callable without `unsafe`:
+/// engine::sys::process::syscall6(39 /* getpid */, [0; 6]).unwrap();
+/// ```
+///
+/// # Safety
+/// `nr` and `a` must make a call that is sound here: every pointer argument
+/// points to memory valid for what the kernel reads or writes there, for the
+/// duration of the call; no fd owned by something else is closed or
+/// replaced; the process's memory layout, signal handlers and threads are
+/// changed only as the caller's own invariants allow. Prefer the typed
+/// wrappers of this module, which are safe.
+pub unsafe fn syscall6(nr: i64, a: [u64; 6]) -> io::Result<u64> {
+    // SAFETY: the caller upholds this function's contract for `nr` and `a`.
     let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
     if r < 0 {
         Err(last_err())
@@ -136,9 +276,15 @@ pub fn syscall6(nr: i64, a: [u64; 6]) -> io::Result<u64> {
     }
 }
 
-/// dup2(2)/close(2)/setsid(2)/umask(2)/personality(2) helpers for the restore child.
+/// dup2(2) in the restore child, which lays out its fd table by number:
+/// fd `new` is replaced, whatever it was. Refused (a panic: a bug) outside
+/// the child of [`fork3`], where `new` may belong to a `File` or an
+/// `OwnedFd` that would then read, write or close another file.
 pub fn dup2(old: i32, new: i32) -> io::Result<()> {
-    // SAFETY: integer-only syscall.
+    only_in_fork3_child("dup2");
+    // SAFETY: the child of fork3 owns every fd of its table: the values that
+    // held fds before the fork live in frames it never returns to (fork3 runs
+    // it as a closure that cannot return and ends the process on a panic).
     if unsafe { libc::dup2(old, new) } < 0 {
         Err(last_err())
     } else {
@@ -146,9 +292,122 @@ pub fn dup2(old: i32, new: i32) -> io::Result<()> {
     }
 }
 
+/// close(2) of fd number `fd` in the restore child. Refused (a panic: a
+/// bug) outside the child of [`fork3`]; elsewhere, own the fd as an
+/// `OwnedFd` and drop it.
 pub fn close(fd: i32) {
-    // SAFETY: closing an fd number we own by construction (restore child).
+    only_in_fork3_child("close");
+    // SAFETY: as in `dup2`: in the child of fork3 no live value owns `fd`.
     unsafe { libc::close(fd) };
+}
+
+/// kcmp(KCMP_FILE): are fd `fd1` of `pid1` and fd `fd2` of `pid2` one open
+/// file description?
+pub fn kcmp_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> io::Result<bool> {
+    const KCMP_FILE: libc::c_int = 0;
+    // SAFETY: integer-only syscall; it only compares kernel objects.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1 as libc::c_ulong, fd2 as libc::c_ulong) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r == 0)
+}
+
+/// fcntl(2) commands whose argument is an integer (none is a pointer).
+const FCNTL_INTEGER_CMDS: &[i32] =
+    &[libc::F_GETFD, libc::F_SETFD, libc::F_GETFL, libc::F_SETFL, libc::F_GETPIPE_SZ, libc::F_SETPIPE_SZ];
+
+/// fcntl(2) with an integer argument on fd number `fd`: F_GETFD, F_SETFD,
+/// F_GETFL, F_SETFL, F_GETPIPE_SZ, F_SETPIPE_SZ; any other command is
+/// refused with `EINVAL` (it may take a pointer, or make or close fds).
+pub fn fcntl_int(fd: i32, cmd: i32, arg: u64) -> io::Result<u64> {
+    if !FCNTL_INTEGER_CMDS.contains(&cmd) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fcntl command {cmd} is not an integer-argument one")));
+    }
+    // SAFETY: `cmd` takes an integer argument (checked above): no memory is
+    // passed, and no fd is created or closed.
+    let r = unsafe { libc::fcntl(fd, cmd, arg as libc::c_ulong) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r as u64)
+}
+
+/// tee(2): duplicate up to `len` bytes queued in pipe `from` into pipe `to`
+/// without consuming them. The count duplicated.
+pub fn tee(from: impl AsFd, to: impl AsFd, len: usize, flags: u32) -> io::Result<usize> {
+    // SAFETY: two borrowed fds and integers; no memory is passed.
+    let r = unsafe { libc::tee(from.as_fd().as_raw_fd(), to.as_fd().as_raw_fd(), len, flags) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r as usize)
+}
+
+/// Whether userfaultfd(2) with `flags` works here: one is created and
+/// closed at once. The engine never keeps a userfaultfd of its own mm (one
+/// it could register its own memory with, which `uffd::copy` would then
+/// write into): the restore fill uses the target's, taken by pidfd_getfd.
+pub fn probe_userfaultfd(flags: i32) -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: the kernel returned a fresh fd that nothing else owns; it is
+    // closed on drop, right here.
+    drop(unsafe { OwnedFd::from_raw_fd(r as i32) });
+    Ok(())
+}
+
+/// chroot(2).
+pub fn chroot(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and lives across the call.
+    if unsafe { libc::chroot(path.as_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// chdir(2).
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and lives across the call.
+    if unsafe { libc::chdir(path.as_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// open(2) of `path` with `flags` (mode 0 if they create): the new fd's
+/// number, which the caller (the restore child, placing fds by number) owns.
+pub fn open_raw(path: &CStr, flags: i32) -> io::Result<i32> {
+    // SAFETY: `path` is NUL-terminated and lives across the call; the mode
+    // argument is always passed.
+    let fd = unsafe { libc::open(path.as_ptr(), flags, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(last_err());
+    }
+    Ok(fd)
+}
+
+/// lseek(2) of fd number `fd` to `pos` (SEEK_SET).
+pub fn seek_to(fd: i32, pos: u64) -> io::Result<()> {
+    let pos = i64::try_from(pos).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("offset {pos} is past i64")))?;
+    // SAFETY: integer-only syscall.
+    if unsafe { libc::lseek(fd, pos, libc::SEEK_SET) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// write(2) of `buf` to fd number `fd`: the count written.
+pub fn write_raw(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its length across the call.
+    let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r as usize)
 }
 
 pub fn setsid() -> io::Result<()> {
@@ -425,19 +684,175 @@ impl Drop for PinnedHere {
     }
 }
 
-/// Close every fd except those in `keep` (close_range over the gaps).
+/// Close every fd except those in `keep` (close_range over the gaps): the
+/// restore child clearing the table it inherited. Refused (a panic: a bug)
+/// outside the child of [`fork3`], where those fds belong to live values.
 pub fn close_all_except(keep: &[i32]) {
+    only_in_fork3_child("close_all_except");
     let mut k: Vec<i32> = keep.to_vec();
     k.sort_unstable();
     let mut from: u32 = 0;
     for &fd in &k {
         let fd = fd as u32;
         if fd > from {
-            // SAFETY: integer-only syscall on our own fd table.
+            // SAFETY: integer-only syscall; in the child of fork3 (checked
+            // above) no live value owns these fds (see `dup2`).
             unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
         }
         from = fd + 1;
     }
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+
+/// kcmp(KCMP_FILE) of fds `a` and `b` of `pid`: how their open file
+/// descriptions order (`Equal`: one shared description). The kernel orders
+/// them by an obfuscated pointer, consistently within one boot.
+pub fn kcmp_file_order(pid: Pid, a: i32, b: i32) -> io::Result<std::cmp::Ordering> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as usize, b as usize) };
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r if r < 0 => Err(last_err()),
+        r => Err(io::Error::other(format!("kcmp(KCMP_FILE) gave no ordering ({r})"))),
+    }
+}
+
+/// [`kcmp_file_order`] of fd `a` of `pid1` and fd `b` of `pid2` (two
+/// processes: a description shared across a fork).
+pub fn kcmp_files_order(pid1: Pid, a: i32, pid2: Pid, b: i32) -> io::Result<std::cmp::Ordering> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, a as usize, b as usize) };
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r if r < 0 => Err(last_err()),
+        r => Err(io::Error::other(format!("kcmp(KCMP_FILE) gave no ordering ({r})"))),
+    }
+}
+
+/// lseek(2) with SEEK_DATA or SEEK_HOLE: `None` when there is no such
+/// region at or after `off` (ENXIO).
+pub fn seek_data_hole(fd: std::os::fd::BorrowedFd<'_>, off: u64, whence: i32) -> io::Result<Option<u64>> {
+    // SAFETY: integer-only syscall on a borrowed, open fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        let e = last_err();
+        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(r as u64))
+}
+
+/// poll(2) `fd` for input (or hang-up) for at most `timeout_ms`: whether it
+/// became ready.
+pub fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let e = last_err();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// fstat(2) of an fd of this process: (st_mode, st_size).
+pub fn fstat_mode_size(fd: i32) -> io::Result<(u32, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a writable stat buffer; the kernel fills it on success.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstat succeeded, so the buffer is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_mode, st.st_size as u64))
+}
+
+/// linkat(2) of the name `old` to the name `new`, both in directory `dir`.
+pub fn link_in(dir: std::os::fd::BorrowedFd<'_>, old: &CStr, new: &CStr) -> io::Result<()> {
+    // SAFETY: a borrowed open fd and two NUL-terminated names alive for the call.
+    if unsafe { libc::linkat(dir.as_raw_fd(), old.as_ptr(), dir.as_raw_fd(), new.as_ptr(), 0) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// renameat2(2) of the name `old` to `new`, both in directory `dir`
+/// (`flags`: 0 or RENAME_EXCHANGE, ...).
+pub fn rename_in(dir: std::os::fd::BorrowedFd<'_>, old: &CStr, new: &CStr, flags: u32) -> io::Result<()> {
+    // SAFETY: a borrowed open fd and two NUL-terminated names alive for the call.
+    if unsafe { libc::syscall(libc::SYS_renameat2, dir.as_raw_fd(), old.as_ptr(), dir.as_raw_fd(), new.as_ptr(), flags) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// unlinkat(2) of the name `name` in directory `dir`.
+pub fn unlink_in(dir: std::os::fd::BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: a borrowed open fd and a NUL-terminated name alive for the call.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test harness runs each test on a thread of its own, so this
+    /// process has at least two threads: fork3 must refuse, naming them.
+    #[test]
+    fn fork3_refuses_a_multithreaded_caller() {
+        let other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(500)));
+        let r = fork3(0, &[], libc::SIGCHLD, || exit_now(0));
+        let e = r.expect_err("fork3 from a multi-threaded process must be refused");
+        assert!(e.to_string().contains("threads"), "{e}");
+        other.join().unwrap();
+    }
+
+    #[test]
+    fn fd_table_rewrites_only_in_the_fork3_child() {
+        assert!(!in_fork3_child());
+        // `a` stands for any fd a File or OwnedFd of this process owns.
+        let (a, _b) = pipe().unwrap();
+        let n = a.as_raw_fd();
+        for (what, f) in [
+            ("dup2", Box::new(move || drop(dup2(0, n))) as Box<dyn FnOnce() + std::panic::UnwindSafe>),
+            ("close", Box::new(move || close(n))),
+            ("close_all_except", Box::new(|| close_all_except(&[0, 1, 2]))),
+        ] {
+            let r = std::panic::catch_unwind(f);
+            assert!(r.is_err(), "{what} outside the fork3 child must be refused");
+        }
+        // the owned fd is untouched: still the read end of our pipe
+        assert_eq!(fcntl_int(n, libc::F_GETFL, 0).unwrap() & libc::O_ACCMODE as u64, libc::O_RDONLY as u64);
+    }
+
+    #[test]
+    fn raw_sigaction_only_in_the_fork3_child() {
+        let act = KSigaction { handler: 0x1234, ..Default::default() };
+        assert!(std::panic::catch_unwind(|| set_sigaction_raw(libc::SIGUSR1, &act)).is_err());
+    }
+
+    #[test]
+    fn prctl_and_fcntl_refuse_pointer_arguments() {
+        let mut sig: i32 = -1;
+        let e = prctl(libc::PR_GET_PDEATHSIG, &mut sig as *mut i32 as u64, 0, 0, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(sig, -1, "nothing may be written through the pointer");
+        assert!(prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).is_ok());
+        let e = fcntl_int(0, libc::F_GETLK, 0x1000).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert!(mm_map_size().map(|n| n > 0).unwrap_or(true));
+    }
 }

@@ -88,9 +88,30 @@ pub const EVENT_CLONE: i32 = 3;
 pub const EVENT_STOP: i32 = 128;
 pub const PEEKSIGINFO_SHARED: u32 = 1;
 
-fn ptrace(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> io::Result<libc::c_long> {
-    // SAFETY: every request passed here either ignores addr/data or is given
-    // pointers to live, correctly sized buffers by the typed wrappers below.
+/// ptrace(2) requests whose `addr` and `data` are integers (signal
+/// numbers, option bits, an index) or unused: nothing of ours is read or
+/// written through them.
+const INTEGER_REQUESTS: &[libc::c_uint] =
+    &[PTRACE_SEIZE, PTRACE_INTERRUPT, libc::PTRACE_DETACH, libc::PTRACE_CONT, libc::PTRACE_SYSCALL, libc::PTRACE_SETOPTIONS];
+
+/// ptrace(2) with an integer-only request (see [`INTEGER_REQUESTS`]);
+/// anything else is refused with `EINVAL` (a bug: use [`ptrace`]).
+fn ptrace_int(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    if !INTEGER_REQUESTS.contains(&req) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("ptrace request {req:#x} takes a pointer")));
+    }
+    // SAFETY: the request takes `addr`/`data` as integers (checked above).
+    unsafe { ptrace(req, tid, addr, data) }
+}
+
+/// ptrace(2).
+///
+/// # Safety
+/// For a request that reads or writes through `addr` or `data`, they must
+/// point to live memory of the size and layout the kernel reads or writes
+/// there for that request, for the duration of the call.
+unsafe fn ptrace(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: the caller upholds this function's contract on addr/data.
     let r = unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
     if r == -1 {
         Err(last_err())
@@ -101,64 +122,69 @@ fn ptrace(req: libc::c_uint, tid: Pid, addr: usize, data: usize) -> io::Result<l
 
 /// PTRACE_SEIZE: attach without stopping the thread.
 pub fn seize(tid: Pid, options: u64) -> io::Result<()> {
-    ptrace(PTRACE_SEIZE, tid, 0, options as usize).map(drop)
+    ptrace_int(PTRACE_SEIZE, tid, 0, options as usize).map(drop)
 }
 
 /// PTRACE_INTERRUPT: stop a seized thread (no signal is queued or lost).
 pub fn interrupt(tid: Pid) -> io::Result<()> {
-    ptrace(PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+    ptrace_int(PTRACE_INTERRUPT, tid, 0, 0).map(drop)
 }
 
 /// PTRACE_DETACH, delivering `sig` (0 for none).
 pub fn detach(tid: Pid, sig: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+    ptrace_int(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
 }
 
 /// PTRACE_CONT.
 pub fn cont(tid: Pid, sig: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+    ptrace_int(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
 }
 
 /// PTRACE_SYSCALL: resume until the next syscall entry or exit.
 pub fn cont_syscall(tid: Pid, sig: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+    ptrace_int(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
 }
 
 /// PTRACE_SETOPTIONS.
 pub fn set_options(tid: Pid, options: u64) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
+    ptrace_int(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
 }
 
 /// PTRACE_GETEVENTMSG.
 pub fn event_msg(tid: Pid) -> io::Result<u64> {
     let mut v: libc::c_ulong = 0;
-    ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut v as *mut _ as usize)?;
+    // SAFETY: the kernel writes one unsigned long to `data`, which points to `v`.
+    unsafe { ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut v as *mut _ as usize) }?;
     Ok(v)
 }
 
 fn getregset(tid: Pid, nt: usize, buf: &mut [u8]) -> io::Result<usize> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    ptrace(libc::PTRACE_GETREGSET, tid, nt, &mut iov as *mut _ as usize)?;
+    // SAFETY: `iov` describes `buf`, writable for its length; the kernel writes at most that much and updates `iov.iov_len`.
+    unsafe { ptrace(libc::PTRACE_GETREGSET, tid, nt, &mut iov as *mut _ as usize) }?;
     Ok(iov.iov_len)
 }
 
 fn setregset(tid: Pid, nt: usize, buf: &[u8]) -> io::Result<()> {
     let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    ptrace(libc::PTRACE_SETREGSET, tid, nt, &mut iov as *mut _ as usize).map(drop)
+    // SAFETY: `iov` describes `buf`, readable for its length; the kernel only reads it (and may update `iov.iov_len`).
+    unsafe { ptrace(libc::PTRACE_SETREGSET, tid, nt, &mut iov as *mut _ as usize) }.map(drop)
 }
 
 /// PTRACE_GETREGSET(NT_PRSTATUS).
 pub fn get_regs(tid: Pid) -> io::Result<Regs> {
     let mut r = Regs::default();
     let mut iov = libc::iovec { iov_base: (&mut r as *mut Regs).cast(), iov_len: std::mem::size_of::<Regs>() };
-    ptrace(libc::PTRACE_GETREGSET, tid, NT_PRSTATUS, &mut iov as *mut _ as usize)?;
+    // SAFETY: `iov` describes `r`, a repr(C) user_regs_struct the kernel writes at most size_of::<Regs>() bytes of.
+    unsafe { ptrace(libc::PTRACE_GETREGSET, tid, NT_PRSTATUS, &mut iov as *mut _ as usize) }?;
     Ok(r)
 }
 
 /// PTRACE_SETREGSET(NT_PRSTATUS).
 pub fn set_regs(tid: Pid, r: &Regs) -> io::Result<()> {
     let mut iov = libc::iovec { iov_base: (r as *const Regs as *mut Regs).cast(), iov_len: std::mem::size_of::<Regs>() };
-    ptrace(libc::PTRACE_SETREGSET, tid, NT_PRSTATUS, &mut iov as *mut _ as usize).map(drop)
+    // SAFETY: `iov` describes `r` (repr(C) user_regs_struct), which the kernel only reads.
+    unsafe { ptrace(libc::PTRACE_SETREGSET, tid, NT_PRSTATUS, &mut iov as *mut _ as usize) }.map(drop)
 }
 
 /// PTRACE_GETREGSET(NT_X86_XSTATE): the XSAVE area, as long as the CPU's.
@@ -177,14 +203,16 @@ pub fn set_xstate(tid: Pid, xsave: &[u8]) -> io::Result<()> {
 /// PTRACE_GETSIGMASK: the thread's blocked signal set.
 pub fn get_sigmask(tid: Pid) -> io::Result<u64> {
     let mut m: u64 = 0;
-    ptrace(PTRACE_GETSIGMASK, tid, 8, &mut m as *mut u64 as usize)?;
+    // SAFETY: `data` points to `m`, 8 writable bytes, the size passed in `addr`.
+    unsafe { ptrace(PTRACE_GETSIGMASK, tid, 8, &mut m as *mut u64 as usize) }?;
     Ok(m)
 }
 
 /// PTRACE_SETSIGMASK.
 pub fn set_sigmask(tid: Pid, mask: u64) -> io::Result<()> {
     let m = mask;
-    ptrace(PTRACE_SETSIGMASK, tid, 8, &m as *const u64 as usize).map(drop)
+    // SAFETY: `data` points to `m`, 8 readable bytes, the size passed in `addr`.
+    unsafe { ptrace(PTRACE_SETSIGMASK, tid, 8, &m as *const u64 as usize) }.map(drop)
 }
 
 #[repr(C)]
@@ -201,7 +229,8 @@ pub fn peek_siginfo(tid: Pid, flags: u32) -> io::Result<Vec<RawSiginfo>> {
     let mut buf = [RawSiginfo([0; 128]); 32];
     loop {
         let args = PeekSiginfoArgs { off: out.len() as u64, flags, nr: 32 };
-        let n = ptrace(PTRACE_PEEKSIGINFO, tid, &args as *const _ as usize, buf.as_mut_ptr() as usize)?;
+        // SAFETY: `addr` points to `args` (repr(C) ptrace_peeksiginfo_args); `data` to `buf`, room for `args.nr` (32) siginfos of 128 bytes.
+        let n = unsafe { ptrace(PTRACE_PEEKSIGINFO, tid, &args as *const _ as usize, buf.as_mut_ptr() as usize) }?;
         let n = usize::try_from(n).unwrap_or(0);
         out.extend_from_slice(&buf[..n]);
         if n < 32 {
@@ -213,7 +242,8 @@ pub fn peek_siginfo(tid: Pid, flags: u32) -> io::Result<Vec<RawSiginfo>> {
 /// PTRACE_GET_RSEQ_CONFIGURATION.
 pub fn rseq_config(tid: Pid) -> io::Result<RseqConfig> {
     let mut c = RseqConfig::default();
-    ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, std::mem::size_of::<RseqConfig>(), &mut c as *mut _ as usize)?;
+    // SAFETY: `data` points to `c`, a repr(C) ptrace_rseq_configuration whose size is passed in `addr`; the kernel writes at most that.
+    unsafe { ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, std::mem::size_of::<RseqConfig>(), &mut c as *mut _ as usize) }?;
     Ok(c)
 }
 
@@ -222,13 +252,15 @@ pub fn rseq_config(tid: Pid) -> io::Result<RseqConfig> {
 /// `None` past the last one (ENOENT).
 pub fn seccomp_filter(tid: Pid, idx: u64) -> io::Result<Option<Vec<u8>>> {
     const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
-    let n = match ptrace(PTRACE_SECCOMP_GET_FILTER, tid, idx as usize, 0) {
+    // SAFETY: `data` NULL: the kernel only counts the filter's instructions.
+    let n = match unsafe { ptrace(PTRACE_SECCOMP_GET_FILTER, tid, idx as usize, 0) } {
         Ok(n) => usize::try_from(n).unwrap_or(0),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut buf = vec![0u8; n * 8];
-    ptrace(PTRACE_SECCOMP_GET_FILTER, tid, idx as usize, buf.as_mut_ptr() as usize)?;
+    // SAFETY: `buf` holds the `n` 8-byte sock_filter entries the first call counted; a stopped thread's filters cannot change in between.
+    unsafe { ptrace(PTRACE_SECCOMP_GET_FILTER, tid, idx as usize, buf.as_mut_ptr() as usize) }?;
     Ok(Some(buf))
 }
 
@@ -236,21 +268,24 @@ pub fn seccomp_filter(tid: Pid, idx: u64) -> io::Result<Option<Vec<u8>>> {
 pub fn seccomp_filter_flags(tid: Pid, idx: u64) -> io::Result<u64> {
     const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
     let mut md = [idx, 0u64];
-    ptrace(PTRACE_SECCOMP_GET_METADATA, tid, 16, md.as_mut_ptr() as usize)?;
+    // SAFETY: `data` points to `md`, the 16-byte seccomp_metadata whose size is passed in `addr`.
+    unsafe { ptrace(PTRACE_SECCOMP_GET_METADATA, tid, 16, md.as_mut_ptr() as usize) }?;
     Ok(md[1])
 }
 
 /// PTRACE_GET_THREAD_AREA for GDT entry `idx`.
 pub fn get_thread_area(tid: Pid, idx: u32) -> io::Result<UserDesc> {
     let mut d = UserDesc::default();
-    ptrace(PTRACE_GET_THREAD_AREA, tid, idx as usize, &mut d as *mut _ as usize)?;
+    // SAFETY: `data` points to `d`, a repr(C) user_desc the kernel fills.
+    unsafe { ptrace(PTRACE_GET_THREAD_AREA, tid, idx as usize, &mut d as *mut _ as usize) }?;
     Ok(d)
 }
 
 /// PTRACE_GETSIGINFO of the current stop.
 pub fn get_siginfo(tid: Pid) -> io::Result<RawSiginfo> {
     let mut s = RawSiginfo([0; 128]);
-    ptrace(libc::PTRACE_GETSIGINFO, tid, 0, s.0.as_mut_ptr() as usize)?;
+    // SAFETY: `data` points to the 128 bytes of `s`, the size of a siginfo.
+    unsafe { ptrace(libc::PTRACE_GETSIGINFO, tid, 0, s.0.as_mut_ptr() as usize) }?;
     Ok(s)
 }
 

@@ -51,8 +51,14 @@ struct UffdioRange {
 const CHUNK: usize = 32 << 20;
 const MADV_POPULATE_READ: i32 = 22;
 
-/// UFFDIO_COPY each `(dst, src)` piece into the uffd's mm, all of it
-/// (retrying the partial copies and EAGAIN the kernel may return). The
+/// UFFDIO_COPY each `(dst, src)` piece into the uffd's mm, all of it.
+/// Safe for any `uffd`: the kernel writes only into ranges of the mm the
+/// uffd was created in that were registered with it, and the engine never
+/// registers its own memory (sys has no wrapper for a local
+/// UFFDIO_REGISTER, and keeps no userfaultfd of its own: see
+/// `process::probe_userfaultfd`), so no piece can land in the engine.
+///
+/// Retries the partial copies and EAGAIN the kernel may return. The
 /// sources are a file mapping: a second thread populates them ahead, chunk
 /// by chunk, with MADV_POPULATE_READ (large reads of the file, no page fault
 /// per 4 KiB page in the engine), so a cold file's disk reads overlap the

@@ -1,7 +1,7 @@
 //! Helpers for the fd and CLI tests: build a C program (the shared fixtures
 //! or ours in `progs/`), start it as the fixtures are started (`setsid
 //! unshare --pid --fork`), run our `criu`, read /proc fd tables.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,31 +11,23 @@ pub const CRIU: &str = env!("CARGO_BIN_EXE_criu");
 
 #[path = "../common/mod.rs"]
 mod common;
-pub use common::only_stdio;
+pub use common::{only_stdio, require, skip, skip_reason, why_not_fixture, why_not_here, why_not_root, why_not_tool};
 
+/// The old form of `require!(why_not_root())`, for tests that print and
+/// return themselves: when not root it already records the skip (and fails
+/// under CI=true), so such a test does not pass silently.
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0")))
-        .unwrap_or(false)
-}
-
-/// Why a real-process test can't run here, if it can't.
-pub fn skip_reason() -> Option<String> {
-    if !is_root() {
-        return Some("needs root (ptrace of other processes, clone3 set_tid, PR_SET_MM_MAP)".into());
-    }
-    for tool in ["gcc", "unshare", "setsid"] {
-        let ok = Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status();
-        if !ok.map(|s| s.success()).unwrap_or(false) {
-            return Some(format!("{tool} not found"));
+    match common::why_not_root() {
+        None => true,
+        Some(why) => {
+            common::skip(why);
+            false
         }
     }
-    None
 }
 
 pub fn shared_progs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs")
+    common::progs_dir()
 }
 
 /// Build `name`.c from our progs/ if it is there, else from the shared fixtures.
@@ -96,6 +88,11 @@ pub struct Scene {
 impl Scene {
     /// Build and start `name`; wait for its first tick.
     pub fn start(name: &str, tag: &str) -> Scene {
+        Scene::start_args(name, tag, &[])
+    }
+
+    /// As `start`, with arguments for the program.
+    pub fn start_args(name: &str, tag: &str, args: &[&str]) -> Scene {
         let tmp = std::env::temp_dir().join(format!("criu-rs-fdtest-{name}-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let work = tmp.join("work");
@@ -104,6 +101,7 @@ impl Scene {
         let launcher = only_stdio(&mut Command::new("setsid"))
             .args(["unshare", "--pid", "--fork"])
             .arg(&bin)
+            .args(args)
             .current_dir(&work)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
