@@ -431,6 +431,14 @@ fn kill_all(pids: &[i32]) {
     }
 }
 
+/// Kills its processes when dropped (a failing test leaves nothing).
+struct KillOnDrop(Vec<i32>);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_all(&self.0);
+    }
+}
+
 /// A tree whose processes have different uids (a root shell, a child of
 /// uid 65534): dumped, and upstream 4.2 restores it with the uids as they
 /// were (as root on this machine).
@@ -443,6 +451,7 @@ fn tree_with_another_uid_dumps() {
     let tag = format!("{}", 1_000_000 + std::process::id() % 1_000_000);
     let script = format!("setpriv --reuid=65534 --regid=65534 --clear-groups sleep {tag} & sleep {tag}");
     let (root, kids) = start_sh_tree(&script, &tmp.join("work"), 2);
+    let _guard = KillOnDrop([&kids[..], &[root]].concat());
     let uids = |pids: &[i32]| -> Vec<String> {
         let mut v: Vec<String> = pids
             .iter()
@@ -463,21 +472,30 @@ fn tree_with_another_uid_dumps() {
     std::fs::create_dir_all(&dir).unwrap();
     criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log");
     assert_eq!(pstree(&dir).len(), 3);
-    upstream_restore(&dir, &tmp.join("work"));
-    // the restored sleeps (their cmdline carries the tag)
-    let mut restored = Vec::new();
-    wait_until("restored processes", Duration::from_secs(10), || {
-        restored = std::fs::read_dir("/proc")
+    // the restored processes: their cmdline carries the tag
+    let tagged = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
             .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default().windows(tag.len()).any(|w| w == tag.as_bytes()))
-            .collect();
+            .collect()
+    };
+    struct KillTagged<F: Fn() -> Vec<i32>>(F);
+    impl<F: Fn() -> Vec<i32>> Drop for KillTagged<F> {
+        fn drop(&mut self) {
+            kill_all(&(self.0)());
+        }
+    }
+    let _restored_guard = KillTagged(tagged);
+    upstream_restore(&dir, &tmp.join("work"));
+    let mut restored = Vec::new();
+    wait_until("restored processes", Duration::from_secs(10), || {
+        restored = tagged();
         restored.len() >= 3
     });
     let sleeps: Vec<i32> = restored.iter().copied().filter(|p| comm(*p) == "sleep").collect();
     let after = uids(&sleeps);
-    kill_all(&restored);
     assert_eq!(after, before, "uids after upstream's restore");
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -491,6 +509,7 @@ fn nested_pid_namespace_is_refused_by_name() {
     }
     let tmp = test_dir("treedump-nestedns");
     let (root, kids) = start_sh_tree("unshare --pid --fork sleep 1000 & sleep 1000", &tmp.join("work"), 2);
+    let _guard = KillOnDrop([&kids[..], &[root]].concat());
     // (until `unshare` has made its namespace and forked into it)
     wait_until("a process in the nested pid namespace", Duration::from_secs(10), || {
         kids.iter().any(|p| !std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default().trim().is_empty())
