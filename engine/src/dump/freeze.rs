@@ -250,7 +250,13 @@ impl Drop for Frozen {
                 }
             }
             if let Err(e) = ptrace::detach(t.tid, 0) {
-                if !self.kill_on_release {
+                if t.regs == Regs::default() && e.raw_os_error() == Some(libc::ESRCH) {
+                    // seized in a frozen cgroup and never stopped (the dump
+                    // failed before the thaw): PTRACE_DETACH needs a stopped
+                    // tracee; the kernel lets it go when criu exits (a
+                    // signal that comes in between waits until then)
+                    pr_info!("thread {} was never stopped: released when criu exits", t.tid);
+                } else if !self.kill_on_release {
                     pr_warn!("can't detach {}: {e}", t.tid);
                 }
             }
