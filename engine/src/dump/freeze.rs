@@ -176,7 +176,8 @@ impl Frozen {
     /// Seize every thread of `pid` without stopping any (its cgroup is
     /// frozen: `--freeze-cgroup`, nothing of it can run or clone); then
     /// [`Frozen::stop_seized`] once the cgroup is thawed. Dropped before
-    /// that, every seized thread is detached as it was.
+    /// that, the seized threads (never stopped, nothing of them changed)
+    /// stay traced until criu exits: PTRACE_DETACH needs a stopped tracee.
     pub fn seize_only(pid: Pid) -> Result<Frozen, FreezeError> {
         let tids = list_tids(pid).map_err(|e| FreezeError::List { pid, source: e })?;
         let mut f = Frozen::empty(pid);
