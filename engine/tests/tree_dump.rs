@@ -705,8 +705,7 @@ fn freeze_cgroup_seizes_the_whole_tree() {
     }
     let parent = Path::new("/sys/fs/cgroup/unified");
     if !parent.join("cgroup.procs").exists() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "no cgroup v2 hierarchy at {} under CI=true", parent.display());
-        eprintln!("SKIP freeze_cgroup_seizes_the_whole_tree: no cgroup v2 hierarchy at {}", parent.display());
+        test_support::skip(format!("no cgroup v2 hierarchy at {}", parent.display()));
         return;
     }
     struct Cg(PathBuf);
