@@ -95,7 +95,7 @@ fn version_text() -> String {
     format!(
         "Version: {VERSION}\n\
          Implementation: criu_rs {own}, an engine in Rust with the command line and image format of criu {VERSION}\n\
-         for one process at a time; no RPC service (swrk), predump, page server, lazy pages or process trees\n"
+         restoring one process at a time (trees are dumped, not restored); no RPC service (swrk), predump, page server or lazy pages\n"
     )
 }
 
@@ -103,8 +103,9 @@ fn usage() -> String {
     let accepted: String = opts::ACCEPTED.iter().map(|(o, why)| format!("  {o}\n      {why}\n")).collect();
     format!(
         "\
-{OWN_VERSION}: checkpoint/restore of a single Linux process (any number of
-threads) in upstream CRIU {VERSION}'s image format and command line.
+{OWN_VERSION}: checkpoint/restore of Linux processes in upstream CRIU
+{VERSION}'s image format and command line: dump takes a process tree, restore
+one process (any number of threads; an image of several is refused).
 
 Usage:
   criu dump -t PID [-D DIR] [<options>]
@@ -115,18 +116,18 @@ Usage:
   criu --help | -h
 
 Commands:
-  dump           checkpoint the process PID into image files
-  restore        restore a process from image files
+  dump           checkpoint the process tree rooted at PID into image files
+  restore        restore a process from image files (one process)
   check          check that this kernel has what the engine needs
   cpuinfo dump   write this CPU's features into cpuinfo.img
   cpuinfo check  check cpuinfo.img against this CPU
 
 Not implemented (refused by name): pre-dump, show, page-server, service,
-swrk, dedup, lazy-pages, exec, image-cache, image-proxy; process trees.
+swrk, dedup, lazy-pages, exec, image-cache, image-proxy; restoring trees.
 
 Options:
-  -t|--tree PID          dump: the process to checkpoint (not its children:
-                         a process with children is refused)
+  -t|--tree PID          dump: the root of the tree to checkpoint (the
+                         process, its threads and all its descendants)
   -R|--leave-running     dump: leave the process running after the dump
   -d|--restore-detached  restore: detach from the restored process
                          (--daemon is the same, as upstream)
