@@ -1,12 +1,12 @@
-//! The `criu` command line: upstream's commands and flags, upstream's exit
-//! codes (0 success, 1 failure or bad usage).
+//! The `criu` command line: upstream's commands, options and exit codes
+//! (0 success, 1 failure or bad usage), over this engine.
 //!
-//! Options may come before or after the command, as with upstream's
-//! getopt. `-v`/`-vv`/`-vN`/`--verbosity[=N]` are resolved here as upstream
-//! does (default 2; each bare `v` adds one). Every upstream option this
-//! engine does not implement is refused by name ("--tcp-established is not
-//! supported yet"), never ignored; `--no-X` forms of upstream's boolean
-//! options ask for the default and are accepted.
+//! Options are parsed as upstream's getopt_long parses them, from config
+//! files and the command line ([`opts`]). Every upstream option this engine
+//! does not implement is refused by name ("--tcp-established is not
+//! supported yet"), never ignored; the few that change nothing here are
+//! accepted and listed ([`opts::ACCEPTED`]). A refusal or bad usage is
+//! written to the `-o` log too when one is given.
 //!
 //! Paths: the log (`-o`) and a relative `--pidfile` are relative to the
 //! work dir (`-W`), which defaults to the images dir (`-D`, default `.`).
@@ -14,279 +14,259 @@
 //! `restore` without `-d` waits for the restored root task to exit and
 //! then exits 0, as upstream's `reap_zombies()` + `return ret != 0` do (the
 //! root's own exit status is not passed on by upstream either).
+//!
+//! Errors are logged as `Error (FILE:LINE): ...` with the place in this
+//! file where the failing step was called (a [`Failure`] records it with
+//! `#[track_caller]`), or the line of `cli/opts.rs` that found a usage
+//! problem; errors the engine logs itself carry their own `file!()`.
+
+mod opts;
 
 use crate::mem_source::ProcessMem;
 use crate::model::{FileDesc, Tree};
 use crate::restore::RestoreOpts;
-use crate::{dump, images_io, log, pr_err, pr_info, pr_msg, pr_warn, restore};
-use clap::Parser;
+use crate::{cpuinfo, dump, images_io, log, pr_err, pr_info, pr_msg, pr_warn, restore};
+use images_proto::magic as mg;
+use images_proto::pb;
+use opts::Opts;
 use std::ffi::OsString;
+use std::panic::Location;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-/// The version we report. Container engines check CRIU's version before
-/// using it (runc and podman through go-criu, crun through libcriu; the
-/// newest minimum among them is 3.15, encoded 31500): we speak upstream
-/// 4.2's image format and command line, so we report 4.2 (40200). No
-/// `GitID:` line: upstream prints one only when built from its own git
-/// tree, and a GitID of ours would name no upstream commit.
+/// The criu version whose command line and image format we implement.
+/// Container engines parse the first line of `criu --version`
+/// ("Version: X.Y", the newest minimum among runc, crun and podman being
+/// 3.15): it stays upstream's, and the lines after it say what this
+/// binary is.
 pub const VERSION: &str = "4.2";
 
-/// Upstream long options (criu/config.c, 4.2) this engine does not implement.
-const REFUSED_LONG: &[&str] = &[
-    "leave-stopped", "restore-sibling", "daemon", "join-ns", "ext-unix-sk", "tcp-established", "close",
-    "log-pid", "evasive-devices", "veth-pair", "action-script", "link-remap", "file-locks", "page-server",
-    "address", "port", "prev-images-dir", "ms", "track-mem", "auto-dedup", "libdir", "cpu-cap", "force-irmap",
-    "ext-mount-map", "exec-cmd", "manage-cgroups", "cgroup-root", "inherit-fd", "feature", "skip-mnt",
-    "enable-fs", "enable-external-sharing", "enable-external-masters", "ghost-limit",
-    "irmap-scan-path", "lsm-profile", "lsm-mount-context", "timeout", "external", "empty-ns", "lazy-pages",
-    "cgroup-props", "cgroup-props-file", "cgroup-dump-controller", "cgroup-yard", "skip-in-flight",
-    "deprecated", "display-stats", "weak-sysctls", "status-fd", "tcp-close", "ps-socket", "remote",
-    "relative-timestamps", "config", "no-default-config", "tls-cacert", "tls-cacrl", "tls-cert", "tls-key",
-    "tls", "tls-no-cn-verify", "stream", "mntns-compat-mode", "network-lock", "file-validation",
-    "pre-dump-mode", "skip-file-rwx-check", "allow-uprobes", "unprivileged", "images-dir-fd",
+/// Our own name and version.
+pub const OWN_VERSION: &str = concat!("criu-rs ", env!("CARGO_PKG_VERSION"));
+
+/// Upstream commands we don't implement, with what they are.
+const REFUSED_COMMANDS: &[(&str, &str)] = &[
+    ("pre-dump", "iterative pre-dump"),
+    ("show", "image display (use crit)"),
+    ("page-server", "the page server"),
+    ("service", "the RPC service"),
+    ("swrk", "the RPC service on an inherited socket, as runc, crun, podman and go-criu call it"),
+    ("dedup", "image deduplication"),
+    ("lazy-pages", "lazy page restore"),
+    ("exec", "remote syscall execution"),
+    ("image-cache", "the image cache"),
+    ("image-proxy", "the image proxy"),
 ];
-
-/// Upstream boolean options whose `--no-X` form means "the default".
-const BOOL_OPTS: &[&str] = &[
-    "restore-detached", "restore-sibling", "daemon", "tcp-established", "log-pid", "evasive-devices",
-    "link-remap", "shell-job", "file-locks", "page-server", "track-mem", "auto-dedup", "force-irmap", "extra",
-    "experimental", "skip-in-flight", "deprecated", "display-stats", "weak-sysctls", "tcp-close", "remote",
-    "relative-timestamps", "tls", "tls-no-cn-verify", "stream", "mntns-compat-mode", "unprivileged",
-    "skip-file-rwx-check", "allow-uprobes",
-];
-
-/// Upstream short options not implemented, with their long names.
-const REFUSED_SHORT: &[(char, &str)] = &[
-    ('s', "leave-stopped"), ('S', "restore-sibling"), ('x', "ext-unix-sk"), ('J', "join-ns"), ('l', "file-locks"),
-    ('L', "libdir"), ('M', "ext-mount-map"),
-];
-
-/// Options of ours that take a separate value (so the value is not read as a flag).
-const WITH_VALUE: &[&str] = &["--copies", "--persist", "-t", "--tree", "-D", "--images-dir", "-W", "--work-dir", "-o", "--log-file", "--pidfile", "-r", "--root"];
-
-/// Upstream commands we don't implement.
-const REFUSED_COMMANDS: &[&str] =
-    &["pre-dump", "show", "page-server", "service", "swrk", "dedup", "lazy-pages", "cpuinfo", "exec", "image-cache", "image-proxy"];
 
 const DEFAULT_LOGLEVEL: u32 = log::LOG_WARN;
 
-#[derive(Parser, Debug)]
-#[command(name = "criu", disable_version_flag = true, about = "Checkpoint/restore of process trees (CRIU-compatible)")]
-struct Cli {
-    /// dump | restore | check | tfork
-    command: Option<String>,
-    /// Print the version.
-    #[arg(short = 'V', long = "version")]
-    version: bool,
-    /// Checkpoint the process tree rooted at PID.
-    #[arg(short = 't', long = "tree", value_name = "PID", allow_hyphen_values = true)]
-    tree: Option<String>,
-    /// Leave the tree running after the dump.
-    #[arg(short = 'R', long = "leave-running")]
-    leave_running: bool,
-    /// Detach from the restored tree.
-    #[arg(short = 'd', long = "restore-detached")]
-    detached: bool,
-    /// Directory of the image files (default: .).
-    #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
-    images_dir: Option<PathBuf>,
-    /// Directory for the log and a relative pidfile (default: the images dir).
-    #[arg(short = 'W', long = "work-dir", value_name = "DIR")]
-    work_dir: Option<PathBuf>,
-    /// Log file, relative to the work dir (default: stderr).
-    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
-    log_file: Option<String>,
-    /// Log level, resolved from -v forms before parsing.
-    #[arg(long = "loglevel-resolved", hide = true)]
-    loglevel: Option<u32>,
-    /// Write the restored root task's pid here (relative to the work dir).
-    #[arg(long = "pidfile", value_name = "FILE")]
-    pidfile: Option<PathBuf>,
-    /// dump: freeze this cgroup (v2 or v1 freezer) while seizing the tree.
-    #[arg(long = "freeze-cgroup", value_name = "PATH")]
-    freeze_cgroup: Option<PathBuf>,
-    /// Allow a tree attached to a terminal (a shell job).
-    #[arg(short = 'j', long = "shell-job")]
-    shell_job: bool,
-    /// Root directory the tree is restored under.
-    #[arg(short = 'r', long = "root", value_name = "PATH")]
-    root: Option<PathBuf>,
-    /// check: also extra features (we always check everything we use).
-    #[arg(long = "extra")]
-    extra: bool,
-    /// check: also experimental features (as --extra).
-    #[arg(long = "experimental")]
-    experimental: bool,
-    /// check: --extra --experimental.
-    #[arg(long = "all")]
-    all: bool,
-    /// tfork: number of live clones of the process (-t) to make.
-    #[arg(long = "copies", value_name = "N")]
-    copies: Option<usize>,
-    /// tfork: image set of the frozen moment in -D: none (default), sync
-    /// (durable on return) or async (return once the clones run; the
-    /// outcome in -D/tfork-persist.status).
-    #[arg(long = "persist", value_name = "MODE")]
-    persist: Option<String>,
+/// An error with the place in this file that reported it.
+#[derive(Debug)]
+pub struct Failure {
+    msg: String,
+    loc: &'static Location<'static>,
 }
 
-/// Resolve `-v` forms into one `--loglevel-resolved=N`, drop `--no-X` of
-/// upstream booleans, refuse upstream options we lack.
-fn normalize(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
-    let mut out = Vec::with_capacity(args.len() + 1);
-    let mut level: Option<u32> = None;
-    let mut it = args.into_iter();
-    if let Some(a0) = it.next() {
-        out.push(a0);
+impl Failure {
+    #[track_caller]
+    fn new(msg: impl Into<String>) -> Failure {
+        Failure { msg: msg.into(), loc: Location::caller() }
     }
-    let mut value_next = false;
-    let mut rest_positional = false;
-    for a in it {
-        let s = a.to_string_lossy().to_string();
-        if value_next || rest_positional {
-            value_next = false;
-            out.push(a);
-            continue;
-        }
-        if s == "--" {
-            rest_positional = true;
-            out.push(a);
-            continue;
-        }
-        if WITH_VALUE.contains(&s.as_str()) {
-            value_next = true;
-            out.push(a);
-            continue;
-        }
-        if let Some(long) = s.strip_prefix("--") {
-            let (name, val) = match long.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (long, None),
-            };
-            if name == "verbosity" {
-                level = Some(match val {
-                    Some(v) => v.parse().map_err(|_| format!("invalid argument for --verbosity: {v}"))?,
-                    None => level.unwrap_or(DEFAULT_LOGLEVEL) + 1,
-                });
-                continue;
-            }
-            if let Some(b) = name.strip_prefix("no-") {
-                if BOOL_OPTS.contains(&b) {
-                    continue;
-                }
-            }
-            if REFUSED_LONG.contains(&name) {
-                return Err(format!("--{name} is not supported yet"));
-            }
-            out.push(a);
-            continue;
-        }
-        if let Some(short) = s.strip_prefix('-') {
-            if let Some(v) = short.strip_prefix('v') {
-                level = Some(if v.is_empty() {
-                    level.unwrap_or(DEFAULT_LOGLEVEL) + 1
-                } else if v.chars().all(|c| c == 'v') {
-                    level.unwrap_or(DEFAULT_LOGLEVEL) + v.len() as u32 + 1
-                } else {
-                    v.parse().map_err(|_| format!("invalid argument for -v: {v}"))?
-                });
-                continue;
-            }
-            if let Some(c) = short.chars().next() {
-                if let Some((_, long)) = REFUSED_SHORT.iter().find(|(x, _)| *x == c) {
-                    return Err(format!("-{c}/--{long} is not supported yet"));
-                }
-            }
-        }
-        out.push(a);
+}
+
+/// `.here()`: turn any error into a [`Failure`] located at the caller.
+trait Here<T> {
+    fn here(self) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<Box<dyn std::error::Error>>> Here<T> for Result<T, E> {
+    #[track_caller]
+    fn here(self) -> Result<T, Failure> {
+        let loc = Location::caller();
+        self.map_err(|e| Failure { msg: error_chain(&*e.into()), loc })
     }
-    if let Some(l) = level {
-        out.push(OsString::from(format!("--loglevel-resolved={l}")));
-    }
-    Ok(out)
 }
 
-fn images_dir(cli: &Cli) -> PathBuf {
-    cli.images_dir.clone().unwrap_or_else(|| PathBuf::from("."))
+/// `criu --version`. runc's parser (libcontainer, `-V`) takes any `-` in
+/// the output for upstream's git format and then wants a `GitID:` line
+/// before it: the text has no `-` at all (our name is written criu_rs).
+fn version_text() -> String {
+    let own = env!("CARGO_PKG_VERSION").replace('-', "~");
+    format!(
+        "Version: {VERSION}\n\
+         Implementation: criu_rs {own}, an engine in Rust with the command line and image format of criu {VERSION}\n\
+         restoring one process at a time (trees are dumped, not restored); no RPC service (swrk), predump, page server or lazy pages\n"
+    )
 }
 
-fn work_dir(cli: &Cli) -> PathBuf {
-    cli.work_dir.clone().unwrap_or_else(|| images_dir(cli))
+fn usage() -> String {
+    let accepted: String = opts::ACCEPTED.iter().map(|(o, why)| format!("  {o}\n      {why}\n")).collect();
+    format!(
+        "\
+{OWN_VERSION}: checkpoint/restore of Linux processes in upstream CRIU
+{VERSION}'s image format and command line: dump takes a process tree, restore
+one process (any number of threads; an image of several is refused).
+
+Usage:
+  criu dump -t PID [-D DIR] [<options>]
+  criu restore [-D DIR] [<options>]
+  criu check [--feature NAME] [--extra] [--experimental] [--all]
+  criu cpuinfo dump|check [-D DIR] [--cpu-cap[=CAPS]]
+  criu tfork -t PID --copies N [--persist=none|sync|async] [-D DIR]
+  criu --version | -V
+  criu --help | -h
+
+Commands:
+  dump           checkpoint the process tree rooted at PID into image files
+  restore        restore a process from image files (one process)
+  check          check that this kernel has what the engine needs
+  cpuinfo dump   write this CPU's features into cpuinfo.img
+  cpuinfo check  check cpuinfo.img against this CPU
+  tfork          ours: N live clones of one running process (no children),
+                 siblings of it; prints their pids, one per line
+
+Not implemented (refused by name): pre-dump, show, page-server, service,
+swrk, dedup, lazy-pages, exec, image-cache, image-proxy; restoring trees.
+
+Options:
+  -t|--tree PID          dump: the root of the tree to checkpoint (the
+                         process, its threads and all its descendants)
+  -R|--leave-running     dump: leave the process running after the dump
+  -d|--restore-detached  restore: detach from the restored process
+                         (--daemon is the same, as upstream)
+  -D|--images-dir DIR    directory of the image files (default: .)
+  -W|--work-dir DIR      directory for the log and a relative pidfile
+                         (default: the images dir)
+  -o|--log-file FILE     log file, relative to the work dir (default: stderr)
+  -v[v...]|-vNUM|--verbosity[=NUM]
+                         log level 0..4 (default 2: errors and warnings)
+  --pidfile FILE         restore: write the restored pid here (created new)
+  -j|--shell-job         allow a process attached to a terminal
+  -r|--root DIR          restore: the root directory to restore under
+  --freeze-cgroup PATH   dump: freeze this cgroup (v2 or v1 freezer) first
+  --timeout N            dump: wait at most N seconds for that (default 10)
+  --cpu-cap[=CAPS]       CPU checks, a list of fpu, cpu, ins, all, none
+                         (^ inverts): dump writes cpuinfo.img, restore
+                         checks it (default without the option: fpu, no
+                         cpuinfo.img)
+  --display-stats        print dump/restore statistics
+  --copies N             tfork: how many clones
+  --persist MODE         tfork: image set of the frozen moment in -D: none
+                         (default), sync (durable on return) or async
+                         (return once the clones run; the outcome in
+                         -D/tfork-persist.status)
+  --feature NAME         check: one feature by upstream's name
+  --extra, --experimental, --all
+                         check: accepted; every probe always runs
+  --config FILE          read options from FILE (instead of the default
+                         /etc/criu/default.conf and ~/.criu/default.conf)
+  --no-default-config    don't read the default config files
+
+Accepted, changing nothing here:
+{accepted}
+Every other upstream option is refused with a message naming it.
+"
+    )
 }
 
-fn in_work_dir(cli: &Cli, p: &Path) -> PathBuf {
+fn images_dir(o: &Opts) -> PathBuf {
+    PathBuf::from(o.images_dir.as_deref().unwrap_or("."))
+}
+
+fn work_dir(o: &Opts) -> PathBuf {
+    o.work_dir.as_deref().map(PathBuf::from).unwrap_or_else(|| images_dir(o))
+}
+
+fn in_work_dir(o: &Opts, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        work_dir(cli).join(p)
+        work_dir(o).join(p)
     }
 }
 
-fn setup_log(cli: &Cli) -> Result<(), String> {
-    let level = cli.loglevel.unwrap_or(DEFAULT_LOGLEVEL);
-    let out: Box<dyn std::io::Write + Send> = match cli.log_file.as_deref() {
+fn setup_log(o: &Opts) -> Result<(), String> {
+    let level = o.loglevel.unwrap_or(DEFAULT_LOGLEVEL);
+    let out: Box<dyn std::io::Write + Send> = match o.log_file.as_deref() {
         None | Some("-") => Box::new(std::io::stderr()),
         Some(f) => {
-            let p = in_work_dir(cli, Path::new(f));
+            let p = in_work_dir(o, Path::new(f));
             Box::new(std::fs::File::create(&p).map_err(|e| format!("can't create log file {}: {e}", p.display()))?)
         }
     };
     log::init(level, out);
-    pr_info!("Version: {VERSION} (criu-rs {})", env!("CARGO_PKG_VERSION"));
+    pr_info!("Version: {VERSION} ({OWN_VERSION})");
     let k = |f: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{f}")).unwrap_or_default().trim().to_string();
     pr_info!("Running on {} Linux {} {} {}", k("hostname"), k("osrelease"), k("version"), std::env::consts::ARCH);
+    for f in &o.configs_read {
+        pr_info!("Read config file {f}");
+    }
+    for f in &o.configs_missing {
+        pr_info!("No config file {f}, skipped");
+    }
     Ok(())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use crate::log::error_chain;
 
 /// A terminal among the dumped fds, refused unless `--shell-job`.
-fn check_ttys(tree: &Tree, shell_job: bool) -> Result<(), String> {
+#[track_caller]
+fn check_ttys(tree: &Tree, shell_job: bool) -> Result<(), Failure> {
     if shell_job {
         return Ok(());
     }
     for t in &tree.tasks {
         for fd in &t.fds {
             if let FileDesc::Tty { path, .. } = &fd.file {
-                return Err(format!(
+                return Err(Failure::new(format!(
                     "fd {} of {} is a terminal ({path}). Task attached to shell job? Consider using --shell-job option.",
                     fd.fd, t.pid
-                ));
+                )));
             }
         }
     }
     Ok(())
 }
 
-fn run_dump(cli: &Cli) -> Result<(), String> {
-    let pid: i32 = match cli.tree.as_deref() {
-        None => return Err("pid not specified (-t PID)".into()),
-        Some(t) => t.parse().ok().filter(|&p| p > 0).ok_or_else(|| format!("invalid argument for -t: {t}"))?,
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// stats-dump / stats-restore into the images dir, as upstream writes
+/// them after a successful dump or restore. A failure to write is a
+/// warning: the dump or restore itself is done.
+fn write_stats(dir: &Path, what: &str, e: &pb::StatsEntry) {
+    if let Err(err) = images_proto::image::write_all(dir, &mg::STATS.file_name(what), &mg::STATS, std::slice::from_ref(e)) {
+        pr_warn!("writing stats-{what} in {}: {err}", dir.display());
+    }
+}
+
+fn run_dump(o: &Opts) -> Result<(), Failure> {
+    let pid: i32 = match o.tree.as_deref() {
+        None => return Err(Failure::new("pid not specified (-t PID)")),
+        Some(t) => t.parse().ok().filter(|&p| p > 0).ok_or_else(|| Failure::new(format!("invalid argument for -t: {t}")))?,
     };
-    let dir = images_dir(cli);
+    let dir = images_dir(o);
     if !dir.is_dir() {
-        return Err(format!("images directory {} does not exist", dir.display()));
+        return Err(Failure::new(format!("images directory {} does not exist", dir.display())));
     }
     pr_info!("========================================");
     pr_info!("Dumping processes (pid: {pid})");
     pr_info!("========================================");
-    let t0 = std::time::Instant::now();
-    let (tree, mut frozen) = dump::collect_with(pid, cli.freeze_cgroup.as_deref()).map_err(|e| error_chain(&e))?;
-    check_ttys(&tree, cli.shell_job)?;
-    let dump_bytes: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages * crate::sys::PAGE_SIZE).sum();
-    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !dump::page_pump::pays_off(dump_bytes) {
+    let t0 = Instant::now();
+    let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
+    let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
+    let (tree, mut frozen) = dump::collect_within(pid, freeze_cgroup, timeout).here()?;
+    let t_frozen = Instant::now();
+    check_ttys(&tree, o.shell_job)?;
+    let dump_pages: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
+    // the root's memory through the page pump when it pays off; the other
+    // processes' (and the root's otherwise) read from outside
+    let root_bytes: u64 = tree.root().mm.pages.iter().map(|r| r.nr_pages * crate::sys::PAGE_SIZE).sum();
+    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !dump::page_pump::pays_off(root_bytes) {
         None
     } else {
-        match dump::page_pump::PagePump::start(&frozen) {
+        match dump::page_pump::PagePump::start(&frozen.procs[0]) {
             Ok(p) => Some(p),
             Err(e) => {
                 pr_warn!("page pump of {pid} unavailable ({e}); reading its memory instead");
@@ -294,86 +274,108 @@ fn run_dump(cli: &Cli) -> Result<(), String> {
             }
         }
     };
-    let plain;
-    let mem: &dyn crate::mem_source::MemSource = match &pump {
-        Some(p) => p,
-        None => {
-            plain = ProcessMem::open(pid).map_err(|e| format!("opening memory of {pid}: {e}"))?;
-            &plain
-        }
-    };
+    let t_pump = Instant::now();
+    let mut plain = Vec::with_capacity(tree.tasks.len());
+    for (i, m) in frozen.members.iter().enumerate() {
+        let open = m.frozen.is_some() && !(i == 0 && pump.is_some());
+        plain.push(if open { Some(ProcessMem::open(m.pid).map_err(|e| format!("opening memory of {}: {e}", m.pid)).here()?) } else { None });
+    }
+    let mems: Vec<Option<&dyn crate::mem_source::MemSource>> = plain
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match (i, &pump, p) {
+            (0, Some(pump), _) => Some(pump as &dyn crate::mem_source::MemSource),
+            (_, _, Some(p)) => Some(p as &dyn crate::mem_source::MemSource),
+            _ => None,
+        })
+        .collect();
     let run_id = format!("criu-rs-{}-{}", std::process::id(), t0.elapsed().as_nanos());
     // images become visible only when complete (inventory last)
-    let staging = dump::staging::Staging::new(&dir).map_err(|e| error_chain(&e))?;
-    images_io::write_images(&tree, staging.path(), mem, &run_id).map_err(|e| error_chain(&e))?;
+    let staging = dump::staging::Staging::new(&dir).here()?;
+    if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
+        cpuinfo::write_image(staging.path()).here()?;
+    }
+    images_io::write_images(&tree, staging.path(), &mems, &run_id).here()?;
+    let t_written = Instant::now();
     // the pump's pipe closed and its injection session ended before the
     // images are published and the source is released
+    drop(mems);
     drop(pump);
-    staging.publish().map_err(|e| error_chain(&e))?;
-    if !cli.leave_running {
+    staging.publish().here()?;
+    if !o.leave_running {
         frozen.kill_on_release = true;
     }
     drop(frozen);
+    let t_end = Instant::now();
+    let scanned: u64 = tree.tasks.iter().flat_map(|t| &t.mm.vmas).map(|v| (v.end - v.start) / crate::sys::PAGE_SIZE).sum();
+    let stats = pb::DumpStatsEntry {
+        freezing_time: micros(t_frozen - t0),
+        frozen_time: micros(t_end - t_frozen),
+        memdump_time: micros(t_pump - t_frozen),
+        memwrite_time: micros(t_written - t_pump),
+        pages_scanned: scanned,
+        pages_skipped_parent: 0,
+        pages_written: dump_pages,
+        irmap_resolve: Some(0),
+        pages_lazy: 0,
+        page_pipes: None,
+        page_pipe_bufs: None,
+        shpages_scanned: None,
+        shpages_skipped_parent: None,
+        shpages_written: None,
+    };
+    if o.display_stats {
+        pr_msg!(
+            "Displaying dump stats:\nFreezing time: {} us\nFrozen time: {} us\nMemory dump time: {} us\nMemory write time: {} us\n\
+             IRMAP resolve time: 0 us\nMemory pages scanned: {scanned} ({scanned:#x})\nMemory pages skipped from parent: 0 (0x0)\n\
+             Memory pages written: {dump_pages} ({dump_pages:#x})\nLazy memory pages: 0 (0x0)",
+            stats.freezing_time,
+            stats.frozen_time,
+            stats.memdump_time,
+            stats.memwrite_time
+        );
+    }
+    write_stats(&dir, "dump", &pb::StatsEntry { dump: Some(stats), restore: None });
     pr_info!("Dumping finished successfully");
     Ok(())
 }
 
-fn run_restore(cli: &Cli) -> Result<i32, String> {
-    let dir = images_dir(cli);
-    let (tree, pages) = images_io::read_images(&dir).map_err(|e| error_chain(&e))?;
-    let pidfile = cli.pidfile.as_deref().map(|p| in_work_dir(cli, p));
-    let opts = RestoreOpts { detached: cli.detached, pidfile, shell_job: cli.shell_job, root: cli.root.clone() };
-    let pid = restore::restore(&tree, &pages, &opts).map_err(|e| error_chain(&e))?;
-    if cli.detached {
-        return Ok(0);
-    }
-    // as upstream: wait for the tree, then exit 0 whatever its status
-    match crate::sys::ptrace::wait_flags(pid, 0) {
-        Ok(Some(w)) => {
-            pr_info!("Restored task {pid} ended: {w:?}");
-            Ok(0)
-        }
-        other => Err(format!("waiting for the restored task {pid}: {other:?}")),
-    }
-}
-
-/// `criu tfork -t PID --copies N [--persist=none|sync|async]`: prints each clone's
-/// pid on a line of its own (stdout), in the order they were released.
-fn run_tfork(cli: &Cli) -> Result<(), String> {
-    let pid: crate::sys::Pid = cli
-        .tree
-        .as_deref()
-        .ok_or("tfork needs -t PID")?
-        .parse()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or("-t needs a positive pid")?;
-    let copies = cli.copies.ok_or("tfork needs --copies N")?;
-    let persist = match cli.persist.as_deref().unwrap_or("none") {
+/// `criu tfork -t PID --copies N [--persist=none|sync|async]`: prints each
+/// clone's pid on a line of its own (stdout), in the order they were released.
+fn run_tfork(o: &Opts) -> Result<(), Failure> {
+    let pid: crate::sys::Pid = match o.tree.as_deref() {
+        None => return Err(Failure::new("tfork needs -t PID")),
+        Some(t) => t.parse().ok().filter(|&p| p > 0).ok_or_else(|| Failure::new(format!("invalid argument for -t: {t}")))?,
+    };
+    let copies: usize = match o.copies.as_deref() {
+        None => return Err(Failure::new("tfork needs --copies N")),
+        Some(n) => n.parse().ok().filter(|&n| n > 0).ok_or_else(|| Failure::new(format!("invalid argument for --copies: {n} (want a count, > 0)")))?,
+    };
+    let persist = match o.persist.as_deref().unwrap_or("none") {
         "none" => crate::tfork::Persist::None,
         "sync" => crate::tfork::Persist::Sync,
         "async" => crate::tfork::Persist::Async,
-        m => return Err(format!("unknown --persist mode {m:?} (none, async, sync)")),
+        m => return Err(Failure::new(format!("unknown --persist mode {m:?} (none, sync, async)"))),
     };
-    for (set, name) in [(cli.leave_running, "--leave-running"), (cli.detached, "--restore-detached"), (cli.shell_job, "--shell-job")] {
+    for (set, name) in [(o.leave_running, "--leave-running"), (o.detached, "--restore-detached"), (o.shell_job, "--shell-job")] {
         if set {
-            return Err(format!("{name} does not apply to tfork"));
+            return Err(Failure::new(format!("{name} does not apply to tfork")));
         }
     }
-    if cli.root.is_some() || cli.freeze_cgroup.is_some() || cli.pidfile.is_some() {
-        return Err("--root, --freeze-cgroup and --pidfile are not supported by tfork yet".into());
+    if o.root.is_some() || o.freeze_cgroup.is_some() || o.pidfile.is_some() {
+        return Err(Failure::new("--root, --freeze-cgroup and --pidfile are not supported by tfork yet"));
+    }
+    let images_dir = images_dir(o);
+    if persist != crate::tfork::Persist::None && !images_dir.is_dir() {
+        return Err(Failure::new(format!("images directory {} does not exist", images_dir.display())));
     }
     // measurement knob: processes forking clones at the same time
     let forkers = std::env::var("CRIU_RS_TFORK_FORKERS").ok().and_then(|v| v.parse().ok());
-    let images_dir = images_dir(cli);
-    if persist != crate::tfork::Persist::None && !images_dir.is_dir() {
-        return Err(format!("images directory {} does not exist", images_dir.display()));
-    }
-    let opts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir };
+    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir };
     if persist == crate::tfork::Persist::Async {
-        return tfork_async(pid, &opts);
+        return tfork_async(pid, &topts);
     }
-    let rep = crate::tfork::tfork(pid, &opts).map_err(|e| error_chain(&e))?;
+    let rep = crate::tfork::tfork(pid, &topts).here()?;
     pr_info!(
         "tfork of {pid}: source paused {:.3} ms, first clone running after {:.3} ms, all {} after {:.3} ms",
         rep.pause.as_secs_f64() * 1e3,
@@ -408,12 +410,12 @@ fn write_status(dir: &Path, text: &str) {
 /// outcome in `-D/tfork-persist.status`: `writing PID` (the writer's pid:
 /// a status still saying so with PID gone means the writer died), then
 /// `done` or `failed: WHY` (and the log says the same).
-fn tfork_async(pid: crate::sys::Pid, opts: &crate::tfork::TforkOpts) -> Result<(), String> {
+fn tfork_async(pid: crate::sys::Pid, topts: &crate::tfork::TforkOpts) -> Result<(), Failure> {
     use crate::sys::process as p;
     use std::io::Read;
-    let _ = std::fs::remove_file(opts.images_dir.join(TFORK_STATUS));
-    let (rd, wr) = p::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let dir = opts.images_dir.clone();
+    let _ = std::fs::remove_file(topts.images_dir.join(TFORK_STATUS));
+    let (rd, wr) = p::pipe().here()?;
+    let dir = topts.images_dir.clone();
     let (rd_fd, wr_fd) = (std::os::fd::AsRawFd::as_raw_fd(&rd), std::os::fd::AsRawFd::as_raw_fd(&wr));
     let writer = p::fork3(0, &[], libc::SIGCHLD, || {
         // (the child's copies of the pipe ends, by number: the OwnedFds are the parent's)
@@ -426,7 +428,7 @@ fn tfork_async(pid: crate::sys::Pid, opts: &crate::tfork::TforkOpts) -> Result<(
             }
         };
         write_status(&dir, &format!("writing {}\n", std::process::id()));
-        let res = crate::tfork::tfork_with(pid, opts, &mut |clones| {
+        let res = crate::tfork::tfork_with(pid, topts, &mut |clones| {
             let line: Vec<String> = clones.iter().map(|c| c.to_string()).collect();
             say(&mut wr, &format!("ok {}\n", line.join(" ")));
         });
@@ -445,13 +447,13 @@ fn tfork_async(pid: crate::sys::Pid, opts: &crate::tfork::TforkOpts) -> Result<(
             }
         }
     })
-    .map_err(|e| format!("starting the tfork engine: {e}"))?;
+    .here()?;
     drop(wr);
     let mut msg = String::new();
     let _ = std::fs::File::from(rd).read_to_string(&mut msg);
     match msg.lines().next() {
         Some(l) if l.starts_with("ok ") => {
-            pr_info!("tfork of {pid}: clones running; image set being written by {writer} (status in {})", opts.images_dir.join(TFORK_STATUS).display());
+            pr_info!("tfork of {pid}: clones running; image set being written by {writer} (status in {})", topts.images_dir.join(TFORK_STATUS).display());
             for c in l[3..].split_whitespace() {
                 println!("{c}");
             }
@@ -460,12 +462,72 @@ fn tfork_async(pid: crate::sys::Pid, opts: &crate::tfork::TforkOpts) -> Result<(
         Some(l) => {
             // a failure before the clones ran: the writer exits at once
             let _ = crate::sys::ptrace::wait_flags(writer, 0);
-            Err(l.strip_prefix("failed ").unwrap_or(l).to_string())
+            Err(Failure::new(l.strip_prefix("failed ").unwrap_or(l).to_string()))
         }
         None => {
             let _ = crate::sys::ptrace::wait_flags(writer, 0);
-            Err(format!("the tfork engine {writer} ended without a word"))
+            Err(Failure::new(format!("the tfork engine {writer} ended without a word")))
         }
+    }
+}
+
+fn run_restore(o: &Opts) -> Result<i32, Failure> {
+    let dir = images_dir(o);
+    let t0 = Instant::now();
+    if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
+        cpuinfo::check_image(&dir, o.cpu_cap).here()?;
+    }
+    if dir.join(mg::PSTREE.file_name("")).exists() {
+        cpuinfo::check_threads(&dir, o.cpu_cap).here()?;
+    }
+    let (tree, pages) = images_io::read_images(&dir).here()?;
+    let pidfile = o.pidfile.as_deref().map(|p| in_work_dir(o, Path::new(p)));
+    let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from) };
+    let pid = restore::restore(&tree, &pages, &ropts).here()?;
+    let restored: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
+    // forking is not a separate stage here (one process): 0, as upstream
+    // reports for a single process too
+    let stats = pb::RestoreStatsEntry {
+        pages_compared: 0,
+        pages_skipped_cow: 0,
+        forking_time: 0,
+        restore_time: micros(t0.elapsed()),
+        pages_restored: Some(restored),
+    };
+    if o.display_stats {
+        pr_msg!(
+            "Displaying restore stats:\nPages compared: 0 (0x0)\nPages skipped COW: 0 (0x0)\nPages restored: {restored} ({restored:#x})\n\
+             Restore time: {} us\nForking time: 0 us",
+            stats.restore_time
+        );
+    }
+    write_stats(&dir, "restore", &pb::StatsEntry { dump: None, restore: Some(stats) });
+    if o.detached {
+        return Ok(0);
+    }
+    // as upstream: wait for the tree, then exit 0 whatever its status
+    match crate::sys::ptrace::wait_flags(pid, 0) {
+        Ok(Some(w)) => {
+            pr_info!("Restored task {pid} ended: {w:?}");
+            Ok(0)
+        }
+        other => Err(Failure::new(format!("waiting for the restored task {pid}: {other:?}"))),
+    }
+}
+
+fn run_cpuinfo(o: &Opts) -> Result<(), Failure> {
+    let dir = images_dir(o);
+    match o.args.first().map(String::as_str) {
+        Some("dump") => cpuinfo::write_image(&dir).here(),
+        Some("check") => {
+            // as upstream: with every check off, `cpuinfo check` does them all
+            let cap = if o.cpu_cap & cpuinfo::CAP_ALL == 0 { o.cpu_cap | cpuinfo::CAP_ALL } else { o.cpu_cap };
+            cpuinfo::check_image(&dir, cap).here()?;
+            pr_info!("cpuinfo.img is compatible with this CPU");
+            Ok(())
+        }
+        Some(a) => Err(Failure::new(format!("unknown cpuinfo action {a} (dump or check)"))),
+        None => Err(Failure::new("cpuinfo requires an action: dump or check")),
     }
 }
 
@@ -575,7 +637,146 @@ const PROBES: &[Probe] = &[
     ("kcmp", false, probe_kcmp),
 ];
 
-fn run_check() -> Result<(), String> {
+fn probe_stopped_child(what: &str, f: fn(i32) -> std::io::Result<()>) -> Result<(), String> {
+    use crate::sys::process as p;
+    use crate::sys::ptrace;
+    let child = p::fork3(0, &[], libc::SIGCHLD, || p::pause_forever()).map_err(|e| format!("clone3: {e}"))?;
+    let r = ptrace::seize(child, 0)
+        .and_then(|()| ptrace::interrupt(child))
+        .and_then(|()| ptrace::wait(child).map(drop))
+        .map_err(|e| format!("stopping a child: {e}"))
+        .and_then(|()| f(child).map_err(|e| format!("{what}: {e}")));
+    let _ = p::kill(child, libc::SIGKILL);
+    let _ = ptrace::wait_flags(child, 0);
+    r
+}
+
+fn probe_rseq_conf() -> Result<(), String> {
+    probe_stopped_child("PTRACE_GET_RSEQ_CONFIGURATION", |c| crate::sys::ptrace::rseq_config(c).map(drop))
+}
+
+fn probe_seccomp_filters() -> Result<(), String> {
+    // the child has no filter: a kernel with PTRACE_SECCOMP_GET_FILTER
+    // says EINVAL (not in filter mode), one without it EIO
+    probe_stopped_child("PTRACE_SECCOMP_GET_FILTER", |c| match crate::sys::ptrace::seccomp_filter(c, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        r => r.map(drop),
+    })
+}
+
+fn probe_seccomp_suspend() -> Result<(), String> {
+    use crate::sys::process as p;
+    use crate::sys::ptrace;
+    // the dump seizes with PTRACE_O_SUSPEND_SECCOMP (dump/freeze.rs)
+    let child = p::fork3(0, &[], libc::SIGCHLD, || p::pause_forever()).map_err(|e| format!("clone3: {e}"))?;
+    let r = ptrace::seize(child, ptrace::O_SUSPEND_SECCOMP).map_err(|e| format!("PTRACE_SEIZE with PTRACE_O_SUSPEND_SECCOMP: {e}"));
+    let _ = p::kill(child, libc::SIGKILL);
+    let _ = ptrace::wait_flags(child, 0);
+    r
+}
+
+fn probe_timens() -> Result<(), String> {
+    // a task's own time namespace is made again on restore (restore/child.rs)
+    let p = "/proc/self/timens_offsets";
+    std::fs::metadata(p).map(drop).map_err(|e| format!("{p}: {e} (kernel without time namespaces)"))
+}
+
+fn probe_openat2() -> Result<(), String> {
+    // --root resolves every path with openat2(RESOLVE_IN_ROOT) (sys/ns.rs)
+    let root = crate::sys::ns::open_root_dir(Path::new("/"), 3).map_err(|e| format!("opening /: {e}"))?;
+    let f = crate::sys::ns::open_in_root(std::os::fd::AsFd::as_fd(&root), std::ffi::OsStr::new("proc"), libc::O_PATH | libc::O_CLOEXEC, 0);
+    f.map(drop).map_err(|e| format!("openat2(RESOLVE_IN_ROOT): {e}"))
+}
+
+fn probe_loginuid() -> Result<(), String> {
+    // restore writes it through /proc (restore/creds.rs); writing our own
+    // value back is a no-op where the kernel allows the write at all
+    let p = "/proc/self/loginuid";
+    let v = std::fs::read_to_string(p).map_err(|e| format!("reading {p}: {e}"))?;
+    std::fs::write(p, v.trim()).map_err(|e| format!("writing {p}: {e}"))
+}
+
+fn probe_map_vdso() -> Result<(), String> {
+    probe_vdso()?;
+    // ARCH_MAP_VDSO_64 needs a process to map into; the kernel has it
+    // since 4.9, and restore fails naming it if not
+    Ok(())
+}
+
+/// How criu-rs answers one of upstream's `check --feature` names.
+enum Answer {
+    /// The engine uses it; supported when the probe passes.
+    Probe(fn() -> Result<(), String>),
+    /// What the engine lacks for it.
+    No(&'static str),
+}
+
+/// Upstream 4.2's feature names.
+const FEATURES: &[(&str, Answer)] = &[
+    ("clone3_set_tid", Answer::Probe(probe_ptrace_and_set_tid)),
+    ("seccomp_filters", Answer::Probe(probe_seccomp_filters)),
+    ("get_rseq_conf", Answer::Probe(probe_rseq_conf)),
+    ("can_map_vdso", Answer::Probe(probe_map_vdso)),
+    ("mem_dirty_track", Answer::No("no pre-dump or memory tracking")),
+    ("uffd", Answer::No("no lazy-pages")),
+    ("uffd-noncoop", Answer::No("no lazy-pages")),
+    ("pidfd_store", Answer::No("no RPC service (swrk)")),
+    ("mnt_id", Answer::No("no mount namespaces")),
+    ("aio_remap", Answer::No("AIO rings are not dumped")),
+    ("timerfd", Answer::No("timerfds are not dumped")),
+    ("tun", Answer::No("tun devices are not dumped")),
+    ("tun_ns", Answer::No("tun devices are not dumped")),
+    ("userns", Answer::No("user namespaces are not dumped")),
+    ("fdinfo_lock", Answer::No("file locks are not dumped")),
+    ("seccomp_suspend", Answer::Probe(probe_seccomp_suspend)),
+    ("loginuid", Answer::Probe(probe_loginuid)),
+    ("cgroupns", Answer::No("cgroup namespaces are not dumped")),
+    ("autofs", Answer::No("autofs mounts are not dumped")),
+    ("tcp_half_closed", Answer::No("sockets are refused")),
+    ("compat_cr", Answer::No("32-bit processes are not handled")),
+    ("sk_ns", Answer::No("sockets are refused")),
+    ("sk_unix_file", Answer::No("sockets are refused")),
+    ("net_diag_raw", Answer::No("sockets are refused")),
+    ("nsid", Answer::No("network namespaces are not dumped")),
+    ("link_nsid", Answer::No("network namespaces are not dumped")),
+    ("kcmp_epoll", Answer::No("epoll is not dumped")),
+    ("timens", Answer::Probe(probe_timens)),
+    ("external_net_ns", Answer::No("network namespaces are not dumped")),
+    ("newifindex", Answer::No("network namespaces are not dumped")),
+    ("nftables", Answer::No("no network locking")),
+    ("has_ipt_legacy", Answer::No("no network locking")),
+    ("network_lock_nftables", Answer::No("no network locking")),
+    ("ns_pid", Answer::No("nested pid namespaces are not dumped")),
+    ("apparmor_stacking", Answer::No("LSM profiles are not restored")),
+    ("sockopt_buf_lock", Answer::No("sockets are refused")),
+    ("memfd_hugetlb", Answer::No("hugetlb memfds are not dumped")),
+    ("move_mount_set_group", Answer::No("no mount namespaces")),
+    ("openat2", Answer::Probe(probe_openat2)),
+    ("ipv6_freebind", Answer::No("sockets are refused")),
+    ("overlayfs_maps", Answer::No("no mount namespaces")),
+];
+
+fn run_check_feature(name: &str) -> Result<(), Failure> {
+    match FEATURES.iter().find(|(n, _)| *n == name) {
+        None => Err(Failure::new(format!(
+            "Unknown feature {name} (upstream's names: {})",
+            FEATURES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        ))),
+        Some((_, Answer::Probe(p))) => match p() {
+            Ok(()) => {
+                pr_msg!("{name} is supported");
+                Ok(())
+            }
+            Err(e) => Err(Failure::new(format!("{name} is not supported: {e}"))),
+        },
+        Some((_, Answer::No(why))) => Err(Failure::new(format!("{name} is not supported by {OWN_VERSION}: {why}"))),
+    }
+}
+
+fn run_check(o: &Opts) -> Result<(), Failure> {
+    if let Some(f) = &o.feature {
+        return run_check_feature(f);
+    }
     let mut failed = Vec::new();
     let mut missing_extra = false;
     for (name, needed, probe) in PROBES {
@@ -592,7 +793,7 @@ fn run_check() -> Result<(), String> {
         }
     }
     if !failed.is_empty() {
-        return Err(format!("missing: {}", failed.join(", ")));
+        return Err(Failure::new(format!("missing: {}", failed.join(", "))));
     }
     if missing_extra {
         pr_msg!("Looks good but some kernel features are missing\nwhich, depending on your process tree, may cause\ndump or restore failure.");
@@ -602,96 +803,74 @@ fn run_check() -> Result<(), String> {
     Ok(())
 }
 
+/// Report a failure in the log (and on the terminal when the log is a file).
+fn report(o: &Opts, e: &Failure, failed: &str) {
+    log::write(log::LOG_ERROR, e.loc.file(), e.loc.line(), format_args!("{}", e.msg));
+    if !failed.is_empty() {
+        pr_err!("{failed}");
+    }
+    // with a log file, say it on the terminal too
+    if o.log_file.as_deref().is_some_and(|f| f != "-") {
+        eprintln!("Error: {}", e.msg);
+    }
+}
+
 /// Run the CLI; returns the process exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
-    let args = match normalize(args) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("Error: {e}");
-            return 1;
-        }
-    };
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 1 } else { 0 };
-        }
-    };
-    if cli.version {
-        println!("Version: {VERSION}");
+    let args: Vec<String> = args.into_iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    let (o, problems) = opts::resolve(&args);
+    if o.help && problems.is_empty() {
+        print!("{}", usage());
         return 0;
     }
-    let cmd = match cli.command.as_deref() {
-        None => {
-            eprintln!("Error: no command given (dump, restore, check, tfork)\n\nTry -h|--help for more info");
-            return 1;
+    if o.version && problems.is_empty() {
+        print!("{}", version_text());
+        return 0;
+    }
+    let mut usage: Vec<Failure> = problems.into_iter().map(|p| Failure { msg: p.msg, loc: p.loc }).collect();
+    if usage.is_empty() {
+        let e = match o.command.as_deref() {
+            None => Some(Failure::new("no command given (dump, restore, check, cpuinfo, tfork)")),
+            Some(c) => match REFUSED_COMMANDS.iter().find(|(n, _)| *n == c) {
+                Some((n, what)) => Some(Failure::new(format!("the {n} command ({what}) is not supported"))),
+                None if matches!(c, "dump" | "restore" | "check" | "cpuinfo" | "tfork") => {
+                    let max = if c == "cpuinfo" { 1 } else { 0 };
+                    o.args.get(max).map(|a| Failure::new(format!("unexpected argument '{a}' for {c}")))
+                }
+                None => Some(Failure::new(format!("unknown command: {c}"))),
+            },
+        };
+        usage.extend(e);
+    }
+    if !usage.is_empty() {
+        // into the -o log as well, if it can be set up
+        let in_log = o.log_file.as_deref().is_some_and(|f| f != "-") && setup_log(&o).is_ok();
+        for e in &usage {
+            if in_log {
+                report(&o, e, "");
+            } else {
+                eprintln!("Error: {}", e.msg);
+            }
         }
-        Some(c) if REFUSED_COMMANDS.contains(&c) => {
-            eprintln!("Error: the {c} command is not supported yet");
-            return 1;
-        }
-        Some(c @ ("dump" | "restore" | "check" | "tfork")) => c.to_string(),
-        Some(c) => {
-            eprintln!("Error: unknown command: {c}\n\nTry -h|--help for more info");
-            return 1;
-        }
-    };
-    if let Err(e) = setup_log(&cli) {
+        eprintln!("\nTry -h|--help for more info");
+        return 1;
+    }
+    if let Err(e) = setup_log(&o) {
         eprintln!("Error: {e}");
         return 1;
     }
-    let res = match cmd.as_str() {
-        "dump" => run_dump(&cli).map(|()| 0).map_err(|e| (e, "Dumping FAILED.")),
-        "restore" => run_restore(&cli).map_err(|e| (e, "Restoring FAILED.")),
-        "tfork" => run_tfork(&cli).map(|()| 0).map_err(|e| (e, "tfork FAILED.")),
-        _ => run_check().map(|()| 0).map_err(|e| (e, "")),
+    let res = match o.command.as_deref() {
+        Some("dump") => run_dump(&o).map(|()| 0).map_err(|e| (e, "Dumping FAILED.")),
+        Some("restore") => run_restore(&o).map_err(|e| (e, "Restoring FAILED.")),
+        Some("cpuinfo") => run_cpuinfo(&o).map(|()| 0).map_err(|e| (e, "")),
+        Some("tfork") => run_tfork(&o).map(|()| 0).map_err(|e| (e, "tfork FAILED.")),
+        _ => run_check(&o).map(|()| 0).map_err(|e| (e, "")),
     };
     match res {
         Ok(c) => c,
         Err((e, failed)) => {
-            pr_err!("{e}");
-            if !failed.is_empty() {
-                pr_err!("{failed}");
-            }
-            // with a log file, say it on the terminal too
-            if cli.log_file.as_deref().is_some_and(|f| f != "-") {
-                eprintln!("Error: {e}");
-            }
+            report(&o, &e, failed);
             1
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn norm(a: &[&str]) -> Result<Vec<String>, String> {
-        let v = std::iter::once("criu").chain(a.iter().copied()).map(OsString::from).collect();
-        normalize(v).map(|v| v.into_iter().skip(1).map(|s| s.to_string_lossy().into_owned()).collect())
-    }
-
-    #[test]
-    fn verbosity_forms() {
-        assert_eq!(norm(&["dump", "-v4"]).unwrap(), ["dump", "--loglevel-resolved=4"]);
-        assert_eq!(norm(&["-v"]).unwrap(), ["--loglevel-resolved=3"]);
-        assert_eq!(norm(&["-vv"]).unwrap(), ["--loglevel-resolved=4"]);
-        assert_eq!(norm(&["-v", "-v"]).unwrap(), ["--loglevel-resolved=4"]);
-        assert_eq!(norm(&["--verbosity=1"]).unwrap(), ["--loglevel-resolved=1"]);
-        assert_eq!(norm(&["-v0"]).unwrap(), ["--loglevel-resolved=0"]);
-    }
-
-    #[test]
-    fn refused_by_name() {
-        assert_eq!(norm(&["dump", "--tcp-established"]).unwrap_err(), "--tcp-established is not supported yet");
-        assert_eq!(norm(&["--ghost-limit=5M"]).unwrap_err(), "--ghost-limit is not supported yet");
-        assert_eq!(norm(&["-x"]).unwrap_err(), "-x/--ext-unix-sk is not supported yet");
-        assert_eq!(norm(&["--no-tcp-established", "restore"]).unwrap(), ["restore"]);
-    }
-
-    #[test]
-    fn values_are_not_flags() {
-        assert_eq!(norm(&["-o", "-s", "-D", "-l"]).unwrap(), ["-o", "-s", "-D", "-l"]);
     }
 }

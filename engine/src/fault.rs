@@ -13,7 +13,8 @@
 //! would, and the engine goes on. Unset (the normal case) costs one cached
 //! lookup per point.
 //!
-//! Points: dump `after-freeze`, `mid-inject` (a thread is inside an injected
+//! Points: dump `mid-freeze` (each time a process of the tree has been
+//! stopped, before the next is seized), `after-freeze`, `mid-inject` (a thread is inside an injected
 //! syscall, between its entry and exit stops), `mid-inject-thread` (the
 //! same, in a thread other than the main one), `after-parasite`,
 //! `mid-memory` (after the first page run is written), `mid-pump` (inside
@@ -37,6 +38,7 @@ use std::sync::OnceLock;
 
 /// Every point name the engine knows (tests iterate over these).
 pub const POINTS: &[&str] = &[
+    "mid-freeze",
     "after-freeze",
     "mid-inject",
     "mid-inject-thread",

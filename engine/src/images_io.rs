@@ -10,6 +10,7 @@ use images_proto::image::{read_all, read_one, write_all, ImageReader, ImageWrite
 use images_proto::magic as mg;
 use images_proto::pages::{PagemapReader, PagesWriter, PE_LAZY, PE_PRESENT};
 use images_proto::pb;
+use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,7 @@ const TASK_ALIVE: u32 = 1;
 /// Upstream's TASK_STOPPED (compel's COMPEL_TASK_STOPPED): a process in
 /// group-stop, its stop signal in `stop_signo`.
 const TASK_STOPPED: u32 = 3;
+const TASK_DEAD: u32 = 2;
 
 fn regs_to_pb(r: &Regs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
@@ -276,6 +278,9 @@ fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
     if let Some(t) = e.tty.as_mut() {
         t.id = id;
     }
+    if let Some(f) = e.fifo.as_mut() {
+        f.id = id;
+    }
     files.push(e);
     id
 }
@@ -301,41 +306,41 @@ fn tty_kind(rdev: u64) -> (pb::TtyType, Option<u32>) {
     }
 }
 
+/// What the fds of a tree's processes share: descriptions (numbered across
+/// the tree by the dump), ghosts, terminals, pipes; written once.
+#[derive(Default)]
+struct FdImages<'a> {
+    desc_ids: HashMap<u32, u32>,                    // model desc -> file id
+    ghosts: HashMap<(u64, u64), u32>,               // (dev, ino) -> remap id
+    remaps: Vec<pb::RemapFilePathEntry>,
+    tty_infos: Vec<pb::TtyInfoEntry>,
+    pipe_data: Vec<&'a PipeData>,
+}
+
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
-fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
-    let mut fdinfo = Vec::new();
-    let mut desc_ids: Vec<(u32, u32)> = Vec::new(); // (model desc, file id)
-    let mut ghosts: Vec<(u64, u64, u32)> = Vec::new(); // (dev, ino, remap id)
-    let mut remaps = Vec::new();
-    let mut tty_infos: Vec<pb::TtyInfoEntry> = Vec::new();
+fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages<'a>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
+    let mut fdinfo = Vec::with_capacity(task.fds.len());
+    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data } = st;
     for fd in &task.fds {
         let ty = match fd.file {
             FileDesc::Reg { .. } => pb::FdTypes::Reg,
             FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
+            FileDesc::Fifo { .. } => pb::FdTypes::Fifo,
             FileDesc::Tty { .. } => pb::FdTypes::Tty,
         };
-        let id = match desc_ids.iter().find(|(d, _)| *d == fd.desc) {
-            Some(&(_, id)) => id,
+        let id = match desc_ids.get(&fd.desc) {
+            Some(&id) => id,
             None => {
                 let id = match &fd.file {
                     FileDesc::Reg { path, flags, pos, mode, size, ghost } => {
                         let id = push_file(files, reg_entry(0, path, *flags, *pos, *mode, *size));
                         if let Some(g) = ghost {
-                            let remap_id = match ghosts.iter().find(|(d, i, _)| *d == g.dev && *i == g.ino) {
-                                Some(&(_, _, r)) => r,
+                            let remap_id = match ghosts.get(&(g.dev, g.ino)) {
+                                Some(&r) => r,
                                 None => {
                                     let r = ghosts.len() as u32 + 1;
-                                    ghosts.push((g.dev, g.ino, r));
-                                    let e = pb::GhostFileEntry {
-                                        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino), rdev: None,
-                                        atim: Some(pb::Timeval { tv_sec: g.atime.0, tv_usec: g.atime.1 }),
-                                        mtim: Some(pb::Timeval { tv_sec: g.mtime.0, tv_usec: g.mtime.1 }),
-                                        chunks: None, size: None, symlnk_target: None,
-                                    };
-                                    let mut w = ImageWriter::create(dir, &mg::GHOST_FILE.file_name(r), &mg::GHOST_FILE)?;
-                                    w.write_entry(&e)?;
-                                    w.write_payload(&g.contents)?;
-                                    w.finish()?;
+                                    ghosts.insert((g.dev, g.ino), r);
+                                    write_ghost(dir, r, g)?;
                                     r
                                 }
                             };
@@ -351,6 +356,16 @@ fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<
                         let e = pb::FileEntry {
                             r#type: pb::FdTypes::Pipe as i32,
                             pipe: Some(pb::PipeEntry { id: 0, pipe_id: *pipe_id, flags: *flags, fown: fown() }),
+                            ..Default::default()
+                        };
+                        push_file(files, e)
+                    }
+                    FileDesc::Fifo { path, flags, mode, pipe_id } => {
+                        // as upstream: the path and flags in a REG entry of its own
+                        let regf_id = push_file(files, reg_entry(0, path, *flags, 0, *mode, None));
+                        let e = pb::FileEntry {
+                            r#type: pb::FdTypes::Fifo as i32,
+                            fifo: Some(pb::FifoEntry { id: 0, pipe_id: *pipe_id, regf_id: Some(regf_id) }),
                             ..Default::default()
                         };
                         push_file(files, e)
@@ -379,29 +394,74 @@ fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>) -> Result<
                         push_file(files, e)
                     }
                 };
-                desc_ids.push((fd.desc, id));
+                desc_ids.insert(fd.desc, id);
                 id
             }
         };
         fdinfo.push(pb::FdinfoEntry { id, flags: u32::from(fd.cloexec), r#type: ty as i32, fd: fd.fd as u32, xattr_security_selinux: None });
     }
-    // As upstream: an empty pipe has no entry, and no pipes-data.img is
-    // written when no pipe holds bytes.
-    if task.pipe_data.iter().any(|d| !d.data.is_empty()) {
-        let mut w = ImageWriter::create(dir, &mg::PIPES_DATA.file_name(""), &mg::PIPES_DATA)?;
-        for d in task.pipe_data.iter().filter(|d| !d.data.is_empty()) {
-            w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes: d.data.len() as u32, size: Some(d.size) })?;
+    for d in &task.pipe_data {
+        // (a pipe read by several processes: its bytes once)
+        if !pipe_data.iter().any(|p| p.pipe_id == d.pipe_id && p.fifo == d.fifo) {
+            pipe_data.push(d);
+        }
+    }
+    Ok(fdinfo)
+}
+
+/// The images every fd table of the tree shares, after the last one.
+fn finish_fds(dir: &Path, st: &FdImages) -> Result<(), ImagesError> {
+    let FdImages { remaps, tty_infos, pipe_data, .. } = st;
+    // As upstream: one entry per pipe (per FIFO) whose data was taken
+    // through a read end in the tree, empty ones too (they carry the buffer
+    // size), each once however many processes read it.
+    for (fifo, m) in [(false, &mg::PIPES_DATA), (true, &mg::FIFO_DATA)] {
+        let mut list = pipe_data.iter().filter(|d| d.fifo == fifo).peekable();
+        if list.peek().is_none() {
+            continue;
+        }
+        let mut w = ImageWriter::create(dir, &m.file_name(""), m)?;
+        for d in list {
+            let bytes = u32::try_from(d.data.len()).map_err(|_| bad(&m.file_name(""), format!("pipe {:#x}: {} bytes", d.pipe_id, d.data.len())))?;
+            w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes, size: Some(d.size) })?;
             w.write_payload(&d.data)?;
         }
         w.finish()?;
     }
     if !remaps.is_empty() {
-        write_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH, &remaps)?;
+        write_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH, remaps)?;
     }
     if !tty_infos.is_empty() {
-        write_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO, &tty_infos)?;
+        write_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO, tty_infos)?;
     }
-    Ok(fdinfo)
+    Ok(())
+}
+
+/// ghost-file-`r`.img for `g`: the whole contents after the entry (as
+/// upstream writes a file without holes), or, when the file has holes,
+/// one `ghost_chunk_entry` + bytes per data extent (`chunks`, `size`).
+fn write_ghost(dir: &Path, r: u32, g: &Ghost) -> Result<(), ImagesError> {
+    let dense = match g.extents.as_slice() {
+        [] => g.size == 0,
+        [(0, d)] => d.len() as u64 == g.size,
+        _ => false,
+    };
+    let e = pb::GhostFileEntry {
+        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino), rdev: None,
+        atim: Some(pb::Timeval { tv_sec: g.atime.0, tv_usec: g.atime.1 }),
+        mtim: Some(pb::Timeval { tv_sec: g.mtime.0, tv_usec: g.mtime.1 }),
+        chunks: (!dense).then_some(true), size: (!dense).then_some(g.size), symlnk_target: None,
+    };
+    let mut w = ImageWriter::create(dir, &mg::GHOST_FILE.file_name(r), &mg::GHOST_FILE)?;
+    w.write_entry(&e)?;
+    for (off, data) in &g.extents {
+        if !dense {
+            w.write_entry(&pb::GhostChunkEntry { len: data.len() as u64, off: *off })?;
+        }
+        w.write_payload(data)?;
+    }
+    w.finish()?;
+    Ok(())
 }
 
 /// ghost-file-`id`.img: the entry and the contents (whole or in chunks).
@@ -412,20 +472,22 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
     if e.mode & libc::S_IFMT != libc::S_IFREG {
         return Err(bad(&name, format!("ghost of mode {:o}: only regular files are supported", e.mode)));
     }
-    let contents = if e.chunks == Some(true) {
-        let size = e.size.unwrap_or(0);
-        if size > 1 << 32 {
-            return Err(bad(&name, format!("ghost size {size} is too large")));
-        }
-        let mut v = vec![0u8; size as usize];
+    let (size, extents) = if e.chunks == Some(true) {
+        let size = e.size.ok_or_else(|| bad(&name, "chunked ghost without a size"))?;
+        let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut end_prev = 0;
         while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
             let end = c.off.checked_add(c.len).filter(|&e| e <= size).ok_or_else(|| bad(&name, format!("chunk {}+{} beyond size {size}", c.off, c.len)))?;
-            let data = r.read_payload(c.len)?;
-            v[c.off as usize..end as usize].copy_from_slice(&data);
+            if c.off < end_prev {
+                return Err(bad(&name, format!("chunk at {} overlaps or precedes the previous one (ending at {end_prev})", c.off)));
+            }
+            extents.push((c.off, r.read_payload(c.len)?));
+            end_prev = end;
         }
-        v
+        (size, extents)
     } else {
-        r.read_rest()?
+        let data = r.read_rest()?;
+        (data.len() as u64, if data.is_empty() { Vec::new() } else { vec![(0, data)] })
     };
     let dev = u64::from(e.dev.unwrap_or(0));
     Ok(Ghost {
@@ -436,13 +498,14 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
         mode: e.mode,
         atime: e.atim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
         mtime: e.mtim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
-        contents,
+        size,
+        extents,
     })
 }
 
 /// The fd table `fdinfo-<files_id>.img` describes (with files.img,
-/// remap-fpath/ghost-file, pipes-data, tty-info), without the rest of the
-/// image set.
+/// remap-fpath/ghost-file, pipes-data, fifo-data, tty-info), without the
+/// rest of the image set.
 pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
     let files: Vec<pb::FileEntry> = read_all(dir, &mg::FILES.file_name(""), &mg::FILES)?;
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(files_id), &mg::FDINFO)?;
@@ -451,7 +514,8 @@ pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData
 
 /// The fds of fdinfo (and the pipe data they need) from files.img and friends.
 fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
-    let file = |id: u32| files.iter().find(|f| f.id == id);
+    let by_id: HashMap<u32, &pb::FileEntry> = files.iter().map(|f| (f.id, f)).collect();
+    let file = |id: u32| by_id.get(&id).copied();
     let remaps: Vec<pb::RemapFilePathEntry> = if dir.join(mg::REMAP_FPATH.file_name("")).exists() {
         read_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH)?
     } else {
@@ -463,7 +527,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         Vec::new()
     };
     let mut ghosts: Vec<(u32, Box<Ghost>)> = Vec::new();
-    let mut fds = Vec::new();
+    let mut fds = Vec::with_capacity(fdinfo.len());
     for fi in fdinfo {
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
         let desc = if let Some(r) = &f.reg {
@@ -486,6 +550,13 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
             FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost }
         } else if let Some(pp) = &f.pipe {
             FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
+        } else if let Some(ff) = &f.fifo {
+            let r = ff
+                .regf_id
+                .and_then(file)
+                .and_then(|r| r.reg.as_ref())
+                .ok_or_else(|| bad("files.img", format!("fd {}: fifo {} has no reg_file_entry (regf_id {:?})", fi.fd, f.id, ff.regf_id)))?;
+            FileDesc::Fifo { path: r.name.clone(), flags: r.flags, mode: r.mode.unwrap_or(libc::S_IFIFO), pipe_id: ff.pipe_id }
         } else if let Some(t) = &f.tty {
             let info = tty_infos.iter().find(|i| i.id == t.tty_info_id);
             let rdev = info.map(|i| u64::from(i.rdev)).unwrap_or(0);
@@ -503,14 +574,25 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         fds.push(Fd { fd: fi.fd as i32, cloexec: fi.flags & 1 != 0, desc: f.id, file: desc });
     }
     let mut pipe_data = Vec::new();
-    let name = mg::PIPES_DATA.file_name("");
-    if dir.join(&name).exists() {
-        let mut r = ImageReader::open(dir, &name, &mg::PIPES_DATA)?;
+    for (fifo, m) in [(false, &mg::PIPES_DATA), (true, &mg::FIFO_DATA)] {
+        let name = m.file_name("");
+        if !dir.join(&name).exists() {
+            continue;
+        }
+        let mut r = ImageReader::open(dir, &name, m)?;
         while let Some(e) = r.next_entry::<pb::PipeDataEntry>()? {
             let data = r.read_payload(u64::from(e.bytes))?;
             // only pipes this task has fds of
-            if fds.iter().any(|f| matches!(f.file, FileDesc::Pipe { pipe_id, .. } if pipe_id == e.pipe_id)) {
-                pipe_data.push(PipeData { pipe_id: e.pipe_id, size: e.size.unwrap_or(0), data });
+            let ours = fds.iter().any(|f| match f.file {
+                FileDesc::Pipe { pipe_id, .. } => !fifo && pipe_id == e.pipe_id,
+                FileDesc::Fifo { pipe_id, .. } => fifo && pipe_id == e.pipe_id,
+                _ => false,
+            });
+            if ours {
+                if pipe_data.iter().any(|d: &PipeData| d.fifo == fifo && d.pipe_id == e.pipe_id) {
+                    return Err(bad(&name, format!("pipe {:#x} has two entries", e.pipe_id)));
+                }
+                pipe_data.push(PipeData { pipe_id: e.pipe_id, fifo, size: e.size.unwrap_or(0), data });
             }
         }
     }
@@ -682,35 +764,193 @@ fn check_written_pages(dir: &Path, pid: i32, vmas: &[Vma], shmem: &ShmemRuns) ->
     Ok(())
 }
 
-/// Write the model as an image set into `dir`, page contents from `mem`.
-pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) -> Result<(), ImagesError> {
-    let task = tree.root();
-    let mut files: Vec<pb::FileEntry> = Vec::new();
-    let file_id = push_file;
-    // exe first (upstream gives it id 1), then the files of mappings
-    let mut map_ids: Vec<(String, u32)> = Vec::new();
-    let exe_id = match &task.mm.exe {
-        Some(x) => {
-            let id = file_id(&mut files, mapped_entry(0, &x.path, 0, 0, x.mode, x.size, &x.build_id));
-            map_ids.push((x.path.clone(), id));
-            id
+/// Guard regions have no place in upstream's images: they go to a file of
+/// ours, which upstream ignores (it then restores ordinary pages there).
+const GUARDS_MAGIC: &[u8; 8] = b"CRRSGRD1";
+/// At most this many guard regions are read from an image.
+const MAX_GUARDS: usize = 1 << 20;
+
+/// `criu-rs-guards-PID.img`: [`GUARDS_MAGIC`], then (start, end) u64 LE
+/// pairs, sorted.
+pub fn guards_name(pid: i32) -> String {
+    format!("criu-rs-guards-{pid}.img")
+}
+
+fn write_guards(dir: &Path, pid: i32, guards: &[(u64, u64)]) -> Result<(), ImagesError> {
+    let name = guards_name(pid);
+    let mut b = GUARDS_MAGIC.to_vec();
+    for &(s, e) in guards {
+        b.extend_from_slice(&s.to_le_bytes());
+        b.extend_from_slice(&e.to_le_bytes());
+    }
+    std::fs::write(dir.join(&name), b).map_err(|e| ImagesError::Io { file: name, source: e })
+}
+
+/// The guard regions of `pid` (none without the file), checked: page
+/// aligned, ascending, not overlapping, inside the VMAs, holding no pages.
+fn read_guards(dir: &Path, pid: i32, vmas: &[(u64, u64)], pages: &[PageRun]) -> Result<Vec<(u64, u64)>, ImagesError> {
+    use std::io::Read;
+    let name = guards_name(pid);
+    let path = dir.join(&name);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let f = images_proto::image::open_regular(&path)?;
+    let mut b = Vec::new();
+    let limit = (8 + 16 * MAX_GUARDS) as u64;
+    f.take(limit + 1).read_to_end(&mut b).map_err(|e| ImagesError::Io { file: name.clone(), source: e })?;
+    if b.len() as u64 > limit || b.len() < 8 || &b[..8] != GUARDS_MAGIC || (b.len() - 8) % 16 != 0 {
+        return Err(bad(&name, format!("not a guard region list ({} bytes)", b.len())));
+    }
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, c) in b[8..].chunks_exact(16).enumerate() {
+        let s = u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+        let e = u64::from_le_bytes(c[8..].try_into().expect("8 bytes"));
+        if s >= e || s % 4096 != 0 || e % 4096 != 0 || out.last().is_some_and(|l| s < l.1) {
+            return Err(bad(&name, format!("entry {i}: bad guard region {s:#x}-{e:#x}")));
         }
+        // holding pages of the pagemap: the two images contradict each other
+        let k = pages.partition_point(|r| r.vaddr.saturating_add(r.nr_pages.saturating_mul(4096)) <= s);
+        if pages.get(k).is_some_and(|r| r.vaddr < e) {
+            return Err(bad(&name, format!("entry {i}: guard region {s:#x}-{e:#x} holds pages of the pagemap")));
+        }
+        out.push((s, e));
+    }
+    let as_runs: Vec<(u64, u64)> = out.iter().map(|&(s, e)| (s, (e - s) / 4096)).collect();
+    crate::validate::mm_layout(&mg::MM.file_name(pid), &name, vmas, &as_runs)?;
+    Ok(out)
+}
+
+/// Write the model as an image set into `dir`, the page contents of
+/// `tree.tasks[i]` from `mems[i]` (`None` for a zombie).
+///
+/// As upstream writes a tree: pstree.img lists every process (parents
+/// before children); each live one has core-TID (per thread), ids, mm,
+/// pagemap + pages (page image ids counted across the tree), fs and
+/// fdinfo-<files id>; a zombie has only core-PID (TASK_DEAD, exit code).
+/// files.img ids count across the tree in the order the processes are
+/// visited (per process: exe and mapped files not seen before, fds whose
+/// description is new, cwd, root).
+pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], run_id: &str) -> Result<(), ImagesError> {
+    if mems.len() != tree.tasks.len() {
+        return Err(bad("pstree.img", format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
+    }
+    let mut files: Vec<pb::FileEntry> = Vec::new();
+    let mut fd_images = FdImages::default();
+    let mut map_ids: Vec<(String, u32)> = Vec::new();
+    let mut filters: Vec<pb::SeccompFilter> = Vec::new();
+    let mut pages_id = 0u32;
+    let mut shm_pages_id = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).count() as u32;
+    let mut shm_written = std::collections::HashSet::new();
+    for (task, mem) in tree.tasks.iter().zip(mems) {
+        if let Some(exit) = task.zombie_exit {
+            write_zombie(dir, task, exit)?;
+            continue;
+        }
+        let Some(mem) = *mem else {
+            return Err(bad("pstree.img", format!("process {}: no memory source", task.pid)));
+        };
+        pages_id += 1;
+        write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
+    }
+    finish_fds(dir, &fd_images)?;
+    write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
+    write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
+    let task = tree.root();
+    if let Some(tn) = &tree.timens {
+        let ts = |(tv_sec, tv_nsec): (u64, u64)| pb::Timespec { tv_sec, tv_nsec };
+        let e = pb::TimensEntry { monotonic: ts(tn.monotonic), boottime: ts(tn.boottime) };
+        // as upstream: timens-<its id>.img for a time namespace of the
+        // task's own, timens-0.img for criu's
+        let id = task.ids.time_ns;
+        let id = if id != 0 && id != tree.root_ids.time_ns { id } else { 0 };
+        write_all(dir, &mg::TIMENS.file_name(id), &mg::TIMENS, &[e])?;
+    }
+    let ps: Vec<pb::PstreeEntry> = tree
+        .tasks
+        .iter()
+        .map(|task| pb::PstreeEntry {
+            pid: task.pid as u32,
+            ppid: task.ppid as u32,
+            pgid: task.pgid as u32,
+            sid: task.sid as u32,
+            // (a zombie: one thread numbered 0, as upstream writes it)
+            threads: if task.zombie_exit.is_some() { vec![0] } else { task.threads.iter().map(|t| t.tid as u32).collect() },
+        })
+        .collect();
+    write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &ps)?;
+    crate::fault::point("before-inventory");
+    // inventory last: an image set without it is incomplete
+    let root_ids = ids_to_pb(&tree.root_ids);
+    let inv = pb::InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(root_ids),
+        ns_per_id: Some(true),
+        root_cg_set: Some(1),
+        lsmtype: Some(0),
+        dump_uptime: None,
+        pre_dump_mode: None,
+        tcp_close: None,
+        network_lock_method: Some(0),
+        plugins_entry: Some(Default::default()),
+        dump_criu_run_id: Some(run_id.to_string()),
+    };
+    write_all(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY, &[inv])?;
+    Ok(())
+}
+
+/// core-PID.img of a zombie: only the task core, TASK_DEAD with its wait
+/// status (upstream's shape).
+fn write_zombie(dir: &Path, task: &Task, exit: u32) -> Result<(), ImagesError> {
+    let tc = pb::TaskCoreEntry { task_state: TASK_DEAD, exit_code: exit, comm: task.comm.clone(), ..Default::default() };
+    let core = pb::CoreEntry { mtype: MTYPE_X86_64, tc: Some(tc), ..Default::default() };
+    write_all(dir, &mg::CORE.file_name(task.pid), &mg::CORE, &[core])?;
+    Ok(())
+}
+
+/// The images of one live process of the tree (its shared anonymous
+/// objects: page image ids from `shm_pages_id` on, after every process's).
+#[allow(clippy::too_many_arguments)]
+fn write_task<'a>(
+    dir: &Path,
+    task: &'a Task,
+    shm_pages_id: &mut u32,
+    shm_written: &mut std::collections::HashSet<u64>,
+    mem: &dyn MemSource,
+    pages_id: u32,
+    files: &mut Vec<pb::FileEntry>,
+    map_ids: &mut Vec<(String, u32)>,
+    fd_images: &mut FdImages<'a>,
+    filters: &mut Vec<pb::SeccompFilter>,
+) -> Result<(), ImagesError> {
+    let file_id = push_file;
+    // exe first (upstream gives it id 1), then the files of mappings; one
+    // entry per path across the tree (a child maps its parent's files)
+    let exe_id = match &task.mm.exe {
+        Some(x) => match map_ids.iter().find(|(p, _)| p == &x.path) {
+            Some(&(_, id)) => id,
+            None => {
+                let id = file_id(files, mapped_entry(0, &x.path, 0, 0, x.mode, x.size, &x.build_id));
+                map_ids.push((x.path.clone(), id));
+                id
+            }
+        },
         None => 0,
     };
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
             if !map_ids.iter().any(|(p, _)| p == &f.path) {
-                let id = file_id(&mut files, mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id));
+                let id = file_id(files, mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id));
                 map_ids.push((f.path.clone(), id));
             }
         }
     }
-    let fdinfo = write_fds(dir, task, &mut files)?;
-    let cwd_id = file_id(&mut files, reg_entry(0, &task.fs.cwd, 0, 0, 0o40755, None));
-    let root_id = file_id(&mut files, reg_entry(0, &task.fs.root, 0, 0, 0o40755, None));
+    let fdinfo = write_fds(dir, task, files, fd_images)?;
+    let cwd_id = file_id(files, reg_entry(0, &task.fs.cwd, 0, 0, 0o40755, None));
+    let root_id = file_id(files, reg_entry(0, &task.fs.root, 0, 0, 0o40755, None));
     let pid = task.pid;
     let ids = ids_to_pb(&task.ids);
-    write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO, &fdinfo)?;
     write_all(dir, &mg::FS.file_name(pid), &mg::FS, &[pb::FsEntry { cwd_id, root_id, umask: Some(task.fs.umask) }])?;
     write_all(dir, &mg::IDS.file_name(pid), &mg::IDS, std::slice::from_ref(&ids))?;
@@ -760,7 +1000,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     // pagemap + pages: private pages in pagemap-PID/pages-1, each shared
     // anonymous object's in pagemap-shmem-SHMID (offsets in the object)
     let (private, shmem) = split_shmem_pages(&mm.vmas, &mm.pages);
-    let mut pw = PagesWriter::create(dir, pid, 1)?;
+    let mut pw = PagesWriter::create(dir, pid, pages_id)?;
     let mut ranges = Vec::with_capacity(private.len());
     for r in &private {
         pw.add_header_only(r.vaddr, r.nr_pages, PE_PRESENT | if r.lazy { PE_LAZY } else { 0 })?;
@@ -769,8 +1009,15 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
     crate::fault::point("mid-memory");
     pw.finish()?;
-    for (i, (shmid, runs)) in shmem.iter().enumerate() {
-        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), tree.tasks.len() as u32 + 1 + i as u32)?;
+    for (shmid, runs) in shmem.iter() {
+        // an object several processes map (inherited over fork) is written
+        // once, from the first of them (its data is the object's, not the
+        // mapping's: the dump checked the others map no part it doesn't)
+        if !shm_written.insert(*shmid) {
+            continue;
+        }
+        *shm_pages_id += 1;
+        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *shm_pages_id)?;
         let mut ranges = Vec::with_capacity(runs.len());
         for &(off, vaddr, n) in runs {
             pw.add_header_only(off, n, PE_PRESENT)?;
@@ -782,9 +1029,14 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
     // read back what was written, before the dump can report success or
     // kill the source: an image our own restore would refuse is an error now
     check_written_pages(dir, pid, &mm.vmas, &shmem)?;
+    if !mm.guards.is_empty() {
+        write_guards(dir, pid, &mm.guards)?;
+    }
+    if !mm.guards.is_empty() {
+        write_guards(dir, pid, &mm.guards)?;
+    }
     // seccomp.img: every thread's chain, common prefixes shared
-    let mut filters: Vec<pb::SeccompFilter> = Vec::new();
-    let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(&mut filters, &t.seccomp)).collect();
+    let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(filters, &t.seccomp)).collect();
     // cores
     for (i, t) in task.threads.iter().enumerate() {
         let thread_core = pb::ThreadCoreEntry {
@@ -860,59 +1112,6 @@ pub fn write_images(tree: &Tree, dir: &Path, mem: &dyn MemSource, run_id: &str) 
             ..Default::default()
         };
         write_all(dir, &mg::CORE.file_name(t.tid), &mg::CORE, &[core])?;
-    }
-    write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
-    if let Some(tn) = &tree.timens {
-        let ts = |(tv_sec, tv_nsec): (u64, u64)| pb::Timespec { tv_sec, tv_nsec };
-        let e = pb::TimensEntry { monotonic: ts(tn.monotonic), boottime: ts(tn.boottime) };
-        // as upstream: timens-<its id>.img for a time namespace of the
-        // task's own, timens-0.img for criu's
-        let id = task.ids.time_ns;
-        let id = if id != 0 && id != tree.root_ids.time_ns { id } else { 0 };
-        write_all(dir, &mg::TIMENS.file_name(id), &mg::TIMENS, &[e])?;
-    }
-    let ps = pb::PstreeEntry {
-        pid: task.pid as u32,
-        ppid: task.ppid as u32,
-        pgid: task.pgid as u32,
-        sid: task.sid as u32,
-        threads: task.threads.iter().map(|t| t.tid as u32).collect(),
-    };
-    write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &[ps])?;
-    crate::fault::point("before-inventory");
-    // inventory last: an image set without it is incomplete
-    let root_ids = ids_to_pb(&tree.root_ids);
-    let inv = pb::InventoryEntry {
-        img_version: 2,
-        fdinfo_per_id: Some(true),
-        root_ids: Some(root_ids),
-        ns_per_id: Some(true),
-        root_cg_set: Some(1),
-        lsmtype: Some(0),
-        dump_uptime: None,
-        pre_dump_mode: None,
-        tcp_close: None,
-        network_lock_method: Some(0),
-        plugins_entry: Some(Default::default()),
-        dump_criu_run_id: Some(run_id.to_string()),
-    };
-    write_all(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY, &[inv])?;
-    Ok(())
-}
-
-/// Refuse images whose XSAVE state shows CPU features this CPU lacks:
-/// code selected at startup for those features (glibc's IFUNCs) would
-/// fault with SIGILL after restore.
-fn check_cpu(file: &str, f: &pb::UserX86FpregsEntry) -> Result<(), ImagesError> {
-    let Some(xs) = &f.xsave else { return Ok(()) };
-    for (i, name, present) in [
-        (2, "AVX", !xs.ymmh_space.is_empty()),
-        (5, "AVX-512", !xs.opmask_reg.is_empty() || !xs.zmm_upper.is_empty() || !xs.hi16_zmm.is_empty()),
-        (9, "PKRU", !xs.pkru.is_empty()),
-    ] {
-        if present && crate::sys::cpu::xsave_component(i).is_none() {
-            return Err(bad(file, format!("the image was dumped on a CPU with {name} state, which this CPU lacks; programs that chose {name} code paths would fault after restore")));
-        }
     }
     Ok(())
 }
@@ -1081,6 +1280,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
     pages.sort_by_key(|r| r.vaddr);
     // in address order (checked disjoint above): restore looks VMAs up by address
     vmas.sort_by_key(|v| v.start);
+    let guards = read_guards(dir, pid, &vma_ranges, &pages)?;
     let mm = Mm {
         vmas,
         start_code: mme.mm_start_code, end_code: mme.mm_end_code, start_data: mme.mm_start_data, end_data: mme.mm_end_data,
@@ -1096,6 +1296,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         dumpable: mme.dumpable.unwrap_or(1) as u32,
         thp_disabled: mme.thp_disabled.unwrap_or(false),
         pages,
+        guards,
     };
     let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, pipe_data, ..Default::default() };
     for (i, &tid) in p.threads.iter().enumerate() {
@@ -1105,7 +1306,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
             return Err(bad(&name, format!("machine type {} is not x86_64", core.mtype)));
         }
         let ti = core.thread_info.as_ref().ok_or_else(|| bad(&name, "no thread_info"))?;
-        check_cpu(&name, &ti.fpregs)?;
+        // XSAVE components this CPU lacks are dropped by fpregs_from_pb;
+        // whether that may happen is decided before (cpuinfo::check_threads)
         let tcore = core.thread_core.clone().unwrap_or_default();
         if i == 0 {
             let tc = core.tc.as_ref().ok_or_else(|| bad(&name, "main thread without tc"))?;

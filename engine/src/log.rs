@@ -83,3 +83,16 @@ macro_rules! pr_warn { ($($a:tt)*) => { $crate::log::write($crate::log::LOG_WARN
 macro_rules! pr_info { ($($a:tt)*) => { $crate::log::write($crate::log::LOG_INFO, file!(), line!(), format_args!($($a)*)) } }
 #[macro_export]
 macro_rules! pr_debug { ($($a:tt)*) => { $crate::log::write($crate::log::LOG_DEBUG, file!(), line!(), format_args!($($a)*)) } }
+
+/// An error and every error under it (`source()`), joined with ": ", as
+/// log lines and refusals show them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

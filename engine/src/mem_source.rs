@@ -400,6 +400,20 @@ mod tests {
     }
 
     #[test]
+    fn small_runs_pack_into_one_chunk() {
+        let many: Vec<(u64, u64)> = (0..3000u64).map(|i| (i * 0x2000, 0x1000)).collect();
+        let mut packs = Vec::new();
+        for_packs(&many, |p, n| {
+            assert_eq!(p.iter().map(|x| x.1).sum::<usize>(), n);
+            packs.push((p.len(), n));
+            Ok(())
+        })
+        .unwrap();
+        // 2048 pages fill 8 MiB; the rest in a second pack
+        assert_eq!(packs, vec![(2048, CHUNK), (952, 952 * 4096)]);
+    }
+
+    #[test]
     fn copy_then_map_back() {
         let dir = std::env::temp_dir().join(format!("memsrc-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -177,6 +177,9 @@ pub struct Task {
     /// In group-stop, by this signal (upstream's TASK_STOPPED + stop_signo):
     /// restored stopped.
     pub stop_signo: Option<u32>,
+    /// A zombie (upstream's TASK_DEAD): exited with this wait status and
+    /// not yet reaped by its parent. It has no threads, memory or files.
+    pub zombie_exit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -196,6 +199,9 @@ pub enum FileDesc {
     Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64>, ghost: Option<Box<Ghost>> },
     /// One end of a pipe; `pipe_id` is the pipe's inode.
     Pipe { pipe_id: u32, flags: u32 },
+    /// A named pipe opened by `path` (`mode` is its st_mode, checked on
+    /// restore); `pipe_id` is its inode, shared by every fd of the FIFO.
+    Fifo { path: String, flags: u32, mode: u32, pipe_id: u32 },
     /// A terminal (only with `--shell-job`: restored as the restoring
     /// shell's terminal). `rdev` is the device number (glibc encoding).
     Tty { path: String, flags: u32, rdev: u64 },
@@ -213,7 +219,11 @@ pub struct Ghost {
     /// (seconds, microseconds).
     pub atime: (u64, u64),
     pub mtime: (u64, u64),
-    pub contents: Vec<u8>,
+    /// Apparent size (st_size).
+    pub size: u64,
+    /// The data extents (offset, bytes), in order, not overlapping; the
+    /// rest up to `size` are holes, kept as holes on restore.
+    pub extents: Vec<(u64, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +240,8 @@ pub struct Fd {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PipeData {
     pub pipe_id: u32,
+    /// A named pipe's (fifo-data.img), not an anonymous pipe's (pipes-data.img).
+    pub fifo: bool,
     /// F_GETPIPE_SZ.
     pub size: u32,
     pub data: Vec<u8>,
@@ -320,6 +332,9 @@ pub struct Mm {
     pub thp_disabled: bool,
     /// Pages whose contents are in the memory source, sorted by address.
     pub pages: Vec<PageRun>,
+    /// Guard regions (MADV_GUARD_INSTALL), (start, end), sorted, inside
+    /// VMAs and outside `pages`.
+    pub guards: Vec<(u64, u64)>,
 }
 
 impl Tree {

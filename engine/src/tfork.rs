@@ -213,12 +213,19 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     }
     let t0 = Instant::now();
     let (tree, frozen) = dump::collect_state(pid)?;
+    if frozen.members.len() > 1 || frozen.procs.len() != 1 {
+        let kids: Vec<Pid> = frozen.members.iter().skip(1).map(|m| m.pid).collect();
+        return Err(TforkError::Unsupported(format!(
+            "process {pid} has children ({kids:?}): tfork of a process tree is not supported yet"
+        )));
+    }
     check_supported(pid, &tree)?;
     let task = tree.root();
     pr_debug!("collected {pid} in {:?}", t0.elapsed());
     let mut unreleased = Unreleased::default();
     let (s, scratch) = {
-        let mut par = Parasite::start(&frozen, frozen.gadget).map_err(ioe(pid, "injection session for the fork"))?;
+        let root = &frozen.procs[0];
+        let mut par = Parasite::start(root, root.gadget).map_err(ioe(pid, "injection session for the fork"))?;
         let (ret, child) =
             par.fork_call(&sibling_fork_args(), ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(ioe(pid, "injected clone3"))?;
         if let Some(c) = child {
@@ -375,7 +382,7 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     if crate::fault::fails("tfork-mid-persist") {
         return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
     }
-    crate::images_io::write_images(&tree, staging.path(), &mem, &run_id).map_err(|e| img(&e))?;
+    crate::images_io::write_images(&tree, staging.path(), &[Some(&mem)], &run_id).map_err(|e| img(&e))?;
     staging.publish().map_err(|e| img(&e))?;
     pr_info!("image set of the frozen source written to {}", dir.display());
     Ok(())

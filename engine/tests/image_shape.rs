@@ -128,6 +128,62 @@ fn img_names(dir: &Path) -> BTreeSet<String> {
 
 /// Our image set of `name` next to upstream's: (file set diff, per-image key diffs).
 fn shape(name: &str) {
+    shape_with(name, false)
+}
+
+/// The image kind of a file name: `core-5.img` -> `core`, `pages-3.img` ->
+/// `pages`, `timens-0.img` -> `timens-0` (a numbered image whose number is
+/// not a pid or an id of the run keeps it).
+fn kind(file: &str) -> String {
+    let stem = file.trim_end_matches(".img");
+    match stem.rsplit_once('-') {
+        Some((k, n)) if n.parse::<u32>().is_ok() && ["core", "fs", "ids", "mm", "pagemap", "pages", "fdinfo"].contains(&k) => k.to_string(),
+        _ => stem.to_string(),
+    }
+}
+
+/// A tree: its pids (so the per-process images' numbers) depend on the
+/// order its processes forked in, so the image files are compared as a
+/// count per kind, and the JSON keys as the union over the images of a kind.
+fn compare_by_kind(name: &str, up_dir: &Path, dir: &Path) {
+    use std::collections::BTreeMap;
+    let count = |d: &Path| {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for f in img_names(d) {
+            *m.entry(kind(&f)).or_default() += 1;
+        }
+        m
+    };
+    let mut problems = Vec::new();
+    let (up_count, our_count) = (count(up_dir), count(dir));
+    if up_count != our_count {
+        problems.push(format!("image files per kind: upstream {up_count:?}, ours {our_count:?}"));
+    }
+    let keys = |d: &Path, k: &str| {
+        let mut all = BTreeSet::new();
+        for f in img_names(d).into_iter().filter(|f| kind(f) == k) {
+            let p = d.join(&f);
+            let buf = std::fs::read(&p).unwrap();
+            let text = images_proto::image::decode_image(&buf, &p, true).unwrap_or_else(|e| panic!("decoding {}: {e}", p.display())).to_string();
+            all.extend(json_keys(&text));
+        }
+        all
+    };
+    for k in up_count.keys().filter(|k| our_count.contains_key(*k) && k.as_str() != "pages") {
+        let (mut up, mut ours) = (keys(up_dir, k), keys(dir, k));
+        drop_cpu_keys(&mut up, &mut ours);
+        if up != ours {
+            problems.push(format!(
+                "{k}-*.img: keys only upstream {:?}, only ours {:?}",
+                up.difference(&ours).collect::<Vec<_>>(),
+                ours.difference(&up).collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "fx-{name}: our images differ in shape from upstream 4.2's:\n{}", problems.join("\n"));
+}
+
+fn shape_with(name: &str, by_kind: bool) {
     require!(why_not_here().or_else(|| why_not_fixture(&format!("upstream/{name}/images"))));
     let tmp = std::env::temp_dir().join(format!("criu-rs-shape-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -145,7 +201,7 @@ fn shape(name: &str) {
         .expect("gcc");
     assert!(st.success(), "building fx-{name}");
     // as upstream's fixtures were started: pid 1 of a new pid namespace, session leader
-    // Upstream's harness left the fixture one inherited pipe, at fd 251;
+    // Upstream's harness left the fixture one inherited pipe write end, at fd 251;
     // give ours the same fd set, whatever this test process inherited
     // (cargo's jobserver pipe, say), so the images can be compared.
     let (pipe_rd, pipe_wr) = {
@@ -160,7 +216,7 @@ fn shape(name: &str) {
     // the new fd 251 is not close-on-exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(pipe_rd, 251) < 0 {
+            if libc::dup2(pipe_wr, 251) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -174,12 +230,15 @@ fn shape(name: &str) {
     }
     wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
     std::thread::sleep(Duration::from_millis(300));
+    // the fixture's root: pid 1 of its namespace (a tree has more processes)
     let mut pid = 0;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
         let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        if cmd.split(|b| *b == 0).next() == Some(bin.as_os_str().as_encoded_bytes()) {
-            pid = pid.max(p);
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let ns_one = status.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"));
+        if ns_one && cmd.split(|b| *b == 0).next() == Some(bin.as_os_str().as_encoded_bytes()) {
+            pid = p;
         }
     }
     assert!(pid > 0, "fixture not running");
@@ -189,6 +248,11 @@ fn shape(name: &str) {
     assert!(st.success(), "dump failed:\n{}", std::fs::read_to_string(dir.join("dump.log")).unwrap_or_default());
 
     let up_dir = shared().join(format!("upstream/{name}/images"));
+    if by_kind {
+        compare_by_kind(name, &up_dir, &dir);
+        let _ = std::fs::remove_dir_all(&tmp);
+        return;
+    }
     let (up_files, our_files) = (img_names(&up_dir), img_names(&dir));
     let mut problems = Vec::new();
     if up_files != our_files {
@@ -241,4 +305,9 @@ fn shape_threads() {
 #[test]
 fn shape_signals() {
     shape("signals");
+}
+
+#[test]
+fn shape_tree() {
+    shape_with("tree", true);
 }

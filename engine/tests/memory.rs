@@ -383,10 +383,7 @@ fn dump_restore(run: &mut Run, img: &str, env: &[(&str, &str)]) -> i32 {
 /// process must come back with every page.
 #[test]
 fn fragmented_memory_dumps_and_restores() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP fragmented_memory_dumps_and_restores: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     for stride in ["2", "16"] {
         let mut run = start_cases(&format!("frag{stride}"), &["frag", "256", stride]).unwrap();
         let pid = run.proc.0;
@@ -410,10 +407,7 @@ fn fragmented_memory_dumps_and_restores() {
 #[test]
 fn hostile_pgoff_is_refused_by_name() {
     use images_proto::{image, magic as mg, pb};
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP hostile_pgoff_is_refused_by_name: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let mut run = start("pgoff", 0);
     let dir = run.tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
@@ -461,14 +455,13 @@ fn hostile_pgoff_is_refused_by_name() {
 /// Guard pages (MADV_GUARD_INSTALL, Linux 6.13+) are swap-entry markers
 /// that PAGEMAP_SCAN shows as swapped pages; reading them through
 /// /proc/PID/mem fails with EIO, which failed the whole dump. They are left
-/// out (the dump log names them: the image format has no place for
-/// guards), and the pages around them come back intact.
+/// out of the pages, kept as guard regions (criu-rs-guards-PID.img) and
+/// installed again by restore: the restored process has guards exactly
+/// there (pagemap bit 58), and the pages around them come back intact.
 #[test]
-fn guard_pages_do_not_fail_the_dump() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP guard_pages_do_not_fail_the_dump: {r}");
-        return;
-    }
+fn guard_pages_survive_dump_and_restore() {
+    use std::os::unix::fs::FileExt;
+    test_support::require!(common::why_not_here());
     let mut run = match start_cases("guard", &["guard"]) {
         Ok(r) => r,
         Err(why) => {
@@ -477,10 +470,17 @@ fn guard_pages_do_not_fail_the_dump() {
         }
     };
     let addr = u64::from_str_radix(std::fs::read_to_string(run.work.join("addr")).unwrap().trim(), 16).unwrap();
-    dump_restore(&mut run, "img", &[]);
-    let dlog = std::fs::read_to_string(run.tmp.join("img/dump.log")).unwrap();
-    let want = format!("guard pages (MADV_GUARD_INSTALL) at {:#x}-{:#x} are not dumped", addr + 5 * 4096, addr + 10 * 4096);
-    assert!(dlog.contains(&want), "the dump log does not name the guard pages ({want}):\n{dlog}");
+    let guard_bits = |pid: i32| -> Vec<bool> {
+        let pm = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+        let mut b = [0u8; 16 * 8];
+        pm.read_exact_at(&mut b, addr / 4096 * 8).unwrap();
+        b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) & (1 << 58) != 0).collect()
+    };
+    let want: Vec<bool> = (0..16).map(|i| (5..10).contains(&i)).collect();
+    assert_eq!(guard_bits(run.proc.0), want, "memcases guard: guard pages not where expected");
+    let rpid = dump_restore(&mut run, "img", &[]);
+    assert_eq!(guard_bits(rpid), want, "guard pages after restore");
+    assert!(run.tmp.join("img").join("criu-rs-guards-1.img").exists(), "no guard region image");
 }
 
 /// Locked memory stays locked: an mlock()ed region, a MAP_LOCKED one and
@@ -489,10 +489,7 @@ fn guard_pages_do_not_fail_the_dump() {
 /// format has no place for MLOCK_ONFAULT, which the dump log says).
 #[test]
 fn locked_memory_stays_locked() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP locked_memory_stays_locked: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let mut run = start_cases("lock", &["lock"]).unwrap();
     let locked = |pid: i32| -> Vec<(String, u64)> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();

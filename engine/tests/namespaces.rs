@@ -90,10 +90,7 @@ impl Drop for Prog {
 /// Dump of `launcher nsstate args` must fail naming every one of `names`,
 /// write no image set, and leave the program running.
 fn refused(tag: &str, launcher: &[&str], args: &[&str], names: &[&str]) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces {tag}: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir(&format!("ns-refused-{tag}"));
     let criu = engine(&tmp);
     let prog = Prog::start(&tmp, launcher, args);
@@ -153,10 +150,7 @@ fn inode(p: &Path) -> u64 {
 /// change: FAIL).
 #[test]
 fn root_symlink_to_an_absolute_path_resolves_inside_the_root() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces root: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir("ns-root");
     let criu = engine(&tmp);
     let work = tmp.join("work");
@@ -215,10 +209,7 @@ fn root_symlink_to_an_absolute_path_resolves_inside_the_root() {
 /// Dump + restore of `launcher nsstate args`; the program must tick on
 /// with no FAIL (it checks its own state every tick).
 fn roundtrip(tag: &str, launcher: &[&str], args: &[&str]) {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces {tag}: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir(&format!("ns-rt-{tag}"));
     let criu = engine(&tmp);
     let mut prog = Prog::start(&tmp, launcher, args);
@@ -278,10 +269,7 @@ fn own_time_namespace_in_the_host_pid_namespace() {
 /// recreated (and unlinked again) inside R, through the root fd.
 #[test]
 fn root_ghost_file_is_made_inside_the_root() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces root ghost: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let tmp = test_dir("ns-root-ghost");
     let criu = engine(&tmp);
     let work = tmp.join("work");
@@ -327,10 +315,7 @@ fn root_ghost_file_is_made_inside_the_root() {
 /// ../shared/upstream-criu/criu-4.2, otherwise SKIP.
 #[test]
 fn upstream_image_of_an_own_time_namespace_restores() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP namespaces upstream timens: {r}");
-        return;
-    }
+    test_support::require!(common::why_not_here());
     let upstream = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2");
     if !upstream.exists() {
         test_support::skip(format!("no upstream criu at {}", upstream.display()));
@@ -351,6 +336,38 @@ fn upstream_image_of_an_own_time_namespace_restores() {
     cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&prog.work);
     assert!(cmd.status().unwrap().success(), "restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
     prog.ticks_on(5, "after restore");
+    drop(prog);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// An image (from elsewhere) whose task was in a uts namespace other than
+/// the dumping criu's is refused by restore, naming it: the restore would
+/// put it in the host's. The ids image is edited with Debian's crit
+/// (otherwise SKIP).
+#[test]
+fn restore_refuses_an_image_with_a_namespace_of_its_own() {
+    test_support::require!(common::why_not_here());
+    test_support::require!(test_support::why_not_tool("crit"));
+    let tmp = test_dir("ns-restore-check");
+    let criu = engine(&tmp);
+    let prog = Prog::start(&tmp, &["unshare", "--pid", "--fork"], &["plain"]);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&criu, &["dump", "--leave-running", "-t", &prog.pid.to_string()], &img, "dump.log");
+    let ids = img.join("ids-1.img");
+    let json = tmp.join("ids.json");
+    assert!(Command::new("/usr/bin/crit").args(["decode", "-i"]).arg(&ids).arg("-o").arg(&json).status().unwrap().success());
+    let text = std::fs::read_to_string(&json).unwrap();
+    let key = "\"uts_ns_id\": ";
+    let at = text.find(key).expect("uts_ns_id in ids") + key.len();
+    let end = at + text[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    std::fs::write(&json, format!("{}{}{}", &text[..at], 999, &text[end..])).unwrap();
+    assert!(Command::new("/usr/bin/crit").args(["encode", "-i"]).arg(&json).arg("-o").arg(&ids).status().unwrap().success());
+    let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore.log", &[]);
+    assert_eq!(st.code(), Some(1), "restore of a task in its own uts namespace must fail:\n{log}");
+    assert!(log.contains("uts namespaces of its own"), "the error should name the uts namespace:\n{log}");
+    prog.ticks_on(2, "after the refused restore");
+    assert_eq!(live_with_exe(&prog.bin), vec![prog.pid], "only the original may run");
     drop(prog);
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -21,11 +21,23 @@ use std::time::Duration;
 
 #[test]
 fn restore_right_after_dump_gets_the_pid_20_rounds() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP pid reuse: {r}");
-        return;
-    }
-    let tmp = test_dir("ns-pid-reuse");
+    rounds("nsstate", |dir| {
+        let bin = dir.join("nsstate");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/nsstate.c");
+        assert!(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
+        (bin, vec!["plain"])
+    });
+}
+
+/// The same with the threads fixture: every thread's tid must be free too.
+#[test]
+fn restore_right_after_dump_gets_the_tids_20_rounds() {
+    rounds("threads", |dir| (build("threads", dir), vec![]));
+}
+
+fn rounds(tag: &str, make: impl FnOnce(&Path) -> (std::path::PathBuf, Vec<&'static str>)) {
+    test_support::require!(common::why_not_here());
+    let tmp = test_dir(&format!("ns-pid-reuse-{tag}"));
     let criu = match std::env::var_os("CRIU_RS_TEST_ENGINE") {
         Some(p) => {
             let dst = tmp.join("criu");
@@ -36,16 +48,14 @@ fn restore_right_after_dump_gets_the_pid_20_rounds() {
     };
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let bin = tmp.join("nsstate");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/nsstate.c");
-    assert!(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
+    let (bin, args) = make(&tmp);
     // SAFETY: an integer-only prctl on this test process: restored programs
     // (orphaned when `criu restore -d` exits) become our children.
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
     // setsid runs the program itself (the child is no group leader)
     let child = only_stdio(&mut Command::new("setsid"))
         .arg(&bin)
-        .arg("plain")
+        .args(&args)
         .current_dir(&work)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -20,7 +20,7 @@ shift || true
 progs=("$@")
 [ ${#progs[@]} -gt 0 ] || progs=(counter threads files signals)
 ns=${NS:-own}
-criu=$PWD/target/release/criu
+criu=${CRIU:-$PWD/target/release/criu}
 [ -x "$criu" ] || { echo "build first: cargo build --release"; exit 2; }
 src=$(cd ../shared/fixtures/progs && pwd)
 base=${SOAK_DIR:-/tmp/criu-rs-soak}

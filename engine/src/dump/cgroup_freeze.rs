@@ -37,7 +37,9 @@ pub struct CgroupFreeze {
     frozen: bool,
 }
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the kernel to freeze the cgroup (upstream's
+/// `--timeout` default, 10 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn write(path: &Path, file: &str, v: &str) -> Result<(), CgroupError> {
     let p = path.join(file);
@@ -52,6 +54,11 @@ fn read(path: &Path, file: &str) -> Result<String, CgroupError> {
 impl CgroupFreeze {
     /// Freeze the cgroup at `path` and wait until the kernel says it is.
     pub fn freeze(path: &Path) -> Result<CgroupFreeze, CgroupError> {
+        Self::freeze_within(path, DEFAULT_TIMEOUT)
+    }
+
+    /// [`freeze`](Self::freeze), waiting at most `timeout` (`--timeout`).
+    pub fn freeze_within(path: &Path, timeout: Duration) -> Result<CgroupFreeze, CgroupError> {
         let kind = if path.join("cgroup.freeze").exists() {
             Kind::V2
         } else if path.join("freezer.state").exists() {
@@ -66,8 +73,8 @@ impl CgroupFreeze {
                 write(path, "cgroup.freeze", "1")?;
                 g.frozen = true;
                 while !read(path, "cgroup.events")?.lines().any(|l| l.trim() == "frozen 1") {
-                    if t.elapsed() > TIMEOUT {
-                        return Err(CgroupError::Timeout { path: g.path.clone(), secs: TIMEOUT.as_secs() });
+                    if t.elapsed() > timeout {
+                        return Err(CgroupError::Timeout { path: g.path.clone(), secs: timeout.as_secs() });
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -80,8 +87,8 @@ impl CgroupFreeze {
                     if read(path, "freezer.state")?.trim() == "FROZEN" {
                         break;
                     }
-                    if t.elapsed() > TIMEOUT {
-                        return Err(CgroupError::Timeout { path: g.path.clone(), secs: TIMEOUT.as_secs() });
+                    if t.elapsed() > timeout {
+                        return Err(CgroupError::Timeout { path: g.path.clone(), secs: timeout.as_secs() });
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }

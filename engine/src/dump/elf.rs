@@ -5,7 +5,7 @@
 //! malformed file (it just has no build-id).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 const PT_NOTE: u32 = 4;
@@ -90,7 +90,8 @@ fn find_build_id(notes: &[u8]) -> Option<Vec<u32>> {
 /// Build-id of the regular file at `path` (none if it is not an ELF file
 /// with one, or cannot be read).
 pub fn build_id_of(path: &Path) -> Option<Vec<u32>> {
-    let f = File::open(path).ok()?;
+    // O_NONBLOCK: a path that is now a FIFO must not block the open
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
     if !f.metadata().ok()?.is_file() {
         return None;
     }

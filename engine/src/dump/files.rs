@@ -1,11 +1,14 @@
 //! File descriptors, dump half (the restore half is `restore/files.rs`):
-//! regular files, directories, character devices (/dev/null, /dev/zero),
-//! files unlinked while open (ghosts: contents saved), pipes (queued bytes
-//! saved), terminals (recorded; only `--shell-job` accepts them).
+//! regular files, directories, memory devices (/dev/null, /dev/zero, ...),
+//! files unlinked while open (ghosts: data extents saved), pipes and FIFOs
+//! (queued bytes and buffer size saved), terminals (recorded; only
+//! `--shell-job` accepts them). Everything else (sockets, memfds, anonymous
+//! inodes such as eventfd or epoll, other devices, non-UTF-8 paths) is
+//! refused by name.
 //!
-//! Everything is read from outside the frozen task: /proc/PID/fd links and
-//! fdinfo, a reopen of /proc/PID/fd/N for ghost contents and for pipes
-//! (tee(2) duplicates the queued bytes without consuming them), and
+//! Everything is read from outside the frozen task: /proc/PID/fd links,
+//! stat and fdinfo, a reopen of /proc/PID/fd/N for ghost contents and for
+//! pipes (tee(2) duplicates the queued bytes without consuming them), and
 //! kcmp(KCMP_FILE) to find fds that share one open file description.
 
 use super::proc;
@@ -17,21 +20,26 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
-/// Upstream's default `--ghost-limit`: larger unlinked files are refused.
+/// Upstream's default `--ghost-limit`: unlinked files with more allocated
+/// bytes than this (holes do not count) are refused.
 pub const GHOST_LIMIT: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("reading fd {fd} of {pid}")]
     Io { pid: Pid, fd: i32, #[source] source: io::Error },
-    #[error("fd {fd} of {pid} is {what:?}: this kind of file is not supported yet")]
+    #[error("fd {fd} of {pid} is {what}: this kind of file is not supported yet")]
     Unsupported { pid: Pid, fd: i32, what: String },
-    #[error("fd {fd} of {pid}: ghost file {path} is {size} bytes, over the {GHOST_LIMIT}-byte ghost limit")]
+    #[error("fd {fd} of {pid}: ghost file {path} has {size} bytes allocated, over the {GHOST_LIMIT}-byte ghost limit")]
     GhostTooBig { pid: Pid, fd: i32, path: String, size: u64 },
     #[error("fd {fd} of {pid}: {path} was unlinked but the inode still has {nlink} links (link remap is not supported yet)")]
     LinkRemap { pid: Pid, fd: i32, path: String, nlink: u64 },
     #[error("reading the queued bytes of pipe {pipe_id} (fd {fd} of {pid})")]
     PipeData { pid: Pid, fd: i32, pipe_id: u32, #[source] source: io::Error },
+    #[error("the {what} of {pid} can't be dumped: {why}")]
+    Dir { pid: Pid, what: &'static str, why: String },
+    #[error("kcmp(KCMP_FILE) of fds {a} and {b} of {pid} (needed to tell whether they share an open file description)")]
+    Kcmp { pid: Pid, a: i32, b: i32, #[source] source: io::Error },
 }
 
 /// Major numbers of terminals: VT/serial (4), /dev/tty + console + ptmx
@@ -40,9 +48,18 @@ fn is_tty_major(major: u64) -> bool {
     major == 4 || major == 5 || (136..=143).contains(&major)
 }
 
+/// The memory devices (/dev/null, /dev/zero, /dev/full, /dev/random,
+/// /dev/urandom, ...): reopened by path like regular files, as upstream.
+const MEM_MAJOR: u64 = 1;
+
 /// glibc's `major()` of a `dev_t`.
 pub fn dev_major(dev: u64) -> u64 {
     ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
+}
+
+/// glibc's `minor()` of a `dev_t`.
+pub fn dev_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
 }
 
 /// Whether regular-file size is recorded and checked: upstream skips it for
@@ -51,13 +68,10 @@ pub fn should_check_size(flags: u32) -> bool {
     !((flags as i32 & libc::O_ACCMODE) == libc::O_WRONLY && flags as i32 & libc::O_APPEND != 0)
 }
 
-/// kcmp(KCMP_FILE): do `a` and `b` of `pid` share one open file description?
-fn same_description(pid: Pid, a: i32, b: i32) -> bool {
-    p::kcmp_file(pid, a, pid, b).unwrap_or(false)
-}
-
-/// The queued bytes of the pipe behind `/proc/PID/fd/FD`, not consumed.
-fn pipe_data(pid: Pid, fd: i32, pipe_id: u32) -> Result<PipeData, FilesError> {
+/// The queued bytes and buffer size of the pipe or FIFO behind
+/// `/proc/PID/fd/FD`, not consumed: a reopen for reading (non-blocking, so
+/// a FIFO with no writer does not wait), tee(2) into a pipe of ours.
+fn pipe_data(pid: Pid, fd: i32, pipe_id: u32, fifo: bool) -> Result<PipeData, FilesError> {
     let err = |e| FilesError::PipeData { pid, fd, pipe_id, source: e };
     let src = std::fs::OpenOptions::new()
         .read(true)
@@ -78,16 +92,45 @@ fn pipe_data(pid: Pid, fd: i32, pipe_id: u32) -> Result<PipeData, FilesError> {
     if data.len() != n {
         return Err(err(io::Error::other(format!("tee copied {n} bytes but {} came out", data.len()))));
     }
-    pr_debug!("Dumping data from pipe {pipe_id:#x} fd {fd}: {n} bytes (pipe size {size})");
-    Ok(PipeData { pipe_id, size, data })
+    pr_debug!("Dumping data from {} {pipe_id:#x} fd {fd}: {n} bytes (pipe size {size})", if fifo { "fifo" } else { "pipe" });
+    Ok(PipeData { pipe_id, fifo, size, data })
 }
 
+/// The contents of an unlinked file: its data extents (SEEK_DATA /
+/// SEEK_HOLE), so holes stay holes and only allocated bytes count against
+/// the ghost limit.
 fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
-    if meta.size() > GHOST_LIMIT {
-        return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: meta.size() });
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    let io_err = |e| FilesError::Io { pid, fd, source: e };
+    let allocated = meta.blocks().saturating_mul(512);
+    if allocated > GHOST_LIMIT {
+        return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: allocated });
     }
-    let contents = std::fs::read(format!("/proc/{pid}/fd/{fd}")).map_err(|e| FilesError::Io { pid, fd, source: e })?;
-    pr_debug!("Dumping ghost file contents for fd {fd} ({path}, {} bytes)", contents.len());
+    let f = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).map_err(io_err)?;
+    let size = meta.size();
+    let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut total: u64 = 0;
+    let mut off = 0;
+    while off < size {
+        let Some(start) = p::seek_data_hole(f.as_fd(), off, libc::SEEK_DATA).map_err(io_err)? else { break };
+        if start >= size {
+            break;
+        }
+        let end = p::seek_data_hole(f.as_fd(), start, libc::SEEK_HOLE).map_err(io_err)?.unwrap_or(size).min(size);
+        let len = end.saturating_sub(start);
+        total = total.saturating_add(len);
+        // a file system without hole reporting shows one extent; it must
+        // still fit the limit (the data is read into memory)
+        if total > GHOST_LIMIT.max(allocated) {
+            return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: total });
+        }
+        let mut data = vec![0u8; len as usize];
+        f.read_exact_at(&mut data, start).map_err(io_err)?;
+        extents.push((start, data));
+        off = end;
+    }
+    pr_debug!("Dumping ghost file contents for fd {fd} ({path}, {size} bytes, {} extents, {total} bytes of data)", extents.len());
     Ok(Ghost {
         dev: meta.dev(),
         ino: meta.ino(),
@@ -96,77 +139,234 @@ fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghos
         mode: meta.mode(),
         atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
         mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
-        contents,
+        size,
+        extents,
     })
 }
 
-/// Every fd of `pid` (sorted) and the queued bytes of its pipes.
+/// What a non-path fd link (`pipe:[N]`, `socket:[N]`, `anon_inode:[eventfd]`,
+/// `net:[N]`, ...) is, in words, for refusals.
+fn kernel_object_kind(link: &str) -> String {
+    if link.starts_with("socket:") {
+        "a socket".to_string()
+    } else if let Some(k) = link.strip_prefix("anon_inode:") {
+        format!("an anonymous inode ({})", k.trim_start_matches('[').trim_end_matches(']'))
+    } else {
+        format!("{link:?} (a kernel object without a path)")
+    }
+}
+
+/// What fds of one open file description agree on: (st_dev, st_ino,
+/// offset, status flags).
+type DescKey = (u64, u64, u64, u32);
+
+/// Every fd of `pid` (sorted) and the queued bytes of its pipes and FIFOs.
+///
+/// Each fd is classified by what `stat` says it is (file type, device
+/// major), and by its link only where the type does not tell (a memfd is
+/// a regular file named `/memfd:NAME (deleted)`). Fds sharing one open file
+/// description are found per inode with kcmp's ordering and a binary
+/// search: O(n log n) kcmp calls, not one per pair.
 pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
+    use std::collections::HashMap;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
     let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| FilesError::Io { pid, fd: -1, source: e })?;
     let mut fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     fds.sort_unstable();
     pr_debug!("Found {} file descriptors", fds.len());
-    let mut out: Vec<Fd> = Vec::new();
+    let mut out: Vec<Fd> = Vec::with_capacity(fds.len());
     let mut pipes: Vec<PipeData> = Vec::new();
-    let mut links: Vec<String> = Vec::new();
+    // per inode, offset and status flags (fds of one open file description
+    // agree on all three; the task is frozen): (fd, index in `out`) of one
+    // fd per open file description, sorted by kcmp order
+    let mut descs: HashMap<DescKey, Vec<(i32, usize)>> = HashMap::new();
+    let mut ghosts: HashMap<(u64, u64), Box<Ghost>> = HashMap::new();
     let mut ndesc = 0;
     for fd in fds {
         let io_err = |e| FilesError::Io { pid, fd, source: e };
+        let unsupported = |what: String| FilesError::Unsupported { pid, fd, what };
         let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map_err(io_err)?;
-        let link = link.to_string_lossy().to_string();
+        let Ok(link) = std::str::from_utf8(link.as_os_str().as_bytes()).map(str::to_string) else {
+            return Err(unsupported(format!("{:?}, a path that is not UTF-8", link.as_os_str())));
+        };
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(io_err)?;
         let (pos, flags, _mnt) = proc::parse_fdinfo(&info);
         pr_debug!("{pid} fdinfo {fd}: pos: {pos:#x} flags: {flags:o} [{link}]");
         let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
         let flags = flags & !(libc::O_CLOEXEC as u32);
+        let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(io_err)?;
         // an fd sharing its description with an earlier one: same desc, same file
-        if let Some((prev, _)) = out.iter().zip(&links).find(|(f, l)| **l == link && same_description(pid, f.fd, fd)) {
-            out.push(Fd { fd, cloexec, desc: prev.desc, file: prev.file.clone() });
-            links.push(link);
-            continue;
+        let group = descs.entry((meta.dev(), meta.ino(), pos, flags)).or_default();
+        let mut kcmp_err = None;
+        let found = group.binary_search_by(|&(f, _)| {
+            p::kcmp_file_order(pid, f, fd).unwrap_or_else(|e| {
+                kcmp_err.get_or_insert(FilesError::Kcmp { pid, a: f, b: fd, source: e });
+                std::cmp::Ordering::Equal
+            })
+        });
+        if let Some(e) = kcmp_err {
+            return Err(e);
         }
-        links.push(link.clone());
-        let file = if let Some(ino) = link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
-            let pipe_id: u32 = ino.parse().unwrap_or(0);
-            // as upstream: the bytes are taken through a read end (a pipe
-            // whose reader lives elsewhere keeps its bytes there)
-            let read_end = flags as i32 & libc::O_ACCMODE == libc::O_RDONLY;
-            if read_end && !pipes.iter().any(|d| d.pipe_id == pipe_id) {
-                pipes.push(pipe_data(pid, fd, pipe_id)?);
+        let slot = match found {
+            Ok(i) => {
+                let prev = &out[group[i].1];
+                let (desc, file) = (prev.desc, prev.file.clone());
+                out.push(Fd { fd, cloexec, desc, file });
+                continue;
             }
-            FileDesc::Pipe { pipe_id, flags }
-        } else if link.starts_with('/') {
-            let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(io_err)?;
-            let ft = meta.file_type();
-            if std::os::unix::fs::FileTypeExt::is_char_device(&ft) && is_tty_major(dev_major(meta.rdev())) {
-                FileDesc::Tty { path: link, flags, rdev: meta.rdev() }
-            } else if let Some(orig) = link.strip_suffix(" (deleted)") {
-                if !ft.is_file() {
-                    return Err(FilesError::Unsupported { pid, fd, what: link });
+            Err(slot) => slot,
+        };
+        group.insert(slot, (fd, out.len()));
+        let ft = meta.file_type();
+        let file = if !link.starts_with('/') {
+            match link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
+                Some(ino) if ft.is_fifo() => {
+                    let pipe_id: u32 = ino.parse().map_err(|_| unsupported(format!("a pipe with an odd link {link:?}")))?;
+                    // as upstream: the bytes are taken through a read end (a pipe
+                    // whose reader lives elsewhere keeps its bytes there)
+                    let read_end = flags as i32 & libc::O_ACCMODE == libc::O_RDONLY;
+                    if read_end && !pipes.iter().any(|d| d.pipe_id == pipe_id && !d.fifo) {
+                        pipes.push(pipe_data(pid, fd, pipe_id, false)?);
+                    }
+                    FileDesc::Pipe { pipe_id, flags }
                 }
-                if meta.nlink() != 0 {
-                    return Err(FilesError::LinkRemap { pid, fd, path: orig.to_string(), nlink: meta.nlink() });
+                _ => return Err(unsupported(kernel_object_kind(&link))),
+            }
+        } else if ft.is_char_device() && is_tty_major(dev_major(meta.rdev())) {
+            // by device number, whatever the path (a pty of a devpts
+            // instance unmounted since shows as "(deleted)")
+            FileDesc::Tty { path: link, flags, rdev: meta.rdev() }
+        } else if let Some(orig) = link.strip_suffix(" (deleted)") {
+            if ft.is_file() && orig.starts_with("/memfd:") && meta.nlink() == 0 {
+                return Err(unsupported(format!("a memfd ({link})")));
+            }
+            if !ft.is_file() {
+                return Err(unsupported(format!("{link}, a deleted {}", type_name(&ft))));
+            }
+            if meta.nlink() != 0 {
+                return Err(FilesError::LinkRemap { pid, fd, path: orig.to_string(), nlink: meta.nlink() });
+            }
+            // fds of one unlinked inode (opened separately) share one ghost
+            let g = match ghosts.get(&(meta.dev(), meta.ino())) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = Box::new(ghost(pid, fd, orig, &meta)?);
+                    ghosts.insert((meta.dev(), meta.ino()), g.clone());
+                    g
                 }
-                // fds of one unlinked inode (opened separately) share one ghost
-                let g = match out.iter().find_map(|f| match &f.file {
-                    FileDesc::Reg { ghost: Some(g), .. } if g.dev == meta.dev() && g.ino == meta.ino() => Some(g.clone()),
-                    _ => None,
-                }) {
-                    Some(g) => g,
-                    None => Box::new(ghost(pid, fd, orig, &meta)?),
-                };
-                FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g) }
+            };
+            FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g) }
+        } else if ft.is_fifo() {
+            let pipe_id = meta.ino() as u32;
+            if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
+                pipes.push(pipe_data(pid, fd, pipe_id, true)?);
+            }
+            FileDesc::Fifo { path: link, flags, mode: meta.mode(), pipe_id }
+        } else if ft.is_char_device() {
+            let major = dev_major(meta.rdev());
+            if major == MEM_MAJOR {
+                FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size: None, ghost: None }
             } else {
-                let size = (ft.is_file() && should_check_size(flags)).then(|| meta.size());
-                FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size, ghost: None }
+                return Err(unsupported(format!("{link}, character device {major}:{}", dev_minor(meta.rdev()))));
             }
+        } else if ft.is_file() || ft.is_dir() || ft.is_symlink() {
+            let size = (ft.is_file() && should_check_size(flags)).then(|| meta.size());
+            FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size, ghost: None }
         } else {
-            return Err(FilesError::Unsupported { pid, fd, what: link });
+            return Err(unsupported(format!("{link}, a {}", type_name(&ft))));
         };
         ndesc += 1;
         out.push(Fd { fd, cloexec, desc: ndesc, file });
     }
     Ok((out, pipes))
+}
+
+/// Number the open file descriptions of several processes' fd tables
+/// (each numbered on its own by [`collect_fds`]) across all of them: fds of
+/// different processes that share one description (inherited over fork)
+/// get one `desc`, so the images have one files.img entry for it. The
+/// descriptions seen so far are kept sorted by kcmp(KCMP_FILE)'s order (a
+/// total order on the kernel's file pointers), so each fd costs O(log n)
+/// kcmp calls.
+pub fn share_descriptions(tables: &mut [(Pid, &mut Vec<Fd>)]) -> Result<(), FilesError> {
+    // (pid, fd, global desc), in kcmp order
+    let mut reps: Vec<(Pid, i32, u32)> = Vec::new();
+    let mut next = 0u32;
+    for (pid, fds) in tables.iter_mut() {
+        let pid = *pid;
+        let mut local: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for f in fds.iter_mut() {
+            if let Some(&g) = local.get(&f.desc) {
+                f.desc = g;
+                continue;
+            }
+            let mut err = None;
+            let at = reps.binary_search_by(|&(rp, rfd, _)| {
+                p::kcmp_files_order(rp, rfd, pid, f.fd).unwrap_or_else(|e| {
+                    err.get_or_insert(e);
+                    std::cmp::Ordering::Less
+                })
+            });
+            if let Some(e) = err {
+                return Err(FilesError::Io { pid, fd: f.fd, source: e });
+            }
+            let g = match at {
+                Ok(i) => {
+                    pr_debug!("fd {} of {pid} shares its file with fd {} of {}", f.fd, reps[i].1, reps[i].0);
+                    reps[i].2
+                }
+                Err(i) => {
+                    next += 1;
+                    reps.insert(i, (pid, f.fd, next));
+                    next
+                }
+            };
+            local.insert(f.desc, g);
+            f.desc = g;
+        }
+    }
+    Ok(())
+}
+
+/// The working directory (`what` = "cwd") or root of `pid`, refused when
+/// it was removed (as upstream, which cannot dump a deleted cwd either)
+/// or is not UTF-8.
+pub fn fs_path(pid: Pid, what: &'static str) -> Result<String, FilesError> {
+    use std::os::unix::ffi::OsStrExt;
+    let link = std::fs::read_link(format!("/proc/{pid}/{what}")).map_err(|e| FilesError::Io { pid, fd: -1, source: e })?;
+    let Ok(s) = std::str::from_utf8(link.as_os_str().as_bytes()) else {
+        return Err(FilesError::Dir { pid, what, why: format!("{:?} is not UTF-8", link.as_os_str()) });
+    };
+    if s.ends_with(" (deleted)") {
+        let nlink = std::fs::metadata(format!("/proc/{pid}/{what}")).map(|m| m.nlink()).unwrap_or(0);
+        if nlink == 0 {
+            return Err(FilesError::Dir { pid, what, why: format!("{s}: the directory was removed") });
+        }
+    }
+    Ok(s.to_string())
+}
+
+/// A file type in words.
+fn type_name(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_file() {
+        "regular file"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket file"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else {
+        "file of unknown type"
+    }
 }
 
 #[cfg(test)]

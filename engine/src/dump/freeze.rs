@@ -26,6 +26,8 @@ pub enum FreezeError {
     Seize { tid: Pid, #[source] source: io::Error },
     #[error("thread {tid} exited while being frozen ({how:?})")]
     Gone { tid: Pid, how: Wait },
+    #[error("process {pid} has exited (a zombie or gone): nothing to dump")]
+    Exited { pid: Pid },
     #[error("reading registers of {tid}")]
     Regs { tid: Pid, #[source] source: io::Error },
 }
@@ -51,6 +53,9 @@ pub struct Frozen {
     pub gadget: u64,
     /// The stop signal when the process was in group-stop at freeze.
     pub stop_signo: Option<i32>,
+    /// Held by a [`FrozenTree`], which waits for the killed tree's pids
+    /// to be free all at once.
+    in_tree: bool,
     /// A SIGSTOP came while we held the threads (set by the injection).
     pub stop_seen: Arc<AtomicBool>,
 }
@@ -122,6 +127,7 @@ impl Frozen {
             gadget: 0,
             stop_signo: None,
             stop_seen: Arc::new(AtomicBool::new(false)),
+            in_tree: false,
         }
     }
 
@@ -167,37 +173,46 @@ impl Frozen {
         }
     }
 
-    /// Freeze `pid` whose cgroup is frozen (`--freeze-cgroup`): seize every
-    /// thread while nothing of it can run or clone, then `thaw` the cgroup
-    /// and stop the seized threads with PTRACE_INTERRUPT as [`Frozen::freeze`]
-    /// does (a thread created in between is picked up by the same loop).
-    pub fn freeze_frozen(pid: Pid, thaw: impl FnOnce() -> io::Result<()>) -> Result<Frozen, FreezeError> {
+    /// Seize every thread of `pid` without stopping any (its cgroup is
+    /// frozen: `--freeze-cgroup`, nothing of it can run or clone); then
+    /// [`Frozen::stop_seized`] once the cgroup is thawed. Dropped before
+    /// that, the seized threads (never stopped, nothing of them changed)
+    /// stay traced until criu exits: PTRACE_DETACH needs a stopped tracee.
+    pub fn seize_only(pid: Pid) -> Result<Frozen, FreezeError> {
         let tids = list_tids(pid).map_err(|e| FreezeError::List { pid, source: e })?;
-        let mut seized = Vec::with_capacity(tids.len());
-        for &tid in &tids {
-            if let Err(e) = ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP) {
-                for &t in &seized {
-                    let _ = ptrace::detach(t, 0);
-                }
-                return Err(FreezeError::Seize { tid, source: e });
-            }
-            seized.push(tid);
-        }
         let mut f = Frozen::empty(pid);
-        for &tid in &seized {
+        for tid in tids {
+            ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| FreezeError::Seize { tid, source: e })?;
             f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
         }
-        thaw().map_err(|e| FreezeError::Seize { tid: pid, source: e })?;
-        for i in 0..f.threads.len() {
-            let tid = f.threads[i].tid;
+        Ok(f)
+    }
+
+    /// Stop the threads [`Frozen::seize_only`] seized with PTRACE_INTERRUPT
+    /// as [`Frozen::freeze`] does (a thread created since is picked up by
+    /// the same loop).
+    pub fn stop_seized(&mut self) -> Result<(), FreezeError> {
+        for i in 0..self.threads.len() {
+            let tid = self.threads[i].tid;
             let sig = stop_one(tid)?;
-            f.note_stop(tid, sig);
-            f.threads[i].regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
-            f.threads[i].sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+            self.note_stop(tid, sig);
+            self.threads[i].regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+            self.threads[i].sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
             pr_info!("Seized task {tid}");
         }
-        f.seize_new_threads()?;
-        f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
+        self.seize_new_threads()?;
+        let pid = self.pid;
+        self.threads.sort_by_key(|t| (t.tid != pid, t.tid));
+        Ok(())
+    }
+
+    /// Freeze `pid` whose cgroup is frozen (`--freeze-cgroup`): seize every
+    /// thread while nothing of it can run or clone, then `thaw` the cgroup
+    /// and stop the seized threads.
+    pub fn freeze_frozen(pid: Pid, thaw: impl FnOnce() -> io::Result<()>) -> Result<Frozen, FreezeError> {
+        let mut f = Frozen::seize_only(pid)?;
+        thaw().map_err(|e| FreezeError::Seize { tid: pid, source: e })?;
+        f.stop_seized()?;
         Ok(f)
     }
 
@@ -213,6 +228,8 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
+        // (looked at before the kill: a dead task has no namespaces to show)
+        let pid_matters = self.kill_on_release && in_our_pid_ns(self.pid);
         if self.kill_on_release {
             let _ = crate::sys::process::kill(self.pid, libc::SIGKILL);
         } else if self.stop_signo.is_some() || self.stop_seen.load(Ordering::Relaxed) {
@@ -234,51 +251,280 @@ impl Drop for Frozen {
                 }
             }
             if let Err(e) = ptrace::detach(t.tid, 0) {
-                if !self.kill_on_release {
+                if t.regs == Regs::default() && e.raw_os_error() == Some(libc::ESRCH) {
+                    // seized in a frozen cgroup and never stopped (the dump
+                    // failed before the thaw): PTRACE_DETACH needs a stopped
+                    // tracee; the kernel lets it go when criu exits (a
+                    // signal that comes in between waits until then)
+                    pr_info!("thread {} was never stopped: released when criu exits", t.tid);
+                } else if !self.kill_on_release {
                     pr_warn!("can't detach {}: {e}", t.tid);
                 }
             }
         }
         if self.kill_on_release {
             let tids: Vec<Pid> = self.threads.iter().map(|t| t.tid).collect();
-            wait_pids_free(self.pid, &tids);
+            collect_exits(self.pid, &tids);
+            if pid_matters && !self.in_tree {
+                wait_gone(&[self.pid]);
+            }
         }
     }
 }
 
-/// After the SIGKILL of a dump: return only once the killed process's pids
-/// are free again, so that a restore right after the dump can have them.
-/// As its tracer the engine must collect each thread's exit (until then
-/// the kernel keeps it, and its parent can't reap the leader); then the
-/// parent reaps the leader. A parent that doesn't within a few seconds
-/// gets a warning: the pid stays in use by its zombie.
-fn wait_pids_free(pid: Pid, tids: &[Pid]) {
-    use std::time::{Duration, Instant};
-    let deadline = Instant::now() + Duration::from_secs(3);
-    // the leader last: the kernel reports its exit only once every other
-    // thread of the group has been collected
-    let order = tids.iter().filter(|&&t| t != pid).chain(tids.iter().filter(|&&t| t == pid));
-    for &tid in order {
+/// `pid` is in the engine's own pid namespace (not pid 1 of one of its own).
+fn in_our_pid_ns(pid: Pid) -> bool {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    let theirs = ns(&format!("/proc/{pid}/ns/pid"));
+    theirs.is_none() || theirs == ns("/proc/self/ns/pid")
+}
+
+/// What a process of the tree is at freeze.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Alive,
+    /// Exited, not yet reaped by its parent.
+    Zombie,
+    /// Reaped (or never was).
+    Gone,
+}
+
+/// State letter of /proc/PID/stat: Z and X are a process that has exited.
+fn state(pid: Pid) -> State {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => State::Gone,
+        Ok(s) => match super::proc::parse_stat(&s).and_then(|(_, f)| f.first().map(|v| v.to_string())).as_deref() {
+            Some("Z") | Some("X") => State::Zombie,
+            Some(_) => State::Alive,
+            None => State::Gone,
+        },
+    }
+}
+
+/// One process of a frozen tree, in the order the images list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub pid: Pid,
+    /// Host pid of its parent in the tree; `None` for the root.
+    pub parent: Option<Pid>,
+    /// Index into [`FrozenTree::procs`]; `None` for a zombie (a zombie
+    /// can't be seized, nor does it need to be: it can't change any more
+    /// while its parent is stopped).
+    pub frozen: Option<usize>,
+}
+
+/// Every process of a tree stopped under ptrace (zombies recorded), found
+/// from the root through `/proc/PID/task/TID/children`. A process's
+/// children are read only once it is stopped, so no new child of it can
+/// appear; a child that exits between being listed and being seized is
+/// taken as the zombie it became (or dropped once reaped). Once every
+/// process found is stopped the children of all are read again, until
+/// nothing new shows up. Dropping the guard releases every process as
+/// [`Frozen`] does for one (children first, so with `kill_on_release` the
+/// tracer collects each exit before its parent's).
+#[derive(Debug, Default)]
+pub struct FrozenTree {
+    /// Stopped processes, the root first.
+    pub procs: Vec<Frozen>,
+    /// Every process, depth first from the root (parents before children,
+    /// children in the order their parent's `children` files list them),
+    /// as upstream's pstree.img lists them.
+    pub members: Vec<Member>,
+    /// Kill every process instead of letting it run when dropped.
+    pub kill_on_release: bool,
+}
+
+impl FrozenTree {
+    /// Seize and stop the tree rooted at `root` (see [`FrozenTree`]).
+    pub fn freeze(root: Pid) -> Result<FrozenTree, FreezeError> {
+        let mut t = FrozenTree::default();
+        t.grow(root, Frozen::freeze)?;
+        Ok(t)
+    }
+
+    /// The tree rooted at `root`, whose cgroup is frozen (`--freeze-cgroup`):
+    /// every process found is seized (not stopped) while nothing can run,
+    /// fork or exit; `thaw` is called with the pids seized (it checks they
+    /// are members and thaws), then every thread is stopped and the tree is
+    /// walked again for a child forked after the thaw.
+    pub fn freeze_frozen<E: From<FreezeError>>(root: Pid, thaw: impl FnOnce(&[Pid]) -> Result<(), E>) -> Result<FrozenTree, E> {
+        let mut t = FrozenTree::default();
+        t.grow(root, Frozen::seize_only)?;
+        let pids: Vec<Pid> = t.procs.iter().map(|f| f.pid).collect();
+        thaw(&pids)?;
+        for f in &mut t.procs {
+            f.stop_seized()?;
+        }
+        t.grow(root, Frozen::freeze)?;
+        Ok(t)
+    }
+
+    /// Freeze (with `freeze`) every process reachable from `root` not yet
+    /// held, until a walk finds nothing new; then order `members`.
+    fn grow(&mut self, root: Pid, mut freeze: impl FnMut(Pid) -> Result<Frozen, FreezeError>) -> Result<(), FreezeError> {
+        let mut zombies: Vec<Pid> = self.members.iter().filter(|m| m.frozen.is_none()).map(|m| m.pid).collect();
+        let mut children: std::collections::HashMap<Pid, Vec<Pid>>;
         loop {
-            match ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG) {
-                Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break, // gone, or not our tracee
-                Ok(_) if Instant::now() > deadline => {
-                    pr_warn!("thread {tid} of the killed {pid} has not exited yet");
-                    break;
+            let mut queue = vec![root];
+            let mut fresh = false;
+            children = std::collections::HashMap::new();
+            let mut seen: std::collections::HashSet<Pid> = std::collections::HashSet::new();
+            while let Some(pid) = queue.pop() {
+                if !seen.insert(pid) {
+                    continue;
                 }
-                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                if zombies.contains(&pid) {
+                    continue;
+                }
+                let idx = match self.procs.iter().position(|f| f.pid == pid) {
+                    Some(i) => i,
+                    None => {
+                        fresh = true;
+                        match state(pid) {
+                            State::Zombie | State::Gone if pid == root => return Err(FreezeError::Exited { pid }),
+                            State::Zombie => {
+                                zombies.push(pid);
+                                continue;
+                            }
+                            State::Gone => continue,
+                            State::Alive => {}
+                        }
+                        match freeze(pid) {
+                            Ok(f) => {
+                                self.procs.push(f);
+                                crate::fault::point("mid-freeze");
+                                self.procs.len() - 1
+                            }
+                            Err(e) if pid != root => {
+                                // exited while being seized: its tracer (us)
+                                // lets its parent have it again
+                                match state(pid) {
+                                    State::Alive => return Err(e),
+                                    st => {
+                                        let _ = ptrace::wait_flags(pid, libc::__WALL | libc::WNOHANG);
+                                        pr_info!("{pid} exited while the tree was frozen ({e}): {st:?}");
+                                        if st == State::Zombie {
+                                            zombies.push(pid);
+                                        }
+                                        continue;
+                                    }
+                                }
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                };
+                let mut kids = Vec::new();
+                for t in &self.procs[idx].threads {
+                    let c = std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.tid))
+                        .map_err(|e| FreezeError::List { pid, source: e })?;
+                    kids.extend(c.split_whitespace().filter_map(|v| v.parse::<Pid>().ok()));
+                }
+                // depth first, children in their listed order
+                queue.extend(kids.iter().rev());
+                children.insert(pid, kids);
+            }
+            if !fresh {
+                break;
             }
         }
+        // members depth first from the root
+        self.members.clear();
+        let mut stack = vec![(root, None)];
+        while let Some((pid, parent)) = stack.pop() {
+            let frozen = self.procs.iter().position(|f| f.pid == pid);
+            if frozen.is_none() && !zombies.contains(&pid) {
+                continue;
+            }
+            self.members.push(Member { pid, parent, frozen });
+            if let Some(kids) = children.get(&pid) {
+                stack.extend(kids.iter().rev().map(|&k| (k, Some(pid))));
+            }
+        }
+        pr_info!("tree of {root}: {} processes ({} zombies)", self.members.len(), zombies.len());
+        Ok(())
     }
-    let proc_dir = format!("/proc/{pid}");
+}
+
+impl Drop for FrozenTree {
+    fn drop(&mut self) {
+        // (looked at before the kill: a dead task has no namespaces to show;
+        // a tree whose root is pid 1 of its own namespace is all in it, and
+        // its restore makes a new one: no pid of it is needed again)
+        let pid_matters = self.kill_on_release && self.procs.first().is_some_and(|f| in_our_pid_ns(f.pid));
+        if self.kill_on_release {
+            for f in &self.procs {
+                let _ = crate::sys::process::kill(f.pid, libc::SIGKILL);
+            }
+        }
+        // children first: with kill_on_release each Frozen collects its
+        // process's exits (it is the tracer), then the pids must be free,
+        // which needs each parent (or the reaper of an orphan) to have
+        // reaped them: waited for all at once
+        let pids: Vec<Pid> = self.procs.iter().map(|f| f.pid).collect();
+        while let Some(mut f) = self.procs.pop() {
+            f.kill_on_release = self.kill_on_release;
+            f.in_tree = true;
+            drop(f);
+        }
+        if pid_matters {
+            wait_gone(&pids);
+        }
+    }
+}
+
+/// After the SIGKILL of a dump the killed processes' pids must be free
+/// again before the dump returns, so that a restore right after it can
+/// have them. First, as its tracer, the engine collects each thread's exit
+/// (until then the kernel keeps it, and its parent can't reap the leader);
+/// then, if the pids are the engine's namespace's (a restore of a pid
+/// namespace's init gets a new namespace and needs no host pid),
+/// ([`wait_gone`]) the parent reaps the leader. A parent that doesn't
+/// within a few seconds gets a warning: the pid stays in use by its zombie.
+fn collect_exits(pid: Pid, tids: &[Pid]) {
+    use std::time::{Duration, Instant};
+    // All threads polled together, not one after the other: the kernel
+    // reports the leader only once the rest of its group is collected, and
+    // in a pid namespace's init the last thread to exit waits (in
+    // zap_pid_ns_processes) until every other task of the namespace, its
+    // own traced zombie threads included, has been reaped: waiting for any
+    // one thread alone can wait for the timeout.
     let deadline = Instant::now() + Duration::from_secs(3);
-    while std::path::Path::new(&proc_dir).exists() {
+    let mut left: Vec<Pid> = tids.to_vec();
+    while !left.is_empty() {
+        // kept while still running; dropped once collected, or when not our tracee any more
+        left.retain(|&tid| matches!(ptrace::wait_flags(tid, libc::__WALL | libc::WNOHANG), Ok(None | Some(ptrace::Wait::Stopped { .. }))));
+        if left.is_empty() {
+            break;
+        }
         if Instant::now() > deadline {
-            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)))
-                .unwrap_or_else(|| "?".into());
-            pr_warn!("the killed {pid} is a zombie its parent {ppid} has not reaped: a restore with this pid will find it in use");
+            pr_warn!("threads {left:?} of the killed {pid} have not exited yet");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Then the parents reap the killed processes `pids` (all at once: an
+/// orphan's reaper may take its time): return once every pid is free, or
+/// after 3 s with a warning naming each that is still a zombie.
+fn wait_gone(pids: &[Pid]) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut left: Vec<Pid> = pids.to_vec();
+    loop {
+        left.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for pid in left {
+                let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)))
+                    .unwrap_or_else(|| "?".into());
+                pr_warn!("the killed {pid} is a zombie its parent {ppid} has not reaped: a restore with this pid will find it in use");
+            }
             return;
         }
         std::thread::sleep(Duration::from_millis(1));

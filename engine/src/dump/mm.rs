@@ -146,7 +146,7 @@ fn push_run(runs: &mut Vec<PageRun>, groups: &mut Vec<u64>, addr: u64, n: u64, l
 enum Pick {
     /// Private memory: present or swapped, not the zero page, not page cache.
     Private,
-    /// The vdso: every present page.
+    /// The vdso: every page.
     Present,
     /// Shared anonymous memory: the shmem object's data.
     Shmem,
@@ -203,7 +203,14 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
                 shmem_pages(pid, v, &pmf, &mut runs, &mut groups)?;
                 continue;
             }
-            Pick::Private | Pick::Present => {}
+            Pick::Present => {
+                // the whole vdso: a child that has not called into it since
+                // the fork has no page of it mapped yet, and upstream's
+                // restorer parses the dumped vdso (reading faults it in)
+                push_run(&mut runs, &mut groups, v.start, (v.end - v.start) / 4096, false, 0);
+                continue;
+            }
+            Pick::Private => {}
         }
         let lz = lazy(v);
         if walk == PageWalk::Scan {
@@ -211,15 +218,11 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
             // they show as swapped: their regions are told apart by the
             // guard category and left out (reading them fails with EIO)
             let guard = if pm::knows_guard() { pm::PAGE_IS_GUARD } else { 0 };
-            let spec = if p == Pick::Present {
-                ScanSpec { mask: pm::PAGE_IS_PRESENT, ret: pm::PAGE_IS_PRESENT, ..Default::default() }
-            } else {
-                ScanSpec {
-                    inverted: pm::PAGE_IS_FILE | pm::PAGE_IS_PFNZERO,
-                    mask: pm::PAGE_IS_FILE | pm::PAGE_IS_PFNZERO,
-                    anyof: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
-                    ret: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED | guard,
-                }
+            let spec = ScanSpec {
+                inverted: pm::PAGE_IS_FILE | pm::PAGE_IS_PFNZERO,
+                mask: pm::PAGE_IS_FILE | pm::PAGE_IS_PFNZERO,
+                anyof: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED,
+                ret: pm::PAGE_IS_PRESENT | pm::PAGE_IS_SWAPPED | guard,
             };
             scan_vma(pid, &pmf, v, spec, &mut regions, |s, e, cats| {
                 if cats & pm::PAGE_IS_GUARD != 0 {
@@ -243,11 +246,7 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
                     push_guard(&mut guards, a, a + 4096);
                     continue;
                 }
-                let want = if p == Pick::Present {
-                    e & PM_PRESENT != 0
-                } else {
-                    (e & PM_PRESENT != 0 && e & PM_FILE == 0 && (e & PM_PFN) != zero_pfn) || e & PM_SWAP != 0
-                };
+                let want = (e & PM_PRESENT != 0 && e & PM_FILE == 0 && (e & PM_PFN) != zero_pfn) || e & PM_SWAP != 0;
                 if want {
                     push_run(&mut runs, &mut groups, a, 1, lz, 0);
                 }
@@ -257,12 +256,26 @@ pub fn collect_pages_with(pid: Pid, vmas: &[Vma], zero_pfn: u64, walk: PageWalk)
     }
     if !guards.is_empty() {
         let list: Vec<String> = guards.iter().map(|(s, e)| format!("{s:#x}-{e:#x}")).collect();
-        crate::pr_warn!(
-            "{pid}: guard pages (MADV_GUARD_INSTALL) at {} are not dumped: the image format has no place for them, so the restored process has ordinary zero-filled pages there instead of guards",
-            list.join(", ")
-        );
+        crate::pr_info!("{pid}: guard pages (MADV_GUARD_INSTALL) at {}: no contents, kept as guard regions", list.join(", "));
     }
     Ok(runs)
+}
+
+/// Guard regions (MADV_GUARD_INSTALL) of `pid`'s VMAs, merged, sorted.
+/// Empty where PAGEMAP_SCAN lacks the guard category (the pages walk
+/// then shows guard pages as swapped, and reading them fails the dump).
+pub fn collect_guards(pid: Pid, vmas: &[Vma]) -> Result<Vec<(u64, u64)>, MmError> {
+    let mut guards: Vec<(u64, u64)> = Vec::new();
+    if !pm::knows_guard() {
+        return Ok(guards);
+    }
+    let pmf = File::open(format!("/proc/{pid}/pagemap")).map_err(|e| MmError::Read { pid, what: "pagemap", source: e })?;
+    let mut regions = vec![PageRegion::default(); 1024];
+    let spec = ScanSpec { mask: pm::PAGE_IS_GUARD, ret: pm::PAGE_IS_GUARD, ..Default::default() };
+    for v in vmas.iter().filter(|v| pick(v) != Pick::Skip) {
+        scan_vma(pid, &pmf, v, spec, &mut regions, |s, e, _| push_guard(&mut guards, s, e))?;
+    }
+    Ok(guards)
 }
 
 /// Append guard range `s..e`, merging with the previous one.
@@ -362,7 +375,6 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
     let status = rd(pid, "status")?;
     let thp_disabled = proc::status_field(&status, "THP_enabled").map(|v| v == "0").unwrap_or(false);
     Ok(Mm {
-        vmas,
         start_code: proc::stat_field(&f, 26),
         end_code: proc::stat_field(&f, 27),
         start_stack: proc::stat_field(&f, 28),
@@ -384,6 +396,8 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         }),
         dumpable: 1,
         thp_disabled,
+        guards: collect_guards(pid, &vmas)?,
+        vmas,
         pages,
     })
 }

@@ -17,7 +17,7 @@ pub mod task;
 use crate::model::{Task, Tree, VmaKind};
 use crate::sys::Pid;
 use crate::pr_debug;
-use freeze::Frozen;
+use freeze::{Frozen, FrozenTree};
 use parasite::Parasite;
 use std::io;
 
@@ -25,8 +25,6 @@ use std::io;
 pub enum DumpError {
     #[error("process {0} does not exist")]
     NoProcess(Pid),
-    #[error("process {pid} has children ({children:?}): dumping process trees is not supported yet")]
-    Children { pid: Pid, children: Vec<Pid> },
     #[error(transparent)]
     Freeze(#[from] freeze::FreezeError),
     #[error(transparent)]
@@ -39,6 +37,8 @@ pub enum DumpError {
     Files(#[from] files::FilesError),
     #[error("process {pid}: {what}")]
     Namespace { pid: Pid, what: String },
+    #[error("process {pid}: {what}")]
+    Unsupported { pid: Pid, what: String },
     #[error("{what} of {pid}")]
     Io { pid: Pid, what: &'static str, #[source] source: io::Error },
 }
@@ -55,18 +55,20 @@ fn ns_link(path: &str) -> Option<String> {
 
 /// Namespace kinds a dumped task must share with the engine, since restore
 /// creates none of them (checked per thread: a thread can unshare some).
-/// (A time namespace of its own is kept: timens-0.img has its clocks, and
-/// restore makes a new one in which they continue.)
+/// (A time namespace of its own is kept: the timens image has its clocks,
+/// and restore makes a new one in which they continue.)
 const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
 
 /// Refuse, by name, every namespace of thread `tid` of `pid` that the
-/// restore would not give back: any kind but pid that differs from the
-/// engine's own but time; a pid namespace other than the engine's unless `pid` is
-/// its pid 1 and it sits directly below the engine's (restore then makes
-/// one with CLONE_NEWPID); and a pending `unshare` of the pid or time
+/// restore would not give back: a net, ipc, uts, mnt, user or cgroup
+/// namespace other than the engine's; a pid namespace other than the
+/// engine's unless `pid` is its pid 1 and it sits directly below the
+/// engine's (restore then makes one with CLONE_NEWPID); and a pending
+/// `unshare` of the pid or time
 /// namespace (`*_for_children` differs: the children would get one the
-/// images can't carry).
-pub fn check_namespaces(pid: Pid, tid: Pid) -> Result<(), DumpError> {
+/// images can't carry). The pid namespace is checked so for the tree's
+/// `root` only (the others must be in the root's: [`collect_with`]).
+pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError> {
     let err = |what: String| DumpError::Namespace { pid, what };
     let base = format!("/proc/{pid}/task/{tid}/ns");
     let mut differ = Vec::new();
@@ -94,6 +96,9 @@ pub fn check_namespaces(pid: Pid, tid: Pid) -> Result<(), DumpError> {
             )));
         }
     }
+    if !root {
+        return Ok(());
+    }
     let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/pid")), ns_link("/proc/self/ns/pid")) else { return Ok(()) };
     if theirs != ours {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| DumpError::Io { pid, what: "status", source: e })?;
@@ -108,62 +113,193 @@ pub fn check_namespaces(pid: Pid, tid: Pid) -> Result<(), DumpError> {
     Ok(())
 }
 
-/// Freeze `pid` and collect its state. The returned guard keeps it frozen
-/// until dropped (then it runs on, or is killed if `kill_on_release` is set).
-pub fn collect(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
+/// Freeze the tree rooted at `pid` and collect its state. The returned
+/// guard keeps every process frozen until dropped (then they run on, or are
+/// killed if `kill_on_release` is set).
+pub fn collect(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
     collect_with(pid, None)
 }
 
 /// [`collect`], freezing the cgroup at `freeze_cgroup` first if given
-/// (`--freeze-cgroup`).
-pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, Frozen), DumpError> {
-    collect_inner(pid, freeze_cgroup, true)
+/// (`--freeze-cgroup`): every process of the tree is seized while the
+/// cgroup is frozen, and must be in it.
+pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, FrozenTree), DumpError> {
+    collect_within(pid, freeze_cgroup, cgroup_freeze::DEFAULT_TIMEOUT)
+}
+
+/// [`collect_with`], waiting at most `timeout` for the cgroup to freeze
+/// (`--timeout`).
+pub fn collect_within(
+    pid: Pid,
+    freeze_cgroup: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<(Tree, FrozenTree), DumpError> {
+    collect_tree(pid, freeze_cgroup, timeout, true)
 }
 
 /// [`collect`] without the memory layout (`mm` holds only what injection
-/// reads: dumpable, THP disabled, brk): for tfork, whose clones take the memory
-/// by fork, so that neither smaps nor the pagemap walk (each a walk of every
-/// page table) is part of the source's pause.
-pub fn collect_state(pid: Pid) -> Result<(Tree, Frozen), DumpError> {
-    collect_inner(pid, None, false)
+/// reads: dumpable, THP disabled, brk): for tfork, whose clones take the
+/// memory by fork, so that neither smaps nor the pagemap walk (each a walk
+/// of every page table) is part of the source's pause.
+pub fn collect_state(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
+    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false)
 }
 
-fn collect_inner(pid: Pid, freeze_cgroup: Option<&std::path::Path>, with_pages: bool) -> Result<(Tree, Frozen), DumpError> {
+fn collect_tree(
+    pid: Pid,
+    freeze_cgroup: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+    with_memory: bool,
+) -> Result<(Tree, FrozenTree), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
     }
     let io_err = |what| move |e| DumpError::Io { pid, what, source: e };
     let mut frozen = match freeze_cgroup {
-        None => Frozen::freeze(pid)?,
+        None => FrozenTree::freeze(pid)?,
         Some(cg) => {
-            let mut cgf = cgroup_freeze::CgroupFreeze::freeze(cg)?;
+            let mut cgf = cgroup_freeze::CgroupFreeze::freeze_within(cg, timeout)?;
             cgf.check_member(pid)?;
-            Frozen::freeze_frozen(pid, || cgf.thaw().map_err(io::Error::other))?
+            FrozenTree::freeze_frozen(pid, |pids: &[Pid]| -> Result<(), DumpError> {
+                for &p in pids {
+                    cgf.check_member(p)?;
+                }
+                cgf.thaw()?;
+                Ok(())
+            })?
         }
     };
     crate::fault::point("after-freeze");
     // (frozen: no thread can unshare or setns any more)
-    for t in &frozen.threads {
-        check_namespaces(pid, t.tid)?;
+    for f in &frozen.procs {
+        for t in &f.threads {
+            check_namespaces(f.pid, t.tid, f.pid == pid)?;
+        }
     }
-    let mut children = Vec::new();
-    for t in &frozen.threads {
-        let c = std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.tid)).map_err(io_err("children"))?;
-        children.extend(c.split_whitespace().filter_map(|v| v.parse::<Pid>().ok()));
-    }
-    if !children.is_empty() {
-        return Err(DumpError::Children { pid, children });
+    let root_pidns = ns_link(&format!("/proc/{pid}/ns/pid"));
+    for m in &frozen.members[1..] {
+        let theirs = ns_link(&format!("/proc/{}/ns/pid", m.pid));
+        if m.frozen.is_some() && theirs != root_pidns {
+            return Err(DumpError::Namespace {
+                pid: m.pid,
+                what: format!(
+                    "it is in a pid namespace ({}) other than its tree root's {pid} ({}): nested pid namespaces are not supported yet",
+                    theirs.unwrap_or_default(),
+                    root_pidns.clone().unwrap_or_default()
+                ),
+            });
+        }
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io_err("status"))?;
     let nspids = proc::status_nums(&status, "NSpid");
     let own_ns = nspids.len() > 1 && nspids.last() == Some(&1);
+    let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(io_err("zero page pfn"))?;
+    // host pid -> pid in the tree's namespace
+    let mut ns_pid: std::collections::HashMap<Pid, i32> = std::collections::HashMap::new();
+    let members = frozen.members.clone();
+    let mut tasks = Vec::with_capacity(members.len());
+    for m in &members {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::Io { pid: m.pid, what: "status", source: e })?;
+        ns_pid.insert(m.pid, ns_last(&st, "NSpid").unwrap_or(m.pid));
+        // as upstream: the root has no parent in the tree (its restore
+        // reads a nonzero ppid as a parent to find among the entries)
+        // (members list parents first: a parent's pid is already known)
+        let ppid = m.parent.and_then(|p| ns_pid.get(&p).copied()).unwrap_or(0);
+        let mut task = match m.frozen {
+            Some(i) => collect_process(&mut frozen.procs[i], zero_pfn, with_memory)?,
+            None => collect_zombie(m.pid)?,
+        };
+        task.pid = ns_pid.get(&m.pid).copied().unwrap_or(m.pid);
+        task.ppid = ppid;
+        task.pgid = ns_last(&st, "NSpgid").unwrap_or(0);
+        task.sid = ns_last(&st, "NSsid").unwrap_or(0);
+        tasks.push((m.pid, task));
+    }
+    check_shared_anon(&tasks)?;
+    {
+        let mut tables: Vec<(Pid, &mut Vec<crate::model::Fd>)> =
+            tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
+        files::share_descriptions(&mut tables)?;
+    }
+    let alive: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
+    let (root_ids, ids) = task::collect_ids(&alive)?;
+    let mut ids = ids.into_iter();
+    for (_, t) in tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()) {
+        t.ids = ids.next().expect("one ids per live task");
+    }
+    let timens = Some(task::collect_timens(pid)?);
+    let tasks = tasks.into_iter().map(|(_, t)| t).collect();
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens }, frozen))
+}
+
+/// A zombie: its wait status (field 52 of stat, the exit code) and comm.
+fn collect_zombie(pid: Pid) -> Result<Task, DumpError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| DumpError::Io { pid, what: "stat", source: e })?;
+    let (comm, f) = proc::parse_stat(&stat).unwrap_or_default();
+    let exit = proc::stat_field(&f, 52) as u32;
+    pr_debug!("{pid} is a zombie (exit status {exit:#x})");
+    Ok(Task { comm, zombie_exit: Some(exit), ..Default::default() })
+}
+
+/// `MAP_SHARED` anonymous memory mapped by several processes of the tree
+/// (inherited over fork) is written once, from the first process that maps
+/// it (its pages are read as the object's data, through that mapping:
+/// `mm::shmem_pages`). So every later mapping must lie within the first
+/// process's mappings of the object; a process mapping a part the first
+/// does not is refused by name.
+fn check_shared_anon(tasks: &[(Pid, Task)]) -> Result<(), DumpError> {
+    // shmid -> (first mapper, its (pgoff, end) ranges)
+    let mut first: std::collections::HashMap<u64, (Pid, Vec<(u64, u64)>)> = std::collections::HashMap::new();
+    for (pid, t) in tasks {
+        let mine: Vec<(u64, u64, u64)> =
+            t.mm.vmas.iter().filter(|v| v.shmid != 0 && v.kind != VmaKind::File).map(|v| (v.shmid, v.pgoff, v.pgoff + v.len())).collect();
+        for &(id, lo, hi) in &mine {
+            match first.get(&id) {
+                Some((owner, _)) if owner == pid => {}
+                Some((owner, ranges)) => {
+                    // covered by the union of the first mapper's ranges?
+                    let mut at = lo;
+                    let mut rs = ranges.clone();
+                    rs.sort_unstable();
+                    for (a, b) in rs {
+                        if a <= at && at < b {
+                            at = b;
+                        }
+                    }
+                    if at < hi {
+                        return Err(DumpError::Unsupported {
+                            pid: *pid,
+                            what: format!(
+                                "it maps bytes {at:#x}..{hi:#x} of MAP_SHARED anonymous memory (shmem inode {id}) that {owner}, which maps it first, does not: shared memory mapped differently across processes is not supported yet"
+                            ),
+                        });
+                    }
+                }
+                None => {
+                    first.insert(id, (*pid, Vec::new()));
+                }
+            }
+            if let Some((owner, ranges)) = first.get_mut(&id) {
+                if owner == pid {
+                    ranges.push((lo, hi));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything of one stopped process but its place in the tree (pid,
+/// ppid, pgid, sid) and its kernel-object ids.
+fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool) -> Result<Task, DumpError> {
+    let pid = frozen.pid;
+    let io_err = |what| move |e| DumpError::Io { pid, what, source: e };
     // (smaps, which walks every page table, and the pagemap walk: only
     // when the memory is to be written)
-    let (vmas, pages, exec) = if with_pages {
+    let (vmas, pages, exec) = if with_memory {
         let vmas = mm::collect_vmas(pid)?;
-        let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(io_err("zero page pfn"))?;
         let pages = mm::collect_pages(pid, &vmas, zero_pfn)?;
-        pr_debug!("{} vmas, {} page runs", vmas.len(), pages.len());
+        pr_debug!("{pid}: {} vmas, {} page runs", vmas.len(), pages.len());
         let exec: Vec<(u64, u64)> = vmas
             .iter()
             .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind != VmaKind::Vsyscall)
@@ -177,16 +313,10 @@ fn collect_inner(pid: Pid, freeze_cgroup: Option<&std::path::Path>, with_pages: 
     };
     let gadget = parasite::find_gadget(pid, frozen.threads[0].regs.ip, &exec).map_err(io_err("syscall gadget"))?;
     frozen.gadget = gadget;
-    task::fixup_rseq_all(pid, &mut frozen)?;
-    let mut par = Parasite::start(&frozen, gadget).map_err(io_err("parasite session"))?;
+    task::fixup_rseq_all(pid, frozen)?;
+    let mut par = Parasite::start(frozen, gadget).map_err(io_err("parasite session"))?;
     let brk = par.call(pid, "brk", libc::SYS_brk, &[0]).map_err(io_err("brk"))?;
-    let mut task = Task {
-        pid: ns_last(&status, "NSpid").unwrap_or(pid),
-        ppid: if own_ns { 0 } else { proc::status_field(&status, "PPid").and_then(|v| v.parse().ok()).unwrap_or(0) },
-        pgid: ns_last(&status, "NSpgid").unwrap_or(0),
-        sid: ns_last(&status, "NSsid").unwrap_or(0),
-        ..Default::default()
-    };
+    let mut task = Task::default();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(io_err("stat"))?;
     let (comm, f) = proc::parse_stat(&stat).unwrap_or_default();
     task.comm = comm;
@@ -216,7 +346,7 @@ fn collect_inner(pid: Pid, freeze_cgroup: Option<&std::path::Path>, with_pages: 
     }
     // the scratch page is gone again; the VMAs collected before it are the truth
     let (dumpable, thp_disabled) = (task.mm.dumpable, task.mm.thp_disabled);
-    if with_pages {
+    if with_memory {
         task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
     } else {
         // (for a later collect_mm of a fork: tfork's image set)
@@ -226,8 +356,6 @@ fn collect_inner(pid: Pid, freeze_cgroup: Option<&std::path::Path>, with_pages: 
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
     (task.fds, task.pipe_data) = files::collect_fds(pid)?;
-    let (root_ids, ids) = task::collect_ids(&[pid])?;
-    task.ids = ids[0];
-    let timens = Some(task::collect_timens(pid)?);
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks: vec![task], root_ids, timens }, frozen))
+    (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
+    Ok(task)
 }

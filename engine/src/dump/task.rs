@@ -290,29 +290,39 @@ fn ns_ino(pid: Pid, kind: &str) -> Option<u64> {
 
 /// Kernel-object ids numbered as upstream does: the dumping engine itself
 /// first (its ids become inventory's root_ids), then each task. mm, fd
-/// table, fs and sighand get a counter each and are compared with kcmp(2);
+/// table, fs and sighand get a counter each (ids in order of first
+/// appearance) and are compared with kcmp(2), the objects seen so far kept
+/// in kcmp's order so each task costs O(log n) calls per kind;
 /// namespaces share one counter, keyed by their inode, in the order
 /// pid, net, ipc, uts, time, mnt, user, cgroup. A namespace kind this
 /// kernel lacks gets id 0 (absent from the image).
 pub fn collect_ids(pids: &[Pid]) -> Result<(KobjIds, Vec<KobjIds>), TaskError> {
     let me = std::process::id() as Pid;
+    // per kind: (representative pid, id), sorted by kcmp order
     let mut reps: [Vec<(Pid, u32)>; 4] = Default::default();
+    let mut next = [0u32; 4];
     let mut ns: Vec<(&str, u64, u32)> = Vec::new();
     let mut one = |pid: Pid| -> Result<KobjIds, TaskError> {
         let mut k = [0u32; 4];
         for (i, kind) in [1, 2, 3, 4].into_iter().enumerate() {
-            let mut id = 0;
-            for &(rp, rid) in &reps[i] {
-                if crate::sys::process::kcmp_same(rp, pid, kind).map_err(io_err(pid, "kcmp"))? {
-                    id = rid;
-                    break;
+            let mut err = None;
+            let at = reps[i].binary_search_by(|&(rp, _)| {
+                crate::sys::process::kcmp_order(rp, pid, kind).unwrap_or_else(|e| {
+                    err.get_or_insert(e);
+                    std::cmp::Ordering::Less
+                })
+            });
+            if let Some(e) = err {
+                return Err(io_err(pid, "kcmp")(e));
+            }
+            k[i] = match at {
+                Ok(j) => reps[i][j].1,
+                Err(j) => {
+                    next[i] += 1;
+                    reps[i].insert(j, (pid, next[i]));
+                    next[i]
                 }
-            }
-            if id == 0 {
-                id = reps[i].len() as u32 + 1;
-                reps[i].push((pid, id));
-            }
-            k[i] = id;
+            };
         }
         let mut n = [0u32; 8];
         for (i, kind) in NS_KINDS.into_iter().enumerate() {

@@ -46,8 +46,9 @@ pub struct ChildPlan {
     pub root: Option<RootDir>,
     /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
-    /// The clocks of the task's own time namespace at dump (timens-0.img),
-    /// when it had one: the child enters a new one in which they continue.
+    /// The clocks of the task's own time namespace at dump (its timens
+    /// image), when it had one: the child enters a new one in which they
+    /// continue.
     pub timens: Option<crate::model::TimeNs>,
 }
 
@@ -137,7 +138,8 @@ fn restore_loginuid(want: u32) -> Result<(), String> {
 
 /// Make a new time namespace whose CLOCK_MONOTONIC and CLOCK_BOOTTIME
 /// continue from the dumped values (upstream records the clocks, not the
-/// offsets), and enter it before anything else is restored: unshare, write
+/// offsets), and enter it before the memory is restored (the kernel zaps
+/// the vvar pages on setns; they refault as the new namespace's): unshare, write
 /// /proc/self/timens_offsets (the new namespace's, which can be set only
 /// while no task is in it), setns into time_for_children. Offsets are
 /// relative to the host's clocks, so the engine's own offsets are added

@@ -6,32 +6,44 @@
 //!   flags, checked as upstream does (mode, and size when it was recorded),
 //!   seeked to the dumped offset;
 //! - ghosts (unlinked while open): recreated next to the original path as
-//!   `<path>.cr.<n>.ghost` with the saved contents, mode, owner and times,
-//!   opened, and unlinked once every fd is in place;
-//! - pipes: one new pipe per dumped pipe, its queued bytes written back,
-//!   its buffer size set;
+//!   `<path>.cr.<n>.ghost` with the saved size, data extents (holes stay
+//!   holes), mode, owner and times; each fd opens it under the original
+//!   name (linked there, opened, unlinked), so it dumps again as it did (no
+//!   drift over rounds); the ghost is unlinked once every fd is in place;
+//! - pipes: one new pipe per dumped pipe, its buffer size set and its
+//!   queued bytes written back; each end's status flags set exactly, a
+//!   second open file description of one end reopened through /proc;
+//! - FIFOs: opened by path with the dumped flags while a keeper fd holds
+//!   the FIFO O_RDWR (so a read-only or write-only open never waits for
+//!   the other side), which also refills its size and queued bytes;
 //! - terminals (`--shell-job` only): a new open of the restoring shell's
 //!   terminal (found on fds 0..2 of the engine);
 //! - fds that shared an open file description are dup'ed from the first.
 //!
 //! Working fds live just below the service fds: the terminal at
-//! `svc_base - 1`, pipe ends from `svc_base - 2` down.
+//! `svc_base - 1`, pipe ends and FIFO keepers from there down.
 
 use super::child::{ChildPlan, RootDir};
-use crate::model::{FileDesc, Ghost, Task};
+use crate::model::{FileDesc, Ghost, PipeData, Task};
 use crate::sys::process as p;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 fn cpath(path: &str) -> Result<CString, String> {
     CString::new(path).map_err(|_| format!("path {path:?} has a NUL byte"))
 }
 
-/// open(2) `path` with the dumped `flags` (never O_CREAT/O_TRUNC) onto fd `target`.
+/// The flags an fd is opened with: the dumped ones, never O_CREAT/O_TRUNC,
+/// and never O_CLOEXEC (FD_CLOEXEC is set from fdinfo).
+fn open_flags(flags: i32) -> i32 {
+    flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC)
+}
+
+/// open(2) `path` (one of the engine's own: /proc/self/fd/N) onto fd `target`.
 fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
     let c = cpath(path)?;
-    let fd = p::open_raw(&c, flags & !libc::O_CREAT & !libc::O_TRUNC).map_err(|e| format!("open {path:?} for fd {target}: {e}"))?;
+    let fd = p::open_raw(&c, open_flags(flags)).map_err(|e| format!("open {path:?} for fd {target}: {e}"))?;
     if fd != target {
         p::dup2(fd, target).map_err(|e| format!("dup2 {fd} -> {target}: {e}"))?;
         p::close(fd);
@@ -44,7 +56,7 @@ fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
 /// absolute symlink or `..` in the root stays in it), else as it is.
 fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
     let Some(root) = &plan.root else { return open_onto(path, flags, target) };
-    let fd = root.open(path, flags & !libc::O_CREAT & !libc::O_TRUNC, 0).map_err(|e| format!("open {path:?} in root {} for fd {target}: {e}", root.path.display()))?;
+    let fd = root.open(path, open_flags(flags), 0).map_err(|e| format!("open {path:?} in root {} for fd {target}: {e}", root.path.display()))?;
     if fd.as_raw_fd() == target {
         let _ = fd.into_raw_fd(); // it is the restored fd now
     } else {
@@ -53,9 +65,11 @@ fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Res
     Ok(())
 }
 
-/// Open `path` for the child's own use (service fds, mapped files).
+/// Open `path` for the child's own use (service fds, mapped files; they
+/// are mmap'ed, so O_NONBLOCK changes nothing but that a path that is now a
+/// FIFO does not block the open).
 pub fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
-    open_image_path(plan, path, flags, target)
+    open_image_path(plan, path, flags | libc::O_NONBLOCK, target)
 }
 
 fn is_terminal(fd: i32) -> bool {
@@ -82,13 +96,13 @@ pub fn park_terminal(plan: &ChildPlan) -> Result<Option<i32>, String> {
 /// `--root` if given); unlinked when dropped (after the fds are open, or on
 /// failure).
 struct Ghosts<'a> {
-    list: Vec<(u64, u64, String)>,
+    list: std::collections::HashMap<(u64, u64), String>,
     root: Option<&'a RootDir>,
 }
 
 impl Drop for Ghosts<'_> {
     fn drop(&mut self) {
-        for (_, _, path) in &self.list {
+        for path in self.list.values() {
             let _ = match self.root {
                 Some(r) => r.unlink(path),
                 None => std::fs::remove_file(path),
@@ -99,12 +113,15 @@ impl Drop for Ghosts<'_> {
 
 impl<'a> Ghosts<'a> {
     fn new(plan: &'a ChildPlan) -> Self {
-        Ghosts { list: Vec::new(), root: plan.root.as_ref() }
+        Ghosts { list: std::collections::HashMap::new(), root: plan.root.as_ref() }
     }
 
-    /// The path of the recreated ghost for `g`, creating it the first time.
+    /// The path of the recreated ghost for `g` (`<path>.cr.<n>.ghost`),
+    /// creating it the first time: its size, its data extents (holes stay
+    /// holes), mode, owner and times.
     fn path(&mut self, orig: &str, g: &Ghost) -> Result<String, String> {
-        if let Some((_, _, path)) = self.list.iter().find(|(d, i, _)| *d == g.dev && *i == g.ino) {
+        use std::os::unix::fs::FileExt;
+        if let Some(path) = self.list.get(&(g.dev, g.ino)) {
             return Ok(path.clone());
         }
         let path = format!("{orig}.cr.{:x}.ghost", self.list.len() + 1);
@@ -113,28 +130,96 @@ impl<'a> Ghosts<'a> {
             Some(r) => r.open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, g.mode & 0o7777).map(std::fs::File::from),
             None => std::fs::OpenOptions::new().write(true).create_new(true).mode(g.mode & 0o7777).open(&path),
         };
-        let mut f = created.map_err(|e| err("create", e))?;
-        self.list.push((g.dev, g.ino, path.clone()));
-        std::io::Write::write_all(&mut f, &g.contents).map_err(|e| err("write", e))?;
+        let f = created.map_err(|e| err("create", e))?;
+        self.list.insert((g.dev, g.ino), path.clone());
+        f.set_len(g.size).map_err(|e| err("ftruncate", e))?;
+        for (off, data) in &g.extents {
+            f.write_all_at(data, *off).map_err(|e| err("write", e))?;
+        }
         std::os::unix::fs::fchown(&f, Some(g.uid), Some(g.gid)).map_err(|e| err("fchown", e))?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(g.mode & 0o7777)).map_err(|e| err("chmod", e))?;
-        let t = |(s, us): (u64, u64)| std::time::UNIX_EPOCH + std::time::Duration::new(s, (us * 1000) as u32);
+        let t = |(s, us): (u64, u64)| std::time::UNIX_EPOCH + std::time::Duration::new(s, (us.min(999_999) * 1000) as u32);
         f.set_times(std::fs::FileTimes::new().set_accessed(t(g.atime)).set_modified(t(g.mtime)))
             .map_err(|e| err("utimes", e))?;
         Ok(path)
+    }
+
+    /// The directory of `path` (inside `--root` if given), for the link,
+    /// rename and unlink of names in it, and `path`'s last component.
+    fn dir_of(&self, path: &str) -> Result<(OwnedFd, CString), String> {
+        let pp = std::path::Path::new(path);
+        let (Some(parent), Some(name)) = (pp.parent(), pp.file_name()) else {
+            return Err(format!("ghost path {path:?} has no directory"));
+        };
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let dir = match self.root {
+            Some(r) => r.open(&parent.to_string_lossy(), flags, 0),
+            None => std::fs::OpenOptions::new().read(true).custom_flags(flags).open(parent).map(OwnedFd::from),
+        };
+        let dir = dir.map_err(|e| format!("the directory of {path}: {e}"))?;
+        let name = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name)).map_err(|_| format!("path {path:?} has a NUL byte"))?;
+        Ok((dir, name))
+    }
+
+    /// Open the ghost of `orig` onto fd `n` under its original name, so
+    /// that it shows (and dumps again) as `orig (deleted)`, round after
+    /// round: link the ghost to `orig`, open that, unlink it.
+    ///
+    /// When another file has taken `orig` since, the ghost gets a second
+    /// link `<ghost>.tmp`, which is exchanged with `orig`
+    /// (renameat2(RENAME_EXCHANGE): `orig` names the ghost, the other file
+    /// sits at the temporary name), `orig` is opened, and the other file is
+    /// renamed back over it, which unlinks the ghost's `orig` entry: `orig`
+    /// names some file at every moment. Only where the file system cannot
+    /// exchange is the fd opened through the ghost's own name (and then
+    /// carries that name).
+    fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
+        let gp = self.path(orig, g)?;
+        let (mut dir, name) = self.dir_of(orig)?;
+        if dir.as_raw_fd() == n {
+            // fd `n` is about to be opened onto: hold the directory on
+            // another number (opened while this one still holds `n`)
+            dir = self.dir_of(orig)?.0;
+        }
+        let gname = CString::new(format!("{}.cr.{}", name.to_string_lossy(), gp.rsplit(".cr.").next().unwrap_or_default()))
+            .map_err(|_| format!("path {gp:?} has a NUL byte"))?;
+        match p::link_in(dir.as_fd(), &gname, &name) {
+            Ok(()) => {
+                let r = open_image_path(plan, orig, flags, n);
+                p::unlink_in(dir.as_fd(), &name).map_err(|e| format!("unlinking {orig} (ghost of fd {n}): {e}"))?;
+                r
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let tmp = format!("{gp}.tmp");
+                let tname = CString::new(format!("{}.tmp", gname.to_string_lossy())).map_err(|_| format!("path {tmp:?} has a NUL byte"))?;
+                p::link_in(dir.as_fd(), &gname, &tname).map_err(|e| format!("linking ghost {gp} to {tmp} for fd {n}: {e}"))?;
+                if let Err(e) = p::rename_in(dir.as_fd(), &tname, &name, libc::RENAME_EXCHANGE) {
+                    let _ = p::unlink_in(dir.as_fd(), &tname);
+                    return if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                        open_image_path(plan, &gp, flags, n)
+                    } else {
+                        Err(format!("exchanging ghost {tmp} with {orig} for fd {n}: {e}"))
+                    };
+                }
+                let r = open_image_path(plan, orig, flags, n);
+                p::rename_in(dir.as_fd(), &tname, &name, 0).map_err(|e| format!("putting {orig} back from {tmp} (ghost of fd {n}): {e}"))?;
+                r
+            }
+            Err(e) => Err(format!("linking ghost {gp} to {orig} for fd {n}: {e}")),
+        }
     }
 }
 
 /// Upstream's checks of a reopened regular file: same mode, same size
 /// when the size was recorded.
 fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(), String> {
-    let m = std::fs::metadata(format!("/proc/self/fd/{fd}")).map_err(|e| format!("fstat fd {fd} ({path}): {e}"))?;
-    if mode != 0 && m.mode() != mode {
-        return Err(format!("File {path} has bad mode 0{:o} (expect 0{mode:o})", m.mode()));
+    let (m_mode, m_size) = p::fstat_mode_size(fd).map_err(|e| format!("fstat fd {fd} ({path}): {e}"))?;
+    if mode != 0 && m_mode != mode {
+        return Err(format!("File {path} has bad mode 0{m_mode:o} (expect 0{mode:o})"));
     }
     if let Some(size) = size {
-        if m.size() != size {
-            return Err(format!("File {path} has bad size {} (expect {size})", m.size()));
+        if m_size != size {
+            return Err(format!("File {path} has bad size {m_size} (expect {size})"));
         }
     }
     Ok(())
@@ -156,58 +241,112 @@ fn fill_pipe(fd: i32, data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The dumped buffer size and queued bytes of a pipe or FIFO, put back
+/// through `wr` (a write end of it).
+fn refill(wr: i32, d: &PipeData) -> Result<(), String> {
+    let what = if d.fifo { "fifo" } else { "pipe" };
+    let cur = fcntl(wr, libc::F_GETPIPE_SZ, 0).unwrap_or(0);
+    if d.size != 0 && u64::from(d.size) != cur {
+        fcntl(wr, libc::F_SETPIPE_SZ, u64::from(d.size)).map_err(|e| format!("F_SETPIPE_SZ {} on {what} {:#x}: {e}", d.size, d.pipe_id))?;
+    }
+    fill_pipe(wr, &d.data).map_err(|e| format!("{what} {:#x}: {e}", d.pipe_id))
+}
+
+/// The status flags a pipe or FIFO fd can have changed with F_SETFL.
+const PIPE_SETFL: i32 = libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT;
+
+/// Working fds of the restore child, handed out from just below the
+/// service fds downwards (above every restored fd: the engine leaves room).
+struct Slots(i32);
+
+impl Slots {
+    fn take(&mut self) -> i32 {
+        self.0 -= 1;
+        self.0
+    }
+}
+
 /// Recreate every fd of `task` (the fd table holds only the report pipe,
 /// the service fds and the parked terminal).
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Result<(), String> {
+    use std::collections::HashMap;
     let mut ghosts = Ghosts::new(plan);
-    let mut pipes: Vec<(u32, [i32; 2])> = Vec::new();
-    let mut descs: Vec<(u32, i32)> = Vec::new(); // (desc, first fd)
+    // svc_base - 1 is the parked terminal's; working fds go below it
+    let mut slots = Slots(plan.svc_base - 1);
+    // pipe id -> its two ends (working fds) and whether each end's first
+    // open file description is handed out yet
+    let mut pipes: HashMap<u32, ([i32; 2], [bool; 2])> = HashMap::new();
+    // fifo id -> a keeper fd (O_RDWR: never blocks, and lets every open of
+    // the FIFO, read-only or write-only, blocking or not, succeed at once)
+    let mut fifos: HashMap<u32, i32> = HashMap::new();
+    let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
+    let data = |fifo: bool, id: u32| task.pipe_data.iter().find(|d| d.fifo == fifo && d.pipe_id == id);
     for fd in &task.fds {
         let n = fd.fd;
-        if let Some(&(_, first)) = descs.iter().find(|(d, _)| *d == fd.desc) {
+        if let Some(&first) = descs.get(&fd.desc) {
             p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared file): {e}"))?;
-            p::set_cloexec(n, fd.cloexec).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+            if fd.cloexec {
+                p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+            }
             continue;
         }
         match &fd.file {
             FileDesc::Reg { path, flags, mode, size, ghost: None, .. } => {
-                open_image_path(plan, path, *flags as i32, n)?;
+                // O_NONBLOCK until the type is checked: a path that became a
+                // FIFO (or a device that waits in open) must not block the child
+                let fl = *flags as i32;
+                open_image_path(plan, path, fl | libc::O_NONBLOCK, n)?;
                 validate(n, path, *mode, *size)?;
+                if fl & libc::O_NONBLOCK == 0 && fl & libc::O_PATH == 0 {
+                    let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
+                    fcntl(n, libc::F_SETFL, now & !(libc::O_NONBLOCK as u64)).map_err(|e| format!("F_SETFL fd {n} ({path}): {e}"))?;
+                }
             }
             FileDesc::Reg { path, flags, ghost: Some(g), .. } => {
-                let gp = ghosts.path(path, g)?;
-                open_image_path(plan, &gp, *flags as i32, n)?;
+                ghosts.open(plan, path, g, *flags as i32, n)?;
             }
             FileDesc::Pipe { pipe_id, flags } => {
-                let ends = match pipes.iter().find(|(id, _)| id == pipe_id) {
-                    Some((_, e)) => *e,
+                let (ends, used) = match pipes.get_mut(pipe_id) {
+                    Some(e) => e,
                     None => {
                         let e = p::pipe_raw().map_err(|e| format!("pipe for fd {n}: {e}"))?;
                         // keep the pipe's two ends out of the way of later fds
-                        let k = 2 * pipes.len() as i32;
-                        let hi = [plan.svc_base - 2 - k, plan.svc_base - 3 - k];
-                        p::dup2(e[0], hi[0]).map_err(|e| format!("pipe: {e}"))?;
-                        p::dup2(e[1], hi[1]).map_err(|e| format!("pipe: {e}"))?;
-                        p::close(e[0]);
-                        p::close(e[1]);
-                        if let Some(d) = task.pipe_data.iter().find(|d| d.pipe_id == *pipe_id) {
-                            let cur = fcntl(hi[1], libc::F_GETPIPE_SZ, 0).unwrap_or(0);
-                            if d.size != 0 && u64::from(d.size) != cur {
-                                fcntl(hi[1], libc::F_SETPIPE_SZ, u64::from(d.size))
-                                    .map_err(|e| format!("F_SETPIPE_SZ {} on pipe {pipe_id:#x}: {e}", d.size))?;
-                            }
-                            fill_pipe(hi[1], &d.data)?;
+                        let hi = [slots.take(), slots.take()];
+                        for (from, to) in e.iter().zip(hi) {
+                            p::dup2(*from, to).map_err(|e| format!("pipe {pipe_id:#x}: dup2 {from} -> {to}: {e}"))?;
+                            p::close(*from);
                         }
-                        pipes.push((*pipe_id, hi));
-                        hi
+                        if let Some(d) = data(false, *pipe_id) {
+                            refill(hi[1], d)?;
+                        }
+                        pipes.entry(*pipe_id).or_insert((hi, [false; 2]))
                     }
                 };
-                let end = if *flags as i32 & libc::O_ACCMODE == libc::O_WRONLY { ends[1] } else { ends[0] };
-                p::dup2(end, n).map_err(|e| format!("dup2 pipe to fd {n}: {e}"))?;
-                let fl = *flags as i32 & (libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT);
-                if fl != 0 {
-                    fcntl(n, libc::F_SETFL, fl as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
+                let w = usize::from(*flags as i32 & libc::O_ACCMODE == libc::O_WRONLY);
+                if used[w] {
+                    // another open file description of this end: a reopen
+                    open_onto(&format!("/proc/self/fd/{}", ends[w]), *flags as i32 & !PIPE_SETFL, n)?;
+                } else {
+                    p::dup2(ends[w], n).map_err(|e| format!("dup2 pipe {pipe_id:#x} to fd {n}: {e}"))?;
+                    used[w] = true;
                 }
+                fcntl(n, libc::F_SETFL, (*flags as i32 & PIPE_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
+            }
+            FileDesc::Fifo { path, flags, mode, pipe_id } => {
+                if !fifos.contains_key(pipe_id) {
+                    let keep = slots.take();
+                    open_image_path(plan, path, libc::O_RDWR | libc::O_NONBLOCK, keep)?;
+                    let (m, _) = p::fstat_mode_size(keep).map_err(|e| format!("fstat {path}: {e}"))?;
+                    if m & libc::S_IFMT != libc::S_IFIFO {
+                        return Err(format!("{path} (fd {n}) was a FIFO but is now mode 0{m:o}"));
+                    }
+                    if let Some(d) = data(true, *pipe_id) {
+                        refill(keep, d)?;
+                    }
+                    fifos.insert(*pipe_id, keep);
+                }
+                open_image_path(plan, path, *flags as i32, n)?;
+                validate(n, path, *mode, None)?;
             }
             FileDesc::Tty { path, flags, .. } => {
                 let Some(t) = terminal else {
@@ -227,20 +366,18 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
                     .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;
             }
         }
-        p::set_cloexec(n, fd.cloexec).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
-        descs.push((fd.desc, n));
-    }
-    let used = |x: i32| task.fds.iter().any(|f| f.fd == x);
-    for (_, e) in &pipes {
-        for x in e {
-            if !used(*x) {
-                p::close(*x);
-            }
+        // a fresh open (O_CLOEXEC is not among the dumped flags) or dup2
+        // leaves FD_CLOEXEC clear
+        if fd.cloexec {
+            p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
         }
+        descs.insert(fd.desc, n);
     }
-    if let Some(t) = terminal {
-        if !used(t) {
-            p::close(t);
+    let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
+    let working = pipes.values().flat_map(|(e, _)| e.iter().copied()).chain(fifos.values().copied()).chain(terminal);
+    for x in working {
+        if !used.contains(&x) {
+            p::close(x);
         }
     }
     drop(ghosts);
@@ -262,7 +399,7 @@ pub fn check_mapped_files(task: &Task, root: Option<&RootDir>) -> Result<(), Str
         let (full, id) = match root {
             None => (f.path.clone(), crate::dump::elf::build_id_of(std::path::Path::new(&f.path))),
             Some(r) => {
-                let file = r.open(&f.path, libc::O_RDONLY | libc::O_CLOEXEC, 0).map(std::fs::File::from);
+                let file = r.open(&f.path, libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK, 0).map(std::fs::File::from);
                 (format!("{} in root {}", f.path, r.path.display()), file.ok().and_then(|file| crate::dump::elf::build_id(&file)))
             }
         };

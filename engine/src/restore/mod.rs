@@ -28,7 +28,7 @@ use crate::sys::ptrace::{self, Wait};
 use crate::sys::Pid;
 use crate::{pr_debug, pr_info};
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,10 +87,6 @@ fn proc_state(pid: Pid) -> Option<(char, String)> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let mut it = st.rsplit_once(") ")?.1.split_whitespace();
     Some((it.next()?.chars().next()?, it.next()?.to_string()))
-}
-
-fn is_zombie(pid: Pid) -> bool {
-    proc_state(pid).is_some_and(|(s, _)| s == 'Z')
 }
 
 /// The error for a dumped pid that clone3's set_tid found taken (EEXIST).
@@ -185,8 +181,10 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
             map_files.push((p.to_string_lossy().to_string(), libc::O_RDONLY));
         }
     }
+    const CHILD_REPORT_TIMEOUT_MS: i32 = 30_000;
     let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2);
-    let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. })).count() as i32;
+    // working fds of the restore child: two per pipe fd, one per FIFO fd (at most)
+    let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
     let svc_base = (max_fd + 2 * npipes + 16).max(64);
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
     // --root: opened once, above the service fds; paths are resolved in it
@@ -218,7 +216,8 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
         match p::fork3(flags, &set_tid, libc::SIGCHLD, || child::child_main(&plan, task)) {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                if is_zombie(task.pid) && std::time::Instant::now() < zombie_deadline {
+                // (or just freed: gone by the time it is looked at)
+                if proc_state(task.pid).is_none_or(|(s, _)| s == 'Z' || s == 'X') && std::time::Instant::now() < zombie_deadline {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                     continue;
                 }
@@ -230,6 +229,16 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let mut guard = RestoreGuard { pid: child, committed: false };
     crate::fault::point("after-clone");
     drop(wr);
+    // The child reports, or dies (PR_SET_PDEATHSIG ties it to us, and its
+    // death closes the pipe); a child stuck in a syscall (an open that
+    // waits) is given up on after CHILD_REPORT_TIMEOUT_MS, naming it.
+    if !p::poll_readable(rd.as_fd(), CHILD_REPORT_TIMEOUT_MS).map_err(ioe(child, "waiting for the child's report"))? {
+        let stack = std::fs::read_to_string(format!("/proc/{child}/wchan")).unwrap_or_default();
+        return Err(RestoreError::Child {
+            pid: child,
+            msg: format!("no report after {} s: it is stuck setting up its fds or process state (wchan {stack:?})", CHILD_REPORT_TIMEOUT_MS / 1000),
+        });
+    }
     let mut msg = String::new();
     std::fs::File::from(rd).read_to_string(&mut msg).map_err(ioe(child, "reading the child's report"))?;
     if msg != "ok" {

@@ -331,8 +331,11 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
             }
         }
         if let Some((fd, off)) = start {
+            let t0 = std::time::Instant::now();
             populate(main, &batch);
+            let t1 = t0.elapsed();
             preadv_all(main, memf, fd, off, &batch, scratch).map_err(e(&format!("preadv of pages at {:#x}", batch[0].0)))?;
+            crate::pr_debug!("preadv batch of {} pieces at {:#x}: populate {:.3} s, preadv {:.3} s", batch.len(), batch[0].0, t1.as_secs_f64(), (t0.elapsed() - t1).as_secs_f64());
             by_preadv += batch.iter().map(|b| b.1).sum::<u64>();
             continue;
         }
@@ -581,6 +584,13 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     let mut b = Batch::new();
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         b.push(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]);
+    }
+    // guard regions, once the pages around them are in (a guard region
+    // refuses to be locked, so before mlock2)
+    const MADV_GUARD_INSTALL: u64 = 102;
+    for &(s, en) in &task.mm.guards {
+        main.call("madvise(MADV_GUARD_INSTALL)", libc::SYS_madvise, &[s, en - s, MADV_GUARD_INSTALL])
+            .map_err(e(&format!("installing guard region {s:#x}-{en:#x}")))?;
     }
     // locked memory (VM_LOCKED, kept as MAP_LOCKED): locked again now that
     // its pages are in (mlock2 faults in the rest, as mlock did)

@@ -20,6 +20,26 @@ struct OpenHow {
 /// the root: `..` stops there, absolute symlinks start there.
 const RESOLVE_IN_ROOT: u64 = 0x10;
 
+/// The flags open(2) takes (the kernel's VALID_OPEN_FLAGS).
+const VALID_OPEN_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_TRUNC
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DSYNC
+    | libc::O_ASYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_NOATIME
+    | libc::O_CLOEXEC
+    | libc::O_SYNC
+    | libc::O_PATH
+    | libc::O_TMPFILE;
+
 fn cstr(path: &OsStr) -> io::Result<CString> {
     CString::new(path.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))
 }
@@ -30,6 +50,10 @@ fn cstr(path: &OsStr) -> io::Result<CString> {
 /// lookup) is retried a few times.
 pub fn open_in_root(root: BorrowedFd<'_>, path: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = cstr(path)?;
+    // open(2) ignores flag bits it doesn't know (an fdinfo's flags may carry
+    // kernel-internal ones); openat2 refuses them: keep the open(2) ones
+    let flags = flags & VALID_OPEN_FLAGS;
+    let mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode } else { 0 };
     let how = OpenHow { flags: flags as u32 as u64, mode: u64::from(mode), resolve: RESOLVE_IN_ROOT };
     for _ in 0..16 {
         // SAFETY: `c` is a NUL-terminated string and `how` a valid open_how

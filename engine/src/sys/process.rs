@@ -454,6 +454,21 @@ pub fn kcmp_same(pid1: Pid, pid2: Pid, kind: i32) -> io::Result<bool> {
     Ok(r == 0)
 }
 
+/// kcmp(2) of a whole object kind (`KCMP_VM`, `KCMP_FILES`, ...) as an
+/// ordering: the kernel orders the objects by their (obfuscated) pointers,
+/// a total order, so object sets can be kept sorted and binary searched.
+pub fn kcmp_order(pid1: Pid, pid2: Pid, kind: i32) -> io::Result<std::cmp::Ordering> {
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0usize, 0usize) };
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r if r < 0 => Err(last_err()),
+        r => Err(io::Error::other(format!("kcmp({pid1}, {pid2}, {kind}) returned {r}"))),
+    }
+}
+
 /// pidfd_open(2).
 pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -688,6 +703,106 @@ pub fn close_all_except(keep: &[i32]) {
     }
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+
+/// kcmp(KCMP_FILE) of fds `a` and `b` of `pid`: how their open file
+/// descriptions order (`Equal`: one shared description). The kernel orders
+/// them by an obfuscated pointer, consistently within one boot.
+pub fn kcmp_file_order(pid: Pid, a: i32, b: i32) -> io::Result<std::cmp::Ordering> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as usize, b as usize) };
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r if r < 0 => Err(last_err()),
+        r => Err(io::Error::other(format!("kcmp(KCMP_FILE) gave no ordering ({r})"))),
+    }
+}
+
+/// [`kcmp_file_order`] of fd `a` of `pid1` and fd `b` of `pid2` (two
+/// processes: a description shared across a fork).
+pub fn kcmp_files_order(pid1: Pid, a: i32, pid2: Pid, b: i32) -> io::Result<std::cmp::Ordering> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, a as usize, b as usize) };
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        r if r < 0 => Err(last_err()),
+        r => Err(io::Error::other(format!("kcmp(KCMP_FILE) gave no ordering ({r})"))),
+    }
+}
+
+/// lseek(2) with SEEK_DATA or SEEK_HOLE: `None` when there is no such
+/// region at or after `off` (ENXIO).
+pub fn seek_data_hole(fd: std::os::fd::BorrowedFd<'_>, off: u64, whence: i32) -> io::Result<Option<u64>> {
+    // SAFETY: integer-only syscall on a borrowed, open fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        let e = last_err();
+        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(r as u64))
+}
+
+/// poll(2) `fd` for input (or hang-up) for at most `timeout_ms`: whether it
+/// became ready.
+pub fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let e = last_err();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// fstat(2) of an fd of this process: (st_mode, st_size).
+pub fn fstat_mode_size(fd: i32) -> io::Result<(u32, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a writable stat buffer; the kernel fills it on success.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstat succeeded, so the buffer is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_mode, st.st_size as u64))
+}
+
+/// linkat(2) of the name `old` to the name `new`, both in directory `dir`.
+pub fn link_in(dir: std::os::fd::BorrowedFd<'_>, old: &CStr, new: &CStr) -> io::Result<()> {
+    // SAFETY: a borrowed open fd and two NUL-terminated names alive for the call.
+    if unsafe { libc::linkat(dir.as_raw_fd(), old.as_ptr(), dir.as_raw_fd(), new.as_ptr(), 0) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// renameat2(2) of the name `old` to `new`, both in directory `dir`
+/// (`flags`: 0 or RENAME_EXCHANGE, ...).
+pub fn rename_in(dir: std::os::fd::BorrowedFd<'_>, old: &CStr, new: &CStr, flags: u32) -> io::Result<()> {
+    // SAFETY: a borrowed open fd and two NUL-terminated names alive for the call.
+    if unsafe { libc::syscall(libc::SYS_renameat2, dir.as_raw_fd(), old.as_ptr(), dir.as_raw_fd(), new.as_ptr(), flags) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// unlinkat(2) of the name `name` in directory `dir`.
+pub fn unlink_in(dir: std::os::fd::BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: a borrowed open fd and a NUL-terminated name alive for the call.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -88,6 +88,11 @@ pub struct Scene {
 impl Scene {
     /// Build and start `name`; wait for its first tick.
     pub fn start(name: &str, tag: &str) -> Scene {
+        Scene::start_args(name, tag, &[])
+    }
+
+    /// As `start`, with arguments for the program.
+    pub fn start_args(name: &str, tag: &str, args: &[&str]) -> Scene {
         let tmp = std::env::temp_dir().join(format!("criu-rs-fdtest-{name}-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let work = tmp.join("work");
@@ -96,6 +101,7 @@ impl Scene {
         let launcher = only_stdio(&mut Command::new("setsid"))
             .args(["unshare", "--pid", "--fork"])
             .arg(&bin)
+            .args(args)
             .current_dir(&work)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

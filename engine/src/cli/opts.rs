@@ -1,0 +1,628 @@
+//! Upstream's option syntax, parsed as its getopt_long does: short options
+//! cluster (`-Rj`), take their value attached or as the next argument
+//! (`-t123`, `-t 123`), `-v` takes an optional attached value (`-v4`, `-vvv`,
+//! and `-verbosity=0` is `-v` with the value `erbosity=0`, read as 0 the way
+//! atoi reads it); long options take `--name=value` or `--name value`, may be
+//! abbreviated to any unambiguous prefix, and upstream's boolean options
+//! have a `--no-NAME` form. Options and the command's words may come in any
+//! order; `--` ends the options.
+//!
+//! Config files (upstream's format): one option per line, its name with or
+//! without the leading `--`, then its value after a space or `=`; `#` starts
+//! a comment; a value may be quoted. Files read, in order (later ones win,
+//! the command line wins over all): `/etc/criu/default.conf` and
+//! `$HOME/.criu/default.conf` (unless `--no-default-config` or `--config`
+//! is given), `$CRIU_CONFIG_FILE`, then the last `--config FILE`. A file
+//! that does not exist is skipped, as upstream does.
+
+use crate::cpuinfo;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum HasArg {
+    No,
+    Req,
+    Opt,
+}
+
+/// What an option does here.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Act {
+    Tree,
+    LeaveRunning,
+    Detached,
+    ImagesDir,
+    WorkDir,
+    LogFile,
+    Verbosity,
+    Pidfile,
+    FreezeCgroup,
+    ShellJob,
+    Root,
+    Extra,
+    Experimental,
+    All,
+    Feature,
+    CpuCap,
+    Config,
+    NoDefaultConfig,
+    DisplayStats,
+    Help,
+    Version,
+    /// Accepted: changes nothing in what this engine does (see [`ACCEPTED`]).
+    Accepted,
+    /// Accepted after its value is checked as upstream checks it.
+    PreDumpMode,
+    NetworkLock,
+    Timeout,
+    /// Ours (tfork): `--copies N`, `--persist MODE`.
+    Copies,
+    Persist,
+    /// Upstream's option, not implemented: refused by name.
+    Refused,
+}
+
+struct Spec {
+    long: &'static str,
+    short: Option<char>,
+    arg: HasArg,
+    act: Act,
+    /// Upstream has a `--no-NAME` form.
+    boolean: bool,
+}
+
+const fn o(long: &'static str, short: Option<char>, arg: HasArg, act: Act, boolean: bool) -> Spec {
+    Spec { long, short, arg, act, boolean }
+}
+
+use Act::*;
+use HasArg::{No, Opt, Req};
+
+/// Every option of upstream CRIU 4.2's command line (argument kinds as its
+/// getopt table has them) and what it does here.
+const SPECS: &[Spec] = &[
+    o("tree", Some('t'), Req, Tree, false),
+    o("leave-running", Some('R'), No, LeaveRunning, false),
+    o("restore-detached", Some('d'), No, Detached, true),
+    o("images-dir", Some('D'), Req, ImagesDir, false),
+    o("work-dir", Some('W'), Req, WorkDir, false),
+    o("log-file", Some('o'), Req, LogFile, false),
+    o("verbosity", Some('v'), Opt, Verbosity, false),
+    o("pidfile", None, Req, Pidfile, false),
+    o("freeze-cgroup", None, Req, FreezeCgroup, false),
+    o("shell-job", Some('j'), No, ShellJob, true),
+    o("root", Some('r'), Req, Root, false),
+    o("extra", None, No, Extra, true),
+    o("experimental", None, No, Experimental, true),
+    o("all", None, No, All, false),
+    o("feature", None, Req, Feature, false),
+    o("cpu-cap", None, Opt, CpuCap, false),
+    o("config", None, Req, Config, false),
+    o("no-default-config", None, No, NoDefaultConfig, false),
+    o("display-stats", None, No, DisplayStats, true),
+    o("help", Some('h'), No, Help, false),
+    o("version", Some('V'), No, Version, false),
+    o("timeout", None, Req, Timeout, false),
+    // ours, for `criu tfork` (not upstream's)
+    o("copies", None, Req, Copies, false),
+    o("persist", None, Req, Persist, false),
+    o("pre-dump-mode", None, Req, PreDumpMode, false),
+    o("network-lock", None, Req, NetworkLock, false),
+    o("skip-in-flight", None, No, Accepted, true),
+    o("tcp-close", None, No, Accepted, true),
+    o("weak-sysctls", None, No, Accepted, true),
+    o("deprecated", None, No, Accepted, true),
+    o("mntns-compat-mode", None, No, Accepted, true),
+    o("leave-stopped", Some('s'), No, Refused, false),
+    o("restore-sibling", Some('S'), No, Refused, true),
+    // upstream's --daemon is -d too
+    o("daemon", None, No, Detached, true),
+    o("join-ns", Some('J'), Req, Refused, false),
+    o("ext-unix-sk", Some('x'), Opt, Refused, false),
+    o("tcp-established", None, No, Refused, true),
+    o("close", None, Req, Refused, false),
+    o("log-pid", None, No, Refused, true),
+    o("evasive-devices", None, No, Refused, true),
+    o("veth-pair", None, Req, Refused, false),
+    o("action-script", None, Req, Refused, false),
+    o("link-remap", None, No, Refused, true),
+    o("file-locks", Some('l'), No, Refused, true),
+    o("page-server", None, No, Refused, true),
+    o("address", None, Req, Refused, false),
+    o("port", None, Req, Refused, false),
+    o("prev-images-dir", None, Req, Refused, false),
+    o("ms", None, No, Refused, false),
+    o("track-mem", None, No, Refused, true),
+    o("auto-dedup", None, No, Refused, true),
+    o("libdir", Some('L'), Req, Refused, false),
+    o("force-irmap", None, No, Accepted, true),
+    o("ext-mount-map", Some('M'), Req, Refused, false),
+    o("exec-cmd", None, No, Refused, false),
+    o("manage-cgroups", None, Opt, Refused, false),
+    o("cgroup-root", None, Req, Refused, false),
+    o("inherit-fd", None, Req, Refused, false),
+    o("skip-mnt", None, Req, Refused, false),
+    o("enable-fs", None, Req, Refused, false),
+    o("enable-external-sharing", None, No, Refused, false),
+    o("enable-external-masters", None, No, Refused, false),
+    o("ghost-limit", None, Req, Refused, false),
+    o("irmap-scan-path", None, Req, Accepted, false),
+    o("lsm-profile", None, Req, Refused, false),
+    o("lsm-mount-context", None, Req, Refused, false),
+    o("external", None, Req, Refused, false),
+    o("empty-ns", None, Req, Refused, false),
+    o("lazy-pages", None, No, Refused, false),
+    o("cgroup-props", None, Req, Refused, false),
+    o("cgroup-props-file", None, Req, Refused, false),
+    o("cgroup-dump-controller", None, Req, Refused, false),
+    o("cgroup-yard", None, Req, Refused, false),
+    o("status-fd", None, Req, Refused, false),
+    o("ps-socket", None, Req, Refused, false),
+    o("tls-cacert", None, Req, Refused, false),
+    o("tls-cacrl", None, Req, Refused, false),
+    o("tls-cert", None, Req, Refused, false),
+    o("tls-key", None, Req, Refused, false),
+    o("tls", None, No, Refused, true),
+    o("tls-no-cn-verify", None, No, Refused, true),
+    o("stream", None, No, Refused, true),
+    o("file-validation", None, Req, Refused, false),
+    o("skip-file-rwx-check", None, No, Refused, true),
+    o("allow-uprobes", None, No, Refused, true),
+    o("unprivileged", None, No, Refused, true),
+];
+
+/// The options accepted without effect, and why they change nothing here
+/// (listed by `--help` and the README).
+pub const ACCEPTED: &[(&str, &str)] = &[
+    ("--pre-dump-mode splice|read", "applies to pre-dump, which is not implemented"),
+    ("--network-lock iptables|nftables|skip", "locks the network of a dumped tree; no socket is dumped here (sockets are refused)"),
+    ("--skip-in-flight, --tcp-close", "about TCP connections; sockets are refused"),
+    ("--weak-sysctls", "about the sysctls of namespaces, which are not restored here"),
+    ("--mntns-compat-mode", "about restoring mount namespaces, which is not done here"),
+    ("--force-irmap, --irmap-scan-path DIR", "find the paths of inotify watches; inotify fds are refused"),
+    ("--deprecated", "allows deprecated upstream features; none exists here"),
+    ("--no-NAME of upstream's boolean options", "asks for the default"),
+];
+
+/// Everything the command line and config files said.
+#[derive(Debug, Default, Clone)]
+pub struct Opts {
+    pub command: Option<String>,
+    /// Words after the command (`cpuinfo dump`, `swrk 3`).
+    pub args: Vec<String>,
+    pub help: bool,
+    pub version: bool,
+    pub tree: Option<String>,
+    pub leave_running: bool,
+    pub detached: bool,
+    pub images_dir: Option<String>,
+    pub work_dir: Option<String>,
+    pub log_file: Option<String>,
+    pub loglevel: Option<u32>,
+    pub pidfile: Option<String>,
+    pub freeze_cgroup: Option<String>,
+    pub shell_job: bool,
+    pub root: Option<String>,
+    pub extra: bool,
+    pub experimental: bool,
+    pub all: bool,
+    pub feature: Option<String>,
+    pub cpu_cap: u32,
+    pub config: Option<String>,
+    pub no_default_config: bool,
+    pub display_stats: bool,
+    /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
+    pub timeout: Option<u64>,
+    /// tfork: `--copies N` (checked by the command).
+    pub copies: Option<String>,
+    /// tfork: `--persist none|sync|async`.
+    pub persist: Option<String>,
+    /// Config files read (for the log).
+    pub configs_read: Vec<String>,
+    /// Config files that were not there.
+    pub configs_missing: Vec<String>,
+}
+
+/// What went wrong in parsing: a refusal by name or bad usage, with the
+/// place in this file that found it.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub msg: String,
+    pub loc: &'static std::panic::Location<'static>,
+}
+
+impl Problem {
+    #[track_caller]
+    fn new(msg: impl Into<String>) -> Problem {
+        Problem { msg: msg.into(), loc: std::panic::Location::caller() }
+    }
+}
+
+/// C's atoi: optional blanks and sign, then digits; anything else gives 0.
+fn atoi(s: &str) -> i64 {
+    let s = s.trim_start();
+    let (neg, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut v: i64 = 0;
+    for c in digits.bytes().take_while(u8::is_ascii_digit) {
+        v = v.saturating_mul(10).saturating_add(i64::from(c - b'0'));
+    }
+    if neg {
+        -v
+    } else {
+        v
+    }
+}
+
+fn find_long(name: &str) -> Result<(&'static Spec, bool), String> {
+    // exact first, then --no-NAME of a boolean, then a unique prefix
+    if let Some(s) = SPECS.iter().find(|s| s.long == name) {
+        return Ok((s, false));
+    }
+    if let Some(b) = name.strip_prefix("no-") {
+        if let Some(s) = SPECS.iter().find(|s| s.boolean && s.long == b) {
+            return Ok((s, true));
+        }
+    }
+    let mut hits: Vec<(&'static Spec, bool)> = SPECS.iter().filter(|s| s.long.starts_with(name)).map(|s| (s, false)).collect();
+    if let Some(b) = name.strip_prefix("no-") {
+        hits.extend(SPECS.iter().filter(|s| s.boolean && s.long.starts_with(b)).map(|s| (s, true)));
+    }
+    match hits.len() {
+        1 => Ok(hits[0]),
+        0 => Err(format!("unrecognized option '--{name}'")),
+        _ => Err(format!(
+            "option '--{name}' is ambiguous; possibilities: {}",
+            hits.iter().map(|(s, n)| format!("'--{}{}'", if *n { "no-" } else { "" }, s.long)).collect::<Vec<_>>().join(" ")
+        )),
+    }
+}
+
+impl Opts {
+    pub fn new() -> Opts {
+        Opts { cpu_cap: cpuinfo::CAP_DEFAULT, ..Default::default() }
+    }
+
+    /// Apply one option with its value.
+    fn apply(&mut self, spec: &Spec, negated: bool, val: Option<String>, shown: &str) -> Result<(), Problem> {
+        let v = || val.clone().unwrap_or_default();
+        match spec.act {
+            Tree => self.tree = Some(v()),
+            LeaveRunning => self.leave_running = true,
+            Detached => self.detached = !negated,
+            ImagesDir => self.images_dir = Some(v()),
+            WorkDir => self.work_dir = Some(v()),
+            LogFile => self.log_file = Some(v()),
+            Verbosity => {
+                let cur = self.loglevel.unwrap_or(crate::log::LOG_WARN);
+                self.loglevel = Some(match val.as_deref() {
+                    None => cur + 1,
+                    Some(s) if !s.is_empty() && s.bytes().all(|b| b == b'v') => cur + 1 + s.len() as u32,
+                    Some(s) => u32::try_from(atoi(s).clamp(0, i64::from(u32::MAX))).unwrap_or(0),
+                });
+            }
+            Pidfile => self.pidfile = Some(v()),
+            FreezeCgroup => self.freeze_cgroup = Some(v()),
+            ShellJob => self.shell_job = !negated,
+            Root => self.root = Some(v()),
+            Extra => self.extra = !negated,
+            Experimental => self.experimental = !negated,
+            All => self.all = true,
+            Feature => self.feature = Some(v()),
+            CpuCap => self.cpu_cap = cpuinfo::parse_cap(self.cpu_cap, val.as_deref()).map_err(Problem::new)?,
+            Config => self.config = Some(v()),
+            NoDefaultConfig => self.no_default_config = true,
+            DisplayStats => self.display_stats = !negated,
+            Help => self.help = true,
+            Version => self.version = true,
+            Accepted => {}
+            Timeout => {
+                match val.as_deref().and_then(|t| t.parse().ok()).filter(|&t: &u64| t > 0) {
+                    Some(t) => self.timeout = Some(t),
+                    None => return Err(Problem::new(format!("invalid argument for --timeout: {} (want seconds, > 0)", v()))),
+                }
+            }
+            Copies => self.copies = Some(v()),
+            Persist => self.persist = Some(v()),
+            PreDumpMode => {
+                if !matches!(val.as_deref(), Some("splice" | "read")) {
+                    return Err(Problem::new(format!("invalid argument for --pre-dump-mode: {} (want splice or read)", v())));
+                }
+            }
+            NetworkLock => {
+                if !matches!(val.as_deref(), Some("iptables" | "nftables" | "skip")) {
+                    return Err(Problem::new(format!("invalid argument for --network-lock: {} (want iptables, nftables or skip)", v())));
+                }
+            }
+            Refused if negated => {}
+            Refused => return Err(Problem::new(format!("{shown} is not supported yet"))),
+        }
+        Ok(())
+    }
+
+    /// Parse one argument list (the command line, or a config file's
+    /// options); positional words go to the command and its arguments.
+    /// Parsing goes on after a problem so that later options (`-o`) still
+    /// count; every problem is returned.
+    pub fn parse(&mut self, args: &[String], positional: bool) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut i = 0;
+        let mut only_positional = false;
+        while i < args.len() {
+            let a = &args[i];
+            i += 1;
+            if only_positional || a == "-" || !a.starts_with('-') {
+                if !positional {
+                    problems.push(Problem::new(format!("unexpected word '{a}'")));
+                } else if self.command.is_none() {
+                    self.command = Some(a.clone());
+                } else {
+                    self.args.push(a.clone());
+                }
+                continue;
+            }
+            if a == "--" {
+                only_positional = true;
+                continue;
+            }
+            if let Some(long) = a.strip_prefix("--") {
+                let (name, inline) = match long.split_once('=') {
+                    Some((n, v)) => (n, Some(v.to_string())),
+                    None => (long, None),
+                };
+                let (spec, negated) = match find_long(name) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        problems.push(Problem::new(e));
+                        continue;
+                    }
+                };
+                let shown = format!("--{}{}", if negated { "no-" } else { "" }, spec.long);
+                let val = match (spec.arg, inline, negated) {
+                    (No, Some(_), _) | (_, Some(_), true) => {
+                        problems.push(Problem::new(format!("option '{shown}' doesn't allow an argument")));
+                        continue;
+                    }
+                    (Req, None, false) => match args.get(i) {
+                        Some(v) => {
+                            i += 1;
+                            Some(v.clone())
+                        }
+                        None => {
+                            problems.push(Problem::new(format!("option '{shown}' requires an argument")));
+                            continue;
+                        }
+                    },
+                    (_, v, _) => v,
+                };
+                let shown = if spec.act == Refused { shown_refused(spec, negated) } else { shown };
+                if let Err(e) = self.apply(spec, negated, val, &shown) {
+                    problems.push(e);
+                }
+                continue;
+            }
+            // a cluster of short options
+            let cluster: Vec<char> = a[1..].chars().collect();
+            let mut k = 0;
+            while k < cluster.len() {
+                let c = cluster[k];
+                k += 1;
+                let Some(spec) = SPECS.iter().find(|s| s.short == Some(c)) else {
+                    problems.push(Problem::new(format!("invalid option -- '{c}'")));
+                    continue;
+                };
+                let rest: String = cluster[k..].iter().collect();
+                let val = match spec.arg {
+                    No => None,
+                    Opt => {
+                        k = cluster.len();
+                        (!rest.is_empty()).then_some(rest)
+                    }
+                    Req => {
+                        k = cluster.len();
+                        if !rest.is_empty() {
+                            Some(rest)
+                        } else if let Some(v) = args.get(i) {
+                            i += 1;
+                            Some(v.clone())
+                        } else {
+                            problems.push(Problem::new(format!("option requires an argument -- '{c}'")));
+                            continue;
+                        }
+                    }
+                };
+                let shown = if spec.act == Refused { shown_refused(spec, false) } else { format!("-{c}") };
+                if let Err(e) = self.apply(spec, false, val, &shown) {
+                    problems.push(e);
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn shown_refused(spec: &Spec, negated: bool) -> String {
+    match (spec.short, negated) {
+        (Some(c), false) => format!("-{c}/--{}", spec.long),
+        _ => format!("--{}", spec.long),
+    }
+}
+
+/// Split one config line into words: blanks separate, `"..."`/`'...'`
+/// quote, `#` outside quotes ends the line.
+fn words(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut have = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => cur.push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                have = true;
+            }
+            None if c == '#' => break,
+            None if c.is_whitespace() => {
+                if have {
+                    out.push(std::mem::take(&mut cur));
+                    have = false;
+                }
+            }
+            None => {
+                cur.push(c);
+                have = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("unterminated quote".into());
+    }
+    if have {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// A config file's text as command-line arguments.
+pub fn config_args(text: &str) -> Result<Vec<String>, String> {
+    let mut args = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let w = words(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let name = |s: &str| format!("--{}", s.strip_prefix("--").unwrap_or(s));
+        match w.as_slice() {
+            [] => {}
+            [opt] => args.push(name(opt)),
+            [opt, val] if !opt.contains('=') => {
+                let n = name(opt);
+                // an optional value must be attached on a command line; in
+                // a file "verbosity 4" can only mean --verbosity=4
+                // (upstream drops the 4)
+                if find_long(&n[2..]).is_ok_and(|(s, _)| s.arg == Opt) {
+                    args.push(format!("{n}={val}"));
+                } else {
+                    args.push(n);
+                    args.push(val.clone());
+                }
+            }
+            _ => return Err(format!("line {}: want one option and at most one value: {}", n + 1, line.trim())),
+        }
+    }
+    Ok(args)
+}
+
+/// The config files to read for this command line, in order.
+pub fn config_files(cmdline: &Opts) -> Vec<String> {
+    let mut v = Vec::new();
+    if !cmdline.no_default_config && cmdline.config.is_none() {
+        v.push("/etc/criu/default.conf".to_string());
+        if let Some(home) = std::env::var_os("HOME") {
+            v.push(format!("{}/.criu/default.conf", home.to_string_lossy()));
+        }
+    }
+    if let Some(f) = std::env::var_os("CRIU_CONFIG_FILE") {
+        v.push(f.to_string_lossy().into_owned());
+    }
+    if let Some(f) = &cmdline.config {
+        v.push(f.clone());
+    }
+    v
+}
+
+/// Command line plus config files: the options, and every problem found
+/// (each naming where it came from).
+pub fn resolve(cmdline: &[String]) -> (Opts, Vec<Problem>) {
+    // a first pass finds --config and --no-default-config
+    let mut first = Opts::new();
+    let _ = first.parse(cmdline, true);
+    let mut opts = Opts::new();
+    let mut problems = Vec::new();
+    for f in config_files(&first) {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => match config_args(&text) {
+                Ok(args) => {
+                    for p in opts.parse(&args, false) {
+                        problems.push(Problem { msg: format!("config file {f}: {}", p.msg), loc: p.loc });
+                    }
+                    opts.configs_read.push(f);
+                }
+                Err(e) => problems.push(Problem::new(format!("config file {f}: {e}"))),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => opts.configs_missing.push(f),
+            Err(e) => problems.push(Problem::new(format!("config file {f}: {e}"))),
+        }
+    }
+    let (read, missing) = (std::mem::take(&mut opts.configs_read), std::mem::take(&mut opts.configs_missing));
+    problems.extend(opts.parse(cmdline, true));
+    opts.configs_read = read;
+    opts.configs_missing = missing;
+    (opts, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> (Opts, Vec<String>) {
+        let mut o = Opts::new();
+        let v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        let pr = o.parse(&v, true);
+        (o, pr.into_iter().map(|p| p.msg).collect())
+    }
+
+    #[test]
+    fn verbosity_forms() {
+        assert_eq!(p(&["dump", "-v4"]).0.loglevel, Some(4));
+        assert_eq!(p(&["-v"]).0.loglevel, Some(3));
+        assert_eq!(p(&["-vv"]).0.loglevel, Some(4));
+        assert_eq!(p(&["-v", "-v"]).0.loglevel, Some(4));
+        assert_eq!(p(&["--verbosity=1"]).0.loglevel, Some(1));
+        assert_eq!(p(&["--verbosity"]).0.loglevel, Some(3));
+        assert_eq!(p(&["-v0"]).0.loglevel, Some(0));
+        // getopt: -v with the attached value "erbosity=0", atoi gives 0
+        let (o, pr) = p(&["-verbosity=0"]);
+        assert_eq!((o.loglevel, pr.len()), (Some(0), 0));
+    }
+
+    #[test]
+    fn short_clusters_and_values() {
+        let (o, pr) = p(&["dump", "-Rjt123", "-D/tmp/x", "-o", "-s"]);
+        assert!(pr.is_empty(), "{pr:?}");
+        assert_eq!((o.leave_running, o.shell_job), (true, true));
+        assert_eq!(o.tree.as_deref(), Some("123"));
+        assert_eq!(o.images_dir.as_deref(), Some("/tmp/x"));
+        assert_eq!(o.log_file.as_deref(), Some("-s"));
+        let (o, _) = p(&["-t", "-5", "--leave-run", "--images=/a"]);
+        assert_eq!(o.tree.as_deref(), Some("-5"));
+        assert!(o.leave_running);
+        assert_eq!(o.images_dir.as_deref(), Some("/a"));
+    }
+
+    #[test]
+    fn refused_by_name() {
+        assert_eq!(p(&["dump", "--tcp-established"]).1, ["--tcp-established is not supported yet"]);
+        assert_eq!(p(&["--ghost-limit=5M"]).1, ["--ghost-limit is not supported yet"]);
+        assert_eq!(p(&["-x"]).1, ["-x/--ext-unix-sk is not supported yet"]);
+        assert!(p(&["--no-tcp-established", "restore"]).1.is_empty());
+        assert!(p(&["--daemon"]).0.detached);
+        assert!(p(&["--timeout", "5", "--pre-dump-mode", "splice", "--no-default-config"]).1.is_empty());
+        assert_eq!(p(&["--pre-dump-mode=x"]).1.len(), 1);
+        assert_eq!(p(&["--timeout", "7"]).0.timeout, Some(7));
+        assert_eq!(p(&["--timeout=0"]).1.len(), 1);
+        assert_eq!(p(&["--frob"]).1, ["unrecognized option '--frob'"]);
+        assert_eq!(p(&["-Q"]).1, ["invalid option -- 'Q'"]);
+    }
+
+    #[test]
+    fn config_syntax() {
+        let a = config_args("# c\n  log-file /x/y.log # why\n--verbosity=4\nshell-job\ntree \"12\"\n\ncpu-cap fpu\n").unwrap();
+        assert_eq!(a, ["--log-file", "/x/y.log", "--verbosity=4", "--shell-job", "--tree", "12", "--cpu-cap=fpu"]);
+        assert!(config_args("log-file a b").is_err());
+        let mut o = Opts::new();
+        assert!(o.parse(&a, false).is_empty());
+        assert_eq!((o.loglevel, o.shell_job, o.tree.as_deref()), (Some(4), true, Some("12")));
+    }
+}

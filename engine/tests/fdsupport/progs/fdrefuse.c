@@ -1,0 +1,36 @@
+/* Holds one fd of a kind the engine does not support, chosen by argv[1]:
+ * memfd, socket, eventfd, epoll, misc (a misc character device), rawname
+ * (a file whose name is not UTF-8); and one supported: rdonly (plain.bin
+ * opened read-only, for the test that replaces it with a FIFO). */
+#include "fx.h"
+#include <sys/eventfd.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+int main(int argc, char **argv)
+{
+	fx_open_log();
+	const char *k = argc > 1 ? argv[1] : "";
+	int fd = -1;
+	if (!strcmp(k, "memfd"))
+		fd = memfd_create("x", 0);
+	else if (!strcmp(k, "socket"))
+		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	else if (!strcmp(k, "eventfd"))
+		fd = eventfd(3, 0);
+	else if (!strcmp(k, "epoll"))
+		fd = epoll_create1(0);
+	else if (!strcmp(k, "misc"))
+		fd = open("/dev/loop-control", O_RDWR);
+	else if (!strcmp(k, "rdonly"))
+		fd = open("plain.bin", O_RDONLY | O_CREAT, 0600);
+	else if (!strcmp(k, "rawname"))
+		fd = open("raw\xff\xfe.bin", O_RDWR | O_CREAT, 0600);
+	FX_CHECK(fd >= 0, k);
+	int rfd = open("ready", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	close(rfd);
+	for (fx_tick = 1;; fx_tick++) {
+		fx_say("tick %lu ok", fx_tick);
+		fx_sleep_ms(100);
+	}
+}

@@ -1,0 +1,73 @@
+/* An unlinked file still open (ghost), for dump/restore in rounds: its
+ * name as /proc shows it, its contents and its offset must stay the same
+ * round after round. With argument "sparse", a second ghost: 8 MiB
+ * apparent size, 8 KiB of data at 4 MiB, holes elsewhere (kept as holes).
+ * With "taken", a new file is created under the ghost's old name (not kept
+ * open) and must stay there, unchanged. */
+#include "fx.h"
+
+#define SPARSE_SIZE (8 << 20)
+#define SPARSE_AT (4 << 20)
+
+int main(int argc, char **argv)
+{
+	fx_open_log();
+	uint8_t buf[8192];
+	int g = open("kept.bin", O_RDWR | O_CREAT | O_TRUNC, 0640);
+	FX_CHECK(g >= 0, "open kept");
+	fx_fill(buf, 3000, 21);
+	FX_CHECK(write(g, buf, 3000) == 3000, "write kept");
+	FX_CHECK(lseek(g, 1000, SEEK_SET) == 1000, "seek kept");
+	FX_CHECK(unlink("kept.bin") == 0, "unlink kept");
+	int sparse = argc > 1 && !strcmp(argv[1], "sparse");
+	int taken = argc > 1 && !strcmp(argv[1], "taken");
+	if (taken) {
+		int t = open("kept.bin", O_WRONLY | O_CREAT | O_EXCL, 0644);
+		FX_CHECK(t >= 0 && write(t, "new file", 8) == 8, "create the new kept.bin");
+		close(t);
+	}
+	int s = -1;
+	if (sparse) {
+		s = open("sparse.bin", O_RDWR | O_CREAT | O_TRUNC, 0600);
+		FX_CHECK(s >= 0 && ftruncate(s, SPARSE_SIZE) == 0, "sparse");
+		fx_fill(buf, 8192, 22);
+		FX_CHECK(pwrite(s, buf, 8192, SPARSE_AT) == 8192, "write sparse");
+		FX_CHECK(unlink("sparse.bin") == 0, "unlink sparse");
+	}
+	char want[4096], got[4096];
+	snprintf(want, sizeof(want), "/proc/self/fd/%d", g);
+	ssize_t n = readlink(want, got, sizeof(got) - 1);
+	FX_CHECK(n > 0, "readlink");
+	got[n] = 0;
+	strcpy(want, got);
+	int rfd = open("ready", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	close(rfd);
+
+	for (fx_tick = 1;; fx_tick++) {
+		struct stat st;
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", g);
+		n = readlink(path, got, sizeof(got) - 1);
+		FX_CHECK(n > 0, "readlink");
+		got[n] = 0;
+		FX_CHECK(strcmp(got, want) == 0, "ghost name unchanged");
+		FX_CHECK(fstat(g, &st) == 0 && st.st_size == 3000 && st.st_nlink == 0, "kept stat");
+		FX_CHECK(lseek(g, 0, SEEK_CUR) == 1000, "kept offset");
+		FX_CHECK(pread(g, buf, 3000, 0) == 3000 && fx_same(buf, 3000, 21), "kept content");
+		if (taken) {
+			int t = open("kept.bin", O_RDONLY);
+			char nb[16] = { 0 };
+			FX_CHECK(t >= 0 && read(t, nb, sizeof(nb)) == 8 && !memcmp(nb, "new file", 8), "the new kept.bin");
+			FX_CHECK(fstat(t, &st) == 0 && st.st_nlink == 1 && st.st_mode == (S_IFREG | 0644), "the new kept.bin stat");
+			close(t);
+		}
+		if (sparse) {
+			FX_CHECK(fstat(s, &st) == 0 && st.st_size == SPARSE_SIZE && st.st_nlink == 0, "sparse stat");
+			FX_CHECK(st.st_blocks * 512 < (1 << 20), "sparse holes kept");
+			FX_CHECK(pread(s, buf, 8192, SPARSE_AT) == 8192 && fx_same(buf, 8192, 22), "sparse content");
+			FX_CHECK(pread(s, buf, 16, SPARSE_AT - 16) == 16 && buf[0] == 0 && buf[15] == 0, "sparse hole");
+		}
+		fx_say("tick %lu ok", fx_tick);
+		fx_sleep_ms(100);
+	}
+}
