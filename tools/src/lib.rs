@@ -2,6 +2,7 @@
 //! tests and benchmarks share.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod explore;
 pub mod nopl;

@@ -21,6 +21,7 @@
 //!
 //! `cr-bench [--criu PATH] [--sizes 64,256,1024,4096] [--threads 1,16] [--dir DIR] [--runs N] [--compare-fill] [--compare-dump]`
 
+use tools::bench::{ns_init_pid, parse_list};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,10 +38,6 @@ struct Opts {
     /// Also dump a second, fresh workload with the two-copy read path
     /// (CRIU_RS_DUMP_READ=vm) instead of the vmsplice page pump.
     compare_dump: bool,
-}
-
-fn parse_list(s: &str) -> Vec<usize> {
-    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
 }
 
 fn opts() -> Opts {
@@ -184,21 +181,6 @@ fn wait_for(path: &Path, timeout: Duration) -> bool {
 }
 
 /// Host pid of the namespace's init started by `unshare --pid --fork`.
-fn ns_init_pid(unshare_pid: u32) -> Option<i32> {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(5) {
-        if let Ok(s) =
-            fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
-        {
-            if let Some(p) = s.split_whitespace().next().and_then(|x| x.parse().ok()) {
-                return Some(p);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
-}
-
 fn ok_ticks(log: &Path) -> (usize, bool) {
     let s = fs::read_to_string(log).unwrap_or_default();
     (

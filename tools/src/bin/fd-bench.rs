@@ -9,6 +9,7 @@
 //! N is bounded by the hard RLIMIT_NOFILE (the workload raises its soft
 //! limit to it; the restore needs a few fds more than N).
 
+use tools::bench::{kill, median};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -80,10 +81,6 @@ fn last_tick(work: &Path) -> Result<u64, String> {
     Ok(s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).next_back().unwrap_or(0))
 }
 
-fn kill(pid: i32) {
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-}
-
 /// One dump + restore of an N-fd workload with `criu`: (dump, restore).
 fn one(criu: &Path, bin: &Path, dir: &Path, n: usize) -> Result<(Duration, Duration), String> {
     let work = dir.join("work");
@@ -136,11 +133,6 @@ fn one(criu: &Path, bin: &Path, dir: &Path, n: usize) -> Result<(Duration, Durat
         let _ = fs::remove_dir_all(dir);
     }
     r
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -14,6 +14,7 @@
 //! Needs root and gcc; the upstream binary defaults to
 //! ../shared/upstream-criu/criu-4.2 (rows without it say so).
 
+use tools::bench::{median, parse_list};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,10 +27,6 @@ struct Opts {
     threads: Vec<usize>,
     runs: usize,
     dir: PathBuf,
-}
-
-fn parse_list(s: &str) -> Vec<usize> {
-    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
 }
 
 fn opts() -> Opts {
@@ -147,11 +144,6 @@ fn one(criu: &Path, prog: &Path, dir: &Path, nvmas: usize, nthreads: usize) -> R
     }
     wait_for("the restored program's exit", 10, || find(prog, &arg1).is_none());
     Ok((d, r))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

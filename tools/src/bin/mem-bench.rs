@@ -13,6 +13,7 @@
 //!
 //! `mem-bench [--criu PATH] [--upstream PATH] [--cases frag2:1024,frag16:1024,thp:1024] [--runs N] [--dir DIR]`
 
+use tools::bench::{alive};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -87,10 +88,6 @@ fn wait_for(what: &str, t: Duration, mut f: impl FnMut() -> bool) {
         assert!(t0.elapsed() < t, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z') || r.starts_with('X')))
 }
 
 /// Start the case in `work`; the host pid of the program (pid 1 inside),

@@ -27,6 +27,7 @@
 //!
 //! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--runs N] [--dir DIR]`
 
+use tools::bench::{alive, kill, ns_init_pid, parse_list};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,10 +44,6 @@ struct Opts {
     /// tfork runs per row; the table gives each column's median.
     runs: usize,
     dir: PathBuf,
-}
-
-fn parse_list(s: &str) -> Vec<usize> {
-    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
 }
 
 fn opts() -> Opts {
@@ -113,15 +110,6 @@ fn ticks(work: &Path) -> Result<usize, String> {
         return Err(format!("workload failed: {l}"));
     }
     Ok(s.lines().filter(|l| l.ends_with(" ok")).count())
-}
-
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-}
-
-fn kill(pid: i32) {
-    // SAFETY: kill(2) of a process this benchmark started (or cloned).
-    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// Kill a child of ours (a clone: a sibling of the workload, which this
@@ -233,19 +221,6 @@ fn median_row(rows: Vec<TforkRow>) -> TforkRow {
 }
 
 /// Host pid of the namespace's init started by `unshare --pid --fork`.
-fn ns_init_pid(unshare_pid: u32) -> Option<i32> {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(5) {
-        if let Ok(s) = fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children")) {
-            if let Some(p) = s.split_whitespace().next().and_then(|x| x.parse().ok()) {
-                return Some(p);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
-}
-
 /// `dump --leave-running` + `restore -d` of an own-pid-namespace workload
 /// with `criu`: (dump s, restore s).
 fn live_copy(criu: &Path, pid: i32, dir: &Path) -> Result<(f64, f64), String> {
