@@ -80,10 +80,19 @@ trait Here<T> {
 }
 
 impl<T, E: Into<Box<dyn std::error::Error>>> Here<T> for Result<T, E> {
+    /// Located where the error arose when it records that (restore's and
+    /// tfork's I/O errors), else at the caller: the step that failed.
     #[track_caller]
     fn here(self) -> Result<T, Failure> {
-        let loc = Location::caller();
-        self.map_err(|e| Failure { msg: error_chain(&*e.into()), loc })
+        let step = Location::caller();
+        self.map_err(|e| {
+            let e: Box<dyn std::error::Error> = e.into();
+            let arose = e
+                .downcast_ref::<crate::restore::RestoreError>()
+                .and_then(|r| r.location())
+                .or_else(|| e.downcast_ref::<crate::tfork::TforkError>().and_then(|t| t.location()));
+            Failure { msg: error_chain(&*e), loc: arose.unwrap_or(step) }
+        })
     }
 }
 

@@ -60,13 +60,27 @@ pub enum TforkError {
     Restore(#[from] RestoreError),
     #[error("writing the image set: {0}")]
     Images(String),
+    /// `loc`: where in the engine it arose (the `ioe` call), for the log.
     #[error("{what} (pid {pid})")]
-    Io { pid: Pid, what: String, #[source] source: std::io::Error },
+    Io { pid: Pid, what: String, #[source] source: std::io::Error, loc: &'static std::panic::Location<'static> },
 }
 
+#[track_caller]
 fn ioe(pid: Pid, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TforkError {
     let what = what.into();
-    move |e| TforkError::Io { pid, what, source: e }
+    let loc = std::panic::Location::caller();
+    move |e| TforkError::Io { pid, what, source: e, loc }
+}
+
+impl TforkError {
+    /// Where in the engine the error arose, when it knows.
+    pub fn location(&self) -> Option<&'static std::panic::Location<'static>> {
+        match self {
+            TforkError::Io { loc, .. } => Some(loc),
+            TforkError::Restore(r) => r.location(),
+            _ => None,
+        }
+    }
 }
 
 /// What `--persist` asks for.

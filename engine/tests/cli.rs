@@ -419,6 +419,22 @@ fn stats_images() {
     assert!(st.restore_time > 0);
 }
 
+/// Item 17: an error that arose inside the engine names where it arose
+/// (here restore/mod.rs, creating the pidfile), not the command-line step
+/// that called the restore (cli.rs).
+#[test]
+fn engine_errors_name_where_they_arose() {
+    require!(why_not_here());
+    let s = Scene::start("exiter", "errloc");
+    let dir = s.images(0);
+    s.criu_ok(&["dump", "-t", &s.pid.to_string()], &dir, "dump.log");
+    let out = s.criu(&["restore", "-d", "--pidfile", "/nonexistent-criu-rs-dir/x/pid"], &dir, "restore.log");
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap();
+    let line = log.lines().find(|l| l.contains("Can't open pidfile")).unwrap_or_else(|| panic!("no pidfile error:\n{log}"));
+    assert!(line.contains("Error (engine/src/restore/mod.rs:"), "{line}");
+}
+
 /// Item 16: every option the README's `criu` synopsis shows is one the
 /// binary accepts (with --help, an accepted option prints the help and
 /// exits 0, a refused or unknown one fails).

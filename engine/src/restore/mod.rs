@@ -35,17 +35,30 @@ use std::path::PathBuf;
 pub enum RestoreError {
     #[error("{0}")]
     Unsupported(String),
+    /// `loc`: where in the engine it arose (the `ioe` call), for the log.
     #[error("{what} (pid {pid})")]
-    Io { pid: Pid, what: String, #[source] source: std::io::Error },
+    Io { pid: Pid, what: String, #[source] source: std::io::Error, loc: &'static std::panic::Location<'static> },
     #[error("restore child {pid} failed: {msg}")]
     Child { pid: Pid, msg: String },
     #[error(transparent)]
     Mem(#[from] crate::mem_source::MemError),
 }
 
+#[track_caller]
 pub(crate) fn ioe(pid: Pid, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
     let what = what.into();
-    move |e| RestoreError::Io { pid, what, source: e }
+    let loc = std::panic::Location::caller();
+    move |e| RestoreError::Io { pid, what, source: e, loc }
+}
+
+impl RestoreError {
+    /// Where in the engine the error arose, when it knows.
+    pub fn location(&self) -> Option<&'static std::panic::Location<'static>> {
+        match self {
+            RestoreError::Io { loc, .. } => Some(loc),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
