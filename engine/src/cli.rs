@@ -90,6 +90,7 @@ impl<T, E: Into<Box<dyn std::error::Error>>> Here<T> for Result<T, E> {
             let arose = e
                 .downcast_ref::<crate::restore::RestoreError>()
                 .and_then(|r| r.location())
+                .or_else(|| e.downcast_ref::<crate::dump::DumpError>().and_then(|d| d.location()))
                 .or_else(|| e.downcast_ref::<crate::tfork::TforkError>().and_then(|t| t.location()));
             Failure { msg: error_chain(&*e), loc: arose.unwrap_or(step) }
         })

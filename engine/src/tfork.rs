@@ -78,6 +78,7 @@ impl TforkError {
         match self {
             TforkError::Io { loc, .. } => Some(loc),
             TforkError::Restore(r) => r.location(),
+            TforkError::Dump(d) => d.location(),
             _ => None,
         }
     }

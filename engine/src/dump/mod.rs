@@ -40,7 +40,24 @@ pub enum DumpError {
     #[error("process {pid}: {what}")]
     Unsupported { pid: Pid, what: String },
     #[error("{what} of {pid}")]
-    Io { pid: Pid, what: &'static str, #[source] source: io::Error },
+    /// `loc`: where in the engine it arose, for the log.
+    Io { pid: Pid, what: &'static str, #[source] source: io::Error, loc: &'static std::panic::Location<'static> },
+}
+
+impl DumpError {
+    #[track_caller]
+    fn io(pid: Pid, what: &'static str, source: io::Error) -> DumpError {
+        DumpError::Io { pid, what, source, loc: std::panic::Location::caller() }
+    }
+
+    /// Where in the engine the error arose, when it knows.
+    pub fn location(&self) -> Option<&'static std::panic::Location<'static>> {
+        match self {
+            DumpError::Io { loc, .. } => Some(loc),
+            DumpError::Task(t) => t.location(),
+            _ => None,
+        }
+    }
 }
 
 /// Last value of an `NS*` line of status: the id in the innermost pid ns.
@@ -101,8 +118,8 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
     }
     let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/pid")), ns_link("/proc/self/ns/pid")) else { return Ok(()) };
     if theirs != ours {
-        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| DumpError::Io { pid, what: "status", source: e })?;
-        let me = std::fs::read_to_string("/proc/self/status").map_err(|e| DumpError::Io { pid, what: "criu's own status", source: e })?;
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| DumpError::io(pid, "status", e))?;
+        let me = std::fs::read_to_string("/proc/self/status").map_err(|e| DumpError::io(pid, "criu's own status", e))?;
         let (nspid, mine) = (proc::status_nums(&st, "NSpid"), proc::status_nums(&me, "NSpid"));
         if nspid.last() != Some(&1) || nspid.len() != mine.len() + 1 {
             return Err(err(format!(
@@ -154,7 +171,7 @@ fn collect_tree(
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
     }
-    let io_err = |what| move |e| DumpError::Io { pid, what, source: e };
+    let io_err = |what| move |e| DumpError::io(pid, what, e);
     let mut frozen = match freeze_cgroup {
         None => FrozenTree::freeze(pid)?,
         Some(cg) => {
@@ -199,7 +216,7 @@ fn collect_tree(
     let members = frozen.members.clone();
     let mut tasks = Vec::with_capacity(members.len());
     for m in &members {
-        let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::Io { pid: m.pid, what: "status", source: e })?;
+        let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::io(m.pid, "status", e))?;
         ns_pid.insert(m.pid, ns_last(&st, "NSpid").unwrap_or(m.pid));
         // as upstream: the root has no parent in the tree (its restore
         // reads a nonzero ppid as a parent to find among the entries)
@@ -234,7 +251,7 @@ fn collect_tree(
 
 /// A zombie: its wait status (field 52 of stat, the exit code) and comm.
 fn collect_zombie(pid: Pid) -> Result<Task, DumpError> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| DumpError::Io { pid, what: "stat", source: e })?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| DumpError::io(pid, "stat", e))?;
     let (comm, f) = proc::parse_stat(&stat).unwrap_or_default();
     let exit = proc::stat_field(&f, 52) as u32;
     pr_debug!("{pid} is a zombie (exit status {exit:#x})");
@@ -293,7 +310,7 @@ fn check_shared_anon(tasks: &[(Pid, Task)]) -> Result<(), DumpError> {
 /// ppid, pgid, sid) and its kernel-object ids.
 fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool) -> Result<Task, DumpError> {
     let pid = frozen.pid;
-    let io_err = |what| move |e| DumpError::Io { pid, what, source: e };
+    let io_err = |what| move |e| DumpError::io(pid, what, e);
     // (smaps, which walks every page table, and the pagemap walk: only
     // when the memory is to be written)
     let (vmas, pages, exec) = if with_memory {

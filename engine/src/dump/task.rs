@@ -14,15 +14,28 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     #[error("{what} of {tid}")]
-    Io { tid: Pid, what: &'static str, #[source] source: io::Error },
+    /// `loc`: where in the engine it arose (the `io_err` call), for the log.
+    Io { tid: Pid, what: &'static str, #[source] source: io::Error, loc: &'static std::panic::Location<'static> },
     #[error("process {pid}: {what}")]
     Unsupported { pid: Pid, what: String },
     #[error("thread {tid} has {n} seccomp filters; more than {max} is not supported")]
     SeccompChain { tid: Pid, n: usize, max: usize },
 }
 
+#[track_caller]
 fn io_err(tid: Pid, what: &'static str) -> impl FnOnce(io::Error) -> TaskError {
-    move |e| TaskError::Io { tid, what, source: e }
+    let loc = std::panic::Location::caller();
+    move |e| TaskError::Io { tid, what, source: e, loc }
+}
+
+impl TaskError {
+    /// Where in the engine the error arose, when it knows.
+    pub fn location(&self) -> Option<&'static std::panic::Location<'static>> {
+        match self {
+            TaskError::Io { loc, .. } => Some(loc),
+            _ => None,
+        }
+    }
 }
 
 const ERESTARTSYS: i64 = 512;
