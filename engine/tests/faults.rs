@@ -199,8 +199,10 @@ fn restore_faults_with(name: &str, ns: Ns, points: &[&str], env: &[(&str, &str)]
             live_with_exe(&fx.bin).is_empty() && live_with_exe(&criu).is_empty()
         });
         if ns == Ns::Host {
-            // dead at once; the pid itself is free once init has reaped it
-            assert!(!alive(dumped), "{point}: pid {dumped} is still alive");
+            // dead at once (a task in the middle of exiting has lost its
+            // exe link but is not a zombie yet: give it a moment); the pid
+            // itself is free once init has reaped it
+            wait_until(&format!("{point}: pid {dumped} dead"), std::time::Duration::from_secs(2), || !alive(dumped));
             wait_until(&format!("pid {dumped} reaped"), std::time::Duration::from_secs(5), || {
                 !Path::new(&format!("/proc/{dumped}")).exists()
             });
