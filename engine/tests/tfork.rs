@@ -556,7 +556,7 @@ fn persist_async_returns_with_the_clones_and_reports_the_write() {
     assert!(st.success(), "{log}");
     let status = final_status(&img);
     let writer: i32 = status.strip_prefix("writing ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{status}"));
-    assert!(!alive(writer));
+    wait_until("the killed image writer gone", Duration::from_secs(2), || !alive(writer));
     assert!(!img.join("inventory.img").exists());
     for c in out.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         // SAFETY: as above.
