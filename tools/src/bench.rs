@@ -6,6 +6,29 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Walk the program's options: each name in `switches` takes no value, every
+/// other option takes the next argument (`set(name, value)`); `--bench`
+/// (what `cargo bench` adds) is skipped. `set` returns false for a name it
+/// does not know: the program then says so and exits with 2.
+pub fn each_option(switches: &[&str], mut set: impl FnMut(&str, &str) -> bool) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let name = args[i].as_str();
+        if name == "--bench" {
+            i += 1;
+            continue;
+        }
+        let takes_value = !switches.contains(&name);
+        let value = if takes_value { args.get(i + 1).map(String::as_str).unwrap_or("") } else { "" };
+        if !set(name, value) {
+            eprintln!("unknown option {name}");
+            std::process::exit(2);
+        }
+        i += if takes_value { 2 } else { 1 };
+    }
+}
+
 /// `1,4,16` -> `[1, 4, 16]` (what does not parse is left out).
 pub fn parse_list(s: &str) -> Vec<usize> {
     s.split(',').filter_map(|x| x.trim().parse().ok()).collect()

@@ -21,7 +21,7 @@
 //!
 //! `cr-bench [--criu PATH] [--sizes 64,256,1024,4096] [--threads 1,16] [--dir DIR] [--runs N] [--compare-fill] [--compare-dump]`
 
-use tools::bench::{ns_init_pid, parse_list};
+use tools::bench::{each_option, ns_init_pid, parse_list};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,37 +51,19 @@ fn opts() -> Opts {
         compare_fill: false,
         compare_dump: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--criu" => o.criu = PathBuf::from(v),
-            "--sizes" => o.sizes = parse_list(&v),
-            "--threads" => o.threads = parse_list(&v),
-            "--dir" => o.dir = PathBuf::from(v),
-            "--runs" => o.runs = v.parse().unwrap_or(1),
-            "--compare-fill" => {
-                o.compare_fill = true;
-                i += 1;
-                continue;
-            }
-            "--compare-dump" => {
-                o.compare_dump = true;
-                i += 1;
-                continue;
-            }
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => {
-                eprintln!("unknown argument {other}");
-                std::process::exit(2);
-            }
+    each_option(&["--compare-fill", "--compare-dump"], |name, value| {
+        match name {
+            "--criu" => o.criu = PathBuf::from(value),
+            "--sizes" => o.sizes = parse_list(value),
+            "--threads" => o.threads = parse_list(value),
+            "--dir" => o.dir = PathBuf::from(value),
+            "--runs" => o.runs = value.parse().unwrap_or(1),
+            "--compare-fill" => o.compare_fill = true,
+            "--compare-dump" => o.compare_dump = true,
+            _ => return false,
         }
-        i += 2;
-    }
+        true
+    });
     o
 }
 

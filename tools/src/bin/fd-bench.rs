@@ -9,7 +9,7 @@
 //! N is bounded by the hard RLIMIT_NOFILE (the workload raises its soft
 //! limit to it; the restore needs a few fds more than N).
 
-use tools::bench::{kill, median};
+use tools::bench::{each_option, kill, median};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,20 +32,17 @@ fn opts() -> Opts {
         runs: 3,
         dir: PathBuf::from("/tmp/fd-bench"),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i + 1 < args.len() {
-        let v = &args[i + 1];
-        match args[i].as_str() {
-            "--criu" => o.criu = PathBuf::from(v),
-            "--upstream" => o.upstream = PathBuf::from(v),
-            "--counts" => o.counts = v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-            "--runs" => o.runs = v.parse().unwrap_or(3),
-            "--dir" => o.dir = PathBuf::from(v),
-            other => panic!("unknown option {other}"),
+    each_option(&[], |name, value| {
+        match name {
+            "--criu" => o.criu = PathBuf::from(value),
+            "--upstream" => o.upstream = PathBuf::from(value),
+            "--counts" => o.counts = value.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+            "--runs" => o.runs = value.parse().unwrap_or(3),
+            "--dir" => o.dir = PathBuf::from(value),
+            _ => return false,
         }
-        i += 2;
-    }
+        true
+    });
     o
 }
 

@@ -14,7 +14,7 @@
 //! Needs root and gcc; the upstream binary defaults to
 //! ../shared/upstream-criu/criu-4.2 (rows without it say so).
 
-use tools::bench::{median, parse_list};
+use tools::bench::{each_option, median, parse_list};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,28 +39,18 @@ fn opts() -> Opts {
         runs: 3,
         dir: PathBuf::from("/tmp/layout-bench"),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--criu" => o.criu = PathBuf::from(v),
-            "--upstream" => o.upstream = PathBuf::from(v),
-            "--vmas" => o.vmas = parse_list(&v),
-            "--threads" => o.threads = parse_list(&v),
-            "--runs" => o.runs = v.parse().unwrap_or(3),
-            "--dir" => o.dir = PathBuf::from(v),
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => {
-                eprintln!("unknown option {other}");
-                std::process::exit(2);
-            }
+    each_option(&[], |name, value| {
+        match name {
+            "--criu" => o.criu = PathBuf::from(value),
+            "--upstream" => o.upstream = PathBuf::from(value),
+            "--vmas" => o.vmas = parse_list(value),
+            "--threads" => o.threads = parse_list(value),
+            "--runs" => o.runs = value.parse().unwrap_or(3),
+            "--dir" => o.dir = PathBuf::from(value),
+            _ => return false,
         }
-        i += 2;
-    }
+        true
+    });
     o
 }
 

@@ -13,7 +13,7 @@
 //!
 //! `mem-bench [--criu PATH] [--upstream PATH] [--cases frag2:1024,frag16:1024,thp:1024] [--runs N] [--dir DIR]`
 
-use tools::bench::{alive};
+use tools::bench::{alive, each_option};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,17 +36,14 @@ fn opts() -> Opts {
         runs: 2,
         dir: PathBuf::from("/tmp/mem-bench"),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--criu" => o.criu = PathBuf::from(v),
-            "--upstream" => o.upstream = PathBuf::from(v),
-            "--runs" => o.runs = v.parse().unwrap_or(1),
-            "--dir" => o.dir = PathBuf::from(v),
+    each_option(&[], |name, value| {
+        match name {
+            "--criu" => o.criu = PathBuf::from(value),
+            "--upstream" => o.upstream = PathBuf::from(value),
+            "--runs" => o.runs = value.parse().unwrap_or(1),
+            "--dir" => o.dir = PathBuf::from(value),
             "--cases" => {
-                o.cases = v
+                o.cases = value
                     .split(',')
                     .filter_map(|c| {
                         let (n, m) = c.split_once(':')?;
@@ -54,17 +51,10 @@ fn opts() -> Opts {
                     })
                     .collect()
             }
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => {
-                eprintln!("unknown argument {other}");
-                std::process::exit(2);
-            }
+            _ => return false,
         }
-        i += 2;
-    }
+        true
+    });
     o
 }
 

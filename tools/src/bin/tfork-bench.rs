@@ -27,7 +27,7 @@
 //!
 //! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--runs N] [--dir DIR]`
 
-use tools::bench::{alive, kill, ns_init_pid, parse_list};
+use tools::bench::{each_option, alive, kill, ns_init_pid, parse_list};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,30 +58,20 @@ fn opts() -> Opts {
         runs: 3,
         dir: PathBuf::from("/tmp/tfork-bench"),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--criu" => o.criu = PathBuf::from(v),
-            "--upstream" => o.upstream = PathBuf::from(v),
-            "--sizes" => o.sizes = parse_list(&v),
-            "--threads" => o.threads = parse_list(&v),
-            "--copies" => o.copies = parse_list(&v),
-            "--thp" => o.thp = parse_list(&v),
-            "--runs" => o.runs = v.parse().unwrap_or(1).max(1),
-            "--dir" => o.dir = PathBuf::from(v),
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => {
-                eprintln!("unknown option {other}");
-                std::process::exit(2);
-            }
+    each_option(&[], |name, value| {
+        match name {
+            "--criu" => o.criu = PathBuf::from(value),
+            "--upstream" => o.upstream = PathBuf::from(value),
+            "--sizes" => o.sizes = parse_list(value),
+            "--threads" => o.threads = parse_list(value),
+            "--copies" => o.copies = parse_list(value),
+            "--thp" => o.thp = parse_list(value),
+            "--runs" => o.runs = value.parse().unwrap_or(1).max(1),
+            "--dir" => o.dir = PathBuf::from(value),
+            _ => return false,
         }
-        i += 2;
-    }
+        true
+    });
     o
 }
 
