@@ -493,7 +493,8 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
     let (tree, pages) = images_io::read_images(&dir).here()?;
     let pidfile = o.pidfile.as_deref().map(|p| in_work_dir(o, Path::new(p)));
     let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from) };
-    let pid = restore::restore(&tree, &pages, &ropts).here()?;
+    let mems: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
+    let pid = restore::restore(&tree, &mems, &ropts).here()?;
     let restored: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
     // forking is not a separate stage here (one process): 0, as upstream
     // reports for a single process too
