@@ -487,10 +487,9 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }
-    if dir.join(mg::PSTREE.file_name("")).exists() {
-        cpuinfo::check_threads(&dir, o.cpu_cap).here()?;
-    }
+    // read (and checked: pstree first) before the per-thread CPU check reads the cores again
     let (tree, pages) = images_io::read_images(&dir).here()?;
+    cpuinfo::check_threads(&dir, o.cpu_cap).here()?;
     let pidfile = o.pidfile.as_deref().map(|p| in_work_dir(o, Path::new(p)));
     let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from) };
     let mems: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();

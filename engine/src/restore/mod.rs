@@ -459,8 +459,13 @@ fn release_tree(tree: &Tree, ready: &[Ready]) -> Result<(), RestoreError> {
             pr_info!("{} has a SIGCONT handler, queued SIGCONT or stop signals, or a parent that sees its stops: released thread by thread", r.pid);
         }
     }
-    let last = ready.len().saturating_sub(1);
-    for (k, r) in ready.iter().enumerate() {
+    // The root last: until it is detached, the engine's death takes it
+    // (PTRACE_O_EXITKILL), and with it, in a pid namespace of its own,
+    // every process already let go (stopped, waiting for the SIGCONT).
+    // In the host's pid namespace those would stay stopped: the window is
+    // the few detach calls of this loop.
+    let last = 0;
+    for (k, r) in ready.iter().enumerate().rev() {
         for (i, &tid) in r.tids.iter().enumerate() {
             if k == last && i + 1 == r.tids.len() {
                 crate::fault::point("mid-detach");
