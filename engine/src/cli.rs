@@ -105,7 +105,7 @@ fn version_text() -> String {
     format!(
         "Version: {VERSION}\n\
          Implementation: criu_rs {own}, an engine in Rust with the command line and image format of criu {VERSION}\n\
-         restoring one process at a time (trees are dumped, not restored); no RPC service (swrk), predump, page server or lazy pages\n"
+         no RPC service (swrk), predump, page server or lazy pages\n"
     )
 }
 
@@ -114,8 +114,8 @@ fn usage() -> String {
     format!(
         "\
 {OWN_VERSION}: checkpoint/restore of Linux processes in upstream CRIU
-{VERSION}'s image format and command line: dump takes a process tree, restore
-one process (any number of threads; an image of several is refused).
+{VERSION}'s image format and command line: dump and restore of process trees
+(any number of threads per process).
 
 Usage:
   criu dump -t PID [-D DIR] [<options>]
@@ -128,7 +128,7 @@ Usage:
 
 Commands:
   dump           checkpoint the process tree rooted at PID into image files
-  restore        restore a process from image files (one process)
+  restore        restore the process tree of an image set
   check          check that this kernel has what the engine needs
   cpuinfo dump   write this CPU's features into cpuinfo.img
   cpuinfo check  check cpuinfo.img against this CPU
@@ -136,7 +136,7 @@ Commands:
                  siblings of it; prints their pids, one per line
 
 Not implemented (refused by name): pre-dump, show, page-server, service,
-swrk, dedup, lazy-pages, exec, image-cache, image-proxy; restoring trees.
+swrk, dedup, lazy-pages, exec, image-cache, image-proxy.
 
 Options:
   -t|--tree PID          dump: the root of the tree to checkpoint (the
