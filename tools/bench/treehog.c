@@ -4,7 +4,8 @@
  * writes CHILD_MIB of its own. Every 100 ms each process checks a sample
  * of its pages (and of the inherited ones); a child that finds a wrong
  * byte exits 1, and the root, which checks that no child died, appends
- * `tick N ok` or `FAIL ...` to ./progress.log. Writes ./ready once set up. */
+ * `tick N ok` or `FAIL ...` to ./progress.log. Writes ./ready once every
+ * child has written its memory. */
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
@@ -53,12 +54,19 @@ int main(int argc, char **argv)
 	size_t smib = argc > 3 ? strtoul(argv[3], NULL, 10) : 0;
 	unsigned char *shared = fill(smib, 7);
 	pid_t *kids = calloc(n, sizeof(pid_t));
+	int up[2];
+	if (pipe(up) != 0)
+		exit(3);
 	for (int k = 0; k < n; k++) {
 		pid_t c = fork();
 		if (c < 0)
 			exit(3);
 		if (c == 0) {
 			unsigned char *own = fill(cmib, 100 + k);
+			close(up[0]);
+			if (write(up[1], "x", 1) != 1)
+				_exit(1);
+			close(up[1]);
 			for (;;) {
 				if (!check(own, cmib, 100 + k) || (shared && !check(shared, smib, 7)))
 					_exit(1);
@@ -67,6 +75,14 @@ int main(int argc, char **argv)
 		}
 		kids[k] = c;
 	}
+	/* every child has written its memory: the tree is at its full size */
+	close(up[1]);
+	for (int k = 0; k < n; k++) {
+		char c;
+		if (read(up[0], &c, 1) != 1)
+			exit(7);
+	}
+	close(up[0]);
 	FILE *log = fopen("progress.log", "a");
 	if (!log)
 		exit(4);
