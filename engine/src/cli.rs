@@ -143,6 +143,9 @@ Options:
                          process, its threads and all its descendants)
   -R|--leave-running     dump: leave the process running after the dump
   -d|--restore-detached  restore: detach from the restored process
+  -S|--restore-sibling   restore: the restored root becomes a child of
+                         criu's parent, not of criu (criu then does not
+                         wait for it)
                          (--daemon is the same, as upstream)
   -D|--images-dir DIR    directory of the image files (default: .)
   -W|--work-dir DIR      directory for the log and a relative pidfile
@@ -491,7 +494,7 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
     let (tree, pages) = images_io::read_images(&dir).here()?;
     cpuinfo::check_threads(&dir, o.cpu_cap).here()?;
     let pidfile = o.pidfile.as_deref().map(|p| in_work_dir(o, Path::new(p)));
-    let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from) };
+    let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from), sibling: o.restore_sibling };
     let mems: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
     let pid = restore::restore(&tree, &mems, &ropts).here()?;
     let restored: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
@@ -512,7 +515,8 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
         );
     }
     write_stats(&dir, "restore", &pb::StatsEntry { dump: None, restore: Some(stats) });
-    if o.detached {
+    // a sibling is not ours to wait for: its parent is criu's parent
+    if o.detached || o.restore_sibling {
         return Ok(0);
     }
     // as upstream: wait for the tree, then exit 0 whatever its status

@@ -246,8 +246,8 @@ fn restore_faults_mid_fill() {
 /// that lost bytes would show).
 #[test]
 fn restore_faults_tree() {
-    restore_faults("tree", Ns::OwnPidNs, &["after-clone", "mid-mm", "mid-mm@3", "before-detach", "mid-detach"]);
-    restore_faults("tree", Ns::Host, &["after-clone", "mid-mm@2", "before-detach"]);
+    restore_faults("tree", Ns::OwnPidNs, &["after-clone", "after-reports", "mid-mm", "mid-mm@3", "before-detach", "mid-detach"]);
+    restore_faults("tree", Ns::Host, &["after-clone", "after-reports", "mid-mm@2", "before-detach"]);
 }
 
 #[test]

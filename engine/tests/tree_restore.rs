@@ -161,3 +161,36 @@ fn hostile_pstree_images_are_refused() {
     refuse_pstree("no-entries", |ps| ps.clear(), "no processes");
     refuse_pstree("first-thread", |ps| ps[1].threads = vec![7], "its first thread is 7");
 }
+
+/// `--restore-sibling` (what runc asks for): the restored root is a child
+/// of criu's parent (here the test itself), criu returns without waiting
+/// for it, and the tree runs on; criu killed during such a restore leaves
+/// nothing.
+#[test]
+fn restore_sibling_makes_the_root_a_child_of_criu_s_parent() {
+    require!(why_not_here());
+    let tmp = test_dir("tree-restore-sibling");
+    let mut fx = Fixture::start("tree", &tmp, Ns::OwnPidNs);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
+    // the engine killed before it has seized the root: the root is not
+    // its child (no parent-death signal) but watches it, and goes
+    for point in ["after-clone", "after-reports", "mid-mm"] {
+        let (st, log) = criu_env(Path::new(CRIU), &["restore", "--restore-sibling"], &img, "restore.log", &[("CRIU_RS_FAULT_AT", point)]);
+        assert_killed(st, point, &log);
+        wait_until(&format!("nothing left after the engine died at {point}"), Duration::from_secs(5), || live_with_exe(&fx.bin).is_empty());
+    }
+    let t = fx.tick();
+    let started = std::time::Instant::now();
+    let st = Command::new(CRIU).args(["restore", "--restore-sibling", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&fx.work).status().unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    assert!(started.elapsed() < Duration::from_secs(10), "criu waited for the sibling it restored");
+    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 3);
+    fx.refind();
+    let st = std::fs::read_to_string(format!("/proc/{}/status", fx.pid)).unwrap();
+    let ppid: u32 = st.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap();
+    assert_eq!(ppid, std::process::id(), "the restored root's parent is criu's parent");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

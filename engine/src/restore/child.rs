@@ -56,6 +56,13 @@ pub struct ChildPlan {
     pub timens: Option<crate::model::TimeNs>,
     /// Who forks whom, sessions, groups, helpers, shared descriptions.
     pub plan: super::plan::Plan,
+    /// `--restore-sibling`: (engine-side fd number of a pidfd of the
+    /// engine, the number the root keeps it on). The root is then not the
+    /// engine's child, so no parent-death signal ties it to the engine: it
+    /// watches the engine through the pidfd instead while it waits to be
+    /// seized (the engine closes it right after the seize), and exits if
+    /// the engine is gone.
+    pub engine: Option<(i32, i32)>,
     /// Where the root puts the descriptions of `plan.shared` for every
     /// process to inherit: `sh_base + k` (above every restored fd, below
     /// the working fds).
@@ -284,6 +291,9 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
         }
         if n == 0 {
             p::dup2(plan.report_fd, plan.svc_base).map_err(|e| format!("moving the report pipe: {e}"))?;
+            if let Some((from, to)) = plan.engine {
+                p::dup2(from, to).map_err(|e| format!("keeping the engine's pidfd: {e}"))?;
+            }
             terminal = files::park_terminal(plan)?;
         } else if plan.shell_job && p::fcntl_int(plan.svc_base - 1, libc::F_GETFD, 0).is_ok() {
             terminal = Some(plan.svc_base - 1);
@@ -292,6 +302,9 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
         keep.extend(terminal);
         keep.extend(plan.root.as_ref().map(|r| r.fd.as_raw_fd()));
         keep.extend(plan.shared_range());
+        if n == 0 {
+            keep.extend(plan.engine.map(|(_, to)| to));
+        }
         p::close_all_except(&keep);
         setup_and_fork(plan, tree, n, terminal)
     })();
@@ -320,5 +333,13 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
         }
     }
     p::close(plan.svc_base);
-    p::pause_forever()
+    match plan.engine.filter(|_| n == 0) {
+        // readable once the engine has exited (a seize stops this wait
+        // for good: the memory it runs in is replaced)
+        Some((_, fd)) => {
+            p::wait_readable(fd);
+            p::exit_now(1)
+        }
+        None => p::pause_forever(),
+    }
 }

@@ -68,6 +68,9 @@ pub struct RestoreOpts {
     pub pidfile: Option<PathBuf>,
     pub shell_job: bool,
     pub root: Option<PathBuf>,
+    /// `--restore-sibling`: the root is forked with CLONE_PARENT, a child
+    /// of the engine's parent (a runtime that runs criu), not of the engine.
+    pub sibling: bool,
 }
 
 /// Kills the half-restored tree unless committed: every process of it
@@ -224,6 +227,7 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
     let svc_base = (sh_base + plan.shared.len() as i32 + 2 * npipes + 16).max(64);
     let max_map = map_files.iter().map(Vec::len).max().unwrap_or(0) as i32;
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
+    let engine_fd = if opts.sibling { Some(p::pidfd_open(std::process::id() as Pid).map_err(ioe(0, "a pidfd of the engine"))?) } else { None };
     // --root: opened once, above the service fds; paths are resolved in it
     let root = match &opts.root {
         None => None,
@@ -242,20 +246,27 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
         timens: own_timens(tree)?,
         plan,
         sh_base,
+        engine: engine_fd.as_ref().map(|f| (f.as_raw_fd(), svc_base + 2 + max_map)),
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;
         files::check_mapped_files(&tree.tasks[i], cplan.root.as_ref()).map_err(RestoreError::Unsupported)?;
     }
     let task = tree.root();
-    let (flags, set_tid): (u64, Vec<Pid>) =
+    let (mut flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
+    if opts.sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
     pr_info!("Forking task with {} pid (flags {:#x}); {} processes, {} helpers", task.pid, flags, tree.tasks.len(), cplan.plan.nodes.len() - tree.tasks.len());
     // a zombie holding the pid (a source killed by a dump its parent has
     // not reaped yet) is given a moment to go
     let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let child = loop {
-        match p::fork3(flags, &set_tid, libc::SIGCHLD, || child::child_main(&cplan, tree, 0, false)) {
+        // clone3 takes no exit signal with CLONE_PARENT: the child gets the
+        // engine's own (SIGCHLD to the engine's parent)
+        let exit_signal = if opts.sibling { 0 } else { libc::SIGCHLD };
+        match p::fork3(flags, &set_tid, exit_signal, || child::child_main(&cplan, tree, 0, false)) {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // (or just freed: gone by the time it is looked at)
@@ -273,6 +284,7 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
     drop(wr);
     let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard)?;
     pr_debug!("{} processes prepared their fds and process state", hosts.len());
+    crate::fault::point("after-reports");
     // CLONE_NEWPID: set_tid can't name the root's host pid; the others are
     // known from their reports
     let host_of = |i: usize| if i == 0 { Some(child) } else { hosts.get(&tree.tasks[i].pid).copied() };
@@ -280,7 +292,8 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
     let mut ready = Vec::with_capacity(live.len());
     for &i in &live {
         let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
-        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base, &map_files[i], &mut shm)?);
+        let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
+        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base, &map_files[i], &mut shm, close_first)?);
     }
     crate::fault::point("before-detach");
     // as upstream: the pidfile is created (never overwritten: O_EXCL, 0600)
@@ -364,7 +377,8 @@ fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid
 /// Seize process `pid` (waiting to be seized, its fds and process state
 /// set) and inject the rest: address space, threads, process-wide state,
 /// credentials, final registers. Not released.
-fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon) -> Result<Ready<'a>, RestoreError> {
+#[allow(clippy::too_many_arguments)]
+fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>) -> Result<Ready<'a>, RestoreError> {
     // O_SUSPEND_SECCOMP: filters installed near the end must not hit the engine's injected syscalls
     let opts_ = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
     ptrace::seize(child, opts_).map_err(ioe(child, "seize"))?;
@@ -377,6 +391,10 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
         }
     }
     let mut main = Injector::new(child, inject::engine_gadget()).map_err(ioe(child, "registers"))?;
+    if let Some(fd) = close_first {
+        // the engine's pidfd the root watched until now (--restore-sibling)
+        main.call("close", libc::SYS_close, &[fd as u64]).map_err(ioe(child, "closing the engine's pidfd"))?;
+    }
     // The restore is injected calls but for the memory fill: the engine and
     // the target on one CPU, so each call is a local switch, not a wakeup
     // of the other vCPU (16 threads: ~2 ms less each). The fill runs on the

@@ -805,6 +805,14 @@ pub fn unlink_in(dir: std::os::fd::BorrowedFd<'_>, name: &CStr) -> io::Result<()
     Ok(())
 }
 
+/// poll(2) fd `fd` (a number this process owns, e.g. a pidfd kept in the
+/// child of [`fork3`]) until it is readable or fails.
+pub fn wait_readable(fd: i32) {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: `pfd` is a valid pollfd array of length 1 for the call.
+    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 && last_err().raw_os_error() == Some(libc::EINTR) {}
+}
+
 /// setpgid(2) of the calling process: `setpgid(0, 0)` makes a group of its
 /// own, `setpgid(0, G)` joins group G of its session.
 pub fn setpgid_self(pgid: Pid) -> io::Result<()> {
