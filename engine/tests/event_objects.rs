@@ -12,12 +12,14 @@ use std::time::Duration;
 mod common;
 
 use engine::kinds::Kind;
+use images_proto::{image, magic, pb};
 use engine::model::{Fd, FileDesc};
 
 use common::{criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
 
-/// A running evobjs, started `setsid unshare --pid --fork evobjs WORDS...`
-/// (pid 1 of its own pid namespace); killed on drop.
+/// A running evobjs, started `unshare --pid --fork setsid evobjs WORDS...`
+/// (pid 1 of its own pid namespace and a session leader, as the shared
+/// fixtures are, so that upstream CRIU dumps it too); killed on drop.
 struct Ev {
     dir: PathBuf,
     bin: PathBuf,
@@ -36,7 +38,7 @@ impl Ev {
         assert!(st.success(), "building evobjs");
         let work = dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("setsid").args(["unshare", "--pid", "--fork"]))
+        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
             .arg(&bin)
             .args(words)
             .current_dir(&work)
@@ -47,7 +49,7 @@ impl Ev {
             .expect("start evobjs");
         std::thread::spawn(move || child.wait());
         wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-        let periodic = words.iter().any(|w| *w == "periodic" || *w == "epoll");
+        let periodic = words.contains(&"periodic");
         let mut ev = Ev { dir, bin, work, pid: 0, periodic };
         wait_until("first tick", Duration::from_secs(10), || ev.tick() >= 1);
         ev.refind();
@@ -205,7 +207,7 @@ fn round_trip(name: &str, words: &[&str], fds: &[i32]) {
 #[test]
 fn eventfd_round_trips() {
     require!(why_not_here());
-    round_trip("eventfd", &["eventfd", "semaphore"], &[10, 11, 12]);
+    round_trip("eventfd", &["eventfd", "semaphore", "bigcount"], &[10, 11, 12]);
 }
 
 #[test]
@@ -226,7 +228,7 @@ fn signalfd_round_trips() {
 #[test]
 fn epoll_round_trips() {
     require!(why_not_here());
-    let ev = round_trip_with("epoll", &["epoll", "moved", "nested", "semaphore", "timerfd"], &[10, 11, 12, 14, 19, 20, 21, 24, 25, 26, 30, 40], |fd, v| {
+    let ev = round_trip_with("epoll", &["epoll", "periodic", "moved", "nested", "semaphore", "bigcount", "timerfd"], &[10, 11, 12, 14, 19, 20, 21, 24, 25, 26, 30, 40], |fd, v| {
         if fd != 25 {
             return v;
         }
@@ -245,4 +247,136 @@ fn epoll_round_trips() {
     });
     // fd 30 is the unwatched eventfd that took the number
     assert!(ev.fdinfo(30).iter().any(|l| l.trim_end().ends_with("eventfd-count:                0")), "fd 30: {:?}", ev.fdinfo(30));
+}
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
+}
+
+fn why_not_upstream() -> Option<String> {
+    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
+}
+
+/// Run upstream CRIU 4.2 (`args -D dir -v4 -o log`); require success.
+fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
+    let (st, text) = common::criu_env(&upstream(), args, dir, log, &[]);
+    assert!(st.success(), "upstream criu {args:?} failed ({st:?}):\n{text}");
+}
+
+/// Our image set of eventfds, timers (not the periodic ones: upstream's
+/// restore disarms a periodic timer that expired unread, README of the
+/// fixtures), signalfds and epoll sets (nested, and a target whose fd was
+/// closed) restored by upstream CRIU 4.2: it ticks on.
+#[test]
+fn upstream_restores_our_images() {
+    require!(why_not_upstream());
+    let mut ev = Ev::start("to-upstream", &["eventfd", "timerfd", "signalfd", "epoll", "nested", "moved"]);
+    let criu = private_criu(&ev.dir);
+    ev.ticks_on(2, "before the dump");
+    let links = ev.links();
+    let img = ev.images("img");
+    criu_ok(&criu, &["dump", "-t", &ev.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped process gone", Duration::from_secs(5), || live_with_exe(&ev.bin).is_empty());
+    upstream_ok(&["restore", "-d"], &img, "restore-upstream.log");
+    ev.refind();
+    ev.ticks_on(5, "after upstream's restore");
+    assert_eq!(ev.links(), links, "fds after upstream's restore");
+}
+
+/// Upstream CRIU 4.2's dump of the program, every object upstream dumps
+/// (the eventfd semaphore mode it does not record), restored by ours: it
+/// ticks on, including the periodic timer upstream's own restore loses
+/// (expired and unread in the image: checked).
+#[test]
+fn we_restore_upstream_dumps() {
+    require!(why_not_upstream());
+    let mut ev = Ev::start("from-upstream", &["eventfd", "bigcount", "timerfd", "periodic", "signalfd", "epoll", "nested", "moved"]);
+    let criu = private_criu(&ev.dir);
+    ev.ticks_on(2, "before the dump");
+    let links = ev.links();
+    let img = ev.images("img");
+    ev.wait_for_dump_moment();
+    upstream_ok(&["dump", "-t", &ev.pid.to_string()], &img, "dump-upstream.log");
+    expired_timer_in(&img);
+    wait_until("the dumped process gone", Duration::from_secs(5), || live_with_exe(&ev.bin).is_empty());
+    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
+    ev.refind();
+    ev.ticks_on(7, "after our restore of upstream's dump");
+    assert_eq!(ev.links(), links, "fds after restore");
+}
+
+/// A copy of image set `img` with files.img's entries changed by `edit`.
+fn edited(img: &Path, name: &str, edit: impl FnOnce(&mut Vec<pb::FileEntry>)) -> PathBuf {
+    let out = img.with_file_name(name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    for e in std::fs::read_dir(img).unwrap().flatten() {
+        std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
+    }
+    let mut files: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
+    edit(&mut files);
+    image::write_all(&out, "files.img", &magic::FILES, &files).unwrap();
+    out
+}
+
+/// Hostile images: an epoll target that names no fd of the table, one
+/// past any fd number, a timerfd on a clock that does not exist, a
+/// nanosecond count past a second. Each refused with an error naming
+/// what is wrong, before any process is made.
+#[test]
+fn hostile_event_images_are_refused() {
+    require!(why_not_here());
+    let ev = Ev::start("hostile", &["epoll", "timerfd"]);
+    let criu = private_criu(&ev.dir);
+    ev.ticks_on(1, "before the dump");
+    let img = ev.images("img");
+    criu_ok(&criu, &["dump", "-t", &ev.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped process gone", Duration::from_secs(5), || live_with_exe(&ev.bin).is_empty());
+    let epoll = |f: &mut Vec<pb::FileEntry>| -> usize { f.iter().position(|e| e.epfd.is_some()).expect("an epoll entry") };
+    let timer = |f: &mut Vec<pb::FileEntry>| -> usize { f.iter().position(|e| e.tfd.is_some()).expect("a timerfd entry") };
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        ("epoll target nowhere", edited(&img, "bad-tfd", |f| { let i = epoll(f); f[i].epfd.as_mut().unwrap().tfd[0].tfd = 77 }), "needs fd 77, which is not in the fd table"),
+        ("epoll target out of range", edited(&img, "huge-tfd", |f| { let i = epoll(f); f[i].epfd.as_mut().unwrap().tfd[0].tfd = u32::MAX }), "tfd: fd 4294967295 is out of range"),
+        ("timerfd clock", edited(&img, "bad-clock", |f| { let i = timer(f); f[i].tfd.as_mut().unwrap().clockid = 42 }), "tfd.clockid: 42 is not a clock a timerfd can use"),
+        ("timerfd nanoseconds", edited(&img, "bad-nsec", |f| { let i = timer(f); f[i].tfd.as_mut().unwrap().insec = 1_000_000_000 }), "tfd.insec: 1000000000 nanoseconds is not below one second"),
+    ];
+    for (what, dir, want) in cases {
+        let (st, log) = common::criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
+        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
+        assert!(log.contains(want), "{what}: the error must say {want:?}:\n{log}");
+        assert!(live_with_exe(&ev.bin).is_empty(), "{what}: a refused image must not start anything");
+    }
+}
+
+/// The event objects of upstream CRIU 4.2's dump of the `ipc` fixture
+/// (../shared/fixtures/upstream/ipc) read as what that program holds: an
+/// eventfd with count 5, its 20 ms CLOCK_MONOTONIC timerfd expired and
+/// unread, a signalfd for SIGUSR1, an epoll set over the timerfd (fd 9)
+/// and a socket (fd 5) with their data. (The program's unix sockets are
+/// another kind's: only these entries are read here.)
+#[test]
+fn upstream_ipc_event_objects_read() {
+    require!(common::why_not_fixture("upstream/ipc"));
+    let dir = test_support::fixture("upstream/ipc").join("images");
+    let files: Vec<pb::FileEntry> = image::read_all(&dir, "files.img", &magic::FILES).unwrap();
+    let mut scratch = engine::kinds::Scratch::default();
+    let mut got = Vec::new();
+    for e in &files {
+        let mut cx = engine::kinds::Read { dir: &dir, files: &files, fd: 0, scratch: &mut scratch };
+        if let Some(k) = engine::kinds::read(e, &mut cx).unwrap() {
+            got.push(k);
+        }
+    }
+    use engine::kinds::{epoll, eventfd::Eventfd, signalfd::Signalfd, timerfd::Timerfd};
+    let rdwr_nonblock = (libc::O_RDWR | libc::O_NONBLOCK) as u32;
+    let target = |fd, data, ino| epoll::Target { fd, events: 0x19, data, dev: if fd == 9 { 16 } else { 9 }, ino, pos: 0 };
+    assert_eq!(
+        got,
+        vec![
+            Kind::Eventfd(Eventfd { flags: rdwr_nonblock, count: 5, semaphore: false }),
+            Kind::Timerfd(Timerfd { flags: rdwr_nonblock, clock: 1, ticks: 1, settime_flags: 0, value: (0, 0), interval: (0, 20_000_000) }),
+            Kind::Signalfd(Signalfd { flags: rdwr_nonblock, mask: 1 << (libc::SIGUSR1 - 1) }),
+            Kind::Epoll(epoll::Epoll { flags: libc::O_RDWR as u32, targets: vec![target(9, 0x2222, 1038), target(5, 0x1111, 664962)] }),
+        ]
+    );
 }
