@@ -35,6 +35,7 @@ use std::path::Path;
 
 pub mod epoll;
 pub mod eventfd;
+pub mod inotify;
 pub mod signalfd;
 pub mod timerfd;
 
@@ -254,6 +255,7 @@ kinds! {
     Timerfd(timerfd::Timerfd),
     Signalfd(signalfd::Signalfd),
     Epoll(epoll::Epoll),
+    Inotify(inotify::Inotify),
 }
 
 /// Image check of a whole fd table (before anything is created): every fd

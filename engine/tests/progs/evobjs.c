@@ -24,10 +24,15 @@
  *   moved     (with epoll) a target watched through fd 30, then dup'ed to
  *             fd 40 and fd 30 closed and reused by another eventfd
  *   nested    (with epoll) a second epoll set watching the first
+ *   inotify   an inotify instance (fd 28) watching ./watched (IN_CREATE,
+ *             IN_DELETE: wd 1) and ./watched/f (IN_MODIFY: wd 3, a watch
+ *             added and removed in between); each tick creates and removes
+ *             watched/x and writes to watched/f, and exactly those three
+ *             events must come, with those wds
  *
  * Fds are placed on fixed numbers (dup2) so the tests can look at them:
  * 10.. eventfds, 14.. timerfds, 20.. signalfds, 24 pipe, 25 epoll,
- * 26 nested epoll, 40 the moved target. */
+ * 26 nested epoll, 28 inotify, 40 the moved target. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -40,7 +45,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -116,7 +123,7 @@ int main(int argc, char **argv)
 		return 1;
 	int want_ep = has(argc, argv, "epoll");
 	int want_ev = want_ep || has(argc, argv, "eventfd"), want_tfd = has(argc, argv, "timerfd");
-	int want_big = has(argc, argv, "bigcount");
+	int want_big = has(argc, argv, "bigcount"), want_ino = has(argc, argv, "inotify");
 	int want_sem = has(argc, argv, "semaphore"), want_per = has(argc, argv, "periodic");
 	int want_sfd = want_ep || has(argc, argv, "signalfd");
 	int want_moved = want_ep && has(argc, argv, "moved"), want_nested = want_ep && has(argc, argv, "nested");
@@ -217,6 +224,18 @@ int main(int argc, char **argv)
 			CHECK(epoll_ctl(26, EPOLL_CTL_ADD, 25, &e) == 0, "epoll add nested");
 		}
 	}
+	if (want_ino) {
+		mkdir("watched", 0755);
+		close(open("watched/f", O_WRONLY | O_CREAT | O_TRUNC, 0644));
+		place(inotify_init1(IN_NONBLOCK), 28);
+		CHECK(inotify_add_watch(28, "watched", IN_CREATE | IN_DELETE) == 1, "inotify watch dir");
+		int gap = inotify_add_watch(28, ".", IN_ATTRIB);
+		CHECK(gap == 2 && inotify_rm_watch(28, gap) == 0, "inotify watch gap");
+		CHECK(inotify_add_watch(28, "watched/f", IN_MODIFY) == 3, "inotify watch file");
+		char ibuf[4096];
+		while (read(28, ibuf, sizeof(ibuf)) > 0)
+			;
+	}
 	close(open("ready", O_WRONLY | O_CREAT | O_TRUNC, 0644));
 
 	for (tick = 1;; tick++) {
@@ -298,6 +317,31 @@ int main(int argc, char **argv)
 			sigpending(&pend);
 			CHECK(sigismember(&pend, SIGUSR2) && readable(21), "SIGUSR2 still pending");
 			CHECK(fcntl(21, F_GETFD) & FD_CLOEXEC, "signalfd cloexec");
+		}
+		if (want_ino) {
+			close(open("watched/x", O_WRONLY | O_CREAT, 0644));
+			CHECK(unlink("watched/x") == 0, "unlink watched/x");
+			int f = open("watched/f", O_WRONLY | O_APPEND);
+			CHECK(f >= 0 && write(f, "y", 1) == 1, "write watched/f");
+			close(f);
+			char ibuf[4096] __attribute__((aligned(8)));
+			int got = 0;
+			ssize_t n;
+			while ((n = read(28, ibuf, sizeof(ibuf))) > 0) {
+				for (char *p = ibuf; p < ibuf + n;) {
+					struct inotify_event *ie = (struct inotify_event *)p;
+					if (ie->wd == 1 && ie->mask == IN_CREATE && !strcmp(ie->name, "x"))
+						got |= 1;
+					else if (ie->wd == 1 && ie->mask == IN_DELETE && !strcmp(ie->name, "x"))
+						got |= 2;
+					else if (ie->wd == 3 && ie->mask == IN_MODIFY)
+						got |= 4;
+					else
+						fail("inotify unexpected event");
+					p += sizeof(*ie) + ie->len;
+				}
+			}
+			CHECK(got == 7, "inotify events");
 		}
 		say("tick %lu ok", tick);
 	}
