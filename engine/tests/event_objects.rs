@@ -408,3 +408,55 @@ fn upstream_ipc_event_objects_read() {
         ]
     );
 }
+
+/// Every key path of a JSON value (arrays folded to `[]`).
+fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.insert(p.clone());
+                key_paths(x, &p, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                key_paths(x, &format!("{prefix}.[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Per event-object type, the key paths of its files.img entries as crit
+/// renders them.
+fn event_entry_shapes(img: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let path = img.join("files.img");
+    let v = image::decode_image(&std::fs::read(&path).unwrap(), &path, false).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for e in v["entries"].as_array().unwrap() {
+        let ty = e["type"].as_str().unwrap().to_string();
+        if ["EVENTFD", "TIMERFD", "SIGNALFD", "EVENTPOLL", "INOTIFY", "FANOTIFY"].contains(&ty.as_str()) {
+            key_paths(e, "", out.entry(ty).or_default());
+        }
+    }
+    out
+}
+
+/// The files.img entries of every event object, as our dump writes them,
+/// have the shape (crit's JSON keys) of upstream 4.2's for the same
+/// program at the same moment.
+#[test]
+fn event_images_have_upstream_shape() {
+    require!(why_not_upstream());
+    let ev = Ev::start("shape", &["eventfd", "timerfd", "periodic", "signalfd", "epoll", "nested", "moved", "inotify", "fanotify"]);
+    let criu = private_criu(&ev.dir);
+    ev.ticks_on(2, "before the dumps");
+    let ours = ev.images("ours");
+    criu_ok(&criu, &["dump", "-t", &ev.pid.to_string(), "--leave-running"], &ours, "dump.log");
+    let up = ev.images("upstream");
+    upstream_ok(&["dump", "-t", &ev.pid.to_string()], &up, "dump-upstream.log");
+    let (a, b) = (event_entry_shapes(&ours), event_entry_shapes(&up));
+    assert_eq!(a.keys().count(), 6, "every event type in our image: {:?}", a.keys());
+    assert_eq!(a, b, "shapes of the event entries: ours (left), upstream's (right)");
+}
