@@ -307,6 +307,8 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
     let mut fifos: HashMap<u32, i32> = HashMap::new();
     let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
     let data = |fifo: bool, id: u32| task.pipe_data.iter().find(|d| d.fifo == fifo && d.pipe_id == id);
+    // the resource kinds of crate::kinds: a phase of their own, after these
+    let mut kinds = Vec::new();
     for fd in &task.fds {
         let n = fd.fd;
         if let Some(&first) = descs.get(&fd.desc).or_else(|| shared.get(&fd.desc)) {
@@ -315,6 +317,10 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
                 p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
             }
             descs.entry(fd.desc).or_insert(n);
+            continue;
+        }
+        if let FileDesc::Kind(k) = &fd.file {
+            kinds.push((fd, k));
             continue;
         }
         match &fd.file {
@@ -386,6 +392,7 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
                 // a new open file description of our terminal, with the dumped flags
                 open_onto(&format!("/proc/self/fd/{t}"), (*flags as i32) | libc::O_NOCTTY, n)?;
             }
+            FileDesc::Kind(_) => unreachable!("taken out above"),
         }
         if let FileDesc::Reg { pos, .. } = &fd.file {
             if *pos != 0 {
@@ -407,6 +414,7 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
             p::close(x);
         }
     }
+    crate::kinds::restore_phase(&kinds)?;
     drop(ghosts);
     Ok(())
 }
