@@ -194,3 +194,38 @@ fn restore_sibling_makes_the_root_a_child_of_criu_s_parent() {
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// An eventfd and an epoll set made by the root and inherited by its child
+/// (one description each, held by both processes): the child keeps adding
+/// to the eventfd, the root keeps waiting on its epoll set and reading;
+/// dumped and restored twice (and once with `--leave-running`), it ticks on
+/// with no FAIL.
+#[test]
+fn event_objects_shared_by_a_tree() {
+    require!(why_not_here());
+    let tmp = test_dir("tree-restore-events");
+    let mut fx = Fixture::start_ours("treeev", &tmp, Ns::OwnPidNs);
+    for round in 0..3 {
+        let img = tmp.join(format!("img{round}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let leave = round == 0;
+        let mut args = vec!["dump", "-t"];
+        let p = fx.pid.to_string();
+        args.push(&p);
+        if leave {
+            args.push("--leave-running");
+        }
+        criu_ok(Path::new(CRIU), &args, &img, "dump.log");
+        if leave {
+            fx.ticks_on(3, "after the --leave-running dump");
+            continue;
+        }
+        let t = fx.tick();
+        let st = Command::new(CRIU).args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&fx.work).status().unwrap();
+        assert!(st.success(), "round {round}: {}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+        wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 3);
+        fx.refind();
+    }
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -177,6 +177,13 @@ impl FileKind for Epoll {
         self.targets.iter().map(|t| t.fd).collect()
     }
 
+    fn renumber(&mut self, map: &dyn Fn(i32) -> Option<i32>) -> Result<(), i32> {
+        for t in &mut self.targets {
+            t.fd = map(t.fd).ok_or(t.fd)?;
+        }
+        Ok(())
+    }
+
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
         let ep = event::epoll_create(0).map_err(|e| format!("epoll_create1: {e}"))?;
         for t in &self.targets {

@@ -170,6 +170,13 @@ pub trait FileKind: Sized {
     fn after(&self) -> Vec<i32> {
         Vec::new()
     }
+    /// The same file with every fd number of [`FileKind::after`] put
+    /// through `map` (a description the root of a tree makes for all its
+    /// processes waits on fds at other numbers than its holder's); the
+    /// first number `map` has none for is the error.
+    fn renumber(&mut self, _map: &dyn Fn(i32) -> Option<i32>) -> Result<(), i32> {
+        Ok(())
+    }
     /// Restore (in the restore child): create the object with its dumped
     /// state. The phase moves it onto `cx.fd`.
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String>;
@@ -217,6 +224,11 @@ macro_rules! kinds {
             /// [`FileKind::after`] of the kind.
             pub fn after(&self) -> Vec<i32> {
                 match self { $(Kind::$variant(k) => k.after(),)* }
+            }
+
+            /// [`FileKind::renumber`] of the kind.
+            pub fn renumber(&mut self, map: &dyn Fn(i32) -> Option<i32>) -> Result<(), i32> {
+                match self { $(Kind::$variant(k) => k.renumber(map),)* }
             }
 
             /// [`FileKind::restore`] of the kind.

@@ -273,9 +273,21 @@ impl Slots {
 /// recreated once for all of its descriptions).
 pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Option<i32>) -> Result<(), String> {
     let mut fds = Vec::with_capacity(plan.plan.shared.len());
+    let sh_fd = plan.shared_fds();
     for (k, &d) in plan.plan.shared.iter().enumerate() {
-        let f = tree.tasks.iter().flat_map(|t| &t.fds).find(|f| f.desc == d).ok_or_else(|| format!("shared file {d} has no fd"))?;
-        fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
+        let (holder, f) = tree
+            .tasks
+            .iter()
+            .find_map(|t| t.fds.iter().find(|f| f.desc == d).map(|f| (t, f)))
+            .ok_or_else(|| format!("shared file {d} has no fd"))?;
+        let mut file = f.file.clone();
+        if let FileDesc::Kind(kind) = &mut file {
+            // what it waits on is made here too (the plan saw to it), at
+            // the numbers of this table
+            let at = |n: i32| holder.fds.iter().find(|g| g.fd == n).and_then(|g| sh_fd.get(&g.desc).copied());
+            kind.renumber(&at).map_err(|n| format!("fd {} of process {} ({}) needs fd {n}, which is not made for the tree", f.fd, holder.pid, kind.name()))?;
+        }
+        fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file });
     }
     let mut pipe_data: Vec<PipeData> = Vec::new();
     for d in tree.tasks.iter().flat_map(|t| &t.pipe_data) {

@@ -203,8 +203,11 @@ fn object_of(f: &crate::model::Fd) -> Object {
     }
 }
 
-/// Descriptions the root makes for the tree (see [`Plan::shared`]).
+/// Descriptions the root makes for the tree (see [`Plan::shared`]); and
+/// what a shared one of the resource kinds waits on (epoll: its targets)
+/// is made there too, before it.
 fn shared_descriptions(tree: &Tree) -> Vec<u32> {
+    use std::collections::HashSet;
     let mut holders: HashMap<Object, (usize, bool)> = HashMap::new(); // first holder, several?
     for (i, t) in tree.tasks.iter().enumerate() {
         for f in &t.fds {
@@ -214,10 +217,36 @@ fn shared_descriptions(tree: &Tree) -> Vec<u32> {
             }
         }
     }
+    let mut shared: HashSet<u32> = HashSet::new();
+    for t in &tree.tasks {
+        for f in &t.fds {
+            if holders[&object_of(f)].1 {
+                shared.insert(f.desc);
+            }
+        }
+    }
+    // the closure over the kinds' dependencies (fd numbers of the holder)
+    loop {
+        let mut more: Vec<u32> = Vec::new();
+        for t in &tree.tasks {
+            let by_fd: HashMap<i32, u32> = t.fds.iter().map(|f| (f.fd, f.desc)).collect();
+            for f in t.fds.iter().filter(|f| shared.contains(&f.desc)) {
+                if let FileDesc::Kind(k) = &f.file {
+                    more.extend(k.after().iter().filter_map(|d| by_fd.get(d).copied()).filter(|d| !shared.contains(d)));
+                }
+            }
+        }
+        if more.is_empty() {
+            break;
+        }
+        shared.extend(more);
+    }
+    // (in the order of the tasks' fds: a dependency is an earlier fd or
+    // the kinds' phase waits for it)
     let mut out = Vec::new();
     for t in &tree.tasks {
         for f in &t.fds {
-            if holders[&object_of(f)].1 && !out.contains(&f.desc) {
+            if shared.contains(&f.desc) && !out.contains(&f.desc) {
                 out.push(f.desc);
             }
         }
