@@ -381,7 +381,9 @@ fn run_tfork(o: &Opts) -> Result<(), Failure> {
     }
     // measurement knob: processes forking clones at the same time
     let forkers = std::env::var("CRIU_RS_TFORK_FORKERS").ok().and_then(|v| v.parse().ok());
-    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir };
+    // io_uring for the image set unless CRIU_RS_IO_URING=off (tests, measurements)
+    let plain_writes = std::env::var("CRIU_RS_IO_URING").as_deref() == Ok("off");
+    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir, plain_writes };
     if persist == crate::tfork::Persist::Async {
         return tfork_async(pid, &topts);
     }

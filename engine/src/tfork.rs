@@ -109,6 +109,10 @@ pub struct TforkOpts {
     pub forkers: Option<usize>,
     /// Where `Persist::Sync` writes the image set.
     pub images_dir: std::path::PathBuf,
+    /// Write the image set with plain writes and fsync(2), not io_uring
+    /// (the CLI's `CRIU_RS_IO_URING=off`; io_uring refused by the kernel
+    /// falls back to them by itself).
+    pub plain_writes: bool,
 }
 
 /// What a tfork did, with its timings (all from the start of the freeze).
@@ -340,7 +344,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let persisted = match snapshot {
         None => None,
         Some(d) => {
-            write_image_set(&tree, d, gadget_page, &opts.images_dir)?;
+            write_image_set(&tree, d, gadget_page, &opts.images_dir, !opts.plain_writes)?;
             Some(t0.elapsed())
         }
     };
@@ -355,8 +359,10 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
 /// S (the source's memory as at the freeze, copy-on-write; the engine's
 /// gadget area at `gadget_page` left out), with the state `tree` collected from the source:
 /// into a staging directory of `dir`, published (inventory last, synced)
-/// only when complete, as a dump's.
-fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &std::path::Path) -> Result<(), TforkError> {
+/// only when complete, as a dump's, after every file is fsynced. `uring`:
+/// the pages and the fsyncs through io_uring where the kernel allows it
+/// (the log says what was used).
+fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &std::path::Path, uring: bool) -> Result<(), TforkError> {
     let img = |e: &dyn std::error::Error| {
         let mut m = e.to_string();
         let mut src = e.source();
@@ -390,7 +396,7 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     task.mm = dump::mm::collect_mm(d, vmas, pages, brk).map_err(|e| img(&e))?;
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
-    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?;
+    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?.with_io_uring(uring);
     let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), d);
     let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
     crate::fault::point("tfork-mid-persist");
@@ -398,8 +404,16 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
         return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
     }
     crate::images_io::write_images(&tree, staging.path(), &[Some(&mem)], &run_id).map_err(|e| img(&e))?;
+    let synced = staging.sync_files(uring).map_err(|e| img(&e))?;
     staging.publish().map_err(|e| img(&e))?;
-    pr_info!("image set of the frozen source written to {}", dir.display());
+    let pages = match mem.pages_write() {
+        crate::mem_source::PagesWrite::IoUring => "io_uring".to_string(),
+        crate::mem_source::PagesWrite::Plain { refused: Some(why) } => format!("plain writes (io_uring refused: {why})"),
+        crate::mem_source::PagesWrite::Plain { refused: None } if uring => "plain writes".to_string(),
+        crate::mem_source::PagesWrite::Plain { refused: None } => "plain writes (io_uring off: CRIU_RS_IO_URING=off)".to_string(),
+        crate::mem_source::PagesWrite::None => "no pages".to_string(),
+    };
+    pr_info!("image set of the frozen source written to {}: pages by {pages}, files synced by {synced}", dir.display());
     Ok(())
 }
 

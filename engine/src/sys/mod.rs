@@ -14,6 +14,7 @@ pub mod pagemap;
 pub mod process;
 pub mod ptrace;
 pub mod uffd;
+pub mod uring;
 
 /// A kernel thread/process id as seen from the engine's pid namespace.
 pub type Pid = i32;
