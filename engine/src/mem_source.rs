@@ -25,6 +25,9 @@ pub enum MemError {
     Read { what: String, vaddr: u64, len: usize, #[source] source: io::Error },
     #[error("writing {len} bytes of {what} at offset {off} of the pages file")]
     Write { what: String, off: u64, len: usize, #[source] source: io::Error },
+    /// A write through io_uring failed (the source says which and where).
+    #[error("writing the pages file through io_uring")]
+    Ring(#[source] io::Error),
     #[error("{what} has no page at {vaddr:#x}")]
     Missing { what: String, vaddr: u64 },
     #[error("{what}: pages image is {have} bytes, pagemap needs {need}")]
@@ -249,21 +252,20 @@ impl ProcessMem {
     fn copy_to_uring(&self, ranges: &[(u64, u64)], out: &File, off: u64, want_direct: bool) -> Result<Result<(), MemError>, io::Error> {
         let direct = if want_direct { open_direct(out) } else { None };
         let mut w = crate::sys::uring::RingWriter::new(out, direct.as_ref(), 4, CHUNK)?;
-        let werr = |what: u64, pos: u64, len: usize| move |e| MemError::Write { what: format!("{what:#x} (io_uring)"), off: pos, len, source: e };
         let mut pos = off;
         let res = for_packs(ranges, |pieces, n| {
-            let (i, buf) = w.buffer().map_err(werr(pieces[0].0, pos, n))?;
+            let (i, buf) = w.buffer().map_err(MemError::Ring)?;
             let mut at = 0;
             for &(a, len) in pieces {
                 self.read(a, &mut buf[at..at + len])?;
                 at += len;
             }
-            w.write(i, n, pos).map_err(werr(pieces[0].0, pos, n))?;
+            w.write(i, n, pos).map_err(MemError::Ring)?;
             pos += n as u64;
             Ok(())
         });
         let (ops, direct_on) = (w.ops, w.is_direct());
-        let fin = w.finish().map_err(werr(0, pos, 0));
+        let fin = w.finish().map_err(MemError::Ring);
         crate::pr_debug!("io_uring: {ops} writes{}", if direct_on { " (O_DIRECT)" } else { "" });
         Ok(res.and(fin))
     }

@@ -146,13 +146,18 @@ fn threads_of(pid: i32) -> usize {
 
 /// Run `criu tfork`; (status, stdout, log).
 fn run_tfork(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
+    run_tfork_log(dir, &dir.join("tfork.log"), args, env)
+}
+
+/// [`run_tfork`] with the log at `log` (not in `dir`).
+fn run_tfork_log(dir: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
     let mut cmd = Command::new(CRIU);
-    cmd.arg("tfork").args(args).arg("-D").arg(dir).args(["-v4", "-o", "tfork.log"]).stdin(Stdio::null());
+    cmd.arg("tfork").args(args).arg("-D").arg(dir).args(["-v4", "-o"]).arg(log).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run criu");
-    let mut log = std::fs::read_to_string(dir.join("tfork.log")).unwrap_or_default();
+    let mut log = std::fs::read_to_string(log).unwrap_or_default();
     log.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), log)
 }
@@ -400,14 +405,28 @@ fn a_failing_tfork_leaves_no_clone() {
 
 #[test]
 fn persist_sync_writes_a_restorable_image_set() {
+    persist_sync_restorable("tfork-persist", &[], "pages by io_uring, files synced by io_uring");
+}
+
+/// The same with io_uring off: the plain writes' set restores too.
+#[test]
+fn persist_sync_with_plain_writes_writes_a_restorable_image_set() {
+    persist_sync_restorable("tfork-persist-plain", &[("CRIU_RS_IO_URING", "off")], "pages by plain writes (io_uring off: CRIU_RS_IO_URING=off), files synced by fsync");
+}
+
+/// `--persist=sync` (with `env`, the log saying `how` the set was
+/// written): the set is complete and durable when the command returns,
+/// and our restore and upstream's bring it back from the frozen moment.
+fn persist_sync_restorable(name: &str, env: &[(&str, &str)], how: &str) {
     require!(why_not());
-    let dir = test_dir("tfork-persist");
+    let dir = test_dir(name);
     let img = dir.join("img");
     std::fs::create_dir_all(&img).unwrap();
     let mut src = Src::start(&dir, 2, 16);
     let pid = src.pid;
-    let (st, out, log) = run_tfork(&img, &["-t", &pid.to_string(), "--copies", "2", "--persist=sync"], &[]);
+    let (st, out, log) = run_tfork(&img, &["-t", &pid.to_string(), "--copies", "2", "--persist=sync"], env);
     assert!(st.success(), "{log}");
+    assert!(log.contains(how), "the log should say {how:?}:\n{log}");
     let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(clones.len(), 2);
     assert!(log.contains("image set durable after"), "{log}");
@@ -611,4 +630,127 @@ fn fixture_counter_clones_tick() {
 #[test]
 fn fixture_threads_clones_tick() {
     fixture_clones("threads");
+}
+
+/// `kernel.io_uring_disabled` set for the guard's life, then put back.
+struct UringSysctl(String);
+
+const URING_SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
+
+impl UringSysctl {
+    /// Why the sysctl can't be set here.
+    fn why_not() -> Option<String> {
+        match std::fs::read_to_string(URING_SYSCTL) {
+            Err(e) => Some(format!("{URING_SYSCTL}: {e}")),
+            Ok(v) if v.trim() != "0" => Some(format!("{URING_SYSCTL} is {} already: io_uring itself can't be tested", v.trim())),
+            Ok(v) => std::fs::write(URING_SYSCTL, v.trim()).err().map(|e| format!("{URING_SYSCTL} not writable: {e}")),
+        }
+    }
+
+    fn set(v: &str) -> UringSysctl {
+        let old = std::fs::read_to_string(URING_SYSCTL).unwrap().trim().to_string();
+        std::fs::write(URING_SYSCTL, v).unwrap();
+        UringSysctl(old)
+    }
+}
+
+impl Drop for UringSysctl {
+    fn drop(&mut self) {
+        std::fs::write(URING_SYSCTL, &self.0).expect("putting io_uring_disabled back");
+    }
+}
+
+/// io_uring refused by the kernel (`kernel.io_uring_disabled=2`: EPERM
+/// from io_uring_setup): the set is written with plain writes and fsync,
+/// complete, and the log says io_uring was refused and why.
+#[test]
+fn persist_falls_back_to_plain_writes_where_io_uring_is_refused() {
+    require!(why_not().or_else(UringSysctl::why_not));
+    let dir = test_dir("tfork-uring-off");
+    let src = Src::start(&dir, 1, 16);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, out, log) = {
+        let _off = UringSysctl::set("2");
+        run_tfork(&img, &["-t", &src.pid.to_string(), "--copies", "1", "--persist=sync"], &[])
+    };
+    assert!(st.success(), "{log}");
+    assert!(
+        log.contains("pages by plain writes (io_uring refused: io_uring_setup: Operation not permitted") && log.contains("files synced by fsync"),
+        "{log}"
+    );
+    assert!(img.join("inventory.img").exists());
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    src.all_tick(&[clones[0], src.pid], 2, "after a tfork without io_uring");
+    // SAFETY: kill(2) of the clone this test made.
+    unsafe { libc::kill(clones[0], libc::SIGKILL) };
+}
+
+/// Staging directories and inventory.img of `img`.
+fn leftovers(img: &Path) -> Vec<String> {
+    std::fs::read_dir(img)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".criu-rs-staging") || n == "inventory.img").collect())
+        .unwrap_or_default()
+}
+
+/// A tmpfs mounted for the guard's life.
+struct SmallFs(PathBuf);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A background write that runs out of space (a 2 MiB tmpfs, a 16 MiB
+/// process), through io_uring and through plain writes: `sync` fails the
+/// command and leaves no clone; `async` leaves the clones running and says
+/// `failed: ... No space left on device` in the status; neither leaves an
+/// inventory.img or a staging directory.
+#[test]
+fn a_full_disk_fails_the_background_write_and_leaves_no_set() {
+    require!(why_not().or_else(|| why_not_tools(&["mount", "umount"])));
+    let dir = test_dir("tfork-enospc");
+    let src = Src::start(&dir, 1, 16);
+    let pid = src.pid.to_string();
+    let mnt = dir.join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tfork-enospc"]).arg(&mnt).status().unwrap();
+    assert!(st.success(), "mounting a small tmpfs");
+    let _fs = SmallFs(mnt.clone());
+    for (label, env, how) in [("uring", vec![], "through io_uring: writing"), ("plain", vec![("CRIU_RS_IO_URING", "off")], "")] {
+        let img = mnt.join(format!("sync-{label}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let logf = dir.join(format!("sync-{label}.log"));
+        let (st, _, log) = run_tfork_log(&img, &logf, &["-t", &pid, "--copies", "2", "--persist=sync"], &env);
+        assert!(!st.success(), "{label}: a sync tfork whose set can't be written fails:\n{log}");
+        assert!(log.contains("No space left on device"), "{label}: {log}");
+        assert!(log.contains(how), "{label}: the write through io_uring failed: {log}");
+        assert!(leftovers(&img).is_empty(), "{label}: {:?} left", leftovers(&img));
+        wait_until("no clone left by the failed sync tfork", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
+        reap_zombies();
+
+        let img = mnt.join(format!("async-{label}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let logf = dir.join(format!("async-{label}.log"));
+        let (st, out, log) = run_tfork_log(&img, &logf, &["-t", &pid, "--copies", "2", "--persist=async"], &env);
+        assert!(st.success(), "{label}: {log}");
+        let status = final_status(&img);
+        assert!(status.starts_with("failed: ") && status.contains("No space left on device"), "{label}: {status}");
+        assert!(leftovers(&img).is_empty(), "{label}: {:?} left", leftovers(&img));
+        let log = std::fs::read_to_string(&logf).unwrap_or_default();
+        assert!(log.contains("No space left on device"), "{label}: {log}");
+        let clones: Vec<i32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert_eq!(clones.len(), 2);
+        src.all_tick(&clones, 2, &format!("({label}) after a failed background write"));
+        for c in clones {
+            // SAFETY: kill(2) of a clone this test made.
+            unsafe { libc::kill(c, libc::SIGKILL) };
+        }
+        wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
+        reap_zombies();
+        std::fs::remove_dir_all(mnt.join(format!("sync-{label}"))).unwrap();
+        std::fs::remove_dir_all(&img).unwrap();
+    }
+    src.all_tick(&[src.pid], 2, "after the failed writes");
 }
