@@ -136,6 +136,8 @@ pub struct ProcessMem {
     vm_readv: bool,
     /// Write the pages through io_uring ([`ProcessMem::with_io_uring`]).
     uring: bool,
+    /// Write with O_DIRECT whatever the size ([`ProcessMem::with_direct`]).
+    always_direct: bool,
     /// How the last [`MemSource::copy_to`] wrote (`WROTE_*`).
     wrote: std::sync::atomic::AtomicU8,
     /// Why io_uring was not used, when it was refused.
@@ -161,7 +163,7 @@ impl ProcessMem {
     pub fn open(pid: i32) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?;
         let vm_readv = std::env::var("CRIU_RS_DUMP_READ").as_deref() != Ok("mem");
-        Ok(ProcessMem { pid, file, vm_readv, uring: false, wrote: WROTE_NONE.into(), refused: Default::default() })
+        Ok(ProcessMem { pid, file, vm_readv, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default() })
     }
 
     /// Read through /proc/PID/mem only: for memory shared copy-on-write
@@ -169,7 +171,7 @@ impl ProcessMem {
     /// page by page.
     pub fn open_mem_only(pid: i32) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?;
-        Ok(ProcessMem { pid, file, vm_readv: false, uring: false, wrote: WROTE_NONE.into(), refused: Default::default() })
+        Ok(ProcessMem { pid, file, vm_readv: false, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default() })
     }
 
     /// Write the pages through io_uring ([`crate::sys::uring::RingWriter`]),
@@ -178,6 +180,16 @@ impl ProcessMem {
     /// [`ProcessMem::pages_write`] then tells.
     pub fn with_io_uring(mut self, on: bool) -> Self {
         self.uring = on;
+        self
+    }
+
+    /// Write the pages with O_DIRECT whatever their size (where the file
+    /// system takes it; `CRIU_RS_DUMP_DIRECT=never` still turns it off):
+    /// for an image set that must be durable, where the fsync after a
+    /// write through the page cache costs what the write saved
+    /// (docs/PERFORMANCE.md, "tfork").
+    pub fn with_direct(mut self, on: bool) -> Self {
+        self.always_direct = on;
         self
     }
 
@@ -218,7 +230,7 @@ impl MemSource for ProcessMem {
     fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
         let t = std::time::Instant::now();
         let total: u64 = ranges.iter().map(|r| r.1).sum();
-        let direct = direct_pays_off(total);
+        let direct = if self.always_direct { std::env::var("CRIU_RS_DUMP_DIRECT").as_deref() != Ok("never") } else { direct_pays_off(total) };
         let (r, how) = match self.uring.then(|| self.copy_to_uring(ranges, out, off, direct)) {
             Some(Ok(r)) => {
                 self.wrote.store(WROTE_URING, std::sync::atomic::Ordering::Relaxed);

@@ -396,7 +396,7 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     task.mm = dump::mm::collect_mm(d, vmas, pages, brk).map_err(|e| img(&e))?;
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
-    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?.with_io_uring(uring);
+    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?.with_io_uring(uring).with_direct(true);
     let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), d);
     let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
     crate::fault::point("tfork-mid-persist");
