@@ -123,6 +123,7 @@ Usage:
   criu check [--feature NAME] [--extra] [--experimental] [--all]
   criu cpuinfo dump|check [-D DIR] [--cpu-cap[=CAPS]]
   criu tfork -t PID --copies N [--persist=none|sync|async] [-D DIR]
+             [--root-snapshot overlay[:DIR]]
   criu --version | -V
   criu --help | -h
 
@@ -165,6 +166,10 @@ Options:
                          (default), sync (durable on return) or async
                          (return once the clones run; the outcome in
                          -D/tfork-persist.status)
+  --root-snapshot MODE   tfork: each clone its own copy of the source's
+                         directory: overlay (its cwd) or overlay:DIR, an
+                         overlayfs in a mount namespace of the clone's own,
+                         upper dir in -D/tfork-root/CLONE_PID/upper
   --feature NAME         check: one feature by upstream's name
   --extra, --experimental, --all
                          check: accepted; every probe always runs
@@ -383,7 +388,8 @@ fn run_tfork(o: &Opts) -> Result<(), Failure> {
     let forkers = std::env::var("CRIU_RS_TFORK_FORKERS").ok().and_then(|v| v.parse().ok());
     // io_uring for the image set unless CRIU_RS_IO_URING=off (tests, measurements)
     let plain_writes = std::env::var("CRIU_RS_IO_URING").as_deref() == Ok("off");
-    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir, plain_writes };
+    let root_snapshot = o.root_snapshot.as_deref().map(crate::root_snapshot::Mode::parse).transpose().map_err(Failure::new)?;
+    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir, plain_writes, root_snapshot };
     if persist == crate::tfork::Persist::Async {
         return tfork_async(pid, &topts);
     }

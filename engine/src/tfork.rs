@@ -113,6 +113,10 @@ pub struct TforkOpts {
     /// (the CLI's `CRIU_RS_IO_URING=off`; io_uring refused by the kernel
     /// falls back to them by itself).
     pub plain_writes: bool,
+    /// `--root-snapshot`: each clone's own copy of the source's directory
+    /// ([`crate::root_snapshot`]), its upper directory in
+    /// `images_dir/tfork-root/<clone pid>`.
+    pub root_snapshot: Option<crate::root_snapshot::Mode>,
 }
 
 /// What a tfork did, with its timings (all from the start of the freeze).
@@ -179,6 +183,19 @@ impl Unreleased {
     }
 }
 
+/// Upper directories of `--root-snapshot` made so far: removed when the
+/// tfork fails (its clones are killed), kept once they all run.
+#[derive(Debug, Default)]
+struct SnapDirs(Vec<std::path::PathBuf>);
+
+impl Drop for SnapDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Options S and every clone are traced with until released.
 const CLONE_TRACE: u64 =
     ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_TRACEFORK | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
@@ -240,6 +257,11 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     }
     check_supported(pid, &tree)?;
     let task = tree.root();
+    let plan = match &opts.root_snapshot {
+        None => None,
+        Some(m) => Some(crate::root_snapshot::Plan::new(m, pid, task, &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
+    };
+    let mut snap_dirs = SnapDirs::default();
     pr_debug!("collected {pid} in {:?}", t0.elapsed());
     let mut unreleased = Unreleased::default();
     let (s, scratch) = {
@@ -322,7 +344,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
                 forkers.push((Injector::new(c, csp.gadget).map_err(ioe(c, "registers"))?, csp));
                 continue;
             }
-            finish(c, task, &csp)?;
+            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs)?;
             clones.push(c);
             first.get_or_insert_with(|| t0.elapsed());
         }
@@ -330,11 +352,12 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // the forkers, S last
     for (inj, fsp) in forkers.into_iter().rev() {
         let c = inj.tid;
-        finish(c, task, &fsp)?;
+        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs)?;
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
     let all = t0.elapsed();
+    snap_dirs.0.clear();
     on_running(&clones);
     if opts.persist == Persist::Async {
         // the caller has been told they run: a failed write leaves them
@@ -472,9 +495,14 @@ fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkErr
 }
 
 /// Turn the stopped fork `pid` (single-threaded, gadget mapped, signals
-/// blocked) into a clone of `task` and release it.
-fn finish(pid: Pid, task: &Task, sp: &Space) -> Result<(), TforkError> {
+/// blocked) into a clone of `task` and release it; with `snap`, in its own
+/// mount namespace with its own overlay (first: while it has one thread).
+fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot::Plan>, dirs: &mut SnapDirs) -> Result<(), TforkError> {
     let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
+    if let Some(plan) = snap {
+        dirs.0.push(plan.upper(pid).parent().map(std::path::Path::to_path_buf).unwrap_or_default());
+        plan.apply(pid, &mut main, sp, task).map_err(|e| TforkError::Unsupported(format!("--root-snapshot: {e}")))?;
+    }
     // The clone beside the engine on one CPU while it is set up (each stop
     // a local switch, as in a restore); its threads inherit the pin, and
     // all get the mask the fork gave it (the source main thread's) back.

@@ -1,0 +1,216 @@
+//! `criu tfork --root-snapshot overlay[:DIR]`: each clone gets its own
+//! copy of the source's writable directory (its cwd, or DIR), so clones
+//! and the source do not clobber each other's files.
+//!
+//! Per clone, while it is stopped and still single-threaded (before
+//! `tfork::finish` makes its other threads: unshare(CLONE_NEWNS) implies
+//! CLONE_FS, which a process whose threads share their fs_struct may not
+//! unshare), these calls are injected into the clone itself:
+//!
+//! 1. `unshare(CLONE_NEWNS)`: a mount namespace of its own, a copy of the
+//!    source's;
+//! 2. `mount(NULL, "/", NULL, MS_REC|MS_SLAVE)`: the copy's mounts stop
+//!    propagating back to the source's namespace (the host's / is usually
+//!    a shared mount: an overlay mounted on a copy of it would appear in
+//!    the host too); the host's new mounts still reach the clone;
+//! 3. `mount("overlay", DIR, "overlay", 0, "lowerdir=DIR,upperdir=U,workdir=W")`
+//!    over the same path, with a fresh upper and work directory per clone
+//!    (`BASE/<clone pid>/upper`, `.../work`; BASE is `-D/tfork-root`), so
+//!    the clone sees the same paths: reads fall through to the source's
+//!    files, writes copy them up into the clone's upper directory;
+//! 4. `chdir(cwd)` when the cwd is DIR or under it (the clone's cwd still
+//!    named the directory under the new mount);
+//! 5. each open file description of a path under DIR opened again by
+//!    path (same access mode and status flags, the offset of the freeze)
+//!    and `dup3`'d over every fd that shared it: a fork's fds share the
+//!    source's descriptions, which would keep writing into the source's
+//!    files.
+//!
+//! Refused by name: a source in another mount namespace or under another
+//! root than the engine's (the paths would name other files), paths with
+//! `,` `:` or `\` (overlayfs option syntax), a BASE inside DIR (overlayfs
+//! refuses overlapping layers), a shared writable mapping of a file under
+//! DIR (the clone would write into the source's file), an unlinked file
+//! open under DIR. Private file mappings of files under DIR stay the
+//! source's (copy-on-write pages of the file as it was), and the clone's
+//! exe link names the source's binary.
+
+use crate::model::{FileDesc, Task};
+use crate::restore::space::Space;
+use crate::sys::inject::Injector;
+use crate::sys::Pid;
+use std::path::{Path, PathBuf};
+
+/// What `--root-snapshot` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// An overlayfs per clone over `dir` (`None`: the source's cwd).
+    Overlay { dir: Option<String> },
+}
+
+impl Mode {
+    /// `overlay` or `overlay:DIR`.
+    pub fn parse(s: &str) -> Result<Mode, String> {
+        let (kind, dir) = match s.split_once(':') {
+            Some((k, d)) => (k, Some(d.to_string())),
+            None => (s, None),
+        };
+        match kind {
+            "overlay" => {
+                if let Some(d) = &dir {
+                    if !d.starts_with('/') {
+                        return Err(format!("--root-snapshot overlay:{d}: the directory must be an absolute path"));
+                    }
+                }
+                Ok(Mode::Overlay { dir })
+            }
+            "btrfs" => Err("--root-snapshot btrfs is not supported yet (overlay is)".into()),
+            m => Err(format!("unknown --root-snapshot mode {m:?} (overlay, overlay:DIR)")),
+        }
+    }
+}
+
+/// A checked snapshot plan for one source.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The directory snapshotted (absolute, no trailing `/`).
+    pub dir: String,
+    /// Where each clone's upper and work directories go.
+    pub base: PathBuf,
+}
+
+/// `path` is `dir` or under it.
+fn under(path: &str, dir: &str) -> bool {
+    path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/')) || dir == "/"
+}
+
+fn ns_ino(pid: &str) -> std::io::Result<std::fs::Metadata> {
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+}
+
+impl Plan {
+    /// Check that `mode` can be applied to `task` (pid `pid`), with upper
+    /// directories under `base`.
+    pub fn new(mode: &Mode, pid: Pid, task: &Task, base: &Path) -> Result<Plan, String> {
+        let Mode::Overlay { dir } = mode;
+        let dir = dir.clone().unwrap_or_else(|| task.fs.cwd.clone());
+        let dir = if dir.len() > 1 { dir.trim_end_matches('/').to_string() } else { dir };
+        if dir == "/" {
+            return Err(format!("--root-snapshot overlay: the directory of {pid} is / (give overlay:DIR for a directory below it)"));
+        }
+        use std::os::unix::fs::MetadataExt;
+        let (mine, theirs) = (ns_ino("self").map_err(|e| e.to_string())?, ns_ino(&pid.to_string()).map_err(|e| format!("process {pid}: {e}"))?);
+        if (mine.dev(), mine.ino()) != (theirs.dev(), theirs.ino()) || task.fs.root != "/" {
+            return Err(format!(
+                "--root-snapshot: process {pid} is in another mount namespace or root ({}) than the engine: not supported yet",
+                task.fs.root
+            ));
+        }
+        if !Path::new(&dir).is_dir() {
+            return Err(format!("--root-snapshot: {dir} (of process {pid}) is not a directory"));
+        }
+        std::fs::create_dir_all(base).map_err(|e| format!("--root-snapshot: creating {}: {e}", base.display()))?;
+        let base = std::fs::canonicalize(base).map_err(|e| format!("--root-snapshot: {}: {e}", base.display()))?;
+        let bs = base.to_str().ok_or_else(|| format!("--root-snapshot: {} is not UTF-8", base.display()))?;
+        for p in [dir.as_str(), bs] {
+            if p.contains([',', ':', '\\']) {
+                return Err(format!("--root-snapshot overlay: the path {p:?} has a , : or \\ (overlayfs option syntax): not supported"));
+            }
+        }
+        if under(bs, &dir) {
+            return Err(format!("--root-snapshot overlay: the clones' directories would be in {bs}, inside the snapshotted {dir} (overlayfs refuses overlapping layers): give -D outside it"));
+        }
+        for v in &task.mm.vmas {
+            if let Some(f) = &v.file {
+                if v.shared() && v.prot & libc::PROT_WRITE as u32 != 0 && under(&f.path, &dir) {
+                    return Err(format!(
+                        "--root-snapshot: process {pid} maps {} shared and writable at {:#x}: a clone would write into the source's file (not supported)",
+                        f.path, v.start
+                    ));
+                }
+            }
+        }
+        for fd in &task.fds {
+            if let FileDesc::Reg { path, ghost: Some(_), .. } = &fd.file {
+                if under(path, &dir) {
+                    return Err(format!("--root-snapshot: fd {} of {pid} is the unlinked file {path}: not supported", fd.fd));
+                }
+            }
+        }
+        Ok(Plan { dir, base })
+    }
+
+    /// The upper directory of clone `pid`.
+    pub fn upper(&self, pid: Pid) -> PathBuf {
+        self.base.join(pid.to_string()).join("upper")
+    }
+
+    /// Give clone `pid` (stopped, single-threaded; `main` its injector,
+    /// `sp` its gadget area) its own overlay and reopen its files there.
+    pub fn apply(&self, pid: Pid, main: &mut Injector, sp: &Space, task: &Task) -> Result<(), String> {
+        let top = self.base.join(pid.to_string());
+        let (upper, work) = (top.join("upper"), top.join("work"));
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        let cstr = |s: &str| -> Vec<u8> {
+            let mut v = s.as_bytes().to_vec();
+            v.push(0);
+            v
+        };
+        let call = |main: &mut Injector, what: &str, nr: i64, args: &[u64]| main.call(what, nr, args).map_err(|e| format!("clone {pid}: {e}"));
+        let put = |off: u64, b: &[u8]| sp.write(off, b).map_err(|e| format!("clone {pid}: {e}"));
+        call(main, "unshare(CLONE_NEWNS)", libc::SYS_unshare, &[libc::CLONE_NEWNS as u64])?;
+        let root = put(0, b"/\0")?;
+        call(main, "mount(/, MS_REC|MS_SLAVE)", libc::SYS_mount, &[0, root, 0, (libc::MS_REC | libc::MS_SLAVE) as u64, 0])?;
+        let opts = format!("lowerdir={},upperdir={},workdir={}", self.dir, upper.display(), work.display());
+        let fstype = put(0, b"overlay\0")?;
+        let target = put(16, &cstr(&self.dir))?;
+        let data = put(8192, &cstr(&opts))?;
+        call(main, "mount(overlay)", libc::SYS_mount, &[fstype, target, fstype, 0, data])?;
+        if under(&task.fs.cwd, &self.dir) {
+            let cwd = put(0, &cstr(&task.fs.cwd))?;
+            call(main, "chdir(cwd)", libc::SYS_chdir, &[cwd])?;
+        }
+        // open file descriptions under the directory, once each
+        let mut done = std::collections::HashSet::new();
+        for fd in &task.fds {
+            let FileDesc::Reg { path, flags, pos, mode, .. } = &fd.file else { continue };
+            if !under(path, &self.dir) || !done.insert(fd.desc) {
+                continue;
+            }
+            let keep = !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
+            let p = put(0, &cstr(path))?;
+            let nfd = call(main, &format!("openat({path})"), libc::SYS_openat, &[libc::AT_FDCWD as u64, p, u64::from(flags & keep), 0])?;
+            let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+            if !is_dir && *pos != 0 {
+                call(main, "lseek", libc::SYS_lseek, &[nfd, *pos, libc::SEEK_SET as u64])?;
+            }
+            for f in task.fds.iter().filter(|f| f.desc == fd.desc) {
+                let fl = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                call(main, &format!("dup3(.., {})", f.fd), libc::SYS_dup3, &[nfd, f.fd as u64, fl])?;
+            }
+            if !task.fds.iter().any(|f| f.fd as u64 == nfd) {
+                call(main, "close", libc::SYS_close, &[nfd])?;
+            }
+            crate::pr_debug!("clone {pid}: {path} reopened in its overlay");
+        }
+        crate::pr_info!("clone {pid}: overlay on {} (upper {})", self.dir, upper.display());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_paths() {
+        assert_eq!(Mode::parse("overlay").unwrap(), Mode::Overlay { dir: None });
+        assert_eq!(Mode::parse("overlay:/srv/w").unwrap(), Mode::Overlay { dir: Some("/srv/w".into()) });
+        assert!(Mode::parse("overlay:rel").is_err());
+        assert!(Mode::parse("btrfs").unwrap_err().contains("not supported yet"));
+        assert!(Mode::parse("zfs").is_err());
+        assert!(under("/a/b", "/a") && under("/a", "/a") && !under("/ab", "/a") && !under("/b", "/a"));
+    }
+}
