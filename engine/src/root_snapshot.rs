@@ -30,8 +30,9 @@
 //! root than the engine's (the paths would name other files), paths with
 //! `,` `:` or `\` (overlayfs option syntax), a BASE inside DIR (overlayfs
 //! refuses overlapping layers), a shared writable mapping of a file under
-//! DIR (the clone would write into the source's file), an unlinked file
-//! open under DIR. Private file mappings of files under DIR stay the
+//! DIR (the clone would write into the source's file). An unlinked file
+//! open under DIR gets an unlinked copy (O_TMPFILE in the overlay, filled
+//! by the clone with sendfile from the shared description). Private file mappings of files under DIR stay the
 //! source's (copy-on-write pages of the file as it was), and the clone's
 //! exe link names the source's binary.
 
@@ -109,8 +110,11 @@ impl Plan {
         if !Path::new(&dir).is_dir() {
             return Err(format!("--root-snapshot: {dir} (of process {pid}) is not a directory"));
         }
-        std::fs::create_dir_all(base).map_err(|e| format!("--root-snapshot: creating {}: {e}", base.display()))?;
-        let base = std::fs::canonicalize(base).map_err(|e| format!("--root-snapshot: {}: {e}", base.display()))?;
+        // (a given DIR through symlinks: the path the kernel reports for the files under it)
+        let dir = std::fs::canonicalize(&dir).ok().and_then(|d| d.to_str().map(str::to_string)).unwrap_or(dir);
+        let parent = base.parent().unwrap_or(Path::new("."));
+        let parent = std::fs::canonicalize(parent).map_err(|e| format!("--root-snapshot: {}: {e}", parent.display()))?;
+        let base = parent.join(base.file_name().unwrap_or_default());
         let bs = base.to_str().ok_or_else(|| format!("--root-snapshot: {} is not UTF-8", base.display()))?;
         for p in [dir.as_str(), bs] {
             if p.contains([',', ':', '\\']) {
@@ -130,13 +134,7 @@ impl Plan {
                 }
             }
         }
-        for fd in &task.fds {
-            if let FileDesc::Reg { path, ghost: Some(_), .. } = &fd.file {
-                if under(path, &dir) {
-                    return Err(format!("--root-snapshot: fd {} of {pid} is the unlinked file {path}: not supported", fd.fd));
-                }
-            }
-        }
+        std::fs::create_dir_all(&base).map_err(|e| format!("--root-snapshot: creating {}: {e}", base.display()))?;
         Ok(Plan { dir, base })
     }
 
@@ -180,8 +178,19 @@ impl Plan {
                 continue;
             }
             let keep = !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
-            let p = put(0, &cstr(path))?;
-            let nfd = call(main, &format!("openat({path})"), libc::SYS_openat, &[libc::AT_FDCWD as u64, p, u64::from(flags & keep), 0])?;
+            let open_path = match ghost_size(&fd.file) {
+                // unlinked: an unlinked copy of its own, reopened with the fd's flags
+                Some(size) => {
+                    let tmp = ghost_copy(main, sp, pid, path, fd.fd, *mode, size)?;
+                    format!("/proc/self/fd/{tmp}")
+                }
+                None => path.clone(),
+            };
+            let p = put(0, &cstr(&open_path))?;
+            let nfd = call(main, &format!("openat({open_path})"), libc::SYS_openat, &[libc::AT_FDCWD as u64, p, u64::from(flags & keep), 0])?;
+            if let Some(tmp) = open_path.strip_prefix("/proc/self/fd/") {
+                call(main, "close", libc::SYS_close, &[tmp.parse::<u64>().unwrap_or(u64::MAX)])?;
+            }
             let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
             if !is_dir && *pos != 0 {
                 call(main, "lseek", libc::SYS_lseek, &[nfd, *pos, libc::SEEK_SET as u64])?;
@@ -198,6 +207,39 @@ impl Plan {
         crate::pr_info!("clone {pid}: overlay on {} (upper {})", self.dir, upper.display());
         Ok(())
     }
+}
+
+/// The size of an unlinked file's description.
+fn ghost_size(f: &FileDesc) -> Option<u64> {
+    match f {
+        FileDesc::Reg { ghost: Some(g), .. } => Some(g.size),
+        _ => None,
+    }
+}
+
+/// In clone `pid`: an O_TMPFILE in the (overlay's) directory of `path`
+/// with the contents of its fd `fd` (the source's unlinked file), copied
+/// by the clone itself (sendfile); its fd number.
+fn ghost_copy(main: &mut Injector, sp: &Space, pid: Pid, path: &str, fd: i32, mode: u32, size: u64) -> Result<u64, String> {
+    let call = |main: &mut Injector, what: &str, nr: i64, args: &[u64]| main.call(what, nr, args).map_err(|e| format!("clone {pid}: {e}"));
+    let put = |off: u64, b: &[u8]| sp.write(off, b).map_err(|e| format!("clone {pid}: {e}"));
+    let dir = Path::new(path).parent().and_then(|d| d.to_str()).unwrap_or("/");
+    let mut d = dir.as_bytes().to_vec();
+    d.push(0);
+    let dp = put(64, &d)?;
+    let tmp = call(main, &format!("openat({dir}, O_TMPFILE)"), libc::SYS_openat, &[libc::AT_FDCWD as u64, dp, (libc::O_TMPFILE | libc::O_RDWR) as u64, u64::from(mode & 0o7777)])?;
+    // sendfile with an offset of its own: the shared description's stays
+    // (copy_file_range refuses to copy across file system types)
+    let off = put(0, &0u64.to_le_bytes())?;
+    let mut done = 0;
+    while done < size {
+        let n = call(main, "sendfile", libc::SYS_sendfile, &[tmp, fd as u64, off, size - done])?;
+        if n == 0 {
+            return Err(format!("clone {pid}: the unlinked {path} (fd {fd}) ended at {done} of {size} bytes"));
+        }
+        done += n;
+    }
+    Ok(tmp)
 }
 
 #[cfg(test)]

@@ -754,3 +754,108 @@ fn a_full_disk_fails_the_background_write_and_leaves_no_set() {
     }
     src.all_tick(&[src.pid], 2, "after the failed writes");
 }
+
+/// Tick numbers of a fixture log, in order.
+fn tick_numbers(log: &Path) -> Vec<u64> {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!s.contains("FAIL"), "{} reported a failure:\n{s}", log.display());
+    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).collect()
+}
+
+/// A fixture tforked with `--copies 4 --root-snapshot MODE`: the source
+/// and every clone tick `ok` on their own, each into its own
+/// progress.log: a clone's through its own overlay (seen through
+/// /proc/CLONE/root, and in its upper directory), the source's with only
+/// its own ticks (one line per tick number); the overlays are in the
+/// clones' mount namespaces only; a killed clone leaves the rest ticking.
+fn fixture_clones_own_their_files(name: &str, overlay_dir: bool) {
+    require!(why_not_here());
+    let dir = test_dir(&format!("tfork-snap-{name}"));
+    let fx = Fixture::start(name, &dir, Ns::Host);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let mode = if overlay_dir { format!("overlay:{}", fx.work.display()) } else { "overlay".to_string() };
+    let (st, out, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "4", "--root-snapshot", &mode], &[]);
+    assert!(st.success(), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 4);
+    let at_fork = fx.tick();
+    let clone_log = |c: i32| PathBuf::from(format!("/proc/{c}/root{}", fx.log().display()));
+    let upper_log = |c: i32| img.join(format!("tfork-root/{c}/upper/progress.log"));
+    // every process ticks on, each in its own file
+    let t0: Vec<u64> = clones.iter().map(|&c| last_tick(&clone_log(c))).collect();
+    wait_until("every clone ticks 5 times in its own log", Duration::from_secs(20), || {
+        clones.iter().zip(&t0).all(|(&c, &t)| last_tick(&clone_log(c)) >= t + 5)
+    });
+    fx.ticks_on(5, "(the source) beside its clones");
+    for &c in &clones {
+        assert!(alive(c), "clone {c} died");
+        let own = tick_numbers(&clone_log(c));
+        assert_eq!(own, tick_numbers(&upper_log(c)), "clone {c}: its log is the one in its upper directory");
+        // its log: the source's as the clone's overlay copied it up (at its
+        // setup, a little after the freeze), then its own ticks, one per number
+        let tail = &own[own.len() - 5..];
+        assert!(tail.windows(2).all(|w| w[1] == w[0] + 1), "clone {c}'s ticks: {own:?}");
+        let mounts = std::fs::read_to_string(format!("/proc/{c}/mountinfo")).unwrap();
+        assert!(mounts.lines().any(|l| l.contains(" overlay ") && l.contains(&format!("upperdir={}", img.join(format!("tfork-root/{c}/upper")).display()))), "{mounts}");
+    }
+    let src = tick_numbers(&fx.log());
+    assert!(src.windows(2).all(|w| w[1] == w[0] + 1), "the source's log holds only its own ticks: {src:?}");
+    assert!(*src.last().unwrap() > at_fork);
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains(&img.join("tfork-root").display().to_string()), "a clone's overlay shows in the host:\n{host}");
+    // a killed clone leaves the others and the source ticking
+    // SAFETY: kill(2) of a clone this test made.
+    unsafe { libc::kill(clones[0], libc::SIGKILL) };
+    wait_until("the killed clone gone", Duration::from_secs(5), || {
+        reap_zombies();
+        !alive(clones[0])
+    });
+    let t1: Vec<u64> = clones[1..].iter().map(|&c| last_tick(&clone_log(c))).collect();
+    wait_until("the other clones tick on", Duration::from_secs(20), || clones[1..].iter().zip(&t1).all(|(&c, &t)| last_tick(&clone_log(c)) >= t + 3));
+    fx.ticks_on(3, "(the source) after a clone was killed");
+    for &c in &clones[1..] {
+        // SAFETY: as above.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&fx.bin) == vec![fx.pid]);
+    reap_zombies();
+}
+
+#[test]
+fn fixture_counter_clones_own_their_files() {
+    fixture_clones_own_their_files("counter", false);
+}
+
+/// `files`: a file at an offset, an O_APPEND file, a directory fd, an
+/// unlinked file (each clone gets an unlinked copy), the cwd in a
+/// subdirectory (so the directory is given: overlay:WORK).
+#[test]
+fn fixture_files_clones_own_their_files() {
+    fixture_clones_own_their_files("files", true);
+}
+
+/// What `--root-snapshot` can't do is refused by name, before anything is
+/// touched: a mode it doesn't know, a relative directory, the clones'
+/// directories inside the snapshotted one.
+#[test]
+fn root_snapshot_refusals() {
+    require!(why_not());
+    let dir = test_dir("tfork-snap-refused");
+    let src = Src::start(&dir, 1, 4);
+    let pid = src.pid.to_string();
+    for (mode, img, want) in [
+        ("btrfs", dir.join("img"), "--root-snapshot btrfs is not supported yet"),
+        ("zfs", dir.join("img"), "unknown --root-snapshot mode"),
+        ("overlay:work", dir.join("img"), "must be an absolute path"),
+        ("overlay", src.work.join("img"), "inside the snapshotted"),
+    ] {
+        std::fs::create_dir_all(&img).unwrap();
+        let (st, out, log) = run_tfork(&img, &["-t", &pid, "--copies", "1", "--root-snapshot", mode], &[]);
+        assert!(!st.success() && out.is_empty(), "{mode}: {log}");
+        assert!(log.contains(want), "{mode}: want {want:?} in {log}");
+    }
+    assert_eq!(live_with_exe(&src.bin), vec![src.pid], "no clone made");
+    assert!(!src.work.join("img/tfork-root").exists(), "nothing made inside the source's directory");
+    src.all_tick(&[src.pid], 2, "after refused tforks");
+}
