@@ -160,7 +160,7 @@ impl Plan {
         let put = |off: u64, b: &[u8]| sp.write(off, b).map_err(|e| format!("clone {pid}: {e}"));
         call(main, "unshare(CLONE_NEWNS)", libc::SYS_unshare, &[libc::CLONE_NEWNS as u64])?;
         let root = put(0, b"/\0")?;
-        call(main, "mount(/, MS_REC|MS_SLAVE)", libc::SYS_mount, &[0, root, 0, (libc::MS_REC | libc::MS_SLAVE) as u64, 0])?;
+        call(main, "mount(/, MS_REC|MS_SLAVE)", libc::SYS_mount, &[0, root, 0, libc::MS_REC | libc::MS_SLAVE, 0])?;
         let opts = format!("lowerdir={},upperdir={},workdir={}", self.dir, upper.display(), work.display());
         let fstype = put(0, b"overlay\0")?;
         let target = put(16, &cstr(&self.dir))?;
