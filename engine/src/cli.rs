@@ -123,7 +123,7 @@ Usage:
   criu check [--feature NAME] [--extra] [--experimental] [--all]
   criu cpuinfo dump|check [-D DIR] [--cpu-cap[=CAPS]]
   criu tfork -t PID --copies N [--persist=none|sync|async] [-D DIR]
-             [--root-snapshot overlay[:DIR]]
+             [--root-snapshot overlay[:DIR]|btrfs[:DIR]]
   criu --version | -V
   criu --help | -h
 
@@ -167,9 +167,11 @@ Options:
                          (return once the clones run; the outcome in
                          -D/tfork-persist.status)
   --root-snapshot MODE   tfork: each clone its own copy of the source's
-                         directory: overlay (its cwd) or overlay:DIR, an
-                         overlayfs in a mount namespace of the clone's own,
-                         upper dir in -D/tfork-root/CLONE_PID/upper
+                         directory (its cwd, or DIR) in a mount namespace
+                         of the clone's own: overlay[:DIR], an overlayfs
+                         (upper dir -D/tfork-root/CLONE_PID/upper), or
+                         btrfs[:DIR], a snapshot of its subvolume
+                         (-D/tfork-root/CLONE_PID/snap, -D on that btrfs)
   --feature NAME         check: one feature by upstream's name
   --extra, --experimental, --all
                          check: accepted; every probe always runs

@@ -1,6 +1,12 @@
-//! `criu tfork --root-snapshot overlay[:DIR]`: each clone gets its own
-//! copy of the source's writable directory (its cwd, or DIR), so clones
-//! and the source do not clobber each other's files.
+//! `criu tfork --root-snapshot overlay[:DIR]|btrfs[:DIR]`: each clone
+//! gets its own copy of the source's writable directory (its cwd, or DIR),
+//! so clones and the source do not clobber each other's files.
+//!
+//! `btrfs`: instead of the overlay in step 3, the engine snapshots the
+//! btrfs subvolume holding DIR (BTRFS_IOC_SNAP_CREATE_V2, writable) into
+//! `BASE/<clone pid>/snap` (BASE must be on the same btrfs file system)
+//! and the clone bind-mounts DIR's place in the snapshot over DIR. The
+//! rest is the same.
 //!
 //! Per clone, while it is stopped and still single-threaded (before
 //! `tfork::finish` makes its other threads: unshare(CLONE_NEWNS) implies
@@ -47,6 +53,9 @@ use std::path::{Path, PathBuf};
 pub enum Mode {
     /// An overlayfs per clone over `dir` (`None`: the source's cwd).
     Overlay { dir: Option<String> },
+    /// A snapshot per clone of the btrfs subvolume holding `dir`, bind
+    /// mounted over it.
+    Btrfs { dir: Option<String> },
 }
 
 impl Mode {
@@ -56,17 +65,15 @@ impl Mode {
             Some((k, d)) => (k, Some(d.to_string())),
             None => (s, None),
         };
-        match kind {
-            "overlay" => {
-                if let Some(d) = &dir {
-                    if !d.starts_with('/') {
-                        return Err(format!("--root-snapshot overlay:{d}: the directory must be an absolute path"));
-                    }
-                }
-                Ok(Mode::Overlay { dir })
+        if let Some(d) = &dir {
+            if !d.starts_with('/') {
+                return Err(format!("--root-snapshot {kind}:{d}: the directory must be an absolute path"));
             }
-            "btrfs" => Err("--root-snapshot btrfs is not supported yet (overlay is)".into()),
-            m => Err(format!("unknown --root-snapshot mode {m:?} (overlay, overlay:DIR)")),
+        }
+        match kind {
+            "overlay" => Ok(Mode::Overlay { dir }),
+            "btrfs" => Ok(Mode::Btrfs { dir }),
+            m => Err(format!("unknown --root-snapshot mode {m:?} (overlay, overlay:DIR, btrfs, btrfs:DIR)")),
         }
     }
 }
@@ -76,8 +83,17 @@ impl Mode {
 pub struct Plan {
     /// The directory snapshotted (absolute, no trailing `/`).
     pub dir: String,
-    /// Where each clone's upper and work directories go.
+    /// Where each clone's upper and work directories (or snapshot) go.
     pub base: PathBuf,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Overlay,
+    /// `subvol`: the root of the subvolume holding `dir`, `rel` the path
+    /// of `dir` in it.
+    Btrfs { subvol: PathBuf, rel: PathBuf },
 }
 
 /// `path` is `dir` or under it.
@@ -93,7 +109,7 @@ impl Plan {
     /// Check that `mode` can be applied to `task` (pid `pid`), with upper
     /// directories under `base`.
     pub fn new(mode: &Mode, pid: Pid, task: &Task, base: &Path) -> Result<Plan, String> {
-        let Mode::Overlay { dir } = mode;
+        let (Mode::Overlay { dir } | Mode::Btrfs { dir }) = mode;
         let dir = dir.clone().unwrap_or_else(|| task.fs.cwd.clone());
         let dir = if dir.len() > 1 { dir.trim_end_matches('/').to_string() } else { dir };
         if dir == "/" {
@@ -116,12 +132,16 @@ impl Plan {
         let parent = std::fs::canonicalize(parent).map_err(|e| format!("--root-snapshot: {}: {e}", parent.display()))?;
         let base = parent.join(base.file_name().unwrap_or_default());
         let bs = base.to_str().ok_or_else(|| format!("--root-snapshot: {} is not UTF-8", base.display()))?;
-        for p in [dir.as_str(), bs] {
+        let kind = match mode {
+            Mode::Overlay { .. } => Kind::Overlay,
+            Mode::Btrfs { .. } => btrfs_kind(&dir)?,
+        };
+        for p in [dir.as_str(), bs].into_iter().filter(|_| matches!(kind, Kind::Overlay)) {
             if p.contains([',', ':', '\\']) {
                 return Err(format!("--root-snapshot overlay: the path {p:?} has a , : or \\ (overlayfs option syntax): not supported"));
             }
         }
-        if under(bs, &dir) {
+        if under(bs, &dir) && matches!(kind, Kind::Overlay) {
             return Err(format!("--root-snapshot overlay: the clones' directories would be in {bs}, inside the snapshotted {dir} (overlayfs refuses overlapping layers): give -D outside it"));
         }
         for v in &task.mm.vmas {
@@ -135,12 +155,21 @@ impl Plan {
             }
         }
         std::fs::create_dir_all(&base).map_err(|e| format!("--root-snapshot: creating {}: {e}", base.display()))?;
-        Ok(Plan { dir, base })
+        Ok(Plan { dir, base, kind })
     }
 
-    /// The upper directory of clone `pid`.
+    /// The directory of clone `pid`'s files: its overlay's upper
+    /// directory, or where its snapshot has the directory.
     pub fn upper(&self, pid: Pid) -> PathBuf {
-        self.base.join(pid.to_string()).join("upper")
+        match &self.kind {
+            Kind::Overlay => self.base.join(pid.to_string()).join("upper"),
+            Kind::Btrfs { rel, .. } => self.base.join(pid.to_string()).join("snap").join(rel),
+        }
+    }
+
+    /// What the engine made for clone `pid` (removed if the tfork fails).
+    pub fn made(&self, pid: Pid) -> PathBuf {
+        self.base.join(pid.to_string())
     }
 
     /// Give clone `pid` (stopped, single-threaded; `main` its injector,
@@ -148,9 +177,22 @@ impl Plan {
     pub fn apply(&self, pid: Pid, main: &mut Injector, sp: &Space, task: &Task) -> Result<(), String> {
         let top = self.base.join(pid.to_string());
         let (upper, work) = (top.join("upper"), top.join("work"));
-        for d in [&upper, &work] {
-            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
-        }
+        let bind = match &self.kind {
+            Kind::Overlay => {
+                for d in [&upper, &work] {
+                    std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+                }
+                None
+            }
+            Kind::Btrfs { subvol, rel } => {
+                std::fs::create_dir_all(&top).map_err(|e| format!("creating {}: {e}", top.display()))?;
+                crate::sys::btrfs::snapshot(subvol, &top, std::ffi::OsStr::new("snap")).map_err(|e| {
+                    format!("snapshot of the btrfs subvolume {} into {} (same btrfs file system needed): {e}", subvol.display(), top.display())
+                })?;
+                let src = top.join("snap").join(rel);
+                Some(src.to_str().ok_or_else(|| format!("{} is not UTF-8", src.display()))?.to_string())
+            }
+        };
         let cstr = |s: &str| -> Vec<u8> {
             let mut v = s.as_bytes().to_vec();
             v.push(0);
@@ -161,11 +203,19 @@ impl Plan {
         call(main, "unshare(CLONE_NEWNS)", libc::SYS_unshare, &[libc::CLONE_NEWNS as u64])?;
         let root = put(0, b"/\0")?;
         call(main, "mount(/, MS_REC|MS_SLAVE)", libc::SYS_mount, &[0, root, 0, libc::MS_REC | libc::MS_SLAVE, 0])?;
-        let opts = format!("lowerdir={},upperdir={},workdir={}", self.dir, upper.display(), work.display());
-        let fstype = put(0, b"overlay\0")?;
         let target = put(16, &cstr(&self.dir))?;
-        let data = put(8192, &cstr(&opts))?;
-        call(main, "mount(overlay)", libc::SYS_mount, &[fstype, target, fstype, 0, data])?;
+        match &bind {
+            None => {
+                let opts = format!("lowerdir={},upperdir={},workdir={}", self.dir, upper.display(), work.display());
+                let fstype = put(0, b"overlay\0")?;
+                let data = put(8192, &cstr(&opts))?;
+                call(main, "mount(overlay)", libc::SYS_mount, &[fstype, target, fstype, 0, data])?;
+            }
+            Some(src) => {
+                let srcp = put(8192, &cstr(src))?;
+                call(main, "mount(MS_BIND of the snapshot)", libc::SYS_mount, &[srcp, target, 0, libc::MS_BIND, 0])?;
+            }
+        }
         if under(&task.fs.cwd, &self.dir) {
             let cwd = put(0, &cstr(&task.fs.cwd))?;
             call(main, "chdir(cwd)", libc::SYS_chdir, &[cwd])?;
@@ -204,9 +254,33 @@ impl Plan {
             }
             crate::pr_debug!("clone {pid}: {path} reopened in its overlay");
         }
-        crate::pr_info!("clone {pid}: overlay on {} (upper {})", self.dir, upper.display());
+        match &bind {
+            None => crate::pr_info!("clone {pid}: overlay on {} (upper {})", self.dir, upper.display()),
+            Some(src) => crate::pr_info!("clone {pid}: btrfs snapshot {src} on {}", self.dir),
+        }
         Ok(())
     }
+}
+
+/// The btrfs subvolume holding `dir` and `dir`'s path in it.
+fn btrfs_kind(dir: &str) -> Result<Kind, String> {
+    use std::os::unix::fs::MetadataExt;
+    let t = crate::sys::btrfs::fs_type(Path::new(dir)).map_err(|e| format!("--root-snapshot btrfs: {dir}: {e}"))?;
+    if t != crate::sys::btrfs::SUPER_MAGIC {
+        return Err(format!("--root-snapshot btrfs: {dir} is not on btrfs (file system type {t:#x})"));
+    }
+    let mut root = PathBuf::from(dir);
+    loop {
+        let m = std::fs::metadata(&root).map_err(|e| format!("--root-snapshot btrfs: {}: {e}", root.display()))?;
+        if m.ino() == crate::sys::btrfs::SUBVOL_ROOT_INO {
+            break;
+        }
+        if !root.pop() {
+            return Err(format!("--root-snapshot btrfs: no subvolume root above {dir}"));
+        }
+    }
+    let rel = Path::new(dir).strip_prefix(&root).map(Path::to_path_buf).unwrap_or_default();
+    Ok(Kind::Btrfs { subvol: root, rel })
 }
 
 /// The size of an unlinked file's description.
@@ -251,7 +325,8 @@ mod tests {
         assert_eq!(Mode::parse("overlay").unwrap(), Mode::Overlay { dir: None });
         assert_eq!(Mode::parse("overlay:/srv/w").unwrap(), Mode::Overlay { dir: Some("/srv/w".into()) });
         assert!(Mode::parse("overlay:rel").is_err());
-        assert!(Mode::parse("btrfs").unwrap_err().contains("not supported yet"));
+        assert_eq!(Mode::parse("btrfs:/m/w").unwrap(), Mode::Btrfs { dir: Some("/m/w".into()) });
+        assert!(Mode::parse("btrfs:w").is_err());
         assert!(Mode::parse("zfs").is_err());
         assert!(under("/a/b", "/a") && under("/a", "/a") && !under("/ab", "/a") && !under("/b", "/a"));
     }

@@ -500,7 +500,7 @@ fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkErr
 fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot::Plan>, dirs: &mut SnapDirs) -> Result<(), TforkError> {
     let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
     if let Some(plan) = snap {
-        dirs.0.push(plan.upper(pid).parent().map(std::path::Path::to_path_buf).unwrap_or_default());
+        dirs.0.push(plan.made(pid));
         plan.apply(pid, &mut main, sp, task).map_err(|e| TforkError::Unsupported(format!("--root-snapshot: {e}")))?;
     }
     // The clone beside the engine on one CPU while it is set up (each stop

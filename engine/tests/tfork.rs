@@ -771,17 +771,22 @@ fn tick_numbers(log: &Path) -> Vec<u64> {
 fn fixture_clones_own_their_files(name: &str, overlay_dir: bool) {
     require!(why_not_here());
     let dir = test_dir(&format!("tfork-snap-{name}"));
-    let fx = Fixture::start(name, &dir, Ns::Host);
-    let img = dir.join("img");
-    std::fs::create_dir_all(&img).unwrap();
-    let mode = if overlay_dir { format!("overlay:{}", fx.work.display()) } else { "overlay".to_string() };
-    let (st, out, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "4", "--root-snapshot", &mode], &[]);
+    let mode = if overlay_dir { format!("overlay:{}", dir.join("work").display()) } else { "overlay".to_string() };
+    clones_own_their_files(name, &mode, &dir, &dir.join("img"), |c| dir.join(format!("img/tfork-root/{c}/upper/progress.log")));
+}
+
+/// [`fixture_clones_own_their_files`] with `--root-snapshot mode`, the
+/// fixture in `dir/work`, `-D img`; `own_log(CLONE)`: where the clone's
+/// snapshot keeps its log.
+fn clones_own_their_files(name: &str, mode: &str, dir: &Path, img: &Path, own_log: impl Fn(i32) -> PathBuf) {
+    let fx = Fixture::start(name, dir, Ns::Host);
+    std::fs::create_dir_all(img).unwrap();
+    let (st, out, log) = run_tfork(img, &["-t", &fx.pid.to_string(), "--copies", "4", "--root-snapshot", mode], &[]);
     assert!(st.success(), "{log}");
     let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(clones.len(), 4);
     let at_fork = fx.tick();
     let clone_log = |c: i32| PathBuf::from(format!("/proc/{c}/root{}", fx.log().display()));
-    let upper_log = |c: i32| img.join(format!("tfork-root/{c}/upper/progress.log"));
     // every process ticks on, each in its own file
     let t0: Vec<u64> = clones.iter().map(|&c| last_tick(&clone_log(c))).collect();
     wait_until("every clone ticks 5 times in its own log", Duration::from_secs(20), || {
@@ -791,19 +796,19 @@ fn fixture_clones_own_their_files(name: &str, overlay_dir: bool) {
     for &c in &clones {
         assert!(alive(c), "clone {c} died");
         let own = tick_numbers(&clone_log(c));
-        assert_eq!(own, tick_numbers(&upper_log(c)), "clone {c}: its log is the one in its upper directory");
+        assert_eq!(own, tick_numbers(&own_log(c)), "clone {c}: its log is the one in its snapshot");
         // its log: the source's as the clone's overlay copied it up (at its
         // setup, a little after the freeze), then its own ticks, one per number
         let tail = &own[own.len() - 5..];
         assert!(tail.windows(2).all(|w| w[1] == w[0] + 1), "clone {c}'s ticks: {own:?}");
         let mounts = std::fs::read_to_string(format!("/proc/{c}/mountinfo")).unwrap();
-        assert!(mounts.lines().any(|l| l.contains(" overlay ") && l.contains(&format!("upperdir={}", img.join(format!("tfork-root/{c}/upper")).display()))), "{mounts}");
+        assert!(mounts.lines().any(|l| l.split_whitespace().nth(4) == Some(fx.work.to_str().unwrap())), "clone {c}: no mount on {}:\n{mounts}", fx.work.display());
     }
     let src = tick_numbers(&fx.log());
     assert!(src.windows(2).all(|w| w[1] == w[0] + 1), "the source's log holds only its own ticks: {src:?}");
     assert!(*src.last().unwrap() > at_fork);
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!host.contains(&img.join("tfork-root").display().to_string()), "a clone's overlay shows in the host:\n{host}");
+    assert!(!host.lines().any(|l| l.split_whitespace().nth(4) == Some(fx.work.to_str().unwrap())), "a clone's mount shows in the host:\n{host}");
     // a killed clone leaves the others and the source ticking
     // SAFETY: kill(2) of a clone this test made.
     unsafe { libc::kill(clones[0], libc::SIGKILL) };
@@ -835,6 +840,35 @@ fn fixture_files_clones_own_their_files() {
     fixture_clones_own_their_files("files", true);
 }
 
+/// A loop-mounted btrfs for the guard's life.
+struct LoopBtrfs(PathBuf);
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `--root-snapshot btrfs`: `counter` in a subvolume of a loop-mounted
+/// btrfs, 4 clones each with a snapshot of the subvolume bind-mounted
+/// over its directory.
+#[test]
+fn fixture_counter_clones_own_btrfs_snapshots() {
+    require!(why_not_here().or_else(|| why_not_tools(&["mkfs.btrfs", "btrfs", "mount", "umount"])));
+    let dir = test_dir("tfork-snap-btrfs");
+    let (file, mnt) = (dir.join("fs.btrfs"), dir.join("mnt"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::File::create(&file).unwrap().set_len(300 << 20).unwrap();
+    let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
+    assert!(ok(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&file)), "mkfs.btrfs");
+    assert!(ok(Command::new("mount").args(["-o", "loop"]).arg(&file).arg(&mnt)), "mounting the btrfs image");
+    let _fs = LoopBtrfs(mnt.clone());
+    let vol = mnt.join("vol");
+    assert!(ok(Command::new("btrfs").args(["subvolume", "create"]).arg(&vol)), "btrfs subvolume create");
+    let img = mnt.join("img");
+    clones_own_their_files("counter", "btrfs", &vol, &img, |c| img.join(format!("tfork-root/{c}/snap/work/progress.log")));
+}
+
 /// What `--root-snapshot` can't do is refused by name, before anything is
 /// touched: a mode it doesn't know, a relative directory, the clones'
 /// directories inside the snapshotted one.
@@ -845,7 +879,7 @@ fn root_snapshot_refusals() {
     let src = Src::start(&dir, 1, 4);
     let pid = src.pid.to_string();
     for (mode, img, want) in [
-        ("btrfs", dir.join("img"), "--root-snapshot btrfs is not supported yet"),
+        ("btrfs", dir.join("img"), "is not on btrfs"),
         ("zfs", dir.join("img"), "unknown --root-snapshot mode"),
         ("overlay:work", dir.join("img"), "must be an absolute path"),
         ("overlay", src.work.join("img"), "inside the snapshotted"),

@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod batch;
+pub mod btrfs;
 pub mod cpu;
 pub mod inject;
 pub mod kmod;
