@@ -216,6 +216,7 @@ impl Plan {
                 call(main, "mount(MS_BIND of the snapshot)", libc::SYS_mount, &[srcp, target, 0, libc::MS_BIND, 0])?;
             }
         }
+        crate::fault::point("snapshot-mounted");
         if under(&task.fs.cwd, &self.dir) {
             let cwd = put(0, &cstr(&task.fs.cwd))?;
             call(main, "chdir(cwd)", libc::SYS_chdir, &[cwd])?;

@@ -893,3 +893,31 @@ fn root_snapshot_refusals() {
     assert!(!src.work.join("img/tfork-root").exists(), "nothing made inside the source's directory");
     src.all_tick(&[src.pid], 2, "after refused tforks");
 }
+
+/// The engine killed while it sets up clones with `--root-snapshot
+/// overlay` (after a clone's overlay is mounted and its files reopened,
+/// or just before its release): no clone is left, no mount shows in the
+/// host, and the source goes on writing only its own ticks into its own
+/// log.
+#[test]
+fn engine_killed_during_a_root_snapshot_leaves_no_clone() {
+    require!(why_not_here());
+    let dir = test_dir("tfork-snap-faults");
+    let fx = Fixture::start("counter", &dir, Ns::Host);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    for point in ["snapshot-mounted", "tfork-before-release"] {
+        let (st, out, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2", "--root-snapshot", "overlay"], &[("CRIU_RS_FAULT_AT", point)]);
+        assert_killed(st, point, &log);
+        assert!(out.is_empty(), "{point}: no clone reported");
+        wait_until(&format!("{point}: no clone left"), Duration::from_secs(5), || {
+            reap_zombies();
+            live_with_exe(&fx.bin) == vec![fx.pid]
+        });
+        let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!host.lines().any(|l| l.split_whitespace().nth(4) == Some(fx.work.to_str().unwrap())), "{point}: a mount in the host:\n{host}");
+        fx.ticks_on(3, &format!("after the engine died at {point}"));
+        let ticks = tick_numbers(&fx.log());
+        assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{point}: the source's log holds only its own ticks: {ticks:?}");
+    }
+}
