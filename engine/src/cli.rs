@@ -655,7 +655,13 @@ const PROBES: &[Probe] = &[
     ("PAGEMAP_SCAN", false, probe_pagemap_scan),
     ("userfaultfd", false, probe_userfaultfd),
     ("kcmp", false, probe_kcmp),
+    ("io_uring", false, probe_io_uring),
 ];
+
+fn probe_io_uring() -> Result<(), String> {
+    // tfork writes its image set through it, plainly where refused
+    crate::sys::uring::open_ring(2).map(drop).map_err(|e| format!("{e} (tfork's image set is written with plain writes)"))
+}
 
 fn probe_stopped_child(what: &str, f: fn(i32) -> std::io::Result<()>) -> Result<(), String> {
     use crate::sys::process as p;

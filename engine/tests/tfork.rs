@@ -921,3 +921,37 @@ fn engine_killed_during_a_root_snapshot_leaves_no_clone() {
         assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{point}: the source's log holds only its own ticks: {ticks:?}");
     }
 }
+
+/// io_uring refused by a seccomp filter (ENOSYS) at each of the steps
+/// tfork's image writer checks before writing (io_uring_setup, the opcode
+/// probe through io_uring_register, a NOP through io_uring_enter): the
+/// engine's probe names the refused step and says the writes will be
+/// plain. (A seccomp'd engine can't tfork: PTRACE_O_SUSPEND_SECCOMP is
+/// refused to a tracer under seccomp; `criu check` runs the same probe,
+/// `sys::uring::open_ring`, that the writer does.)
+#[test]
+fn io_uring_refused_by_seccomp_is_named_at_each_step() {
+    let py = "/usr/bin/python3";
+    require!(why_not_tool(py).or_else(|| {
+        let ok = Command::new(py).args(["-c", "import seccomp"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        (!ok).then(|| "python3-seccomp (libseccomp's python bindings) not installed".to_string())
+    }));
+    let filtered = "import seccomp, errno, os, sys\n\
+        f = seccomp.SyscallFilter(seccomp.ALLOW)\n\
+        if sys.argv[1] != 'none':\n    f.add_rule(seccomp.ERRNO(errno.ENOSYS), sys.argv[1])\n\
+        f.load()\n\
+        os.execv(sys.argv[2], sys.argv[2:])\n";
+    for (call, want) in [
+        ("none", "io_uring is supported"),
+        ("io_uring_setup", "io_uring: io_uring_setup: Function not implemented"),
+        ("io_uring_register", "io_uring: io_uring_register(PROBE): Function not implemented"),
+        ("io_uring_enter", "io_uring: io_uring_enter: Function not implemented"),
+    ] {
+        let out = Command::new(py).args(["-c", filtered, call, CRIU, "check", "-v4"]).stdin(Stdio::null()).output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains(want), "{call} filtered: want {want:?} in\n{log}");
+        if call != "none" {
+            assert!(log.contains("(tfork's image set is written with plain writes)"), "{log}");
+        }
+    }
+}
