@@ -832,6 +832,13 @@ fn fixture_counter_clones_own_their_files() {
     fixture_clones_own_their_files("counter", false);
 }
 
+/// `threads`: the mount namespace is made while the clone has one thread
+/// (unshare(CLONE_NEWNS) is refused once threads share their fs_struct).
+#[test]
+fn fixture_threads_clones_own_their_files() {
+    fixture_clones_own_their_files("threads", false);
+}
+
 /// `files`: a file at an offset, an O_APPEND file, a directory fd, an
 /// unlinked file (each clone gets an unlinked copy), the cwd in a
 /// subdirectory (so the directory is given: overlay:WORK).
