@@ -839,6 +839,12 @@ fn fixture_threads_clones_own_their_files() {
     fixture_clones_own_their_files("threads", false);
 }
 
+/// `signals`: handlers, masks, itimers and queued signals, in clones with their own files.
+#[test]
+fn fixture_signals_clones_own_their_files() {
+    fixture_clones_own_their_files("signals", false);
+}
+
 /// `files`: a file at an offset, an O_APPEND file, a directory fd, an
 /// unlinked file (each clone gets an unlinked copy), the cwd in a
 /// subdirectory (so the directory is given: overlay:WORK).
