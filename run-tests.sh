@@ -21,6 +21,9 @@ command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 command -v mkfs.btrfs >/dev/null 2>&1 || need_apt+=(btrfs-progs)
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need_apt+=(python3-seccomp)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v perl >/dev/null 2>&1 || need_apt+=(perl-base)
+command -v xargs >/dev/null 2>&1 || need_apt+=(findutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
