@@ -168,6 +168,9 @@ fn tfork(dir: &Path, src: &Src, n: usize) -> Vec<i32> {
     assert!(st.success(), "tfork failed ({st:?}):\n{log}");
     let pids: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(pids.len(), n, "{out}\n{log}");
+    // --persist=none (the default) writes no image
+    let imgs: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|f| f.ends_with(".img")).collect();
+    assert!(imgs.is_empty(), "images written without --persist: {imgs:?}");
     pids
 }
 
