@@ -175,6 +175,7 @@ impl Plan {
     /// Give clone `pid` (stopped, single-threaded; `main` its injector,
     /// `sp` its gadget area) its own overlay and reopen its files there.
     pub fn apply(&self, pid: Pid, main: &mut Injector, sp: &Space, task: &Task) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
         let top = self.base.join(pid.to_string());
         let (upper, work) = (top.join("upper"), top.join("work"));
         let bind = match &self.kind {
@@ -256,8 +257,8 @@ impl Plan {
             crate::pr_debug!("clone {pid}: {path} reopened in its overlay");
         }
         match &bind {
-            None => crate::pr_info!("clone {pid}: overlay on {} (upper {})", self.dir, upper.display()),
-            Some(src) => crate::pr_info!("clone {pid}: btrfs snapshot {src} on {}", self.dir),
+            None => crate::pr_info!("clone {pid}: overlay on {} (upper {}) in {:.2} ms", self.dir, upper.display(), t0.elapsed().as_secs_f64() * 1e3),
+            Some(src) => crate::pr_info!("clone {pid}: btrfs snapshot {src} on {} in {:.2} ms", self.dir, t0.elapsed().as_secs_f64() * 1e3),
         }
         Ok(())
     }
