@@ -32,7 +32,8 @@
 //!    source's descriptions, which would keep writing into the source's
 //!    files.
 //!
-//! Refused by name: a source in another mount namespace or under another
+//! Refused by name: a source without CAP_SYS_ADMIN (the clone makes its
+//! namespace and mounts with its own credentials), a source in another mount namespace or under another
 //! root than the engine's (the paths would name other files), paths with
 //! `,` `:` or `\` (overlayfs option syntax), a BASE inside DIR (overlayfs
 //! refuses overlapping layers), a shared writable mapping of a file under
@@ -121,6 +122,13 @@ impl Plan {
             return Err(format!(
                 "--root-snapshot: process {pid} is in another mount namespace or root ({}) than the engine: not supported yet",
                 task.fs.root
+            ));
+        }
+        // the clone itself unshares and mounts (injected: its credentials)
+        const CAP_SYS_ADMIN: u64 = 21;
+        if task.threads[0].creds.cap_eff & (1 << CAP_SYS_ADMIN) == 0 {
+            return Err(format!(
+                "--root-snapshot: process {pid} lacks CAP_SYS_ADMIN, which its clones need to make their mount namespace and snapshot mount: not supported"
             ));
         }
         if !Path::new(&dir).is_dir() {

@@ -908,6 +908,18 @@ fn root_snapshot_refusals() {
     assert_eq!(live_with_exe(&src.bin), vec![src.pid], "no clone made");
     assert!(!src.work.join("img/tfork-root").exists(), "nothing made inside the source's directory");
     src.all_tick(&[src.pid], 2, "after refused tforks");
+    drop(src);
+    // a source without CAP_SYS_ADMIN (root with an empty bounding set)
+    require!(why_not_tool("setpriv"));
+    let dir = test_dir("tfork-snap-nocaps");
+    let src = Src::start_with(&dir, 1, 4, &["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, out, log) = run_tfork(&img, &["-t", &src.pid.to_string(), "--copies", "1", "--root-snapshot", "overlay"], &[]);
+    assert!(!st.success() && out.is_empty(), "{log}");
+    assert!(log.contains("lacks CAP_SYS_ADMIN"), "{log}");
+    assert_eq!(live_with_exe(&src.bin), vec![src.pid], "no clone made");
+    src.all_tick(&[src.pid], 2, "after a refused tfork");
 }
 
 /// The engine killed while it sets up clones with `--root-snapshot
