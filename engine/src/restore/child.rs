@@ -82,8 +82,7 @@ impl ChildPlan {
 
 /// Report of one process on the shared report pipe, one line each written
 /// whole (under PIPE_BUF): `NSPID HOSTPID ok` or `NSPID HOSTPID err WHAT`.
-fn report(plan: &ChildPlan, ns_pid: i32, msg: Result<(), String>) -> std::io::Result<()> {
-    let host = std::fs::read_link("/proc/self").ok().and_then(|l| l.to_str()?.parse::<i32>().ok()).unwrap_or(0);
+fn report(plan: &ChildPlan, ns_pid: i32, host: i32, msg: Result<(), String>) -> std::io::Result<()> {
     let mut line = match msg {
         Ok(()) => format!("{ns_pid} {host} ok"),
         Err(m) => format!("{ns_pid} {host} err {}", m.replace('\n', " ")),
@@ -281,6 +280,9 @@ fn enter_timens(tn: &crate::model::TimeNs) -> Result<(), String> {
 pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -> ! {
     let node = &plan.plan.nodes[n];
     let ns_pid = node.pid;
+    // our pid as the engine sees it (the engine's /proc; read before any
+    // chroot)
+    let host = std::fs::read_link("/proc/self").ok().and_then(|l| l.to_str()?.parse::<i32>().ok()).unwrap_or(0);
     let mut terminal = None;
     let prep = (|| -> Result<(), String> {
         p::block_all_signals().map_err(|e| format!("blocking signals: {e}"))?;
@@ -321,7 +323,7 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
     });
     let failed = result.is_err();
     // EPIPE: the engine died; go too
-    if report(plan, ns_pid, result).is_err() || failed {
+    if report(plan, ns_pid, host, result).is_err() || failed {
         p::exit_now(1)
     }
     match node.role {
