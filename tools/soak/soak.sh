@@ -94,7 +94,7 @@ $(diff <(echo "$fds0") <(fdset "$pid"))"
         [ "$(fdset "$pid")" = "$fds0" ] || die "$prog leave-running $r: fd set changed"
     done
     t2=$(date +%s.%N)
-    kill -9 $(live_pids "$d/fx-$prog")
+    kill -9 $(live_pids "$d/fx-$prog") 2>/dev/null || true
     printf '%s: %d dump+restore rounds in %.1f s, %d --leave-running dumps in %.1f s, last tick %s, no FAIL\n' \
         "$prog" "$rounds" "$(echo "$t1 - $t0" | bc)" "$rounds" "$(echo "$t2 - $t1" | bc)" "$(ticks "$w")"
 done
