@@ -222,6 +222,25 @@ fn shared_descriptions(tree: &Tree) -> Vec<u32> {
             }
         }
     }
+    // what a shared resource kind's description needs made first (epoll:
+    // its targets) is made by the root too, whoever holds it
+    let mut i = 0;
+    while i < out.len() {
+        let d = out[i];
+        let first = tree.tasks.iter().find_map(|t| Some((t, t.fds.iter().find(|f| f.desc == d)?)));
+        if let Some((t, crate::model::Fd { file: FileDesc::Kind(k), .. })) = first {
+            for n in k.after() {
+                // every description of that object (a pipe's other end too)
+                let Some(o) = t.fds.iter().find(|x| x.fd == n).map(object_of) else { continue };
+                for f in tree.tasks.iter().flat_map(|t| &t.fds) {
+                    if object_of(f) == o && !out.contains(&f.desc) {
+                        out.push(f.desc);
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
     out
 }
 
