@@ -273,21 +273,22 @@ impl Slots {
 /// recreated once for all of its descriptions).
 pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Option<i32>) -> Result<(), String> {
     let mut fds = Vec::with_capacity(plan.plan.shared.len());
-    let sh_fd = plan.shared_fds();
+    // a resource kind's description names other fds (epoll: its targets)
+    // by their numbers in its holder: here they are on slots too
+    let mut moved: std::collections::HashMap<u32, std::collections::HashMap<i32, i32>> = std::collections::HashMap::new();
+    let slot = |d: u32| plan.plan.shared.iter().position(|&x| x == d).map(|k| plan.sh_base + k as i32);
     for (k, &d) in plan.plan.shared.iter().enumerate() {
-        let (holder, f) = tree
-            .tasks
-            .iter()
-            .find_map(|t| t.fds.iter().find(|f| f.desc == d).map(|f| (t, f)))
-            .ok_or_else(|| format!("shared file {d} has no fd"))?;
-        let mut file = f.file.clone();
-        if let FileDesc::Kind(kind) = &mut file {
-            // what it waits on is made here too (the plan saw to it), at
-            // the numbers of this table
-            let at = |n: i32| holder.fds.iter().find(|g| g.fd == n).and_then(|g| sh_fd.get(&g.desc).copied());
-            kind.renumber(&at).map_err(|n| format!("fd {} of process {} ({}) needs fd {n}, which is not made for the tree", f.fd, holder.pid, kind.name()))?;
+        let (t, f) = tree.tasks.iter().find_map(|t| Some((t, t.fds.iter().find(|f| f.desc == d)?))).ok_or_else(|| format!("shared file {d} has no fd"))?;
+        if let FileDesc::Kind(kind) = &f.file {
+            let mut m = std::collections::HashMap::new();
+            for n in kind.after() {
+                let at = t.fds.iter().find(|x| x.fd == n).and_then(|x| slot(x.desc));
+                let at = at.ok_or_else(|| format!("fd {} of {} ({}, shared across the tree) needs its fd {n}, which is not made for the tree", f.fd, t.pid, kind.name()))?;
+                m.insert(n, at);
+            }
+            moved.insert(d, m);
         }
-        fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file });
+        fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
     }
     let mut pipe_data: Vec<PipeData> = Vec::new();
     for d in tree.tasks.iter().flat_map(|t| &t.pipe_data) {
@@ -296,17 +297,26 @@ pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Opt
         }
     }
     let all = Task { fds, pipe_data, ..Default::default() };
-    install(plan, &all, terminal, &std::collections::HashMap::new(), false)
+    install(plan, &all, terminal, &std::collections::HashMap::new(), false, &moved)
 }
 
 /// Recreate every fd of `task` (the fd table holds only the report pipe,
 /// the service fds, the parked terminal and the descriptions the root made
 /// for the tree, `shared`: desc -> inherited fd, dup'ed where they belong).
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>) -> Result<(), String> {
-    install(plan, task, terminal, shared, true)
+    install(plan, task, terminal, shared, true, &std::collections::HashMap::new())
 }
 
-fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>, close_terminal: bool) -> Result<(), String> {
+/// `moved`: for the root's descriptions, where the fds each kind names are
+/// (see `kinds::Restore::moved`).
+fn install(
+    plan: &ChildPlan,
+    task: &Task,
+    terminal: Option<i32>,
+    shared: &std::collections::HashMap<u32, i32>,
+    close_terminal: bool,
+    moved: &std::collections::HashMap<u32, std::collections::HashMap<i32, i32>>,
+) -> Result<(), String> {
     use std::collections::HashMap;
     let mut ghosts = Ghosts::new(plan);
     // svc_base - 1 is the parked terminal's; working fds go below it
@@ -426,7 +436,7 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
             p::close(x);
         }
     }
-    crate::kinds::restore_phase(&kinds)?;
+    crate::kinds::restore_phase(&kinds, moved)?;
     drop(ghosts);
     Ok(())
 }
