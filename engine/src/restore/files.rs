@@ -266,6 +266,10 @@ impl Slots {
     }
 }
 
+/// Descriptions of the files unlinked while mapped count down from here
+/// (files.img ids, which the other descriptions carry, count up from 1).
+const MAP_GHOST_DESC: u32 = u32::MAX - 1;
+
 /// The open file descriptions the root makes for the whole tree
 /// (`plan.plan.shared`), onto `sh_base + k`, for every process forked
 /// after to inherit: each made as its first holder's fd would be (pipes
@@ -289,6 +293,13 @@ pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Opt
             moved.insert(d, m);
         }
         fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
+    }
+    // files unlinked while mapped, after the descriptions (one Ghosts
+    // for both: an fd of the same inode gets the same recreated file)
+    for (j, (path, g)) in plan.map_ghosts.iter().enumerate() {
+        let n = plan.sh_base + (plan.plan.shared.len() + j) as i32;
+        let file = FileDesc::Reg { path: path.clone(), flags: libc::O_RDWR as u32, pos: 0, mode: g.mode, size: None, ghost: Some(Box::new((**g).clone())) };
+        fds.push(crate::model::Fd { fd: n, cloexec: false, desc: MAP_GHOST_DESC - j as u32, file });
     }
     let mut pipe_data: Vec<PipeData> = Vec::new();
     for d in tree.tasks.iter().flat_map(|t| &t.pipe_data) {

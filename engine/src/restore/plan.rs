@@ -217,6 +217,15 @@ fn shared_descriptions(tree: &Tree) -> Vec<u32> {
             }
         }
     }
+    // a file unlinked while mapped is recreated once, by the root: an fd
+    // of the same inode must be made from that one
+    for f in tree.tasks.iter().flat_map(|t| t.mm.vmas.iter().filter_map(|v| v.file.as_ref())) {
+        if let Some(g) = &f.ghost {
+            if let Some(e) = holders.get_mut(&Object::Ghost(g.dev, g.ino)) {
+                e.1 = true;
+            }
+        }
+    }
     let mut shared: HashSet<u32> = HashSet::new();
     for t in &tree.tasks {
         for f in &t.fds {
