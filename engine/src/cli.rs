@@ -266,7 +266,8 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     let t0 = Instant::now();
     let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
     let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
-    let (tree, mut frozen) = dump::collect_within(pid, freeze_cgroup, timeout).here()?;
+    let file_opts = dump::files::FileOpts { ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT) };
+    let (tree, mut frozen) = dump::collect_opts(pid, freeze_cgroup, timeout, &file_opts).here()?;
     let t_frozen = Instant::now();
     check_ttys(&tree, o.shell_job)?;
     let dump_pages: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();

@@ -39,6 +39,7 @@ const VMA_FILE_SHARED: u32 = 1 << 7;
 const VMA_ANON_SHARED: u32 = 1 << 8;
 const VMA_ANON_PRIVATE: u32 = 1 << 9;
 const VMA_AREA_VVAR: u32 = 1 << 12;
+const VMA_AREA_MEMFD: u32 = 1 << 14;
 
 const MTYPE_X86_64: i32 = 1;
 const TASK_ALIVE: u32 = 1;
@@ -281,6 +282,9 @@ fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
     if let Some(f) = e.fifo.as_mut() {
         f.id = id;
     }
+    if let Some(m) = e.memfd.as_mut() {
+        m.id = id;
+    }
     files.push(e);
     id
 }
@@ -315,14 +319,158 @@ struct FdImages<'a> {
     remaps: Vec<pb::RemapFilePathEntry>,
     tty_infos: Vec<pb::TtyInfoEntry>,
     pipe_data: Vec<&'a PipeData>,
+    /// memfd inode number -> its memfd.img `inode_id` (from 1).
+    memfd_inodes: HashMap<u64, u32>,
+}
+
+/// The files.img entry of a memfd (an fd's, or a mapping's).
+fn memfd_entry(file: &str, memfd_inodes: &HashMap<u64, u32>, ino: u64, flags: u32, pos: u64) -> Result<pb::FileEntry, ImagesError> {
+    let inode_id = *memfd_inodes.get(&ino).ok_or_else(|| bad(file, format!("memfd inode {ino} was not collected")))?;
+    Ok(pb::FileEntry {
+        r#type: pb::FdTypes::Memfd as i32,
+        memfd: Some(pb::MemfdFileEntry { id: 0, flags, pos, fown: fown(), inode_id }),
+        ..Default::default()
+    })
+}
+
+/// The key of a mapped file among the files of mappings: its path, or for
+/// a memfd its inode (two memfds may share a name; no path has a NUL).
+pub fn map_key(f: &MapFile) -> String {
+    match f.memfd {
+        Some(ino) => format!("\0memfd:{ino}"),
+        None => f.path.clone(),
+    }
+}
+
+/// memfd.img (one `memfd_inode_entry` per inode) and each inode's data in
+/// pagemap-shmem-<ino>.img + pages-<id>.img, as upstream 4.2 writes them
+/// (offsets in the file as `vaddr`; a last partial page padded with zeros).
+fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), ImagesError> {
+    if memfds.is_empty() {
+        return Ok(());
+    }
+    let name = mg::MEMFD_INODE.file_name("");
+    let mut entries = Vec::with_capacity(memfds.len());
+    for (i, m) in memfds.iter().enumerate() {
+        let shmid = u32::try_from(m.ino).map_err(|_| bad(&name, format!("memfd {:?}: inode number {} does not fit the image's 32-bit shmid", m.name, m.ino)))?;
+        entries.push(pb::MemfdInodeEntry {
+            name: m.name.clone(),
+            uid: m.uid,
+            gid: m.gid,
+            size: m.size,
+            shmid,
+            seals: m.seals,
+            inode_id: i as u64 + 1,
+            hugetlb_flag: None,
+            mode: Some(libc::S_IFREG | m.mode),
+        });
+        *pages_id += 1;
+        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *pages_id)?;
+        for (off, data) in &m.extents {
+            let pad = (4096 - data.len() % 4096) % 4096;
+            if pad == 0 {
+                pw.add(*off, data, PE_PRESENT)?;
+            } else {
+                let mut d = Vec::with_capacity(data.len() + pad);
+                d.extend_from_slice(data);
+                d.resize(data.len() + pad, 0);
+                pw.add(*off, &d, PE_PRESENT)?;
+            }
+        }
+        pw.finish()?;
+    }
+    write_all(dir, &name, &mg::MEMFD_INODE, &entries)?;
+    Ok(())
+}
+
+/// memfd.img's `inode_id` -> `shmid` (the model's inode key), without the
+/// data; empty when there is no memfd.img.
+fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
+    let name = mg::MEMFD_INODE.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(HashMap::new());
+    }
+    let entries: Vec<pb::MemfdInodeEntry> = read_all(dir, &name, &mg::MEMFD_INODE)?;
+    let mut out = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let id = u32::try_from(e.inode_id).map_err(|_| bad(&name, format!("entry {i}: inode_id {} out of range", e.inode_id)))?;
+        if out.insert(id, u64::from(e.shmid)).is_some() {
+            return Err(bad(&name, format!("entry {i}: inode_id {id} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// memfd.img and the data of each inode, when the image set has one.
+/// Untrusted: names, sizes and data runs are checked (a run past the
+/// file's size, overlapping runs, a name memfd_create can't take, two
+/// entries for one inode id or shmid are refused by name).
+fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
+    let name = mg::MEMFD_INODE.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<pb::MemfdInodeEntry> = read_all(dir, &name, &mg::MEMFD_INODE)?;
+    let mut out: Vec<(u32, Memfd)> = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let what = |s: String| bad(&name, format!("entry {i} (memfd {:?}): {s}", e.name));
+        let inode_id = u32::try_from(e.inode_id).map_err(|_| what(format!("inode_id {} out of range", e.inode_id)))?;
+        if out.iter().any(|(id, m)| *id == inode_id || m.ino == u64::from(e.shmid)) {
+            return Err(what(format!("inode_id {} or shmid {} given twice", e.inode_id, e.shmid)));
+        }
+        if e.name.len() > crate::dump::files::MEMFD_NAME_MAX || e.name.contains('\0') || e.name.contains('/') {
+            return Err(what("not a name memfd_create takes (at most 249 bytes, no '/' or NUL)".into()));
+        }
+        if e.size > i64::MAX as u64 {
+            return Err(what(format!("size {} is beyond any file", e.size)));
+        }
+        if e.hugetlb_flag.is_some_and(|h| h != 0) {
+            return Err(what("a hugetlb memfd: not supported yet".into()));
+        }
+        // (upstream writes st_mode whole: S_IFREG and the permissions)
+        let mode = e.mode.unwrap_or(libc::S_IFREG | 0o777);
+        if mode & !0o7777 & !libc::S_IFMT != 0 || !matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG) {
+            return Err(what(format!("mode {mode:o} is not a regular file's")));
+        }
+        let mode = mode & 0o7777;
+        let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
+        let pm = images_proto::pages::pagemap_name(format!("shmem-{}", e.shmid));
+        if dir.join(&pm).exists() {
+            let rd = PagemapReader::open(dir, &pm)?;
+            let pages = images_proto::pages::PagesFile::open(dir, rd.pages_id())?;
+            let runs = rd.runs()?;
+            let limit = e.size.div_ceil(4096) * 4096;
+            for r in &runs {
+                if !r.present() {
+                    return Err(bad(&pm, format!("run at offset {:#x} is not in this image (parent images are not supported yet)", r.vaddr)));
+                }
+                if r.end() > limit {
+                    return Err(bad(&pm, format!("pages {:#x}..{:#x} lie past the end of memfd {:?} ({} bytes)", r.vaddr, r.end(), e.name, e.size)));
+                }
+                pages.check(r)?;
+                let len = usize::try_from(r.len()).map_err(|_| bad(&pm, format!("run at {:#x} too long", r.vaddr)))?;
+                let mut data = vec![0u8; len];
+                pages.read_at(r.offset, &mut data)?;
+                // the padding of a last partial page is not file data
+                data.truncate(usize::try_from(e.size.saturating_sub(r.vaddr)).unwrap_or(usize::MAX).min(len));
+                extents.push((r.vaddr, data));
+            }
+        }
+        out.push((
+            inode_id,
+            Memfd { ino: u64::from(e.shmid), name: e.name.clone(), uid: e.uid, gid: e.gid, mode, size: e.size, seals: e.seals, extents },
+        ));
+    }
+    Ok(out)
 }
 
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
 fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages<'a>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::with_capacity(task.fds.len());
-    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data } = st;
+    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, memfd_inodes } = st;
     for fd in &task.fds {
         let ty = match fd.file {
+            FileDesc::Memfd { .. } => pb::FdTypes::Memfd,
             FileDesc::Reg { .. } => pb::FdTypes::Reg,
             FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
             FileDesc::Fifo { .. } => pb::FdTypes::Fifo,
@@ -352,6 +500,7 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                         }
                         id
                     }
+                    FileDesc::Memfd { ino, flags, pos } => push_file(files, memfd_entry("files.img", memfd_inodes, *ino, *flags, *pos)?),
                     FileDesc::Pipe { pipe_id, flags } => {
                         let e = pb::FileEntry {
                             r#type: pb::FdTypes::Pipe as i32,
@@ -527,6 +676,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         Vec::new()
     };
     let mut ghosts: Vec<(u32, Box<Ghost>)> = Vec::new();
+    let mut memfd_inodes: Option<HashMap<u32, u64>> = None;
     let mut fds = Vec::with_capacity(fdinfo.len());
     for fi in fdinfo {
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
@@ -548,6 +698,14 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                 }
             };
             FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost }
+        } else if let Some(m) = &f.memfd {
+            if memfd_inodes.is_none() {
+                memfd_inodes = Some(memfd_shmids(dir)?);
+            }
+            let ino = memfd_inodes.as_ref().and_then(|ids| ids.get(&m.inode_id)).copied().ok_or_else(|| {
+                bad("files.img", format!("fd {}: memfd {} names inode {}, which memfd.img does not have", fi.fd, f.id, m.inode_id))
+            })?;
+            FileDesc::Memfd { ino, flags: m.flags, pos: m.pos }
         } else if let Some(pp) = &f.pipe {
             FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
         } else if let Some(ff) = &f.fifo {
@@ -836,7 +994,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         return Err(bad("pstree.img", format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }
     let mut files: Vec<pb::FileEntry> = Vec::new();
-    let mut fd_images = FdImages::default();
+    let mut fd_images =
+        FdImages { memfd_inodes: tree.memfds.iter().enumerate().map(|(i, m)| (m.ino, i as u32 + 1)).collect(), ..Default::default() };
     let mut map_ids: Vec<(String, u32)> = Vec::new();
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
     let mut pages_id = 0u32;
@@ -854,6 +1013,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
     }
     finish_fds(dir, &fd_images)?;
+    write_memfds(dir, &tree.memfds, &mut shm_pages_id)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
     let task = tree.root();
@@ -940,9 +1100,14 @@ fn write_task<'a>(
     };
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
-            if !map_ids.iter().any(|(p, _)| p == &f.path) {
-                let id = file_id(files, mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id));
-                map_ids.push((f.path.clone(), id));
+            let key = map_key(f);
+            if !map_ids.iter().any(|(p, _)| p == &key) {
+                let e = match f.memfd {
+                    Some(ino) => memfd_entry(&mg::MM.file_name(task.pid), &fd_images.memfd_inodes, ino, f.flags, 0)?,
+                    None => mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id),
+                };
+                let id = file_id(files, e);
+                map_ids.push((key, id));
             }
         }
     }
@@ -970,8 +1135,10 @@ fn write_task<'a>(
                 }
                 VmaKind::File => {
                     let f = v.file.as_ref().expect("file vma");
-                    let id = map_ids.iter().find(|(p, _)| p == &f.path).map(|(_, i)| *i).unwrap_or(0);
-                    (VMA_AREA_REGULAR | if v.shared() { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE }, u64::from(id))
+                    let key = map_key(f);
+                    let id = map_ids.iter().find(|(p, _)| p == &key).map(|(_, i)| *i).unwrap_or(0);
+                    let memfd = if f.memfd.is_some() { VMA_AREA_MEMFD } else { 0 };
+                    (VMA_AREA_REGULAR | memfd | if v.shared() { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE }, u64::from(id))
                 }
             };
             pb::VmaEntry {
@@ -1192,6 +1359,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         umask: fse.umask.unwrap_or(0o22),
     };
     let mme: pb::MmEntry = read_one(dir, &mg::MM.file_name(pid), &mg::MM)?;
+    let memfds = read_memfds(dir)?;
     let mut vmas = Vec::new();
     for (i, v) in mme.vmas.iter().enumerate() {
         if v.start >= v.end || v.start % 4096 != 0 || v.end % 4096 != 0 {
@@ -1218,7 +1386,21 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         } else {
             return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: status {s:#x} is not supported yet", v.start)));
         };
-        let file = if kind == VmaKind::File {
+        let memfd_map = u32::try_from(v.shmid).ok().and_then(file).and_then(|f| f.memfd.as_ref());
+        let file = if kind == VmaKind::File && (s & VMA_AREA_MEMFD != 0 || memfd_map.is_some()) {
+            let m = memfd_map.ok_or_else(|| bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: a memfd mapping whose file {} is not a memfd", v.start, v.shmid)))?;
+            let (_, inode) = memfds.iter().find(|(id, _)| *id == m.inode_id).ok_or_else(|| {
+                bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: memfd {} names inode {}, which memfd.img does not have", v.start, v.shmid, m.inode_id))
+            })?;
+            Some(MapFile {
+                path: format!("/memfd:{} (deleted)", inode.name),
+                flags: v.fdflags.unwrap_or(m.flags),
+                size: None,
+                mode: 0,
+                build_id: Vec::new(),
+                memfd: Some(inode.ino),
+            })
+        } else if kind == VmaKind::File {
             let r = reg(v.shmid as u32, "file mapping")?;
             Some(MapFile {
                 path: r.name.clone(),
@@ -1226,6 +1408,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
                 size: r.size,
                 mode: r.mode.unwrap_or(0),
                 build_id: r.build_id.clone(),
+                memfd: None,
             })
         } else {
             None
@@ -1287,6 +1470,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         start_stack: mme.mm_start_stack, start_brk: mme.mm_start_brk, brk: mme.mm_brk, arg_start: mme.mm_arg_start,
         arg_end: mme.mm_arg_end, env_start: mme.mm_env_start, env_end: mme.mm_env_end, auxv: mme.mm_saved_auxv.clone(),
         exe: Some(MapFile {
+            memfd: None,
             path: exe.name.clone(),
             flags: 0,
             size: exe.size,
@@ -1387,6 +1571,6 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         Err(_) if !dir.join(&tn_name).exists() => None,
         Err(e) => return Err(e.into()),
     };
-    let tree = Tree { root_owns_pid_ns: pid == 1, tasks: vec![task], root_ids, timens };
+    let tree = Tree { root_owns_pid_ns: pid == 1, tasks: vec![task], root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect() };
     Ok((tree, src))
 }

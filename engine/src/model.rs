@@ -19,6 +19,30 @@ pub struct Tree {
     /// Ids of the dumping engine itself (inventory's root_ids).
     pub root_ids: KobjIds,
     pub timens: Option<TimeNs>,
+    /// Every memfd inode the tree's fds and mappings refer to (memfd.img),
+    /// each once however many fds, mappings and processes share it.
+    pub memfds: Vec<Memfd>,
+}
+
+/// A memfd's inode (upstream's `memfd_inode_entry` and the contents in its
+/// shmem pagemap): what `memfd_create` + writes + seals make again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memfd {
+    /// Inode number at dump (upstream's `shmid`): the key fds and mappings
+    /// name it by.
+    pub ino: u64,
+    /// The name given to memfd_create (what /proc shows after `/memfd:`).
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (st_mode & 07777).
+    pub mode: u32,
+    pub size: u64,
+    /// F_SEAL_* bits (F_GET_SEALS).
+    pub seals: u32,
+    /// Data runs (offset, bytes), page-aligned offsets, in order, within
+    /// `size`; the rest reads as zeros (holes).
+    pub extents: Vec<(u64, Vec<u8>)>,
 }
 
 /// Credentials of one thread.
@@ -202,6 +226,8 @@ pub enum FileDesc {
     /// A named pipe opened by `path` (`mode` is its st_mode, checked on
     /// restore); `pipe_id` is its inode, shared by every fd of the FIFO.
     Fifo { path: String, flags: u32, mode: u32, pipe_id: u32 },
+    /// An open memfd: `ino` names its inode in [`Tree::memfds`].
+    Memfd { ino: u64, flags: u32, pos: u64 },
     /// A terminal (only with `--shell-job`: restored as the restoring
     /// shell's terminal). `rdev` is the device number (glibc encoding).
     Tty { path: String, flags: u32, rdev: u64 },
@@ -270,6 +296,9 @@ pub struct MapFile {
     /// GNU build-id of an ELF file (upstream's `reg.build_id` words), empty
     /// when the file has none; restore refuses a file whose id changed.
     pub build_id: Vec<u32>,
+    /// A memfd's mapping: its inode number, in [`Tree::memfds`] (`path` is
+    /// then only what /proc showed, `/memfd:NAME (deleted)`).
+    pub memfd: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! regular files, directories, memory devices (/dev/null, /dev/zero, ...),
 //! files unlinked while open (ghosts: data extents saved), pipes and FIFOs
 //! (queued bytes and buffer size saved), terminals (recorded; only
-//! `--shell-job` accepts them). Everything else (sockets, memfds, anonymous
+//! `--shell-job` accepts them), memfds (their inodes read once per tree:
+//! [`collect_memfds`]). Everything else (sockets, anonymous
 //! inodes such as eventfd or epoll, other devices, non-UTF-8 paths) is
 //! refused by name.
 //!
@@ -24,14 +25,28 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 /// bytes than this (holes do not count) are refused.
 pub const GHOST_LIMIT: u64 = 1 << 20;
 
+/// What the command line says about files at dump.
+#[derive(Debug, Clone, Copy)]
+pub struct FileOpts {
+    /// `--ghost-limit`: the most allocated bytes an unlinked open file may
+    /// have for its contents to go into the images.
+    pub ghost_limit: u64,
+}
+
+impl Default for FileOpts {
+    fn default() -> FileOpts {
+        FileOpts { ghost_limit: GHOST_LIMIT }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("reading fd {fd} of {pid}")]
     Io { pid: Pid, fd: i32, #[source] source: io::Error },
     #[error("fd {fd} of {pid} is {what}: this kind of file is not supported yet")]
     Unsupported { pid: Pid, fd: i32, what: String },
-    #[error("fd {fd} of {pid}: ghost file {path} has {size} bytes allocated, over the {GHOST_LIMIT}-byte ghost limit")]
-    GhostTooBig { pid: Pid, fd: i32, path: String, size: u64 },
+    #[error("fd {fd} of {pid}: ghost file {path} has {size} bytes allocated, over the {limit}-byte ghost limit (raise it with --ghost-limit)")]
+    GhostTooBig { pid: Pid, fd: i32, path: String, size: u64, limit: u64 },
     #[error("fd {fd} of {pid}: {path} was unlinked but the inode still has {nlink} links (link remap is not supported yet)")]
     LinkRemap { pid: Pid, fd: i32, path: String, nlink: u64 },
     #[error("reading the queued bytes of pipe {pipe_id} (fd {fd} of {pid})")]
@@ -99,13 +114,13 @@ fn pipe_data(pid: Pid, fd: i32, pipe_id: u32, fifo: bool) -> Result<PipeData, Fi
 /// The contents of an unlinked file: its data extents (SEEK_DATA /
 /// SEEK_HOLE), so holes stay holes and only allocated bytes count against
 /// the ghost limit.
-fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
+fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata, limit: u64) -> Result<Ghost, FilesError> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
     let io_err = |e| FilesError::Io { pid, fd, source: e };
     let allocated = meta.blocks().saturating_mul(512);
-    if allocated > GHOST_LIMIT {
-        return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: allocated });
+    if allocated > limit {
+        return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: allocated, limit });
     }
     let f = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).map_err(io_err)?;
     let size = meta.size();
@@ -122,8 +137,8 @@ fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghos
         total = total.saturating_add(len);
         // a file system without hole reporting shows one extent; it must
         // still fit the limit (the data is read into memory)
-        if total > GHOST_LIMIT.max(allocated) {
-            return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: total });
+        if total > limit.max(allocated) {
+            return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: total, limit });
         }
         let mut data = vec![0u8; len as usize];
         f.read_exact_at(&mut data, start).map_err(io_err)?;
@@ -142,6 +157,80 @@ fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghos
         size,
         extents,
     })
+}
+
+/// HUGETLBFS_MAGIC: a memfd made with MFD_HUGETLB lives there.
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// The longest name memfd_create takes (249 bytes, without the NUL).
+pub const MEMFD_NAME_MAX: usize = 249;
+
+/// Every memfd inode the tree's fds and mappings refer to, each read once
+/// (its name, owner, mode, size, seals and data runs) through the first fd
+/// (`/proc/PID/fd/N`) or mapping (`/proc/PID/map_files/START-END`) that
+/// shows it. `tasks`: (host pid, task) of the live processes.
+pub fn collect_memfds(tasks: &[(Pid, &crate::model::Task)]) -> Result<Vec<crate::model::Memfd>, FilesError> {
+    let mut out: Vec<crate::model::Memfd> = Vec::new();
+    for (pid, t) in tasks {
+        let pid = *pid;
+        let fds = t.fds.iter().filter_map(|f| match f.file {
+            FileDesc::Memfd { ino, .. } => Some((ino, format!("/proc/{pid}/fd/{}", f.fd), f.fd)),
+            _ => None,
+        });
+        let maps = t.mm.vmas.iter().filter_map(|v| {
+            let ino = v.file.as_ref()?.memfd?;
+            Some((ino, format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end), -1))
+        });
+        for (ino, path, fd) in fds.chain(maps) {
+            if out.iter().any(|m| m.ino == ino) {
+                continue;
+            }
+            out.push(read_memfd(pid, fd, &path, ino)?);
+        }
+    }
+    Ok(out)
+}
+
+/// One memfd inode through `path` (an fd or map_files link of `pid`).
+fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::Memfd, FilesError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    let io_err = |e| FilesError::Io { pid, fd, source: e };
+    let unsupported = |what: String| FilesError::Unsupported { pid, fd, what };
+    let link = std::fs::read_link(path).map_err(io_err)?;
+    let link = link.to_str().ok_or_else(|| unsupported(format!("a memfd whose name is not UTF-8 ({link:?})")))?;
+    let name = link
+        .strip_prefix("/memfd:")
+        .and_then(|n| n.strip_suffix(" (deleted)"))
+        .ok_or_else(|| unsupported(format!("{link}, not a memfd name")))?
+        .to_string();
+    let f = std::fs::File::open(path).map_err(io_err)?;
+    let meta = f.metadata().map_err(io_err)?;
+    if meta.ino() != ino {
+        return Err(io_err(io::Error::other(format!("{path} is inode {} now, not {ino}", meta.ino()))));
+    }
+    if p::fs_type(f.as_fd()).map_err(io_err)? == HUGETLBFS_MAGIC {
+        return Err(unsupported(format!("a memfd on hugetlbfs (MFD_HUGETLB: {link})")));
+    }
+    let seals = p::fcntl_int(f.as_raw_fd(), libc::F_GET_SEALS, 0).map_err(io_err)? as u32;
+    let size = meta.size();
+    let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut off = 0;
+    while off < size {
+        let Some(start) = p::seek_data_hole(f.as_fd(), off, libc::SEEK_DATA).map_err(io_err)? else { break };
+        if start >= size {
+            break;
+        }
+        let start = start & !(crate::sys::PAGE_SIZE - 1);
+        let end = p::seek_data_hole(f.as_fd(), start, libc::SEEK_HOLE).map_err(io_err)?.unwrap_or(size).min(size);
+        let len = usize::try_from(end - start).map_err(|_| unsupported(format!("memfd {link}: a data run of {} bytes", end - start)))?;
+        let mut data = vec![0u8; len];
+        f.read_exact_at(&mut data, start).map_err(io_err)?;
+        extents.push((start, data));
+        off = end;
+    }
+    pr_debug!("memfd {name:?} (inode {ino}): {size} bytes, {} data runs, seals {seals:#x}", extents.len());
+    Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, extents })
 }
 
 /// What a non-path fd link (`pipe:[N]`, `socket:[N]`, `anon_inode:[eventfd]`,
@@ -167,7 +256,7 @@ type DescKey = (u64, u64, u64, u32);
 /// a regular file named `/memfd:NAME (deleted)`). Fds sharing one open file
 /// description are found per inode with kcmp's ordering and a binary
 /// search: O(n log n) kcmp calls, not one per pair.
-pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
+pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
     use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::FileTypeExt;
@@ -237,10 +326,10 @@ pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
             // by device number, whatever the path (a pty of a devpts
             // instance unmounted since shows as "(deleted)")
             FileDesc::Tty { path: link, flags, rdev: meta.rdev() }
+        } else if ft.is_file() && link.starts_with("/memfd:") && link.ends_with(" (deleted)") && meta.nlink() == 0 {
+            // (its inode, contents and seals: `collect_memfds`, once per inode)
+            FileDesc::Memfd { ino: meta.ino(), flags, pos }
         } else if let Some(orig) = link.strip_suffix(" (deleted)") {
-            if ft.is_file() && orig.starts_with("/memfd:") && meta.nlink() == 0 {
-                return Err(unsupported(format!("a memfd ({link})")));
-            }
             if !ft.is_file() {
                 return Err(unsupported(format!("{link}, a deleted {}", type_name(&ft))));
             }
@@ -251,7 +340,7 @@ pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
             let g = match ghosts.get(&(meta.dev(), meta.ino())) {
                 Some(g) => g.clone(),
                 None => {
-                    let g = Box::new(ghost(pid, fd, orig, &meta)?);
+                    let g = Box::new(ghost(pid, fd, orig, &meta, opts.ghost_limit)?);
                     ghosts.insert((meta.dev(), meta.ino()), g.clone());
                     g
                 }

@@ -19,6 +19,8 @@ pub enum MmError {
     Read { pid: Pid, what: &'static str, #[source] source: io::Error },
     #[error("{pid}: mapping {start:#x}-{end:#x} of {name:?} is not supported yet")]
     Unsupported { pid: Pid, start: u64, end: u64, name: String },
+    #[error("{pid} runs a program from a memfd ({path} is its executable): not supported yet")]
+    MemfdExe { pid: Pid, path: String },
 }
 
 fn rd(pid: Pid, what: &'static str) -> Result<String, MmError> {
@@ -70,6 +72,8 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
         "[vvar]" | "[vvar_vclock]" => VmaKind::Vvar,
         "[vsyscall]" => VmaKind::Vsyscall,
         n if n.starts_with('/') && m.ino != 0 && !n.ends_with(" (deleted)") => VmaKind::File,
+        // a memfd (its inode is read once with the fds': files::collect_memfds)
+        n if n.starts_with("/memfd:") && n.ends_with(" (deleted)") && m.ino != 0 && m.dev.0 == 0 => VmaKind::File,
         n if n.is_empty() || n.starts_with("[anon:") || n.starts_with("[stack:") => VmaKind::Anon,
         n => {
             return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: n.to_string() });
@@ -78,7 +82,16 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
     if kind != VmaKind::File {
         flags |= libc::MAP_ANONYMOUS as u32;
     }
-    let file = (kind == VmaKind::File).then(|| {
+    let memfd = m.name.starts_with("/memfd:") && m.name.ends_with(" (deleted)");
+    let file = (kind == VmaKind::File && memfd).then(|| MapFile {
+        path: m.name.clone(),
+        flags: if m.shared && m.w { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 },
+        size: None,
+        mode: 0,
+        build_id: Vec::new(),
+        memfd: Some(m.ino),
+    });
+    let file = file.or_else(|| (kind == VmaKind::File).then(|| {
         let meta = std::fs::metadata(&m.name).ok();
         MapFile {
             path: m.name.clone(),
@@ -86,8 +99,9 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
             size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
             mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
             build_id: super::elf::build_id_of(std::path::Path::new(&m.name)).unwrap_or_default(),
+            memfd: None,
         }
-    });
+    }));
     Ok(Vma {
         start: m.start,
         end: m.end,
@@ -371,6 +385,11 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
     }
     let exe_path = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| MmError::Read { pid, what: "exe", source: e })?;
     let exe_path = exe_path.to_string_lossy().to_string();
+    if exe_path.starts_with("/memfd:") {
+        // (run from a memfd with execveat/fexecve: restore would need the
+        // memfd as its exe file, which is not done yet)
+        return Err(MmError::MemfdExe { pid, path: exe_path });
+    }
     let meta = std::fs::metadata(&exe_path).ok();
     let status = rd(pid, "status")?;
     let thp_disabled = proc::status_field(&status, "THP_enabled").map(|v| v == "0").unwrap_or(false);
@@ -388,6 +407,7 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         env_end: proc::stat_field(&f, 51),
         auxv,
         exe: Some(MapFile {
+            memfd: None,
             build_id: super::elf::build_id_of(std::path::Path::new(&exe_path)).unwrap_or_default(),
             path: exe_path,
             flags: libc::O_RDONLY as u32,

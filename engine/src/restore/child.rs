@@ -46,6 +46,9 @@ pub struct ChildPlan {
     pub root: Option<RootDir>,
     /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
+    /// The memfd inodes the task's fds and mappings use (made first by
+    /// `files::restore_fds`, on working fds below the terminal's).
+    pub memfds: Vec<crate::model::Memfd>,
     /// The clocks of the task's own time namespace at dump (its timens
     /// image), when it had one: the child enters a new one in which they
     /// continue.
@@ -69,6 +72,7 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
     for (i, (path, flags)) in plan.map_files.iter().enumerate() {
         files::open_at(plan, path, *flags, plan.svc_base + 1 + i as i32)?;
     }
+    files::close_memfds(plan);
     restore_loginuid(task.loginuid)?;
     if let Some(tn) = &plan.timens {
         enter_timens(tn)?;

@@ -18,10 +18,16 @@
 //!   the other side), which also refills its size and queued bytes;
 //! - terminals (`--shell-job` only): a new open of the restoring shell's
 //!   terminal (found on fds 0..2 of the engine);
+//! - memfds: each inode of the image made once, first of all
+//!   (`memfd_create` with its name, then its size, data runs, owner, mode
+//!   and last its seals), on a working fd; each open file description of it
+//!   is a reopen through /proc/self/fd (its own flags and offset), and each
+//!   file of a mapping of it too (see `open_at`);
 //! - fds that shared an open file description are dup'ed from the first.
 //!
 //! Working fds live just below the service fds: the terminal at
-//! `svc_base - 1`, pipe ends and FIFO keepers from there down.
+//! `svc_base - 1`, the memfds below it (`memfd_slot`), pipe ends and FIFO
+//! keepers from there down.
 
 use super::child::{ChildPlan, RootDir};
 use crate::model::{FileDesc, Ghost, PipeData, Task};
@@ -67,9 +73,62 @@ fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Res
 
 /// Open `path` for the child's own use (service fds, mapped files; they
 /// are mmap'ed, so O_NONBLOCK changes nothing but that a path that is now a
-/// FIFO does not block the open).
+/// FIFO does not block the open). A memfd's key (`images_io::map_key`) is
+/// a reopen of the memfd made by `restore_fds`.
 pub fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
+    if let Some(ino) = path.strip_prefix("\0memfd:") {
+        let i = plan.memfds.iter().position(|m| m.ino.to_string() == ino).ok_or_else(|| format!("mapped memfd inode {ino} was not planned"))?;
+        return open_onto(&format!("/proc/self/fd/{}", memfd_slot(plan, i)), flags, target);
+    }
     open_image_path(plan, path, flags | libc::O_NONBLOCK, target)
+}
+
+/// The working fd of memfd `i` of the plan, just below the parked terminal.
+fn memfd_slot(plan: &ChildPlan, i: usize) -> i32 {
+    plan.svc_base - 2 - i as i32
+}
+
+/// memfd_create flags (linux/memfd.h).
+const MFD_ALLOW_SEALING: u32 = 2;
+const MFD_EXEC: u32 = 0x10;
+
+/// Make every memfd inode of the plan on its working fd: its name, size,
+/// data runs, owner and mode, then its seals (last: a write seal would
+/// refuse the data).
+fn create_memfds(plan: &ChildPlan) -> Result<(), String> {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    for (i, m) in plan.memfds.iter().enumerate() {
+        let what = |w: &str, e: std::io::Error| format!("memfd {:?} (inode {}): {w}: {e}", m.name, m.ino);
+        let name = CString::new(m.name.clone()).map_err(|_| format!("memfd name {:?} has a NUL byte", m.name))?;
+        // executable ones asked for as such (vm.memfd_noexec may default to
+        // no-exec); a kernel without MFD_EXEC takes them exec anyway
+        let exec = m.mode & 0o111 != 0;
+        let fd = match p::memfd_create(&name, MFD_ALLOW_SEALING | if exec { MFD_EXEC } else { 0 }) {
+            Err(e) if exec && e.raw_os_error() == Some(libc::EINVAL) => p::memfd_create(&name, MFD_ALLOW_SEALING),
+            r => r,
+        }
+        .map_err(|e| what("memfd_create", e))?;
+        let f = std::fs::File::from(fd);
+        f.set_len(m.size).map_err(|e| what("ftruncate", e))?;
+        for (off, data) in &m.extents {
+            f.write_all_at(data, *off).map_err(|e| what(&format!("writing {} bytes at {off}", data.len()), e))?;
+        }
+        std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid)).map_err(|e| what("fchown", e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(m.mode)).map_err(|e| what(&format!("fchmod {:o}", m.mode), e))?;
+        if m.seals != 0 {
+            p::fcntl_int(f.as_raw_fd(), libc::F_ADD_SEALS, u64::from(m.seals)).map_err(|e| what(&format!("F_ADD_SEALS {:#x}", m.seals), e))?;
+        }
+        let slot = memfd_slot(plan, i);
+        p::dup2(f.as_raw_fd(), slot).map_err(|e| what(&format!("dup2 to {slot}"), e))?;
+    }
+    Ok(())
+}
+
+/// Close the memfds' working fds, once the files of mappings are open.
+pub fn close_memfds(plan: &ChildPlan) {
+    for i in 0..plan.memfds.len() {
+        p::close(memfd_slot(plan, i));
+    }
 }
 
 fn is_terminal(fd: i32) -> bool {
@@ -252,6 +311,9 @@ fn refill(wr: i32, d: &PipeData) -> Result<(), String> {
     fill_pipe(wr, &d.data).map_err(|e| format!("{what} {:#x}: {e}", d.pipe_id))
 }
 
+/// The status flags F_SETFL sets on a memfd's description.
+const MEMFD_SETFL: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_NOATIME | libc::O_DIRECT;
+
 /// The status flags a pipe or FIFO fd can have changed with F_SETFL.
 const PIPE_SETFL: i32 = libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT;
 
@@ -271,8 +333,10 @@ impl Slots {
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Result<(), String> {
     use std::collections::HashMap;
     let mut ghosts = Ghosts::new(plan);
-    // svc_base - 1 is the parked terminal's; working fds go below it
-    let mut slots = Slots(plan.svc_base - 1);
+    create_memfds(plan)?;
+    // svc_base - 1 is the parked terminal's, the memfds' below it; other
+    // working fds go below those
+    let mut slots = Slots(plan.svc_base - 1 - plan.memfds.len() as i32);
     // pipe id -> its two ends (working fds) and whether each end's first
     // open file description is handed out yet
     let mut pipes: HashMap<u32, ([i32; 2], [bool; 2])> = HashMap::new();
@@ -280,6 +344,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
     // the FIFO, read-only or write-only, blocking or not, succeed at once)
     let mut fifos: HashMap<u32, i32> = HashMap::new();
     let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
+    let mut memfd_given: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let data = |fifo: bool, id: u32| task.pipe_data.iter().find(|d| d.fifo == fifo && d.pipe_id == id);
     for fd in &task.fds {
         let n = fd.fd;
@@ -348,6 +413,23 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
                 open_image_path(plan, path, *flags as i32, n)?;
                 validate(n, path, *mode, None)?;
             }
+            FileDesc::Memfd { ino, flags, .. } => {
+                let i = plan.memfds.iter().position(|m| m.ino == *ino).ok_or_else(|| format!("fd {n}: memfd inode {ino} was not planned"))?;
+                let slot = memfd_slot(plan, i);
+                let fl = *flags as i32;
+                if fl & libc::O_ACCMODE == libc::O_RDWR && !memfd_given.contains(ino) {
+                    // memfd_create's own description (read-write) is not
+                    // counted as a writer of the inode, so the memfd can
+                    // still be executed (a reopen for writing would make
+                    // execveat fail with ETXTBSY): the first read-write
+                    // description of each memfd is that one
+                    memfd_given.insert(*ino);
+                    p::dup2(slot, n).map_err(|e| format!("dup2 memfd {slot} -> {n}: {e}"))?;
+                    fcntl(n, libc::F_SETFL, (fl & MEMFD_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
+                } else {
+                    open_onto(&format!("/proc/self/fd/{slot}"), fl, n)?;
+                }
+            }
             FileDesc::Tty { path, flags, .. } => {
                 let Some(t) = terminal else {
                     return Err(if plan.shell_job {
@@ -360,7 +442,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
                 open_onto(&format!("/proc/self/fd/{t}"), (*flags as i32) | libc::O_NOCTTY, n)?;
             }
         }
-        if let FileDesc::Reg { pos, .. } = &fd.file {
+        if let FileDesc::Reg { pos, .. } | FileDesc::Memfd { pos, .. } = &fd.file {
             if *pos != 0 {
                 p::seek_to(n, *pos)
                     .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;

@@ -174,10 +174,11 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
             // one service fd per path, opened O_RDWR if any mapping needs it
-            match map_files.iter_mut().find(|(p, _)| p == &f.path) {
+            let key = crate::images_io::map_key(f);
+            match map_files.iter_mut().find(|(p, _)| p == &key) {
                 Some(m) if f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR => m.1 = f.flags as i32,
                 Some(_) => {}
-                None => map_files.push((f.path.clone(), f.flags as i32)),
+                None => map_files.push((key, f.flags as i32)),
             }
         }
     }
@@ -198,7 +199,17 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     // working fds of the restore child: two per pipe fd, one per FIFO fd (at most)
     let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
-    let svc_base = (max_fd + 2 * npipes + 16).max(64);
+    // the memfds the task's fds and mappings use, made by the child first
+    let memfds: Vec<crate::model::Memfd> = tree
+        .memfds
+        .iter()
+        .filter(|m| {
+            task.fds.iter().any(|f| matches!(f.file, FileDesc::Memfd { ino, .. } if ino == m.ino))
+                || task.mm.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.memfd == Some(m.ino)))
+        })
+        .cloned()
+        .collect();
+    let svc_base = (max_fd + 2 * npipes + memfds.len() as i32 + 16).max(64);
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
     // --root: opened once, above the service fds; paths are resolved in it
     let root = match &opts.root {
@@ -215,6 +226,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
         map_files: map_files.clone(),
         root,
         shell_job: opts.shell_job,
+        memfds,
         timens: own_timens(tree)?,
     };
     let (flags, set_tid): (u64, Vec<Pid>) =

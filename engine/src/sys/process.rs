@@ -314,11 +314,20 @@ pub fn kcmp_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> io::Result<bool> {
 }
 
 /// fcntl(2) commands whose argument is an integer (none is a pointer).
-const FCNTL_INTEGER_CMDS: &[i32] =
-    &[libc::F_GETFD, libc::F_SETFD, libc::F_GETFL, libc::F_SETFL, libc::F_GETPIPE_SZ, libc::F_SETPIPE_SZ];
+const FCNTL_INTEGER_CMDS: &[i32] = &[
+    libc::F_GETFD,
+    libc::F_SETFD,
+    libc::F_GETFL,
+    libc::F_SETFL,
+    libc::F_GETPIPE_SZ,
+    libc::F_SETPIPE_SZ,
+    libc::F_GET_SEALS,
+    libc::F_ADD_SEALS,
+];
 
 /// fcntl(2) with an integer argument on fd number `fd`: F_GETFD, F_SETFD,
-/// F_GETFL, F_SETFL, F_GETPIPE_SZ, F_SETPIPE_SZ; any other command is
+/// F_GETFL, F_SETFL, F_GETPIPE_SZ, F_SETPIPE_SZ, F_GET_SEALS, F_ADD_SEALS;
+/// any other command is
 /// refused with `EINVAL` (it may take a pointer, or make or close fds).
 pub fn fcntl_int(fd: i32, cmd: i32, arg: u64) -> io::Result<u64> {
     if !FCNTL_INTEGER_CMDS.contains(&cmd) {
@@ -734,6 +743,29 @@ pub fn kcmp_files_order(pid1: Pid, a: i32, pid2: Pid, b: i32) -> io::Result<std:
         r if r < 0 => Err(last_err()),
         r => Err(io::Error::other(format!("kcmp(KCMP_FILE) gave no ordering ({r})"))),
     }
+}
+
+/// memfd_create(2): a new memfd named `name` with `flags` (MFD_*).
+pub fn memfd_create(name: &CStr, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated name alive for the call; the fd returned on
+    // success is new and ours alone.
+    let r = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: `r` is a freshly created fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// The file system type (`f_type` of fstatfs(2)) of an open file.
+pub fn fs_type(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a writable statfs buffer; the fd is borrowed and open.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstatfs succeeded, so the buffer is initialised.
+    Ok(unsafe { st.assume_init() }.f_type)
 }
 
 /// lseek(2) with SEEK_DATA or SEEK_HOLE: `None` when there is no such

@@ -3,11 +3,13 @@
  * round after round. With argument "sparse", a second ghost: 8 MiB
  * apparent size, 8 KiB of data at 4 MiB, holes elsewhere (kept as holes).
  * With "taken", a new file is created under the ghost's old name (not kept
- * open) and must stay there, unchanged. */
+ * open) and must stay there, unchanged. With "big", a second ghost of
+ * 3 MiB of data (over the default 1 MiB --ghost-limit). */
 #include "fx.h"
 
 #define SPARSE_SIZE (8 << 20)
 #define SPARSE_AT (4 << 20)
+#define BIG_SIZE (3 << 20)
 
 int main(int argc, char **argv)
 {
@@ -25,6 +27,15 @@ int main(int argc, char **argv)
 		int t = open("kept.bin", O_WRONLY | O_CREAT | O_EXCL, 0644);
 		FX_CHECK(t >= 0 && write(t, "new file", 8) == 8, "create the new kept.bin");
 		close(t);
+	}
+	int big = argc > 1 && !strcmp(argv[1], "big");
+	static uint8_t bigbuf[BIG_SIZE];
+	int b = -1;
+	if (big) {
+		b = open("big.bin", O_RDWR | O_CREAT | O_TRUNC, 0600);
+		fx_fill(bigbuf, BIG_SIZE, 23);
+		FX_CHECK(b >= 0 && write(b, bigbuf, BIG_SIZE) == BIG_SIZE, "write big");
+		FX_CHECK(fsync(b) == 0 && unlink("big.bin") == 0, "unlink big");
 	}
 	int s = -1;
 	if (sparse) {
@@ -60,6 +71,12 @@ int main(int argc, char **argv)
 			FX_CHECK(t >= 0 && read(t, nb, sizeof(nb)) == 8 && !memcmp(nb, "new file", 8), "the new kept.bin");
 			FX_CHECK(fstat(t, &st) == 0 && st.st_nlink == 1 && st.st_mode == (S_IFREG | 0644), "the new kept.bin stat");
 			close(t);
+		}
+		if (big) {
+			FX_CHECK(fstat(b, &st) == 0 && st.st_size == BIG_SIZE && st.st_nlink == 0, "big stat");
+			FX_CHECK(lseek(b, 0, SEEK_CUR) == BIG_SIZE, "big offset");
+			memset(bigbuf, 0, BIG_SIZE);
+			FX_CHECK(pread(b, bigbuf, BIG_SIZE, 0) == BIG_SIZE && fx_same(bigbuf, BIG_SIZE, 23), "big content");
 		}
 		if (sparse) {
 			FX_CHECK(fstat(s, &st) == 0 && st.st_size == SPARSE_SIZE && st.st_nlink == 0, "sparse stat");

@@ -1,0 +1,267 @@
+//! More kinds of files, on real processes, with upstream CRIU 4.2 both
+//! ways where it supports the object:
+//! - `--ghost-limit SIZE`: an unlinked open file of 3 MiB (over the
+//!   default 1 MiB limit) is refused without it or under a smaller one,
+//!   and dumped and restored with a larger one;
+//! - memfds as fds and as mappings (`fdsupport/progs/memfdloop.c`): data,
+//!   offsets, flags, seals, names, a MAP_SHARED mapping writing the file, a
+//!   MAP_PRIVATE one with a private page, a mapping whose fd was closed,
+//!   and a memfd still executable with execveat after restore;
+//! - hostile memfd images (pages past the file's size, an fd naming an
+//!   inode memfd.img lacks) refused with a clear error.
+//!
+//! The programs run as `unshare --pid --fork setsid PROG` (the session
+//! inside the namespace, so that upstream dumps them too).
+
+mod common;
+
+use common::*;
+use images_proto::magic as mg;
+use images_proto::pb;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
+}
+
+fn why_not_upstream() -> Option<String> {
+    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
+}
+
+/// A program of tests/fdsupport/progs, running in `dir/work`; every
+/// process running its binary is killed on drop.
+struct Prog {
+    bin: PathBuf,
+    work: PathBuf,
+    pid: i32,
+}
+
+impl Prog {
+    fn start(name: &str, tag: &str, args: &[&str]) -> Prog {
+        let dir = test_dir(&format!("files-{name}-{tag}"));
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fdsupport/progs").join(format!("{name}.c"));
+        let bin = dir.join(format!("fx-{name}"));
+        let st = Command::new("gcc")
+            .args(["-O2", "-static", "-I"])
+            .arg(progs_dir())
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .args(["-lpthread", "-lrt"])
+            .status()
+            .expect("gcc");
+        assert!(st.success(), "building {}", src.display());
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "setsid"]);
+        let mut child = only_stdio(&mut cmd)
+            .arg(&bin)
+            .args(args)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start program");
+        std::thread::spawn(move || child.wait());
+        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+        wait_until("first tick", Duration::from_secs(10), || last_tick(&work.join("progress.log")) >= 1);
+        let mut p = Prog { bin, work, pid: 0 };
+        p.refind();
+        p
+    }
+
+    fn refind(&mut self) {
+        let pids = live_with_exe(&self.bin);
+        assert_eq!(pids.len(), 1, "one {} expected, found {pids:?}", self.bin.display());
+        self.pid = pids[0];
+    }
+
+    fn log(&self) -> PathBuf {
+        self.work.join("progress.log")
+    }
+
+    fn ticks_on(&self, n: u64, what: &str) {
+        let t = last_tick(&self.log());
+        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(15), || last_tick(&self.log()) >= t + n);
+    }
+
+    /// A fresh images directory `name` beside `work`.
+    fn images(&self, name: &str) -> PathBuf {
+        let d = self.work.parent().unwrap().join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// `criu dump -t PID` (ours or upstream's) with `extra`; status and log.
+    fn dump(&self, criu: &Path, dir: &Path, extra: &[&str]) -> (std::process::ExitStatus, String) {
+        let pid = self.pid.to_string();
+        let mut args = vec!["dump", "-t", &pid];
+        args.extend_from_slice(extra);
+        criu_env(criu, &args, dir, "dump.log", &[])
+    }
+
+    fn dump_ok(&self, criu: &Path, dir: &Path, extra: &[&str]) {
+        let (st, log) = self.dump(criu, dir, extra);
+        assert!(st.success(), "dump with {} {extra:?} failed:\n{log}", criu.display());
+    }
+
+    /// Restore detached with `criu` and wait for ticks.
+    fn restore(&mut self, criu: &Path, dir: &Path) {
+        criu_ok(criu, &["restore", "-d"], dir, "restore.log");
+        self.refind();
+        self.ticks_on(3, &format!("after the restore by {}", criu.display()));
+    }
+}
+
+impl Drop for Prog {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.work.parent().unwrap());
+        }
+    }
+}
+
+fn ours() -> PathBuf {
+    PathBuf::from(CRIU)
+}
+
+/// A 3 MiB unlinked open file: refused without --ghost-limit and under
+/// 2M (the program runs on), dumped with --ghost-limit 4M and restored
+/// (the program checks size, offset and every byte each tick); then our
+/// images restored by upstream, and upstream's (dumped with the same
+/// option) by ours. Before: --ghost-limit was refused as unsupported.
+#[test]
+fn ghost_limit_lets_a_big_ghost_through() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("ghostloop", "big", &["big"]);
+    for extra in [&[][..], &["--ghost-limit", "2M"][..]] {
+        let dir = p.images("refused");
+        let (st, log) = p.dump(&ours(), &dir, extra);
+        assert!(!st.success(), "dump {extra:?} should be refused:\n{log}");
+        assert!(log.contains("big.bin") && log.contains("ghost limit") && log.contains("--ghost-limit"), "{extra:?}:\n{log}");
+        p.ticks_on(2, "after the refused dump");
+    }
+    let dir = p.images("ours");
+    p.dump_ok(&ours(), &dir, &["--ghost-limit", "4M"]);
+    p.restore(&ours(), &dir);
+    let dir = p.images("ours2");
+    p.dump_ok(&ours(), &dir, &["--ghost-limit=3145728"]);
+    p.restore(&upstream(), &dir);
+    let dir = p.images("upstream");
+    p.dump_ok(&upstream(), &dir, &["--ghost-limit", "4M"]);
+    p.restore(&ours(), &dir);
+}
+
+fn exec_check(p: &Prog, round: &str) {
+    let before = std::fs::read_to_string(p.log()).unwrap().matches("exec ok").count();
+    std::fs::write(p.work.join("exec-now"), b"").unwrap();
+    wait_until(&format!("execveat of the memfd ({round})"), Duration::from_secs(10), || {
+        last_tick(&p.log());
+        std::fs::read_to_string(p.log()).unwrap().matches("exec ok").count() > before
+    });
+}
+
+/// memfds dumped and restored by us, three rounds (the second and third
+/// dump restored memfds): the program checks every property each tick,
+/// and a memfd is executed after each restore. Before: refused ("a
+/// memfd ... is not supported yet").
+#[test]
+fn memfds_survive_rounds() {
+    require!(why_not_here());
+    let mut p = Prog::start("memfdloop", "rounds", &[]);
+    exec_check(&p, "before");
+    for round in 0..3 {
+        let dir = p.images(&format!("img{round}"));
+        p.dump_ok(&ours(), &dir, &[]);
+        // as upstream writes them: one memfd.img entry per inode, the
+        // fds' files.img entries of type MEMFD
+        let inodes: Vec<pb::MemfdInodeEntry> = images_proto::image::read_all(&dir, "memfd.img", &mg::MEMFD_INODE).unwrap();
+        let mut names: Vec<&str> = inodes.iter().map(|i| i.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["mfd-data", "mfd-exec", "mfd-maponly", "mfd-sealed"], "round {round}");
+        let sealed = inodes.iter().find(|i| i.name == "mfd-sealed").unwrap();
+        assert_eq!(sealed.seals, (libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL) as u32);
+        p.restore(&ours(), &dir);
+        exec_check(&p, &format!("round {round}"));
+        let links: Vec<String> = fd_links(p.pid).into_iter().map(|(_, l)| l).filter(|l| l.starts_with("/memfd:")).collect();
+        assert_eq!(links.len(), 4, "round {round}: {links:?}");
+    }
+}
+
+/// Both directions with upstream 4.2: our images of the memfd program
+/// restored by upstream, and upstream's restored by ours (each then
+/// checked by the program, executed, and dumped again by the other).
+#[test]
+fn memfds_with_upstream_both_ways() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("memfdloop", "upstream", &[]);
+    let dir = p.images("ours");
+    p.dump_ok(&ours(), &dir, &[]);
+    p.restore(&upstream(), &dir);
+    exec_check(&p, "after upstream restored ours");
+    let dir = p.images("upstream");
+    p.dump_ok(&upstream(), &dir, &[]);
+    p.restore(&ours(), &dir);
+    exec_check(&p, "after we restored upstream's");
+    let dir = p.images("ours-again");
+    p.dump_ok(&ours(), &dir, &[]);
+    p.restore(&ours(), &dir);
+    exec_check(&p, "last");
+}
+
+/// Rewrite image `$name` of `$dir` (entries of type `$t`) with `$f`
+/// applied to its entries.
+macro_rules! rewrite {
+    ($dir:expr, $name:expr, $m:expr, $t:ty, $f:expr) => {{
+        let mut v: Vec<$t> = images_proto::image::read_all($dir, $name, $m).unwrap();
+        ($f)(&mut v);
+        std::fs::remove_file($dir.join($name)).unwrap();
+        images_proto::image::write_all($dir, $name, $m, &v).unwrap();
+    }};
+}
+
+/// Hostile memfd images are refused before anything runs, naming what is
+/// wrong: pages past the memfd's size, and an fd whose memfd inode is
+/// not in memfd.img.
+#[test]
+fn hostile_memfd_images_refused() {
+    require!(why_not_here());
+    let p = Prog::start("memfdloop", "hostile", &[]);
+    let dir = p.images("good");
+    let pid = p.pid.to_string();
+    criu_ok(&ours(), &["dump", "-t", &pid, "-R"], &dir, "dump.log");
+    let copy = |tag: &str| {
+        let d = p.images(tag);
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        d
+    };
+    let d = copy("short");
+    rewrite!(&d, "memfd.img", &mg::MEMFD_INODE, pb::MemfdInodeEntry, |v: &mut Vec<pb::MemfdInodeEntry>| {
+        v.iter_mut().find(|i| i.name == "mfd-data").unwrap().size = 100;
+    });
+    let (st, log) = criu_env(&ours(), &["restore", "-d"], &d, "restore.log", &[]);
+    assert!(!st.success(), "pages past the size must be refused:\n{log}");
+    assert!(log.contains("past the end of memfd \"mfd-data\" (100 bytes)"), "{log}");
+    let d = copy("noinode");
+    rewrite!(&d, "files.img", &mg::FILES, pb::FileEntry, |v: &mut Vec<pb::FileEntry>| {
+        for e in v.iter_mut() {
+            if let Some(m) = e.memfd.as_mut() {
+                m.inode_id = 99;
+            }
+        }
+    });
+    let (st, log) = criu_env(&ours(), &["restore", "-d"], &d, "restore.log", &[]);
+    assert!(!st.success(), "a memfd without its inode must be refused:\n{log}");
+    assert!(log.contains("names inode 99, which memfd.img does not have"), "{log}");
+    p.ticks_on(2, "the source runs on");
+}
