@@ -266,7 +266,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     let t0 = Instant::now();
     let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
     let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
-    let file_opts = dump::files::FileOpts { ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT) };
+    let file_opts = dump::files::FileOpts { ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT), file_locks: o.file_locks };
     let (tree, mut frozen) = dump::collect_opts(pid, freeze_cgroup, timeout, &file_opts).here()?;
     let t_frozen = Instant::now();
     check_ttys(&tree, o.shell_job)?;

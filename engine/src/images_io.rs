@@ -383,6 +383,69 @@ fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), 
     Ok(())
 }
 
+// ---- file locks: filelocks.img, one `file_lock_entry` per held lock of
+// every process (its pid and the fd it is held through), as upstream 4.2
+// writes it with --file-locks.
+
+const FL_POSIX: u32 = 1;
+const FL_FLOCK: u32 = 2;
+const FL_OFDLCK: u32 = 4;
+
+/// filelocks.img for the tree's locks (none: no file).
+fn write_locks(dir: &Path, tree: &Tree) -> Result<(), ImagesError> {
+    let mut entries = Vec::new();
+    for t in &tree.tasks {
+        for l in &t.locks {
+            let flag = match l.kind {
+                LockKind::Posix => FL_POSIX,
+                LockKind::Flock => FL_FLOCK,
+                LockKind::Ofd => FL_OFDLCK,
+            };
+            let r#type = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as u32;
+            entries.push(pb::FileLockEntry { flag, r#type, pid: t.pid, fd: l.fd, start: l.start, len: l.len });
+        }
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    write_all(dir, &mg::FILE_LOCKS.file_name(""), &mg::FILE_LOCKS, &entries)?;
+    Ok(())
+}
+
+/// The locks of process `pid` in filelocks.img (if the image set has
+/// one), each checked: a known kind and access, a range that is one, and
+/// an fd the process has.
+fn read_locks(dir: &Path, pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, ImagesError> {
+    let name = mg::FILE_LOCKS.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<pb::FileLockEntry> = read_all(dir, &name, &mg::FILE_LOCKS)?;
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.pid == pid) {
+        let what = |s: String| bad(&name, format!("entry {i} (process {pid}, fd {}): {s}", e.fd));
+        let kind = match e.flag {
+            FL_POSIX => LockKind::Posix,
+            FL_FLOCK => LockKind::Flock,
+            FL_OFDLCK => LockKind::Ofd,
+            f => return Err(what(format!("lock kind {f:#x} is not supported (POSIX 1, flock 2, OFD 4)"))),
+        };
+        let write = match e.r#type as i32 {
+            libc::F_WRLCK => true,
+            libc::F_RDLCK => false,
+            t => return Err(what(format!("lock type {t} is not supported (F_RDLCK 0, F_WRLCK 1)"))),
+        };
+        if e.start < 0 || e.len < 0 || e.start.checked_add(e.len).is_none() || (kind == LockKind::Flock && (e.start, e.len) != (0, 0)) {
+            return Err(what(format!("bad range start {} len {}", e.start, e.len)));
+        }
+        if !fds.iter().any(|f| f.fd == e.fd) {
+            return Err(what(format!("the lock is held through fd {}, which process {pid} does not have", e.fd)));
+        }
+        out.push(FileLock { kind, write, fd: e.fd, start: e.start, len: e.len });
+    }
+    Ok(out)
+}
+
 /// memfd.img's `inode_id` -> `shmid` (the model's inode key), without the
 /// data; empty when there is no memfd.img.
 fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
@@ -1014,6 +1077,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     }
     finish_fds(dir, &fd_images)?;
     write_memfds(dir, &tree.memfds, &mut shm_pages_id)?;
+    write_locks(dir, tree)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
     let task = tree.root();
@@ -1482,7 +1546,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
         pages,
         guards,
     };
-    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, pipe_data, ..Default::default() };
+    let locks = read_locks(dir, pid, &fds)?;
+    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, pipe_data, locks, ..Default::default() };
     for (i, &tid) in p.threads.iter().enumerate() {
         let name = mg::CORE.file_name(tid);
         let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE)?;

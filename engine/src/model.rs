@@ -198,6 +198,9 @@ pub struct Task {
     pub ids: KobjIds,
     /// Queued bytes of the pipes this task has fds of.
     pub pipe_data: Vec<PipeData>,
+    /// File locks this process holds (`--file-locks`), each on one of its
+    /// fds: taken again by the restore child once its fds are in place.
+    pub locks: Vec<FileLock>,
     /// In group-stop, by this signal (upstream's TASK_STOPPED + stop_signo):
     /// restored stopped.
     pub stop_signo: Option<u32>,
@@ -260,6 +263,29 @@ pub struct Fd {
     /// one offset, one set of status flags).
     pub desc: u32,
     pub file: FileDesc,
+}
+
+/// The kinds of file lock (upstream's FL_* numbers in file-lock.img).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// fcntl F_SETLK: owned by the process (its fd table).
+    Posix,
+    /// flock(2): owned by the open file description.
+    Flock,
+    /// fcntl F_OFD_SETLK: owned by the open file description.
+    Ofd,
+}
+
+/// A held file lock: taken through `fd` (a read lock unless `write`), on
+/// bytes `start..start + len` (`len` 0: to the end of the file, and
+/// always 0 for flock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLock {
+    pub kind: LockKind,
+    pub write: bool,
+    pub fd: i32,
+    pub start: i64,
+    pub len: i64,
 }
 
 /// Bytes queued in a pipe at dump (pipes-data.img).

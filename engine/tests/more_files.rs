@@ -265,3 +265,81 @@ fn hostile_memfd_images_refused() {
     assert!(log.contains("names inode 99, which memfd.img does not have"), "{log}");
     p.ticks_on(2, "the source runs on");
 }
+
+/// The locks /proc/locks shows on the files of `work` held by `pid`
+/// (POSIX and flock ones show its pid) or by an open file description
+/// (OFD ones show -1): "KIND ACCESS FIRST-LAST", sorted.
+fn locks_of(pid: i32, work: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: Vec<u64> = std::fs::read_dir(work).unwrap().flatten().filter_map(|e| e.metadata().ok()).map(|m| m.ino()).collect();
+    let text = std::fs::read_to_string("/proc/locks").unwrap();
+    let mut v: Vec<String> = text
+        .lines()
+        .filter(|l| !l.contains("->"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let ino: u64 = w.get(5)?.rsplit(':').next()?.parse().ok()?;
+            (w.len() >= 8 && (w[4] == pid.to_string() || w[4] == "-1") && inodes.contains(&ino)).then(|| format!("{} {} {}-{}", w[1], w[3], w[6], w[7]))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// flock, POSIX and OFD locks (`fdsupport/progs/lockloop.c`, which checks
+/// from other open file descriptions every tick that each is held and
+/// that the bytes around them are free): refused by name without
+/// --file-locks (the program runs on), dumped with it and taken again on
+/// restore; our images restored by upstream 4.2 and upstream's by ours.
+/// Before: -l was refused as unsupported, and a process holding a lock
+/// was dumped without it (the restored process held none).
+#[test]
+fn file_locks_survive() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("lockloop", "rounds", &[]);
+    let want = [
+        "FLOCK READ 0-EOF", "FLOCK WRITE 0-EOF", "OFDLCK READ 50-59", "OFDLCK WRITE 0-4", "POSIX READ 100-EOF", "POSIX WRITE 10-29",
+    ];
+    assert_eq!(locks_of(p.pid, &p.work), want);
+    let dir = p.images("refused");
+    let (st, log) = p.dump(&ours(), &dir, &[]);
+    assert!(!st.success(), "a dump without --file-locks must be refused:\n{log}");
+    assert!(log.contains("holds a file lock through fd") && log.contains("POSIX") && log.contains("--file-locks"), "{log}");
+    p.ticks_on(2, "after the refused dump");
+    for (round, (dumper, restorer)) in
+        [(ours(), ours()), (ours(), ours()), (ours(), upstream()), (upstream(), ours())].into_iter().enumerate()
+    {
+        let dir = p.images(&format!("img{round}"));
+        p.dump_ok(&dumper, &dir, &["--file-locks"]);
+        let entries: Vec<pb::FileLockEntry> = images_proto::image::read_all(&dir, "filelocks.img", &mg::FILE_LOCKS).unwrap();
+        assert_eq!(entries.len(), 6, "round {round}: {entries:?}");
+        let pid = if restorer == upstream() { vec!["restore", "-d", "-l"] } else { vec!["restore", "-d"] };
+        criu_ok(&restorer, &pid, &dir, "restore.log");
+        p.refind();
+        p.ticks_on(3, &format!("round {round}"));
+        assert_eq!(locks_of(p.pid, &p.work), want, "round {round}");
+    }
+}
+
+/// A lock someone else holds at restore time (the source left running
+/// with -R keeps its locks) fails the restore, naming the lock, and
+/// nothing of it is left; a lock naming an fd the process does not have
+/// is refused when the images are read.
+#[test]
+fn file_lock_restore_failures_are_clear() {
+    require!(why_not_here());
+    let p = Prog::start("lockloop", "fail", &[]);
+    let dir = p.images("img");
+    p.dump_ok(&ours(), &dir, &["--file-locks", "-R"]);
+    let (st, log) = criu_env(&ours(), &["restore", "-d"], &dir, "restore.log", &[]);
+    assert!(!st.success(), "the source still holds its locks: the restore must fail:\n{log}");
+    assert!(log.contains("lock of fd 4") && log.contains("locked by another process now"), "{log}");
+    assert_eq!(live_with_exe(&p.bin), vec![p.pid], "only the source runs");
+    rewrite!(&dir, "filelocks.img", &mg::FILE_LOCKS, pb::FileLockEntry, |v: &mut Vec<pb::FileLockEntry>| {
+        v[0].fd = 99;
+    });
+    let (st, log) = criu_env(&ours(), &["restore", "-d"], &dir, "restore2.log", &[]);
+    assert!(!st.success(), "{log}");
+    assert!(log.contains("held through fd 99, which process 1 does not have"), "{log}");
+    p.ticks_on(2, "the source runs on");
+}

@@ -56,6 +56,8 @@ enum Act {
     Timeout,
     /// `--ghost-limit SIZE`: the most bytes an unlinked open file may hold.
     GhostLimit,
+    /// `-l`/`--file-locks`: dump the file locks processes hold.
+    FileLocks,
     /// Ours (tfork): `--copies N`, `--persist MODE`.
     Copies,
     Persist,
@@ -127,7 +129,7 @@ const SPECS: &[Spec] = &[
     o("veth-pair", None, Req, Refused, false),
     o("action-script", None, Req, Refused, false),
     o("link-remap", None, No, Refused, true),
-    o("file-locks", Some('l'), No, Refused, true),
+    o("file-locks", Some('l'), No, FileLocks, true),
     o("page-server", None, No, Refused, true),
     o("address", None, Req, Refused, false),
     o("port", None, Req, Refused, false),
@@ -216,6 +218,9 @@ pub struct Opts {
     pub timeout: Option<u64>,
     /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
     pub ghost_limit: Option<u64>,
+    /// `--file-locks`: dump held file locks (restore takes the image's
+    /// locks whenever it has them).
+    pub file_locks: bool,
     /// tfork: `--copies N` (checked by the command).
     pub copies: Option<String>,
     /// tfork: `--persist none|sync|async`.
@@ -348,6 +353,7 @@ impl Opts {
                     None => return Err(Problem::new(format!("invalid argument for --timeout: {} (want seconds, > 0)", v()))),
                 }
             }
+            FileLocks => self.file_locks = !negated,
             GhostLimit => match parse_size(&v()) {
                 Some(n) => self.ghost_limit = Some(n),
                 None => return Err(Problem::new(format!("invalid argument for --ghost-limit: {} (want a size: digits with an optional K, M or G)", v()))),
@@ -640,6 +646,9 @@ mod tests {
             assert_eq!(p(&["--ghost-limit", bad]).1.len(), 1, "{bad}");
         }
         assert_eq!(p(&["--link-remap"]).1, ["--link-remap is not supported yet"]);
+        assert!(p(&["dump", "-lR"]).0.file_locks);
+        assert!(p(&["--file-locks"]).0.file_locks);
+        assert!(!p(&["-l", "--no-file-locks"]).0.file_locks);
         assert_eq!(p(&["-x"]).1, ["-x/--ext-unix-sk is not supported yet"]);
         assert!(p(&["--no-tcp-established", "restore"]).1.is_empty());
         assert!(p(&["--daemon"]).0.detached);

@@ -13,7 +13,7 @@
 //! kcmp(KCMP_FILE) to find fds that share one open file description.
 
 use super::proc;
-use crate::model::{Fd, FileDesc, Ghost, PipeData};
+use crate::model::{Fd, FileDesc, FileLock, Ghost, PipeData};
 use crate::pr_debug;
 use crate::sys::process as p;
 use crate::sys::Pid;
@@ -31,11 +31,14 @@ pub struct FileOpts {
     /// `--ghost-limit`: the most allocated bytes an unlinked open file may
     /// have for its contents to go into the images.
     pub ghost_limit: u64,
+    /// `--file-locks`: dump the file locks processes hold (else a process
+    /// holding one is refused, as upstream refuses it).
+    pub file_locks: bool,
 }
 
 impl Default for FileOpts {
     fn default() -> FileOpts {
-        FileOpts { ghost_limit: GHOST_LIMIT }
+        FileOpts { ghost_limit: GHOST_LIMIT, file_locks: false }
     }
 }
 
@@ -53,6 +56,10 @@ pub enum FilesError {
     PipeData { pid: Pid, fd: i32, pipe_id: u32, #[source] source: io::Error },
     #[error("the {what} of {pid} can't be dumped: {why}")]
     Dir { pid: Pid, what: &'static str, why: String },
+    #[error("{pid} holds a file lock through fd {fd} ({lock}): dump with --file-locks (-l) to dump it")]
+    Locked { pid: Pid, fd: i32, lock: String },
+    #[error("fd {fd} of {pid} holds {why}")]
+    LockUnsupported { pid: Pid, fd: i32, why: String },
     #[error("kcmp(KCMP_FILE) of fds {a} and {b} of {pid} (needed to tell whether they share an open file description)")]
     Kcmp { pid: Pid, a: i32, b: i32, #[source] source: io::Error },
 }
@@ -249,14 +256,15 @@ fn kernel_object_kind(link: &str) -> String {
 /// offset, status flags).
 type DescKey = (u64, u64, u64, u32);
 
-/// Every fd of `pid` (sorted) and the queued bytes of its pipes and FIFOs.
+/// Every fd of `pid` (sorted), the queued bytes of its pipes and FIFOs,
+/// and the file locks held through its fds (with `--file-locks`).
 ///
 /// Each fd is classified by what `stat` says it is (file type, device
 /// major), and by its link only where the type does not tell (a memfd is
 /// a regular file named `/memfd:NAME (deleted)`). Fds sharing one open file
 /// description are found per inode with kcmp's ordering and a binary
 /// search: O(n log n) kcmp calls, not one per pair.
-pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
+pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<(Vec<Fd>, Vec<PipeData>, Vec<FileLock>), FilesError> {
     use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::FileTypeExt;
@@ -266,6 +274,7 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<(Vec<Fd>, Vec<PipeData>)
     pr_debug!("Found {} file descriptors", fds.len());
     let mut out: Vec<Fd> = Vec::with_capacity(fds.len());
     let mut pipes: Vec<PipeData> = Vec::new();
+    let mut locks: Vec<FileLock> = Vec::new();
     // per inode, offset and status flags (fds of one open file description
     // agree on all three; the task is frozen): (fd, index in `out`) of one
     // fd per open file description, sorted by kcmp order
@@ -307,6 +316,19 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<(Vec<Fd>, Vec<PipeData>)
             Err(slot) => slot,
         };
         group.insert(slot, (fd, out.len()));
+        // the locks held through this open file description (its other fds
+        // show the same ones): fdinfo's `lock:` lines, as the kernel lists
+        // the locks whose file is this one and whose owner is this
+        // process's fd table (POSIX) or this description (flock, OFD)
+        for l in info.lines().filter_map(|l| l.strip_prefix("lock:")) {
+            let mut lock = proc::parse_lock_line(l.trim()).map_err(|why| FilesError::LockUnsupported { pid, fd, why })?;
+            if !opts.file_locks {
+                return Err(FilesError::Locked { pid, fd, lock: l.trim().to_string() });
+            }
+            lock.fd = fd;
+            pr_debug!("{pid} fd {fd} holds lock {}", l.trim());
+            locks.push(lock);
+        }
         let ft = meta.file_type();
         let file = if !link.starts_with('/') {
             match link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
@@ -368,7 +390,7 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<(Vec<Fd>, Vec<PipeData>)
         ndesc += 1;
         out.push(Fd { fd, cloexec, desc: ndesc, file });
     }
-    Ok((out, pipes))
+    Ok((out, pipes, locks))
 }
 
 /// Number the open file descriptions of several processes' fd tables
@@ -416,6 +438,30 @@ pub fn share_descriptions(tables: &mut [(Pid, &mut Vec<Fd>)]) -> Result<(), File
         }
     }
     Ok(())
+}
+
+/// A flock or OFD lock belongs to its open file description: processes
+/// that share the description (numbered across the tree by
+/// [`share_descriptions`]) each show it; it is kept once, with the first
+/// of them (a POSIX lock is its process's own and stays with it).
+pub fn share_locks<'a>(tasks: impl Iterator<Item = &'a mut crate::model::Task>) {
+    use crate::model::LockKind;
+    let mut seen: Vec<(u32, FileLock)> = Vec::new();
+    for t in tasks {
+        let descs: std::collections::HashMap<i32, u32> = t.fds.iter().map(|f| (f.fd, f.desc)).collect();
+        t.locks.retain(|l| {
+            if l.kind == LockKind::Posix {
+                return true;
+            }
+            let desc = descs.get(&l.fd).copied().unwrap_or(0);
+            let key = FileLock { fd: 0, ..*l };
+            if seen.iter().any(|(d, k)| *d == desc && *k == key) {
+                return false;
+            }
+            seen.push((desc, key));
+            true
+        });
+    }
 }
 
 /// The working directory (`what` = "cwd") or root of `pid`, refused when

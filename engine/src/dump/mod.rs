@@ -250,6 +250,7 @@ fn collect_tree(
             tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
         files::share_descriptions(&mut tables)?;
     }
+    files::share_locks(tasks.iter_mut().map(|(_, t)| t));
     let memfds = {
         let live: Vec<(Pid, &Task)> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, t)).collect();
         files::collect_memfds(&live)?
@@ -388,7 +389,7 @@ fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool, file_o
     // (read by injection in collect_process)
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
-    (task.fds, task.pipe_data) = files::collect_fds(pid, file_opts)?;
+    (task.fds, task.pipe_data, task.locks) = files::collect_fds(pid, file_opts)?;
     (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
     Ok(task)
 }

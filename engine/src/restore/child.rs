@@ -119,6 +119,8 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
     if task.child_subreaper {
         p::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     }
+    // last: no fd the child closes from here on may drop a POSIX lock
+    files::take_locks(plan, task)?;
     Ok(())
 }
 

@@ -466,6 +466,52 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
     Ok(())
 }
 
+/// Take the file locks of the image again (in the child, every fd in
+/// place, nothing left for it to close but the service fds): POSIX locks
+/// with F_SETLK (owned by this process, which becomes the restored one),
+/// OFD locks with F_OFD_SETLK and flock locks with flock(2) (owned by the
+/// fd's open file description). Never waits: a lock someone else holds
+/// now fails the restore, naming it. A POSIX lock on a file that is also
+/// one of the service fds (a mapped file) is refused: closing that fd at
+/// the end of the restore would drop the lock.
+pub fn take_locks(plan: &ChildPlan, task: &Task) -> Result<(), String> {
+    use crate::model::LockKind;
+    // (fstat: after a --root chroot there may be no /proc)
+    let ident = p::fstat_dev_ino;
+    for l in &task.locks {
+        let what = format!(
+            "{} {} lock of fd {} (bytes {}..{})",
+            match l.kind {
+                LockKind::Posix => "POSIX",
+                LockKind::Flock => "flock",
+                LockKind::Ofd => "OFD",
+            },
+            if l.write { "write" } else { "read" },
+            l.fd,
+            l.start,
+            if l.len == 0 { "EOF".to_string() } else { (l.start + l.len).to_string() }
+        );
+        if l.kind == LockKind::Posix {
+            let me = ident(l.fd).map_err(|e| format!("{what}: fstat: {e}"))?;
+            for (i, (path, _)) in plan.map_files.iter().enumerate() {
+                if ident(plan.svc_base + 1 + i as i32).is_ok_and(|m| m == me) {
+                    return Err(format!("{what}: its file is also mapped ({path}), and closing the mapping's fd would drop the lock: not supported yet"));
+                }
+            }
+        }
+        let r = match l.kind {
+            LockKind::Posix => p::set_range_lock(l.fd, false, l.write, l.start, l.len),
+            LockKind::Ofd => p::set_range_lock(l.fd, true, l.write, l.start, l.len),
+            LockKind::Flock => p::flock_nb(l.fd, l.write),
+        };
+        r.map_err(|e| match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => format!("{what}: the file is locked by another process now"),
+            _ => format!("{what}: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
 /// The files the image maps (executable, libraries, data files) must be the
 /// ones that were dumped: an ELF file whose GNU build-id was recorded must
 /// still have it (upstream's build-id validation). Checked in the engine

@@ -745,6 +745,38 @@ pub fn kcmp_files_order(pid1: Pid, a: i32, pid2: Pid, b: i32) -> io::Result<std:
     }
 }
 
+/// Take a byte-range lock on fd number `fd` without waiting: `ofd` an OFD
+/// lock (F_OFD_SETLK, owned by the open file description), else a POSIX
+/// one (F_SETLK, owned by this process); `write` a write lock, else a read
+/// lock; bytes `start..start + len` (`len` 0: to the end of the file).
+pub fn set_range_lock(fd: i32, ofd: bool, write: bool, start: i64, len: i64) -> io::Result<()> {
+    // SAFETY: an all-zero struct flock is a valid value of it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl.l_pid = 0;
+    let cmd = if ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
+    // SAFETY: `fl` is a valid struct flock alive for the call; F_SETLK and
+    // F_OFD_SETLK only read it.
+    if unsafe { libc::fcntl(fd, cmd, &fl as *const libc::flock) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// flock(2) on fd number `fd`, without waiting: LOCK_EX if `write`, else
+/// LOCK_SH.
+pub fn flock_nb(fd: i32, write: bool) -> io::Result<()> {
+    let op = if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    // SAFETY: integer-only call.
+    if unsafe { libc::flock(fd, op) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
 /// memfd_create(2): a new memfd named `name` with `flags` (MFD_*).
 pub fn memfd_create(name: &CStr, flags: u32) -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated name alive for the call; the fd returned on
@@ -795,6 +827,18 @@ pub fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> io::Re
             return Err(e);
         }
     }
+}
+
+/// fstat(2) of an fd of this process: (st_dev, st_ino).
+pub fn fstat_dev_ino(fd: i32) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a writable stat buffer; the kernel fills it on success.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstat succeeded, so the buffer is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// fstat(2) of an fd of this process: (st_mode, st_size).
