@@ -240,6 +240,10 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
     Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, extents })
 }
 
+/// One process's fds, the queued bytes of its pipes and FIFOs, and the
+/// file locks held through its fds.
+pub type FdTable = (Vec<Fd>, Vec<PipeData>, Vec<FileLock>);
+
 /// What a non-path fd link (`pipe:[N]`, `socket:[N]`, `anon_inode:[eventfd]`,
 /// `net:[N]`, ...) is, in words, for refusals.
 fn kernel_object_kind(link: &str) -> String {
@@ -264,7 +268,7 @@ type DescKey = (u64, u64, u64, u32);
 /// a regular file named `/memfd:NAME (deleted)`). Fds sharing one open file
 /// description are found per inode with kcmp's ordering and a binary
 /// search: O(n log n) kcmp calls, not one per pair.
-pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<(Vec<Fd>, Vec<PipeData>, Vec<FileLock>), FilesError> {
+pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
     use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::FileTypeExt;
