@@ -321,6 +321,8 @@ struct FdImages<'a> {
     pipe_data: Vec<&'a PipeData>,
     /// memfd inode number -> its memfd.img `inode_id` (from 1).
     memfd_inodes: HashMap<u64, u32>,
+    /// Images beside files.img that the resource kinds (`crate::kinds`) write.
+    kinds: crate::kinds::ImageAcc,
 }
 
 /// The files.img entry of a memfd (an fd's, or a mapping's).
@@ -530,7 +532,7 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
 fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages<'a>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::with_capacity(task.fds.len());
-    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, memfd_inodes } = st;
+    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, memfd_inodes, kinds } = st;
     for fd in &task.fds {
         let ty = match fd.file {
             FileDesc::Memfd { .. } => pb::FdTypes::Memfd,
@@ -538,6 +540,7 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
             FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
             FileDesc::Fifo { .. } => pb::FdTypes::Fifo,
             FileDesc::Tty { .. } => pb::FdTypes::Tty,
+            FileDesc::Kind(ref k) => k.fd_type(),
         };
         let id = match desc_ids.get(&fd.desc) {
             Some(&id) => id,
@@ -605,6 +608,10 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                         };
                         push_file(files, e)
                     }
+                    FileDesc::Kind(k) => {
+                        let e = k.write(files.len() as u32 + 1, kinds)?;
+                        push_file(files, e)
+                    }
                 };
                 desc_ids.insert(fd.desc, id);
                 id
@@ -623,7 +630,8 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
 
 /// The images every fd table of the tree shares, after the last one.
 fn finish_fds(dir: &Path, st: &FdImages) -> Result<(), ImagesError> {
-    let FdImages { remaps, tty_infos, pipe_data, .. } = st;
+    let FdImages { remaps, tty_infos, pipe_data, kinds, .. } = st;
+    kinds.finish(dir)?;
     // As upstream: one entry per pipe (per FIFO) whose data was taken
     // through a read end in the tree, empty ones too (they carry the buffer
     // size), each once however many processes read it.
@@ -741,6 +749,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
     let mut ghosts: Vec<(u32, Box<Ghost>)> = Vec::new();
     let mut memfd_inodes: Option<HashMap<u32, u64>> = None;
     let mut fds = Vec::with_capacity(fdinfo.len());
+    let mut scratch = crate::kinds::Scratch::default();
     for fi in fdinfo {
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
         let desc = if let Some(r) = &f.reg {
@@ -789,11 +798,14 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                 },
             };
             FileDesc::Tty { path, flags: t.flags, rdev }
+        } else if let Some(k) = crate::kinds::read(f, &mut crate::kinds::Read { dir, files, fd: fi.fd, scratch: &mut scratch })? {
+            FileDesc::Kind(k)
         } else {
             return Err(bad("files.img", format!("fd {}: file type {} is not supported yet", fi.fd, f.r#type)));
         };
         fds.push(Fd { fd: fi.fd as i32, cloexec: fi.flags & 1 != 0, desc: f.id, file: desc });
     }
+    crate::kinds::check_table(&fds).map_err(|e| bad("files.img", e))?;
     let mut pipe_data = Vec::new();
     for (fifo, m) in [(false, &mg::PIPES_DATA), (true, &mg::FIFO_DATA)] {
         let name = m.file_name("");

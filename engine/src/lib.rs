@@ -14,6 +14,7 @@ pub mod cpuinfo;
 pub mod dump;
 pub mod fault;
 pub mod images_io;
+pub mod kinds;
 pub mod mem_source;
 pub mod model;
 pub mod restore;

@@ -234,6 +234,9 @@ pub enum FileDesc {
     /// A terminal (only with `--shell-job`: restored as the restoring
     /// shell's terminal). `rdev` is the device number (glibc encoding).
     Tty { path: String, flags: u32, rdev: u64 },
+    /// A file of one of the resource kinds of `crate::kinds` (eventfd, ...):
+    /// each kind's collect, image and restore halves live in its module.
+    Kind(crate::kinds::Kind),
 }
 
 /// An unlinked-but-open regular file: its inode identity and contents.

@@ -340,8 +340,8 @@ fn unsupported_fd_kinds_refused_by_name() {
     require!(why_not_here());
     for (kind, want) in [
         ("socket", "a socket"),
-        ("eventfd", "anonymous inode (eventfd)"),
-        ("epoll", "anonymous inode (eventpoll)"),
+        ("pidfd", "anonymous inode (pidfd)"),
+        ("userfaultfd", "anonymous inode (userfaultfd)"),
         ("misc", "/dev/loop-control, character device 10:237"),
         ("rawname", "a path that is not UTF-8"),
     ] {

@@ -3,9 +3,10 @@
 //! files unlinked while open (ghosts: data extents saved), pipes and FIFOs
 //! (queued bytes and buffer size saved), terminals (recorded; only
 //! `--shell-job` accepts them), memfds (their inodes read once per tree:
-//! [`collect_memfds`]). Everything else (sockets, anonymous
-//! inodes such as eventfd or epoll, other devices, non-UTF-8 paths) is
-//! refused by name.
+//! [`collect_memfds`]). Any other object without a path is offered to the
+//! resource kinds (`crate::kinds`: eventfd, ...); what no kind claims
+//! (sockets, pidfds, ...), other devices and non-UTF-8 paths are refused
+//! by name.
 //!
 //! Everything is read from outside the frozen task: /proc/PID/fd links,
 //! stat and fdinfo, a reopen of /proc/PID/fd/N for ghost contents and for
@@ -60,6 +61,8 @@ pub enum FilesError {
     Locked { pid: Pid, fd: i32, lock: String },
     #[error("fd {fd} of {pid} holds {why}")]
     LockUnsupported { pid: Pid, fd: i32, why: String },
+    #[error("fd {fd} of {pid} ({kind}): {why}")]
+    Kind { pid: Pid, fd: i32, kind: &'static str, why: String },
     #[error("kcmp(KCMP_FILE) of fds {a} and {b} of {pid} (needed to tell whether they share an open file description)")]
     Kcmp { pid: Pid, a: i32, b: i32, #[source] source: io::Error },
 }
@@ -285,6 +288,7 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
     let mut descs: HashMap<DescKey, Vec<(i32, usize)>> = HashMap::new();
     let mut ghosts: HashMap<(u64, u64), Box<Ghost>> = HashMap::new();
     let mut ndesc = 0;
+    let mut scratch = crate::kinds::Scratch::default();
     for fd in fds {
         let io_err = |e| FilesError::Io { pid, fd, source: e };
         let unsupported = |what: String| FilesError::Unsupported { pid, fd, what };
@@ -346,7 +350,13 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
                     }
                     FileDesc::Pipe { pipe_id, flags }
                 }
-                _ => return Err(unsupported(kernel_object_kind(&link))),
+                _ => {
+                    let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
+                    match crate::kinds::collect(&mut cx)? {
+                        Some(k) => FileDesc::Kind(k),
+                        None => return Err(unsupported(kernel_object_kind(&link))),
+                    }
+                }
             }
         } else if ft.is_char_device() && is_tty_major(dev_major(meta.rdev())) {
             // by device number, whatever the path (a pty of a devpts

@@ -346,8 +346,14 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
     let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
     let mut memfd_given: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let data = |fifo: bool, id: u32| task.pipe_data.iter().find(|d| d.fifo == fifo && d.pipe_id == id);
+    // the resource kinds of crate::kinds: a phase of their own, after these
+    let mut kinds = Vec::new();
     for fd in &task.fds {
         let n = fd.fd;
+        if let FileDesc::Kind(k) = &fd.file {
+            kinds.push((fd, k));
+            continue;
+        }
         if let Some(&first) = descs.get(&fd.desc) {
             p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared file): {e}"))?;
             if fd.cloexec {
@@ -441,6 +447,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
                 // a new open file description of our terminal, with the dumped flags
                 open_onto(&format!("/proc/self/fd/{t}"), (*flags as i32) | libc::O_NOCTTY, n)?;
             }
+            FileDesc::Kind(_) => unreachable!("taken out above"),
         }
         if let FileDesc::Reg { pos, .. } | FileDesc::Memfd { pos, .. } = &fd.file {
             if *pos != 0 {
@@ -462,6 +469,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
             p::close(x);
         }
     }
+    crate::kinds::restore_phase(&kinds)?;
     drop(ghosts);
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod cpu;
+pub mod event;
 pub mod inject;
 pub mod kmod;
 pub mod mmap;

@@ -1,0 +1,340 @@
+//! Resource kinds of files: one module per kind of object behind an fd,
+//! holding its three halves against one image message, behind one small
+//! trait ([`FileKind`]) the orchestration walks:
+//!
+//! - **collect** (dump): from outside the frozen task (the fd's link and
+//!   stat, `/proc/PID/fdinfo/N`, kcmp, sock_diag, `pidfd_getfd` of the
+//!   fd, ...) into a plain-Rust model value of the kind;
+//! - **image**: the model <-> the `files.img` entry of upstream 4.2's type
+//!   for it (plus any image beside files.img the kind needs, gathered in an
+//!   [`ImageAcc`] and written once for the whole tree). Reading is untrusted
+//!   input: every error names the file, the entry and the field;
+//! - **restore**: in the restore child (a fork of the engine, before it is
+//!   seized), in plain syscalls: create the object and hand it back; the
+//!   phase puts it on its fd number, dups it onto the other fds of its open
+//!   file description and sets FD_CLOEXEC. A kind that needs other fds in
+//!   place first (epoll's targets) names them in [`FileKind::after`]; the
+//!   phase runs after the older kinds (regular files, pipes, FIFOs, ttys,
+//!   in `restore/files.rs`), so those are always in place.
+//!
+//! The model holds every such fd as one `FileDesc::Kind(Kind)`; [`Kind`]
+//! is the enum of the kinds below, generated with its dispatch by the
+//! `kinds!` list at the end of this file: a new kind is a module and one
+//! line there.
+
+use crate::dump::files::FilesError;
+use crate::images_io::ImagesError;
+use crate::model::Fd;
+use crate::sys::Pid;
+use images_proto::magic::ImageKind;
+use images_proto::pb;
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::path::Path;
+
+pub mod epoll;
+pub mod eventfd;
+pub mod inotify;
+pub mod signalfd;
+pub mod timerfd;
+
+/// State a kind keeps across the fds of one walk (one fd table at dump,
+/// one image set at read, one restore child): one value per type, made on
+/// first use. For what is shared between fds (a socketpair's other end, a
+/// sock_diag dump, an extra image read once).
+#[derive(Default)]
+pub struct Scratch(HashMap<TypeId, Box<dyn Any>>);
+
+impl Scratch {
+    /// The value of type `T`, `T::default()` the first time.
+    pub fn get<T: Any + Default>(&mut self) -> &mut T {
+        self.0.entry(TypeId::of::<T>()).or_insert_with(|| Box::new(T::default())).downcast_mut::<T>().expect("keyed by its own type")
+    }
+}
+
+/// What the dump knows of one fd when it asks the kinds about it.
+pub struct Collect<'a> {
+    pub pid: Pid,
+    pub fd: i32,
+    /// `readlink /proc/PID/fd/N`: `anon_inode:[eventfd]`, `socket:[1234]`, ...
+    pub link: &'a str,
+    /// `/proc/PID/fdinfo/N`, whole.
+    pub fdinfo: &'a str,
+    /// File status flags (fdinfo `flags:`), O_CLOEXEC taken out.
+    pub flags: u32,
+    /// stat of `/proc/PID/fd/N`.
+    pub meta: &'a std::fs::Metadata,
+    pub scratch: &'a mut Scratch,
+}
+
+impl Collect<'_> {
+    /// Refuse this fd: `fd N of PID (KIND): why`.
+    pub fn refuse(&self, kind: &'static str, why: impl Into<String>) -> FilesError {
+        FilesError::Kind { pid: self.pid, fd: self.fd, kind, why: why.into() }
+    }
+
+    /// The value of fdinfo line `key:` (trimmed), or a refusal naming it.
+    pub fn field(&self, kind: &'static str, key: &str) -> Result<&str, FilesError> {
+        fdinfo_field(self.fdinfo, key).ok_or_else(|| self.refuse(kind, format!("no `{key}:` line in its fdinfo")))
+    }
+}
+
+/// The value after `key:` on its line of an fdinfo text, trimmed.
+pub fn fdinfo_field<'t>(fdinfo: &'t str, key: &str) -> Option<&'t str> {
+    fdinfo.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+}
+
+/// Images beside files.img that kinds write (one file per image kind,
+/// gathered over the whole tree): entries, each optionally followed by a
+/// payload, in the order pushed.
+#[derive(Default)]
+pub struct ImageAcc {
+    images: BTreeMap<&'static str, (&'static ImageKind, Vec<Record>)>,
+}
+
+/// One encoded entry and the bytes that follow it.
+type Record = (Vec<u8>, Vec<u8>);
+
+impl ImageAcc {
+    /// Append an entry (and the bytes after it, empty for none) to image `kind`.
+    pub fn push(&mut self, kind: &'static ImageKind, entry: &impl prost::Message, payload: Vec<u8>) {
+        self.images.entry(kind.file).or_insert_with(|| (kind, Vec::new())).1.push((entry.encode_to_vec(), payload));
+    }
+
+    /// Write every gathered image into `dir`.
+    pub fn finish(&self, dir: &Path) -> Result<(), ImagesError> {
+        for (kind, recs) in self.images.values() {
+            let mut w = images_proto::image::ImageWriter::create(dir, &kind.file_name(""), kind)?;
+            for (entry, payload) in recs {
+                w.write_raw(entry)?;
+                w.write_payload(payload)?;
+            }
+            w.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// What reading one files.img entry of a kind has at hand.
+pub struct Read<'a> {
+    pub dir: &'a Path,
+    /// Every entry of files.img (a kind may refer to others).
+    pub files: &'a [pb::FileEntry],
+    /// The fd being read (for errors).
+    pub fd: u32,
+    pub scratch: &'a mut Scratch,
+}
+
+impl Read<'_> {
+    /// A malformed entry: `files.img: fd N, file ID (TYPE): field: what`.
+    pub fn bad(&self, e: &pb::FileEntry, field: &str, what: impl std::fmt::Display) -> ImagesError {
+        let ty = pb::FdTypes::try_from(e.r#type).map(|t| t.as_str_name()).unwrap_or("?");
+        ImagesError::Bad { file: "files.img".to_string(), what: format!("fd {}, file {} ({ty}): {field}: {what}", self.fd, e.id) }
+    }
+
+    /// The kind's own member of `e`, or an error naming it.
+    pub fn member<'m, T>(&self, e: &'m pb::FileEntry, name: &str, m: &'m Option<T>) -> Result<&'m T, ImagesError> {
+        m.as_ref().ok_or_else(|| self.bad(e, name, "missing"))
+    }
+}
+
+/// What the restore of one fd of a kind has at hand.
+pub struct Restore<'a> {
+    /// The fd number it will get.
+    pub fd: i32,
+    pub scratch: &'a mut Scratch,
+}
+
+/// One kind of file: its model value is `Self`.
+pub trait FileKind: Sized {
+    /// Upstream's fd type (files.img and fdinfo `type`).
+    const TYPE: pb::FdTypes;
+    /// The kind in words, for logs and errors ("eventfd").
+    const NAME: &'static str;
+
+    /// Whether the fd of `link` and `meta` is of this kind (the first kind
+    /// that claims an fd collects it).
+    fn claims(link: &str, meta: &std::fs::Metadata) -> bool;
+    /// Dump: read the object behind the fd (the task is frozen).
+    fn collect(cx: &mut Collect<'_>) -> Result<Self, FilesError>;
+    /// Image: the files.img entry (id `id`, which the kind's member carries
+    /// too), extra images into `acc`.
+    fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError>;
+    /// Image: the model from a files.img entry of type [`Self::TYPE`],
+    /// checked (untrusted input).
+    fn read(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<Self, ImagesError>;
+    /// Restore: fd numbers that must hold their restored files before this
+    /// one is created (epoll: its targets). Fds of the older kinds always do.
+    fn after(&self) -> Vec<i32> {
+        Vec::new()
+    }
+    /// Restore (in the restore child): create the object with its dumped
+    /// state. The phase moves it onto `cx.fd`.
+    fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String>;
+}
+
+/// The `fown_entry` of a file with no owner set (F_SETOWN), as upstream
+/// writes it.
+pub fn fown() -> pb::FownEntry {
+    pb::FownEntry { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 }
+}
+
+/// F_SETFL the changeable status flags (O_NONBLOCK, O_ASYNC, O_APPEND,
+/// O_DIRECT, O_NOATIME) of `flags` on `fd`, exactly.
+pub fn set_status_flags(fd: &OwnedFd, flags: u32) -> Result<(), String> {
+    let settable = libc::O_NONBLOCK | libc::O_ASYNC | libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME;
+    crate::sys::process::fcntl_int(fd.as_raw_fd(), libc::F_SETFL, (flags as i32 & settable) as u64)
+        .map(drop)
+        .map_err(|e| format!("F_SETFL {flags:#o}: {e}"))
+}
+
+macro_rules! kinds {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// A file of one of the kinds of this module (model value).
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Kind {
+            $($variant($ty),)*
+        }
+
+        impl Kind {
+            /// Upstream's fd type.
+            pub fn fd_type(&self) -> pb::FdTypes {
+                match self { $(Kind::$variant(_) => <$ty as FileKind>::TYPE,)* }
+            }
+
+            /// The kind in words.
+            pub fn name(&self) -> &'static str {
+                match self { $(Kind::$variant(_) => <$ty as FileKind>::NAME,)* }
+            }
+
+            /// [`FileKind::write`] of the kind.
+            pub fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
+                match self { $(Kind::$variant(k) => k.write(id, acc),)* }
+            }
+
+            /// [`FileKind::after`] of the kind.
+            pub fn after(&self) -> Vec<i32> {
+                match self { $(Kind::$variant(k) => k.after(),)* }
+            }
+
+            /// [`FileKind::restore`] of the kind.
+            pub fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
+                match self { $(Kind::$variant(k) => k.restore(cx),)* }
+            }
+        }
+
+        /// Dump: the kind that claims this fd collects it; `None` when no
+        /// kind does (the caller refuses it by name).
+        pub fn collect(cx: &mut Collect<'_>) -> Result<Option<Kind>, FilesError> {
+            $(
+                if <$ty as FileKind>::claims(cx.link, cx.meta) {
+                    crate::pr_debug!("fd {} of {} is {}", cx.fd, cx.pid, <$ty as FileKind>::NAME);
+                    return <$ty as FileKind>::collect(cx).map(|k| Some(Kind::$variant(k)));
+                }
+            )*
+            Ok(None)
+        }
+
+        /// Image: the kind of a files.img entry of one of these types;
+        /// `None` for any other type.
+        pub fn read(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<Option<Kind>, ImagesError> {
+            $(
+                if e.r#type == <$ty as FileKind>::TYPE as i32 {
+                    return <$ty as FileKind>::read(e, cx).map(|k| Some(Kind::$variant(k)));
+                }
+            )*
+            Ok(None)
+        }
+    };
+}
+
+// The kinds, in the order they are asked to claim an fd at dump.
+kinds! {
+    Eventfd(eventfd::Eventfd),
+    Timerfd(timerfd::Timerfd),
+    Signalfd(signalfd::Signalfd),
+    Epoll(epoll::Epoll),
+    Inotify(inotify::Inotify),
+}
+
+/// Image check of a whole fd table (before anything is created): every fd
+/// a kind's restore waits on ([`FileKind::after`]) is an fd of the table.
+pub fn check_table(fds: &[Fd]) -> Result<(), String> {
+    let have: std::collections::HashSet<i32> = fds.iter().map(|f| f.fd).collect();
+    for f in fds {
+        if let crate::model::FileDesc::Kind(k) = &f.file {
+            if let Some(d) = k.after().into_iter().find(|d| !have.contains(d) || *d == f.fd) {
+                return Err(format!("fd {} ({}) needs fd {d}, which is not in the fd table", f.fd, k.name()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Restore phase of the kinds (in the restore child, after the older
+/// kinds): each of `fds` (all `FileDesc::Kind`, with their `Kind`) created
+/// once its [`FileKind::after`] fds are in place, moved onto its number,
+/// the other fds of its open file description dup'ed from it, FD_CLOEXEC
+/// set. A dependency that no fd of the phase provides must already be
+/// open (an older kind), or the restore fails naming it.
+pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
+    use crate::sys::process as p;
+    let mut scratch = Scratch::default();
+    // desc -> the fd number that holds it
+    let mut made: HashMap<u32, i32> = HashMap::new();
+    let mut pending: Vec<(&Fd, &Kind)> = fds.to_vec();
+    let is_open = |n: i32| p::fcntl_int(n, libc::F_GETFD, 0).is_ok();
+    while !pending.is_empty() {
+        let waiting: std::collections::HashSet<i32> = pending.iter().map(|(f, _)| f.fd).collect();
+        let before = pending.len();
+        let mut still = Vec::new();
+        for (fd, kind) in pending {
+            let n = fd.fd;
+            if let Some(&first) = made.get(&fd.desc) {
+                p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared {}): {e}", kind.name()))?;
+            } else {
+                let deps = kind.after();
+                if deps.iter().any(|d| *d != n && waiting.contains(d)) {
+                    still.push((fd, kind));
+                    continue;
+                }
+                if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
+                    return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
+                }
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let raw = obj.as_raw_fd();
+                if raw != n {
+                    p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;
+                    drop(obj);
+                } else {
+                    let _ = obj.into_raw_fd(); // it is fd n of the restored table now
+                }
+                made.insert(fd.desc, n);
+            }
+            // dup2 and a new object leave FD_CLOEXEC clear
+            if fd.cloexec {
+                p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+            }
+        }
+        if still.len() == before {
+            let names: Vec<String> = still.iter().map(|(f, k)| format!("fd {} ({}) after {:?}", f.fd, k.name(), k.after())).collect();
+            return Err(format!("fds that wait on each other: {}", names.join(", ")));
+        }
+        pending = still;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_fields() {
+        let t = "pos:\t0\nflags:\t02004002\nmnt_id:\t16\nino:\t1038\neventfd-count:                5\neventfd-id: 3\n";
+        assert_eq!(fdinfo_field(t, "eventfd-count"), Some("5"));
+        assert_eq!(fdinfo_field(t, "flags"), Some("02004002"));
+        assert_eq!(fdinfo_field(t, "eventfd"), None);
+    }
+}
