@@ -251,6 +251,16 @@ fn write_stats(dir: &Path, what: &str, e: &pb::StatsEntry) {
     }
 }
 
+/// Link remaps a dump made, removed on drop (a dump that failed, or whose
+/// processes run on) unless emptied.
+struct LinkRemaps(Vec<String>);
+
+impl Drop for LinkRemaps {
+    fn drop(&mut self) {
+        dump::files::remove_link_remaps(&self.0);
+    }
+}
+
 fn run_dump(o: &Opts) -> Result<(), Failure> {
     let pid: i32 = match o.tree.as_deref() {
         None => return Err(Failure::new("pid not specified (-t PID)")),
@@ -266,8 +276,22 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     let t0 = Instant::now();
     let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
     let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
-    let file_opts = dump::files::FileOpts { ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT), file_locks: o.file_locks };
+    let file_opts = dump::files::FileOpts { ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT), file_locks: o.file_locks, link_remap: o.link_remap };
     let (tree, mut frozen) = dump::collect_opts(pid, freeze_cgroup, timeout, &file_opts).here()?;
+    // --link-remap's links stay only for a dump that succeeds and ends the
+    // processes (the restore needs them then), as upstream's
+    let mut link_remaps = LinkRemaps(
+        tree.tasks
+            .iter()
+            .flat_map(|t| &t.fds)
+            .filter_map(|f| match &f.file {
+                crate::model::FileDesc::Reg { link: Some(l), .. } => Some(l.clone()),
+                _ => None,
+            })
+            .collect(),
+    );
+    link_remaps.0.sort();
+    link_remaps.0.dedup();
     let t_frozen = Instant::now();
     check_ttys(&tree, o.shell_job)?;
     let dump_pages: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
@@ -314,6 +338,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     drop(pump);
     staging.publish().here()?;
     if !o.leave_running {
+        link_remaps.0.clear();
         frozen.kill_on_release = true;
     }
     drop(frozen);
@@ -495,6 +520,23 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
     let pidfile = o.pidfile.as_deref().map(|p| in_work_dir(o, Path::new(p)));
     let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from) };
     let pid = restore::restore(&tree, &pages, &ropts).here()?;
+    // the dump's link remaps have served (upstream removes them after its
+    // restore too); inside --root when given
+    for t in &tree.tasks {
+        for f in &t.fds {
+            if let crate::model::FileDesc::Reg { link: Some(l), .. } = &f.file {
+                let r = match &ropts.root {
+                    Some(root) => crate::sys::ns::open_root_dir(root, 0).and_then(|d| crate::sys::ns::unlink_in_root(std::os::fd::AsFd::as_fd(&d), std::ffi::OsStr::new(l))),
+                    None => std::fs::remove_file(l),
+                };
+                match r {
+                    Ok(()) => crate::pr_debug!("removed link remap {l}"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => pr_warn!("removing link remap {l}: {e}"),
+                }
+            }
+        }
+    }
     let restored: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
     // forking is not a separate stage here (one process): 0, as upstream
     // reports for a single process too

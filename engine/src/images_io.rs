@@ -321,6 +321,8 @@ struct FdImages<'a> {
     pipe_data: Vec<&'a PipeData>,
     /// memfd inode number -> its memfd.img `inode_id` (from 1).
     memfd_inodes: HashMap<u64, u32>,
+    /// link remap path -> the file id of its REG entry.
+    links: HashMap<String, u32>,
     /// Images beside files.img that the resource kinds (`crate::kinds`) write.
     kinds: crate::kinds::ImageAcc,
 }
@@ -532,7 +534,7 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
 fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages<'a>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::with_capacity(task.fds.len());
-    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, memfd_inodes, kinds } = st;
+    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, memfd_inodes, kinds, links } = st;
     for fd in &task.fds {
         let ty = match fd.file {
             FileDesc::Memfd { .. } => pb::FdTypes::Memfd,
@@ -546,8 +548,21 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
             Some(&id) => id,
             None => {
                 let id = match &fd.file {
-                    FileDesc::Reg { path, flags, pos, mode, size, ghost } => {
+                    FileDesc::Reg { path, flags, pos, mode, size, ghost, link } => {
                         let id = push_file(files, reg_entry(0, path, *flags, *pos, *mode, *size));
+                        if let Some(l) = link {
+                            // as upstream: the link's own REG entry, and a
+                            // LINKED remap of the fd's file to it
+                            let remap_id = match links.get(l) {
+                                Some(&r) => r,
+                                None => {
+                                    let r = push_file(files, reg_entry(0, l, 0, 0, *mode, None));
+                                    links.insert(l.clone(), r);
+                                    r
+                                }
+                            };
+                            remaps.push(pb::RemapFilePathEntry { orig_id: id, remap_id, remap_type: Some(pb::RemapType::Linked as i32) });
+                        }
                         if let Some(g) = ghost {
                             let remap_id = match ghosts.get(&(g.dev, g.ino)) {
                                 Some(&r) => r,
@@ -753,8 +768,22 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
     for fi in fdinfo {
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
         let desc = if let Some(r) = &f.reg {
+            let mut link = None;
             let ghost = match remaps.iter().find(|m| m.orig_id == f.id) {
                 None => None,
+                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Linked as i32 => {
+                    // the link the dump made beside the old path: in the
+                    // same directory, for restore links it to the path
+                    let l = file(m.remap_id).and_then(|e| e.reg.as_ref()).ok_or_else(|| {
+                        bad("remap-fpath.img", format!("fd {}: linked remap of {} names file {}, which is no regular file", fi.fd, r.name, m.remap_id))
+                    })?;
+                    let parent = |p: &str| std::path::Path::new(p).parent().map(std::path::Path::to_path_buf);
+                    if parent(&l.name).is_none() || parent(&l.name) != parent(&r.name) || l.name == r.name {
+                        return Err(bad("remap-fpath.img", format!("fd {}: linked remap {} of {} is not another name in the same directory", fi.fd, l.name, r.name)));
+                    }
+                    link = Some(l.name.clone());
+                    None
+                }
                 Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => {
                     match ghosts.iter().find(|(id, _)| *id == m.remap_id) {
                         Some((_, g)) => Some(g.clone()),
@@ -769,7 +798,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                     return Err(bad("remap-fpath.img", format!("fd {}: remap type {} of {} is not supported yet", fi.fd, m.remap_type.unwrap_or(0), r.name)))
                 }
             };
-            FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost }
+            FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost, link }
         } else if let Some(m) = &f.memfd {
             if memfd_inodes.is_none() {
                 memfd_inodes = Some(memfd_shmids(dir)?);

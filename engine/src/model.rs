@@ -223,7 +223,11 @@ pub enum FileDesc {
     /// `size` is recorded (and checked on restore) as upstream does: for
     /// regular files not opened `O_WRONLY|O_APPEND`. `ghost`: the file was
     /// unlinked while open; its contents travel with the image.
-    Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64>, ghost: Option<Box<Ghost>> },
+    /// `link` (`--link-remap`): the file's path was unlinked but the file
+    /// has other names; `link` is a hard link the dump made in the same
+    /// directory (upstream's `link_remap.N`), through which restore opens
+    /// it under `path` again (removed once the restore succeeded).
+    Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64>, ghost: Option<Box<Ghost>>, link: Option<String> },
     /// One end of a pipe; `pipe_id` is the pipe's inode.
     Pipe { pipe_id: u32, flags: u32 },
     /// A named pipe opened by `path` (`mode` is its st_mode, checked on

@@ -343,3 +343,51 @@ fn file_lock_restore_failures_are_clear() {
     assert!(log.contains("held through fd 99, which process 1 does not have"), "{log}");
     p.ticks_on(2, "the source runs on");
 }
+
+/// Files named `link_remap.*` in `work`.
+fn link_remaps(work: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(work).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("link_remap.")).collect();
+    v.sort();
+    v
+}
+
+/// A file unlinked from the name it was opened by but still linked
+/// elsewhere (`ghostloop linked`: the program checks every tick that its
+/// fd is still that very file, one inode with other.bin, its writes
+/// showing there): refused without --link-remap; with it the dump makes a
+/// `link_remap.N` beside the old name, removed again when the process
+/// runs on (-R), kept for the restore otherwise and removed by it, as
+/// upstream does; our images restored by upstream and upstream's by ours.
+/// A link remap outside the old name's directory is refused on read.
+/// Before: --link-remap was refused as unsupported.
+#[test]
+fn link_remap_keeps_the_same_file() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("ghostloop", "linked", &["linked"]);
+    let dir = p.images("refused");
+    let (st, log) = p.dump(&ours(), &dir, &[]);
+    assert!(!st.success() && log.contains("linked.bin") && log.contains("--link-remap"), "{log}");
+    let dir = p.images("running");
+    p.dump_ok(&ours(), &dir, &["--link-remap", "-R"]);
+    assert_eq!(link_remaps(&p.work), Vec::<String>::new(), "-R: the link remap is removed again");
+    p.ticks_on(2, "after the -R dump");
+    // a remap that is not beside the old name: refused before anything runs
+    rewrite!(&dir, "files.img", &mg::FILES, pb::FileEntry, |v: &mut Vec<pb::FileEntry>| {
+        for e in v.iter_mut() {
+            if let Some(r) = e.reg.as_mut().filter(|r| r.name.contains("link_remap.")) {
+                r.name = "/tmp/link_remap.1".into();
+            }
+        }
+    });
+    let (st, log) = criu_env(&ours(), &["restore", "-d"], &dir, "restore.log", &[]);
+    assert!(!st.success() && log.contains("is not another name in the same directory"), "{log}");
+    for (round, (dumper, restorer)) in [(ours(), ours()), (ours(), ours()), (ours(), upstream()), (upstream(), ours())].into_iter().enumerate() {
+        let dir = p.images(&format!("img{round}"));
+        p.dump_ok(&dumper, &dir, &["--link-remap"]);
+        assert_eq!(link_remaps(&p.work).len(), 1, "round {round}: the link remap waits for the restore");
+        p.restore(&restorer, &dir);
+        assert_eq!(link_remaps(&p.work), Vec::<String>::new(), "round {round}: the restore removed the link remap");
+        assert!(!p.work.join("linked.bin").exists(), "round {round}");
+    }
+}

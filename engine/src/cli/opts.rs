@@ -58,6 +58,8 @@ enum Act {
     GhostLimit,
     /// `-l`/`--file-locks`: dump the file locks processes hold.
     FileLocks,
+    /// `--link-remap`: link files unlinked-but-linked-elsewhere beside their path.
+    LinkRemap,
     /// Ours (tfork): `--copies N`, `--persist MODE`.
     Copies,
     Persist,
@@ -128,7 +130,7 @@ const SPECS: &[Spec] = &[
     o("evasive-devices", None, No, Refused, true),
     o("veth-pair", None, Req, Refused, false),
     o("action-script", None, Req, Refused, false),
-    o("link-remap", None, No, Refused, true),
+    o("link-remap", None, No, LinkRemap, true),
     o("file-locks", Some('l'), No, FileLocks, true),
     o("page-server", None, No, Refused, true),
     o("address", None, Req, Refused, false),
@@ -221,6 +223,8 @@ pub struct Opts {
     /// `--file-locks`: dump held file locks (restore takes the image's
     /// locks whenever it has them).
     pub file_locks: bool,
+    /// `--link-remap` (dump).
+    pub link_remap: bool,
     /// tfork: `--copies N` (checked by the command).
     pub copies: Option<String>,
     /// tfork: `--persist none|sync|async`.
@@ -354,6 +358,7 @@ impl Opts {
                 }
             }
             FileLocks => self.file_locks = !negated,
+            LinkRemap => self.link_remap = !negated,
             GhostLimit => match parse_size(&v()) {
                 Some(n) => self.ghost_limit = Some(n),
                 None => return Err(Problem::new(format!("invalid argument for --ghost-limit: {} (want a size: digits with an optional K, M or G)", v()))),
@@ -645,7 +650,7 @@ mod tests {
         for bad in ["-1", "M", "5MB", "5k", "", "99999999999999999999G", "18014398509481984K"] {
             assert_eq!(p(&["--ghost-limit", bad]).1.len(), 1, "{bad}");
         }
-        assert_eq!(p(&["--link-remap"]).1, ["--link-remap is not supported yet"]);
+        assert!(p(&["--link-remap"]).0.link_remap);
         assert!(p(&["dump", "-lR"]).0.file_locks);
         assert!(p(&["--file-locks"]).0.file_locks);
         assert!(!p(&["-l", "--no-file-locks"]).0.file_locks);

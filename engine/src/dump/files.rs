@@ -35,11 +35,14 @@ pub struct FileOpts {
     /// `--file-locks`: dump the file locks processes hold (else a process
     /// holding one is refused, as upstream refuses it).
     pub file_locks: bool,
+    /// `--link-remap`: a file unlinked from its path but linked elsewhere
+    /// gets a hard link `link_remap.N` beside its old path (else refused).
+    pub link_remap: bool,
 }
 
 impl Default for FileOpts {
     fn default() -> FileOpts {
-        FileOpts { ghost_limit: GHOST_LIMIT, file_locks: false }
+        FileOpts { ghost_limit: GHOST_LIMIT, file_locks: false, link_remap: false }
     }
 }
 
@@ -51,7 +54,7 @@ pub enum FilesError {
     Unsupported { pid: Pid, fd: i32, what: String },
     #[error("fd {fd} of {pid}: ghost file {path} has {size} bytes allocated, over the {limit}-byte ghost limit (raise it with --ghost-limit)")]
     GhostTooBig { pid: Pid, fd: i32, path: String, size: u64, limit: u64 },
-    #[error("fd {fd} of {pid}: {path} was unlinked but the inode still has {nlink} links (link remap is not supported yet)")]
+    #[error("fd {fd} of {pid}: {path} was unlinked but the file still has {nlink} other links: dump with --link-remap")]
     LinkRemap { pid: Pid, fd: i32, path: String, nlink: u64 },
     #[error("reading the queued bytes of pipe {pipe_id} (fd {fd} of {pid})")]
     PipeData { pid: Pid, fd: i32, pipe_id: u32, #[source] source: io::Error },
@@ -370,8 +373,26 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
                 return Err(unsupported(format!("{link}, a deleted {}", type_name(&ft))));
             }
             if meta.nlink() != 0 {
-                return Err(FilesError::LinkRemap { pid, fd, path: orig.to_string(), nlink: meta.nlink() });
-            }
+                // unlinked from this path, linked elsewhere
+                match std::fs::metadata(orig) {
+                    // linked again under its old name: a plain path
+                    Ok(m) if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) => {
+                        let size = should_check_size(flags).then(|| meta.size());
+                        ndesc += 1;
+                        out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size, ghost: None, link: None } });
+                        continue;
+                    }
+                    Ok(_) => return Err(unsupported(format!("{link}: another file now has that name, and this one has {} other links", meta.nlink()))),
+                    Err(_) if !opts.link_remap => return Err(FilesError::LinkRemap { pid, fd, path: orig.to_string(), nlink: meta.nlink() }),
+                    // the link itself is made once the whole tree is
+                    // collected (`make_link_remaps`), so that a refusal
+                    // later leaves nothing behind
+                    Err(_) => {
+                        let size = should_check_size(flags).then(|| meta.size());
+                        FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size, ghost: None, link: Some(String::new()) }
+                    }
+                }
+            } else {
             // fds of one unlinked inode (opened separately) share one ghost
             let g = match ghosts.get(&(meta.dev(), meta.ino())) {
                 Some(g) => g.clone(),
@@ -381,7 +402,8 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
                     g
                 }
             };
-            FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g) }
+            FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g), link: None }
+            }
         } else if ft.is_fifo() {
             let pipe_id = meta.ino() as u32;
             if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
@@ -391,13 +413,13 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
         } else if ft.is_char_device() {
             let major = dev_major(meta.rdev());
             if major == MEM_MAJOR {
-                FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size: None, ghost: None }
+                FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size: None, ghost: None, link: None }
             } else {
                 return Err(unsupported(format!("{link}, character device {major}:{}", dev_minor(meta.rdev()))));
             }
         } else if ft.is_file() || ft.is_dir() || ft.is_symlink() {
             let size = (ft.is_file() && should_check_size(flags)).then(|| meta.size());
-            FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size, ghost: None }
+            FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size, ghost: None, link: None }
         } else {
             return Err(unsupported(format!("{link}, a {}", type_name(&ft))));
         };
@@ -452,6 +474,71 @@ pub fn share_descriptions(tables: &mut [(Pid, &mut Vec<Fd>)]) -> Result<(), File
         }
     }
     Ok(())
+}
+
+/// Make the hard links `--link-remap` promised (`link: Some("")`), one per
+/// file across the tree: `link_remap.N` in the directory of the file's
+/// old path (the first N free), made through `/proc/PID/fd/N`, as
+/// upstream makes them; every fd of the file gets its name. On an error
+/// the links made so far are removed again. Returns the links made, for
+/// the caller to remove when the dumped processes run on (`-R`) or the
+/// dump fails later.
+pub fn make_link_remaps<'a>(tasks: impl Iterator<Item = (Pid, &'a mut crate::model::Task)>) -> Result<Vec<String>, FilesError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut made: Vec<((u64, u64), String)> = Vec::new();
+    let res = (|| {
+        for (pid, t) in tasks {
+            for f in t.fds.iter_mut() {
+                let FileDesc::Reg { path, link: Some(link), .. } = &mut f.file else { continue };
+                if !link.is_empty() {
+                    continue;
+                }
+                let src = format!("/proc/{pid}/fd/{}", f.fd);
+                let meta = std::fs::metadata(&src).map_err(|e| FilesError::Io { pid, fd: f.fd, source: e })?;
+                if let Some((_, l)) = made.iter().find(|(k, _)| *k == (meta.dev(), meta.ino())) {
+                    *link = l.clone();
+                    continue;
+                }
+                let dir = std::path::Path::new(path.as_str()).parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
+                let csrc = std::ffi::CString::new(src.as_bytes()).expect("no NUL");
+                let mut n = 1;
+                let name = loop {
+                    let name = format!("{}/link_remap.{n}", dir.trim_end_matches('/'));
+                    let c = std::ffi::CString::new(std::ffi::OsStr::new(&name).as_bytes())
+                        .map_err(|_| FilesError::Unsupported { pid, fd: f.fd, what: format!("{path:?}, a path with a NUL byte") })?;
+                    match p::link_follow(&csrc, &c) {
+                        Ok(()) => break name,
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 10_000 => n += 1,
+                        Err(e) => {
+                            return Err(FilesError::Io { pid, fd: f.fd, source: io::Error::new(e.kind(), format!("linking {path} (deleted) to {name}: {e}")) })
+                        }
+                    }
+                };
+                pr_debug!("fd {} of {pid}: {path} (deleted) linked as {name} (link remap)", f.fd);
+                made.push(((meta.dev(), meta.ino()), name.clone()));
+                *link = name;
+            }
+        }
+        Ok(())
+    })();
+    let names: Vec<String> = made.into_iter().map(|(_, n)| n).collect();
+    match res {
+        Ok(()) => Ok(names),
+        Err(e) => {
+            remove_link_remaps(&names);
+            Err(e)
+        }
+    }
+}
+
+/// Remove link remaps [`make_link_remaps`] made (the dumped processes run
+/// on, or the dump failed after them), as upstream removes them then.
+pub fn remove_link_remaps(names: &[String]) {
+    for n in names {
+        if let Err(e) = std::fs::remove_file(n) {
+            crate::pr_warn!("removing link remap {n}: {e}");
+        }
+    }
 }
 
 /// A flock or OFD lock belongs to its open file description: processes

@@ -262,6 +262,9 @@ fn collect_tree(
         t.ids = ids.next().expect("one ids per live task");
     }
     let timens = Some(task::collect_timens(pid)?);
+    // last: the links --link-remap asked for (nothing can refuse the dump
+    // after them here; the caller removes them if it fails later)
+    files::make_link_remaps(tasks.iter_mut().map(|(p, t)| (*p, t)))?;
     let tasks = tasks.into_iter().map(|(_, t)| t).collect();
     Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds }, frozen))
 }

@@ -234,14 +234,19 @@ impl<'a> Ghosts<'a> {
     /// carries that name).
     fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
         let gp = self.path(orig, g)?;
+        self.open_through(plan, orig, &gp, flags, n)
+    }
+
+    /// [`Self::open`] through `gp`, another name of the file in the
+    /// directory of `orig` (a recreated ghost, or a link remap).
+    fn open_through(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
         let (mut dir, name) = self.dir_of(orig)?;
         if dir.as_raw_fd() == n {
             // fd `n` is about to be opened onto: hold the directory on
             // another number (opened while this one still holds `n`)
             dir = self.dir_of(orig)?.0;
         }
-        let gname = CString::new(format!("{}.cr.{}", name.to_string_lossy(), gp.rsplit(".cr.").next().unwrap_or_default()))
-            .map_err(|_| format!("path {gp:?} has a NUL byte"))?;
+        let (_, gname) = self.dir_of(gp)?;
         match p::link_in(dir.as_fd(), &gname, &name) {
             Ok(()) => {
                 let r = open_image_path(plan, orig, flags, n);
@@ -255,7 +260,7 @@ impl<'a> Ghosts<'a> {
                 if let Err(e) = p::rename_in(dir.as_fd(), &tname, &name, libc::RENAME_EXCHANGE) {
                     let _ = p::unlink_in(dir.as_fd(), &tname);
                     return if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                        open_image_path(plan, &gp, flags, n)
+                        open_image_path(plan, gp, flags, n)
                     } else {
                         Err(format!("exchanging ghost {tmp} with {orig} for fd {n}: {e}"))
                     };
@@ -362,6 +367,17 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
             continue;
         }
         match &fd.file {
+            FileDesc::Reg { path, flags, mode, size, ghost: None, link: Some(l), .. } => {
+                // --link-remap: the dump's extra link opened under the old
+                // name (linked there, opened, unlinked), as a ghost is
+                let fl = *flags as i32;
+                ghosts.open_through(plan, path, l, fl | libc::O_NONBLOCK, n)?;
+                validate(n, path, *mode, *size)?;
+                if fl & libc::O_NONBLOCK == 0 {
+                    let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
+                    fcntl(n, libc::F_SETFL, now & !(libc::O_NONBLOCK as u64)).map_err(|e| format!("F_SETFL fd {n} ({path}): {e}"))?;
+                }
+            }
             FileDesc::Reg { path, flags, mode, size, ghost: None, .. } => {
                 // O_NONBLOCK until the type is checked: a path that became a
                 // FIFO (or a device that waits in open) must not block the child

@@ -862,6 +862,17 @@ pub fn link_in(dir: std::os::fd::BorrowedFd<'_>, old: &CStr, new: &CStr) -> io::
     Ok(())
 }
 
+/// linkat(2) with AT_SYMLINK_FOLLOW: a new name `new` for the file `old`
+/// names once its symlinks are followed (`/proc/PID/fd/N`: the open file
+/// itself, even when its path was unlinked, as long as it has links).
+pub fn link_follow(old: &CStr, new: &CStr) -> io::Result<()> {
+    // SAFETY: two NUL-terminated paths alive for the call.
+    if unsafe { libc::linkat(libc::AT_FDCWD, old.as_ptr(), libc::AT_FDCWD, new.as_ptr(), libc::AT_SYMLINK_FOLLOW) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
 /// renameat2(2) of the name `old` to `new`, both in directory `dir`
 /// (`flags`: 0 or RENAME_EXCHANGE, ...).
 pub fn rename_in(dir: std::os::fd::BorrowedFd<'_>, old: &CStr, new: &CStr, flags: u32) -> io::Result<()> {
