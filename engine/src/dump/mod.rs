@@ -170,7 +170,10 @@ pub fn collect_opts(
 /// memory by fork, so that neither smaps nor the pagemap walk (each a walk
 /// of every page table) is part of the source's pause.
 pub fn collect_state(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
-    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts::default())
+    // (file locks recorded, not refused: a clone is a fork, which keeps
+    // the source's flock and OFD locks shared and its POSIX ones not, as
+    // any fork does)
+    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() })
 }
 
 fn collect_tree(
