@@ -74,6 +74,37 @@ impl Prog {
         p
     }
 
+    /// As `start`, for a program that runs itself again from a memfd (its
+    /// executable is then no longer `bin`: found by its cwd).
+    fn start_exec(name: &str, tag: &str, args: &[&str]) -> Prog {
+        let dir = test_dir(&format!("files-{name}-{tag}"));
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fdsupport/progs").join(format!("{name}.c"));
+        let bin = dir.join(format!("fx-{name}"));
+        let st = Command::new("gcc").args(["-O2", "-static", "-I"]).arg(progs_dir()).arg("-o").arg(&bin).arg(&src).status().expect("gcc");
+        assert!(st.success(), "building {}", src.display());
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "setsid"]);
+        let mut child = only_stdio(&mut cmd).arg(&bin).args(args).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start");
+        std::thread::spawn(move || child.wait());
+        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+        wait_until("first tick", Duration::from_secs(10), || last_tick(&work.join("progress.log")) >= 1);
+        let mut pid = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(n) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if std::fs::read_link(format!("/proc/{n}/cwd")).ok().as_deref() == Some(work.as_path()) && alive(n) {
+                let exe = std::fs::read_link(format!("/proc/{n}/exe")).unwrap_or_default();
+                if exe.to_string_lossy().starts_with("/memfd:") {
+                    pid = n;
+                }
+            }
+        }
+        assert!(pid > 0, "the program running from a memfd");
+        // (Drop kills by `bin`, which this process no longer runs: by pid)
+        Prog { bin, work, pid }
+    }
+
     fn refind(&mut self) {
         let pids = live_with_exe(&self.bin);
         assert_eq!(pids.len(), 1, "one {} expected, found {pids:?}", self.bin.display());
@@ -120,8 +151,11 @@ impl Prog {
 
 impl Drop for Prog {
     fn drop(&mut self) {
+        if alive(self.pid) && std::fs::read_link(format!("/proc/{}/cwd", self.pid)).ok().as_deref() == Some(self.work.as_path()) {
+            let _ = Command::new("kill").args(["-9", &self.pid.to_string()]).stderr(Stdio::null()).status();
+        }
         for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(self.work.parent().unwrap());
@@ -390,4 +424,31 @@ fn link_remap_keeps_the_same_file() {
         assert_eq!(link_remaps(&p.work), Vec::<String>::new(), "round {round}: the restore removed the link remap");
         assert!(!p.work.join("linked.bin").exists(), "round {round}");
     }
+}
+
+/// A writable MAP_SHARED mapping of a memfd sealed F_SEAL_FUTURE_WRITE
+/// after it was made is refused by name at dump (restore seals before it
+/// maps, and the kernel would refuse the mapping), and the program runs on.
+#[test]
+fn future_write_sealed_shared_mapping_refused() {
+    require!(why_not_here());
+    let p = Prog::start("memfdloop", "futureseal", &["futureseal"]);
+    let dir = p.images("img");
+    let (st, log) = p.dump(&ours(), &dir, &[]);
+    assert!(!st.success(), "{log}");
+    assert!(log.contains("of a memfd sealed F_SEAL_FUTURE_WRITE since: not supported yet"), "{log}");
+    p.ticks_on(2, "after the refused dump");
+}
+
+/// A program run from a memfd (fexecve: its executable is
+/// `/memfd:self (deleted)`) is refused by name, and runs on.
+#[test]
+fn program_run_from_a_memfd_refused() {
+    require!(why_not_here());
+    let p = Prog::start_exec("memfdloop", "selfexec", &["selfexec"]);
+    let dir = p.images("img");
+    let (st, log) = p.dump(&ours(), &dir, &[]);
+    assert!(!st.success(), "{log}");
+    assert!(log.contains("runs a program from a memfd (/memfd:self (deleted) is its executable)"), "{log}");
+    p.ticks_on(2, "after the refused dump");
 }

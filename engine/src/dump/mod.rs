@@ -256,7 +256,25 @@ fn collect_tree(
     files::share_locks(tasks.iter_mut().map(|(_, t)| t));
     let memfds = {
         let live: Vec<(Pid, &Task)> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, t)).collect();
-        files::collect_memfds(&live)?
+        let memfds = files::collect_memfds(&live)?;
+        // F_SEAL_FUTURE_WRITE with a writable shared mapping made before
+        // the seal: restore seals before it maps, and the kernel refuses
+        // such a mapping of a sealed memfd
+        for (p, t) in &live {
+            for v in t.mm.vmas.iter().filter(|v| v.shared() && v.prot & libc::PROT_WRITE as u32 != 0) {
+                let Some(ino) = v.file.as_ref().and_then(|f| f.memfd) else { continue };
+                if memfds.iter().any(|m| m.ino == ino && m.seals & libc::F_SEAL_FUTURE_WRITE as u32 != 0) {
+                    return Err(DumpError::Unsupported {
+                        pid: *p,
+                        what: format!(
+                            "its writable MAP_SHARED mapping {:#x}-{:#x} of a memfd sealed F_SEAL_FUTURE_WRITE since: not supported yet",
+                            v.start, v.end
+                        ),
+                    });
+                }
+            }
+        }
+        memfds
     };
     let alive: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
     let (root_ids, ids) = task::collect_ids(&alive)?;

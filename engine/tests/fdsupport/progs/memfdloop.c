@@ -14,7 +14,10 @@
  *   runs it with execveat(fd, "", AT_EMPTY_PATH) (argument "exit42": the
  *   copy exits 42 at once), writes "exec ok" or FAIL to the log and removes
  *   ./exec-now.
- * The names /proc shows for the fds and mappings are checked too. */
+ * The names /proc shows for the fds and mappings are checked too. With
+ * "selfexec" it first runs itself again from a memfd copy (fexecve); with
+ * "futureseal" it only holds a writable MAP_SHARED mapping of a memfd
+ * sealed F_SEAL_FUTURE_WRITE after it was mapped. */
 #include "fx.h"
 #include <sys/syscall.h>
 
@@ -61,7 +64,36 @@ int main(int argc, char **argv, char **envp)
 {
 	if (argc > 1 && !strcmp(argv[1], "exit42"))
 		_exit(42);
+	if (argc > 1 && !strcmp(argv[1], "selfexec")) {
+		/* run again from a memfd copy of this program (fexecve) */
+		int m = mfd("self", MFD_CLOEXEC);
+		int e = open("/proc/self/exe", O_RDONLY);
+		static uint8_t b[1 << 16];
+		ssize_t n;
+		if (m < 0 || e < 0)
+			_exit(5);
+		while ((n = read(e, b, sizeof(b))) > 0)
+			if (write(m, b, n) != n)
+				_exit(6);
+		char *args[] = { argv[0], "fromfd", NULL };
+		syscall(SYS_execveat, m, "", args, envp, AT_EMPTY_PATH);
+		_exit(7);
+	}
 	fx_open_log();
+	if (argc > 1 && !strcmp(argv[1], "futureseal")) {
+		/* a writable shared mapping, then F_SEAL_FUTURE_WRITE */
+		int m = mfd("future", MFD_ALLOW_SEALING);
+		FX_CHECK(m >= 0 && ftruncate(m, PG) == 0, "memfd future");
+		uint8_t *w = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+		FX_CHECK(w != MAP_FAILED, "mmap future");
+		FX_CHECK(fcntl(m, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) == 0, "seal future write");
+		fx_ready();
+		for (fx_tick = 1;; fx_tick++) {
+			memcpy(w, &fx_tick, sizeof(fx_tick));
+			fx_say("tick %lu ok", fx_tick);
+			fx_sleep_ms(100);
+		}
+	}
 	static uint8_t buf[DATA_SIZE];
 
 	int data = mfd("mfd-data", MFD_ALLOW_SEALING);
