@@ -11,6 +11,7 @@ use images_proto::magic as mg;
 use images_proto::pages::{PagemapReader, PagesWriter, PE_LAZY, PE_PRESENT};
 use images_proto::pb;
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -370,15 +371,26 @@ fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), 
         });
         *pages_id += 1;
         let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *pages_id)?;
-        for (off, data) in &m.extents {
-            let pad = (4096 - data.len() % 4096) % 4096;
-            if pad == 0 {
-                pw.add(*off, data, PE_PRESENT)?;
-            } else {
-                let mut d = Vec::with_capacity(data.len() + pad);
-                d.extend_from_slice(data);
-                d.resize(data.len() + pad, 0);
-                pw.add(*off, &d, PE_PRESENT)?;
+        let pages_name = images_proto::pages::pages_name(*pages_id);
+        let werr = |e: std::io::Error| bad(&pages_name, format!("copying the data of memfd {:?}: {e}", m.name));
+        // in the kernel, from the memfd (or the pages file it came from)
+        // to the pages file, each run padded to whole pages
+        let (src, offsets): (Option<std::fs::File>, Vec<u64>) = match &m.data {
+            MemfdData::None => (None, Vec::new()),
+            MemfdData::Live(path) => (Some(std::fs::File::open(path).map_err(werr)?), m.runs.iter().map(|r| r.0).collect()),
+            MemfdData::Image { pages, offsets } => (Some(std::fs::File::open(pages).map_err(werr)?), offsets.clone()),
+        };
+        for (i, &(off, len)) in m.runs.iter().enumerate() {
+            let nr = len.div_ceil(4096);
+            pw.add_header_only(off, nr, PE_PRESENT)?;
+            let (Some(src), Some(&from)) = (&src, offsets.get(i)) else {
+                return Err(bad(&name, format!("memfd {:?}: no data for its run at {off:#x}", m.name)));
+            };
+            let out = pw.flush_pages()?;
+            crate::sys::process::sendfile_all(out.as_fd(), src.as_fd(), from, len).map_err(werr)?;
+            let pad = (nr * 4096 - len) as usize;
+            if pad != 0 {
+                std::io::Write::write_all(&mut &*out, &vec![0u8; pad]).map_err(werr)?;
             }
         }
         pw.finish()?;
@@ -500,14 +512,14 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
             return Err(what(format!("mode {mode:o} is not a regular file's")));
         }
         let mode = mode & 0o7777;
-        let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
+        let (mut runs, mut data) = (Vec::new(), MemfdData::None);
         let pm = images_proto::pages::pagemap_name(format!("shmem-{}", e.shmid));
         if dir.join(&pm).exists() {
             let rd = PagemapReader::open(dir, &pm)?;
             let pages = images_proto::pages::PagesFile::open(dir, rd.pages_id())?;
-            let runs = rd.runs()?;
+            let mut offsets = Vec::new();
             let limit = e.size.div_ceil(4096) * 4096;
-            for r in &runs {
+            for r in &rd.runs()? {
                 if !r.present() {
                     return Err(bad(&pm, format!("run at offset {:#x} is not in this image (parent images are not supported yet)", r.vaddr)));
                 }
@@ -515,17 +527,17 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
                     return Err(bad(&pm, format!("pages {:#x}..{:#x} lie past the end of memfd {:?} ({} bytes)", r.vaddr, r.end(), e.name, e.size)));
                 }
                 pages.check(r)?;
-                let len = usize::try_from(r.len()).map_err(|_| bad(&pm, format!("run at {:#x} too long", r.vaddr)))?;
-                let mut data = vec![0u8; len];
-                pages.read_at(r.offset, &mut data)?;
                 // the padding of a last partial page is not file data
-                data.truncate(usize::try_from(e.size.saturating_sub(r.vaddr)).unwrap_or(usize::MAX).min(len));
-                extents.push((r.vaddr, data));
+                runs.push((r.vaddr, r.len().min(e.size - r.vaddr)));
+                offsets.push(r.offset);
+            }
+            if !runs.is_empty() {
+                data = MemfdData::Image { pages: pages.path().to_path_buf(), offsets };
             }
         }
         out.push((
             inode_id,
-            Memfd { ino: u64::from(e.shmid), name: e.name.clone(), uid: e.uid, gid: e.gid, mode, size: e.size, seals: e.seals, extents },
+            Memfd { ino: u64::from(e.shmid), name: e.name.clone(), uid: e.uid, gid: e.gid, mode, size: e.size, seals: e.seals, runs, data },
         ));
     }
     Ok(out)

@@ -40,9 +40,25 @@ pub struct Memfd {
     pub size: u64,
     /// F_SEAL_* bits (F_GET_SEALS).
     pub seals: u32,
-    /// Data runs (offset, bytes), page-aligned offsets, in order, within
-    /// `size`; the rest reads as zeros (holes).
-    pub extents: Vec<(u64, Vec<u8>)>,
+    /// Data runs (offset, length): page-aligned offsets, in order, not
+    /// overlapping, within `size`; the rest reads as zeros (holes).
+    pub runs: Vec<(u64, u64)>,
+    /// Where the runs' bytes are (copied file to file, never held here).
+    pub data: MemfdData,
+}
+
+/// Where a memfd's data is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MemfdData {
+    /// Nowhere (no data runs).
+    #[default]
+    None,
+    /// In the memfd itself, read through this path of a frozen process at
+    /// dump (`/proc/PID/fd/N` or `/proc/PID/map_files/...`): each run at
+    /// its own offset.
+    Live(String),
+    /// In an image's pages file: run i at byte `offsets[i]` of it.
+    Image { pages: std::path::PathBuf, offsets: Vec<u64> },
 }
 
 /// Credentials of one thread.

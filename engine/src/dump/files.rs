@@ -207,7 +207,6 @@ pub fn collect_memfds(tasks: &[(Pid, &crate::model::Task)]) -> Result<Vec<crate:
 /// One memfd inode through `path` (an fd or map_files link of `pid`).
 fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::Memfd, FilesError> {
     use std::os::fd::AsFd;
-    use std::os::unix::fs::FileExt;
     let io_err = |e| FilesError::Io { pid, fd, source: e };
     let unsupported = |what: String| FilesError::Unsupported { pid, fd, what };
     let link = std::fs::read_link(path).map_err(io_err)?;
@@ -227,7 +226,9 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
     }
     let seals = p::fcntl_int(f.as_raw_fd(), libc::F_GET_SEALS, 0).map_err(io_err)? as u32;
     let size = meta.size();
-    let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
+    // the data runs only: their bytes are copied from `path` into the
+    // pages file when the images are written (the processes still frozen)
+    let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut off = 0;
     while off < size {
         let Some(start) = p::seek_data_hole(f.as_fd(), off, libc::SEEK_DATA).map_err(io_err)? else { break };
@@ -236,14 +237,12 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
         }
         let start = start & !(crate::sys::PAGE_SIZE - 1);
         let end = p::seek_data_hole(f.as_fd(), start, libc::SEEK_HOLE).map_err(io_err)?.unwrap_or(size).min(size);
-        let len = usize::try_from(end - start).map_err(|_| unsupported(format!("memfd {link}: a data run of {} bytes", end - start)))?;
-        let mut data = vec![0u8; len];
-        f.read_exact_at(&mut data, start).map_err(io_err)?;
-        extents.push((start, data));
+        runs.push((start, end - start));
         off = end;
     }
-    pr_debug!("memfd {name:?} (inode {ino}): {size} bytes, {} data runs, seals {seals:#x}", extents.len());
-    Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, extents })
+    pr_debug!("memfd {name:?} (inode {ino}): {size} bytes, {} data runs, seals {seals:#x}", runs.len());
+    let data = if runs.is_empty() { crate::model::MemfdData::None } else { crate::model::MemfdData::Live(path.to_string()) };
+    Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, runs, data })
 }
 
 /// One process's fds, the queued bytes of its pipes and FIFOs, and the

@@ -96,7 +96,7 @@ const MFD_EXEC: u32 = 0x10;
 /// data runs, owner and mode, then its seals (last: a write seal would
 /// refuse the data).
 fn create_memfds(plan: &ChildPlan) -> Result<(), String> {
-    use std::os::unix::fs::{FileExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     for (i, m) in plan.memfds.iter().enumerate() {
         let what = |w: &str, e: std::io::Error| format!("memfd {:?} (inode {}): {w}: {e}", m.name, m.ino);
         let name = CString::new(m.name.clone()).map_err(|_| format!("memfd name {:?} has a NUL byte", m.name))?;
@@ -110,8 +110,13 @@ fn create_memfds(plan: &ChildPlan) -> Result<(), String> {
         .map_err(|e| what("memfd_create", e))?;
         let f = std::fs::File::from(fd);
         f.set_len(m.size).map_err(|e| what("ftruncate", e))?;
-        for (off, data) in &m.extents {
-            f.write_all_at(data, *off).map_err(|e| what(&format!("writing {} bytes at {off}", data.len()), e))?;
+        // the data runs, copied in the kernel from the pages file
+        if let crate::model::MemfdData::Image { pages, offsets } = &m.data {
+            let src = std::fs::File::open(pages).map_err(|e| what(&format!("opening {}", pages.display()), e))?;
+            for (&(off, len), &from) in m.runs.iter().zip(offsets) {
+                p::seek_to(f.as_raw_fd(), off).map_err(|e| what(&format!("lseek to {off}"), e))?;
+                p::sendfile_all(f.as_fd(), src.as_fd(), from, len).map_err(|e| what(&format!("copying {len} bytes to {off} from {}", pages.display()), e))?;
+            }
         }
         std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid)).map_err(|e| what("fchown", e))?;
         f.set_permissions(std::fs::Permissions::from_mode(m.mode)).map_err(|e| what(&format!("fchmod {:o}", m.mode), e))?;

@@ -777,6 +777,34 @@ pub fn flock_nb(fd: i32, write: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// sendfile(2): copy up to `len` bytes from `from` at `*off` (advanced)
+/// to `to` at its file position, in the kernel. The count copied (0 at
+/// the end of `from`).
+pub fn sendfile(to: std::os::fd::BorrowedFd<'_>, from: std::os::fd::BorrowedFd<'_>, off: &mut u64, len: usize) -> io::Result<usize> {
+    let mut o = i64::try_from(*off).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: two borrowed open fds and a valid offset cell alive for the call.
+    let r = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), &mut o, len) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    *off = o as u64;
+    Ok(r as usize)
+}
+
+/// Copy `len` bytes of `from` at `off` to `to` at its file position with
+/// [`sendfile`]; an early end of `from` is an error.
+pub fn sendfile_all(to: std::os::fd::BorrowedFd<'_>, from: std::os::fd::BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
+    let (mut at, end) = (off, off.checked_add(len).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?);
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 30);
+        let n = sendfile(to, from, &mut at, want)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the source ended at {at}, before {end}")));
+        }
+    }
+    Ok(())
+}
+
 /// memfd_create(2): a new memfd named `name` with `flags` (MFD_*).
 pub fn memfd_create(name: &CStr, flags: u32) -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated name alive for the call; the fd returned on
