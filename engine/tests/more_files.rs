@@ -440,6 +440,19 @@ fn future_write_sealed_shared_mapping_refused() {
     p.ticks_on(2, "after the refused dump");
 }
 
+/// A hugetlb memfd (MFD_HUGETLB) is refused by name, and the program
+/// runs on (before this engine knew memfds, every memfd was).
+#[test]
+fn hugetlb_memfd_refused() {
+    require!(why_not_here());
+    let p = Prog::start("memfdloop", "hugetlb", &["hugetlb"]);
+    let dir = p.images("img");
+    let (st, log) = p.dump(&ours(), &dir, &[]);
+    assert!(!st.success(), "{log}");
+    assert!(log.contains("a memfd on hugetlbfs (MFD_HUGETLB: /memfd:huge (deleted))"), "{log}");
+    p.ticks_on(2, "after the refused dump");
+}
+
 /// A program run from a memfd (fexecve: its executable is
 /// `/memfd:self (deleted)`) is refused by name, and runs on.
 #[test]

@@ -17,7 +17,8 @@
  * The names /proc shows for the fds and mappings are checked too. With
  * "selfexec" it first runs itself again from a memfd copy (fexecve); with
  * "futureseal" it only holds a writable MAP_SHARED mapping of a memfd
- * sealed F_SEAL_FUTURE_WRITE after it was mapped. */
+ * sealed F_SEAL_FUTURE_WRITE after it was mapped; with "hugetlb", only a
+ * memfd made with MFD_HUGETLB. */
 #include "fx.h"
 #include <sys/syscall.h>
 
@@ -80,6 +81,16 @@ int main(int argc, char **argv, char **envp)
 		_exit(7);
 	}
 	fx_open_log();
+	if (argc > 1 && !strcmp(argv[1], "hugetlb")) {
+		/* only a hugetlb memfd (no pages: none need to be reserved) */
+		int m = mfd("huge", MFD_HUGETLB);
+		FX_CHECK(m >= 0, "memfd hugetlb");
+		fx_ready();
+		for (fx_tick = 1;; fx_tick++) {
+			fx_say("tick %lu ok", fx_tick);
+			fx_sleep_ms(100);
+		}
+	}
 	if (argc > 1 && !strcmp(argv[1], "futureseal")) {
 		/* a writable shared mapping, then F_SEAL_FUTURE_WRITE */
 		int m = mfd("future", MFD_ALLOW_SEALING);
