@@ -70,7 +70,11 @@ impl Prog {
         wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
         wait_until("first tick", Duration::from_secs(10), || last_tick(&work.join("progress.log")) >= 1);
         let mut p = Prog { bin, work, pid: 0 };
-        p.refind();
+        if name == "sharedtree" {
+            p.pid = p.tree_root();
+        } else {
+            p.refind();
+        }
         p
     }
 
@@ -103,6 +107,17 @@ impl Prog {
         assert!(pid > 0, "the program running from a memfd");
         // (Drop kills by `bin`, which this process no longer runs: by pid)
         Prog { bin, work, pid }
+    }
+
+    /// The tree's root (pid 1 of its pid namespace) among the processes
+    /// running `bin`.
+    fn tree_root(&self) -> i32 {
+        let pids = live_with_exe(&self.bin);
+        let root = pids.iter().copied().find(|p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+        });
+        root.unwrap_or_else(|| panic!("no tree root among {pids:?}"))
     }
 
     fn refind(&mut self) {
@@ -464,4 +479,26 @@ fn program_run_from_a_memfd_refused() {
     assert!(!st.success(), "{log}");
     assert!(log.contains("runs a program from a memfd (/memfd:self (deleted) is its executable)"), "{log}");
     p.ticks_on(2, "after the refused dump");
+}
+
+/// A parent and child sharing a memfd (fd and MAP_SHARED mapping) and a
+/// flock-locked open file description (`sharedtree.c`: each checks the
+/// other's counter moves through the mapping; the lock is checked held):
+/// our dump writes the memfd's inode and the lock once for the tree, and
+/// upstream 4.2 restores that tree (our restore of trees is not done yet)
+/// with the memfd and the lock shared again.
+#[test]
+fn tree_sharing_a_memfd_and_a_lock_restores_with_upstream() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("sharedtree", "tree", &[]);
+    p.ticks_on(12, "before the dump");
+    let dir = p.images("img");
+    p.dump_ok(&ours(), &dir, &["--file-locks"]);
+    let inodes: Vec<pb::MemfdInodeEntry> = images_proto::image::read_all(&dir, "memfd.img", &mg::MEMFD_INODE).unwrap();
+    assert_eq!(inodes.len(), 1, "{inodes:?}");
+    let locks: Vec<pb::FileLockEntry> = images_proto::image::read_all(&dir, "filelocks.img", &mg::FILE_LOCKS).unwrap();
+    assert_eq!(locks.len(), 1, "one flock lock of one shared description: {locks:?}");
+    criu_ok(&upstream(), &["restore", "-d", "-l"], &dir, "restore.log");
+    p.ticks_on(25, "after upstream restored our tree");
+    assert_eq!(live_with_exe(&p.bin).len(), 2, "parent and child");
 }
