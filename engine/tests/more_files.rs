@@ -502,3 +502,33 @@ fn tree_sharing_a_memfd_and_a_lock_restores_with_upstream() {
     p.ticks_on(25, "after upstream restored our tree");
     assert_eq!(live_with_exe(&p.bin).len(), 2, "parent and child");
 }
+
+/// `--link-remap` where the file's directory is read-only now (a
+/// read-only bind mount over it): the link can't be made, and the dump
+/// fails naming the file and the reason, as upstream 4.2's does ("Can't
+/// link remap"), leaving nothing behind; the program runs on. (An
+/// unlinked file with no other link on a read-only file system dumps as a
+/// ghost; recreating it there at restore fails naming it, as upstream's
+/// "Can't create ghost regfile".)
+#[test]
+fn link_remap_on_a_read_only_directory_fails_clearly() {
+    require!(why_not_here().or_else(|| why_not_tool("mount")));
+    let p = Prog::start("ghostloop", "linkedro", &["linked"]);
+    let w = p.work.to_string_lossy().into_owned();
+    let run = |args: &[&str]| Command::new("mount").args(args).status().unwrap().success();
+    assert!(run(&["--bind", &w, &w]) && run(&["-o", "remount,ro,bind", &w]), "read-only bind mount");
+    struct Umount(String);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(w.clone());
+    let dir = p.images("img");
+    let (st, log) = p.dump(&ours(), &dir, &["--link-remap"]);
+    assert!(!st.success(), "{log}");
+    assert!(log.contains("linked.bin (deleted) to") && log.contains("link_remap.1") && log.contains("Read-only file system"), "{log}");
+    drop(_u);
+    assert_eq!(link_remaps(&p.work), Vec::<String>::new());
+    p.ticks_on(2, "after the failed dump");
+}
