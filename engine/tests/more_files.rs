@@ -490,7 +490,7 @@ fn program_run_from_a_memfd_refused() {
 #[test]
 fn tree_sharing_a_memfd_and_a_lock_restores_with_upstream() {
     require!(why_not_upstream());
-    let mut p = Prog::start("sharedtree", "tree", &[]);
+    let p = Prog::start("sharedtree", "tree", &[]);
     p.ticks_on(12, "before the dump");
     let dir = p.images("img");
     p.dump_ok(&ours(), &dir, &["--file-locks"]);
