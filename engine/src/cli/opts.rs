@@ -37,6 +37,7 @@ enum Act {
     Pidfile,
     FreezeCgroup,
     ShellJob,
+    RestoreSibling,
     Root,
     Extra,
     Experimental,
@@ -119,7 +120,7 @@ const SPECS: &[Spec] = &[
     o("deprecated", None, No, Accepted, true),
     o("mntns-compat-mode", None, No, Accepted, true),
     o("leave-stopped", Some('s'), No, Refused, false),
-    o("restore-sibling", Some('S'), No, Refused, true),
+    o("restore-sibling", Some('S'), No, RestoreSibling, true),
     // upstream's --daemon is -d too
     o("daemon", None, No, Detached, true),
     o("join-ns", Some('J'), Req, Refused, false),
@@ -207,6 +208,8 @@ pub struct Opts {
     pub pidfile: Option<String>,
     pub freeze_cgroup: Option<String>,
     pub shell_job: bool,
+    /// `--restore-sibling`: the restored root is a child of criu's parent.
+    pub restore_sibling: bool,
     pub root: Option<String>,
     pub extra: bool,
     pub experimental: bool,
@@ -339,6 +342,7 @@ impl Opts {
             Pidfile => self.pidfile = Some(v()),
             FreezeCgroup => self.freeze_cgroup = Some(v()),
             ShellJob => self.shell_job = !negated,
+            RestoreSibling => self.restore_sibling = !negated,
             Root => self.root = Some(v()),
             Extra => self.extra = !negated,
             Experimental => self.experimental = !negated,

@@ -35,6 +35,7 @@ use std::path::Path;
 
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod inotify;
 pub mod signalfd;
 pub mod timerfd;
@@ -256,6 +257,7 @@ kinds! {
     Signalfd(signalfd::Signalfd),
     Epoll(epoll::Epoll),
     Inotify(inotify::Inotify),
+    Fanotify(fanotify::Fanotify),
 }
 
 /// Image check of a whole fd table (before anything is created): every fd

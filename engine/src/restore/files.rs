@@ -95,9 +95,9 @@ const MFD_EXEC: u32 = 0x10;
 /// Make every memfd inode of the plan on its working fd: its name, size,
 /// data runs, owner and mode, then its seals (last: a write seal would
 /// refuse the data).
-fn create_memfds(plan: &ChildPlan) -> Result<(), String> {
+fn create_memfds(plan: &ChildPlan, task: &Task) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    for (i, m) in plan.memfds.iter().enumerate() {
+    for (i, m) in plan.memfds.iter().enumerate().filter(|(_, m)| uses_memfd(task, m.ino)) {
         let what = |w: &str, e: std::io::Error| format!("memfd {:?} (inode {}): {w}: {e}", m.name, m.ino);
         let name = CString::new(m.name.clone()).map_err(|_| format!("memfd name {:?} has a NUL byte", m.name))?;
         // executable ones asked for as such (vm.memfd_noexec may default to
@@ -129,9 +129,16 @@ fn create_memfds(plan: &ChildPlan) -> Result<(), String> {
     Ok(())
 }
 
-/// Close the memfds' working fds, once the files of mappings are open.
-pub fn close_memfds(plan: &ChildPlan) {
-    for i in 0..plan.memfds.len() {
+/// Whether `task` has an fd or a mapping of memfd inode `ino`.
+fn uses_memfd(task: &Task, ino: u64) -> bool {
+    task.fds.iter().any(|f| matches!(f.file, FileDesc::Memfd { ino: i, .. } if i == ino))
+        || task.mm.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.memfd == Some(ino)))
+}
+
+/// Close the working fds of the memfds `task` made, once the files of its
+/// mappings are open.
+pub fn close_memfds(plan: &ChildPlan, task: &Task) {
+    for (i, _) in plan.memfds.iter().enumerate().filter(|(_, m)| uses_memfd(task, m.ino)) {
         p::close(memfd_slot(plan, i));
     }
 }
@@ -338,12 +345,38 @@ impl Slots {
     }
 }
 
+/// The open file descriptions the root makes for the whole tree
+/// (`plan.plan.shared`), onto `sh_base + k`, for every process forked
+/// after to inherit: each made as its first holder's fd would be (pipes
+/// with both ends and their bytes, a FIFO's keeper and bytes, a ghost
+/// recreated once for all of its descriptions).
+pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Option<i32>) -> Result<(), String> {
+    let mut fds = Vec::with_capacity(plan.plan.shared.len());
+    for (k, &d) in plan.plan.shared.iter().enumerate() {
+        let f = tree.tasks.iter().flat_map(|t| &t.fds).find(|f| f.desc == d).ok_or_else(|| format!("shared file {d} has no fd"))?;
+        fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
+    }
+    let mut pipe_data: Vec<PipeData> = Vec::new();
+    for d in tree.tasks.iter().flat_map(|t| &t.pipe_data) {
+        if !pipe_data.iter().any(|x| x.fifo == d.fifo && x.pipe_id == d.pipe_id) {
+            pipe_data.push(d.clone());
+        }
+    }
+    let all = Task { fds, pipe_data, ..Default::default() };
+    install(plan, &all, terminal, &std::collections::HashMap::new(), false)
+}
+
 /// Recreate every fd of `task` (the fd table holds only the report pipe,
-/// the service fds and the parked terminal).
-pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Result<(), String> {
+/// the service fds, the parked terminal and the descriptions the root made
+/// for the tree, `shared`: desc -> inherited fd, dup'ed where they belong).
+pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>) -> Result<(), String> {
+    install(plan, task, terminal, shared, true)
+}
+
+fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>, close_terminal: bool) -> Result<(), String> {
     use std::collections::HashMap;
     let mut ghosts = Ghosts::new(plan);
-    create_memfds(plan)?;
+    create_memfds(plan, task)?;
     // svc_base - 1 is the parked terminal's, the memfds' below it; other
     // working fds go below those
     let mut slots = Slots(plan.svc_base - 1 - plan.memfds.len() as i32);
@@ -360,15 +393,16 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
     let mut kinds = Vec::new();
     for fd in &task.fds {
         let n = fd.fd;
-        if let FileDesc::Kind(k) = &fd.file {
-            kinds.push((fd, k));
-            continue;
-        }
-        if let Some(&first) = descs.get(&fd.desc) {
+        if let Some(&first) = descs.get(&fd.desc).or_else(|| shared.get(&fd.desc)) {
             p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared file): {e}"))?;
             if fd.cloexec {
                 p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
             }
+            descs.entry(fd.desc).or_insert(n);
+            continue;
+        }
+        if let FileDesc::Kind(k) = &fd.file {
+            kinds.push((fd, k));
             continue;
         }
         match &fd.file {
@@ -484,7 +518,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
         descs.insert(fd.desc, n);
     }
     let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
-    let working = pipes.values().flat_map(|(e, _)| e.iter().copied()).chain(fifos.values().copied()).chain(terminal);
+    let working = pipes.values().flat_map(|(e, _)| e.iter().copied()).chain(fifos.values().copied()).chain(terminal.filter(|_| close_terminal));
     for x in working {
         if !used.contains(&x) {
             p::close(x);
@@ -503,7 +537,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
 /// now fails the restore, naming it. A POSIX lock on a file that is also
 /// one of the service fds (a mapped file) is refused: closing that fd at
 /// the end of the restore would drop the lock.
-pub fn take_locks(plan: &ChildPlan, task: &Task) -> Result<(), String> {
+pub fn take_locks(plan: &ChildPlan, task: &Task, i: usize) -> Result<(), String> {
     use crate::model::LockKind;
     // (fstat: after a --root chroot there may be no /proc)
     let ident = p::fstat_dev_ino;
@@ -522,8 +556,8 @@ pub fn take_locks(plan: &ChildPlan, task: &Task) -> Result<(), String> {
         );
         if l.kind == LockKind::Posix {
             let me = ident(l.fd).map_err(|e| format!("{what}: fstat: {e}"))?;
-            for (i, (path, _)) in plan.map_files.iter().enumerate() {
-                if ident(plan.svc_base + 1 + i as i32).is_ok_and(|m| m == me) {
+            for (k, (path, _)) in plan.map_files[i].iter().enumerate() {
+                if ident(plan.svc_base + 1 + k as i32).is_ok_and(|m| m == me) {
                     return Err(format!("{what}: its file is also mapped ({path}), and closing the mapping's fd would drop the lock: not supported yet"));
                 }
             }
