@@ -497,8 +497,8 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
         if out.iter().any(|(id, m)| *id == inode_id || m.ino == u64::from(e.shmid)) {
             return Err(what(format!("inode_id {} or shmid {} given twice", e.inode_id, e.shmid)));
         }
-        if e.name.len() > crate::dump::files::MEMFD_NAME_MAX || e.name.contains('\0') || e.name.contains('/') {
-            return Err(what("not a name memfd_create takes (at most 249 bytes, no '/' or NUL)".into()));
+        if e.name.len() > crate::dump::files::MEMFD_NAME_MAX || e.name.contains('\0') {
+            return Err(what("not a name memfd_create takes (at most 249 bytes, no NUL)".into()));
         }
         if e.size > i64::MAX as u64 {
             return Err(what(format!("size {} is beyond any file", e.size)));
@@ -1551,12 +1551,24 @@ fn read_task(
             return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: status {s:#x} is not supported yet", v.start)));
         };
         let memfd_map = u32::try_from(v.shmid).ok().and_then(file).and_then(|f| f.memfd.as_ref());
+        let mut kind = kind;
+        let mut flags = v.flags;
+        let mut anon_shmid = 0;
         let file = if kind == VmaKind::File && (s & VMA_AREA_MEMFD != 0 || memfd_map.is_some()) {
             let m = memfd_map.ok_or_else(|| bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: a memfd mapping whose file {} is not a memfd", v.start, v.shmid)))?;
             let (_, inode) = memfds.iter().find(|(id, _)| *id == m.inode_id).ok_or_else(|| {
                 bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: memfd {} names inode {}, which memfd.img does not have", v.start, v.shmid, m.inode_id))
             })?;
-            Some(MapFile {
+            if inode.name == "/dev/zero" && v.flags & libc::MAP_SHARED as u32 != 0 {
+                // upstream 4.2 writes MAP_SHARED anonymous memory (the
+                // kernel's "/dev/zero (deleted)" shmem object) as a memfd
+                // of that name: it is shared anonymous memory again, its
+                // pages (pagemap-shmem-<shmid>) at this mapping
+                kind = VmaKind::Anon;
+                flags |= libc::MAP_ANONYMOUS as u32;
+                anon_shmid = inode.ino;
+            }
+            (kind == VmaKind::File).then(|| MapFile {
                 path: format!("/memfd:{} (deleted)", inode.name),
                 flags: v.fdflags.unwrap_or(m.flags),
                 size: None,
@@ -1577,7 +1589,9 @@ fn read_task(
         } else {
             None
         };
-        let shmid = if kind == VmaKind::Anon && s & VMA_ANON_SHARED != 0 {
+        let shmid = if anon_shmid != 0 {
+            anon_shmid
+        } else if kind == VmaKind::Anon && s & VMA_ANON_SHARED != 0 {
             if v.shmid == 0 {
                 return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: shared anonymous memory without a shmid", v.start)));
             }
@@ -1585,7 +1599,7 @@ fn read_task(
         } else {
             0
         };
-        vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags: v.flags, kind, madv: v.madv.unwrap_or(0), file, shmid });
+        vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags, kind, madv: v.madv.unwrap_or(0), file, shmid });
     }
     let exe = reg(mme.exe_file_id, "exe")?;
     // pages

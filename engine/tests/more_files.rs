@@ -537,3 +537,71 @@ fn link_remap_on_a_read_only_directory_fails_clearly() {
     assert_eq!(link_remaps(&p.work), Vec::<String>::new());
     p.ticks_on(2, "after the failed dump");
 }
+
+/// A parent and child sharing an open file description that holds a flock
+/// lock (and MAP_SHARED anonymous memory for their counters): dumped with
+/// --file-locks by ours and by upstream 4.2, each restored by ours with the
+/// lock taken once on the shared description (the parent checks it is
+/// held every tick, /proc/locks shows it once).
+#[test]
+fn a_lock_shared_by_a_tree_survives() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("sharedtree", "anon", &["anon"]);
+    p.ticks_on(12, "before the dump");
+    let flocks = |w: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(w.join("lock.bin")).unwrap().ino();
+        std::fs::read_to_string("/proc/locks").unwrap().lines().filter(|l| l.contains("FLOCK") && l.contains(&format!(":{ino} "))).count()
+    };
+    assert_eq!(flocks(&p.work), 1);
+    for (round, dumper) in [ours(), upstream()].into_iter().enumerate() {
+        let dir = p.images(&format!("img{round}"));
+        p.dump_ok(&dumper, &dir, &["--file-locks"]);
+        criu_ok(&ours(), &["restore", "-d"], &dir, "restore.log");
+        p.pid = p.tree_root();
+        p.ticks_on(25, &format!("round {round}: after our restore"));
+        assert_eq!(live_with_exe(&p.bin).len(), 2, "round {round}: parent and child");
+        assert_eq!(flocks(&p.work), 1, "round {round}");
+    }
+}
+
+/// Upstream 4.2 writes MAP_SHARED anonymous memory as a memfd named
+/// `/dev/zero` (its image of the `mem` fixture: a parent and child
+/// sharing such memory): read back as shared anonymous memory, the tree
+/// restores with ours and ticks (the fixture checks the sharing). Before:
+/// the mapping's MEMFD file entry was refused ("no regular file with id").
+/// Those images were dumped on a CPU with AVX-512 (see upstream_restore.rs).
+#[test]
+fn upstream_mem_fixture_with_its_dev_zero_memfd_restores() {
+    require!(why_not_here()
+        .or_else(|| why_not_tools(&["tar"]))
+        .or_else(|| why_not_fixture("upstream/mem"))
+        .or_else(|| why_not_cpu_flag("avx512f")));
+    let up = test_support::fixture("upstream/mem");
+    let srv = Path::new("/srv/criu-fixtures");
+    std::fs::create_dir_all(srv.join("bin")).unwrap();
+    let bin = srv.join("bin/fx-mem");
+    assert!(live_with_exe(&bin).is_empty(), "an fx-mem of another test runs");
+    std::fs::copy(up.join("fx-mem"), &bin).unwrap();
+    let _ = std::fs::remove_dir_all(srv.join("mem"));
+    assert!(Command::new("tar").arg("-C").arg(srv).arg("-xf").arg(up.join("workdir.tar")).status().unwrap().success());
+    let img = test_dir("files-upstream-mem");
+    for e in std::fs::read_dir(up.join("images")).unwrap().flatten() {
+        std::fs::copy(e.path(), img.join(e.file_name())).unwrap();
+    }
+    struct Kill(PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for p in live_with_exe(&self.0) {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+            }
+        }
+    }
+    let _k = Kill(bin.clone());
+    let log = srv.join("mem/progress.log");
+    let before = last_tick(&log);
+    criu_ok(&ours(), &["restore", "-d"], &img, "restore.log");
+    wait_until("ticks after the restore", Duration::from_secs(15), || last_tick(&log) > before + 5);
+    assert_eq!(live_with_exe(&bin).len(), 2, "parent and child");
+    let _ = std::fs::remove_dir_all(&img);
+}
