@@ -158,6 +158,12 @@ Options:
   -r|--root DIR          restore: the root directory to restore under
   --freeze-cgroup PATH   dump: freeze this cgroup (v2 or v1 freezer) first
   --timeout N            dump: wait at most N seconds for that (default 10)
+  --ghost-limit SIZE     dump: the most bytes (K, M, G suffixes) an open
+                         file unlinked from everywhere may hold (default 1M)
+  --link-remap           dump: an open file unlinked from its name but
+                         linked elsewhere gets a link_remap.N beside it
+  -l|--file-locks        dump: dump the flock, POSIX and OFD locks held
+                         (restore takes the image's locks again)
   --cpu-cap[=CAPS]       CPU checks, a list of fpu, cpu, ins, all, none
                          (^ inverts): dump writes cpuinfo.img, restore
                          checks it (default without the option: fpu, no
