@@ -485,12 +485,12 @@ fn program_run_from_a_memfd_refused() {
 /// flock-locked open file description (`sharedtree.c`: each checks the
 /// other's counter moves through the mapping; the lock is checked held):
 /// our dump writes the memfd's inode and the lock once for the tree, and
-/// upstream 4.2 restores that tree with the memfd and the lock shared
-/// again; ours refuses it by name (a memfd shared between processes).
+/// upstream 4.2 and ours restore that tree with the memfd and the lock
+/// shared again (ours: the root makes the memfd before it forks).
 #[test]
-fn tree_sharing_a_memfd_and_a_lock_restores_with_upstream() {
+fn tree_sharing_a_memfd_and_a_lock_survives() {
     require!(why_not_upstream());
-    let p = Prog::start("sharedtree", "tree", &[]);
+    let mut p = Prog::start("sharedtree", "tree", &[]);
     p.ticks_on(12, "before the dump");
     let dir = p.images("img");
     p.dump_ok(&ours(), &dir, &["--file-locks"]);
@@ -498,14 +498,25 @@ fn tree_sharing_a_memfd_and_a_lock_restores_with_upstream() {
     assert_eq!(inodes.len(), 1, "{inodes:?}");
     let locks: Vec<pb::FileLockEntry> = images_proto::image::read_all(&dir, "filelocks.img", &mg::FILE_LOCKS).unwrap();
     assert_eq!(locks.len(), 1, "one flock lock of one shared description: {locks:?}");
-    // ours refuses it by name, for now (each process would get a memfd of
-    // its own), and leaves nothing running
-    let (st, log) = criu_env(&ours(), &["restore", "-d"], &dir, "restore-ours.log", &[]);
-    assert!(!st.success() && log.contains("restoring a memfd shared between processes is not supported yet"), "{log}");
-    assert!(live_with_exe(&p.bin).is_empty(), "a refused restore leaves nothing running");
     criu_ok(&upstream(), &["restore", "-d", "-l"], &dir, "restore.log");
     p.ticks_on(25, "after upstream restored our tree");
     assert_eq!(live_with_exe(&p.bin).len(), 2, "parent and child");
+    // and ours, from our dump and from upstream's: one memfd inode again
+    // for both processes (the counters go through its mapping)
+    for (round, dumper) in [ours(), upstream()].into_iter().enumerate() {
+        p.pid = p.tree_root();
+        let dir = p.images(&format!("again{round}"));
+        p.dump_ok(&dumper, &dir, &["--file-locks"]);
+        criu_ok(&ours(), &["restore", "-d"], &dir, "restore.log");
+        p.pid = p.tree_root();
+        p.ticks_on(25, &format!("round {round}: after our restore"));
+        let pids = live_with_exe(&p.bin);
+        assert_eq!(pids.len(), 2, "round {round}: parent and child");
+        let inode = |pid: i32| {
+            maps(pid).into_iter().find(|l| l.contains("/memfd:shared")).and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+        };
+        assert!(inode(pids[0]).is_some() && inode(pids[0]) == inode(pids[1]), "round {round}: one memfd inode mapped by both");
+    }
 }
 
 /// `--link-remap` where the file's directory is read-only now (a

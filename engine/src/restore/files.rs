@@ -96,8 +96,25 @@ const MFD_EXEC: u32 = 0x10;
 /// data runs, owner and mode, then its seals (last: a write seal would
 /// refuse the data).
 fn create_memfds(plan: &ChildPlan, task: &Task) -> Result<(), String> {
+    let mine: Vec<usize> = (0..plan.memfds.len()).filter(|i| !plan.shared_memfds.contains(i) && uses_memfd(task, plan.memfds[*i].ino)).collect();
+    make_memfds(plan, &mine)
+}
+
+/// In the root, before it forks: the memfds several processes use.
+pub fn create_shared_memfds(plan: &ChildPlan) -> Result<(), String> {
+    make_memfds(plan, &plan.shared_memfds)
+}
+
+/// The working fds of the memfds several processes use (inherited from
+/// the root).
+pub fn shared_memfd_slots(plan: &ChildPlan) -> Vec<i32> {
+    plan.shared_memfds.iter().map(|&i| memfd_slot(plan, i)).collect()
+}
+
+/// Make memfds `which` (indices in the plan) on their working fds.
+fn make_memfds(plan: &ChildPlan, which: &[usize]) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    for (i, m) in plan.memfds.iter().enumerate().filter(|(_, m)| uses_memfd(task, m.ino)) {
+    for (i, m) in which.iter().map(|&i| (i, &plan.memfds[i])) {
         let what = |w: &str, e: std::io::Error| format!("memfd {:?} (inode {}): {w}: {e}", m.name, m.ino);
         let name = CString::new(m.name.clone()).map_err(|_| format!("memfd name {:?} has a NUL byte", m.name))?;
         // executable ones asked for as such (vm.memfd_noexec may default to
@@ -138,7 +155,7 @@ fn uses_memfd(task: &Task, ino: u64) -> bool {
 /// Close the working fds of the memfds `task` made, once the files of its
 /// mappings are open.
 pub fn close_memfds(plan: &ChildPlan, task: &Task) {
-    for (i, _) in plan.memfds.iter().enumerate().filter(|(_, m)| uses_memfd(task, m.ino)) {
+    for (i, _) in plan.memfds.iter().enumerate().filter(|(i, m)| plan.shared_memfds.contains(i) || uses_memfd(task, m.ino)) {
         p::close(memfd_slot(plan, i));
     }
 }
@@ -478,7 +495,10 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
                 let i = plan.memfds.iter().position(|m| m.ino == *ino).ok_or_else(|| format!("fd {n}: memfd inode {ino} was not planned"))?;
                 let slot = memfd_slot(plan, i);
                 let fl = *flags as i32;
-                if fl & libc::O_ACCMODE == libc::O_RDWR && !memfd_given.contains(ino) {
+                // (a memfd several processes use: that description only
+                // where the root makes it for all, `restore_shared`)
+                let shared_inode = plan.shared_memfds.contains(&i);
+                if fl & libc::O_ACCMODE == libc::O_RDWR && !memfd_given.contains(ino) && (!shared_inode || !close_terminal) {
                     // memfd_create's own description (read-write) is not
                     // counted as a writer of the inode, so the memfd can
                     // still be executed (a reopen for writing would make

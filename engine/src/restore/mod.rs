@@ -191,12 +191,11 @@ fn map_files_of(task: &Task, pages: &[PathBuf]) -> Vec<(String, i32)> {
     map_files
 }
 
-/// The memfds the tree's live processes use (by fd or mapping), each
-/// made by the one process that uses it. One used by several processes
-/// (inherited over fork) is refused by name: each would get a memfd of
-/// its own, no longer shared.
-fn memfds_of(tree: &Tree) -> Result<Vec<crate::model::Memfd>, RestoreError> {
-    let mut out = Vec::new();
+/// The memfds the tree's live processes use (by fd or mapping), and the
+/// indices of those several processes use (the root makes them before it
+/// forks, for all to inherit: one inode again).
+fn memfds_of(tree: &Tree) -> Result<(Vec<crate::model::Memfd>, Vec<usize>), RestoreError> {
+    let (mut out, mut shared) = (Vec::new(), Vec::new());
     for m in &tree.memfds {
         let users: Vec<i32> = tree
             .tasks
@@ -208,18 +207,14 @@ fn memfds_of(tree: &Tree) -> Result<Vec<crate::model::Memfd>, RestoreError> {
             })
             .map(|t| t.pid)
             .collect();
-        match users.len() {
-            0 => {}
-            1 => out.push(m.clone()),
-            _ => {
-                return Err(RestoreError::Unsupported(format!(
-                    "memfd {:?} (inode {}) is used by processes {users:?}: restoring a memfd shared between processes is not supported yet",
-                    m.name, m.ino
-                )))
+        if !users.is_empty() {
+            if users.len() > 1 {
+                shared.push(out.len());
             }
+            out.push(m.clone());
         }
     }
-    Ok(out)
+    Ok((out, shared))
 }
 
 /// A restored process, ready for its release.
@@ -257,7 +252,7 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
     // process's fd setup (two per pipe fd, one per FIFO fd at most)
     let sh_base = max_fd + 1;
     let npipes = all_fds().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
-    let memfds = memfds_of(tree)?;
+    let (memfds, shared_memfds) = memfds_of(tree)?;
     let svc_base = (sh_base + plan.shared.len() as i32 + 2 * npipes + memfds.len() as i32 + 16).max(64);
     let max_map = map_files.iter().map(Vec::len).max().unwrap_or(0) as i32;
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
@@ -278,6 +273,7 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
         root,
         shell_job: opts.shell_job,
         memfds,
+        shared_memfds,
         timens: own_timens(tree)?,
         plan,
         sh_base,
