@@ -1189,9 +1189,6 @@ fn write_zombie(dir: &Path, task: &Task, exit: u32) -> Result<(), ImagesError> {
     Ok(())
 }
 
-/// The images of one live process of the tree (its shared anonymous
-/// objects: page image ids from `shm_pages_id` on, after every process's).
-#[allow(clippy::too_many_arguments)]
 /// A mapped file unlinked while mapped: its contents in ghost-file-N.img
 /// (one per inode across the tree, shared with fds of the same inode) and
 /// a `GHOST` remap of its files.img entry `orig_id`, as for fds.
@@ -1209,6 +1206,9 @@ fn map_ghost(dir: &Path, st: &mut FdImages, orig_id: u32, g: &Ghost) -> Result<(
     Ok(())
 }
 
+/// The images of one live process of the tree (its shared anonymous
+/// objects: page image ids from `shm_pages_id` on, after every process's).
+#[allow(clippy::too_many_arguments)]
 fn write_task<'a>(
     dir: &Path,
     task: &'a Task,
