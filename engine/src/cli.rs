@@ -24,7 +24,7 @@ mod opts;
 
 use crate::mem_source::ProcessMem;
 use crate::model::{FileDesc, Tree};
-use crate::restore::RestoreOpts;
+use crate::options::Options as EngineOptions;
 use crate::{cpuinfo, dump, images_io, log, pr_err, pr_info, pr_msg, pr_warn, restore};
 use images_proto::magic as mg;
 use images_proto::pb;
@@ -277,6 +277,23 @@ impl Drop for LinkRemaps {
     }
 }
 
+/// The engine's options from the command line's (the one options type the
+/// RPC is to fill too: `crate::options`).
+fn engine_options(o: &Opts) -> EngineOptions {
+    EngineOptions {
+        freeze_cgroup: o.freeze_cgroup.as_deref().map(PathBuf::from),
+        freeze_timeout: o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs),
+        ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT),
+        file_locks: o.file_locks,
+        link_remap: o.link_remap,
+        shell_job: o.shell_job,
+        detached: o.detached,
+        pidfile: o.pidfile.as_deref().map(PathBuf::from),
+        root: o.root.as_deref().map(PathBuf::from),
+        sibling: o.restore_sibling,
+    }
+}
+
 fn run_dump(o: &Opts) -> Result<(), Failure> {
     let pid: i32 = match o.tree.as_deref() {
         None => return Err(Failure::new("pid not specified (-t PID)")),
@@ -290,10 +307,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     pr_info!("Dumping processes (pid: {pid})");
     pr_info!("========================================");
     let t0 = Instant::now();
-    let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
-    let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
-    let file_opts = dump::files::FileOpts { ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT), file_locks: o.file_locks, link_remap: o.link_remap };
-    let (tree, mut frozen) = dump::collect_opts(pid, freeze_cgroup, timeout, &file_opts).here()?;
+    let (tree, mut frozen) = dump::collect_tree_opts(pid, &engine_options(o)).here()?;
     // --link-remap's links stay only for a dump that succeeds and ends the
     // processes (the restore needs them then), as upstream's
     let mut link_remaps = LinkRemaps(
@@ -536,7 +550,7 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
     let (tree, pages) = images_io::read_images(&dir).here()?;
     cpuinfo::check_threads(&dir, o.cpu_cap).here()?;
     let pidfile = o.pidfile.as_deref().map(|p| in_work_dir(o, Path::new(p)));
-    let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from), sibling: o.restore_sibling };
+    let ropts = EngineOptions { pidfile, ..engine_options(o) };
     let mems: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
     let pid = restore::restore(&tree, &mems, &ropts).here()?;
     // the dump's link remaps have served (upstream removes them after its

@@ -84,7 +84,7 @@ const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
 /// `unshare` of the pid or time
 /// namespace (`*_for_children` differs: the children would get one the
 /// images can't carry). The pid namespace is checked so for the tree's
-/// `root` only (the others must be in the root's: [`collect_with`]).
+/// `root` only (the others must be in the root's: [`collect_tree_opts`]).
 pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError> {
     let err = |what: String| DumpError::Namespace { pid, what };
     let base = format!("/proc/{pid}/task/{tid}/ns");
@@ -134,35 +134,15 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
 /// guard keeps every process frozen until dropped (then they run on, or are
 /// killed if `kill_on_release` is set).
 pub fn collect(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
-    collect_with(pid, None)
+    collect_tree_opts(pid, &crate::options::Options::default())
 }
 
-/// [`collect`], freezing the cgroup at `freeze_cgroup` first if given
-/// (`--freeze-cgroup`): every process of the tree is seized while the
-/// cgroup is frozen, and must be in it.
-pub fn collect_with(pid: Pid, freeze_cgroup: Option<&std::path::Path>) -> Result<(Tree, FrozenTree), DumpError> {
-    collect_within(pid, freeze_cgroup, cgroup_freeze::DEFAULT_TIMEOUT)
-}
-
-/// [`collect_with`], waiting at most `timeout` for the cgroup to freeze
-/// (`--timeout`).
-pub fn collect_within(
-    pid: Pid,
-    freeze_cgroup: Option<&std::path::Path>,
-    timeout: std::time::Duration,
-) -> Result<(Tree, FrozenTree), DumpError> {
-    collect_opts(pid, freeze_cgroup, timeout, &files::FileOpts::default())
-}
-
-/// [`collect_within`], with the command line's choices about files
-/// (`--ghost-limit`, ...).
-pub fn collect_opts(
-    pid: Pid,
-    freeze_cgroup: Option<&std::path::Path>,
-    timeout: std::time::Duration,
-    files: &files::FileOpts,
-) -> Result<(Tree, FrozenTree), DumpError> {
-    collect_tree(pid, freeze_cgroup, timeout, true, files)
+/// [`collect`] as `opts` asks: the cgroup at `--freeze-cgroup` frozen first
+/// (every process of the tree is seized while it is frozen, and must be in
+/// it; `--timeout` bounds the wait), the choices about files
+/// (`--ghost-limit`, `--file-locks`, `--link-remap`).
+pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tree, FrozenTree), DumpError> {
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts())
 }
 
 /// [`collect`] without the memory layout (`mm` holds only what injection

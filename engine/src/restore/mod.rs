@@ -62,17 +62,6 @@ impl RestoreError {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct RestoreOpts {
-    pub detached: bool,
-    pub pidfile: Option<PathBuf>,
-    pub shell_job: bool,
-    pub root: Option<PathBuf>,
-    /// `--restore-sibling`: the root is forked with CLONE_PARENT, a child
-    /// of the engine's parent (a runtime that runs criu), not of the engine.
-    pub sibling: bool,
-}
-
 /// Kills the half-restored tree unless committed: every process of it
 /// whose host pid is known (the root first: in a pid namespace of its own
 /// that takes all of them), then reaps what the engine may reap.
@@ -227,7 +216,7 @@ struct Ready<'a> {
 
 /// Restore `tree`, process `i` with page contents from `mems[i]`. Returns
 /// the host pid of the root.
-pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Result<Pid, RestoreError> {
+pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Options) -> Result<Pid, RestoreError> {
     if mems.len() != tree.tasks.len() {
         return Err(RestoreError::Unsupported(format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }

@@ -1,0 +1,64 @@
+//! What the user asked of a dump or a restore: one type for every way the
+//! engine is driven. The command line fills it (`cli::opts` parses upstream's
+//! options, [`crate::cli`] turns them into an `Options`); the RPC service
+//! (`criu swrk`, not here yet) is to fill it from `criu_opts`. The engine's
+//! entry points take it whole ([`crate::dump::collect_tree_opts`],
+//! [`crate::restore::restore`]), so an option is added in one place and
+//! reaches every caller.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    // ---- dump ----
+    /// `--freeze-cgroup`: seize the tree while its cgroup is frozen.
+    pub freeze_cgroup: Option<PathBuf>,
+    /// `--timeout`: how long to wait for the cgroup to freeze.
+    pub freeze_timeout: Duration,
+    /// `--ghost-limit`: the most allocated bytes an unlinked open (or
+    /// mapped) file may have for its contents to go into the images.
+    pub ghost_limit: u64,
+    /// `--file-locks`: dump the file locks processes hold (else refused).
+    pub file_locks: bool,
+    /// `--link-remap`: link files unlinked-but-linked-elsewhere beside
+    /// their path (else refused).
+    pub link_remap: bool,
+    // ---- dump and restore ----
+    /// `--shell-job`: terminals of the tree are the restoring criu's.
+    pub shell_job: bool,
+    // ---- restore ----
+    /// `-d`: detach from the restored tree (criu does not wait for it).
+    pub detached: bool,
+    /// `--pidfile`: where the restored root's pid is written.
+    pub pidfile: Option<PathBuf>,
+    /// `--root`: the image's paths resolve inside this directory.
+    pub root: Option<PathBuf>,
+    /// `--restore-sibling`: the root is forked with CLONE_PARENT, a child
+    /// of the engine's parent (a runtime that runs criu), not of the engine.
+    pub sibling: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            freeze_cgroup: None,
+            freeze_timeout: crate::dump::cgroup_freeze::DEFAULT_TIMEOUT,
+            ghost_limit: crate::dump::files::GHOST_LIMIT,
+            file_locks: false,
+            link_remap: false,
+            shell_job: false,
+            detached: false,
+            pidfile: None,
+            root: None,
+            sibling: false,
+        }
+    }
+}
+
+impl Options {
+    /// The part of these the fd collection needs.
+    pub fn file_opts(&self) -> crate::dump::files::FileOpts {
+        crate::dump::files::FileOpts { ghost_limit: self.ghost_limit, file_locks: self.file_locks, link_remap: self.link_remap }
+    }
+}
