@@ -13,6 +13,7 @@ pub mod parasite;
 pub mod proc;
 pub mod staging;
 pub mod task;
+pub mod unix_diag;
 
 use crate::model::{Task, Tree, VmaKind};
 use crate::sys::Pid;

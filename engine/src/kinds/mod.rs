@@ -34,6 +34,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 pub mod eventfd;
+pub mod unix;
 
 /// State a kind keeps across the fds of one walk (one fd table at dump,
 /// one image set at read, one restore child): one value per type, made on
@@ -140,6 +141,9 @@ pub struct Restore<'a> {
     /// The fd number it will get.
     pub fd: i32,
     pub scratch: &'a mut Scratch,
+    /// Every fd of the phase with its kind (objects that are built
+    /// together, as the unix sockets of a process, see them all).
+    pub all: &'a [(&'a Fd, &'a Kind)],
 }
 
 /// One kind of file: its model value is `Self`.
@@ -248,6 +252,7 @@ macro_rules! kinds {
 // The kinds, in the order they are asked to claim an fd at dump.
 kinds! {
     Eventfd(eventfd::Eventfd),
+    Unix(unix::UnixSk),
 }
 
 /// Restore phase of the kinds (in the restore child, after the older
@@ -280,7 +285,7 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
                 if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
                     return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
                 }
-                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch, all: fds }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
                 let raw = obj.as_raw_fd();
                 if raw != n {
                     p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;
