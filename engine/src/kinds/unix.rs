@@ -344,6 +344,12 @@ impl FileKind for UnixSk {
                 )));
             }
             peer = l.ino;
+        } else if let Some(l) = diag.values().find(|l| l.state == ST_LISTEN && l.icons.contains(&ino)) {
+            return Err(refuse(format!(
+                "its connection is queued (not accepted) on listening socket:[{}] {}, which is not open in process {pid}: a peer outside the dumped process is not supported yet",
+                l.ino,
+                show_name(l.name.as_deref().unwrap_or_default())
+            )));
         } else if peer != 0 && !held.contains_key(&peer) {
             let pn = diag.get(&peer).and_then(|p| p.name.as_deref()).map(show_name).unwrap_or_else(|| "(unbound)".to_string());
             return Err(refuse(format!(

@@ -1,0 +1,365 @@
+//! Unix sockets (kinds/unix.rs) on real processes: tests/fdsupport/progs/
+//! unixsk.c holds stream, datagram and seqpacket socketpairs with data
+//! queued both ways, an abstract-named datagram socket with queued
+//! datagrams, a half-shut stream pair, a listener on a path with a
+//! connection queued and not accepted, options and O_NONBLOCK, and checks
+//! every tick, by sequence number, that nothing was lost or repeated.
+//! It survives our dump and restore (plain, `--leave-running`, rounds in
+//! a row); upstream CRIU 4.2 restores our images and we restore its.
+//! Hostile images are refused naming the image and field; sockets we
+//! cannot dump (an fd in flight, a peer outside the process) are refused
+//! by name with the process left running.
+
+#[path = "fdsupport/mod.rs"]
+mod fdsupport;
+
+use fdsupport::*;
+use images_proto::image::{ImageReader, ImageWriter};
+use images_proto::magic as mg;
+use images_proto::pb;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
+}
+
+fn why_not_upstream() -> Option<String> {
+    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
+}
+
+/// A program of tests/fdsupport/progs started as the shared fixtures are
+/// (`unshare --pid --fork setsid BIN ARGS`, so upstream CRIU can dump it
+/// too), in its own scratch directory; killed on drop.
+struct Prog {
+    tmp: PathBuf,
+    work: PathBuf,
+    bin: PathBuf,
+    pid: i32,
+    launcher: std::process::Child,
+}
+
+impl Prog {
+    fn start(name: &str, tag: &str, args: &[&str]) -> Prog {
+        let tmp = std::env::temp_dir().join(format!("criu-rs-sockets-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let work = tmp.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let bin = build(name, &tmp);
+        let launcher = only_stdio(&mut Command::new("unshare"))
+            .args(["--pid", "--fork", "setsid"])
+            .arg(&bin)
+            .args(args)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start program");
+        let log = work.join("progress.log");
+        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+        wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+        let pid = pid_of(&bin).expect("program running");
+        Prog { tmp, work, bin, pid, launcher }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.work.join("progress.log")
+    }
+
+    fn images(&self, n: &str) -> PathBuf {
+        let d = self.tmp.join(format!("img-{n}"));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Run `criu` (ours or upstream's) with `args -D dir -v4 -o log` in work/.
+    fn run(&self, criu: &Path, args: &[&str], dir: &Path, log: &str) -> (Output, String) {
+        let out = Command::new(criu).args(args).arg("-D").arg(dir).args(["-v4", "-o", log]).current_dir(&self.work).output().expect("run criu");
+        let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default() + &String::from_utf8_lossy(&out.stderr);
+        (out, text)
+    }
+
+    fn ok(&self, criu: &Path, args: &[&str], dir: &Path, log: &str) {
+        let (out, text) = self.run(criu, args, dir, log);
+        assert!(out.status.success(), "{} {args:?} failed ({}):\n{text}", criu.display(), out.status);
+    }
+
+    fn dump(&self, criu: &Path, dir: &Path, extra: &[&str]) {
+        let pid = self.pid.to_string();
+        let mut args = vec!["dump", "-t", &pid];
+        args.extend_from_slice(extra);
+        self.ok(criu, &args, dir, "dump.log");
+        if !extra.contains(&"--leave-running") {
+            wait_until("the dumped program gone", Duration::from_secs(5), || pid_of(&self.bin).is_none());
+        }
+    }
+
+    /// Restore detached and wait for 5 more ok ticks (no FAIL).
+    fn restore(&mut self, criu: &Path, dir: &Path) {
+        let t = last_tick(&self.log());
+        self.ok(criu, &["restore", "-d"], dir, "restore.log");
+        wait_until("ticks after restore", Duration::from_secs(15), || last_tick(&self.log()) > t + 5);
+        self.pid = pid_of(&self.bin).expect("restored program running");
+    }
+
+    fn kill(&self) {
+        if let Some(p) = pid_of(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        wait_until("the program gone", Duration::from_secs(5), || pid_of(&self.bin).is_none());
+    }
+}
+
+impl Drop for Prog {
+    fn drop(&mut self) {
+        if let Some(p) = pid_of(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        let _ = self.launcher.kill();
+        let _ = self.launcher.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+fn ours() -> PathBuf {
+    PathBuf::from(CRIU)
+}
+
+/// The UNIXSK entries of an image set's files.img.
+fn unix_entries(dir: &Path) -> Vec<pb::UnixSkEntry> {
+    let files: Vec<pb::FileEntry> = images_proto::image::read_all(dir, "files.img", &mg::FILES).expect("files.img");
+    files.into_iter().filter_map(|f| f.usk).collect()
+}
+
+/// (id_for, length) of every sk-queues.img entry.
+fn queue_entries(dir: &Path) -> Vec<(u32, u32)> {
+    let mut r = ImageReader::open(dir, "sk-queues.img", &mg::SK_QUEUES).expect("sk-queues.img");
+    let mut v = Vec::new();
+    while let Some(e) = r.next_entry::<pb::SkPacketEntry>().expect("entry") {
+        r.read_payload(u64::from(e.length)).expect("payload");
+        v.push((e.id_for, e.length));
+    }
+    v
+}
+
+/// Plain dump + restore, a `--leave-running` dump (the original keeps
+/// ticking; the restore of that image follows it), and another round:
+/// every tick checks every queue by sequence number.
+#[test]
+fn unix_sockets_survive_rounds() {
+    require!(why_not_here());
+    let mut p = Prog::start("unixsk", "rounds", &[]);
+    let d1 = p.images("1");
+    p.dump(&ours(), &d1, &[]);
+    // what the images hold: 12 sockets, their queues in sk-queues.img
+    let socks = unix_entries(&d1);
+    assert_eq!(socks.len(), 12, "{socks:#?}");
+    let listener = socks.iter().find(|s| s.state == 10).expect("a listening socket");
+    assert!(listener.name.ends_with(b"listen.sock\0"), "{listener:?}");
+    assert_eq!(socks.iter().filter(|s| s.peer == listener.ino).count(), 1, "the queued client names the listener as its peer");
+    let q = queue_entries(&d1);
+    // stream 1000 + 777 and the 300 before the shutdown; 3 messages each
+    // way of the dgram and seqpacket pairs; 2 on the abstract socket
+    assert_eq!(q.len(), 3 + 12 + 2, "{q:?}");
+    let total: u32 = q.iter().map(|e| e.1).sum();
+    assert!(total > 2077, "{q:?}");
+    p.restore(&ours(), &d1);
+
+    let d2 = p.images("2");
+    p.dump(&ours(), &d2, &["--leave-running"]);
+    let t = last_tick(&p.log());
+    wait_until("the original ticking after a --leave-running dump", Duration::from_secs(10), || last_tick(&p.log()) > t + 3);
+    p.kill();
+    p.restore(&ours(), &d2);
+
+    let d3 = p.images("3");
+    p.dump(&ours(), &d3, &[]);
+    p.restore(&ours(), &d3);
+    let log = std::fs::read_to_string(p.log()).unwrap();
+    assert!(!log.contains("FAIL"), "{log}");
+}
+
+/// Upstream CRIU 4.2 restores the image set our engine writes.
+#[test]
+fn upstream_restores_our_unix_sockets() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("unixsk", "ours2up", &[]);
+    let d = p.images("ours");
+    p.dump(&ours(), &d, &[]);
+    p.restore(&upstream(), &d);
+    // and ours again from what upstream restored
+    let d2 = p.images("again");
+    p.dump(&ours(), &d2, &[]);
+    p.restore(&ours(), &d2);
+}
+
+/// Our engine restores the image set upstream CRIU 4.2 writes (and its
+/// entries are the shape ours are: same sockets, same queue entries).
+#[test]
+fn we_restore_upstream_unix_sockets() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("unixsk", "up2ours", &[]);
+    let d = p.images("up");
+    p.dump(&upstream(), &d, &[]);
+    let up = unix_entries(&d);
+    assert_eq!(up.len(), 12, "{up:#?}");
+    assert_eq!(queue_entries(&d).len(), 17);
+    p.restore(&ours(), &d);
+    let d2 = p.images("ours");
+    p.dump(&ours(), &d2, &[]);
+    let mine = unix_entries(&d2);
+    let shape = |v: &[pb::UnixSkEntry]| {
+        let mut s: Vec<_> = v.iter().map(|u| (u.r#type, u.state, u.flags, u.shutdown, u.name.starts_with(b"/"), u.opts.so_sndbuf)).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(shape(&up), shape(&mine));
+    p.restore(&ours(), &d2);
+}
+
+/// Copy an image set, changing one image on the way.
+fn tamper(src: &Path, dst: &Path, f: impl FnOnce(&Path)) {
+    let _ = std::fs::remove_dir_all(dst);
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "img") {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    f(dst);
+}
+
+fn rewrite_files(dir: &Path, f: impl FnOnce(&mut Vec<pb::FileEntry>)) {
+    let mut files: Vec<pb::FileEntry> = images_proto::image::read_all(dir, "files.img", &mg::FILES).unwrap();
+    f(&mut files);
+    let mut w = ImageWriter::create(dir, "files.img", &mg::FILES).unwrap();
+    for e in &files {
+        w.write_entry(e).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// Rewrite sk-queues.img: `f` gets each entry with its payload.
+fn rewrite_queues(dir: &Path, f: impl Fn(usize, &mut pb::SkPacketEntry, &mut Vec<u8>)) {
+    let mut r = ImageReader::open(dir, "sk-queues.img", &mg::SK_QUEUES).unwrap();
+    let mut all = Vec::new();
+    while let Some(e) = r.next_entry::<pb::SkPacketEntry>().unwrap() {
+        let data = r.read_payload(u64::from(e.length)).unwrap();
+        all.push((e, data));
+    }
+    drop(r);
+    let mut w = ImageWriter::create(dir, "sk-queues.img", &mg::SK_QUEUES).unwrap();
+    for (i, (mut e, mut data)) in all.into_iter().enumerate() {
+        f(i, &mut e, &mut data);
+        w.write_entry(&e).unwrap();
+        w.write_payload(&data).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// Hostile images: a peer that names no socket, a queue entry longer than
+/// what is left of the file, a queue for a file that is no socket, a
+/// socket type that is not a unix one: each refused before anything is
+/// created, with the image and the field named.
+#[test]
+fn hostile_unix_images_refused() {
+    require!(why_not_here());
+    let p = Prog::start("unixsk", "hostile", &[]);
+    let good = p.images("good");
+    p.dump(&ours(), &good, &[]);
+    let first_sock = |files: &mut Vec<pb::FileEntry>| files.iter().position(|f| f.usk.is_some()).unwrap();
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &[&str])> = vec![
+        (
+            "peer",
+            Box::new(move |d: &Path| {
+                rewrite_files(d, |f| {
+                    let i = first_sock(f);
+                    f[i].usk.as_mut().unwrap().peer = 0x7fff_0001;
+                })
+            }),
+            &["files.img", "usk.peer", "2147418113"],
+        ),
+        (
+            "type",
+            Box::new(move |d: &Path| {
+                rewrite_files(d, |f| {
+                    let i = first_sock(f);
+                    f[i].usk.as_mut().unwrap().r#type = 3;
+                })
+            }),
+            &["files.img", "usk.type"],
+        ),
+        (
+            "qlen",
+            Box::new(|d: &Path| {
+                rewrite_queues(d, |i, e, _| {
+                    if i == 16 {
+                        e.length = 1 << 30;
+                    }
+                })
+            }),
+            &["sk-queues.img"],
+        ),
+        (
+            "idfor",
+            Box::new(|d: &Path| {
+                rewrite_queues(d, |i, e, _| {
+                    if i == 0 {
+                        e.id_for = 1; // the executable's REG entry
+                    }
+                })
+            }),
+            &["sk-queues.img", "id_for 1"],
+        ),
+    ];
+    for (tag, f, want) in cases {
+        let dir = p.tmp.join(format!("img-bad-{tag}"));
+        tamper(&good, &dir, f);
+        let (out, text) = p.run(&ours(), &["restore", "-d"], &dir, "restore.log");
+        assert!(!out.status.success(), "{tag}: restore of a hostile image succeeded:\n{text}");
+        for w in want {
+            assert!(text.contains(w), "{tag}: the error does not name {w:?}:\n{text}");
+        }
+        assert!(!text.contains("panicked"), "{tag}:\n{text}");
+        assert!(pid_of(&p.bin).is_none(), "{tag}: a process was left behind");
+    }
+}
+
+/// Run a dump that must be refused; the program keeps ticking after it.
+fn refused(p: &Prog, tag: &str, want: &[&str]) {
+    let dir = p.images(tag);
+    let (out, text) = p.run(&ours(), &["dump", "-t", &p.pid.to_string()], &dir, "dump.log");
+    assert!(!out.status.success(), "{tag}: the dump should have been refused:\n{text}");
+    for w in want {
+        assert!(text.contains(w), "{tag}: the refusal does not say {w:?}:\n{text}");
+    }
+    let t = last_tick(&p.log());
+    wait_until("ticks after a refused dump", Duration::from_secs(10), || last_tick(&p.log()) > t + 2);
+}
+
+/// An fd in flight (SCM_RIGHTS sent, not received) and a peer outside the
+/// process are refused by name; the process goes on.
+#[test]
+fn unix_sockets_we_cannot_dump_are_refused() {
+    require!(why_not_here());
+    let p = Prog::start("unixrefuse", "scm", &["scm"]);
+    refused(&p, "scm", &["unix socket", "SCM_RIGHTS"]);
+    drop(p);
+
+    let sockdir = std::env::temp_dir().join(format!("criu-rs-sockets-outside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&sockdir);
+    std::fs::create_dir_all(&sockdir).unwrap();
+    let path = sockdir.join("outside.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let p = Prog::start("unixrefuse", "ext", &["ext", path.to_str().unwrap()]);
+    let (conn, _) = listener.accept().unwrap();
+    refused(&p, "ext", &["unix socket", "is not open in process"]);
+    drop(p);
+    drop(conn);
+    let _ = std::fs::remove_dir_all(&sockdir);
+}
