@@ -266,6 +266,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     let t0 = Instant::now();
     let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
     let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
+    crate::kinds::unix::allow_external_peers(o.ext_unix_sk);
     let (tree, mut frozen) = dump::collect_within(pid, freeze_cgroup, timeout).here()?;
     let t_frozen = Instant::now();
     check_ttys(&tree, o.shell_job)?;

@@ -281,6 +281,9 @@ fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
     if let Some(f) = e.fifo.as_mut() {
         f.id = id;
     }
+    if let Some(u) = e.usk.as_mut() {
+        u.id = id;
+    }
     files.push(e);
     id
 }
@@ -865,6 +868,14 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
     }
     finish_fds(dir, &fd_images)?;
+    // entries no fd refers to (a unix socket's peer outside the tree):
+    // first in files.img, as upstream writes them (its restore resolves a
+    // socket's peer only among the entries read before it)
+    let n = files.len();
+    for e in fd_images.kinds.files() {
+        push_file(&mut files, e.clone());
+    }
+    files.rotate_left(n);
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
     let task = tree.root();

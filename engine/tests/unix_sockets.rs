@@ -363,3 +363,60 @@ fn unix_sockets_we_cannot_dump_are_refused() {
     drop(conn);
     let _ = std::fs::remove_dir_all(&sockdir);
 }
+
+/// `--ext-unix-sk`: a datagram socket connected to a socket outside the
+/// process is refused without it (naming the option), dumped with it (the
+/// peer as an external entry, as upstream writes it), and connected to the
+/// outside socket again on restore: its datagrams arrive there again, from
+/// our restore and from upstream's of our image.
+#[test]
+fn ext_unix_sk_datagram_peer() {
+    require!(why_not_upstream());
+    let sockdir = std::env::temp_dir().join(format!("criu-rs-sockets-outdg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&sockdir);
+    std::fs::create_dir_all(&sockdir).unwrap();
+    let path = sockdir.join("log.sock");
+    let outside = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    outside.set_nonblocking(true).unwrap();
+    let drain = || {
+        let mut n = 0;
+        let mut b = [0u8; 16];
+        while outside.recv(&mut b).is_ok() {
+            n += 1;
+        }
+        n
+    };
+    let arrives = |what: &str| {
+        drain();
+        let mut got = 0;
+        wait_until(what, Duration::from_secs(10), || {
+            got += drain();
+            got >= 3
+        });
+    };
+    let mut p = Prog::start("unixrefuse", "extdg", &["extdg", path.to_str().unwrap()]);
+    arrives("datagrams from the program");
+    refused(&p, "no-x", &["unix socket", "--ext-unix-sk"]);
+
+    let d = p.images("x");
+    p.dump(&ours(), &d, &["--ext-unix-sk"]);
+    let socks = unix_entries(&d);
+    let ext = socks.iter().find(|s| s.uflags & 1 != 0).expect("an external entry");
+    assert!(ext.name.starts_with(path.to_str().unwrap().as_bytes()) && ext.r#type == 2, "{ext:?}");
+    assert!(socks.iter().any(|s| s.peer == ext.ino && s.uflags == 0), "{socks:?}");
+    p.restore(&ours(), &d);
+    arrives("datagrams after our restore");
+
+    let d2 = p.images("x2");
+    p.dump(&ours(), &d2, &["-x"]);
+    p.restore(&upstream(), &d2);
+    arrives("datagrams after upstream's restore of our image");
+
+    // upstream's own --ext-unix-sk image, restored by ours
+    let d3 = p.images("x3");
+    p.dump(&upstream(), &d3, &["-x"]);
+    p.restore(&ours(), &d3);
+    arrives("datagrams after our restore of upstream's image");
+    drop(p);
+    let _ = std::fs::remove_dir_all(&sockdir);
+}

@@ -88,12 +88,28 @@ pub fn fdinfo_field<'t>(fdinfo: &'t str, key: &str) -> Option<&'t str> {
 #[derive(Default)]
 pub struct ImageAcc {
     images: BTreeMap<&'static str, (&'static ImageKind, Vec<Record>)>,
+    /// files.img entries no fd refers to, by a key of the kind's (each
+    /// once): a unix socket's peer outside the tree. Their ids are given
+    /// when files.img is written.
+    files: Vec<(u64, pb::FileEntry)>,
 }
 
 /// One encoded entry and the bytes that follow it.
 type Record = (Vec<u8>, Vec<u8>);
 
 impl ImageAcc {
+    /// Add a files.img entry that no fd refers to, once per `key`.
+    pub fn push_file(&mut self, key: u64, e: pb::FileEntry) {
+        if !self.files.iter().any(|(k, _)| *k == key) {
+            self.files.push((key, e));
+        }
+    }
+
+    /// The entries of [`ImageAcc::push_file`], in the order pushed.
+    pub fn files(&self) -> impl Iterator<Item = &pb::FileEntry> {
+        self.files.iter().map(|(_, e)| e)
+    }
+
     /// Append an entry (and the bytes after it, empty for none) to image `kind`.
     pub fn push(&mut self, kind: &'static ImageKind, entry: &impl prost::Message, payload: Vec<u8>) {
         self.images.entry(kind.file).or_insert_with(|| (kind, Vec::new())).1.push((entry.encode_to_vec(), payload));

@@ -55,6 +55,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 /// `uflags` bit of an entry that describes a socket outside the dump.
 pub const USK_EXTERN: u32 = 1;
 
+/// `--ext-unix-sk` of the running dump (the command line sets it before
+/// collecting; the collect half of a kind sees no options otherwise).
+static EXTERNAL_PEERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--ext-unix-sk`: a datagram socket connected to a named socket outside
+/// the dumped tree is dumped (the peer as an external entry, as upstream)
+/// and connected to that name again on restore.
+pub fn allow_external_peers(on: bool) {
+    EXTERNAL_PEERS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Longest `sun_path`.
 const NAME_MAX: usize = 108;
 
@@ -119,6 +130,9 @@ pub struct UnixSk {
     /// The receive queue: datagrams or records one each, a stream's bytes
     /// in chunks.
     pub queue: Vec<Vec<u8>>,
+    /// `--ext-unix-sk`: the peer is a datagram socket outside the dump,
+    /// bound to this name (an external entry in files.img).
+    pub ext_peer: Option<Vec<u8>>,
 }
 
 fn type_name(ty: u8) -> &'static str {
@@ -333,6 +347,7 @@ impl FileKind for UnixSk {
             return Err(refuse("bound to a relative path: not supported yet".to_string()));
         }
         let mut peer = d.peer;
+        let mut ext_peer = None;
         // a client whose connection is queued on a listener of the process
         // (not accepted yet): its kernel peer is the embryo socket, which
         // has no inode yet; the listener names it among its queued clients
@@ -351,10 +366,23 @@ impl FileKind for UnixSk {
                 show_name(l.name.as_deref().unwrap_or_default())
             )));
         } else if peer != 0 && !held.contains_key(&peer) {
-            let pn = diag.get(&peer).and_then(|p| p.name.as_deref()).map(show_name).unwrap_or_else(|| "(unbound)".to_string());
-            return Err(refuse(format!(
-                "its peer socket:[{peer}] {pn} is not open in process {pid} (a peer outside the dumped process, or in another process of the tree, is not supported yet)"
-            )));
+            let pname = diag.get(&peer).and_then(|p| p.name.clone()).unwrap_or_default();
+            let pn = show_name(&pname);
+            if ty != libc::SOCK_DGRAM {
+                return Err(refuse(format!(
+                    "its peer socket:[{peer}] {pn} is not open in process {pid}: a {} connection with one end outside the dumped process is not supported (as upstream, even with --ext-unix-sk)",
+                    type_name(d.ty)
+                )));
+            }
+            if !EXTERNAL_PEERS.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(refuse(format!(
+                    "its peer socket:[{peer}] {pn} is not open in process {pid} (outside the dumped process): use --ext-unix-sk to dump it and connect it again on restore"
+                )));
+            }
+            if pname.is_empty() {
+                return Err(refuse(format!("its peer socket:[{peer}] outside the dumped process has no name to connect to again")));
+            }
+            ext_peer = Some(pname);
         }
         if d.state == ST_LISTEN {
             if let Some(c) = d.icons.iter().find(|c| **c == 0 || !held.contains_key(c)) {
@@ -388,6 +416,12 @@ impl FileKind for UnixSk {
         } else {
             read_queue(dup.as_fd(), d.ty, d.shutdown, d.rqlen.0).map_err(|e| refuse(format!("reading its receive queue: {e}")))?
         };
+        if ext_peer.is_some() && !queue.is_empty() && name.is_empty() {
+            return Err(refuse(format!(
+                "{} datagrams queued on an unnamed socket whose peer is outside the dumped process: no sender could put them back",
+                queue.len()
+            )));
+        }
         let bytes: usize = queue.iter().map(Vec::len).sum();
         crate::pr_debug!(
             "fd {fd} of {pid}: unix {} socket:[{ino}] state {} peer {peer} name {} shutdown {}: {} queued messages, {bytes} bytes",
@@ -407,6 +441,7 @@ impl FileKind for UnixSk {
             uflags: 0,
             opts,
             queue,
+            ext_peer,
         })
     }
 
@@ -445,6 +480,25 @@ impl FileKind for UnixSk {
                 what: format!("{}: a message of {} bytes", self.what(), m.len()),
             })?;
             acc.push(&mg::SK_QUEUES, &pb::SkPacketEntry { id_for: id, length, scm: Vec::new() }, m.clone());
+        }
+        if let Some(name) = &self.ext_peer {
+            // as upstream writes an external peer: a datagram "listener"
+            // with its name, no options
+            let ext = pb::UnixSkEntry {
+                id: 0,
+                ino: self.peer,
+                r#type: libc::SOCK_DGRAM as u32,
+                state: u32::from(ST_LISTEN),
+                flags: 0,
+                uflags: USK_EXTERN,
+                backlog: 0,
+                peer: 0,
+                fown: super::fown(),
+                opts: pb::SkOptsEntry::default(),
+                name: name.clone(),
+                ..Default::default()
+            };
+            acc.push_file(u64::from(self.peer), pb::FileEntry { r#type: Self::TYPE as i32, id: 0, usk: Some(ext), ..Default::default() });
         }
         Ok(pb::FileEntry {
             r#type: Self::TYPE as i32,
@@ -494,6 +548,7 @@ impl FileKind for UnixSk {
             s @ 0..=3 => s as u8,
             s => return Err(cx.bad(e, "usk.shutdown", format!("{s} is not a shutdown mode (0..3)"))),
         };
+        let mut ext_peer = None;
         if u.peer != 0 {
             let p = cx.files.iter().filter_map(|f| f.usk.as_ref()).find(|p| p.ino == u.peer);
             let p = p.ok_or_else(|| cx.bad(e, "usk.peer", format!("socket:[{}] is in no UNIXSK entry of files.img", u.peer)))?;
@@ -502,6 +557,12 @@ impl FileKind for UnixSk {
             }
             if p.ino == u.ino {
                 return Err(cx.bad(e, "usk.peer", "the socket is its own peer"));
+            }
+            if p.uflags & USK_EXTERN != 0 {
+                if p.name.is_empty() || p.name.len() > NAME_MAX || u.r#type != libc::SOCK_DGRAM as u32 {
+                    return Err(cx.bad(e, "usk.peer", format!("external socket:[{}]: only a named datagram peer can be connected to again", u.peer)));
+                }
+                ext_peer = Some(p.name.clone());
             }
         }
         let queue = queue_of(cx, e.id)?;
@@ -543,6 +604,7 @@ impl FileKind for UnixSk {
                 buf_lock: o.so_buf_lock.unwrap_or(0),
             },
             queue,
+            ext_peer,
         })
     }
 
@@ -747,7 +809,7 @@ pub fn build_all(socks: &[&UnixSk]) -> Result<HashMap<u32, OwnedFd>, String> {
         if made.contains_key(&u.ino) {
             continue;
         }
-        if u.peer != 0 && !by_ino.contains_key(&u.peer) {
+        if u.peer != 0 && !by_ino.contains_key(&u.peer) && u.ext_peer.is_none() {
             return Err(format!("{}: its peer socket:[{}] is not restored by this process (external, or in another process)", u.what(), u.peer));
         }
         let ty = i32::from(u.ty) | base;
@@ -776,10 +838,11 @@ pub fn build_all(socks: &[&UnixSk]) -> Result<HashMap<u32, OwnedFd>, String> {
         let backlog = i32::try_from(u.backlog).unwrap_or(i32::MAX);
         sock::listen(made[&u.ino].as_fd(), backlog).map_err(ioerr(format!("listen {} (backlog {backlog})", u.what())))?;
     }
-    // 4. datagram queues of named sockets with no peer, sent from a
+    // 4. datagram queues of named sockets with no peer here, sent from a
     //    temporary socket (before connecting: a connected socket takes
     //    datagrams from its peer only)
-    for u in socks.iter().filter(|u| !is_stream(u) && !u.queue.is_empty() && u.peer == 0) {
+    let local_peer = |u: &UnixSk| u.peer != 0 && u.ext_peer.is_none();
+    for u in socks.iter().filter(|u| !is_stream(u) && !u.queue.is_empty() && !local_peer(u)) {
         if u.name.is_empty() {
             return Err(format!("{}: {} datagrams queued on an unnamed, unconnected socket: no sender can reach it", u.what(), u.queue.len()));
         }
@@ -787,8 +850,13 @@ pub fn build_all(socks: &[&UnixSk]) -> Result<HashMap<u32, OwnedFd>, String> {
         fill_queue(tmp.as_fd(), u, Some(&u.name))?;
     }
     // 5. connections to a peer's name (a queued client to its listener, a
-    //    datagram socket to a bound one)
-    for u in socks.iter().filter(|u| u.peer != 0 && !mutual(u)) {
+    //    datagram socket to a bound one, here or outside)
+    for u in socks.iter().filter(|u| u.ext_peer.is_some()) {
+        let name = u.ext_peer.as_deref().unwrap_or_default();
+        sock::connect_unix(made[&u.ino].as_fd(), name)
+            .map_err(ioerr(format!("connect {} to its peer outside the restored process, socket:[{}] {}", u.what(), u.peer, show_name(name))))?;
+    }
+    for u in socks.iter().filter(|u| local_peer(u) && !mutual(u)) {
         let p = by_ino[&u.peer];
         if is_stream(u) && p.state != ST_LISTEN {
             return Err(format!("{}: its peer {} is neither its own peer nor listening", u.what(), p.what()));
@@ -799,7 +867,7 @@ pub fn build_all(socks: &[&UnixSk]) -> Result<HashMap<u32, OwnedFd>, String> {
         sock::connect_unix(made[&u.ino].as_fd(), &p.name).map_err(ioerr(format!("connect {} to {}", u.what(), p.what())))?;
     }
     // 6. the other queues, sent by the peer
-    for u in socks.iter().filter(|u| !u.queue.is_empty() && (is_stream(u) || u.peer != 0)) {
+    for u in socks.iter().filter(|u| !u.queue.is_empty() && (is_stream(u) || local_peer(u))) {
         if let Some(t) = orphan_peers.get(&u.ino) {
             fill_queue(t.as_fd(), u, None)?;
         } else if u.peer != 0 {

@@ -1,7 +1,10 @@
 /* Unix sockets a dump must refuse, by argument:
  * "scm PATH-unused": an fd in flight (SCM_RIGHTS sent, not received);
  * "ext PATH": a stream socket connected to PATH, a listener outside the
- * process. Ticks while nothing changes. */
+ * process;
+ * "extdg PATH": a datagram socket connected to PATH, a datagram socket
+ * outside the process (dumped with --ext-unix-sk), sending it a datagram
+ * every tick. Ticks while nothing changes. */
 #include "fx.h"
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -31,13 +34,15 @@ int main(int argc, char **argv)
 		FX_CHECK(argc > 2, "usage ext");
 		struct sockaddr_un a = { .sun_family = AF_UNIX };
 		snprintf(a.sun_path, sizeof(a.sun_path), "%s", argv[2]);
-		keep = socket(AF_UNIX, SOCK_STREAM, 0);
+		keep = socket(AF_UNIX, strcmp(argv[1], "extdg") == 0 ? SOCK_DGRAM : SOCK_STREAM, 0);
 		FX_CHECK(keep >= 0 && connect(keep, (struct sockaddr *)&a, sizeof(a)) == 0, "connect outside");
 	}
 	fx_ready();
 	for (fx_tick = 1;; fx_tick++) {
 		fx_sleep_ms(100);
 		FX_CHECK(fcntl(keep, F_GETFD) >= 0, "socket");
+		if (strcmp(argv[1], "extdg") == 0)
+			FX_CHECK(send(keep, "t", 1, MSG_DONTWAIT) == 1 || errno == EAGAIN, "send to the outside peer");
 		fx_say("tick %lu ok", fx_tick);
 	}
 }
