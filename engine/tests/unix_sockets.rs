@@ -273,7 +273,8 @@ fn hostile_unix_images_refused() {
     let good = p.images("good");
     p.dump(&ours(), &good, &[]);
     let first_sock = |files: &mut Vec<pb::FileEntry>| files.iter().position(|f| f.usk.is_some()).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &[&str])> = vec![
+    type Case = (&'static str, Box<dyn Fn(&Path)>, &'static [&'static str]);
+    let cases: Vec<Case> = vec![
         (
             "peer",
             Box::new(move |d: &Path| {

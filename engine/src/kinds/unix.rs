@@ -829,7 +829,8 @@ pub fn build_all(socks: &[&UnixSk]) -> Result<HashMap<u32, OwnedFd>, String> {
     // 2. names (a connected stream socket's name is its listener's, or
     //    one it bound before connecting: it is not bound again)
     for u in socks {
-        if !u.name.is_empty() && !(is_stream(u) && u.state == ST_ESTABLISHED) {
+        let connected_stream = is_stream(u) && u.state == ST_ESTABLISHED;
+        if !u.name.is_empty() && !connected_stream {
             bind_name(&made[&u.ino], u)?;
         }
     }
