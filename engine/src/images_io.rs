@@ -587,6 +587,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         };
         fds.push(Fd { fd: fi.fd as i32, cloexec: fi.flags & 1 != 0, desc: f.id, file: desc });
     }
+    crate::kinds::check_table(&fds).map_err(|e| bad("files.img", e))?;
     let mut pipe_data = Vec::new();
     for (fifo, m) in [(false, &mg::PIPES_DATA), (true, &mg::FIFO_DATA)] {
         let name = m.file_name("");

@@ -341,8 +341,8 @@ fn unsupported_fd_kinds_refused_by_name() {
     for (kind, want) in [
         ("memfd", "a memfd (/memfd:x (deleted))"),
         ("socket", "a socket"),
-        ("eventfd", "anonymous inode (eventfd)"),
-        ("epoll", "anonymous inode (eventpoll)"),
+        ("pidfd", "anonymous inode (pidfd)"),
+        ("userfaultfd", "anonymous inode (userfaultfd)"),
         ("misc", "/dev/loop-control, character device 10:237"),
         ("rawname", "a path that is not UTF-8"),
     ] {

@@ -33,7 +33,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
+pub mod epoll;
 pub mod eventfd;
+pub mod inotify;
+pub mod signalfd;
+pub mod timerfd;
 pub mod unix;
 
 /// State a kind keeps across the fds of one walk (one fd table at dump,
@@ -268,7 +272,25 @@ macro_rules! kinds {
 // The kinds, in the order they are asked to claim an fd at dump.
 kinds! {
     Eventfd(eventfd::Eventfd),
+    Timerfd(timerfd::Timerfd),
+    Signalfd(signalfd::Signalfd),
+    Epoll(epoll::Epoll),
+    Inotify(inotify::Inotify),
     Unix(unix::UnixSk),
+}
+
+/// Image check of a whole fd table (before anything is created): every fd
+/// a kind's restore waits on ([`FileKind::after`]) is an fd of the table.
+pub fn check_table(fds: &[Fd]) -> Result<(), String> {
+    let have: std::collections::HashSet<i32> = fds.iter().map(|f| f.fd).collect();
+    for f in fds {
+        if let crate::model::FileDesc::Kind(k) = &f.file {
+            if let Some(d) = k.after().into_iter().find(|d| !have.contains(d) || *d == f.fd) {
+                return Err(format!("fd {} ({}) needs fd {d}, which is not in the fd table", f.fd, k.name()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Restore phase of the kinds (in the restore child, after the older

@@ -133,3 +133,56 @@ pub fn kcmp_epoll_tfd(pid: Pid, fd: i32, epfd: i32, tfd: i32, toff: u32) -> io::
         }
     }
 }
+
+/// inotify_init1(2) with `flags` (IN_NONBLOCK, IN_CLOEXEC).
+pub fn inotify_init(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer-only syscall creating a new fd.
+    owned(unsafe { libc::syscall(libc::SYS_inotify_init1, flags) })
+}
+
+/// inotify_add_watch(2) of `path` with `mask`: the watch descriptor.
+pub fn inotify_add_watch(fd: BorrowedFd<'_>, path: &std::ffi::CStr, mask: u32) -> io::Result<i32> {
+    // SAFETY: `path` is a NUL-terminated string living for the call.
+    let r = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r)
+}
+
+/// inotify_rm_watch(2).
+pub fn inotify_rm_watch(fd: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
+    // SAFETY: integer-only call.
+    if unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// ioctl(FIONREAD): bytes ready to be read from `fd`.
+pub fn bytes_queued(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points at `n`.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) } < 0 {
+        return Err(last_err());
+    }
+    Ok(n as u32)
+}
+
+/// open_by_handle_at(2): open the inode of file handle (`htype`, `handle`)
+/// on the file system `mount` is on, with `flags` (O_PATH, ...). Needs
+/// CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(mount: BorrowedFd<'_>, htype: i32, handle: &[u8], flags: i32) -> io::Result<OwnedFd> {
+    const MAX_HANDLE_SZ: usize = 128;
+    if handle.len() > MAX_HANDLE_SZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a file handle of {} bytes is past {MAX_HANDLE_SZ}", handle.len())));
+    }
+    // struct file_handle: u32 handle_bytes, int handle_type, the bytes
+    let mut buf = vec![0u8; 8 + handle.len()];
+    buf[..4].copy_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&htype.to_ne_bytes());
+    buf[8..].copy_from_slice(handle);
+    // SAFETY: `buf` holds a struct file_handle whose handle_bytes is the
+    // length of the bytes after its header; the kernel reads only those.
+    owned(unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount.as_raw_fd(), buf.as_ptr(), flags) })
+}

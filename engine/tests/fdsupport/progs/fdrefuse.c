@@ -1,10 +1,9 @@
 /* Holds one fd of a kind the engine does not support, chosen by argv[1]:
- * memfd, socket, eventfd, epoll, misc (a misc character device), rawname
+ * memfd, socket, pidfd, userfaultfd, misc (a misc character device), rawname
  * (a file whose name is not UTF-8); and one supported: rdonly (plain.bin
  * opened read-only, for the test that replaces it with a FIFO). */
 #include "fx.h"
-#include <sys/eventfd.h>
-#include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 
 int main(int argc, char **argv)
@@ -16,10 +15,10 @@ int main(int argc, char **argv)
 		fd = memfd_create("x", 0);
 	else if (!strcmp(k, "socket"))
 		fd = socket(AF_UNIX, SOCK_STREAM, 0);
-	else if (!strcmp(k, "eventfd"))
-		fd = eventfd(3, 0);
-	else if (!strcmp(k, "epoll"))
-		fd = epoll_create1(0);
+	else if (!strcmp(k, "pidfd"))
+		fd = syscall(SYS_pidfd_open, getpid(), 0);
+	else if (!strcmp(k, "userfaultfd"))
+		fd = syscall(SYS_userfaultfd, 0);
 	else if (!strcmp(k, "misc"))
 		fd = open("/dev/loop-control", O_RDWR);
 	else if (!strcmp(k, "rdonly"))
