@@ -340,7 +340,7 @@ fn unsupported_fd_kinds_refused_by_name() {
     require!(why_not_here());
     for (kind, want) in [
         ("memfd", "a memfd (/memfd:x (deleted))"),
-        ("socket", "a socket"),
+        ("socket", "a socket of another family than AF_UNIX"),
         ("pidfd", "anonymous inode (pidfd)"),
         ("userfaultfd", "anonymous inode (userfaultfd)"),
         ("misc", "/dev/loop-control, character device 10:237"),

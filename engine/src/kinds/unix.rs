@@ -334,7 +334,7 @@ impl FileKind for UnixSk {
             return Err(FilesError::Unsupported {
                 pid,
                 fd,
-                what: format!("socket:[{ino}] (not a unix socket of the engine's network namespace: other socket families are not supported yet)"),
+                what: format!("a socket of another family than AF_UNIX (socket:[{ino}]), or a unix socket of another network namespace"),
             });
         };
         let refuse = |why: String| FilesError::Kind { pid, fd, kind: N, why: format!("socket:[{ino}] {}: {why}", show_name(d.name.as_deref().unwrap_or_default())) };
