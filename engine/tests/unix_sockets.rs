@@ -156,16 +156,18 @@ fn unix_sockets_survive_rounds() {
     let mut p = Prog::start("unixsk", "rounds", &[]);
     let d1 = p.images("1");
     p.dump(&ours(), &d1, &[]);
-    // what the images hold: 12 sockets, their queues in sk-queues.img
+    // what the images hold: 14 sockets, their queues in sk-queues.img
     let socks = unix_entries(&d1);
-    assert_eq!(socks.len(), 12, "{socks:#?}");
+    assert_eq!(socks.len(), 14, "{socks:#?}");
     let listener = socks.iter().find(|s| s.state == 10).expect("a listening socket");
     assert!(listener.name.ends_with(b"listen.sock\0"), "{listener:?}");
     assert_eq!(socks.iter().filter(|s| s.peer == listener.ino).count(), 1, "the queued client names the listener as its peer");
     let q = queue_entries(&d1);
     // stream 1000 + 777 and the 300 before the shutdown; 3 messages each
-    // way of the dgram and seqpacket pairs; 2 on the abstract socket
-    assert_eq!(q.len(), 3 + 12 + 2, "{q:?}");
+    // way of the dgram and seqpacket pairs; 2 on the abstract socket, 2 on
+    // the one whose path was unlinked
+    assert!(socks.iter().any(|s| s.deleted == Some(true) && s.name.ends_with(b"gone.sock\0")), "{socks:#?}");
+    assert_eq!(q.len(), 3 + 12 + 2 + 2, "{q:?}");
     let total: u32 = q.iter().map(|e| e.1).sum();
     assert!(total > 2077, "{q:?}");
     p.restore(&ours(), &d1);
@@ -207,8 +209,8 @@ fn we_restore_upstream_unix_sockets() {
     let d = p.images("up");
     p.dump(&upstream(), &d, &[]);
     let up = unix_entries(&d);
-    assert_eq!(up.len(), 12, "{up:#?}");
-    assert_eq!(queue_entries(&d).len(), 17);
+    assert_eq!(up.len(), 14, "{up:#?}");
+    assert_eq!(queue_entries(&d).len(), 19);
     p.restore(&ours(), &d);
     let d2 = p.images("ours");
     p.dump(&ours(), &d2, &[]);

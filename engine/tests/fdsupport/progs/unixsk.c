@@ -135,6 +135,14 @@ int main(int argc, char **argv)
 	unlink(lp.sun_path);
 	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
 	FX_CHECK(ls >= 0 && bind(ls, (struct sockaddr *)&lp, sizeof(lp)) == 0 && listen(ls, 7) == 0, "listen");
+	/* bound to a path, then unlinked; its sender connected before that */
+	struct sockaddr_un dp = { .sun_family = AF_UNIX };
+	snprintf(dp.sun_path, sizeof(dp.sun_path), "%s/gone.sock", cwd);
+	unlink(dp.sun_path);
+	int del_rx = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+	int del_tx = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+	FX_CHECK(del_rx >= 0 && del_tx >= 0 && bind(del_rx, (struct sockaddr *)&dp, sizeof(dp)) == 0, "bind gone.sock");
+	FX_CHECK(connect(del_tx, (struct sockaddr *)&dp, sizeof(dp)) == 0 && unlink(dp.sun_path) == 0, "connect and unlink gone.sock");
 	int cl = -1;
 	if (queued_conn) {
 		cl = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -145,6 +153,7 @@ int main(int argc, char **argv)
 	uint64_t d01w = 0, d01r = 0, d10w = 0, d10r = 0; /* dgram numbers */
 	uint64_t s01w = 0, s01r = 0, s10w = 0, s10r = 0; /* seqpacket */
 	uint64_t aw = 0, ar = 0;                         /* abstract */
+	uint64_t gw = 0, gr = 0;                         /* gone.sock */
 	stream_put(st[0], 1, &ab_w, ST_AB, "queue stream ab");
 	stream_put(st[1], 2, &ba_w, ST_BA, "queue stream ba");
 	for (int i = 0; i < 3; i++) {
@@ -153,8 +162,10 @@ int main(int argc, char **argv)
 		msg_put(sp[0], 5, &s01w, NULL, 0, "queue seqpacket 01");
 		msg_put(sp[1], 6, &s10w, NULL, 0, "queue seqpacket 10");
 	}
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 2; i++) {
 		msg_put(abs_tx, 7, &aw, &ab, abl, "queue abstract");
+		msg_put(del_tx, 9, &gw, NULL, 0, "queue gone");
+	}
 	uint64_t shw = 0;
 	stream_put(sh[0], 8, &shw, SHUT_BYTES, "queue shut");
 	FX_CHECK(shutdown(sh[0], SHUT_WR) == 0, "shutdown");
@@ -190,6 +201,14 @@ int main(int argc, char **argv)
 		struct sockaddr_un got;
 		socklen_t gl = sizeof(got);
 		FX_CHECK(getsockname(abs_rx, (struct sockaddr *)&got, &gl) == 0 && gl == abl && memcmp(&got, &ab, abl) == 0, "abstract name");
+		for (int i = 0; i < 2; i++)
+			msg_take(del_rx, 9, &gr, "gone data");
+		empty(del_rx, "gone extra");
+		for (int i = 0; i < 2; i++)
+			msg_put(del_tx, 9, &gw, NULL, 0, "requeue gone");
+		gl = sizeof(got);
+		FX_CHECK(getsockname(del_rx, (struct sockaddr *)&got, &gl) == 0 && strcmp(got.sun_path, dp.sun_path) == 0, "gone name");
+		FX_CHECK(access(dp.sun_path, F_OK) < 0 && errno == ENOENT, "gone.sock stays unlinked");
 
 		/* shut down: the 300 bytes, then EOF; the writer's side refuses */
 		uint8_t buf[1024];
