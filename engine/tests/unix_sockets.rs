@@ -514,3 +514,23 @@ fn we_restore_upstream_ipc_images() {
     }
     let _ = std::fs::remove_dir_all(&img);
 }
+
+/// Queues larger than the default buffers: 3 MiB on a stream pair and a
+/// 1 MiB datagram (read at dump in several peeks, MSG_TRUNC telling where
+/// it goes on) before a small one; through a plain and a `--leave-running`
+/// round.
+#[test]
+fn large_queues_survive() {
+    require!(why_not_here());
+    let mut p = Prog::start("unixbig", "big", &[]);
+    let d1 = p.images("1");
+    p.dump(&ours(), &d1, &[]);
+    let q = queue_entries(&d1);
+    assert!(q.iter().any(|e| e.1 == 1 << 20) && q.iter().any(|e| e.1 == 7), "{q:?}");
+    assert_eq!(q.iter().map(|e| u64::from(e.1)).sum::<u64>(), (3 << 20) + (1 << 20) + 7, "{q:?}");
+    p.restore(&ours(), &d1);
+    let d2 = p.images("2");
+    p.dump(&ours(), &d2, &["--leave-running"]);
+    p.kill();
+    p.restore(&ours(), &d2);
+}

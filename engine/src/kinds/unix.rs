@@ -706,7 +706,8 @@ fn bind_name(s: &OwnedFd, u: &UnixSk) -> Result<(), String> {
 /// Raise the send buffer of `s` so that `bytes` in `n` messages fit in
 /// flight (a unix message is charged to its sender until it is read).
 fn raise_sndbuf(s: BorrowedFd<'_>, bytes: usize, n: usize) -> Result<(), String> {
-    let want = bytes.saturating_add(n.saturating_mul(1024)).saturating_add(64 << 10);
+    // the kernel charges each buffer's true size, more than its bytes
+    let want = bytes.saturating_mul(2).saturating_add(n.saturating_mul(1024)).saturating_add(64 << 10);
     let want = i32::try_from(want).unwrap_or(i32::MAX / 2).min(i32::MAX / 2);
     let cur = sock::get_int(s, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0);
     if cur < want {
