@@ -264,8 +264,9 @@ fn rewrite_queues(dir: &Path, f: impl Fn(usize, &mut pb::SkPacketEntry, &mut Vec
     w.finish().unwrap();
 }
 
-/// Hostile images: a peer that names no socket, a queue entry longer than
-/// what is left of the file, a queue for a file that is no socket, a
+/// Hostile images: a peer that names no socket, a name longer than a
+/// `sockaddr_un` holds, a shutdown mode that is none, a queue entry longer
+/// than what is left of the file, a queue for a file that is no socket, a
 /// socket type that is not a unix one: each refused before anything is
 /// created, with the image and the field named.
 #[test]
@@ -296,6 +297,26 @@ fn hostile_unix_images_refused() {
                 })
             }),
             &["files.img", "usk.type"],
+        ),
+        (
+            "name",
+            Box::new(move |d: &Path| {
+                rewrite_files(d, |f| {
+                    let i = first_sock(f);
+                    f[i].usk.as_mut().unwrap().name = vec![b'/'; 200];
+                })
+            }),
+            &["files.img", "usk.name", "200 bytes"],
+        ),
+        (
+            "shutdown",
+            Box::new(move |d: &Path| {
+                rewrite_files(d, |f| {
+                    let i = first_sock(f);
+                    f[i].usk.as_mut().unwrap().shutdown = Some(9);
+                })
+            }),
+            &["files.img", "usk.shutdown"],
         ),
         (
             "qlen",
