@@ -1,4 +1,4 @@
-//! Event objects (eventfd, timerfd, signalfd, epoll, inotify) through dump and
+//! Event objects (eventfd, timerfd, signalfd, epoll, inotify, fanotify) through dump and
 //! restore, with tests/progs/evobjs.c, which holds each object on a fixed
 //! fd number and checks its state every tick (`tick N ok` / `FAIL ...` in
 //! progress.log): plain, `--leave-running`, twice in a row; the images
@@ -123,6 +123,13 @@ impl Drop for Ev {
         for p in live_with_exe(&self.bin) {
             let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
         }
+        // the files of the fanotify mount mark, named after the work dir's inode
+        if let Ok(m) = std::fs::metadata(&self.work) {
+            use std::os::unix::fs::MetadataExt;
+            for x in ["m", "h"] {
+                let _ = std::fs::remove_file(format!("/dev/shm/evobjs-{:x}-{x}", m.ino()));
+            }
+        }
     }
 }
 
@@ -230,6 +237,14 @@ fn inotify_round_trips() {
     round_trip("inotify", &["inotify"], &[28]);
 }
 
+/// fanotify marks (an inode, a mount, an ignored mask that survives
+/// modification) go on reporting exactly what they did.
+#[test]
+fn fanotify_round_trips() {
+    require!(why_not_here());
+    round_trip("fanotify", &["fanotify"], &[29]);
+}
+
 /// Every watch of an epoll set, EPOLLET and a fired EPOLLONESHOT among
 /// them, a target added through an fd since closed (and its number reused)
 /// and a nested epoll set.
@@ -278,7 +293,7 @@ fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
 #[test]
 fn upstream_restores_our_images() {
     require!(why_not_upstream());
-    let mut ev = Ev::start("to-upstream", &["eventfd", "timerfd", "signalfd", "epoll", "nested", "moved", "inotify"]);
+    let mut ev = Ev::start("to-upstream", &["eventfd", "timerfd", "signalfd", "epoll", "nested", "moved", "inotify", "fanotify"]);
     let criu = private_criu(&ev.dir);
     ev.ticks_on(2, "before the dump");
     let links = ev.links();
@@ -298,7 +313,7 @@ fn upstream_restores_our_images() {
 #[test]
 fn we_restore_upstream_dumps() {
     require!(why_not_upstream());
-    let mut ev = Ev::start("from-upstream", &["eventfd", "bigcount", "timerfd", "periodic", "signalfd", "epoll", "nested", "moved", "inotify"]);
+    let mut ev = Ev::start("from-upstream", &["eventfd", "bigcount", "timerfd", "periodic", "signalfd", "epoll", "nested", "moved", "inotify", "fanotify"]);
     let criu = private_criu(&ev.dir);
     ev.ticks_on(2, "before the dump");
     let links = ev.links();
@@ -334,7 +349,7 @@ fn edited(img: &Path, name: &str, edit: impl FnOnce(&mut Vec<pb::FileEntry>)) ->
 #[test]
 fn hostile_event_images_are_refused() {
     require!(why_not_here());
-    let ev = Ev::start("hostile", &["epoll", "timerfd", "inotify"]);
+    let ev = Ev::start("hostile", &["epoll", "timerfd", "inotify", "fanotify"]);
     let criu = private_criu(&ev.dir);
     ev.ticks_on(1, "before the dump");
     let img = ev.images("img");
@@ -343,12 +358,14 @@ fn hostile_event_images_are_refused() {
     let epoll = |f: &mut Vec<pb::FileEntry>| -> usize { f.iter().position(|e| e.epfd.is_some()).expect("an epoll entry") };
     let timer = |f: &mut Vec<pb::FileEntry>| -> usize { f.iter().position(|e| e.tfd.is_some()).expect("a timerfd entry") };
     let inotify = |f: &mut Vec<pb::FileEntry>| -> usize { f.iter().position(|e| e.ify.is_some()).expect("an inotify entry") };
+    let fanotify = |f: &mut Vec<pb::FileEntry>| -> usize { f.iter().position(|e| e.ffy.is_some()).expect("a fanotify entry") };
     let cases: Vec<(&str, PathBuf, &str)> = vec![
         ("epoll target nowhere", edited(&img, "bad-tfd", |f| { let i = epoll(f); f[i].epfd.as_mut().unwrap().tfd[0].tfd = 77 }), "needs fd 77, which is not in the fd table"),
         ("epoll target out of range", edited(&img, "huge-tfd", |f| { let i = epoll(f); f[i].epfd.as_mut().unwrap().tfd[0].tfd = u32::MAX }), "tfd: fd 4294967295 is out of range"),
         ("timerfd clock", edited(&img, "bad-clock", |f| { let i = timer(f); f[i].tfd.as_mut().unwrap().clockid = 42 }), "tfd.clockid: 42 is not a clock a timerfd can use"),
         ("inotify handle size", edited(&img, "bad-handle", |f| { let i = inotify(f); f[i].ify.as_mut().unwrap().wd[0].f_handle.bytes = 4096 }), "ify.wd[0].f_handle.bytes: 4096 bytes"),
         ("inotify wd", edited(&img, "bad-wd", |f| { let i = inotify(f); f[i].ify.as_mut().unwrap().wd[0].wd = 0 }), "ify.wd[0].wd: 0 is not a watch descriptor"),
+        ("fanotify mark type", edited(&img, "bad-mark", |f| { let i = fanotify(f); f[i].ffy.as_mut().unwrap().mark[0].r#type = 7 }), "ffy.mark[0].type: 7 is not a mark type"),
         ("timerfd nanoseconds", edited(&img, "bad-nsec", |f| { let i = timer(f); f[i].tfd.as_mut().unwrap().insec = 1_000_000_000 }), "tfd.insec: 1000000000 nanoseconds is not below one second"),
     ];
     for (what, dir, want) in cases {
@@ -392,4 +409,56 @@ fn upstream_ipc_event_objects_read() {
             Kind::Epoll(epoll::Epoll { flags: libc::O_RDWR as u32, targets: vec![target(9, 0x2222, 1038), target(5, 0x1111, 664962)] }),
         ]
     );
+}
+
+/// Every key path of a JSON value (arrays folded to `[]`).
+fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.insert(p.clone());
+                key_paths(x, &p, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                key_paths(x, &format!("{prefix}.[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Per event-object type, the key paths of its files.img entries as crit
+/// renders them.
+fn event_entry_shapes(img: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let path = img.join("files.img");
+    let v = image::decode_image(&std::fs::read(&path).unwrap(), &path, false).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for e in v["entries"].as_array().unwrap() {
+        let ty = e["type"].as_str().unwrap().to_string();
+        if ["EVENTFD", "TIMERFD", "SIGNALFD", "EVENTPOLL", "INOTIFY", "FANOTIFY"].contains(&ty.as_str()) {
+            key_paths(e, "", out.entry(ty).or_default());
+        }
+    }
+    out
+}
+
+/// The files.img entries of every event object, as our dump writes them,
+/// have the shape (crit's JSON keys) of upstream 4.2's for the same
+/// program at the same moment.
+#[test]
+fn event_images_have_upstream_shape() {
+    require!(why_not_upstream());
+    let ev = Ev::start("shape", &["eventfd", "timerfd", "periodic", "signalfd", "epoll", "nested", "moved", "inotify", "fanotify"]);
+    let criu = private_criu(&ev.dir);
+    ev.ticks_on(2, "before the dumps");
+    let ours = ev.images("ours");
+    criu_ok(&criu, &["dump", "-t", &ev.pid.to_string(), "--leave-running"], &ours, "dump.log");
+    let up = ev.images("upstream");
+    upstream_ok(&["dump", "-t", &ev.pid.to_string()], &up, "dump-upstream.log");
+    let (a, b) = (event_entry_shapes(&ours), event_entry_shapes(&up));
+    assert_eq!(a.keys().count(), 6, "every event type in our image: {:?}", a.keys());
+    assert_eq!(a, b, "shapes of the event entries: ours (left), upstream's (right)");
 }

@@ -41,26 +41,21 @@ const MAX_WD: u32 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watch {
     pub wd: i32,
-    pub ino: u64,
-    /// st_dev of the file system, kernel encoding (major << 20 | minor).
-    pub dev: u32,
     pub mask: u32,
     pub ignored_mask: u32,
-    pub handle_type: i32,
-    pub handle: Vec<u8>,
-    /// A path that named the inode at dump, if one was found.
-    pub path: Option<String>,
+    /// The watched inode.
+    pub inode: Handle,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inotify {
     /// File status flags (O_RDONLY, O_NONBLOCK; no O_CLOEXEC).
     pub flags: u32,
-    /// In increasing wd order.
+    /// In the order fdinfo lists them (upstream's image order too).
     pub watches: Vec<Watch>,
 }
 
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+pub(super) fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
@@ -76,27 +71,19 @@ fn parse_watch(line: &str) -> Option<Watch> {
         f.insert(k, v);
     }
     let hex32 = |k: &str| u32::from_str_radix(f.get(k)?, 16).ok();
-    let bytes = hex32("fhandle-bytes")? as usize;
-    let handle = hex_bytes(f.get("f_handle")?)?;
-    if handle.len() != bytes || bytes > MAX_HANDLE {
-        return None;
-    }
+    let ino = u64::from_str_radix(f.get("ino")?, 16).ok()?;
     Some(Watch {
         wd: i32::try_from(hex32("wd")?).ok()?,
-        ino: u64::from_str_radix(f.get("ino")?, 16).ok()?,
-        dev: hex32("sdev")?,
         mask: hex32("mask")?,
         ignored_mask: hex32("ignored_mask")?,
-        handle_type: hex32("fhandle-type")? as i32,
-        handle,
-        path: None,
+        inode: Handle::from_fdinfo(|k| f.get(k).copied(), hex32("sdev")?, ino)?,
     })
 }
 
 /// A directory on the file system of `dev` (kernel encoding), from the
 /// mount table `mountinfo` (of the process whose root `root` is), opened
 /// read-only (open_by_handle_at takes no O_PATH fd).
-fn mount_of(mountinfo: &str, root: &str, dev: u32) -> Option<OwnedFd> {
+pub(super) fn mount_of(mountinfo: &str, root: &str, dev: u32) -> Option<OwnedFd> {
     let want = format!("{}:{}", dev >> 20, dev & 0xf_ffff);
     for l in mountinfo.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -114,7 +101,7 @@ fn mount_of(mountinfo: &str, root: &str, dev: u32) -> Option<OwnedFd> {
     None
 }
 
-fn unescape(s: &str) -> String {
+pub(super) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -130,21 +117,95 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The inode of watch `w`, opened O_PATH from its handle on a mount of its
-/// file system (mount table `mountinfo`, paths under `root`).
-fn open_inode(mountinfo: &str, root: &str, w: &Watch) -> std::io::Result<OwnedFd> {
-    let m = mount_of(mountinfo, root, w.dev).ok_or_else(|| std::io::Error::other(format!("no mount of device {}:{}", w.dev >> 20, w.dev & 0xf_ffff)))?;
-    event::open_by_handle(m.as_fd(), w.handle_type, &w.handle, libc::O_PATH | libc::O_CLOEXEC)
+/// An inode named by a file handle, as inotify and fanotify marks name
+/// theirs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handle {
+    /// st_dev of the file system, kernel encoding (major << 20 | minor).
+    pub dev: u32,
+    pub ino: u64,
+    pub htype: i32,
+    pub bytes: Vec<u8>,
+    /// A path that named the inode at dump, if one was found.
+    pub path: Option<String>,
 }
 
-/// A path that names the watched inode now, from its handle.
-fn path_of(pid: crate::sys::Pid, mountinfo: &str, w: &Watch) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let fd = open_inode(mountinfo, &format!("/proc/{pid}/root"), w).ok()?;
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-    let path = std::str::from_utf8(link.as_os_str().as_bytes()).ok()?.to_string();
-    let m = std::fs::symlink_metadata(format!("/proc/{pid}/root{path}")).ok()?;
-    (m.ino() == w.ino).then_some(path)
+impl Handle {
+    /// The inode opened O_PATH from the handle, on a mount of its file
+    /// system (mount table `mountinfo`, paths under `root`).
+    fn open_by_handle(&self, mountinfo: &str, root: &str) -> std::io::Result<OwnedFd> {
+        let m = mount_of(mountinfo, root, self.dev).ok_or_else(|| std::io::Error::other(format!("no mount of device {}:{}", self.dev >> 20, self.dev & 0xf_ffff)))?;
+        event::open_by_handle(m.as_fd(), self.htype, &self.bytes, libc::O_PATH | libc::O_CLOEXEC)
+    }
+
+    /// Dump: a path that names the inode now, found from its handle.
+    pub fn find_path(&mut self, pid: crate::sys::Pid, mountinfo: &str) {
+        self.path = self.path_now(pid, mountinfo);
+    }
+
+    fn path_now(&self, pid: crate::sys::Pid, mountinfo: &str) -> Option<String> {
+        use std::os::unix::ffi::OsStrExt;
+        let fd = self.open_by_handle(mountinfo, &format!("/proc/{pid}/root")).ok()?;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        let path = std::str::from_utf8(link.as_os_str().as_bytes()).ok()?.to_string();
+        let m = std::fs::symlink_metadata(format!("/proc/{pid}/root{path}")).ok()?;
+        (m.ino() == self.ino).then_some(path)
+    }
+
+    /// Restore: the inode opened O_PATH, from its handle, or failing that
+    /// by the recorded path (checked to be the same inode).
+    pub fn open(&self, mountinfo: &str) -> Result<OwnedFd, String> {
+        let he = match self.open_by_handle(mountinfo, "") {
+            Ok(f) => return Ok(f),
+            Err(e) => e,
+        };
+        let Some(path) = &self.path else {
+            return Err(format!("opening inode {:#x} from its file handle: {he} (and no path was recorded)", self.ino));
+        };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| format!("inode {:#x}: file handle: {he}; path {path}: {e}", self.ino))?;
+        let ino = f.metadata().map(|m| m.ino()).map_err(|e| format!("fstat {path}: {e}"))?;
+        if ino != self.ino {
+            return Err(format!("{path} is inode {ino:#x}, not the marked {:#x} (file handle: {he})", self.ino));
+        }
+        Ok(OwnedFd::from(f))
+    }
+
+    /// The handle of an fdinfo line's `fhandle-bytes:`, `fhandle-type:`,
+    /// `f_handle:` fields (`get` looks a field up).
+    pub fn from_fdinfo<'a>(get: impl Fn(&str) -> Option<&'a str>, dev: u32, ino: u64) -> Option<Handle> {
+        let len = usize::from_str_radix(get("fhandle-bytes")?, 16).ok()?;
+        let bytes = hex_bytes(get("f_handle")?)?;
+        if bytes.len() != len || len > MAX_HANDLE {
+            return None;
+        }
+        let htype = u32::from_str_radix(get("fhandle-type")?, 16).ok()? as i32;
+        Some(Handle { dev, ino, htype, bytes, path: None })
+    }
+
+    /// The image's `fh_entry`: the handle in u64 words as upstream packs it.
+    pub fn to_pb(&self) -> pb::FhEntry {
+        let mut words = vec![0u64; HANDLE_WORDS.max(self.bytes.len().div_ceil(8))];
+        for (i, c) in self.bytes.chunks(8).enumerate() {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            words[i] = u64::from_le_bytes(b);
+        }
+        pb::FhEntry { bytes: self.bytes.len() as u32, r#type: self.htype as u32, handle: words, path: self.path.clone(), mnt_id: None }
+    }
+
+    /// From the image's `fh_entry` (checked: `Err` says what is wrong).
+    pub fn from_pb(fh: &pb::FhEntry, dev: u32, ino: u64) -> Result<Handle, String> {
+        let len = fh.bytes as usize;
+        if len > MAX_HANDLE || len > fh.handle.len() * 8 {
+            return Err(format!("{len} bytes, with {} handle words", fh.handle.len()));
+        }
+        let bytes = fh.handle.iter().flat_map(|x| x.to_le_bytes()).take(len).collect();
+        Ok(Handle { dev, ino, htype: fh.r#type as i32, bytes, path: fh.path.clone() })
+    }
 }
 
 impl FileKind for Inotify {
@@ -161,11 +222,10 @@ impl FileKind for Inotify {
         let mut watches = Vec::new();
         for line in cx.fdinfo.lines().filter(|l| l.starts_with("inotify ")) {
             let mut w = parse_watch(line).ok_or_else(|| cx.refuse(Self::NAME, format!("fdinfo line {line:?} is not an inotify watch")))?;
-            w.path = path_of(pid, &mountinfo, &w);
-            crate::pr_debug!("inotify fd {fd} of {pid}: wd {} ino {:#x} mask {:#x} path {:?}", w.wd, w.ino, w.mask, w.path);
+            w.inode.find_path(pid, &mountinfo);
+            crate::pr_debug!("inotify fd {fd} of {pid}: wd {} ino {:#x} mask {:#x} path {:?}", w.wd, w.inode.ino, w.mask, w.inode.path);
             watches.push(w);
         }
-        watches.sort_by_key(|w| w.wd);
         // what is queued and unread is not carried: say so
         let queued = crate::sys::process::pidfd_open(pid)
             .and_then(|p| crate::sys::process::pidfd_getfd(&p, fd))
@@ -181,22 +241,14 @@ impl FileKind for Inotify {
         let wd = self
             .watches
             .iter()
-            .map(|w| {
-                let mut words = vec![0u64; HANDLE_WORDS.max(w.handle.len().div_ceil(8))];
-                for (i, c) in w.handle.chunks(8).enumerate() {
-                    let mut b = [0u8; 8];
-                    b[..c.len()].copy_from_slice(c);
-                    words[i] = u64::from_le_bytes(b);
-                }
-                pb::InotifyWdEntry {
-                    id,
-                    i_ino: w.ino,
-                    mask: w.mask,
-                    ignored_mask: w.ignored_mask,
-                    s_dev: w.dev,
-                    wd: w.wd as u32,
-                    f_handle: pb::FhEntry { bytes: w.handle.len() as u32, r#type: w.handle_type as u32, handle: words, path: w.path.clone(), mnt_id: None },
-                }
+            .map(|w| pb::InotifyWdEntry {
+                id: 0, // as upstream writes the inline entries
+                i_ino: w.inode.ino,
+                mask: w.mask,
+                ignored_mask: w.ignored_mask,
+                s_dev: w.inode.dev,
+                wd: w.wd as u32,
+                f_handle: w.inode.to_pb(),
             })
             .collect();
         Ok(pb::FileEntry {
@@ -215,26 +267,13 @@ impl FileKind for Inotify {
             if w.wd == 0 || w.wd > MAX_WD {
                 return Err(cx.bad(e, &field("wd"), format!("{} is not a watch descriptor (1..={MAX_WD})", w.wd)));
             }
-            let fh = &w.f_handle;
-            let bytes = fh.bytes as usize;
-            if bytes > MAX_HANDLE || bytes > fh.handle.len() * 8 {
-                return Err(cx.bad(e, &field("f_handle.bytes"), format!("{bytes} bytes, with {} handle words", fh.handle.len())));
-            }
-            let handle: Vec<u8> = fh.handle.iter().flat_map(|x| x.to_le_bytes()).take(bytes).collect();
-            watches.push(Watch {
-                wd: w.wd as i32,
-                ino: w.i_ino,
-                dev: w.s_dev,
-                mask: w.mask,
-                ignored_mask: w.ignored_mask,
-                handle_type: fh.r#type as i32,
-                handle,
-                path: fh.path.clone(),
-            });
+            let inode = Handle::from_pb(&w.f_handle, w.s_dev, w.i_ino).map_err(|why| cx.bad(e, &field("f_handle.bytes"), why))?;
+            watches.push(Watch { wd: w.wd as i32, mask: w.mask, ignored_mask: w.ignored_mask, inode });
         }
-        watches.sort_by_key(|w| w.wd);
-        if let Some(p) = watches.windows(2).find(|p| p[0].wd == p[1].wd) {
-            return Err(cx.bad(e, "ify.wd", format!("watch descriptor {} appears twice", p[0].wd)));
+        let mut wds: Vec<i32> = watches.iter().map(|w| w.wd).collect();
+        wds.sort_unstable();
+        if let Some(p) = wds.windows(2).find(|p| p[0] == p[1]) {
+            return Err(cx.bad(e, "ify.wd", format!("watch descriptor {} appears twice", p[0])));
         }
         Ok(Inotify { flags: m.flags, watches })
     }
@@ -247,28 +286,13 @@ impl FileKind for Inotify {
             std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?
         };
         let mut removed = false;
-        for w in &self.watches {
-            let inode = match open_inode(&mountinfo, "", w) {
-                Ok(f) => f,
-                Err(he) => {
-                    let Some(path) = &w.path else {
-                        return Err(format!("watch {}: opening inode {:#x} from its file handle: {he} (and no path was recorded)", w.wd, w.ino));
-                    };
-                    let f = std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                        .open(path)
-                        .map_err(|e| format!("watch {}: inode {:#x}: file handle: {he}; path {path}: {e}", w.wd, w.ino))?;
-                    let ino = f.metadata().map(|m| m.ino()).map_err(|e| format!("watch {}: fstat {path}: {e}", w.wd))?;
-                    if ino != w.ino {
-                        return Err(format!("watch {}: {path} is inode {ino:#x}, not the watched {:#x} (file handle: {he})", w.wd, w.ino));
-                    }
-                    OwnedFd::from(f)
-                }
-            };
+        let mut in_order: Vec<&Watch> = self.watches.iter().collect();
+        in_order.sort_by_key(|w| w.wd);
+        for w in in_order {
+            let inode = w.inode.open(&mountinfo).map_err(|e| format!("watch {}: {e}", w.wd))?;
             let p = CString::new(format!("/proc/self/fd/{}", inode.as_raw_fd())).map_err(|e| e.to_string())?;
             loop {
-                let got = event::inotify_add_watch(ifd.as_fd(), &p, w.mask).map_err(|e| format!("inotify_add_watch(inode {:#x}, mask {:#x}): {e}", w.ino, w.mask))?;
+                let got = event::inotify_add_watch(ifd.as_fd(), &p, w.mask).map_err(|e| format!("inotify_add_watch(inode {:#x}, mask {:#x}): {e}", w.inode.ino, w.mask))?;
                 if got == w.wd {
                     break;
                 }
@@ -305,8 +329,9 @@ mod tests {
     fn watch_lines() {
         let l = "inotify wd:3 ino:263 sdev:fe00000 mask:4000020 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:6302000000000000";
         let w = parse_watch(l).unwrap();
-        assert_eq!((w.wd, w.ino, w.dev, w.mask, w.handle_type), (3, 0x263, 0xfe0_0000, 0x400_0020, 1));
-        assert_eq!(w.handle, vec![0x63, 2, 0, 0, 0, 0, 0, 0]);
+        assert_eq!((w.wd, w.inode.ino, w.inode.dev, w.mask, w.inode.htype), (3, 0x263, 0xfe0_0000, 0x400_0020, 1));
+        assert_eq!(w.inode.bytes, vec![0x63, 2, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(Handle::from_pb(&w.inode.to_pb(), w.inode.dev, w.inode.ino), Ok(w.inode.clone()));
         assert!(parse_watch("inotify wd:3 ino:263 sdev:fe00000 mask:4 ignored_mask:0 fhandle-bytes:9 fhandle-type:1 f_handle:63").is_none());
         assert_eq!(unescape("/a\\040b"), "/a b");
     }

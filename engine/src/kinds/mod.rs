@@ -35,6 +35,7 @@ use std::path::Path;
 
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod inotify;
 pub mod signalfd;
 pub mod timerfd;
@@ -276,6 +277,7 @@ kinds! {
     Signalfd(signalfd::Signalfd),
     Epoll(epoll::Epoll),
     Inotify(inotify::Inotify),
+    Fanotify(fanotify::Fanotify),
     Unix(unix::UnixSk),
 }
 

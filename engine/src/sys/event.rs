@@ -186,3 +186,19 @@ pub fn open_by_handle(mount: BorrowedFd<'_>, htype: i32, handle: &[u8], flags: i
     // length of the bytes after its header; the kernel reads only those.
     owned(unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount.as_raw_fd(), buf.as_ptr(), flags) })
 }
+
+/// fanotify_init(2) with `flags` (FAN_CLASS_*, FAN_REPORT_*, FAN_NONBLOCK,
+/// ...) and the status flags of the event fds `event_flags`.
+pub fn fanotify_init(flags: u32, event_flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: integer-only syscall creating a new fd.
+    owned(unsafe { libc::syscall(libc::SYS_fanotify_init, flags, event_flags) })
+}
+
+/// fanotify_mark(2) of `path` (relative to the cwd) with `flags` and `mask`.
+pub fn fanotify_mark(fd: BorrowedFd<'_>, flags: u32, mask: u64, path: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated string living for the call.
+    if unsafe { libc::fanotify_mark(fd.as_raw_fd(), flags, mask, libc::AT_FDCWD, path.as_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}

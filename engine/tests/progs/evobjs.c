@@ -29,10 +29,16 @@
  *             added and removed in between); each tick creates and removes
  *             watched/x and writes to watched/f, and exactly those three
  *             events must come, with those wds
+ *   fanotify  a fanotify group (fd 29): an inode mark on ./watched/g
+ *             (FAN_MODIFY), a mount mark on /dev/shm (FAN_CLOSE_WRITE) and
+ *             an ignored mask on /dev/shm/evobjs-N-h there; each tick writes
+ *             g, /dev/shm/evobjs-N-m and /dev/shm/evobjs-N-h: the first two
+ *             must be reported, never the third (N: the inode of the
+ *             working directory, so that runs do not share files)
  *
  * Fds are placed on fixed numbers (dup2) so the tests can look at them:
  * 10.. eventfds, 14.. timerfds, 20.. signalfds, 24 pipe, 25 epoll,
- * 26 nested epoll, 28 inotify, 40 the moved target. */
+ * 26 nested epoll, 28 inotify, 29 fanotify, 40 the moved target. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -45,6 +51,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -124,6 +131,9 @@ int main(int argc, char **argv)
 	int want_ep = has(argc, argv, "epoll");
 	int want_ev = want_ep || has(argc, argv, "eventfd"), want_tfd = has(argc, argv, "timerfd");
 	int want_big = has(argc, argv, "bigcount"), want_ino = has(argc, argv, "inotify");
+	int want_fan = has(argc, argv, "fanotify");
+	static char shm_m[64], shm_h[64];
+	struct stat st;
 	int want_sem = has(argc, argv, "semaphore"), want_per = has(argc, argv, "periodic");
 	int want_sfd = want_ep || has(argc, argv, "signalfd");
 	int want_moved = want_ep && has(argc, argv, "moved"), want_nested = want_ep && has(argc, argv, "nested");
@@ -227,6 +237,7 @@ int main(int argc, char **argv)
 	if (want_ino) {
 		mkdir("watched", 0755);
 		close(open("watched/f", O_WRONLY | O_CREAT | O_TRUNC, 0644));
+		close(open("watched/g", O_WRONLY | O_CREAT | O_TRUNC, 0644)); /* fanotify's, made before the watch */
 		place(inotify_init1(IN_NONBLOCK), 28);
 		CHECK(inotify_add_watch(28, "watched", IN_CREATE | IN_DELETE) == 1, "inotify watch dir");
 		int gap = inotify_add_watch(28, ".", IN_ATTRIB);
@@ -235,6 +246,20 @@ int main(int argc, char **argv)
 		char ibuf[4096];
 		while (read(28, ibuf, sizeof(ibuf)) > 0)
 			;
+	}
+	if (want_fan) {
+		mkdir("watched", 0755);
+		close(open("watched/g", O_WRONLY | O_CREAT | O_TRUNC, 0644));
+		CHECK(stat(".", &st) == 0, "stat .");
+		snprintf(shm_m, sizeof(shm_m), "/dev/shm/evobjs-%lx-m", (unsigned long)st.st_ino);
+		snprintf(shm_h, sizeof(shm_h), "/dev/shm/evobjs-%lx-h", (unsigned long)st.st_ino);
+		close(open(shm_m, O_WRONLY | O_CREAT | O_TRUNC, 0644));
+		close(open(shm_h, O_WRONLY | O_CREAT | O_TRUNC, 0644));
+		place(fanotify_init(FAN_CLASS_NOTIF | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE), 29);
+		CHECK(fanotify_mark(29, FAN_MARK_ADD, FAN_MODIFY, AT_FDCWD, "watched/g") == 0, "fanotify inode mark");
+		CHECK(fanotify_mark(29, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD, "/dev/shm") == 0, "fanotify mount mark");
+		CHECK(fanotify_mark(29, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, FAN_CLOSE_WRITE, AT_FDCWD, shm_h) == 0,
+		      "fanotify ignored mask");
 	}
 	close(open("ready", O_WRONLY | O_CREAT | O_TRUNC, 0644));
 
@@ -342,6 +367,35 @@ int main(int argc, char **argv)
 				}
 			}
 			CHECK(got == 7, "inotify events");
+		}
+		if (want_fan) {
+			struct stat sg, sm, sh;
+			const char *paths[3] = { "watched/g", shm_m, shm_h };
+			for (int i = 0; i < 3; i++) {
+				int f = open(paths[i], O_WRONLY | O_APPEND);
+				CHECK(f >= 0 && write(f, "z", 1) == 1, "write a fanotify-marked file");
+				close(f);
+			}
+			CHECK(stat("watched/g", &sg) == 0 && stat(shm_m, &sm) == 0 && stat(shm_h, &sh) == 0, "stat marked files");
+			char fbuf[8192] __attribute__((aligned(8)));
+			int got = 0;
+			ssize_t n;
+			while ((n = read(29, fbuf, sizeof(fbuf))) > 0) {
+				struct fanotify_event_metadata *md = (struct fanotify_event_metadata *)fbuf;
+				for (; FAN_EVENT_OK(md, n); md = FAN_EVENT_NEXT(md, n)) {
+					struct stat es;
+					if (md->fd < 0)
+						continue;
+					if (fstat(md->fd, &es) == 0 && es.st_dev == sg.st_dev && es.st_ino == sg.st_ino && (md->mask & FAN_MODIFY))
+						got |= 1;
+					if (fstat(md->fd, &es) == 0 && es.st_dev == sm.st_dev && es.st_ino == sm.st_ino && (md->mask & FAN_CLOSE_WRITE))
+						got |= 2;
+					if (fstat(md->fd, &es) == 0 && es.st_dev == sh.st_dev && es.st_ino == sh.st_ino)
+						fail("fanotify event on an ignored file");
+					close(md->fd);
+				}
+			}
+			CHECK(got == 3, "fanotify events");
 		}
 		say("tick %lu ok", tick);
 	}
