@@ -400,7 +400,11 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                         push_file(files, e)
                     }
                     FileDesc::Kind(k) => {
-                        let e = k.write(files.len() as u32 + 1, kinds)?;
+                        let mut e = k.write(files.len() as u32 + 1, kinds)?;
+                        // a socket's network namespace, as upstream records it
+                        if let Some(u) = e.usk.as_mut() {
+                            u.ns_id = (task.ids.net_ns != 0).then_some(task.ids.net_ns);
+                        }
                         push_file(files, e)
                     }
                 };

@@ -555,3 +555,95 @@ fn large_queues_survive() {
     p.kill();
     p.restore(&ours(), &d2);
 }
+
+/// Every key path of a JSON value (arrays folded to `[]`), with its value
+/// where `values` asks for it.
+fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.insert(p.clone());
+                key_paths(x, &p, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                key_paths(x, &format!("{prefix}.[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Per (socket type, state, external or not), the key paths of the UNIXSK
+/// entries of an image set as crit renders them, and those of sk-queues.img.
+fn unix_shapes(img: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let path = img.join("files.img");
+    let v = images_proto::image::decode_image(&std::fs::read(&path).unwrap(), &path, false).unwrap();
+    for e in v["entries"].as_array().unwrap() {
+        if e["type"].as_str() == Some("UNIXSK") {
+            let u = &e["usk"];
+            let key = format!("{} {} uflags {}", u["type"], u["state"], u["uflags"]);
+            key_paths(e, "", out.entry(key).or_default());
+        }
+    }
+    let path = img.join("sk-queues.img");
+    let v = images_proto::image::decode_image(&std::fs::read(&path).unwrap(), &path, false).unwrap();
+    for e in v["entries"].as_array().unwrap() {
+        key_paths(e, "", out.entry("sk-queues".to_string()).or_default());
+    }
+    out
+}
+
+/// The UNIXSK entries and sk-queues.img our dump writes have the shape
+/// (crit's JSON keys) of upstream 4.2's for the same program at the same
+/// moment: every type and state of unixsk.c, and an external peer.
+#[test]
+fn unix_images_have_upstream_shape() {
+    require!(why_not_upstream());
+    let p = Prog::start("unixsk", "shape", &[]);
+    let ours_dir = p.images("ours");
+    p.dump(&ours(), &ours_dir, &["--leave-running"]);
+    let up = p.images("upstream");
+    p.dump(&upstream(), &up, &[]);
+    let (a, b) = (unix_shapes(&ours_dir), unix_shapes(&up));
+    assert!(a.len() >= 6, "{:?}", a.keys());
+    assert_eq!(a, b, "shapes of the unix socket entries: ours (left), upstream's (right)");
+    drop(p);
+
+    let sockdir = std::env::temp_dir().join(format!("criu-rs-sockets-shapedg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&sockdir);
+    std::fs::create_dir_all(&sockdir).unwrap();
+    let path = sockdir.join("log.sock");
+    let _outside = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let p = Prog::start("unixrefuse", "shape-ext", &["extdg", path.to_str().unwrap()]);
+    let ours_dir = p.images("ours");
+    p.dump(&ours(), &ours_dir, &["--leave-running", "-x"]);
+    let up = p.images("upstream");
+    p.dump(&upstream(), &up, &["-x"]);
+    let files = |d: &Path| {
+        let mut m = unix_shapes_files_only(d);
+        m.retain(|k, _| k != "sk-queues");
+        m
+    };
+    assert_eq!(files(&ours_dir), files(&up), "shapes with an external peer: ours (left), upstream's (right)");
+    drop(p);
+    let _ = std::fs::remove_dir_all(&sockdir);
+}
+
+/// As [`unix_shapes`], for an image set that may have no sk-queues.img.
+fn unix_shapes_files_only(img: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let path = img.join("files.img");
+    let v = images_proto::image::decode_image(&std::fs::read(&path).unwrap(), &path, false).unwrap();
+    for e in v["entries"].as_array().unwrap() {
+        if e["type"].as_str() == Some("UNIXSK") {
+            let u = &e["usk"];
+            let key = format!("{} {} uflags {}", u["type"], u["state"], u["uflags"]);
+            key_paths(e, "", out.entry(key).or_default());
+        }
+    }
+    out
+}

@@ -205,6 +205,17 @@ fn held_sockets(pid: Pid) -> std::io::Result<HashMap<u32, i32>> {
     Ok(out)
 }
 
+/// (mode, uid, gid) a socket file bound by `pid` gets: S_IFSOCK with
+/// 0777 less its umask, its fsuid and fsgid (`/proc/PID/status`).
+fn bind_perms(pid: Pid) -> std::io::Result<(u32, u32, u32)> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |k: &str| st.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("");
+    let umask = u32::from_str_radix(field("Umask:"), 8).unwrap_or(0o022);
+    // Uid:/Gid: real, effective, saved, fs
+    let fs = |k: &str| field(k).split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((libc::S_IFSOCK | (0o777 & !umask), fs("Uid:"), fs("Gid:")))
+}
+
 /// The options of a socket, as upstream reads them.
 fn read_opts(s: BorrowedFd<'_>) -> std::io::Result<Opts> {
     let int = |name| sock::get_int(s, libc::SOL_SOCKET, name);
@@ -394,7 +405,9 @@ impl FileKind for UnixSk {
         let (deleted, perms) = if name.first().is_some_and(|&c| c == b'/') {
             match std::fs::symlink_metadata(path_of(&name)) {
                 Ok(m) if d.vfs.is_none_or(|(vino, _)| u64::from(vino) == m.ino()) => (false, Some((m.mode(), m.uid(), m.gid()))),
-                _ => (true, None),
+                // the file is gone: the mode and owner a bind by the
+                // process gives it (as upstream records them)
+                _ => (true, Some(bind_perms(pid).map_err(|e| FilesError::Io { pid, fd, source: e })?)),
             }
         } else {
             (false, None)
