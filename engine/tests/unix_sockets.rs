@@ -366,8 +366,10 @@ fn refused(p: &Prog, tag: &str, want: &[&str]) {
     wait_until("ticks after a refused dump", Duration::from_secs(10), || last_tick(&p.log()) > t + 2);
 }
 
-/// An fd in flight (SCM_RIGHTS sent, not received) and a peer outside the
-/// process are refused by name; the process goes on.
+/// An fd in flight (SCM_RIGHTS sent, not received), a peer outside the
+/// process, a connection queued on a listener outside, and a listener
+/// with a connection queued from outside are refused by name; the process
+/// goes on.
 #[test]
 fn unix_sockets_we_cannot_dump_are_refused() {
     require!(why_not_here());
@@ -385,6 +387,20 @@ fn unix_sockets_we_cannot_dump_are_refused() {
     refused(&p, "ext", &["unix socket", "is not open in process"]);
     drop(p);
     drop(conn);
+
+    // connected to a listener outside, not accepted yet
+    let p = Prog::start("unixrefuse", "extq", &["ext", path.to_str().unwrap()]);
+    refused(&p, "extq", &["unix socket", "queued (not accepted) on listening socket"]);
+    drop(p);
+    drop(listener);
+
+    // listening, with a connection from outside queued
+    let lpath = sockdir.join("inside.sock");
+    let p = Prog::start("unixrefuse", "listen", &["listen", lpath.to_str().unwrap()]);
+    let client = std::os::unix::net::UnixStream::connect(&lpath).unwrap();
+    refused(&p, "listen", &["unix socket", "listening, with a connection queued (not accepted)"]);
+    drop(p);
+    drop(client);
     let _ = std::fs::remove_dir_all(&sockdir);
 }
 

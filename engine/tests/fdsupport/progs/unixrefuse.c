@@ -2,6 +2,8 @@
  * "scm PATH-unused": an fd in flight (SCM_RIGHTS sent, not received);
  * "ext PATH": a stream socket connected to PATH, a listener outside the
  * process;
+ * "listen PATH": a stream socket listening on PATH (the test connects
+ * from outside and does not accept);
  * "extdg PATH": a datagram socket connected to PATH, a datagram socket
  * outside the process (dumped with --ext-unix-sk), sending it a datagram
  * every tick. Ticks while nothing changes. */
@@ -30,6 +32,12 @@ int main(int argc, char **argv)
 		FX_CHECK(sendmsg(sv[0], &m, 0) == 1, "sendmsg SCM_RIGHTS");
 		close(passed);
 		keep = sv[1];
+	} else if (strcmp(argv[1], "listen") == 0) {
+		FX_CHECK(argc > 2, "usage listen");
+		struct sockaddr_un a = { .sun_family = AF_UNIX };
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s", argv[2]);
+		keep = socket(AF_UNIX, SOCK_STREAM, 0);
+		FX_CHECK(keep >= 0 && bind(keep, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(keep, 4) == 0, "listen");
 	} else {
 		FX_CHECK(argc > 2, "usage ext");
 		struct sockaddr_un a = { .sun_family = AF_UNIX };
