@@ -663,3 +663,18 @@ fn unix_shapes_files_only(img: &Path) -> std::collections::BTreeMap<String, std:
     }
     out
 }
+
+/// With `--root`, a unix socket bound to a path is refused by name (its
+/// bind would happen before the chroot, outside the root), nothing left
+/// running.
+#[test]
+fn path_sockets_under_root_refused() {
+    require!(why_not_here());
+    let p = Prog::start("unixsk", "root", &[]);
+    let d = p.images("1");
+    p.dump(&ours(), &d, &[]);
+    let (out, text) = p.run(&ours(), &["restore", "-d", "--root", "/"], &d, "restore.log");
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("unix socket paths under --root") && text.contains("listen.sock"), "{text}");
+    assert!(pid_of(&p.bin).is_none(), "a process was left behind:\n{text}");
+}

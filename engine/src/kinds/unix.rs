@@ -807,6 +807,25 @@ fn apply_opts(s: BorrowedFd<'_>, u: &UnixSk) -> Result<(), String> {
     set(libc::SO_BUF_LOCK, "SO_BUF_LOCK", (o.buf_lock & 3) as i32)
 }
 
+/// With `--root`: unix sockets bound to a path are not supported yet (the
+/// kinds are restored before the chroot, so a bind would land outside the
+/// root): refused naming the socket.
+pub fn refuse_paths_under_root(fds: &[(&crate::model::Fd, &super::Kind)], root: &std::path::Path) -> Result<(), String> {
+    for (fd, k) in fds {
+        if let super::Kind::Unix(u) = k {
+            if u.is_path() || u.ext_peer.as_deref().is_some_and(|n| n.first().is_some_and(|&c| c != 0)) {
+                return Err(format!(
+                    "fd {}: {} is bound or connected to a path: unix socket paths under --root {} are not supported yet",
+                    fd.fd,
+                    u.what(),
+                    root.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Create every unix socket of one process (`socks`, all of its UNIXSK
 /// fds), connected, with names, queues, options and shutdown state as
 /// dumped; by inode.

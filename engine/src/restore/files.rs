@@ -387,6 +387,9 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
             p::close(x);
         }
     }
+    if let Some(r) = &plan.root {
+        crate::kinds::unix::refuse_paths_under_root(&kinds, &r.path)?;
+    }
     crate::kinds::restore_phase(&kinds)?;
     drop(ghosts);
     Ok(())
