@@ -118,6 +118,8 @@ int main(int argc, char **argv)
 	struct timeval tv = { 3, 500000 };
 	FX_CHECK(setsockopt(sp[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0, "SO_RCVTIMEO");
 	int want_sndbuf = opt(st[0], SO_SNDBUF);
+	int st0dup = dup(st[0]);
+	FX_CHECK(st0dup >= 0, "dup");
 
 	/* abstract-named datagram socket and an unnamed sender */
 	struct sockaddr_un ab = { .sun_family = AF_UNIX };
@@ -245,6 +247,9 @@ int main(int argc, char **argv)
 		socklen_t tl = sizeof(t2);
 		FX_CHECK(getsockopt(sp[1], SOL_SOCKET, SO_RCVTIMEO, &t2, &tl) == 0 && t2.tv_sec == 3 && t2.tv_usec == 500000, "SO_RCVTIMEO");
 		FX_CHECK(fcntl(st[0], F_GETFL) & O_NONBLOCK, "O_NONBLOCK");
+		struct stat s1, s2;
+		FX_CHECK(fstat(st[0], &s1) == 0 && fstat(st0dup, &s2) == 0 && s1.st_ino == s2.st_ino, "dup of a socket");
+		FX_CHECK(fcntl(st0dup, F_SETFL, O_NONBLOCK) == 0 && (fcntl(st[0], F_GETFL) & O_NONBLOCK), "dup shares its file");
 		FX_CHECK(opt(dg[1], SO_TYPE) == SOCK_DGRAM && opt(sp[0], SO_TYPE) == SOCK_SEQPACKET, "types");
 		fx_say("tick %lu ok", fx_tick);
 	}
