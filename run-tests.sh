@@ -18,6 +18,9 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 { command -v unshare && command -v setsid; } >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v perl >/dev/null 2>&1 || need_apt+=(perl-base)
+command -v xargs >/dev/null 2>&1 || need_apt+=(findutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

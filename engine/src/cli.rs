@@ -105,7 +105,7 @@ fn version_text() -> String {
     format!(
         "Version: {VERSION}\n\
          Implementation: criu_rs {own}, an engine in Rust with the command line and image format of criu {VERSION}\n\
-         restoring one process at a time (trees are dumped, not restored); no RPC service (swrk), predump, page server or lazy pages\n"
+         no RPC service (swrk), predump, page server or lazy pages\n"
     )
 }
 
@@ -114,8 +114,8 @@ fn usage() -> String {
     format!(
         "\
 {OWN_VERSION}: checkpoint/restore of Linux processes in upstream CRIU
-{VERSION}'s image format and command line: dump takes a process tree, restore
-one process (any number of threads; an image of several is refused).
+{VERSION}'s image format and command line: dump and restore of process trees
+(any number of threads per process).
 
 Usage:
   criu dump -t PID [-D DIR] [<options>]
@@ -128,7 +128,7 @@ Usage:
 
 Commands:
   dump           checkpoint the process tree rooted at PID into image files
-  restore        restore a process from image files (one process)
+  restore        restore the process tree of an image set
   check          check that this kernel has what the engine needs
   cpuinfo dump   write this CPU's features into cpuinfo.img
   cpuinfo check  check cpuinfo.img against this CPU
@@ -136,13 +136,16 @@ Commands:
                  siblings of it; prints their pids, one per line
 
 Not implemented (refused by name): pre-dump, show, page-server, service,
-swrk, dedup, lazy-pages, exec, image-cache, image-proxy; restoring trees.
+swrk, dedup, lazy-pages, exec, image-cache, image-proxy.
 
 Options:
   -t|--tree PID          dump: the root of the tree to checkpoint (the
                          process, its threads and all its descendants)
   -R|--leave-running     dump: leave the process running after the dump
   -d|--restore-detached  restore: detach from the restored process
+  -S|--restore-sibling   restore: the restored root becomes a child of
+                         criu's parent, not of criu (criu then does not
+                         wait for it)
                          (--daemon is the same, as upstream)
   -D|--images-dir DIR    directory of the image files (default: .)
   -W|--work-dir DIR      directory for the log and a relative pidfile
@@ -491,13 +494,13 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }
-    if dir.join(mg::PSTREE.file_name("")).exists() {
-        cpuinfo::check_threads(&dir, o.cpu_cap).here()?;
-    }
+    // read (and checked: pstree first) before the per-thread CPU check reads the cores again
     let (tree, pages) = images_io::read_images(&dir).here()?;
+    cpuinfo::check_threads(&dir, o.cpu_cap).here()?;
     let pidfile = o.pidfile.as_deref().map(|p| in_work_dir(o, Path::new(p)));
-    let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from) };
-    let pid = restore::restore(&tree, &pages, &ropts).here()?;
+    let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from), sibling: o.restore_sibling };
+    let mems: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
+    let pid = restore::restore(&tree, &mems, &ropts).here()?;
     let restored: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
     // forking is not a separate stage here (one process): 0, as upstream
     // reports for a single process too
@@ -516,7 +519,8 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
         );
     }
     write_stats(&dir, "restore", &pb::StatsEntry { dump: None, restore: Some(stats) });
-    if o.detached {
+    // a sibling is not ours to wait for: its parent is criu's parent
+    if o.detached || o.restore_sibling {
         return Ok(0);
     }
     // as upstream: wait for the tree, then exit 0 whatever its status

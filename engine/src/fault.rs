@@ -27,7 +27,8 @@
 //! clone forked from S), `tfork-mid-clone` (a clone's first thread made),
 //! `tfork-before-release`, `tfork-mid-persist` (the image set staged, not
 //! yet written: `--persist=sync|async`);
-//! restore `after-clone`, `mid-mm` (half the VMAs mapped), `mid-fill`
+//! restore `after-clone`, `after-reports` (every process of the tree
+//! forked and set up, none seized yet), `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the
 //! first extra thread is created), `before-detach`, `mid-detach` (every
 //! thread but the main one detached; `:fail` waits 300 ms first, so that
@@ -47,6 +48,7 @@ pub const POINTS: &[&str] = &[
     "mid-pump",
     "before-inventory",
     "after-clone",
+    "after-reports",
     "mid-mm",
     "mid-fill",
     "mid-threads",

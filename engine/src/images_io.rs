@@ -1187,31 +1187,72 @@ fn prefetch(dir: &Path) {
 }
 
 /// Read an image set into the model; the pages come back as a [`PagesImage`].
-pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
+pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     prefetch(dir);
     let inv: pb::InventoryEntry = read_one(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY)?;
     if inv.img_version != 2 {
         return Err(bad("inventory.img", format!("image version {} is not supported (want 2)", inv.img_version)));
     }
     let ps: Vec<pb::PstreeEntry> = read_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE)?;
-    if ps.len() != 1 {
-        return Err(bad("pstree.img", format!("{} processes: restoring trees is not supported yet", ps.len())));
-    }
-    let p = &ps[0];
-    let pid = p.pid as i32;
+    let shape: Vec<crate::validate::PstreeShape> =
+        ps.iter().map(|p| crate::validate::PstreeShape { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, threads: p.threads.clone() }).collect();
+    crate::validate::pstree(&mg::PSTREE.file_name(""), &shape)?;
     let files: Vec<pb::FileEntry> = read_all(dir, &mg::FILES.file_name(""), &mg::FILES)?;
-    let file = |id: u32| files.iter().find(|f| f.id == id);
-    let reg = |id: u32, what: &str| -> Result<&pb::RegFileEntry, ImagesError> {
-        file(id).and_then(|f| f.reg.as_ref()).ok_or_else(|| bad("files.img", format!("{what}: no regular file with id {id}")))
-    };
-    let ids: pb::TaskKobjIdsEntry = read_one(dir, &mg::IDS.file_name(pid), &mg::IDS)?;
     let seccomp_img: Vec<pb::SeccompFilter> = if dir.join(mg::SECCOMP.file_name("")).exists() {
         read_all::<pb::SeccompEntry>(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP)?.into_iter().flat_map(|e| e.seccomp_filters).collect()
     } else {
         Vec::new()
     };
+    let root_ids = inv.root_ids.as_ref().map(ids_from_pb).unwrap_or_default();
+    let mut tasks = Vec::with_capacity(ps.len());
+    let mut mems = Vec::with_capacity(ps.len());
+    for (k, p) in ps.iter().enumerate() {
+        let name = mg::CORE.file_name(p.pid);
+        // a zombie (TASK_DEAD) has only its core: state, exit status, comm
+        let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE)?;
+        if let Some(tc) = core.tc.as_ref().filter(|tc| tc.task_state == TASK_DEAD) {
+            if k == 0 {
+                return Err(bad(&name, "the root of the tree is a zombie"));
+            }
+            tasks.push(Task {
+                pid: p.pid as i32, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32,
+                comm: tc.comm.clone(), zombie_exit: Some(tc.exit_code), ..Default::default()
+            });
+            mems.push(PagesImage::default());
+            continue;
+        }
+        let (task, mem) = read_task(dir, p, &files, &seccomp_img)?;
+        tasks.push(task);
+        mems.push(mem);
+    }
+    let task = &tasks[0];
+    // timens-<id>.img when the task had a time namespace of its own (as
+    // upstream names it), else timens-0.img
+    let own = task.ids.time_ns != 0 && root_ids.time_ns != 0 && task.ids.time_ns != root_ids.time_ns;
+    let tn_name = Some(mg::TIMENS.file_name(task.ids.time_ns))
+        .filter(|n| own && dir.join(n).exists())
+        .unwrap_or_else(|| mg::TIMENS.file_name(0));
+    let timens = match read_all::<pb::TimensEntry>(dir, &tn_name, &mg::TIMENS) {
+        Ok(v) => v.first().map(|e| TimeNs { monotonic: (e.monotonic.tv_sec, e.monotonic.tv_nsec), boottime: (e.boottime.tv_sec, e.boottime.tv_nsec) }),
+        Err(_) if !dir.join(&tn_name).exists() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens };
+    Ok((tree, mems))
+}
+
+/// One live process of the image set: its core, ids, fds, fs, mm and
+/// pagemap images, and its pages (its own, and those of the shared
+/// anonymous memory it maps, at its mappings' addresses).
+fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_img: &[pb::SeccompFilter]) -> Result<(Task, PagesImage), ImagesError> {
+    let pid = p.pid as i32;
+    let file = |id: u32| files.iter().find(|f| f.id == id);
+    let reg = |id: u32, what: &str| -> Result<&pb::RegFileEntry, ImagesError> {
+        file(id).and_then(|f| f.reg.as_ref()).ok_or_else(|| bad("files.img", format!("{what}: no regular file with id {id}")))
+    };
+    let ids: pb::TaskKobjIdsEntry = read_one(dir, &mg::IDS.file_name(pid), &mg::IDS)?;
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO)?;
-    let (fds, pipe_data) = read_fds(dir, &files, &fdinfo)?;
+    let (fds, pipe_data) = read_fds(dir, files, &fdinfo)?;
     let fse: pb::FsEntry = read_one(dir, &mg::FS.file_name(pid), &mg::FS)?;
     let fs = Fs {
         cwd: reg(fse.cwd_id, "cwd")?.name.clone(),
@@ -1396,24 +1437,11 @@ pub fn read_images(dir: &Path) -> Result<(Tree, PagesImage), ImagesError> {
             pdeath_sig: tcore.pdeath_sig.unwrap_or(0),
             seccomp_mode: tcore.seccomp_mode.unwrap_or(0) as u32,
             seccomp: match tcore.seccomp_filter {
-                Some(pos) => seccomp_from(&name, &seccomp_img, pos)?,
+                Some(pos) => seccomp_from(&name, seccomp_img, pos)?,
                 None => Vec::new(),
             },
         });
     }
     task.ids = ids_from_pb(&ids);
-    let root_ids = inv.root_ids.as_ref().map(ids_from_pb).unwrap_or_default();
-    // timens-<id>.img when the task had a time namespace of its own (as
-    // upstream names it), else timens-0.img
-    let own = task.ids.time_ns != 0 && root_ids.time_ns != 0 && task.ids.time_ns != root_ids.time_ns;
-    let tn_name = Some(mg::TIMENS.file_name(task.ids.time_ns))
-        .filter(|n| own && dir.join(n).exists())
-        .unwrap_or_else(|| mg::TIMENS.file_name(0));
-    let timens = match read_all::<pb::TimensEntry>(dir, &tn_name, &mg::TIMENS) {
-        Ok(v) => v.first().map(|e| TimeNs { monotonic: (e.monotonic.tv_sec, e.monotonic.tv_nsec), boottime: (e.boottime.tv_sec, e.boottime.tv_nsec) }),
-        Err(_) if !dir.join(&tn_name).exists() => None,
-        Err(e) => return Err(e.into()),
-    };
-    let tree = Tree { root_owns_pid_ns: pid == 1, tasks: vec![task], root_ids, timens };
-    Ok((tree, src))
+    Ok((task, src))
 }

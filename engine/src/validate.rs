@@ -81,3 +81,93 @@ mod tests {
         assert!(e.contains("entry 1 (vaddr 0x9000"), "{e}");
     }
 }
+
+/// One pstree.img entry, as the checks below see it.
+#[derive(Debug, Clone)]
+pub struct PstreeShape {
+    pub pid: u32,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+    pub threads: Vec<u32>,
+}
+
+/// The kernel's largest pid (PID_MAX_LIMIT on 64-bit).
+const PID_MAX: u32 = 1 << 22;
+/// Processes and threads of one image set: far above any real tree, low
+/// enough that a hostile pstree cannot make restore plan millions of them.
+const MAX_TASKS: usize = 1 << 16;
+
+/// The shape of a tree as pstree.img gives it: at least one entry, pids
+/// and thread ids in range and unique across the tree, every entry's
+/// parent an earlier entry (the root's parent outside the tree), a live
+/// process's first thread its own pid, a zombie (thread list `[0]` or
+/// empty) with no children, a session leader leading its own group.
+pub fn pstree(file: &str, ps: &[PstreeShape]) -> Result<(), ImagesError> {
+    use std::collections::HashMap;
+    if ps.is_empty() {
+        return Err(bad(file, "no processes".into()));
+    }
+    if ps.len() > MAX_TASKS {
+        return Err(bad(file, format!("{} processes: more than this engine restores ({MAX_TASKS})", ps.len())));
+    }
+    let mut at: HashMap<u32, usize> = HashMap::with_capacity(ps.len());
+    let mut tids: HashMap<u32, usize> = HashMap::new();
+    let mut zombie = vec![false; ps.len()];
+    for (i, p) in ps.iter().enumerate() {
+        let e = |what: String| bad(file, format!("entry {i} (pid {}): {what}", p.pid));
+        if p.pid == 0 || p.pid >= PID_MAX {
+            return Err(e(format!("pid {} is out of range", p.pid)));
+        }
+        if let Some(j) = at.insert(p.pid, i) {
+            return Err(e(format!("pid {} is also entry {j}'s", p.pid)));
+        }
+        if p.pgid >= PID_MAX || p.sid >= PID_MAX {
+            return Err(e(format!("pgid {} or sid {} is out of range", p.pgid, p.sid)));
+        }
+        if p.sid == p.pid && p.pgid != p.pid {
+            return Err(e(format!("a session leader in group {} (a session leader leads its own group)", p.pgid)));
+        }
+        if i == 0 {
+            if p.ppid != 0 && ps.iter().any(|q| q.pid == p.ppid) {
+                return Err(e(format!("the root's parent {} is in the tree", p.ppid)));
+            }
+        } else {
+            match at.get(&p.ppid) {
+                Some(&j) if j < i && !zombie[j] => {}
+                Some(&j) if zombie[j] => return Err(e(format!("its parent {} (entry {j}) is a zombie", p.ppid))),
+                _ => return Err(e(format!("its parent {} is not an earlier entry", p.ppid))),
+            }
+        }
+        zombie[i] = p.threads.is_empty() || p.threads == [0];
+        if zombie[i] {
+            continue;
+        }
+        if p.threads.len() > MAX_TASKS {
+            return Err(e(format!("{} threads", p.threads.len())));
+        }
+        if p.threads[0] != p.pid {
+            return Err(e(format!("its first thread is {}, not the process itself", p.threads[0])));
+        }
+        for &t in &p.threads {
+            if t == 0 || t >= PID_MAX {
+                return Err(e(format!("thread id {t} is out of range")));
+            }
+            if let Some(j) = tids.insert(t, i) {
+                return Err(e(format!("thread id {t} is also a thread of entry {j}")));
+            }
+        }
+    }
+    // a thread id may not be another process's pid
+    for (&t, &i) in &tids {
+        if let Some(&j) = at.get(&t) {
+            if j != i {
+                return Err(bad(file, format!("entry {i}: thread id {t} is the pid of entry {j}")));
+            }
+        }
+    }
+    if tids.len() > MAX_TASKS {
+        return Err(bad(file, format!("{} threads in all: more than this engine restores ({MAX_TASKS})", tids.len())));
+    }
+    Ok(())
+}

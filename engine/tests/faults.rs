@@ -239,6 +239,17 @@ fn restore_faults_mid_fill() {
     restore_faults_with("counter", Ns::OwnPidNs, &["mid-fill"], &[("CRIU_RS_FILL_READ", "direct")]);
 }
 
+/// A tree (root, pipe writer and reader, grandchild, zombie) in a pid
+/// namespace of its own and in the host's: the engine killed while the
+/// processes are forked, mid-memory, before and during their release
+/// leaves none of them (the pipe's reader FAILs on a gap, so a restore
+/// that lost bytes would show).
+#[test]
+fn restore_faults_tree() {
+    restore_faults("tree", Ns::OwnPidNs, &["after-clone", "after-reports", "mid-mm", "mid-mm@3", "before-detach", "mid-detach"]);
+    restore_faults("tree", Ns::Host, &["after-clone", "after-reports", "mid-mm@2", "before-detach"]);
+}
+
 #[test]
 fn restore_faults_threads_host_pidns() {
     restore_faults("threads", Ns::Host, &["after-clone", "mid-mm", "mid-threads", "mid-threads@3", "before-detach"]);

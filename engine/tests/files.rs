@@ -224,7 +224,7 @@ fn fifos_survive() {
         let t = std::time::Instant::now();
         s.restore(&dir, &[]);
         assert!(t.elapsed() < Duration::from_secs(20), "restore took {:?}", t.elapsed());
-        assert_eq!(fd_table(s.pid).len(), before.len());
+        assert_eq!(fd_table(s.pid).len(), before.len(), "{before:?} vs {:?}", fd_table(s.pid));
     }
     let t = last_tick(&s.log());
     wait_until("more ticks", Duration::from_secs(10), || last_tick(&s.log()) > t + 3);

@@ -8,7 +8,8 @@
 //!   the images hold every process (zombie included), one description for
 //!   an fd inherited by all, one pipe between writer and reader.
 //! - Upstream CRIU 4.2 restores the tree we dumped and it ticks on (the
-//!   format check); our own restore refuses a tree by name.
+//!   format check), and so does our own restore (each restoring test runs
+//!   with both: `Restorer`).
 //! - A tree forking all the time is frozen consistently (every parent in
 //!   the images, upstream restores it, no child lost).
 //! - The engine killed during a tree dump leaves every process running,
@@ -184,9 +185,20 @@ fn pstree(dir: &Path) -> Vec<pb::PstreeEntry> {
     images_proto::image::read_all(dir, "pstree.img", &mg::PSTREE).expect("pstree.img")
 }
 
-/// Restore `dir` with upstream 4.2 (detached, in `work`), as root.
-fn upstream_restore(dir: &Path, work: &Path) {
-    let st = Command::new(upstream())
+/// Which engine restores a dumped tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restorer {
+    Upstream,
+    Ours,
+}
+
+/// Restore `dir` with `r` (detached, in `work`), as root.
+fn restore_by(r: Restorer, dir: &Path, work: &Path) {
+    let bin = match r {
+        Restorer::Upstream => upstream(),
+        Restorer::Ours => PathBuf::from(CRIU),
+    };
+    let st = Command::new(&bin)
         .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
         .arg(dir)
         .current_dir(work)
@@ -195,7 +207,7 @@ fn upstream_restore(dir: &Path, work: &Path) {
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(st.success(), "upstream restore failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
+    assert!(st.success(), "{r:?} restore failed:\n{}", std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default());
 }
 
 /// Parents before children, each parent in the set, the root first.
@@ -259,9 +271,8 @@ fn leave_running_tree_runs_on_unchanged() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-#[test]
-fn upstream_restores_our_tree_dump() {
-    if cannot_run("upstream_restores_our_tree_dump", true) {
+fn upstream_restores_our_tree_dump_by(r: Restorer) {
+    if cannot_run("upstream_restores_our_tree_dump", r == Restorer::Upstream) {
         return;
     }
     let (tmp, mut fx) = start_tree("upstream");
@@ -271,8 +282,8 @@ fn upstream_restores_our_tree_dump() {
     criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
     wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
     let t = fx.tick();
-    upstream_restore(&dir, &fx.work);
-    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 5);
+    restore_by(r, &dir, &fx.work);
+    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 5);
     fx.refind();
     let live = fx.members().into_iter().filter(|&p| alive(p)).count();
     assert_eq!((live, fx.members().len()), (4, 5), "4 live processes and the zombie restored");
@@ -280,13 +291,22 @@ fn upstream_restores_our_tree_dump() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+#[test]
+fn upstream_restores_our_tree_dump() {
+    upstream_restores_our_tree_dump_by(Restorer::Upstream);
+}
+
+#[test]
+fn our_restore_brings_back_our_tree_dump() {
+    upstream_restores_our_tree_dump_by(Restorer::Ours);
+}
+
 /// The `mem` fixture: a child writes MAP_SHARED anonymous memory its
 /// parent checks every tick. The object is written once (one
 /// pagemap-shmem, the same shmid in both mm images); upstream restores it
 /// shared (the parent keeps seeing the child's writes: no FAIL).
-#[test]
-fn upstream_restores_shared_anonymous_memory_of_a_tree() {
-    if cannot_run("upstream_restores_shared_anonymous_memory_of_a_tree", true) {
+fn upstream_restores_shared_anonymous_memory_of_a_tree_by(r: Restorer) {
+    if cannot_run("upstream_restores_shared_anonymous_memory_of_a_tree", r == Restorer::Upstream) {
         return;
     }
     let (tmp, mut fx) = start_fixture("mem", "mem");
@@ -309,12 +329,22 @@ fn upstream_restores_shared_anonymous_memory_of_a_tree() {
     }
     wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
     let t = fx.tick();
-    upstream_restore(&dir, &fx.work);
-    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 5);
+    restore_by(r, &dir, &fx.work);
+    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 5);
     fx.refind();
     assert_eq!(fx.members().len(), 2);
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn upstream_restores_shared_anonymous_memory_of_a_tree() {
+    upstream_restores_shared_anonymous_memory_of_a_tree_by(Restorer::Upstream);
+}
+
+#[test]
+fn our_restore_keeps_anonymous_memory_shared_in_a_tree() {
+    upstream_restores_shared_anonymous_memory_of_a_tree_by(Restorer::Ours);
 }
 
 /// A child mapping a part of a MAP_SHARED anonymous object its parent no
@@ -442,9 +472,8 @@ impl Drop for KillOnDrop {
 /// A tree whose processes have different uids (a root shell, a child of
 /// uid 65534): dumped, and upstream 4.2 restores it with the uids as they
 /// were (as root on this machine).
-#[test]
-fn tree_with_another_uid_dumps() {
-    if cannot_run("tree_with_another_uid_dumps", true) {
+fn tree_with_another_uid_dumps_by(r: Restorer) {
+    if cannot_run("tree_with_another_uid_dumps", r == Restorer::Upstream) {
         return;
     }
     let tmp = test_dir("treedump-uid");
@@ -488,7 +517,7 @@ fn tree_with_another_uid_dumps() {
         }
     }
     let _restored_guard = KillTagged(tagged);
-    upstream_restore(&dir, &tmp.join("work"));
+    restore_by(r, &dir, &tmp.join("work"));
     let mut restored = Vec::new();
     wait_until("restored processes", Duration::from_secs(10), || {
         restored = tagged();
@@ -496,8 +525,18 @@ fn tree_with_another_uid_dumps() {
     });
     let sleeps: Vec<i32> = restored.iter().copied().filter(|p| comm(*p) == "sleep").collect();
     let after = uids(&sleeps);
-    assert_eq!(after, before, "uids after upstream's restore");
+    assert_eq!(after, before, "uids after the restore");
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn tree_with_another_uid_dumps() {
+    tree_with_another_uid_dumps_by(Restorer::Upstream);
+}
+
+#[test]
+fn tree_with_another_uid_restores_with_ours() {
+    tree_with_another_uid_dumps_by(Restorer::Ours);
 }
 
 /// A process of the tree that made a pid namespace of its own below the
@@ -532,9 +571,8 @@ fn nested_pid_namespace_is_refused_by_name() {
 /// checks): every thread is in the images (pstree threads, a core each),
 /// `--leave-running` leaves all running, and upstream restores the tree
 /// with all its threads counting.
-#[test]
-fn threads_in_every_process_of_a_tree() {
-    if cannot_run("threads_in_every_process_of_a_tree", true) {
+fn threads_in_every_process_of_a_tree_by(r: Restorer) {
+    if cannot_run("threads_in_every_process_of_a_tree", r == Restorer::Upstream) {
         return;
     }
     let tmp = test_dir("treedump-threads");
@@ -559,20 +597,29 @@ fn threads_in_every_process_of_a_tree() {
     criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
     wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
     let t = fx.tick();
-    upstream_restore(&dir, &fx.work);
-    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 5);
+    restore_by(r, &dir, &fx.work);
+    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 5);
     fx.refind();
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn threads_in_every_process_of_a_tree() {
+    threads_in_every_process_of_a_tree_by(Restorer::Upstream);
+}
+
+#[test]
+fn threads_in_every_process_of_a_tree_restore_with_ours() {
+    threads_in_every_process_of_a_tree_by(Restorer::Ours);
 }
 
 /// A tree in the host pid namespace (`setsid fx-tree`): dumped, its pids
 /// free again when the dump returns (the orphans' reaper here takes up to
 /// ~2 s: the pids are waited for together), and upstream restores it with
 /// the same pids, session and group.
-#[test]
-fn host_pid_namespace_tree_restores_with_upstream() {
-    if cannot_run("host_pid_namespace_tree_restores_with_upstream", true) {
+fn host_pid_namespace_tree_restores_with_upstream_by(r: Restorer) {
+    if cannot_run("host_pid_namespace_tree_restores_with_upstream", r == Restorer::Upstream) {
         return;
     }
     let tmp = test_dir("treedump-hostns");
@@ -596,8 +643,8 @@ fn host_pid_namespace_tree_restores_with_upstream() {
     assert!(members.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()), "pids still taken when the dump returned");
     assert!(took < Duration::from_secs(5), "the dump took {took:?}");
     let t = fx.tick();
-    upstream_restore(&dir, &fx.work);
-    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 5);
+    restore_by(r, &dir, &fx.work);
+    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 5);
     fx.refind();
     let mut now = fx.members();
     now.sort_unstable();
@@ -607,27 +654,17 @@ fn host_pid_namespace_tree_restores_with_upstream() {
 }
 
 #[test]
-fn our_restore_refuses_a_tree_by_name() {
-    if cannot_run("our_restore_refuses_a_tree_by_name", false) {
-        return;
-    }
-    let (tmp, fx) = start_tree("refuse");
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
-    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
-    let before = live_with_exe(&fx.bin);
-    let (st, log) = criu_env(Path::new(CRIU), &["restore", "-d"], &dir, "restore.log", &[]);
-    assert!(!st.success(), "restore of a tree succeeded:\n{log}");
-    assert!(log.contains("5 processes: restoring trees is not supported yet"), "not refused by name:\n{log}");
-    assert_eq!(live_with_exe(&fx.bin), before, "the refused restore created processes");
-    fx.ticks_on(2, "after the refused restore");
-    drop(fx);
-    let _ = std::fs::remove_dir_all(&tmp);
+fn host_pid_namespace_tree_restores_with_upstream() {
+    host_pid_namespace_tree_restores_with_upstream_by(Restorer::Upstream);
 }
 
 #[test]
-fn forking_tree_is_frozen_consistently() {
-    if cannot_run("forking_tree_is_frozen_consistently", true) {
+fn host_pid_namespace_tree_restores_with_ours() {
+    host_pid_namespace_tree_restores_with_upstream_by(Restorer::Ours);
+}
+
+fn forking_tree_is_frozen_consistently_by(r: Restorer) {
+    if cannot_run("forking_tree_is_frozen_consistently", r == Restorer::Upstream) {
         return;
     }
     let tmp = test_dir("treedump-forkloop");
@@ -658,11 +695,21 @@ fn forking_tree_is_frozen_consistently() {
     criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log");
     wait_until("the tree gone after the dump", Duration::from_secs(5), || !alive(root));
     let t = fx.tick();
-    upstream_restore(&dir, &fx.work);
-    wait_until("ticks after upstream's restore", Duration::from_secs(15), || fx.tick() > t + 3);
+    restore_by(r, &dir, &fx.work);
+    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 3);
     fx.refind();
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn forking_tree_is_frozen_consistently() {
+    forking_tree_is_frozen_consistently_by(Restorer::Upstream);
+}
+
+#[test]
+fn forking_tree_restores_with_ours() {
+    forking_tree_is_frozen_consistently_by(Restorer::Ours);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Upstream CRIU 4.2's own image sets of `counter`, `threads` and `signals`
+//! Upstream CRIU 4.2's own image sets of `counter`, `threads`, `signals`
+//! and `tree`
 //! (../shared/fixtures/upstream) restored by our engine, set up as the
 //! fixtures' README says (binary under /srv/criu-fixtures/bin, working
 //! directory from workdir.tar), must keep ticking `ok`.
@@ -82,3 +83,10 @@ fn upstream_threads() {
 fn upstream_signals() {
     restore_upstream("signals");
 }
+
+/// A tree: root, pipe writer and reader, grandchild, unreaped zombie.
+#[test]
+fn upstream_tree() {
+    restore_upstream("tree");
+}
+

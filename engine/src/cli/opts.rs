@@ -39,6 +39,7 @@ enum Act {
     ShellJob,
     /// `--ext-unix-sk`: datagram peers outside the tree (without a value).
     ExtUnixSk,
+    RestoreSibling,
     Root,
     Extra,
     Experimental,
@@ -115,7 +116,7 @@ const SPECS: &[Spec] = &[
     o("deprecated", None, No, Accepted, true),
     o("mntns-compat-mode", None, No, Accepted, true),
     o("leave-stopped", Some('s'), No, Refused, false),
-    o("restore-sibling", Some('S'), No, Refused, true),
+    o("restore-sibling", Some('S'), No, RestoreSibling, true),
     // upstream's --daemon is -d too
     o("daemon", None, No, Detached, true),
     o("join-ns", Some('J'), Req, Refused, false),
@@ -206,6 +207,8 @@ pub struct Opts {
     /// `--ext-unix-sk`: a datagram socket connected to a named socket
     /// outside the dumped tree is dumped, and connected again on restore.
     pub ext_unix_sk: bool,
+    /// `--restore-sibling`: the restored root is a child of criu's parent.
+    pub restore_sibling: bool,
     pub root: Option<String>,
     pub extra: bool,
     pub experimental: bool,
@@ -315,6 +318,7 @@ impl Opts {
                 None | Some("") => self.ext_unix_sk = true,
                 Some(_) => return Err(Problem::new(format!("{shown} with socket inodes (one-sided stream connections) is not supported yet"))),
             },
+            RestoreSibling => self.restore_sibling = !negated,
             Root => self.root = Some(v()),
             Extra => self.extra = !negated,
             Experimental => self.experimental = !negated,

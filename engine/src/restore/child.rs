@@ -6,7 +6,8 @@
 //! reports "ok" (or the error) on a pipe and waits to be seized.
 
 use super::files;
-use crate::model::Task;
+use super::plan::Role;
+use crate::model::Tree;
 use crate::sys::process as p;
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -33,46 +34,158 @@ impl RootDir {
     }
 }
 
-/// What the child must do, computed by the engine before cloning.
+/// What the restore children must do, computed by the engine before
+/// the root is cloned; every process of the tree inherits it.
 #[derive(Debug)]
 pub struct ChildPlan {
-    /// Report pipe write end (engine side fd number, inherited).
+    /// Report pipe write end (engine side fd number, inherited by the root).
     pub report_fd: i32,
-    /// First service fd: report pipe, then one per entry of `map_files`.
+    /// First service fd: the report pipe (in every process), then one per
+    /// entry of the process's `map_files`.
     pub svc_base: i32,
-    /// (path, open flags) of files to be mapped; fd = svc_base + 1 + index.
-    pub map_files: Vec<(String, i32)>,
+    /// (path, open flags) of the files each process (by task index) maps;
+    /// fd = svc_base + 1 + index.
+    pub map_files: Vec<Vec<(String, i32)>>,
     /// `--root`: every path of the image is resolved inside it.
     pub root: Option<RootDir>,
     /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
-    /// The clocks of the task's own time namespace at dump (its timens
-    /// image), when it had one: the child enters a new one in which they
-    /// continue.
+    /// The clocks of the tree's own time namespace at dump (its timens
+    /// image), when it had one: the root enters a new one in which they
+    /// continue, before it forks the others.
     pub timens: Option<crate::model::TimeNs>,
+    /// Who forks whom, sessions, groups, helpers, shared descriptions.
+    pub plan: super::plan::Plan,
+    /// `--restore-sibling`: (engine-side fd number of a pidfd of the
+    /// engine, the number the root keeps it on). The root is then not the
+    /// engine's child, so no parent-death signal ties it to the engine: it
+    /// watches the engine through the pidfd instead while it waits to be
+    /// seized (the engine closes it right after the seize), and exits if
+    /// the engine is gone.
+    pub engine: Option<(i32, i32)>,
+    /// Where the root puts the descriptions of `plan.shared` for every
+    /// process to inherit: `sh_base + k` (above every restored fd, below
+    /// the working fds).
+    pub sh_base: i32,
 }
 
-fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
-    p::block_all_signals().map_err(|e| format!("blocking signals: {e}"))?;
-    // die with the engine until the engine has seized us
-    p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-    p::dup2(plan.report_fd, plan.svc_base).map_err(|e| format!("moving the report pipe: {e}"))?;
-    let terminal = files::park_terminal(plan)?;
-    let mut keep = vec![plan.svc_base];
-    keep.extend(terminal);
-    keep.extend(plan.root.as_ref().map(|r| r.fd.as_raw_fd()));
-    p::close_all_except(&keep);
-    if task.sid == task.pid {
-        p::setsid().map_err(|e| format!("setsid: {e}"))?;
+impl ChildPlan {
+    /// The inherited fd of each shared description.
+    pub fn shared_fds(&self) -> std::collections::HashMap<u32, i32> {
+        self.plan.shared.iter().enumerate().map(|(k, &d)| (d, self.sh_base + k as i32)).collect()
     }
-    files::restore_fds(plan, task, terminal)?;
-    for (i, (path, flags)) in plan.map_files.iter().enumerate() {
-        files::open_at(plan, path, *flags, plan.svc_base + 1 + i as i32)?;
+
+    fn shared_range(&self) -> std::ops::Range<i32> {
+        self.sh_base..self.sh_base + self.plan.shared.len() as i32
+    }
+}
+
+/// Report of one process on the shared report pipe, one line each written
+/// whole (under PIPE_BUF): `NSPID HOSTPID ok` or `NSPID HOSTPID err WHAT`.
+fn report(plan: &ChildPlan, ns_pid: i32, msg: Result<(), String>) -> std::io::Result<()> {
+    let host = std::fs::read_link("/proc/self").ok().and_then(|l| l.to_str()?.parse::<i32>().ok()).unwrap_or(0);
+    let mut line = match msg {
+        Ok(()) => format!("{ns_pid} {host} ok"),
+        Err(m) => format!("{ns_pid} {host} err {}", m.replace('\n', " ")),
+    };
+    if line.len() > 3000 {
+        let mut cut = 3000;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    line.push('\n');
+    p::write_raw(plan.svc_base, line.as_bytes()).map(drop)
+}
+
+/// The process's own ids and its children: session and group calls, a
+/// child subreaper's flag (before a helper child exits), the root's time
+/// namespace and the shared descriptions, then the forks.
+fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>) -> Result<(), String> {
+    let node = &plan.plan.nodes[n];
+    if node.setsid {
+        p::setsid().map_err(|e| format!("setsid: {e}"))?;
+    } else if node.own_group {
+        p::setpgid_self(0).map_err(|e| format!("setpgid(0, 0): {e}"))?;
+    }
+    if let Role::Task(i) = node.role {
+        if tree.tasks[i].child_subreaper {
+            p::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+        }
+    }
+    if n == 0 {
+        if let Some(tn) = &plan.timens {
+            enter_timens(tn)?;
+        }
+        if !plan.plan.shared.is_empty() {
+            files::restore_shared(plan, tree, terminal)?;
+        }
+    }
+    for &c in &node.children {
+        let pid = plan.plan.nodes[c].pid;
+        let under_helper = node.role == Role::Helper;
+        match p::fork3(0, &[pid], libc::SIGCHLD, || child_main(plan, tree, c, under_helper)) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(format!("pid {pid} of the image is in use")),
+            Err(e) => return Err(format!("clone3 of pid {pid}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Join group `g` of this session once some process has made it (its
+/// leader does so before its own forks, a helper before it forks; the
+/// wait is bounded).
+fn join_group(g: i32) -> Result<(), String> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match p::setpgid_self(g) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && t0.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            Err(e) => return Err(format!("joining process group {g}: {e}")),
+        }
+    }
+}
+
+/// A live process of the tree, after its forks: its helpers collected and
+/// its zombie children dead (and the SIGCHLDs they sent taken: the image
+/// has the signals it had), its group joined, then its own state.
+fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>) -> Result<(), String> {
+    let node = &plan.plan.nodes[n];
+    let task = &tree.tasks[i];
+    let mut waited = false;
+    for &c in &node.children {
+        let cn = &plan.plan.nodes[c];
+        match cn.role {
+            Role::Helper => {
+                p::reap_child(cn.pid).map_err(|e| format!("collecting helper {}: {e}", cn.pid))?;
+                waited = true;
+            }
+            Role::Task(ci) if tree.tasks[ci].zombie_exit.is_some() => {
+                p::wait_exited_unreaped(cn.pid).map_err(|e| format!("waiting for zombie {} to exit: {e}", cn.pid))?;
+                waited = true;
+            }
+            Role::Task(_) => {}
+        }
+    }
+    if waited {
+        p::drain_signal(libc::SIGCHLD);
+    }
+    if let Some(g) = node.join_group {
+        join_group(g)?;
+    }
+    let shared = plan.shared_fds();
+    files::restore_fds(plan, task, terminal, &shared)?;
+    for fd in plan.shared_range() {
+        p::close(fd);
+    }
+    for (k, (path, flags)) in plan.map_files[i].iter().enumerate() {
+        files::open_at(plan, path, *flags, plan.svc_base + 1 + k as i32)?;
     }
     restore_loginuid(task.loginuid)?;
-    if let Some(tn) = &plan.timens {
-        enter_timens(tn)?;
-    }
     // fs
     if let Some(r) = &plan.root {
         // the task's root, looked up inside --root, becomes the root
@@ -112,9 +225,6 @@ fn run(plan: &ChildPlan, task: &Task) -> Result<(), String> {
     }
     let comm = CString::new(task.comm.clone()).unwrap_or_default();
     p::set_comm(&comm).map_err(|e| format!("PR_SET_NAME: {e}"))?;
-    if task.child_subreaper {
-        p::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
-    }
     Ok(())
 }
 
@@ -164,26 +274,72 @@ fn enter_timens(tn: &crate::model::TimeNs) -> Result<(), String> {
     Ok(())
 }
 
-/// Entry point of the forked child. Never returns.
-pub fn child_main(plan: &ChildPlan, task: &Task) -> ! {
-    match run(plan, task) {
-        Ok(()) => {
-            // EPIPE: the engine died before PR_SET_PDEATHSIG was set; go too
-            let ok = b"ok";
-            if p::write_raw(plan.svc_base, ok).is_err() {
-                p::exit_now(1)
-            }
-            p::close(plan.svc_base);
-            p::pause_forever()
+/// Entry point of every forked process of the tree (node `n` of the
+/// plan; `under_helper`: forked by a helper, which exits: no parent-death
+/// signal then). Never returns: a live process reports and waits to be
+/// seized, a helper exits, a zombie dies with its status.
+pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -> ! {
+    let node = &plan.plan.nodes[n];
+    let ns_pid = node.pid;
+    let mut terminal = None;
+    let prep = (|| -> Result<(), String> {
+        p::block_all_signals().map_err(|e| format!("blocking signals: {e}"))?;
+        // die with the parent (the engine, for the root) until the engine
+        // has seized us
+        if !under_helper {
+            p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
         }
-        Err(msg) => {
-            let fd = if plan.svc_base > 0 && p::fcntl_int(plan.svc_base, libc::F_GETFD, 0).is_ok() {
-                plan.svc_base
-            } else {
-                plan.report_fd
-            };
-            p::write_fd(fd, msg.as_bytes());
+        if n == 0 {
+            p::dup2(plan.report_fd, plan.svc_base).map_err(|e| format!("moving the report pipe: {e}"))?;
+            if let Some((from, to)) = plan.engine {
+                p::dup2(from, to).map_err(|e| format!("keeping the engine's pidfd: {e}"))?;
+            }
+            terminal = files::park_terminal(plan)?;
+        } else if plan.shell_job && p::fcntl_int(plan.svc_base - 1, libc::F_GETFD, 0).is_ok() {
+            terminal = Some(plan.svc_base - 1);
+        }
+        let mut keep = vec![plan.svc_base];
+        keep.extend(terminal);
+        keep.extend(plan.root.as_ref().map(|r| r.fd.as_raw_fd()));
+        keep.extend(plan.shared_range());
+        if n == 0 {
+            keep.extend(plan.engine.map(|(_, to)| to));
+        }
+        p::close_all_except(&keep);
+        setup_and_fork(plan, tree, n, terminal)
+    })();
+    let result = prep.and_then(|()| match node.role {
+        Role::Helper => Ok(()),
+        Role::Task(i) => match tree.tasks[i].zombie_exit {
+            Some(_) => {
+                let comm = CString::new(tree.tasks[i].comm.clone()).unwrap_or_default();
+                p::set_comm(&comm).map_err(|e| format!("PR_SET_NAME: {e}"))?;
+                node.join_group.map_or(Ok(()), join_group)
+            }
+            None => run(plan, tree, n, i, terminal),
+        },
+    });
+    let failed = result.is_err();
+    // EPIPE: the engine died; go too
+    if report(plan, ns_pid, result).is_err() || failed {
+        p::exit_now(1)
+    }
+    match node.role {
+        Role::Helper => p::exit_now(0),
+        Role::Task(i) => {
+            if let Some(status) = tree.tasks[i].zombie_exit {
+                p::die_with_status(status)
+            }
+        }
+    }
+    p::close(plan.svc_base);
+    match plan.engine.filter(|_| n == 0) {
+        // readable once the engine has exited (a seize stops this wait
+        // for good: the memory it runs in is replaced)
+        Some((_, fd)) => {
+            p::wait_readable(fd);
             p::exit_now(1)
         }
+        None => p::pause_forever(),
     }
 }

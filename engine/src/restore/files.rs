@@ -266,9 +266,35 @@ impl Slots {
     }
 }
 
+/// The open file descriptions the root makes for the whole tree
+/// (`plan.plan.shared`), onto `sh_base + k`, for every process forked
+/// after to inherit: each made as its first holder's fd would be (pipes
+/// with both ends and their bytes, a FIFO's keeper and bytes, a ghost
+/// recreated once for all of its descriptions).
+pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Option<i32>) -> Result<(), String> {
+    let mut fds = Vec::with_capacity(plan.plan.shared.len());
+    for (k, &d) in plan.plan.shared.iter().enumerate() {
+        let f = tree.tasks.iter().flat_map(|t| &t.fds).find(|f| f.desc == d).ok_or_else(|| format!("shared file {d} has no fd"))?;
+        fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
+    }
+    let mut pipe_data: Vec<PipeData> = Vec::new();
+    for d in tree.tasks.iter().flat_map(|t| &t.pipe_data) {
+        if !pipe_data.iter().any(|x| x.fifo == d.fifo && x.pipe_id == d.pipe_id) {
+            pipe_data.push(d.clone());
+        }
+    }
+    let all = Task { fds, pipe_data, ..Default::default() };
+    install(plan, &all, terminal, &std::collections::HashMap::new(), false)
+}
+
 /// Recreate every fd of `task` (the fd table holds only the report pipe,
-/// the service fds and the parked terminal).
-pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Result<(), String> {
+/// the service fds, the parked terminal and the descriptions the root made
+/// for the tree, `shared`: desc -> inherited fd, dup'ed where they belong).
+pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>) -> Result<(), String> {
+    install(plan, task, terminal, shared, true)
+}
+
+fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>, close_terminal: bool) -> Result<(), String> {
     use std::collections::HashMap;
     let mut ghosts = Ghosts::new(plan);
     // svc_base - 1 is the parked terminal's; working fds go below it
@@ -285,15 +311,16 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
     let mut kinds = Vec::new();
     for fd in &task.fds {
         let n = fd.fd;
-        if let FileDesc::Kind(k) = &fd.file {
-            kinds.push((fd, k));
-            continue;
-        }
-        if let Some(&first) = descs.get(&fd.desc) {
+        if let Some(&first) = descs.get(&fd.desc).or_else(|| shared.get(&fd.desc)) {
             p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared file): {e}"))?;
             if fd.cloexec {
                 p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
             }
+            descs.entry(fd.desc).or_insert(n);
+            continue;
+        }
+        if let FileDesc::Kind(k) = &fd.file {
+            kinds.push((fd, k));
             continue;
         }
         match &fd.file {
@@ -381,7 +408,7 @@ pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>) -> Resu
         descs.insert(fd.desc, n);
     }
     let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
-    let working = pipes.values().flat_map(|(e, _)| e.iter().copied()).chain(fifos.values().copied()).chain(terminal);
+    let working = pipes.values().flat_map(|(e, _)| e.iter().copied()).chain(fifos.values().copied()).chain(terminal.filter(|_| close_terminal));
     for x in working {
         if !used.contains(&x) {
             p::close(x);

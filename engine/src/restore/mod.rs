@@ -17,11 +17,12 @@
 pub mod child;
 pub mod creds;
 pub mod files;
+pub mod plan;
 pub mod space;
 pub mod thread;
 
 use crate::mem_source::MemSource;
-use crate::model::{FileDesc, Tree};
+use crate::model::{FileDesc, Task, Tree};
 use crate::sys::inject::{self, Injector};
 use crate::sys::process as p;
 use crate::sys::ptrace::{self, Wait};
@@ -67,29 +68,35 @@ pub struct RestoreOpts {
     pub pidfile: Option<PathBuf>,
     pub shell_job: bool,
     pub root: Option<PathBuf>,
+    /// `--restore-sibling`: the root is forked with CLONE_PARENT, a child
+    /// of the engine's parent (a runtime that runs criu), not of the engine.
+    pub sibling: bool,
 }
 
-/// Kills the half-restored tree unless committed.
+/// Kills the half-restored tree unless committed: every process of it
+/// whose host pid is known (the root first: in a pid namespace of its own
+/// that takes all of them), then reaps what the engine may reap.
 #[derive(Debug)]
 pub struct RestoreGuard {
-    pub pid: Pid,
+    pub pids: Vec<Pid>,
     committed: bool,
 }
 
 impl Drop for RestoreGuard {
     fn drop(&mut self) {
-        if !self.committed && self.pid > 0 {
-            let _ = p::kill(self.pid, libc::SIGKILL);
-            // Threads we trace must be reaped (with __WALL) before their
-            // leader can be: waiting for the leader alone hangs when the
-            // tree had threads. Reap every child until the leader is gone
-            // (the engine has no other children during a restore).
-            for _ in 0..100_000 {
-                match ptrace::wait_any() {
-                    Ok((pid, ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) if pid == self.pid => break,
-                    Ok(_) => {}
-                    Err(_) => break, // ECHILD: nothing left
-                }
+        if self.committed || self.pids.is_empty() {
+            return;
+        }
+        for &pid in &self.pids {
+            let _ = p::kill(pid, libc::SIGKILL);
+        }
+        // Threads we trace must be reaped (with __WALL) before their
+        // leader can be: waiting for the root alone hangs when the tree
+        // had threads. Reap every child and tracee until none is left (the
+        // engine has no other children during a restore).
+        for _ in 0..100_000 {
+            if ptrace::wait_any().is_err() {
+                break; // ECHILD: nothing left
             }
         }
     }
@@ -156,24 +163,13 @@ fn own_timens(tree: &Tree) -> Result<Option<crate::model::TimeNs>, RestoreError>
     }
 }
 
-/// Restore `tree` with page contents from `mem`. Returns the host pid of the root.
-pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<Pid, RestoreError> {
-    if tree.tasks.len() != 1 {
-        return Err(RestoreError::Unsupported(format!(
-            "restoring a tree of {} processes is not supported yet",
-            tree.tasks.len()
-        )));
-    }
-    if !p::is_single_threaded() {
-        return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
-    }
-    check_namespaces(tree)?;
-    let task = tree.root();
-    // plan: which files get mapped, where service fds go
+/// The files process `task` maps (one service fd per path, opened O_RDWR
+/// if any mapping needs it), its executable, and (`pages`) the pages files
+/// it reads its memory from itself.
+fn map_files_of(task: &Task, pages: &[PathBuf]) -> Vec<(String, i32)> {
     let mut map_files: Vec<(String, i32)> = Vec::new();
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
-            // one service fd per path, opened O_RDWR if any mapping needs it
             match map_files.iter_mut().find(|(p, _)| p == &f.path) {
                 Some(m) if f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR => m.1 = f.flags as i32,
                 Some(_) => {}
@@ -186,47 +182,91 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
             map_files.push((exe.path.clone(), libc::O_RDONLY));
         }
     }
-    // pages files, so the target can read its memory itself (paths of the
-    // engine's file system: not under a --root prefix)
-    if opts.root.is_none() {
-        for p in mem.files() {
-            let p = std::fs::canonicalize(&p).unwrap_or(p);
-            map_files.push((p.to_string_lossy().to_string(), libc::O_RDONLY));
-        }
+    for p in pages {
+        let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        map_files.push((p.to_string_lossy().to_string(), libc::O_RDONLY));
     }
-    const CHILD_REPORT_TIMEOUT_MS: i32 = 30_000;
-    let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2);
-    // working fds of the restore child: two per pipe fd, one per FIFO fd (at most)
-    let npipes = task.fds.iter().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
-    let svc_base = (max_fd + 2 * npipes + 16).max(64);
+    map_files
+}
+
+/// A restored process, ready for its release.
+struct Ready<'a> {
+    task: &'a Task,
+    pid: Pid,
+    /// Threads, main thread last.
+    tids: Vec<Pid>,
+}
+
+/// Restore `tree`, process `i` with page contents from `mems[i]`. Returns
+/// the host pid of the root.
+pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Result<Pid, RestoreError> {
+    if mems.len() != tree.tasks.len() {
+        return Err(RestoreError::Unsupported(format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
+    }
+    if !p::is_single_threaded() {
+        return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
+    }
+    check_namespaces(tree)?;
+    let plan = plan::make(tree)?;
+    let live: Vec<usize> = (0..tree.tasks.len()).filter(|&i| tree.tasks[i].zombie_exit.is_none()).collect();
+    // pages files, so each process reads its memory itself (paths of the
+    // engine's file system: not under a --root prefix)
+    let map_files: Vec<Vec<(String, i32)>> = tree
+        .tasks
+        .iter()
+        .zip(mems)
+        .map(|(t, m)| if t.zombie_exit.is_some() { Vec::new() } else { map_files_of(t, &if opts.root.is_none() { m.files() } else { Vec::new() }) })
+        .collect();
+    const CHILD_REPORT_TIMEOUT_MS: u64 = 30_000;
+    let all_fds = || tree.tasks.iter().flat_map(|t| &t.fds);
+    let max_fd = all_fds().map(|f| f.fd).max().unwrap_or(2).max(2);
+    // the descriptions the root makes for all, then the working fds of one
+    // process's fd setup (two per pipe fd, one per FIFO fd at most)
+    let sh_base = max_fd + 1;
+    let npipes = all_fds().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
+    let svc_base = (sh_base + plan.shared.len() as i32 + 2 * npipes + 16).max(64);
+    let max_map = map_files.iter().map(Vec::len).max().unwrap_or(0) as i32;
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
+    let engine_fd = if opts.sibling { Some(p::pidfd_open(std::process::id() as Pid).map_err(ioe(0, "a pidfd of the engine"))?) } else { None };
     // --root: opened once, above the service fds; paths are resolved in it
     let root = match &opts.root {
         None => None,
         Some(r) => {
-            let fd = crate::sys::ns::open_root_dir(r, svc_base + 1 + map_files.len() as i32)
+            let fd = crate::sys::ns::open_root_dir(r, svc_base + 1 + max_map)
                 .map_err(|e| RestoreError::Unsupported(format!("--root {}: {e}", r.display())))?;
             Some(child::RootDir { path: r.clone(), fd })
         }
     };
-    let plan = child::ChildPlan {
+    let cplan = child::ChildPlan {
         report_fd: wr.as_raw_fd(),
         svc_base,
         map_files: map_files.clone(),
         root,
         shell_job: opts.shell_job,
         timens: own_timens(tree)?,
+        plan,
+        sh_base,
+        engine: engine_fd.as_ref().map(|f| (f.as_raw_fd(), svc_base + 2 + max_map)),
     };
-    let (flags, set_tid): (u64, Vec<Pid>) =
+    for &i in &live {
+        creds::check_rlimits(&tree.tasks[i])?;
+        files::check_mapped_files(&tree.tasks[i], cplan.root.as_ref()).map_err(RestoreError::Unsupported)?;
+    }
+    let task = tree.root();
+    let (mut flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
-    pr_info!("Forking task with {} pid (flags {:#x})", task.pid, flags);
-    creds::check_rlimits(task)?;
-    files::check_mapped_files(task, plan.root.as_ref()).map_err(RestoreError::Unsupported)?;
+    if opts.sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
+    pr_info!("Forking task with {} pid (flags {:#x}); {} processes, {} helpers", task.pid, flags, tree.tasks.len(), cplan.plan.nodes.len() - tree.tasks.len());
     // a zombie holding the pid (a source killed by a dump its parent has
     // not reaped yet) is given a moment to go
     let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let child = loop {
-        match p::fork3(flags, &set_tid, libc::SIGCHLD, || child::child_main(&plan, task)) {
+        // clone3 takes no exit signal with CLONE_PARENT: the child gets the
+        // engine's own (SIGCHLD to the engine's parent)
+        let exit_signal = if opts.sibling { 0 } else { libc::SIGCHLD };
+        match p::fork3(flags, &set_tid, exit_signal, || child::child_main(&cplan, tree, 0, false)) {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // (or just freed: gone by the time it is looked at)
@@ -239,26 +279,106 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
             Err(e) => return Err(ioe(task.pid, "clone3")(e)),
         }
     };
-    let mut guard = RestoreGuard { pid: child, committed: false };
+    let mut guard = RestoreGuard { pids: vec![child], committed: false };
     crate::fault::point("after-clone");
     drop(wr);
-    // The child reports, or dies (PR_SET_PDEATHSIG ties it to us, and its
-    // death closes the pipe); a child stuck in a syscall (an open that
-    // waits) is given up on after CHILD_REPORT_TIMEOUT_MS, naming it.
-    if !p::poll_readable(rd.as_fd(), CHILD_REPORT_TIMEOUT_MS).map_err(ioe(child, "waiting for the child's report"))? {
-        let stack = std::fs::read_to_string(format!("/proc/{child}/wchan")).unwrap_or_default();
-        return Err(RestoreError::Child {
-            pid: child,
-            msg: format!("no report after {} s: it is stuck setting up its fds or process state (wchan {stack:?})", CHILD_REPORT_TIMEOUT_MS / 1000),
-        });
+    let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard)?;
+    pr_debug!("{} processes prepared their fds and process state", hosts.len());
+    crate::fault::point("after-reports");
+    // CLONE_NEWPID: set_tid can't name the root's host pid; the others are
+    // known from their reports
+    let host_of = |i: usize| if i == 0 { Some(child) } else { hosts.get(&tree.tasks[i].pid).copied() };
+    let mut shm = space::SharedAnon::default();
+    let mut ready = Vec::with_capacity(live.len());
+    for &i in &live {
+        let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
+        let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
+        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base, &map_files[i], &mut shm, close_first)?);
     }
-    let mut msg = String::new();
-    std::fs::File::from(rd).read_to_string(&mut msg).map_err(ioe(child, "reading the child's report"))?;
-    if msg != "ok" {
-        return Err(RestoreError::Child { pid: child, msg });
+    crate::fault::point("before-detach");
+    // as upstream: the pidfile is created (never overwritten: O_EXCL, 0600)
+    // while the tree is still ours, so failing to write it kills the tree
+    if let Some(pf) = &opts.pidfile {
+        write_pidfile(pf, child)?;
     }
-    pr_debug!("child {child} prepared its fds and process state");
-    // seize
+    if let Err(e) = release_tree(tree, &ready) {
+        if let Some(pf) = &opts.pidfile {
+            let _ = std::fs::remove_file(pf);
+        }
+        return Err(e);
+    }
+    guard.committed = true;
+    pr_info!("Restore finished successfully. Tasks resumed.");
+    Ok(child)
+}
+
+/// Read the report of every process of the plan (`NSPID HOSTPID ok`, or
+/// `... err WHAT`) from the shared pipe: the host pid of each, by pid in
+/// the tree's namespace. A process that failed is named with its reason;
+/// one that died without a word, or did not report within `timeout_ms`
+/// (stuck in a syscall: named with its wchan), fails the restore.
+fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid, timeout_ms: u64, guard: &mut RestoreGuard) -> Result<std::collections::HashMap<i32, Pid>, RestoreError> {
+    use std::collections::HashMap;
+    let want = cplan.plan.nodes.len();
+    let mut hosts: HashMap<i32, Pid> = HashMap::new();
+    let mut ok = 0;
+    let mut buf = Vec::new();
+    let mut rdf = std::fs::File::from(rd);
+    let t0 = std::time::Instant::now();
+    while ok < want {
+        let left = timeout_ms.saturating_sub(t0.elapsed().as_millis() as u64);
+        if left == 0 || !p::poll_readable(rdf.as_fd(), left.min(i32::MAX as u64) as i32).map_err(ioe(root, "waiting for the restore children's reports"))? {
+            let missing: Vec<i32> = cplan.plan.nodes.iter().map(|n| n.pid).filter(|p| !hosts.contains_key(p)).collect();
+            let stack = std::fs::read_to_string(format!("/proc/{root}/wchan")).unwrap_or_default();
+            return Err(RestoreError::Child {
+                pid: root,
+                msg: format!(
+                    "no report after {} s from {missing:?}: stuck setting up fds or process state (root's wchan {stack:?})",
+                    timeout_ms / 1000
+                ),
+            });
+        }
+        let mut chunk = [0u8; 4096];
+        let n = rdf.read(&mut chunk).map_err(ioe(root, "reading the restore children's reports"))?;
+        if n == 0 {
+            let missing: Vec<i32> = cplan.plan.nodes.iter().map(|n| n.pid).filter(|p| !hosts.contains_key(p)).collect();
+            return Err(RestoreError::Child { pid: root, msg: format!("processes {missing:?} of the image died before reporting") });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line[..nl]).to_string();
+            let mut it = line.splitn(4, ' ');
+            let (ns, host, word, rest) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
+            let (ns, host): (i32, Pid) = (ns.parse().unwrap_or(0), host.parse().unwrap_or(0));
+            if host > 0 && ns != tree.root().pid {
+                guard.pids.push(host);
+            }
+            if word != "ok" {
+                return Err(RestoreError::Child { pid: host, msg: format!("(pid {ns} of the image) {rest}") });
+            }
+            hosts.insert(ns, host);
+            ok += 1;
+        }
+    }
+    // every process closes its end of the pipe after its report (a live
+    // one then pauses, to be seized): the end of the pipe says all did
+    let left = timeout_ms.saturating_sub(t0.elapsed().as_millis() as u64);
+    if left == 0 || !p::poll_readable(rdf.as_fd(), left.min(i32::MAX as u64) as i32).map_err(ioe(root, "waiting for the restore children"))? {
+        return Err(RestoreError::Child { pid: root, msg: format!("the restore children reported but did not close their report pipe within {} s", timeout_ms / 1000) });
+    }
+    let mut chunk = [0u8; 256];
+    match rdf.read(&mut chunk).map_err(ioe(root, "reading the restore children's reports"))? {
+        0 => Ok(hosts),
+        n => Err(RestoreError::Child { pid: root, msg: format!("unexpected report after all reported: {:?}", String::from_utf8_lossy(&chunk[..n])) }),
+    }
+}
+
+/// Seize process `pid` (waiting to be seized, its fds and process state
+/// set) and inject the rest: address space, threads, process-wide state,
+/// credentials, final registers. Not released.
+#[allow(clippy::too_many_arguments)]
+fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>) -> Result<Ready<'a>, RestoreError> {
     // O_SUSPEND_SECCOMP: filters installed near the end must not hit the engine's injected syscalls
     let opts_ = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
     ptrace::seize(child, opts_).map_err(ioe(child, "seize"))?;
@@ -271,6 +391,10 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
         }
     }
     let mut main = Injector::new(child, inject::engine_gadget()).map_err(ioe(child, "registers"))?;
+    if let Some(fd) = close_first {
+        // the engine's pidfd the root watched until now (--restore-sibling)
+        main.call("close", libc::SYS_close, &[fd as u64]).map_err(ioe(child, "closing the engine's pidfd"))?;
+    }
     // The restore is injected calls but for the memory fill: the engine and
     // the target on one CPU, so each call is a local switch, not a wakeup
     // of the other vCPU (16 threads: ~2 ms less each). The fill runs on the
@@ -285,7 +409,7 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
             pr_debug!("can't move {child} to CPU {c}: {e}");
         }
     }
-    let sp = space::build(&mut main, task, mem, svc_base, &map_files, &pinned)?;
+    let sp = space::build(&mut main, task, mem, svc_base, map_files, &pinned, shm)?;
     // threads
     let mut injs = vec![];
     for t in task.threads.iter().skip(1) {
@@ -325,27 +449,78 @@ pub fn restore(tree: &Tree, mem: &dyn MemSource, opts: &RestoreOpts) -> Result<P
     // last syscall of the main thread: unmap the gadget page
     main.call_stepped("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, space::GADGET_LEN]).map_err(ioe(child, "unmapping the gadget"))?;
     thread::load_final(child, &task.threads[0])?;
-    for tid in injs.iter().map(|(tid, _, _)| *tid).chain([child]) {
+    let tids: Vec<Pid> = injs.iter().map(|(tid, _, _)| *tid).chain([child]).collect();
+    for &tid in &tids {
         p::sched_setaffinity(tid, &target_mask).map_err(ioe(tid, "giving back the CPU mask"))?;
     }
     drop(pinned);
-    crate::fault::point("before-detach");
-    // as upstream: the pidfile is created (never overwritten: O_EXCL, 0600)
-    // while the tree is still ours, so failing to write it kills the tree
-    if let Some(pf) = &opts.pidfile {
-        write_pidfile(pf, child)?;
-    }
-    let tids: Vec<Pid> = injs.iter().map(|(tid, _, _)| *tid).chain([child]).collect();
-    let detached = release(task, child, &tids);
-    if let Err(e) = detached {
-        if let Some(pf) = &opts.pidfile {
-            let _ = std::fs::remove_file(pf);
+    Ok(Ready { task, pid: child, tids })
+}
+
+/// Release every restored process of the tree, once all are ready: the
+/// SIGSTOP barrier of [`release`] queued in all of them first, then every
+/// thread detached, then SIGCONT to all, so no process runs while another
+/// is still held.
+fn release_tree(tree: &Tree, ready: &[Ready]) -> Result<(), RestoreError> {
+    // a parent that catches SIGCHLD without SA_NOCLDSTOP would see a
+    // child's stop and continue: such children go thread by thread
+    let parent_sees = |t: &Task| {
+        tree.tasks.iter().find(|p| p.pid == t.ppid && t.pid != tree.root().pid).is_some_and(|p| {
+            p.sigactions.get(libc::SIGCHLD as usize - 1).is_some_and(|a| a.handler > 1 && a.flags & libc::SA_NOCLDSTOP as u64 == 0)
+        })
+    };
+    let barrier: Vec<bool> = ready.iter().map(|r| r.task.stop_signo.is_some() || (stop_barrier_is_unseen(r.task) && !parent_sees(r.task))).collect();
+    for (r, &b) in ready.iter().zip(&barrier) {
+        if b {
+            p::kill(r.pid, libc::SIGSTOP).map_err(ioe(r.pid, "stopping the restored process for its release"))?;
+        } else {
+            pr_info!("{} has a SIGCONT handler, queued SIGCONT or stop signals, or a parent that sees its stops: released thread by thread", r.pid);
         }
-        return Err(e);
     }
-    guard.committed = true;
-    pr_info!("Restore finished successfully. Tasks resumed.");
-    Ok(child)
+    // The root last: until it is detached, the engine's death takes it
+    // (PTRACE_O_EXITKILL), and with it, in a pid namespace of its own,
+    // every process already let go (stopped, waiting for the SIGCONT).
+    // In the host's pid namespace those would stay stopped: the window is
+    // the few detach calls of this loop.
+    let last = 0;
+    for (k, r) in ready.iter().enumerate().rev() {
+        for (i, &tid) in r.tids.iter().enumerate() {
+            if k == last && i + 1 == r.tids.len() {
+                crate::fault::point("mid-detach");
+                if crate::fault::fails("mid-detach") {
+                    // what was released so far gets time to show itself
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    return Err(RestoreError::Unsupported("injected failure before the last detach (CRIU_RS_FAULT_AT)".into()));
+                }
+            }
+            ptrace::detach(tid, 0).map_err(ioe(tid, "detach"))?;
+        }
+    }
+    for (r, &b) in ready.iter().zip(&barrier) {
+        if !b {
+            continue;
+        }
+        if r.task.stop_signo.is_some() {
+            wait_group_stop(r.pid, &r.tids);
+            continue;
+        }
+        p::kill(r.pid, libc::SIGCONT).map_err(ioe(r.pid, "continuing the restored process"))?;
+    }
+    Ok(())
+}
+
+/// A process restored stopped: wait (bounded) until every thread is in
+/// the group-stop, so whoever looks next sees it stopped.
+fn wait_group_stop(pid: Pid, tids: &[Pid]) {
+    let t0 = std::time::Instant::now();
+    while !tids.iter().all(|&t| thread_state(pid, t) == Some('T')) {
+        if t0.elapsed() > std::time::Duration::from_secs(10) {
+            crate::pr_warn!("restored process {pid} did not reach its group-stop within 10 s");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    pr_info!("{pid} restored stopped (it was dumped in group-stop)");
 }
 
 /// Whether the release can go through a group-stop unseen: the SIGSTOP

@@ -466,10 +466,48 @@ fn build_shmem(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSourc
     Ok(())
 }
 
+/// The `MAP_SHARED` anonymous objects the tree's restore has built so
+/// far: shmid -> (host pid of the process that built it, the start of
+/// one of its mappings of it). A later process maps the same object
+/// through `/proc/PID/map_files/` of that mapping, so the processes share
+/// it as they did.
+#[derive(Debug, Default)]
+pub struct SharedAnon(std::collections::HashMap<u64, (Pid, u64)>);
+
+/// Map this task's mappings of shared anonymous object `shmid`, already
+/// built by process `owner` (mapped at `at` there): the object opened
+/// through `/proc/OWNER/map_files/START-END` by the target (injected),
+/// each mapping made from it at its offset, the fd closed.
+fn map_shared_from(main: &mut Injector, memf: &File, task: &Task, shmid: u64, owner: Pid, at: u64, scratch: u64) -> Result<(), RestoreError> {
+    let pid = main.tid;
+    let e = |what: &str| ioe(pid, what.to_string());
+    let (s, en, _) = current_maps(owner)?
+        .into_iter()
+        .find(|(s, e, _)| *s <= at && at < *e)
+        .ok_or_else(|| RestoreError::Unsupported(format!("shared memory {shmid}: process {owner} no longer maps it at {at:#x}")))?;
+    let path = format!("/proc/{owner}/map_files/{s:x}-{en:x}\0");
+    memf.write_all_at(path.as_bytes(), scratch).map_err(e("writing scratch memory"))?;
+    let fd = main
+        .call("openat(map_files)", libc::SYS_openat, &[libc::AT_FDCWD as u64, scratch, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0])
+        .map_err(e(&format!("opening shared memory {shmid} through {}", path.trim_end_matches('\0'))))?;
+    for v in task.mm.vmas.iter().filter(|v| v.shmid == shmid) {
+        let flags = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
+        let got = main
+            .call("mmap(shared anon)", libc::SYS_mmap, &[v.start, v.len(), u64::from(v.prot), flags, fd, v.pgoff])
+            .map_err(e(&format!("mapping shared memory {shmid} at {:#x}", v.start)))?;
+        if got != v.start {
+            return Err(RestoreError::Unsupported(format!("shared memory {shmid} mapped at {got:#x}, wanted {:#x}", v.start)));
+        }
+    }
+    main.call("close", libc::SYS_close, &[fd]).map_err(e("closing the shared memory fd"))?;
+    pr_debug!("shared memory {shmid}: mapped from {owner}'s");
+    Ok(())
+}
+
 /// Build the dumped address space in the stopped child `main.tid`.
 /// `pinned`: the engine thread's pin beside the target, lifted for the
 /// fill (whose copier threads want every CPU).
-pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], pinned: &p::PinnedHere) -> Result<Space, RestoreError> {
+pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], pinned: &p::PinnedHere, shm: &mut SharedAnon) -> Result<Space, RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     // 1. the engine's rseq registration must go before its memory does
@@ -554,7 +592,14 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     shmids.sort_unstable();
     shmids.dedup();
     for shmid in shmids {
-        build_shmem(main, &memf, task, mem, shmid, g)?;
+        match shm.0.get(&shmid) {
+            Some(&(owner, at)) => map_shared_from(main, &memf, task, shmid, owner, at, g + SCRATCH_OFF)?,
+            None => {
+                build_shmem(main, &memf, task, mem, shmid, g)?;
+                let at = task.mm.vmas.iter().find(|v| v.shmid == shmid).map_or(0, |v| v.start);
+                shm.0.insert(shmid, (pid, at));
+            }
+        }
     }
     // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled
     let mut b = Batch::new();

@@ -805,6 +805,96 @@ pub fn unlink_in(dir: std::os::fd::BorrowedFd<'_>, name: &CStr) -> io::Result<()
     Ok(())
 }
 
+/// poll(2) fd `fd` (a number this process owns, e.g. a pidfd kept in the
+/// child of [`fork3`]) until it is readable or fails.
+pub fn wait_readable(fd: i32) {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: `pfd` is a valid pollfd array of length 1 for the call.
+    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 && last_err().raw_os_error() == Some(libc::EINTR) {}
+}
+
+/// setpgid(2) of the calling process: `setpgid(0, 0)` makes a group of its
+/// own, `setpgid(0, G)` joins group G of its session.
+pub fn setpgid_self(pgid: Pid) -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    if unsafe { libc::setpgid(0, pgid) } < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+/// waitpid(2) for child `pid` to exit, reaping it; its wait status.
+pub fn reap_child(pid: Pid) -> io::Result<i32> {
+    let mut st = 0i32;
+    loop {
+        // SAFETY: `st` is a valid out-parameter for the call.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+        if r >= 0 {
+            return Ok(st);
+        }
+        let e = last_err();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Wait until child `pid` has exited, leaving it a zombie (waitid with
+/// WNOWAIT: not reaped).
+pub fn wait_exited_unreaped(pid: Pid) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain data; zeroed is a valid value, and
+        // `si` is a valid out-parameter for the call.
+        let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; integer arguments otherwise.
+        let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut si, libc::WEXITED | libc::WNOWAIT | libc::__WALL) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = last_err();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Take every pending instance of `sig` (blocked in the caller) without
+/// waiting: sigtimedwait with a zero timeout until none is left.
+pub fn drain_signal(sig: i32) {
+    let set: u64 = 1 << (sig - 1);
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    for _ in 0..64 {
+        // SAFETY: `set` is an 8-byte kernel sigset; info NULL; `zero` valid.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigtimedwait, &set as *const u64, std::ptr::null_mut::<libc::siginfo_t>(), &zero as *const libc::timespec, 8usize) };
+        if r < 0 {
+            break;
+        }
+    }
+}
+
+/// End the calling process with wait status `status` as its parent will
+/// see it: `exit(code)` for an exit, death by the signal for a kill (no
+/// core file: RLIMIT_CORE is set to 0 first). Only in the child of
+/// [`fork3`] (a restored zombie).
+pub fn die_with_status(status: u32) -> ! {
+    only_in_fork3_child("die_with_status");
+    let sig = (status & 0x7f) as i32;
+    if sig == 0 {
+        exit_now(((status >> 8) & 0xff) as i32);
+    }
+    let _ = set_rlimit(libc::RLIMIT_CORE, 0, 0);
+    let dfl = KSigaction::default();
+    let _ = set_sigaction_raw(sig, &dfl);
+    let one: u64 = 1 << (sig - 1);
+    // SAFETY: valid pointer to an 8-byte set; oldset NULL. The signal's
+    // action is the default (set above): unblocking it runs no handler.
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_UNBLOCK, &one as *const u64, 0usize, 8usize) };
+    let _ = kill(std::process::id() as Pid, sig);
+    // a signal whose default is to be ignored (or stop) does not end it
+    exit_now(((status >> 8) & 0xff) as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

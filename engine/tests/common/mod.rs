@@ -93,6 +93,17 @@ pub fn live_with_exe(exe: &Path) -> Vec<i32> {
     v
 }
 
+/// The live processes running `exe` whose parent does not: the roots of
+/// the trees of a fixture (one process, or a tree of them).
+pub fn roots_with_exe(exe: &Path) -> Vec<i32> {
+    let all = live_with_exe(exe);
+    let ppid = |p: i32| -> i32 {
+        let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        st.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    all.iter().copied().filter(|&p| !all.contains(&ppid(p))).collect()
+}
+
 /// The process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -200,8 +211,8 @@ impl Fixture {
         wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
         let log = work.join("progress.log");
         wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
-        let pids = live_with_exe(&bin);
-        assert_eq!(pids.len(), 1, "one fixture process {} expected, found {pids:?}", bin.display());
+        let pids = roots_with_exe(&bin);
+        assert_eq!(pids.len(), 1, "one fixture root {} expected, found {pids:?}", bin.display());
         Fixture { bin, work, pid: pids[0] }
     }
 
@@ -221,8 +232,8 @@ impl Fixture {
 
     /// The fixture's pid again (after a restore).
     pub fn refind(&mut self) {
-        let pids = live_with_exe(&self.bin);
-        assert_eq!(pids.len(), 1, "one fixture process expected, found {pids:?}");
+        let pids = roots_with_exe(&self.bin);
+        assert_eq!(pids.len(), 1, "one fixture root expected, found {pids:?}");
         self.pid = pids[0];
     }
 }

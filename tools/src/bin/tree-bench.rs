@@ -1,0 +1,194 @@
+//! Process-tree benchmark: our `criu` beside upstream CRIU 4.2 in the same
+//! run, on trees of `tools/bench/treehog.c` (a root that writes SHARED MiB
+//! of private memory, then forks N children that inherit it copy-on-write
+//! and each write CHILD MiB of their own; every process checks its memory
+//! every tick), started as pid 1 of a new pid namespace.
+//!
+//! Per case and run, for each engine: time of `criu dump`, time of
+//! `criu restore -d`, and the memory of the tree (the sum of its
+//! processes' PSS, which counts a shared page once) before the dump and
+//! after the restore; the restored tree must go on ticking `ok`.
+//!
+//! `tree-bench [--criu PATH] [--upstream PATH] [--cases N:CHILD:SHARED,...] [--runs N] [--dir DIR]`
+//! (default cases `20:17:0,100:1:0,10:1:64`).
+//!
+//! Needs root and gcc; the upstream binary defaults to
+//! ../shared/upstream-criu/criu-4.2 (its columns are NaN without it).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tools::bench::{each_option, kill, median, ns_init_pid, ok_ticks, wait_for};
+
+struct Opts {
+    criu: PathBuf,
+    upstream: PathBuf,
+    cases: Vec<(usize, usize, usize)>,
+    runs: usize,
+    dir: PathBuf,
+}
+
+fn opts() -> Opts {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut o = Opts {
+        criu: root.join("target/release/criu"),
+        upstream: root.join("../shared/upstream-criu/criu-4.2"),
+        cases: vec![(20, 17, 0), (100, 1, 0), (10, 1, 64)],
+        runs: 3,
+        dir: PathBuf::from("/tmp/tree-bench"),
+    };
+    each_option(&[], |name, value| {
+        match name {
+            "--criu" => o.criu = PathBuf::from(value),
+            "--upstream" => o.upstream = PathBuf::from(value),
+            "--cases" => {
+                o.cases = value
+                    .split(',')
+                    .filter_map(|c| {
+                        let v: Vec<usize> = c.split(':').filter_map(|x| x.parse().ok()).collect();
+                        (v.len() == 3).then(|| (v[0], v[1], v[2]))
+                    })
+                    .collect()
+            }
+            "--runs" => o.runs = value.parse().unwrap_or(3),
+            "--dir" => o.dir = PathBuf::from(value),
+            _ => return false,
+        }
+        true
+    });
+    o
+}
+
+/// `root` and its descendants.
+fn members(root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        out.push(p);
+        let c = fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        stack.extend(c.split_whitespace().filter_map(|v| v.parse::<i32>().ok()));
+    }
+    out
+}
+
+/// Sum of the PSS of the tree's processes, MiB.
+fn pss_mib(root: i32) -> f64 {
+    let kib: u64 = members(root)
+        .iter()
+        .map(|p| {
+            let s = fs::read_to_string(format!("/proc/{p}/smaps_rollup")).unwrap_or_default();
+            s.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum();
+    kib as f64 / 1024.0
+}
+
+struct Run {
+    dump: f64,
+    restore: f64,
+    pss_before: f64,
+    pss_after: f64,
+}
+
+/// Start the tree, dump it with `criu`, restore it; the times and memory.
+fn one(criu: &Path, prog: &Path, dir: &Path, (n, child, shared): (usize, usize, usize)) -> Result<Run, String> {
+    let _ = fs::remove_dir_all(dir);
+    let work = dir.join("work");
+    let img = dir.join("img");
+    fs::create_dir_all(&work).unwrap();
+    fs::create_dir_all(&img).unwrap();
+    let mut launcher = Command::new("unshare")
+        .args(["--pid", "--fork", "setsid"])
+        .arg(prog)
+        .args([n.to_string(), child.to_string(), shared.to_string()])
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the workload: {e}"))?;
+    let root = ns_init_pid(launcher.id()).ok_or("the workload's root not found")?;
+    std::thread::spawn(move || launcher.wait());
+    let log = work.join("progress.log");
+    wait_for("the workload", Duration::from_secs(120), || work.join("ready").exists() && ok_ticks(&log).unwrap_or(0) >= 2)?;
+    let pss_before = pss_mib(root);
+    let run = |args: &[&str], logname: &str| -> Result<f64, String> {
+        let t = Instant::now();
+        let out = Command::new(criu).args(args).args(["-o", logname]).arg("-D").arg(&img).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+        let secs = t.elapsed().as_secs_f64();
+        if !out.status.success() {
+            let text = fs::read_to_string(img.join(logname)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(4).collect();
+            return Err(format!("{} {} failed: {tail:?}", criu.display(), args[0]));
+        }
+        Ok(secs)
+    };
+    let dump = run(&["dump", "-t", &root.to_string()], "dump.log");
+    if dump.is_err() {
+        kill(root);
+    }
+    let dump = dump?;
+    wait_for("the dumped tree's exit", Duration::from_secs(10), || !Path::new(&format!("/proc/{root}")).exists())?;
+    let pidfile = img.join("restored.pid");
+    let restore = run(&["restore", "-d", "--pidfile", pidfile.to_str().unwrap()], "restore.log")?;
+    let new_root: i32 = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).ok_or("no pidfile")?;
+    let before = ok_ticks(&log)?;
+    let ticked = wait_for("ticks after restore", Duration::from_secs(30), || ok_ticks(&log).unwrap_or(0) >= before + 2);
+    let pss_after = pss_mib(new_root);
+    let alive = members(new_root).len();
+    kill(new_root);
+    ticked?;
+    ok_ticks(&log)?;
+    if alive != n + 1 {
+        return Err(format!("{alive} processes after the restore, {} dumped", n + 1));
+    }
+    Ok(Run { dump, restore, pss_before, pss_after })
+}
+
+fn main() {
+    let o = opts();
+    fs::create_dir_all(&o.dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/treehog.c");
+    let prog = o.dir.join("treehog");
+    let st = Command::new("gcc").args(["-O2", "-o"]).arg(&prog).arg(&src).status().expect("gcc");
+    assert!(st.success(), "building treehog");
+    let have_up = o.upstream.exists();
+    println!("| tree (children x own MiB + inherited MiB) | ours dump s | upstream dump s | dump ours/up | ours restore s | upstream restore s | restore ours/up | PSS MiB dumped | PSS MiB after ours | after upstream |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &case in &o.cases {
+        let mut ours: Vec<Run> = Vec::new();
+        let mut up: Vec<Run> = Vec::new();
+        let mut note = String::new();
+        for _ in 0..o.runs {
+            match one(&o.criu, &prog, &o.dir.join("ours"), case) {
+                Ok(r) => ours.push(r),
+                Err(e) => note = format!("ours: {e}"),
+            }
+            if have_up {
+                match one(&o.upstream, &prog, &o.dir.join("upstream"), case) {
+                    Ok(r) => up.push(r),
+                    Err(e) => note = format!("upstream: {e}"),
+                }
+            }
+        }
+        let m = |v: &[Run], f: fn(&Run) -> f64| {
+            let mut x: Vec<f64> = v.iter().map(f).collect();
+            if x.is_empty() { f64::NAN } else { median(&mut x) }
+        };
+        let (od, ud, or, ur) = (m(&ours, |r| r.dump), m(&up, |r| r.dump), m(&ours, |r| r.restore), m(&up, |r| r.restore));
+        let (n, c, s) = case;
+        println!(
+            "| {n} x {c} + {s} | {od:.3} | {ud:.3} | {:.2} | {or:.3} | {ur:.3} | {:.2} | {:.0} | {:.0} | {:.0} |{}",
+            od / ud,
+            or / ur,
+            m(&ours, |r| r.pss_before),
+            m(&ours, |r| r.pss_after),
+            m(&up, |r| r.pss_after),
+            if note.is_empty() { String::new() } else { format!(" {note}") }
+        );
+    }
+    if !have_up {
+        println!("(no upstream binary at {}: its columns are NaN)", o.upstream.display());
+    }
+}
