@@ -384,7 +384,7 @@ fn unix_sockets_we_cannot_dump_are_refused() {
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let p = Prog::start("unixrefuse", "ext", &["ext", path.to_str().unwrap()]);
     let (conn, _) = listener.accept().unwrap();
-    refused(&p, "ext", &["unix socket", "is not open in process"]);
+    refused(&p, "ext", &["unix socket", "is not open in the dumped tree"]);
     drop(p);
     drop(conn);
 
@@ -677,4 +677,49 @@ fn path_sockets_under_root_refused() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("unix socket paths under --root") && text.contains("listen.sock"), "{text}");
     assert!(pid_of(&p.bin).is_none(), "a process was left behind:\n{text}");
+}
+
+/// The root of a tree of `bin`: its process whose parent runs something else.
+fn tree_root(bin: &Path) -> Option<i32> {
+    let argv0 = |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).ok().and_then(|c| c.split(|b| *b == 0).next().map(<[u8]>::to_vec));
+    let ppid = |pid: i32| {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        st.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse::<i32>().ok()
+    };
+    let me = bin.as_os_str().as_encoded_bytes().to_vec();
+    std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(|&p| {
+        argv0(p).as_deref() == Some(me.as_slice()) && !std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default().contains(") Z") && ppid(p).and_then(argv0).as_deref() != Some(me.as_slice())
+    })
+}
+
+/// A stream and a datagram socketpair split across a parent and its child
+/// (tests/fdsupport/progs/unixtree.c, data queued both ways, every byte
+/// and datagram checked by position and number): dumped as one tree (each
+/// end's peer in the other process), the pair made by the restored root
+/// for both processes to inherit; restored by ours, dumped again and
+/// restored by upstream 4.2. (A `--leave-running` dump of this tree is not
+/// covered: the child died after one, cause not found yet.)
+#[test]
+fn socketpairs_across_processes() {
+    require!(why_not_upstream());
+    let mut p = Prog::start("unixtree", "tree", &[]);
+    let root = |p: &Prog| tree_root(&p.bin).expect("the tree's root");
+    p.pid = root(&p);
+    wait_until("data flowing both ways", Duration::from_secs(10), || last_tick(&p.log()) >= 5);
+    let d1 = p.images("1");
+    p.dump(&ours(), &d1, &[]);
+    let socks = unix_entries(&d1);
+    assert_eq!(socks.len(), 4, "{socks:#?}");
+    assert!(socks.iter().all(|s| socks.iter().any(|o| o.ino == s.peer && o.peer == s.ino)), "{socks:#?}");
+    assert!(!queue_entries(&d1).is_empty());
+    let t = last_tick(&p.log());
+    p.ok(&ours(), &["restore", "-d"], &d1, "restore.log");
+    wait_until("ticks after restore", Duration::from_secs(15), || last_tick(&p.log()) > t + 10);
+    p.pid = root(&p);
+
+    let d2 = p.images("2");
+    p.dump(&ours(), &d2, &[]);
+    let t = last_tick(&p.log());
+    p.ok(&upstream(), &["restore", "-d"], &d2, "restore-up.log");
+    wait_until("ticks after upstream's restore", Duration::from_secs(15), || last_tick(&p.log()) > t + 10);
 }

@@ -238,6 +238,7 @@ fn collect_tree(
         let mut tables: Vec<(Pid, &mut Vec<crate::model::Fd>)> =
             tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
         files::share_descriptions(&mut tables)?;
+        crate::kinds::unix::check_tree(&mut tables)?;
     }
     let alive: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
     let (root_ids, ids) = task::collect_ids(&alive)?;

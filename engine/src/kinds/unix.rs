@@ -205,6 +205,75 @@ fn held_sockets(pid: Pid) -> std::io::Result<HashMap<u32, i32>> {
     Ok(out)
 }
 
+/// Dump, after every fd table of the tree is read: each unix socket's peer
+/// is a unix socket of the tree, or (with `--ext-unix-sk`) a named
+/// datagram socket outside. Across processes only a connected pair (each
+/// the other's peer) is supported: restore makes both ends in the root,
+/// for the processes to inherit. Refusals name the pid, the fd and both
+/// sockets.
+pub fn check_tree(tables: &mut [(Pid, &mut Vec<crate::model::Fd>)]) -> Result<(), FilesError> {
+    use crate::model::FileDesc;
+    // ino -> (pid, peer)
+    let mut where_: HashMap<u32, (Pid, u32)> = HashMap::new();
+    for (pid, fds) in tables.iter() {
+        for f in fds.iter() {
+            if let FileDesc::Kind(super::Kind::Unix(u)) = &f.file {
+                where_.entry(u.ino).or_insert((*pid, u.peer));
+            }
+        }
+    }
+    for (pid, fds) in tables.iter_mut() {
+        let pid = *pid;
+        for f in fds.iter_mut() {
+            let FileDesc::Kind(super::Kind::Unix(u)) = &mut f.file else { continue };
+            if u.peer == 0 {
+                continue;
+            }
+            let refuse = |why: String| FilesError::Kind { pid, fd: f.fd, kind: UnixSk::NAME, why: format!("socket:[{}] {}: {why}", u.ino, show_name(&u.name)) };
+            match where_.get(&u.peer) {
+                Some(&(ppid, ppeer)) => {
+                    u.ext_peer = None;
+                    if ppid != pid && ppeer != u.ino {
+                        return Err(refuse(format!(
+                            "its peer socket:[{}] is held by process {ppid} and is not connected back to it: across processes only a connected pair is supported yet",
+                            u.peer
+                        )));
+                    }
+                }
+                None if u.ext_peer.is_some() => {
+                    if !u.queue.is_empty() && u.name.is_empty() {
+                        return Err(refuse(format!(
+                            "{} datagrams queued on an unnamed socket whose peer is outside the dumped tree: no sender could put them back",
+                            u.queue.len()
+                        )));
+                    }
+                }
+                None if i32::from(u.ty) == libc::SOCK_DGRAM => {
+                    return Err(refuse(format!(
+                        "its peer socket:[{}] is not open in the dumped tree: use --ext-unix-sk to dump it and connect it again on restore (a named datagram peer)",
+                        u.peer
+                    )));
+                }
+                None => {
+                    return Err(refuse(format!(
+                        "its peer socket:[{}] is not open in the dumped tree: a {} connection with one end outside is not supported (as upstream, even with --ext-unix-sk)",
+                        u.peer,
+                        type_name(u.ty)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The object a unix socket's fd stands for when the tree's processes
+/// share what they hold: a connected pair is one (both ends made
+/// together), any other socket its own. `None`: not a connected socket.
+pub fn pair_key(u: &UnixSk) -> Option<(u32, u32)> {
+    (u.peer != 0 && u.ext_peer.is_none()).then(|| (u.ino.min(u.peer), u.ino.max(u.peer)))
+}
+
 /// (mode, uid, gid) a socket file bound by `pid` gets: S_IFSOCK with
 /// 0777 less its umask, its fsuid and fsgid (`/proc/PID/status`).
 fn bind_perms(pid: Pid) -> std::io::Result<(u32, u32, u32)> {
@@ -377,23 +446,13 @@ impl FileKind for UnixSk {
                 show_name(l.name.as_deref().unwrap_or_default())
             )));
         } else if peer != 0 && !held.contains_key(&peer) {
+            // another process of the tree may hold it: `check_tree` decides
+            // once every fd table is read; a datagram peer outside is
+            // external with --ext-unix-sk (until the tree holds it)
             let pname = diag.get(&peer).and_then(|p| p.name.clone()).unwrap_or_default();
-            let pn = show_name(&pname);
-            if ty != libc::SOCK_DGRAM {
-                return Err(refuse(format!(
-                    "its peer socket:[{peer}] {pn} is not open in process {pid}: a {} connection with one end outside the dumped process is not supported (as upstream, even with --ext-unix-sk)",
-                    type_name(d.ty)
-                )));
+            if ty == libc::SOCK_DGRAM && EXTERNAL_PEERS.load(std::sync::atomic::Ordering::Relaxed) && !pname.is_empty() {
+                ext_peer = Some(pname);
             }
-            if !EXTERNAL_PEERS.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(refuse(format!(
-                    "its peer socket:[{peer}] {pn} is not open in process {pid} (outside the dumped process): use --ext-unix-sk to dump it and connect it again on restore"
-                )));
-            }
-            if pname.is_empty() {
-                return Err(refuse(format!("its peer socket:[{peer}] outside the dumped process has no name to connect to again")));
-            }
-            ext_peer = Some(pname);
         }
         if d.state == ST_LISTEN {
             if let Some(c) = d.icons.iter().find(|c| **c == 0 || !held.contains_key(c)) {
@@ -429,12 +488,7 @@ impl FileKind for UnixSk {
         } else {
             read_queue(dup.as_fd(), d.ty, d.shutdown, d.rqlen.0).map_err(|e| refuse(format!("reading its receive queue: {e}")))?
         };
-        if ext_peer.is_some() && !queue.is_empty() && name.is_empty() {
-            return Err(refuse(format!(
-                "{} datagrams queued on an unnamed socket whose peer is outside the dumped process: no sender could put them back",
-                queue.len()
-            )));
-        }
+
         let bytes: usize = queue.iter().map(Vec::len).sum();
         crate::pr_debug!(
             "fd {fd} of {pid}: unix {} socket:[{ino}] state {} peer {peer} name {} shutdown {}: {} queued messages, {bytes} bytes",
