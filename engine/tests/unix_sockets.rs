@@ -697,8 +697,8 @@ fn tree_root(bin: &Path) -> Option<i32> {
 /// and datagram checked by position and number): dumped as one tree (each
 /// end's peer in the other process), the pair made by the restored root
 /// for both processes to inherit; restored by ours, dumped again and
-/// restored by upstream 4.2. (A `--leave-running` dump of this tree is not
-/// covered: the child died after one, cause not found yet.)
+/// restored by upstream 4.2; a `--leave-running` dump of the restored tree
+/// leaves both processes running, and that image restores too.
 #[test]
 fn socketpairs_across_processes() {
     require!(why_not_upstream());
@@ -717,9 +717,22 @@ fn socketpairs_across_processes() {
     wait_until("ticks after restore", Duration::from_secs(15), || last_tick(&p.log()) > t + 10);
     p.pid = root(&p);
 
+    // --leave-running: both go on; then the tree is killed at once (its
+    // root is its pid namespace's init) and that image restored
     let d2 = p.images("2");
-    p.dump(&ours(), &d2, &[]);
+    p.dump(&ours(), &d2, &["--leave-running"]);
     let t = last_tick(&p.log());
-    p.ok(&upstream(), &["restore", "-d"], &d2, "restore-up.log");
+    wait_until("the tree ticking after a --leave-running dump", Duration::from_secs(15), || last_tick(&p.log()) > t + 10);
+    let _ = Command::new("kill").args(["-9", &root(&p).to_string()]).status();
+    wait_until("the tree gone", Duration::from_secs(5), || pid_of(&p.bin).is_none());
+    let t = last_tick(&p.log());
+    p.ok(&ours(), &["restore", "-d"], &d2, "restore-2.log");
+    wait_until("ticks after the second restore", Duration::from_secs(15), || last_tick(&p.log()) > t + 10);
+    p.pid = root(&p);
+
+    let d3 = p.images("3");
+    p.dump(&ours(), &d3, &[]);
+    let t = last_tick(&p.log());
+    p.ok(&upstream(), &["restore", "-d"], &d3, "restore-up.log");
     wait_until("ticks after upstream's restore", Duration::from_secs(15), || last_tick(&p.log()) > t + 10);
 }
