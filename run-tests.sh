@@ -9,7 +9,8 @@ export CARGO_TERM_COLOR=never
 # What the tests need from the machine (under CI=true a missing one fails
 # the test that needs it, see test-support): Debian's crit and pycriu
 # (criu), gcc with static glibc, python3, script(1) (bsdutils), unshare and
-# setsid (util-linux), tar; kmod/test.sh installs its own (qemu, busybox).
+# setsid (util-linux), tar, mkfs.btrfs (btrfs-progs: tfork --root-snapshot btrfs), python3-seccomp
+# (io_uring refused by a seccomp filter); kmod/test.sh installs its own (qemu, busybox).
 need_apt=()
 { command -v crit && [ -d /usr/lib/python3/dist-packages/pycriu ]; } >/dev/null 2>&1 || need_apt+=(criu)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
@@ -18,6 +19,8 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 { command -v unshare && command -v setsid; } >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+command -v mkfs.btrfs >/dev/null 2>&1 || need_apt+=(btrfs-progs)
+/usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || need_apt+=(python3-seccomp)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl-base)
 command -v xargs >/dev/null 2>&1 || need_apt+=(findutils)

@@ -123,6 +123,7 @@ Usage:
   criu check [--feature NAME] [--extra] [--experimental] [--all]
   criu cpuinfo dump|check [-D DIR] [--cpu-cap[=CAPS]]
   criu tfork -t PID --copies N [--persist=none|sync|async] [-D DIR]
+             [--root-snapshot overlay[:DIR]|btrfs[:DIR]]
   criu --version | -V
   criu --help | -h
 
@@ -171,6 +172,12 @@ Options:
                          (default), sync (durable on return) or async
                          (return once the clones run; the outcome in
                          -D/tfork-persist.status)
+  --root-snapshot MODE   tfork: each clone its own copy of the source's
+                         directory (its cwd, or DIR) in a mount namespace
+                         of the clone's own: overlay[:DIR], an overlayfs
+                         (upper dir -D/tfork-root/CLONE_PID/upper), or
+                         btrfs[:DIR], a snapshot of its subvolume
+                         (-D/tfork-root/CLONE_PID/snap, -D on that btrfs)
   --feature NAME         check: one feature by upstream's name
   --extra, --experimental, --all
                          check: accepted; every probe always runs
@@ -388,7 +395,10 @@ fn run_tfork(o: &Opts) -> Result<(), Failure> {
     }
     // measurement knob: processes forking clones at the same time
     let forkers = std::env::var("CRIU_RS_TFORK_FORKERS").ok().and_then(|v| v.parse().ok());
-    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir };
+    // io_uring for the image set unless CRIU_RS_IO_URING=off (tests, measurements)
+    let plain_writes = std::env::var("CRIU_RS_IO_URING").as_deref() == Ok("off");
+    let root_snapshot = o.root_snapshot.as_deref().map(crate::root_snapshot::Mode::parse).transpose().map_err(Failure::new)?;
+    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir, plain_writes, root_snapshot };
     if persist == crate::tfork::Persist::Async {
         return tfork_async(pid, &topts);
     }
@@ -653,7 +663,13 @@ const PROBES: &[Probe] = &[
     ("PAGEMAP_SCAN", false, probe_pagemap_scan),
     ("userfaultfd", false, probe_userfaultfd),
     ("kcmp", false, probe_kcmp),
+    ("io_uring", false, probe_io_uring),
 ];
+
+fn probe_io_uring() -> Result<(), String> {
+    // tfork writes its image set through it, plainly where refused
+    crate::sys::uring::open_ring(2).map(drop).map_err(|e| format!("{e} (tfork's image set is written with plain writes)"))
+}
 
 fn probe_stopped_child(what: &str, f: fn(i32) -> std::io::Result<()>) -> Result<(), String> {
     use crate::sys::process as p;

@@ -62,6 +62,8 @@ pub const POINTS: &[&str] = &[
     "tfork-mid-clone",
     "tfork-before-release",
     "tfork-mid-persist",
+    // tfork --root-snapshot: a clone's overlay mounted, its files not yet reopened
+    "snapshot-mounted",
 ];
 
 /// Environment variable naming the point to die at.

@@ -939,6 +939,32 @@ fn write_zombie(dir: &Path, task: &Task, exit: u32) -> Result<(), ImagesError> {
 /// The images of one live process of the tree (its shared anonymous
 /// objects: page image ids from `shm_pages_id` on, after every process's).
 #[allow(clippy::too_many_arguments)]
+/// The files.img entry of a mapping is one per path, and one per inode of
+/// a file unlinked while mapped (another file may have its name now).
+fn map_key(f: &MapFile) -> String {
+    match &f.ghost {
+        Some(g) => format!("{}\0{}:{}", f.path, g.dev, g.ino),
+        None => f.path.clone(),
+    }
+}
+
+/// A mapped file unlinked while mapped: its contents in ghost-file-N.img
+/// (one per inode across the tree, shared with fds of the same inode) and
+/// a `GHOST` remap of its files.img entry `orig_id`, as for fds.
+fn map_ghost(dir: &Path, st: &mut FdImages, orig_id: u32, g: &Ghost) -> Result<(), ImagesError> {
+    let remap_id = match st.ghosts.get(&(g.dev, g.ino)) {
+        Some(&r) => r,
+        None => {
+            let r = st.ghosts.len() as u32 + 1;
+            st.ghosts.insert((g.dev, g.ino), r);
+            write_ghost(dir, r, g)?;
+            r
+        }
+    };
+    st.remaps.push(pb::RemapFilePathEntry { orig_id, remap_id, remap_type: Some(pb::RemapType::Ghost as i32) });
+    Ok(())
+}
+
 fn write_task<'a>(
     dir: &Path,
     task: &'a Task,
@@ -967,9 +993,13 @@ fn write_task<'a>(
     };
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
-            if !map_ids.iter().any(|(p, _)| p == &f.path) {
+            let key = map_key(f);
+            if !map_ids.iter().any(|(p, _)| p == &key) {
                 let id = file_id(files, mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id));
-                map_ids.push((f.path.clone(), id));
+                if let Some(g) = &f.ghost {
+                    map_ghost(dir, fd_images, id, g)?;
+                }
+                map_ids.push((key, id));
             }
         }
     }
@@ -997,7 +1027,8 @@ fn write_task<'a>(
                 }
                 VmaKind::File => {
                     let f = v.file.as_ref().expect("file vma");
-                    let id = map_ids.iter().find(|(p, _)| p == &f.path).map(|(_, i)| *i).unwrap_or(0);
+                    let key = map_key(f);
+                    let id = map_ids.iter().find(|(p, _)| p == &key).map(|(_, i)| *i).unwrap_or(0);
                     (VMA_AREA_REGULAR | if v.shared() { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE }, u64::from(id))
                 }
             };
@@ -1260,6 +1291,13 @@ fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_i
         umask: fse.umask.unwrap_or(0o22),
     };
     let mme: pb::MmEntry = read_one(dir, &mg::MM.file_name(pid), &mg::MM)?;
+    // files unlinked while mapped: a GHOST remap of their files.img entry
+    let remaps: Vec<pb::RemapFilePathEntry> = if dir.join(mg::REMAP_FPATH.file_name("")).exists() {
+        read_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH)?
+    } else {
+        Vec::new()
+    };
+    let mut map_ghosts: HashMap<u32, std::sync::Arc<Ghost>> = HashMap::new();
     let mut vmas = Vec::new();
     for (i, v) in mme.vmas.iter().enumerate() {
         if v.start >= v.end || v.start % 4096 != 0 || v.end % 4096 != 0 {
@@ -1288,12 +1326,27 @@ fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_i
         };
         let file = if kind == VmaKind::File {
             let r = reg(v.shmid as u32, "file mapping")?;
+            let ghost = match remaps.iter().find(|m| m.orig_id == v.shmid as u32) {
+                None => None,
+                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => Some(match map_ghosts.get(&m.remap_id) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let g = std::sync::Arc::new(read_ghost(dir, m.remap_id)?);
+                        map_ghosts.insert(m.remap_id, g.clone());
+                        g
+                    }
+                }),
+                Some(m) => {
+                    return Err(bad("remap-fpath.img", format!("mapping of {}: remap type {} is not supported yet", r.name, m.remap_type.unwrap_or(0))));
+                }
+            };
             Some(MapFile {
                 path: r.name.clone(),
                 flags: v.fdflags.unwrap_or(0),
                 size: r.size,
                 mode: r.mode.unwrap_or(0),
                 build_id: r.build_id.clone(),
+                ghost,
             })
         } else {
             None
@@ -1360,6 +1413,7 @@ fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_i
             size: exe.size,
             mode: exe.mode.unwrap_or(0),
             build_id: exe.build_id.clone(),
+            ghost: None,
         }),
         dumpable: mme.dumpable.unwrap_or(1) as u32,
         thp_disabled: mme.thp_disabled.unwrap_or(false),

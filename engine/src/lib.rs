@@ -18,6 +18,7 @@ pub mod kinds;
 pub mod mem_source;
 pub mod model;
 pub mod restore;
+pub mod root_snapshot;
 pub mod sys;
 pub mod tfork;
 pub mod validate;

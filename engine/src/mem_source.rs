@@ -25,6 +25,9 @@ pub enum MemError {
     Read { what: String, vaddr: u64, len: usize, #[source] source: io::Error },
     #[error("writing {len} bytes of {what} at offset {off} of the pages file")]
     Write { what: String, off: u64, len: usize, #[source] source: io::Error },
+    /// A write through io_uring failed (the source says which and where).
+    #[error("writing the pages file through io_uring")]
+    Ring(#[source] io::Error),
     #[error("{what} has no page at {vaddr:#x}")]
     Missing { what: String, vaddr: u64 },
     #[error("{what}: pages image is {have} bytes, pagemap needs {need}")]
@@ -131,13 +134,36 @@ pub struct ProcessMem {
     /// Read with process_vm_readv first; `CRIU_RS_DUMP_READ=mem` turns it
     /// off (/proc/PID/mem only), for same-run comparisons in cr-bench.
     vm_readv: bool,
+    /// Write the pages through io_uring ([`ProcessMem::with_io_uring`]).
+    uring: bool,
+    /// Write with O_DIRECT whatever the size ([`ProcessMem::with_direct`]).
+    always_direct: bool,
+    /// How the last [`MemSource::copy_to`] wrote (`WROTE_*`).
+    wrote: std::sync::atomic::AtomicU8,
+    /// Why io_uring was not used, when it was refused.
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+/// [`ProcessMem::wrote`]: no copy yet, plain writes, io_uring.
+const WROTE_NONE: u8 = 0;
+const WROTE_PLAIN: u8 = 1;
+const WROTE_URING: u8 = 2;
+
+/// How a [`ProcessMem`] wrote its pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PagesWrite {
+    /// Nothing copied yet.
+    None,
+    /// pwrite(2) from a writer thread; `refused`: why not io_uring, when it was asked for.
+    Plain { refused: Option<String> },
+    IoUring,
 }
 
 impl ProcessMem {
     pub fn open(pid: i32) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?;
         let vm_readv = std::env::var("CRIU_RS_DUMP_READ").as_deref() != Ok("mem");
-        Ok(ProcessMem { pid, file, vm_readv })
+        Ok(ProcessMem { pid, file, vm_readv, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default() })
     }
 
     /// Read through /proc/PID/mem only: for memory shared copy-on-write
@@ -145,7 +171,35 @@ impl ProcessMem {
     /// page by page.
     pub fn open_mem_only(pid: i32) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?;
-        Ok(ProcessMem { pid, file, vm_readv: false })
+        Ok(ProcessMem { pid, file, vm_readv: false, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default() })
+    }
+
+    /// Write the pages through io_uring ([`crate::sys::uring::RingWriter`]),
+    /// falling back to plain writes where io_uring is refused
+    /// (`kernel.io_uring_disabled`, seccomp, ENOSYS), which
+    /// [`ProcessMem::pages_write`] then tells.
+    pub fn with_io_uring(mut self, on: bool) -> Self {
+        self.uring = on;
+        self
+    }
+
+    /// Write the pages with O_DIRECT whatever their size (where the file
+    /// system takes it; `CRIU_RS_DUMP_DIRECT=never` still turns it off):
+    /// for an image set that must be durable, where the fsync after a
+    /// write through the page cache costs what the write saved
+    /// (docs/PERFORMANCE.md, "tfork").
+    pub fn with_direct(mut self, on: bool) -> Self {
+        self.always_direct = on;
+        self
+    }
+
+    /// How the last copy wrote the pages.
+    pub fn pages_write(&self) -> PagesWrite {
+        match self.wrote.load(std::sync::atomic::Ordering::Relaxed) {
+            WROTE_URING => PagesWrite::IoUring,
+            WROTE_PLAIN => PagesWrite::Plain { refused: self.refused.lock().map(|r| r.clone()).unwrap_or(None) },
+            _ => PagesWrite::None,
+        }
     }
 }
 
@@ -176,14 +230,58 @@ impl MemSource for ProcessMem {
     fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
         let t = std::time::Instant::now();
         let total: u64 = ranges.iter().map(|r| r.1).sum();
-        let r = self.copy_to_inner(ranges, out, off, total, direct_pays_off(total));
+        let direct = if self.always_direct { std::env::var("CRIU_RS_DUMP_DIRECT").as_deref() != Ok("never") } else { direct_pays_off(total) };
+        let (r, how) = match self.uring.then(|| self.copy_to_uring(ranges, out, off, direct)) {
+            Some(Ok(r)) => {
+                self.wrote.store(WROTE_URING, std::sync::atomic::Ordering::Relaxed);
+                (r, "io_uring")
+            }
+            Some(Err(refused)) => {
+                crate::pr_info!("io_uring refused ({refused}): pages of {} written with plain writes", self.pid);
+                if let Ok(mut r) = self.refused.lock() {
+                    *r = Some(refused.to_string());
+                }
+                self.wrote.store(WROTE_PLAIN, std::sync::atomic::Ordering::Relaxed);
+                (self.copy_to_inner(ranges, out, off, total, direct), "plain writes")
+            }
+            None => {
+                self.wrote.store(WROTE_PLAIN, std::sync::atomic::Ordering::Relaxed);
+                (self.copy_to_inner(ranges, out, off, total, direct), "plain writes")
+            }
+        };
         let s = t.elapsed().as_secs_f64();
-        crate::pr_info!("Copied {total} bytes of {} in {:.3} s ({:.2} GB/s)", self.pid, s, total as f64 / s.max(1e-9) / 1e9);
+        crate::pr_info!("Copied {total} bytes of {} in {:.3} s ({:.2} GB/s, {how})", self.pid, s, total as f64 / s.max(1e-9) / 1e9);
         r
     }
 }
 
 impl ProcessMem {
+    /// [`MemSource::copy_to`] through io_uring: this thread reads chunks of
+    /// the process into one of four buffers while the kernel writes the
+    /// others (O_DIRECT when `want_direct` and the file takes it). The
+    /// outer `Err` is io_uring refused before anything was written (the
+    /// caller writes plainly instead); the inner result is the copy's.
+    fn copy_to_uring(&self, ranges: &[(u64, u64)], out: &File, off: u64, want_direct: bool) -> Result<Result<(), MemError>, io::Error> {
+        let direct = if want_direct { open_direct(out) } else { None };
+        let mut w = crate::sys::uring::RingWriter::new(out, direct.as_ref(), 4, CHUNK)?;
+        let mut pos = off;
+        let res = for_packs(ranges, |pieces, n| {
+            let (i, buf) = w.buffer().map_err(MemError::Ring)?;
+            let mut at = 0;
+            for &(a, len) in pieces {
+                self.read(a, &mut buf[at..at + len])?;
+                at += len;
+            }
+            w.write(i, n, pos).map_err(MemError::Ring)?;
+            pos += n as u64;
+            Ok(())
+        });
+        let (ops, direct_on) = (w.ops, w.is_direct());
+        let fin = w.finish().map_err(MemError::Ring);
+        crate::pr_debug!("io_uring: {ops} writes{}", if direct_on { " (O_DIRECT)" } else { "" });
+        Ok(res.and(fin))
+    }
+
     /// [`MemSource::copy_to`] writing with O_DIRECT whatever the size (the
     /// page pump hands over what is left when the page cache turns slow).
     pub fn copy_to_direct(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
@@ -214,16 +312,7 @@ impl ProcessMem {
             free_tx.send(b).expect("receiver alive");
         }
         // Large dumps bypass the page cache ([`direct_pays_off`]).
-        let direct = if want_direct {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(format!("/proc/self/fd/{}", out.as_raw_fd()))
-                .map_err(|e| crate::pr_debug!("no O_DIRECT for the pages file ({e}); writing through the page cache"))
-                .ok()
-        } else {
-            None
-        };
+        let direct = if want_direct { open_direct(out) } else { None };
         let direct_on = direct.is_some();
         std::thread::scope(|s| {
             let writer = s.spawn(move || -> Result<Duration, MemError> {
@@ -283,6 +372,16 @@ impl ProcessMem {
             read_res.and(write_res.map(|_| ()))
         })
     }
+}
+
+/// `out` opened again with O_DIRECT, when the file system allows it.
+fn open_direct(out: &File) -> Option<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(format!("/proc/self/fd/{}", out.as_raw_fd()))
+        .map_err(|e| crate::pr_debug!("no O_DIRECT for the pages file ({e}); writing through the page cache"))
+        .ok()
 }
 
 /// One pages file of a [`PagesImage`].

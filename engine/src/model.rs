@@ -273,6 +273,9 @@ pub struct MapFile {
     /// GNU build-id of an ELF file (upstream's `reg.build_id` words), empty
     /// when the file has none; restore refuses a file whose id changed.
     pub build_id: Vec<u32>,
+    /// The file was unlinked while mapped (`path (deleted)`): its contents
+    /// travel with the image (one per inode, shared by its mappings).
+    pub ghost: Option<std::sync::Arc<Ghost>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -109,6 +109,14 @@ pub struct TforkOpts {
     pub forkers: Option<usize>,
     /// Where `Persist::Sync` writes the image set.
     pub images_dir: std::path::PathBuf,
+    /// Write the image set with plain writes and fsync(2), not io_uring
+    /// (the CLI's `CRIU_RS_IO_URING=off`; io_uring refused by the kernel
+    /// falls back to them by itself).
+    pub plain_writes: bool,
+    /// `--root-snapshot`: each clone's own copy of the source's directory
+    /// ([`crate::root_snapshot`]), its upper directory in
+    /// `images_dir/tfork-root/<clone pid>`.
+    pub root_snapshot: Option<crate::root_snapshot::Mode>,
 }
 
 /// What a tfork did, with its timings (all from the start of the freeze).
@@ -175,6 +183,19 @@ impl Unreleased {
     }
 }
 
+/// Upper directories of `--root-snapshot` made so far: removed when the
+/// tfork fails (its clones are killed), kept once they all run.
+#[derive(Debug, Default)]
+struct SnapDirs(Vec<std::path::PathBuf>);
+
+impl Drop for SnapDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Options S and every clone are traced with until released.
 const CLONE_TRACE: u64 =
     ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_TRACEFORK | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
@@ -236,6 +257,11 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     }
     check_supported(pid, &tree)?;
     let task = tree.root();
+    let plan = match &opts.root_snapshot {
+        None => None,
+        Some(m) => Some(crate::root_snapshot::Plan::new(m, pid, task, &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
+    };
+    let mut snap_dirs = SnapDirs::default();
     pr_debug!("collected {pid} in {:?}", t0.elapsed());
     let mut unreleased = Unreleased::default();
     let (s, scratch) = {
@@ -318,7 +344,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
                 forkers.push((Injector::new(c, csp.gadget).map_err(ioe(c, "registers"))?, csp));
                 continue;
             }
-            finish(c, task, &csp)?;
+            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs)?;
             clones.push(c);
             first.get_or_insert_with(|| t0.elapsed());
         }
@@ -326,11 +352,12 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // the forkers, S last
     for (inj, fsp) in forkers.into_iter().rev() {
         let c = inj.tid;
-        finish(c, task, &fsp)?;
+        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs)?;
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
     let all = t0.elapsed();
+    snap_dirs.0.clear();
     on_running(&clones);
     if opts.persist == Persist::Async {
         // the caller has been told they run: a failed write leaves them
@@ -340,7 +367,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let persisted = match snapshot {
         None => None,
         Some(d) => {
-            write_image_set(&tree, d, gadget_page, &opts.images_dir)?;
+            write_image_set(&tree, d, gadget_page, &opts.images_dir, !opts.plain_writes)?;
             Some(t0.elapsed())
         }
     };
@@ -355,8 +382,10 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
 /// S (the source's memory as at the freeze, copy-on-write; the engine's
 /// gadget area at `gadget_page` left out), with the state `tree` collected from the source:
 /// into a staging directory of `dir`, published (inventory last, synced)
-/// only when complete, as a dump's.
-fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &std::path::Path) -> Result<(), TforkError> {
+/// only when complete, as a dump's, after every file is fsynced. `uring`:
+/// the pages and the fsyncs through io_uring where the kernel allows it
+/// (the log says what was used).
+fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &std::path::Path, uring: bool) -> Result<(), TforkError> {
     let img = |e: &dyn std::error::Error| {
         let mut m = e.to_string();
         let mut src = e.source();
@@ -390,7 +419,7 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     task.mm = dump::mm::collect_mm(d, vmas, pages, brk).map_err(|e| img(&e))?;
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
-    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?;
+    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?.with_io_uring(uring).with_direct(true);
     let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), d);
     let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
     crate::fault::point("tfork-mid-persist");
@@ -398,8 +427,16 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
         return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
     }
     crate::images_io::write_images(&tree, staging.path(), &[Some(&mem)], &run_id).map_err(|e| img(&e))?;
+    let synced = staging.sync_files(uring).map_err(|e| img(&e))?;
     staging.publish().map_err(|e| img(&e))?;
-    pr_info!("image set of the frozen source written to {}", dir.display());
+    let pages = match mem.pages_write() {
+        crate::mem_source::PagesWrite::IoUring => "io_uring".to_string(),
+        crate::mem_source::PagesWrite::Plain { refused: Some(why) } => format!("plain writes (io_uring refused: {why})"),
+        crate::mem_source::PagesWrite::Plain { refused: None } if uring => "plain writes".to_string(),
+        crate::mem_source::PagesWrite::Plain { refused: None } => "plain writes (io_uring off: CRIU_RS_IO_URING=off)".to_string(),
+        crate::mem_source::PagesWrite::None => "no pages".to_string(),
+    };
+    pr_info!("image set of the frozen source written to {}: pages by {pages}, files synced by {synced}", dir.display());
     Ok(())
 }
 
@@ -458,9 +495,14 @@ fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkErr
 }
 
 /// Turn the stopped fork `pid` (single-threaded, gadget mapped, signals
-/// blocked) into a clone of `task` and release it.
-fn finish(pid: Pid, task: &Task, sp: &Space) -> Result<(), TforkError> {
+/// blocked) into a clone of `task` and release it; with `snap`, in its own
+/// mount namespace with its own overlay (first: while it has one thread).
+fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot::Plan>, dirs: &mut SnapDirs) -> Result<(), TforkError> {
     let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
+    if let Some(plan) = snap {
+        dirs.0.push(plan.made(pid));
+        plan.apply(pid, &mut main, sp, task).map_err(|e| TforkError::Unsupported(format!("--root-snapshot: {e}")))?;
+    }
     // The clone beside the engine on one CPU while it is set up (each stop
     // a local switch, as in a restore); its threads inherit the pin, and
     // all get the mask the fork gave it (the source main thread's) back.

@@ -146,13 +146,18 @@ fn threads_of(pid: i32) -> usize {
 
 /// Run `criu tfork`; (status, stdout, log).
 fn run_tfork(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
+    run_tfork_log(dir, &dir.join("tfork.log"), args, env)
+}
+
+/// [`run_tfork`] with the log at `log` (not in `dir`).
+fn run_tfork_log(dir: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
     let mut cmd = Command::new(CRIU);
-    cmd.arg("tfork").args(args).arg("-D").arg(dir).args(["-v4", "-o", "tfork.log"]).stdin(Stdio::null());
+    cmd.arg("tfork").args(args).arg("-D").arg(dir).args(["-v4", "-o"]).arg(log).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run criu");
-    let mut log = std::fs::read_to_string(dir.join("tfork.log")).unwrap_or_default();
+    let mut log = std::fs::read_to_string(log).unwrap_or_default();
     log.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), log)
 }
@@ -163,6 +168,9 @@ fn tfork(dir: &Path, src: &Src, n: usize) -> Vec<i32> {
     assert!(st.success(), "tfork failed ({st:?}):\n{log}");
     let pids: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(pids.len(), n, "{out}\n{log}");
+    // --persist=none (the default) writes no image
+    let imgs: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|f| f.ends_with(".img")).collect();
+    assert!(imgs.is_empty(), "images written without --persist: {imgs:?}");
     pids
 }
 
@@ -400,14 +408,28 @@ fn a_failing_tfork_leaves_no_clone() {
 
 #[test]
 fn persist_sync_writes_a_restorable_image_set() {
+    persist_sync_restorable("tfork-persist", &[], "pages by io_uring, files synced by io_uring");
+}
+
+/// The same with io_uring off: the plain writes' set restores too.
+#[test]
+fn persist_sync_with_plain_writes_writes_a_restorable_image_set() {
+    persist_sync_restorable("tfork-persist-plain", &[("CRIU_RS_IO_URING", "off")], "pages by plain writes (io_uring off: CRIU_RS_IO_URING=off), files synced by fsync");
+}
+
+/// `--persist=sync` (with `env`, the log saying `how` the set was
+/// written): the set is complete and durable when the command returns,
+/// and our restore and upstream's bring it back from the frozen moment.
+fn persist_sync_restorable(name: &str, env: &[(&str, &str)], how: &str) {
     require!(why_not());
-    let dir = test_dir("tfork-persist");
+    let dir = test_dir(name);
     let img = dir.join("img");
     std::fs::create_dir_all(&img).unwrap();
     let mut src = Src::start(&dir, 2, 16);
     let pid = src.pid;
-    let (st, out, log) = run_tfork(&img, &["-t", &pid.to_string(), "--copies", "2", "--persist=sync"], &[]);
+    let (st, out, log) = run_tfork(&img, &["-t", &pid.to_string(), "--copies", "2", "--persist=sync"], env);
     assert!(st.success(), "{log}");
+    assert!(log.contains(how), "the log should say {how:?}:\n{log}");
     let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(clones.len(), 2);
     assert!(log.contains("image set durable after"), "{log}");
@@ -611,4 +633,353 @@ fn fixture_counter_clones_tick() {
 #[test]
 fn fixture_threads_clones_tick() {
     fixture_clones("threads");
+}
+
+/// `kernel.io_uring_disabled` set for the guard's life, then put back.
+struct UringSysctl(String);
+
+const URING_SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
+
+impl UringSysctl {
+    /// Why the sysctl can't be set here.
+    fn why_not() -> Option<String> {
+        match std::fs::read_to_string(URING_SYSCTL) {
+            Err(e) => Some(format!("{URING_SYSCTL}: {e}")),
+            Ok(v) if v.trim() != "0" => Some(format!("{URING_SYSCTL} is {} already: io_uring itself can't be tested", v.trim())),
+            Ok(v) => std::fs::write(URING_SYSCTL, v.trim()).err().map(|e| format!("{URING_SYSCTL} not writable: {e}")),
+        }
+    }
+
+    fn set(v: &str) -> UringSysctl {
+        let old = std::fs::read_to_string(URING_SYSCTL).unwrap().trim().to_string();
+        std::fs::write(URING_SYSCTL, v).unwrap();
+        UringSysctl(old)
+    }
+}
+
+impl Drop for UringSysctl {
+    fn drop(&mut self) {
+        std::fs::write(URING_SYSCTL, &self.0).expect("putting io_uring_disabled back");
+    }
+}
+
+/// io_uring refused by the kernel (`kernel.io_uring_disabled=2`: EPERM
+/// from io_uring_setup): the set is written with plain writes and fsync,
+/// complete, and the log says io_uring was refused and why.
+#[test]
+fn persist_falls_back_to_plain_writes_where_io_uring_is_refused() {
+    require!(why_not().or_else(UringSysctl::why_not));
+    let dir = test_dir("tfork-uring-off");
+    let src = Src::start(&dir, 1, 16);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, out, log) = {
+        let _off = UringSysctl::set("2");
+        run_tfork(&img, &["-t", &src.pid.to_string(), "--copies", "1", "--persist=sync"], &[])
+    };
+    assert!(st.success(), "{log}");
+    assert!(
+        log.contains("pages by plain writes (io_uring refused: io_uring_setup: Operation not permitted") && log.contains("files synced by fsync"),
+        "{log}"
+    );
+    assert!(img.join("inventory.img").exists());
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    src.all_tick(&[clones[0], src.pid], 2, "after a tfork without io_uring");
+    // SAFETY: kill(2) of the clone this test made.
+    unsafe { libc::kill(clones[0], libc::SIGKILL) };
+}
+
+/// Staging directories and inventory.img of `img`.
+fn leftovers(img: &Path) -> Vec<String> {
+    std::fs::read_dir(img)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".criu-rs-staging") || n == "inventory.img").collect())
+        .unwrap_or_default()
+}
+
+/// A tmpfs mounted for the guard's life.
+struct SmallFs(PathBuf);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A background write that runs out of space (a 2 MiB tmpfs, a 16 MiB
+/// process), through io_uring and through plain writes: `sync` fails the
+/// command and leaves no clone; `async` leaves the clones running and says
+/// `failed: ... No space left on device` in the status; neither leaves an
+/// inventory.img or a staging directory.
+#[test]
+fn a_full_disk_fails_the_background_write_and_leaves_no_set() {
+    require!(why_not().or_else(|| why_not_tools(&["mount", "umount"])));
+    let dir = test_dir("tfork-enospc");
+    let src = Src::start(&dir, 1, 16);
+    let pid = src.pid.to_string();
+    let mnt = dir.join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tfork-enospc"]).arg(&mnt).status().unwrap();
+    assert!(st.success(), "mounting a small tmpfs");
+    let _fs = SmallFs(mnt.clone());
+    for (label, env, how) in [("uring", vec![], "through io_uring: writing"), ("plain", vec![("CRIU_RS_IO_URING", "off")], "")] {
+        let img = mnt.join(format!("sync-{label}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let logf = dir.join(format!("sync-{label}.log"));
+        let (st, _, log) = run_tfork_log(&img, &logf, &["-t", &pid, "--copies", "2", "--persist=sync"], &env);
+        assert!(!st.success(), "{label}: a sync tfork whose set can't be written fails:\n{log}");
+        assert!(log.contains("No space left on device"), "{label}: {log}");
+        assert!(log.contains(how), "{label}: the write through io_uring failed: {log}");
+        assert!(leftovers(&img).is_empty(), "{label}: {:?} left", leftovers(&img));
+        wait_until("no clone left by the failed sync tfork", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
+        reap_zombies();
+
+        let img = mnt.join(format!("async-{label}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let logf = dir.join(format!("async-{label}.log"));
+        let (st, out, log) = run_tfork_log(&img, &logf, &["-t", &pid, "--copies", "2", "--persist=async"], &env);
+        assert!(st.success(), "{label}: {log}");
+        let status = final_status(&img);
+        assert!(status.starts_with("failed: ") && status.contains("No space left on device"), "{label}: {status}");
+        assert!(leftovers(&img).is_empty(), "{label}: {:?} left", leftovers(&img));
+        let log = std::fs::read_to_string(&logf).unwrap_or_default();
+        assert!(log.contains("No space left on device"), "{label}: {log}");
+        let clones: Vec<i32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert_eq!(clones.len(), 2);
+        src.all_tick(&clones, 2, &format!("({label}) after a failed background write"));
+        for c in clones {
+            // SAFETY: kill(2) of a clone this test made.
+            unsafe { libc::kill(c, libc::SIGKILL) };
+        }
+        wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
+        reap_zombies();
+        std::fs::remove_dir_all(mnt.join(format!("sync-{label}"))).unwrap();
+        std::fs::remove_dir_all(&img).unwrap();
+    }
+    src.all_tick(&[src.pid], 2, "after the failed writes");
+}
+
+/// Tick numbers of a fixture log, in order.
+fn tick_numbers(log: &Path) -> Vec<u64> {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!s.contains("FAIL"), "{} reported a failure:\n{s}", log.display());
+    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).collect()
+}
+
+/// A fixture tforked with `--copies 4 --root-snapshot MODE`: the source
+/// and every clone tick `ok` on their own, each into its own
+/// progress.log: a clone's through its own overlay (seen through
+/// /proc/CLONE/root, and in its upper directory), the source's with only
+/// its own ticks (one line per tick number); the overlays are in the
+/// clones' mount namespaces only; a killed clone leaves the rest ticking.
+fn fixture_clones_own_their_files(name: &str, overlay_dir: bool) {
+    require!(why_not_here());
+    let dir = test_dir(&format!("tfork-snap-{name}"));
+    let mode = if overlay_dir { format!("overlay:{}", dir.join("work").display()) } else { "overlay".to_string() };
+    clones_own_their_files(name, &mode, &dir, &dir.join("img"), |c| dir.join(format!("img/tfork-root/{c}/upper/progress.log")));
+}
+
+/// [`fixture_clones_own_their_files`] with `--root-snapshot mode`, the
+/// fixture in `dir/work`, `-D img`; `own_log(CLONE)`: where the clone's
+/// snapshot keeps its log.
+fn clones_own_their_files(name: &str, mode: &str, dir: &Path, img: &Path, own_log: impl Fn(i32) -> PathBuf) {
+    let fx = Fixture::start(name, dir, Ns::Host);
+    std::fs::create_dir_all(img).unwrap();
+    let (st, out, log) = run_tfork(img, &["-t", &fx.pid.to_string(), "--copies", "4", "--root-snapshot", mode], &[]);
+    assert!(st.success(), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 4);
+    let at_fork = fx.tick();
+    let clone_log = |c: i32| PathBuf::from(format!("/proc/{c}/root{}", fx.log().display()));
+    // every process ticks on, each in its own file
+    let t0: Vec<u64> = clones.iter().map(|&c| last_tick(&clone_log(c))).collect();
+    wait_until("every clone ticks 5 times in its own log", Duration::from_secs(20), || {
+        clones.iter().zip(&t0).all(|(&c, &t)| last_tick(&clone_log(c)) >= t + 5)
+    });
+    fx.ticks_on(5, "(the source) beside its clones");
+    for &c in &clones {
+        assert!(alive(c), "clone {c} died");
+        let own = tick_numbers(&clone_log(c));
+        assert_eq!(own, tick_numbers(&own_log(c)), "clone {c}: its log is the one in its snapshot");
+        // its log: the source's as the clone's overlay copied it up (at its
+        // setup, a little after the freeze), then its own ticks, one per number
+        let tail = &own[own.len() - 5..];
+        assert!(tail.windows(2).all(|w| w[1] == w[0] + 1), "clone {c}'s ticks: {own:?}");
+        let mounts = std::fs::read_to_string(format!("/proc/{c}/mountinfo")).unwrap();
+        assert!(mounts.lines().any(|l| l.split_whitespace().nth(4) == Some(fx.work.to_str().unwrap())), "clone {c}: no mount on {}:\n{mounts}", fx.work.display());
+    }
+    let src = tick_numbers(&fx.log());
+    assert!(src.windows(2).all(|w| w[1] == w[0] + 1), "the source's log holds only its own ticks: {src:?}");
+    assert!(*src.last().unwrap() > at_fork);
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.lines().any(|l| l.split_whitespace().nth(4) == Some(fx.work.to_str().unwrap())), "a clone's mount shows in the host:\n{host}");
+    // a killed clone leaves the others and the source ticking
+    // SAFETY: kill(2) of a clone this test made.
+    unsafe { libc::kill(clones[0], libc::SIGKILL) };
+    wait_until("the killed clone gone", Duration::from_secs(5), || {
+        reap_zombies();
+        !alive(clones[0])
+    });
+    let t1: Vec<u64> = clones[1..].iter().map(|&c| last_tick(&clone_log(c))).collect();
+    wait_until("the other clones tick on", Duration::from_secs(20), || clones[1..].iter().zip(&t1).all(|(&c, &t)| last_tick(&clone_log(c)) >= t + 3));
+    fx.ticks_on(3, "(the source) after a clone was killed");
+    for &c in &clones[1..] {
+        // SAFETY: as above.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&fx.bin) == vec![fx.pid]);
+    reap_zombies();
+}
+
+#[test]
+fn fixture_counter_clones_own_their_files() {
+    fixture_clones_own_their_files("counter", false);
+}
+
+/// `threads`: the mount namespace is made while the clone has one thread
+/// (unshare(CLONE_NEWNS) is refused once threads share their fs_struct).
+#[test]
+fn fixture_threads_clones_own_their_files() {
+    fixture_clones_own_their_files("threads", false);
+}
+
+/// `signals`: handlers, masks, itimers and queued signals, in clones with their own files.
+#[test]
+fn fixture_signals_clones_own_their_files() {
+    fixture_clones_own_their_files("signals", false);
+}
+
+/// `files`: a file at an offset, an O_APPEND file, a directory fd, an
+/// unlinked file (each clone gets an unlinked copy), the cwd in a
+/// subdirectory (so the directory is given: overlay:WORK).
+#[test]
+fn fixture_files_clones_own_their_files() {
+    fixture_clones_own_their_files("files", true);
+}
+
+/// A loop-mounted btrfs for the guard's life.
+struct LoopBtrfs(PathBuf);
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `--root-snapshot btrfs`: `counter` in a subvolume of a loop-mounted
+/// btrfs, 4 clones each with a snapshot of the subvolume bind-mounted
+/// over its directory.
+#[test]
+fn fixture_counter_clones_own_btrfs_snapshots() {
+    require!(why_not_here().or_else(|| why_not_tools(&["mkfs.btrfs", "btrfs", "mount", "umount"])));
+    let dir = test_dir("tfork-snap-btrfs");
+    let (file, mnt) = (dir.join("fs.btrfs"), dir.join("mnt"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::File::create(&file).unwrap().set_len(300 << 20).unwrap();
+    let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
+    assert!(ok(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&file)), "mkfs.btrfs");
+    assert!(ok(Command::new("mount").args(["-o", "loop"]).arg(&file).arg(&mnt)), "mounting the btrfs image");
+    let _fs = LoopBtrfs(mnt.clone());
+    let vol = mnt.join("vol");
+    assert!(ok(Command::new("btrfs").args(["subvolume", "create"]).arg(&vol)), "btrfs subvolume create");
+    let img = mnt.join("img");
+    clones_own_their_files("counter", "btrfs", &vol, &img, |c| img.join(format!("tfork-root/{c}/snap/work/progress.log")));
+}
+
+/// What `--root-snapshot` can't do is refused by name, before anything is
+/// touched: a mode it doesn't know, a relative directory, the clones'
+/// directories inside the snapshotted one.
+#[test]
+fn root_snapshot_refusals() {
+    require!(why_not());
+    let dir = test_dir("tfork-snap-refused");
+    let src = Src::start(&dir, 1, 4);
+    let pid = src.pid.to_string();
+    for (mode, img, want) in [
+        ("btrfs", dir.join("img"), "is not on btrfs"),
+        ("zfs", dir.join("img"), "unknown --root-snapshot mode"),
+        ("overlay:work", dir.join("img"), "must be an absolute path"),
+        ("overlay", src.work.join("img"), "inside the snapshotted"),
+    ] {
+        std::fs::create_dir_all(&img).unwrap();
+        let (st, out, log) = run_tfork(&img, &["-t", &pid, "--copies", "1", "--root-snapshot", mode], &[]);
+        assert!(!st.success() && out.is_empty(), "{mode}: {log}");
+        assert!(log.contains(want), "{mode}: want {want:?} in {log}");
+    }
+    assert_eq!(live_with_exe(&src.bin), vec![src.pid], "no clone made");
+    assert!(!src.work.join("img/tfork-root").exists(), "nothing made inside the source's directory");
+    src.all_tick(&[src.pid], 2, "after refused tforks");
+    drop(src);
+    // a source without CAP_SYS_ADMIN (root with an empty bounding set)
+    require!(why_not_tool("setpriv"));
+    let dir = test_dir("tfork-snap-nocaps");
+    let src = Src::start_with(&dir, 1, 4, &["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, out, log) = run_tfork(&img, &["-t", &src.pid.to_string(), "--copies", "1", "--root-snapshot", "overlay"], &[]);
+    assert!(!st.success() && out.is_empty(), "{log}");
+    assert!(log.contains("lacks CAP_SYS_ADMIN"), "{log}");
+    assert_eq!(live_with_exe(&src.bin), vec![src.pid], "no clone made");
+    src.all_tick(&[src.pid], 2, "after a refused tfork");
+}
+
+/// The engine killed while it sets up clones with `--root-snapshot
+/// overlay` (after a clone's overlay is mounted and its files reopened,
+/// or just before its release): no clone is left, no mount shows in the
+/// host, and the source goes on writing only its own ticks into its own
+/// log.
+#[test]
+fn engine_killed_during_a_root_snapshot_leaves_no_clone() {
+    require!(why_not_here());
+    let dir = test_dir("tfork-snap-faults");
+    let fx = Fixture::start("counter", &dir, Ns::Host);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    for point in ["snapshot-mounted", "tfork-before-release"] {
+        let (st, out, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2", "--root-snapshot", "overlay"], &[("CRIU_RS_FAULT_AT", point)]);
+        assert_killed(st, point, &log);
+        assert!(out.is_empty(), "{point}: no clone reported");
+        wait_until(&format!("{point}: no clone left"), Duration::from_secs(5), || {
+            reap_zombies();
+            live_with_exe(&fx.bin) == vec![fx.pid]
+        });
+        let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!host.lines().any(|l| l.split_whitespace().nth(4) == Some(fx.work.to_str().unwrap())), "{point}: a mount in the host:\n{host}");
+        fx.ticks_on(3, &format!("after the engine died at {point}"));
+        let ticks = tick_numbers(&fx.log());
+        assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{point}: the source's log holds only its own ticks: {ticks:?}");
+    }
+}
+
+/// io_uring refused by a seccomp filter (ENOSYS) at each of the steps
+/// tfork's image writer checks before writing (io_uring_setup, the opcode
+/// probe through io_uring_register, a NOP through io_uring_enter): the
+/// engine's probe names the refused step and says the writes will be
+/// plain. (A seccomp'd engine can't tfork: PTRACE_O_SUSPEND_SECCOMP is
+/// refused to a tracer under seccomp; `criu check` runs the same probe,
+/// `sys::uring::open_ring`, that the writer does.)
+#[test]
+fn io_uring_refused_by_seccomp_is_named_at_each_step() {
+    let py = "/usr/bin/python3";
+    require!(why_not_tool(py).or_else(|| {
+        let ok = Command::new(py).args(["-c", "import seccomp"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        (!ok).then(|| "python3-seccomp (libseccomp's python bindings) not installed".to_string())
+    }));
+    let filtered = "import seccomp, errno, os, sys\n\
+        f = seccomp.SyscallFilter(seccomp.ALLOW)\n\
+        if sys.argv[1] != 'none':\n    f.add_rule(seccomp.ERRNO(errno.ENOSYS), sys.argv[1])\n\
+        f.load()\n\
+        os.execv(sys.argv[2], sys.argv[2:])\n";
+    for (call, want) in [
+        ("none", "io_uring is supported"),
+        ("io_uring_setup", "io_uring: io_uring_setup: Function not implemented"),
+        ("io_uring_register", "io_uring: io_uring_register(PROBE): Function not implemented"),
+        ("io_uring_enter", "io_uring: io_uring_enter: Function not implemented"),
+    ] {
+        let out = Command::new(py).args(["-c", filtered, call, CRIU, "check", "-v4"]).stdin(Stdio::null()).output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains(want), "{call} filtered: want {want:?} in\n{log}");
+        if call != "none" {
+            assert!(log.contains("(tfork's image set is written with plain writes)"), "{log}");
+        }
+    }
 }

@@ -194,3 +194,77 @@ fn restore_sibling_makes_the_root_a_child_of_criu_s_parent() {
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// An eventfd and an epoll set made by the root and inherited by its child
+/// (one description each, held by both processes): the child keeps adding
+/// to the eventfd, the root keeps waiting on its epoll set and reading;
+/// dumped and restored twice (and once with `--leave-running`), it ticks on
+/// with no FAIL.
+#[test]
+fn event_objects_shared_by_a_tree() {
+    require!(why_not_here());
+    let tmp = test_dir("tree-restore-events");
+    let mut fx = Fixture::start_ours("treeev", &tmp, Ns::OwnPidNs);
+    for round in 0..3 {
+        let img = tmp.join(format!("img{round}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let leave = round == 0;
+        let mut args = vec!["dump", "-t"];
+        let p = fx.pid.to_string();
+        args.push(&p);
+        if leave {
+            args.push("--leave-running");
+        }
+        criu_ok(Path::new(CRIU), &args, &img, "dump.log");
+        if leave {
+            fx.ticks_on(3, "after the --leave-running dump");
+            continue;
+        }
+        let t = fx.tick();
+        let st = Command::new(CRIU).args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&fx.work).status().unwrap();
+        assert!(st.success(), "round {round}: {}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+        wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 3);
+        fx.refind();
+    }
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `restore --root R` of a tree: every process resolves the image's paths
+/// inside R (the children too, which report their pids before their
+/// chroot), and the whole tree ticks on there.
+#[test]
+fn tree_restores_inside_a_root() {
+    require!(why_not_here().or_else(|| why_not_tools(&["mknod"])));
+    let tmp = test_dir("tree-restore-root");
+    let fx = Fixture::start("tree", &tmp, Ns::OwnPidNs);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped tree gone", Duration::from_secs(5), || live_with_exe(&fx.bin).is_empty());
+    let root = tmp.join("root");
+    let inr = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(inr(&fx.work)).unwrap();
+    std::fs::copy(&fx.bin, inr(&fx.bin)).unwrap();
+    std::fs::copy(fx.log(), inr(&fx.log())).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    assert!(Command::new("mknod").args(["-m", "666"]).arg(root.join("dev/null")).args(["c", "1", "3"]).status().unwrap().success());
+    let t = last_tick(&inr(&fx.log()));
+    let (st, log) = criu_env(Path::new(CRIU), &["restore", "-d", "--root", root.to_str().unwrap()], &img, "restore.log", &[]);
+    let rbin = inr(&fx.bin);
+    struct Kill(PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for p in live_with_exe(&self.0) {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+        }
+    }
+    let _kill = Kill(rbin.clone());
+    assert!(st.success(), "restore --root of a tree failed:\n{log}");
+    wait_until("ticks inside the root", Duration::from_secs(15), || last_tick(&inr(&fx.log())) > t + 3);
+    assert_eq!(live_with_exe(&rbin).len(), 4, "the tree's 4 live processes, inside the root");
+    assert_eq!(fx.tick(), t, "the host's log was written: a path resolved outside the root");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

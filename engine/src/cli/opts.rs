@@ -57,8 +57,9 @@ enum Act {
     PreDumpMode,
     NetworkLock,
     Timeout,
-    /// Ours (tfork): `--copies N`, `--persist MODE`.
+    /// Ours (tfork): `--copies N`, `--persist MODE`, `--root-snapshot MODE`.
     Copies,
+    RootSnapshot,
     Persist,
     /// Upstream's option, not implemented: refused by name.
     Refused,
@@ -108,6 +109,7 @@ const SPECS: &[Spec] = &[
     // ours, for `criu tfork` (not upstream's)
     o("copies", None, Req, Copies, false),
     o("persist", None, Req, Persist, false),
+    o("root-snapshot", None, Req, RootSnapshot, false),
     o("pre-dump-mode", None, Req, PreDumpMode, false),
     o("network-lock", None, Req, NetworkLock, false),
     o("skip-in-flight", None, No, Accepted, true),
@@ -224,6 +226,8 @@ pub struct Opts {
     pub copies: Option<String>,
     /// tfork: `--persist none|sync|async`.
     pub persist: Option<String>,
+    /// tfork: `--root-snapshot overlay[:DIR]` (checked by the command).
+    pub root_snapshot: Option<String>,
     /// Config files read (for the log).
     pub configs_read: Vec<String>,
     /// Config files that were not there.
@@ -339,6 +343,7 @@ impl Opts {
             }
             Copies => self.copies = Some(v()),
             Persist => self.persist = Some(v()),
+            RootSnapshot => self.root_snapshot = Some(v()),
             PreDumpMode => {
                 if !matches!(val.as_deref(), Some("splice" | "read")) {
                     return Err(Problem::new(format!("invalid argument for --pre-dump-mode: {} (want splice or read)", v())));

@@ -103,6 +103,12 @@ fn pipe_data(pid: Pid, fd: i32, pipe_id: u32, fifo: bool) -> Result<PipeData, Fi
 /// SEEK_HOLE), so holes stay holes and only allocated bytes count against
 /// the ghost limit.
 fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
+    ghost_of(&format!("/proc/{pid}/fd/{fd}"), pid, fd, path, meta)
+}
+
+/// [`ghost`] of the file `open` names (`/proc/PID/fd/N`, or
+/// `/proc/PID/map_files/START-END` for a mapping: then `fd` is -1).
+pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
     let io_err = |e| FilesError::Io { pid, fd, source: e };
@@ -110,7 +116,7 @@ fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghos
     if allocated > GHOST_LIMIT {
         return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: allocated });
     }
-    let f = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).map_err(io_err)?;
+    let f = std::fs::File::open(open).map_err(io_err)?;
     let size = meta.size();
     let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut total: u64 = 0;

@@ -55,6 +55,28 @@ impl Staging {
         &self.tmp
     }
 
+    /// fsync every staged file (before [`Staging::publish`], which syncs
+    /// the directories): through one io_uring batch when `uring`, with
+    /// fsync(2) one by one where it is not asked for or refused. Says
+    /// which was used.
+    pub fn sync_files(&self, uring: bool) -> Result<&'static str, StagingError> {
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(&self.tmp).map_err(ioe("listing", &self.tmp))?.flatten() {
+            let p = e.path();
+            files.push(std::fs::File::open(&p).map_err(ioe("opening to sync", &p))?);
+        }
+        if uring {
+            match crate::sys::uring::fsync_all(&files) {
+                Ok(r) => return r.map(|()| "io_uring").map_err(ioe("syncing the files of", &self.tmp)),
+                Err(e) => crate::pr_debug!("fsync through io_uring refused ({e}): fsync(2)"),
+            }
+        }
+        for f in &files {
+            f.sync_all().map_err(ioe("syncing the files of", &self.tmp))?;
+        }
+        Ok("fsync")
+    }
+
     /// Move the finished image set into the images directory.
     pub fn publish(mut self) -> Result<(), StagingError> {
         let old_inv = self.dir.join(INVENTORY);

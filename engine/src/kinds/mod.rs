@@ -165,6 +165,18 @@ pub struct Restore<'a> {
     /// Every fd of the phase with its kind (objects that are built
     /// together, as the unix sockets of a process, see them all).
     pub all: &'a [(&'a Fd, &'a Kind)],
+    /// Where the fds the kind names (by their numbers in the dumped
+    /// process: [`FileKind::after`]) are in the table being built, when
+    /// not on those numbers (the root making a description shared across
+    /// the tree holds every such file on a number of its own).
+    pub moved: Option<&'a HashMap<i32, i32>>,
+}
+
+impl Restore<'_> {
+    /// The fd that holds now what was fd `n` of the dumped process.
+    pub fn fd_of(&self, n: i32) -> i32 {
+        self.moved.and_then(|m| m.get(&n)).copied().unwrap_or(n)
+    }
 }
 
 /// One kind of file: its model value is `Self`.
@@ -300,8 +312,10 @@ pub fn check_table(fds: &[Fd]) -> Result<(), String> {
 /// once its [`FileKind::after`] fds are in place, moved onto its number,
 /// the other fds of its open file description dup'ed from it, FD_CLOEXEC
 /// set. A dependency that no fd of the phase provides must already be
-/// open (an older kind), or the restore fails naming it.
-pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
+/// open (an older kind), or the restore fails naming it. `moved`: per
+/// description, where the fds its kind names are now (see
+/// [`Restore::moved`]); none for a process's own table.
+pub fn restore_phase(fds: &[(&Fd, &Kind)], moved: &HashMap<u32, HashMap<i32, i32>>) -> Result<(), String> {
     use crate::sys::process as p;
     let mut scratch = Scratch::default();
     // desc -> the fd number that holds it
@@ -317,7 +331,8 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
             if let Some(&first) = made.get(&fd.desc) {
                 p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared {}): {e}", kind.name()))?;
             } else {
-                let deps = kind.after();
+                let map = moved.get(&fd.desc);
+                let deps: Vec<i32> = kind.after().into_iter().map(|d| map.and_then(|m| m.get(&d)).copied().unwrap_or(d)).collect();
                 if deps.iter().any(|d| *d != n && waiting.contains(d)) {
                     still.push((fd, kind));
                     continue;
@@ -325,7 +340,7 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
                 if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
                     return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
                 }
-                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch, all: fds }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch, all: fds, moved: map }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
                 let raw = obj.as_raw_fd();
                 if raw != n {
                     p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;
@@ -341,7 +356,7 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
             }
         }
         if still.len() == before {
-            let names: Vec<String> = still.iter().map(|(f, k)| format!("fd {} ({}) after {:?}", f.fd, k.name(), k.after())).collect();
+            let names: Vec<String> = still.iter().map(|(f, k)| format!("fd {} ({}) after dumped fds {:?}", f.fd, k.name(), k.after())).collect();
             return Err(format!("fds that wait on each other: {}", names.join(", ")));
         }
         pending = still;

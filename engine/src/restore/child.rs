@@ -56,6 +56,13 @@ pub struct ChildPlan {
     pub timens: Option<crate::model::TimeNs>,
     /// Who forks whom, sessions, groups, helpers, shared descriptions.
     pub plan: super::plan::Plan,
+    /// Files unlinked while mapped (path, contents), one per inode of the
+    /// tree: the root recreates each (as it does an fd's ghost) on
+    /// `sh_base + plan.shared.len() + j`, for every process to inherit.
+    pub map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>)>,
+    /// Per process (task index), per entry of its `map_files`: the
+    /// inherited fd of that file when it is one of `map_ghosts`.
+    pub map_from: Vec<Vec<Option<i32>>>,
     /// `--restore-sibling`: (engine-side fd number of a pidfd of the
     /// engine, the number the root keeps it on). The root is then not the
     /// engine's child, so no parent-death signal ties it to the engine: it
@@ -76,14 +83,13 @@ impl ChildPlan {
     }
 
     fn shared_range(&self) -> std::ops::Range<i32> {
-        self.sh_base..self.sh_base + self.plan.shared.len() as i32
+        self.sh_base..self.sh_base + (self.plan.shared.len() + self.map_ghosts.len()) as i32
     }
 }
 
 /// Report of one process on the shared report pipe, one line each written
 /// whole (under PIPE_BUF): `NSPID HOSTPID ok` or `NSPID HOSTPID err WHAT`.
-fn report(plan: &ChildPlan, ns_pid: i32, msg: Result<(), String>) -> std::io::Result<()> {
-    let host = std::fs::read_link("/proc/self").ok().and_then(|l| l.to_str()?.parse::<i32>().ok()).unwrap_or(0);
+fn report(plan: &ChildPlan, ns_pid: i32, host: i32, msg: Result<(), String>) -> std::io::Result<()> {
     let mut line = match msg {
         Ok(()) => format!("{ns_pid} {host} ok"),
         Err(m) => format!("{ns_pid} {host} err {}", m.replace('\n', " ")),
@@ -118,7 +124,7 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
         }
-        if !plan.plan.shared.is_empty() {
+        if !plan.plan.shared.is_empty() || !plan.map_ghosts.is_empty() {
             files::restore_shared(plan, tree, terminal)?;
         }
     }
@@ -179,11 +185,16 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     }
     let shared = plan.shared_fds();
     files::restore_fds(plan, task, terminal, &shared)?;
+    for (k, (path, flags)) in plan.map_files[i].iter().enumerate() {
+        let at = plan.svc_base + 1 + k as i32;
+        match plan.map_from[i].get(k).copied().flatten() {
+            // a file unlinked while mapped: the root's recreation of it
+            Some(from) => p::dup2(from, at).map_err(|e| format!("the unlinked mapped file {path} (fd {from} -> {at}): {e}"))?,
+            None => files::open_at(plan, path, *flags, at)?,
+        }
+    }
     for fd in plan.shared_range() {
         p::close(fd);
-    }
-    for (k, (path, flags)) in plan.map_files[i].iter().enumerate() {
-        files::open_at(plan, path, *flags, plan.svc_base + 1 + k as i32)?;
     }
     restore_loginuid(task.loginuid)?;
     // fs
@@ -281,6 +292,9 @@ fn enter_timens(tn: &crate::model::TimeNs) -> Result<(), String> {
 pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -> ! {
     let node = &plan.plan.nodes[n];
     let ns_pid = node.pid;
+    // our pid as the engine sees it (the engine's /proc; read before any
+    // chroot)
+    let host = std::fs::read_link("/proc/self").ok().and_then(|l| l.to_str()?.parse::<i32>().ok()).unwrap_or(0);
     let mut terminal = None;
     let prep = (|| -> Result<(), String> {
         p::block_all_signals().map_err(|e| format!("blocking signals: {e}"))?;
@@ -321,7 +335,7 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
     });
     let failed = result.is_err();
     // EPIPE: the engine died; go too
-    if report(plan, ns_pid, result).is_err() || failed {
+    if report(plan, ns_pid, host, result).is_err() || failed {
         p::exit_now(1)
     }
     match node.role {

@@ -266,6 +266,10 @@ impl Slots {
     }
 }
 
+/// Descriptions of the files unlinked while mapped count down from here
+/// (files.img ids, which the other descriptions carry, count up from 1).
+const MAP_GHOST_DESC: u32 = u32::MAX - 1;
+
 /// The open file descriptions the root makes for the whole tree
 /// (`plan.plan.shared`), onto `sh_base + k`, for every process forked
 /// after to inherit: each made as its first holder's fd would be (pipes
@@ -273,9 +277,29 @@ impl Slots {
 /// recreated once for all of its descriptions).
 pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Option<i32>) -> Result<(), String> {
     let mut fds = Vec::with_capacity(plan.plan.shared.len());
+    // a resource kind's description names other fds (epoll: its targets)
+    // by their numbers in its holder: here they are on slots too
+    let mut moved: std::collections::HashMap<u32, std::collections::HashMap<i32, i32>> = std::collections::HashMap::new();
+    let slot = |d: u32| plan.plan.shared.iter().position(|&x| x == d).map(|k| plan.sh_base + k as i32);
     for (k, &d) in plan.plan.shared.iter().enumerate() {
-        let f = tree.tasks.iter().flat_map(|t| &t.fds).find(|f| f.desc == d).ok_or_else(|| format!("shared file {d} has no fd"))?;
+        let (t, f) = tree.tasks.iter().find_map(|t| Some((t, t.fds.iter().find(|f| f.desc == d)?))).ok_or_else(|| format!("shared file {d} has no fd"))?;
+        if let FileDesc::Kind(kind) = &f.file {
+            let mut m = std::collections::HashMap::new();
+            for n in kind.after() {
+                let at = t.fds.iter().find(|x| x.fd == n).and_then(|x| slot(x.desc));
+                let at = at.ok_or_else(|| format!("fd {} of {} ({}, shared across the tree) needs its fd {n}, which is not made for the tree", f.fd, t.pid, kind.name()))?;
+                m.insert(n, at);
+            }
+            moved.insert(d, m);
+        }
         fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
+    }
+    // files unlinked while mapped, after the descriptions (one Ghosts
+    // for both: an fd of the same inode gets the same recreated file)
+    for (j, (path, g)) in plan.map_ghosts.iter().enumerate() {
+        let n = plan.sh_base + (plan.plan.shared.len() + j) as i32;
+        let file = FileDesc::Reg { path: path.clone(), flags: libc::O_RDWR as u32, pos: 0, mode: g.mode, size: None, ghost: Some(Box::new((**g).clone())) };
+        fds.push(crate::model::Fd { fd: n, cloexec: false, desc: MAP_GHOST_DESC - j as u32, file });
     }
     let mut pipe_data: Vec<PipeData> = Vec::new();
     for d in tree.tasks.iter().flat_map(|t| &t.pipe_data) {
@@ -284,17 +308,26 @@ pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Opt
         }
     }
     let all = Task { fds, pipe_data, ..Default::default() };
-    install(plan, &all, terminal, &std::collections::HashMap::new(), false)
+    install(plan, &all, terminal, &std::collections::HashMap::new(), false, &moved)
 }
 
 /// Recreate every fd of `task` (the fd table holds only the report pipe,
 /// the service fds, the parked terminal and the descriptions the root made
 /// for the tree, `shared`: desc -> inherited fd, dup'ed where they belong).
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>) -> Result<(), String> {
-    install(plan, task, terminal, shared, true)
+    install(plan, task, terminal, shared, true, &std::collections::HashMap::new())
 }
 
-fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>, close_terminal: bool) -> Result<(), String> {
+/// `moved`: for the root's descriptions, where the fds each kind names are
+/// (see `kinds::Restore::moved`).
+fn install(
+    plan: &ChildPlan,
+    task: &Task,
+    terminal: Option<i32>,
+    shared: &std::collections::HashMap<u32, i32>,
+    close_terminal: bool,
+    moved: &std::collections::HashMap<u32, std::collections::HashMap<i32, i32>>,
+) -> Result<(), String> {
     use std::collections::HashMap;
     let mut ghosts = Ghosts::new(plan);
     // svc_base - 1 is the parked terminal's; working fds go below it
@@ -417,7 +450,7 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
     if let Some(r) = &plan.root {
         crate::kinds::unix::refuse_paths_under_root(&kinds, &r.path)?;
     }
-    crate::kinds::restore_phase(&kinds)?;
+    crate::kinds::restore_phase(&kinds, moved)?;
     drop(ghosts);
     Ok(())
 }

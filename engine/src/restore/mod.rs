@@ -224,7 +224,30 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
     // process's fd setup (two per pipe fd, one per FIFO fd at most)
     let sh_base = max_fd + 1;
     let npipes = all_fds().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
-    let svc_base = (sh_base + plan.shared.len() as i32 + 2 * npipes + 16).max(64);
+    // files unlinked while mapped: one recreation per inode for the tree
+    let mut map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>)> = Vec::new();
+    for f in live.iter().flat_map(|&i| tree.tasks[i].mm.vmas.iter().filter_map(|v| v.file.as_ref())) {
+        if let Some(g) = &f.ghost {
+            if !map_ghosts.iter().any(|(_, x)| (x.dev, x.ino) == (g.dev, g.ino)) {
+                map_ghosts.push((f.path.clone(), g.clone()));
+            }
+        }
+    }
+    let map_from: Vec<Vec<Option<i32>>> = tree
+        .tasks
+        .iter()
+        .zip(&map_files)
+        .map(|(t, mf)| {
+            mf.iter()
+                .map(|(path, _)| {
+                    let g = t.mm.vmas.iter().filter_map(|v| v.file.as_ref()).find(|f| &f.path == path)?.ghost.as_ref()?;
+                    let j = map_ghosts.iter().position(|(_, x)| (x.dev, x.ino) == (g.dev, g.ino))?;
+                    Some(sh_base + (plan.shared.len() + j) as i32)
+                })
+                .collect()
+        })
+        .collect();
+    let svc_base = (sh_base + (plan.shared.len() + map_ghosts.len()) as i32 + 2 * npipes + 16).max(64);
     let max_map = map_files.iter().map(Vec::len).max().unwrap_or(0) as i32;
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
     let engine_fd = if opts.sibling { Some(p::pidfd_open(std::process::id() as Pid).map_err(ioe(0, "a pidfd of the engine"))?) } else { None };
@@ -245,6 +268,8 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
         shell_job: opts.shell_job,
         timens: own_timens(tree)?,
         plan,
+        map_ghosts,
+        map_from,
         sh_base,
         engine: engine_fd.as_ref().map(|f| (f.as_raw_fd(), svc_base + 2 + max_map)),
     };

@@ -209,8 +209,11 @@ fn object_of(f: &crate::model::Fd) -> Object {
     }
 }
 
-/// Descriptions the root makes for the tree (see [`Plan::shared`]).
+/// Descriptions the root makes for the tree (see [`Plan::shared`]); and
+/// what a shared one of the resource kinds waits on (epoll: its targets)
+/// is made there too, before it.
 fn shared_descriptions(tree: &Tree) -> Vec<u32> {
+    use std::collections::HashSet;
     let mut holders: HashMap<Object, (usize, bool)> = HashMap::new(); // first holder, several?
     for (i, t) in tree.tasks.iter().enumerate() {
         for f in &t.fds {
@@ -220,13 +223,49 @@ fn shared_descriptions(tree: &Tree) -> Vec<u32> {
             }
         }
     }
+    // a file unlinked while mapped is recreated once, by the root: an fd
+    // of the same inode must be made from that one
+    for f in tree.tasks.iter().flat_map(|t| t.mm.vmas.iter().filter_map(|v| v.file.as_ref())) {
+        if let Some(g) = &f.ghost {
+            if let Some(e) = holders.get_mut(&Object::Ghost(g.dev, g.ino)) {
+                e.1 = true;
+            }
+        }
+    }
+    let mut shared: HashSet<u32> = HashSet::new();
+    for t in &tree.tasks {
+        for f in &t.fds {
+            if holders[&object_of(f)].1 {
+                shared.insert(f.desc);
+            }
+        }
+    }
     let mut out = Vec::new();
     for t in &tree.tasks {
         for f in &t.fds {
-            if holders[&object_of(f)].1 && !out.contains(&f.desc) {
+            if shared.contains(&f.desc) && !out.contains(&f.desc) {
                 out.push(f.desc);
             }
         }
+    }
+    // what a shared resource kind's description needs made first (epoll:
+    // its targets) is made by the root too, whoever holds it
+    let mut i = 0;
+    while i < out.len() {
+        let d = out[i];
+        let first = tree.tasks.iter().find_map(|t| Some((t, t.fds.iter().find(|f| f.desc == d)?)));
+        if let Some((t, crate::model::Fd { file: FileDesc::Kind(k), .. })) = first {
+            for n in k.after() {
+                // every description of that object (a pipe's other end too)
+                let Some(o) = t.fds.iter().find(|x| x.fd == n).map(object_of) else { continue };
+                for f in tree.tasks.iter().flat_map(|t| &t.fds) {
+                    if object_of(f) == o && !out.contains(&f.desc) {
+                        out.push(f.desc);
+                    }
+                }
+            }
+        }
+        i += 1;
     }
     out
 }

@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod batch;
+pub mod btrfs;
 pub mod cpu;
 pub mod event;
 pub mod inject;
@@ -16,6 +17,7 @@ pub mod process;
 pub mod sock;
 pub mod ptrace;
 pub mod uffd;
+pub mod uring;
 
 /// A kernel thread/process id as seen from the engine's pid namespace.
 pub type Pid = i32;

@@ -198,9 +198,22 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn start(name: &str, dir: &Path, ns: Ns) -> Fixture {
+        let bin = build(name, dir);
+        Self::start_bin(bin, dir, ns)
+    }
+
+    /// [`Fixture::start`] of a program of engine/tests/progs.
+    pub fn start_ours(name: &str, dir: &Path, ns: Ns) -> Fixture {
+        let bin = dir.join(name);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs").join(format!("{name}.c"));
+        let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).args(["-lpthread", "-lrt"]).status().expect("gcc");
+        assert!(st.success(), "building {}", src.display());
+        Self::start_bin(bin, dir, ns)
+    }
+
+    fn start_bin(bin: PathBuf, dir: &Path, ns: Ns) -> Fixture {
         let work = dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
-        let bin = build(name, dir);
         let mut cmd = Command::new("setsid");
         if ns == Ns::OwnPidNs {
             cmd.args(["unshare", "--pid", "--fork"]);

@@ -24,6 +24,8 @@
  *   moved     (with epoll) a target watched through fd 30, then dup'ed to
  *             fd 40 and fd 30 closed and reused by another eventfd
  *   nested    (with epoll) a second epoll set watching the first
+ *   fork      (last) a child that inherits every object and only sleeps,
+ *             so that each description is shared by two processes
  *   inotify   an inotify instance (fd 28) watching ./watched (IN_CREATE,
  *             IN_DELETE: wd 1) and ./watched/f (IN_MODIFY: wd 3, a watch
  *             added and removed in between); each tick creates and removes
@@ -260,6 +262,15 @@ int main(int argc, char **argv)
 		CHECK(fanotify_mark(29, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD, "/dev/shm") == 0, "fanotify mount mark");
 		CHECK(fanotify_mark(29, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, FAN_CLOSE_WRITE, AT_FDCWD, shm_h) == 0,
 		      "fanotify ignored mask");
+	}
+	if (has(argc, argv, "fork")) {
+		/* a child that holds every object too (inherited), and checks
+		 * nothing: the objects' descriptions are shared across the tree */
+		pid_t c = fork();
+		CHECK(c >= 0, "fork");
+		if (c == 0)
+			for (;;)
+				pause();
 	}
 	close(open("ready", O_WRONLY | O_CREAT | O_TRUNC, 0644));
 

@@ -25,7 +25,15 @@
 //! Each tfork row is the median of `--runs` runs (default 3), column by
 //! column; the baseline and `--persist=sync` are one run each.
 //!
-//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--runs N] [--dir DIR]`
+//! `--persist-only`: only the image set, `--runs` rounds interleaved per
+//! size (4 KiB pages, host workload, `sync` before each): `criu tfork
+//! --copies 1 --persist=sync` with io_uring and with plain writes
+//! (`CRIU_RS_IO_URING=off`), time until durable (engine's timing, from
+//! the freeze) and command wall time; `criu dump --leave-running` of our
+//! engine and of upstream 4.2 (wall time, and wall time until its files
+//! and directory are fsynced after it: neither dump syncs). Medians.
+//!
+//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--runs N] [--dir DIR] [--persist-only]`
 
 use tools::bench::{each_option, alive, kill, ns_init_pid, parse_list};
 use std::fs;
@@ -44,6 +52,7 @@ struct Opts {
     /// tfork runs per row; the table gives each column's median.
     runs: usize,
     dir: PathBuf,
+    persist_only: bool,
 }
 
 fn opts() -> Opts {
@@ -57,8 +66,10 @@ fn opts() -> Opts {
         thp: vec![0, 1],
         runs: 3,
         dir: PathBuf::from("/tmp/tfork-bench"),
+        persist_only: false,
     };
-    each_option(&[], |name, value| {
+    let mut persist_only = false;
+    each_option(&["--persist-only"], |name, value| {
         match name {
             "--criu" => o.criu = PathBuf::from(value),
             "--upstream" => o.upstream = PathBuf::from(value),
@@ -68,10 +79,12 @@ fn opts() -> Opts {
             "--thp" => o.thp = parse_list(value),
             "--runs" => o.runs = value.parse().unwrap_or(1).max(1),
             "--dir" => o.dir = PathBuf::from(value),
+            "--persist-only" => persist_only = true,
             _ => return false,
         }
         true
     });
+    o.persist_only = persist_only;
     o
 }
 
@@ -247,15 +260,23 @@ struct BaseRow {
 /// `criu tfork --copies 1 --persist=sync`: ms until the image set was
 /// durable (the engine's own timing, from the freeze).
 fn persist_sync(o: &Opts, pid: i32) -> Result<f64, String> {
+    persist_sync_env(o, pid, &[]).map(|(d, _)| d)
+}
+
+/// [`persist_sync`] with `env`: (ms until durable, command wall ms).
+fn persist_sync_env(o: &Opts, pid: i32, env: &[(&str, &str)]) -> Result<(f64, f64), String> {
     let img = o.dir.join("persist");
     let _ = fs::remove_dir_all(&img);
     fs::create_dir_all(&img).unwrap();
+    let t = Instant::now();
     let out = Command::new(&o.criu)
         .args(["tfork", "-t", &pid.to_string(), "--copies", "1", "--persist=sync", "-v3", "-o", "tfork.log", "-D"])
         .arg(&img)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
+    let wall = t.elapsed().as_secs_f64() * 1e3;
     let text = fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
     for c in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         kill_reap(c);
@@ -270,7 +291,108 @@ fn persist_sync(o: &Opts, pid: i32) -> Result<f64, String> {
         }
     }
     let l = text.lines().find(|l| l.contains("image set durable after")).ok_or("no durable time in the log")?;
-    l.split("durable after ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).ok_or_else(|| "bad log line".to_string())
+    let ms = l.split("durable after ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).ok_or_else(|| "bad log line".to_string())?;
+    let want = if env.is_empty() { "pages by io_uring" } else { "pages by plain writes" };
+    if !text.contains(want) {
+        return Err(format!("the log does not say {want:?}"));
+    }
+    Ok((ms, wall))
+}
+
+/// `dump --leave-running` of `pid` with `criu` into a fresh dir: (wall s,
+/// wall s until every image file and the directory are fsynced).
+fn dump_durable(criu: &Path, pid: i32, img: &Path) -> Result<(f64, f64), String> {
+    let _ = fs::remove_dir_all(img);
+    fs::create_dir_all(img).unwrap();
+    let t = Instant::now();
+    let out = Command::new(criu)
+        .args(["dump", "--leave-running", "-t", &pid.to_string(), "-o", "dump.log", "-D"])
+        .arg(img)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let dump = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        let text = fs::read_to_string(img.join("dump.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        return Err(format!("{} dump failed: {tail:?}", criu.display()));
+    }
+    for e in fs::read_dir(img).map_err(|e| e.to_string())?.flatten() {
+        fs::File::open(e.path()).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    }
+    fs::File::open(img).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    let durable = t.elapsed().as_secs_f64();
+    let _ = fs::remove_dir_all(img);
+    Ok((dump, durable))
+}
+
+/// Flush everything dirty, so one measurement's writeback does not slow the next.
+fn sync_all() {
+    let _ = Command::new("sync").status();
+}
+
+/// `--persist-only`: see the module docs.
+fn persist_only(o: &Opts, memhog: &Path) {
+    println!("| MiB | threads | tfork --persist=sync, io_uring: durable s | same, plain writes: durable s | plain / io_uring | tfork wall s (io_uring, plain) | ours: dump --leave-running s | ours: dump + fsync s | upstream: dump --leave-running s | upstream: dump + fsync s | upstream dump + fsync / tfork io_uring durable |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for &mib in &o.sizes {
+        for &threads in &o.threads {
+            let work = o.dir.join(format!("work-p-{mib}-{threads}"));
+            let _ = fs::remove_dir_all(&work);
+            fs::create_dir_all(&work).unwrap();
+            // its own session, as upstream's dump wants of a root (setsid
+            // execs in place: a child of ours leads no group)
+            let mut src = Command::new("setsid")
+                .arg(memhog)
+                .args([mib.to_string(), threads.to_string(), "0".into()])
+                .current_dir(&work)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start memhog");
+            let pid = src.id() as i32;
+            let res = (|| -> Result<String, String> {
+                wait_for("the workload", 120, || work.join("ready").exists() && ticks(&work).unwrap_or(0) >= 1)?;
+                let (mut ur, mut pl, mut uw, mut pw, mut od, mut odf, mut ud, mut udf) = Default::default();
+                let push = |v: &mut Vec<f64>, x: f64| v.push(x);
+                for _ in 0..o.runs {
+                    sync_all();
+                    let (d, w) = persist_sync_env(o, pid, &[])?;
+                    push(&mut ur, d / 1e3);
+                    push(&mut uw, w / 1e3);
+                    sync_all();
+                    let (d, w) = persist_sync_env(o, pid, &[("CRIU_RS_IO_URING", "off")])?;
+                    push(&mut pl, d / 1e3);
+                    push(&mut pw, w / 1e3);
+                    sync_all();
+                    let (d, f) = dump_durable(&o.criu, pid, &o.dir.join("dump-ours"))?;
+                    push(&mut od, d);
+                    push(&mut odf, f);
+                    if o.upstream.exists() {
+                        sync_all();
+                        let (d, f) = dump_durable(&o.upstream, pid, &o.dir.join("dump-upstream"))?;
+                        push(&mut ud, d);
+                        push(&mut udf, f);
+                    }
+                }
+                let (ur, pl, uw, pw, od, odf) = (median(ur), median(pl), median(uw), median(pw), median(od), median(odf));
+                let (us, ufs, ratio) = if ud.is_empty() {
+                    ("no upstream".to_string(), String::new(), String::new())
+                } else {
+                    let (d, f) = (median(ud), median(udf));
+                    (format!("{d:.3}"), format!("{f:.3}"), format!("{:.2}x", f / ur))
+                };
+                Ok(format!("| {mib} | {threads} | {ur:.3} | {pl:.3} | {:.2}x | {uw:.3}, {pw:.3} | {od:.3} | {odf:.3} | {us} | {ufs} | {ratio} |", pl / ur))
+            })();
+            let _ = src.kill();
+            let _ = src.wait();
+            match res {
+                Ok(row) => println!("{row}"),
+                Err(e) => println!("| {mib} | {threads} | failed: {e} | | | | | | | | |"),
+            }
+        }
+    }
 }
 
 fn baseline(o: &Opts, memhog: &Path, mib: usize, threads: usize) -> Result<BaseRow, String> {
@@ -305,6 +427,10 @@ fn main() {
     let o = opts();
     fs::create_dir_all(&o.dir).unwrap();
     let memhog = build_memhog(&o.dir);
+    if o.persist_only {
+        persist_only(&o, &memhog);
+        return;
+    }
     let mut rows = Vec::new();
     let mut bases = Vec::new();
     let mut persists = Vec::new();
