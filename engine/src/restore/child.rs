@@ -50,6 +50,13 @@ pub struct ChildPlan {
     pub root: Option<RootDir>,
     /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
+    /// The memfd inodes the tree's fds and mappings use, on working fds
+    /// below the terminal's: one process uses it (made first by
+    /// `files::restore_fds` there), or several (`shared_memfds`: made by
+    /// the root before it forks, inherited by all).
+    pub memfds: Vec<crate::model::Memfd>,
+    /// Indices in `memfds` of those several processes use.
+    pub shared_memfds: Vec<usize>,
     /// The clocks of the tree's own time namespace at dump (its timens
     /// image), when it had one: the root enters a new one in which they
     /// continue, before it forks the others.
@@ -124,6 +131,8 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
         }
+        // the memfds several processes use, for all of them to inherit
+        files::create_shared_memfds(plan)?;
         if !plan.plan.shared.is_empty() || !plan.map_ghosts.is_empty() {
             files::restore_shared(plan, tree, terminal)?;
         }
@@ -196,6 +205,7 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     for fd in plan.shared_range() {
         p::close(fd);
     }
+    files::close_memfds(plan, task);
     restore_loginuid(task.loginuid)?;
     // fs
     if let Some(r) = &plan.root {
@@ -236,6 +246,8 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     }
     let comm = CString::new(task.comm.clone()).unwrap_or_default();
     p::set_comm(&comm).map_err(|e| format!("PR_SET_NAME: {e}"))?;
+    // last: no fd the process closes from here on may drop a POSIX lock
+    files::take_locks(plan, task, i)?;
     Ok(())
 }
 
@@ -316,6 +328,9 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
         keep.extend(terminal);
         keep.extend(plan.root.as_ref().map(|r| r.fd.as_raw_fd()));
         keep.extend(plan.shared_range());
+        if n != 0 {
+            keep.extend(files::shared_memfd_slots(plan));
+        }
         if n == 0 {
             keep.extend(plan.engine.map(|(_, to)| to));
         }
