@@ -156,6 +156,9 @@ Options:
                          log level 0..4 (default 2: errors and warnings)
   --pidfile FILE         restore: write the restored pid here (created new)
   -j|--shell-job         allow a process attached to a terminal
+  -x|--ext-unix-sk       dump: allow datagram unix sockets connected to a
+                         named socket outside the dump (connected to its
+                         name again on restore)
   -r|--root DIR          restore: the root directory to restore under
   --freeze-cgroup PATH   dump: freeze this cgroup (v2 or v1 freezer) first
   --timeout N            dump: wait at most N seconds for that (default 10)
@@ -286,6 +289,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT),
         file_locks: o.file_locks,
         link_remap: o.link_remap,
+        ext_unix_sk: o.ext_unix_sk,
         shell_job: o.shell_job,
         detached: o.detached,
         pidfile: o.pidfile.as_deref().map(PathBuf::from),

@@ -283,6 +283,9 @@ fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
     if let Some(f) = e.fifo.as_mut() {
         f.id = id;
     }
+    if let Some(u) = e.usk.as_mut() {
+        u.id = id;
+    }
     if let Some(m) = e.memfd.as_mut() {
         m.id = id;
     }
@@ -639,7 +642,11 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                         push_file(files, e)
                     }
                     FileDesc::Kind(k) => {
-                        let e = k.write(files.len() as u32 + 1, kinds)?;
+                        let mut e = k.write(files.len() as u32 + 1, kinds)?;
+                        // a socket's network namespace, as upstream records it
+                        if let Some(u) = e.usk.as_mut() {
+                            u.ns_id = (task.ids.net_ns != 0).then_some(task.ids.net_ns);
+                        }
                         push_file(files, e)
                     }
                 };
@@ -1132,6 +1139,14 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
     }
     finish_fds(dir, &fd_images)?;
+    // entries no fd refers to (a unix socket's peer outside the tree):
+    // first in files.img, as upstream writes them (its restore resolves a
+    // socket's peer only among the entries read before it)
+    let n = files.len();
+    for e in fd_images.kinds.files() {
+        push_file(&mut files, e.clone());
+    }
+    files.rotate_left(n);
     write_memfds(dir, &tree.memfds, &mut shm_pages_id)?;
     write_locks(dir, tree)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;

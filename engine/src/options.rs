@@ -24,6 +24,9 @@ pub struct Options {
     /// `--link-remap`: link files unlinked-but-linked-elsewhere beside
     /// their path (else refused).
     pub link_remap: bool,
+    /// `--ext-unix-sk`: a datagram socket connected to a named socket
+    /// outside the tree is dumped (the peer as an external entry).
+    pub ext_unix_sk: bool,
     // ---- dump and restore ----
     /// `--shell-job`: terminals of the tree are the restoring criu's.
     pub shell_job: bool,
@@ -47,6 +50,7 @@ impl Default for Options {
             ghost_limit: crate::dump::files::GHOST_LIMIT,
             file_locks: false,
             link_remap: false,
+            ext_unix_sk: false,
             shell_job: false,
             detached: false,
             pidfile: None,

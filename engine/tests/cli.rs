@@ -93,12 +93,12 @@ fn help_claims_only_what_exists() {
 fn refused_options_name_themselves() {
     let cases: &[(&[&str], &str)] = &[
         (&["dump", "-t", "1", "--tcp-established"], "--tcp-established is not supported yet"),
-        (&["restore", "--ext-unix-sk"], "--ext-unix-sk is not supported yet"),
+        (&["restore", "--ext-unix-sk=123"], "--ext-unix-sk with socket inodes (one-sided stream connections) is not supported yet"),
         (&["dump", "--track-mem", "-t", "1"], "--track-mem is not supported yet"),
         (&["dump", "--page-server", "-t", "1"], "--page-server is not supported yet"),
         (&["restore", "--lazy-pages"], "--lazy-pages is not supported yet"),
         (&["dump", "-t", "1", "-s"], "-s/--leave-stopped is not supported yet"),
-        (&["restore", "-x"], "-x/--ext-unix-sk is not supported yet"),
+        (&["restore", "-x5,6"], "-x with socket inodes (one-sided stream connections) is not supported yet"),
         (&["pre-dump", "-t", "1"], "the pre-dump command"),
         (&["page-server"], "the page-server command"),
     ];

@@ -424,8 +424,10 @@ fn upstream_ipc_event_objects_read() {
     let mut got = Vec::new();
     for e in &files {
         let mut cx = engine::kinds::Read { dir: &dir, files: &files, fd: 0, scratch: &mut scratch };
-        if let Some(k) = engine::kinds::read(e, &mut cx).unwrap() {
-            got.push(k);
+        match engine::kinds::read(e, &mut cx).unwrap() {
+            // the unix sockets are tests/unix_sockets.rs's
+            Some(Kind::Unix(_)) | None => {}
+            Some(k) => got.push(k),
         }
     }
     use engine::kinds::{epoll, eventfd::Eventfd, signalfd::Signalfd, timerfd::Timerfd};

@@ -339,7 +339,7 @@ fn deleted_cwd_refused() {
 fn unsupported_fd_kinds_refused_by_name() {
     require!(why_not_here());
     for (kind, want) in [
-        ("socket", "a socket"),
+        ("socket", "a socket of another family than AF_UNIX"),
         ("pidfd", "anonymous inode (pidfd)"),
         ("userfaultfd", "anonymous inode (userfaultfd)"),
         ("misc", "/dev/loop-control, character device 10:237"),

@@ -13,6 +13,7 @@ pub mod parasite;
 pub mod proc;
 pub mod staging;
 pub mod task;
+pub mod unix_diag;
 
 use crate::model::{Task, Tree, VmaKind};
 use crate::sys::Pid;
@@ -140,8 +141,9 @@ pub fn collect(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
 /// [`collect`] as `opts` asks: the cgroup at `--freeze-cgroup` frozen first
 /// (every process of the tree is seized while it is frozen, and must be in
 /// it; `--timeout` bounds the wait), the choices about files
-/// (`--ghost-limit`, `--file-locks`, `--link-remap`).
+/// (`--ghost-limit`, `--file-locks`, `--link-remap`), `--ext-unix-sk`.
 pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tree, FrozenTree), DumpError> {
+    crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts())
 }
 
@@ -232,6 +234,7 @@ fn collect_tree(
         let mut tables: Vec<(Pid, &mut Vec<crate::model::Fd>)> =
             tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
         files::share_descriptions(&mut tables)?;
+        crate::kinds::unix::check_tree(&mut tables)?;
     }
     files::share_locks(tasks.iter_mut().map(|(_, t)| t));
     let memfds = {

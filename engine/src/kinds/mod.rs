@@ -39,6 +39,7 @@ pub mod fanotify;
 pub mod inotify;
 pub mod signalfd;
 pub mod timerfd;
+pub mod unix;
 
 /// State a kind keeps across the fds of one walk (one fd table at dump,
 /// one image set at read, one restore child): one value per type, made on
@@ -92,12 +93,28 @@ pub fn fdinfo_field<'t>(fdinfo: &'t str, key: &str) -> Option<&'t str> {
 #[derive(Default)]
 pub struct ImageAcc {
     images: BTreeMap<&'static str, (&'static ImageKind, Vec<Record>)>,
+    /// files.img entries no fd refers to, by a key of the kind's (each
+    /// once): a unix socket's peer outside the tree. Their ids are given
+    /// when files.img is written.
+    files: Vec<(u64, pb::FileEntry)>,
 }
 
 /// One encoded entry and the bytes that follow it.
 type Record = (Vec<u8>, Vec<u8>);
 
 impl ImageAcc {
+    /// Add a files.img entry that no fd refers to, once per `key`.
+    pub fn push_file(&mut self, key: u64, e: pb::FileEntry) {
+        if !self.files.iter().any(|(k, _)| *k == key) {
+            self.files.push((key, e));
+        }
+    }
+
+    /// The entries of [`ImageAcc::push_file`], in the order pushed.
+    pub fn files(&self) -> impl Iterator<Item = &pb::FileEntry> {
+        self.files.iter().map(|(_, e)| e)
+    }
+
     /// Append an entry (and the bytes after it, empty for none) to image `kind`.
     pub fn push(&mut self, kind: &'static ImageKind, entry: &impl prost::Message, payload: Vec<u8>) {
         self.images.entry(kind.file).or_insert_with(|| (kind, Vec::new())).1.push((entry.encode_to_vec(), payload));
@@ -145,6 +162,9 @@ pub struct Restore<'a> {
     /// The fd number it will get.
     pub fd: i32,
     pub scratch: &'a mut Scratch,
+    /// Every fd of the phase with its kind (objects that are built
+    /// together, as the unix sockets of a process, see them all).
+    pub all: &'a [(&'a Fd, &'a Kind)],
     /// Where the fds the kind names (by their numbers in the dumped
     /// process: [`FileKind::after`]) are in the table being built, when
     /// not on those numbers (the root making a description shared across
@@ -270,6 +290,7 @@ kinds! {
     Epoll(epoll::Epoll),
     Inotify(inotify::Inotify),
     Fanotify(fanotify::Fanotify),
+    Unix(unix::UnixSk),
 }
 
 /// Image check of a whole fd table (before anything is created): every fd
@@ -319,7 +340,7 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)], moved: &HashMap<u32, HashMap<i32, i32
                 if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
                     return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
                 }
-                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch, moved: map }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch, all: fds, moved: map }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
                 let raw = obj.as_raw_fd();
                 if raw != n {
                     p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;

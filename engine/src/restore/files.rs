@@ -577,6 +577,9 @@ fn install(
             p::close(x);
         }
     }
+    if let Some(r) = &plan.root {
+        crate::kinds::unix::refuse_paths_under_root(&kinds, &r.path)?;
+    }
     crate::kinds::restore_phase(&kinds, moved)?;
     drop(ghosts);
     Ok(())

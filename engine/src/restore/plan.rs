@@ -191,6 +191,8 @@ enum Object {
     Pipe(u32),
     Fifo(u32),
     Ghost(u64, u64),
+    /// Both ends of a connected unix socket pair: made together.
+    UnixPair(u32, u32),
     Desc(u32),
 }
 
@@ -199,6 +201,10 @@ fn object_of(f: &crate::model::Fd) -> Object {
         FileDesc::Pipe { pipe_id, .. } => Object::Pipe(*pipe_id),
         FileDesc::Fifo { pipe_id, .. } => Object::Fifo(*pipe_id),
         FileDesc::Reg { ghost: Some(g), .. } => Object::Ghost(g.dev, g.ino),
+        FileDesc::Kind(crate::kinds::Kind::Unix(u)) => match crate::kinds::unix::pair_key(u) {
+            Some((a, b)) => Object::UnixPair(a, b),
+            None => Object::Desc(f.desc),
+        },
         _ => Object::Desc(f.desc),
     }
 }

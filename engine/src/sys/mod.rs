@@ -14,6 +14,7 @@ pub mod mmap;
 pub mod ns;
 pub mod pagemap;
 pub mod process;
+pub mod sock;
 pub mod ptrace;
 pub mod uffd;
 pub mod uring;
