@@ -274,6 +274,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     pr_info!("Dumping processes (pid: {pid})");
     pr_info!("========================================");
     let t0 = Instant::now();
+    crate::kinds::inet::set_tcp_close(o.tcp_close);
     let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
     let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
     let (tree, mut frozen) = dump::collect_within(pid, freeze_cgroup, timeout).here()?;
@@ -497,6 +498,7 @@ fn tfork_async(pid: crate::sys::Pid, topts: &crate::tfork::TforkOpts) -> Result<
 fn run_restore(o: &Opts) -> Result<i32, Failure> {
     let dir = images_dir(o);
     let t0 = Instant::now();
+    crate::kinds::inet::set_tcp_close(o.tcp_close);
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }
