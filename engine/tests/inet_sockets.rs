@@ -87,7 +87,7 @@ impl Sk {
 
     fn kill(&self) {
         for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
         }
         wait_until("the program gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
     }
@@ -96,13 +96,14 @@ impl Sk {
     /// address and backlog, per fd.
     fn listeners(&self) -> Vec<String> {
         let out = Command::new("ss").args(["-Htlnp"]).output().expect("ss");
-        let me = format!("pid={},", self.pid);
+        let me = format!("pid={},fd=", self.pid);
         let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains(&me))
             .map(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();
-                let fd = l.split("fd=").nth(1).unwrap_or("").trim_end_matches(|c: char| !c.is_ascii_digit());
+                let rest = l.split(&me).nth(1).unwrap_or("");
+                let fd: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
                 format!("fd {fd}: {} backlog {}", w[3], w[2])
             })
             .collect();
@@ -114,7 +115,7 @@ impl Sk {
 impl Drop for Sk {
     fn drop(&mut self) {
         for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
         }
     }
 }
@@ -173,11 +174,42 @@ fn listeners_and_udp_round_trip() {
     dump_restore(&mut sk, &criu, &img, false, &[]);
     let isk = inet_entries(&img);
     assert_eq!(isk.len(), 7, "{isk:?}");
+    let l4 = isk.iter().find(|e| e.state == 10 && e.family == 2).expect("the v4 listener");
+    let t = l4.tcp_opts.clone().unwrap_or_default();
+    assert_eq!((l4.backlog, l4.opts.reuseaddr, l4.opts.so_keepalive, l4.opts.so_buf_lock), (7, Some(true), Some(true), Some(2)), "{l4:?}");
+    assert_eq!((t.nodelay, t.keepidle, t.keepintvl, t.keepcnt), (Some(true), Some(77), Some(7), Some(3)), "{l4:?}");
+    let l6 = isk.iter().find(|e| e.state == 10 && e.family == 10).expect("the v6 listener");
+    assert_eq!((l6.backlog, l6.v6only, l6.opts.so_reuseport, l6.flags & libc::O_NONBLOCK as u32 != 0), (5, Some(true), Some(true), true), "{l6:?}");
+    assert_eq!((l6.src_addr.len(), l6.dst_addr.len()), (4, 4));
+    let u4 = isk.iter().find(|e| e.proto == 17 && e.family == 2 && e.state == 1).expect("the connected v4 UDP socket");
+    assert_ne!(u4.dst_port, 0);
     assert_eq!(sk.listeners(), listeners, "listeners after restore");
     let img = sk.images("img2");
     dump_restore(&mut sk, &criu, &img, true, &[]);
     assert_eq!(sk.listeners(), listeners, "listeners after the second restore");
     sk.ticks_on(3, "at the end");
+}
+
+/// Sockets inherited over fork (a pre-forking server): parent and child
+/// hold each socket as one open file description; after restore both are
+/// back, each fd of the child the same socket as the parent's, and the
+/// parent ticks on.
+#[test]
+fn sockets_shared_across_a_fork_round_trip() {
+    require!(why_not_here());
+    let mut sk = Sk::start("fork", &["fork"]);
+    let criu = private_criu(&sk.dir);
+    sk.ticks_on(2, "before the dump");
+    let listeners = sk.listeners();
+    let img = sk.images("img");
+    dump_restore(&mut sk, &criu, &img, false, &[]);
+    let all = live_with_exe(&sk.bin);
+    assert_eq!(all.len(), 2, "the parent and its child: {all:?}");
+    let child = all.into_iter().find(|&p| p != sk.pid).unwrap();
+    let sockets = |pid: i32| -> Vec<(i32, String)> { common::fd_links(pid).into_iter().filter(|(fd, _)| (10..=16).contains(fd)).collect() };
+    assert_eq!(sockets(child), sockets(sk.pid), "the child's sockets are the parent's");
+    assert_eq!(sockets(child).len(), 7);
+    assert_eq!(sk.listeners(), listeners, "listeners after restore");
 }
 
 /// What upstream refuses is refused by name, the program left running:

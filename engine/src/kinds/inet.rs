@@ -15,8 +15,9 @@
 //! Image: an `INETSK` files.img entry, `inet_sk_entry` as upstream 4.2
 //! writes it (addresses as network-order words, 1 for IPv4 and 4 for
 //! IPv6, the unconnected peer as the unspecified address; `sk_opts_entry`
-//! with the buffer sizes as getsockopt reports them, doubled). TCP_NODELAY
-//! and TCP_CORK ride in `tcp_opts`.
+//! with the buffer sizes as getsockopt reports them, doubled). TCP_NODELAY,
+//! TCP_CORK and, with SO_KEEPALIVE, the keepalive timings ride in
+//! `tcp_opts`.
 //!
 //! Restore: socket, IPV6_V6ONLY and SO_REUSEPORT and IP_FREEBIND before
 //! bind, SO_REUSEADDR on for the bind (a connection of the old socket in
@@ -32,6 +33,7 @@ use crate::dump::files::FilesError;
 use crate::images_io::ImagesError;
 use crate::sys::inet::{self as si, Addr};
 use images_proto::pb;
+use images_proto::pb::TcpOptsEntry;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -129,6 +131,9 @@ pub struct Inet {
     pub freebind: bool,
     pub nodelay: bool,
     pub cork: bool,
+    /// TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT of a TCP socket with
+    /// SO_KEEPALIVE on.
+    pub keep: Option<(u32, u32, u32)>,
     pub opts: SkOpts,
 }
 
@@ -150,7 +155,10 @@ fn ip(a: &Addr) -> String {
     }
 }
 
-fn read_opts(s: BorrowedFd<'_>, proto: i32) -> std::io::Result<(SkOpts, bool, bool)> {
+/// TCP_NODELAY, TCP_CORK and (SO_KEEPALIVE on) the keepalive timings.
+type TcpOpts = (bool, bool, Option<(u32, u32, u32)>);
+
+fn read_opts(s: BorrowedFd<'_>, proto: i32) -> std::io::Result<(SkOpts, TcpOpts)> {
     let int = |l, n| si::get_int(s, l, n);
     let flag = |l, n| int(l, n).map(|v| v != 0);
     let sol = libc::SOL_SOCKET;
@@ -178,12 +186,18 @@ fn read_opts(s: BorrowedFd<'_>, proto: i32) -> std::io::Result<(SkOpts, bool, bo
         buf_lock: int(sol, SO_BUF_LOCK).unwrap_or(0) as u32,
         bound_dev: dev,
     };
-    let (nodelay, cork) = if proto == libc::IPPROTO_TCP {
-        (flag(libc::IPPROTO_TCP, libc::TCP_NODELAY)?, flag(libc::IPPROTO_TCP, libc::TCP_CORK)?)
+    let t = libc::IPPROTO_TCP;
+    let tcp = if proto == t {
+        let keep = if o.keepalive {
+            Some((int(t, libc::TCP_KEEPIDLE)? as u32, int(t, libc::TCP_KEEPINTVL)? as u32, int(t, libc::TCP_KEEPCNT)? as u32))
+        } else {
+            None
+        };
+        (flag(t, libc::TCP_NODELAY)?, flag(t, libc::TCP_CORK)?, keep)
     } else {
-        (false, false)
+        (false, false, None)
     };
-    Ok((o, nodelay, cork))
+    Ok((o, tcp))
 }
 
 /// Set the options of `o` (and TCP's) on a restored socket.
@@ -240,6 +254,11 @@ fn apply_opts(s: BorrowedFd<'_>, k: &Inet) -> Result<(), String> {
         }
         if k.cork {
             set(libc::IPPROTO_TCP, libc::TCP_CORK, 1, "TCP_CORK")?;
+        }
+        if let Some((idle, intvl, cnt)) = k.keep {
+            set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle as i32, "TCP_KEEPIDLE")?;
+            set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl as i32, "TCP_KEEPINTVL")?;
+            set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt as i32, "TCP_KEEPCNT")?;
         }
     }
     Ok(())
@@ -333,9 +352,9 @@ impl FileKind for Inet {
         } else {
             si::get_int(s, libc::IPPROTO_IP, libc::IP_FREEBIND).map_err(|e| io("IP_FREEBIND", e))? != 0
         };
-        let (opts, nodelay, cork) = read_opts(s, proto).map_err(|e| io("socket options", e))?;
+        let (opts, (nodelay, cork, keep)) = read_opts(s, proto).map_err(|e| io("socket options", e))?;
         let ino = u32::try_from(cx.meta.ino()).map_err(|_| cx.refuse(N, format!("inode {} does not fit 32 bits", cx.meta.ino())))?;
-        Ok(Inet { flags: cx.flags, ino, family, ty, proto, state, src, dst, backlog, v6only, freebind, nodelay, cork, opts })
+        Ok(Inet { flags: cx.flags, ino, family, ty, proto, state, src, dst, backlog, v6only, freebind, nodelay, cork, keep, opts })
     }
 
     fn write(&self, id: u32, _acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
@@ -385,10 +404,12 @@ impl FileKind for Inet {
                 opts,
                 v6only: (self.family == libc::AF_INET6).then_some(self.v6only),
                 ip_opts: Some(pb::IpOptsEntry { freebind: self.freebind.then_some(true), ..Default::default() }),
-                tcp_opts: (tcp && (self.nodelay || self.cork)).then(|| pb::TcpOptsEntry {
+                tcp_opts: (tcp && (self.nodelay || self.cork || self.keep.is_some())).then(|| pb::TcpOptsEntry {
                     nodelay: self.nodelay.then_some(true),
                     cork: self.cork.then_some(true),
-                    ..Default::default()
+                    keepidle: self.keep.map(|k| k.0),
+                    keepintvl: self.keep.map(|k| k.1),
+                    keepcnt: self.keep.map(|k| k.2),
                 }),
                 ..Default::default()
             }),
@@ -465,6 +486,21 @@ impl FileKind for Inet {
             bound_dev: o.so_bound_dev.clone().filter(|d| !d.is_empty()),
         };
         let t = m.tcp_opts.as_ref();
+        // the keepalive timings, from tcp_opts or (older images) sk_opts
+        let keep = match (tcp && opts.keepalive, t) {
+            (true, Some(TcpOptsEntry { keepidle: Some(i), keepintvl: Some(v), keepcnt: Some(c), .. })) => Some((*i, *v, *c)),
+            (true, _) => match (o.tcp_keepidle, o.tcp_keepintvl, o.tcp_keepcnt) {
+                (Some(i), Some(v), Some(c)) => Some((i, v, c)),
+                _ => None,
+            },
+            _ => None,
+        };
+        // the kernel's bounds (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT)
+        if let Some((i, v, c)) = keep {
+            if !(1..=32767).contains(&i) || !(1..=32767).contains(&v) || !(1..=127).contains(&c) {
+                return Err(cx.bad(e, "isk.tcp_opts", format!("keepalive idle {i} s, interval {v} s, count {c}: past the kernel's bounds")));
+            }
+        }
         Ok(Inet {
             flags: m.flags,
             ino: m.ino,
@@ -479,6 +515,7 @@ impl FileKind for Inet {
             freebind: m.ip_opts.as_ref().and_then(|i| i.freebind).unwrap_or(false),
             nodelay: t.and_then(|t| t.nodelay).unwrap_or(false),
             cork: t.and_then(|t| t.cork).unwrap_or(false),
+            keep,
             opts,
         })
     }

@@ -1,7 +1,8 @@
 /* Inet sockets held across dump and restore (engine/tests/inet_sockets.rs).
  *
  * Fixed fds: 10 a TCP IPv4 listener on 127.0.0.1 (SO_REUSEADDR, backlog 7,
- * TCP_NODELAY, SO_RCVBUF, SO_KEEPALIVE), 11 a TCP IPv6 listener on ::1
+ * TCP_NODELAY, SO_RCVBUF, SO_KEEPALIVE with TCP_KEEPIDLE 77, TCP_KEEPINTVL
+ * 7, TCP_KEEPCNT 3), 11 a TCP IPv6 listener on ::1
  * (IPV6_V6ONLY, SO_REUSEPORT, backlog 5, O_NONBLOCK), 12 a UDP IPv4 socket
  * bound to 127.0.0.1, 13 a UDP IPv4 socket connected to 12, 14 a UDP IPv6
  * socket bound to ::1, 15 a UDP IPv6 socket connected to 14 (SO_SNDBUF),
@@ -19,7 +20,8 @@
  * (a recv on both says ENOTCONN). `queued` leaves a connection queued on
  * listener 11, not accepted (and connects only to 10); `udpqueued` leaves
  * a datagram queued on 12 while it sleeps (received after: what a dump
- * has to refuse).
+ * has to refuse); `fork` forks a child that holds every socket too and
+ * only waits.
  * ./ready once set up. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -124,6 +126,8 @@ static void check(int fd)
 	if (n.l != peers[fd].l || memcmp(&n.a, &peers[fd].a, n.l))
 		fail("fd %d: its peer changed", fd);
 	read_opts(fd, o);
+	if (fd == 10 && (getint(10, IPPROTO_TCP, TCP_NODELAY) != 1 || getint(10, IPPROTO_TCP, TCP_KEEPIDLE) != 77 || getint(10, IPPROTO_TCP, TCP_KEEPINTVL) != 7 || getint(10, IPPROTO_TCP, TCP_KEEPCNT) != 3))
+		fail("fd 10: TCP_NODELAY or keepalive timings lost");
 	for (int i = 0; i < 6; i++)
 		if (o[i] != opts[fd][i])
 			fail("fd %d: option %d is %d, was %d", fd, i, o[i], opts[fd][i]);
@@ -150,6 +154,9 @@ static int listener(int fam, int fd, int backlog)
 		setint(fd, IPPROTO_TCP, TCP_NODELAY, 1);
 		setint(fd, SOL_SOCKET, SO_RCVBUF, 65536);
 		setint(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+		setint(fd, IPPROTO_TCP, TCP_KEEPIDLE, 77);
+		setint(fd, IPPROTO_TCP, TCP_KEEPINTVL, 7);
+		setint(fd, IPPROTO_TCP, TCP_KEEPCNT, 3);
 	} else {
 		setint(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1);
 		setint(fd, SOL_SOCKET, SO_REUSEPORT, 1);
@@ -230,8 +237,9 @@ static void datagram(int from, int to)
 
 int main(int argc, char **argv)
 {
-	int established = 0, queued = 0, udpqueued = 0;
+	int established = 0, queued = 0, udpqueued = 0, forked = 0;
 	for (int i = 1; i < argc; i++) {
+		forked |= !strcmp(argv[i], "fork");
 		established |= !strcmp(argv[i], "established");
 		queued |= !strcmp(argv[i], "queued");
 		udpqueued |= !strcmp(argv[i], "udpqueued");
@@ -267,6 +275,11 @@ int main(int argc, char **argv)
 			die("queued connect");
 		/* closed: its peer stays in 11's accept queue */
 		close(c);
+	}
+	if (forked && fork() == 0) {
+		/* holds every socket too (one description each with the parent) */
+		for (;;)
+			pause();
 	}
 	close(open("ready", O_CREAT | O_WRONLY, 0644));
 
