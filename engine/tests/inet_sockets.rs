@@ -175,7 +175,7 @@ fn listeners_and_udp_round_trip() {
     let isk = inet_entries(&img);
     assert_eq!(isk.len(), 7, "{isk:?}");
     let l4 = isk.iter().find(|e| e.state == 10 && e.family == 2).expect("the v4 listener");
-    let t = l4.tcp_opts.clone().unwrap_or_default();
+    let t = l4.tcp_opts.unwrap_or_default();
     assert_eq!((l4.backlog, l4.opts.reuseaddr, l4.opts.so_keepalive, l4.opts.so_buf_lock), (7, Some(true), Some(true), Some(2)), "{l4:?}");
     assert_eq!((t.nodelay, t.keepidle, t.keepintvl, t.keepcnt), (Some(true), Some(77), Some(7), Some(3)), "{l4:?}");
     let l6 = isk.iter().find(|e| e.state == 10 && e.family == 10).expect("the v6 listener");
