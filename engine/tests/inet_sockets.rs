@@ -260,6 +260,35 @@ fn tcp_close_restores_connections_closed() {
     sk.ticks_on(3, "after restore");
 }
 
+/// `--tcp-close` images both ways with upstream CRIU 4.2: its dump of the
+/// program holding a connection restored by ours, ours restored by it;
+/// each time the connection comes back closed and the program ticks on.
+#[test]
+fn tcp_close_images_both_ways_with_upstream() {
+    require!(why_not_upstream());
+    let mut sk = Sk::start("tcp-close-upstream", &["established"]);
+    let criu = private_criu(&sk.dir);
+    sk.ticks_on(2, "before the dump");
+    let img = sk.images("img-up");
+    upstream_ok(&["dump", "-t", &sk.pid.to_string(), "--tcp-close"], &img, "dump-upstream.log");
+    wait_until("the dumped process gone", Duration::from_secs(5), || live_with_exe(&sk.bin).is_empty());
+    criu_ok(&criu, &["restore", "-d", "--tcp-close"], &img, "restore.log");
+    sk.refind();
+    wait_until("the program sees its connection closed", Duration::from_secs(5), || sk.work.join("closed").exists());
+    sk.ticks_on(3, "after our restore of upstream's dump");
+    drop(sk);
+    // ours of a fresh program restored by upstream
+    let mut sk = Sk::start("tcp-close-to-upstream", &["established"]);
+    sk.ticks_on(2, "before our dump");
+    let img = sk.images("img-ours");
+    criu_ok(&criu, &["dump", "-t", &sk.pid.to_string(), "--tcp-close"], &img, "dump.log");
+    wait_until("the dumped process gone", Duration::from_secs(5), || live_with_exe(&sk.bin).is_empty());
+    upstream_ok(&["restore", "-d", "--tcp-close"], &img, "restore-upstream.log");
+    sk.refind();
+    wait_until("closed after upstream's restore", Duration::from_secs(5), || sk.work.join("closed").exists());
+    sk.ticks_on(3, "after upstream's restore of our dump");
+}
+
 /// Our image set restored by upstream CRIU 4.2: the program ticks on.
 #[test]
 fn upstream_restores_our_images() {

@@ -25,8 +25,10 @@
 //! listen with the backlog or connect a UDP socket to its peer, then the
 //! options (buffer sizes only where the program had set them: SO_BUF_LOCK)
 //! and status flags. A TCP connection dumped with `--tcp-close` becomes a
-//! new socket of its family with its options, never connected; its image
-//! is restored only with `--tcp-close` too.
+//! new socket of its family with its options, never connected, unbound,
+//! both directions shut (a read sees end of file, a write EPIPE: as
+//! upstream 4.2 leaves it); its image is restored only with `--tcp-close`
+//! too.
 
 use super::{Collect, FileKind, ImageAcc, Read, Restore};
 use crate::dump::files::FilesError;
@@ -552,6 +554,14 @@ impl FileKind for Inet {
             }
         }
         apply_opts(s, self)?;
+        if closed_conn {
+            // as upstream's --tcp-close leaves it: closed, unbound, both
+            // directions shut (a read sees end of file, a write EPIPE)
+            match si::shutdown(s, libc::SHUT_RDWR) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOTCONN) => return Err(format!("shutdown of a closed connection: {e}")),
+                _ => {}
+            }
+        }
         super::set_status_flags(&sk, self.flags)?;
         Ok(sk)
     }

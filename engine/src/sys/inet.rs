@@ -234,3 +234,11 @@ pub fn set_bytes(fd: BorrowedFd<'_>, level: i32, name: i32, v: &[u8]) -> io::Res
     // SAFETY: v is valid for reading for its length.
     check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, v.as_ptr() as *const libc::c_void, v.len() as libc::socklen_t) }).map(drop)
 }
+
+/// shutdown(2); on a TCP socket that is not connected it still marks both
+/// directions shut (reads see end of file, writes EPIPE) and says
+/// ENOTCONN, which is returned as is.
+pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
+}
