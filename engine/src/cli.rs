@@ -290,6 +290,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         file_locks: o.file_locks,
         link_remap: o.link_remap,
         ext_unix_sk: o.ext_unix_sk,
+        tcp_close: o.tcp_close,
         shell_job: o.shell_job,
         detached: o.detached,
         pidfile: o.pidfile.as_deref().map(PathBuf::from),
@@ -547,6 +548,8 @@ fn tfork_async(pid: crate::sys::Pid, topts: &crate::tfork::TforkOpts) -> Result<
 fn run_restore(o: &Opts) -> Result<i32, Failure> {
     let dir = images_dir(o);
     let t0 = Instant::now();
+    // (--tcp-close decides how the images are read)
+    crate::kinds::inet::set_tcp_close(o.tcp_close);
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }

@@ -1186,7 +1186,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         lsmtype: Some(0),
         dump_uptime: None,
         pre_dump_mode: None,
-        tcp_close: None,
+        tcp_close: crate::kinds::inet::tcp_close().then_some(true),
         network_lock_method: Some(0),
         plugins_entry: Some(Default::default()),
         dump_criu_run_id: Some(run_id.to_string()),

@@ -28,6 +28,8 @@ pub struct Options {
     /// outside the tree is dumped (the peer as an external entry).
     pub ext_unix_sk: bool,
     // ---- dump and restore ----
+    /// `--tcp-close`: TCP connections are dumped and restored closed.
+    pub tcp_close: bool,
     /// `--shell-job`: terminals of the tree are the restoring criu's.
     pub shell_job: bool,
     // ---- restore ----
@@ -51,6 +53,7 @@ impl Default for Options {
             file_locks: false,
             link_remap: false,
             ext_unix_sk: false,
+            tcp_close: false,
             shell_job: false,
             detached: false,
             pidfile: None,

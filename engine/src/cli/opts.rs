@@ -53,6 +53,8 @@ enum Act {
     Version,
     /// Accepted: changes nothing in what this engine does (see [`ACCEPTED`]).
     Accepted,
+    /// `--tcp-close`: TCP connections dumped, and restored closed.
+    TcpClose,
     /// Accepted after its value is checked as upstream checks it.
     PreDumpMode,
     NetworkLock,
@@ -119,7 +121,7 @@ const SPECS: &[Spec] = &[
     o("pre-dump-mode", None, Req, PreDumpMode, false),
     o("network-lock", None, Req, NetworkLock, false),
     o("skip-in-flight", None, No, Accepted, true),
-    o("tcp-close", None, No, Accepted, true),
+    o("tcp-close", None, No, TcpClose, true),
     o("weak-sysctls", None, No, Accepted, true),
     o("deprecated", None, No, Accepted, true),
     o("mntns-compat-mode", None, No, Accepted, true),
@@ -185,8 +187,8 @@ const SPECS: &[Spec] = &[
 /// (listed by `--help` and the README).
 pub const ACCEPTED: &[(&str, &str)] = &[
     ("--pre-dump-mode splice|read", "applies to pre-dump, which is not implemented"),
-    ("--network-lock iptables|nftables|skip", "locks the network of a dumped tree; no socket is dumped here (sockets are refused)"),
-    ("--skip-in-flight, --tcp-close", "about TCP connections; sockets are refused"),
+    ("--network-lock iptables|nftables|skip", "locks the network of a dumped tree; no TCP connection is kept here (refused, or closed with --tcp-close)"),
+    ("--skip-in-flight", "about connections not yet accepted; a listener with such connections is refused"),
     ("--weak-sysctls", "about the sysctls of namespaces, which are not restored here"),
     ("--mntns-compat-mode", "about restoring mount namespaces, which is not done here"),
     ("--force-irmap, --irmap-scan-path DIR", "find the paths of inotify watches; inotify fds are refused"),
@@ -226,6 +228,8 @@ pub struct Opts {
     pub config: Option<String>,
     pub no_default_config: bool,
     pub display_stats: bool,
+    /// `--tcp-close`: TCP connections are dumped and restored closed.
+    pub tcp_close: bool,
     /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
     pub timeout: Option<u64>,
     /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
@@ -368,6 +372,7 @@ impl Opts {
             Help => self.help = true,
             Version => self.version = true,
             Accepted => {}
+            TcpClose => self.tcp_close = !negated,
             Timeout => {
                 match val.as_deref().and_then(|t| t.parse().ok()).filter(|&t: &u64| t > 0) {
                     Some(t) => self.timeout = Some(t),

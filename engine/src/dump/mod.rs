@@ -141,9 +141,11 @@ pub fn collect(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
 /// [`collect`] as `opts` asks: the cgroup at `--freeze-cgroup` frozen first
 /// (every process of the tree is seized while it is frozen, and must be in
 /// it; `--timeout` bounds the wait), the choices about files
-/// (`--ghost-limit`, `--file-locks`, `--link-remap`), `--ext-unix-sk`.
+/// (`--ghost-limit`, `--file-locks`, `--link-remap`), `--ext-unix-sk`,
+/// `--tcp-close`.
 pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tree, FrozenTree), DumpError> {
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
+    crate::kinds::inet::set_tcp_close(opts.tcp_close);
     collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts())
 }
 

@@ -36,6 +36,7 @@ use std::path::Path;
 pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
+pub mod inet;
 pub mod inotify;
 pub mod signalfd;
 pub mod timerfd;
@@ -189,6 +190,11 @@ pub trait FileKind: Sized {
     /// Whether the fd of `link` and `meta` is of this kind (the first kind
     /// that claims an fd collects it).
     fn claims(link: &str, meta: &std::fs::Metadata) -> bool;
+    /// [`FileKind::claims`] with the whole fd at hand, for a kind the link
+    /// and stat do not tell (inet sockets: by the socket's protocol).
+    fn claims_fd(cx: &Collect<'_>) -> bool {
+        Self::claims(cx.link, cx.meta)
+    }
     /// Dump: read the object behind the fd (the task is frozen).
     fn collect(cx: &mut Collect<'_>) -> Result<Self, FilesError>;
     /// Image: the files.img entry (id `id`, which the kind's member carries
@@ -261,7 +267,7 @@ macro_rules! kinds {
         /// kind does (the caller refuses it by name).
         pub fn collect(cx: &mut Collect<'_>) -> Result<Option<Kind>, FilesError> {
             $(
-                if <$ty as FileKind>::claims(cx.link, cx.meta) {
+                if <$ty as FileKind>::claims_fd(cx) {
                     crate::pr_debug!("fd {} of {} is {}", cx.fd, cx.pid, <$ty as FileKind>::NAME);
                     return <$ty as FileKind>::collect(cx).map(|k| Some(Kind::$variant(k)));
                 }
@@ -290,6 +296,8 @@ kinds! {
     Epoll(epoll::Epoll),
     Inotify(inotify::Inotify),
     Fanotify(fanotify::Fanotify),
+    // (inet first: the unix kind claims every socket the others leave)
+    Inet(inet::Inet),
     Unix(unix::UnixSk),
 }
 

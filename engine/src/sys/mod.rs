@@ -8,6 +8,7 @@ pub mod batch;
 pub mod btrfs;
 pub mod cpu;
 pub mod event;
+pub mod inet;
 pub mod inject;
 pub mod kmod;
 pub mod mmap;
