@@ -216,7 +216,7 @@ fn cpu_count() -> usize {
 fn check_supported(pid: Pid, tree: &crate::model::Tree) -> Result<(), TforkError> {
     if tree.root_owns_pid_ns {
         return Err(TforkError::Unsupported(format!(
-            "process {pid} is pid 1 of its own pid namespace: tfork of a namespace init (clones in new pid namespaces) is not supported yet"
+            "process {pid} became pid 1 of its own pid namespace while it was frozen for a fork-made clone"
         )));
     }
     let task = tree.root();
@@ -246,6 +246,9 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
 pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
     if opts.copies == 0 {
         return Err(TforkError::Unsupported("--copies must be at least 1".into()));
+    }
+    if owns_pid_ns(pid) {
+        return tfork_ns_init(pid, opts, on_running);
     }
     let t0 = Instant::now();
     let (tree, frozen) = dump::collect_state(pid)?;
@@ -378,6 +381,146 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
 }
 
+/// Whether `pid` is pid 1 of a pid namespace of its own (its NSpid ends
+/// in 1 at a level below the engine's).
+fn owns_pid_ns(pid: Pid) -> bool {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let ns: Vec<&str> = st.lines().find_map(|l| l.strip_prefix("NSpid:")).map(|v| v.split_whitespace().collect()).unwrap_or_default();
+    ns.len() > 1 && ns.last() == Some(&"1")
+}
+
+/// tfork of a namespace init (pid 1 of its own pid namespace). The kernel
+/// refuses CLONE_PARENT to an init, and every fork of the source lands in
+/// its pid namespace or one nested in it (dying with it): a clone can't be
+/// a fork of the source. Each clone is instead restored from the frozen
+/// source ([`restore::restore`] of the collected state, its memory read
+/// from the source through /proc/PID/mem) into a new pid namespace of the
+/// host's, where it is pid 1 and its threads get the source's tids again
+/// (set_tid). The source stays frozen until the last clone is made (and,
+/// with `--persist`, until the image set is written from it): its pause is
+/// one restore per clone (docs/ARCHITECTURE.md, "tfork").
+fn tfork_ns_init(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
+    let t0 = Instant::now();
+    let (tree, frozen) = dump::collect(pid)?;
+    if frozen.members.len() > 1 || frozen.procs.len() != 1 {
+        let kids: Vec<Pid> = frozen.members.iter().skip(1).map(|m| m.pid).collect();
+        return Err(TforkError::Unsupported(format!(
+            "process {pid} has children ({kids:?}): tfork of a process tree is not supported yet"
+        )));
+    }
+    if !tree.root_owns_pid_ns {
+        return Err(TforkError::Unsupported(format!("process {pid} stopped being pid 1 of its own pid namespace")));
+    }
+    let plan = match &opts.root_snapshot {
+        None => None,
+        Some(m) => Some(crate::root_snapshot::Plan::new(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
+    };
+    pr_debug!("collected {pid} (a namespace init) in {:?}", t0.elapsed());
+    let mem = crate::mem_source::ProcessMem::open_mem_only(pid).map_err(ioe(pid, "opening /proc/PID/mem of the source"))?;
+    let mut unreleased = Unreleased::default();
+    let mut snap_dirs = SnapDirs::default();
+    let mut clones = Vec::with_capacity(opts.copies);
+    let mut first = None;
+    for k in 0..opts.copies {
+        // the clone's snapshot directory is named by its pid once known
+        let top = plan.as_ref().map(|p| p.base.join(format!(".ns-{}-{k}", std::process::id())));
+        if let Some(t) = &top {
+            snap_dirs.0.push(t.clone());
+        }
+        let c = restore_in_new_pid_ns(pid, &tree, &mem, plan.as_ref().zip(top.as_deref()))?;
+        unreleased.0.push(c);
+        if let (Some(p), Some(t)) = (&plan, &top) {
+            let dest = p.made(c);
+            std::fs::rename(t, &dest).map_err(ioe(c, format!("renaming {} to {}", t.display(), dest.display())))?;
+            if let Some(last) = snap_dirs.0.last_mut() {
+                *last = dest;
+            }
+        }
+        crate::fault::point("tfork-ns-clone-released");
+        pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace");
+        clones.push(c);
+        first.get_or_insert_with(|| t0.elapsed());
+    }
+    let all = t0.elapsed();
+    snap_dirs.0.clear();
+    on_running(&clones);
+    if opts.persist == Persist::Async {
+        unreleased.0.clear();
+    }
+    // the image set from the source itself, still frozen
+    let persisted = match opts.persist {
+        Persist::None => None,
+        Persist::Sync | Persist::Async => {
+            write_set(&tree, pid, &opts.images_dir, !opts.plain_writes)?;
+            Some(t0.elapsed())
+        }
+    };
+    unreleased.commit();
+    drop(frozen);
+    let pause = t0.elapsed();
+    pr_info!("source {pid} paused {:.2} ms ({} clones restored from it)", pause.as_secs_f64() * 1e3, clones.len());
+    Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
+}
+
+/// One clone of the frozen namespace init `src` (`tree`, memory `mem`):
+/// restored by a helper process forked for it (with `snap`, in a mount
+/// namespace of its own with the snapshot `(plan, dir)` mounted), as a
+/// child of this engine (`--restore-sibling` of the helper), pid 1 of a
+/// new pid namespace. The helper dies with the engine (PDEATHSIG), and the
+/// clone it was making with it (PTRACE_O_EXITKILL).
+fn restore_in_new_pid_ns(src: Pid, tree: &crate::model::Tree, mem: &crate::mem_source::ProcessMem, snap: Option<(&crate::root_snapshot::Plan, &std::path::Path)>) -> Result<Pid, TforkError> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (rd, wr) = p::pipe().map_err(ioe(src, "a pipe for the restoring helper"))?;
+    let engine = std::process::id() as Pid;
+    let helper = p::fork3(0, &[], libc::SIGCHLD, || {
+        let res = (|| -> Result<Pid, String> {
+            p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+            if std::os::unix::process::parent_id() as Pid != engine {
+                return Err("the engine is gone".into());
+            }
+            if let Some((plan, top)) = snap {
+                plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
+            }
+            let o = restore::RestoreOpts { sibling: true, ..Default::default() };
+            restore::restore(tree, &[mem], &o).map_err(|e| crate::log::error_chain(&e))
+        })();
+        let msg = match res {
+            Ok(c) => format!("ok {c}\n"),
+            Err(e) => format!("err {}\n", e.replace('\n', " ")),
+        };
+        p::write_fd(wr.as_raw_fd(), msg.as_bytes());
+        p::exit_now(0)
+    })
+    .map_err(ioe(src, "forking the restoring helper"))?;
+    drop(wr);
+    // one line (not to the end of the pipe: nothing but the helper holds it, but a line is enough)
+    let mut out = Vec::new();
+    let mut f = std::fs::File::from(rd);
+    let read = loop {
+        let mut b = [0u8; 512];
+        match f.read(&mut b) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                out.extend_from_slice(&b[..n]);
+                if out.contains(&b'\n') {
+                    break Ok(());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = ptrace::wait_flags(helper, 0);
+    read.map_err(ioe(helper, "reading the restoring helper's report"))?;
+    let out = String::from_utf8_lossy(&out).trim_end().to_string();
+    match out.split_once(' ') {
+        Some(("ok", c)) => c.trim().parse().map_err(|_| TforkError::Unsupported(format!("restoring helper {helper}: bad report {out:?}"))),
+        Some(("err", e)) => Err(TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {e}"))),
+        _ => Err(TforkError::Unsupported(format!("restoring helper {helper} of {src} ended without a report"))),
+    }
+}
+
 /// Write the image set of the frozen moment from `d`, a never-run fork of
 /// S (the source's memory as at the freeze, copy-on-write; the engine's
 /// gadget area at `gadget_page` left out), with the state `tree` collected from the source:
@@ -419,14 +562,22 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     task.mm = dump::mm::collect_mm(d, vmas, pages, brk).map_err(|e| img(&e))?;
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
-    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?.with_io_uring(uring).with_direct(true);
-    let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), d);
+    write_set(&tree, d, dir, uring)
+}
+
+/// Write `tree` (one process) as an image set into `dir`, its pages read
+/// from `from` through /proc/PID/mem: staged, every file fsynced (through
+/// io_uring where `uring` and the kernel allow), published.
+fn write_set(tree: &crate::model::Tree, from: Pid, dir: &std::path::Path, uring: bool) -> Result<(), TforkError> {
+    let img = |e: &dyn std::error::Error| TforkError::Images(crate::log::error_chain(e));
+    let mem = crate::mem_source::ProcessMem::open_mem_only(from).map_err(ioe(from, "opening /proc/PID/mem"))?.with_io_uring(uring).with_direct(true);
+    let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), from);
     let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
     crate::fault::point("tfork-mid-persist");
     if crate::fault::fails("tfork-mid-persist") {
         return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
     }
-    crate::images_io::write_images(&tree, staging.path(), &[Some(&mem)], &run_id).map_err(|e| img(&e))?;
+    crate::images_io::write_images(tree, staging.path(), &[Some(&mem)], &run_id).map_err(|e| img(&e))?;
     let synced = staging.sync_files(uring).map_err(|e| img(&e))?;
     staging.publish().map_err(|e| img(&e))?;
     let pages = match mem.pages_write() {
