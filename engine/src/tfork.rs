@@ -436,7 +436,6 @@ fn tfork_ns_init(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid]))
                 *last = dest;
             }
         }
-        crate::fault::point("tfork-ns-clone-released");
         pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace");
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());

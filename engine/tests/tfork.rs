@@ -1104,3 +1104,29 @@ fn namespace_init_counter_clones_in_new_pid_namespaces() {
 fn namespace_init_threads_clones_in_new_pid_namespaces() {
     ns_init_clones("threads");
 }
+
+/// A namespace init's clone whose restore dies (its helper killed at the
+/// restore's `mid-mm`) or fails (`mid-threads:fail`): the tfork fails,
+/// no clone is left, the source ticks on and tforks fine afterwards.
+#[test]
+fn namespace_init_failed_clone_leaves_none() {
+    require!(why_not_here());
+    let dir = test_dir("tfork-nsinit-fail");
+    let fx = Fixture::start("threads", &dir, Ns::OwnPidNs);
+    for at in ["mid-mm", "mid-threads:fail"] {
+        let (st, out, log) = run_tfork(&dir, &["-t", &fx.pid.to_string(), "--copies", "2"], &[("CRIU_RS_FAULT_AT", at)]);
+        assert_eq!(st.code(), Some(1), "{at}: {log}");
+        assert!(out.trim().is_empty(), "{at}: pids reported on a failure: {out}");
+        wait_until(&format!("{at}: no clone left"), Duration::from_secs(5), || live_with_exe(&fx.bin) == vec![fx.pid]);
+        fx.ticks_on(3, &format!("(the source) after the failure at {at}"));
+    }
+    let (st, out, log) = run_tfork(&dir, &["-t", &fx.pid.to_string(), "--copies", "2"], &[]);
+    assert!(st.success(), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 2);
+    for &c in &clones {
+        assert_eq!(nspid(c), vec![c, 1]);
+        // SAFETY: kill(2) of a clone this test made.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+}
