@@ -416,7 +416,9 @@ fn tfork_ns_init(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid]))
         Some(m) => Some(crate::root_snapshot::Plan::new(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
     };
     pr_debug!("collected {pid} (a namespace init) in {:?}", t0.elapsed());
-    let mem = crate::mem_source::ProcessMem::open_mem_only(pid).map_err(ioe(pid, "opening /proc/PID/mem of the source"))?;
+    // its private anonymous VMAs cherry-picked where the kmod device is
+    // present (each clone then shares their pages copy-on-write), else copied
+    let mem = crate::mem_source::ProcessMem::open_mem_only(pid).map_err(ioe(pid, "opening /proc/PID/mem of the source"))?.with_cherry_pick(true);
     let mut unreleased = Unreleased::default();
     let mut snap_dirs = SnapDirs::default();
     let mut clones = Vec::with_capacity(opts.copies);
@@ -518,6 +520,128 @@ fn restore_in_new_pid_ns(src: Pid, tree: &crate::model::Tree, mem: &crate::mem_s
         Some(("err", e)) => Err(TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {e}"))),
         _ => Err(TforkError::Unsupported(format!("restoring helper {helper} of {src} ended without a report"))),
     }
+}
+
+/// MADV_WIPEONFORK: a VMA picked with it comes out empty (as after fork),
+/// where a restored clone must have its contents.
+const MADV_WIPEONFORK_BIT: u64 = 1 << 18;
+
+/// The kmod path of a restored clone (tfork of a namespace init): in the
+/// target `main` (its address space emptied but for the gadget area and
+/// the vdso; `scratch` in the gadget area, written through `memf`), take
+/// each private anonymous VMA of the stopped source `src` copy-on-write by
+/// the `kmod/` device (`VMA_CP_IOC_PICK`), as fork would copy it: no page
+/// is copied. The pick maps into its caller, so the target makes the
+/// ioctl, with a pidfd of the source it is given by SCM_RIGHTS (it can't
+/// open one: its new pid namespace can't name the source). Returns the
+/// ranges picked; the others (and every VMA where the device is absent or
+/// refuses) are mapped and filled as in any restore.
+pub(crate) fn cherry_pick_vmas(main: &mut Injector, memf: &std::fs::File, task: &Task, src: Pid, scratch: u64) -> Result<Vec<(u64, u64)>, RestoreError> {
+    use crate::sys::kmod;
+    use std::os::fd::AsFd;
+    let pid = main.tid;
+    let want: Vec<&crate::model::Vma> = task
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| v.file.is_none() && !v.shared() && v.shmid == 0 && !matches!(v.kind, crate::model::VmaKind::Vdso | crate::model::VmaKind::Vvar | crate::model::VmaKind::Vsyscall))
+        .filter(|v| v.madv & MADV_WIPEONFORK_BIT == 0)
+        .collect();
+    if want.is_empty() || !std::path::Path::new(kmod::DEVICE_PATH).exists() {
+        return Ok(Vec::new());
+    }
+    let put = |off: u64, b: &[u8]| memf.write_all_at(b, scratch + off).map_err(restore::ioe(pid, "writing into the scratch area"));
+    put(0, format!("{}\0", kmod::DEVICE_PATH).as_bytes())?;
+    let dev = match main.call("openat(/dev/vma_cherrypick)", libc::SYS_openat, &[libc::AT_FDCWD as u64, scratch, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0]) {
+        Ok(fd) => fd,
+        Err(e) => {
+            pr_info!("{}: {e}: the memory of {pid} is copied", kmod::DEVICE_PATH);
+            return Ok(Vec::new());
+        }
+    };
+    // the source's pidfd, into the target through an abstract unix socket
+    let name = format!("criu-rs-tfork-pick-{}-{pid}", std::process::id());
+    let (addr, addr_len) = p::abstract_addr(name.as_bytes()).map_err(restore::ioe(pid, "socket address"))?;
+    // SAFETY-free view of the address: its bytes (sockaddr_un is plain data)
+    let addr_bytes: Vec<u8> = {
+        let mut v = Vec::with_capacity(addr_len as usize);
+        v.extend((addr.sun_family as u16).to_le_bytes());
+        v.extend(addr.sun_path.iter().take(addr_len as usize - 2).map(|&c| c as u8));
+        v
+    };
+    let sock = main
+        .call("socket(AF_UNIX, SOCK_DGRAM)", libc::SYS_socket, &[libc::AF_UNIX as u64, (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64, 0])
+        .map_err(restore::ioe(pid, "a socket for the source's pidfd"))?;
+    put(256, &addr_bytes)?;
+    main.call("bind(abstract)", libc::SYS_bind, &[sock, scratch + 256, u64::from(addr_len)]).map_err(restore::ioe(pid, format!("binding @{name}")))?;
+    let pidfd = p::pidfd_open(src).map_err(restore::ioe(src, "pidfd of the source"))?;
+    p::send_fd_abstract(name.as_bytes(), pidfd.as_fd()).map_err(restore::ioe(pid, format!("sending the source's pidfd to @{name}")))?;
+    // recvmsg: one byte at +1024, control (32 bytes) at +1040, iovec at
+    // +512, msghdr at +1088
+    let (iov, ctl, hdr) = (scratch + 512, scratch + 1040, scratch + 1088);
+    let mut iovb = (scratch + 1024).to_le_bytes().to_vec();
+    iovb.extend(1u64.to_le_bytes());
+    put(512, &iovb)?;
+    put(1040, &[0u8; 32])?;
+    let mut h = Vec::with_capacity(56);
+    h.extend(0u64.to_le_bytes()); // msg_name
+    h.extend(0u64.to_le_bytes()); // msg_namelen + padding
+    h.extend(iov.to_le_bytes());
+    h.extend(1u64.to_le_bytes()); // msg_iovlen
+    h.extend(ctl.to_le_bytes());
+    h.extend(32u64.to_le_bytes()); // msg_controllen
+    h.extend(0u64.to_le_bytes()); // msg_flags + padding
+    put(1088, &h)?;
+    let got = main.call("recvmsg", libc::SYS_recvmsg, &[sock, hdr, (libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) as u64]);
+    let _ = main.call("close(socket)", libc::SYS_close, &[sock]);
+    got.map_err(restore::ioe(pid, "receiving the source's pidfd"))?;
+    let mut c = [0u8; 20];
+    memf.read_exact_at(&mut c, ctl).map_err(restore::ioe(pid, "reading the received control message"))?;
+    let (level, kind) = (i32::from_le_bytes(c[8..12].try_into().unwrap_or_default()), i32::from_le_bytes(c[12..16].try_into().unwrap_or_default()));
+    if (level, kind) != (libc::SOL_SOCKET, libc::SCM_RIGHTS) {
+        return Err(RestoreError::Unsupported(format!("process {pid} received no pidfd of {src} (control message level {level}, type {kind})")));
+    }
+    let src_fd = i32::from_le_bytes(c[16..20].try_into().unwrap_or_default());
+    let mut picked = Vec::new();
+    let mut bytes = 0u64;
+    for v in &want {
+        let mut a = Vec::with_capacity(56);
+        a.extend(56u32.to_le_bytes());
+        a.extend(kmod::FLAG_ALLOW_DONTCOPY.to_le_bytes());
+        a.extend(src_fd.to_le_bytes());
+        a.extend((-1i32).to_le_bytes());
+        a.extend(v.start.to_le_bytes());
+        a.extend(v.start.to_le_bytes());
+        a.extend([0u8; 24]);
+        put(2048, &a)?;
+        match main.call("ioctl(VMA_CP_IOC_PICK)", libc::SYS_ioctl, &[dev, kmod::IOC_PICK, scratch + 2048]) {
+            Ok(_) => {
+                picked.push((v.start, v.end));
+                bytes += v.end - v.start;
+            }
+            Err(e) => pr_info!("VMA {:#x}-{:#x} of {src} not cherry-picked ({e}): copied", v.start, v.end),
+        }
+    }
+    let _ = main.call("close(pidfd)", libc::SYS_close, &[src_fd as u64]);
+    let _ = main.call("close(device)", libc::SYS_close, &[dev]);
+    pr_info!("{} of {} private anonymous VMAs ({} KiB) cherry-picked from {src} into {pid} through {}", picked.len(), want.len(), bytes / 1024, kmod::DEVICE_PATH);
+    Ok(picked)
+}
+
+/// `task` with its page runs cut out of `ranges` (VMAs that got their
+/// pages otherwise: cherry-picked).
+pub(crate) fn without_ranges(task: &Task, ranges: &[(u64, u64)]) -> Task {
+    let mut t = task.clone();
+    let mut out = Vec::with_capacity(task.mm.pages.len());
+    for r in &task.mm.pages {
+        let mut pieces = vec![(r.vaddr, r.vaddr + r.nr_pages * 4096)];
+        for &(s, e) in ranges {
+            pieces = pieces.into_iter().flat_map(|(a, b)| [(a, b.min(s)), (a.max(e), b)]).filter(|(a, b)| a < b).collect();
+        }
+        out.extend(pieces.into_iter().map(|(a, b)| crate::model::PageRun { vaddr: a, nr_pages: (b - a) / 4096, lazy: r.lazy }));
+    }
+    t.mm.pages = out;
+    t
 }
 
 /// Write the image set of the frozen moment from `d`, a never-run fork of
