@@ -562,10 +562,10 @@ pub(crate) fn cherry_pick_vmas(main: &mut Injector, memf: &std::fs::File, task: 
     // the source's pidfd, into the target through an abstract unix socket
     let name = format!("criu-rs-tfork-pick-{}-{pid}", std::process::id());
     let (addr, addr_len) = p::abstract_addr(name.as_bytes()).map_err(restore::ioe(pid, "socket address"))?;
-    // SAFETY-free view of the address: its bytes (sockaddr_un is plain data)
+    // the address as the target's bind takes it: family, then the name
     let addr_bytes: Vec<u8> = {
         let mut v = Vec::with_capacity(addr_len as usize);
-        v.extend((addr.sun_family as u16).to_le_bytes());
+        v.extend(addr.sun_family.to_le_bytes());
         v.extend(addr.sun_path.iter().take(addr_len as usize - 2).map(|&c| c as u8));
         v
     };

@@ -895,58 +895,6 @@ pub fn die_with_status(status: u32) -> ! {
     exit_now(((status >> 8) & 0xff) as i32)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The test harness runs each test on a thread of its own, so this
-    /// process has at least two threads: fork3 must refuse, naming them.
-    #[test]
-    fn fork3_refuses_a_multithreaded_caller() {
-        let other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(500)));
-        let r = fork3(0, &[], libc::SIGCHLD, || exit_now(0));
-        let e = r.expect_err("fork3 from a multi-threaded process must be refused");
-        assert!(e.to_string().contains("threads"), "{e}");
-        other.join().unwrap();
-    }
-
-    #[test]
-    fn fd_table_rewrites_only_in_the_fork3_child() {
-        assert!(!in_fork3_child());
-        // `a` stands for any fd a File or OwnedFd of this process owns.
-        let (a, _b) = pipe().unwrap();
-        let n = a.as_raw_fd();
-        for (what, f) in [
-            ("dup2", Box::new(move || drop(dup2(0, n))) as Box<dyn FnOnce() + std::panic::UnwindSafe>),
-            ("close", Box::new(move || close(n))),
-            ("close_all_except", Box::new(|| close_all_except(&[0, 1, 2]))),
-        ] {
-            let r = std::panic::catch_unwind(f);
-            assert!(r.is_err(), "{what} outside the fork3 child must be refused");
-        }
-        // the owned fd is untouched: still the read end of our pipe
-        assert_eq!(fcntl_int(n, libc::F_GETFL, 0).unwrap() & libc::O_ACCMODE as u64, libc::O_RDONLY as u64);
-    }
-
-    #[test]
-    fn raw_sigaction_only_in_the_fork3_child() {
-        let act = KSigaction { handler: 0x1234, ..Default::default() };
-        assert!(std::panic::catch_unwind(|| set_sigaction_raw(libc::SIGUSR1, &act)).is_err());
-    }
-
-    #[test]
-    fn prctl_and_fcntl_refuse_pointer_arguments() {
-        let mut sig: i32 = -1;
-        let e = prctl(libc::PR_GET_PDEATHSIG, &mut sig as *mut i32 as u64, 0, 0, 0).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
-        assert_eq!(sig, -1, "nothing may be written through the pointer");
-        assert!(prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).is_ok());
-        let e = fcntl_int(0, libc::F_GETLK, 0x1000).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
-        assert!(mm_map_size().map(|n| n > 0).unwrap_or(true));
-    }
-}
-
 /// The `sockaddr_un` of the abstract unix socket `name` (no leading NUL in
 /// `name`) and its length.
 pub fn abstract_addr(name: &[u8]) -> io::Result<(libc::sockaddr_un, u32)> {
@@ -1007,3 +955,56 @@ pub fn send_fd_abstract(name: &[u8], fd: std::os::fd::BorrowedFd<'_>) -> io::Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test harness runs each test on a thread of its own, so this
+    /// process has at least two threads: fork3 must refuse, naming them.
+    #[test]
+    fn fork3_refuses_a_multithreaded_caller() {
+        let other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(500)));
+        let r = fork3(0, &[], libc::SIGCHLD, || exit_now(0));
+        let e = r.expect_err("fork3 from a multi-threaded process must be refused");
+        assert!(e.to_string().contains("threads"), "{e}");
+        other.join().unwrap();
+    }
+
+    #[test]
+    fn fd_table_rewrites_only_in_the_fork3_child() {
+        assert!(!in_fork3_child());
+        // `a` stands for any fd a File or OwnedFd of this process owns.
+        let (a, _b) = pipe().unwrap();
+        let n = a.as_raw_fd();
+        for (what, f) in [
+            ("dup2", Box::new(move || drop(dup2(0, n))) as Box<dyn FnOnce() + std::panic::UnwindSafe>),
+            ("close", Box::new(move || close(n))),
+            ("close_all_except", Box::new(|| close_all_except(&[0, 1, 2]))),
+        ] {
+            let r = std::panic::catch_unwind(f);
+            assert!(r.is_err(), "{what} outside the fork3 child must be refused");
+        }
+        // the owned fd is untouched: still the read end of our pipe
+        assert_eq!(fcntl_int(n, libc::F_GETFL, 0).unwrap() & libc::O_ACCMODE as u64, libc::O_RDONLY as u64);
+    }
+
+    #[test]
+    fn raw_sigaction_only_in_the_fork3_child() {
+        let act = KSigaction { handler: 0x1234, ..Default::default() };
+        assert!(std::panic::catch_unwind(|| set_sigaction_raw(libc::SIGUSR1, &act)).is_err());
+    }
+
+    #[test]
+    fn prctl_and_fcntl_refuse_pointer_arguments() {
+        let mut sig: i32 = -1;
+        let e = prctl(libc::PR_GET_PDEATHSIG, &mut sig as *mut i32 as u64, 0, 0, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(sig, -1, "nothing may be written through the pointer");
+        assert!(prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).is_ok());
+        let e = fcntl_int(0, libc::F_GETLK, 0x1000).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert!(mm_map_size().map(|n| n > 0).unwrap_or(true));
+    }
+}
+
