@@ -27,6 +27,13 @@
 //!    clones and never run is the frozen moment: once the clones run, the
 //!    image set is written from it ([`write_image_set`]) and it is killed.
 //!
+//! A namespace init (pid 1 of its own pid namespace) can't be forked into
+//! clones (no CLONE_PARENT for an init; its forks stay in its namespace):
+//! each clone is restored from the frozen source into a new pid namespace
+//! instead ([`tfork_ns_init`]), its private anonymous memory taken
+//! copy-on-write through the `kmod/` device where present
+//! ([`cherry_pick_vmas`]), else copied.
+//!
 //! A clone's tids are new (a fork's): where a thread's clear_tid word
 //! still holds its old tid (glibc keeps the thread's tid there), the new
 //! one is written there, as fork() does for the caller's.
@@ -833,4 +840,22 @@ fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot:
     })?;
     pr_debug!("clone {pid} released ({} threads)", tids.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PageRun;
+
+    #[test]
+    fn page_runs_are_cut_around_picked_ranges() {
+        let mut t = Task::default();
+        let run = |vaddr: u64, nr_pages: u64| PageRun { vaddr, nr_pages, lazy: false };
+        t.mm.pages = vec![run(0x1000, 4), run(0x10000, 2), run(0x20000, 1)];
+        // a range inside the first run, one covering the second, none on the third
+        let out = without_ranges(&t, &[(0x2000, 0x3000), (0x10000, 0x12000)]);
+        let got: Vec<(u64, u64)> = out.mm.pages.iter().map(|r| (r.vaddr, r.nr_pages)).collect();
+        assert_eq!(got, vec![(0x1000, 1), (0x3000, 2), (0x20000, 1)]);
+        assert_eq!(without_ranges(&t, &[]).mm.pages.len(), 3);
+    }
 }
