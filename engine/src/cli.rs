@@ -159,6 +159,12 @@ Options:
   -r|--root DIR          restore: the root directory to restore under
   --freeze-cgroup PATH   dump: freeze this cgroup (v2 or v1 freezer) first
   --timeout N            dump: wait at most N seconds for that (default 10)
+  --ghost-limit SIZE     dump: the most bytes (K, M, G suffixes) an open
+                         file unlinked from everywhere may hold (default 1M)
+  --link-remap           dump: an open file unlinked from its name but
+                         linked elsewhere gets a link_remap.N beside it
+  -l|--file-locks        dump: dump the flock, POSIX and OFD locks held
+                         (restore takes the image's locks again)
   --cpu-cap[=CAPS]       CPU checks, a list of fpu, cpu, ins, all, none
                          (^ inverts): dump writes cpuinfo.img, restore
                          checks it (default without the option: fpu, no
@@ -261,6 +267,16 @@ fn write_stats(dir: &Path, what: &str, e: &pb::StatsEntry) {
     }
 }
 
+/// Link remaps a dump made, removed on drop (a dump that failed, or whose
+/// processes run on) unless emptied.
+struct LinkRemaps(Vec<String>);
+
+impl Drop for LinkRemaps {
+    fn drop(&mut self) {
+        dump::files::remove_link_remaps(&self.0);
+    }
+}
+
 fn run_dump(o: &Opts) -> Result<(), Failure> {
     let pid: i32 = match o.tree.as_deref() {
         None => return Err(Failure::new("pid not specified (-t PID)")),
@@ -276,7 +292,22 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     let t0 = Instant::now();
     let freeze_cgroup = o.freeze_cgroup.as_deref().map(Path::new);
     let timeout = o.timeout.map_or(dump::cgroup_freeze::DEFAULT_TIMEOUT, Duration::from_secs);
-    let (tree, mut frozen) = dump::collect_within(pid, freeze_cgroup, timeout).here()?;
+    let file_opts = dump::files::FileOpts { ghost_limit: o.ghost_limit.unwrap_or(dump::files::GHOST_LIMIT), file_locks: o.file_locks, link_remap: o.link_remap };
+    let (tree, mut frozen) = dump::collect_opts(pid, freeze_cgroup, timeout, &file_opts).here()?;
+    // --link-remap's links stay only for a dump that succeeds and ends the
+    // processes (the restore needs them then), as upstream's
+    let mut link_remaps = LinkRemaps(
+        tree.tasks
+            .iter()
+            .flat_map(|t| &t.fds)
+            .filter_map(|f| match &f.file {
+                crate::model::FileDesc::Reg { link: Some(l), .. } => Some(l.clone()),
+                _ => None,
+            })
+            .collect(),
+    );
+    link_remaps.0.sort();
+    link_remaps.0.dedup();
     let t_frozen = Instant::now();
     check_ttys(&tree, o.shell_job)?;
     let dump_pages: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
@@ -323,6 +354,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     drop(pump);
     staging.publish().here()?;
     if !o.leave_running {
+        link_remaps.0.clear();
         frozen.kill_on_release = true;
     }
     drop(frozen);
@@ -507,6 +539,23 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
     let ropts = RestoreOpts { detached: o.detached, pidfile, shell_job: o.shell_job, root: o.root.as_deref().map(PathBuf::from), sibling: o.restore_sibling };
     let mems: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
     let pid = restore::restore(&tree, &mems, &ropts).here()?;
+    // the dump's link remaps have served (upstream removes them after its
+    // restore too); inside --root when given
+    for t in &tree.tasks {
+        for f in &t.fds {
+            if let crate::model::FileDesc::Reg { link: Some(l), .. } = &f.file {
+                let r = match &ropts.root {
+                    Some(root) => crate::sys::ns::open_root_dir(root, 0).and_then(|d| crate::sys::ns::unlink_in_root(std::os::fd::AsFd::as_fd(&d), std::ffi::OsStr::new(l))),
+                    None => std::fs::remove_file(l),
+                };
+                match r {
+                    Ok(()) => crate::pr_debug!("removed link remap {l}"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => pr_warn!("removing link remap {l}: {e}"),
+                }
+            }
+        }
+    }
     let restored: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
     // forking is not a separate stage here (one process): 0, as upstream
     // reports for a single process too

@@ -11,6 +11,7 @@ use images_proto::magic as mg;
 use images_proto::pages::{PagemapReader, PagesWriter, PE_LAZY, PE_PRESENT};
 use images_proto::pb;
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ const VMA_FILE_SHARED: u32 = 1 << 7;
 const VMA_ANON_SHARED: u32 = 1 << 8;
 const VMA_ANON_PRIVATE: u32 = 1 << 9;
 const VMA_AREA_VVAR: u32 = 1 << 12;
+const VMA_AREA_MEMFD: u32 = 1 << 14;
 
 const MTYPE_X86_64: i32 = 1;
 const TASK_ALIVE: u32 = 1;
@@ -281,6 +283,9 @@ fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
     if let Some(f) = e.fifo.as_mut() {
         f.id = id;
     }
+    if let Some(m) = e.memfd.as_mut() {
+        m.id = id;
+    }
     files.push(e);
     id
 }
@@ -315,16 +320,239 @@ struct FdImages<'a> {
     remaps: Vec<pb::RemapFilePathEntry>,
     tty_infos: Vec<pb::TtyInfoEntry>,
     pipe_data: Vec<&'a PipeData>,
+    /// memfd inode number -> its memfd.img `inode_id` (from 1).
+    memfd_inodes: HashMap<u64, u32>,
+    /// link remap path -> the file id of its REG entry.
+    links: HashMap<String, u32>,
     /// Images beside files.img that the resource kinds (`crate::kinds`) write.
     kinds: crate::kinds::ImageAcc,
+}
+
+/// The files.img entry of a memfd (an fd's, or a mapping's).
+fn memfd_entry(file: &str, memfd_inodes: &HashMap<u64, u32>, ino: u64, flags: u32, pos: u64) -> Result<pb::FileEntry, ImagesError> {
+    let inode_id = *memfd_inodes.get(&ino).ok_or_else(|| bad(file, format!("memfd inode {ino} was not collected")))?;
+    Ok(pb::FileEntry {
+        r#type: pb::FdTypes::Memfd as i32,
+        memfd: Some(pb::MemfdFileEntry { id: 0, flags, pos, fown: fown(), inode_id }),
+        ..Default::default()
+    })
+}
+
+/// The key of a mapped file among the files of mappings: its path; for a
+/// memfd its inode (two memfds may share a name; no path has a NUL); for
+/// a file unlinked while mapped its path and inode (another file may have
+/// its name now).
+pub fn map_key(f: &MapFile) -> String {
+    match (f.memfd, &f.ghost) {
+        (Some(ino), _) => format!("\0memfd:{ino}"),
+        (None, Some(g)) => format!("{}\0{}:{}", f.path, g.dev, g.ino),
+        (None, None) => f.path.clone(),
+    }
+}
+
+/// memfd.img (one `memfd_inode_entry` per inode) and each inode's data in
+/// pagemap-shmem-<ino>.img + pages-<id>.img, as upstream 4.2 writes them
+/// (offsets in the file as `vaddr`; a last partial page padded with zeros).
+fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), ImagesError> {
+    if memfds.is_empty() {
+        return Ok(());
+    }
+    let name = mg::MEMFD_INODE.file_name("");
+    let mut entries = Vec::with_capacity(memfds.len());
+    for (i, m) in memfds.iter().enumerate() {
+        let shmid = u32::try_from(m.ino).map_err(|_| bad(&name, format!("memfd {:?}: inode number {} does not fit the image's 32-bit shmid", m.name, m.ino)))?;
+        entries.push(pb::MemfdInodeEntry {
+            name: m.name.clone(),
+            uid: m.uid,
+            gid: m.gid,
+            size: m.size,
+            shmid,
+            seals: m.seals,
+            inode_id: i as u64 + 1,
+            hugetlb_flag: None,
+            mode: Some(libc::S_IFREG | m.mode),
+        });
+        *pages_id += 1;
+        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *pages_id)?;
+        let pages_name = images_proto::pages::pages_name(*pages_id);
+        let werr = |e: std::io::Error| bad(&pages_name, format!("copying the data of memfd {:?}: {e}", m.name));
+        // in the kernel, from the memfd (or the pages file it came from)
+        // to the pages file, each run padded to whole pages
+        let (src, offsets): (Option<std::fs::File>, Vec<u64>) = match &m.data {
+            MemfdData::None => (None, Vec::new()),
+            MemfdData::Live(path) => (Some(std::fs::File::open(path).map_err(werr)?), m.runs.iter().map(|r| r.0).collect()),
+            MemfdData::Image { pages, offsets } => (Some(std::fs::File::open(pages).map_err(werr)?), offsets.clone()),
+        };
+        for (i, &(off, len)) in m.runs.iter().enumerate() {
+            let nr = len.div_ceil(4096);
+            pw.add_header_only(off, nr, PE_PRESENT)?;
+            let (Some(src), Some(&from)) = (&src, offsets.get(i)) else {
+                return Err(bad(&name, format!("memfd {:?}: no data for its run at {off:#x}", m.name)));
+            };
+            let out = pw.flush_pages()?;
+            crate::sys::process::sendfile_all(out.as_fd(), src.as_fd(), from, len).map_err(werr)?;
+            let pad = (nr * 4096 - len) as usize;
+            if pad != 0 {
+                std::io::Write::write_all(&mut &*out, &vec![0u8; pad]).map_err(werr)?;
+            }
+        }
+        pw.finish()?;
+    }
+    write_all(dir, &name, &mg::MEMFD_INODE, &entries)?;
+    Ok(())
+}
+
+// ---- file locks: filelocks.img, one `file_lock_entry` per held lock of
+// every process (its pid and the fd it is held through), as upstream 4.2
+// writes it with --file-locks.
+
+const FL_POSIX: u32 = 1;
+const FL_FLOCK: u32 = 2;
+const FL_OFDLCK: u32 = 4;
+
+/// filelocks.img for the tree's locks (none: no file).
+fn write_locks(dir: &Path, tree: &Tree) -> Result<(), ImagesError> {
+    let mut entries = Vec::new();
+    for t in &tree.tasks {
+        for l in &t.locks {
+            let flag = match l.kind {
+                LockKind::Posix => FL_POSIX,
+                LockKind::Flock => FL_FLOCK,
+                LockKind::Ofd => FL_OFDLCK,
+            };
+            let r#type = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as u32;
+            entries.push(pb::FileLockEntry { flag, r#type, pid: t.pid, fd: l.fd, start: l.start, len: l.len });
+        }
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    write_all(dir, &mg::FILE_LOCKS.file_name(""), &mg::FILE_LOCKS, &entries)?;
+    Ok(())
+}
+
+/// The locks of process `pid` in filelocks.img (if the image set has
+/// one), each checked: a known kind and access, a range that is one, and
+/// an fd the process has.
+fn read_locks(dir: &Path, pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, ImagesError> {
+    let name = mg::FILE_LOCKS.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<pb::FileLockEntry> = read_all(dir, &name, &mg::FILE_LOCKS)?;
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.pid == pid) {
+        let what = |s: String| bad(&name, format!("entry {i} (process {pid}, fd {}): {s}", e.fd));
+        let kind = match e.flag {
+            FL_POSIX => LockKind::Posix,
+            FL_FLOCK => LockKind::Flock,
+            FL_OFDLCK => LockKind::Ofd,
+            f => return Err(what(format!("lock kind {f:#x} is not supported (POSIX 1, flock 2, OFD 4)"))),
+        };
+        let write = match e.r#type as i32 {
+            libc::F_WRLCK => true,
+            libc::F_RDLCK => false,
+            t => return Err(what(format!("lock type {t} is not supported (F_RDLCK 0, F_WRLCK 1)"))),
+        };
+        if e.start < 0 || e.len < 0 || e.start.checked_add(e.len).is_none() || (kind == LockKind::Flock && (e.start, e.len) != (0, 0)) {
+            return Err(what(format!("bad range start {} len {}", e.start, e.len)));
+        }
+        if !fds.iter().any(|f| f.fd == e.fd) {
+            return Err(what(format!("the lock is held through fd {}, which process {pid} does not have", e.fd)));
+        }
+        out.push(FileLock { kind, write, fd: e.fd, start: e.start, len: e.len });
+    }
+    Ok(out)
+}
+
+/// memfd.img's `inode_id` -> `shmid` (the model's inode key), without the
+/// data; empty when there is no memfd.img.
+fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
+    let name = mg::MEMFD_INODE.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(HashMap::new());
+    }
+    let entries: Vec<pb::MemfdInodeEntry> = read_all(dir, &name, &mg::MEMFD_INODE)?;
+    let mut out = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let id = u32::try_from(e.inode_id).map_err(|_| bad(&name, format!("entry {i}: inode_id {} out of range", e.inode_id)))?;
+        if out.insert(id, u64::from(e.shmid)).is_some() {
+            return Err(bad(&name, format!("entry {i}: inode_id {id} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// memfd.img and the data of each inode, when the image set has one.
+/// Untrusted: names, sizes and data runs are checked (a run past the
+/// file's size, overlapping runs, a name memfd_create can't take, two
+/// entries for one inode id or shmid are refused by name).
+fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
+    let name = mg::MEMFD_INODE.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<pb::MemfdInodeEntry> = read_all(dir, &name, &mg::MEMFD_INODE)?;
+    let mut out: Vec<(u32, Memfd)> = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let what = |s: String| bad(&name, format!("entry {i} (memfd {:?}): {s}", e.name));
+        let inode_id = u32::try_from(e.inode_id).map_err(|_| what(format!("inode_id {} out of range", e.inode_id)))?;
+        if out.iter().any(|(id, m)| *id == inode_id || m.ino == u64::from(e.shmid)) {
+            return Err(what(format!("inode_id {} or shmid {} given twice", e.inode_id, e.shmid)));
+        }
+        if e.name.len() > crate::dump::files::MEMFD_NAME_MAX || e.name.contains('\0') {
+            return Err(what("not a name memfd_create takes (at most 249 bytes, no NUL)".into()));
+        }
+        if e.size > i64::MAX as u64 {
+            return Err(what(format!("size {} is beyond any file", e.size)));
+        }
+        if e.hugetlb_flag.is_some_and(|h| h != 0) {
+            return Err(what("a hugetlb memfd: not supported yet".into()));
+        }
+        // (upstream writes st_mode whole: S_IFREG and the permissions)
+        let mode = e.mode.unwrap_or(libc::S_IFREG | 0o777);
+        if mode & !0o7777 & !libc::S_IFMT != 0 || !matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG) {
+            return Err(what(format!("mode {mode:o} is not a regular file's")));
+        }
+        let mode = mode & 0o7777;
+        let (mut runs, mut data) = (Vec::new(), MemfdData::None);
+        let pm = images_proto::pages::pagemap_name(format!("shmem-{}", e.shmid));
+        if dir.join(&pm).exists() {
+            let rd = PagemapReader::open(dir, &pm)?;
+            let pages = images_proto::pages::PagesFile::open(dir, rd.pages_id())?;
+            let mut offsets = Vec::new();
+            let limit = e.size.div_ceil(4096) * 4096;
+            for r in &rd.runs()? {
+                if !r.present() {
+                    return Err(bad(&pm, format!("run at offset {:#x} is not in this image (parent images are not supported yet)", r.vaddr)));
+                }
+                if r.end() > limit {
+                    return Err(bad(&pm, format!("pages {:#x}..{:#x} lie past the end of memfd {:?} ({} bytes)", r.vaddr, r.end(), e.name, e.size)));
+                }
+                pages.check(r)?;
+                // the padding of a last partial page is not file data
+                runs.push((r.vaddr, r.len().min(e.size - r.vaddr)));
+                offsets.push(r.offset);
+            }
+            if !runs.is_empty() {
+                data = MemfdData::Image { pages: pages.path().to_path_buf(), offsets };
+            }
+        }
+        out.push((
+            inode_id,
+            Memfd { ino: u64::from(e.shmid), name: e.name.clone(), uid: e.uid, gid: e.gid, mode, size: e.size, seals: e.seals, runs, data },
+        ));
+    }
+    Ok(out)
 }
 
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
 fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages<'a>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::with_capacity(task.fds.len());
-    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, kinds } = st;
+    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, memfd_inodes, kinds, links } = st;
     for fd in &task.fds {
         let ty = match fd.file {
+            FileDesc::Memfd { .. } => pb::FdTypes::Memfd,
             FileDesc::Reg { .. } => pb::FdTypes::Reg,
             FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
             FileDesc::Fifo { .. } => pb::FdTypes::Fifo,
@@ -335,8 +563,21 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
             Some(&id) => id,
             None => {
                 let id = match &fd.file {
-                    FileDesc::Reg { path, flags, pos, mode, size, ghost } => {
+                    FileDesc::Reg { path, flags, pos, mode, size, ghost, link } => {
                         let id = push_file(files, reg_entry(0, path, *flags, *pos, *mode, *size));
+                        if let Some(l) = link {
+                            // as upstream: the link's own REG entry, and a
+                            // LINKED remap of the fd's file to it
+                            let remap_id = match links.get(l) {
+                                Some(&r) => r,
+                                None => {
+                                    let r = push_file(files, reg_entry(0, l, 0, 0, *mode, None));
+                                    links.insert(l.clone(), r);
+                                    r
+                                }
+                            };
+                            remaps.push(pb::RemapFilePathEntry { orig_id: id, remap_id, remap_type: Some(pb::RemapType::Linked as i32) });
+                        }
                         if let Some(g) = ghost {
                             let remap_id = match ghosts.get(&(g.dev, g.ino)) {
                                 Some(&r) => r,
@@ -355,6 +596,7 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                         }
                         id
                     }
+                    FileDesc::Memfd { ino, flags, pos } => push_file(files, memfd_entry("files.img", memfd_inodes, *ino, *flags, *pos)?),
                     FileDesc::Pipe { pipe_id, flags } => {
                         let e = pb::FileEntry {
                             r#type: pb::FdTypes::Pipe as i32,
@@ -535,13 +777,28 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         Vec::new()
     };
     let mut ghosts: Vec<(u32, Box<Ghost>)> = Vec::new();
+    let mut memfd_inodes: Option<HashMap<u32, u64>> = None;
     let mut fds = Vec::with_capacity(fdinfo.len());
     let mut scratch = crate::kinds::Scratch::default();
     for fi in fdinfo {
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
         let desc = if let Some(r) = &f.reg {
+            let mut link = None;
             let ghost = match remaps.iter().find(|m| m.orig_id == f.id) {
                 None => None,
+                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Linked as i32 => {
+                    // the link the dump made beside the old path: in the
+                    // same directory, for restore links it to the path
+                    let l = file(m.remap_id).and_then(|e| e.reg.as_ref()).ok_or_else(|| {
+                        bad("remap-fpath.img", format!("fd {}: linked remap of {} names file {}, which is no regular file", fi.fd, r.name, m.remap_id))
+                    })?;
+                    let parent = |p: &str| std::path::Path::new(p).parent().map(std::path::Path::to_path_buf);
+                    if parent(&l.name).is_none() || parent(&l.name) != parent(&r.name) || l.name == r.name {
+                        return Err(bad("remap-fpath.img", format!("fd {}: linked remap {} of {} is not another name in the same directory", fi.fd, l.name, r.name)));
+                    }
+                    link = Some(l.name.clone());
+                    None
+                }
                 Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => {
                     match ghosts.iter().find(|(id, _)| *id == m.remap_id) {
                         Some((_, g)) => Some(g.clone()),
@@ -556,7 +813,15 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                     return Err(bad("remap-fpath.img", format!("fd {}: remap type {} of {} is not supported yet", fi.fd, m.remap_type.unwrap_or(0), r.name)))
                 }
             };
-            FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost }
+            FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost, link }
+        } else if let Some(m) = &f.memfd {
+            if memfd_inodes.is_none() {
+                memfd_inodes = Some(memfd_shmids(dir)?);
+            }
+            let ino = memfd_inodes.as_ref().and_then(|ids| ids.get(&m.inode_id)).copied().ok_or_else(|| {
+                bad("files.img", format!("fd {}: memfd {} names inode {}, which memfd.img does not have", fi.fd, f.id, m.inode_id))
+            })?;
+            FileDesc::Memfd { ino, flags: m.flags, pos: m.pos }
         } else if let Some(pp) = &f.pipe {
             FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
         } else if let Some(ff) = &f.fifo {
@@ -848,7 +1113,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         return Err(bad("pstree.img", format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }
     let mut files: Vec<pb::FileEntry> = Vec::new();
-    let mut fd_images = FdImages::default();
+    let mut fd_images =
+        FdImages { memfd_inodes: tree.memfds.iter().enumerate().map(|(i, m)| (m.ino, i as u32 + 1)).collect(), ..Default::default() };
     let mut map_ids: Vec<(String, u32)> = Vec::new();
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
     let mut pages_id = 0u32;
@@ -866,6 +1132,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
     }
     finish_fds(dir, &fd_images)?;
+    write_memfds(dir, &tree.memfds, &mut shm_pages_id)?;
+    write_locks(dir, tree)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
     let task = tree.root();
@@ -921,6 +1189,23 @@ fn write_zombie(dir: &Path, task: &Task, exit: u32) -> Result<(), ImagesError> {
     Ok(())
 }
 
+/// A mapped file unlinked while mapped: its contents in ghost-file-N.img
+/// (one per inode across the tree, shared with fds of the same inode) and
+/// a `GHOST` remap of its files.img entry `orig_id`, as for fds.
+fn map_ghost(dir: &Path, st: &mut FdImages, orig_id: u32, g: &Ghost) -> Result<(), ImagesError> {
+    let remap_id = match st.ghosts.get(&(g.dev, g.ino)) {
+        Some(&r) => r,
+        None => {
+            let r = st.ghosts.len() as u32 + 1;
+            st.ghosts.insert((g.dev, g.ino), r);
+            write_ghost(dir, r, g)?;
+            r
+        }
+    };
+    st.remaps.push(pb::RemapFilePathEntry { orig_id, remap_id, remap_type: Some(pb::RemapType::Ghost as i32) });
+    Ok(())
+}
+
 /// The images of one live process of the tree (its shared anonymous
 /// objects: page image ids from `shm_pages_id` on, after every process's).
 #[allow(clippy::too_many_arguments)]
@@ -952,9 +1237,17 @@ fn write_task<'a>(
     };
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
-            if !map_ids.iter().any(|(p, _)| p == &f.path) {
-                let id = file_id(files, mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id));
-                map_ids.push((f.path.clone(), id));
+            let key = map_key(f);
+            if !map_ids.iter().any(|(p, _)| p == &key) {
+                let e = match f.memfd {
+                    Some(ino) => memfd_entry(&mg::MM.file_name(task.pid), &fd_images.memfd_inodes, ino, f.flags, 0)?,
+                    None => mapped_entry(0, &f.path, f.flags, 0, f.mode, f.size, &f.build_id),
+                };
+                let id = file_id(files, e);
+                if let Some(g) = &f.ghost {
+                    map_ghost(dir, fd_images, id, g)?;
+                }
+                map_ids.push((key, id));
             }
         }
     }
@@ -982,8 +1275,10 @@ fn write_task<'a>(
                 }
                 VmaKind::File => {
                     let f = v.file.as_ref().expect("file vma");
-                    let id = map_ids.iter().find(|(p, _)| p == &f.path).map(|(_, i)| *i).unwrap_or(0);
-                    (VMA_AREA_REGULAR | if v.shared() { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE }, u64::from(id))
+                    let key = map_key(f);
+                    let id = map_ids.iter().find(|(p, _)| p == &key).map(|(_, i)| *i).unwrap_or(0);
+                    let memfd = if f.memfd.is_some() { VMA_AREA_MEMFD } else { 0 };
+                    (VMA_AREA_REGULAR | memfd | if v.shared() { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE }, u64::from(id))
                 }
             };
             pb::VmaEntry {
@@ -1189,6 +1484,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
         Vec::new()
     };
     let root_ids = inv.root_ids.as_ref().map(ids_from_pb).unwrap_or_default();
+    let memfds = read_memfds(dir)?;
     let mut tasks = Vec::with_capacity(ps.len());
     let mut mems = Vec::with_capacity(ps.len());
     for (k, p) in ps.iter().enumerate() {
@@ -1206,7 +1502,7 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
             mems.push(PagesImage::default());
             continue;
         }
-        let (task, mem) = read_task(dir, p, &files, &seccomp_img)?;
+        let (task, mem) = read_task(dir, p, &files, &seccomp_img, &memfds)?;
         tasks.push(task);
         mems.push(mem);
     }
@@ -1222,14 +1518,20 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
         Err(_) if !dir.join(&tn_name).exists() => None,
         Err(e) => return Err(e.into()),
     };
-    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens };
+    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect() };
     Ok((tree, mems))
 }
 
 /// One live process of the image set: its core, ids, fds, fs, mm and
 /// pagemap images, and its pages (its own, and those of the shared
 /// anonymous memory it maps, at its mappings' addresses).
-fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_img: &[pb::SeccompFilter]) -> Result<(Task, PagesImage), ImagesError> {
+fn read_task(
+    dir: &Path,
+    p: &pb::PstreeEntry,
+    files: &[pb::FileEntry],
+    seccomp_img: &[pb::SeccompFilter],
+    memfds: &[(u32, Memfd)],
+) -> Result<(Task, PagesImage), ImagesError> {
     let pid = p.pid as i32;
     let file = |id: u32| files.iter().find(|f| f.id == id);
     let reg = |id: u32, what: &str| -> Result<&pb::RegFileEntry, ImagesError> {
@@ -1245,6 +1547,13 @@ fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_i
         umask: fse.umask.unwrap_or(0o22),
     };
     let mme: pb::MmEntry = read_one(dir, &mg::MM.file_name(pid), &mg::MM)?;
+    // files unlinked while mapped: a GHOST remap of their files.img entry
+    let remaps: Vec<pb::RemapFilePathEntry> = if dir.join(mg::REMAP_FPATH.file_name("")).exists() {
+        read_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH)?
+    } else {
+        Vec::new()
+    };
+    let mut map_ghosts: HashMap<u32, std::sync::Arc<Ghost>> = HashMap::new();
     let mut vmas = Vec::new();
     for (i, v) in mme.vmas.iter().enumerate() {
         if v.start >= v.end || v.start % 4096 != 0 || v.end % 4096 != 0 {
@@ -1271,19 +1580,64 @@ fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_i
         } else {
             return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: status {s:#x} is not supported yet", v.start)));
         };
-        let file = if kind == VmaKind::File {
+        let memfd_map = u32::try_from(v.shmid).ok().and_then(file).and_then(|f| f.memfd.as_ref());
+        let mut kind = kind;
+        let mut flags = v.flags;
+        let mut anon_shmid = 0;
+        let file = if kind == VmaKind::File && (s & VMA_AREA_MEMFD != 0 || memfd_map.is_some()) {
+            let m = memfd_map.ok_or_else(|| bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: a memfd mapping whose file {} is not a memfd", v.start, v.shmid)))?;
+            let (_, inode) = memfds.iter().find(|(id, _)| *id == m.inode_id).ok_or_else(|| {
+                bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: memfd {} names inode {}, which memfd.img does not have", v.start, v.shmid, m.inode_id))
+            })?;
+            if inode.name == "/dev/zero" && v.flags & libc::MAP_SHARED as u32 != 0 {
+                // upstream 4.2 writes MAP_SHARED anonymous memory (the
+                // kernel's "/dev/zero (deleted)" shmem object) as a memfd
+                // of that name: it is shared anonymous memory again, its
+                // pages (pagemap-shmem-<shmid>) at this mapping
+                kind = VmaKind::Anon;
+                flags |= libc::MAP_ANONYMOUS as u32;
+                anon_shmid = inode.ino;
+            }
+            (kind == VmaKind::File).then(|| MapFile {
+                path: format!("/memfd:{} (deleted)", inode.name),
+                flags: v.fdflags.unwrap_or(m.flags),
+                size: None,
+                mode: 0,
+                build_id: Vec::new(),
+                ghost: None,
+                memfd: Some(inode.ino),
+            })
+        } else if kind == VmaKind::File {
             let r = reg(v.shmid as u32, "file mapping")?;
+            let ghost = match remaps.iter().find(|m| m.orig_id == v.shmid as u32) {
+                None => None,
+                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => Some(match map_ghosts.get(&m.remap_id) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let g = std::sync::Arc::new(read_ghost(dir, m.remap_id)?);
+                        map_ghosts.insert(m.remap_id, g.clone());
+                        g
+                    }
+                }),
+                Some(m) => {
+                    return Err(bad("remap-fpath.img", format!("mapping of {}: remap type {} is not supported yet", r.name, m.remap_type.unwrap_or(0))));
+                }
+            };
             Some(MapFile {
                 path: r.name.clone(),
                 flags: v.fdflags.unwrap_or(0),
                 size: r.size,
                 mode: r.mode.unwrap_or(0),
                 build_id: r.build_id.clone(),
+                ghost,
+                memfd: None,
             })
         } else {
             None
         };
-        let shmid = if kind == VmaKind::Anon && s & VMA_ANON_SHARED != 0 {
+        let shmid = if anon_shmid != 0 {
+            anon_shmid
+        } else if kind == VmaKind::Anon && s & VMA_ANON_SHARED != 0 {
             if v.shmid == 0 {
                 return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: shared anonymous memory without a shmid", v.start)));
             }
@@ -1291,7 +1645,7 @@ fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_i
         } else {
             0
         };
-        vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags: v.flags, kind, madv: v.madv.unwrap_or(0), file, shmid });
+        vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags, kind, madv: v.madv.unwrap_or(0), file, shmid });
     }
     let exe = reg(mme.exe_file_id, "exe")?;
     // pages
@@ -1340,18 +1694,21 @@ fn read_task(dir: &Path, p: &pb::PstreeEntry, files: &[pb::FileEntry], seccomp_i
         start_stack: mme.mm_start_stack, start_brk: mme.mm_start_brk, brk: mme.mm_brk, arg_start: mme.mm_arg_start,
         arg_end: mme.mm_arg_end, env_start: mme.mm_env_start, env_end: mme.mm_env_end, auxv: mme.mm_saved_auxv.clone(),
         exe: Some(MapFile {
+            memfd: None,
             path: exe.name.clone(),
             flags: 0,
             size: exe.size,
             mode: exe.mode.unwrap_or(0),
             build_id: exe.build_id.clone(),
+            ghost: None,
         }),
         dumpable: mme.dumpable.unwrap_or(1) as u32,
         thp_disabled: mme.thp_disabled.unwrap_or(false),
         pages,
         guards,
     };
-    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, pipe_data, ..Default::default() };
+    let locks = read_locks(dir, pid, &fds)?;
+    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, pipe_data, locks, ..Default::default() };
     for (i, &tid) in p.threads.iter().enumerate() {
         let name = mg::CORE.file_name(tid);
         let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE)?;

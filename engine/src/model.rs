@@ -19,6 +19,46 @@ pub struct Tree {
     /// Ids of the dumping engine itself (inventory's root_ids).
     pub root_ids: KobjIds,
     pub timens: Option<TimeNs>,
+    /// Every memfd inode the tree's fds and mappings refer to (memfd.img),
+    /// each once however many fds, mappings and processes share it.
+    pub memfds: Vec<Memfd>,
+}
+
+/// A memfd's inode (upstream's `memfd_inode_entry` and the contents in its
+/// shmem pagemap): what `memfd_create` + writes + seals make again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memfd {
+    /// Inode number at dump (upstream's `shmid`): the key fds and mappings
+    /// name it by.
+    pub ino: u64,
+    /// The name given to memfd_create (what /proc shows after `/memfd:`).
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (st_mode & 07777).
+    pub mode: u32,
+    pub size: u64,
+    /// F_SEAL_* bits (F_GET_SEALS).
+    pub seals: u32,
+    /// Data runs (offset, length): page-aligned offsets, in order, not
+    /// overlapping, within `size`; the rest reads as zeros (holes).
+    pub runs: Vec<(u64, u64)>,
+    /// Where the runs' bytes are (copied file to file, never held here).
+    pub data: MemfdData,
+}
+
+/// Where a memfd's data is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MemfdData {
+    /// Nowhere (no data runs).
+    #[default]
+    None,
+    /// In the memfd itself, read through this path of a frozen process at
+    /// dump (`/proc/PID/fd/N` or `/proc/PID/map_files/...`): each run at
+    /// its own offset.
+    Live(String),
+    /// In an image's pages file: run i at byte `offsets[i]` of it.
+    Image { pages: std::path::PathBuf, offsets: Vec<u64> },
 }
 
 /// Credentials of one thread.
@@ -174,6 +214,9 @@ pub struct Task {
     pub ids: KobjIds,
     /// Queued bytes of the pipes this task has fds of.
     pub pipe_data: Vec<PipeData>,
+    /// File locks this process holds (`--file-locks`), each on one of its
+    /// fds: taken again by the restore child once its fds are in place.
+    pub locks: Vec<FileLock>,
     /// In group-stop, by this signal (upstream's TASK_STOPPED + stop_signo):
     /// restored stopped.
     pub stop_signo: Option<u32>,
@@ -196,12 +239,18 @@ pub enum FileDesc {
     /// `size` is recorded (and checked on restore) as upstream does: for
     /// regular files not opened `O_WRONLY|O_APPEND`. `ghost`: the file was
     /// unlinked while open; its contents travel with the image.
-    Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64>, ghost: Option<Box<Ghost>> },
+    /// `link` (`--link-remap`): the file's path was unlinked but the file
+    /// has other names; `link` is a hard link the dump made in the same
+    /// directory (upstream's `link_remap.N`), through which restore opens
+    /// it under `path` again (removed once the restore succeeded).
+    Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64>, ghost: Option<Box<Ghost>>, link: Option<String> },
     /// One end of a pipe; `pipe_id` is the pipe's inode.
     Pipe { pipe_id: u32, flags: u32 },
     /// A named pipe opened by `path` (`mode` is its st_mode, checked on
     /// restore); `pipe_id` is its inode, shared by every fd of the FIFO.
     Fifo { path: String, flags: u32, mode: u32, pipe_id: u32 },
+    /// An open memfd: `ino` names its inode in [`Tree::memfds`].
+    Memfd { ino: u64, flags: u32, pos: u64 },
     /// A terminal (only with `--shell-job`: restored as the restoring
     /// shell's terminal). `rdev` is the device number (glibc encoding).
     Tty { path: String, flags: u32, rdev: u64 },
@@ -239,6 +288,29 @@ pub struct Fd {
     pub file: FileDesc,
 }
 
+/// The kinds of file lock (upstream's FL_* numbers in file-lock.img).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// fcntl F_SETLK: owned by the process (its fd table).
+    Posix,
+    /// flock(2): owned by the open file description.
+    Flock,
+    /// fcntl F_OFD_SETLK: owned by the open file description.
+    Ofd,
+}
+
+/// A held file lock: taken through `fd` (a read lock unless `write`), on
+/// bytes `start..start + len` (`len` 0: to the end of the file, and
+/// always 0 for flock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLock {
+    pub kind: LockKind,
+    pub write: bool,
+    pub fd: i32,
+    pub start: i64,
+    pub len: i64,
+}
+
 /// Bytes queued in a pipe at dump (pipes-data.img).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PipeData {
@@ -273,6 +345,12 @@ pub struct MapFile {
     /// GNU build-id of an ELF file (upstream's `reg.build_id` words), empty
     /// when the file has none; restore refuses a file whose id changed.
     pub build_id: Vec<u32>,
+    /// The file was unlinked while mapped (`path (deleted)`): its contents
+    /// travel with the image (one per inode, shared by its mappings).
+    pub ghost: Option<std::sync::Arc<Ghost>>,
+    /// A memfd's mapping: its inode number, in [`Tree::memfds`] (`path` is
+    /// then only what /proc showed, `/memfd:NAME (deleted)`).
+    pub memfd: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

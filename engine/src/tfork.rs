@@ -669,7 +669,7 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
         TforkError::Images(m)
     };
     let gadget = (gadget_page, gadget_page + restore::space::GADGET_LEN);
-    let vmas: Vec<_> = dump::mm::collect_vmas(d).map_err(|e| img(&e))?.into_iter().filter(|v| v.end <= gadget.0 || v.start >= gadget.1).collect();
+    let vmas: Vec<_> = dump::mm::collect_vmas(d, dump::files::GHOST_LIMIT).map_err(|e| img(&e))?.into_iter().filter(|v| v.end <= gadget.0 || v.start >= gadget.1).collect();
     let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(ioe(d, "zero page pfn"))?;
     let mut pages = dump::mm::collect_pages(d, &vmas, zero_pfn).map_err(|e| img(&e))?;
     // A fork copies no page table entries of the vdso (a special mapping,

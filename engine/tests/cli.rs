@@ -94,7 +94,7 @@ fn refused_options_name_themselves() {
     let cases: &[(&[&str], &str)] = &[
         (&["dump", "-t", "1", "--tcp-established"], "--tcp-established is not supported yet"),
         (&["restore", "--ext-unix-sk"], "--ext-unix-sk is not supported yet"),
-        (&["dump", "--ghost-limit=10M", "-t", "1"], "--ghost-limit is not supported yet"),
+        (&["dump", "--track-mem", "-t", "1"], "--track-mem is not supported yet"),
         (&["dump", "--page-server", "-t", "1"], "--page-server is not supported yet"),
         (&["restore", "--lazy-pages"], "--lazy-pages is not supported yet"),
         (&["dump", "-t", "1", "-s"], "-s/--leave-stopped is not supported yet"),

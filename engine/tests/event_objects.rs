@@ -56,10 +56,17 @@ impl Ev {
         ev
     }
 
+    /// The program's pid again: pid 1 of its namespace (with `fork`, its
+    /// child runs the same binary).
     fn refind(&mut self) {
         let pids = live_with_exe(&self.bin);
-        assert_eq!(pids.len(), 1, "one evobjs process expected, found {pids:?}");
-        self.pid = pids[0];
+        let ns_one = |p: &i32| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+        };
+        let roots: Vec<i32> = pids.iter().copied().filter(ns_one).collect();
+        assert_eq!(roots.len(), 1, "one evobjs root expected, found {roots:?} of {pids:?}");
+        self.pid = roots[0];
     }
 
     fn log(&self) -> PathBuf {
@@ -245,29 +252,55 @@ fn fanotify_round_trips() {
     round_trip("fanotify", &["fanotify"], &[29]);
 }
 
+/// What a restore changes on purpose in the fdinfo of evobjs's epoll set
+/// (fd 25) with `moved`.
+fn epoll_expect(fd: i32, v: Vec<String>) -> Vec<String> {
+    if fd != 25 {
+        return v;
+    }
+    let mut v: Vec<String> = v
+        .into_iter()
+        .map(|l| {
+            // the target added as fd 30 is watched through fd 40, which holds it
+            let l = l.replace("tfd: 30 ", "tfd: 40 ");
+            // a fired EPOLLONESHOT watch comes back with EPOLLERR|EPOLLHUP,
+            // which the kernel adds to every EPOLL_CTL_ADD
+            l.replace("events: 40000000 ", "events: 40000018 ")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every object shared by two processes (the program forks a child that
+/// inherits them all): the root makes each description for the tree, an
+/// epoll set after its targets, each watch added through the target's own
+/// fd number (which the program's EPOLL_CTL_MOD/DEL name); both processes
+/// are back and the program ticks on.
+#[test]
+fn objects_shared_across_a_fork_round_trip() {
+    require!(why_not_here());
+    let words = ["eventfd", "semaphore", "timerfd", "periodic", "signalfd", "epoll", "nested", "moved", "inotify", "fanotify", "fork"];
+    let ev = round_trip_with("shared", &words, &[10, 11, 14, 19, 20, 21, 25, 26, 28, 29, 40], epoll_expect);
+    assert_eq!(live_with_exe(&ev.bin).len(), 2, "the root and its child");
+    let child = live_with_exe(&ev.bin).into_iter().find(|&p| p != ev.pid).unwrap();
+    let watches = |pid: i32| -> Vec<String> {
+        let t = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/25")).unwrap_or_default();
+        let mut v: Vec<String> = t.lines().filter(|l| l.starts_with("tfd:")).map(|l| l.split(" pos:").next().unwrap().split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(watches(child), watches(ev.pid), "the child's epoll is the root's");
+    assert!(watches(ev.pid).iter().any(|l| l.starts_with("tfd: 40 ")), "{:?}", watches(ev.pid));
+}
+
 /// Every watch of an epoll set, EPOLLET and a fired EPOLLONESHOT among
 /// them, a target added through an fd since closed (and its number reused)
 /// and a nested epoll set.
 #[test]
 fn epoll_round_trips() {
     require!(why_not_here());
-    let ev = round_trip_with("epoll", &["epoll", "periodic", "moved", "nested", "semaphore", "bigcount", "timerfd"], &[10, 11, 12, 14, 19, 20, 21, 24, 25, 26, 30, 40], |fd, v| {
-        if fd != 25 {
-            return v;
-        }
-        let mut v: Vec<String> = v
-            .into_iter()
-            .map(|l| {
-                // the target added as fd 30 is watched through fd 40, which holds it
-                let l = l.replace("tfd: 30 ", "tfd: 40 ");
-                // a fired EPOLLONESHOT watch comes back with EPOLLERR|EPOLLHUP,
-                // which the kernel adds to every EPOLL_CTL_ADD
-                l.replace("events: 40000000 ", "events: 40000018 ")
-            })
-            .collect();
-        v.sort();
-        v
-    });
+    let ev = round_trip_with("epoll", &["epoll", "periodic", "moved", "nested", "semaphore", "bigcount", "timerfd"], &[10, 11, 12, 14, 19, 20, 21, 24, 25, 26, 30, 40], epoll_expect);
     // fd 30 is the unwatched eventfd that took the number
     assert!(ev.fdinfo(30).iter().any(|l| l.trim_end().ends_with("eventfd-count:                0")), "fd 30: {:?}", ev.fdinfo(30));
 }

@@ -333,13 +333,12 @@ fn deleted_cwd_refused() {
 }
 
 /// Kinds the engine does not support are refused by name, and the program
-/// runs on (before: a memfd became a ghost file created in `/`, a misc
-/// device was reopened by path, a non-UTF-8 name was mangled).
+/// runs on (before: a misc device was reopened by path, a non-UTF-8 name
+/// was mangled; memfds, once refused here, are supported: more_files.rs).
 #[test]
 fn unsupported_fd_kinds_refused_by_name() {
     require!(why_not_here());
     for (kind, want) in [
-        ("memfd", "a memfd (/memfd:x (deleted))"),
         ("socket", "a socket"),
         ("pidfd", "anonymous inode (pidfd)"),
         ("userfaultfd", "anonymous inode (userfaultfd)"),

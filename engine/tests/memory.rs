@@ -276,7 +276,7 @@ fn pagemap_scan_matches_pagemap_read() {
     let run = start("scan", 256);
     let pid = run.proc.0;
     let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
-    let vmas = mm::collect_vmas(pid).unwrap();
+    let vmas = mm::collect_vmas(pid, engine::dump::files::GHOST_LIMIT).unwrap();
     let zero = engine::sys::mmap::zero_page_pfn().unwrap();
     if let Err(e) = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan) {
         skip(format!("PAGEMAP_SCAN (kernel 6.7+) is not usable here: {e}"));
@@ -388,7 +388,7 @@ fn fragmented_memory_dumps_and_restores() {
         let mut run = start_cases(&format!("frag{stride}"), &["frag", "256", stride]).unwrap();
         let pid = run.proc.0;
         let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
-        let vmas = mm::collect_vmas(pid).unwrap();
+        let vmas = mm::collect_vmas(pid, engine::dump::files::GHOST_LIMIT).unwrap();
         let zero = engine::sys::mmap::zero_page_pfn().unwrap();
         let scan = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Scan).unwrap();
         let read = mm::collect_pages_with(pid, &vmas, zero, mm::PageWalk::Pagemap).unwrap();

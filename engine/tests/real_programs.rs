@@ -122,3 +122,88 @@ fn bash_loop_forking_sleep_goes_on() {
         |w| w.join("done").exists() && complete(&w.join("out"), "n", lines),
     );
 }
+
+/// Python's multiprocessing: a Pool of 3 workers and a Lock, whose
+/// semaphores are files in /dev/shm unlinked right after they are mapped
+/// (`/dev/shm/sem.X (deleted)`, MAP_SHARED by every process of the tree).
+/// Dumped (their contents go with the image, as ghost files), restored by
+/// ours: the pool goes on computing with no FAIL, every process maps the
+/// same recreated inode under the same name, and the restored tree dumps
+/// again.
+#[test]
+fn python_multiprocessing_pool_goes_on() {
+    require!(why_not_here().or_else(|| why_not_tools(&["python3"])));
+    let tmp = test_dir("real-python-mp");
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = work.join("mp.py");
+    std::fs::write(
+        &script,
+        "import multiprocessing as mp, time\n\
+         def work(x):\n    time.sleep(0.02)\n    return x * x\n\
+         if __name__ == '__main__':\n\
+         \x20   lock = mp.Lock()\n\
+         \x20   with mp.Pool(3) as pool:\n\
+         \x20       i = 0\n\
+         \x20       while True:\n\
+         \x20           i += 1\n\
+         \x20           with lock:\n\
+         \x20               r = pool.map(work, range(6))\n\
+         \x20           ok = r == [x * x for x in range(6)]\n\
+         \x20           with open('progress.log', 'a') as f:\n\
+         \x20               f.write('tick %d %s\\n' % (i, 'ok' if ok else 'FAIL'))\n\
+         \x20           time.sleep(0.05)\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new("unshare");
+    only_stdio(&mut cmd).args(["--pid", "--fork", "setsid", "python3"]).arg(&script).current_dir(&work);
+    let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || starter.wait());
+    let log = work.join("progress.log");
+    wait_until("the pool working", Duration::from_secs(20), || last_tick(&log) >= 3);
+    let root = init_named("python3").expect("python3 as pid 1 of its namespace");
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
+        }
+    }
+    let n = members(root).len();
+    assert!(n >= 4, "the root and its 3 workers: {n}");
+    let sem_maps = |pid: i32| -> Vec<String> { maps(pid).into_iter().filter(|l| l.contains("/dev/shm/sem.") && l.ends_with("(deleted)")).collect() };
+    assert!(!sem_maps(root).is_empty(), "no unlinked semaphore mapping: {:?}", maps(root));
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &img, "dump.log");
+    wait_until("the dumped tree gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{root}")).exists());
+    let t = last_tick(&log);
+    let st = Command::new(CRIU).args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&work).status().unwrap();
+    assert!(st.success(), "restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    let root = init_named("python3").expect("the restored python3");
+    let _kill = Kill(root);
+    wait_until("the pool working after the restore", Duration::from_secs(20), || last_tick(&log) > t + 5);
+    assert_eq!(members(root).len(), n, "the restored tree's processes");
+    // one inode per semaphore, shared by every process, under its old name
+    let inode_of = |pid: i32, line: &str| -> u64 {
+        let range = line.split_whitespace().next().unwrap();
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/proc/{pid}/map_files/{range}")).unwrap())
+    };
+    let root_sems = sem_maps(root);
+    assert!(!root_sems.is_empty(), "the semaphores' mappings after the restore: {:?}", maps(root));
+    let want = inode_of(root, &root_sems[0]);
+    let path = root_sems[0].split_whitespace().nth(5).unwrap().to_string();
+    let mut seen = 0;
+    for p in members(root) {
+        if let Some(l) = sem_maps(p).iter().find(|l| l.split_whitespace().nth(5) == Some(path.as_str())) {
+            assert_eq!(inode_of(p, l), want, "process {p} maps another inode for {l}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n, "every process maps {path}");
+    let img2 = tmp.join("img2");
+    std::fs::create_dir_all(&img2).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string(), "--leave-running"], &img2, "dump.log");
+    let t = last_tick(&log);
+    wait_until("ticks after the second dump", Duration::from_secs(20), || last_tick(&log) > t + 3);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

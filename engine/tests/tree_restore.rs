@@ -229,3 +229,42 @@ fn event_objects_shared_by_a_tree() {
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `restore --root R` of a tree: every process resolves the image's paths
+/// inside R (the children too, which report their pids before their
+/// chroot), and the whole tree ticks on there.
+#[test]
+fn tree_restores_inside_a_root() {
+    require!(why_not_here().or_else(|| why_not_tools(&["mknod"])));
+    let tmp = test_dir("tree-restore-root");
+    let fx = Fixture::start("tree", &tmp, Ns::OwnPidNs);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped tree gone", Duration::from_secs(5), || live_with_exe(&fx.bin).is_empty());
+    let root = tmp.join("root");
+    let inr = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(inr(&fx.work)).unwrap();
+    std::fs::copy(&fx.bin, inr(&fx.bin)).unwrap();
+    std::fs::copy(fx.log(), inr(&fx.log())).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    assert!(Command::new("mknod").args(["-m", "666"]).arg(root.join("dev/null")).args(["c", "1", "3"]).status().unwrap().success());
+    let t = last_tick(&inr(&fx.log()));
+    let (st, log) = criu_env(Path::new(CRIU), &["restore", "-d", "--root", root.to_str().unwrap()], &img, "restore.log", &[]);
+    let rbin = inr(&fx.bin);
+    struct Kill(PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for p in live_with_exe(&self.0) {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+        }
+    }
+    let _kill = Kill(rbin.clone());
+    assert!(st.success(), "restore --root of a tree failed:\n{log}");
+    wait_until("ticks inside the root", Duration::from_secs(15), || last_tick(&inr(&fx.log())) > t + 3);
+    assert_eq!(live_with_exe(&rbin).len(), 4, "the tree's 4 live processes, inside the root");
+    assert_eq!(fx.tick(), t, "the host's log was written: a path resolved outside the root");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

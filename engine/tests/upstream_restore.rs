@@ -1,5 +1,5 @@
-//! Upstream CRIU 4.2's own image sets of `counter`, `threads`, `signals`
-//! and `tree`
+//! Upstream CRIU 4.2's own image sets of `counter`, `threads`, `signals`,
+//! `tree` and `mem`
 //! (../shared/fixtures/upstream) restored by our engine, set up as the
 //! fixtures' README says (binary under /srv/criu-fixtures/bin, working
 //! directory from workdir.tar), must keep ticking `ok`.
@@ -90,3 +90,11 @@ fn upstream_tree() {
     restore_upstream("tree");
 }
 
+
+/// A tree: MAP_SHARED anonymous memory shared by a parent and its child
+/// (upstream 4.2 writes it as a memfd named /dev/zero on this kernel), a
+/// private file mapping with dirty pages, a shared file mapping.
+#[test]
+fn upstream_mem() {
+    restore_upstream("mem");
+}

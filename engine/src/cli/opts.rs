@@ -55,6 +55,12 @@ enum Act {
     PreDumpMode,
     NetworkLock,
     Timeout,
+    /// `--ghost-limit SIZE`: the most bytes an unlinked open file may hold.
+    GhostLimit,
+    /// `-l`/`--file-locks`: dump the file locks processes hold.
+    FileLocks,
+    /// `--link-remap`: link files unlinked-but-linked-elsewhere beside their path.
+    LinkRemap,
     /// Ours (tfork): `--copies N`, `--persist MODE`, `--root-snapshot MODE`.
     Copies,
     RootSnapshot,
@@ -127,8 +133,8 @@ const SPECS: &[Spec] = &[
     o("evasive-devices", None, No, Refused, true),
     o("veth-pair", None, Req, Refused, false),
     o("action-script", None, Req, Refused, false),
-    o("link-remap", None, No, Refused, true),
-    o("file-locks", Some('l'), No, Refused, true),
+    o("link-remap", None, No, LinkRemap, true),
+    o("file-locks", Some('l'), No, FileLocks, true),
     o("page-server", None, No, Refused, true),
     o("address", None, Req, Refused, false),
     o("port", None, Req, Refused, false),
@@ -147,7 +153,7 @@ const SPECS: &[Spec] = &[
     o("enable-fs", None, Req, Refused, false),
     o("enable-external-sharing", None, No, Refused, false),
     o("enable-external-masters", None, No, Refused, false),
-    o("ghost-limit", None, Req, Refused, false),
+    o("ghost-limit", None, Req, GhostLimit, false),
     o("irmap-scan-path", None, Req, Accepted, false),
     o("lsm-profile", None, Req, Refused, false),
     o("lsm-mount-context", None, Req, Refused, false),
@@ -217,6 +223,13 @@ pub struct Opts {
     pub display_stats: bool,
     /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
     pub timeout: Option<u64>,
+    /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
+    pub ghost_limit: Option<u64>,
+    /// `--file-locks`: dump held file locks (restore takes the image's
+    /// locks whenever it has them).
+    pub file_locks: bool,
+    /// `--link-remap` (dump).
+    pub link_remap: bool,
     /// tfork: `--copies N` (checked by the command).
     pub copies: Option<String>,
     /// tfork: `--persist none|sync|async`.
@@ -261,6 +274,26 @@ fn atoi(s: &str) -> i64 {
     } else {
         v
     }
+}
+
+/// Upstream's `--ghost-limit` syntax: a number of bytes, or of KiB, MiB
+/// or GiB with a `K`, `M` or `G` after it (`512K`, `16M`, `2G`). Anything
+/// else (a sign, other letters, a value that overflows) is `None`: upstream
+/// reads such values with atol and gets a limit nobody asked for.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = s[..digits].parse().ok()?;
+    let shift = match &s[digits..] {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
 }
 
 fn find_long(name: &str) -> Result<(&'static Spec, bool), String> {
@@ -332,6 +365,12 @@ impl Opts {
                     None => return Err(Problem::new(format!("invalid argument for --timeout: {} (want seconds, > 0)", v()))),
                 }
             }
+            FileLocks => self.file_locks = !negated,
+            LinkRemap => self.link_remap = !negated,
+            GhostLimit => match parse_size(&v()) {
+                Some(n) => self.ghost_limit = Some(n),
+                None => return Err(Problem::new(format!("invalid argument for --ghost-limit: {} (want a size: digits with an optional K, M or G)", v()))),
+            },
             Copies => self.copies = Some(v()),
             Persist => self.persist = Some(v()),
             RootSnapshot => self.root_snapshot = Some(v()),
@@ -613,7 +652,17 @@ mod tests {
     #[test]
     fn refused_by_name() {
         assert_eq!(p(&["dump", "--tcp-established"]).1, ["--tcp-established is not supported yet"]);
-        assert_eq!(p(&["--ghost-limit=5M"]).1, ["--ghost-limit is not supported yet"]);
+        assert_eq!(p(&["--ghost-limit=5M"]).0.ghost_limit, Some(5 << 20));
+        assert_eq!(p(&["--ghost-limit", "300"]).0.ghost_limit, Some(300));
+        assert_eq!(p(&["--ghost-limit", "2G"]).0.ghost_limit, Some(2 << 30));
+        assert_eq!(p(&["--ghost-limit", "7K"]).0.ghost_limit, Some(7 << 10));
+        for bad in ["-1", "M", "5MB", "5k", "", "99999999999999999999G", "18014398509481984K"] {
+            assert_eq!(p(&["--ghost-limit", bad]).1.len(), 1, "{bad}");
+        }
+        assert!(p(&["--link-remap"]).0.link_remap);
+        assert!(p(&["dump", "-lR"]).0.file_locks);
+        assert!(p(&["--file-locks"]).0.file_locks);
+        assert!(!p(&["-l", "--no-file-locks"]).0.file_locks);
         assert_eq!(p(&["-x"]).1, ["-x/--ext-unix-sk is not supported yet"]);
         assert!(p(&["--no-tcp-established", "restore"]).1.is_empty());
         assert!(p(&["--daemon"]).0.detached);

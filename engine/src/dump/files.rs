@@ -2,10 +2,11 @@
 //! regular files, directories, memory devices (/dev/null, /dev/zero, ...),
 //! files unlinked while open (ghosts: data extents saved), pipes and FIFOs
 //! (queued bytes and buffer size saved), terminals (recorded; only
-//! `--shell-job` accepts them). Any other object without a path is offered
-//! to the resource kinds (`crate::kinds`: eventfd, ...); what no kind
-//! claims (sockets, pidfds, ...), memfds, other devices and non-UTF-8 paths
-//! are refused by name.
+//! `--shell-job` accepts them), memfds (their inodes read once per tree:
+//! [`collect_memfds`]). Any other object without a path is offered to the
+//! resource kinds (`crate::kinds`: eventfd, ...); what no kind claims
+//! (sockets, pidfds, ...), other devices and non-UTF-8 paths are refused
+//! by name.
 //!
 //! Everything is read from outside the frozen task: /proc/PID/fd links,
 //! stat and fdinfo, a reopen of /proc/PID/fd/N for ghost contents and for
@@ -13,7 +14,7 @@
 //! kcmp(KCMP_FILE) to find fds that share one open file description.
 
 use super::proc;
-use crate::model::{Fd, FileDesc, Ghost, PipeData};
+use crate::model::{Fd, FileDesc, FileLock, Ghost, PipeData};
 use crate::pr_debug;
 use crate::sys::process as p;
 use crate::sys::Pid;
@@ -25,20 +26,44 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 /// bytes than this (holes do not count) are refused.
 pub const GHOST_LIMIT: u64 = 1 << 20;
 
+/// What the command line says about files at dump.
+#[derive(Debug, Clone, Copy)]
+pub struct FileOpts {
+    /// `--ghost-limit`: the most allocated bytes an unlinked open file may
+    /// have for its contents to go into the images.
+    pub ghost_limit: u64,
+    /// `--file-locks`: dump the file locks processes hold (else a process
+    /// holding one is refused, as upstream refuses it).
+    pub file_locks: bool,
+    /// `--link-remap`: a file unlinked from its path but linked elsewhere
+    /// gets a hard link `link_remap.N` beside its old path (else refused).
+    pub link_remap: bool,
+}
+
+impl Default for FileOpts {
+    fn default() -> FileOpts {
+        FileOpts { ghost_limit: GHOST_LIMIT, file_locks: false, link_remap: false }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("reading fd {fd} of {pid}")]
     Io { pid: Pid, fd: i32, #[source] source: io::Error },
     #[error("fd {fd} of {pid} is {what}: this kind of file is not supported yet")]
     Unsupported { pid: Pid, fd: i32, what: String },
-    #[error("fd {fd} of {pid}: ghost file {path} has {size} bytes allocated, over the {GHOST_LIMIT}-byte ghost limit")]
-    GhostTooBig { pid: Pid, fd: i32, path: String, size: u64 },
-    #[error("fd {fd} of {pid}: {path} was unlinked but the inode still has {nlink} links (link remap is not supported yet)")]
+    #[error("fd {fd} of {pid}: ghost file {path} has {size} bytes allocated, over the {limit}-byte ghost limit (raise it with --ghost-limit)")]
+    GhostTooBig { pid: Pid, fd: i32, path: String, size: u64, limit: u64 },
+    #[error("fd {fd} of {pid}: {path} was unlinked but the file still has {nlink} other links: dump with --link-remap")]
     LinkRemap { pid: Pid, fd: i32, path: String, nlink: u64 },
     #[error("reading the queued bytes of pipe {pipe_id} (fd {fd} of {pid})")]
     PipeData { pid: Pid, fd: i32, pipe_id: u32, #[source] source: io::Error },
     #[error("the {what} of {pid} can't be dumped: {why}")]
     Dir { pid: Pid, what: &'static str, why: String },
+    #[error("{pid} holds a file lock through fd {fd} ({lock}): dump with --file-locks (-l) to dump it")]
+    Locked { pid: Pid, fd: i32, lock: String },
+    #[error("fd {fd} of {pid} holds {why}")]
+    LockUnsupported { pid: Pid, fd: i32, why: String },
     #[error("fd {fd} of {pid} ({kind}): {why}")]
     Kind { pid: Pid, fd: i32, kind: &'static str, why: String },
     #[error("kcmp(KCMP_FILE) of fds {a} and {b} of {pid} (needed to tell whether they share an open file description)")]
@@ -102,15 +127,21 @@ fn pipe_data(pid: Pid, fd: i32, pipe_id: u32, fifo: bool) -> Result<PipeData, Fi
 /// The contents of an unlinked file: its data extents (SEEK_DATA /
 /// SEEK_HOLE), so holes stay holes and only allocated bytes count against
 /// the ghost limit.
-fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
+fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata, limit: u64) -> Result<Ghost, FilesError> {
+    ghost_of(&format!("/proc/{pid}/fd/{fd}"), pid, fd, path, meta, limit)
+}
+
+/// [`ghost`] of the file `open` names (`/proc/PID/fd/N`, or
+/// `/proc/PID/map_files/START-END` for a mapping: then `fd` is -1).
+pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata, limit: u64) -> Result<Ghost, FilesError> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
     let io_err = |e| FilesError::Io { pid, fd, source: e };
     let allocated = meta.blocks().saturating_mul(512);
-    if allocated > GHOST_LIMIT {
-        return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: allocated });
+    if allocated > limit {
+        return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: allocated, limit });
     }
-    let f = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).map_err(io_err)?;
+    let f = std::fs::File::open(open).map_err(io_err)?;
     let size = meta.size();
     let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut total: u64 = 0;
@@ -125,8 +156,8 @@ fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghos
         total = total.saturating_add(len);
         // a file system without hole reporting shows one extent; it must
         // still fit the limit (the data is read into memory)
-        if total > GHOST_LIMIT.max(allocated) {
-            return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: total });
+        if total > limit.max(allocated) {
+            return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: total, limit });
         }
         let mut data = vec![0u8; len as usize];
         f.read_exact_at(&mut data, start).map_err(io_err)?;
@@ -147,6 +178,83 @@ fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghos
     })
 }
 
+/// HUGETLBFS_MAGIC: a memfd made with MFD_HUGETLB lives there.
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// The longest name memfd_create takes (249 bytes, without the NUL).
+pub const MEMFD_NAME_MAX: usize = 249;
+
+/// Every memfd inode the tree's fds and mappings refer to, each read once
+/// (its name, owner, mode, size, seals and data runs) through the first fd
+/// (`/proc/PID/fd/N`) or mapping (`/proc/PID/map_files/START-END`) that
+/// shows it. `tasks`: (host pid, task) of the live processes.
+pub fn collect_memfds(tasks: &[(Pid, &crate::model::Task)]) -> Result<Vec<crate::model::Memfd>, FilesError> {
+    let mut out: Vec<crate::model::Memfd> = Vec::new();
+    for (pid, t) in tasks {
+        let pid = *pid;
+        let fds = t.fds.iter().filter_map(|f| match f.file {
+            FileDesc::Memfd { ino, .. } => Some((ino, format!("/proc/{pid}/fd/{}", f.fd), f.fd)),
+            _ => None,
+        });
+        let maps = t.mm.vmas.iter().filter_map(|v| {
+            let ino = v.file.as_ref()?.memfd?;
+            Some((ino, format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end), -1))
+        });
+        for (ino, path, fd) in fds.chain(maps) {
+            if out.iter().any(|m| m.ino == ino) {
+                continue;
+            }
+            out.push(read_memfd(pid, fd, &path, ino)?);
+        }
+    }
+    Ok(out)
+}
+
+/// One memfd inode through `path` (an fd or map_files link of `pid`).
+fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::Memfd, FilesError> {
+    use std::os::fd::AsFd;
+    let io_err = |e| FilesError::Io { pid, fd, source: e };
+    let unsupported = |what: String| FilesError::Unsupported { pid, fd, what };
+    let link = std::fs::read_link(path).map_err(io_err)?;
+    let link = link.to_str().ok_or_else(|| unsupported(format!("a memfd whose name is not UTF-8 ({link:?})")))?;
+    let name = link
+        .strip_prefix("/memfd:")
+        .and_then(|n| n.strip_suffix(" (deleted)"))
+        .ok_or_else(|| unsupported(format!("{link}, not a memfd name")))?
+        .to_string();
+    let f = std::fs::File::open(path).map_err(io_err)?;
+    let meta = f.metadata().map_err(io_err)?;
+    if meta.ino() != ino {
+        return Err(io_err(io::Error::other(format!("{path} is inode {} now, not {ino}", meta.ino()))));
+    }
+    if p::fs_type(f.as_fd()).map_err(io_err)? == HUGETLBFS_MAGIC {
+        return Err(unsupported(format!("a memfd on hugetlbfs (MFD_HUGETLB: {link})")));
+    }
+    let seals = p::fcntl_int(f.as_raw_fd(), libc::F_GET_SEALS, 0).map_err(io_err)? as u32;
+    let size = meta.size();
+    // the data runs only: their bytes are copied from `path` into the
+    // pages file when the images are written (the processes still frozen)
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut off = 0;
+    while off < size {
+        let Some(start) = p::seek_data_hole(f.as_fd(), off, libc::SEEK_DATA).map_err(io_err)? else { break };
+        if start >= size {
+            break;
+        }
+        let start = start & !(crate::sys::PAGE_SIZE - 1);
+        let end = p::seek_data_hole(f.as_fd(), start, libc::SEEK_HOLE).map_err(io_err)?.unwrap_or(size).min(size);
+        runs.push((start, end - start));
+        off = end;
+    }
+    pr_debug!("memfd {name:?} (inode {ino}): {size} bytes, {} data runs, seals {seals:#x}", runs.len());
+    let data = if runs.is_empty() { crate::model::MemfdData::None } else { crate::model::MemfdData::Live(path.to_string()) };
+    Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, runs, data })
+}
+
+/// One process's fds, the queued bytes of its pipes and FIFOs, and the
+/// file locks held through its fds.
+pub type FdTable = (Vec<Fd>, Vec<PipeData>, Vec<FileLock>);
+
 /// What a non-path fd link (`pipe:[N]`, `socket:[N]`, `anon_inode:[eventfd]`,
 /// `net:[N]`, ...) is, in words, for refusals.
 fn kernel_object_kind(link: &str) -> String {
@@ -163,14 +271,15 @@ fn kernel_object_kind(link: &str) -> String {
 /// offset, status flags).
 type DescKey = (u64, u64, u64, u32);
 
-/// Every fd of `pid` (sorted) and the queued bytes of its pipes and FIFOs.
+/// Every fd of `pid` (sorted), the queued bytes of its pipes and FIFOs,
+/// and the file locks held through its fds (with `--file-locks`).
 ///
 /// Each fd is classified by what `stat` says it is (file type, device
 /// major), and by its link only where the type does not tell (a memfd is
 /// a regular file named `/memfd:NAME (deleted)`). Fds sharing one open file
 /// description are found per inode with kcmp's ordering and a binary
 /// search: O(n log n) kcmp calls, not one per pair.
-pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
+pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
     use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::FileTypeExt;
@@ -180,6 +289,7 @@ pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
     pr_debug!("Found {} file descriptors", fds.len());
     let mut out: Vec<Fd> = Vec::with_capacity(fds.len());
     let mut pipes: Vec<PipeData> = Vec::new();
+    let mut locks: Vec<FileLock> = Vec::new();
     // per inode, offset and status flags (fds of one open file description
     // agree on all three; the task is frozen): (fd, index in `out`) of one
     // fd per open file description, sorted by kcmp order
@@ -222,6 +332,19 @@ pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
             Err(slot) => slot,
         };
         group.insert(slot, (fd, out.len()));
+        // the locks held through this open file description (its other fds
+        // show the same ones): fdinfo's `lock:` lines, as the kernel lists
+        // the locks whose file is this one and whose owner is this
+        // process's fd table (POSIX) or this description (flock, OFD)
+        for l in info.lines().filter_map(|l| l.strip_prefix("lock:")) {
+            let mut lock = proc::parse_lock_line(l.trim()).map_err(|why| FilesError::LockUnsupported { pid, fd, why })?;
+            if !opts.file_locks {
+                return Err(FilesError::Locked { pid, fd, lock: l.trim().to_string() });
+            }
+            lock.fd = fd;
+            pr_debug!("{pid} fd {fd} holds lock {}", l.trim());
+            locks.push(lock);
+        }
         let ft = meta.file_type();
         let file = if !link.starts_with('/') {
             match link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
@@ -247,26 +370,45 @@ pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
             // by device number, whatever the path (a pty of a devpts
             // instance unmounted since shows as "(deleted)")
             FileDesc::Tty { path: link, flags, rdev: meta.rdev() }
+        } else if ft.is_file() && link.starts_with("/memfd:") && link.ends_with(" (deleted)") && meta.nlink() == 0 {
+            // (its inode, contents and seals: `collect_memfds`, once per inode)
+            FileDesc::Memfd { ino: meta.ino(), flags, pos }
         } else if let Some(orig) = link.strip_suffix(" (deleted)") {
-            if ft.is_file() && orig.starts_with("/memfd:") && meta.nlink() == 0 {
-                return Err(unsupported(format!("a memfd ({link})")));
-            }
             if !ft.is_file() {
                 return Err(unsupported(format!("{link}, a deleted {}", type_name(&ft))));
             }
             if meta.nlink() != 0 {
-                return Err(FilesError::LinkRemap { pid, fd, path: orig.to_string(), nlink: meta.nlink() });
-            }
+                // unlinked from this path, linked elsewhere
+                match std::fs::metadata(orig) {
+                    // linked again under its old name: a plain path
+                    Ok(m) if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) => {
+                        let size = should_check_size(flags).then(|| meta.size());
+                        ndesc += 1;
+                        out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size, ghost: None, link: None } });
+                        continue;
+                    }
+                    Ok(_) => return Err(unsupported(format!("{link}: another file now has that name, and this one has {} other links", meta.nlink()))),
+                    Err(_) if !opts.link_remap => return Err(FilesError::LinkRemap { pid, fd, path: orig.to_string(), nlink: meta.nlink() }),
+                    // the link itself is made once the whole tree is
+                    // collected (`make_link_remaps`), so that a refusal
+                    // later leaves nothing behind
+                    Err(_) => {
+                        let size = should_check_size(flags).then(|| meta.size());
+                        FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size, ghost: None, link: Some(String::new()) }
+                    }
+                }
+            } else {
             // fds of one unlinked inode (opened separately) share one ghost
             let g = match ghosts.get(&(meta.dev(), meta.ino())) {
                 Some(g) => g.clone(),
                 None => {
-                    let g = Box::new(ghost(pid, fd, orig, &meta)?);
+                    let g = Box::new(ghost(pid, fd, orig, &meta, opts.ghost_limit)?);
                     ghosts.insert((meta.dev(), meta.ino()), g.clone());
                     g
                 }
             };
-            FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g) }
+            FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g), link: None }
+            }
         } else if ft.is_fifo() {
             let pipe_id = meta.ino() as u32;
             if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
@@ -276,20 +418,20 @@ pub fn collect_fds(pid: Pid) -> Result<(Vec<Fd>, Vec<PipeData>), FilesError> {
         } else if ft.is_char_device() {
             let major = dev_major(meta.rdev());
             if major == MEM_MAJOR {
-                FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size: None, ghost: None }
+                FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size: None, ghost: None, link: None }
             } else {
                 return Err(unsupported(format!("{link}, character device {major}:{}", dev_minor(meta.rdev()))));
             }
         } else if ft.is_file() || ft.is_dir() || ft.is_symlink() {
             let size = (ft.is_file() && should_check_size(flags)).then(|| meta.size());
-            FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size, ghost: None }
+            FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size, ghost: None, link: None }
         } else {
             return Err(unsupported(format!("{link}, a {}", type_name(&ft))));
         };
         ndesc += 1;
         out.push(Fd { fd, cloexec, desc: ndesc, file });
     }
-    Ok((out, pipes))
+    Ok((out, pipes, locks))
 }
 
 /// Number the open file descriptions of several processes' fd tables
@@ -337,6 +479,95 @@ pub fn share_descriptions(tables: &mut [(Pid, &mut Vec<Fd>)]) -> Result<(), File
         }
     }
     Ok(())
+}
+
+/// Make the hard links `--link-remap` promised (`link: Some("")`), one per
+/// file across the tree: `link_remap.N` in the directory of the file's
+/// old path (the first N free), made through `/proc/PID/fd/N`, as
+/// upstream makes them; every fd of the file gets its name. On an error
+/// the links made so far are removed again. Returns the links made, for
+/// the caller to remove when the dumped processes run on (`-R`) or the
+/// dump fails later.
+pub fn make_link_remaps<'a>(tasks: impl Iterator<Item = (Pid, &'a mut crate::model::Task)>) -> Result<Vec<String>, FilesError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut made: Vec<((u64, u64), String)> = Vec::new();
+    let res = (|| {
+        for (pid, t) in tasks {
+            for f in t.fds.iter_mut() {
+                let FileDesc::Reg { path, link: Some(link), .. } = &mut f.file else { continue };
+                if !link.is_empty() {
+                    continue;
+                }
+                let src = format!("/proc/{pid}/fd/{}", f.fd);
+                let meta = std::fs::metadata(&src).map_err(|e| FilesError::Io { pid, fd: f.fd, source: e })?;
+                if let Some((_, l)) = made.iter().find(|(k, _)| *k == (meta.dev(), meta.ino())) {
+                    *link = l.clone();
+                    continue;
+                }
+                let dir = std::path::Path::new(path.as_str()).parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
+                let csrc = std::ffi::CString::new(src.as_bytes()).expect("no NUL");
+                let mut n = 1;
+                let name = loop {
+                    let name = format!("{}/link_remap.{n}", dir.trim_end_matches('/'));
+                    let c = std::ffi::CString::new(std::ffi::OsStr::new(&name).as_bytes())
+                        .map_err(|_| FilesError::Unsupported { pid, fd: f.fd, what: format!("{path:?}, a path with a NUL byte") })?;
+                    match p::link_follow(&csrc, &c) {
+                        Ok(()) => break name,
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 10_000 => n += 1,
+                        Err(e) => {
+                            return Err(FilesError::Io { pid, fd: f.fd, source: io::Error::new(e.kind(), format!("linking {path} (deleted) to {name}: {e}")) })
+                        }
+                    }
+                };
+                pr_debug!("fd {} of {pid}: {path} (deleted) linked as {name} (link remap)", f.fd);
+                made.push(((meta.dev(), meta.ino()), name.clone()));
+                *link = name;
+            }
+        }
+        Ok(())
+    })();
+    let names: Vec<String> = made.into_iter().map(|(_, n)| n).collect();
+    match res {
+        Ok(()) => Ok(names),
+        Err(e) => {
+            remove_link_remaps(&names);
+            Err(e)
+        }
+    }
+}
+
+/// Remove link remaps [`make_link_remaps`] made (the dumped processes run
+/// on, or the dump failed after them), as upstream removes them then.
+pub fn remove_link_remaps(names: &[String]) {
+    for n in names {
+        if let Err(e) = std::fs::remove_file(n) {
+            crate::pr_warn!("removing link remap {n}: {e}");
+        }
+    }
+}
+
+/// A flock or OFD lock belongs to its open file description: processes
+/// that share the description (numbered across the tree by
+/// [`share_descriptions`]) each show it; it is kept once, with the first
+/// of them (a POSIX lock is its process's own and stays with it).
+pub fn share_locks<'a>(tasks: impl Iterator<Item = &'a mut crate::model::Task>) {
+    use crate::model::LockKind;
+    let mut seen: Vec<(u32, FileLock)> = Vec::new();
+    for t in tasks {
+        let descs: std::collections::HashMap<i32, u32> = t.fds.iter().map(|f| (f.fd, f.desc)).collect();
+        t.locks.retain(|l| {
+            if l.kind == LockKind::Posix {
+                return true;
+            }
+            let desc = descs.get(&l.fd).copied().unwrap_or(0);
+            let key = FileLock { fd: 0, ..*l };
+            if seen.iter().any(|(d, k)| *d == desc && *k == key) {
+                return false;
+            }
+            seen.push((desc, key));
+            true
+        });
+    }
 }
 
 /// The working directory (`what` = "cwd") or root of `pid`, refused when

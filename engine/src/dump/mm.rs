@@ -19,13 +19,47 @@ pub enum MmError {
     Read { pid: Pid, what: &'static str, #[source] source: io::Error },
     #[error("{pid}: mapping {start:#x}-{end:#x} of {name:?} is not supported yet")]
     Unsupported { pid: Pid, start: u64, end: u64, name: String },
+    #[error("{pid}: mapping {start:#x}-{end:#x} of {name:?}: {why}")]
+    Deleted { pid: Pid, start: u64, end: u64, name: String, why: String },
+    #[error("{pid} runs a program from a memfd ({path} is its executable): not supported yet")]
+    MemfdExe { pid: Pid, path: String },
+}
+
+/// Kernel-made mappings whose names also end in " (deleted)" but that are
+/// not files someone unlinked (SysV shm, AIO rings, anonymous hugetlb,
+/// memfds, shared anonymous memory).
+fn is_kernel_object(name: &str) -> bool {
+    ["/SYSV", "/[aio]", "/anon_hugepage", "/memfd:", "/dev/zero"].iter().any(|p| name.starts_with(p))
+}
+
+/// The contents of a file that was unlinked while mapped (`NAME (deleted)`),
+/// read through `/proc/PID/map_files/START-END`, once per inode (`seen`).
+fn deleted_mapping(pid: Pid, m: &proc::MapsLine, seen: &mut std::collections::HashMap<(u64, u64), std::sync::Arc<crate::model::Ghost>>, limit: u64) -> Result<std::sync::Arc<crate::model::Ghost>, MmError> {
+    use std::os::unix::fs::MetadataExt;
+    let orig = m.name.strip_suffix(" (deleted)").unwrap_or(&m.name);
+    let err = |why: String| MmError::Deleted { pid, start: m.start, end: m.end, name: m.name.clone(), why };
+    let open = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let meta = std::fs::metadata(&open).map_err(|e| err(format!("stat of its file: {e}")))?;
+    if let Some(g) = seen.get(&(meta.dev(), meta.ino())) {
+        return Ok(g.clone());
+    }
+    if !meta.file_type().is_file() {
+        return Err(err("it is not a regular file: not supported yet".into()));
+    }
+    if meta.nlink() != 0 {
+        return Err(err(format!("the file was unlinked from {orig} but still has {} links elsewhere (link remap of a mapping is not supported yet)", meta.nlink())));
+    }
+    let g = super::files::ghost_of(&open, pid, -1, orig, &meta, limit).map_err(|e| err(crate::log::error_chain(&e)))?;
+    let g = std::sync::Arc::new(g);
+    seen.insert((meta.dev(), meta.ino()), g.clone());
+    Ok(g)
 }
 
 fn rd(pid: Pid, what: &'static str) -> Result<String, MmError> {
     std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| MmError::Read { pid, what, source: e })
 }
 
-fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
+fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap<(u64, u64), std::sync::Arc<crate::model::Ghost>>, ghost_limit: u64) -> Result<Vma, MmError> {
     let m = &s.map;
     let mut prot = 0u32;
     if m.r {
@@ -70,6 +104,9 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
         "[vvar]" | "[vvar_vclock]" => VmaKind::Vvar,
         "[vsyscall]" => VmaKind::Vsyscall,
         n if n.starts_with('/') && m.ino != 0 && !n.ends_with(" (deleted)") => VmaKind::File,
+        // a memfd (its inode is read once with the fds': files::collect_memfds)
+        n if n.starts_with("/memfd:") && n.ends_with(" (deleted)") && m.ino != 0 && m.dev.0 == 0 => VmaKind::File,
+        n if n.starts_with('/') && m.ino != 0 && !is_kernel_object(n) => VmaKind::File,
         n if n.is_empty() || n.starts_with("[anon:") || n.starts_with("[stack:") => VmaKind::Anon,
         n => {
             return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: n.to_string() });
@@ -78,14 +115,41 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
     if kind != VmaKind::File {
         flags |= libc::MAP_ANONYMOUS as u32;
     }
-    let file = (kind == VmaKind::File).then(|| {
-        let meta = std::fs::metadata(&m.name).ok();
-        MapFile {
+    let memfd = m.name.starts_with("/memfd:") && m.name.ends_with(" (deleted)");
+    let ghost = match kind == VmaKind::File && !memfd && m.name.ends_with(" (deleted)") {
+        true => Some(deleted_mapping(pid, m, ghosts, ghost_limit)?),
+        false => None,
+    };
+    let file = (kind == VmaKind::File).then(|| match (memfd, ghost) {
+        (true, _) => MapFile {
             path: m.name.clone(),
             flags: if m.shared && m.w { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 },
-            size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
-            mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
-            build_id: super::elf::build_id_of(std::path::Path::new(&m.name)).unwrap_or_default(),
+            size: None,
+            mode: 0,
+            build_id: Vec::new(),
+            ghost: None,
+            memfd: Some(m.ino),
+        },
+        (false, Some(g)) => MapFile {
+            path: m.name.strip_suffix(" (deleted)").unwrap_or(&m.name).to_string(),
+            flags: if m.shared && m.w { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 },
+            size: Some(g.size),
+            mode: g.mode,
+            build_id: Vec::new(),
+            ghost: Some(g),
+            memfd: None,
+        },
+        (false, None) => {
+            let meta = std::fs::metadata(&m.name).ok();
+            MapFile {
+                path: m.name.clone(),
+                flags: if m.shared && m.w { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 },
+                size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
+                mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
+                build_id: super::elf::build_id_of(std::path::Path::new(&m.name)).unwrap_or_default(),
+                ghost: None,
+                memfd: None,
+            }
         }
     });
     Ok(Vma {
@@ -101,12 +165,15 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma) -> Result<Vma, MmError> {
     })
 }
 
-/// VMAs of `pid`, leaving out `[skip.0, skip.1)` (our scratch page).
-pub fn collect_vmas(pid: Pid) -> Result<Vec<Vma>, MmError> {
+/// VMAs of `pid`, leaving out `[skip.0, skip.1)` (our scratch page);
+/// `ghost_limit`: the most allocated bytes a file unlinked while mapped may
+/// have (`--ghost-limit`).
+pub fn collect_vmas(pid: Pid, ghost_limit: u64) -> Result<Vec<Vma>, MmError> {
     let text = rd(pid, "smaps")?;
     let mut out: Vec<Vma> = Vec::new();
+    let mut ghosts = std::collections::HashMap::new();
     for s in proc::parse_smaps(&text) {
-        let v = vma_from_smaps(pid, &s)?;
+        let v = vma_from_smaps(pid, &s, &mut ghosts, ghost_limit)?;
         // [vvar_vclock] folds into [vvar], as upstream 4.2 records it
         if s.map.name == "[vvar_vclock]" {
             if let Some(prev) = out.last_mut() {
@@ -371,6 +438,11 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
     }
     let exe_path = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| MmError::Read { pid, what: "exe", source: e })?;
     let exe_path = exe_path.to_string_lossy().to_string();
+    if exe_path.starts_with("/memfd:") {
+        // (run from a memfd with execveat/fexecve: restore would need the
+        // memfd as its exe file, which is not done yet)
+        return Err(MmError::MemfdExe { pid, path: exe_path });
+    }
     let meta = std::fs::metadata(&exe_path).ok();
     let status = rd(pid, "status")?;
     let thp_disabled = proc::status_field(&status, "THP_enabled").map(|v| v == "0").unwrap_or(false);
@@ -388,11 +460,13 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         env_end: proc::stat_field(&f, 51),
         auxv,
         exe: Some(MapFile {
+            memfd: None,
             build_id: super::elf::build_id_of(std::path::Path::new(&exe_path)).unwrap_or_default(),
             path: exe_path,
             flags: libc::O_RDONLY as u32,
             size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
             mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
+            ghost: None,
         }),
         dumpable: 1,
         thp_disabled,

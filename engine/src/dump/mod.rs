@@ -151,7 +151,18 @@ pub fn collect_within(
     freeze_cgroup: Option<&std::path::Path>,
     timeout: std::time::Duration,
 ) -> Result<(Tree, FrozenTree), DumpError> {
-    collect_tree(pid, freeze_cgroup, timeout, true)
+    collect_opts(pid, freeze_cgroup, timeout, &files::FileOpts::default())
+}
+
+/// [`collect_within`], with the command line's choices about files
+/// (`--ghost-limit`, ...).
+pub fn collect_opts(
+    pid: Pid,
+    freeze_cgroup: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+    files: &files::FileOpts,
+) -> Result<(Tree, FrozenTree), DumpError> {
+    collect_tree(pid, freeze_cgroup, timeout, true, files)
 }
 
 /// [`collect`] without the memory layout (`mm` holds only what injection
@@ -159,7 +170,10 @@ pub fn collect_within(
 /// memory by fork, so that neither smaps nor the pagemap walk (each a walk
 /// of every page table) is part of the source's pause.
 pub fn collect_state(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
-    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false)
+    // (file locks recorded, not refused: a clone is a fork, which keeps
+    // the source's flock and OFD locks shared and its POSIX ones not, as
+    // any fork does)
+    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() })
 }
 
 fn collect_tree(
@@ -167,6 +181,7 @@ fn collect_tree(
     freeze_cgroup: Option<&std::path::Path>,
     timeout: std::time::Duration,
     with_memory: bool,
+    file_opts: &files::FileOpts,
 ) -> Result<(Tree, FrozenTree), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
@@ -223,7 +238,7 @@ fn collect_tree(
         // (members list parents first: a parent's pid is already known)
         let ppid = m.parent.and_then(|p| ns_pid.get(&p).copied()).unwrap_or(0);
         let mut task = match m.frozen {
-            Some(i) => collect_process(&mut frozen.procs[i], zero_pfn, with_memory)?,
+            Some(i) => collect_process(&mut frozen.procs[i], zero_pfn, with_memory, file_opts)?,
             None => collect_zombie(m.pid)?,
         };
         task.pid = ns_pid.get(&m.pid).copied().unwrap_or(m.pid);
@@ -238,6 +253,29 @@ fn collect_tree(
             tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
         files::share_descriptions(&mut tables)?;
     }
+    files::share_locks(tasks.iter_mut().map(|(_, t)| t));
+    let memfds = {
+        let live: Vec<(Pid, &Task)> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, t)).collect();
+        let memfds = files::collect_memfds(&live)?;
+        // F_SEAL_FUTURE_WRITE with a writable shared mapping made before
+        // the seal: restore seals before it maps, and the kernel refuses
+        // such a mapping of a sealed memfd
+        for (p, t) in &live {
+            for v in t.mm.vmas.iter().filter(|v| v.shared() && v.prot & libc::PROT_WRITE as u32 != 0) {
+                let Some(ino) = v.file.as_ref().and_then(|f| f.memfd) else { continue };
+                if memfds.iter().any(|m| m.ino == ino && m.seals & libc::F_SEAL_FUTURE_WRITE as u32 != 0) {
+                    return Err(DumpError::Unsupported {
+                        pid: *p,
+                        what: format!(
+                            "its writable MAP_SHARED mapping {:#x}-{:#x} of a memfd sealed F_SEAL_FUTURE_WRITE since: not supported yet",
+                            v.start, v.end
+                        ),
+                    });
+                }
+            }
+        }
+        memfds
+    };
     let alive: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
     let (root_ids, ids) = task::collect_ids(&alive)?;
     let mut ids = ids.into_iter();
@@ -245,8 +283,11 @@ fn collect_tree(
         t.ids = ids.next().expect("one ids per live task");
     }
     let timens = Some(task::collect_timens(pid)?);
+    // last: the links --link-remap asked for (nothing can refuse the dump
+    // after them here; the caller removes them if it fails later)
+    files::make_link_remaps(tasks.iter_mut().map(|(p, t)| (*p, t)))?;
     let tasks = tasks.into_iter().map(|(_, t)| t).collect();
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens }, frozen))
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds }, frozen))
 }
 
 /// A zombie: its wait status (field 52 of stat, the exit code) and comm.
@@ -308,13 +349,13 @@ fn check_shared_anon(tasks: &[(Pid, Task)]) -> Result<(), DumpError> {
 
 /// Everything of one stopped process but its place in the tree (pid,
 /// ppid, pgid, sid) and its kernel-object ids.
-fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool) -> Result<Task, DumpError> {
+fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool, file_opts: &files::FileOpts) -> Result<Task, DumpError> {
     let pid = frozen.pid;
     let io_err = |what| move |e| DumpError::io(pid, what, e);
     // (smaps, which walks every page table, and the pagemap walk: only
     // when the memory is to be written)
     let (vmas, pages, exec) = if with_memory {
-        let vmas = mm::collect_vmas(pid)?;
+        let vmas = mm::collect_vmas(pid, file_opts.ghost_limit)?;
         let pages = mm::collect_pages(pid, &vmas, zero_pfn)?;
         pr_debug!("{pid}: {} vmas, {} page runs", vmas.len(), pages.len());
         let exec: Vec<(u64, u64)> = vmas
@@ -372,7 +413,7 @@ fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool) -> Res
     // (read by injection in collect_process)
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
-    (task.fds, task.pipe_data) = files::collect_fds(pid)?;
+    (task.fds, task.pipe_data, task.locks) = files::collect_fds(pid, file_opts)?;
     (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
     Ok(task)
 }

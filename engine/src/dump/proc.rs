@@ -169,6 +169,42 @@ pub fn parse_fdinfo(text: &str) -> (u64, u32, u32) {
     (pos, flags, mnt)
 }
 
+/// One `lock:` line of an fdinfo (the locks held through that open file
+/// description), as /proc/locks prints it:
+/// `1: POSIX  ADVISORY  WRITE 1234 fe:00:5678 10 29` (kind, advisory,
+/// access, pid, dev:ino, first byte, last byte or EOF). `Err`: a lock
+/// this engine does not dump (a lease, a delegation, a mandatory lock),
+/// or a line it cannot read, in words.
+pub fn parse_lock_line(l: &str) -> Result<crate::model::FileLock, String> {
+    use crate::model::{FileLock, LockKind};
+    let w: Vec<&str> = l.split_whitespace().collect();
+    if w.len() < 8 {
+        return Err(format!("unreadable lock line {l:?}"));
+    }
+    let kind = match w[1] {
+        "POSIX" => LockKind::Posix,
+        "FLOCK" => LockKind::Flock,
+        "OFDLCK" => LockKind::Ofd,
+        k => return Err(format!("a {k} lock ({l:?}): not supported yet")),
+    };
+    if w[2] != "ADVISORY" {
+        return Err(format!("a {} {} lock ({l:?}): not supported yet", w[2], w[1]));
+    }
+    let write = match w[3] {
+        "WRITE" => true,
+        "READ" => false,
+        a => return Err(format!("a {} lock of access {a} ({l:?}): not supported yet", w[1])),
+    };
+    let num = |s: &str| s.parse::<i64>().map_err(|_| format!("unreadable lock line {l:?}"));
+    let start = num(w[6])?;
+    let len = match w[7] {
+        "EOF" => 0,
+        e => num(e)?.checked_sub(start).and_then(|d| d.checked_add(1)).ok_or_else(|| format!("unreadable lock line {l:?}"))?,
+    };
+    // (the fd is the caller's to fill in)
+    Ok(FileLock { kind, write, fd: -1, start, len })
+}
+
 /// One entry of /proc/PID/timers.
 pub type TimerLine = (i32, i32, String, i32, i32, u64);
 
@@ -204,6 +240,21 @@ pub fn parse_timers(text: &str) -> Vec<TimerLine> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lock_lines() {
+        use super::*;
+        use crate::model::LockKind;
+        let l = parse_lock_line("1: POSIX  ADVISORY  WRITE 27625 fe:00:10618111 10 29").unwrap();
+        assert_eq!((l.kind, l.write, l.start, l.len), (LockKind::Posix, true, 10, 20));
+        let l = parse_lock_line("2: OFDLCK ADVISORY  READ -1 fe:00:10618163 100 EOF").unwrap();
+        assert_eq!((l.kind, l.write, l.start, l.len), (LockKind::Ofd, false, 100, 0));
+        let l = parse_lock_line("1: FLOCK  ADVISORY  WRITE 27625 fe:00:10618113 0 EOF").unwrap();
+        assert_eq!((l.kind, l.write), (LockKind::Flock, true));
+        assert!(parse_lock_line("1: LEASE  ACTIVE    READ 1 fe:00:1 0 EOF").unwrap_err().contains("LEASE"));
+        assert!(parse_lock_line("1: POSIX  ADVISORY  WRITE 1 fe:00:1 9 x").is_err());
+        assert!(parse_lock_line("garbage").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -27,6 +27,7 @@ use super::{Collect, FileKind, ImageAcc, Read, Restore};
 use crate::dump::files::FilesError;
 use crate::images_io::ImagesError;
 use crate::sys::event;
+use crate::sys::process as p;
 use images_proto::pb;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -177,21 +178,28 @@ impl FileKind for Epoll {
         self.targets.iter().map(|t| t.fd).collect()
     }
 
-    fn renumber(&mut self, map: &dyn Fn(i32) -> Option<i32>) -> Result<(), i32> {
-        for t in &mut self.targets {
-            t.fd = map(t.fd).ok_or(t.fd)?;
-        }
-        Ok(())
-    }
-
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
         let ep = event::epoll_create(0).map_err(|e| format!("epoll_create1: {e}"))?;
         for t in &self.targets {
-            if t.fd == cx.fd {
+            let at = cx.fd_of(t.fd);
+            if at == cx.fd {
                 return Err(format!("it watches itself (fd {})", t.fd));
             }
-            event::epoll_add(ep.as_fd(), t.fd, t.events, t.data)
-                .map_err(|e| format!("EPOLL_CTL_ADD fd {} (events {:#x}, data {:#x}): {e}", t.fd, t.events, t.data))?;
+            // a watch is keyed by the fd number it was added through (the
+            // program's EPOLL_CTL_MOD/DEL name it): when the target sits on
+            // another number here (the root making a description shared
+            // across the tree), it is added through its own number, free
+            // in the root at this point, for that moment
+            let borrowed = at != t.fd && p::fcntl_int(t.fd, libc::F_GETFD, 0).is_err();
+            if borrowed {
+                p::dup2(at, t.fd).map_err(|e| format!("dup2 {at} -> {}: {e}", t.fd))?;
+            }
+            let via = if borrowed || at == t.fd { t.fd } else { at };
+            let r = event::epoll_add(ep.as_fd(), via, t.events, t.data);
+            if borrowed {
+                p::close(t.fd);
+            }
+            r.map_err(|e| format!("EPOLL_CTL_ADD fd {via} (dumped fd {}; events {:#x}, data {:#x}): {e}", t.fd, t.events, t.data))?;
         }
         super::set_status_flags(&ep, self.flags)?;
         Ok(ep)

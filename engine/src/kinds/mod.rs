@@ -145,6 +145,18 @@ pub struct Restore<'a> {
     /// The fd number it will get.
     pub fd: i32,
     pub scratch: &'a mut Scratch,
+    /// Where the fds the kind names (by their numbers in the dumped
+    /// process: [`FileKind::after`]) are in the table being built, when
+    /// not on those numbers (the root making a description shared across
+    /// the tree holds every such file on a number of its own).
+    pub moved: Option<&'a HashMap<i32, i32>>,
+}
+
+impl Restore<'_> {
+    /// The fd that holds now what was fd `n` of the dumped process.
+    pub fn fd_of(&self, n: i32) -> i32 {
+        self.moved.and_then(|m| m.get(&n)).copied().unwrap_or(n)
+    }
 }
 
 /// One kind of file: its model value is `Self`.
@@ -169,13 +181,6 @@ pub trait FileKind: Sized {
     /// one is created (epoll: its targets). Fds of the older kinds always do.
     fn after(&self) -> Vec<i32> {
         Vec::new()
-    }
-    /// The same file with every fd number of [`FileKind::after`] put
-    /// through `map` (a description the root of a tree makes for all its
-    /// processes waits on fds at other numbers than its holder's); the
-    /// first number `map` has none for is the error.
-    fn renumber(&mut self, _map: &dyn Fn(i32) -> Option<i32>) -> Result<(), i32> {
-        Ok(())
     }
     /// Restore (in the restore child): create the object with its dumped
     /// state. The phase moves it onto `cx.fd`.
@@ -224,11 +229,6 @@ macro_rules! kinds {
             /// [`FileKind::after`] of the kind.
             pub fn after(&self) -> Vec<i32> {
                 match self { $(Kind::$variant(k) => k.after(),)* }
-            }
-
-            /// [`FileKind::renumber`] of the kind.
-            pub fn renumber(&mut self, map: &dyn Fn(i32) -> Option<i32>) -> Result<(), i32> {
-                match self { $(Kind::$variant(k) => k.renumber(map),)* }
             }
 
             /// [`FileKind::restore`] of the kind.
@@ -291,8 +291,10 @@ pub fn check_table(fds: &[Fd]) -> Result<(), String> {
 /// once its [`FileKind::after`] fds are in place, moved onto its number,
 /// the other fds of its open file description dup'ed from it, FD_CLOEXEC
 /// set. A dependency that no fd of the phase provides must already be
-/// open (an older kind), or the restore fails naming it.
-pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
+/// open (an older kind), or the restore fails naming it. `moved`: per
+/// description, where the fds its kind names are now (see
+/// [`Restore::moved`]); none for a process's own table.
+pub fn restore_phase(fds: &[(&Fd, &Kind)], moved: &HashMap<u32, HashMap<i32, i32>>) -> Result<(), String> {
     use crate::sys::process as p;
     let mut scratch = Scratch::default();
     // desc -> the fd number that holds it
@@ -308,7 +310,8 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
             if let Some(&first) = made.get(&fd.desc) {
                 p::dup2(first, n).map_err(|e| format!("dup2 fd {first} -> {n} (shared {}): {e}", kind.name()))?;
             } else {
-                let deps = kind.after();
+                let map = moved.get(&fd.desc);
+                let deps: Vec<i32> = kind.after().into_iter().map(|d| map.and_then(|m| m.get(&d)).copied().unwrap_or(d)).collect();
                 if deps.iter().any(|d| *d != n && waiting.contains(d)) {
                     still.push((fd, kind));
                     continue;
@@ -316,7 +319,7 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
                 if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
                     return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
                 }
-                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch, moved: map }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
                 let raw = obj.as_raw_fd();
                 if raw != n {
                     p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;
@@ -332,7 +335,7 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)]) -> Result<(), String> {
             }
         }
         if still.len() == before {
-            let names: Vec<String> = still.iter().map(|(f, k)| format!("fd {} ({}) after {:?}", f.fd, k.name(), k.after())).collect();
+            let names: Vec<String> = still.iter().map(|(f, k)| format!("fd {} ({}) after dumped fds {:?}", f.fd, k.name(), k.after())).collect();
             return Err(format!("fds that wait on each other: {}", names.join(", ")));
         }
         pending = still;

@@ -54,6 +54,24 @@ fn pair(s: &str) -> Option<(u64, u64)> {
     (b < 1_000_000_000).then_some((a, b))
 }
 
+/// A timerfd from its fdinfo text (`flags`: its status flags).
+fn parse(fdinfo: &str, flags: u32) -> Result<Timerfd, String> {
+    let field = |key: &str| super::fdinfo_field(fdinfo, key).ok_or_else(|| format!("no `{key}:` line in its fdinfo"));
+    let num = |key: &str, radix: u32| -> Result<u64, String> {
+        let v = field(key)?;
+        u64::from_str_radix(v, radix).map_err(|_| format!("fdinfo {key} {v:?} is not a number"))
+    };
+    let clock = num("clockid", 10)?;
+    let clock = u32::try_from(clock).ok().filter(|c| CLOCKS.contains(c)).ok_or_else(|| format!("clock {clock} is not one this engine knows"))?;
+    let ticks = num("ticks", 10)?;
+    let settime_flags = num("settime flags", 8)? as u32;
+    let value = field("it_value")?;
+    let value = pair(value).ok_or_else(|| format!("fdinfo it_value {value:?} is not (s, ns)"))?;
+    let interval = field("it_interval")?;
+    let interval = pair(interval).ok_or_else(|| format!("fdinfo it_interval {interval:?} is not (s, ns)"))?;
+    Ok(Timerfd { flags, clock, ticks, settime_flags, value, interval })
+}
+
 fn zero(t: (u64, u64)) -> bool {
     t == (0, 0)
 }
@@ -67,20 +85,22 @@ impl FileKind for Timerfd {
     }
 
     fn collect(cx: &mut Collect<'_>) -> Result<Self, FilesError> {
-        let n = Self::NAME;
-        let num = |cx: &Collect<'_>, key: &str, radix: u32| -> Result<u64, FilesError> {
-            let v = cx.field(n, key)?;
-            u64::from_str_radix(v, radix).map_err(|_| cx.refuse(n, format!("fdinfo {key} {v:?} is not a number")))
-        };
-        let clock = num(cx, "clockid", 10)?;
-        let ticks = num(cx, "ticks", 10)?;
-        let settime_flags = num(cx, "settime flags", 8)?;
-        let value = cx.field(n, "it_value")?;
-        let value = pair(value).ok_or_else(|| cx.refuse(n, format!("fdinfo it_value {value:?} is not (s, ns)")))?;
-        let interval = cx.field(n, "it_interval")?;
-        let interval = pair(interval).ok_or_else(|| cx.refuse(n, format!("fdinfo it_interval {interval:?} is not (s, ns)")))?;
-        let clock = u32::try_from(clock).ok().filter(|c| CLOCKS.contains(c)).ok_or_else(|| cx.refuse(n, format!("clock {clock} is not one this engine knows")))?;
-        Ok(Timerfd { flags: cx.flags, clock, ticks, settime_flags: settime_flags as u32, value, interval })
+        let mut t = parse(cx.fdinfo, cx.flags).map_err(|why| cx.refuse(Self::NAME, why))?;
+        // No time left and nothing pending, with an interval: disarmed (its
+        // interval kept), or a periodic timer whose expiry the kernel has
+        // not handled yet (its callback pending: fdinfo then shows neither
+        // time left nor a tick). Which one shows a moment later.
+        let mut waited = 0;
+        while zero(t.value) && !zero(t.interval) && t.ticks == 0 && waited < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            waited += 1;
+            let again = std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", cx.pid, cx.fd)).map_err(|e| FilesError::Io { pid: cx.pid, fd: cx.fd, source: e })?;
+            t = parse(&again, cx.flags).map_err(|why| cx.refuse(Self::NAME, why))?;
+        }
+        if waited > 0 {
+            crate::pr_debug!("timerfd fd {} of {}: after {waited} ms: ticks {}, time left {:?}", cx.fd, cx.pid, t.ticks, t.value);
+        }
+        Ok(t)
     }
 
     fn write(&self, id: u32, _acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
@@ -166,5 +186,13 @@ mod tests {
         assert_eq!(pair("(0, 0)"), Some((0, 0)));
         assert_eq!(pair("(0, 1000000000)"), None);
         assert_eq!(pair("0, 0"), None);
+    }
+
+    #[test]
+    fn fdinfo_text() {
+        let t = "pos:\t0\nflags:\t02004002\nmnt_id:\t17\nino:\t17\nclockid: 0\nticks: 2\nsettime flags: 01\nit_value: (3598, 490209124)\nit_interval: (0, 0)\n";
+        let want = Timerfd { flags: 2, clock: 0, ticks: 2, settime_flags: 1, value: (3598, 490_209_124), interval: (0, 0) };
+        assert_eq!(parse(t, 2), Ok(want));
+        assert!(parse(&t.replace("clockid: 0", "clockid: 3"), 2).unwrap_err().contains("clock 3"));
     }
 }

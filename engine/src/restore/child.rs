@@ -50,12 +50,26 @@ pub struct ChildPlan {
     pub root: Option<RootDir>,
     /// `--shell-job`: terminal fds become new opens of the engine's terminal.
     pub shell_job: bool,
+    /// The memfd inodes the tree's fds and mappings use, on working fds
+    /// below the terminal's: one process uses it (made first by
+    /// `files::restore_fds` there), or several (`shared_memfds`: made by
+    /// the root before it forks, inherited by all).
+    pub memfds: Vec<crate::model::Memfd>,
+    /// Indices in `memfds` of those several processes use.
+    pub shared_memfds: Vec<usize>,
     /// The clocks of the tree's own time namespace at dump (its timens
     /// image), when it had one: the root enters a new one in which they
     /// continue, before it forks the others.
     pub timens: Option<crate::model::TimeNs>,
     /// Who forks whom, sessions, groups, helpers, shared descriptions.
     pub plan: super::plan::Plan,
+    /// Files unlinked while mapped (path, contents), one per inode of the
+    /// tree: the root recreates each (as it does an fd's ghost) on
+    /// `sh_base + plan.shared.len() + j`, for every process to inherit.
+    pub map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>)>,
+    /// Per process (task index), per entry of its `map_files`: the
+    /// inherited fd of that file when it is one of `map_ghosts`.
+    pub map_from: Vec<Vec<Option<i32>>>,
     /// `--restore-sibling`: (engine-side fd number of a pidfd of the
     /// engine, the number the root keeps it on). The root is then not the
     /// engine's child, so no parent-death signal ties it to the engine: it
@@ -76,14 +90,13 @@ impl ChildPlan {
     }
 
     fn shared_range(&self) -> std::ops::Range<i32> {
-        self.sh_base..self.sh_base + self.plan.shared.len() as i32
+        self.sh_base..self.sh_base + (self.plan.shared.len() + self.map_ghosts.len()) as i32
     }
 }
 
 /// Report of one process on the shared report pipe, one line each written
 /// whole (under PIPE_BUF): `NSPID HOSTPID ok` or `NSPID HOSTPID err WHAT`.
-fn report(plan: &ChildPlan, ns_pid: i32, msg: Result<(), String>) -> std::io::Result<()> {
-    let host = std::fs::read_link("/proc/self").ok().and_then(|l| l.to_str()?.parse::<i32>().ok()).unwrap_or(0);
+fn report(plan: &ChildPlan, ns_pid: i32, host: i32, msg: Result<(), String>) -> std::io::Result<()> {
     let mut line = match msg {
         Ok(()) => format!("{ns_pid} {host} ok"),
         Err(m) => format!("{ns_pid} {host} err {}", m.replace('\n', " ")),
@@ -118,7 +131,9 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
         }
-        if !plan.plan.shared.is_empty() {
+        // the memfds several processes use, for all of them to inherit
+        files::create_shared_memfds(plan)?;
+        if !plan.plan.shared.is_empty() || !plan.map_ghosts.is_empty() {
             files::restore_shared(plan, tree, terminal)?;
         }
     }
@@ -179,12 +194,18 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     }
     let shared = plan.shared_fds();
     files::restore_fds(plan, task, terminal, &shared)?;
+    for (k, (path, flags)) in plan.map_files[i].iter().enumerate() {
+        let at = plan.svc_base + 1 + k as i32;
+        match plan.map_from[i].get(k).copied().flatten() {
+            // a file unlinked while mapped: the root's recreation of it
+            Some(from) => p::dup2(from, at).map_err(|e| format!("the unlinked mapped file {path} (fd {from} -> {at}): {e}"))?,
+            None => files::open_at(plan, path, *flags, at)?,
+        }
+    }
     for fd in plan.shared_range() {
         p::close(fd);
     }
-    for (k, (path, flags)) in plan.map_files[i].iter().enumerate() {
-        files::open_at(plan, path, *flags, plan.svc_base + 1 + k as i32)?;
-    }
+    files::close_memfds(plan, task);
     restore_loginuid(task.loginuid)?;
     // fs
     if let Some(r) = &plan.root {
@@ -225,6 +246,8 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     }
     let comm = CString::new(task.comm.clone()).unwrap_or_default();
     p::set_comm(&comm).map_err(|e| format!("PR_SET_NAME: {e}"))?;
+    // last: no fd the process closes from here on may drop a POSIX lock
+    files::take_locks(plan, task, i)?;
     Ok(())
 }
 
@@ -281,6 +304,9 @@ fn enter_timens(tn: &crate::model::TimeNs) -> Result<(), String> {
 pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -> ! {
     let node = &plan.plan.nodes[n];
     let ns_pid = node.pid;
+    // our pid as the engine sees it (the engine's /proc; read before any
+    // chroot)
+    let host = std::fs::read_link("/proc/self").ok().and_then(|l| l.to_str()?.parse::<i32>().ok()).unwrap_or(0);
     let mut terminal = None;
     let prep = (|| -> Result<(), String> {
         p::block_all_signals().map_err(|e| format!("blocking signals: {e}"))?;
@@ -302,6 +328,9 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
         keep.extend(terminal);
         keep.extend(plan.root.as_ref().map(|r| r.fd.as_raw_fd()));
         keep.extend(plan.shared_range());
+        if n != 0 {
+            keep.extend(files::shared_memfd_slots(plan));
+        }
         if n == 0 {
             keep.extend(plan.engine.map(|(_, to)| to));
         }
@@ -321,7 +350,7 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
     });
     let failed = result.is_err();
     // EPIPE: the engine died; go too
-    if report(plan, ns_pid, result).is_err() || failed {
+    if report(plan, ns_pid, host, result).is_err() || failed {
         p::exit_now(1)
     }
     match node.role {

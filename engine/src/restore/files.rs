@@ -18,10 +18,16 @@
 //!   the other side), which also refills its size and queued bytes;
 //! - terminals (`--shell-job` only): a new open of the restoring shell's
 //!   terminal (found on fds 0..2 of the engine);
+//! - memfds: each inode of the image made once, first of all
+//!   (`memfd_create` with its name, then its size, data runs, owner, mode
+//!   and last its seals), on a working fd; each open file description of it
+//!   is a reopen through /proc/self/fd (its own flags and offset), and each
+//!   file of a mapping of it too (see `open_at`);
 //! - fds that shared an open file description are dup'ed from the first.
 //!
 //! Working fds live just below the service fds: the terminal at
-//! `svc_base - 1`, pipe ends and FIFO keepers from there down.
+//! `svc_base - 1`, the memfds below it (`memfd_slot`), pipe ends and FIFO
+//! keepers from there down.
 
 use super::child::{ChildPlan, RootDir};
 use crate::model::{FileDesc, Ghost, PipeData, Task};
@@ -67,9 +73,91 @@ fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Res
 
 /// Open `path` for the child's own use (service fds, mapped files; they
 /// are mmap'ed, so O_NONBLOCK changes nothing but that a path that is now a
-/// FIFO does not block the open).
+/// FIFO does not block the open). A memfd's key (`images_io::map_key`) is
+/// a reopen of the memfd made by `restore_fds`.
 pub fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
+    if let Some(ino) = path.strip_prefix("\0memfd:") {
+        let i = plan.memfds.iter().position(|m| m.ino.to_string() == ino).ok_or_else(|| format!("mapped memfd inode {ino} was not planned"))?;
+        return open_onto(&format!("/proc/self/fd/{}", memfd_slot(plan, i)), flags, target);
+    }
     open_image_path(plan, path, flags | libc::O_NONBLOCK, target)
+}
+
+/// The working fd of memfd `i` of the plan, just below the parked terminal.
+fn memfd_slot(plan: &ChildPlan, i: usize) -> i32 {
+    plan.svc_base - 2 - i as i32
+}
+
+/// memfd_create flags (linux/memfd.h).
+const MFD_ALLOW_SEALING: u32 = 2;
+const MFD_EXEC: u32 = 0x10;
+
+/// Make every memfd inode of the plan on its working fd: its name, size,
+/// data runs, owner and mode, then its seals (last: a write seal would
+/// refuse the data).
+fn create_memfds(plan: &ChildPlan, task: &Task) -> Result<(), String> {
+    let mine: Vec<usize> = (0..plan.memfds.len()).filter(|i| !plan.shared_memfds.contains(i) && uses_memfd(task, plan.memfds[*i].ino)).collect();
+    make_memfds(plan, &mine)
+}
+
+/// In the root, before it forks: the memfds several processes use.
+pub fn create_shared_memfds(plan: &ChildPlan) -> Result<(), String> {
+    make_memfds(plan, &plan.shared_memfds)
+}
+
+/// The working fds of the memfds several processes use (inherited from
+/// the root).
+pub fn shared_memfd_slots(plan: &ChildPlan) -> Vec<i32> {
+    plan.shared_memfds.iter().map(|&i| memfd_slot(plan, i)).collect()
+}
+
+/// Make memfds `which` (indices in the plan) on their working fds.
+fn make_memfds(plan: &ChildPlan, which: &[usize]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for (i, m) in which.iter().map(|&i| (i, &plan.memfds[i])) {
+        let what = |w: &str, e: std::io::Error| format!("memfd {:?} (inode {}): {w}: {e}", m.name, m.ino);
+        let name = CString::new(m.name.clone()).map_err(|_| format!("memfd name {:?} has a NUL byte", m.name))?;
+        // executable ones asked for as such (vm.memfd_noexec may default to
+        // no-exec); a kernel without MFD_EXEC takes them exec anyway
+        let exec = m.mode & 0o111 != 0;
+        let fd = match p::memfd_create(&name, MFD_ALLOW_SEALING | if exec { MFD_EXEC } else { 0 }) {
+            Err(e) if exec && e.raw_os_error() == Some(libc::EINVAL) => p::memfd_create(&name, MFD_ALLOW_SEALING),
+            r => r,
+        }
+        .map_err(|e| what("memfd_create", e))?;
+        let f = std::fs::File::from(fd);
+        f.set_len(m.size).map_err(|e| what("ftruncate", e))?;
+        // the data runs, copied in the kernel from the pages file
+        if let crate::model::MemfdData::Image { pages, offsets } = &m.data {
+            let src = std::fs::File::open(pages).map_err(|e| what(&format!("opening {}", pages.display()), e))?;
+            for (&(off, len), &from) in m.runs.iter().zip(offsets) {
+                p::seek_to(f.as_raw_fd(), off).map_err(|e| what(&format!("lseek to {off}"), e))?;
+                p::sendfile_all(f.as_fd(), src.as_fd(), from, len).map_err(|e| what(&format!("copying {len} bytes to {off} from {}", pages.display()), e))?;
+            }
+        }
+        std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid)).map_err(|e| what("fchown", e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(m.mode)).map_err(|e| what(&format!("fchmod {:o}", m.mode), e))?;
+        if m.seals != 0 {
+            p::fcntl_int(f.as_raw_fd(), libc::F_ADD_SEALS, u64::from(m.seals)).map_err(|e| what(&format!("F_ADD_SEALS {:#x}", m.seals), e))?;
+        }
+        let slot = memfd_slot(plan, i);
+        p::dup2(f.as_raw_fd(), slot).map_err(|e| what(&format!("dup2 to {slot}"), e))?;
+    }
+    Ok(())
+}
+
+/// Whether `task` has an fd or a mapping of memfd inode `ino`.
+fn uses_memfd(task: &Task, ino: u64) -> bool {
+    task.fds.iter().any(|f| matches!(f.file, FileDesc::Memfd { ino: i, .. } if i == ino))
+        || task.mm.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.memfd == Some(ino)))
+}
+
+/// Close the working fds of the memfds `task` made, once the files of its
+/// mappings are open.
+pub fn close_memfds(plan: &ChildPlan, task: &Task) {
+    for (i, _) in plan.memfds.iter().enumerate().filter(|(i, m)| plan.shared_memfds.contains(i) || uses_memfd(task, m.ino)) {
+        p::close(memfd_slot(plan, i));
+    }
 }
 
 fn is_terminal(fd: i32) -> bool {
@@ -175,14 +263,19 @@ impl<'a> Ghosts<'a> {
     /// carries that name).
     fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
         let gp = self.path(orig, g)?;
+        self.open_through(plan, orig, &gp, flags, n)
+    }
+
+    /// [`Self::open`] through `gp`, another name of the file in the
+    /// directory of `orig` (a recreated ghost, or a link remap).
+    fn open_through(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
         let (mut dir, name) = self.dir_of(orig)?;
         if dir.as_raw_fd() == n {
             // fd `n` is about to be opened onto: hold the directory on
             // another number (opened while this one still holds `n`)
             dir = self.dir_of(orig)?.0;
         }
-        let gname = CString::new(format!("{}.cr.{}", name.to_string_lossy(), gp.rsplit(".cr.").next().unwrap_or_default()))
-            .map_err(|_| format!("path {gp:?} has a NUL byte"))?;
+        let (_, gname) = self.dir_of(gp)?;
         match p::link_in(dir.as_fd(), &gname, &name) {
             Ok(()) => {
                 let r = open_image_path(plan, orig, flags, n);
@@ -196,7 +289,7 @@ impl<'a> Ghosts<'a> {
                 if let Err(e) = p::rename_in(dir.as_fd(), &tname, &name, libc::RENAME_EXCHANGE) {
                     let _ = p::unlink_in(dir.as_fd(), &tname);
                     return if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                        open_image_path(plan, &gp, flags, n)
+                        open_image_path(plan, gp, flags, n)
                     } else {
                         Err(format!("exchanging ghost {tmp} with {orig} for fd {n}: {e}"))
                     };
@@ -252,6 +345,9 @@ fn refill(wr: i32, d: &PipeData) -> Result<(), String> {
     fill_pipe(wr, &d.data).map_err(|e| format!("{what} {:#x}: {e}", d.pipe_id))
 }
 
+/// The status flags F_SETFL sets on a memfd's description.
+const MEMFD_SETFL: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_NOATIME | libc::O_DIRECT;
+
 /// The status flags a pipe or FIFO fd can have changed with F_SETFL.
 const PIPE_SETFL: i32 = libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT;
 
@@ -266,6 +362,10 @@ impl Slots {
     }
 }
 
+/// Descriptions of the files unlinked while mapped count down from here
+/// (files.img ids, which the other descriptions carry, count up from 1).
+const MAP_GHOST_DESC: u32 = u32::MAX - 1;
+
 /// The open file descriptions the root makes for the whole tree
 /// (`plan.plan.shared`), onto `sh_base + k`, for every process forked
 /// after to inherit: each made as its first holder's fd would be (pipes
@@ -273,21 +373,29 @@ impl Slots {
 /// recreated once for all of its descriptions).
 pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Option<i32>) -> Result<(), String> {
     let mut fds = Vec::with_capacity(plan.plan.shared.len());
-    let sh_fd = plan.shared_fds();
+    // a resource kind's description names other fds (epoll: its targets)
+    // by their numbers in its holder: here they are on slots too
+    let mut moved: std::collections::HashMap<u32, std::collections::HashMap<i32, i32>> = std::collections::HashMap::new();
+    let slot = |d: u32| plan.plan.shared.iter().position(|&x| x == d).map(|k| plan.sh_base + k as i32);
     for (k, &d) in plan.plan.shared.iter().enumerate() {
-        let (holder, f) = tree
-            .tasks
-            .iter()
-            .find_map(|t| t.fds.iter().find(|f| f.desc == d).map(|f| (t, f)))
-            .ok_or_else(|| format!("shared file {d} has no fd"))?;
-        let mut file = f.file.clone();
-        if let FileDesc::Kind(kind) = &mut file {
-            // what it waits on is made here too (the plan saw to it), at
-            // the numbers of this table
-            let at = |n: i32| holder.fds.iter().find(|g| g.fd == n).and_then(|g| sh_fd.get(&g.desc).copied());
-            kind.renumber(&at).map_err(|n| format!("fd {} of process {} ({}) needs fd {n}, which is not made for the tree", f.fd, holder.pid, kind.name()))?;
+        let (t, f) = tree.tasks.iter().find_map(|t| Some((t, t.fds.iter().find(|f| f.desc == d)?))).ok_or_else(|| format!("shared file {d} has no fd"))?;
+        if let FileDesc::Kind(kind) = &f.file {
+            let mut m = std::collections::HashMap::new();
+            for n in kind.after() {
+                let at = t.fds.iter().find(|x| x.fd == n).and_then(|x| slot(x.desc));
+                let at = at.ok_or_else(|| format!("fd {} of {} ({}, shared across the tree) needs its fd {n}, which is not made for the tree", f.fd, t.pid, kind.name()))?;
+                m.insert(n, at);
+            }
+            moved.insert(d, m);
         }
-        fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file });
+        fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
+    }
+    // files unlinked while mapped, after the descriptions (one Ghosts
+    // for both: an fd of the same inode gets the same recreated file)
+    for (j, (path, g)) in plan.map_ghosts.iter().enumerate() {
+        let n = plan.sh_base + (plan.plan.shared.len() + j) as i32;
+        let file = FileDesc::Reg { path: path.clone(), flags: libc::O_RDWR as u32, pos: 0, mode: g.mode, size: None, ghost: Some(Box::new((**g).clone())), link: None };
+        fds.push(crate::model::Fd { fd: n, cloexec: false, desc: MAP_GHOST_DESC - j as u32, file });
     }
     let mut pipe_data: Vec<PipeData> = Vec::new();
     for d in tree.tasks.iter().flat_map(|t| &t.pipe_data) {
@@ -296,21 +404,32 @@ pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Opt
         }
     }
     let all = Task { fds, pipe_data, ..Default::default() };
-    install(plan, &all, terminal, &std::collections::HashMap::new(), false)
+    install(plan, &all, terminal, &std::collections::HashMap::new(), false, &moved)
 }
 
 /// Recreate every fd of `task` (the fd table holds only the report pipe,
 /// the service fds, the parked terminal and the descriptions the root made
 /// for the tree, `shared`: desc -> inherited fd, dup'ed where they belong).
 pub fn restore_fds(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>) -> Result<(), String> {
-    install(plan, task, terminal, shared, true)
+    install(plan, task, terminal, shared, true, &std::collections::HashMap::new())
 }
 
-fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::collections::HashMap<u32, i32>, close_terminal: bool) -> Result<(), String> {
+/// `moved`: for the root's descriptions, where the fds each kind names are
+/// (see `kinds::Restore::moved`).
+fn install(
+    plan: &ChildPlan,
+    task: &Task,
+    terminal: Option<i32>,
+    shared: &std::collections::HashMap<u32, i32>,
+    close_terminal: bool,
+    moved: &std::collections::HashMap<u32, std::collections::HashMap<i32, i32>>,
+) -> Result<(), String> {
     use std::collections::HashMap;
     let mut ghosts = Ghosts::new(plan);
-    // svc_base - 1 is the parked terminal's; working fds go below it
-    let mut slots = Slots(plan.svc_base - 1);
+    create_memfds(plan, task)?;
+    // svc_base - 1 is the parked terminal's, the memfds' below it; other
+    // working fds go below those
+    let mut slots = Slots(plan.svc_base - 1 - plan.memfds.len() as i32);
     // pipe id -> its two ends (working fds) and whether each end's first
     // open file description is handed out yet
     let mut pipes: HashMap<u32, ([i32; 2], [bool; 2])> = HashMap::new();
@@ -318,6 +437,7 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
     // the FIFO, read-only or write-only, blocking or not, succeed at once)
     let mut fifos: HashMap<u32, i32> = HashMap::new();
     let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
+    let mut memfd_given: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let data = |fifo: bool, id: u32| task.pipe_data.iter().find(|d| d.fifo == fifo && d.pipe_id == id);
     // the resource kinds of crate::kinds: a phase of their own, after these
     let mut kinds = Vec::new();
@@ -336,6 +456,17 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
             continue;
         }
         match &fd.file {
+            FileDesc::Reg { path, flags, mode, size, ghost: None, link: Some(l), .. } => {
+                // --link-remap: the dump's extra link opened under the old
+                // name (linked there, opened, unlinked), as a ghost is
+                let fl = *flags as i32;
+                ghosts.open_through(plan, path, l, fl | libc::O_NONBLOCK, n)?;
+                validate(n, path, *mode, *size)?;
+                if fl & libc::O_NONBLOCK == 0 {
+                    let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
+                    fcntl(n, libc::F_SETFL, now & !(libc::O_NONBLOCK as u64)).map_err(|e| format!("F_SETFL fd {n} ({path}): {e}"))?;
+                }
+            }
             FileDesc::Reg { path, flags, mode, size, ghost: None, .. } => {
                 // O_NONBLOCK until the type is checked: a path that became a
                 // FIFO (or a device that waits in open) must not block the child
@@ -393,6 +524,26 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
                 open_image_path(plan, path, *flags as i32, n)?;
                 validate(n, path, *mode, None)?;
             }
+            FileDesc::Memfd { ino, flags, .. } => {
+                let i = plan.memfds.iter().position(|m| m.ino == *ino).ok_or_else(|| format!("fd {n}: memfd inode {ino} was not planned"))?;
+                let slot = memfd_slot(plan, i);
+                let fl = *flags as i32;
+                // (a memfd several processes use: that description only
+                // where the root makes it for all, `restore_shared`)
+                let shared_inode = plan.shared_memfds.contains(&i);
+                if fl & libc::O_ACCMODE == libc::O_RDWR && !memfd_given.contains(ino) && (!shared_inode || !close_terminal) {
+                    // memfd_create's own description (read-write) is not
+                    // counted as a writer of the inode, so the memfd can
+                    // still be executed (a reopen for writing would make
+                    // execveat fail with ETXTBSY): the first read-write
+                    // description of each memfd is that one
+                    memfd_given.insert(*ino);
+                    p::dup2(slot, n).map_err(|e| format!("dup2 memfd {slot} -> {n}: {e}"))?;
+                    fcntl(n, libc::F_SETFL, (fl & MEMFD_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
+                } else {
+                    open_onto(&format!("/proc/self/fd/{slot}"), fl, n)?;
+                }
+            }
             FileDesc::Tty { path, flags, .. } => {
                 let Some(t) = terminal else {
                     return Err(if plan.shell_job {
@@ -406,7 +557,7 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
             }
             FileDesc::Kind(_) => unreachable!("taken out above"),
         }
-        if let FileDesc::Reg { pos, .. } = &fd.file {
+        if let FileDesc::Reg { pos, .. } | FileDesc::Memfd { pos, .. } = &fd.file {
             if *pos != 0 {
                 p::seek_to(n, *pos)
                     .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;
@@ -426,8 +577,54 @@ fn install(plan: &ChildPlan, task: &Task, terminal: Option<i32>, shared: &std::c
             p::close(x);
         }
     }
-    crate::kinds::restore_phase(&kinds)?;
+    crate::kinds::restore_phase(&kinds, moved)?;
     drop(ghosts);
+    Ok(())
+}
+
+/// Take the file locks of the image again (in the child, every fd in
+/// place, nothing left for it to close but the service fds): POSIX locks
+/// with F_SETLK (owned by this process, which becomes the restored one),
+/// OFD locks with F_OFD_SETLK and flock locks with flock(2) (owned by the
+/// fd's open file description). Never waits: a lock someone else holds
+/// now fails the restore, naming it. A POSIX lock on a file that is also
+/// one of the service fds (a mapped file) is refused: closing that fd at
+/// the end of the restore would drop the lock.
+pub fn take_locks(plan: &ChildPlan, task: &Task, i: usize) -> Result<(), String> {
+    use crate::model::LockKind;
+    // (fstat: after a --root chroot there may be no /proc)
+    let ident = p::fstat_dev_ino;
+    for l in &task.locks {
+        let what = format!(
+            "{} {} lock of fd {} (bytes {}..{})",
+            match l.kind {
+                LockKind::Posix => "POSIX",
+                LockKind::Flock => "flock",
+                LockKind::Ofd => "OFD",
+            },
+            if l.write { "write" } else { "read" },
+            l.fd,
+            l.start,
+            if l.len == 0 { "EOF".to_string() } else { (l.start + l.len).to_string() }
+        );
+        if l.kind == LockKind::Posix {
+            let me = ident(l.fd).map_err(|e| format!("{what}: fstat: {e}"))?;
+            for (k, (path, _)) in plan.map_files[i].iter().enumerate() {
+                if ident(plan.svc_base + 1 + k as i32).is_ok_and(|m| m == me) {
+                    return Err(format!("{what}: its file is also mapped ({path}), and closing the mapping's fd would drop the lock: not supported yet"));
+                }
+            }
+        }
+        let r = match l.kind {
+            LockKind::Posix => p::set_range_lock(l.fd, false, l.write, l.start, l.len),
+            LockKind::Ofd => p::set_range_lock(l.fd, true, l.write, l.start, l.len),
+            LockKind::Flock => p::flock_nb(l.fd, l.write),
+        };
+        r.map_err(|e| match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => format!("{what}: the file is locked by another process now"),
+            _ => format!("{what}: {e}"),
+        })?;
+    }
     Ok(())
 }
 

@@ -170,10 +170,12 @@ fn map_files_of(task: &Task, pages: &[PathBuf]) -> Vec<(String, i32)> {
     let mut map_files: Vec<(String, i32)> = Vec::new();
     for v in &task.mm.vmas {
         if let Some(f) = &v.file {
-            match map_files.iter_mut().find(|(p, _)| p == &f.path) {
+            // (a memfd by its inode: `map_key`)
+            let key = crate::images_io::map_key(f);
+            match map_files.iter_mut().find(|(p, _)| p == &key) {
                 Some(m) if f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR => m.1 = f.flags as i32,
                 Some(_) => {}
-                None => map_files.push((f.path.clone(), f.flags as i32)),
+                None => map_files.push((key, f.flags as i32)),
             }
         }
     }
@@ -187,6 +189,32 @@ fn map_files_of(task: &Task, pages: &[PathBuf]) -> Vec<(String, i32)> {
         map_files.push((p.to_string_lossy().to_string(), libc::O_RDONLY));
     }
     map_files
+}
+
+/// The memfds the tree's live processes use (by fd or mapping), and the
+/// indices of those several processes use (the root makes them before it
+/// forks, for all to inherit: one inode again).
+fn memfds_of(tree: &Tree) -> Result<(Vec<crate::model::Memfd>, Vec<usize>), RestoreError> {
+    let (mut out, mut shared) = (Vec::new(), Vec::new());
+    for m in &tree.memfds {
+        let users: Vec<i32> = tree
+            .tasks
+            .iter()
+            .filter(|t| t.zombie_exit.is_none())
+            .filter(|t| {
+                t.fds.iter().any(|f| matches!(f.file, FileDesc::Memfd { ino, .. } if ino == m.ino))
+                    || t.mm.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.memfd == Some(m.ino)))
+            })
+            .map(|t| t.pid)
+            .collect();
+        if !users.is_empty() {
+            if users.len() > 1 {
+                shared.push(out.len());
+            }
+            out.push(m.clone());
+        }
+    }
+    Ok((out, shared))
 }
 
 /// A restored process, ready for its release.
@@ -224,7 +252,31 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
     // process's fd setup (two per pipe fd, one per FIFO fd at most)
     let sh_base = max_fd + 1;
     let npipes = all_fds().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
-    let svc_base = (sh_base + plan.shared.len() as i32 + 2 * npipes + 16).max(64);
+    // files unlinked while mapped: one recreation per inode for the tree
+    let mut map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>)> = Vec::new();
+    for f in live.iter().flat_map(|&i| tree.tasks[i].mm.vmas.iter().filter_map(|v| v.file.as_ref())) {
+        if let Some(g) = &f.ghost {
+            if !map_ghosts.iter().any(|(_, x)| (x.dev, x.ino) == (g.dev, g.ino)) {
+                map_ghosts.push((f.path.clone(), g.clone()));
+            }
+        }
+    }
+    let map_from: Vec<Vec<Option<i32>>> = tree
+        .tasks
+        .iter()
+        .zip(&map_files)
+        .map(|(t, mf)| {
+            mf.iter()
+                .map(|(key, _)| {
+                    let g = t.mm.vmas.iter().filter_map(|v| v.file.as_ref()).find(|f| &crate::images_io::map_key(f) == key)?.ghost.as_ref()?;
+                    let j = map_ghosts.iter().position(|(_, x)| (x.dev, x.ino) == (g.dev, g.ino))?;
+                    Some(sh_base + (plan.shared.len() + j) as i32)
+                })
+                .collect()
+        })
+        .collect();
+    let (memfds, shared_memfds) = memfds_of(tree)?;
+    let svc_base = (sh_base + (plan.shared.len() + map_ghosts.len()) as i32 + 2 * npipes + memfds.len() as i32 + 16).max(64);
     let max_map = map_files.iter().map(Vec::len).max().unwrap_or(0) as i32;
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
     let engine_fd = if opts.sibling { Some(p::pidfd_open(std::process::id() as Pid).map_err(ioe(0, "a pidfd of the engine"))?) } else { None };
@@ -243,8 +295,12 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &RestoreOpts) -> Resu
         map_files: map_files.clone(),
         root,
         shell_job: opts.shell_job,
+        memfds,
+        shared_memfds,
         timens: own_timens(tree)?,
         plan,
+        map_ghosts,
+        map_from,
         sh_base,
         engine: engine_fd.as_ref().map(|f| (f.as_raw_fd(), svc_base + 2 + max_map)),
     };

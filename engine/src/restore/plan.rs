@@ -217,6 +217,15 @@ fn shared_descriptions(tree: &Tree) -> Vec<u32> {
             }
         }
     }
+    // a file unlinked while mapped is recreated once, by the root: an fd
+    // of the same inode must be made from that one
+    for f in tree.tasks.iter().flat_map(|t| t.mm.vmas.iter().filter_map(|v| v.file.as_ref())) {
+        if let Some(g) = &f.ghost {
+            if let Some(e) = holders.get_mut(&Object::Ghost(g.dev, g.ino)) {
+                e.1 = true;
+            }
+        }
+    }
     let mut shared: HashSet<u32> = HashSet::new();
     for t in &tree.tasks {
         for f in &t.fds {
@@ -225,24 +234,6 @@ fn shared_descriptions(tree: &Tree) -> Vec<u32> {
             }
         }
     }
-    // the closure over the kinds' dependencies (fd numbers of the holder)
-    loop {
-        let mut more: Vec<u32> = Vec::new();
-        for t in &tree.tasks {
-            let by_fd: HashMap<i32, u32> = t.fds.iter().map(|f| (f.fd, f.desc)).collect();
-            for f in t.fds.iter().filter(|f| shared.contains(&f.desc)) {
-                if let FileDesc::Kind(k) = &f.file {
-                    more.extend(k.after().iter().filter_map(|d| by_fd.get(d).copied()).filter(|d| !shared.contains(d)));
-                }
-            }
-        }
-        if more.is_empty() {
-            break;
-        }
-        shared.extend(more);
-    }
-    // (in the order of the tasks' fds: a dependency is an earlier fd or
-    // the kinds' phase waits for it)
     let mut out = Vec::new();
     for t in &tree.tasks {
         for f in &t.fds {
@@ -250,6 +241,25 @@ fn shared_descriptions(tree: &Tree) -> Vec<u32> {
                 out.push(f.desc);
             }
         }
+    }
+    // what a shared resource kind's description needs made first (epoll:
+    // its targets) is made by the root too, whoever holds it
+    let mut i = 0;
+    while i < out.len() {
+        let d = out[i];
+        let first = tree.tasks.iter().find_map(|t| Some((t, t.fds.iter().find(|f| f.desc == d)?)));
+        if let Some((t, crate::model::Fd { file: FileDesc::Kind(k), .. })) = first {
+            for n in k.after() {
+                // every description of that object (a pipe's other end too)
+                let Some(o) = t.fds.iter().find(|x| x.fd == n).map(object_of) else { continue };
+                for f in tree.tasks.iter().flat_map(|t| &t.fds) {
+                    if object_of(f) == o && !out.contains(&f.desc) {
+                        out.push(f.desc);
+                    }
+                }
+            }
+        }
+        i += 1;
     }
     out
 }

@@ -575,7 +575,8 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         }
         let (fd, off) = match &v.file {
             Some(f) => {
-                let i = map_files.iter().position(|(p, _)| p == &f.path).expect("planned");
+                let key = crate::images_io::map_key(f);
+                let i = map_files.iter().position(|(p, _)| p == &key).expect("planned");
                 ((svc_base + 1 + i as i32) as u64, v.pgoff)
             }
             None => (u64::MAX, 0),

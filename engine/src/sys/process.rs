@@ -314,11 +314,20 @@ pub fn kcmp_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> io::Result<bool> {
 }
 
 /// fcntl(2) commands whose argument is an integer (none is a pointer).
-const FCNTL_INTEGER_CMDS: &[i32] =
-    &[libc::F_GETFD, libc::F_SETFD, libc::F_GETFL, libc::F_SETFL, libc::F_GETPIPE_SZ, libc::F_SETPIPE_SZ];
+const FCNTL_INTEGER_CMDS: &[i32] = &[
+    libc::F_GETFD,
+    libc::F_SETFD,
+    libc::F_GETFL,
+    libc::F_SETFL,
+    libc::F_GETPIPE_SZ,
+    libc::F_SETPIPE_SZ,
+    libc::F_GET_SEALS,
+    libc::F_ADD_SEALS,
+];
 
 /// fcntl(2) with an integer argument on fd number `fd`: F_GETFD, F_SETFD,
-/// F_GETFL, F_SETFL, F_GETPIPE_SZ, F_SETPIPE_SZ; any other command is
+/// F_GETFL, F_SETFL, F_GETPIPE_SZ, F_SETPIPE_SZ, F_GET_SEALS, F_ADD_SEALS;
+/// any other command is
 /// refused with `EINVAL` (it may take a pointer, or make or close fds).
 pub fn fcntl_int(fd: i32, cmd: i32, arg: u64) -> io::Result<u64> {
     if !FCNTL_INTEGER_CMDS.contains(&cmd) {
@@ -736,6 +745,89 @@ pub fn kcmp_files_order(pid1: Pid, a: i32, pid2: Pid, b: i32) -> io::Result<std:
     }
 }
 
+/// Take a byte-range lock on fd number `fd` without waiting: `ofd` an OFD
+/// lock (F_OFD_SETLK, owned by the open file description), else a POSIX
+/// one (F_SETLK, owned by this process); `write` a write lock, else a read
+/// lock; bytes `start..start + len` (`len` 0: to the end of the file).
+pub fn set_range_lock(fd: i32, ofd: bool, write: bool, start: i64, len: i64) -> io::Result<()> {
+    // SAFETY: an all-zero struct flock is a valid value of it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl.l_pid = 0;
+    let cmd = if ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
+    // SAFETY: `fl` is a valid struct flock alive for the call; F_SETLK and
+    // F_OFD_SETLK only read it.
+    if unsafe { libc::fcntl(fd, cmd, &fl as *const libc::flock) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// flock(2) on fd number `fd`, without waiting: LOCK_EX if `write`, else
+/// LOCK_SH.
+pub fn flock_nb(fd: i32, write: bool) -> io::Result<()> {
+    let op = if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    // SAFETY: integer-only call.
+    if unsafe { libc::flock(fd, op) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// sendfile(2): copy up to `len` bytes from `from` at `*off` (advanced)
+/// to `to` at its file position, in the kernel. The count copied (0 at
+/// the end of `from`).
+pub fn sendfile(to: std::os::fd::BorrowedFd<'_>, from: std::os::fd::BorrowedFd<'_>, off: &mut u64, len: usize) -> io::Result<usize> {
+    let mut o = i64::try_from(*off).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: two borrowed open fds and a valid offset cell alive for the call.
+    let r = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), &mut o, len) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    *off = o as u64;
+    Ok(r as usize)
+}
+
+/// Copy `len` bytes of `from` at `off` to `to` at its file position with
+/// [`sendfile`]; an early end of `from` is an error.
+pub fn sendfile_all(to: std::os::fd::BorrowedFd<'_>, from: std::os::fd::BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
+    let (mut at, end) = (off, off.checked_add(len).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?);
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 30);
+        let n = sendfile(to, from, &mut at, want)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the source ended at {at}, before {end}")));
+        }
+    }
+    Ok(())
+}
+
+/// memfd_create(2): a new memfd named `name` with `flags` (MFD_*).
+pub fn memfd_create(name: &CStr, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated name alive for the call; the fd returned on
+    // success is new and ours alone.
+    let r = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: `r` is a freshly created fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// The file system type (`f_type` of fstatfs(2)) of an open file.
+pub fn fs_type(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a writable statfs buffer; the fd is borrowed and open.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstatfs succeeded, so the buffer is initialised.
+    Ok(unsafe { st.assume_init() }.f_type)
+}
+
 /// lseek(2) with SEEK_DATA or SEEK_HOLE: `None` when there is no such
 /// region at or after `off` (ENXIO).
 pub fn seek_data_hole(fd: std::os::fd::BorrowedFd<'_>, off: u64, whence: i32) -> io::Result<Option<u64>> {
@@ -765,6 +857,18 @@ pub fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> io::Re
     }
 }
 
+/// fstat(2) of an fd of this process: (st_dev, st_ino).
+pub fn fstat_dev_ino(fd: i32) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a writable stat buffer; the kernel fills it on success.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstat succeeded, so the buffer is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
+}
+
 /// fstat(2) of an fd of this process: (st_mode, st_size).
 pub fn fstat_mode_size(fd: i32) -> io::Result<(u32, u64)> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
@@ -781,6 +885,17 @@ pub fn fstat_mode_size(fd: i32) -> io::Result<(u32, u64)> {
 pub fn link_in(dir: std::os::fd::BorrowedFd<'_>, old: &CStr, new: &CStr) -> io::Result<()> {
     // SAFETY: a borrowed open fd and two NUL-terminated names alive for the call.
     if unsafe { libc::linkat(dir.as_raw_fd(), old.as_ptr(), dir.as_raw_fd(), new.as_ptr(), 0) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// linkat(2) with AT_SYMLINK_FOLLOW: a new name `new` for the file `old`
+/// names once its symlinks are followed (`/proc/PID/fd/N`: the open file
+/// itself, even when its path was unlinked, as long as it has links).
+pub fn link_follow(old: &CStr, new: &CStr) -> io::Result<()> {
+    // SAFETY: two NUL-terminated paths alive for the call.
+    if unsafe { libc::linkat(libc::AT_FDCWD, old.as_ptr(), libc::AT_FDCWD, new.as_ptr(), libc::AT_SYMLINK_FOLLOW) } < 0 {
         return Err(last_err());
     }
     Ok(())
