@@ -5,7 +5,8 @@
 #      (.debs cached in $DEBS) and unpack them with dpkg-deb (nothing is
 #      installed, nothing goes to /boot)
 #   2. build kmod/src/vma_cherrypick.ko against those headers
-#   3. build the static guest programs in kmod/test/
+#   3. build the static guest programs in kmod/test/, and the engine's
+#      `criu` statically (glibc, crt-static) when cargo is here
 #   4. pack busybox-static + module + programs into an initramfs whose /init
 #      runs the no-module checks, insmods, runs the tests (and with --bench
 #      the benchmark), rmmods, checks the kernel log, prints a marker, and
@@ -25,7 +26,8 @@
 #        KVER (default: a kernel already unpacked in $WORK, else the 6.1 version
 #        linux-image-amd64 depends on), WORK (build dir, default kmod/build),
 #        DEBS (.deb cache, default $WORK/debs), SMP (guest cpus, default 2),
-#        KAPPEND (kernel command line).
+#        KAPPEND (kernel command line), CRIU_STATIC (a static `criu` to put
+#        in the guest instead of building one into $WORK/engine-target).
 # Runs as root from nothing: missing host packages are apt-get installed.
 set -euo pipefail
 
@@ -153,6 +155,11 @@ for prog in cp_test cp_bench; do
 		"$HERE/test/$prog.c" "$HERE/test/cp_util.c" \
 		|| { log "FAIL: building $prog"; echo "0 passed, 1 failed"; exit 1; }
 done
+# criu tfork's guest test: the program it clones, the copy-on-write checker
+for prog in tf_prog tf_check; do
+	gcc -static -O2 -Wall -Wextra -Werror -o "$WORK/$prog" "$HERE/test/$prog.c" \
+		|| { log "FAIL: building $prog"; echo "0 passed, 1 failed"; exit 1; }
+done
 # The Rust wrapper (engine/src/sys/kmod.rs) against the real module, if cargo is here.
 RUST_SMOKE=""
 if command -v cargo >/dev/null; then
@@ -167,6 +174,26 @@ if command -v cargo >/dev/null; then
 else
 	log "no cargo: skipping the Rust wrapper smoke test"
 fi
+# The engine itself (`criu tfork` end to end in the guest): static, so the
+# busybox initramfs needs no libraries.
+CRIU_GUEST="${CRIU_STATIC:-}"
+if [ -z "$CRIU_GUEST" ] && command -v cargo >/dev/null; then
+	t1=$(now)
+	if RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p engine --bin criu \
+		--manifest-path "$HERE/../Cargo.toml" --target x86_64-unknown-linux-gnu \
+		--target-dir "$WORK/engine-target" >"$WORK/engine-build.log" 2>&1; then
+		CRIU_GUEST="$WORK/engine-target/x86_64-unknown-linux-gnu/release/criu"
+		log "static criu built in $(elapsed "$t1")s"
+	else
+		cat "$WORK/engine-build.log"; log "FAIL: building the static criu"; echo "0 passed, 1 failed"; exit 1
+	fi
+fi
+if [ -n "$CRIU_GUEST" ]; then
+	[ "$(readelf -l "$CRIU_GUEST" 2>/dev/null | grep -c 'program interpreter' || true)" = 0 ] \
+		|| die "$CRIU_GUEST is not static"
+else
+	log "no cargo: criu tfork is not run in the guest"
+fi
 T_TEST=$(elapsed "$t0")
 
 # ---------------------------------------------------------------- initramfs
@@ -177,7 +204,8 @@ cp "$BUSYBOX" "$IRD/bin/busybox"
 for a in $("$BUSYBOX" --list); do
 	[ -e "$IRD/bin/$a" ] || ln -s busybox "$IRD/bin/$a"
 done
-cp "$MODDIR/vma_cherrypick.ko" "$WORK/cp_test" "$WORK/cp_bench" "$IRD/"
+cp "$MODDIR/vma_cherrypick.ko" "$WORK/cp_test" "$WORK/cp_bench" "$WORK/tf_prog" "$WORK/tf_check" "$IRD/"
+[ -z "$CRIU_GUEST" ] || cp "$CRIU_GUEST" "$IRD/criu"
 [ -z "$RUST_SMOKE" ] || cp "$RUST_SMOKE" "$IRD/rust_smoke"
 cat >"$IRD/init" <<EOF
 #!/bin/busybox sh
@@ -205,6 +233,62 @@ while [ ! -c /dev/vma_cherrypick ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); d
 /cp_test
 rc=$?
 if [ -x /rust_smoke ]; then /rust_smoke || rc=$((rc + 1)); fi
+# criu tfork end to end, the module loaded: tf_prog cloned twice, its
+# memory checked copy-on-write both ways (tf_check), in the host's pid
+# namespace (clones forked) and as a namespace init (clones restored,
+# their memory cherry-picked: the engine's log says so)
+if [ -x /criu ]; then
+	mkdir -p /tmp/tf
+	/tf_prog /tmp/tf/addr </dev/null >/dev/null 2>&1 &
+	tfp=$!
+	i=0
+	while [ ! -s /tmp/tf/addr ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+	if /criu tfork -t $tfp --copies 2 -D /tmp/tf -v4 -o /tmp/tf/tfork.log >/tmp/tf/clones 2>/tmp/tf/err \
+		&& [ "$(wc -l </tmp/tf/clones)" = 2 ]; then
+		echo "ok   - criu tfork of $tfp in the guest: clones $(cat /tmp/tf/clones | tr '\n' ' ')"
+		grep -E 'source .* paused|tfork of' /tmp/tf/tfork.log | tail -2
+		/tf_check $(cat /tmp/tf/addr) $tfp $(cat /tmp/tf/clones) || rc=$((rc + 1))
+		# (a source in the host's pid namespace: its clones are forks of it,
+		# copy-on-write by the kernel's fork; the module serves namespace inits)
+	else
+		echo "FAIL - criu tfork in the guest: $(cat /tmp/tf/err)"
+		tail -30 /tmp/tf/tfork.log
+		rc=$((rc + 1))
+	fi
+	kill -9 $tfp $(cat /tmp/tf/clones 2>/dev/null) 2>/dev/null
+	# a namespace init (pid 1 of its own pid namespace): each clone is
+	# restored into a new pid namespace, its private anonymous VMAs
+	# cherry-picked from the frozen source through the module (so its
+	# pages are the source's frames, copy-on-write)
+	mkdir -p /tmp/tfn
+	unshare -p -f /tf_prog /tmp/tfn/addr </dev/null >/dev/null 2>&1 &
+	up=$!
+	i=0
+	while [ ! -s /tmp/tfn/addr ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+	tfn=$(cut -d' ' -f1 /proc/$up/task/$up/children)
+	if [ -n "$tfn" ] && grep -q 'NSpid:.*[[:space:]]1$' /proc/$tfn/status \
+		&& /criu tfork -t $tfn --copies 2 -D /tmp/tfn -v4 -o /tmp/tfn/tfork.log >/tmp/tfn/clones 2>/tmp/tfn/err \
+		&& [ "$(wc -l </tmp/tfn/clones)" = 2 ]; then
+		echo "ok   - criu tfork of the namespace init $tfn in the guest: clones $(cat /tmp/tfn/clones | tr '\n' ' ')"
+		grep -E 'cherry-picked|tfork of' /tmp/tfn/tfork.log | tail -4
+		n=0
+		for c in $(cat /tmp/tfn/clones); do
+			if grep -q 'NSpid:.*[[:space:]]1$' /proc/$c/status; then n=$((n+1)); fi
+		done
+		if [ $n = 2 ]; then echo "ok   - each clone is pid 1 of a pid namespace"; else echo "FAIL - clones not pid 1 of their pid namespaces"; rc=$((rc + 1)); fi
+		if grep -qE '^.*[1-9][0-9]* of [0-9]+ private anonymous VMAs .* cherry-picked' /tmp/tfn/tfork.log; then
+			echo "ok   - the clones' VMAs came through the module's cherry-pick (engine log)"
+		else
+			echo "FAIL - no cherry-picked VMA in the engine log"; rc=$((rc + 1))
+		fi
+		/tf_check $(cat /tmp/tfn/addr) $tfn $(cat /tmp/tfn/clones) || rc=$((rc + 1))
+	else
+		echo "FAIL - criu tfork of a namespace init in the guest: $(cat /tmp/tfn/err 2>/dev/null)"
+		tail -30 /tmp/tfn/tfork.log 2>/dev/null
+		rc=$((rc + 1))
+	fi
+	kill -9 $tfn $(cat /tmp/tfn/clones 2>/dev/null) 2>/dev/null
+fi
 [ $rc0 -eq 0 ] || rc=$((rc + 100))
 if [ "$BENCH" = 1 ]; then
 	/cp_bench || rc=$((rc + 1000))
@@ -233,7 +317,9 @@ kvm|tcg) ;;
 *) die "bad --accel $ACCEL" ;;
 esac
 QEMU_ACCEL=(-accel "$ACCEL")
-[ "$ACCEL" = tcg ] && QEMU_ACCEL=(-accel tcg,thread=multi)
+# -cpu max: TCG's default CPU (qemu64) has no XSAVE, whose state the
+# engine reads from every thread it dumps or clones (NT_X86_XSTATE)
+[ "$ACCEL" = tcg ] && QEMU_ACCEL=(-accel tcg,thread=multi -cpu max)
 SMP="${SMP:-2}"
 
 SERIAL_LOG="$WORK/serial-$ACCEL.log"

@@ -71,6 +71,12 @@ pub trait MemSource {
     fn file_range(&self, _vaddr: u64, _len: u64) -> Option<(usize, u64)> {
         None
     }
+    /// The live, stopped process whose private anonymous VMAs a restore
+    /// may take copy-on-write through the `kmod/` device instead of
+    /// copying their pages (tfork of a namespace init).
+    fn cherry_pick_source(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// Whether a two-copy dump of `total` bytes writes with O_DIRECT: when it
@@ -142,6 +148,8 @@ pub struct ProcessMem {
     wrote: std::sync::atomic::AtomicU8,
     /// Why io_uring was not used, when it was refused.
     refused: std::sync::Mutex<Option<String>>,
+    /// [`MemSource::cherry_pick_source`]: offered for the cherry-pick.
+    pick: bool,
 }
 
 /// [`ProcessMem::wrote`]: no copy yet, plain writes, io_uring.
@@ -163,7 +171,7 @@ impl ProcessMem {
     pub fn open(pid: i32) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?;
         let vm_readv = std::env::var("CRIU_RS_DUMP_READ").as_deref() != Ok("mem");
-        Ok(ProcessMem { pid, file, vm_readv, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default() })
+        Ok(ProcessMem { pid, file, vm_readv, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default(), pick: false })
     }
 
     /// Read through /proc/PID/mem only: for memory shared copy-on-write
@@ -171,7 +179,15 @@ impl ProcessMem {
     /// page by page.
     pub fn open_mem_only(pid: i32) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?;
-        Ok(ProcessMem { pid, file, vm_readv: false, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default() })
+        Ok(ProcessMem { pid, file, vm_readv: false, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default(), pick: false })
+    }
+
+    /// Offer this (stopped) process's private anonymous VMAs to a restore
+    /// to take copy-on-write through the `kmod/` device where it is present
+    /// ([`MemSource::cherry_pick_source`]).
+    pub fn with_cherry_pick(mut self, on: bool) -> Self {
+        self.pick = on;
+        self
     }
 
     /// Write the pages through io_uring ([`crate::sys::uring::RingWriter`]),
@@ -204,6 +220,10 @@ impl ProcessMem {
 }
 
 impl MemSource for ProcessMem {
+    fn cherry_pick_source(&self) -> Option<i32> {
+        self.pick.then_some(self.pid)
+    }
+
     /// process_vm_readv first (2x the throughput of /proc/PID/mem here: no
     /// per-page remote GUP walk through the mem file), then /proc/PID/mem
     /// for whatever it stopped short at: pages the owner cannot read

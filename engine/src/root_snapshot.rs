@@ -180,11 +180,9 @@ impl Plan {
         self.base.join(pid.to_string())
     }
 
-    /// Give clone `pid` (stopped, single-threaded; `main` its injector,
-    /// `sp` its gadget area) its own overlay and reopen its files there.
-    pub fn apply(&self, pid: Pid, main: &mut Injector, sp: &Space, task: &Task) -> Result<(), String> {
-        let t0 = std::time::Instant::now();
-        let top = self.base.join(pid.to_string());
+    /// Make clone directory `top`: its overlay's upper and work
+    /// directories, or its btrfs snapshot (then the path to bind-mount).
+    fn make_top(&self, top: &Path) -> Result<(PathBuf, PathBuf, Option<String>), String> {
         let (upper, work) = (top.join("upper"), top.join("work"));
         let bind = match &self.kind {
             Kind::Overlay => {
@@ -194,14 +192,46 @@ impl Plan {
                 None
             }
             Kind::Btrfs { subvol, rel } => {
-                std::fs::create_dir_all(&top).map_err(|e| format!("creating {}: {e}", top.display()))?;
-                crate::sys::btrfs::snapshot(subvol, &top, std::ffi::OsStr::new("snap")).map_err(|e| {
+                std::fs::create_dir_all(top).map_err(|e| format!("creating {}: {e}", top.display()))?;
+                crate::sys::btrfs::snapshot(subvol, top, std::ffi::OsStr::new("snap")).map_err(|e| {
                     format!("snapshot of the btrfs subvolume {} into {} (same btrfs file system needed): {e}", subvol.display(), top.display())
                 })?;
                 let src = top.join("snap").join(rel);
                 Some(src.to_str().ok_or_else(|| format!("{} is not UTF-8", src.display()))?.to_string())
             }
         };
+        Ok((upper, work, bind))
+    }
+
+    /// Put the calling process (single-threaded) in a mount namespace of
+    /// its own with the snapshot in `top` mounted over the directory: for
+    /// a clone that is restored, not forked (tfork of a namespace init),
+    /// whose files are then opened by path, in the snapshot.
+    pub fn mount_here(&self, top: &Path) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
+        let (upper, work, bind) = self.make_top(top)?;
+        crate::sys::ns::unshare(libc::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+        crate::sys::ns::mount(None, "/", None, libc::MS_REC | libc::MS_SLAVE, None).map_err(|e| format!("mount(/, MS_REC|MS_SLAVE): {e}"))?;
+        match &bind {
+            None => {
+                let opts = format!("lowerdir={},upperdir={},workdir={}", self.dir, upper.display(), work.display());
+                crate::sys::ns::mount(Some("overlay"), &self.dir, Some("overlay"), 0, Some(&opts)).map_err(|e| format!("mount overlay {opts} on {}: {e}", self.dir))?;
+            }
+            Some(src) => {
+                crate::sys::ns::mount(Some(src), &self.dir, None, libc::MS_BIND, None).map_err(|e| format!("bind mount of {src} on {}: {e}", self.dir))?;
+            }
+        }
+        let what = if bind.is_some() { "btrfs snapshot" } else { "overlay" };
+        crate::pr_info!("{what} on {} (in {}) in {:.2} ms", self.dir, top.display(), t0.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    }
+
+    /// Give clone `pid` (stopped, single-threaded; `main` its injector,
+    /// `sp` its gadget area) its own overlay and reopen its files there.
+    pub fn apply(&self, pid: Pid, main: &mut Injector, sp: &Space, task: &Task) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
+        let top = self.base.join(pid.to_string());
+        let (upper, work, bind) = self.make_top(&top)?;
         let cstr = |s: &str| -> Vec<u8> {
             let mut v = s.as_bytes().to_vec();
             v.push(0);

@@ -27,6 +27,13 @@
 //!    clones and never run is the frozen moment: once the clones run, the
 //!    image set is written from it ([`write_image_set`]) and it is killed.
 //!
+//! A namespace init (pid 1 of its own pid namespace) can't be forked into
+//! clones (no CLONE_PARENT for an init; its forks stay in its namespace):
+//! each clone is restored from the frozen source into a new pid namespace
+//! instead ([`tfork_ns_init`]), its private anonymous memory taken
+//! copy-on-write through the `kmod/` device where present
+//! ([`cherry_pick_vmas`]), else copied.
+//!
 //! A clone's tids are new (a fork's): where a thread's clear_tid word
 //! still holds its old tid (glibc keeps the thread's tid there), the new
 //! one is written there, as fork() does for the caller's.
@@ -216,7 +223,7 @@ fn cpu_count() -> usize {
 fn check_supported(pid: Pid, tree: &crate::model::Tree) -> Result<(), TforkError> {
     if tree.root_owns_pid_ns {
         return Err(TforkError::Unsupported(format!(
-            "process {pid} is pid 1 of its own pid namespace: tfork of a namespace init (clones in new pid namespaces) is not supported yet"
+            "process {pid} became pid 1 of its own pid namespace while it was frozen for a fork-made clone"
         )));
     }
     let task = tree.root();
@@ -246,6 +253,9 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
 pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
     if opts.copies == 0 {
         return Err(TforkError::Unsupported("--copies must be at least 1".into()));
+    }
+    if owns_pid_ns(pid) {
+        return tfork_ns_init(pid, opts, on_running);
     }
     let t0 = Instant::now();
     let (tree, frozen) = dump::collect_state(pid)?;
@@ -378,6 +388,269 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
 }
 
+/// Whether `pid` is pid 1 of a pid namespace of its own (its NSpid ends
+/// in 1 at a level below the engine's).
+fn owns_pid_ns(pid: Pid) -> bool {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let ns: Vec<&str> = st.lines().find_map(|l| l.strip_prefix("NSpid:")).map(|v| v.split_whitespace().collect()).unwrap_or_default();
+    ns.len() > 1 && ns.last() == Some(&"1")
+}
+
+/// tfork of a namespace init (pid 1 of its own pid namespace). The kernel
+/// refuses CLONE_PARENT to an init, and every fork of the source lands in
+/// its pid namespace or one nested in it (dying with it): a clone can't be
+/// a fork of the source. Each clone is instead restored from the frozen
+/// source ([`restore::restore`] of the collected state, its memory read
+/// from the source through /proc/PID/mem) into a new pid namespace of the
+/// host's, where it is pid 1 and its threads get the source's tids again
+/// (set_tid). The source stays frozen until the last clone is made (and,
+/// with `--persist`, until the image set is written from it): its pause is
+/// one restore per clone (docs/ARCHITECTURE.md, "tfork").
+fn tfork_ns_init(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
+    let t0 = Instant::now();
+    let (tree, frozen) = dump::collect(pid)?;
+    if frozen.members.len() > 1 || frozen.procs.len() != 1 {
+        let kids: Vec<Pid> = frozen.members.iter().skip(1).map(|m| m.pid).collect();
+        return Err(TforkError::Unsupported(format!(
+            "process {pid} has children ({kids:?}): tfork of a process tree is not supported yet"
+        )));
+    }
+    if !tree.root_owns_pid_ns {
+        return Err(TforkError::Unsupported(format!("process {pid} stopped being pid 1 of its own pid namespace")));
+    }
+    let plan = match &opts.root_snapshot {
+        None => None,
+        Some(m) => Some(crate::root_snapshot::Plan::new(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
+    };
+    pr_debug!("collected {pid} (a namespace init) in {:?}", t0.elapsed());
+    // its private anonymous VMAs cherry-picked where the kmod device is
+    // present (each clone then shares their pages copy-on-write), else copied
+    let mem = crate::mem_source::ProcessMem::open_mem_only(pid).map_err(ioe(pid, "opening /proc/PID/mem of the source"))?.with_cherry_pick(true);
+    let mut unreleased = Unreleased::default();
+    let mut snap_dirs = SnapDirs::default();
+    let mut clones = Vec::with_capacity(opts.copies);
+    let mut first = None;
+    for k in 0..opts.copies {
+        // the clone's snapshot directory is named by its pid once known
+        let top = plan.as_ref().map(|p| p.base.join(format!(".ns-{}-{k}", std::process::id())));
+        if let Some(t) = &top {
+            snap_dirs.0.push(t.clone());
+        }
+        let c = restore_in_new_pid_ns(pid, &tree, &mem, plan.as_ref().zip(top.as_deref()))?;
+        unreleased.0.push(c);
+        if let (Some(p), Some(t)) = (&plan, &top) {
+            let dest = p.made(c);
+            std::fs::rename(t, &dest).map_err(ioe(c, format!("renaming {} to {}", t.display(), dest.display())))?;
+            if let Some(last) = snap_dirs.0.last_mut() {
+                *last = dest;
+            }
+        }
+        pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace");
+        clones.push(c);
+        first.get_or_insert_with(|| t0.elapsed());
+    }
+    let all = t0.elapsed();
+    snap_dirs.0.clear();
+    on_running(&clones);
+    if opts.persist == Persist::Async {
+        unreleased.0.clear();
+    }
+    // the image set from the source itself, still frozen
+    let persisted = match opts.persist {
+        Persist::None => None,
+        Persist::Sync | Persist::Async => {
+            write_set(&tree, pid, &opts.images_dir, !opts.plain_writes)?;
+            Some(t0.elapsed())
+        }
+    };
+    unreleased.commit();
+    drop(frozen);
+    let pause = t0.elapsed();
+    pr_info!("source {pid} paused {:.2} ms ({} clones restored from it)", pause.as_secs_f64() * 1e3, clones.len());
+    Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
+}
+
+/// One clone of the frozen namespace init `src` (`tree`, memory `mem`):
+/// restored by a helper process forked for it (with `snap`, in a mount
+/// namespace of its own with the snapshot `(plan, dir)` mounted), as a
+/// child of this engine (`--restore-sibling` of the helper), pid 1 of a
+/// new pid namespace. The helper dies with the engine (PDEATHSIG), and the
+/// clone it was making with it (PTRACE_O_EXITKILL).
+fn restore_in_new_pid_ns(src: Pid, tree: &crate::model::Tree, mem: &crate::mem_source::ProcessMem, snap: Option<(&crate::root_snapshot::Plan, &std::path::Path)>) -> Result<Pid, TforkError> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (rd, wr) = p::pipe().map_err(ioe(src, "a pipe for the restoring helper"))?;
+    let engine = std::process::id() as Pid;
+    let helper = p::fork3(0, &[], libc::SIGCHLD, || {
+        let res = (|| -> Result<Pid, String> {
+            p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+            if std::os::unix::process::parent_id() as Pid != engine {
+                return Err("the engine is gone".into());
+            }
+            if let Some((plan, top)) = snap {
+                plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
+            }
+            let o = restore::RestoreOpts { sibling: true, ..Default::default() };
+            restore::restore(tree, &[mem], &o).map_err(|e| crate::log::error_chain(&e))
+        })();
+        let msg = match res {
+            Ok(c) => format!("ok {c}\n"),
+            Err(e) => format!("err {}\n", e.replace('\n', " ")),
+        };
+        p::write_fd(wr.as_raw_fd(), msg.as_bytes());
+        p::exit_now(0)
+    })
+    .map_err(ioe(src, "forking the restoring helper"))?;
+    drop(wr);
+    // one line (not to the end of the pipe: nothing but the helper holds it, but a line is enough)
+    let mut out = Vec::new();
+    let mut f = std::fs::File::from(rd);
+    let read = loop {
+        let mut b = [0u8; 512];
+        match f.read(&mut b) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                out.extend_from_slice(&b[..n]);
+                if out.contains(&b'\n') {
+                    break Ok(());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = ptrace::wait_flags(helper, 0);
+    read.map_err(ioe(helper, "reading the restoring helper's report"))?;
+    let out = String::from_utf8_lossy(&out).trim_end().to_string();
+    match out.split_once(' ') {
+        Some(("ok", c)) => c.trim().parse().map_err(|_| TforkError::Unsupported(format!("restoring helper {helper}: bad report {out:?}"))),
+        Some(("err", e)) => Err(TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {e}"))),
+        _ => Err(TforkError::Unsupported(format!("restoring helper {helper} of {src} ended without a report"))),
+    }
+}
+
+/// MADV_WIPEONFORK: a VMA picked with it comes out empty (as after fork),
+/// where a restored clone must have its contents.
+const MADV_WIPEONFORK_BIT: u64 = 1 << 18;
+
+/// The kmod path of a restored clone (tfork of a namespace init): in the
+/// target `main` (its address space emptied but for the gadget area and
+/// the vdso; `scratch` in the gadget area, written through `memf`), take
+/// each private anonymous VMA of the stopped source `src` copy-on-write by
+/// the `kmod/` device (`VMA_CP_IOC_PICK`), as fork would copy it: no page
+/// is copied. The pick maps into its caller, so the target makes the
+/// ioctl, with a pidfd of the source it is given by SCM_RIGHTS (it can't
+/// open one: its new pid namespace can't name the source). Returns the
+/// ranges picked; the others (and every VMA where the device is absent or
+/// refuses) are mapped and filled as in any restore.
+pub(crate) fn cherry_pick_vmas(main: &mut Injector, memf: &std::fs::File, task: &Task, src: Pid, scratch: u64) -> Result<Vec<(u64, u64)>, RestoreError> {
+    use crate::sys::kmod;
+    use std::os::fd::AsFd;
+    let pid = main.tid;
+    let want: Vec<&crate::model::Vma> = task
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| v.file.is_none() && !v.shared() && v.shmid == 0 && !matches!(v.kind, crate::model::VmaKind::Vdso | crate::model::VmaKind::Vvar | crate::model::VmaKind::Vsyscall))
+        .filter(|v| v.madv & MADV_WIPEONFORK_BIT == 0)
+        .collect();
+    if want.is_empty() || !std::path::Path::new(kmod::DEVICE_PATH).exists() {
+        return Ok(Vec::new());
+    }
+    let put = |off: u64, b: &[u8]| memf.write_all_at(b, scratch + off).map_err(restore::ioe(pid, "writing into the scratch area"));
+    put(0, format!("{}\0", kmod::DEVICE_PATH).as_bytes())?;
+    let dev = match main.call("openat(/dev/vma_cherrypick)", libc::SYS_openat, &[libc::AT_FDCWD as u64, scratch, (libc::O_RDWR | libc::O_CLOEXEC) as u64, 0]) {
+        Ok(fd) => fd,
+        Err(e) => {
+            pr_info!("{}: {e}: the memory of {pid} is copied", kmod::DEVICE_PATH);
+            return Ok(Vec::new());
+        }
+    };
+    // the source's pidfd, into the target through an abstract unix socket
+    let name = format!("criu-rs-tfork-pick-{}-{pid}", std::process::id());
+    let (addr, addr_len) = p::abstract_addr(name.as_bytes()).map_err(restore::ioe(pid, "socket address"))?;
+    // the address as the target's bind takes it: family, then the name
+    let addr_bytes: Vec<u8> = {
+        let mut v = Vec::with_capacity(addr_len as usize);
+        v.extend(addr.sun_family.to_le_bytes());
+        v.extend(addr.sun_path.iter().take(addr_len as usize - 2).map(|&c| c as u8));
+        v
+    };
+    let sock = main
+        .call("socket(AF_UNIX, SOCK_DGRAM)", libc::SYS_socket, &[libc::AF_UNIX as u64, (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64, 0])
+        .map_err(restore::ioe(pid, "a socket for the source's pidfd"))?;
+    put(256, &addr_bytes)?;
+    main.call("bind(abstract)", libc::SYS_bind, &[sock, scratch + 256, u64::from(addr_len)]).map_err(restore::ioe(pid, format!("binding @{name}")))?;
+    let pidfd = p::pidfd_open(src).map_err(restore::ioe(src, "pidfd of the source"))?;
+    p::send_fd_abstract(name.as_bytes(), pidfd.as_fd()).map_err(restore::ioe(pid, format!("sending the source's pidfd to @{name}")))?;
+    // recvmsg: one byte at +1024, control (32 bytes) at +1040, iovec at
+    // +512, msghdr at +1088
+    let (iov, ctl, hdr) = (scratch + 512, scratch + 1040, scratch + 1088);
+    let mut iovb = (scratch + 1024).to_le_bytes().to_vec();
+    iovb.extend(1u64.to_le_bytes());
+    put(512, &iovb)?;
+    put(1040, &[0u8; 32])?;
+    let mut h = Vec::with_capacity(56);
+    h.extend(0u64.to_le_bytes()); // msg_name
+    h.extend(0u64.to_le_bytes()); // msg_namelen + padding
+    h.extend(iov.to_le_bytes());
+    h.extend(1u64.to_le_bytes()); // msg_iovlen
+    h.extend(ctl.to_le_bytes());
+    h.extend(32u64.to_le_bytes()); // msg_controllen
+    h.extend(0u64.to_le_bytes()); // msg_flags + padding
+    put(1088, &h)?;
+    let got = main.call("recvmsg", libc::SYS_recvmsg, &[sock, hdr, (libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) as u64]);
+    let _ = main.call("close(socket)", libc::SYS_close, &[sock]);
+    got.map_err(restore::ioe(pid, "receiving the source's pidfd"))?;
+    let mut c = [0u8; 20];
+    memf.read_exact_at(&mut c, ctl).map_err(restore::ioe(pid, "reading the received control message"))?;
+    let (level, kind) = (i32::from_le_bytes(c[8..12].try_into().unwrap_or_default()), i32::from_le_bytes(c[12..16].try_into().unwrap_or_default()));
+    if (level, kind) != (libc::SOL_SOCKET, libc::SCM_RIGHTS) {
+        return Err(RestoreError::Unsupported(format!("process {pid} received no pidfd of {src} (control message level {level}, type {kind})")));
+    }
+    let src_fd = i32::from_le_bytes(c[16..20].try_into().unwrap_or_default());
+    let mut picked = Vec::new();
+    let mut bytes = 0u64;
+    for v in &want {
+        let mut a = Vec::with_capacity(56);
+        a.extend(56u32.to_le_bytes());
+        a.extend(kmod::FLAG_ALLOW_DONTCOPY.to_le_bytes());
+        a.extend(src_fd.to_le_bytes());
+        a.extend((-1i32).to_le_bytes());
+        a.extend(v.start.to_le_bytes());
+        a.extend(v.start.to_le_bytes());
+        a.extend([0u8; 24]);
+        put(2048, &a)?;
+        match main.call("ioctl(VMA_CP_IOC_PICK)", libc::SYS_ioctl, &[dev, kmod::IOC_PICK, scratch + 2048]) {
+            Ok(_) => {
+                picked.push((v.start, v.end));
+                bytes += v.end - v.start;
+            }
+            Err(e) => pr_info!("VMA {:#x}-{:#x} of {src} not cherry-picked ({e}): copied", v.start, v.end),
+        }
+    }
+    let _ = main.call("close(pidfd)", libc::SYS_close, &[src_fd as u64]);
+    let _ = main.call("close(device)", libc::SYS_close, &[dev]);
+    pr_info!("{} of {} private anonymous VMAs ({} KiB) cherry-picked from {src} into {pid} through {}", picked.len(), want.len(), bytes / 1024, kmod::DEVICE_PATH);
+    Ok(picked)
+}
+
+/// `task` with its page runs cut out of `ranges` (VMAs that got their
+/// pages otherwise: cherry-picked).
+pub(crate) fn without_ranges(task: &Task, ranges: &[(u64, u64)]) -> Task {
+    let mut t = task.clone();
+    let mut out = Vec::with_capacity(task.mm.pages.len());
+    for r in &task.mm.pages {
+        let mut pieces = vec![(r.vaddr, r.vaddr + r.nr_pages * 4096)];
+        for &(s, e) in ranges {
+            pieces = pieces.into_iter().flat_map(|(a, b)| [(a, b.min(s)), (a.max(e), b)]).filter(|(a, b)| a < b).collect();
+        }
+        out.extend(pieces.into_iter().map(|(a, b)| crate::model::PageRun { vaddr: a, nr_pages: (b - a) / 4096, lazy: r.lazy }));
+    }
+    t.mm.pages = out;
+    t
+}
+
 /// Write the image set of the frozen moment from `d`, a never-run fork of
 /// S (the source's memory as at the freeze, copy-on-write; the engine's
 /// gadget area at `gadget_page` left out), with the state `tree` collected from the source:
@@ -419,14 +692,22 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     task.mm = dump::mm::collect_mm(d, vmas, pages, brk).map_err(|e| img(&e))?;
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
-    let mem = crate::mem_source::ProcessMem::open_mem_only(d).map_err(ioe(d, "opening /proc/PID/mem"))?.with_io_uring(uring).with_direct(true);
-    let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), d);
+    write_set(&tree, d, dir, uring)
+}
+
+/// Write `tree` (one process) as an image set into `dir`, its pages read
+/// from `from` through /proc/PID/mem: staged, every file fsynced (through
+/// io_uring where `uring` and the kernel allow), published.
+fn write_set(tree: &crate::model::Tree, from: Pid, dir: &std::path::Path, uring: bool) -> Result<(), TforkError> {
+    let img = |e: &dyn std::error::Error| TforkError::Images(crate::log::error_chain(e));
+    let mem = crate::mem_source::ProcessMem::open_mem_only(from).map_err(ioe(from, "opening /proc/PID/mem"))?.with_io_uring(uring).with_direct(true);
+    let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), from);
     let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
     crate::fault::point("tfork-mid-persist");
     if crate::fault::fails("tfork-mid-persist") {
         return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
     }
-    crate::images_io::write_images(&tree, staging.path(), &[Some(&mem)], &run_id).map_err(|e| img(&e))?;
+    crate::images_io::write_images(tree, staging.path(), &[Some(&mem)], &run_id).map_err(|e| img(&e))?;
     let synced = staging.sync_files(uring).map_err(|e| img(&e))?;
     staging.publish().map_err(|e| img(&e))?;
     let pages = match mem.pages_write() {
@@ -559,4 +840,22 @@ fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot:
     })?;
     pr_debug!("clone {pid} released ({} threads)", tids.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PageRun;
+
+    #[test]
+    fn page_runs_are_cut_around_picked_ranges() {
+        let mut t = Task::default();
+        let run = |vaddr: u64, nr_pages: u64| PageRun { vaddr, nr_pages, lazy: false };
+        t.mm.pages = vec![run(0x1000, 4), run(0x10000, 2), run(0x20000, 1)];
+        // a range inside the first run, one covering the second, none on the third
+        let out = without_ranges(&t, &[(0x2000, 0x3000), (0x10000, 0x12000)]);
+        let got: Vec<(u64, u64)> = out.mm.pages.iter().map(|r| (r.vaddr, r.nr_pages)).collect();
+        assert_eq!(got, vec![(0x1000, 1), (0x3000, 2), (0x20000, 1)]);
+        assert_eq!(without_ranges(&t, &[]).mm.pages.len(), 3);
+    }
 }

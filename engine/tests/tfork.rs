@@ -307,13 +307,6 @@ fn refused_by_name() {
     let _ = sh.kill();
     let _ = sh.wait();
     assert!(!st.success() && out.is_empty() && log.contains("has children"), "{log}");
-    // pid 1 of its own pid namespace
-    let dir2 = test_dir("tfork-refused-ns");
-    let src = Src::start_with(&dir2, 1, 4, &["unshare", "--pid", "--fork"]);
-    let (st, out, log) = run_tfork(&dir2, &["-t", &src.pid.to_string(), "--copies", "1"], &[]);
-    assert!(!st.success() && out.is_empty() && log.contains("pid 1 of its own pid namespace"), "{log}");
-    src.all_tick(&[src.pid], 2, "after the refusal");
-    assert_eq!(live_with_exe(&src.bin), vec![src.pid]);
 }
 
 /// Size of the dump's scratch mapping (code page + data) without the
@@ -981,5 +974,159 @@ fn io_uring_refused_by_seccomp_is_named_at_each_step() {
         if call != "none" {
             assert!(log.contains("(tfork's image set is written with plain writes)"), "{log}");
         }
+    }
+}
+
+/// NSpid of `pid` (host pid first, innermost last).
+fn nspid(pid: i32) -> Vec<i32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    st.lines().find_map(|l| l.strip_prefix("NSpid:")).map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect()).unwrap_or_default()
+}
+
+/// The tids of `pid`'s threads in its own pid namespace, sorted.
+fn inner_tids(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let st = std::fs::read_to_string(e.path().join("status")).ok()?;
+            st.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The restored fixture (pid 1 of its own pid namespace, not `except`)
+/// ticks on from the frozen moment: the first tick it adds to the log is
+/// at most `at_fork + 1`, then 3 more, with the source's threads.
+fn restored_ticks_on(fx: &Fixture, at_fork: u64, tids: &[i32], who: &str) -> i32 {
+    let before = tick_numbers(&fx.log()).len();
+    wait_until(&format!("the program restored by {who} ticks"), Duration::from_secs(15), || tick_numbers(&fx.log()).len() >= before + 4);
+    let new = tick_numbers(&fx.log())[before..].to_vec();
+    assert!(new[0] <= at_fork + 1 && new.windows(2).all(|w| w[1] == w[0] + 1), "restored by {who}: ticks {new:?} (source at {at_fork} at the tfork)");
+    let roots = roots_with_exe(&fx.bin);
+    assert_eq!(roots.len(), 1, "{roots:?}");
+    assert_eq!(nspid(roots[0]).last(), Some(&1), "restored by {who}: pid 1 of its pid namespace");
+    assert_eq!(inner_tids(roots[0]), tids, "restored by {who}: the source's tids");
+    roots[0]
+}
+
+/// A namespace init (`setsid unshare --pid --fork fx-NAME`: pid 1 of its
+/// own pid namespace) tforked with `--copies 4 --root-snapshot overlay
+/// --persist=sync`: every clone is pid 1 of a pid namespace of its own,
+/// one level below ours (not nested in the source's), its threads with the
+/// source's tids in it; the source and every clone tick `ok`, each in its
+/// own progress.log; a killed clone leaves the rest ticking; killing the
+/// source leaves the clones ticking; the image set of the frozen moment
+/// restores with our restore and with upstream CRIU 4.2.
+fn ns_init_clones(name: &str) {
+    require!(why_not_here());
+    let dir = test_dir(&format!("tfork-nsinit-{name}"));
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let fx = Fixture::start(name, &dir, Ns::OwnPidNs);
+    let tids = inner_tids(fx.pid);
+    assert_eq!(tids[0], 1);
+    let src_ns = std::fs::read_link(format!("/proc/{}/ns/pid", fx.pid)).unwrap();
+    let (st, out, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "4", "--root-snapshot", "overlay", "--persist=sync"], &[]);
+    assert!(st.success(), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 4, "{out}");
+    let at_fork = fx.tick();
+    let mut namespaces = vec![src_ns, std::fs::read_link("/proc/self/ns/pid").unwrap()];
+    for &c in &clones {
+        assert_eq!(nspid(c), vec![c, 1], "clone {c}: pid 1 of a new pid namespace, a child of ours");
+        assert_eq!(inner_tids(c), tids, "clone {c}: its threads have the source's tids in its namespace");
+        let ns = std::fs::read_link(format!("/proc/{c}/ns/pid")).unwrap();
+        assert!(!namespaces.contains(&ns), "clone {c}: pid namespace {ns:?} not its own");
+        namespaces.push(ns);
+    }
+    // each ticks in its own log: the clone's in its overlay
+    let clone_log = |c: i32| PathBuf::from(format!("/proc/{c}/root{}", fx.log().display()));
+    let t0: Vec<u64> = clones.iter().map(|&c| last_tick(&clone_log(c))).collect();
+    wait_until("every clone ticks 5 times in its own log", Duration::from_secs(20), || {
+        clones.iter().zip(&t0).all(|(&c, &t)| last_tick(&clone_log(c)) >= t + 5)
+    });
+    fx.ticks_on(5, "(the source) beside its clones");
+    for &c in &clones {
+        assert!(alive(c), "clone {c} died");
+        let own = tick_numbers(&clone_log(c));
+        assert_eq!(own, tick_numbers(&img.join(format!("tfork-root/{c}/upper/progress.log"))), "clone {c}: its log is its overlay's");
+        let tail = &own[own.len() - 5..];
+        assert!(tail.windows(2).all(|w| w[1] == w[0] + 1), "clone {c}'s ticks: {own:?}");
+    }
+    let src = tick_numbers(&fx.log());
+    assert!(src.windows(2).all(|w| w[1] == w[0] + 1), "the source's log holds only its own ticks: {src:?}");
+    // a killed clone leaves the others and the source ticking
+    // SAFETY: kill(2) of a clone this test made.
+    unsafe { libc::kill(clones[0], libc::SIGKILL) };
+    wait_until("the killed clone gone", Duration::from_secs(5), || !alive(clones[0]));
+    fx.ticks_on(3, "(the source) after a clone was killed");
+    // the source killed (its pid namespace with it): the clones tick on
+    // SAFETY: kill(2) of the fixture this test started.
+    unsafe { libc::kill(fx.pid, libc::SIGKILL) };
+    wait_until("the source gone", Duration::from_secs(5), || !alive(fx.pid));
+    let t1: Vec<u64> = clones[1..].iter().map(|&c| last_tick(&clone_log(c))).collect();
+    wait_until("the other clones tick on without the source", Duration::from_secs(20), || {
+        clones[1..].iter().zip(&t1).all(|(&c, &t)| last_tick(&clone_log(c)) >= t + 3)
+    });
+    for &c in &clones[1..] {
+        // SAFETY: as above.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&fx.bin).is_empty());
+    reap_zombies();
+    // the image set of the frozen moment, durable when the command returned
+    assert!(log.contains("image set durable after"), "{log}");
+    assert!(img.join("inventory.img").exists() && img.join("core-1.img").exists());
+    let out = Command::new(CRIU).args(["restore", "-d", "-D"]).arg(&img).args(["-o", "restore.log"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "restore: {}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    let r = restored_ticks_on(&fx, at_fork, &tids, "our restore");
+    // SAFETY: kill(2) of the process this test restored.
+    unsafe { libc::kill(r, libc::SIGKILL) };
+    wait_until("the restored program gone", Duration::from_secs(10), || !alive(r));
+    let upstream = test_support::fixture("progs").join("../../upstream-criu/criu-4.2");
+    require!((!upstream.exists()).then(|| format!("no upstream criu at {}", upstream.display())));
+    let out = Command::new(&upstream).args(["restore", "-d", "-D"]).arg(&img).args(["-o", "upstream-restore.log"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "upstream restore: {}", std::fs::read_to_string(img.join("upstream-restore.log")).unwrap_or_default());
+    let r = restored_ticks_on(&fx, at_fork, &tids, "upstream CRIU 4.2");
+    // SAFETY: as above.
+    unsafe { libc::kill(r, libc::SIGKILL) };
+}
+
+#[test]
+fn namespace_init_counter_clones_in_new_pid_namespaces() {
+    ns_init_clones("counter");
+}
+
+#[test]
+fn namespace_init_threads_clones_in_new_pid_namespaces() {
+    ns_init_clones("threads");
+}
+
+/// A namespace init's clone whose restore dies (its helper killed at the
+/// restore's `mid-mm`) or fails (`mid-threads:fail`): the tfork fails,
+/// no clone is left, the source ticks on and tforks fine afterwards.
+#[test]
+fn namespace_init_failed_clone_leaves_none() {
+    require!(why_not_here());
+    let dir = test_dir("tfork-nsinit-fail");
+    let fx = Fixture::start("threads", &dir, Ns::OwnPidNs);
+    for at in ["mid-mm", "mid-threads:fail"] {
+        let (st, out, log) = run_tfork(&dir, &["-t", &fx.pid.to_string(), "--copies", "2"], &[("CRIU_RS_FAULT_AT", at)]);
+        assert_eq!(st.code(), Some(1), "{at}: {log}");
+        assert!(out.trim().is_empty(), "{at}: pids reported on a failure: {out}");
+        wait_until(&format!("{at}: no clone left"), Duration::from_secs(5), || live_with_exe(&fx.bin) == vec![fx.pid]);
+        fx.ticks_on(3, &format!("(the source) after the failure at {at}"));
+    }
+    let (st, out, log) = run_tfork(&dir, &["-t", &fx.pid.to_string(), "--copies", "2"], &[]);
+    assert!(st.success(), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 2);
+    for &c in &clones {
+        assert_eq!(nspid(c), vec![c, 1]);
+        // SAFETY: kill(2) of a clone this test made.
+        unsafe { libc::kill(c, libc::SIGKILL) };
     }
 }

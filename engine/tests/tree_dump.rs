@@ -275,7 +275,7 @@ fn upstream_restores_our_tree_dump_by(r: Restorer) {
     if cannot_run("upstream_restores_our_tree_dump", r == Restorer::Upstream) {
         return;
     }
-    let (tmp, mut fx) = start_tree("upstream");
+    let (tmp, mut fx) = start_tree(&format!("upstream-{r:?}"));
     let dir = tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
     let members = fx.members();
@@ -309,7 +309,7 @@ fn upstream_restores_shared_anonymous_memory_of_a_tree_by(r: Restorer) {
     if cannot_run("upstream_restores_shared_anonymous_memory_of_a_tree", r == Restorer::Upstream) {
         return;
     }
-    let (tmp, mut fx) = start_fixture("mem", "mem");
+    let (tmp, mut fx) = start_fixture(&format!("mem-{r:?}"), "mem");
     let dir = tmp.join("img");
     std::fs::create_dir_all(&dir).unwrap();
     let members = fx.members();
@@ -476,8 +476,8 @@ fn tree_with_another_uid_dumps_by(r: Restorer) {
     if cannot_run("tree_with_another_uid_dumps", r == Restorer::Upstream) {
         return;
     }
-    let tmp = test_dir("treedump-uid");
-    let tag = format!("{}", 1_000_000 + std::process::id() % 1_000_000);
+    let tmp = test_dir(&format!("treedump-uid-{r:?}"));
+    let tag = format!("{}", 1_000_000 + std::process::id() % 1_000_000 + if r == Restorer::Ours { 100 } else { 0 });
     let script = format!("setpriv --reuid=65534 --regid=65534 --clear-groups sleep {tag} & sleep {tag}");
     let (root, kids) = start_sh_tree(&script, &tmp.join("work"), 2);
     let _guard = KillOnDrop([&kids[..], &[root]].concat());
@@ -575,7 +575,7 @@ fn threads_in_every_process_of_a_tree_by(r: Restorer) {
     if cannot_run("threads_in_every_process_of_a_tree", r == Restorer::Upstream) {
         return;
     }
-    let tmp = test_dir("treedump-threads");
+    let tmp = test_dir(&format!("treedump-threads-{r:?}"));
     let bin = tmp.join("treethreads");
     build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/treethreads.c"), &bin);
     let mut fx = TreeFx::start(bin, tmp.join("work"));
@@ -622,7 +622,7 @@ fn host_pid_namespace_tree_restores_with_upstream_by(r: Restorer) {
     if cannot_run("host_pid_namespace_tree_restores_with_upstream", r == Restorer::Upstream) {
         return;
     }
-    let tmp = test_dir("treedump-hostns");
+    let tmp = test_dir(&format!("treedump-hostns-{r:?}"));
     let bin = tmp.join("fx-tree");
     build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs/tree.c"), &bin);
     let mut fx = TreeFx::start_in(bin, tmp.join("work"), false);
@@ -667,7 +667,7 @@ fn forking_tree_is_frozen_consistently_by(r: Restorer) {
     if cannot_run("forking_tree_is_frozen_consistently", r == Restorer::Upstream) {
         return;
     }
-    let tmp = test_dir("treedump-forkloop");
+    let tmp = test_dir(&format!("treedump-forkloop-{r:?}"));
     let bin = tmp.join("forkloop");
     build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/forkloop.c"), &bin);
     let mut fx = TreeFx::start(bin, tmp.join("work"));

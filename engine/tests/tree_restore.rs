@@ -78,7 +78,7 @@ fn gone_leaders(restorer: &Path, who: &str) {
     let tmp = test_dir(&format!("tree-restore-leaders-{who}"));
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let tag = format!("{}", 2_000_000 + std::process::id() % 1_000_000);
+    let tag = format!("{}", 2_000_000 + std::process::id() % 1_000_000 + if who == "ours" { 100 } else { 0 });
     // init (sh, then exec sleep) of its own pid namespace and session;
     // `setsid sh -c "sleep & exit"`: an orphan in session S (gone leader);
     // perl setpgrp + fork + exit: an orphan in group G (gone leader) of

@@ -265,14 +265,15 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
             })
         }
     };
-    t.membarrier = match par.call(pid, "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)", libc::SYS_membarrier, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]) {
-        Ok(v) => v as u32,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+    // (the raw result: `call`'s error keeps the errno's kind, not its number)
+    t.membarrier = match par.raw(pid, libc::SYS_membarrier, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]).map_err(io_err(pid, "membarrier registrations"))? {
+        r if r >= 0 => r as u32,
+        r if r == -i64::from(libc::EINVAL) => {
             // before Linux 6.3 the registrations can't be read
             crate::pr_warn!("membarrier registrations of {pid} can't be read on this kernel (no MEMBARRIER_CMD_GET_REGISTRATIONS): not dumped");
             0
         }
-        Err(e) => return Err(io_err(pid, "membarrier registrations")(e)),
+        r => return Err(io_err(pid, "membarrier registrations")(std::io::Error::from_raw_os_error(-r as i32))),
     };
     t.shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED).map_err(io_err(pid, "shared pending"))?.into_iter().map(|s| s.0).collect();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).map_err(io_err(pid, "limits"))?;

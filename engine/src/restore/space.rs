@@ -557,11 +557,17 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             }
         }
     }
+    // 4b. a live source's private anonymous VMAs taken copy-on-write
+    // through the kmod device, where offered and present (tfork)
+    let picked = match mem.cherry_pick_source() {
+        Some(src) => crate::tfork::cherry_pick_vmas(main, &memf, task, src, g + SCRATCH_OFF)?,
+        None => Vec::new(),
+    };
     // 5. every VMA, in batches
     let mut b = Batch::new();
     let mut starts = Vec::new();
     for v in &task.mm.vmas {
-        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) {
+        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || picked.iter().any(|&(s, _)| s == v.start) {
             continue;
         }
         if v.shmid != 0 {
@@ -626,7 +632,14 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         // the target's own open file of the pages image: read front to back
         let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
     }
-    pinned.released(|| fill_private(main, &memf, task, mem, &page_fds, g + SCRATCH_OFF, place))?;
+    let unpicked;
+    let to_fill = if picked.is_empty() {
+        task
+    } else {
+        unpicked = crate::tfork::without_ranges(task, &picked);
+        &unpicked
+    };
+    pinned.released(|| fill_private(main, &memf, to_fill, mem, &page_fds, g + SCRATCH_OFF, place))?;
     let mut b = Batch::new();
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         b.push(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]);

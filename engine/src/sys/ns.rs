@@ -145,3 +145,19 @@ pub fn setns(fd: BorrowedFd<'_>, nstype: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// mount(2): `source` and `fstype` may be absent (a propagation change
+/// names neither), `data` the file system's option string.
+pub fn mount(source: Option<&str>, target: &str, fstype: Option<&str>, flags: u64, data: Option<&str>) -> io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("NUL in {s:?}")));
+    let (source, target, fstype, data) =
+        (source.map(c).transpose()?, c(target)?, fstype.map(c).transpose()?, data.map(c).transpose()?);
+    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is a NUL-terminated string alive for the call,
+    // or null where mount(2) takes null.
+    let r = unsafe { libc::mount(ptr(&source), target.as_ptr(), ptr(&fstype), flags as libc::c_ulong, ptr(&data).cast()) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}

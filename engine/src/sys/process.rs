@@ -1010,6 +1010,67 @@ pub fn die_with_status(status: u32) -> ! {
     exit_now(((status >> 8) & 0xff) as i32)
 }
 
+/// The `sockaddr_un` of the abstract unix socket `name` (no leading NUL in
+/// `name`) and its length.
+pub fn abstract_addr(name: &[u8]) -> io::Result<(libc::sockaddr_un, u32)> {
+    // SAFETY: sockaddr_un is plain data: all-zero is a valid value.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if name.len() + 1 > a.sun_path.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "abstract socket name too long"));
+    }
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &s) in a.sun_path[1..].iter_mut().zip(name) {
+        *d = s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+    Ok((a, len as u32))
+}
+
+/// Send `fd` (SCM_RIGHTS, with one byte of data) in a datagram to the
+/// abstract unix socket `name` (no leading NUL).
+pub fn send_fd_abstract(name: &[u8], fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let (addr, addr_len) = abstract_addr(name)?;
+    // SAFETY: integer-only syscall.
+    let s = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // room for one cmsg with one int, 8-byte aligned
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe { (libc::CMSG_SPACE(4) as usize, libc::CMSG_LEN(4) as usize) };
+    assert!(space <= std::mem::size_of_val(&control));
+    // SAFETY: msghdr is plain data: all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&addr as *const libc::sockaddr_un).cast_mut().cast();
+    msg.msg_namelen = addr_len;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points to `space` bytes of `control`, which holds
+    // at least one cmsghdr (checked above): CMSG_FIRSTHDR is non-null and
+    // its data has room for one int.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = len as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd.as_raw_fd());
+    }
+    // SAFETY: every pointer in `msg` (address, iovec, control) points to
+    // locals alive for the call.
+    let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1061,3 +1122,4 @@ mod tests {
         assert!(mm_map_size().map(|n| n > 0).unwrap_or(true));
     }
 }
+

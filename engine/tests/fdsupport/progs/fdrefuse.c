@@ -5,6 +5,7 @@
 #include "fx.h"
 #include <sys/syscall.h>
 #include <sys/socket.h>
+#include <linux/netlink.h>
 #include <netinet/in.h>
 
 int main(int argc, char **argv)
@@ -15,7 +16,7 @@ int main(int argc, char **argv)
 	if (!strcmp(k, "memfd"))
 		fd = memfd_create("x", 0);
 	else if (!strcmp(k, "socket"))
-		fd = socket(AF_INET, SOCK_DGRAM, 0); /* unix sockets dump now */
+		fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE); /* unix and inet sockets dump now */
 	else if (!strcmp(k, "pidfd"))
 		fd = syscall(SYS_pidfd_open, getpid(), 0);
 	else if (!strcmp(k, "userfaultfd"))
