@@ -490,7 +490,7 @@ fn restore_in_new_pid_ns(src: Pid, tree: &crate::model::Tree, mem: &crate::mem_s
             if let Some((plan, top)) = snap {
                 plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
             }
-            let o = restore::RestoreOpts { sibling: true, ..Default::default() };
+            let o = crate::options::Options { sibling: true, ..Default::default() };
             restore::restore(tree, &[mem], &o).map_err(|e| crate::log::error_chain(&e))
         })();
         let msg = match res {
