@@ -22,7 +22,6 @@
 
 mod opts;
 
-use crate::mem_source::ProcessMem;
 use crate::model::{FileDesc, Tree};
 use crate::options::Options as EngineOptions;
 use crate::{cpuinfo, dump, images_io, log, pr_err, pr_info, pr_msg, pr_warn, restore};
@@ -345,10 +344,16 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
         }
     };
     let t_pump = Instant::now();
+    // the others' each through a pump of its own, started for its copy
+    // only (one at a time), or read from outside
     let mut plain = Vec::with_capacity(tree.tasks.len());
     for (i, m) in frozen.members.iter().enumerate() {
-        let open = m.frozen.is_some() && !(i == 0 && pump.is_some());
-        plain.push(if open { Some(ProcessMem::open(m.pid).map_err(|e| format!("opening memory of {}: {e}", m.pid)).here()?) } else { None });
+        plain.push(match m.frozen {
+            Some(k) if !(i == 0 && pump.is_some()) => {
+                Some(dump::page_pump::PumpOnDemand::new(&frozen.procs[k]).map_err(|e| format!("opening memory of {}: {e}", m.pid)).here()?)
+            }
+            _ => None,
+        });
     }
     let mems: Vec<Option<&dyn crate::mem_source::MemSource>> = plain
         .iter()

@@ -719,7 +719,7 @@ fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
     }
     let (tmp, fx) = start_tree("faults");
     let criu = private_criu(&tmp);
-    for (i, point) in ["mid-freeze", "mid-freeze@3", "after-freeze", "mid-inject@30", "after-parasite@2", "after-parasite@4", "mid-memory", "before-inventory"]
+    for (i, point) in ["mid-freeze", "mid-freeze@3", "after-freeze", "mid-inject@30", "after-parasite@2", "after-parasite@4", "mid-memory", "mid-pump", "mid-pump@3", "before-inventory"]
         .iter()
         .enumerate()
     {
@@ -727,7 +727,7 @@ fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
         std::fs::create_dir_all(&dir).unwrap();
         // as for one process (tests/faults.rs): an injection session cut
         // short, the page pump's included, may leave its scratch mapping
-        let tolerate = point.starts_with("mid-inject") || *point == "mid-memory" || *point == "before-inventory";
+        let tolerate = point.starts_with("mid-inject") || point.starts_with("mid-pump") || *point == "mid-memory" || *point == "before-inventory";
         let before = fx.snapshot_with(tolerate);
         let (st, log) = criu_env(&criu, &["dump", "-t", &fx.root.to_string()], &dir, "dump.log", &[("CRIU_RS_FAULT_AT", point)]);
         assert_killed(st, point, &log);

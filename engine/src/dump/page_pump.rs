@@ -252,6 +252,43 @@ struct Flow {
     failed: bool,
 }
 
+/// The memory of one frozen process of a tree, copied through a page
+/// pump started for that copy only (when [`pays_off`] says so for its
+/// size) and ended right after it: one process at a time has a pump's
+/// injection session and pipes, so a tree of hundreds does not hold
+/// hundreds of pipes at once. Anything else, and a pump that can't be
+/// started, reads from outside ([`ProcessMem`]).
+pub struct PumpOnDemand<'a> {
+    frozen: &'a Frozen,
+    mem: ProcessMem,
+}
+
+impl<'a> PumpOnDemand<'a> {
+    pub fn new(frozen: &'a Frozen) -> io::Result<Self> {
+        Ok(PumpOnDemand { frozen, mem: ProcessMem::open(frozen.pid)? })
+    }
+}
+
+impl MemSource for PumpOnDemand<'_> {
+    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.mem.read(vaddr, buf)
+    }
+
+    fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !pays_off(total) {
+            return self.mem.copy_to(ranges, out, off);
+        }
+        match PagePump::start(self.frozen) {
+            Ok(pump) => pump.copy_to(ranges, out, off),
+            Err(e) => {
+                crate::pr_warn!("page pump of {} unavailable ({e}); reading its memory instead", self.frozen.pid);
+                self.mem.copy_to(ranges, out, off)
+            }
+        }
+    }
+}
+
 impl MemSource for PagePump {
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.mem.read(vaddr, buf)
