@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/stat.h>
 
 #define ST_AB 1000
 #define ST_BA 777
@@ -123,7 +124,12 @@ int main(int argc, char **argv)
 
 	/* abstract-named datagram socket and an unnamed sender */
 	struct sockaddr_un ab = { .sun_family = AF_UNIX };
-	int ablen = snprintf(ab.sun_path + 1, sizeof(ab.sun_path) - 1, "criu-rs-unixsk-%d", getpid()) + 1;
+	/* unique per working directory: abstract names are per network
+	 * namespace, and every copy of this program is pid 1 of its own pid
+	 * namespace (tests run in parallel) */
+	struct stat cwd_st;
+	FX_CHECK(stat(".", &cwd_st) == 0, "stat cwd");
+	int ablen = snprintf(ab.sun_path + 1, sizeof(ab.sun_path) - 1, "criu-rs-unixsk-%d-%lu", getpid(), (unsigned long)cwd_st.st_ino) + 1;
 	socklen_t abl = offsetof(struct sockaddr_un, sun_path) + ablen;
 	int abs_rx = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0);
 	int abs_tx = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0);
