@@ -260,11 +260,14 @@ fn tree_restores_inside_a_root() {
             }
         }
     }
-    let _kill = Kill(rbin.clone());
+    let kill = Kill(rbin.clone());
     assert!(st.success(), "restore --root of a tree failed:\n{log}");
     wait_until("ticks inside the root", Duration::from_secs(15), || last_tick(&inr(&fx.log())) > t + 3);
     assert_eq!(live_with_exe(&rbin).len(), 4, "the tree's 4 live processes, inside the root");
     assert_eq!(fx.tick(), t, "the host's log was written: a path resolved outside the root");
+    // (killed while their executable still has its name: found by it)
+    drop(kill);
+    wait_until("the restored tree gone", Duration::from_secs(5), || live_with_exe(&rbin).is_empty());
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
