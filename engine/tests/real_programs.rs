@@ -19,11 +19,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// pid 1 of the namespace among the processes named `comm`.
-fn init_named(comm_name: &str) -> Option<i32> {
+/// pid 1 of its namespace among the processes named `comm_name` working in
+/// `work` (this test's, not another's or a stray one's).
+fn init_named(comm_name: &str, work: &Path) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(|&p| {
         let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-        comm(p) == comm_name && st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+        comm(p) == comm_name
+            && st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+            && std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c == work)
     })
 }
 
@@ -61,7 +64,7 @@ fn dump_mid_work(name: &str, argv: &[&str], comm_name: &str, ready: impl Fn(&Pat
     let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     std::thread::spawn(move || starter.wait());
     wait_until(&format!("{name} under way"), Duration::from_secs(20), || ready(&work));
-    let root = init_named(comm_name).unwrap_or_else(|| panic!("{name}: no {comm_name} as pid 1 of its namespace"));
+    let root = init_named(comm_name, &work).unwrap_or_else(|| panic!("{name}: no {comm_name} as pid 1 of its namespace"));
     let n = members(root).len();
     assert!(n >= 2, "{name}: a tree of {n} process only");
     let img = tmp.join("img");
@@ -71,7 +74,7 @@ fn dump_mid_work(name: &str, argv: &[&str], comm_name: &str, ready: impl Fn(&Pat
     assert!(!done(&work), "{name}: finished before the dump");
     let st = Command::new(CRIU).args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&work).status().unwrap();
     assert!(st.success(), "{name}: restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
-    let restored = init_named(comm_name);
+    let restored = init_named(comm_name, &work);
     assert!(restored.is_some_and(|r| members(r).len() == n), "{name}: {n} processes dumped, the restored tree differs");
     wait_until(&format!("{name} finished after the restore"), Duration::from_secs(60), || done(&work));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -161,13 +164,15 @@ fn python_multiprocessing_pool_goes_on() {
     std::thread::spawn(move || starter.wait());
     let log = work.join("progress.log");
     wait_until("the pool working", Duration::from_secs(20), || last_tick(&log) >= 3);
-    let root = init_named("python3").expect("python3 as pid 1 of its namespace");
+    let root = init_named("python3", &work).expect("python3 as pid 1 of its namespace");
     struct Kill(i32);
     impl Drop for Kill {
         fn drop(&mut self) {
             let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
         }
     }
+    // (a failure before the dump must not leave the pool running)
+    let first = Kill(root);
     let n = members(root).len();
     assert!(n >= 4, "the root and its 3 workers: {n}");
     let sem_maps = |pid: i32| -> Vec<String> { maps(pid).into_iter().filter(|l| l.contains("/dev/shm/sem.") && l.ends_with("(deleted)")).collect() };
@@ -176,10 +181,11 @@ fn python_multiprocessing_pool_goes_on() {
     std::fs::create_dir_all(&img).unwrap();
     criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &img, "dump.log");
     wait_until("the dumped tree gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{root}")).exists());
+    std::mem::forget(first); // gone with the dump; its pid may be another's now
     let t = last_tick(&log);
     let st = Command::new(CRIU).args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&work).status().unwrap();
     assert!(st.success(), "restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
-    let root = init_named("python3").expect("the restored python3");
+    let root = init_named("python3", &work).expect("the restored python3");
     let _kill = Kill(root);
     wait_until("the pool working after the restore", Duration::from_secs(20), || last_tick(&log) > t + 5);
     assert_eq!(members(root).len(), n, "the restored tree's processes");
