@@ -58,9 +58,8 @@ fn dump_mid_work(name: &str, argv: &[&str], comm_name: &str, ready: impl Fn(&Pat
     let tmp = test_dir(&format!("real-{name}"));
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let setup = work.clone();
     let mut cmd = Command::new("unshare");
-    only_stdio(&mut cmd).args(["--pid", "--fork", "setsid"]).args(argv).current_dir(&setup);
+    only_stdio(&mut cmd).args(["--pid", "--fork", "setsid"]).args(argv).current_dir(&work);
     let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     std::thread::spawn(move || starter.wait());
     wait_until(&format!("{name} under way"), Duration::from_secs(20), || ready(&work));

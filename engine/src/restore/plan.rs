@@ -88,7 +88,9 @@ pub fn make(tree: &Tree) -> Result<Plan, RestoreError> {
     at_fork.push((root.sid, root.pgid));
     let is_reaper = |i: usize| (i == 0 && tree.root_owns_pid_ns) || tasks[i].child_subreaper;
     for (i, t) in tasks.iter().enumerate().skip(1) {
-        let parent_task = index[&t.ppid];
+        // (validate::pstree saw to it for images; a tree made otherwise is
+        // refused, not a panic)
+        let parent_task = *index.get(&t.ppid).filter(|&&p| p < i).ok_or_else(|| refuse(format!("process {}: its parent {} is not an earlier process of the tree", t.pid, t.ppid)))?;
         let parent = node_of_task[parent_task];
         let mut forker = parent;
         let (mut sid, mut pgid) = at_fork[parent];
