@@ -133,7 +133,8 @@ Commands:
   cpuinfo dump   write this CPU's features into cpuinfo.img
   cpuinfo check  check cpuinfo.img against this CPU
   tfork          ours: N live clones of one running process (no children),
-                 siblings of it; prints their pids, one per line
+                 siblings of it (of a pid-namespace init: each in a new pid
+                 namespace, children of criu); prints their pids, one per line
 
 Not implemented (refused by name): pre-dump, show, page-server, service,
 swrk, dedup, lazy-pages, exec, image-cache, image-proxy.
