@@ -623,13 +623,20 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                             Some(t) => t.id,
                             None => {
                                 let (kind, index) = tty_kind(*rdev);
-                                let id = tty_infos.len() as u32 + 1;
+                                // as upstream numbers a pty's (2 * index), others
+                                // apart from every pty's
+                                let id = match index {
+                                    Some(i) => i * 2,
+                                    None => (1 << 30) + tty_infos.len() as u32,
+                                };
                                 tty_infos.push(pb::TtyInfoEntry {
                                     id, r#type: kind as i32, locked: false, exclusive: false, packet_mode: false,
                                     sid: 0, pgrp: 0, rdev: *rdev as u32,
                                     pty: index.map(|index| pb::TtyPtyEntry { index }),
                                     ..Default::default()
                                 });
+                                // (one tty-info.img with the pty kind's entries)
+                                kinds.push_once(&mg::TTY_INFO, u64::from(id), tty_infos.last().expect("just pushed"), Vec::new());
                                 id
                             }
                         };
@@ -647,7 +654,11 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                         if let Some(u) = e.usk.as_mut() {
                             u.ns_id = (task.ids.net_ns != 0).then_some(task.ids.net_ns);
                         }
-                        push_file(files, e)
+                        let id = push_file(files, e);
+                        if let Some((path, flags, mode)) = k.path_entry() {
+                            push_file(files, reg_entry(0, &path, flags, 0, mode, None));
+                        }
+                        id
                     }
                 };
                 desc_ids.insert(fd.desc, id);
@@ -667,7 +678,7 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
 
 /// The images every fd table of the tree shares, after the last one.
 fn finish_fds(dir: &Path, st: &FdImages) -> Result<(), ImagesError> {
-    let FdImages { remaps, tty_infos, pipe_data, kinds, .. } = st;
+    let FdImages { remaps, pipe_data, kinds, .. } = st;
     kinds.finish(dir)?;
     // As upstream: one entry per pipe (per FIFO) whose data was taken
     // through a read end in the tree, empty ones too (they carry the buffer
@@ -687,9 +698,6 @@ fn finish_fds(dir: &Path, st: &FdImages) -> Result<(), ImagesError> {
     }
     if !remaps.is_empty() {
         write_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH, remaps)?;
-    }
-    if !tty_infos.is_empty() {
-        write_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO, tty_infos)?;
     }
     Ok(())
 }
@@ -758,6 +766,15 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
         size,
         extents,
     })
+}
+
+/// Every entry of image `kind` in `dir`, none when the file is not there.
+pub fn read_optional<M: prost::Message + Default>(dir: &Path, kind: &'static images_proto::magic::ImageKind) -> Result<Vec<M>, ImagesError> {
+    let name = kind.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(Vec::new());
+    }
+    Ok(read_all(dir, &name, kind)?)
 }
 
 /// The fd table `fdinfo-<files_id>.img` describes (with files.img,
@@ -838,7 +855,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                 .and_then(|r| r.reg.as_ref())
                 .ok_or_else(|| bad("files.img", format!("fd {}: fifo {} has no reg_file_entry (regf_id {:?})", fi.fd, f.id, ff.regf_id)))?;
             FileDesc::Fifo { path: r.name.clone(), flags: r.flags, mode: r.mode.unwrap_or(libc::S_IFIFO), pipe_id: ff.pipe_id }
-        } else if let Some(t) = &f.tty {
+        } else if let Some(t) = f.tty.as_ref().filter(|t| !crate::kinds::pty::is_pair(t, &tty_infos)) {
             let info = tty_infos.iter().find(|i| i.id == t.tty_info_id);
             let rdev = info.map(|i| u64::from(i.rdev)).unwrap_or(0);
             let path = match t.regf_id.and_then(file).and_then(|r| r.reg.as_ref()) {

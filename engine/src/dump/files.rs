@@ -366,6 +366,14 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
                     }
                 }
             }
+        } else if <crate::kinds::pty::Pty as crate::kinds::FileKind>::claims(&link, &meta) {
+            // a pty master (/dev/ptmx, whatever the path): the pair is
+            // the tree's own (its slaves join it in `kinds::pty::check_tree`)
+            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
+            match crate::kinds::collect(&mut cx)? {
+                Some(k) => FileDesc::Kind(k),
+                None => return Err(unsupported(format!("{link}, a pty master"))),
+            }
         } else if ft.is_char_device() && is_tty_major(dev_major(meta.rdev())) {
             // by device number, whatever the path (a pty of a devpts
             // instance unmounted since shows as "(deleted)")

@@ -237,6 +237,7 @@ fn collect_tree(
             tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
         files::share_descriptions(&mut tables)?;
         crate::kinds::unix::check_tree(&mut tables)?;
+        crate::kinds::pty::check_tree(&mut tables, &ns_pid)?;
     }
     files::share_locks(tasks.iter_mut().map(|(_, t)| t));
     let memfds = {

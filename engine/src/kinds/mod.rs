@@ -38,6 +38,7 @@ pub mod eventfd;
 pub mod fanotify;
 pub mod inet;
 pub mod inotify;
+pub mod pty;
 pub mod signalfd;
 pub mod timerfd;
 pub mod unix;
@@ -98,6 +99,8 @@ pub struct ImageAcc {
     /// once): a unix socket's peer outside the tree. Their ids are given
     /// when files.img is written.
     files: Vec<(u64, pb::FileEntry)>,
+    /// (image file, key) of the entries pushed with [`ImageAcc::push_once`].
+    once: std::collections::HashSet<(&'static str, u64)>,
 }
 
 /// One encoded entry and the bytes that follow it.
@@ -119,6 +122,14 @@ impl ImageAcc {
     /// Append an entry (and the bytes after it, empty for none) to image `kind`.
     pub fn push(&mut self, kind: &'static ImageKind, entry: &impl prost::Message, payload: Vec<u8>) {
         self.images.entry(kind.file).or_insert_with(|| (kind, Vec::new())).1.push((entry.encode_to_vec(), payload));
+    }
+
+    /// [`ImageAcc::push`], unless an entry of the same `key` was pushed to
+    /// image `kind` before (what several fds share: a pty pair's info).
+    pub fn push_once(&mut self, kind: &'static ImageKind, key: u64, entry: &impl prost::Message, payload: Vec<u8>) {
+        if self.once.insert((kind.file, key)) {
+            self.push(kind, entry, payload);
+        }
     }
 
     /// Write every gathered image into `dir`.
@@ -203,6 +214,12 @@ pub trait FileKind: Sized {
     /// Image: the model from a files.img entry of type [`Self::TYPE`],
     /// checked (untrusted input).
     fn read(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<Self, ImagesError>;
+    /// Image: a `REG` entry (path, flags, mode) to write right after the
+    /// kind's own entry (its id is the kind's + 1), for a kind whose entry
+    /// names its path that way (`regf_id`: ptys).
+    fn path_entry(&self) -> Option<(String, u32, u32)> {
+        None
+    }
     /// Restore: fd numbers that must hold their restored files before this
     /// one is created (epoll: its targets). Fds of the older kinds always do.
     fn after(&self) -> Vec<i32> {
@@ -252,6 +269,11 @@ macro_rules! kinds {
                 match self { $(Kind::$variant(k) => k.write(id, acc),)* }
             }
 
+            /// [`FileKind::path_entry`] of the kind.
+            pub fn path_entry(&self) -> Option<(String, u32, u32)> {
+                match self { $(Kind::$variant(k) => k.path_entry(),)* }
+            }
+
             /// [`FileKind::after`] of the kind.
             pub fn after(&self) -> Vec<i32> {
                 match self { $(Kind::$variant(k) => k.after(),)* }
@@ -290,6 +312,8 @@ macro_rules! kinds {
 
 // The kinds, in the order they are asked to claim an fd at dump.
 kinds! {
+    // (ptys first: claimed by device number, whatever the path)
+    Pty(pty::Pty),
     Eventfd(eventfd::Eventfd),
     Timerfd(timerfd::Timerfd),
     Signalfd(signalfd::Signalfd),

@@ -137,6 +137,10 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
             files::restore_shared(plan, tree, terminal)?;
         }
     }
+    // a session leader's pty (the root's, inherited), before its forks
+    if node.setsid {
+        crate::kinds::pty::take_ctty(tree, &plan.shared_fds(), node.pid)?;
+    }
     for &c in &node.children {
         let pid = plan.plan.nodes[c].pid;
         let under_helper = node.role == Role::Helper;
@@ -194,6 +198,9 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     }
     let shared = plan.shared_fds();
     files::restore_fds(plan, task, terminal, &shared)?;
+    if node.setsid {
+        crate::kinds::pty::set_foreground(tree, node.pid)?;
+    }
     for (k, (path, flags)) in plan.map_files[i].iter().enumerate() {
         let at = plan.svc_base + 1 + k as i32;
         match plan.map_from[i].get(k).copied().flatten() {

@@ -74,6 +74,7 @@ fn refuse(what: String) -> RestoreError {
 pub fn make(tree: &Tree) -> Result<Plan, RestoreError> {
     let tasks = &tree.tasks;
     check_unshared(tree)?;
+    crate::kinds::pty::check_sessions(tree).map_err(refuse)?;
     let index: HashMap<i32, usize> = tasks.iter().enumerate().map(|(i, t)| (t.pid, i)).collect();
     let mut nodes: Vec<Node> = Vec::with_capacity(tasks.len());
     // per node: (sid, pgid) its children inherit (the ids at the time it
@@ -195,6 +196,8 @@ enum Object {
     Ghost(u64, u64),
     /// Both ends of a connected unix socket pair: made together.
     UnixPair(u32, u32),
+    /// A pty pair (by index): master and slaves, made by the root.
+    Pty(u32),
     Desc(u32),
 }
 
@@ -207,6 +210,7 @@ fn object_of(f: &crate::model::Fd) -> Object {
             Some((a, b)) => Object::UnixPair(a, b),
             None => Object::Desc(f.desc),
         },
+        FileDesc::Kind(crate::kinds::Kind::Pty(p)) => Object::Pty(p.index),
         _ => Object::Desc(f.desc),
     }
 }
@@ -232,6 +236,13 @@ fn shared_descriptions(tree: &Tree) -> Vec<u32> {
             if let Some(e) = holders.get_mut(&Object::Ghost(g.dev, g.ino)) {
                 e.1 = true;
             }
+        }
+    }
+    // a pty pair is the root's whoever holds it: a session leader takes
+    // it as its controlling terminal before it forks
+    for (o, e) in holders.iter_mut() {
+        if matches!(o, Object::Pty(_)) {
+            e.1 = true;
         }
     }
     let mut shared: HashSet<u32> = HashSet::new();

@@ -16,6 +16,7 @@ pub mod ns;
 pub mod pagemap;
 pub mod process;
 pub mod sock;
+pub mod tty;
 pub mod ptrace;
 pub mod uffd;
 pub mod uring;
