@@ -857,6 +857,9 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
             FileDesc::Fifo { path: r.name.clone(), flags: r.flags, mode: r.mode.unwrap_or(libc::S_IFIFO), pipe_id: ff.pipe_id }
         } else if let Some(t) = f.tty.as_ref().filter(|t| !crate::kinds::pty::is_pair(t, &tty_infos)) {
             let info = tty_infos.iter().find(|i| i.id == t.tty_info_id);
+            if info.is_none() {
+                return Err(bad("files.img", format!("fd {}: tty {} names tty-info entry {}, which tty-info.img does not have", fi.fd, f.id, t.tty_info_id)));
+            }
             let rdev = info.map(|i| u64::from(i.rdev)).unwrap_or(0);
             let path = match t.regf_id.and_then(file).and_then(|r| r.reg.as_ref()) {
                 Some(r) => r.name.clone(),

@@ -1,0 +1,310 @@
+//! Pseudo-terminals held by the tree itself through dump and restore, with
+//! tests/progs/ptys.c: a pty that is the controlling terminal of the
+//! program's session with bytes queued both ways (a partial line too), a
+//! locked master in packet mode, and (`tree`) a child session whose
+//! terminal is a pty of the program's, with a foreground group of its own
+//! that answers lines. Every tick checks indices, termios, window size,
+//! session, foreground group, lock, packet mode and the queued bytes
+//! (`tick N ok` / `FAIL ...` in progress.log). Plain and `--leave-running`
+//! rounds, both directions with upstream CRIU 4.2 (as far as it carries
+//! the state), hostile images refused, a taken index refused. Needs root,
+//! gcc, unshare, setsid.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+mod common;
+
+use images_proto::{image, magic, pb};
+
+use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
+
+/// A running ptys program, started `unshare --pid --fork setsid ptys
+/// WORDS...` (pid 1 of its own pid namespace, a session leader without a
+/// terminal); killed on drop.
+struct Pt {
+    dir: PathBuf,
+    bin: PathBuf,
+    work: PathBuf,
+    pid: i32,
+    /// pts indices of A, D and B (-1 without `tree`), from ./ready.
+    indices: Vec<i32>,
+}
+
+impl Pt {
+    fn start(name: &str, words: &[&str]) -> Pt {
+        let dir = test_dir(&format!("pty-{name}"));
+        let bin = dir.join("ptys");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/ptys.c");
+        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+        assert!(st.success(), "building ptys");
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
+            .arg(&bin)
+            .args(words)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ptys");
+        std::thread::spawn(move || child.wait());
+        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+        let indices = std::fs::read_to_string(work.join("ready")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+        let mut pt = Pt { dir, bin, work, pid: 0, indices };
+        wait_until("first tick", Duration::from_secs(10), || pt.tick() >= 1);
+        pt.refind();
+        pt
+    }
+
+    /// The program's pid again: pid 1 of its namespace.
+    fn refind(&mut self) {
+        let pids = live_with_exe(&self.bin);
+        let ns_one = |p: &i32| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+        };
+        let roots: Vec<i32> = pids.iter().copied().filter(ns_one).collect();
+        assert_eq!(roots.len(), 1, "one ptys root expected, found {roots:?} of {pids:?}");
+        self.pid = roots[0];
+    }
+
+    fn log(&self) -> PathBuf {
+        self.work.join("progress.log")
+    }
+
+    fn tick(&self) -> u64 {
+        last_tick(&self.log())
+    }
+
+    fn ticks_on(&self, n: u64, what: &str) {
+        let t = self.tick();
+        let log = self.log();
+        let fails = || std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.starts_with("FAIL")).map(str::to_string).collect::<Vec<_>>();
+        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || self.tick() >= t + n || !fails().is_empty());
+        assert!(fails().is_empty(), "{what}: {:?}", fails());
+    }
+
+    fn images(&self, name: &str) -> PathBuf {
+        let d = self.dir.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Every process of the program: (its controlling terminal from
+    /// stat's tty_nr, its fds' links), in pid order of the namespace.
+    fn terminals(&self) -> Vec<(u64, Vec<(i32, String)>)> {
+        let mut v: Vec<(i32, u64, Vec<(i32, String)>)> = live_with_exe(&self.bin)
+            .into_iter()
+            .map(|p| {
+                let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                let ns = st.lines().find(|l| l.starts_with("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0);
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let tty_nr = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().nth(4).unwrap_or("0").parse().unwrap_or(0)).unwrap_or(0);
+                let links = common::fd_links(p).into_iter().filter(|(_, l)| l.starts_with("/dev/")).collect();
+                (ns, tty_nr, links)
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, t, l)| (t, l)).collect()
+    }
+
+    fn kill_all(&self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        wait_until("the program gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
+    }
+}
+
+impl Drop for Pt {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+}
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
+}
+
+fn why_not_upstream() -> Option<String> {
+    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
+}
+
+fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
+    let (st, text) = criu_env(&upstream(), args, dir, log, &[]);
+    assert!(st.success(), "upstream criu {args:?} failed ({st:?}):\n{text}");
+}
+
+/// Dump (killing it, or `--leave-running` and then killed) and restore
+/// with our criu; the program ticks on with every check passing, and its
+/// processes have the same terminals and fds as before.
+fn dump_restore(pt: &mut Pt, criu: &Path, img: &Path, leave_running: bool) {
+    let before = pt.terminals();
+    let pid = pt.pid.to_string();
+    let mut args = vec!["dump", "-t", &pid];
+    if leave_running {
+        args.push("--leave-running");
+    }
+    criu_ok(criu, &args, img, "dump.log");
+    if leave_running {
+        pt.ticks_on(3, "after a --leave-running dump (queued bytes put back)");
+        pt.kill_all();
+    } else {
+        wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&pt.bin).is_empty());
+    }
+    criu_ok(criu, &["restore", "-d"], img, "restore.log");
+    pt.refind();
+    pt.ticks_on(4, "after restore");
+    assert_eq!(pt.terminals(), before, "controlling terminals and fds after restore");
+}
+
+/// The program with its child session (`tree`) through a plain round and
+/// a `--leave-running` one: indices, termios, window size, lock, packet
+/// mode, session and foreground groups, the queued bytes (a partial line
+/// and ONLCR output) all as before.
+#[test]
+fn ptys_round_trip() {
+    require!(why_not_here());
+    let mut pt = Pt::start("round", &["tree"]);
+    let criu = private_criu(&pt.dir);
+    pt.ticks_on(2, "before the dump");
+    assert_eq!(pt.indices.len(), 3);
+    let img = pt.images("img1");
+    dump_restore(&mut pt, &criu, &img, false);
+    let img = pt.images("img2");
+    dump_restore(&mut pt, &criu, &img, true);
+}
+
+/// A dump with `--leave-running` takes the queued bytes and puts them
+/// back: the program goes on with nothing lost (checked by the ticks in
+/// `dump_restore`); here several dumps in a row with no restore.
+#[test]
+fn leave_running_dumps_keep_queued_bytes() {
+    require!(why_not_here());
+    let pt = Pt::start("leave", &["tree"]);
+    let criu = private_criu(&pt.dir);
+    pt.ticks_on(2, "before the dumps");
+    for i in 0..3 {
+        let img = pt.images(&format!("img{i}"));
+        criu_ok(&criu, &["dump", "-t", &pt.pid.to_string(), "--leave-running"], &img, "dump.log");
+        pt.ticks_on(2, "after a --leave-running dump");
+    }
+}
+
+/// Restoring while the dumped program still runs: its pts indices are
+/// taken, and the restore says so by name (nothing is left behind).
+#[test]
+fn a_taken_index_is_refused() {
+    require!(why_not_here());
+    let pt = Pt::start("taken", &[]);
+    let criu = private_criu(&pt.dir);
+    pt.ticks_on(1, "before the dump");
+    let img = pt.images("img");
+    criu_ok(&criu, &["dump", "-t", &pt.pid.to_string(), "--leave-running"], &img, "dump.log");
+    let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore.log", &[]);
+    assert_eq!(st.code(), Some(1), "the restore must fail:\n{log}");
+    let want = format!("/dev/pts/{} is taken", pt.indices[0]);
+    assert!(log.contains(&want), "the error must say {want:?}:\n{log}");
+    assert_eq!(live_with_exe(&pt.bin), vec![pt.pid], "only the original runs");
+    pt.ticks_on(2, "after the refused restore");
+}
+
+/// Our images restored by upstream CRIU 4.2: the pty of the program's own
+/// session goes on, partial line included. (`noout`: upstream writes the
+/// slave's queued output back through the slave, where ONLCR doubles the
+/// "\r"; without `tree`: upstream gives the controlling terminal to a
+/// session leader after its children are forked, so they have none.)
+#[test]
+fn upstream_restores_our_pty_images() {
+    require!(why_not_upstream());
+    let mut pt = Pt::start("to-upstream", &["noout"]);
+    let criu = private_criu(&pt.dir);
+    pt.ticks_on(2, "before the dump");
+    let img = pt.images("img");
+    criu_ok(&criu, &["dump", "-t", &pt.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&pt.bin).is_empty());
+    upstream_ok(&["restore", "-d"], &img, "restore-upstream.log");
+    pt.refind();
+    pt.ticks_on(5, "after upstream's restore");
+}
+
+/// Upstream CRIU 4.2's dump of the program with its child session,
+/// restored by ours: it goes on, the child session's foreground group
+/// with its terminal. (`lines`: upstream's dump loses a partial line of a
+/// canonical slave; `noout` as above.)
+#[test]
+fn we_restore_upstream_pty_dumps() {
+    require!(why_not_upstream());
+    let mut pt = Pt::start("from-upstream", &["tree", "noout", "lines"]);
+    let criu = private_criu(&pt.dir);
+    pt.ticks_on(2, "before the dump");
+    let before = pt.terminals();
+    let img = pt.images("img");
+    upstream_ok(&["dump", "-t", &pt.pid.to_string()], &img, "dump-upstream.log");
+    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&pt.bin).is_empty());
+    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
+    pt.refind();
+    pt.ticks_on(5, "after our restore of upstream's dump");
+    assert_eq!(pt.terminals(), before, "controlling terminals and fds after restore");
+}
+
+/// A copy of image set `img` with image `file`'s entries changed by `edit`.
+fn edited<M: prost::Message + Default>(img: &Path, name: &str, file: &str, kind: &'static magic::ImageKind, edit: impl FnOnce(&mut Vec<M>)) -> PathBuf {
+    let out = img.with_file_name(name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    for e in std::fs::read_dir(img).unwrap().flatten() {
+        std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
+    }
+    let mut v: Vec<M> = image::read_all(&out, file, kind).unwrap();
+    edit(&mut v);
+    image::write_all(&out, file, kind, &v).unwrap();
+    out
+}
+
+/// Hostile images: a pty index past the kernel's, queued bytes past what
+/// a terminal holds, a tty entry naming info that is not there, a session
+/// whose leader is not in the tree, a termios line discipline past a
+/// byte. Each refused with an error naming it, before anything runs.
+#[test]
+fn hostile_pty_images_are_refused() {
+    require!(why_not_here());
+    let pt = Pt::start("hostile", &[]);
+    let criu = private_criu(&pt.dir);
+    pt.ticks_on(2, "before the dump");
+    let img = pt.images("img");
+    criu_ok(&criu, &["dump", "-t", &pt.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&pt.bin).is_empty());
+    let info = |name: &str, f: &dyn Fn(&mut pb::TtyInfoEntry)| {
+        edited(&img, name, "tty-info.img", &magic::TTY_INFO, |v: &mut Vec<pb::TtyInfoEntry>| v.iter_mut().for_each(f))
+    };
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        ("index", info("bad-index", &|e| e.pty.as_mut().unwrap().index = 1 << 20), "past the kernel's largest pty index"),
+        ("session", info("bad-sid", &|e| if e.sid != 0 { e.sid = 77 }), "session 77, whose leader is not in the tree"),
+        ("c_line", info("bad-line", &|e| e.termios.as_mut().unwrap().c_line = 300), "c_line 300 is past a byte"),
+        (
+            "queue size",
+            edited(&img, "bad-data", "tty-data.img", &magic::TTY_DATA, |v: &mut Vec<pb::TtyDataEntry>| v[0].data = vec![b'x'; 100_000]),
+            "100000 bytes queued, more than a terminal holds",
+        ),
+        (
+            "info id",
+            edited(&img, "bad-info-id", "files.img", &magic::FILES, |v: &mut Vec<pb::FileEntry>| {
+                v.iter_mut().filter_map(|e| e.tty.as_mut()).for_each(|t| t.tty_info_id += 1000)
+            }),
+            "which tty-info.img does not have",
+        ),
+    ];
+    for (what, dir, want) in cases {
+        let (st, log) = criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
+        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
+        assert!(log.contains(want), "{what}: the error must say {want:?}:\n{log}");
+        assert!(live_with_exe(&pt.bin).is_empty(), "{what}: a refused image must not start anything");
+    }
+}
