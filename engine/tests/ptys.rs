@@ -20,6 +20,9 @@ use images_proto::{image, magic, pb};
 
 use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
 
+/// An fd table as (fd, link).
+type Links = Vec<(i32, String)>;
+
 /// A running ptys program, started `unshare --pid --fork setsid ptys
 /// WORDS...` (pid 1 of its own pid namespace, a session leader without a
 /// terminal); killed on drop.
@@ -96,8 +99,8 @@ impl Pt {
 
     /// Every process of the program: (its controlling terminal from
     /// stat's tty_nr, its fds' links), in pid order of the namespace.
-    fn terminals(&self) -> Vec<(u64, Vec<(i32, String)>)> {
-        let mut v: Vec<(i32, u64, Vec<(i32, String)>)> = live_with_exe(&self.bin)
+    fn terminals(&self) -> Vec<(u64, Links)> {
+        let mut v: Vec<(i32, u64, Links)> = live_with_exe(&self.bin)
             .into_iter()
             .map(|p| {
                 let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();

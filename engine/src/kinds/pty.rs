@@ -141,8 +141,8 @@ fn termios_of(e: &pb::TermiosEntry) -> Result<Termios, String> {
 /// canonical mode kept, so lines are lines again).
 fn quiet(t: &Termios) -> Termios {
     let mut q = *t;
-    q.lflag &= !((libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN | libc::ECHOE | libc::ECHOK | libc::ECHOCTL | libc::ECHOKE) as u32);
-    q.iflag &= !((libc::ISTRIP | libc::INLCR | libc::IGNCR | libc::ICRNL | libc::IUCLC | libc::IXON | libc::IXOFF | libc::PARMRK) as u32);
+    q.lflag &= !(libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN | libc::ECHOE | libc::ECHOK | libc::ECHOCTL | libc::ECHOKE);
+    q.iflag &= !(libc::ISTRIP | libc::INLCR | libc::IGNCR | libc::ICRNL | libc::IUCLC | libc::IXON | libc::IXOFF | libc::PARMRK);
     for c in [libc::VERASE, libc::VKILL, libc::VWERASE, libc::VREPRINT, libc::VLNEXT, libc::VEOF, libc::VINTR, libc::VQUIT, libc::VSUSP, libc::VDISCARD] {
         q.cc[c] = 0;
     }
@@ -251,7 +251,7 @@ impl FileKind for Pty {
             tty::set_packet_mode(m.as_fd(), true).map_err(|e| io("TIOCPKT 1", e))?;
         }
         let mut raw = termios;
-        raw.lflag &= !(libc::ICANON as u32);
+        raw.lflag &= !libc::ICANON;
         tty::set_termios(s.as_fd(), &raw).map_err(|e| io("TCSETS (ICANON off)", e))?;
         let to_slave = drain(&s);
         tty::set_termios(s.as_fd(), &termios).map_err(|e| io("TCSETS (back)", e))?;
@@ -348,11 +348,10 @@ impl FileKind for Pty {
 
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
         let made = cx.scratch.get::<Made>();
-        if !made.0.contains_key(&self.index) {
-            let m = make_master(self.index, &self.state, if self.master { self.flags } else { libc::O_RDWR as u32 })?;
-            made.0.insert(self.index, m);
-        }
-        let m = &made.0[&self.index];
+        let m = match made.0.entry(self.index) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(make_master(self.index, &self.state, if self.master { self.flags } else { libc::O_RDWR as u32 })?),
+        };
         let fd = if self.master {
             m.try_clone().map_err(|e| format!("dup of the master of /dev/pts/{}: {e}", self.index))?
         } else {
@@ -388,7 +387,7 @@ fn read_entry(e: &pb::FileEntry, t: &pb::TtyFileEntry, infos: &[pb::TtyInfoEntry
         Some(l) => termios_of(l).map_err(|w| cx.bad(e, "tty_info.termios_locked", w))?,
         None => Termios::default(),
     };
-    let ws = mi.winsize.clone().unwrap_or(pb::WinsizeEntry { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 });
+    let ws = mi.winsize.unwrap_or(pb::WinsizeEntry { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 });
     let w16 = |v: u32, f: &str| u16::try_from(v).map_err(|_| cx.bad(e, f, format!("{v} is past 65535")));
     let winsize = Winsize { row: w16(ws.ws_row, "winsize.ws_row")?, col: w16(ws.ws_col, "winsize.ws_col")?, xpixel: w16(ws.ws_xpixel, "winsize.ws_xpixel")?, ypixel: w16(ws.ws_ypixel, "winsize.ws_ypixel")? };
     let pid = |v: u32, f: &str| i32::try_from(v).ok().filter(|&p| p <= 4 * 1024 * 1024).ok_or_else(|| cx.bad(e, f, format!("{v} is no pid")));

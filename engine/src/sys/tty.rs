@@ -90,19 +90,19 @@ pub fn set_winsize(fd: BorrowedFd<'_>, w: &Winsize) -> io::Result<()> {
 
 /// The pts index of a master (TIOCGPTN).
 pub fn index(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    get::<u32>(fd, libc::TIOCGPTN as u64)
+    get::<u32>(fd, libc::TIOCGPTN)
 }
 
 pub fn locked(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    get::<i32>(fd, libc::TIOCGPTLCK as u64).map(|v| v != 0)
+    get::<i32>(fd, libc::TIOCGPTLCK).map(|v| v != 0)
 }
 
 pub fn set_locked(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    set(fd, libc::TIOCSPTLCK as u64, &i32::from(on))
+    set(fd, libc::TIOCSPTLCK, &i32::from(on))
 }
 
 pub fn packet_mode(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    get::<i32>(fd, libc::TIOCGPKT as u64).map(|v| v != 0)
+    get::<i32>(fd, libc::TIOCGPKT).map(|v| v != 0)
 }
 
 pub fn set_packet_mode(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
@@ -110,7 +110,7 @@ pub fn set_packet_mode(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
 }
 
 pub fn exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    get::<i32>(fd, libc::TIOCGEXCL as u64).map(|v| v != 0)
+    get::<i32>(fd, libc::TIOCGEXCL).map(|v| v != 0)
 }
 
 pub fn set_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -144,7 +144,7 @@ pub fn make_controlling(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// A new open of a master's slave (TIOCGPTPEER), whatever its path.
 pub fn open_peer(master: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
-    let r = arg(master, libc::TIOCGPTPEER as u64, flags as libc::c_ulong)?;
+    let r = arg(master, libc::TIOCGPTPEER, flags as libc::c_ulong)?;
     // SAFETY: the kernel just created fd `r` for this process; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
