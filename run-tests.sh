@@ -24,6 +24,7 @@ command -v mkfs.btrfs >/dev/null 2>&1 || need_apt+=(btrfs-progs)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl-base)
 command -v xargs >/dev/null 2>&1 || need_apt+=(findutils)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
