@@ -655,8 +655,8 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                             u.ns_id = (task.ids.net_ns != 0).then_some(task.ids.net_ns);
                         }
                         let id = push_file(files, e);
-                        if let Some((path, flags, mode)) = k.path_entry() {
-                            push_file(files, reg_entry(0, &path, flags, 0, mode, None));
+                        for x in k.extra_files() {
+                            push_file(files, reg_entry(0, &x.path, x.flags, x.pos, x.mode, None));
                         }
                         id
                     }

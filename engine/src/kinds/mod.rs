@@ -146,6 +146,16 @@ impl ImageAcc {
     }
 }
 
+/// A `REG` files.img entry a kind has written after its own
+/// ([`FileKind::extra_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraReg {
+    pub path: String,
+    pub flags: u32,
+    pub pos: u64,
+    pub mode: u32,
+}
+
 /// What reading one files.img entry of a kind has at hand.
 pub struct Read<'a> {
     pub dir: &'a Path,
@@ -214,11 +224,12 @@ pub trait FileKind: Sized {
     /// Image: the model from a files.img entry of type [`Self::TYPE`],
     /// checked (untrusted input).
     fn read(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<Self, ImagesError>;
-    /// Image: a `REG` entry (path, flags, mode) to write right after the
-    /// kind's own entry (its id is the kind's + 1), for a kind whose entry
-    /// names its path that way (`regf_id`: ptys).
-    fn path_entry(&self) -> Option<(String, u32, u32)> {
-        None
+    /// Image: `REG` entries to write right after the kind's own entry, in
+    /// order (ids: the kind's + 1, + 2, ...), for a kind whose entry names
+    /// files by id (a pty's path, `regf_id`; files in flight in a unix
+    /// socket's queue, `scm.rights`).
+    fn extra_files(&self) -> Vec<ExtraReg> {
+        Vec::new()
     }
     /// Restore: fd numbers that must hold their restored files before this
     /// one is created (epoll: its targets). Fds of the older kinds always do.
@@ -269,9 +280,9 @@ macro_rules! kinds {
                 match self { $(Kind::$variant(k) => k.write(id, acc),)* }
             }
 
-            /// [`FileKind::path_entry`] of the kind.
-            pub fn path_entry(&self) -> Option<(String, u32, u32)> {
-                match self { $(Kind::$variant(k) => k.path_entry(),)* }
+            /// [`FileKind::extra_files`] of the kind.
+            pub fn extra_files(&self) -> Vec<ExtraReg> {
+                match self { $(Kind::$variant(k) => k.extra_files(),)* }
             }
 
             /// [`FileKind::after`] of the kind.

@@ -302,19 +302,20 @@ impl FileKind for Pty {
                 tty_info_id: info_id(self.index, self.master),
                 flags: self.flags,
                 fown: super::fown(),
-                // the REG entry `path_entry` gives, right after this one
+                // the REG entry `extra_files` gives, right after this one
                 regf_id: Some(id + 1),
             }),
             ..Default::default()
         })
     }
 
-    fn path_entry(&self) -> Option<(String, u32, u32)> {
-        Some(if self.master {
-            ("/dev/ptmx".to_string(), self.flags, libc::S_IFCHR | 0o666)
+    fn extra_files(&self) -> Vec<super::ExtraReg> {
+        let (path, mode) = if self.master {
+            ("/dev/ptmx".to_string(), libc::S_IFCHR | 0o666)
         } else {
-            (format!("/dev/pts/{}", self.index), self.flags, self.state.slave_mode)
-        })
+            (format!("/dev/pts/{}", self.index), self.state.slave_mode)
+        };
+        vec![super::ExtraReg { path, flags: self.flags, pos: 0, mode }]
     }
 
     fn read(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<Self, ImagesError> {

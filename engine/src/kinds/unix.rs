@@ -130,9 +130,56 @@ pub struct UnixSk {
     /// The receive queue: datagrams or records one each, a stream's bytes
     /// in chunks.
     pub queue: Vec<Vec<u8>>,
+    /// Files passed in flight (SCM_RIGHTS) with queued messages: (index
+    /// of the message in `queue`, the files, in order).
+    pub passed: Vec<(usize, Vec<Passed>)>,
     /// `--ext-unix-sk`: the peer is a datagram socket outside the dump,
     /// bound to this name (an external entry in files.img).
     pub ext_peer: Option<Vec<u8>>,
+}
+
+/// A regular file in flight: passed (SCM_RIGHTS) with a queued message,
+/// not received yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passed {
+    pub path: String,
+    /// File status flags and access mode (no O_CLOEXEC).
+    pub flags: u32,
+    pub pos: u64,
+    pub mode: u32,
+}
+
+/// The file behind `f`, an fd the kernel passed to the engine with a
+/// peeked message: a regular file with a path, else refused by name.
+fn passed_file(f: &OwnedFd) -> Result<Passed, String> {
+    use std::os::unix::fs::MetadataExt;
+    let n = std::os::fd::AsRawFd::as_raw_fd(f);
+    let link = std::fs::read_link(format!("/proc/self/fd/{n}")).map_err(|e| format!("a file in flight: readlink: {e}"))?;
+    let link = link.to_str().ok_or_else(|| format!("a file in flight with a non-UTF-8 path {link:?}"))?.to_string();
+    let meta = std::fs::metadata(format!("/proc/self/fd/{n}")).map_err(|e| format!("{link} in flight: stat: {e}"))?;
+    if !meta.is_file() || !link.starts_with('/') || link.ends_with(" (deleted)") {
+        return Err(format!("{link} passed in flight (SCM_RIGHTS): only regular files with a path are supported in flight yet"));
+    }
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).map_err(|e| format!("{link} in flight: fdinfo: {e}"))?;
+    let flags = super::fdinfo_field(&info, "flags").and_then(|v| u32::from_str_radix(v, 8).ok()).ok_or_else(|| format!("{link} in flight: no flags in its fdinfo"))?;
+    let pos = super::fdinfo_field(&info, "pos").and_then(|v| v.parse().ok()).ok_or_else(|| format!("{link} in flight: no pos in its fdinfo"))?;
+    Ok(Passed { path: link, flags: flags & !(libc::O_CLOEXEC as u32), pos, mode: meta.mode() })
+}
+
+/// A new open of a file in flight, at its offset, for the restore to
+/// pass it again.
+fn open_passed(p: &Passed) -> Result<OwnedFd, String> {
+    use std::io::Seek;
+    use std::os::unix::fs::OpenOptionsExt;
+    let acc = p.flags as i32 & libc::O_ACCMODE;
+    let mut f = std::fs::OpenOptions::new()
+        .read(acc != libc::O_WRONLY)
+        .write(acc != libc::O_RDONLY)
+        .custom_flags(p.flags as i32 & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&p.path)
+        .map_err(|e| format!("the file {} in flight: {e}", p.path))?;
+    f.seek(std::io::SeekFrom::Start(p.pos)).map_err(|e| format!("the file {} in flight: seek to {}: {e}", p.path, p.pos))?;
+    Ok(OwnedFd::from(f))
 }
 
 fn type_name(ty: u8) -> &'static str {
@@ -324,7 +371,9 @@ fn read_opts(s: BorrowedFd<'_>) -> std::io::Result<Opts> {
 /// The receive queue of `s` (type `ty`), not consumed: SO_PEEK_OFF 0,
 /// recvmsg(MSG_PEEK) until nothing is left, the old peek offset put back.
 /// `stream_len` is what sock_diag counted for a stream (cross-check).
-fn read_queue(s: BorrowedFd<'_>, ty: u8, shutdown: u8, stream_len: u32) -> Result<Vec<Vec<u8>>, String> {
+type Queue = (Vec<Vec<u8>>, Vec<(usize, Vec<Passed>)>);
+
+fn read_queue(s: BorrowedFd<'_>, ty: u8, shutdown: u8, stream_len: u32) -> Result<Queue, String> {
     let old = sock::get_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("getsockopt SO_PEEK_OFF: {e}"))?;
     sock::set_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| format!("setsockopt SO_PEEK_OFF: {e}"))?;
     let r = peek_all(s, ty, shutdown, stream_len);
@@ -334,10 +383,11 @@ fn read_queue(s: BorrowedFd<'_>, ty: u8, shutdown: u8, stream_len: u32) -> Resul
     Ok(q)
 }
 
-fn peek_all(s: BorrowedFd<'_>, ty: u8, shutdown: u8, stream_len: u32) -> Result<Vec<Vec<u8>>, String> {
+fn peek_all(s: BorrowedFd<'_>, ty: u8, shutdown: u8, stream_len: u32) -> Result<Queue, String> {
     let stream = i32::from(ty) == libc::SOCK_STREAM;
     let mut buf = vec![0u8; PEEK_CHUNK];
     let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut passed: Vec<(usize, Vec<Passed>)> = Vec::new();
     let mut total = 0usize;
     // a datagram or record bigger than the buffer comes in several peeks
     // (the peek offset moves by what was copied); `partial` collects it
@@ -347,11 +397,13 @@ fn peek_all(s: BorrowedFd<'_>, ty: u8, shutdown: u8, stream_len: u32) -> Result<
             break;
         }
         let Some(pk) = sock::peek(s, &mut buf).map_err(|e| format!("recvmsg(MSG_PEEK): {e}"))? else { break };
-        if pk.rights != 0 || pk.ctrunc {
-            return Err(format!(
-                "{} passed fd(s) in flight in its queue (SCM_RIGHTS): fds in flight are not supported",
-                if pk.rights != 0 { pk.rights.to_string() } else { "some".to_string() }
-            ));
+        if pk.ctrunc {
+            return Err("more fds in flight with one message (SCM_RIGHTS) than a peek takes (64): not supported".to_string());
+        }
+        if !pk.fds.is_empty() {
+            // with the message (or stream chunk) that starts here
+            let files = pk.fds.iter().map(passed_file).collect::<Result<Vec<_>, _>>()?;
+            passed.push((out.len(), files));
         }
         total = total.saturating_add(pk.len);
         if total > QUEUE_MAX {
@@ -383,7 +435,7 @@ fn peek_all(s: BorrowedFd<'_>, ty: u8, shutdown: u8, stream_len: u32) -> Result<
     if stream && total != stream_len as usize {
         return Err(format!("sock_diag counted {stream_len} queued bytes but {total} were read"));
     }
-    Ok(out)
+    Ok((out, passed))
 }
 
 impl FileKind for UnixSk {
@@ -483,8 +535,8 @@ impl FileKind for UnixSk {
         if sock::get_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER).unwrap_or(0) > 0 {
             return Err(refuse("a socket filter (SO_ATTACH_FILTER) is attached: not supported yet".to_string()));
         }
-        let queue = if d.state == ST_LISTEN || (ty != libc::SOCK_DGRAM && d.rqlen.0 == 0) {
-            Vec::new()
+        let (queue, passed) = if d.state == ST_LISTEN || (ty != libc::SOCK_DGRAM && d.rqlen.0 == 0) {
+            (Vec::new(), Vec::new())
         } else {
             read_queue(dup.as_fd(), d.ty, d.shutdown, d.rqlen.0).map_err(|e| refuse(format!("reading its receive queue: {e}")))?
         };
@@ -508,8 +560,13 @@ impl FileKind for UnixSk {
             uflags: 0,
             opts,
             queue,
+            passed,
             ext_peer,
         })
+    }
+
+    fn extra_files(&self) -> Vec<super::ExtraReg> {
+        self.passed.iter().flat_map(|(_, v)| v).map(|p| super::ExtraReg { path: p.path.clone(), flags: p.flags, pos: p.pos, mode: p.mode }).collect()
     }
 
     fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
@@ -541,12 +598,20 @@ impl FileKind for UnixSk {
             so_linger: o.linger,
             so_buf_lock: Some(o.buf_lock),
         };
-        for m in &self.queue {
+        // the files in flight are the REG entries right after this one
+        let mut next = id + 1;
+        for (i, m) in self.queue.iter().enumerate() {
             let length = u32::try_from(m.len()).map_err(|_| ImagesError::Bad {
                 file: "sk-queues.img".to_string(),
                 what: format!("{}: a message of {} bytes", self.what(), m.len()),
             })?;
-            acc.push(&mg::SK_QUEUES, &pb::SkPacketEntry { id_for: id, length, scm: Vec::new() }, m.clone());
+            let mut scm = Vec::new();
+            if let Some((_, files)) = self.passed.iter().find(|(at, _)| *at == i) {
+                let rights: Vec<u32> = (next..next + files.len() as u32).collect();
+                next += files.len() as u32;
+                scm.push(pb::ScmEntry { r#type: libc::SCM_RIGHTS as u32, rights });
+            }
+            acc.push(&mg::SK_QUEUES, &pb::SkPacketEntry { id_for: id, length, scm }, m.clone());
         }
         if let Some(name) = &self.ext_peer {
             // as upstream writes an external peer: a datagram "listener"
@@ -632,7 +697,7 @@ impl FileKind for UnixSk {
                 ext_peer = Some(p.name.clone());
             }
         }
-        let queue = queue_of(cx, e.id)?;
+        let (queue, passed) = queue_of(cx, e.id)?;
         if !queue.is_empty() && state == ST_LISTEN {
             return Err(ImagesError::Bad { file: "sk-queues.img".to_string(), what: format!("data queued on listening socket:[{}] (file {})", u.ino, e.id) });
         }
@@ -671,6 +736,7 @@ impl FileKind for UnixSk {
                 buf_lock: o.so_buf_lock.unwrap_or(0),
             },
             queue,
+            passed,
             ext_peer,
         })
     }
@@ -700,8 +766,9 @@ impl FileKind for UnixSk {
 
 /// The queued messages of file `id` from sk-queues.img (read once per
 /// image set, every entry checked against files.img).
-fn queue_of(cx: &mut Read<'_>, id: u32) -> Result<Vec<Vec<u8>>, ImagesError> {
+fn queue_of(cx: &mut Read<'_>, id: u32) -> Result<Queue, ImagesError> {
     let (dir, files) = (cx.dir, cx.files);
+    let files_all = files;
     let q = cx.scratch.get::<QueueScratch>();
     if !q.loaded {
         q.loaded = true;
@@ -715,23 +782,41 @@ fn queue_of(cx: &mut Read<'_>, id: u32) -> Result<Vec<Vec<u8>>, ImagesError> {
                 if !ids.contains(&e.id_for) {
                     return Err(bad(format!("id_for {} names no unix socket of files.img", e.id_for)));
                 }
-                if !e.scm.is_empty() {
-                    return Err(bad(format!("a message for file {} carries ancillary data (fds in flight): not supported", e.id_for)));
+                let mut files = Vec::new();
+                for (k, scm) in e.scm.iter().enumerate() {
+                    if scm.r#type != libc::SCM_RIGHTS as u32 {
+                        return Err(bad(format!("scm[{k}]: ancillary data of type {} (only SCM_RIGHTS is supported)", scm.r#type)));
+                    }
+                    for &fid in &scm.rights {
+                        let f = files_all.iter().find(|f| f.id == fid).ok_or_else(|| bad(format!("scm[{k}].rights: file {fid} is not in files.img")))?;
+                        let reg = f.reg.as_ref().ok_or_else(|| {
+                            let ty = pb::FdTypes::try_from(f.r#type).map(|t| t.as_str_name()).unwrap_or("?");
+                            bad(format!("scm[{k}].rights: file {fid} in flight is a {ty}: only regular files are supported in flight yet"))
+                        })?;
+                        files.push(Passed { path: reg.name.clone(), flags: reg.flags, pos: reg.pos, mode: reg.mode.unwrap_or(libc::S_IFREG | 0o644) });
+                    }
+                }
+                if files.len() > 253 {
+                    return Err(bad(format!("{} files in flight with one message, more than SCM_MAX_FD (253)", files.len())));
                 }
                 let data = r.read_payload(u64::from(e.length))?;
                 let all = q.by_id.entry(e.id_for).or_default();
+                if !files.is_empty() {
+                    q.passed_by_id.entry(e.id_for).or_default().push((all.len(), files));
+                }
                 all.push(data);
                 i += 1;
             }
         }
     }
-    Ok(q.by_id.remove(&id).unwrap_or_default())
+    Ok((q.by_id.remove(&id).unwrap_or_default(), q.passed_by_id.remove(&id).unwrap_or_default()))
 }
 
 #[derive(Default)]
 struct QueueScratch {
     loaded: bool,
     by_id: HashMap<u32, Vec<Vec<u8>>>,
+    passed_by_id: HashMap<u32, Vec<(usize, Vec<Passed>)>>,
 }
 
 #[derive(Default)]
@@ -791,11 +876,24 @@ fn fill_queue(from: BorrowedFd<'_>, u: &UnixSk, to: Option<&[u8]>) -> Result<(),
     let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
     for (i, m) in u.queue.iter().enumerate() {
         let mut off = 0;
+        // the files in flight with it, opened again, passed with its first part
+        let mut fds = match u.passed.iter().find(|(at, _)| *at == i) {
+            Some((_, files)) => files.iter().map(open_passed).collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
         loop {
-            let r = match to {
-                Some(name) => sock::sendto_unix(from, &m[off..], flags, name),
-                None => sock::send(from, &m[off..], flags),
+            let r = if !fds.is_empty() {
+                let b: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                sock::send_fds(from, &m[off..], flags, to, &b)
+            } else {
+                match to {
+                    Some(name) => sock::sendto_unix(from, &m[off..], flags, name),
+                    None => sock::send(from, &m[off..], flags),
+                }
             };
+            if r.is_ok() {
+                fds.clear();
+            }
             let n = r.map_err(|e| {
                 let hint = if e.raw_os_error() == Some(libc::EAGAIN) && i32::from(u.ty) == libc::SOCK_DGRAM {
                     " (more datagrams than net.unix.max_dgram_qlen allows queued?)"

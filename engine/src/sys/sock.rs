@@ -2,9 +2,9 @@
 //! AF_NETLINK/NETLINK_SOCK_DIAG, send/recv of whole messages), socket
 //! options (getsockopt/setsockopt of ints, timevals, byte strings),
 //! non-consuming reads of a socket's receive queue (recvmsg with MSG_PEEK,
-//! any passed fds closed and counted), and the calls that rebuild unix
+//! any passed fds handed back owned), and the calls that rebuild unix
 //! sockets (socketpair, socket, bind, connect, listen, send, sendto,
-//! shutdown). Addresses are `sockaddr_un` built here from the name bytes
+//! sendmsg with fds, shutdown). Addresses are `sockaddr_un` built here from the name bytes
 //! (a path, or `\0` + an abstract name).
 
 use std::io;
@@ -111,15 +111,16 @@ pub fn set_bytes(fd: BorrowedFd<'_>, level: i32, name: i32, v: &[u8]) -> io::Res
 }
 
 /// What one [`peek`] found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Peeked {
     /// Bytes copied into the buffer.
     pub len: usize,
     /// MSG_TRUNC: the message (datagram, record) goes on past what was copied.
     pub trunc: bool,
     /// Fds passed with the message (SCM_RIGHTS): the kernel installed
-    /// duplicates in the engine, which were closed at once.
+    /// duplicates in the engine (close-on-exec), owned here.
     pub rights: usize,
+    pub fds: Vec<OwnedFd>,
     /// MSG_CTRUNC: ancillary data did not fit (more passed fds, perhaps).
     pub ctrunc: bool,
 }
@@ -128,7 +129,7 @@ pub struct Peeked {
 /// is not consumed (with SO_PEEK_OFF set, the socket's peek offset moves
 /// on). `Ok(None)` when nothing is queued (EAGAIN). Fds passed in the
 /// message (which the kernel duplicates into the engine even when peeking)
-/// are closed and counted.
+/// are handed back in `fds`.
 pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked>> {
     // room for a few cmsgs: credentials and up to 64 fds
     let mut control = [0u64; 64];
@@ -151,6 +152,7 @@ pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked>> {
         len: r as usize,
         trunc: msg.msg_flags & libc::MSG_TRUNC != 0,
         rights: 0,
+        fds: Vec::new(),
         ctrunc: msg.msg_flags & libc::MSG_CTRUNC != 0,
     };
     // SAFETY: `msg` was filled by the kernel: its control pointer and
@@ -172,7 +174,7 @@ pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked>> {
                 let fd = unsafe { data.add(i).read_unaligned() };
                 // SAFETY: the kernel installed `fd` in our table for this
                 // message; nothing else owns it.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                out.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
             out.rights += n;
         }
@@ -235,6 +237,50 @@ pub fn sendto_unix(fd: BorrowedFd<'_>, buf: &[u8], flags: i32, name: &[u8]) -> i
     // SAFETY: `buf` is readable for its length; `a` is a valid sockaddr_un
     // of `len` meaningful bytes.
     check_size(unsafe { libc::sendto(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags, (&raw const a).cast(), len) })
+}
+
+/// sendmsg(2) of `buf` with `fds` passed along (SCM_RIGHTS; none: a
+/// plain send), to the connected peer or to unix name `to`.
+pub fn send_fds(fd: BorrowedFd<'_>, buf: &[u8], flags: i32, to: Option<&[u8]>, fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    // SCM_MAX_FD is 253: the control buffer holds that many ints
+    let mut control = [0u64; 160];
+    if fds.len() > 253 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let addr = to.map(sockaddr_un).transpose()?;
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if let Some((a, len)) = &addr {
+        msg.msg_name = (a as *const libc::sockaddr_un).cast_mut().cast();
+        msg.msg_namelen = *len;
+    }
+    if !fds.is_empty() {
+        let data_len = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: `msg` describes `control`, which is at least `space`
+        // bytes (253 ints fit): the first header lies inside it.
+        let c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        // SAFETY: `c` is the first header inside `control` (non-null: the
+        // control length covers one header); its data holds `fds.len()` ints.
+        unsafe {
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+            let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+            for (i, f) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(f.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: `msg` points at `iov` (describing `buf`, readable), at the
+    // address when given and at `control`, all alive during the call.
+    check_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &raw const msg, flags) })
 }
 
 /// listen(2).
