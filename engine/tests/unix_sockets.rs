@@ -366,7 +366,8 @@ fn refused(p: &Prog, tag: &str, want: &[&str]) {
     wait_until("ticks after a refused dump", Duration::from_secs(10), || last_tick(&p.log()) > t + 2);
 }
 
-/// An fd in flight (SCM_RIGHTS sent, not received), a peer outside the
+/// A file in flight that is not a regular file (/dev/null passed with
+/// SCM_RIGHTS, not received), a peer outside the
 /// process, a connection queued on a listener outside, and a listener
 /// with a connection queued from outside are refused by name; the process
 /// goes on.
