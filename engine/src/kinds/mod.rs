@@ -38,6 +38,7 @@ pub mod eventfd;
 pub mod fanotify;
 pub mod inet;
 pub mod inotify;
+pub mod netlink;
 pub mod pty;
 pub mod signalfd;
 pub mod timerfd;
@@ -333,6 +334,7 @@ kinds! {
     Fanotify(fanotify::Fanotify),
     // (inet first: the unix kind claims every socket the others leave)
     Inet(inet::Inet),
+    Netlink(netlink::Netlink),
     Unix(unix::UnixSk),
 }
 

@@ -303,3 +303,44 @@ pub fn dup_above(fd: BorrowedFd<'_>, min: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain fcntl on a borrowed fd; no memory passed.
     owned(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })
 }
+
+/// A netlink address: (port id, the first 32 multicast groups).
+fn nl_addr(portid: u32, groups: u32) -> libc::sockaddr_nl {
+    // SAFETY: an all-zero sockaddr_nl is valid.
+    let mut a: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    a.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    a.nl_pid = portid;
+    a.nl_groups = groups;
+    a
+}
+
+/// getsockname (`peer`: getpeername) of a netlink socket: (port id, groups).
+pub fn nl_name(fd: BorrowedFd<'_>, peer: bool) -> io::Result<(u32, u32)> {
+    let mut a = nl_addr(0, 0);
+    let mut l = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    // SAFETY: `a` is writable for `l` bytes, `l` is writable.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd.as_raw_fd(), (&raw mut a).cast(), &mut l)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), (&raw mut a).cast(), &mut l)
+        }
+    };
+    check(r)?;
+    Ok((a.nl_pid, a.nl_groups))
+}
+
+/// bind(2) (`connect`: connect(2)) of a netlink socket to (port id, groups).
+pub fn nl_bind(fd: BorrowedFd<'_>, portid: u32, groups: u32, connect: bool) -> io::Result<()> {
+    let a = nl_addr(portid, groups);
+    let l = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    // SAFETY: `a` is a valid sockaddr_nl of `l` bytes.
+    let r = unsafe {
+        if connect {
+            libc::connect(fd.as_raw_fd(), (&raw const a).cast(), l)
+        } else {
+            libc::bind(fd.as_raw_fd(), (&raw const a).cast(), l)
+        }
+    };
+    check(r).map(drop)
+}
