@@ -39,6 +39,7 @@ pub mod fanotify;
 pub mod inet;
 pub mod inotify;
 pub mod netlink;
+pub mod packet;
 pub mod pty;
 pub mod signalfd;
 pub mod timerfd;
@@ -335,6 +336,7 @@ kinds! {
     // (inet first: the unix kind claims every socket the others leave)
     Inet(inet::Inet),
     Netlink(netlink::Netlink),
+    Packet(packet::Packet),
     Unix(unix::UnixSk),
 }
 

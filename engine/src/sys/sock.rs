@@ -344,3 +344,32 @@ pub fn nl_bind(fd: BorrowedFd<'_>, portid: u32, groups: u32, connect: bool) -> i
     };
     check(r).map(drop)
 }
+
+/// bind(2) of a packet socket to interface `ifindex` for `proto`
+/// (network order).
+pub fn packet_bind(fd: BorrowedFd<'_>, proto: u16, ifindex: i32) -> io::Result<()> {
+    // SAFETY: an all-zero sockaddr_ll is valid.
+    let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    a.sll_family = libc::AF_PACKET as u16;
+    a.sll_protocol = proto;
+    a.sll_ifindex = ifindex;
+    let l = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: `a` is a valid sockaddr_ll of `l` bytes.
+    check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const a).cast(), l) }).map(drop)
+}
+
+/// setsockopt(SOL_PACKET, `opt`) of a `packet_mreq` (PACKET_ADD_MEMBERSHIP).
+pub fn packet_membership(fd: BorrowedFd<'_>, opt: i32, ifindex: i32, ty: u16, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: an all-zero packet_mreq is valid.
+    let mut m: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    if addr.len() > m.mr_address.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    m.mr_ifindex = ifindex;
+    m.mr_type = ty;
+    m.mr_alen = addr.len() as u16;
+    m.mr_address[..addr.len()].copy_from_slice(addr);
+    let l = std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t;
+    // SAFETY: `m` is a valid packet_mreq of `l` bytes.
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, opt, (&raw const m).cast(), l) }).map(drop)
+}
