@@ -151,8 +151,8 @@ fn quiet(t: &Termios) -> Termios {
 
 /// Put queued bytes back: the slave's input through the line discipline
 /// with [`quiet`] termios for the moment, the master's as they are.
-fn refill(master: &OwnedFd, slave: &OwnedFd, st: &PtyState) -> std::io::Result<()> {
-    if !st.to_slave.is_empty() {
+fn refill(master: &OwnedFd, slave: Option<&OwnedFd>, st: &PtyState) -> std::io::Result<()> {
+    if let Some(slave) = slave.filter(|_| !st.to_slave.is_empty()) {
         tty::set_termios(slave.as_fd(), &quiet(&st.termios))?;
         for &b in &st.to_slave {
             tty::push_input(slave.as_fd(), b)?;
@@ -224,6 +224,7 @@ impl FileKind for Pty {
         let winsize = tty::get_winsize(m.as_fd()).map_err(|e| io("TIOCGWINSZ", e))?;
         let sid = tty::session(m.as_fd()).map_err(|e| io("TIOCGSID", e))?.unwrap_or(0);
         let pgrp = tty::foreground(m.as_fd()).map_err(|e| io("TIOCGPGRP", e))?;
+        let hup_before = tty::hung_up(m.as_fd()).unwrap_or(true);
         let s = peer(&m, libc::O_RDWR | libc::O_NONBLOCK, locked).map_err(|e| io(&format!("opening /dev/pts/{index} (TIOCGPTPEER)"), e))?;
         let exclusive = tty::exclusive(s.as_fd()).map_err(|e| io("TIOCGEXCL", e))?;
         let sm = std::fs::File::from(s.try_clone().map_err(|e| io("dup", e))?).metadata().map_err(|e| io("fstat of the slave", e))?;
@@ -256,7 +257,11 @@ impl FileKind for Pty {
         let to_slave = drain(&s);
         tty::set_termios(s.as_fd(), &termios).map_err(|e| io("TCSETS (back)", e))?;
         st.to_slave = to_slave.map_err(|e| io("reading the slave's queue", e))?;
-        refill(&m, &s, &st).map_err(|e| io("putting the queued bytes back (TIOCSTI)", e))?;
+        refill(&m, Some(&s), &st).map_err(|e| io("putting the queued bytes back (TIOCSTI)", e))?;
+        drop(s);
+        if !hup_before && tty::hung_up(m.as_fd()).unwrap_or(false) {
+            crate::pr_warn!("fd {fd} of {pid}: /dev/pts/{index} had never been opened: its master reads as hung up now (the dump opened the slave to read its queue)");
+        }
         crate::pr_debug!("pty {index} of {pid} fd {fd}: sid {sid} pgrp {pgrp}, {} + {} bytes queued", st.to_master.len(), st.to_slave.len());
         Ok(Pty { index, master: true, flags: cx.flags, state: st })
     }
@@ -448,18 +453,29 @@ fn make_master(index: u32, st: &PtyState, flags: u32) -> Result<OwnedFd, String>
     drop(below);
     let e = |what: &'static str| move |err: std::io::Error| format!("/dev/pts/{index}: {what}: {err}");
     tty::set_locked(m.as_fd(), false).map_err(e("TIOCSPTLCK 0"))?;
-    let s = tty::open_peer(m.as_fd(), libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC).map_err(e("TIOCGPTPEER"))?;
-    tty::set_termios(s.as_fd(), &st.termios).map_err(e("TCSETS"))?;
+    // the slave opened only when needed: its last close marks the master
+    // hung up, which a slave never opened does not show
+    let s = if !st.to_slave.is_empty() || st.exclusive {
+        Some(tty::open_peer(m.as_fd(), libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC).map_err(e("TIOCGPTPEER"))?)
+    } else {
+        None
+    };
+    // (TCSETS on a master sets its slave's termios)
+    tty::set_termios(m.as_fd(), &st.termios).map_err(e("TCSETS"))?;
     if st.locked_termios != Termios::default() {
         tty::set_locked_termios(m.as_fd(), &st.locked_termios).map_err(e("TIOCSLCKTRMIOS"))?;
     }
     tty::set_winsize(m.as_fd(), &st.winsize).map_err(e("TIOCSWINSZ"))?;
-    refill(&m, &s, st).map_err(e("queued bytes (TIOCSTI)"))?;
+    refill(&m, s.as_ref(), st).map_err(e("queued bytes (TIOCSTI)"))?;
     if st.packet {
         tty::set_packet_mode(m.as_fd(), true).map_err(e("TIOCPKT"))?;
     }
-    std::os::unix::fs::fchown(&s, Some(st.uid), Some(st.gid)).map_err(e("fchown"))?;
-    if st.exclusive {
+    let path = format!("/dev/pts/{index}");
+    match std::fs::metadata(&path) {
+        Ok(md) if std::os::unix::fs::MetadataExt::uid(&md) == st.uid && std::os::unix::fs::MetadataExt::gid(&md) == st.gid => {}
+        _ => std::os::unix::fs::chown(&path, Some(st.uid), Some(st.gid)).map_err(e("chown"))?,
+    }
+    if let Some(s) = s.as_ref().filter(|_| st.exclusive) {
         tty::set_exclusive(s.as_fd()).map_err(e("TIOCEXCL"))?;
     }
     if st.locked {

@@ -186,3 +186,14 @@ pub fn open(path: &std::ffi::CStr, flags: i32) -> io::Result<OwnedFd> {
     // SAFETY: the kernel just created fd `r` for this process; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
+
+/// Whether the master reads as hung up (POLLHUP: its slave was opened
+/// and every open of it closed since).
+pub fn hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, writable, for the call; no wait.
+    if unsafe { libc::poll(&mut p, 1, 0) } < 0 {
+        return Err(last_err());
+    }
+    Ok(p.revents & libc::POLLHUP != 0)
+}
