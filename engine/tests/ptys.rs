@@ -304,6 +304,17 @@ fn hostile_pty_images_are_refused() {
             "which tty-info.img does not have",
         ),
     ];
+    // an entry whose length runs past the end of tty-data.img
+    let cut = img.with_file_name("cut-data");
+    let _ = std::fs::remove_dir_all(&cut);
+    std::fs::create_dir_all(&cut).unwrap();
+    for e in std::fs::read_dir(&img).unwrap().flatten() {
+        std::fs::copy(e.path(), cut.join(e.file_name())).unwrap();
+    }
+    let data = std::fs::read(cut.join("tty-data.img")).unwrap();
+    std::fs::write(cut.join("tty-data.img"), &data[..data.len() - 3]).unwrap();
+    let mut cases = cases;
+    cases.push(("truncated data", cut, "tty-data.img"));
     for (what, dir, want) in cases {
         let (st, log) = criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
         assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
