@@ -33,10 +33,18 @@ struct Pt {
     pid: i32,
     /// pts indices of A, D and B (-1 without `tree`), from ./ready.
     indices: Vec<i32>,
+    /// Held while the program lives: the kernel hands out the lowest free
+    /// pts index, so another test's program started between this one's
+    /// dump and restore would take the index it needs back.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One ptys program at a time (see `Pt::_serial`).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Pt {
     fn start(name: &str, words: &[&str]) -> Pt {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = test_dir(&format!("pty-{name}"));
         let bin = dir.join("ptys");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/ptys.c");
@@ -56,7 +64,7 @@ impl Pt {
         std::thread::spawn(move || child.wait());
         wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
         let indices = std::fs::read_to_string(work.join("ready")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
-        let mut pt = Pt { dir, bin, work, pid: 0, indices };
+        let mut pt = Pt { dir, bin, work, pid: 0, indices, _serial: serial };
         wait_until("first tick", Duration::from_secs(10), || pt.tick() >= 1);
         pt.refind();
         pt
