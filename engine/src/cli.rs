@@ -923,6 +923,9 @@ fn report(o: &Opts, e: &Failure, failed: &str) {
 
 /// Run the CLI; returns the process exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
+    if args.get(1).is_some_and(|a| a == crate::tfork::NS_INIT_ARG) {
+        crate::tfork::ns_init_main();
+    }
     let args: Vec<String> = args.into_iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     let (o, problems) = opts::resolve(&args);
     if o.help && problems.is_empty() {
