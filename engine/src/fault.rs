@@ -27,7 +27,8 @@
 //! clone forked from S), `tfork-mid-clone` (a clone's first thread made),
 //! `tfork-before-release`, `tfork-mid-persist` (the image set staged, not
 //! yet written: `--persist=sync|async`); tfork by restore (trees,
-//! namespace inits) `tfork-tree-ns-made` (in the restoring helper: the
+//! namespace inits) `tfork-tree-snapshot` (the frozen tree copied into a
+//! tmpfs image set, the source not yet released), `tfork-tree-ns-made` (in the restoring helper: the
 //! clone tree's pid namespace and stand-in init made), `tfork-tree-clone-made`
 //! (a clone tree restored, its init not told to go on), `tfork-tree-before-go`;
 //! restore `after-clone`, `after-reports` (every process of the tree
@@ -65,10 +66,12 @@ pub const POINTS: &[&str] = &[
     "tfork-mid-clone",
     "tfork-before-release",
     "tfork-mid-persist",
-    // tfork of a tree (or a namespace init), by restore: in the restoring
+    // tfork of a tree (or a namespace init), by restore: the frozen tree
+    // copied into its tmpfs set, the source not yet released; in the restoring
     // helper, the clone tree's pid namespace and stand-in init made, nothing
     // restored yet; in the engine, a clone tree restored and running (its
     // init not yet told to go on), and every clone tree made, none told
+    "tfork-tree-snapshot",
     "tfork-tree-ns-made",
     "tfork-tree-clone-made",
     "tfork-tree-before-go",

@@ -431,23 +431,58 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         Some(m) => Some(crate::root_snapshot::Plan::new_restored(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
     };
     pr_debug!("collected {pid} ({} processes{}) in {:?}", tree.tasks.len(), if own_ns { ", a namespace init" } else { "" }, t0.elapsed());
+    let hosts: Vec<Option<Pid>> = frozen.members.iter().zip(&tree.tasks).map(|(m, t)| t.zombie_exit.is_none().then_some(m.pid)).collect();
+    // Where the clones' memory comes from (docs/ARCHITECTURE.md, "tfork",
+    // "Trees"): with the kmod device, the frozen source itself (its
+    // private anonymous VMAs cherry-picked copy-on-write into each clone);
+    // without it, one copy of the frozen moment into a tmpfs image set,
+    // after which the source is released and every clone tree is restored
+    // from that set (its pause is one copy, whatever N).
+    let from_source = match std::env::var("CRIU_RS_TFORK_TREE_MEM").as_deref() {
+        Ok("source") => true,
+        Ok("snapshot") => false,
+        _ => crate::sys::kmod::is_available(),
+    };
+    let mut frozen = Some(frozen);
+    let mut pause = None;
+    let tmp = if from_source {
+        None
+    } else {
+        let t = TmpSet::write(&tree, frozen.as_ref().expect("frozen"), pid)?;
+        crate::fault::point("tfork-tree-snapshot");
+        frozen = None;
+        let p = t0.elapsed();
+        pr_info!("source {pid} paused {:.2} ms: the frozen tree copied into {}", p.as_secs_f64() * 1e3, t.0.display());
+        pause = Some(p);
+        Some(t)
+    };
     // one memory source per process: its frozen source process, read
-    // through /proc/PID/mem; private anonymous VMAs cherry-picked where the
-    // kmod device is present (each clone then shares their pages
-    // copy-on-write), else copied. (A zombie has no memory: its entry is
-    // the root's, never read.)
-    let mut own_mems = Vec::with_capacity(tree.tasks.len());
-    for (m, t) in frozen.members.iter().zip(&tree.tasks) {
-        if t.zombie_exit.is_none() {
-            let mem = crate::mem_source::ProcessMem::open_mem_only(m.pid).map_err(ioe(m.pid, "opening /proc/PID/mem of a source process"))?;
-            own_mems.push(Some(mem.with_cherry_pick(true)));
-        } else {
-            own_mems.push(None);
+    // through /proc/PID/mem (private anonymous VMAs cherry-picked where the
+    // kmod device is present), or the pages of the tmpfs set. (A zombie has
+    // no memory: its entry is the root's, never read.)
+    let mut own_mems: Vec<Option<crate::mem_source::ProcessMem>> = Vec::with_capacity(tree.tasks.len());
+    let (set_tree, pages) = match &tmp {
+        None => {
+            for h in &hosts {
+                own_mems.push(match *h {
+                    Some(h) => Some(crate::mem_source::ProcessMem::open_mem_only(h).map_err(ioe(h, "opening /proc/PID/mem of a source process"))?.with_cherry_pick(true)),
+                    None => None,
+                });
+            }
+            (None, Vec::new())
         }
-    }
-    let root_mem = own_mems[0].as_ref().ok_or_else(|| TforkError::Unsupported(format!("the root {pid} of the tree is a zombie")))?;
-    let mems: Vec<&dyn crate::mem_source::MemSource> =
-        own_mems.iter().map(|m| m.as_ref().unwrap_or(root_mem) as &dyn crate::mem_source::MemSource).collect();
+        Some(t) => {
+            let (tr, pages) = crate::images_io::read_images(&t.0).map_err(|e| TforkError::Images(format!("reading back {}: {}", t.0.display(), crate::log::error_chain(&e))))?;
+            (Some(tr), pages)
+        }
+    };
+    let rtree = set_tree.as_ref().unwrap_or(&tree);
+    let mems: Vec<&dyn crate::mem_source::MemSource> = if tmp.is_some() {
+        pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect()
+    } else {
+        let root_mem = own_mems[0].as_ref().ok_or_else(|| TforkError::Unsupported(format!("the root {pid} of the tree is a zombie")))?;
+        own_mems.iter().map(|m| m.as_ref().unwrap_or(root_mem) as &dyn crate::mem_source::MemSource).collect()
+    };
     let mut unreleased = Unreleased::default();
     let mut inits = NsInits::default();
     let mut snap_dirs = SnapDirs::default();
@@ -459,7 +494,7 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         if let Some(t) = &top {
             snap_dirs.0.push(t.clone());
         }
-        let (c, init) = restore_in_new_pid_ns(pid, &tree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits)?;
+        let (c, init) = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits)?;
         unreleased.0.push(c);
         if let (Some(p), Some(t)) = (&plan, &top) {
             let dest = p.made(c);
@@ -486,22 +521,94 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         unreleased.0.clear();
         inits.0.clear();
     }
-    // the image set from the source itself, still frozen
-    let persisted = match opts.persist {
-        Persist::None => None,
-        Persist::Sync | Persist::Async => {
-            let hosts: Vec<Option<Pid>> = frozen.members.iter().zip(&tree.tasks).map(|(m, t)| t.zombie_exit.is_none().then_some(m.pid)).collect();
+    // the image set: the tmpfs set copied, or written from the source itself, still frozen
+    let persisted = match (opts.persist, &tmp) {
+        (Persist::None, _) => None,
+        (_, Some(t)) => {
+            t.copy_to(&opts.images_dir, !opts.plain_writes)?;
+            Some(t0.elapsed())
+        }
+        (_, None) => {
             write_tree_set(&tree, &hosts, pid, &opts.images_dir, !opts.plain_writes)?;
             Some(t0.elapsed())
         }
     };
     unreleased.commit();
     inits.0.clear();
+    drop(mems);
     drop(own_mems);
     drop(frozen);
-    let pause = t0.elapsed();
-    pr_info!("source {pid} paused {:.2} ms ({} clones restored from it)", pause.as_secs_f64() * 1e3, clones.len());
+    let pause = pause.unwrap_or_else(|| t0.elapsed());
+    pr_info!("source {pid} paused {:.2} ms ({} clones restored {})", pause.as_secs_f64() * 1e3, clones.len(), if tmp.is_some() { "from its tmpfs copy" } else { "from it" });
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
+}
+
+/// The frozen moment of a source tree as an image set in tmpfs
+/// (`$CRIU_RS_TFORK_SNAPSHOT_DIR`, default /dev/shm), which its clone
+/// trees are restored from once the source runs again; removed on drop.
+#[derive(Debug)]
+struct TmpSet(std::path::PathBuf);
+
+impl TmpSet {
+    /// Write `tree` (process `i`'s memory from the frozen process of
+    /// `frozen.members[i]`; none for a zombie) into a new directory.
+    fn write(tree: &crate::model::Tree, frozen: &dump::freeze::FrozenTree, pid: Pid) -> Result<TmpSet, TforkError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::var_os("CRIU_RS_TFORK_SNAPSHOT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/dev/shm".into());
+        let dir = base.join(format!("criu-rs-tfork-{}-{pid}", std::process::id()));
+        // sets left by an engine killed mid-tfork (its pid gone) go first
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.strip_prefix("criu-rs-tfork-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<Pid>().ok());
+            if owner.is_some_and(|o| !std::path::Path::new(&format!("/proc/{o}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(ioe(pid, format!("creating {}", dir.display())))?;
+        let set = TmpSet(dir);
+        // each process's pages by the dump's page pump (the process
+        // vmsplices them, the engine splices them into the file: one copy)
+        let mut mems = Vec::with_capacity(frozen.members.len());
+        for m in &frozen.members {
+            mems.push(match m.frozen {
+                None => None,
+                Some(k) => Some(dump::page_pump::PumpOnDemand::new(&frozen.procs[k]).map_err(ioe(m.pid, "the page pump"))?),
+            });
+        }
+        let refs: Vec<Option<&dyn crate::mem_source::MemSource>> = mems.iter().map(|m| m.as_ref().map(|m| m as &dyn crate::mem_source::MemSource)).collect();
+        let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), pid);
+        crate::images_io::write_images(tree, &set.0, &refs, &run_id)
+            .map_err(|e| TforkError::Images(format!("the frozen tree into {}: {}", set.0.display(), crate::log::error_chain(&e))))?;
+        Ok(set)
+    }
+
+    /// The set copied into `dir` as the persisted image set: staged,
+    /// every file fsynced (through io_uring where `uring` and the kernel
+    /// allow), published (inventory last).
+    fn copy_to(&self, dir: &std::path::Path, uring: bool) -> Result<(), TforkError> {
+        let img = |e: &dyn std::error::Error| TforkError::Images(crate::log::error_chain(e));
+        let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
+        crate::fault::point("tfork-mid-persist");
+        if crate::fault::fails("tfork-mid-persist") {
+            return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
+        }
+        for e in std::fs::read_dir(&self.0).map_err(|e| TforkError::Images(format!("{}: {e}", self.0.display())))? {
+            let e = e.map_err(|e| TforkError::Images(format!("{}: {e}", self.0.display())))?;
+            let to = staging.path().join(e.file_name());
+            // (copy_file_range: in the kernel, no user buffer)
+            std::fs::copy(e.path(), &to).map_err(|err| TforkError::Images(format!("copying {} to {}: {err}", e.path().display(), to.display())))?;
+        }
+        let synced = staging.sync_files(uring).map_err(|e| img(&e))?;
+        staging.publish().map_err(|e| img(&e))?;
+        pr_info!("image set of the frozen source copied from {} to {}: files synced by {synced}", self.0.display(), dir.display());
+        Ok(())
+    }
+}
+
+impl Drop for TmpSet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The argument `criu` is executed with as the stand-in pid 1 of a clone
@@ -630,7 +737,8 @@ fn restore_in_new_pid_ns(
             };
             crate::fault::point("tfork-tree-ns-made");
             let o = crate::options::Options { sibling: true, ..Default::default() };
-            let c = restore::restore(tree, mems, &o).map_err(|e| crate::log::error_chain(&e))?;
+            let ns = init.map(|i| std::path::PathBuf::from(format!("/proc/{i}/ns/pid")));
+            let c = restore::restore_in(tree, mems, &o, ns.as_deref()).map_err(|e| crate::log::error_chain(&e))?;
             Ok((c, init))
         })();
         let msg = match res {
@@ -680,17 +788,15 @@ fn restore_in_new_pid_ns(
     }
 }
 
-/// In the restoring helper: a new pid namespace for the children it forks
-/// from now on, and its pid 1, the stand-in init (`criu
-/// __criu-rs-tfork-ns-init` with `ctl` as its stdin and no other fd), a
-/// child of the engine (CLONE_PARENT). Its host pid.
+/// In the restoring helper: a new pid namespace and its pid 1, the
+/// stand-in init (`criu __criu-rs-tfork-ns-init` with `ctl` as its stdin
+/// and no other fd), a child of the engine (CLONE_PARENT). Its host pid.
 fn start_ns_init(ctl: &std::os::fd::OwnedFd) -> Result<Pid, String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    crate::sys::ns::unshare(libc::CLONE_NEWPID).map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))?;
     let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
     let fd = ctl.as_raw_fd();
-    p::fork3(libc::CLONE_PARENT as u64, &[], 0, || {
+    p::fork3((libc::CLONE_PARENT | libc::CLONE_NEWPID) as u64, &[], 0, || {
         p::dup2(fd, 0).ok();
         p::close_all_except(&[0]);
         let e = std::process::Command::new(&exe).arg(NS_INIT_ARG).exec();
