@@ -449,7 +449,7 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         None
     } else {
         let t = TmpSet::write(&tree, frozen.as_ref().expect("frozen"), pid)?;
-        crate::fault::point("tfork-tree-snapshot");
+        crate::fault::point("tforktree-snapshot");
         frozen = None;
         let p = t0.elapsed();
         pr_info!("source {pid} paused {:.2} ms: the frozen tree copied into {}", p.as_secs_f64() * 1e3, t.0.display());
@@ -509,10 +509,10 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         }
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
-        crate::fault::point("tfork-tree-clone-made");
+        crate::fault::point("tforktree-clone-made");
     }
     let all = t0.elapsed();
-    crate::fault::point("tfork-tree-before-go");
+    crate::fault::point("tforktree-before-go");
     snap_dirs.0.clear();
     // the stand-in inits stop watching the engine: the clones are theirs
     inits.go()?;
@@ -735,7 +735,7 @@ fn restore_in_new_pid_ns(
                 None => None,
                 Some((ctl_rd, _)) => Some(start_ns_init(ctl_rd)?),
             };
-            crate::fault::point("tfork-tree-ns-made");
+            crate::fault::point("tforktree-ns-made");
             let o = crate::options::Options { sibling: true, ..Default::default() };
             let ns = init.map(|i| std::path::PathBuf::from(format!("/proc/{i}/ns/pid")));
             let c = restore::restore_in(tree, mems, &o, ns.as_deref()).map_err(|e| crate::log::error_chain(&e))?;
