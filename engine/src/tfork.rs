@@ -567,7 +567,11 @@ impl TmpSet {
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(ioe(pid, format!("creating {}", dir.display())))?;
         let set = TmpSet(dir);
         // each process's pages by the dump's page pump (the process
-        // vmsplices them, the engine splices them into the file: one copy)
+        // vmsplices them, the engine splices them into the file: one copy),
+        // the engine pinned to its CPU while it drives them (as `criu
+        // dump` is while its root's pump lives): each injected call a
+        // local switch
+        let _pinned = p::PinnedHere::new();
         let mut mems = Vec::with_capacity(frozen.members.len());
         for m in &frozen.members {
             mems.push(match m.frozen {
