@@ -443,18 +443,30 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         Ok("snapshot") => false,
         _ => crate::sys::kmod::is_available(),
     };
-    let mut frozen = Some(frozen);
     let mut pause = None;
     let tmp = if from_source {
         None
     } else {
-        let t = TmpSet::write(&tree, frozen.as_ref().expect("frozen"), pid)?;
-        crate::fault::point("tforktree-snapshot");
-        frozen = None;
-        let p = t0.elapsed();
-        pr_info!("source {pid} paused {:.2} ms: the frozen tree copied into {}", p.as_secs_f64() * 1e3, t.0.display());
-        pause = Some(p);
-        Some(t)
+        // (where the set can't be written, e.g. tmpfs full, the clones
+        // are made from the still frozen source instead)
+        match TmpSet::write(&tree, &frozen, pid) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                crate::pr_warn!("the frozen tree of {pid} could not be copied into tmpfs ({}): the clones are restored from the frozen source", crate::log::error_chain(&e));
+                None
+            }
+        }
+    };
+    let frozen = match &tmp {
+        None => Some(frozen),
+        Some(t) => {
+            crate::fault::point("tforktree-snapshot");
+            drop(frozen);
+            let p = t0.elapsed();
+            pr_info!("source {pid} paused {:.2} ms: the frozen tree copied into {}", p.as_secs_f64() * 1e3, t.0.display());
+            pause = Some(p);
+            None
+        }
     };
     // one memory source per process: its frozen source process, read
     // through /proc/PID/mem (private anonymous VMAs cherry-picked where the

@@ -378,3 +378,44 @@ fn a_tree_with_a_nested_pid_namespace_is_refused_by_name() {
     kill_and_wait_gone(&tree, "the shell's tree");
     assert!(!st.success() && clones.is_empty() && log.contains("pid namespace") && log.contains("not supported"), "{log}");
 }
+
+/// A tmpfs too small for the frozen tree's set (ENOSPC halfway through
+/// the `mem` fixture's pages): the tfork goes on from the still frozen
+/// source (the log says so), the clone trees have the source's shape and
+/// tick, the source ticks on, no set is left in the small tmpfs.
+#[test]
+fn a_full_tmpfs_falls_back_to_the_frozen_source() {
+    require!(why_not_here());
+    let dir = test_dir("tforktree-fulltmpfs");
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&small).status().unwrap();
+    assert!(st.success(), "mounting a small tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(small.clone());
+    let fx = Fixture::start("mem", &dir, Ns::Host);
+    let src = tree_of(fx.pid);
+    let src_shape = shape(&src);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2"], &[("CRIU_RS_TFORK_SNAPSHOT_DIR", small.to_str().unwrap())]);
+    assert!(st.success(), "{log}");
+    assert!(log.contains("could not be copied into tmpfs"), "{log}");
+    assert_eq!(clones.len(), 2);
+    for &c in &clones {
+        assert_eq!(shape(&clone_tree(c)), src_shape, "clone tree {c}");
+    }
+    fx.ticks_on(3, "(the source and its clone trees, sharing the log)");
+    for &c in &clones {
+        assert_eq!(shape(&clone_tree(c)), src_shape, "clone tree {c} after ticking");
+    }
+    assert_eq!(shape(&tree_of(fx.pid)), src_shape);
+    assert!(std::fs::read_dir(&small).unwrap().next().is_none(), "a partial set left in the tmpfs");
+    let inits: Vec<i32> = clones.iter().filter_map(|&c| init_of(c)).collect();
+    kill_and_wait_gone(&inits, "the clone trees");
+}
