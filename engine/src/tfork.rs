@@ -28,11 +28,16 @@
 //!    image set is written from it ([`write_image_set`]) and it is killed.
 //!
 //! A namespace init (pid 1 of its own pid namespace) can't be forked into
-//! clones (no CLONE_PARENT for an init; its forks stay in its namespace):
-//! each clone is restored from the frozen source into a new pid namespace
-//! instead ([`tfork_restored`], which also clones trees), its private anonymous memory taken
-//! copy-on-write through the `kmod/` device where present
-//! ([`cherry_pick_vmas`]), else copied.
+//! clones (no CLONE_PARENT for an init; its forks stay in its namespace),
+//! nor can a process tree (a fork of a source child is that child's
+//! child, never the root clone's): each clone (tree) is restored from the
+//! frozen source into a new pid namespace with the source's pids instead
+//! ([`tfork_restored`]; a tree of the host's pid namespace beside a
+//! stand-in pid 1, [`ns_init_main`]). Its memory: the frozen tree pumped
+//! once into a tmpfs image set, the source released, each clone restored
+//! from the set ([`TmpSet`]); with the `kmod/` device, private anonymous
+//! memory taken copy-on-write from the still frozen source instead
+//! ([`cherry_pick_vmas`]).
 //!
 //! A clone's tids are new (a fork's): where a thread's clear_tid word
 //! still holds its old tid (glibc keeps the thread's tid there), the new
