@@ -132,9 +132,11 @@ Commands:
   check          check that this kernel has what the engine needs
   cpuinfo dump   write this CPU's features into cpuinfo.img
   cpuinfo check  check cpuinfo.img against this CPU
-  tfork          ours: N live clones of one running process (no children),
-                 siblings of it (of a pid-namespace init: each in a new pid
-                 namespace, children of criu); prints their pids, one per line
+  tfork          ours: N live clones of a running process or process tree:
+                 one process: forks of it, siblings of it; a tree (or a
+                 pid-namespace init): each clone tree in a new pid namespace
+                 with the source's pids, its root a child of criu; prints
+                 the clone (root) pids, one per line
 
 Not implemented (refused by name): pre-dump, show, page-server, service,
 swrk, dedup, lazy-pages, exec, image-cache, image-proxy.
@@ -923,6 +925,9 @@ fn report(o: &Opts, e: &Failure, failed: &str) {
 
 /// Run the CLI; returns the process exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
+    if args.get(1).is_some_and(|a| a == crate::tfork::NS_INIT_ARG) {
+        crate::tfork::ns_init_main();
+    }
     let args: Vec<String> = args.into_iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     let (o, problems) = opts::resolve(&args);
     if o.help && problems.is_empty() {

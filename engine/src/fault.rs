@@ -26,7 +26,11 @@
 //! `tfork-prepared` (S has its gadget), `tfork-clone-forked` (a further
 //! clone forked from S), `tfork-mid-clone` (a clone's first thread made),
 //! `tfork-before-release`, `tfork-mid-persist` (the image set staged, not
-//! yet written: `--persist=sync|async`);
+//! yet written: `--persist=sync|async`); tfork by restore (trees,
+//! namespace inits) `tforktree-snapshot` (the frozen tree copied into a
+//! tmpfs image set, the source not yet released), `tforktree-ns-made` (in the restoring helper: the
+//! clone tree's pid namespace and stand-in init made), `tforktree-clone-made`
+//! (a clone tree restored, its init not told to go on), `tforktree-before-go`;
 //! restore `after-clone`, `after-reports` (every process of the tree
 //! forked and set up, none seized yet), `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the
@@ -62,6 +66,15 @@ pub const POINTS: &[&str] = &[
     "tfork-mid-clone",
     "tfork-before-release",
     "tfork-mid-persist",
+    // tfork of a tree (or a namespace init), by restore: the frozen tree
+    // copied into its tmpfs set, the source not yet released; in the restoring
+    // helper, the clone tree's pid namespace and stand-in init made, nothing
+    // restored yet; in the engine, a clone tree restored and running (its
+    // init not yet told to go on), and every clone tree made, none told
+    "tforktree-snapshot",
+    "tforktree-ns-made",
+    "tforktree-clone-made",
+    "tforktree-before-go",
     // tfork --root-snapshot: a clone's overlay mounted, its files not yet reopened
     "snapshot-mounted",
 ];

@@ -110,6 +110,18 @@ impl Plan {
     /// Check that `mode` can be applied to `task` (pid `pid`), with upper
     /// directories under `base`.
     pub fn new(mode: &Mode, pid: Pid, task: &Task, base: &Path) -> Result<Plan, String> {
+        Self::new_for(mode, pid, task, base, true)
+    }
+
+    /// [`Plan::new`] for clones made by restore (a tree, a namespace
+    /// init): their files are opened again by path in the snapshot, so a
+    /// shared writable file mapping under the directory maps the clone's
+    /// own copy and is not refused.
+    pub fn new_restored(mode: &Mode, pid: Pid, task: &Task, base: &Path) -> Result<Plan, String> {
+        Self::new_for(mode, pid, task, base, false)
+    }
+
+    fn new_for(mode: &Mode, pid: Pid, task: &Task, base: &Path, forked: bool) -> Result<Plan, String> {
         let (Mode::Overlay { dir } | Mode::Btrfs { dir }) = mode;
         let dir = dir.clone().unwrap_or_else(|| task.fs.cwd.clone());
         let dir = if dir.len() > 1 { dir.trim_end_matches('/').to_string() } else { dir };
@@ -152,7 +164,7 @@ impl Plan {
         if under(bs, &dir) && matches!(kind, Kind::Overlay) {
             return Err(format!("--root-snapshot overlay: the clones' directories would be in {bs}, inside the snapshotted {dir} (overlayfs refuses overlapping layers): give -D outside it"));
         }
-        for v in &task.mm.vmas {
+        for v in task.mm.vmas.iter().filter(|_| forked) {
             if let Some(f) = &v.file {
                 if v.shared() && v.prot & libc::PROT_WRITE as u32 != 0 && under(&f.path, &dir) {
                     return Err(format!(

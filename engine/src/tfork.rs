@@ -28,11 +28,16 @@
 //!    image set is written from it ([`write_image_set`]) and it is killed.
 //!
 //! A namespace init (pid 1 of its own pid namespace) can't be forked into
-//! clones (no CLONE_PARENT for an init; its forks stay in its namespace):
-//! each clone is restored from the frozen source into a new pid namespace
-//! instead ([`tfork_ns_init`]), its private anonymous memory taken
-//! copy-on-write through the `kmod/` device where present
-//! ([`cherry_pick_vmas`]), else copied.
+//! clones (no CLONE_PARENT for an init; its forks stay in its namespace),
+//! nor can a process tree (a fork of a source child is that child's
+//! child, never the root clone's): each clone (tree) is restored from the
+//! frozen source into a new pid namespace with the source's pids instead
+//! ([`tfork_restored`]; a tree of the host's pid namespace beside a
+//! stand-in pid 1, [`ns_init_main`]). Its memory: the frozen tree pumped
+//! once into a tmpfs image set, the source released, each clone restored
+//! from the set ([`TmpSet`]); with the `kmod/` device, private anonymous
+//! memory taken copy-on-write from the still frozen source instead
+//! ([`cherry_pick_vmas`]).
 //!
 //! A clone's tids are new (a fork's): where a thread's clear_tid word
 //! still holds its old tid (glibc keeps the thread's tid there), the new
@@ -254,16 +259,16 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     if opts.copies == 0 {
         return Err(TforkError::Unsupported("--copies must be at least 1".into()));
     }
-    if owns_pid_ns(pid) {
-        return tfork_ns_init(pid, opts, on_running);
+    if owns_pid_ns(pid) || has_children(pid) {
+        return tfork_restored(pid, opts, on_running);
     }
     let t0 = Instant::now();
     let (tree, frozen) = dump::collect_state(pid)?;
     if frozen.members.len() > 1 || frozen.procs.len() != 1 {
-        let kids: Vec<Pid> = frozen.members.iter().skip(1).map(|m| m.pid).collect();
-        return Err(TforkError::Unsupported(format!(
-            "process {pid} has children ({kids:?}): tfork of a process tree is not supported yet"
-        )));
+        // a child forked between the look and the freeze: a tree after all
+        drop(frozen);
+        pr_info!("process {pid} forked while it was being frozen: cloned as a tree");
+        return tfork_restored(pid, opts, on_running);
     }
     check_supported(pid, &tree)?;
     let task = tree.root();
@@ -388,6 +393,13 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
 }
 
+/// Whether `pid` has children (any of its threads: /proc/PID/task/TID/children).
+fn has_children(pid: Pid) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().any(|e| std::fs::read_to_string(e.path().join("children")).is_ok_and(|c| !c.trim().is_empty())))
+        .unwrap_or(false)
+}
+
 /// Whether `pid` is pid 1 of a pid namespace of its own (its NSpid ends
 /// in 1 at a level below the engine's).
 fn owns_pid_ns(pid: Pid) -> bool {
@@ -396,37 +408,100 @@ fn owns_pid_ns(pid: Pid) -> bool {
     ns.len() > 1 && ns.last() == Some(&"1")
 }
 
-/// tfork of a namespace init (pid 1 of its own pid namespace). The kernel
-/// refuses CLONE_PARENT to an init, and every fork of the source lands in
-/// its pid namespace or one nested in it (dying with it): a clone can't be
-/// a fork of the source. Each clone is instead restored from the frozen
-/// source ([`restore::restore`] of the collected state, its memory read
-/// from the source through /proc/PID/mem) into a new pid namespace of the
-/// host's, where it is pid 1 and its threads get the source's tids again
-/// (set_tid). The source stays frozen until the last clone is made (and,
-/// with `--persist`, until the image set is written from it): its pause is
-/// one restore per clone (docs/ARCHITECTURE.md, "tfork").
-fn tfork_ns_init(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
+/// tfork by restore: of a namespace init (pid 1 of its own pid namespace)
+/// or of a process tree (a source with children). The kernel refuses
+/// CLONE_PARENT to an init, and every fork of the source lands in its pid
+/// namespace or one nested in it (dying with it); a fork injected into a
+/// child of the source gives a child of that source process, never a
+/// child of the root's clone. So each clone tree is instead restored from
+/// the frozen source tree ([`restore::restore`] of the collected state,
+/// each process's memory read from its source process through
+/// /proc/PID/mem, or cherry-picked through the `kmod/` device) into a new
+/// pid namespace of the host's, where every process has the source's pid
+/// and tids again (set_tid). A source root that owns its pid namespace is
+/// pid 1 of the clone's; one in the host's namespace gets a stand-in pid 1
+/// ([`NsInit`]) and keeps its own pid beside it. The source stays frozen
+/// until the last clone is made (and, with `--persist`, until the image
+/// set is written from it): its pause is one restore per clone tree
+/// (docs/ARCHITECTURE.md, "tfork").
+fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
     let t0 = Instant::now();
     let (tree, frozen) = dump::collect(pid)?;
-    if frozen.members.len() > 1 || frozen.procs.len() != 1 {
-        let kids: Vec<Pid> = frozen.members.iter().skip(1).map(|m| m.pid).collect();
-        return Err(TforkError::Unsupported(format!(
-            "process {pid} has children ({kids:?}): tfork of a process tree is not supported yet"
-        )));
-    }
-    if !tree.root_owns_pid_ns {
-        return Err(TforkError::Unsupported(format!("process {pid} stopped being pid 1 of its own pid namespace")));
+    let own_ns = tree.root_owns_pid_ns;
+    if !own_ns && frozen.members.len() == 1 {
+        return Err(TforkError::Unsupported(format!("process {pid} lost its children and is not pid 1 of its own pid namespace: tfork it again")));
     }
     let plan = match &opts.root_snapshot {
         None => None,
-        Some(m) => Some(crate::root_snapshot::Plan::new(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
+        Some(m) => Some(crate::root_snapshot::Plan::new_restored(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
     };
-    pr_debug!("collected {pid} (a namespace init) in {:?}", t0.elapsed());
-    // its private anonymous VMAs cherry-picked where the kmod device is
-    // present (each clone then shares their pages copy-on-write), else copied
-    let mem = crate::mem_source::ProcessMem::open_mem_only(pid).map_err(ioe(pid, "opening /proc/PID/mem of the source"))?.with_cherry_pick(true);
+    pr_debug!("collected {pid} ({} processes{}) in {:?}", tree.tasks.len(), if own_ns { ", a namespace init" } else { "" }, t0.elapsed());
+    let hosts: Vec<Option<Pid>> = frozen.members.iter().zip(&tree.tasks).map(|(m, t)| t.zombie_exit.is_none().then_some(m.pid)).collect();
+    // Where the clones' memory comes from (docs/ARCHITECTURE.md, "tfork",
+    // "Trees"): with the kmod device, the frozen source itself (its
+    // private anonymous VMAs cherry-picked copy-on-write into each clone);
+    // without it, one copy of the frozen moment into a tmpfs image set,
+    // after which the source is released and every clone tree is restored
+    // from that set (its pause is one copy, whatever N).
+    let from_source = match std::env::var("CRIU_RS_TFORK_TREE_MEM").as_deref() {
+        Ok("source") => true,
+        Ok("snapshot") => false,
+        _ => crate::sys::kmod::is_available(),
+    };
+    let mut pause = None;
+    let tmp = if from_source {
+        None
+    } else {
+        // (where the set can't be written, e.g. tmpfs full, the clones
+        // are made from the still frozen source instead)
+        match TmpSet::write(&tree, &frozen, pid) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                crate::pr_warn!("the frozen tree of {pid} could not be copied into tmpfs ({}): the clones are restored from the frozen source", crate::log::error_chain(&e));
+                None
+            }
+        }
+    };
+    let frozen = match &tmp {
+        None => Some(frozen),
+        Some(t) => {
+            crate::fault::point("tforktree-snapshot");
+            drop(frozen);
+            let p = t0.elapsed();
+            pr_info!("source {pid} paused {:.2} ms: the frozen tree copied into {}", p.as_secs_f64() * 1e3, t.0.display());
+            pause = Some(p);
+            None
+        }
+    };
+    // one memory source per process: its frozen source process, read
+    // through /proc/PID/mem (private anonymous VMAs cherry-picked where the
+    // kmod device is present), or the pages of the tmpfs set. (A zombie has
+    // no memory: its entry is the root's, never read.)
+    let mut own_mems: Vec<Option<crate::mem_source::ProcessMem>> = Vec::with_capacity(tree.tasks.len());
+    let (set_tree, pages) = match &tmp {
+        None => {
+            for h in &hosts {
+                own_mems.push(match *h {
+                    Some(h) => Some(crate::mem_source::ProcessMem::open_mem_only(h).map_err(ioe(h, "opening /proc/PID/mem of a source process"))?.with_cherry_pick(true)),
+                    None => None,
+                });
+            }
+            (None, Vec::new())
+        }
+        Some(t) => {
+            let (tr, pages) = crate::images_io::read_images(&t.0).map_err(|e| TforkError::Images(format!("reading back {}: {}", t.0.display(), crate::log::error_chain(&e))))?;
+            (Some(tr), pages)
+        }
+    };
+    let rtree = set_tree.as_ref().unwrap_or(&tree);
+    let mems: Vec<&dyn crate::mem_source::MemSource> = if tmp.is_some() {
+        pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect()
+    } else {
+        let root_mem = own_mems[0].as_ref().ok_or_else(|| TforkError::Unsupported(format!("the root {pid} of the tree is a zombie")))?;
+        own_mems.iter().map(|m| m.as_ref().unwrap_or(root_mem) as &dyn crate::mem_source::MemSource).collect()
+    };
     let mut unreleased = Unreleased::default();
+    let mut inits = NsInits::default();
     let mut snap_dirs = SnapDirs::default();
     let mut clones = Vec::with_capacity(opts.copies);
     let mut first = None;
@@ -436,7 +511,7 @@ fn tfork_ns_init(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid]))
         if let Some(t) = &top {
             snap_dirs.0.push(t.clone());
         }
-        let c = restore_in_new_pid_ns(pid, &tree, &mem, plan.as_ref().zip(top.as_deref()))?;
+        let (c, init) = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits)?;
         unreleased.0.push(c);
         if let (Some(p), Some(t)) = (&plan, &top) {
             let dest = p.made(c);
@@ -445,56 +520,250 @@ fn tfork_ns_init(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid]))
                 *last = dest;
             }
         }
-        pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace");
+        match init {
+            None => pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace ({} processes)", tree.tasks.len()),
+            Some(i) => pr_info!("clone {c} of {pid}: pid {} of a new pid namespace whose pid 1 is {i} ({} processes)", tree.root().pid, tree.tasks.len()),
+        }
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
+        crate::fault::point("tforktree-clone-made");
     }
     let all = t0.elapsed();
+    crate::fault::point("tforktree-before-go");
     snap_dirs.0.clear();
+    // the stand-in inits stop watching the engine: the clones are theirs
+    inits.go()?;
     on_running(&clones);
     if opts.persist == Persist::Async {
         unreleased.0.clear();
+        inits.0.clear();
     }
-    // the image set from the source itself, still frozen
-    let persisted = match opts.persist {
-        Persist::None => None,
-        Persist::Sync | Persist::Async => {
-            write_set(&tree, pid, &opts.images_dir, !opts.plain_writes)?;
+    // the image set: the tmpfs set copied, or written from the source itself, still frozen
+    let persisted = match (opts.persist, &tmp) {
+        (Persist::None, _) => None,
+        (_, Some(t)) => {
+            t.copy_to(&opts.images_dir, !opts.plain_writes)?;
+            Some(t0.elapsed())
+        }
+        (_, None) => {
+            write_tree_set(&tree, &hosts, pid, &opts.images_dir, !opts.plain_writes)?;
             Some(t0.elapsed())
         }
     };
     unreleased.commit();
+    inits.0.clear();
+    drop(mems);
+    drop(own_mems);
     drop(frozen);
-    let pause = t0.elapsed();
-    pr_info!("source {pid} paused {:.2} ms ({} clones restored from it)", pause.as_secs_f64() * 1e3, clones.len());
+    let pause = pause.unwrap_or_else(|| t0.elapsed());
+    pr_info!("source {pid} paused {:.2} ms ({} clones restored {})", pause.as_secs_f64() * 1e3, clones.len(), if tmp.is_some() { "from its tmpfs copy" } else { "from it" });
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
 }
 
-/// One clone of the frozen namespace init `src` (`tree`, memory `mem`):
+/// The frozen moment of a source tree as an image set in tmpfs
+/// (`$CRIU_RS_TFORK_SNAPSHOT_DIR`, default /dev/shm), which its clone
+/// trees are restored from once the source runs again; removed on drop.
+#[derive(Debug)]
+struct TmpSet(std::path::PathBuf);
+
+impl TmpSet {
+    /// Write `tree` (process `i`'s memory from the frozen process of
+    /// `frozen.members[i]`; none for a zombie) into a new directory.
+    fn write(tree: &crate::model::Tree, frozen: &dump::freeze::FrozenTree, pid: Pid) -> Result<TmpSet, TforkError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::var_os("CRIU_RS_TFORK_SNAPSHOT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/dev/shm".into());
+        let dir = base.join(format!("criu-rs-tfork-{}-{pid}", std::process::id()));
+        // sets left by an engine killed mid-tfork (its pid gone) go first
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.strip_prefix("criu-rs-tfork-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<Pid>().ok());
+            if owner.is_some_and(|o| !std::path::Path::new(&format!("/proc/{o}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(ioe(pid, format!("creating {}", dir.display())))?;
+        let set = TmpSet(dir);
+        // each process's pages by the dump's page pump (the process
+        // vmsplices them, the engine splices them into the file: one copy),
+        // the engine pinned to its CPU while it drives them (as `criu
+        // dump` is while its root's pump lives): each injected call a
+        // local switch
+        let _pinned = p::PinnedHere::new();
+        let mut mems = Vec::with_capacity(frozen.members.len());
+        for m in &frozen.members {
+            mems.push(match m.frozen {
+                None => None,
+                Some(k) => Some(dump::page_pump::PumpOnDemand::new(&frozen.procs[k]).map_err(ioe(m.pid, "the page pump"))?),
+            });
+        }
+        let refs: Vec<Option<&dyn crate::mem_source::MemSource>> = mems.iter().map(|m| m.as_ref().map(|m| m as &dyn crate::mem_source::MemSource)).collect();
+        let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), pid);
+        crate::images_io::write_images(tree, &set.0, &refs, &run_id)
+            .map_err(|e| TforkError::Images(format!("the frozen tree into {}: {}", set.0.display(), crate::log::error_chain(&e))))?;
+        Ok(set)
+    }
+
+    /// The set copied into `dir` as the persisted image set: staged,
+    /// every file fsynced (through io_uring where `uring` and the kernel
+    /// allow), published (inventory last).
+    fn copy_to(&self, dir: &std::path::Path, uring: bool) -> Result<(), TforkError> {
+        let img = |e: &dyn std::error::Error| TforkError::Images(crate::log::error_chain(e));
+        let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
+        crate::fault::point("tfork-mid-persist");
+        if crate::fault::fails("tfork-mid-persist") {
+            return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
+        }
+        for e in std::fs::read_dir(&self.0).map_err(|e| TforkError::Images(format!("{}: {e}", self.0.display())))? {
+            let e = e.map_err(|e| TforkError::Images(format!("{}: {e}", self.0.display())))?;
+            let to = staging.path().join(e.file_name());
+            // (copy_file_range: in the kernel, no user buffer)
+            std::fs::copy(e.path(), &to).map_err(|err| TforkError::Images(format!("copying {} to {}: {err}", e.path().display(), to.display())))?;
+        }
+        let synced = staging.sync_files(uring).map_err(|e| img(&e))?;
+        staging.publish().map_err(|e| img(&e))?;
+        pr_info!("image set of the frozen source copied from {} to {}: files synced by {synced}", self.0.display(), dir.display());
+        Ok(())
+    }
+}
+
+impl Drop for TmpSet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The argument `criu` is executed with as the stand-in pid 1 of a clone
+/// tree's pid namespace ([`ns_init_main`]); not a command of its own.
+pub const NS_INIT_ARG: &str = "__criu-rs-tfork-ns-init";
+
+/// Stand-in inits of the clone trees made so far (host pid, the write end
+/// of the pipe each reads): until told to go, each exits when its pipe
+/// ends (the engine died or dropped it), which kills its pid namespace and
+/// the clone tree in it. Dropped without [`NsInits::go`], they are killed.
+#[derive(Debug, Default)]
+struct NsInits(Vec<(Pid, std::os::fd::OwnedFd)>);
+
+impl NsInits {
+    /// Tell every init its clone tree is whole: from now on it is an init
+    /// like any (it reaps orphans, and exits once its namespace is empty).
+    fn go(&mut self) -> Result<(), TforkError> {
+        for (pid, fd) in &self.0 {
+            use std::io::Write;
+            let mut f = std::fs::File::from(fd.try_clone().map_err(ioe(*pid, "the stand-in init's pipe"))?);
+            f.write_all(b"g").map_err(ioe(*pid, "telling the stand-in init to go on"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NsInits {
+    fn drop(&mut self) {
+        for (pid, _) in &self.0 {
+            // (its pid namespace, and the clone tree in it, go with it)
+            let _ = p::kill(*pid, libc::SIGKILL);
+        }
+        for (pid, _) in std::mem::take(&mut self.0) {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while matches!(ptrace::wait_flags(pid, libc::__WALL | libc::WNOHANG), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// The stand-in pid 1 of a clone tree's pid namespace (`criu
+/// __criu-rs-tfork-ns-init`, its stdin the engine's pipe): until the engine
+/// says go (one byte), it reaps what is reparented to it and exits when
+/// the pipe ends without a word (the engine died or failed: the kernel
+/// then kills every process of the namespace). After that it reaps
+/// orphans as an init does, and exits once no other process is left in
+/// its namespace.
+pub fn ns_init_main() -> ! {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let _ = p::set_comm(c"criu-tfork-init");
+    let reap = || while matches!(ptrace::wait_flags(-1, libc::WNOHANG), Ok(Some(_))) {};
+    let stdin = std::io::stdin();
+    loop {
+        reap();
+        match p::poll_readable(stdin.as_fd(), 200) {
+            Ok(false) => continue,
+            Ok(true) => {
+                let mut b = [0u8; 1];
+                match stdin.lock().read(&mut b) {
+                    Ok(1) if b[0] == b'g' => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    _ => p::exit_now(1),
+                }
+            }
+            Err(_) => p::exit_now(1),
+        }
+    }
+    loop {
+        match ptrace::wait_flags(-1, 0) {
+            Ok(_) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                // kill(-1, 0): ESRCH once no other process is left in the namespace
+                if p::kill(-1, 0).is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH)) {
+                    p::exit_now(0);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// One clone tree of the frozen source `src` (`tree`, memory `mems`):
 /// restored by a helper process forked for it (with `snap`, in a mount
-/// namespace of its own with the snapshot `(plan, dir)` mounted), as a
-/// child of this engine (`--restore-sibling` of the helper), pid 1 of a
-/// new pid namespace. The helper dies with the engine (PDEATHSIG), and the
-/// clone it was making with it (PTRACE_O_EXITKILL).
-fn restore_in_new_pid_ns(src: Pid, tree: &crate::model::Tree, mem: &crate::mem_source::ProcessMem, snap: Option<(&crate::root_snapshot::Plan, &std::path::Path)>) -> Result<Pid, TforkError> {
+/// namespace of its own with the snapshot `(plan, dir)` mounted), its root
+/// a child of this engine (`--restore-sibling` of the helper), in a new
+/// pid namespace: made by the restore when the root owned its namespace
+/// (the root is its pid 1), else (`stand_in`) by the helper, whose first
+/// child there, the stand-in init ([`ns_init_main`], a child of the engine
+/// too), is recorded in `inits`. The helper dies with the engine
+/// (PDEATHSIG), and the clone it was making with it (PTRACE_O_EXITKILL);
+/// the init with the engine's end of its pipe. Returns the root's host
+/// pid and the init's.
+fn restore_in_new_pid_ns(
+    src: Pid,
+    tree: &crate::model::Tree,
+    mems: &[&dyn crate::mem_source::MemSource],
+    snap: Option<(&crate::root_snapshot::Plan, &std::path::Path)>,
+    stand_in: bool,
+    inits: &mut NsInits,
+) -> Result<(Pid, Option<Pid>), TforkError> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     let (rd, wr) = p::pipe().map_err(ioe(src, "a pipe for the restoring helper"))?;
+    let ctl = if stand_in { Some(p::pipe().map_err(ioe(src, "a pipe for the stand-in init"))?) } else { None };
     let engine = std::process::id() as Pid;
+    let others: Vec<i32> = inits.0.iter().map(|(_, f)| f.as_raw_fd()).chain(ctl.as_ref().map(|(_, w)| w.as_raw_fd())).collect();
     let helper = p::fork3(0, &[], libc::SIGCHLD, || {
-        let res = (|| -> Result<Pid, String> {
+        let res = (|| -> Result<(Pid, Option<Pid>), String> {
             p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
             if std::os::unix::process::parent_id() as Pid != engine {
                 return Err("the engine is gone".into());
             }
+            // only the engine holds the inits' pipes: each ends with it
+            for &fd in &others {
+                p::close(fd);
+            }
             if let Some((plan, top)) = snap {
                 plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
             }
+            let init = match &ctl {
+                None => None,
+                Some((ctl_rd, _)) => Some(start_ns_init(ctl_rd)?),
+            };
+            crate::fault::point("tforktree-ns-made");
             let o = crate::options::Options { sibling: true, ..Default::default() };
-            restore::restore(tree, &[mem], &o).map_err(|e| crate::log::error_chain(&e))
+            let ns = init.map(|i| std::path::PathBuf::from(format!("/proc/{i}/ns/pid")));
+            let c = restore::restore_in(tree, mems, &o, ns.as_deref()).map_err(|e| crate::log::error_chain(&e))?;
+            Ok((c, init))
         })();
         let msg = match res {
-            Ok(c) => format!("ok {c}\n"),
+            Ok((c, i)) => format!("ok {c} {}\n", i.unwrap_or(0)),
             Err(e) => format!("err {}\n", e.replace('\n', " ")),
         };
         p::write_fd(wr.as_raw_fd(), msg.as_bytes());
@@ -502,6 +771,7 @@ fn restore_in_new_pid_ns(src: Pid, tree: &crate::model::Tree, mem: &crate::mem_s
     })
     .map_err(ioe(src, "forking the restoring helper"))?;
     drop(wr);
+    let ctl_wr = ctl.map(|(_, w)| w);
     // one line (not to the end of the pipe: nothing but the helper holds it, but a line is enough)
     let mut out = Vec::new();
     let mut f = std::fs::File::from(rd);
@@ -523,10 +793,67 @@ fn restore_in_new_pid_ns(src: Pid, tree: &crate::model::Tree, mem: &crate::mem_s
     read.map_err(ioe(helper, "reading the restoring helper's report"))?;
     let out = String::from_utf8_lossy(&out).trim_end().to_string();
     match out.split_once(' ') {
-        Some(("ok", c)) => c.trim().parse().map_err(|_| TforkError::Unsupported(format!("restoring helper {helper}: bad report {out:?}"))),
+        Some(("ok", rest)) => {
+            let mut w = rest.split_whitespace().map(str::parse::<Pid>);
+            let (Some(Ok(c)), Some(Ok(i))) = (w.next(), w.next()) else {
+                return Err(TforkError::Unsupported(format!("restoring helper {helper}: bad report {out:?}")));
+            };
+            let init = (i > 0).then_some(i);
+            if let (Some(i), Some(w)) = (init, ctl_wr) {
+                inits.0.push((i, w));
+            }
+            Ok((c, init))
+        }
         Some(("err", e)) => Err(TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {e}"))),
         _ => Err(TforkError::Unsupported(format!("restoring helper {helper} of {src} ended without a report"))),
     }
+}
+
+/// In the restoring helper: a new pid namespace and its pid 1, the
+/// stand-in init (`criu __criu-rs-tfork-ns-init` with `ctl` as its stdin
+/// and no other fd), a child of the engine (CLONE_PARENT). Its host pid.
+fn start_ns_init(ctl: &std::os::fd::OwnedFd) -> Result<Pid, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let fd = ctl.as_raw_fd();
+    p::fork3((libc::CLONE_PARENT | libc::CLONE_NEWPID) as u64, &[], 0, || {
+        p::dup2(fd, 0).ok();
+        p::close_all_except(&[0]);
+        let e = std::process::Command::new(&exe).arg(NS_INIT_ARG).exec();
+        drop(e);
+        p::exit_now(127)
+    })
+    .map_err(|e| format!("forking the stand-in init of a new pid namespace: {e}"))
+}
+
+/// Write `tree` (the frozen source tree, process `i`'s memory `mems[i]`,
+/// none for a zombie) as an image set into `dir`, as [`write_set`] writes
+/// one process's.
+fn write_tree_set(tree: &crate::model::Tree, hosts: &[Option<Pid>], pid: Pid, dir: &std::path::Path, uring: bool) -> Result<(), TforkError> {
+    if hosts.len() == 1 {
+        return write_set(tree, pid, dir, uring);
+    }
+    let img = |e: &dyn std::error::Error| TforkError::Images(crate::log::error_chain(e));
+    let mut out = Vec::with_capacity(hosts.len());
+    for h in hosts {
+        out.push(match *h {
+            None => None,
+            Some(host) => Some(crate::mem_source::ProcessMem::open_mem_only(host).map_err(ioe(host, "opening /proc/PID/mem"))?.with_io_uring(uring).with_direct(true)),
+        });
+    }
+    let run_id = format!("criu-rs-tfork-{}-{}", std::process::id(), pid);
+    let staging = dump::staging::Staging::new(dir).map_err(|e| img(&e))?;
+    crate::fault::point("tfork-mid-persist");
+    if crate::fault::fails("tfork-mid-persist") {
+        return Err(TforkError::Images("injected failure before the images were written (CRIU_RS_FAULT_AT)".into()));
+    }
+    let refs: Vec<Option<&dyn crate::mem_source::MemSource>> = out.iter().map(|m| m.as_ref().map(|m| m as &dyn crate::mem_source::MemSource)).collect();
+    crate::images_io::write_images(tree, staging.path(), &refs, &run_id).map_err(|e| img(&e))?;
+    let synced = staging.sync_files(uring).map_err(|e| img(&e))?;
+    staging.publish().map_err(|e| img(&e))?;
+    pr_info!("image set of the frozen source tree written to {}: {} processes, files synced by {synced}", dir.display(), tree.tasks.len());
+    Ok(())
 }
 
 /// MADV_WIPEONFORK: a VMA picked with it comes out empty (as after fork),

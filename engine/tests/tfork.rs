@@ -302,18 +302,7 @@ fn refused_by_name() {
     let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "1", "--persist=later"], &[]);
     assert!(!st.success() && out.is_empty() && log.contains("unknown --persist mode"), "{log}");
     drop(src);
-    // a process with a child
-    let mut sh = Command::new("sh").args(["-c", "sleep 100 & wait"]).stdin(Stdio::null()).spawn().unwrap();
-    let shpid = sh.id() as i32;
-    wait_until("the child", Duration::from_secs(5), || std::fs::read_to_string(format!("/proc/{shpid}/task/{shpid}/children")).is_ok_and(|c| !c.trim().is_empty()));
-    let (st, out, log) = run_tfork(&dir, &["-t", &shpid.to_string(), "--copies", "2"], &[]);
-    let kids = std::fs::read_to_string(format!("/proc/{shpid}/task/{shpid}/children")).unwrap_or_default();
-    for k in kids.split_whitespace() {
-        let _ = Command::new("kill").args(["-9", k]).status();
-    }
-    let _ = sh.kill();
-    let _ = sh.wait();
-    assert!(!st.success() && out.is_empty() && log.contains("has children"), "{log}");
+    // (a process with children is cloned as a tree: tests/tfork_tree.rs)
 }
 
 /// Size of the dump's scratch mapping (code page + data) without the

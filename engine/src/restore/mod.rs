@@ -217,6 +217,39 @@ struct Ready<'a> {
 /// Restore `tree`, process `i` with page contents from `mems[i]`. Returns
 /// the host pid of the root.
 pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Options) -> Result<Pid, RestoreError> {
+    restore_in(tree, mems, opts, None)
+}
+
+/// The engine's pid namespace for children set to another one for one
+/// fork, back to its own on drop: a process whose `pid_for_children` is
+/// not its own pid namespace can't make threads (EINVAL), which the fill
+/// of the restore does.
+struct PidNsForFork(Option<std::fs::File>);
+
+impl PidNsForFork {
+    fn enter(ns: Option<&std::path::Path>) -> Result<PidNsForFork, RestoreError> {
+        let Some(ns) = ns else { return Ok(PidNsForFork(None)) };
+        let own = std::fs::File::open("/proc/self/ns/pid").map_err(ioe(0, "opening /proc/self/ns/pid"))?;
+        let target = std::fs::File::open(ns).map_err(ioe(0, format!("opening {}", ns.display())))?;
+        crate::sys::ns::setns(target.as_fd(), libc::CLONE_NEWPID).map_err(ioe(0, format!("setns to the pid namespace {}", ns.display())))?;
+        Ok(PidNsForFork(Some(own)))
+    }
+}
+
+impl Drop for PidNsForFork {
+    fn drop(&mut self) {
+        if let Some(own) = &self.0 {
+            // (back to the caller's own pid namespace: always allowed)
+            let _ = crate::sys::ns::setns(own.as_fd(), libc::CLONE_NEWPID);
+        }
+    }
+}
+
+/// [`restore`], the root forked into the pid namespace `root_pid_ns`
+/// (a path of one, e.g. /proc/PID/ns/pid, whose pid 1 exists) when given,
+/// with the image's pid there (tfork of a tree in the host's pid
+/// namespace: each clone tree in a new one beside a stand-in init).
+pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Options, root_pid_ns: Option<&std::path::Path>) -> Result<Pid, RestoreError> {
     if mems.len() != tree.tasks.len() {
         return Err(RestoreError::Unsupported(format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }
@@ -307,6 +340,7 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Opti
     // a zombie holding the pid (a source killed by a dump its parent has
     // not reaped yet) is given a moment to go
     let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let in_ns = PidNsForFork::enter(root_pid_ns)?;
     let child = loop {
         // clone3 takes no exit signal with CLONE_PARENT: the child gets the
         // engine's own (SIGCHLD to the engine's parent)
@@ -324,6 +358,7 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Opti
             Err(e) => return Err(ioe(task.pid, "clone3")(e)),
         }
     };
+    drop(in_ns);
     let mut guard = RestoreGuard { pids: vec![child], committed: false };
     crate::fault::point("after-clone");
     drop(wr);
