@@ -17,6 +17,7 @@ pub mod pagemap;
 pub mod process;
 pub mod sock;
 pub mod ptrace;
+pub mod rpc;
 pub mod uffd;
 pub mod uring;
 
