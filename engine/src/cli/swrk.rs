@@ -53,6 +53,7 @@ pub const ACCEPTED: &[(&str, &str)] = &[
     ("force_irmap, irmap_scan_paths", "as the command line's: inotify watch paths; inotify fds are dumped by handle"),
     ("tcp_skip_in_flight, weak_sysctls, mntns_compat_mode, pre_dump_mode, network_lock", "as the command line's (criu --help)"),
     ("ghost_fiemap", "sparse unlinked files are already copied by their data extents (SEEK_DATA)"),
+    ("manage_cgroups with manage_cgroups_mode IGNORE", "upstream then leaves the restored tree's cgroups alone, as criu-rs does (any other mode is refused)"),
     ("manage_cgroups_mode (without manage_cgroups)", "only says how cgroups would be managed"),
     ("every boolean set to false, every number set to its default", "asks for what is done anyway"),
 ];
@@ -168,7 +169,9 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(c.ps.is_some(), "ps", "no page server");
     no(!c.veths.is_empty(), "veths", "network namespaces are not restored");
     no(!c.exec_cmd.is_empty(), "exec_cmd", "not supported");
-    no(t(c.manage_cgroups), "manage_cgroups", "cgroup membership and properties are not dumped or restored by criu-rs");
+    // (mode IGNORE: upstream leaves cgroups alone on restore, as we do)
+    let cg_ignore = c.manage_cgroups_mode == Some(images_proto::rpc::CriuCgMode::Ignore as i32);
+    no(t(c.manage_cgroups) && !cg_ignore, "manage_cgroups", "cgroup membership and properties are not dumped or restored by criu-rs (only manage_cgroups_mode IGNORE is accepted)");
     no(!c.cg_root.is_empty(), "cg_root", "cgroups are not restored");
     no(!c.inherit_fd.is_empty(), "inherit_fd", "resources inherited from the client are not supported");
     no(!c.unix_sk_ino.is_empty(), "unix_sk_ino", "external unix sockets by inode are not supported (ext_unix_sk is)");
