@@ -218,38 +218,7 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         }
     }
 
-    // the images dir: the client's fd, else a path
-    let needs_dir = matches!(kind, T::Dump | T::Restore | T::CpuinfoDump | T::CpuinfoCheck);
-    if c.images_dir_fd != -1 {
-        let n = fd_field("images_dir_fd", c.images_dir_fd)?;
-        if kind != T::Check {
-            o.images_dir = Some(open_dir("images_dir_fd", n).map_err(|e| bad(format!("criu_opts.images_dir_fd: {e}")))?);
-        }
-    } else if let Some(p) = &c.images_dir {
-        o.images_dir = Some(path_field("images_dir", p)?);
-    } else if needs_dir {
-        return Err(bad("criu_opts.images_dir_fd: -1 and no images_dir: where are the images?"));
-    }
-    if let Some(n) = c.work_dir_fd {
-        let n = fd_field("work_dir_fd", n)?;
-        o.work_dir = Some(open_dir("work_dir_fd", n).map_err(|e| bad(format!("criu_opts.work_dir_fd: {e}")))?);
-    }
-    if t(c.log_to_stderr) {
-        o.log_file = Some("-".into());
-    } else if let Some(f) = &c.log_file {
-        let f = path_field("log_file", f)?;
-        // as upstream: a name in the work dir, no subdirectories
-        if f.contains('/') || f == "." || f == ".." {
-            return Err(bad(format!("criu_opts.log_file: {f:?}: no subdirectories allowed in the log file name")));
-        }
-        o.log_file = Some(f);
-    }
-    if let Some(l) = c.log_level {
-        if l < 0 {
-            return Err(bad(format!("criu_opts.log_level: {l} is negative")));
-        }
-        o.loglevel = Some(l.min(4) as u32);
-    }
+    dirs_and_log(kind, c, &mut o, open_dir)?;
     if matches!(kind, T::Dump | T::Tfork) {
         let pid = c.pid.unwrap_or(peer);
         if pid <= 0 {
@@ -322,6 +291,46 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         o.tcp_close = false;
     }
     Ok(Mapped { opts: o, notify: t(c.notify_scripts), tfork_tcp_close })
+}
+
+/// The images dir, work dir and log of a request (also for the log of a
+/// refused one): `o`'s images_dir, work_dir, log_file, loglevel.
+fn dirs_and_log(kind: CriuReqType, c: &CriuOpts, o: &mut Opts, open_dir: &mut dyn FnMut(&str, i32) -> Result<String, String>) -> Result<(), Refusal> {
+    use CriuReqType as T;
+    let t = |b: Option<bool>| b == Some(true);
+    // the images dir: the client's fd, else a path
+    let needs_dir = matches!(kind, T::Dump | T::Restore | T::CpuinfoDump | T::CpuinfoCheck);
+    if c.images_dir_fd != -1 {
+        let n = fd_field("images_dir_fd", c.images_dir_fd)?;
+        if kind != T::Check {
+            o.images_dir = Some(open_dir("images_dir_fd", n).map_err(|e| bad(format!("criu_opts.images_dir_fd: {e}")))?);
+        }
+    } else if let Some(p) = &c.images_dir {
+        o.images_dir = Some(path_field("images_dir", p)?);
+    } else if needs_dir {
+        return Err(bad("criu_opts.images_dir_fd: -1 and no images_dir: where are the images?"));
+    }
+    if let Some(n) = c.work_dir_fd {
+        let n = fd_field("work_dir_fd", n)?;
+        o.work_dir = Some(open_dir("work_dir_fd", n).map_err(|e| bad(format!("criu_opts.work_dir_fd: {e}")))?);
+    }
+    if t(c.log_to_stderr) {
+        o.log_file = Some("-".into());
+    } else if let Some(f) = &c.log_file {
+        let f = path_field("log_file", f)?;
+        // as upstream: a name in the work dir, no subdirectories
+        if f.contains('/') || f == "." || f == ".." {
+            return Err(bad(format!("criu_opts.log_file: {f:?}: no subdirectories allowed in the log file name")));
+        }
+        o.log_file = Some(f);
+    }
+    if let Some(l) = c.log_level {
+        if l < 0 {
+            return Err(bad(format!("criu_opts.log_level: {l} is negative")));
+        }
+        o.loglevel = Some(l.min(4) as u32);
+    }
+    Ok(())
 }
 
 /// The path the engine uses for a directory fd the service opened: its
@@ -414,7 +423,16 @@ fn handle(sock: BorrowedFd<'_>, peer: i32, req: &CriuReq) -> CriuResp {
     };
     let m = match map_opts(k, copts, peer, &mut open_dir) {
         Ok(m) => m,
-        Err(r) => return failed(kind, &r),
+        Err(r) => {
+            // into the request's log too, where it has a usable one (as
+            // upstream's refusals are: runc points at dump.log)
+            let mut lo = Opts::default();
+            // (`main` logs the reply's cr_errmsg)
+            if dirs_and_log(k, copts, &mut lo, &mut open_dir).is_ok() && lo.log_file.is_some() {
+                let _ = setup_log(&lo);
+            }
+            return failed(kind, &r);
+        }
     };
     let o = m.opts;
     // the log, as the command line's (relative to the work dir)
