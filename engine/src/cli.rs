@@ -285,8 +285,8 @@ impl Drop for LinkRemaps {
     }
 }
 
-/// The engine's options from the command line's (the one options type the
-/// RPC is to fill too: `crate::options`).
+/// The engine's options from the command line's (the one options type;
+/// the RPC service's requests come here too, mapped to `Opts` by `swrk`).
 fn engine_options(o: &Opts) -> EngineOptions {
     EngineOptions {
         freeze_cgroup: o.freeze_cgroup.as_deref().map(PathBuf::from),
@@ -851,7 +851,7 @@ const FEATURES: &[(&str, Answer)] = &[
     ("mem_dirty_track", Answer::No("no pre-dump or memory tracking")),
     ("uffd", Answer::No("no lazy-pages")),
     ("uffd-noncoop", Answer::No("no lazy-pages")),
-    ("pidfd_store", Answer::No("no RPC service (swrk)")),
+    ("pidfd_store", Answer::No("no pidfd store (the RPC service has no pre-dump for it to serve)")),
     ("mnt_id", Answer::No("no mount namespaces")),
     ("aio_remap", Answer::No("AIO rings are not dumped")),
     ("timerfd", Answer::No("timerfds are not dumped")),

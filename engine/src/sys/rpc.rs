@@ -9,21 +9,21 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// open and a SOCK_SEQPACKET socket. Made close-on-exec.
 pub fn take_inherited_seqpacket(n: i32) -> io::Result<OwnedFd> {
     if n < 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {n} is negative")));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a negative fd number"));
     }
     // SAFETY: F_GETFD on a number only reads the fd table.
     if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `n` is open (just checked) and was inherited for this service
-    // to own: nothing else in this process refers to it.
-    let fd = unsafe { OwnedFd::from_raw_fd(n) };
-    let ty = super::sock::get_int(std::os::fd::AsFd::as_fd(&fd), libc::SOL_SOCKET, libc::SO_TYPE)?;
+    // SAFETY: `n` is open (just checked) and stays open during the call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(n) };
+    let ty = super::sock::get_int(borrowed, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| io::Error::new(e.kind(), format!("not a socket ({e})")))?;
     if ty != libc::SOCK_SEQPACKET {
-        // not ours to close: give the number back untouched
-        std::mem::forget(fd);
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {n} is a socket of type {ty}, not SOCK_SEQPACKET")));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a socket of type {ty}, not SOCK_SEQPACKET")));
     }
+    // SAFETY: `n` is open and was inherited for this service to own:
+    // nothing else in this process refers to it.
+    let fd = unsafe { OwnedFd::from_raw_fd(n) };
     // SAFETY: F_SETFD on our own open fd.
     if unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
