@@ -335,7 +335,7 @@ fn tfork_request() {
     let _ = child.kill();
     let _ = child.wait();
     // a TFORK without its options, or with copies 0 / too many, is refused by field
-    for (tf, field) in [(None, "criu_opts.tfork"), (Some(CriuTforkOpts { copies: Some(0), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(u32::MAX), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(1), persist: Some("later".into()), ..CriuTforkOpts::default() }), "tfork.persist")] {
+    for (tf, field) in [(None, "criu_opts.tfork"), (Some(CriuTforkOpts { copies: Some(0), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(u32::MAX), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(1), persist: Some("later".into()), ..CriuTforkOpts::default() }), "tfork.persist"), (Some(CriuTforkOpts { copies: Some(1), tcp_close: Some(true), ..CriuTforkOpts::default() }), "tfork.tcp_close")] {
         let (r, st, _) = one(&req(T::Tfork, Some(CriuOpts { images_dir_fd: -1, pid: Some(pid), tfork: tf, ..CriuOpts::default() })));
         assert!(!r.success && errmsg(&r).contains(field), "{field}: {r:?}");
         assert!(!st.success());

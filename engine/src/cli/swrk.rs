@@ -96,8 +96,6 @@ pub struct Mapped {
     opts: Opts,
     /// `notify_scripts`.
     notify: bool,
-    /// TFORK's `tcp_close`.
-    tfork_tcp_close: bool,
 }
 
 /// A path field: not empty, no NUL (prost already refused bad UTF-8), at
@@ -258,7 +256,6 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         // the service answers once the tree runs: it never waits for it
         o.detached = true;
     }
-    let mut tfork_tcp_close = false;
     if kind == T::Tfork {
         let Some(tf) = &c.tfork else {
             return Err(bad("criu_opts.tfork: a TFORK request needs its options (copies at least)"));
@@ -287,10 +284,13 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
             }
             o.root_snapshot = Some(r.clone());
         }
-        tfork_tcp_close = t(tf.tcp_close) || o.tcp_close;
-        o.tcp_close = false;
+        // tfork does not close connections in its clones yet (they stay
+        // shared with the source, as after a fork): refused, not ignored
+        if t(tf.tcp_close) || o.tcp_close {
+            return Err(unsupported("criu_opts.tfork.tcp_close: closing TCP connections in tfork's clones is not done yet (they stay shared with the source, as after a fork)"));
+        }
     }
-    Ok(Mapped { opts: o, notify: t(c.notify_scripts), tfork_tcp_close })
+    Ok(Mapped { opts: o, notify: t(c.notify_scripts) })
 }
 
 /// The images dir, work dir and log of a request (also for the log of a
@@ -453,9 +453,6 @@ fn handle(sock: BorrowedFd<'_>, peer: i32, req: &CriuReq) -> CriuResp {
         T::Check => run_check(&o).map(|()| reply(kind, true)).map_err(|e| (e, "")),
         T::CpuinfoDump | T::CpuinfoCheck => run_cpuinfo(&o).map(|()| reply(kind, true)).map_err(|e| (e, "")),
         _ => {
-            if m.tfork_tcp_close {
-                crate::kinds::inet::set_tcp_close(true);
-            }
             tfork_clones(&o).map(|pids| CriuResp { tfork: Some(CriuTforkResp { pids }), ..reply(kind, true) }).map_err(|e| (e, "tfork FAILED."))
         }
     };
