@@ -294,8 +294,10 @@ fn tfork_request() {
     assert!(Command::new("gcc").args(["-O2", "-Wall", "-pthread", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let mut child = only_stdio(&mut Command::new(&bin)).args(["2", "4"]).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = only_stdio(&mut Command::new(&bin)).args(["2", "4"]).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let pid = child.id() as i32;
+    // the source and every clone reported are killed however the test ends
+    let mut procs = Procs { clones: Vec::new(), source: Some(child) };
     let log = |p: i32| work.join(format!("tick-{p}.log"));
     wait_until("first ticks", Duration::from_secs(10), || last_tick(&log(pid)) >= 2);
     let mut held = Vec::new();
@@ -308,19 +310,8 @@ fn tfork_request() {
     };
     let (r, st, err) = one(&req(T::Tfork, Some(o)));
     let clones = r.tfork.as_ref().map(|t| t.pids.clone()).unwrap_or_default();
-    let cleanup = |c: &[i32]| {
-        for &p in c {
-            // SAFETY: kill(2) of a clone this test asked for.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-            let _ = engine::sys::ptrace::wait_flags(p, 0);
-        }
-    };
-    if !r.success {
-        cleanup(&clones);
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("TFORK failed: {r:?}\n{err}");
-    }
+    procs.clones = clones.clone();
+    assert!(r.success, "TFORK failed: {r:?}\n{err}");
     assert!(st.success());
     assert_eq!(clones.len(), 2, "{r:?}");
     assert!(imgs.join("inventory.img").exists(), "persist=sync wrote the image set");
@@ -331,14 +322,33 @@ fn tfork_request() {
     }
     let t0 = last_tick(&log(pid));
     wait_until("the source ticks on", Duration::from_secs(15), || last_tick(&log(pid)) >= t0 + 2);
-    cleanup(&clones);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(procs);
     // a TFORK without its options, or with copies 0 / too many, is refused by field
     for (tf, field) in [(None, "criu_opts.tfork"), (Some(CriuTforkOpts { copies: Some(0), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(u32::MAX), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(1), persist: Some("later".into()), ..CriuTforkOpts::default() }), "tfork.persist"), (Some(CriuTforkOpts { copies: Some(1), tcp_close: Some(true), ..CriuTforkOpts::default() }), "tfork.tcp_close")] {
         let (r, st, _) = one(&req(T::Tfork, Some(CriuOpts { images_dir_fd: -1, pid: Some(pid), tfork: tf, ..CriuOpts::default() })));
         assert!(!r.success && errmsg(&r).contains(field), "{field}: {r:?}");
         assert!(!st.success());
+    }
+}
+
+/// A tfork source (our child) and its clones (our children too: siblings
+/// of the source), killed and reaped on drop.
+struct Procs {
+    clones: Vec<i32>,
+    source: Option<Child>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for &p in &self.clones {
+            // SAFETY: kill(2) of a clone this test asked for.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+            let _ = engine::sys::ptrace::wait_flags(p, 0);
+        }
+        if let Some(mut c) = self.source.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
