@@ -499,3 +499,30 @@ fn replay_captured_clients() {
         assert!(seen_kinds.get(k).is_some_and(|&n| n > 0), "no {k} among the captures: {seen_kinds:?}");
     }
 }
+
+/// `keep_open`: several requests on one connection (VERSION, CHECK,
+/// FEATURE_CHECK); the last without it ends the service (exit 0). A
+/// request naming its images dir by path (images_dir_fd -1) is served too.
+#[test]
+fn keep_open_serves_several_requests() {
+    require!(why_not_root());
+    let s = Swrk::start();
+    let keep = |t: T| CriuReq { keep_open: Some(true), ..req(t, None) };
+    let (_, r) = s.call(&keep(T::Version), &mut |_| true);
+    assert!(r.success && r.version.is_some(), "{r:?}");
+    let (_, r) = s.call(&keep(T::Check), &mut |_| true);
+    assert!(r.success && r.r#type == T::Check as i32, "CHECK: {r:?}");
+    let (_, r) = s.call(&req(T::FeatureCheck, None), &mut |_| true);
+    assert!(r.success && r.features.is_some(), "{r:?}");
+    assert!(s.recv().is_none(), "the service closes after a request without keep_open");
+    let (st, err) = s.finish();
+    assert!(st.success(), "{err}");
+    // CPUINFO_DUMP into a dir given by path
+    let d = test_dir("swrk-cpuinfo");
+    let (r, st, err) = one(&req(T::CpuinfoDump, Some(CriuOpts { images_dir_fd: -1, images_dir: Some(d.to_string_lossy().into_owned()), ..CriuOpts::default() })));
+    assert!(r.success && st.success(), "{r:?}\n{err}");
+    assert!(d.join("cpuinfo.img").exists());
+    let (r, _, err) = one(&req(T::CpuinfoCheck, Some(CriuOpts { images_dir_fd: -1, images_dir: Some(d.to_string_lossy().into_owned()), ..CriuOpts::default() })));
+    assert!(r.success, "{r:?}\n{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
