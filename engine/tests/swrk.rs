@@ -526,3 +526,66 @@ fn keep_open_serves_several_requests() {
     assert!(r.success, "{r:?}\n{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Why the libcriu client cannot be built here.
+fn why_not_libcriu() -> Option<String> {
+    for f in ["/usr/include/criu/criu.h", "/usr/include/protobuf-c/protobuf-c.h"] {
+        if !Path::new(f).exists() {
+            return Some(format!("no {f} (Debian's criu and libprotobuf-c-dev: libcriu, crun's RPC client)"));
+        }
+    }
+    None
+}
+
+/// A real client: Debian's libcriu (what crun links) drives `criu swrk`:
+/// criu_get_version, criu_dump with a notify callback, criu_restore_child
+/// (rst_sibling: the restored program is the client's child), ticking.
+#[test]
+fn libcriu_client_dumps_and_restores() {
+    require!(why_not_here().or_else(why_not_libcriu));
+    let tmp = test_dir("swrk-libcriu");
+    let client = tmp.join("libcriu_client");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/libcriu_client.c");
+    let st = Command::new("gcc").args(["-O2", "-o"]).arg(&client).arg(&src).arg("-lcriu").status().unwrap();
+    assert!(st.success(), "building the libcriu client");
+    let fx = Fixture::start("counter", &tmp, Ns::Host);
+    let pid = fx.pid;
+    let imgs = tmp.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let out = Command::new(&client).arg(CRIU).arg(&imgs).args(["dump", &pid.to_string()]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = std::fs::read_to_string(imgs.join("dump.log")).unwrap_or_default();
+    assert!(text.contains("version 40200"), "{text}");
+    assert!(text.lines().any(|l| l == "dump 0"), "{text}\n{}\n{log}", String::from_utf8_lossy(&out.stderr));
+    let notes: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("notify ")?.split_whitespace().next()).collect();
+    assert_eq!(notes, DUMP_STAGES, "{text}");
+    wait_until("the dumped program gone", Duration::from_secs(10), || !alive(pid));
+    let t_dump = fx.tick();
+    // restore: the client stays (pause) as the restored program's parent
+    let mut c = Command::new(&client).arg(CRIU).arg(&imgs).arg("restore").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(c.stdout.take().unwrap()));
+    let mut text = String::new();
+    let rpid = loop {
+        let Some(Ok(l)) = lines.next() else {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("the client ended without a restore line:\n{text}\n{}", std::fs::read_to_string(imgs.join("restore.log")).unwrap_or_default());
+        };
+        text.push_str(&l);
+        text.push('\n');
+        if let Some(v) = l.strip_prefix("restore ") {
+            break v.parse::<i32>().unwrap();
+        }
+    };
+    let ok = rpid == pid;
+    if ok {
+        wait_until("ticks after the libcriu restore", Duration::from_secs(15), || fx.tick() >= t_dump + 3);
+    }
+    let ppid = std::fs::read_to_string(format!("/proc/{rpid}/stat")).unwrap_or_default().rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string));
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(ok, "criu_restore_child gave {rpid}, want {pid}:\n{text}");
+    assert_eq!(ppid, Some(c.id().to_string()), "the restored program is the libcriu client's child");
+    let notes: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("notify ")?.split_whitespace().next()).collect();
+    assert_eq!(notes, RESTORE_STAGES, "{text}");
+}
