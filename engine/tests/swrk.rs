@@ -589,3 +589,36 @@ fn libcriu_client_dumps_and_restores() {
     let notes: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("notify ")?.split_whitespace().next()).collect();
     assert_eq!(notes, RESTORE_STAGES, "{text}");
 }
+
+/// A process tree, pid 1 of its own pid namespace (a container's shape):
+/// DUMP and RESTORE with rst_sibling over RPC; the reply's pid is the new
+/// namespace's init, a child of the client, and the tree ticks on.
+#[test]
+fn tree_in_its_pid_namespace_over_rpc() {
+    require!(why_not_here());
+    let tmp = test_dir("swrk-tree");
+    let mut fx = Fixture::start("tree", &tmp, Ns::OwnPidNs);
+    let mut held = Vec::new();
+    let imgs = tmp.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let (r, _, err) = one(&req(T::Dump, Some(CriuOpts { pid: Some(fx.pid), notify_scripts: Some(true), ..opts_dir(&imgs, &mut held) })));
+    assert!(r.success, "{r:?}\n{err}");
+    wait_until("the dumped tree gone", Duration::from_secs(10), || live_with_exe(&fx.bin).is_empty());
+    let t = fx.tick();
+    let o = CriuOpts { rst_sibling: Some(true), notify_scripts: Some(true), log_file: Some("restore.log".into()), ..opts_dir(&imgs, &mut held) };
+    let s = Swrk::start();
+    let (seen, r) = s.call(&req(T::Restore, Some(o)), &mut |_| true);
+    let (st, err) = s.finish();
+    assert!(r.success && st.success(), "{r:?}\n{err}\n{}", std::fs::read_to_string(imgs.join("restore.log")).unwrap_or_default());
+    assert_eq!(names(&seen), RESTORE_STAGES);
+    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 3);
+    fx.refind();
+    assert_eq!(r.restore.map(|x| x.pid), Some(fx.pid), "restore{{pid}} is the restored init's host pid");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", fx.pid)).unwrap();
+    let ppid: u32 = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap();
+    assert_eq!(ppid, std::process::id(), "the restored init is the client's child");
+    let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap().split_whitespace().last().unwrap().to_string();
+    assert_eq!(nspid, "1", "pid 1 of its new namespace");
+    drop(fx);
+    reap_children();
+}
