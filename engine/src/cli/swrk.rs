@@ -145,7 +145,8 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
             }
             .to_string(),
         ),
-        ..Opts::default()
+        // (the command line's defaults: cpu_cap fpu as upstream's)
+        ..Opts::new()
     };
     match kind {
         T::CpuinfoDump => o.args.push("dump".into()),
@@ -426,7 +427,7 @@ fn handle(sock: BorrowedFd<'_>, peer: i32, req: &CriuReq) -> CriuResp {
         Err(r) => {
             // into the request's log too, where it has a usable one (as
             // upstream's refusals are: runc points at dump.log)
-            let mut lo = Opts::default();
+            let mut lo = Opts::new();
             // (`main` logs the reply's cr_errmsg)
             if dirs_and_log(k, copts, &mut lo, &mut open_dir).is_ok() && lo.log_file.is_some() {
                 let _ = setup_log(&lo);
@@ -534,5 +535,38 @@ pub fn main(o: &Opts) -> i32 {
         if !keep || resp.r#type == 0 {
             return code;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(kind: CriuReqType, c: &CriuOpts) -> Result<Mapped, String> {
+        map_request(kind, c, 77, &mut |_, n| Ok(format!("/dir{n}")))
+    }
+
+    #[test]
+    fn defaults_are_the_command_line_s() {
+        let m = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, ..CriuOpts::default() }).unwrap();
+        let cli = Opts::new();
+        assert_eq!(m.opts.cpu_cap, cli.cpu_cap, "the fpu check stays on, as `criu dump`'s");
+        assert_eq!(m.opts.tree.as_deref(), Some("77"), "no pid: the client itself, as upstream");
+        assert_eq!(m.opts.images_dir.as_deref(), Some("/dir5"));
+        assert!(!m.opts.leave_running && !m.notify);
+        let m = map(CriuReqType::Restore, &CriuOpts { images_dir_fd: 5, rst_sibling: Some(true), ..CriuOpts::default() }).unwrap();
+        assert!(m.opts.restore_sibling && m.opts.detached && m.opts.tree.is_none());
+    }
+
+    #[test]
+    fn refusals_name_every_field() {
+        let c = CriuOpts { images_dir_fd: 5, tcp_established: Some(true), manage_cgroups: Some(true), inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
+        let e = map(CriuReqType::Restore, &c).err().unwrap();
+        for f in ["criu_opts.tcp_established", "criu_opts.manage_cgroups", "criu_opts.inherit_fd"] {
+            assert!(e.contains(f), "{f} in {e}");
+        }
+        // IGNORE mode is what is done anyway
+        let c = CriuOpts { images_dir_fd: 5, manage_cgroups: Some(true), manage_cgroups_mode: Some(images_proto::rpc::CriuCgMode::Ignore as i32), ..CriuOpts::default() };
+        assert!(map(CriuReqType::Dump, &c).is_ok());
     }
 }
