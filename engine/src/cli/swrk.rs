@@ -380,6 +380,11 @@ fn ask(sock: BorrowedFd<'_>, script: &str, pid: Option<i32>) -> Result<(), Strin
     if a.r#type != CriuReqType::Notify as i32 {
         return Err(format!("the client answered with a {} request, not NOTIFY", type_name(a.r#type)));
     }
+    // (upstream takes external files named in the answer to
+    // query-ext-files: none are supported here, so they are refused)
+    if a.opts.as_ref().is_some_and(|o| !o.external.is_empty()) {
+        return Err("the client's answer names criu_opts.external resources, which are not supported".into());
+    }
     match a.notify_success {
         Some(true) => Ok(()),
         _ => Err("the client answered notify_success=false".into()),
