@@ -238,8 +238,9 @@ fn dump_notify_and_restore_sibling() {
     let _ = engine::sys::ptrace::wait_flags(rpid, 0);
 }
 
-/// A false answer before anything is frozen (pre-dump) and a false answer
-/// at pre-resume: the restore fails and leaves nothing behind.
+/// A false answer before anything is frozen (pre-dump), external files in
+/// the answer to query-ext-files (refused: the program runs on), and a
+/// false answer at pre-resume: the restore fails and leaves nothing behind.
 #[test]
 fn restore_refused_at_pre_resume_leaves_nothing() {
     require!(why_not_here());
@@ -256,6 +257,21 @@ fn restore_refused_at_pre_resume_leaves_nothing() {
     assert_eq!(names(&seen), ["pre-dump"]);
     assert!(!r.success && errmsg(&r).contains("pre-dump"), "{r:?}");
     fx.ticks_on(2, "after the dump refused at pre-dump");
+    // an answer to query-ext-files naming external files: refused, not ignored
+    let s = Swrk::start();
+    s.send(&req(T::Dump, Some(o.clone())));
+    let r = loop {
+        let r = s.recv().expect("a reply");
+        let Some(n) = r.notify.clone().filter(|_| r.r#type == T::Notify as i32) else { break r };
+        let mut a = CriuReq { r#type: T::Notify as i32, notify_success: Some(true), ..CriuReq::default() };
+        if n.script.as_deref() == Some("query-ext-files") {
+            a.opts = Some(CriuOpts { images_dir_fd: -1, external: vec!["file[1:2]".into()], ..CriuOpts::default() });
+        }
+        s.send(&a);
+    };
+    s.finish();
+    assert!(!r.success && errmsg(&r).contains("query-ext-files") && errmsg(&r).contains("external"), "{r:?}");
+    fx.ticks_on(2, "after the dump refused at query-ext-files");
     let (r, _, err) = one(&req(T::Dump, Some(CriuOpts { notify_scripts: None, ..o })));
     assert!(r.success, "{r:?}\n{err}");
     wait_until("the dumped program gone", Duration::from_secs(10), || !alive(pid));
