@@ -638,3 +638,70 @@ fn tree_in_its_pid_namespace_over_rpc() {
     drop(fx);
     reap_children();
 }
+
+/// Another real client: Debian's pycriu (`pycriu.criu`, which closes
+/// criu's fds 0-2 before it execs `criu swrk`): dump, then restore with
+/// rst_sibling; the restored program ticks.
+#[test]
+fn pycriu_client_dumps_and_restores() {
+    let why = why_not_here().or_else(|| {
+        let ok = Command::new("/usr/bin/python3").args(["-c", "import pycriu"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        (!ok).then(|| "no pycriu for /usr/bin/python3 (Debian's criu package)".to_string())
+    });
+    require!(why);
+    let tmp = test_dir("swrk-pycriu");
+    let fx = Fixture::start("counter", &tmp, Ns::Host);
+    let imgs = tmp.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let script = r#"
+import os, sys, time, pycriu
+criu_bin, imgs, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fd = os.open(imgs, os.O_DIRECTORY)
+c = pycriu.criu(); c.use_binary(criu_bin)
+c.opts.images_dir_fd = fd; c.opts.pid = pid; c.opts.log_file = "dump.log"; c.opts.log_level = 4
+print("dump restored=%s" % c.dump().restored, flush=True)
+# the pid must be free before the restore: the test reaps the program
+while os.path.exists("/proc/%d" % pid): time.sleep(0.01)
+c = pycriu.criu(); c.use_binary(criu_bin)
+c.opts.images_dir_fd = fd; c.opts.log_file = "restore.log"; c.opts.log_level = 4; c.opts.rst_sibling = True
+r = c.restore()
+print("restore %d" % r.pid, flush=True)
+sys.stdin.read()
+os.kill(r.pid, 9); os.waitpid(r.pid, 0)
+"#;
+    let mut c = Command::new("/usr/bin/python3")
+        .args(["-c", script, CRIU])
+        .arg(&imgs)
+        .arg(fx.pid.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(c.stdout.take().unwrap()));
+    let mut text = String::new();
+    let rpid = loop {
+        let Some(Ok(l)) = lines.next() else {
+            drop(c.stdin.take());
+            let out = c.wait_with_output().unwrap();
+            panic!("pycriu ended early:\n{text}\n{}\n{}\n{}", String::from_utf8_lossy(&out.stderr), std::fs::read_to_string(imgs.join("dump.log")).unwrap_or_default(), std::fs::read_to_string(imgs.join("restore.log")).unwrap_or_default());
+        };
+        text.push_str(&l);
+        text.push('\n');
+        if let Some(v) = l.strip_prefix("restore ") {
+            break v.parse::<i32>().unwrap();
+        }
+    };
+    assert!(text.contains("dump restored=False"), "{text}");
+    let t = fx.tick();
+    let ticking = rpid == fx.pid && {
+        let e = Instant::now() + Duration::from_secs(15);
+        while fx.tick() < t + 3 && Instant::now() < e {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fx.tick() >= t + 3
+    };
+    drop(c.stdin.take());
+    let _ = c.wait();
+    assert!(ticking, "restored pid {rpid} (want {}) ticks on:\n{text}", fx.pid);
+}
