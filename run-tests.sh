@@ -9,7 +9,7 @@ export CARGO_TERM_COLOR=never
 # What the tests need from the machine (under CI=true a missing one fails
 # the test that needs it, see test-support): Debian's crit and pycriu
 # (criu), gcc with static glibc, python3, script(1) (bsdutils), unshare and
-# setsid (util-linux), tar, mkfs.btrfs (btrfs-progs: tfork --root-snapshot btrfs), python3-seccomp
+# setsid (util-linux), libcriu with protobuf-c's headers (libprotobuf-c-dev: a real RPC client), tar, mkfs.btrfs (btrfs-progs: tfork --root-snapshot btrfs), python3-seccomp
 # (io_uring refused by a seccomp filter); kmod/test.sh installs its own (qemu, busybox).
 need_apt=()
 { command -v crit && [ -d /usr/lib/python3/dist-packages/pycriu ]; } >/dev/null 2>&1 || need_apt+=(criu)
@@ -25,6 +25,8 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl-base)
 command -v xargs >/dev/null 2>&1 || need_apt+=(findutils)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+# libcriu's headers need protobuf-c's (tests/swrk.rs builds a libcriu client)
+[ -e /usr/include/protobuf-c/protobuf-c.h ] || need_apt+=(libprotobuf-c-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

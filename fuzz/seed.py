@@ -75,3 +75,11 @@ for s in sorted(os.listdir(fixtures)):
         nb = n.encode()
         out += bytes([len(nb)]) + nb + struct.pack('<I', len(body)) + body
     put('read_images', s, out)
+
+# swrk_request: every request runc, crun and podman sent (fixtures/rpc, the
+# sibling of the upstream image fixtures), raw.
+rpc = os.path.join(os.path.dirname(os.path.abspath(fixtures)), 'rpc')
+for d, _, files in sorted(os.walk(rpc)):
+    for n in sorted(files):
+        if '-c2s-' in n and n.endswith('.bin'):
+            put('swrk_request', os.path.basename(d) + '-' + n, open(os.path.join(d, n), 'rb').read())

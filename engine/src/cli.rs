@@ -21,6 +21,7 @@
 //! problem; errors the engine logs itself carry their own `file!()`.
 
 mod opts;
+pub mod swrk;
 
 use crate::model::{FileDesc, Tree};
 use crate::options::Options as EngineOptions;
@@ -49,7 +50,6 @@ const REFUSED_COMMANDS: &[(&str, &str)] = &[
     ("show", "image display (use crit)"),
     ("page-server", "the page server"),
     ("service", "the RPC service"),
-    ("swrk", "the RPC service on an inherited socket, as runc, crun, podman and go-criu call it"),
     ("dedup", "image deduplication"),
     ("lazy-pages", "lazy page restore"),
     ("exec", "remote syscall execution"),
@@ -104,7 +104,7 @@ fn version_text() -> String {
     format!(
         "Version: {VERSION}\n\
          Implementation: criu_rs {own}, an engine in Rust with the command line and image format of criu {VERSION}\n\
-         no RPC service (swrk), predump, page server or lazy pages\n"
+         no predump, page server or lazy pages; the RPC service is swrk only\n"
     )
 }
 
@@ -123,6 +123,7 @@ Usage:
   criu cpuinfo dump|check [-D DIR] [--cpu-cap[=CAPS]]
   criu tfork -t PID --copies N [--persist=none|sync|async] [-D DIR]
              [--root-snapshot overlay[:DIR]|btrfs[:DIR]]
+  criu swrk FD
   criu --version | -V
   criu --help | -h
 
@@ -132,6 +133,10 @@ Commands:
   check          check that this kernel has what the engine needs
   cpuinfo dump   write this CPU's features into cpuinfo.img
   cpuinfo check  check cpuinfo.img against this CPU
+  swrk FD        the RPC service (criu_req in, criu_resp out) on the
+                 SOCK_SEQPACKET socket inherited as fd FD, as runc, crun,
+                 podman and go-criu run it: VERSION, FEATURE_CHECK, CHECK,
+                 DUMP, RESTORE, CPUINFO_DUMP/CHECK and our TFORK (4096)
   tfork          ours: N live clones of a running process or process tree:
                  one process: forks of it, siblings of it; a tree (or a
                  pid-namespace init): each clone tree in a new pid namespace
@@ -139,7 +144,7 @@ Commands:
                  the clone (root) pids, one per line
 
 Not implemented (refused by name): pre-dump, show, page-server, service,
-swrk, dedup, lazy-pages, exec, image-cache, image-proxy.
+dedup, lazy-pages, exec, image-cache, image-proxy.
 
 Options:
   -t|--tree PID          dump: the root of the tree to checkpoint (the
@@ -282,8 +287,8 @@ impl Drop for LinkRemaps {
     }
 }
 
-/// The engine's options from the command line's (the one options type the
-/// RPC is to fill too: `crate::options`).
+/// The engine's options from the command line's (the one options type;
+/// the RPC service's requests come here too, mapped to `Opts` by `swrk`).
 fn engine_options(o: &Opts) -> EngineOptions {
     EngineOptions {
         freeze_cgroup: o.freeze_cgroup.as_deref().map(PathBuf::from),
@@ -314,7 +319,12 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     pr_info!("Dumping processes (pid: {pid})");
     pr_info!("========================================");
     let t0 = Instant::now();
+    crate::notify::script("pre-dump", None).map_err(Failure::new)?;
     let (tree, mut frozen) = dump::collect_tree_opts(pid, &engine_options(o)).here()?;
+    // (a refusal from here on releases the tree as it was: `frozen` dropped)
+    for stage in ["network-lock", "query-ext-files"] {
+        crate::notify::script(stage, None).map_err(Failure::new)?;
+    }
     // --link-remap's links stay only for a dump that succeeds and ends the
     // processes (the restore needs them then), as upstream's
     let mut link_remaps = LinkRemaps(
@@ -380,11 +390,15 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     drop(mems);
     drop(pump);
     staging.publish().here()?;
+    crate::notify::script("post-dump", None).map_err(Failure::new)?;
     if !o.leave_running {
         link_remaps.0.clear();
         frozen.kill_on_release = true;
     }
     drop(frozen);
+    if o.leave_running {
+        crate::notify::script("network-unlock", None).map_err(Failure::new)?;
+    }
     let t_end = Instant::now();
     let scanned: u64 = tree.tasks.iter().flat_map(|t| &t.mm.vmas).map(|v| (v.end - v.start) / crate::sys::PAGE_SIZE).sum();
     let stats = pb::DumpStatsEntry {
@@ -422,6 +436,15 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
 /// `criu tfork -t PID --copies N [--persist=none|sync|async]`: prints each
 /// clone's pid on a line of its own (stdout), in the order they were released.
 fn run_tfork(o: &Opts) -> Result<(), Failure> {
+    for c in tfork_clones(o)? {
+        println!("{c}");
+    }
+    Ok(())
+}
+
+/// The tfork of `run_tfork` and of the RPC's TFORK request: the clones'
+/// pids, in the order they were released.
+fn tfork_clones(o: &Opts) -> Result<Vec<crate::sys::Pid>, Failure> {
     let pid: crate::sys::Pid = match o.tree.as_deref() {
         None => return Err(Failure::new("tfork needs -t PID")),
         Some(t) => t.parse().ok().filter(|&p| p > 0).ok_or_else(|| Failure::new(format!("invalid argument for -t: {t}")))?,
@@ -468,10 +491,7 @@ fn run_tfork(o: &Opts) -> Result<(), Failure> {
     if let Some(t) = rep.persisted {
         pr_info!("tfork of {pid}: image set durable after {:.3} ms", t.as_secs_f64() * 1e3);
     }
-    for c in &rep.clones {
-        println!("{c}");
-    }
-    Ok(())
+    Ok(rep.clones)
 }
 
 /// Name of the status file of `--persist=async` in the images dir.
@@ -492,7 +512,7 @@ fn write_status(dir: &Path, text: &str) {
 /// outcome in `-D/tfork-persist.status`: `writing PID` (the writer's pid:
 /// a status still saying so with PID gone means the writer died), then
 /// `done` or `failed: WHY` (and the log says the same).
-fn tfork_async(pid: crate::sys::Pid, topts: &crate::tfork::TforkOpts) -> Result<(), Failure> {
+fn tfork_async(pid: crate::sys::Pid, topts: &crate::tfork::TforkOpts) -> Result<Vec<crate::sys::Pid>, Failure> {
     use crate::sys::process as p;
     use std::io::Read;
     let _ = std::fs::remove_file(topts.images_dir.join(TFORK_STATUS));
@@ -536,10 +556,7 @@ fn tfork_async(pid: crate::sys::Pid, topts: &crate::tfork::TforkOpts) -> Result<
     match msg.lines().next() {
         Some(l) if l.starts_with("ok ") => {
             pr_info!("tfork of {pid}: clones running; image set being written by {writer} (status in {})", topts.images_dir.join(TFORK_STATUS).display());
-            for c in l[3..].split_whitespace() {
-                println!("{c}");
-            }
-            Ok(())
+            l[3..].split_whitespace().map(|c| c.parse().map_err(|_| Failure::new(format!("the tfork engine {writer} sent a bad pid {c:?}")))).collect()
         }
         Some(l) => {
             // a failure before the clones ran: the writer exits at once
@@ -554,8 +571,27 @@ fn tfork_async(pid: crate::sys::Pid, topts: &crate::tfork::TforkOpts) -> Result<
 }
 
 fn run_restore(o: &Opts) -> Result<i32, Failure> {
+    let pid = restore_root(o)?;
+    // a sibling is not ours to wait for: its parent is criu's parent
+    if o.detached || o.restore_sibling {
+        return Ok(0);
+    }
+    // as upstream: wait for the tree, then exit 0 whatever its status
+    match crate::sys::ptrace::wait_flags(pid, 0) {
+        Ok(Some(w)) => {
+            pr_info!("Restored task {pid} ended: {w:?}");
+            Ok(0)
+        }
+        other => Err(Failure::new(format!("waiting for the restored task {pid}: {other:?}"))),
+    }
+}
+
+/// The restore of `run_restore` and of the RPC's RESTORE request: the
+/// restored root's pid (in criu's pid namespace).
+fn restore_root(o: &Opts) -> Result<crate::sys::Pid, Failure> {
     let dir = images_dir(o);
     let t0 = Instant::now();
+    crate::notify::script("pre-restore", None).map_err(Failure::new)?;
     // (--tcp-close decides how the images are read)
     crate::kinds::inet::set_tcp_close(o.tcp_close);
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
@@ -603,18 +639,7 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
         );
     }
     write_stats(&dir, "restore", &pb::StatsEntry { dump: None, restore: Some(stats) });
-    // a sibling is not ours to wait for: its parent is criu's parent
-    if o.detached || o.restore_sibling {
-        return Ok(0);
-    }
-    // as upstream: wait for the tree, then exit 0 whatever its status
-    match crate::sys::ptrace::wait_flags(pid, 0) {
-        Ok(Some(w)) => {
-            pr_info!("Restored task {pid} ended: {w:?}");
-            Ok(0)
-        }
-        other => Err(Failure::new(format!("waiting for the restored task {pid}: {other:?}"))),
-    }
+    Ok(pid)
 }
 
 fn run_cpuinfo(o: &Opts) -> Result<(), Failure> {
@@ -828,7 +853,7 @@ const FEATURES: &[(&str, Answer)] = &[
     ("mem_dirty_track", Answer::No("no pre-dump or memory tracking")),
     ("uffd", Answer::No("no lazy-pages")),
     ("uffd-noncoop", Answer::No("no lazy-pages")),
-    ("pidfd_store", Answer::No("no RPC service (swrk)")),
+    ("pidfd_store", Answer::No("no pidfd store (the RPC service has no pre-dump for it to serve)")),
     ("mnt_id", Answer::No("no mount namespaces")),
     ("aio_remap", Answer::No("AIO rings are not dumped")),
     ("timerfd", Answer::No("timerfds are not dumped")),
@@ -930,6 +955,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
     let args: Vec<String> = args.into_iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     let (o, problems) = opts::resolve(&args);
+    if o.command.as_deref() == Some("swrk") && problems.is_empty() && !o.help && !o.version {
+        return swrk::main(&o);
+    }
     if o.help && problems.is_empty() {
         print!("{}", usage());
         return 0;
@@ -941,11 +969,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let mut usage: Vec<Failure> = problems.into_iter().map(|p| Failure { msg: p.msg, loc: p.loc }).collect();
     if usage.is_empty() {
         let e = match o.command.as_deref() {
-            None => Some(Failure::new("no command given (dump, restore, check, cpuinfo, tfork)")),
+            None => Some(Failure::new("no command given (dump, restore, check, cpuinfo, tfork, swrk)")),
             Some(c) => match REFUSED_COMMANDS.iter().find(|(n, _)| *n == c) {
                 Some((n, what)) => Some(Failure::new(format!("the {n} command ({what}) is not supported"))),
-                None if matches!(c, "dump" | "restore" | "check" | "cpuinfo" | "tfork") => {
-                    let max = if c == "cpuinfo" { 1 } else { 0 };
+                None if matches!(c, "dump" | "restore" | "check" | "cpuinfo" | "tfork" | "swrk") => {
+                    let max = if c == "cpuinfo" || c == "swrk" { 1 } else { 0 };
                     o.args.get(max).map(|a| Failure::new(format!("unexpected argument '{a}' for {c}")))
                 }
                 None => Some(Failure::new(format!("unknown command: {c}"))),

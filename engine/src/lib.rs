@@ -17,6 +17,7 @@ pub mod images_io;
 pub mod kinds;
 pub mod mem_source;
 pub mod model;
+pub mod notify;
 pub mod options;
 pub mod restore;
 pub mod root_snapshot;

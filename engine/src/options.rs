@@ -1,7 +1,8 @@
 //! What the user asked of a dump or a restore: one type for every way the
 //! engine is driven. The command line fills it (`cli::opts` parses upstream's
 //! options, [`crate::cli`] turns them into an `Options`); the RPC service
-//! (`criu swrk`, not here yet) is to fill it from `criu_opts`. The engine's
+//! (`criu swrk`, `cli/swrk.rs`) maps `criu_opts` to those same command-line
+//! options, so it is filled the same way. The engine's
 //! entry points take it whole ([`crate::dump::collect_tree_opts`],
 //! [`crate::restore::restore`]), so an option is added in one place and
 //! reaches every caller.

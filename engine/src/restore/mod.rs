@@ -362,9 +362,11 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     let mut guard = RestoreGuard { pids: vec![child], committed: false };
     crate::fault::point("after-clone");
     drop(wr);
+    crate::notify::script("setup-namespaces", Some(child)).map_err(RestoreError::Unsupported)?;
     let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard)?;
     pr_debug!("{} processes prepared their fds and process state", hosts.len());
     crate::fault::point("after-reports");
+    crate::notify::script("post-setup-namespaces", None).map_err(RestoreError::Unsupported)?;
     // CLONE_NEWPID: set_tid can't name the root's host pid; the others are
     // known from their reports
     let host_of = |i: usize| if i == 0 { Some(child) } else { hosts.get(&tree.tasks[i].pid).copied() };
@@ -374,6 +376,9 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
         let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
         ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base, &map_files[i], &mut shm, close_first)?);
+    }
+    for (stage, pid) in [("post-restore", Some(child)), ("network-unlock", None), ("pre-resume", None)] {
+        crate::notify::script(stage, pid).map_err(RestoreError::Unsupported)?;
     }
     crate::fault::point("before-detach");
     // as upstream: the pidfile is created (never overwritten: O_EXCL, 0600)
@@ -389,6 +394,11 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     }
     guard.committed = true;
     pr_info!("Restore finished successfully. Tasks resumed.");
+    // the tree runs: a refusal now is reported, as upstream reports a
+    // failed post-resume script, and changes nothing
+    if let Err(e) = crate::notify::script("post-resume", None) {
+        crate::pr_err!("{e}");
+    }
     Ok(child)
 }
 

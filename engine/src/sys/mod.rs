@@ -18,6 +18,7 @@ pub mod process;
 pub mod sock;
 pub mod tty;
 pub mod ptrace;
+pub mod rpc;
 pub mod uffd;
 pub mod uring;
 
