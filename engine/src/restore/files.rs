@@ -613,7 +613,7 @@ pub fn take_locks(plan: &ChildPlan, task: &Task, i: usize) -> Result<(), String>
         if l.kind == LockKind::Posix {
             let me = ident(l.fd).map_err(|e| format!("{what}: fstat: {e}"))?;
             for (k, (path, _)) in plan.map_files[i].iter().enumerate() {
-                if ident(plan.svc_base + 1 + k as i32).is_ok_and(|m| m == me) {
+                if ident(plan.svc_base + plan.map_off.get(i).copied().unwrap_or(0) + 1 + k as i32).is_ok_and(|m| m == me) {
                     return Err(format!("{what}: its file is also mapped ({path}), and closing the mapping's fd would drop the lock: not supported yet"));
                 }
             }

@@ -419,6 +419,16 @@ pub fn write_raw(fd: i32, buf: &[u8]) -> io::Result<usize> {
     Ok(r as usize)
 }
 
+/// read(2) from fd number `fd` into `buf`: the count read.
+pub fn read_raw(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length across the call.
+    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r as usize)
+}
+
 pub fn setsid() -> io::Result<()> {
     // SAFETY: integer-only syscall.
     if unsafe { libc::setsid() } < 0 {
