@@ -40,6 +40,7 @@ const VMA_FILE_SHARED: u32 = 1 << 7;
 const VMA_ANON_SHARED: u32 = 1 << 8;
 const VMA_ANON_PRIVATE: u32 = 1 << 9;
 const VMA_AREA_VVAR: u32 = 1 << 12;
+const VMA_AREA_AIORING: u32 = 1 << 13;
 const VMA_AREA_MEMFD: u32 = 1 << 14;
 
 const MTYPE_X86_64: i32 = 1;
@@ -1285,6 +1286,8 @@ fn write_task<'a>(
                 VmaKind::Vvar => (VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR, 0),
                 VmaKind::Vsyscall => (VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE, 0),
                 VmaKind::Heap => (VMA_AREA_REGULAR | VMA_AREA_HEAP | VMA_ANON_PRIVATE, 0),
+                // as upstream 4.2: the status bit alone, flags MAP_SHARED
+                VmaKind::Aio => (VMA_AREA_AIORING, 0),
                 VmaKind::Anon | VmaKind::Stack => {
                     (VMA_AREA_REGULAR | if v.shared() { VMA_ANON_SHARED } else { VMA_ANON_PRIVATE }, v.shmid)
                 }
@@ -1302,11 +1305,12 @@ fn write_task<'a>(
                 pgoff: v.pgoff,
                 shmid,
                 prot: v.prot,
-                flags: v.flags,
+                flags: if v.kind == VmaKind::Aio { v.flags & !(libc::MAP_ANONYMOUS as u32) } else { v.flags },
                 status,
                 fd: -1,
                 madv: (v.madv != 0).then_some(v.madv),
-                fdflags: v.file.as_ref().map(|f| f.flags),
+                // (an AIO ring: O_RDWR, as upstream 4.2 writes it)
+                fdflags: v.file.as_ref().map(|f| f.flags).or((v.kind == VmaKind::Aio).then_some(libc::O_RDWR as u32)),
             }
         })
         .collect();
@@ -1315,7 +1319,10 @@ fn write_task<'a>(
         mm_start_code: mm.start_code, mm_end_code: mm.end_code, mm_start_data: mm.start_data, mm_end_data: mm.end_data,
         mm_start_stack: mm.start_stack, mm_start_brk: mm.start_brk, mm_brk: mm.brk, mm_arg_start: mm.arg_start,
         mm_arg_end: mm.arg_end, mm_env_start: mm.env_start, mm_env_end: mm.env_end, exe_file_id: exe_id,
-        mm_saved_auxv: mm.auxv.clone(), vmas, dumpable: Some(mm.dumpable as i32), aios: Vec::new(),
+        mm_saved_auxv: mm.auxv.clone(), vmas, dumpable: Some(mm.dumpable as i32),
+        // one per AIO ring: its id is its address; nr_req what io_setup is
+        // given to make a ring of that length again
+        aios: mm.vmas.iter().filter(|v| v.kind == VmaKind::Aio).map(|v| pb::AioRingEntry { id: v.start, nr_req: crate::restore::aio::nr_req(v.len()), ring_len: v.len() as u32 }).collect(),
         thp_disabled: Some(mm.thp_disabled),
     };
     write_all(dir, &mg::MM.file_name(pid), &mg::MM, &[mme])?;
@@ -1588,6 +1595,9 @@ fn read_task(
             VmaKind::Vsyscall
         } else if s & VMA_AREA_HEAP != 0 {
             VmaKind::Heap
+        } else if s & VMA_AREA_AIORING != 0 {
+            crate::restore::aio::check_vma(i, v.start, v.end, v.flags, &mme.aios).map_err(|w| bad(&mg::MM.file_name(pid), w))?;
+            VmaKind::Aio
         } else if s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             VmaKind::File
         } else if s & (VMA_ANON_PRIVATE | VMA_ANON_SHARED) != 0 {
@@ -1660,8 +1670,12 @@ fn read_task(
         } else {
             0
         };
+        if kind == VmaKind::Aio {
+            flags |= libc::MAP_ANONYMOUS as u32;
+        }
         vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags, kind, madv: v.madv.unwrap_or(0), file, shmid });
     }
+    crate::restore::aio::check_entries(&mme.aios, &vmas).map_err(|w| bad(&mg::MM.file_name(pid), w))?;
     let exe = reg(mme.exe_file_id, "exe")?;
     // pages
     let pm_name = images_proto::pages::pagemap_name(pid);

@@ -332,6 +332,11 @@ pub enum VmaKind {
     /// `[vvar]` (with `[vvar_vclock]` folded in, as upstream 4.2 records it).
     Vvar,
     Vsyscall,
+    /// An AIO ring (io_setup): `/[aio] (deleted)`, a shared mapping the
+    /// kernel made; its address is the context id. Its pages (header,
+    /// events) are in the memory source; restore makes a new context of
+    /// the same size and moves it here (`restore::aio`).
+    Aio,
 }
 
 /// A file backing a mapping.

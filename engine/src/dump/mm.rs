@@ -103,6 +103,8 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
         "[vdso]" => VmaKind::Vdso,
         "[vvar]" | "[vvar_vclock]" => VmaKind::Vvar,
         "[vsyscall]" => VmaKind::Vsyscall,
+        // an AIO ring: its pages are read like the vdso's (all of them)
+        "/[aio] (deleted)" if m.shared && m.dev.0 == 0 => VmaKind::Aio,
         n if n.starts_with('/') && m.ino != 0 && !n.ends_with(" (deleted)") => VmaKind::File,
         // a memfd (its inode is read once with the fds': files::collect_memfds)
         n if n.starts_with("/memfd:") && n.ends_with(" (deleted)") && m.ino != 0 && m.dev.0 == 0 => VmaKind::File,
@@ -223,7 +225,7 @@ enum Pick {
 fn pick(v: &Vma) -> Pick {
     match v.kind {
         VmaKind::Vvar | VmaKind::Vsyscall => Pick::Skip,
-        VmaKind::Vdso => Pick::Present,
+        VmaKind::Vdso | VmaKind::Aio => Pick::Present,
         _ if v.shmid != 0 => Pick::Shmem,
         _ if v.shared() => Pick::Skip,
         _ => Pick::Private,
@@ -231,7 +233,7 @@ fn pick(v: &Vma) -> Pick {
 }
 
 fn lazy(v: &Vma) -> bool {
-    v.kind != VmaKind::File && v.kind != VmaKind::Vdso && v.shmid == 0
+    v.kind != VmaKind::File && v.kind != VmaKind::Vdso && v.kind != VmaKind::Aio && v.shmid == 0
 }
 
 /// Which way [`collect_pages`] found the private pages.

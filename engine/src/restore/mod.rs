@@ -14,6 +14,7 @@
 //! 3. Final per-thread XSAVE + registers + signal mask, gadget unmapped,
 //!    detach. [`RestoreGuard`] kills everything on any failure before that.
 
+pub mod aio;
 pub mod child;
 pub mod creds;
 pub mod files;

@@ -570,6 +570,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || picked.iter().any(|&(s, _)| s == v.start) {
             continue;
         }
+        if v.kind == VmaKind::Aio {
+            continue; // made by io_setup once the memory is in (7b)
+        }
         if v.shmid != 0 {
             continue; // below, one object per shmid
         }
@@ -611,7 +614,7 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled
     let mut b = Batch::new();
     for v in &task.mm.vmas {
-        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) {
+        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall | VmaKind::Aio) {
             continue;
         }
         for bit in 0..64u64 {
@@ -640,6 +643,10 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         &unpicked
     };
     pinned.released(|| fill_private(main, &memf, to_fill, mem, &page_fds, g + SCRATCH_OFF, place))?;
+    // 7b. AIO rings: new contexts with the dumped events, moved into place
+    for v in task.mm.vmas.iter().filter(|v| v.kind == VmaKind::Aio) {
+        super::aio::restore_ring(main, &memf, mem, v, g + SCRATCH_OFF)?;
+    }
     let mut b = Batch::new();
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         b.push(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]);
