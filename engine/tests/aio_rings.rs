@@ -99,7 +99,9 @@ fn aio_ring_both_ways_with_upstream() {
 
 /// A copy of `img` with mm.img (of `pid`) rewritten by `edit`, or a page
 /// of pages-1.img by `page`; our restore must refuse it naming `want`.
-fn refuse(img: &Path, pid: i32, name: &str, edit: impl FnOnce(&mut pb::MmEntry), page: Option<&dyn Fn(&mut [u8]) -> bool>, want: &str) {
+type PageEdit<'a> = Option<&'a dyn Fn(&mut [u8]) -> bool>;
+
+fn refuse(img: &Path, pid: i32, name: &str, edit: impl FnOnce(&mut pb::MmEntry), page: PageEdit, want: &str) {
     let dir = img.with_file_name(format!("hostile-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

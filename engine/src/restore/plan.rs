@@ -238,7 +238,8 @@ fn share_groups(tree: &Tree, nodes: &[Node], node_of_task: &[usize]) -> Result<V
             owner[i] = owner[p];
         }
     }
-    let kinds: [(&str, fn(&crate::model::KobjIds) -> u32); 2] = [("an fd table (CLONE_FILES)", |k| k.files), ("an fs struct (CLONE_FS)", |k| k.fs)];
+    type IdOf = fn(&crate::model::KobjIds) -> u32;
+    let kinds: [(&str, IdOf); 2] = [("an fd table (CLONE_FILES)", |k| k.files), ("an fs struct (CLONE_FS)", |k| k.fs)];
     for (what, id) in kinds {
         let mut first: HashMap<u32, usize> = HashMap::new();
         for i in (0..tasks.len()).filter(|&i| live(i)) {
