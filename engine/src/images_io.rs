@@ -471,6 +471,16 @@ fn read_locks(dir: &Path, pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, ImagesE
 
 /// memfd.img's `inode_id` -> `shmid` (the model's inode key), without the
 /// data; empty when there is no memfd.img.
+/// inode_id -> name of memfd.img's entries (checked by `memfd_shmids`).
+fn memfd_names(dir: &Path) -> Result<HashMap<u32, String>, ImagesError> {
+    let name = mg::MEMFD_INODE.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(HashMap::new());
+    }
+    let entries: Vec<pb::MemfdInodeEntry> = read_all(dir, &name, &mg::MEMFD_INODE)?;
+    Ok(entries.iter().filter_map(|e| Some((u32::try_from(e.inode_id).ok()?, e.name.clone()))).collect())
+}
+
 fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
     let name = mg::MEMFD_INODE.file_name("");
     if !dir.join(&name).exists() {
@@ -510,8 +520,17 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
         if e.size > i64::MAX as u64 {
             return Err(what(format!("size {} is beyond any file", e.size)));
         }
-        if e.hugetlb_flag.is_some_and(|h| h != 0) {
-            return Err(what("a hugetlb memfd: not supported yet".into()));
+        if let Some(h) = e.hugetlb_flag.filter(|&h| h != 0) {
+            // upstream 4.2 writes MAP_SHARED|MAP_HUGETLB anonymous memory
+            // as a hugetlb memfd of this name (read back as such memory:
+            // see the mm reader); other hugetlb memfds are not supported
+            const MFD_HUGETLB: u32 = 4;
+            if e.name != "/anon_hugepage" {
+                return Err(what("a hugetlb memfd: not supported yet".into()));
+            }
+            if h & MFD_HUGETLB == 0 || h & !(MFD_HUGETLB | (0x3f << libc::MAP_HUGE_SHIFT)) != 0 {
+                return Err(what(format!("hugetlb_flag {h:#x} is not MFD_HUGETLB with a page size")));
+            }
         }
         // (upstream writes st_mode whole: S_IFREG and the permissions)
         let mode = e.mode.unwrap_or(libc::S_IFREG | 0o777);
@@ -829,6 +848,9 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
             let ino = memfd_inodes.as_ref().and_then(|ids| ids.get(&m.inode_id)).copied().ok_or_else(|| {
                 bad("files.img", format!("fd {}: memfd {} names inode {}, which memfd.img does not have", fi.fd, f.id, m.inode_id))
             })?;
+            if memfd_names(dir)?.get(&m.inode_id).is_some_and(|n| n == "/anon_hugepage") {
+                return Err(bad("files.img", format!("fd {}: memfd {} is hugetlb memory (/anon_hugepage): an fd of it is not supported", fi.fd, f.id)));
+            }
             FileDesc::Memfd { ino, flags: m.flags, pos: m.pos }
         } else if let Some(pp) = &f.pipe {
             FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
@@ -1619,6 +1641,16 @@ fn read_task(
                 // kernel's "/dev/zero (deleted)" shmem object) as a memfd
                 // of that name: it is shared anonymous memory again, its
                 // pages (pagemap-shmem-<shmid>) at this mapping
+                kind = VmaKind::Anon;
+                flags |= libc::MAP_ANONYMOUS as u32;
+                anon_shmid = inode.ino;
+            }
+            if inode.name == "/anon_hugepage" {
+                // upstream 4.2's form of MAP_SHARED|MAP_HUGETLB anonymous
+                // memory (its flags keep MAP_HUGETLB and the page size)
+                if v.flags & libc::MAP_SHARED as u32 == 0 || v.flags & libc::MAP_HUGETLB as u32 == 0 {
+                    return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: a mapping of hugetlb memory {} that is not MAP_SHARED|MAP_HUGETLB (flags {:#x})", v.start, inode.ino, v.flags)));
+                }
                 kind = VmaKind::Anon;
                 flags |= libc::MAP_ANONYMOUS as u32;
                 anon_shmid = inode.ino;

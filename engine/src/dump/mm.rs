@@ -91,13 +91,31 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
             );
         }
     }
+    // hugetlb memory (VM_HUGETLB): anonymous MAP_HUGETLB mappings show as
+    // "/anon_hugepage (deleted)" on the kernel's internal hugetlbfs mount;
+    // kept as MAP_HUGETLB with the page size (MAP_HUGE_SHIFT), as upstream
+    // 4.2 records them. A shared one is a shmem-like object: its shmid is
+    // its inode, its pages read through its map_files link.
+    let anon_huge = m.name == "/anon_hugepage (deleted)" && m.dev.0 == 0;
+    if s.vm_flags.iter().any(|f| f == "ht") {
+        flags |= hugetlb_flags(pid, m, s.kernel_page_kb)?;
+        if !anon_huge && !(m.name.starts_with("/memfd:") && m.name.ends_with(" (deleted)")) {
+            return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} (a hugetlbfs file mapping: not supported yet)", m.name) });
+        }
+        if m.name.starts_with("/memfd:") {
+            return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} (a hugetlb memfd mapping: not supported yet)", m.name) });
+        }
+    } else if anon_huge {
+        return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} without VM_HUGETLB", m.name) });
+    }
     // MAP_SHARED|MAP_ANONYMOUS (and shared mappings of /dev/zero) are
     // shmem objects the kernel names "/dev/zero (deleted)", on an
     // anonymous device (major 0); named ones show as [anon_shmem:NAME]
     let shared_anon = m.shared
-        && ((m.dev.0 == 0 && (m.name == "/dev/zero (deleted)" || m.name == "/dev/zero")) || m.name.starts_with("[anon_shmem:"));
+        && ((m.dev.0 == 0 && (m.name == "/dev/zero (deleted)" || m.name == "/dev/zero")) || m.name.starts_with("[anon_shmem:") || anon_huge);
     let kind = match m.name.as_str() {
         _ if shared_anon => VmaKind::Anon,
+        _ if anon_huge => VmaKind::Anon,
         "[heap]" => VmaKind::Heap,
         "[stack]" => VmaKind::Stack,
         "[vdso]" => VmaKind::Vdso,
@@ -165,6 +183,16 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
         file,
         shmid: if shared_anon { m.ino } else { 0 },
     })
+}
+
+/// MAP_HUGETLB and the page size (log2 << MAP_HUGE_SHIFT) of a hugetlb
+/// mapping of `kb` kB pages.
+fn hugetlb_flags(pid: Pid, m: &proc::MapsLine, kb: u64) -> Result<u32, MmError> {
+    if kb < 8 || !kb.is_power_of_two() {
+        return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} (hugetlb pages of {kb} kB?)", m.name) });
+    }
+    let shift = (kb * 1024).trailing_zeros();
+    Ok(libc::MAP_HUGETLB as u32 | (shift << libc::MAP_HUGE_SHIFT))
 }
 
 /// VMAs of `pid`, leaving out `[skip.0, skip.1)` (our scratch page);
