@@ -373,7 +373,7 @@ fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), 
             shmid,
             seals: m.seals,
             inode_id: i as u64 + 1,
-            hugetlb_flag: None,
+            hugetlb_flag: (m.hugetlb != 0).then_some(m.hugetlb),
             mode: Some(libc::S_IFREG | m.mode),
         });
         *pages_id += 1;
@@ -394,7 +394,12 @@ fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), 
                 return Err(bad(&name, format!("memfd {:?}: no data for its run at {off:#x}", m.name)));
             };
             let out = pw.flush_pages()?;
-            crate::sys::process::sendfile_all(out.as_fd(), src.as_fd(), from, len).map_err(werr)?;
+            if m.hugetlb != 0 {
+                // hugetlbfs can't be spliced from: read, then written
+                copy_read(out, src, from, len).map_err(werr)?;
+            } else {
+                crate::sys::process::sendfile_all(out.as_fd(), src.as_fd(), from, len).map_err(werr)?;
+            }
             let pad = (nr * 4096 - len) as usize;
             if pad != 0 {
                 std::io::Write::write_all(&mut &*out, &vec![0u8; pad]).map_err(werr)?;
@@ -403,6 +408,21 @@ fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), 
         pw.finish()?;
     }
     write_all(dir, &name, &mg::MEMFD_INODE, &entries)?;
+    Ok(())
+}
+
+/// `len` bytes of `src` from `from` appended to `out` (its position), by
+/// read and write.
+fn copy_read(out: &std::fs::File, src: &std::fs::File, from: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = usize::try_from(len - at).unwrap_or(buf.len()).min(buf.len());
+        src.read_exact_at(&mut buf[..n], from + at)?;
+        std::io::Write::write_all(&mut &*out, &buf[..n])?;
+        at += n as u64;
+    }
     Ok(())
 }
 
@@ -525,11 +545,13 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
             // as a hugetlb memfd of this name (read back as such memory:
             // see the mm reader); other hugetlb memfds are not supported
             const MFD_HUGETLB: u32 = 4;
-            if e.name != "/anon_hugepage" {
-                return Err(what("a hugetlb memfd: not supported yet".into()));
-            }
             if h & MFD_HUGETLB == 0 || h & !(MFD_HUGETLB | (0x3f << libc::MAP_HUGE_SHIFT)) != 0 {
                 return Err(what(format!("hugetlb_flag {h:#x} is not MFD_HUGETLB with a page size")));
+            }
+            // (no page size: the system's default, 2 MiB here at least)
+            let shift = ((h >> libc::MAP_HUGE_SHIFT) & 0x3f).max(21);
+            if !(13..=34).contains(&shift) || e.size % (1u64 << shift) != 0 {
+                return Err(what(format!("size {} is not a whole number of its {}-byte huge pages", e.size, 1u64 << shift.min(63))));
             }
         }
         // (upstream writes st_mode whole: S_IFREG and the permissions)
@@ -563,7 +585,7 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
         }
         out.push((
             inode_id,
-            Memfd { ino: u64::from(e.shmid), name: e.name.clone(), uid: e.uid, gid: e.gid, mode, size: e.size, seals: e.seals, runs, data },
+            Memfd { ino: u64::from(e.shmid), name: e.name.clone(), uid: e.uid, gid: e.gid, mode, size: e.size, seals: e.seals, runs, data, hugetlb: e.hugetlb_flag.unwrap_or(0) },
         ));
     }
     Ok(out)

@@ -45,6 +45,9 @@ pub struct Memfd {
     pub runs: Vec<(u64, u64)>,
     /// Where the runs' bytes are (copied file to file, never held here).
     pub data: MemfdData,
+    /// A memfd on hugetlbfs: MFD_HUGETLB with the page size
+    /// (log2 << MFD_HUGE_SHIFT), upstream's `hugetlb_flag`; 0 otherwise.
+    pub hugetlb: u32,
 }
 
 /// Where a memfd's data is.

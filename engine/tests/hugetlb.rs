@@ -10,8 +10,9 @@
 //!   show the memory is in huge pages again;
 //! - upstream 4.2 restoring our images, and we restoring upstream's (it
 //!   writes the shared mapping as a hugetlb memfd named /anon_hugepage);
-//! - hostile images: a hugetlb memfd of another name, an fd of
-//!   /anon_hugepage, its mapping without MAP_HUGETLB: refused by name.
+//! - hostile images: a hugetlb_flag that is not MFD_HUGETLB, a hugetlb
+//!   memfd whose size is not whole huge pages, /anon_hugepage mapped
+//!   without MAP_HUGETLB: refused by name.
 //!
 //! Each test sets vm.nr_hugepages for itself (the tests of this file one
 //! at a time) and puts the old value back. Needs root, gcc, setsid.
@@ -88,14 +89,14 @@ fn setup(name: &str, mode: &str) -> (std::sync::MutexGuard<'static, ()>, Option<
 }
 
 #[test]
-fn hugetlb_anonymous_memory_restores_with_ours() {
+fn hugetlb_memory_restores_with_ours() {
     require!(why_not_here());
-    let (_lock, hp, tmp, fx, free) = setup("hugetlb-ours", "anon");
+    let (_lock, hp, tmp, fx, free) = setup("hugetlb-ours", "all");
     require!(hp.is_none().then(|| "vm.nr_hugepages can't be raised by 8 here".to_string()));
     let mut fx = fx.unwrap();
     let used = |f: u64| free.saturating_sub(f);
     let in_use = used(free_huge());
-    assert_eq!(in_use, 3, "the program holds 3 huge pages");
+    assert_eq!(in_use, 4, "the program holds 4 huge pages");
     for round in 0..3 {
         let img = tmp.join(format!("img{round}"));
         std::fs::create_dir_all(&img).unwrap();
@@ -119,9 +120,9 @@ fn hugetlb_anonymous_memory_restores_with_ours() {
 }
 
 #[test]
-fn hugetlb_anonymous_memory_both_ways_with_upstream() {
+fn hugetlb_memory_both_ways_with_upstream() {
     require!(why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display()))));
-    let (_lock, hp, tmp, fx, _) = setup("hugetlb-upstream", "anon");
+    let (_lock, hp, tmp, fx, _) = setup("hugetlb-upstream", "all");
     require!(hp.is_none().then(|| "vm.nr_hugepages can't be raised by 8 here".to_string()));
     let mut fx = fx.unwrap();
     // (upstream first: it restores shared hugetlb memory as a hugetlb
@@ -143,7 +144,7 @@ fn hugetlb_anonymous_memory_both_ways_with_upstream() {
 #[test]
 fn hostile_hugetlb_images_are_refused() {
     require!(why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display()))));
-    let (_lock, hp, tmp, fx, _) = setup("hugetlb-hostile", "anon");
+    let (_lock, hp, tmp, fx, _) = setup("hugetlb-hostile", "all");
     require!(hp.is_none().then(|| "vm.nr_hugepages can't be raised by 8 here".to_string()));
     let fx = fx.unwrap();
     let img = tmp.join("img");
@@ -167,8 +168,8 @@ fn hostile_hugetlb_images_are_refused() {
         f(&mut m);
         images_proto::image::write_all(dir, "memfd.img", &mg::MEMFD_INODE, &m).unwrap();
     };
-    refuse("renamed", &|d| memfds(d, &|m| m[0].name = "other".into()), "a hugetlb memfd: not supported yet");
     refuse("flag", &|d| memfds(d, &|m| m[0].hugetlb_flag = Some(1)), "hugetlb_flag 0x1 is not MFD_HUGETLB");
+    refuse("size", &|d| memfds(d, &|m| m[0].size = 4096), "size 4096 is not a whole number of its 2097152-byte huge pages");
     let mmf = mg::MM.file_name(pid as u32);
     refuse(
         "not-huge",

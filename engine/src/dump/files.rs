@@ -180,6 +180,8 @@ pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metad
 
 /// HUGETLBFS_MAGIC: a memfd made with MFD_HUGETLB lives there.
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+/// memfd_create's MFD_HUGETLB.
+const MFD_HUGETLB: u32 = 4;
 
 /// The longest name memfd_create takes (249 bytes, without the NUL).
 pub const MEMFD_NAME_MAX: usize = 249;
@@ -227,9 +229,16 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
     if meta.ino() != ino {
         return Err(io_err(io::Error::other(format!("{path} is inode {} now, not {ino}", meta.ino()))));
     }
-    if p::fs_type(f.as_fd()).map_err(io_err)? == HUGETLBFS_MAGIC {
-        return Err(unsupported(format!("a memfd on hugetlbfs (MFD_HUGETLB: {link})")));
-    }
+    // on hugetlbfs (MFD_HUGETLB): its page size is the file system's block size
+    let hugetlb = if p::fs_type(f.as_fd()).map_err(io_err)? == HUGETLBFS_MAGIC {
+        let bs = p::fs_block_size(f.as_fd()).map_err(io_err)?;
+        if bs < 8192 || !bs.is_power_of_two() {
+            return Err(unsupported(format!("a hugetlb memfd ({link}) of {bs}-byte pages?")));
+        }
+        MFD_HUGETLB | (bs.trailing_zeros() << libc::MAP_HUGE_SHIFT)
+    } else {
+        0
+    };
     let seals = p::fcntl_int(f.as_raw_fd(), libc::F_GET_SEALS, 0).map_err(io_err)? as u32;
     let size = meta.size();
     // the data runs only: their bytes are copied from `path` into the
@@ -248,7 +257,7 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
     }
     pr_debug!("memfd {name:?} (inode {ino}): {size} bytes, {} data runs, seals {seals:#x}", runs.len());
     let data = if runs.is_empty() { crate::model::MemfdData::None } else { crate::model::MemfdData::Live(path.to_string()) };
-    Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, runs, data })
+    Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, runs, data, hugetlb })
 }
 
 /// One process's fds, the queued bytes of its pipes and FIFOs, and the

@@ -99,11 +99,9 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
     let anon_huge = m.name == "/anon_hugepage (deleted)" && m.dev.0 == 0;
     if s.vm_flags.iter().any(|f| f == "ht") {
         flags |= hugetlb_flags(pid, m, s.kernel_page_kb)?;
-        if !anon_huge && !(m.name.starts_with("/memfd:") && m.name.ends_with(" (deleted)")) {
+        // (a hugetlb memfd is a memfd: its inode read with the others)
+        if !(anon_huge || m.name.starts_with("/memfd:") && m.name.ends_with(" (deleted)")) {
             return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} (a hugetlbfs file mapping: not supported yet)", m.name) });
-        }
-        if m.name.starts_with("/memfd:") {
-            return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} (a hugetlb memfd mapping: not supported yet)", m.name) });
         }
     } else if anon_huge {
         return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} without VM_HUGETLB", m.name) });

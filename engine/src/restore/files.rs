@@ -120,8 +120,9 @@ fn make_memfds(plan: &ChildPlan, which: &[usize]) -> Result<(), String> {
         // executable ones asked for as such (vm.memfd_noexec may default to
         // no-exec); a kernel without MFD_EXEC takes them exec anyway
         let exec = m.mode & 0o111 != 0;
-        let fd = match p::memfd_create(&name, MFD_ALLOW_SEALING | if exec { MFD_EXEC } else { 0 }) {
-            Err(e) if exec && e.raw_os_error() == Some(libc::EINVAL) => p::memfd_create(&name, MFD_ALLOW_SEALING),
+        // (a hugetlb one: MFD_HUGETLB and its page size, as dumped)
+        let fd = match p::memfd_create(&name, MFD_ALLOW_SEALING | m.hugetlb | if exec { MFD_EXEC } else { 0 }) {
+            Err(e) if exec && e.raw_os_error() == Some(libc::EINVAL) => p::memfd_create(&name, MFD_ALLOW_SEALING | m.hugetlb),
             r => r,
         }
         .map_err(|e| what("memfd_create", e))?;
@@ -130,7 +131,19 @@ fn make_memfds(plan: &ChildPlan, which: &[usize]) -> Result<(), String> {
         // the data runs, copied in the kernel from the pages file
         if let crate::model::MemfdData::Image { pages, offsets } = &m.data {
             let src = std::fs::File::open(pages).map_err(|e| what(&format!("opening {}", pages.display()), e))?;
-            for (&(off, len), &from) in m.runs.iter().zip(offsets) {
+            if m.hugetlb != 0 {
+                // hugetlbfs takes no write(2): through a mapping of it
+                let len = usize::try_from(m.size).map_err(|_| format!("memfd {:?}: size {} out of range", m.name, m.size))?;
+                let mut map = crate::sys::mmap::SharedMut::map(&f, len).map_err(|e| what("mmap of the hugetlb memfd", e))?;
+                let dst = map.as_mut_slice();
+                for (&(off, len), &from) in m.runs.iter().zip(offsets) {
+                    let at = usize::try_from(off).ok().filter(|&a| a.checked_add(len as usize).is_some_and(|e| e <= dst.len()));
+                    let at = at.ok_or_else(|| format!("memfd {:?}: run {off}+{len} past its size", m.name))?;
+                    std::os::unix::fs::FileExt::read_exact_at(&src, &mut dst[at..at + len as usize], from)
+                        .map_err(|e| what(&format!("reading {len} bytes for {off} from {}", pages.display()), e))?;
+                }
+            }
+            for (&(off, len), &from) in m.runs.iter().zip(offsets).filter(|_| m.hugetlb == 0) {
                 p::seek_to(f.as_raw_fd(), off).map_err(|e| what(&format!("lseek to {off}"), e))?;
                 p::sendfile_all(f.as_fd(), src.as_fd(), from, len).map_err(|e| what(&format!("copying {len} bytes to {off} from {}", pages.display()), e))?;
             }

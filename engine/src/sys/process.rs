@@ -838,6 +838,18 @@ pub fn fs_type(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<i64> {
     Ok(unsafe { st.assume_init() }.f_type)
 }
 
+/// The block size (`f_bsize` of fstatfs(2)) of an open file's file system
+/// (on hugetlbfs: its huge page size).
+pub fn fs_block_size(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a writable statfs buffer; the fd is borrowed and open.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstatfs succeeded, so the buffer is initialised.
+    Ok(unsafe { st.assume_init() }.f_bsize as u64)
+}
+
 /// lseek(2) with SEEK_DATA or SEEK_HOLE: `None` when there is no such
 /// region at or after `off` (ENXIO).
 pub fn seek_data_hole(fd: std::os::fd::BorrowedFd<'_>, off: u64, whence: i32) -> io::Result<Option<u64>> {
