@@ -746,10 +746,13 @@ fn write_ghost(dir: &Path, r: u32, g: &Ghost) -> Result<(), ImagesError> {
         _ => false,
     };
     let e = pb::GhostFileEntry {
-        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino), rdev: None,
+        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino),
+        // a device node's number, a symlink's target (as upstream 4.2)
+        // (rdev as st_rdev, the old major:minor encoding crit shows: as upstream)
+        rdev: matches!(g.mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK).then_some(g.rdev as u32),
         atim: Some(pb::Timeval { tv_sec: g.atime.0, tv_usec: g.atime.1 }),
         mtim: Some(pb::Timeval { tv_sec: g.mtime.0, tv_usec: g.mtime.1 }),
-        chunks: (!dense).then_some(true), size: (!dense).then_some(g.size), symlnk_target: None,
+        chunks: (!dense).then_some(true), size: (!dense).then_some(g.size), symlnk_target: g.target.clone(),
     };
     let mut w = ImageWriter::create(dir, &mg::GHOST_FILE.file_name(r), &mg::GHOST_FILE)?;
     w.write_entry(&e)?;
@@ -768,8 +771,31 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
     let name = mg::GHOST_FILE.file_name(remap_id);
     let mut r = ImageReader::open(dir, &name, &mg::GHOST_FILE)?;
     let e: pb::GhostFileEntry = r.next_entry()?.ok_or_else(|| bad(&name, "no ghost_file_entry"))?;
-    if e.mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(bad(&name, format!("ghost of mode {:o}: only regular files are supported", e.mode)));
+    // a deleted directory, memory device node or symlink: no contents, its
+    // rdev or target (written so by upstream 4.2 and by us)
+    let (mut rdev, mut target) = (0u64, None);
+    match e.mode & libc::S_IFMT {
+        libc::S_IFREG => {}
+        libc::S_IFDIR => {}
+        libc::S_IFCHR => {
+            let k = u64::from(e.rdev.ok_or_else(|| bad(&name, "a device ghost without rdev"))?);
+            let (major, minor) = (libc::major(k), libc::minor(k));
+            if major != 1 {
+                return Err(bad(&name, format!("ghost of character device {major}:{minor}: only memory devices (major 1) are supported")));
+            }
+            rdev = k;
+        }
+        libc::S_IFLNK => {
+            let t = e.symlnk_target.clone().ok_or_else(|| bad(&name, "a symlink ghost without symlnk_target"))?;
+            if t.is_empty() || t.len() >= libc::PATH_MAX as usize || t.contains('\0') {
+                return Err(bad(&name, format!("symlnk_target of {} bytes is not a symlink's target", t.len())));
+            }
+            target = Some(t);
+        }
+        _ => return Err(bad(&name, format!("ghost of mode {:o}: not supported (regular files, directories, memory devices, symlinks are)", e.mode))),
+    }
+    if e.mode & libc::S_IFMT != libc::S_IFREG && (e.chunks == Some(true) || e.size.is_some_and(|s| s != 0)) {
+        return Err(bad(&name, format!("ghost of mode {:o} with contents", e.mode)));
     }
     let (size, extents) = if e.chunks == Some(true) {
         let size = e.size.ok_or_else(|| bad(&name, "chunked ghost without a size"))?;
@@ -788,6 +814,9 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
         let data = r.read_rest()?;
         (data.len() as u64, if data.is_empty() { Vec::new() } else { vec![(0, data)] })
     };
+    if e.mode & libc::S_IFMT != libc::S_IFREG && !extents.is_empty() {
+        return Err(bad(&name, format!("ghost of mode {:o} with contents", e.mode)));
+    }
     let dev = u64::from(e.dev.unwrap_or(0));
     Ok(Ghost {
         dev: ((dev >> 20) << 8) | (dev & 0xff), // good enough to tell ghosts apart
@@ -799,6 +828,8 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
         mtime: e.mtim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
         size,
         extents,
+        rdev,
+        target,
     })
 }
 

@@ -279,6 +279,10 @@ pub struct Ghost {
     /// The data extents (offset, bytes), in order, not overlapping; the
     /// rest up to `size` are holes, kept as holes on restore.
     pub extents: Vec<(u64, Vec<u8>)>,
+    /// A deleted device node's device number (glibc encoding); 0 otherwise.
+    pub rdev: u64,
+    /// A deleted symlink's target.
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -173,8 +173,44 @@ pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metad
         mode: meta.mode(),
         atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
         mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
+        rdev: 0,
+        target: None,
         size,
         extents,
+    })
+}
+
+/// A deleted directory, memory device node or symlink held open (as
+/// upstream 4.2 writes them: a ghost with no contents, its mode, and its
+/// rdev or the symlink's target): recreated at restore as what it was.
+/// A symlink's target is read through the fd itself (pidfd_getfd).
+fn special_ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let io_err = |e| FilesError::Io { pid, fd, source: e };
+    let ft = meta.file_type();
+    let target = if ft.is_symlink() {
+        let pidfd = p::pidfd_open(pid).map_err(io_err)?;
+        let f = p::pidfd_getfd(&pidfd, fd).map_err(io_err)?;
+        let t = p::readlink_fd(f.as_fd()).map_err(io_err)?;
+        Some(String::from_utf8(t).map_err(|t| FilesError::Unsupported { pid, fd, what: format!("{path} (deleted), a symlink to a name that is not UTF-8 ({:?})", String::from_utf8_lossy(t.as_bytes())) })?)
+    } else {
+        None
+    };
+    let rdev = if ft.is_char_device() || ft.is_block_device() { meta.rdev() } else { 0 };
+    pr_debug!("Dumping ghost {path} (mode {:o}, rdev {rdev:#x}, target {target:?}) for fd {fd}", meta.mode());
+    Ok(Ghost {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode(),
+        atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
+        mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
+        rdev,
+        target,
+        size: 0,
+        extents: Vec::new(),
     })
 }
 
@@ -383,6 +419,22 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
             // (its inode, contents and seals: `collect_memfds`, once per inode)
             FileDesc::Memfd { ino: meta.ino(), flags, pos }
         } else if let Some(orig) = link.strip_suffix(" (deleted)") {
+            // a directory, memory device node or symlink no longer linked
+            // anywhere: a ghost of its kind (see `special_ghost`)
+            let special = (ft.is_dir() || ft.is_symlink() || (ft.is_char_device() && dev_major(meta.rdev()) == 1)) && meta.nlink() == 0;
+            if special {
+                let g = match ghosts.get(&(meta.dev(), meta.ino())) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let g = Box::new(special_ghost(pid, fd, orig, &meta)?);
+                        ghosts.insert((meta.dev(), meta.ino()), g.clone());
+                        g
+                    }
+                };
+                ndesc += 1;
+                out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: None, ghost: Some(g), link: None } });
+                continue;
+            }
             if !ft.is_file() {
                 return Err(unsupported(format!("{link}, a deleted {}", type_name(&ft))));
             }

@@ -204,10 +204,16 @@ struct Ghosts<'a> {
 impl Drop for Ghosts<'_> {
     fn drop(&mut self) {
         for path in self.list.values() {
-            let _ = match self.root {
+            let gone = match self.root {
                 Some(r) => r.unlink(path),
                 None => std::fs::remove_file(path),
             };
+            // a directory's ghost
+            if gone.is_err() {
+                if let Ok((dir, name)) = self.dir_of(path) {
+                    let _ = p::unlink_in_flags(dir.as_fd(), &name, libc::AT_REMOVEDIR);
+                }
+            }
         }
     }
 }
@@ -227,6 +233,15 @@ impl<'a> Ghosts<'a> {
         }
         let path = format!("{orig}.cr.{:x}.ghost", self.list.len() + 1);
         let err = |what: &str, e: std::io::Error| format!("ghost file {path} for {orig}: {what}: {e}");
+        if g.mode & libc::S_IFMT != libc::S_IFREG {
+            // a directory, device node or symlink: made as such (owner,
+            // mode; a symlink's target)
+            let (dir, name) = self.dir_of(&path)?;
+            let target = g.target.as_ref().map(|t| CString::new(t.as_str()).map_err(|_| format!("ghost {path}: its symlink target has a NUL byte"))).transpose()?;
+            p::make_node_in(dir.as_fd(), &name, g.mode, g.rdev, target.as_deref(), g.uid, g.gid).map_err(|e| err(&format!("creating it (mode {:o})", g.mode), e))?;
+            self.list.insert((g.dev, g.ino), path.clone());
+            return Ok(path);
+        }
         let created = match self.root {
             Some(r) => r.open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, g.mode & 0o7777).map(std::fs::File::from),
             None => std::fs::OpenOptions::new().write(true).create_new(true).mode(g.mode & 0o7777).open(&path),
@@ -276,7 +291,35 @@ impl<'a> Ghosts<'a> {
     /// carries that name).
     fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
         let gp = self.path(orig, g)?;
+        if g.mode & libc::S_IFMT == libc::S_IFDIR {
+            return self.open_dir(plan, orig, &gp, flags, n);
+        }
         self.open_through(plan, orig, &gp, flags, n)
+    }
+
+    /// [`Self::open`] of a directory's ghost (a directory takes no second
+    /// link, and an open one follows its renames): moved to `orig` if that
+    /// name is free, and left there for the fds of it (removed with the
+    /// other ghosts at the end, so each shows `orig (deleted)`); else
+    /// opened through its own name.
+    fn open_dir(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
+        if gp == orig {
+            return open_image_path(plan, orig, flags, n);
+        }
+        let (dir, name) = self.dir_of(orig)?;
+        let (_, gname) = self.dir_of(gp)?;
+        let moved = p::rename_in(dir.as_fd(), &gname, &name, libc::RENAME_NOREPLACE);
+        drop(dir);
+        match moved {
+            Ok(()) => {
+                if let Some(v) = self.list.values_mut().find(|v| v.as_str() == gp) {
+                    *v = orig.to_string();
+                }
+                open_image_path(plan, orig, flags, n)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => open_image_path(plan, gp, flags, n),
+            Err(e) => Err(format!("renaming the ghost directory {gp} to {orig} for fd {n}: {e}")),
+        }
     }
 
     /// [`Self::open`] through `gp`, another name of the file in the
