@@ -121,3 +121,39 @@ fn shared_fd_table_both_ways_with_upstream() {
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// An image whose two sibling processes share an fd table their parent
+/// does not have (which clone can't give them again) is refused by name
+/// before anything is forked.
+#[test]
+fn sharing_off_the_chain_of_parents_is_refused() {
+    use images_proto::magic as mg;
+    use images_proto::pb;
+    require!(why_not_here());
+    let tmp = test_dir("shared-tables-hostile");
+    let fx = start(&tmp, "both", Ns::OwnPidNs);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.pid.to_string(), "--leave-running"], &img, "dump.log");
+    let ps: Vec<pb::PstreeEntry> = images_proto::image::read_all(&img, "pstree.img", &mg::PSTREE).unwrap();
+    assert_eq!(ps.len(), 3);
+    // both children get one new fd table (a copy of the second child's)
+    let ids = |p: u32| mg::IDS.file_name(p);
+    let child_files: Vec<u32> = ps[1..]
+        .iter()
+        .map(|e| images_proto::image::read_one::<pb::TaskKobjIdsEntry>(&img, &ids(e.pid), &mg::IDS).unwrap().files_id)
+        .collect();
+    std::fs::copy(img.join(mg::FDINFO.file_name(child_files[1])), img.join(mg::FDINFO.file_name(99u32))).unwrap();
+    for e in &ps[1..] {
+        let mut k: pb::TaskKobjIdsEntry = images_proto::image::read_one(&img, &ids(e.pid), &mg::IDS).unwrap();
+        k.files_id = 99;
+        images_proto::image::write_all(&img, &ids(e.pid), &mg::IDS, &[k]).unwrap();
+    }
+    let (st, log) = criu_env(Path::new(CRIU), &["restore", "-d"], &img, "restore.log", &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    let want = format!("processes {} and {} share an fd table (CLONE_FILES), but {} is not forked sharing it by its parent 1", ps[1].pid, ps[2].pid, ps[2].pid);
+    assert!(log.contains(&want), "not refused by name ({want:?}):\n{log}");
+    fx.ticks_on(2, "after the refused restore (nothing of it runs)");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
