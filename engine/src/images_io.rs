@@ -40,6 +40,7 @@ const VMA_FILE_SHARED: u32 = 1 << 7;
 const VMA_ANON_SHARED: u32 = 1 << 8;
 const VMA_ANON_PRIVATE: u32 = 1 << 9;
 const VMA_AREA_VVAR: u32 = 1 << 12;
+const VMA_AREA_AIORING: u32 = 1 << 13;
 const VMA_AREA_MEMFD: u32 = 1 << 14;
 
 const MTYPE_X86_64: i32 = 1;
@@ -372,7 +373,7 @@ fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), 
             shmid,
             seals: m.seals,
             inode_id: i as u64 + 1,
-            hugetlb_flag: None,
+            hugetlb_flag: (m.hugetlb != 0).then_some(m.hugetlb),
             mode: Some(libc::S_IFREG | m.mode),
         });
         *pages_id += 1;
@@ -393,7 +394,12 @@ fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), 
                 return Err(bad(&name, format!("memfd {:?}: no data for its run at {off:#x}", m.name)));
             };
             let out = pw.flush_pages()?;
-            crate::sys::process::sendfile_all(out.as_fd(), src.as_fd(), from, len).map_err(werr)?;
+            if m.hugetlb != 0 {
+                // hugetlbfs can't be spliced from: read, then written
+                copy_read(out, src, from, len).map_err(werr)?;
+            } else {
+                crate::sys::process::sendfile_all(out.as_fd(), src.as_fd(), from, len).map_err(werr)?;
+            }
             let pad = (nr * 4096 - len) as usize;
             if pad != 0 {
                 std::io::Write::write_all(&mut &*out, &vec![0u8; pad]).map_err(werr)?;
@@ -402,6 +408,21 @@ fn write_memfds(dir: &Path, memfds: &[Memfd], pages_id: &mut u32) -> Result<(), 
         pw.finish()?;
     }
     write_all(dir, &name, &mg::MEMFD_INODE, &entries)?;
+    Ok(())
+}
+
+/// `len` bytes of `src` from `from` appended to `out` (its position), by
+/// read and write.
+fn copy_read(out: &std::fs::File, src: &std::fs::File, from: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = usize::try_from(len - at).unwrap_or(buf.len()).min(buf.len());
+        src.read_exact_at(&mut buf[..n], from + at)?;
+        std::io::Write::write_all(&mut &*out, &buf[..n])?;
+        at += n as u64;
+    }
     Ok(())
 }
 
@@ -470,6 +491,16 @@ fn read_locks(dir: &Path, pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, ImagesE
 
 /// memfd.img's `inode_id` -> `shmid` (the model's inode key), without the
 /// data; empty when there is no memfd.img.
+/// inode_id -> name of memfd.img's entries (checked by `memfd_shmids`).
+fn memfd_names(dir: &Path) -> Result<HashMap<u32, String>, ImagesError> {
+    let name = mg::MEMFD_INODE.file_name("");
+    if !dir.join(&name).exists() {
+        return Ok(HashMap::new());
+    }
+    let entries: Vec<pb::MemfdInodeEntry> = read_all(dir, &name, &mg::MEMFD_INODE)?;
+    Ok(entries.iter().filter_map(|e| Some((u32::try_from(e.inode_id).ok()?, e.name.clone()))).collect())
+}
+
 fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
     let name = mg::MEMFD_INODE.file_name("");
     if !dir.join(&name).exists() {
@@ -509,8 +540,19 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
         if e.size > i64::MAX as u64 {
             return Err(what(format!("size {} is beyond any file", e.size)));
         }
-        if e.hugetlb_flag.is_some_and(|h| h != 0) {
-            return Err(what("a hugetlb memfd: not supported yet".into()));
+        if let Some(h) = e.hugetlb_flag.filter(|&h| h != 0) {
+            // upstream 4.2 writes MAP_SHARED|MAP_HUGETLB anonymous memory
+            // as a hugetlb memfd of this name (read back as such memory:
+            // see the mm reader); other hugetlb memfds are not supported
+            const MFD_HUGETLB: u32 = 4;
+            if h & MFD_HUGETLB == 0 || h & !(MFD_HUGETLB | (0x3f << libc::MAP_HUGE_SHIFT)) != 0 {
+                return Err(what(format!("hugetlb_flag {h:#x} is not MFD_HUGETLB with a page size")));
+            }
+            // (no page size: the system's default, 2 MiB here at least)
+            let shift = ((h >> libc::MAP_HUGE_SHIFT) & 0x3f).max(21);
+            if !(13..=34).contains(&shift) || e.size % (1u64 << shift) != 0 {
+                return Err(what(format!("size {} is not a whole number of its {}-byte huge pages", e.size, 1u64 << shift.min(63))));
+            }
         }
         // (upstream writes st_mode whole: S_IFREG and the permissions)
         let mode = e.mode.unwrap_or(libc::S_IFREG | 0o777);
@@ -543,7 +585,7 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
         }
         out.push((
             inode_id,
-            Memfd { ino: u64::from(e.shmid), name: e.name.clone(), uid: e.uid, gid: e.gid, mode, size: e.size, seals: e.seals, runs, data },
+            Memfd { ino: u64::from(e.shmid), name: e.name.clone(), uid: e.uid, gid: e.gid, mode, size: e.size, seals: e.seals, runs, data, hugetlb: e.hugetlb_flag.unwrap_or(0) },
         ));
     }
     Ok(out)
@@ -712,10 +754,13 @@ fn write_ghost(dir: &Path, r: u32, g: &Ghost) -> Result<(), ImagesError> {
         _ => false,
     };
     let e = pb::GhostFileEntry {
-        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino), rdev: None,
+        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino),
+        // a device node's number, a symlink's target (as upstream 4.2)
+        // (rdev as st_rdev, the old major:minor encoding crit shows: as upstream)
+        rdev: matches!(g.mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK).then_some(g.rdev as u32),
         atim: Some(pb::Timeval { tv_sec: g.atime.0, tv_usec: g.atime.1 }),
         mtim: Some(pb::Timeval { tv_sec: g.mtime.0, tv_usec: g.mtime.1 }),
-        chunks: (!dense).then_some(true), size: (!dense).then_some(g.size), symlnk_target: None,
+        chunks: (!dense).then_some(true), size: (!dense).then_some(g.size), symlnk_target: g.target.clone(),
     };
     let mut w = ImageWriter::create(dir, &mg::GHOST_FILE.file_name(r), &mg::GHOST_FILE)?;
     w.write_entry(&e)?;
@@ -734,8 +779,31 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
     let name = mg::GHOST_FILE.file_name(remap_id);
     let mut r = ImageReader::open(dir, &name, &mg::GHOST_FILE)?;
     let e: pb::GhostFileEntry = r.next_entry()?.ok_or_else(|| bad(&name, "no ghost_file_entry"))?;
-    if e.mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(bad(&name, format!("ghost of mode {:o}: only regular files are supported", e.mode)));
+    // a deleted directory, memory device node or symlink: no contents, its
+    // rdev or target (written so by upstream 4.2 and by us)
+    let (mut rdev, mut target) = (0u64, None);
+    match e.mode & libc::S_IFMT {
+        libc::S_IFREG => {}
+        libc::S_IFDIR => {}
+        libc::S_IFCHR => {
+            let k = u64::from(e.rdev.ok_or_else(|| bad(&name, "a device ghost without rdev"))?);
+            let (major, minor) = (libc::major(k), libc::minor(k));
+            if major != 1 {
+                return Err(bad(&name, format!("ghost of character device {major}:{minor}: only memory devices (major 1) are supported")));
+            }
+            rdev = k;
+        }
+        libc::S_IFLNK => {
+            let t = e.symlnk_target.clone().ok_or_else(|| bad(&name, "a symlink ghost without symlnk_target"))?;
+            if t.is_empty() || t.len() >= libc::PATH_MAX as usize || t.contains('\0') {
+                return Err(bad(&name, format!("symlnk_target of {} bytes is not a symlink's target", t.len())));
+            }
+            target = Some(t);
+        }
+        _ => return Err(bad(&name, format!("ghost of mode {:o}: not supported (regular files, directories, memory devices, symlinks are)", e.mode))),
+    }
+    if e.mode & libc::S_IFMT != libc::S_IFREG && (e.chunks == Some(true) || e.size.is_some_and(|s| s != 0)) {
+        return Err(bad(&name, format!("ghost of mode {:o} with contents", e.mode)));
     }
     let (size, extents) = if e.chunks == Some(true) {
         let size = e.size.ok_or_else(|| bad(&name, "chunked ghost without a size"))?;
@@ -754,6 +822,9 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
         let data = r.read_rest()?;
         (data.len() as u64, if data.is_empty() { Vec::new() } else { vec![(0, data)] })
     };
+    if e.mode & libc::S_IFMT != libc::S_IFREG && !extents.is_empty() {
+        return Err(bad(&name, format!("ghost of mode {:o} with contents", e.mode)));
+    }
     let dev = u64::from(e.dev.unwrap_or(0));
     Ok(Ghost {
         dev: ((dev >> 20) << 8) | (dev & 0xff), // good enough to tell ghosts apart
@@ -765,6 +836,8 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
         mtime: e.mtim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
         size,
         extents,
+        rdev,
+        target,
     })
 }
 
@@ -845,6 +918,9 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
             let ino = memfd_inodes.as_ref().and_then(|ids| ids.get(&m.inode_id)).copied().ok_or_else(|| {
                 bad("files.img", format!("fd {}: memfd {} names inode {}, which memfd.img does not have", fi.fd, f.id, m.inode_id))
             })?;
+            if memfd_names(dir)?.get(&m.inode_id).is_some_and(|n| n == "/anon_hugepage") {
+                return Err(bad("files.img", format!("fd {}: memfd {} is hugetlb memory (/anon_hugepage): an fd of it is not supported", fi.fd, f.id)));
+            }
             FileDesc::Memfd { ino, flags: m.flags, pos: m.pos }
         } else if let Some(pp) = &f.pipe {
             FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
@@ -1305,6 +1381,8 @@ fn write_task<'a>(
                 VmaKind::Vvar => (VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR, 0),
                 VmaKind::Vsyscall => (VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE, 0),
                 VmaKind::Heap => (VMA_AREA_REGULAR | VMA_AREA_HEAP | VMA_ANON_PRIVATE, 0),
+                // as upstream 4.2: the status bit alone, flags MAP_SHARED
+                VmaKind::Aio => (VMA_AREA_AIORING, 0),
                 VmaKind::Anon | VmaKind::Stack => {
                     (VMA_AREA_REGULAR | if v.shared() { VMA_ANON_SHARED } else { VMA_ANON_PRIVATE }, v.shmid)
                 }
@@ -1322,11 +1400,12 @@ fn write_task<'a>(
                 pgoff: v.pgoff,
                 shmid,
                 prot: v.prot,
-                flags: v.flags,
+                flags: if v.kind == VmaKind::Aio { v.flags & !(libc::MAP_ANONYMOUS as u32) } else { v.flags },
                 status,
                 fd: -1,
                 madv: (v.madv != 0).then_some(v.madv),
-                fdflags: v.file.as_ref().map(|f| f.flags),
+                // (an AIO ring: O_RDWR, as upstream 4.2 writes it)
+                fdflags: v.file.as_ref().map(|f| f.flags).or((v.kind == VmaKind::Aio).then_some(libc::O_RDWR as u32)),
             }
         })
         .collect();
@@ -1335,7 +1414,10 @@ fn write_task<'a>(
         mm_start_code: mm.start_code, mm_end_code: mm.end_code, mm_start_data: mm.start_data, mm_end_data: mm.end_data,
         mm_start_stack: mm.start_stack, mm_start_brk: mm.start_brk, mm_brk: mm.brk, mm_arg_start: mm.arg_start,
         mm_arg_end: mm.arg_end, mm_env_start: mm.env_start, mm_env_end: mm.env_end, exe_file_id: exe_id,
-        mm_saved_auxv: mm.auxv.clone(), vmas, dumpable: Some(mm.dumpable as i32), aios: Vec::new(),
+        mm_saved_auxv: mm.auxv.clone(), vmas, dumpable: Some(mm.dumpable as i32),
+        // one per AIO ring: its id is its address; nr_req what io_setup is
+        // given to make a ring of that length again
+        aios: mm.vmas.iter().filter(|v| v.kind == VmaKind::Aio).map(|v| pb::AioRingEntry { id: v.start, nr_req: crate::restore::aio::nr_req(v.len()), ring_len: v.len() as u32 }).collect(),
         thp_disabled: Some(mm.thp_disabled),
     };
     write_all(dir, &mg::MM.file_name(pid), &mg::MM, &[mme])?;
@@ -1608,6 +1690,9 @@ fn read_task(
             VmaKind::Vsyscall
         } else if s & VMA_AREA_HEAP != 0 {
             VmaKind::Heap
+        } else if s & VMA_AREA_AIORING != 0 {
+            crate::restore::aio::check_vma(i, v.start, v.end, v.flags, &mme.aios).map_err(|w| bad(&mg::MM.file_name(pid), w))?;
+            VmaKind::Aio
         } else if s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             VmaKind::File
         } else if s & (VMA_ANON_PRIVATE | VMA_ANON_SHARED) != 0 {
@@ -1629,6 +1714,16 @@ fn read_task(
                 // kernel's "/dev/zero (deleted)" shmem object) as a memfd
                 // of that name: it is shared anonymous memory again, its
                 // pages (pagemap-shmem-<shmid>) at this mapping
+                kind = VmaKind::Anon;
+                flags |= libc::MAP_ANONYMOUS as u32;
+                anon_shmid = inode.ino;
+            }
+            if inode.name == "/anon_hugepage" {
+                // upstream 4.2's form of MAP_SHARED|MAP_HUGETLB anonymous
+                // memory (its flags keep MAP_HUGETLB and the page size)
+                if v.flags & libc::MAP_SHARED as u32 == 0 || v.flags & libc::MAP_HUGETLB as u32 == 0 {
+                    return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: a mapping of hugetlb memory {} that is not MAP_SHARED|MAP_HUGETLB (flags {:#x})", v.start, inode.ino, v.flags)));
+                }
                 kind = VmaKind::Anon;
                 flags |= libc::MAP_ANONYMOUS as u32;
                 anon_shmid = inode.ino;
@@ -1680,8 +1775,12 @@ fn read_task(
         } else {
             0
         };
+        if kind == VmaKind::Aio {
+            flags |= libc::MAP_ANONYMOUS as u32;
+        }
         vmas.push(Vma { start: v.start, end: v.end, pgoff: v.pgoff, prot: v.prot, flags, kind, madv: v.madv.unwrap_or(0), file, shmid });
     }
+    crate::restore::aio::check_entries(&mme.aios, &vmas).map_err(|w| bad(&mg::MM.file_name(pid), w))?;
     let exe = reg(mme.exe_file_id, "exe")?;
     // pages
     let pm_name = images_proto::pages::pagemap_name(pid);

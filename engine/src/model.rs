@@ -45,6 +45,9 @@ pub struct Memfd {
     pub runs: Vec<(u64, u64)>,
     /// Where the runs' bytes are (copied file to file, never held here).
     pub data: MemfdData,
+    /// A memfd on hugetlbfs: MFD_HUGETLB with the page size
+    /// (log2 << MFD_HUGE_SHIFT), upstream's `hugetlb_flag`; 0 otherwise.
+    pub hugetlb: u32,
 }
 
 /// Where a memfd's data is.
@@ -276,6 +279,10 @@ pub struct Ghost {
     /// The data extents (offset, bytes), in order, not overlapping; the
     /// rest up to `size` are holes, kept as holes on restore.
     pub extents: Vec<(u64, Vec<u8>)>,
+    /// A deleted device node's device number (glibc encoding); 0 otherwise.
+    pub rdev: u64,
+    /// A deleted symlink's target.
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,6 +339,11 @@ pub enum VmaKind {
     /// `[vvar]` (with `[vvar_vclock]` folded in, as upstream 4.2 records it).
     Vvar,
     Vsyscall,
+    /// An AIO ring (io_setup): `/[aio] (deleted)`, a shared mapping the
+    /// kernel made; its address is the context id. Its pages (header,
+    /// events) are in the memory source; restore makes a new context of
+    /// the same size and moves it here (`restore::aio`).
+    Aio,
 }
 
 /// A file backing a mapping.

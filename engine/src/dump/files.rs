@@ -173,13 +173,51 @@ pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metad
         mode: meta.mode(),
         atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
         mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
+        rdev: 0,
+        target: None,
         size,
         extents,
     })
 }
 
+/// A deleted directory, memory device node or symlink held open (as
+/// upstream 4.2 writes them: a ghost with no contents, its mode, and its
+/// rdev or the symlink's target): recreated at restore as what it was.
+/// A symlink's target is read through the fd itself (pidfd_getfd).
+fn special_ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let io_err = |e| FilesError::Io { pid, fd, source: e };
+    let ft = meta.file_type();
+    let target = if ft.is_symlink() {
+        let pidfd = p::pidfd_open(pid).map_err(io_err)?;
+        let f = p::pidfd_getfd(&pidfd, fd).map_err(io_err)?;
+        let t = p::readlink_fd(f.as_fd()).map_err(io_err)?;
+        Some(String::from_utf8(t).map_err(|t| FilesError::Unsupported { pid, fd, what: format!("{path} (deleted), a symlink to a name that is not UTF-8 ({:?})", String::from_utf8_lossy(t.as_bytes())) })?)
+    } else {
+        None
+    };
+    let rdev = if ft.is_char_device() || ft.is_block_device() { meta.rdev() } else { 0 };
+    pr_debug!("Dumping ghost {path} (mode {:o}, rdev {rdev:#x}, target {target:?}) for fd {fd}", meta.mode());
+    Ok(Ghost {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode(),
+        atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
+        mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
+        rdev,
+        target,
+        size: 0,
+        extents: Vec::new(),
+    })
+}
+
 /// HUGETLBFS_MAGIC: a memfd made with MFD_HUGETLB lives there.
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+/// memfd_create's MFD_HUGETLB.
+const MFD_HUGETLB: u32 = 4;
 
 /// The longest name memfd_create takes (249 bytes, without the NUL).
 pub const MEMFD_NAME_MAX: usize = 249;
@@ -227,9 +265,16 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
     if meta.ino() != ino {
         return Err(io_err(io::Error::other(format!("{path} is inode {} now, not {ino}", meta.ino()))));
     }
-    if p::fs_type(f.as_fd()).map_err(io_err)? == HUGETLBFS_MAGIC {
-        return Err(unsupported(format!("a memfd on hugetlbfs (MFD_HUGETLB: {link})")));
-    }
+    // on hugetlbfs (MFD_HUGETLB): its page size is the file system's block size
+    let hugetlb = if p::fs_type(f.as_fd()).map_err(io_err)? == HUGETLBFS_MAGIC {
+        let bs = p::fs_block_size(f.as_fd()).map_err(io_err)?;
+        if bs < 8192 || !bs.is_power_of_two() {
+            return Err(unsupported(format!("a hugetlb memfd ({link}) of {bs}-byte pages?")));
+        }
+        MFD_HUGETLB | (bs.trailing_zeros() << libc::MAP_HUGE_SHIFT)
+    } else {
+        0
+    };
     let seals = p::fcntl_int(f.as_raw_fd(), libc::F_GET_SEALS, 0).map_err(io_err)? as u32;
     let size = meta.size();
     // the data runs only: their bytes are copied from `path` into the
@@ -248,7 +293,7 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
     }
     pr_debug!("memfd {name:?} (inode {ino}): {size} bytes, {} data runs, seals {seals:#x}", runs.len());
     let data = if runs.is_empty() { crate::model::MemfdData::None } else { crate::model::MemfdData::Live(path.to_string()) };
-    Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, runs, data })
+    Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, runs, data, hugetlb })
 }
 
 /// One process's fds, the queued bytes of its pipes and FIFOs, and the
@@ -382,6 +427,22 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
             // (its inode, contents and seals: `collect_memfds`, once per inode)
             FileDesc::Memfd { ino: meta.ino(), flags, pos }
         } else if let Some(orig) = link.strip_suffix(" (deleted)") {
+            // a directory, memory device node or symlink no longer linked
+            // anywhere: a ghost of its kind (see `special_ghost`)
+            let special = (ft.is_dir() || ft.is_symlink() || (ft.is_char_device() && dev_major(meta.rdev()) == 1)) && meta.nlink() == 0;
+            if special {
+                let g = match ghosts.get(&(meta.dev(), meta.ino())) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let g = Box::new(special_ghost(pid, fd, orig, &meta)?);
+                        ghosts.insert((meta.dev(), meta.ino()), g.clone());
+                        g
+                    }
+                };
+                ndesc += 1;
+                out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: None, ghost: Some(g), link: None } });
+                continue;
+            }
             if !ft.is_file() {
                 return Err(unsupported(format!("{link}, a deleted {}", type_name(&ft))));
             }

@@ -91,18 +91,36 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
             );
         }
     }
+    // hugetlb memory (VM_HUGETLB): anonymous MAP_HUGETLB mappings show as
+    // "/anon_hugepage (deleted)" on the kernel's internal hugetlbfs mount;
+    // kept as MAP_HUGETLB with the page size (MAP_HUGE_SHIFT), as upstream
+    // 4.2 records them. A shared one is a shmem-like object: its shmid is
+    // its inode, its pages read through its map_files link.
+    let anon_huge = m.name == "/anon_hugepage (deleted)" && m.dev.0 == 0;
+    if s.vm_flags.iter().any(|f| f == "ht") {
+        flags |= hugetlb_flags(pid, m, s.kernel_page_kb)?;
+        // (a hugetlb memfd is a memfd: its inode read with the others)
+        if !(anon_huge || m.name.starts_with("/memfd:") && m.name.ends_with(" (deleted)")) {
+            return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} (a hugetlbfs file mapping: not supported yet)", m.name) });
+        }
+    } else if anon_huge {
+        return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} without VM_HUGETLB", m.name) });
+    }
     // MAP_SHARED|MAP_ANONYMOUS (and shared mappings of /dev/zero) are
     // shmem objects the kernel names "/dev/zero (deleted)", on an
     // anonymous device (major 0); named ones show as [anon_shmem:NAME]
     let shared_anon = m.shared
-        && ((m.dev.0 == 0 && (m.name == "/dev/zero (deleted)" || m.name == "/dev/zero")) || m.name.starts_with("[anon_shmem:"));
+        && ((m.dev.0 == 0 && (m.name == "/dev/zero (deleted)" || m.name == "/dev/zero")) || m.name.starts_with("[anon_shmem:") || anon_huge);
     let kind = match m.name.as_str() {
         _ if shared_anon => VmaKind::Anon,
+        _ if anon_huge => VmaKind::Anon,
         "[heap]" => VmaKind::Heap,
         "[stack]" => VmaKind::Stack,
         "[vdso]" => VmaKind::Vdso,
         "[vvar]" | "[vvar_vclock]" => VmaKind::Vvar,
         "[vsyscall]" => VmaKind::Vsyscall,
+        // an AIO ring: its pages are read like the vdso's (all of them)
+        "/[aio] (deleted)" if m.shared && m.dev.0 == 0 => VmaKind::Aio,
         n if n.starts_with('/') && m.ino != 0 && !n.ends_with(" (deleted)") => VmaKind::File,
         // a memfd (its inode is read once with the fds': files::collect_memfds)
         n if n.starts_with("/memfd:") && n.ends_with(" (deleted)") && m.ino != 0 && m.dev.0 == 0 => VmaKind::File,
@@ -165,6 +183,16 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
     })
 }
 
+/// MAP_HUGETLB and the page size (log2 << MAP_HUGE_SHIFT) of a hugetlb
+/// mapping of `kb` kB pages.
+fn hugetlb_flags(pid: Pid, m: &proc::MapsLine, kb: u64) -> Result<u32, MmError> {
+    if kb < 8 || !kb.is_power_of_two() {
+        return Err(MmError::Unsupported { pid, start: m.start, end: m.end, name: format!("{} (hugetlb pages of {kb} kB?)", m.name) });
+    }
+    let shift = (kb * 1024).trailing_zeros();
+    Ok(libc::MAP_HUGETLB as u32 | (shift << libc::MAP_HUGE_SHIFT))
+}
+
 /// VMAs of `pid`, leaving out `[skip.0, skip.1)` (our scratch page);
 /// `ghost_limit`: the most allocated bytes a file unlinked while mapped may
 /// have (`--ghost-limit`).
@@ -223,7 +251,7 @@ enum Pick {
 fn pick(v: &Vma) -> Pick {
     match v.kind {
         VmaKind::Vvar | VmaKind::Vsyscall => Pick::Skip,
-        VmaKind::Vdso => Pick::Present,
+        VmaKind::Vdso | VmaKind::Aio => Pick::Present,
         _ if v.shmid != 0 => Pick::Shmem,
         _ if v.shared() => Pick::Skip,
         _ => Pick::Private,
@@ -231,7 +259,7 @@ fn pick(v: &Vma) -> Pick {
 }
 
 fn lazy(v: &Vma) -> bool {
-    v.kind != VmaKind::File && v.kind != VmaKind::Vdso && v.shmid == 0
+    v.kind != VmaKind::File && v.kind != VmaKind::Vdso && v.kind != VmaKind::Aio && v.shmid == 0
 }
 
 /// Which way [`collect_pages`] found the private pages.

@@ -54,6 +54,8 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine> {
 pub struct SmapsVma {
     pub map: MapsLine,
     pub vm_flags: Vec<String>,
+    /// `KernelPageSize:` in kB (2048 for a mapping of 2 MiB hugetlb pages).
+    pub kernel_page_kb: u64,
 }
 
 /// Parse /proc/PID/smaps.
@@ -66,10 +68,16 @@ pub fn parse_smaps(text: &str) -> Vec<SmapsVma> {
             }
             continue;
         }
+        if let Some(rest) = line.strip_prefix("KernelPageSize:") {
+            if let Some(v) = out.last_mut() {
+                v.kernel_page_kb = rest.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            }
+            continue;
+        }
         let first = line.split(' ').next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
             if let Some(m) = parse_maps_line(line) {
-                out.push(SmapsVma { map: m, vm_flags: Vec::new() });
+                out.push(SmapsVma { map: m, vm_flags: Vec::new(), kernel_page_kb: 0 });
             }
         }
     }

@@ -81,9 +81,42 @@ pub struct ChildPlan {
     /// process to inherit: `sh_base + k` (above every restored fd, below
     /// the working fds).
     pub sh_base: i32,
+    /// Per process (task index): where its mapped files' service fds
+    /// start past `svc_base + 1` (0, but for processes that share an fd
+    /// table: each after those of the ones before it in its group).
+    pub map_off: Vec<i32>,
+    /// The sync pipes of share group `g` (`plan.share_groups`): `up` (read
+    /// end, write end) at `sync_base + 4g`, `+1`, `down` at `+2`, `+3`;
+    /// above every other fd of the child.
+    pub sync_base: i32,
+}
+
+/// Per task: the offset of its mapped files' service fds (see
+/// [`ChildPlan::map_off`]): the processes of one fd table get disjoint
+/// ranges.
+pub fn map_offsets(plan: &super::plan::Plan, map_files: &[Vec<(String, i32)>]) -> Vec<i32> {
+    let mut off = vec![0i32; map_files.len()];
+    for g in &plan.share_groups {
+        let Role::Task(o) = plan.nodes[g.owner].role else { continue };
+        let mut next = map_files[o].len() as i32;
+        for &(n, s) in &g.members {
+            if let (true, Role::Task(i)) = (s.files, plan.nodes[n].role) {
+                off[i] = next;
+                next += map_files[i].len() as i32;
+            }
+        }
+    }
+    off
 }
 
 impl ChildPlan {
+    /// The sync pipe ends of share group `g`: (up read, up write, down
+    /// read, down write).
+    fn sync_fds(&self, g: usize) -> (i32, i32, i32, i32) {
+        let b = self.sync_base + 4 * g as i32;
+        (b, b + 1, b + 2, b + 3)
+    }
+
     /// The inherited fd of each shared description.
     pub fn shared_fds(&self) -> std::collections::HashMap<u32, i32> {
         self.plan.shared.iter().enumerate().map(|(k, &d)| (d, self.sh_base + k as i32)).collect()
@@ -141,10 +174,24 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
     if node.setsid {
         crate::kinds::pty::take_ctty(tree, &plan.shared_fds(), node.pid)?;
     }
+    // the owner of a group of shared fd tables / fs structs: its sync pipes,
+    // before the members are forked
+    if let Some((g, s)) = plan.plan.share_of(n) {
+        if plan.plan.share_groups[g].owner == n && s == Default::default() {
+            let (ur, uw, dr, dw) = plan.sync_fds(g);
+            for (r, w) in [(ur, uw), (dr, dw)] {
+                let (a, b) = p::pipe().map_err(|e| format!("sync pipe: {e}"))?;
+                p::dup2(a.as_raw_fd(), r).map_err(|e| format!("sync pipe -> {r}: {e}"))?;
+                p::dup2(b.as_raw_fd(), w).map_err(|e| format!("sync pipe -> {w}: {e}"))?;
+            }
+        }
+    }
     for &c in &node.children {
         let pid = plan.plan.nodes[c].pid;
         let under_helper = node.role == Role::Helper;
-        match p::fork3(0, &[pid], libc::SIGCHLD, || child_main(plan, tree, c, under_helper)) {
+        // a member of a share group: CLONE_FILES / CLONE_FS as it was made
+        let flags = plan.plan.share_of(c).map_or(0, |(_, s)| s.clone_flags());
+        match p::fork3(flags, &[pid], libc::SIGCHLD, || child_main(plan, tree, c, under_helper)) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(format!("pid {pid} of the image is in use")),
             Err(e) => return Err(format!("clone3 of pid {pid}: {e}")),
@@ -196,42 +243,88 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     if let Some(g) = node.join_group {
         join_group(g)?;
     }
+    // one fd table or fs struct with other processes (share_groups): the
+    // owner sets them up once all members have forked, then lets each
+    // member do its own part in turn; a member never touches the shared one
+    let group = plan.plan.share_of(n);
+    let member = group.filter(|&(g, _)| plan.plan.share_groups[g].owner != n);
+    let owner_of = group.filter(|&(g, _)| plan.plan.share_groups[g].owner == n).map(|(g, _)| g);
+    let share = member.map(|(_, s)| s).unwrap_or_default();
+    if let Some((g, _)) = member {
+        let (_, uw, dr, _) = plan.sync_fds(g);
+        sync_send(uw, b'f')?;
+        sync_wait(dr, b'g')?;
+    }
+    if let Some(g) = owner_of {
+        let (ur, ..) = plan.sync_fds(g);
+        for _ in &plan.plan.share_groups[g].members {
+            sync_wait(ur, b'f')?;
+        }
+    }
     let shared = plan.shared_fds();
-    files::restore_fds(plan, task, terminal, &shared)?;
+    if !share.files {
+        files::restore_fds(plan, task, terminal, &shared)?;
+    }
     if node.setsid {
         crate::kinds::pty::set_foreground(tree, node.pid)?;
     }
     for (k, (path, flags)) in plan.map_files[i].iter().enumerate() {
-        let at = plan.svc_base + 1 + k as i32;
+        let at = plan.svc_base + plan.map_off[i] + 1 + k as i32;
         match plan.map_from[i].get(k).copied().flatten() {
             // a file unlinked while mapped: the root's recreation of it
             Some(from) => p::dup2(from, at).map_err(|e| format!("the unlinked mapped file {path} (fd {from} -> {at}): {e}"))?,
             None => files::open_at(plan, path, *flags, at)?,
         }
     }
-    for fd in plan.shared_range() {
-        p::close(fd);
+    if !share.files {
+        for fd in plan.shared_range() {
+            p::close(fd);
+        }
     }
-    files::close_memfds(plan, task);
+    if let Some(g) = owner_of {
+        // each member in turn: its mapped files opened, its own state set,
+        // its report written (before this one's fs changes: they are the
+        // members' too, and their paths are looked up as dumped)
+        let (ur, uw, dr, dw) = plan.sync_fds(g);
+        for _ in &plan.plan.share_groups[g].members {
+            sync_send(dw, b'g')?;
+            sync_wait(ur, b'd')?;
+        }
+        for fd in [ur, uw, dr, dw] {
+            p::close(fd);
+        }
+    }
+    if !share.files {
+        files::close_memfds(plan, task);
+    }
     restore_loginuid(task.loginuid)?;
-    // fs
-    if let Some(r) = &plan.root {
+    // fs (a member sharing it leaves it to the owner)
+    if share.fs {
+        if let Some(r) = plan.root.as_ref().filter(|_| !share.files) {
+            p::close(r.fd.as_raw_fd());
+        }
+    } else if let Some(r) = &plan.root {
         // the task's root, looked up inside --root, becomes the root
         let dir = r
             .open(&task.fs.root, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)
             .map_err(|e| format!("root {:?} in {}: {e}", task.fs.root, r.path.display()))?;
         crate::sys::ns::chroot_to(dir.as_fd()).map_err(|e| format!("chroot to {:?} in {}: {e}", task.fs.root, r.path.display()))?;
         drop(dir);
-        // the restored process must not inherit the engine's root fd
-        p::close(r.fd.as_raw_fd());
+        // the restored process must not inherit the engine's root fd (in
+        // a shared fd table, the owner closes it last)
+        if !share.files {
+            p::close(r.fd.as_raw_fd());
+        }
     } else if task.fs.root != "/" {
         let root = &task.fs.root;
         let c = CString::new(root.clone()).map_err(|_| "root path has a NUL".to_string())?;
         p::chroot(&c).map_err(|e| format!("chroot {root:?}: {e}"))?;
     }
-    let cwd = CString::new(task.fs.cwd.clone()).map_err(|_| "cwd has a NUL".to_string())?;
-    p::chdir(&cwd).map_err(|e| format!("chdir {:?}: {e}", task.fs.cwd))?;
-    p::umask(task.fs.umask);
+    if !share.fs {
+        let cwd = CString::new(task.fs.cwd.clone()).map_err(|_| "cwd has a NUL".to_string())?;
+        p::chdir(&cwd).map_err(|e| format!("chdir {:?}: {e}", task.fs.cwd))?;
+        p::umask(task.fs.umask);
+    }
     p::personality(u64::from(task.personality)).map_err(|e| format!("personality {:#x}: {e}", task.personality))?;
     for (i, a) in task.sigactions.iter().enumerate() {
         let sig = i as i32 + 1;
@@ -256,6 +349,26 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     // last: no fd the process closes from here on may drop a POSIX lock
     files::take_locks(plan, task, i)?;
     Ok(())
+}
+
+/// One byte on a share group's sync pipe.
+fn sync_send(fd: i32, b: u8) -> Result<(), String> {
+    p::write_raw(fd, &[b]).map(drop).map_err(|e| format!("share group sync pipe {fd}: {e}"))
+}
+
+/// Wait for byte `want` on a share group's sync pipe (the engine's report
+/// timeout bounds the wait: it kills the tree).
+fn sync_wait(fd: i32, want: u8) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    loop {
+        match p::read_raw(fd, &mut b) {
+            Ok(1) if b[0] == want => return Ok(()),
+            Ok(1) => return Err(format!("share group sync pipe {fd}: {:?} instead of {:?}", b[0] as char, want as char)),
+            Ok(_) => return Err(format!("share group sync pipe {fd}: closed")),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(format!("share group sync pipe {fd}: {e}")),
+        }
+    }
 }
 
 /// The audit loginuid: only a process itself can write its
@@ -341,7 +454,16 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
         if n == 0 {
             keep.extend(plan.engine.map(|(_, to)| to));
         }
-        p::close_all_except(&keep);
+        match plan.plan.share_of(n) {
+            // one fd table with its parent, already set as the owner left it
+            Some((_, s)) if s.files => {}
+            Some((g, s)) if s.fs => {
+                let (a, b, c, d) = plan.sync_fds(g);
+                keep.extend([a, b, c, d]);
+                p::close_all_except(&keep);
+            }
+            _ => p::close_all_except(&keep),
+        }
         setup_and_fork(plan, tree, n, terminal)
     })();
     let result = prep.and_then(|()| match node.role {
@@ -359,6 +481,21 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
     // EPIPE: the engine died; go too
     if report(plan, ns_pid, host, result).is_err() || failed {
         p::exit_now(1)
+    }
+    // a member of a share group: done, the owner goes on (a shared fd
+    // table's report pipe is closed by the owner, after all)
+    let member = plan.plan.share_of(n).filter(|&(g, _)| plan.plan.share_groups[g].owner != n);
+    if let Some((g, s)) = member {
+        let (ur, uw, dr, dw) = plan.sync_fds(g);
+        if sync_send(uw, b'd').is_err() {
+            p::exit_now(1)
+        }
+        if s.files {
+            p::pause_forever()
+        }
+        for fd in [ur, uw, dr, dw] {
+            p::close(fd);
+        }
     }
     match node.role {
         Role::Helper => p::exit_now(0),

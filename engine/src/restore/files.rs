@@ -120,8 +120,9 @@ fn make_memfds(plan: &ChildPlan, which: &[usize]) -> Result<(), String> {
         // executable ones asked for as such (vm.memfd_noexec may default to
         // no-exec); a kernel without MFD_EXEC takes them exec anyway
         let exec = m.mode & 0o111 != 0;
-        let fd = match p::memfd_create(&name, MFD_ALLOW_SEALING | if exec { MFD_EXEC } else { 0 }) {
-            Err(e) if exec && e.raw_os_error() == Some(libc::EINVAL) => p::memfd_create(&name, MFD_ALLOW_SEALING),
+        // (a hugetlb one: MFD_HUGETLB and its page size, as dumped)
+        let fd = match p::memfd_create(&name, MFD_ALLOW_SEALING | m.hugetlb | if exec { MFD_EXEC } else { 0 }) {
+            Err(e) if exec && e.raw_os_error() == Some(libc::EINVAL) => p::memfd_create(&name, MFD_ALLOW_SEALING | m.hugetlb),
             r => r,
         }
         .map_err(|e| what("memfd_create", e))?;
@@ -130,7 +131,19 @@ fn make_memfds(plan: &ChildPlan, which: &[usize]) -> Result<(), String> {
         // the data runs, copied in the kernel from the pages file
         if let crate::model::MemfdData::Image { pages, offsets } = &m.data {
             let src = std::fs::File::open(pages).map_err(|e| what(&format!("opening {}", pages.display()), e))?;
-            for (&(off, len), &from) in m.runs.iter().zip(offsets) {
+            if m.hugetlb != 0 {
+                // hugetlbfs takes no write(2): through a mapping of it
+                let len = usize::try_from(m.size).map_err(|_| format!("memfd {:?}: size {} out of range", m.name, m.size))?;
+                let mut map = crate::sys::mmap::SharedMut::map(&f, len).map_err(|e| what("mmap of the hugetlb memfd", e))?;
+                let dst = map.as_mut_slice();
+                for (&(off, len), &from) in m.runs.iter().zip(offsets) {
+                    let at = usize::try_from(off).ok().filter(|&a| a.checked_add(len as usize).is_some_and(|e| e <= dst.len()));
+                    let at = at.ok_or_else(|| format!("memfd {:?}: run {off}+{len} past its size", m.name))?;
+                    std::os::unix::fs::FileExt::read_exact_at(&src, &mut dst[at..at + len as usize], from)
+                        .map_err(|e| what(&format!("reading {len} bytes for {off} from {}", pages.display()), e))?;
+                }
+            }
+            for (&(off, len), &from) in m.runs.iter().zip(offsets).filter(|_| m.hugetlb == 0) {
                 p::seek_to(f.as_raw_fd(), off).map_err(|e| what(&format!("lseek to {off}"), e))?;
                 p::sendfile_all(f.as_fd(), src.as_fd(), from, len).map_err(|e| what(&format!("copying {len} bytes to {off} from {}", pages.display()), e))?;
             }
@@ -191,10 +204,16 @@ struct Ghosts<'a> {
 impl Drop for Ghosts<'_> {
     fn drop(&mut self) {
         for path in self.list.values() {
-            let _ = match self.root {
+            let gone = match self.root {
                 Some(r) => r.unlink(path),
                 None => std::fs::remove_file(path),
             };
+            // a directory's ghost
+            if gone.is_err() {
+                if let Ok((dir, name)) = self.dir_of(path) {
+                    let _ = p::unlink_in_flags(dir.as_fd(), &name, libc::AT_REMOVEDIR);
+                }
+            }
         }
     }
 }
@@ -214,6 +233,15 @@ impl<'a> Ghosts<'a> {
         }
         let path = format!("{orig}.cr.{:x}.ghost", self.list.len() + 1);
         let err = |what: &str, e: std::io::Error| format!("ghost file {path} for {orig}: {what}: {e}");
+        if g.mode & libc::S_IFMT != libc::S_IFREG {
+            // a directory, device node or symlink: made as such (owner,
+            // mode; a symlink's target)
+            let (dir, name) = self.dir_of(&path)?;
+            let target = g.target.as_ref().map(|t| CString::new(t.as_str()).map_err(|_| format!("ghost {path}: its symlink target has a NUL byte"))).transpose()?;
+            p::make_node_in(dir.as_fd(), &name, g.mode, g.rdev, target.as_deref(), g.uid, g.gid).map_err(|e| err(&format!("creating it (mode {:o})", g.mode), e))?;
+            self.list.insert((g.dev, g.ino), path.clone());
+            return Ok(path);
+        }
         let created = match self.root {
             Some(r) => r.open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, g.mode & 0o7777).map(std::fs::File::from),
             None => std::fs::OpenOptions::new().write(true).create_new(true).mode(g.mode & 0o7777).open(&path),
@@ -263,7 +291,35 @@ impl<'a> Ghosts<'a> {
     /// carries that name).
     fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
         let gp = self.path(orig, g)?;
+        if g.mode & libc::S_IFMT == libc::S_IFDIR {
+            return self.open_dir(plan, orig, &gp, flags, n);
+        }
         self.open_through(plan, orig, &gp, flags, n)
+    }
+
+    /// [`Self::open`] of a directory's ghost (a directory takes no second
+    /// link, and an open one follows its renames): moved to `orig` if that
+    /// name is free, and left there for the fds of it (removed with the
+    /// other ghosts at the end, so each shows `orig (deleted)`); else
+    /// opened through its own name.
+    fn open_dir(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
+        if gp == orig {
+            return open_image_path(plan, orig, flags, n);
+        }
+        let (dir, name) = self.dir_of(orig)?;
+        let (_, gname) = self.dir_of(gp)?;
+        let moved = p::rename_in(dir.as_fd(), &gname, &name, libc::RENAME_NOREPLACE);
+        drop(dir);
+        match moved {
+            Ok(()) => {
+                if let Some(v) = self.list.values_mut().find(|v| v.as_str() == gp) {
+                    *v = orig.to_string();
+                }
+                open_image_path(plan, orig, flags, n)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => open_image_path(plan, gp, flags, n),
+            Err(e) => Err(format!("renaming the ghost directory {gp} to {orig} for fd {n}: {e}")),
+        }
     }
 
     /// [`Self::open`] through `gp`, another name of the file in the
@@ -613,7 +669,7 @@ pub fn take_locks(plan: &ChildPlan, task: &Task, i: usize) -> Result<(), String>
         if l.kind == LockKind::Posix {
             let me = ident(l.fd).map_err(|e| format!("{what}: fstat: {e}"))?;
             for (k, (path, _)) in plan.map_files[i].iter().enumerate() {
-                if ident(plan.svc_base + 1 + k as i32).is_ok_and(|m| m == me) {
+                if ident(plan.svc_base + plan.map_off.get(i).copied().unwrap_or(0) + 1 + k as i32).is_ok_and(|m| m == me) {
                     return Err(format!("{what}: its file is also mapped ({path}), and closing the mapping's fd would drop the lock: not supported yet"));
                 }
             }

@@ -14,6 +14,7 @@
 //! 3. Final per-thread XSAVE + registers + signal mask, gadget unmapped,
 //!    detach. [`RestoreGuard`] kills everything on any failure before that.
 
+pub mod aio;
 pub mod child;
 pub mod creds;
 pub mod files;
@@ -297,9 +298,22 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
                 .collect()
         })
         .collect();
-    let (memfds, shared_memfds) = memfds_of(tree)?;
+    let (memfds, mut shared_memfds) = memfds_of(tree)?;
+    // a process sharing its parent's fd table makes no fds of its own: the
+    // memfds it maps are the root's to make, as shared ones
+    for (n, _) in plan.share_groups.iter().flat_map(|g| g.members.iter()).filter(|(_, s)| s.files) {
+        let plan::Role::Task(i) = plan.nodes[*n].role else { continue };
+        for (k, m) in memfds.iter().enumerate() {
+            if !shared_memfds.contains(&k) && tree.tasks[i].mm.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.memfd == Some(m.ino))) {
+                shared_memfds.push(k);
+            }
+        }
+    }
     let svc_base = (sh_base + (plan.shared.len() + map_ghosts.len()) as i32 + 2 * npipes + memfds.len() as i32 + 16).max(64);
-    let max_map = map_files.iter().map(Vec::len).max().unwrap_or(0) as i32;
+    // processes of one fd table get disjoint service fd ranges
+    let map_off = child::map_offsets(&plan, &map_files);
+    let max_map = map_files.iter().zip(&map_off).map(|(m, o)| m.len() as i32 + o).max().unwrap_or(0);
+    let sync_base = svc_base + 3 + max_map;
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
     let engine_fd = if opts.sibling { Some(p::pidfd_open(std::process::id() as Pid).map_err(ioe(0, "a pidfd of the engine"))?) } else { None };
     // --root: opened once, above the service fds; paths are resolved in it
@@ -325,6 +339,8 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         map_from,
         sh_base,
         engine: engine_fd.as_ref().map(|f| (f.as_raw_fd(), svc_base + 2 + max_map)),
+        map_off,
+        sync_base,
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;
@@ -375,7 +391,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     for &i in &live {
         let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
         let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
-        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base, &map_files[i], &mut shm, close_first)?);
+        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base + cplan.map_off[i], &map_files[i], &mut shm, close_first)?);
     }
     for (stage, pid) in [("post-restore", Some(child)), ("network-unlock", None), ("pre-resume", None)] {
         crate::notify::script(stage, pid).map_err(RestoreError::Unsupported)?;

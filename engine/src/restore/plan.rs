@@ -56,9 +56,52 @@ pub struct Plan {
     /// description of a pipe, FIFO or ghost file that more than one process
     /// holds a part of.
     pub shared: Vec<u32>,
+    /// Processes that share an fd table or fs struct with their parent
+    /// (forked with CLONE_FILES / CLONE_FS), grouped by the first process
+    /// of each chain (the owner, which sets the shared state up once).
+    pub share_groups: Vec<ShareGroup>,
+}
+
+/// What a process shares with the parent that forks it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Share {
+    /// CLONE_FILES: one fd table.
+    pub files: bool,
+    /// CLONE_FS: one cwd, root and umask.
+    pub fs: bool,
+}
+
+impl Share {
+    /// The clone flags of the fork.
+    pub fn clone_flags(self) -> u64 {
+        (if self.files { libc::CLONE_FILES as u64 } else { 0 }) | (if self.fs { libc::CLONE_FS as u64 } else { 0 })
+    }
+}
+
+/// An owner and the processes forked sharing its fd table or fs struct
+/// (directly or down a chain of such forks). The owner sets the fd table
+/// and the fs up; the members wait for it (see `child.rs`).
+#[derive(Debug, Clone)]
+pub struct ShareGroup {
+    /// Node of the owner.
+    pub owner: usize,
+    /// (node, what it shares with its parent, which shares the same with
+    /// the owner), in fork order.
+    pub members: Vec<(usize, Share)>,
 }
 
 impl Plan {
+    /// The group node `n` owns or is a member of: (group index, what it
+    /// shares with its parent; default for the owner).
+    pub fn share_of(&self, n: usize) -> Option<(usize, Share)> {
+        self.share_groups.iter().enumerate().find_map(|(g, sg)| {
+            if sg.owner == n {
+                return Some((g, Share::default()));
+            }
+            sg.members.iter().find(|(m, _)| *m == n).map(|&(_, s)| (g, s))
+        })
+    }
+
     /// Node of `tree.tasks[i]`.
     pub fn node_of(&self, i: usize) -> Option<usize> {
         self.nodes.iter().position(|n| n.role == Role::Task(i))
@@ -167,18 +210,94 @@ pub fn make(tree: &Tree) -> Result<Plan, RestoreError> {
         nodes[forker].children.push(n);
         node_of_task[i] = n;
     }
-    Ok(Plan { nodes, shared: shared_descriptions(tree) })
+    let share_groups = share_groups(tree, &nodes, &node_of_task)?;
+    Ok(Plan { nodes, shared: shared_descriptions(tree), share_groups })
 }
 
-/// Processes that share an fd table, fs struct, signal handlers or
-/// address space (clone with CLONE_FILES, CLONE_FS, CLONE_SIGHAND or
-/// CLONE_VM but not CLONE_THREAD: the ids of the image are equal) would
-/// come back with one each: refused by name.
+/// The fd tables and fs structs processes share (equal `files`/`fs` ids of
+/// the image, as kcmp found them at dump): each process that shares one
+/// with its parent is forked by that parent with CLONE_FILES / CLONE_FS.
+/// What can't be had that way is refused by name: sharing with a process
+/// that is not the parent (or is not on the chain of such forks), or a
+/// process forked by a helper.
+fn share_groups(tree: &Tree, nodes: &[Node], node_of_task: &[usize]) -> Result<Vec<ShareGroup>, RestoreError> {
+    let tasks = &tree.tasks;
+    let live = |i: usize| tasks[i].zombie_exit.is_none();
+    let index: HashMap<i32, usize> = tasks.iter().enumerate().map(|(i, t)| (t.pid, i)).collect();
+    // per task: what it shares with its parent, and its group's owner (a task)
+    let mut share = vec![Share::default(); tasks.len()];
+    let mut owner: Vec<usize> = (0..tasks.len()).collect();
+    for i in 1..tasks.len() {
+        let t = &tasks[i];
+        let Some(&p) = index.get(&t.ppid) else { continue };
+        if !live(i) || !live(p) {
+            continue;
+        }
+        let s = Share { files: t.ids.files != 0 && t.ids.files == tasks[p].ids.files, fs: t.ids.fs != 0 && t.ids.fs == tasks[p].ids.fs };
+        if s != Share::default() {
+            share[i] = s;
+            owner[i] = owner[p];
+        }
+    }
+    type IdOf = fn(&crate::model::KobjIds) -> u32;
+    let kinds: [(&str, IdOf); 2] = [("an fd table (CLONE_FILES)", |k| k.files), ("an fs struct (CLONE_FS)", |k| k.fs)];
+    for (what, id) in kinds {
+        let mut first: HashMap<u32, usize> = HashMap::new();
+        for i in (0..tasks.len()).filter(|&i| live(i)) {
+            let v = id(&tasks[i].ids);
+            if v == 0 {
+                continue;
+            }
+            let Some(&a) = first.get(&v) else {
+                first.insert(v, i);
+                continue;
+            };
+            // a shares it with i: both on one chain of forks that share it
+            // from the owner down
+            let o = owner[i];
+            let chain_ok = owner[a] == o && id(&tasks[o].ids) == v && {
+                let p = index.get(&tasks[i].ppid).copied();
+                p.is_some_and(|p| id(&tasks[p].ids) == v)
+            };
+            if !chain_ok {
+                return Err(refuse(format!(
+                    "processes {} and {} share {what}, but {} is not forked sharing it by its parent {} (only sharing along a chain of parents can be restored)",
+                    tasks[a].pid, tasks[i].pid, tasks[i].pid, tasks[i].ppid
+                )));
+            }
+        }
+    }
+    let mut groups: Vec<ShareGroup> = Vec::new();
+    for i in 0..tasks.len() {
+        if share[i] == Share::default() {
+            continue;
+        }
+        let n = node_of_task[i];
+        let parent_node = node_of_task[index[&tasks[i].ppid]];
+        if !nodes[parent_node].children.contains(&n) {
+            return Err(refuse(format!(
+                "process {} shares its parent {}'s fd table or fs struct but must be forked by a helper (its session or group leader is gone): not supported",
+                tasks[i].pid, tasks[i].ppid
+            )));
+        }
+        let o = node_of_task[owner[i]];
+        match groups.iter_mut().find(|g| g.owner == o) {
+            Some(g) => g.members.push((n, share[i])),
+            None => groups.push(ShareGroup { owner: o, members: vec![(n, share[i])] }),
+        }
+    }
+    Ok(groups)
+}
+
+/// Processes that share signal handlers or an address space (clone with
+/// CLONE_SIGHAND or CLONE_VM but not CLONE_THREAD: the ids of the image
+/// are equal) would come back with one each: refused by name. (Shared fd
+/// tables and fs structs are restored: `share_groups`.)
 fn check_unshared(tree: &Tree) -> Result<(), RestoreError> {
     let live: Vec<&crate::model::Task> = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).collect();
     for (k, a) in live.iter().enumerate() {
         for b in &live[k + 1..] {
-            let kinds = [("an fd table (CLONE_FILES)", a.ids.files, b.ids.files), ("an fs struct (CLONE_FS)", a.ids.fs, b.ids.fs), ("signal handlers (CLONE_SIGHAND)", a.ids.sighand, b.ids.sighand), ("an address space (CLONE_VM)", a.ids.vm, b.ids.vm)];
+            let kinds = [("signal handlers (CLONE_SIGHAND)", a.ids.sighand, b.ids.sighand), ("an address space (CLONE_VM)", a.ids.vm, b.ids.vm)];
             if let Some((what, _, _)) = kinds.iter().find(|(_, x, y)| *x != 0 && x == y) {
                 return Err(refuse(format!("processes {} and {} share {what}: restoring that is not supported yet", a.pid, b.pid)));
             }
@@ -343,6 +462,37 @@ mod tests {
         let t = tree(vec![task(100, 0, 100, 100), task(101, 100, 99, 99)]);
         let e = make(&t).unwrap_err().to_string();
         assert!(e.contains("session 99 whose leader is gone"), "{e}");
+    }
+
+    fn with_ids(mut t: Task, files: u32, fs: u32) -> Task {
+        t.ids.files = files;
+        t.ids.fs = fs;
+        t
+    }
+
+    #[test]
+    fn shared_tables_are_forked_sharing() {
+        // 2 shares 1's fd table, 3 its fs, 4 (child of 2) the fd table too
+        let t = tree(vec![with_ids(task(1, 0, 1, 1), 1, 1), with_ids(task(2, 1, 1, 1), 1, 2), with_ids(task(3, 1, 1, 1), 2, 1), with_ids(task(4, 2, 1, 1), 1, 3)]);
+        let p = make(&t).unwrap();
+        assert_eq!(p.share_groups.len(), 1);
+        let g = &p.share_groups[0];
+        assert_eq!(g.owner, 0);
+        let m: Vec<(usize, u64)> = g.members.iter().map(|&(n, s)| (n, s.clone_flags())).collect();
+        assert_eq!(m, vec![(1, libc::CLONE_FILES as u64), (2, libc::CLONE_FS as u64), (3, libc::CLONE_FILES as u64)]);
+        assert_eq!(p.share_of(3).map(|(g, s)| (g, s.files)), Some((0, true)));
+    }
+
+    #[test]
+    fn sharing_off_the_chain_of_parents_is_refused() {
+        // siblings 2 and 3 share a table their parent 1 does not have
+        let t = tree(vec![with_ids(task(1, 0, 1, 1), 1, 1), with_ids(task(2, 1, 1, 1), 2, 2), with_ids(task(3, 1, 1, 1), 2, 3)]);
+        let e = make(&t).unwrap_err().to_string();
+        assert!(e.contains("processes 2 and 3 share an fd table (CLONE_FILES)"), "{e}");
+        // a chain that changes kind: 2 shares 1's fs, 3 shares 2's (own) fd table
+        let t = tree(vec![with_ids(task(1, 0, 1, 1), 1, 1), with_ids(task(2, 1, 1, 1), 2, 1), with_ids(task(3, 2, 1, 1), 2, 3)]);
+        let e = make(&t).unwrap_err().to_string();
+        assert!(e.contains("processes 2 and 3 share an fd table"), "{e}");
     }
 
     #[test]

@@ -151,7 +151,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         .mm
         .vmas
         .iter()
-        .filter(|v| v.file.is_none() && !v.shared() && v.shmid == 0 && matches!(v.kind, VmaKind::Anon | VmaKind::Heap | VmaKind::Stack) && v.madv & MADV_HUGEPAGE_BIT == 0)
+        .filter(|v| v.file.is_none() && !v.shared() && v.shmid == 0 && matches!(v.kind, VmaKind::Anon | VmaKind::Heap | VmaKind::Stack) && v.madv & MADV_HUGEPAGE_BIT == 0 && v.flags & libc::MAP_HUGETLB as u32 == 0)
         .collect();
     // the VMAs are sorted and disjoint
     let vma_of = |a: u64| {
@@ -422,9 +422,15 @@ fn build_shmem(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSourc
     let mut used: Vec<(u64, u64)> = cur.iter().map(|(s, e, _)| (*s, *e)).collect();
     used.extend(task.mm.vmas.iter().map(|v| (v.start, v.end)));
     used.push((gadget, gadget + GADGET_LEN));
-    let tmp = free_gap(&used, size).ok_or_else(|| RestoreError::Unsupported(format!("no free range of {size} bytes to build shared memory {shmid}")))?;
+    // hugetlb memory (MAP_HUGETLB and its page size in the flags) is
+    // staged as hugetlb memory too, at an address aligned to its pages
+    let huge = maps.iter().map(|v| v.flags & (libc::MAP_HUGETLB as u32 | (0x3f << libc::MAP_HUGE_SHIFT))).max().unwrap_or(0);
+    let align = if huge != 0 { 1u64 << ((huge >> libc::MAP_HUGE_SHIFT) & 0x3f).max(12) } else { 4096 };
+    let tmp = free_gap(&used, size + align - 4096)
+        .map(|a| a.next_multiple_of(align))
+        .ok_or_else(|| RestoreError::Unsupported(format!("no free range of {size} bytes to build shared memory {shmid}")))?;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64 | u64::from(huge);
     let got = main.call("mmap(shmem)", libc::SYS_mmap, &[tmp, size, rw, flags, u64::MAX, 0]).map_err(e(&format!("mapping shared memory {shmid}")))?;
     if got != tmp {
         return Err(RestoreError::Unsupported(format!("shared memory {shmid} mapped at {got:#x}, wanted {tmp:#x}")));
@@ -449,7 +455,13 @@ fn build_shmem(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSourc
             }
         }
     }
-    for v in &maps {
+    if huge != 0 {
+        // mremap can't make a second mapping of hugetlb memory (old_size
+        // 0): each mapping is made from the object opened through its
+        // map_files link, as a later process maps it
+        map_shared_from(main, memf, task, shmid, pid, tmp, gadget + SCRATCH_OFF)?;
+    }
+    for v in maps.iter().filter(|_| huge == 0) {
         let mflags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
         let got = main
             .call("mremap(shmem)", libc::SYS_mremap, &[tmp + v.pgoff, 0, v.len(), mflags, v.start])
@@ -570,6 +582,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || picked.iter().any(|&(s, _)| s == v.start) {
             continue;
         }
+        if v.kind == VmaKind::Aio {
+            continue; // made by io_setup once the memory is in (7b)
+        }
         if v.shmid != 0 {
             continue; // below, one object per shmid
         }
@@ -611,7 +626,7 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled
     let mut b = Batch::new();
     for v in &task.mm.vmas {
-        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) {
+        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall | VmaKind::Aio) {
             continue;
         }
         for bit in 0..64u64 {
@@ -640,6 +655,10 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         &unpicked
     };
     pinned.released(|| fill_private(main, &memf, to_fill, mem, &page_fds, g + SCRATCH_OFF, place))?;
+    // 7b. AIO rings: new contexts with the dumped events, moved into place
+    for v in task.mm.vmas.iter().filter(|v| v.kind == VmaKind::Aio) {
+        super::aio::restore_ring(main, &memf, mem, v, g + SCRATCH_OFF)?;
+    }
     let mut b = Batch::new();
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
         b.push(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]);

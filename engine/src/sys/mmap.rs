@@ -316,3 +316,42 @@ mod tests {
         let _ = std::fs::remove_file(&p);
     }
 }
+
+/// A shared read-write mapping of a whole file (one that can't be written
+/// with write(2), e.g. on hugetlbfs), unmapped on drop.
+#[derive(Debug)]
+pub struct SharedMut {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl SharedMut {
+    /// Map `len` bytes of `f` (open read-write, at least `len` long).
+    pub fn map(f: &File, len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a new shared mapping chosen by the kernel, of an fd we
+        // hold open for the call; nothing else refers to that range.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMut { ptr: p.cast(), len })
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable, ours
+        // alone (borrowed mutably) until drop. (A file truncated under it
+        // would SIGBUS: the restore child's own memfd, which nobody else
+        // has yet.)
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for SharedMut {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `map`, no slice of it left.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}

@@ -419,6 +419,16 @@ pub fn write_raw(fd: i32, buf: &[u8]) -> io::Result<usize> {
     Ok(r as usize)
 }
 
+/// read(2) from fd number `fd` into `buf`: the count read.
+pub fn read_raw(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length across the call.
+    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r as usize)
+}
+
 pub fn setsid() -> io::Result<()> {
     // SAFETY: integer-only syscall.
     if unsafe { libc::setsid() } < 0 {
@@ -828,6 +838,18 @@ pub fn fs_type(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<i64> {
     Ok(unsafe { st.assume_init() }.f_type)
 }
 
+/// The block size (`f_bsize` of fstatfs(2)) of an open file's file system
+/// (on hugetlbfs: its huge page size).
+pub fn fs_block_size(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a writable statfs buffer; the fd is borrowed and open.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fstatfs succeeded, so the buffer is initialised.
+    Ok(unsafe { st.assume_init() }.f_bsize as u64)
+}
+
 /// lseek(2) with SEEK_DATA or SEEK_HOLE: `None` when there is no such
 /// region at or after `off` (ENXIO).
 pub fn seek_data_hole(fd: std::os::fd::BorrowedFd<'_>, off: u64, whence: i32) -> io::Result<Option<u64>> {
@@ -909,6 +931,62 @@ pub fn rename_in(dir: std::os::fd::BorrowedFd<'_>, old: &CStr, new: &CStr, flags
         return Err(last_err());
     }
     Ok(())
+}
+
+/// unlinkat(2) of `name` in directory `dir` with `flags` (AT_REMOVEDIR
+/// for a directory).
+pub fn unlink_in_flags(dir: std::os::fd::BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: a borrowed open fd and a NUL-terminated name alive for the call.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// mkdirat(2), mknodat(2) or symlinkat(2) of `name` in directory `dir`:
+/// a directory, a device node (`rdev`, glibc encoding) or a symlink to
+/// `target`, by the type bits of `mode`; then its owner (not following a
+/// symlink) and, but for a symlink, its permission bits.
+pub fn make_node_in(dir: std::os::fd::BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64, target: Option<&CStr>, uid: u32, gid: u32) -> io::Result<()> {
+    let d = dir.as_raw_fd();
+    let r = match mode & libc::S_IFMT {
+        // SAFETY: a borrowed open fd and a NUL-terminated name alive for the call.
+        libc::S_IFDIR => unsafe { libc::mkdirat(d, name.as_ptr(), mode & 0o7777) },
+        // SAFETY: as above; `rdev` is plain data.
+        libc::S_IFCHR | libc::S_IFBLK => unsafe { libc::mknodat(d, name.as_ptr(), mode, rdev) },
+        libc::S_IFLNK => {
+            let t = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: two NUL-terminated strings and a borrowed fd alive for the call.
+            unsafe { libc::symlinkat(t.as_ptr(), d, name.as_ptr()) }
+        }
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    if r < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fchownat(d, name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: as above (a symlink's own bits can't be set: skipped).
+    if mode & libc::S_IFMT != libc::S_IFLNK && unsafe { libc::fchmodat(d, name.as_ptr(), mode & 0o7777, 0) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// readlinkat(fd, "") of an fd of a symlink itself (O_PATH|O_NOFOLLOW, or
+/// taken with pidfd_getfd): the symlink's target.
+pub fn readlink_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: an empty NUL-terminated name, a borrowed fd and a writable
+    // buffer of its length alive for the call.
+    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(last_err());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
 }
 
 /// unlinkat(2) of the name `name` in directory `dir`.

@@ -1,0 +1,161 @@
+//! fds of special files (`tests/progs/specialfd.c` holds one on fd 10 and
+//! checks every tick that it is still that file: its type, a device's
+//! number, a symlink's target through readlinkat of the fd itself):
+//!
+//! - fds of a directory that was removed, of a memory device node (1:3)
+//!   that was unlinked, an O_PATH|O_NOFOLLOW fd of a symlink that was
+//!   unlinked, and of one still there: dumped and restored by ours (twice,
+//!   the fd shows `PATH (deleted)` again, nothing is left in the
+//!   directory), and both ways with upstream 4.2 (ghost files carrying the
+//!   mode, rdev or the link's target, as it writes them);
+//! - an fd of a FIFO that was unlinked: our dump refuses it by name,
+//!   naming the fd, the process and the path, and the program runs on;
+//! - hostile ghost images (a FIFO's mode, a device that is not a memory
+//!   device, a symlink without a target, a directory with contents):
+//!   refused naming the image.
+//!
+//! Needs root, gcc, setsid.
+
+mod common;
+
+use common::*;
+use images_proto::magic as mg;
+use images_proto::pb;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
+}
+
+fn start(tmp: &Path, mode: &str) -> Fixture {
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("mode"), mode).unwrap();
+    Fixture::start_ours("specialfd", tmp, Ns::Host)
+}
+
+fn fd10(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/10")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn rounds(mode: &str, name: &str, deleted: bool) {
+    let tmp = test_dir(&format!("special-files-{mode}"));
+    let mut fx = start(&tmp, mode);
+    let want = format!("{}{}", fx.work.join(name).display(), if deleted { " (deleted)" } else { "" });
+    assert_eq!(fd10(fx.pid), want);
+    let ours = Path::new(CRIU);
+    let up = upstream();
+    let steps: [(&Path, &Path, &str); 4] = [(ours, ours, "ours"), (ours, ours, "ours again"), (ours, &up, "ours -> upstream"), (&up, ours, "upstream -> ours")];
+    for (k, (dumper, restorer, what)) in steps.iter().enumerate() {
+        let img = tmp.join(format!("img{k}"));
+        std::fs::create_dir_all(&img).unwrap();
+        criu_ok(dumper, &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
+        let t = fx.tick();
+        let st = Command::new(restorer).args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&fx.work).status().unwrap();
+        assert!(st.success(), "{mode}, {what}: {}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+        wait_until(&format!("ticks after {what}"), Duration::from_secs(15), || fx.tick() > t + 3);
+        fx.refind();
+        assert_eq!(fd10(fx.pid), want, "{mode}, {what}: fd 10");
+        let mut left: Vec<String> = std::fs::read_dir(&fx.work).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut expect = vec!["mode".to_string(), "progress.log".into(), "ready".into()];
+        if !deleted {
+            expect.push(name.to_string());
+            expect.sort();
+        }
+        assert_eq!(left, expect, "{mode}, {what}: what the restore left in the directory");
+    }
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn deleted_directory_fd_restores() {
+    require!(why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display()))));
+    rounds("dir", "dir", true);
+}
+
+#[test]
+fn deleted_device_node_fd_restores() {
+    require!(why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display()))));
+    rounds("cdev", "cdev", true);
+}
+
+#[test]
+fn deleted_symlink_o_path_fd_restores() {
+    require!(why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display()))));
+    rounds("symdel", "sym", true);
+}
+
+#[test]
+fn symlink_o_path_fd_restores() {
+    require!(why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display()))));
+    rounds("sym", "sym", false);
+}
+
+#[test]
+fn deleted_fifo_is_refused_by_name() {
+    require!(why_not_here());
+    let tmp = test_dir("special-files-fifo");
+    let fx = start(&tmp, "fifo");
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, log) = criu_env(Path::new(CRIU), &["dump", "-t", &fx.pid.to_string()], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    let want = format!("fd 10 of {} is {} (deleted), a deleted FIFO", fx.pid, fx.work.join("fifo").display());
+    assert!(log.contains(&want), "not refused by name ({want:?}):\n{log}");
+    fx.ticks_on(2, "after the refused dump");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn hostile_special_ghosts_are_refused() {
+    require!(why_not_here());
+    let tmp = test_dir("special-files-hostile");
+    for (mode, edits) in [
+        (
+            "cdev",
+            vec![
+                ("fifo-mode", libc::S_IFIFO | 0o640, None, None, None, "ghost of mode 10640: not supported"),
+                ("tty", libc::S_IFCHR | 0o640, Some(libc::makedev(4, 1) as u32), None, None, "only memory devices (major 1)"),
+                ("rdev-garbage", libc::S_IFCHR | 0o640, Some(u32::MAX), None, None, "only memory devices"),
+                ("dir-contents", libc::S_IFDIR | 0o750, None, None, Some(4096), "ghost of mode 40750 with contents"),
+            ],
+        ),
+        ("symdel", vec![("no-target", libc::S_IFLNK | 0o777, None, Some(None), None, "a symlink ghost without symlnk_target")]),
+    ] {
+        let fx = start(&tmp.join(mode), mode);
+        let img = tmp.join(format!("img-{mode}"));
+        std::fs::create_dir_all(&img).unwrap();
+        criu_ok(Path::new(CRIU), &["dump", "-t", &fx.pid.to_string(), "--leave-running"], &img, "dump.log");
+        for (name, m, rdev, target, size, want) in edits {
+            let dir = tmp.join(format!("hostile-{name}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for e in std::fs::read_dir(&img).unwrap().flatten() {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+            let gname = mg::GHOST_FILE.file_name(1u32);
+            let mut g: Vec<pb::GhostFileEntry> = images_proto::image::read_all(&dir, &gname, &mg::GHOST_FILE).unwrap();
+            g[0].mode = m;
+            if let Some(r) = rdev {
+                g[0].rdev = Some(r);
+            }
+            if let Some(t) = target {
+                g[0].symlnk_target = t;
+            }
+            if let Some(n) = size {
+                (g[0].size, g[0].chunks) = (Some(n), Some(true));
+            }
+            images_proto::image::write_all(&dir, &gname, &mg::GHOST_FILE, &g).unwrap();
+            let (st, log) = criu_env(Path::new(CRIU), &["restore", "-d"], &dir, "restore.log", &[]);
+            assert_eq!(st.code(), Some(1), "{name}: {log}");
+            assert!(log.contains(&gname) && log.contains(want), "{name}: not refused by name ({want:?}):\n{log}");
+            assert!(!log.contains("panicked"), "{name}: {log}");
+        }
+        drop(fx);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
