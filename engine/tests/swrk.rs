@@ -34,7 +34,9 @@ struct Swrk {
 
 impl Swrk {
     fn start() -> Swrk {
-        let (ours, theirs) = engine::sys::sock::socketpair(libc::SOCK_SEQPACKET).expect("socketpair");
+        // CLOEXEC: tests run in parallel, and another test's criu must not
+        // inherit this pair (the service would never see its client close)
+        let (ours, theirs) = engine::sys::sock::socketpair(libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC).expect("socketpair");
         // no reply may take this long: a hang fails the test
         engine::sys::sock::set_timeval(ours.as_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, 120, 0).unwrap();
         let n = theirs.as_raw_fd();
@@ -43,7 +45,9 @@ impl Swrk {
         // SAFETY: dup2 is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                if libc::dup2(n, 3) != 3 {
+                // (dup2 onto itself would keep FD_CLOEXEC)
+                let r = if n == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(n, 3) };
+                if r < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -375,8 +379,16 @@ fn hostile_messages() {
     require!(why_not_root());
     let dump = std::fs::read(find_fixture("DUMP")).unwrap();
     let huge_path = "/x".repeat(3000);
+    // a pid nobody has (a reaped child's): should a case get past its check,
+    // it fails on the pid and never freezes a live process (pid 1 here is
+    // the machine's own control process)
+    let gone = {
+        let mut c = Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id() as i32
+    };
     let o = |f: &dyn Fn(&mut CriuOpts)| {
-        let mut c = CriuOpts { images_dir_fd: -1, images_dir: Some("/tmp".into()), pid: Some(1), ..CriuOpts::default() };
+        let mut c = CriuOpts { images_dir_fd: -1, images_dir: Some("/tmp".into()), pid: Some(gone), ..CriuOpts::default() };
         f(&mut c);
         req(T::Dump, Some(c)).encode_to_vec()
     };
@@ -405,7 +417,7 @@ fn hostile_messages() {
         ("SINGLE_PRE_DUMP", req(T::SinglePreDump, None).encode_to_vec(), "SINGLE_PRE_DUMP"),
         ("PAGE_SERVER", req(T::PageServer, None).encode_to_vec(), "PAGE_SERVER"),
         ("WAIT_PID", req(T::WaitPid, None).encode_to_vec(), "WAIT_PID"),
-        ("DUMP without images", req(T::Dump, Some(CriuOpts { images_dir_fd: -1, pid: Some(1), ..CriuOpts::default() })).encode_to_vec(), "images_dir"),
+        ("DUMP without images", req(T::Dump, Some(CriuOpts { images_dir_fd: -1, pid: Some(gone), ..CriuOpts::default() })).encode_to_vec(), "images_dir"),
     ];
     for (what, bytes, want) in cases {
         let s = Swrk::start();
