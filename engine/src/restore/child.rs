@@ -81,6 +81,8 @@ pub struct ChildPlan {
     /// process to inherit: `sh_base + k` (above every restored fd, below
     /// the working fds).
     pub sh_base: i32,
+    /// Private anonymous memory inherited copy-on-write (`cow.rs`).
+    pub cow: super::cow::CowPlan,
 }
 
 impl ChildPlan {
@@ -98,7 +100,7 @@ impl ChildPlan {
 /// whole (under PIPE_BUF): `NSPID HOSTPID ok` or `NSPID HOSTPID err WHAT`.
 fn report(plan: &ChildPlan, ns_pid: i32, host: i32, msg: Result<(), String>) -> std::io::Result<()> {
     let mut line = match msg {
-        Ok(()) => format!("{ns_pid} {host} ok"),
+        Ok(()) => format!("{ns_pid} {host} ok{}", super::cow::report_note(plan, ns_pid)),
         Err(m) => format!("{ns_pid} {host} err {}", m.replace('\n', " ")),
     };
     if line.len() > 3000 {
@@ -136,6 +138,10 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         if !plan.plan.shared.is_empty() || !plan.map_ghosts.is_empty() {
             files::restore_shared(plan, tree, terminal)?;
         }
+    }
+    if let Role::Task(i) = node.role {
+        // what the children inherit copy-on-write, before they fork
+        super::cow::prepare(&plan.cow, i)?;
     }
     for &c in &node.children {
         let pid = plan.plan.nodes[c].pid;

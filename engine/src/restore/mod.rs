@@ -15,6 +15,7 @@
 //!    detach. [`RestoreGuard`] kills everything on any failure before that.
 
 pub mod child;
+pub mod cow;
 pub mod creds;
 pub mod files;
 pub mod plan;
@@ -278,6 +279,7 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Opti
             Some(child::RootDir { path: r.clone(), fd })
         }
     };
+    let cow = cow::CowPlan::new(tree, &plan, mems);
     let cplan = child::ChildPlan {
         report_fd: wr.as_raw_fd(),
         svc_base,
@@ -292,6 +294,7 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Opti
         map_from,
         sh_base,
         engine: engine_fd.as_ref().map(|f| (f.as_raw_fd(), svc_base + 2 + max_map)),
+        cow,
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;
@@ -327,7 +330,8 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Opti
     let mut guard = RestoreGuard { pids: vec![child], committed: false };
     crate::fault::point("after-clone");
     drop(wr);
-    let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard)?;
+    let mut notes = std::collections::HashMap::new();
+    let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard, &mut notes)?;
     pr_debug!("{} processes prepared their fds and process state", hosts.len());
     crate::fault::point("after-reports");
     // CLONE_NEWPID: set_tid can't name the root's host pid; the others are
@@ -338,7 +342,9 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Opti
     for &i in &live {
         let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
         let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
-        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base, &map_files[i], &mut shm, close_first)?);
+        // the memory it inherited copy-on-write and kept (cow.rs)
+        let kept = cplan.cow.kept(i, notes.get(&tree.tasks[i].pid).map_or("", String::as_str));
+        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base, &map_files[i], &mut shm, close_first, &kept)?);
     }
     crate::fault::point("before-detach");
     // as upstream: the pidfile is created (never overwritten: O_EXCL, 0600)
@@ -362,7 +368,8 @@ pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Opti
 /// the tree's namespace. A process that failed is named with its reason;
 /// one that died without a word, or did not report within `timeout_ms`
 /// (stuck in a syscall: named with its wchan), fails the restore.
-fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid, timeout_ms: u64, guard: &mut RestoreGuard) -> Result<std::collections::HashMap<i32, Pid>, RestoreError> {
+/// `notes`: what follows `ok` in a line, by pid in the tree's namespace.
+fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid, timeout_ms: u64, guard: &mut RestoreGuard, notes: &mut std::collections::HashMap<i32, String>) -> Result<std::collections::HashMap<i32, Pid>, RestoreError> {
     use std::collections::HashMap;
     let want = cplan.plan.nodes.len();
     let mut hosts: HashMap<i32, Pid> = HashMap::new();
@@ -403,6 +410,9 @@ fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid
                 return Err(RestoreError::Child { pid: host, msg: format!("(pid {ns} of the image) {rest}") });
             }
             hosts.insert(ns, host);
+            if !rest.is_empty() {
+                notes.insert(ns, rest.to_string());
+            }
             ok += 1;
         }
     }
@@ -423,7 +433,7 @@ fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid
 /// set) and inject the rest: address space, threads, process-wide state,
 /// credentials, final registers. Not released.
 #[allow(clippy::too_many_arguments)]
-fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>) -> Result<Ready<'a>, RestoreError> {
+fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>, kept: &[(u64, u64)]) -> Result<Ready<'a>, RestoreError> {
     // O_SUSPEND_SECCOMP: filters installed near the end must not hit the engine's injected syscalls
     let opts_ = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
     ptrace::seize(child, opts_).map_err(ioe(child, "seize"))?;
@@ -454,7 +464,7 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
             pr_debug!("can't move {child} to CPU {c}: {e}");
         }
     }
-    let sp = space::build(&mut main, task, mem, svc_base, map_files, &pinned, shm)?;
+    let sp = space::build(&mut main, task, mem, svc_base, map_files, &pinned, shm, kept)?;
     // threads
     let mut injs = vec![];
     for t in task.threads.iter().skip(1) {
