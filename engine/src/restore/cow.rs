@@ -182,13 +182,17 @@ impl CowPlan {
                 if p_runs.is_empty() {
                     continue; // nothing to share
                 }
-                if !cand.contains_key(&(p, w.start)) {
-                    let Some(pieces) = pieces_of(p, w.start, w.end) else { continue };
-                    cand.insert((p, w.start), new_vma(w, pieces));
+                let mut both = true;
+                for (t, x) in [(p, w), (c, v)] {
+                    if let std::collections::hash_map::Entry::Vacant(e) = cand.entry((t, x.start)) {
+                        match pieces_of(t, x.start, x.end) {
+                            Some(pieces) => drop(e.insert(new_vma(x, pieces))),
+                            None => both = false,
+                        }
+                    }
                 }
-                if !cand.contains_key(&(c, v.start)) {
-                    let Some(pieces) = pieces_of(c, v.start, v.end) else { continue };
-                    cand.insert((c, v.start), new_vma(v, pieces));
+                if !both {
+                    continue;
                 }
                 let c_runs = runs_in(ct, v.start, v.end);
                 if let Some(cv) = cand.get_mut(&(c, v.start)) {

@@ -41,7 +41,7 @@ fn inside(t: &[(u64, u64)], addr: u64, len: u64) -> bool {
 pub fn map(start: u64, len: u64, flags: u32) -> io::Result<()> {
     let base = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     let allowed = base | libc::MAP_NORESERVE as u32;
-    if flags & !allowed != 0 || flags & base != base || start % PAGE != 0 || len == 0 || len % PAGE != 0 || start.checked_add(len).is_none() {
+    if flags & !allowed != 0 || flags & base != base || !start.is_multiple_of(PAGE) || len == 0 || !len.is_multiple_of(PAGE) || start.checked_add(len).is_none() {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut t = table();
@@ -121,7 +121,7 @@ pub fn write(addr: u64, src: &[u8]) -> io::Result<()> {
 /// whole pages. Returns the number of pages written.
 pub fn sync(addr: u64, src: &[u8]) -> io::Result<u64> {
     let len = src.len() as u64;
-    if addr % PAGE != 0 || len % PAGE != 0 {
+    if !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let t = table();
