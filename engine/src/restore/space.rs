@@ -651,6 +651,10 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         // the target's own open file of the pages image: read front to back
         let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
     }
+    if !kept.is_empty() {
+        let bytes: u64 = kept.iter().map(|(s, e)| e - s).sum();
+        pr_info!("{} private VMAs ({} KiB) kept as the restore child made them (copy-on-write from its parent, or for its children)", kept.len(), bytes / 1024);
+    }
     let unpicked;
     let to_fill = if picked.is_empty() && kept.is_empty() {
         task
