@@ -240,6 +240,15 @@ impl CowPlan {
         vmas.iter().filter(|v| !missed.contains(&v.start)).map(|v| (v.start, v.end)).collect()
     }
 
+    /// The bytes of `pc` in its pages file, its page-table entries made
+    /// at once (see [`MappedFile::populate`]).
+    fn src_populated(&self, pc: &Piece) -> Result<&[u8], String> {
+        if let (Some(Some(f)), Ok(off), Ok(len)) = (self.files.get(pc.file), usize::try_from(pc.off), usize::try_from(pc.len)) {
+            f.populate(off, len);
+        }
+        self.src(pc)
+    }
+
     fn src(&self, pc: &Piece) -> Result<&[u8], String> {
         let off = usize::try_from(pc.off).map_err(|_| format!("pages offset {:#x} out of range", pc.off))?;
         let len = usize::try_from(pc.len).map_err(|_| format!("pages length {:#x} out of range", pc.len))?;
@@ -275,7 +284,7 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
     let (mut same, mut written) = (0u64, 0u64);
     for v in vmas.iter().filter(|v| v.from_parent && inherited.contains(&(v.start, v.end))) {
         for pc in &v.pieces {
-            let n = premap::sync(pc.vaddr, cp.src(pc)?).map_err(|e| format!("copy-on-write memory at {:#x}: {e}", pc.vaddr))?;
+            let n = premap::sync(pc.vaddr, cp.src_populated(pc)?).map_err(|e| format!("copy-on-write memory at {:#x}: {e}", pc.vaddr))?;
             written += n;
             same += pc.len / PAGE - n;
         }
@@ -304,7 +313,7 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
             const MADV_POPULATE_WRITE: i32 = 23;
             // one allocation call instead of a fault per page (advice only)
             let _ = premap::advise(pc.vaddr, pc.len, MADV_POPULATE_WRITE);
-            premap::write(pc.vaddr, cp.src(pc)?).map_err(|e| format!("filling {:#x}: {e}", pc.vaddr))?;
+            premap::write(pc.vaddr, cp.src_populated(pc)?).map_err(|e| format!("filling {:#x}: {e}", pc.vaddr))?;
             filled += pc.len / PAGE;
         }
         kept.push((v.start, v.end));
