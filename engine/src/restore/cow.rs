@@ -122,10 +122,18 @@ fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Off unless `CRIU_RS_COW` says `off` (for measurements: the restore
+/// On unless `CRIU_RS_COW` says `off` (for measurements: the restore
 /// without copy-on-write sharing, as before).
 fn enabled() -> bool {
     std::env::var("CRIU_RS_COW").as_deref() != Ok("off")
+}
+
+/// `CRIU_RS_COW=alternate` (for tests): every second candidate a process
+/// would map for its children is treated as taken (as when the engine
+/// copy's own memory is there), so that the fallback is exercised beside
+/// kept VMAs.
+fn refused_for_test(k: usize) -> bool {
+    k % 2 == 1 && std::env::var("CRIU_RS_COW").as_deref() == Ok("alternate")
 }
 
 impl CowPlan {
@@ -233,11 +241,15 @@ impl CowPlan {
             None if note.trim().is_empty() => Vec::new(),
             Some(list) if list != "all" => match list.split(',').map(|h| u64::from_str_radix(h, 16)).collect::<Result<Vec<u64>, _>>() {
                 Ok(v) => v,
-                Err(_) => return Vec::new(),
+                Err(_) => vmas.iter().map(|v| v.start).collect(),
             },
-            _ => return Vec::new(),
+            _ => vmas.iter().map(|v| v.start).collect(),
         };
-        vmas.iter().filter(|v| !missed.contains(&v.start)).map(|v| (v.start, v.end)).collect()
+        let kept: Vec<(u64, u64)> = vmas.iter().filter(|v| !missed.contains(&v.start)).map(|v| (v.start, v.end)).collect();
+        if kept.len() < vmas.len() {
+            crate::pr_info!("{} of {} copy-on-write candidates of process {i} not kept by its restore child: restored as copies of their own", vmas.len() - kept.len(), vmas.len());
+        }
+        kept
     }
 
     /// The bytes of `pc` in its pages file, its page-table entries made
@@ -297,11 +309,12 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
         premap::unmap(s, e).map_err(|err| format!("unmapping inherited memory {s:#x}-{e:#x}: {err}"))?;
     }
     let mut filled = 0u64;
-    for v in vmas {
+    for (k, v) in vmas.iter().enumerate() {
         if !v.for_children || kept.contains(&(v.start, v.end)) {
             continue;
         }
-        if let Err(e) = premap::map(v.start, v.end - v.start, v.flags) {
+        let mapped = if refused_for_test(k) { Err(std::io::Error::from_raw_os_error(libc::EEXIST)) } else { premap::map(v.start, v.end - v.start, v.flags) };
+        if let Err(e) = mapped {
             // (the engine copy's own memory is there: the ordinary path)
             crate::pr_debug!("premapping {:#x}-{:#x}: {e}; restored without sharing", v.start, v.end);
             continue;
