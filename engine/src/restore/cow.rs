@@ -65,12 +65,12 @@ pub struct CowVma {
 }
 
 /// The candidates of every process of the tree, and the pages files they
-/// are filled from (mapped by the engine before the fork; every restore
-/// child inherits the mappings).
+/// are filled from (each process maps the ones its pieces are in while it
+/// prepares, and unmaps them before it forks: a mapping every process
+/// inherited would cost every fork and every injection's munmap).
 #[derive(Debug, Default)]
 pub struct CowPlan {
-    /// (`None`: a file that would not map; its VMAs are no candidates.)
-    files: Vec<Option<MappedFile>>,
+    files: Vec<PathBuf>,
     /// By task index; empty for a process without candidates.
     tasks: Vec<Vec<CowVma>>,
 }
@@ -212,22 +212,15 @@ impl CowPlan {
                 }
             }
         }
-        // the files, mapped once for every process (a file that will not
-        // map leaves its VMAs to the ordinary path)
-        let mut maps: Vec<Option<MappedFile>> = Vec::with_capacity(want_files.len());
-        for path in &want_files {
-            let m = images_proto::image::open_regular(path).ok().and_then(|f| MappedFile::map(&f).ok());
-            maps.push(m);
-        }
         for ((i, _), v) in cand {
-            if v.pieces.iter().all(|pc| maps[pc.file].is_some()) && (v.from_parent || v.for_children) {
+            if v.from_parent || v.for_children {
                 cp.tasks[i].push(v);
             }
         }
         for t in &mut cp.tasks {
             t.sort_by_key(|v| v.start);
         }
-        cp.files = maps;
+        cp.files = want_files;
         let n: usize = cp.tasks.iter().map(Vec::len).sum();
         crate::pr_debug!("copy-on-write candidates: {n} VMAs over {} processes", cp.tasks.iter().filter(|t| !t.is_empty()).count());
         cp
@@ -252,23 +245,36 @@ impl CowPlan {
         kept
     }
 
-    /// The bytes of `pc` in its pages file, its page-table entries made
-    /// at once (see [`MappedFile::populate`]).
-    fn src_populated(&self, pc: &Piece) -> Result<&[u8], String> {
-        if let (Some(Some(f)), Ok(off), Ok(len)) = (self.files.get(pc.file), usize::try_from(pc.off), usize::try_from(pc.len)) {
-            f.populate(off, len);
+}
+
+/// The pages files one process maps while it prepares, by index in
+/// [`CowPlan::files`] (`None`: not needed, or it would not map: the VMAs
+/// with pages in it are left to the ordinary path).
+struct Maps(Vec<Option<MappedFile>>);
+
+impl Maps {
+    fn open(cp: &CowPlan, vmas: &[CowVma]) -> Maps {
+        let mut m: Vec<Option<MappedFile>> = (0..cp.files.len()).map(|_| None).collect();
+        for f in vmas.iter().flat_map(|v| v.pieces.iter().map(|pc| pc.file)) {
+            if m[f].is_none() {
+                m[f] = images_proto::image::open_regular(&cp.files[f]).ok().and_then(|file| MappedFile::map(&file).ok());
+            }
         }
-        self.src(pc)
+        Maps(m)
     }
 
+    fn usable(&self, v: &CowVma) -> bool {
+        v.pieces.iter().all(|pc| self.0.get(pc.file).is_some_and(Option::is_some))
+    }
+
+    /// The bytes of `pc` in its pages file, their page-table entries made
+    /// at once (see [`MappedFile::populate`]).
     fn src(&self, pc: &Piece) -> Result<&[u8], String> {
         let off = usize::try_from(pc.off).map_err(|_| format!("pages offset {:#x} out of range", pc.off))?;
         let len = usize::try_from(pc.len).map_err(|_| format!("pages length {:#x} out of range", pc.len))?;
-        self.files
-            .get(pc.file)
-            .and_then(Option::as_ref)
-            .and_then(|f| f.bytes().get(off..off.checked_add(len)?))
-            .ok_or_else(|| format!("pages of {:#x}..{:#x} not in their pages file", pc.vaddr, pc.vaddr + pc.len))
+        let f = self.0.get(pc.file).and_then(Option::as_ref).ok_or_else(|| format!("no pages file for {:#x}", pc.vaddr))?;
+        f.populate(off, len);
+        f.bytes().get(off..off.saturating_add(len)).ok_or_else(|| format!("pages of {:#x}..{:#x} not in their pages file", pc.vaddr, pc.vaddr + pc.len))
     }
 }
 
@@ -292,11 +298,13 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
     if vmas.is_empty() && inherited.is_empty() {
         return Ok(());
     }
+    // (unmapped when it returns, before the forks)
+    let maps = Maps::open(cp, vmas);
     let mut kept: Vec<(u64, u64)> = Vec::new();
     let (mut same, mut written) = (0u64, 0u64);
-    for v in vmas.iter().filter(|v| v.from_parent && inherited.contains(&(v.start, v.end))) {
+    for v in vmas.iter().filter(|v| v.from_parent && inherited.contains(&(v.start, v.end)) && maps.usable(v)) {
         for pc in &v.pieces {
-            let n = premap::sync(pc.vaddr, cp.src_populated(pc)?).map_err(|e| format!("copy-on-write memory at {:#x}: {e}", pc.vaddr))?;
+            let n = premap::sync(pc.vaddr, maps.src(pc)?).map_err(|e| format!("copy-on-write memory at {:#x}: {e}", pc.vaddr))?;
             written += n;
             same += pc.len / PAGE - n;
         }
@@ -310,7 +318,7 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
     }
     let mut filled = 0u64;
     for (k, v) in vmas.iter().enumerate() {
-        if !v.for_children || kept.contains(&(v.start, v.end)) {
+        if !v.for_children || kept.contains(&(v.start, v.end)) || !maps.usable(v) {
             continue;
         }
         let mapped = if refused_for_test(k) { Err(std::io::Error::from_raw_os_error(libc::EEXIST)) } else { premap::map(v.start, v.end - v.start, v.flags) };
@@ -326,7 +334,7 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
             const MADV_POPULATE_WRITE: i32 = 23;
             // one allocation call instead of a fault per page (advice only)
             let _ = premap::advise(pc.vaddr, pc.len, MADV_POPULATE_WRITE);
-            premap::write(pc.vaddr, cp.src_populated(pc)?).map_err(|e| format!("filling {:#x}: {e}", pc.vaddr))?;
+            premap::write(pc.vaddr, maps.src(pc)?).map_err(|e| format!("filling {:#x}: {e}", pc.vaddr))?;
             filled += pc.len / PAGE;
         }
         kept.push((v.start, v.end));

@@ -559,6 +559,7 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         }
     }
     run(main, &b, "unmapping the engine's memory")?;
+    pr_debug!("{} mappings of the engine's unmapped", b.len());
     // 4. vdso where it was
     if let Some(vvar) = task.mm.vmas.iter().find(|v| v.kind == VmaKind::Vvar) {
         const ARCH_MAP_VDSO_64: u64 = 0x2003;
