@@ -89,6 +89,8 @@ pub struct ChildPlan {
     /// end, write end) at `sync_base + 4g`, `+1`, `down` at `+2`, `+3`;
     /// above every other fd of the child.
     pub sync_base: i32,
+    /// Private anonymous memory inherited copy-on-write (`cow.rs`).
+    pub cow: super::cow::CowPlan,
 }
 
 /// Per task: the offset of its mapped files' service fds (see
@@ -131,7 +133,7 @@ impl ChildPlan {
 /// whole (under PIPE_BUF): `NSPID HOSTPID ok` or `NSPID HOSTPID err WHAT`.
 fn report(plan: &ChildPlan, ns_pid: i32, host: i32, msg: Result<(), String>) -> std::io::Result<()> {
     let mut line = match msg {
-        Ok(()) => format!("{ns_pid} {host} ok"),
+        Ok(()) => format!("{ns_pid} {host} ok{}", super::cow::report_note(plan, ns_pid)),
         Err(m) => format!("{ns_pid} {host} err {}", m.replace('\n', " ")),
     };
     if line.len() > 3000 {
@@ -185,6 +187,10 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
                 p::dup2(b.as_raw_fd(), w).map_err(|e| format!("sync pipe -> {w}: {e}"))?;
             }
         }
+    }
+    if let Role::Task(i) = node.role {
+        // what the children inherit copy-on-write, before they fork
+        super::cow::prepare(&plan.cow, i)?;
     }
     for &c in &node.children {
         let pid = plan.plan.nodes[c].pid;

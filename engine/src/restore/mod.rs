@@ -16,6 +16,7 @@
 
 pub mod aio;
 pub mod child;
+pub mod cow;
 pub mod creds;
 pub mod files;
 pub mod plan;
@@ -325,6 +326,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
             Some(child::RootDir { path: r.clone(), fd })
         }
     };
+    let cow = cow::CowPlan::new(tree, &plan, mems);
     let cplan = child::ChildPlan {
         report_fd: wr.as_raw_fd(),
         svc_base,
@@ -341,6 +343,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         engine: engine_fd.as_ref().map(|f| (f.as_raw_fd(), svc_base + 2 + max_map)),
         map_off,
         sync_base,
+        cow,
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;
@@ -379,7 +382,8 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     crate::fault::point("after-clone");
     drop(wr);
     crate::notify::script("setup-namespaces", Some(child)).map_err(RestoreError::Unsupported)?;
-    let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard)?;
+    let mut notes = std::collections::HashMap::new();
+    let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard, &mut notes)?;
     pr_debug!("{} processes prepared their fds and process state", hosts.len());
     crate::fault::point("after-reports");
     crate::notify::script("post-setup-namespaces", None).map_err(RestoreError::Unsupported)?;
@@ -391,7 +395,9 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     for &i in &live {
         let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
         let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
-        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base + cplan.map_off[i], &map_files[i], &mut shm, close_first)?);
+        // the memory it inherited copy-on-write and kept (cow.rs)
+        let kept = cplan.cow.kept(i, notes.get(&tree.tasks[i].pid).map_or("", String::as_str));
+        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base + cplan.map_off[i], &map_files[i], &mut shm, close_first, &kept)?);
     }
     for (stage, pid) in [("post-restore", Some(child)), ("network-unlock", None), ("pre-resume", None)] {
         crate::notify::script(stage, pid).map_err(RestoreError::Unsupported)?;
@@ -423,7 +429,8 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
 /// the tree's namespace. A process that failed is named with its reason;
 /// one that died without a word, or did not report within `timeout_ms`
 /// (stuck in a syscall: named with its wchan), fails the restore.
-fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid, timeout_ms: u64, guard: &mut RestoreGuard) -> Result<std::collections::HashMap<i32, Pid>, RestoreError> {
+/// `notes`: what follows `ok` in a line, by pid in the tree's namespace.
+fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid, timeout_ms: u64, guard: &mut RestoreGuard, notes: &mut std::collections::HashMap<i32, String>) -> Result<std::collections::HashMap<i32, Pid>, RestoreError> {
     use std::collections::HashMap;
     let want = cplan.plan.nodes.len();
     let mut hosts: HashMap<i32, Pid> = HashMap::new();
@@ -464,6 +471,9 @@ fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid
                 return Err(RestoreError::Child { pid: host, msg: format!("(pid {ns} of the image) {rest}") });
             }
             hosts.insert(ns, host);
+            if !rest.is_empty() {
+                notes.insert(ns, rest.to_string());
+            }
             ok += 1;
         }
     }
@@ -484,7 +494,7 @@ fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid
 /// set) and inject the rest: address space, threads, process-wide state,
 /// credentials, final registers. Not released.
 #[allow(clippy::too_many_arguments)]
-fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>) -> Result<Ready<'a>, RestoreError> {
+fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>, kept: &[(u64, u64)]) -> Result<Ready<'a>, RestoreError> {
     // O_SUSPEND_SECCOMP: filters installed near the end must not hit the engine's injected syscalls
     let opts_ = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
     ptrace::seize(child, opts_).map_err(ioe(child, "seize"))?;
@@ -515,7 +525,7 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
             pr_debug!("can't move {child} to CPU {c}: {e}");
         }
     }
-    let sp = space::build(&mut main, task, mem, svc_base, map_files, &pinned, shm)?;
+    let sp = space::build(&mut main, task, mem, svc_base, map_files, &pinned, shm, kept)?;
     // threads
     let mut injs = vec![];
     for t in task.threads.iter().skip(1) {

@@ -91,6 +91,15 @@ fn current_maps(pid: Pid) -> Result<Vec<(u64, u64, String)>, RestoreError> {
     Ok(t.lines().filter_map(parse_maps_line).map(|m| (m.start, m.end, m.name)).collect())
 }
 
+/// `[s, e)` minus the `kept` ranges.
+fn without_kept(s: u64, e: u64, kept: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = vec![(s, e)];
+    for &(ks, ke) in kept.iter().filter(|&&(ks, ke)| ks < e && s < ke) {
+        out = out.into_iter().flat_map(|(a, b)| [(a, b.min(ks)), (a.max(ke), b)]).filter(|(a, b)| a < b).collect();
+    }
+    out
+}
+
 /// First gap of `len` bytes at or above 1 MiB free in both lists of ranges.
 fn free_gap(a: &[(u64, u64)], len: u64) -> Option<u64> {
     let mut v = a.to_vec();
@@ -519,7 +528,11 @@ fn map_shared_from(main: &mut Injector, memf: &File, task: &Task, shmid: u64, ow
 /// Build the dumped address space in the stopped child `main.tid`.
 /// `pinned`: the engine thread's pin beside the target, lifted for the
 /// fill (whose copier threads want every CPU).
-pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], pinned: &p::PinnedHere, shm: &mut SharedAnon) -> Result<Space, RestoreError> {
+/// `kept`: private anonymous VMAs (start, end) the child already holds
+/// at their place, inherited copy-on-write and filled (`cow.rs`): left
+/// mapped, not mapped or filled again, given their final protection.
+#[allow(clippy::too_many_arguments)]
+pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], pinned: &p::PinnedHere, shm: &mut SharedAnon, kept: &[(u64, u64)]) -> Result<Space, RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     // 1. the engine's rseq registration must go before its memory does
@@ -552,9 +565,13 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         if name == "[vsyscall]" || (s >= g && end <= g + GADGET_LEN) {
             continue;
         }
-        b.push(format!("munmap {s:#x}-{end:#x}"), libc::SYS_munmap, &[s, end - s]);
+        // (a kept VMA may have merged with a mapping of the engine's)
+        for (s, end) in without_kept(s, end, kept) {
+            b.push(format!("munmap {s:#x}-{end:#x}"), libc::SYS_munmap, &[s, end - s]);
+        }
     }
     run(main, &b, "unmapping the engine's memory")?;
+    pr_debug!("{} mappings of the engine's unmapped", b.len());
     // 4. vdso where it was
     if let Some(vvar) = task.mm.vmas.iter().find(|v| v.kind == VmaKind::Vvar) {
         const ARCH_MAP_VDSO_64: u64 = 0x2003;
@@ -584,6 +601,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         }
         if v.kind == VmaKind::Aio {
             continue; // made by io_setup once the memory is in (7b)
+        }
+        if kept.contains(&(v.start, v.end)) {
+            continue;
         }
         if v.shmid != 0 {
             continue; // below, one object per shmid
@@ -647,11 +667,17 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         // the target's own open file of the pages image: read front to back
         let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
     }
+    if !kept.is_empty() {
+        let bytes: u64 = kept.iter().map(|(s, e)| e - s).sum();
+        pr_info!("{} private VMAs ({} KiB) kept as the restore child made them (copy-on-write from its parent, or for its children)", kept.len(), bytes / 1024);
+    }
     let unpicked;
-    let to_fill = if picked.is_empty() {
+    let to_fill = if picked.is_empty() && kept.is_empty() {
         task
     } else {
-        unpicked = crate::tfork::without_ranges(task, &picked);
+        let mut skip = picked.clone();
+        skip.extend_from_slice(kept);
+        unpicked = crate::tfork::without_ranges(task, &skip);
         &unpicked
     };
     pinned.released(|| fill_private(main, &memf, to_fill, mem, &page_fds, g + SCRATCH_OFF, place))?;
@@ -660,7 +686,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         super::aio::restore_ring(main, &memf, mem, v, g + SCRATCH_OFF)?;
     }
     let mut b = Batch::new();
-    for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot) {
+    // (kept VMAs were mapped read-write)
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot || (v.prot != rw && kept.contains(&(v.start, v.end)))) {
         b.push(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), u64::from(v.prot)]);
     }
     // guard regions, once the pages around them are in (a guard region

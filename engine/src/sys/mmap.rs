@@ -168,6 +168,26 @@ impl MappedFile {
     }
 }
 
+impl MappedFile {
+    /// Map the page-cache pages of `[off, off+len)` of the file into this
+    /// mapping at once (madvise MADV_POPULATE_READ; 5.14+): one call
+    /// instead of a fault per few pages when the range is read next. The
+    /// range is clipped to the mapping and widened to whole pages. Advice
+    /// only: an error (an old kernel, a truncated file) changes nothing
+    /// but speed.
+    pub fn populate(&self, off: usize, len: usize) {
+        const MADV_POPULATE_READ: i32 = 22;
+        let start = off & !4095;
+        let end = off.saturating_add(len).min(self.len);
+        if self.len == 0 || start >= end {
+            return;
+        }
+        // SAFETY: advice on a page-aligned range inside our live mapping;
+        // it only fills page tables, no memory is written.
+        unsafe { libc::madvise(self.ptr.cast::<u8>().add(start).cast(), end - start, MADV_POPULATE_READ) };
+    }
+}
+
 impl Drop for MappedFile {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {

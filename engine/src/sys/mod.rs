@@ -14,6 +14,7 @@ pub mod kmod;
 pub mod mmap;
 pub mod ns;
 pub mod pagemap;
+pub mod premap;
 pub mod process;
 pub mod sock;
 pub mod tty;
