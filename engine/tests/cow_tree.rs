@@ -120,7 +120,9 @@ fn inherited_memory_stays_shared(by: Dumper, cow_env: Option<&str>) {
     require!(why_not_root()
         .or_else(|| why_not_tools(&["gcc", "unshare", "setsid"]))
         .or_else(|| (by == Dumper::Upstream && !upstream().exists()).then(|| format!("{} not found", upstream().display()))));
-    let tmp = test_dir(&format!("cow-tree-{by:?}"));
+    // (a directory and a binary per test: tests run in parallel, and the
+    // tree is found by its binary)
+    let tmp = test_dir(&format!("cow-tree-{by:?}-{}", cow_env.unwrap_or("on")));
     let bin = tmp.join("cowtree");
     let st = Command::new("gcc")
         .args(["-O2", "-static", "-o"])
