@@ -467,6 +467,10 @@ fn tfork_clones(o: &Opts) -> Result<Vec<crate::sys::Pid>, Failure> {
     if o.root.is_some() || o.freeze_cgroup.is_some() || o.pidfile.is_some() {
         return Err(Failure::new("--root, --freeze-cgroup and --pidfile are not supported by tfork yet"));
     }
+    if o.tcp_close {
+        // (the RPC's tfork.tcp_close is refused the same way)
+        return Err(Failure::new("--tcp-close is not supported by tfork yet (clones do not close their connections)"));
+    }
     let images_dir = images_dir(o);
     if persist != crate::tfork::Persist::None && !images_dir.is_dir() {
         return Err(Failure::new(format!("images directory {} does not exist", images_dir.display())));

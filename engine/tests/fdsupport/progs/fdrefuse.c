@@ -16,7 +16,13 @@ int main(int argc, char **argv)
 	if (!strcmp(k, "memfd"))
 		fd = memfd_create("x", 0);
 	else if (!strcmp(k, "socket"))
-		fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE); /* unix and inet sockets dump now */
+	{
+		/* a family no kind handles (unix, inet, netlink and packet sockets
+		 * dump now): vsock, or AF_XDP where vsock is missing */
+		fd = socket(40 /* AF_VSOCK */, SOCK_STREAM, 0);
+		if (fd < 0)
+			fd = socket(44 /* AF_XDP */, SOCK_RAW, 0);
+	}
 	else if (!strcmp(k, "pidfd"))
 		fd = syscall(SYS_pidfd_open, getpid(), 0);
 	else if (!strcmp(k, "userfaultfd"))
