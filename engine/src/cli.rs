@@ -291,6 +291,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         link_remap: o.link_remap,
         ext_unix_sk: o.ext_unix_sk,
         tcp_close: o.tcp_close,
+        tcp_established: o.tcp_established,
         shell_job: o.shell_job,
         detached: o.detached,
         pidfile: o.pidfile.as_deref().map(PathBuf::from),
@@ -556,6 +557,7 @@ fn run_restore(o: &Opts) -> Result<i32, Failure> {
     let t0 = Instant::now();
     // (--tcp-close decides how the images are read)
     crate::kinds::inet::set_tcp_close(o.tcp_close);
+    crate::kinds::inet::set_tcp_established(o.tcp_established);
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }

@@ -55,6 +55,7 @@ enum Act {
     Accepted,
     /// `--tcp-close`: TCP connections dumped, and restored closed.
     TcpClose,
+    TcpEstablished,
     /// Accepted after its value is checked as upstream checks it.
     PreDumpMode,
     NetworkLock,
@@ -131,7 +132,7 @@ const SPECS: &[Spec] = &[
     o("daemon", None, No, Detached, true),
     o("join-ns", Some('J'), Req, Refused, false),
     o("ext-unix-sk", Some('x'), Opt, ExtUnixSk, false),
-    o("tcp-established", None, No, Refused, true),
+    o("tcp-established", None, No, TcpEstablished, true),
     o("close", None, Req, Refused, false),
     o("log-pid", None, No, Refused, true),
     o("evasive-devices", None, No, Refused, true),
@@ -230,6 +231,7 @@ pub struct Opts {
     pub display_stats: bool,
     /// `--tcp-close`: TCP connections are dumped and restored closed.
     pub tcp_close: bool,
+    pub tcp_established: bool,
     /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
     pub timeout: Option<u64>,
     /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
@@ -373,6 +375,7 @@ impl Opts {
             Version => self.version = true,
             Accepted => {}
             TcpClose => self.tcp_close = !negated,
+            TcpEstablished => self.tcp_established = !negated,
             Timeout => {
                 match val.as_deref().and_then(|t| t.parse().ok()).filter(|&t: &u64| t > 0) {
                     Some(t) => self.timeout = Some(t),
@@ -665,7 +668,8 @@ mod tests {
 
     #[test]
     fn refused_by_name() {
-        assert_eq!(p(&["dump", "--tcp-established"]).1, ["--tcp-established is not supported yet"]);
+        assert_eq!(p(&["dump", "--evasive-devices"]).1, ["--evasive-devices is not supported yet"]);
+        assert!(p(&["dump", "--tcp-established"]).0.tcp_established);
         assert_eq!(p(&["--ghost-limit=5M"]).0.ghost_limit, Some(5 << 20));
         assert_eq!(p(&["--ghost-limit", "300"]).0.ghost_limit, Some(300));
         assert_eq!(p(&["--ghost-limit", "2G"]).0.ghost_limit, Some(2 << 30));

@@ -53,6 +53,25 @@ pub fn tcp_close() -> bool {
     TCP_CLOSE.load(Ordering::Relaxed)
 }
 
+/// `--tcp-established` was given (dump: established connections are
+/// dumped through TCP_REPAIR, `kinds/tcp_stream.rs`).
+static TCP_ESTABLISHED_OPT: AtomicBool = AtomicBool::new(false);
+
+/// Set from the command line before a dump or a restore.
+pub fn set_tcp_established(on: bool) {
+    TCP_ESTABLISHED_OPT.store(on, Ordering::Relaxed);
+}
+
+/// Whether `--tcp-established` was given.
+pub fn tcp_established() -> bool {
+    TCP_ESTABLISHED_OPT.load(Ordering::Relaxed)
+}
+
+/// `ADDR:PORT` (`[ADDR]:PORT` for IPv6), for messages.
+pub fn ip_port(a: &Addr) -> String {
+    ip(a)
+}
+
 // TCP states (include/net/tcp_states.h); UDP uses ESTABLISHED and CLOSE.
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_CLOSE_STATE: u32 = 7;
@@ -137,6 +156,9 @@ pub struct Inet {
     /// SO_KEEPALIVE on.
     pub keep: Option<(u32, u32, u32)>,
     pub opts: SkOpts,
+    /// An established connection dumped with `--tcp-established`: its
+    /// repair state and queues (`tcp-stream-INO.img`).
+    pub stream: Option<super::tcp_stream::TcpStream>,
 }
 
 /// Dump state: a pidfd of the process whose fds are being read.
@@ -334,7 +356,12 @@ impl FileKind for Inet {
                 }
                 TCP_LISTEN => (state, ti.sacked),
                 TCP_CLOSE_STATE => (state, 0),
+                TCP_ESTABLISHED if tcp_established() => (state, 0),
                 s if is_connection(s) && tcp_close() => (state, 0),
+                s if is_connection(s) && tcp_established() => {
+                    let ends = dst.map(|d| format!(" {} -> {}", ip(&src), ip(&d))).unwrap_or_default();
+                    return Err(cx.refuse(N, format!("a TCP connection{ends} in state {} ({s}): --tcp-established carries ESTABLISHED connections only (--tcp-close restores it closed)", state_name(s))));
+                }
                 s if is_connection(s) => {
                     let ends = dst.map(|d| format!(" {} -> {}", ip(&src), ip(&d))).unwrap_or_default();
                     let what = if s == TCP_ESTABLISHED { "an established TCP connection".to_string() } else { format!("a TCP connection in state {}", state_name(s)) };
@@ -356,10 +383,23 @@ impl FileKind for Inet {
         };
         let (opts, (nodelay, cork, keep)) = read_opts(s, proto).map_err(|e| io("socket options", e))?;
         let ino = u32::try_from(cx.meta.ino()).map_err(|_| cx.refuse(N, format!("inode {} does not fit 32 bits", cx.meta.ino())))?;
-        Ok(Inet { flags: cx.flags, ino, family, ty, proto, state, src, dst, backlog, v6only, freebind, nodelay, cork, keep, opts })
+        // last: from here the connection is locked and in repair mode
+        let stream = match (tcp && state == TCP_ESTABLISHED && tcp_established(), dst) {
+            (true, Some(d)) => {
+                let what = format!("the established TCP connection {} -> {}", ip(&src), ip(&d));
+                Some(super::tcp_stream::dump(sk, src, d).map_err(|e| cx.refuse(N, format!("{what}: {e}")))?)
+            }
+            (true, None) => return Err(cx.refuse(N, "an established TCP connection without a peer name")),
+            _ => None,
+        };
+        Ok(Inet { flags: cx.flags, ino, family, ty, proto, state, src, dst, backlog, v6only, freebind, nodelay, cork, keep, opts, stream })
     }
 
-    fn write(&self, id: u32, _acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
+    fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
+        if let Some(st) = &self.stream {
+            let (e, payload) = super::tcp_stream::to_image(st, self.nodelay, self.cork);
+            acc.push_named(&images_proto::magic::TCP_STREAM, self.ino, &e, payload);
+        }
         let n = Addr::len(self.family);
         let dst = self.dst.unwrap_or(Addr::any(self.family));
         let o = &self.opts;
@@ -447,9 +487,10 @@ impl FileKind for Inet {
         let state = m.state;
         let connected = match state {
             TCP_LISTEN | TCP_CLOSE_STATE if tcp => false,
+            TCP_ESTABLISHED if tcp && tcp_established() && !tcp_close() => true,
             s if tcp && is_connection(s) => {
                 if !tcp_close() {
-                    return Err(cx.bad(e, "isk.state", format!("a TCP connection ({}): restored only with --tcp-close (closed); --tcp-established is not supported yet", state_name(s))));
+                    return Err(cx.bad(e, "isk.state", format!("a TCP connection ({}): restored only with --tcp-established (ESTABLISHED ones) or --tcp-close (closed)", state_name(s))));
                 }
                 true
             }
@@ -503,7 +544,17 @@ impl FileKind for Inet {
                 return Err(cx.bad(e, "isk.tcp_opts", format!("keepalive idle {i} s, interval {v} s, count {c}: past the kernel's bounds")));
             }
         }
+        // an established connection restored live, unless --tcp-close
+        let stream = if tcp && state == TCP_ESTABLISHED && tcp_established() && !tcp_close() {
+            if dst.port == 0 || src.port == 0 {
+                return Err(cx.bad(e, "isk.src_port/dst_port", "0 for an established TCP connection"));
+            }
+            Some(super::tcp_stream::read_image(cx.dir, m.ino)?)
+        } else {
+            None
+        };
         Ok(Inet {
+            stream,
             flags: m.flags,
             ino: m.ino,
             family,
@@ -526,8 +577,16 @@ impl FileKind for Inet {
         let sk = si::socket(self.family, self.ty, self.proto).map_err(|e| format!("socket: {e}"))?;
         let s = sk.as_fd();
         let tcp = self.proto == libc::IPPROTO_TCP;
-        let closed_conn = tcp && is_connection(self.state);
-        if !closed_conn {
+        let closed_conn = tcp && is_connection(self.state) && self.stream.is_none();
+        if let (Some(st), Some(d)) = (&self.stream, self.dst) {
+            if self.family == libc::AF_INET6 {
+                si::set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, self.v6only as i32).map_err(|e| format!("setsockopt IPV6_V6ONLY: {e}"))?;
+            }
+            if let Some(dev) = &self.opts.bound_dev {
+                si::set_bytes(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes()).map_err(|e| format!("setsockopt SO_BINDTODEVICE {dev:?}: {e}"))?;
+            }
+            super::tcp_stream::restore(&sk, self.src, d, st, (self.opts.sndbuf, self.opts.rcvbuf)).map_err(|e| format!("the connection {} -> {}: {e}", ip(&self.src), ip(&d)))?;
+        } else if !closed_conn {
             if self.family == libc::AF_INET6 {
                 si::set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, self.v6only as i32).map_err(|e| format!("setsockopt IPV6_V6ONLY: {e}"))?;
             }

@@ -39,6 +39,7 @@ pub mod fanotify;
 pub mod inet;
 pub mod inotify;
 pub mod signalfd;
+pub mod tcp_stream;
 pub mod timerfd;
 pub mod unix;
 
@@ -98,6 +99,8 @@ pub struct ImageAcc {
     /// once): a unix socket's peer outside the tree. Their ids are given
     /// when files.img is written.
     files: Vec<(u64, pb::FileEntry)>,
+    /// Images of one object each (`tcp-stream-INO.img`), by file name.
+    named: BTreeMap<String, (&'static ImageKind, Vec<Record>)>,
 }
 
 /// One encoded entry and the bytes that follow it.
@@ -121,8 +124,22 @@ impl ImageAcc {
         self.images.entry(kind.file).or_insert_with(|| (kind, Vec::new())).1.push((entry.encode_to_vec(), payload));
     }
 
+    /// Append an entry (and its payload) to the image of `kind` for
+    /// object `arg` (its file name is `kind.file_name(arg)`).
+    pub fn push_named(&mut self, kind: &'static ImageKind, arg: impl std::fmt::Display, entry: &impl prost::Message, payload: Vec<u8>) {
+        self.named.entry(kind.file_name(arg)).or_insert_with(|| (kind, Vec::new())).1.push((entry.encode_to_vec(), payload));
+    }
+
     /// Write every gathered image into `dir`.
     pub fn finish(&self, dir: &Path) -> Result<(), ImagesError> {
+        for (name, (kind, recs)) in &self.named {
+            let mut w = images_proto::image::ImageWriter::create(dir, name, kind)?;
+            for (entry, payload) in recs {
+                w.write_raw(entry)?;
+                w.write_payload(payload)?;
+            }
+            w.finish()?;
+        }
         for (kind, recs) in self.images.values() {
             let mut w = images_proto::image::ImageWriter::create(dir, &kind.file_name(""), kind)?;
             for (entry, payload) in recs {
