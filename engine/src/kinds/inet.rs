@@ -397,8 +397,9 @@ impl FileKind for Inet {
 
     fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
         if let Some(st) = &self.stream {
-            let (e, payload) = super::tcp_stream::to_image(st, self.nodelay, self.cork);
-            acc.push_named(&images_proto::magic::TCP_STREAM, self.ino, &e, payload);
+            let (e, payload) = super::tcp_stream::to_image(st);
+            // tcp-stream-INO.img, the inode in hex as upstream names it
+            acc.push_named(&images_proto::magic::TCP_STREAM, format!("{:x}", self.ino), &e, payload);
         }
         let n = Addr::len(self.family);
         let dst = self.dst.unwrap_or(Addr::any(self.family));

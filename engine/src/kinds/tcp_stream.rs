@@ -348,7 +348,7 @@ pub fn unlock_restored(tree: &crate::model::Tree) {
 
 /// The `tcp_stream_entry` of `st` and its payload (the receive queue, then
 /// the send queue), as upstream 4.2 writes them.
-pub fn to_image(st: &TcpStream, nodelay: bool, cork: bool) -> (images_proto::pb::TcpStreamEntry, Vec<u8>) {
+pub fn to_image(st: &TcpStream) -> (images_proto::pb::TcpStreamEntry, Vec<u8>) {
     let w = st.window.unwrap_or_default();
     let e = images_proto::pb::TcpStreamEntry {
         inq_len: st.inq.len() as u32,
@@ -360,8 +360,9 @@ pub fn to_image(st: &TcpStream, nodelay: bool, cork: bool) -> (images_proto::pb:
         mss_clamp: st.mss_clamp,
         rcv_wscale: Some(st.rcv_wscale),
         timestamp: Some(st.timestamp),
-        cork: Some(cork),
-        nodelay: Some(nodelay),
+        // (superseded by inet_sk_entry's tcp_opts: upstream 4.2 leaves them out)
+        cork: None,
+        nodelay: None,
         unsq_len: Some(st.unsq_len),
         snd_wl1: st.window.map(|_| w.snd_wl1),
         snd_wnd: st.window.map(|_| w.snd_wnd),
@@ -380,7 +381,8 @@ pub fn to_image(st: &TcpStream, nodelay: bool, cork: bool) -> (images_proto::pb:
 pub fn read_image(dir: &std::path::Path, ino: u32) -> Result<TcpStream, crate::images_io::ImagesError> {
     use crate::images_io::ImagesError;
     use images_proto::magic as mg;
-    let file = mg::TCP_STREAM.file_name(ino);
+    // (upstream names it by the inode in hex)
+    let file = mg::TCP_STREAM.file_name(format!("{ino:x}"));
     let bad = |what: String| ImagesError::Bad { file: file.clone(), what };
     if !dir.join(&file).exists() {
         return Err(bad("missing: an established TCP connection needs its stream image".into()));
