@@ -365,7 +365,7 @@ impl FileKind for Inet {
                 s if is_connection(s) => {
                     let ends = dst.map(|d| format!(" {} -> {}", ip(&src), ip(&d))).unwrap_or_default();
                     let what = if s == TCP_ESTABLISHED { "an established TCP connection".to_string() } else { format!("a TCP connection in state {}", state_name(s)) };
-                    return Err(cx.refuse(N, format!("{what}{ends}: --tcp-established is not supported yet (--tcp-close restores it closed)")));
+                    return Err(cx.refuse(N, format!("{what}{ends}: dump it with --tcp-established (or --tcp-close to restore it closed)")));
                 }
                 s => return Err(cx.refuse(N, format!("a TCP socket in state {} ({s}): not supported", state_name(s)))),
             }
