@@ -348,3 +348,176 @@ fn refusals_and_hostile_images() {
     assert!(out.status.success(), "{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
     assert!(lock_rules(pt).is_empty());
 }
+
+/// A program nobody here wrote, started as a user would under
+/// `unshare --pid --fork setsid` in a work directory of its own; its root
+/// is found by that directory (pid 1 of its namespace). Killed on drop.
+struct Program {
+    dir: PathBuf,
+    work: PathBuf,
+}
+
+impl Program {
+    fn start(name: &str, argv: &[&str]) -> Program {
+        let dir = test_dir(&format!("tcp-{name}"));
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
+            .args(argv)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the program");
+        std::thread::spawn(move || child.wait());
+        let p = Program { dir, work };
+        wait_until(&format!("{name} started"), Duration::from_secs(10), || p.root().is_some());
+        p
+    }
+
+    /// The pids whose working directory is ours, and the one that is pid 1
+    /// of its namespace.
+    fn pids(&self) -> (Vec<i32>, Option<i32>) {
+        let mut all = Vec::new();
+        let mut root = None;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if std::fs::read_link(format!("/proc/{pid}/cwd")).ok().as_deref() != Some(self.work.as_path()) {
+                continue;
+            }
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if st.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+                continue;
+            }
+            let ns: Vec<&str> = st.lines().find(|l| l.starts_with("NSpid:")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+            if ns.len() != 3 {
+                continue; // the unshare process itself
+            }
+            all.push(pid);
+            if ns[2] == "1" {
+                root = Some(pid);
+            }
+        }
+        (all, root)
+    }
+
+    fn root(&self) -> Option<i32> {
+        self.pids().1
+    }
+
+    /// Dump with --tcp-established (killed), then restore in the work dir.
+    fn round(&self, criu: &Path, name: &str, between: impl FnOnce()) {
+        let img = self.dir.join(name);
+        let _ = std::fs::remove_dir_all(&img);
+        std::fs::create_dir_all(&img).unwrap();
+        criu_ok(criu, &["dump", "-t", &self.root().unwrap().to_string(), "--tcp-established"], &img, "dump.log");
+        wait_until("the program gone", Duration::from_secs(5), || self.pids().0.is_empty());
+        between();
+        let out = Command::new(criu).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&self.work).output().expect("restore");
+        assert!(out.status.success(), "{name}: restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        for p in self.pids().0 {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// Connect to 127.0.0.1:port, retrying while the program starts.
+fn connect(port: u16) -> std::net::TcpStream {
+    let mut last = None;
+    for _ in 0..200 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                return s;
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("connecting to port {port}: {last:?}");
+}
+
+/// Read one HTTP/1.1 response (headers, then Content-Length bytes).
+fn http_response(s: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("reading the response head"), 1, "end of file in the response head: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).expect("Content-Length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("reading the body");
+    (head, body)
+}
+
+/// `python3 -m http.server` (HTTP/1.1, keep-alive) answers a client whose
+/// connection is held across the restore; the second request is sent
+/// while the server is dumped (into the network lock) and answered after.
+#[test]
+fn python_http_server_keep_alive() {
+    use std::io::Write;
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let pt = port(7);
+    let p = Program::start("http", &["python3", "-m", "http.server", "--protocol", "HTTP/1.1", "--bind", "127.0.0.1", &pt.to_string()]);
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(p.work.join("data.bin"), &body).unwrap();
+    let criu = private_criu(&p.dir);
+    let mut c = connect(pt);
+    let req = format!("GET /data.bin HTTP/1.1\r\nHost: 127.0.0.1:{pt}\r\nConnection: keep-alive\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let (head, got) = http_response(&mut c);
+    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
+    assert!(got == body, "the body before the dump differs");
+    let mut c2 = c.try_clone().unwrap();
+    p.round(&criu, "img1", || c2.write_all(req.as_bytes()).unwrap());
+    let (head, got) = http_response(&mut c);
+    assert!(head.contains(" 200 ") && got == body, "the request sent while dumped: {head}");
+    p.round(&criu, "img2", || {});
+    c.write_all(req.as_bytes()).unwrap();
+    let (head, got) = http_response(&mut c);
+    assert!(head.contains(" 200 ") && got == body, "a request after two rounds: {head}");
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left: {:?}", lock_rules(pt));
+}
+
+/// memcached with a client connection held open across the restore: the
+/// value set before is still there, through the same connection, and a
+/// command sent while it is dumped is answered after.
+#[test]
+fn memcached_client_held_across_restore() {
+    use std::io::{Read, Write};
+    require!(why_not().or_else(|| common::why_not_tool("memcached")));
+    let pt = port(8);
+    let ps = pt.to_string();
+    let p = Program::start("memcached", &["memcached", "-u", "root", "-l", "127.0.0.1", "-p", &ps, "-U", "0", "-t", "2"]);
+    let criu = private_criu(&p.dir);
+    let mut c = connect(pt);
+    let read_until = |c: &mut std::net::TcpStream, end: &[u8]| {
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        while !got.ends_with(end) {
+            let n = c.read(&mut b).expect("reading memcached's answer");
+            assert!(n > 0, "end of file from memcached after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let value: String = (0..5000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    c.write_all(format!("set held 7 0 {}\r\n{value}\r\n", value.len()).as_bytes()).unwrap();
+    assert_eq!(read_until(&mut c, b"\r\n"), "STORED\r\n");
+    let mut c2 = c.try_clone().unwrap();
+    p.round(&criu, "img1", || c2.write_all(b"get held\r\n").unwrap());
+    let want = format!("VALUE held 7 {}\r\n{value}\r\nEND\r\n", value.len());
+    assert_eq!(read_until(&mut c, b"END\r\n"), want, "the value through the held connection");
+    c.write_all(b"incr missing 1\r\nset n 0 0 1\r\n5\r\nincr n 3\r\n").unwrap();
+    assert_eq!(read_until(&mut c, b"8\r\n"), "NOT_FOUND\r\nSTORED\r\n8\r\n");
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left: {:?}", lock_rules(pt));
+}
