@@ -188,7 +188,7 @@ const SPECS: &[Spec] = &[
 /// (listed by `--help` and the README).
 pub const ACCEPTED: &[(&str, &str)] = &[
     ("--pre-dump-mode splice|read", "applies to pre-dump, which is not implemented"),
-    ("--network-lock iptables|nftables|skip", "locks the network of a dumped tree; no TCP connection is kept here (refused, or closed with --tcp-close)"),
+    ("--network-lock iptables|nftables|skip", "only with --tcp-established: iptables is the lock it uses (upstream's default), skip leaves the connections unlocked, nftables is refused"),
     ("--skip-in-flight", "about connections not yet accepted; a listener with such connections is refused"),
     ("--weak-sysctls", "about the sysctls of namespaces, which are not restored here"),
     ("--mntns-compat-mode", "about restoring mount namespaces, which is not done here"),
@@ -232,6 +232,8 @@ pub struct Opts {
     /// `--tcp-close`: TCP connections are dumped and restored closed.
     pub tcp_close: bool,
     pub tcp_established: bool,
+    /// `--network-lock`: iptables (the default), nftables, skip.
+    pub network_lock: Option<String>,
     /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
     pub timeout: Option<u64>,
     /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
@@ -400,6 +402,7 @@ impl Opts {
                 if !matches!(val.as_deref(), Some("iptables" | "nftables" | "skip")) {
                     return Err(Problem::new(format!("invalid argument for --network-lock: {} (want iptables, nftables or skip)", v())));
                 }
+                self.network_lock = val.clone();
             }
             Refused if negated => {}
             Refused => return Err(Problem::new(format!("{shown} is not supported yet"))),

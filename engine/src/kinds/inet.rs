@@ -9,8 +9,10 @@
 //! queued and not accepted, a UDP socket with datagrams queued, and a TCP
 //! connection (ESTABLISHED, SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
 //! CLOSING) unless `--tcp-close` is given, which records it to be
-//! restored closed, as upstream (`--tcp-established` is not supported
-//! yet); any other TCP state (TIME_WAIT, SYN_RECV) is refused by name.
+//! restored closed, as upstream, and with `--tcp-established` an
+//! ESTABLISHED one is carried live (`tcp_stream.rs`: TCP_REPAIR, the
+//! network lock); any other TCP state (TIME_WAIT, SYN_RECV) is refused by
+//! name.
 //!
 //! Image: an `INETSK` files.img entry, `inet_sk_entry` as upstream 4.2
 //! writes it (addresses as network-order words, 1 for IPv4 and 4 for
