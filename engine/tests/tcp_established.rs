@@ -111,7 +111,7 @@ impl Pair {
     fn progress(&self, role: &str) -> (u64, u64) {
         let s = std::fs::read_to_string(self.work.join(format!("progress-{role}.log"))).unwrap_or_default();
         assert!(!s.contains("FAIL"), "{role} reported a failure:\n{}", s.lines().filter(|l| l.contains("FAIL")).collect::<Vec<_>>().join("\n"));
-        let last = s.lines().filter(|l| l.starts_with("tick ")).next_back().unwrap_or("");
+        let last = s.lines().rfind(|l| l.starts_with("tick ")).unwrap_or("");
         let w: Vec<&str> = last.split_whitespace().collect();
         let num = |i: usize| w.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
         (num(1), num(4))
@@ -327,8 +327,8 @@ fn refusals_and_hostile_images() {
         out
     };
     let cases: Vec<(&str, PathBuf, String)> = vec![
-        ("queue past the file", edit_stream("past", &|e, _| e.inq_len = e.inq_len.saturating_add(1 << 30)), format!("{stream}")),
-        ("outq past the file", edit_stream("outq-past", &|e, _| e.outq_len = u32::MAX), format!("{stream}")),
+        ("queue past the file", edit_stream("past", &|e, _| e.inq_len = e.inq_len.saturating_add(1 << 30)), stream.clone()),
+        ("outq past the file", edit_stream("outq-past", &|e, _| e.outq_len = u32::MAX), stream.clone()),
         ("unsent past the queue", edit_stream("unsq", &|e, _| e.unsq_len = Some(e.outq_len + 1)), "unsq_len".into()),
         ("window scale", edit_stream("wscale", &|e, _| e.snd_wscale = 15), "snd_wscale: 15 is past 14".into()),
         ("mss", edit_stream("mss", &|e, _| e.mss_clamp = 0), "mss_clamp: 0 is not an MSS".into()),

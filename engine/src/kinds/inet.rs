@@ -160,7 +160,7 @@ pub struct Inet {
     pub opts: SkOpts,
     /// An established connection dumped with `--tcp-established`: its
     /// repair state and queues (`tcp-stream-INO.img`).
-    pub stream: Option<super::tcp_stream::TcpStream>,
+    pub stream: Option<Box<super::tcp_stream::TcpStream>>,
 }
 
 /// Dump state: a pidfd of the process whose fds are being read.
@@ -389,7 +389,7 @@ impl FileKind for Inet {
         let stream = match (tcp && state == TCP_ESTABLISHED && tcp_established(), dst) {
             (true, Some(d)) => {
                 let what = format!("the established TCP connection {} -> {}", ip(&src), ip(&d));
-                Some(super::tcp_stream::dump(sk, src, d).map_err(|e| cx.refuse(N, format!("{what}: {e}")))?)
+                Some(Box::new(super::tcp_stream::dump(sk, src, d).map_err(|e| cx.refuse(N, format!("{what}: {e}")))?))
             }
             (true, None) => return Err(cx.refuse(N, "an established TCP connection without a peer name")),
             _ => None,
@@ -552,7 +552,7 @@ impl FileKind for Inet {
             if dst.port == 0 || src.port == 0 {
                 return Err(cx.bad(e, "isk.src_port/dst_port", "0 for an established TCP connection"));
             }
-            Some(super::tcp_stream::read_image(cx.dir, m.ino)?)
+            Some(Box::new(super::tcp_stream::read_image(cx.dir, m.ino)?))
         } else {
             None
         };

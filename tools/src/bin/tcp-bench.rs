@@ -123,8 +123,8 @@ fn one(criu: &Path, bin: &Path, dir: &Path, n: usize, port: u16) -> Result<(Dura
     if lock_rules(port) != 0 {
         let out = Command::new("iptables").args(["-w", "-S"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
         for l in out.lines().filter(|l| l.contains("0xc114") && l.contains(&format!("port {port} "))) {
-            let args: Vec<&str> = l.replacen("-A ", "-D ", 1).leak().split_whitespace().collect();
-            let _ = Command::new("iptables").arg("-w").args(args).status();
+            let del = l.replacen("-A ", "-D ", 1);
+            let _ = Command::new("iptables").arg("-w").args(del.split_whitespace()).status();
         }
     }
     if r.is_ok() {
