@@ -522,21 +522,23 @@ fn memcached_client_held_across_restore() {
     assert!(lock_rules(pt).is_empty(), "the lock's rules left: {:?}", lock_rules(pt));
 }
 
-/// A connection in a transitional state (FIN_WAIT2 and CLOSE_WAIT: one
-/// end shut its writing side) is refused by name with its state; the
-/// established connection the dump had already locked and put in repair
-/// mode comes back out of it and unlocked, and the program goes on.
+/// A dump that fails after the connections were locked and put in
+/// repair mode (its images directory can't be written) gives them back
+/// out of repair mode and unlocked, and the program goes on; a connection
+/// in a transitional state (FIN_WAIT2 and CLOSE_WAIT: one end shut its
+/// writing side) is refused by name with its state, the program going on.
 #[test]
-fn transitional_states_refused_by_name() {
+fn failed_dumps_release_connections_and_transitional_states_are_refused() {
     require!(why_not().or_else(|| common::why_not_tool("python3")));
     let pt = port(9);
     let prog = format!(
-        "import socket,time\n\
+        "import socket,time,os\n\
          l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
-         a=socket.create_connection(('127.0.0.1',{pt})); b,_=l.accept()\n\
-         c=socket.create_connection(('127.0.0.1',{pt})); d,_=l.accept(); c.shutdown(socket.SHUT_WR)\n\
+         a=socket.create_connection(('127.0.0.1',{pt})); b,_=l.accept(); half=None\n\
          log=open('progress.log','w',buffering=1); n=0\n\
          while True:\n\
+         \x20 if half is None and os.path.exists('half'):\n\
+         \x20   c=socket.create_connection(('127.0.0.1',{pt})); d,_=l.accept(); c.shutdown(socket.SHUT_WR); half=(c,d)\n\
          \x20 n+=1; m=b'ping %d' % n; a.sendall(m); got=b.recv(100)\n\
          \x20 log.write('tick %d ok\\n' % n if got==m else 'FAIL got %r\\n' % got); time.sleep(0.05)\n"
     );
@@ -544,13 +546,25 @@ fn transitional_states_refused_by_name() {
     let ticks = || common::last_tick(&p.work.join("progress.log"));
     wait_until("ticks", Duration::from_secs(10), || ticks() >= 2);
     let criu = private_criu(&p.dir);
+    let pid = p.root().unwrap().to_string();
+    // the images directory is one nothing can be created in
+    let log = p.dir.join("failed.log");
+    let out = Command::new(&criu).args(["dump", "--tcp-established", "-t", &pid, "-D", "/proc/sys", "-v4", "-o"]).arg(&log).output().expect("dump");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.matches("Locked 127.0.0.1:").count() == 2, "both ends locked before the failure:\n{text}");
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left by a failed dump: {:?}", lock_rules(pt));
+    let t = ticks();
+    wait_until("ticks after the failed dump", Duration::from_secs(10), || ticks() >= t + 5);
+    std::fs::write(p.work.join("half"), "").unwrap();
+    let t = ticks();
+    wait_until("ticks with the half-closed connection", Duration::from_secs(10), || ticks() >= t + 3);
     let img = p.dir.join("img");
     std::fs::create_dir_all(&img).unwrap();
-    let (st, log) = criu_env(&criu, &["dump", "-t", &p.root().unwrap().to_string(), "--tcp-established"], &img, "dump.log", &[]);
+    let (st, log) = criu_env(&criu, &["dump", "-t", &pid, "--tcp-established"], &img, "dump.log", &[]);
     assert_eq!(st.code(), Some(1), "{log}");
     assert!(log.contains("in state FIN_WAIT2 (5): --tcp-established carries ESTABLISHED connections only"), "{log}");
-    assert!(log.contains("Locked 127.0.0.1:"), "the established connection was locked first:\n{log}");
-    assert!(lock_rules(pt).is_empty(), "the lock's rules left by a failed dump: {:?}", lock_rules(pt));
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left by a refused dump: {:?}", lock_rules(pt));
     let t = ticks();
     wait_until("ticks after the refused dump", Duration::from_secs(10), || ticks() >= t + 5);
 }

@@ -238,6 +238,9 @@ fn collect_tree(
             tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
         files::share_descriptions(&mut tables)?;
         crate::kinds::unix::check_tree(&mut tables)?;
+        // established TCP connections (--tcp-established): locked all at
+        // once, then read in repair mode
+        crate::kinds::tcp_stream::read_all(&mut tables)?;
     }
     files::share_locks(tasks.iter_mut().map(|(_, t)| t));
     let memfds = {

@@ -290,6 +290,11 @@ fn apply_opts(s: BorrowedFd<'_>, k: &Inet) -> Result<(), String> {
     Ok(())
 }
 
+impl Inet {
+    /// [`FileKind::NAME`], for errors made outside the trait.
+    pub const NAME_OF: &'static str = "inet socket";
+}
+
 impl FileKind for Inet {
     const TYPE: pb::FdTypes = pb::FdTypes::Inetsk;
     const NAME: &'static str = "inet socket";
@@ -385,15 +390,14 @@ impl FileKind for Inet {
         };
         let (opts, (nodelay, cork, keep)) = read_opts(s, proto).map_err(|e| io("socket options", e))?;
         let ino = u32::try_from(cx.meta.ino()).map_err(|_| cx.refuse(N, format!("inode {} does not fit 32 bits", cx.meta.ino())))?;
-        // last: from here the connection is locked and in repair mode
-        let stream = match (tcp && state == TCP_ESTABLISHED && tcp_established(), dst) {
-            (true, Some(d)) => {
-                let what = format!("the established TCP connection {} -> {}", ip(&src), ip(&d));
-                Some(Box::new(super::tcp_stream::dump(sk, src, d).map_err(|e| cx.refuse(N, format!("{what}: {e}")))?))
-            }
+        // an established connection is held, to be locked and read in
+        // repair mode once the whole tree is collected (tcp_stream::read_all)
+        match (tcp && state == TCP_ESTABLISHED && tcp_established(), dst) {
+            (true, Some(d)) => super::tcp_stream::hold(sk, src, d, ino),
             (true, None) => return Err(cx.refuse(N, "an established TCP connection without a peer name")),
-            _ => None,
-        };
+            _ => {}
+        }
+        let stream = None;
         Ok(Inet { flags: cx.flags, ino, family, ty, proto, state, src, dst, backlog, v6only, freebind, nodelay, cork, keep, opts, stream })
     }
 

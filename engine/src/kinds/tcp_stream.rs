@@ -2,8 +2,10 @@
 //! `tcp-stream-INO.img`, and the network lock.
 //!
 //! Dump (the tree frozen; the socket is the target's own description,
-//! taken with `pidfd_getfd`): the connection is locked (netfilter rules
-//! that drop its packets both ways, below), put in repair mode, and read:
+//! taken with `pidfd_getfd` and held by [`hold`]): once every fd table is
+//! read, [`read_all`] locks all the connections at once (netfilter rules
+//! that drop their packets both ways, below), puts each in repair mode,
+//! and reads it:
 //! for each queue (TCP_REPAIR_QUEUE) its sequence number (TCP_QUEUE_SEQ),
 //! length (SIOCINQ; SIOCOUTQ and SIOCOUTQNSD for the unsent part) and
 //! bytes (recv with MSG_PEEK, which in repair mode reads the selected
@@ -31,8 +33,9 @@
 //! set of images locked by either is unlocked by the other's restore):
 //! per connection `-I INPUT` dropping its packets from the peer and
 //! `-I OUTPUT` dropping its own, both skipping packets marked 0xC114,
-//! through `iptables-restore --noflush` (one process for both rules;
-//! `ip6tables-restore` for IPv6, an IPv4-mapped address as IPv4).
+//! through `iptables-restore --noflush` (one process per family for all
+//! the connections; `ip6tables-restore` for IPv6, an IPv4-mapped address
+//! as IPv4).
 
 use crate::sys::inet::{self as si, Addr, RepairWindow};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -62,11 +65,16 @@ pub struct TcpStream {
     pub window: Option<RepairWindow>,
 }
 
-/// A socket of a frozen process in repair mode, with its lock.
+/// An established socket of a frozen process the dump holds (a
+/// duplicate of its description), locked and in repair mode once
+/// [`read_all`] has run.
 struct Held {
     sk: OwnedFd,
     src: Addr,
     dst: Addr,
+    ino: u32,
+    locked: bool,
+    repaired: bool,
 }
 
 /// The sockets the dump put in repair mode (one dump per engine process).
@@ -133,14 +141,21 @@ fn iptables_restore(fam: i32, lines: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Lock the connection `src` <-> `dst` (drop its packets both ways).
-pub fn lock(src: &Addr, dst: &Addr) -> Result<(), String> {
+/// Lock the connections `conns` (ours, peer): drop their packets both
+/// ways; one `iptables-restore` per family for all of them.
+pub fn lock(conns: &[(Addr, Addr)]) -> Result<(), String> {
     if LOCK_SKIP.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
-    let (fam, r) = rules("-I", src, dst);
-    iptables_restore(fam, &r)?;
-    crate::pr_info!("Locked {} - {} connection", super::inet::ip_port(src), super::inet::ip_port(dst));
+    for fam in [libc::AF_INET, libc::AF_INET6] {
+        let all: Vec<String> = conns.iter().map(|(s, d)| rules("-I", s, d)).filter(|(f, _)| *f == fam).flat_map(|(_, r)| r).collect();
+        if !all.is_empty() {
+            iptables_restore(fam, &all)?;
+        }
+    }
+    for (s, d) in conns {
+        crate::pr_info!("Locked {} - {} connection", super::inet::ip_port(s), super::inet::ip_port(d));
+    }
     Ok(())
 }
 
@@ -185,21 +200,21 @@ fn peek_queue(s: BorrowedFd<'_>, len: usize, what: &str) -> Result<Vec<u8>, Stri
     Ok(b)
 }
 
-/// Dump: lock the connection of `sk` (a duplicate of the frozen process's
-/// socket), put it in repair mode and read it. The socket is held in
-/// repair mode until [`release_dump`].
-pub fn dump(sk: OwnedFd, src: Addr, dst: Addr) -> Result<TcpStream, String> {
-    lock(&src, &dst)?;
-    if let Err(e) = si::set_int(sk.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_ON) {
-        unlock(&[(src, dst)]);
-        return Err(format!("setsockopt TCP_REPAIR on: {e}"));
-    }
+/// Dump: hold the established socket `sk` (a duplicate of the frozen
+/// process's socket, inode `ino`) for [`read_all`]; a description held
+/// already (inherited by several processes) is held once.
+pub fn hold(sk: OwnedFd, src: Addr, dst: Addr, ino: u32) {
     let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
-    held.push(Held { sk, src, dst });
-    let s = held.last().expect("just pushed").sk.as_fd();
+    if !held.iter().any(|h| h.ino == ino) {
+        held.push(Held { sk, src, dst, ino, locked: false, repaired: false });
+    }
+}
+
+/// Read one held socket, locked and in repair mode.
+fn read_one(s: BorrowedFd<'_>) -> Result<TcpStream, String> {
     let ti = si::tcp_conn_info(s).map_err(|e| format!("TCP_INFO: {e}"))?;
     if u32::from(ti.state) != 1 {
-        return Err(format!("its state changed to {} while locked", super::inet::state_name(u32::from(ti.state))));
+        return Err(format!("its state changed to {} while the tree was frozen", super::inet::state_name(u32::from(ti.state))));
     }
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
     let inq_seq = get(s, si::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (receive queue)")? as u32;
@@ -229,6 +244,49 @@ pub fn dump(sk: OwnedFd, src: Addr, dst: Addr) -> Result<TcpStream, String> {
     })
 }
 
+/// Dump, once every fd table of the tree is read (the tree frozen): lock
+/// every held connection (one `iptables-restore` for all), put each in
+/// repair mode and read it into the fds of `tables` that hold it. The
+/// sockets stay in repair mode until [`release_dump`].
+pub fn read_all(tables: &mut [(crate::sys::Pid, &mut Vec<crate::model::Fd>)]) -> Result<(), crate::dump::files::FilesError> {
+    use crate::dump::files::FilesError;
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if held.is_empty() {
+        return Ok(());
+    }
+    // the fd that names each inode first, for errors
+    let name = |ino: u32| {
+        tables.iter().find_map(|(pid, fds)| fds.iter().find(|f| matches!(&f.file, crate::model::FileDesc::Kind(super::Kind::Inet(k)) if k.ino == ino)).map(|f| (*pid, f.fd)))
+    };
+    let refuse = |ino: u32, why: String| {
+        let (pid, fd) = name(ino).unwrap_or((0, -1));
+        FilesError::Kind { pid, fd, kind: super::inet::Inet::NAME_OF, why }
+    };
+    let conns: Vec<(Addr, Addr)> = held.iter().map(|h| (h.src, h.dst)).collect();
+    lock(&conns).map_err(|e| refuse(held[0].ino, format!("locking {} established connection(s): {e}", conns.len())))?;
+    for h in held.iter_mut() {
+        h.locked = true;
+    }
+    let mut streams = std::collections::HashMap::new();
+    for h in held.iter_mut() {
+        let what = format!("the established TCP connection {} -> {}", super::inet::ip_port(&h.src), super::inet::ip_port(&h.dst));
+        si::set_int(h.sk.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_ON).map_err(|e| refuse(h.ino, format!("{what}: setsockopt TCP_REPAIR on: {e}")))?;
+        h.repaired = true;
+        let st = read_one(h.sk.as_fd()).map_err(|e| refuse(h.ino, format!("{what}: {e}")))?;
+        streams.insert(h.ino, Box::new(st));
+    }
+    for (_, fds) in tables.iter_mut() {
+        for f in fds.iter_mut() {
+            if let crate::model::FileDesc::Kind(super::Kind::Inet(k)) = &mut f.file {
+                if let Some(st) = streams.get(&k.ino) {
+                    k.stream = Some(st.clone());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The end of a dump (from the frozen tree's release, before the
 /// processes run on or are killed): with `running`, every socket of
 /// [`dump`] comes out of repair mode and its lock is lifted; else they are
@@ -239,13 +297,15 @@ pub fn release_dump(running: bool) {
     if held.is_empty() || !running {
         return;
     }
-    for h in &held {
+    for h in held.iter().filter(|h| h.repaired) {
         if let Err(e) = si::set_int(h.sk.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_OFF) {
             crate::pr_err!("TCP_REPAIR off on {} - {}: {e}", super::inet::ip_port(&h.src), super::inet::ip_port(&h.dst));
         }
     }
-    let conns: Vec<(Addr, Addr)> = held.iter().map(|h| (h.src, h.dst)).collect();
-    unlock(&conns);
+    let conns: Vec<(Addr, Addr)> = held.iter().filter(|h| h.locked).map(|h| (h.src, h.dst)).collect();
+    if !conns.is_empty() {
+        unlock(&conns);
+    }
 }
 
 /// Write `data` to the queue selected in repair mode, in pieces that the
