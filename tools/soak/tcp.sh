@@ -30,7 +30,7 @@ gcc -O2 -static -o "$bin" engine/tests/progs/tcppair.c
 die() { echo "FAILED (round $r): $*"; kill -9 $(live) 2>/dev/null; exit 1; }
 rx() { # bytes received by role $1
     grep -q FAIL "$w/progress-$1.log" && die "$(grep FAIL "$w/progress-$1.log" | head -1)"
-    tail -n 1 "$w/progress-$1.log" | awk '{print $5+0}'
+    tail -n 1 "$w/progress-$1.log" | awk '{print $5}'
 }
 live() { # live processes of the pair (status 0)
     local p
