@@ -3,7 +3,8 @@
 //! endless stream whose byte i is a function of i, in writes of varying
 //! sizes, and checks every byte it receives at its position (a byte lost,
 //! repeated or changed, end of file or an error is `FAIL` in its
-//! progress-ROLE.log). Both ends in the tree (two processes; one process
+//! progress-ROLE.log; the client end's TCP_NODELAY and keepalive settings are
+//! checked every tick too). Both ends in the tree (two processes; one process
 //! with both, IPv6), the client outside the tree (it keeps its socket and
 //! keeps sending while the server is dumped and restored), `--leave-running`,
 //! rounds in a row, images both ways with upstream CRIU 4.2, refusals and

@@ -592,6 +592,9 @@ impl FileKind for Inet {
             if let Some(dev) = &self.opts.bound_dev {
                 si::set_bytes(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes()).map_err(|e| format!("setsockopt SO_BINDTODEVICE {dev:?}: {e}"))?;
             }
+            if self.opts.reuseport {
+                si::set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| format!("setsockopt SO_REUSEPORT: {e}"))?;
+            }
             super::tcp_stream::restore(&sk, self.src, d, st, (self.opts.sndbuf, self.opts.rcvbuf)).map_err(|e| format!("the connection {} -> {}: {e}", ip(&self.src), ip(&d)))?;
         } else if !closed_conn {
             if self.family == libc::AF_INET6 {

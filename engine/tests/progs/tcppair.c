@@ -7,7 +7,9 @@
  * and checks every byte it receives against the same function at its
  * position: a byte lost, repeated or changed is `FAIL ...`; so is end of
  * file or an error on the connection. Every 100 ms each end writes
- * `tick N ok rx BYTES tx BYTES` to ./progress-ROLE.log.
+ * `tick N ok rx BYTES tx BYTES` to ./progress-ROLE.log. The client's
+ * (and in `one`, end a's) socket has TCP_NODELAY, SO_KEEPALIVE with
+ * TCP_KEEPIDLE 77 and TCP_KEEPCNT 5: checked every tick (FAIL if lost).
  *
  * Usage: tcppair [-6] MODE PORT
  *   pair    listens on 127.0.0.1:PORT (::1 with -6), forks a client that
@@ -24,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -96,7 +99,16 @@ struct end {
 	FILE *log;
 	uint64_t rx, tx;
 	int failed;
+	int opts; /* the options below set and checked */
 };
+
+static int opt(int fd, int level, int name)
+{
+	int v = -1;
+	socklen_t l = sizeof(v);
+	getsockopt(fd, level, name, &v, &l);
+	return v;
+}
 
 static void end_init(struct end *e, int fd, const char *role)
 {
@@ -105,6 +117,14 @@ static void end_init(struct end *e, int fd, const char *role)
 	e->role = role;
 	e->rx = e->tx = 0;
 	e->failed = 0;
+	e->opts = !strcmp(role, "client") || !strcmp(role, "a");
+	if (e->opts) {
+		int one = 1, idle = 77, cnt = 5;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	}
 	snprintf(name, sizeof(name), "progress-%s.log", role);
 	e->log = fopen(name, "w");
 	if (!e->log)
@@ -189,6 +209,11 @@ static void run(struct end *ends, int n)
 			next += 0.1;
 			if (next < now())
 				next = now() + 0.1;
+			for (int i = 0; i < n; i++)
+				if (ends[i].opts && (opt(ends[i].fd, IPPROTO_TCP, TCP_NODELAY) != 1 || opt(ends[i].fd, SOL_SOCKET, SO_KEEPALIVE) != 1 ||
+						     opt(ends[i].fd, IPPROTO_TCP, TCP_KEEPIDLE) != 77 || opt(ends[i].fd, IPPROTO_TCP, TCP_KEEPCNT) != 5))
+					fail(&ends[i], "options lost: nodelay %llu keepalive %llu keepidle %llu", opt(ends[i].fd, IPPROTO_TCP, TCP_NODELAY),
+					     opt(ends[i].fd, SOL_SOCKET, SO_KEEPALIVE), opt(ends[i].fd, IPPROTO_TCP, TCP_KEEPIDLE));
 			for (int i = 0; i < n; i++)
 				if (!ends[i].failed)
 					fprintf(ends[i].log, "tick %llu ok rx %llu tx %llu\n", (unsigned long long)tick,
