@@ -209,6 +209,42 @@ fn one_process_both_ends_v6() {
     round(&mut p, &criu, "img1", pt, &["a", "b"], 4);
 }
 
+/// Full queues: one end stops reading until its receive queue and the
+/// other's send queue are full (megabytes, past the default buffer
+/// sizes), then both are dumped and restored with them, and the stream
+/// goes on intact once it reads again.
+#[test]
+fn full_queues() {
+    require!(why_not());
+    let pt = port(0);
+    let mut p = Pair::start("full", &["one", &pt.to_string()], &["a", "b"]);
+    let criu = private_criu(&p.dir);
+    std::fs::write(p.work.join("pause-b"), "").unwrap();
+    // a's tx stops growing: the queues are full
+    let tx = |p: &Pair| {
+        let s = std::fs::read_to_string(p.work.join("progress-a.log")).unwrap_or_default();
+        s.lines().rfind(|l| l.starts_with("tick ")).and_then(|l| l.split_whitespace().nth(6)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let mut last = 0;
+    wait_until("a's send queue full", Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let t = tx(&p);
+        let full = t == last;
+        last = t;
+        full
+    });
+    let img = p.images("img");
+    criu_ok(&criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established"], &img, "dump.log");
+    p.gone();
+    let total: u64 = std::fs::read_dir(&img).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-")).map(|e| e.metadata().unwrap().len()).sum();
+    assert!(total > 1 << 20, "the stream images hold the full queues: {total} bytes");
+    let out = Command::new(&criu).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&p.work).output().expect("restore");
+    assert!(out.status.success(), "{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    p.refind();
+    std::fs::remove_file(p.work.join("pause-b")).unwrap();
+    p.flows(&["a", "b"], 8 << 20, "after the restore with full queues");
+}
+
 /// The server in the tree, the client outside it: the client keeps its
 /// socket (and keeps sending into the lock) while the server is dumped
 /// and restored.

@@ -10,6 +10,8 @@
  * `tick N ok rx BYTES tx BYTES` to ./progress-ROLE.log. The client's
  * (and in `one`, end a's) socket has TCP_NODELAY, SO_KEEPALIVE with
  * TCP_KEEPIDLE 77 and TCP_KEEPCNT 5: checked every tick (FAIL if lost).
+ * While ./pause-ROLE exists that end reads nothing (its receive queue and
+ * the peer's send queue fill up).
  *
  * Usage: tcppair [-6] MODE PORT
  *   pair    listens on 127.0.0.1:PORT (::1 with -6), forks a client that
@@ -162,6 +164,10 @@ static void pump(struct end *e)
 		}
 		e->tx += w;
 	}
+	char pause[64];
+	snprintf(pause, sizeof(pause), "pause-%s", e->role);
+	if (access(pause, F_OK) == 0)
+		return; /* not reading: the queues fill up */
 	for (;;) {
 		ssize_t r = recv(e->fd, buf, sizeof(buf), 0);
 		if (r == 0) {
