@@ -27,7 +27,7 @@ fn why_not() -> Option<String> {
 
 /// A port for this test run: distinct per test process and `n`.
 fn port(n: u16) -> u16 {
-    20000 + (std::process::id() % 4000) as u16 * 10 + n
+    20000 + (std::process::id() % 2000) as u16 * 20 + n
 }
 
 /// A running tcppair, `unshare --pid --fork setsid tcppair WORDS...` (pid 1
@@ -604,4 +604,28 @@ fn failed_dumps_release_connections_and_transitional_states_are_refused() {
     assert!(lock_rules(pt).is_empty(), "the lock's rules left by a refused dump: {:?}", lock_rules(pt));
     let t = ticks();
     wait_until("ticks after the refused dump", Duration::from_secs(10), || ticks() >= t + 5);
+}
+
+/// `--network-lock skip`: no rule is set (both ends are in the tree here,
+/// so nothing reaches them meanwhile) and the connection still goes on;
+/// `--network-lock nftables` is refused by name, the program running on.
+#[test]
+fn network_lock_options() {
+    require!(why_not());
+    let pt = port(10);
+    let mut p = Pair::start("nolock", &["one", &pt.to_string()], &["a", "b"]);
+    let criu = private_criu(&p.dir);
+    let img = p.images("refused");
+    let (st, log) = criu_env(&criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established", "--network-lock", "nftables"], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("--network-lock nftables is not supported yet"), "{log}");
+    p.flows(&["a", "b"], 1 << 20, "after the refused dump");
+    let img = p.images("img");
+    criu_ok(&criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established", "--network-lock", "skip"], &img, "dump.log");
+    p.gone();
+    assert!(lock_rules(pt).is_empty(), "rules set with --network-lock skip: {:?}", lock_rules(pt));
+    let out = Command::new(&criu).args(["restore", "-d", "--tcp-established", "--network-lock", "skip", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&p.work).output().expect("restore");
+    assert!(out.status.success(), "{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    p.refind();
+    p.flows(&["a", "b"], 4 << 20, "after a restore without the lock");
 }
