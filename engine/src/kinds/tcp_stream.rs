@@ -168,6 +168,17 @@ pub fn unlock(conns: &[(Addr, Addr)]) {
     }
     for fam in [libc::AF_INET, libc::AF_INET6] {
         let all: Vec<String> = conns.iter().map(|(s, d)| rules("-D", s, d)).filter(|(f, _)| *f == fam).flat_map(|(_, r)| r).collect();
+        if all.is_empty() {
+            continue;
+        }
+        // by handle where iptables is nft's (linear), else by their text
+        let all = match delete_by_handle(fam, &all) {
+            Ok(rest) => rest,
+            Err(e) => {
+                crate::pr_debug!("unlocking by nft handle: {e}; by iptables-restore");
+                all
+            }
+        };
         if all.is_empty() || iptables_restore(fam, &all).is_ok() {
             continue;
         }
@@ -177,6 +188,69 @@ pub fn unlock(conns: &[(Addr, Addr)]) {
             }
         }
     }
+}
+
+/// The fields of one of our rules: chain, source, source port,
+/// destination, destination port (from an iptables-restore line of
+/// [`rules`]).
+fn rule_key(line: &str) -> Option<(String, String, String, String, String)> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1)).map(|x| x.to_string());
+    Some((w.get(1)?.to_string(), after("-s")?, after("--sport")?, after("-d")?, after("--dport")?))
+}
+
+/// Delete the rules `lines` (iptables-restore `-D` lines of [`rules`])
+/// through nft by their handles, in one `nft -f`: what iptables-nft keeps
+/// as `ip saddr A ip daddr B meta mark != 0x0000c114 tcp sport P tcp
+/// dport Q counter ... drop # handle N`. Returns the lines no rule was
+/// found for (left to iptables-restore); an error when nft is not there
+/// or iptables is not nft's.
+fn delete_by_handle(fam: i32, lines: &[String]) -> Result<Vec<String>, String> {
+    let (ipt, table) = if fam == libc::AF_INET6 { ("ip6tables", "ip6 filter") } else { ("iptables", "ip filter") };
+    let v = std::process::Command::new(ipt).arg("-V").output().map_err(|e| format!("{ipt} -V: {e}"))?;
+    if !String::from_utf8_lossy(&v.stdout).contains("nf_tables") {
+        return Err(format!("{ipt} is not the nf_tables one"));
+    }
+    let mut handles: std::collections::HashMap<(String, String, String, String, String), Vec<String>> = std::collections::HashMap::new();
+    for chain in ["INPUT", "OUTPUT"] {
+        let out = std::process::Command::new("nft").args(["-a", "list", "chain"]).args(table.split(' ')).arg(chain).output().map_err(|e| format!("nft: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("nft -a list chain {table} {chain}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if !l.contains("meta mark != 0x0000c114") || !w.contains(&"drop") {
+                continue;
+            }
+            let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1)).map(|x| x.to_string());
+            let (Some(sa), Some(da), Some(sp), Some(dp), Some(h)) = (after("saddr"), after("daddr"), after("sport"), after("dport"), after("handle")) else { continue };
+            handles.entry((chain.to_string(), sa, sp, da, dp)).or_default().push(h);
+        }
+    }
+    let mut script = String::new();
+    let mut rest = Vec::new();
+    for l in lines {
+        match rule_key(l).and_then(|k| handles.get_mut(&k)).and_then(|v| v.pop()) {
+            Some(h) => script.push_str(&format!("delete rule {table} {} handle {h}\n", rule_key(l).expect("parsed").0)),
+            None => rest.push(l.clone()),
+        }
+    }
+    if !script.is_empty() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("nft -f: {e}"))?;
+        child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| format!("writing to nft: {e}"))?;
+        let out = child.wait_with_output().map_err(|e| format!("waiting for nft: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("nft -f: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    Ok(rest)
 }
 
 fn set(s: BorrowedFd<'_>, name: i32, v: i32, what: &str) -> Result<(), String> {
