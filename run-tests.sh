@@ -10,7 +10,8 @@ export CARGO_TERM_COLOR=never
 # the test that needs it, see test-support): Debian's crit and pycriu
 # (criu), gcc with static glibc, python3, script(1) (bsdutils), unshare and
 # setsid (util-linux), libcriu with protobuf-c's headers (libprotobuf-c-dev: a real RPC client), tar, mkfs.btrfs (btrfs-progs: tfork --root-snapshot btrfs), python3-seccomp
-# (io_uring refused by a seccomp filter); kmod/test.sh installs its own (qemu, busybox).
+# (io_uring refused by a seccomp filter), iptables (--tcp-established's
+# network lock), memcached, tmux; kmod/test.sh installs its own (qemu, busybox).
 need_apt=()
 { command -v crit && [ -d /usr/lib/python3/dist-packages/pycriu ]; } >/dev/null 2>&1 || need_apt+=(criu)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
@@ -27,6 +28,10 @@ command -v xargs >/dev/null 2>&1 || need_apt+=(findutils)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 # libcriu's headers need protobuf-c's (tests/swrk.rs builds a libcriu client)
 [ -e /usr/include/protobuf-c/protobuf-c.h ] || need_apt+=(libprotobuf-c-dev)
+# the network lock of --tcp-established (iptables rules, as upstream's);
+# memcached held across a restore with a client connection
+{ command -v iptables-restore && command -v ip6tables-restore; } >/dev/null 2>&1 || need_apt+=(iptables)
+command -v memcached >/dev/null 2>&1 || need_apt+=(memcached)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -3,7 +3,7 @@
 //!
 //! Options are parsed as upstream's getopt_long parses them, from config
 //! files and the command line ([`opts`]). Every upstream option this engine
-//! does not implement is refused by name ("--tcp-established is not
+//! does not implement is refused by name ("--evasive-devices is not
 //! supported yet"), never ignored; the few that change nothing here are
 //! accepted and listed ([`opts::ACCEPTED`]). A refusal or bad usage is
 //! written to the `-o` log too when one is given.
@@ -298,6 +298,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         link_remap: o.link_remap,
         ext_unix_sk: o.ext_unix_sk,
         tcp_close: o.tcp_close,
+        tcp_established: o.tcp_established,
         shell_job: o.shell_job,
         detached: o.detached,
         pidfile: o.pidfile.as_deref().map(PathBuf::from),
@@ -306,7 +307,20 @@ fn engine_options(o: &Opts) -> EngineOptions {
     }
 }
 
+/// `--network-lock` for `--tcp-established`: iptables (the default), or
+/// skip; nftables is refused.
+fn network_lock(o: &Opts) -> Result<(), Failure> {
+    match o.network_lock.as_deref() {
+        Some("nftables") if o.tcp_established => Err(Failure::new("--network-lock nftables is not supported yet (the iptables lock, the default, is)")),
+        v => {
+            crate::kinds::tcp_stream::set_lock_skip(v == Some("skip"));
+            Ok(())
+        }
+    }
+}
+
 fn run_dump(o: &Opts) -> Result<(), Failure> {
+    network_lock(o)?;
     let pid: i32 = match o.tree.as_deref() {
         None => return Err(Failure::new("pid not specified (-t PID)")),
         Some(t) => t.parse().ok().filter(|&p| p > 0).ok_or_else(|| Failure::new(format!("invalid argument for -t: {t}")))?,
@@ -598,6 +612,8 @@ fn restore_root(o: &Opts) -> Result<crate::sys::Pid, Failure> {
     crate::notify::script("pre-restore", None).map_err(Failure::new)?;
     // (--tcp-close decides how the images are read)
     crate::kinds::inet::set_tcp_close(o.tcp_close);
+    crate::kinds::inet::set_tcp_established(o.tcp_established);
+    network_lock(o)?;
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }

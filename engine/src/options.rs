@@ -31,6 +31,9 @@ pub struct Options {
     // ---- dump and restore ----
     /// `--tcp-close`: TCP connections are dumped and restored closed.
     pub tcp_close: bool,
+    /// `--tcp-established`: established TCP connections dumped and
+    /// restored live (TCP_REPAIR).
+    pub tcp_established: bool,
     /// `--shell-job`: terminals of the tree are the restoring criu's.
     pub shell_job: bool,
     // ---- restore ----
@@ -55,6 +58,7 @@ impl Default for Options {
             link_remap: false,
             ext_unix_sk: false,
             tcp_close: false,
+            tcp_established: false,
             shell_job: false,
             detached: false,
             pidfile: None,

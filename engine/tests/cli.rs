@@ -97,7 +97,7 @@ fn help_claims_only_what_exists() {
 #[test]
 fn refused_options_name_themselves() {
     let cases: &[(&[&str], &str)] = &[
-        (&["dump", "-t", "1", "--tcp-established"], "--tcp-established is not supported yet"),
+        (&["dump", "-t", "1", "--evasive-devices"], "--evasive-devices is not supported yet"),
         (&["restore", "--ext-unix-sk=123"], "--ext-unix-sk with socket inodes (one-sided stream connections) is not supported yet"),
         (&["dump", "--track-mem", "-t", "1"], "--track-mem is not supported yet"),
         (&["dump", "--page-server", "-t", "1"], "--page-server is not supported yet"),
@@ -293,11 +293,11 @@ fn config_files_are_read() {
     let out = criu_env(&["--version", "--config", "/nonexistent/criu.conf"], &home, None);
     assert_eq!(out.status.code(), Some(0));
     // refusals and bad lines name the file
-    std::fs::write(&cfg, "tcp-established\n").unwrap();
+    std::fs::write(&cfg, "evasive-devices\n").unwrap();
     let out = criu_env(&["restore", "-D", imgs_s, "--config", cfg_s], &home, None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains(cfg_s) && err.contains("--tcp-established is not supported yet"), "{err}");
+    assert!(err.contains(cfg_s) && err.contains("--evasive-devices is not supported yet"), "{err}");
     std::fs::write(&cfg, "log-file a b\n").unwrap();
     let out = criu_env(&["restore", "-D", imgs_s, "--config", cfg_s], &home, None);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -324,10 +324,10 @@ fn noop_options_accepted_refusals_logged() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pre-dump-mode"));
     // a refusal reaches the log file
-    let out = criu(&["dump", "-t", "1", "-D", ds, "-o", "r.log", "--tcp-established"]);
+    let out = criu(&["dump", "-t", "1", "-D", ds, "-o", "r.log", "--evasive-devices"]);
     assert_eq!(out.status.code(), Some(1));
     let log = std::fs::read_to_string(d.join("r.log")).expect("the refusal is logged");
-    assert!(log.lines().any(|l| l.starts_with("Error (") && l.contains("--tcp-established is not supported yet")), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("Error (") && l.contains("--evasive-devices is not supported yet")), "{log}");
     let out = criu(&["service", "-o", "s.log", "-D", ds]);
     assert_eq!(out.status.code(), Some(1));
     assert!(std::fs::read_to_string(d.join("s.log")).unwrap_or_default().contains("service"));

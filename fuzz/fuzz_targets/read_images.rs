@@ -10,6 +10,8 @@
 //! starts with `pages-` holds a u32 LE page count instead of contents and
 //! is created sparse with that many pages (at most 65536), so that inputs
 //! stay small while the pages files match their pagemaps.
+//! `--tcp-established` is on, so that an established connection's
+//! `tcp-stream-INO.img` (queues, window, options) is read and checked too.
 #![no_main]
 
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ fn dir() -> &'static PathBuf {
 }
 
 fuzz_target!(|data: &[u8]| {
+    engine::kinds::inet::set_tcp_established(true);
     let d = dir();
     let _ = std::fs::remove_dir_all(d);
     if std::fs::create_dir_all(d).is_err() {

@@ -55,6 +55,7 @@ enum Act {
     Accepted,
     /// `--tcp-close`: TCP connections dumped, and restored closed.
     TcpClose,
+    TcpEstablished,
     /// Accepted after its value is checked as upstream checks it.
     PreDumpMode,
     NetworkLock,
@@ -131,7 +132,7 @@ const SPECS: &[Spec] = &[
     o("daemon", None, No, Detached, true),
     o("join-ns", Some('J'), Req, Refused, false),
     o("ext-unix-sk", Some('x'), Opt, ExtUnixSk, false),
-    o("tcp-established", None, No, Refused, true),
+    o("tcp-established", None, No, TcpEstablished, true),
     o("close", None, Req, Refused, false),
     o("log-pid", None, No, Refused, true),
     o("evasive-devices", None, No, Refused, true),
@@ -187,7 +188,7 @@ const SPECS: &[Spec] = &[
 /// (listed by `--help` and the README).
 pub const ACCEPTED: &[(&str, &str)] = &[
     ("--pre-dump-mode splice|read", "applies to pre-dump, which is not implemented"),
-    ("--network-lock iptables|nftables|skip", "locks the network of a dumped tree; no TCP connection is kept here (refused, or closed with --tcp-close)"),
+    ("--network-lock iptables|nftables|skip", "only with --tcp-established: iptables is the lock it uses (upstream's default), skip leaves the connections unlocked, nftables is refused"),
     ("--skip-in-flight", "about connections not yet accepted; a listener with such connections is refused"),
     ("--weak-sysctls", "about the sysctls of namespaces, which are not restored here"),
     ("--mntns-compat-mode", "about restoring mount namespaces, which is not done here"),
@@ -230,6 +231,9 @@ pub struct Opts {
     pub display_stats: bool,
     /// `--tcp-close`: TCP connections are dumped and restored closed.
     pub tcp_close: bool,
+    pub tcp_established: bool,
+    /// `--network-lock`: iptables (the default), nftables, skip.
+    pub network_lock: Option<String>,
     /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
     pub timeout: Option<u64>,
     /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
@@ -373,6 +377,7 @@ impl Opts {
             Version => self.version = true,
             Accepted => {}
             TcpClose => self.tcp_close = !negated,
+            TcpEstablished => self.tcp_established = !negated,
             Timeout => {
                 match val.as_deref().and_then(|t| t.parse().ok()).filter(|&t: &u64| t > 0) {
                     Some(t) => self.timeout = Some(t),
@@ -397,6 +402,7 @@ impl Opts {
                 if !matches!(val.as_deref(), Some("iptables" | "nftables" | "skip")) {
                     return Err(Problem::new(format!("invalid argument for --network-lock: {} (want iptables, nftables or skip)", v())));
                 }
+                self.network_lock = val.clone();
             }
             Refused if negated => {}
             Refused => return Err(Problem::new(format!("{shown} is not supported yet"))),
@@ -665,7 +671,8 @@ mod tests {
 
     #[test]
     fn refused_by_name() {
-        assert_eq!(p(&["dump", "--tcp-established"]).1, ["--tcp-established is not supported yet"]);
+        assert_eq!(p(&["dump", "--evasive-devices"]).1, ["--evasive-devices is not supported yet"]);
+        assert!(p(&["dump", "--tcp-established"]).0.tcp_established);
         assert_eq!(p(&["--ghost-limit=5M"]).0.ghost_limit, Some(5 << 20));
         assert_eq!(p(&["--ghost-limit", "300"]).0.ghost_limit, Some(300));
         assert_eq!(p(&["--ghost-limit", "2G"]).0.ghost_limit, Some(2 << 30));

@@ -448,6 +448,9 @@ impl FrozenTree {
 
 impl Drop for FrozenTree {
     fn drop(&mut self) {
+        // TCP connections the dump put in repair mode: out of it again
+        // before the processes run on; left in it for a kill
+        crate::kinds::tcp_stream::release_dump(!self.kill_on_release);
         // (looked at before the kill: a dead task has no namespaces to show;
         // a tree whose root is pid 1 of its own namespace is all in it, and
         // its restore makes a new one: no pid of it is needed again)

@@ -146,6 +146,7 @@ pub fn collect(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
 pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tree, FrozenTree), DumpError> {
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
+    crate::kinds::inet::set_tcp_established(opts.tcp_established);
     collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts())
 }
 
@@ -238,6 +239,9 @@ fn collect_tree(
         files::share_descriptions(&mut tables)?;
         crate::kinds::unix::check_tree(&mut tables)?;
         crate::kinds::pty::check_tree(&mut tables, &ns_pid)?;
+        // established TCP connections (--tcp-established): locked all at
+        // once, then read in repair mode
+        crate::kinds::tcp_stream::read_all(&mut tables)?;
     }
     files::share_locks(tasks.iter_mut().map(|(_, t)| t));
     let memfds = {

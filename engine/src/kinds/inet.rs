@@ -9,8 +9,10 @@
 //! queued and not accepted, a UDP socket with datagrams queued, and a TCP
 //! connection (ESTABLISHED, SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
 //! CLOSING) unless `--tcp-close` is given, which records it to be
-//! restored closed, as upstream (`--tcp-established` is not supported
-//! yet); any other TCP state (TIME_WAIT, SYN_RECV) is refused by name.
+//! restored closed, as upstream, and with `--tcp-established` an
+//! ESTABLISHED one is carried live (`tcp_stream.rs`: TCP_REPAIR, the
+//! network lock); any other TCP state (TIME_WAIT, SYN_RECV) is refused by
+//! name.
 //!
 //! Image: an `INETSK` files.img entry, `inet_sk_entry` as upstream 4.2
 //! writes it (addresses as network-order words, 1 for IPv4 and 4 for
@@ -51,6 +53,25 @@ pub fn set_tcp_close(on: bool) {
 /// Whether `--tcp-close` was given.
 pub fn tcp_close() -> bool {
     TCP_CLOSE.load(Ordering::Relaxed)
+}
+
+/// `--tcp-established` was given (dump: established connections are
+/// dumped through TCP_REPAIR, `kinds/tcp_stream.rs`).
+static TCP_ESTABLISHED_OPT: AtomicBool = AtomicBool::new(false);
+
+/// Set from the command line before a dump or a restore.
+pub fn set_tcp_established(on: bool) {
+    TCP_ESTABLISHED_OPT.store(on, Ordering::Relaxed);
+}
+
+/// Whether `--tcp-established` was given.
+pub fn tcp_established() -> bool {
+    TCP_ESTABLISHED_OPT.load(Ordering::Relaxed)
+}
+
+/// `ADDR:PORT` (`[ADDR]:PORT` for IPv6), for messages.
+pub fn ip_port(a: &Addr) -> String {
+    ip(a)
 }
 
 // TCP states (include/net/tcp_states.h); UDP uses ESTABLISHED and CLOSE.
@@ -137,6 +158,9 @@ pub struct Inet {
     /// SO_KEEPALIVE on.
     pub keep: Option<(u32, u32, u32)>,
     pub opts: SkOpts,
+    /// An established connection dumped with `--tcp-established`: its
+    /// repair state and queues (`tcp-stream-INO.img`).
+    pub stream: Option<Box<super::tcp_stream::TcpStream>>,
 }
 
 /// Dump state: a pidfd of the process whose fds are being read.
@@ -266,6 +290,11 @@ fn apply_opts(s: BorrowedFd<'_>, k: &Inet) -> Result<(), String> {
     Ok(())
 }
 
+impl Inet {
+    /// [`FileKind::NAME`], for errors made outside the trait.
+    pub const NAME_OF: &'static str = "inet socket";
+}
+
 impl FileKind for Inet {
     const TYPE: pb::FdTypes = pb::FdTypes::Inetsk;
     const NAME: &'static str = "inet socket";
@@ -334,11 +363,16 @@ impl FileKind for Inet {
                 }
                 TCP_LISTEN => (state, ti.sacked),
                 TCP_CLOSE_STATE => (state, 0),
+                TCP_ESTABLISHED if tcp_established() => (state, 0),
                 s if is_connection(s) && tcp_close() => (state, 0),
+                s if is_connection(s) && tcp_established() => {
+                    let ends = dst.map(|d| format!(" {} -> {}", ip(&src), ip(&d))).unwrap_or_default();
+                    return Err(cx.refuse(N, format!("a TCP connection{ends} in state {} ({s}): --tcp-established carries ESTABLISHED connections only (--tcp-close restores it closed)", state_name(s))));
+                }
                 s if is_connection(s) => {
                     let ends = dst.map(|d| format!(" {} -> {}", ip(&src), ip(&d))).unwrap_or_default();
                     let what = if s == TCP_ESTABLISHED { "an established TCP connection".to_string() } else { format!("a TCP connection in state {}", state_name(s)) };
-                    return Err(cx.refuse(N, format!("{what}{ends}: --tcp-established is not supported yet (--tcp-close restores it closed)")));
+                    return Err(cx.refuse(N, format!("{what}{ends}: dump it with --tcp-established (or --tcp-close to restore it closed)")));
                 }
                 s => return Err(cx.refuse(N, format!("a TCP socket in state {} ({s}): not supported", state_name(s)))),
             }
@@ -356,10 +390,23 @@ impl FileKind for Inet {
         };
         let (opts, (nodelay, cork, keep)) = read_opts(s, proto).map_err(|e| io("socket options", e))?;
         let ino = u32::try_from(cx.meta.ino()).map_err(|_| cx.refuse(N, format!("inode {} does not fit 32 bits", cx.meta.ino())))?;
-        Ok(Inet { flags: cx.flags, ino, family, ty, proto, state, src, dst, backlog, v6only, freebind, nodelay, cork, keep, opts })
+        // an established connection is held, to be locked and read in
+        // repair mode once the whole tree is collected (tcp_stream::read_all)
+        match (tcp && state == TCP_ESTABLISHED && tcp_established(), dst) {
+            (true, Some(d)) => super::tcp_stream::hold(sk, src, d, ino),
+            (true, None) => return Err(cx.refuse(N, "an established TCP connection without a peer name")),
+            _ => {}
+        }
+        let stream = None;
+        Ok(Inet { flags: cx.flags, ino, family, ty, proto, state, src, dst, backlog, v6only, freebind, nodelay, cork, keep, opts, stream })
     }
 
-    fn write(&self, id: u32, _acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
+    fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
+        if let Some(st) = &self.stream {
+            let (e, payload) = super::tcp_stream::to_image(st);
+            // tcp-stream-INO.img, the inode in hex as upstream names it
+            acc.push_named(&images_proto::magic::TCP_STREAM, format!("{:x}", self.ino), &e, payload);
+        }
         let n = Addr::len(self.family);
         let dst = self.dst.unwrap_or(Addr::any(self.family));
         let o = &self.opts;
@@ -447,9 +494,10 @@ impl FileKind for Inet {
         let state = m.state;
         let connected = match state {
             TCP_LISTEN | TCP_CLOSE_STATE if tcp => false,
+            TCP_ESTABLISHED if tcp && tcp_established() && !tcp_close() => true,
             s if tcp && is_connection(s) => {
                 if !tcp_close() {
-                    return Err(cx.bad(e, "isk.state", format!("a TCP connection ({}): restored only with --tcp-close (closed); --tcp-established is not supported yet", state_name(s))));
+                    return Err(cx.bad(e, "isk.state", format!("a TCP connection ({}): restored only with --tcp-established (ESTABLISHED ones) or --tcp-close (closed)", state_name(s))));
                 }
                 true
             }
@@ -503,7 +551,17 @@ impl FileKind for Inet {
                 return Err(cx.bad(e, "isk.tcp_opts", format!("keepalive idle {i} s, interval {v} s, count {c}: past the kernel's bounds")));
             }
         }
+        // an established connection restored live, unless --tcp-close
+        let stream = if tcp && state == TCP_ESTABLISHED && tcp_established() && !tcp_close() {
+            if dst.port == 0 || src.port == 0 {
+                return Err(cx.bad(e, "isk.src_port/dst_port", "0 for an established TCP connection"));
+            }
+            Some(Box::new(super::tcp_stream::read_image(cx.dir, m.ino)?))
+        } else {
+            None
+        };
         Ok(Inet {
+            stream,
             flags: m.flags,
             ino: m.ino,
             family,
@@ -526,8 +584,19 @@ impl FileKind for Inet {
         let sk = si::socket(self.family, self.ty, self.proto).map_err(|e| format!("socket: {e}"))?;
         let s = sk.as_fd();
         let tcp = self.proto == libc::IPPROTO_TCP;
-        let closed_conn = tcp && is_connection(self.state);
-        if !closed_conn {
+        let closed_conn = tcp && is_connection(self.state) && self.stream.is_none();
+        if let (Some(st), Some(d)) = (&self.stream, self.dst) {
+            if self.family == libc::AF_INET6 {
+                si::set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, self.v6only as i32).map_err(|e| format!("setsockopt IPV6_V6ONLY: {e}"))?;
+            }
+            if let Some(dev) = &self.opts.bound_dev {
+                si::set_bytes(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes()).map_err(|e| format!("setsockopt SO_BINDTODEVICE {dev:?}: {e}"))?;
+            }
+            if self.opts.reuseport {
+                si::set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| format!("setsockopt SO_REUSEPORT: {e}"))?;
+            }
+            super::tcp_stream::restore(&sk, self.src, d, st, (self.opts.sndbuf, self.opts.rcvbuf)).map_err(|e| format!("the connection {} -> {}: {e}", ip(&self.src), ip(&d)))?;
+        } else if !closed_conn {
             if self.family == libc::AF_INET6 {
                 si::set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, self.v6only as i32).map_err(|e| format!("setsockopt IPV6_V6ONLY: {e}"))?;
             }

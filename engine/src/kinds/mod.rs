@@ -42,6 +42,7 @@ pub mod netlink;
 pub mod packet;
 pub mod pty;
 pub mod signalfd;
+pub mod tcp_stream;
 pub mod timerfd;
 pub mod unix;
 
@@ -103,6 +104,8 @@ pub struct ImageAcc {
     files: Vec<(u64, pb::FileEntry)>,
     /// (image file, key) of the entries pushed with [`ImageAcc::push_once`].
     once: std::collections::HashSet<(&'static str, u64)>,
+    /// Images of one object each (`tcp-stream-INO.img`), by file name.
+    named: BTreeMap<String, (&'static ImageKind, Vec<Record>)>,
 }
 
 /// One encoded entry and the bytes that follow it.
@@ -134,8 +137,22 @@ impl ImageAcc {
         }
     }
 
+    /// Append an entry (and its payload) to the image of `kind` for
+    /// object `arg` (its file name is `kind.file_name(arg)`).
+    pub fn push_named(&mut self, kind: &'static ImageKind, arg: impl std::fmt::Display, entry: &impl prost::Message, payload: Vec<u8>) {
+        self.named.entry(kind.file_name(arg)).or_insert_with(|| (kind, Vec::new())).1.push((entry.encode_to_vec(), payload));
+    }
+
     /// Write every gathered image into `dir`.
     pub fn finish(&self, dir: &Path) -> Result<(), ImagesError> {
+        for (name, (kind, recs)) in &self.named {
+            let mut w = images_proto::image::ImageWriter::create(dir, name, kind)?;
+            for (entry, payload) in recs {
+                w.write_raw(entry)?;
+                w.write_payload(payload)?;
+            }
+            w.finish()?;
+        }
         for (kind, recs) in self.images.values() {
             let mut w = images_proto::image::ImageWriter::create(dir, &kind.file_name(""), kind)?;
             for (entry, payload) in recs {

@@ -408,6 +408,10 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, child)?;
     }
+    // established TCP connections out of repair mode just before they run
+    for r in &ready {
+        crate::kinds::tcp_stream::finish_restore(r.pid, &r.task.fds).map_err(|msg| RestoreError::Child { pid: r.pid, msg })?;
+    }
     if let Err(e) = release_tree(tree, &ready) {
         if let Some(pf) = &opts.pidfile {
             let _ = std::fs::remove_file(pf);
@@ -415,6 +419,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         return Err(e);
     }
     guard.committed = true;
+    crate::kinds::tcp_stream::unlock_restored(tree);
     pr_info!("Restore finished successfully. Tasks resumed.");
     // the tree runs: a refusal now is reported, as upstream reports a
     // failed post-resume script, and changes nothing

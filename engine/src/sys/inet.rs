@@ -242,3 +242,110 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
     check(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
 }
+
+// TCP repair (linux/tcp.h): options, queues, repair option codes.
+pub const TCP_REPAIR: i32 = 19;
+pub const TCP_REPAIR_QUEUE: i32 = 20;
+pub const TCP_QUEUE_SEQ: i32 = 21;
+pub const TCP_REPAIR_OPTIONS: i32 = 22;
+pub const TCP_TIMESTAMP: i32 = 24;
+pub const TCP_REPAIR_WINDOW: i32 = 29;
+pub const TCP_RECV_QUEUE: i32 = 1;
+pub const TCP_SEND_QUEUE: i32 = 2;
+/// TCP_REPAIR values: on, off (a window probe is sent).
+pub const REPAIR_ON: i32 = 1;
+pub const REPAIR_OFF: i32 = 0;
+/// TCPOPT_* codes of TCP_REPAIR_OPTIONS.
+pub const TCPOPT_MSS: u32 = 2;
+pub const TCPOPT_WINDOW: u32 = 3;
+pub const TCPOPT_SACK_PERM: u32 = 4;
+pub const TCPOPT_TIMESTAMP: u32 = 8;
+/// TCP_INFO `tcpi_options` bits.
+pub const TCPI_OPT_TIMESTAMPS: u32 = 1;
+pub const TCPI_OPT_SACK: u32 = 2;
+pub const TCPI_OPT_WSCALE: u32 = 4;
+
+/// What a connection's TCP_INFO says for its repair: state, `tcpi_options`
+/// and the two window scales.
+pub struct TcpConnInfo {
+    pub state: u8,
+    pub options: u32,
+    pub snd_wscale: u32,
+    pub rcv_wscale: u32,
+}
+
+/// getsockopt(TCP_INFO) of a connection.
+pub fn tcp_conn_info(fd: BorrowedFd<'_>) -> io::Result<TcpConnInfo> {
+    // SAFETY: tcp_info is plain data; all zeroes is a valid value.
+    let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut l = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: ti and l are valid for writing for the sizes given.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut ti as *mut _ as *mut libc::c_void, &mut l) })?;
+    // (`__u8 tcpi_snd_wscale : 4, tcpi_rcv_wscale : 4`: the low nibble first)
+    let w = u32::from(ti.tcpi_snd_rcv_wscale);
+    Ok(TcpConnInfo { state: ti.tcpi_state, options: u32::from(ti.tcpi_options), snd_wscale: w & 0xf, rcv_wscale: w >> 4 })
+}
+
+/// `struct tcp_repair_window` (TCP_REPAIR_WINDOW).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RepairWindow {
+    pub snd_wl1: u32,
+    pub snd_wnd: u32,
+    pub max_window: u32,
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
+}
+
+/// getsockopt(TCP_REPAIR_WINDOW) (the socket in repair mode).
+pub fn get_repair_window(fd: BorrowedFd<'_>) -> io::Result<RepairWindow> {
+    let mut w = RepairWindow::default();
+    let mut l = std::mem::size_of::<RepairWindow>() as libc::socklen_t;
+    // SAFETY: w and l are valid for writing for the sizes given.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &mut w as *mut _ as *mut libc::c_void, &mut l) })?;
+    Ok(w)
+}
+
+/// setsockopt(TCP_REPAIR_WINDOW).
+pub fn set_repair_window(fd: BorrowedFd<'_>, w: &RepairWindow) -> io::Result<()> {
+    // SAFETY: w is valid for reading for its size.
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, w as *const _ as *const libc::c_void, std::mem::size_of::<RepairWindow>() as libc::socklen_t) })
+        .map(drop)
+}
+
+/// setsockopt(TCP_REPAIR_OPTIONS) with `(code, value)` pairs
+/// (`struct tcp_repair_opt`).
+pub fn set_repair_options(fd: BorrowedFd<'_>, opts: &[(u32, u32)]) -> io::Result<()> {
+    let words: Vec<u32> = opts.iter().flat_map(|&(c, v)| [c, v]).collect();
+    // SAFETY: words is valid for reading for its length in bytes.
+    check(unsafe { libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, TCP_REPAIR_OPTIONS, words.as_ptr() as *const libc::c_void, (words.len() * 4) as libc::socklen_t) }).map(drop)
+}
+
+/// An int ioctl of a socket (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD).
+pub fn ioctl_int(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: these requests write one int through the pointer.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, &mut v as *mut libc::c_int) })?;
+    Ok(v)
+}
+
+/// SIOCINQ, SIOCOUTQ, SIOCOUTQNSD.
+pub const SIOCINQ: libc::c_ulong = 0x541B;
+pub const SIOCOUTQ: libc::c_ulong = 0x5411;
+pub const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+
+/// recv(MSG_PEEK | MSG_DONTWAIT) into `buf`: the bytes copied. In repair
+/// mode it reads the queue TCP_REPAIR_QUEUE selects, consuming nothing.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writing buf.len() bytes.
+    let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+/// send(2) of `data` (no SIGPIPE): the bytes taken. In repair mode it
+/// fills the queue TCP_REPAIR_QUEUE selects.
+pub fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: data is valid for reading for its length.
+    let r = unsafe { libc::send(fd.as_raw_fd(), data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_NOSIGNAL) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}

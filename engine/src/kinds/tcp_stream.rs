@@ -1,0 +1,577 @@
+//! Established TCP connections with `--tcp-established`: TCP_REPAIR,
+//! `tcp-stream-INO.img`, and the network lock.
+//!
+//! Dump (the tree frozen; the socket is the target's own description,
+//! taken with `pidfd_getfd` and held by [`hold`]): once every fd table is
+//! read, [`read_all`] locks all the connections at once (netfilter rules
+//! that drop their packets both ways, below), puts each in repair mode,
+//! and reads it:
+//! for each queue (TCP_REPAIR_QUEUE) its sequence number (TCP_QUEUE_SEQ),
+//! length (SIOCINQ; SIOCOUTQ and SIOCOUTQNSD for the unsent part) and
+//! bytes (recv with MSG_PEEK, which in repair mode reads the selected
+//! queue whole and consumes nothing); TCP_INFO's options and window
+//! scales, the MSS clamp (TCP_MAXSEG answers it in repair mode),
+//! TCP_TIMESTAMP and TCP_REPAIR_WINDOW. The sockets stay in repair mode
+//! until the dump ends ([`release_dump`], from the frozen tree's release):
+//! processes that run on (`--leave-running`, or a failed dump) get them
+//! back out of repair mode and the lock lifted; killed ones close them in
+//! repair mode, which sends nothing (no FIN, no RST) and the lock stays
+//! for the restore to lift.
+//!
+//! Restore (the restore child): a socket put in repair mode, bound to its
+//! name (repair mode binds past any conflict, the listener of the same
+//! port included), both sequence numbers set where the queues start, then
+//! connect (in repair mode: no handshake, the connection is established
+//! at once), TCP_REPAIR_OPTIONS, the receive queue and the send queue
+//! written in repair mode (the kernel takes the send queue as sent and
+//! unacknowledged: it goes out again by retransmission), the window, the
+//! timestamp. The engine turns repair mode off on each just before the
+//! tree is released ([`finish_restore`]) and lifts the lock after
+//! ([`unlock_restored`]).
+//!
+//! The network lock is upstream CRIU's iptables one, rule for rule (so a
+//! set of images locked by either is unlocked by the other's restore):
+//! per connection `-I INPUT` dropping its packets from the peer and
+//! `-I OUTPUT` dropping its own, both skipping packets marked 0xC114,
+//! through `iptables-restore --noflush` (one process per family for all
+//! the connections; `ip6tables-restore` for IPv6, an IPv4-mapped address
+//! as IPv4).
+
+use crate::sys::inet::{self as si, Addr, RepairWindow};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+
+/// The repair state of an established connection (`tcp_stream_entry` +
+/// its queues).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpStream {
+    /// rcv_nxt: the sequence number after the receive queue.
+    pub inq_seq: u32,
+    /// write_seq: the sequence number after the send queue.
+    pub outq_seq: u32,
+    /// Received, not yet read by the program.
+    pub inq: Vec<u8>,
+    /// Written by the program, not yet acknowledged (sent or not).
+    pub outq: Vec<u8>,
+    /// The part of `outq` not yet sent.
+    pub unsq_len: u32,
+    /// TCPI_OPT_* of TCP_INFO.
+    pub opt_mask: u32,
+    pub snd_wscale: u32,
+    pub rcv_wscale: u32,
+    pub mss_clamp: u32,
+    /// TCP_TIMESTAMP (with TCPI_OPT_TIMESTAMPS).
+    pub timestamp: u32,
+    pub window: Option<RepairWindow>,
+}
+
+/// An established socket of a frozen process the dump holds (a
+/// duplicate of its description), locked and in repair mode once
+/// [`read_all`] has run.
+struct Held {
+    sk: OwnedFd,
+    src: Addr,
+    dst: Addr,
+    ino: u32,
+    locked: bool,
+    repaired: bool,
+}
+
+/// The sockets the dump put in repair mode (one dump per engine process).
+static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
+
+/// `--network-lock skip`: connections are neither locked nor unlocked.
+static LOCK_SKIP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set from `--network-lock` before a dump or a restore.
+pub fn set_lock_skip(on: bool) {
+    LOCK_SKIP.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn ip_only(a: &Addr) -> (i32, String) {
+    if a.family == libc::AF_INET6 {
+        let mut b = [0u8; 16];
+        for (i, w) in a.words.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        let v6 = std::net::Ipv6Addr::from(b);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => (libc::AF_INET, v4.to_string()),
+            None => (libc::AF_INET6, v6.to_string()),
+        }
+    } else {
+        (libc::AF_INET, std::net::Ipv4Addr::from(a.words[0].to_ne_bytes()).to_string())
+    }
+}
+
+/// The two rules of a connection (`src` ours, `dst` the peer), as
+/// iptables-restore lines with `op` (`-I` or `-D`), and its family.
+fn rules(op: &str, src: &Addr, dst: &Addr) -> (i32, [String; 2]) {
+    let (fam, s) = ip_only(src);
+    let (_, d) = ip_only(dst);
+    let rule = |chain: &str, sa: &str, sp: u16, da: &str, dp: u16| {
+        format!("{op} {chain} -p tcp -m mark ! --mark 0xc114 -s {sa} --sport {sp} -d {da} --dport {dp} -j DROP")
+    };
+    (fam, [rule("INPUT", &d, dst.port, &s, src.port), rule("OUTPUT", &s, src.port, &d, dst.port)])
+}
+
+/// Run `iptables-restore --noflush` (or ip6tables') with `lines` in the
+/// filter table.
+fn iptables_restore(fam: i32, lines: &[String]) -> Result<(), String> {
+    use std::io::Write;
+    let cmd = if fam == libc::AF_INET6 { "ip6tables-restore" } else { "iptables-restore" };
+    let mut input = String::from("*filter\n");
+    for l in lines {
+        input.push_str(l);
+        input.push('\n');
+    }
+    input.push_str("COMMIT\n");
+    let mut child = std::process::Command::new(cmd)
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {cmd} (the network lock of --tcp-established needs iptables): {e}"))?;
+    child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(|e| format!("writing to {cmd}: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("waiting for {cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// Lock the connections `conns` (ours, peer): drop their packets both
+/// ways; one `iptables-restore` per family for all of them.
+pub fn lock(conns: &[(Addr, Addr)]) -> Result<(), String> {
+    if LOCK_SKIP.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    for fam in [libc::AF_INET, libc::AF_INET6] {
+        let all: Vec<String> = conns.iter().map(|(s, d)| rules("-I", s, d)).filter(|(f, _)| *f == fam).flat_map(|(_, r)| r).collect();
+        if !all.is_empty() {
+            iptables_restore(fam, &all)?;
+        }
+    }
+    for (s, d) in conns {
+        crate::pr_info!("Locked {} - {} connection", super::inet::ip_port(s), super::inet::ip_port(d));
+    }
+    Ok(())
+}
+
+/// Lift the locks of `conns` (ours, peer): all at once, or rule by rule
+/// when that fails (a rule already gone: the images of a
+/// `--leave-running` dump) with a warning for each that is not there.
+pub fn unlock(conns: &[(Addr, Addr)]) {
+    if LOCK_SKIP.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    for fam in [libc::AF_INET, libc::AF_INET6] {
+        let all: Vec<String> = conns.iter().map(|(s, d)| rules("-D", s, d)).filter(|(f, _)| *f == fam).flat_map(|(_, r)| r).collect();
+        if all.is_empty() {
+            continue;
+        }
+        // by handle where iptables is nft's (linear), else by their text
+        let all = match delete_by_handle(fam, &all) {
+            Ok(rest) => rest,
+            Err(e) => {
+                crate::pr_debug!("unlocking by nft handle: {e}; by iptables-restore");
+                all
+            }
+        };
+        if all.is_empty() || iptables_restore(fam, &all).is_ok() {
+            continue;
+        }
+        for r in &all {
+            if let Err(e) = iptables_restore(fam, std::slice::from_ref(r)) {
+                crate::pr_warn!("unlocking: `{r}`: {e}");
+            }
+        }
+    }
+}
+
+/// The fields of one of our rules: chain, source, source port,
+/// destination, destination port (from an iptables-restore line of
+/// [`rules`]).
+fn rule_key(line: &str) -> Option<(String, String, String, String, String)> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1)).map(|x| x.to_string());
+    Some((w.get(1)?.to_string(), after("-s")?, after("--sport")?, after("-d")?, after("--dport")?))
+}
+
+/// Delete the rules `lines` (iptables-restore `-D` lines of [`rules`])
+/// through nft by their handles, in one `nft -f`: what iptables-nft keeps
+/// as `ip saddr A ip daddr B meta mark != 0x0000c114 tcp sport P tcp
+/// dport Q counter ... drop # handle N`. Returns the lines no rule was
+/// found for (left to iptables-restore); an error when nft is not there
+/// or iptables is not nft's.
+fn delete_by_handle(fam: i32, lines: &[String]) -> Result<Vec<String>, String> {
+    let (ipt, table) = if fam == libc::AF_INET6 { ("ip6tables", "ip6 filter") } else { ("iptables", "ip filter") };
+    let v = std::process::Command::new(ipt).arg("-V").output().map_err(|e| format!("{ipt} -V: {e}"))?;
+    if !String::from_utf8_lossy(&v.stdout).contains("nf_tables") {
+        return Err(format!("{ipt} is not the nf_tables one"));
+    }
+    let mut handles: std::collections::HashMap<(String, String, String, String, String), Vec<String>> = std::collections::HashMap::new();
+    for chain in ["INPUT", "OUTPUT"] {
+        let out = std::process::Command::new("nft").args(["-a", "list", "chain"]).args(table.split(' ')).arg(chain).output().map_err(|e| format!("nft: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("nft -a list chain {table} {chain}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if !l.contains("meta mark != 0x0000c114") || !w.contains(&"drop") {
+                continue;
+            }
+            let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1)).map(|x| x.to_string());
+            let (Some(sa), Some(da), Some(sp), Some(dp), Some(h)) = (after("saddr"), after("daddr"), after("sport"), after("dport"), after("handle")) else { continue };
+            handles.entry((chain.to_string(), sa, sp, da, dp)).or_default().push(h);
+        }
+    }
+    let mut script = String::new();
+    let mut rest = Vec::new();
+    for l in lines {
+        match rule_key(l).and_then(|k| handles.get_mut(&k)).and_then(|v| v.pop()) {
+            Some(h) => script.push_str(&format!("delete rule {table} {} handle {h}\n", rule_key(l).expect("parsed").0)),
+            None => rest.push(l.clone()),
+        }
+    }
+    if !script.is_empty() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("nft -f: {e}"))?;
+        child.stdin.take().expect("piped").write_all(script.as_bytes()).map_err(|e| format!("writing to nft: {e}"))?;
+        let out = child.wait_with_output().map_err(|e| format!("waiting for nft: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("nft -f: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    Ok(rest)
+}
+
+fn set(s: BorrowedFd<'_>, name: i32, v: i32, what: &str) -> Result<(), String> {
+    si::set_int(s, libc::IPPROTO_TCP, name, v).map_err(|e| format!("setsockopt {what} {v}: {e}"))
+}
+
+fn get(s: BorrowedFd<'_>, name: i32, what: &str) -> Result<i32, String> {
+    si::get_int(s, libc::IPPROTO_TCP, name).map_err(|e| format!("getsockopt {what}: {e}"))
+}
+
+/// Peek `len` bytes of the queue selected in repair mode.
+fn peek_queue(s: BorrowedFd<'_>, len: usize, what: &str) -> Result<Vec<u8>, String> {
+    let mut b = vec![0u8; len];
+    if len == 0 {
+        return Ok(b);
+    }
+    let n = si::peek(s, &mut b).map_err(|e| format!("peeking the {what} queue ({len} bytes): {e}"))?;
+    if n != len {
+        return Err(format!("the {what} queue gave {n} bytes of {len}"));
+    }
+    Ok(b)
+}
+
+/// Dump: hold the established socket `sk` (a duplicate of the frozen
+/// process's socket, inode `ino`) for [`read_all`]; a description held
+/// already (inherited by several processes) is held once.
+pub fn hold(sk: OwnedFd, src: Addr, dst: Addr, ino: u32) {
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if !held.iter().any(|h| h.ino == ino) {
+        held.push(Held { sk, src, dst, ino, locked: false, repaired: false });
+    }
+}
+
+/// Read one held socket, locked and in repair mode.
+fn read_one(s: BorrowedFd<'_>) -> Result<TcpStream, String> {
+    let ti = si::tcp_conn_info(s).map_err(|e| format!("TCP_INFO: {e}"))?;
+    if u32::from(ti.state) != 1 {
+        return Err(format!("its state changed to {} while the tree was frozen", super::inet::state_name(u32::from(ti.state))));
+    }
+    set(s, si::TCP_REPAIR_QUEUE, si::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
+    let inq_seq = get(s, si::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (receive queue)")? as u32;
+    let inq_len = si::ioctl_int(s, si::SIOCINQ).map_err(|e| format!("SIOCINQ: {e}"))?;
+    let inq = peek_queue(s, inq_len.max(0) as usize, "receive")?;
+    set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
+    let outq_seq = get(s, si::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (send queue)")? as u32;
+    let outq_len = si::ioctl_int(s, si::SIOCOUTQ).map_err(|e| format!("SIOCOUTQ: {e}"))?;
+    let unsq_len = si::ioctl_int(s, si::SIOCOUTQNSD).map_err(|e| format!("SIOCOUTQNSD: {e}"))?;
+    let outq = peek_queue(s, outq_len.max(0) as usize, "send")?;
+    set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
+    let mss_clamp = get(s, libc::TCP_MAXSEG, "TCP_MAXSEG")? as u32;
+    let timestamp = get(s, si::TCP_TIMESTAMP, "TCP_TIMESTAMP")? as u32;
+    let window = si::get_repair_window(s).map_err(|e| format!("TCP_REPAIR_WINDOW: {e}"))?;
+    Ok(TcpStream {
+        inq_seq,
+        outq_seq,
+        inq,
+        outq,
+        unsq_len: unsq_len.max(0) as u32,
+        opt_mask: ti.options,
+        snd_wscale: ti.snd_wscale,
+        rcv_wscale: ti.rcv_wscale,
+        mss_clamp,
+        timestamp,
+        window: Some(window),
+    })
+}
+
+/// Dump, once every fd table of the tree is read (the tree frozen): lock
+/// every held connection (one `iptables-restore` for all), put each in
+/// repair mode and read it into the fds of `tables` that hold it. The
+/// sockets stay in repair mode until [`release_dump`].
+pub fn read_all(tables: &mut [(crate::sys::Pid, &mut Vec<crate::model::Fd>)]) -> Result<(), crate::dump::files::FilesError> {
+    use crate::dump::files::FilesError;
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if held.is_empty() {
+        return Ok(());
+    }
+    // the fd that names each inode first, for errors
+    let name = |ino: u32| {
+        tables.iter().find_map(|(pid, fds)| fds.iter().find(|f| matches!(&f.file, crate::model::FileDesc::Kind(super::Kind::Inet(k)) if k.ino == ino)).map(|f| (*pid, f.fd)))
+    };
+    let refuse = |ino: u32, why: String| {
+        let (pid, fd) = name(ino).unwrap_or((0, -1));
+        FilesError::Kind { pid, fd, kind: super::inet::Inet::NAME_OF, why }
+    };
+    let conns: Vec<(Addr, Addr)> = held.iter().map(|h| (h.src, h.dst)).collect();
+    lock(&conns).map_err(|e| refuse(held[0].ino, format!("locking {} established connection(s): {e}", conns.len())))?;
+    for h in held.iter_mut() {
+        h.locked = true;
+    }
+    let mut streams = std::collections::HashMap::new();
+    for h in held.iter_mut() {
+        let what = format!("the established TCP connection {} -> {}", super::inet::ip_port(&h.src), super::inet::ip_port(&h.dst));
+        si::set_int(h.sk.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_ON).map_err(|e| refuse(h.ino, format!("{what}: setsockopt TCP_REPAIR on: {e}")))?;
+        h.repaired = true;
+        let st = read_one(h.sk.as_fd()).map_err(|e| refuse(h.ino, format!("{what}: {e}")))?;
+        streams.insert(h.ino, Box::new(st));
+    }
+    for (_, fds) in tables.iter_mut() {
+        for f in fds.iter_mut() {
+            if let crate::model::FileDesc::Kind(super::Kind::Inet(k)) = &mut f.file {
+                if let Some(st) = streams.get(&k.ino) {
+                    k.stream = Some(st.clone());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The end of a dump (from the frozen tree's release, before the
+/// processes run on or are killed): with `running`, every socket of
+/// [`dump`] comes out of repair mode and its lock is lifted; else they are
+/// left in repair mode (closed by the kill without a word to the peer)
+/// and locked for the restore.
+pub fn release_dump(running: bool) {
+    let held = std::mem::take(&mut *HELD.lock().unwrap_or_else(|p| p.into_inner()));
+    if held.is_empty() || !running {
+        return;
+    }
+    for h in held.iter().filter(|h| h.repaired) {
+        if let Err(e) = si::set_int(h.sk.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_OFF) {
+            crate::pr_err!("TCP_REPAIR off on {} - {}: {e}", super::inet::ip_port(&h.src), super::inet::ip_port(&h.dst));
+        }
+    }
+    let conns: Vec<(Addr, Addr)> = held.iter().filter(|h| h.locked).map(|h| (h.src, h.dst)).collect();
+    if !conns.is_empty() {
+        unlock(&conns);
+    }
+}
+
+/// Write `data` to the queue selected in repair mode, in pieces that the
+/// socket's buffer takes.
+fn fill_queue(s: BorrowedFd<'_>, data: &[u8], what: &str) -> Result<(), String> {
+    let mut off = 0;
+    let mut chunk = data.len().max(1);
+    while off < data.len() {
+        let end = (off + chunk).min(data.len());
+        match si::send(s, &data[off..end]) {
+            Ok(n) => off += n,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::EAGAIN)) && chunk > 1024 => chunk /= 2,
+            Err(e) => return Err(format!("writing the {what} queue ({} of {} bytes in): {e}", off, data.len())),
+        }
+    }
+    Ok(())
+}
+
+/// Restore (the restore child): the connection `src` -> `dst` of `st` on
+/// `sk`, a new TCP socket with its options before bind already set. It
+/// is left in repair mode ([`finish_restore`] ends it).
+pub fn restore(sk: &OwnedFd, src: Addr, dst: Addr, st: &TcpStream, bufs: (u32, u32)) -> Result<(), String> {
+    let s = sk.as_fd();
+    set(s, si::TCP_REPAIR, si::REPAIR_ON, "TCP_REPAIR")?;
+    si::bind(s, src).map_err(|e| format!("bind to {} (repair mode): {e}", super::inet::ip_port(&src)))?;
+    let inq_len = st.inq.len() as u32;
+    let outq_len = st.outq.len() as u32;
+    set(s, si::TCP_REPAIR_QUEUE, si::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
+    set(s, si::TCP_QUEUE_SEQ, st.inq_seq.wrapping_sub(inq_len) as i32, "TCP_QUEUE_SEQ (receive queue)")?;
+    set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
+    set(s, si::TCP_QUEUE_SEQ, st.outq_seq.wrapping_sub(outq_len) as i32, "TCP_QUEUE_SEQ (send queue)")?;
+    set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
+    si::connect(s, dst).map_err(|e| format!("connect to {} (repair mode): {e}", super::inet::ip_port(&dst)))?;
+    let mut opts = vec![(si::TCPOPT_MSS, st.mss_clamp)];
+    if st.opt_mask & si::TCPI_OPT_WSCALE != 0 {
+        opts.push((si::TCPOPT_WINDOW, st.snd_wscale | (st.rcv_wscale << 16)));
+    }
+    if st.opt_mask & si::TCPI_OPT_SACK != 0 {
+        opts.push((si::TCPOPT_SACK_PERM, 0));
+    }
+    if st.opt_mask & si::TCPI_OPT_TIMESTAMPS != 0 {
+        opts.push((si::TCPOPT_TIMESTAMP, 0));
+    }
+    si::set_repair_options(s, &opts).map_err(|e| format!("setsockopt TCP_REPAIR_OPTIONS {opts:?}: {e}"))?;
+    // the queues must fit the buffers: as large as when dumped (what the
+    // kernel had grown them to), or as the queue; SO_BUF_LOCK is set
+    // again as dumped afterwards (by the options)
+    let sol = libc::SOL_SOCKET;
+    let want_snd = bufs.0.max(outq_len.saturating_mul(2)) / 2;
+    let want_rcv = bufs.1.max(inq_len.saturating_mul(2)) / 2;
+    for (force, v, what) in [(libc::SO_SNDBUFFORCE, want_snd, "SO_SNDBUFFORCE"), (libc::SO_RCVBUFFORCE, want_rcv, "SO_RCVBUFFORCE")] {
+        if v > 0 {
+            si::set_int(s, sol, force, v.min(i32::MAX as u32) as i32).map_err(|e| format!("setsockopt {what} {v}: {e}"))?;
+        }
+    }
+    set(s, si::TCP_REPAIR_QUEUE, si::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
+    fill_queue(s, &st.inq, "receive")?;
+    set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
+    fill_queue(s, &st.outq, "send")?;
+    set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
+    if let Some(w) = &st.window {
+        si::set_repair_window(s, w).map_err(|e| format!("setsockopt TCP_REPAIR_WINDOW {w:?}: {e}"))?;
+    }
+    if st.opt_mask & si::TCPI_OPT_TIMESTAMPS != 0 {
+        set(s, si::TCP_TIMESTAMP, st.timestamp as i32, "TCP_TIMESTAMP")?;
+    }
+    // (SO_BUF_LOCK back to none; the options set it as dumped)
+    let _ = si::set_int(s, sol, 72, 0);
+    Ok(())
+}
+
+/// Before the restored tree runs: each established connection among
+/// `fds` of process `pid` out of repair mode, SO_REUSEADDR as dumped
+/// (repair mode's forced reuse is dropped with it).
+pub fn finish_restore(pid: crate::sys::Pid, fds: &[crate::model::Fd]) -> Result<(), String> {
+    let mut pidfd = None;
+    let mut seen = std::collections::HashSet::new();
+    for f in fds {
+        let crate::model::FileDesc::Kind(super::Kind::Inet(k)) = &f.file else { continue };
+        if k.stream.is_none() || !seen.insert(f.desc) {
+            continue;
+        }
+        if pidfd.is_none() {
+            pidfd = Some(crate::sys::process::pidfd_open(pid).map_err(|e| format!("pidfd_open {pid}: {e}"))?);
+        }
+        let sk = crate::sys::process::pidfd_getfd(pidfd.as_ref().expect("just set"), f.fd).map_err(|e| format!("pidfd_getfd fd {} of {pid}: {e}", f.fd))?;
+        let s = sk.as_fd();
+        set(s, si::TCP_REPAIR, si::REPAIR_OFF, "TCP_REPAIR").map_err(|e| format!("fd {} of {pid}: {e}", f.fd))?;
+        si::set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, k.opts.reuseaddr as i32).map_err(|e| format!("fd {} of {pid}: setsockopt SO_REUSEADDR: {e}", f.fd))?;
+    }
+    Ok(())
+}
+
+/// After the restored tree runs: lift the locks of its established
+/// connections (each socket's, as the dump set them).
+pub fn unlock_restored(tree: &crate::model::Tree) {
+    let mut conns = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in &tree.tasks {
+        for f in &t.fds {
+            if let crate::model::FileDesc::Kind(super::Kind::Inet(k)) = &f.file {
+                if let (Some(_), Some(d)) = (&k.stream, k.dst) {
+                    if seen.insert(k.ino) {
+                        conns.push((k.src, d));
+                    }
+                }
+            }
+        }
+    }
+    if !conns.is_empty() {
+        unlock(&conns);
+    }
+}
+
+/// The `tcp_stream_entry` of `st` and its payload (the receive queue, then
+/// the send queue), as upstream 4.2 writes them.
+pub fn to_image(st: &TcpStream) -> (images_proto::pb::TcpStreamEntry, Vec<u8>) {
+    let w = st.window.unwrap_or_default();
+    let e = images_proto::pb::TcpStreamEntry {
+        inq_len: st.inq.len() as u32,
+        inq_seq: st.inq_seq,
+        outq_len: st.outq.len() as u32,
+        outq_seq: st.outq_seq,
+        opt_mask: st.opt_mask,
+        snd_wscale: st.snd_wscale,
+        mss_clamp: st.mss_clamp,
+        rcv_wscale: Some(st.rcv_wscale),
+        timestamp: Some(st.timestamp),
+        // (superseded by inet_sk_entry's tcp_opts: upstream 4.2 leaves them out)
+        cork: None,
+        nodelay: None,
+        unsq_len: Some(st.unsq_len),
+        snd_wl1: st.window.map(|_| w.snd_wl1),
+        snd_wnd: st.window.map(|_| w.snd_wnd),
+        max_window: st.window.map(|_| w.max_window),
+        rcv_wnd: st.window.map(|_| w.rcv_wnd),
+        rcv_wup: st.window.map(|_| w.rcv_wup),
+    };
+    let mut payload = Vec::with_capacity(st.inq.len() + st.outq.len());
+    payload.extend_from_slice(&st.inq);
+    payload.extend_from_slice(&st.outq);
+    (e, payload)
+}
+
+/// Read `tcp-stream-INO.img` from `dir` (untrusted): errors name the file
+/// and field.
+pub fn read_image(dir: &std::path::Path, ino: u32) -> Result<TcpStream, crate::images_io::ImagesError> {
+    use crate::images_io::ImagesError;
+    use images_proto::magic as mg;
+    // (upstream names it by the inode in hex)
+    let file = mg::TCP_STREAM.file_name(format!("{ino:x}"));
+    let bad = |what: String| ImagesError::Bad { file: file.clone(), what };
+    if !dir.join(&file).exists() {
+        return Err(bad("missing: an established TCP connection needs its stream image".into()));
+    }
+    let mut r = images_proto::image::ImageReader::open(dir, &file, &mg::TCP_STREAM)?;
+    let e: images_proto::pb::TcpStreamEntry = r.next_entry()?.ok_or_else(|| bad("no entry".into()))?;
+    // the payload is bounded by the file (the reader refuses a length past it)
+    let inq = r.read_payload(u64::from(e.inq_len))?;
+    let outq = r.read_payload(u64::from(e.outq_len))?;
+    let unsq_len = e.unsq_len.unwrap_or(0);
+    if unsq_len > e.outq_len {
+        return Err(bad(format!("entry 0: unsq_len: {unsq_len} is past outq_len {}", e.outq_len)));
+    }
+    let rcv_wscale = e.rcv_wscale.unwrap_or(0);
+    for (f, v) in [("snd_wscale", e.snd_wscale), ("rcv_wscale", rcv_wscale)] {
+        if v > 14 {
+            return Err(bad(format!("entry 0: {f}: {v} is past 14 (RFC 7323's largest shift)")));
+        }
+    }
+    if e.mss_clamp == 0 || e.mss_clamp > 65535 {
+        return Err(bad(format!("entry 0: mss_clamp: {} is not an MSS", e.mss_clamp)));
+    }
+    if e.opt_mask & !0xf != 0 {
+        return Err(bad(format!("entry 0: opt_mask: {:#x} has bits other than TCPI_OPT_TIMESTAMPS|SACK|WSCALE|ECN", e.opt_mask)));
+    }
+    let window = match (e.snd_wl1, e.snd_wnd, e.max_window, e.rcv_wnd, e.rcv_wup) {
+        (Some(snd_wl1), Some(snd_wnd), Some(max_window), Some(rcv_wnd), Some(rcv_wup)) => Some(RepairWindow { snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup }),
+        (None, None, None, None, None) => None,
+        _ => return Err(bad("entry 0: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup: some given, not all".into())),
+    };
+    Ok(TcpStream {
+        inq_seq: e.inq_seq,
+        outq_seq: e.outq_seq,
+        inq,
+        outq,
+        unsq_len,
+        opt_mask: e.opt_mask,
+        snd_wscale: e.snd_wscale,
+        rcv_wscale,
+        mss_clamp: e.mss_clamp,
+        timestamp: e.timestamp.unwrap_or(0),
+        window,
+    })
+}

@@ -1,0 +1,631 @@
+//! Established TCP connections through dump and restore with
+//! `--tcp-established`, with tests/progs/tcppair.c: each end sends an
+//! endless stream whose byte i is a function of i, in writes of varying
+//! sizes, and checks every byte it receives at its position (a byte lost,
+//! repeated or changed, end of file or an error is `FAIL` in its
+//! progress-ROLE.log; the client end's TCP_NODELAY and keepalive settings are
+//! checked every tick too). Both ends in the tree (two processes; one process
+//! with both, IPv6), the client outside the tree (it keeps its socket and
+//! keeps sending while the server is dumped and restored), `--leave-running`,
+//! rounds in a row, images both ways with upstream CRIU 4.2, refusals and
+//! hostile images; the network lock's rules checked present while dumped
+//! and gone after. Needs root, gcc, unshare, setsid, iptables.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+mod common;
+
+use images_proto::{image, magic, pb};
+
+use common::{criu_env, criu_ok, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
+
+fn why_not() -> Option<String> {
+    why_not_here().or_else(|| common::why_not_tools(&["iptables", "iptables-restore", "ip6tables-restore"]))
+}
+
+/// A port for this test run: distinct per test process and `n`.
+fn port(n: u16) -> u16 {
+    20000 + (std::process::id() % 2000) as u16 * 20 + n
+}
+
+/// A running tcppair, `unshare --pid --fork setsid tcppair WORDS...` (pid 1
+/// of its own pid namespace, so that the restore has its pids free and
+/// upstream CRIU dumps it too); killed on drop with any outside client.
+struct Pair {
+    dir: PathBuf,
+    bin: PathBuf,
+    work: PathBuf,
+    pid: i32,
+    outside: Option<std::process::Child>,
+}
+
+fn build(dir: &Path) -> PathBuf {
+    let bin = dir.join("tcppair");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tcppair.c");
+    let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "building tcppair");
+    bin
+}
+
+impl Pair {
+    fn start(name: &str, words: &[&str], roles: &[&str]) -> Pair {
+        let dir = test_dir(&format!("tcp-{name}"));
+        let bin = build(&dir);
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
+            .arg(&bin)
+            .args(words)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tcppair");
+        std::thread::spawn(move || child.wait());
+        let mut p = Pair { dir, bin, work, pid: 0, outside: None };
+        if words.contains(&"server") {
+            wait_until("the listener", Duration::from_secs(10), || p.tree_pids().len() == 1);
+            std::thread::sleep(Duration::from_millis(100));
+            let port = words.last().unwrap().to_string();
+            let v6 = words.contains(&"-6");
+            let mut c = Command::new(&p.bin);
+            if v6 {
+                c.arg("-6");
+            }
+            p.outside = Some(c.args(["client", &port]).current_dir(&p.work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the client"));
+        }
+        for r in roles {
+            wait_until(&format!("{r} under way"), Duration::from_secs(10), || p.progress(r).1 > 100_000);
+        }
+        p.refind();
+        p
+    }
+
+    /// The processes of the tree (in a pid namespace: NSpid has two numbers).
+    fn tree_pids(&self) -> Vec<i32> {
+        live_with_exe(&self.bin)
+            .into_iter()
+            .filter(|p| {
+                let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() == 3)
+            })
+            .collect()
+    }
+
+    fn refind(&mut self) {
+        let roots: Vec<i32> = self
+            .tree_pids()
+            .into_iter()
+            .filter(|p| {
+                let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+            })
+            .collect();
+        assert_eq!(roots.len(), 1, "one tcppair root expected, found {roots:?}");
+        self.pid = roots[0];
+    }
+
+    /// (last tick, bytes received) of a role; panics on a FAIL line.
+    fn progress(&self, role: &str) -> (u64, u64) {
+        let s = std::fs::read_to_string(self.work.join(format!("progress-{role}.log"))).unwrap_or_default();
+        assert!(!s.contains("FAIL"), "{role} reported a failure:\n{}", s.lines().filter(|l| l.contains("FAIL")).collect::<Vec<_>>().join("\n"));
+        let last = s.lines().rfind(|l| l.starts_with("tick ")).unwrap_or("");
+        let w: Vec<&str> = last.split_whitespace().collect();
+        let num = |i: usize| w.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (num(1), num(4))
+    }
+
+    /// Each role receives `bytes` more (its stream checked all along).
+    fn flows(&self, roles: &[&str], bytes: u64, what: &str) {
+        for r in roles {
+            let (_, rx) = self.progress(r);
+            wait_until(&format!("{r}: {bytes} more bytes {what}"), Duration::from_secs(30), || self.progress(r).1 >= rx + bytes);
+        }
+    }
+
+    fn images(&self, name: &str) -> PathBuf {
+        let d = self.dir.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn gone(&self) {
+        wait_until("the tree gone", Duration::from_secs(5), || self.tree_pids().is_empty());
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+        }
+        if let Some(c) = &mut self.outside {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The network lock's DROP rules naming `port` (both families).
+fn lock_rules(port: u16) -> Vec<String> {
+    let mut v = Vec::new();
+    for cmd in ["iptables", "ip6tables"] {
+        let out = Command::new(cmd).args(["-w", "-S"]).output().expect("iptables -S");
+        v.extend(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("0xc114") && l.contains(&format!("port {port} "))).map(str::to_string));
+    }
+    v
+}
+
+/// A round: dump (the tree killed, its connections left locked), check
+/// the lock, restore, check the lock is lifted and the streams flow.
+fn round(p: &mut Pair, criu: &Path, name: &str, port: u16, roles: &[&str], rules: usize) {
+    let img = p.images(name);
+    criu_ok(criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established"], &img, "dump.log");
+    p.gone();
+    assert_eq!(lock_rules(port).len(), rules, "{name}: the lock's rules while dumped: {:?}", lock_rules(port));
+    // (the tree is away a moment: an outside peer keeps sending into the lock)
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = Command::new(criu);
+    let out = c.args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&p.work).output().expect("restore");
+    let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+    assert!(out.status.success(), "{name}: restore failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lock_rules(port).is_empty(), "{name}: the lock's rules left after the restore: {:?}", lock_rules(port));
+    p.refind();
+    p.flows(roles, 4 << 20, &format!("after {name}"));
+}
+
+/// Client and server in the tree (two processes, IPv4): two rounds in a
+/// row, no byte lost or repeated.
+#[test]
+fn pair_in_the_tree_two_rounds() {
+    require!(why_not());
+    let pt = port(1);
+    let mut p = Pair::start("pair", &["pair", &pt.to_string()], &["server", "client"]);
+    let criu = private_criu(&p.dir);
+    round(&mut p, &criu, "img1", pt, &["server", "client"], 4);
+    round(&mut p, &criu, "img2", pt, &["server", "client"], 4);
+    // the stream image as upstream names and shapes it
+    let files: Vec<pb::FileEntry> = image::read_all(&p.dir.join("img2"), "files.img", &magic::FILES).unwrap();
+    let est: Vec<&pb::InetSkEntry> = files.iter().filter_map(|f| f.isk.as_ref()).filter(|i| i.state == 1).collect();
+    assert_eq!(est.len(), 2, "two established INETSK entries");
+    for i in est {
+        let name = format!("tcp-stream-{:x}.img", i.ino);
+        let e: pb::TcpStreamEntry = image::read_one(&p.dir.join("img2"), &name, &magic::TCP_STREAM).unwrap();
+        assert!(e.mss_clamp > 0 && e.snd_wl1.is_some() && e.cork.is_none(), "{name}: {e:?}");
+    }
+}
+
+/// One process holding both ends of an IPv6 connection.
+#[test]
+fn one_process_both_ends_v6() {
+    require!(why_not());
+    let pt = port(2);
+    let mut p = Pair::start("one6", &["-6", "one", &pt.to_string()], &["a", "b"]);
+    let criu = private_criu(&p.dir);
+    round(&mut p, &criu, "img1", pt, &["a", "b"], 4);
+}
+
+/// Full queues: one end stops reading until its receive queue and the
+/// other's send queue are full (megabytes, past the default buffer
+/// sizes), then both are dumped and restored with them, and the stream
+/// goes on intact once it reads again.
+#[test]
+fn full_queues() {
+    require!(why_not());
+    let pt = port(0);
+    let mut p = Pair::start("full", &["one", &pt.to_string()], &["a", "b"]);
+    let criu = private_criu(&p.dir);
+    std::fs::write(p.work.join("pause-b"), "").unwrap();
+    // a's tx stops growing: the queues are full
+    let tx = |p: &Pair| {
+        let s = std::fs::read_to_string(p.work.join("progress-a.log")).unwrap_or_default();
+        s.lines().rfind(|l| l.starts_with("tick ")).and_then(|l| l.split_whitespace().nth(6)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let mut last = 0;
+    wait_until("a's send queue full", Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let t = tx(&p);
+        let full = t == last;
+        last = t;
+        full
+    });
+    let img = p.images("img");
+    criu_ok(&criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established"], &img, "dump.log");
+    p.gone();
+    let total: u64 = std::fs::read_dir(&img).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-")).map(|e| e.metadata().unwrap().len()).sum();
+    assert!(total > 1 << 20, "the stream images hold the full queues: {total} bytes");
+    let out = Command::new(&criu).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&p.work).output().expect("restore");
+    assert!(out.status.success(), "{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    p.refind();
+    std::fs::remove_file(p.work.join("pause-b")).unwrap();
+    p.flows(&["a", "b"], 8 << 20, "after the restore with full queues");
+}
+
+/// The server in the tree, the client outside it: the client keeps its
+/// socket (and keeps sending into the lock) while the server is dumped
+/// and restored.
+#[test]
+fn client_outside_the_tree() {
+    require!(why_not());
+    let pt = port(3);
+    let mut p = Pair::start("outside", &["server", &pt.to_string()], &["server", "client"]);
+    let criu = private_criu(&p.dir);
+    round(&mut p, &criu, "img1", pt, &["server", "client"], 2);
+    round(&mut p, &criu, "img2", pt, &["server", "client"], 2);
+}
+
+/// `--leave-running`: the connections come out of repair mode and the lock
+/// is lifted; the streams go on, twice.
+#[test]
+fn leave_running() {
+    require!(why_not());
+    let pt = port(4);
+    let p = Pair::start("leave", &["pair", &pt.to_string()], &["server", "client"]);
+    let criu = private_criu(&p.dir);
+    for n in ["img1", "img2"] {
+        let img = p.images(n);
+        criu_ok(&criu, &["dump", "-R", "-t", &p.pid.to_string(), "--tcp-established"], &img, "dump.log");
+        assert!(lock_rules(pt).is_empty(), "{n}: rules left by a --leave-running dump: {:?}", lock_rules(pt));
+        assert_eq!(p.tree_pids().len(), 2);
+        p.flows(&["server", "client"], 4 << 20, &format!("after the --leave-running dump {n}"));
+        assert!(std::fs::read_dir(&img).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-")));
+    }
+}
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
+}
+
+/// Upstream CRIU 4.2 restores our images of an established connection,
+/// and we restore its.
+#[test]
+fn upstream_both_ways() {
+    require!(why_not().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display()))));
+    let pt = port(5);
+    let roles = ["a", "b"];
+    let mut p = Pair::start("upstream", &["one", &pt.to_string()], &roles);
+    let criu = private_criu(&p.dir);
+    for (n, dumper, restorer) in [("ours-to-up", criu.clone(), upstream()), ("up-to-ours", upstream(), criu.clone())] {
+        let img = p.images(n);
+        criu_ok(&dumper, &["dump", "-t", &p.pid.to_string(), "--tcp-established"], &img, "dump.log");
+        p.gone();
+        assert_eq!(lock_rules(pt).len(), 4, "{n}: the lock's rules while dumped");
+        let out = Command::new(&restorer).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&p.work).output().expect("restore");
+        let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+        assert!(out.status.success(), "{n}: restore failed:\n{log}");
+        assert!(lock_rules(pt).is_empty(), "{n}: the lock's rules left after the restore: {:?}", lock_rules(pt));
+        p.refind();
+        p.flows(&roles, 4 << 20, &format!("after {n}"));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Without `--tcp-established` an established connection is refused by
+/// name at dump (the program runs on) and its image at restore; hostile
+/// stream images are refused naming the file and field before anything
+/// is made.
+#[test]
+fn refusals_and_hostile_images() {
+    require!(why_not());
+    let pt = port(6);
+    let p = Pair::start("hostile", &["one", &pt.to_string()], &["a", "b"]);
+    let criu = private_criu(&p.dir);
+    let img = p.images("refused");
+    let (st, log) = criu_env(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("an established TCP connection 127.0.0.1:") && log.contains("--tcp-established"), "{log}");
+    p.flows(&["a", "b"], 1 << 20, "after the refused dump");
+    let img = p.images("img");
+    criu_ok(&criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established"], &img, "dump.log");
+    p.gone();
+    // the images of a dumped connection need --tcp-established (or --tcp-close)
+    let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "r0.log", &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("isk.state: a TCP connection (ESTABLISHED): restored only with --tcp-established"), "{log}");
+    let files: Vec<pb::FileEntry> = image::read_all(&img, "files.img", &magic::FILES).unwrap();
+    let ino = files.iter().filter_map(|f| f.isk.as_ref()).find(|i| i.state == 1).unwrap().ino;
+    let stream = format!("tcp-stream-{ino:x}.img");
+    let edit_stream = |name: &str, f: &dyn Fn(&mut pb::TcpStreamEntry, &mut Vec<u8>)| {
+        let out = img.with_file_name(name);
+        copy_dir(&img, &out);
+        let mut r = image::ImageReader::open(&out, &stream, &magic::TCP_STREAM).unwrap();
+        let mut e: pb::TcpStreamEntry = r.next_entry().unwrap().unwrap();
+        let mut rest = r.read_rest().unwrap();
+        f(&mut e, &mut rest);
+        let mut w = image::ImageWriter::create(&out, &stream, &magic::TCP_STREAM).unwrap();
+        w.write_entry(&e).unwrap();
+        w.write_payload(&rest).unwrap();
+        w.finish().unwrap();
+        out
+    };
+    let edit_isk = |name: &str, f: &dyn Fn(&mut pb::InetSkEntry)| {
+        let out = img.with_file_name(name);
+        copy_dir(&img, &out);
+        let mut files: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
+        f(files.iter_mut().filter_map(|e| e.isk.as_mut()).find(|i| i.ino == ino).unwrap());
+        image::write_all(&out, "files.img", &magic::FILES, &files).unwrap();
+        out
+    };
+    let no_stream = {
+        let out = img.with_file_name("no-stream");
+        copy_dir(&img, &out);
+        std::fs::remove_file(out.join(&stream)).unwrap();
+        out
+    };
+    let cases: Vec<(&str, PathBuf, String)> = vec![
+        ("queue past the file", edit_stream("past", &|e, _| e.inq_len = e.inq_len.saturating_add(1 << 30)), stream.clone()),
+        ("outq past the file", edit_stream("outq-past", &|e, _| e.outq_len = u32::MAX), stream.clone()),
+        ("unsent past the queue", edit_stream("unsq", &|e, _| e.unsq_len = Some(e.outq_len + 1)), "unsq_len".into()),
+        ("window scale", edit_stream("wscale", &|e, _| e.snd_wscale = 15), "snd_wscale: 15 is past 14".into()),
+        ("mss", edit_stream("mss", &|e, _| e.mss_clamp = 0), "mss_clamp: 0 is not an MSS".into()),
+        ("half a window", edit_stream("window", &|e, _| e.rcv_wup = None), "some given, not all".into()),
+        ("stream image missing", no_stream, format!("{stream}: missing")),
+        ("v6 address in a v4 connection", edit_isk("family", &|i| i.dst_addr = vec![0, 0, 0, 1]), "isk.dst_addr: 4 words for AF_INET (want 1)".into()),
+        ("no peer port", edit_isk("port", &|i| i.dst_port = 0), "0 for an established TCP connection".into()),
+    ];
+    for (what, dir, want) in cases {
+        let (st, log) = criu_env(&criu, &["restore", "-d", "--tcp-established"], &dir, "restore.log", &[]);
+        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
+        assert!(log.contains(&want), "{what}: the error must say {want:?}:\n{log}");
+        assert!(p.tree_pids().is_empty(), "{what}: a refused image must not start anything");
+    }
+    // the good images still restore (and lift the lock)
+    let out = Command::new(&criu).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&p.work).output().expect("restore");
+    assert!(out.status.success(), "{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    assert!(lock_rules(pt).is_empty());
+}
+
+/// A program nobody here wrote, started as a user would under
+/// `unshare --pid --fork setsid` in a work directory of its own; its root
+/// is found by that directory (pid 1 of its namespace). Killed on drop.
+struct Program {
+    dir: PathBuf,
+    work: PathBuf,
+}
+
+impl Program {
+    fn start(name: &str, argv: &[&str]) -> Program {
+        let dir = test_dir(&format!("tcp-{name}"));
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
+            .args(argv)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the program");
+        std::thread::spawn(move || child.wait());
+        let p = Program { dir, work };
+        wait_until(&format!("{name} started"), Duration::from_secs(10), || p.root().is_some());
+        p
+    }
+
+    /// The pids whose working directory is ours, and the one that is pid 1
+    /// of its namespace.
+    fn pids(&self) -> (Vec<i32>, Option<i32>) {
+        let mut all = Vec::new();
+        let mut root = None;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if std::fs::read_link(format!("/proc/{pid}/cwd")).ok().as_deref() != Some(self.work.as_path()) {
+                continue;
+            }
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if st.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+                continue;
+            }
+            let ns: Vec<&str> = st.lines().find(|l| l.starts_with("NSpid:")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+            if ns.len() != 3 {
+                continue; // the unshare process itself
+            }
+            all.push(pid);
+            if ns[2] == "1" {
+                root = Some(pid);
+            }
+        }
+        (all, root)
+    }
+
+    fn root(&self) -> Option<i32> {
+        self.pids().1
+    }
+
+    /// Dump with --tcp-established (killed), then restore in the work dir.
+    fn round(&self, criu: &Path, name: &str, between: impl FnOnce()) {
+        let img = self.dir.join(name);
+        let _ = std::fs::remove_dir_all(&img);
+        std::fs::create_dir_all(&img).unwrap();
+        criu_ok(criu, &["dump", "-t", &self.root().unwrap().to_string(), "--tcp-established"], &img, "dump.log");
+        wait_until("the program gone", Duration::from_secs(5), || self.pids().0.is_empty());
+        between();
+        let out = Command::new(criu).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&self.work).output().expect("restore");
+        assert!(out.status.success(), "{name}: restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        for p in self.pids().0 {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// Connect to 127.0.0.1:port, retrying while the program starts.
+fn connect(port: u16) -> std::net::TcpStream {
+    let mut last = None;
+    for _ in 0..200 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                return s;
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("connecting to port {port}: {last:?}");
+}
+
+/// Read one HTTP/1.1 response (headers, then Content-Length bytes).
+fn http_response(s: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("reading the response head"), 1, "end of file in the response head: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).expect("Content-Length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("reading the body");
+    (head, body)
+}
+
+/// `python3 -m http.server` (HTTP/1.1, keep-alive) answers a client whose
+/// connection is held across the restore; the second request is sent
+/// while the server is dumped (into the network lock) and answered after.
+#[test]
+fn python_http_server_keep_alive() {
+    use std::io::Write;
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let pt = port(7);
+    let p = Program::start("http", &["python3", "-m", "http.server", "--protocol", "HTTP/1.1", "--bind", "127.0.0.1", &pt.to_string()]);
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(p.work.join("data.bin"), &body).unwrap();
+    let criu = private_criu(&p.dir);
+    let mut c = connect(pt);
+    let req = format!("GET /data.bin HTTP/1.1\r\nHost: 127.0.0.1:{pt}\r\nConnection: keep-alive\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let (head, got) = http_response(&mut c);
+    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
+    assert!(got == body, "the body before the dump differs");
+    let mut c2 = c.try_clone().unwrap();
+    p.round(&criu, "img1", || c2.write_all(req.as_bytes()).unwrap());
+    let (head, got) = http_response(&mut c);
+    assert!(head.contains(" 200 ") && got == body, "the request sent while dumped: {head}");
+    p.round(&criu, "img2", || {});
+    c.write_all(req.as_bytes()).unwrap();
+    let (head, got) = http_response(&mut c);
+    assert!(head.contains(" 200 ") && got == body, "a request after two rounds: {head}");
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left: {:?}", lock_rules(pt));
+}
+
+/// memcached with a client connection held open across the restore: the
+/// value set before is still there, through the same connection, and a
+/// command sent while it is dumped is answered after.
+#[test]
+fn memcached_client_held_across_restore() {
+    use std::io::{Read, Write};
+    require!(why_not().or_else(|| common::why_not_tool("memcached")));
+    let pt = port(8);
+    let ps = pt.to_string();
+    let p = Program::start("memcached", &["memcached", "-u", "root", "-l", "127.0.0.1", "-p", &ps, "-U", "0", "-t", "2"]);
+    let criu = private_criu(&p.dir);
+    let mut c = connect(pt);
+    let read_until = |c: &mut std::net::TcpStream, end: &[u8]| {
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        while !got.ends_with(end) {
+            let n = c.read(&mut b).expect("reading memcached's answer");
+            assert!(n > 0, "end of file from memcached after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let value: String = (0..5000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    c.write_all(format!("set held 7 0 {}\r\n{value}\r\n", value.len()).as_bytes()).unwrap();
+    assert_eq!(read_until(&mut c, b"\r\n"), "STORED\r\n");
+    let mut c2 = c.try_clone().unwrap();
+    p.round(&criu, "img1", || c2.write_all(b"get held\r\n").unwrap());
+    let want = format!("VALUE held 7 {}\r\n{value}\r\nEND\r\n", value.len());
+    assert_eq!(read_until(&mut c, b"END\r\n"), want, "the value through the held connection");
+    c.write_all(b"incr missing 1\r\nset n 0 0 1\r\n5\r\nincr n 3\r\n").unwrap();
+    assert_eq!(read_until(&mut c, b"8\r\n"), "NOT_FOUND\r\nSTORED\r\n8\r\n");
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left: {:?}", lock_rules(pt));
+}
+
+/// A dump that fails after the connections were locked and put in
+/// repair mode (its images directory can't be written) gives them back
+/// out of repair mode and unlocked, and the program goes on; a connection
+/// in a transitional state (FIN_WAIT2 and CLOSE_WAIT: one end shut its
+/// writing side) is refused by name with its state, the program going on.
+#[test]
+fn failed_dumps_release_connections_and_transitional_states_are_refused() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let pt = port(9);
+    let prog = format!(
+        "import socket,time,os\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
+         a=socket.create_connection(('127.0.0.1',{pt})); b,_=l.accept(); half=None\n\
+         log=open('progress.log','w',buffering=1); n=0\n\
+         while True:\n\
+         \x20 if half is None and os.path.exists('half'):\n\
+         \x20   c=socket.create_connection(('127.0.0.1',{pt})); d,_=l.accept(); c.shutdown(socket.SHUT_WR); half=(c,d)\n\
+         \x20 n+=1; m=b'ping %d' % n; a.sendall(m); got=b.recv(100)\n\
+         \x20 log.write('tick %d ok\\n' % n if got==m else 'FAIL got %r\\n' % got); time.sleep(0.05)\n"
+    );
+    let p = Program::start("transitional", &["python3", "-c", &prog]);
+    let ticks = || common::last_tick(&p.work.join("progress.log"));
+    wait_until("ticks", Duration::from_secs(10), || ticks() >= 2);
+    let criu = private_criu(&p.dir);
+    let pid = p.root().unwrap().to_string();
+    // the images directory is one nothing can be created in
+    let log = p.dir.join("failed.log");
+    let out = Command::new(&criu).args(["dump", "--tcp-established", "-t", &pid, "-D", "/proc/sys", "-v4", "-o"]).arg(&log).output().expect("dump");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.matches("Locked 127.0.0.1:").count() == 2, "both ends locked before the failure:\n{text}");
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left by a failed dump: {:?}", lock_rules(pt));
+    let t = ticks();
+    wait_until("ticks after the failed dump", Duration::from_secs(10), || ticks() >= t + 5);
+    std::fs::write(p.work.join("half"), "").unwrap();
+    let t = ticks();
+    wait_until("ticks with the half-closed connection", Duration::from_secs(10), || ticks() >= t + 3);
+    let img = p.dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, log) = criu_env(&criu, &["dump", "-t", &pid, "--tcp-established"], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("in state FIN_WAIT2 (5): --tcp-established carries ESTABLISHED connections only"), "{log}");
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left by a refused dump: {:?}", lock_rules(pt));
+    let t = ticks();
+    wait_until("ticks after the refused dump", Duration::from_secs(10), || ticks() >= t + 5);
+}
+
+/// `--network-lock skip`: no rule is set (both ends are in the tree here,
+/// so nothing reaches them meanwhile) and the connection still goes on;
+/// `--network-lock nftables` is refused by name, the program running on.
+#[test]
+fn network_lock_options() {
+    require!(why_not());
+    let pt = port(10);
+    let mut p = Pair::start("nolock", &["one", &pt.to_string()], &["a", "b"]);
+    let criu = private_criu(&p.dir);
+    let img = p.images("refused");
+    let (st, log) = criu_env(&criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established", "--network-lock", "nftables"], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("--network-lock nftables is not supported yet"), "{log}");
+    p.flows(&["a", "b"], 1 << 20, "after the refused dump");
+    let img = p.images("img");
+    criu_ok(&criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established", "--network-lock", "skip"], &img, "dump.log");
+    p.gone();
+    assert!(lock_rules(pt).is_empty(), "rules set with --network-lock skip: {:?}", lock_rules(pt));
+    let out = Command::new(&criu).args(["restore", "-d", "--tcp-established", "--network-lock", "skip", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&p.work).output().expect("restore");
+    assert!(out.status.success(), "{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    p.refind();
+    p.flows(&["a", "b"], 4 << 20, "after a restore without the lock");
+}
