@@ -409,7 +409,7 @@ fn hostile_messages() {
         ("negative pid", o(&|c| c.pid = Some(-3)), "criu_opts.pid"),
         ("timeout 0", o(&|c| c.timeout = Some(0)), "criu_opts.timeout"),
         ("unknown network_lock", o(&|c| c.network_lock = Some(99)), "network_lock"),
-        ("tcp_established", o(&|c| c.tcp_established = Some(true)), "criu_opts.tcp_established"),
+        ("track_mem", o(&|c| c.track_mem = Some(true)), "criu_opts.track_mem"),
         ("tfork opts on DUMP", o(&|c| c.tfork = Some(CriuTforkOpts::default())), "criu_opts.tfork"),
         ("NOTIFY first", req(T::Notify, None).encode_to_vec(), "NOTIFY"),
         ("EMPTY", req(T::Empty, None).encode_to_vec(), "EMPTY"),

@@ -47,11 +47,11 @@ pub const ACCEPTED: &[(&str, &str)] = &[
     ("ext_mnt, auto_ext_mnt, ext_sharing, ext_masters, skip_mnt, enable_fs", "describe the mounts of a mount namespace: none is dumped here (a tree in a mount namespace other than criu's is refused by name)"),
     ("empty_ns (CLONE_NEWNET only)", "leave the network namespace to the runtime: none is dumped here (a tree in another network namespace is refused by name)"),
     ("root (on DUMP)", "the root of the dumped mount namespace: the dumped tree must share criu's, whose paths are the image's"),
-    ("orphan_pts_master", "a pty master of the tree handed to the client: ptys other than --shell-job's terminal are refused"),
+    ("orphan_pts_master", "a pty master handed to the client for a slave whose master was outside the tree: such a slave is refused at dump (but for --shell-job's terminal), so there is none to hand"),
     ("evasive_devices", "lets a restore open a device by another path when its own fails: the devices restored here (/dev/null, /dev/zero) are opened by path, a failure names it"),
     ("config_file (when the file does not exist)", "upstream skips a missing config file too (runc always names /etc/criu/runc.conf); an existing one is refused"),
     ("force_irmap, irmap_scan_paths", "as the command line's: inotify watch paths; inotify fds are dumped by handle"),
-    ("tcp_skip_in_flight, weak_sysctls, mntns_compat_mode, pre_dump_mode, network_lock", "as the command line's (criu --help)"),
+    ("tcp_skip_in_flight, weak_sysctls, mntns_compat_mode, pre_dump_mode", "as the command line's (criu --help)"),
     ("ghost_fiemap", "sparse unlinked files are already copied by their data extents (SEEK_DATA)"),
     ("manage_cgroups with manage_cgroups_mode IGNORE", "upstream then leaves the restored tree's cgroups alone, as criu-rs does (any other mode is refused)"),
     ("manage_cgroups_mode (without manage_cgroups)", "only says how cgroups would be managed"),
@@ -161,7 +161,6 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         }
     };
     let t = |b: Option<bool>| b == Some(true);
-    no(t(c.tcp_established), "tcp_established", "established TCP connections are not supported yet (tcp_close restores them closed)");
     no(c.parent_img.is_some(), "parent_img", "no incremental dumps (no pre-dump)");
     no(t(c.track_mem), "track_mem", "no memory tracking (no pre-dump)");
     no(t(c.auto_dedup), "auto_dedup", "no image deduplication");
@@ -231,6 +230,17 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     o.file_locks = t(c.file_locks);
     o.link_remap = t(c.link_remap);
     o.tcp_close = t(c.tcp_close);
+    o.tcp_established = t(c.tcp_established);
+    // (checked above to be a known method; the command line's rules apply)
+    o.network_lock = c.network_lock.and_then(|v| images_proto::rpc::CriuNetworkLockMethod::try_from(v).ok()).map(|m| {
+        use images_proto::rpc::CriuNetworkLockMethod as N;
+        match m {
+            N::Iptables => "iptables",
+            N::Nftables => "nftables",
+            N::Skip => "skip",
+        }
+        .to_string()
+    });
     o.display_stats = t(c.display_stats);
     o.ghost_limit = c.ghost_limit.map(u64::from);
     if let Some(f) = &c.freeze_cgroup {
@@ -565,9 +575,9 @@ mod tests {
 
     #[test]
     fn refusals_name_every_field() {
-        let c = CriuOpts { images_dir_fd: 5, tcp_established: Some(true), manage_cgroups: Some(true), inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
+        let c = CriuOpts { images_dir_fd: 5, track_mem: Some(true), manage_cgroups: Some(true), inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
         let e = map(CriuReqType::Restore, &c).err().unwrap();
-        for f in ["criu_opts.tcp_established", "criu_opts.manage_cgroups", "criu_opts.inherit_fd"] {
+        for f in ["criu_opts.track_mem", "criu_opts.manage_cgroups", "criu_opts.inherit_fd"] {
             assert!(e.contains(f), "{f} in {e}");
         }
         // IGNORE mode is what is done anyway
