@@ -973,6 +973,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if args.get(1).is_some_and(|a| a == crate::tfork::NS_INIT_ARG) {
         crate::tfork::ns_init_main();
     }
+    if args.get(1).is_some_and(|a| a == crate::kinds::tcp_stream::GUARD_ARG) {
+        let a: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        crate::kinds::tcp_stream::guard_main(&a);
+    }
     let args: Vec<String> = args.into_iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     let (o, problems) = opts::resolve(&args);
     if o.command.as_deref() == Some("swrk") && problems.is_empty() && !o.help && !o.version {

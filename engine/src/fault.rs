@@ -19,7 +19,8 @@
 //! same, in a thread other than the main one), `after-parasite`,
 //! `mid-memory` (after the first page run is written), `mid-pump` (inside
 //! an injected vmsplice of the page pump, pipe fds open in the source),
-//! `before-inventory`;
+//! `before-inventory`, `tcp-repaired` (`--tcp-established`: every
+//! established connection locked and in repair mode);
 //! tfork `tfork-fork` (the source's main thread at the entry of the
 //! injected clone3), `tfork-forked` (its fork event: the first clone S
 //! exists, not yet PTRACE_O_EXITKILL), `tfork-source-released`,
@@ -51,6 +52,7 @@ pub const POINTS: &[&str] = &[
     "mid-memory",
     "mid-pump",
     "before-inventory",
+    "tcp-repaired",
     "after-clone",
     "after-reports",
     "mid-mm",

@@ -18,6 +18,7 @@ use std::time::Duration;
 mod common;
 
 use images_proto::{image, magic, pb};
+use std::os::unix::process::ExitStatusExt;
 
 use common::{criu_env, criu_ok, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
 
@@ -176,6 +177,28 @@ fn round(p: &mut Pair, criu: &Path, name: &str, port: u16, roles: &[&str], rules
     assert!(lock_rules(port).is_empty(), "{name}: the lock's rules left after the restore: {:?}", lock_rules(port));
     p.refind();
     p.flows(roles, 4 << 20, &format!("after {name}"));
+}
+
+/// The engine killed once every connection is locked and in repair mode
+/// (fault point `tcp-repaired`): its guard takes the sockets out of
+/// repair mode and lifts the lock, and the pair streams on, no byte lost
+/// (before the guard, both stayed in repair mode and locked: the stream
+/// stopped for good).
+#[test]
+fn engine_killed_while_repaired_leaves_the_connections_working() {
+    require!(why_not());
+    let pt = port(11);
+    let p = Pair::start("killed", &["pair", &pt.to_string()], &["server", "client"]);
+    let criu = private_criu(&p.dir);
+    p.flows(&["server", "client"], 1 << 20, "before the dump");
+    let img = p.images("img");
+    let (st, log) = criu_env(&criu, &["dump", "-t", &p.pid.to_string(), "--tcp-established"], &img, "dump.log", &[("CRIU_RS_FAULT_AT", "tcp-repaired")]);
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "the engine killed itself at tcp-repaired:\n{log}");
+    assert!(log.contains("Locked 127.0.0.1:"), "killed after the lock:\n{log}");
+    wait_until("the guard lifted the lock", Duration::from_secs(10), || lock_rules(pt).is_empty());
+    assert!(!p.tree_pids().is_empty(), "the tree runs on");
+    p.flows(&["server", "client"], 4 << 20, "after the engine died");
+    assert!(!img.join("inventory.img").exists(), "no image set that looks complete");
 }
 
 /// Client and server in the tree (two processes, IPv4): two rounds in a

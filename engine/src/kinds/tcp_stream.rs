@@ -11,12 +11,14 @@
 //! bytes (recv with MSG_PEEK, which in repair mode reads the selected
 //! queue whole and consumes nothing); TCP_INFO's options and window
 //! scales, the MSS clamp (TCP_MAXSEG answers it in repair mode),
-//! TCP_TIMESTAMP and TCP_REPAIR_WINDOW. The sockets stay in repair mode
-//! until the dump ends ([`release_dump`], from the frozen tree's release):
-//! processes that run on (`--leave-running`, or a failed dump) get them
-//! back out of repair mode and the lock lifted; killed ones close them in
-//! repair mode, which sends nothing (no FIN, no RST) and the lock stays
-//! for the restore to lift.
+//! TCP_TIMESTAMP and TCP_REPAIR_WINDOW; then repair mode goes off again
+//! at once (TCP_REPAIR_OFF_NO_WP: nothing sent). The tree is frozen and
+//! its packets dropped, so what was read stays true until the dump ends
+//! ([`release_dump`], from the frozen tree's release): processes that
+//! run on (`--leave-running`, or a failed dump) get the lock lifted;
+//! killed ones get their sockets into repair mode again just before the
+//! kill, so that they close sending nothing (no FIN, no RST), and the
+//! lock stays for the restore to lift.
 //!
 //! Restore (the restore child): a socket put in repair mode, bound to its
 //! name (repair mode binds past any conflict, the listener of the same
@@ -36,6 +38,19 @@
 //! through `iptables-restore --noflush` (one process per family for all
 //! the connections; `ip6tables-restore` for IPv6, an IPv4-mapped address
 //! as IPv4).
+//!
+//! An engine killed in the middle of a dump (SIGKILL, a crash) must not
+//! leave the processes it released with their connections in repair mode
+//! and locked: before the lock, the dump starts a guard, `criu` executed
+//! again ([`GUARD_ARG`], [`guard_main`]) in a session of its own, holding
+//! a duplicate of every held socket and the read end of a pipe whose
+//! write end only the engine has. The dump's end ([`release_dump`]) tells
+//! it `k` and waits for it; a pipe that ends without a word (the engine
+//! died) makes the guard take every socket out of repair mode (where the
+//! engine died while one was in it) and lift the locks, as a failed dump
+//! does: the connections stall for the moment the packets were dropped
+//! and go on by retransmission. Fault point `tcp-repaired` (every held
+//! connection locked and read) tests it.
 
 use crate::sys::inet::{self as si, Addr, RepairWindow};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -79,6 +94,90 @@ struct Held {
 
 /// The sockets the dump put in repair mode (one dump per engine process).
 static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
+
+/// The argument `criu` is executed with as the guard of a dump's held
+/// connections (see the module's doc).
+pub const GUARD_ARG: &str = "__criu-rs-tcp-guard";
+
+/// The running guard: its pid and the write end of its pipe.
+static GUARD: Mutex<Option<(crate::sys::Pid, OwnedFd)>> = Mutex::new(None);
+
+/// Start the guard of the held sockets `socks` (before they are locked).
+fn start_guard(socks: &[i32]) -> Result<(), String> {
+    use crate::sys::process as p;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let (rd, wr) = p::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (rd_fd, wr_fd) = (rd.as_raw_fd(), wr.as_raw_fd());
+    let skip = if LOCK_SKIP.load(std::sync::atomic::Ordering::Relaxed) { "skip" } else { "lock" };
+    // the fds it keeps, above every one it inherits (dup2 clears CLOEXEC)
+    let base = socks.iter().copied().chain([rd_fd, wr_fd]).max().unwrap_or(2) + 1;
+    let socks = socks.to_vec();
+    let pid = p::fork3(0, &[], libc::SIGCHLD, || {
+        let mut keep = vec![base];
+        let _ = p::dup2(rd_fd, base);
+        for (k, &s) in socks.iter().enumerate() {
+            let to = base + 1 + k as i32;
+            let _ = p::dup2(s, to);
+            keep.push(to);
+        }
+        p::close_all_except(&keep);
+        // its own session: a signal to the engine's process group (^C)
+        // must not take the guard with it
+        let _ = p::setsid();
+        let e = std::process::Command::new(&exe).arg(GUARD_ARG).arg(skip).args(keep.iter().map(|f| f.to_string())).exec();
+        drop(e);
+        p::exit_now(127)
+    })
+    .map_err(|e| format!("forking the guard: {e}"))?;
+    drop(rd);
+    crate::pr_debug!("guard {pid} of {} held connection(s) started", socks.len());
+    *GUARD.lock().unwrap_or_else(|p| p.into_inner()) = Some((pid, wr));
+    Ok(())
+}
+
+/// Tell the guard the dump ended as it should (the engine took care of
+/// the sockets) and reap it.
+fn stop_guard() {
+    let Some((pid, wr)) = GUARD.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(wr), b"k");
+    let _ = crate::sys::ptrace::wait_flags(pid, 0);
+}
+
+/// The guard (`criu __criu-rs-tcp-guard lock|skip CTL SOCK...`): wait
+/// for the engine's word on CTL; without it (the engine died), every
+/// SOCK out of repair mode and its connection's lock lifted. Never returns.
+pub fn guard_main(args: &[String]) -> ! {
+    use crate::sys::process as p;
+    let mut fds: Vec<OwnedFd> = args.iter().skip(3).filter_map(|a| a.parse().ok()).filter_map(|n| p::take_inherited(n).ok()).collect();
+    if fds.is_empty() {
+        p::exit_now(2);
+    }
+    let mut ctl = std::fs::File::from(fds.remove(0));
+    let socks = fds;
+    set_lock_skip(args.get(2).is_some_and(|a| a == "skip"));
+    let mut b = [0u8; 1];
+    let word = loop {
+        match std::io::Read::read(&mut ctl, &mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(1) => break Some(b[0]),
+            _ => break None,
+        }
+    };
+    if word == Some(b'k') {
+        p::exit_now(0);
+    }
+    let mut conns = Vec::new();
+    for s in &socks {
+        let _ = si::set_int(s.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_OFF);
+        if let (Ok(Some(a)), Ok(Some(b))) = (si::name(s.as_fd(), false), si::name(s.as_fd(), true)) {
+            conns.push((a, b));
+        }
+    }
+    unlock(&conns);
+    p::exit_now(0)
+}
 
 /// `--network-lock skip`: connections are neither locked nor unlocked.
 static LOCK_SKIP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -337,6 +436,11 @@ pub fn read_all(tables: &mut [(crate::sys::Pid, &mut Vec<crate::model::Fd>)]) ->
         FilesError::Kind { pid, fd, kind: super::inet::Inet::NAME_OF, why }
     };
     let conns: Vec<(Addr, Addr)> = held.iter().map(|h| (h.src, h.dst)).collect();
+    {
+        use std::os::fd::AsRawFd;
+        let socks: Vec<i32> = held.iter().map(|h| h.sk.as_raw_fd()).collect();
+        start_guard(&socks).map_err(|e| refuse(held[0].ino, format!("the guard of {} established connection(s): {e}", conns.len())))?;
+    }
     lock(&conns).map_err(|e| refuse(held[0].ino, format!("locking {} established connection(s): {e}", conns.len())))?;
     for h in held.iter_mut() {
         h.locked = true;
@@ -347,8 +451,13 @@ pub fn read_all(tables: &mut [(crate::sys::Pid, &mut Vec<crate::model::Fd>)]) ->
         si::set_int(h.sk.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_ON).map_err(|e| refuse(h.ino, format!("{what}: setsockopt TCP_REPAIR on: {e}")))?;
         h.repaired = true;
         let st = read_one(h.sk.as_fd()).map_err(|e| refuse(h.ino, format!("{what}: {e}")))?;
+        // out of repair mode until the kill, if there is one (see the
+        // module's doc): an engine that dies now leaves it working
+        si::set_int(h.sk.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_OFF_NO_WP).map_err(|e| refuse(h.ino, format!("{what}: setsockopt TCP_REPAIR off: {e}")))?;
+        h.repaired = false;
         streams.insert(h.ino, Box::new(st));
     }
+    crate::fault::point("tcp-repaired");
     for (_, fds) in tables.iter_mut() {
         for f in fds.iter_mut() {
             if let crate::model::FileDesc::Kind(super::Kind::Inet(k)) = &mut f.file {
@@ -368,7 +477,18 @@ pub fn read_all(tables: &mut [(crate::sys::Pid, &mut Vec<crate::model::Fd>)]) ->
 /// and locked for the restore.
 pub fn release_dump(running: bool) {
     let held = std::mem::take(&mut *HELD.lock().unwrap_or_else(|p| p.into_inner()));
-    if held.is_empty() || !running {
+    if held.is_empty() {
+        return;
+    }
+    if !running {
+        // the processes are killed next: into repair mode again, so that
+        // their sockets close sending nothing
+        for h in held.iter().filter(|h| h.locked) {
+            if let Err(e) = si::set_int(h.sk.as_fd(), libc::IPPROTO_TCP, si::TCP_REPAIR, si::REPAIR_ON) {
+                crate::pr_err!("TCP_REPAIR on again for {} - {}: {e}", super::inet::ip_port(&h.src), super::inet::ip_port(&h.dst));
+            }
+        }
+        stop_guard();
         return;
     }
     for h in held.iter().filter(|h| h.repaired) {
@@ -380,6 +500,7 @@ pub fn release_dump(running: bool) {
     if !conns.is_empty() {
         unlock(&conns);
     }
+    stop_guard();
 }
 
 /// Write `data` to the queue selected in repair mode, in pieces that the

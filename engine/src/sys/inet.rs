@@ -255,6 +255,9 @@ pub const TCP_SEND_QUEUE: i32 = 2;
 /// TCP_REPAIR values: on, off (a window probe is sent).
 pub const REPAIR_ON: i32 = 1;
 pub const REPAIR_OFF: i32 = 0;
+/// TCP_REPAIR off without the window probe the kernel otherwise sends
+/// (TCP_REPAIR_OFF_NO_WP).
+pub const REPAIR_OFF_NO_WP: i32 = -1;
 /// TCPOPT_* codes of TCP_REPAIR_OPTIONS.
 pub const TCPOPT_MSS: u32 = 2;
 pub const TCPOPT_WINDOW: u32 = 3;

@@ -513,6 +513,27 @@ pub fn pause_forever() -> ! {
     }
 }
 
+/// Take fd `n`, handed down open by the process that executed us and
+/// named on our command line, as ours (made close-on-exec). For a
+/// process's start-up only (the `criu` re-executions that serve the
+/// engine: nothing else in the process refers to such a number); an fd
+/// that is not open is an error.
+pub fn take_inherited(n: i32) -> io::Result<OwnedFd> {
+    if n < 3 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {n} is not one handed down")));
+    }
+    // SAFETY: F_GETFD on a number only reads the fd table.
+    if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: `n` is open (just checked) and was handed down for this
+    // process to own: nothing else in it refers to the number.
+    let fd = unsafe { OwnedFd::from_raw_fd(n) };
+    // SAFETY: F_SETFD on our own open fd.
+    unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
+}
+
 /// pipe2(O_CLOEXEC) as owned fds (read, write).
 pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use std::os::fd::FromRawFd;
