@@ -290,15 +290,18 @@ fn restore_refused_at_pre_resume_leaves_nothing() {
     reap_children();
 }
 
-/// Reap exited children of this test (restored siblings), by pid.
+/// Reap exited children of this test that are fixture programs (restored
+/// siblings, `fx-*`), by pid: never another test's child (its criu, its
+/// client), which that test waits for itself (tests run in parallel).
 fn reap_children() {
     let me = std::process::id().to_string();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = st.rsplit_once(") ") else { continue };
+        let Some((head, rest)) = st.rsplit_once(") ") else { continue };
+        let fixture = head.split_once(" (").is_some_and(|(_, comm)| comm.starts_with("fx-"));
         let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 1 && f[0] == "Z" && f[1] == me {
+        if fixture && f.len() > 1 && f[0] == "Z" && f[1] == me {
             let _ = engine::sys::ptrace::wait_flags(pid, libc::WNOHANG);
         }
     }
