@@ -650,9 +650,23 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                         };
                         push_file(files, e)
                     }
-                    FileDesc::Fifo { path, flags, mode, pipe_id } => {
+                    FileDesc::Fifo { path, flags, mode, pipe_id, ghost } => {
                         // as upstream: the path and flags in a REG entry of its own
                         let regf_id = push_file(files, reg_entry(0, path, *flags, 0, *mode, None));
+                        if let Some(g) = ghost {
+                            // unlinked: a ghost (mode S_IFIFO, no contents) of
+                            // that REG entry, as upstream writes it
+                            let remap_id = match ghosts.get(&(g.dev, g.ino)) {
+                                Some(&r) => r,
+                                None => {
+                                    let r = ghosts.len() as u32 + 1;
+                                    ghosts.insert((g.dev, g.ino), r);
+                                    write_ghost(dir, r, g)?;
+                                    r
+                                }
+                            };
+                            remaps.push(pb::RemapFilePathEntry { orig_id: regf_id, remap_id, remap_type: Some(pb::RemapType::Ghost as i32) });
+                        }
                         let e = pb::FileEntry {
                             r#type: pb::FdTypes::Fifo as i32,
                             fifo: Some(pb::FifoEntry { id: 0, pipe_id: *pipe_id, regf_id: Some(regf_id) }),
@@ -785,6 +799,8 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
     match e.mode & libc::S_IFMT {
         libc::S_IFREG => {}
         libc::S_IFDIR => {}
+        // a deleted FIFO (only behind a FIFO entry: see `read_fds`)
+        libc::S_IFIFO => {}
         libc::S_IFCHR => {
             let k = u64::from(e.rdev.ok_or_else(|| bad(&name, "a device ghost without rdev"))?);
             let (major, minor) = (libc::major(k), libc::minor(k));
@@ -800,7 +816,7 @@ fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
             }
             target = Some(t);
         }
-        _ => return Err(bad(&name, format!("ghost of mode {:o}: not supported (regular files, directories, memory devices, symlinks are)", e.mode))),
+        _ => return Err(bad(&name, format!("ghost of mode {:o}: not supported (regular files, directories, memory devices, symlinks, FIFOs are)", e.mode))),
     }
     if e.mode & libc::S_IFMT != libc::S_IFREG && (e.chunks == Some(true) || e.size.is_some_and(|s| s != 0)) {
         return Err(bad(&name, format!("ghost of mode {:o} with contents", e.mode)));
@@ -905,6 +921,9 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                             Some(g)
                         }
                     }
+                    .filter(|g| g.mode & libc::S_IFMT != libc::S_IFIFO)
+                    .map(Some)
+                    .ok_or_else(|| bad(&mg::GHOST_FILE.file_name(m.remap_id), format!("fd {}: a FIFO ghost behind {}, which is not a FIFO entry", fi.fd, r.name)))?
                 }
                 Some(m) => {
                     return Err(bad("remap-fpath.img", format!("fd {}: remap type {} of {} is not supported yet", fi.fd, m.remap_type.unwrap_or(0), r.name)))
@@ -930,7 +949,26 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                 .and_then(file)
                 .and_then(|r| r.reg.as_ref())
                 .ok_or_else(|| bad("files.img", format!("fd {}: fifo {} has no reg_file_entry (regf_id {:?})", fi.fd, f.id, ff.regf_id)))?;
-            FileDesc::Fifo { path: r.name.clone(), flags: r.flags, mode: r.mode.unwrap_or(libc::S_IFIFO), pipe_id: ff.pipe_id }
+            let regf_id = ff.regf_id.unwrap_or(0);
+            let ghost = match remaps.iter().find(|m| m.orig_id == regf_id) {
+                None => None,
+                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => {
+                    let g = match ghosts.iter().find(|(id, _)| *id == m.remap_id) {
+                        Some((_, g)) => g.clone(),
+                        None => {
+                            let g = Box::new(read_ghost(dir, m.remap_id)?);
+                            ghosts.push((m.remap_id, g.clone()));
+                            g
+                        }
+                    };
+                    if g.mode & libc::S_IFMT != libc::S_IFIFO {
+                        return Err(bad(&mg::GHOST_FILE.file_name(m.remap_id), format!("fd {}: FIFO {} has a ghost of mode {:o}, not a FIFO's", fi.fd, r.name, g.mode)));
+                    }
+                    Some(g)
+                }
+                Some(m) => return Err(bad("remap-fpath.img", format!("fd {}: remap type {} of FIFO {} is not supported", fi.fd, m.remap_type.unwrap_or(0), r.name))),
+            };
+            FileDesc::Fifo { path: r.name.clone(), flags: r.flags, mode: r.mode.unwrap_or(libc::S_IFIFO), pipe_id: ff.pipe_id, ghost }
         } else if let Some(t) = f.tty.as_ref().filter(|t| !crate::kinds::pty::is_pair(t, &tty_infos)) {
             let info = tty_infos.iter().find(|i| i.id == t.tty_info_id);
             if info.is_none() {

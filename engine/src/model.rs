@@ -251,7 +251,9 @@ pub enum FileDesc {
     Pipe { pipe_id: u32, flags: u32 },
     /// A named pipe opened by `path` (`mode` is its st_mode, checked on
     /// restore); `pipe_id` is its inode, shared by every fd of the FIFO.
-    Fifo { path: String, flags: u32, mode: u32, pipe_id: u32 },
+    /// `ghost`: the FIFO was unlinked while open (a ghost of mode S_IFIFO,
+    /// no contents: its queued bytes are the FIFO's, in fifo-data.img).
+    Fifo { path: String, flags: u32, mode: u32, pipe_id: u32, ghost: Option<Box<Ghost>> },
     /// An open memfd: `ino` names its inode in [`Tree::memfds`].
     Memfd { ino: u64, flags: u32, pos: u64 },
     /// A terminal (only with `--shell-job`: restored as the restoring

@@ -443,6 +443,25 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
                 out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: None, ghost: Some(g), link: None } });
                 continue;
             }
+            if ft.is_fifo() && meta.nlink() == 0 {
+                // a FIFO no longer linked anywhere: its bytes as any FIFO's,
+                // and a ghost of mode S_IFIFO (no contents), as upstream
+                let pipe_id = meta.ino() as u32;
+                if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
+                    pipes.push(pipe_data(pid, fd, pipe_id, true)?);
+                }
+                let g = match ghosts.get(&(meta.dev(), meta.ino())) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let g = Box::new(special_ghost(pid, fd, orig, &meta)?);
+                        ghosts.insert((meta.dev(), meta.ino()), g.clone());
+                        g
+                    }
+                };
+                ndesc += 1;
+                out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Fifo { path: orig.to_string(), flags, mode: meta.mode(), pipe_id, ghost: Some(g) } });
+                continue;
+            }
             if !ft.is_file() {
                 return Err(unsupported(format!("{link}, a deleted {}", type_name(&ft))));
             }
@@ -483,7 +502,7 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
             if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
                 pipes.push(pipe_data(pid, fd, pipe_id, true)?);
             }
-            FileDesc::Fifo { path: link, flags, mode: meta.mode(), pipe_id }
+            FileDesc::Fifo { path: link, flags, mode: meta.mode(), pipe_id, ghost: None }
         } else if ft.is_char_device() {
             let major = dev_major(meta.rdev());
             if major == MEM_MAJOR {

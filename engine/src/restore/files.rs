@@ -564,10 +564,16 @@ fn install(
                 }
                 fcntl(n, libc::F_SETFL, (*flags as i32 & PIPE_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
             }
-            FileDesc::Fifo { path, flags, mode, pipe_id } => {
+            FileDesc::Fifo { path, flags, mode, pipe_id, ghost } => {
+                // an unlinked FIFO: its node recreated once (`Ghosts::path`),
+                // each open through its old name, unlinked again
+                let mut open_fifo = |fl: i32, at: i32| match ghost {
+                    Some(g) => ghosts.open(plan, path, g, fl, at),
+                    None => open_image_path(plan, path, fl, at),
+                };
                 if !fifos.contains_key(pipe_id) {
                     let keep = slots.take();
-                    open_image_path(plan, path, libc::O_RDWR | libc::O_NONBLOCK, keep)?;
+                    open_fifo(libc::O_RDWR | libc::O_NONBLOCK, keep)?;
                     let (m, _) = p::fstat_mode_size(keep).map_err(|e| format!("fstat {path}: {e}"))?;
                     if m & libc::S_IFMT != libc::S_IFIFO {
                         return Err(format!("{path} (fd {n}) was a FIFO but is now mode 0{m:o}"));
@@ -577,7 +583,7 @@ fn install(
                     }
                     fifos.insert(*pipe_id, keep);
                 }
-                open_image_path(plan, path, *flags as i32, n)?;
+                open_fifo(*flags as i32, n)?;
                 validate(n, path, *mode, None)?;
             }
             FileDesc::Memfd { ino, flags, .. } => {

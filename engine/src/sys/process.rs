@@ -974,7 +974,7 @@ pub fn make_node_in(dir: std::os::fd::BorrowedFd<'_>, name: &CStr, mode: u32, rd
         // SAFETY: a borrowed open fd and a NUL-terminated name alive for the call.
         libc::S_IFDIR => unsafe { libc::mkdirat(d, name.as_ptr(), mode & 0o7777) },
         // SAFETY: as above; `rdev` is plain data.
-        libc::S_IFCHR | libc::S_IFBLK => unsafe { libc::mknodat(d, name.as_ptr(), mode, rdev) },
+        libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => unsafe { libc::mknodat(d, name.as_ptr(), mode, rdev) },
         libc::S_IFLNK => {
             let t = target.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
             // SAFETY: two NUL-terminated strings and a borrowed fd alive for the call.

@@ -1,6 +1,8 @@
 /* An fd of a special file on fd 10, for engine/tests/special_files.rs;
- * the first word of ./mode says which: "fifo" a FIFO opened O_RDWR and
- * unlinked, "dir" a directory opened and removed, "cdev" a character
+ * the first word of ./mode says which: "fifo" a FIFO opened O_RDWR (fd 10)
+ * and O_RDONLY|O_NONBLOCK (fd 11) and unlinked, with bytes queued in it
+ * (every tick it checks exactly those are queued, reads them through fd 11
+ * and writes them back through fd 10), "dir" a directory opened and removed, "cdev" a character
  * device node (1:3) opened and unlinked, "symdel" a symlink opened
  * O_PATH|O_NOFOLLOW and unlinked, "sym" such a symlink left in place.
  * Every tick it checks fd 10 is still that file (its type; for a symlink
@@ -12,10 +14,29 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
+
+#define QUEUED "queued in the fifo\n"
+
+/* The FIFO holds exactly QUEUED: read it through fd 11, write it back
+ * through fd 10. 0 if so, else what went wrong in `why`. */
+static int fifo_check(char *why, size_t len)
+{
+	char buf[64];
+	int q = -1;
+	ssize_t n;
+	if (ioctl(10, FIONREAD, &q) != 0 || q != (int)sizeof(QUEUED) - 1)
+		return snprintf(why, len, "%d bytes queued", q), -1;
+	if ((n = read(11, buf, sizeof(buf))) != (ssize_t)sizeof(QUEUED) - 1 || memcmp(buf, QUEUED, n))
+		return snprintf(why, len, "read %zd bytes through fd 11", n), -1;
+	if (write(10, QUEUED, sizeof(QUEUED) - 1) != sizeof(QUEUED) - 1)
+		return snprintf(why, len, "write through fd 10: %s", strerror(errno)), -1;
+	return 0;
+}
 
 static void nap_ms(long ms)
 {
@@ -36,6 +57,9 @@ int main(void)
 	if (!strcmp(mode, "fifo")) {
 		mkfifo("fifo", 0640);
 		fd = open("fifo", O_RDWR);
+		if (open("fifo", O_RDONLY | O_NONBLOCK) != fd + 1 || dup2(fd + 1, 11) != 11 || write(fd, QUEUED, sizeof(QUEUED) - 1) != sizeof(QUEUED) - 1)
+			return 1;
+		close(fd + 1);
 		unlink("fifo");
 		type = S_IFIFO;
 	} else if (!strcmp(mode, "dir")) {
@@ -74,6 +98,8 @@ int main(void)
 			fprintf(log, "FAIL tick %lu symlink target %s\n", tick, t);
 		else if (type == S_IFCHR && st.st_rdev != makedev(1, 3))
 			fprintf(log, "FAIL tick %lu rdev\n", tick);
+		else if (type == S_IFIFO && fifo_check(t, sizeof(t)))
+			fprintf(log, "FAIL tick %lu fifo: %s\n", tick, t);
 		else
 			fprintf(log, "tick %lu ok\n", tick);
 		if (tick == 1)
