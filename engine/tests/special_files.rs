@@ -7,7 +7,8 @@
 //!   unlinked, of one still there, and two fds (O_RDWR, O_RDONLY) of a
 //!   FIFO that was unlinked with bytes queued in it (the program checks
 //!   every tick that exactly those are queued and that its fds read and
-//!   write the FIFO): dumped and restored by ours (twice, the fd shows
+//!   write the FIFO; a child holds both fds too, and must share the FIFO
+//!   with it after restore): dumped and restored by ours (twice, the fd shows
 //!   `PATH (deleted)` again, nothing is left in the directory), and both
 //!   ways with upstream 4.2 (ghost files carrying the mode, rdev or the
 //!   link's target, as it writes them; a FIFO's ghost beside its FIFO
@@ -61,6 +62,9 @@ fn rounds(mode: &str, name: &str, deleted: bool) {
         wait_until(&format!("ticks after {what}"), Duration::from_secs(15), || fx.tick() > t + 3);
         fx.refind();
         assert_eq!(fd10(fx.pid), want, "{mode}, {what}: fd 10");
+        if mode == "fifo" {
+            fifo_child_shares(fx.pid, &want, what);
+        }
         let mut left: Vec<String> = std::fs::read_dir(&fx.work).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         left.sort();
         let mut expect = vec!["mode".to_string(), "progress.log".into(), "ready".into()];
@@ -72,6 +76,24 @@ fn rounds(mode: &str, name: &str, deleted: bool) {
     }
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The fifo mode's child holds the parent's FIFO on fds 10 and 11 (the
+/// same inode), each shown as `want`.
+fn fifo_child_shares(pid: i32, want: &str, what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let kids: Vec<&str> = kids.split_whitespace().collect();
+    assert_eq!(kids.len(), 1, "{what}: the fixture's children: {kids:?}");
+    let ino = |p: &str, fd: i32| std::fs::metadata(format!("/proc/{p}/fd/{fd}")).map(|m| m.ino()).unwrap_or(0);
+    let parent = ino(&pid.to_string(), 10);
+    assert_ne!(parent, 0, "{what}: fd 10 of {pid}");
+    for fd in [10, 11] {
+        let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", kids[0])).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+        assert_eq!(link, want, "{what}: fd {fd} of the child {}", kids[0]);
+        assert_eq!(ino(kids[0], fd), parent, "{what}: fd {fd} of the child {} is not the parent's FIFO", kids[0]);
+    }
+    assert_eq!(ino(&pid.to_string(), 11), parent, "{what}: fd 11 of {pid} is not fd 10's FIFO");
 }
 
 #[test]

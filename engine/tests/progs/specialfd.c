@@ -2,7 +2,8 @@
  * the first word of ./mode says which: "fifo" a FIFO opened O_RDWR (fd 10)
  * and O_RDONLY|O_NONBLOCK (fd 11) and unlinked, with bytes queued in it
  * (every tick it checks exactly those are queued, reads them through fd 11
- * and writes them back through fd 10), "dir" a directory opened and removed, "cdev" a character
+ * and writes them back through fd 10; a child that only waits holds both
+ * fds too), "dir" a directory opened and removed, "cdev" a character
  * device node (1:3) opened and unlinked, "symdel" a symlink opened
  * O_PATH|O_NOFOLLOW and unlinked, "sym" such a symlink left in place.
  * Every tick it checks fd 10 is still that file (its type; for a symlink
@@ -82,6 +83,10 @@ int main(void)
 	if (fd < 0 || dup2(fd, 10) != 10)
 		return 1;
 	close(fd);
+	if (type == S_IFIFO && fork() == 0) {
+		for (;;)
+			pause();
+	}
 	FILE *log = fopen("progress.log", "a");
 	if (!log)
 		return 1;
