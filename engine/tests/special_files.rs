@@ -12,7 +12,8 @@
 //!   `PATH (deleted)` again, nothing is left in the directory), and both
 //!   ways with upstream 4.2 (ghost files carrying the mode, rdev or the
 //!   link's target, as it writes them; a FIFO's ghost beside its FIFO
-//!   entry and fifo-data);
+//!   entry and fifo-data); the FIFO with `--root` too (made, opened and
+//!   unlinked inside the root);
 //! - hostile ghost images (a FIFO ghost behind a regular file's entry, a
 //!   FIFO's ghost of another mode or with contents, a device that is not a
 //!   memory device, a symlink without a target, a directory with
@@ -179,6 +180,51 @@ fn hostile_special_ghosts_are_refused() {
             assert!(!log.contains("panicked"), "{name}: {log}");
         }
         drop(fx);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `restore --root R` of the deleted FIFO (the program in its own pid
+/// namespace): the node is made, opened through its old name and unlinked
+/// inside R; the program's FIFO checks go on there, R's directory is left
+/// clean.
+#[test]
+fn deleted_fifo_restores_inside_root() {
+    require!(why_not_here());
+    let tmp = test_dir("special-files-fifo-root");
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("mode"), "fifo").unwrap();
+    let fx = Fixture::start_ours("specialfd", &tmp, Ns::OwnPidNs);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
+    wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&fx.bin).is_empty());
+    let root = tmp.join("root");
+    let inr = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(inr(&fx.work)).unwrap();
+    std::fs::copy(&fx.bin, inr(&fx.bin)).unwrap();
+    std::fs::copy(fx.log(), inr(&fx.log())).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    assert!(Command::new("mknod").args(["-m", "666"]).arg(root.join("dev/null")).args(["c", "1", "3"]).status().unwrap().success());
+    // the host's directory of the FIFO is gone: only the root's exists
+    std::fs::remove_dir_all(&fx.work).unwrap();
+    let t = last_tick(&inr(&fx.log()));
+    let (st, log) = criu_env(Path::new(CRIU), &["restore", "-d", "--root", root.to_str().unwrap()], &img, "restore.log", &[]);
+    let rbin = inr(&fx.bin);
+    let ok = std::panic::catch_unwind(|| {
+        assert!(st.success(), "restore --root failed:\n{log}");
+        wait_until("ticks in the root", Duration::from_secs(15), || last_tick(&inr(&fx.log())) > t + 3);
+        let left: Vec<_> = std::fs::read_dir(inr(&fx.work)).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("progress.log")], "the FIFO must be unlinked again");
+    });
+    for p in live_with_exe(&rbin) {
+        // (the namespace's init first: its child may be gone by its turn)
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(std::process::Stdio::null()).status();
+    }
+    drop(fx);
+    if let Err(e) = ok {
+        std::panic::resume_unwind(e);
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
