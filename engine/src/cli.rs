@@ -856,6 +856,58 @@ fn probe_map_vdso() -> Result<(), String> {
     Ok(())
 }
 
+fn probe_always() -> Result<(), String> {
+    // what the engine does with calls every kernel it runs on has
+    // (aio_remap: io_setup and an mremap of the ring, restore/aio.rs)
+    Ok(())
+}
+
+fn probe_timerfd() -> Result<(), String> {
+    // timerfds are restored with their pending expiries (TFD_IOC_SET_TICKS)
+    use crate::sys::event as ev;
+    let t = ev::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC).map_err(|e| format!("timerfd_create: {e}"))?;
+    ev::timerfd_set_ticks(std::os::fd::AsFd::as_fd(&t), 1).map_err(|e| format!("TFD_IOC_SET_TICKS: {e}"))
+}
+
+fn probe_kcmp_epoll() -> Result<(), String> {
+    // epoll targets are matched to fds with KCMP_EPOLL_TFD (kinds/epoll.rs)
+    use crate::sys::event as ev;
+    use std::os::fd::{AsFd, AsRawFd};
+    let ep = ev::epoll_create(libc::EPOLL_CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
+    let t = ev::eventfd(0, libc::EFD_CLOEXEC).map_err(|e| format!("eventfd: {e}"))?;
+    ev::epoll_add(ep.as_fd(), t.as_raw_fd(), libc::EPOLLIN as u32, 0).map_err(|e| format!("epoll_ctl: {e}"))?;
+    match ev::kcmp_epoll_tfd(std::process::id() as i32, t.as_raw_fd(), ep.as_raw_fd(), t.as_raw_fd(), 0) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("KCMP_EPOLL_TFD does not match a target with its own fd".into()),
+        Err(e) => Err(format!("kcmp(KCMP_EPOLL_TFD): {e}")),
+    }
+}
+
+fn probe_sockopt_buf_lock() -> Result<(), String> {
+    // inet and netlink sockets keep SO_BUF_LOCK (kinds/inet.rs, netlink.rs)
+    let s = crate::sys::inet::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).map_err(|e| format!("socket: {e}"))?;
+    crate::sys::inet::get_int(std::os::fd::AsFd::as_fd(&s), libc::SOL_SOCKET, libc::SO_BUF_LOCK).map(drop).map_err(|e| format!("SO_BUF_LOCK: {e}"))
+}
+
+fn probe_ipv6_freebind() -> Result<(), String> {
+    // IPV6_FREEBIND is carried for IPv6 sockets (kinds/inet.rs)
+    let s = crate::sys::inet::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).map_err(|e| format!("socket(AF_INET6): {e}"))?;
+    crate::sys::inet::get_int(std::os::fd::AsFd::as_fd(&s), libc::IPPROTO_IPV6, 78).map(drop).map_err(|e| format!("IPV6_FREEBIND: {e}"))
+}
+
+fn probe_memfd_hugetlb() -> Result<(), String> {
+    // MFD_HUGETLB memfds are dumped and restored (huge pages must be free
+    // at restore: not checked here)
+    crate::sys::process::memfd_create(c"criu-rs-check", libc::MFD_HUGETLB | libc::MFD_CLOEXEC).map(drop).map_err(|e| format!("memfd_create(MFD_HUGETLB): {e}"))
+}
+
+fn probe_fdinfo_lock() -> Result<(), String> {
+    // --file-locks reads the `lock:` lines of /proc/PID/fdinfo/FD
+    let f = std::fs::File::open("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map(drop).map_err(|e| format!("/proc/self/fdinfo/{fd}: {e}"))
+}
+
 /// How criu-rs answers one of upstream's `check --feature` names.
 enum Answer {
     /// The engine uses it; supported when the probe passes.
@@ -875,37 +927,37 @@ const FEATURES: &[(&str, Answer)] = &[
     ("uffd-noncoop", Answer::No("no lazy-pages")),
     ("pidfd_store", Answer::No("no pidfd store (the RPC service has no pre-dump for it to serve)")),
     ("mnt_id", Answer::No("no mount namespaces")),
-    ("aio_remap", Answer::No("AIO rings are not dumped")),
-    ("timerfd", Answer::No("timerfds are not dumped")),
+    ("aio_remap", Answer::Probe(probe_always)),
+    ("timerfd", Answer::Probe(probe_timerfd)),
     ("tun", Answer::No("tun devices are not dumped")),
     ("tun_ns", Answer::No("tun devices are not dumped")),
     ("userns", Answer::No("user namespaces are not dumped")),
-    ("fdinfo_lock", Answer::No("file locks are not dumped")),
+    ("fdinfo_lock", Answer::Probe(probe_fdinfo_lock)),
     ("seccomp_suspend", Answer::Probe(probe_seccomp_suspend)),
     ("loginuid", Answer::Probe(probe_loginuid)),
     ("cgroupns", Answer::No("cgroup namespaces are not dumped")),
     ("autofs", Answer::No("autofs mounts are not dumped")),
-    ("tcp_half_closed", Answer::No("sockets are refused")),
+    ("tcp_half_closed", Answer::No("TCP connections in a state other than ESTABLISHED are refused by name")),
     ("compat_cr", Answer::No("32-bit processes are not handled")),
-    ("sk_ns", Answer::No("sockets are refused")),
-    ("sk_unix_file", Answer::No("sockets are refused")),
-    ("net_diag_raw", Answer::No("sockets are refused")),
+    ("sk_ns", Answer::No("sockets of another network namespace are refused (no network namespace is dumped)")),
+    ("sk_unix_file", Answer::No("a unix socket's bound file is not opened through SIOCUNIXFILE")),
+    ("net_diag_raw", Answer::No("raw inet sockets are refused")),
     ("nsid", Answer::No("network namespaces are not dumped")),
     ("link_nsid", Answer::No("network namespaces are not dumped")),
-    ("kcmp_epoll", Answer::No("epoll is not dumped")),
+    ("kcmp_epoll", Answer::Probe(probe_kcmp_epoll)),
     ("timens", Answer::Probe(probe_timens)),
     ("external_net_ns", Answer::No("network namespaces are not dumped")),
     ("newifindex", Answer::No("network namespaces are not dumped")),
-    ("nftables", Answer::No("no network locking")),
-    ("has_ipt_legacy", Answer::No("no network locking")),
-    ("network_lock_nftables", Answer::No("no network locking")),
+    ("nftables", Answer::No("the network lock is iptables' (--network-lock nftables is refused)")),
+    ("has_ipt_legacy", Answer::No("the network lock runs iptables-restore, whichever backend it has")),
+    ("network_lock_nftables", Answer::No("the network lock is iptables' (--network-lock nftables is refused)")),
     ("ns_pid", Answer::No("nested pid namespaces are not dumped")),
     ("apparmor_stacking", Answer::No("LSM profiles are not restored")),
-    ("sockopt_buf_lock", Answer::No("sockets are refused")),
-    ("memfd_hugetlb", Answer::No("hugetlb memfds are not dumped")),
+    ("sockopt_buf_lock", Answer::Probe(probe_sockopt_buf_lock)),
+    ("memfd_hugetlb", Answer::Probe(probe_memfd_hugetlb)),
     ("move_mount_set_group", Answer::No("no mount namespaces")),
     ("openat2", Answer::Probe(probe_openat2)),
-    ("ipv6_freebind", Answer::No("sockets are refused")),
+    ("ipv6_freebind", Answer::Probe(probe_ipv6_freebind)),
     ("overlayfs_maps", Answer::No("no mount namespaces")),
 ];
 

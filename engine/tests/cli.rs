@@ -390,7 +390,10 @@ fn check_feature() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown feature no_such_feature"));
     require!(why_not_root());
-    for name in ["clone3_set_tid", "seccomp_filters", "get_rseq_conf", "loginuid", "seccomp_suspend", "timens", "openat2"] {
+    for name in [
+        "clone3_set_tid", "seccomp_filters", "get_rseq_conf", "loginuid", "seccomp_suspend", "timens", "openat2", "timerfd", "kcmp_epoll", "fdinfo_lock",
+        "sockopt_buf_lock", "memfd_hugetlb", "ipv6_freebind", "aio_remap",
+    ] {
         let out = criu(&["check", "--feature", name]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{name} is supported\n"));
