@@ -211,6 +211,13 @@ pub fn collect_vmas(pid: Pid, ghost_limit: u64) -> Result<Vec<Vma>, MmError> {
                 }
             }
         }
+        if v.kind == VmaKind::Aio {
+            // the ring shows completed events only: said, not dropped silently
+            crate::pr_warn!(
+                "{pid}: AIO context {:#x}: its completed, unreaped events are carried; requests still in flight (submitted, not completed), if any, are not visible from outside the kernel and are not carried",
+                v.start
+            );
+        }
         out.push(v);
     }
     Ok(out)
