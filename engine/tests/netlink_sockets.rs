@@ -8,8 +8,7 @@
 //! root, gcc, unshare, setsid.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 mod common;
 
@@ -17,92 +16,8 @@ use images_proto::{image, magic, pb};
 use engine::kinds::Kind;
 use engine::model::FileDesc;
 
-use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
+use common::{criu_env, criu_ok, live_with_exe, private_criu, require, upstream_ok, why_not_here, why_not_upstream, OwnNsProg};
 
-struct Nl {
-    dir: PathBuf,
-    bin: PathBuf,
-    work: PathBuf,
-    pid: i32,
-}
-
-impl Nl {
-    fn start(name: &str, words: &[&str]) -> Nl {
-        let dir = test_dir(&format!("nl-{name}"));
-        let bin = dir.join("nlsk");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/nlsk.c");
-        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
-        assert!(st.success(), "building nlsk");
-        let work = dir.join("work");
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
-            .arg(&bin)
-            .args(words)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nlsk");
-        std::thread::spawn(move || child.wait());
-        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-        let mut s = Nl { dir, bin, work, pid: 0 };
-        wait_until("first tick", Duration::from_secs(10), || s.tick() >= 1);
-        s.refind();
-        s
-    }
-
-    fn refind(&mut self) {
-        let pids = live_with_exe(&self.bin);
-        assert_eq!(pids.len(), 1, "one nlsk expected, found {pids:?}");
-        self.pid = pids[0];
-    }
-
-    fn tick(&self) -> u64 {
-        last_tick(&self.work.join("progress.log"))
-    }
-
-    fn ticks_on(&self, n: u64, what: &str) {
-        let t = self.tick();
-        let log = self.work.join("progress.log");
-        let fails = || std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.starts_with("FAIL")).map(str::to_string).collect::<Vec<_>>();
-        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || self.tick() >= t + n || !fails().is_empty());
-        assert!(fails().is_empty(), "{what}: {:?}", fails());
-    }
-
-    fn images(&self, name: &str) -> PathBuf {
-        let d = self.dir.join(name);
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn gone(&self) {
-        wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
-    }
-}
-
-impl Drop for Nl {
-    fn drop(&mut self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-        }
-    }
-}
-
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
-fn why_not_upstream() -> Option<String> {
-    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
-}
-
-fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
-    let (st, text) = criu_env(&upstream(), args, dir, log, &[]);
-    assert!(st.success(), "upstream criu {args:?} failed ({st:?}):\n{text}");
-}
 
 /// The netlink sockets of image set `img` as read back.
 fn netlinks(img: &Path) -> Vec<engine::kinds::netlink::Netlink> {
@@ -123,7 +38,7 @@ fn netlinks(img: &Path) -> Vec<engine::kinds::netlink::Netlink> {
 #[test]
 fn netlink_sockets_round_trip() {
     require!(why_not_here());
-    let mut s = Nl::start("round", &[]);
+    let mut s = OwnNsProg::start("nl-round", "nlsk", &[]);
     let criu = private_criu(&s.dir);
     s.ticks_on(2, "before the dump");
     let img = s.images("img1");
@@ -151,7 +66,7 @@ fn netlink_sockets_round_trip() {
 #[test]
 fn netlink_sockets_with_upstream() {
     require!(why_not_upstream());
-    let mut s = Nl::start("upstream", &["low"]);
+    let mut s = OwnNsProg::start("nl-upstream", "nlsk", &["low"]);
     let criu = private_criu(&s.dir);
     s.ticks_on(2, "before the dump");
     let img = s.images("ours");
@@ -171,7 +86,7 @@ fn netlink_sockets_with_upstream() {
 #[test]
 fn hostile_netlink_images_are_refused() {
     require!(why_not_here());
-    let s = Nl::start("hostile", &[]);
+    let s = OwnNsProg::start("nl-hostile", "nlsk", &[]);
     let criu = private_criu(&s.dir);
     s.ticks_on(2, "before the dump");
     let img = s.images("img");

@@ -302,3 +302,100 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Upstream CRIU 4.2, beside the workspace (`shared/upstream-criu`).
+pub fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
+}
+
+/// Why a test that also runs upstream CRIU cannot run here.
+pub fn why_not_upstream() -> Option<String> {
+    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
+}
+
+/// Run upstream CRIU with `args` on images dir `dir`; require success.
+pub fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
+    let (st, text) = criu_env(&upstream(), args, dir, log, &[]);
+    assert!(st.success(), "upstream criu {args:?} failed ({st:?}):\n{text}");
+}
+
+/// A test program `tests/progs/NAME.c` running as pid 1 of a pid namespace
+/// of its own (`unshare --pid --fork setsid NAME WORDS...`, so a restore
+/// finds its pids free and upstream CRIU dumps it too), in `work`; it
+/// writes `./ready`, then ticks in `./progress.log`. Killed on drop.
+pub struct OwnNsProg {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub work: PathBuf,
+    pub pid: i32,
+}
+
+impl OwnNsProg {
+    /// Build `name` into a test dir of `tag` and start it with `words`.
+    pub fn start(tag: &str, name: &str, words: &[&str]) -> OwnNsProg {
+        let dir = test_dir(tag);
+        let bin = dir.join(name);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/progs/{name}.c"));
+        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+        assert!(st.success(), "building {name}");
+        let work = dir.join("work");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
+            .arg(&bin)
+            .args(words)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        std::thread::spawn(move || child.wait());
+        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+        let mut s = OwnNsProg { dir, bin, work, pid: 0 };
+        wait_until("first tick", Duration::from_secs(10), || s.tick() >= 1);
+        s.refind();
+        s
+    }
+
+    /// The program's pid again (after a restore).
+    pub fn refind(&mut self) {
+        let pids = live_with_exe(&self.bin);
+        assert_eq!(pids.len(), 1, "one {} expected, found {pids:?}", self.bin.display());
+        self.pid = pids[0];
+    }
+
+    pub fn tick(&self) -> u64 {
+        last_tick(&self.work.join("progress.log"))
+    }
+
+    /// `n` more ticks, and no FAIL line meanwhile.
+    pub fn ticks_on(&self, n: u64, what: &str) {
+        let t = self.tick();
+        let log = self.work.join("progress.log");
+        let fails = || std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.starts_with("FAIL")).map(str::to_string).collect::<Vec<_>>();
+        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || self.tick() >= t + n || !fails().is_empty());
+        assert!(fails().is_empty(), "{what}: {:?}", fails());
+    }
+
+    /// A fresh images directory `name` in the test dir.
+    pub fn images(&self, name: &str) -> PathBuf {
+        let d = self.dir.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Wait until the dumped program is gone.
+    pub fn gone(&self) {
+        wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
+    }
+}
+
+impl Drop for OwnNsProg {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+}
