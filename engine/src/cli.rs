@@ -166,6 +166,10 @@ Options:
   -x|--ext-unix-sk       dump: allow datagram unix sockets connected to a
                          named socket outside the dump (connected to its
                          name again on restore)
+  --tcp-established      dump and restore: established TCP connections
+                         carried live (TCP_REPAIR), locked with iptables
+                         while dumped
+  --tcp-close            dump and restore: TCP connections restored closed
   -r|--root DIR          restore: the root directory to restore under
   --freeze-cgroup PATH   dump: freeze this cgroup (v2 or v1 freezer) first
   --timeout N            dump: wait at most N seconds for that (default 10)
