@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR=never
 # (criu), gcc with static glibc, python3, script(1) (bsdutils), unshare and
 # setsid (util-linux), libcriu with protobuf-c's headers (libprotobuf-c-dev: a real RPC client), tar, mkfs.btrfs (btrfs-progs: tfork --root-snapshot btrfs), python3-seccomp
 # (io_uring refused by a seccomp filter), iptables (--tcp-established's
-# network lock), memcached, tmux, go and a JDK; kmod/test.sh installs its own (qemu, busybox).
+# network lock), memcached, apache2, tmux, go and a JDK; kmod/test.sh installs its own (qemu, busybox).
 need_apt=()
 { command -v crit && [ -d /usr/lib/python3/dist-packages/pycriu ]; } >/dev/null 2>&1 || need_apt+=(criu)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
@@ -32,6 +32,8 @@ command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 # memcached held across a restore with a client connection
 { command -v iptables-restore && command -v ip6tables-restore; } >/dev/null 2>&1 || need_apt+=(iptables)
 command -v memcached >/dev/null 2>&1 || need_apt+=(memcached)
+# apache2 with prefork workers as www-data dumped and restored (tests/apache.rs)
+{ [ -x /usr/sbin/apache2 ] && [ -e /usr/lib/apache2/modules/mod_mpm_prefork.so ]; } || need_apt+=(apache2)
 # a Go and a Java program dumped and restored (tests/go_java.rs)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 { command -v javac && command -v java; } >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
