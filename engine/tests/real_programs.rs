@@ -9,8 +9,12 @@
 //! - a bash loop forking `sleep` every tick.
 //!
 //! Each writes numbered lines; after the restore every file must be
-//! complete, in order, with no line lost or repeated. Needs root, make,
-//! xargs, bash, sh, unshare.
+//! complete, in order, with no line lost or repeated. Also: `make -j2` of
+//! a small C project dumped while a compiler runs (the build completes and
+//! its program prints what it must), and python3 multiprocessing (a Pool
+//! with a Lock; a Pool passing results through an mp.Queue and a
+//! Manager().Queue, two rounds). apache2 is in tests/apache.rs. Needs
+//! root, make, gcc, xargs, bash, sh, python3, unshare.
 
 mod common;
 
@@ -210,5 +214,132 @@ fn python_multiprocessing_pool_goes_on() {
     criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string(), "--leave-running"], &img2, "dump.log");
     let t = last_tick(&log);
     wait_until("ticks after the second dump", Duration::from_secs(20), || last_tick(&log) > t + 3);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Kill -9 on drop (a failure must not leave a tree running).
+struct Kill(i32);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for p in members(self.0) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// Dump the tree of `root` (killed), wait until it is gone, restore it with
+/// ours in `work`; the restored root, named `comm_name`.
+fn round(root: i32, comm_name: &str, work: &Path, img: &Path) -> i32 {
+    std::fs::create_dir_all(img).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], img, "dump.log");
+    wait_until("the dumped tree gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{root}")).exists());
+    let st = Command::new(CRIU).args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(img).current_dir(work).status().unwrap();
+    assert!(st.success(), "restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    init_named(comm_name, work).unwrap_or_else(|| panic!("the restored {comm_name}"))
+}
+
+/// Python's multiprocessing: a Pool of 3 workers passing every result
+/// through an mp.Queue (pipe, feeder threads, semaphores in /dev/shm) or a
+/// Manager().Queue (a server process, unix sockets); see
+/// tests/progs/mp_queue.py. Dumped mid-work and restored by ours, two
+/// rounds: the tree has the same processes, and every item arrives once
+/// and whole (the program checks each against what it must be, and
+/// writes FAIL otherwise), batches going on after each restore.
+#[test]
+fn python_multiprocessing_pool_with_queues() {
+    require!(why_not_here().or_else(|| why_not_tools(&["python3"])));
+    let tmp = test_dir("real-python-mpq");
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/mp_queue.py");
+    let mut cmd = Command::new("unshare");
+    only_stdio(&mut cmd).args(["--pid", "--fork", "setsid", "python3"]).arg(&script).current_dir(&work);
+    let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || starter.wait());
+    let log = work.join("progress.log");
+    wait_until("the pool passing items", Duration::from_secs(30), || last_tick(&log) >= 5);
+    let mut root = init_named("python3", &work).expect("python3 as pid 1 of its namespace");
+    let mut guard = Kill(root);
+    // the root, the manager's server and 3 workers
+    let n = members(root).len();
+    assert_eq!(n, 5, "the tree: {:?}", members(root));
+    for r in ["img1", "img2"] {
+        let t = last_tick(&log);
+        root = round(root, "python3", &work, &tmp.join(r));
+        std::mem::forget(std::mem::replace(&mut guard, Kill(root)));
+        assert_eq!(members(root).len(), n, "{r}: the restored tree's processes");
+        wait_until(&format!("{r}: batches after the restore"), Duration::from_secs(30), || last_tick(&log) > t + 10);
+    }
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `make -j2` of a small C project (six objects, each compiled by cc1 in
+/// a gcc driver tree under make, two at a time, a link and a check
+/// running the program), dumped part-way through (some objects built,
+/// not all) and restored by ours: the build completes, and the program
+/// it linked runs and prints the sum every object contributes.
+#[test]
+fn make_j2_builds_a_c_project_after_restore() {
+    require!(why_not_here().or_else(|| why_not_tools(&["make", "gcc", "cc"])));
+    let tmp = test_dir("real-make-c");
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let n = 6;
+    let mut main = String::from("#include <stdio.h>\n");
+    for i in 0..n {
+        main.push_str(&format!("long part{i}(void);\n"));
+        // enough code that each compile takes a moment: the dump lands mid-build
+        let mut f = format!("static volatile long v{i} = {};\n", i + 1);
+        for k in 0..400 {
+            f.push_str(&format!("static long f{i}_{k}(long x) {{ return x * {k} + (x >> 3) + v{i}; }}\n"));
+        }
+        f.push_str(&format!("long part{i}(void) {{ long s = 0;\n"));
+        for k in 0..400 {
+            f.push_str(&format!("  s += f{i}_{k}({k}) - f{i}_{k}({k}) ;\n"));
+        }
+        f.push_str(&format!("  return s + {};\n}}\n", (i + 1) * 1000));
+        std::fs::write(work.join(format!("part{i}.c")), f).unwrap();
+    }
+    main.push_str("int main(void) {\n  long s = 0;\n");
+    for i in 0..n {
+        main.push_str(&format!("  s += part{i}();\n"));
+    }
+    main.push_str("  printf(\"sum %ld\\n\", s);\n  return 0;\n}\n");
+    std::fs::write(work.join("main.c"), main).unwrap();
+    let objs: Vec<String> = (0..n).map(|i| format!("part{i}.o")).collect();
+    std::fs::write(
+        work.join("Makefile"),
+        format!(
+            "OBJS = main.o {objs}\nall: result.txt\nresult.txt: prog\n\t./prog > result.txt.tmp && mv result.txt.tmp result.txt\nprog: $(OBJS)\n\tcc -o prog $(OBJS)\n%.o: %.c\n\tcc -O2 -c -o $@ $<\n",
+            objs = objs.join(" ")
+        ),
+    )
+    .unwrap();
+    let want = format!("sum {}\n", (1..=n).map(|i| i * 1000).sum::<usize>());
+    let mut cmd = Command::new("unshare");
+    only_stdio(&mut cmd).args(["--pid", "--fork", "setsid", "make", "-j2"]).current_dir(&work);
+    let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || starter.wait());
+    // part-way: an object built, a compiler running, not all objects there
+    let built = |w: &Path| objs.iter().filter(|o| w.join(o).exists()).count();
+    let compiling = |m: i32| members(m).into_iter().any(|p| comm(p) == "cc1");
+    wait_until("make part-way", Duration::from_secs(60), || built(&work) >= 1 && init_named("make", &work).is_some_and(compiling));
+    let root = init_named("make", &work).expect("make as pid 1 of its namespace");
+    let guard = Kill(root);
+    let n_procs = members(root).len();
+    let before = built(&work);
+    let img = tmp.join("img");
+    let root = round(root, "make", &work, &img);
+    std::mem::forget(guard);
+    let _guard = Kill(root);
+    assert!(before < objs.len(), "the build was done before the dump ({before} objects)");
+    // (the restored tree's size is not compared: a compiler may finish at once)
+    assert!(n_procs >= 3, "make and a compiler's tree dumped: {n_procs} processes");
+    wait_until("the build finished after the restore", Duration::from_secs(120), || work.join("result.txt").exists());
+    assert_eq!(std::fs::read_to_string(work.join("result.txt")).unwrap(), want, "what the built program prints");
+    let out = Command::new(work.join("prog")).output().expect("run the built program");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "the built program run again");
     let _ = std::fs::remove_dir_all(&tmp);
 }
