@@ -28,10 +28,6 @@ use std::time::Duration;
 
 const MIB: u64 = 48;
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
 struct Tree {
     bin: PathBuf,
     work: PathBuf,

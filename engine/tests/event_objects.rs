@@ -15,7 +15,7 @@ use engine::kinds::Kind;
 use images_proto::{image, magic, pb};
 use engine::model::{Fd, FileDesc};
 
-use common::{criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
+use common::{criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream};
 
 /// A running evobjs, started `unshare --pid --fork setsid evobjs WORDS...`
 /// (pid 1 of its own pid namespace and a session leader, as the shared
@@ -305,20 +305,7 @@ fn epoll_round_trips() {
     assert!(ev.fdinfo(30).iter().any(|l| l.trim_end().ends_with("eventfd-count:                0")), "fd 30: {:?}", ev.fdinfo(30));
 }
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
-fn why_not_upstream() -> Option<String> {
-    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
-}
-
 /// Run upstream CRIU 4.2 (`args -D dir -v4 -o log`); require success.
-fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
-    let (st, text) = common::criu_env(&upstream(), args, dir, log, &[]);
-    assert!(st.success(), "upstream criu {args:?} failed ({st:?}):\n{text}");
-}
-
 /// Our image set of eventfds, timers (not the periodic ones: upstream's
 /// restore disarms a periodic timer that expired unread, README of the
 /// fixtures), signalfds and epoll sets (nested, and a target whose fd was

@@ -27,10 +27,6 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
 const NR: &str = "/proc/sys/vm/nr_hugepages";
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 

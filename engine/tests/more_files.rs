@@ -22,14 +22,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
-fn why_not_upstream() -> Option<String> {
-    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
-}
-
 /// A program of tests/fdsupport/progs, running in `dir/work`; every
 /// process running its binary is killed on drop.
 struct Prog {

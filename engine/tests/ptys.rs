@@ -18,7 +18,7 @@ mod common;
 
 use images_proto::{image, magic, pb};
 
-use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
+use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream};
 
 /// An fd table as (fd, link).
 type Links = Vec<(i32, String)>;
@@ -137,19 +137,6 @@ impl Drop for Pt {
             let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
         }
     }
-}
-
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
-fn why_not_upstream() -> Option<String> {
-    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
-}
-
-fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
-    let (st, text) = criu_env(&upstream(), args, dir, log, &[]);
-    assert!(st.success(), "upstream criu {args:?} failed ({st:?}):\n{text}");
 }
 
 /// Dump (killing it, or `--leave-running` and then killed) and restore

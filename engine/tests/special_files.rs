@@ -26,13 +26,9 @@ mod common;
 use common::*;
 use images_proto::magic as mg;
 use images_proto::pb;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
 
 fn start(tmp: &Path, mode: &str) -> Fixture {
     let work = tmp.join("work");

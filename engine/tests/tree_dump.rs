@@ -27,10 +27,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
 /// Whether `test` cannot run here (then recorded as skipped; under CI=true
 /// a missing precondition fails: test-support's `skip`).
 fn cannot_run(test: &str, need_upstream: bool) -> bool {

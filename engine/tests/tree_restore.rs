@@ -24,10 +24,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
 /// (pid, ppid, pgid, sid) of every process under `root`, in its own pid
 /// namespace, sorted.
 fn shape(root: i32) -> Vec<(i32, i32, i32, i32)> {

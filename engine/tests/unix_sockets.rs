@@ -21,14 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
-fn why_not_upstream() -> Option<String> {
-    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
-}
-
 /// A program of tests/fdsupport/progs started as the shared fixtures are
 /// (`unshare --pid --fork setsid BIN ARGS`, so upstream CRIU can dump it
 /// too), in its own scratch directory; killed on drop.

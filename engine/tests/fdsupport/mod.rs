@@ -11,7 +11,7 @@ pub const CRIU: &str = env!("CARGO_BIN_EXE_criu");
 
 #[path = "../common/mod.rs"]
 mod common;
-pub use common::{only_stdio, require, skip, skip_reason, why_not_fixture, why_not_here, why_not_root, why_not_tool};
+pub use common::{only_stdio, require, skip, skip_reason, upstream, why_not_fixture, why_not_here, why_not_root, why_not_tool, why_not_upstream};
 
 /// The old form of `require!(why_not_root())`, for tests that print and
 /// return themselves: when not root it already records the skip (and fails
