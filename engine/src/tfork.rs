@@ -1138,7 +1138,7 @@ fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot:
     }
     if !net.is_empty() {
         net.apply(pid, &mut main)?;
-        crate::fault::point("tfork-tcp-closed");
+        crate::fault::point("tforktcp-closed");
     }
     // The clone beside the engine on one CPU while it is set up (each stop
     // a local switch, as in a restore); its threads inherit the pin, and

@@ -1,6 +1,9 @@
-/* tcpclient PORT [LPORT]: holds a TCP connection to 127.0.0.1:PORT (an
- * echo server outside its tree) and, with LPORT, a listener on
- * 127.0.0.1:LPORT.
+/* tcpclient PORT [LPORT [child]]: holds a TCP connection to
+ * 127.0.0.1:PORT (an echo server outside its tree) and, with LPORT (not
+ * "-"), a listener on 127.0.0.1:LPORT (0: a port the kernel picks, written
+ * into lport.txt). With "child", it forks a child that sleeps (a tree).
+ * PORT "self": the connection is to its own listener (both ends in the
+ * process; it then only logs "self N").
  *
  * Every 50 ms it sends the line "N\n" (N counting from 0, MSG_NOSIGNAL)
  * and reads the echo, which must be that line: "ok N" in tick-PID.log (PID:
@@ -120,24 +123,51 @@ int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return 2;
-	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[1])) };
+	int self = strcmp(argv[1], "self") == 0;
+	int ls = -1;
+	struct sockaddr_in la = { .sin_family = AF_INET };
+	if (argc > 2 && strcmp(argv[2], "-") != 0) {
+		la.sin_port = htons(atoi(argv[2]));
+		inet_pton(AF_INET, "127.0.0.1", &la.sin_addr);
+		ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		int one = 1;
+		setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		socklen_t al = sizeof(la);
+		if (ls < 0 || bind(ls, (struct sockaddr *)&la, sizeof(la)) < 0 || listen(ls, 16) < 0 ||
+		    getsockname(ls, (struct sockaddr *)&la, &al) < 0) {
+			logf_("FAIL listen: %s\n", strerror(errno));
+			return 1;
+		}
+		FILE *f = fopen("lport.txt.tmp", "w");
+		if (f) {
+			fprintf(f, "%d\n", ntohs(la.sin_port));
+			fclose(f);
+			rename("lport.txt.tmp", "lport.txt");
+		}
+	}
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = self ? la.sin_port : htons(atoi(argv[1])) };
 	inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
 	sk = socket(AF_INET, SOCK_STREAM, 0);
 	if (sk < 0 || connect(sk, (struct sockaddr *)&to, sizeof(to)) < 0) {
 		logf_("FAIL connect: %s\n", strerror(errno));
 		return 1;
 	}
-	int ls = -1;
-	if (argc > 2) {
-		struct sockaddr_in la = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])) };
-		inet_pton(AF_INET, "127.0.0.1", &la.sin_addr);
-		ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-		int one = 1;
-		setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (ls < 0 || bind(ls, (struct sockaddr *)&la, sizeof(la)) < 0 || listen(ls, 16) < 0) {
-			logf_("FAIL listen: %s\n", strerror(errno));
+	if (self) {
+		/* the other end, accepted, held */
+		struct pollfd p = { .fd = ls, .events = POLLIN };
+		poll(&p, 1, 5000);
+		if (accept4(ls, NULL, NULL, 0) < 0) {
+			logf_("FAIL accept of its own connection: %s\n", strerror(errno));
 			return 1;
 		}
+		for (unsigned long long i = 0;; i++) {
+			logf_("self %llu\n", i);
+			usleep(50000);
+		}
+	}
+	if (argc > 3 && strcmp(argv[3], "child") == 0 && fork() == 0) {
+		for (;;)
+			pause();
 	}
 	int closed = 0;
 	for (unsigned long long i = 0;; i++) {
