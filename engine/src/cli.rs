@@ -122,7 +122,7 @@ Usage:
   criu check [--feature NAME] [--extra] [--experimental] [--all]
   criu cpuinfo dump|check [-D DIR] [--cpu-cap[=CAPS]]
   criu tfork -t PID --copies N [--persist=none|sync|async] [-D DIR]
-             [--root-snapshot overlay[:DIR]|btrfs[:DIR]]
+             [--root-snapshot overlay[:DIR]|btrfs[:DIR]] [--tcp-close]
   criu swrk FD
   criu --version | -V
   criu --help | -h
@@ -169,7 +169,10 @@ Options:
   --tcp-established      dump and restore: established TCP connections
                          carried live (TCP_REPAIR), locked with iptables
                          while dumped
-  --tcp-close            dump and restore: TCP connections restored closed
+  --tcp-close            dump and restore: TCP connections restored closed;
+                         tfork: the source's TCP connections to peers
+                         outside the tree closed in the clones (without
+                         it tfork refuses them: a clone would share them)
   -r|--root DIR          restore: the root directory to restore under
   --freeze-cgroup PATH   dump: freeze this cgroup (v2 or v1 freezer) first
   --timeout N            dump: wait at most N seconds for that (default 10)
@@ -485,9 +488,10 @@ fn tfork_clones(o: &Opts) -> Result<Vec<crate::sys::Pid>, Failure> {
     if o.root.is_some() || o.freeze_cgroup.is_some() || o.pidfile.is_some() {
         return Err(Failure::new("--root, --freeze-cgroup and --pidfile are not supported by tfork yet"));
     }
-    if o.tcp_close {
-        // (the RPC's tfork.tcp_close is refused the same way)
-        return Err(Failure::new("--tcp-close is not supported by tfork yet (clones do not close their connections)"));
+    if o.tcp_established {
+        // (a connection can't be live in the source and in a clone: the
+        // same 4-tuple twice in one network namespace)
+        return Err(Failure::new("--tcp-established does not apply to tfork: a clone can't carry the source's live connection (--tcp-close closes it in the clones)"));
     }
     let images_dir = images_dir(o);
     if persist != crate::tfork::Persist::None && !images_dir.is_dir() {
@@ -498,7 +502,7 @@ fn tfork_clones(o: &Opts) -> Result<Vec<crate::sys::Pid>, Failure> {
     // io_uring for the image set unless CRIU_RS_IO_URING=off (tests, measurements)
     let plain_writes = std::env::var("CRIU_RS_IO_URING").as_deref() == Ok("off");
     let root_snapshot = o.root_snapshot.as_deref().map(crate::root_snapshot::Mode::parse).transpose().map_err(Failure::new)?;
-    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir, plain_writes, root_snapshot };
+    let topts = crate::tfork::TforkOpts { copies, persist, forkers, images_dir, plain_writes, root_snapshot, tcp_close: o.tcp_close };
     if persist == crate::tfork::Persist::Async {
         return tfork_async(pid, &topts);
     }

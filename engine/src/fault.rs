@@ -79,6 +79,8 @@ pub const POINTS: &[&str] = &[
     "tforktree-before-go",
     // tfork --root-snapshot: a clone's overlay mounted, its files not yet reopened
     "snapshot-mounted",
+    // tfork --tcp-close: a fork-made clone's connections closed, the clone not yet released
+    "tforktcp-closed",
 ];
 
 /// Environment variable naming the point to die at.

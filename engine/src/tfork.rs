@@ -62,6 +62,8 @@ use crate::{pr_debug, pr_info};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+mod net;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TforkError {
     #[error("{0}")]
@@ -129,6 +131,10 @@ pub struct TforkOpts {
     /// ([`crate::root_snapshot`]), its upper directory in
     /// `images_dir/tfork-root/<clone pid>`.
     pub root_snapshot: Option<crate::root_snapshot::Mode>,
+    /// `--tcp-close`: the source's TCP connections to peers outside the
+    /// tree are closed in the clones ([`net`]); without it they are
+    /// refused by name.
+    pub tcp_close: bool,
 }
 
 /// What a tfork did, with its timings (all from the start of the freeze).
@@ -263,7 +269,11 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         return tfork_restored(pid, opts, on_running);
     }
     let t0 = Instant::now();
-    let (tree, frozen) = dump::collect_state(pid)?;
+    // connections recorded (not refused by the collection): [`net::plan`] decides
+    set_net_opts(true);
+    let collected = dump::collect_state(pid);
+    set_net_opts(opts.tcp_close);
+    let (tree, frozen) = collected?;
     if frozen.members.len() > 1 || frozen.procs.len() != 1 {
         // a child forked between the look and the freeze: a tree after all
         drop(frozen);
@@ -271,6 +281,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         return tfork_restored(pid, opts, on_running);
     }
     check_supported(pid, &tree)?;
+    let net = net::plan(&tree, opts.tcp_close, true)?;
     let task = tree.root();
     let plan = match &opts.root_snapshot {
         None => None,
@@ -359,7 +370,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
                 forkers.push((Injector::new(c, csp.gadget).map_err(ioe(c, "registers"))?, csp));
                 continue;
             }
-            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs)?;
+            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs, &net)?;
             clones.push(c);
             first.get_or_insert_with(|| t0.elapsed());
         }
@@ -367,7 +378,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // the forkers, S last
     for (inj, fsp) in forkers.into_iter().rev() {
         let c = inj.tid;
-        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs)?;
+        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs, &net)?;
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
@@ -391,6 +402,15 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         Unreleased(vec![d]).kill_all();
     }
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
+}
+
+/// The socket choices of the collection and of the restores (global to
+/// the inet kind): connections recorded and restored closed with
+/// `tcp_close`, never carried live (`--tcp-established` is refused by
+/// tfork: a connection can't be in the source and in a clone).
+fn set_net_opts(tcp_close: bool) {
+    crate::kinds::inet::set_tcp_close(tcp_close);
+    crate::kinds::inet::set_tcp_established(false);
 }
 
 /// Whether `pid` has children (any of its threads: /proc/PID/task/TID/children).
@@ -426,7 +446,12 @@ fn owns_pid_ns(pid: Pid) -> bool {
 /// (docs/ARCHITECTURE.md, "tfork").
 fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
     let t0 = Instant::now();
-    let (tree, frozen) = dump::collect(pid)?;
+    // connections recorded (not refused by the collection): [`net::plan`]
+    // decides; the restores then bring them back closed (`--tcp-close`)
+    let collected = dump::collect_tree_opts(pid, &crate::options::Options { tcp_close: true, ..Default::default() });
+    set_net_opts(opts.tcp_close);
+    let (tree, frozen) = collected?;
+    net::plan(&tree, opts.tcp_close, false)?;
     let own_ns = tree.root_owns_pid_ns;
     if !own_ns && frozen.members.len() == 1 {
         return Err(TforkError::Unsupported(format!("process {pid} lost its children and is not pid 1 of its own pid namespace: tfork it again")));
@@ -1105,11 +1130,15 @@ fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkErr
 /// Turn the stopped fork `pid` (single-threaded, gadget mapped, signals
 /// blocked) into a clone of `task` and release it; with `snap`, in its own
 /// mount namespace with its own overlay (first: while it has one thread).
-fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot::Plan>, dirs: &mut SnapDirs) -> Result<(), TforkError> {
+fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot::Plan>, dirs: &mut SnapDirs, net: &net::Plan) -> Result<(), TforkError> {
     let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
     if let Some(plan) = snap {
         dirs.0.push(plan.made(pid));
         plan.apply(pid, &mut main, sp, task).map_err(|e| TforkError::Unsupported(format!("--root-snapshot: {e}")))?;
+    }
+    if !net.is_empty() {
+        net.apply(pid, &mut main)?;
+        crate::fault::point("tforktcp-closed");
     }
     // The clone beside the engine on one CPU while it is set up (each stop
     // a local switch, as in a restore); its threads inherit the pin, and

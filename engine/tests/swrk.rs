@@ -347,11 +347,16 @@ fn tfork_request() {
     wait_until("the source ticks on", Duration::from_secs(15), || last_tick(&log(pid)) >= t0 + 2);
     drop(procs);
     // a TFORK without its options, or with copies 0 / too many, is refused by field
-    for (tf, field) in [(None, "criu_opts.tfork"), (Some(CriuTforkOpts { copies: Some(0), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(u32::MAX), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(1), persist: Some("later".into()), ..CriuTforkOpts::default() }), "tfork.persist"), (Some(CriuTforkOpts { copies: Some(1), tcp_close: Some(true), ..CriuTforkOpts::default() }), "tfork.tcp_close")] {
+    for (tf, field) in [(None, "criu_opts.tfork"), (Some(CriuTforkOpts { copies: Some(0), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(u32::MAX), ..CriuTforkOpts::default() }), "tfork.copies"), (Some(CriuTforkOpts { copies: Some(1), persist: Some("later".into()), ..CriuTforkOpts::default() }), "tfork.persist")] {
         let (r, st, _) = one(&req(T::Tfork, Some(CriuOpts { images_dir_fd: -1, pid: Some(pid), tfork: tf, ..CriuOpts::default() })));
         assert!(!r.success && errmsg(&r).contains(field), "{field}: {r:?}");
         assert!(!st.success());
     }
+    // tcp_established does not apply to a tfork (tcp_close: tfork_tcp_close_request)
+    let tf = Some(CriuTforkOpts { copies: Some(1), ..CriuTforkOpts::default() });
+    let (r, st, _) = one(&req(T::Tfork, Some(CriuOpts { images_dir_fd: -1, pid: Some(pid), tfork: tf, tcp_established: Some(true), ..CriuOpts::default() })));
+    assert!(!r.success && errmsg(&r).contains("tcp_established"), "{r:?}");
+    assert!(!st.success());
 }
 
 /// A tfork source (our child) and its clones (our children too: siblings

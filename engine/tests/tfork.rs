@@ -301,9 +301,10 @@ fn refused_by_name() {
     let src = Src::start(&dir, 1, 4);
     let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "1", "--persist=later"], &[]);
     assert!(!st.success() && out.is_empty() && log.contains("unknown --persist mode"), "{log}");
-    // --tcp-close: clones would keep their connections, so it is refused
-    let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "1", "--tcp-close"], &[]);
-    assert!(!st.success() && out.is_empty() && log.contains("--tcp-close is not supported by tfork"), "{log}");
+    // --tcp-established: a clone can't carry the source's live connection
+    // (--tcp-close: tests/tfork_tcp.rs)
+    let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "1", "--tcp-established"], &[]);
+    assert!(!st.success() && out.is_empty() && log.contains("--tcp-established does not apply to tfork"), "{log}");
     drop(src);
     // (a process with children is cloned as a tree: tests/tfork_tree.rs)
 }

@@ -295,10 +295,13 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
             }
             o.root_snapshot = Some(r.clone());
         }
-        // tfork does not close connections in its clones yet (they stay
-        // shared with the source, as after a fork): refused, not ignored
-        if t(tf.tcp_close) || o.tcp_close {
-            return Err(unsupported("criu_opts.tfork.tcp_close: closing TCP connections in tfork's clones is not done yet (they stay shared with the source, as after a fork)"));
+        // connections to peers outside the tree closed in the clones: as
+        // criu_opts.tcp_close (upstream's field 52) or criu_opts.tfork.tcp_close
+        if t(tf.tcp_close) {
+            o.tcp_close = true;
+        }
+        if o.tcp_established {
+            return Err(unsupported("criu_opts.tcp_established: does not apply to a TFORK request (a clone can't carry the source's live connection; tcp_close closes it in the clones)"));
         }
     }
     Ok(Mapped { opts: o, notify: t(c.notify_scripts) })

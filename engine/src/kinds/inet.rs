@@ -100,7 +100,7 @@ pub fn state_name(s: u32) -> &'static str {
 
 /// States of a TCP connection that `--tcp-close` restores closed (as
 /// upstream accepts them with it).
-fn is_connection(s: u32) -> bool {
+pub(crate) fn is_connection(s: u32) -> bool {
     matches!(s, 1 | 2 | 4 | 5 | 8 | 9 | 11)
 }
 
