@@ -732,3 +732,44 @@ fn half_closed_by_the_tree_two_rounds() {
     let _ = ticks(); // no FAIL
     assert!(lock_rules(pt).is_empty(), "the lock's rules left: {:?}", lock_rules(pt));
 }
+
+/// The same with the FIN not even sent: the server filled the client's
+/// window and its own send buffer (the client reads nothing yet), then
+/// shut its writing side: FIN_WAIT1 with data unsent and the FIN behind
+/// it. Dumped and restored, the client then reads every byte the server
+/// had queued, in order, and the end of file after it.
+#[test]
+fn fin_behind_unsent_data() {
+    use std::io::Read;
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let pt = port(12);
+    let prog = format!(
+        "import socket,time\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
+         log=open('progress.log','w',buffering=1)\n\
+         c,_=l.accept(); c.setblocking(False); n=0; stuck=0\n\
+         while stuck<20:\n\
+         \x20 try: n+=c.send(bytes((n+i)*7%251 for i in range(65536)))\n\
+         \x20 except BlockingIOError: stuck+=1; time.sleep(0.02)\n\
+         c.shutdown(socket.SHUT_WR); log.write('sent %d\\n' % n); k=0\n\
+         while True:\n\
+         \x20 k+=1; log.write('tick %d ok\\n' % k); time.sleep(0.05)\n"
+    );
+    let p = Program::start("finwait1", &["python3", "-c", &prog]);
+    let criu = private_criu(&p.dir);
+    let mut c = connect(pt);
+    let log = p.work.join("progress.log");
+    wait_until("the server's queue full and shut", Duration::from_secs(20), || common::last_tick(&log) >= 2);
+    let sent: usize = std::fs::read_to_string(&log).unwrap().lines().find_map(|l| l.strip_prefix("sent ")?.parse().ok()).expect("sent N");
+    let me = c.local_addr().unwrap().port();
+    assert_eq!(held_state(pt, me).as_deref(), Some("04"), "the server's end in FIN_WAIT1");
+    p.round(&criu, "img1", || {});
+    let t = common::last_tick(&log);
+    wait_until("ticks after the restore", Duration::from_secs(10), || common::last_tick(&log) >= t + 3);
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("the server's bytes and its end of file");
+    assert_eq!(got.len(), sent, "bytes the server had queued");
+    let want: Vec<u8> = (0..sent).map(|j| (j * 7 % 251) as u8).collect();
+    assert!(got == want, "the bytes differ");
+    wait_until("the server's end in FIN_WAIT2", Duration::from_secs(10), || held_state(pt, me).as_deref() == Some("05"));
+}
