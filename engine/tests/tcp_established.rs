@@ -464,13 +464,18 @@ impl Program {
 
     /// Dump with --tcp-established (killed), then restore in the work dir.
     fn round(&self, criu: &Path, name: &str, between: impl FnOnce()) {
+        self.round_by(criu, criu, name, between)
+    }
+
+    /// [`Program::round`], dumped by `dumper` and restored by `restorer`.
+    fn round_by(&self, dumper: &Path, restorer: &Path, name: &str, between: impl FnOnce()) {
         let img = self.dir.join(name);
         let _ = std::fs::remove_dir_all(&img);
         std::fs::create_dir_all(&img).unwrap();
-        criu_ok(criu, &["dump", "-t", &self.root().unwrap().to_string(), "--tcp-established"], &img, "dump.log");
+        criu_ok(dumper, &["dump", "-t", &self.root().unwrap().to_string(), "--tcp-established"], &img, "dump.log");
         wait_until("the program gone", Duration::from_secs(5), || self.pids().0.is_empty());
         between();
-        let out = Command::new(criu).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&self.work).output().expect("restore");
+        let out = Command::new(restorer).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&self.work).output().expect("restore");
         assert!(out.status.success(), "{name}: restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
     }
 }
@@ -683,9 +688,25 @@ fn held_state(port: u16, peer: u16) -> Option<String> {
 /// answer acknowledges it).
 #[test]
 fn half_closed_by_the_tree_two_rounds() {
-    use std::io::{Read, Write};
     require!(why_not().or_else(|| common::why_not_tool("python3")));
-    let pt = port(11);
+    let criu = PathBuf::from(common::CRIU);
+    half_closed(11, [(&criu, &criu), (&criu, &criu)]);
+}
+
+/// The same, ours dumping and upstream 4.2 restoring, then upstream
+/// dumping and ours restoring (its FIN_WAIT2 image: the same shape).
+#[test]
+fn half_closed_upstream_both_ways() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")).or_else(common::why_not_upstream));
+    let (criu, up) = (PathBuf::from(common::CRIU), upstream());
+    half_closed(13, [(&criu, &up), (&up, &criu)]);
+}
+
+/// [`half_closed_by_the_tree_two_rounds`] on port `n` of this run, each
+/// round dumped and restored by the given pair.
+fn half_closed(n: u16, rounds: [(&Path, &Path); 2]) {
+    use std::io::{Read, Write};
+    let pt = port(n);
     let prog = format!(
         "import socket,time,select\n\
          l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
@@ -704,8 +725,9 @@ fn half_closed_by_the_tree_two_rounds() {
          \x20 else: time.sleep(0.05)\n\
          \x20 log.write('tick %d ok\\n' % n)\n"
     );
-    let p = Program::start("halfclosed", &["python3", "-c", &prog]);
-    let criu = private_criu(&p.dir);
+    let p = Program::start(&format!("halfclosed-{n}"), &["python3", "-c", &prog]);
+    let private = private_criu(&p.dir);
+    let ours = |c: &Path| if c == Path::new(common::CRIU) { private.clone() } else { c.to_path_buf() };
     let mut c = connect(pt);
     let mut answer = Vec::new();
     c.read_to_end(&mut answer).expect("the server's answer and its end of file");
@@ -717,12 +739,12 @@ fn half_closed_by_the_tree_two_rounds() {
     let sent: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 241) as u8).collect();
     let mut c2 = c.try_clone().unwrap();
     let first = sent[..10_000].to_vec();
-    p.round(&criu, "img1", || c2.write_all(&first).unwrap());
+    p.round_by(&ours(rounds[0].0), &ours(rounds[0].1), "img1", || c2.write_all(&first).unwrap());
     wait_until("FIN_WAIT2 again after the restore", Duration::from_secs(20), || held_state(pt, me).as_deref() == Some("05"));
     let t = ticks();
     wait_until("ticks after the restore", Duration::from_secs(10), || ticks() >= t + 3);
     c.write_all(&sent[10_000..20_000]).unwrap();
-    p.round(&criu, "img2", || {});
+    p.round_by(&ours(rounds[1].0), &ours(rounds[1].1), "img2", || {});
     wait_until("FIN_WAIT2 after the second restore", Duration::from_secs(20), || held_state(pt, me).as_deref() == Some("05"));
     c.write_all(&sent[20_000..]).unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
