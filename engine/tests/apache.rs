@@ -186,16 +186,18 @@ impl Apache {
         v
     }
 
-    /// No connection to our ports held by a process but the established
-    /// ones (a closing connection apache lingers over would be refused by
-    /// `--tcp-established`, as upstream refuses it).
+    /// No connection to our ports held by a process in a state
+    /// `--tcp-established` refuses: only established ones and ones whose
+    /// end here shut its writing side (a lingering close); a client that
+    /// closed first leaves apache's end in CLOSE_WAIT for a moment.
     fn quiet(&self) -> bool {
         let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
         tcp.lines().skip(1).all(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let local_port = f.get(1).and_then(|a| a.split(':').nth(1)).and_then(|p| u16::from_str_radix(p, 16).ok());
             let ours = local_port.is_some_and(|p| self.ports.contains(&p));
-            !ours || f.get(9) == Some(&"0") || matches!(f.get(3), Some(&"0A") | Some(&"01"))
+            // LISTEN, ESTABLISHED, FIN_WAIT1, FIN_WAIT2 (a lingering close)
+            !ours || f.get(9) == Some(&"0") || matches!(f.get(3), Some(&"0A") | Some(&"01") | Some(&"04") | Some(&"05"))
         })
     }
 
@@ -279,6 +281,17 @@ impl Drop for Apache {
             let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
         }
     }
+}
+
+/// The state (/proc/net/tcp's code: "05" is FIN_WAIT2) of the socket of
+/// 127.0.0.1:`port` whose peer is port `peer`, if a process holds it.
+fn tcp_state(port: u16, peer: u16) -> Option<String> {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let p = |a: &str| a.split(':').nth(1).and_then(|v| u16::from_str_radix(v, 16).ok());
+        (p(f.get(1)?)? == port && p(f.get(2)?)? == peer && *f.get(9)? != "0").then(|| f[3].to_string())
+    })
 }
 
 /// One request on a fresh connection (`Connection: close`), read to the
@@ -385,9 +398,39 @@ fn apache_prefork_two_rounds() {
     let mut held = Held::open(a.ports[0]);
     let (head, _) = held.ask("/index.html");
     assert!(head.contains(" 200 "), "{head}");
+    // a worker in its lingering close: it answered `Connection: close`,
+    // shut its writing side (FIN_WAIT2) and reads what the client still
+    // sends until its end of file; the client sends a byte now and then
+    let mut linger = TcpStream::connect(("127.0.0.1", a.ports[0])).unwrap();
+    linger.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    linger.write_all(b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    linger.read_to_end(&mut answer).expect("the answer and apache's end of file");
+    assert!(answer.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&answer));
+    let me = linger.local_addr().unwrap().port();
+    wait_until("the worker's end in FIN_WAIT2", Duration::from_secs(10), || tcp_state(a.ports[0], me).as_deref() == Some("05"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut dribble = Some({
+        let (stop, mut l) = (stop.clone(), linger.try_clone().unwrap());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = l.write_all(b"x");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    });
     for (round, name) in ["img1", "img2"].into_iter().enumerate() {
         let before = a.accesses();
         a.round(&criu, &criu, name);
+        if round == 0 {
+            // the lingering worker's end restored in FIN_WAIT2 (its FIN sent
+            // again, acknowledged again); the client's end of file ends it
+            wait_until("the lingering worker's end in FIN_WAIT2 again", Duration::from_secs(20), || tcp_state(a.ports[0], me).as_deref() == Some("05"));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            dribble.take().unwrap().join().unwrap();
+            linger.shutdown(std::net::Shutdown::Write).unwrap();
+            wait_until("the lingering close ended", Duration::from_secs(20), || tcp_state(a.ports[0], me).is_none());
+        }
         a.serves(&shape, &mut held, before, &format!("round {}", round + 1));
     }
     let bad: Vec<&str> = ["error]", "crit]", "alert]", "emerg]"].into_iter().filter(|l| a.error_log().contains(l)).collect();

@@ -18,7 +18,7 @@ mod common;
 
 use images_proto::{image, magic, pb};
 
-use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
+use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream};
 
 /// A running inetsk, started `unshare --pid --fork setsid inetsk WORDS...`
 /// (pid 1 of its own pid namespace and a session leader, so that upstream
@@ -118,19 +118,6 @@ impl Drop for Sk {
             let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
         }
     }
-}
-
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
-fn why_not_upstream() -> Option<String> {
-    why_not_here().or_else(|| (!upstream().exists()).then(|| format!("{} not found", upstream().display())))
-}
-
-fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
-    let (st, text) = criu_env(&upstream(), args, dir, log, &[]);
-    assert!(st.success(), "upstream criu {args:?} failed ({st:?}):\n{text}");
 }
 
 /// The INETSK entries of an image set.
@@ -252,7 +239,7 @@ fn tcp_close_restores_connections_closed() {
     sk.kill();
     let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore-refused.log", &[]);
     assert_eq!(st.code(), Some(1), "a restore without --tcp-close must fail:\n{log}");
-    assert!(log.contains("files.img") && log.contains("isk.state: a TCP connection (ESTABLISHED): restored only with --tcp-established (ESTABLISHED ones) or --tcp-close (closed)"), "{log}");
+    assert!(log.contains("files.img") && log.contains("isk.state: a TCP connection (ESTABLISHED): restored only with --tcp-established (ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 ones) or --tcp-close (closed)"), "{log}");
     assert!(live_with_exe(&sk.bin).is_empty(), "a refused restore must not start anything");
     criu_ok(&criu, &["restore", "-d", "--tcp-close"], &img, "restore.log");
     sk.refind();

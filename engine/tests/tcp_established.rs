@@ -20,7 +20,7 @@ mod common;
 use images_proto::{image, magic, pb};
 use std::os::unix::process::ExitStatusExt;
 
-use common::{criu_env, criu_ok, live_with_exe, only_stdio, private_criu, require, test_dir, wait_until, why_not_here};
+use common::{criu_env, criu_ok, live_with_exe, only_stdio, private_criu, require, test_dir, upstream, wait_until, why_not_here};
 
 fn why_not() -> Option<String> {
     why_not_here().or_else(|| common::why_not_tools(&["iptables", "iptables-restore", "ip6tables-restore"]))
@@ -299,10 +299,6 @@ fn leave_running() {
     }
 }
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream-criu/criu-4.2")
-}
-
 /// Upstream CRIU 4.2 restores our images of an established connection,
 /// and we restore its.
 #[test]
@@ -468,13 +464,18 @@ impl Program {
 
     /// Dump with --tcp-established (killed), then restore in the work dir.
     fn round(&self, criu: &Path, name: &str, between: impl FnOnce()) {
+        self.round_by(criu, criu, name, between)
+    }
+
+    /// [`Program::round`], dumped by `dumper` and restored by `restorer`.
+    fn round_by(&self, dumper: &Path, restorer: &Path, name: &str, between: impl FnOnce()) {
         let img = self.dir.join(name);
         let _ = std::fs::remove_dir_all(&img);
         std::fs::create_dir_all(&img).unwrap();
-        criu_ok(criu, &["dump", "-t", &self.root().unwrap().to_string(), "--tcp-established"], &img, "dump.log");
+        criu_ok(dumper, &["dump", "-t", &self.root().unwrap().to_string(), "--tcp-established"], &img, "dump.log");
         wait_until("the program gone", Duration::from_secs(5), || self.pids().0.is_empty());
         between();
-        let out = Command::new(criu).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&self.work).output().expect("restore");
+        let out = Command::new(restorer).args(["restore", "-d", "--tcp-established", "-D"]).arg(&img).args(["-v4", "-o", "restore.log"]).current_dir(&self.work).output().expect("restore");
         assert!(out.status.success(), "{name}: restore failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
     }
 }
@@ -594,8 +595,8 @@ fn memcached_client_held_across_restore() {
 /// A dump that fails after the connections were locked and put in
 /// repair mode (its images directory can't be written) gives them back
 /// out of repair mode and unlocked, and the program goes on; a connection
-/// in a transitional state (FIN_WAIT2 and CLOSE_WAIT: one end shut its
-/// writing side) is refused by name with its state, the program going on.
+/// in a transitional state (CLOSE_WAIT: the peer shut its writing side)
+/// is refused by name with its state, the program going on.
 #[test]
 fn failed_dumps_release_connections_and_transitional_states_are_refused() {
     require!(why_not().or_else(|| common::why_not_tool("python3")));
@@ -632,7 +633,9 @@ fn failed_dumps_release_connections_and_transitional_states_are_refused() {
     std::fs::create_dir_all(&img).unwrap();
     let (st, log) = criu_env(&criu, &["dump", "-t", &pid, "--tcp-established"], &img, "dump.log", &[]);
     assert_eq!(st.code(), Some(1), "{log}");
-    assert!(log.contains("in state FIN_WAIT2 (5): --tcp-established carries ESTABLISHED connections only"), "{log}");
+    // (the end that shut its writing side, FIN_WAIT2, is carried now; the
+    // one that received the FIN is not)
+    assert!(log.contains("in state CLOSE_WAIT (8): --tcp-established carries ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 connections only"), "{log}");
     assert!(lock_rules(pt).is_empty(), "the lock's rules left by a refused dump: {:?}", lock_rules(pt));
     let t = ticks();
     wait_until("ticks after the refused dump", Duration::from_secs(10), || ticks() >= t + 5);
@@ -660,4 +663,135 @@ fn network_lock_options() {
     assert!(out.status.success(), "{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
     p.refind();
     p.flows(&["a", "b"], 4 << 20, "after a restore without the lock");
+}
+
+/// The state of the socket of 127.0.0.1:`port` whose peer is port `peer`
+/// (the /proc/net/tcp code, e.g. "05" for FIN_WAIT2), if one has an inode
+/// (a process holds it).
+fn held_state(port: u16, peer: u16) -> Option<String> {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let p = |a: &str| a.split(':').nth(1).and_then(|v| u16::from_str_radix(v, 16).ok());
+        (p(f.get(1)?)? == port && p(f.get(2)?)? == peer && *f.get(9)? != "0").then(|| f[3].to_string())
+    })
+}
+
+/// A server in the tree that sent its answer and shut its writing side
+/// (its socket in FIN_WAIT2, the client outside the tree having read the
+/// answer and its end of file) is carried with --tcp-established, twice:
+/// after each restore the socket is in FIN_WAIT2 again, writes fail with
+/// EPIPE, and what the client sends (some into the lock while dumped) and
+/// its end of file reach the server whole. Before, such a dump was
+/// refused (upstream 4.2 carries it, forging the peer's ACK of the FIN
+/// with a raw packet; here the FIN is retransmitted and the peer's
+/// answer acknowledges it).
+#[test]
+fn half_closed_by_the_tree_two_rounds() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let criu = PathBuf::from(common::CRIU);
+    half_closed(11, [(&criu, &criu), (&criu, &criu)]);
+}
+
+/// The same, ours dumping and upstream 4.2 restoring, then upstream
+/// dumping and ours restoring (its FIN_WAIT2 image: the same shape).
+#[test]
+fn half_closed_upstream_both_ways() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")).or_else(common::why_not_upstream));
+    let (criu, up) = (PathBuf::from(common::CRIU), upstream());
+    half_closed(13, [(&criu, &up), (&up, &criu)]);
+}
+
+/// [`half_closed_by_the_tree_two_rounds`] on port `n` of this run, each
+/// round dumped and restored by the given pair.
+fn half_closed(n: u16, rounds: [(&Path, &Path); 2]) {
+    use std::io::{Read, Write};
+    let pt = port(n);
+    let prog = format!(
+        "import socket,time,select\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
+         log=open('progress.log','w',buffering=1)\n\
+         c,_=l.accept(); c.sendall(bytes(i*7%251 for i in range(200000))); c.shutdown(socket.SHUT_WR)\n\
+         got=b''; n=0; done=False\n\
+         while True:\n\
+         \x20 n+=1\n\
+         \x20 if not done and select.select([c],[],[],0.05)[0]:\n\
+         \x20   d=c.recv(65536)\n\
+         \x20   if d: got+=d\n\
+         \x20   else:\n\
+         \x20     try: c.send(b'x'); log.write('FAIL a write after shutdown went through\\n')\n\
+         \x20     except BrokenPipeError: pass\n\
+         \x20     open('got.bin','wb').write(got); log.write('eof %d\\n' % len(got)); done=True\n\
+         \x20 else: time.sleep(0.05)\n\
+         \x20 log.write('tick %d ok\\n' % n)\n"
+    );
+    let p = Program::start(&format!("halfclosed-{n}"), &["python3", "-c", &prog]);
+    let private = private_criu(&p.dir);
+    let ours = |c: &Path| if c == Path::new(common::CRIU) { private.clone() } else { c.to_path_buf() };
+    let mut c = connect(pt);
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).expect("the server's answer and its end of file");
+    assert!(answer == (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>(), "the answer ({} bytes)", answer.len());
+    let me = c.local_addr().unwrap().port();
+    wait_until("the server's end in FIN_WAIT2", Duration::from_secs(10), || held_state(pt, me).as_deref() == Some("05"));
+    let log = p.work.join("progress.log");
+    let ticks = || common::last_tick(&log);
+    let sent: Vec<u8> = (0..30_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    let mut c2 = c.try_clone().unwrap();
+    let first = sent[..10_000].to_vec();
+    p.round_by(&ours(rounds[0].0), &ours(rounds[0].1), "img1", || c2.write_all(&first).unwrap());
+    wait_until("FIN_WAIT2 again after the restore", Duration::from_secs(20), || held_state(pt, me).as_deref() == Some("05"));
+    let t = ticks();
+    wait_until("ticks after the restore", Duration::from_secs(10), || ticks() >= t + 3);
+    c.write_all(&sent[10_000..20_000]).unwrap();
+    p.round_by(&ours(rounds[1].0), &ours(rounds[1].1), "img2", || {});
+    wait_until("FIN_WAIT2 after the second restore", Duration::from_secs(20), || held_state(pt, me).as_deref() == Some("05"));
+    c.write_all(&sent[20_000..]).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_until("the server reading all and the end of file", Duration::from_secs(20), || std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| l.starts_with("eof ")));
+    let got = std::fs::read(p.work.join("got.bin")).unwrap_or_default();
+    assert!(got == sent, "the server got {} bytes, not the {} sent", got.len(), sent.len());
+    let _ = ticks(); // no FAIL
+    assert!(lock_rules(pt).is_empty(), "the lock's rules left: {:?}", lock_rules(pt));
+}
+
+/// The same with the FIN not even sent: the server filled the client's
+/// window and its own send buffer (the client reads nothing yet), then
+/// shut its writing side: FIN_WAIT1 with data unsent and the FIN behind
+/// it. Dumped and restored, the client then reads every byte the server
+/// had queued, in order, and the end of file after it.
+#[test]
+fn fin_behind_unsent_data() {
+    use std::io::Read;
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let pt = port(12);
+    let prog = format!(
+        "import socket,time\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
+         log=open('progress.log','w',buffering=1)\n\
+         c,_=l.accept(); c.setblocking(False); n=0; stuck=0\n\
+         while stuck<20:\n\
+         \x20 try: n+=c.send(bytes((n+i)*7%251 for i in range(65536)))\n\
+         \x20 except BlockingIOError: stuck+=1; time.sleep(0.02)\n\
+         c.shutdown(socket.SHUT_WR); log.write('sent %d\\n' % n); k=0\n\
+         while True:\n\
+         \x20 k+=1; log.write('tick %d ok\\n' % k); time.sleep(0.05)\n"
+    );
+    let p = Program::start("finwait1", &["python3", "-c", &prog]);
+    let criu = private_criu(&p.dir);
+    let mut c = connect(pt);
+    let log = p.work.join("progress.log");
+    wait_until("the server's queue full and shut", Duration::from_secs(20), || common::last_tick(&log) >= 2);
+    let sent: usize = std::fs::read_to_string(&log).unwrap().lines().find_map(|l| l.strip_prefix("sent ")?.parse().ok()).expect("sent N");
+    let me = c.local_addr().unwrap().port();
+    assert_eq!(held_state(pt, me).as_deref(), Some("04"), "the server's end in FIN_WAIT1");
+    p.round(&criu, "img1", || {});
+    let t = common::last_tick(&log);
+    wait_until("ticks after the restore", Duration::from_secs(10), || common::last_tick(&log) >= t + 3);
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("the server's bytes and its end of file");
+    assert_eq!(got.len(), sent, "bytes the server had queued");
+    let want: Vec<u8> = (0..sent).map(|j| (j * 7 % 251) as u8).collect();
+    assert!(got == want, "the bytes differ");
+    wait_until("the server's end in FIN_WAIT2", Duration::from_secs(10), || held_state(pt, me).as_deref() == Some("05"));
 }

@@ -10,7 +10,8 @@
 //! connection (ESTABLISHED, SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
 //! CLOSING) unless `--tcp-close` is given, which records it to be
 //! restored closed, as upstream, and with `--tcp-established` an
-//! ESTABLISHED one is carried live (`tcp_stream.rs`: TCP_REPAIR, the
+//! ESTABLISHED one, or one whose end here shut its writing side
+//! (FIN_WAIT1/2), is carried live (`tcp_stream.rs`: TCP_REPAIR, the
 //! network lock); any other TCP state (TIME_WAIT, SYN_RECV) is refused by
 //! name.
 //!
@@ -363,11 +364,14 @@ impl FileKind for Inet {
                 }
                 TCP_LISTEN => (state, ti.sacked),
                 TCP_CLOSE_STATE => (state, 0),
-                TCP_ESTABLISHED if tcp_established() => (state, 0),
+                s if super::tcp_stream::carried(s) && tcp_established() => (state, 0),
                 s if is_connection(s) && tcp_close() => (state, 0),
                 s if is_connection(s) && tcp_established() => {
                     let ends = dst.map(|d| format!(" {} -> {}", ip(&src), ip(&d))).unwrap_or_default();
-                    return Err(cx.refuse(N, format!("a TCP connection{ends} in state {} ({s}): --tcp-established carries ESTABLISHED connections only (--tcp-close restores it closed)", state_name(s))));
+                    return Err(cx.refuse(
+                        N,
+                        format!("a TCP connection{ends} in state {} ({s}): --tcp-established carries ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 connections only, not one that received its peer's FIN (--tcp-close restores it closed)", state_name(s)),
+                    ));
                 }
                 s if is_connection(s) => {
                     let ends = dst.map(|d| format!(" {} -> {}", ip(&src), ip(&d))).unwrap_or_default();
@@ -392,7 +396,7 @@ impl FileKind for Inet {
         let ino = u32::try_from(cx.meta.ino()).map_err(|_| cx.refuse(N, format!("inode {} does not fit 32 bits", cx.meta.ino())))?;
         // an established connection is held, to be locked and read in
         // repair mode once the whole tree is collected (tcp_stream::read_all)
-        match (tcp && state == TCP_ESTABLISHED && tcp_established(), dst) {
+        match (tcp && super::tcp_stream::carried(state) && tcp_established(), dst) {
             (true, Some(d)) => super::tcp_stream::hold(sk, src, d, ino),
             (true, None) => return Err(cx.refuse(N, "an established TCP connection without a peer name")),
             _ => {}
@@ -494,10 +498,10 @@ impl FileKind for Inet {
         let state = m.state;
         let connected = match state {
             TCP_LISTEN | TCP_CLOSE_STATE if tcp => false,
-            TCP_ESTABLISHED if tcp && tcp_established() && !tcp_close() => true,
+            s if tcp && super::tcp_stream::carried(s) && tcp_established() && !tcp_close() => true,
             s if tcp && is_connection(s) => {
                 if !tcp_close() {
-                    return Err(cx.bad(e, "isk.state", format!("a TCP connection ({}): restored only with --tcp-established (ESTABLISHED ones) or --tcp-close (closed)", state_name(s))));
+                    return Err(cx.bad(e, "isk.state", format!("a TCP connection ({}): restored only with --tcp-established (ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 ones) or --tcp-close (closed)", state_name(s))));
                 }
                 true
             }
@@ -552,11 +556,11 @@ impl FileKind for Inet {
             }
         }
         // an established connection restored live, unless --tcp-close
-        let stream = if tcp && state == TCP_ESTABLISHED && tcp_established() && !tcp_close() {
+        let stream = if tcp && super::tcp_stream::carried(state) && tcp_established() && !tcp_close() {
             if dst.port == 0 || src.port == 0 {
                 return Err(cx.bad(e, "isk.src_port/dst_port", "0 for an established TCP connection"));
             }
-            Some(Box::new(super::tcp_stream::read_image(cx.dir, m.ino)?))
+            Some(Box::new(super::tcp_stream::read_image(cx.dir, m.ino, state)?))
         } else {
             None
         };

@@ -1,5 +1,8 @@
 //! Established TCP connections with `--tcp-established`: TCP_REPAIR,
-//! `tcp-stream-INO.img`, and the network lock.
+//! `tcp-stream-INO.img`, and the network lock. Also carried: a connection
+//! whose end here shut its writing side (FIN_WAIT1/2, see
+//! [`TcpStream::fin_sent`] and [`restore`]); one that received its peer's
+//! FIN is refused (the kernel takes a FIN only from the wire).
 //!
 //! Dump (the tree frozen; the socket is the target's own description,
 //! taken with `pidfd_getfd` and held by [`hold`]): once every fd table is
@@ -60,6 +63,10 @@ use std::sync::Mutex;
 /// its queues).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TcpStream {
+    /// The TCP state read in repair mode (the INETSK entry's):
+    /// ESTABLISHED, or FIN_WAIT1 / FIN_WAIT2 when this end shut its
+    /// writing side ([`TcpStream::fin_sent`]).
+    pub state: u32,
     /// rcv_nxt: the sequence number after the receive queue.
     pub inq_seq: u32,
     /// write_seq: the sequence number after the send queue.
@@ -78,6 +85,28 @@ pub struct TcpStream {
     /// TCP_TIMESTAMP (with TCPI_OPT_TIMESTAMPS).
     pub timestamp: u32,
     pub window: Option<RepairWindow>,
+}
+
+/// TCP states carried live (include/net/tcp_states.h).
+pub const ESTABLISHED: u32 = 1;
+pub const FIN_WAIT1: u32 = 4;
+pub const FIN_WAIT2: u32 = 5;
+
+/// Whether a connection in TCP state `s` is carried live with
+/// `--tcp-established`: established, or this end's FIN sent (acknowledged
+/// or not). A FIN received (CLOSE_WAIT, LAST_ACK, CLOSING) is not: the
+/// kernel takes one only from the wire (upstream forges the packet).
+pub fn carried(s: u32) -> bool {
+    matches!(s, ESTABLISHED | FIN_WAIT1 | FIN_WAIT2)
+}
+
+impl TcpStream {
+    /// This end shut its writing side: a FIN follows the send queue.
+    /// `outq_seq` counts it (it is write_seq); `outq` and `unsq_len` do
+    /// not, as upstream 4.2's image.
+    pub fn fin_sent(&self) -> bool {
+        matches!(self.state, FIN_WAIT1 | FIN_WAIT2)
+    }
 }
 
 /// An established socket of a frozen process the dump holds (a
@@ -386,23 +415,34 @@ pub fn hold(sk: OwnedFd, src: Addr, dst: Addr, ino: u32) {
 /// Read one held socket, locked and in repair mode.
 fn read_one(s: BorrowedFd<'_>) -> Result<TcpStream, String> {
     let ti = si::tcp_conn_info(s).map_err(|e| format!("TCP_INFO: {e}"))?;
-    if u32::from(ti.state) != 1 {
-        return Err(format!("its state changed to {} while the tree was frozen", super::inet::state_name(u32::from(ti.state))));
+    // (FIN_WAIT1 may have become FIN_WAIT2 before the lock: the peer's
+    // acknowledgement needs nothing of the frozen program)
+    let state = u32::from(ti.state);
+    if !carried(state) {
+        return Err(format!("its state changed to {} while the tree was frozen", super::inet::state_name(state)));
     }
+    let fin = matches!(state, FIN_WAIT1 | FIN_WAIT2);
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
     let inq_seq = get(s, si::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (receive queue)")? as u32;
     let inq_len = si::ioctl_int(s, si::SIOCINQ).map_err(|e| format!("SIOCINQ: {e}"))?;
     let inq = peek_queue(s, inq_len.max(0) as usize, "receive")?;
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
     let outq_seq = get(s, si::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (send queue)")? as u32;
-    let outq_len = si::ioctl_int(s, si::SIOCOUTQ).map_err(|e| format!("SIOCOUTQ: {e}"))?;
-    let unsq_len = si::ioctl_int(s, si::SIOCOUTQNSD).map_err(|e| format!("SIOCOUTQNSD: {e}"))?;
+    let mut outq_len = si::ioctl_int(s, si::SIOCOUTQ).map_err(|e| format!("SIOCOUTQ: {e}"))?;
+    let mut unsq_len = si::ioctl_int(s, si::SIOCOUTQNSD).map_err(|e| format!("SIOCOUTQNSD: {e}"))?;
+    if fin {
+        // our FIN takes a sequence number, not a byte of the queue: it is
+        // in both counts while unacknowledged (unsent), in neither after
+        outq_len = (outq_len - 1).max(0);
+        unsq_len = (unsq_len - 1).max(0);
+    }
     let outq = peek_queue(s, outq_len.max(0) as usize, "send")?;
     set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
     let mss_clamp = get(s, libc::TCP_MAXSEG, "TCP_MAXSEG")? as u32;
     let timestamp = get(s, si::TCP_TIMESTAMP, "TCP_TIMESTAMP")? as u32;
     let window = si::get_repair_window(s).map_err(|e| format!("TCP_REPAIR_WINDOW: {e}"))?;
     Ok(TcpStream {
+        state,
         inq_seq,
         outq_seq,
         inq,
@@ -462,6 +502,7 @@ pub fn read_all(tables: &mut [(crate::sys::Pid, &mut Vec<crate::model::Fd>)]) ->
         for f in fds.iter_mut() {
             if let crate::model::FileDesc::Kind(super::Kind::Inet(k)) = &mut f.file {
                 if let Some(st) = streams.get(&k.ino) {
+                    k.state = st.state;
                     k.stream = Some(st.clone());
                 }
             }
@@ -531,7 +572,10 @@ pub fn restore(sk: &OwnedFd, src: Addr, dst: Addr, st: &TcpStream, bufs: (u32, u
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
     set(s, si::TCP_QUEUE_SEQ, st.inq_seq.wrapping_sub(inq_len) as i32, "TCP_QUEUE_SEQ (receive queue)")?;
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
-    set(s, si::TCP_QUEUE_SEQ, st.outq_seq.wrapping_sub(outq_len) as i32, "TCP_QUEUE_SEQ (send queue)")?;
+    // (a FIN sent is queued again below, after the data: its sequence
+    // number is the last of outq_seq)
+    let data_end = if st.fin_sent() { st.outq_seq.wrapping_sub(1) } else { st.outq_seq };
+    set(s, si::TCP_QUEUE_SEQ, data_end.wrapping_sub(outq_len) as i32, "TCP_QUEUE_SEQ (send queue)")?;
     set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
     si::connect(s, dst).map_err(|e| format!("connect to {} (repair mode): {e}", super::inet::ip_port(&dst)))?;
     let mut opts = vec![(si::TCPOPT_MSS, st.mss_clamp)];
@@ -560,6 +604,15 @@ pub fn restore(sk: &OwnedFd, src: Addr, dst: Addr, st: &TcpStream, bufs: (u32, u
     fill_queue(s, &st.inq, "receive")?;
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
     fill_queue(s, &st.outq, "send")?;
+    if st.fin_sent() {
+        // shutdown in repair mode with the send queue selected queues the
+        // FIN as sent, nothing on the wire: ESTABLISHED -> FIN_WAIT1, writes
+        // EPIPE. One the peer had acknowledged (FIN_WAIT2) goes out again
+        // by retransmission once repair mode is off; the peer answers the
+        // duplicate with its acknowledgement and the socket is in
+        // FIN_WAIT2 again (upstream forges that acknowledgement instead)
+        si::shutdown(s, libc::SHUT_WR).map_err(|e| format!("shutdown SHUT_WR (repair mode, our FIN of {}): {e}", super::inet::state_name(st.state)))?;
+    }
     set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
     if let Some(w) = &st.window {
         si::set_repair_window(s, w).map_err(|e| format!("setsockopt TCP_REPAIR_WINDOW {w:?}: {e}"))?;
@@ -647,7 +700,7 @@ pub fn to_image(st: &TcpStream) -> (images_proto::pb::TcpStreamEntry, Vec<u8>) {
 
 /// Read `tcp-stream-INO.img` from `dir` (untrusted): errors name the file
 /// and field.
-pub fn read_image(dir: &std::path::Path, ino: u32) -> Result<TcpStream, crate::images_io::ImagesError> {
+pub fn read_image(dir: &std::path::Path, ino: u32, state: u32) -> Result<TcpStream, crate::images_io::ImagesError> {
     use crate::images_io::ImagesError;
     use images_proto::magic as mg;
     // (upstream names it by the inode in hex)
@@ -683,6 +736,7 @@ pub fn read_image(dir: &std::path::Path, ino: u32) -> Result<TcpStream, crate::i
         _ => return Err(bad("entry 0: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup: some given, not all".into())),
     };
     Ok(TcpStream {
+        state,
         inq_seq: e.inq_seq,
         outq_seq: e.outq_seq,
         inq,
