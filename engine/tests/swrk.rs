@@ -359,6 +359,65 @@ fn tfork_request() {
     assert!(!st.success());
 }
 
+/// TFORK with tcp_close (ours, `criu_opts.tfork.tcp_close`, and upstream's
+/// `criu_opts.tcp_close`, field 52): the clones of a process holding a TCP
+/// connection to an outside echo server see it closed (tests/tfork_tcp.rs
+/// has the details), the source's exchange goes on; without it the
+/// request is refused naming the connection and --tcp-close.
+#[test]
+fn tfork_tcp_close_request() {
+    require!(why_not_root().or_else(|| why_not_tools(&["gcc"])));
+    let tmp = test_dir("swrk-tfork-tcp");
+    let bin = tmp.join("tcpclient");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tcpclient.c");
+    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
+    // the echo server, outside the tree (lives as long as this test process)
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = c.try_clone().unwrap();
+                let mut r = c;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let child = only_stdio(&mut Command::new(&bin)).arg(port.to_string()).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut procs = Procs { clones: Vec::new(), source: Some(child) };
+    let text = |p: i32| {
+        let t = std::fs::read_to_string(work.join(format!("tick-{p}.log"))).unwrap_or_default();
+        assert!(!t.contains("FAIL"), "tcpclient {p}:\n{t}");
+        t
+    };
+    let oks = |p: i32| text(p).lines().filter_map(|l| l.strip_prefix("ok ")?.parse::<u64>().ok()).next_back().unwrap_or(0);
+    wait_until("first exchanges", Duration::from_secs(10), || oks(pid) >= 3);
+    let imgs = tmp.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let mut held = Vec::new();
+    let tf = |close: Option<bool>| Some(CriuTforkOpts { copies: Some(1), tcp_close: close, ..CriuTforkOpts::default() });
+    let (r, st, _) = one(&req(T::Tfork, Some(CriuOpts { pid: Some(pid), tfork: tf(None), ..opts_dir(&imgs, &mut held) })));
+    assert!(!r.success && !st.success() && errmsg(&r).contains(&format!("-> 127.0.0.1:{port}")) && errmsg(&r).contains("--tcp-close"), "{r:?}");
+    for (what, o) in [
+        ("criu_opts.tfork.tcp_close", CriuOpts { pid: Some(pid), tfork: tf(Some(true)), ..opts_dir(&imgs, &mut held) }),
+        ("criu_opts.tcp_close", CriuOpts { pid: Some(pid), tfork: tf(None), tcp_close: Some(true), ..opts_dir(&imgs, &mut held) }),
+    ] {
+        let (r, st, err) = one(&req(T::Tfork, Some(o)));
+        let clones = r.tfork.as_ref().map(|t| t.pids.clone()).unwrap_or_default();
+        procs.clones.extend(&clones);
+        assert!(r.success && st.success() && clones.len() == 1, "{what}: {r:?}\n{err}");
+        let c = clones[0];
+        wait_until(&format!("{what}: clone {c} sees its connection closed"), Duration::from_secs(15), || text(c).contains("closed send=-1/32 recv=0/0"));
+        let t0 = oks(pid);
+        wait_until(&format!("{what}: the source's exchange goes on"), Duration::from_secs(15), || oks(pid) >= t0 + 5);
+        assert!(!text(pid).contains("closed"), "{what}: the source saw its connection closed");
+    }
+    drop(procs);
+}
+
 /// A tfork source (our child) and its clones (our children too: siblings
 /// of the source), killed and reaped on drop.
 struct Procs {
