@@ -247,7 +247,7 @@ fn fown() -> pb::FownEntry {
     pb::FownEntry { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 }
 }
 
-fn reg_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Option<u64>) -> pb::FileEntry {
+pub(crate) fn reg_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Option<u64>) -> pb::FileEntry {
     mapped_entry(id, path, flags, pos, mode, size, &[])
 }
 
@@ -269,7 +269,7 @@ fn mapped_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Opti
 // description: fds that share one (dup) share its id.
 
 /// Append `e` to files.img with the next id (ids count from 1).
-fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
+pub(crate) fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
     let id = files.len() as u32 + 1;
     e.id = id;
     if let Some(r) = e.reg.as_mut() {
@@ -302,19 +302,6 @@ fn kdev(dev: u64) -> u32 {
     ((major << 20) | (minor & 0xf_ffff)) as u32
 }
 
-/// TtyType and pty index of a terminal device (glibc `dev_t`).
-fn tty_kind(rdev: u64) -> (pb::TtyType, Option<u32>) {
-    let major = crate::dump::files::dev_major(rdev);
-    let minor = (((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)) as u32;
-    match major {
-        136..=143 => (pb::TtyType::Pty, Some((major as u32 - 136) * 256 + minor)),
-        5 if minor == 0 => (pb::TtyType::Ctty, None),
-        5 => (pb::TtyType::Console, None),
-        4 if minor < 64 => (pb::TtyType::Vt, None),
-        _ => (pb::TtyType::Serial, None),
-    }
-}
-
 /// What the fds of a tree's processes share: descriptions (numbered across
 /// the tree by the dump), ghosts, terminals, pipes; written once.
 #[derive(Default)]
@@ -322,7 +309,6 @@ struct FdImages<'a> {
     desc_ids: HashMap<u32, u32>,                    // model desc -> file id
     ghosts: HashMap<(u64, u64), u32>,               // (dev, ino) -> remap id
     remaps: Vec<pb::RemapFilePathEntry>,
-    tty_infos: Vec<pb::TtyInfoEntry>,
     pipe_data: Vec<&'a PipeData>,
     /// memfd inode number -> its memfd.img `inode_id` (from 1).
     memfd_inodes: HashMap<u64, u32>,
@@ -594,14 +580,13 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
 fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages<'a>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::with_capacity(task.fds.len());
-    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, memfd_inodes, kinds, links } = st;
+    let FdImages { desc_ids, ghosts, remaps, pipe_data, memfd_inodes, kinds, links } = st;
     for fd in &task.fds {
         let ty = match fd.file {
             FileDesc::Memfd { .. } => pb::FdTypes::Memfd,
             FileDesc::Reg { .. } => pb::FdTypes::Reg,
             FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
             FileDesc::Fifo { .. } => pb::FdTypes::Fifo,
-            FileDesc::Tty { .. } => pb::FdTypes::Tty,
             FileDesc::Kind(ref k) => k.fd_type(),
         };
         let id = match desc_ids.get(&fd.desc) {
@@ -674,48 +659,7 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                         };
                         push_file(files, e)
                     }
-                    FileDesc::Tty { path, flags, rdev } => {
-                        let info_id = match tty_infos.iter().find(|t| u64::from(t.rdev) == *rdev) {
-                            Some(t) => t.id,
-                            None => {
-                                let (kind, index) = tty_kind(*rdev);
-                                // as upstream numbers a pty's (2 * index), others
-                                // apart from every pty's
-                                let id = match index {
-                                    Some(i) => i * 2,
-                                    None => (1 << 30) + tty_infos.len() as u32,
-                                };
-                                tty_infos.push(pb::TtyInfoEntry {
-                                    id, r#type: kind as i32, locked: false, exclusive: false, packet_mode: false,
-                                    sid: 0, pgrp: 0, rdev: *rdev as u32,
-                                    pty: index.map(|index| pb::TtyPtyEntry { index }),
-                                    ..Default::default()
-                                });
-                                // (one tty-info.img with the pty kind's entries)
-                                kinds.push_once(&mg::TTY_INFO, u64::from(id), tty_infos.last().expect("just pushed"), Vec::new());
-                                id
-                            }
-                        };
-                        let regf_id = push_file(files, reg_entry(0, path, *flags, 0, 0o20620, None));
-                        let e = pb::FileEntry {
-                            r#type: pb::FdTypes::Tty as i32,
-                            tty: Some(pb::TtyFileEntry { id: 0, tty_info_id: info_id, flags: *flags, fown: fown(), regf_id: Some(regf_id) }),
-                            ..Default::default()
-                        };
-                        push_file(files, e)
-                    }
-                    FileDesc::Kind(k) => {
-                        let mut e = k.write(files.len() as u32 + 1, kinds)?;
-                        // a socket's network namespace, as upstream records it
-                        if let Some(u) = e.usk.as_mut() {
-                            u.ns_id = (task.ids.net_ns != 0).then_some(task.ids.net_ns);
-                        }
-                        let id = push_file(files, e);
-                        for x in k.extra_files() {
-                            push_file(files, reg_entry(0, &x.path, x.flags, x.pos, x.mode, None));
-                        }
-                        id
-                    }
+                    FileDesc::Kind(k) => k.write_entries(&mut crate::kinds::Write { files, acc: kinds, net_ns: task.ids.net_ns })?,
                 };
                 desc_ids.insert(fd.desc, id);
                 id
@@ -884,11 +828,6 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
     } else {
         Vec::new()
     };
-    let tty_infos: Vec<pb::TtyInfoEntry> = if dir.join(mg::TTY_INFO.file_name("")).exists() {
-        read_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO)?
-    } else {
-        Vec::new()
-    };
     let mut ghosts: Vec<(u32, Box<Ghost>)> = Vec::new();
     let mut memfd_inodes: Option<HashMap<u32, u64>> = None;
     let mut fds = Vec::with_capacity(fdinfo.len());
@@ -969,20 +908,6 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                 Some(m) => return Err(bad("remap-fpath.img", format!("fd {}: remap type {} of FIFO {} is not supported", fi.fd, m.remap_type.unwrap_or(0), r.name))),
             };
             FileDesc::Fifo { path: r.name.clone(), flags: r.flags, mode: r.mode.unwrap_or(libc::S_IFIFO), pipe_id: ff.pipe_id, ghost }
-        } else if let Some(t) = f.tty.as_ref().filter(|t| !crate::kinds::pty::is_pair(t, &tty_infos)) {
-            let info = tty_infos.iter().find(|i| i.id == t.tty_info_id);
-            if info.is_none() {
-                return Err(bad("files.img", format!("fd {}: tty {} names tty-info entry {}, which tty-info.img does not have", fi.fd, f.id, t.tty_info_id)));
-            }
-            let rdev = info.map(|i| u64::from(i.rdev)).unwrap_or(0);
-            let path = match t.regf_id.and_then(file).and_then(|r| r.reg.as_ref()) {
-                Some(r) => r.name.clone(),
-                None => match info.and_then(|i| i.pty.as_ref()) {
-                    Some(p) => format!("/dev/pts/{}", p.index),
-                    None => "/dev/tty".to_string(),
-                },
-            };
-            FileDesc::Tty { path, flags: t.flags, rdev }
         } else if let Some(k) = crate::kinds::read(f, &mut crate::kinds::Read { dir, files, fd: fi.fd, scratch: &mut scratch })? {
             FileDesc::Kind(k)
         } else {

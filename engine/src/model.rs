@@ -256,9 +256,6 @@ pub enum FileDesc {
     Fifo { path: String, flags: u32, mode: u32, pipe_id: u32, ghost: Option<Box<Ghost>> },
     /// An open memfd: `ino` names its inode in [`Tree::memfds`].
     Memfd { ino: u64, flags: u32, pos: u64 },
-    /// A terminal (only with `--shell-job`: restored as the restoring
-    /// shell's terminal). `rdev` is the device number (glibc encoding).
-    Tty { path: String, flags: u32, rdev: u64 },
     /// A file of one of the resource kinds of `crate::kinds` (eventfd, ...):
     /// each kind's collect, image and restore halves live in its module.
     Kind(crate::kinds::Kind),

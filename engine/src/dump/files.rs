@@ -1,10 +1,10 @@
 //! File descriptors, dump half (the restore half is `restore/files.rs`):
 //! regular files, directories, memory devices (/dev/null, /dev/zero, ...),
 //! files unlinked while open (ghosts: data extents saved), pipes and FIFOs
-//! (queued bytes and buffer size saved), terminals (recorded; only
-//! `--shell-job` accepts them), memfds (their inodes read once per tree:
-//! [`collect_memfds`]). Any other object without a path is offered to the
-//! resource kinds (`crate::kinds`: eventfd, ...); what no kind claims
+//! (queued bytes and buffer size saved), memfds (their inodes read once per tree:
+//! [`collect_memfds`]). Terminals (by device number) and any other object
+//! without a path are offered to the resource kinds (`crate::kinds`: tty,
+//! pty, eventfd, ...); what no kind claims
 //! (sockets, pidfds, ...), other devices and non-UTF-8 paths are refused
 //! by name.
 //!
@@ -68,12 +68,6 @@ pub enum FilesError {
     Kind { pid: Pid, fd: i32, kind: &'static str, why: String },
     #[error("kcmp(KCMP_FILE) of fds {a} and {b} of {pid} (needed to tell whether they share an open file description)")]
     Kcmp { pid: Pid, a: i32, b: i32, #[source] source: io::Error },
-}
-
-/// Major numbers of terminals: VT/serial (4), /dev/tty + console + ptmx
-/// (5), Unix98 pty slaves (136..=143).
-fn is_tty_major(major: u64) -> bool {
-    major == 4 || major == 5 || (136..=143).contains(&major)
 }
 
 /// The memory devices (/dev/null, /dev/zero, /dev/full, /dev/random,
@@ -411,18 +405,15 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
                     }
                 }
             }
-        } else if <crate::kinds::pty::Pty as crate::kinds::FileKind>::claims(&link, &meta) {
-            // a pty master (/dev/ptmx, whatever the path): the pair is
-            // the tree's own (its slaves join it in `kinds::pty::check_tree`)
+        } else if ft.is_char_device() && crate::kinds::tty::is_tty_major(dev_major(meta.rdev())) {
+            // terminals, by device number whatever the path: a pty master
+            // (/dev/ptmx: the pair is the tree's own, `kinds::pty`), any
+            // other (`kinds::tty`)
             let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
             match crate::kinds::collect(&mut cx)? {
                 Some(k) => FileDesc::Kind(k),
-                None => return Err(unsupported(format!("{link}, a pty master"))),
+                None => return Err(unsupported(format!("{link}, a terminal"))),
             }
-        } else if ft.is_char_device() && is_tty_major(dev_major(meta.rdev())) {
-            // by device number, whatever the path (a pty of a devpts
-            // instance unmounted since shows as "(deleted)")
-            FileDesc::Tty { path: link, flags, rdev: meta.rdev() }
         } else if ft.is_file() && link.starts_with("/memfd:") && link.ends_with(" (deleted)") && meta.nlink() == 0 {
             // (its inode, contents and seals: `collect_memfds`, once per inode)
             FileDesc::Memfd { ino: meta.ino(), flags, pos }
@@ -713,6 +704,7 @@ mod tests {
 
     #[test]
     fn tty_majors() {
+        use crate::kinds::tty::is_tty_major;
         assert_eq!(dev_major(0x8803), 136); // /dev/pts/3
         assert!(is_tty_major(dev_major(0x8803)));
         assert!(is_tty_major(dev_major(0x0500))); // /dev/tty

@@ -16,8 +16,6 @@
 //! - FIFOs: opened by path with the dumped flags while a keeper fd holds
 //!   the FIFO O_RDWR (so a read-only or write-only open never waits for
 //!   the other side), which also refills its size and queued bytes;
-//! - terminals (`--shell-job` only): a new open of the restoring shell's
-//!   terminal (found on fds 0..2 of the engine);
 //! - memfds: each inode of the image made once, first of all
 //!   (`memfd_create` with its name, then its size, data runs, owner, mode
 //!   and last its seals), on a working fd; each open file description of it
@@ -55,6 +53,13 @@ fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
         p::close(fd);
     }
     Ok(())
+}
+
+/// open(2) `path` (one of the engine's own: /proc/self/fd/N) with the
+/// dumped `flags` (see `open_flags`), owned.
+pub fn open_own(path: &str, flags: i32) -> Result<OwnedFd, String> {
+    let c = cpath(path)?;
+    crate::sys::tty::open(&c, open_flags(flags)).map_err(|e| format!("open {path:?}: {e}"))
 }
 
 /// Open a path of the image (never one of the engine's own) onto fd
@@ -407,17 +412,6 @@ const MEMFD_SETFL: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | lib
 /// The status flags a pipe or FIFO fd can have changed with F_SETFL.
 const PIPE_SETFL: i32 = libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT;
 
-/// Working fds of the restore child, handed out from just below the
-/// service fds downwards (above every restored fd: the engine leaves room).
-struct Slots(i32);
-
-impl Slots {
-    fn take(&mut self) -> i32 {
-        self.0 -= 1;
-        self.0
-    }
-}
-
 /// Descriptions of the files unlinked while mapped count down from here
 /// (files.img ids, which the other descriptions carry, count up from 1).
 const MAP_GHOST_DESC: u32 = u32::MAX - 1;
@@ -485,7 +479,7 @@ fn install(
     create_memfds(plan, task)?;
     // svc_base - 1 is the parked terminal's, the memfds' below it; other
     // working fds go below those
-    let mut slots = Slots(plan.svc_base - 1 - plan.memfds.len() as i32);
+    let mut work = crate::kinds::Work::new(plan.svc_base - 1 - plan.memfds.len() as i32);
     // pipe id -> its two ends (working fds) and whether each end's first
     // open file description is handed out yet
     let mut pipes: HashMap<u32, ([i32; 2], [bool; 2])> = HashMap::new();
@@ -543,7 +537,7 @@ fn install(
                     None => {
                         let e = p::pipe_raw().map_err(|e| format!("pipe for fd {n}: {e}"))?;
                         // keep the pipe's two ends out of the way of later fds
-                        let hi = [slots.take(), slots.take()];
+                        let hi = [work.take(), work.take()];
                         for (from, to) in e.iter().zip(hi) {
                             p::dup2(*from, to).map_err(|e| format!("pipe {pipe_id:#x}: dup2 {from} -> {to}: {e}"))?;
                             p::close(*from);
@@ -572,7 +566,7 @@ fn install(
                     None => open_image_path(plan, path, fl, at),
                 };
                 if !fifos.contains_key(pipe_id) {
-                    let keep = slots.take();
+                    let keep = work.take();
                     open_fifo(libc::O_RDWR | libc::O_NONBLOCK, keep)?;
                     let (m, _) = p::fstat_mode_size(keep).map_err(|e| format!("fstat {path}: {e}"))?;
                     if m & libc::S_IFMT != libc::S_IFIFO {
@@ -606,17 +600,6 @@ fn install(
                     open_onto(&format!("/proc/self/fd/{slot}"), fl, n)?;
                 }
             }
-            FileDesc::Tty { path, flags, .. } => {
-                let Some(t) = terminal else {
-                    return Err(if plan.shell_job {
-                        format!("fd {n} was a terminal ({path}) but the restoring criu has none on fds 0..2")
-                    } else {
-                        format!("fd {n} is a terminal ({path}): restore with --shell-job")
-                    });
-                };
-                // a new open file description of our terminal, with the dumped flags
-                open_onto(&format!("/proc/self/fd/{t}"), (*flags as i32) | libc::O_NOCTTY, n)?;
-            }
             FileDesc::Kind(_) => unreachable!("taken out above"),
         }
         if let FileDesc::Reg { pos, .. } | FileDesc::Memfd { pos, .. } = &fd.file {
@@ -632,17 +615,16 @@ fn install(
         }
         descs.insert(fd.desc, n);
     }
-    let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
-    let working = pipes.values().flat_map(|(e, _)| e.iter().copied()).chain(fifos.values().copied()).chain(terminal.filter(|_| close_terminal));
-    for x in working {
-        if !used.contains(&x) {
-            p::close(x);
-        }
-    }
     if let Some(r) = &plan.root {
         crate::kinds::unix::refuse_paths_under_root(&kinds, &r.path)?;
     }
-    crate::kinds::restore_phase(&kinds, moved)?;
+    crate::kinds::restore_phase(&kinds, moved, plan, terminal, &mut work)?;
+    // the working fds (pipe ends, FIFO keepers) and the terminal, done
+    let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
+    work.close(&used);
+    if let Some(t) = terminal.filter(|t| close_terminal && !used.contains(t)) {
+        p::close(t);
+    }
     drop(ghosts);
     Ok(())
 }
