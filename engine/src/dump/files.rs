@@ -14,13 +14,13 @@
 //! kcmp(KCMP_FILE) to find fds that share one open file description.
 
 use super::proc;
-use crate::model::{Fd, FileDesc, FileLock, Ghost, PipeData};
+use crate::model::{Fd, FileDesc, FileLock, Ghost};
 use crate::pr_debug;
 use crate::sys::process as p;
 use crate::sys::Pid;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 
 /// Upstream's default `--ghost-limit`: unlinked files with more allocated
 /// bytes than this (holes do not count) are refused.
@@ -90,34 +90,6 @@ pub fn should_check_size(flags: u32) -> bool {
     !((flags as i32 & libc::O_ACCMODE) == libc::O_WRONLY && flags as i32 & libc::O_APPEND != 0)
 }
 
-/// The queued bytes and buffer size of the pipe or FIFO behind
-/// `/proc/PID/fd/FD`, not consumed: a reopen for reading (non-blocking, so
-/// a FIFO with no writer does not wait), tee(2) into a pipe of ours.
-fn pipe_data(pid: Pid, fd: i32, pipe_id: u32, fifo: bool) -> Result<PipeData, FilesError> {
-    let err = |e| FilesError::PipeData { pid, fd, pipe_id, source: e };
-    let src = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(format!("/proc/{pid}/fd/{fd}"))
-        .map_err(err)?;
-    let size = p::fcntl_int(src.as_raw_fd(), libc::F_GETPIPE_SZ, 0).map_err(err)? as u32;
-    let (rd, wr) = p::pipe().map_err(err)?;
-    p::fcntl_int(wr.as_raw_fd(), libc::F_SETPIPE_SZ, u64::from(size)).map_err(err)?;
-    let n = match p::tee(&src, &wr, size as usize, libc::SPLICE_F_NONBLOCK) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
-        Err(e) => return Err(err(e)),
-    };
-    drop(wr);
-    let mut data = Vec::with_capacity(n);
-    std::fs::File::from(rd).read_to_end(&mut data).map_err(err)?;
-    if data.len() != n {
-        return Err(err(io::Error::other(format!("tee copied {n} bytes but {} came out", data.len()))));
-    }
-    pr_debug!("Dumping data from {} {pipe_id:#x} fd {fd}: {n} bytes (pipe size {size})", if fifo { "fifo" } else { "pipe" });
-    Ok(PipeData { pipe_id, fifo, size, data })
-}
-
 /// The contents of an unlinked file: its data extents (SEEK_DATA /
 /// SEEK_HOLE), so holes stay holes and only allocated bytes count against
 /// the ghost limit.
@@ -178,7 +150,7 @@ pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metad
 /// upstream 4.2 writes them: a ghost with no contents, its mode, and its
 /// rdev or the symlink's target): recreated at restore as what it was.
 /// A symlink's target is read through the fd itself (pidfd_getfd).
-fn special_ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
+pub(crate) fn special_ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileTypeExt;
     let io_err = |e| FilesError::Io { pid, fd, source: e };
@@ -290,9 +262,8 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
     Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, runs, data, hugetlb })
 }
 
-/// One process's fds, the queued bytes of its pipes and FIFOs, and the
-/// file locks held through its fds.
-pub type FdTable = (Vec<Fd>, Vec<PipeData>, Vec<FileLock>);
+/// One process's fds and the file locks held through them.
+pub type FdTable = (Vec<Fd>, Vec<FileLock>);
 
 /// What a non-path fd link (`pipe:[N]`, `socket:[N]`, `anon_inode:[eventfd]`,
 /// `net:[N]`, ...) is, in words, for refusals.
@@ -327,7 +298,6 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
     fds.sort_unstable();
     pr_debug!("Found {} file descriptors", fds.len());
     let mut out: Vec<Fd> = Vec::with_capacity(fds.len());
-    let mut pipes: Vec<PipeData> = Vec::new();
     let mut locks: Vec<FileLock> = Vec::new();
     // per inode, offset and status flags (fds of one open file description
     // agree on all three; the task is frozen): (fd, index in `out`) of one
@@ -386,24 +356,11 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
         }
         let ft = meta.file_type();
         let file = if !link.starts_with('/') {
-            match link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
-                Some(ino) if ft.is_fifo() => {
-                    let pipe_id: u32 = ino.parse().map_err(|_| unsupported(format!("a pipe with an odd link {link:?}")))?;
-                    // as upstream: the bytes are taken through a read end (a pipe
-                    // whose reader lives elsewhere keeps its bytes there)
-                    let read_end = flags as i32 & libc::O_ACCMODE == libc::O_RDONLY;
-                    if read_end && !pipes.iter().any(|d| d.pipe_id == pipe_id && !d.fifo) {
-                        pipes.push(pipe_data(pid, fd, pipe_id, false)?);
-                    }
-                    FileDesc::Pipe { pipe_id, flags }
-                }
-                _ => {
-                    let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
-                    match crate::kinds::collect(&mut cx)? {
-                        Some(k) => FileDesc::Kind(k),
-                        None => return Err(unsupported(kernel_object_kind(&link))),
-                    }
-                }
+            // pipes, sockets, anonymous inodes: the resource kinds
+            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
+            match crate::kinds::collect(&mut cx)? {
+                Some(k) => FileDesc::Kind(k),
+                None => return Err(unsupported(kernel_object_kind(&link))),
             }
         } else if ft.is_char_device() && crate::kinds::tty::is_tty_major(dev_major(meta.rdev())) {
             // terminals, by device number whatever the path: a pty master
@@ -413,6 +370,14 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
             match crate::kinds::collect(&mut cx)? {
                 Some(k) => FileDesc::Kind(k),
                 None => return Err(unsupported(format!("{link}, a terminal"))),
+            }
+        } else if ft.is_fifo() && <crate::kinds::fifo::Fifo as crate::kinds::FileKind>::claims(&link, &meta) {
+            // FIFOs opened by path (`kinds::fifo`; one unlinked from its
+            // path but linked elsewhere is refused below)
+            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
+            match crate::kinds::collect(&mut cx)? {
+                Some(k) => FileDesc::Kind(k),
+                None => return Err(unsupported(format!("{link}, a FIFO"))),
             }
         } else if ft.is_file() && link.starts_with("/memfd:") && link.ends_with(" (deleted)") && meta.nlink() == 0 {
             // (its inode, contents and seals: `collect_memfds`, once per inode)
@@ -432,25 +397,6 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
                 };
                 ndesc += 1;
                 out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: None, ghost: Some(g), link: None } });
-                continue;
-            }
-            if ft.is_fifo() && meta.nlink() == 0 {
-                // a FIFO no longer linked anywhere: its bytes as any FIFO's,
-                // and a ghost of mode S_IFIFO (no contents), as upstream
-                let pipe_id = meta.ino() as u32;
-                if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
-                    pipes.push(pipe_data(pid, fd, pipe_id, true)?);
-                }
-                let g = match ghosts.get(&(meta.dev(), meta.ino())) {
-                    Some(g) => g.clone(),
-                    None => {
-                        let g = Box::new(special_ghost(pid, fd, orig, &meta)?);
-                        ghosts.insert((meta.dev(), meta.ino()), g.clone());
-                        g
-                    }
-                };
-                ndesc += 1;
-                out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Fifo { path: orig.to_string(), flags, mode: meta.mode(), pipe_id, ghost: Some(g) } });
                 continue;
             }
             if !ft.is_file() {
@@ -488,12 +434,6 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
             };
             FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g), link: None }
             }
-        } else if ft.is_fifo() {
-            let pipe_id = meta.ino() as u32;
-            if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
-                pipes.push(pipe_data(pid, fd, pipe_id, true)?);
-            }
-            FileDesc::Fifo { path: link, flags, mode: meta.mode(), pipe_id, ghost: None }
         } else if ft.is_char_device() {
             let major = dev_major(meta.rdev());
             if major == MEM_MAJOR {
@@ -510,7 +450,7 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
         ndesc += 1;
         out.push(Fd { fd, cloexec, desc: ndesc, file });
     }
-    Ok((out, pipes, locks))
+    Ok((out, locks))
 }
 
 /// Number the open file descriptions of several processes' fd tables

@@ -36,10 +36,12 @@ use std::path::Path;
 pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
+pub mod fifo;
 pub mod inet;
 pub mod inotify;
 pub mod netlink;
 pub mod packet;
+pub mod pipe;
 pub mod pty;
 pub mod signalfd;
 pub mod tcp_stream;
@@ -276,6 +278,9 @@ pub struct Write<'a> {
     pub acc: &'a mut ImageAcc,
     /// The process's network namespace id (0: none recorded).
     pub net_ns: u32,
+    /// The image directory (for an image of one object, written at once:
+    /// a ghost file).
+    pub dir: &'a Path,
 }
 
 impl Write<'_> {
@@ -478,6 +483,8 @@ kinds! {
     // kind the rest)
     Tty(tty::Tty),
     Pty(pty::Pty),
+    Pipe(pipe::Pipe),
+    Fifo(fifo::Fifo),
     Eventfd(eventfd::Eventfd),
     Timerfd(timerfd::Timerfd),
     Signalfd(signalfd::Signalfd),
@@ -515,6 +522,7 @@ pub fn check_table(fds: &[Fd]) -> Result<(), String> {
 /// now (see [`Restore::moved`]); none for a process's own table. `work`:
 /// the table's working fds, closed by the caller once the table is built.
 pub fn restore_phase(
+    scratch: &mut Scratch,
     fds: &[(&Fd, &Kind)],
     moved: &HashMap<u32, HashMap<i32, i32>>,
     plan: &crate::restore::child::ChildPlan,
@@ -522,7 +530,6 @@ pub fn restore_phase(
     work: &mut Work,
 ) -> Result<(), String> {
     use crate::sys::process as p;
-    let mut scratch = Scratch::default();
     // desc -> the fd number that holds it
     let mut made: HashMap<u32, i32> = HashMap::new();
     let mut pending: Vec<(&Fd, &Kind)> = fds.to_vec();
@@ -546,13 +553,17 @@ pub fn restore_phase(
                 if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
                     return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
                 }
-                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch, all: fds, moved: map, plan, terminal, work: &mut *work }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut *scratch, all: fds, moved: map, plan, terminal, work: &mut *work }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
                 let raw = obj.as_raw_fd();
                 if raw != n {
                     p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;
                     drop(obj);
                 } else {
                     let _ = obj.into_raw_fd(); // it is fd n of the restored table now
+                    // (made close-on-exec, as a dup of a working fd is)
+                    if !fd.cloexec {
+                        p::set_cloexec(n, false).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+                    }
                 }
                 made.insert(fd.desc, n);
             }
