@@ -1,16 +1,15 @@
 //! File descriptors, dump half (the restore half is `restore/files.rs`):
 //! regular files, directories, memory devices (/dev/null, /dev/zero, ...),
-//! files unlinked while open (ghosts: data extents saved), pipes and FIFOs
-//! (queued bytes and buffer size saved), memfds (their inodes read once per tree:
-//! [`collect_memfds`]). Terminals (by device number) and any other object
-//! without a path are offered to the resource kinds (`crate::kinds`: tty,
-//! pty, eventfd, ...); what no kind claims
-//! (sockets, pidfds, ...), other devices and non-UTF-8 paths are refused
-//! by name.
+//! files unlinked while open (ghosts: data extents saved), memfds (their
+//! inodes read once per tree: [`collect_memfds`]). Terminals (by device
+//! number), FIFOs opened by path and any object without a path (pipes,
+//! sockets, anonymous inodes) are offered to the resource kinds
+//! (`crate::kinds`: tty, pty, fifo, pipe, eventfd, ...); what no kind
+//! claims (pidfds, ...), other devices and non-UTF-8 paths are refused by
+//! name.
 //!
 //! Everything is read from outside the frozen task: /proc/PID/fd links,
-//! stat and fdinfo, a reopen of /proc/PID/fd/N for ghost contents and for
-//! pipes (tee(2) duplicates the queued bytes without consuming them), and
+//! stat and fdinfo, a reopen of /proc/PID/fd/N for ghost contents, and
 //! kcmp(KCMP_FILE) to find fds that share one open file description.
 
 use super::proc;

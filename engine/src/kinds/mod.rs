@@ -14,8 +14,9 @@
 //!   phase puts it on its fd number, dups it onto the other fds of its open
 //!   file description and sets FD_CLOEXEC. A kind that needs other fds in
 //!   place first (epoll's targets) names them in [`FileKind::after`]; the
-//!   phase runs after the older kinds (regular files, pipes, FIFOs, ttys,
-//!   in `restore/files.rs`), so those are always in place.
+//!   [`FileKind::EARLY`] kinds (terminals, pipes, FIFOs) are made first,
+//!   and the phase runs after the regular files and memfds (still in
+//!   `restore/files.rs`), so those are always in place.
 //!
 //! The model holds every such fd as one `FileDesc::Kind(Kind)`; [`Kind`]
 //! is the enum of the kinds below, generated with its dispatch by the
@@ -366,7 +367,7 @@ pub trait FileKind: Sized {
         Vec::new()
     }
     /// Restore: fd numbers that must hold their restored files before this
-    /// one is created (epoll: its targets). Fds of the older kinds always do.
+    /// one is created (epoll: its targets). Fds of the regular files and memfds, and of the EARLY kinds, always do.
     fn after(&self) -> Vec<i32> {
         Vec::new()
     }

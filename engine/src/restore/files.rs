@@ -10,19 +10,20 @@
 //!   holes), mode, owner and times; each fd opens it under the original
 //!   name (linked there, opened, unlinked), so it dumps again as it did (no
 //!   drift over rounds); the ghost is unlinked once every fd is in place;
-//! - FIFOs: opened by path with the dumped flags while a keeper fd holds
-//!   the FIFO O_RDWR (so a read-only or write-only open never waits for
-//!   the other side), which also refills its size and queued bytes;
 //! - memfds: each inode of the image made once, first of all
 //!   (`memfd_create` with its name, then its size, data runs, owner, mode
 //!   and last its seals), on a working fd; each open file description of it
 //!   is a reopen through /proc/self/fd (its own flags and offset), and each
 //!   file of a mapping of it too (see `open_at`);
-//! - fds that shared an open file description are dup'ed from the first.
+//! - fds that shared an open file description are dup'ed from the first;
+//! - then the resource kinds (`crate::kinds`: terminals, pipes, FIFOs,
+//!   event objects, sockets, ...) in their phase, `kinds::restore_phase`,
+//!   with this table's `Scratch` (the `Ghosts` made here: an unlinked
+//!   FIFO's node is one) and working fds (`kinds::Work`).
 //!
 //! Working fds live just below the service fds: the terminal at
-//! `svc_base - 1`, the memfds below it (`memfd_slot`), pipe ends and FIFO
-//! keepers from there down.
+//! `svc_base - 1`, the memfds below it (`memfd_slot`), the kinds' (pipe
+//! ends, FIFO keepers) from there down.
 
 use super::child::{ChildPlan, RootDir};
 use crate::model::{FileDesc, Ghost, Task};
