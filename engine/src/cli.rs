@@ -260,7 +260,7 @@ fn check_ttys(tree: &Tree, shell_job: bool) -> Result<(), Failure> {
     }
     for t in &tree.tasks {
         for fd in &t.fds {
-            if let FileDesc::Tty { path, .. } = &fd.file {
+            if let FileDesc::Kind(crate::kinds::Kind::Tty(crate::kinds::tty::Tty { path, .. })) = &fd.file {
                 return Err(Failure::new(format!(
                     "fd {} of {} is a terminal ({path}). Task attached to shell job? Consider using --shell-job option.",
                     fd.fd, t.pid

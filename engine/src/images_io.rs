@@ -247,7 +247,7 @@ fn fown() -> pb::FownEntry {
     pb::FownEntry { uid: 0, euid: 0, signum: 0, pid_type: 0, pid: 0 }
 }
 
-fn reg_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Option<u64>) -> pb::FileEntry {
+pub(crate) fn reg_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Option<u64>) -> pb::FileEntry {
     mapped_entry(id, path, flags, pos, mode, size, &[])
 }
 
@@ -269,7 +269,7 @@ fn mapped_entry(id: u32, path: &str, flags: u32, pos: u64, mode: u32, size: Opti
 // description: fds that share one (dup) share its id.
 
 /// Append `e` to files.img with the next id (ids count from 1).
-fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
+pub(crate) fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) -> u32 {
     let id = files.len() as u32 + 1;
     e.id = id;
     if let Some(r) = e.reg.as_mut() {
@@ -302,28 +302,68 @@ fn kdev(dev: u64) -> u32 {
     ((major << 20) | (minor & 0xf_ffff)) as u32
 }
 
-/// TtyType and pty index of a terminal device (glibc `dev_t`).
-fn tty_kind(rdev: u64) -> (pb::TtyType, Option<u32>) {
-    let major = crate::dump::files::dev_major(rdev);
-    let minor = (((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)) as u32;
-    match major {
-        136..=143 => (pb::TtyType::Pty, Some((major as u32 - 136) * 256 + minor)),
-        5 if minor == 0 => (pb::TtyType::Ctty, None),
-        5 => (pb::TtyType::Console, None),
-        4 if minor < 64 => (pb::TtyType::Vt, None),
-        _ => (pb::TtyType::Serial, None),
+/// The ghost files and remaps of the whole tree (the ghosts of regular
+/// files, FIFOs and mappings numbered together), in the kinds' image state
+/// ([`crate::kinds::ImageAcc::state`]): remap-fpath.img is written from it
+/// once, after the last fd table.
+#[derive(Default)]
+pub(crate) struct GhostImages {
+    /// (dev, ino) -> remap id (its ghost-file-N.img).
+    ids: HashMap<(u64, u64), u32>,
+    remaps: Vec<pb::RemapFilePathEntry>,
+}
+
+/// A `GHOST` remap of files.img entry `orig_id` to `g`, whose
+/// ghost-file-N.img is written the first time.
+pub(crate) fn ghost_remap(dir: &Path, acc: &mut crate::kinds::ImageAcc, orig_id: u32, g: &Ghost) -> Result<(), ImagesError> {
+    let st = acc.state::<GhostImages>();
+    let remap_id = match st.ids.get(&(g.dev, g.ino)) {
+        Some(&r) => r,
+        None => {
+            let r = st.ids.len() as u32 + 1;
+            st.ids.insert((g.dev, g.ino), r);
+            write_ghost(dir, r, g)?;
+            r
+        }
+    };
+    acc.state::<GhostImages>().remaps.push(pb::RemapFilePathEntry { orig_id, remap_id, remap_type: Some(pb::RemapType::Ghost as i32) });
+    Ok(())
+}
+
+/// remap-fpath.img and the ghost files of an image set, read as fds
+/// need them (once per fd table).
+#[derive(Default)]
+pub(crate) struct GhostReads {
+    remaps: Option<Vec<pb::RemapFilePathEntry>>,
+    ghosts: Vec<(u32, Box<Ghost>)>,
+}
+
+impl GhostReads {
+    /// The remap of files.img entry `orig_id`, if any.
+    pub(crate) fn remap_of(&mut self, dir: &Path, orig_id: u32) -> Result<Option<pb::RemapFilePathEntry>, ImagesError> {
+        if self.remaps.is_none() {
+            self.remaps = Some(read_optional(dir, &mg::REMAP_FPATH)?);
+        }
+        Ok(self.remaps.as_ref().and_then(|r| r.iter().find(|m| m.orig_id == orig_id)).cloned())
+    }
+
+    /// ghost-file-`remap_id`.img, read once.
+    pub(crate) fn ghost(&mut self, dir: &Path, remap_id: u32) -> Result<Box<Ghost>, ImagesError> {
+        if let Some((_, g)) = self.ghosts.iter().find(|(id, _)| *id == remap_id) {
+            return Ok(g.clone());
+        }
+        let g = Box::new(read_ghost(dir, remap_id)?);
+        self.ghosts.push((remap_id, g.clone()));
+        Ok(g)
     }
 }
 
 /// What the fds of a tree's processes share: descriptions (numbered across
-/// the tree by the dump), ghosts, terminals, pipes; written once.
+/// the tree by the dump), memfds, link remaps and the kinds' images
+/// (ghosts, terminals, pipes); written once.
 #[derive(Default)]
-struct FdImages<'a> {
+struct FdImages {
     desc_ids: HashMap<u32, u32>,                    // model desc -> file id
-    ghosts: HashMap<(u64, u64), u32>,               // (dev, ino) -> remap id
-    remaps: Vec<pb::RemapFilePathEntry>,
-    tty_infos: Vec<pb::TtyInfoEntry>,
-    pipe_data: Vec<&'a PipeData>,
     /// memfd inode number -> its memfd.img `inode_id` (from 1).
     memfd_inodes: HashMap<u64, u32>,
     /// link remap path -> the file id of its REG entry.
@@ -592,16 +632,13 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
 }
 
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
-fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages<'a>) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
+fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::with_capacity(task.fds.len());
-    let FdImages { desc_ids, ghosts, remaps, tty_infos, pipe_data, memfd_inodes, kinds, links } = st;
+    let FdImages { desc_ids, memfd_inodes, kinds, links } = st;
     for fd in &task.fds {
         let ty = match fd.file {
             FileDesc::Memfd { .. } => pb::FdTypes::Memfd,
             FileDesc::Reg { .. } => pb::FdTypes::Reg,
-            FileDesc::Pipe { .. } => pb::FdTypes::Pipe,
-            FileDesc::Fifo { .. } => pb::FdTypes::Fifo,
-            FileDesc::Tty { .. } => pb::FdTypes::Tty,
             FileDesc::Kind(ref k) => k.fd_type(),
         };
         let id = match desc_ids.get(&fd.desc) {
@@ -621,101 +658,15 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
                                     r
                                 }
                             };
-                            remaps.push(pb::RemapFilePathEntry { orig_id: id, remap_id, remap_type: Some(pb::RemapType::Linked as i32) });
+                            kinds.state::<GhostImages>().remaps.push(pb::RemapFilePathEntry { orig_id: id, remap_id, remap_type: Some(pb::RemapType::Linked as i32) });
                         }
                         if let Some(g) = ghost {
-                            let remap_id = match ghosts.get(&(g.dev, g.ino)) {
-                                Some(&r) => r,
-                                None => {
-                                    let r = ghosts.len() as u32 + 1;
-                                    ghosts.insert((g.dev, g.ino), r);
-                                    write_ghost(dir, r, g)?;
-                                    r
-                                }
-                            };
-                            remaps.push(pb::RemapFilePathEntry {
-                                orig_id: id,
-                                remap_id,
-                                remap_type: Some(pb::RemapType::Ghost as i32),
-                            });
+                            ghost_remap(dir, kinds, id, g)?;
                         }
                         id
                     }
                     FileDesc::Memfd { ino, flags, pos } => push_file(files, memfd_entry("files.img", memfd_inodes, *ino, *flags, *pos)?),
-                    FileDesc::Pipe { pipe_id, flags } => {
-                        let e = pb::FileEntry {
-                            r#type: pb::FdTypes::Pipe as i32,
-                            pipe: Some(pb::PipeEntry { id: 0, pipe_id: *pipe_id, flags: *flags, fown: fown() }),
-                            ..Default::default()
-                        };
-                        push_file(files, e)
-                    }
-                    FileDesc::Fifo { path, flags, mode, pipe_id, ghost } => {
-                        // as upstream: the path and flags in a REG entry of its own
-                        let regf_id = push_file(files, reg_entry(0, path, *flags, 0, *mode, None));
-                        if let Some(g) = ghost {
-                            // unlinked: a ghost (mode S_IFIFO, no contents) of
-                            // that REG entry, as upstream writes it
-                            let remap_id = match ghosts.get(&(g.dev, g.ino)) {
-                                Some(&r) => r,
-                                None => {
-                                    let r = ghosts.len() as u32 + 1;
-                                    ghosts.insert((g.dev, g.ino), r);
-                                    write_ghost(dir, r, g)?;
-                                    r
-                                }
-                            };
-                            remaps.push(pb::RemapFilePathEntry { orig_id: regf_id, remap_id, remap_type: Some(pb::RemapType::Ghost as i32) });
-                        }
-                        let e = pb::FileEntry {
-                            r#type: pb::FdTypes::Fifo as i32,
-                            fifo: Some(pb::FifoEntry { id: 0, pipe_id: *pipe_id, regf_id: Some(regf_id) }),
-                            ..Default::default()
-                        };
-                        push_file(files, e)
-                    }
-                    FileDesc::Tty { path, flags, rdev } => {
-                        let info_id = match tty_infos.iter().find(|t| u64::from(t.rdev) == *rdev) {
-                            Some(t) => t.id,
-                            None => {
-                                let (kind, index) = tty_kind(*rdev);
-                                // as upstream numbers a pty's (2 * index), others
-                                // apart from every pty's
-                                let id = match index {
-                                    Some(i) => i * 2,
-                                    None => (1 << 30) + tty_infos.len() as u32,
-                                };
-                                tty_infos.push(pb::TtyInfoEntry {
-                                    id, r#type: kind as i32, locked: false, exclusive: false, packet_mode: false,
-                                    sid: 0, pgrp: 0, rdev: *rdev as u32,
-                                    pty: index.map(|index| pb::TtyPtyEntry { index }),
-                                    ..Default::default()
-                                });
-                                // (one tty-info.img with the pty kind's entries)
-                                kinds.push_once(&mg::TTY_INFO, u64::from(id), tty_infos.last().expect("just pushed"), Vec::new());
-                                id
-                            }
-                        };
-                        let regf_id = push_file(files, reg_entry(0, path, *flags, 0, 0o20620, None));
-                        let e = pb::FileEntry {
-                            r#type: pb::FdTypes::Tty as i32,
-                            tty: Some(pb::TtyFileEntry { id: 0, tty_info_id: info_id, flags: *flags, fown: fown(), regf_id: Some(regf_id) }),
-                            ..Default::default()
-                        };
-                        push_file(files, e)
-                    }
-                    FileDesc::Kind(k) => {
-                        let mut e = k.write(files.len() as u32 + 1, kinds)?;
-                        // a socket's network namespace, as upstream records it
-                        if let Some(u) = e.usk.as_mut() {
-                            u.ns_id = (task.ids.net_ns != 0).then_some(task.ids.net_ns);
-                        }
-                        let id = push_file(files, e);
-                        for x in k.extra_files() {
-                            push_file(files, reg_entry(0, &x.path, x.flags, x.pos, x.mode, None));
-                        }
-                        id
-                    }
+                    FileDesc::Kind(k) => k.write_entries(&mut crate::kinds::Write { files, acc: kinds, net_ns: task.ids.net_ns, dir })?,
                 };
                 desc_ids.insert(fd.desc, id);
                 id
@@ -723,35 +674,13 @@ fn write_fds<'a>(dir: &Path, task: &'a Task, files: &mut Vec<pb::FileEntry>, st:
         };
         fdinfo.push(pb::FdinfoEntry { id, flags: u32::from(fd.cloexec), r#type: ty as i32, fd: fd.fd as u32, xattr_security_selinux: None });
     }
-    for d in &task.pipe_data {
-        // (a pipe read by several processes: its bytes once)
-        if !pipe_data.iter().any(|p| p.pipe_id == d.pipe_id && p.fifo == d.fifo) {
-            pipe_data.push(d);
-        }
-    }
     Ok(fdinfo)
 }
 
 /// The images every fd table of the tree shares, after the last one.
-fn finish_fds(dir: &Path, st: &FdImages) -> Result<(), ImagesError> {
-    let FdImages { remaps, pipe_data, kinds, .. } = st;
-    kinds.finish(dir)?;
-    // As upstream: one entry per pipe (per FIFO) whose data was taken
-    // through a read end in the tree, empty ones too (they carry the buffer
-    // size), each once however many processes read it.
-    for (fifo, m) in [(false, &mg::PIPES_DATA), (true, &mg::FIFO_DATA)] {
-        let mut list = pipe_data.iter().filter(|d| d.fifo == fifo).peekable();
-        if list.peek().is_none() {
-            continue;
-        }
-        let mut w = ImageWriter::create(dir, &m.file_name(""), m)?;
-        for d in list {
-            let bytes = u32::try_from(d.data.len()).map_err(|_| bad(&m.file_name(""), format!("pipe {:#x}: {} bytes", d.pipe_id, d.data.len())))?;
-            w.write_entry(&pb::PipeDataEntry { pipe_id: d.pipe_id, bytes, size: Some(d.size) })?;
-            w.write_payload(&d.data)?;
-        }
-        w.finish()?;
-    }
+fn finish_fds(dir: &Path, st: &mut FdImages) -> Result<(), ImagesError> {
+    st.kinds.finish(dir)?;
+    let remaps = &st.kinds.state::<GhostImages>().remaps;
     if !remaps.is_empty() {
         write_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH, remaps)?;
     }
@@ -872,24 +801,29 @@ pub fn read_optional<M: prost::Message + Default>(dir: &Path, kind: &'static ima
 pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
     let files: Vec<pb::FileEntry> = read_all(dir, &mg::FILES.file_name(""), &mg::FILES)?;
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(files_id), &mg::FDINFO)?;
-    read_fds(dir, &files, &fdinfo)
+    let fds = read_fds(dir, &files, &fdinfo)?;
+    // the bytes of pipes and FIFOs ride on their fds (`kinds::pipe`,
+    // `kinds::fifo`): the pipes' first, each once
+    let mut data: Vec<PipeData> = Vec::new();
+    for fifo in [false, true] {
+        for f in &fds {
+            let d = match &f.file {
+                FileDesc::Kind(crate::kinds::Kind::Pipe(crate::kinds::pipe::Pipe { data: Some(d), .. })) if !fifo => d,
+                FileDesc::Kind(crate::kinds::Kind::Fifo(crate::kinds::fifo::Fifo { data: Some(d), .. })) if fifo => d,
+                _ => continue,
+            };
+            if !data.iter().any(|x| x.fifo == fifo && x.pipe_id == d.pipe_id) {
+                data.push((**d).clone());
+            }
+        }
+    }
+    Ok((fds, data))
 }
 
-/// The fds of fdinfo (and the pipe data they need) from files.img and friends.
-fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<(Vec<Fd>, Vec<PipeData>), ImagesError> {
+/// The fds of fdinfo from files.img and friends.
+fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<Vec<Fd>, ImagesError> {
     let by_id: HashMap<u32, &pb::FileEntry> = files.iter().map(|f| (f.id, f)).collect();
     let file = |id: u32| by_id.get(&id).copied();
-    let remaps: Vec<pb::RemapFilePathEntry> = if dir.join(mg::REMAP_FPATH.file_name("")).exists() {
-        read_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH)?
-    } else {
-        Vec::new()
-    };
-    let tty_infos: Vec<pb::TtyInfoEntry> = if dir.join(mg::TTY_INFO.file_name("")).exists() {
-        read_all(dir, &mg::TTY_INFO.file_name(""), &mg::TTY_INFO)?
-    } else {
-        Vec::new()
-    };
-    let mut ghosts: Vec<(u32, Box<Ghost>)> = Vec::new();
     let mut memfd_inodes: Option<HashMap<u32, u64>> = None;
     let mut fds = Vec::with_capacity(fdinfo.len());
     let mut scratch = crate::kinds::Scratch::default();
@@ -897,7 +831,8 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
         let desc = if let Some(r) = &f.reg {
             let mut link = None;
-            let ghost = match remaps.iter().find(|m| m.orig_id == f.id) {
+            let reads = scratch.get::<GhostReads>();
+            let ghost = match reads.remap_of(dir, f.id)? {
                 None => None,
                 Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Linked as i32 => {
                     // the link the dump made beside the old path: in the
@@ -913,14 +848,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                     None
                 }
                 Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => {
-                    match ghosts.iter().find(|(id, _)| *id == m.remap_id) {
-                        Some((_, g)) => Some(g.clone()),
-                        None => {
-                            let g = Box::new(read_ghost(dir, m.remap_id)?);
-                            ghosts.push((m.remap_id, g.clone()));
-                            Some(g)
-                        }
-                    }
+                    Some(reads.ghost(dir, m.remap_id)?)
                     .filter(|g| g.mode & libc::S_IFMT != libc::S_IFIFO)
                     .map(Some)
                     .ok_or_else(|| bad(&mg::GHOST_FILE.file_name(m.remap_id), format!("fd {}: a FIFO ghost behind {}, which is not a FIFO entry", fi.fd, r.name)))?
@@ -941,48 +869,6 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
                 return Err(bad("files.img", format!("fd {}: memfd {} is hugetlb memory (/anon_hugepage): an fd of it is not supported", fi.fd, f.id)));
             }
             FileDesc::Memfd { ino, flags: m.flags, pos: m.pos }
-        } else if let Some(pp) = &f.pipe {
-            FileDesc::Pipe { pipe_id: pp.pipe_id, flags: pp.flags }
-        } else if let Some(ff) = &f.fifo {
-            let r = ff
-                .regf_id
-                .and_then(file)
-                .and_then(|r| r.reg.as_ref())
-                .ok_or_else(|| bad("files.img", format!("fd {}: fifo {} has no reg_file_entry (regf_id {:?})", fi.fd, f.id, ff.regf_id)))?;
-            let regf_id = ff.regf_id.unwrap_or(0);
-            let ghost = match remaps.iter().find(|m| m.orig_id == regf_id) {
-                None => None,
-                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => {
-                    let g = match ghosts.iter().find(|(id, _)| *id == m.remap_id) {
-                        Some((_, g)) => g.clone(),
-                        None => {
-                            let g = Box::new(read_ghost(dir, m.remap_id)?);
-                            ghosts.push((m.remap_id, g.clone()));
-                            g
-                        }
-                    };
-                    if g.mode & libc::S_IFMT != libc::S_IFIFO {
-                        return Err(bad(&mg::GHOST_FILE.file_name(m.remap_id), format!("fd {}: FIFO {} has a ghost of mode {:o}, not a FIFO's", fi.fd, r.name, g.mode)));
-                    }
-                    Some(g)
-                }
-                Some(m) => return Err(bad("remap-fpath.img", format!("fd {}: remap type {} of FIFO {} is not supported", fi.fd, m.remap_type.unwrap_or(0), r.name))),
-            };
-            FileDesc::Fifo { path: r.name.clone(), flags: r.flags, mode: r.mode.unwrap_or(libc::S_IFIFO), pipe_id: ff.pipe_id, ghost }
-        } else if let Some(t) = f.tty.as_ref().filter(|t| !crate::kinds::pty::is_pair(t, &tty_infos)) {
-            let info = tty_infos.iter().find(|i| i.id == t.tty_info_id);
-            if info.is_none() {
-                return Err(bad("files.img", format!("fd {}: tty {} names tty-info entry {}, which tty-info.img does not have", fi.fd, f.id, t.tty_info_id)));
-            }
-            let rdev = info.map(|i| u64::from(i.rdev)).unwrap_or(0);
-            let path = match t.regf_id.and_then(file).and_then(|r| r.reg.as_ref()) {
-                Some(r) => r.name.clone(),
-                None => match info.and_then(|i| i.pty.as_ref()) {
-                    Some(p) => format!("/dev/pts/{}", p.index),
-                    None => "/dev/tty".to_string(),
-                },
-            };
-            FileDesc::Tty { path, flags: t.flags, rdev }
         } else if let Some(k) = crate::kinds::read(f, &mut crate::kinds::Read { dir, files, fd: fi.fd, scratch: &mut scratch })? {
             FileDesc::Kind(k)
         } else {
@@ -991,30 +877,7 @@ fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> 
         fds.push(Fd { fd: fi.fd as i32, cloexec: fi.flags & 1 != 0, desc: f.id, file: desc });
     }
     crate::kinds::check_table(&fds).map_err(|e| bad("files.img", e))?;
-    let mut pipe_data = Vec::new();
-    for (fifo, m) in [(false, &mg::PIPES_DATA), (true, &mg::FIFO_DATA)] {
-        let name = m.file_name("");
-        if !dir.join(&name).exists() {
-            continue;
-        }
-        let mut r = ImageReader::open(dir, &name, m)?;
-        while let Some(e) = r.next_entry::<pb::PipeDataEntry>()? {
-            let data = r.read_payload(u64::from(e.bytes))?;
-            // only pipes this task has fds of
-            let ours = fds.iter().any(|f| match f.file {
-                FileDesc::Pipe { pipe_id, .. } => !fifo && pipe_id == e.pipe_id,
-                FileDesc::Fifo { pipe_id, .. } => fifo && pipe_id == e.pipe_id,
-                _ => false,
-            });
-            if ours {
-                if pipe_data.iter().any(|d: &PipeData| d.fifo == fifo && d.pipe_id == e.pipe_id) {
-                    return Err(bad(&name, format!("pipe {:#x} has two entries", e.pipe_id)));
-                }
-                pipe_data.push(PipeData { pipe_id: e.pipe_id, fifo, size: e.size.unwrap_or(0), data });
-            }
-        }
-    }
-    Ok((fds, pipe_data))
+    Ok(fds)
 }
 
 fn ids_to_pb(k: &KobjIds) -> pb::TaskKobjIdsEntry {
@@ -1272,7 +1135,7 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         pages_id += 1;
         write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
     }
-    finish_fds(dir, &fd_images)?;
+    finish_fds(dir, &mut fd_images)?;
     // entries no fd refers to (a unix socket's peer outside the tree):
     // first in files.img, as upstream writes them (its restore resolves a
     // socket's peer only among the entries read before it)
@@ -1342,32 +1205,22 @@ fn write_zombie(dir: &Path, task: &Task, exit: u32) -> Result<(), ImagesError> {
 /// (one per inode across the tree, shared with fds of the same inode) and
 /// a `GHOST` remap of its files.img entry `orig_id`, as for fds.
 fn map_ghost(dir: &Path, st: &mut FdImages, orig_id: u32, g: &Ghost) -> Result<(), ImagesError> {
-    let remap_id = match st.ghosts.get(&(g.dev, g.ino)) {
-        Some(&r) => r,
-        None => {
-            let r = st.ghosts.len() as u32 + 1;
-            st.ghosts.insert((g.dev, g.ino), r);
-            write_ghost(dir, r, g)?;
-            r
-        }
-    };
-    st.remaps.push(pb::RemapFilePathEntry { orig_id, remap_id, remap_type: Some(pb::RemapType::Ghost as i32) });
-    Ok(())
+    ghost_remap(dir, &mut st.kinds, orig_id, g)
 }
 
 /// The images of one live process of the tree (its shared anonymous
 /// objects: page image ids from `shm_pages_id` on, after every process's).
 #[allow(clippy::too_many_arguments)]
-fn write_task<'a>(
+fn write_task(
     dir: &Path,
-    task: &'a Task,
+    task: &Task,
     shm_pages_id: &mut u32,
     shm_written: &mut std::collections::HashSet<u64>,
     mem: &dyn MemSource,
     pages_id: u32,
     files: &mut Vec<pb::FileEntry>,
     map_ids: &mut Vec<(String, u32)>,
-    fd_images: &mut FdImages<'a>,
+    fd_images: &mut FdImages,
     filters: &mut Vec<pb::SeccompFilter>,
 ) -> Result<(), ImagesError> {
     let file_id = push_file;
@@ -1694,7 +1547,7 @@ fn read_task(
     };
     let ids: pb::TaskKobjIdsEntry = read_one(dir, &mg::IDS.file_name(pid), &mg::IDS)?;
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO)?;
-    let (fds, pipe_data) = read_fds(dir, files, &fdinfo)?;
+    let fds = read_fds(dir, files, &fdinfo)?;
     let fse: pb::FsEntry = read_one(dir, &mg::FS.file_name(pid), &mg::FS)?;
     let fs = Fs {
         cwd: reg(fse.cwd_id, "cwd")?.name.clone(),
@@ -1880,7 +1733,7 @@ fn read_task(
         guards,
     };
     let locks = read_locks(dir, pid, &fds)?;
-    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, pipe_data, locks, ..Default::default() };
+    let mut task = Task { pid, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32, mm, fds, fs, locks, ..Default::default() };
     for (i, &tid) in p.threads.iter().enumerate() {
         let name = mg::CORE.file_name(tid);
         let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE)?;

@@ -215,8 +215,6 @@ pub struct Task {
     pub membarrier: u32,
     pub seccomp_mode: u32,
     pub ids: KobjIds,
-    /// Queued bytes of the pipes this task has fds of.
-    pub pipe_data: Vec<PipeData>,
     /// File locks this process holds (`--file-locks`), each on one of its
     /// fds: taken again by the restore child once its fds are in place.
     pub locks: Vec<FileLock>,
@@ -247,18 +245,8 @@ pub enum FileDesc {
     /// directory (upstream's `link_remap.N`), through which restore opens
     /// it under `path` again (removed once the restore succeeded).
     Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64>, ghost: Option<Box<Ghost>>, link: Option<String> },
-    /// One end of a pipe; `pipe_id` is the pipe's inode.
-    Pipe { pipe_id: u32, flags: u32 },
-    /// A named pipe opened by `path` (`mode` is its st_mode, checked on
-    /// restore); `pipe_id` is its inode, shared by every fd of the FIFO.
-    /// `ghost`: the FIFO was unlinked while open (a ghost of mode S_IFIFO,
-    /// no contents: its queued bytes are the FIFO's, in fifo-data.img).
-    Fifo { path: String, flags: u32, mode: u32, pipe_id: u32, ghost: Option<Box<Ghost>> },
     /// An open memfd: `ino` names its inode in [`Tree::memfds`].
     Memfd { ino: u64, flags: u32, pos: u64 },
-    /// A terminal (only with `--shell-job`: restored as the restoring
-    /// shell's terminal). `rdev` is the device number (glibc encoding).
-    Tty { path: String, flags: u32, rdev: u64 },
     /// A file of one of the resource kinds of `crate::kinds` (eventfd, ...):
     /// each kind's collect, image and restore halves live in its module.
     Kind(crate::kinds::Kind),

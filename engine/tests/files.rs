@@ -146,8 +146,9 @@ fn upstream_files_images_read() {
         }
         other => panic!("fd 9: {other:?}"),
     }
-    assert!(matches!(fd(11).file, FileDesc::Pipe { flags: 0, .. }));
-    assert!(matches!(fd(12).file, FileDesc::Pipe { flags: 1, .. }));
+    use engine::kinds::{pipe::Pipe, Kind};
+    assert!(matches!(fd(11).file, FileDesc::Kind(Kind::Pipe(Pipe { flags: 0, .. }))));
+    assert!(matches!(fd(12).file, FileDesc::Kind(Kind::Pipe(Pipe { flags: 1, .. }))));
     assert_eq!(pipes.len(), 1);
     assert_eq!((pipes[0].data.len(), pipes[0].size), (100, 65536));
 }

@@ -1,26 +1,25 @@
 //! File descriptors, dump half (the restore half is `restore/files.rs`):
 //! regular files, directories, memory devices (/dev/null, /dev/zero, ...),
-//! files unlinked while open (ghosts: data extents saved), pipes and FIFOs
-//! (queued bytes and buffer size saved), terminals (recorded; only
-//! `--shell-job` accepts them), memfds (their inodes read once per tree:
-//! [`collect_memfds`]). Any other object without a path is offered to the
-//! resource kinds (`crate::kinds`: eventfd, ...); what no kind claims
-//! (sockets, pidfds, ...), other devices and non-UTF-8 paths are refused
-//! by name.
+//! files unlinked while open (ghosts: data extents saved), memfds (their
+//! inodes read once per tree: [`collect_memfds`]). Terminals (by device
+//! number), FIFOs opened by path and any object without a path (pipes,
+//! sockets, anonymous inodes) are offered to the resource kinds
+//! (`crate::kinds`: tty, pty, fifo, pipe, eventfd, ...); what no kind
+//! claims (pidfds, ...), other devices and non-UTF-8 paths are refused by
+//! name.
 //!
 //! Everything is read from outside the frozen task: /proc/PID/fd links,
-//! stat and fdinfo, a reopen of /proc/PID/fd/N for ghost contents and for
-//! pipes (tee(2) duplicates the queued bytes without consuming them), and
+//! stat and fdinfo, a reopen of /proc/PID/fd/N for ghost contents, and
 //! kcmp(KCMP_FILE) to find fds that share one open file description.
 
 use super::proc;
-use crate::model::{Fd, FileDesc, FileLock, Ghost, PipeData};
+use crate::model::{Fd, FileDesc, FileLock, Ghost};
 use crate::pr_debug;
 use crate::sys::process as p;
 use crate::sys::Pid;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 
 /// Upstream's default `--ghost-limit`: unlinked files with more allocated
 /// bytes than this (holes do not count) are refused.
@@ -70,12 +69,6 @@ pub enum FilesError {
     Kcmp { pid: Pid, a: i32, b: i32, #[source] source: io::Error },
 }
 
-/// Major numbers of terminals: VT/serial (4), /dev/tty + console + ptmx
-/// (5), Unix98 pty slaves (136..=143).
-fn is_tty_major(major: u64) -> bool {
-    major == 4 || major == 5 || (136..=143).contains(&major)
-}
-
 /// The memory devices (/dev/null, /dev/zero, /dev/full, /dev/random,
 /// /dev/urandom, ...): reopened by path like regular files, as upstream.
 const MEM_MAJOR: u64 = 1;
@@ -94,34 +87,6 @@ pub fn dev_minor(dev: u64) -> u64 {
 /// write-only append files (logs keep growing).
 pub fn should_check_size(flags: u32) -> bool {
     !((flags as i32 & libc::O_ACCMODE) == libc::O_WRONLY && flags as i32 & libc::O_APPEND != 0)
-}
-
-/// The queued bytes and buffer size of the pipe or FIFO behind
-/// `/proc/PID/fd/FD`, not consumed: a reopen for reading (non-blocking, so
-/// a FIFO with no writer does not wait), tee(2) into a pipe of ours.
-fn pipe_data(pid: Pid, fd: i32, pipe_id: u32, fifo: bool) -> Result<PipeData, FilesError> {
-    let err = |e| FilesError::PipeData { pid, fd, pipe_id, source: e };
-    let src = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(format!("/proc/{pid}/fd/{fd}"))
-        .map_err(err)?;
-    let size = p::fcntl_int(src.as_raw_fd(), libc::F_GETPIPE_SZ, 0).map_err(err)? as u32;
-    let (rd, wr) = p::pipe().map_err(err)?;
-    p::fcntl_int(wr.as_raw_fd(), libc::F_SETPIPE_SZ, u64::from(size)).map_err(err)?;
-    let n = match p::tee(&src, &wr, size as usize, libc::SPLICE_F_NONBLOCK) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
-        Err(e) => return Err(err(e)),
-    };
-    drop(wr);
-    let mut data = Vec::with_capacity(n);
-    std::fs::File::from(rd).read_to_end(&mut data).map_err(err)?;
-    if data.len() != n {
-        return Err(err(io::Error::other(format!("tee copied {n} bytes but {} came out", data.len()))));
-    }
-    pr_debug!("Dumping data from {} {pipe_id:#x} fd {fd}: {n} bytes (pipe size {size})", if fifo { "fifo" } else { "pipe" });
-    Ok(PipeData { pipe_id, fifo, size, data })
 }
 
 /// The contents of an unlinked file: its data extents (SEEK_DATA /
@@ -184,7 +149,7 @@ pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metad
 /// upstream 4.2 writes them: a ghost with no contents, its mode, and its
 /// rdev or the symlink's target): recreated at restore as what it was.
 /// A symlink's target is read through the fd itself (pidfd_getfd).
-fn special_ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
+pub(crate) fn special_ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileTypeExt;
     let io_err = |e| FilesError::Io { pid, fd, source: e };
@@ -296,9 +261,8 @@ fn read_memfd(pid: Pid, fd: i32, path: &str, ino: u64) -> Result<crate::model::M
     Ok(crate::model::Memfd { ino, name, uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777, size, seals, runs, data, hugetlb })
 }
 
-/// One process's fds, the queued bytes of its pipes and FIFOs, and the
-/// file locks held through its fds.
-pub type FdTable = (Vec<Fd>, Vec<PipeData>, Vec<FileLock>);
+/// One process's fds and the file locks held through them.
+pub type FdTable = (Vec<Fd>, Vec<FileLock>);
 
 /// What a non-path fd link (`pipe:[N]`, `socket:[N]`, `anon_inode:[eventfd]`,
 /// `net:[N]`, ...) is, in words, for refusals.
@@ -333,7 +297,6 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
     fds.sort_unstable();
     pr_debug!("Found {} file descriptors", fds.len());
     let mut out: Vec<Fd> = Vec::with_capacity(fds.len());
-    let mut pipes: Vec<PipeData> = Vec::new();
     let mut locks: Vec<FileLock> = Vec::new();
     // per inode, offset and status flags (fds of one open file description
     // agree on all three; the task is frozen): (fd, index in `out`) of one
@@ -392,37 +355,29 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
         }
         let ft = meta.file_type();
         let file = if !link.starts_with('/') {
-            match link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
-                Some(ino) if ft.is_fifo() => {
-                    let pipe_id: u32 = ino.parse().map_err(|_| unsupported(format!("a pipe with an odd link {link:?}")))?;
-                    // as upstream: the bytes are taken through a read end (a pipe
-                    // whose reader lives elsewhere keeps its bytes there)
-                    let read_end = flags as i32 & libc::O_ACCMODE == libc::O_RDONLY;
-                    if read_end && !pipes.iter().any(|d| d.pipe_id == pipe_id && !d.fifo) {
-                        pipes.push(pipe_data(pid, fd, pipe_id, false)?);
-                    }
-                    FileDesc::Pipe { pipe_id, flags }
-                }
-                _ => {
-                    let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
-                    match crate::kinds::collect(&mut cx)? {
-                        Some(k) => FileDesc::Kind(k),
-                        None => return Err(unsupported(kernel_object_kind(&link))),
-                    }
-                }
-            }
-        } else if <crate::kinds::pty::Pty as crate::kinds::FileKind>::claims(&link, &meta) {
-            // a pty master (/dev/ptmx, whatever the path): the pair is
-            // the tree's own (its slaves join it in `kinds::pty::check_tree`)
+            // pipes, sockets, anonymous inodes: the resource kinds
             let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
             match crate::kinds::collect(&mut cx)? {
                 Some(k) => FileDesc::Kind(k),
-                None => return Err(unsupported(format!("{link}, a pty master"))),
+                None => return Err(unsupported(kernel_object_kind(&link))),
             }
-        } else if ft.is_char_device() && is_tty_major(dev_major(meta.rdev())) {
-            // by device number, whatever the path (a pty of a devpts
-            // instance unmounted since shows as "(deleted)")
-            FileDesc::Tty { path: link, flags, rdev: meta.rdev() }
+        } else if ft.is_char_device() && crate::kinds::tty::is_tty_major(dev_major(meta.rdev())) {
+            // terminals, by device number whatever the path: a pty master
+            // (/dev/ptmx: the pair is the tree's own, `kinds::pty`), any
+            // other (`kinds::tty`)
+            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
+            match crate::kinds::collect(&mut cx)? {
+                Some(k) => FileDesc::Kind(k),
+                None => return Err(unsupported(format!("{link}, a terminal"))),
+            }
+        } else if ft.is_fifo() && <crate::kinds::fifo::Fifo as crate::kinds::FileKind>::claims(&link, &meta) {
+            // FIFOs opened by path (`kinds::fifo`; one unlinked from its
+            // path but linked elsewhere is refused below)
+            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
+            match crate::kinds::collect(&mut cx)? {
+                Some(k) => FileDesc::Kind(k),
+                None => return Err(unsupported(format!("{link}, a FIFO"))),
+            }
         } else if ft.is_file() && link.starts_with("/memfd:") && link.ends_with(" (deleted)") && meta.nlink() == 0 {
             // (its inode, contents and seals: `collect_memfds`, once per inode)
             FileDesc::Memfd { ino: meta.ino(), flags, pos }
@@ -441,25 +396,6 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
                 };
                 ndesc += 1;
                 out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: None, ghost: Some(g), link: None } });
-                continue;
-            }
-            if ft.is_fifo() && meta.nlink() == 0 {
-                // a FIFO no longer linked anywhere: its bytes as any FIFO's,
-                // and a ghost of mode S_IFIFO (no contents), as upstream
-                let pipe_id = meta.ino() as u32;
-                if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
-                    pipes.push(pipe_data(pid, fd, pipe_id, true)?);
-                }
-                let g = match ghosts.get(&(meta.dev(), meta.ino())) {
-                    Some(g) => g.clone(),
-                    None => {
-                        let g = Box::new(special_ghost(pid, fd, orig, &meta)?);
-                        ghosts.insert((meta.dev(), meta.ino()), g.clone());
-                        g
-                    }
-                };
-                ndesc += 1;
-                out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Fifo { path: orig.to_string(), flags, mode: meta.mode(), pipe_id, ghost: Some(g) } });
                 continue;
             }
             if !ft.is_file() {
@@ -497,12 +433,6 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
             };
             FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g), link: None }
             }
-        } else if ft.is_fifo() {
-            let pipe_id = meta.ino() as u32;
-            if !pipes.iter().any(|d| d.pipe_id == pipe_id && d.fifo) {
-                pipes.push(pipe_data(pid, fd, pipe_id, true)?);
-            }
-            FileDesc::Fifo { path: link, flags, mode: meta.mode(), pipe_id, ghost: None }
         } else if ft.is_char_device() {
             let major = dev_major(meta.rdev());
             if major == MEM_MAJOR {
@@ -519,7 +449,7 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
         ndesc += 1;
         out.push(Fd { fd, cloexec, desc: ndesc, file });
     }
-    Ok((out, pipes, locks))
+    Ok((out, locks))
 }
 
 /// Number the open file descriptions of several processes' fd tables
@@ -713,6 +643,7 @@ mod tests {
 
     #[test]
     fn tty_majors() {
+        use crate::kinds::tty::is_tty_major;
         assert_eq!(dev_major(0x8803), 136); // /dev/pts/3
         assert!(is_tty_major(dev_major(0x8803)));
         assert!(is_tty_major(dev_major(0x0500))); // /dev/tty

@@ -403,7 +403,7 @@ fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool, file_o
     // (read by injection in collect_process)
     task.mm.dumpable = dumpable;
     task.mm.thp_disabled = thp_disabled;
-    (task.fds, task.pipe_data, task.locks) = files::collect_fds(pid, file_opts)?;
+    (task.fds, task.locks) = files::collect_fds(pid, file_opts)?;
     (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
     Ok(task)
 }

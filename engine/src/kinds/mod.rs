@@ -14,8 +14,9 @@
 //!   phase puts it on its fd number, dups it onto the other fds of its open
 //!   file description and sets FD_CLOEXEC. A kind that needs other fds in
 //!   place first (epoll's targets) names them in [`FileKind::after`]; the
-//!   phase runs after the older kinds (regular files, pipes, FIFOs, ttys,
-//!   in `restore/files.rs`), so those are always in place.
+//!   [`FileKind::EARLY`] kinds (terminals, pipes, FIFOs) are made first,
+//!   and the phase runs after the regular files and memfds (still in
+//!   `restore/files.rs`), so those are always in place.
 //!
 //! The model holds every such fd as one `FileDesc::Kind(Kind)`; [`Kind`]
 //! is the enum of the kinds below, generated with its dispatch by the
@@ -36,14 +37,17 @@ use std::path::Path;
 pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
+pub mod fifo;
 pub mod inet;
 pub mod inotify;
 pub mod netlink;
 pub mod packet;
+pub mod pipe;
 pub mod pty;
 pub mod signalfd;
 pub mod tcp_stream;
 pub mod timerfd;
+pub mod tty;
 pub mod unix;
 
 /// State a kind keeps across the fds of one walk (one fd table at dump,
@@ -106,12 +110,20 @@ pub struct ImageAcc {
     once: std::collections::HashSet<(&'static str, u64)>,
     /// Images of one object each (`tcp-stream-INO.img`), by file name.
     named: BTreeMap<String, (&'static ImageKind, Vec<Record>)>,
+    /// What kinds keep across the whole tree's images (a terminal's
+    /// tty-info id, ...): [`ImageAcc::state`].
+    state: Scratch,
 }
 
 /// One encoded entry and the bytes that follow it.
 type Record = (Vec<u8>, Vec<u8>);
 
 impl ImageAcc {
+    /// A kind's state across the whole tree's images, `T::default()` first.
+    pub fn state<T: Any + Default>(&mut self) -> &mut T {
+        self.state.get::<T>()
+    }
+
     /// Add a files.img entry that no fd refers to, once per `key`.
     pub fn push_file(&mut self, key: u64, e: pb::FileEntry) {
         if !self.files.iter().any(|(k, _)| *k == key) {
@@ -211,6 +223,12 @@ pub struct Restore<'a> {
     /// not on those numbers (the root making a description shared across
     /// the tree holds every such file on a number of its own).
     pub moved: Option<&'a HashMap<i32, i32>>,
+    /// The restore child's plan (`--root`, `--shell-job`, ...).
+    pub plan: &'a crate::restore::child::ChildPlan,
+    /// The restoring shell's terminal, parked (`--shell-job`), if any.
+    pub terminal: Option<i32>,
+    /// Working fds of the table being built (see [`Work`]).
+    pub work: &'a mut Work,
 }
 
 impl Restore<'_> {
@@ -220,12 +238,73 @@ impl Restore<'_> {
     }
 }
 
+/// Working fds of one fd table being built (a pipe's two ends, a FIFO's
+/// keeper): handed out from just below the service fds downwards (above
+/// every restored fd: the engine leaves room, [`FileKind::WORKING_FDS`]
+/// per fd), held for the whole table, and closed once it is built.
+pub struct Work {
+    next: i32,
+    held: Vec<i32>,
+}
+
+impl Work {
+    /// Working fds from `top - 1` down.
+    pub fn new(top: i32) -> Work {
+        Work { next: top, held: Vec::new() }
+    }
+
+    /// The next working fd number (the caller puts a file on it).
+    pub fn take(&mut self) -> i32 {
+        self.next -= 1;
+        self.held.push(self.next);
+        self.next
+    }
+
+    /// Close the working fds handed out, but those in `keep` (fds of the
+    /// restored table).
+    pub fn close(self, keep: &std::collections::HashSet<i32>) {
+        for x in self.held {
+            if !keep.contains(&x) {
+                crate::sys::process::close(x);
+            }
+        }
+    }
+}
+
+/// What writing the files.img entries of one fd has at hand
+/// ([`FileKind::write_entries`]).
+pub struct Write<'a> {
+    /// files.img so far (ids count from 1: the next entry's is `len + 1`).
+    pub files: &'a mut Vec<pb::FileEntry>,
+    pub acc: &'a mut ImageAcc,
+    /// The process's network namespace id (0: none recorded).
+    pub net_ns: u32,
+    /// The image directory (for an image of one object, written at once:
+    /// a ghost file).
+    pub dir: &'a Path,
+}
+
+impl Write<'_> {
+    /// Append `e` to files.img with the next id (in the entry and its
+    /// member); returns the id.
+    pub fn push(&mut self, e: pb::FileEntry) -> u32 {
+        crate::images_io::push_file(self.files, e)
+    }
+}
+
 /// One kind of file: its model value is `Self`.
 pub trait FileKind: Sized {
     /// Upstream's fd type (files.img and fdinfo `type`).
     const TYPE: pb::FdTypes;
     /// The kind in words, for logs and errors ("eventfd").
     const NAME: &'static str;
+
+    /// Made in the first pass of the restore phase, before every kind
+    /// that is not: what other kinds may name ([`FileKind::after`]) or
+    /// expect open (regular files, pipes, FIFOs, terminals).
+    const EARLY: bool = false;
+    /// Working fds ([`Work`]) the restore of one fd of the kind may take.
+    const WORKING_FDS: i32 = 0;
 
     /// Whether the fd of `link` and `meta` is of this kind (the first kind
     /// that claims an fd collects it).
@@ -238,11 +317,48 @@ pub trait FileKind: Sized {
     /// Dump: read the object behind the fd (the task is frozen).
     fn collect(cx: &mut Collect<'_>) -> Result<Self, FilesError>;
     /// Image: the files.img entry (id `id`, which the kind's member carries
-    /// too), extra images into `acc`.
-    fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError>;
+    /// too), extra images into `acc`. A kind implements this or
+    /// [`FileKind::write_entries`] (the default here refuses).
+    fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
+        let _ = acc;
+        Err(ImagesError::Bad { file: "files.img".into(), what: format!("file {id} ({}): the kind writes its entries with write_entries", Self::NAME) })
+    }
+    /// Image: whether a files.img entry of type [`Self::TYPE`] is this
+    /// kind's (two kinds share the `TTY` type: a pty pair of the tree and
+    /// the `--shell-job` terminal). The first kind that reads it reads it.
+    fn reads(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<bool, ImagesError> {
+        let _ = cx;
+        Ok(e.r#type == Self::TYPE as i32)
+    }
     /// Image: the model from a files.img entry of type [`Self::TYPE`],
     /// checked (untrusted input).
     fn read(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<Self, ImagesError>;
+    /// Image: append the fd's files.img entries through `cx` and return
+    /// the id its fdinfo names. The default: [`FileKind::write`] (the
+    /// socket's `ns_id` set from the process's), then
+    /// [`FileKind::extra_files`]. A kind whose entry names others written
+    /// before it (a FIFO's or terminal's `REG` entry), or that writes
+    /// tree-wide images as it goes (remaps, ghosts, pipe data), writes
+    /// them here.
+    fn write_entries(&self, cx: &mut Write<'_>) -> Result<u32, ImagesError> {
+        let mut e = self.write(cx.files.len() as u32 + 1, cx.acc)?;
+        // a socket's network namespace, as upstream records it
+        if let Some(u) = e.usk.as_mut() {
+            u.ns_id = (cx.net_ns != 0).then_some(cx.net_ns);
+        }
+        let id = cx.push(e);
+        for x in self.extra_files() {
+            cx.push(crate::images_io::reg_entry(0, &x.path, x.flags, x.pos, x.mode, None));
+        }
+        Ok(id)
+    }
+    /// Restore: the kernel object several open file descriptions of the
+    /// kind may be part of (a pipe: both ends; a FIFO), as a key of the
+    /// kind's: when processes of a tree hold descriptions of one object,
+    /// the root makes all of them, once, for every process to inherit.
+    fn object(&self) -> Option<u64> {
+        None
+    }
     /// Image: `REG` entries to write right after the kind's own entry, in
     /// order (ids: the kind's + 1, + 2, ...), for a kind whose entry names
     /// files by id (a pty's path, `regf_id`; files in flight in a unix
@@ -251,7 +367,7 @@ pub trait FileKind: Sized {
         Vec::new()
     }
     /// Restore: fd numbers that must hold their restored files before this
-    /// one is created (epoll: its targets). Fds of the older kinds always do.
+    /// one is created (epoll: its targets). Fds of the regular files and memfds, and of the EARLY kinds, always do.
     fn after(&self) -> Vec<i32> {
         Vec::new()
     }
@@ -299,6 +415,26 @@ macro_rules! kinds {
                 match self { $(Kind::$variant(k) => k.write(id, acc),)* }
             }
 
+            /// [`FileKind::write_entries`] of the kind.
+            pub fn write_entries(&self, cx: &mut Write<'_>) -> Result<u32, ImagesError> {
+                match self { $(Kind::$variant(k) => k.write_entries(cx),)* }
+            }
+
+            /// [`FileKind::EARLY`] of the kind.
+            pub fn early(&self) -> bool {
+                match self { $(Kind::$variant(_) => <$ty as FileKind>::EARLY,)* }
+            }
+
+            /// [`FileKind::WORKING_FDS`] of the kind.
+            pub fn working_fds(&self) -> i32 {
+                match self { $(Kind::$variant(_) => <$ty as FileKind>::WORKING_FDS,)* }
+            }
+
+            /// [`FileKind::object`] of the kind, with the kind's name.
+            pub fn object(&self) -> Option<(&'static str, u64)> {
+                match self { $(Kind::$variant(k) => k.object().map(|o| (<$ty as FileKind>::NAME, o)),)* }
+            }
+
             /// [`FileKind::extra_files`] of the kind.
             pub fn extra_files(&self) -> Vec<ExtraReg> {
                 match self { $(Kind::$variant(k) => k.extra_files(),)* }
@@ -331,7 +467,7 @@ macro_rules! kinds {
         /// `None` for any other type.
         pub fn read(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<Option<Kind>, ImagesError> {
             $(
-                if e.r#type == <$ty as FileKind>::TYPE as i32 {
+                if e.r#type == <$ty as FileKind>::TYPE as i32 && <$ty as FileKind>::reads(e, cx)? {
                     return <$ty as FileKind>::read(e, cx).map(|k| Some(Kind::$variant(k)));
                 }
             )*
@@ -342,8 +478,14 @@ macro_rules! kinds {
 
 // The kinds, in the order they are asked to claim an fd at dump.
 kinds! {
-    // (ptys first: claimed by device number, whatever the path)
+    // (terminals first, claimed by device number whatever the path: the
+    // tty kind every terminal device but ptmx, the pty kind ptmx; the tty
+    // kind reads the TTY entries that are no pair of the tree's, the pty
+    // kind the rest)
+    Tty(tty::Tty),
     Pty(pty::Pty),
+    Pipe(pipe::Pipe),
+    Fifo(fifo::Fifo),
     Eventfd(eventfd::Eventfd),
     Timerfd(timerfd::Timerfd),
     Signalfd(signalfd::Signalfd),
@@ -371,23 +513,31 @@ pub fn check_table(fds: &[Fd]) -> Result<(), String> {
     Ok(())
 }
 
-/// Restore phase of the kinds (in the restore child, after the older
-/// kinds): each of `fds` (all `FileDesc::Kind`, with their `Kind`) created
-/// once its [`FileKind::after`] fds are in place, moved onto its number,
-/// the other fds of its open file description dup'ed from it, FD_CLOEXEC
-/// set. A dependency that no fd of the phase provides must already be
-/// open (an older kind), or the restore fails naming it. `moved`: per
-/// description, where the fds its kind names are now (see
-/// [`Restore::moved`]); none for a process's own table.
-pub fn restore_phase(fds: &[(&Fd, &Kind)], moved: &HashMap<u32, HashMap<i32, i32>>) -> Result<(), String> {
+/// Restore phase of the kinds (in the restore child, after the memfds):
+/// each of `fds` (all `FileDesc::Kind`, with their `Kind`) created once
+/// its [`FileKind::after`] fds are in place, the [`FileKind::EARLY`] kinds
+/// first (in fd order), moved onto its number, the other fds of its open
+/// file description dup'ed from it, FD_CLOEXEC set. A dependency that no
+/// fd of the phase provides must already be open, or the restore fails
+/// naming it. `moved`: per description, where the fds its kind names are
+/// now (see [`Restore::moved`]); none for a process's own table. `work`:
+/// the table's working fds, closed by the caller once the table is built.
+pub fn restore_phase(
+    scratch: &mut Scratch,
+    fds: &[(&Fd, &Kind)],
+    moved: &HashMap<u32, HashMap<i32, i32>>,
+    plan: &crate::restore::child::ChildPlan,
+    terminal: Option<i32>,
+    work: &mut Work,
+) -> Result<(), String> {
     use crate::sys::process as p;
-    let mut scratch = Scratch::default();
     // desc -> the fd number that holds it
     let mut made: HashMap<u32, i32> = HashMap::new();
     let mut pending: Vec<(&Fd, &Kind)> = fds.to_vec();
+    pending.sort_by_key(|(_, k)| !k.early());
     let is_open = |n: i32| p::fcntl_int(n, libc::F_GETFD, 0).is_ok();
     while !pending.is_empty() {
-        let waiting: std::collections::HashSet<i32> = pending.iter().map(|(f, _)| f.fd).collect();
+        let mut waiting: std::collections::HashSet<i32> = pending.iter().map(|(f, _)| f.fd).collect();
         let before = pending.len();
         let mut still = Vec::new();
         for (fd, kind) in pending {
@@ -404,19 +554,27 @@ pub fn restore_phase(fds: &[(&Fd, &Kind)], moved: &HashMap<u32, HashMap<i32, i32
                 if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
                     return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
                 }
-                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut scratch, all: fds, moved: map }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut *scratch, all: fds, moved: map, plan, terminal, work: &mut *work }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
                 let raw = obj.as_raw_fd();
                 if raw != n {
                     p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;
                     drop(obj);
                 } else {
                     let _ = obj.into_raw_fd(); // it is fd n of the restored table now
+                    // (made close-on-exec, as a dup of a working fd is)
+                    if !fd.cloexec {
+                        p::set_cloexec(n, false).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+                    }
                 }
                 made.insert(fd.desc, n);
             }
             // dup2 and a new object leave FD_CLOEXEC clear
             if fd.cloexec {
                 p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
+            }
+            // (the early kinds, made first, are there for the others at once)
+            if kind.early() {
+                waiting.remove(&n);
             }
         }
         if still.len() == before {

@@ -11,7 +11,7 @@
 //! line comes too) and put straight back with TIOCSTI, which hands them to
 //! the line discipline at once (no echo, no input mapping, no special
 //! characters meanwhile): the dump leaves the pair as it found it. Slave
-//! fds are collected by the older terminal code (`FileDesc::Tty`) and
+//! fds are collected by the terminal kind (`kinds::tty`) and
 //! become this kind in [`check_tree`] when their master is in the tree
 //! (else they are the `--shell-job` terminal); session and group are
 //! turned into pids of the tree's namespace there, and refused by name
@@ -510,7 +510,7 @@ pub fn check_tree(tables: &mut [(Pid, &mut Vec<Fd>)], ns_pid: &HashMap<Pid, i32>
     }
     for (_, fds) in tables.iter_mut() {
         for f in fds.iter_mut() {
-            let FileDesc::Tty { flags, rdev, .. } = &f.file else { continue };
+            let FileDesc::Kind(super::Kind::Tty(super::tty::Tty { flags, rdev, .. })) = &f.file else { continue };
             let Some(index) = slave_index(*rdev) else { continue };
             if let Some(st) = pairs.get(&index) {
                 f.file = FileDesc::Kind(super::Kind::Pty(Pty { index, master: false, flags: *flags, state: st.clone() }));

@@ -10,27 +10,23 @@
 //!   holes), mode, owner and times; each fd opens it under the original
 //!   name (linked there, opened, unlinked), so it dumps again as it did (no
 //!   drift over rounds); the ghost is unlinked once every fd is in place;
-//! - pipes: one new pipe per dumped pipe, its buffer size set and its
-//!   queued bytes written back; each end's status flags set exactly, a
-//!   second open file description of one end reopened through /proc;
-//! - FIFOs: opened by path with the dumped flags while a keeper fd holds
-//!   the FIFO O_RDWR (so a read-only or write-only open never waits for
-//!   the other side), which also refills its size and queued bytes;
-//! - terminals (`--shell-job` only): a new open of the restoring shell's
-//!   terminal (found on fds 0..2 of the engine);
 //! - memfds: each inode of the image made once, first of all
 //!   (`memfd_create` with its name, then its size, data runs, owner, mode
 //!   and last its seals), on a working fd; each open file description of it
 //!   is a reopen through /proc/self/fd (its own flags and offset), and each
 //!   file of a mapping of it too (see `open_at`);
-//! - fds that shared an open file description are dup'ed from the first.
+//! - fds that shared an open file description are dup'ed from the first;
+//! - then the resource kinds (`crate::kinds`: terminals, pipes, FIFOs,
+//!   event objects, sockets, ...) in their phase, `kinds::restore_phase`,
+//!   with this table's `Scratch` (the `Ghosts` made here: an unlinked
+//!   FIFO's node is one) and working fds (`kinds::Work`).
 //!
 //! Working fds live just below the service fds: the terminal at
-//! `svc_base - 1`, the memfds below it (`memfd_slot`), pipe ends and FIFO
-//! keepers from there down.
+//! `svc_base - 1`, the memfds below it (`memfd_slot`), the kinds' (pipe
+//! ends, FIFO keepers) from there down.
 
 use super::child::{ChildPlan, RootDir};
-use crate::model::{FileDesc, Ghost, PipeData, Task};
+use crate::model::{FileDesc, Ghost, Task};
 use crate::sys::process as p;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
@@ -57,10 +53,17 @@ fn open_onto(path: &str, flags: i32, target: i32) -> Result<(), String> {
     Ok(())
 }
 
+/// open(2) `path` (one of the engine's own: /proc/self/fd/N) with the
+/// dumped `flags` (see `open_flags`), owned.
+pub fn open_own(path: &str, flags: i32) -> Result<OwnedFd, String> {
+    let c = cpath(path)?;
+    crate::sys::tty::open(&c, open_flags(flags)).map_err(|e| format!("open {path:?}: {e}"))
+}
+
 /// Open a path of the image (never one of the engine's own) onto fd
 /// `target`: with `--root`, resolved inside the root (RESOLVE_IN_ROOT: an
 /// absolute symlink or `..` in the root stays in it), else as it is.
-fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
+pub fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<(), String> {
     let Some(root) = &plan.root else { return open_onto(path, flags, target) };
     let fd = root.open(path, open_flags(flags), 0).map_err(|e| format!("open {path:?} in root {} for fd {target}: {e}", root.path.display()))?;
     if fd.as_raw_fd() == target {
@@ -195,16 +198,19 @@ pub fn park_terminal(plan: &ChildPlan) -> Result<Option<i32>, String> {
 
 /// Ghost files created by this restore (paths of the image, inside
 /// `--root` if given); unlinked when dropped (after the fds are open, or on
-/// failure).
-struct Ghosts<'a> {
+/// failure). One per fd table, in the table's scratch (the regular files
+/// here and the FIFOs of `kinds::fifo` share it).
+#[derive(Default)]
+pub struct Ghosts {
     list: std::collections::HashMap<(u64, u64), String>,
-    root: Option<&'a RootDir>,
+    /// `--root` (a handle of its own, taken at the first open).
+    root: Option<RootDir>,
 }
 
-impl Drop for Ghosts<'_> {
+impl Drop for Ghosts {
     fn drop(&mut self) {
         for path in self.list.values() {
-            let gone = match self.root {
+            let gone = match &self.root {
                 Some(r) => r.unlink(path),
                 None => std::fs::remove_file(path),
             };
@@ -218,9 +224,14 @@ impl Drop for Ghosts<'_> {
     }
 }
 
-impl<'a> Ghosts<'a> {
-    fn new(plan: &'a ChildPlan) -> Self {
-        Ghosts { list: std::collections::HashMap::new(), root: plan.root.as_ref() }
+impl Ghosts {
+    /// Take `--root` from the plan (before the first ghost is made).
+    fn bind(&mut self, plan: &ChildPlan) -> Result<(), String> {
+        if let (None, Some(r)) = (&self.root, &plan.root) {
+            let fd = r.fd.try_clone().map_err(|e| format!("a handle of root {}: {e}", r.path.display()))?;
+            self.root = Some(RootDir { path: r.path.clone(), fd });
+        }
+        Ok(())
     }
 
     /// The path of the recreated ghost for `g` (`<path>.cr.<n>.ghost`),
@@ -242,7 +253,7 @@ impl<'a> Ghosts<'a> {
             self.list.insert((g.dev, g.ino), path.clone());
             return Ok(path);
         }
-        let created = match self.root {
+        let created = match &self.root {
             Some(r) => r.open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, g.mode & 0o7777).map(std::fs::File::from),
             None => std::fs::OpenOptions::new().write(true).create_new(true).mode(g.mode & 0o7777).open(&path),
         };
@@ -268,7 +279,7 @@ impl<'a> Ghosts<'a> {
             return Err(format!("ghost path {path:?} has no directory"));
         };
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-        let dir = match self.root {
+        let dir = match &self.root {
             Some(r) => r.open(&parent.to_string_lossy(), flags, 0),
             None => std::fs::OpenOptions::new().read(true).custom_flags(flags).open(parent).map(OwnedFd::from),
         };
@@ -289,7 +300,8 @@ impl<'a> Ghosts<'a> {
     /// names some file at every moment. Only where the file system cannot
     /// exchange is the fd opened through the ghost's own name (and then
     /// carries that name).
-    fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
+    pub fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
+        self.bind(plan)?;
         let gp = self.path(orig, g)?;
         if g.mode & libc::S_IFMT == libc::S_IFDIR {
             return self.open_dir(plan, orig, &gp, flags, n);
@@ -325,6 +337,7 @@ impl<'a> Ghosts<'a> {
     /// [`Self::open`] through `gp`, another name of the file in the
     /// directory of `orig` (a recreated ghost, or a link remap).
     fn open_through(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
+        self.bind(plan)?;
         let (mut dir, name) = self.dir_of(orig)?;
         if dir.as_raw_fd() == n {
             // fd `n` is about to be opened onto: hold the directory on
@@ -361,7 +374,7 @@ impl<'a> Ghosts<'a> {
 
 /// Upstream's checks of a reopened regular file: same mode, same size
 /// when the size was recorded.
-fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(), String> {
+pub fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(), String> {
     let (m_mode, m_size) = p::fstat_mode_size(fd).map_err(|e| format!("fstat fd {fd} ({path}): {e}"))?;
     if mode != 0 && m_mode != mode {
         return Err(format!("File {path} has bad mode 0{m_mode:o} (expect 0{mode:o})"));
@@ -378,45 +391,8 @@ fn fcntl(fd: i32, cmd: i32, arg: u64) -> std::io::Result<u64> {
     p::fcntl_int(fd, cmd, arg)
 }
 
-/// Write all of `data` into the write end `fd` of a fresh pipe.
-fn fill_pipe(fd: i32, data: &[u8]) -> Result<(), String> {
-    let mut off = 0;
-    while off < data.len() {
-        let rest = &data[off..];
-        let n = p::write_raw(fd, rest)
-            .map_err(|e| format!("writing {} queued bytes into a pipe: {e}", data.len()))?;
-        off += n as usize;
-    }
-    Ok(())
-}
-
-/// The dumped buffer size and queued bytes of a pipe or FIFO, put back
-/// through `wr` (a write end of it).
-fn refill(wr: i32, d: &PipeData) -> Result<(), String> {
-    let what = if d.fifo { "fifo" } else { "pipe" };
-    let cur = fcntl(wr, libc::F_GETPIPE_SZ, 0).unwrap_or(0);
-    if d.size != 0 && u64::from(d.size) != cur {
-        fcntl(wr, libc::F_SETPIPE_SZ, u64::from(d.size)).map_err(|e| format!("F_SETPIPE_SZ {} on {what} {:#x}: {e}", d.size, d.pipe_id))?;
-    }
-    fill_pipe(wr, &d.data).map_err(|e| format!("{what} {:#x}: {e}", d.pipe_id))
-}
-
 /// The status flags F_SETFL sets on a memfd's description.
 const MEMFD_SETFL: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_NOATIME | libc::O_DIRECT;
-
-/// The status flags a pipe or FIFO fd can have changed with F_SETFL.
-const PIPE_SETFL: i32 = libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT;
-
-/// Working fds of the restore child, handed out from just below the
-/// service fds downwards (above every restored fd: the engine leaves room).
-struct Slots(i32);
-
-impl Slots {
-    fn take(&mut self) -> i32 {
-        self.0 -= 1;
-        self.0
-    }
-}
 
 /// Descriptions of the files unlinked while mapped count down from here
 /// (files.img ids, which the other descriptions carry, count up from 1).
@@ -453,13 +429,7 @@ pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Opt
         let file = FileDesc::Reg { path: path.clone(), flags: libc::O_RDWR as u32, pos: 0, mode: g.mode, size: None, ghost: Some(Box::new((**g).clone())), link: None };
         fds.push(crate::model::Fd { fd: n, cloexec: false, desc: MAP_GHOST_DESC - j as u32, file });
     }
-    let mut pipe_data: Vec<PipeData> = Vec::new();
-    for d in tree.tasks.iter().flat_map(|t| &t.pipe_data) {
-        if !pipe_data.iter().any(|x| x.fifo == d.fifo && x.pipe_id == d.pipe_id) {
-            pipe_data.push(d.clone());
-        }
-    }
-    let all = Task { fds, pipe_data, ..Default::default() };
+    let all = Task { fds, ..Default::default() };
     install(plan, &all, terminal, &std::collections::HashMap::new(), false, &moved)
 }
 
@@ -481,21 +451,17 @@ fn install(
     moved: &std::collections::HashMap<u32, std::collections::HashMap<i32, i32>>,
 ) -> Result<(), String> {
     use std::collections::HashMap;
-    let mut ghosts = Ghosts::new(plan);
+    // the table's scratch: the ghosts made (shared with `kinds::fifo`),
+    // the kinds' own state
+    let mut scratch = crate::kinds::Scratch::default();
     create_memfds(plan, task)?;
     // svc_base - 1 is the parked terminal's, the memfds' below it; other
     // working fds go below those
-    let mut slots = Slots(plan.svc_base - 1 - plan.memfds.len() as i32);
-    // pipe id -> its two ends (working fds) and whether each end's first
-    // open file description is handed out yet
-    let mut pipes: HashMap<u32, ([i32; 2], [bool; 2])> = HashMap::new();
-    // fifo id -> a keeper fd (O_RDWR: never blocks, and lets every open of
-    // the FIFO, read-only or write-only, blocking or not, succeed at once)
-    let mut fifos: HashMap<u32, i32> = HashMap::new();
+    let mut work = crate::kinds::Work::new(plan.svc_base - 1 - plan.memfds.len() as i32);
     let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
     let mut memfd_given: std::collections::HashSet<u64> = std::collections::HashSet::new();
-    let data = |fifo: bool, id: u32| task.pipe_data.iter().find(|d| d.fifo == fifo && d.pipe_id == id);
-    // the resource kinds of crate::kinds: a phase of their own, after these
+    // the resource kinds of crate::kinds (terminals, pipes, FIFOs, ...): a
+    // phase of their own, after these
     let mut kinds = Vec::new();
     for fd in &task.fds {
         let n = fd.fd;
@@ -516,7 +482,7 @@ fn install(
                 // --link-remap: the dump's extra link opened under the old
                 // name (linked there, opened, unlinked), as a ghost is
                 let fl = *flags as i32;
-                ghosts.open_through(plan, path, l, fl | libc::O_NONBLOCK, n)?;
+                scratch.get::<Ghosts>().open_through(plan, path, l, fl | libc::O_NONBLOCK, n)?;
                 validate(n, path, *mode, *size)?;
                 if fl & libc::O_NONBLOCK == 0 {
                     let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
@@ -535,56 +501,7 @@ fn install(
                 }
             }
             FileDesc::Reg { path, flags, ghost: Some(g), .. } => {
-                ghosts.open(plan, path, g, *flags as i32, n)?;
-            }
-            FileDesc::Pipe { pipe_id, flags } => {
-                let (ends, used) = match pipes.get_mut(pipe_id) {
-                    Some(e) => e,
-                    None => {
-                        let e = p::pipe_raw().map_err(|e| format!("pipe for fd {n}: {e}"))?;
-                        // keep the pipe's two ends out of the way of later fds
-                        let hi = [slots.take(), slots.take()];
-                        for (from, to) in e.iter().zip(hi) {
-                            p::dup2(*from, to).map_err(|e| format!("pipe {pipe_id:#x}: dup2 {from} -> {to}: {e}"))?;
-                            p::close(*from);
-                        }
-                        if let Some(d) = data(false, *pipe_id) {
-                            refill(hi[1], d)?;
-                        }
-                        pipes.entry(*pipe_id).or_insert((hi, [false; 2]))
-                    }
-                };
-                let w = usize::from(*flags as i32 & libc::O_ACCMODE == libc::O_WRONLY);
-                if used[w] {
-                    // another open file description of this end: a reopen
-                    open_onto(&format!("/proc/self/fd/{}", ends[w]), *flags as i32 & !PIPE_SETFL, n)?;
-                } else {
-                    p::dup2(ends[w], n).map_err(|e| format!("dup2 pipe {pipe_id:#x} to fd {n}: {e}"))?;
-                    used[w] = true;
-                }
-                fcntl(n, libc::F_SETFL, (*flags as i32 & PIPE_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
-            }
-            FileDesc::Fifo { path, flags, mode, pipe_id, ghost } => {
-                // an unlinked FIFO: its node recreated once (`Ghosts::path`),
-                // each open through its old name, unlinked again
-                let mut open_fifo = |fl: i32, at: i32| match ghost {
-                    Some(g) => ghosts.open(plan, path, g, fl, at),
-                    None => open_image_path(plan, path, fl, at),
-                };
-                if !fifos.contains_key(pipe_id) {
-                    let keep = slots.take();
-                    open_fifo(libc::O_RDWR | libc::O_NONBLOCK, keep)?;
-                    let (m, _) = p::fstat_mode_size(keep).map_err(|e| format!("fstat {path}: {e}"))?;
-                    if m & libc::S_IFMT != libc::S_IFIFO {
-                        return Err(format!("{path} (fd {n}) was a FIFO but is now mode 0{m:o}"));
-                    }
-                    if let Some(d) = data(true, *pipe_id) {
-                        refill(keep, d)?;
-                    }
-                    fifos.insert(*pipe_id, keep);
-                }
-                open_fifo(*flags as i32, n)?;
-                validate(n, path, *mode, None)?;
+                scratch.get::<Ghosts>().open(plan, path, g, *flags as i32, n)?;
             }
             FileDesc::Memfd { ino, flags, .. } => {
                 let i = plan.memfds.iter().position(|m| m.ino == *ino).ok_or_else(|| format!("fd {n}: memfd inode {ino} was not planned"))?;
@@ -606,17 +523,6 @@ fn install(
                     open_onto(&format!("/proc/self/fd/{slot}"), fl, n)?;
                 }
             }
-            FileDesc::Tty { path, flags, .. } => {
-                let Some(t) = terminal else {
-                    return Err(if plan.shell_job {
-                        format!("fd {n} was a terminal ({path}) but the restoring criu has none on fds 0..2")
-                    } else {
-                        format!("fd {n} is a terminal ({path}): restore with --shell-job")
-                    });
-                };
-                // a new open file description of our terminal, with the dumped flags
-                open_onto(&format!("/proc/self/fd/{t}"), (*flags as i32) | libc::O_NOCTTY, n)?;
-            }
             FileDesc::Kind(_) => unreachable!("taken out above"),
         }
         if let FileDesc::Reg { pos, .. } | FileDesc::Memfd { pos, .. } = &fd.file {
@@ -632,18 +538,17 @@ fn install(
         }
         descs.insert(fd.desc, n);
     }
-    let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
-    let working = pipes.values().flat_map(|(e, _)| e.iter().copied()).chain(fifos.values().copied()).chain(terminal.filter(|_| close_terminal));
-    for x in working {
-        if !used.contains(&x) {
-            p::close(x);
-        }
-    }
     if let Some(r) = &plan.root {
         crate::kinds::unix::refuse_paths_under_root(&kinds, &r.path)?;
     }
-    crate::kinds::restore_phase(&kinds, moved)?;
-    drop(ghosts);
+    crate::kinds::restore_phase(&mut scratch, &kinds, moved, plan, terminal, &mut work)?;
+    // the working fds (pipe ends, FIFO keepers) and the terminal, done
+    let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
+    work.close(&used);
+    if let Some(t) = terminal.filter(|t| close_terminal && !used.contains(t)) {
+        p::close(t);
+    }
+    drop(scratch); // (the ghosts unlinked)
     Ok(())
 }
 

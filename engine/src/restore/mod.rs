@@ -275,7 +275,12 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     // the descriptions the root makes for all, then the working fds of one
     // process's fd setup (two per pipe fd, one per FIFO fd at most)
     let sh_base = max_fd + 1;
-    let npipes = all_fds().filter(|f| matches!(f.file, FileDesc::Pipe { .. } | FileDesc::Fifo { .. })).count() as i32;
+    let working: i32 = all_fds()
+        .map(|f| match &f.file {
+            FileDesc::Kind(k) => k.working_fds(),
+            _ => 0,
+        })
+        .sum();
     // files unlinked while mapped: one recreation per inode for the tree
     let mut map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>)> = Vec::new();
     for f in live.iter().flat_map(|&i| tree.tasks[i].mm.vmas.iter().filter_map(|v| v.file.as_ref())) {
@@ -310,7 +315,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
             }
         }
     }
-    let svc_base = (sh_base + (plan.shared.len() + map_ghosts.len()) as i32 + 2 * npipes + memfds.len() as i32 + 16).max(64);
+    let svc_base = (sh_base + (plan.shared.len() + map_ghosts.len()) as i32 + working + memfds.len() as i32 + 16).max(64);
     // processes of one fd table get disjoint service fd ranges
     let map_off = child::map_offsets(&plan, &map_files);
     let max_map = map_files.iter().zip(&map_off).map(|(m, o)| m.len() as i32 + o).max().unwrap_or(0);

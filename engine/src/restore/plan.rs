@@ -306,30 +306,34 @@ fn check_unshared(tree: &Tree) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// What one open file description is part of, for sharing: a pipe, a FIFO,
+/// What one open file description is part of, for sharing: a pipe, a FIFO
+/// (and whatever else a resource kind names, `FileKind::object`),
 /// a ghost file (recreated once for all its descriptions), or itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Object {
-    Pipe(u32),
-    Fifo(u32),
     Ghost(u64, u64),
     /// Both ends of a connected unix socket pair: made together.
     UnixPair(u32, u32),
     /// A pty pair (by index): master and slaves, made by the root.
     Pty(u32),
+    /// The object of a resource kind (by the kind's name and its key,
+    /// `FileKind::object`: a pipe, a FIFO).
+    Kind(&'static str, u64),
     Desc(u32),
 }
 
 fn object_of(f: &crate::model::Fd) -> Object {
     match &f.file {
-        FileDesc::Pipe { pipe_id, .. } => Object::Pipe(*pipe_id),
-        FileDesc::Fifo { pipe_id, .. } => Object::Fifo(*pipe_id),
         FileDesc::Reg { ghost: Some(g), .. } => Object::Ghost(g.dev, g.ino),
         FileDesc::Kind(crate::kinds::Kind::Unix(u)) => match crate::kinds::unix::pair_key(u) {
             Some((a, b)) => Object::UnixPair(a, b),
             None => Object::Desc(f.desc),
         },
         FileDesc::Kind(crate::kinds::Kind::Pty(p)) => Object::Pty(p.index),
+        FileDesc::Kind(k) => match k.object() {
+            Some((kind, key)) => Object::Kind(kind, key),
+            None => Object::Desc(f.desc),
+        },
         _ => Object::Desc(f.desc),
     }
 }

@@ -1,0 +1,165 @@
+//! A terminal the tree does not own: the one it was started from (a
+//! `--shell-job`), or any other terminal device (VT, serial, console,
+//! `/dev/tty`, a pty slave whose master is elsewhere). Only `--shell-job`
+//! accepts them (the CLI refuses them by name otherwise, at dump and at
+//! restore).
+//!
+//! Dump: by device number, whatever the path (a pty of a devpts instance
+//! unmounted since shows as "(deleted)"): its path, flags and device.
+//! A pty slave whose master is in the tree becomes the pty kind
+//! (`kinds::pty::check_tree`). Image: as upstream 4.2: a `REG` entry of
+//! its path (mode 020620), then the `TTY` entry naming it (`regf_id`) and
+//! a `tty_info_entry` per device (id `2 * index` for a pty, apart from
+//! every pty's for the others) in tty-info.img. Restore: a new open file
+//! description of the restoring criu's terminal (found on its fds 0..2 and
+//! parked by `restore::files::park_terminal`), with the dumped flags.
+
+use super::{Collect, FileKind, Read, Restore, Write};
+use crate::dump::files::{dev_major, FilesError};
+use crate::images_io::ImagesError;
+use images_proto::magic as mg;
+use images_proto::pb;
+use std::os::fd::OwnedFd;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tty {
+    /// The fd's path (`/dev/pts/3`).
+    pub path: String,
+    /// File status flags (no O_CLOEXEC).
+    pub flags: u32,
+    /// The device number (glibc encoding).
+    pub rdev: u64,
+}
+
+/// Major numbers of terminals: VT/serial (4), /dev/tty + console + ptmx
+/// (5), Unix98 pty slaves (136..=143).
+pub fn is_tty_major(major: u64) -> bool {
+    major == 4 || major == 5 || (136..=143).contains(&major)
+}
+
+/// TtyType and pty index of a terminal device (glibc `dev_t`).
+fn tty_kind(rdev: u64) -> (pb::TtyType, Option<u32>) {
+    let major = dev_major(rdev);
+    let minor = (((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)) as u32;
+    match major {
+        136..=143 => (pb::TtyType::Pty, Some((major as u32 - 136) * 256 + minor)),
+        5 if minor == 0 => (pb::TtyType::Ctty, None),
+        5 => (pb::TtyType::Console, None),
+        4 if minor < 64 => (pb::TtyType::Vt, None),
+        _ => (pb::TtyType::Serial, None),
+    }
+}
+
+/// The tty-info entries of this kind written so far (the whole tree's).
+#[derive(Default)]
+struct WriteState(Vec<pb::TtyInfoEntry>);
+
+/// tty-info.img, read once per fd table.
+#[derive(Default)]
+struct ReadState {
+    loaded: bool,
+    infos: Vec<pb::TtyInfoEntry>,
+}
+
+fn infos<'s>(cx: &'s mut Read<'_>) -> Result<&'s [pb::TtyInfoEntry], ImagesError> {
+    let dir = cx.dir;
+    let st = cx.scratch.get::<ReadState>();
+    if !st.loaded {
+        st.infos = crate::images_io::read_optional(dir, &mg::TTY_INFO)?;
+        st.loaded = true;
+    }
+    Ok(&cx.scratch.get::<ReadState>().infos)
+}
+
+impl FileKind for Tty {
+    const TYPE: pb::FdTypes = pb::FdTypes::Tty;
+    const NAME: &'static str = "tty";
+    const EARLY: bool = true;
+
+    fn claims(_link: &str, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        // (a pty master, /dev/ptmx, is the pty kind's)
+        meta.file_type().is_char_device() && is_tty_major(dev_major(meta.rdev())) && meta.rdev() != libc::makedev(5, 2)
+    }
+
+    fn collect(cx: &mut Collect<'_>) -> Result<Self, FilesError> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Tty { path: cx.link.to_string(), flags: cx.flags, rdev: cx.meta.rdev() })
+    }
+
+    fn write_entries(&self, cx: &mut Write<'_>) -> Result<u32, ImagesError> {
+        let st = cx.acc.state::<WriteState>();
+        let info_id = match st.0.iter().find(|t| u64::from(t.rdev) == self.rdev) {
+            Some(t) => t.id,
+            None => {
+                let (kind, index) = tty_kind(self.rdev);
+                // as upstream numbers a pty's (2 * index), others apart
+                // from every pty's
+                let id = match index {
+                    Some(i) => i * 2,
+                    None => (1 << 30) + st.0.len() as u32,
+                };
+                let info = pb::TtyInfoEntry {
+                    id,
+                    r#type: kind as i32,
+                    locked: false,
+                    exclusive: false,
+                    packet_mode: false,
+                    sid: 0,
+                    pgrp: 0,
+                    rdev: self.rdev as u32,
+                    pty: index.map(|index| pb::TtyPtyEntry { index }),
+                    ..Default::default()
+                };
+                // (one tty-info.img with the pty kind's entries)
+                cx.acc.push_once(&mg::TTY_INFO, u64::from(id), &info, Vec::new());
+                cx.acc.state::<WriteState>().0.push(info);
+                id
+            }
+        };
+        let regf_id = cx.push(crate::images_io::reg_entry(0, &self.path, self.flags, 0, 0o20620, None));
+        let e = pb::FileEntry {
+            r#type: pb::FdTypes::Tty as i32,
+            tty: Some(pb::TtyFileEntry { id: 0, tty_info_id: info_id, flags: self.flags, fown: super::fown(), regf_id: Some(regf_id) }),
+            ..Default::default()
+        };
+        Ok(cx.push(e))
+    }
+
+    fn reads(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<bool, ImagesError> {
+        // (a pair of the tree's own is the pty kind's)
+        let Some(t) = &e.tty else { return Ok(e.r#type == Self::TYPE as i32) };
+        Ok(e.r#type == Self::TYPE as i32 && !super::pty::is_pair(t, infos(cx)?))
+    }
+
+    fn read(e: &pb::FileEntry, cx: &mut Read<'_>) -> Result<Self, ImagesError> {
+        let t = cx.member(e, "tty", &e.tty)?;
+        let fd = cx.fd;
+        let files = cx.files;
+        let info = infos(cx)?.iter().find(|i| i.id == t.tty_info_id).cloned().ok_or_else(|| ImagesError::Bad {
+            file: "files.img".into(),
+            what: format!("fd {fd}: tty {} names tty-info entry {}, which tty-info.img does not have", e.id, t.tty_info_id),
+        })?;
+        let path = match t.regf_id.and_then(|id| files.iter().find(|f| f.id == id)).and_then(|r| r.reg.as_ref()) {
+            Some(r) => r.name.clone(),
+            None => match &info.pty {
+                Some(p) => format!("/dev/pts/{}", p.index),
+                None => "/dev/tty".to_string(),
+            },
+        };
+        Ok(Tty { path, flags: t.flags, rdev: u64::from(info.rdev) })
+    }
+
+    fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
+        let n = cx.fd;
+        let Some(t) = cx.terminal else {
+            return Err(if cx.plan.shell_job {
+                format!("fd {n} was a terminal ({}) but the restoring criu has none on fds 0..2", self.path)
+            } else {
+                format!("fd {n} is a terminal ({}): restore with --shell-job", self.path)
+            });
+        };
+        // a new open file description of our terminal, with the dumped flags
+        crate::restore::files::open_own(&format!("/proc/self/fd/{t}"), self.flags as i32 | libc::O_NOCTTY)
+    }
+}
