@@ -467,8 +467,9 @@ fn injected_queries_batch_with_a_signal_the_program_never_sees() {
         let batches: Vec<&str> = log.lines().filter(|l| l.contains(&batch) && l.contains("in one batch")).collect();
         match sig {
             Some(s) => {
-                // the process's queries and the thread's
-                assert_eq!(batches.len(), 2, "{mode}: {batches:?}\n{}", tail(&log));
+                // the process's queries and the thread's (and the page
+                // pump's cleanup)
+                assert!(batches.len() >= 2, "{mode}: {batches:?}\n{}", tail(&log));
                 assert!(batches.iter().all(|l| l.ends_with(&format!("(stopped by signal {s})"))), "{mode}: {batches:?}");
             }
             None => assert!(batches.is_empty(), "{mode}: no signal fits, yet {batches:?}"),

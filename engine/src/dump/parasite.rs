@@ -568,9 +568,9 @@ impl Parasite {
     /// ours in the instant between our send and our stop, it would have
     /// been ignored on arrival anyway). The thread must be parked on the
     /// plain `rt_sigreturn` (not on the pump cleanup).
-    fn batch_stop(&mut self, tid: Pid) -> io::Result<Option<BatchStop>> {
+    fn batch_stop(&mut self, tid: Pid, parked_on: u64) -> io::Result<Option<BatchStop>> {
         let Some(s) = self.threads.get(&tid) else { return Ok(None) };
-        if s.parked.ip != self.code + PARK_OFF {
+        if s.parked.ip != self.code + parked_on {
             return Ok(None);
         }
         let mask = s.mask;
@@ -601,7 +601,7 @@ impl Parasite {
     /// the loop falls through into `rt_sigreturn`, as a parked thread does.
     /// Otherwise each call is stepped on its own ([`raw`](Self::raw)).
     pub fn reads(&mut self, tid: Pid, calls: &[Read]) -> io::Result<Vec<ReadOut>> {
-        let stop = self.batch_stop(tid)?;
+        let stop = self.batch_stop(tid, PARK_OFF)?;
         let mut out = Vec::with_capacity(calls.len());
         let mut rest = calls;
         while !rest.is_empty() {
@@ -624,7 +624,7 @@ impl Parasite {
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             out.extend(match stop {
-                Some(stop) => self.run_batch(tid, chunk, stop)?,
+                Some(stop) => self.run_batch(tid, chunk, stop, true)?,
                 None => self.run_stepped(tid, chunk)?,
             });
         }
@@ -664,7 +664,9 @@ impl Parasite {
         Ok(out)
     }
 
-    fn run_batch(&mut self, tid: Pid, calls: &[Read], stop: BatchStop) -> io::Result<Vec<ReadOut>> {
+    /// `points`: the calls are injected queries, counted by the fault
+    /// points of injection (the pump's cleanup is not).
+    fn run_batch(&mut self, tid: Pid, calls: &[Read], stop: BatchStop, points: bool) -> io::Result<Vec<ReadOut>> {
         let records = calls.len() + 2;
         let (offs, mask_off) = Self::buffers(calls, records);
         let (s, recs) = (self.scratch, self.scratch);
@@ -701,14 +703,15 @@ impl Parasite {
         // (the fault points count calls: a SIGSTOP is queued before the
         // batch runs, the engine dies while it runs)
         let main = tid == self.order[0];
-        for _ in 0..calls.len() {
+        let counted = if points { calls.len() } else { 0 };
+        for _ in 0..counted {
             crate::fault::stop_point("mid-inject", tid);
             if !main {
                 crate::fault::stop_point("mid-inject-thread", tid);
             }
         }
         ptrace::cont(tid, 0)?;
-        for _ in 0..calls.len() {
+        for _ in 0..counted {
             crate::fault::point("mid-inject");
             if !main {
                 crate::fault::point("mid-inject-thread");
@@ -817,12 +820,28 @@ impl Parasite {
     /// Disarm: run the cleanup's closes and its sched_setaffinity in the
     /// main thread (a dead engine midway lets the thread finish them
     /// itself), then park it on the plain `rt_sigreturn` again.
+    ///
+    /// The cleanup's calls run as one batch when a signal fits its end
+    /// ([`reads`](Self::reads)): the thread is parked on the cleanup while
+    /// the records are written, and a dead engine mid-batch lets the batch
+    /// finish the same calls (closing an fd twice is harmless: nothing in
+    /// the frozen process opens one in between).
     pub fn disarm_pump(&mut self) -> io::Result<()> {
         let tid = self.order[0];
-        let mut r = self.threads[&tid].parked;
-        r.ip = self.code + CLEANUP_OFF;
-        for _ in 0..CLEANUP_SYSCALLS {
-            r = step(tid, &r, &[], &self.stop_seen)?;
+        if let Some(stop) = self.batch_stop(tid, CLEANUP_OFF)? {
+            let fds = self.read(PUMP_FDS_OFF, 4 * PUMP_FDS)?;
+            let mut calls: Vec<Read> = fds
+                .chunks_exact(4)
+                .map(|b| Read::new("close", libc::SYS_close, &[i32::from_le_bytes(b.try_into().expect("4")) as i64 as u64]))
+                .collect();
+            calls.push(Read::new("sched_setaffinity", libc::SYS_sched_setaffinity, &[0, 128, self.scratch + PUMP_MASK_OFF]));
+            self.run_batch(tid, &calls, stop, false)?;
+        } else {
+            let mut r = self.threads[&tid].parked;
+            r.ip = self.code + CLEANUP_OFF;
+            for _ in 0..CLEANUP_SYSCALLS {
+                r = step(tid, &r, &[], &self.stop_seen)?;
+            }
         }
         let code = self.code;
         let s = self.threads.get_mut(&tid).expect("main thread");
