@@ -420,10 +420,8 @@ struct BatchStop {
     ns_tid: i32,
 }
 
-fn shadow_stack(pid: Pid, tid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-        .map(|s| s.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk")))
-        .unwrap_or(false)
+fn shadow_stack(status: &str) -> bool {
+    status.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"))
 }
 
 /// Bytes each thread's frame gets in the scratch mapping: the largest
@@ -448,9 +446,16 @@ impl Parasite {
             .map_err(|e| io::Error::new(e.kind(), format!("opening /proc/{pid}/mem: {e}")))?;
         let mut xsaves = Vec::with_capacity(f.threads.len());
         let mut max_frame = 0;
+        let mut status = BTreeMap::new();
         for t in &f.threads {
             let tid = t.tid;
-            if shadow_stack(pid, tid) {
+            // (kept for thread_status: one read of the file per session)
+            let st = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+            let shstk = shadow_stack(&st);
+            if !st.is_empty() {
+                status.insert(tid, st);
+            }
+            if shstk {
                 return Err(io::Error::other(format!(
                     "thread {tid} uses a shadow stack: a sigframe without a shadow-stack token would kill it; not supported yet"
                 )));
@@ -475,7 +480,7 @@ impl Parasite {
             mem,
             main_orig: (main.regs, main.sigmask),
             stop_seen: f.stop_seen.clone(),
-            status: BTreeMap::new(),
+            status,
         };
         p.map_scratch(gadget)?;
         p.mem.write_all_at(&CODE, p.code)?;
