@@ -446,3 +446,41 @@ fn a_thread_that_cannot_stop_fails_the_freeze_in_time() {
         let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
     }
 }
+
+/// The injected queries of a process run as one batch for one stop when a
+/// signal fits its end (one the process neither catches, blocks nor has
+/// pending), and one by one when none does; either way no handler of the
+/// program runs and its pending signals stay as they were, through
+/// `--leave-running` and through a dump and restore.
+#[test]
+fn injected_queries_batch_with_a_signal_the_program_never_sees() {
+    let Some((tmp, criu)) = setup("batchsig") else { return };
+    let bin = build_prog("batchsig.c", &[], &tmp.join("batchsig"));
+    for (mode, sig) in [("plain", Some(libc::SIGURG)), ("caught", Some(libc::SIGCHLD)), ("none", None)] {
+        let mut p = Prog::start(&bin, &[mode], &tmp.join(format!("work-{mode}")));
+        let pid = p.pid.to_string();
+        ticks_on(&p.log(), 2, &format!("{mode}: before the dumps"));
+        let lr = tmp.join(format!("lr-{mode}"));
+        std::fs::create_dir_all(&lr).unwrap();
+        let log = criu_must(&criu, &["dump", "-t", &pid, "--leave-running"], &lr, "dump.log", &[]);
+        let batch = format!("thread {pid}: ");
+        let batches: Vec<&str> = log.lines().filter(|l| l.contains(&batch) && l.contains("in one batch")).collect();
+        match sig {
+            Some(s) => {
+                // the process's queries and the thread's (and the page
+                // pump's cleanup)
+                assert!(batches.len() >= 2, "{mode}: {batches:?}\n{}", tail(&log));
+                assert!(batches.iter().all(|l| l.ends_with(&format!("(stopped by signal {s})"))), "{mode}: {batches:?}");
+            }
+            None => assert!(batches.is_empty(), "{mode}: no signal fits, yet {batches:?}"),
+        }
+        ticks_on(&p.log(), 3, &format!("{mode}: after the --leave-running dump"));
+        let img = tmp.join(format!("img-{mode}"));
+        std::fs::create_dir_all(&img).unwrap();
+        criu_must(&criu, &["dump", "-t", &pid], &img, "dump.log", &[]);
+        p.wait_gone();
+        restore_ok(&criu, &img, &p.work);
+        p.refind();
+        ticks_on(&p.log(), 3, &format!("{mode}: after restore"));
+    }
+}

@@ -164,7 +164,7 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
                 flags: if m.shared && m.w { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 },
                 size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
                 mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
-                build_id: super::elf::build_id_of(std::path::Path::new(&m.name)).unwrap_or_default(),
+                build_id: super::elf::build_id_known(std::path::Path::new(&m.name), meta.as_ref()).unwrap_or_default(),
                 ghost: None,
                 memfd: None,
             }
@@ -496,7 +496,7 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         auxv,
         exe: Some(MapFile {
             memfd: None,
-            build_id: super::elf::build_id_of(std::path::Path::new(&exe_path)).unwrap_or_default(),
+            build_id: super::elf::build_id_known(std::path::Path::new(&exe_path), meta.as_ref()).unwrap_or_default(),
             path: exe_path,
             flags: libc::O_RDONLY as u32,
             size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),

@@ -363,16 +363,16 @@ fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool, file_o
     frozen.gadget = gadget;
     task::fixup_rseq_all(pid, frozen)?;
     let mut par = Parasite::start(frozen, gadget).map_err(io_err("parasite session"))?;
-    let brk = par.call(pid, "brk", libc::SYS_brk, &[0]).map_err(io_err("brk"))?;
     let mut task = Task::default();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(io_err("stat"))?;
     let (comm, f) = proc::parse_stat(&stat).unwrap_or_default();
     task.comm = comm;
     task.flags = proc::stat_field(&f, 9) as u32;
     task::collect_process(pid, &mut par, &mut task)?;
+    let brk = task.mm.brk;
     for ft in &frozen.threads {
-        let st = std::fs::read_to_string(format!("/proc/{pid}/task/{}/status", ft.tid)).map_err(io_err("thread status"))?;
-        let ns_tid = ns_last(&st, "NSpid").unwrap_or(ft.tid);
+        let st = par.thread_status(ft.tid).map_err(io_err("thread status"))?;
+        let ns_tid = ns_last(st, "NSpid").unwrap_or(ft.tid);
         task.threads.push(task::collect_thread(pid, ft, &mut par, ns_tid)?);
     }
     drop(par);

@@ -80,7 +80,39 @@ const FORK_CODE: [u8; 16] = {
     let rel = (2i64 - (FORK_OFF as i64 + 7)) as i8 as u8;
     [0x0f, 0x05, 0x48, 0x85, 0xc0, 0x75, rel, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05]
 };
-const CODE_SIZE: usize = FORK_OFF as usize + FORK_CODE.len();
+/// Offset of the batch loop ([`Parasite::reads`]), right after the fork call.
+const BATCH_OFF: u64 = FORK_OFF + FORK_CODE.len() as u64;
+/// The batch loop, `rbx` pointing at the first record (eight u64s: nr, six
+/// arguments, result; `nr` = -1 ends the list):
+/// ```text
+///  0: mov (%rbx),%rax; cmp $-1,%rax; je 2d
+///  9: mov 8(%rbx),%rdi ... mov 48(%rbx),%r9
+/// 21: syscall
+/// 23: mov %rax,56(%rbx); add $64,%rbx; jmp 0
+/// 2d: mov $15,%eax; syscall          (rt_sigreturn)
+/// ```
+/// Every call runs, failed or not, and the loop falls into `rt_sigreturn`:
+/// the engine stops it on the last call's return with a signal the batch
+/// sends itself (see [`Parasite::reads`]); a dead engine never stops it.
+const BATCH_CODE: [u8; 0x34] = [
+    0x48, 0x8b, 0x03, // mov (%rbx),%rax
+    0x48, 0x83, 0xf8, 0xff, // cmp $-1,%rax
+    0x74, 0x24, // je done
+    0x48, 0x8b, 0x7b, 0x08, // mov 8(%rbx),%rdi
+    0x48, 0x8b, 0x73, 0x10, // mov 16(%rbx),%rsi
+    0x48, 0x8b, 0x53, 0x18, // mov 24(%rbx),%rdx
+    0x4c, 0x8b, 0x53, 0x20, // mov 32(%rbx),%r10
+    0x4c, 0x8b, 0x43, 0x28, // mov 40(%rbx),%r8
+    0x4c, 0x8b, 0x4b, 0x30, // mov 48(%rbx),%r9
+    0x0f, 0x05, // syscall
+    0x48, 0x89, 0x43, 0x38, // mov %rax,56(%rbx)
+    0x48, 0x83, 0xc3, 0x40, // add $64,%rbx
+    0xeb, 0xd3, // jmp 0
+    0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, // done: rt_sigreturn
+];
+/// Where a batch thread is after its loop's `syscall` returned.
+const BATCH_AFTER_SYSCALL: u64 = BATCH_OFF + 0x23;
+const CODE_SIZE: usize = BATCH_OFF as usize + BATCH_CODE.len();
 /// The code page:
 /// - 0: `syscall; mov $15,%eax; syscall` (a plain call, falling into
 ///   `rt_sigreturn`, where parked threads sit at [`PARK_OFF`]);
@@ -129,6 +161,11 @@ const CODE: [u8; CODE_SIZE] = {
     let mut j = 0;
     while j < FORK_CODE.len() {
         c[FORK_OFF as usize + j] = FORK_CODE[j];
+        j += 1;
+    }
+    let mut j = 0;
+    while j < BATCH_CODE.len() {
+        c[BATCH_OFF as usize + j] = BATCH_CODE[j];
         j += 1;
     }
     c
@@ -316,12 +353,75 @@ pub struct Parasite {
     main_orig: (Regs, u64),
     /// Set when a SIGSTOP reached a thread we were stepping (see [`step`]).
     stop_seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// /proc/PID/task/TID/status of each thread, read once
+    /// ([`thread_status`](Self::thread_status)).
+    status: BTreeMap<Pid, String>,
 }
 
-fn shadow_stack(pid: Pid, tid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-        .map(|s| s.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk")))
-        .unwrap_or(false)
+/// One syscall of a batch ([`Parasite::reads`]): a read-only query whose
+/// result (and, with `out`, the bytes the kernel wrote into a buffer of
+/// the data area, whose address replaces argument `out.0`) comes back.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub what: &'static str,
+    pub nr: i64,
+    pub args: [u64; 6],
+    pub out: Option<(usize, usize)>,
+}
+
+impl Read {
+    pub fn new(what: &'static str, nr: i64, args: &[u64]) -> Read {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        Read { what, nr, args: a, out: None }
+    }
+
+    /// A buffer of `len` bytes for argument `arg` (0-based).
+    pub fn out(mut self, arg: usize, len: usize) -> Read {
+        self.out = Some((arg, len));
+        self
+    }
+}
+
+/// What one [`Read`] gave: the raw result (negative errno on failure) and
+/// its buffer.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOut {
+    pub raw: i64,
+    pub out: Vec<u8>,
+}
+
+impl ReadOut {
+    /// The result, a failure an error naming the call and the thread.
+    pub fn check(&self, tid: Pid, what: &str) -> io::Result<u64> {
+        crate::sys::check_raw(self.raw).map_err(|e| io::Error::new(e.kind(), format!("injected {what} in {tid}: {e}")))
+    }
+
+    /// The `i`th u64 of the buffer (0 where the buffer is shorter).
+    pub fn u64_at(&self, i: usize) -> u64 {
+        self.out.get(8 * i..8 * i + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")))
+    }
+}
+
+/// Bytes of one batch record.
+const RECORD: u64 = 64;
+/// Signals whose default action is to ignore them and that have no side
+/// effect when sent (SIGCONT has one), the batch's stop signal when the
+/// process neither catches it nor has one pending.
+const BATCH_SIGNALS: [i32; 3] = [libc::SIGURG, libc::SIGWINCH, libc::SIGCHLD];
+const SI_TKILL: i32 = -6;
+
+/// How a batch in one thread stops: the signal and the ids the thread
+/// sends it with (its own pid namespace's).
+#[derive(Debug, Clone, Copy)]
+struct BatchStop {
+    sig: i32,
+    ns_tgid: i32,
+    ns_tid: i32,
+}
+
+fn shadow_stack(status: &str) -> bool {
+    status.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"))
 }
 
 /// Bytes each thread's frame gets in the scratch mapping: the largest
@@ -346,9 +446,16 @@ impl Parasite {
             .map_err(|e| io::Error::new(e.kind(), format!("opening /proc/{pid}/mem: {e}")))?;
         let mut xsaves = Vec::with_capacity(f.threads.len());
         let mut max_frame = 0;
+        let mut status = BTreeMap::new();
         for t in &f.threads {
             let tid = t.tid;
-            if shadow_stack(pid, tid) {
+            // (kept for thread_status: one read of the file per session)
+            let st = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+            let shstk = shadow_stack(&st);
+            if !st.is_empty() {
+                status.insert(tid, st);
+            }
+            if shstk {
                 return Err(io::Error::other(format!(
                     "thread {tid} uses a shadow stack: a sigframe without a shadow-stack token would kill it; not supported yet"
                 )));
@@ -373,6 +480,7 @@ impl Parasite {
             mem,
             main_orig: (main.regs, main.sigmask),
             stop_seen: f.stop_seen.clone(),
+            status,
         };
         p.map_scratch(gadget)?;
         p.mem.write_all_at(&CODE, p.code)?;
@@ -443,6 +551,230 @@ impl Parasite {
         Ok(step(tid, &r, points, &self.stop_seen)?.ax as i64)
     }
 
+    /// /proc/PID/task/TID/status of thread `tid`, read the first time it
+    /// is asked for (the thread is stopped: what it shows stays as it was,
+    /// but for signals sent to it meanwhile).
+    pub fn thread_status(&mut self, tid: Pid) -> io::Result<&str> {
+        if !self.status.contains_key(&tid) {
+            let pid = self.pid;
+            let st = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                .map_err(|e| io::Error::new(e.kind(), format!("reading /proc/{pid}/task/{tid}/status: {e}")))?;
+            self.status.insert(tid, st);
+        }
+        Ok(&self.status[&tid])
+    }
+
+    /// The signal a batch in `tid` stops itself with, if there is one:
+    /// one of [`BATCH_SIGNALS`] that the process does not catch (so a
+    /// copy that reaches the thread after a dead engine detached it is
+    /// ignored), that is pending neither for the thread nor for the process
+    /// (a pending one would merge with ours), and that the thread's own
+    /// mask does not block (were one sent by someone else to merge with
+    /// ours in the instant between our send and our stop, it would have
+    /// been ignored on arrival anyway). The thread must be parked on the
+    /// plain `rt_sigreturn` (not on the pump cleanup).
+    fn batch_stop(&mut self, tid: Pid, parked_on: u64) -> io::Result<Option<BatchStop>> {
+        let Some(s) = self.threads.get(&tid) else { return Ok(None) };
+        if s.parked.ip != self.code + parked_on {
+            return Ok(None);
+        }
+        let mask = s.mask;
+        let st = self.thread_status(tid)?;
+        let hex = |k| super::proc::status_u64_hex(st, k);
+        let (Some(pnd), Some(shd), Some(cgt)) = (hex("SigPnd"), hex("ShdPnd"), hex("SigCgt")) else { return Ok(None) };
+        let ns = |k| super::proc::status_nums(st, k).last().and_then(|&v| i32::try_from(v).ok());
+        let (Some(ns_tgid), Some(ns_tid)) = (ns("NStgid"), ns("NSpid")) else { return Ok(None) };
+        let busy = pnd | shd | cgt | mask;
+        Ok(BATCH_SIGNALS.into_iter().find(|&sig| busy & (1u64 << (sig - 1)) == 0).map(|sig| BatchStop { sig, ns_tgid, ns_tid }))
+    }
+
+    /// Run `calls` in thread `tid`, each with its buffer in the data area;
+    /// their results in order. The calls must be queries (nothing is
+    /// changed by running one): every call runs, failed or not.
+    ///
+    /// When the thread can ([`batch_stop`](Self::batch_stop)), they run as
+    /// one batch for one stop of the thread instead of two a call: the
+    /// records are written into the data area, the thread is pointed at
+    /// the batch loop of the code page and resumed with PTRACE_CONT. The
+    /// batch ends with two calls of its own: `tgkill` of the stop signal
+    /// to the thread itself (blocked, so it stays queued) and
+    /// `rt_sigprocmask` unblocking it: on that call's return the signal
+    /// brings the thread to a signal-delivery stop, where the engine takes
+    /// it off (the thread is parked again, signals all blocked). If the
+    /// engine dies before, the thread is no longer traced and the signal
+    /// is ignored (the process neither catches it nor has it pending):
+    /// the loop falls through into `rt_sigreturn`, as a parked thread does.
+    /// Otherwise each call is stepped on its own ([`raw`](Self::raw)).
+    pub fn reads(&mut self, tid: Pid, calls: &[Read]) -> io::Result<Vec<ReadOut>> {
+        let stop = self.batch_stop(tid, PARK_OFF)?;
+        let mut out = Vec::with_capacity(calls.len());
+        let mut rest = calls;
+        while !rest.is_empty() {
+            // as many calls as fit in the data area below the pump slots:
+            // records (with the two of the stop and the end marker), then
+            // the buffers, then the mask the last call sets
+            let mut n = 0;
+            let mut used = 3 * RECORD + 16;
+            while n < rest.len() {
+                let more = RECORD + rest[n].out.map_or(0, |(_, l)| (l as u64).next_multiple_of(8));
+                if used + more > PUMP_MASK_OFF {
+                    break;
+                }
+                used += more;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(io::Error::other(format!("injected {} in {tid}: its buffer does not fit the data area", rest[0].what)));
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            out.extend(match stop {
+                Some(stop) => self.run_batch(tid, chunk, stop, true)?,
+                None => self.run_stepped(tid, chunk)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Scratch offsets of each call's buffer, after `records` records; and
+    /// the end of the last.
+    fn buffers(calls: &[Read], records: usize) -> (Vec<u64>, u64) {
+        let mut at = records as u64 * RECORD + 8;
+        let offs = calls
+            .iter()
+            .map(|c| {
+                let o = at;
+                at += c.out.map_or(0, |(_, l)| (l as u64).next_multiple_of(8));
+                o
+            })
+            .collect();
+        (offs, at)
+    }
+
+    fn run_stepped(&mut self, tid: Pid, calls: &[Read]) -> io::Result<Vec<ReadOut>> {
+        let (offs, _) = Self::buffers(calls, 0);
+        let mut out = Vec::with_capacity(calls.len());
+        for (c, &off) in calls.iter().zip(&offs) {
+            let mut args = c.args;
+            if let Some((arg, _)) = c.out {
+                args[arg] = self.scratch + off;
+            }
+            let raw = self.raw(tid, c.nr, &args)?;
+            let buf = match c.out {
+                Some((_, len)) => self.read(off, len)?,
+                None => Vec::new(),
+            };
+            out.push(ReadOut { raw, out: buf });
+        }
+        Ok(out)
+    }
+
+    /// `points`: the calls are injected queries, counted by the fault
+    /// points of injection (the pump's cleanup is not).
+    fn run_batch(&mut self, tid: Pid, calls: &[Read], stop: BatchStop, points: bool) -> io::Result<Vec<ReadOut>> {
+        let records = calls.len() + 2;
+        let (offs, mask_off) = Self::buffers(calls, records);
+        let (s, recs) = (self.scratch, self.scratch);
+        let mut bytes = Vec::with_capacity(usize::try_from(mask_off + 8).map_err(io::Error::other)?);
+        let mut rec = |nr: i64, args: [u64; 6]| {
+            bytes.extend_from_slice(&(nr as u64).to_le_bytes());
+            args.iter().for_each(|a| bytes.extend_from_slice(&a.to_le_bytes()));
+            bytes.extend_from_slice(&(-(libc::ENOSYS as i64) as u64).to_le_bytes());
+        };
+        for (c, &off) in calls.iter().zip(&offs) {
+            let mut args = c.args;
+            if let Some((arg, _)) = c.out {
+                args[arg] = s + off;
+            }
+            rec(c.nr, args);
+        }
+        let sig = stop.sig as u64;
+        rec(libc::SYS_tgkill, [stop.ns_tgid as u64, stop.ns_tid as u64, sig, 0, 0, 0]);
+        rec(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as u64, s + mask_off, 0, 8, 0, 0]);
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        bytes.resize(usize::try_from(mask_off).map_err(io::Error::other)?, 0);
+        bytes.extend_from_slice(&(!(1u64 << (sig - 1))).to_le_bytes());
+        // the thread is parked (a dead engine sends it to rt_sigreturn)
+        // while the records are written
+        self.mem
+            .write_all_at(&bytes, recs)
+            .map_err(|e| io::Error::new(e.kind(), format!("writing {records} batch records into {tid}: {e}")))?;
+        let parked = self.threads[&tid].parked;
+        let mut r = parked;
+        r.ip = self.code + BATCH_OFF;
+        r.bx = recs;
+        r.orig_ax = u64::MAX;
+        ptrace::set_regs(tid, &r)?;
+        // (the fault points count calls: a SIGSTOP is queued before the
+        // batch runs, the engine dies while it runs)
+        let main = tid == self.order[0];
+        let counted = if points { calls.len() } else { 0 };
+        for _ in 0..counted {
+            crate::fault::stop_point("mid-inject", tid);
+            if !main {
+                crate::fault::stop_point("mid-inject-thread", tid);
+            }
+        }
+        ptrace::cont(tid, 0)?;
+        for _ in 0..counted {
+            crate::fault::point("mid-inject");
+            if !main {
+                crate::fault::point("mid-inject-thread");
+            }
+        }
+        let mut stopped = None;
+        for _ in 0..1000 {
+            match ptrace::wait(tid)? {
+                Wait::Stopped { sig, event: 0 } if sig == stop.sig => {
+                    stopped = Some(ptrace::get_siginfo(tid)?);
+                    break;
+                }
+                Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
+                    crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
+                    self.stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
+                    crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
+                }
+                other => return Err(io::Error::other(format!("thread {tid} stopped unexpectedly in a batch of injected syscalls: {other:?}"))),
+            }
+            ptrace::cont(tid, 0)?;
+        }
+        crate::pr_debug!("thread {tid}: {} injected queries in one batch (stopped by signal {})", calls.len(), stop.sig);
+        let Some(si) = stopped else {
+            return Err(io::Error::other(format!("thread {tid} did not finish a batch of injected syscalls after 1000 stops")));
+        };
+        let at = ptrace::get_regs(tid)?;
+        // parked again before anything else (the stop's signal is
+        // discarded by the next resume), signals all blocked
+        ptrace::set_regs(tid, &parked)?;
+        ptrace::set_sigmask(tid, !0)?;
+        if at.ip != self.code + BATCH_AFTER_SYSCALL || at.ax != 0 {
+            return Err(io::Error::other(format!(
+                "thread {tid} stopped with signal {} at {:#x} (rax {:#x}) in a batch of injected syscalls, not after its last call",
+                stop.sig, at.ip, at.ax
+            )));
+        }
+        let rd32 = |o: usize| i32::from_le_bytes(si.0[o..o + 4].try_into().expect("4"));
+        if rd32(8) != SI_TKILL || rd32(16) != stop.ns_tgid {
+            // someone else's signal, which ours merged into: queued again
+            // (to the thread itself: the only sender that may give any siginfo)
+            crate::pr_info!("thread {tid}: a signal {} sent by someone else met the batch's own: queued again", stop.sig);
+            self.write(0, &si.0)?;
+            let nr = libc::SYS_rt_tgsigqueueinfo;
+            self.call(tid, "rt_tgsigqueueinfo", nr, &[stop.ns_tgid as u64, stop.ns_tid as u64, sig, s])?;
+        }
+        let back = self.read(0, usize::try_from(mask_off).map_err(io::Error::other)?)?;
+        let mut out = Vec::with_capacity(calls.len());
+        for (i, (c, &off)) in calls.iter().zip(&offs).enumerate() {
+            let at = i * RECORD as usize + 56;
+            let raw = i64::from_le_bytes(back[at..at + 8].try_into().expect("8"));
+            let buf = c.out.map_or(Vec::new(), |(_, len)| back[off as usize..off as usize + len].to_vec());
+            out.push(ReadOut { raw, out: buf });
+        }
+        Ok(out)
+    }
+
     /// The main thread (the one pump calls run in).
     pub fn main_tid(&self) -> Pid {
         self.order[0]
@@ -493,12 +825,28 @@ impl Parasite {
     /// Disarm: run the cleanup's closes and its sched_setaffinity in the
     /// main thread (a dead engine midway lets the thread finish them
     /// itself), then park it on the plain `rt_sigreturn` again.
+    ///
+    /// The cleanup's calls run as one batch when a signal fits its end
+    /// ([`reads`](Self::reads)): the thread is parked on the cleanup while
+    /// the records are written, and a dead engine mid-batch lets the batch
+    /// finish the same calls (closing an fd twice is harmless: nothing in
+    /// the frozen process opens one in between).
     pub fn disarm_pump(&mut self) -> io::Result<()> {
         let tid = self.order[0];
-        let mut r = self.threads[&tid].parked;
-        r.ip = self.code + CLEANUP_OFF;
-        for _ in 0..CLEANUP_SYSCALLS {
-            r = step(tid, &r, &[], &self.stop_seen)?;
+        if let Some(stop) = self.batch_stop(tid, CLEANUP_OFF)? {
+            let fds = self.read(PUMP_FDS_OFF, 4 * PUMP_FDS)?;
+            let mut calls: Vec<Read> = fds
+                .chunks_exact(4)
+                .map(|b| Read::new("close", libc::SYS_close, &[i32::from_le_bytes(b.try_into().expect("4")) as i64 as u64]))
+                .collect();
+            calls.push(Read::new("sched_setaffinity", libc::SYS_sched_setaffinity, &[0, 128, self.scratch + PUMP_MASK_OFF]));
+            self.run_batch(tid, &calls, stop, false)?;
+        } else {
+            let mut r = self.threads[&tid].parked;
+            r.ip = self.code + CLEANUP_OFF;
+            for _ in 0..CLEANUP_SYSCALLS {
+                r = step(tid, &r, &[], &self.stop_seen)?;
+            }
         }
         let code = self.code;
         let s = self.threads.get_mut(&tid).expect("main thread");
@@ -743,6 +1091,7 @@ mod tests {
         }
         want.extend(["xor", "mov", "lea", "mov", "syscall", "mov", "syscall"]);
         want.extend(["syscall", "test", "jne", "mov", "xor", "syscall"]);
+        want.extend(["mov", "cmp", "je", "mov", "mov", "mov", "mov", "mov", "mov", "syscall", "mov", "add", "jmp", "mov", "syscall"]);
         assert_eq!(ops, want, "{text}");
     }
 

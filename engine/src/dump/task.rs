@@ -3,7 +3,7 @@
 //! sigaltstack, robust list, clear_tid, comm, personality, prctl flags.
 
 use super::freeze::FrozenThread;
-use super::parasite::Parasite;
+use super::parasite::{Parasite, Read};
 use super::proc;
 use crate::model::{AltStack, Creds, Itimer, KobjIds, PosixTimer, Rseq, SeccompFilter, Task, Thread, TimeNs};
 use crate::sys::process::KSigaction;
@@ -149,20 +149,27 @@ pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i
     let rseq = (rc.rseq_abi_pointer != 0).then_some(Rseq { ptr: rc.rseq_abi_pointer, len: rc.rseq_abi_size, sig: rc.signature });
     let robust_list = ptrace::get_robust_list(tid).map_err(io_err(tid, "robust list"))?;
     let pending = ptrace::peek_siginfo(tid, 0).map_err(io_err(tid, "pending signals"))?.into_iter().map(|s| s.0).collect();
-    let s = par.scratch;
-    par.call(tid, "sigaltstack", libc::SYS_sigaltstack, &[0, s]).map_err(io_err(tid, "sigaltstack"))?;
-    let ss = par.read(0, 24).map_err(io_err(tid, "sigaltstack"))?;
+    // one batch of injected queries (see Parasite::reads)
+    let calls = [
+        Read::new("sigaltstack", libc::SYS_sigaltstack, &[0, 0]).out(1, 24),
+        Read::new("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, 0]).out(1, 8),
+        Read::new("prctl(PR_GET_SECUREBITS)", libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64]),
+        Read::new("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, 0]).out(1, 4),
+    ];
+    let r = par.reads(tid, &calls).map_err(io_err(tid, "injected queries"))?;
+    r[0].check(tid, calls[0].what).map_err(io_err(tid, "sigaltstack"))?;
+    let ss = &r[0].out;
     let altstack = AltStack {
         sp: u64::from_le_bytes(ss[0..8].try_into().expect("8")),
         flags: u32::from_le_bytes(ss[8..12].try_into().expect("4")),
         size: u64::from_le_bytes(ss[16..24].try_into().expect("8")),
     };
-    par.call(tid, "prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, s]).map_err(io_err(tid, "clear_tid"))?;
-    let clear_tid = par.read_u64s(0, 1).map_err(io_err(tid, "clear_tid"))?[0];
-    let secbits = par.call(tid, "prctl(PR_GET_SECUREBITS)", libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64]).map_err(io_err(tid, "securebits"))?;
-    par.call(tid, "prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, s]).map_err(io_err(tid, "pdeath_signal"))?;
-    let pdeath_sig = par.read(0, 4).map_err(io_err(tid, "pdeath_signal"))?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).map_err(io_err(tid, "status"))?;
+    r[1].check(tid, calls[1].what).map_err(io_err(tid, "clear_tid"))?;
+    let clear_tid = r[1].u64_at(0);
+    let secbits = r[2].check(tid, calls[2].what).map_err(io_err(tid, "securebits"))?;
+    r[3].check(tid, calls[3].what).map_err(io_err(tid, "pdeath_signal"))?;
+    let pdeath_sig = r[3].out.clone();
+    let status = par.thread_status(tid).map_err(io_err(tid, "status"))?.to_string();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).map_err(io_err(tid, "stat"))?;
     let (comm, f) = proc::parse_stat(&stat).unwrap_or_default();
     let mut creds = parse_creds(&status);
@@ -205,27 +212,47 @@ fn ns_tid(pid: Pid, tid: i32) -> i32 {
 
 /// Process-wide state into `t` (threads, mm, files are filled elsewhere).
 pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(), TaskError> {
-    let s = par.scratch;
+    // every injected query of the process in one batch (see Parasite::reads)
+    let sigs: Vec<u64> = (1..=64u64).filter(|&s| s != libc::SIGKILL as u64 && s != libc::SIGSTOP as u64).collect();
+    let itimers = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
+    let timers_txt = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    let timers = proc::parse_timers(&timers_txt);
+    let mut calls = vec![Read::new("brk", libc::SYS_brk, &[0])];
+    calls.extend(sigs.iter().map(|&sig| Read::new("rt_sigaction", libc::SYS_rt_sigaction, &[sig, 0, 0, 8]).out(2, 32)));
+    calls.extend(itimers.iter().map(|&w| Read::new("getitimer", libc::SYS_getitimer, &[w as u64, 0]).out(1, 32)));
+    calls.extend(timers.iter().map(|tm| Read::new("timer_gettime", libc::SYS_timer_gettime, &[tm.0 as u64, 0]).out(1, 32)));
+    calls.push(Read::new("prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, 0]).out(1, 4));
+    calls.push(Read::new("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64]));
+    calls.push(Read::new("prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, &[PR_GET_THP_DISABLE]));
+    calls.push(Read::new("membarrier(GET_REGISTRATIONS)", libc::SYS_membarrier, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]));
+    let res = par.reads(pid, &calls).map_err(io_err(pid, "injected queries"))?;
+    let mut res = calls.iter().zip(res);
+    let mut next = |what: &'static str| {
+        let (c, r) = res.next().expect("one result a call");
+        debug_assert_eq!(c.what, what);
+        r
+    };
+    t.mm.brk = next("brk").check(pid, "brk").map_err(io_err(pid, "brk"))?;
     let mut acts = Vec::with_capacity(64);
     for sig in 1..=64u64 {
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
             acts.push(KSigaction::default());
             continue;
         }
-        par.call(pid, "rt_sigaction", libc::SYS_rt_sigaction, &[sig, 0, s, 8]).map_err(io_err(pid, "sigaction"))?;
-        let w = par.read_u64s(0, 4).map_err(io_err(pid, "sigaction"))?;
-        acts.push(KSigaction { handler: w[0], flags: w[1], restorer: w[2], mask: w[3] });
+        let r = next("rt_sigaction");
+        r.check(pid, "rt_sigaction").map_err(io_err(pid, "sigaction"))?;
+        acts.push(KSigaction { handler: r.u64_at(0), flags: r.u64_at(1), restorer: r.u64_at(2), mask: r.u64_at(3) });
     }
     t.sigactions = acts;
-    for (i, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF].into_iter().enumerate() {
-        par.call(pid, "getitimer", libc::SYS_getitimer, &[which as u64, s]).map_err(io_err(pid, "itimer"))?;
-        let w = par.read_u64s(0, 4).map_err(io_err(pid, "itimer"))?;
-        t.itimers[i] = Itimer { isec: w[0], iusec: w[1], vsec: w[2], vusec: w[3] };
+    for i in 0..itimers.len() {
+        let r = next("getitimer");
+        r.check(pid, "getitimer").map_err(io_err(pid, "itimer"))?;
+        t.itimers[i] = Itimer { isec: r.u64_at(0), iusec: r.u64_at(1), vsec: r.u64_at(2), vusec: r.u64_at(3) };
     }
-    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-    for (id, signo, notify, ntid, clock, sigval) in proc::parse_timers(&timers) {
-        par.call(pid, "timer_gettime", libc::SYS_timer_gettime, &[id as u64, s]).map_err(io_err(pid, "timer_gettime"))?;
-        let w = par.read_u64s(0, 4).map_err(io_err(pid, "timer_gettime"))?;
+    for (id, signo, notify, ntid, clock, sigval) in timers {
+        let r = next("timer_gettime");
+        r.check(pid, "timer_gettime").map_err(io_err(pid, "timer_gettime"))?;
+        let w = [r.u64_at(0), r.u64_at(1), r.u64_at(2), r.u64_at(3)];
         const SIGEV_THREAD_ID: i32 = libc::SIGEV_THREAD_ID;
         let (kind, thread_id) = match notify.split_once('/') {
             Some((k, _)) => (k, SIGEV_THREAD_ID),
@@ -251,11 +278,12 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
             value: (w[2], w[3]),
         });
     }
-    let sub = par.call(pid, "prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, s]);
-    t.child_subreaper = sub.is_ok() && par.read(0, 4).map(|b| b != [0, 0, 0, 0]).unwrap_or(false);
-    t.mm.dumpable = par.call(pid, "prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64]).map_err(io_err(pid, "dumpable"))? as u32;
+    let sub = next("prctl(PR_GET_CHILD_SUBREAPER)");
+    t.child_subreaper = sub.raw >= 0 && sub.out != [0, 0, 0, 0];
+    t.mm.dumpable = next("prctl(PR_GET_DUMPABLE)").check(pid, "prctl(PR_GET_DUMPABLE)").map_err(io_err(pid, "dumpable"))? as u32;
     // mm-wide state that only the process itself can ask for
-    t.mm.thp_disabled = match par.call(pid, "prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, &[PR_GET_THP_DISABLE]).map_err(io_err(pid, "THP disable"))? {
+    let thp = next("prctl(PR_GET_THP_DISABLE)");
+    t.mm.thp_disabled = match thp.check(pid, "prctl(PR_GET_THP_DISABLE)").map_err(io_err(pid, "THP disable"))? {
         0 => false,
         1 => true,
         v => {
@@ -266,7 +294,7 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
         }
     };
     // (the raw result: `call`'s error keeps the errno's kind, not its number)
-    t.membarrier = match par.raw(pid, libc::SYS_membarrier, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]).map_err(io_err(pid, "membarrier registrations"))? {
+    t.membarrier = match next("membarrier(GET_REGISTRATIONS)").raw {
         r if r >= 0 => r as u32,
         r if r == -i64::from(libc::EINVAL) => {
             // before Linux 6.3 the registrations can't be read
@@ -282,9 +310,10 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
     t.personality = u32::from_str_radix(pers.trim(), 16).unwrap_or(0);
     t.loginuid = std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(u32::MAX);
     t.oom_score_adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io_err(pid, "status"))?;
-    t.seccomp_mode = proc::status_field(&status, "Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0);
-    t.fs.umask = proc::status_field(&status, "Umask").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0o22);
+    // (the main thread's status is the process's)
+    let status = par.thread_status(pid).map_err(io_err(pid, "status"))?;
+    t.seccomp_mode = proc::status_field(status, "Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0);
+    t.fs.umask = proc::status_field(status, "Umask").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0o22);
     t.fs.cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(io_err(pid, "cwd"))?.to_string_lossy().into();
     t.fs.root = std::fs::read_link(format!("/proc/{pid}/root")).map_err(io_err(pid, "root"))?.to_string_lossy().into();
     Ok(())

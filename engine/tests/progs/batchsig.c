@@ -1,0 +1,68 @@
+/* The dump's batch of injected queries stops itself with a signal the
+ * process neither catches, blocks nor has pending (SIGURG, SIGWINCH or
+ * SIGCHLD, whose default is to ignore them). argv[1] is the mode:
+ *   plain:  nothing set up (the batch takes SIGURG);
+ *   caught: a SIGURG handler, SIGWINCH blocked (the batch takes SIGCHLD);
+ *   none:   SIGURG and SIGWINCH handlers, SIGCHLD blocked and pending
+ *           (no signal fits: every query is stepped on its own).
+ * Every 50 ms the program appends `tick N ok` to ./progress.log, or
+ * `FAIL ...` when one of its handlers ran or its pending set is not what
+ * it set up (in "none", exactly SIGCHLD). ./ready once set up. */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t handled;
+
+static void on_sig(int sig)
+{
+	handled = sig;
+}
+
+int main(int argc, char **argv)
+{
+	const char *mode = argc > 1 ? argv[1] : "plain";
+	int none = !strcmp(mode, "none");
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_sig;
+	sigset_t block;
+	sigemptyset(&block);
+	if (!strcmp(mode, "caught")) {
+		sigaction(SIGURG, &sa, NULL);
+		sigaddset(&block, SIGWINCH);
+	} else if (none) {
+		sigaction(SIGURG, &sa, NULL);
+		sigaction(SIGWINCH, &sa, NULL);
+		sigaddset(&block, SIGCHLD);
+	}
+	sigprocmask(SIG_BLOCK, &block, NULL);
+	if (none)
+		raise(SIGCHLD);
+	FILE *ready = fopen("ready", "w");
+	if (ready)
+		fclose(ready);
+	for (unsigned long n = 1;; n++) {
+		struct timespec ts = {0, 50 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+		sigset_t pend, want;
+		sigpending(&pend);
+		sigemptyset(&want);
+		if (none)
+			sigaddset(&want, SIGCHLD);
+		FILE *log = fopen("progress.log", "a");
+		if (!log)
+			continue;
+		if (handled)
+			fprintf(log, "FAIL: handler of signal %d ran\n", (int)handled);
+		else if (memcmp(&pend, &want, sizeof(pend)))
+			fprintf(log, "FAIL: pending signals changed (SIGURG %d SIGWINCH %d SIGCHLD %d)\n", sigismember(&pend, SIGURG),
+				sigismember(&pend, SIGWINCH), sigismember(&pend, SIGCHLD));
+		else
+			fprintf(log, "tick %lu ok\n", n);
+		fclose(log);
+	}
+}
