@@ -327,6 +327,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         }
     };
     let cow = cow::CowPlan::new(tree, &plan, mems);
+    let parked = mems.iter().map(|m| m.parked().to_vec()).collect();
     let cplan = child::ChildPlan {
         report_fd: wr.as_raw_fd(),
         svc_base,
@@ -344,6 +345,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         map_off,
         sync_base,
         cow,
+        parked,
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;

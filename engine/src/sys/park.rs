@@ -12,7 +12,7 @@
 //! the table: no Rust reference to it exists, the kernel alone writes it
 //! (pread). A region is made with `MAP_FIXED_NOREPLACE` (it overlaps no
 //! mapping, hence no Rust object, that existed before) and leaves the
-//! table only through [`unmap_all`]. The table's lock is held for each
+//! table only through [`unmap`] or [`unmap_all`]. The table's lock is held for each
 //! access.
 
 use super::last_err;
@@ -116,6 +116,20 @@ pub fn fill(addr: u64, len: u64, file: &File, off: u64) -> io::Result<()> {
 /// The regions of this process (made here or inherited through fork).
 pub fn regions() -> Vec<(u64, u64)> {
     table().clone()
+}
+
+/// Unmap region `[start, end)` (exactly one of the table's; EINVAL
+/// otherwise).
+pub fn unmap(start: u64, end: u64) -> io::Result<()> {
+    let mut t = table();
+    let i = t.iter().position(|&r| r == (start, end)).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the region is ours (see the module's doc) and no reference
+    // to its memory outlives a call of this module.
+    if unsafe { libc::munmap(start as *mut libc::c_void, (end - start) as usize) } != 0 {
+        return Err(last_err());
+    }
+    t.remove(i);
+    Ok(())
 }
 
 /// Unmap every region.
