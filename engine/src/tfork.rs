@@ -494,6 +494,20 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         }
     };
     let rtree = set_tree.as_ref().unwrap_or(&tree);
+    // with parked memory, the stand-in inits are made by the engine first
+    // (a fork of the restoring helper would copy the page tables of all the
+    // parked memory, for an exec to drop them)
+    let mut inits = NsInits::default();
+    let mut pre_inits: std::collections::VecDeque<Pid> = std::collections::VecDeque::new();
+    if tmp.is_some() && !own_ns && std::env::var("CRIU_RS_TFORK_PARK").as_deref() != Ok("off") {
+        for _ in 0..opts.copies {
+            let (rd, wr) = p::pipe().map_err(ioe(pid, "a pipe for the stand-in init"))?;
+            let i = spawn_ns_init(&rd, false).map_err(|e| TforkError::Unsupported(format!("tfork of {pid}: {e}")))?;
+            drop(rd);
+            inits.0.push((i, wr));
+            pre_inits.push_back(i);
+        }
+    }
     // (from the tmpfs set: the memory parked once in the engine, inherited
     // copy-on-write by every clone)
     let plain: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
@@ -511,7 +525,6 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         own_mems.iter().map(|m| m.as_ref().unwrap_or(root_mem) as &dyn crate::mem_source::MemSource).collect()
     };
     let mut unreleased = Unreleased::default();
-    let mut inits = NsInits::default();
     let mut snap_dirs = SnapDirs::default();
     let mut clones = Vec::with_capacity(opts.copies);
     let mut first = None;
@@ -521,7 +534,7 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         if let Some(t) = &top {
             snap_dirs.0.push(t.clone());
         }
-        let (c, init) = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits)?;
+        let (c, init) = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits, pre_inits.pop_front())?;
         unreleased.0.push(c);
         if let (Some(p), Some(t)) = (&plan, &top) {
             let dest = p.made(c);
@@ -911,11 +924,14 @@ fn restore_in_new_pid_ns(
     snap: Option<(&crate::root_snapshot::Plan, &std::path::Path)>,
     stand_in: bool,
     inits: &mut NsInits,
+    made: Option<Pid>,
 ) -> Result<(Pid, Option<Pid>), TforkError> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     let (rd, wr) = p::pipe().map_err(ioe(src, "a pipe for the restoring helper"))?;
-    let ctl = if stand_in { Some(p::pipe().map_err(ioe(src, "a pipe for the stand-in init"))?) } else { None };
+    // (an init made already by the engine is in `inits`, its pipe closed
+    // in the helper with the others')
+    let ctl = if stand_in && made.is_none() { Some(p::pipe().map_err(ioe(src, "a pipe for the stand-in init"))?) } else { None };
     let engine = std::process::id() as Pid;
     let others: Vec<i32> = inits.0.iter().map(|(_, f)| f.as_raw_fd()).chain(ctl.as_ref().map(|(_, w)| w.as_raw_fd())).collect();
     let helper = p::fork3(0, &[], libc::SIGCHLD, || {
@@ -932,7 +948,7 @@ fn restore_in_new_pid_ns(
                 plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
             }
             let init = match &ctl {
-                None => None,
+                None => made,
                 Some((ctl_rd, _)) => Some(start_ns_init(ctl_rd)?),
             };
             crate::fault::point("tforktree-ns-made");
@@ -978,7 +994,7 @@ fn restore_in_new_pid_ns(
                 return Err(TforkError::Unsupported(format!("restoring helper {helper}: bad report {out:?}")));
             };
             let init = (i > 0).then_some(i);
-            if let (Some(i), Some(w)) = (init, ctl_wr) {
+            if let (Some(i), Some(w)) = (init.filter(|i| Some(*i) != made), ctl_wr) {
                 inits.0.push((i, w));
             }
             Ok((c, init))
@@ -992,11 +1008,18 @@ fn restore_in_new_pid_ns(
 /// stand-in init (`criu __criu-rs-tfork-ns-init` with `ctl` as its stdin
 /// and no other fd), a child of the engine (CLONE_PARENT). Its host pid.
 fn start_ns_init(ctl: &std::os::fd::OwnedFd) -> Result<Pid, String> {
+    spawn_ns_init(ctl, true)
+}
+
+/// The stand-in init of a new pid namespace (see [`start_ns_init`]), a
+/// child of the calling process, or with `sibling` of its parent.
+fn spawn_ns_init(ctl: &std::os::fd::OwnedFd, sibling: bool) -> Result<Pid, String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
     let fd = ctl.as_raw_fd();
-    p::fork3((libc::CLONE_PARENT | libc::CLONE_NEWPID) as u64, &[], 0, || {
+    let (flags, sig) = if sibling { ((libc::CLONE_PARENT | libc::CLONE_NEWPID) as u64, 0) } else { (libc::CLONE_NEWPID as u64, libc::SIGCHLD) };
+    p::fork3(flags, &[], sig, || {
         p::dup2(fd, 0).ok();
         p::close_all_except(&[0]);
         let e = std::process::Command::new(&exe).arg(NS_INIT_ARG).exec();

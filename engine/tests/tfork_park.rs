@@ -137,6 +137,18 @@ fn ticks_on(work: &Path, n: usize, what: &str) {
     assert!(!text().contains("FAIL"), "{what}: {}", text().lines().filter(|l| l.starts_with("FAIL")).collect::<Vec<_>>().join("; "));
 }
 
+/// Kills every process running `0` (the program, its clones) when dropped,
+/// a failed test's too.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.0) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+}
+
 /// tfork parktree (`children` children; own pid namespace or the host's)
 /// into 3 clone trees and check the memory of every clone process.
 fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
@@ -151,6 +163,7 @@ fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
         .expect("gcc");
     assert!(st.success(), "building parktree");
     let work = dir.join("work");
+    let _guard = KillOnDrop(bin.clone());
     let root = start(&bin, &work, children, own_ns);
     let src = tree_of(root);
     assert_eq!(src.len(), 1 + children as usize, "{src:?}");

@@ -380,6 +380,11 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         }
     };
     drop(in_ns);
+    // parked memory (tfork): the root has its copy; a restoring helper's
+    // own goes now, beside the children's setup, not at its exit
+    if cplan.parked.iter().any(|v| !v.is_empty()) {
+        crate::sys::park::drop_inherited();
+    }
     let mut guard = RestoreGuard { pids: vec![child], committed: false };
     crate::fault::point("after-clone");
     drop(wr);

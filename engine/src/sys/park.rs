@@ -26,6 +26,9 @@ static REGIONS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
 const PAGE: u64 = 4096;
 
+/// The process that made the regions (0: none made yet).
+static MAKER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn table() -> std::sync::MutexGuard<'static, Vec<(u64, u64)>> {
     REGIONS.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -64,6 +67,7 @@ pub fn map(start: u64, len: u64, norsv: bool, thp: Option<i32>) -> io::Result<()
     }
     let i = t.partition_point(|r| r.0 < start);
     t.insert(i, (start, start + len));
+    MAKER.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
     if let Some(a) = thp {
         // SAFETY: the fresh region, which no Rust reference points into;
         // this advice only changes how its pages are allocated.
@@ -130,6 +134,14 @@ pub fn unmap(start: u64, end: u64) -> io::Result<()> {
     }
     t.remove(i);
     Ok(())
+}
+
+/// Unmap every region in a process that inherited them (a fork of the
+/// one that made them); nothing in the maker itself.
+pub fn drop_inherited() {
+    if MAKER.load(std::sync::atomic::Ordering::Relaxed) != std::process::id() {
+        unmap_all();
+    }
 }
 
 /// Unmap every region.
