@@ -511,7 +511,16 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // (from the tmpfs set: the memory parked once in the engine, inherited
     // copy-on-write by every clone)
     let plain: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
-    let parking = if tmp.is_some() { Parking::make(rtree, &plain, pid)? } else { None };
+    let parking = match tmp.is_some().then(|| Parking::make(rtree, &plain, pid)) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(pk))) => Some(pk),
+        Some(Err(e)) => {
+            // (each clone then fills its own copy, as without parking)
+            crate::sys::park::unmap_all();
+            crate::pr_warn!("the memory of {pid}'s clones could not be parked ({}): each clone fills its own copy", crate::log::error_chain(&e));
+            None
+        }
+    };
     let parked_mems: Vec<ParkedMem> = match &parking {
         Some(pk) => plain.iter().zip(&pk.0).map(|(m, r)| ParkedMem { inner: *m, parked: r }).collect(),
         None => Vec::new(),
