@@ -35,7 +35,9 @@
 //! ([`tfork_restored`]; a tree of the host's pid namespace beside a
 //! stand-in pid 1, [`ns_init_main`]). Its memory: the frozen tree pumped
 //! once into a tmpfs image set, the source released, each clone restored
-//! from the set ([`TmpSet`]); with the `kmod/` device, private anonymous
+//! from the set ([`TmpSet`]), its private anonymous memory parked once in
+//! the engine and inherited copy-on-write by every clone ([`Parking`]);
+//! with the `kmod/` device, private anonymous
 //! memory taken copy-on-write from the still frozen source instead
 //! ([`cherry_pick_vmas`]).
 //!
