@@ -144,7 +144,7 @@ struct KillOnDrop(PathBuf);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for p in live_with_exe(&self.0) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
         }
     }
 }
@@ -243,11 +243,10 @@ fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
         assert!(alive(*p), "process {p} ended");
     }
     for p in live_with_exe(&bin) {
-        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
     }
     wait_until("every parktree process gone", Duration::from_secs(10), || live_with_exe(&bin).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
-    let _: PathBuf = dir;
 }
 
 #[test]
