@@ -77,6 +77,13 @@ pub trait MemSource {
     fn cherry_pick_source(&self) -> Option<i32> {
         None
     }
+    /// Private anonymous VMAs `(start, end, at)` whose pages the restore
+    /// target already holds, inherited copy-on-write, in a region of the
+    /// same length parked at `at` (tfork's restored clones, `sys/park.rs`):
+    /// moved into place, not mapped or filled again.
+    fn parked(&self) -> &[(u64, u64, u64)] {
+        &[]
+    }
 }
 
 /// Whether a two-copy dump of `total` bytes writes with O_DIRECT: when it

@@ -35,7 +35,9 @@
 //! ([`tfork_restored`]; a tree of the host's pid namespace beside a
 //! stand-in pid 1, [`ns_init_main`]). Its memory: the frozen tree pumped
 //! once into a tmpfs image set, the source released, each clone restored
-//! from the set ([`TmpSet`]); with the `kmod/` device, private anonymous
+//! from the set ([`TmpSet`]), its private anonymous memory parked once in
+//! the engine and inherited copy-on-write by every clone ([`Parking`]);
+//! with the `kmod/` device, private anonymous
 //! memory taken copy-on-write from the still frozen source instead
 //! ([`cherry_pick_vmas`]).
 //!
@@ -519,14 +521,46 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         }
     };
     let rtree = set_tree.as_ref().unwrap_or(&tree);
-    let mems: Vec<&dyn crate::mem_source::MemSource> = if tmp.is_some() {
-        pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect()
+    // with parked memory, the stand-in inits are made by the engine first
+    // (a fork of the restoring helper would copy the page tables of all the
+    // parked memory, for an exec to drop them)
+    let mut inits = NsInits::default();
+    let mut pre_inits: std::collections::VecDeque<Pid> = std::collections::VecDeque::new();
+    if tmp.is_some() && !own_ns && std::env::var("CRIU_RS_TFORK_PARK").as_deref() != Ok("off") {
+        for _ in 0..opts.copies {
+            let (rd, wr) = p::pipe().map_err(ioe(pid, "a pipe for the stand-in init"))?;
+            let i = spawn_ns_init(&rd, false).map_err(|e| TforkError::Unsupported(format!("tfork of {pid}: {e}")))?;
+            drop(rd);
+            inits.0.push((i, wr));
+            pre_inits.push_back(i);
+        }
+    }
+    // (from the tmpfs set: the memory parked once in the engine, inherited
+    // copy-on-write by every clone)
+    let plain: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
+    let parking = match tmp.is_some().then(|| Parking::make(rtree, &plain, pid)) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(pk))) => Some(pk),
+        Some(Err(e)) => {
+            // (each clone then fills its own copy, as without parking)
+            crate::sys::park::unmap_all();
+            crate::pr_warn!("the memory of {pid}'s clones could not be parked ({}): each clone fills its own copy", crate::log::error_chain(&e));
+            None
+        }
+    };
+    let parked_mems: Vec<ParkedMem> = match &parking {
+        Some(pk) => plain.iter().zip(&pk.0).map(|(m, r)| ParkedMem { inner: *m, parked: r }).collect(),
+        None => Vec::new(),
+    };
+    let mems: Vec<&dyn crate::mem_source::MemSource> = if !parked_mems.is_empty() {
+        parked_mems.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect()
+    } else if tmp.is_some() {
+        plain.clone()
     } else {
         let root_mem = own_mems[0].as_ref().ok_or_else(|| TforkError::Unsupported(format!("the root {pid} of the tree is a zombie")))?;
         own_mems.iter().map(|m| m.as_ref().unwrap_or(root_mem) as &dyn crate::mem_source::MemSource).collect()
     };
     let mut unreleased = Unreleased::default();
-    let mut inits = NsInits::default();
     let mut snap_dirs = SnapDirs::default();
     let mut clones = Vec::with_capacity(opts.copies);
     let mut first = None;
@@ -536,7 +570,7 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         if let Some(t) = &top {
             snap_dirs.0.push(t.clone());
         }
-        let (c, init) = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits)?;
+        let (c, init) = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits, pre_inits.pop_front())?;
         unreleased.0.push(c);
         if let (Some(p), Some(t)) = (&plan, &top) {
             let dest = p.made(c);
@@ -554,6 +588,10 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         crate::fault::point("tforktree-clone-made");
     }
     let all = t0.elapsed();
+    // (the clones hold their own copy-on-write copies now)
+    if parking.is_some() {
+        crate::sys::park::unmap_all();
+    }
     crate::fault::point("tforktree-before-go");
     snap_dirs.0.clear();
     // the stand-in inits stop watching the engine: the clones are theirs
@@ -657,6 +695,171 @@ impl Drop for TmpSet {
     }
 }
 
+/// Parked memory of the restored clones (docs/ARCHITECTURE.md, "tfork",
+/// "Memory of a clone tree"; `sys/park.rs`): every parkable VMA of every
+/// live process of the frozen tree mapped by the engine at an address no
+/// process of the tree (nor the engine) uses and filled once from the
+/// tmpfs set, so that every restoring helper, clone root and child
+/// inherits it copy-on-write; the restore moves each process's own into
+/// place. By task index, `(start, end, at)`. Unmapped on drop (the clones
+/// keep their inherited copies).
+#[derive(Debug, Default)]
+struct Parking(Vec<Vec<(u64, u64, u64)>>);
+
+/// Whether a VMA is parked: private anonymous memory (`Anon` or `Heap`,
+/// MAP_NORESERVE allowed) with pages, not MAP_GROWSDOWN (the flag would
+/// not follow the move) nor locked (mlock of copy-on-write memory
+/// unshares it).
+fn parkable(v: &crate::model::Vma, task: &Task) -> bool {
+    let base = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
+    let flags_ok = v.flags & base == base && v.flags & !(base | libc::MAP_NORESERVE as u32) == 0;
+    let has_pages = task.mm.pages.iter().any(|r| r.vaddr < v.end && r.vaddr + r.nr_pages * 4096 > v.start);
+    v.file.is_none() && v.shmid == 0 && matches!(v.kind, crate::model::VmaKind::Anon | crate::model::VmaKind::Heap) && flags_ok && !v.is_empty() && has_pages
+}
+
+impl Parking {
+    /// Park the memory of `tree` (pages from `mems`, pages files of the
+    /// tmpfs set). `None` when `CRIU_RS_TFORK_PARK=off` (measurements:
+    /// each clone then fills its own copy, as before).
+    fn make(tree: &crate::model::Tree, mems: &[&dyn crate::mem_source::MemSource], src: Pid) -> Result<Option<Parking>, TforkError> {
+        const HUGE: u64 = 2 << 20;
+        const PAGE: u64 = 4096;
+        if std::env::var("CRIU_RS_TFORK_PARK").as_deref() == Ok("off") {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        // what to park: per task, (vma, its pieces: (vaddr, len, file, off))
+        type Pieces = Vec<(u64, u64, usize, u64)>;
+        let mut want: Vec<Vec<(&crate::model::Vma, Pieces)>> = Vec::with_capacity(tree.tasks.len());
+        for (t, m) in tree.tasks.iter().zip(mems) {
+            let mut mine = Vec::new();
+            if t.zombie_exit.is_none() {
+                for v in t.mm.vmas.iter().filter(|v| parkable(v, t)) {
+                    let mut pieces = Vec::new();
+                    let mut ok = true;
+                    for r in t.mm.pages.iter().filter(|r| r.vaddr < v.end && r.vaddr + r.nr_pages * PAGE > v.start) {
+                        let (a, b) = (r.vaddr.max(v.start), (r.vaddr + r.nr_pages * PAGE).min(v.end));
+                        match m.file_range(a, b - a) {
+                            Some((fi, off)) => pieces.push((a, b - a, fi, off)),
+                            None => ok = false,
+                        }
+                    }
+                    if ok {
+                        mine.push((v, pieces));
+                    }
+                }
+            }
+            want.push(mine);
+        }
+        let total: u64 = want.iter().flatten().map(|(v, _)| v.len() + HUGE + PAGE).sum();
+        if total == 0 {
+            return Ok(None);
+        }
+        // the largest gap of every process's address space and the engine's
+        let mut used: Vec<(u64, u64)> = tree.tasks.iter().flat_map(|t| t.mm.vmas.iter().map(|v| (v.start, v.end))).collect();
+        let own = std::fs::read_to_string("/proc/self/maps").map_err(ioe(src, "reading the engine's /proc/self/maps"))?;
+        for l in own.lines() {
+            let r = l.split_whitespace().next().and_then(|r| r.split_once('-'));
+            if let Some((a, b)) = r.and_then(|(a, b)| Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))) {
+                used.push((a, b));
+            }
+        }
+        used.push((0, 1 << 32));
+        used.push((0x7fff_0000_0000, u64::MAX));
+        used.sort_unstable();
+        let (mut best, mut end) = ((0u64, 0u64), 0u64);
+        for &(a, b) in &used {
+            if a > end && a - end > best.1 - best.0 {
+                best = (end, a);
+            }
+            end = end.max(b);
+        }
+        if best.1 - best.0 < total + 2 * HUGE {
+            crate::pr_warn!("no free address range of {} MiB to park the memory of {src}'s clones in: each clone fills its own copy", total >> 20);
+            return Ok(None);
+        }
+        // in the middle of the gap, far from what the engine maps next
+        let mut at = (best.0 + (best.1 - best.0 - total) / 2) & !(HUGE - 1);
+        let mut paths: Vec<(std::path::PathBuf, std::fs::File)> = Vec::new();
+        let mut park = Parking(Vec::with_capacity(want.len()));
+        let mut bytes = 0u64;
+        for (mine, m) in want.iter().zip(mems) {
+            let files = m.files();
+            let mut out = Vec::with_capacity(mine.len());
+            for (v, pieces) in mine {
+                // (the same offset in a huge page as the VMA: huge pages move whole)
+                at += (v.start.wrapping_sub(at)) & (HUGE - 1);
+                let thp = if v.madv & (1 << libc::MADV_HUGEPAGE) != 0 {
+                    Some(libc::MADV_HUGEPAGE)
+                } else if v.madv & (1 << libc::MADV_NOHUGEPAGE) != 0 {
+                    Some(libc::MADV_NOHUGEPAGE)
+                } else {
+                    None
+                };
+                crate::sys::park::map(at, v.len(), v.flags & libc::MAP_NORESERVE as u32 != 0, thp)
+                    .map_err(ioe(src, format!("parking {:#x}-{:#x} at {at:#x}", v.start, v.end)))?;
+                for &(a, len, fi, off) in pieces {
+                    let path = files.get(fi).ok_or_else(|| TforkError::Images(format!("no pages file {fi} for {a:#x}")))?;
+                    let k = match paths.iter().position(|(p, _)| p == path) {
+                        Some(k) => k,
+                        None => {
+                            let f = std::fs::File::open(path).map_err(ioe(src, format!("opening {}", path.display())))?;
+                            paths.push((path.clone(), f));
+                            paths.len() - 1
+                        }
+                    };
+                    crate::sys::park::fill(at + (a - v.start), len, &paths[k].1, off)
+                        .map_err(ioe(src, format!("filling parked {a:#x}+{len:#x} from {}", path.display())))?;
+                    bytes += len;
+                }
+                out.push((v.start, v.end, at));
+                at += v.len() + PAGE;
+            }
+            park.0.push(out);
+        }
+        let n: usize = park.0.iter().map(Vec::len).sum();
+        pr_info!("memory of {src}'s clones parked: {n} VMAs, {} KiB of pages, in {:.2} ms", bytes / 1024, t0.elapsed().as_secs_f64() * 1e3);
+        Ok(Some(park))
+    }
+}
+
+impl Drop for Parking {
+    fn drop(&mut self) {
+        crate::sys::park::unmap_all();
+    }
+}
+
+/// A memory source with the parked regions of its process
+/// ([`crate::mem_source::MemSource::parked`]).
+struct ParkedMem<'a> {
+    inner: &'a dyn crate::mem_source::MemSource,
+    parked: &'a [(u64, u64, u64)],
+}
+
+impl crate::mem_source::MemSource for ParkedMem<'_> {
+    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), crate::mem_source::MemError> {
+        self.inner.read(vaddr, buf)
+    }
+    fn slice(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        self.inner.slice(vaddr, len)
+    }
+    fn copy_to(&self, ranges: &[(u64, u64)], out: &std::fs::File, off: u64) -> Result<(), crate::mem_source::MemError> {
+        self.inner.copy_to(ranges, out, off)
+    }
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        self.inner.files()
+    }
+    fn file_range(&self, vaddr: u64, len: u64) -> Option<(usize, u64)> {
+        self.inner.file_range(vaddr, len)
+    }
+    fn cherry_pick_source(&self) -> Option<i32> {
+        self.inner.cherry_pick_source()
+    }
+    fn parked(&self) -> &[(u64, u64, u64)] {
+        self.parked
+    }
+}
+
 /// The argument `criu` is executed with as the stand-in pid 1 of a clone
 /// tree's pid namespace ([`ns_init_main`]); not a command of its own.
 pub const NS_INIT_ARG: &str = "__criu-rs-tfork-ns-init";
@@ -757,11 +960,14 @@ fn restore_in_new_pid_ns(
     snap: Option<(&crate::root_snapshot::Plan, &std::path::Path)>,
     stand_in: bool,
     inits: &mut NsInits,
+    made: Option<Pid>,
 ) -> Result<(Pid, Option<Pid>), TforkError> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     let (rd, wr) = p::pipe().map_err(ioe(src, "a pipe for the restoring helper"))?;
-    let ctl = if stand_in { Some(p::pipe().map_err(ioe(src, "a pipe for the stand-in init"))?) } else { None };
+    // (an init made already by the engine is in `inits`, its pipe closed
+    // in the helper with the others')
+    let ctl = if stand_in && made.is_none() { Some(p::pipe().map_err(ioe(src, "a pipe for the stand-in init"))?) } else { None };
     let engine = std::process::id() as Pid;
     let others: Vec<i32> = inits.0.iter().map(|(_, f)| f.as_raw_fd()).chain(ctl.as_ref().map(|(_, w)| w.as_raw_fd())).collect();
     let helper = p::fork3(0, &[], libc::SIGCHLD, || {
@@ -778,7 +984,7 @@ fn restore_in_new_pid_ns(
                 plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
             }
             let init = match &ctl {
-                None => None,
+                None => made,
                 Some((ctl_rd, _)) => Some(start_ns_init(ctl_rd)?),
             };
             crate::fault::point("tforktree-ns-made");
@@ -824,7 +1030,7 @@ fn restore_in_new_pid_ns(
                 return Err(TforkError::Unsupported(format!("restoring helper {helper}: bad report {out:?}")));
             };
             let init = (i > 0).then_some(i);
-            if let (Some(i), Some(w)) = (init, ctl_wr) {
+            if let (Some(i), Some(w)) = (init.filter(|i| Some(*i) != made), ctl_wr) {
                 inits.0.push((i, w));
             }
             Ok((c, init))
@@ -838,11 +1044,18 @@ fn restore_in_new_pid_ns(
 /// stand-in init (`criu __criu-rs-tfork-ns-init` with `ctl` as its stdin
 /// and no other fd), a child of the engine (CLONE_PARENT). Its host pid.
 fn start_ns_init(ctl: &std::os::fd::OwnedFd) -> Result<Pid, String> {
+    spawn_ns_init(ctl, true)
+}
+
+/// The stand-in init of a new pid namespace (see [`start_ns_init`]), a
+/// child of the calling process, or with `sibling` of its parent.
+fn spawn_ns_init(ctl: &std::os::fd::OwnedFd, sibling: bool) -> Result<Pid, String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
     let fd = ctl.as_raw_fd();
-    p::fork3((libc::CLONE_PARENT | libc::CLONE_NEWPID) as u64, &[], 0, || {
+    let (flags, sig) = if sibling { ((libc::CLONE_PARENT | libc::CLONE_NEWPID) as u64, 0) } else { (libc::CLONE_NEWPID as u64, libc::SIGCHLD) };
+    p::fork3(flags, &[], sig, || {
         p::dup2(fd, 0).ok();
         p::close_all_except(&[0]);
         let e = std::process::Command::new(&exe).arg(NS_INIT_ARG).exec();

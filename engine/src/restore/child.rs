@@ -91,6 +91,10 @@ pub struct ChildPlan {
     pub sync_base: i32,
     /// Private anonymous memory inherited copy-on-write (`cow.rs`).
     pub cow: super::cow::CowPlan,
+    /// Per task: its parked memory, `(start, end, at)` (tfork's restored
+    /// clones, [`crate::mem_source::MemSource::parked`]): a process keeps
+    /// only the parked regions of its own subtree through its forks.
+    pub parked: Vec<Vec<(u64, u64, u64)>>,
 }
 
 /// Per task: the offset of its mapped files' service fds (see
@@ -192,6 +196,20 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         // what the children inherit copy-on-write, before they fork
         super::cow::prepare(&plan.cow, i)?;
     }
+    // parked memory (tfork): none of another subtree's goes through a fork
+    let own: Vec<(u64, u64)> = match node.role {
+        Role::Task(i) => parked_of(plan, &[i]),
+        Role::Helper => Vec::new(),
+    };
+    if plan.parked.iter().any(|v| !v.is_empty()) {
+        let mut mine = own.clone();
+        for &c in &node.children {
+            mine.extend(parked_of(plan, &subtree_tasks(plan, c)));
+        }
+        for r in crate::sys::park::regions().into_iter().filter(|r| !mine.contains(r)) {
+            crate::sys::park::unmap(r.0, r.1).map_err(|e| format!("unmapping parked memory {:#x}-{:#x}: {e}", r.0, r.1))?;
+        }
+    }
     for &c in &node.children {
         let pid = plan.plan.nodes[c].pid;
         let under_helper = node.role == Role::Helper;
@@ -202,8 +220,31 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(format!("pid {pid} of the image is in use")),
             Err(e) => return Err(format!("clone3 of pid {pid}: {e}")),
         }
+        // (that child's subtree has its parked memory now)
+        for r in parked_of(plan, &subtree_tasks(plan, c)).into_iter().filter(|r| !own.contains(r)) {
+            crate::sys::park::unmap(r.0, r.1).map_err(|e| format!("unmapping parked memory {:#x}-{:#x}: {e}", r.0, r.1))?;
+        }
     }
     Ok(())
+}
+
+/// The tasks of the plan's subtree from node `n` (`n` included).
+fn subtree_tasks(plan: &ChildPlan, n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut todo = vec![n];
+    while let Some(k) = todo.pop() {
+        let node = &plan.plan.nodes[k];
+        if let Role::Task(i) = node.role {
+            out.push(i);
+        }
+        todo.extend(&node.children);
+    }
+    out
+}
+
+/// The parked regions `(at, at + len)` of `tasks`.
+fn parked_of(plan: &ChildPlan, tasks: &[usize]) -> Vec<(u64, u64)> {
+    tasks.iter().flat_map(|&i| plan.parked.get(i).into_iter().flatten().map(|&(s, e, at)| (at, at + (e - s)))).collect()
 }
 
 /// Join group `g` of this session once some process has made it (its

@@ -143,7 +143,9 @@ impl CowPlan {
     pub fn new(tree: &Tree, rp: &super::plan::Plan, mems: &[&dyn MemSource]) -> CowPlan {
         use super::plan::Role;
         let mut cp = CowPlan { files: Vec::new(), tasks: vec![Vec::new(); tree.tasks.len()] };
-        if !enabled() || mems.len() != tree.tasks.len() {
+        // (parked memory, tfork's restored clones: every process inherits
+        // its own from the engine already)
+        if !enabled() || mems.len() != tree.tasks.len() || mems.iter().any(|m| !m.parked().is_empty()) {
             return cp;
         }
         let live = |i: usize| tree.tasks[i].zombie_exit.is_none();

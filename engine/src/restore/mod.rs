@@ -332,6 +332,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         }
     };
     let cow = cow::CowPlan::new(tree, &plan, mems);
+    let parked = mems.iter().map(|m| m.parked().to_vec()).collect();
     let cplan = child::ChildPlan {
         report_fd: wr.as_raw_fd(),
         svc_base,
@@ -349,6 +350,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         map_off,
         sync_base,
         cow,
+        parked,
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;
@@ -383,6 +385,11 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         }
     };
     drop(in_ns);
+    // parked memory (tfork): the root has its copy; a restoring helper's
+    // own goes now, beside the children's setup, not at its exit
+    if cplan.parked.iter().any(|v| !v.is_empty()) {
+        crate::sys::park::drop_inherited();
+    }
     let mut guard = RestoreGuard { pids: vec![child], committed: false };
     crate::fault::point("after-clone");
     drop(wr);

@@ -559,14 +559,18 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     let place = batch::Place { stub: g + STUB_OFF, buf: g + BATCH_OFF, buf_len: BATCH_LEN };
     let run = |main: &mut Injector, b: &Batch, what: &str| batch::run(main, &memf, place, b).map_err(e(what));
     pr_debug!("restore gadget at {g:#x}");
-    // 3. drop everything of the engine's
+    // 3. drop everything of the engine's (but this process's parked
+    // memory, moved into place in 4a; other processes' parked memory goes)
+    let parked = mem.parked();
+    let mut keep: Vec<(u64, u64)> = kept.to_vec();
+    keep.extend(parked.iter().map(|&(s, e, at)| (at, at + (e - s))));
     let mut b = Batch::new();
     for (s, end, name) in cur {
         if name == "[vsyscall]" || (s >= g && end <= g + GADGET_LEN) {
             continue;
         }
         // (a kept VMA may have merged with a mapping of the engine's)
-        for (s, end) in without_kept(s, end, kept) {
+        for (s, end) in without_kept(s, end, &keep) {
             b.push(format!("munmap {s:#x}-{end:#x}"), libc::SYS_munmap, &[s, end - s]);
         }
     }
@@ -586,6 +590,28 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             }
         }
     }
+    // 4a. parked memory (tfork's restored clones): each region moved to
+    // its VMA's place with its pages, still anonymous and copy-on-write
+    // with the other clones'; from here on a kept VMA
+    let kept_and_parked: Vec<(u64, u64)>;
+    let kept = if parked.is_empty() {
+        kept
+    } else {
+        let mut b = Batch::new();
+        for &(s, end, at) in parked {
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            b.push(format!("mremap {at:#x} -> {s:#x}-{end:#x}"), libc::SYS_mremap, &[at, end - s, end - s, flags, s]);
+        }
+        for (got, &(want, _, at)) in run(main, &b, "moving parked memory into place")?.into_iter().zip(parked) {
+            if got != want {
+                return Err(RestoreError::Unsupported(format!("parked memory at {at:#x} moved to {got:#x}, wanted {want:#x}")));
+            }
+        }
+        let bytes: u64 = parked.iter().map(|(s, e, _)| e - s).sum();
+        pr_info!("{} private anonymous VMAs ({} KiB) moved into place from parked memory (copy-on-write)", parked.len(), bytes / 1024);
+        kept_and_parked = kept.iter().copied().chain(parked.iter().map(|&(s, e, _)| (s, e))).collect();
+        &kept_and_parked[..]
+    };
     // 4b. a live source's private anonymous VMAs taken copy-on-write
     // through the kmod device, where offered and present (tfork)
     let picked = match mem.cherry_pick_source() {
@@ -667,9 +693,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         // the target's own open file of the pages image: read front to back
         let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
     }
-    if !kept.is_empty() {
-        let bytes: u64 = kept.iter().map(|(s, e)| e - s).sum();
-        pr_info!("{} private VMAs ({} KiB) kept as the restore child made them (copy-on-write from its parent, or for its children)", kept.len(), bytes / 1024);
+    if kept.len() > parked.len() {
+        let bytes: u64 = kept[..kept.len() - parked.len()].iter().map(|(s, e)| e - s).sum();
+        pr_info!("{} private VMAs ({} KiB) kept as the restore child made them (copy-on-write from its parent, or for its children)", kept.len() - parked.len(), bytes / 1024);
     }
     let unpicked;
     let to_fill = if picked.is_empty() && kept.is_empty() {
