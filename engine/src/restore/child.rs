@@ -128,6 +128,14 @@ impl ChildPlan {
         self.plan.shared.iter().enumerate().map(|(k, &d)| (d, self.sh_base + k as i32)).collect()
     }
 
+    /// The first fd number above every fd the child places by number
+    /// (restored fds, shared descriptions, working and service fds, the
+    /// `--root` handle, the sync pipes): a handle the child keeps while it
+    /// builds its fd table goes at or above it.
+    pub fn above_all(&self) -> i32 {
+        self.sync_base + 4 * self.plan.share_groups.len() as i32
+    }
+
     fn shared_range(&self) -> std::ops::Range<i32> {
         self.sh_base..self.sh_base + (self.plan.shared.len() + self.map_ghosts.len()) as i32
     }

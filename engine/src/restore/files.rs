@@ -228,7 +228,9 @@ impl Ghosts {
     /// Take `--root` from the plan (before the first ghost is made).
     fn bind(&mut self, plan: &ChildPlan) -> Result<(), String> {
         if let (None, Some(r)) = (&self.root, &plan.root) {
-            let fd = r.fd.try_clone().map_err(|e| format!("a handle of root {}: {e}", r.path.display()))?;
+            // above every fd number the table is built on (a handle on the
+            // lowest free number would be replaced by a restored fd)
+            let fd = crate::sys::sock::dup_above(r.fd.as_fd(), plan.above_all()).map_err(|e| format!("a handle of root {}: {e}", r.path.display()))?;
             self.root = Some(RootDir { path: r.path.clone(), fd });
         }
         Ok(())
