@@ -25,7 +25,7 @@
 //! by [`ProcessMem`] alone.
 
 use super::freeze::Frozen;
-use super::parasite::{Parasite, PUMP_FDS, PUMP_FDS_OFF};
+use super::parasite::{Parasite, Read, PUMP_FDS, PUMP_FDS_OFF};
 use crate::mem_source::{MemError, MemSource, ProcessMem};
 use crate::sys::{process as p, Pid, PAGE_SIZE};
 use std::cell::RefCell;
@@ -160,9 +160,14 @@ impl PagePump {
         let max: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
         let mut pipes = Vec::new();
         let mut cap = usize::MAX;
-        for k in 0..PIPES {
-            let slot = PUMP_FDS_OFF + 8 * k as u64;
-            let r = par.pump_call(libc::SYS_pipe2, &[par.scratch + slot, libc::O_CLOEXEC as u64])?;
+        // the pipes made in one batch (their fds written straight into the
+        // cleanup's slots: a dead engine midway leaves them to the cleanup)
+        let calls: Vec<Read> = (0..PIPES)
+            .map(|k| Read::new("pipe2", libc::SYS_pipe2, &[par.scratch + PUMP_FDS_OFF + 8 * k as u64, libc::O_CLOEXEC as u64]))
+            .collect();
+        let made = par.pump_calls(&calls)?;
+        let slots = par.read(PUMP_FDS_OFF, 8 * PIPES)?;
+        for (k, &r) in made.iter().enumerate() {
             if let Err(e) = crate::sys::check_raw(r) {
                 if k == 0 {
                     return Err(other(format!("injected pipe2 in {pid}"))(e));
@@ -170,7 +175,7 @@ impl PagePump {
                 crate::pr_debug!("page pump of {pid}: pipe {k} refused ({e}); going on with {k}");
                 break;
             }
-            let fds = par.read(slot, 8)?;
+            let fds = &slots[8 * k..8 * k + 8];
             let rd_t = i32::from_le_bytes(fds[0..4].try_into().expect("4 bytes"));
             let wr = i32::from_le_bytes(fds[4..8].try_into().expect("4 bytes"));
             let rd = p::pidfd_getfd(&pidfd, rd_t).map_err(other(format!("pidfd_getfd of fd {rd_t} of {pid}")))?;

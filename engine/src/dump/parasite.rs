@@ -89,12 +89,14 @@ const BATCH_OFF: u64 = FORK_OFF + FORK_CODE.len() as u64;
 ///  9: mov 8(%rbx),%rdi ... mov 48(%rbx),%r9
 /// 21: syscall
 /// 23: mov %rax,56(%rbx); add $64,%rbx; jmp 0
-/// 2d: mov $15,%eax; syscall          (rt_sigreturn)
+/// 2d: mov $15,%eax; jmp *%r12        (where the thread is parked)
 /// ```
-/// Every call runs, failed or not, and the loop falls into `rt_sigreturn`:
-/// the engine stops it on the last call's return with a signal the batch
-/// sends itself (see [`Parasite::reads`]); a dead engine never stops it.
-const BATCH_CODE: [u8; 0x34] = [
+/// Every call runs, failed or not, and the loop falls into where the
+/// thread was parked (`r12`, set by the engine): `rt_sigreturn`, or the
+/// pump's cleanup and then `rt_sigreturn`. The engine stops it on the
+/// last call's return with a signal the batch sends itself (see
+/// [`Parasite::reads`]); a dead engine never stops it.
+const BATCH_CODE: [u8; 0x35] = [
     0x48, 0x8b, 0x03, // mov (%rbx),%rax
     0x48, 0x83, 0xf8, 0xff, // cmp $-1,%rax
     0x74, 0x24, // je done
@@ -108,7 +110,8 @@ const BATCH_CODE: [u8; 0x34] = [
     0x48, 0x89, 0x43, 0x38, // mov %rax,56(%rbx)
     0x48, 0x83, 0xc3, 0x40, // add $64,%rbx
     0xeb, 0xd3, // jmp 0
-    0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, // done: rt_sigreturn
+    0xb8, 0x0f, 0x00, 0x00, 0x00, // done: mov $15,%eax
+    0x41, 0xff, 0xe4, // jmp *%r12
 ];
 /// Where a batch thread is after its loop's `syscall` returned.
 const BATCH_AFTER_SYSCALL: u64 = BATCH_OFF + 0x23;
@@ -629,7 +632,7 @@ impl Parasite {
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             out.extend(match stop {
-                Some(stop) => self.run_batch(tid, chunk, stop, true)?,
+                Some(stop) => self.run_batch(tid, chunk, stop, Some("mid-inject"))?,
                 None => self.run_stepped(tid, chunk)?,
             });
         }
@@ -669,9 +672,11 @@ impl Parasite {
         Ok(out)
     }
 
-    /// `points`: the calls are injected queries, counted by the fault
-    /// points of injection (the pump's cleanup is not).
-    fn run_batch(&mut self, tid: Pid, calls: &[Read], stop: BatchStop, points: bool) -> io::Result<Vec<ReadOut>> {
+    /// `point`: the fault point each call counts as (`mid-inject` for
+    /// injected queries, `mid-pump` for the pump's pipes; the pump's
+    /// cleanup counts as none). The loop's end falls into where the
+    /// thread is parked (`rt_sigreturn`, or the pump's cleanup).
+    fn run_batch(&mut self, tid: Pid, calls: &[Read], stop: BatchStop, point: Option<&'static str>) -> io::Result<Vec<ReadOut>> {
         let records = calls.len() + 2;
         let (offs, mask_off) = Self::buffers(calls, records);
         let (s, recs) = (self.scratch, self.scratch);
@@ -703,22 +708,25 @@ impl Parasite {
         let mut r = parked;
         r.ip = self.code + BATCH_OFF;
         r.bx = recs;
+        r.r12 = parked.ip;
         r.orig_ax = u64::MAX;
         ptrace::set_regs(tid, &r)?;
         // (the fault points count calls: a SIGSTOP is queued before the
         // batch runs, the engine dies while it runs)
         let main = tid == self.order[0];
-        let counted = if points { calls.len() } else { 0 };
+        let counted = if point.is_some() { calls.len() } else { 0 };
+        let name = point.unwrap_or("mid-inject");
+        let inject = name == "mid-inject";
         for _ in 0..counted {
-            crate::fault::stop_point("mid-inject", tid);
-            if !main {
+            crate::fault::stop_point(name, tid);
+            if inject && !main {
                 crate::fault::stop_point("mid-inject-thread", tid);
             }
         }
         ptrace::cont(tid, 0)?;
         for _ in 0..counted {
-            crate::fault::point("mid-inject");
-            if !main {
+            crate::fault::point(name);
+            if inject && !main {
                 crate::fault::point("mid-inject-thread");
             }
         }
@@ -822,6 +830,20 @@ impl Parasite {
         Ok(step(tid, &r, &["mid-pump"], &self.stop_seen)?.ax as i64)
     }
 
+    /// Run `calls` in the main thread, armed ([`arm_pump`](Self::arm_pump)):
+    /// as one batch whose end falls into the cleanup when a signal fits
+    /// ([`reads`](Self::reads)), else each from the pump-call `syscall`
+    /// ([`pump_call`](Self::pump_call)); their raw results. A dead engine
+    /// mid-batch lets the thread run the rest, then the cleanup: whatever
+    /// fds the calls put in the slots at [`PUMP_FDS_OFF`] are closed.
+    pub fn pump_calls(&mut self, calls: &[Read]) -> io::Result<Vec<i64>> {
+        let tid = self.order[0];
+        match self.batch_stop(tid, CLEANUP_OFF)? {
+            Some(stop) => Ok(self.run_batch(tid, calls, stop, Some("mid-pump"))?.into_iter().map(|o| o.raw).collect()),
+            None => calls.iter().map(|c| self.pump_call(c.nr, &c.args)).collect(),
+        }
+    }
+
     /// Disarm: run the cleanup's closes and its sched_setaffinity in the
     /// main thread (a dead engine midway lets the thread finish them
     /// itself), then park it on the plain `rt_sigreturn` again.
@@ -840,7 +862,7 @@ impl Parasite {
                 .map(|b| Read::new("close", libc::SYS_close, &[i32::from_le_bytes(b.try_into().expect("4")) as i64 as u64]))
                 .collect();
             calls.push(Read::new("sched_setaffinity", libc::SYS_sched_setaffinity, &[0, 128, self.scratch + PUMP_MASK_OFF]));
-            self.run_batch(tid, &calls, stop, false)?;
+            self.run_batch(tid, &calls, stop, None)?;
         } else {
             let mut r = self.threads[&tid].parked;
             r.ip = self.code + CLEANUP_OFF;
@@ -1091,7 +1113,7 @@ mod tests {
         }
         want.extend(["xor", "mov", "lea", "mov", "syscall", "mov", "syscall"]);
         want.extend(["syscall", "test", "jne", "mov", "xor", "syscall"]);
-        want.extend(["mov", "cmp", "je", "mov", "mov", "mov", "mov", "mov", "mov", "syscall", "mov", "add", "jmp", "mov", "syscall"]);
+        want.extend(["mov", "cmp", "je", "mov", "mov", "mov", "mov", "mov", "mov", "syscall", "mov", "add", "jmp", "mov", "jmp"]);
         assert_eq!(ops, want, "{text}");
     }
 
