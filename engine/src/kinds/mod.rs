@@ -14,8 +14,8 @@
 //!   phase puts it on its fd number, dups it onto the other fds of its open
 //!   file description and sets FD_CLOEXEC. A kind that needs other fds in
 //!   place first (epoll's targets) names them in [`FileKind::after`]; the
-//!   [`FileKind::EARLY`] kinds (terminals, pipes, FIFOs) are made first,
-//!   and the phase runs after the regular files and memfds (still in
+//!   [`FileKind::EARLY`] kinds (files opened by path, terminals, pipes,
+//!   FIFOs) are made first, and the phase runs after the memfds (still in
 //!   `restore/files.rs`), so those are always in place.
 //!
 //! The model holds every such fd as one `FileDesc::Kind(Kind)`; [`Kind`]
@@ -38,12 +38,14 @@ pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
 pub mod fifo;
+pub mod ghost;
 pub mod inet;
 pub mod inotify;
 pub mod netlink;
 pub mod packet;
 pub mod pipe;
 pub mod pty;
+pub mod reg;
 pub mod signalfd;
 pub mod tcp_stream;
 pub mod timerfd;
@@ -76,6 +78,10 @@ pub struct Collect<'a> {
     pub flags: u32,
     /// stat of `/proc/PID/fd/N`.
     pub meta: &'a std::fs::Metadata,
+    /// The file offset (fdinfo `pos:`).
+    pub pos: u64,
+    /// What the command line says about files (`--ghost-limit`, ...).
+    pub opts: &'a crate::dump::files::FileOpts,
     pub scratch: &'a mut Scratch,
 }
 
@@ -367,7 +373,7 @@ pub trait FileKind: Sized {
         Vec::new()
     }
     /// Restore: fd numbers that must hold their restored files before this
-    /// one is created (epoll: its targets). Fds of the regular files and memfds, and of the EARLY kinds, always do.
+    /// one is created (epoll: its targets). Fds of the memfds and of the EARLY kinds (files by path, ...) always do.
     fn after(&self) -> Vec<i32> {
         Vec::new()
     }
@@ -497,6 +503,8 @@ kinds! {
     Netlink(netlink::Netlink),
     Packet(packet::Packet),
     Unix(unix::UnixSk),
+    // (last: every path the kinds above leave)
+    Reg(reg::Reg),
 }
 
 /// Image check of a whole fd table (before anything is created): every fd

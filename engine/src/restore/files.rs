@@ -2,10 +2,12 @@
 //! in the restore child (a fork of the engine, before it is seized), in
 //! plain syscalls:
 //!
-//! - regular files, directories, devices: opened by path with the dumped
-//!   flags, checked as upstream does (mode, and size when it was recorded),
-//!   seeked to the dumped offset;
-//! - ghosts (unlinked while open): recreated next to the original path as
+//! - files opened by path (regular files, directories, memory devices)
+//!   are a resource kind (`kinds::reg`), made in the kinds' phase below
+//!   with the helpers here (`open_image_path_own`, `validate`) and the
+//!   ghosts' (`kinds::ghost::Ghosts`);
+//! - ghosts (unlinked while open, `kinds::reg`, `kinds::fifo`, and the
+//!   files unlinked while mapped): recreated next to the original path as
 //!   `<path>.cr.<n>.ghost` with the saved size, data extents (holes stay
 //!   holes), mode, owner and times; each fd opens it under the original
 //!   name (linked there, opened, unlinked), so it dumps again as it did (no
@@ -16,21 +18,21 @@
 //!   is a reopen through /proc/self/fd (its own flags and offset), and each
 //!   file of a mapping of it too (see `open_at`);
 //! - fds that shared an open file description are dup'ed from the first;
-//! - then the resource kinds (`crate::kinds`: terminals, pipes, FIFOs,
-//!   event objects, sockets, ...) in their phase, `kinds::restore_phase`,
-//!   with this table's `Scratch` (the `Ghosts` made here: an unlinked
-//!   FIFO's node is one) and working fds (`kinds::Work`).
+//! - then the resource kinds (`crate::kinds`: files by path, terminals,
+//!   pipes, FIFOs, event objects, sockets, ...) in their phase,
+//!   `kinds::restore_phase`, with this table's `Scratch` (the
+//!   `kinds::ghost::Ghosts` made: an unlinked file's or FIFO's) and working fds (`kinds::Work`).
 //!
 //! Working fds live just below the service fds: the terminal at
 //! `svc_base - 1`, the memfds below it (`memfd_slot`), the kinds' (pipe
 //! ends, FIFO keepers) from there down.
 
 use super::child::{ChildPlan, RootDir};
-use crate::model::{FileDesc, Ghost, Task};
+use crate::model::{FileDesc, Task};
 use crate::sys::process as p;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 fn cpath(path: &str) -> Result<CString, String> {
     CString::new(path).map_err(|_| format!("path {path:?} has a NUL byte"))
@@ -72,6 +74,14 @@ pub fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) ->
         p::dup2(fd.as_raw_fd(), target).map_err(|e| format!("dup2 {} -> {target}: {e}", fd.as_raw_fd()))?;
     }
     Ok(())
+}
+
+/// [`open_image_path`] onto a new fd (`n`: the fd it is for, in errors).
+pub fn open_image_path_own(plan: &ChildPlan, path: &str, flags: i32, n: i32) -> Result<OwnedFd, String> {
+    match &plan.root {
+        None => p::open_owned(&cpath(path)?, open_flags(flags)).map_err(|e| format!("open {path:?} for fd {n}: {e}")),
+        Some(root) => root.open(path, open_flags(flags), 0).map_err(|e| format!("open {path:?} in root {} for fd {n}: {e}", root.path.display())),
+    }
 }
 
 /// Open `path` for the child's own use (service fds, mapped files; they
@@ -196,182 +206,6 @@ pub fn park_terminal(plan: &ChildPlan) -> Result<Option<i32>, String> {
     Ok(Some(slot))
 }
 
-/// Ghost files created by this restore (paths of the image, inside
-/// `--root` if given); unlinked when dropped (after the fds are open, or on
-/// failure). One per fd table, in the table's scratch (the regular files
-/// here and the FIFOs of `kinds::fifo` share it).
-#[derive(Default)]
-pub struct Ghosts {
-    list: std::collections::HashMap<(u64, u64), String>,
-    /// `--root` (a handle of its own, taken at the first open).
-    root: Option<RootDir>,
-}
-
-impl Drop for Ghosts {
-    fn drop(&mut self) {
-        for path in self.list.values() {
-            let gone = match &self.root {
-                Some(r) => r.unlink(path),
-                None => std::fs::remove_file(path),
-            };
-            // a directory's ghost
-            if gone.is_err() {
-                if let Ok((dir, name)) = self.dir_of(path) {
-                    let _ = p::unlink_in_flags(dir.as_fd(), &name, libc::AT_REMOVEDIR);
-                }
-            }
-        }
-    }
-}
-
-impl Ghosts {
-    /// Take `--root` from the plan (before the first ghost is made).
-    fn bind(&mut self, plan: &ChildPlan) -> Result<(), String> {
-        if let (None, Some(r)) = (&self.root, &plan.root) {
-            let fd = r.fd.try_clone().map_err(|e| format!("a handle of root {}: {e}", r.path.display()))?;
-            self.root = Some(RootDir { path: r.path.clone(), fd });
-        }
-        Ok(())
-    }
-
-    /// The path of the recreated ghost for `g` (`<path>.cr.<n>.ghost`),
-    /// creating it the first time: its size, its data extents (holes stay
-    /// holes), mode, owner and times.
-    fn path(&mut self, orig: &str, g: &Ghost) -> Result<String, String> {
-        use std::os::unix::fs::FileExt;
-        if let Some(path) = self.list.get(&(g.dev, g.ino)) {
-            return Ok(path.clone());
-        }
-        let path = format!("{orig}.cr.{:x}.ghost", self.list.len() + 1);
-        let err = |what: &str, e: std::io::Error| format!("ghost file {path} for {orig}: {what}: {e}");
-        if g.mode & libc::S_IFMT != libc::S_IFREG {
-            // a directory, device node or symlink: made as such (owner,
-            // mode; a symlink's target)
-            let (dir, name) = self.dir_of(&path)?;
-            let target = g.target.as_ref().map(|t| CString::new(t.as_str()).map_err(|_| format!("ghost {path}: its symlink target has a NUL byte"))).transpose()?;
-            p::make_node_in(dir.as_fd(), &name, g.mode, g.rdev, target.as_deref(), g.uid, g.gid).map_err(|e| err(&format!("creating it (mode {:o})", g.mode), e))?;
-            self.list.insert((g.dev, g.ino), path.clone());
-            return Ok(path);
-        }
-        let created = match &self.root {
-            Some(r) => r.open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, g.mode & 0o7777).map(std::fs::File::from),
-            None => std::fs::OpenOptions::new().write(true).create_new(true).mode(g.mode & 0o7777).open(&path),
-        };
-        let f = created.map_err(|e| err("create", e))?;
-        self.list.insert((g.dev, g.ino), path.clone());
-        f.set_len(g.size).map_err(|e| err("ftruncate", e))?;
-        for (off, data) in &g.extents {
-            f.write_all_at(data, *off).map_err(|e| err("write", e))?;
-        }
-        std::os::unix::fs::fchown(&f, Some(g.uid), Some(g.gid)).map_err(|e| err("fchown", e))?;
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(g.mode & 0o7777)).map_err(|e| err("chmod", e))?;
-        let t = |(s, us): (u64, u64)| std::time::UNIX_EPOCH + std::time::Duration::new(s, (us.min(999_999) * 1000) as u32);
-        f.set_times(std::fs::FileTimes::new().set_accessed(t(g.atime)).set_modified(t(g.mtime)))
-            .map_err(|e| err("utimes", e))?;
-        Ok(path)
-    }
-
-    /// The directory of `path` (inside `--root` if given), for the link,
-    /// rename and unlink of names in it, and `path`'s last component.
-    fn dir_of(&self, path: &str) -> Result<(OwnedFd, CString), String> {
-        let pp = std::path::Path::new(path);
-        let (Some(parent), Some(name)) = (pp.parent(), pp.file_name()) else {
-            return Err(format!("ghost path {path:?} has no directory"));
-        };
-        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-        let dir = match &self.root {
-            Some(r) => r.open(&parent.to_string_lossy(), flags, 0),
-            None => std::fs::OpenOptions::new().read(true).custom_flags(flags).open(parent).map(OwnedFd::from),
-        };
-        let dir = dir.map_err(|e| format!("the directory of {path}: {e}"))?;
-        let name = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name)).map_err(|_| format!("path {path:?} has a NUL byte"))?;
-        Ok((dir, name))
-    }
-
-    /// Open the ghost of `orig` onto fd `n` under its original name, so
-    /// that it shows (and dumps again) as `orig (deleted)`, round after
-    /// round: link the ghost to `orig`, open that, unlink it.
-    ///
-    /// When another file has taken `orig` since, the ghost gets a second
-    /// link `<ghost>.tmp`, which is exchanged with `orig`
-    /// (renameat2(RENAME_EXCHANGE): `orig` names the ghost, the other file
-    /// sits at the temporary name), `orig` is opened, and the other file is
-    /// renamed back over it, which unlinks the ghost's `orig` entry: `orig`
-    /// names some file at every moment. Only where the file system cannot
-    /// exchange is the fd opened through the ghost's own name (and then
-    /// carries that name).
-    pub fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
-        self.bind(plan)?;
-        let gp = self.path(orig, g)?;
-        if g.mode & libc::S_IFMT == libc::S_IFDIR {
-            return self.open_dir(plan, orig, &gp, flags, n);
-        }
-        self.open_through(plan, orig, &gp, flags, n)
-    }
-
-    /// [`Self::open`] of a directory's ghost (a directory takes no second
-    /// link, and an open one follows its renames): moved to `orig` if that
-    /// name is free, and left there for the fds of it (removed with the
-    /// other ghosts at the end, so each shows `orig (deleted)`); else
-    /// opened through its own name.
-    fn open_dir(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
-        if gp == orig {
-            return open_image_path(plan, orig, flags, n);
-        }
-        let (dir, name) = self.dir_of(orig)?;
-        let (_, gname) = self.dir_of(gp)?;
-        let moved = p::rename_in(dir.as_fd(), &gname, &name, libc::RENAME_NOREPLACE);
-        drop(dir);
-        match moved {
-            Ok(()) => {
-                if let Some(v) = self.list.values_mut().find(|v| v.as_str() == gp) {
-                    *v = orig.to_string();
-                }
-                open_image_path(plan, orig, flags, n)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => open_image_path(plan, gp, flags, n),
-            Err(e) => Err(format!("renaming the ghost directory {gp} to {orig} for fd {n}: {e}")),
-        }
-    }
-
-    /// [`Self::open`] through `gp`, another name of the file in the
-    /// directory of `orig` (a recreated ghost, or a link remap).
-    fn open_through(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
-        self.bind(plan)?;
-        let (mut dir, name) = self.dir_of(orig)?;
-        if dir.as_raw_fd() == n {
-            // fd `n` is about to be opened onto: hold the directory on
-            // another number (opened while this one still holds `n`)
-            dir = self.dir_of(orig)?.0;
-        }
-        let (_, gname) = self.dir_of(gp)?;
-        match p::link_in(dir.as_fd(), &gname, &name) {
-            Ok(()) => {
-                let r = open_image_path(plan, orig, flags, n);
-                p::unlink_in(dir.as_fd(), &name).map_err(|e| format!("unlinking {orig} (ghost of fd {n}): {e}"))?;
-                r
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let tmp = format!("{gp}.tmp");
-                let tname = CString::new(format!("{}.tmp", gname.to_string_lossy())).map_err(|_| format!("path {tmp:?} has a NUL byte"))?;
-                p::link_in(dir.as_fd(), &gname, &tname).map_err(|e| format!("linking ghost {gp} to {tmp} for fd {n}: {e}"))?;
-                if let Err(e) = p::rename_in(dir.as_fd(), &tname, &name, libc::RENAME_EXCHANGE) {
-                    let _ = p::unlink_in(dir.as_fd(), &tname);
-                    return if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                        open_image_path(plan, gp, flags, n)
-                    } else {
-                        Err(format!("exchanging ghost {tmp} with {orig} for fd {n}: {e}"))
-                    };
-                }
-                let r = open_image_path(plan, orig, flags, n);
-                p::rename_in(dir.as_fd(), &tname, &name, 0).map_err(|e| format!("putting {orig} back from {tmp} (ghost of fd {n}): {e}"))?;
-                r
-            }
-            Err(e) => Err(format!("linking ghost {gp} to {orig} for fd {n}: {e}")),
-        }
-    }
-}
-
 /// Upstream's checks of a reopened regular file: same mode, same size
 /// when the size was recorded.
 pub fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(), String> {
@@ -426,7 +260,8 @@ pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Opt
     // for both: an fd of the same inode gets the same recreated file)
     for (j, (path, g)) in plan.map_ghosts.iter().enumerate() {
         let n = plan.sh_base + (plan.plan.shared.len() + j) as i32;
-        let file = FileDesc::Reg { path: path.clone(), flags: libc::O_RDWR as u32, pos: 0, mode: g.mode, size: None, ghost: Some(Box::new((**g).clone())), link: None };
+        let reg = crate::kinds::reg::Reg { path: path.clone(), flags: libc::O_RDWR as u32, pos: 0, mode: g.mode, size: None, ghost: Some(Box::new((**g).clone())), link: None };
+        let file = FileDesc::Kind(crate::kinds::Kind::Reg(reg));
         fds.push(crate::model::Fd { fd: n, cloexec: false, desc: MAP_GHOST_DESC - j as u32, file });
     }
     let all = Task { fds, ..Default::default() };
@@ -478,31 +313,6 @@ fn install(
             continue;
         }
         match &fd.file {
-            FileDesc::Reg { path, flags, mode, size, ghost: None, link: Some(l), .. } => {
-                // --link-remap: the dump's extra link opened under the old
-                // name (linked there, opened, unlinked), as a ghost is
-                let fl = *flags as i32;
-                scratch.get::<Ghosts>().open_through(plan, path, l, fl | libc::O_NONBLOCK, n)?;
-                validate(n, path, *mode, *size)?;
-                if fl & libc::O_NONBLOCK == 0 {
-                    let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
-                    fcntl(n, libc::F_SETFL, now & !(libc::O_NONBLOCK as u64)).map_err(|e| format!("F_SETFL fd {n} ({path}): {e}"))?;
-                }
-            }
-            FileDesc::Reg { path, flags, mode, size, ghost: None, .. } => {
-                // O_NONBLOCK until the type is checked: a path that became a
-                // FIFO (or a device that waits in open) must not block the child
-                let fl = *flags as i32;
-                open_image_path(plan, path, fl | libc::O_NONBLOCK, n)?;
-                validate(n, path, *mode, *size)?;
-                if fl & libc::O_NONBLOCK == 0 && fl & libc::O_PATH == 0 {
-                    let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
-                    fcntl(n, libc::F_SETFL, now & !(libc::O_NONBLOCK as u64)).map_err(|e| format!("F_SETFL fd {n} ({path}): {e}"))?;
-                }
-            }
-            FileDesc::Reg { path, flags, ghost: Some(g), .. } => {
-                scratch.get::<Ghosts>().open(plan, path, g, *flags as i32, n)?;
-            }
             FileDesc::Memfd { ino, flags, .. } => {
                 let i = plan.memfds.iter().position(|m| m.ino == *ino).ok_or_else(|| format!("fd {n}: memfd inode {ino} was not planned"))?;
                 let slot = memfd_slot(plan, i);
@@ -525,7 +335,7 @@ fn install(
             }
             FileDesc::Kind(_) => unreachable!("taken out above"),
         }
-        if let FileDesc::Reg { pos, .. } | FileDesc::Memfd { pos, .. } = &fd.file {
+        if let FileDesc::Memfd { pos, .. } = &fd.file {
             if *pos != 0 {
                 p::seek_to(n, *pos)
                     .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;
