@@ -307,7 +307,7 @@ struct FdImages {
 }
 
 /// The files.img entry of a memfd (an fd's, or a mapping's).
-fn memfd_entry(file: &str, memfd_inodes: &HashMap<u64, u32>, ino: u64, flags: u32, pos: u64) -> Result<pb::FileEntry, ImagesError> {
+pub(crate) fn memfd_entry(file: &str, memfd_inodes: &HashMap<u64, u32>, ino: u64, flags: u32, pos: u64) -> Result<pb::FileEntry, ImagesError> {
     let inode_id = *memfd_inodes.get(&ino).ok_or_else(|| bad(file, format!("memfd inode {ino} was not collected")))?;
     Ok(pb::FileEntry {
         r#type: pb::FdTypes::Memfd as i32,
@@ -466,7 +466,7 @@ fn read_locks(dir: &Path, pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, ImagesE
 /// memfd.img's `inode_id` -> `shmid` (the model's inode key), without the
 /// data; empty when there is no memfd.img.
 /// inode_id -> name of memfd.img's entries (checked by `memfd_shmids`).
-fn memfd_names(dir: &Path) -> Result<HashMap<u32, String>, ImagesError> {
+pub(crate) fn memfd_names(dir: &Path) -> Result<HashMap<u32, String>, ImagesError> {
     let name = mg::MEMFD_INODE.file_name("");
     if !dir.join(&name).exists() {
         return Ok(HashMap::new());
@@ -475,7 +475,7 @@ fn memfd_names(dir: &Path) -> Result<HashMap<u32, String>, ImagesError> {
     Ok(entries.iter().filter_map(|e| Some((u32::try_from(e.inode_id).ok()?, e.name.clone()))).collect())
 }
 
-fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
+pub(crate) fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
     let name = mg::MEMFD_INODE.file_name("");
     if !dir.join(&name).exists() {
         return Ok(HashMap::new());
@@ -568,17 +568,15 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
 fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::with_capacity(task.fds.len());
-    let FdImages { desc_ids, memfd_inodes, kinds } = st;
+    let FdImages { desc_ids, kinds, .. } = st;
     for fd in &task.fds {
         let ty = match fd.file {
-            FileDesc::Memfd { .. } => pb::FdTypes::Memfd,
             FileDesc::Kind(ref k) => k.fd_type(),
         };
         let id = match desc_ids.get(&fd.desc) {
             Some(&id) => id,
             None => {
                 let id = match &fd.file {
-                    FileDesc::Memfd { ino, flags, pos } => push_file(files, memfd_entry("files.img", memfd_inodes, *ino, *flags, *pos)?),
                     FileDesc::Kind(k) => k.write_entries(&mut crate::kinds::Write { files, acc: kinds, net_ns: task.ids.net_ns, dir })?,
                 };
                 desc_ids.insert(fd.desc, id);
@@ -638,23 +636,11 @@ pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData
 fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<Vec<Fd>, ImagesError> {
     let by_id: HashMap<u32, &pb::FileEntry> = files.iter().map(|f| (f.id, f)).collect();
     let file = |id: u32| by_id.get(&id).copied();
-    let mut memfd_inodes: Option<HashMap<u32, u64>> = None;
     let mut fds = Vec::with_capacity(fdinfo.len());
     let mut scratch = crate::kinds::Scratch::default();
     for fi in fdinfo {
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
-        let desc = if let Some(m) = &f.memfd {
-            if memfd_inodes.is_none() {
-                memfd_inodes = Some(memfd_shmids(dir)?);
-            }
-            let ino = memfd_inodes.as_ref().and_then(|ids| ids.get(&m.inode_id)).copied().ok_or_else(|| {
-                bad("files.img", format!("fd {}: memfd {} names inode {}, which memfd.img does not have", fi.fd, f.id, m.inode_id))
-            })?;
-            if memfd_names(dir)?.get(&m.inode_id).is_some_and(|n| n == "/anon_hugepage") {
-                return Err(bad("files.img", format!("fd {}: memfd {} is hugetlb memory (/anon_hugepage): an fd of it is not supported", fi.fd, f.id)));
-            }
-            FileDesc::Memfd { ino, flags: m.flags, pos: m.pos }
-        } else if let Some(k) = crate::kinds::read(f, &mut crate::kinds::Read { dir, files, fd: fi.fd, scratch: &mut scratch })? {
+        let desc = if let Some(k) = crate::kinds::read(f, &mut crate::kinds::Read { dir, files, fd: fi.fd, scratch: &mut scratch })? {
             FileDesc::Kind(k)
         } else {
             return Err(bad("files.img", format!("fd {}: file type {} is not supported yet", fi.fd, f.r#type)));
@@ -904,6 +890,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     let mut files: Vec<pb::FileEntry> = Vec::new();
     let mut fd_images =
         FdImages { memfd_inodes: tree.memfds.iter().enumerate().map(|(i, m)| (m.ino, i as u32 + 1)).collect(), ..Default::default() };
+    // (the memfd kind's fds name the inodes by these ids too)
+    fd_images.kinds.state::<crate::kinds::memfd::InodeIds>().0 = fd_images.memfd_inodes.clone();
     let mut map_ids: Vec<(String, u32)> = Vec::new();
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
     let mut pages_id = 0u32;

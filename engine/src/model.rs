@@ -234,13 +234,8 @@ pub struct Fs {
 }
 
 /// What a dumped fd refers to.
-// (nearly every fd is a `Kind`, the big variant: boxing it would cost an
-// allocation per fd to save room only for the memfds')
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileDesc {
-    /// An open memfd: `ino` names its inode in [`Tree::memfds`].
-    Memfd { ino: u64, flags: u32, pos: u64 },
     /// A file of one of the resource kinds of `crate::kinds` (files opened
     /// by path, pipes, eventfd, ...):
     /// each kind's collect, image and restore halves live in its module.

@@ -100,8 +100,8 @@ pub fn collect_memfds(tasks: &[(Pid, &crate::model::Task)]) -> Result<Vec<crate:
     let mut out: Vec<crate::model::Memfd> = Vec::new();
     for (pid, t) in tasks {
         let pid = *pid;
-        let fds = t.fds.iter().filter_map(|f| match f.file {
-            FileDesc::Memfd { ino, .. } => Some((ino, format!("/proc/{pid}/fd/{}", f.fd), f.fd)),
+        let fds = t.fds.iter().filter_map(|f| match &f.file {
+            FileDesc::Kind(crate::kinds::Kind::Memfd(crate::kinds::memfd::Memfd { ino, .. })) => Some((*ino, format!("/proc/{pid}/fd/{}", f.fd), f.fd)),
             _ => None,
         });
         let maps = t.mm.vmas.iter().filter_map(|v| {
@@ -256,14 +256,10 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
             pr_debug!("{pid} fd {fd} holds lock {}", l.trim());
             locks.push(lock);
         }
-        let ft = meta.file_type();
-        let file = if ft.is_file() && link.starts_with("/memfd:") && link.ends_with(" (deleted)") && meta.nlink() == 0 {
-            // (its inode, contents and seals: `collect_memfds`, once per inode)
-            FileDesc::Memfd { ino: meta.ino(), flags, pos }
-        } else {
-            // the resource kinds: terminals by device number whatever the
-            // path, FIFOs opened by path, pipes, sockets, anonymous
-            // inodes, and last the files opened by path (`kinds::reg`)
+        // the resource kinds: terminals by device number whatever the
+        // path, FIFOs opened by path, pipes, sockets, anonymous inodes,
+        // memfds, and last the files opened by path (`kinds::reg`)
+        let file = {
             let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, pos, opts, scratch: &mut scratch };
             match crate::kinds::collect(&mut cx)? {
                 Some(k) => FileDesc::Kind(k),

@@ -41,6 +41,7 @@ pub mod fifo;
 pub mod ghost;
 pub mod inet;
 pub mod inotify;
+pub mod memfd;
 pub mod netlink;
 pub mod packet;
 pub mod pipe;
@@ -235,6 +236,9 @@ pub struct Restore<'a> {
     pub terminal: Option<i32>,
     /// Working fds of the table being built (see [`Work`]).
     pub work: &'a mut Work,
+    /// A process's own table (not the descriptions the root makes for
+    /// the tree).
+    pub own_table: bool,
 }
 
 impl Restore<'_> {
@@ -503,6 +507,7 @@ kinds! {
     Netlink(netlink::Netlink),
     Packet(packet::Packet),
     Unix(unix::UnixSk),
+    Memfd(memfd::Memfd),
     // (last: every path the kinds above leave)
     Reg(reg::Reg),
 }
@@ -512,10 +517,9 @@ kinds! {
 pub fn check_table(fds: &[Fd]) -> Result<(), String> {
     let have: std::collections::HashSet<i32> = fds.iter().map(|f| f.fd).collect();
     for f in fds {
-        if let crate::model::FileDesc::Kind(k) = &f.file {
-            if let Some(d) = k.after().into_iter().find(|d| !have.contains(d) || *d == f.fd) {
-                return Err(format!("fd {} ({}) needs fd {d}, which is not in the fd table", f.fd, k.name()));
-            }
+        let crate::model::FileDesc::Kind(k) = &f.file;
+        if let Some(d) = k.after().into_iter().find(|d| !have.contains(d) || *d == f.fd) {
+            return Err(format!("fd {} ({}) needs fd {d}, which is not in the fd table", f.fd, k.name()));
         }
     }
     Ok(())
@@ -537,6 +541,7 @@ pub fn restore_phase(
     plan: &crate::restore::child::ChildPlan,
     terminal: Option<i32>,
     work: &mut Work,
+    own_table: bool,
 ) -> Result<(), String> {
     use crate::sys::process as p;
     // desc -> the fd number that holds it
@@ -562,7 +567,7 @@ pub fn restore_phase(
                 if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
                     return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
                 }
-                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut *scratch, all: fds, moved: map, plan, terminal, work: &mut *work }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut *scratch, all: fds, moved: map, plan, terminal, work: &mut *work, own_table }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
                 let raw = obj.as_raw_fd();
                 if raw != n {
                     p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;

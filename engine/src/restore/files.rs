@@ -97,7 +97,7 @@ pub fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<
 }
 
 /// The working fd of memfd `i` of the plan, just below the parked terminal.
-fn memfd_slot(plan: &ChildPlan, i: usize) -> i32 {
+pub(crate) fn memfd_slot(plan: &ChildPlan, i: usize) -> i32 {
     plan.svc_base - 2 - i as i32
 }
 
@@ -174,7 +174,7 @@ fn make_memfds(plan: &ChildPlan, which: &[usize]) -> Result<(), String> {
 
 /// Whether `task` has an fd or a mapping of memfd inode `ino`.
 fn uses_memfd(task: &Task, ino: u64) -> bool {
-    task.fds.iter().any(|f| matches!(f.file, FileDesc::Memfd { ino: i, .. } if i == ino))
+    task.fds.iter().any(|f| matches!(&f.file, FileDesc::Kind(crate::kinds::Kind::Memfd(m)) if m.ino == ino))
         || task.mm.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.memfd == Some(ino)))
 }
 
@@ -221,13 +221,6 @@ pub fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(),
     Ok(())
 }
 
-fn fcntl(fd: i32, cmd: i32, arg: u64) -> std::io::Result<u64> {
-    p::fcntl_int(fd, cmd, arg)
-}
-
-/// The status flags F_SETFL sets on a memfd's description.
-const MEMFD_SETFL: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_NOATIME | libc::O_DIRECT;
-
 /// Descriptions of the files unlinked while mapped count down from here
 /// (files.img ids, which the other descriptions carry, count up from 1).
 const MAP_GHOST_DESC: u32 = u32::MAX - 1;
@@ -245,15 +238,14 @@ pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Opt
     let slot = |d: u32| plan.plan.shared.iter().position(|&x| x == d).map(|k| plan.sh_base + k as i32);
     for (k, &d) in plan.plan.shared.iter().enumerate() {
         let (t, f) = tree.tasks.iter().find_map(|t| Some((t, t.fds.iter().find(|f| f.desc == d)?))).ok_or_else(|| format!("shared file {d} has no fd"))?;
-        if let FileDesc::Kind(kind) = &f.file {
-            let mut m = std::collections::HashMap::new();
-            for n in kind.after() {
-                let at = t.fds.iter().find(|x| x.fd == n).and_then(|x| slot(x.desc));
-                let at = at.ok_or_else(|| format!("fd {} of {} ({}, shared across the tree) needs its fd {n}, which is not made for the tree", f.fd, t.pid, kind.name()))?;
-                m.insert(n, at);
-            }
-            moved.insert(d, m);
+        let FileDesc::Kind(kind) = &f.file;
+        let mut m = std::collections::HashMap::new();
+        for n in kind.after() {
+            let at = t.fds.iter().find(|x| x.fd == n).and_then(|x| slot(x.desc));
+            let at = at.ok_or_else(|| format!("fd {} of {} ({}, shared across the tree) needs its fd {n}, which is not made for the tree", f.fd, t.pid, kind.name()))?;
+            m.insert(n, at);
         }
+        moved.insert(d, m);
         fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
     }
     // files unlinked while mapped, after the descriptions (one Ghosts
@@ -294,7 +286,6 @@ fn install(
     // working fds go below those
     let mut work = crate::kinds::Work::new(plan.svc_base - 1 - plan.memfds.len() as i32);
     let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
-    let mut memfd_given: std::collections::HashSet<u64> = std::collections::HashSet::new();
     // the resource kinds of crate::kinds (terminals, pipes, FIFOs, ...): a
     // phase of their own, after these
     let mut kinds = Vec::new();
@@ -308,50 +299,13 @@ fn install(
             descs.entry(fd.desc).or_insert(n);
             continue;
         }
-        if let FileDesc::Kind(k) = &fd.file {
-            kinds.push((fd, k));
-            continue;
-        }
-        match &fd.file {
-            FileDesc::Memfd { ino, flags, .. } => {
-                let i = plan.memfds.iter().position(|m| m.ino == *ino).ok_or_else(|| format!("fd {n}: memfd inode {ino} was not planned"))?;
-                let slot = memfd_slot(plan, i);
-                let fl = *flags as i32;
-                // (a memfd several processes use: that description only
-                // where the root makes it for all, `restore_shared`)
-                let shared_inode = plan.shared_memfds.contains(&i);
-                if fl & libc::O_ACCMODE == libc::O_RDWR && !memfd_given.contains(ino) && (!shared_inode || !close_terminal) {
-                    // memfd_create's own description (read-write) is not
-                    // counted as a writer of the inode, so the memfd can
-                    // still be executed (a reopen for writing would make
-                    // execveat fail with ETXTBSY): the first read-write
-                    // description of each memfd is that one
-                    memfd_given.insert(*ino);
-                    p::dup2(slot, n).map_err(|e| format!("dup2 memfd {slot} -> {n}: {e}"))?;
-                    fcntl(n, libc::F_SETFL, (fl & MEMFD_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
-                } else {
-                    open_onto(&format!("/proc/self/fd/{slot}"), fl, n)?;
-                }
-            }
-            FileDesc::Kind(_) => unreachable!("taken out above"),
-        }
-        if let FileDesc::Memfd { pos, .. } = &fd.file {
-            if *pos != 0 {
-                p::seek_to(n, *pos)
-                    .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;
-            }
-        }
-        // a fresh open (O_CLOEXEC is not among the dumped flags) or dup2
-        // leaves FD_CLOEXEC clear
-        if fd.cloexec {
-            p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
-        }
-        descs.insert(fd.desc, n);
+        let FileDesc::Kind(k) = &fd.file;
+        kinds.push((fd, k));
     }
     if let Some(r) = &plan.root {
         crate::kinds::unix::refuse_paths_under_root(&kinds, &r.path)?;
     }
-    crate::kinds::restore_phase(&mut scratch, &kinds, moved, plan, terminal, &mut work)?;
+    crate::kinds::restore_phase(&mut scratch, &kinds, moved, plan, terminal, &mut work, close_terminal)?;
     // the working fds (pipe ends, FIFO keepers) and the terminal, done
     let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
     work.close(&used);

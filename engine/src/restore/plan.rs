@@ -334,7 +334,6 @@ fn object_of(f: &crate::model::Fd) -> Object {
             Some((kind, key)) => Object::Kind(kind, key),
             None => Object::Desc(f.desc),
         },
-        _ => Object::Desc(f.desc),
     }
 }
 
