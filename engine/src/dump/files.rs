@@ -1,7 +1,7 @@
 //! File descriptors, dump half (the restore half is `restore/files.rs`):
-//! memfds (their inodes read once per tree: [`collect_memfds`]); every
-//! other fd is offered to the resource kinds (`crate::kinds`: tty, pty,
-//! fifo, pipe, eventfd, ..., and last `reg`, the files opened by path);
+//! every fd is offered to the resource kinds (`crate::kinds`: tty, pty,
+//! fifo, pipe, eventfd, memfd, ..., and last `reg`, the files opened by
+//! path); the memfd inodes are read once per tree ([`collect_memfds`]);
 //! what no kind claims (pidfds, ...) and non-UTF-8 paths are refused by
 //! name. The ghosts' contents (`ghost_of`, `special_ghost`: of files
 //! unlinked while open or mapped), the sharing of descriptions across a

@@ -14,9 +14,9 @@
 //!   phase puts it on its fd number, dups it onto the other fds of its open
 //!   file description and sets FD_CLOEXEC. A kind that needs other fds in
 //!   place first (epoll's targets) names them in [`FileKind::after`]; the
-//!   [`FileKind::EARLY`] kinds (files opened by path, terminals, pipes,
-//!   FIFOs) are made first, and the phase runs after the memfds (still in
-//!   `restore/files.rs`), so those are always in place.
+//!   [`FileKind::EARLY`] kinds (files opened by path, memfds, terminals,
+//!   pipes, FIFOs) are made first, and the phase runs after the memfd
+//!   inodes are made (`restore/files.rs`).
 //!
 //! The model holds every such fd as one `FileDesc::Kind(Kind)`; [`Kind`]
 //! is the enum of the kinds below, generated with its dispatch by the
@@ -377,7 +377,7 @@ pub trait FileKind: Sized {
         Vec::new()
     }
     /// Restore: fd numbers that must hold their restored files before this
-    /// one is created (epoll: its targets). Fds of the memfds and of the EARLY kinds (files by path, ...) always do.
+    /// one is created (epoll: its targets). Fds of the EARLY kinds (files by path, memfds, ...) always do.
     fn after(&self) -> Vec<i32> {
         Vec::new()
     }

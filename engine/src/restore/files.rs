@@ -14,12 +14,12 @@
 //!   drift over rounds); the ghost is unlinked once every fd is in place;
 //! - memfds: each inode of the image made once, first of all
 //!   (`memfd_create` with its name, then its size, data runs, owner, mode
-//!   and last its seals), on a working fd; each open file description of it
-//!   is a reopen through /proc/self/fd (its own flags and offset), and each
-//!   file of a mapping of it too (see `open_at`);
+//!   and last its seals), on a working fd; its fds are the `kinds::memfd`
+//!   kind's (made in the kinds' phase from that working fd), each file of a
+//!   mapping of it a reopen through /proc/self/fd (see `open_at`);
 //! - fds that shared an open file description are dup'ed from the first;
-//! - then the resource kinds (`crate::kinds`: files by path, terminals,
-//!   pipes, FIFOs, event objects, sockets, ...) in their phase,
+//! - then the resource kinds (`crate::kinds`: files by path, memfds,
+//!   terminals, pipes, FIFOs, event objects, sockets, ...) in their phase,
 //!   `kinds::restore_phase`, with this table's `Scratch` (the
 //!   `kinds::ghost::Ghosts` made: an unlinked file's or FIFO's) and working fds (`kinds::Work`).
 //!
