@@ -353,7 +353,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
             .iter()
             .flat_map(|t| &t.fds)
             .filter_map(|f| match &f.file {
-                crate::model::FileDesc::Reg { link: Some(l), .. } => Some(l.clone()),
+                crate::model::FileDesc::Kind(crate::kinds::Kind::Reg(crate::kinds::reg::Reg { link: Some(l), .. })) => Some(l.clone()),
                 _ => None,
             })
             .collect(),
@@ -636,7 +636,7 @@ fn restore_root(o: &Opts) -> Result<crate::sys::Pid, Failure> {
     // restore too); inside --root when given
     for t in &tree.tasks {
         for f in &t.fds {
-            if let crate::model::FileDesc::Reg { link: Some(l), .. } = &f.file {
+            if let crate::model::FileDesc::Kind(crate::kinds::Kind::Reg(crate::kinds::reg::Reg { link: Some(l), .. })) = &f.file {
                 let r = match &ropts.root {
                     Some(root) => crate::sys::ns::open_root_dir(root, 0).and_then(|d| crate::sys::ns::unlink_in_root(std::os::fd::AsFd::as_fd(&d), std::ffi::OsStr::new(l))),
                     None => std::fs::remove_file(l),

@@ -6,7 +6,7 @@ use crate::mem_source::{MemSource, PagesImage};
 use crate::model::*;
 use crate::sys::ptrace::{Regs, UserDesc};
 use crate::sys::process::KSigaction;
-use images_proto::image::{read_all, read_one, write_all, ImageReader, ImageWriter};
+use images_proto::image::{read_all, read_one, write_all};
 use images_proto::magic as mg;
 use images_proto::pages::{PagemapReader, PagesWriter, PE_LAZY, PE_PRESENT};
 use images_proto::pb;
@@ -294,70 +294,6 @@ pub(crate) fn push_file(files: &mut Vec<pb::FileEntry>, mut e: pb::FileEntry) ->
     id
 }
 
-/// Kernel-internal dev encoding (major << 20 | minor) from glibc's `dev_t`,
-/// as ghost_file_entry.dev carries it.
-fn kdev(dev: u64) -> u32 {
-    let major = crate::dump::files::dev_major(dev);
-    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
-    ((major << 20) | (minor & 0xf_ffff)) as u32
-}
-
-/// The ghost files and remaps of the whole tree (the ghosts of regular
-/// files, FIFOs and mappings numbered together), in the kinds' image state
-/// ([`crate::kinds::ImageAcc::state`]): remap-fpath.img is written from it
-/// once, after the last fd table.
-#[derive(Default)]
-pub(crate) struct GhostImages {
-    /// (dev, ino) -> remap id (its ghost-file-N.img).
-    ids: HashMap<(u64, u64), u32>,
-    remaps: Vec<pb::RemapFilePathEntry>,
-}
-
-/// A `GHOST` remap of files.img entry `orig_id` to `g`, whose
-/// ghost-file-N.img is written the first time.
-pub(crate) fn ghost_remap(dir: &Path, acc: &mut crate::kinds::ImageAcc, orig_id: u32, g: &Ghost) -> Result<(), ImagesError> {
-    let st = acc.state::<GhostImages>();
-    let remap_id = match st.ids.get(&(g.dev, g.ino)) {
-        Some(&r) => r,
-        None => {
-            let r = st.ids.len() as u32 + 1;
-            st.ids.insert((g.dev, g.ino), r);
-            write_ghost(dir, r, g)?;
-            r
-        }
-    };
-    acc.state::<GhostImages>().remaps.push(pb::RemapFilePathEntry { orig_id, remap_id, remap_type: Some(pb::RemapType::Ghost as i32) });
-    Ok(())
-}
-
-/// remap-fpath.img and the ghost files of an image set, read as fds
-/// need them (once per fd table).
-#[derive(Default)]
-pub(crate) struct GhostReads {
-    remaps: Option<Vec<pb::RemapFilePathEntry>>,
-    ghosts: Vec<(u32, Box<Ghost>)>,
-}
-
-impl GhostReads {
-    /// The remap of files.img entry `orig_id`, if any.
-    pub(crate) fn remap_of(&mut self, dir: &Path, orig_id: u32) -> Result<Option<pb::RemapFilePathEntry>, ImagesError> {
-        if self.remaps.is_none() {
-            self.remaps = Some(read_optional(dir, &mg::REMAP_FPATH)?);
-        }
-        Ok(self.remaps.as_ref().and_then(|r| r.iter().find(|m| m.orig_id == orig_id)).cloned())
-    }
-
-    /// ghost-file-`remap_id`.img, read once.
-    pub(crate) fn ghost(&mut self, dir: &Path, remap_id: u32) -> Result<Box<Ghost>, ImagesError> {
-        if let Some((_, g)) = self.ghosts.iter().find(|(id, _)| *id == remap_id) {
-            return Ok(g.clone());
-        }
-        let g = Box::new(read_ghost(dir, remap_id)?);
-        self.ghosts.push((remap_id, g.clone()));
-        Ok(g)
-    }
-}
-
 /// What the fds of a tree's processes share: descriptions (numbered across
 /// the tree by the dump), memfds, link remaps and the kinds' images
 /// (ghosts, terminals, pipes); written once.
@@ -366,14 +302,12 @@ struct FdImages {
     desc_ids: HashMap<u32, u32>,                    // model desc -> file id
     /// memfd inode number -> its memfd.img `inode_id` (from 1).
     memfd_inodes: HashMap<u64, u32>,
-    /// link remap path -> the file id of its REG entry.
-    links: HashMap<String, u32>,
     /// Images beside files.img that the resource kinds (`crate::kinds`) write.
     kinds: crate::kinds::ImageAcc,
 }
 
 /// The files.img entry of a memfd (an fd's, or a mapping's).
-fn memfd_entry(file: &str, memfd_inodes: &HashMap<u64, u32>, ino: u64, flags: u32, pos: u64) -> Result<pb::FileEntry, ImagesError> {
+pub(crate) fn memfd_entry(file: &str, memfd_inodes: &HashMap<u64, u32>, ino: u64, flags: u32, pos: u64) -> Result<pb::FileEntry, ImagesError> {
     let inode_id = *memfd_inodes.get(&ino).ok_or_else(|| bad(file, format!("memfd inode {ino} was not collected")))?;
     Ok(pb::FileEntry {
         r#type: pb::FdTypes::Memfd as i32,
@@ -532,7 +466,7 @@ fn read_locks(dir: &Path, pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, ImagesE
 /// memfd.img's `inode_id` -> `shmid` (the model's inode key), without the
 /// data; empty when there is no memfd.img.
 /// inode_id -> name of memfd.img's entries (checked by `memfd_shmids`).
-fn memfd_names(dir: &Path) -> Result<HashMap<u32, String>, ImagesError> {
+pub(crate) fn memfd_names(dir: &Path) -> Result<HashMap<u32, String>, ImagesError> {
     let name = mg::MEMFD_INODE.file_name("");
     if !dir.join(&name).exists() {
         return Ok(HashMap::new());
@@ -541,7 +475,7 @@ fn memfd_names(dir: &Path) -> Result<HashMap<u32, String>, ImagesError> {
     Ok(entries.iter().filter_map(|e| Some((u32::try_from(e.inode_id).ok()?, e.name.clone()))).collect())
 }
 
-fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
+pub(crate) fn memfd_shmids(dir: &Path) -> Result<HashMap<u32, u64>, ImagesError> {
     let name = mg::MEMFD_INODE.file_name("");
     if !dir.join(&name).exists() {
         return Ok(HashMap::new());
@@ -634,38 +568,15 @@ fn read_memfds(dir: &Path) -> Result<Vec<(u32, Memfd)>, ImagesError> {
 /// files.img entries and the per-kind images for `task`'s fds; returns fdinfo.
 fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>, st: &mut FdImages) -> Result<Vec<pb::FdinfoEntry>, ImagesError> {
     let mut fdinfo = Vec::with_capacity(task.fds.len());
-    let FdImages { desc_ids, memfd_inodes, kinds, links } = st;
+    let FdImages { desc_ids, kinds, .. } = st;
     for fd in &task.fds {
         let ty = match fd.file {
-            FileDesc::Memfd { .. } => pb::FdTypes::Memfd,
-            FileDesc::Reg { .. } => pb::FdTypes::Reg,
             FileDesc::Kind(ref k) => k.fd_type(),
         };
         let id = match desc_ids.get(&fd.desc) {
             Some(&id) => id,
             None => {
                 let id = match &fd.file {
-                    FileDesc::Reg { path, flags, pos, mode, size, ghost, link } => {
-                        let id = push_file(files, reg_entry(0, path, *flags, *pos, *mode, *size));
-                        if let Some(l) = link {
-                            // as upstream: the link's own REG entry, and a
-                            // LINKED remap of the fd's file to it
-                            let remap_id = match links.get(l) {
-                                Some(&r) => r,
-                                None => {
-                                    let r = push_file(files, reg_entry(0, l, 0, 0, *mode, None));
-                                    links.insert(l.clone(), r);
-                                    r
-                                }
-                            };
-                            kinds.state::<GhostImages>().remaps.push(pb::RemapFilePathEntry { orig_id: id, remap_id, remap_type: Some(pb::RemapType::Linked as i32) });
-                        }
-                        if let Some(g) = ghost {
-                            ghost_remap(dir, kinds, id, g)?;
-                        }
-                        id
-                    }
-                    FileDesc::Memfd { ino, flags, pos } => push_file(files, memfd_entry("files.img", memfd_inodes, *ino, *flags, *pos)?),
                     FileDesc::Kind(k) => k.write_entries(&mut crate::kinds::Write { files, acc: kinds, net_ns: task.ids.net_ns, dir })?,
                 };
                 desc_ids.insert(fd.desc, id);
@@ -680,110 +591,11 @@ fn write_fds(dir: &Path, task: &Task, files: &mut Vec<pb::FileEntry>, st: &mut F
 /// The images every fd table of the tree shares, after the last one.
 fn finish_fds(dir: &Path, st: &mut FdImages) -> Result<(), ImagesError> {
     st.kinds.finish(dir)?;
-    let remaps = &st.kinds.state::<GhostImages>().remaps;
+    let remaps = &st.kinds.state::<crate::kinds::ghost::GhostImages>().remaps;
     if !remaps.is_empty() {
         write_all(dir, &mg::REMAP_FPATH.file_name(""), &mg::REMAP_FPATH, remaps)?;
     }
     Ok(())
-}
-
-/// ghost-file-`r`.img for `g`: the whole contents after the entry (as
-/// upstream writes a file without holes), or, when the file has holes,
-/// one `ghost_chunk_entry` + bytes per data extent (`chunks`, `size`).
-fn write_ghost(dir: &Path, r: u32, g: &Ghost) -> Result<(), ImagesError> {
-    let dense = match g.extents.as_slice() {
-        [] => g.size == 0,
-        [(0, d)] => d.len() as u64 == g.size,
-        _ => false,
-    };
-    let e = pb::GhostFileEntry {
-        uid: g.uid, gid: g.gid, mode: g.mode, dev: Some(kdev(g.dev)), ino: Some(g.ino),
-        // a device node's number, a symlink's target (as upstream 4.2)
-        // (rdev as st_rdev, the old major:minor encoding crit shows: as upstream)
-        rdev: matches!(g.mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK).then_some(g.rdev as u32),
-        atim: Some(pb::Timeval { tv_sec: g.atime.0, tv_usec: g.atime.1 }),
-        mtim: Some(pb::Timeval { tv_sec: g.mtime.0, tv_usec: g.mtime.1 }),
-        chunks: (!dense).then_some(true), size: (!dense).then_some(g.size), symlnk_target: g.target.clone(),
-    };
-    let mut w = ImageWriter::create(dir, &mg::GHOST_FILE.file_name(r), &mg::GHOST_FILE)?;
-    w.write_entry(&e)?;
-    for (off, data) in &g.extents {
-        if !dense {
-            w.write_entry(&pb::GhostChunkEntry { len: data.len() as u64, off: *off })?;
-        }
-        w.write_payload(data)?;
-    }
-    w.finish()?;
-    Ok(())
-}
-
-/// ghost-file-`id`.img: the entry and the contents (whole or in chunks).
-fn read_ghost(dir: &Path, remap_id: u32) -> Result<Ghost, ImagesError> {
-    let name = mg::GHOST_FILE.file_name(remap_id);
-    let mut r = ImageReader::open(dir, &name, &mg::GHOST_FILE)?;
-    let e: pb::GhostFileEntry = r.next_entry()?.ok_or_else(|| bad(&name, "no ghost_file_entry"))?;
-    // a deleted directory, memory device node or symlink: no contents, its
-    // rdev or target (written so by upstream 4.2 and by us)
-    let (mut rdev, mut target) = (0u64, None);
-    match e.mode & libc::S_IFMT {
-        libc::S_IFREG => {}
-        libc::S_IFDIR => {}
-        // a deleted FIFO (only behind a FIFO entry: see `read_fds`)
-        libc::S_IFIFO => {}
-        libc::S_IFCHR => {
-            let k = u64::from(e.rdev.ok_or_else(|| bad(&name, "a device ghost without rdev"))?);
-            let (major, minor) = (libc::major(k), libc::minor(k));
-            if major != 1 {
-                return Err(bad(&name, format!("ghost of character device {major}:{minor}: only memory devices (major 1) are supported")));
-            }
-            rdev = k;
-        }
-        libc::S_IFLNK => {
-            let t = e.symlnk_target.clone().ok_or_else(|| bad(&name, "a symlink ghost without symlnk_target"))?;
-            if t.is_empty() || t.len() >= libc::PATH_MAX as usize || t.contains('\0') {
-                return Err(bad(&name, format!("symlnk_target of {} bytes is not a symlink's target", t.len())));
-            }
-            target = Some(t);
-        }
-        _ => return Err(bad(&name, format!("ghost of mode {:o}: not supported (regular files, directories, memory devices, symlinks, FIFOs are)", e.mode))),
-    }
-    if e.mode & libc::S_IFMT != libc::S_IFREG && (e.chunks == Some(true) || e.size.is_some_and(|s| s != 0)) {
-        return Err(bad(&name, format!("ghost of mode {:o} with contents", e.mode)));
-    }
-    let (size, extents) = if e.chunks == Some(true) {
-        let size = e.size.ok_or_else(|| bad(&name, "chunked ghost without a size"))?;
-        let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut end_prev = 0;
-        while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
-            let end = c.off.checked_add(c.len).filter(|&e| e <= size).ok_or_else(|| bad(&name, format!("chunk {}+{} beyond size {size}", c.off, c.len)))?;
-            if c.off < end_prev {
-                return Err(bad(&name, format!("chunk at {} overlaps or precedes the previous one (ending at {end_prev})", c.off)));
-            }
-            extents.push((c.off, r.read_payload(c.len)?));
-            end_prev = end;
-        }
-        (size, extents)
-    } else {
-        let data = r.read_rest()?;
-        (data.len() as u64, if data.is_empty() { Vec::new() } else { vec![(0, data)] })
-    };
-    if e.mode & libc::S_IFMT != libc::S_IFREG && !extents.is_empty() {
-        return Err(bad(&name, format!("ghost of mode {:o} with contents", e.mode)));
-    }
-    let dev = u64::from(e.dev.unwrap_or(0));
-    Ok(Ghost {
-        dev: ((dev >> 20) << 8) | (dev & 0xff), // good enough to tell ghosts apart
-        ino: e.ino.unwrap_or(0),
-        uid: e.uid,
-        gid: e.gid,
-        mode: e.mode,
-        atime: e.atim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
-        mtime: e.mtim.as_ref().map(|t| (t.tv_sec, t.tv_usec)).unwrap_or_default(),
-        size,
-        extents,
-        rdev,
-        target,
-    })
 }
 
 /// Every entry of image `kind` in `dir`, none when the file is not there.
@@ -824,52 +636,11 @@ pub fn read_fd_table(dir: &Path, files_id: u32) -> Result<(Vec<Fd>, Vec<PipeData
 fn read_fds(dir: &Path, files: &[pb::FileEntry], fdinfo: &[pb::FdinfoEntry]) -> Result<Vec<Fd>, ImagesError> {
     let by_id: HashMap<u32, &pb::FileEntry> = files.iter().map(|f| (f.id, f)).collect();
     let file = |id: u32| by_id.get(&id).copied();
-    let mut memfd_inodes: Option<HashMap<u32, u64>> = None;
     let mut fds = Vec::with_capacity(fdinfo.len());
     let mut scratch = crate::kinds::Scratch::default();
     for fi in fdinfo {
         let f = file(fi.id).ok_or_else(|| bad("files.img", format!("fd {}: no file with id {}", fi.fd, fi.id)))?;
-        let desc = if let Some(r) = &f.reg {
-            let mut link = None;
-            let reads = scratch.get::<GhostReads>();
-            let ghost = match reads.remap_of(dir, f.id)? {
-                None => None,
-                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Linked as i32 => {
-                    // the link the dump made beside the old path: in the
-                    // same directory, for restore links it to the path
-                    let l = file(m.remap_id).and_then(|e| e.reg.as_ref()).ok_or_else(|| {
-                        bad("remap-fpath.img", format!("fd {}: linked remap of {} names file {}, which is no regular file", fi.fd, r.name, m.remap_id))
-                    })?;
-                    let parent = |p: &str| std::path::Path::new(p).parent().map(std::path::Path::to_path_buf);
-                    if parent(&l.name).is_none() || parent(&l.name) != parent(&r.name) || l.name == r.name {
-                        return Err(bad("remap-fpath.img", format!("fd {}: linked remap {} of {} is not another name in the same directory", fi.fd, l.name, r.name)));
-                    }
-                    link = Some(l.name.clone());
-                    None
-                }
-                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => {
-                    Some(reads.ghost(dir, m.remap_id)?)
-                    .filter(|g| g.mode & libc::S_IFMT != libc::S_IFIFO)
-                    .map(Some)
-                    .ok_or_else(|| bad(&mg::GHOST_FILE.file_name(m.remap_id), format!("fd {}: a FIFO ghost behind {}, which is not a FIFO entry", fi.fd, r.name)))?
-                }
-                Some(m) => {
-                    return Err(bad("remap-fpath.img", format!("fd {}: remap type {} of {} is not supported yet", fi.fd, m.remap_type.unwrap_or(0), r.name)))
-                }
-            };
-            FileDesc::Reg { path: r.name.clone(), flags: r.flags, pos: r.pos, mode: r.mode.unwrap_or(0), size: r.size, ghost, link }
-        } else if let Some(m) = &f.memfd {
-            if memfd_inodes.is_none() {
-                memfd_inodes = Some(memfd_shmids(dir)?);
-            }
-            let ino = memfd_inodes.as_ref().and_then(|ids| ids.get(&m.inode_id)).copied().ok_or_else(|| {
-                bad("files.img", format!("fd {}: memfd {} names inode {}, which memfd.img does not have", fi.fd, f.id, m.inode_id))
-            })?;
-            if memfd_names(dir)?.get(&m.inode_id).is_some_and(|n| n == "/anon_hugepage") {
-                return Err(bad("files.img", format!("fd {}: memfd {} is hugetlb memory (/anon_hugepage): an fd of it is not supported", fi.fd, f.id)));
-            }
-            FileDesc::Memfd { ino, flags: m.flags, pos: m.pos }
-        } else if let Some(k) = crate::kinds::read(f, &mut crate::kinds::Read { dir, files, fd: fi.fd, scratch: &mut scratch })? {
+        let desc = if let Some(k) = crate::kinds::read(f, &mut crate::kinds::Read { dir, files, fd: fi.fd, scratch: &mut scratch })? {
             FileDesc::Kind(k)
         } else {
             return Err(bad("files.img", format!("fd {}: file type {} is not supported yet", fi.fd, f.r#type)));
@@ -1119,6 +890,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     let mut files: Vec<pb::FileEntry> = Vec::new();
     let mut fd_images =
         FdImages { memfd_inodes: tree.memfds.iter().enumerate().map(|(i, m)| (m.ino, i as u32 + 1)).collect(), ..Default::default() };
+    // (the memfd kind's fds name the inodes by these ids too)
+    fd_images.kinds.state::<crate::kinds::memfd::InodeIds>().0 = fd_images.memfd_inodes.clone();
     let mut map_ids: Vec<(String, u32)> = Vec::new();
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
     let mut pages_id = 0u32;
@@ -1205,7 +978,7 @@ fn write_zombie(dir: &Path, task: &Task, exit: u32) -> Result<(), ImagesError> {
 /// (one per inode across the tree, shared with fds of the same inode) and
 /// a `GHOST` remap of its files.img entry `orig_id`, as for fds.
 fn map_ghost(dir: &Path, st: &mut FdImages, orig_id: u32, g: &Ghost) -> Result<(), ImagesError> {
-    ghost_remap(dir, &mut st.kinds, orig_id, g)
+    crate::kinds::ghost::ghost_remap(dir, &mut st.kinds, orig_id, g)
 }
 
 /// The images of one live process of the tree (its shared anonymous
@@ -1635,7 +1408,7 @@ fn read_task(
                 Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => Some(match map_ghosts.get(&m.remap_id) {
                     Some(g) => g.clone(),
                     None => {
-                        let g = std::sync::Arc::new(read_ghost(dir, m.remap_id)?);
+                        let g = std::sync::Arc::new(crate::kinds::ghost::read_ghost(dir, m.remap_id)?);
                         map_ghosts.insert(m.remap_id, g.clone());
                         g
                     }

@@ -236,18 +236,8 @@ pub struct Fs {
 /// What a dumped fd refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileDesc {
-    /// A path-opened file: regular file, directory, character device.
-    /// `size` is recorded (and checked on restore) as upstream does: for
-    /// regular files not opened `O_WRONLY|O_APPEND`. `ghost`: the file was
-    /// unlinked while open; its contents travel with the image.
-    /// `link` (`--link-remap`): the file's path was unlinked but the file
-    /// has other names; `link` is a hard link the dump made in the same
-    /// directory (upstream's `link_remap.N`), through which restore opens
-    /// it under `path` again (removed once the restore succeeded).
-    Reg { path: String, flags: u32, pos: u64, mode: u32, size: Option<u64>, ghost: Option<Box<Ghost>>, link: Option<String> },
-    /// An open memfd: `ino` names its inode in [`Tree::memfds`].
-    Memfd { ino: u64, flags: u32, pos: u64 },
-    /// A file of one of the resource kinds of `crate::kinds` (eventfd, ...):
+    /// A file of one of the resource kinds of `crate::kinds` (files opened
+    /// by path, pipes, eventfd, ...):
     /// each kind's collect, image and restore halves live in its module.
     Kind(crate::kinds::Kind),
 }

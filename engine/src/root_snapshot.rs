@@ -275,7 +275,7 @@ impl Plan {
         // open file descriptions under the directory, once each
         let mut done = std::collections::HashSet::new();
         for fd in &task.fds {
-            let FileDesc::Reg { path, flags, pos, mode, .. } = &fd.file else { continue };
+            let FileDesc::Kind(crate::kinds::Kind::Reg(crate::kinds::reg::Reg { path, flags, pos, mode, .. })) = &fd.file else { continue };
             if !under(path, &self.dir) || !done.insert(fd.desc) {
                 continue;
             }
@@ -338,7 +338,7 @@ fn btrfs_kind(dir: &str) -> Result<Kind, String> {
 /// The size of an unlinked file's description.
 fn ghost_size(f: &FileDesc) -> Option<u64> {
     match f {
-        FileDesc::Reg { ghost: Some(g), .. } => Some(g.size),
+        FileDesc::Kind(crate::kinds::Kind::Reg(crate::kinds::reg::Reg { ghost: Some(g), .. })) => Some(g.size),
         _ => None,
     }
 }

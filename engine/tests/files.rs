@@ -124,19 +124,21 @@ fn upstream_files_images_read() {
     assert_eq!(fd(1).desc, fd(2).desc, "fds 1 and 2 share one description");
     assert_ne!(fd(0).desc, fd(1).desc);
     assert!(fd(6).cloexec && !fd(5).cloexec);
+    use engine::kinds::reg::Reg;
+    use engine::kinds::Kind;
     match &fd(4).file {
-        FileDesc::Reg { path, pos, size, ghost: None, .. } => {
+        FileDesc::Kind(Kind::Reg(Reg { path, pos, size, ghost: None, .. })) => {
             assert!(path.ends_with("/data.bin"));
             assert_eq!((*pos, *size), (1234, Some(8192)));
         }
         other => panic!("fd 4: {other:?}"),
     }
     match &fd(5).file {
-        FileDesc::Reg { flags, size: None, .. } => assert_ne!(*flags & libc::O_APPEND as u32, 0),
+        FileDesc::Kind(Kind::Reg(Reg { flags, size: None, .. })) => assert_ne!(*flags & libc::O_APPEND as u32, 0),
         other => panic!("fd 5: {other:?}"),
     }
     match &fd(9).file {
-        FileDesc::Reg { path, pos, ghost: Some(g), .. } => {
+        FileDesc::Kind(Kind::Reg(Reg { path, pos, ghost: Some(g), .. })) => {
             assert!(path.ends_with("/ghost.bin"));
             assert_eq!(*pos, 5000);
             assert_eq!(g.size, 5000);
@@ -146,7 +148,7 @@ fn upstream_files_images_read() {
         }
         other => panic!("fd 9: {other:?}"),
     }
-    use engine::kinds::{pipe::Pipe, Kind};
+    use engine::kinds::pipe::Pipe;
     assert!(matches!(fd(11).file, FileDesc::Kind(Kind::Pipe(Pipe { flags: 0, .. }))));
     assert!(matches!(fd(12).file, FileDesc::Kind(Kind::Pipe(Pipe { flags: 1, .. }))));
     assert_eq!(pipes.len(), 1);

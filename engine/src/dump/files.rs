@@ -1,19 +1,18 @@
 //! File descriptors, dump half (the restore half is `restore/files.rs`):
-//! regular files, directories, memory devices (/dev/null, /dev/zero, ...),
-//! files unlinked while open (ghosts: data extents saved), memfds (their
-//! inodes read once per tree: [`collect_memfds`]). Terminals (by device
-//! number), FIFOs opened by path and any object without a path (pipes,
-//! sockets, anonymous inodes) are offered to the resource kinds
-//! (`crate::kinds`: tty, pty, fifo, pipe, eventfd, ...); what no kind
-//! claims (pidfds, ...), other devices and non-UTF-8 paths are refused by
-//! name.
+//! every fd is offered to the resource kinds (`crate::kinds`: tty, pty,
+//! fifo, pipe, eventfd, memfd, ..., and last `reg`, the files opened by
+//! path); the memfd inodes are read once per tree ([`collect_memfds`]);
+//! what no kind claims (pidfds, ...) and non-UTF-8 paths are refused by
+//! name. The ghosts' contents (`ghost_of`, `special_ghost`: of files
+//! unlinked while open or mapped), the sharing of descriptions across a
+//! tree and the `--link-remap` links are made here.
 //!
 //! Everything is read from outside the frozen task: /proc/PID/fd links,
 //! stat and fdinfo, a reopen of /proc/PID/fd/N for ghost contents, and
 //! kcmp(KCMP_FILE) to find fds that share one open file description.
 
 use super::proc;
-use crate::model::{Fd, FileDesc, FileLock, Ghost};
+use crate::model::{Fd, FileDesc, FileLock};
 use crate::pr_debug;
 use crate::sys::process as p;
 use crate::sys::Pid;
@@ -69,10 +68,6 @@ pub enum FilesError {
     Kcmp { pid: Pid, a: i32, b: i32, #[source] source: io::Error },
 }
 
-/// The memory devices (/dev/null, /dev/zero, /dev/full, /dev/random,
-/// /dev/urandom, ...): reopened by path like regular files, as upstream.
-const MEM_MAJOR: u64 = 1;
-
 /// glibc's `major()` of a `dev_t`.
 pub fn dev_major(dev: u64) -> u64 {
     ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
@@ -87,96 +82,6 @@ pub fn dev_minor(dev: u64) -> u64 {
 /// write-only append files (logs keep growing).
 pub fn should_check_size(flags: u32) -> bool {
     !((flags as i32 & libc::O_ACCMODE) == libc::O_WRONLY && flags as i32 & libc::O_APPEND != 0)
-}
-
-/// The contents of an unlinked file: its data extents (SEEK_DATA /
-/// SEEK_HOLE), so holes stay holes and only allocated bytes count against
-/// the ghost limit.
-fn ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata, limit: u64) -> Result<Ghost, FilesError> {
-    ghost_of(&format!("/proc/{pid}/fd/{fd}"), pid, fd, path, meta, limit)
-}
-
-/// [`ghost`] of the file `open` names (`/proc/PID/fd/N`, or
-/// `/proc/PID/map_files/START-END` for a mapping: then `fd` is -1).
-pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata, limit: u64) -> Result<Ghost, FilesError> {
-    use std::os::fd::AsFd;
-    use std::os::unix::fs::FileExt;
-    let io_err = |e| FilesError::Io { pid, fd, source: e };
-    let allocated = meta.blocks().saturating_mul(512);
-    if allocated > limit {
-        return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: allocated, limit });
-    }
-    let f = std::fs::File::open(open).map_err(io_err)?;
-    let size = meta.size();
-    let mut extents: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut total: u64 = 0;
-    let mut off = 0;
-    while off < size {
-        let Some(start) = p::seek_data_hole(f.as_fd(), off, libc::SEEK_DATA).map_err(io_err)? else { break };
-        if start >= size {
-            break;
-        }
-        let end = p::seek_data_hole(f.as_fd(), start, libc::SEEK_HOLE).map_err(io_err)?.unwrap_or(size).min(size);
-        let len = end.saturating_sub(start);
-        total = total.saturating_add(len);
-        // a file system without hole reporting shows one extent; it must
-        // still fit the limit (the data is read into memory)
-        if total > limit.max(allocated) {
-            return Err(FilesError::GhostTooBig { pid, fd, path: path.to_string(), size: total, limit });
-        }
-        let mut data = vec![0u8; len as usize];
-        f.read_exact_at(&mut data, start).map_err(io_err)?;
-        extents.push((start, data));
-        off = end;
-    }
-    pr_debug!("Dumping ghost file contents for fd {fd} ({path}, {size} bytes, {} extents, {total} bytes of data)", extents.len());
-    Ok(Ghost {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mode: meta.mode(),
-        atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
-        mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
-        rdev: 0,
-        target: None,
-        size,
-        extents,
-    })
-}
-
-/// A deleted directory, memory device node or symlink held open (as
-/// upstream 4.2 writes them: a ghost with no contents, its mode, and its
-/// rdev or the symlink's target): recreated at restore as what it was.
-/// A symlink's target is read through the fd itself (pidfd_getfd).
-pub(crate) fn special_ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metadata) -> Result<Ghost, FilesError> {
-    use std::os::fd::AsFd;
-    use std::os::unix::fs::FileTypeExt;
-    let io_err = |e| FilesError::Io { pid, fd, source: e };
-    let ft = meta.file_type();
-    let target = if ft.is_symlink() {
-        let pidfd = p::pidfd_open(pid).map_err(io_err)?;
-        let f = p::pidfd_getfd(&pidfd, fd).map_err(io_err)?;
-        let t = p::readlink_fd(f.as_fd()).map_err(io_err)?;
-        Some(String::from_utf8(t).map_err(|t| FilesError::Unsupported { pid, fd, what: format!("{path} (deleted), a symlink to a name that is not UTF-8 ({:?})", String::from_utf8_lossy(t.as_bytes())) })?)
-    } else {
-        None
-    };
-    let rdev = if ft.is_char_device() || ft.is_block_device() { meta.rdev() } else { 0 };
-    pr_debug!("Dumping ghost {path} (mode {:o}, rdev {rdev:#x}, target {target:?}) for fd {fd}", meta.mode());
-    Ok(Ghost {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mode: meta.mode(),
-        atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
-        mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
-        rdev,
-        target,
-        size: 0,
-        extents: Vec::new(),
-    })
 }
 
 /// HUGETLBFS_MAGIC: a memfd made with MFD_HUGETLB lives there.
@@ -195,8 +100,8 @@ pub fn collect_memfds(tasks: &[(Pid, &crate::model::Task)]) -> Result<Vec<crate:
     let mut out: Vec<crate::model::Memfd> = Vec::new();
     for (pid, t) in tasks {
         let pid = *pid;
-        let fds = t.fds.iter().filter_map(|f| match f.file {
-            FileDesc::Memfd { ino, .. } => Some((ino, format!("/proc/{pid}/fd/{}", f.fd), f.fd)),
+        let fds = t.fds.iter().filter_map(|f| match &f.file {
+            FileDesc::Kind(crate::kinds::Kind::Memfd(crate::kinds::memfd::Memfd { ino, .. })) => Some((*ino, format!("/proc/{pid}/fd/{}", f.fd), f.fd)),
             _ => None,
         });
         let maps = t.mm.vmas.iter().filter_map(|v| {
@@ -291,7 +196,6 @@ type DescKey = (u64, u64, u64, u32);
 pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
     use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::FileTypeExt;
     let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| FilesError::Io { pid, fd: -1, source: e })?;
     let mut fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
     fds.sort_unstable();
@@ -302,7 +206,6 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
     // agree on all three; the task is frozen): (fd, index in `out`) of one
     // fd per open file description, sorted by kcmp order
     let mut descs: HashMap<DescKey, Vec<(i32, usize)>> = HashMap::new();
-    let mut ghosts: HashMap<(u64, u64), Box<Ghost>> = HashMap::new();
     let mut ndesc = 0;
     let mut scratch = crate::kinds::Scratch::default();
     for fd in fds {
@@ -353,98 +256,15 @@ pub fn collect_fds(pid: Pid, opts: &FileOpts) -> Result<FdTable, FilesError> {
             pr_debug!("{pid} fd {fd} holds lock {}", l.trim());
             locks.push(lock);
         }
-        let ft = meta.file_type();
-        let file = if !link.starts_with('/') {
-            // pipes, sockets, anonymous inodes: the resource kinds
-            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
+        // the resource kinds: terminals by device number whatever the
+        // path, FIFOs opened by path, pipes, sockets, anonymous inodes,
+        // memfds, and last the files opened by path (`kinds::reg`)
+        let file = {
+            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, pos, opts, scratch: &mut scratch };
             match crate::kinds::collect(&mut cx)? {
                 Some(k) => FileDesc::Kind(k),
                 None => return Err(unsupported(kernel_object_kind(&link))),
             }
-        } else if ft.is_char_device() && crate::kinds::tty::is_tty_major(dev_major(meta.rdev())) {
-            // terminals, by device number whatever the path: a pty master
-            // (/dev/ptmx: the pair is the tree's own, `kinds::pty`), any
-            // other (`kinds::tty`)
-            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
-            match crate::kinds::collect(&mut cx)? {
-                Some(k) => FileDesc::Kind(k),
-                None => return Err(unsupported(format!("{link}, a terminal"))),
-            }
-        } else if ft.is_fifo() && <crate::kinds::fifo::Fifo as crate::kinds::FileKind>::claims(&link, &meta) {
-            // FIFOs opened by path (`kinds::fifo`; one unlinked from its
-            // path but linked elsewhere is refused below)
-            let mut cx = crate::kinds::Collect { pid, fd, link: &link, fdinfo: &info, flags, meta: &meta, scratch: &mut scratch };
-            match crate::kinds::collect(&mut cx)? {
-                Some(k) => FileDesc::Kind(k),
-                None => return Err(unsupported(format!("{link}, a FIFO"))),
-            }
-        } else if ft.is_file() && link.starts_with("/memfd:") && link.ends_with(" (deleted)") && meta.nlink() == 0 {
-            // (its inode, contents and seals: `collect_memfds`, once per inode)
-            FileDesc::Memfd { ino: meta.ino(), flags, pos }
-        } else if let Some(orig) = link.strip_suffix(" (deleted)") {
-            // a directory, memory device node or symlink no longer linked
-            // anywhere: a ghost of its kind (see `special_ghost`)
-            let special = (ft.is_dir() || ft.is_symlink() || (ft.is_char_device() && dev_major(meta.rdev()) == 1)) && meta.nlink() == 0;
-            if special {
-                let g = match ghosts.get(&(meta.dev(), meta.ino())) {
-                    Some(g) => g.clone(),
-                    None => {
-                        let g = Box::new(special_ghost(pid, fd, orig, &meta)?);
-                        ghosts.insert((meta.dev(), meta.ino()), g.clone());
-                        g
-                    }
-                };
-                ndesc += 1;
-                out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: None, ghost: Some(g), link: None } });
-                continue;
-            }
-            if !ft.is_file() {
-                return Err(unsupported(format!("{link}, a deleted {}", type_name(&ft))));
-            }
-            if meta.nlink() != 0 {
-                // unlinked from this path, linked elsewhere
-                match std::fs::metadata(orig) {
-                    // linked again under its old name: a plain path
-                    Ok(m) if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) => {
-                        let size = should_check_size(flags).then(|| meta.size());
-                        ndesc += 1;
-                        out.push(Fd { fd, cloexec, desc: ndesc, file: FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size, ghost: None, link: None } });
-                        continue;
-                    }
-                    Ok(_) => return Err(unsupported(format!("{link}: another file now has that name, and this one has {} other links", meta.nlink()))),
-                    Err(_) if !opts.link_remap => return Err(FilesError::LinkRemap { pid, fd, path: orig.to_string(), nlink: meta.nlink() }),
-                    // the link itself is made once the whole tree is
-                    // collected (`make_link_remaps`), so that a refusal
-                    // later leaves nothing behind
-                    Err(_) => {
-                        let size = should_check_size(flags).then(|| meta.size());
-                        FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size, ghost: None, link: Some(String::new()) }
-                    }
-                }
-            } else {
-            // fds of one unlinked inode (opened separately) share one ghost
-            let g = match ghosts.get(&(meta.dev(), meta.ino())) {
-                Some(g) => g.clone(),
-                None => {
-                    let g = Box::new(ghost(pid, fd, orig, &meta, opts.ghost_limit)?);
-                    ghosts.insert((meta.dev(), meta.ino()), g.clone());
-                    g
-                }
-            };
-            FileDesc::Reg { path: orig.to_string(), flags, pos, mode: meta.mode(), size: Some(meta.size()), ghost: Some(g), link: None }
-            }
-        } else if ft.is_char_device() {
-            let major = dev_major(meta.rdev());
-            if major == MEM_MAJOR {
-                FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size: None, ghost: None, link: None }
-            } else {
-                return Err(unsupported(format!("{link}, character device {major}:{}", dev_minor(meta.rdev()))));
-            }
-        } else if ft.is_file() || ft.is_dir() || ft.is_symlink() {
-            let size = (ft.is_file() && should_check_size(flags)).then(|| meta.size());
-            FileDesc::Reg { path: link, flags, pos, mode: meta.mode(), size, ghost: None, link: None }
-        } else {
-            return Err(unsupported(format!("{link}, a {}", type_name(&ft))));
         };
         ndesc += 1;
         out.push(Fd { fd, cloexec, desc: ndesc, file });
@@ -512,7 +332,7 @@ pub fn make_link_remaps<'a>(tasks: impl Iterator<Item = (Pid, &'a mut crate::mod
     let res = (|| {
         for (pid, t) in tasks {
             for f in t.fds.iter_mut() {
-                let FileDesc::Reg { path, link: Some(link), .. } = &mut f.file else { continue };
+                let FileDesc::Kind(crate::kinds::Kind::Reg(crate::kinds::reg::Reg { path, link: Some(link), .. })) = &mut f.file else { continue };
                 if !link.is_empty() {
                     continue;
                 }
@@ -607,7 +427,7 @@ pub fn fs_path(pid: Pid, what: &'static str) -> Result<String, FilesError> {
 }
 
 /// A file type in words.
-fn type_name(ft: &std::fs::FileType) -> &'static str {
+pub(crate) fn type_name(ft: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_dir() {
         "directory"

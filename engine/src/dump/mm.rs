@@ -49,7 +49,7 @@ fn deleted_mapping(pid: Pid, m: &proc::MapsLine, seen: &mut std::collections::Ha
     if meta.nlink() != 0 {
         return Err(err(format!("the file was unlinked from {orig} but still has {} links elsewhere (link remap of a mapping is not supported yet)", meta.nlink())));
     }
-    let g = super::files::ghost_of(&open, pid, -1, orig, &meta, limit).map_err(|e| err(crate::log::error_chain(&e)))?;
+    let g = crate::kinds::ghost::ghost_of(&open, pid, -1, orig, &meta, limit).map_err(|e| err(crate::log::error_chain(&e)))?;
     let g = std::sync::Arc::new(g);
     seen.insert((meta.dev(), meta.ino()), g.clone());
     Ok(g)

@@ -7,7 +7,7 @@
 //! process through the first fd of it, whatever the end (a reopen through
 //! /proc and tee(2), [`super::pipe::queued`]). One no longer linked
 //! anywhere gets a ghost of mode S_IFIFO (no contents:
-//! `dump::files::special_ghost`). Image: as upstream 4.2: a `REG` entry of
+//! `kinds::ghost::special_ghost`). Image: as upstream 4.2: a `REG` entry of
 //! the path and flags, then the `FIFO` entry naming it (`regf_id`); an
 //! unlinked one a `GHOST` remap of that `REG` entry and its
 //! ghost-file-N.img (numbered with the regular files' ghosts); one
@@ -17,7 +17,7 @@
 //! for the other side then), which also refills its buffer size and
 //! queued bytes; each fd is then opened by path (inside `--root` if
 //! given) with the dumped flags and its mode checked. An unlinked FIFO's
-//! node is recreated once (the regular files' ghosts, `restore::files::
+//! node is recreated once (the regular files' ghosts, `kinds::ghost::
 //! Ghosts`), each fd opened through its old name, unlinked again. A FIFO
 //! with fds in several processes of a tree is opened by the root for all
 //! ([`FileKind::object`]).
@@ -90,7 +90,7 @@ impl FileKind for Fifo {
                 let g = match cx.scratch.get::<Taken>().ghosts.get(&key) {
                     Some(g) => g.clone(),
                     None => {
-                        let g = Box::new(crate::dump::files::special_ghost(cx.pid, cx.fd, orig, meta)?);
+                        let g = Box::new(super::ghost::special_ghost(cx.pid, cx.fd, orig, meta)?);
                         cx.scratch.get::<Taken>().ghosts.insert(key, g.clone());
                         g
                     }
@@ -108,7 +108,7 @@ impl FileKind for Fifo {
         if let Some(g) = &self.ghost {
             // unlinked: a ghost (mode S_IFIFO, no contents) of that REG
             // entry, as upstream writes it
-            crate::images_io::ghost_remap(cx.dir, cx.acc, regf_id, g)?;
+            super::ghost::ghost_remap(cx.dir, cx.acc, regf_id, g)?;
         }
         if let Some(d) = &self.data {
             // (a FIFO read by several processes: its bytes once; empty
@@ -129,7 +129,7 @@ impl FileKind for Fifo {
             .and_then(|r| r.reg.as_ref())
             .ok_or_else(|| ImagesError::Bad { file: "files.img".into(), what: format!("fd {fd}: fifo {} has no reg_file_entry (regf_id {:?})", e.id, ff.regf_id) })?;
         let regf_id = ff.regf_id.unwrap_or(0);
-        let reads = cx.scratch.get::<crate::images_io::GhostReads>();
+        let reads = cx.scratch.get::<super::ghost::GhostReads>();
         let ghost = match reads.remap_of(dir, regf_id)? {
             None => None,
             Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => {
@@ -150,7 +150,8 @@ impl FileKind for Fifo {
     }
 
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
-        use crate::restore::files::{open_image_path, validate, Ghosts};
+        use super::ghost::Ghosts;
+        use crate::restore::files::{open_image_path, validate};
         let (n, plan, id) = (cx.fd, cx.plan, self.pipe_id);
         let path = &self.path;
         // an unlinked FIFO: its node recreated once (`Ghosts::path`), each

@@ -14,9 +14,9 @@
 //!   phase puts it on its fd number, dups it onto the other fds of its open
 //!   file description and sets FD_CLOEXEC. A kind that needs other fds in
 //!   place first (epoll's targets) names them in [`FileKind::after`]; the
-//!   [`FileKind::EARLY`] kinds (terminals, pipes, FIFOs) are made first,
-//!   and the phase runs after the regular files and memfds (still in
-//!   `restore/files.rs`), so those are always in place.
+//!   [`FileKind::EARLY`] kinds (files opened by path, memfds, terminals,
+//!   pipes, FIFOs) are made first, and the phase runs after the memfd
+//!   inodes are made (`restore/files.rs`).
 //!
 //! The model holds every such fd as one `FileDesc::Kind(Kind)`; [`Kind`]
 //! is the enum of the kinds below, generated with its dispatch by the
@@ -38,12 +38,15 @@ pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
 pub mod fifo;
+pub mod ghost;
 pub mod inet;
 pub mod inotify;
+pub mod memfd;
 pub mod netlink;
 pub mod packet;
 pub mod pipe;
 pub mod pty;
+pub mod reg;
 pub mod signalfd;
 pub mod tcp_stream;
 pub mod timerfd;
@@ -76,6 +79,10 @@ pub struct Collect<'a> {
     pub flags: u32,
     /// stat of `/proc/PID/fd/N`.
     pub meta: &'a std::fs::Metadata,
+    /// The file offset (fdinfo `pos:`).
+    pub pos: u64,
+    /// What the command line says about files (`--ghost-limit`, ...).
+    pub opts: &'a crate::dump::files::FileOpts,
     pub scratch: &'a mut Scratch,
 }
 
@@ -229,6 +236,9 @@ pub struct Restore<'a> {
     pub terminal: Option<i32>,
     /// Working fds of the table being built (see [`Work`]).
     pub work: &'a mut Work,
+    /// A process's own table (not the descriptions the root makes for
+    /// the tree).
+    pub own_table: bool,
 }
 
 impl Restore<'_> {
@@ -367,7 +377,7 @@ pub trait FileKind: Sized {
         Vec::new()
     }
     /// Restore: fd numbers that must hold their restored files before this
-    /// one is created (epoll: its targets). Fds of the regular files and memfds, and of the EARLY kinds, always do.
+    /// one is created (epoll: its targets). Fds of the EARLY kinds (files by path, memfds, ...) always do.
     fn after(&self) -> Vec<i32> {
         Vec::new()
     }
@@ -497,6 +507,9 @@ kinds! {
     Netlink(netlink::Netlink),
     Packet(packet::Packet),
     Unix(unix::UnixSk),
+    Memfd(memfd::Memfd),
+    // (last: every path the kinds above leave)
+    Reg(reg::Reg),
 }
 
 /// Image check of a whole fd table (before anything is created): every fd
@@ -504,10 +517,9 @@ kinds! {
 pub fn check_table(fds: &[Fd]) -> Result<(), String> {
     let have: std::collections::HashSet<i32> = fds.iter().map(|f| f.fd).collect();
     for f in fds {
-        if let crate::model::FileDesc::Kind(k) = &f.file {
-            if let Some(d) = k.after().into_iter().find(|d| !have.contains(d) || *d == f.fd) {
-                return Err(format!("fd {} ({}) needs fd {d}, which is not in the fd table", f.fd, k.name()));
-            }
+        let crate::model::FileDesc::Kind(k) = &f.file;
+        if let Some(d) = k.after().into_iter().find(|d| !have.contains(d) || *d == f.fd) {
+            return Err(format!("fd {} ({}) needs fd {d}, which is not in the fd table", f.fd, k.name()));
         }
     }
     Ok(())
@@ -529,6 +541,7 @@ pub fn restore_phase(
     plan: &crate::restore::child::ChildPlan,
     terminal: Option<i32>,
     work: &mut Work,
+    own_table: bool,
 ) -> Result<(), String> {
     use crate::sys::process as p;
     // desc -> the fd number that holds it
@@ -554,7 +567,7 @@ pub fn restore_phase(
                 if let Some(d) = deps.iter().find(|&&d| d == n || !is_open(d)) {
                     return Err(format!("fd {n} ({}) needs fd {d}, which the image does not restore", kind.name()));
                 }
-                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut *scratch, all: fds, moved: map, plan, terminal, work: &mut *work }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
+                let obj = kind.restore(&mut Restore { fd: n, scratch: &mut *scratch, all: fds, moved: map, plan, terminal, work: &mut *work, own_table }).map_err(|e| format!("fd {n} ({}): {e}", kind.name()))?;
                 let raw = obj.as_raw_fd();
                 if raw != n {
                     p::dup2(raw, n).map_err(|e| format!("dup2 {raw} -> {n} ({}): {e}", kind.name()))?;

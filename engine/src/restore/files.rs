@@ -2,35 +2,37 @@
 //! in the restore child (a fork of the engine, before it is seized), in
 //! plain syscalls:
 //!
-//! - regular files, directories, devices: opened by path with the dumped
-//!   flags, checked as upstream does (mode, and size when it was recorded),
-//!   seeked to the dumped offset;
-//! - ghosts (unlinked while open): recreated next to the original path as
+//! - files opened by path (regular files, directories, memory devices)
+//!   are a resource kind (`kinds::reg`), made in the kinds' phase below
+//!   with the helpers here (`open_image_path_own`, `validate`) and the
+//!   ghosts' (`kinds::ghost::Ghosts`);
+//! - ghosts (unlinked while open, `kinds::reg`, `kinds::fifo`, and the
+//!   files unlinked while mapped): recreated next to the original path as
 //!   `<path>.cr.<n>.ghost` with the saved size, data extents (holes stay
 //!   holes), mode, owner and times; each fd opens it under the original
 //!   name (linked there, opened, unlinked), so it dumps again as it did (no
 //!   drift over rounds); the ghost is unlinked once every fd is in place;
 //! - memfds: each inode of the image made once, first of all
 //!   (`memfd_create` with its name, then its size, data runs, owner, mode
-//!   and last its seals), on a working fd; each open file description of it
-//!   is a reopen through /proc/self/fd (its own flags and offset), and each
-//!   file of a mapping of it too (see `open_at`);
+//!   and last its seals), on a working fd; its fds are the `kinds::memfd`
+//!   kind's (made in the kinds' phase from that working fd), each file of a
+//!   mapping of it a reopen through /proc/self/fd (see `open_at`);
 //! - fds that shared an open file description are dup'ed from the first;
-//! - then the resource kinds (`crate::kinds`: terminals, pipes, FIFOs,
-//!   event objects, sockets, ...) in their phase, `kinds::restore_phase`,
-//!   with this table's `Scratch` (the `Ghosts` made here: an unlinked
-//!   FIFO's node is one) and working fds (`kinds::Work`).
+//! - then the resource kinds (`crate::kinds`: files by path, memfds,
+//!   terminals, pipes, FIFOs, event objects, sockets, ...) in their phase,
+//!   `kinds::restore_phase`, with this table's `Scratch` (the
+//!   `kinds::ghost::Ghosts` made: an unlinked file's or FIFO's) and working fds (`kinds::Work`).
 //!
 //! Working fds live just below the service fds: the terminal at
 //! `svc_base - 1`, the memfds below it (`memfd_slot`), the kinds' (pipe
 //! ends, FIFO keepers) from there down.
 
 use super::child::{ChildPlan, RootDir};
-use crate::model::{FileDesc, Ghost, Task};
+use crate::model::{FileDesc, Task};
 use crate::sys::process as p;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 fn cpath(path: &str) -> Result<CString, String> {
     CString::new(path).map_err(|_| format!("path {path:?} has a NUL byte"))
@@ -74,6 +76,14 @@ pub fn open_image_path(plan: &ChildPlan, path: &str, flags: i32, target: i32) ->
     Ok(())
 }
 
+/// [`open_image_path`] onto a new fd (`n`: the fd it is for, in errors).
+pub fn open_image_path_own(plan: &ChildPlan, path: &str, flags: i32, n: i32) -> Result<OwnedFd, String> {
+    match &plan.root {
+        None => p::open_owned(&cpath(path)?, open_flags(flags)).map_err(|e| format!("open {path:?} for fd {n}: {e}")),
+        Some(root) => root.open(path, open_flags(flags), 0).map_err(|e| format!("open {path:?} in root {} for fd {n}: {e}", root.path.display())),
+    }
+}
+
 /// Open `path` for the child's own use (service fds, mapped files; they
 /// are mmap'ed, so O_NONBLOCK changes nothing but that a path that is now a
 /// FIFO does not block the open). A memfd's key (`images_io::map_key`) is
@@ -87,7 +97,7 @@ pub fn open_at(plan: &ChildPlan, path: &str, flags: i32, target: i32) -> Result<
 }
 
 /// The working fd of memfd `i` of the plan, just below the parked terminal.
-fn memfd_slot(plan: &ChildPlan, i: usize) -> i32 {
+pub(crate) fn memfd_slot(plan: &ChildPlan, i: usize) -> i32 {
     plan.svc_base - 2 - i as i32
 }
 
@@ -164,7 +174,7 @@ fn make_memfds(plan: &ChildPlan, which: &[usize]) -> Result<(), String> {
 
 /// Whether `task` has an fd or a mapping of memfd inode `ino`.
 fn uses_memfd(task: &Task, ino: u64) -> bool {
-    task.fds.iter().any(|f| matches!(f.file, FileDesc::Memfd { ino: i, .. } if i == ino))
+    task.fds.iter().any(|f| matches!(&f.file, FileDesc::Kind(crate::kinds::Kind::Memfd(m)) if m.ino == ino))
         || task.mm.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.memfd == Some(ino)))
 }
 
@@ -196,184 +206,6 @@ pub fn park_terminal(plan: &ChildPlan) -> Result<Option<i32>, String> {
     Ok(Some(slot))
 }
 
-/// Ghost files created by this restore (paths of the image, inside
-/// `--root` if given); unlinked when dropped (after the fds are open, or on
-/// failure). One per fd table, in the table's scratch (the regular files
-/// here and the FIFOs of `kinds::fifo` share it).
-#[derive(Default)]
-pub struct Ghosts {
-    list: std::collections::HashMap<(u64, u64), String>,
-    /// `--root` (a handle of its own, taken at the first open).
-    root: Option<RootDir>,
-}
-
-impl Drop for Ghosts {
-    fn drop(&mut self) {
-        for path in self.list.values() {
-            let gone = match &self.root {
-                Some(r) => r.unlink(path),
-                None => std::fs::remove_file(path),
-            };
-            // a directory's ghost
-            if gone.is_err() {
-                if let Ok((dir, name)) = self.dir_of(path) {
-                    let _ = p::unlink_in_flags(dir.as_fd(), &name, libc::AT_REMOVEDIR);
-                }
-            }
-        }
-    }
-}
-
-impl Ghosts {
-    /// Take `--root` from the plan (before the first ghost is made).
-    fn bind(&mut self, plan: &ChildPlan) -> Result<(), String> {
-        if let (None, Some(r)) = (&self.root, &plan.root) {
-            // above every fd number the table is built on (a handle on the
-            // lowest free number would be replaced by a restored fd)
-            let fd = crate::sys::sock::dup_above(r.fd.as_fd(), plan.above_all()).map_err(|e| format!("a handle of root {}: {e}", r.path.display()))?;
-            self.root = Some(RootDir { path: r.path.clone(), fd });
-        }
-        Ok(())
-    }
-
-    /// The path of the recreated ghost for `g` (`<path>.cr.<n>.ghost`),
-    /// creating it the first time: its size, its data extents (holes stay
-    /// holes), mode, owner and times.
-    fn path(&mut self, orig: &str, g: &Ghost) -> Result<String, String> {
-        use std::os::unix::fs::FileExt;
-        if let Some(path) = self.list.get(&(g.dev, g.ino)) {
-            return Ok(path.clone());
-        }
-        let path = format!("{orig}.cr.{:x}.ghost", self.list.len() + 1);
-        let err = |what: &str, e: std::io::Error| format!("ghost file {path} for {orig}: {what}: {e}");
-        if g.mode & libc::S_IFMT != libc::S_IFREG {
-            // a directory, device node or symlink: made as such (owner,
-            // mode; a symlink's target)
-            let (dir, name) = self.dir_of(&path)?;
-            let target = g.target.as_ref().map(|t| CString::new(t.as_str()).map_err(|_| format!("ghost {path}: its symlink target has a NUL byte"))).transpose()?;
-            p::make_node_in(dir.as_fd(), &name, g.mode, g.rdev, target.as_deref(), g.uid, g.gid).map_err(|e| err(&format!("creating it (mode {:o})", g.mode), e))?;
-            self.list.insert((g.dev, g.ino), path.clone());
-            return Ok(path);
-        }
-        let created = match &self.root {
-            Some(r) => r.open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, g.mode & 0o7777).map(std::fs::File::from),
-            None => std::fs::OpenOptions::new().write(true).create_new(true).mode(g.mode & 0o7777).open(&path),
-        };
-        let f = created.map_err(|e| err("create", e))?;
-        self.list.insert((g.dev, g.ino), path.clone());
-        f.set_len(g.size).map_err(|e| err("ftruncate", e))?;
-        for (off, data) in &g.extents {
-            f.write_all_at(data, *off).map_err(|e| err("write", e))?;
-        }
-        std::os::unix::fs::fchown(&f, Some(g.uid), Some(g.gid)).map_err(|e| err("fchown", e))?;
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(g.mode & 0o7777)).map_err(|e| err("chmod", e))?;
-        let t = |(s, us): (u64, u64)| std::time::UNIX_EPOCH + std::time::Duration::new(s, (us.min(999_999) * 1000) as u32);
-        f.set_times(std::fs::FileTimes::new().set_accessed(t(g.atime)).set_modified(t(g.mtime)))
-            .map_err(|e| err("utimes", e))?;
-        Ok(path)
-    }
-
-    /// The directory of `path` (inside `--root` if given), for the link,
-    /// rename and unlink of names in it, and `path`'s last component.
-    fn dir_of(&self, path: &str) -> Result<(OwnedFd, CString), String> {
-        let pp = std::path::Path::new(path);
-        let (Some(parent), Some(name)) = (pp.parent(), pp.file_name()) else {
-            return Err(format!("ghost path {path:?} has no directory"));
-        };
-        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-        let dir = match &self.root {
-            Some(r) => r.open(&parent.to_string_lossy(), flags, 0),
-            None => std::fs::OpenOptions::new().read(true).custom_flags(flags).open(parent).map(OwnedFd::from),
-        };
-        let dir = dir.map_err(|e| format!("the directory of {path}: {e}"))?;
-        let name = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name)).map_err(|_| format!("path {path:?} has a NUL byte"))?;
-        Ok((dir, name))
-    }
-
-    /// Open the ghost of `orig` onto fd `n` under its original name, so
-    /// that it shows (and dumps again) as `orig (deleted)`, round after
-    /// round: link the ghost to `orig`, open that, unlink it.
-    ///
-    /// When another file has taken `orig` since, the ghost gets a second
-    /// link `<ghost>.tmp`, which is exchanged with `orig`
-    /// (renameat2(RENAME_EXCHANGE): `orig` names the ghost, the other file
-    /// sits at the temporary name), `orig` is opened, and the other file is
-    /// renamed back over it, which unlinks the ghost's `orig` entry: `orig`
-    /// names some file at every moment. Only where the file system cannot
-    /// exchange is the fd opened through the ghost's own name (and then
-    /// carries that name).
-    pub fn open(&mut self, plan: &ChildPlan, orig: &str, g: &Ghost, flags: i32, n: i32) -> Result<(), String> {
-        self.bind(plan)?;
-        let gp = self.path(orig, g)?;
-        if g.mode & libc::S_IFMT == libc::S_IFDIR {
-            return self.open_dir(plan, orig, &gp, flags, n);
-        }
-        self.open_through(plan, orig, &gp, flags, n)
-    }
-
-    /// [`Self::open`] of a directory's ghost (a directory takes no second
-    /// link, and an open one follows its renames): moved to `orig` if that
-    /// name is free, and left there for the fds of it (removed with the
-    /// other ghosts at the end, so each shows `orig (deleted)`); else
-    /// opened through its own name.
-    fn open_dir(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
-        if gp == orig {
-            return open_image_path(plan, orig, flags, n);
-        }
-        let (dir, name) = self.dir_of(orig)?;
-        let (_, gname) = self.dir_of(gp)?;
-        let moved = p::rename_in(dir.as_fd(), &gname, &name, libc::RENAME_NOREPLACE);
-        drop(dir);
-        match moved {
-            Ok(()) => {
-                if let Some(v) = self.list.values_mut().find(|v| v.as_str() == gp) {
-                    *v = orig.to_string();
-                }
-                open_image_path(plan, orig, flags, n)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => open_image_path(plan, gp, flags, n),
-            Err(e) => Err(format!("renaming the ghost directory {gp} to {orig} for fd {n}: {e}")),
-        }
-    }
-
-    /// [`Self::open`] through `gp`, another name of the file in the
-    /// directory of `orig` (a recreated ghost, or a link remap).
-    fn open_through(&mut self, plan: &ChildPlan, orig: &str, gp: &str, flags: i32, n: i32) -> Result<(), String> {
-        self.bind(plan)?;
-        let (mut dir, name) = self.dir_of(orig)?;
-        if dir.as_raw_fd() == n {
-            // fd `n` is about to be opened onto: hold the directory on
-            // another number (opened while this one still holds `n`)
-            dir = self.dir_of(orig)?.0;
-        }
-        let (_, gname) = self.dir_of(gp)?;
-        match p::link_in(dir.as_fd(), &gname, &name) {
-            Ok(()) => {
-                let r = open_image_path(plan, orig, flags, n);
-                p::unlink_in(dir.as_fd(), &name).map_err(|e| format!("unlinking {orig} (ghost of fd {n}): {e}"))?;
-                r
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let tmp = format!("{gp}.tmp");
-                let tname = CString::new(format!("{}.tmp", gname.to_string_lossy())).map_err(|_| format!("path {tmp:?} has a NUL byte"))?;
-                p::link_in(dir.as_fd(), &gname, &tname).map_err(|e| format!("linking ghost {gp} to {tmp} for fd {n}: {e}"))?;
-                if let Err(e) = p::rename_in(dir.as_fd(), &tname, &name, libc::RENAME_EXCHANGE) {
-                    let _ = p::unlink_in(dir.as_fd(), &tname);
-                    return if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                        open_image_path(plan, gp, flags, n)
-                    } else {
-                        Err(format!("exchanging ghost {tmp} with {orig} for fd {n}: {e}"))
-                    };
-                }
-                let r = open_image_path(plan, orig, flags, n);
-                p::rename_in(dir.as_fd(), &tname, &name, 0).map_err(|e| format!("putting {orig} back from {tmp} (ghost of fd {n}): {e}"))?;
-                r
-            }
-            Err(e) => Err(format!("linking ghost {gp} to {orig} for fd {n}: {e}")),
-        }
-    }
-}
-
 /// Upstream's checks of a reopened regular file: same mode, same size
 /// when the size was recorded.
 pub fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(), String> {
@@ -388,13 +220,6 @@ pub fn validate(fd: i32, path: &str, mode: u32, size: Option<u64>) -> Result<(),
     }
     Ok(())
 }
-
-fn fcntl(fd: i32, cmd: i32, arg: u64) -> std::io::Result<u64> {
-    p::fcntl_int(fd, cmd, arg)
-}
-
-/// The status flags F_SETFL sets on a memfd's description.
-const MEMFD_SETFL: i32 = libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_NOATIME | libc::O_DIRECT;
 
 /// Descriptions of the files unlinked while mapped count down from here
 /// (files.img ids, which the other descriptions carry, count up from 1).
@@ -413,22 +238,22 @@ pub fn restore_shared(plan: &ChildPlan, tree: &crate::model::Tree, terminal: Opt
     let slot = |d: u32| plan.plan.shared.iter().position(|&x| x == d).map(|k| plan.sh_base + k as i32);
     for (k, &d) in plan.plan.shared.iter().enumerate() {
         let (t, f) = tree.tasks.iter().find_map(|t| Some((t, t.fds.iter().find(|f| f.desc == d)?))).ok_or_else(|| format!("shared file {d} has no fd"))?;
-        if let FileDesc::Kind(kind) = &f.file {
-            let mut m = std::collections::HashMap::new();
-            for n in kind.after() {
-                let at = t.fds.iter().find(|x| x.fd == n).and_then(|x| slot(x.desc));
-                let at = at.ok_or_else(|| format!("fd {} of {} ({}, shared across the tree) needs its fd {n}, which is not made for the tree", f.fd, t.pid, kind.name()))?;
-                m.insert(n, at);
-            }
-            moved.insert(d, m);
+        let FileDesc::Kind(kind) = &f.file;
+        let mut m = std::collections::HashMap::new();
+        for n in kind.after() {
+            let at = t.fds.iter().find(|x| x.fd == n).and_then(|x| slot(x.desc));
+            let at = at.ok_or_else(|| format!("fd {} of {} ({}, shared across the tree) needs its fd {n}, which is not made for the tree", f.fd, t.pid, kind.name()))?;
+            m.insert(n, at);
         }
+        moved.insert(d, m);
         fds.push(crate::model::Fd { fd: plan.sh_base + k as i32, cloexec: false, desc: d, file: f.file.clone() });
     }
     // files unlinked while mapped, after the descriptions (one Ghosts
     // for both: an fd of the same inode gets the same recreated file)
     for (j, (path, g)) in plan.map_ghosts.iter().enumerate() {
         let n = plan.sh_base + (plan.plan.shared.len() + j) as i32;
-        let file = FileDesc::Reg { path: path.clone(), flags: libc::O_RDWR as u32, pos: 0, mode: g.mode, size: None, ghost: Some(Box::new((**g).clone())), link: None };
+        let reg = crate::kinds::reg::Reg { path: path.clone(), flags: libc::O_RDWR as u32, pos: 0, mode: g.mode, size: None, ghost: Some(Box::new((**g).clone())), link: None };
+        let file = FileDesc::Kind(crate::kinds::Kind::Reg(reg));
         fds.push(crate::model::Fd { fd: n, cloexec: false, desc: MAP_GHOST_DESC - j as u32, file });
     }
     let all = Task { fds, ..Default::default() };
@@ -461,7 +286,6 @@ fn install(
     // working fds go below those
     let mut work = crate::kinds::Work::new(plan.svc_base - 1 - plan.memfds.len() as i32);
     let mut descs: HashMap<u32, i32> = HashMap::new(); // desc -> first fd
-    let mut memfd_given: std::collections::HashSet<u64> = std::collections::HashSet::new();
     // the resource kinds of crate::kinds (terminals, pipes, FIFOs, ...): a
     // phase of their own, after these
     let mut kinds = Vec::new();
@@ -475,75 +299,13 @@ fn install(
             descs.entry(fd.desc).or_insert(n);
             continue;
         }
-        if let FileDesc::Kind(k) = &fd.file {
-            kinds.push((fd, k));
-            continue;
-        }
-        match &fd.file {
-            FileDesc::Reg { path, flags, mode, size, ghost: None, link: Some(l), .. } => {
-                // --link-remap: the dump's extra link opened under the old
-                // name (linked there, opened, unlinked), as a ghost is
-                let fl = *flags as i32;
-                scratch.get::<Ghosts>().open_through(plan, path, l, fl | libc::O_NONBLOCK, n)?;
-                validate(n, path, *mode, *size)?;
-                if fl & libc::O_NONBLOCK == 0 {
-                    let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
-                    fcntl(n, libc::F_SETFL, now & !(libc::O_NONBLOCK as u64)).map_err(|e| format!("F_SETFL fd {n} ({path}): {e}"))?;
-                }
-            }
-            FileDesc::Reg { path, flags, mode, size, ghost: None, .. } => {
-                // O_NONBLOCK until the type is checked: a path that became a
-                // FIFO (or a device that waits in open) must not block the child
-                let fl = *flags as i32;
-                open_image_path(plan, path, fl | libc::O_NONBLOCK, n)?;
-                validate(n, path, *mode, *size)?;
-                if fl & libc::O_NONBLOCK == 0 && fl & libc::O_PATH == 0 {
-                    let now = fcntl(n, libc::F_GETFL, 0).map_err(|e| format!("F_GETFL fd {n} ({path}): {e}"))?;
-                    fcntl(n, libc::F_SETFL, now & !(libc::O_NONBLOCK as u64)).map_err(|e| format!("F_SETFL fd {n} ({path}): {e}"))?;
-                }
-            }
-            FileDesc::Reg { path, flags, ghost: Some(g), .. } => {
-                scratch.get::<Ghosts>().open(plan, path, g, *flags as i32, n)?;
-            }
-            FileDesc::Memfd { ino, flags, .. } => {
-                let i = plan.memfds.iter().position(|m| m.ino == *ino).ok_or_else(|| format!("fd {n}: memfd inode {ino} was not planned"))?;
-                let slot = memfd_slot(plan, i);
-                let fl = *flags as i32;
-                // (a memfd several processes use: that description only
-                // where the root makes it for all, `restore_shared`)
-                let shared_inode = plan.shared_memfds.contains(&i);
-                if fl & libc::O_ACCMODE == libc::O_RDWR && !memfd_given.contains(ino) && (!shared_inode || !close_terminal) {
-                    // memfd_create's own description (read-write) is not
-                    // counted as a writer of the inode, so the memfd can
-                    // still be executed (a reopen for writing would make
-                    // execveat fail with ETXTBSY): the first read-write
-                    // description of each memfd is that one
-                    memfd_given.insert(*ino);
-                    p::dup2(slot, n).map_err(|e| format!("dup2 memfd {slot} -> {n}: {e}"))?;
-                    fcntl(n, libc::F_SETFL, (fl & MEMFD_SETFL) as u64).map_err(|e| format!("F_SETFL fd {n}: {e}"))?;
-                } else {
-                    open_onto(&format!("/proc/self/fd/{slot}"), fl, n)?;
-                }
-            }
-            FileDesc::Kind(_) => unreachable!("taken out above"),
-        }
-        if let FileDesc::Reg { pos, .. } | FileDesc::Memfd { pos, .. } = &fd.file {
-            if *pos != 0 {
-                p::seek_to(n, *pos)
-                    .map_err(|e| format!("lseek fd {n} to {pos}: {e}"))?;
-            }
-        }
-        // a fresh open (O_CLOEXEC is not among the dumped flags) or dup2
-        // leaves FD_CLOEXEC clear
-        if fd.cloexec {
-            p::set_cloexec(n, true).map_err(|e| format!("FD_CLOEXEC fd {n}: {e}"))?;
-        }
-        descs.insert(fd.desc, n);
+        let FileDesc::Kind(k) = &fd.file;
+        kinds.push((fd, k));
     }
     if let Some(r) = &plan.root {
         crate::kinds::unix::refuse_paths_under_root(&kinds, &r.path)?;
     }
-    crate::kinds::restore_phase(&mut scratch, &kinds, moved, plan, terminal, &mut work)?;
+    crate::kinds::restore_phase(&mut scratch, &kinds, moved, plan, terminal, &mut work, close_terminal)?;
     // the working fds (pipe ends, FIFO keepers) and the terminal, done
     let used: std::collections::HashSet<i32> = task.fds.iter().map(|f| f.fd).collect();
     work.close(&used);

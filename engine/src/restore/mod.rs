@@ -193,7 +193,7 @@ fn memfds_of(tree: &Tree) -> Result<(Vec<crate::model::Memfd>, Vec<usize>), Rest
             .iter()
             .filter(|t| t.zombie_exit.is_none())
             .filter(|t| {
-                t.fds.iter().any(|f| matches!(f.file, FileDesc::Memfd { ino, .. } if ino == m.ino))
+                t.fds.iter().any(|f| matches!(&f.file, FileDesc::Kind(crate::kinds::Kind::Memfd(x)) if x.ino == m.ino))
                     || t.mm.vmas.iter().any(|v| v.file.as_ref().is_some_and(|f| f.memfd == Some(m.ino)))
             })
             .map(|t| t.pid)
@@ -278,7 +278,6 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     let working: i32 = all_fds()
         .map(|f| match &f.file {
             FileDesc::Kind(k) => k.working_fds(),
-            _ => 0,
         })
         .sum();
     // files unlinked while mapped: one recreation per inode for the tree

@@ -324,7 +324,7 @@ enum Object {
 
 fn object_of(f: &crate::model::Fd) -> Object {
     match &f.file {
-        FileDesc::Reg { ghost: Some(g), .. } => Object::Ghost(g.dev, g.ino),
+        FileDesc::Kind(crate::kinds::Kind::Reg(crate::kinds::reg::Reg { ghost: Some(g), .. })) => Object::Ghost(g.dev, g.ino),
         FileDesc::Kind(crate::kinds::Kind::Unix(u)) => match crate::kinds::unix::pair_key(u) {
             Some((a, b)) => Object::UnixPair(a, b),
             None => Object::Desc(f.desc),
@@ -334,7 +334,6 @@ fn object_of(f: &crate::model::Fd) -> Object {
             Some((kind, key)) => Object::Kind(kind, key),
             None => Object::Desc(f.desc),
         },
-        _ => Object::Desc(f.desc),
     }
 }
 

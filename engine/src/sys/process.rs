@@ -513,6 +513,14 @@ pub fn pause_forever() -> ! {
     }
 }
 
+/// open(2) of `path` with `flags` (mode 0 if they create), owned.
+pub fn open_owned(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    let fd = open_raw(path, flags)?;
+    // SAFETY: the kernel just created fd `fd` for this process; nothing
+    // else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Take fd `n`, handed down open by the process that executed us and
 /// named on our command line, as ours (made close-on-exec). For a
 /// process's start-up only (the `criu` re-executions that serve the
