@@ -15,6 +15,7 @@ pub mod mmap;
 pub mod ns;
 pub mod pagemap;
 pub mod premap;
+pub mod regions;
 pub mod park;
 pub mod process;
 pub mod sock;

@@ -6,69 +6,31 @@
 //! moves each process's own regions into place (`mremap`, injected) and
 //! unmaps the others.
 //!
-//! The regions are kept in a table of this process (a fork inherits the
-//! table with the mappings). Their memory is reached only through the
-//! functions here, which check that the range lies inside one region of
-//! the table: no Rust reference to it exists, the kernel alone writes it
-//! (pread). A region is made with `MAP_FIXED_NOREPLACE` (it overlaps no
-//! mapping, hence no Rust object, that existed before) and leaves the
-//! table only through [`unmap`] or [`unmap_all`]. The table's lock is held for each
-//! access.
+//! The regions are kept in a [`Regions`] table of this process (see
+//! `sys/regions.rs` for why that is sound); their memory is written only
+//! by the kernel (pread), here.
 
 use super::last_err;
+use super::regions::{Regions, PAGE};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Mutex;
 
-/// (start, end) of every region, sorted by start.
-static REGIONS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
-
-const PAGE: u64 = 4096;
+static REGIONS: Regions = Regions::new();
 
 /// The process that made the regions (0: none made yet).
 static MAKER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-fn table() -> std::sync::MutexGuard<'static, Vec<(u64, u64)>> {
-    REGIONS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Whether `[addr, addr+len)` lies inside one region of `t`.
-fn inside(t: &[(u64, u64)], addr: u64, len: u64) -> bool {
-    let Some(end) = addr.checked_add(len) else { return false };
-    t.iter().any(|&(s, e)| s <= addr && end <= e)
-}
-
-/// Map `[start, start+len)` read-write, `MAP_PRIVATE | MAP_ANONYMOUS`
-/// (plus `MAP_NORESERVE` when `norsv`), only where nothing is mapped
-/// (EEXIST otherwise; a kernel that takes `MAP_FIXED_NOREPLACE` as a hint
-/// gets EEXIST too), then `thp` (MADV_HUGEPAGE or MADV_NOHUGEPAGE) if any.
+/// Map `[start, start+len)` as a region ([`Regions::map`]; `norsv`:
+/// MAP_NORESERVE), then `thp` (MADV_HUGEPAGE or MADV_NOHUGEPAGE) if any.
 pub fn map(start: u64, len: u64, norsv: bool, thp: Option<i32>) -> io::Result<()> {
-    if !start.is_multiple_of(PAGE) || len == 0 || !len.is_multiple_of(PAGE) || start.checked_add(len).is_none() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
     if thp.is_some_and(|a| a != libc::MADV_HUGEPAGE && a != libc::MADV_NOHUGEPAGE) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let mut t = table();
-    let fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | if norsv { libc::MAP_NORESERVE } else { 0 };
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
-    // the new one aliases no memory of this process; a result at another
-    // address (an old kernel's hint) is unmapped again below.
-    let p = unsafe { libc::mmap(start as *mut libc::c_void, len as usize, libc::PROT_READ | libc::PROT_WRITE, fl, -1, 0) };
-    if p == libc::MAP_FAILED {
-        return Err(last_err());
-    }
-    if p as u64 != start {
-        // SAFETY: unmapping exactly the fresh mapping just made, which
-        // nothing references.
-        unsafe { libc::munmap(p, len as usize) };
-        return Err(io::Error::from_raw_os_error(libc::EEXIST));
-    }
-    let i = t.partition_point(|r| r.0 < start);
-    t.insert(i, (start, start + len));
+    REGIONS.map(start, len, norsv)?;
     MAKER.store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
     if let Some(a) = thp {
+        let _held = REGIONS.holding(start, len)?;
         // SAFETY: the fresh region, which no Rust reference points into;
         // this advice only changes how its pages are allocated.
         if unsafe { libc::madvise(start as *mut libc::c_void, len as usize, a) } != 0 {
@@ -86,10 +48,7 @@ pub fn fill(addr: u64, len: u64, file: &File, off: u64) -> io::Result<()> {
     if !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let t = table();
-    if !inside(&t, addr, len) {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
+    let _held = REGIONS.holding(addr, len)?;
     // SAFETY: the range is inside one of our regions (checked, kept mapped
     // by the lock), which no Rust reference points into; this advice only
     // allocates its pages.
@@ -119,21 +78,13 @@ pub fn fill(addr: u64, len: u64, file: &File, off: u64) -> io::Result<()> {
 
 /// The regions of this process (made here or inherited through fork).
 pub fn regions() -> Vec<(u64, u64)> {
-    table().clone()
+    REGIONS.list()
 }
 
 /// Unmap region `[start, end)` (exactly one of the table's; EINVAL
 /// otherwise).
 pub fn unmap(start: u64, end: u64) -> io::Result<()> {
-    let mut t = table();
-    let i = t.iter().position(|&r| r == (start, end)).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: the region is ours (see the module's doc) and no reference
-    // to its memory outlives a call of this module.
-    if unsafe { libc::munmap(start as *mut libc::c_void, (end - start) as usize) } != 0 {
-        return Err(last_err());
-    }
-    t.remove(i);
-    Ok(())
+    REGIONS.unmap(start, end)
 }
 
 /// Unmap every region in a process that inherited them (a fork of the
@@ -146,11 +97,5 @@ pub fn drop_inherited() {
 
 /// Unmap every region.
 pub fn unmap_all() {
-    let mut t = table();
-    for &(s, e) in t.iter() {
-        // SAFETY: the region is ours (see the module's doc) and no
-        // reference to its memory outlives a call of this module.
-        unsafe { libc::munmap(s as *mut libc::c_void, (e - s) as usize) };
-    }
-    t.clear();
+    REGIONS.unmap_all();
 }

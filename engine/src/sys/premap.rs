@@ -2,84 +2,37 @@
 //! in its own address space before it forks its children, so that they
 //! inherit them copy-on-write (`restore/cow.rs`).
 //!
-//! The regions are kept in a table of this process (a fork inherits the
-//! table with the mappings). Their memory is reached only through the
-//! functions here, which check that the range lies inside one region of
-//! the table: no Rust reference to it exists outside a call.
-//!
-//! Soundness rests on three facts: a region is made with
-//! `MAP_FIXED_NOREPLACE`, so it overlaps no mapping (and no Rust object)
-//! that existed before; it leaves the table only through [`unmap`]; and
-//! nothing else in a restore child maps at fixed addresses (the engine's
-//! own mappings are placed by the kernel, which never places one over an
-//! existing mapping). The table's lock is held for each access.
+//! The regions are kept in a [`Regions`] table of this process (see
+//! `sys/regions.rs` for why that is sound; nothing else in a restore child
+//! maps at fixed addresses: the engine's own mappings are placed by the
+//! kernel, which never places one over an existing mapping).
 
 use super::last_err;
+use super::regions::{Regions, PAGE};
 use std::io;
-use std::sync::Mutex;
 
-/// (start, end) of every region, sorted by start.
-static REGIONS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+static REGIONS: Regions = Regions::new();
 
-const PAGE: u64 = 4096;
-
-fn table() -> std::sync::MutexGuard<'static, Vec<(u64, u64)>> {
-    REGIONS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Whether `[addr, addr+len)` lies inside one region of `t`.
-fn inside(t: &[(u64, u64)], addr: u64, len: u64) -> bool {
-    let Some(end) = addr.checked_add(len) else { return false };
-    t.iter().any(|&(s, e)| s <= addr && end <= e)
-}
-
-/// Map `[start, start+len)` read-write, `MAP_PRIVATE | MAP_ANONYMOUS`
-/// (plus `MAP_NORESERVE` when `flags` has it; any other flag is refused
-/// with EINVAL), only where nothing is mapped: EEXIST when something is
-/// (a kernel without `MAP_FIXED_NOREPLACE`, which takes it as a hint and
-/// maps elsewhere, gets EEXIST too).
+/// Map `[start, start+len)` as a region ([`Regions::map`]): `flags` is
+/// `MAP_PRIVATE | MAP_ANONYMOUS`, with `MAP_NORESERVE` or not; any other
+/// flag is refused with EINVAL.
 pub fn map(start: u64, len: u64, flags: u32) -> io::Result<()> {
     let base = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     let allowed = base | libc::MAP_NORESERVE as u32;
-    if flags & !allowed != 0 || flags & base != base || !start.is_multiple_of(PAGE) || len == 0 || !len.is_multiple_of(PAGE) || start.checked_add(len).is_none() {
+    if flags & !allowed != 0 || flags & base != base {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let mut t = table();
-    let fl = (flags & allowed) as i32 | libc::MAP_FIXED_NOREPLACE;
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
-    // the new one aliases no memory of this process; a result at another
-    // address (an old kernel's hint) is unmapped again below.
-    let p = unsafe { libc::mmap(start as *mut libc::c_void, len as usize, libc::PROT_READ | libc::PROT_WRITE, fl, -1, 0) };
-    if p == libc::MAP_FAILED {
-        return Err(last_err());
-    }
-    if p as u64 != start {
-        // SAFETY: unmapping exactly the fresh mapping just made, which
-        // nothing references.
-        unsafe { libc::munmap(p, len as usize) };
-        return Err(io::Error::from_raw_os_error(libc::EEXIST));
-    }
-    let i = t.partition_point(|r| r.0 < start);
-    t.insert(i, (start, start + len));
-    Ok(())
+    REGIONS.map(start, len, flags & libc::MAP_NORESERVE as u32 != 0)
 }
 
 /// The regions of this process (made here or inherited through fork).
 pub fn regions() -> Vec<(u64, u64)> {
-    table().clone()
+    REGIONS.list()
 }
 
 /// Unmap region `[start, end)` (exactly one of the table's).
 pub fn unmap(start: u64, end: u64) -> io::Result<()> {
-    let mut t = table();
-    let i = t.iter().position(|&r| r == (start, end)).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: the region is ours (see the module's doc) and no reference
-    // to its memory outlives a call of this module.
-    if unsafe { libc::munmap(start as *mut libc::c_void, (end - start) as usize) } != 0 {
-        return Err(last_err());
-    }
-    t.remove(i);
-    Ok(())
+    REGIONS.unmap(start, end)
 }
 
 /// madvise(2) on a range inside one region: MADV_DONTNEED (the range
@@ -90,10 +43,7 @@ pub fn advise(addr: u64, len: u64, advice: i32) -> io::Result<()> {
     if ![libc::MADV_DONTNEED, libc::MADV_HUGEPAGE, libc::MADV_NOHUGEPAGE, MADV_POPULATE_WRITE].contains(&advice) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let t = table();
-    if !inside(&t, addr, len) {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
+    let _held = REGIONS.holding(addr, len)?;
     // SAFETY: the range is inside one of our regions, which no Rust
     // reference points into; these advices only drop or allocate pages.
     if unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, advice) } != 0 {
@@ -104,10 +54,7 @@ pub fn advise(addr: u64, len: u64, advice: i32) -> io::Result<()> {
 
 /// Copy `src` to `addr`, inside one region.
 pub fn write(addr: u64, src: &[u8]) -> io::Result<()> {
-    let t = table();
-    if !inside(&t, addr, src.len() as u64) {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
+    let _held = REGIONS.holding(addr, src.len() as u64)?;
     // SAFETY: the destination lies inside one of our writable regions,
     // which no Rust reference points into (so it cannot overlap `src`),
     // and the table's lock keeps it mapped for the copy.
@@ -124,10 +71,7 @@ pub fn sync(addr: u64, src: &[u8]) -> io::Result<u64> {
     if !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let t = table();
-    if !inside(&t, addr, len) {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
+    let _held = REGIONS.holding(addr, len)?;
     let mut written = 0;
     for (k, want) in src.chunks_exact(PAGE as usize).enumerate() {
         let at = addr + k as u64 * PAGE;
