@@ -867,8 +867,8 @@ fn end_state(v6: bool, port: u16, peer: u16) -> Option<String> {
 /// sent and the end of file.
 const FIN_PROG: &str = r#"
 import socket,time,os
-mode='@MODE@'; inner=@INNER@; pt=@PT@; v6=@V6@
-fam=socket.AF_INET6 if v6 else socket.AF_INET; host='::1' if v6 else '127.0.0.1'
+mode='@MODE@'; inner=@INNER@; pt=@PT@; host='@HOST@'
+fam=socket.AF_INET6 if ':' in host else socket.AF_INET
 def pat(k,n): return bytes(i*k%251 for i in range(n))
 A=pat(7,60000); B1=pat(11,40000); B2=pat(13,8000); B3=pat(17,20000)
 log=open('progress.log','w',buffering=1)
@@ -913,6 +913,25 @@ while True:
     n+=1; log.write('tick %d ok\n'%n); time.sleep(0.05)
 "#;
 
+/// The address family of a [`fin_received`] connection: IPv4, IPv6, or
+/// IPv4-mapped IPv6 (AF_INET6 sockets, IPv4 packets).
+#[derive(Clone, Copy, PartialEq)]
+enum Fam {
+    V4,
+    V6,
+    Mapped,
+}
+
+impl Fam {
+    fn host(self) -> &'static str {
+        match self {
+            Fam::V4 => "127.0.0.1",
+            Fam::V6 => "::1",
+            Fam::Mapped => "::ffff:127.0.0.1",
+        }
+    }
+}
+
 fn pat(k: u32, n: u32) -> Vec<u8> {
     (0..n).map(|i| (i * k % 251) as u8).collect()
 }
@@ -930,14 +949,16 @@ fn pat(k: u32, n: u32) -> Vec<u8> {
 /// completes the connection: the peer reads what `b` sent and the end of
 /// file, and both ends are gone or in TIME_WAIT. Returns the test's
 /// directory (images `img1`, `img2`).
-fn fin_received(n: u16, mode: &str, v6: bool, inner: bool, rounds: [(&Path, &Path); 2]) -> PathBuf {
+fn fin_received(n: u16, mode: &str, fam: Fam, inner: bool, rounds: [(&Path, &Path); 2]) -> PathBuf {
     use std::io::{Read, Write};
     let pt = port(n);
-    let prog = FIN_PROG.replace("@MODE@", mode).replace("@INNER@", if inner { "True" } else { "False" }).replace("@PT@", &pt.to_string()).replace("@V6@", if v6 { "True" } else { "False" });
+    let host = fam.host();
+    // (/proc/net/tcp6 lists the IPv4-mapped sockets; their packets are IPv4's)
+    let (v6, rule_v6) = (fam != Fam::V4, fam == Fam::V6);
+    let prog = FIN_PROG.replace("@MODE@", mode).replace("@INNER@", if inner { "True" } else { "False" }).replace("@PT@", &pt.to_string()).replace("@HOST@", host);
     let p = Program::start(&format!("fin-{mode}-{n}"), &["python3", "-c", &prog]);
     let private = private_criu(&p.dir);
     let ours = |c: &Path| if c == Path::new(common::CRIU) { private.clone() } else { c.to_path_buf() };
-    let host = if v6 { "::1" } else { "127.0.0.1" };
     let mut c = None;
     if !inner {
         let mut last = None;
@@ -976,12 +997,12 @@ fn fin_received(n: u16, mode: &str, v6: bool, inner: bool, rounds: [(&Path, &Pat
         "la" => {
             peer_fin(&mut c);
             code("08");
-            rule = Some(DropRule::add(v6, Some(pt), pp));
+            rule = Some(DropRule::add(rule_v6, Some(pt), pp));
             std::fs::write(p.work.join("shut"), "").unwrap();
             "09"
         }
         _ => {
-            rule = Some(DropRule::add(v6, Some(pt), pp));
+            rule = Some(DropRule::add(rule_v6, Some(pt), pp));
             std::fs::write(p.work.join("shut"), "").unwrap();
             if !inner {
                 code("04");
@@ -1037,7 +1058,7 @@ fn fin_received(n: u16, mode: &str, v6: bool, inner: bool, rounds: [(&Path, &Pat
 fn close_wait_two_rounds_peer_in_tree() {
     require!(why_not().or_else(|| common::why_not_tool("python3")));
     let criu = PathBuf::from(common::CRIU);
-    let dir = fin_received(15, "cw", false, true, [(&criu, &criu), (&criu, &criu)]);
+    let dir = fin_received(15, "cw", Fam::V4, true, [(&criu, &criu), (&criu, &criu)]);
     let img = dir.join("img2");
     let files: Vec<pb::FileEntry> = image::read_all(&img, "files.img", &magic::FILES).unwrap();
     let ino = files.iter().filter_map(|f| f.isk.as_ref()).find(|i| i.state == 8).expect("a CLOSE_WAIT entry").ino;
@@ -1086,7 +1107,7 @@ fn close_wait_two_rounds_peer_in_tree() {
 fn close_wait_two_rounds_peer_outside_v6() {
     require!(why_not().or_else(|| common::why_not_tool("python3")));
     let criu = PathBuf::from(common::CRIU);
-    fin_received(16, "cw", true, false, [(&criu, &criu), (&criu, &criu)]);
+    fin_received(16, "cw", Fam::V6, false, [(&criu, &criu), (&criu, &criu)]);
 }
 
 /// LAST_ACK (our FIN behind unacknowledged data, after the peer's FIN),
@@ -1095,7 +1116,7 @@ fn close_wait_two_rounds_peer_outside_v6() {
 fn last_ack_two_rounds_peer_outside() {
     require!(why_not().or_else(|| common::why_not_tool("python3")));
     let criu = PathBuf::from(common::CRIU);
-    fin_received(17, "la", false, false, [(&criu, &criu), (&criu, &criu)]);
+    fin_received(17, "la", Fam::V4, false, [(&criu, &criu), (&criu, &criu)]);
 }
 
 /// CLOSING (both FINs crossing), the peer in the tree, IPv6: ours twice.
@@ -1103,7 +1124,16 @@ fn last_ack_two_rounds_peer_outside() {
 fn closing_two_rounds_peer_in_tree_v6() {
     require!(why_not().or_else(|| common::why_not_tool("python3")));
     let criu = PathBuf::from(common::CRIU);
-    fin_received(18, "cl", true, true, [(&criu, &criu), (&criu, &criu)]);
+    fin_received(18, "cl", Fam::V6, true, [(&criu, &criu), (&criu, &criu)]);
+}
+
+/// LAST_ACK on IPv4-mapped IPv6 sockets (AF_INET6, the forged FIN an
+/// IPv4 packet), the peer in the tree: ours twice.
+#[test]
+fn last_ack_two_rounds_ipv4_mapped() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let criu = PathBuf::from(common::CRIU);
+    fin_received(23, "la", Fam::Mapped, true, [(&criu, &criu), (&criu, &criu)]);
 }
 
 /// Upstream 4.2 dumping each of the three states and ours restoring,
@@ -1113,7 +1143,7 @@ fn closing_two_rounds_peer_in_tree_v6() {
 fn fin_received_upstream_both_ways() {
     require!(why_not().or_else(|| common::why_not_tool("python3")).or_else(common::why_not_upstream));
     let (criu, up) = (PathBuf::from(common::CRIU), upstream());
-    fin_received(19, "cw", false, true, [(&up, &criu), (&criu, &up)]);
-    fin_received(20, "la", false, true, [(&up, &criu), (&criu, &up)]);
-    fin_received(21, "cl", false, false, [(&up, &criu), (&criu, &up)]);
+    fin_received(19, "cw", Fam::V4, true, [(&up, &criu), (&criu, &up)]);
+    fin_received(20, "la", Fam::V4, true, [(&up, &criu), (&criu, &up)]);
+    fin_received(21, "cl", Fam::V4, false, [(&up, &criu), (&criu, &up)]);
 }
