@@ -1147,3 +1147,95 @@ fn fin_received_upstream_both_ways() {
     fin_received(20, "la", Fam::V4, true, [(&up, &criu), (&criu, &up)]);
     fin_received(21, "cl", Fam::V4, false, [(&up, &criu), (&criu, &up)]);
 }
+
+/// A network namespace of the test's own joined to this one by a veth
+/// pair, `10.199.X.1` here and `10.199.X.2` there: a peer on "another
+/// host" (its address is not local). Removed on drop.
+struct PeerNs {
+    name: String,
+    here: String,
+    x: u32,
+}
+
+impl PeerNs {
+    fn new() -> PeerNs {
+        let id = std::process::id();
+        let x = 20 + id % 200;
+        let ns = PeerNs { name: format!("criu-rs-tcpfin-{id}"), here: format!("tf{}h", id % 1_000_000), x };
+        let there = format!("tf{}p", id % 1_000_000);
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &ns.name]);
+        ip(&["link", "add", &ns.here, "type", "veth", "peer", "name", &there]);
+        ip(&["link", "set", &there, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{}/24", ns.addr(1)), "dev", &ns.here]);
+        ip(&["link", "set", &ns.here, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{}/24", ns.addr(2)), "dev", &there]);
+        ip(&["-n", &ns.name, "link", "set", &there, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn addr(&self, n: u32) -> String {
+        format!("10.199.{}.{n}", self.x)
+    }
+}
+
+impl Drop for PeerNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.here]).stderr(Stdio::null()).status();
+    }
+}
+
+/// CLOSE_WAIT with the peer on another host (a network namespace of its
+/// own behind a veth pair: the forged FIN's source address is not a
+/// local one), ours twice: the program reads the peer's 60 KB and end of
+/// file, writes 20 KB more and closes; the peer reads what it was sent
+/// and the end of file.
+#[test]
+fn close_wait_peer_on_another_host() {
+    require!(why_not().or_else(|| common::why_not_tools(&["python3", "ip"])));
+    let ns = PeerNs::new();
+    let pt = port(24);
+    let host = ns.addr(1);
+    let prog = FIN_PROG.replace("@MODE@", "cw").replace("@INNER@", "False").replace("@PT@", &pt.to_string()).replace("@HOST@", &host);
+    let p = Program::start("fin-remote", &["python3", "-c", &prog]);
+    let criu = private_criu(&p.dir);
+    let got = p.dir.join("peer-got");
+    let client = "import socket,sys,os\n\
+        s=None\n\
+        for i in range(200):\n\
+        \x20 try: s=socket.create_connection((sys.argv[1],int(sys.argv[2]))); break\n\
+        \x20 except OSError: import time; time.sleep(0.05)\n\
+        open(sys.argv[3]+'.port','w').write(str(s.getsockname()[1]))\n\
+        s.sendall(bytes(i*7%251 for i in range(60000))); s.shutdown(socket.SHUT_WR); s.settimeout(60); got=b''\n\
+        while True:\n\
+        \x20 d=s.recv(65536)\n\
+        \x20 if not d: break\n\
+        \x20 got+=d\n\
+        open(sys.argv[3]+'.tmp','wb').write(got); os.rename(sys.argv[3]+'.tmp',sys.argv[3])\n";
+    let mut peer = Command::new("ip").args(["netns", "exec", &ns.name, "python3", "-c", client, &host, &pt.to_string()]).arg(&got).stdin(Stdio::null()).spawn().expect("the peer");
+    let port_file = got.with_extension("port");
+    wait_until("the peer connected", Duration::from_secs(10), || std::fs::read_to_string(&port_file).is_ok_and(|s| !s.is_empty()));
+    let pp: u16 = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+    let code = || wait_until(&format!("CLOSE_WAIT: {:?}", conn_states(false, pt, pp, false)), Duration::from_secs(10), || end_state(false, pt, pp).as_deref() == Some("08"));
+    code();
+    let log = p.work.join("progress.log");
+    for name in ["img1", "img2"] {
+        p.round(&criu, name, || {});
+        code();
+        let t = common::last_tick(&log);
+        wait_until("ticks after the restore", Duration::from_secs(10), || common::last_tick(&log) >= t + 3);
+    }
+    std::fs::write(p.work.join("go"), "").unwrap();
+    wait_until("the program done", Duration::from_secs(60), || std::fs::read_to_string(&log).unwrap_or_default().contains("done\n"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("FAIL") && text.contains("eof 60000 ok"), "{text}");
+    wait_until("the peer's end of file", Duration::from_secs(60), || got.exists());
+    let _ = peer.wait();
+    assert!(std::fs::read(&got).unwrap() == [pat(11, 40000), pat(17, 20000)].concat(), "what the peer read");
+    assert!(conn_states(false, pt, pp, false).iter().all(|(_, s)| s == "06"), "{:?}", conn_states(false, pt, pp, false));
+}
