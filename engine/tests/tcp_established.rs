@@ -1137,15 +1137,15 @@ fn last_ack_two_rounds_ipv4_mapped() {
 }
 
 /// Upstream 4.2 dumping each of the three states and ours restoring,
-/// then ours dumping and upstream restoring (IPv4; upstream forges the
-/// FIN too).
+/// then ours dumping and upstream restoring (CLOSING over IPv6, the others
+/// IPv4; upstream forges the FIN too, with libnet).
 #[test]
 fn fin_received_upstream_both_ways() {
     require!(why_not().or_else(|| common::why_not_tool("python3")).or_else(common::why_not_upstream));
     let (criu, up) = (PathBuf::from(common::CRIU), upstream());
     fin_received(19, "cw", Fam::V4, true, [(&up, &criu), (&criu, &up)]);
     fin_received(20, "la", Fam::V4, true, [(&up, &criu), (&criu, &up)]);
-    fin_received(21, "cl", Fam::V4, false, [(&up, &criu), (&criu, &up)]);
+    fin_received(21, "cl", Fam::V6, false, [(&up, &criu), (&criu, &up)]);
 }
 
 /// A network namespace of the test's own joined to this one by a veth
