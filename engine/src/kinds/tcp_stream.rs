@@ -32,8 +32,9 @@
 //! connect (in repair mode: no handshake, the connection is established
 //! at once), TCP_REPAIR_OPTIONS, the receive queue and the send queue
 //! written in repair mode (the kernel takes the send queue as sent and
-//! unacknowledged: it goes out again by retransmission), the window, the
-//! timestamp. The engine turns repair mode off on each just before the
+//! unacknowledged: it goes out again by retransmission), the FINs in the
+//! order they came (ours by a repair-mode shutdown, the peer's by a
+//! forged segment), the window, the timestamp. The engine turns repair mode off on each just before the
 //! tree is released ([`finish_restore`]) and lifts the lock after
 //! ([`unlock_restored`]).
 //!
