@@ -1239,3 +1239,59 @@ fn close_wait_peer_on_another_host() {
     assert!(std::fs::read(&got).unwrap() == [pat(11, 40000), pat(17, 20000)].concat(), "what the peer read");
     assert!(conn_states(false, pt, pp, false).iter().all(|(_, s)| s == "06"), "{:?}", conn_states(false, pt, pp, false));
 }
+
+/// CLOSE_WAIT behind megabytes: the peer (in the tree) filled the
+/// connection, shut its writing side, and the end under test read just
+/// enough to let the rest and the FIN in: megabytes queued before the
+/// FIN. Ours twice; then every byte is read in order, and the end of
+/// file after them.
+#[test]
+fn close_wait_behind_megabytes() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let pt = port(25);
+    let prog = format!(
+        "import socket,time,os\n\
+         def pat(off,k): return bytes((off+i)*7%251 for i in range(k))\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
+         a=socket.create_connection(('127.0.0.1',{pt})); b,_=l.accept(); a.setblocking(False); n=0; stuck=0\n\
+         while stuck<20:\n\
+         \x20 try: n+=a.send(pat(n,65536))\n\
+         \x20 except BlockingIOError: stuck+=1; time.sleep(0.02)\n\
+         a.shutdown(socket.SHUT_WR); got=b''\n\
+         while len(got)<300000: got+=b.recv(65536)\n\
+         log=open('progress.log','w',buffering=1); log.write('sent %d\\n' % n); k=0\n\
+         while not os.path.exists('go'):\n\
+         \x20 k+=1; log.write('tick %d ok\\n' % k); time.sleep(0.05)\n\
+         while True:\n\
+         \x20 d=b.recv(65536)\n\
+         \x20 if not d: break\n\
+         \x20 got+=d\n\
+         log.write(('eof %d ok\\n' if got==pat(0,n) else 'FAIL b got %d bytes\\n') % len(got))\n\
+         while True:\n\
+         \x20 k+=1; log.write('tick %d ok\\n' % k); time.sleep(0.05)\n"
+    );
+    let p = Program::start("fin-megabytes", &["python3", "-c", &prog]);
+    let criu = private_criu(&p.dir);
+    let log = p.work.join("progress.log");
+    wait_until("the peer's bytes and FIN in", Duration::from_secs(20), || common::last_tick(&log) >= 2);
+    let sent: usize = std::fs::read_to_string(&log).unwrap().lines().find_map(|l| l.strip_prefix("sent ")?.parse().ok()).expect("sent N");
+    assert!(sent > 1 << 20, "megabytes sent: {sent}");
+    let root = p.root().unwrap();
+    let states = || {
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        tcp.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(&format!(":{pt:04X}"))) && l.split_whitespace().nth(3) != Some("0A")).map(|l| l.split_whitespace().nth(3).unwrap().to_string()).collect::<Vec<_>>()
+    };
+    wait_until(&format!("the accepted end in CLOSE_WAIT (pid {root})"), Duration::from_secs(10), || states() == ["08"]);
+    for name in ["img1", "img2"] {
+        p.round(&criu, name, || {});
+        let img = p.dir.join(name);
+        let total: u64 = std::fs::read_dir(&img).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-")).map(|e| e.metadata().unwrap().len()).sum();
+        assert!(total > 1 << 20, "{name}: the receive queue in the image: {total} bytes");
+        wait_until("CLOSE_WAIT again", Duration::from_secs(10), || states() == ["08"]);
+        let t = common::last_tick(&log);
+        wait_until("ticks after the restore", Duration::from_secs(10), || common::last_tick(&log) >= t + 3);
+    }
+    std::fs::write(p.work.join("go"), "").unwrap();
+    wait_until("every byte and the end of file", Duration::from_secs(30), || std::fs::read_to_string(&log).unwrap_or_default().contains(&format!("eof {sent} ok")));
+    let _ = common::last_tick(&log); // no FAIL
+}
