@@ -34,9 +34,9 @@
 //! written in repair mode (the kernel takes the send queue as sent and
 //! unacknowledged: it goes out again by retransmission), the FINs in the
 //! order they came (ours by a repair-mode shutdown, the peer's by a
-//! forged segment), the window, the timestamp. The engine turns repair mode off on each just before the
-//! tree is released ([`finish_restore`]) and lifts the lock after
-//! ([`unlock_restored`]).
+//! forged segment), the window, the timestamp. The engine turns repair
+//! mode off on each just before the tree is released ([`finish_restore`])
+//! and lifts the lock after ([`unlock_restored`]).
 //!
 //! The network lock is upstream CRIU's iptables one, rule for rule (so a
 //! set of images locked by either is unlocked by the other's restore):
@@ -679,8 +679,9 @@ pub fn restore(sk: &OwnedFd, src: Addr, dst: Addr, st: &TcpStream, bufs: (u32, u
 /// with the lock's mark, so that the lock's rules let it by. It is
 /// delivered locally (the destination is `src`) and taken at once; the
 /// socket is then in state `want` (CLOSE_WAIT, or CLOSING after our FIN).
-/// Its answer, an ACK to the peer, is dropped by the lock (the peer had
-/// its acknowledgement when it was sent the first time).
+/// An acknowledgement it answers with is dropped by the lock (the peer
+/// had its acknowledgement when it sent the FIN; without the lock it is
+/// a duplicate to it).
 fn deliver_peer_fin(s: BorrowedFd<'_>, src: Addr, dst: Addr, st: &TcpStream, want: u32) -> Result<(), String> {
     let name = super::inet::state_name;
     let seq = st.inq_seq.wrapping_sub(1);
