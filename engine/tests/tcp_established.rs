@@ -833,6 +833,21 @@ impl Drop for DropRule {
     }
 }
 
+/// On drop (a test that failed midway, e.g. a restore refused), the
+/// network lock's rules naming the port are deleted, so that they do not
+/// outlive the test.
+struct LockRulesGone(u16);
+
+impl Drop for LockRulesGone {
+    fn drop(&mut self) {
+        for r in lock_rules(self.0) {
+            let cmd = if r.contains(':') { "ip6tables" } else { "iptables" };
+            let args: Vec<&str> = r.split_whitespace().skip(1).collect();
+            let _ = Command::new(cmd).args(["-w", "-D"]).args(&args).status();
+        }
+    }
+}
+
 /// The /proc/net/tcp state codes of the sockets between `port` and
 /// `peer` on the loopback address (either way round; those a process
 /// holds, with `held`, else all, orphans and TIME_WAIT included).
@@ -956,6 +971,7 @@ fn fin_received(n: u16, mode: &str, fam: Fam, inner: bool, rounds: [(&Path, &Pat
     // (/proc/net/tcp6 lists the IPv4-mapped sockets; their packets are IPv4's)
     let (v6, rule_v6) = (fam != Fam::V4, fam == Fam::V6);
     let prog = FIN_PROG.replace("@MODE@", mode).replace("@INNER@", if inner { "True" } else { "False" }).replace("@PT@", &pt.to_string()).replace("@HOST@", host);
+    let _rules = LockRulesGone(pt);
     let p = Program::start(&format!("fin-{mode}-{n}"), &["python3", "-c", &prog]);
     let private = private_criu(&p.dir);
     let ours = |c: &Path| if c == Path::new(common::CRIU) { private.clone() } else { c.to_path_buf() };
