@@ -580,6 +580,20 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         _ => crate::sys::kmod::is_available(),
     };
     let mut pause = None;
+    // Without the kmod device: a fork injected into every frozen process
+    // of the tree, never run ([`Snapshots`]), the kernel's copy-on-write
+    // snapshot of the frozen moment; the source is released right after,
+    // and the tmpfs set is written from the snapshots while it runs.
+    // Where a snapshot can't stand for its process, today's copy instead.
+    let snaps = if from_source || std::env::var("CRIU_RS_TFORK_SNAPSHOT").as_deref() == Ok("off") { None } else { Snapshots::take(&tree, &frozen, pid) };
+    let (tmp, frozen) = if let Some(s) = &snaps {
+        crate::fault::point("tforktree-snapshot-forked");
+        drop(frozen);
+        let p = t0.elapsed();
+        pr_info!("source {pid} paused {:.2} ms: {} snapshot forks taken ({})", p.as_secs_f64() * 1e3, s.reap.len(), s.reap.iter().map(|r| r.1.to_string()).collect::<Vec<_>>().join(" "));
+        pause = Some(p);
+        (None, None)
+    } else {
     let tmp = if from_source {
         None
     } else {
@@ -604,6 +618,11 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
             None
         }
     };
+    (tmp, frozen)
+    };
+    // the processes the memory is read from (without the tmpfs set): the
+    // snapshots, or the frozen source
+    let mem_pids: Vec<Option<Pid>> = snaps.as_ref().map(|s| s.pids.clone()).unwrap_or_else(|| hosts.clone());
     // one memory source per process: its frozen source process, read
     // through /proc/PID/mem (private anonymous VMAs cherry-picked where the
     // kmod device is present), or the pages of the tmpfs set. (A zombie has
@@ -611,7 +630,7 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let mut own_mems: Vec<Option<crate::mem_source::ProcessMem>> = Vec::with_capacity(tree.tasks.len());
     let (set_tree, pages) = match &tmp {
         None => {
-            for h in &hosts {
+            for h in &mem_pids {
                 own_mems.push(match *h {
                     Some(h) => Some(crate::mem_source::ProcessMem::open_mem_only(h).map_err(ioe(h, "opening /proc/PID/mem of a source process"))?.with_cherry_pick(true)),
                     None => None,
@@ -630,7 +649,7 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // parked memory, for an exec to drop them)
     let mut inits = NsInits::default();
     let mut pre_inits: std::collections::VecDeque<Pid> = std::collections::VecDeque::new();
-    if tmp.is_some() && !own_ns && std::env::var("CRIU_RS_TFORK_PARK").as_deref() != Ok("off") {
+    if (tmp.is_some() || snaps.is_some()) && !own_ns && std::env::var("CRIU_RS_TFORK_PARK").as_deref() != Ok("off") {
         for _ in 0..opts.copies {
             let (rd, wr) = p::pipe().map_err(ioe(pid, "a pipe for the stand-in init"))?;
             let i = spawn_ns_init(&rd, false).map_err(|e| TforkError::Unsupported(format!("tfork of {pid}: {e}")))?;
@@ -639,10 +658,17 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
             pre_inits.push_back(i);
         }
     }
-    // (from the tmpfs set: the memory parked once in the engine, inherited
-    // copy-on-write by every clone)
-    let plain: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
-    let parking = match tmp.is_some().then(|| Parking::make(rtree, &plain, pid)) {
+    // (from the tmpfs set, or the snapshots: the memory parked once in the
+    // engine, inherited copy-on-write by every clone)
+    let mut plain: Vec<&dyn crate::mem_source::MemSource> = pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
+    let snap_pages: Vec<SnapPages> = mem_pids.iter().map(|s| SnapPages(s.map(|s| format!("/proc/{s}/mem").into()))).collect();
+    let mut fill_from = plain.clone();
+    if let (Some(_), None) = (&snaps, &tmp) {
+        let root_mem = own_mems[0].as_ref().ok_or_else(|| TforkError::Unsupported(format!("the root {pid} of the tree is a zombie")))?;
+        plain = own_mems.iter().map(|m| m.as_ref().unwrap_or(root_mem) as &dyn crate::mem_source::MemSource).collect();
+        fill_from = snap_pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
+    }
+    let parking = match (tmp.is_some() || snaps.is_some()).then(|| Parking::make(rtree, &fill_from, pid)) {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(pk))) => Some(pk),
         Some(Err(e)) => {
@@ -713,17 +739,22 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
             Some(t0.elapsed())
         }
         (_, None) => {
-            write_tree_set(&tree, &hosts, pid, &opts.images_dir, !opts.plain_writes)?;
+            write_tree_set(&tree, &mem_pids, mem_pids.first().copied().flatten().unwrap_or(pid), &opts.images_dir, !opts.plain_writes)?;
             Some(t0.elapsed())
         }
     };
+    // (the clones and the image set hold the frozen moment now)
+    let snaps_taken = snaps.is_some();
+    if let Some(mut s) = snaps {
+        s.end();
+    }
     unreleased.commit();
     inits.0.clear();
     drop(mems);
     drop(own_mems);
     drop(frozen);
     let pause = pause.unwrap_or_else(|| t0.elapsed());
-    pr_info!("source {pid} paused {:.2} ms ({} clones restored {})", pause.as_secs_f64() * 1e3, clones.len(), if tmp.is_some() { "from its tmpfs copy" } else { "from it" });
+    pr_info!("source {pid} paused {:.2} ms ({} clones restored {})", pause.as_secs_f64() * 1e3, clones.len(), if tmp.is_some() { "from its tmpfs copy" } else if snaps_taken { "from its snapshot forks" } else { "from it" });
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
 }
 
@@ -797,6 +828,157 @@ impl Drop for TmpSet {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Snapshot forks of a frozen source tree (docs/ARCHITECTURE.md, "tfork",
+/// "Snapshots"): in every live process of the tree, a `clone3` without
+/// CLONE_PARENT and with exit signal 0 injected from its main thread
+/// (`Parasite::fork_call`), never run: the kernel's copy-on-write copy of
+/// the process's memory as at the freeze, read through /proc/SNAP/mem
+/// once the source runs again. A snapshot is a child of its source
+/// process, a "clone" child (exit signal 0) that its wait(), waitpid(-1)
+/// and waitid without __WALL/__WCLONE do not see; it is traced by the
+/// engine with PTRACE_O_EXITKILL (an engine death kills it). [`end`]
+/// (also on drop) kills each, collects its exit as its tracer, and has
+/// its source process reap the zombie (the kernel gives a traced child's
+/// zombie back to its real parent): the source process frozen again for
+/// one injected `waitid(P_PID, SNAP, WEXITED|__WCLONE|WNOHANG)`.
+#[derive(Debug, Default)]
+struct Snapshots {
+    /// Per member of the tree: its snapshot's host pid (none for a zombie).
+    pids: Vec<Option<Pid>>,
+    /// (source process, snapshot, snapshot's pid in the source's pid
+    /// namespace, the source's syscall gadget), still to end.
+    reap: Vec<(Pid, Pid, Pid, u64)>,
+}
+
+impl Snapshots {
+    /// Fork a snapshot in every live process of `frozen` (still frozen).
+    /// `None`, with a warning and nothing left behind, where one can't
+    /// stand for its process: its fork lacks VMAs of the source (marked
+    /// MADV_DONTFORK, or an AIO ring), or an injection fails.
+    fn take(tree: &crate::model::Tree, frozen: &dump::freeze::FrozenTree, pid: Pid) -> Option<Snapshots> {
+        let mut s = Snapshots::default();
+        let why = match s.fork_all(tree, frozen) {
+            Ok(()) => return Some(s),
+            Err(why) => why,
+        };
+        crate::pr_warn!("no snapshot of {pid}'s frozen tree ({why}): its memory is copied while it is frozen");
+        s.end_frozen(frozen);
+        None
+    }
+
+    fn fork_all(&mut self, tree: &crate::model::Tree, frozen: &dump::freeze::FrozenTree) -> Result<(), String> {
+        let args = p::clone_args_bytes(0, 0, 0);
+        for (m, t) in frozen.members.iter().zip(&tree.tasks) {
+            let Some(k) = m.frozen.filter(|_| t.zombie_exit.is_none()) else {
+                self.pids.push(None);
+                continue;
+            };
+            let f = &frozen.procs[k];
+            let mut par = Parasite::start(f, f.gadget).map_err(|e| format!("injection session in {}: {e}", m.pid))?;
+            let (ret, child) = par.fork_call(&args, ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(|e| format!("injected clone3 in {}: {e}", m.pid))?;
+            drop(par);
+            // (clone3 returns the snapshot's pid in the source's pid namespace)
+            let mut ns = None;
+            if let Some(c) = child {
+                ns = std::fs::read_to_string(format!("/proc/{c}/status"))
+                    .ok()
+                    .and_then(|st| st.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse::<Pid>().ok()));
+                self.reap.push((m.pid, c, ns.unwrap_or(c), f.gadget));
+                ptrace::set_options(c, CLONE_TRACE).map_err(|e| format!("tracing the snapshot {c} of {} with PTRACE_O_EXITKILL: {e}", m.pid))?;
+            }
+            let made = crate::sys::check_raw(ret).map_err(|e| format!("injected clone3 in {}: {e}", m.pid))? as Pid;
+            let (Some(snap), true) = (child, ns == Some(made)) else {
+                return Err(format!("clone3 in {} made {made}, but the fork event named {child:?} (pid {ns:?} in its namespace)", m.pid));
+            };
+            // (MADV_DONTFORK memory and AIO rings are not in a fork)
+            let missing = vmas_not_in(m.pid, snap).map_err(|e| format!("comparing the mappings of {snap} with {}'s: {e}", m.pid))?;
+            if let Some(&(a, b)) = missing.first() {
+                return Err(format!("{} has {} mappings a fork leaves out (MADV_DONTFORK or an AIO ring; first {a:#x}-{b:#x})", m.pid, missing.len()));
+            }
+            self.pids.push(Some(snap));
+        }
+        Ok(())
+    }
+
+    /// Kill every snapshot and have its source process (running) reap it.
+    fn end(&mut self) {
+        if self.reap.is_empty() {
+            return;
+        }
+        let t0 = Instant::now();
+        for (src, snap, ns, gadget) in std::mem::take(&mut self.reap) {
+            kill_collect(snap);
+            let reaped = dump::freeze::Frozen::freeze(src).map_err(|e| std::io::Error::other(e.to_string())).and_then(|f| reap_in(&f, gadget, ns));
+            if let Err(e) = reaped {
+                crate::pr_warn!("the snapshot {snap} of {src} was killed, but {src} could not be made to reap it: {e}");
+            }
+        }
+        pr_debug!("snapshots ended in {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
+    }
+
+    /// [`end`](Self::end) while the source tree is still frozen.
+    fn end_frozen(&mut self, frozen: &dump::freeze::FrozenTree) {
+        for (src, snap, ns, gadget) in std::mem::take(&mut self.reap) {
+            kill_collect(snap);
+            let f = frozen.members.iter().find(|m| m.pid == src).and_then(|m| m.frozen).map(|k| &frozen.procs[k]);
+            if let Some(Err(e)) = f.map(|f| reap_in(f, gadget, ns)) {
+                crate::pr_warn!("the snapshot {snap} of {src} was killed, but {src} could not be made to reap it: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Snapshots {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The pages of a snapshot for [`Parking::make`]: /proc/SNAP/mem, where
+/// a page's offset is its address (read, never pinned: a pin would
+/// unshare the page). Never handed to a restore.
+struct SnapPages(Option<std::path::PathBuf>);
+
+impl crate::mem_source::MemSource for SnapPages {
+    fn read(&self, vaddr: u64, _buf: &mut [u8]) -> Result<(), crate::mem_source::MemError> {
+        Err(crate::mem_source::MemError::Missing { what: "a snapshot's pages (parking only)".into(), vaddr })
+    }
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        self.0.iter().cloned().collect()
+    }
+    fn file_range(&self, vaddr: u64, _len: u64) -> Option<(usize, u64)> {
+        self.0.as_ref().map(|_| (0, vaddr))
+    }
+}
+
+/// SIGKILL `pid` (traced by the engine, one thread) and collect its exit
+/// as its tracer.
+fn kill_collect(pid: Pid) {
+    let _ = p::kill(pid, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match ptrace::wait_flags(pid, libc::__WALL | libc::WNOHANG) {
+            Ok(Some(ptrace::Wait::Exited(_) | ptrace::Wait::Signaled(_))) | Err(_) => break,
+            Ok(_) if Instant::now() > deadline => break,
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// Have frozen process `f` reap its dead "clone" child `ns` (its pid in
+/// `f`'s pid namespace): one injected waitid. ECHILD (already reaped,
+/// e.g. by a wait with __WALL of its own) is fine.
+fn reap_in(f: &dump::freeze::Frozen, gadget: u64, ns: Pid) -> std::io::Result<()> {
+    let mut par = Parasite::start(f, gadget)?;
+    let main = par.main_tid();
+    let flags = (libc::WEXITED | libc::__WCLONE | libc::WNOHANG) as u32 as u64;
+    let r = par.raw(main, libc::SYS_waitid, &[libc::P_PID as u64, ns as u64, 0, flags, 0])?;
+    if r != 0 && r != -(libc::ECHILD as i64) {
+        return Err(std::io::Error::other(format!("injected waitid({ns}) in {}: {}", f.pid, std::io::Error::from_raw_os_error(-r as i32))));
+    }
+    Ok(())
 }
 
 /// Parked memory of the restored clones (docs/ARCHITECTURE.md, "tfork",
