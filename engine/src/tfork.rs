@@ -267,6 +267,8 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     if opts.copies == 0 {
         return Err(TforkError::Unsupported("--copies must be at least 1".into()));
     }
+    // (zombies of snapshot forks a killed engine left are no children of the program)
+    reap_dead_snapshots(pid);
     if owns_pid_ns(pid) || has_children(pid) {
         return tfork_restored(pid, opts, on_running);
     }
@@ -589,6 +591,8 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let (tmp, frozen) = if let Some(s) = &snaps {
         crate::fault::point("tforktree-snapshot-forked");
         drop(frozen);
+        // (no tmpfs set of its own: those of engines killed mid-tfork go)
+        TmpSet::remove_dead(&std::env::var_os("CRIU_RS_TFORK_SNAPSHOT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/dev/shm".into()));
         let p = t0.elapsed();
         pr_info!("source {pid} paused {:.2} ms: {} snapshot forks taken ({})", p.as_secs_f64() * 1e3, s.reap.len(), s.reap.iter().map(|r| r.1.to_string()).collect::<Vec<_>>().join(" "));
         pause = Some(p);
@@ -771,14 +775,7 @@ impl TmpSet {
         use std::os::unix::fs::DirBuilderExt;
         let base = std::env::var_os("CRIU_RS_TFORK_SNAPSHOT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/dev/shm".into());
         let dir = base.join(format!("criu-rs-tfork-{}-{pid}", std::process::id()));
-        // sets left by an engine killed mid-tfork (its pid gone) go first
-        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let owner = name.strip_prefix("criu-rs-tfork-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<Pid>().ok());
-            if owner.is_some_and(|o| !std::path::Path::new(&format!("/proc/{o}")).exists()) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
+        TmpSet::remove_dead(&base);
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(ioe(pid, format!("creating {}", dir.display())))?;
         let set = TmpSet(dir);
         // each process's pages by the dump's page pump (the process
@@ -799,6 +796,17 @@ impl TmpSet {
         crate::images_io::write_images(tree, &set.0, &refs, &run_id)
             .map_err(|e| TforkError::Images(format!("the frozen tree into {}: {}", set.0.display(), crate::log::error_chain(&e))))?;
         Ok(set)
+    }
+
+    /// Remove the sets in `base` left by an engine killed mid-tfork (its pid gone).
+    fn remove_dead(base: &std::path::Path) {
+        for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.strip_prefix("criu-rs-tfork-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<Pid>().ok());
+            if owner.is_some_and(|o| !std::path::Path::new(&format!("/proc/{o}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// The set copied into `dir` as the persisted image set: staged,
@@ -878,6 +886,7 @@ impl Snapshots {
             let f = &frozen.procs[k];
             let mut par = Parasite::start(f, f.gadget).map_err(|e| format!("injection session in {}: {e}", m.pid))?;
             let (ret, child) = par.fork_call(&args, ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(|e| format!("injected clone3 in {}: {e}", m.pid))?;
+            let (code, _) = par.mapping();
             drop(par);
             // (clone3 returns the snapshot's pid in the source's pid namespace)
             let mut ns = None;
@@ -892,6 +901,7 @@ impl Snapshots {
             let (Some(snap), true) = (child, ns == Some(made)) else {
                 return Err(format!("clone3 in {} made {made}, but the fork event named {child:?} (pid {ns:?} in its namespace)", m.pid));
             };
+            mark_snapshot(snap, code).map_err(|e| format!("naming the snapshot {snap} of {}: {e}", m.pid))?;
             // (MADV_DONTFORK memory and AIO rings are not in a fork)
             let missing = vmas_not_in(m.pid, snap).map_err(|e| format!("comparing the mappings of {snap} with {}'s: {e}", m.pid))?;
             if let Some(&(a, b)) = missing.first() {
@@ -950,6 +960,72 @@ impl crate::mem_source::MemSource for SnapPages {
     }
     fn file_range(&self, vaddr: u64, _len: u64) -> Option<(usize, u64)> {
         self.0.as_ref().map(|_| (0, vaddr))
+    }
+}
+
+/// comm of a snapshot fork ([`Snapshots`]), by which a later tfork finds
+/// the zombies of snapshots a killed engine left ([`reap_dead_snapshots`]).
+const SNAP_COMM: &str = "criu-rs-snap";
+
+/// Name snapshot `snap` [`SNAP_COMM`]: prctl(PR_SET_NAME) injected into it
+/// (never run otherwise), the call and the name written into its own
+/// copy of the scratch page at `code` (copy-on-write: the source's is
+/// untouched).
+fn mark_snapshot(snap: Pid, code: u64) -> std::io::Result<()> {
+    let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{snap}/mem"))?;
+    let (g, name) = (code + 0x800, code + 0x810);
+    mem.write_all_at(&[0x0f, 0x05, 0xcc], g)?;
+    mem.write_all_at(format!("{SNAP_COMM}\0").as_bytes(), name)?;
+    ptrace::set_sigmask(snap, !0)?;
+    let mut inj = Injector::new(snap, g)?;
+    inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name])?;
+    Ok(())
+}
+
+/// Have the processes of the tree at `root` reap the zombies of snapshot
+/// forks ([`Snapshots`]) that an engine killed mid-tfork left in them
+/// (comm [`SNAP_COMM`], exit signal 0): each parent frozen for a moment
+/// and one `waitid` injected. Failures are warnings.
+fn reap_dead_snapshots(root: Pid) {
+    let stat = |p: Pid| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+    let mut queue = vec![root];
+    let mut seen = std::collections::HashSet::new();
+    let mut dead: Vec<(Pid, Pid)> = Vec::new();
+    while let Some(p) = queue.pop() {
+        if !seen.insert(p) {
+            continue;
+        }
+        for t in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            for c in std::fs::read_to_string(t.path().join("children")).unwrap_or_default().split_whitespace().filter_map(|c| c.parse::<Pid>().ok()) {
+                let st = stat(c);
+                let (comm, rest) = match (st.find('('), st.rfind(')')) {
+                    (Some(a), Some(b)) if a < b => (&st[a + 1..b], &st[b + 1..]),
+                    _ => continue,
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if comm == SNAP_COMM && f.first() == Some(&"Z") && f.get(35) == Some(&"0") {
+                    dead.push((p, c));
+                } else {
+                    queue.push(c);
+                }
+            }
+        }
+    }
+    for (parent, z) in dead {
+        let ns = std::fs::read_to_string(format!("/proc/{z}/status"))
+            .ok()
+            .and_then(|st| st.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse::<Pid>().ok()))
+            .unwrap_or(z);
+        let reaped = dump::freeze::Frozen::freeze(parent).map_err(|e| std::io::Error::other(e.to_string())).and_then(|f| {
+            let maps = std::fs::read_to_string(format!("/proc/{parent}/maps"))?;
+            let exec: Vec<(u64, u64)> = maps.lines().filter_map(dump::proc::parse_maps_line).filter(|m| m.x && m.name != "[vsyscall]").map(|m| (m.start, m.end)).collect();
+            let gadget = parasite::find_gadget(parent, f.threads[0].regs.ip, &exec)?;
+            reap_in(&f, gadget, ns)
+        });
+        match reaped {
+            Ok(()) => pr_info!("{parent} reaped {z}, a snapshot fork left by a killed engine"),
+            Err(e) => crate::pr_warn!("{parent} could not be made to reap {z}, a snapshot fork left by a killed engine: {e}"),
+        }
     }
 }
 

@@ -314,7 +314,10 @@ fn engine_killed_at_the_tree_fault_points() {
     for (at, engine_dies) in cases {
         let img = dir.join(format!("img-{}", at.replace([':', '@'], "-")));
         std::fs::create_dir_all(&img).unwrap();
-        let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2", "--root-snapshot", "overlay", "--persist=sync"], &[("CRIU_RS_FAULT_AT", at)]);
+        // (`tforktree-snapshot` is on the copy path, taken where snapshot forks can't be)
+        let copy = if at == "tforktree-snapshot" { "off" } else { "on" };
+        let (st, clones, log) =
+            run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2", "--root-snapshot", "overlay", "--persist=sync"], &[("CRIU_RS_FAULT_AT", at), ("CRIU_RS_TFORK_SNAPSHOT", copy)]);
         if engine_dies {
             assert_killed(st, at, &log);
         } else {
@@ -323,7 +326,10 @@ fn engine_killed_at_the_tree_fault_points() {
         assert!(clones.is_empty(), "{at}: clones reported: {clones:?}");
         assert!(!img.join("inventory.img").exists(), "{at}: an image set that looks complete");
         fx.ticks_on(3, &format!("(the source) after {at}"));
-        assert_eq!(tree_of(fx.pid), src, "{at}: the source tree's processes");
+        // (an engine killed after the snapshot forks leaves them as zombies
+        // of exit signal 0 in the source processes: docs/ARCHITECTURE.md,
+        // "tfork", "Snapshots")
+        assert_eq!(without_snapshot_zombies(tree_of(fx.pid), &src), src, "{at}: the source tree's processes");
         assert_eq!(shape(&src), src_shape, "{at}: the source tree's shape");
         let others = |v: Vec<i32>| -> Vec<i32> { v.into_iter().filter(|p| !src.contains(p)).collect() };
         if at == "tfork-mid-persist" {
@@ -403,7 +409,8 @@ fn a_full_tmpfs_falls_back_to_the_frozen_source() {
     let src_shape = shape(&src);
     let img = dir.join("img");
     std::fs::create_dir_all(&img).unwrap();
-    let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2"], &[("CRIU_RS_TFORK_SNAPSHOT_DIR", small.to_str().unwrap())]);
+    let (st, clones, log) =
+        run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2"], &[("CRIU_RS_TFORK_SNAPSHOT_DIR", small.to_str().unwrap()), ("CRIU_RS_TFORK_SNAPSHOT", "off")]);
     assert!(st.success(), "{log}");
     assert!(log.contains("could not be copied into tmpfs"), "{log}");
     assert_eq!(clones.len(), 2);
@@ -418,4 +425,79 @@ fn a_full_tmpfs_falls_back_to_the_frozen_source() {
     assert!(std::fs::read_dir(&small).unwrap().next().is_none(), "a partial set left in the tmpfs");
     let inits: Vec<i32> = clones.iter().filter_map(|&c| init_of(c)).collect();
     kill_and_wait_gone(&inits, "the clone trees");
+}
+
+/// Exit signal of `pid` (/proc/PID/stat field 38): 0 for a tfork snapshot.
+fn exit_signal(pid: i32) -> Option<i32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    st.rsplit_once(')')?.1.split_whitespace().nth(35)?.parse().ok()
+}
+
+/// The snapshot forks a tree tfork injects into the frozen source
+/// processes (docs/ARCHITECTURE.md, "tfork", "Snapshots") are gone after
+/// a tfork that succeeds (killed and reaped by their source processes:
+/// the source tree is exactly its processes again, no zombie) and one
+/// that fails (a restore failing in its helper); with the engine killed
+/// between the snapshot forks and the release (`tforktree-snapshot-forked`)
+/// the source tree runs on as it was, no snapshot is left running, and
+/// what is left of them is one zombie per source process with exit
+/// signal 0 (which the source's wait() without __WALL never sees), which
+/// the next tfork of the tree has its processes reap.
+#[test]
+fn snapshot_forks_are_gone_after_success_failure_and_a_killed_engine() {
+    require!(why_not_here());
+    let dir = test_dir("tforktree-snapgone");
+    let fx = Fixture::start("tree", &dir, Ns::Host);
+    let src = tree_of(fx.pid);
+    let src_shape = shape(&src);
+    let img = dir.join("img-ok");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2"], &[]);
+    assert!(st.success(), "{log}");
+    assert!(log.contains("snapshot forks taken"), "no snapshot forks: {log}");
+    assert_eq!(tree_of(fx.pid), src, "the source tree after a tfork:\n{log}");
+    for &c in &clones {
+        assert_eq!(shape(&clone_tree(c)), src_shape, "clone tree {c}");
+    }
+    fx.ticks_on(3, "(the source and its clone trees)");
+    let inits: Vec<i32> = clones.iter().filter_map(|&c| init_of(c)).collect();
+    kill_and_wait_gone(&inits, "the clone trees");
+    let img = dir.join("img-fail");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2"], &[("CRIU_RS_FAULT_AT", "mid-detach:fail")]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(clones.is_empty() && log.contains("snapshot forks taken"), "{log}");
+    assert_eq!(tree_of(fx.pid), src, "the source tree after a failed tfork:\n{log}");
+    fx.ticks_on(3, "(the source) after a failed tfork");
+    let img = dir.join("img-killed");
+    std::fs::create_dir_all(&img).unwrap();
+    let at = "tforktree-snapshot-forked";
+    let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2"], &[("CRIU_RS_FAULT_AT", at)]);
+    assert_killed(st, at, &log);
+    assert!(clones.is_empty());
+    fx.ticks_on(3, &format!("(the source) after {at}"));
+    wait_until("the killed engine's snapshots dead", Duration::from_secs(5), || tree_of(fx.pid).iter().all(|p| src.contains(p) || state(*p) == 'Z'));
+    let left: Vec<i32> = tree_of(fx.pid).into_iter().filter(|p| !src.contains(p)).collect();
+    assert!(left.len() <= src.len() && left.iter().all(|&p| state(p) == 'Z' && exit_signal(p) == Some(0)), "{at}: left {left:?}\n{log}");
+    let live: Vec<i32> = tree_of(fx.pid).into_iter().filter(|p| state(*p) != 'Z').collect();
+    let src_live: Vec<i32> = src.iter().copied().filter(|p| state(*p) != 'Z').collect();
+    assert_eq!(live, src_live, "{at}: the source tree's live processes");
+    assert_eq!(shape(&src), src_shape, "{at}: the source tree's shape");
+    // the next tfork has the source processes reap them (named by comm
+    // `criu-rs-snap`) before it looks at the tree
+    let img = dir.join("img-after");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "1"], &[]);
+    assert!(st.success(), "{log}");
+    assert!(left.is_empty() || log.contains("a snapshot fork left by a killed engine"), "{log}");
+    assert_eq!(tree_of(fx.pid), src, "the source tree after the next tfork:\n{log}");
+    assert_eq!(shape(&clone_tree(clones[0])), src_shape, "the next tfork's clone tree");
+    let inits: Vec<i32> = clones.iter().filter_map(|&c| init_of(c)).collect();
+    kill_and_wait_gone(&inits, "the clone trees");
+}
+
+/// `pids` without the zombies of exit signal 0 not in `src` (snapshot
+/// forks left by a killed engine).
+fn without_snapshot_zombies(pids: Vec<i32>, src: &[i32]) -> Vec<i32> {
+    pids.into_iter().filter(|p| src.contains(p) || !(state(*p) == 'Z' && exit_signal(*p) == Some(0))).collect()
 }
