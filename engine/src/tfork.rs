@@ -264,11 +264,11 @@ pub fn tfork(pid: Pid, opts: &TforkOpts) -> Result<TforkReport, TforkError> {
 /// [`tfork`], calling `on_running` with the clones' pids once they all
 /// run, before the image set (if any) is written.
 pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
+    // (zombies of snapshot forks a killed engine left are no children of the program)
+    reap_dead_snapshots(pid);
     if opts.copies == 0 {
         return Err(TforkError::Unsupported("--copies must be at least 1".into()));
     }
-    // (zombies of snapshot forks a killed engine left are no children of the program)
-    reap_dead_snapshots(pid);
     if owns_pid_ns(pid) || has_children(pid) {
         return tfork_restored(pid, opts, on_running);
     }
@@ -967,8 +967,9 @@ impl crate::mem_source::MemSource for SnapPages {
 /// the zombies of snapshots a killed engine left ([`reap_dead_snapshots`]).
 const SNAP_COMM: &str = "criu-rs-snap";
 
-/// Name snapshot `snap` [`SNAP_COMM`]: prctl(PR_SET_NAME) injected into it
-/// (never run otherwise), the call and the name written into its own
+/// Name snapshot `snap` [`SNAP_COMM`] (prctl(PR_SET_NAME)) and close
+/// every fd it got with the fork (close_range): calls injected into it
+/// (never run otherwise), the gadget and the name written into its own
 /// copy of the scratch page at `code` (copy-on-write: the source's is
 /// untouched).
 fn mark_snapshot(snap: Pid, code: u64) -> std::io::Result<()> {
@@ -979,6 +980,9 @@ fn mark_snapshot(snap: Pid, code: u64) -> std::io::Result<()> {
     ptrace::set_sigmask(snap, !0)?;
     let mut inj = Injector::new(snap, g)?;
     inj.call("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name])?;
+    // its copy of the fd table goes: a pipe's or socket's end held by it
+    // would keep the source's peers from seeing it closed
+    inj.call("close_range", libc::SYS_close_range, &[0, u64::from(u32::MAX), 0])?;
     Ok(())
 }
 
