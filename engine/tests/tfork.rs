@@ -1226,3 +1226,37 @@ fn namespace_init_pause_does_not_copy_its_memory() {
     src.all_tick(&[src.pid], 2, "after the tforks");
     assert!(snap < copy / 2.0, "the pause with snapshot forks ({snap:.1} ms) is not under half the copy's ({copy:.1} ms)");
 }
+
+/// A namespace init with memory a fork leaves out (`tforkprog 1 8
+/// dontfork`: a MADV_DONTFORK area it checks every tick) gets no snapshot
+/// fork (it would lack the area): the log names why, the memory is copied
+/// while the source is frozen as before, the clones run and check the
+/// area, and no child of the source is left.
+#[test]
+fn namespace_init_with_dontfork_memory_falls_back_to_the_copy() {
+    require!(why_not());
+    let dir = test_dir("tfork-nsinit-dontfork");
+    let src = Src::start_full(&dir, 1, 8, &["unshare", "--pid", "--fork"], &["dontfork"]);
+    let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "2"], &[]);
+    assert!(st.success(), "{log}");
+    assert!(log.contains("no snapshot of") && log.contains("a fork leaves out"), "the fallback is not named:\n{log}");
+    assert!(log.contains("paused") && log.contains("copied into"), "{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 2, "{log}");
+    // (the clones are pid 1 too: they tick in the same tick-1.log, and a
+    // clone that finds its MADV_DONTFORK area wrong writes FAIL there)
+    src.all_tick(&[src.pid], 4, "after the tfork (the clones check their MADV_DONTFORK area)");
+    assert!(clones.iter().all(|&c| alive(c)), "a clone died:\n{log}");
+    let kids: String = std::fs::read_dir(format!("/proc/{}/task", src.pid))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default())
+        .collect();
+    assert_eq!(kids.trim(), "", "a child of the source left:\n{log}");
+    for c in clones {
+        // SAFETY: kill(2) of a clone this test made.
+        unsafe { libc::kill(c, libc::SIGKILL) };
+    }
+    reap_zombies();
+}
