@@ -877,7 +877,6 @@ impl Snapshots {
     }
 
     fn fork_all(&mut self, tree: &crate::model::Tree, frozen: &dump::freeze::FrozenTree) -> Result<(), String> {
-        let args = p::clone_args_bytes(0, 0, 0);
         for (m, t) in frozen.members.iter().zip(&tree.tasks) {
             let Some(k) = m.frozen.filter(|_| t.zombie_exit.is_none()) else {
                 self.pids.push(None);
@@ -885,31 +884,84 @@ impl Snapshots {
             };
             let f = &frozen.procs[k];
             let mut par = Parasite::start(f, f.gadget).map_err(|e| format!("injection session in {}: {e}", m.pid))?;
-            let (ret, child) = par.fork_call(&args, ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(|e| format!("injected clone3 in {}: {e}", m.pid))?;
-            let (code, _) = par.mapping();
-            drop(par);
-            // (clone3 returns the snapshot's pid in the source's pid namespace)
-            let mut ns = None;
-            if let Some(c) = child {
-                ns = std::fs::read_to_string(format!("/proc/{c}/status"))
-                    .ok()
-                    .and_then(|st| st.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse::<Pid>().ok()));
-                self.reap.push((m.pid, c, ns.unwrap_or(c), f.gadget));
-                ptrace::set_options(c, CLONE_TRACE).map_err(|e| format!("tracing the snapshot {c} of {} with PTRACE_O_EXITKILL: {e}", m.pid))?;
-            }
-            let made = crate::sys::check_raw(ret).map_err(|e| format!("injected clone3 in {}: {e}", m.pid))? as Pid;
-            let (Some(snap), true) = (child, ns == Some(made)) else {
-                return Err(format!("clone3 in {} made {made}, but the fork event named {child:?} (pid {ns:?} in its namespace)", m.pid));
+            let main = par.main_tid();
+            // VMAs marked MADV_DONTFORK (node's V8 heap) are not in a fork:
+            // marked MADV_DOFORK for a second fork and marked again after
+            // it, as for the fork-made clones (`tfork_with`); an AIO ring
+            // (also left out) can't be: the copy then
+            let mut marked: Vec<(u64, u64)> = Vec::new();
+            let r = loop {
+                let snap = match self.fork_one(m.pid, f.gadget, &mut par) {
+                    Ok(s) => s,
+                    Err(e) => break Err(e),
+                };
+                let missing = match vmas_not_in(m.pid, snap) {
+                    Ok(v) => v,
+                    Err(e) => break Err(format!("comparing the mappings of {snap} with {}'s: {e}", m.pid)),
+                };
+                let Some(&(a, b)) = missing.first() else { break Ok(snap) };
+                let maps = std::fs::read_to_string(format!("/proc/{}/maps", m.pid)).unwrap_or_default();
+                let aio = missing.iter().any(|&(a, b)| maps.lines().any(|l| l.starts_with(&format!("{a:x}-{b:x} ")) && l.contains("[aio]")));
+                if aio || !marked.is_empty() {
+                    break Err(format!("{} has {} mappings a fork leaves out ({}; first {a:#x}-{b:#x})", m.pid, missing.len(), if aio { "an AIO ring" } else { "still, after MADV_DOFORK" }));
+                }
+                // this snapshot goes, reaped by its source in this session
+                let ns = self.reap.iter().find(|r| r.1 == snap).map_or(snap, |r| r.2);
+                self.reap.retain(|r| r.1 != snap);
+                kill_collect(snap);
+                let flags = (libc::WEXITED | libc::__WCLONE | libc::WNOHANG) as u32 as u64;
+                if let Err(e) = par.raw(main, libc::SYS_waitid, &[libc::P_PID as u64, ns as u64, 0, flags, 0]) {
+                    break Err(format!("injected waitid in {}: {e}", m.pid));
+                }
+                let mut err = None;
+                for &(a, b) in &missing {
+                    match par.call(main, "madvise(MADV_DOFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DOFORK as u64]) {
+                        Ok(_) => marked.push((a, b)),
+                        Err(e) => {
+                            err = Some(format!("marking {a:#x}-{b:#x} of {} MADV_DOFORK: {e}", m.pid));
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = err {
+                    break Err(e);
+                }
+                pr_info!("{} has {} mappings marked MADV_DONTFORK (first {a:#x}-{b:#x}): its snapshot forked again with them", m.pid, missing.len());
             };
-            mark_snapshot(snap, code).map_err(|e| format!("naming the snapshot {snap} of {}: {e}", m.pid))?;
-            // (MADV_DONTFORK memory and AIO rings are not in a fork)
-            let missing = vmas_not_in(m.pid, snap).map_err(|e| format!("comparing the mappings of {snap} with {}'s: {e}", m.pid))?;
-            if let Some(&(a, b)) = missing.first() {
-                return Err(format!("{} has {} mappings a fork leaves out (MADV_DONTFORK or an AIO ring; first {a:#x}-{b:#x})", m.pid, missing.len()));
+            // the marks back in the source, whatever happened
+            let mut r = r;
+            for &(a, b) in &marked {
+                if let Err(e) = par.call(main, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64]) {
+                    r = Err(format!("marking {a:#x}-{b:#x} of {} MADV_DONTFORK again: {e}", m.pid));
+                }
             }
-            self.pids.push(Some(snap));
+            drop(par);
+            self.pids.push(Some(r?));
         }
         Ok(())
+    }
+
+    /// One snapshot fork of the process in session `par` (traced with
+    /// PTRACE_O_EXITKILL, named, its fds closed); its host pid.
+    fn fork_one(&mut self, pid: Pid, gadget: u64, par: &mut Parasite) -> Result<Pid, String> {
+        let args = p::clone_args_bytes(0, 0, 0);
+        let (ret, child) = par.fork_call(&args, ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(|e| format!("injected clone3 in {pid}: {e}"))?;
+        let (code, _) = par.mapping();
+        // (clone3 returns the snapshot's pid in the source's pid namespace)
+        let mut ns = None;
+        if let Some(c) = child {
+            ns = std::fs::read_to_string(format!("/proc/{c}/status"))
+                .ok()
+                .and_then(|st| st.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse::<Pid>().ok()));
+            self.reap.push((pid, c, ns.unwrap_or(c), gadget));
+            ptrace::set_options(c, CLONE_TRACE).map_err(|e| format!("tracing the snapshot {c} of {pid} with PTRACE_O_EXITKILL: {e}"))?;
+        }
+        let made = crate::sys::check_raw(ret).map_err(|e| format!("injected clone3 in {pid}: {e}"))? as Pid;
+        let (Some(snap), true) = (child, ns == Some(made)) else {
+            return Err(format!("clone3 in {pid} made {made}, but the fork event named {child:?} (pid {ns:?} in its namespace)"));
+        };
+        mark_snapshot(snap, code).map_err(|e| format!("naming the snapshot {snap} of {pid}: {e}"))?;
+        Ok(snap)
     }
 
     /// Kill every snapshot and have its source process (running) reap it.

@@ -1228,25 +1228,28 @@ fn namespace_init_pause_does_not_copy_its_memory() {
 }
 
 /// A namespace init with memory a fork leaves out (`tforkprog 1 8
-/// dontfork`: a MADV_DONTFORK area it checks every tick) gets no snapshot
-/// fork (it would lack the area): the log names why, the memory is copied
-/// while the source is frozen as before, the clones run and check the
-/// area, and no child of the source is left.
+/// dontfork`: a MADV_DONTFORK area it checks every tick): the area is
+/// marked MADV_DOFORK for a second snapshot fork and marked again (the log
+/// says so), the source keeps the mark, the clones have the area (they
+/// check it every tick) with the mark, and no child of the source is left.
 #[test]
-fn namespace_init_with_dontfork_memory_falls_back_to_the_copy() {
+fn namespace_init_with_dontfork_memory_gets_its_snapshot() {
     require!(why_not());
     let dir = test_dir("tfork-nsinit-dontfork");
     let src = Src::start_full(&dir, 1, 8, &["unshare", "--pid", "--fork"], &["dontfork"]);
+    let dc = u64::from_str_radix(std::fs::read_to_string(src.work.join("dontfork.txt")).unwrap().trim().trim_start_matches("0x"), 16).unwrap();
     let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "2"], &[]);
     assert!(st.success(), "{log}");
-    assert!(log.contains("no snapshot of") && log.contains("a fork leaves out"), "the fallback is not named:\n{log}");
-    assert!(log.contains("paused") && log.contains("copied into"), "{log}");
+    assert!(log.contains("snapshot forked again") && log.contains("snapshot forks taken"), "{log}");
     let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(clones.len(), 2, "{log}");
     // (the clones are pid 1 too: they tick in the same tick-1.log, and a
     // clone that finds its MADV_DONTFORK area wrong writes FAIL there)
     src.all_tick(&[src.pid], 4, "after the tfork (the clones check their MADV_DONTFORK area)");
     assert!(clones.iter().all(|&c| alive(c)), "a clone died:\n{log}");
+    for p in clones.iter().copied().chain([src.pid]) {
+        assert!(vm_flags_at(p, dc).iter().any(|f| f == "dc"), "{p} keeps MADV_DONTFORK on {dc:#x}");
+    }
     let kids: String = std::fs::read_dir(format!("/proc/{}/task", src.pid))
         .into_iter()
         .flatten()
