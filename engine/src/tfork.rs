@@ -585,8 +585,9 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // Without the kmod device: a fork injected into every frozen process
     // of the tree, never run ([`Snapshots`]), the kernel's copy-on-write
     // snapshot of the frozen moment; the source is released right after,
-    // and the tmpfs set is written from the snapshots while it runs.
-    // Where a snapshot can't stand for its process, today's copy instead.
+    // and the clones' memory is parked from the snapshots (no tmpfs set)
+    // while it runs. Where a snapshot can't stand for its process, the
+    // copy into tmpfs in the pause instead.
     let snaps = if from_source || std::env::var("CRIU_RS_TFORK_SNAPSHOT").as_deref() == Ok("off") { None } else { Snapshots::take(&tree, &frozen, pid) };
     let (tmp, frozen) = if let Some(s) = &snaps {
         crate::fault::point("tforktree-snapshot-forked");
