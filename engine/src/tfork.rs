@@ -64,6 +64,7 @@ use crate::{pr_debug, pr_info};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+mod copy;
 mod iso;
 mod net;
 
@@ -290,12 +291,15 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         return tfork_restored(pid, opts, on_running, None);
     }
     check_supported(pid, &tree)?;
-    if let Some(why) = iso::check(tree.root()) {
-        // (made since the look: the source goes, and is frozen again)
-        drop(frozen);
-        pr_info!("process {pid} is cloned by restore, not by fork: {why}");
-        return tfork_restored(pid, opts, on_running, Some(why));
-    }
+    let copies = match iso::check(tree.root()) {
+        Ok(c) => c,
+        Err(why) => {
+            // (made since the look: the source goes, and is frozen again)
+            drop(frozen);
+            pr_info!("process {pid} is cloned by restore, not by fork: {why}");
+            return tfork_restored(pid, opts, on_running, Some(why));
+        }
+    };
     let net = net::plan(&tree, opts.tcp_close, true)?;
     let task = tree.root();
     let plan = match &opts.root_snapshot {
@@ -385,7 +389,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
                 forkers.push((Injector::new(c, csp.gadget).map_err(ioe(c, "registers"))?, csp));
                 continue;
             }
-            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs, &net)?;
+            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs, &net, &copies)?;
             clones.push(c);
             first.get_or_insert_with(|| t0.elapsed());
         }
@@ -393,7 +397,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // the forkers, S last
     for (inj, fsp) in forkers.into_iter().rev() {
         let c = inj.tid;
-        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs, &net)?;
+        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs, &net, &copies)?;
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
@@ -1393,7 +1397,8 @@ fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkErr
 /// Turn the stopped fork `pid` (single-threaded, gadget mapped, signals
 /// blocked) into a clone of `task` and release it; with `snap`, in its own
 /// mount namespace with its own overlay (first: while it has one thread).
-fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot::Plan>, dirs: &mut SnapDirs, net: &net::Plan) -> Result<(), TforkError> {
+#[allow(clippy::too_many_arguments)]
+fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot::Plan>, dirs: &mut SnapDirs, net: &net::Plan, copies: &copy::Plan) -> Result<(), TforkError> {
     let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
     if let Some(plan) = snap {
         dirs.0.push(plan.made(pid));
@@ -1402,6 +1407,10 @@ fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot:
     if !net.is_empty() {
         net.apply(pid, &mut main)?;
         crate::fault::point("tforktcp-closed");
+    }
+    // the kernel objects of the source's own a fork may copy ("Isolation")
+    if !copies.is_empty() {
+        copies.apply(pid, &mut main, sp)?;
     }
     // The clone beside the engine on one CPU while it is set up (each stop
     // a local switch, as in a restore); its threads inherit the pin, and

@@ -2,8 +2,10 @@
 //! clone never shares with the source, nor with another clone, a kernel
 //! object the process made for itself (pipe, socketpair, eventfd, timerfd,
 //! signalfd, epoll set, MAP_SHARED anonymous memory, memfd), through which
-//! one would see another's writes. A source holding one is cloned by
-//! restore, and the log names the fd or mapping that decided it.
+//! one would see another's writes. Eventfds, signalfds, epoll sets and
+//! pipes are copied into fork-made clones by injection; a source holding
+//! any other is cloned by restore, and the log names the fd or mapping
+//! that decided it.
 //!
 //! `progs/tforkiso.c` leaves a random token of its own in each object every
 //! tick and checks it is still there at the next: a clone sharing one with
@@ -130,8 +132,9 @@ fn clones_get_their_own_pipes_sockets_eventfds_and_shared_memory() {
 
 /// A shared fixture tforked with `--copies 4`: for seconds the source and
 /// all four clones tick ok (no FAIL in the progress.log they share as after
-/// fork()), the log growing five times as fast as one process's.
-fn fixture_clones_tick(name: &str) {
+/// fork()), the log growing five times as fast as one process's; the log
+/// of the tfork says `how` the clones got their own objects.
+fn fixture_clones_tick(name: &str, how: &str) {
     require!(why_not_here());
     let dir = test_dir(&format!("tforkiso-fx-{name}"));
     let fx = Fixture::start(name, &dir, Ns::Host);
@@ -152,19 +155,92 @@ fn fixture_clones_tick(name: &str) {
     for &c in &clones {
         kill(c);
     }
-    assert!(text.contains("is cloned by restore, not by fork: "), "{text}");
+    assert!(text.contains(how), "{text}");
 }
 
 /// `ipc`: a stream and a datagram socketpair with queued data, an eventfd,
 /// a timerfd, a signalfd and an epoll set (on main both clones failed at
-/// once: "FAIL tick 20 epoll events").
+/// once: "FAIL tick 20 epoll events"): cloned by restore (its
+/// socketpairs and timerfd).
 #[test]
 fn fixture_ipc_clones_tick() {
-    fixture_clones_tick("ipc");
+    fixture_clones_tick("ipc", "is cloned by restore, not by fork: ");
 }
 
-/// `files`: a pipe holding bytes beside its regular files.
+/// `files`: a pipe holding bytes beside its regular files: cloned by
+/// fork, each clone with its own copy of the pipe.
 #[test]
 fn fixture_files_clones_tick() {
-    fixture_clones_tick("files");
+    fixture_clones_tick("files", "its own copies of 1 objects of the source");
+}
+
+/// `progs/tforkiso.c events` (a pipe with both ends in the process, an
+/// eventfd, a signalfd, an epoll set watching the pipe and the eventfd,
+/// the pipe's watch carrying the process's token, changed by
+/// EPOLL_CTL_MOD every tick): cloned by fork, each clone given its own
+/// copies by injection; the clones are siblings of the source in its pid
+/// namespace; the source and four clones tick ok for seconds (on main
+/// they failed at once, finding each other's tokens). With
+/// `CRIU_RS_TFORK_COPY=off` (measurements) the same source is cloned by
+/// restore instead, the log naming the pipe, and ticks as well.
+#[test]
+fn fork_made_clones_get_their_own_eventfd_signalfd_epoll_and_pipe() {
+    require!(why_not_here());
+    let dir = test_dir("tforkiso-events");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = dir.join("tforkiso");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkiso.c");
+    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
+    let mut child = only_stdio(&mut Command::new("setsid")).arg(&bin).arg("events").current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || child.wait());
+    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+    let pid = roots_with_exe(&bin)[0];
+    let _killer = Killer(bin.clone());
+    let log = work.join("progress.log");
+    all_tick(&log, &[pid], 3, "before the tfork");
+    let (ok, clones, text) = tfork(&dir, pid, 4);
+    assert!(ok && clones.len() == 4, "{text}");
+    let ppid = |p: i32| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap().rsplit_once(") ").unwrap().1.split_whitespace().nth(1).unwrap().to_string();
+    for &c in &clones {
+        let st = std::fs::read_to_string(format!("/proc/{c}/status")).unwrap();
+        let nspid = st.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap().trim().to_string();
+        assert_eq!(nspid, c.to_string(), "clone {c}: made by fork, in the source's pid namespace");
+        assert_eq!(ppid(c), ppid(pid), "clone {c}: a sibling of the source");
+    }
+    let mut all = clones.clone();
+    all.push(pid);
+    all_tick(&log, &all, 50, "beside each other");
+    for &c in &clones {
+        kill(c);
+        assert!(text.contains(&format!("clone {c}: its own copies of 4 objects of the source")), "{text}");
+    }
+    assert!(!text.contains("cloned by restore"), "{text}");
+    // the restore path for the same source, on request
+    let out = Command::new(CRIU)
+        .args(["tfork", "-t", &pid.to_string(), "--copies", "1", "-v4", "-o"])
+        .arg(dir.join("tfork-restore.log"))
+        .arg("-D")
+        .arg(&dir)
+        .env("CRIU_RS_TFORK_COPY", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(dir.join("tfork-restore.log")).unwrap_or_default();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("process {pid} is cloned by restore, not by fork: fd ")), "{text}");
+    let c: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    all_tick(&log, &[c, pid], 20, "(restored clone)");
+    kill(c);
+}
+
+/// Kills every process running `.0` on drop.
+struct Killer(std::path::PathBuf);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.0) {
+            kill(p);
+        }
+    }
 }

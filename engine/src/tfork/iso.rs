@@ -32,9 +32,18 @@ const ST_LISTEN: u8 = 10;
 /// `__SO_ACCEPTCON` in /proc/net/unix's flags: a listening socket.
 const SO_ACCEPTCON: u64 = 1 << 16;
 
+/// Whether the kinds [`super::copy`] copies into fork-made clones are
+/// copied (default), or send the process down the restore path like the
+/// others (`CRIU_RS_TFORK_COPY=off`: measurements).
+fn copies_on() -> bool {
+    std::env::var("CRIU_RS_TFORK_COPY").as_deref() != Ok("off")
+}
+
 /// Why a fork-made clone could see the source's writes through the
-/// object of kind `k` (fd `fd`), or `None` when a fork may share it.
+/// object of kind `k` (fd `fd`), or `None` when a fork may share it or
+/// when [`super::copy`] gives each clone its own copy of it.
 fn kind_route(k: &Kind, fds: &[crate::model::Fd]) -> Option<&'static str> {
+    let copied = |why: &'static str| (!copies_on()).then_some(why);
     match k {
         // outside the process: shared as after fork() (documented)
         Kind::Reg(_) | Kind::Tty(_) | Kind::Fifo(_) => None,
@@ -46,14 +55,14 @@ fn kind_route(k: &Kind, fds: &[crate::model::Fd]) -> Option<&'static str> {
             let end = |wr: bool| {
                 fds.iter().any(|f| matches!(&f.file, FileDesc::Kind(Kind::Pipe(q)) if q.pipe_id == p.pipe_id && (q.flags as i32 & libc::O_ACCMODE == libc::O_WRONLY) == wr))
             };
-            (end(true) && end(false)).then_some("a pipe with both ends in the process")
+            (end(true) && end(false)).then_some("a pipe with both ends in the process").and_then(copied)
         }
         Kind::Unix(u) if u.state == ST_LISTEN && !u.name.is_empty() => None,
         Kind::Unix(_) => Some("a unix socket (socketpair, connected or unconnected)"),
-        Kind::Eventfd(_) => Some("an eventfd"),
+        Kind::Eventfd(_) => copied("an eventfd"),
         Kind::Timerfd(_) => Some("a timerfd"),
-        Kind::Signalfd(_) => Some("a signalfd"),
-        Kind::Epoll(_) => Some("an epoll set"),
+        Kind::Signalfd(_) => copied("a signalfd"),
+        Kind::Epoll(_) => copied("an epoll set"),
         Kind::Inotify(_) => Some("an inotify instance"),
         Kind::Fanotify(_) => Some("a fanotify group"),
         Kind::Netlink(_) => Some("a netlink socket"),
@@ -95,19 +104,21 @@ fn maps_reason(pid: Pid) -> Option<String> {
 
 /// After the freeze: why the collected process `task` (its maps read now,
 /// frozen) must be cloned by restore, naming the first fd or mapping
-/// found; `None` when a fork shares nothing it must not. A named unix
-/// listener a fork-made clone shares is named in a warning.
-pub(crate) fn check(task: &Task) -> Option<String> {
+/// found (`Err`); else what each fork-made clone gets its own copy of
+/// ([`super::copy`]). A named unix listener a fork-made clone shares is
+/// named in a warning.
+pub(crate) fn check(task: &Task) -> Result<super::copy::Plan, String> {
     let pid = task.pid;
     for f in &task.fds {
         let FileDesc::Kind(k) = &f.file;
         if let Some(why) = kind_route(k, &task.fds) {
-            return Some(format!("fd {} of {pid} is {why}", f.fd));
+            return Err(format!("fd {} of {pid} is {why}", f.fd));
         }
     }
     if let Some(why) = maps_reason(pid) {
-        return Some(why);
+        return Err(why);
     }
+    let copies = super::copy::Plan::new(task)?;
     let mut seen = std::collections::HashSet::new();
     for f in &task.fds {
         if let FileDesc::Kind(Kind::Unix(u)) = &f.file {
@@ -120,12 +131,11 @@ pub(crate) fn check(task: &Task) -> Option<String> {
             }
         }
     }
-    None
+    Ok(copies)
 }
 
 /// Before the freeze, from /proc alone: a reason [`check`] would give
-/// (an fd of an anonymous inode or a memfd, a pipe with both ends here, a
-/// unix socket that is not a listener, a netlink or packet socket, one of
+/// (an fd of an anonymous inode or a memfd but those copied, a unix socket that is not a listener, a netlink or packet socket, one of
 /// the mappings of [`mapping_route`]); `None` says only that the look
 /// found none (the collection decides).
 pub(crate) fn look(pid: Pid) -> Option<String> {
@@ -136,7 +146,8 @@ pub(crate) fn look(pid: Pid) -> Option<String> {
         let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
         let Ok(link) = std::fs::read_link(e.path()) else { continue };
         let link = link.to_string_lossy().into_owned();
-        if link.starts_with("anon_inode:") || link.starts_with("/memfd:") {
+        let copied = ["anon_inode:[eventfd]", "anon_inode:[signalfd]", "anon_inode:[eventpoll]"].contains(&link.as_str()) && copies_on();
+        if (link.starts_with("anon_inode:") && !copied) || link.starts_with("/memfd:") {
             return Some(format!("fd {fd} of {pid} is {link}"));
         }
         if let Some(ino) = link.strip_prefix("pipe:") {
@@ -144,7 +155,7 @@ pub(crate) fn look(pid: Pid) -> Option<String> {
             let flags = crate::dump::proc::parse_fdinfo(&fdinfo).1;
             let ends = pipes.entry(ino.to_string()).or_default();
             ends[usize::from(flags as i32 & libc::O_ACCMODE == libc::O_WRONLY)] = true;
-            if ends[0] && ends[1] {
+            if ends[0] && ends[1] && !copies_on() {
                 return Some(format!("fd {fd} of {pid} is a pipe with both ends in the process"));
             }
         } else if let Some(ino) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse::<u64>().ok()) {
