@@ -1,9 +1,11 @@
 #!/bin/bash
 # tfork of one process with and without a kernel object of its own
 # (docs/PERFORMANCE.md, "tfork isolation"): tools/bench/memhog.c (MIB of
-# touched private memory, one thread) run plainly (cloned by fork) and run
-# by a wrapper that holds an eventfd across the exec (cloned by restore,
-# docs/ARCHITECTURE.md "tfork", "Isolation"), the two interleaved, ROUNDS
+# touched private memory, one thread) run plainly (`fork`: cloned by fork)
+# and run by a wrapper that holds an eventfd across the exec (`copy`:
+# cloned by fork, each clone given its own eventfd by injection; `restore`:
+# the same with CRIU_RS_TFORK_COPY=off, cloned by restore;
+# docs/ARCHITECTURE.md "tfork", "Isolation"), the three interleaved, ROUNDS
 # rounds each; per N: the medians of the source's pause, the first clone
 # running, all N running (the engine's own timings, -v3), and the RSS and
 # PSS per idle clone (smaps_rollup half a second after).
@@ -29,7 +31,7 @@ gcc -O2 -o "$dir/hold" "$dir/hold.c"
 start() { # MODE: its pid in $started (no subshell: the EXIT trap would run in it)
 	local w=$dir/w-$1
 	rm -rf "$w"; mkdir -p "$w"
-	if [ "$1" = restore ]; then
+	if [ "$1" != fork ]; then
 		(cd "$w" && setsid "$dir/hold" "$dir/memhog" "$mib" 1 </dev/null >/dev/null 2>&1 &)
 	else
 		(cd "$w" && setsid "$dir/memhog" "$mib" 1 </dev/null >/dev/null 2>&1 &)
@@ -46,13 +48,15 @@ kb() { awk -v k="$2:" '$1==k {s+=$2} END {print s+0}' /proc/"$1"/smaps_rollup 2>
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A src
-for m in fork restore; do start $m; src[$m]=$started; done
+modes="fork copy restore"
+for m in $modes; do start $m; src[$m]=$started; done
 printf '%-8s %4s %9s %9s %9s %9s %9s\n' mode N pause_ms first_ms all_ms rss_MiB pss_MiB
 for n in $ns; do
-	for m in fork restore; do : >"$dir/r-$m"; done
+	for m in $modes; do : >"$dir/r-$m"; done
 	for r in $(seq "$rounds"); do
-		for m in fork restore; do
-			out=$("$criu" tfork -t "${src[$m]}" --copies "$n" -v3 -o "$dir/tf-$m.log" -D "$dir" </dev/null) || { tail -3 "$dir/tf-$m.log"; exit 1; }
+		for m in $modes; do
+			copy=on; [ $m = restore ] && copy=off
+			out=$(CRIU_RS_TFORK_COPY=$copy "$criu" tfork -t "${src[$m]}" --copies "$n" -v3 -o "$dir/tf-$m.log" -D "$dir" </dev/null) || { tail -3 "$dir/tf-$m.log"; exit 1; }
 			sleep 0.5
 			rss=0; pss=0
 			for c in $out; do rss=$((rss + $(kb "$c" Rss))); pss=$((pss + $(kb "$c" Pss))); done
@@ -65,7 +69,7 @@ for n in $ns; do
 			grep -q FAIL "$dir/w-$m/progress.log" && { echo "FAIL in $m workload"; exit 1; }
 		done
 	done
-	for m in fork restore; do
+	for m in $modes; do
 		col() { awk -v c="$1" '{print $c}' "$dir/r-$m" | median; }
 		printf '%-8s %4s %9s %9s %9s %9s %9s\n' "$m" "$n" "$(col 1)" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)"
 	done
