@@ -2,9 +2,10 @@
 //! clone never shares with the source, nor with another clone, a kernel
 //! object the process made for itself (pipe, socketpair, eventfd, timerfd,
 //! signalfd, epoll set, MAP_SHARED anonymous memory, memfd), through which
-//! one would see another's writes. Eventfds, signalfds, epoll sets and
-//! pipes are copied into fork-made clones by injection; a source holding
-//! any other is cloned by restore, and the log names the fd or mapping
+//! one would see another's writes. Eventfds, signalfds, relative
+//! timerfds, epoll sets, pipes and socketpairs are copied into fork-made
+//! clones by injection; a source holding any other (shared memory, a
+//! memfd...) is cloned by restore, and the log names the fd or mapping
 //! that decided it.
 //!
 //! `progs/tforkiso.c` leaves a random token of its own in each object every
@@ -160,11 +161,11 @@ fn fixture_clones_tick(name: &str, how: &str) {
 
 /// `ipc`: a stream and a datagram socketpair with queued data, an eventfd,
 /// a timerfd, a signalfd and an epoll set (on main both clones failed at
-/// once: "FAIL tick 20 epoll events"): cloned by restore (its
-/// socketpairs and timerfd).
+/// once: "FAIL tick 20 epoll events"): cloned by fork, each clone with
+/// its own copies of the six objects.
 #[test]
 fn fixture_ipc_clones_tick() {
-    fixture_clones_tick("ipc", "is cloned by restore, not by fork: ");
+    fixture_clones_tick("ipc", "its own copies of 6 objects of the source");
 }
 
 /// `files`: a pipe holding bytes beside its regular files: cloned by

@@ -1,10 +1,13 @@
 //! Kernel objects of the source's own that a fork-made clone gets a copy
 //! of, made by injection into the clone in `finish` (docs/ARCHITECTURE.md,
 //! "tfork", "Isolation"): an eventfd (its count, semaphore mode), a
-//! signalfd (its mask), a pipe with both ends in the process (its buffer
-//! size and queued bytes), an epoll set (every watch: events and data,
-//! added again through the fd numbers, which hold the clone's copies by
-//! then). Each is made fresh with the state collected at the freeze, then
+//! signalfd (its mask), a timerfd armed relative (time left, interval,
+//! pending expirations), a pipe with both ends in the process (its buffer
+//! size and queued bytes), a unix socketpair with both ends in the
+//! process (stream, datagram or seqpacket; both queues; default socket
+//! options, nothing in flight, nothing shut down), an epoll set (every
+//! watch: events and data, added again through the fd numbers, which hold
+//! the clone's copies by then). Each is made fresh with the state collected at the freeze, then
 //! `dup3`'d over every fd that shared its description (with each fd's
 //! close-on-exec flag) and its status flags set, as `--tcp-close` does
 //! for a connection ([`super::net`]). The source's objects are not
@@ -19,11 +22,24 @@ use crate::sys::inject::Injector;
 use crate::sys::Pid;
 use std::os::unix::fs::FileExt;
 
+/// Bytes written through the scratch area at once (it holds 60 KiB).
+const CHUNK: usize = 32 << 10;
+/// TCP_ESTABLISHED and TCP_LISTEN, a unix socket's states too.
+const ST_ESTABLISHED: u8 = 1;
+const ST_LISTEN: u8 = 10;
+/// `_IOW('T', 0, u64)`.
+const TFD_IOC_SET_TICKS: u64 = (1 << 30) | (8 << 16) | ((b'T' as u64) << 8);
+
 /// One object to make in each clone.
 #[derive(Debug, Clone)]
 enum Obj {
     Eventfd { count: u64, semaphore: bool },
     Signalfd { mask: u64 },
+    /// Relative only; `value`/`interval` (s, ns).
+    Timerfd { clock: u32, ticks: u64, value: (u64, u64), interval: (u64, u64) },
+    /// The entry's description is end `a`; `queues`: what each end
+    /// (a, b) has to read.
+    Socketpair { ty: u8, queues: [Vec<Vec<u8>>; 2], b: Desc },
     /// `data`: the bytes queued at the freeze.
     Pipe { size: u32, data: Vec<u8>, write: Desc },
     Epoll { targets: Vec<(i32, u32, u64)> },
@@ -60,6 +76,7 @@ impl Plan {
         let mut plan = Plan::default();
         let mut seen = std::collections::HashSet::new();
         let mut epolls = Vec::new();
+        let mut fresh: std::collections::HashMap<u8, crate::kinds::unix::Opts> = std::collections::HashMap::new();
         for f in &task.fds {
             let FileDesc::Kind(k) = &f.file;
             if !seen.insert(f.desc) {
@@ -68,6 +85,53 @@ impl Plan {
             match k {
                 Kind::Eventfd(e) => plan.0.push((Obj::Eventfd { count: e.count, semaphore: e.semaphore }, desc_of(task, f.desc, e.flags))),
                 Kind::Signalfd(s) => plan.0.push((Obj::Signalfd { mask: s.mask }, desc_of(task, f.desc, s.flags))),
+                Kind::Timerfd(t) => {
+                    if t.settime_flags != 0 {
+                        return Err(format!("fd {} of {pid} is a timerfd armed with flags {:#x} (TFD_TIMER_ABSTIME)", f.fd, t.settime_flags));
+                    }
+                    plan.0.push((Obj::Timerfd { clock: t.clock, ticks: t.ticks, value: t.value, interval: t.interval }, desc_of(task, f.desc, t.flags)));
+                }
+                Kind::Unix(u) if u.state == ST_LISTEN && !u.name.is_empty() => {}
+                Kind::Unix(u) => {
+                    let why = |what: &str| format!("fd {} of {pid} is a unix socket {what}", f.fd);
+                    let peer = task.fds.iter().find_map(|g| match &g.file {
+                        FileDesc::Kind(Kind::Unix(q)) if u.peer != 0 && q.ino == u.peer && q.peer == u.ino => Some((g.desc, q)),
+                        _ => None,
+                    });
+                    let Some((pdesc, q)) = peer else { return Err(why("whose peer is not a socket of the process")) };
+                    if seen.contains(&pdesc) {
+                        // (its pair was planned from the other end)
+                        continue;
+                    }
+                    seen.insert(pdesc);
+                    if u.state != ST_ESTABLISHED || !u.name.is_empty() || !q.name.is_empty() {
+                        return Err(why("bound to a name, or not a connected pair"));
+                    }
+                    if u.shutdown != 0 || q.shutdown != 0 || !u.passed.is_empty() || !q.passed.is_empty() {
+                        return Err(why("of a pair that is shut down or holds files in flight"));
+                    }
+                    let small = |x: &crate::kinds::unix::UnixSk| x.queue.len() <= 64 && x.queue.iter().map(Vec::len).sum::<usize>() <= CHUNK;
+                    if !small(u) || !small(q) {
+                        return Err(why("of a pair with more than 64 messages or 32 KiB queued"));
+                    }
+                    if !matches!(i32::from(u.ty), libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) {
+                        return Err(why(&format!("of type {}", u.ty)));
+                    }
+                    let def = match fresh.get(&u.ty) {
+                        Some(d) => d.clone(),
+                        None => {
+                            use std::os::fd::AsFd;
+                            let (x, _y) = crate::sys::sock::socketpair(i32::from(u.ty) | libc::SOCK_CLOEXEC).map_err(|e| format!("a socketpair to compare options with: {e}"))?;
+                            let d = crate::kinds::unix::read_opts(x.as_fd()).map_err(|e| format!("options of a fresh socketpair: {e}"))?;
+                            fresh.insert(u.ty, d.clone());
+                            d
+                        }
+                    };
+                    if u.opts != def || q.opts != def {
+                        return Err(why("of a pair with socket options set"));
+                    }
+                    plan.0.push((Obj::Socketpair { ty: u.ty, queues: [u.queue.clone(), q.queue.clone()], b: desc_of(task, pdesc, q.flags) }, desc_of(task, f.desc, u.flags)));
+                }
                 Kind::Epoll(e) => {
                     for t in &e.targets {
                         if task.fds.iter().any(|g| g.fd == t.fd && matches!(&g.file, FileDesc::Kind(Kind::Epoll(_)))) {
@@ -131,6 +195,50 @@ impl Plan {
                     main.call("signalfd4", libc::SYS_signalfd4, &[u64::MAX, at, 8, libc::SFD_CLOEXEC as u64 | nonblock(d.flags)])
                         .map_err(ioe(format!("a copy of the signalfd of fd {first}")))?
                 }
+                Obj::Timerfd { clock, ticks, value, interval } => {
+                    let t = main.call("timerfd_create", libc::SYS_timerfd_create, &[u64::from(*clock), libc::TFD_CLOEXEC as u64 | nonblock(d.flags)])
+                        .map_err(ioe(format!("a copy of the timerfd of fd {first}")))?;
+                    // an expired periodic timer shows no time left (re-armed
+                    // on read): its next period
+                    let zero = |x: (u64, u64)| x == (0, 0);
+                    let left = if zero(*value) && !zero(*interval) && *ticks > 0 { *interval } else { *value };
+                    if !zero(left) || !zero(*interval) {
+                        let its: Vec<u8> = [interval.0, interval.1, left.0, left.1].iter().flat_map(|w| w.to_le_bytes()).collect();
+                        let at = sp.write(0, &its)?;
+                        main.call("timerfd_settime", libc::SYS_timerfd_settime, &[t, 0, at, 0])
+                            .map_err(ioe(format!("arming the copy of the timerfd of fd {first} ({left:?} left, interval {interval:?})")))?;
+                    }
+                    if *ticks > 0 {
+                        let at = sp.write(0, &ticks.to_le_bytes())?;
+                        main.call("ioctl(TFD_IOC_SET_TICKS)", libc::SYS_ioctl, &[t, TFD_IOC_SET_TICKS, at])
+                            .map_err(ioe(format!("{ticks} pending expirations of the copy of the timerfd of fd {first}")))?;
+                    }
+                    t
+                }
+                Obj::Socketpair { ty, queues, b } => {
+                    let at = sp.write(0, &[0u8; 8])?;
+                    main.call("socketpair", libc::SYS_socketpair, &[libc::AF_UNIX as u64, u64::from(*ty) | libc::SOCK_CLOEXEC as u64, 0, at])
+                        .map_err(ioe(format!("a copy of the socketpair of fd {first}")))?;
+                    let mut fds = [0u8; 8];
+                    sp.mem.read_exact_at(&mut fds, at).map_err(ioe("reading the new socketpair's fds".into()))?;
+                    let ends = [u64::from(u32::from_le_bytes([fds[0], fds[1], fds[2], fds[3]])), u64::from(u32::from_le_bytes([fds[4], fds[5], fds[6], fds[7]]))];
+                    // what each end has to read, sent from the other: a
+                    // stream's bytes at once, each message on its own
+                    for (to, q) in queues.iter().enumerate() {
+                        let from = ends[1 - to];
+                        let msgs: Vec<Vec<u8>> = if i32::from(*ty) == libc::SOCK_STREAM { vec![q.concat()] } else { q.clone() };
+                        for m in msgs.iter().filter(|m| !m.is_empty() || i32::from(*ty) != libc::SOCK_STREAM) {
+                            let at = sp.write(4096, m)?;
+                            let n = main.call("sendto", libc::SYS_sendto, &[from, at, m.len() as u64, libc::MSG_DONTWAIT as u64, 0, 0])
+                                .map_err(ioe(format!("queueing {} bytes in the copy of the socketpair of fd {first}", m.len())))?;
+                            if n != m.len() as u64 {
+                                return Err(TforkError::Unsupported(format!("clone {pid}: the copy of the socketpair of fd {first} took {n} of {} bytes", m.len())));
+                            }
+                        }
+                    }
+                    put(main, pid, ends[1], b, "socketpair")?;
+                    ends[0]
+                }
                 Obj::Epoll { targets } => {
                     let ep = main.call("epoll_create1", libc::SYS_epoll_create1, &[libc::EPOLL_CLOEXEC as u64]).map_err(ioe(format!("a copy of the epoll set of fd {first}")))?;
                     for &(tfd, events, data) in targets {
@@ -154,7 +262,7 @@ impl Plan {
                             .map_err(ioe(format!("the buffer size {size} of the copy of the pipe of fd {first}")))?;
                     }
                     // the queued bytes, through the scratch area (60 KiB) in chunks
-                    for chunk in data.chunks(32 << 10) {
+                    for chunk in data.chunks(CHUNK) {
                         let at = sp.write(4096, chunk)?;
                         let n = main.call("write(pipe)", libc::SYS_write, &[w, at, chunk.len() as u64]).map_err(ioe(format!("refilling the copy of the pipe of fd {first}")))?;
                         if n != chunk.len() as u64 {
@@ -168,6 +276,8 @@ impl Plan {
             put(main, pid, fd, d, match obj {
                 Obj::Eventfd { .. } => "eventfd",
                 Obj::Signalfd { .. } => "signalfd",
+                Obj::Timerfd { .. } => "timerfd",
+                Obj::Socketpair { .. } => "socketpair",
                 Obj::Epoll { .. } => "epoll set",
                 Obj::Pipe { .. } => "pipe",
             })?;

@@ -58,9 +58,11 @@ fn kind_route(k: &Kind, fds: &[crate::model::Fd]) -> Option<&'static str> {
             (end(true) && end(false)).then_some("a pipe with both ends in the process").and_then(copied)
         }
         Kind::Unix(u) if u.state == ST_LISTEN && !u.name.is_empty() => None,
-        Kind::Unix(_) => Some("a unix socket (socketpair, connected or unconnected)"),
+        // (a socketpair of the process is copied, any other unix socket
+        // sends it down the restore path: `copy::Plan::new` says which)
+        Kind::Unix(_) => copied("a unix socket (socketpair, connected or unconnected)"),
         Kind::Eventfd(_) => copied("an eventfd"),
-        Kind::Timerfd(_) => Some("a timerfd"),
+        Kind::Timerfd(_) => copied("a timerfd"),
         Kind::Signalfd(_) => copied("a signalfd"),
         Kind::Epoll(_) => copied("an epoll set"),
         Kind::Inotify(_) => Some("an inotify instance"),
@@ -146,7 +148,7 @@ pub(crate) fn look(pid: Pid) -> Option<String> {
         let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
         let Ok(link) = std::fs::read_link(e.path()) else { continue };
         let link = link.to_string_lossy().into_owned();
-        let copied = ["anon_inode:[eventfd]", "anon_inode:[signalfd]", "anon_inode:[eventpoll]"].contains(&link.as_str()) && copies_on();
+        let copied = ["anon_inode:[eventfd]", "anon_inode:[signalfd]", "anon_inode:[eventpoll]", "anon_inode:[timerfd]"].contains(&link.as_str()) && copies_on();
         if (link.starts_with("anon_inode:") && !copied) || link.starts_with("/memfd:") {
             return Some(format!("fd {fd} of {pid} is {link}"));
         }
@@ -180,7 +182,8 @@ pub(crate) fn look(pid: Pid) -> Option<String> {
         for (fd, ino) in sockets {
             if let Some((_, w)) = unix.iter().find(|(i, _)| *i == ino) {
                 let flags = w.get(3).and_then(|f| u64::from_str_radix(f, 16).ok()).unwrap_or(0);
-                if flags & SO_ACCEPTCON == 0 || w.len() < 8 {
+                // (a socketpair may be copied: the collection decides)
+                if (flags & SO_ACCEPTCON == 0 || w.len() < 8) && !(copies_on() && w.len() < 8) {
                     return Some(format!("fd {fd} of {pid} is a unix socket (socketpair, connected or unconnected)"));
                 }
             } else if netlink.iter().any(|(i, _)| *i == ino) {
