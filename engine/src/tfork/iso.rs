@@ -11,7 +11,10 @@
 //! timerfd takes the source's bytes, counts and expirations; an
 //! `epoll_ctl` in a clone changes the source's set; a write into shared
 //! anonymous memory, a memfd or a SysV segment is seen by the source.
-//! Such a source is cloned by the restore path instead
+//! The kinds an event loop holds (eventfd, signalfd, relative timerfd,
+//! epoll set, a pipe or socketpair with both ends in the process) are
+//! copied into each fork-made clone ([`super::copy`]); a source holding
+//! any other is cloned by the restore path instead
 //! ([`super::tfork_restored`]: fresh objects with the frozen state in each
 //! clone, as for a tree), and the log names the fd or mapping that made
 //! the choice. The decision is made twice: on a look at /proc before the
