@@ -175,8 +175,8 @@ fn fixture_files_clones_tick() {
     fixture_clones_tick("files", "its own copies of 1 objects of the source");
 }
 
-/// `progs/tforkiso.c events` (a pipe with both ends in the process, an
-/// eventfd, a signalfd, an epoll set watching the pipe and the eventfd,
+/// `progs/tforkiso.c events` (a pipe with both ends in the process, a
+/// socketpair, an eventfd, a signalfd, an epoll set watching the pipe and the eventfd,
 /// the pipe's watch carrying the process's token, changed by
 /// EPOLL_CTL_MOD every tick): cloned by fork, each clone given its own
 /// copies by injection; the clones are siblings of the source in its pid
@@ -214,7 +214,7 @@ fn fork_made_clones_get_their_own_eventfd_signalfd_epoll_and_pipe() {
     all_tick(&log, &all, 50, "beside each other");
     for &c in &clones {
         kill(c);
-        assert!(text.contains(&format!("clone {c}: its own copies of 4 objects of the source")), "{text}");
+        assert!(text.contains(&format!("clone {c}: its own copies of 5 objects of the source")), "{text}");
     }
     assert!(!text.contains("cloned by restore"), "{text}");
     // the restore path for the same source, on request
@@ -244,4 +244,40 @@ impl Drop for Killer {
             kill(p);
         }
     }
+}
+
+/// `progs/tforkiso.c events opts`: as above, but the socketpair has
+/// SO_RCVBUF set, which the copies do not carry: the look before the
+/// freeze finds nothing against a fork, the collection does (a socketpair
+/// with options set), and the source, released, is frozen again by the
+/// restore path; the log names the socket; the clones (each in a pid
+/// namespace of its own) and the source tick ok.
+#[test]
+fn a_socketpair_with_options_set_takes_the_restore_path_after_the_freeze() {
+    require!(why_not_here());
+    let dir = test_dir("tforkiso-opts");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = dir.join("tforkiso");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkiso.c");
+    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
+    let mut child = only_stdio(&mut Command::new("setsid")).arg(&bin).args(["events", "opts"]).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || child.wait());
+    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+    let pid = roots_with_exe(&bin)[0];
+    let _killer = Killer(bin.clone());
+    let log = work.join("progress.log");
+    all_tick(&log, &[pid], 3, "before the tfork");
+    let (ok, clones, text) = tfork(&dir, pid, 2);
+    assert!(ok && clones.len() == 2, "{text}");
+    let mut all = clones.clone();
+    all.push(pid);
+    all_tick(&log, &all, 30, "beside each other");
+    for &c in &clones {
+        let st = std::fs::read_to_string(format!("/proc/{c}/status")).unwrap();
+        let nspid: Vec<String> = st.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap().split_whitespace().map(str::to_string).collect();
+        assert_eq!(nspid, vec![c.to_string(), pid.to_string()], "clone {c}: restored");
+        kill(c);
+    }
+    assert!(text.contains(&format!("process {pid} is cloned by restore, not by fork: fd ")) && text.contains("a unix socket of a pair with socket options set"), "{text}");
 }

@@ -11,10 +11,12 @@
  * restored into a pid namespace of its own has the source's pid inside).
  * ./addr.txt: the addresses of the shared anonymous page and of the memfd
  * page (offsets 0-7 hold the token; the test writes at 64).
- * With the argument "events": the pipe and the eventfd only, and a
- * signalfd and an epoll set watching both (the kinds a fork-made clone
- * gets copies of), the pipe's watch carrying the token as its data
- * (EPOLL_CTL_MOD every tick): a clone sharing the set changes the source's. */
+ * With the argument "events": the pipe, the socketpair and the eventfd
+ * only, and a signalfd and an epoll set watching the pipe and the eventfd
+ * (the kinds a fork-made clone gets copies of), the pipe's watch carrying
+ * the token as its data (EPOLL_CTL_MOD every tick): a clone sharing the
+ * set changes the source's. A second argument "opts": SO_RCVBUF set on
+ * the socketpair (which then takes the restore path). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -71,6 +73,7 @@ static uint64_t token(void)
 int main(int argc, char **argv)
 {
 	int events = argc > 1 && strcmp(argv[1], "events") == 0;
+	int opts = argc > 2 && strcmp(argv[2], "opts") == 0;
 	log_fd = open("progress.log", O_WRONLY | O_CREAT | O_APPEND, 0644);
 	if (log_fd < 0)
 		return 2;
@@ -81,8 +84,12 @@ int main(int argc, char **argv)
 	static uint64_t priv[2];
 	volatile uint64_t *shm = priv, *mf = priv + 1;
 	int mfd = -1, ep = -1, sfd = -1;
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sp) == 0, "socketpair");
+	if (opts) {
+		int sz = 65536;
+		CHECK(setsockopt(sp[1], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz)) == 0, "SO_RCVBUF");
+	}
 	if (!events) {
-		CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sp) == 0, "socketpair");
 		shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 		CHECK(shm != MAP_FAILED, "mmap shared anonymous");
 		mfd = memfd_create("tforkiso", 0);
@@ -102,8 +109,7 @@ int main(int argc, char **argv)
 
 	uint64_t last = token();
 	CHECK(write(p[1], &last, 8) == 8, "first pipe write");
-	if (!events)
-		CHECK(write(sp[0], &last, 8) == 8, "first socket write");
+	CHECK(write(sp[0], &last, 8) == 8, "first socket write");
 	CHECK(write(ev, &last, 8) == 8, "first eventfd write");
 	shm[0] = last;
 	mf[0] = last;
@@ -140,10 +146,8 @@ int main(int argc, char **argv)
 		CHECK(read(p[0], &v, 8) == 8 && v == last, "pipe holds another token");
 		CHECK(read(p[0], &v, 8) < 0 && errno == EAGAIN, "pipe holds more than its token");
 		v = 0;
-		if (!events) {
-			CHECK(read(sp[1], &v, 8) == 8 && v == last, "socketpair holds another token");
-			CHECK(read(sp[1], &v, 8) < 0 && errno == EAGAIN, "socketpair holds more than its token");
-		}
+		CHECK(read(sp[1], &v, 8) == 8 && v == last, "socketpair holds another token");
+		CHECK(read(sp[1], &v, 8) < 0 && errno == EAGAIN, "socketpair holds more than its token");
 		v = 0;
 		CHECK(read(ev, &v, 8) == 8 && v == last, "eventfd holds another count");
 		CHECK(shm[0] == last, "shared anonymous memory holds another token");
@@ -152,8 +156,7 @@ int main(int argc, char **argv)
 			CHECK(pread(mfd, &v, 8, 0) == 8 && v == last, "memfd holds another token");
 		last = token();
 		CHECK(write(p[1], &last, 8) == 8, "pipe write");
-		if (!events)
-			CHECK(write(sp[0], &last, 8) == 8, "socket write");
+		CHECK(write(sp[0], &last, 8) == 8, "socket write");
 		if (events) {
 			struct epoll_event e = { .events = EPOLLIN, .data.u64 = last };
 			CHECK(epoll_ctl(ep, EPOLL_CTL_MOD, p[0], &e) == 0, "epoll mod pipe");
