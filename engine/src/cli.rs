@@ -341,23 +341,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     pr_info!("========================================");
     let t0 = Instant::now();
     crate::notify::script("pre-dump", None).map_err(Failure::new)?;
-    // images become visible only when complete (inventory last)
-    let staging = dump::staging::Staging::new(&dir).here()?;
-    // each process's pages are copied in the injection session of its
-    // collection (the page pump armed in it when it pays off), one
-    // process at a time
-    let mut page_ids = None;
-    let mut mem_time = Duration::ZERO;
-    let (tree, mut frozen) = {
-        let mut sink = |live: usize, task: &crate::model::Task, mem: &dyn crate::mem_source::MemSource| -> Result<(), images_io::ImagesError> {
-            let t = Instant::now();
-            let ids = page_ids.get_or_insert_with(|| images_io::PagesIds::new(live));
-            images_io::write_task_pages(staging.path(), task, ids, mem)?;
-            mem_time += t.elapsed();
-            Ok(())
-        };
-        dump::collect_tree_pages(pid, &engine_options(o), &mut sink).here()?
-    };
+    let (tree, mut frozen) = dump::collect_tree_opts(pid, &engine_options(o)).here()?;
     // (a refusal from here on releases the tree as it was: `frozen` dropped)
     for stage in ["network-lock", "query-ext-files"] {
         crate::notify::script(stage, None).map_err(Failure::new)?;
@@ -379,14 +363,53 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     let t_frozen = Instant::now();
     check_ttys(&tree, o.shell_job)?;
     let dump_pages: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
+    // the root's memory through the page pump when it pays off; the other
+    // processes' (and the root's otherwise) read from outside
+    let root_bytes: u64 = tree.root().mm.pages.iter().map(|r| r.nr_pages * crate::sys::PAGE_SIZE).sum();
+    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !dump::page_pump::pays_off(root_bytes) {
+        None
+    } else {
+        match dump::page_pump::PagePump::start(&frozen.procs[0]) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                pr_warn!("page pump of {pid} unavailable ({e}); reading its memory instead");
+                None
+            }
+        }
+    };
     let t_pump = Instant::now();
+    // the others' each through a pump of its own, started for its copy
+    // only (one at a time), or read from outside
+    let mut plain = Vec::with_capacity(tree.tasks.len());
+    for (i, m) in frozen.members.iter().enumerate() {
+        plain.push(match m.frozen {
+            Some(k) if !(i == 0 && pump.is_some()) => {
+                Some(dump::page_pump::PumpOnDemand::new(&frozen.procs[k]).map_err(|e| format!("opening memory of {}: {e}", m.pid)).here()?)
+            }
+            _ => None,
+        });
+    }
+    let mems: Vec<Option<&dyn crate::mem_source::MemSource>> = plain
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match (i, &pump, p) {
+            (0, Some(pump), _) => Some(pump as &dyn crate::mem_source::MemSource),
+            (_, _, Some(p)) => Some(p as &dyn crate::mem_source::MemSource),
+            _ => None,
+        })
+        .collect();
     let run_id = format!("criu-rs-{}-{}", std::process::id(), t0.elapsed().as_nanos());
+    // images become visible only when complete (inventory last)
+    let staging = dump::staging::Staging::new(&dir).here()?;
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::write_image(staging.path()).here()?;
     }
-    let page_ids = page_ids.ok_or_else(|| Failure::new(format!("no live process in the tree of {pid}")))?;
-    images_io::write_images_paged(&tree, staging.path(), page_ids, &run_id).here()?;
+    images_io::write_images(&tree, staging.path(), &mems, &run_id).here()?;
     let t_written = Instant::now();
+    // the pump's pipe closed and its injection session ended before the
+    // images are published and the source is released
+    drop(mems);
+    drop(pump);
     staging.publish().here()?;
     crate::notify::script("post-dump", None).map_err(Failure::new)?;
     if !o.leave_running {
@@ -402,8 +425,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     let stats = pb::DumpStatsEntry {
         freezing_time: micros(t_frozen - t0),
         frozen_time: micros(t_end - t_frozen),
-        // (the pages copied process by process during the collection)
-        memdump_time: micros(mem_time),
+        memdump_time: micros(t_pump - t_frozen),
         memwrite_time: micros(t_written - t_pump),
         pages_scanned: scanned,
         pages_skipped_parent: 0,

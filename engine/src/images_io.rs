@@ -887,48 +887,6 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     if mems.len() != tree.tasks.len() {
         return Err(bad("pstree.img", format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }
-    let live = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).count();
-    write_images_with(tree, dir, Some(mems), PagesIds::new(live), run_id)
-}
-
-/// Page image ids given out so far, across a tree: pages-N of the Nth live
-/// process (from 1), then the shared anonymous objects' after every
-/// process's, each object written once (from the first process mapping it).
-#[derive(Debug)]
-pub struct PagesIds {
-    pages_id: u32,
-    shm_pages_id: u32,
-    shm_written: std::collections::HashSet<u64>,
-}
-
-impl PagesIds {
-    /// For a tree of `live` live processes.
-    pub fn new(live: usize) -> PagesIds {
-        PagesIds { pages_id: 0, shm_pages_id: live as u32, shm_written: Default::default() }
-    }
-}
-
-/// The pagemap and pages images of the next live process of a tree
-/// (`task`, in tree order), from `mem`: what [`write_images`] writes for
-/// it, for a dump that copies each process's memory while its injection
-/// session is open (the rest then by [`write_images_paged`]).
-pub fn write_task_pages(dir: &Path, task: &Task, ids: &mut PagesIds, mem: &dyn MemSource) -> Result<(), ImagesError> {
-    ids.pages_id += 1;
-    write_pages(dir, task, &mut ids.shm_pages_id, &mut ids.shm_written, mem, ids.pages_id)
-}
-
-/// [`write_images`] for a tree whose pagemap and pages images are written
-/// already, every live process's by [`write_task_pages`] with `ids`.
-pub fn write_images_paged(tree: &Tree, dir: &Path, ids: PagesIds, run_id: &str) -> Result<(), ImagesError> {
-    let live = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).count();
-    if ids.pages_id as usize != live {
-        return Err(bad("pstree.img", format!("{live} live processes but the pages of {} written", ids.pages_id)));
-    }
-    write_images_with(tree, dir, None, PagesIds { pages_id: 0, ..ids }, run_id)
-}
-
-/// [`write_images`], the pages from `mems` (`None`: written already).
-fn write_images_with(tree: &Tree, dir: &Path, mems: Option<&[Option<&dyn MemSource>]>, ids: PagesIds, run_id: &str) -> Result<(), ImagesError> {
     let mut files: Vec<pb::FileEntry> = Vec::new();
     let mut fd_images =
         FdImages { memfd_inodes: tree.memfds.iter().enumerate().map(|(i, m)| (m.ino, i as u32 + 1)).collect(), ..Default::default() };
@@ -936,18 +894,16 @@ fn write_images_with(tree: &Tree, dir: &Path, mems: Option<&[Option<&dyn MemSour
     fd_images.kinds.state::<crate::kinds::memfd::InodeIds>().0 = fd_images.memfd_inodes.clone();
     let mut map_ids: Vec<(String, u32)> = Vec::new();
     let mut filters: Vec<pb::SeccompFilter> = Vec::new();
-    let PagesIds { mut pages_id, mut shm_pages_id, mut shm_written } = ids;
-    for (i, task) in tree.tasks.iter().enumerate() {
+    let mut pages_id = 0u32;
+    let mut shm_pages_id = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).count() as u32;
+    let mut shm_written = std::collections::HashSet::new();
+    for (task, mem) in tree.tasks.iter().zip(mems) {
         if let Some(exit) = task.zombie_exit {
             write_zombie(dir, task, exit)?;
             continue;
         }
-        let mem = match mems {
-            None => None,
-            Some(mems) => match mems[i] {
-                Some(mem) => Some(mem),
-                None => return Err(bad("pstree.img", format!("process {}: no memory source", task.pid))),
-            },
+        let Some(mem) = *mem else {
+            return Err(bad("pstree.img", format!("process {}: no memory source", task.pid)));
         };
         pages_id += 1;
         write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
@@ -1033,7 +989,7 @@ fn write_task(
     task: &Task,
     shm_pages_id: &mut u32,
     shm_written: &mut std::collections::HashSet<u64>,
-    mem: Option<&dyn MemSource>,
+    mem: &dyn MemSource,
     pages_id: u32,
     files: &mut Vec<pb::FileEntry>,
     map_ids: &mut Vec<(String, u32)>,
@@ -1129,8 +1085,40 @@ fn write_task(
         thp_disabled: Some(mm.thp_disabled),
     };
     write_all(dir, &mg::MM.file_name(pid), &mg::MM, &[mme])?;
-    if let Some(mem) = mem {
-        write_pages(dir, task, shm_pages_id, shm_written, mem, pages_id)?;
+    // pagemap + pages: private pages in pagemap-PID/pages-1, each shared
+    // anonymous object's in pagemap-shmem-SHMID (offsets in the object)
+    let (private, shmem) = split_shmem_pages(&mm.vmas, &mm.pages);
+    let mut pw = PagesWriter::create(dir, pid, pages_id)?;
+    let mut ranges = Vec::with_capacity(private.len());
+    for r in &private {
+        pw.add_header_only(r.vaddr, r.nr_pages, PE_PRESENT | if r.lazy { PE_LAZY } else { 0 })?;
+        ranges.push((r.vaddr, r.nr_pages * 4096));
+    }
+    mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
+    crate::fault::point("mid-memory");
+    pw.finish()?;
+    for (shmid, runs) in shmem.iter() {
+        // an object several processes map (inherited over fork) is written
+        // once, from the first of them (its data is the object's, not the
+        // mapping's: the dump checked the others map no part it doesn't)
+        if !shm_written.insert(*shmid) {
+            continue;
+        }
+        *shm_pages_id += 1;
+        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *shm_pages_id)?;
+        let mut ranges = Vec::with_capacity(runs.len());
+        for &(off, vaddr, n) in runs {
+            pw.add_header_only(off, n, PE_PRESENT)?;
+            ranges.push((vaddr, n * 4096));
+        }
+        mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
+        pw.finish()?;
+    }
+    // read back what was written, before the dump can report success or
+    // kill the source: an image our own restore would refuse is an error now
+    check_written_pages(dir, pid, &mm.vmas, &shmem)?;
+    if !mm.guards.is_empty() {
+        write_guards(dir, pid, &mm.guards)?;
     }
     if !mm.guards.is_empty() {
         write_guards(dir, pid, &mm.guards)?;
@@ -1214,52 +1202,6 @@ fn write_task(
         write_all(dir, &mg::CORE.file_name(t.tid), &mg::CORE, &[core])?;
     }
     Ok(())
-}
-
-/// pagemap-PID and pages-`pages_id` of live process `task` from `mem`, and
-/// the shared anonymous objects it is the first to map (page image ids
-/// from `shm_pages_id` on), read back as restore will read them.
-fn write_pages(
-    dir: &Path,
-    task: &Task,
-    shm_pages_id: &mut u32,
-    shm_written: &mut std::collections::HashSet<u64>,
-    mem: &dyn MemSource,
-    pages_id: u32,
-) -> Result<(), ImagesError> {
-    let (mm, pid) = (&task.mm, task.pid);
-    // pagemap + pages: private pages in pagemap-PID/pages-1, each shared
-    // anonymous object's in pagemap-shmem-SHMID (offsets in the object)
-    let (private, shmem) = split_shmem_pages(&mm.vmas, &mm.pages);
-    let mut pw = PagesWriter::create(dir, pid, pages_id)?;
-    let mut ranges = Vec::with_capacity(private.len());
-    for r in &private {
-        pw.add_header_only(r.vaddr, r.nr_pages, PE_PRESENT | if r.lazy { PE_LAZY } else { 0 })?;
-        ranges.push((r.vaddr, r.nr_pages * 4096));
-    }
-    mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
-    crate::fault::point("mid-memory");
-    pw.finish()?;
-    for (shmid, runs) in shmem.iter() {
-        // an object several processes map (inherited over fork) is written
-        // once, from the first of them (its data is the object's, not the
-        // mapping's: the dump checked the others map no part it doesn't)
-        if !shm_written.insert(*shmid) {
-            continue;
-        }
-        *shm_pages_id += 1;
-        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *shm_pages_id)?;
-        let mut ranges = Vec::with_capacity(runs.len());
-        for &(off, vaddr, n) in runs {
-            pw.add_header_only(off, n, PE_PRESENT)?;
-            ranges.push((vaddr, n * 4096));
-        }
-        mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
-        pw.finish()?;
-    }
-    // read back what was written, before the dump can report success or
-    // kill the source: an image our own restore would refuse is an error now
-    check_written_pages(dir, pid, &mm.vmas, &shmem)
 }
 
 /// Ask the disk for every image of `dir` at once, before any is parsed:

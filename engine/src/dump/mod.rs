@@ -40,8 +40,6 @@ pub enum DumpError {
     Namespace { pid: Pid, what: String },
     #[error("process {pid}: {what}")]
     Unsupported { pid: Pid, what: String },
-    #[error("writing the pages of {pid}")]
-    Pages { pid: Pid, #[source] source: crate::images_io::ImagesError },
     #[error("{what} of {pid}")]
     /// `loc`: where in the engine it arose, for the log.
     Io { pid: Pid, what: &'static str, #[source] source: io::Error, loc: &'static std::panic::Location<'static> },
@@ -149,24 +147,7 @@ pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tr
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
-    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), None)
-}
-
-/// What a dump does with the memory of each live process of the tree
-/// while the injection session its state was collected in is still open
-/// (one session a process, shared by the collection and the page pump):
-/// called in tree order with the number of live processes in the tree,
-/// the task (its place in the tree and its mm set) and its memory
-/// ([`page_pump::SessionPump`]); the session ends right after.
-pub type PagesSink<'a> = dyn FnMut(usize, &Task, &dyn crate::mem_source::MemSource) -> Result<(), crate::images_io::ImagesError> + 'a;
-
-/// [`collect_tree_opts`] that also copies each live process's pages
-/// through `sink`, in the session of its collection.
-pub fn collect_tree_pages(pid: Pid, opts: &crate::options::Options, sink: &mut PagesSink<'_>) -> Result<(Tree, FrozenTree), DumpError> {
-    crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
-    crate::kinds::inet::set_tcp_close(opts.tcp_close);
-    crate::kinds::inet::set_tcp_established(opts.tcp_established);
-    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), Some(sink))
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts())
 }
 
 /// [`collect`] without the memory layout (`mm` holds only what injection
@@ -177,7 +158,7 @@ pub fn collect_state(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
     // (file locks recorded, not refused: a clone is a fork, which keeps
     // the source's flock and OFD locks shared and its POSIX ones not, as
     // any fork does)
-    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() }, None)
+    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() })
 }
 
 fn collect_tree(
@@ -186,7 +167,6 @@ fn collect_tree(
     timeout: std::time::Duration,
     with_memory: bool,
     file_opts: &files::FileOpts,
-    mut sink: Option<&mut PagesSink<'_>>,
 ) -> Result<(Tree, FrozenTree), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
@@ -234,7 +214,6 @@ fn collect_tree(
     // host pid -> pid in the tree's namespace
     let mut ns_pid: std::collections::HashMap<Pid, i32> = std::collections::HashMap::new();
     let members = frozen.members.clone();
-    let live = members.iter().filter(|m| m.frozen.is_some()).count();
     let mut tasks = Vec::with_capacity(members.len());
     for m in &members {
         let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::io(m.pid, "status", e))?;
@@ -243,22 +222,14 @@ fn collect_tree(
         // reads a nonzero ppid as a parent to find among the entries)
         // (members list parents first: a parent's pid is already known)
         let ppid = m.parent.and_then(|p| ns_pid.get(&p).copied()).unwrap_or(0);
-        let (mut task, session) = match m.frozen {
-            Some(i) => collect_process(&mut frozen.procs[i], zero_pfn, with_memory, file_opts, sink.is_some())?,
-            None => (collect_zombie(m.pid)?, None),
+        let mut task = match m.frozen {
+            Some(i) => collect_process(&mut frozen.procs[i], zero_pfn, with_memory, file_opts)?,
+            None => collect_zombie(m.pid)?,
         };
         task.pid = ns_pid.get(&m.pid).copied().unwrap_or(m.pid);
         task.ppid = ppid;
         task.pgid = ns_last(&st, "NSpgid").unwrap_or(0);
         task.sid = ns_last(&st, "NSsid").unwrap_or(0);
-        if let (Some(mut par), Some(sink)) = (session, sink.as_mut()) {
-            // the pages in the session of the collection, then its end
-            let mem = page_pump::SessionPump::new(&mut par).map_err(|e| DumpError::io(m.pid, "opening the memory", e))?;
-            sink(live, &task, &mem).map_err(|source| DumpError::Pages { pid: m.pid, source })?;
-            drop(mem);
-            drop(par);
-            crate::fault::point("after-parasite");
-        }
         tasks.push((m.pid, task));
     }
     check_shared_anon(&tasks)?;
@@ -367,16 +338,8 @@ fn check_shared_anon(tasks: &[(Pid, Task)]) -> Result<(), DumpError> {
 }
 
 /// Everything of one stopped process but its place in the tree (pid,
-/// ppid, pgid, sid) and its kernel-object ids; with `keep_session`, the
-/// injection session it was collected in, still open (for its pages),
-/// else that session has ended.
-fn collect_process(
-    frozen: &mut Frozen,
-    zero_pfn: u64,
-    with_memory: bool,
-    file_opts: &files::FileOpts,
-    keep_session: bool,
-) -> Result<(Task, Option<Parasite>), DumpError> {
+/// ppid, pgid, sid) and its kernel-object ids.
+fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool, file_opts: &files::FileOpts) -> Result<Task, DumpError> {
     let pid = frozen.pid;
     let io_err = |what| move |e| DumpError::io(pid, what, e);
     // (smaps, which walks every page table, and the pagemap walk: only
@@ -412,13 +375,8 @@ fn collect_process(
         let ns_tid = ns_last(st, "NSpid").unwrap_or(ft.tid);
         task.threads.push(task::collect_thread(pid, ft, &mut par, ns_tid)?);
     }
-    let session = if keep_session {
-        Some(par)
-    } else {
-        drop(par);
-        crate::fault::point("after-parasite");
-        None
-    };
+    drop(par);
+    crate::fault::point("after-parasite");
     task.stop_signo = frozen.stop_signo.map(|s| s as u32);
     // A SIGSTOP still queued was sent before the freeze: the process is
     // stopped (it is not a signal restore could queue again).
@@ -434,8 +392,7 @@ fn collect_process(
     if let Some(sig) = task.stop_signo {
         pr_debug!("{pid} is stopped (signal {sig}): dumped as TASK_STOPPED");
     }
-    // the VMAs collected before the scratch mapping was made are the truth
-    // (it may still be there: `keep_session`)
+    // the scratch page is gone again; the VMAs collected before it are the truth
     let (dumpable, thp_disabled) = (task.mm.dumpable, task.mm.thp_disabled);
     if with_memory {
         task.mm = mm::collect_mm(pid, vmas, pages, brk)?;
@@ -448,5 +405,5 @@ fn collect_process(
     task.mm.thp_disabled = thp_disabled;
     (task.fds, task.locks) = files::collect_fds(pid, file_opts)?;
     (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
-    Ok((task, session))
+    Ok(task)
 }

@@ -28,8 +28,7 @@ use super::freeze::Frozen;
 use super::parasite::{Parasite, Read, PUMP_FDS, PUMP_FDS_OFF};
 use crate::mem_source::{MemError, MemSource, ProcessMem};
 use crate::sys::{process as p, Pid, PAGE_SIZE};
-use std::borrow::BorrowMut;
-use std::cell::{RefCell, RefMut};
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -121,13 +120,10 @@ struct Pipe {
     wr: i32,
 }
 
-/// The source's memory, dumped through a vmsplice pump, in an injection
-/// session of its own ([`PagePump::start`]) or in one it borrows
-/// ([`PagePump::on_session`]: the dump's state collection, so that a
-/// process costs one session, not two).
-pub struct PagePump<P: BorrowMut<Parasite> = Parasite> {
+/// The source's memory, dumped through a vmsplice pump.
+pub struct PagePump {
     pid: Pid,
-    par: RefCell<P>,
+    par: RefCell<Parasite>,
     mem: ProcessMem,
     pipes: Vec<Pipe>,
     /// Bytes one pipe holds (the same for all).
@@ -145,56 +141,11 @@ fn other(what: String) -> impl FnOnce(io::Error) -> io::Error {
 }
 
 impl PagePump {
-    /// Start the pump in the frozen `f`, in a new injection session; an
-    /// error means "use [`ProcessMem`]".
+    /// Start the pump in the frozen `f`; an error means "use [`ProcessMem`]".
     pub fn start(f: &Frozen) -> io::Result<PagePump> {
-        PagePump::on(Parasite::start(f, f.gadget)?)
-    }
-}
-
-impl<'s> PagePump<&'s mut Parasite> {
-    /// Start the pump in the open session `par` (its process frozen); it
-    /// ends when the pump drops (the pipes closed and the CPU mask put
-    /// back, the session left open for its owner to end). An error means
-    /// "use [`ProcessMem`]".
-    pub fn on_session(par: &'s mut Parasite) -> io::Result<Self> {
-        PagePump::on(par)
-    }
-}
-
-impl<P: BorrowMut<Parasite>> Drop for PagePump<P> {
-    fn drop(&mut self) {
-        let pid = self.pid;
-        if let Err(e) = self.par.get_mut().borrow_mut().end_pump() {
-            crate::pr_warn!("can't close the pump fds in {pid}: {e}");
-        }
-    }
-}
-
-impl<P: BorrowMut<Parasite>> PagePump<P> {
-    /// The pump in session `par`; an error ends what was armed of it.
-    fn on(mut par: P) -> io::Result<Self> {
-        let pid = par.borrow_mut().pid;
-        let mem = match ProcessMem::open(pid) {
-            Ok(m) => m,
-            Err(e) => return Err(e),
-        };
-        match Self::arm(pid, par.borrow_mut()) {
-            Ok((pipes, cap, splice_mask, pinned)) => Ok(PagePump { pid, par: RefCell::new(par), mem, pipes, cap, splice_mask, pinned }),
-            Err(e) => {
-                let _ = par.borrow_mut().end_pump();
-                Err(e)
-            }
-        }
-    }
-
-    /// The session, for one call.
-    fn session(&self) -> RefMut<'_, Parasite> {
-        RefMut::map(self.par.borrow_mut(), |p| p.borrow_mut())
-    }
-
-    /// Arm the pump in `par` and make its pipes.
-    fn arm(pid: Pid, par: &mut Parasite) -> io::Result<(Vec<Pipe>, usize, [u64; 16], p::PinnedHere)> {
+        let pid = f.pid;
+        let mem = ProcessMem::open(pid)?;
+        let mut par = Parasite::start(f, f.gadget)?;
         // the engine and the source's main thread on one CPU: each injected
         // call is then a local switch, not a wakeup of an idle vCPU
         // (0.05 ms instead of 0.27 ms per call here)
@@ -243,7 +194,7 @@ impl<P: BorrowMut<Parasite>> PagePump<P> {
         if splice_mask.iter().all(|&w| w == 0) {
             splice_mask = pinned.saved();
         }
-        Ok((pipes, cap, splice_mask, pinned))
+        Ok(PagePump { pid, par: RefCell::new(par), mem, pipes, cap, splice_mask, pinned })
     }
 
     /// vmsplice `batch` (iovecs of the source) into pipe `k`; the bytes taken.
@@ -254,7 +205,7 @@ impl<P: BorrowMut<Parasite>> PagePump<P> {
             iov.extend_from_slice(&n.to_le_bytes());
         }
         let err = |e: io::Error| MemError::Read { what: format!("vmsplice pump of {}", self.pid), vaddr: batch[0].0, len: 0, source: e };
-        let mut par = self.session();
+        let mut par = self.par.borrow_mut();
         par.write(0, &iov).map_err(err)?;
         let scratch = par.scratch;
         let wr = self.pipes[k].wr as u64;
@@ -343,54 +294,7 @@ impl MemSource for PumpOnDemand<'_> {
     }
 }
 
-/// The memory of one frozen process of a tree, copied in the injection
-/// session its state was collected in (`dump::collect_tree`'s pages sink):
-/// the pump is armed in that session at the first copy that pays off
-/// ([`pays_off`]) and ends when this drops (its pipes closed, the CPU mask
-/// put back), before the session itself ends. Anything else, and a pump
-/// that can't be started, reads from outside ([`ProcessMem`]).
-pub struct SessionPump<'s> {
-    pid: Pid,
-    /// The session until the pump takes it.
-    par: RefCell<Option<&'s mut Parasite>>,
-    pump: RefCell<Option<PagePump<&'s mut Parasite>>>,
-    mem: ProcessMem,
-}
-
-impl<'s> SessionPump<'s> {
-    pub fn new(par: &'s mut Parasite) -> io::Result<Self> {
-        let pid = par.pid;
-        Ok(SessionPump { pid, par: RefCell::new(Some(par)), pump: RefCell::new(None), mem: ProcessMem::open(pid)? })
-    }
-}
-
-impl MemSource for SessionPump<'_> {
-    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.mem.read(vaddr, buf)
-    }
-
-    fn copy_to(&self, ranges: &[(u64, u64)], out: &File, off: u64) -> Result<(), MemError> {
-        let total: u64 = ranges.iter().map(|r| r.1).sum();
-        if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !pays_off(total) {
-            return self.mem.copy_to(ranges, out, off);
-        }
-        let mut pump = self.pump.borrow_mut();
-        if pump.is_none() {
-            if let Some(par) = self.par.borrow_mut().take() {
-                match PagePump::on_session(par) {
-                    Ok(p) => *pump = Some(p),
-                    Err(e) => crate::pr_warn!("page pump of {} unavailable ({e}); reading its memory instead", self.pid),
-                }
-            }
-        }
-        match pump.as_ref() {
-            Some(p) => p.copy_to(ranges, out, off),
-            None => self.mem.copy_to(ranges, out, off),
-        }
-    }
-}
-
-impl<P: BorrowMut<Parasite>> MemSource for PagePump<P> {
+impl MemSource for PagePump {
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.mem.read(vaddr, buf)
     }
@@ -486,7 +390,7 @@ impl<P: BorrowMut<Parasite>> MemSource for PagePump<P> {
                         flow.0.lock().expect("flow lock").in_pipe[k] = 0;
                     }
                     // what vmsplice could not take: read it the forced way
-                    for (a, len) in Self::rest(batch, got) {
+                    for (a, len) in PagePump::rest(batch, got) {
                         let mut buf = vec![0u8; len as usize];
                         self.mem.read(a, &mut buf)?;
                         out.write_all_at(&buf, pos as u64).map_err(|e| MemError::Write { what: format!("{a:#x}"), off: pos as u64, len: buf.len(), source: e })?;

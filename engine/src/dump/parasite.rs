@@ -877,17 +877,6 @@ impl Parasite {
         ptrace::set_regs(tid, &s.parked)
     }
 
-    /// End the page pump if it is armed ([`disarm_pump`](Self::disarm_pump));
-    /// nothing otherwise. The session goes on, for more queries or another
-    /// pump.
-    pub fn end_pump(&mut self) -> io::Result<()> {
-        let tid = self.order[0];
-        if self.code != 0 && self.threads.get(&tid).is_some_and(|s| s.parked.ip == self.code + CLEANUP_OFF) {
-            self.disarm_pump()?;
-        }
-        Ok(())
-    }
-
     /// The scratch mapping: (start, length). A process forked from the
     /// frozen one ([`fork_call`](Self::fork_call)) has its own copy there.
     pub fn mapping(&self) -> (u64, u64) {
