@@ -1120,9 +1120,6 @@ fn write_task(
     if !mm.guards.is_empty() {
         write_guards(dir, pid, &mm.guards)?;
     }
-    if !mm.guards.is_empty() {
-        write_guards(dir, pid, &mm.guards)?;
-    }
     // seccomp.img: every thread's chain, common prefixes shared
     let seccomp_pos: Vec<Option<u32>> = task.threads.iter().map(|t| seccomp_chain(filters, &t.seccomp)).collect();
     // cores
