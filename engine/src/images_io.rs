@@ -918,6 +918,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     }
     files.rotate_left(n);
     write_memfds(dir, &tree.memfds, &mut shm_pages_id)?;
+    // the root's own uts and ipc namespaces (SysV shm contents: pages after the memfds')
+    crate::utsipc::write_images(dir, tree, &mut shm_pages_id)?;
     write_locks(dir, tree)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
@@ -1299,7 +1301,9 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
         Err(_) if !dir.join(&tn_name).exists() => None,
         Err(e) => return Err(e.into()),
     };
-    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect() };
+    // the root's own uts and ipc namespaces (ids other than root_ids')
+    let (uts, ipc) = crate::utsipc::read_images(dir, &task.ids, &root_ids)?;
+    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc };
     Ok((tree, mems))
 }
 

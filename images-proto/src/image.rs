@@ -179,7 +179,10 @@ pub fn decode_image(buf: &[u8], file: &Path, pretty: bool) -> Result<Value> {
                 if kind.payload != Payload::None {
                     let raw = if pretty { decode_entry(b, desc, false, file, i)? } else { e.clone() };
                     let extra = read_payload(kind.payload, &raw, &mut c, file, i, pretty)?;
-                    e.insert("extra".into(), extra);
+                    // (none: a SysV segment whose contents are in a pagemap)
+                    if !extra.is_null() {
+                        e.insert("extra".into(), extra);
+                    }
                 }
                 entries.push(Value::Object(e));
                 i += 1;
@@ -228,6 +231,8 @@ fn read_payload(
                     .collect(),
             )
         }
+        // (upstream 4.2 writes the contents in pagemap-shmem-ID.img instead)
+        Payload::IpcShm if raw.get("in_pagemaps").and_then(Value::as_bool) == Some(true) => Value::Null,
         Payload::IpcShm => {
             let size = get_u64(raw, "size", file, i)?;
             let data = c.take(round_up(size, 4), i, "extra")?;
@@ -308,6 +313,7 @@ pub fn encode_image(img: &Value, file: &Path) -> Result<Vec<u8>> {
                     out.extend(extra_bytes(m.and_then(|m| m.get("inq")), file, i, "extra.inq")?);
                     out.extend(extra_bytes(m.and_then(|m| m.get("outq")), file, i, "extra.outq")?);
                 }
+                Payload::IpcShm if raw()?.get("in_pagemaps").and_then(Value::as_bool) == Some(true) => {}
                 Payload::IpcShm => {
                     let size = get_u64(&raw()?, "size", file, i)? as usize;
                     let mut d = extra_bytes(extra.as_ref(), file, i, "extra")?;
