@@ -275,8 +275,19 @@ fn desc_from(d: &pb::IpcDescEntry, file: &str, i: usize, seen: &mut std::collect
 /// the files, ids unique), the error naming the image, entry and field.
 pub fn read_images(dir: &Path, ids: &KobjIds, root_ids: &KobjIds) -> Result<(Option<UtsNs>, Option<IpcNs>), ImagesError> {
     let own = |mine: u32, root: u32| mine != 0 && root != 0 && mine != root;
+    // (an id naming no image: refused naming both)
+    let present = |name: &str, field: &str, mine: u32, root: u32| -> Result<(), ImagesError> {
+        if dir.join(name).exists() {
+            return Ok(());
+        }
+        Err(ImagesError::Bad {
+            file: name.to_string(),
+            what: format!("missing, but the root's {field} {mine} (its ids image) is not inventory's root_ids.{field} {root}: its namespace has no image"),
+        })
+    };
     let uts = if own(ids.uts_ns, root_ids.uts_ns) {
         let name = mg::UTSNS.file_name(ids.uts_ns);
+        present(&name, "uts_ns_id", ids.uts_ns, root_ids.uts_ns)?;
         let v: Vec<pb::UtsnsEntry> = read_all(dir, &name, &mg::UTSNS)?;
         let [e] = v.as_slice() else { return Err(bad(&name, None, "entries", format!("{} entries, want 1", v.len()))) };
         for (field, s) in [("nodename", &e.nodename), ("domainname", &e.domainname)] {
@@ -293,6 +304,7 @@ pub fn read_images(dir: &Path, ids: &KobjIds, root_ids: &KobjIds) -> Result<(Opt
     }
     let id = ids.ipc_ns;
     let name = mg::IPC_VAR.file_name(id);
+    present(&name, "ipc_ns_id", id, root_ids.ipc_ns)?;
     let v: Vec<pb::IpcVarEntry> = read_all(dir, &name, &mg::IPC_VAR)?;
     let [e] = v.as_slice() else { return Err(bad(&name, None, "entries", format!("{} entries, want 1", v.len()))) };
     let sem_ctls: [u32; 4] = e.sem_ctls.clone().try_into().map_err(|_| bad(&name, Some(0), "sem_ctls", format!("{} values, want 4", e.sem_ctls.len())))?;
