@@ -138,8 +138,17 @@ fn nsenter(pid: i32, flag: &str, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Our engine (a private copy); `CRIU_RS_TEST_ENGINE=PATH` runs another
+/// build (to show a test fails without the change).
 fn ours(dir: &Path) -> PathBuf {
-    private_criu(dir)
+    match std::env::var_os("CRIU_RS_TEST_ENGINE") {
+        Some(p) => {
+            let dst = dir.join("criu");
+            std::fs::copy(p, &dst).expect("copy the engine under test");
+            dst
+        }
+        None => private_criu(dir),
+    }
 }
 
 /// Ours dumps and restores twice (what a restore made must dump again):
