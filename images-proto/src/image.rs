@@ -587,6 +587,26 @@ mod tests {
         }
     }
 
+    /// ipcns-shm-10.img as upstream 4.2 writes it (two segments,
+    /// `in_pagemaps`: the contents are in pagemap-shmem-ID.img, nothing
+    /// follows the entries): decoded without payloads, encoded back to the
+    /// same bytes.
+    #[test]
+    fn ipc_shm_in_pagemaps_has_no_payload() {
+        let img: &[u8] = &[
+            0x19, 0x43, 0x56, 0x54, 0x44, 0x30, 0x28, 0x46, 0x19, 0x00, 0x00, 0x00, 0x0a, 0x11, 0x08, 0xd1, 0xdd, 0x17, 0x10, 0x00,
+            0x18, 0x00, 0x20, 0x00, 0x28, 0x00, 0x30, 0xa0, 0x03, 0x38, 0x00, 0x10, 0x80, 0xe0, 0x12, 0x18, 0x01, 0x16, 0x00, 0x00,
+            0x00, 0x0a, 0x0f, 0x08, 0x00, 0x10, 0x00, 0x18, 0x00, 0x20, 0x00, 0x28, 0x00, 0x30, 0x80, 0x03, 0x38, 0x01, 0x10, 0x80,
+            0x20, 0x18, 0x01,
+        ];
+        let v = decode_image(img, Path::new("ipcns-shm-10.img"), false).unwrap();
+        let entries = v["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["size"], 307200);
+        assert!(entries.iter().all(|e| e.get("extra").is_none()));
+        assert_eq!(encode_image(&v, Path::new("ipcns-shm-10.img")).unwrap(), img);
+    }
+
     #[test]
     fn truncated_header_is_an_error() {
         assert!(matches!(parse_header(&[1, 2], Path::new("x")), Err(ImageError::Truncated { .. })));
