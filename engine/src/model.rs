@@ -406,6 +406,11 @@ pub enum VmaKind {
     /// events) are in the memory source; restore makes a new context of
     /// the same size and moves it here (`restore::aio`).
     Aio,
+    /// An attachment (shmat) of SysV shm segment N of the tree's own ipc
+    /// namespace (`/SYSV<key> (deleted)`): no pages of its own (the
+    /// segment's contents are in the namespace's images, `crate::utsipc`);
+    /// restore attaches the segment here again.
+    SysvShm(u32),
 }
 
 /// A file backing a mapping.

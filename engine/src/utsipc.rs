@@ -521,3 +521,33 @@ pub fn enter(tree: &Tree) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// SysV shm attachments (`VmaKind::SysvShm`) of the tree's processes:
+/// each must be of a segment of the tree's own ipc namespace (`ipc`: the
+/// engine's namespace is not carried) and cover all of it (restore
+/// attaches whole segments: shmat has no offset), else refused naming the
+/// process, the mapping and the segment.
+pub fn check_attachments<'a>(tasks: impl Iterator<Item = (i32, &'a crate::model::Task)>, ipc: Option<&IpcNs>) -> Result<(), (i32, String)> {
+    for (pid, t) in tasks {
+        for v in &t.mm.vmas {
+            let crate::model::VmaKind::SysvShm(id) = v.kind else { continue };
+            let Some(ipc) = ipc else {
+                return Err((pid, format!(
+                    "mapping {:#x}-{:#x} attaches SysV shm segment {id} of criu's ipc namespace, which is not dumped: not supported",
+                    v.start, v.end
+                )));
+            };
+            let Some(seg) = ipc.shms.iter().find(|s| s.desc.id == id) else {
+                return Err((pid, format!("mapping {:#x}-{:#x} attaches SysV shm segment {id}, which its ipc namespace does not have", v.start, v.end)));
+            };
+            let whole = seg.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            if v.pgoff != 0 || v.len() != whole {
+                return Err((pid, format!(
+                    "mapping {:#x}-{:#x} (offset {:#x}) is a part of SysV shm segment {id} ({} bytes): partial attachments (split by mprotect or munmap) are not supported yet",
+                    v.start, v.end, v.pgoff, seg.size
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -141,23 +141,34 @@ fn nsenter(pid: i32, flag: &str, cmd: &[&str]) -> String {
 /// Our engine (a private copy); `CRIU_RS_TEST_ENGINE=PATH` runs another
 /// build (to show a test fails without the change).
 fn ours(dir: &Path) -> PathBuf {
-    match std::env::var_os("CRIU_RS_TEST_ENGINE") {
+    let criu = match std::env::var_os("CRIU_RS_TEST_ENGINE") {
         Some(p) => {
             let dst = dir.join("criu");
             std::fs::copy(p, &dst).expect("copy the engine under test");
             dst
         }
         None => private_criu(dir),
+    };
+    // a fork of another test thread may hold the copy's write fd for a
+    // moment (ETXTBSY until it execs)
+    for _ in 0..100 {
+        match Command::new(&criu).arg("--version").stdout(Stdio::null()).status() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
+            _ => break,
+        }
     }
+    criu
 }
 
 /// Ours dumps and restores twice (what a restore made must dump again):
-/// hostname, domain name, two shm segments (one with a hole), a semaphore
-/// set and a message queue, checked by the program every tick.
+/// hostname, domain name, two shm segments (one with a hole, kept
+/// attached: the attachment is made again at its address, and shares the
+/// segment), a semaphore set and a message queue, checked by the program
+/// every tick.
 #[test]
 fn uts_and_ipc_namespaces_survive_dump_and_restore_twice() {
     test_support::require!(why_not());
-    let mut p = Prog::start("rt", &[], "box1", &["shm", "sem", "msg"]);
+    let mut p = Prog::start("rt", &[], "box1", &["shm", "sem", "msg", "attach"]);
     let criu = ours(&p.dir);
     for round in 0..2 {
         let img = p.images(&format!("img-{round}"));
@@ -188,12 +199,14 @@ fn empty_ipc_namespace_survives() {
     let _ = std::fs::remove_dir_all(&p.dir);
 }
 
-/// Upstream 4.2's images of such a tree restore here, and ours there.
+/// Upstream 4.2's images of such a tree restore here, and ours there
+/// (the kept attachment: a VMA of status SYSVIPC, the segment's id as
+/// shmid, in both).
 #[test]
 fn uts_and_ipc_images_restore_both_ways_with_upstream() {
     test_support::require!(why_not_upstream());
     test_support::require!(why_not());
-    let mut p = Prog::start("upstream", &[], "box2", &["shm", "sem", "msg"]);
+    let mut p = Prog::start("upstream", &[], "box2", &["shm", "sem", "msg", "attach"]);
     let criu = ours(&p.dir);
     let img = p.images("img-upstream");
     upstream_ok(&["dump", "-t", &p.pid.to_string()], &img, "dump.log");
@@ -215,7 +228,7 @@ fn uts_and_ipc_images_restore_both_ways_with_upstream() {
 #[test]
 fn tfork_clones_get_their_own_uts_and_ipc_namespaces() {
     test_support::require!(why_not());
-    let p = Prog::start("tfork", &[], "box3", &["shm", "sem", "msg"]);
+    let p = Prog::start("tfork", &[], "box3", &["shm", "sem", "msg", "attach"]);
     let criu = ours(&p.dir);
     let img = p.images("tfork");
     let out = Command::new(&criu)
@@ -273,13 +286,29 @@ fn nested_uts_namespace_is_refused() {
     let _ = std::fs::remove_dir_all(&p.dir);
 }
 
+/// An attachment split in two VMAs (mprotect of its last page) is refused
+/// by name: restore attaches whole segments.
+#[test]
+fn partial_sysv_attachment_is_refused() {
+    test_support::require!(why_not());
+    let p = Prog::start("split", &[], "box6", &["shm", "attach", "split"]);
+    let criu = ours(&p.dir);
+    let img = p.images("img");
+    let (st, log) = criu_env(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "the dump must fail:\n{log}");
+    assert!(log.contains("partial attachments") && log.contains("SysV shm segment 0"), "the error should name the partial attachment:\n{log}");
+    assert!(!img.join("inventory.img").exists());
+    p.ticks_on(3, "after the refused dump");
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
 /// Hostile images: each edit of a good image set is refused by restore
 /// with an error naming the image and the field, and nothing is left
 /// running.
 #[test]
 fn hostile_uts_and_ipc_images_are_refused_by_name() {
     test_support::require!(why_not());
-    let p = Prog::start("hostile", &[], "box4", &["shm"]);
+    let p = Prog::start("hostile", &[], "box4", &["shm", "attach"]);
     let criu = ours(&p.dir);
     let good = p.images("good");
     criu_ok(&criu, &["dump", "--leave-running", "-t", &p.pid.to_string()], &good, "dump.log");
@@ -320,6 +349,16 @@ fn hostile_uts_and_ipc_images_are_refused_by_name() {
                 write_all(d, "ipcns-shm-10.img", &mg::IPCNS_SHM, &v).unwrap();
             }),
             &["pagemap-shmem-0.img", "nr_pages"],
+        ),
+        (
+            "an attachment of a segment the namespace lacks",
+            Box::new(|d: &Path| {
+                let mut v: Vec<pb::MmEntry> = read_all(d, "mm-1.img", &mg::MM).unwrap();
+                let vma = v[0].vmas.iter_mut().find(|m| m.status & (1 << 10) != 0).expect("the SYSVIPC vma");
+                vma.shmid = 5;
+                write_all(d, "mm-1.img", &mg::MM, &v).unwrap();
+            }),
+            &["mm-1.img", "SysV shm segment 5"],
         ),
         (
             "uts namespace id without its image",

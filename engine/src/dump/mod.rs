@@ -270,6 +270,7 @@ fn collect_tree(
         tasks.push((m.pid, task));
     }
     check_shared_anon(&tasks)?;
+    crate::utsipc::check_attachments(tasks.iter().map(|(p, t)| (*p, t)), ipc.as_ref()).map_err(|(pid, what)| DumpError::Unsupported { pid, what })?;
     {
         let mut tables: Vec<(Pid, &mut Vec<crate::model::Fd>)> =
             tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();

@@ -13,7 +13,11 @@
  *       a message queue holding two messages. Every tick: uname's names
  *       unchanged; each segment attached (shmat, never left attached),
  *       its pattern intact, then detached; semaphore values and the
- *       queue's messages (MSG_COPY) as they were.
+ *       queue's messages (MSG_COPY) as they were. With `attach` (and
+ *       shm) the big segment also stays attached read-write: every tick
+ *       its pattern is checked through that mapping, and the tick number
+ *       written into word 1 there must be what a fresh attachment sees;
+ *       `split` makes the attachment's last page read-only (two VMAs).
  *   utsipc peek               prints the marker word of segment 0x5eed1
  *   utsipc poke VALUE         writes VALUE into that marker word
  *   (peek/poke run with nsenter --ipc into the namespace to look at)
@@ -27,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
@@ -58,11 +63,11 @@ static void say(const char *fmt, ...)
 		_exit(3);
 }
 
-/* word i of a segment; the 33rd page of a big one is never written (a
- * hole: reads as zeros) */
+/* word i of a segment; word 1 is the tick word of `attach`; the 33rd
+ * page of a big one is never written (a hole: reads as zeros) */
 static uint32_t pat(size_t i, uint32_t seed)
 {
-	if (i >= (128 * 1024) / 4 && i < (132 * 1024) / 4)
+	if (i == 1 || (i >= (128 * 1024) / 4 && i < (132 * 1024) / 4))
 		return 0;
 	return (uint32_t)(i * 2654435761u) ^ seed;
 }
@@ -74,7 +79,7 @@ static const char *check_seg(int id, size_t size, uint32_t seed)
 	if (p == (void *)-1)
 		return "shmat";
 	const char *bad = NULL;
-	for (size_t i = 1; i < size / 4; i++)
+	for (size_t i = 2; i < size / 4; i++)
 		if (p[i] != pat(i, seed)) {
 			bad = "pattern";
 			break;
@@ -126,8 +131,11 @@ int main(int argc, char **argv)
 		say("FAIL start: sethostname: %s", strerror(errno));
 		return 1;
 	}
-	int want_shm = 0, want_sem = 0, want_msg = 0;
+	int want_shm = 0, want_sem = 0, want_msg = 0, want_attach = 0, want_split = 0;
+	uint32_t *att = NULL;
 	for (int i = 4; i < argc; i++) {
+		want_attach |= !strcmp(argv[i], "attach");
+		want_split |= !strcmp(argv[i], "split");
 		want_shm |= !strcmp(argv[i], "shm");
 		want_sem |= !strcmp(argv[i], "sem");
 		want_msg |= !strcmp(argv[i], "msg");
@@ -153,6 +161,18 @@ int main(int argc, char **argv)
 			q[i] = pat(i, 0x2222);
 		shmdt(p);
 		shmdt(q);
+		if (want_attach) {
+			att = shmat(shm1, NULL, 0);
+			if (att == (void *)-1) {
+				say("FAIL start: shmat to keep: %s", strerror(errno));
+				return 1;
+			}
+			/* its last page read-only: two VMAs of one attachment */
+			if (want_split && mprotect((char *)att + SEGSZ - 4096, 4096, PROT_READ)) {
+				say("FAIL start: mprotect: %s", strerror(errno));
+				return 1;
+			}
+		}
 	}
 	if (want_sem) {
 		sem = semget(IPC_PRIVATE, 3, IPC_CREAT | 0600);
@@ -184,6 +204,21 @@ int main(int argc, char **argv)
 			const char *b = check_seg(shm1, SEGSZ, 0x1111);
 			if (!b)
 				b = check_seg(shm2, 4096, 0x2222);
+			if (!b && att) {
+				for (size_t i = 2; i < SEGSZ / 4; i++)
+					if (att[i] != pat(i, 0x1111)) {
+						b = "pattern through the kept attachment";
+						break;
+					}
+				if (!b && tick > 1 && att[1] != tick - 1)
+					b = "tick word of the kept attachment";
+				att[1] = tick;
+				uint32_t *f = shmat(shm1, NULL, SHM_RDONLY);
+				if (!b && (f == (void *)-1 || f[1] != tick))
+					b = "a fresh attachment does not see the kept one's write";
+				if (f != (void *)-1)
+					shmdt(f);
+			}
 			if (b) {
 				say("FAIL tick %lu shm: %s: %s", tick, b, strerror(errno));
 				continue;
