@@ -8,10 +8,11 @@
 //! uts/ipc namespace id) and restore ([`enter`]: the tree's root, before
 //! it forks the others, unshares both and makes their state again).
 //!
-//! Refused by name: POSIX message queues in the namespace's mqueue file
-//! system, a shm segment marked for removal while attached, SHM_LOCK'ed
-//! segments, SysV shm attached by a process of the tree (`dump::mm`), a
-//! sysctl a restore can't write.
+//! A segment a process keeps attached is a `VmaKind::SysvShm` mapping,
+//! attached again by restore (`restore::space`); [`check_attachments`]
+//! refuses partial ones. Refused by name too: POSIX message queues in the
+//! namespace's mqueue file system, a shm segment marked for removal while
+//! attached, SHM_LOCK'ed segments, a sysctl a restore can't write.
 
 use crate::images_io::ImagesError;
 use crate::model::{IpcDesc, IpcMsgQueue, IpcNs, IpcSem, IpcShm, IpcVar, KobjIds, Tree, UtsNs};
