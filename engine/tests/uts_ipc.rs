@@ -184,11 +184,12 @@ fn uts_and_ipc_namespaces_survive_dump_and_restore_twice() {
 }
 
 /// An ipc namespace with no object: only its sysctls (ipcns-var), as
-/// upstream writes it.
+/// upstream writes it; msgmni, sem and mqueue's msg_max set by the
+/// program stay as it set them.
 #[test]
 fn empty_ipc_namespace_survives() {
     test_support::require!(why_not());
-    let mut p = Prog::start("empty", &[], "empty-box", &[]);
+    let mut p = Prog::start("empty", &[], "empty-box", &["sysctl"]);
     let criu = ours(&p.dir);
     let img = p.images("img");
     criu_ok(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log");
@@ -297,6 +298,22 @@ fn partial_sysv_attachment_is_refused() {
     let (st, log) = criu_env(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log", &[]);
     assert_eq!(st.code(), Some(1), "the dump must fail:\n{log}");
     assert!(log.contains("partial attachments") && log.contains("SysV shm segment 0"), "the error should name the partial attachment:\n{log}");
+    assert!(!img.join("inventory.img").exists());
+    p.ticks_on(3, "after the refused dump");
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
+/// A POSIX message queue in the namespace's mqueue file system (no fd
+/// open: only the namespace holds it) is refused by name.
+#[test]
+fn posix_message_queue_is_refused() {
+    test_support::require!(why_not());
+    let p = Prog::start("mq", &[], "box7", &["mq"]);
+    let criu = ours(&p.dir);
+    let img = p.images("img");
+    let (st, log) = criu_env(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "the dump must fail:\n{log}");
+    assert!(log.contains("POSIX message queues (/utsipc)"), "the error should name the queue:\n{log}");
     assert!(!img.join("inventory.img").exists());
     p.ticks_on(3, "after the refused dump");
     let _ = std::fs::remove_dir_all(&p.dir);

@@ -18,6 +18,10 @@
  *       its pattern is checked through that mapping, and the tick number
  *       written into word 1 there must be what a fresh attachment sees;
  *       `split` makes the attachment's last page read-only (two VMAs).
+ *       `sysctl` sets its namespace's kernel/msgmni to 1234, kernel/sem
+ *       to "250 64000 32 200" and fs/mqueue/msg_max to 20; they must stay.
+ *       `mq` leaves a POSIX message queue /utsipc in the namespace (no
+ *       fd kept open).
  *   utsipc peek               prints the marker word of segment 0x5eed1
  *   utsipc poke VALUE         writes VALUE into that marker word
  *   (peek/poke run with nsenter --ipc into the namespace to look at)
@@ -30,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <mqueue.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/msg.h>
@@ -88,6 +93,37 @@ static const char *check_seg(int id, size_t size, uint32_t seed)
 	return bad;
 }
 
+static int put_sysctl(const char *path, const char *v)
+{
+	int fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	int r = write(fd, v, strlen(v)) == (ssize_t)strlen(v) ? 0 : -1;
+	close(fd);
+	return r;
+}
+
+/* the sysctl's value, spaces and tabs as single spaces */
+static int sysctl_is(const char *path, const char *want)
+{
+	char b[128] = { 0 }, n[128] = { 0 };
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 0;
+	ssize_t r = read(fd, b, sizeof(b) - 1);
+	close(fd);
+	if (r <= 0)
+		return 0;
+	size_t k = 0;
+	for (ssize_t i = 0; i < r && k < sizeof(n) - 1; i++) {
+		char c = b[i] == '\t' ? ' ' : b[i];
+		if (c == '\n' || (c == ' ' && (k == 0 || n[k - 1] == ' ')))
+			continue;
+		n[k++] = c;
+	}
+	return !strcmp(n, want);
+}
+
 struct msgbuf_t {
 	long mtype;
 	char text[64];
@@ -131,11 +167,13 @@ int main(int argc, char **argv)
 		say("FAIL start: sethostname: %s", strerror(errno));
 		return 1;
 	}
-	int want_shm = 0, want_sem = 0, want_msg = 0, want_attach = 0, want_split = 0;
+	int want_shm = 0, want_sem = 0, want_msg = 0, want_attach = 0, want_split = 0, want_sysctl = 0, want_mq = 0;
 	uint32_t *att = NULL;
 	for (int i = 4; i < argc; i++) {
 		want_attach |= !strcmp(argv[i], "attach");
 		want_split |= !strcmp(argv[i], "split");
+		want_sysctl |= !strcmp(argv[i], "sysctl");
+		want_mq |= !strcmp(argv[i], "mq");
 		want_shm |= !strcmp(argv[i], "shm");
 		want_sem |= !strcmp(argv[i], "sem");
 		want_msg |= !strcmp(argv[i], "msg");
@@ -190,6 +228,19 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (want_sysctl && (put_sysctl("/proc/sys/kernel/msgmni", "1234") || put_sysctl("/proc/sys/kernel/sem", "250 64000 32 200") ||
+			    put_sysctl("/proc/sys/fs/mqueue/msg_max", "20"))) {
+		say("FAIL start: sysctl: %s", strerror(errno));
+		return 1;
+	}
+	if (want_mq) {
+		mqd_t q = mq_open("/utsipc", O_CREAT | O_RDWR, 0600, NULL);
+		if (q == (mqd_t)-1) {
+			say("FAIL start: mq_open: %s", strerror(errno));
+			return 1;
+		}
+		mq_close(q);
+	}
 	close(open("ready", O_WRONLY | O_CREAT, 0644));
 	for (unsigned long tick = 1;; tick++) {
 		struct timespec ts = { 0, 100 * 1000 * 1000 };
@@ -229,6 +280,11 @@ int main(int argc, char **argv)
 				say("FAIL tick %lu shm: stat of %d", tick, shm1);
 				continue;
 			}
+		}
+		if (want_sysctl && (!sysctl_is("/proc/sys/kernel/msgmni", "1234") || !sysctl_is("/proc/sys/kernel/sem", "250 64000 32 200") ||
+				    !sysctl_is("/proc/sys/fs/mqueue/msg_max", "20"))) {
+			say("FAIL tick %lu sysctl", tick);
+			continue;
 		}
 		if (want_sem) {
 			unsigned short v[3];
