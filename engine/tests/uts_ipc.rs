@@ -42,6 +42,11 @@ struct Prog {
 impl Prog {
     /// `unshare --pid --uts --ipc --fork setsid [pre...] utsipc run HOST DOMAIN words...`
     fn start(tag: &str, pre: &[&str], host: &str, words: &[&str]) -> Prog {
+        Self::start_in(tag, &["--pid", "--uts", "--ipc", "--fork"], pre, host, words)
+    }
+
+    /// [`Prog::start`] with other `unshare` options.
+    fn start_in(tag: &str, unshare: &[&str], pre: &[&str], host: &str, words: &[&str]) -> Prog {
         let dir = test_dir(&format!("nsuts-{tag}"));
         let bin = dir.join("utsipc");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/utsipc.c");
@@ -49,7 +54,7 @@ impl Prog {
         assert!(st.success(), "building utsipc");
         let work = dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--uts", "--ipc", "--fork", "setsid"]))
+        let mut child = only_stdio(Command::new("unshare").args(unshare).arg("setsid"))
             .args(pre)
             .arg(&bin)
             .args(["run", host, &format!("{host}.example")])
@@ -319,13 +324,45 @@ fn posix_message_queue_is_refused() {
     let _ = std::fs::remove_dir_all(&p.dir);
 }
 
+/// A tree in the host's pid namespace that owns uts and ipc namespaces
+/// (restored with its pid, set_tid, then new namespaces) round-trips; its
+/// tfork (a single process: fork-made clones would share them) is refused
+/// by name.
+#[test]
+fn host_pid_namespace_owner_round_trips_and_its_tfork_is_refused() {
+    test_support::require!(why_not());
+    let mut p = Prog::start_in("hostpid", &["--uts", "--ipc", "--fork"], &[], "box8", &["shm", "attach", "sysctl"]);
+    let criu = ours(&p.dir);
+    let img = p.images("tfork");
+    let out = Command::new(&criu)
+        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "1", "-D"])
+        .arg(&img)
+        .args(["-v4", "-o", "tfork.log"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "tfork must fail:\n{log}");
+    assert!(log.contains("owns a uts namespace, which its fork-made clones would share"), "the error should say why:\n{log}");
+    p.ticks_on(3, "after the refused tfork");
+    assert_eq!(live_with_exe(&p.bin), vec![p.pid], "no clone may be left");
+    let img = p.images("img");
+    criu_ok(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log");
+    p.gone();
+    let pid = p.pid;
+    p.restore(&criu, &img);
+    assert_eq!(p.pid, pid, "the pid is kept");
+    p.check_outside("box8", Some("1"));
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
 /// Hostile images: each edit of a good image set is refused by restore
 /// with an error naming the image and the field, and nothing is left
 /// running.
 #[test]
 fn hostile_uts_and_ipc_images_are_refused_by_name() {
     test_support::require!(why_not());
-    let p = Prog::start("hostile", &[], "box4", &["shm", "attach"]);
+    let p = Prog::start("hostile", &[], "box4", &["shm", "attach", "sem", "msg"]);
     let criu = ours(&p.dir);
     let good = p.images("good");
     criu_ok(&criu, &["dump", "--leave-running", "-t", &p.pid.to_string()], &good, "dump.log");
@@ -366,6 +403,28 @@ fn hostile_uts_and_ipc_images_are_refused_by_name() {
                 write_all(d, "ipcns-shm-10.img", &mg::IPCNS_SHM, &v).unwrap();
             }),
             &["pagemap-shmem-0.img", "nr_pages"],
+        ),
+        (
+            "a semaphore set of no semaphores",
+            Box::new(|d: &Path| {
+                let mut w = images_proto::image::ImageWriter::create(d, "ipcns-sem-10.img", &mg::IPCNS_SEM).unwrap();
+                let desc = pb::IpcDescEntry { key: 0, uid: 0, gid: 0, cuid: 0, cgid: 0, mode: 0o600, id: 0 };
+                w.write_entry(&pb::IpcSemEntry { desc, nsems: 0 }).unwrap();
+                w.finish().unwrap();
+            }),
+            &["ipcns-sem-10.img", "nsems"],
+        ),
+        (
+            "messages over the queue's qbytes",
+            Box::new(|d: &Path| {
+                let mut w = images_proto::image::ImageWriter::create(d, "ipcns-msg-10.img", &mg::IPCNS_MSG).unwrap();
+                let desc = pb::IpcDescEntry { key: 0, uid: 0, gid: 0, cuid: 0, cgid: 0, mode: 0o600, id: 0 };
+                w.write_entry(&pb::IpcMsgEntry { desc, qbytes: 8, qnum: 1 }).unwrap();
+                w.write_entry(&pb::IpcMsg { mtype: 1, msize: 16 }).unwrap();
+                w.write_payload(&[7u8; 16]).unwrap();
+                w.finish().unwrap();
+            }),
+            &["ipcns-msg-10.img", "qbytes"],
         ),
         (
             "an attachment of a segment the namespace lacks",
