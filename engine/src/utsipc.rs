@@ -142,7 +142,10 @@ fn collect_ipc() -> Result<IpcNs, String> {
             return Err(format!("SysV shm segment {id} ({size} bytes) takes its namespace's shared memory over {SHM_TOTAL_MAX} bytes: not supported"));
         }
         let len = usize::try_from(size).map_err(|_| format!("SysV shm segment {id}: size {size}"))?;
-        let data = sysv::shm_read(id, len).map_err(|e| format!("reading SysV shm segment {id}: {e}"))?;
+        let (data, page_kb) = sysv::shm_read(id, len).map_err(|e| format!("reading SysV shm segment {id}: {e}"))?;
+        if page_kb > 4 {
+            return Err(format!("SysV shm segment {id} is in {page_kb} kB pages (SHM_HUGETLB): not supported yet"));
+        }
         ns.shms.push(IpcShm { desc: desc(id, &p), size, data });
     }
     for (id, p, nsems) in sysv::sem_list().map_err(|e| format!("listing SysV semaphores: {e}"))? {
@@ -152,7 +155,9 @@ fn collect_ipc() -> Result<IpcNs, String> {
     for (id, p, qbytes, qnum) in sysv::msg_list().map_err(|e| format!("listing SysV message queues: {e}"))? {
         let mut msgs = Vec::new();
         for k in 0..qnum {
-            let m = sysv::msg_copy(id, k, ns.var.msg_ctlmax as usize).map_err(|e| format!("reading message {k} of SysV message queue {id} (MSG_COPY): {e}"))?;
+            // (a message is at most msgmax bytes when sent, and never more
+            // than the queue's qbytes: msgmax may have been lowered since)
+            let m = sysv::msg_copy(id, k, (ns.var.msg_ctlmax as usize).max(qbytes as usize).min(MSG_MAX as usize)).map_err(|e| format!("reading message {k} of SysV message queue {id} (MSG_COPY): {e}"))?;
             msgs.push(m);
         }
         let qbytes = u32::try_from(qbytes).map_err(|_| format!("SysV message queue {id}: qbytes {qbytes}"))?;

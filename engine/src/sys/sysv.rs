@@ -113,20 +113,31 @@ pub fn msg_list() -> io::Result<Vec<(i32, Perm, u64, u64)>> {
 }
 
 /// The first `len` bytes of segment `id` (attached read-only for the
-/// copy, then detached).
-pub fn shm_read(id: i32, len: usize) -> io::Result<Vec<u8>> {
+/// copy, then detached), and the kernel page size of the attachment in
+/// kB (from smaps: 4 for a normal segment, more for SHM_HUGETLB; 0 when
+/// smaps does not say).
+pub fn shm_read(id: i32, len: usize) -> io::Result<(Vec<u8>, u64)> {
     // SAFETY: shmat with a null address lets the kernel pick a free range.
     let p = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
     if p as isize == -1 {
         return Err(last_err());
     }
+    let at = format!("{:x}-", p as usize);
+    let page_kb = std::fs::read_to_string("/proc/self/smaps")
+        .ok()
+        .and_then(|s| {
+            let block = &s[s.lines().find(|l| l.starts_with(&at)).and_then(|l| s.find(l))?..];
+            let line = block.lines().find(|l| l.starts_with("KernelPageSize:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0);
     let mut v = vec![0u8; len];
     // SAFETY: the attachment is at least the segment's size, which the
     // caller's `len` does not exceed (its own stat); v has len bytes.
     unsafe { std::ptr::copy_nonoverlapping(p as *const u8, v.as_mut_ptr(), len) };
     // SAFETY: detaching what was attached above.
     unsafe { libc::shmdt(p) };
-    Ok(v)
+    Ok((v, page_kb))
 }
 
 /// A new segment of `size` bytes with `key` (IPC_CREAT|IPC_EXCL, or a
