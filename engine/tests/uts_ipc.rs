@@ -234,11 +234,11 @@ fn uts_and_ipc_images_restore_both_ways_with_upstream() {
 #[test]
 fn tfork_clones_get_their_own_uts_and_ipc_namespaces() {
     test_support::require!(why_not());
-    let p = Prog::start("tfork", &[], "box3", &["shm", "sem", "msg", "attach"]);
+    let mut p = Prog::start("tfork", &[], "box3", &["shm", "sem", "msg", "attach"]);
     let criu = ours(&p.dir);
     let img = p.images("tfork");
     let out = Command::new(&criu)
-        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "2", "-D"])
+        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "2", "--persist=sync", "-D"])
         .arg(&img)
         .args(["-v4", "-o", "tfork.log"])
         .stdin(Stdio::null())
@@ -266,6 +266,17 @@ fn tfork_clones_get_their_own_uts_and_ipc_namespaces() {
         // SAFETY: kill(2) of a clone this test made.
         unsafe { libc::kill(c, libc::SIGKILL) };
     }
+    // the image set of the frozen moment (--persist=sync) has the
+    // namespaces too, and restores with them
+    for f in ["utsns-11.img", "ipcns-var-10.img", "ipcns-shm-10.img", "pagemap-shmem-0.img"] {
+        assert!(img.join(f).exists(), "the persisted image set lacks {f}");
+    }
+    let src = p.pid;
+    // SAFETY: kill(2) of the source this test started.
+    unsafe { libc::kill(src, libc::SIGKILL) };
+    p.gone();
+    p.restore(&criu, &img);
+    p.check_outside("box3", Some("1"));
     let _ = std::fs::remove_dir_all(&p.dir);
 }
 
