@@ -416,6 +416,17 @@ fn hostile_uts_and_ipc_images_are_refused_by_name() {
             &["pagemap-shmem-0.img", "nr_pages"],
         ),
         (
+            // (read back fine: the restored root fails writing it, and the
+            // half-made tree goes with its namespaces)
+            "a sysctl value the kernel refuses",
+            Box::new(|d: &Path| {
+                let mut v: Vec<pb::IpcVarEntry> = read_all(d, "ipcns-var-10.img", &mg::IPC_VAR).unwrap();
+                v[0].msg_ctlmni = 1 << 30;
+                write_all(d, "ipcns-var-10.img", &mg::IPC_VAR, &v).unwrap();
+            }),
+            &["/proc/sys/kernel/msgmni", "1073741824"],
+        ),
+        (
             "a semaphore set of no semaphores",
             Box::new(|d: &Path| {
                 let mut w = images_proto::image::ImageWriter::create(d, "ipcns-sem-10.img", &mg::IPCNS_SEM).unwrap();
