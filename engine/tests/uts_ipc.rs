@@ -214,17 +214,45 @@ fn uts_and_ipc_images_restore_both_ways_with_upstream() {
     test_support::require!(why_not());
     let mut p = Prog::start("upstream", &[], "box2", &["shm", "sem", "msg", "attach"]);
     let criu = ours(&p.dir);
-    let img = p.images("img-upstream");
-    upstream_ok(&["dump", "-t", &p.pid.to_string()], &img, "dump.log");
+    let theirs = p.images("img-upstream");
+    upstream_ok(&["dump", "-t", &p.pid.to_string()], &theirs, "dump.log");
     p.gone();
-    p.restore(&criu, &img);
+    p.restore(&criu, &theirs);
     p.check_outside("box2", Some("1"));
     let img = p.images("img-ours");
     criu_ok(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log");
+    same_namespace_images(&theirs, &img);
     p.gone();
     p.restore(&upstream(), &img);
     p.check_outside("box2", Some("1"));
     let _ = std::fs::remove_dir_all(&p.dir);
+}
+
+/// Ours and upstream's image sets of the same namespaces (one restored
+/// from the other, so the same state): the same namespace image files, the
+/// same entries in them (crit's JSON), and the same SysV attachment VMA.
+fn same_namespace_images(theirs: &Path, ours: &Path) {
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("utsns-") || n.starts_with("ipcns-") || n.starts_with("pagemap-shmem-"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(ours), names(theirs), "namespace image files, ours vs upstream's");
+    let json = |d: &Path, n: &str| images_proto::image::decode_image(&std::fs::read(d.join(n)).unwrap(), Path::new(n), false).unwrap();
+    for n in names(theirs) {
+        assert_eq!(json(ours, &n), json(theirs, &n), "{n}: ours vs upstream's");
+    }
+    let sysv_vma = |d: &Path| {
+        let mm: Vec<pb::MmEntry> = read_all(d, "mm-1.img", &mg::MM).unwrap();
+        let v = mm[0].vmas.iter().find(|v| v.status & (1 << 10) != 0).cloned().expect("a SYSVIPC vma");
+        (v.end - v.start, v.shmid, v.prot, v.flags, v.status, v.fdflags)
+    };
+    assert_eq!(sysv_vma(ours), sysv_vma(theirs), "the attachment's VMA, ours vs upstream's");
 }
 
 /// `tfork --copies 2` of the namespace init: each clone is in new uts and
