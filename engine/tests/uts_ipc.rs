@@ -205,6 +205,33 @@ fn empty_ipc_namespace_survives() {
     let _ = std::fs::remove_dir_all(&p.dir);
 }
 
+/// A uts namespace of its own in criu's ipc namespace (the brief's
+/// `unshare --pid --uts --fork`): utsns only, and the restored tree is in
+/// criu's ipc namespace again.
+#[test]
+fn uts_namespace_alone_survives() {
+    test_support::require!(why_not());
+    let mut p = Prog::start_in("utsonly", &["--pid", "--uts", "--fork"], &[], "uts-only", &[]);
+    let criu = ours(&p.dir);
+    let img = p.images("img");
+    criu_ok(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log");
+    let ns: Vec<String> = std::fs::read_dir(&img)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("utsns-") || n.starts_with("ipcns-"))
+        .collect();
+    assert_eq!(ns.len(), 1, "one utsns image and no ipcns one expected: {ns:?}");
+    assert!(ns[0].starts_with("utsns-"));
+    p.gone();
+    p.restore(&criu, &img);
+    assert_eq!(nsenter(p.pid, "--uts", &["hostname"]), "uts-only");
+    let me = std::process::id() as i32;
+    assert_ne!(ns_link(p.pid, "uts"), ns_link(me, "uts"));
+    assert_eq!(ns_link(p.pid, "ipc"), ns_link(me, "ipc"), "the ipc namespace is criu's again");
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
+
 /// Upstream 4.2's images of such a tree restore here, and ours there
 /// (the kept attachment: a VMA of status SYSVIPC, the segment's id as
 /// shmid, in both).
