@@ -129,10 +129,18 @@ impl Prog {
 }
 
 impl Drop for Prog {
+    /// Every utsipc of this test killed (also once its binary is gone:
+    /// `NAME (deleted)`), then the test directory removed.
     fn drop(&mut self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        let deleted = format!("{} (deleted)", self.bin.display());
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+            if Path::new(&exe) == self.bin || exe == deleted {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -185,7 +193,6 @@ fn uts_and_ipc_namespaces_survive_dump_and_restore_twice() {
         p.restore(&criu, &img);
         p.check_outside("box1", Some("1"));
     }
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// An ipc namespace with no object: only its sysctls (ipcns-var), as
@@ -202,7 +209,6 @@ fn empty_ipc_namespace_survives() {
     p.gone();
     p.restore(&criu, &img);
     p.check_outside("empty-box", None);
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// A uts namespace of its own in criu's ipc namespace (the brief's
@@ -229,7 +235,6 @@ fn uts_namespace_alone_survives() {
     let me = std::process::id() as i32;
     assert_ne!(ns_link(p.pid, "uts"), ns_link(me, "uts"));
     assert_eq!(ns_link(p.pid, "ipc"), ns_link(me, "ipc"), "the ipc namespace is criu's again");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// Upstream 4.2's images of such a tree restore here, and ours there
@@ -252,7 +257,6 @@ fn uts_and_ipc_images_restore_both_ways_with_upstream() {
     p.gone();
     p.restore(&upstream(), &img);
     p.check_outside("box2", Some("1"));
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// Ours and upstream's image sets of the same namespaces (one restored
@@ -332,7 +336,6 @@ fn tfork_clones_get_their_own_uts_and_ipc_namespaces() {
     p.gone();
     p.restore(&criu, &img);
     p.check_outside("box3", Some("1"));
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// A process of the tree in another uts namespace than its root's is
@@ -355,7 +358,6 @@ fn nested_uts_namespace_is_refused() {
     assert!(log.contains("nested uts namespaces are not supported"), "the error should name the nested uts namespace:\n{log}");
     assert!(!img.join("inventory.img").exists());
     p.ticks_on(3, "after the refused dump");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// An attachment split in two VMAs (mprotect of its last page) is refused
@@ -371,7 +373,6 @@ fn partial_sysv_attachment_is_refused() {
     assert!(log.contains("partial attachments") && log.contains("SysV shm segment 0"), "the error should name the partial attachment:\n{log}");
     assert!(!img.join("inventory.img").exists());
     p.ticks_on(3, "after the refused dump");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// A POSIX message queue in the namespace's mqueue file system (no fd
@@ -387,7 +388,6 @@ fn posix_message_queue_is_refused() {
     assert!(log.contains("POSIX message queues (/utsipc)"), "the error should name the queue:\n{log}");
     assert!(!img.join("inventory.img").exists());
     p.ticks_on(3, "after the refused dump");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// A tree in the host's pid namespace that owns uts and ipc namespaces
@@ -419,7 +419,6 @@ fn host_pid_namespace_owner_round_trips_and_its_tfork_is_refused() {
     p.restore(&criu, &img);
     assert_eq!(p.pid, pid, "the pid is kept");
     p.check_outside("box8", Some("1"));
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
 
 /// Hostile images: each edit of a good image set is refused by restore
@@ -537,5 +536,4 @@ fn hostile_uts_and_ipc_images_are_refused_by_name() {
         assert_eq!(live_with_exe(&p.bin), vec![p.pid], "{what}: only the source may run");
     }
     p.ticks_on(2, "after the refused restores");
-    let _ = std::fs::remove_dir_all(&p.dir);
 }
