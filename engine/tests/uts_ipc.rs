@@ -397,7 +397,9 @@ fn posix_message_queue_is_refused() {
 #[test]
 fn host_pid_namespace_owner_round_trips_and_its_tfork_is_refused() {
     test_support::require!(why_not());
-    let mut p = Prog::start_in("hostpid", &["--uts", "--ipc", "--fork"], &[], "box8", &["shm", "attach", "sysctl"]);
+    // (no SysV shm: a process holding some is cloned by restore where
+    // tfork isolates clones, tforkiso's branch)
+    let mut p = Prog::start_in("hostpid", &["--uts", "--ipc", "--fork"], &[], "box8", &["sem", "msg", "sysctl"]);
     let criu = ours(&p.dir);
     let img = p.images("tfork");
     let out = Command::new(&criu)
@@ -418,7 +420,7 @@ fn host_pid_namespace_owner_round_trips_and_its_tfork_is_refused() {
     let pid = p.pid;
     p.restore(&criu, &img);
     assert_eq!(p.pid, pid, "the pid is kept");
-    p.check_outside("box8", Some("1"));
+    p.check_outside("box8", None);
 }
 
 /// Hostile images: each edit of a good image set is refused by restore
