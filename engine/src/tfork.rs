@@ -239,6 +239,15 @@ fn check_supported(pid: Pid, tree: &crate::model::Tree) -> Result<(), TforkError
             "process {pid} became pid 1 of its own pid namespace while it was frozen for a fork-made clone"
         )));
     }
+    // (a fork-made clone would share them; a namespace init's clones,
+    // restored, get new ones: crate::utsipc)
+    for (kind, own) in [("uts", tree.uts.is_some()), ("ipc", tree.ipc.is_some())] {
+        if own {
+            return Err(TforkError::Unsupported(format!(
+                "process {pid} owns a {kind} namespace, which its fork-made clones would share: not supported (a pid namespace init that owns one is cloned with new ones)"
+            )));
+        }
+    }
     let task = tree.root();
     let main = &task.threads[0];
     for t in &task.threads[1..] {
