@@ -241,6 +241,15 @@ fn check_supported(pid: Pid, tree: &crate::model::Tree) -> Result<(), TforkError
             "process {pid} became pid 1 of its own pid namespace while it was frozen for a fork-made clone"
         )));
     }
+    // (a fork-made clone would share them; a namespace init's clones,
+    // restored, get new ones: crate::utsipc)
+    for (kind, own) in [("uts", tree.uts.is_some()), ("ipc", tree.ipc.is_some())] {
+        if own {
+            return Err(TforkError::Unsupported(format!(
+                "process {pid} owns a {kind} namespace, which its fork-made clones would share: not supported (a pid namespace init that owns one is cloned with new ones)"
+            )));
+        }
+    }
     let task = tree.root();
     let main = &task.threads[0];
     for t in &task.threads[1..] {
@@ -309,20 +318,71 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let mut snap_dirs = SnapDirs::default();
     pr_debug!("collected {pid} in {:?}", t0.elapsed());
     let mut unreleased = Unreleased::default();
-    let (s, scratch) = {
+    let (s, scratch, dontfork) = {
         let root = &frozen.procs[0];
         let mut par = Parasite::start(root, root.gadget).map_err(ioe(pid, "injection session for the fork"))?;
-        let (ret, child) =
-            par.fork_call(&sibling_fork_args(), ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(ioe(pid, "injected clone3"))?;
-        if let Some(c) = child {
-            unreleased.0.push(c);
-        }
-        let s = crate::sys::check_raw(ret).map_err(ioe(pid, "injected clone3(CLONE_PARENT) in the source"))? as Pid;
-        if child != Some(s) {
-            return Err(TforkError::Unsupported(format!("clone3 in {pid} made {s}, but the fork event named {child:?}")));
+        let main_tid = par.main_tid();
+        // VMAs marked MADV_DONTFORK (VM_DONTCOPY: V8's heap in node, for
+        // one) are left out of a fork, and a clone without them crashes.
+        // smaps, the only place the flag shows, costs a page-table walk
+        // (~50-75 ms per GiB here) that the pause can't afford; so the
+        // fork's maps are compared with the source's (0.1 ms), and where
+        // VMAs are missing they are marked MADV_DOFORK in the source, the
+        // fork is made again, and the mark is put back in the source (and
+        // in every clone by `finish`).
+        let mut dontfork: Vec<(u64, u64)> = Vec::new();
+        let s = loop {
+            let (ret, child) =
+                par.fork_call(&sibling_fork_args(), ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(ioe(pid, "injected clone3"))?;
+            if let Some(c) = child {
+                unreleased.0.push(c);
+            }
+            let s = crate::sys::check_raw(ret).map_err(ioe(pid, "injected clone3(CLONE_PARENT) in the source"))? as Pid;
+            if child != Some(s) {
+                return Err(TforkError::Unsupported(format!("clone3 in {pid} made {s}, but the fork event named {child:?}")));
+            }
+            let missing = vmas_not_in(pid, s).map_err(ioe(s, "comparing the fork's mappings with the source's"))?;
+            if missing.is_empty() {
+                break s;
+            }
+            if !dontfork.is_empty() {
+                for &(a, b) in &dontfork {
+                    let _ = par.call(main_tid, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64]);
+                }
+                return Err(TforkError::Unsupported(format!(
+                    "the fork of {pid} still lacks {} mappings after MADV_DOFORK (first {:#x}-{:#x})",
+                    missing.len(),
+                    missing[0].0,
+                    missing[0].1
+                )));
+            }
+            pr_info!(
+                "{pid} has {} mappings marked MADV_DONTFORK (first {:#x}-{:#x}): forked again with them",
+                missing.len(),
+                missing[0].0,
+                missing[0].1
+            );
+            // this fork goes (its parent, the source's, sees it exit)
+            let mut gone = Unreleased(vec![s]);
+            gone.kill_all();
+            gone.commit();
+            unreleased.0.retain(|&c| c != s);
+            for &(a, b) in &missing {
+                if let Err(e) = par.call(main_tid, "madvise(MADV_DOFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DOFORK as u64]) {
+                    for &(a, b) in &dontfork {
+                        let _ = par.call(main_tid, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64]);
+                    }
+                    return Err(ioe(pid, format!("marking {a:#x}-{b:#x} MADV_DOFORK for the fork"))(e));
+                }
+                dontfork.push((a, b));
+            }
+        };
+        for &(a, b) in &dontfork {
+            par.call(main_tid, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64])
+                .map_err(ioe(pid, format!("marking {a:#x}-{b:#x} MADV_DONTFORK again")))?;
         }
         ptrace::set_options(s, CLONE_TRACE).map_err(ioe(s, "tracing the source's fork with PTRACE_O_EXITKILL"))?;
-        (s, par.mapping())
+        (s, par.mapping(), dontfork)
         // the parasite session ends: the source's registers and masks back
     };
     drop(frozen);
@@ -389,7 +449,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
                 forkers.push((Injector::new(c, csp.gadget).map_err(ioe(c, "registers"))?, csp));
                 continue;
             }
-            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs, &net, &copies)?;
+            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs, &net, &dontfork, &copies)?;
             clones.push(c);
             first.get_or_insert_with(|| t0.elapsed());
         }
@@ -397,7 +457,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // the forkers, S last
     for (inj, fsp) in forkers.into_iter().rev() {
         let c = inj.tid;
-        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs, &net, &copies)?;
+        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs, &net, &dontfork, &copies)?;
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
@@ -412,7 +472,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let persisted = match snapshot {
         None => None,
         Some(d) => {
-            write_image_set(&tree, d, gadget_page, &opts.images_dir, !opts.plain_writes)?;
+            write_image_set(&tree, d, gadget_page, &dontfork, &opts.images_dir, !opts.plain_writes)?;
             Some(t0.elapsed())
         }
     };
@@ -430,6 +490,59 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
 fn set_net_opts(tcp_close: bool) {
     crate::kinds::inet::set_tcp_close(tcp_close);
     crate::kinds::inet::set_tcp_established(false);
+}
+
+/// `vmas` with the ranges of `dontfork` marked MADV_DONTFORK, a VMA cut
+/// where a range begins or ends inside it (the marks kept the source's
+/// VMAs apart; unmarked for the fork, a range may have merged with a
+/// neighbour).
+fn mark_dontfork(vmas: Vec<crate::model::Vma>, dontfork: &[(u64, u64)]) -> Vec<crate::model::Vma> {
+    if dontfork.is_empty() {
+        return vmas;
+    }
+    let mut out = Vec::with_capacity(vmas.len() + dontfork.len());
+    for v in vmas {
+        let mut cuts: Vec<u64> = dontfork.iter().flat_map(|&(a, b)| [a, b]).filter(|&x| x > v.start && x < v.end).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.push(v.end);
+        let mut from = v.start;
+        for to in cuts {
+            let mut piece = v.clone();
+            piece.start = from;
+            piece.end = to;
+            if v.pgoff != 0 || v.file.is_some() || v.shmid != 0 {
+                piece.pgoff = v.pgoff + (from - v.start);
+            }
+            if dontfork.iter().any(|&(a, b)| from >= a && to <= b) {
+                piece.madv |= 1 << libc::MADV_DONTFORK;
+            }
+            out.push(piece);
+            from = to;
+        }
+    }
+    out
+}
+
+/// The VMAs of `source` that `fork` lacks (start, end), from their
+/// /proc/PID/maps: what a fork left out (VM_DONTCOPY). Reading maps walks
+/// no page table.
+fn vmas_not_in(source: Pid, fork: Pid) -> std::io::Result<Vec<(u64, u64)>> {
+    fn ranges(pid: Pid) -> std::io::Result<Vec<(u64, u64)>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let r = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            let Some((a, b)) = r else { continue };
+            match (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                (Ok(a), Ok(b)) => out.push((a, b)),
+                _ => return Err(std::io::Error::other(format!("/proc/{pid}/maps: bad line {line:?}"))),
+            }
+        }
+        Ok(out)
+    }
+    let theirs = ranges(fork)?;
+    Ok(ranges(source)?.into_iter().filter(|r| theirs.binary_search(r).is_err()).collect())
 }
 
 /// Whether `pid` has children (any of its threads: /proc/PID/task/TID/children).
@@ -1276,8 +1389,16 @@ pub(crate) fn without_ranges(task: &Task, ranges: &[(u64, u64)]) -> Task {
 /// into a staging directory of `dir`, published (inventory last, synced)
 /// only when complete, as a dump's, after every file is fsynced. `uring`:
 /// the pages and the fsyncs through io_uring where the kernel allows it
-/// (the log says what was used).
-fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &std::path::Path, uring: bool) -> Result<(), TforkError> {
+/// (the log says what was used). `dontfork`: the source's MADV_DONTFORK
+/// ranges, unmarked in `d` for its fork: marked in the images.
+fn write_image_set(
+    tree: &crate::model::Tree,
+    d: Pid,
+    gadget_page: u64,
+    dontfork: &[(u64, u64)],
+    dir: &std::path::Path,
+    uring: bool,
+) -> Result<(), TforkError> {
     let img = |e: &dyn std::error::Error| {
         let mut m = e.to_string();
         let mut src = e.source();
@@ -1289,6 +1410,7 @@ fn write_image_set(tree: &crate::model::Tree, d: Pid, gadget_page: u64, dir: &st
     };
     let gadget = (gadget_page, gadget_page + restore::space::GADGET_LEN);
     let vmas: Vec<_> = dump::mm::collect_vmas(d, dump::files::GHOST_LIMIT).map_err(|e| img(&e))?.into_iter().filter(|v| v.end <= gadget.0 || v.start >= gadget.1).collect();
+    let vmas = mark_dontfork(vmas, dontfork);
     let zero_pfn = crate::sys::mmap::zero_page_pfn().map_err(ioe(d, "zero page pfn"))?;
     let mut pages = dump::mm::collect_pages(d, &vmas, zero_pfn).map_err(|e| img(&e))?;
     // A fork copies no page table entries of the vdso (a special mapping,
@@ -1397,9 +1519,27 @@ fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkErr
 /// Turn the stopped fork `pid` (single-threaded, gadget mapped, signals
 /// blocked) into a clone of `task` and release it; with `snap`, in its own
 /// mount namespace with its own overlay (first: while it has one thread).
+///
+/// `dontfork`: the ranges the source has marked MADV_DONTFORK, unmarked
+/// for the forks that made the clone: marked again here. `copies`: the
+/// kernel objects of the source's own each clone gets a copy of
+/// ([`copy`]).
 #[allow(clippy::too_many_arguments)]
-fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot::Plan>, dirs: &mut SnapDirs, net: &net::Plan, copies: &copy::Plan) -> Result<(), TforkError> {
+fn finish(
+    pid: Pid,
+    task: &Task,
+    sp: &Space,
+    snap: Option<&crate::root_snapshot::Plan>,
+    dirs: &mut SnapDirs,
+    net: &net::Plan,
+    dontfork: &[(u64, u64)],
+    copies: &copy::Plan,
+) -> Result<(), TforkError> {
     let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
+    for &(a, b) in dontfork {
+        main.call("madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64])
+            .map_err(ioe(pid, format!("marking {a:#x}-{b:#x} MADV_DONTFORK as in the source")))?;
+    }
     if let Some(plan) = snap {
         dirs.0.push(plan.made(pid));
         plan.apply(pid, &mut main, sp, task).map_err(|e| TforkError::Unsupported(format!("--root-snapshot: {e}")))?;
@@ -1474,6 +1614,27 @@ fn finish(pid: Pid, task: &Task, sp: &Space, snap: Option<&crate::root_snapshot:
 mod tests {
     use super::*;
     use crate::model::PageRun;
+
+    #[test]
+    fn dontfork_ranges_are_marked_and_cut_out_of_merged_vmas() {
+        let vma = |start: u64, end: u64| crate::model::Vma {
+            start,
+            end,
+            pgoff: 0,
+            prot: 3,
+            flags: (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
+            kind: crate::model::VmaKind::Anon,
+            madv: 0,
+            file: None,
+            shmid: 0,
+        };
+        let dc = 1u64 << libc::MADV_DONTFORK;
+        // one range merged into the middle of a VMA, one a whole VMA
+        let out = mark_dontfork(vec![vma(0x1000, 0x9000), vma(0x10000, 0x12000)], &[(0x3000, 0x5000), (0x10000, 0x12000)]);
+        let got: Vec<(u64, u64, bool)> = out.iter().map(|v| (v.start, v.end, v.madv & dc != 0)).collect();
+        assert_eq!(got, vec![(0x1000, 0x3000, false), (0x3000, 0x5000, true), (0x5000, 0x9000, false), (0x10000, 0x12000, true)]);
+        assert_eq!(mark_dontfork(vec![vma(0x1000, 0x2000)], &[]).len(), 1);
+    }
 
     #[test]
     fn page_runs_are_cut_around_picked_ranges() {

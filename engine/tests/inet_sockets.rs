@@ -239,7 +239,7 @@ fn tcp_close_restores_connections_closed() {
     sk.kill();
     let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore-refused.log", &[]);
     assert_eq!(st.code(), Some(1), "a restore without --tcp-close must fail:\n{log}");
-    assert!(log.contains("files.img") && log.contains("isk.state: a TCP connection (ESTABLISHED): restored only with --tcp-established (ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 ones) or --tcp-close (closed)"), "{log}");
+    assert!(log.contains("files.img") && log.contains("isk.state: a TCP connection (ESTABLISHED): restored only with --tcp-established (ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK and CLOSING ones) or --tcp-close (closed)"), "{log}");
     assert!(live_with_exe(&sk.bin).is_empty(), "a refused restore must not start anything");
     criu_ok(&criu, &["restore", "-d", "--tcp-close"], &img, "restore.log");
     sk.refind();

@@ -26,9 +26,9 @@ fn why_not() -> Option<String> {
     why_not_here().or_else(|| common::why_not_tools(&["iptables", "iptables-restore", "ip6tables-restore"]))
 }
 
-/// A port for this test run: distinct per test process and `n`.
+/// A port for this test run: distinct per test process and `n` (< 40).
 fn port(n: u16) -> u16 {
-    20000 + (std::process::id() % 2000) as u16 * 20 + n
+    20000 + (std::process::id() % 1000) as u16 * 40 + n
 }
 
 /// A running tcppair, `unshare --pid --fork setsid tcppair WORDS...` (pid 1
@@ -595,12 +595,13 @@ fn memcached_client_held_across_restore() {
 /// A dump that fails after the connections were locked and put in
 /// repair mode (its images directory can't be written) gives them back
 /// out of repair mode and unlocked, and the program goes on; a connection
-/// in a transitional state (CLOSE_WAIT: the peer shut its writing side)
+/// still connecting (SYN_SENT: its SYN dropped by a rule of the test's)
 /// is refused by name with its state, the program going on.
 #[test]
 fn failed_dumps_release_connections_and_transitional_states_are_refused() {
     require!(why_not().or_else(|| common::why_not_tool("python3")));
     let pt = port(9);
+    let pt2 = port(22);
     let prog = format!(
         "import socket,time,os\n\
          l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
@@ -608,7 +609,7 @@ fn failed_dumps_release_connections_and_transitional_states_are_refused() {
          log=open('progress.log','w',buffering=1); n=0\n\
          while True:\n\
          \x20 if half is None and os.path.exists('half'):\n\
-         \x20   c=socket.create_connection(('127.0.0.1',{pt})); d,_=l.accept(); c.shutdown(socket.SHUT_WR); half=(c,d)\n\
+         \x20   c=socket.socket(); c.setblocking(False); c.connect_ex(('127.0.0.1',{pt2})); half=c\n\
          \x20 n+=1; m=b'ping %d' % n; a.sendall(m); got=b.recv(100)\n\
          \x20 log.write('tick %d ok\\n' % n if got==m else 'FAIL got %r\\n' % got); time.sleep(0.05)\n"
     );
@@ -626,16 +627,16 @@ fn failed_dumps_release_connections_and_transitional_states_are_refused() {
     assert!(lock_rules(pt).is_empty(), "the lock's rules left by a failed dump: {:?}", lock_rules(pt));
     let t = ticks();
     wait_until("ticks after the failed dump", Duration::from_secs(10), || ticks() >= t + 5);
+    let _syn = DropRule::add(false, None, pt2);
     std::fs::write(p.work.join("half"), "").unwrap();
     let t = ticks();
-    wait_until("ticks with the half-closed connection", Duration::from_secs(10), || ticks() >= t + 3);
+    wait_until("ticks with the connection in SYN_SENT", Duration::from_secs(10), || ticks() >= t + 3);
     let img = p.dir.join("img");
     std::fs::create_dir_all(&img).unwrap();
     let (st, log) = criu_env(&criu, &["dump", "-t", &pid, "--tcp-established"], &img, "dump.log", &[]);
     assert_eq!(st.code(), Some(1), "{log}");
-    // (the end that shut its writing side, FIN_WAIT2, is carried now; the
-    // one that received the FIN is not)
-    assert!(log.contains("in state CLOSE_WAIT (8): --tcp-established carries ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 connections only"), "{log}");
+    // (half-closed ones, either way, are carried now)
+    assert!(log.contains("in state SYN_SENT (2): --tcp-established carries ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK and CLOSING connections, not one still connecting"), "{log}");
     assert!(lock_rules(pt).is_empty(), "the lock's rules left by a refused dump: {:?}", lock_rules(pt));
     let t = ticks();
     wait_until("ticks after the refused dump", Duration::from_secs(10), || ticks() >= t + 5);
@@ -690,7 +691,7 @@ fn held_state(port: u16, peer: u16) -> Option<String> {
 fn half_closed_by_the_tree_two_rounds() {
     require!(why_not().or_else(|| common::why_not_tool("python3")));
     let criu = PathBuf::from(common::CRIU);
-    half_closed(11, [(&criu, &criu), (&criu, &criu)]);
+    half_closed(14, [(&criu, &criu), (&criu, &criu)]);
 }
 
 /// The same, ours dumping and upstream 4.2 restoring, then upstream
@@ -794,4 +795,519 @@ fn fin_behind_unsent_data() {
     let want: Vec<u8> = (0..sent).map(|j| (j * 7 % 251) as u8).collect();
     assert!(got == want, "the bytes differ");
     wait_until("the server's end in FIN_WAIT2", Duration::from_secs(10), || held_state(pt, me).as_deref() == Some("05"));
+}
+
+/// A DROP rule of the test's own in OUTPUT (`ip6tables` for IPv6) for the
+/// TCP packets from `sport` to `dport` on the loopback address, lifted on
+/// drop: it holds a FIN unacknowledged (LAST_ACK, CLOSING) while the
+/// connection is dumped and restored.
+struct DropRule {
+    cmd: &'static str,
+    spec: Vec<String>,
+    on: bool,
+}
+
+impl DropRule {
+    fn add(v6: bool, sport: Option<u16>, dport: u16) -> DropRule {
+        let (cmd, host) = if v6 { ("ip6tables", "::1") } else { ("iptables", "127.0.0.1") };
+        let mut spec: Vec<String> = ["OUTPUT", "-p", "tcp", "-s", host, "-d", host].iter().map(|s| s.to_string()).collect();
+        if let Some(sp) = sport {
+            spec.extend(["--sport".to_string(), sp.to_string()]);
+        }
+        spec.extend(["--dport".to_string(), dport.to_string(), "-j".into(), "DROP".into()]);
+        let st = Command::new(cmd).args(["-w", "-I"]).args(&spec).status().expect("iptables");
+        assert!(st.success(), "{cmd} -I {spec:?}");
+        DropRule { cmd, spec, on: true }
+    }
+
+    fn lift(&mut self) {
+        if std::mem::take(&mut self.on) {
+            let _ = Command::new(self.cmd).args(["-w", "-D"]).args(&self.spec).status();
+        }
+    }
+}
+
+impl Drop for DropRule {
+    fn drop(&mut self) {
+        self.lift();
+    }
+}
+
+/// On drop (a test that failed midway, e.g. a restore refused), the
+/// network lock's rules naming the port are deleted, so that they do not
+/// outlive the test.
+struct LockRulesGone(u16);
+
+impl Drop for LockRulesGone {
+    fn drop(&mut self) {
+        for r in lock_rules(self.0) {
+            let cmd = if r.contains(':') { "ip6tables" } else { "iptables" };
+            let args: Vec<&str> = r.split_whitespace().skip(1).collect();
+            let _ = Command::new(cmd).args(["-w", "-D"]).args(&args).status();
+        }
+    }
+}
+
+/// The /proc/net/tcp state codes of the sockets between `port` and
+/// `peer` on the loopback address (either way round; those a process
+/// holds, with `held`, else all, orphans and TIME_WAIT included).
+fn conn_states(v6: bool, port: u16, peer: u16, held: bool) -> Vec<(u16, String)> {
+    let tcp = std::fs::read_to_string(if v6 { "/proc/net/tcp6" } else { "/proc/net/tcp" }).unwrap_or_default();
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let p = |a: &str| a.rsplit(':').next().and_then(|v| u16::from_str_radix(v, 16).ok());
+            let (a, b) = (p(f.get(1)?)?, p(f.get(2)?)?);
+            ((a, b) == (port, peer) || (a, b) == (peer, port)).then_some(())?;
+            (!held || *f.get(9)? != "0").then(|| (a, f[3].to_string()))
+        })
+        .collect()
+}
+
+/// The state code of the held socket of `port` whose peer is `peer`.
+fn end_state(v6: bool, port: u16, peer: u16) -> Option<String> {
+    conn_states(v6, port, peer, true).into_iter().find(|(a, _)| *a == port).map(|(_, s)| s)
+}
+
+/// The program of [`fin_received`]: a listener on PT, its accepted end
+/// `b` the one under test; with INNER the peer `a` is its own connection
+/// to it (else a client outside the tree). `b` sends B1 at once; the peer
+/// sends A and its FIN (MODE cw, la: at once; cl: after `b` shut). With
+/// `shut`, `b` sends B2 (unacknowledged: the test drops `b`'s packets)
+/// and shuts its writing side: LAST_ACK after the peer's FIN (la), or
+/// FIN_WAIT1 and CLOSING once the peer's FIN comes (cl). It ticks until
+/// `go`, then reads: A and the end of file (twice), writes B3 (cw) or
+/// fails to write (EPIPE), closes; with INNER the peer reads what `b`
+/// sent and the end of file.
+const FIN_PROG: &str = r#"
+import socket,time,os
+mode='@MODE@'; inner=@INNER@; pt=@PT@; host='@HOST@'
+fam=socket.AF_INET6 if ':' in host else socket.AF_INET
+def pat(k,n): return bytes(i*k%251 for i in range(n))
+A=pat(7,60000); B1=pat(11,40000); B2=pat(13,8000); B3=pat(17,20000)
+log=open('progress.log','w',buffering=1)
+def wait(f):
+    while not os.path.exists(f): time.sleep(0.02)
+l=socket.socket(fam); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind((host,pt)); l.listen()
+if inner: a=socket.create_connection((host,pt))
+b,_=l.accept(); b.sendall(B1)
+open('ready1.tmp','w').write(str(a.getsockname()[1] if inner else 0)); os.rename('ready1.tmp','ready1')
+def peer_fin():
+    if inner: a.sendall(A); a.shutdown(socket.SHUT_WR)
+if mode in ('cw','la'): peer_fin()
+if mode in ('la','cl'):
+    wait('shut'); b.sendall(B2); b.shutdown(socket.SHUT_WR)
+    if mode=='cl': peer_fin()
+n=0
+while not os.path.exists('go'):
+    n+=1; log.write('tick %d ok\n'%n); time.sleep(0.05)
+got=b''
+while True:
+    d=b.recv(65536)
+    if not d: break
+    got+=d
+log.write(('eof %d ok\n' if got==A else 'FAIL b got %d bytes, not the peer\'s\n') % len(got))
+if b.recv(10)!=b'': log.write('FAIL data after the end of file\n')
+if mode=='cw': b.sendall(B3)
+else:
+    try: b.send(b'x'); log.write('FAIL a write after shutdown went through\n')
+    except BrokenPipeError: pass
+b.close()
+if inner:
+    a.settimeout(60); got=b''
+    while True:
+        d=a.recv(65536)
+        if not d: break
+        got+=d
+    want=B1+(B3 if mode=='cw' else B2)
+    log.write(('peer %d ok\n' if got==want else 'FAIL the peer got %d bytes\n') % len(got))
+    a.close()
+log.write('done\n')
+while True:
+    n+=1; log.write('tick %d ok\n'%n); time.sleep(0.05)
+"#;
+
+/// The address family of a [`fin_received`] connection: IPv4, IPv6, or
+/// IPv4-mapped IPv6 (AF_INET6 sockets, IPv4 packets).
+#[derive(Clone, Copy, PartialEq)]
+enum Fam {
+    V4,
+    V6,
+    Mapped,
+}
+
+impl Fam {
+    fn host(self) -> &'static str {
+        match self {
+            Fam::V4 => "127.0.0.1",
+            Fam::V6 => "::1",
+            Fam::Mapped => "::ffff:127.0.0.1",
+        }
+    }
+}
+
+fn pat(k: u32, n: u32) -> Vec<u8> {
+    (0..n).map(|i| (i * k % 251) as u8).collect()
+}
+
+/// A connection whose end `b` in the tree received its peer's FIN with
+/// data queued before it: CLOSE_WAIT (`cw`), LAST_ACK (`la`: `b` shut
+/// after it, its FIN unacknowledged) or CLOSING (`cl`: `b` shut first,
+/// the peer's FIN crossing it), IPv4 or IPv6, the peer in the tree
+/// (`inner`) or the test itself. Two rounds, each dumped and restored by
+/// the given pair (the test's DROP rule, which holds `b`'s FIN
+/// unacknowledged, is lifted before upstream restores: upstream 4.2 fails
+/// to send its forged FIN with it); after a restore of ours `b` is in the
+/// same state. Then `b` reads the peer's bytes and the end of file, a
+/// write fails with EPIPE (or, in CLOSE_WAIT, goes through), its close
+/// completes the connection: the peer reads what `b` sent and the end of
+/// file, and both ends are gone or in TIME_WAIT. Returns the test's
+/// directory (images `img1`, `img2`).
+fn fin_received(n: u16, mode: &str, fam: Fam, inner: bool, rounds: [(&Path, &Path); 2]) -> PathBuf {
+    use std::io::{Read, Write};
+    let pt = port(n);
+    let host = fam.host();
+    // (/proc/net/tcp6 lists the IPv4-mapped sockets; their packets are IPv4's)
+    let (v6, rule_v6) = (fam != Fam::V4, fam == Fam::V6);
+    let prog = FIN_PROG.replace("@MODE@", mode).replace("@INNER@", if inner { "True" } else { "False" }).replace("@PT@", &pt.to_string()).replace("@HOST@", host);
+    let _rules = LockRulesGone(pt);
+    let p = Program::start(&format!("fin-{mode}-{n}"), &["python3", "-c", &prog]);
+    let private = private_criu(&p.dir);
+    let ours = |c: &Path| if c == Path::new(common::CRIU) { private.clone() } else { c.to_path_buf() };
+    let mut c = None;
+    if !inner {
+        let mut last = None;
+        for _ in 0..200 {
+            match std::net::TcpStream::connect((host, pt)) {
+                Ok(s) => {
+                    c = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(c.is_some(), "connecting to [{host}]:{pt}: {last:?}");
+    }
+    let ready = p.work.join("ready1");
+    wait_until("the connection", Duration::from_secs(10), || ready.exists());
+    let pp: u16 = match &c {
+        Some(c) => c.local_addr().unwrap().port(),
+        None => std::fs::read_to_string(&ready).unwrap().trim().parse().unwrap(),
+    };
+    let (a, b1, b2, b3) = (pat(7, 60000), pat(11, 40000), pat(13, 8000), pat(17, 20000));
+    let peer_fin = |c: &mut Option<std::net::TcpStream>| {
+        if let Some(c) = c {
+            c.write_all(&a).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+    };
+    let code = |s: &str| wait_until(&format!("b in state {s}: {:?}", conn_states(v6, pt, pp, false)), Duration::from_secs(10), || end_state(v6, pt, pp).as_deref() == Some(s));
+    let mut rule = None;
+    let want = match mode {
+        "cw" => {
+            peer_fin(&mut c);
+            "08"
+        }
+        "la" => {
+            peer_fin(&mut c);
+            code("08");
+            rule = Some(DropRule::add(rule_v6, Some(pt), pp));
+            std::fs::write(p.work.join("shut"), "").unwrap();
+            "09"
+        }
+        _ => {
+            rule = Some(DropRule::add(rule_v6, Some(pt), pp));
+            std::fs::write(p.work.join("shut"), "").unwrap();
+            if !inner {
+                code("04");
+            }
+            peer_fin(&mut c);
+            "0B"
+        }
+    };
+    code(want);
+    let log = p.work.join("progress.log");
+    for (i, (dumper, restorer)) in rounds.iter().enumerate() {
+        let up_restores = *restorer != Path::new(common::CRIU);
+        p.round_by(&ours(dumper), &ours(restorer), &format!("img{}", i + 1), || {
+            if up_restores {
+                if let Some(r) = &mut rule {
+                    r.lift();
+                }
+            }
+        });
+        if !up_restores && rule.as_ref().is_none_or(|r| r.on) {
+            code(want);
+        }
+        let t = common::last_tick(&log);
+        wait_until("ticks after the restore", Duration::from_secs(10), || common::last_tick(&log) >= t + 3);
+        assert!(lock_rules(pt).is_empty(), "the lock's rules left: {:?}", lock_rules(pt));
+    }
+    drop(rule);
+    std::fs::write(p.work.join("go"), "").unwrap();
+    wait_until("the program done", Duration::from_secs(60), || std::fs::read_to_string(&log).unwrap_or_default().contains("done\n"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("FAIL") && text.contains(&format!("eof {} ok", a.len())), "{text}");
+    if let Some(c) = &mut c {
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).expect("the peer reads what b sent and its end of file");
+        let want = [b1, if mode == "cw" { b3 } else { b2 }].concat();
+        assert!(got == want, "the peer got {} bytes, not the {} b sent", got.len(), want.len());
+    } else {
+        assert!(text.contains("peer "), "{text}");
+    }
+    wait_until(&format!("the connection closed: {:?}", conn_states(v6, pt, pp, false)), Duration::from_secs(60), || conn_states(v6, pt, pp, false).iter().all(|(_, s)| s == "06"));
+    let _ = common::last_tick(&log); // no FAIL
+    p.dir.clone()
+}
+
+/// CLOSE_WAIT, the peer in the tree (IPv4): ours twice. Refused by name
+/// before (`--tcp-established carries ... not one that received its
+/// peer's FIN`). Then its images made hostile are refused naming the
+/// image and field before anything is made: a state no TCP socket has,
+/// one still connecting, and window sequence numbers past what was
+/// received (the peer's FIN counted).
+#[test]
+fn close_wait_two_rounds_peer_in_tree() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let criu = PathBuf::from(common::CRIU);
+    let dir = fin_received(15, "cw", Fam::V4, true, [(&criu, &criu), (&criu, &criu)]);
+    let img = dir.join("img2");
+    let files: Vec<pb::FileEntry> = image::read_all(&img, "files.img", &magic::FILES).unwrap();
+    let ino = files.iter().filter_map(|f| f.isk.as_ref()).find(|i| i.state == 8).expect("a CLOSE_WAIT entry").ino;
+    let stream = format!("tcp-stream-{ino:x}.img");
+    let e: pb::TcpStreamEntry = image::read_one(&img, &stream, &magic::TCP_STREAM).unwrap();
+    assert!(e.inq_len == 60000 && e.rcv_wup == Some(e.inq_seq), "the peer's bytes queued, its FIN counted in inq_seq only: {e:?}");
+    let edit_stream = |name: &str, f: &dyn Fn(&mut pb::TcpStreamEntry)| {
+        let out = dir.join(name);
+        copy_dir(&img, &out);
+        let mut r = image::ImageReader::open(&out, &stream, &magic::TCP_STREAM).unwrap();
+        let mut e: pb::TcpStreamEntry = r.next_entry().unwrap().unwrap();
+        let rest = r.read_rest().unwrap();
+        f(&mut e);
+        let mut w = image::ImageWriter::create(&out, &stream, &magic::TCP_STREAM).unwrap();
+        w.write_entry(&e).unwrap();
+        w.write_payload(&rest).unwrap();
+        w.finish().unwrap();
+        out
+    };
+    let edit_isk = |name: &str, f: &dyn Fn(&mut pb::InetSkEntry)| {
+        let out = dir.join(name);
+        copy_dir(&img, &out);
+        let mut files: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
+        f(files.iter_mut().filter_map(|e| e.isk.as_mut()).find(|i| i.ino == ino).unwrap());
+        image::write_all(&out, "files.img", &magic::FILES, &files).unwrap();
+        out
+    };
+    let cases: Vec<(&str, PathBuf, String)> = vec![
+        ("no such state", edit_isk("state99", &|i| i.state = 99), "isk.state: 99 (unknown) is not a state of a TCP socket we restore".into()),
+        ("still connecting", edit_isk("synsent", &|i| i.state = 2), "isk.state: a TCP connection (SYN_SENT): restored only with --tcp-established (ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT".into()),
+        ("window past the FIN", edit_stream("wup", &|e| e.rcv_wup = Some(e.inq_seq.wrapping_add(1))), format!("{stream}: entry 0: rcv_wup: {} is past inq_seq {}", e.inq_seq.wrapping_add(1), e.inq_seq)),
+        ("the FIN not counted", edit_stream("seq", &|e| e.inq_seq = e.inq_seq.wrapping_sub(1)), format!("{stream}: entry 0: rcv_wup: {} is past inq_seq {}", e.inq_seq, e.inq_seq.wrapping_sub(1))),
+        ("window update past the window", edit_stream("wl1", &|e| e.snd_wl1 = Some(e.inq_seq.wrapping_add(e.rcv_wnd.unwrap()).wrapping_add(1))), format!("{stream}: entry 0: snd_wl1:")),
+    ];
+    for (what, out, want) in cases {
+        let (st, log) = criu_env(&criu, &["restore", "-d", "--tcp-established"], &out, "restore.log", &[]);
+        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
+        assert!(log.contains(&want), "{what}: the error must say {want:?}:\n{log}");
+        assert!(!log.contains("forged"), "{what}: refused before anything is made:\n{log}");
+    }
+}
+
+/// CLOSE_WAIT, the peer outside the tree, IPv6 (the forged FIN an IPv6
+/// packet): ours twice.
+#[test]
+fn close_wait_two_rounds_peer_outside_v6() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let criu = PathBuf::from(common::CRIU);
+    fin_received(16, "cw", Fam::V6, false, [(&criu, &criu), (&criu, &criu)]);
+}
+
+/// LAST_ACK (our FIN behind unacknowledged data, after the peer's FIN),
+/// the peer outside the tree: ours twice.
+#[test]
+fn last_ack_two_rounds_peer_outside() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let criu = PathBuf::from(common::CRIU);
+    fin_received(17, "la", Fam::V4, false, [(&criu, &criu), (&criu, &criu)]);
+}
+
+/// CLOSING (both FINs crossing), the peer in the tree, IPv6: ours twice.
+#[test]
+fn closing_two_rounds_peer_in_tree_v6() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let criu = PathBuf::from(common::CRIU);
+    fin_received(18, "cl", Fam::V6, true, [(&criu, &criu), (&criu, &criu)]);
+}
+
+/// LAST_ACK on IPv4-mapped IPv6 sockets (AF_INET6, the forged FIN an
+/// IPv4 packet), the peer in the tree: ours twice.
+#[test]
+fn last_ack_two_rounds_ipv4_mapped() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let criu = PathBuf::from(common::CRIU);
+    fin_received(23, "la", Fam::Mapped, true, [(&criu, &criu), (&criu, &criu)]);
+}
+
+/// Upstream 4.2 dumping each of the three states and ours restoring,
+/// then ours dumping and upstream restoring (CLOSING over IPv6, the others
+/// IPv4; upstream forges the FIN too, with libnet).
+#[test]
+fn fin_received_upstream_both_ways() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")).or_else(common::why_not_upstream));
+    let (criu, up) = (PathBuf::from(common::CRIU), upstream());
+    fin_received(19, "cw", Fam::V4, true, [(&up, &criu), (&criu, &up)]);
+    fin_received(20, "la", Fam::V4, true, [(&up, &criu), (&criu, &up)]);
+    fin_received(21, "cl", Fam::V6, false, [(&up, &criu), (&criu, &up)]);
+}
+
+/// A network namespace of the test's own joined to this one by a veth
+/// pair, `10.199.X.1` here and `10.199.X.2` there: a peer on "another
+/// host" (its address is not local). Removed on drop.
+struct PeerNs {
+    name: String,
+    here: String,
+    x: u32,
+}
+
+impl PeerNs {
+    fn new() -> PeerNs {
+        let id = std::process::id();
+        let x = 20 + id % 200;
+        let ns = PeerNs { name: format!("criu-rs-tcpfin-{id}"), here: format!("tf{}h", id % 1_000_000), x };
+        let there = format!("tf{}p", id % 1_000_000);
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &ns.name]);
+        ip(&["link", "add", &ns.here, "type", "veth", "peer", "name", &there]);
+        ip(&["link", "set", &there, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{}/24", ns.addr(1)), "dev", &ns.here]);
+        ip(&["link", "set", &ns.here, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{}/24", ns.addr(2)), "dev", &there]);
+        ip(&["-n", &ns.name, "link", "set", &there, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn addr(&self, n: u32) -> String {
+        format!("10.199.{}.{n}", self.x)
+    }
+}
+
+impl Drop for PeerNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.here]).stderr(Stdio::null()).status();
+    }
+}
+
+/// CLOSE_WAIT with the peer on another host (a network namespace of its
+/// own behind a veth pair: the forged FIN's source address is not a
+/// local one), ours twice: the program reads the peer's 60 KB and end of
+/// file, writes 20 KB more and closes; the peer reads what it was sent
+/// and the end of file.
+#[test]
+fn close_wait_peer_on_another_host() {
+    require!(why_not().or_else(|| common::why_not_tools(&["python3", "ip"])));
+    let ns = PeerNs::new();
+    let pt = port(24);
+    let host = ns.addr(1);
+    let prog = FIN_PROG.replace("@MODE@", "cw").replace("@INNER@", "False").replace("@PT@", &pt.to_string()).replace("@HOST@", &host);
+    let p = Program::start("fin-remote", &["python3", "-c", &prog]);
+    let criu = private_criu(&p.dir);
+    let got = p.dir.join("peer-got");
+    let client = "import socket,sys,os\n\
+        s=None\n\
+        for i in range(200):\n\
+        \x20 try: s=socket.create_connection((sys.argv[1],int(sys.argv[2]))); break\n\
+        \x20 except OSError: import time; time.sleep(0.05)\n\
+        open(sys.argv[3]+'.port','w').write(str(s.getsockname()[1]))\n\
+        s.sendall(bytes(i*7%251 for i in range(60000))); s.shutdown(socket.SHUT_WR); s.settimeout(60); got=b''\n\
+        while True:\n\
+        \x20 d=s.recv(65536)\n\
+        \x20 if not d: break\n\
+        \x20 got+=d\n\
+        open(sys.argv[3]+'.tmp','wb').write(got); os.rename(sys.argv[3]+'.tmp',sys.argv[3])\n";
+    let mut peer = Command::new("ip").args(["netns", "exec", &ns.name, "python3", "-c", client, &host, &pt.to_string()]).arg(&got).stdin(Stdio::null()).spawn().expect("the peer");
+    let port_file = got.with_extension("port");
+    wait_until("the peer connected", Duration::from_secs(10), || std::fs::read_to_string(&port_file).is_ok_and(|s| !s.is_empty()));
+    let pp: u16 = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+    let code = || wait_until(&format!("CLOSE_WAIT: {:?}", conn_states(false, pt, pp, false)), Duration::from_secs(10), || end_state(false, pt, pp).as_deref() == Some("08"));
+    code();
+    let log = p.work.join("progress.log");
+    for name in ["img1", "img2"] {
+        p.round(&criu, name, || {});
+        code();
+        let t = common::last_tick(&log);
+        wait_until("ticks after the restore", Duration::from_secs(10), || common::last_tick(&log) >= t + 3);
+    }
+    std::fs::write(p.work.join("go"), "").unwrap();
+    wait_until("the program done", Duration::from_secs(60), || std::fs::read_to_string(&log).unwrap_or_default().contains("done\n"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("FAIL") && text.contains("eof 60000 ok"), "{text}");
+    wait_until("the peer's end of file", Duration::from_secs(60), || got.exists());
+    let _ = peer.wait();
+    assert!(std::fs::read(&got).unwrap() == [pat(11, 40000), pat(17, 20000)].concat(), "what the peer read");
+    assert!(conn_states(false, pt, pp, false).iter().all(|(_, s)| s == "06"), "{:?}", conn_states(false, pt, pp, false));
+}
+
+/// CLOSE_WAIT behind megabytes: the peer (in the tree) filled the
+/// connection, shut its writing side, and the end under test read just
+/// enough to let the rest and the FIN in: megabytes queued before the
+/// FIN. Ours twice; then every byte is read in order, and the end of
+/// file after them.
+#[test]
+fn close_wait_behind_megabytes() {
+    require!(why_not().or_else(|| common::why_not_tool("python3")));
+    let pt = port(25);
+    let prog = format!(
+        "import socket,time,os\n\
+         def pat(off,k): return bytes((off+i)*7%251 for i in range(k))\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(('127.0.0.1',{pt})); l.listen()\n\
+         a=socket.create_connection(('127.0.0.1',{pt})); b,_=l.accept(); a.setblocking(False); n=0; stuck=0\n\
+         while stuck<20:\n\
+         \x20 try: n+=a.send(pat(n,65536))\n\
+         \x20 except BlockingIOError: stuck+=1; time.sleep(0.02)\n\
+         a.shutdown(socket.SHUT_WR); got=b''\n\
+         while len(got)<300000: got+=b.recv(65536)\n\
+         log=open('progress.log','w',buffering=1); log.write('sent %d\\n' % n); k=0\n\
+         while not os.path.exists('go'):\n\
+         \x20 k+=1; log.write('tick %d ok\\n' % k); time.sleep(0.05)\n\
+         while True:\n\
+         \x20 d=b.recv(65536)\n\
+         \x20 if not d: break\n\
+         \x20 got+=d\n\
+         log.write(('eof %d ok\\n' if got==pat(0,n) else 'FAIL b got %d bytes\\n') % len(got))\n\
+         while True:\n\
+         \x20 k+=1; log.write('tick %d ok\\n' % k); time.sleep(0.05)\n"
+    );
+    let p = Program::start("fin-megabytes", &["python3", "-c", &prog]);
+    let criu = private_criu(&p.dir);
+    let log = p.work.join("progress.log");
+    wait_until("the peer's bytes and FIN in", Duration::from_secs(20), || common::last_tick(&log) >= 2);
+    let sent: usize = std::fs::read_to_string(&log).unwrap().lines().find_map(|l| l.strip_prefix("sent ")?.parse().ok()).expect("sent N");
+    assert!(sent > 1 << 20, "megabytes sent: {sent}");
+    let root = p.root().unwrap();
+    let states = || {
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        tcp.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(&format!(":{pt:04X}"))) && l.split_whitespace().nth(3) != Some("0A")).map(|l| l.split_whitespace().nth(3).unwrap().to_string()).collect::<Vec<_>>()
+    };
+    wait_until(&format!("the accepted end in CLOSE_WAIT (pid {root})"), Duration::from_secs(10), || states() == ["08"]);
+    for name in ["img1", "img2"] {
+        p.round(&criu, name, || {});
+        let img = p.dir.join(name);
+        let total: u64 = std::fs::read_dir(&img).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-")).map(|e| e.metadata().unwrap().len()).sum();
+        assert!(total > 1 << 20, "{name}: the receive queue in the image: {total} bytes");
+        wait_until("CLOSE_WAIT again", Duration::from_secs(10), || states() == ["08"]);
+        let t = common::last_tick(&log);
+        wait_until("ticks after the restore", Duration::from_secs(10), || common::last_tick(&log) >= t + 3);
+    }
+    std::fs::write(p.work.join("go"), "").unwrap();
+    wait_until("every byte and the end of file", Duration::from_secs(30), || std::fs::read_to_string(&log).unwrap_or_default().contains(&format!("eof {sent} ok")));
+    let _ = common::last_tick(&log); // no FAIL
 }

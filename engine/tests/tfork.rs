@@ -47,6 +47,11 @@ impl Src {
 
     /// `prefix`: a command that runs the program (e.g. `unshare --pid --fork`).
     fn start_with(dir: &Path, threads: u32, mib: u32, prefix: &[&str]) -> Src {
+        Src::start_full(dir, threads, mib, prefix, &[])
+    }
+
+    /// `extra`: arguments after NTHREADS MIB (`dontfork`).
+    fn start_full(dir: &Path, threads: u32, mib: u32, prefix: &[&str], extra: &[&str]) -> Src {
         let bin = build_prog(dir);
         let work = dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
@@ -60,6 +65,7 @@ impl Src {
         };
         let child = only_stdio(&mut cmd)
             .args([threads.to_string(), mib.to_string()])
+            .args(extra)
             .current_dir(&work)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -211,6 +217,48 @@ fn clones_tick_on_their_own() {
         let first = src.log_text(c).lines().next().unwrap_or_default().to_string();
         let n: u64 = first.strip_prefix("tick ").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
         assert!(n >= 3 && n <= t_src_log0, "clone {c} continues the source's count (first line {first:?})");
+    }
+}
+
+/// The VmFlags of `pid`'s VMA that starts at `start`.
+fn vm_flags_at(pid: i32, start: u64) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let head = format!("{start:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+    assert!(lines.next().is_some(), "{pid} has no VMA at {start:#x}");
+    let flags = lines.find_map(|l| l.strip_prefix("VmFlags:")).unwrap_or_default();
+    flags.split_whitespace().map(String::from).collect()
+}
+
+/// Memory marked MADV_DONTFORK (V8 marks its heap so: node's clones
+/// crashed in `v8::Context::Enter`) is left out of a fork; the clones must
+/// have it all the same, and keep the mark, as the source does.
+#[test]
+fn dontfork_memory_is_in_the_clones_and_keeps_its_mark() {
+    require!(why_not());
+    let dir = test_dir("tfork-dontfork");
+    let src = Src::start_full(&dir, 2, 8, &[], &["dontfork"]);
+    let dc = u64::from_str_radix(std::fs::read_to_string(src.work.join("dontfork.txt")).unwrap().trim().trim_start_matches("0x"), 16).unwrap();
+    assert!(vm_flags_at(src.pid, dc).iter().any(|f| f == "dc"), "the program marked its area");
+    // (run_tfork's -D: the image set goes into `dir`)
+    let img = dir.clone();
+    let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "3", "--persist=sync"], &[]);
+    assert!(st.success(), "tfork failed ({st:?}):\n{log}");
+    let clones: Vec<i32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(clones.len(), 3, "{out}\n{log}");
+    let mut procs = clones.clone();
+    procs.push(src.pid);
+    src.all_tick(&procs, 4, "after the tfork (each checks its MADV_DONTFORK area)");
+    assert!(log.contains("marked MADV_DONTFORK"), "the log names the marked mappings:\n{log}");
+    // the image set of the frozen moment keeps the mark on that VMA alone
+    let mm: images_proto::pb::MmEntry =
+        images_proto::image::read_one(&img, &images_proto::magic::MM.file_name(src.pid as u32), &images_proto::magic::MM).unwrap();
+    let dc_bit = 1u64 << libc::MADV_DONTFORK;
+    let marked: Vec<u64> = mm.vmas.iter().filter(|v| v.madv.unwrap_or(0) & dc_bit != 0).map(|v| v.start).collect();
+    assert_eq!(marked, vec![dc], "MADV_DONTFORK in the image's VMAs");
+    for &p in &procs {
+        assert!(vm_flags_at(p, dc).iter().any(|f| f == "dc"), "{p} keeps MADV_DONTFORK on {dc:#x}");
+        assert_eq!(maps_shape(p), maps_shape(src.pid), "{p} has the source's mappings");
     }
 }
 

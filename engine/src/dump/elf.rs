@@ -10,6 +10,8 @@ use std::path::Path;
 
 const PT_NOTE: u32 = 4;
 const NT_GNU_BUILD_ID: u32 = 3;
+/// Go's build-id note (owner "Go").
+const NT_GO_BUILD_ID: u32 = 4;
 /// Notes larger than this are not build-ids worth reading.
 const MAX_NOTE_SEGMENT: u64 = 1 << 16;
 
@@ -25,6 +27,27 @@ fn u64_at(b: &[u8], o: usize) -> Option<u64> {
 
 /// Build-id words of the 64-bit little-endian ELF file `f`, if it has one.
 pub fn build_id(f: &File) -> Option<Vec<u32>> {
+    find_note(f, NT_GNU_BUILD_ID, b"GNU\0").filter(|d| !d.is_empty()).map(|desc| {
+        desc.chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
+            .collect()
+    })
+}
+
+/// Whether the ELF file `f` is a program built by Go's toolchain (its
+/// "Go" build-id note, NT_GO_BUILD_ID 4, which the linker writes into
+/// every Go executable, stripped or not).
+pub fn is_go_program(f: &File) -> bool {
+    find_note(f, NT_GO_BUILD_ID, b"Go\0\0").is_some()
+}
+
+/// The description of the first note of type `ty` and owner `name` (with
+/// its NUL) in the PT_NOTE segments of the 64-bit little-endian ELF `f`.
+fn find_note(f: &File, ty: u32, name: &[u8]) -> Option<Vec<u8>> {
     let mut eh = [0u8; 64];
     f.read_exact_at(&mut eh, 0).ok()?;
     if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
@@ -49,38 +72,29 @@ pub fn build_id(f: &File) -> Option<Vec<u32>> {
         }
         let mut notes = vec![0u8; size as usize];
         f.read_exact_at(&mut notes, off).ok()?;
-        if let Some(id) = find_build_id(&notes) {
-            return Some(id);
+        if let Some(d) = note_in(&notes, ty, name) {
+            return Some(d);
         }
     }
     None
 }
 
-/// Walk the notes of one PT_NOTE segment for "GNU" / NT_GNU_BUILD_ID.
-fn find_build_id(notes: &[u8]) -> Option<Vec<u32>> {
+/// Walk the notes of one PT_NOTE segment for owner `name`, type `ty`.
+fn note_in(notes: &[u8], ty: u32, name: &[u8]) -> Option<Vec<u8>> {
     let align4 = |x: usize| x.checked_add(3).map(|v| v & !3);
     let mut o = 0usize;
     while o + 12 <= notes.len() {
         let namesz = u32_at(notes, o)? as usize;
         let descsz = u32_at(notes, o + 4)? as usize;
-        let ty = u32_at(notes, o + 8)?;
+        let t = u32_at(notes, o + 8)?;
         let name_at = o + 12;
         let desc_at = name_at.checked_add(align4(namesz)?)?;
         let next = desc_at.checked_add(align4(descsz)?)?;
         if next > notes.len() {
             return None;
         }
-        if ty == NT_GNU_BUILD_ID && notes.get(name_at..name_at + namesz)? == b"GNU\0" && descsz > 0 {
-            let desc = &notes[desc_at..desc_at + descsz];
-            return Some(
-                desc.chunks(4)
-                    .map(|c| {
-                        let mut w = [0u8; 4];
-                        w[..c.len()].copy_from_slice(c);
-                        u32::from_le_bytes(w)
-                    })
-                    .collect(),
-            );
+        if t == ty && notes.get(name_at..name_at.checked_add(namesz)?)? == name {
+            return Some(notes[desc_at..desc_at + descsz].to_vec());
         }
         o = next;
     }
@@ -164,11 +178,47 @@ mod tests {
 
     #[test]
     fn non_elf_and_garbage_have_none() {
-        assert_eq!(find_build_id(&[0xff; 40]), None);
-        assert_eq!(find_build_id(&[]), None);
+        assert_eq!(note_in(&[0xff; 40], NT_GNU_BUILD_ID, b"GNU\0"), None);
+        assert_eq!(note_in(&[], NT_GNU_BUILD_ID, b"GNU\0"), None);
         let p = std::env::temp_dir().join(format!("elf-test-{}", std::process::id()));
         std::fs::write(&p, b"\x7fELF\x02\x01garbage").unwrap();
         assert_eq!(build_id_of(&p), None);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    /// A minimal ELF: the header, one PT_NOTE program header, one note.
+    fn elf_with_note(owner: &[u8], ty: u32, desc: &[u8]) -> Vec<u8> {
+        let mut note = Vec::new();
+        note.extend_from_slice(&(owner.len() as u32).to_le_bytes());
+        note.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        note.extend_from_slice(&ty.to_le_bytes());
+        note.extend_from_slice(owner);
+        note.resize(note.len().div_ceil(4) * 4, 0);
+        note.extend_from_slice(desc);
+        note.resize(note.len().div_ceil(4) * 4, 0);
+        let mut f = vec![0u8; 64 + 56];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        f[64..68].copy_from_slice(&PT_NOTE.to_le_bytes());
+        f[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+        f[64 + 32..64 + 40].copy_from_slice(&(note.len() as u64).to_le_bytes()); // p_filesz
+        f.extend_from_slice(&note);
+        f
+    }
+
+    #[test]
+    fn a_go_program_is_told_by_its_go_build_id_note() {
+        let p = std::env::temp_dir().join(format!("elf-test-go-{}", std::process::id()));
+        std::fs::write(&p, elf_with_note(b"Go\0\0", NT_GO_BUILD_ID, b"abc/def")).unwrap();
+        assert!(is_go_program(&File::open(&p).unwrap()));
+        assert_eq!(build_id_of(&p), None);
+        std::fs::write(&p, elf_with_note(b"GNU\0", NT_GNU_BUILD_ID, &[1, 0, 0, 0, 2, 0, 0, 0])).unwrap();
+        assert!(!is_go_program(&File::open(&p).unwrap()));
+        assert_eq!(build_id_of(&p), Some(vec![1, 2]));
+        // the Rust test binary is no Go program
+        assert!(!is_go_program(&File::open("/proc/self/exe").unwrap()));
         std::fs::remove_file(&p).unwrap();
     }
 }

@@ -10,10 +10,10 @@
 //! connection (ESTABLISHED, SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
 //! CLOSING) unless `--tcp-close` is given, which records it to be
 //! restored closed, as upstream, and with `--tcp-established` an
-//! ESTABLISHED one, or one whose end here shut its writing side
-//! (FIN_WAIT1/2), is carried live (`tcp_stream.rs`: TCP_REPAIR, the
-//! network lock); any other TCP state (TIME_WAIT, SYN_RECV) is refused by
-//! name.
+//! ESTABLISHED one, or one half or both ways closed (FIN_WAIT1/2,
+//! CLOSE_WAIT, LAST_ACK, CLOSING), is carried live (`tcp_stream.rs`:
+//! TCP_REPAIR, the network lock; SYN_SENT is refused by name); any other
+//! TCP state (TIME_WAIT, SYN_RECV) is refused by name.
 //!
 //! Image: an `INETSK` files.img entry, `inet_sk_entry` as upstream 4.2
 //! writes it (addresses as network-order words, 1 for IPv4 and 4 for
@@ -370,7 +370,7 @@ impl FileKind for Inet {
                     let ends = dst.map(|d| format!(" {} -> {}", ip(&src), ip(&d))).unwrap_or_default();
                     return Err(cx.refuse(
                         N,
-                        format!("a TCP connection{ends} in state {} ({s}): --tcp-established carries ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 connections only, not one that received its peer's FIN (--tcp-close restores it closed)", state_name(s)),
+                        format!("a TCP connection{ends} in state {} ({s}): --tcp-established carries ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK and CLOSING connections, not one still connecting (--tcp-close restores it closed)", state_name(s)),
                     ));
                 }
                 s if is_connection(s) => {
@@ -501,7 +501,7 @@ impl FileKind for Inet {
             s if tcp && super::tcp_stream::carried(s) && tcp_established() && !tcp_close() => true,
             s if tcp && is_connection(s) => {
                 if !tcp_close() {
-                    return Err(cx.bad(e, "isk.state", format!("a TCP connection ({}): restored only with --tcp-established (ESTABLISHED, FIN_WAIT1 and FIN_WAIT2 ones) or --tcp-close (closed)", state_name(s))));
+                    return Err(cx.bad(e, "isk.state", format!("a TCP connection ({}): restored only with --tcp-established (ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK and CLOSING ones) or --tcp-close (closed)", state_name(s))));
                 }
                 true
             }

@@ -1,8 +1,11 @@
 //! Established TCP connections with `--tcp-established`: TCP_REPAIR,
 //! `tcp-stream-INO.img`, and the network lock. Also carried: a connection
 //! whose end here shut its writing side (FIN_WAIT1/2, see
-//! [`TcpStream::fin_sent`] and [`restore`]); one that received its peer's
-//! FIN is refused (the kernel takes a FIN only from the wire).
+//! [`TcpStream::fin_sent`] and [`restore`]), and one that received its
+//! peer's FIN (CLOSE_WAIT, and with its own FIN too LAST_ACK and CLOSING,
+//! [`TcpStream::fin_received`]): the kernel takes a received FIN only from
+//! the wire, so the restore forges the peer's FIN segment
+//! ([`deliver_peer_fin`]).
 //!
 //! Dump (the tree frozen; the socket is the target's own description,
 //! taken with `pidfd_getfd` and held by [`hold`]): once every fd table is
@@ -29,10 +32,11 @@
 //! connect (in repair mode: no handshake, the connection is established
 //! at once), TCP_REPAIR_OPTIONS, the receive queue and the send queue
 //! written in repair mode (the kernel takes the send queue as sent and
-//! unacknowledged: it goes out again by retransmission), the window, the
-//! timestamp. The engine turns repair mode off on each just before the
-//! tree is released ([`finish_restore`]) and lifts the lock after
-//! ([`unlock_restored`]).
+//! unacknowledged: it goes out again by retransmission), the FINs in the
+//! order they came (ours by a repair-mode shutdown, the peer's by a
+//! forged segment), the window, the timestamp. The engine turns repair
+//! mode off on each just before the tree is released ([`finish_restore`])
+//! and lifts the lock after ([`unlock_restored`]).
 //!
 //! The network lock is upstream CRIU's iptables one, rule for rule (so a
 //! set of images locked by either is unlocked by the other's restore):
@@ -64,8 +68,9 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TcpStream {
     /// The TCP state read in repair mode (the INETSK entry's):
-    /// ESTABLISHED, or FIN_WAIT1 / FIN_WAIT2 when this end shut its
-    /// writing side ([`TcpStream::fin_sent`]).
+    /// ESTABLISHED, FIN_WAIT1 / FIN_WAIT2 when this end shut its writing
+    /// side ([`TcpStream::fin_sent`]), CLOSE_WAIT when the peer shut its
+    /// ([`TcpStream::fin_received`]), LAST_ACK or CLOSING with both.
     pub state: u32,
     /// rcv_nxt: the sequence number after the receive queue.
     pub inq_seq: u32,
@@ -91,21 +96,47 @@ pub struct TcpStream {
 pub const ESTABLISHED: u32 = 1;
 pub const FIN_WAIT1: u32 = 4;
 pub const FIN_WAIT2: u32 = 5;
+pub const CLOSE_WAIT: u32 = 8;
+pub const LAST_ACK: u32 = 9;
+pub const CLOSING: u32 = 11;
 
 /// Whether a connection in TCP state `s` is carried live with
-/// `--tcp-established`: established, or this end's FIN sent (acknowledged
-/// or not). A FIN received (CLOSE_WAIT, LAST_ACK, CLOSING) is not: the
-/// kernel takes one only from the wire (upstream forges the packet).
+/// `--tcp-established`: established, this end's FIN sent (acknowledged
+/// or not: FIN_WAIT1/2), the peer's received (CLOSE_WAIT), or both
+/// (LAST_ACK: ours after the peer's; CLOSING: both sent before either
+/// was acknowledged).
 pub fn carried(s: u32) -> bool {
-    matches!(s, ESTABLISHED | FIN_WAIT1 | FIN_WAIT2)
+    matches!(s, ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING)
 }
+
+/// In state `s` this end has sent its FIN (shut its writing side).
+fn sends_fin(s: u32) -> bool {
+    matches!(s, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK)
+}
+
+/// In state `s` this end has received the peer's FIN.
+fn got_fin(s: u32) -> bool {
+    matches!(s, CLOSE_WAIT | LAST_ACK | CLOSING)
+}
+
+/// The mark that lets a packet past the network lock's rules (theirs is
+/// `! --mark 0xc114`, as upstream's).
+const LOCK_MARK: i32 = 0xc114;
 
 impl TcpStream {
     /// This end shut its writing side: a FIN follows the send queue.
     /// `outq_seq` counts it (it is write_seq); `outq` and `unsq_len` do
     /// not, as upstream 4.2's image.
     pub fn fin_sent(&self) -> bool {
-        matches!(self.state, FIN_WAIT1 | FIN_WAIT2)
+        sends_fin(self.state)
+    }
+
+    /// The peer's FIN was received: it follows the receive queue.
+    /// `inq_seq` counts it (it is rcv_nxt); `inq` does not (SIOCINQ leaves
+    /// it out), as upstream 4.2's image. Whether the program has read the
+    /// end of file already is not kept (reading it again gives it again).
+    pub fn fin_received(&self) -> bool {
+        got_fin(self.state)
     }
 }
 
@@ -421,7 +452,7 @@ fn read_one(s: BorrowedFd<'_>) -> Result<TcpStream, String> {
     if !carried(state) {
         return Err(format!("its state changed to {} while the tree was frozen", super::inet::state_name(state)));
     }
-    let fin = matches!(state, FIN_WAIT1 | FIN_WAIT2);
+    let fin = sends_fin(state);
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
     let inq_seq = get(s, si::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ (receive queue)")? as u32;
     let inq_len = si::ioctl_int(s, si::SIOCINQ).map_err(|e| format!("SIOCINQ: {e}"))?;
@@ -570,7 +601,10 @@ pub fn restore(sk: &OwnedFd, src: Addr, dst: Addr, st: &TcpStream, bufs: (u32, u
     let inq_len = st.inq.len() as u32;
     let outq_len = st.outq.len() as u32;
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
-    set(s, si::TCP_QUEUE_SEQ, st.inq_seq.wrapping_sub(inq_len) as i32, "TCP_QUEUE_SEQ (receive queue)")?;
+    // (a FIN received is delivered again below, after the data: its
+    // sequence number is the last of inq_seq)
+    let rcv_end = if st.fin_received() { st.inq_seq.wrapping_sub(1) } else { st.inq_seq };
+    set(s, si::TCP_QUEUE_SEQ, rcv_end.wrapping_sub(inq_len) as i32, "TCP_QUEUE_SEQ (receive queue)")?;
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
     // (a FIN sent is queued again below, after the data: its sequence
     // number is the last of outq_seq)
@@ -604,7 +638,14 @@ pub fn restore(sk: &OwnedFd, src: Addr, dst: Addr, st: &TcpStream, bufs: (u32, u
     fill_queue(s, &st.inq, "receive")?;
     set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
     fill_queue(s, &st.outq, "send")?;
+    set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
+    // the FINs in the order they came: LAST_ACK's end got the peer's
+    // before it sent its own, CLOSING's sent its own first
+    if st.state == LAST_ACK {
+        deliver_peer_fin(s, src, dst, st, CLOSE_WAIT)?;
+    }
     if st.fin_sent() {
+        set(s, si::TCP_REPAIR_QUEUE, si::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
         // shutdown in repair mode with the send queue selected queues the
         // FIN as sent, nothing on the wire: ESTABLISHED -> FIN_WAIT1, writes
         // EPIPE. One the peer had acknowledged (FIN_WAIT2) goes out again
@@ -612,8 +653,12 @@ pub fn restore(sk: &OwnedFd, src: Addr, dst: Addr, st: &TcpStream, bufs: (u32, u
         // duplicate with its acknowledgement and the socket is in
         // FIN_WAIT2 again (upstream forges that acknowledgement instead)
         si::shutdown(s, libc::SHUT_WR).map_err(|e| format!("shutdown SHUT_WR (repair mode, our FIN of {}): {e}", super::inet::state_name(st.state)))?;
+        set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
     }
-    set(s, si::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
+    if matches!(st.state, CLOSE_WAIT | CLOSING) {
+        deliver_peer_fin(s, src, dst, st, st.state)?;
+    }
+    // (the window after the FINs: its rcv_wup may count the peer's)
     if let Some(w) = &st.window {
         si::set_repair_window(s, w).map_err(|e| format!("setsockopt TCP_REPAIR_WINDOW {w:?}: {e}"))?;
     }
@@ -623,6 +668,119 @@ pub fn restore(sk: &OwnedFd, src: Addr, dst: Addr, st: &TcpStream, bufs: (u32, u
     // (SO_BUF_LOCK back to none; the options set it as dumped)
     let _ = si::set_int(s, sol, 72, 0);
     Ok(())
+}
+
+/// Give the restored socket `s` (in repair mode, `src` its name, `dst`
+/// its peer's) the peer's FIN, which the kernel takes only from the wire:
+/// a FIN+ACK segment forged from the peer's address and port, with the
+/// FIN's sequence number (the last of `inq_seq`), acknowledging nothing
+/// new (the start of the send queue) and advertising the peer's window as
+/// dumped, sent through a raw socket (IPPROTO_RAW: the IP header is ours)
+/// with the lock's mark, so that the lock's rules let it by. It is
+/// delivered locally (the destination is `src`) and taken at once; the
+/// socket is then in state `want` (CLOSE_WAIT, or CLOSING after our FIN).
+/// An acknowledgement it answers with is dropped by the lock (the peer
+/// had its acknowledgement when it sent the FIN; without the lock it is
+/// a duplicate to it).
+fn deliver_peer_fin(s: BorrowedFd<'_>, src: Addr, dst: Addr, st: &TcpStream, want: u32) -> Result<(), String> {
+    let name = super::inet::state_name;
+    let seq = st.inq_seq.wrapping_sub(1);
+    let ack = st.outq_seq.wrapping_sub(st.outq.len() as u32).wrapping_sub(u32::from(st.fin_sent()));
+    let win = match st.window {
+        Some(w) => {
+            let shift = if st.opt_mask & si::TCPI_OPT_WSCALE != 0 { st.snd_wscale } else { 0 };
+            (w.snd_wnd >> shift).min(65535) as u16
+        }
+        None => 65535,
+    };
+    let (pkt, to) = fin_segment(src, dst, seq, ack, win);
+    let what = format!("the peer's FIN (forged from {}, seq {seq}, ack {ack})", super::inet::ip_port(&dst));
+    let raw = si::socket(to.family, libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(|e| format!("{what}: a raw socket: {e}"))?;
+    si::set_int(raw.as_fd(), libc::SOL_SOCKET, libc::SO_MARK, LOCK_MARK).map_err(|e| format!("{what}: setsockopt SO_MARK {LOCK_MARK:#x}: {e}"))?;
+    si::send_to(raw.as_fd(), &pkt, to).map_err(|e| format!("{what}: sendto: {e}"))?;
+    // (loopback delivery runs in the sender's softirq: normally taken
+    // before sendto returns)
+    let t0 = std::time::Instant::now();
+    loop {
+        let now = u32::from(si::tcp_conn_info(s).map_err(|e| format!("{what}: TCP_INFO: {e}"))?.state);
+        if now == want {
+            return Ok(());
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(2) {
+            return Err(format!("{what}: not taken, the socket is in {} (want {})", name(now), name(want)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The IPv4 address of `a` (an IPv4 one, or IPv4-mapped IPv6), as it sits
+/// in memory (network order).
+fn v4_of(a: &Addr) -> Option<[u8; 4]> {
+    if a.family == libc::AF_INET {
+        return Some(a.words[0].to_ne_bytes());
+    }
+    let mapped = a.words[0] == 0 && a.words[1] == 0 && a.words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    mapped.then(|| a.words[3].to_ne_bytes())
+}
+
+/// The ones' complement sum of `parts` (RFC 1071), folded and inverted.
+fn inet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for p in parts {
+        for c in p.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A FIN+ACK segment from `peer` to `ours` with the IP header (IPv4 when
+/// both are IPv4 or IPv4-mapped, else IPv6), checksums filled, and the
+/// address to send it to (`ours`, port 0).
+fn fin_segment(ours: Addr, peer: Addr, seq: u32, ack: u32, win: u16) -> (Vec<u8>, Addr) {
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&peer.port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&ours.port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = 5 << 4; // data offset: 5 words, no options
+    tcp[13] = 0x11; // FIN | ACK
+    tcp[14..16].copy_from_slice(&win.to_be_bytes());
+    let len = tcp.len() as u16;
+    if let (Some(s4), Some(d4)) = (v4_of(&peer), v4_of(&ours)) {
+        let pseudo = [&s4[..], &d4[..], &[0, libc::IPPROTO_TCP as u8], &len.to_be_bytes()].concat();
+        let c = inet_checksum(&[&pseudo, &tcp]);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45; // version 4, 5 words
+        ip[2..4].copy_from_slice(&(20 + len).to_be_bytes());
+        ip[6] = 0x40; // don't fragment
+        ip[8] = 64; // ttl
+        ip[9] = libc::IPPROTO_TCP as u8;
+        ip[12..16].copy_from_slice(&s4);
+        ip[16..20].copy_from_slice(&d4);
+        let c = inet_checksum(&[&ip]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let to = Addr { family: libc::AF_INET, words: [u32::from_ne_bytes(d4), 0, 0, 0], port: 0, scope_id: 0 };
+        return ([&ip[..], &tcp[..]].concat(), to);
+    }
+    let bytes = |a: &Addr| a.words.iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>();
+    let (s6, d6) = (bytes(&peer), bytes(&ours));
+    let pseudo = [&s6[..], &d6[..], &u32::from(len).to_be_bytes(), &[0, 0, 0, libc::IPPROTO_TCP as u8]].concat();
+    let c = inet_checksum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60; // version 6
+    ip[4..6].copy_from_slice(&len.to_be_bytes());
+    ip[6] = libc::IPPROTO_TCP as u8;
+    ip[7] = 64; // hop limit
+    ip[8..24].copy_from_slice(&s6);
+    ip[24..40].copy_from_slice(&d6);
+    let to = Addr { family: libc::AF_INET6, words: ours.words, port: 0, scope_id: ours.scope_id };
+    ([&ip[..], &tcp[..]].concat(), to)
 }
 
 /// Before the restored tree runs: each established connection among
@@ -735,6 +893,18 @@ pub fn read_image(dir: &std::path::Path, ino: u32, state: u32) -> Result<TcpStre
         (None, None, None, None, None) => None,
         _ => return Err(bad("entry 0: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup: some given, not all".into())),
     };
+    // the kernel's own bounds for TCP_REPAIR_WINDOW, against rcv_nxt
+    // (inq_seq, a received FIN counted): refused here by name, not by an
+    // EINVAL in the middle of the restore
+    let after = |a: u32, b: u32| (b.wrapping_sub(a) as i32) < 0;
+    if let Some(w) = &window {
+        if after(w.rcv_wup, e.inq_seq) {
+            return Err(bad(format!("entry 0: rcv_wup: {} is past inq_seq {} (the window cannot start after the bytes received)", w.rcv_wup, e.inq_seq)));
+        }
+        if after(w.snd_wl1, e.inq_seq.wrapping_add(w.rcv_wnd)) {
+            return Err(bad(format!("entry 0: snd_wl1: {} is past inq_seq {} + rcv_wnd {}", w.snd_wl1, e.inq_seq, w.rcv_wnd)));
+        }
+    }
     Ok(TcpStream {
         state,
         inq_seq: e.inq_seq,

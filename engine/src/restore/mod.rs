@@ -122,7 +122,19 @@ fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
     for t in &tree.tasks {
         let i = &t.ids;
         let kinds = [("net", i.net_ns, r.net_ns), ("ipc", i.ipc_ns, r.ipc_ns), ("uts", i.uts_ns, r.uts_ns), ("mnt", i.mnt_ns, r.mnt_ns), ("user", i.user_ns, r.user_ns), ("cgroup", i.cgroup_ns, r.cgroup_ns)];
-        let differ: Vec<&str> = kinds.iter().filter(|(_, a, b)| *a != 0 && *b != 0 && a != b).map(|(k, _, _)| *k).collect();
+        // the root's own uts and ipc namespaces are made again
+        // (crate::utsipc); another process in another one is refused
+        let root = &tree.root().ids;
+        for (kind, mine, roots, carried) in [("uts", i.uts_ns, root.uts_ns, tree.uts.is_some()), ("ipc", i.ipc_ns, root.ipc_ns, tree.ipc.is_some())] {
+            if carried && mine != roots {
+                return Err(RestoreError::Unsupported(format!(
+                    "task {} of the image was in a {kind} namespace ({kind}_ns_id {mine}) other than its root's ({roots}): nested {kind} namespaces are not supported yet",
+                    t.pid
+                )));
+            }
+        }
+        let carried = |k: &str| (k == "uts" && tree.uts.is_some()) || (k == "ipc" && tree.ipc.is_some());
+        let differ: Vec<&str> = kinds.iter().filter(|(k, a, b)| *a != 0 && *b != 0 && a != b && !carried(k)).map(|(k, _, _)| *k).collect();
         if !differ.is_empty() {
             return Err(RestoreError::Unsupported(format!(
                 "task {} of the image was in {} namespaces of its own (ids differ from inventory's root_ids): restoring namespaces is not supported yet",

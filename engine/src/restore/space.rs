@@ -628,6 +628,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         if v.kind == VmaKind::Aio {
             continue; // made by io_setup once the memory is in (7b)
         }
+        if matches!(v.kind, VmaKind::SysvShm(_)) {
+            continue; // attached below (5c)
+        }
         if kept.contains(&(v.start, v.end)) {
             continue;
         }
@@ -667,6 +670,24 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
                 let at = task.mm.vmas.iter().find(|v| v.shmid == shmid).map_or(0, |v| v.start);
                 shm.0.insert(shmid, (pid, at));
             }
+        }
+    }
+    // 5c. SysV shm segments of the tree's own ipc namespace (made by the
+    // root before it forked: crate::utsipc), attached again where they were
+    const SHM_RDONLY: u64 = 0o10000;
+    const SHM_EXEC: u64 = 0o100000;
+    for v in &task.mm.vmas {
+        let VmaKind::SysvShm(id) = v.kind else { continue };
+        let mut flags = 0;
+        if v.prot & libc::PROT_WRITE as u32 == 0 {
+            flags |= SHM_RDONLY;
+        }
+        if v.prot & libc::PROT_EXEC as u32 != 0 {
+            flags |= SHM_EXEC;
+        }
+        let got = main.call("shmat", libc::SYS_shmat, &[u64::from(id), v.start, flags]).map_err(e(&format!("attaching SysV shm segment {id} at {:#x}", v.start)))?;
+        if got != v.start {
+            return Err(RestoreError::Unsupported(format!("SysV shm segment {id} was attached at {got:#x}, wanted {:#x}", v.start)));
         }
     }
     // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled

@@ -352,3 +352,12 @@ pub fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
     let r = unsafe { libc::send(fd.as_raw_fd(), data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_NOSIGNAL) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
+
+/// sendto(2) of one datagram `data` to `to` (no SIGPIPE): for a raw
+/// socket (IPPROTO_RAW, the IP header in `data`), the bytes sent.
+pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], to: Addr) -> io::Result<usize> {
+    let (ss, len) = to.to_raw();
+    // SAFETY: data is valid for reading for its length, ss for len bytes.
+    let r = unsafe { libc::sendto(fd.as_raw_fd(), data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_NOSIGNAL, &ss as *const libc::sockaddr_storage as *const libc::sockaddr, len) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}

@@ -9,7 +9,10 @@
  * `poke V` when it changes (the test writes it through /proc/PID/mem);
  * box.ticks counts the ticks. Poke 1000: MADV_DONTNEED of the area's first
  * page, logged as `dontneed <its word 1>`; poke 1001: fork(), the child
- * checks the pattern and logs `child of PPID: ok`, the parent `forked PID: ST`. */
+ * checks the pattern and logs `child of PPID: ok`, the parent `forked PID: ST`.
+ * `tforkprog NTHREADS MIB dontfork`: also a 1 MiB patterned area marked
+ * MADV_DONTFORK (as V8 marks its heap), checked every tick; its address
+ * is written to dontfork.txt. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -30,6 +33,8 @@ static struct box box = {.magic = 0x7f0f7f0f7f0f7f0full};
 static uint64_t *mem;
 static size_t words;
 static int nthreads;
+static uint64_t *dc;
+#define DC_WORDS (1u << 17)
 
 static void logline(const char *s) {
     char name[64];
@@ -61,6 +66,15 @@ int main(int argc, char **argv) {
     mem = mmap(NULL, words * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) return 3;
     for (size_t i = 0; i < words; i++) mem[i] = i * 0x9e3779b97f4a7c15ull;
+    if (argc > 3 && strcmp(argv[3], "dontfork") == 0) {
+        dc = mmap(NULL, DC_WORDS * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (dc == MAP_FAILED || madvise(dc, DC_WORDS * 8, MADV_DONTFORK)) return 6;
+        for (size_t i = 0; i < DC_WORDS; i++) dc[i] = ~i;
+        FILE *d = fopen("dontfork.txt", "w");
+        if (!d) return 4;
+        fprintf(d, "%p\n", (void *)dc);
+        fclose(d);
+    }
     FILE *a = fopen("addr.txt", "w");
     if (!a) return 4;
     fprintf(a, "%p\n", (void *)&box);
@@ -76,6 +90,9 @@ int main(int argc, char **argv) {
         for (size_t i = box.ticks % 4096; i < words; i += 4096 + 7)
             if (mem[i] != i * 0x9e3779b97f4a7c15ull) why = "memory pattern";
         if (syscall(SYS_getpid) != getpid()) why = "getpid";
+        if (dc)
+            for (size_t i = box.ticks % 512; i < DC_WORDS; i += 509)
+                if (dc[i] != ~i) why = "MADV_DONTFORK area";
         if (box.ticks % 5 == 4) {
             for (int i = 1; i < nthreads; i++) {
                 if (box.counts[i] == seen[i]) why = "a thread stopped counting";
