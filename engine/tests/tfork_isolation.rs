@@ -281,3 +281,43 @@ fn a_socketpair_with_options_set_takes_the_restore_path_after_the_freeze() {
     }
     assert!(text.contains(&format!("process {pid} is cloned by restore, not by fork: fd ")) && text.contains("a unix socket of a pair with socket options set"), "{text}");
 }
+
+/// The engine killed after a fork-made clone got its copies, before its
+/// release (`tfork-before-release`), and once a clone runs and the next
+/// is being made (`tfork-clone-forked`): no clone is left, the source's
+/// fds are as they were and it ticks on with its own objects (no FAIL).
+#[test]
+fn engine_killed_after_the_copies_leaves_no_clone_and_the_source_whole() {
+    require!(why_not_here());
+    let dir = test_dir("tforkiso-fault");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = dir.join("tforkiso");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkiso.c");
+    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
+    let mut child = only_stdio(&mut Command::new("setsid")).arg(&bin).arg("events").current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || child.wait());
+    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+    let pid = roots_with_exe(&bin)[0];
+    let _killer = Killer(bin.clone());
+    let log = work.join("progress.log");
+    all_tick(&log, &[pid], 3, "before the tfork");
+    for point in ["tfork-before-release", "tfork-clone-forked"] {
+        let fds0 = fd_links(pid);
+        let out = Command::new(CRIU)
+            .args(["tfork", "-t", &pid.to_string(), "--copies", "3", "-v4", "-o"])
+            .arg(dir.join(format!("{point}.log")))
+            .arg("-D")
+            .arg(&dir)
+            .env("CRIU_RS_FAULT_AT", point)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = std::fs::read_to_string(dir.join(format!("{point}.log"))).unwrap_or_default();
+        assert_killed(out.status, point, &text);
+        assert!(out.stdout.is_empty(), "{point}: no clone reported");
+        wait_until(&format!("{point}: no clone left"), Duration::from_secs(5), || live_with_exe(&bin) == vec![pid]);
+        assert_eq!(fd_links(pid), fds0, "{point}: the source's fds");
+        all_tick(&log, &[pid], 10, &format!("after the engine died at {point}"));
+    }
+}
