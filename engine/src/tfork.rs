@@ -241,15 +241,8 @@ fn check_supported(pid: Pid, tree: &crate::model::Tree) -> Result<(), TforkError
             "process {pid} became pid 1 of its own pid namespace while it was frozen for a fork-made clone"
         )));
     }
-    // (a fork-made clone would share them; a namespace init's clones,
-    // restored, get new ones: crate::utsipc)
-    for (kind, own) in [("uts", tree.uts.is_some()), ("ipc", tree.ipc.is_some())] {
-        if own {
-            return Err(TforkError::Unsupported(format!(
-                "process {pid} owns a {kind} namespace, which its fork-made clones would share: not supported (a pid namespace init that owns one is cloned with new ones)"
-            )));
-        }
-    }
+    // (uts and ipc namespaces of its own send it down the restore path
+    // before this: iso::check_process)
     let task = tree.root();
     let main = &task.threads[0];
     for t in &task.threads[1..] {
@@ -283,7 +276,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     }
     // a kernel object of the process's own a fork would share with the
     // clones (docs/ARCHITECTURE.md, "tfork", "Isolation"): restored instead
-    if let Some(why) = iso::look(pid) {
+    if let Some(why) = iso::look_process(pid).or_else(|| iso::look(pid)) {
         pr_info!("process {pid} is cloned by restore, not by fork: {why}");
         return tfork_restored(pid, opts, on_running, Some(why));
     }
@@ -298,6 +291,12 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         drop(frozen);
         pr_info!("process {pid} forked while it was being frozen: cloned as a tree");
         return tfork_restored(pid, opts, on_running, None);
+    }
+    if let Some(why) = iso::check_process(&tree) {
+        // (since the look: the source goes, and is frozen again)
+        drop(frozen);
+        pr_info!("process {pid} is cloned by restore, not by fork: {why}");
+        return tfork_restored(pid, opts, on_running, Some(why));
     }
     check_supported(pid, &tree)?;
     let copies = match iso::check(tree.root()) {

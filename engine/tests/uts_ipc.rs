@@ -392,13 +392,12 @@ fn posix_message_queue_is_refused() {
 
 /// A tree in the host's pid namespace that owns uts and ipc namespaces
 /// (restored with its pid, set_tid, then new namespaces) round-trips; its
-/// tfork (a single process: fork-made clones would share them) is refused
-/// by name.
+/// tfork (a single process, which fork-made clones would share the
+/// namespaces with) clones it by restore: the clone in new uts and ipc
+/// namespaces of its own with the same hostname.
 #[test]
-fn host_pid_namespace_owner_round_trips_and_its_tfork_is_refused() {
+fn host_pid_namespace_owner_round_trips_and_its_tfork_clones_by_restore() {
     test_support::require!(why_not());
-    // (no SysV shm: a process holding some is cloned by restore where
-    // tfork isolates clones, tforkiso's branch)
     let mut p = Prog::start_in("hostpid", &["--uts", "--ipc", "--fork"], &[], "box8", &["sem", "msg", "sysctl"]);
     let criu = ours(&p.dir);
     let img = p.images("tfork");
@@ -410,9 +409,19 @@ fn host_pid_namespace_owner_round_trips_and_its_tfork_is_refused() {
         .output()
         .unwrap();
     let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(1), "tfork must fail:\n{log}");
-    assert!(log.contains("owns a uts namespace, which its fork-made clones would share"), "the error should say why:\n{log}");
-    p.ticks_on(3, "after the refused tfork");
+    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("owns a uts namespace, which fork-made clones would share"), "the log says why it is cloned by restore:\n{log}");
+    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(clones.len(), 1, "{log}");
+    let c = clones[0];
+    assert_eq!(nsenter(c, "--uts", &["hostname"]), "box8", "the clone's hostname");
+    for kind in ["uts", "ipc"] {
+        assert_ne!(ns_link(c, kind), ns_link(p.pid, kind), "the clone's {kind} namespace is its own");
+    }
+    p.ticks_on(3, "after the tfork");
+    // SAFETY: kill(2) of the clone this test made.
+    unsafe { libc::kill(c, libc::SIGKILL) };
+    wait_until("the clone gone", Duration::from_secs(10), || !alive(c));
     assert_eq!(live_with_exe(&p.bin), vec![p.pid], "no clone may be left");
     let img = p.images("img");
     criu_ok(&criu, &["dump", "-t", &p.pid.to_string()], &img, "dump.log");

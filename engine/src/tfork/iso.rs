@@ -107,6 +107,47 @@ fn maps_reason(pid: Pid) -> Option<String> {
     })
 }
 
+/// Why the process itself, not one of its fds or mappings, must be
+/// cloned by restore: a uts or ipc namespace of its own (fork-made clones
+/// would share it; restored ones get new namespaces with its contents,
+/// `crate::utsipc`), or a Go program with threads (its runtime keeps each
+/// thread's id, `m.procid`, and preempts a goroutine by `tgkill` to it:
+/// a fork-made clone's threads have new ids, its preemption signals go
+/// nowhere and a busy goroutine never yields; restored clones keep the ids
+/// in a pid namespace of their own). `owns`: the namespaces it owns, as
+/// the caller knows them (from /proc before the freeze, from the
+/// collection after it).
+fn process_reason(pid: Pid, owns: [(&str, bool); 2], threads: usize) -> Option<String> {
+    if let Some((kind, _)) = owns.iter().find(|(_, own)| *own) {
+        return Some(format!("process {pid} owns a {kind} namespace, which fork-made clones would share"));
+    }
+    if threads > 1 {
+        let exe = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+        if crate::dump::elf::is_go_program(&exe) {
+            return Some(format!(
+                "process {pid} is a Go program with {threads} threads (its runtime signals its threads by their ids, which fork-made clones do not keep)"
+            ));
+        }
+    }
+    None
+}
+
+/// [`process_reason`] from /proc, before the freeze.
+pub(crate) fn look_process(pid: Pid) -> Option<String> {
+    let owns = |kind: &str| {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+        theirs.is_some() && theirs != std::fs::read_link(format!("/proc/self/ns/{kind}")).ok()
+    };
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(1);
+    process_reason(pid, [("uts", owns("uts")), ("ipc", owns("ipc"))], threads)
+}
+
+/// [`process_reason`] from the collection, after the freeze.
+pub(crate) fn check_process(tree: &crate::model::Tree) -> Option<String> {
+    let task = tree.root();
+    process_reason(task.pid, [("uts", tree.uts.is_some()), ("ipc", tree.ipc.is_some())], task.threads.len())
+}
+
 /// After the freeze: why the collected process `task` (its maps read now,
 /// frozen) must be cloned by restore, naming the first fd or mapping
 /// found (`Err`); else what each fork-made clone gets its own copy of
