@@ -84,6 +84,12 @@ pub trait MemSource {
     fn parked(&self) -> &[(u64, u64, u64)] {
         &[]
     }
+    /// This source, when several threads may read it at once (the restore
+    /// then sets up several processes of a tree at once:
+    /// `restore/workers.rs`).
+    fn as_sync(&self) -> Option<&(dyn MemSource + Sync)> {
+        None
+    }
 }
 
 /// Whether a two-copy dump of `total` bytes writes with O_DIRECT: when it
@@ -454,6 +460,8 @@ impl PagesImage {
         // read once, front to back: a larger readahead window; advice only
         let _ = crate::sys::mmap::advise_sequential(&f);
         let map = MappedFile::map(&f).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;
+        // read by the engine only: not copied into every restore child
+        map.dont_fork();
         // (`images_io::read_images` asked for its start already)
         let idx = self.files.len();
         let have = map.bytes().len() as u64;
@@ -507,6 +515,9 @@ impl MemSource for PagesImage {
     }
     fn file_range(&self, vaddr: u64, len: u64) -> Option<(usize, u64)> {
         self.locate(vaddr, len)
+    }
+    fn as_sync(&self) -> Option<&(dyn MemSource + Sync)> {
+        Some(self)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod files;
 pub mod plan;
 pub mod space;
 pub mod thread;
+mod workers;
 
 use crate::mem_source::MemSource;
 use crate::model::{FileDesc, Task, Tree};
@@ -252,6 +253,18 @@ impl Drop for PidNsForFork {
 /// with the image's pid there (tfork of a tree in the host's pid
 /// namespace: each clone tree in a new one beside a stand-in init).
 pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Options, root_pid_ns: Option<&std::path::Path>) -> Result<Pid, RestoreError> {
+    // the processes of a tree are set up on threads of this scope (workers.rs)
+    std::thread::scope(|scope| restore_in_scope(scope, tree, mems, opts, root_pid_ns))
+}
+
+/// [`restore_in`], its worker threads in `scope`.
+fn restore_in_scope<'scope, 'e: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'e>,
+    tree: &'e Tree,
+    mems: &[&'e dyn MemSource],
+    opts: &crate::options::Options,
+    root_pid_ns: Option<&std::path::Path>,
+) -> Result<Pid, RestoreError> {
     if mems.len() != tree.tasks.len() {
         return Err(RestoreError::Unsupported(format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }
@@ -403,7 +416,31 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     let host_of = |i: usize| if i == 0 { Some(child) } else { hosts.get(&tree.tasks[i].pid).copied() };
     let mut shm = space::SharedAnon::default();
     let mut ready = Vec::with_capacity(live.len());
-    for &i in &live {
+    // several processes at once on threads of their own, one per CPU
+    // (dropped before the guard: its workers end before it kills)
+    let mut pool = None;
+    let workers = workers::count(live.len()).filter(|_| live.iter().all(|&i| mems[i].as_sync().is_some()));
+    if let Some(n) = workers {
+        let mut jobs = Vec::with_capacity(live.len());
+        for &i in &live {
+            let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
+            let mem = mems[i].as_sync().ok_or_else(|| RestoreError::Unsupported("memory source not shareable between threads".into()))?;
+            jobs.push(workers::Job {
+                idx: i,
+                pid,
+                mem,
+                svc_base: svc_base + cplan.map_off[i],
+                map_files: map_files[i].clone(),
+                close_first: if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None },
+                kept: cplan.cow.kept(i, notes.get(&tree.tasks[i].pid).map_or("", String::as_str)),
+            });
+        }
+        pr_debug!("{} processes set up by {n} engine threads", jobs.len());
+        let mut pl = workers::Pool::start(scope, tree, jobs, n);
+        ready = pl.wait_ready(tree)?;
+        pool = Some(pl);
+    }
+    for &i in live.iter().filter(|_| workers.is_none()) {
         let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
         let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
         // the memory it inherited copy-on-write and kept (cow.rs)
@@ -423,7 +460,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     for r in &ready {
         crate::kinds::tcp_stream::finish_restore(r.pid, &r.task.fds).map_err(|msg| RestoreError::Child { pid: r.pid, msg })?;
     }
-    if let Err(e) = release_tree(tree, &ready) {
+    if let Err(e) = release_tree(tree, &ready, pool.as_mut()) {
         if let Some(pf) = &opts.pidfile {
             let _ = std::fs::remove_file(pf);
         }
@@ -593,7 +630,7 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
 /// SIGSTOP barrier of [`release`] queued in all of them first, then every
 /// thread detached, then SIGCONT to all, so no process runs while another
 /// is still held.
-fn release_tree(tree: &Tree, ready: &[Ready]) -> Result<(), RestoreError> {
+fn release_tree(tree: &Tree, ready: &[Ready], pool: Option<&mut workers::Pool>) -> Result<(), RestoreError> {
     // a parent that catches SIGCHLD without SA_NOCLDSTOP would see a
     // child's stop and continue: such children go thread by thread
     let parent_sees = |t: &Task| {
@@ -614,8 +651,13 @@ fn release_tree(tree: &Tree, ready: &[Ready]) -> Result<(), RestoreError> {
     // every process already let go (stopped, waiting for the SIGCONT).
     // In the host's pid namespace those would stay stopped: the window is
     // the few detach calls of this loop.
+    // (set up by worker threads: each detaches its own, the root last)
+    let own: &[Ready] = if pool.is_some() { &[] } else { ready };
+    if let Some(pool) = pool {
+        pool.detach_all()?;
+    }
     let last = 0;
-    for (k, r) in ready.iter().enumerate().rev() {
+    for (k, r) in own.iter().enumerate().rev() {
         for (i, &tid) in r.tids.iter().enumerate() {
             if k == last && i + 1 == r.tids.len() {
                 crate::fault::point("mid-detach");
