@@ -58,7 +58,7 @@ pub const POINTS: &[&str] = &[
     "mid-mm",
     "mid-fill",
     "mid-threads",
-    // a tree restored by several engine threads: the second has restored a process
+    // a tree restored by several engine threads: its second process restored
     "mid-workers",
     "before-detach",
     "mid-detach",

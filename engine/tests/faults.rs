@@ -267,7 +267,8 @@ fn why_not_two_cpus() -> Option<String> {
 #[test]
 fn restore_faults_tree_workers() {
     require!(why_not_two_cpus());
-    restore_faults("tree", Ns::OwnPidNs, &["mid-workers", "mid-detach"]);
+    // (the variable, 2 workers, also gives the test a directory of its own)
+    restore_faults_with("tree", Ns::OwnPidNs, &["mid-workers", "mid-detach"], &[("CRIU_RS_RESTORE_WORKERS", "2")]);
 }
 
 /// A tree restore that fails by itself in its second worker thread, or

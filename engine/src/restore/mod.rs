@@ -268,7 +268,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     if mems.len() != tree.tasks.len() {
         return Err(RestoreError::Unsupported(format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }
-    if !p::is_single_threaded() {
+    if !p::single_threaded_soon() {
         return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
     }
     check_namespaces(tree)?;

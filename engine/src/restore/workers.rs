@@ -25,7 +25,7 @@ use crate::model::Tree;
 use crate::sys::process as p;
 use crate::sys::ptrace;
 use crate::sys::Pid;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
@@ -127,6 +127,7 @@ impl<'scope> Pool<'scope> {
     pub(crate) fn start<'e: 'scope>(scope: &'scope Scope<'scope, 'e>, tree: &'e Tree, jobs: Vec<Job<'e>>, n: usize) -> Pool<'scope> {
         let queue = Arc::new(Mutex::new(items(tree, jobs).into_iter()));
         let stop = Arc::new(AtomicBool::new(false));
+        let restored = Arc::new(AtomicUsize::new(0));
         let cpus = cpus();
         let (mtx, msgs) = mpsc::channel();
         let mut cmds = Vec::new();
@@ -136,8 +137,8 @@ impl<'scope> Pool<'scope> {
             cmds.push(ctx);
             let mtx = mtx.clone();
             let cpu = cpus.get(w).copied();
-            let (queue, stop) = (queue.clone(), stop.clone());
-            handles.push(scope.spawn(move || work(w, cpu, tree, &queue, &stop, mtx, crx)));
+            let (queue, stop, restored) = (queue.clone(), stop.clone(), restored.clone());
+            handles.push(scope.spawn(move || work(w, cpu, tree, &queue, &stop, &restored, mtx, crx)));
         }
         Pool { cmds, msgs, stop, handles, owner: Vec::new() }
     }
@@ -211,8 +212,9 @@ impl Drop for Pool<'_> {
 }
 
 /// Worker `w`: pinned to `cpu`, it takes queue items until the queue is
-/// empty or stopped, restores their processes, reports, then waits for
-/// the word to detach them (`true`: it holds the root, detached last).
+/// empty or stopped, restores their processes (`restored` counts them
+/// over all workers), reports, then waits for the word to detach them
+/// (`true`: it holds the root, detached last).
 #[allow(clippy::too_many_arguments)]
 fn work<'e>(
     w: usize,
@@ -220,6 +222,7 @@ fn work<'e>(
     tree: &'e Tree,
     queue: &Mutex<std::vec::IntoIter<Vec<Job<'e>>>>,
     stop: &AtomicBool,
+    restored: &AtomicUsize,
     msgs: mpsc::Sender<Msg>,
     cmds: mpsc::Receiver<bool>,
 ) {
@@ -240,9 +243,10 @@ fn work<'e>(
                 let task = &tree.tasks[j.idx];
                 ready.push(restore_process(task, j.pid, j.mem, j.svc_base, &j.map_files, &mut shm, j.close_first, &j.kept)?);
                 idxs.push(j.idx);
-                // a second worker holds a restored process: the engine dies
-                // (or fails) while several threads trace the tree
-                if w == 1 && ready.len() == 1 {
+                // the second process of the tree restored (by whichever
+                // worker): the engine dies (or fails) while its threads
+                // trace the tree
+                if restored.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
                     crate::fault::point("mid-workers");
                     if crate::fault::fails("mid-workers") {
                         return Err(RestoreError::Unsupported("injected failure in the second restore worker (CRIU_RS_FAULT_AT)".into()));
