@@ -318,7 +318,7 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     let mut buf = vec![0u8; 1 << 20];
     let mut by_preadv = 0u64;
     // file batches, read once all are known: in one injected batch
-    let mut pending: Vec<(u64, u64, Vec<(u64, u64)>)> = Vec::new();
+    let mut pending: Vec<FileBatch> = Vec::new();
     let mut i = 0;
     while i < pieces.len() {
         let (a, len) = pieces[i];
@@ -375,15 +375,18 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     Ok(())
 }
 
-/// The file batches of [`fill_private`] ((fd, file offset, pieces back to
-/// back in the file)) as one injected batch: each batch's
+/// Pieces back to back in a pages file the target has open: (its fd, the
+/// file offset of the first, the pieces (vaddr, len)).
+type FileBatch = (u64, u64, Vec<(u64, u64)>);
+
+/// The file batches of [`fill_private`] as one injected batch: each batch's
 /// `MADV_POPULATE_WRITE` per stretch, then its `preadv`, so a process
 /// whose private file mappings hold a few pages each (libc's data, the
 /// program's) is filled in one stop, not two per mapping. A short read is
 /// read again on its own (`preadv_all`). `false` when the batch failed
 /// (a kernel without MADV_POPULATE_WRITE, a read error): the caller
 /// reads them one by one as before (reading a piece again is harmless).
-fn preadv_in_one_batch(main: &mut Injector, memf: &File, place: batch::Place, pending: &[(u64, u64, Vec<(u64, u64)>)]) -> bool {
+fn preadv_in_one_batch(main: &mut Injector, memf: &File, place: batch::Place, pending: &[FileBatch]) -> bool {
     const MADV_POPULATE_WRITE: u64 = 23;
     let mut b = Batch::new();
     let mut reads = Vec::with_capacity(pending.len());
