@@ -90,6 +90,10 @@ pub trait MemSource {
     fn as_sync(&self) -> Option<&(dyn MemSource + Sync)> {
         None
     }
+    /// Keep the source's own mappings out of the processes this one forks
+    /// (`out`), or let them have them again: the restore forks its tree
+    /// (which never reads them) with them out (`restore/mod.rs`).
+    fn out_of_forks(&self, _out: bool) {}
 }
 
 /// Whether a two-copy dump of `total` bytes writes with O_DIRECT: when it
@@ -460,8 +464,6 @@ impl PagesImage {
         // read once, front to back: a larger readahead window; advice only
         let _ = crate::sys::mmap::advise_sequential(&f);
         let map = MappedFile::map(&f).map_err(|e| MemError::Read { what: name.clone(), vaddr: 0, len: 0, source: e })?;
-        // read by the engine only: not copied into every restore child
-        map.dont_fork();
         // (`images_io::read_images` asked for its start already)
         let idx = self.files.len();
         let have = map.bytes().len() as u64;
@@ -518,6 +520,11 @@ impl MemSource for PagesImage {
     }
     fn as_sync(&self) -> Option<&(dyn MemSource + Sync)> {
         Some(self)
+    }
+    fn out_of_forks(&self, out: bool) {
+        for f in &self.files {
+            f.map.out_of_forks(out);
+        }
     }
 }
 

@@ -248,6 +248,27 @@ impl Drop for PidNsForFork {
     }
 }
 
+/// The memory sources' own mappings kept out of the processes forked
+/// while it lives ([`MemSource::out_of_forks`]).
+struct OutOfForks<'a>(&'a [&'a dyn MemSource]);
+
+impl<'a> OutOfForks<'a> {
+    fn new(mems: &'a [&'a dyn MemSource]) -> Self {
+        for m in mems {
+            m.out_of_forks(true);
+        }
+        OutOfForks(mems)
+    }
+}
+
+impl Drop for OutOfForks<'_> {
+    fn drop(&mut self) {
+        for m in self.0 {
+            m.out_of_forks(false);
+        }
+    }
+}
+
 /// [`restore`], the root forked into the pid namespace `root_pid_ns`
 /// (a path of one, e.g. /proc/PID/ns/pid, whose pid 1 exists) when given,
 /// with the image's pid there (tfork of a tree in the host's pid
@@ -379,6 +400,10 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     // not reaped yet) is given a moment to go
     let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let in_ns = PidNsForFork::enter(root_pid_ns)?;
+    // the pages files' mappings are the engine's alone: not copied into
+    // the tree (its processes would each unmap them), only for this fork
+    // (a later fork, e.g. tfork's next restoring helper, reads them)
+    let out_of_forks = OutOfForks::new(mems);
     let child = loop {
         // clone3 takes no exit signal with CLONE_PARENT: the child gets the
         // engine's own (SIGCHLD to the engine's parent)
@@ -397,6 +422,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         }
     };
     drop(in_ns);
+    drop(out_of_forks);
     // parked memory (tfork): the root has its copy; a restoring helper's
     // own goes now, beside the children's setup, not at its exit
     if cplan.parked.iter().any(|v| !v.is_empty()) {
