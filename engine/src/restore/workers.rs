@@ -232,7 +232,9 @@ fn work<'e>(
     let mut ready: Vec<Ready<'e>> = Vec::new();
     let mut idxs: Vec<usize> = Vec::new();
     let mut shm = space::SharedAnon::default();
-    let res = (|| -> Result<(), RestoreError> {
+    // (a panic is reported as a failure: the main thread waits for every
+    // worker's word)
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), RestoreError> {
         loop {
             if stop.load(Ordering::SeqCst) {
                 return Err(RestoreError::Unsupported("stopped".into()));
@@ -249,12 +251,13 @@ fn work<'e>(
                 if restored.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
                     crate::fault::point("mid-workers");
                     if crate::fault::fails("mid-workers") {
-                        return Err(RestoreError::Unsupported("injected failure in the second restore worker (CRIU_RS_FAULT_AT)".into()));
+                        return Err(RestoreError::Unsupported("injected failure in a restore worker (CRIU_RS_FAULT_AT)".into()));
                     }
                 }
             }
         }
-    })();
+    }))
+    .unwrap_or_else(|_| Err(RestoreError::Unsupported("a restore worker thread panicked".into())));
     let list = res.map(|()| ready.iter().zip(&idxs).map(|(r, &idx)| (idx, r.pid, r.tids.clone())).collect());
     let failed = list.is_err();
     if msgs.send(Msg::Done(w, list)).is_err() || failed {
