@@ -1256,7 +1256,42 @@ fn prefetch(dir: &Path) {
 
 /// Read an image set into the model; the pages come back as a [`PagesImage`].
 pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
-    prefetch(dir);
+    // the disk asked for every image on a thread of its own while the
+    // images are parsed (on a warm cache it is only the cost of opening
+    // each image once more: not on the way of the parsing)
+    let prefetcher = {
+        let dir = dir.to_path_buf();
+        std::thread::Builder::new().name("prefetch".into()).spawn(move || prefetch(&dir)).ok()
+    };
+    let res = read_images_now(dir);
+    if let Some(h) = prefetcher {
+        let _ = h.join();
+    }
+    res
+}
+
+/// Read the processes of the image set, `one(k)` for process k, in order;
+/// on two threads when there are many of them (a tree of 100 small
+/// processes: 7 images each to open and parse) and two CPUs to run them.
+fn read_each<T: Send>(n: usize, one: impl Fn(usize) -> Result<T, ImagesError> + Sync) -> Vec<Result<T, ImagesError>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n < 8 || cpus < 2 {
+        return (0..n).map(one).collect();
+    }
+    std::thread::scope(|s| {
+        let odd = s.spawn(|| (1..n).step_by(2).map(&one).collect::<Vec<_>>());
+        let even: Vec<_> = (0..n).step_by(2).map(&one).collect();
+        let odd = odd.join().unwrap_or_else(|_| (1..n).step_by(2).map(|k| Err(bad("pstree.img", format!("process {k}: image reader thread panicked")))).collect());
+        let mut out = Vec::with_capacity(n);
+        let (mut e, mut o) = (even.into_iter(), odd.into_iter());
+        for k in 0..n {
+            out.extend(if k % 2 == 0 { e.next() } else { o.next() });
+        }
+        out
+    })
+}
+
+fn read_images_now(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     let inv: pb::InventoryEntry = read_one(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY)?;
     if inv.img_version != 2 {
         return Err(bad("inventory.img", format!("image version {} is not supported (want 2)", inv.img_version)));
@@ -1275,7 +1310,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     let memfds = read_memfds(dir)?;
     let mut tasks = Vec::with_capacity(ps.len());
     let mut mems = Vec::with_capacity(ps.len());
-    for (k, p) in ps.iter().enumerate() {
+    let one = |k: usize| -> Result<(Task, PagesImage), ImagesError> {
+        let p = &ps[k];
         let name = mg::CORE.file_name(p.pid);
         // a zombie (TASK_DEAD) has only its core: state, exit status, comm
         let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE)?;
@@ -1283,14 +1319,17 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
             if k == 0 {
                 return Err(bad(&name, "the root of the tree is a zombie"));
             }
-            tasks.push(Task {
+            let task = Task {
                 pid: p.pid as i32, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32,
                 comm: tc.comm.clone(), zombie_exit: Some(tc.exit_code), ..Default::default()
-            });
-            mems.push(PagesImage::default());
-            continue;
+            };
+            return Ok((task, PagesImage::default()));
         }
-        let (task, mem) = read_task(dir, p, &files, &seccomp_img, &memfds)?;
+        read_task(dir, p, &files, &seccomp_img, &memfds)
+    };
+    // (the first error in pstree order, as when read one by one)
+    for r in read_each(ps.len(), one) {
+        let (task, mem) = r?;
         tasks.push(task);
         mems.push(mem);
     }
