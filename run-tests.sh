@@ -36,6 +36,8 @@ command -v memcached >/dev/null 2>&1 || need_apt+=(memcached)
 { [ -x /usr/sbin/apache2 ] && [ -e /usr/lib/apache2/modules/mod_mpm_prefork.so ]; } || need_apt+=(apache2)
 # a Go and a Java program dumped and restored (tests/go_java.rs)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+# a node program tforked (tests/tfork_runtimes.rs)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 { command -v javac && command -v java; } >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq

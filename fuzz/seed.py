@@ -76,6 +76,16 @@ for s in sorted(os.listdir(fixtures)):
         out += bytes([len(nb)]) + nb + struct.pack('<I', len(body)) + body
     put('read_images', s, out)
 
+# Inputs kept in fuzz/seeds/TARGET-NAME.bin (image sets the fixtures lack,
+# e.g. read_images-upstream-utsipc.bin: upstream 4.2's dump of
+# engine/tests/progs/utsipc.c with its uts and ipc namespaces and SysV
+# objects, in read_images' layout).
+seeds = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'seeds')
+for n in sorted(os.listdir(seeds)) if os.path.isdir(seeds) else []:
+    target, _, name = n.partition('-')
+    if n.endswith('.bin') and name:
+        put(target, name[:-4], open(os.path.join(seeds, n), 'rb').read())
+
 # swrk_request: every request runc, crun and podman sent (fixtures/rpc, the
 # sibling of the upstream image fixtures), raw.
 rpc = os.path.join(os.path.dirname(os.path.abspath(fixtures)), 'rpc')

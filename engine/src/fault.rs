@@ -58,6 +58,8 @@ pub const POINTS: &[&str] = &[
     "mid-mm",
     "mid-fill",
     "mid-threads",
+    // a tree restored by several engine threads: its second process restored
+    "mid-workers",
     "before-detach",
     "mid-detach",
     "tfork-fork",

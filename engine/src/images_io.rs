@@ -40,6 +40,8 @@ const VMA_FILE_SHARED: u32 = 1 << 7;
 const VMA_ANON_SHARED: u32 = 1 << 8;
 const VMA_ANON_PRIVATE: u32 = 1 << 9;
 const VMA_AREA_VVAR: u32 = 1 << 12;
+/// A SysV shm attachment (with VMA_ANON_SHARED; `shmid` is the segment's id).
+const VMA_AREA_SYSVIPC: u32 = 1 << 10;
 const VMA_AREA_AIORING: u32 = 1 << 13;
 const VMA_AREA_MEMFD: u32 = 1 << 14;
 
@@ -918,6 +920,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     }
     files.rotate_left(n);
     write_memfds(dir, &tree.memfds, &mut shm_pages_id)?;
+    // the root's own uts and ipc namespaces (SysV shm contents: pages after the memfds')
+    crate::utsipc::write_images(dir, tree, &mut shm_pages_id)?;
     write_locks(dir, tree)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
@@ -1047,6 +1051,9 @@ fn write_task(
                 VmaKind::Heap => (VMA_AREA_REGULAR | VMA_AREA_HEAP | VMA_ANON_PRIVATE, 0),
                 // as upstream 4.2: the status bit alone, flags MAP_SHARED
                 VmaKind::Aio => (VMA_AREA_AIORING, 0),
+                // as upstream 4.2: regular, anonymous shared and SYSVIPC,
+                // the segment's id as shmid
+                VmaKind::SysvShm(id) => (VMA_AREA_REGULAR | VMA_ANON_SHARED | VMA_AREA_SYSVIPC, u64::from(id)),
                 VmaKind::Anon | VmaKind::Stack => {
                     (VMA_AREA_REGULAR | if v.shared() { VMA_ANON_SHARED } else { VMA_ANON_PRIVATE }, v.shmid)
                 }
@@ -1069,7 +1076,10 @@ fn write_task(
                 fd: -1,
                 madv: (v.madv != 0).then_some(v.madv),
                 // (an AIO ring: O_RDWR, as upstream 4.2 writes it)
-                fdflags: v.file.as_ref().map(|f| f.flags).or((v.kind == VmaKind::Aio).then_some(libc::O_RDWR as u32)),
+                fdflags: v.file.as_ref().map(|f| f.flags).or((v.kind == VmaKind::Aio).then_some(libc::O_RDWR as u32)).or(
+                    matches!(v.kind, VmaKind::SysvShm(_))
+                        .then_some(if v.prot & libc::PROT_WRITE as u32 != 0 { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 }),
+                ),
             }
         })
         .collect();
@@ -1117,9 +1127,6 @@ fn write_task(
     // read back what was written, before the dump can report success or
     // kill the source: an image our own restore would refuse is an error now
     check_written_pages(dir, pid, &mm.vmas, &shmem)?;
-    if !mm.guards.is_empty() {
-        write_guards(dir, pid, &mm.guards)?;
-    }
     if !mm.guards.is_empty() {
         write_guards(dir, pid, &mm.guards)?;
     }
@@ -1249,7 +1256,42 @@ fn prefetch(dir: &Path) {
 
 /// Read an image set into the model; the pages come back as a [`PagesImage`].
 pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
-    prefetch(dir);
+    // the disk asked for every image on a thread of its own while the
+    // images are parsed (on a warm cache it is only the cost of opening
+    // each image once more: not on the way of the parsing)
+    let prefetcher = {
+        let dir = dir.to_path_buf();
+        std::thread::Builder::new().name("prefetch".into()).spawn(move || prefetch(&dir)).ok()
+    };
+    let res = read_images_now(dir);
+    if let Some(h) = prefetcher {
+        let _ = h.join();
+    }
+    res
+}
+
+/// Read the processes of the image set, `one(k)` for process k, in order;
+/// on two threads when there are many of them (a tree of 100 small
+/// processes: 7 images each to open and parse) and two CPUs to run them.
+fn read_each<T: Send>(n: usize, one: impl Fn(usize) -> Result<T, ImagesError> + Sync) -> Vec<Result<T, ImagesError>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n < 8 || cpus < 2 {
+        return (0..n).map(one).collect();
+    }
+    std::thread::scope(|s| {
+        let odd = s.spawn(|| (1..n).step_by(2).map(&one).collect::<Vec<_>>());
+        let even: Vec<_> = (0..n).step_by(2).map(&one).collect();
+        let odd = odd.join().unwrap_or_else(|_| (1..n).step_by(2).map(|k| Err(bad("pstree.img", format!("process {k}: image reader thread panicked")))).collect());
+        let mut out = Vec::with_capacity(n);
+        let (mut e, mut o) = (even.into_iter(), odd.into_iter());
+        for k in 0..n {
+            out.extend(if k % 2 == 0 { e.next() } else { o.next() });
+        }
+        out
+    })
+}
+
+fn read_images_now(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     let inv: pb::InventoryEntry = read_one(dir, &mg::INVENTORY.file_name(""), &mg::INVENTORY)?;
     if inv.img_version != 2 {
         return Err(bad("inventory.img", format!("image version {} is not supported (want 2)", inv.img_version)));
@@ -1268,7 +1310,8 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     let memfds = read_memfds(dir)?;
     let mut tasks = Vec::with_capacity(ps.len());
     let mut mems = Vec::with_capacity(ps.len());
-    for (k, p) in ps.iter().enumerate() {
+    let one = |k: usize| -> Result<(Task, PagesImage), ImagesError> {
+        let p = &ps[k];
         let name = mg::CORE.file_name(p.pid);
         // a zombie (TASK_DEAD) has only its core: state, exit status, comm
         let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE)?;
@@ -1276,14 +1319,17 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
             if k == 0 {
                 return Err(bad(&name, "the root of the tree is a zombie"));
             }
-            tasks.push(Task {
+            let task = Task {
                 pid: p.pid as i32, ppid: p.ppid as i32, pgid: p.pgid as i32, sid: p.sid as i32,
                 comm: tc.comm.clone(), zombie_exit: Some(tc.exit_code), ..Default::default()
-            });
-            mems.push(PagesImage::default());
-            continue;
+            };
+            return Ok((task, PagesImage::default()));
         }
-        let (task, mem) = read_task(dir, p, &files, &seccomp_img, &memfds)?;
+        read_task(dir, p, &files, &seccomp_img, &memfds)
+    };
+    // (the first error in pstree order, as when read one by one)
+    for r in read_each(ps.len(), one) {
+        let (task, mem) = r?;
         tasks.push(task);
         mems.push(mem);
     }
@@ -1299,7 +1345,10 @@ pub fn read_images(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
         Err(_) if !dir.join(&tn_name).exists() => None,
         Err(e) => return Err(e.into()),
     };
-    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect() };
+    // the root's own uts and ipc namespaces (ids other than root_ids')
+    let (uts, ipc) = crate::utsipc::read_images(dir, &task.ids, &root_ids)?;
+    crate::utsipc::check_attachments(tasks.iter().map(|t| (t.pid, t)), ipc.as_ref()).map_err(|(p, w)| bad(&mg::MM.file_name(p), w))?;
+    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc };
     Ok((tree, mems))
 }
 
@@ -1357,6 +1406,15 @@ fn read_task(
         } else if s & VMA_AREA_AIORING != 0 {
             crate::restore::aio::check_vma(i, v.start, v.end, v.flags, &mme.aios).map_err(|w| bad(&mg::MM.file_name(pid), w))?;
             VmaKind::Aio
+        } else if s & VMA_AREA_SYSVIPC != 0 {
+            // (the segment itself is checked against the ipc namespace's
+            // images: utsipc::check_attachments)
+            let id = u32::try_from(v.shmid).ok().filter(|id| *id <= i32::MAX as u32);
+            let id = id.ok_or_else(|| bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: shmid {}: not a SysV shm id", v.start, v.shmid)))?;
+            if v.flags & libc::MAP_SHARED as u32 == 0 {
+                return Err(bad(&mg::MM.file_name(pid), format!("vma {i} at {:#x}: a SysV shm attachment that is not MAP_SHARED (flags {:#x})", v.start, v.flags)));
+            }
+            VmaKind::SysvShm(id)
         } else if s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             VmaKind::File
         } else if s & (VMA_ANON_PRIVATE | VMA_ANON_SHARED) != 0 {

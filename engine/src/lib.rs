@@ -23,4 +23,5 @@ pub mod restore;
 pub mod root_snapshot;
 pub mod sys;
 pub mod tfork;
+pub mod utsipc;
 pub mod validate;

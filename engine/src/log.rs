@@ -55,11 +55,15 @@ pub fn write(lvl: u32, file: &str, line: u32, args: std::fmt::Arguments<'_>) {
         LOG_WARN => format!("Warn  ({file}:{line}): "),
         _ => String::new(),
     };
-    let mut o = l.out.lock().unwrap_or_else(|e| e.into_inner());
+    // the line formatted first, then one write (the log file is unbuffered:
+    // each piece would be a syscall of its own)
+    let mut line = String::with_capacity(128);
     if l.level >= LOG_TIMESTAMP {
-        let _ = write!(o, "({:02}.{:06}) ", t.as_secs(), t.subsec_micros());
+        let _ = std::fmt::Write::write_fmt(&mut line, format_args!("({:02}.{:06}) ", t.as_secs(), t.subsec_micros()));
     }
-    let _ = writeln!(o, "{prefix}{args}");
+    let _ = std::fmt::Write::write_fmt(&mut line, format_args!("{prefix}{args}\n"));
+    let mut o = l.out.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = o.write_all(line.as_bytes());
     let _ = o.flush();
 }
 

@@ -84,6 +84,16 @@ pub trait MemSource {
     fn parked(&self) -> &[(u64, u64, u64)] {
         &[]
     }
+    /// This source, when several threads may read it at once (the restore
+    /// then sets up several processes of a tree at once:
+    /// `restore/workers.rs`).
+    fn as_sync(&self) -> Option<&(dyn MemSource + Sync)> {
+        None
+    }
+    /// Keep the source's own mappings out of the processes this one forks
+    /// (`out`), or let them have them again: the restore forks its tree
+    /// (which never reads them) with them out (`restore/mod.rs`).
+    fn out_of_forks(&self, _out: bool) {}
 }
 
 /// Whether a two-copy dump of `total` bytes writes with O_DIRECT: when it
@@ -507,6 +517,14 @@ impl MemSource for PagesImage {
     }
     fn file_range(&self, vaddr: u64, len: u64) -> Option<(usize, u64)> {
         self.locate(vaddr, len)
+    }
+    fn as_sync(&self) -> Option<&(dyn MemSource + Sync)> {
+        Some(self)
+    }
+    fn out_of_forks(&self, out: bool) {
+        for f in &self.files {
+            f.map.out_of_forks(out);
+        }
     }
 }
 

@@ -22,6 +22,88 @@ pub struct Tree {
     /// Every memfd inode the tree's fds and mappings refer to (memfd.img),
     /// each once however many fds, mappings and processes share it.
     pub memfds: Vec<Memfd>,
+    /// The root's own uts namespace (utsns-ID.img), when it is not the
+    /// dumping engine's; every process of the tree is in it.
+    pub uts: Option<UtsNs>,
+    /// The root's own ipc namespace (ipcns-*-ID.img), when it is not the
+    /// dumping engine's; every process of the tree is in it.
+    pub ipc: Option<IpcNs>,
+}
+
+/// A uts namespace: what uname(2) shows of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UtsNs {
+    pub nodename: String,
+    pub domainname: String,
+}
+
+/// An ipc namespace: its sysctls and its SysV objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpcNs {
+    pub var: IpcVar,
+    pub shms: Vec<IpcShm>,
+    pub sems: Vec<IpcSem>,
+    pub msgs: Vec<IpcMsgQueue>,
+}
+
+/// The ipc namespace's sysctls (upstream's `ipc_var_entry`):
+/// /proc/sys/kernel/{sem,msg*,shm*} and /proc/sys/fs/mqueue/*.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpcVar {
+    /// SEMMSL, SEMMNS, SEMOPM, SEMMNI.
+    pub sem_ctls: [u32; 4],
+    pub msg_ctlmax: u32,
+    pub msg_ctlmnb: u32,
+    pub msg_ctlmni: u32,
+    pub auto_msgmni: u32,
+    pub shm_ctlmax: u64,
+    pub shm_ctlall: u64,
+    pub shm_ctlmni: u32,
+    pub shm_rmid_forced: u32,
+    pub mq_queues_max: u32,
+    pub mq_msg_max: u32,
+    pub mq_msgsize_max: u32,
+    pub mq_msg_default: Option<u32>,
+    pub mq_msgsize_default: Option<u32>,
+}
+
+/// `struct ipc64_perm` of a SysV object (upstream's `ipc_desc_entry`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpcDesc {
+    pub key: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+    /// Permission bits (0777).
+    pub mode: u32,
+    /// The object's id (index and sequence), made again with *_next_id.
+    pub id: u32,
+}
+
+/// A SysV shared memory segment and its contents (`size` bytes; zeros
+/// where `data` is shorter).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpcShm {
+    pub desc: IpcDesc,
+    pub size: u64,
+    pub data: Vec<u8>,
+}
+
+/// A SysV semaphore set: one value per semaphore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpcSem {
+    pub desc: IpcDesc,
+    pub values: Vec<u16>,
+}
+
+/// A SysV message queue: its byte limit and queued messages (type, text),
+/// oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpcMsgQueue {
+    pub desc: IpcDesc,
+    pub qbytes: u32,
+    pub msgs: Vec<(u64, Vec<u8>)>,
 }
 
 /// A memfd's inode (upstream's `memfd_inode_entry` and the contents in its
@@ -324,6 +406,11 @@ pub enum VmaKind {
     /// events) are in the memory source; restore makes a new context of
     /// the same size and moves it here (`restore::aio`).
     Aio,
+    /// An attachment (shmat) of SysV shm segment N of the tree's own ipc
+    /// namespace (`/SYSV<key> (deleted)`): no pages of its own (the
+    /// segment's contents are in the namespace's images, `crate::utsipc`);
+    /// restore attaches the segment here again.
+    SysvShm(u32),
 }
 
 /// A file backing a mapping.

@@ -64,6 +64,8 @@ use crate::{pr_debug, pr_info};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+mod copy;
+mod iso;
 mod net;
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +241,8 @@ fn check_supported(pid: Pid, tree: &crate::model::Tree) -> Result<(), TforkError
             "process {pid} became pid 1 of its own pid namespace while it was frozen for a fork-made clone"
         )));
     }
+    // (uts and ipc namespaces of its own send it down the restore path
+    // before this: iso::check_process)
     let task = tree.root();
     let main = &task.threads[0];
     for t in &task.threads[1..] {
@@ -270,7 +274,13 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         return Err(TforkError::Unsupported("--copies must be at least 1".into()));
     }
     if owns_pid_ns(pid) || has_children(pid) {
-        return tfork_restored(pid, opts, on_running);
+        return tfork_restored(pid, opts, on_running, None);
+    }
+    // a kernel object of the process's own a fork would share with the
+    // clones (docs/ARCHITECTURE.md, "tfork", "Isolation"): restored instead
+    if let Some(why) = iso::look_process(pid).or_else(|| iso::look(pid)) {
+        pr_info!("process {pid} is cloned by restore, not by fork: {why}");
+        return tfork_restored(pid, opts, on_running, Some(why));
     }
     let t0 = Instant::now();
     // connections recorded (not refused by the collection): [`net::plan`] decides
@@ -282,9 +292,24 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         // a child forked between the look and the freeze: a tree after all
         drop(frozen);
         pr_info!("process {pid} forked while it was being frozen: cloned as a tree");
-        return tfork_restored(pid, opts, on_running);
+        return tfork_restored(pid, opts, on_running, None);
+    }
+    if let Some(why) = iso::check_process(&tree) {
+        // (since the look: the source goes, and is frozen again)
+        drop(frozen);
+        pr_info!("process {pid} is cloned by restore, not by fork: {why}");
+        return tfork_restored(pid, opts, on_running, Some(why));
     }
     check_supported(pid, &tree)?;
+    let copies = match iso::check(tree.root()) {
+        Ok(c) => c,
+        Err(why) => {
+            // (made since the look: the source goes, and is frozen again)
+            drop(frozen);
+            pr_info!("process {pid} is cloned by restore, not by fork: {why}");
+            return tfork_restored(pid, opts, on_running, Some(why));
+        }
+    };
     let net = net::plan(&tree, opts.tcp_close, true)?;
     let task = tree.root();
     let plan = match &opts.root_snapshot {
@@ -425,7 +450,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
                 forkers.push((Injector::new(c, csp.gadget).map_err(ioe(c, "registers"))?, csp));
                 continue;
             }
-            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs, &net, &dontfork)?;
+            finish(c, task, &csp, plan.as_ref(), &mut snap_dirs, &net, &dontfork, &copies)?;
             clones.push(c);
             first.get_or_insert_with(|| t0.elapsed());
         }
@@ -433,7 +458,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     // the forkers, S last
     for (inj, fsp) in forkers.into_iter().rev() {
         let c = inj.tid;
-        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs, &net, &dontfork)?;
+        finish(c, task, &fsp, plan.as_ref(), &mut snap_dirs, &net, &dontfork, &copies)?;
         clones.push(c);
         first.get_or_insert_with(|| t0.elapsed());
     }
@@ -552,7 +577,20 @@ fn owns_pid_ns(pid: Pid) -> bool {
 /// until the last clone is made (and, with `--persist`, until the image
 /// set is written from it): its pause is one restore per clone tree
 /// (docs/ARCHITECTURE.md, "tfork").
-fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])) -> Result<TforkReport, TforkError> {
+///
+/// `isolated`: a single process of the host's pid namespace routed here
+/// because a fork would share `isolated` (an fd or mapping, [`iso`]) with
+/// its clones; its clones are restored as a one-process tree's are, and
+/// whatever the restore path refuses says why it was taken.
+fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid]), isolated: Option<String>) -> Result<TforkReport, TforkError> {
+    let because = |e: TforkError| match (&isolated, e) {
+        (Some(why), TforkError::Unsupported(m)) => TforkError::Unsupported(format!("{m} (cloned by restore, not by fork, because {why})")),
+        (_, e) => e,
+    };
+    tfork_restored_in(pid, opts, on_running, isolated.is_some()).map_err(because)
+}
+
+fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid]), single_ok: bool) -> Result<TforkReport, TforkError> {
     let t0 = Instant::now();
     // connections recorded (not refused by the collection): [`net::plan`]
     // decides; the restores then bring them back closed (`--tcp-close`)
@@ -560,8 +598,9 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     set_net_opts(opts.tcp_close);
     let (tree, frozen) = collected?;
     net::plan(&tree, opts.tcp_close, false)?;
+    refuse_live_fifo_data(&tree)?;
     let own_ns = tree.root_owns_pid_ns;
-    if !own_ns && frozen.members.len() == 1 {
+    if !own_ns && frozen.members.len() == 1 && !single_ok {
         return Err(TforkError::Unsupported(format!("process {pid} lost its children and is not pid 1 of its own pid namespace: tfork it again")));
     }
     let plan = match &opts.root_snapshot {
@@ -761,6 +800,29 @@ fn tfork_restored(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let pause = pause.unwrap_or_else(|| t0.elapsed());
     pr_info!("source {pid} paused {:.2} ms ({} clones restored {})", pause.as_secs_f64() * 1e3, clones.len(), if tmp.is_some() { "from its tmpfs copy" } else if snaps_taken { "from its snapshot forks" } else { "from it" });
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
+}
+
+/// A FIFO holding bytes is refused for clones made by restore: the FIFO
+/// is the source's (its path opens the same pipe), and the restore would
+/// write the frozen bytes into it once more per clone, under the source's
+/// feet.
+fn refuse_live_fifo_data(tree: &crate::model::Tree) -> Result<(), TforkError> {
+    for t in &tree.tasks {
+        for f in &t.fds {
+            if let crate::model::FileDesc::Kind(crate::kinds::Kind::Fifo(x)) = &f.file {
+                if x.data.as_ref().is_some_and(|d| !d.data.is_empty()) {
+                    return Err(TforkError::Unsupported(format!(
+                        "fd {} of {}: the FIFO {} holds {} unread bytes: a clone restored beside the source would queue them into the source's FIFO again (not supported)",
+                        f.fd,
+                        t.pid,
+                        x.path,
+                        x.data.as_ref().map_or(0, |d| d.data.len())
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The frozen moment of a source tree as an image set in tmpfs
@@ -1773,7 +1835,9 @@ fn fix_cached_tid(sp: &Space, old: &Thread, new_tid: Pid) -> Result<(), TforkErr
 /// mount namespace with its own overlay (first: while it has one thread).
 ///
 /// `dontfork`: the ranges the source has marked MADV_DONTFORK, unmarked
-/// for the forks that made the clone: marked again here.
+/// for the forks that made the clone: marked again here. `copies`: the
+/// kernel objects of the source's own each clone gets a copy of
+/// ([`copy`]).
 #[allow(clippy::too_many_arguments)]
 fn finish(
     pid: Pid,
@@ -1783,6 +1847,7 @@ fn finish(
     dirs: &mut SnapDirs,
     net: &net::Plan,
     dontfork: &[(u64, u64)],
+    copies: &copy::Plan,
 ) -> Result<(), TforkError> {
     let mut main = Injector::new(pid, sp.gadget).map_err(ioe(pid, "registers"))?;
     for &(a, b) in dontfork {
@@ -1796,6 +1861,10 @@ fn finish(
     if !net.is_empty() {
         net.apply(pid, &mut main)?;
         crate::fault::point("tforktcp-closed");
+    }
+    // the kernel objects of the source's own a fork may copy ("Isolation")
+    if !copies.is_empty() {
+        copies.apply(pid, &mut main, sp)?;
     }
     // The clone beside the engine on one CPU while it is set up (each stop
     // a local switch, as in a restore); its threads inherit the pin, and

@@ -250,6 +250,65 @@ fn restore_faults_tree() {
     restore_faults("tree", Ns::Host, &["after-clone", "after-reports", "mid-mm@2", "before-detach"]);
 }
 
+/// `Some` reason when the engine would set the tree up on one thread
+/// (restore/workers.rs: one worker per CPU).
+fn why_not_two_cpus() -> Option<String> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n < 2).then(|| format!("needs 2 CPUs for the restore's worker threads ({n} here)"))
+}
+
+/// The tree set up by two engine threads: the engine killed once the
+/// second has restored a process (both trace processes of the tree), and
+/// before the root's detach, after the other worker let its processes
+/// go: nothing is left. (In a pid namespace of its own: the host's pids
+/// of a dumped tree may be taken by the fixtures of tests running beside
+/// this one; `restore_faults_tree` covers the host's, where the tree is
+/// set up by workers too.)
+#[test]
+fn restore_faults_tree_workers() {
+    require!(why_not_two_cpus());
+    // (the variable, 2 workers, also gives the test a directory of its own)
+    restore_faults_with("tree", Ns::OwnPidNs, &["mid-workers", "mid-detach"], &[("CRIU_RS_RESTORE_WORKERS", "2")]);
+}
+
+/// A tree restore that fails by itself in its second worker thread, or
+/// at the root's detach after the other worker let its processes go:
+/// the engine stops and joins its workers, kills the half-built tree and
+/// exits 1; nothing of the tree ran.
+#[test]
+fn failing_tree_restore_with_workers_cleans_up() {
+    require!(why_not_here());
+    require!(why_not_two_cpus());
+    let tmp = test_dir("faults-fail-workers");
+    let criu = private_criu(&tmp);
+    let fx = Fixture::start("tree", &tmp, Ns::OwnPidNs);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&criu, &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
+    for point in ["mid-workers:fail", "mid-detach:fail"] {
+        let t = fx.tick();
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(&criu)
+            .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+            .arg(&img)
+            .env("CRIU_RS_FAULT_AT", point)
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+        assert_ne!(out.status.code(), Some(124), "{point}: restore hung cleaning up after a failure:\n{log}");
+        assert_eq!(out.status.code(), Some(1), "{point}: {log}");
+        assert!(log.contains("injected failure") && log.contains("engine threads"), "{point}: {log}");
+        wait_until(&format!("nothing left after the failed restore ({point})"), std::time::Duration::from_secs(5), || {
+            live_with_exe(&fx.bin).is_empty() && live_with_exe(&criu).is_empty()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(fx.tick(), t, "{point}: a half-restored process ran");
+    }
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 #[test]
 fn restore_faults_threads_host_pidns() {
     restore_faults("threads", Ns::Host, &["after-clone", "mid-mm", "mid-threads", "mid-threads@3", "before-detach"]);

@@ -359,6 +359,51 @@ fn tfork_request() {
     assert!(!st.success());
 }
 
+/// TFORK of a process holding kernel objects of its own
+/// (`tests/progs/tforkiso.c`: a pipe, a socketpair, an eventfd, shared
+/// anonymous memory, a memfd mapping, each holding the process's token):
+/// the same decision as `criu tfork` (tfork_isolation.rs), the clones
+/// restored (each in a pid namespace of its own) with objects of their
+/// own: the source and both clones tick ok, none finding another's token.
+#[test]
+fn tfork_request_gives_clones_their_own_objects() {
+    require!(why_not_root().or_else(|| why_not_tools(&["gcc"])));
+    let tmp = test_dir("swrk-tfork-iso");
+    let bin = tmp.join("tforkiso");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkiso.c");
+    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let child = only_stdio(&mut Command::new(&bin)).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut procs = Procs { clones: Vec::new(), source: Some(child) };
+    // ok ticks by host pid (`tick N ok PID`), no FAIL line
+    let ticks = |p: i32| {
+        let t = std::fs::read_to_string(work.join("progress.log")).unwrap_or_default();
+        assert!(!t.contains("FAIL"), "a process saw another's writes:\n{t}");
+        t.lines().filter(|l| l.starts_with("tick ") && l.ends_with(&format!(" ok {p}"))).count()
+    };
+    wait_until("first ticks", Duration::from_secs(10), || ticks(pid) >= 3);
+    let imgs = tmp.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let mut held = Vec::new();
+    let o = CriuOpts { pid: Some(pid), tfork: Some(CriuTforkOpts { copies: Some(2), ..CriuTforkOpts::default() }), ..opts_dir(&imgs, &mut held) };
+    let (r, st, err) = one(&req(T::Tfork, Some(o)));
+    let clones = r.tfork.as_ref().map(|t| t.pids.clone()).unwrap_or_default();
+    procs.clones = clones.clone();
+    assert!(r.success && st.success() && clones.len() == 2, "TFORK failed: {r:?}\n{err}");
+    for &c in &clones {
+        let st = std::fs::read_to_string(format!("/proc/{c}/status")).unwrap();
+        let nspid: Vec<&str> = st.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap().split_whitespace().collect();
+        assert_eq!(nspid, vec![c.to_string(), pid.to_string()], "clone {c}: restored with the source's pid in a pid namespace of its own");
+    }
+    for p in clones.iter().copied().chain([pid]) {
+        let t0 = ticks(p);
+        wait_until(&format!("{p} ticks beside the others"), Duration::from_secs(20), || ticks(p) >= t0 + 20);
+    }
+    drop(procs);
+}
+
 /// TFORK with tcp_close (ours, `criu_opts.tfork.tcp_close`, and upstream's
 /// `criu_opts.tcp_close`, field 52): the clones of a process holding a TCP
 /// connection to an outside echo server see it closed (tests/tfork_tcp.rs

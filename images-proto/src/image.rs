@@ -179,7 +179,10 @@ pub fn decode_image(buf: &[u8], file: &Path, pretty: bool) -> Result<Value> {
                 if kind.payload != Payload::None {
                     let raw = if pretty { decode_entry(b, desc, false, file, i)? } else { e.clone() };
                     let extra = read_payload(kind.payload, &raw, &mut c, file, i, pretty)?;
-                    e.insert("extra".into(), extra);
+                    // (none: a SysV segment whose contents are in a pagemap)
+                    if !extra.is_null() {
+                        e.insert("extra".into(), extra);
+                    }
                 }
                 entries.push(Value::Object(e));
                 i += 1;
@@ -228,6 +231,8 @@ fn read_payload(
                     .collect(),
             )
         }
+        // (upstream 4.2 writes the contents in pagemap-shmem-ID.img instead)
+        Payload::IpcShm if raw.get("in_pagemaps").and_then(Value::as_bool) == Some(true) => Value::Null,
         Payload::IpcShm => {
             let size = get_u64(raw, "size", file, i)?;
             let data = c.take(round_up(size, 4), i, "extra")?;
@@ -308,6 +313,7 @@ pub fn encode_image(img: &Value, file: &Path) -> Result<Vec<u8>> {
                     out.extend(extra_bytes(m.and_then(|m| m.get("inq")), file, i, "extra.inq")?);
                     out.extend(extra_bytes(m.and_then(|m| m.get("outq")), file, i, "extra.outq")?);
                 }
+                Payload::IpcShm if raw()?.get("in_pagemaps").and_then(Value::as_bool) == Some(true) => {}
                 Payload::IpcShm => {
                     let size = get_u64(&raw()?, "size", file, i)? as usize;
                     let mut d = extra_bytes(extra.as_ref(), file, i, "extra")?;
@@ -579,6 +585,26 @@ mod tests {
             assert_eq!(found.magic, k.magic);
             assert_eq!(len, h.len());
         }
+    }
+
+    /// ipcns-shm-10.img as upstream 4.2 writes it (two segments,
+    /// `in_pagemaps`: the contents are in pagemap-shmem-ID.img, nothing
+    /// follows the entries): decoded without payloads, encoded back to the
+    /// same bytes.
+    #[test]
+    fn ipc_shm_in_pagemaps_has_no_payload() {
+        let img: &[u8] = &[
+            0x19, 0x43, 0x56, 0x54, 0x44, 0x30, 0x28, 0x46, 0x19, 0x00, 0x00, 0x00, 0x0a, 0x11, 0x08, 0xd1, 0xdd, 0x17, 0x10, 0x00,
+            0x18, 0x00, 0x20, 0x00, 0x28, 0x00, 0x30, 0xa0, 0x03, 0x38, 0x00, 0x10, 0x80, 0xe0, 0x12, 0x18, 0x01, 0x16, 0x00, 0x00,
+            0x00, 0x0a, 0x0f, 0x08, 0x00, 0x10, 0x00, 0x18, 0x00, 0x20, 0x00, 0x28, 0x00, 0x30, 0x80, 0x03, 0x38, 0x01, 0x10, 0x80,
+            0x20, 0x18, 0x01,
+        ];
+        let v = decode_image(img, Path::new("ipcns-shm-10.img"), false).unwrap();
+        let entries = v["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["size"], 307200);
+        assert!(entries.iter().all(|e| e.get("extra").is_none()));
+        assert_eq!(encode_image(&v, Path::new("ipcns-shm-10.img")).unwrap(), img);
     }
 
     #[test]

@@ -121,6 +121,11 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
         "[vsyscall]" => VmaKind::Vsyscall,
         // an AIO ring: its pages are read like the vdso's (all of them)
         "/[aio] (deleted)" if m.shared && m.dev.0 == 0 => VmaKind::Aio,
+        // a SysV shm attachment: its inode number is the segment's id
+        // (carried only with the tree's own ipc namespace: utsipc)
+        n if n.starts_with("/SYSV") && n.ends_with(" (deleted)") && m.shared && m.dev.0 == 0 && u32::try_from(m.ino).is_ok_and(|i| i <= i32::MAX as u32) => {
+            VmaKind::SysvShm(m.ino as u32)
+        }
         n if n.starts_with('/') && m.ino != 0 && !n.ends_with(" (deleted)") => VmaKind::File,
         // a memfd (its inode is read once with the fds': files::collect_memfds)
         n if n.starts_with("/memfd:") && n.ends_with(" (deleted)") && m.ino != 0 && m.dev.0 == 0 => VmaKind::File,
@@ -173,7 +178,7 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
     Ok(Vma {
         start: m.start,
         end: m.end,
-        pgoff: if kind == VmaKind::File || shared_anon { m.pgoff } else { 0 },
+        pgoff: if kind == VmaKind::File || shared_anon || matches!(kind, VmaKind::SysvShm(_)) { m.pgoff } else { 0 },
         prot,
         flags,
         kind,

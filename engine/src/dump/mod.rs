@@ -77,6 +77,11 @@ fn ns_link(path: &str) -> Option<String> {
 /// and restore makes a new one in which they continue.)
 const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
 
+/// Of [`SAME_NS`], the kinds carried when the tree's root owns one
+/// (`crate::utsipc`): every thread of the tree must then be in the
+/// root's ([`check_carried_namespaces`]).
+const CARRIED_NS: [&str; 2] = ["uts", "ipc"];
+
 /// Refuse, by name, every namespace of thread `tid` of `pid` that the
 /// restore would not give back: a net, ipc, uts, mnt, user or cgroup
 /// namespace other than the engine's; a pid namespace other than the
@@ -90,7 +95,7 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
     let err = |what: String| DumpError::Namespace { pid, what };
     let base = format!("/proc/{pid}/task/{tid}/ns");
     let mut differ = Vec::new();
-    for kind in SAME_NS {
+    for kind in SAME_NS.iter().filter(|k| !CARRIED_NS.contains(k)) {
         let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/{kind}")), ns_link(&format!("/proc/self/ns/{kind}"))) else {
             continue; // a kind this kernel lacks
         };
@@ -100,7 +105,7 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
     }
     if !differ.is_empty() {
         return Err(err(format!(
-            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than a pid namespace is not supported yet",
+            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than pid, time, uts and ipc ones is not supported yet",
             differ.join(", ")
         )));
     }
@@ -129,6 +134,36 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
         }
     }
     Ok(())
+}
+
+/// The uts and ipc namespaces of every thread of the tree (`members`)
+/// against its root's (`pid`'s): the root's are carried when they are not
+/// the engine's (`crate::utsipc`), and a thread in another one than the
+/// root's (nested, or a child that unshared) is refused by name. Returns
+/// which of the two the root owns.
+fn check_carried_namespaces(pid: Pid, frozen: &FrozenTree) -> Result<(bool, bool), DumpError> {
+    let mut own = [false; 2];
+    for (k, kind) in CARRIED_NS.iter().enumerate() {
+        let root = ns_link(&format!("/proc/{pid}/ns/{kind}"));
+        own[k] = root.is_some() && root != ns_link(&format!("/proc/self/ns/{kind}"));
+        for f in &frozen.procs {
+            for t in &f.threads {
+                let theirs = ns_link(&format!("/proc/{}/task/{}/ns/{kind}", f.pid, t.tid));
+                if theirs != root {
+                    return Err(DumpError::Namespace {
+                        pid: f.pid,
+                        what: format!(
+                            "thread {} is in a {kind} namespace ({}) other than its tree root {pid}'s ({}): nested {kind} namespaces are not supported yet",
+                            t.tid,
+                            theirs.unwrap_or_default(),
+                            root.clone().unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok((own[0], own[1]))
 }
 
 /// Freeze the tree rooted at `pid` and collect its state. The returned
@@ -193,6 +228,8 @@ fn collect_tree(
             check_namespaces(f.pid, t.tid, f.pid == pid)?;
         }
     }
+    let (own_uts, own_ipc) = check_carried_namespaces(pid, &frozen)?;
+    let (uts, ipc) = crate::utsipc::collect(pid, own_uts, own_ipc).map_err(|what| DumpError::Namespace { pid, what })?;
     let root_pidns = ns_link(&format!("/proc/{pid}/ns/pid"));
     for m in &frozen.members[1..] {
         let theirs = ns_link(&format!("/proc/{}/ns/pid", m.pid));
@@ -233,6 +270,7 @@ fn collect_tree(
         tasks.push((m.pid, task));
     }
     check_shared_anon(&tasks)?;
+    crate::utsipc::check_attachments(tasks.iter().map(|(p, t)| (*p, t)), ipc.as_ref()).map_err(|(pid, what)| DumpError::Unsupported { pid, what })?;
     {
         let mut tables: Vec<(Pid, &mut Vec<crate::model::Fd>)> =
             tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, t)| (*p, &mut t.fds)).collect();
@@ -277,7 +315,7 @@ fn collect_tree(
     // after them here; the caller removes them if it fails later)
     files::make_link_remaps(tasks.iter_mut().map(|(p, t)| (*p, t)))?;
     let tasks = tasks.into_iter().map(|(_, t)| t).collect();
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds }, frozen))
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc }, frozen))
 }
 
 /// A zombie: its wait status (field 52 of stat, the exit code) and comm.

@@ -333,7 +333,7 @@ fn bind_perms(pid: Pid) -> std::io::Result<(u32, u32, u32)> {
 }
 
 /// The options of a socket, as upstream reads them.
-fn read_opts(s: BorrowedFd<'_>) -> std::io::Result<Opts> {
+pub(crate) fn read_opts(s: BorrowedFd<'_>) -> std::io::Result<Opts> {
     let int = |name| sock::get_int(s, libc::SOL_SOCKET, name);
     let u = |name| int(name).map(|v| v as u32);
     let b = |name| int(name).map(|v| v != 0);

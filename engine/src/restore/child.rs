@@ -175,6 +175,8 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         }
     }
     if n == 0 {
+        // the root's own uts and ipc namespaces, for every process to inherit
+        crate::utsipc::enter(tree)?;
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
         }

@@ -22,6 +22,7 @@ pub mod files;
 pub mod plan;
 pub mod space;
 pub mod thread;
+mod workers;
 
 use crate::mem_source::MemSource;
 use crate::model::{FileDesc, Task, Tree};
@@ -122,7 +123,19 @@ fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
     for t in &tree.tasks {
         let i = &t.ids;
         let kinds = [("net", i.net_ns, r.net_ns), ("ipc", i.ipc_ns, r.ipc_ns), ("uts", i.uts_ns, r.uts_ns), ("mnt", i.mnt_ns, r.mnt_ns), ("user", i.user_ns, r.user_ns), ("cgroup", i.cgroup_ns, r.cgroup_ns)];
-        let differ: Vec<&str> = kinds.iter().filter(|(_, a, b)| *a != 0 && *b != 0 && a != b).map(|(k, _, _)| *k).collect();
+        // the root's own uts and ipc namespaces are made again
+        // (crate::utsipc); another process in another one is refused
+        let root = &tree.root().ids;
+        for (kind, mine, roots, carried) in [("uts", i.uts_ns, root.uts_ns, tree.uts.is_some()), ("ipc", i.ipc_ns, root.ipc_ns, tree.ipc.is_some())] {
+            if carried && mine != roots {
+                return Err(RestoreError::Unsupported(format!(
+                    "task {} of the image was in a {kind} namespace ({kind}_ns_id {mine}) other than its root's ({roots}): nested {kind} namespaces are not supported yet",
+                    t.pid
+                )));
+            }
+        }
+        let carried = |k: &str| (k == "uts" && tree.uts.is_some()) || (k == "ipc" && tree.ipc.is_some());
+        let differ: Vec<&str> = kinds.iter().filter(|(k, a, b)| *a != 0 && *b != 0 && a != b && !carried(k)).map(|(k, _, _)| *k).collect();
         if !differ.is_empty() {
             return Err(RestoreError::Unsupported(format!(
                 "task {} of the image was in {} namespaces of its own (ids differ from inventory's root_ids): restoring namespaces is not supported yet",
@@ -247,15 +260,48 @@ impl Drop for PidNsForFork {
     }
 }
 
+/// The memory sources' own mappings kept out of the processes forked
+/// while it lives ([`MemSource::out_of_forks`]).
+struct OutOfForks<'a>(&'a [&'a dyn MemSource]);
+
+impl<'a> OutOfForks<'a> {
+    fn new(mems: &'a [&'a dyn MemSource]) -> Self {
+        for m in mems {
+            m.out_of_forks(true);
+        }
+        OutOfForks(mems)
+    }
+}
+
+impl Drop for OutOfForks<'_> {
+    fn drop(&mut self) {
+        for m in self.0 {
+            m.out_of_forks(false);
+        }
+    }
+}
+
 /// [`restore`], the root forked into the pid namespace `root_pid_ns`
 /// (a path of one, e.g. /proc/PID/ns/pid, whose pid 1 exists) when given,
 /// with the image's pid there (tfork of a tree in the host's pid
 /// namespace: each clone tree in a new one beside a stand-in init).
 pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Options, root_pid_ns: Option<&std::path::Path>) -> Result<Pid, RestoreError> {
+    // the processes of a tree are set up on threads of this scope (workers.rs)
+    std::thread::scope(|scope| restore_in_scope(scope, tree, mems, opts, root_pid_ns))
+}
+
+/// [`restore_in`], its worker threads in `scope`.
+fn restore_in_scope<'scope, 'e: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'e>,
+    tree: &'e Tree,
+    mems: &[&'e dyn MemSource],
+    opts: &crate::options::Options,
+    root_pid_ns: Option<&std::path::Path>,
+) -> Result<Pid, RestoreError> {
     if mems.len() != tree.tasks.len() {
         return Err(RestoreError::Unsupported(format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }
-    if !p::is_single_threaded() {
+    if !p::single_threaded_soon() {
         return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
     }
     check_namespaces(tree)?;
@@ -366,6 +412,10 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     // not reaped yet) is given a moment to go
     let zombie_deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let in_ns = PidNsForFork::enter(root_pid_ns)?;
+    // the pages files' mappings are the engine's alone: not copied into
+    // the tree (its processes would each unmap them), only for this fork
+    // (a later fork, e.g. tfork's next restoring helper, reads them)
+    let out_of_forks = OutOfForks::new(mems);
     let child = loop {
         // clone3 takes no exit signal with CLONE_PARENT: the child gets the
         // engine's own (SIGCHLD to the engine's parent)
@@ -384,6 +434,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
         }
     };
     drop(in_ns);
+    drop(out_of_forks);
     // parked memory (tfork): the root has its copy; a restoring helper's
     // own goes now, beside the children's setup, not at its exit
     if cplan.parked.iter().any(|v| !v.is_empty()) {
@@ -403,7 +454,31 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     let host_of = |i: usize| if i == 0 { Some(child) } else { hosts.get(&tree.tasks[i].pid).copied() };
     let mut shm = space::SharedAnon::default();
     let mut ready = Vec::with_capacity(live.len());
-    for &i in &live {
+    // several processes at once on threads of their own, one per CPU
+    // (dropped before the guard: its workers end before it kills)
+    let mut pool = None;
+    let workers = workers::count(live.len()).filter(|_| live.iter().all(|&i| mems[i].as_sync().is_some()));
+    if let Some(n) = workers {
+        let mut jobs = Vec::with_capacity(live.len());
+        for &i in &live {
+            let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
+            let mem = mems[i].as_sync().ok_or_else(|| RestoreError::Unsupported("memory source not shareable between threads".into()))?;
+            jobs.push(workers::Job {
+                idx: i,
+                pid,
+                mem,
+                svc_base: svc_base + cplan.map_off[i],
+                map_files: map_files[i].clone(),
+                close_first: if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None },
+                kept: cplan.cow.kept(i, notes.get(&tree.tasks[i].pid).map_or("", String::as_str)),
+            });
+        }
+        pr_debug!("{} processes set up by {n} engine threads", jobs.len());
+        let mut pl = workers::Pool::start(scope, tree, jobs, n);
+        ready = pl.wait_ready(tree)?;
+        pool = Some(pl);
+    }
+    for &i in live.iter().filter(|_| workers.is_none()) {
         let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
         let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
         // the memory it inherited copy-on-write and kept (cow.rs)
@@ -423,7 +498,7 @@ pub fn restore_in(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::O
     for r in &ready {
         crate::kinds::tcp_stream::finish_restore(r.pid, &r.task.fds).map_err(|msg| RestoreError::Child { pid: r.pid, msg })?;
     }
-    if let Err(e) = release_tree(tree, &ready) {
+    if let Err(e) = release_tree(tree, &ready, pool.as_mut()) {
         if let Some(pf) = &opts.pidfile {
             let _ = std::fs::remove_file(pf);
         }
@@ -593,7 +668,7 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
 /// SIGSTOP barrier of [`release`] queued in all of them first, then every
 /// thread detached, then SIGCONT to all, so no process runs while another
 /// is still held.
-fn release_tree(tree: &Tree, ready: &[Ready]) -> Result<(), RestoreError> {
+fn release_tree(tree: &Tree, ready: &[Ready], pool: Option<&mut workers::Pool>) -> Result<(), RestoreError> {
     // a parent that catches SIGCHLD without SA_NOCLDSTOP would see a
     // child's stop and continue: such children go thread by thread
     let parent_sees = |t: &Task| {
@@ -614,8 +689,13 @@ fn release_tree(tree: &Tree, ready: &[Ready]) -> Result<(), RestoreError> {
     // every process already let go (stopped, waiting for the SIGCONT).
     // In the host's pid namespace those would stay stopped: the window is
     // the few detach calls of this loop.
+    // (set up by worker threads: each detaches its own, the root last)
+    let own: &[Ready] = if pool.is_some() { &[] } else { ready };
+    if let Some(pool) = pool {
+        pool.detach_all()?;
+    }
     let last = 0;
-    for (k, r) in ready.iter().enumerate().rev() {
+    for (k, r) in own.iter().enumerate().rev() {
         for (i, &tid) in r.tids.iter().enumerate() {
             if k == last && i + 1 == r.tids.len() {
                 crate::fault::point("mid-detach");

@@ -317,6 +317,8 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     let use_preadv = fill_mode() != "mem";
     let mut buf = vec![0u8; 1 << 20];
     let mut by_preadv = 0u64;
+    // file batches, read once all are known: in one injected batch
+    let mut pending: Vec<FileBatch> = Vec::new();
     let mut i = 0;
     while i < pieces.len() {
         let (a, len) = pieces[i];
@@ -340,12 +342,8 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
             }
         }
         if let Some((fd, off)) = start {
-            let t0 = std::time::Instant::now();
-            populate(main, &batch);
-            let t1 = t0.elapsed();
-            preadv_all(main, memf, fd, off, &batch, scratch).map_err(e(&format!("preadv of pages at {:#x}", batch[0].0)))?;
-            crate::pr_debug!("preadv batch of {} pieces at {:#x}: populate {:.3} s, preadv {:.3} s", batch.len(), batch[0].0, t1.as_secs_f64(), (t0.elapsed() - t1).as_secs_f64());
             by_preadv += batch.iter().map(|b| b.1).sum::<u64>();
+            pending.push((fd, off, batch));
             continue;
         }
         // no file for this piece: through /proc/PID/mem
@@ -364,8 +362,69 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
         }
         i += 1;
     }
+    if !pending.is_empty() && !preadv_in_one_batch(main, memf, place, &pending) {
+        for (fd, off, batch) in &pending {
+            let t0 = std::time::Instant::now();
+            populate(main, batch);
+            let t1 = t0.elapsed();
+            preadv_all(main, memf, *fd, *off, batch, scratch).map_err(e(&format!("preadv of pages at {:#x}", batch[0].0)))?;
+            crate::pr_debug!("preadv batch of {} pieces at {:#x}: populate {:.3} s, preadv {:.3} s", batch.len(), batch[0].0, t1.as_secs_f64(), (t0.elapsed() - t1).as_secs_f64());
+        }
+    }
     pr_info!("Restored {total} pages ({} by userfaultfd, {} by the target's preadv)", by_uffd / 4096, by_preadv / 4096);
     Ok(())
+}
+
+/// Pieces back to back in a pages file the target has open: (its fd, the
+/// file offset of the first, the pieces (vaddr, len)).
+type FileBatch = (u64, u64, Vec<(u64, u64)>);
+
+/// The file batches of [`fill_private`] as one injected batch: each batch's
+/// `MADV_POPULATE_WRITE` per stretch, then its `preadv`, so a process
+/// whose private file mappings hold a few pages each (libc's data, the
+/// program's) is filled in one stop, not two per mapping. A short read is
+/// read again on its own (`preadv_all`). `false` when the batch failed
+/// (a kernel without MADV_POPULATE_WRITE, a read error): the caller
+/// reads them one by one as before (reading a piece again is harmless).
+fn preadv_in_one_batch(main: &mut Injector, memf: &File, place: batch::Place, pending: &[FileBatch]) -> bool {
+    const MADV_POPULATE_WRITE: u64 = 23;
+    let mut b = Batch::new();
+    let mut reads = Vec::with_capacity(pending.len());
+    for (fd, off, batch) in pending {
+        let mut i = 0;
+        while i < batch.len() {
+            let (start, mut len) = batch[i];
+            i += 1;
+            while i < batch.len() && batch[i].0 == start + len {
+                len += batch[i].1;
+                i += 1;
+            }
+            b.push(format!("madvise(MADV_POPULATE_WRITE) {start:#x}+{len:#x}"), libc::SYS_madvise, &[start, len, MADV_POPULATE_WRITE]);
+        }
+        let iov: Vec<u8> = batch.iter().flat_map(|(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes())).collect();
+        reads.push(b.len());
+        b.push_data(format!("preadv of pages at {:#x}", batch[0].0), libc::SYS_preadv, &[*fd, 0, batch.len() as u64, *off, 0], 1, &iov);
+    }
+    let t0 = std::time::Instant::now();
+    let res = match batch::run(main, memf, place, &b) {
+        Ok(r) => r,
+        Err(err) => {
+            crate::pr_debug!("file pages in one batch: {err}; one batch at a time instead");
+            return false;
+        }
+    };
+    for ((fd, off, batch), &k) in pending.iter().zip(&reads) {
+        let want: u64 = batch.iter().map(|p| p.1).sum();
+        if res.get(k).copied() != Some(want) {
+            // a short read: the rest on its own
+            crate::pr_debug!("preadv at {:#x} read {:?} of {want} bytes in the batch", batch[0].0, res.get(k));
+            if preadv_all(main, memf, *fd, *off, batch, place.buf).is_err() {
+                return false;
+            }
+        }
+    }
+    crate::pr_debug!("{} file batches ({} calls) read in one batch in {:.3} s", pending.len(), b.len(), t0.elapsed().as_secs_f64());
+    true
 }
 
 /// Pre-fault the pages a batch is about to be read into, with one injected
@@ -628,6 +687,9 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         if v.kind == VmaKind::Aio {
             continue; // made by io_setup once the memory is in (7b)
         }
+        if matches!(v.kind, VmaKind::SysvShm(_)) {
+            continue; // attached below (5c)
+        }
         if kept.contains(&(v.start, v.end)) {
             continue;
         }
@@ -667,6 +729,24 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
                 let at = task.mm.vmas.iter().find(|v| v.shmid == shmid).map_or(0, |v| v.start);
                 shm.0.insert(shmid, (pid, at));
             }
+        }
+    }
+    // 5c. SysV shm segments of the tree's own ipc namespace (made by the
+    // root before it forked: crate::utsipc), attached again where they were
+    const SHM_RDONLY: u64 = 0o10000;
+    const SHM_EXEC: u64 = 0o100000;
+    for v in &task.mm.vmas {
+        let VmaKind::SysvShm(id) = v.kind else { continue };
+        let mut flags = 0;
+        if v.prot & libc::PROT_WRITE as u32 == 0 {
+            flags |= SHM_RDONLY;
+        }
+        if v.prot & libc::PROT_EXEC as u32 != 0 {
+            flags |= SHM_EXEC;
+        }
+        let got = main.call("shmat", libc::SYS_shmat, &[u64::from(id), v.start, flags]).map_err(e(&format!("attaching SysV shm segment {id} at {:#x}", v.start)))?;
+        if got != v.start {
+            return Err(RestoreError::Unsupported(format!("SysV shm segment {id} was attached at {got:#x}, wanted {:#x}", v.start)));
         }
     }
     // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled
@@ -784,8 +864,10 @@ pub fn finish_process(main: &mut Injector, sp: &Space, task: &Task, svc_base: i3
         let signo = u64::from(u32::from_le_bytes(si[0..4].try_into().expect("4")));
         main.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, &[task.pid as u64, signo, ptr]).map_err(e("queueing a shared signal"))?;
     }
-    for i in 0..nfiles {
-        main.call("close", libc::SYS_close, &[(svc_base + 1 + i as i32) as u64]).map_err(e("closing a service fd"))?;
+    if nfiles > 0 {
+        // the service fds of the mapped files, in one call
+        let (first, last) = ((svc_base + 1) as u64, (svc_base + nfiles as i32) as u64);
+        main.call("close_range", libc::SYS_close_range, &[first, last, 0]).map_err(e("closing the service fds"))?;
     }
     if task.mm.dumpable != 1 {
         main.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, u64::from(task.mm.dumpable)]).map_err(e("PR_SET_DUMPABLE"))?;

@@ -169,6 +169,22 @@ impl MappedFile {
 }
 
 impl MappedFile {
+    /// Leave the mapping out of the processes this one forks from now on
+    /// (`out`: MADV_DONTFORK), or give it to them again (MADV_DOFORK). A
+    /// restore's tree never reads the engine's image mappings, and each
+    /// one its processes inherited would cost every fork a VMA to copy and
+    /// every injection one to unmap. Advice only: an error changes nothing
+    /// but speed.
+    pub fn out_of_forks(&self, out: bool) {
+        if self.len == 0 {
+            return;
+        }
+        let advice = if out { libc::MADV_DONTFORK } else { libc::MADV_DOFORK };
+        // SAFETY: advice on exactly our live mapping; it changes only
+        // whether a child of fork() gets a copy of it.
+        unsafe { libc::madvise(self.ptr, self.len, advice) };
+    }
+
     /// Map the page-cache pages of `[off, off+len)` of the file into this
     /// mapping at once (madvise MADV_POPULATE_READ; 5.14+): one call
     /// instead of a fault per few pages when the range is read next. The

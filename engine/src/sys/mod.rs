@@ -19,6 +19,7 @@ pub mod regions;
 pub mod park;
 pub mod process;
 pub mod sock;
+pub mod sysv;
 pub mod tty;
 pub mod ptrace;
 pub mod rpc;

@@ -505,6 +505,21 @@ pub fn is_single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1).unwrap_or(false)
 }
 
+/// [`is_single_threaded`], giving threads that were joined a moment
+/// (up to 200 ms) to be gone: a joined thread's task may still be listed
+/// for a few microseconds after its join returned (the join waits for the
+/// kernel to clear its tid, which happens before the task is released).
+pub fn single_threaded_soon() -> bool {
+    let t0 = std::time::Instant::now();
+    while !is_single_threaded() {
+        if t0.elapsed() > std::time::Duration::from_millis(200) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    true
+}
+
 /// pause(2) forever (a restore child waiting to be seized).
 pub fn pause_forever() -> ! {
     loop {

@@ -75,8 +75,11 @@ pub fn copy(uffd: &OwnedFd, pieces: &[(u64, &[u8])], pid: Pid) -> io::Result<()>
         // only faults pages in, it never changes contents or mappings.
         unsafe { libc::madvise(c.as_ptr() as *mut libc::c_void, c.len(), MADV_POPULATE_READ) };
     };
-    if chunks.len() <= 1 {
-        // nothing to overlap: no threads
+    let total: usize = pieces.iter().map(|(_, src)| src.len()).sum();
+    if chunks.len() <= 1 || total <= CHUNK {
+        // nothing to overlap, or too little for it to pay: no threads
+        // (starting one costs about what populating a few MiB does; a
+        // tree's small processes each had two pieces, a heap and a stack)
         for &(dst, c) in &chunks {
             populate(c);
             copy_chunk(uffd, dst, c, pid)?;
