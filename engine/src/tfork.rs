@@ -929,6 +929,16 @@ impl Snapshots {
     /// stand for its process: its fork lacks VMAs of the source (marked
     /// MADV_DONTFORK, or an AIO ring), or an injection fails.
     fn take(tree: &crate::model::Tree, frozen: &dump::freeze::FrozenTree, pid: Pid) -> Option<Snapshots> {
+        // MAP_SHARED memory whose pages the images hold (shared anonymous,
+        // memfd, SysV shm) is the same pages in a fork: a snapshot would
+        // show the running source's later writes
+        let shared = tree.tasks.iter().find_map(|t| {
+            t.mm.vmas.iter().find(|v| v.flags & libc::MAP_SHARED as u32 != 0 && t.mm.pages.iter().any(|r| r.vaddr < v.end && r.vaddr + r.nr_pages * 4096 > v.start)).map(|v| (t.pid, v.start, v.end))
+        });
+        if let Some((p, a, b)) = shared {
+            crate::pr_warn!("no snapshot of {pid}'s frozen tree (process {p} has shared memory at {a:#x}-{b:#x}, which a fork shares with the running source): its memory is copied while it is frozen");
+            return None;
+        }
         let mut s = Snapshots::default();
         let why = match s.fork_all(tree, frozen) {
             Ok(()) => return Some(s),
