@@ -531,16 +531,13 @@ fn mark_dontfork(vmas: Vec<crate::model::Vma>, dontfork: &[(u64, u64)]) -> Vec<c
 fn vmas_not_in(source: Pid, fork: Pid) -> std::io::Result<Vec<(u64, u64)>> {
     fn ranges(pid: Pid) -> std::io::Result<Vec<(u64, u64)>> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-        let mut out = Vec::new();
-        for line in text.lines() {
-            let r = line.split_whitespace().next().and_then(|r| r.split_once('-'));
-            let Some((a, b)) = r else { continue };
-            match (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                (Ok(a), Ok(b)) => out.push((a, b)),
-                _ => return Err(std::io::Error::other(format!("/proc/{pid}/maps: bad line {line:?}"))),
-            }
-        }
-        Ok(out)
+        text.lines()
+            .map(|line| {
+                dump::proc::parse_maps_line(line)
+                    .map(|m| (m.start, m.end))
+                    .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/maps: bad line {line:?}")))
+            })
+            .collect()
     }
     let theirs = ranges(fork)?;
     Ok(ranges(source)?.into_iter().filter(|r| theirs.binary_search(r).is_err()).collect())

@@ -81,20 +81,8 @@ fn go_program_goes_on_after_restore() {
     let tmp = test_dir("go-java-go");
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let bin = tmp.join("gotick");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/gotick.go");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .env("GOCACHE", tmp.join("gocache"))
-        .env("GOPATH", tmp.join("gopath"))
-        .env("HOME", &tmp)
-        .env("GOFLAGS", "-mod=mod")
-        .env("GO111MODULE", "off")
-        .output()
-        .expect("go build");
-    assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
+    let bin = build_go(&tmp, &src);
     rounds(&tmp, &work, &[bin.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&tmp);
 }

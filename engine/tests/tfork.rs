@@ -15,7 +15,6 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -276,19 +275,6 @@ fn clones_have_the_threads() {
     procs.push(src.pid);
     // a tick checks every thread counted and has its own tid cached
     src.all_tick(&procs, 6, "after the tfork");
-}
-
-/// The `poke` field of `pid`'s box (through /proc/PID/mem).
-fn read_u64(pid: i32, addr: u64) -> u64 {
-    let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut b = [0u8; 8];
-    f.read_exact_at(&mut b, addr).unwrap();
-    u64::from_le_bytes(b)
-}
-
-fn write_u64(pid: i32, addr: u64, v: u64) {
-    let f = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).unwrap();
-    f.write_all_at(&v.to_le_bytes(), addr).unwrap();
 }
 
 #[test]

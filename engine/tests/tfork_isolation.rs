@@ -22,7 +22,6 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -73,18 +72,6 @@ fn all_tick(log: &Path, pids: &[i32], n: u64, what: &str) {
 fn kill(pid: i32) {
     // SAFETY: kill(2) of a process this test started or made by tfork.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-}
-
-fn read_u64(pid: i32, addr: u64) -> u64 {
-    let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut b = [0u8; 8];
-    f.read_exact_at(&mut b, addr).unwrap();
-    u64::from_le_bytes(b)
-}
-
-fn write_u64(pid: i32, addr: u64, v: u64) {
-    let f = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).unwrap();
-    f.write_all_at(&v.to_le_bytes(), addr).unwrap();
 }
 
 /// `progs/tforkiso.c` (a pipe, a socketpair, an eventfd, MAP_SHARED
@@ -188,18 +175,7 @@ fn fixture_files_clones_tick() {
 fn fork_made_clones_get_their_own_eventfd_signalfd_epoll_and_pipe() {
     require!(why_not_here());
     let dir = test_dir("tforkiso-events");
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let bin = dir.join("tforkiso");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkiso.c");
-    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
-    let mut child = only_stdio(&mut Command::new("setsid")).arg(&bin).arg("events").current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::spawn(move || child.wait());
-    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-    let pid = roots_with_exe(&bin)[0];
-    let _killer = Killer(bin.clone());
-    let log = work.join("progress.log");
-    all_tick(&log, &[pid], 3, "before the tfork");
+    let (pid, log, _killer) = start_tforkiso(&dir, &["events"]);
     let (ok, clones, text) = tfork(&dir, pid, 4);
     assert!(ok && clones.len() == 4, "{text}");
     let ppid = |p: i32| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap().rsplit_once(") ").unwrap().1.split_whitespace().nth(1).unwrap().to_string();
@@ -235,6 +211,25 @@ fn fork_made_clones_get_their_own_eventfd_signalfd_epoll_and_pipe() {
     kill(c);
 }
 
+/// `progs/tforkiso.c ARGS` built in `dir` and started (setsid) in
+/// `dir/work`, ticking: its pid, its log, and the killer of every process
+/// running it.
+fn start_tforkiso(dir: &Path, args: &[&str]) -> (i32, std::path::PathBuf, Killer) {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = dir.join("tforkiso");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkiso.c");
+    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
+    let mut child = only_stdio(&mut Command::new("setsid")).arg(&bin).args(args).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || child.wait());
+    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
+    let pid = roots_with_exe(&bin)[0];
+    let killer = Killer(bin);
+    let log = work.join("progress.log");
+    all_tick(&log, &[pid], 3, "before the tfork");
+    (pid, log, killer)
+}
+
 /// Kills every process running `.0` on drop.
 struct Killer(std::path::PathBuf);
 
@@ -256,18 +251,7 @@ impl Drop for Killer {
 fn a_socketpair_with_options_set_takes_the_restore_path_after_the_freeze() {
     require!(why_not_here());
     let dir = test_dir("tforkiso-opts");
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let bin = dir.join("tforkiso");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkiso.c");
-    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
-    let mut child = only_stdio(&mut Command::new("setsid")).arg(&bin).args(["events", "opts"]).current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::spawn(move || child.wait());
-    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-    let pid = roots_with_exe(&bin)[0];
-    let _killer = Killer(bin.clone());
-    let log = work.join("progress.log");
-    all_tick(&log, &[pid], 3, "before the tfork");
+    let (pid, log, _killer) = start_tforkiso(&dir, &["events", "opts"]);
     let (ok, clones, text) = tfork(&dir, pid, 2);
     assert!(ok && clones.len() == 2, "{text}");
     let mut all = clones.clone();
@@ -290,18 +274,8 @@ fn a_socketpair_with_options_set_takes_the_restore_path_after_the_freeze() {
 fn engine_killed_after_the_copies_leaves_no_clone_and_the_source_whole() {
     require!(why_not_here());
     let dir = test_dir("tforkiso-fault");
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (pid, log, _killer) = start_tforkiso(&dir, &["events"]);
     let bin = dir.join("tforkiso");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/tforkiso.c");
-    assert!(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
-    let mut child = only_stdio(&mut Command::new("setsid")).arg(&bin).arg("events").current_dir(&work).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::spawn(move || child.wait());
-    wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-    let pid = roots_with_exe(&bin)[0];
-    let _killer = Killer(bin.clone());
-    let log = work.join("progress.log");
-    all_tick(&log, &[pid], 3, "before the tfork");
     for point in ["tfork-before-release", "tfork-clone-forked"] {
         let fds0 = fd_links(pid);
         let out = Command::new(CRIU)

@@ -135,20 +135,8 @@ fn clones_tick(tmp: &Path, argv: &[&str]) -> String {
 fn go_program_clones_tick() {
     require!(why_not_root().or_else(|| why_not_tools(&["go"])));
     let tmp = test_dir("tfork-rt-go");
-    let bin = tmp.join("gotick");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/gotick.go");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .env("GOCACHE", tmp.join("gocache"))
-        .env("GOPATH", tmp.join("gopath"))
-        .env("HOME", &tmp)
-        .env("GOFLAGS", "-mod=mod")
-        .env("GO111MODULE", "off")
-        .output()
-        .expect("go build");
-    assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
+    let bin = build_go(&tmp, &src);
     let log = clones_tick(&tmp, &[bin.to_str().unwrap()]);
     assert!(log.contains("is a Go program with"), "the log says why it was cloned by restore:\n{log}");
     let _ = std::fs::remove_dir_all(&tmp);

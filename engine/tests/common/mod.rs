@@ -399,3 +399,37 @@ impl Drop for OwnNsProg {
         }
     }
 }
+
+/// The u64 at `addr` in `pid`'s memory (through /proc/PID/mem).
+pub fn read_u64(pid: i32, addr: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, addr).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Write `v` at `addr` in `pid`'s memory (through /proc/PID/mem).
+pub fn write_u64(pid: i32, addr: u64, v: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).unwrap();
+    f.write_all_at(&v.to_le_bytes(), addr).unwrap();
+}
+
+/// Build the Go program `src` into `tmp/gotick`, with its caches in `tmp`.
+pub fn build_go(tmp: &Path, src: &Path) -> PathBuf {
+    let bin = tmp.join("gotick");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(src)
+        .env("GOCACHE", tmp.join("gocache"))
+        .env("GOPATH", tmp.join("gopath"))
+        .env("HOME", tmp)
+        .env("GOFLAGS", "-mod=mod")
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("go build");
+    assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
+    bin
+}
