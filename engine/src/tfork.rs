@@ -322,66 +322,36 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let (s, scratch, dontfork) = {
         let root = &frozen.procs[0];
         let mut par = Parasite::start(root, root.gadget).map_err(ioe(pid, "injection session for the fork"))?;
-        let main_tid = par.main_tid();
-        // VMAs marked MADV_DONTFORK (VM_DONTCOPY: V8's heap in node, for
-        // one) are left out of a fork, and a clone without them crashes.
-        // smaps, the only place the flag shows, costs a page-table walk
-        // (~50-75 ms per GiB here) that the pause can't afford; so the
-        // fork's maps are compared with the source's (0.1 ms), and where
-        // VMAs are missing they are marked MADV_DOFORK in the source, the
-        // fork is made again, and the mark is put back in the source (and
-        // in every clone by `finish`).
-        let mut dontfork: Vec<(u64, u64)> = Vec::new();
-        let s = loop {
-            let (ret, child) =
-                par.fork_call(&sibling_fork_args(), ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(ioe(pid, "injected clone3"))?;
-            if let Some(c) = child {
-                unreleased.0.push(c);
-            }
-            let s = crate::sys::check_raw(ret).map_err(ioe(pid, "injected clone3(CLONE_PARENT) in the source"))? as Pid;
-            if child != Some(s) {
-                return Err(TforkError::Unsupported(format!("clone3 in {pid} made {s}, but the fork event named {child:?}")));
-            }
-            let missing = vmas_not_in(pid, s).map_err(ioe(s, "comparing the fork's mappings with the source's"))?;
-            if missing.is_empty() {
-                break s;
-            }
-            if !dontfork.is_empty() {
-                for &(a, b) in &dontfork {
-                    let _ = par.call(main_tid, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64]);
+        // (forked again where the fork lacks MADV_DONTFORK memory: V8's
+        // heap in node, for one; every clone gets the marks back in `finish`)
+        let (s, dontfork) = fork_whole(
+            pid,
+            &mut par,
+            &mut unreleased,
+            |unreleased, par| {
+                let (ret, child) = par
+                    .fork_call(&sibling_fork_args(), ptrace::O_TRACEFORK | ptrace::O_TRACECLONE)
+                    .map_err(ioe(pid, "injected clone3"))?;
+                if let Some(c) = child {
+                    unreleased.0.push(c);
                 }
-                return Err(TforkError::Unsupported(format!(
-                    "the fork of {pid} still lacks {} mappings after MADV_DOFORK (first {:#x}-{:#x})",
-                    missing.len(),
-                    missing[0].0,
-                    missing[0].1
-                )));
-            }
-            pr_info!(
-                "{pid} has {} mappings marked MADV_DONTFORK (first {:#x}-{:#x}): forked again with them",
-                missing.len(),
-                missing[0].0,
-                missing[0].1
-            );
-            // this fork goes (its parent, the source's, sees it exit)
-            let mut gone = Unreleased(vec![s]);
-            gone.kill_all();
-            gone.commit();
-            unreleased.0.retain(|&c| c != s);
-            for &(a, b) in &missing {
-                if let Err(e) = par.call(main_tid, "madvise(MADV_DOFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DOFORK as u64]) {
-                    for &(a, b) in &dontfork {
-                        let _ = par.call(main_tid, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64]);
-                    }
-                    return Err(ioe(pid, format!("marking {a:#x}-{b:#x} MADV_DOFORK for the fork"))(e));
+                let s = crate::sys::check_raw(ret).map_err(ioe(pid, "injected clone3(CLONE_PARENT) in the source"))? as Pid;
+                if child != Some(s) {
+                    return Err(TforkError::Unsupported(format!("clone3 in {pid} made {s}, but the fork event named {child:?}")));
                 }
-                dontfork.push((a, b));
-            }
-        };
-        for &(a, b) in &dontfork {
-            par.call(main_tid, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64])
-                .map_err(ioe(pid, format!("marking {a:#x}-{b:#x} MADV_DONTFORK again")))?;
-        }
+                Ok(s)
+            },
+            |unreleased, _, s| {
+                // this fork goes (its parent, the source's, sees it exit)
+                let mut gone = Unreleased(vec![s]);
+                gone.kill_all();
+                gone.commit();
+                unreleased.0.retain(|&c| c != s);
+                Ok(())
+            },
+            |_| None,
+            "forked again with them",
+        )?;
         ptrace::set_options(s, CLONE_TRACE).map_err(ioe(s, "tracing the source's fork with PTRACE_O_EXITKILL"))?;
         (s, par.mapping(), dontfork)
         // the parasite session ends: the source's registers and masks back
@@ -523,6 +493,53 @@ fn mark_dontfork(vmas: Vec<crate::model::Vma>, dontfork: &[(u64, u64)]) -> Vec<c
         }
     }
     out
+}
+
+/// A fork of the process `pid` frozen in session `par`, with every VMA of
+/// the process: `fork` makes one (into `st`'s keeping). VMAs marked
+/// MADV_DONTFORK (VM_DONTCOPY) are left out of a fork; smaps, the only
+/// place the mark shows, costs a page-table walk (~50-75 ms per GiB here)
+/// that a pause can't afford, so the fork's maps are compared with the
+/// process's (0.1 ms, [`vmas_not_in`]). Where VMAs are missing, `refuse`
+/// may say why they can't be had (an error), else `discard` ends that
+/// fork, the ranges are marked MADV_DOFORK in the process, and `fork`
+/// runs once more (`again` in the log); the marks are put back in the
+/// process whatever happens. The fork, and the ranges that were marked
+/// (to be marked again in whatever runs from the fork).
+fn fork_whole<S>(
+    pid: Pid,
+    par: &mut Parasite,
+    st: &mut S,
+    fork: impl Fn(&mut S, &mut Parasite) -> Result<Pid, TforkError>,
+    discard: impl Fn(&mut S, &mut Parasite, Pid) -> Result<(), TforkError>,
+    refuse: impl Fn(&[(u64, u64)]) -> Option<&'static str>,
+    again: &str,
+) -> Result<(Pid, Vec<(u64, u64)>), TforkError> {
+    let main = par.main_tid();
+    let mut marked: Vec<(u64, u64)> = Vec::new();
+    let r = (|| loop {
+        let f = fork(st, par)?;
+        let missing = vmas_not_in(pid, f).map_err(ioe(f, format!("comparing the fork's mappings with {pid}'s")))?;
+        let Some(&(a, b)) = missing.first() else { return Ok(f) };
+        let why = refuse(&missing).or((!marked.is_empty()).then_some("still, after MADV_DOFORK"));
+        if let Some(why) = why {
+            return Err(TforkError::Unsupported(format!("{pid} has {} mappings a fork leaves out ({why}; first {a:#x}-{b:#x})", missing.len())));
+        }
+        discard(st, par, f)?;
+        for &(a, b) in &missing {
+            par.call(main, "madvise(MADV_DOFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DOFORK as u64])
+                .map_err(ioe(pid, format!("marking {a:#x}-{b:#x} MADV_DOFORK for the fork")))?;
+            marked.push((a, b));
+        }
+        pr_info!("{pid} has {} mappings marked MADV_DONTFORK (first {a:#x}-{b:#x}): {again}", missing.len());
+    })();
+    let mut r = r;
+    for &(a, b) in &marked {
+        if let Err(e) = par.call(main, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64]) {
+            r = Err(ioe(pid, format!("marking {a:#x}-{b:#x} MADV_DONTFORK again"))(e));
+        }
+    }
+    r.map(|f| (f, marked))
 }
 
 /// The VMAs of `source` that `fork` lacks (start, end), from their
@@ -956,55 +973,33 @@ impl Snapshots {
             let mut par = Parasite::start(f, f.gadget).map_err(|e| format!("injection session in {}: {e}", m.pid))?;
             let main = par.main_tid();
             // VMAs marked MADV_DONTFORK (node's V8 heap) are not in a fork:
-            // marked MADV_DOFORK for a second fork and marked again after
-            // it, as for the fork-made clones (`tfork_with`); an AIO ring
-            // (also left out) can't be: the copy then
-            let mut marked: Vec<(u64, u64)> = Vec::new();
-            let r = loop {
-                let snap = match self.fork_one(m.pid, f.gadget, &mut par) {
-                    Ok(s) => s,
-                    Err(e) => break Err(e),
-                };
-                let missing = match vmas_not_in(m.pid, snap) {
-                    Ok(v) => v,
-                    Err(e) => break Err(format!("comparing the mappings of {snap} with {}'s: {e}", m.pid)),
-                };
-                let Some(&(a, b)) = missing.first() else { break Ok(snap) };
-                let maps = std::fs::read_to_string(format!("/proc/{}/maps", m.pid)).unwrap_or_default();
-                let aio = missing.iter().any(|&(a, b)| maps.lines().any(|l| l.starts_with(&format!("{a:x}-{b:x} ")) && l.contains("[aio]")));
-                if aio || !marked.is_empty() {
-                    break Err(format!("{} has {} mappings a fork leaves out ({}; first {a:#x}-{b:#x})", m.pid, missing.len(), if aio { "an AIO ring" } else { "still, after MADV_DOFORK" }));
-                }
-                // this snapshot goes, reaped by its source in this session
-                let ns = self.reap.iter().find(|r| r.1 == snap).map_or(snap, |r| r.2);
-                self.reap.retain(|r| r.1 != snap);
-                kill_collect(snap);
-                let flags = (libc::WEXITED | libc::__WCLONE | libc::WNOHANG) as u32 as u64;
-                if let Err(e) = par.raw(main, libc::SYS_waitid, &[libc::P_PID as u64, ns as u64, 0, flags, 0]) {
-                    break Err(format!("injected waitid in {}: {e}", m.pid));
-                }
-                let mut err = None;
-                for &(a, b) in &missing {
-                    match par.call(main, "madvise(MADV_DOFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DOFORK as u64]) {
-                        Ok(_) => marked.push((a, b)),
-                        Err(e) => {
-                            err = Some(format!("marking {a:#x}-{b:#x} of {} MADV_DOFORK: {e}", m.pid));
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = err {
-                    break Err(e);
-                }
-                pr_info!("{} has {} mappings marked MADV_DONTFORK (first {a:#x}-{b:#x}): its snapshot forked again with them", m.pid, missing.len());
-            };
-            // the marks back in the source, whatever happened
-            let mut r = r;
-            for &(a, b) in &marked {
-                if let Err(e) = par.call(main, "madvise(MADV_DONTFORK)", libc::SYS_madvise, &[a, b - a, libc::MADV_DONTFORK as u64]) {
-                    r = Err(format!("marking {a:#x}-{b:#x} of {} MADV_DONTFORK again: {e}", m.pid));
-                }
-            }
+            // forked again with them, as for the fork-made clones; an AIO
+            // ring (also left out) can't be: the copy then
+            let r = fork_whole(
+                m.pid,
+                &mut par,
+                self,
+                |snaps, par| snaps.fork_one(m.pid, f.gadget, par).map_err(TforkError::Unsupported),
+                |snaps, par, snap| {
+                    // this snapshot goes, reaped by its source in this session
+                    let ns = snaps.reap.iter().find(|r| r.1 == snap).map_or(snap, |r| r.2);
+                    snaps.reap.retain(|r| r.1 != snap);
+                    kill_collect(snap);
+                    let flags = (libc::WEXITED | libc::__WCLONE | libc::WNOHANG) as u32 as u64;
+                    par.raw(main, libc::SYS_waitid, &[libc::P_PID as u64, ns as u64, 0, flags, 0]).map_err(ioe(m.pid, "injected waitid"))?;
+                    Ok(())
+                },
+                |missing| {
+                    let maps = std::fs::read_to_string(format!("/proc/{}/maps", m.pid)).unwrap_or_default();
+                    missing
+                        .iter()
+                        .any(|&(a, b)| maps.lines().any(|l| l.starts_with(&format!("{a:x}-{b:x} ")) && l.contains("[aio]")))
+                        .then_some("an AIO ring")
+                },
+                "its snapshot forked again with them",
+            )
+            .map(|(snap, _)| snap)
+            .map_err(|e| crate::log::error_chain(&e));
             drop(par);
             self.pids.push(Some(r?));
         }
