@@ -337,7 +337,7 @@ fn deleted_cwd_refused() {
 
 /// Kinds the engine does not support are refused by name, and the program
 /// runs on (before: a misc device was reopened by path, a non-UTF-8 name
-/// was mangled; memfds, once refused here, are supported: more_files.rs).
+/// was mangled, memfd_secret was taken for a deleted file; memfds, once refused here, are supported: more_files.rs).
 #[test]
 fn unsupported_fd_kinds_refused_by_name() {
     require!(why_not_here());
@@ -347,6 +347,10 @@ fn unsupported_fd_kinds_refused_by_name() {
         ("userfaultfd", "anonymous inode (userfaultfd)"),
         ("misc", "/dev/loop-control, character device 10:237"),
         ("rawname", "a path that is not UTF-8"),
+        // before: "unlinked but the file still has 1 other links: dump
+        // with --link-remap", which then failed on a cross-device link
+        ("secretfd", "a memfd_secret(2) area"),
+        ("secretmap", "it is memfd_secret(2) memory"),
     ] {
         let s = Scene::start_args("fdrefuse", kind, &[kind]);
         let log = dump_refused(&s, kind);

@@ -39,6 +39,9 @@ fn deleted_mapping(pid: Pid, m: &proc::MapsLine, seen: &mut std::collections::Ha
     let orig = m.name.strip_suffix(" (deleted)").unwrap_or(&m.name);
     let err = |why: String| MmError::Deleted { pid, start: m.start, end: m.end, name: m.name.clone(), why };
     let open = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    if orig == "/secretmem" && crate::sys::process::is_secretmem(std::path::Path::new(&open)) {
+        return Err(err("it is memfd_secret(2) memory, which only the process itself can read: not supported yet".into()));
+    }
     let meta = std::fs::metadata(&open).map_err(|e| err(format!("stat of its file: {e}")))?;
     if let Some(g) = seen.get(&(meta.dev(), meta.ino())) {
         return Ok(g.clone());
