@@ -360,6 +360,32 @@ fn unsupported_fd_kinds_refused_by_name() {
     }
 }
 
+/// A process another tracer holds (strace here) is refused naming the
+/// tracer, and runs on traced (before: "seizing thread N: Operation not
+/// permitted").
+#[test]
+fn traced_process_refused_naming_its_tracer() {
+    require!(why_not_here());
+    require!(why_not_tool("strace"));
+    let s = Scene::start_args("fdrefuse", "traced", &["rdonly"]);
+    let mut strace = std::process::Command::new("strace")
+        .args(["-o", "/dev/null", "-p", &s.pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace");
+    let tracer = strace.id() as i32;
+    wait_until("strace attached", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/status", s.pid)).unwrap_or_default().lines().any(|l| l == format!("TracerPid:\t{tracer}"))
+    });
+    let log = dump_refused(&s, "traced");
+    let _ = strace.kill();
+    let _ = strace.wait();
+    let want = format!("thread {} is already traced by {tracer} (strace)", s.pid);
+    assert!(log.contains(&want), "want {want:?} in:\n{log}");
+    let t = last_tick(&s.log());
+    wait_until("ticks after the refused dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 2);
+}
+
 /// A regular file replaced by a FIFO between dump and restore: the restore
 /// fails at once naming the file's mode (before: the child's read-only
 /// open waited for a writer forever, and so did `criu restore`).
