@@ -26,6 +26,8 @@ use std::io;
 pub enum DumpError {
     #[error("process {0} does not exist")]
     NoProcess(Pid),
+    #[error("{tid} is a thread of process {tgid}, not a process: give the process's pid ({tgid})")]
+    NotAProcess { tid: Pid, tgid: Pid },
     #[error(transparent)]
     Freeze(#[from] freeze::FreezeError),
     #[error(transparent)]
@@ -203,8 +205,15 @@ fn collect_tree(
     with_memory: bool,
     file_opts: &files::FileOpts,
 ) -> Result<(Tree, FrozenTree), DumpError> {
-    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Err(DumpError::NoProcess(pid));
+    };
+    // /proc/TID answers for a thread too (it is only left out of /proc's
+    // listing): a thread's id would be taken for a process of its own
+    if let Some(tgid) = status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<Pid>().ok()) {
+        if tgid != pid {
+            return Err(DumpError::NotAProcess { tid: pid, tgid });
+        }
     }
     let io_err = |what| move |e| DumpError::io(pid, what, e);
     let mut frozen = match freeze_cgroup {
