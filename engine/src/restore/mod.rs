@@ -184,8 +184,9 @@ fn map_files_of(task: &Task, pages: &[PathBuf]) -> Vec<(String, i32)> {
         }
     }
     if let Some(exe) = &task.mm.exe {
-        if !map_files.iter().any(|(p, _)| p == &exe.path) {
-            map_files.push((exe.path.clone(), libc::O_RDONLY));
+        let key = crate::images_io::map_key(exe);
+        if !map_files.iter().any(|(p, _)| p == &key) {
+            map_files.push((key, libc::O_RDONLY));
         }
     }
     for p in pages {
@@ -327,11 +328,14 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         })
         .sum();
     // files unlinked while mapped: one recreation per inode for the tree
-    let mut map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>)> = Vec::new();
+    let mut map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>, i32)> = Vec::new();
     for f in live.iter().flat_map(|&i| tree.tasks[i].mm.vmas.iter().filter_map(|v| v.file.as_ref())) {
         if let Some(g) = &f.ghost {
-            if !map_ghosts.iter().any(|(_, x)| (x.dev, x.ino) == (g.dev, g.ino)) {
-                map_ghosts.push((f.path.clone(), g.clone()));
+            let rw = f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR;
+            match map_ghosts.iter_mut().find(|(_, x, _)| (x.dev, x.ino) == (g.dev, g.ino)) {
+                Some(m) if rw => m.2 = libc::O_RDWR,
+                Some(_) => {}
+                None => map_ghosts.push((f.path.clone(), g.clone(), if rw { libc::O_RDWR } else { libc::O_RDONLY })),
             }
         }
     }
@@ -343,7 +347,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
             mf.iter()
                 .map(|(key, _)| {
                     let g = t.mm.vmas.iter().filter_map(|v| v.file.as_ref()).find(|f| &crate::images_io::map_key(f) == key)?.ghost.as_ref()?;
-                    let j = map_ghosts.iter().position(|(_, x)| (x.dev, x.ino) == (g.dev, g.ino))?;
+                    let j = map_ghosts.iter().position(|(_, x, _)| (x.dev, x.ino) == (g.dev, g.ino))?;
                     Some(sh_base + (plan.shared.len() + j) as i32)
                 })
                 .collect()
