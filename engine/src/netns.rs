@@ -480,7 +480,7 @@ pub fn read_images(dir: &Path, ids: &KobjIds, root_ids: &KobjIds) -> Result<Opti
     let mut links = Vec::new();
     for (i, d) in devs.iter().enumerate() {
         if d.r#type != ND_LOOPBACK {
-            let kind = pb::NdType::try_from(d.r#type).map(|t| format!("{t:?}")).unwrap_or_else(|_| d.r#type.to_string());
+            let kind = pb::NdType::try_from(d.r#type).map(|t| t.as_str_name().to_string()).unwrap_or_else(|_| d.r#type.to_string());
             return Err(bad(&name, Some(i), "type", format!("device {:?} is of type {kind}: only the loopback device is supported yet", d.name)));
         }
         if d.name.is_empty() || d.name.len() >= libc::IFNAMSIZ || d.name.contains(['\0', '/']) {
