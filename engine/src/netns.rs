@@ -192,6 +192,12 @@ pub fn open(pid: Pid) -> Result<OwnedFd, String> {
     std::fs::File::open(format!("/proc/{pid}/ns/net")).map(OwnedFd::from).map_err(|e| format!("opening the network namespace of {pid}: {e}"))
 }
 
+/// Whether `pid` is in a network namespace other than the engine's.
+pub fn owns(pid: Pid) -> bool {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    theirs.is_some() && theirs != std::fs::read_link("/proc/self/ns/net").ok()
+}
+
 /// The dump's hold on the tree's network namespace: its fd (sock_diag
 /// sockets are made in it) and whether it was locked.
 struct DumpNs {

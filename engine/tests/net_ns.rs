@@ -50,6 +50,11 @@ impl Prog {
     /// `unshare --pid --net --fork setsid sh -c SCRIPT netsk` (`$0` is the
     /// program).
     fn start_script(tag: &str, script: &str) -> Prog {
+        Self::start_in(tag, &["--pid", "--net", "--fork"], script)
+    }
+
+    /// `unshare UNSHARE setsid sh -c SCRIPT netsk`.
+    fn start_in(tag: &str, unshare: &[&str], script: &str) -> Prog {
         let dir = test_dir(&format!("netns-{tag}"));
         let bin = dir.join("netsk");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/netsk.c");
@@ -57,7 +62,7 @@ impl Prog {
         assert!(out.status.success(), "building netsk: {}", String::from_utf8_lossy(&out.stderr));
         let work = dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--net", "--fork", "setsid", "sh", "-c", script]))
+        let mut child = only_stdio(Command::new("unshare").args(unshare).args(["setsid", "sh", "-c", script]))
             .arg(&bin)
             .current_dir(&work)
             .stdin(Stdio::null())
@@ -309,6 +314,74 @@ fn nested_network_namespace_is_refused() {
     assert!(log.contains("nested net namespaces are not supported"), "the error should name the nested network namespace:\n{log}");
     assert!(!img.join("inventory.img").exists());
     p.ticks_on(3, "after the refused dump");
+}
+
+/// The last tick the processes of network namespace `ns` logged.
+fn tick_in(p: &Prog, ns: &str) -> u64 {
+    p.log_text().lines().filter(|l| l.ends_with(ns)).filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).max().unwrap_or(0)
+}
+
+/// `tfork --copies 2` of the tree (`root`: its root pid): every clone
+/// tree in a network namespace of its own (not the source's, not the
+/// other's) with lo and its address, each with its own copy of the
+/// in-tree connection, listener, UDP and unix sockets: the source and each
+/// clone tick on alone (the others killed one by one).
+fn tfork_keeps_in_tree_connections(p: &mut Prog, root: i32) {
+    let criu = ours(&p.dir);
+    let img = p.images("tfork");
+    let out = Command::new(&criu).args(["tfork", "-t", &root.to_string(), "--copies", "2", "-D"]).arg(&img).args(["-v4", "-o", "tfork.log"]).stdin(Stdio::null()).output().unwrap();
+    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
+    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
+    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(clones.len(), 2, "two clone pids expected:\n{log}");
+    let trees: Vec<i32> = [root].into_iter().chain(clones.iter().copied()).collect();
+    let nss: Vec<String> = trees.iter().map(|&t| ns_link(t, "net")).collect();
+    assert!(nss[0] != nss[1] && nss[0] != nss[2] && nss[1] != nss[2], "network namespaces must all differ: {nss:?}");
+    for &c in &clones {
+        let addr = nsenter(c, &["ip", "-o", "addr", "show", "dev", "lo"]);
+        assert!(addr.contains("inet 127.42.0.1/16") && nsenter(c, &["ip", "-o", "link", "show", "dev", "lo"]).contains("UP"), "clone {c}: lo as the source's:\n{addr}");
+        assert!(!nsenter(c, &["nft", "list", "ruleset"]).contains("CRIU"), "clone {c}: the lock is still there");
+    }
+    assert!(!nsenter(root, &["nft", "list", "ruleset"]).contains("CRIU"), "the source's lock is still there");
+    // each alone: the others killed one by one, it ticks on
+    let mut alive: Vec<usize> = vec![0, 1, 2];
+    for victim in [1, 0] {
+        for &k in &alive {
+            let t = tick_in(p, &nss[k]);
+            wait_until(&format!("tree {} ticking", trees[k]), Duration::from_secs(20), || tick_in(p, &nss[k]) >= t + 3 || p.log_text().contains("FAIL"));
+            assert!(!p.log_text().contains("FAIL"), "{}", p.log_text().lines().filter(|l| l.contains("FAIL")).collect::<Vec<_>>().join("\n"));
+        }
+        // (stopped first, then killed: none of it sees the other end go)
+        let members: Vec<String> = live_with_exe(&p.bin).into_iter().filter(|&q| ns_link(q, "net") == nss[victim]).map(|q| q.to_string()).collect();
+        assert!(!members.is_empty());
+        Command::new("kill").arg("-STOP").args(&members).status().unwrap();
+        Command::new("kill").arg("-KILL").args(&members).status().unwrap();
+        alive.retain(|&k| k != victim);
+    }
+    let k = alive[0];
+    let t = tick_in(p, &nss[k]);
+    wait_until("the last tree ticking alone", Duration::from_secs(20), || tick_in(p, &nss[k]) >= t + 3 || p.log_text().contains("FAIL"));
+    assert!(!p.log_text().contains("FAIL"));
+}
+
+/// tfork of a namespace init owning its network namespace.
+#[test]
+fn tfork_clones_get_their_own_network_namespaces_with_the_connection() {
+    test_support::require!(why_not());
+    let mut p = Prog::start_up("tfork");
+    let root = p.pid;
+    tfork_keeps_in_tree_connections(&mut p, root);
+}
+
+/// tfork of a tree of the host's pid namespace owning its network
+/// namespace (`unshare --net`): sent down the restore path (a fork-made
+/// clone would share it), the same.
+#[test]
+fn tfork_of_a_host_pid_namespace_tree_with_its_network_namespace() {
+    test_support::require!(why_not());
+    let mut p = Prog::start_in("tforkhost", &["--net"], "ip link set lo up && ip addr add 127.42.0.1/16 dev lo && echo 33 > /proc/sys/net/unix/max_dgram_qlen && exec \"$0\" run up");
+    let root = p.pid;
+    tfork_keeps_in_tree_connections(&mut p, root);
 }
 
 /// Hostile images of a network namespace: refused naming image and field.

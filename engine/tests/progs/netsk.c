@@ -14,7 +14,9 @@
  * Both: a unix socketpair carrying a byte each tick, lo's IFF_UP as the
  * mode says, 127.42.0.1 on lo (getifaddrs), max_dgram_qlen 33.
  *
- * Every 100 ms: `tick N ok` (or `FAIL tick N WHAT`) in ./progress.log;
+ * Every 100 ms: `tick N ok net:[INODE]` (its network namespace: a tfork
+ * clone's ticks are told apart by it) or `FAIL tick N WHAT` in
+ * ./progress.log;
  * ./ready once set up. Usage: netsk run up|down */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -228,8 +230,12 @@ int main(int argc, char **argv)
 				bad = 1;
 			}
 		}
-		if (!bad)
-			say("tick %lu ok\n", tick);
+		if (!bad) {
+			char ns[64] = "?";
+			ssize_t k = readlink("/proc/self/ns/net", ns, sizeof(ns) - 1);
+			ns[k > 0 ? k : 1] = 0;
+			say("tick %lu ok %s\n", tick, ns);
+		}
 		struct timespec ts = { 0, 100 * 1000 * 1000 };
 		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 			;
