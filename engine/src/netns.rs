@@ -159,6 +159,9 @@ pub struct Link {
 /// addresses, routes, rules and firewall.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetNs {
+    /// `--empty-ns net`: nothing of it is dumped or restored; restore
+    /// makes a new, empty one (the runtime sets it up).
+    pub empty: bool,
     pub links: Vec<Link>,
     pub def4: Vec<Ctl>,
     pub all4: Vec<Ctl>,
@@ -190,6 +193,26 @@ pub fn in_ns<T: Send>(ns: &OwnedFd, f: impl FnOnce() -> Result<T, String> + Send
 /// The network namespace of `pid`, opened.
 pub fn open(pid: Pid) -> Result<OwnedFd, String> {
     std::fs::File::open(format!("/proc/{pid}/ns/net")).map(OwnedFd::from).map_err(|e| format!("opening the network namespace of {pid}: {e}"))
+}
+
+/// `--empty-ns net` (dump, restore, tfork): the namespace is left to the
+/// runtime, as upstream leaves it.
+static EMPTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set from `--empty-ns` / `criu_opts.empty_ns` before a dump, restore or
+/// tfork.
+pub fn set_empty(on: bool) {
+    EMPTY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The tree's namespace as the dump takes it: empty with `--empty-ns
+/// net`, else read from inside ([`collect`]).
+pub fn collect_or_empty(pid: Pid) -> Result<NetNs, String> {
+    if EMPTY.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::pr_info!("--empty-ns net: the network namespace of {pid} is not dumped");
+        return Ok(NetNs { empty: true, ..Default::default() });
+    }
+    collect(pid)
 }
 
 /// Whether `pid` is in a network namespace other than the engine's.
@@ -402,6 +425,9 @@ const ND_LOOPBACK: i32 = 1;
 /// Write the images of the root's own network namespace (`id`: its net
 /// namespace id), as upstream 4.2 does.
 pub fn write_images(dir: &Path, n: &NetNs, id: u32) -> Result<(), ImagesError> {
+    if n.empty {
+        return Ok(());
+    }
     let devs: Vec<pb::NetDeviceEntry> = n
         .links
         .iter()
@@ -474,6 +500,9 @@ pub fn read_images(dir: &Path, ids: &KobjIds, root_ids: &KobjIds) -> Result<Opti
     let (id, root) = (ids.net_ns, root_ids.net_ns);
     if id == 0 || root == 0 || id == root {
         return Ok(None);
+    }
+    if EMPTY.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(Some(NetNs { empty: true, ..Default::default() }));
     }
     let name = mg::NETDEV.file_name(id);
     if !dir.join(&name).exists() {
@@ -573,6 +602,9 @@ fn write_confs(proto: &str, tgt: &str, names: &[&str], v: &[Ctl]) -> Result<(), 
 /// the host's): a new network namespace made as the images describe it.
 pub fn enter(n: &NetNs) -> Result<(), String> {
     crate::sys::ns::unshare(libc::CLONE_NEWNET).map_err(|e| format!("unshare of a new network namespace: {e}"))?;
+    if n.empty {
+        return Ok(());
+    }
     for (k, c) in UNIX_CONFS.iter().zip(&n.unix) {
         write_ctl(&format!("/proc/sys/net/unix/{k}"), c)?;
     }

@@ -316,6 +316,32 @@ fn nested_network_namespace_is_refused() {
     p.ticks_on(3, "after the refused dump");
 }
 
+/// `--empty-ns net`: the namespace is not dumped (no image of it), and
+/// the restored tree is in a new, empty one (lo down, no address, the
+/// sysctl at its default), as upstream leaves it to the runtime.
+#[test]
+fn empty_ns_net_leaves_the_namespace_to_the_runtime() {
+    test_support::require!(why_not());
+    let mut p = Prog::start("empty", "bare", "ip link set lo up && ip addr add 127.42.0.1/16 dev lo && echo 33 > /proc/sys/net/unix/max_dgram_qlen");
+    let criu = ours(&p.dir);
+    let img = p.images("img");
+    criu_ok(&criu, &["dump", "-t", &p.pid.to_string(), "--empty-ns", "net"], &img, "dump.log");
+    p.gone();
+    for f in NET_IMAGES {
+        assert!(!img.join(f).exists(), "{f} written with --empty-ns net");
+    }
+    // without --empty-ns net the restore wants the namespace's images
+    let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore-bad.log", &[]);
+    assert!(!st.success() && log.contains("netdev-10.img") && log.contains("missing"), "{log}");
+    let st = Command::new(&criu).args(["restore", "-d", "--empty-ns", "net", "-v4", "-o", "restore.log", "-D"]).arg(&img).current_dir(&p.work).stdin(Stdio::null()).status().unwrap();
+    assert!(st.success(), "restore --empty-ns net failed:\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    p.refind();
+    p.ticks_on(3, "after restore");
+    assert_ne!(ns_link(p.pid, "net"), ns_link(std::process::id() as i32, "net"));
+    let link = nsenter(p.pid, &["ip", "-o", "addr"]);
+    assert!(!link.contains("127.42.0.1") && !link.contains("UP"), "an empty namespace expected:\n{link}");
+}
+
 /// The last tick the processes of network namespace `ns` logged.
 fn tick_in(p: &Prog, ns: &str) -> u64 {
     p.log_text().lines().filter(|l| l.ends_with(ns)).filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).max().unwrap_or(0)

@@ -235,7 +235,7 @@ fn collect_tree(
     // listed by sock_diag from inside it (crate::netns)
     let net = if own_net {
         crate::netns::begin_dump(pid, !crate::kinds::tcp_stream::lock_skipped()).map_err(|what| DumpError::Namespace { pid, what })?;
-        Some(crate::netns::collect(pid).map_err(|what| DumpError::Namespace { pid, what })?)
+        Some(crate::netns::collect_or_empty(pid).map_err(|what| DumpError::Namespace { pid, what })?)
     } else {
         None
     };

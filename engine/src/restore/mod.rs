@@ -508,7 +508,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     crate::kinds::tcp_stream::unlock_restored(tree);
     // a network namespace of its own came back locked (its ruleset holds
     // the dump's lock): lifted now that the tree runs
-    if tree.net.is_some() {
+    if tree.net.as_ref().is_some_and(|n| !n.empty) {
         crate::netns::unlock_in(child);
     }
     pr_info!("Restore finished successfully. Tasks resumed.");

@@ -104,7 +104,7 @@ pub(crate) fn plan(tree: &Tree, tcp_close: bool, forked: bool) -> Result<Plan, T
                 }
                 if peer_in_tree(tree, i) {
                     return Err(TforkError::Unsupported(format!(
-                        "{at}: the TCP connection {} has both ends in the tree: a clone could keep it only in a network namespace of its own, which tfork's clones do not have (not supported)",
+                        "{at}: the TCP connection {} has both ends in the tree: a clone could keep it only in a network namespace of its own, which a tree sharing the host's does not get (not supported)",
                         conn_name(i)
                     )));
                 }
