@@ -28,6 +28,10 @@ pub struct Tree {
     /// The root's own ipc namespace (ipcns-*-ID.img), when it is not the
     /// dumping engine's; every process of the tree is in it.
     pub ipc: Option<IpcNs>,
+    /// The root's own network namespace (netdev-ID.img, netns-ID.img and
+    /// the ip/iptables/nft dumps), when it is not the dumping engine's;
+    /// every process of the tree is in it.
+    pub net: Option<crate::netns::NetNs>,
 }
 
 /// A uts namespace: what uname(2) shows of it.

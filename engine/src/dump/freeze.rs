@@ -466,6 +466,8 @@ impl Drop for FrozenTree {
         // TCP connections the dump put in repair mode: out of it again
         // before the processes run on; left in it for a kill
         crate::kinds::tcp_stream::release_dump(!self.kill_on_release);
+        // the tree's own network namespace: its lock lifted if it runs on
+        crate::netns::end_dump(!self.kill_on_release);
         // (looked at before the kill: a dead task has no namespaces to show;
         // a tree whose root is pid 1 of its own namespace is all in it, and
         // its restore makes a new one: no pid of it is needed again)

@@ -180,6 +180,10 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
     if n == 0 {
         // the root's own uts and ipc namespaces, for every process to inherit
         crate::utsipc::enter(tree)?;
+        // and its own network namespace, before any socket is made
+        if let Some(n) = &tree.net {
+            crate::netns::enter(n)?;
+        }
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
         }

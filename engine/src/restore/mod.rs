@@ -126,7 +126,7 @@ fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
         // the root's own uts and ipc namespaces are made again
         // (crate::utsipc); another process in another one is refused
         let root = &tree.root().ids;
-        for (kind, mine, roots, carried) in [("uts", i.uts_ns, root.uts_ns, tree.uts.is_some()), ("ipc", i.ipc_ns, root.ipc_ns, tree.ipc.is_some())] {
+        for (kind, mine, roots, carried) in [("uts", i.uts_ns, root.uts_ns, tree.uts.is_some()), ("ipc", i.ipc_ns, root.ipc_ns, tree.ipc.is_some()), ("net", i.net_ns, root.net_ns, tree.net.is_some())] {
             if carried && mine != roots {
                 return Err(RestoreError::Unsupported(format!(
                     "task {} of the image was in a {kind} namespace ({kind}_ns_id {mine}) other than its root's ({roots}): nested {kind} namespaces are not supported yet",
@@ -134,7 +134,7 @@ fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
                 )));
             }
         }
-        let carried = |k: &str| (k == "uts" && tree.uts.is_some()) || (k == "ipc" && tree.ipc.is_some());
+        let carried = |k: &str| (k == "uts" && tree.uts.is_some()) || (k == "ipc" && tree.ipc.is_some()) || (k == "net" && tree.net.is_some());
         let differ: Vec<&str> = kinds.iter().filter(|(k, a, b)| *a != 0 && *b != 0 && a != b && !carried(k)).map(|(k, _, _)| *k).collect();
         if !differ.is_empty() {
             return Err(RestoreError::Unsupported(format!(
@@ -510,6 +510,11 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     }
     guard.committed = true;
     crate::kinds::tcp_stream::unlock_restored(tree);
+    // a network namespace of its own came back locked (its ruleset holds
+    // the dump's lock): lifted now that the tree runs
+    if tree.net.as_ref().is_some_and(|n| !n.empty) {
+        crate::netns::unlock_in(child);
+    }
     pr_info!("Restore finished successfully. Tasks resumed.");
     // the tree runs: a refusal now is reported, as upstream reports a
     // failed post-resume script, and changes nothing
