@@ -169,6 +169,12 @@ Options:
   --tcp-established      dump and restore: established TCP connections
                          carried live (TCP_REPAIR), locked with iptables
                          while dumped
+  --manage-cgroups[=MODE]
+                         dump and restore: cgroup memberships (soft, the
+                         default: missing cgroups made with their
+                         properties; full: properties always written;
+                         strict: cgroups must not exist; none, props:
+                         they must exist; ignore: not dumped or restored)
   --empty-ns net         dump, restore, tfork: the tree's own network
                          namespace is not dumped; restore makes a new,
                          empty one (for the runtime to set up)
@@ -314,6 +320,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         pidfile: o.pidfile.as_deref().map(PathBuf::from),
         root: o.root.as_deref().map(PathBuf::from),
         sibling: o.restore_sibling,
+        manage_cgroups: o.manage_cgroups,
     }
 }
 

@@ -926,6 +926,9 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     if let Some(n) = &tree.net {
         crate::netns::write_images(dir, n, tree.root().ids.net_ns)?;
     }
+    if let Some(cg) = &tree.cgroups {
+        crate::cgroups::write_image(dir, cg)?;
+    }
     write_locks(dir, tree)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
@@ -1161,7 +1164,7 @@ fn write_task(
             comm: Some(t.comm.clone()),
             blk_sigset_extended: None,
             rseq_entry: t.rseq.map(|r| pb::RseqEntry { rseq_abi_pointer: r.ptr, rseq_abi_size: r.len, signature: r.sig, rseq_cs_pointer: None }),
-            cg_set: Some(1),
+            cg_set: Some(task.cg_set.max(1)),
         };
         let tc = (i == 0).then(|| pb::TaskCoreEntry {
             task_state: if task.stop_signo.is_some() { TASK_STOPPED } else { TASK_ALIVE },
@@ -1360,7 +1363,13 @@ fn read_images_now(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     let (uts, ipc) = crate::utsipc::read_images(dir, &task.ids, &root_ids)?;
     crate::utsipc::check_attachments(tasks.iter().map(|t| (t.pid, t)), ipc.as_ref()).map_err(|(p, w)| bad(&mg::MM.file_name(p), w))?;
     let net = crate::netns::read_images(dir, &task.ids, &root_ids)?;
-    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc, net };
+    let cgroups = crate::cgroups::read_image(dir)?;
+    for t in tasks.iter().filter(|t| t.zombie_exit.is_none() && t.cg_set > 1) {
+        if !cgroups.as_ref().is_some_and(|c| c.sets.iter().any(|s| s.id == t.cg_set)) {
+            return Err(bad(&mg::CORE.file_name(t.pid), format!("thread_core.cg_set {} is not a set of cgroup.img", t.cg_set)));
+        }
+    }
+    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc, net, cgroups };
     Ok((tree, mems))
 }
 
@@ -1599,6 +1608,13 @@ fn read_task(
         // XSAVE components this CPU lacks are dropped by fpregs_from_pb;
         // whether that may happen is decided before (cpuinfo::check_threads)
         let tcore = core.thread_core.clone().unwrap_or_default();
+        // its cgroup set (per thread since 4.x; tc's in older images)
+        let cg = tcore.cg_set.or_else(|| core.tc.as_ref().and_then(|t| t.cg_set)).unwrap_or(0);
+        if i == 0 {
+            task.cg_set = cg;
+        } else if cg > 1 && cg != task.cg_set {
+            return Err(bad(&name, format!("thread_core.cg_set {cg}: thread {tid} is in other cgroups than its process (set {}): not supported", task.cg_set)));
+        }
         if i == 0 {
             let tc = core.tc.as_ref().ok_or_else(|| bad(&name, "main thread without tc"))?;
             match tc.task_state {

@@ -10,6 +10,7 @@
 
 pub mod log;
 pub mod cli;
+pub mod cgroups;
 pub mod cpuinfo;
 pub mod dump;
 pub mod fault;

@@ -32,6 +32,9 @@ pub struct Tree {
     /// the ip/iptables/nft dumps), when it is not the dumping engine's;
     /// every process of the tree is in it.
     pub net: Option<crate::netns::NetNs>,
+    /// The cgroups of its processes (cgroup.img), when some process is
+    /// in other cgroups than the dumping criu's.
+    pub cgroups: Option<crate::cgroups::Cgroups>,
 }
 
 /// A uts namespace: what uname(2) shows of it.
@@ -293,6 +296,8 @@ pub struct Task {
     /// Process-wide queued siginfos.
     pub shared_pending: Vec<[u8; 128]>,
     pub child_subreaper: bool,
+    /// Its cgroup set in `Tree::cgroups` (0 or 1: criu's own cgroups).
+    pub cg_set: u32,
     pub loginuid: u32,
     pub oom_score_adj: i32,
     /// membarrier(2) registrations of the mm: the MEMBARRIER_CMD_REGISTER_*

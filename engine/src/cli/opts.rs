@@ -59,6 +59,8 @@ enum Act {
     /// Accepted after its value is checked as upstream checks it.
     PreDumpMode,
     NetworkLock,
+    /// `--manage-cgroups[=MODE]`.
+    ManageCgroups,
     /// `--empty-ns net`: the tree's network namespace left to the runtime.
     EmptyNs,
     Timeout,
@@ -153,7 +155,7 @@ const SPECS: &[Spec] = &[
     o("force-irmap", None, No, Accepted, true),
     o("ext-mount-map", Some('M'), Req, Refused, false),
     o("exec-cmd", None, No, Refused, false),
-    o("manage-cgroups", None, Opt, Refused, false),
+    o("manage-cgroups", None, Opt, ManageCgroups, false),
     o("cgroup-root", None, Req, Refused, false),
     o("inherit-fd", None, Req, Refused, false),
     o("skip-mnt", None, Req, Refused, false),
@@ -239,6 +241,8 @@ pub struct Opts {
     /// `--empty-ns net`: the tree's network namespace is neither dumped
     /// nor restored; restore makes an empty one.
     pub empty_net: bool,
+    /// `--manage-cgroups[=MODE]` (default soft, as upstream).
+    pub manage_cgroups: crate::cgroups::Mode,
     /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
     pub timeout: Option<u64>,
     /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
@@ -408,6 +412,10 @@ impl Opts {
                     return Err(Problem::new(format!("invalid argument for --network-lock: {} (want iptables, nftables or skip)", v())));
                 }
                 self.network_lock = val.clone();
+            }
+            ManageCgroups => {
+                self.manage_cgroups = crate::cgroups::Mode::parse(val.as_deref())
+                    .ok_or_else(|| Problem::new(format!("invalid argument for --manage-cgroups: {} (ignore, none, props, soft, full, strict)", v())))?;
             }
             EmptyNs => {
                 if val.as_deref() != Some("net") {

@@ -184,7 +184,7 @@ pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tr
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
-    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts())
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups)
 }
 
 /// [`collect`] without the memory layout (`mm` holds only what injection
@@ -195,7 +195,7 @@ pub fn collect_state(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
     // (file locks recorded, not refused: a clone is a fork, which keeps
     // the source's flock and OFD locks shared and its POSIX ones not, as
     // any fork does)
-    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() })
+    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() }, crate::cgroups::Mode::Soft)
 }
 
 fn collect_tree(
@@ -204,6 +204,7 @@ fn collect_tree(
     timeout: std::time::Duration,
     with_memory: bool,
     file_opts: &files::FileOpts,
+    cgroups: crate::cgroups::Mode,
 ) -> Result<(Tree, FrozenTree), DumpError> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Err(DumpError::NoProcess(pid));
@@ -329,11 +330,22 @@ fn collect_tree(
         t.ids = ids.next().expect("one ids per live task");
     }
     let timens = Some(task::collect_timens(pid)?);
+    // the cgroups of the live processes (--manage-cgroups ignore: none)
+    let cgroups = if cgroups == crate::cgroups::Mode::Ignore {
+        None
+    } else {
+        let live: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
+        let (cg, sets) = crate::cgroups::collect(&live).map_err(|(p, what)| DumpError::Unsupported { pid: if p == 0 { pid } else { p }, what })?;
+        for ((_, t), set) in tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).zip(sets) {
+            t.cg_set = set;
+        }
+        cg
+    };
     // last: the links --link-remap asked for (nothing can refuse the dump
     // after them here; the caller removes them if it fails later)
     files::make_link_remaps(tasks.iter_mut().map(|(p, t)| (*p, t)))?;
     let tasks = tasks.into_iter().map(|(_, t)| t).collect();
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc, net }, frozen))
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc, net, cgroups }, frozen))
 }
 
 /// A zombie: its wait status (field 52 of stat, the exit code) and comm.

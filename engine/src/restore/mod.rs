@@ -405,6 +405,11 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         creds::check_rlimits(&tree.tasks[i])?;
         files::check_mapped_files(&tree.tasks[i], cplan.root.as_ref()).map_err(RestoreError::Unsupported)?;
     }
+    // the cgroups the processes go into, made or checked before anything
+    // is forked (removed again if the restore fails: dropped after the
+    // guard, which kills the processes first)
+    let cg_sets: Vec<(usize, u32)> = live.iter().map(|&i| (i, tree.tasks[i].cg_set)).collect();
+    let mut cgroups = crate::cgroups::Prepared::prepare(tree.cgroups.as_ref(), &cg_sets, opts.manage_cgroups).map_err(|e| RestoreError::Unsupported(format!("cgroups: {e}")))?;
     let task = tree.root();
     let (mut flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
@@ -456,6 +461,11 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     // CLONE_NEWPID: set_tid can't name the root's host pid; the others are
     // known from their reports
     let host_of = |i: usize| if i == 0 { Some(child) } else { hosts.get(&tree.tasks[i].pid).copied() };
+    // every process into its cgroups before it is seized (its threads,
+    // made by injection, follow it)
+    if cgroups.any() {
+        cgroups.join(host_of).map_err(|e| RestoreError::Unsupported(format!("cgroups: {e}")))?;
+    }
     let mut shm = space::SharedAnon::default();
     let mut ready = Vec::with_capacity(live.len());
     // several processes at once on threads of their own, one per CPU
@@ -515,6 +525,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     if tree.net.as_ref().is_some_and(|n| !n.empty) {
         crate::netns::unlock_in(child);
     }
+    cgroups.keep();
     pr_info!("Restore finished successfully. Tasks resumed.");
     // the tree runs: a refusal now is reported, as upstream reports a
     // failed post-resume script, and changes nothing
