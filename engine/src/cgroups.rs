@@ -43,6 +43,7 @@
 //! criu's memory cgroup.
 
 use crate::images_io::ImagesError;
+use crate::kinds::inotify::unescape;
 use crate::sys::Pid;
 use images_proto::image::{read_all, write_all};
 use images_proto::magic as mg;
@@ -209,23 +210,6 @@ fn parse_membership(text: &str) -> Vec<(String, String)> {
 
 fn read_membership(path: &str) -> std::io::Result<Vec<(String, String)>> {
     std::fs::read_to_string(path).map(|t| parse_membership(&t))
-}
-
-/// mountinfo's octal escapes (`\040`).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The hierarchies criu's /proc/self/cgroup names, each with a mount of
@@ -724,11 +708,5 @@ mod tests {
         assert!(!known_prop(&["pids".into()], "cpu.shares"));
         assert!(known_prop(&["".into()], "cgroup.max.depth"));
         assert!(!known_prop(&["".into()], "cgroup.procs"));
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
     }
 }
