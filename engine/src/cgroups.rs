@@ -35,6 +35,9 @@
 //!   it). Dirs the restore made are removed again if it fails. `ignore`
 //!   neither dumps nor restores memberships.
 //!
+//! Dirs of the image that no process is in (upstream also dumps the
+//! subtree below a process's cgroup) are read and checked, not made.
+//!
 //! Not done: `--cgroup-root`/`cg_root` (moving the sets elsewhere),
 //! `--cgroup-props`, `--cgroup-dump-controller`, `--cgroup-yard` (refused
 //! by name), trees in a cgroup namespace of their own (refused by the
@@ -178,7 +181,7 @@ pub const PROPS: &[(&str, &[&str])] = &[
     ("net_prio", &["net_prio.ifpriomap"]),
     ("pids", &["pids.max"]),
     ("devices", &["devices.list"]),
-    ("", &["cgroup.subtree_control", "cgroup.max.descendants", "cgroup.max.depth"]),
+    ("", &["cgroup.subtree_control", "cgroup.max.descendants", "cgroup.max.depth", "cgroup.freeze", "cgroup.type"]),
 ];
 
 /// Of every cgroup v1 hierarchy (the membership files are read as "",
@@ -637,6 +640,14 @@ fn write_props(at: &Path, d: &CgDir) -> Result<(), String> {
     let ordered = first.iter().filter_map(|f| d.props.iter().find(|(n, _)| n == f)).chain(d.props.iter().filter(|(n, _)| !first.contains(&n.as_str())));
     for (name, value) in ordered {
         if matches!(name.as_str(), "cgroup.procs" | "tasks") {
+            continue;
+        }
+        // (the restored tree runs: a cgroup frozen at dump is not frozen
+        // again here)
+        if name == "cgroup.freeze" {
+            if value.trim() != "0" {
+                crate::pr_info!("{}: cgroup.freeze {value:?} not restored (the restored processes run)", at.display());
+            }
             continue;
         }
         let file = at.join(name);
