@@ -38,8 +38,11 @@
 //! Dirs of the image that no process is in (upstream also dumps the
 //! subtree below a process's cgroup) are read and checked, not made.
 //!
-//! Not done: `--cgroup-root`/`cg_root` (moving the sets elsewhere),
-//! `--cgroup-props`, `--cgroup-dump-controller`, `--cgroup-yard` (refused
+//! `--cgroup-root [CTRL:]PATH` (RPC `cg_root`, what runc sends to restore
+//! a container into the cgroup it made for it): the root process's cgroup
+//! of that hierarchy becomes PATH, the others keep their place below it.
+//!
+//! Not done: `--cgroup-props`, `--cgroup-dump-controller`, `--cgroup-yard` (refused
 //! by name), trees in a cgroup namespace of their own (refused by the
 //! namespace check), threads of a process in different cgroups. Pages a process touched
 //! before its move (its copy-on-write preparation) stay charged to
@@ -504,9 +507,19 @@ impl Prepared {
     /// Before the tree is forked: `sets` (task index, set id) of the live
     /// processes. Makes or checks every cgroup a process will be moved
     /// into, as `mode` says; on error what it made is removed.
-    pub fn prepare(cg: Option<&Cgroups>, sets: &[(usize, u32)], mode: Mode) -> Result<Prepared, String> {
+    ///
+    /// `roots` (`--cgroup-root [CTRL:]PATH`, RPC `cg_root`; no CTRL: every
+    /// hierarchy without one of its own): the tree's cgroups go below PATH
+    /// instead, the root process's cgroup of that hierarchy (set
+    /// `root_set`) becoming PATH and the others keeping their place below
+    /// it (a process outside the root's cgroup can't be placed: refused).
+    pub fn prepare(cg: Option<&Cgroups>, sets: &[(usize, u32)], mode: Mode, roots: &[(Option<String>, String)], root_set: u32) -> Result<Prepared, String> {
         let mut out = Prepared::default();
+        for (c, p) in roots {
+            check_path(p, true).map_err(|w| format!("--cgroup-root {}{p}: {w}", c.as_ref().map(|c| format!("{c}:")).unwrap_or_default()))?;
+        }
         let Some(cg) = cg.filter(|_| mode != Mode::Ignore) else { return Ok(out) };
+        let root_ctls: &[(String, String)] = cg.sets.iter().find(|s| s.id == root_set).map_or(&[], |s| &s.ctls);
         let own = read_membership("/proc/self/cgroup").map_err(|e| format!("reading criu's /proc/self/cgroup: {e}"))?;
         let h = hierarchies(&own);
         let r = (|| {
@@ -522,7 +535,7 @@ impl Prepared {
                     // (criu's own set, not in the image: left where it is forked)
                     None if id <= 1 => vec![],
                     None => return Err(format!("cgroup.img has no set {id}")),
-                    Some(s) => out.make_set(cg, s, &own, &h, mode)?,
+                    Some(s) => out.make_set(cg, s, &own, &h, mode, roots, root_ctls)?,
                 };
                 if !files.is_empty() {
                     out.joins.push((i, files.clone()));
@@ -538,9 +551,32 @@ impl Prepared {
         Ok(out)
     }
 
-    fn make_set(&mut self, cg: &Cgroups, s: &CgSet, own: &[(String, String)], h: &[(String, Option<PathBuf>)], mode: Mode) -> Result<Vec<PathBuf>, String> {
+    #[allow(clippy::too_many_arguments)]
+    fn make_set(
+        &mut self,
+        cg: &Cgroups,
+        s: &CgSet,
+        own: &[(String, String)],
+        h: &[(String, Option<PathBuf>)],
+        mode: Mode,
+        roots: &[(Option<String>, String)],
+        root_ctls: &[(String, String)],
+    ) -> Result<Vec<PathBuf>, String> {
         let mut files = Vec::new();
-        for (name, path) in &s.ctls {
+        for (name, dumped) in &s.ctls {
+            // where it goes, and the image's dir of each new dir (relative)
+            let (path, moved) = placed(name, dumped, roots, root_ctls).map_err(|e| format!("set {}: {e}", s.id))?;
+            let img_dir = |new_rel: &str| -> Option<String> {
+                match &moved {
+                    None => Some(new_rel.to_string()),
+                    Some((nr, b)) if new_rel == nr => Some(b.clone()),
+                    Some((nr, b)) => {
+                        let rest = if nr.is_empty() { Some(new_rel) } else { new_rel.strip_prefix(&format!("{nr}/")) }?;
+                        Some(if b.is_empty() { rest.to_string() } else { format!("{b}/{rest}") })
+                    }
+                }
+            };
+            let path = &path;
             if own.iter().any(|(n, p)| n == name && p == path) {
                 continue;
             }
@@ -577,7 +613,7 @@ impl Prepared {
                     Mode::Props | Mode::Full | Mode::Strict => true,
                     Mode::Existing | Mode::Ignore => false,
                 };
-                let Some(d) = ctl.and_then(|c| c.dirs.iter().find(|d| d.path == relp)) else { continue };
+                let Some(d) = img_dir(&relp).and_then(|ir| ctl.and_then(|c| c.dirs.iter().find(|d| d.path == ir))) else { continue };
                 if made {
                     if let Some((mode, uid, gid)) = d.perms {
                         use std::os::unix::fs::PermissionsExt;
@@ -630,6 +666,30 @@ impl Drop for Prepared {
     fn drop(&mut self) {
         self.undo();
     }
+}
+
+/// Where member `name`:`dumped` of a set goes with `roots`: its path, and
+/// when moved, (new root, the root process's dumped path), both relative.
+fn placed(name: &str, dumped: &str, roots: &[(Option<String>, String)], root_ctls: &[(String, String)]) -> Result<(String, Option<(String, String)>), String> {
+    let own = roots.iter().find(|(c, _)| c.as_deref().is_some_and(|c| c == name || (!c.is_empty() && name.split(',').any(|n| n == c))));
+    let Some((_, root)) = own.or_else(|| roots.iter().find(|(c, _)| c.is_none())) else { return Ok((dumped.to_string(), None)) };
+    let base = root_ctls.iter().find(|(n, _)| n == name).map(|(_, p)| p.as_str()).ok_or_else(|| format!("the tree's root has no cgroup of hierarchy {} for --cgroup-root", shown(name)))?;
+    let rest = if base == "/" {
+        Some(dumped.trim_start_matches('/'))
+    } else if dumped == base {
+        Some("")
+    } else {
+        dumped.strip_prefix(&format!("{base}/"))
+    }
+    .ok_or_else(|| format!("cgroup {}:{dumped} is not below the tree root's {base}: --cgroup-root can't place it", shown(name)))?;
+    let nr = root.trim_start_matches('/').trim_end_matches('/');
+    let path = match (nr.is_empty(), rest.is_empty()) {
+        (true, true) => "/".to_string(),
+        (true, false) => format!("/{rest}"),
+        (false, true) => format!("/{nr}"),
+        (false, false) => format!("/{nr}/{rest}"),
+    };
+    Ok((path, Some((nr.to_string(), base.trim_start_matches('/').to_string()))))
 }
 
 /// A dir's properties written where they differ from its value now:
@@ -709,6 +769,17 @@ mod tests {
         assert!(check_path("", false).is_ok());
         assert!(check_path("x/./y", false).is_err());
         assert!(check_path("/x", false).is_err());
+    }
+
+    #[test]
+    fn cgroup_root_places_below_the_root() {
+        let roots = vec![(Some("pids".to_string()), "/new".to_string()), (None, "/def".to_string())];
+        let root = vec![("pids".to_string(), "/old".to_string()), ("cpu".to_string(), "/".to_string())];
+        assert_eq!(placed("pids", "/old", &roots, &root).unwrap().0, "/new");
+        assert_eq!(placed("pids", "/old/sub", &roots, &root).unwrap().0, "/new/sub");
+        assert!(placed("pids", "/elsewhere", &roots, &root).is_err());
+        assert_eq!(placed("cpu", "/x", &roots, &root).unwrap().0, "/def/x");
+        assert_eq!(placed("cpu", "/x", &[], &root).unwrap(), ("/x".to_string(), None));
     }
 
     #[test]

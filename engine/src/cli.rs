@@ -175,6 +175,9 @@ Options:
                          properties; full: properties always written;
                          strict: cgroups must not exist; none, props:
                          they must exist; ignore: not dumped or restored)
+  --cgroup-root [CTRL:]PATH
+                         restore: the tree root's cgroup (of hierarchy CTRL,
+                         or of every other one) is PATH, the others below it
   --empty-ns net         dump, restore, tfork: the tree's own network
                          namespace is not dumped; restore makes a new,
                          empty one (for the runtime to set up)
@@ -321,6 +324,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         root: o.root.as_deref().map(PathBuf::from),
         sibling: o.restore_sibling,
         manage_cgroups: o.manage_cgroups,
+        cgroup_root: o.cgroup_root.clone(),
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Options {
     /// `--manage-cgroups MODE`: cgroup memberships dumped and restored
     /// (soft, the default), or not (ignore).
     pub manage_cgroups: crate::cgroups::Mode,
+    /// `--cgroup-root [CTRL:]PATH` (restore): where the tree's cgroups go
+    /// instead (`crate::cgroups::Prepared::prepare`).
+    pub cgroup_root: Vec<(Option<String>, String)>,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
             root: None,
             sibling: false,
             manage_cgroups: crate::cgroups::Mode::Soft,
+            cgroup_root: Vec::new(),
         }
     }
 }

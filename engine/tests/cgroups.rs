@@ -282,3 +282,33 @@ fn thread_in_its_own_cgroup_is_refused() {
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `--cgroup-root CTRL:PATH` (runc's `cg_root`): restored into another
+/// cgroup of the pids and cpu hierarchies, made with the dumped one's
+/// properties; the other hierarchies as they were.
+#[test]
+fn cgroup_root_moves_the_tree() {
+    require!(why_not());
+    let tmp = test_dir("cg-root");
+    let criu = private_criu(&tmp);
+    let cg = TestCg::new("cgrootA");
+    let other = TestCg::new("cgrootB");
+    cg.make("55", "600");
+    let mut fx = Fixture::start("counter", &tmp, Ns::OwnPidNs);
+    cg.enter(fx.pid);
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    criu_ok(&criu, &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
+    let to = format!("/{}", other.name);
+    let (st, log) = restore(&criu, &img, &["--cgroup-root", &format!("pids:{to}"), "--cgroup-root", &format!("cpu:{to}")], "restore.log");
+    assert!(st.success(), "{log}");
+    fx.refind();
+    other.assert_member(fx.pid);
+    assert_eq!((other.prop("pids", "pids.max"), other.prop("cpu", "cpu.shares")), ("55".into(), "600".into()));
+    fx.ticks_on(2, "after the restore under another cgroup root");
+    // a root that is not a path
+    drop(fx);
+    let (st, log) = restore(&criu, &img, &["--cgroup-root", "pids:/a/../b"], "restore-bad.log");
+    assert!(!st.success() && log.contains("--cgroup-root"), "{log}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

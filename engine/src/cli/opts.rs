@@ -61,6 +61,8 @@ enum Act {
     NetworkLock,
     /// `--manage-cgroups[=MODE]`.
     ManageCgroups,
+    /// `--cgroup-root [CTRL:]PATH`.
+    CgroupRoot,
     /// `--empty-ns net`: the tree's network namespace left to the runtime.
     EmptyNs,
     Timeout,
@@ -156,7 +158,7 @@ const SPECS: &[Spec] = &[
     o("ext-mount-map", Some('M'), Req, Refused, false),
     o("exec-cmd", None, No, Refused, false),
     o("manage-cgroups", None, Opt, ManageCgroups, false),
-    o("cgroup-root", None, Req, Refused, false),
+    o("cgroup-root", None, Req, CgroupRoot, false),
     o("inherit-fd", None, Req, Refused, false),
     o("skip-mnt", None, Req, Refused, false),
     o("enable-fs", None, Req, Refused, false),
@@ -243,6 +245,8 @@ pub struct Opts {
     pub empty_net: bool,
     /// `--manage-cgroups[=MODE]` (default soft, as upstream).
     pub manage_cgroups: crate::cgroups::Mode,
+    /// `--cgroup-root [CTRL:]PATH`, each time given.
+    pub cgroup_root: Vec<(Option<String>, String)>,
     /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
     pub timeout: Option<u64>,
     /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
@@ -416,6 +420,14 @@ impl Opts {
             ManageCgroups => {
                 self.manage_cgroups = crate::cgroups::Mode::parse(val.as_deref())
                     .ok_or_else(|| Problem::new(format!("invalid argument for --manage-cgroups: {} (ignore, none, props, soft, full, strict)", v())))?;
+            }
+            CgroupRoot => {
+                let v = val.clone().unwrap_or_default();
+                // (a PATH starts with /: a CTRL: prefix is before it)
+                self.cgroup_root.push(match v.split_once(':') {
+                    Some((c, p)) if !v.starts_with('/') => (Some(c.to_string()), p.to_string()),
+                    _ => (None, v),
+                });
             }
             EmptyNs => {
                 if val.as_deref() != Some("net") {

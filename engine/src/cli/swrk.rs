@@ -164,7 +164,6 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(c.ps.is_some(), "ps", "no page server");
     no(!c.veths.is_empty(), "veths", "network namespaces are not restored");
     no(!c.exec_cmd.is_empty(), "exec_cmd", "not supported");
-    no(!c.cg_root.is_empty(), "cg_root", "restoring the cgroups under another root is not supported (they are restored where they were)");
     no(!c.inherit_fd.is_empty(), "inherit_fd", "resources inherited from the client are not supported");
     no(!c.unix_sk_ino.is_empty(), "unix_sk_ino", "external unix sockets by inode are not supported (ext_unix_sk is)");
     no(!c.external.is_empty(), "external", "external resources are not supported");
@@ -235,6 +234,8 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     if let Some(m) = c.manage_cgroups_mode.and_then(crate::cgroups::Mode::from_rpc) {
         o.manage_cgroups = m;
     }
+    // (paths checked by the restore, naming the option)
+    o.cgroup_root = c.cg_root.iter().map(|r| (r.ctrl.clone(), r.path.clone())).collect();
     // (checked above to be a known method; the command line's rules apply)
     o.network_lock = c.network_lock.and_then(|v| images_proto::rpc::CriuNetworkLockMethod::try_from(v).ok()).map(|m| {
         use images_proto::rpc::CriuNetworkLockMethod as N;
@@ -582,9 +583,9 @@ mod tests {
 
     #[test]
     fn refusals_name_every_field() {
-        let c = CriuOpts { images_dir_fd: 5, track_mem: Some(true), cg_root: vec![images_proto::rpc::CgroupRoot { ctrl: None, path: "/x".into() }], inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
+        let c = CriuOpts { images_dir_fd: 5, track_mem: Some(true), parent_img: Some("x".into()), inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
         let e = map(CriuReqType::Restore, &c).err().unwrap();
-        for f in ["criu_opts.track_mem", "criu_opts.cg_root", "criu_opts.inherit_fd"] {
+        for f in ["criu_opts.track_mem", "criu_opts.parent_img", "criu_opts.inherit_fd"] {
             assert!(e.contains(f), "{f} in {e}");
         }
     }

@@ -409,7 +409,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     // is forked (removed again if the restore fails: dropped after the
     // guard, which kills the processes first)
     let cg_sets: Vec<(usize, u32)> = live.iter().map(|&i| (i, tree.tasks[i].cg_set)).collect();
-    let mut cgroups = crate::cgroups::Prepared::prepare(tree.cgroups.as_ref(), &cg_sets, opts.manage_cgroups).map_err(|e| RestoreError::Unsupported(format!("cgroups: {e}")))?;
+    let mut cgroups = crate::cgroups::Prepared::prepare(tree.cgroups.as_ref(), &cg_sets, opts.manage_cgroups, &opts.cgroup_root, tree.root().cg_set).map_err(|e| RestoreError::Unsupported(format!("cgroups: {e}")))?;
     let task = tree.root();
     let (mut flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
