@@ -311,6 +311,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         pidfile: o.pidfile.as_deref().map(PathBuf::from),
         root: o.root.as_deref().map(PathBuf::from),
         sibling: o.restore_sibling,
+        ext_mnt: o.ext_mnt.clone(),
     }
 }
 

@@ -922,6 +922,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     write_memfds(dir, &tree.memfds, &mut shm_pages_id)?;
     // the root's own uts and ipc namespaces (SysV shm contents: pages after the memfds')
     crate::utsipc::write_images(dir, tree, &mut shm_pages_id)?;
+    // the root's own mount namespace (mountpoints-ID.img, tmpfs archives)
+    crate::mntns::write_images(dir, tree)?;
     write_locks(dir, tree)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
@@ -1348,7 +1350,8 @@ fn read_images_now(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     // the root's own uts and ipc namespaces (ids other than root_ids')
     let (uts, ipc) = crate::utsipc::read_images(dir, &task.ids, &root_ids)?;
     crate::utsipc::check_attachments(tasks.iter().map(|t| (t.pid, t)), ipc.as_ref()).map_err(|(p, w)| bad(&mg::MM.file_name(p), w))?;
-    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc };
+    let mnt = crate::mntns::read_images(dir, &task.ids, &root_ids)?;
+    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc, mnt };
     Ok((tree, mems))
 }
 

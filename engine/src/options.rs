@@ -46,6 +46,10 @@ pub struct Options {
     /// `--restore-sibling`: the root is forked with CLONE_PARENT, a child
     /// of the engine's parent (a runtime that runs criu), not of the engine.
     pub sibling: bool,
+    // ---- mount namespaces (crate::mntns) ----
+    /// `--external mnt[A]:B` / `--ext-mount-map A:B` / RPC `ext_mnt`: at
+    /// dump (mount point, key), at restore (key, path).
+    pub ext_mnt: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             pidfile: None,
             root: None,
             sibling: false,
+            ext_mnt: Vec::new(),
         }
     }
 }

@@ -44,7 +44,7 @@ const MAX_PATH: usize = 4096;
 /// `criu_opts` fields accepted although they change nothing here, and why
 /// (docs/ARCHITECTURE.md "swrk RPC" has the same table).
 pub const ACCEPTED: &[(&str, &str)] = &[
-    ("ext_mnt, auto_ext_mnt, ext_sharing, ext_masters, skip_mnt, enable_fs", "describe the mounts of a mount namespace: none is dumped here (a tree in a mount namespace other than criu's is refused by name)"),
+    ("auto_ext_mnt, ext_sharing, ext_masters, skip_mnt, enable_fs (set to false or empty)", "ask for nothing beyond what a mount namespace's dump does (ext_mnt is --external mnt[KEY]:VAL)"),
     ("empty_ns (CLONE_NEWNET only)", "leave the network namespace to the runtime: none is dumped here (a tree in another network namespace is refused by name)"),
     ("root (on DUMP)", "the root of the dumped mount namespace: the dumped tree must share criu's, whose paths are the image's"),
     ("orphan_pts_master", "a pty master handed to the client for a slave whose master was outside the tree: such a slave is refused at dump (but for --shell-job's terminal), so there is none to hand"),
@@ -167,6 +167,10 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(c.ps.is_some(), "ps", "no page server");
     no(!c.veths.is_empty(), "veths", "network namespaces are not restored");
     no(!c.exec_cmd.is_empty(), "exec_cmd", "not supported");
+    no(t(c.auto_ext_mnt), "auto_ext_mnt", "external mounts found by criu are not supported yet (give them in ext_mnt)");
+    no(t(c.ext_sharing) || t(c.ext_masters), "ext_sharing/ext_masters", "shared and slave mounts are not supported yet");
+    no(!c.skip_mnt.is_empty(), "skip_mnt", "skipping mounts is not supported yet");
+    no(!c.enable_fs.is_empty(), "enable_fs", "file systems criu-rs does not mount anew are external mounts (ext_mnt)");
     // (mode IGNORE: upstream leaves cgroups alone on restore, as we do)
     let cg_ignore = c.manage_cgroups_mode == Some(images_proto::rpc::CriuCgMode::Ignore as i32);
     no(t(c.manage_cgroups) && !cg_ignore, "manage_cgroups", "cgroup membership and properties are not dumped or restored by criu-rs (only manage_cgroups_mode IGNORE is accepted)");
@@ -251,6 +255,12 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
             return Err(bad("criu_opts.timeout: 0 (want seconds, > 0)"));
         }
         o.timeout = Some(u64::from(s));
+    }
+    for (k, e) in c.ext_mnt.iter().enumerate() {
+        if e.key.is_empty() || e.val.is_empty() || e.key.len() > MAX_PATH || e.val.len() > MAX_PATH {
+            return Err(bad(format!("criu_opts.ext_mnt[{k}]: key and val must be 1..={MAX_PATH} bytes")));
+        }
+        o.ext_mnt.push((e.key.clone(), e.val.clone()));
     }
     if let Some(r) = &c.root {
         let r = path_field("root", r)?;

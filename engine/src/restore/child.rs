@@ -95,6 +95,8 @@ pub struct ChildPlan {
     /// clones, [`crate::mem_source::MemSource::parked`]): a process keeps
     /// only the parked regions of its own subtree through its forks.
     pub parked: Vec<Vec<(u64, u64, u64)>>,
+    /// `--external mnt[KEY]:PATH` of the restore (crate::mntns).
+    pub ext_mnt: Vec<(String, String)>,
 }
 
 /// Per task: the offset of its mapped files' service fds (see
@@ -179,6 +181,10 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         crate::utsipc::enter(tree)?;
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
+        }
+        // the root's own mount namespace, below --root (checked before the fork)
+        if let (Some(ns), Some(r)) = (&tree.mnt, &plan.root) {
+            crate::mntns::enter(ns, &r.path, r.fd.as_raw_fd(), &plan.ext_mnt)?;
         }
         // the memfds several processes use, for all of them to inherit
         files::create_shared_memfds(plan)?;

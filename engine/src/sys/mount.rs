@@ -1,0 +1,73 @@
+//! Mount-namespace calls `crate::mntns` needs beyond `sys::ns::mount`:
+//! pivot_root(2), umount2(2), and a command run with its working directory
+//! on a detached copy of one mount of another mount namespace
+//! (open_tree(2) with OPEN_TREE_CLONE, not recursive: the mount without
+//! the mounts below it), which is how a tmpfs's own files are archived.
+
+use super::last_err;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("NUL in {s:?}")))
+}
+
+/// pivot_root(2) (`new_root` becomes `/`, the old root goes to `put_old`).
+pub fn pivot_root(new_root: &str, put_old: &str) -> io::Result<()> {
+    let (n, o) = (cstr(new_root)?, cstr(put_old)?);
+    // SAFETY: two NUL-terminated paths alive for the call.
+    if unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// umount2(2) with `flags` (MNT_DETACH...).
+pub fn umount2(target: &str, flags: i32) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: a NUL-terminated path alive for the call, an integer.
+    if unsafe { libc::umount2(t.as_ptr(), flags) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// OPEN_TREE_CLONE (linux/mount.h).
+const OPEN_TREE_CLONE: u32 = 1;
+
+/// Make `cmd` run with its working directory on a detached copy of the
+/// mount at `mountpoint` of the mount namespace `ns` (an open
+/// /proc/PID/ns/mnt; `mountpoint` as that namespace's root sees it),
+/// the mounts below it left out, in the caller's own mount namespace
+/// (`own`: its /proc/self/ns/mnt), so the program and its paths are the
+/// caller's. The forked child, before exec: setns(ns), open_tree(2) of
+/// the mount point with OPEN_TREE_CLONE, setns(own), fchdir to the copy.
+pub fn in_mount_copy(cmd: &mut std::process::Command, ns: &std::fs::File, own: &std::fs::File, mountpoint: &str) -> io::Result<()> {
+    let (ns, own) = (ns.try_clone()?, own.try_clone()?);
+    let mp = cstr(mountpoint)?;
+    let (nsfd, ownfd) = (OwnedFd::from(ns), OwnedFd::from(own));
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe system calls on fds and a string the child
+    // inherited (captured by value, alive until exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(nsfd.as_raw_fd(), libc::CLONE_NEWNS) < 0 {
+                return Err(last_err());
+            }
+            let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, mp.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32);
+            if fd < 0 {
+                return Err(last_err());
+            }
+            if libc::setns(ownfd.as_raw_fd(), libc::CLONE_NEWNS) < 0 {
+                return Err(last_err());
+            }
+            if libc::fchdir(fd as i32) < 0 {
+                return Err(last_err());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
