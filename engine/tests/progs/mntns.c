@@ -227,4 +227,5 @@ static int loop(int sys, int hold)
 		struct timespec ts = {0, 100 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
+	return 0;
 }
