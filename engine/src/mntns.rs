@@ -151,6 +151,9 @@ pub struct MntNs {
     /// In mountinfo order (parents before children, the order they were
     /// mounted).
     pub mounts: Vec<Mount>,
+    /// tfork: the live source (its host pid) whose namespace the root and
+    /// external mounts are copied from (not in the images).
+    pub source: Option<i32>,
 }
 
 /// One line of /proc/PID/mountinfo (proc(5)).
@@ -412,17 +415,32 @@ pub fn set_dump_external(ext: &[(String, String)]) {
     *DUMP_EXTERNAL.lock().unwrap_or_else(|e| e.into_inner()) = ext.to_vec();
 }
 
-/// [`collect`] with the pairs [`set_dump_external`] set.
+/// tfork's collection: mounts restore would not make anew are copied
+/// from the live source instead (see [`set_from_source`]).
+static FROM_SOURCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For tfork: the tree's clones take the mounts of its namespace that a
+/// restore does not make anew (the root, host directories, file systems
+/// not in [`NEW_MOUNT`]) from the live source, as copies
+/// (`MntNs::source`), instead of from `--root` and `--external`.
+pub fn set_from_source(on: bool) {
+    FROM_SOURCE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// [`collect`] with the pairs [`set_dump_external`] set (or, for tfork,
+/// [`set_from_source`]).
 pub fn collect_dump(pid: i32) -> Result<MntNs, String> {
     let ext = DUMP_EXTERNAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    collect(pid, &ext)
+    collect(pid, &ext, FROM_SOURCE.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// The mounts of `pid`'s mount namespace (it must own one: the caller
 /// checks), classified ([`classify`]) and with each tmpfs's files.
 /// `ext`: `--external mnt[MOUNTPOINT]:KEY` pairs of the dump; one naming
-/// no mount point of the namespace is refused.
-pub fn collect(pid: i32, ext: &[(String, String)]) -> Result<MntNs, String> {
+/// no mount point of the namespace is refused. `from_source` (tfork):
+/// every mount not made anew (but the root) is external, its key its
+/// mount point, copied from the live source at restore.
+pub fn collect(pid: i32, ext: &[(String, String)], from_source: bool) -> Result<MntNs, String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).map_err(|e| format!("reading /proc/{pid}/mountinfo: {e}"))?;
     let lines = parse_mountinfo(&text)?;
     let mut mounts = Vec::with_capacity(lines.len());
@@ -450,6 +468,13 @@ pub fn collect(pid: i32, ext: &[(String, String)]) -> Result<MntNs, String> {
         }
         mounts.push(m);
     }
+    if from_source {
+        // (the root mount: the first without a parent in the namespace)
+        let ids: std::collections::HashSet<u32> = mounts.iter().map(|m| m.mnt_id).collect();
+        for m in mounts.iter_mut().filter(|m| ids.contains(&m.parent_mnt_id) && !NEW_MOUNT.contains(&m.fstype.as_str())) {
+            m.ext_key = Some(m.mountpoint.clone());
+        }
+    }
     for (mp, key) in ext {
         if !mounts.iter().any(|m| &m.mountpoint == mp) {
             return Err(format!("--external mnt[{mp}]:{key}: no mount of its mount namespace is at {mp}"));
@@ -472,7 +497,7 @@ pub fn collect(pid: i32, ext: &[(String, String)]) -> Result<MntNs, String> {
         mounts[i].archive = Some(Archive::Bytes(data));
     }
     crate::pr_info!("mount namespace of {pid}: {} mounts", mounts.len());
-    Ok(MntNs { mounts })
+    Ok(MntNs { mounts, source: from_source.then_some(pid) })
 }
 
 /// tar's options as upstream runs it (a format fact: the archive is what
@@ -610,7 +635,7 @@ pub fn read_images(dir: &Path, ids: &KobjIds, root_ids: &KobjIds) -> Result<Opti
             m.archive = Some(Archive::File(base.join(t)));
         }
     }
-    Ok(Some(MntNs { mounts }))
+    Ok(Some(MntNs { mounts, source: None }))
 }
 
 /// Before restore forks: refuse an image set whose mount namespace this
@@ -619,6 +644,9 @@ pub fn read_images(dir: &Path, ids: &KobjIds, root_ids: &KobjIds) -> Result<Opti
 pub fn check_restore(tree: &Tree, root: Option<&Path>, ext: &[(String, String)]) -> Result<(), String> {
     let Some(ns) = &tree.mnt else { return Ok(()) };
     let (how, _) = classify(&ns.mounts)?;
+    if ns.source.is_some() {
+        return Ok(());
+    }
     for (m, h) in ns.mounts.iter().zip(&how) {
         match h {
             How::Root if root.is_none() => {
@@ -665,23 +693,69 @@ fn mount_target(root: &OwnedFd, path: &str, file: bool) -> Result<OwnedFd, Strin
 }
 
 /// In the tree's root (single-threaded, before it forks, after its other
-/// namespaces): a new mount namespace with the image's mounts below
-/// `root` (`--root`), pivot_root into it, and `root_fd` (the number of
-/// RootDir's fd) made an O_PATH fd of the new `/`. `ext`: `--external
-/// mnt[KEY]:PATH` pairs of the restore.
-pub fn enter(ns: &MntNs, root: &Path, root_fd: i32, ext: &[(String, String)]) -> Result<(), String> {
+/// namespaces): a new mount namespace with the image's mounts, pivot_root
+/// into it. `root`: `--root` and the number of RootDir's fd, made an
+/// O_PATH fd of the new `/`; the root mount is a bind of `--root`. `ext`:
+/// `--external mnt[KEY]:PATH` pairs of the restore. A namespace taken from
+/// a live source (`ns.source`, tfork) needs neither: its root mount and
+/// external ones are copies of the source's (open_tree(2) in the source's
+/// namespace, attached here with move_mount(2)).
+pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -> Result<(), String> {
+    use crate::sys::mount::{clone_mount, move_mount};
     use crate::sys::ns::mount;
     let (how, order) = classify(&ns.mounts)?;
+    // tfork: copies of the source's root and external mounts, made in its
+    // namespace (open_tree copies only mounts of the caller's)
+    let mut copies: Vec<Option<OwnedFd>> = (0..ns.mounts.len()).map(|_| None).collect();
+    if let Some(src) = ns.source {
+        let theirs = std::fs::File::open(format!("/proc/{src}/ns/mnt")).map_err(|e| format!("the source {src}'s mount namespace: {e}"))?;
+        let own = std::fs::File::open("/proc/self/ns/mnt").map_err(|e| format!("our mount namespace: {e}"))?;
+        let cwd = std::env::current_dir().ok();
+        crate::sys::ns::setns(theirs.as_fd(), libc::CLONE_NEWNS).map_err(|e| format!("entering the source {src}'s mount namespace: {e}"))?;
+        let mut r = Ok(());
+        for (i, h) in how.iter().enumerate() {
+            let path = match h {
+                How::Root => "/",
+                How::External(_) => ns.mounts[i].mountpoint.as_str(),
+                _ => continue,
+            };
+            match clone_mount(path) {
+                Ok(fd) => copies[i] = Some(fd),
+                Err(e) => {
+                    r = Err(format!("{}: a copy of the source's (open_tree): {e}", ns.mounts[i].name()));
+                    break;
+                }
+            }
+        }
+        crate::sys::ns::setns(own.as_fd(), libc::CLONE_NEWNS).map_err(|e| format!("back to our mount namespace: {e}"))?;
+        if let Some(c) = cwd {
+            let _ = std::env::set_current_dir(c);
+        }
+        r?;
+    }
     crate::sys::ns::unshare(libc::CLONE_NEWNS).map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
     // (nothing made here reaches the engine's namespace)
     mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(|e| format!("mount(/, MS_REC|MS_PRIVATE): {e}"))?;
-    let rootp = root.to_str().ok_or_else(|| format!("--root {}: not UTF-8", root.display()))?;
-    // a new mount of its own, the namespace's root
-    mount(Some(rootp), rootp, None, libc::MS_BIND, None).map_err(|e| format!("bind-mounting --root {rootp} on itself: {e}"))?;
-    let new_root = crate::sys::ns::open_root_dir(root, 3).map_err(|e| format!("opening --root {rootp}: {e}"))?;
+    let root_at = how.iter().position(|h| *h == How::Root).expect("classify found the root");
+    let new_root = match (copies[root_at].take(), root) {
+        // the source's root, stacked on ours (pivot_root makes it /)
+        (Some(c), _) => {
+            let slash = std::fs::File::open("/").map_err(|e| format!("opening / to attach the copy of the source's root: {e}"))?;
+            move_mount(&c, slash.as_fd()).map_err(|e| format!("{}: attaching the copy of the source's root (move_mount): {e}", ns.mounts[root_at].name()))?;
+            c
+        }
+        (None, Some((r, _))) => {
+            let rootp = r.to_str().ok_or_else(|| format!("--root {}: not UTF-8", r.display()))?;
+            // a new mount of its own, the namespace's root
+            mount(Some(rootp), rootp, None, libc::MS_BIND, None).map_err(|e| format!("bind-mounting --root {rootp} on itself: {e}"))?;
+            crate::sys::ns::open_root_dir(r, 3).map_err(|e| format!("opening --root {rootp}: {e}"))?
+        }
+        (None, None) => return Err(format!("{}: the root of the tree's mount namespace needs --root DIR", ns.mounts[root_at].name())),
+    };
     // mount index -> st_dev of its restored file system (bind sources)
     let mut devs: Vec<Option<u64>> = vec![None; ns.mounts.len()];
     let at_root = |p: &str, flags: i32| crate::sys::ns::open_in_root(new_root.as_fd(), std::ffi::OsStr::new(p), flags, 0);
+    let ext_path = |k: &str, name: &str| ext.iter().find(|(key, _)| key == k).map(|(_, p)| p.clone()).ok_or_else(|| format!("{name}: no --external mnt[{k}]:PATH"));
     for &i in &order {
         let m = &ns.mounts[i];
         let name = m.name();
@@ -689,10 +763,10 @@ pub fn enter(ns: &MntNs, root: &Path, root_fd: i32, ext: &[(String, String)]) ->
             How::Root => None,
             h => {
                 let file = match h {
-                    How::External(k) => {
-                        let p = &ext.iter().find(|(key, _)| key == k).ok_or_else(|| format!("{name}: no --external mnt[{k}]:PATH"))?.1;
-                        !Path::new(p).is_dir()
+                    How::External(_) if copies[i].is_some() => {
+                        crate::sys::process::fstat_mode_size(copies[i].as_ref().expect("a copy").as_raw_fd()).is_ok_and(|(mode, _)| mode & libc::S_IFMT != libc::S_IFDIR)
                     }
+                    How::External(k) => !Path::new(&ext_path(k, &name)?).is_dir(),
                     How::Bind { of, sub } => {
                         let src = format!("{}/{sub}", ns.mounts[*of].mountpoint.trim_end_matches('/'));
                         at_root(&src, libc::O_PATH | libc::O_CLOEXEC).and_then(|f| crate::sys::process::fstat_mode_size(f.as_raw_fd())).is_ok_and(|(mode, _)| mode & libc::S_IFMT != libc::S_IFDIR)
@@ -702,12 +776,16 @@ pub fn enter(ns: &MntNs, root: &Path, root_fd: i32, ext: &[(String, String)]) ->
                 Some(mount_target(&new_root, &m.mountpoint, file).map_err(|e| format!("{name}: {e}"))?)
             }
         };
-        let target = target_fd.as_ref().map_or_else(|| rootp.to_string(), proc_fd);
+        let target = target_fd.as_ref().map_or_else(|| proc_fd(&new_root), proc_fd);
         match &how[i] {
             How::Root => {}
+            How::External(_) if copies[i].is_some() => {
+                let to = target_fd.as_ref().expect("not the root").as_fd();
+                move_mount(copies[i].as_ref().expect("a copy"), to).map_err(|e| format!("{name}: attaching the copy of the source's (move_mount): {e}"))?;
+            }
             How::External(k) => {
-                let p = &ext.iter().find(|(key, _)| key == k).expect("checked").1;
-                mount(Some(p), &target, None, libc::MS_BIND, None).map_err(|e| format!("{name}: bind-mounting the external {p}: {e}"))?;
+                let p = ext_path(k, &name)?;
+                mount(Some(&p), &target, None, libc::MS_BIND, None).map_err(|e| format!("{name}: bind-mounting the external {p}: {e}"))?;
             }
             How::New => {
                 let flags = u64::from(m.sb_flags | (m.flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC)));
@@ -739,14 +817,16 @@ pub fn enter(ns: &MntNs, root: &Path, root_fd: i32, ext: &[(String, String)]) ->
             .map_err(|e| format!("{name}: setting its flags {:#x} (bind remount): {e}", m.flags))?;
     }
     // into it: the old root stacked below the new one, then detached
+    crate::sys::mount::fchdir(&new_root).map_err(|e| format!("chdir to the new root: {e}"))?;
     drop(new_root);
-    std::env::set_current_dir(root).map_err(|e| format!("chdir to --root {rootp}: {e}"))?;
-    crate::sys::mount::pivot_root(".", ".").map_err(|e| format!("pivot_root into {rootp}: {e}"))?;
+    crate::sys::mount::pivot_root(".", ".").map_err(|e| format!("pivot_root into the new root: {e}"))?;
     crate::sys::mount::umount2(".", libc::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir / in the new root: {e}"))?;
-    let fd = crate::sys::ns::open_root_dir(Path::new("/"), 3).map_err(|e| format!("opening the new /: {e}"))?;
-    crate::sys::process::dup2(fd.as_raw_fd(), root_fd).map_err(|e| format!("the new / onto fd {root_fd}: {e}"))?;
-    crate::sys::process::set_cloexec(root_fd, true).map_err(|e| format!("close-on-exec on fd {root_fd}: {e}"))?;
+    if let Some((_, root_fd)) = root {
+        let fd = crate::sys::ns::open_root_dir(Path::new("/"), 3).map_err(|e| format!("opening the new /: {e}"))?;
+        crate::sys::process::dup2(fd.as_raw_fd(), root_fd).map_err(|e| format!("the new / onto fd {root_fd}: {e}"))?;
+        crate::sys::process::set_cloexec(root_fd, true).map_err(|e| format!("close-on-exec on fd {root_fd}: {e}"))?;
+    }
     Ok(())
 }
 

@@ -608,7 +608,11 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     let t0 = Instant::now();
     // connections recorded (not refused by the collection): [`net::plan`]
     // decides; the restores then bring them back closed (`--tcp-close`)
+    // (a mount namespace of its own: each clone gets a new one, its root
+    // and host mounts copies of the source's, crate::mntns)
+    crate::mntns::set_from_source(true);
     let collected = dump::collect_tree_opts(pid, &crate::options::Options { tcp_close: true, ..Default::default() });
+    crate::mntns::set_from_source(false);
     set_net_opts(opts.tcp_close);
     let (tree, frozen) = collected?;
     net::plan(&tree, opts.tcp_close, false)?;
@@ -1471,7 +1475,10 @@ fn restore_in_new_pid_ns(
                 Some((ctl_rd, _)) => Some(start_ns_init(ctl_rd)?),
             };
             crate::fault::point("tforktree-ns-made");
-            let o = crate::options::Options { sibling: true, ..Default::default() };
+            // (a mount namespace of its own: the image's paths are the
+            // source's, seen through its root; crate::mntns copies its mounts)
+            let root = tree.mnt.as_ref().and_then(|m| m.source).map(|src| std::path::PathBuf::from(format!("/proc/{src}/root")));
+            let o = crate::options::Options { sibling: true, root, ..Default::default() };
             let ns = init.map(|i| std::path::PathBuf::from(format!("/proc/{i}/ns/pid")));
             let c = restore::restore_in(tree, mems, &o, ns.as_deref()).map_err(|e| crate::log::error_chain(&e))?;
             Ok((c, init))

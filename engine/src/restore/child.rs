@@ -182,9 +182,10 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
         }
-        // the root's own mount namespace, below --root (checked before the fork)
-        if let (Some(ns), Some(r)) = (&tree.mnt, &plan.root) {
-            crate::mntns::enter(ns, &r.path, r.fd.as_raw_fd(), &plan.ext_mnt)?;
+        // the root's own mount namespace, below --root or from tfork's source
+        // (checked before the fork)
+        if let Some(ns) = &tree.mnt {
+            crate::mntns::enter(ns, plan.root.as_ref().map(|r| (r.path.as_path(), r.fd.as_raw_fd())), &plan.ext_mnt)?;
         }
         // the memfds several processes use, for all of them to inherit
         files::create_shared_memfds(plan)?;

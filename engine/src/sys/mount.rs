@@ -2,7 +2,9 @@
 //! pivot_root(2), umount2(2), and a command run with its working directory
 //! on a detached copy of one mount of another mount namespace
 //! (open_tree(2) with OPEN_TREE_CLONE, not recursive: the mount without
-//! the mounts below it), which is how a tmpfs's own files are archived.
+//! the mounts below it), which is how a tmpfs's own files are archived;
+//! and, for tfork, such copies made in the source's namespace
+//! ([`clone_mount`]) attached in a clone's ([`move_mount`]).
 
 use super::last_err;
 use std::ffi::CString;
@@ -68,6 +70,45 @@ pub fn in_mount_copy(cmd: &mut std::process::Command, ns: &std::fs::File, own: &
             }
             Ok(())
         });
+    }
+    Ok(())
+}
+
+/// open_tree(2) of `path` with OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC: a
+/// detached copy of the mount there (not the mounts below it), as an fd,
+/// for [`move_mount`]. The mount must be in the caller's mount namespace.
+pub fn clone_mount(path: &str) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: a NUL-terminated path alive for the call, integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32) };
+    if fd < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH (linux/mount.h).
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+/// move_mount(2) of the detached mount `from` ([`clone_mount`]) onto the
+/// directory or file `to` is (an fd, O_PATH will do, of the caller's
+/// mount namespace; no path is looked up).
+pub fn move_mount(from: &OwnedFd, to: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: two fds we borrow, static empty strings, integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_move_mount, from.as_raw_fd(), c"".as_ptr(), to.as_raw_fd(), c"".as_ptr(), MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// fchdir(2).
+pub fn fchdir(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fchdir on an fd we borrow.
+    if unsafe { libc::fchdir(fd.as_raw_fd()) } < 0 {
+        return Err(last_err());
     }
     Ok(())
 }
