@@ -701,7 +701,12 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
             (None, Vec::new())
         }
         Some(t) => {
-            let (tr, pages) = crate::images_io::read_images(&t.0).map_err(|e| TforkError::Images(format!("reading back {}: {}", t.0.display(), crate::log::error_chain(&e))))?;
+            let (mut tr, pages) = crate::images_io::read_images(&t.0).map_err(|e| TforkError::Images(format!("reading back {}: {}", t.0.display(), crate::log::error_chain(&e))))?;
+            // (its mount namespace's root and host mounts still come from
+            // the live source, which images do not record)
+            if let (Some(m), Some(src)) = (tr.mnt.as_mut(), tree.mnt.as_ref()) {
+                m.source = src.source;
+            }
             (Some(tr), pages)
         }
     };

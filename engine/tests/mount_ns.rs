@@ -372,7 +372,25 @@ fn ours_naming(dir: &Path) -> Vec<String> {
 #[test]
 fn tfork_clones_get_their_own_mount_namespaces() {
     test_support::require!(why_not());
-    let p = Prog::start("tfork", &["sys", "hold"]);
+    tfork_two("tfork", &[]);
+}
+
+/// The same, the clones restored from the copy of the frozen tree in tmpfs
+/// (`CRIU_RS_TFORK_SNAPSHOT=off`: the image set read back, its mount
+/// namespace still copied from the live source) and from the frozen source
+/// itself (`CRIU_RS_TFORK_TREE_MEM=source`, the kmod path's).
+#[test]
+fn tfork_of_a_container_from_its_tmpfs_copy_or_from_the_source() {
+    test_support::require!(why_not());
+    tfork_two("tfork-tmpset", &[("CRIU_RS_TFORK_SNAPSHOT", "off")]);
+    tfork_two("tfork-fromsrc", &[("CRIU_RS_TFORK_TREE_MEM", "source")]);
+}
+
+/// tfork --copies 2 --persist=sync of a new mntns (`tag`), the engine run
+/// with `env`, and every check of
+/// [`tfork_clones_get_their_own_mount_namespaces`].
+fn tfork_two(tag: &str, env: &[(&str, &str)]) {
+    let p = Prog::start(tag, &["sys", "hold"]);
     let criu = ours(&p.dir);
     let src_mnt = ns_link(p.pid, "mnt");
     let src_shape = mount_shape(p.pid);
@@ -384,6 +402,7 @@ fn tfork_clones_get_their_own_mount_namespaces() {
         .args(["tfork", "-t", &p.pid.to_string(), "--copies", "2", "--persist=sync", "-D"])
         .arg(&img)
         .args(["-v4", "-o", "tfork.log"])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();
