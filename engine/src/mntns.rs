@@ -816,6 +816,11 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
         mount(None, &t, None, u64::from(m.flags & MNT_FLAGS) | libc::MS_REMOUNT | libc::MS_BIND, None)
             .map_err(|e| format!("{name}: setting its flags {:#x} (bind remount): {e}", m.flags))?;
     }
+    // (tests: a restore failing with the namespace half made)
+    crate::fault::point("mntns-made");
+    if crate::fault::fails("mntns-made") {
+        return Err("fault point mntns-made (CRIU_RS_FAULT_AT)".into());
+    }
     // into it: the old root stacked below the new one, then detached
     crate::sys::mount::fchdir(&new_root).map_err(|e| format!("chdir to the new root: {e}"))?;
     drop(new_root);

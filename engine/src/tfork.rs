@@ -621,6 +621,11 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     if !own_ns && frozen.members.len() == 1 && !single_ok {
         return Err(TforkError::Unsupported(format!("process {pid} lost its children and is not pid 1 of its own pid namespace: tfork it again")));
     }
+    if let (Some(_), Some(_)) = (&opts.root_snapshot, &tree.mnt) {
+        return Err(TforkError::Unsupported(format!(
+            "--root-snapshot: process {pid} owns its mount namespace (a container's): its clones get new ones, their root and host mounts copies of its own (the files shared, as a fork's are), but a snapshot of its root file system per clone is not supported yet"
+        )));
+    }
     let plan = match &opts.root_snapshot {
         None => None,
         Some(m) => Some(crate::root_snapshot::Plan::new_restored(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),

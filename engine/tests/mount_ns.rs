@@ -471,3 +471,69 @@ fn tfork_two(tag: &str, env: &[(&str, &str)]) {
     q.check_restored();
     assert_eq!(std::fs::read_to_string(format!("/proc/{}/root/tmp/before", q.pid)).unwrap(), "before the freeze");
 }
+
+/// A tfork of the container that fails (a clone's restore failing or
+/// dying with its mount namespace half made, the engine killed after a
+/// clone was made) or is refused (`--root-snapshot`, not supported for a
+/// source owning its mount namespace: refused by name) leaves the source
+/// running as it was, no clone behind, nothing mounted in the engine's
+/// namespace.
+#[test]
+fn failed_or_refused_tfork_of_a_container_leaves_the_source_as_it_was() {
+    test_support::require!(why_not());
+    let p = Prog::start("tforkfail", &["sys", "hold"]);
+    let criu = ours(&p.dir);
+    let src_mnt = ns_link(p.pid, "mnt");
+    let src_shape = mount_shape(p.pid);
+    let cases: &[(&str, &[&str], bool)] = &[
+        ("mntns-made", &[], false),
+        ("mntns-made@2:fail", &[], false),
+        ("tforktree-clone-made", &[], true),
+        ("", &["--root-snapshot", "overlay:/"], false),
+    ];
+    for &(at, extra, engine_dies) in cases {
+        let img = p.images(&format!("img-{}", at.replace([':', '@'], "-")));
+        let mut env = vec![];
+        if !at.is_empty() {
+            env.push(("CRIU_RS_FAULT_AT", at));
+        }
+        let mut args = vec!["tfork", "-t"];
+        let pid = p.pid.to_string();
+        args.push(&pid);
+        args.extend(["--copies", "2", "--persist=sync"]);
+        args.extend(extra);
+        let (st, log) = criu_env(&criu, &args, &img, "tfork.log", &env);
+        if engine_dies {
+            assert_killed(st, at, &log);
+        } else {
+            assert_eq!(st.code(), Some(1), "{at}: {log}");
+        }
+        if at.is_empty() {
+            assert!(log.contains("--root-snapshot") && log.contains(&format!("process {} owns its mount namespace", p.pid)), "refused by name:\n{log}");
+        } else if !engine_dies {
+            assert!(log.contains("restoring a clone of"), "{at}: the clone's restore failed:\n{log}");
+        }
+        assert!(!img.join("inventory.img").exists(), "{at}: an image set that looks complete");
+        if engine_dies {
+            // (a namespace init's clone is released whole at the end of its
+            // restore: one made before the engine died runs on, in a mount
+            // namespace of its own; none half made)
+            std::thread::sleep(Duration::from_millis(500));
+            let left: Vec<i32> = p.live().into_iter().filter(|&c| c != p.pid).collect();
+            assert!(left.len() <= 1, "{at}: {left:?}");
+            for c in left {
+                let t = own_tick(c);
+                wait_until(&format!("{at}: the whole clone {c} ticks"), Duration::from_secs(20), || own_tick(c) >= t + 2);
+                assert_ne!(ns_link(c, "mnt"), src_mnt, "{at}: clone {c} in a mount namespace of its own");
+                let _ = Command::new("kill").args(["-9", &c.to_string()]).status();
+            }
+        }
+        wait_until(&format!("{at}: no clone left"), Duration::from_secs(5), || p.live() == vec![p.pid]);
+        let t = own_tick(p.pid);
+        wait_until(&format!("{at}: the source ticks on"), Duration::from_secs(20), || own_tick(p.pid) >= t + 3);
+        assert!(!p.log_text().contains("FAIL"), "{at}: {}", p.log_text());
+        assert_eq!(ns_link(p.pid, "mnt"), src_mnt, "{at}");
+        assert_eq!(mount_shape(p.pid), src_shape, "{at}: the source's mounts");
+        assert!(ours_naming(&p.dir).is_empty(), "{at}: mounted in the engine's namespace: {:?}", ours_naming(&p.dir));
+    }
+}
