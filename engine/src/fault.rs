@@ -33,8 +33,8 @@
 //! clone tree's pid namespace and stand-in init made), `tforktree-clone-made`
 //! (a clone tree restored, its init not told to go on), `tforktree-before-go`,
 //! `mntns-made` (in a restored root that owns its mount namespace, a
-//! clone's or not: the namespace made, not yet pivot_root'ed into; the
-//! process itself dies, or with `:fail` the restore fails there);
+//! clone's or not: the namespace made, not yet pivot_root'ed into; only
+//! `:fail`, the restore failing there);
 //! restore `after-clone`, `after-reports` (every process of the tree
 //! forked and set up, none seized yet), `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the

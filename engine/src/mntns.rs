@@ -816,8 +816,8 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
         mount(None, &t, None, u64::from(m.flags & MNT_FLAGS) | libc::MS_REMOUNT | libc::MS_BIND, None)
             .map_err(|e| format!("{name}: setting its flags {:#x} (bind remount): {e}", m.flags))?;
     }
-    // (tests: a restore failing with the namespace half made)
-    crate::fault::point("mntns-made");
+    // (tests: a restore failing with the namespace half made; only
+    // `:fail`: a pid namespace's init ignores its own SIGKILL)
     if crate::fault::fails("mntns-made") {
         return Err("fault point mntns-made (CRIU_RS_FAULT_AT)".into());
     }

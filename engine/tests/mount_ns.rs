@@ -472,8 +472,9 @@ fn tfork_two(tag: &str, env: &[(&str, &str)]) {
     assert_eq!(std::fs::read_to_string(format!("/proc/{}/root/tmp/before", q.pid)).unwrap(), "before the freeze");
 }
 
-/// A tfork of the container that fails (a clone's restore failing or
-/// dying with its mount namespace half made, the engine killed after a
+/// A tfork of the container that fails (a clone's restore failing with
+/// its mount namespace half made, the first or the second clone's; the
+/// engine killed after a
 /// clone was made) or is refused (`--root-snapshot`, not supported for a
 /// source owning its mount namespace: refused by name) leaves the source
 /// running as it was, no clone behind, nothing mounted in the engine's
@@ -486,7 +487,7 @@ fn failed_or_refused_tfork_of_a_container_leaves_the_source_as_it_was() {
     let src_mnt = ns_link(p.pid, "mnt");
     let src_shape = mount_shape(p.pid);
     let cases: &[(&str, &[&str], bool)] = &[
-        ("mntns-made", &[], false),
+        ("mntns-made:fail", &[], false),
         ("mntns-made@2:fail", &[], false),
         ("tforktree-clone-made", &[], true),
         ("", &["--root-snapshot", "overlay:/"], false),
