@@ -169,6 +169,9 @@ Options:
   --tcp-established      dump and restore: established TCP connections
                          carried live (TCP_REPAIR), locked with iptables
                          while dumped
+  --empty-ns net         dump, restore, tfork: the tree's own network
+                         namespace is not dumped; restore makes a new,
+                         empty one (for the runtime to set up)
   --tcp-close            dump and restore: TCP connections restored closed;
                          tfork: the source's TCP connections to peers
                          outside the tree closed in the clones (without
@@ -318,6 +321,8 @@ fn engine_options(o: &Opts) -> EngineOptions {
 /// `--network-lock` for `--tcp-established`: iptables (the default), or
 /// skip; nftables is refused.
 fn network_lock(o: &Opts) -> Result<(), Failure> {
+    // (and `--empty-ns net`, which dump and restore take as well)
+    crate::netns::set_empty(o.empty_net);
     match o.network_lock.as_deref() {
         Some("nftables") if o.tcp_established => Err(Failure::new("--network-lock nftables is not supported yet (the iptables lock, the default, is)")),
         v => {
@@ -467,6 +472,9 @@ fn run_tfork(o: &Opts) -> Result<(), Failure> {
 /// The tfork of `run_tfork` and of the RPC's TFORK request: the clones'
 /// pids, in the order they were released.
 fn tfork_clones(o: &Opts) -> Result<Vec<crate::sys::Pid>, Failure> {
+    // (each clone of a tree owning its network namespace gets a new empty
+    // one with `--empty-ns net`)
+    crate::netns::set_empty(o.empty_net);
     let pid: crate::sys::Pid = match o.tree.as_deref() {
         None => return Err(Failure::new("tfork needs -t PID")),
         Some(t) => t.parse().ok().filter(|&p| p > 0).ok_or_else(|| Failure::new(format!("invalid argument for -t: {t}")))?,

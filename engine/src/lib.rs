@@ -25,4 +25,5 @@ pub mod root_snapshot;
 pub mod sys;
 pub mod tfork;
 pub mod utsipc;
+pub mod netns;
 pub mod validate;

@@ -28,6 +28,10 @@ pub struct Tree {
     /// The root's own ipc namespace (ipcns-*-ID.img), when it is not the
     /// dumping engine's; every process of the tree is in it.
     pub ipc: Option<IpcNs>,
+    /// The root's own network namespace (netdev-ID.img, netns-ID.img and
+    /// the ip/iptables/nft dumps), when it is not the dumping engine's;
+    /// every process of the tree is in it.
+    pub net: Option<crate::netns::NetNs>,
     /// The root's own mount namespace (mountpoints-ID.img and its tmpfs
     /// archives), when it is not the dumping engine's (`crate::mntns`).
     pub mnt: Option<crate::mntns::MntNs>,

@@ -45,7 +45,6 @@ const MAX_PATH: usize = 4096;
 /// (docs/ARCHITECTURE.md "swrk RPC" has the same table).
 pub const ACCEPTED: &[(&str, &str)] = &[
     ("auto_ext_mnt, ext_sharing, ext_masters, skip_mnt, enable_fs (set to false or empty)", "ask for nothing beyond what a mount namespace's dump does (ext_mnt is --external mnt[KEY]:VAL)"),
-    ("empty_ns (CLONE_NEWNET only)", "leave the network namespace to the runtime: none is dumped here (a tree in another network namespace is refused by name)"),
     ("root (on DUMP)", "the root of the dumped mount namespace: the dumped tree must share criu's, whose paths are the image's"),
     ("orphan_pts_master", "a pty master handed to the client for a slave whose master was outside the tree: such a slave is refused at dump (but for --shell-job's terminal), so there is none to hand"),
     ("evasive_devices", "lets a restore open a device by another path when its own fails: the devices restored here (/dev/null, /dev/zero) are opened by path, a failure names it"),
@@ -198,7 +197,7 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(t(c.leave_stopped), "leave_stopped", "not supported");
     no(t(c.allow_uprobes), "allow_uprobes", "uprobes are not dumped");
     no(c.file_validation_method.is_some(), "file_validation_method", "not supported (the build id is checked when the image has one)");
-    no(c.empty_ns.is_some_and(|n| n & !(libc::CLONE_NEWNET as u32) != 0), "empty_ns", "only CLONE_NEWNET (nothing of a network namespace is dumped); other namespaces are not supported");
+    no(c.empty_ns.is_some_and(|n| n & !(libc::CLONE_NEWNET as u32) != 0), "empty_ns", "only CLONE_NEWNET (taken as --empty-ns net); other namespaces are not supported");
     if let Some(f) = &c.config_file {
         let f = path_field("config_file", f)?;
         no(std::path::Path::new(&f).exists(), "config_file", &format!("{f}: reading a config file over RPC is not supported"));
@@ -235,6 +234,8 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     o.link_remap = t(c.link_remap);
     o.tcp_close = t(c.tcp_close);
     o.tcp_established = t(c.tcp_established);
+    // CLONE_NEWNET: `--empty-ns net` (the only bit accepted above)
+    o.empty_net = c.empty_ns.is_some_and(|n| n & libc::CLONE_NEWNET as u32 != 0);
     // (checked above to be a known method; the command line's rules apply)
     o.network_lock = c.network_lock.and_then(|v| images_proto::rpc::CriuNetworkLockMethod::try_from(v).ok()).map(|m| {
         use images_proto::rpc::CriuNetworkLockMethod as N;

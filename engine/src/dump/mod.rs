@@ -26,6 +26,8 @@ use std::io;
 pub enum DumpError {
     #[error("process {0} does not exist")]
     NoProcess(Pid),
+    #[error("{tid} is a thread of process {tgid}, not a process: give the process's pid ({tgid})")]
+    NotAProcess { tid: Pid, tgid: Pid },
     #[error(transparent)]
     Freeze(#[from] freeze::FreezeError),
     #[error(transparent)]
@@ -80,7 +82,7 @@ const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
 /// Of [`SAME_NS`], the kinds carried when the tree's root owns one
 /// (`crate::utsipc`): every thread of the tree must then be in the
 /// root's ([`check_carried_namespaces`]).
-const CARRIED_NS: [&str; 2] = ["uts", "ipc"];
+const CARRIED_NS: [&str; 3] = ["uts", "ipc", "net"];
 
 /// Refuse, by name, every namespace of thread `tid` of `pid` that the
 /// restore would not give back: a net, ipc, uts, mnt, user or cgroup
@@ -106,7 +108,7 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
     }
     if !differ.is_empty() {
         return Err(err(format!(
-            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than pid, time, uts, ipc and mnt ones is not supported yet",
+            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than pid, time, uts, ipc, net and mnt ones is not supported yet",
             differ.join(", ")
         )));
     }
@@ -141,9 +143,9 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
 /// against its root's (`pid`'s): the root's are carried when they are not
 /// the engine's (`crate::utsipc`), and a thread in another one than the
 /// root's (nested, or a child that unshared) is refused by name. Returns
-/// which of the two the root owns.
-fn check_carried_namespaces(pid: Pid, frozen: &FrozenTree) -> Result<(bool, bool), DumpError> {
-    let mut own = [false; 2];
+/// which of them (uts, ipc, net) the root owns.
+fn check_carried_namespaces(pid: Pid, frozen: &FrozenTree) -> Result<[bool; 3], DumpError> {
+    let mut own = [false; 3];
     for (k, kind) in CARRIED_NS.iter().enumerate() {
         let root = ns_link(&format!("/proc/{pid}/ns/{kind}"));
         own[k] = root.is_some() && root != ns_link(&format!("/proc/self/ns/{kind}"));
@@ -164,7 +166,7 @@ fn check_carried_namespaces(pid: Pid, frozen: &FrozenTree) -> Result<(bool, bool
             }
         }
     }
-    Ok((own[0], own[1]))
+    Ok(own)
 }
 
 /// Freeze the tree rooted at `pid` and collect its state. The returned
@@ -205,8 +207,15 @@ fn collect_tree(
     with_memory: bool,
     file_opts: &files::FileOpts,
 ) -> Result<(Tree, FrozenTree), DumpError> {
-    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Err(DumpError::NoProcess(pid));
+    };
+    // /proc/TID answers for a thread too (it is only left out of /proc's
+    // listing): a thread's id would be taken for a process of its own
+    if let Some(tgid) = status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<Pid>().ok()) {
+        if tgid != pid {
+            return Err(DumpError::NotAProcess { tid: pid, tgid });
+        }
     }
     let io_err = |what| move |e| DumpError::io(pid, what, e);
     let mut frozen = match freeze_cgroup {
@@ -230,8 +239,17 @@ fn collect_tree(
             check_namespaces(f.pid, t.tid, f.pid == pid)?;
         }
     }
-    let (own_uts, own_ipc) = check_carried_namespaces(pid, &frozen)?;
+    let [own_uts, own_ipc, own_net] = check_carried_namespaces(pid, &frozen)?;
     let (uts, ipc) = crate::utsipc::collect(pid, own_uts, own_ipc).map_err(|what| DumpError::Namespace { pid, what })?;
+    // the root's own network namespace: locked as a whole (its
+    // connections are not locked one by one), then read; its sockets are
+    // listed by sock_diag from inside it (crate::netns)
+    let net = if own_net {
+        crate::netns::begin_dump(pid, !crate::kinds::tcp_stream::lock_skipped()).map_err(|what| DumpError::Namespace { pid, what })?;
+        Some(crate::netns::collect_or_empty(pid).map_err(|what| DumpError::Namespace { pid, what })?)
+    } else {
+        None
+    };
     // the root's own mount namespace (every thread of the tree in it)
     let threads: Vec<(Pid, Pid)> = frozen.procs.iter().flat_map(|f| f.threads.iter().map(move |t| (f.pid, t.tid))).collect();
     let own_mnt = crate::mntns::root_owns(pid, &threads).map_err(|(pid, what)| DumpError::Namespace { pid, what })?;
@@ -321,7 +339,7 @@ fn collect_tree(
     // after them here; the caller removes them if it fails later)
     files::make_link_remaps(tasks.iter_mut().map(|(p, t)| (*p, t)))?;
     let tasks = tasks.into_iter().map(|(_, t)| t).collect();
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc, mnt }, frozen))
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc, net, mnt }, frozen))
 }
 
 /// A zombie: its wait status (field 52 of stat, the exit code) and comm.

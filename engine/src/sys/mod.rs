@@ -13,6 +13,7 @@ pub mod inject;
 pub mod kmod;
 pub mod mmap;
 pub mod mount;
+pub mod netdev;
 pub mod ns;
 pub mod pagemap;
 pub mod premap;
