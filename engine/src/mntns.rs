@@ -427,6 +427,19 @@ pub fn set_from_source(on: bool) {
     FROM_SOURCE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// tfork `--root-snapshot overlay` (set in the restoring helper of one
+/// clone, inherited by its root): the upper and work directories of an
+/// overlayfs [`enter`] mounts over the copy of the source's root mount.
+static ROOT_OVERLAY: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+
+/// For tfork `--root-snapshot overlay` of a source owning its mount
+/// namespace: the clone restored next (by this process) gets an overlayfs
+/// as its root mount, the source's root its lower layer, `dirs` its upper
+/// and work directories.
+pub fn set_root_overlay(dirs: Option<(String, String)>) {
+    *ROOT_OVERLAY.lock().unwrap_or_else(|e| e.into_inner()) = dirs;
+}
+
 /// [`collect`] with the pairs [`set_dump_external`] set (or, for tfork,
 /// [`set_from_source`]).
 pub fn collect_dump(pid: i32) -> Result<MntNs, String> {
@@ -741,8 +754,24 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
         // the source's root, stacked on ours (pivot_root makes it /)
         (Some(c), _) => {
             let slash = std::fs::File::open("/").map_err(|e| format!("opening / to attach the copy of the source's root: {e}"))?;
-            move_mount(&c, slash.as_fd()).map_err(|e| format!("{}: attaching the copy of the source's root (move_mount): {e}", ns.mounts[root_at].name()))?;
-            c
+            let overlay = ROOT_OVERLAY.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match overlay {
+                None => {
+                    move_mount(&c, slash.as_fd()).map_err(|e| format!("{}: attaching the copy of the source's root (move_mount): {e}", ns.mounts[root_at].name()))?;
+                    c
+                }
+                // --root-snapshot: an overlayfs whose lower layer is that
+                // copy, detached (the overlay holds its own private clone of
+                // it), attached in its place
+                Some((upper, work)) => {
+                    let o = crate::sys::mount::overlay_mount(&proc_fd(&c), &upper, &work)
+                        .map_err(|e| format!("{}: --root-snapshot overlay over the copy of the source's root: {e}", ns.mounts[root_at].name()))?;
+                    drop(c);
+                    move_mount(&o, slash.as_fd()).map_err(|e| format!("{}: attaching the --root-snapshot overlay (move_mount): {e}", ns.mounts[root_at].name()))?;
+                    crate::pr_info!("{}: an overlay of the source's root, upper {upper}", ns.mounts[root_at].name());
+                    o
+                }
+            }
         }
         (None, Some((r, _))) => {
             let rootp = r.to_str().ok_or_else(|| format!("--root {}: not UTF-8", r.display()))?;

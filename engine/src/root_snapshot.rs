@@ -178,6 +178,47 @@ impl Plan {
         Ok(Plan { dir, base, kind })
     }
 
+    /// [`Plan`] for a source that owns its mount namespace (a container,
+    /// cloned by restore, `crate::mntns`): each clone's root mount is an
+    /// overlayfs over a copy of the source's, made in the clone's new
+    /// namespace ([`Plan::overlay_dirs`], `mntns::set_root_overlay`); its
+    /// other mounts are as without `--root-snapshot`. Refused by name: btrfs
+    /// (not supported yet for such a source) and a DIR other than `/`.
+    pub fn new_for_mount_ns(mode: &Mode, pid: Pid, base: &Path) -> Result<Plan, String> {
+        match mode {
+            Mode::Btrfs { .. } => {
+                return Err(format!(
+                    "--root-snapshot btrfs: process {pid} owns its mount namespace (a container's): a btrfs snapshot of its root per clone is not supported yet (overlay is)"
+                ))
+            }
+            Mode::Overlay { dir: Some(d) } if !d.trim_end_matches('/').is_empty() => {
+                return Err(format!(
+                    "--root-snapshot overlay:{d}: process {pid} owns its mount namespace (a container's): its root mount is what each clone gets a snapshot of; a directory below it is not supported (give overlay)"
+                ))
+            }
+            Mode::Overlay { .. } => {}
+        }
+        let parent = base.parent().unwrap_or(Path::new("."));
+        let parent = std::fs::canonicalize(parent).map_err(|e| format!("--root-snapshot: {}: {e}", parent.display()))?;
+        let base = parent.join(base.file_name().unwrap_or_default());
+        if base.to_str().is_none() {
+            return Err(format!("--root-snapshot: {} is not UTF-8", base.display()));
+        }
+        std::fs::create_dir_all(&base).map_err(|e| format!("--root-snapshot: creating {}: {e}", base.display()))?;
+        Ok(Plan { dir: "/".into(), base, kind: Kind::Overlay })
+    }
+
+    /// Clone directory `top` of an overlay plan made: its upper and work
+    /// directories (for `mntns::set_root_overlay`).
+    pub fn overlay_dirs(&self, top: &Path) -> Result<(String, String), String> {
+        let (upper, work, bind) = self.make_top(top)?;
+        if bind.is_some() {
+            return Err("a btrfs snapshot plan has no overlay directories".into());
+        }
+        let s = |p: PathBuf| p.into_os_string().into_string().map_err(|p| format!("{} is not UTF-8", Path::new(&p).display()));
+        Ok((s(upper)?, s(work)?))
+    }
+
     /// The directory of clone `pid`'s files: its overlay's upper
     /// directory, or where its snapshot has the directory.
     pub fn upper(&self, pid: Pid) -> PathBuf {

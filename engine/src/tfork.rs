@@ -628,13 +628,10 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     if !own_ns && frozen.members.len() == 1 && !single_ok {
         return Err(TforkError::Unsupported(format!("process {pid} lost its children and is not pid 1 of its own pid namespace: tfork it again")));
     }
-    if let (Some(_), Some(_)) = (&opts.root_snapshot, &tree.mnt) {
-        return Err(TforkError::Unsupported(format!(
-            "--root-snapshot: process {pid} owns its mount namespace (a container's): its clones get new ones, their root and host mounts copies of its own (the files shared, as a fork's are), but a snapshot of its root file system per clone is not supported yet"
-        )));
-    }
     let plan = match &opts.root_snapshot {
         None => None,
+        // (a mount namespace of its own: an overlay of its root mount per clone)
+        Some(m) if tree.mnt.is_some() => Some(crate::root_snapshot::Plan::new_for_mount_ns(m, pid, &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
         Some(m) => Some(crate::root_snapshot::Plan::new_restored(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
     };
     pr_debug!("collected {pid} ({} processes{}) in {:?}", tree.tasks.len(), if own_ns { ", a namespace init" } else { "" }, t0.elapsed());
@@ -1485,7 +1482,12 @@ fn restore_in_new_pid_ns(
                 p::close(fd);
             }
             if let Some((plan, top)) = snap {
-                plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
+                if tree.mnt.is_some() {
+                    // (its own mount namespace: the overlay is its root mount, crate::mntns)
+                    crate::mntns::set_root_overlay(Some(plan.overlay_dirs(top).map_err(|e| format!("--root-snapshot: {e}"))?));
+                } else {
+                    plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
+                }
             }
             let init = match &ctl {
                 None => made,

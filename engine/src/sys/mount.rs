@@ -104,6 +104,40 @@ pub fn move_mount(from: &OwnedFd, to: std::os::fd::BorrowedFd<'_>) -> io::Result
     Ok(())
 }
 
+/// An overlayfs, attached nowhere (fsopen(2), fsconfig(2) with `lowerdir+`,
+/// `upperdir`, `workdir` as strings, FSCONFIG_CMD_CREATE, fsmount(2)):
+/// `lower` one lower layer (a path: no `:` or `,` syntax), `upper` and
+/// `work` its upper and work directories. An fd of it for [`move_mount`].
+pub fn overlay_mount(lower: &str, upper: &str, work: &str) -> io::Result<OwnedFd> {
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    let own = |r: libc::c_long| -> io::Result<OwnedFd> {
+        if r < 0 {
+            return Err(last_err());
+        }
+        // SAFETY: a new fd the syscall returned, owned by nothing else.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
+    };
+    // SAFETY: a static NUL-terminated name, integer flags.
+    let fs = own(unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), libc::FSOPEN_CLOEXEC) })?;
+    for (key, val) in [(c"lowerdir+", lower), (c"upperdir", upper), (c"workdir", work)] {
+        let v = cstr(val)?;
+        // SAFETY: an fd we own, a static NUL-terminated key and a
+        // NUL-terminated value alive for the call, aux 0 as SET_STRING takes.
+        if unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, key.as_ptr(), v.as_ptr(), 0) } < 0 {
+            let e = last_err();
+            return Err(io::Error::new(e.kind(), format!("overlayfs {}={val}: {e}", key.to_string_lossy())));
+        }
+    }
+    // SAFETY: integer arguments and null key/value, as FSCONFIG_CMD_CREATE takes.
+    if unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0) } < 0 {
+        let e = last_err();
+        return Err(io::Error::new(e.kind(), format!("creating the overlayfs (lower {lower}, upper {upper}, work {work}): {e}")));
+    }
+    // SAFETY: integer arguments.
+    own(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, 0) })
+}
+
 /// fchdir(2).
 pub fn fchdir(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: fchdir on an fd we borrow.
