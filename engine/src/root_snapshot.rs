@@ -42,6 +42,13 @@
 //! by the clone with sendfile from the shared description). Private file mappings of files under DIR stay the
 //! source's (copy-on-write pages of the file as it was), and the clone's
 //! exe link names the source's binary.
+//!
+//! A source that owns its mount namespace (a container, cloned by
+//! restore): `overlay` only, of its root mount ([`Plan::new_for_mount_ns`]):
+//! the restoring helper makes the clone's upper and work directories
+//! ([`Plan::overlay_dirs`]) and `crate::mntns::enter` mounts the overlay as
+//! the root mount of the clone's new namespace, over a copy of the
+//! source's.
 
 use crate::model::{FileDesc, Task};
 use crate::restore::space::Space;

@@ -1445,7 +1445,9 @@ pub fn ns_init_main() -> ! {
 
 /// One clone tree of the frozen source `src` (`tree`, memory `mems`):
 /// restored by a helper process forked for it (with `snap`, in a mount
-/// namespace of its own with the snapshot `(plan, dir)` mounted), its root
+/// namespace of its own with the snapshot `(plan, dir)` mounted; for a
+/// source owning its mount namespace, the overlay's directories made and
+/// handed to the clone's root, `crate::mntns::set_root_overlay`), its root
 /// a child of this engine (`--restore-sibling` of the helper), in a new
 /// pid namespace: made by the restore when the root owned its namespace
 /// (the root is its pid 1), else (`stand_in`) by the helper, whose first

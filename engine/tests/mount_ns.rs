@@ -9,8 +9,11 @@
 //! the rootfs `--root`, as runc passes them. Dump + restore by ours twice,
 //! both ways with upstream 4.2, and refusals by name: a host bind not
 //! given as external, a restore without --root or without the external's
-//! path, hostile mountpoints images. Needs root, gcc, unshare, setsid,
-//! tar; upstream's tests its binary too.
+//! path, hostile mountpoints images; and tfork of it (each clone in a new
+//! mount namespace, its root and /data copies of the source's mounts, its
+//! tmpfs as at the freeze; `--root-snapshot overlay`; failures and
+//! refusals leaving the source as it was). Needs root, gcc, unshare,
+//! setsid, tar; upstream's tests its binary too.
 //!
 //! On main the dump fails ("dumping namespaces other than pid, time, uts
 //! and ipc ones is not supported yet"): every test but the restore-side
