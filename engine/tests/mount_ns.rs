@@ -370,12 +370,12 @@ fn ours_naming(dir: &Path) -> Vec<String> {
 /// neither by the source nor by the other clone; the source's namespace
 /// is as it was, nothing is mounted in the engine's namespace, and the
 /// image set of the frozen moment restores with --root and the external
-/// /data. Fails on the branch before (the host bind at /data refused at
-/// the collection: "give it as external").
+/// /data, by ours and by upstream 4.2. Fails on the branch before (the
+/// host bind at /data refused at the collection: "give it as external").
 #[test]
 fn tfork_clones_get_their_own_mount_namespaces() {
-    test_support::require!(why_not());
-    tfork_two("tfork", &[]);
+    test_support::require!(why_not_upstream().or_else(why_not));
+    tfork_two("tfork", &[], true);
 }
 
 /// The same, the clones restored from the copy of the frozen tree in tmpfs
@@ -385,14 +385,15 @@ fn tfork_clones_get_their_own_mount_namespaces() {
 #[test]
 fn tfork_of_a_container_from_its_tmpfs_copy_or_from_the_source() {
     test_support::require!(why_not());
-    tfork_two("tfork-tmpset", &[("CRIU_RS_TFORK_SNAPSHOT", "off")]);
-    tfork_two("tfork-fromsrc", &[("CRIU_RS_TFORK_TREE_MEM", "source")]);
+    tfork_two("tfork-tmpset", &[("CRIU_RS_TFORK_SNAPSHOT", "off")], false);
+    tfork_two("tfork-fromsrc", &[("CRIU_RS_TFORK_TREE_MEM", "source")], false);
 }
 
 /// tfork --copies 2 --persist=sync of a new mntns (`tag`), the engine run
 /// with `env`, and every check of
-/// [`tfork_clones_get_their_own_mount_namespaces`].
-fn tfork_two(tag: &str, env: &[(&str, &str)]) {
+/// [`tfork_clones_get_their_own_mount_namespaces`] (the persisted set
+/// restored by upstream too with `upstream`).
+fn tfork_two(tag: &str, env: &[(&str, &str)], upstream: bool) {
     let p = Prog::start(tag, &["sys", "hold"]);
     let criu = ours(&p.dir);
     let src_mnt = ns_link(p.pid, "mnt");
@@ -473,6 +474,13 @@ fn tfork_two(tag: &str, env: &[(&str, &str)]) {
     criu_ok(&criu, &strs(&args), &img, "restore.log");
     q.check_restored();
     assert_eq!(std::fs::read_to_string(format!("/proc/{}/root/tmp/before", q.pid)).unwrap(), "before the freeze");
+    if upstream {
+        let _ = Command::new("kill").args(["-9", &q.pid.to_string()]).status();
+        q.gone();
+        upstream_ok(&strs(&args), &img, "restore-upstream.log");
+        q.check_restored();
+        assert_eq!(std::fs::read_to_string(format!("/proc/{}/root/tmp/before", q.pid)).unwrap(), "before the freeze");
+    }
 }
 
 /// A tfork of the container that fails (a clone's restore failing with
