@@ -497,11 +497,15 @@ pub fn collect(pid: i32, ext: &[(String, String)], from_source: bool) -> Result<
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| format!("opening its mount namespace: {e}"))?;
     let own = std::fs::File::open("/proc/self/ns/mnt").map_err(|e| format!("opening criu's mount namespace: {e}"))?;
     let mut total = 0u64;
-    for (i, h) in how.iter().enumerate() {
-        if *h != How::New || mounts[i].fstype != "tmpfs" {
-            continue;
-        }
-        let data = archive(&ns, &own, &mounts[i])?;
+    // (one tar per tmpfs, all at once: tfork's source is frozen meanwhile)
+    let tmpfs: Vec<usize> = (0..mounts.len()).filter(|&i| how[i] == How::New && mounts[i].fstype == "tmpfs").collect();
+    let (nsr, ownr, ms) = (&ns, &own, &mounts);
+    let archives: Vec<Result<Vec<u8>, String>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = tmpfs.iter().map(|&i| (i, sc.spawn(move || archive(nsr, ownr, &ms[i])))).collect();
+        hs.into_iter().map(|(i, h)| h.join().unwrap_or_else(|_| Err(format!("{}: archiving its files: the thread panicked", mounts[i].name())))).collect()
+    });
+    for (&i, data) in tmpfs.iter().zip(archives) {
+        let data = data?;
         total = total.saturating_add(data.len() as u64);
         if total > TMPFS_TOTAL_MAX {
             return Err(format!("{}: the tmpfs archives take over {TMPFS_TOTAL_MAX} bytes: not supported", mounts[i].name()));
