@@ -821,7 +821,10 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
                 mount(Some(&p), &target, None, libc::MS_BIND, None).map_err(|e| format!("{name}: bind-mounting the external {p}: {e}"))?;
             }
             How::New => {
-                let flags = u64::from(m.sb_flags | (m.flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC)));
+                // (a read-only tmpfs is made writable first, for its files,
+                // and read-only once they are in)
+                let sb = if m.archive.is_some() { m.sb_flags & !MS_RDONLY } else { m.sb_flags };
+                let flags = u64::from(sb | (m.flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC)));
                 let data = (!m.options.is_empty()).then_some(m.options.as_str());
                 mount(Some(&m.source), &target, Some(&m.fstype), flags, data).map_err(|e| format!("{name}: mount of a new {} with options {:?}: {e}", m.fstype, m.options))?;
             }
@@ -843,6 +846,10 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
         if let Some(a) = &m.archive {
             let t = top.as_ref().ok_or_else(|| format!("{name}: its root after mounting"))?;
             extract(a, t).map_err(|e| format!("{name}: {e}"))?;
+            if m.sb_flags & MS_RDONLY != 0 {
+                let flags = u64::from(m.sb_flags | (m.flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC))) | libc::MS_REMOUNT;
+                mount(None, &proc_fd(t), None, flags, None).map_err(|e| format!("{name}: making its file system read-only once its files are in (remount): {e}"))?;
+            }
         }
         // the per-mount flags (a bind remount sets all of them)
         let t = top.as_ref().map_or(target, proc_fd);

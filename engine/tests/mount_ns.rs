@@ -191,15 +191,16 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(|s| s.as_str()).collect()
 }
 
-/// The archives of the three tmpfs file systems and the mountpoints image
-/// upstream writes, with the entries upstream writes for them.
-fn check_images(img: &Path) {
+/// The archives of the three tmpfs file systems (and `ro` more: mntns.c's
+/// `ro`) and the mountpoints image upstream writes, with the entries
+/// upstream writes for them.
+fn check_images(img: &Path, ro: usize) {
     let names: Vec<String> = std::fs::read_dir(img).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     let mnts: Vec<&String> = names.iter().filter(|n| n.starts_with("mountpoints-")).collect();
     assert_eq!(mnts.len(), 1, "one mountpoints image: {names:?}");
-    assert_eq!(names.iter().filter(|n| n.starts_with("tmpfs-dev-") && n.ends_with(".tar.gz.img")).count(), 3, "a tmpfs archive each for /tmp, /dev, /dev/shm: {names:?}");
+    assert_eq!(names.iter().filter(|n| n.starts_with("tmpfs-dev-") && n.ends_with(".tar.gz.img")).count(), 3 + ro, "a tmpfs archive each for /tmp, /dev, /dev/shm (/ro): {names:?}");
     let es: Vec<pb::MntEntry> = read_all(img, mnts[0], &mg::MNTS).unwrap();
-    assert_eq!(es.len(), 9, "{es:?}");
+    assert_eq!(es.len(), 9 + ro, "{es:?}");
     let by = |mp: &str| es.iter().find(|e| e.mountpoint == mp).unwrap_or_else(|| panic!("no entry for {mp}"));
     assert_eq!(by("/data").ext_key.as_deref(), Some("data"));
     assert_eq!((by("/proc").fstype, by("/tmp").fstype, by("/dev/pts").fstype, by("/dev/mqueue").fstype, by("/sys").fstype), (1, 5, 6, 14, 2));
@@ -224,18 +225,19 @@ fn container_mount_namespace_survives_dump_and_restore_twice() {
     for round in 0..2 {
         let img = p.images(&format!("img-{round}"));
         criu_ok(&criu, &strs(&p.dump_args()), &img, "dump.log");
-        check_images(&img);
+        check_images(&img, 0);
         p.gone();
         criu_ok(&criu, &strs(&p.restore_args()), &img, "restore.log");
         p.check_restored();
     }
 }
 
-/// Ours dumps, upstream 4.2 restores; upstream dumps that, ours restores.
+/// Ours dumps, upstream 4.2 restores; upstream dumps that, ours restores
+/// (with a read-only tmpfs too, mntns.c's `ro`).
 #[test]
 fn images_go_both_ways_with_upstream() {
     test_support::require!(why_not_upstream().or_else(why_not));
-    let mut p = Prog::start("up", &["sys", "hold"]);
+    let mut p = Prog::start("up", &["sys", "hold", "ro"]);
     let criu = ours(&p.dir);
     let img = p.images("ours");
     criu_ok(&criu, &strs(&p.dump_args()), &img, "dump.log");
@@ -244,7 +246,7 @@ fn images_go_both_ways_with_upstream() {
     p.check_restored();
     let img = p.images("theirs");
     upstream_ok(&strs(&p.dump_args()), &img, "dump.log");
-    check_images(&img);
+    check_images(&img, 1);
     p.gone();
     criu_ok(&criu, &strs(&p.restore_args()), &img, "restore.log");
     p.check_restored();
@@ -608,5 +610,45 @@ fn tfork_root_snapshot_gives_each_clone_its_own_root_files() {
     assert!(ours_naming(&p.dir).is_empty(), "nothing mounted in the engine's namespace: {:?}", ours_naming(&p.dir));
     let t0: Vec<u64> = all.iter().map(|&c| own_tick(c)).collect();
     wait_until("source and clones tick on after the writes", Duration::from_secs(20), || all.iter().zip(&t0).all(|(&c, &t)| own_tick(c) >= t + 3));
+    assert!(!p.log_text().contains("FAIL"), "{}", p.log_text());
+}
+
+/// A tmpfs whose superblock is read-only (mntns.c `ro`: /ro holding a
+/// file, remounted read-only) comes back read-only with its file, after
+/// a dump and restore by ours and in tfork's clones: its archive is
+/// extracted into it before it is made read-only. Failed before (tar could
+/// not write into the new tmpfs, mounted read-only at once).
+#[test]
+fn read_only_tmpfs_survives_dump_restore_and_tfork() {
+    test_support::require!(why_not());
+    let mut p = Prog::start("rotmp", &["sys", "ro"]);
+    let criu = ours(&p.dir);
+    let img = p.images("img");
+    criu_ok(&criu, &strs(&p.dump_args()), &img, "dump.log");
+    p.gone();
+    criu_ok(&criu, &strs(&p.restore_args()), &img, "restore.log");
+    p.check_restored();
+    let ro = |pid: i32| -> bool {
+        let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        // (its super options: the superblock read-only)
+        mi.lines().filter(|l| l.split(' ').nth(4) == Some("/ro")).any(|l| l.split_once(" - tmpfs ").is_some_and(|(_, r)| r.split(' ').nth(1).is_some_and(|o| o == "ro" || o.starts_with("ro,"))))
+    };
+    assert!(ro(p.pid), "/ro read-only again");
+    let img = p.images("tfork");
+    let out = Command::new(&criu)
+        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "1", "-D"])
+        .arg(&img)
+        .args(["-v4", "-o", "tfork.log"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
+    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
+    let clone: i32 = String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.trim().parse().ok()).expect("a clone pid");
+    let t = own_tick(clone);
+    wait_until("the clone ticks on", Duration::from_secs(20), || own_tick(clone) >= t + 3);
+    assert!(ro(clone), "the clone's /ro read-only");
+    assert_eq!(std::fs::read_to_string(format!("/proc/{clone}/root/ro/file")).unwrap(), "read-only");
+    assert!(std::fs::write(format!("/proc/{clone}/root/ro/new"), "x").is_err(), "the clone's /ro is writable");
     assert!(!p.log_text().contains("FAIL"), "{}", p.log_text());
 }

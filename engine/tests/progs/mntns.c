@@ -2,7 +2,7 @@
  * (engine/tests/mount_ns.rs). Run as pid 1 of its own pid and mount
  * namespaces (unshare --mount --pid --fork):
  *
- *   mntns run ROOTFS HOSTDIR [sys] [hold]
+ *   mntns run ROOTFS HOSTDIR [sys] [hold] [ro]
  *       makes every mount private, bind-mounts ROOTFS onto itself, mounts
  *       below it: proc at /proc, a tmpfs at /tmp holding /tmp/hello
  *       ("hello from tmpfs") and /tmp/sub/deep (4096 bytes of 'x'), a
@@ -11,9 +11,11 @@
  *       bind-mounted at /data (a host directory: an external mount),
  *       with `sys` a sysfs read-only at /sys; then pivot_root's into it
  *       and detaches the old root, then execs /mntns (ROOTFS/mntns: it
- *       must be there) as `mntns in [sys] [hold]`, as a container's init
+ *       must be there) as `mntns in [sys] [hold] [ro]`, as a container's init
  *       starts inside its root. With `hold` it keeps /tmp/hello open
- *       (fd 10) and checks the fd's contents every tick too.
+ *       (fd 10) and checks the fd's contents every tick too. With `ro`
+ *       a tmpfs at /ro holding /ro/file ("read-only"), its superblock then
+ *       remounted read-only; checked every tick too.
  *       Appends `tick N ok` or `FAIL ...` to /data/progress.log (HOSTDIR's
  *       progress.log) every 100 ms; creates /data/ready once set up.
  *       Every tick: /proc/self/stat says pid 1, /proc/mounts lists /tmp,
@@ -36,6 +38,7 @@
 #include <unistd.h>
 
 static int logfd = -1;
+static int ro;
 
 static void say(const char *fmt, ...)
 {
@@ -110,6 +113,8 @@ static const char *check(int sys, int hold)
 			snprintf(m, sizeof(m), "/proc/self/mounts lacks \"%s\"", want[i]);
 			return m;
 		}
+	if (ro && !strstr(buf, " /ro tmpfs ro,"))
+		return "/proc/self/mounts lacks a read-only tmpfs at /ro";
 	if (!get("/tmp/hello", buf, sizeof(buf)) || strcmp(buf, "hello from tmpfs"))
 		return "/tmp/hello changed";
 	if (!get("/tmp/sub/deep", buf, sizeof(buf)) || strlen(buf) != 4096 || memcmp(buf, deep(), 4096))
@@ -120,6 +125,8 @@ static const char *check(int sys, int hold)
 		return "/data/marker does not read host";
 	if (access("/dev/pts/ptmx", F_OK))
 		return "no /dev/pts/ptmx";
+	if (ro && (!get("/ro/file", buf, sizeof(buf)) || strcmp(buf, "read-only")))
+		return "/ro/file changed";
 	if (hold) {
 		char b[64];
 		ssize_t n = pread(10, b, sizeof(b) - 1, 0);
@@ -138,13 +145,14 @@ int main(int argc, char **argv)
 {
 	int in = argc >= 2 && !strcmp(argv[1], "in");
 	if (!in && (argc < 4 || strcmp(argv[1], "run"))) {
-		fprintf(stderr, "usage: mntns run ROOTFS HOSTDIR [sys] [hold]\n");
+		fprintf(stderr, "usage: mntns run ROOTFS HOSTDIR [sys] [hold] [ro]\n");
 		return 2;
 	}
 	int sys = 0, hold = 0;
 	for (int i = in ? 2 : 4; i < argc; i++) {
 		sys |= !strcmp(argv[i], "sys");
 		hold |= !strcmp(argv[i], "hold");
+		ro |= !strcmp(argv[i], "ro");
 	}
 	if (getpid() != 1) {
 		fprintf(stderr, "mntns: must be pid 1 of its own pid namespace\n");
@@ -179,6 +187,12 @@ int main(int argc, char **argv)
 	if (sys) {
 		mnt("sysfs", "sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL);
 	}
+	if (ro) {
+		mkdir("ro", 0755);
+		mnt("tmpfs", "ro", "tmpfs", MS_NOSUID, "size=1m");
+		put("ro/file", "read-only", 9);
+		mnt(NULL, "ro", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID, NULL);
+	}
 	if (syscall(SYS_pivot_root, ".", "old"))
 		die("pivot_root");
 	if (chdir("/"))
@@ -186,7 +200,7 @@ int main(int argc, char **argv)
 	if (umount2("/old", MNT_DETACH))
 		die("umount old root");
 	rmdir("/old");
-	char *args[] = {"mntns", "in", sys ? "sys" : "-", hold ? "hold" : "-", NULL};
+	char *args[] = {"mntns", "in", sys ? "sys" : "-", hold ? "hold" : "-", ro ? "ro" : "-", NULL};
 	execv("/mntns", args);
 	die("exec /mntns");
 }
