@@ -652,3 +652,68 @@ fn read_only_tmpfs_survives_dump_restore_and_tfork() {
     assert!(std::fs::write(format!("/proc/{clone}/root/ro/new"), "x").is_err(), "the clone's /ro is writable");
     assert!(!p.log_text().contains("FAIL"), "{}", p.log_text());
 }
+
+/// A process of the host's pid namespace in a private copy of the host's
+/// mount namespace (`unshare --mount`, the shared fixture `counter`): a
+/// fork-made clone would share its namespace, so it is cloned by restore,
+/// into a new mount namespace with the same mounts (the host's root and
+/// binds copies, tmpfs copies as at the freeze, proc/sysfs/devpts new).
+/// The clone ticks on beside the source, nothing is mounted in the
+/// engine's namespace. Failed before (tfork refused the host's
+/// directories as non-external mounts, then a read-only tmpfs).
+#[test]
+fn tfork_of_a_process_in_a_copy_of_the_host_mount_namespace() {
+    test_support::require!(why_not());
+    let dir = test_dir("mntns-hostcopy");
+    let bin = build("counter", &dir);
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut child = only_stdio(Command::new("setsid").args(["unshare", "--mount", "--propagation", "private"]))
+        .arg(&bin)
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start counter");
+    std::thread::spawn(move || child.wait());
+    struct Kill(PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for p in live_with_exe(&self.0) {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+        }
+    }
+    let _k = Kill(bin.clone());
+    let log = work.join("progress.log");
+    wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+    let src = roots_with_exe(&bin)[0];
+    let me = ns_link(std::process::id() as i32, "mnt");
+    assert_ne!(ns_link(src, "mnt"), me, "the counter in a mount namespace of its own");
+    let points = |pid: i32| -> Vec<String> {
+        let mut v: Vec<String> = mount_shape(pid).into_iter().map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
+        v.dedup();
+        v
+    };
+    let src_points = points(src);
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let criu = ours(&dir);
+    let out = Command::new(&criu).args(["tfork", "-t", &src.to_string(), "--copies", "1", "-D"]).arg(&img).args(["-v4", "-o", "tfork.log"]).stdin(Stdio::null()).output().unwrap();
+    let tlog = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
+    assert!(out.status.success(), "tfork failed:\n{tlog}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tlog.contains("owns a mnt namespace"), "cloned by restore for its mount namespace:\n{tlog}");
+    let clone: i32 = String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.trim().parse().ok()).expect("a clone pid");
+    let cl = ns_link(clone, "mnt");
+    assert!(cl != me && cl != ns_link(src, "mnt"), "the clone in a new mount namespace");
+    assert_eq!(points(clone), src_points, "the clone's mount points and file systems are the source's");
+    // both tick on into the one progress.log (its directory is the host's)
+    let oks = || std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.ends_with(" ok")).count();
+    let n = oks();
+    wait_until("source and clone tick on", Duration::from_secs(20), || oks() >= n + 10);
+    assert!(alive(src) && alive(clone));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(ours_naming(&dir).is_empty(), "nothing mounted in the engine's namespace: {:?}", ours_naming(&dir));
+}
