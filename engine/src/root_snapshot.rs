@@ -430,4 +430,21 @@ mod tests {
         assert!(Mode::parse("zfs").is_err());
         assert!(under("/a/b", "/a") && under("/a", "/a") && !under("/ab", "/a") && !under("/b", "/a"));
     }
+
+    #[test]
+    fn a_source_owning_its_mount_namespace_gets_overlay_of_its_root_only() {
+        let base = std::env::temp_dir().join(format!("criu-rs-rootsnap-unit-{}", std::process::id()));
+        let e = Plan::new_for_mount_ns(&Mode::Btrfs { dir: None }, 7, &base.join("b")).unwrap_err();
+        assert!(e.contains("--root-snapshot btrfs") && e.contains("process 7 owns its mount namespace"), "{e}");
+        let e = Plan::new_for_mount_ns(&Mode::Overlay { dir: Some("/srv".into()) }, 7, &base.join("b")).unwrap_err();
+        assert!(e.contains("overlay:/srv") && e.contains("(give overlay)"), "{e}");
+        std::fs::create_dir_all(&base).unwrap();
+        for m in [Mode::Overlay { dir: None }, Mode::Overlay { dir: Some("/".into()) }] {
+            let p = Plan::new_for_mount_ns(&m, 7, &base.join("b")).unwrap();
+            assert_eq!(p.dir, "/");
+            let (u, w) = p.overlay_dirs(&p.made(9)).unwrap();
+            assert!(u.ends_with("/b/9/upper") && w.ends_with("/b/9/work") && Path::new(&u).is_dir() && Path::new(&w).is_dir(), "{u} {w}");
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }
