@@ -79,7 +79,9 @@ for s in sorted(os.listdir(fixtures)):
 # Inputs kept in fuzz/seeds/TARGET-NAME.bin (image sets the fixtures lack,
 # e.g. read_images-upstream-utsipc.bin: upstream 4.2's dump of
 # engine/tests/progs/utsipc.c with its uts and ipc namespaces and SysV
-# objects, in read_images' layout).
+# objects, in read_images' layout; read_images-upstream-mntns.bin: its dump
+# of engine/tests/progs/mntns.c, a mount namespace with tmpfs archives;
+# mountinfo-container.bin: a container's /proc/PID/mountinfo).
 seeds = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'seeds')
 for n in sorted(os.listdir(seeds)) if os.path.isdir(seeds) else []:
     target, _, name = n.partition('-')

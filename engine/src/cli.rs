@@ -210,6 +210,8 @@ Options:
                          (upper dir -D/tfork-root/CLONE_PID/upper), or
                          btrfs[:DIR], a snapshot of its subvolume
                          (-D/tfork-root/CLONE_PID/snap, -D on that btrfs)
+                         (a source owning its mount namespace: overlay,
+                         of its root mount)
   --feature NAME         check: one feature by upstream's name
   --extra, --experimental, --all
                          check: accepted; every probe always runs
@@ -325,6 +327,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         sibling: o.restore_sibling,
         manage_cgroups: o.manage_cgroups,
         cgroup_root: o.cgroup_root.clone(),
+        ext_mnt: o.ext_mnt.clone(),
     }
 }
 

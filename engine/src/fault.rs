@@ -31,7 +31,10 @@
 //! namespace inits) `tforktree-snapshot` (the frozen tree copied into a
 //! tmpfs image set, the source not yet released), `tforktree-ns-made` (in the restoring helper: the
 //! clone tree's pid namespace and stand-in init made), `tforktree-clone-made`
-//! (a clone tree restored, its init not told to go on), `tforktree-before-go`;
+//! (a clone tree restored, its init not told to go on), `tforktree-before-go`,
+//! `mntns-made` (in a restored root that owns its mount namespace, a
+//! clone's or not: the namespace made, not yet pivot_root'ed into; only
+//! `:fail`, the restore failing there);
 //! restore `after-clone`, `after-reports` (every process of the tree
 //! forked and set up, none seized yet), `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the
@@ -79,6 +82,9 @@ pub const POINTS: &[&str] = &[
     "tforktree-ns-made",
     "tforktree-clone-made",
     "tforktree-before-go",
+    // in a clone's restore (its root process, crate::mntns::enter): its new
+    // mount namespace made, the source's mounts copied in, before pivot_root
+    "mntns-made",
     // tfork --root-snapshot: a clone's overlay mounted, its files not yet reopened
     "snapshot-mounted",
     // tfork --tcp-close: a fork-made clone's connections closed, the clone not yet released

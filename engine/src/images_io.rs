@@ -926,6 +926,8 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     if let Some(n) = &tree.net {
         crate::netns::write_images(dir, n, tree.root().ids.net_ns)?;
     }
+    // the root's own mount namespace (mountpoints-ID.img, tmpfs archives)
+    crate::mntns::write_images(dir, tree)?;
     if let Some(cg) = &tree.cgroups {
         crate::cgroups::write_image(dir, cg)?;
     }
@@ -1362,6 +1364,7 @@ fn read_images_now(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     // the root's own uts and ipc namespaces (ids other than root_ids')
     let (uts, ipc) = crate::utsipc::read_images(dir, &task.ids, &root_ids)?;
     crate::utsipc::check_attachments(tasks.iter().map(|t| (t.pid, t)), ipc.as_ref()).map_err(|(p, w)| bad(&mg::MM.file_name(p), w))?;
+    let mnt = crate::mntns::read_images(dir, &task.ids, &root_ids)?;
     let net = crate::netns::read_images(dir, &task.ids, &root_ids)?;
     let cgroups = crate::cgroups::read_image(dir)?;
     for t in tasks.iter().filter(|t| t.zombie_exit.is_none() && t.cg_set > 1) {
@@ -1369,7 +1372,7 @@ fn read_images_now(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
             return Err(bad(&mg::CORE.file_name(t.pid), format!("thread_core.cg_set {} is not a set of cgroup.img", t.cg_set)));
         }
     }
-    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc, net, cgroups };
+    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc, net, mnt, cgroups };
     Ok((tree, mems))
 }
 

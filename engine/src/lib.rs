@@ -17,6 +17,7 @@ pub mod fault;
 pub mod images_io;
 pub mod kinds;
 pub mod mem_source;
+pub mod mntns;
 pub mod model;
 pub mod notify;
 pub mod options;

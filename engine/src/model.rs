@@ -35,6 +35,9 @@ pub struct Tree {
     /// The cgroups of its processes (cgroup.img), when some process is
     /// in other cgroups than the dumping criu's.
     pub cgroups: Option<crate::cgroups::Cgroups>,
+    /// The root's own mount namespace (mountpoints-ID.img and its tmpfs
+    /// archives), when it is not the dumping engine's (`crate::mntns`).
+    pub mnt: Option<crate::mntns::MntNs>,
 }
 
 /// A uts namespace: what uname(2) shows of it.

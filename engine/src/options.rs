@@ -53,6 +53,10 @@ pub struct Options {
     /// `--cgroup-root [CTRL:]PATH` (restore): where the tree's cgroups go
     /// instead (`crate::cgroups::Prepared::prepare`).
     pub cgroup_root: Vec<(Option<String>, String)>,
+    // ---- mount namespaces (crate::mntns) ----
+    /// `--external mnt[A]:B` / `--ext-mount-map A:B` / RPC `ext_mnt`: at
+    /// dump (mount point, key), at restore (key, path).
+    pub ext_mnt: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -73,6 +77,7 @@ impl Default for Options {
             sibling: false,
             manage_cgroups: crate::cgroups::Mode::Soft,
             cgroup_root: Vec::new(),
+            ext_mnt: Vec::new(),
         }
     }
 }

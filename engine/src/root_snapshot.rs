@@ -42,6 +42,13 @@
 //! by the clone with sendfile from the shared description). Private file mappings of files under DIR stay the
 //! source's (copy-on-write pages of the file as it was), and the clone's
 //! exe link names the source's binary.
+//!
+//! A source that owns its mount namespace (a container, cloned by
+//! restore): `overlay` only, of its root mount ([`Plan::new_for_mount_ns`]):
+//! the restoring helper makes the clone's upper and work directories
+//! ([`Plan::overlay_dirs`]) and `crate::mntns::enter` mounts the overlay as
+//! the root mount of the clone's new namespace, over a copy of the
+//! source's.
 
 use crate::model::{FileDesc, Task};
 use crate::restore::space::Space;
@@ -176,6 +183,47 @@ impl Plan {
         }
         std::fs::create_dir_all(&base).map_err(|e| format!("--root-snapshot: creating {}: {e}", base.display()))?;
         Ok(Plan { dir, base, kind })
+    }
+
+    /// [`Plan`] for a source that owns its mount namespace (a container,
+    /// cloned by restore, `crate::mntns`): each clone's root mount is an
+    /// overlayfs over a copy of the source's, made in the clone's new
+    /// namespace ([`Plan::overlay_dirs`], `mntns::set_root_overlay`); its
+    /// other mounts are as without `--root-snapshot`. Refused by name: btrfs
+    /// (not supported yet for such a source) and a DIR other than `/`.
+    pub fn new_for_mount_ns(mode: &Mode, pid: Pid, base: &Path) -> Result<Plan, String> {
+        match mode {
+            Mode::Btrfs { .. } => {
+                return Err(format!(
+                    "--root-snapshot btrfs: process {pid} owns its mount namespace (a container's): a btrfs snapshot of its root per clone is not supported yet (overlay is)"
+                ))
+            }
+            Mode::Overlay { dir: Some(d) } if !d.trim_end_matches('/').is_empty() => {
+                return Err(format!(
+                    "--root-snapshot overlay:{d}: process {pid} owns its mount namespace (a container's): its root mount is what each clone gets a snapshot of; a directory below it is not supported (give overlay)"
+                ))
+            }
+            Mode::Overlay { .. } => {}
+        }
+        let parent = base.parent().unwrap_or(Path::new("."));
+        let parent = std::fs::canonicalize(parent).map_err(|e| format!("--root-snapshot: {}: {e}", parent.display()))?;
+        let base = parent.join(base.file_name().unwrap_or_default());
+        if base.to_str().is_none() {
+            return Err(format!("--root-snapshot: {} is not UTF-8", base.display()));
+        }
+        std::fs::create_dir_all(&base).map_err(|e| format!("--root-snapshot: creating {}: {e}", base.display()))?;
+        Ok(Plan { dir: "/".into(), base, kind: Kind::Overlay })
+    }
+
+    /// Clone directory `top` of an overlay plan made: its upper and work
+    /// directories (for `mntns::set_root_overlay`).
+    pub fn overlay_dirs(&self, top: &Path) -> Result<(String, String), String> {
+        let (upper, work, bind) = self.make_top(top)?;
+        if bind.is_some() {
+            return Err("a btrfs snapshot plan has no overlay directories".into());
+        }
+        let s = |p: PathBuf| p.into_os_string().into_string().map_err(|p| format!("{} is not UTF-8", Path::new(&p).display()));
+        Ok((s(upper)?, s(work)?))
     }
 
     /// The directory of clone `pid`'s files: its overlay's upper
@@ -381,5 +429,22 @@ mod tests {
         assert!(Mode::parse("btrfs:w").is_err());
         assert!(Mode::parse("zfs").is_err());
         assert!(under("/a/b", "/a") && under("/a", "/a") && !under("/ab", "/a") && !under("/b", "/a"));
+    }
+
+    #[test]
+    fn a_source_owning_its_mount_namespace_gets_overlay_of_its_root_only() {
+        let base = std::env::temp_dir().join(format!("criu-rs-rootsnap-unit-{}", std::process::id()));
+        let e = Plan::new_for_mount_ns(&Mode::Btrfs { dir: None }, 7, &base.join("b")).unwrap_err();
+        assert!(e.contains("--root-snapshot btrfs") && e.contains("process 7 owns its mount namespace"), "{e}");
+        let e = Plan::new_for_mount_ns(&Mode::Overlay { dir: Some("/srv".into()) }, 7, &base.join("b")).unwrap_err();
+        assert!(e.contains("overlay:/srv") && e.contains("(give overlay)"), "{e}");
+        std::fs::create_dir_all(&base).unwrap();
+        for m in [Mode::Overlay { dir: None }, Mode::Overlay { dir: Some("/".into()) }] {
+            let p = Plan::new_for_mount_ns(&m, 7, &base.join("b")).unwrap();
+            assert_eq!(p.dir, "/");
+            let (u, w) = p.overlay_dirs(&p.made(9)).unwrap();
+            assert!(u.ends_with("/b/9/upper") && w.ends_with("/b/9/work") && Path::new(&u).is_dir() && Path::new(&w).is_dir(), "{u} {w}");
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -612,7 +612,11 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     // the tree are carried live, each clone in a new namespace holding its
     // copy of both ends: crate::netns)
     let own_net = crate::netns::owns(pid);
+    // (a mount namespace of its own: each clone gets a new one, its root
+    // and host mounts copies of the source's, crate::mntns)
+    crate::mntns::set_from_source(true);
     let collected = dump::collect_tree_opts(pid, &crate::options::Options { tcp_close: true, tcp_established: own_net, ..Default::default() });
+    crate::mntns::set_from_source(false);
     set_net_opts(opts.tcp_close);
     let (tree, frozen) = collected?;
     if tree.net.is_some() {
@@ -626,6 +630,8 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     }
     let plan = match &opts.root_snapshot {
         None => None,
+        // (a mount namespace of its own: an overlay of its root mount per clone)
+        Some(m) if tree.mnt.is_some() => Some(crate::root_snapshot::Plan::new_for_mount_ns(m, pid, &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
         Some(m) => Some(crate::root_snapshot::Plan::new_restored(m, pid, tree.root(), &opts.images_dir.join("tfork-root")).map_err(TforkError::Unsupported)?),
     };
     pr_debug!("collected {pid} ({} processes{}) in {:?}", tree.tasks.len(), if own_ns { ", a namespace init" } else { "" }, t0.elapsed());
@@ -704,7 +710,12 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
             (None, Vec::new())
         }
         Some(t) => {
-            let (tr, pages) = crate::images_io::read_images(&t.0).map_err(|e| TforkError::Images(format!("reading back {}: {}", t.0.display(), crate::log::error_chain(&e))))?;
+            let (mut tr, pages) = crate::images_io::read_images(&t.0).map_err(|e| TforkError::Images(format!("reading back {}: {}", t.0.display(), crate::log::error_chain(&e))))?;
+            // (its mount namespace's root and host mounts still come from
+            // the live source, which images do not record)
+            if let (Some(m), Some(src)) = (tr.mnt.as_mut(), tree.mnt.as_ref()) {
+                m.source = src.source;
+            }
             (Some(tr), pages)
         }
     };
@@ -1434,7 +1445,9 @@ pub fn ns_init_main() -> ! {
 
 /// One clone tree of the frozen source `src` (`tree`, memory `mems`):
 /// restored by a helper process forked for it (with `snap`, in a mount
-/// namespace of its own with the snapshot `(plan, dir)` mounted), its root
+/// namespace of its own with the snapshot `(plan, dir)` mounted; for a
+/// source owning its mount namespace, the overlay's directories made and
+/// handed to the clone's root, `crate::mntns::set_root_overlay`), its root
 /// a child of this engine (`--restore-sibling` of the helper), in a new
 /// pid namespace: made by the restore when the root owned its namespace
 /// (the root is its pid 1), else (`stand_in`) by the helper, whose first
@@ -1471,14 +1484,22 @@ fn restore_in_new_pid_ns(
                 p::close(fd);
             }
             if let Some((plan, top)) = snap {
-                plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
+                if tree.mnt.is_some() {
+                    // (its own mount namespace: the overlay is its root mount, crate::mntns)
+                    crate::mntns::set_root_overlay(Some(plan.overlay_dirs(top).map_err(|e| format!("--root-snapshot: {e}"))?));
+                } else {
+                    plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
+                }
             }
             let init = match &ctl {
                 None => made,
                 Some((ctl_rd, _)) => Some(start_ns_init(ctl_rd)?),
             };
             crate::fault::point("tforktree-ns-made");
-            let o = crate::options::Options { sibling: true, ..Default::default() };
+            // (a mount namespace of its own: the image's paths are the
+            // source's, seen through its root; crate::mntns copies its mounts)
+            let root = tree.mnt.as_ref().and_then(|m| m.source).map(|src| std::path::PathBuf::from(format!("/proc/{src}/root")));
+            let o = crate::options::Options { sibling: true, root, ..Default::default() };
             let ns = init.map(|i| std::path::PathBuf::from(format!("/proc/{i}/ns/pid")));
             let c = restore::restore_in(tree, mems, &o, ns.as_deref()).map_err(|e| crate::log::error_chain(&e))?;
             Ok((c, init))

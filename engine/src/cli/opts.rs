@@ -76,6 +76,10 @@ enum Act {
     Copies,
     RootSnapshot,
     Persist,
+    /// `--external mnt[A]:B` and `--ext-mount-map A:B` (dump: mount
+    /// point A, key B; restore: key A, path B); other `--external`
+    /// kinds refused by name.
+    ExtMount,
     /// Upstream's option, not implemented: refused by name.
     Refused,
 }
@@ -155,7 +159,7 @@ const SPECS: &[Spec] = &[
     o("auto-dedup", None, No, Refused, true),
     o("libdir", Some('L'), Req, Refused, false),
     o("force-irmap", None, No, Accepted, true),
-    o("ext-mount-map", Some('M'), Req, Refused, false),
+    o("ext-mount-map", Some('M'), Req, ExtMount, false),
     o("exec-cmd", None, No, Refused, false),
     o("manage-cgroups", None, Opt, ManageCgroups, false),
     o("cgroup-root", None, Req, CgroupRoot, false),
@@ -168,7 +172,7 @@ const SPECS: &[Spec] = &[
     o("irmap-scan-path", None, Req, Accepted, false),
     o("lsm-profile", None, Req, Refused, false),
     o("lsm-mount-context", None, Req, Refused, false),
-    o("external", None, Req, Refused, false),
+    o("external", None, Req, ExtMount, false),
     o("empty-ns", None, Req, EmptyNs, false),
     o("lazy-pages", None, No, Refused, false),
     o("cgroup-props", None, Req, Refused, false),
@@ -262,6 +266,8 @@ pub struct Opts {
     pub persist: Option<String>,
     /// tfork: `--root-snapshot overlay[:DIR]` (checked by the command).
     pub root_snapshot: Option<String>,
+    /// `--external mnt[A]:B`, `--ext-mount-map A:B`: (A, B) pairs.
+    pub ext_mnt: Vec<(String, String)>,
     /// Config files read (for the log).
     pub configs_read: Vec<String>,
     /// Config files that were not there.
@@ -406,6 +412,24 @@ impl Opts {
             Copies => self.copies = Some(v()),
             Persist => self.persist = Some(v()),
             RootSnapshot => self.root_snapshot = Some(v()),
+            ExtMount => {
+                let val = v();
+                let pair = if spec.long == "ext-mount-map" {
+                    if val == "auto" {
+                        return Err(Problem::new(format!("{shown} auto (external mounts found by criu) is not supported yet")));
+                    }
+                    val.split_once(':').map(|(a, b)| (a.to_string(), b.to_string()))
+                } else if let Some(rest) = val.strip_prefix("mnt[") {
+                    rest.split_once("]:").map(|(a, b)| (a.to_string(), b.to_string()))
+                } else {
+                    let kind = val.split('[').next().unwrap_or_default();
+                    return Err(Problem::new(format!("{shown} {val}: external {kind} objects are not supported yet (only mnt[A]:B)")));
+                };
+                match pair {
+                    Some((a, b)) if !a.is_empty() && !b.is_empty() => self.ext_mnt.push((a, b)),
+                    _ => return Err(Problem::new(format!("{shown} {val}: want mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore (mnt[] and keyless forms are not supported yet)"))),
+                }
+            }
             PreDumpMode => {
                 if !matches!(val.as_deref(), Some("splice" | "read")) {
                     return Err(Problem::new(format!("invalid argument for --pre-dump-mode: {} (want splice or read)", v())));

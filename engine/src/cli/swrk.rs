@@ -44,7 +44,7 @@ const MAX_PATH: usize = 4096;
 /// `criu_opts` fields accepted although they change nothing here, and why
 /// (docs/ARCHITECTURE.md "swrk RPC" has the same table).
 pub const ACCEPTED: &[(&str, &str)] = &[
-    ("ext_mnt, auto_ext_mnt, ext_sharing, ext_masters, skip_mnt, enable_fs", "describe the mounts of a mount namespace: none is dumped here (a tree in a mount namespace other than criu's is refused by name)"),
+    ("auto_ext_mnt, ext_sharing, ext_masters, skip_mnt, enable_fs (set to false or empty)", "ask for nothing beyond what a mount namespace's dump does (ext_mnt is --external mnt[KEY]:VAL)"),
     ("root (on DUMP)", "the root of the dumped mount namespace: the dumped tree must share criu's, whose paths are the image's"),
     ("orphan_pts_master", "a pty master handed to the client for a slave whose master was outside the tree: such a slave is refused at dump (but for --shell-job's terminal), so there is none to hand"),
     ("evasive_devices", "lets a restore open a device by another path when its own fails: the devices restored here (/dev/null, /dev/zero) are opened by path, a failure names it"),
@@ -162,8 +162,12 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(t(c.track_mem), "track_mem", "no memory tracking (no pre-dump)");
     no(t(c.auto_dedup), "auto_dedup", "no image deduplication");
     no(c.ps.is_some(), "ps", "no page server");
-    no(!c.veths.is_empty(), "veths", "network namespaces are not restored");
+    no(!c.veths.is_empty(), "veths", "veth pairs are not restored (a network namespace holding only lo is)");
     no(!c.exec_cmd.is_empty(), "exec_cmd", "not supported");
+    no(t(c.auto_ext_mnt), "auto_ext_mnt", "external mounts found by criu are not supported yet (give them in ext_mnt)");
+    no(t(c.ext_sharing) || t(c.ext_masters), "ext_sharing/ext_masters", "shared and slave mounts are not supported yet");
+    no(!c.skip_mnt.is_empty(), "skip_mnt", "skipping mounts is not supported yet");
+    no(!c.enable_fs.is_empty(), "enable_fs", "file systems criu-rs does not mount anew are external mounts (ext_mnt)");
     no(!c.inherit_fd.is_empty(), "inherit_fd", "resources inherited from the client are not supported");
     no(!c.unix_sk_ino.is_empty(), "unix_sk_ino", "external unix sockets by inode are not supported (ext_unix_sk is)");
     no(!c.external.is_empty(), "external", "external resources are not supported");
@@ -256,6 +260,12 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
             return Err(bad("criu_opts.timeout: 0 (want seconds, > 0)"));
         }
         o.timeout = Some(u64::from(s));
+    }
+    for (k, e) in c.ext_mnt.iter().enumerate() {
+        if e.key.is_empty() || e.val.is_empty() || e.key.len() > MAX_PATH || e.val.len() > MAX_PATH {
+            return Err(bad(format!("criu_opts.ext_mnt[{k}]: key and val must be 1..={MAX_PATH} bytes")));
+        }
+        o.ext_mnt.push((e.key.clone(), e.val.clone()));
     }
     if let Some(r) = &c.root {
         let r = path_field("root", r)?;

@@ -168,13 +168,16 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
             memfd: None,
         },
         (false, None) => {
-            let meta = std::fs::metadata(&m.name).ok();
+            // (the path as the process sees it: through its root, which
+            // may be in a mount namespace of its own)
+            let seen = format!("/proc/{pid}/root{}", m.name);
+            let meta = std::fs::metadata(&seen).ok();
             MapFile {
                 path: m.name.clone(),
                 flags: if m.shared && m.w { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 },
                 size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
                 mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
-                build_id: super::elf::build_id_known(std::path::Path::new(&m.name), meta.as_ref()).unwrap_or_default(),
+                build_id: super::elf::build_id_known(std::path::Path::new(&seen), meta.as_ref()).unwrap_or_default(),
                 ghost: None,
                 memfd: None,
             }
@@ -501,7 +504,9 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         // memfd as its exe file, which is not done yet)
         return Err(MmError::MemfdExe { pid, path: exe_path });
     }
-    let meta = std::fs::metadata(&exe_path).ok();
+    // (its exe as the process sees it: through its root)
+    let exe_seen = format!("/proc/{pid}/root{exe_path}");
+    let meta = std::fs::metadata(&exe_seen).ok();
     // an executable deleted (or replaced, as a package upgrade does) while
     // it runs: its mapping's ghost serves as the exe file too, as one
     // file entry (before: "NAME (deleted)" was written as a path, which
@@ -527,7 +532,7 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         auxv,
         exe: Some(deleted_exe.unwrap_or(MapFile {
             memfd: None,
-            build_id: super::elf::build_id_known(std::path::Path::new(&exe_path), meta.as_ref()).unwrap_or_default(),
+            build_id: super::elf::build_id_known(std::path::Path::new(&exe_seen), meta.as_ref()).unwrap_or_default(),
             path: exe_path,
             flags: libc::O_RDONLY as u32,
             size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),

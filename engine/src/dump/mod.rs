@@ -97,7 +97,8 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
     let err = |what: String| DumpError::Namespace { pid, what };
     let base = format!("/proc/{pid}/task/{tid}/ns");
     let mut differ = Vec::new();
-    for kind in SAME_NS.iter().filter(|k| !CARRIED_NS.contains(k)) {
+    // (mnt: carried when the root owns one, crate::mntns::root_owns)
+    for kind in SAME_NS.iter().filter(|k| !CARRIED_NS.contains(k) && **k != "mnt") {
         let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/{kind}")), ns_link(&format!("/proc/self/ns/{kind}"))) else {
             continue; // a kind this kernel lacks
         };
@@ -107,7 +108,7 @@ pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError>
     }
     if !differ.is_empty() {
         return Err(err(format!(
-            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than pid, time, uts, ipc and net ones is not supported yet",
+            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than pid, time, uts, ipc, net and mnt ones is not supported yet",
             differ.join(", ")
         )));
     }
@@ -184,6 +185,7 @@ pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tr
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
+    crate::mntns::set_dump_external(&opts.ext_mnt);
     collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups)
 }
 
@@ -249,6 +251,10 @@ fn collect_tree(
     } else {
         None
     };
+    // the root's own mount namespace (every thread of the tree in it)
+    let threads: Vec<(Pid, Pid)> = frozen.procs.iter().flat_map(|f| f.threads.iter().map(move |t| (f.pid, t.tid))).collect();
+    let own_mnt = crate::mntns::root_owns(pid, &threads).map_err(|(pid, what)| DumpError::Namespace { pid, what })?;
+    let mnt = if own_mnt { Some(crate::mntns::collect_dump(pid).map_err(|what| DumpError::Namespace { pid, what })?) } else { None };
     let root_pidns = ns_link(&format!("/proc/{pid}/ns/pid"));
     for m in &frozen.members[1..] {
         let theirs = ns_link(&format!("/proc/{}/ns/pid", m.pid));
@@ -345,7 +351,7 @@ fn collect_tree(
     // after them here; the caller removes them if it fails later)
     files::make_link_remaps(tasks.iter_mut().map(|(p, t)| (*p, t)))?;
     let tasks = tasks.into_iter().map(|(_, t)| t).collect();
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc, net, cgroups }, frozen))
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc, net, mnt, cgroups }, frozen))
 }
 
 /// A zombie: its wait status (field 52 of stat, the exit code) and comm.

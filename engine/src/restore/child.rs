@@ -98,6 +98,8 @@ pub struct ChildPlan {
     /// clones, [`crate::mem_source::MemSource::parked`]): a process keeps
     /// only the parked regions of its own subtree through its forks.
     pub parked: Vec<Vec<(u64, u64, u64)>>,
+    /// `--external mnt[KEY]:PATH` of the restore (crate::mntns).
+    pub ext_mnt: Vec<(String, String)>,
 }
 
 /// Per task: the offset of its mapped files' service fds (see
@@ -186,6 +188,11 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         }
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
+        }
+        // the root's own mount namespace, below --root or from tfork's source
+        // (checked before the fork)
+        if let Some(ns) = &tree.mnt {
+            crate::mntns::enter(ns, plan.root.as_ref().map(|r| (r.path.as_path(), r.fd.as_raw_fd())), &plan.ext_mnt)?;
         }
         // the memfds several processes use, for all of them to inherit
         files::create_shared_memfds(plan)?;

@@ -134,7 +134,14 @@ fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
                 )));
             }
         }
-        let carried = |k: &str| (k == "uts" && tree.uts.is_some()) || (k == "ipc" && tree.ipc.is_some()) || (k == "net" && tree.net.is_some());
+        // (and its own mount namespace: crate::mntns)
+        if tree.mnt.is_some() && i.mnt_ns != root.mnt_ns {
+            return Err(RestoreError::Unsupported(format!(
+                "task {} of the image was in a mount namespace (mnt_ns_id {}) other than its root's ({}): nested mount namespaces are not supported yet",
+                t.pid, i.mnt_ns, root.mnt_ns
+            )));
+        }
+        let carried = |k: &str| (k == "uts" && tree.uts.is_some()) || (k == "ipc" && tree.ipc.is_some()) || (k == "net" && tree.net.is_some()) || (k == "mnt" && tree.mnt.is_some());
         let differ: Vec<&str> = kinds.iter().filter(|(k, a, b)| *a != 0 && *b != 0 && a != b && !carried(k)).map(|(k, _, _)| *k).collect();
         if !differ.is_empty() {
             return Err(RestoreError::Unsupported(format!(
@@ -306,6 +313,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
     }
     check_namespaces(tree)?;
+    crate::mntns::check_restore(tree, opts.root.as_deref(), &opts.ext_mnt).map_err(RestoreError::Unsupported)?;
     let plan = plan::make(tree)?;
     let live: Vec<usize> = (0..tree.tasks.len()).filter(|&i| tree.tasks[i].zombie_exit.is_none()).collect();
     // pages files, so each process reads its memory itself (paths of the
@@ -400,6 +408,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         sync_base,
         cow,
         parked,
+        ext_mnt: opts.ext_mnt.clone(),
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;
