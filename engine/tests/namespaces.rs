@@ -109,10 +109,11 @@ fn refused(tag: &str, launcher: &[&str], args: &[&str], names: &[&str]) {
 }
 
 /// (own uts and ipc namespaces are carried: tests/uts_ipc.rs; a mount
-/// namespace beside them still fails the dump)
+/// namespace too, tests/mount_ns.rs, but a copy of the host's holds
+/// mounts of host file systems, each refused naming it and --external)
 #[test]
-fn mount_namespace_is_refused() {
-    refused("uts-ipc-mnt", &["unshare", "--uts", "--ipc", "--mount"], &["plain"], &["mnt (mnt:["]);
+fn host_mounts_of_a_mount_namespace_are_refused() {
+    refused("uts-ipc-mnt", &["unshare", "--uts", "--ipc", "--mount"], &["plain"], &["mount ", "--external mnt["]);
 }
 
 // (a network namespace of its own is carried: tests/net_ns.rs)
@@ -340,8 +341,8 @@ fn upstream_image_of_an_own_time_namespace_restores() {
 }
 
 /// An image (from elsewhere) whose task was in a mount namespace other than
-/// the dumping criu's is refused by restore, naming it: the restore would
-/// put it in the host's. (uts and ipc ones are made again:
+/// the dumping criu's, without that namespace's image, is refused by
+/// restore, naming it: the restore would put it in the host's. (uts and ipc ones are made again:
 /// tests/uts_ipc.rs.) The ids image is edited with Debian's crit
 /// (otherwise SKIP).
 #[test]
@@ -365,7 +366,7 @@ fn restore_refuses_an_image_with_a_namespace_of_its_own() {
     assert!(Command::new("/usr/bin/crit").args(["encode", "-i"]).arg(&json).arg("-o").arg(&ids).status().unwrap().success());
     let (st, log) = criu_env(&criu, &["restore", "-d"], &img, "restore.log", &[]);
     assert_eq!(st.code(), Some(1), "restore of a task in its own mount namespace must fail:\n{log}");
-    assert!(log.contains("mnt namespaces of its own"), "the error should name the mount namespace:\n{log}");
+    assert!(log.contains("mountpoints-999.img") && log.contains("mnt_ns_id"), "the error should name the mount namespace's image:\n{log}");
     prog.ticks_on(2, "after the refused restore");
     assert_eq!(live_with_exe(&prog.bin), vec![prog.pid], "only the original may run");
     drop(prog);
