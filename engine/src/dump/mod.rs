@@ -16,6 +16,7 @@ pub mod task;
 pub mod unix_diag;
 
 use crate::model::{Task, Tree, VmaKind};
+use crate::sys::tracer::{self, Tracer};
 use crate::sys::Pid;
 use crate::pr_debug;
 use freeze::{Frozen, FrozenTree};
@@ -182,7 +183,54 @@ pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tr
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
-    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts())
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), &[])
+}
+
+/// [`collect_tree_opts`] with the tree's processes seized, stopped and
+/// collected by the tracer threads `tracers` (one per CPU: [`tracers`]),
+/// all at once: every process is seized by one of them
+/// ([`FrozenTree::freeze_on`]), which makes every ptrace request about it,
+/// its injection sessions and its release included. None: this thread.
+pub fn collect_tree_on(pid: Pid, opts: &crate::options::Options, tracers: &[Tracer]) -> Result<(Tree, FrozenTree), DumpError> {
+    crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
+    crate::kinds::inet::set_tcp_close(opts.tcp_close);
+    crate::kinds::inet::set_tcp_established(opts.tcp_established);
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), tracers)
+}
+
+/// Whether `pid` has children now (a tree to dump, not one process).
+pub fn has_children(pid: Pid) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty())
+    })
+}
+
+/// Tracer threads for dumping a tree of `live` processes on several CPUs:
+/// one per CPU the engine may run on, each pinned to its CPU, at most one
+/// per process; none (the main thread does it all) with one CPU or one
+/// process. `CRIU_RS_DUMP_WORKERS=N` caps them (1: none; for measurements
+/// and tests).
+pub fn tracers(live: usize) -> Vec<Tracer> {
+    let cap = std::env::var("CRIU_RS_DUMP_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+    let cpus = crate::restore::cpus();
+    let n = cpus.len().min(live).min(cap);
+    if n < 2 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, &c) in cpus.iter().take(n).enumerate() {
+        match Tracer::spawn(i, Some(c)) {
+            Ok(t) => out.push(t),
+            Err(e) => {
+                crate::pr_warn!("can't start dump tracer thread {i}: {e}; dumping on {} thread(s)", out.len().max(1));
+                break;
+            }
+        }
+    }
+    if out.len() < 2 {
+        out.clear();
+    }
+    out
 }
 
 /// [`collect`] without the memory layout (`mm` holds only what injection
@@ -193,7 +241,7 @@ pub fn collect_state(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
     // (file locks recorded, not refused: a clone is a fork, which keeps
     // the source's flock and OFD locks shared and its POSIX ones not, as
     // any fork does)
-    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() })
+    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() }, &[])
 }
 
 fn collect_tree(
@@ -202,17 +250,18 @@ fn collect_tree(
     timeout: std::time::Duration,
     with_memory: bool,
     file_opts: &files::FileOpts,
+    tracers: &[Tracer],
 ) -> Result<(Tree, FrozenTree), DumpError> {
     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoProcess(pid));
     }
     let io_err = |what| move |e| DumpError::io(pid, what, e);
     let mut frozen = match freeze_cgroup {
-        None => FrozenTree::freeze(pid)?,
+        None => FrozenTree::freeze_on(pid, tracers)?,
         Some(cg) => {
             let mut cgf = cgroup_freeze::CgroupFreeze::freeze_within(cg, timeout)?;
             cgf.check_member(pid)?;
-            FrozenTree::freeze_frozen(pid, |pids: &[Pid]| -> Result<(), DumpError> {
+            FrozenTree::freeze_frozen_on(pid, tracers, |pids: &[Pid]| -> Result<(), DumpError> {
                 for &p in pids {
                     cgf.check_member(p)?;
                 }
@@ -251,6 +300,26 @@ fn collect_tree(
     // host pid -> pid in the tree's namespace
     let mut ns_pid: std::collections::HashMap<Pid, i32> = std::collections::HashMap::new();
     let members = frozen.members.clone();
+    // every stopped process collected by the thread that seized it, all
+    // at once (in order by this thread without tracers)
+    let mut collected: Vec<Option<Result<Task, DumpError>>> = {
+        let trs: Vec<Option<Tracer>> = frozen.procs.iter().map(|f| f.tracer.clone()).collect();
+        let pids: Vec<Pid> = frozen.procs.iter().map(|f| f.pid).collect();
+        let jobs: Vec<tracer::Work<'_, '_, Result<Task, DumpError>>> = frozen
+            .procs
+            .iter_mut()
+            .zip(&trs)
+            .map(|(f, t)| {
+                let job = move || collect_process(f, zero_pfn, with_memory, file_opts);
+                (t.as_ref(), Box::new(job) as Box<dyn FnOnce() -> Result<Task, DumpError> + Send + '_>)
+            })
+            .collect();
+        tracer::run_all(jobs)
+            .into_iter()
+            .zip(pids)
+            .map(|(r, pid)| Some(r.unwrap_or_else(|e| Err(DumpError::Unsupported { pid, what: format!("collecting it: {e}") }))))
+            .collect()
+    };
     let mut tasks = Vec::with_capacity(members.len());
     for m in &members {
         let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::io(m.pid, "status", e))?;
@@ -260,7 +329,7 @@ fn collect_tree(
         // (members list parents first: a parent's pid is already known)
         let ppid = m.parent.and_then(|p| ns_pid.get(&p).copied()).unwrap_or(0);
         let mut task = match m.frozen {
-            Some(i) => collect_process(&mut frozen.procs[i], zero_pfn, with_memory, file_opts)?,
+            Some(i) => collected[i].take().expect("one collection per process")?,
             None => collect_zombie(m.pid)?,
         };
         task.pid = ns_pid.get(&m.pid).copied().unwrap_or(m.pid);
