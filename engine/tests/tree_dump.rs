@@ -14,6 +14,10 @@
 //!   the images, upstream restores it, no child lost).
 //! - The engine killed during a tree dump leaves every process running,
 //!   unchanged.
+//! - With two CPUs the tree is seized, collected and its memory copied by
+//!   two tracer threads (one per CPU): a forking tree is dumped whole by
+//!   them, and the engine dying, or one thread failing, while both hold
+//!   processes leaves every process running, unchanged.
 //!
 //! Needs root, gcc, unshare, setsid and the upstream binary; otherwise SKIP
 //! (a failure under CI=true).
@@ -671,7 +675,10 @@ fn forking_tree_is_frozen_consistently_by(r: Restorer) {
     for round in 0..5 {
         let dir = tmp.join(format!("img{round}"));
         std::fs::create_dir_all(&dir).unwrap();
-        criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+        let log = criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+        if why_not_two_cpus().is_none() {
+            assert!(log.contains("by 2 tracer threads"), "round {round}: the tree was not dumped by the tracer threads:\n{log}");
+        }
         let ps = pstree(&dir);
         check_shape(&ps, &format!("round {round}"));
         for e in &ps {
@@ -732,6 +739,50 @@ fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
         assert_eq!(after, before, "{point}: the tree changed");
         assert!(!dir.join("inventory.img").exists(), "{point}: a killed dump left inventory.img");
         eprintln!("engine killed at {point}: every process of the tree runs on unchanged");
+    }
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `Some` reason when the engine would dump a tree on one thread (no
+/// tracer threads: one CPU).
+fn why_not_two_cpus() -> Option<String> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n < 2).then(|| format!("needs 2 CPUs for the dump's tracer threads ({n} here)"))
+}
+
+/// The tree dumped by two tracer threads (one per CPU, each seizing,
+/// injecting into and releasing its own processes): the engine killed
+/// once the second process is collected, while the other thread still
+/// injects, or in one thread's injection or page pump; or the job of one
+/// thread failing (`:fail`) while the other holds its processes mid-way:
+/// every process of the tree runs on unchanged, nothing published.
+#[test]
+fn tracer_threads_stopped_midway_leave_the_tree_running() {
+    if cannot_run("tracer_threads_stopped_midway_leave_the_tree_running", false) {
+        return;
+    }
+    require!(why_not_two_cpus());
+    let (tmp, fx) = start_tree("tracers-faults");
+    let criu = private_criu(&tmp);
+    for (i, point) in ["mid-tracers", "mid-tracers:fail", "mid-inject@12", "mid-pump@3", "mid-memory@2"].iter().enumerate() {
+        let dir = tmp.join(format!("img{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tolerate = !point.starts_with("mid-tracers");
+        let before = fx.snapshot_with(tolerate);
+        let (st, log) = criu_env(&criu, &["dump", "-t", &fx.root.to_string()], &dir, "dump.log", &[("CRIU_RS_FAULT_AT", point)]);
+        assert!(log.contains("by 2 tracer threads"), "{point}: the tree was not dumped by the tracer threads:\n{log}");
+        if point.ends_with(":fail") {
+            assert_eq!(st.code(), Some(1), "{point}: {log}");
+            assert!(log.contains("injected failure in a dump tracer thread"), "{point}: {log}");
+        } else {
+            assert_killed(st, point, &log);
+        }
+        fx.ticks_on(3, &format!("after the dump stopped at {point}"));
+        let after = fx.snapshot_with(tolerate);
+        assert_eq!(after, before, "{point}: the tree changed");
+        assert!(!dir.join("inventory.img").exists(), "{point}: a stopped dump left inventory.img");
+        eprintln!("dump stopped at {point} with tracer threads: every process of the tree runs on unchanged");
     }
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);

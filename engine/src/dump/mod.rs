@@ -208,18 +208,18 @@ pub fn has_children(pid: Pid) -> bool {
 /// Tracer threads for dumping a tree of `live` processes on several CPUs:
 /// one per CPU the engine may run on, each pinned to its CPU, at most one
 /// per process; none (the main thread does it all) with one CPU or one
-/// process. `CRIU_RS_DUMP_WORKERS=N` caps them (1: none; for measurements
-/// and tests).
+/// process. `CRIU_RS_DUMP_WORKERS=N` asks for N instead (1: none; more
+/// than the CPUs: pinned to them in turn; for measurements and tests).
 pub fn tracers(live: usize) -> Vec<Tracer> {
-    let cap = std::env::var("CRIU_RS_DUMP_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+    let want: Option<usize> = std::env::var("CRIU_RS_DUMP_WORKERS").ok().and_then(|v| v.parse().ok());
     let cpus = crate::restore::cpus();
-    let n = cpus.len().min(live).min(cap);
-    if n < 2 {
+    let n = want.unwrap_or(cpus.len()).min(live);
+    if n < 2 || cpus.is_empty() {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for (i, &c) in cpus.iter().take(n).enumerate() {
-        match Tracer::spawn(i, Some(c)) {
+    for i in 0..n {
+        match Tracer::spawn(i, Some(cpus[i % cpus.len()])) {
             Ok(t) => out.push(t),
             Err(e) => {
                 crate::pr_warn!("can't start dump tracer thread {i}: {e}; dumping on {} thread(s)", out.len().max(1));
@@ -271,6 +271,9 @@ fn collect_tree(
         }
     };
     crate::fault::point("after-freeze");
+    if !tracers.is_empty() {
+        crate::pr_info!("{} processes seized by {} tracer threads", frozen.procs.len(), tracers.len());
+    }
     // (frozen: no thread can unshare or setns any more)
     for f in &frozen.procs {
         for t in &f.threads {
@@ -305,12 +308,25 @@ fn collect_tree(
     let mut collected: Vec<Option<Result<Task, DumpError>>> = {
         let trs: Vec<Option<Tracer>> = frozen.procs.iter().map(|f| f.tracer.clone()).collect();
         let pids: Vec<Pid> = frozen.procs.iter().map(|f| f.pid).collect();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let done = &done;
         let jobs: Vec<tracer::Work<'_, '_, Result<Task, DumpError>>> = frozen
             .procs
             .iter_mut()
             .zip(&trs)
             .map(|(f, t)| {
-                let job = move || collect_process(f, zero_pfn, with_memory, file_opts);
+                let job = move || {
+                    let task = collect_process(f, zero_pfn, with_memory, file_opts)?;
+                    // the second process collected by a tracer thread: the
+                    // engine dies (or this job fails) while the others inject
+                    if t.is_some() && done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 2 {
+                        crate::fault::point("mid-tracers");
+                        if crate::fault::fails("mid-tracers") {
+                            return Err(DumpError::Unsupported { pid: f.pid, what: "injected failure in a dump tracer thread (CRIU_RS_FAULT_AT)".into() });
+                        }
+                    }
+                    Ok(task)
+                };
                 (t.as_ref(), Box::new(job) as Box<dyn FnOnce() -> Result<Task, DumpError> + Send + '_>)
             })
             .collect();
