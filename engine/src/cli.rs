@@ -417,8 +417,8 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     } else {
         // each process's pages files written by its tracer thread (its
         // page pump is an injection session), all threads at once, the
-        // other images meanwhile by this one; then the pages files checked
-        // and the inventory
+        // other images meanwhile by this one (each job reads back and checks
+        // the pages files it wrote); then the inventory
         let ids = images_io::memory_ids(&tree);
         let dir = staging.path();
         type MemJob<'a> = Box<dyn FnOnce() -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + 'a>;

@@ -792,22 +792,28 @@ fn place_shmem_runs(vmas: &[Vma], shmid: u64, runs: &[images_proto::pages::PageR
     out
 }
 
-/// The pagemap images of task `pid` and of its shared memory objects, read
-/// back from `dir` as restore reads them: runs page aligned, in ascending
-/// order and not overlapping (`PagemapReader`), the task's runs inside its
-/// VMAs, and each pages file exactly as long as its present runs.
+/// One pagemap just written, read back as restore reads it (runs page
+/// aligned, in ascending order and not overlapping: `PagemapReader`) and
+/// checked against the size of its pages file: its runs.
+fn check_written_pagemap(dir: &Path, name: String) -> Result<Vec<(u64, u64)>, ImagesError> {
+    let rd = PagemapReader::open(dir, &name)?;
+    let pages = images_proto::pages::pages_name(rd.pages_id());
+    let runs = rd.runs()?;
+    let need = runs.iter().filter(|r| r.present()).try_fold(0u64, |acc, r| acc.checked_add(r.nr_pages.checked_mul(4096)?));
+    let have = std::fs::metadata(dir.join(&pages)).map_err(|e| ImagesError::Io { file: pages.clone(), source: e })?.len();
+    if need != Some(have) {
+        return Err(bad(&pages, format!("the dump wrote {have} bytes of pages, but {name} accounts for {need:?}")));
+    }
+    Ok(runs.iter().map(|r| (r.vaddr, r.nr_pages)).collect())
+}
+
+/// The pagemap images of task `pid` and of the shared memory objects
+/// `shmem`, read back from `dir` as restore reads them: runs page aligned,
+/// in ascending order and not overlapping (`PagemapReader`), the task's
+/// runs inside its VMAs, and each pages file exactly as long as its present
+/// runs.
 fn check_written_pages(dir: &Path, pid: i32, vmas: &[Vma], shmem: &ShmemRuns) -> Result<(), ImagesError> {
-    let check_one = |name: String| -> Result<Vec<(u64, u64)>, ImagesError> {
-        let rd = PagemapReader::open(dir, &name)?;
-        let pages = images_proto::pages::pages_name(rd.pages_id());
-        let runs = rd.runs()?;
-        let need = runs.iter().filter(|r| r.present()).try_fold(0u64, |acc, r| acc.checked_add(r.nr_pages.checked_mul(4096)?));
-        let have = std::fs::metadata(dir.join(&pages)).map_err(|e| ImagesError::Io { file: pages.clone(), source: e })?.len();
-        if need != Some(have) {
-            return Err(bad(&pages, format!("the dump wrote {have} bytes of pages, but {name} accounts for {need:?}")));
-        }
-        Ok(runs.iter().map(|r| (r.vaddr, r.nr_pages)).collect())
-    };
+    let check_one = |name: String| check_written_pagemap(dir, name);
     let pm_name = images_proto::pages::pagemap_name(pid);
     let runs = check_one(pm_name.clone())?;
     let vma_ranges: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
@@ -958,7 +964,7 @@ fn write_images_inner(tree: &Tree, dir: &Path, mems: Option<&[Option<&dyn MemSou
         .collect();
     write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &ps)?;
     if mems.is_none() {
-        // (checked and completed by finish_images once the memory is written)
+        // (completed by finish_images once the memory is written)
         return Ok(());
     }
     write_inventory(tree, dir, run_id)
@@ -1002,9 +1008,6 @@ fn map_ghost(dir: &Path, st: &mut FdImages, orig_id: u32, g: &Ghost) -> Result<(
     crate::kinds::ghost::ghost_remap(dir, &mut st.kinds, orig_id, g)
 }
 
-/// The images of one live process of the tree (its shared anonymous
-/// objects: page image ids from `shm_pages_id` on, after every process's).
-#[allow(clippy::too_many_arguments)]
 /// pagemap-PID and pages-ID of one process's private pages (`private`).
 fn write_private_pages(dir: &Path, pid: i32, pages_id: u32, private: &[PageRun], mem: &dyn MemSource) -> Result<(), ImagesError> {
     let mut pw = PagesWriter::create(dir, pid, pages_id)?;
@@ -1075,12 +1078,16 @@ pub fn memory_ids(tree: &Tree) -> Vec<Option<MemoryIds>> {
 pub fn write_memory(dir: &Path, task: &Task, ids: &MemoryIds, mem: &dyn MemSource) -> Result<(), ImagesError> {
     let (private, shmem) = split_shmem_pages(&task.mm.vmas, &task.mm.pages);
     write_private_pages(dir, task.pid, ids.pages_id, &private, mem)?;
-    for (shmid, runs) in shmem.iter() {
-        if let Some(&(_, id)) = ids.shmem.iter().find(|(s, _)| s == shmid) {
-            write_shmem_pages(dir, *shmid, id, runs, mem)?;
+    let mut own: ShmemRuns = Vec::new();
+    for (shmid, runs) in shmem.into_iter() {
+        if let Some(&(_, id)) = ids.shmem.iter().find(|(s, _)| *s == shmid) {
+            write_shmem_pages(dir, shmid, id, &runs, mem)?;
+            own.push((shmid, runs));
         }
     }
-    Ok(())
+    // read back what it wrote, as write_task does (each shared object by
+    // the one process that writes it: memory_ids)
+    check_written_pages(dir, task.pid, &task.mm.vmas, &own)
 }
 
 /// [`write_images`] but the pages files ([`write_memory`], which may run
@@ -1091,16 +1098,15 @@ pub fn write_images_but_memory(tree: &Tree, dir: &Path) -> Result<(), ImagesErro
 }
 
 /// After [`write_images_but_memory`] and every live process's
-/// [`write_memory`]: the pages files read back and checked as
-/// [`write_images`] checks them, then the inventory.
+/// [`write_memory`] (each of which read back and checked the pages files
+/// it wrote, as [`write_images`] checks them): the inventory.
 pub fn finish_images(tree: &Tree, dir: &Path, run_id: &str) -> Result<(), ImagesError> {
-    for task in tree.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-        let (_, shmem) = split_shmem_pages(&task.mm.vmas, &task.mm.pages);
-        check_written_pages(dir, task.pid, &task.mm.vmas, &shmem)?;
-    }
     write_inventory(tree, dir, run_id)
 }
 
+/// The images of one live process of the tree (its shared anonymous
+/// objects: page image ids from `shm_pages_id` on, after every process's).
+#[allow(clippy::too_many_arguments)]
 fn write_task(
     dir: &Path,
     task: &Task,
@@ -1228,7 +1234,7 @@ fn write_task(
     }
     // read back what was written, before the dump can report success or
     // kill the source: an image our own restore would refuse is an error now
-    // (pages written elsewhere: by finish_images)
+    // (pages written elsewhere: checked by write_memory)
     if mem.is_some() {
         check_written_pages(dir, pid, &mm.vmas, &shmem)?;
     }
