@@ -408,7 +408,8 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
         .collect();
     let run_id = format!("criu-rs-{}-{}", std::process::id(), t0.elapsed().as_nanos());
     // images become visible only when complete (inventory last)
-    let staging = dump::staging::Staging::new(&dir).here()?;
+    // (a tree into a fresh directory: written straight into it, no renames)
+    let staging = if tracers.is_empty() { dump::staging::Staging::new(&dir) } else { dump::staging::Staging::new_direct_if_fresh(&dir) }.here()?;
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::write_image(staging.path()).here()?;
     }
@@ -437,13 +438,22 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
             })
             .collect();
         let mut jobs = jobs;
-        jobs.push((None, Box::new(|| Ok(images_io::write_images_but_memory(&tree, dir)?))));
+        jobs.push((
+            None,
+            Box::new(|| {
+                images_io::write_images_but_memory(&tree, dir)?;
+                crate::pr_debug!("images but the pages written");
+                Ok(())
+            }),
+        ));
         for r in crate::sys::tracer::run_all(jobs) {
             r.map_err(|e| Failure::new(e.to_string()))?.map_err(|e| e as Box<dyn std::error::Error>).here()?;
         }
         pr_info!("memory of the tree written by {} tracer threads", tracers.len());
+        staging.before_inventory().here()?;
         images_io::finish_images(&tree, dir, &run_id).here()?;
     }
+    crate::pr_debug!("inventory written");
     let t_written = Instant::now();
     // the pump's pipe closed and its injection session ended before the
     // images are published and the source is released

@@ -390,7 +390,8 @@ fn freeze_on_tracers(
         mine[*count % n].push((k, pid));
         *count += 1;
     }
-    let jobs: Vec<tracer::Work<'_, '_, Vec<(usize, Result<Frozen, FreezeError>)>>> = tracers
+    type Seized = Vec<(usize, Result<Frozen, FreezeError>)>;
+    let jobs: Vec<tracer::Work<'_, '_, Seized>> = tracers
         .iter()
         .zip(&mine)
         .filter(|(_, m)| !m.is_empty())
@@ -409,7 +410,7 @@ fn freeze_on_tracers(
                     })
                     .collect()
             };
-            (Some(t), Box::new(job) as Box<dyn FnOnce() -> Vec<(usize, Result<Frozen, FreezeError>)> + Send + '_>)
+            (Some(t), Box::new(job) as Box<dyn FnOnce() -> Seized + Send + '_>)
         })
         .collect();
     let mut out: Vec<Option<Result<Frozen, FreezeError>>> = pids.iter().map(|_| None).collect();

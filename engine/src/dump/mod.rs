@@ -93,11 +93,30 @@ const CARRIED_NS: [&str; 2] = ["uts", "ipc"];
 /// images can't carry). The pid namespace is checked so for the tree's
 /// `root` only (the others must be in the root's: [`collect_tree_opts`]).
 pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError> {
+    check_namespaces_against(pid, tid, root, &OwnNs::read())
+}
+
+/// The engine's own namespaces of the kinds [`check_namespaces`] compares
+/// (read once for a whole tree).
+pub struct OwnNs(Vec<(&'static str, Option<String>)>);
+
+impl OwnNs {
+    pub fn read() -> OwnNs {
+        OwnNs(SAME_NS.iter().map(|&k| (k, ns_link(&format!("/proc/self/ns/{k}")))).collect())
+    }
+
+    fn get(&self, kind: &str) -> Option<String> {
+        self.0.iter().find(|(k, _)| *k == kind).and_then(|(_, l)| l.clone())
+    }
+}
+
+/// [`check_namespaces`] against the engine's namespaces `own`.
+fn check_namespaces_against(pid: Pid, tid: Pid, root: bool, own: &OwnNs) -> Result<(), DumpError> {
     let err = |what: String| DumpError::Namespace { pid, what };
     let base = format!("/proc/{pid}/task/{tid}/ns");
     let mut differ = Vec::new();
     for kind in SAME_NS.iter().filter(|k| !CARRIED_NS.contains(k)) {
-        let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/{kind}")), ns_link(&format!("/proc/self/ns/{kind}"))) else {
+        let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/{kind}")), own.get(kind)) else {
             continue; // a kind this kernel lacks
         };
         if theirs != ours {
@@ -274,14 +293,29 @@ fn collect_tree(
     if !tracers.is_empty() {
         crate::pr_info!("{} processes seized by {} tracer threads", frozen.procs.len(), tracers.len());
     }
-    // (frozen: no thread can unshare or setns any more)
-    for f in &frozen.procs {
-        for t in &f.threads {
-            check_namespaces(f.pid, t.tid, f.pid == pid)?;
-        }
+    // (frozen: no thread can unshare or setns any more) every thread's,
+    // on as many threads as there are tracers (the first error in tree
+    // order)
+    {
+        let own = OwnNs::read();
+        let all: Vec<(Pid, Pid)> = frozen.procs.iter().flat_map(|f| f.threads.iter().map(move |t| (f.pid, t.tid))).collect();
+        let check = |part: &[(Pid, Pid)]| part.iter().try_for_each(|&(p, t)| check_namespaces_against(p, t, p == pid, &own));
+        let per = all.len().div_ceil(tracers.len().max(1)).max(1);
+        let results: Vec<Result<(), DumpError>> = if tracers.len() > 1 && all.len() > 1 {
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = all.chunks(per).map(|c| sc.spawn(move || check(c))).collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(DumpError::Namespace { pid, what: "checking namespaces: a thread panicked".into() })))
+                    .collect()
+            })
+        } else {
+            vec![check(&all)]
+        };
+        results.into_iter().collect::<Result<(), DumpError>>()?;
     }
     let (own_uts, own_ipc) = check_carried_namespaces(pid, &frozen)?;
     let (uts, ipc) = crate::utsipc::collect(pid, own_uts, own_ipc).map_err(|what| DumpError::Namespace { pid, what })?;
+    pr_debug!("namespaces of the tree checked");
     let root_pidns = ns_link(&format!("/proc/{pid}/ns/pid"));
     for m in &frozen.members[1..] {
         let theirs = ns_link(&format!("/proc/{}/ns/pid", m.pid));
@@ -336,6 +370,7 @@ fn collect_tree(
             .map(|(r, pid)| Some(r.unwrap_or_else(|e| Err(DumpError::Unsupported { pid, what: format!("collecting it: {e}") }))))
             .collect()
     };
+    pr_debug!("every process of the tree collected");
     let mut tasks = Vec::with_capacity(members.len());
     for m in &members {
         let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::io(m.pid, "status", e))?;
@@ -389,8 +424,10 @@ fn collect_tree(
         }
         memfds
     };
+    pr_debug!("files shared across the tree found");
     let alive: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
     let (root_ids, ids) = task::collect_ids(&alive)?;
+    pr_debug!("kernel object ids of the tree found");
     let mut ids = ids.into_iter();
     for (_, t) in tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()) {
         t.ids = ids.next().expect("one ids per live task");
