@@ -294,24 +294,12 @@ fn collect_tree(
         crate::pr_info!("{} processes seized by {} tracer threads", frozen.procs.len(), tracers.len());
     }
     // (frozen: no thread can unshare or setns any more) every thread's,
-    // on as many threads as there are tracers (the first error in tree
-    // order)
-    {
-        let own = OwnNs::read();
-        let all: Vec<(Pid, Pid)> = frozen.procs.iter().flat_map(|f| f.threads.iter().map(move |t| (f.pid, t.tid))).collect();
-        let check = |part: &[(Pid, Pid)]| part.iter().try_for_each(|&(p, t)| check_namespaces_against(p, t, p == pid, &own));
-        let per = all.len().div_ceil(tracers.len().max(1)).max(1);
-        let results: Vec<Result<(), DumpError>> = if tracers.len() > 1 && all.len() > 1 {
-            std::thread::scope(|sc| {
-                let hs: Vec<_> = all.chunks(per).map(|c| sc.spawn(move || check(c))).collect();
-                hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(DumpError::Namespace { pid, what: "checking namespaces: a thread panicked".into() })))
-                    .collect()
-            })
-        } else {
-            vec![check(&all)]
-        };
-        results.into_iter().collect::<Result<(), DumpError>>()?;
+    // against the engine's namespaces read once
+    let own = OwnNs::read();
+    for f in &frozen.procs {
+        for t in &f.threads {
+            check_namespaces_against(f.pid, t.tid, f.pid == pid, &own)?;
+        }
     }
     let (own_uts, own_ipc) = check_carried_namespaces(pid, &frozen)?;
     let (uts, ipc) = crate::utsipc::collect(pid, own_uts, own_ipc).map_err(|what| DumpError::Namespace { pid, what })?;
