@@ -26,6 +26,8 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl-base)
 command -v xargs >/dev/null 2>&1 || need_apt+=(findutils)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+# a process another tracer holds is refused naming it (tests/files.rs)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 # libcriu's headers need protobuf-c's (tests/swrk.rs builds a libcriu client)
 [ -e /usr/include/protobuf-c/protobuf-c.h ] || need_apt+=(libprotobuf-c-dev)
 # the network lock of --tcp-established (iptables rules, as upstream's);

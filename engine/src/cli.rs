@@ -169,6 +169,15 @@ Options:
   --tcp-established      dump and restore: established TCP connections
                          carried live (TCP_REPAIR), locked with iptables
                          while dumped
+  --manage-cgroups[=MODE]
+                         dump and restore: cgroup memberships (soft, the
+                         default: missing cgroups made with their
+                         properties; full: properties always written;
+                         strict: cgroups must not exist; none, props:
+                         they must exist; ignore: not dumped or restored)
+  --empty-ns net         dump, restore, tfork: the tree's own network
+                         namespace is not dumped; restore makes a new,
+                         empty one (for the runtime to set up)
   --tcp-close            dump and restore: TCP connections restored closed;
                          tfork: the source's TCP connections to peers
                          outside the tree closed in the clones (without
@@ -311,12 +320,15 @@ fn engine_options(o: &Opts) -> EngineOptions {
         pidfile: o.pidfile.as_deref().map(PathBuf::from),
         root: o.root.as_deref().map(PathBuf::from),
         sibling: o.restore_sibling,
+        manage_cgroups: o.manage_cgroups,
     }
 }
 
 /// `--network-lock` for `--tcp-established`: iptables (the default), or
 /// skip; nftables is refused.
 fn network_lock(o: &Opts) -> Result<(), Failure> {
+    // (and `--empty-ns net`, which dump and restore take as well)
+    crate::netns::set_empty(o.empty_net);
     match o.network_lock.as_deref() {
         Some("nftables") if o.tcp_established => Err(Failure::new("--network-lock nftables is not supported yet (the iptables lock, the default, is)")),
         v => {
@@ -342,8 +354,12 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     let t0 = Instant::now();
     crate::notify::script("pre-dump", None).map_err(Failure::new)?;
     // a tree is seized, collected and its memory copied by tracer threads
-    // (one per CPU), one process by the main thread alone
-    let tracers = dump::tracers(if dump::has_children(pid) { usize::MAX } else { 1 });
+    // (one per CPU), one process by the main thread alone; and a tree with
+    // --tcp-established too: the guard of its held connections is forked
+    // (fork3) from the engine during the collection, which a fork-like
+    // clone allows only while the engine has one thread
+    let tree_on_cpus = dump::has_children(pid) && !o.tcp_established;
+    let tracers = dump::tracers(if tree_on_cpus { usize::MAX } else { 1 });
     let (tree, mut frozen) = dump::collect_tree_on(pid, &engine_options(o), &tracers).here()?;
     // (a refusal from here on releases the tree as it was: `frozen` dropped)
     for stage in ["network-lock", "query-ext-files"] {
@@ -516,6 +532,9 @@ fn run_tfork(o: &Opts) -> Result<(), Failure> {
 /// The tfork of `run_tfork` and of the RPC's TFORK request: the clones'
 /// pids, in the order they were released.
 fn tfork_clones(o: &Opts) -> Result<Vec<crate::sys::Pid>, Failure> {
+    // (each clone of a tree owning its network namespace gets a new empty
+    // one with `--empty-ns net`)
+    crate::netns::set_empty(o.empty_net);
     let pid: crate::sys::Pid = match o.tree.as_deref() {
         None => return Err(Failure::new("tfork needs -t PID")),
         Some(t) => t.parse().ok().filter(|&p| p > 0).ok_or_else(|| Failure::new(format!("invalid argument for -t: {t}")))?,

@@ -937,6 +937,13 @@ fn write_images_inner(tree: &Tree, dir: &Path, mems: Option<&[Option<&dyn MemSou
     write_memfds(dir, &tree.memfds, &mut shm_pages_id)?;
     // the root's own uts and ipc namespaces (SysV shm contents: pages after the memfds')
     crate::utsipc::write_images(dir, tree, &mut shm_pages_id)?;
+    // the root's own network namespace
+    if let Some(n) = &tree.net {
+        crate::netns::write_images(dir, n, tree.root().ids.net_ns)?;
+    }
+    if let Some(cg) = &tree.cgroups {
+        crate::cgroups::write_image(dir, cg)?;
+    }
     write_locks(dir, tree)?;
     write_all(dir, &mg::FILES.file_name(""), &mg::FILES, &files)?;
     write_all(dir, &mg::SECCOMP.file_name(""), &mg::SECCOMP, &[pb::SeccompEntry { seccomp_filters: filters }])?;
@@ -1123,14 +1130,21 @@ fn write_task(
     // exe first (upstream gives it id 1), then the files of mappings; one
     // entry per path across the tree (a child maps its parent's files)
     let exe_id = match &task.mm.exe {
-        Some(x) => match map_ids.iter().find(|(p, _)| p == &x.path) {
-            Some(&(_, id)) => id,
-            None => {
-                let id = file_id(files, mapped_entry(0, &x.path, 0, 0, x.mode, x.size, &x.build_id));
-                map_ids.push((x.path.clone(), id));
-                id
+        Some(x) => {
+            let key = map_key(x);
+            match map_ids.iter().find(|(p, _)| p == &key) {
+                Some(&(_, id)) => id,
+                None => {
+                    let id = file_id(files, mapped_entry(0, &x.path, 0, 0, x.mode, x.size, &x.build_id));
+                    // a deleted executable: the ghost of its mapping
+                    if let Some(g) = &x.ghost {
+                        map_ghost(dir, fd_images, id, g)?;
+                    }
+                    map_ids.push((key, id));
+                    id
+                }
             }
-        },
+        }
         None => 0,
     };
     for v in &task.mm.vmas {
@@ -1261,7 +1275,7 @@ fn write_task(
             comm: Some(t.comm.clone()),
             blk_sigset_extended: None,
             rseq_entry: t.rseq.map(|r| pb::RseqEntry { rseq_abi_pointer: r.ptr, rseq_abi_size: r.len, signature: r.sig, rseq_cs_pointer: None }),
-            cg_set: Some(1),
+            cg_set: Some(task.cg_set.max(1)),
         };
         let tc = (i == 0).then(|| pb::TaskCoreEntry {
             task_state: if task.stop_signo.is_some() { TASK_STOPPED } else { TASK_ALIVE },
@@ -1459,8 +1473,38 @@ fn read_images_now(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
     // the root's own uts and ipc namespaces (ids other than root_ids')
     let (uts, ipc) = crate::utsipc::read_images(dir, &task.ids, &root_ids)?;
     crate::utsipc::check_attachments(tasks.iter().map(|t| (t.pid, t)), ipc.as_ref()).map_err(|(p, w)| bad(&mg::MM.file_name(p), w))?;
-    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc };
+    let net = crate::netns::read_images(dir, &task.ids, &root_ids)?;
+    let cgroups = crate::cgroups::read_image(dir)?;
+    for t in tasks.iter().filter(|t| t.zombie_exit.is_none() && t.cg_set > 1) {
+        if !cgroups.as_ref().is_some_and(|c| c.sets.iter().any(|s| s.id == t.cg_set)) {
+            return Err(bad(&mg::CORE.file_name(t.pid), format!("thread_core.cg_set {} is not a set of cgroup.img", t.cg_set)));
+        }
+    }
+    let tree = Tree { root_owns_pid_ns: ps[0].pid == 1, tasks, root_ids, timens, memfds: memfds.into_iter().map(|(_, m)| m).collect(), uts, ipc, net, cgroups };
     Ok((tree, mems))
+}
+
+/// The ghost a file entry `id` (named `name`) of a mapping or an exe is
+/// remapped to in remap-fpath.img, read once per remap (`cache`).
+fn mapped_ghost(
+    dir: &Path,
+    remaps: &[pb::RemapFilePathEntry],
+    cache: &mut HashMap<u32, std::sync::Arc<Ghost>>,
+    id: u32,
+    name: &str,
+) -> Result<Option<std::sync::Arc<Ghost>>, ImagesError> {
+    match remaps.iter().find(|m| m.orig_id == id) {
+        None => Ok(None),
+        Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => Ok(Some(match cache.get(&m.remap_id) {
+            Some(g) => g.clone(),
+            None => {
+                let g = std::sync::Arc::new(crate::kinds::ghost::read_ghost(dir, m.remap_id)?);
+                cache.insert(m.remap_id, g.clone());
+                g
+            }
+        })),
+        Some(m) => Err(bad("remap-fpath.img", format!("mapping of {name}: remap type {} is not supported yet", m.remap_type.unwrap_or(0)))),
+    }
 }
 
 /// One live process of the image set: its core, ids, fds, fs, mm and
@@ -1572,20 +1616,7 @@ fn read_task(
             })
         } else if kind == VmaKind::File {
             let r = reg(v.shmid as u32, "file mapping")?;
-            let ghost = match remaps.iter().find(|m| m.orig_id == v.shmid as u32) {
-                None => None,
-                Some(m) if m.remap_type.unwrap_or(0) == pb::RemapType::Ghost as i32 => Some(match map_ghosts.get(&m.remap_id) {
-                    Some(g) => g.clone(),
-                    None => {
-                        let g = std::sync::Arc::new(crate::kinds::ghost::read_ghost(dir, m.remap_id)?);
-                        map_ghosts.insert(m.remap_id, g.clone());
-                        g
-                    }
-                }),
-                Some(m) => {
-                    return Err(bad("remap-fpath.img", format!("mapping of {}: remap type {} is not supported yet", r.name, m.remap_type.unwrap_or(0))));
-                }
-            };
+            let ghost = mapped_ghost(dir, &remaps, &mut map_ghosts, v.shmid as u32, &r.name)?;
             Some(MapFile {
                 path: r.name.clone(),
                 flags: v.fdflags.unwrap_or(0),
@@ -1615,6 +1646,8 @@ fn read_task(
     }
     crate::restore::aio::check_entries(&mme.aios, &vmas).map_err(|w| bad(&mg::MM.file_name(pid), w))?;
     let exe = reg(mme.exe_file_id, "exe")?;
+    // (an executable deleted while it ran: the ghost of its mapping)
+    let exe_ghost = mapped_ghost(dir, &remaps, &mut map_ghosts, mme.exe_file_id, &exe.name)?;
     // pages
     let pm_name = images_proto::pages::pagemap_name(pid);
     let rd = PagemapReader::open(dir, &pm_name)?;
@@ -1667,7 +1700,7 @@ fn read_task(
             size: exe.size,
             mode: exe.mode.unwrap_or(0),
             build_id: exe.build_id.clone(),
-            ghost: None,
+            ghost: exe_ghost,
         }),
         dumpable: mme.dumpable.unwrap_or(1) as u32,
         thp_disabled: mme.thp_disabled.unwrap_or(false),
@@ -1686,6 +1719,13 @@ fn read_task(
         // XSAVE components this CPU lacks are dropped by fpregs_from_pb;
         // whether that may happen is decided before (cpuinfo::check_threads)
         let tcore = core.thread_core.clone().unwrap_or_default();
+        // its cgroup set (per thread since 4.x; tc's in older images)
+        let cg = tcore.cg_set.or_else(|| core.tc.as_ref().and_then(|t| t.cg_set)).unwrap_or(0);
+        if i == 0 {
+            task.cg_set = cg;
+        } else if cg > 1 && cg != task.cg_set {
+            return Err(bad(&name, format!("thread_core.cg_set {cg}: thread {tid} is in other cgroups than its process (set {}): not supported", task.cg_set)));
+        }
         if i == 0 {
             let tc = core.tc.as_ref().ok_or_else(|| bad(&name, "main thread without tc"))?;
             match tc.task_state {

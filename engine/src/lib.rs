@@ -10,6 +10,7 @@
 
 pub mod log;
 pub mod cli;
+pub mod cgroups;
 pub mod cpuinfo;
 pub mod dump;
 pub mod fault;
@@ -24,4 +25,5 @@ pub mod root_snapshot;
 pub mod sys;
 pub mod tfork;
 pub mod utsipc;
+pub mod netns;
 pub mod validate;

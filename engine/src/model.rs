@@ -28,6 +28,13 @@ pub struct Tree {
     /// The root's own ipc namespace (ipcns-*-ID.img), when it is not the
     /// dumping engine's; every process of the tree is in it.
     pub ipc: Option<IpcNs>,
+    /// The root's own network namespace (netdev-ID.img, netns-ID.img and
+    /// the ip/iptables/nft dumps), when it is not the dumping engine's;
+    /// every process of the tree is in it.
+    pub net: Option<crate::netns::NetNs>,
+    /// The cgroups of its processes (cgroup.img), when some process is
+    /// in other cgroups than the dumping criu's.
+    pub cgroups: Option<crate::cgroups::Cgroups>,
 }
 
 /// A uts namespace: what uname(2) shows of it.
@@ -289,6 +296,8 @@ pub struct Task {
     /// Process-wide queued siginfos.
     pub shared_pending: Vec<[u8; 128]>,
     pub child_subreaper: bool,
+    /// Its cgroup set in `Tree::cgroups` (0 or 1: criu's own cgroups).
+    pub cg_set: u32,
     pub loginuid: u32,
     pub oom_score_adj: i32,
     /// membarrier(2) registrations of the mm: the MEMBARRIER_CMD_REGISTER_*

@@ -46,6 +46,10 @@ pub struct Options {
     /// `--restore-sibling`: the root is forked with CLONE_PARENT, a child
     /// of the engine's parent (a runtime that runs criu), not of the engine.
     pub sibling: bool,
+    // ---- dump, restore and tfork ----
+    /// `--manage-cgroups MODE`: cgroup memberships dumped and restored
+    /// (soft, the default), or not (ignore).
+    pub manage_cgroups: crate::cgroups::Mode,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             pidfile: None,
             root: None,
             sibling: false,
+            manage_cgroups: crate::cgroups::Mode::Soft,
         }
     }
 }

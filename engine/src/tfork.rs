@@ -608,9 +608,16 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     let t0 = Instant::now();
     // connections recorded (not refused by the collection): [`net::plan`]
     // decides; the restores then bring them back closed (`--tcp-close`)
-    let collected = dump::collect_tree_opts(pid, &crate::options::Options { tcp_close: true, ..Default::default() });
+    // (a tree in a network namespace of its own: its connections within
+    // the tree are carried live, each clone in a new namespace holding its
+    // copy of both ends: crate::netns)
+    let own_net = crate::netns::owns(pid);
+    let collected = dump::collect_tree_opts(pid, &crate::options::Options { tcp_close: true, tcp_established: own_net, ..Default::default() });
     set_net_opts(opts.tcp_close);
     let (tree, frozen) = collected?;
+    if tree.net.is_some() {
+        crate::kinds::inet::set_tcp_established(true);
+    }
     net::plan(&tree, opts.tcp_close, false)?;
     refuse_live_fifo_data(&tree)?;
     let own_ns = tree.root_owns_pid_ns;

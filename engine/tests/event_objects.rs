@@ -350,16 +350,7 @@ fn we_restore_upstream_dumps() {
 
 /// A copy of image set `img` with files.img's entries changed by `edit`.
 fn edited(img: &Path, name: &str, edit: impl FnOnce(&mut Vec<pb::FileEntry>)) -> PathBuf {
-    let out = img.with_file_name(name);
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).unwrap();
-    for e in std::fs::read_dir(img).unwrap().flatten() {
-        std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
-    }
-    let mut files: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
-    edit(&mut files);
-    image::write_all(&out, "files.img", &magic::FILES, &files).unwrap();
-    out
+    common::edited_image(img, name, "files.img", &magic::FILES, edit)
 }
 
 /// Hostile images: an epoll target that names no fd of the table, one

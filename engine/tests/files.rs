@@ -337,7 +337,7 @@ fn deleted_cwd_refused() {
 
 /// Kinds the engine does not support are refused by name, and the program
 /// runs on (before: a misc device was reopened by path, a non-UTF-8 name
-/// was mangled; memfds, once refused here, are supported: more_files.rs).
+/// was mangled, memfd_secret was taken for a deleted file; memfds, once refused here, are supported: more_files.rs).
 #[test]
 fn unsupported_fd_kinds_refused_by_name() {
     require!(why_not_here());
@@ -347,6 +347,10 @@ fn unsupported_fd_kinds_refused_by_name() {
         ("userfaultfd", "anonymous inode (userfaultfd)"),
         ("misc", "/dev/loop-control, character device 10:237"),
         ("rawname", "a path that is not UTF-8"),
+        // before: "unlinked but the file still has 1 other links: dump
+        // with --link-remap", which then failed on a cross-device link
+        ("secretfd", "a memfd_secret(2) area"),
+        ("secretmap", "it is memfd_secret(2) memory"),
     ] {
         let s = Scene::start_args("fdrefuse", kind, &[kind]);
         let log = dump_refused(&s, kind);
@@ -354,6 +358,32 @@ fn unsupported_fd_kinds_refused_by_name() {
         let t = last_tick(&s.log());
         wait_until("ticks after the refused dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 2);
     }
+}
+
+/// A process another tracer holds (strace here) is refused naming the
+/// tracer, and runs on traced (before: "seizing thread N: Operation not
+/// permitted").
+#[test]
+fn traced_process_refused_naming_its_tracer() {
+    require!(why_not_here());
+    require!(why_not_tool("strace"));
+    let s = Scene::start_args("fdrefuse", "traced", &["rdonly"]);
+    let mut strace = std::process::Command::new("strace")
+        .args(["-o", "/dev/null", "-p", &s.pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace");
+    let tracer = strace.id() as i32;
+    wait_until("strace attached", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/status", s.pid)).unwrap_or_default().lines().any(|l| l == format!("TracerPid:\t{tracer}"))
+    });
+    let log = dump_refused(&s, "traced");
+    let _ = strace.kill();
+    let _ = strace.wait();
+    let want = format!("thread {} is already traced by {tracer} (strace)", s.pid);
+    assert!(log.contains(&want), "want {want:?} in:\n{log}");
+    let t = last_tick(&s.log());
+    wait_until("ticks after the refused dump", Duration::from_secs(10), || last_tick(&s.log()) > t + 2);
 }
 
 /// A regular file replaced by a FIFO between dump and restore: the restore

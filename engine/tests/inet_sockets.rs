@@ -314,17 +314,9 @@ fn we_restore_upstream_dumps() {
 /// A copy of image set `img` with its first INETSK entry of `family` and
 /// `proto` changed by `edit`.
 fn edited(img: &Path, name: &str, proto: u32, family: u32, edit: impl FnOnce(&mut pb::InetSkEntry)) -> PathBuf {
-    let out = img.with_file_name(name);
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).unwrap();
-    for e in std::fs::read_dir(img).unwrap().flatten() {
-        std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
-    }
-    let mut files: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
-    let e = files.iter_mut().filter_map(|e| e.isk.as_mut()).find(|e| e.proto == proto && e.family == family).expect("such an INETSK entry");
-    edit(e);
-    image::write_all(&out, "files.img", &magic::FILES, &files).unwrap();
-    out
+    common::edited_image(img, name, "files.img", &magic::FILES, |files: &mut Vec<pb::FileEntry>| {
+        edit(files.iter_mut().filter_map(|e| e.isk.as_mut()).find(|e| e.proto == proto && e.family == family).expect("such an INETSK entry"))
+    })
 }
 
 /// Hostile images refused before anything is made, naming files.img and

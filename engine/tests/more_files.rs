@@ -619,3 +619,93 @@ fn upstream_mem_fixture_with_its_dev_zero_memfd_restores() {
     assert_eq!(live_with_exe(&bin).len(), 2, "parent and child");
     let _ = std::fs::remove_dir_all(&img);
 }
+
+/// The live processes whose executable is `bin`, unlinked (`BIN (deleted)`).
+fn with_deleted_exe(bin: &Path) -> Vec<i32> {
+    let want = PathBuf::from(format!("{} (deleted)", bin.display()));
+    let mut v: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(want.as_path()))
+        .filter(|pid| !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z"))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Kills what runs the deleted executable on drop.
+struct DeletedExe(PathBuf);
+
+impl Drop for DeletedExe {
+    fn drop(&mut self) {
+        for p in with_deleted_exe(&self.0) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+}
+
+/// A program whose executable was deleted while it ran (as a package
+/// upgrade replaces one): the exe file is the ghost of its mapping, one
+/// file entry as upstream writes it, and the restored process runs the
+/// recreated file (unlinked again once restored). Before: the exe entry
+/// was the path "NAME (deleted)", which the restore could not open; then,
+/// with the ghost, PR_SET_MM_MAP failed with EACCES (the recreated file
+/// was held open for writing); upstream's images of it failed our
+/// build-id check of a path that no longer exists.
+#[test]
+fn deleted_executable_round_trip() {
+    require!(why_not_here());
+    let s = OwnNsProg::start("delexe", "stackpat", &[]);
+    let criu = private_criu(&s.dir);
+    std::fs::remove_file(&s.bin).unwrap();
+    let _guard = DeletedExe(s.bin.clone());
+    let pid = || {
+        let v = with_deleted_exe(&s.bin);
+        assert_eq!(v.len(), 1, "one process running the deleted {}: {v:?}", s.bin.display());
+        v[0]
+    };
+    s.ticks_on(2, "before the dump");
+    for round in 0..2 {
+        let img = s.images(&format!("img{round}"));
+        criu_ok(&criu, &["dump", "-t", &pid().to_string()], &img, "dump.log");
+        let files: Vec<pb::FileEntry> = images_proto::image::read_all(&img, "files.img", &mg::FILES).unwrap();
+        let exe_like = files.iter().filter_map(|f| f.reg.as_ref()).filter(|r| r.name.starts_with(&*s.bin.to_string_lossy())).count();
+        assert_eq!(exe_like, 1, "round {round}: one file entry for the exe and its mapping: {files:?}");
+        wait_until("the dumped program gone", Duration::from_secs(5), || with_deleted_exe(&s.bin).is_empty());
+        criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
+        s.ticks_on(3, &format!("after restore {round}"));
+        let p = pid();
+        assert!(!s.bin.exists(), "round {round}: the recreated executable must be unlinked again");
+        let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap();
+        assert!(maps.contains(&format!("{} (deleted)", s.bin.display())), "round {round}: the code is mapped from the recreated file:\n{maps}");
+    }
+}
+
+/// The same program both ways with upstream CRIU 4.2.
+#[test]
+fn deleted_executable_with_upstream() {
+    require!(why_not_upstream());
+    let s = OwnNsProg::start("delexe-up", "stackpat", &[]);
+    let criu = private_criu(&s.dir);
+    std::fs::remove_file(&s.bin).unwrap();
+    let _guard = DeletedExe(s.bin.clone());
+    let pid = || {
+        let v = with_deleted_exe(&s.bin);
+        assert_eq!(v.len(), 1, "one process running the deleted {}: {v:?}", s.bin.display());
+        v[0]
+    };
+    let gone = || wait_until("the dumped program gone", Duration::from_secs(5), || with_deleted_exe(&s.bin).is_empty());
+    s.ticks_on(2, "before the dump");
+    let img = s.images("ours");
+    criu_ok(&criu, &["dump", "-t", &pid().to_string()], &img, "dump.log");
+    gone();
+    upstream_ok(&["restore", "-d"], &img, "restore-upstream.log");
+    s.ticks_on(3, "after upstream's restore of our images");
+    let img = s.images("theirs");
+    upstream_ok(&["dump", "-t", &pid().to_string()], &img, "dump-upstream.log");
+    gone();
+    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
+    s.ticks_on(3, "after our restore of upstream's images");
+    assert!(!s.bin.exists(), "the recreated executable must be unlinked again");
+}

@@ -115,10 +115,7 @@ fn mount_namespace_is_refused() {
     refused("uts-ipc-mnt", &["unshare", "--uts", "--ipc", "--mount"], &["plain"], &["mnt (mnt:["]);
 }
 
-#[test]
-fn net_namespace_is_refused() {
-    refused("net", &["unshare", "--net"], &["plain"], &["net (net:["]);
-}
+// (a network namespace of its own is carried: tests/net_ns.rs)
 
 #[test]
 fn user_namespace_is_refused() {

@@ -8,7 +8,6 @@
 //! root, gcc, unshare, setsid.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
 
@@ -16,7 +15,7 @@ use images_proto::{image, magic, pb};
 use engine::kinds::Kind;
 use engine::model::FileDesc;
 
-use common::{criu_env, criu_ok, live_with_exe, private_criu, require, upstream_ok, why_not_here, why_not_upstream, OwnNsProg};
+use common::{copy_images, criu_env, criu_ok, live_with_exe, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
 
 
 /// The netlink sockets of image set `img` as read back.
@@ -40,27 +39,13 @@ fn netlink_sockets_round_trip() {
     require!(why_not_here());
     let mut s = OwnNsProg::start("nl-round", "nlsk", &[]);
     let criu = private_criu(&s.dir);
-    s.ticks_on(2, "before the dump");
-    let img = s.images("img1");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
-    let nl = netlinks(&img);
-    assert_eq!(nl.len(), 4, "{nl:?}");
-    assert_eq!(nl[0].groups, vec![1, 1], "groups 1 and 33");
-    assert_eq!(nl[2].protocol, 15, "the uevent socket");
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after restore");
-    let img = s.images("img2");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string(), "--leave-running"], &img, "dump.log");
-    s.ticks_on(3, "after a --leave-running dump");
-    for p in live_with_exe(&s.bin) {
-        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-    }
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after the second restore");
+    let first = |img: &Path| {
+        let nl = netlinks(img);
+        assert_eq!(nl.len(), 4, "{nl:?}");
+        assert_eq!(nl[0].groups, vec![1, 1], "groups 1 and 33");
+        assert_eq!(nl[2].protocol, 15, "the uevent socket");
+    };
+    s.two_rounds(&criu, first, |_| {});
 }
 
 #[test]
@@ -68,19 +53,7 @@ fn netlink_sockets_with_upstream() {
     require!(why_not_upstream());
     let mut s = OwnNsProg::start("nl-upstream", "nlsk", &["low"]);
     let criu = private_criu(&s.dir);
-    s.ticks_on(2, "before the dump");
-    let img = s.images("ours");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
-    s.gone();
-    upstream_ok(&["restore", "-d"], &img, "restore-upstream.log");
-    s.refind();
-    s.ticks_on(4, "after upstream's restore of our images");
-    let img = s.images("theirs");
-    upstream_ok(&["dump", "-t", &s.pid.to_string()], &img, "dump-upstream.log");
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after our restore of upstream's dump");
+    s.upstream_both_ways(&criu, |_| {});
 }
 
 #[test]
@@ -93,12 +66,7 @@ fn hostile_netlink_images_are_refused() {
     criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
     s.gone();
     let edit = |name: &str, f: &dyn Fn(&mut pb::NetlinkSkEntry)| -> PathBuf {
-        let out = img.with_file_name(name);
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&out).unwrap();
-        for e in std::fs::read_dir(&img).unwrap().flatten() {
-            std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
-        }
+        let out = copy_images(&img, name);
         let mut v: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
         v.iter_mut().filter_map(|e| e.nlsk.as_mut()).for_each(f);
         image::write_all(&out, "files.img", &magic::FILES, &v).unwrap();

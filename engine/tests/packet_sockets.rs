@@ -9,7 +9,6 @@
 //! setsid.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
 
@@ -17,7 +16,7 @@ use images_proto::{image, magic, pb};
 use engine::kinds::Kind;
 use engine::model::FileDesc;
 
-use common::{criu_env, criu_ok, live_with_exe, private_criu, require, upstream_ok, why_not_here, why_not_upstream, OwnNsProg};
+use common::{copy_images, criu_env, criu_ok, live_with_exe, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
 
 
 /// The packet sockets of image set `img` as read back.
@@ -41,30 +40,22 @@ fn packet_sockets_round_trip() {
     require!(why_not_here());
     let mut s = OwnNsProg::start("pk-round", "pktsk", &[]);
     let criu = private_criu(&s.dir);
-    s.ticks_on(2, "before the dump");
-    let img = s.images("img1");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
-    let p = packets(&img);
-    assert_eq!(p.len(), 3, "{p:?}");
-    assert_eq!((p[0].protocol, p[0].ifindex, p[0].aux_data, p[0].mclist.len()), (0x88b5, 1, true, 2), "{:?}", p[0]);
-    assert_eq!((p[1].protocol, p[1].version, p[1].reserve, p[1].orig_dev), (0x0800, 1, 64, true), "{:?}", p[1]);
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after restore");
-    let img2 = s.images("img2");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string(), "--leave-running"], &img2, "dump.log");
-    let again: Vec<_> = packets(&img2).into_iter().map(|mut x| { x.ino = 0; x }).collect();
-    let first: Vec<_> = p.into_iter().map(|mut x| { x.ino = 0; x }).collect();
-    assert_eq!(again, first, "the packet sockets as restored, dumped again");
-    s.ticks_on(3, "after a --leave-running dump");
-    for p in live_with_exe(&s.bin) {
-        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-    }
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img2, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after the second restore");
+    let first = std::cell::RefCell::new(Vec::new());
+    s.two_rounds(
+        &criu,
+        |img| {
+            let p = packets(img);
+            assert_eq!(p.len(), 3, "{p:?}");
+            assert_eq!((p[0].protocol, p[0].ifindex, p[0].aux_data, p[0].mclist.len()), (0x88b5, 1, true, 2), "{:?}", p[0]);
+            assert_eq!((p[1].protocol, p[1].version, p[1].reserve, p[1].orig_dev), (0x0800, 1, 64, true), "{:?}", p[1]);
+            *first.borrow_mut() = p;
+        },
+        |img2| {
+            let again: Vec<_> = packets(img2).into_iter().map(|mut x| { x.ino = 0; x }).collect();
+            let first: Vec<_> = first.borrow().iter().cloned().map(|mut x| { x.ino = 0; x }).collect();
+            assert_eq!(again, first, "the packet sockets as restored, dumped again");
+        },
+    );
 }
 
 #[test]
@@ -72,19 +63,7 @@ fn packet_sockets_with_upstream() {
     require!(why_not_upstream());
     let mut s = OwnNsProg::start("pk-upstream", "pktsk", &["single"]);
     let criu = private_criu(&s.dir);
-    s.ticks_on(2, "before the dump");
-    let img = s.images("ours");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
-    s.gone();
-    upstream_ok(&["restore", "-d"], &img, "restore-upstream.log");
-    s.refind();
-    s.ticks_on(4, "after upstream's restore of our images");
-    let img = s.images("theirs");
-    upstream_ok(&["dump", "-t", &s.pid.to_string()], &img, "dump-upstream.log");
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after our restore of upstream's dump");
+    s.upstream_both_ways(&criu, |_| {});
 }
 
 #[test]
@@ -97,12 +76,7 @@ fn hostile_packet_images_are_refused() {
     criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
     s.gone();
     let edit = |name: &str, f: &dyn Fn(&mut pb::PacketSockEntry)| -> PathBuf {
-        let out = img.with_file_name(name);
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&out).unwrap();
-        for e in std::fs::read_dir(&img).unwrap().flatten() {
-            std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
-        }
+        let out = copy_images(&img, name);
         let mut v: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
         v.iter_mut().filter_map(|e| e.psk.as_mut()).for_each(f);
         image::write_all(&out, "files.img", &magic::FILES, &v).unwrap();

@@ -89,3 +89,25 @@ fn restore_refused_while_the_pid_is_in_use() {
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `dump -t TID` with the id of a thread that is not the process's main
+/// thread is refused naming the process, and the program runs on (before:
+/// /proc/TID answered, so the thread was taken for a process of its own,
+/// dumped as one, and the whole process killed).
+#[test]
+fn thread_id_is_not_taken_for_a_process() {
+    require!(why_not_here());
+    let tmp = test_dir("pids-thread-id");
+    let criu = private_criu(&tmp);
+    let fx = Fixture::start("threads", &tmp, Ns::Host);
+    let tid = *tids(fx.pid).iter().find(|&&t| t != fx.pid).expect("the fixture has threads");
+    let img = tmp.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, log) = criu_env(&criu, &["dump", "-t", &tid.to_string()], &img, "dump.log", &[]);
+    assert_eq!(st.code(), Some(1), "a dump of a thread id must fail with 1:\n{log}");
+    let want = format!("{tid} is a thread of process {}, not a process", fx.pid);
+    assert!(log.contains(&want), "error should say {want:?}:\n{log}");
+    fx.ticks_on(3, "after the refused dump");
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 mod common;
 
-use images_proto::{image, magic, pb};
+use images_proto::{magic, pb};
 
-use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream};
+use common::{criu_env, criu_ok, edited_image as edited, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream};
 
 /// An fd table as (fd, link).
 type Links = Vec<(i32, String)>;
@@ -250,20 +250,6 @@ fn we_restore_upstream_pty_dumps() {
     pt.refind();
     pt.ticks_on(5, "after our restore of upstream's dump");
     assert_eq!(pt.terminals(), before, "controlling terminals and fds after restore");
-}
-
-/// A copy of image set `img` with image `file`'s entries changed by `edit`.
-fn edited<M: prost::Message + Default>(img: &Path, name: &str, file: &str, kind: &'static magic::ImageKind, edit: impl FnOnce(&mut Vec<M>)) -> PathBuf {
-    let out = img.with_file_name(name);
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).unwrap();
-    for e in std::fs::read_dir(img).unwrap().flatten() {
-        std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
-    }
-    let mut v: Vec<M> = image::read_all(&out, file, kind).unwrap();
-    edit(&mut v);
-    image::write_all(&out, file, kind, &v).unwrap();
-    out
 }
 
 /// Hostile images: a pty index past the kernel's, queued bytes past what

@@ -8,13 +8,12 @@
 //! gcc, unshare, setsid.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
 
 use images_proto::{image, magic, pb};
 
-use common::{criu_env, criu_ok, live_with_exe, private_criu, require, upstream_ok, why_not_here, why_not_upstream, OwnNsProg};
+use common::{copy_images, criu_env, criu_ok, live_with_exe, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
 
 
 /// The messages of `img` that carry files: (rights count) per entry.
@@ -37,24 +36,7 @@ fn files_in_flight_round_trip() {
     require!(why_not_here());
     let mut s = OwnNsProg::start("scm-round", "scmflight", &[]);
     let criu = private_criu(&s.dir);
-    s.ticks_on(2, "before the dump");
-    let img = s.images("img1");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
-    assert_eq!(scm_counts(&img), vec![0, 1, 2], "messages with files in flight in the image");
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after restore");
-    let img = s.images("img2");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string(), "--leave-running"], &img, "dump.log");
-    s.ticks_on(3, "after a --leave-running dump");
-    for p in live_with_exe(&s.bin) {
-        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-    }
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after the second restore");
+    s.two_rounds(&criu, |img| assert_eq!(scm_counts(img), vec![0, 1, 2], "messages with files in flight in the image"), |_| {});
 }
 
 /// Our images restored by upstream CRIU 4.2, and upstream's dump restored
@@ -64,20 +46,7 @@ fn files_in_flight_with_upstream() {
     require!(why_not_upstream());
     let mut s = OwnNsProg::start("scm-upstream", "scmflight", &[]);
     let criu = private_criu(&s.dir);
-    s.ticks_on(2, "before the dump");
-    let img = s.images("ours");
-    criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
-    s.gone();
-    upstream_ok(&["restore", "-d"], &img, "restore-upstream.log");
-    s.refind();
-    s.ticks_on(4, "after upstream's restore of our images");
-    let img = s.images("theirs");
-    upstream_ok(&["dump", "-t", &s.pid.to_string()], &img, "dump-upstream.log");
-    assert_eq!(scm_counts(&img), vec![0, 1, 2], "upstream's messages with files in flight");
-    s.gone();
-    criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
-    s.refind();
-    s.ticks_on(4, "after our restore of upstream's dump");
+    s.upstream_both_ways(&criu, |img| assert_eq!(scm_counts(img), vec![0, 1, 2], "upstream's messages with files in flight"));
 }
 
 /// Hostile sk-queues: rights naming a file files.img lacks, rights naming
@@ -94,12 +63,7 @@ fn hostile_files_in_flight_are_refused() {
     let files: Vec<pb::FileEntry> = image::read_all(&img, "files.img", &magic::FILES).unwrap();
     let sock_id = files.iter().find(|f| f.usk.is_some()).unwrap().id;
     let edit = |name: &str, f: &dyn Fn(&mut pb::SkPacketEntry)| -> PathBuf {
-        let out = img.with_file_name(name);
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&out).unwrap();
-        for e in std::fs::read_dir(&img).unwrap().flatten() {
-            std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
-        }
+        let out = copy_images(&img, name);
         let mut r = image::ImageReader::open(&img, "sk-queues.img", &magic::SK_QUEUES).unwrap();
         let mut w = image::ImageWriter::create(&out, "sk-queues.img", &magic::SK_QUEUES).unwrap();
         while let Some(mut e) = r.next_entry::<pb::SkPacketEntry>().unwrap() {

@@ -59,6 +59,10 @@ enum Act {
     /// Accepted after its value is checked as upstream checks it.
     PreDumpMode,
     NetworkLock,
+    /// `--manage-cgroups[=MODE]`.
+    ManageCgroups,
+    /// `--empty-ns net`: the tree's network namespace left to the runtime.
+    EmptyNs,
     Timeout,
     /// `--ghost-limit SIZE`: the most bytes an unlinked open file may hold.
     GhostLimit,
@@ -151,7 +155,7 @@ const SPECS: &[Spec] = &[
     o("force-irmap", None, No, Accepted, true),
     o("ext-mount-map", Some('M'), Req, Refused, false),
     o("exec-cmd", None, No, Refused, false),
-    o("manage-cgroups", None, Opt, Refused, false),
+    o("manage-cgroups", None, Opt, ManageCgroups, false),
     o("cgroup-root", None, Req, Refused, false),
     o("inherit-fd", None, Req, Refused, false),
     o("skip-mnt", None, Req, Refused, false),
@@ -163,7 +167,7 @@ const SPECS: &[Spec] = &[
     o("lsm-profile", None, Req, Refused, false),
     o("lsm-mount-context", None, Req, Refused, false),
     o("external", None, Req, Refused, false),
-    o("empty-ns", None, Req, Refused, false),
+    o("empty-ns", None, Req, EmptyNs, false),
     o("lazy-pages", None, No, Refused, false),
     o("cgroup-props", None, Req, Refused, false),
     o("cgroup-props-file", None, Req, Refused, false),
@@ -190,9 +194,9 @@ pub const ACCEPTED: &[(&str, &str)] = &[
     ("--pre-dump-mode splice|read", "applies to pre-dump, which is not implemented"),
     ("--network-lock iptables|nftables|skip", "only with --tcp-established: iptables is the lock it uses (upstream's default), skip leaves the connections unlocked, nftables is refused"),
     ("--skip-in-flight", "about connections not yet accepted; a listener with such connections is refused"),
-    ("--weak-sysctls", "about the sysctls of namespaces, which are not restored here"),
+    ("--weak-sysctls", "lets upstream skip a namespace sysctl it can't write; here such a write still fails the restore, naming it"),
     ("--mntns-compat-mode", "about restoring mount namespaces, which is not done here"),
-    ("--force-irmap, --irmap-scan-path DIR", "find the paths of inotify watches; inotify fds are refused"),
+    ("--force-irmap, --irmap-scan-path DIR", "find the paths of inotify watches by scanning; here a watch is named by its file handle, its path looked up from it"),
     ("--deprecated", "allows deprecated upstream features; none exists here"),
     ("--no-NAME of upstream's boolean options", "asks for the default"),
 ];
@@ -234,6 +238,11 @@ pub struct Opts {
     pub tcp_established: bool,
     /// `--network-lock`: iptables (the default), nftables, skip.
     pub network_lock: Option<String>,
+    /// `--empty-ns net`: the tree's network namespace is neither dumped
+    /// nor restored; restore makes an empty one.
+    pub empty_net: bool,
+    /// `--manage-cgroups[=MODE]` (default soft, as upstream).
+    pub manage_cgroups: crate::cgroups::Mode,
     /// `--timeout`: seconds to wait for `--freeze-cgroup` to freeze.
     pub timeout: Option<u64>,
     /// `--ghost-limit SIZE` in bytes (dump; default: upstream's 1 MiB).
@@ -403,6 +412,16 @@ impl Opts {
                     return Err(Problem::new(format!("invalid argument for --network-lock: {} (want iptables, nftables or skip)", v())));
                 }
                 self.network_lock = val.clone();
+            }
+            ManageCgroups => {
+                self.manage_cgroups = crate::cgroups::Mode::parse(val.as_deref())
+                    .ok_or_else(|| Problem::new(format!("invalid argument for --manage-cgroups: {} (ignore, none, props, soft, full, strict)", v())))?;
+            }
+            EmptyNs => {
+                if val.as_deref() != Some("net") {
+                    return Err(Problem::new(format!("invalid argument for --empty-ns: {} (only net is supported)", v())));
+                }
+                self.empty_net = true;
             }
             Refused if negated => {}
             Refused => return Err(Problem::new(format!("{shown} is not supported yet"))),

@@ -45,7 +45,6 @@ const MAX_PATH: usize = 4096;
 /// (docs/ARCHITECTURE.md "swrk RPC" has the same table).
 pub const ACCEPTED: &[(&str, &str)] = &[
     ("ext_mnt, auto_ext_mnt, ext_sharing, ext_masters, skip_mnt, enable_fs", "describe the mounts of a mount namespace: none is dumped here (a tree in a mount namespace other than criu's is refused by name)"),
-    ("empty_ns (CLONE_NEWNET only)", "leave the network namespace to the runtime: none is dumped here (a tree in another network namespace is refused by name)"),
     ("root (on DUMP)", "the root of the dumped mount namespace: the dumped tree must share criu's, whose paths are the image's"),
     ("orphan_pts_master", "a pty master handed to the client for a slave whose master was outside the tree: such a slave is refused at dump (but for --shell-job's terminal), so there is none to hand"),
     ("evasive_devices", "lets a restore open a device by another path when its own fails: the devices restored here (/dev/null, /dev/zero) are opened by path, a failure names it"),
@@ -53,8 +52,6 @@ pub const ACCEPTED: &[(&str, &str)] = &[
     ("force_irmap, irmap_scan_paths", "as the command line's: inotify watch paths; inotify fds are dumped by handle"),
     ("tcp_skip_in_flight, weak_sysctls, mntns_compat_mode, pre_dump_mode", "as the command line's (criu --help)"),
     ("ghost_fiemap", "sparse unlinked files are already copied by their data extents (SEEK_DATA)"),
-    ("manage_cgroups with manage_cgroups_mode IGNORE", "upstream then leaves the restored tree's cgroups alone, as criu-rs does (any other mode is refused)"),
-    ("manage_cgroups_mode (without manage_cgroups)", "only says how cgroups would be managed"),
     ("every boolean set to false, every number set to its default", "asks for what is done anyway"),
 ];
 
@@ -167,18 +164,15 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(c.ps.is_some(), "ps", "no page server");
     no(!c.veths.is_empty(), "veths", "network namespaces are not restored");
     no(!c.exec_cmd.is_empty(), "exec_cmd", "not supported");
-    // (mode IGNORE: upstream leaves cgroups alone on restore, as we do)
-    let cg_ignore = c.manage_cgroups_mode == Some(images_proto::rpc::CriuCgMode::Ignore as i32);
-    no(t(c.manage_cgroups) && !cg_ignore, "manage_cgroups", "cgroup membership and properties are not dumped or restored by criu-rs (only manage_cgroups_mode IGNORE is accepted)");
-    no(!c.cg_root.is_empty(), "cg_root", "cgroups are not restored");
+    no(!c.cg_root.is_empty(), "cg_root", "restoring the cgroups under another root is not supported (they are restored where they were)");
     no(!c.inherit_fd.is_empty(), "inherit_fd", "resources inherited from the client are not supported");
     no(!c.unix_sk_ino.is_empty(), "unix_sk_ino", "external unix sockets by inode are not supported (ext_unix_sk is)");
     no(!c.external.is_empty(), "external", "external resources are not supported");
     no(!c.join_ns.is_empty(), "join_ns", "joining namespaces is not supported");
-    no(c.cgroup_props.is_some(), "cgroup_props", "cgroups are not restored");
-    no(c.cgroup_props_file.is_some(), "cgroup_props_file", "cgroups are not restored");
-    no(!c.cgroup_dump_controller.is_empty(), "cgroup_dump_controller", "cgroups are not dumped");
-    no(c.cgroup_yard.is_some(), "cgroup_yard", "cgroups are not restored");
+    no(c.cgroup_props.is_some(), "cgroup_props", "only the default cgroup properties are dumped and restored");
+    no(c.cgroup_props_file.is_some(), "cgroup_props_file", "only the default cgroup properties are dumped and restored");
+    no(!c.cgroup_dump_controller.is_empty(), "cgroup_dump_controller", "every hierarchy of criu's is dumped");
+    no(c.cgroup_yard.is_some(), "cgroup_yard", "the hierarchies are used where criu's mount namespace has them");
     no(t(c.lazy_pages), "lazy_pages", "no lazy pages");
     no(c.status_fd.is_some(), "status_fd", "no page server or lazy pages to report on");
     no(c.lsm_profile.is_some(), "lsm_profile", "LSM profiles are not restored");
@@ -194,7 +188,7 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(t(c.leave_stopped), "leave_stopped", "not supported");
     no(t(c.allow_uprobes), "allow_uprobes", "uprobes are not dumped");
     no(c.file_validation_method.is_some(), "file_validation_method", "not supported (the build id is checked when the image has one)");
-    no(c.empty_ns.is_some_and(|n| n & !(libc::CLONE_NEWNET as u32) != 0), "empty_ns", "only CLONE_NEWNET (nothing of a network namespace is dumped); other namespaces are not supported");
+    no(c.empty_ns.is_some_and(|n| n & !(libc::CLONE_NEWNET as u32) != 0), "empty_ns", "only CLONE_NEWNET (taken as --empty-ns net); other namespaces are not supported");
     if let Some(f) = &c.config_file {
         let f = path_field("config_file", f)?;
         no(std::path::Path::new(&f).exists(), "config_file", &format!("{f}: reading a config file over RPC is not supported"));
@@ -231,6 +225,16 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     o.link_remap = t(c.link_remap);
     o.tcp_close = t(c.tcp_close);
     o.tcp_established = t(c.tcp_established);
+    // CLONE_NEWNET: `--empty-ns net` (the only bit accepted above)
+    o.empty_net = c.empty_ns.is_some_and(|n| n & libc::CLONE_NEWNET as u32 != 0);
+    // manage_cgroups: soft, or ignore when false; manage_cgroups_mode
+    // (checked below to be known) says which; neither: soft, as upstream
+    if c.manage_cgroups == Some(false) {
+        o.manage_cgroups = crate::cgroups::Mode::Ignore;
+    }
+    if let Some(m) = c.manage_cgroups_mode.and_then(crate::cgroups::Mode::from_rpc) {
+        o.manage_cgroups = m;
+    }
     // (checked above to be a known method; the command line's rules apply)
     o.network_lock = c.network_lock.and_then(|v| images_proto::rpc::CriuNetworkLockMethod::try_from(v).ok()).map(|m| {
         use images_proto::rpc::CriuNetworkLockMethod as N;
@@ -578,13 +582,24 @@ mod tests {
 
     #[test]
     fn refusals_name_every_field() {
-        let c = CriuOpts { images_dir_fd: 5, track_mem: Some(true), manage_cgroups: Some(true), inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
+        let c = CriuOpts { images_dir_fd: 5, track_mem: Some(true), cg_root: vec![images_proto::rpc::CgroupRoot { ctrl: None, path: "/x".into() }], inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
         let e = map(CriuReqType::Restore, &c).err().unwrap();
-        for f in ["criu_opts.track_mem", "criu_opts.manage_cgroups", "criu_opts.inherit_fd"] {
+        for f in ["criu_opts.track_mem", "criu_opts.cg_root", "criu_opts.inherit_fd"] {
             assert!(e.contains(f), "{f} in {e}");
         }
-        // IGNORE mode is what is done anyway
-        let c = CriuOpts { images_dir_fd: 5, manage_cgroups: Some(true), manage_cgroups_mode: Some(images_proto::rpc::CriuCgMode::Ignore as i32), ..CriuOpts::default() };
-        assert!(map(CriuReqType::Dump, &c).is_ok());
+    }
+
+    #[test]
+    fn cgroup_modes() {
+        use crate::cgroups::Mode;
+        let mode = |mc: Option<bool>, m: Option<images_proto::rpc::CriuCgMode>| {
+            map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, manage_cgroups: mc, manage_cgroups_mode: m.map(|m| m as i32), ..CriuOpts::default() }).unwrap().opts.manage_cgroups
+        };
+        assert_eq!(mode(None, None), Mode::Soft);
+        assert_eq!(mode(Some(true), None), Mode::Soft);
+        assert_eq!(mode(Some(false), None), Mode::Ignore);
+        assert_eq!(mode(Some(true), Some(images_proto::rpc::CriuCgMode::Ignore)), Mode::Ignore);
+        assert_eq!(mode(Some(true), Some(images_proto::rpc::CriuCgMode::Strict)), Mode::Strict);
+        assert_eq!(mode(None, Some(images_proto::rpc::CriuCgMode::Default)), Mode::Soft);
     }
 }

@@ -25,6 +25,8 @@ pub enum FreezeError {
     List { pid: Pid, #[source] source: io::Error },
     #[error("seizing thread {tid}")]
     Seize { tid: Pid, #[source] source: io::Error },
+    #[error("thread {tid} is already traced by {tracer} ({comm}): a thread has one tracer at a time; detach it (end the debugger or strace) and dump again")]
+    Traced { tid: Pid, tracer: Pid, comm: String },
     #[error("thread {tid} exited while being frozen ({how:?})")]
     Gone { tid: Pid, how: Wait },
     #[error("process {pid} has exited (a zombie or gone): nothing to dump")]
@@ -68,6 +70,20 @@ pub struct Frozen {
 /// The stop signals (SIG_KERNEL_STOP_MASK).
 pub fn is_stop_signal(sig: i32) -> bool {
     matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
+}
+
+/// Why PTRACE_SEIZE of `tid` failed: EPERM from a thread that another
+/// tracer (a debugger, strace) holds is said as such, with the tracer.
+fn seize_error(tid: Pid, e: io::Error) -> FreezeError {
+    if e.raw_os_error() == Some(libc::EPERM) {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+        let tracer = status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse::<Pid>().ok()).unwrap_or(0);
+        if tracer != 0 {
+            let comm = std::fs::read_to_string(format!("/proc/{tracer}/comm")).map(|c| c.trim().to_string()).unwrap_or_else(|_| "?".into());
+            return FreezeError::Traced { tid, tracer, comm };
+        }
+    }
+    FreezeError::Seize { tid, source: e }
 }
 
 fn list_tids(pid: Pid) -> io::Result<Vec<Pid>> {
@@ -163,8 +179,7 @@ impl Frozen {
                 return Ok(());
             }
             for tid in new {
-                ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP)
-                    .map_err(|e| FreezeError::Seize { tid, source: e })?;
+                ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| seize_error(tid, e))?;
                 // From here Drop detaches it, stopped or not.
                 self.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
                 let sig = stop_one(tid)?;
@@ -188,7 +203,7 @@ impl Frozen {
         let tids = list_tids(pid).map_err(|e| FreezeError::List { pid, source: e })?;
         let mut f = Frozen::empty(pid);
         for tid in tids {
-            ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| FreezeError::Seize { tid, source: e })?;
+            ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| seize_error(tid, e))?;
             f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
         }
         Ok(f)
@@ -593,6 +608,8 @@ impl Drop for FrozenTree {
         // TCP connections the dump put in repair mode: out of it again
         // before the processes run on; left in it for a kill
         crate::kinds::tcp_stream::release_dump(!self.kill_on_release);
+        // the tree's own network namespace: its lock lifted if it runs on
+        crate::netns::end_dump(!self.kill_on_release);
         // (looked at before the kill: a dead task has no namespaces to show;
         // a tree whose root is pid 1 of its own namespace is all in it, and
         // its restore makes a new one: no pid of it is needed again)

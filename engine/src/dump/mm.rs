@@ -21,6 +21,8 @@ pub enum MmError {
     Unsupported { pid: Pid, start: u64, end: u64, name: String },
     #[error("{pid}: mapping {start:#x}-{end:#x} of {name:?}: {why}")]
     Deleted { pid: Pid, start: u64, end: u64, name: String, why: String },
+    #[error("{pid}'s executable {path} was deleted and no mapping of it is left to read it from: not supported")]
+    DeletedExe { pid: Pid, path: String },
     #[error("{pid} runs a program from a memfd ({path} is its executable): not supported yet")]
     MemfdExe { pid: Pid, path: String },
 }
@@ -39,6 +41,9 @@ fn deleted_mapping(pid: Pid, m: &proc::MapsLine, seen: &mut std::collections::Ha
     let orig = m.name.strip_suffix(" (deleted)").unwrap_or(&m.name);
     let err = |why: String| MmError::Deleted { pid, start: m.start, end: m.end, name: m.name.clone(), why };
     let open = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    if orig == "/secretmem" && crate::sys::process::is_secretmem(std::path::Path::new(&open)) {
+        return Err(err("it is memfd_secret(2) memory, which only the process itself can read: not supported yet".into()));
+    }
     let meta = std::fs::metadata(&open).map_err(|e| err(format!("stat of its file: {e}")))?;
     if let Some(g) = seen.get(&(meta.dev(), meta.ino())) {
         return Ok(g.clone());
@@ -462,6 +467,19 @@ fn shmem_pages(pid: Pid, v: &Vma, pmf: &File, runs: &mut Vec<PageRun>, groups: &
     Ok(())
 }
 
+/// The exe file of `pid` when its executable `orig` was unlinked: the
+/// file of the mapping of the same inode (its ghost carries the contents).
+fn deleted_exe(pid: Pid, orig: &str, vmas: &[Vma]) -> Result<MapFile, MmError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).map_err(|e| MmError::Read { pid, what: "exe", source: e })?;
+    let dev = meta.dev();
+    let found = vmas.iter().filter_map(|v| v.file.as_ref()).find(|f| f.ghost.as_ref().is_some_and(|g| (g.dev, g.ino) == (dev, meta.ino())));
+    match found {
+        Some(f) => Ok(MapFile { flags: libc::O_RDONLY as u32, ..f.clone() }),
+        None => Err(MmError::DeletedExe { pid, path: orig.to_string() }),
+    }
+}
+
 /// mm fields from /proc/PID/stat and auxv; `brk` comes from the parasite.
 pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Result<Mm, MmError> {
     let stat = rd(pid, "stat")?;
@@ -484,6 +502,14 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         return Err(MmError::MemfdExe { pid, path: exe_path });
     }
     let meta = std::fs::metadata(&exe_path).ok();
+    // an executable deleted (or replaced, as a package upgrade does) while
+    // it runs: its mapping's ghost serves as the exe file too, as one
+    // file entry (before: "NAME (deleted)" was written as a path, which
+    // no restore could open)
+    let deleted_exe = match exe_path.strip_suffix(" (deleted)") {
+        Some(orig) => Some(deleted_exe(pid, orig, &vmas)?),
+        None => None,
+    };
     let status = rd(pid, "status")?;
     let thp_disabled = proc::status_field(&status, "THP_enabled").map(|v| v == "0").unwrap_or(false);
     Ok(Mm {
@@ -499,7 +525,7 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         env_start: proc::stat_field(&f, 50),
         env_end: proc::stat_field(&f, 51),
         auxv,
-        exe: Some(MapFile {
+        exe: Some(deleted_exe.unwrap_or(MapFile {
             memfd: None,
             build_id: super::elf::build_id_known(std::path::Path::new(&exe_path), meta.as_ref()).unwrap_or_default(),
             path: exe_path,
@@ -507,7 +533,7 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
             size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
             mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
             ghost: None,
-        }),
+        })),
         dumpable: 1,
         thp_disabled,
         guards: collect_guards(pid, &vmas)?,

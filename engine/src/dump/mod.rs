@@ -27,6 +27,8 @@ use std::io;
 pub enum DumpError {
     #[error("process {0} does not exist")]
     NoProcess(Pid),
+    #[error("{tid} is a thread of process {tgid}, not a process: give the process's pid ({tgid})")]
+    NotAProcess { tid: Pid, tgid: Pid },
     #[error(transparent)]
     Freeze(#[from] freeze::FreezeError),
     #[error(transparent)]
@@ -81,7 +83,7 @@ const SAME_NS: [&str; 6] = ["net", "ipc", "uts", "mnt", "user", "cgroup"];
 /// Of [`SAME_NS`], the kinds carried when the tree's root owns one
 /// (`crate::utsipc`): every thread of the tree must then be in the
 /// root's ([`check_carried_namespaces`]).
-const CARRIED_NS: [&str; 2] = ["uts", "ipc"];
+const CARRIED_NS: [&str; 3] = ["uts", "ipc", "net"];
 
 /// Refuse, by name, every namespace of thread `tid` of `pid` that the
 /// restore would not give back: a net, ipc, uts, mnt, user or cgroup
@@ -125,7 +127,7 @@ fn check_namespaces_against(pid: Pid, tid: Pid, root: bool, own: &OwnNs) -> Resu
     }
     if !differ.is_empty() {
         return Err(err(format!(
-            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than pid, time, uts and ipc ones is not supported yet",
+            "thread {tid} is in namespaces other than criu's: {}; dumping namespaces other than pid, time, uts, ipc and net ones is not supported yet",
             differ.join(", ")
         )));
     }
@@ -160,9 +162,9 @@ fn check_namespaces_against(pid: Pid, tid: Pid, root: bool, own: &OwnNs) -> Resu
 /// against its root's (`pid`'s): the root's are carried when they are not
 /// the engine's (`crate::utsipc`), and a thread in another one than the
 /// root's (nested, or a child that unshared) is refused by name. Returns
-/// which of the two the root owns.
-fn check_carried_namespaces(pid: Pid, frozen: &FrozenTree) -> Result<(bool, bool), DumpError> {
-    let mut own = [false; 2];
+/// which of them (uts, ipc, net) the root owns.
+fn check_carried_namespaces(pid: Pid, frozen: &FrozenTree) -> Result<[bool; 3], DumpError> {
+    let mut own = [false; 3];
     for (k, kind) in CARRIED_NS.iter().enumerate() {
         let root = ns_link(&format!("/proc/{pid}/ns/{kind}"));
         own[k] = root.is_some() && root != ns_link(&format!("/proc/self/ns/{kind}"));
@@ -183,7 +185,7 @@ fn check_carried_namespaces(pid: Pid, frozen: &FrozenTree) -> Result<(bool, bool
             }
         }
     }
-    Ok((own[0], own[1]))
+    Ok(own)
 }
 
 /// Freeze the tree rooted at `pid` and collect its state. The returned
@@ -202,7 +204,7 @@ pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tr
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
-    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), &[])
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups, &[])
 }
 
 /// [`collect_tree_opts`] with the tree's processes seized, stopped and
@@ -214,7 +216,7 @@ pub fn collect_tree_on(pid: Pid, opts: &crate::options::Options, tracers: &[Trac
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
-    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), tracers)
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups, tracers)
 }
 
 /// Whether `pid` has children now (a tree to dump, not one process).
@@ -260,7 +262,7 @@ pub fn collect_state(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
     // (file locks recorded, not refused: a clone is a fork, which keeps
     // the source's flock and OFD locks shared and its POSIX ones not, as
     // any fork does)
-    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() }, &[])
+    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() }, crate::cgroups::Mode::Soft, &[])
 }
 
 fn collect_tree(
@@ -269,10 +271,18 @@ fn collect_tree(
     timeout: std::time::Duration,
     with_memory: bool,
     file_opts: &files::FileOpts,
+    cgroups: crate::cgroups::Mode,
     tracers: &[Tracer],
 ) -> Result<(Tree, FrozenTree), DumpError> {
-    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Err(DumpError::NoProcess(pid));
+    };
+    // /proc/TID answers for a thread too (it is only left out of /proc's
+    // listing): a thread's id would be taken for a process of its own
+    if let Some(tgid) = status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<Pid>().ok()) {
+        if tgid != pid {
+            return Err(DumpError::NotAProcess { tid: pid, tgid });
+        }
     }
     let io_err = |what| move |e| DumpError::io(pid, what, e);
     let mut frozen = match freeze_cgroup {
@@ -301,9 +311,18 @@ fn collect_tree(
             check_namespaces_against(f.pid, t.tid, f.pid == pid, &own)?;
         }
     }
-    let (own_uts, own_ipc) = check_carried_namespaces(pid, &frozen)?;
+    let [own_uts, own_ipc, own_net] = check_carried_namespaces(pid, &frozen)?;
     let (uts, ipc) = crate::utsipc::collect(pid, own_uts, own_ipc).map_err(|what| DumpError::Namespace { pid, what })?;
     pr_debug!("namespaces of the tree checked");
+    // the root's own network namespace: locked as a whole (its
+    // connections are not locked one by one), then read; its sockets are
+    // listed by sock_diag from inside it (crate::netns)
+    let net = if own_net {
+        crate::netns::begin_dump(pid, !crate::kinds::tcp_stream::lock_skipped()).map_err(|what| DumpError::Namespace { pid, what })?;
+        Some(crate::netns::collect_or_empty(pid).map_err(|what| DumpError::Namespace { pid, what })?)
+    } else {
+        None
+    };
     let root_pidns = ns_link(&format!("/proc/{pid}/ns/pid"));
     for m in &frozen.members[1..] {
         let theirs = ns_link(&format!("/proc/{}/ns/pid", m.pid));
@@ -421,11 +440,22 @@ fn collect_tree(
         t.ids = ids.next().expect("one ids per live task");
     }
     let timens = Some(task::collect_timens(pid)?);
+    // the cgroups of the live processes (--manage-cgroups ignore: none)
+    let cgroups = if cgroups == crate::cgroups::Mode::Ignore {
+        None
+    } else {
+        let live: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
+        let (cg, sets) = crate::cgroups::collect(&live).map_err(|(p, what)| DumpError::Unsupported { pid: if p == 0 { pid } else { p }, what })?;
+        for ((_, t), set) in tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()).zip(sets) {
+            t.cg_set = set;
+        }
+        cg
+    };
     // last: the links --link-remap asked for (nothing can refuse the dump
     // after them here; the caller removes them if it fails later)
     files::make_link_remaps(tasks.iter_mut().map(|(p, t)| (*p, t)))?;
     let tasks = tasks.into_iter().map(|(_, t)| t).collect();
-    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc }, frozen))
+    Ok((Tree { root_owns_pid_ns: own_ns, tasks, root_ids, timens, memfds, uts, ipc, net, cgroups }, frozen))
 }
 
 /// A zombie: its wait status (field 52 of stat, the exit code) and comm.

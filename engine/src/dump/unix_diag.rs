@@ -158,7 +158,7 @@ pub fn parse_datagram(b: &[u8], seq: u32, out: &mut Vec<UnixDiag>) -> Result<boo
 
 /// Every unix socket of the engine's network namespace, by inode.
 pub fn all_unix() -> io::Result<HashMap<u32, UnixDiag>> {
-    let s = sock::diag_socket()?;
+    let s = crate::netns::diag_socket()?;
     let seq = 0x5ec0_0001;
     sock::send(s.as_fd(), &request(seq), 0)?;
     let mut buf = vec![0u8; 64 << 10];

@@ -101,7 +101,8 @@ pub(super) fn mount_of(mountinfo: &str, root: &str, dev: u32) -> Option<OwnedFd>
     None
 }
 
-pub(super) fn unescape(s: &str) -> String {
+/// mountinfo's octal escapes (`\040`) decoded.
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -163,7 +163,7 @@ fn parse_one(p: &[u8]) -> Result<(u32, Diag), String> {
 
 /// Every packet socket of the engine's network namespace, by inode.
 fn all_packet() -> std::io::Result<HashMap<u32, Diag>> {
-    let s = sock::diag_socket()?;
+    let s = crate::netns::diag_socket()?;
     let seq = 0x5ec0_0002;
     sock::send(s.as_fd(), &request(seq), 0)?;
     let mut buf = vec![0u8; 64 << 10];

@@ -106,6 +106,9 @@ impl FileKind for Reg {
             }
             return Err(unsupported(format!("{link}, a {}", type_name(&ft))));
         };
+        if orig == "/secretmem" && crate::sys::process::is_secretmem(std::path::Path::new(&format!("/proc/{pid}/fd/{fd}"))) {
+            return Err(unsupported("a memfd_secret(2) area (only the process itself can read its memory)".into()));
+        }
         let key = (meta.dev(), meta.ino());
         // a directory, memory device node or symlink no longer linked
         // anywhere: a ghost of its kind (see `special_ghost`)

@@ -170,7 +170,7 @@ fn start_guard(socks: &[i32]) -> Result<(), String> {
     let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
     let (rd, wr) = p::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (rd_fd, wr_fd) = (rd.as_raw_fd(), wr.as_raw_fd());
-    let skip = if LOCK_SKIP.load(std::sync::atomic::Ordering::Relaxed) { "skip" } else { "lock" };
+    let skip = if per_conn_skip() { "skip" } else { "lock" };
     // the fds it keeps, above every one it inherits (dup2 clears CLOEXEC)
     let base = socks.iter().copied().chain([rd_fd, wr_fd]).max().unwrap_or(2) + 1;
     let socks = socks.to_vec();
@@ -247,6 +247,17 @@ pub fn set_lock_skip(on: bool) {
     LOCK_SKIP.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// `--network-lock skip` was given.
+pub fn lock_skipped() -> bool {
+    LOCK_SKIP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// No connection is locked one by one: `--network-lock skip`, or the
+/// tree's own network namespace is locked whole (`crate::netns`).
+fn per_conn_skip() -> bool {
+    lock_skipped() || crate::netns::dumping_own()
+}
+
 fn ip_only(a: &Addr) -> (i32, String) {
     if a.family == libc::AF_INET6 {
         let mut b = [0u8; 16];
@@ -303,7 +314,7 @@ fn iptables_restore(fam: i32, lines: &[String]) -> Result<(), String> {
 /// Lock the connections `conns` (ours, peer): drop their packets both
 /// ways; one `iptables-restore` per family for all of them.
 pub fn lock(conns: &[(Addr, Addr)]) -> Result<(), String> {
-    if LOCK_SKIP.load(std::sync::atomic::Ordering::Relaxed) {
+    if per_conn_skip() {
         return Ok(());
     }
     for fam in [libc::AF_INET, libc::AF_INET6] {
@@ -322,7 +333,7 @@ pub fn lock(conns: &[(Addr, Addr)]) -> Result<(), String> {
 /// when that fails (a rule already gone: the images of a
 /// `--leave-running` dump) with a warning for each that is not there.
 pub fn unlock(conns: &[(Addr, Addr)]) {
-    if LOCK_SKIP.load(std::sync::atomic::Ordering::Relaxed) {
+    if per_conn_skip() {
         return;
     }
     for fam in [libc::AF_INET, libc::AF_INET6] {
@@ -808,6 +819,10 @@ pub fn finish_restore(pid: crate::sys::Pid, fds: &[crate::model::Fd]) -> Result<
 /// After the restored tree runs: lift the locks of its established
 /// connections (each socket's, as the dump set them).
 pub fn unlock_restored(tree: &crate::model::Tree) {
+    // (a network namespace of its own is unlocked whole: crate::netns)
+    if tree.net.is_some() {
+        return;
+    }
     let mut conns = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for t in &tree.tasks {

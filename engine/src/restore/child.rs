@@ -63,10 +63,13 @@ pub struct ChildPlan {
     pub timens: Option<crate::model::TimeNs>,
     /// Who forks whom, sessions, groups, helpers, shared descriptions.
     pub plan: super::plan::Plan,
-    /// Files unlinked while mapped (path, contents), one per inode of the
-    /// tree: the root recreates each (as it does an fd's ghost) on
-    /// `sh_base + plan.shared.len() + j`, for every process to inherit.
-    pub map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>)>,
+    /// Files unlinked while mapped (path, contents, open flags), one per
+    /// inode of the tree: the root recreates each (as it does an fd's
+    /// ghost) on `sh_base + plan.shared.len() + j`, for every process to
+    /// inherit. Opened read-only unless a mapping writes it shared: a
+    /// deleted executable made the exe file again (PR_SET_MM_MAP) must
+    /// have no writer.
+    pub map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>, i32)>,
     /// Per process (task index), per entry of its `map_files`: the
     /// inherited fd of that file when it is one of `map_ghosts`.
     pub map_from: Vec<Vec<Option<i32>>>,
@@ -177,6 +180,10 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
     if n == 0 {
         // the root's own uts and ipc namespaces, for every process to inherit
         crate::utsipc::enter(tree)?;
+        // and its own network namespace, before any socket is made
+        if let Some(n) = &tree.net {
+            crate::netns::enter(n)?;
+        }
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
         }

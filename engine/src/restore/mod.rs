@@ -127,7 +127,7 @@ fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
         // the root's own uts and ipc namespaces are made again
         // (crate::utsipc); another process in another one is refused
         let root = &tree.root().ids;
-        for (kind, mine, roots, carried) in [("uts", i.uts_ns, root.uts_ns, tree.uts.is_some()), ("ipc", i.ipc_ns, root.ipc_ns, tree.ipc.is_some())] {
+        for (kind, mine, roots, carried) in [("uts", i.uts_ns, root.uts_ns, tree.uts.is_some()), ("ipc", i.ipc_ns, root.ipc_ns, tree.ipc.is_some()), ("net", i.net_ns, root.net_ns, tree.net.is_some())] {
             if carried && mine != roots {
                 return Err(RestoreError::Unsupported(format!(
                     "task {} of the image was in a {kind} namespace ({kind}_ns_id {mine}) other than its root's ({roots}): nested {kind} namespaces are not supported yet",
@@ -135,7 +135,7 @@ fn check_namespaces(tree: &Tree) -> Result<(), RestoreError> {
                 )));
             }
         }
-        let carried = |k: &str| (k == "uts" && tree.uts.is_some()) || (k == "ipc" && tree.ipc.is_some());
+        let carried = |k: &str| (k == "uts" && tree.uts.is_some()) || (k == "ipc" && tree.ipc.is_some()) || (k == "net" && tree.net.is_some());
         let differ: Vec<&str> = kinds.iter().filter(|(k, a, b)| *a != 0 && *b != 0 && a != b && !carried(k)).map(|(k, _, _)| *k).collect();
         if !differ.is_empty() {
             return Err(RestoreError::Unsupported(format!(
@@ -185,8 +185,9 @@ fn map_files_of(task: &Task, pages: &[PathBuf]) -> Vec<(String, i32)> {
         }
     }
     if let Some(exe) = &task.mm.exe {
-        if !map_files.iter().any(|(p, _)| p == &exe.path) {
-            map_files.push((exe.path.clone(), libc::O_RDONLY));
+        let key = crate::images_io::map_key(exe);
+        if !map_files.iter().any(|(p, _)| p == &key) {
+            map_files.push((key, libc::O_RDONLY));
         }
     }
     for p in pages {
@@ -328,11 +329,14 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         })
         .sum();
     // files unlinked while mapped: one recreation per inode for the tree
-    let mut map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>)> = Vec::new();
+    let mut map_ghosts: Vec<(String, std::sync::Arc<crate::model::Ghost>, i32)> = Vec::new();
     for f in live.iter().flat_map(|&i| tree.tasks[i].mm.vmas.iter().filter_map(|v| v.file.as_ref())) {
         if let Some(g) = &f.ghost {
-            if !map_ghosts.iter().any(|(_, x)| (x.dev, x.ino) == (g.dev, g.ino)) {
-                map_ghosts.push((f.path.clone(), g.clone()));
+            let rw = f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR;
+            match map_ghosts.iter_mut().find(|(_, x, _)| (x.dev, x.ino) == (g.dev, g.ino)) {
+                Some(m) if rw => m.2 = libc::O_RDWR,
+                Some(_) => {}
+                None => map_ghosts.push((f.path.clone(), g.clone(), if rw { libc::O_RDWR } else { libc::O_RDONLY })),
             }
         }
     }
@@ -344,7 +348,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
             mf.iter()
                 .map(|(key, _)| {
                     let g = t.mm.vmas.iter().filter_map(|v| v.file.as_ref()).find(|f| &crate::images_io::map_key(f) == key)?.ghost.as_ref()?;
-                    let j = map_ghosts.iter().position(|(_, x)| (x.dev, x.ino) == (g.dev, g.ino))?;
+                    let j = map_ghosts.iter().position(|(_, x, _)| (x.dev, x.ino) == (g.dev, g.ino))?;
                     Some(sh_base + (plan.shared.len() + j) as i32)
                 })
                 .collect()
@@ -402,6 +406,11 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         creds::check_rlimits(&tree.tasks[i])?;
         files::check_mapped_files(&tree.tasks[i], cplan.root.as_ref()).map_err(RestoreError::Unsupported)?;
     }
+    // the cgroups the processes go into, made or checked before anything
+    // is forked (removed again if the restore fails: dropped after the
+    // guard, which kills the processes first)
+    let cg_sets: Vec<(usize, u32)> = live.iter().map(|&i| (i, tree.tasks[i].cg_set)).collect();
+    let mut cgroups = crate::cgroups::Prepared::prepare(tree.cgroups.as_ref(), &cg_sets, opts.manage_cgroups).map_err(|e| RestoreError::Unsupported(format!("cgroups: {e}")))?;
     let task = tree.root();
     let (mut flags, set_tid): (u64, Vec<Pid>) =
         if tree.root_owns_pid_ns { (libc::CLONE_NEWPID as u64, vec![]) } else { (0, vec![task.pid]) };
@@ -453,6 +462,11 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     // CLONE_NEWPID: set_tid can't name the root's host pid; the others are
     // known from their reports
     let host_of = |i: usize| if i == 0 { Some(child) } else { hosts.get(&tree.tasks[i].pid).copied() };
+    // every process into its cgroups before it is seized (its threads,
+    // made by injection, follow it)
+    if cgroups.any() {
+        cgroups.join(host_of).map_err(|e| RestoreError::Unsupported(format!("cgroups: {e}")))?;
+    }
     let mut shm = space::SharedAnon::default();
     let mut ready = Vec::with_capacity(live.len());
     // several processes at once on threads of their own, one per CPU
@@ -507,6 +521,12 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     }
     guard.committed = true;
     crate::kinds::tcp_stream::unlock_restored(tree);
+    // a network namespace of its own came back locked (its ruleset holds
+    // the dump's lock): lifted now that the tree runs
+    if tree.net.as_ref().is_some_and(|n| !n.empty) {
+        crate::netns::unlock_in(child);
+    }
+    cgroups.keep();
     pr_info!("Restore finished successfully. Tasks resumed.");
     // the tree runs: a refusal now is reported, as upstream reports a
     // failed post-resume script, and changes nothing

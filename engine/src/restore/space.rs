@@ -818,7 +818,10 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     let auxv_bytes: Vec<u8> = auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
     let auxv_ptr = sp.write(1024, &auxv_bytes)?;
     let exe_fd = match &mm.exe {
-        Some(x) => svc_base + 1 + map_files.iter().position(|(p, _)| p == &x.path).expect("planned") as i32,
+        Some(x) => {
+            let key = crate::images_io::map_key(x);
+            svc_base + 1 + map_files.iter().position(|(p, _)| p == &key).expect("planned") as i32
+        }
         None => -1,
     };
     let mut m: Vec<u8> = [

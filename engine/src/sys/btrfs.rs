@@ -27,14 +27,7 @@ const IOC_SNAP_CREATE_V2: libc::c_ulong = (1 << 30) | ((std::mem::size_of::<VolA
 
 /// statfs(2) f_type of `path`.
 pub fn fs_type(path: &Path) -> io::Result<i64> {
-    let f = File::open(path)?;
-    // SAFETY: an all-zero statfs is a valid value to be overwritten.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs writes one statfs into `st`, which outlives the call.
-    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } < 0 {
-        return Err(super::last_err());
-    }
-    Ok(st.f_type as i64)
+    super::process::fs_type_of_path(path)
 }
 
 /// A writable snapshot of the subvolume whose root is `subvol`, made as

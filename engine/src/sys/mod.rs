@@ -12,6 +12,7 @@ pub mod inet;
 pub mod inject;
 pub mod kmod;
 pub mod mmap;
+pub mod netdev;
 pub mod ns;
 pub mod pagemap;
 pub mod premap;

@@ -882,6 +882,26 @@ pub fn fs_type(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<i64> {
     Ok(unsafe { st.assume_init() }.f_type)
 }
 
+/// The file system type (`f_type` of fstatfs(2)) of the file at `path`,
+/// opened `O_PATH` (so that files nobody may read, such as memfd_secret
+/// areas through /proc/PID/fd or map_files, still answer).
+pub fn fs_type_of_path(path: &std::path::Path) -> io::Result<i64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path)?;
+    fs_type(f.as_fd())
+}
+
+/// `SECRETMEM_MAGIC`: statfs f_type of a memfd_secret(2) file.
+pub const SECRETMEM_MAGIC: i64 = 0x5345_434d;
+
+/// Whether `path` (a /proc/PID/fd or map_files link whose target reads
+/// `/secretmem (deleted)`) is a memfd_secret(2) area: memory the kernel
+/// keeps out of its own direct map, which no ptrace, /proc/PID/mem or
+/// process_vm_readv can read, so no engine can dump it.
+pub fn is_secretmem(path: &std::path::Path) -> bool {
+    fs_type_of_path(path).is_ok_and(|t| t == SECRETMEM_MAGIC)
+}
+
 /// The block size (`f_bsize` of fstatfs(2)) of an open file's file system
 /// (on hugetlbfs: its huge page size).
 pub fn fs_block_size(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {

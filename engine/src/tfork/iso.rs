@@ -108,16 +108,16 @@ fn maps_reason(pid: Pid) -> Option<String> {
 }
 
 /// Why the process itself, not one of its fds or mappings, must be
-/// cloned by restore: a uts or ipc namespace of its own (fork-made clones
-/// would share it; restored ones get new namespaces with its contents,
-/// `crate::utsipc`), or a Go program with threads (its runtime keeps each
+/// cloned by restore: a uts, ipc or net namespace of its own (fork-made
+/// clones would share it; restored ones get new namespaces with its
+/// contents, `crate::utsipc`, `crate::netns`), or a Go program with threads (its runtime keeps each
 /// thread's id, `m.procid`, and preempts a goroutine by `tgkill` to it:
 /// a fork-made clone's threads have new ids, its preemption signals go
 /// nowhere and a busy goroutine never yields; restored clones keep the ids
 /// in a pid namespace of their own). `owns`: the namespaces it owns, as
 /// the caller knows them (from /proc before the freeze, from the
 /// collection after it).
-fn process_reason(pid: Pid, owns: [(&str, bool); 2], threads: usize) -> Option<String> {
+fn process_reason(pid: Pid, owns: [(&str, bool); 3], threads: usize) -> Option<String> {
     if let Some((kind, _)) = owns.iter().find(|(_, own)| *own) {
         return Some(format!("process {pid} owns a {kind} namespace, which fork-made clones would share"));
     }
@@ -139,13 +139,13 @@ pub(crate) fn look_process(pid: Pid) -> Option<String> {
         theirs.is_some() && theirs != std::fs::read_link(format!("/proc/self/ns/{kind}")).ok()
     };
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(1);
-    process_reason(pid, [("uts", owns("uts")), ("ipc", owns("ipc"))], threads)
+    process_reason(pid, [("uts", owns("uts")), ("ipc", owns("ipc")), ("net", owns("net"))], threads)
 }
 
 /// [`process_reason`] from the collection, after the freeze.
 pub(crate) fn check_process(tree: &crate::model::Tree) -> Option<String> {
     let task = tree.root();
-    process_reason(task.pid, [("uts", tree.uts.is_some()), ("ipc", tree.ipc.is_some())], task.threads.len())
+    process_reason(task.pid, [("uts", tree.uts.is_some()), ("ipc", tree.ipc.is_some()), ("net", tree.net.is_some())], task.threads.len())
 }
 
 /// After the freeze: why the collected process `task` (its maps read now,

@@ -18,7 +18,10 @@
 //!
 //! A connection with both ends in the tree is refused by name: a clone
 //! can't hold the source's 4-tuple in the same network namespace, and
-//! tfork's clones share the source's.
+//! tfork's clones share the source's; unless the tree owns a network
+//! namespace: its clones are then restored, each in a new network
+//! namespace of its own (`crate::netns`) holding its copy of the
+//! connection, both ends, and of its listeners.
 //!
 //! Listeners and UDP sockets: a fork-made clone shares them with the source
 //! (as after fork(): a connection or datagram goes to whichever process
@@ -87,9 +90,21 @@ pub(crate) fn plan(tree: &Tree, tcp_close: bool, forked: bool) -> Result<Plan, T
             let tcp = i.proto == libc::IPPROTO_TCP;
             let at = format!("fd {} of {}", f.fd, task.pid);
             if tcp && inet::is_connection(i.state) {
+                // (a tree in a network namespace of its own: each clone is
+                // restored in a new one, where it holds its own copy of
+                // the connection, both ends: crate::netns)
+                if peer_in_tree(tree, i) && tree.net.is_some() {
+                    continue;
+                }
+                if tree.net.is_some() {
+                    return Err(TforkError::Unsupported(format!(
+                        "{at}: the TCP connection {} has its peer outside the tree in the tree's network namespace: each clone's namespace would hold it without its peer (not supported)",
+                        conn_name(i)
+                    )));
+                }
                 if peer_in_tree(tree, i) {
                     return Err(TforkError::Unsupported(format!(
-                        "{at}: the TCP connection {} has both ends in the tree: a clone could keep it only in a network namespace of its own, which tfork's clones do not have (not supported)",
+                        "{at}: the TCP connection {} has both ends in the tree: a clone could keep it only in a network namespace of its own, which a tree sharing the host's does not get (not supported)",
                         conn_name(i)
                     )));
                 }
@@ -104,7 +119,7 @@ pub(crate) fn plan(tree: &Tree, tcp_close: bool, forked: bool) -> Result<Plan, T
                     p.closed.push(Closed { family: i.family, flags: i.flags, fds, what: conn_name(i) });
                 }
             } else if tcp && i.state == TCP_LISTEN {
-                if !forked && !i.opts.reuseport {
+                if !forked && !i.opts.reuseport && tree.net.is_none() {
                     return Err(TforkError::Unsupported(format!(
                         "{at}: a TCP listener on {}: a clone restored beside the source can't listen on the port the source holds (without SO_REUSEPORT): not supported",
                         inet::ip_port(&i.src)

@@ -390,6 +390,79 @@ impl OwnNsProg {
     pub fn gone(&self) {
         wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
     }
+
+    /// Two rounds with `criu`: a dump (its images checked by `first`),
+    /// restore, then a `--leave-running` dump (its images checked by
+    /// `second`), the program killed, restore; ticks after each step.
+    pub fn two_rounds(&mut self, criu: &Path, first: impl FnOnce(&Path), second: impl FnOnce(&Path)) {
+        self.ticks_on(2, "before the dump");
+        let img = self.images("img1");
+        criu_ok(criu, &["dump", "-t", &self.pid.to_string()], &img, "dump.log");
+        first(&img);
+        self.gone();
+        criu_ok(criu, &["restore", "-d"], &img, "restore.log");
+        self.refind();
+        self.ticks_on(4, "after restore");
+        let img = self.images("img2");
+        criu_ok(criu, &["dump", "-t", &self.pid.to_string(), "--leave-running"], &img, "dump.log");
+        second(&img);
+        self.ticks_on(3, "after a --leave-running dump");
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        self.gone();
+        criu_ok(criu, &["restore", "-d"], &img, "restore.log");
+        self.refind();
+        self.ticks_on(4, "after the second restore");
+    }
+
+    /// Both ways with upstream CRIU 4.2: our dump restored by upstream,
+    /// then upstream's dump (its images checked by `theirs`) restored by
+    /// `criu`; ticks after each restore.
+    pub fn upstream_both_ways(&mut self, criu: &Path, theirs: impl FnOnce(&Path)) {
+        self.ticks_on(2, "before the dump");
+        let img = self.images("ours");
+        criu_ok(criu, &["dump", "-t", &self.pid.to_string()], &img, "dump.log");
+        self.gone();
+        upstream_ok(&["restore", "-d"], &img, "restore-upstream.log");
+        self.refind();
+        self.ticks_on(4, "after upstream's restore of our images");
+        let img = self.images("theirs");
+        upstream_ok(&["dump", "-t", &self.pid.to_string()], &img, "dump-upstream.log");
+        theirs(&img);
+        self.gone();
+        criu_ok(criu, &["restore", "-d"], &img, "restore.log");
+        self.refind();
+        self.ticks_on(4, "after our restore of upstream's dump");
+    }
+}
+
+/// A copy of image set `img` named `name` beside it (replaced if there),
+/// for a test to make hostile.
+pub fn copy_images(img: &Path, name: &str) -> PathBuf {
+    let out = img.with_file_name(name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    for e in std::fs::read_dir(img).unwrap().flatten() {
+        std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
+    }
+    out
+}
+
+/// A copy of image set `img` named `name` with image `file`'s entries
+/// changed by `edit`.
+pub fn edited_image<M: prost::Message + Default>(
+    img: &Path,
+    name: &str,
+    file: &str,
+    kind: &'static images_proto::magic::ImageKind,
+    edit: impl FnOnce(&mut Vec<M>),
+) -> PathBuf {
+    let out = copy_images(img, name);
+    let mut v: Vec<M> = images_proto::image::read_all(&out, file, kind).unwrap();
+    edit(&mut v);
+    images_proto::image::write_all(&out, file, kind, &v).unwrap();
+    out
 }
 
 impl Drop for OwnNsProg {

@@ -1,12 +1,18 @@
 /* Holds one fd of a kind the engine does not support, chosen by argv[1]:
  * memfd, socket, pidfd, userfaultfd, misc (a misc character device), rawname
- * (a file whose name is not UTF-8); and one supported: rdonly (plain.bin
+ * (a file whose name is not UTF-8), secretfd (a memfd_secret fd), secretmap
+ * (a memfd_secret area mapped, its fd closed); and one supported: rdonly (plain.bin
  * opened read-only, for the test that replaces it with a FIFO). */
 #include "fx.h"
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <linux/netlink.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
+
+#ifndef SYS_memfd_secret
+#define SYS_memfd_secret 447
+#endif
 
 int main(int argc, char **argv)
 {
@@ -29,6 +35,17 @@ int main(int argc, char **argv)
 		fd = syscall(SYS_userfaultfd, 0);
 	else if (!strcmp(k, "misc"))
 		fd = open("/dev/loop-control", O_RDWR);
+	else if (!strcmp(k, "secretfd") || !strcmp(k, "secretmap")) {
+		fd = syscall(SYS_memfd_secret, 0);
+		FX_CHECK(fd >= 0 && ftruncate(fd, 4096) == 0, "memfd_secret");
+		if (!strcmp(k, "secretmap")) {
+			char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+			FX_CHECK(p != MAP_FAILED, "mmap of memfd_secret");
+			p[0] = 1;
+			close(fd);
+			fd = 0;
+		}
+	}
 	else if (!strcmp(k, "rdonly"))
 		fd = open("plain.bin", O_RDONLY | O_CREAT, 0600);
 	else if (!strcmp(k, "rawname"))
