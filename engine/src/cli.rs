@@ -360,7 +360,14 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     pr_info!("========================================");
     let t0 = Instant::now();
     crate::notify::script("pre-dump", None).map_err(Failure::new)?;
-    let (tree, mut frozen) = dump::collect_tree_opts(pid, &engine_options(o)).here()?;
+    // a tree is seized, collected and its memory copied by tracer threads
+    // (one per CPU), one process by the main thread alone; and a tree with
+    // --tcp-established too: the guard of its held connections is forked
+    // (fork3) from the engine during the collection, which a fork-like
+    // clone allows only while the engine has one thread
+    let tree_on_cpus = dump::has_children(pid) && !o.tcp_established;
+    let tracers = dump::tracers(if tree_on_cpus { usize::MAX } else { 1 });
+    let (tree, mut frozen) = dump::collect_tree_on(pid, &engine_options(o), &tracers).here()?;
     // (a refusal from here on releases the tree as it was: `frozen` dropped)
     for stage in ["network-lock", "query-ext-files"] {
         crate::notify::script(stage, None).map_err(Failure::new)?;
@@ -385,7 +392,8 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     // the root's memory through the page pump when it pays off; the other
     // processes' (and the root's otherwise) read from outside
     let root_bytes: u64 = tree.root().mm.pages.iter().map(|r| r.nr_pages * crate::sys::PAGE_SIZE).sum();
-    let pump = if std::env::var("CRIU_RS_DUMP_READ").is_ok() || !dump::page_pump::pays_off(root_bytes) {
+    // (with tracer threads the root's is copied by its own, below)
+    let pump = if !tracers.is_empty() || std::env::var("CRIU_RS_DUMP_READ").is_ok() || !dump::page_pump::pays_off(root_bytes) {
         None
     } else {
         match dump::page_pump::PagePump::start(&frozen.procs[0]) {
@@ -401,6 +409,10 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     // only (one at a time), or read from outside
     let mut plain = Vec::with_capacity(tree.tasks.len());
     for (i, m) in frozen.members.iter().enumerate() {
+        if !tracers.is_empty() {
+            // (the tracer threads copy every process's memory: below)
+            break;
+        }
         plain.push(match m.frozen {
             Some(k) if !(i == 0 && pump.is_some()) => {
                 Some(dump::page_pump::PumpOnDemand::new(&frozen.procs[k]).map_err(|e| format!("opening memory of {}: {e}", m.pid)).here()?)
@@ -419,17 +431,59 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
         .collect();
     let run_id = format!("criu-rs-{}-{}", std::process::id(), t0.elapsed().as_nanos());
     // images become visible only when complete (inventory last)
-    let staging = dump::staging::Staging::new(&dir).here()?;
+    // (a tree into a fresh directory: written straight into it, no renames)
+    let staging = if tracers.is_empty() { dump::staging::Staging::new(&dir) } else { dump::staging::Staging::new_direct_if_fresh(&dir) }.here()?;
     if o.cpu_cap & cpuinfo::CAP_IMAGE != 0 {
         cpuinfo::write_image(staging.path()).here()?;
     }
-    images_io::write_images(&tree, staging.path(), &mems, &run_id).here()?;
+    if tracers.is_empty() {
+        images_io::write_images(&tree, staging.path(), &mems, &run_id).here()?;
+    } else {
+        // each process's pages files written by its tracer thread (its
+        // page pump is an injection session), all threads at once, the
+        // other images meanwhile by this one (each job reads back and checks
+        // the pages files it wrote); then the inventory
+        let ids = images_io::memory_ids(&tree);
+        let dir = staging.path();
+        type MemJob<'a> = Box<dyn FnOnce() -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + 'a>;
+        let jobs: Vec<crate::sys::tracer::Work<'_, '_, _>> = tree
+            .tasks
+            .iter()
+            .zip(&frozen.members)
+            .zip(&ids)
+            .filter_map(|((task, m), ids)| {
+                let (f, ids) = (&frozen.procs[m.frozen?], ids.as_ref()?);
+                let job: MemJob<'_> = Box::new(move || {
+                    let mem = dump::page_pump::PumpOnDemand::new(f).map_err(|e| format!("opening memory of {}: {e}", f.pid))?;
+                    Ok(images_io::write_memory(dir, task, ids, &mem)?)
+                });
+                Some((f.tracer.as_ref(), job))
+            })
+            .collect();
+        let mut jobs = jobs;
+        jobs.push((
+            None,
+            Box::new(|| {
+                images_io::write_images_but_memory(&tree, dir)?;
+                crate::pr_debug!("images but the pages written");
+                Ok(())
+            }),
+        ));
+        for r in crate::sys::tracer::run_all(jobs) {
+            r.map_err(|e| Failure::new(e.to_string()))?.map_err(|e| e as Box<dyn std::error::Error>).here()?;
+        }
+        pr_info!("memory of the tree written by {} tracer threads", tracers.len());
+        staging.before_inventory().here()?;
+        images_io::finish_images(&tree, dir, &run_id).here()?;
+    }
+    crate::pr_debug!("inventory written");
     let t_written = Instant::now();
     // the pump's pipe closed and its injection session ended before the
     // images are published and the source is released
     drop(mems);
     drop(pump);
     staging.publish().here()?;
+    pr_info!("images written");
     crate::notify::script("post-dump", None).map_err(Failure::new)?;
     if !o.leave_running {
         link_remaps.0.clear();

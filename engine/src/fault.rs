@@ -17,7 +17,10 @@
 //! stopped, before the next is seized), `after-freeze`, `mid-inject` (a thread is inside an injected
 //! syscall, between its entry and exit stops), `mid-inject-thread` (the
 //! same, in a thread other than the main one), `after-parasite`,
-//! `mid-memory` (after the first page run is written), `mid-pump` (inside
+//! `mid-memory` (after the first page run is written), `mid-tracers` (a
+//! tree dumped by tracer threads: the second process collected, by
+//! whichever thread, while the others still inject; `:fail` fails that
+//! thread's job), `mid-pump` (inside
 //! an injected vmsplice of the page pump, pipe fds open in the source),
 //! `before-inventory`, `tcp-repaired` (`--tcp-established`: every
 //! established connection locked and in repair mode);
@@ -44,6 +47,24 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::{RwLock, RwLockReadGuard};
+
+/// The windows of an injection session in which an engine that dies
+/// leaves a thread changed (the scratch mapping's mmap, run from the
+/// target's own text, and its final munmap: `dump/parasite.rs`, "Fault
+/// safety"). A point that kills the engine first waits until no engine
+/// thread is in one: with a tree dumped by several tracer threads, the
+/// others are then at a point the design makes safe too, and a test sees
+/// what the point it names leaves, not the chance of another thread's
+/// window. (An engine killed from outside can still hit one, as with one
+/// thread.)
+static WINDOWS: RwLock<()> = RwLock::new(());
+
+/// Held across such a window; `None` (no cost) unless a point is armed
+/// to kill the engine.
+pub fn window() -> Option<RwLockReadGuard<'static, ()>> {
+    matches!(target(), Some((_, _, Action::Die))).then(|| WINDOWS.read().unwrap_or_else(|e| e.into_inner()))
+}
 
 /// Every point name the engine knows (tests iterate over these).
 pub const POINTS: &[&str] = &[
@@ -53,6 +74,8 @@ pub const POINTS: &[&str] = &[
     "mid-inject-thread",
     "after-parasite",
     "mid-memory",
+    // a tree dumped by tracer threads: its second process collected
+    "mid-tracers",
     "mid-pump",
     "before-inventory",
     "tcp-repaired",
@@ -155,6 +178,8 @@ pub fn point(name: &str) {
         return;
     }
     crate::pr_warn!("fault point {name}: killing the engine ({ENV})");
+    // (never released: the engine dies holding it)
+    let _all = WINDOWS.write().unwrap_or_else(|e| e.into_inner());
     let _ = crate::sys::process::kill(std::process::id() as i32, libc::SIGKILL);
     loop {
         std::thread::sleep(std::time::Duration::from_secs(1));

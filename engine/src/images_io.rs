@@ -792,22 +792,28 @@ fn place_shmem_runs(vmas: &[Vma], shmid: u64, runs: &[images_proto::pages::PageR
     out
 }
 
-/// The pagemap images of task `pid` and of its shared memory objects, read
-/// back from `dir` as restore reads them: runs page aligned, in ascending
-/// order and not overlapping (`PagemapReader`), the task's runs inside its
-/// VMAs, and each pages file exactly as long as its present runs.
+/// One pagemap just written, read back as restore reads it (runs page
+/// aligned, in ascending order and not overlapping: `PagemapReader`) and
+/// checked against the size of its pages file: its runs.
+fn check_written_pagemap(dir: &Path, name: String) -> Result<Vec<(u64, u64)>, ImagesError> {
+    let rd = PagemapReader::open(dir, &name)?;
+    let pages = images_proto::pages::pages_name(rd.pages_id());
+    let runs = rd.runs()?;
+    let need = runs.iter().filter(|r| r.present()).try_fold(0u64, |acc, r| acc.checked_add(r.nr_pages.checked_mul(4096)?));
+    let have = std::fs::metadata(dir.join(&pages)).map_err(|e| ImagesError::Io { file: pages.clone(), source: e })?.len();
+    if need != Some(have) {
+        return Err(bad(&pages, format!("the dump wrote {have} bytes of pages, but {name} accounts for {need:?}")));
+    }
+    Ok(runs.iter().map(|r| (r.vaddr, r.nr_pages)).collect())
+}
+
+/// The pagemap images of task `pid` and of the shared memory objects
+/// `shmem`, read back from `dir` as restore reads them: runs page aligned,
+/// in ascending order and not overlapping (`PagemapReader`), the task's
+/// runs inside its VMAs, and each pages file exactly as long as its present
+/// runs.
 fn check_written_pages(dir: &Path, pid: i32, vmas: &[Vma], shmem: &ShmemRuns) -> Result<(), ImagesError> {
-    let check_one = |name: String| -> Result<Vec<(u64, u64)>, ImagesError> {
-        let rd = PagemapReader::open(dir, &name)?;
-        let pages = images_proto::pages::pages_name(rd.pages_id());
-        let runs = rd.runs()?;
-        let need = runs.iter().filter(|r| r.present()).try_fold(0u64, |acc, r| acc.checked_add(r.nr_pages.checked_mul(4096)?));
-        let have = std::fs::metadata(dir.join(&pages)).map_err(|e| ImagesError::Io { file: pages.clone(), source: e })?.len();
-        if need != Some(have) {
-            return Err(bad(&pages, format!("the dump wrote {have} bytes of pages, but {name} accounts for {need:?}")));
-        }
-        Ok(runs.iter().map(|r| (r.vaddr, r.nr_pages)).collect())
-    };
+    let check_one = |name: String| check_written_pagemap(dir, name);
     let pm_name = images_proto::pages::pagemap_name(pid);
     let runs = check_one(pm_name.clone())?;
     let vma_ranges: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
@@ -889,6 +895,11 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     if mems.len() != tree.tasks.len() {
         return Err(bad("pstree.img", format!("{} processes but {} memory sources", tree.tasks.len(), mems.len())));
     }
+    write_images_inner(tree, dir, Some(mems), run_id)
+}
+
+/// [`write_images`]; `mems` `None`: the pages files are written already.
+fn write_images_inner(tree: &Tree, dir: &Path, mems: Option<&[Option<&dyn MemSource>]>, run_id: &str) -> Result<(), ImagesError> {
     let mut files: Vec<pb::FileEntry> = Vec::new();
     let mut fd_images =
         FdImages { memfd_inodes: tree.memfds.iter().enumerate().map(|(i, m)| (m.ino, i as u32 + 1)).collect(), ..Default::default() };
@@ -899,13 +910,17 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
     let mut pages_id = 0u32;
     let mut shm_pages_id = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).count() as u32;
     let mut shm_written = std::collections::HashSet::new();
-    for (task, mem) in tree.tasks.iter().zip(mems) {
+    for (k, task) in tree.tasks.iter().enumerate() {
         if let Some(exit) = task.zombie_exit {
             write_zombie(dir, task, exit)?;
             continue;
         }
-        let Some(mem) = *mem else {
-            return Err(bad("pstree.img", format!("process {}: no memory source", task.pid)));
+        let mem = match mems {
+            None => None,
+            Some(mems) => match mems.get(k).copied().flatten() {
+                Some(m) => Some(m),
+                None => return Err(bad("pstree.img", format!("process {}: no memory source", task.pid))),
+            },
         };
         pages_id += 1;
         write_task(dir, task, &mut shm_pages_id, &mut shm_written, mem, pages_id, &mut files, &mut map_ids, &mut fd_images, &mut filters)?;
@@ -957,8 +972,16 @@ pub fn write_images(tree: &Tree, dir: &Path, mems: &[Option<&dyn MemSource>], ru
         })
         .collect();
     write_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE, &ps)?;
+    if mems.is_none() {
+        // (completed by finish_images once the memory is written)
+        return Ok(());
+    }
+    write_inventory(tree, dir, run_id)
+}
+
+/// The inventory, last: an image set without it is incomplete.
+fn write_inventory(tree: &Tree, dir: &Path, run_id: &str) -> Result<(), ImagesError> {
     crate::fault::point("before-inventory");
-    // inventory last: an image set without it is incomplete
     let root_ids = ids_to_pb(&tree.root_ids);
     let inv = pb::InventoryEntry {
         img_version: 2,
@@ -994,6 +1017,102 @@ fn map_ghost(dir: &Path, st: &mut FdImages, orig_id: u32, g: &Ghost) -> Result<(
     crate::kinds::ghost::ghost_remap(dir, &mut st.kinds, orig_id, g)
 }
 
+/// pagemap-PID and pages-ID of one process's private pages (`private`).
+fn write_private_pages(dir: &Path, pid: i32, pages_id: u32, private: &[PageRun], mem: &dyn MemSource) -> Result<(), ImagesError> {
+    let mut pw = PagesWriter::create(dir, pid, pages_id)?;
+    let mut ranges = Vec::with_capacity(private.len());
+    for r in private {
+        pw.add_header_only(r.vaddr, r.nr_pages, PE_PRESENT | if r.lazy { PE_LAZY } else { 0 })?;
+        ranges.push((r.vaddr, r.nr_pages * 4096));
+    }
+    mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
+    crate::fault::point("mid-memory");
+    pw.finish()?;
+    Ok(())
+}
+
+/// pagemap-shmem-SHMID and pages-ID of one shared anonymous object, read
+/// through a process that maps it (`runs`: offset, address, pages).
+fn write_shmem_pages(dir: &Path, shmid: u64, id: u32, runs: &[(u64, u64, u64)], mem: &dyn MemSource) -> Result<(), ImagesError> {
+    let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), id)?;
+    let mut ranges = Vec::with_capacity(runs.len());
+    for &(off, vaddr, n) in runs {
+        pw.add_header_only(off, n, PE_PRESENT)?;
+        ranges.push((vaddr, n * 4096));
+    }
+    mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
+    pw.finish()?;
+    Ok(())
+}
+
+/// The pages files of one live process, as [`write_images`] numbers them:
+/// its own pages id and the shared anonymous objects it writes (the first
+/// process of the tree mapping each), with their pages ids.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryIds {
+    pub pages_id: u32,
+    pub shmem: Vec<(u64, u32)>,
+}
+
+/// [`MemoryIds`] of every process of `tree` (`None` for a zombie), for
+/// [`write_memory`].
+pub fn memory_ids(tree: &Tree) -> Vec<Option<MemoryIds>> {
+    let mut pages_id = 0u32;
+    let mut shm_pages_id = tree.tasks.iter().filter(|t| t.zombie_exit.is_none()).count() as u32;
+    let mut written = std::collections::HashSet::new();
+    tree.tasks
+        .iter()
+        .map(|task| {
+            task.zombie_exit.is_none().then(|| {
+                pages_id += 1;
+                let (_, shmem) = split_shmem_pages(&task.mm.vmas, &task.mm.pages);
+                let shmem = shmem
+                    .iter()
+                    .filter(|(id, _)| written.insert(*id))
+                    .map(|(id, _)| {
+                        shm_pages_id += 1;
+                        (*id, shm_pages_id)
+                    })
+                    .collect();
+                MemoryIds { pages_id, shmem }
+            })
+        })
+        .collect()
+}
+
+/// The pages files of `task` (`ids` from [`memory_ids`]), its memory read
+/// through `mem`: what [`write_images`] writes for it, for
+/// [`write_images_but_memory`] to write the rest. Processes may be written
+/// at the same time, from several threads.
+pub fn write_memory(dir: &Path, task: &Task, ids: &MemoryIds, mem: &dyn MemSource) -> Result<(), ImagesError> {
+    let (private, shmem) = split_shmem_pages(&task.mm.vmas, &task.mm.pages);
+    write_private_pages(dir, task.pid, ids.pages_id, &private, mem)?;
+    let mut own: ShmemRuns = Vec::new();
+    for (shmid, runs) in shmem.into_iter() {
+        if let Some(&(_, id)) = ids.shmem.iter().find(|(s, _)| *s == shmid) {
+            write_shmem_pages(dir, shmid, id, &runs, mem)?;
+            own.push((shmid, runs));
+        }
+    }
+    // read back what it wrote, as write_task does (each shared object by
+    // the one process that writes it: memory_ids)
+    check_written_pages(dir, task.pid, &task.mm.vmas, &own)
+}
+
+/// [`write_images`] but the pages files ([`write_memory`], which may run
+/// at the same time on other threads) and the inventory
+/// ([`finish_images`], once both are done).
+pub fn write_images_but_memory(tree: &Tree, dir: &Path) -> Result<(), ImagesError> {
+    write_images_inner(tree, dir, None, "")
+}
+
+/// After [`write_images_but_memory`] and every live process's
+/// [`write_memory`] (each of which read back and checked the pages files
+/// it wrote, as [`write_images`] checks them): the inventory.
+pub fn finish_images(tree: &Tree, dir: &Path, run_id: &str) -> Result<(), ImagesError> {
+    write_inventory(tree, dir, run_id)
+}
+
 /// The images of one live process of the tree (its shared anonymous
 /// objects: page image ids from `shm_pages_id` on, after every process's).
 #[allow(clippy::too_many_arguments)]
@@ -1002,7 +1121,7 @@ fn write_task(
     task: &Task,
     shm_pages_id: &mut u32,
     shm_written: &mut std::collections::HashSet<u64>,
-    mem: &dyn MemSource,
+    mem: Option<&dyn MemSource>,
     pages_id: u32,
     files: &mut Vec<pb::FileEntry>,
     map_ids: &mut Vec<(String, u32)>,
@@ -1114,15 +1233,9 @@ fn write_task(
     // pagemap + pages: private pages in pagemap-PID/pages-1, each shared
     // anonymous object's in pagemap-shmem-SHMID (offsets in the object)
     let (private, shmem) = split_shmem_pages(&mm.vmas, &mm.pages);
-    let mut pw = PagesWriter::create(dir, pid, pages_id)?;
-    let mut ranges = Vec::with_capacity(private.len());
-    for r in &private {
-        pw.add_header_only(r.vaddr, r.nr_pages, PE_PRESENT | if r.lazy { PE_LAZY } else { 0 })?;
-        ranges.push((r.vaddr, r.nr_pages * 4096));
+    if let Some(mem) = mem {
+        write_private_pages(dir, pid, pages_id, &private, mem)?;
     }
-    mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
-    crate::fault::point("mid-memory");
-    pw.finish()?;
     for (shmid, runs) in shmem.iter() {
         // an object several processes map (inherited over fork) is written
         // once, from the first of them (its data is the object's, not the
@@ -1131,18 +1244,16 @@ fn write_task(
             continue;
         }
         *shm_pages_id += 1;
-        let mut pw = PagesWriter::create(dir, format!("shmem-{shmid}"), *shm_pages_id)?;
-        let mut ranges = Vec::with_capacity(runs.len());
-        for &(off, vaddr, n) in runs {
-            pw.add_header_only(off, n, PE_PRESENT)?;
-            ranges.push((vaddr, n * 4096));
+        if let Some(mem) = mem {
+            write_shmem_pages(dir, *shmid, *shm_pages_id, runs, mem)?;
         }
-        mem.copy_to(&ranges, pw.flush_pages()?, 0)?;
-        pw.finish()?;
     }
     // read back what was written, before the dump can report success or
     // kill the source: an image our own restore would refuse is an error now
-    check_written_pages(dir, pid, &mm.vmas, &shmem)?;
+    // (pages written elsewhere: checked by write_memory)
+    if mem.is_some() {
+        check_written_pages(dir, pid, &mm.vmas, &shmem)?;
+    }
     if !mm.guards.is_empty() {
         write_guards(dir, pid, &mm.guards)?;
     }

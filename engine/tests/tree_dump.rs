@@ -14,6 +14,10 @@
 //!   the images, upstream restores it, no child lost).
 //! - The engine killed during a tree dump leaves every process running,
 //!   unchanged.
+//! - With two CPUs the tree is seized, collected and its memory copied by
+//!   two tracer threads (one per CPU): a forking tree is dumped whole by
+//!   them, and the engine dying, or one thread failing, while both hold
+//!   processes leaves every process running, unchanged.
 //!
 //! Needs root, gcc, unshare, setsid and the upstream binary; otherwise SKIP
 //! (a failure under CI=true).
@@ -671,7 +675,10 @@ fn forking_tree_is_frozen_consistently_by(r: Restorer) {
     for round in 0..5 {
         let dir = tmp.join(format!("img{round}"));
         std::fs::create_dir_all(&dir).unwrap();
-        criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+        let log = criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
+        if why_not_two_cpus().is_none() {
+            assert!(log.contains("by 2 tracer threads"), "round {round}: the tree was not dumped by the tracer threads:\n{log}");
+        }
         let ps = pstree(&dir);
         check_shape(&ps, &format!("round {round}"));
         for e in &ps {
@@ -722,8 +729,15 @@ fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
         let dir = tmp.join(format!("img{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         // as for one process (tests/faults.rs): an injection session cut
-        // short, the page pump's included, may leave its scratch mapping
-        let tolerate = point.starts_with("mid-inject") || point.starts_with("mid-pump") || *point == "mid-memory" || *point == "before-inventory";
+        // short, the page pump's included, may leave its scratch mapping;
+        // with tracer threads (two CPUs) also the other thread's session,
+        // at any point once the collection has begun
+        let collecting = !point.starts_with("mid-freeze") && *point != "after-freeze";
+        let tolerate = point.starts_with("mid-inject")
+            || point.starts_with("mid-pump")
+            || *point == "mid-memory"
+            || *point == "before-inventory"
+            || (collecting && why_not_two_cpus().is_none());
         let before = fx.snapshot_with(tolerate);
         let (st, log) = criu_env(&criu, &["dump", "-t", &fx.root.to_string()], &dir, "dump.log", &[("CRIU_RS_FAULT_AT", point)]);
         assert_killed(st, point, &log);
@@ -733,6 +747,66 @@ fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
         assert!(!dir.join("inventory.img").exists(), "{point}: a killed dump left inventory.img");
         eprintln!("engine killed at {point}: every process of the tree runs on unchanged");
     }
+    drop(fx);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `Some` reason when the engine would dump a tree on one thread (no
+/// tracer threads: one CPU).
+fn why_not_two_cpus() -> Option<String> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n < 2).then(|| format!("needs 2 CPUs for the dump's tracer threads ({n} here)"))
+}
+
+/// The tree dumped by two tracer threads (one per CPU, each seizing,
+/// injecting into and releasing its own processes): the engine killed
+/// once the second process is collected, while the other thread still
+/// injects, or in one thread's injection or page pump; or the job of one
+/// thread failing (`:fail`) while the other holds its processes mid-way:
+/// every process of the tree runs on unchanged, nothing published.
+#[test]
+fn tracer_threads_stopped_midway_leave_the_tree_running() {
+    if cannot_run("tracer_threads_stopped_midway_leave_the_tree_running", false) {
+        return;
+    }
+    require!(why_not_two_cpus());
+    let (tmp, fx) = start_tree("tracers-faults");
+    let criu = private_criu(&tmp);
+    for (i, point) in ["mid-tracers", "mid-tracers:fail", "mid-inject@12", "mid-pump@3", "mid-memory@2"].iter().enumerate() {
+        let dir = tmp.join(format!("img{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // (as for one process, tests/faults.rs: an injection session cut
+        // short may leave its scratch mapping: here the other thread's too;
+        // a failure leaves nothing)
+        let tolerate = !point.ends_with(":fail");
+        let before = fx.snapshot_with(tolerate);
+        let (st, log) = criu_env(&criu, &["dump", "-t", &fx.root.to_string()], &dir, "dump.log", &[("CRIU_RS_FAULT_AT", point)]);
+        assert!(log.contains("by 2 tracer threads"), "{point}: the tree was not dumped by the tracer threads:\n{log}");
+        if point.ends_with(":fail") {
+            assert_eq!(st.code(), Some(1), "{point}: {log}");
+            assert!(log.contains("injected failure in a dump tracer thread"), "{point}: {log}");
+            // (a failed dump into a fresh directory removes what it wrote)
+            let left: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            assert!(left.iter().all(|n| !n.ends_with(".img") && !n.starts_with(".criu-rs-staging")), "{point}: a failed dump left {left:?}");
+        } else {
+            assert_killed(st, point, &log);
+        }
+        fx.ticks_on(3, &format!("after the dump stopped at {point}"));
+        let after = fx.snapshot_with(tolerate);
+        assert_eq!(after, before, "{point}: the tree changed");
+        assert!(!dir.join("inventory.img").exists(), "{point}: a stopped dump left inventory.img");
+        eprintln!("dump stopped at {point} with tracer threads: every process of the tree runs on unchanged");
+    }
+    // the directory a killed dump left its pages files in (written
+    // straight into it, fresh) is not fresh any more: the next dump stages
+    // its set there and publishes it whole
+    let dir = tmp.join("img4");
+    assert!(std::fs::read_dir(&dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("pages-")), "mid-memory@2 left no pages file");
+    let log = criu_ok(&criu, &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump2.log");
+    assert!(log.contains("by 2 tracer threads"), "{log}");
+    assert!(dir.join("inventory.img").exists());
+    check_shape(&pstree(&dir), "a dump over a killed dump's files");
+    fx.ticks_on(3, "after the dump over a killed dump's files");
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -12,6 +12,7 @@
 //! same: a ptrace'd thread runs on from a group-stop when resumed).
 
 use crate::sys::ptrace::{self, Regs, Wait};
+use crate::sys::tracer::{self, Tracer};
 use crate::sys::Pid;
 use crate::{pr_debug, pr_info, pr_warn};
 use std::io;
@@ -60,6 +61,10 @@ pub struct Frozen {
     in_tree: bool,
     /// A SIGSTOP came while we held the threads (set by the injection).
     pub stop_seen: Arc<AtomicBool>,
+    /// The engine thread that seized it, when not the main one (a tree
+    /// dumped on several CPUs: [`FrozenTree::freeze_on`]): every ptrace
+    /// request about it must come from there, its release included.
+    pub tracer: Option<Tracer>,
 }
 
 /// The stop signals (SIG_KERNEL_STOP_MASK).
@@ -144,6 +149,7 @@ impl Frozen {
             stop_signo: None,
             stop_seen: Arc::new(AtomicBool::new(false)),
             in_tree: false,
+            tracer: None,
         }
     }
 
@@ -243,6 +249,17 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
+        // seized by a tracer thread: released there (moved out of `self`,
+        // which is left empty)
+        if let Some(t) = self.tracer.take().filter(|t| !t.is_current()) {
+            let mut f = std::mem::replace(self, Frozen::empty(self.pid));
+            f.tracer = None;
+            let pid = f.pid;
+            if let Err(e) = t.run(move || drop(f)) {
+                pr_warn!("releasing {pid}: {e}");
+            }
+            return;
+        }
         // (looked at before the kill: a dead task has no namespaces to show)
         let pid_matters = self.kill_on_release && in_our_pid_ns(self.pid);
         if self.kill_on_release {
@@ -349,11 +366,104 @@ pub struct FrozenTree {
     pub kill_on_release: bool,
 }
 
+/// `freeze` of `pid`; when it fails because the process exited meanwhile,
+/// its exit collected by the thread that seized it (it is its tracer until
+/// then: the parent gets it back).
+fn freeze_or_reap(pid: Pid, freeze: fn(Pid) -> Result<Frozen, FreezeError>) -> Result<Frozen, FreezeError> {
+    freeze(pid).inspect_err(|_| {
+        if state(pid) != State::Alive {
+            let _ = ptrace::wait_flags(pid, libc::__WALL | libc::WNOHANG);
+        }
+    })
+}
+
+/// `pids` frozen (with `freeze`) one after the other by this thread.
+fn freeze_here(pids: &[Pid], freeze: fn(Pid) -> Result<Frozen, FreezeError>) -> Vec<Result<Frozen, FreezeError>> {
+    pids.iter()
+        .map(|&pid| {
+            let r = freeze_or_reap(pid, freeze);
+            if r.is_ok() {
+                crate::fault::point("mid-freeze");
+            }
+            r
+        })
+        .collect()
+}
+
+/// `pids` frozen (with `freeze`) by the tracer threads `tracers`, all at
+/// once: the k-th process seized so far in the tree (`*count`) by tracer
+/// k mod n, which is its tracer from then on.
+fn freeze_on_tracers(
+    pids: &[Pid],
+    tracers: &[Tracer],
+    count: &mut usize,
+    freeze: fn(Pid) -> Result<Frozen, FreezeError>,
+) -> Vec<Result<Frozen, FreezeError>> {
+    let n = tracers.len();
+    let mut mine: Vec<Vec<(usize, Pid)>> = vec![Vec::new(); n];
+    for (k, &pid) in pids.iter().enumerate() {
+        mine[*count % n].push((k, pid));
+        *count += 1;
+    }
+    type Seized = Vec<(usize, Result<Frozen, FreezeError>)>;
+    let jobs: Vec<tracer::Work<'_, '_, Seized>> = tracers
+        .iter()
+        .zip(&mine)
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(t, m)| {
+            let job = move || {
+                m.iter()
+                    .map(|&(k, pid)| {
+                        let r = freeze_or_reap(pid, freeze).map(|mut f| {
+                            f.tracer = Some(t.clone());
+                            f
+                        });
+                        if r.is_ok() {
+                            crate::fault::point("mid-freeze");
+                        }
+                        (k, r)
+                    })
+                    .collect()
+            };
+            (Some(t), Box::new(job) as Box<dyn FnOnce() -> Seized + Send + '_>)
+        })
+        .collect();
+    let mut out: Vec<Option<Result<Frozen, FreezeError>>> = pids.iter().map(|_| None).collect();
+    for r in tracer::run_all(jobs) {
+        match r {
+            Ok(list) => {
+                for (k, f) in list {
+                    out[k] = Some(f);
+                }
+            }
+            // (the processes it held are released as its job unwound)
+            Err(e) => pr_warn!("freezing a tree: {e}"),
+        }
+    }
+    out.into_iter()
+        .zip(pids)
+        .map(|(r, &tid)| r.unwrap_or_else(|| Err(FreezeError::Seize { tid, source: io::Error::other("its tracer thread failed") })))
+        .collect()
+}
+
 impl FrozenTree {
     /// Seize and stop the tree rooted at `root` (see [`FrozenTree`]).
     pub fn freeze(root: Pid) -> Result<FrozenTree, FreezeError> {
+        Self::freeze_on(root, &[])
+    }
+
+    /// [`FrozenTree::freeze`] by the tracer threads `tracers` (none: this
+    /// thread): each process is seized by one of them, round robin in the
+    /// order they are found, and every ptrace request about it must come
+    /// from that thread ([`Frozen::tracer`]). The processes found in one
+    /// walk of the tree's `children` files are seized all at once.
+    pub fn freeze_on(root: Pid, tracers: &[Tracer]) -> Result<FrozenTree, FreezeError> {
         let mut t = FrozenTree::default();
-        t.grow(root, Frozen::freeze)?;
+        let mut count = 0;
+        t.grow(root, |pids| match tracers {
+            [] => freeze_here(pids, Frozen::freeze),
+            _ => freeze_on_tracers(pids, tracers, &mut count, Frozen::freeze),
+        })?;
         Ok(t)
     }
 
@@ -363,81 +473,113 @@ impl FrozenTree {
     /// are members and thaws), then every thread is stopped and the tree is
     /// walked again for a child forked after the thaw.
     pub fn freeze_frozen<E: From<FreezeError>>(root: Pid, thaw: impl FnOnce(&[Pid]) -> Result<(), E>) -> Result<FrozenTree, E> {
+        Self::freeze_frozen_on(root, &[], thaw)
+    }
+
+    /// [`FrozenTree::freeze_frozen`] by the tracer threads `tracers` (as
+    /// [`FrozenTree::freeze_on`]).
+    pub fn freeze_frozen_on<E: From<FreezeError>>(
+        root: Pid,
+        tracers: &[Tracer],
+        thaw: impl FnOnce(&[Pid]) -> Result<(), E>,
+    ) -> Result<FrozenTree, E> {
         let mut t = FrozenTree::default();
-        t.grow(root, Frozen::seize_only)?;
+        let mut count = 0;
+        t.grow(root, |pids| match tracers {
+            [] => freeze_here(pids, Frozen::seize_only),
+            _ => freeze_on_tracers(pids, tracers, &mut count, Frozen::seize_only),
+        })?;
         let pids: Vec<Pid> = t.procs.iter().map(|f| f.pid).collect();
         thaw(&pids)?;
-        for f in &mut t.procs {
-            f.stop_seized()?;
+        let jobs: Vec<tracer::Work<'_, '_, Result<(), FreezeError>>> = t
+            .procs
+            .iter_mut()
+            .map(|f| {
+                let tr = f.tracer.clone();
+                (None, Box::new(move || match tr {
+                    None => f.stop_seized(),
+                    Some(tr) => tr.run(|| f.stop_seized()).unwrap_or_else(|e| Err(FreezeError::Seize { tid: f.pid, source: io::Error::other(e.to_string()) })),
+                }) as Box<dyn FnOnce() -> Result<(), FreezeError> + Send + '_>)
+            })
+            .collect();
+        for r in tracer::run_all(jobs) {
+            r.map_err(|e| FreezeError::Seize { tid: root, source: io::Error::other(e.to_string()) })??;
         }
-        t.grow(root, Frozen::freeze)?;
+        t.grow(root, |pids| match tracers {
+            [] => freeze_here(pids, Frozen::freeze),
+            _ => freeze_on_tracers(pids, tracers, &mut count, Frozen::freeze),
+        })?;
         Ok(t)
     }
 
-    /// Freeze (with `freeze`) every process reachable from `root` not yet
-    /// held, until a walk finds nothing new; then order `members`.
-    fn grow(&mut self, root: Pid, mut freeze: impl FnMut(Pid) -> Result<Frozen, FreezeError>) -> Result<(), FreezeError> {
+    /// Freeze (with `freeze`, which takes every process of one walk of
+    /// the tree not yet held) every process reachable from `root`, until a
+    /// walk finds nothing new; then order `members`.
+    fn grow(&mut self, root: Pid, mut freeze: impl FnMut(&[Pid]) -> Vec<Result<Frozen, FreezeError>>) -> Result<(), FreezeError> {
         let mut zombies: Vec<Pid> = self.members.iter().filter(|m| m.frozen.is_none()).map(|m| m.pid).collect();
         let mut children: std::collections::HashMap<Pid, Vec<Pid>>;
         loop {
-            let mut queue = vec![root];
+            let mut wave = vec![root];
             let mut fresh = false;
             children = std::collections::HashMap::new();
             let mut seen: std::collections::HashSet<Pid> = std::collections::HashSet::new();
-            while let Some(pid) = queue.pop() {
-                if !seen.insert(pid) {
-                    continue;
+            while !wave.is_empty() {
+                let cur: Vec<Pid> = wave.into_iter().filter(|&pid| seen.insert(pid) && !zombies.contains(&pid)).collect();
+                // the wave's processes not held yet, seized at once
+                let mut new = Vec::new();
+                for &pid in &cur {
+                    if self.procs.iter().any(|f| f.pid == pid) {
+                        continue;
+                    }
+                    fresh = true;
+                    match state(pid) {
+                        State::Zombie | State::Gone if pid == root => return Err(FreezeError::Exited { pid }),
+                        State::Zombie => zombies.push(pid),
+                        State::Gone => {}
+                        State::Alive => new.push(pid),
+                    }
                 }
-                if zombies.contains(&pid) {
-                    continue;
-                }
-                let idx = match self.procs.iter().position(|f| f.pid == pid) {
-                    Some(i) => i,
-                    None => {
-                        fresh = true;
-                        match state(pid) {
-                            State::Zombie | State::Gone if pid == root => return Err(FreezeError::Exited { pid }),
-                            State::Zombie => {
-                                zombies.push(pid);
-                                continue;
-                            }
-                            State::Gone => continue,
-                            State::Alive => {}
-                        }
-                        match freeze(pid) {
-                            Ok(f) => {
-                                self.procs.push(f);
-                                crate::fault::point("mid-freeze");
-                                self.procs.len() - 1
-                            }
-                            Err(e) if pid != root => {
-                                // exited while being seized: its tracer (us)
-                                // lets its parent have it again
-                                match state(pid) {
-                                    State::Alive => return Err(e),
-                                    st => {
-                                        let _ = ptrace::wait_flags(pid, libc::__WALL | libc::WNOHANG);
-                                        pr_info!("{pid} exited while the tree was frozen ({e}): {st:?}");
-                                        if st == State::Zombie {
-                                            zombies.push(pid);
-                                        }
-                                        continue;
+                let mut failed = None;
+                for (&pid, r) in new.iter().zip(freeze(&new)) {
+                    match r {
+                        Ok(f) => self.procs.push(f),
+                        Err(e) if pid != root => {
+                            // exited while being seized: its tracer has let
+                            // its parent have it again (freeze_or_reap)
+                            match state(pid) {
+                                State::Alive => {
+                                    failed.get_or_insert(e);
+                                }
+                                st => {
+                                    pr_info!("{pid} exited while the tree was frozen ({e}): {st:?}");
+                                    if st == State::Zombie {
+                                        zombies.push(pid);
                                     }
                                 }
                             }
-                            Err(e) => return Err(e),
+                        }
+                        Err(e) => {
+                            failed.get_or_insert(e);
                         }
                     }
-                };
-                let mut kids = Vec::new();
-                for t in &self.procs[idx].threads {
-                    let c = std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.tid))
-                        .map_err(|e| FreezeError::List { pid, source: e })?;
-                    kids.extend(c.split_whitespace().filter_map(|v| v.parse::<Pid>().ok()));
                 }
-                // depth first, children in their listed order
-                queue.extend(kids.iter().rev());
-                children.insert(pid, kids);
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                // the children of every process of the wave now held
+                // (stopped: no new child of it can appear)
+                wave = Vec::new();
+                for &pid in &cur {
+                    let Some(idx) = self.procs.iter().position(|f| f.pid == pid) else { continue };
+                    let mut kids = Vec::new();
+                    for t in &self.procs[idx].threads {
+                        let c = std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.tid))
+                            .map_err(|e| FreezeError::List { pid, source: e })?;
+                        kids.extend(c.split_whitespace().filter_map(|v| v.parse::<Pid>().ok()));
+                    }
+                    wave.extend(kids.iter().copied());
+                    children.insert(pid, kids);
+                }
             }
             if !fresh {
                 break;
@@ -482,10 +624,29 @@ impl Drop for FrozenTree {
         // which needs each parent (or the reaper of an orphan) to have
         // reaped them: waited for all at once
         let pids: Vec<Pid> = self.procs.iter().map(|f| f.pid).collect();
+        // each tracer thread releases its own processes (children first),
+        // all threads at once
+        let mut by_tracer: Vec<(Option<Tracer>, Vec<Frozen>)> = Vec::new();
         while let Some(mut f) = self.procs.pop() {
             f.kill_on_release = self.kill_on_release;
             f.in_tree = true;
-            drop(f);
+            let key = f.tracer.as_ref().map(|t| t.idx());
+            match by_tracer.iter_mut().find(|(t, _)| t.as_ref().map(|t| t.idx()) == key) {
+                Some((_, list)) => list.push(f),
+                None => by_tracer.push((f.tracer.clone(), vec![f])),
+            }
+        }
+        let jobs: Vec<tracer::Work<'_, 'static, ()>> = by_tracer
+            .iter_mut()
+            .map(|(t, list)| {
+                let list = std::mem::take(list);
+                (t.as_ref(), Box::new(move || drop(list)) as Box<dyn FnOnce() + Send>)
+            })
+            .collect();
+        for r in tracer::run_all(jobs) {
+            if let Err(e) = r {
+                pr_warn!("releasing the tree: {e}");
+            }
         }
         if pid_matters {
             wait_gone(&pids);

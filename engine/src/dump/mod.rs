@@ -16,6 +16,7 @@ pub mod task;
 pub mod unix_diag;
 
 use crate::model::{Task, Tree, VmaKind};
+use crate::sys::tracer::{self, Tracer};
 use crate::sys::Pid;
 use crate::pr_debug;
 use freeze::{Frozen, FrozenTree};
@@ -94,12 +95,31 @@ const CARRIED_NS: [&str; 3] = ["uts", "ipc", "net"];
 /// images can't carry). The pid namespace is checked so for the tree's
 /// `root` only (the others must be in the root's: [`collect_tree_opts`]).
 pub fn check_namespaces(pid: Pid, tid: Pid, root: bool) -> Result<(), DumpError> {
+    check_namespaces_against(pid, tid, root, &OwnNs::read())
+}
+
+/// The engine's own namespaces of the kinds [`check_namespaces`] compares
+/// (read once for a whole tree).
+pub struct OwnNs(Vec<(&'static str, Option<String>)>);
+
+impl OwnNs {
+    pub fn read() -> OwnNs {
+        OwnNs(SAME_NS.iter().map(|&k| (k, ns_link(&format!("/proc/self/ns/{k}")))).collect())
+    }
+
+    fn get(&self, kind: &str) -> Option<String> {
+        self.0.iter().find(|(k, _)| *k == kind).and_then(|(_, l)| l.clone())
+    }
+}
+
+/// [`check_namespaces`] against the engine's namespaces `own`.
+fn check_namespaces_against(pid: Pid, tid: Pid, root: bool, own: &OwnNs) -> Result<(), DumpError> {
     let err = |what: String| DumpError::Namespace { pid, what };
     let base = format!("/proc/{pid}/task/{tid}/ns");
     let mut differ = Vec::new();
     // (mnt: carried when the root owns one, crate::mntns::root_owns)
     for kind in SAME_NS.iter().filter(|k| !CARRIED_NS.contains(k) && **k != "mnt") {
-        let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/{kind}")), ns_link(&format!("/proc/self/ns/{kind}"))) else {
+        let (Some(theirs), Some(ours)) = (ns_link(&format!("{base}/{kind}")), own.get(kind)) else {
             continue; // a kind this kernel lacks
         };
         if theirs != ours {
@@ -186,7 +206,55 @@ pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tr
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
     crate::mntns::set_dump_external(&opts.ext_mnt);
-    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups)
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups, &[])
+}
+
+/// [`collect_tree_opts`] with the tree's processes seized, stopped and
+/// collected by the tracer threads `tracers` (one per CPU: [`tracers`]),
+/// all at once: every process is seized by one of them
+/// ([`FrozenTree::freeze_on`]), which makes every ptrace request about it,
+/// its injection sessions and its release included. None: this thread.
+pub fn collect_tree_on(pid: Pid, opts: &crate::options::Options, tracers: &[Tracer]) -> Result<(Tree, FrozenTree), DumpError> {
+    crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
+    crate::kinds::inet::set_tcp_close(opts.tcp_close);
+    crate::kinds::inet::set_tcp_established(opts.tcp_established);
+    crate::mntns::set_dump_external(&opts.ext_mnt);
+    collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups, tracers)
+}
+
+/// Whether `pid` has children now (a tree to dump, not one process).
+pub fn has_children(pid: Pid) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty())
+    })
+}
+
+/// Tracer threads for dumping a tree of `live` processes on several CPUs:
+/// one per CPU the engine may run on, each pinned to its CPU, at most one
+/// per process; none (the main thread does it all) with one CPU or one
+/// process. `CRIU_RS_DUMP_WORKERS=N` asks for N instead (1: none; more
+/// than the CPUs: pinned to them in turn; for measurements and tests).
+pub fn tracers(live: usize) -> Vec<Tracer> {
+    let want: Option<usize> = std::env::var("CRIU_RS_DUMP_WORKERS").ok().and_then(|v| v.parse().ok());
+    let cpus = crate::restore::cpus();
+    let n = want.unwrap_or(cpus.len()).min(live);
+    if n < 2 || cpus.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for i in 0..n {
+        match Tracer::spawn(i, Some(cpus[i % cpus.len()])) {
+            Ok(t) => out.push(t),
+            Err(e) => {
+                crate::pr_warn!("can't start dump tracer thread {i}: {e}; dumping on {} thread(s)", out.len().max(1));
+                break;
+            }
+        }
+    }
+    if out.len() < 2 {
+        out.clear();
+    }
+    out
 }
 
 /// [`collect`] without the memory layout (`mm` holds only what injection
@@ -197,7 +265,7 @@ pub fn collect_state(pid: Pid) -> Result<(Tree, FrozenTree), DumpError> {
     // (file locks recorded, not refused: a clone is a fork, which keeps
     // the source's flock and OFD locks shared and its POSIX ones not, as
     // any fork does)
-    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() }, crate::cgroups::Mode::Soft)
+    collect_tree(pid, None, cgroup_freeze::DEFAULT_TIMEOUT, false, &files::FileOpts { file_locks: true, ..Default::default() }, crate::cgroups::Mode::Soft, &[])
 }
 
 fn collect_tree(
@@ -207,6 +275,7 @@ fn collect_tree(
     with_memory: bool,
     file_opts: &files::FileOpts,
     cgroups: crate::cgroups::Mode,
+    tracers: &[Tracer],
 ) -> Result<(Tree, FrozenTree), DumpError> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Err(DumpError::NoProcess(pid));
@@ -220,11 +289,11 @@ fn collect_tree(
     }
     let io_err = |what| move |e| DumpError::io(pid, what, e);
     let mut frozen = match freeze_cgroup {
-        None => FrozenTree::freeze(pid)?,
+        None => FrozenTree::freeze_on(pid, tracers)?,
         Some(cg) => {
             let mut cgf = cgroup_freeze::CgroupFreeze::freeze_within(cg, timeout)?;
             cgf.check_member(pid)?;
-            FrozenTree::freeze_frozen(pid, |pids: &[Pid]| -> Result<(), DumpError> {
+            FrozenTree::freeze_frozen_on(pid, tracers, |pids: &[Pid]| -> Result<(), DumpError> {
                 for &p in pids {
                     cgf.check_member(p)?;
                 }
@@ -234,14 +303,20 @@ fn collect_tree(
         }
     };
     crate::fault::point("after-freeze");
-    // (frozen: no thread can unshare or setns any more)
+    if !tracers.is_empty() {
+        crate::pr_info!("{} processes seized by {} tracer threads", frozen.procs.len(), tracers.len());
+    }
+    // (frozen: no thread can unshare or setns any more) every thread's,
+    // against the engine's namespaces read once
+    let own = OwnNs::read();
     for f in &frozen.procs {
         for t in &f.threads {
-            check_namespaces(f.pid, t.tid, f.pid == pid)?;
+            check_namespaces_against(f.pid, t.tid, f.pid == pid, &own)?;
         }
     }
     let [own_uts, own_ipc, own_net] = check_carried_namespaces(pid, &frozen)?;
     let (uts, ipc) = crate::utsipc::collect(pid, own_uts, own_ipc).map_err(|what| DumpError::Namespace { pid, what })?;
+    pr_debug!("namespaces of the tree checked");
     // the root's own network namespace: locked as a whole (its
     // connections are not locked one by one), then read; its sockets are
     // listed by sock_diag from inside it (crate::netns)
@@ -276,6 +351,40 @@ fn collect_tree(
     // host pid -> pid in the tree's namespace
     let mut ns_pid: std::collections::HashMap<Pid, i32> = std::collections::HashMap::new();
     let members = frozen.members.clone();
+    // every stopped process collected by the thread that seized it, all
+    // at once (in order by this thread without tracers)
+    let mut collected: Vec<Option<Result<Task, DumpError>>> = {
+        let trs: Vec<Option<Tracer>> = frozen.procs.iter().map(|f| f.tracer.clone()).collect();
+        let pids: Vec<Pid> = frozen.procs.iter().map(|f| f.pid).collect();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let done = &done;
+        let jobs: Vec<tracer::Work<'_, '_, Result<Task, DumpError>>> = frozen
+            .procs
+            .iter_mut()
+            .zip(&trs)
+            .map(|(f, t)| {
+                let job = move || {
+                    let task = collect_process(f, zero_pfn, with_memory, file_opts)?;
+                    // the second process collected by a tracer thread: the
+                    // engine dies (or this job fails) while the others inject
+                    if t.is_some() && done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 2 {
+                        crate::fault::point("mid-tracers");
+                        if crate::fault::fails("mid-tracers") {
+                            return Err(DumpError::Unsupported { pid: f.pid, what: "injected failure in a dump tracer thread (CRIU_RS_FAULT_AT)".into() });
+                        }
+                    }
+                    Ok(task)
+                };
+                (t.as_ref(), Box::new(job) as Box<dyn FnOnce() -> Result<Task, DumpError> + Send + '_>)
+            })
+            .collect();
+        tracer::run_all(jobs)
+            .into_iter()
+            .zip(pids)
+            .map(|(r, pid)| Some(r.unwrap_or_else(|e| Err(DumpError::Unsupported { pid, what: format!("collecting it: {e}") }))))
+            .collect()
+    };
+    pr_debug!("every process of the tree collected");
     let mut tasks = Vec::with_capacity(members.len());
     for m in &members {
         let st = std::fs::read_to_string(format!("/proc/{}/status", m.pid)).map_err(|e| DumpError::io(m.pid, "status", e))?;
@@ -285,7 +394,7 @@ fn collect_tree(
         // (members list parents first: a parent's pid is already known)
         let ppid = m.parent.and_then(|p| ns_pid.get(&p).copied()).unwrap_or(0);
         let mut task = match m.frozen {
-            Some(i) => collect_process(&mut frozen.procs[i], zero_pfn, with_memory, file_opts)?,
+            Some(i) => collected[i].take().expect("one collection per process")?,
             None => collect_zombie(m.pid)?,
         };
         task.pid = ns_pid.get(&m.pid).copied().unwrap_or(m.pid);
@@ -329,8 +438,10 @@ fn collect_tree(
         }
         memfds
     };
+    pr_debug!("files shared across the tree found");
     let alive: Vec<Pid> = tasks.iter().filter(|(_, t)| t.zombie_exit.is_none()).map(|(p, _)| *p).collect();
     let (root_ids, ids) = task::collect_ids(&alive)?;
+    pr_debug!("kernel object ids of the tree found");
     let mut ids = ids.into_iter();
     for (_, t) in tasks.iter_mut().filter(|(_, t)| t.zombie_exit.is_none()) {
         t.ids = ids.next().expect("one ids per live task");

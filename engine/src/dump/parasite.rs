@@ -525,10 +525,12 @@ impl Parasite {
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let mut r = call_regs(&orig, libc::SYS_mmap, &[0, self.len, prot, flags, u64::MAX, 0]);
         r.ip = gadget;
+        let window = crate::fault::window();
         ptrace::set_regs(tid, &r)?;
         let out = ptrace::set_sigmask(tid, !0).and_then(|()| step(tid, &r, &[], &self.stop_seen));
         // back to its own state before anything else: mask, then registers
         let back = ptrace::set_sigmask(tid, mask).and_then(|()| ptrace::set_regs(tid, &orig));
+        drop(window);
         back?;
         let a = crate::sys::check_raw(out?.ax as i64)
             .map_err(|e| io::Error::new(e.kind(), format!("injected mmap of the scratch mapping in {tid}: {e}")))?;
@@ -1049,6 +1051,7 @@ impl Drop for Parasite {
             }
         }
         let (orig, mask) = self.threads.get(&main).map(|s| (s.orig, s.mask)).unwrap_or(self.main_orig);
+        let _window = crate::fault::window();
         if self.code != 0 {
             // the last window: once the mapping is gone the main thread must
             // get its own registers before it runs again (signals blocked for

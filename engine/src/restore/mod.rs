@@ -23,6 +23,7 @@ pub mod plan;
 pub mod space;
 pub mod thread;
 mod workers;
+pub(crate) use workers::cpus;
 
 use crate::mem_source::MemSource;
 use crate::model::{FileDesc, Task, Tree};

@@ -62,7 +62,7 @@ pub(crate) struct Pool<'scope> {
 }
 
 /// CPUs the engine may run on, when there is more than one.
-fn cpus() -> Vec<usize> {
+pub(crate) fn cpus() -> Vec<usize> {
     let Ok(mask) = p::sched_getaffinity(0) else { return Vec::new() };
     (0..1024).filter(|&c| mask[c / 64] & (1 << (c % 64)) != 0).collect()
 }

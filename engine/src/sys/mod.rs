@@ -22,6 +22,7 @@ pub mod park;
 pub mod process;
 pub mod sock;
 pub mod sysv;
+pub mod tracer;
 pub mod tty;
 pub mod ptrace;
 pub mod rpc;

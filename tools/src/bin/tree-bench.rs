@@ -9,8 +9,10 @@
 //! processes' PSS, which counts a shared page once) before the dump and
 //! after the restore; the restored tree must go on ticking `ok`.
 //!
-//! `tree-bench [--criu PATH] [--upstream PATH] [--cases N:CHILD:SHARED,...] [--runs N] [--dir DIR]`
-//! (default cases `20:17:0,100:1:0,10:1:64`).
+//! `tree-bench [--criu PATH] [--base PATH] [--upstream PATH] [--cases N:CHILD:SHARED,...] [--runs N] [--dir DIR]`
+//! (default cases `20:17:0,100:1:0,10:1:64`). `--base`: a second build of
+//! ours (another branch's) run in turn with the two others in every run,
+//! its row marked `(base)`, its ratios against the same upstream runs.
 //!
 //! Needs root and gcc; the upstream binary defaults to
 //! ../shared/upstream-criu/criu-4.2 (its columns are NaN without it).
@@ -23,6 +25,7 @@ use tools::bench::{each_option, kill, median, ns_init_pid, ok_ticks, wait_for};
 
 struct Opts {
     criu: PathBuf,
+    base: Option<PathBuf>,
     upstream: PathBuf,
     cases: Vec<(usize, usize, usize)>,
     runs: usize,
@@ -33,6 +36,7 @@ fn opts() -> Opts {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut o = Opts {
         criu: root.join("target/release/criu"),
+        base: None,
         upstream: root.join("../shared/upstream-criu/criu-4.2"),
         cases: vec![(20, 17, 0), (100, 1, 0), (10, 1, 64)],
         runs: 3,
@@ -41,6 +45,7 @@ fn opts() -> Opts {
     each_option(&[], |name, value| {
         match name {
             "--criu" => o.criu = PathBuf::from(value),
+            "--base" => o.base = Some(PathBuf::from(value)),
             "--upstream" => o.upstream = PathBuf::from(value),
             "--cases" => {
                 o.cases = value
@@ -158,6 +163,7 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &case in &o.cases {
         let mut ours: Vec<Run> = Vec::new();
+        let mut base: Vec<Run> = Vec::new();
         let mut up: Vec<Run> = Vec::new();
         let mut note = String::new();
         for _ in 0..o.runs {
@@ -165,28 +171,41 @@ fn main() {
                 Ok(r) => ours.push(r),
                 Err(e) => note = format!("ours: {e}"),
             }
+            if let Some(b) = &o.base {
+                match one(b, &prog, &o.dir.join("base"), case) {
+                    Ok(r) => base.push(r),
+                    Err(e) => note = format!("base: {e}"),
+                }
+            }
             if have_up {
                 match one(&o.upstream, &prog, &o.dir.join("upstream"), case) {
                     Ok(r) => up.push(r),
                     Err(e) => note = format!("upstream: {e}"),
                 }
             }
+            // (each run's dump times on stderr: ratios within one run)
+            let last = |v: &[Run]| v.last().map_or(f64::NAN, |r| r.dump);
+            eprintln!("{case:?} run dump s: ours {:.3} base {:.3} upstream {:.3}", last(&ours), last(&base), last(&up));
         }
         let m = |v: &[Run], f: fn(&Run) -> f64| {
             let mut x: Vec<f64> = v.iter().map(f).collect();
             if x.is_empty() { f64::NAN } else { median(&mut x) }
         };
-        let (od, ud, or, ur) = (m(&ours, |r| r.dump), m(&up, |r| r.dump), m(&ours, |r| r.restore), m(&up, |r| r.restore));
+        let (ud, ur) = (m(&up, |r| r.dump), m(&up, |r| r.restore));
         let (n, c, s) = case;
-        println!(
-            "| {n} x {c} + {s} | {od:.3} | {ud:.3} | {:.2} | {or:.3} | {ur:.3} | {:.2} | {:.0} | {:.0} | {:.0} |{}",
-            od / ud,
-            or / ur,
-            m(&ours, |r| r.pss_before),
-            m(&ours, |r| r.pss_after),
-            m(&up, |r| r.pss_after),
-            if note.is_empty() { String::new() } else { format!(" {note}") }
-        );
+        let rows: &[(&str, &[Run])] = if o.base.is_some() { &[("", &ours), (" (base)", &base)] } else { &[("", &ours)] };
+        for (label, runs) in rows {
+            let (od, or) = (m(runs, |r| r.dump), m(runs, |r| r.restore));
+            println!(
+                "| {n} x {c} + {s}{label} | {od:.3} | {ud:.3} | {:.2} | {or:.3} | {ur:.3} | {:.2} | {:.0} | {:.0} | {:.0} |{}",
+                od / ud,
+                or / ur,
+                m(runs, |r| r.pss_before),
+                m(runs, |r| r.pss_after),
+                m(&up, |r| r.pss_after),
+                if note.is_empty() { String::new() } else { format!(" {note}") }
+            );
+        }
     }
     if !have_up {
         println!("(no upstream binary at {}: its columns are NaN)", o.upstream.display());
