@@ -677,15 +677,16 @@ fn tfork_of_a_process_in_a_copy_of_the_host_mount_namespace() {
         .spawn()
         .expect("start counter");
     std::thread::spawn(move || child.wait());
-    struct Kill(PathBuf);
+    struct Kill(PathBuf, PathBuf);
     impl Drop for Kill {
         fn drop(&mut self) {
             for p in live_with_exe(&self.0) {
                 let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
             }
+            let _ = std::fs::remove_dir_all(&self.1);
         }
     }
-    let _k = Kill(bin.clone());
+    let _k = Kill(bin.clone(), dir.clone());
     let log = work.join("progress.log");
     wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
     let src = roots_with_exe(&bin)[0];
