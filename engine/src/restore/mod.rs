@@ -489,6 +489,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         // the memory it inherited copy-on-write and kept (cow.rs)
         let kept = cplan.cow.kept(i, notes.get(&tree.tasks[i].pid).map_or("", String::as_str));
         ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base + cplan.map_off[i], &map_files[i], &mut shm, close_first, &kept)?);
+        mems[i].filled();
     }
     for (stage, pid) in [("post-restore", Some(child)), ("network-unlock", None), ("pre-resume", None)] {
         crate::notify::script(stage, pid).map_err(RestoreError::Unsupported)?;

@@ -198,6 +198,21 @@ impl MappedFile {
         unsafe { libc::madvise(self.ptr, self.len, libc::MADV_RANDOM) };
     }
 
+    /// Drop this mapping's page-table entries (MADV_DONTNEED): the file's
+    /// pages stay in the page cache and the bytes stay readable (a later
+    /// read faults them in again), but unmapping it, or the engine's exit,
+    /// no longer has every one of them to tear down. Advice only.
+    pub fn drop_page_tables(&self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: advice on exactly our live mapping. It is a shared
+        // read-only mapping of a file: after MADV_DONTNEED a read gets the
+        // file's bytes again from the page cache, so the `&[u8]` views of
+        // `bytes` still read what they read before.
+        unsafe { libc::madvise(self.ptr, self.len, libc::MADV_DONTNEED) };
+    }
+
     /// Map the page-cache pages of `[off, off+len)` of the file into this
     /// mapping at once (madvise MADV_POPULATE_READ; 5.14+): one call
     /// instead of a fault per few pages when the range is read next. The
