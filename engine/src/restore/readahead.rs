@@ -132,7 +132,7 @@ impl Readahead {
         if files.is_empty() || std::env::var("CRIU_RS_READAHEAD").as_deref() == Ok("off") {
             return None;
         }
-        let depth = std::env::var("CRIU_RS_READAHEAD_DEPTH").ok().and_then(|v| v.parse::<u64>().ok()).map_or(DEPTH, |m| m << 20);
+        let depth = std::env::var("CRIU_RS_READAHEAD_DEPTH").ok().and_then(|v| v.parse::<u64>().ok()).map_or(DEPTH, |m| m.saturating_mul(1 << 20));
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
