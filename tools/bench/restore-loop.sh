@@ -10,14 +10,18 @@
 # cache (sync; echo 3 > /proc/sys/vm/drop_caches) before each restore,
 # `warm` reads the set's pages files first. A variant named `disk` times a
 # `cat` of the set's pages files instead (the disk's read of what a restore
-# must read, at that moment). The restored tree (pid 1 of its own pid
-# namespace) is killed before the next restore. Prints one line a round:
+# must read, at that moment). Each round starts one variant further along
+# the list (a variant's place in the round moves its time: after a drop,
+# the first restore following another image set's ran faster than the
+# next ones). The restored tree (pid 1 of its own pid namespace) is
+# killed before the next restore. Prints one line a round:
 # each variant's wall time, exit code and the number of processes it had.
 # Needs root.
 D=$1; R=$2; MODE=$3; shift 3
 for r in $(seq 1 "$R"); do
   line="round $r load $(cut -d' ' -f1 /proc/loadavg):"
-  for v in "$@"; do
+  all=("$@"); k=$(( (r - 1) % ${#all[@]} ))
+  for v in "${all[@]:k}" "${all[@]:0:k}"; do
     IFS=: read -r name bin set envv <<<"$v"
     img=$D/$set/img; pf=$img/restored-$name.pid; rm -f "$pf"
     if [ "$MODE" = cold ]; then sync; echo 3 > /proc/sys/vm/drop_caches; else cat "$img"/pages-*.img > /dev/null; fi
