@@ -702,7 +702,10 @@ fn restore_root(o: &Opts) -> Result<crate::sys::Pid, Failure> {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }
     // read (and checked: pstree first) before the per-thread CPU check reads the cores again
-    let (tree, pages) = images_io::read_images(&dir).here()?;
+    let (tree, mut pages) = images_io::read_images(&dir).here()?;
+    // read once: each process's mappings let go of their page tables once
+    // it is filled (not all torn down at the end, after the tree runs)
+    pages.iter_mut().for_each(crate::mem_source::PagesImage::release_when_filled);
     cpuinfo::check_threads(&dir, o.cpu_cap).here()?;
     let pidfile = o.pidfile.as_deref().map(|p| in_work_dir(o, Path::new(p)));
     let ropts = EngineOptions { pidfile, ..engine_options(o) };

@@ -1365,8 +1365,12 @@ fn prefetch(dir: &Path) {
     imgs.sort();
     let pages_total: u64 = imgs.iter().filter(|i| i.0).map(|i| i.1).sum();
     let direct = pages_total >= crate::sys::uffd::DIRECT_FILL_MIN as u64;
+    // a tree's pages files are read ahead once it is forked, in the order
+    // they are filled (restore/readahead.rs): asked for here, all at once
+    // and in name order, they held up what the forked children read
+    let tree = imgs.iter().filter(|i| i.2.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("mm-"))).count() > 1;
     for (pages, len, path) in imgs {
-        if pages && direct {
+        if pages && (direct || tree) {
             continue;
         }
         // non-blocking: a file swapped for a FIFO since the listing must

@@ -252,14 +252,25 @@ impl CowPlan {
 /// The pages files one process maps while it prepares, by index in
 /// [`CowPlan::files`] (`None`: not needed, or it would not map: the VMAs
 /// with pages in it are left to the ordinary path).
-struct Maps(Vec<Option<MappedFile>>);
+///
+/// Each file is read no further than the runs asked for (read-around
+/// off, each run asked for in one request before it is populated): every
+/// process of a tree reads a few runs of its pages file here, and a
+/// read-ahead window around each (8 MiB) had the forks read nearly the
+/// whole image set from a cold page cache before any process was filled
+/// (docs/PERFORMANCE.md, "Restore from a cold page cache").
+struct Maps(Vec<Option<(std::fs::File, MappedFile)>>);
 
 impl Maps {
     fn open(cp: &CowPlan, vmas: &[CowVma]) -> Maps {
-        let mut m: Vec<Option<MappedFile>> = (0..cp.files.len()).map(|_| None).collect();
+        let mut m: Vec<Option<(std::fs::File, MappedFile)>> = (0..cp.files.len()).map(|_| None).collect();
         for f in vmas.iter().flat_map(|v| v.pieces.iter().map(|pc| pc.file)) {
             if m[f].is_none() {
-                m[f] = images_proto::image::open_regular(&cp.files[f]).ok().and_then(|file| MappedFile::map(&file).ok());
+                m[f] = images_proto::image::open_regular(&cp.files[f]).ok().and_then(|file| {
+                    let map = MappedFile::map(&file).ok()?;
+                    map.no_read_around();
+                    Some((file, map))
+                });
             }
         }
         Maps(m)
@@ -274,7 +285,8 @@ impl Maps {
     fn src(&self, pc: &Piece) -> Result<&[u8], String> {
         let off = usize::try_from(pc.off).map_err(|_| format!("pages offset {:#x} out of range", pc.off))?;
         let len = usize::try_from(pc.len).map_err(|_| format!("pages length {:#x} out of range", pc.len))?;
-        let f = self.0.get(pc.file).and_then(Option::as_ref).ok_or_else(|| format!("no pages file for {:#x}", pc.vaddr))?;
+        let (file, f) = self.0.get(pc.file).and_then(Option::as_ref).ok_or_else(|| format!("no pages file for {:#x}", pc.vaddr))?;
+        let _ = crate::sys::mmap::advise_willneed_at(file, pc.off, pc.len);
         f.populate(off, len);
         f.bytes().get(off..off.saturating_add(len)).ok_or_else(|| format!("pages of {:#x}..{:#x} not in their pages file", pc.vaddr, pc.vaddr + pc.len))
     }

@@ -20,6 +20,7 @@ pub mod cow;
 pub mod creds;
 pub mod files;
 pub mod plan;
+mod readahead;
 pub mod space;
 pub mod thread;
 mod workers;
@@ -465,6 +466,10 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     crate::notify::script("setup-namespaces", Some(child)).map_err(RestoreError::Unsupported)?;
     let mut notes = std::collections::HashMap::new();
     let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard, &mut notes)?;
+    // the pages files read ahead of the fill, in the order the processes
+    // are filled; only now: the forked children's own reads (cow.rs) would
+    // wait behind it (the engine forks nothing more: a thread may run)
+    let _readahead = readahead::Readahead::start(readahead::files(tree, mems, &live));
     pr_debug!("{} processes prepared their fds and process state", hosts.len());
     crate::fault::point("after-reports");
     crate::notify::script("post-setup-namespaces", None).map_err(RestoreError::Unsupported)?;
@@ -508,6 +513,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         // the memory it inherited copy-on-write and kept (cow.rs)
         let kept = cplan.cow.kept(i, notes.get(&tree.tasks[i].pid).map_or("", String::as_str));
         ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base + cplan.map_off[i], &map_files[i], &mut shm, close_first, &kept)?);
+        mems[i].filled();
     }
     for (stage, pid) in [("post-restore", Some(child)), ("network-unlock", None), ("pre-resume", None)] {
         crate::notify::script(stage, pid).map_err(RestoreError::Unsupported)?;

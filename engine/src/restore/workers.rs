@@ -244,6 +244,7 @@ fn work<'e>(
             for j in item {
                 let task = &tree.tasks[j.idx];
                 ready.push(restore_process(task, j.pid, j.mem, j.svc_base, &j.map_files, &mut shm, j.close_first, &j.kept)?);
+                j.mem.filled();
                 idxs.push(j.idx);
                 // the second process of the tree restored (by whichever
                 // worker): the engine dies (or fails) while its threads

@@ -185,6 +185,34 @@ impl MappedFile {
         unsafe { libc::madvise(self.ptr, self.len, advice) };
     }
 
+    /// Read no more of the file than is touched (MADV_RANDOM): a fault on
+    /// a mapping otherwise reads a whole read-ahead window (8 MiB here)
+    /// around the page. For sparse reads of a large file, each range asked
+    /// for first ([`advise_willneed_at`]). Advice only.
+    pub fn no_read_around(&self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: advice on exactly our live mapping; it changes only how
+        // much the kernel reads ahead on a fault.
+        unsafe { libc::madvise(self.ptr, self.len, libc::MADV_RANDOM) };
+    }
+
+    /// Drop this mapping's page-table entries (MADV_DONTNEED): the file's
+    /// pages stay in the page cache and the bytes stay readable (a later
+    /// read faults them in again), but unmapping it, or the engine's exit,
+    /// no longer has every one of them to tear down. Advice only.
+    pub fn drop_page_tables(&self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: advice on exactly our live mapping. It is a shared
+        // read-only mapping of a file: after MADV_DONTNEED a read gets the
+        // file's bytes again from the page cache, so the `&[u8]` views of
+        // `bytes` still read what they read before.
+        unsafe { libc::madvise(self.ptr, self.len, libc::MADV_DONTNEED) };
+    }
+
     /// Map the page-cache pages of `[off, off+len)` of the file into this
     /// mapping at once (madvise MADV_POPULATE_READ; 5.14+): one call
     /// instead of a fault per few pages when the range is read next. The
@@ -259,6 +287,66 @@ pub fn advise_willneed(f: &File, len: u64) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
+}
+
+/// posix_fadvise(2) POSIX_FADV_WILLNEED over `len` bytes at `off`: the
+/// kernel allocates page cache for what is not cached and queues the
+/// reads, then returns. One call reads at most the read-ahead window, so
+/// the range is asked for 4 MiB at a time.
+pub fn advise_willneed_at(f: &File, off: u64, len: u64) -> io::Result<()> {
+    const STEP: u64 = 4 << 20;
+    let end = off.checked_add(len).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut at = off;
+    while at < end {
+        let n = STEP.min(end - at);
+        let o = i64::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: advice on an fd we own; no memory is passed.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), o, n as i64, libc::POSIX_FADV_WILLNEED) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+/// posix_fadvise(2) POSIX_FADV_DONTNEED over the whole of `f`: its clean
+/// pages leave the page cache (tests and measurements of cold restores).
+pub fn advise_dontneed(f: &File) -> io::Result<()> {
+    // SAFETY: advice on an fd we own; no memory is passed.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// How many of the pages of `f`'s first `len` bytes are in the page cache
+/// (mincore of a private read-only mapping of it; `len` rounded up to
+/// pages). Errors: the mapping or mincore failed.
+pub fn cached_pages(f: &File, len: u64) -> io::Result<usize> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: a new shared read-only mapping of an fd we own; nothing else
+    // refers to the address range, which is unmapped below.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let pages = len.div_ceil(4096);
+    let mut v = vec![0u8; pages];
+    // SAFETY: `p` maps `len` bytes; the kernel writes one byte per page of
+    // it into `v`, which has that many.
+    let rc = unsafe { libc::mincore(p, len, v.as_mut_ptr()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    if rc != 0 {
+        return Err(err);
+    }
+    Ok(v.iter().filter(|&&b| b & 1 != 0).count())
 }
 
 /// A page-aligned private anonymous buffer (O_DIRECT needs the alignment;

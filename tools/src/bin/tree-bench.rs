@@ -9,10 +9,18 @@
 //! processes' PSS, which counts a shared page once) before the dump and
 //! after the restore; the restored tree must go on ticking `ok`.
 //!
-//! `tree-bench [--criu PATH] [--base PATH] [--upstream PATH] [--cases N:CHILD:SHARED,...] [--runs N] [--dir DIR]`
+//! `tree-bench [--criu PATH] [--base PATH] [--upstream PATH] [--cases N:CHILD:SHARED,...] [--runs N] [--dir DIR] [--cold] [--rounds]`
 //! (default cases `20:17:0,100:1:0,10:1:64`). `--base`: a second build of
 //! ours (another branch's) run in turn with the two others in every run,
 //! its row marked `(base)`, its ratios against the same upstream runs.
+//!
+//! Ours and upstream alternate within each run. By default each restore
+//! follows its own dump at once (what a user on one host sees: whatever
+//! the engine's dump left in the page cache is there for its restore);
+//! `--cold` drops the page cache (`echo 3 > /proc/sys/vm/drop_caches`)
+//! before every restore (images that came from another host). `--rounds`
+//! prints each run's pair too, with the load average and how much of each
+//! engine's pages files the page cache held right after its dump (`fincore`).
 //!
 //! Needs root and gcc; the upstream binary defaults to
 //! ../shared/upstream-criu/criu-4.2 (its columns are NaN without it).
@@ -30,6 +38,8 @@ struct Opts {
     cases: Vec<(usize, usize, usize)>,
     runs: usize,
     dir: PathBuf,
+    cold: bool,
+    rounds: bool,
 }
 
 fn opts() -> Opts {
@@ -41,8 +51,10 @@ fn opts() -> Opts {
         cases: vec![(20, 17, 0), (100, 1, 0), (10, 1, 64)],
         runs: 3,
         dir: PathBuf::from("/tmp/tree-bench"),
+        cold: false,
+        rounds: false,
     };
-    each_option(&[], |name, value| {
+    each_option(&["--cold", "--rounds"], |name, value| {
         match name {
             "--criu" => o.criu = PathBuf::from(value),
             "--base" => o.base = Some(PathBuf::from(value)),
@@ -58,6 +70,8 @@ fn opts() -> Opts {
             }
             "--runs" => o.runs = value.parse().unwrap_or(3),
             "--dir" => o.dir = PathBuf::from(value),
+            "--cold" => o.cold = true,
+            "--rounds" => o.rounds = true,
             _ => return false,
         }
         true
@@ -94,10 +108,44 @@ struct Run {
     restore: f64,
     pss_before: f64,
     pss_after: f64,
+    /// Share of the pages files in the page cache right after the dump.
+    cached: f64,
+}
+
+/// Share (0..1) of the bytes of `dir`'s pages-*.img files in the page
+/// cache, by `fincore` (NaN without it).
+fn cached_share(dir: &Path) -> f64 {
+    let files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("pages-"))).collect())
+        .unwrap_or_default();
+    if files.is_empty() {
+        return f64::NAN;
+    }
+    let Ok(out) = Command::new("fincore").args(["-b", "-n", "-o", "RES,SIZE"]).args(&files).output() else { return f64::NAN };
+    let (mut res, mut size) = (0u64, 0u64);
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Vec<u64> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        if let [r, s] = v[..] {
+            res += r;
+            size += s;
+        }
+    }
+    if size == 0 { f64::NAN } else { res as f64 / size as f64 }
+}
+
+/// The 1-minute load average.
+fn load() -> f64 {
+    fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Write back dirty pages and drop the clean page cache (and slab caches).
+fn drop_caches() -> Result<(), String> {
+    Command::new("sync").status().map_err(|e| format!("sync: {e}"))?;
+    fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("drop_caches: {e}"))
 }
 
 /// Start the tree, dump it with `criu`, restore it; the times and memory.
-fn one(criu: &Path, prog: &Path, dir: &Path, (n, child, shared): (usize, usize, usize)) -> Result<Run, String> {
+fn one(criu: &Path, prog: &Path, dir: &Path, (n, child, shared): (usize, usize, usize), cold: bool) -> Result<Run, String> {
     let _ = fs::remove_dir_all(dir);
     let work = dir.join("work");
     let img = dir.join("img");
@@ -134,7 +182,11 @@ fn one(criu: &Path, prog: &Path, dir: &Path, (n, child, shared): (usize, usize, 
         kill(root);
     }
     let dump = dump?;
+    let cached = cached_share(&img);
     wait_for("the dumped tree's exit", Duration::from_secs(10), || !Path::new(&format!("/proc/{root}")).exists())?;
+    if cold {
+        drop_caches()?;
+    }
     let pidfile = img.join("restored.pid");
     let restore = run(&["restore", "-d", "--pidfile", pidfile.to_str().unwrap()], "restore.log")?;
     let new_root: i32 = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).ok_or("no pidfile")?;
@@ -148,7 +200,7 @@ fn one(criu: &Path, prog: &Path, dir: &Path, (n, child, shared): (usize, usize, 
     if alive != n + 1 {
         return Err(format!("{alive} processes after the restore, {} dumped", n + 1));
     }
-    Ok(Run { dump, restore, pss_before, pss_after })
+    Ok(Run { dump, restore, pss_before, pss_after, cached })
 }
 
 fn main() {
@@ -167,18 +219,20 @@ fn main() {
         let mut up: Vec<Run> = Vec::new();
         let mut note = String::new();
         for _ in 0..o.runs {
-            match one(&o.criu, &prog, &o.dir.join("ours"), case) {
+            let l0 = load();
+            let (n0, u0) = (ours.len(), up.len());
+            match one(&o.criu, &prog, &o.dir.join("ours"), case, o.cold) {
                 Ok(r) => ours.push(r),
                 Err(e) => note = format!("ours: {e}"),
             }
             if let Some(b) = &o.base {
-                match one(b, &prog, &o.dir.join("base"), case) {
+                match one(b, &prog, &o.dir.join("base"), case, o.cold) {
                     Ok(r) => base.push(r),
                     Err(e) => note = format!("base: {e}"),
                 }
             }
             if have_up {
-                match one(&o.upstream, &prog, &o.dir.join("upstream"), case) {
+                match one(&o.upstream, &prog, &o.dir.join("upstream"), case, o.cold) {
                     Ok(r) => up.push(r),
                     Err(e) => note = format!("upstream: {e}"),
                 }
@@ -186,6 +240,24 @@ fn main() {
             // (each run's dump times on stderr: ratios within one run)
             let last = |v: &[Run]| v.last().map_or(f64::NAN, |r| r.dump);
             eprintln!("{case:?} run dump s: ours {:.3} base {:.3} upstream {:.3}", last(&ours), last(&base), last(&up));
+            if o.rounds && ours.len() > n0 && up.len() > u0 {
+                if let (Some(a), Some(b)) = (ours.last(), up.last()) {
+                    let (n, c, s) = case;
+                    eprintln!(
+                        "round {n} x {c} + {s}{}: load {l0:.1}-{:.1}; dump ours {:.3} up {:.3} ({:.2}); restore ours {:.3} up {:.3} ({:.2}); pages cached after dump: ours {:.0}%, up {:.0}%",
+                        if o.cold { " cold" } else { "" },
+                        load(),
+                        a.dump,
+                        b.dump,
+                        a.dump / b.dump,
+                        a.restore,
+                        b.restore,
+                        a.restore / b.restore,
+                        a.cached * 100.0,
+                        b.cached * 100.0
+                    );
+                }
+            }
         }
         let m = |v: &[Run], f: fn(&Run) -> f64| {
             let mut x: Vec<f64> = v.iter().map(f).collect();
