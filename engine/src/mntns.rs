@@ -488,9 +488,11 @@ pub fn collect(pid: i32, ext: &[(String, String)], from_source: bool) -> Result<
             m.ext_key = Some(m.mountpoint.clone());
         }
     }
+    // (runc names every device and cgroup mount it may have made: one that
+    // is not a mount here is unused, as upstream leaves it)
     for (mp, key) in ext {
         if !mounts.iter().any(|m| &m.mountpoint == mp) {
-            return Err(format!("--external mnt[{mp}]:{key}: no mount of its mount namespace is at {mp}"));
+            crate::pr_info!("--external mnt[{mp}]:{key}: no mount of the tree's mount namespace is at {mp}: unused");
         }
     }
     let (how, _) = classify(&mounts)?;
@@ -838,8 +840,10 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
                 mount(Some(&proc_fd(&fd)), &target, None, libc::MS_BIND, None).map_err(|e| format!("{name}: bind of {src}: {e}"))?;
             }
         }
-        // the mount's own root, as mounted now
-        let top = at_root(&m.mountpoint, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).ok();
+        // the mount's own root, as mounted now (a file for a file's bind:
+        // runc's masks of /proc/keys, ...; the fd opened before the mount
+        // names the file below it, which a remount refuses)
+        let top = at_root(&m.mountpoint, libc::O_PATH | libc::O_CLOEXEC).ok();
         if let Some(t) = &top {
             devs[i] = crate::sys::process::fstat_dev_ino(t.as_raw_fd()).ok().map(|(d, _)| d);
         }

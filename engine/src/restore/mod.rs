@@ -591,7 +591,11 @@ fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid
             let mut it = line.splitn(4, ' ');
             let (ns, host, word, rest) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
             let (ns, host): (i32, Pid) = (ns.parse().unwrap_or(0), host.parse().unwrap_or(0));
-            if host > 0 && ns != tree.root().pid {
+            // (a tree with a mount namespace of its own: the pid a process
+            // forked after the root's pivot_root read from its /proc is one
+            // of the namespace's proc, resolved below; the root's kill ends
+            // its pid namespace meanwhile)
+            if host > 0 && ns != tree.root().pid && tree.mnt.is_none() {
                 guard.pids.push(host);
             }
             if word != "ok" {
@@ -610,11 +614,40 @@ fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid
     if left == 0 || !p::poll_readable(rdf.as_fd(), left.min(i32::MAX as u64) as i32).map_err(ioe(root, "waiting for the restore children"))? {
         return Err(RestoreError::Child { pid: root, msg: format!("the restore children reported but did not close their report pipe within {} s", timeout_ms / 1000) });
     }
+    if tree.mnt.is_some() {
+        let found = host_pids_below(root);
+        for (ns, h) in hosts.iter_mut().filter(|(ns, _)| **ns != tree.root().pid) {
+            if let Some(&host) = found.get(ns) {
+                *h = host;
+                guard.pids.push(host);
+            }
+        }
+    }
     let mut chunk = [0u8; 256];
     match rdf.read(&mut chunk).map_err(ioe(root, "reading the restore children's reports"))? {
         0 => Ok(hosts),
         n => Err(RestoreError::Child { pid: root, msg: format!("unexpected report after all reported: {:?}", String::from_utf8_lossy(&chunk[..n])) }),
     }
+}
+
+/// The processes below `root` (itself included) by their pid in their
+/// own pid namespace (NSpid's last field), read from the engine's /proc.
+fn host_pids_below(root: Pid) -> std::collections::HashMap<i32, Pid> {
+    let mut out = std::collections::HashMap::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else { continue };
+        if let Some(ns) = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse::<i32>().ok()) {
+            if out.insert(ns, p).is_some() {
+                continue;
+            }
+        }
+        for t in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            stack.extend(kids.split_whitespace().filter_map(|k| k.parse::<Pid>().ok()));
+        }
+    }
+    out
 }
 
 /// Seize process `pid` (waiting to be seized, its fds and process state
