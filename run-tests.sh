@@ -41,6 +41,9 @@ command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 # a node program tforked (tests/tfork_runtimes.rs)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 { command -v javac && command -v java; } >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
+# a runc container (busybox) checkpointed and restored with our criu (tests/runc.rs)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+[ -x /usr/bin/busybox ] || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -1,0 +1,123 @@
+//! A container runtime pointed at our binary, unchanged: `runc --criu
+//! target/release/criu checkpoint` and `restore` of a busybox container
+//! (its own pid, mount, uts, ipc and network namespaces, pivot_root'ed,
+//! masked paths, runc's cgroups; a shell loop forking a `sleep` a tick),
+//! through the swrk RPC as runc speaks it: the container runs on after
+//! the restore, in its cgroups, twice (the second checkpoint with
+//! --leave-running).
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn why_not() -> Option<String> {
+    why_not_root().or_else(|| why_not_tools(&["runc", "busybox"]))
+}
+
+/// A bundle: rootfs with busybox, `runc spec` made non-terminal, the
+/// process a loop appending `tick N ok` to /tmp/progress.log.
+fn bundle(dir: &Path) -> PathBuf {
+    let b = dir.join("bundle");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(b.join("rootfs").join(d)).unwrap();
+    }
+    let bb = std::fs::read_link("/usr/bin/busybox").map(|p| if p.is_absolute() { p } else { PathBuf::from("/usr/bin").join(p) }).unwrap_or_else(|_| PathBuf::from("/usr/bin/busybox"));
+    std::fs::copy(bb, b.join("rootfs/bin/busybox")).unwrap();
+    for c in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(c)).unwrap();
+    }
+    assert!(Command::new("runc").arg("spec").current_dir(&b).status().unwrap().success(), "runc spec");
+    let cfg = b.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let loop_ = r#"i=0; while true; do i=$((i+1)); echo \"tick $i ok\" >> /tmp/progress.log; sleep 0.1; done"#;
+    let text = text
+        .replace("\"terminal\": true", "\"terminal\": false")
+        .replace("\"readonly\": true", "\"readonly\": false")
+        .replace("\"sh\"\n\t\t]", &format!("\"sh\", \"-c\", \"{loop_}\"\n\t\t]"));
+    assert!(text.contains("tick $i ok"), "config.json's args not replaced:\n{text}");
+    std::fs::write(&cfg, text).unwrap();
+    b
+}
+
+/// Run runc; its stderr through a file (a container started by `run -d`
+/// keeps runc's stdio: a pipe would never end).
+fn runc(bundle: &Path, args: &[&str]) -> (bool, String) {
+    let err = bundle.with_file_name("runc.err");
+    let f = std::fs::File::create(&err).unwrap();
+    let st = Command::new("runc").args(args).current_dir(bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(f).status().unwrap();
+    (st.success(), std::fs::read_to_string(&err).unwrap_or_default())
+}
+
+fn last(bundle: &Path) -> u64 {
+    last_tick(&bundle.join("rootfs/tmp/progress.log"))
+}
+
+fn ticks_on(bundle: &Path, n: u64, what: &str) {
+    let t = last(bundle);
+    wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || last(bundle) >= t + n);
+}
+
+fn pid_of(bundle: &Path, id: &str) -> i32 {
+    let out = Command::new("runc").args(["state", id]).current_dir(bundle).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    s.split("\"pid\":").nth(1).and_then(|r| r.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or_else(|| panic!("no pid in runc state {id}: {s}"))
+}
+
+struct Container<'a> {
+    bundle: &'a Path,
+    id: String,
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("runc").args(["delete", "-f", &self.id]).current_dir(self.bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn runc_checkpoint_and_restore_with_our_criu() {
+    require!(why_not());
+    let tmp = test_dir("runc");
+    let criu = private_criu(&tmp);
+    let criu = criu.to_str().unwrap().to_string();
+    let b = bundle(&tmp);
+    let id = format!("criu-rs-test-{}", std::process::id());
+    let c = Container { bundle: &b, id: id.clone() };
+    // (the container's stdio are runc's: /dev/null, which a restore opens
+    // again by path)
+    let st = Command::new("runc").args(["run", "-d", &id]).current_dir(&b).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(st.success(), "runc run -d failed");
+    ticks_on(&b, 3, "after runc run");
+    for round in 0..2 {
+        let img = tmp.join(format!("ck{round}"));
+        let img_s = img.to_str().unwrap();
+        let mut args = vec!["--criu", &criu, "checkpoint", "--image-path", img_s];
+        if round == 1 {
+            args.push("--leave-running");
+        }
+        args.push(&id);
+        let (ok, err) = runc(&b, &args);
+        let log = std::fs::read_to_string(img.join("dump.log")).unwrap_or_default();
+        assert!(ok, "round {round}: runc checkpoint: {err}\n{log}");
+        assert!(img.join("inventory.img").exists() && img.join("cgroup.img").exists(), "round {round}: no image set with the container's cgroups");
+        if round == 1 {
+            // left running: it ticks on, then is removed for the restore
+            ticks_on(&b, 2, "after checkpoint --leave-running");
+            let _ = runc(&b, &["delete", "-f", &id]);
+        }
+        let (ok, err) = runc(&b, &["--criu", &criu, "restore", "-d", "--image-path", img_s, &id]);
+        let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+        assert!(ok, "round {round}: runc restore: {err}\n{log}");
+        ticks_on(&b, 5, &format!("after round {round}'s restore"));
+        let pid = pid_of(&b, &id);
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(cg.lines().any(|l| l.ends_with(&format!(":/{id}"))), "round {round}: the restored container is not in its cgroups:\n{cg}");
+        let text = std::fs::read_to_string(b.join("rootfs/tmp/progress.log")).unwrap();
+        assert!(!text.contains("FAIL"), "{text}");
+    }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
