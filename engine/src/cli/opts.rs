@@ -201,7 +201,7 @@ pub const ACCEPTED: &[(&str, &str)] = &[
     ("--network-lock iptables|nftables|skip", "only with --tcp-established: iptables is the lock it uses (upstream's default), skip leaves the connections unlocked, nftables is refused"),
     ("--skip-in-flight", "about connections not yet accepted; a listener with such connections is refused"),
     ("--weak-sysctls", "lets upstream skip a namespace sysctl it can't write; here such a write still fails the restore, naming it"),
-    ("--mntns-compat-mode", "about restoring mount namespaces, which is not done here"),
+    ("--mntns-compat-mode", "chooses between upstream's two ways of restoring mount namespaces; there is one here"),
     ("--force-irmap, --irmap-scan-path DIR", "find the paths of inotify watches by scanning; here a watch is named by its file handle, its path looked up from it"),
     ("--deprecated", "allows deprecated upstream features; none exists here"),
     ("--no-NAME of upstream's boolean options", "asks for the default"),
