@@ -314,8 +314,19 @@ pub fn collect(procs: &[Pid]) -> Result<(Option<Cgroups>, Vec<u32>), (Pid, Strin
     // one controller entry per hierarchy, a dir per path used
     let first = procs.first().copied().unwrap_or(0);
     for (name, _) in &own {
-        let mount = mount_of(&h, name).map_err(|e| (first, e))?;
         let cnames: Vec<String> = if name.is_empty() { vec![String::new()] } else { name.split(',').map(str::to_string).collect() };
+        // (a hierarchy criu's namespace does not mount is needed only
+        // where a process is in another of its cgroups than criu)
+        let mine = own.iter().find(|(n, _)| n == name).map(|(_, p)| p);
+        let needed = cg.sets.iter().any(|s| s.ctls.iter().any(|(n, p)| n == name && Some(p) != mine));
+        let mount = match mount_of(&h, name) {
+            Ok(m) => m,
+            Err(_) if !needed => {
+                cg.controllers.push(Controller { cnames, dirs: Vec::new() });
+                continue;
+            }
+            Err(e) => return Err((first, e)),
+        };
         let mut dirs: Vec<CgDir> = Vec::new();
         for s in &cg.sets {
             let Some((_, path)) = s.ctls.iter().find(|(n, _)| n == name) else { continue };
