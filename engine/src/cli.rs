@@ -328,6 +328,8 @@ fn engine_options(o: &Opts) -> EngineOptions {
         manage_cgroups: o.manage_cgroups,
         cgroup_root: o.cgroup_root.clone(),
         ext_mnt: o.ext_mnt.clone(),
+        inherit_fds: o.inherit_fd.clone(),
+        ext_net: o.ext_net.clone(),
     }
 }
 
@@ -336,6 +338,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
 fn network_lock(o: &Opts) -> Result<(), Failure> {
     // (and `--empty-ns net`, which dump and restore take as well)
     crate::netns::set_empty(o.empty_net);
+    crate::netns::set_external(o.ext_net.clone());
     match o.network_lock.as_deref() {
         Some("nftables") if o.tcp_established => Err(Failure::new("--network-lock nftables is not supported yet (the iptables lock, the default, is)")),
         v => {

@@ -27,4 +27,5 @@ pub mod sys;
 pub mod tfork;
 pub mod utsipc;
 pub mod netns;
+pub mod inherit;
 pub mod validate;

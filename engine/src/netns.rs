@@ -162,6 +162,10 @@ pub struct NetNs {
     /// `--empty-ns net`: nothing of it is dumped or restored; restore
     /// makes a new, empty one (the runtime sets it up).
     pub empty: bool,
+    /// `--external net[INO]:KEY` at dump: the namespace is the runtime's,
+    /// not dumped (netns-ID.img holds only this key, as upstream writes
+    /// it); restore joins the one given with `--inherit-fd fd[N]:KEY`.
+    pub ext_key: Option<String>,
     pub links: Vec<Link>,
     pub def4: Vec<Ctl>,
     pub all4: Vec<Ctl>,
@@ -205,9 +209,28 @@ pub fn set_empty(on: bool) {
     EMPTY.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The tree's namespace as the dump takes it: empty with `--empty-ns
-/// net`, else read from inside ([`collect`]).
+/// `--external net[INO]:KEY` (dump): the tree's namespace of inode INO
+/// is the runtime's, recorded by its key only.
+static EXTERNAL: Mutex<Option<(u64, String)>> = Mutex::new(None);
+
+/// Set from `--external net[INO]:KEY` / `criu_opts.external` before a dump.
+pub fn set_external(ext: Option<(u64, String)>) {
+    *EXTERNAL.lock().unwrap_or_else(|p| p.into_inner()) = ext;
+}
+
+/// The tree's namespace as the dump takes it: its key when external
+/// (`--external net[INO]:KEY`, even with `--empty-ns net`, as upstream),
+/// empty with `--empty-ns net`, else read from inside ([`collect`]).
 pub fn collect_or_empty(pid: Pid) -> Result<NetNs, String> {
+    if let Some((ino, key)) = EXTERNAL.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        use std::os::unix::fs::MetadataExt;
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net")).map_err(|e| format!("its network namespace: {e}"))?.ino();
+        if theirs != ino {
+            return Err(format!("--external net[{ino}]:{key} names no network namespace of the tree (its root's is net:[{theirs}])"));
+        }
+        crate::pr_info!("the network namespace net:[{ino}] of {pid} is external ({key}): not dumped");
+        return Ok(NetNs { ext_key: Some(key), ..Default::default() });
+    }
     if EMPTY.load(std::sync::atomic::Ordering::Relaxed) {
         crate::pr_info!("--empty-ns net: the network namespace of {pid} is not dumped");
         return Ok(NetNs { empty: true, ..Default::default() });
@@ -425,6 +448,12 @@ const ND_LOOPBACK: i32 = 1;
 /// Write the images of the root's own network namespace (`id`: its net
 /// namespace id), as upstream 4.2 does.
 pub fn write_images(dir: &Path, n: &NetNs, id: u32) -> Result<(), ImagesError> {
+    if let Some(key) = &n.ext_key {
+        // as upstream: netns-ID.img with the key alone
+        let e = pb::NetnsEntry { ext_key: Some(key.clone()), ..Default::default() };
+        write_all(dir, &mg::NETNS.file_name(id), &mg::NETNS, &[e])?;
+        return Ok(());
+    }
     if n.empty {
         return Ok(());
     }
@@ -500,6 +529,22 @@ pub fn read_images(dir: &Path, ids: &KobjIds, root_ids: &KobjIds) -> Result<Opti
     let (id, root) = (ids.net_ns, root_ids.net_ns);
     if id == 0 || root == 0 || id == root {
         return Ok(None);
+    }
+    // an external one (netns-ID.img with ext_key only): joined at restore
+    // through --inherit-fd fd[N]:KEY (crate::inherit)
+    let nname = mg::NETNS.file_name(id);
+    if dir.join(&nname).exists() {
+        let v: Vec<pb::NetnsEntry> = read_all(dir, &nname, &mg::NETNS)?;
+        if let Some(key) = v.first().and_then(|e| e.ext_key.clone()) {
+            if v.len() > 1 {
+                return Err(bad(&nname, None, "entries", format!("{} entries, want 1", v.len())));
+            }
+            match crate::inherit::classify(&key) {
+                Ok(crate::inherit::Key::Name(_)) => return Ok(Some(NetNs { ext_key: Some(key), ..Default::default() })),
+                Ok(_) => return Err(bad(&nname, Some(0), "ext_key", format!("{key:?} is a pipe's key, not a namespace's name"))),
+                Err(e) => return Err(bad(&nname, Some(0), "ext_key", e)),
+            }
+        }
     }
     if EMPTY.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(Some(NetNs { empty: true, ..Default::default() }));

@@ -57,6 +57,12 @@ pub struct Options {
     /// `--external mnt[A]:B` / `--ext-mount-map A:B` / RPC `ext_mnt`: at
     /// dump (mount point, key), at restore (key, path).
     pub ext_mnt: Vec<(String, String)>,
+    /// `--inherit-fd fd[N]:KEY` / RPC `inherit_fd` (restore): criu's fd N
+    /// stands for the resource KEY (crate::inherit).
+    pub inherit_fds: Vec<(i32, String)>,
+    /// `--external net[INO]:KEY` / RPC `external` (dump): the tree's
+    /// network namespace INO is external, named KEY (crate::netns).
+    pub ext_net: Option<(u64, String)>,
 }
 
 impl Default for Options {
@@ -78,6 +84,8 @@ impl Default for Options {
             manage_cgroups: crate::cgroups::Mode::Soft,
             cgroup_root: Vec::new(),
             ext_mnt: Vec::new(),
+            inherit_fds: Vec::new(),
+            ext_net: None,
         }
     }
 }

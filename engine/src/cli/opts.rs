@@ -80,6 +80,8 @@ enum Act {
     /// point A, key B; restore: key A, path B); other `--external`
     /// kinds refused by name.
     ExtMount,
+    /// `--inherit-fd fd[N]:KEY` (crate::inherit).
+    InheritFd,
     /// Upstream's option, not implemented: refused by name.
     Refused,
 }
@@ -163,7 +165,7 @@ const SPECS: &[Spec] = &[
     o("exec-cmd", None, No, Refused, false),
     o("manage-cgroups", None, Opt, ManageCgroups, false),
     o("cgroup-root", None, Req, CgroupRoot, false),
-    o("inherit-fd", None, Req, Refused, false),
+    o("inherit-fd", None, Req, InheritFd, false),
     o("skip-mnt", None, Req, Refused, false),
     o("enable-fs", None, Req, Refused, false),
     o("enable-external-sharing", None, No, Refused, false),
@@ -268,6 +270,10 @@ pub struct Opts {
     pub root_snapshot: Option<String>,
     /// `--external mnt[A]:B`, `--ext-mount-map A:B`: (A, B) pairs.
     pub ext_mnt: Vec<(String, String)>,
+    /// `--inherit-fd fd[N]:KEY`, each time given: (N, KEY).
+    pub inherit_fd: Vec<(i32, String)>,
+    /// `--external net[INO]:KEY` (dump): (INO, KEY).
+    pub ext_net: Option<(u64, String)>,
     /// Config files read (for the log).
     pub configs_read: Vec<String>,
     /// Config files that were not there.
@@ -419,16 +425,30 @@ impl Opts {
                         return Err(Problem::new(format!("{shown} auto (external mounts found by criu) is not supported yet")));
                     }
                     val.split_once(':').map(|(a, b)| (a.to_string(), b.to_string()))
+                } else if let Some(rest) = val.strip_prefix("net[") {
+                    // an external network namespace: net[INODE]:KEY
+                    let ext = rest.split_once("]:").and_then(|(ino, key)| Some((ino.parse::<u64>().ok().filter(|&i| i > 0)?, key)));
+                    match ext {
+                        Some((ino, key)) if crate::inherit::classify(key).is_ok_and(|k| matches!(k, crate::inherit::Key::Name(_))) => {
+                            self.ext_net = Some((ino, key.to_string()));
+                            return Ok(());
+                        }
+                        _ => return Err(Problem::new(format!("{shown} {val}: want net[INODE]:KEY (the namespace's inode number, a name without / for --inherit-fd)"))),
+                    }
                 } else if let Some(rest) = val.strip_prefix("mnt[") {
                     rest.split_once("]:").map(|(a, b)| (a.to_string(), b.to_string()))
                 } else {
                     let kind = val.split('[').next().unwrap_or_default();
-                    return Err(Problem::new(format!("{shown} {val}: external {kind} objects are not supported yet (only mnt[A]:B)")));
+                    return Err(Problem::new(format!("{shown} {val}: external {kind} objects are not supported yet (only mnt[A]:B and net[INODE]:KEY)")));
                 };
                 match pair {
                     Some((a, b)) if !a.is_empty() && !b.is_empty() => self.ext_mnt.push((a, b)),
                     _ => return Err(Problem::new(format!("{shown} {val}: want mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore (mnt[] and keyless forms are not supported yet)"))),
                 }
+            }
+            InheritFd => {
+                let (n, key) = crate::inherit::parse_arg(&v()).map_err(Problem::new)?;
+                self.inherit_fd.push((n, key));
             }
             PreDumpMode => {
                 if !matches!(val.as_deref(), Some("splice" | "read")) {

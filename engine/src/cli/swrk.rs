@@ -168,9 +168,8 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(t(c.ext_sharing) || t(c.ext_masters), "ext_sharing/ext_masters", "shared and slave mounts are not supported yet");
     no(!c.skip_mnt.is_empty(), "skip_mnt", "skipping mounts is not supported yet");
     no(!c.enable_fs.is_empty(), "enable_fs", "file systems criu-rs does not mount anew are external mounts (ext_mnt)");
-    no(!c.inherit_fd.is_empty(), "inherit_fd", "resources inherited from the client are not supported");
+    no(!c.inherit_fd.is_empty() && kind != T::Restore, "inherit_fd", "only a RESTORE takes it");
     no(!c.unix_sk_ino.is_empty(), "unix_sk_ino", "external unix sockets by inode are not supported (ext_unix_sk is)");
-    no(!c.external.is_empty(), "external", "external resources are not supported");
     no(!c.join_ns.is_empty(), "join_ns", "joining namespaces is not supported");
     no(c.cgroup_props.is_some(), "cgroup_props", "only the default cgroup properties are dumped and restored");
     no(c.cgroup_props_file.is_some(), "cgroup_props_file", "only the default cgroup properties are dumped and restored");
@@ -195,6 +194,12 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     if let Some(f) = &c.config_file {
         let f = path_field("config_file", f)?;
         no(std::path::Path::new(&f).exists(), "config_file", &format!("{f}: reading a config file over RPC is not supported"));
+    }
+    // (net[INODE]:KEY on a DUMP is taken below; anything else named)
+    for (k, e) in c.external.iter().enumerate() {
+        if !(kind == T::Dump && e.starts_with("net[")) {
+            refused.push(format!("criu_opts.external[{k}]: {e:?}: external resources other than a network namespace (net[INODE]:KEY, on DUMP) are not supported"));
+        }
     }
     if c.tfork.is_some() && kind != T::Tfork {
         refused.push(format!("criu_opts.tfork: only a TFORK request takes it, not {}", kind.as_str_name()));
@@ -266,6 +271,29 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
             return Err(bad(format!("criu_opts.ext_mnt[{k}]: key and val must be 1..={MAX_PATH} bytes")));
         }
         o.ext_mnt.push((e.key.clone(), e.val.clone()));
+    }
+    // inherit_fd: criu's own fds (the service inherited them from the
+    // client), checked open when the restore starts
+    if c.inherit_fd.len() > crate::inherit::MAX_INHERIT {
+        return Err(bad(format!("criu_opts.inherit_fd: {} entries (at most {})", c.inherit_fd.len(), crate::inherit::MAX_INHERIT)));
+    }
+    for (k, e) in c.inherit_fd.iter().enumerate() {
+        if e.fd < 0 {
+            return Err(bad(format!("criu_opts.inherit_fd[{k}].fd: bad fd number {}", e.fd)));
+        }
+        crate::inherit::classify(&e.key).map_err(|m| {
+            let r = format!("criu_opts.inherit_fd[{k}].key: {m}");
+            // (a kind not carried is a refusal, a malformed key bad input)
+            if m.contains("not supported") { unsupported(r) } else { bad(r) }
+        })?;
+        o.inherit_fd.push((e.fd, e.key.clone()));
+    }
+    for (k, e) in c.external.iter().enumerate() {
+        let mut probe = Opts::new();
+        if let Some(p) = probe.parse(&["--external".to_string(), e.clone()], false).into_iter().next() {
+            return Err(bad(format!("criu_opts.external[{k}]: {}", p.msg)));
+        }
+        o.ext_net = probe.ext_net;
     }
     if let Some(r) = &c.root {
         let r = path_field("root", r)?;
@@ -594,9 +622,28 @@ mod tests {
     #[test]
     fn refusals_name_every_field() {
         let c = CriuOpts { images_dir_fd: 5, track_mem: Some(true), parent_img: Some("x".into()), inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
-        let e = map(CriuReqType::Restore, &c).err().unwrap();
+        let e = map(CriuReqType::Dump, &c).err().unwrap();
         for f in ["criu_opts.track_mem", "criu_opts.parent_img", "criu_opts.inherit_fd"] {
             assert!(e.contains(f), "{f} in {e}");
+        }
+    }
+
+    #[test]
+    fn inherit_fd_and_external_net() {
+        use images_proto::rpc::InheritFd;
+        let fd = |key: &str, fd: i32| InheritFd { key: key.into(), fd };
+        let c = CriuOpts { images_dir_fd: 5, inherit_fd: vec![fd("pipe:[374532]", 1), fd("pipe:[374533]", 2), fd("extRootNetNS", 6)], ..CriuOpts::default() };
+        let m = map(CriuReqType::Restore, &c).unwrap();
+        assert_eq!(m.opts.inherit_fd, [(1, "pipe:[374532]".to_string()), (2, "pipe:[374533]".to_string()), (6, "extRootNetNS".to_string())]);
+        for (bad, field) in [(fd("pipe:[x]", 1), "inherit_fd[0].key"), (fd("", 1), "inherit_fd[0].key"), (fd("socket:[5]", 1), "inherit_fd[0].key"), (fd("pipe:[1]", -3), "inherit_fd[0].fd")] {
+            let e = map(CriuReqType::Restore, &CriuOpts { images_dir_fd: 5, inherit_fd: vec![bad], ..CriuOpts::default() }).err().unwrap();
+            assert!(e.contains(&format!("criu_opts.{field}")), "{e}");
+        }
+        let d = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, external: vec!["net[4026532469]:extRootNetNS".into()], ..CriuOpts::default() }).unwrap();
+        assert_eq!(d.opts.ext_net, Some((4026532469, "extRootNetNS".to_string())));
+        for e in ["net[x]:k", "net[5]:", "mnt[a]:b", "unix[5]"] {
+            let r = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, external: vec![e.into()], ..CriuOpts::default() }).err().unwrap();
+            assert!(r.contains("criu_opts.external[0]"), "{r}");
         }
     }
 

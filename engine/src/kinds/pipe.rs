@@ -186,6 +186,9 @@ impl FileKind for Pipe {
 
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
         let id = self.pipe_id;
+        if let Some(from) = cx.plan.inherited(&crate::inherit::pipe_key(id)) {
+            return inherited(from, id, self.flags);
+        }
         let (ends, used) = match cx.scratch.get::<Made>().0.get(&id) {
             Some(&e) => e,
             None => {
@@ -221,4 +224,24 @@ impl FileKind for Pipe {
         p::fcntl_int(f.as_raw_fd(), libc::F_SETFL, (self.flags as i32 & PIPE_SETFL) as u64).map_err(|e| format!("F_SETFL: {e}"))?;
         Ok(f)
     }
+}
+
+/// `--inherit-fd fd[N]:pipe:[ID]`: one open file description of the
+/// dumped pipe `id` as a new open of the inherited pipe (on fd `from`),
+/// with the dumped end's flags (its direction and status flags its own,
+/// not the caller's), as upstream reopens it. Non-blocking for the open
+/// (a write end with no reader would wait forever: ENXIO, named), then
+/// the flags exactly. The dump's bytes of the pipe are not written.
+fn inherited(from: i32, id: u32, flags: u32) -> Result<OwnedFd, String> {
+    let path = format!("/proc/self/fd/{from}");
+    let f = crate::restore::files::open_own(&path, (flags as i32 & !PIPE_SETFL) | libc::O_NONBLOCK).map_err(|e| {
+        if e.contains("No such device or address") {
+            format!("pipe {id:#x} (inherited, fd {from}): the inherited pipe has no reader for this write end: {e}")
+        } else {
+            format!("pipe {id:#x} (inherited, fd {from}): {e}")
+        }
+    })?;
+    p::fcntl_int(f.as_raw_fd(), libc::F_SETFL, (flags as i32 & PIPE_SETFL) as u64).map_err(|e| format!("F_SETFL: {e}"))?;
+    pr_debug!("pipe {id:#x}: reopened from the inherited fd {from}");
+    Ok(f)
 }

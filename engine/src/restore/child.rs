@@ -100,6 +100,9 @@ pub struct ChildPlan {
     pub parked: Vec<Vec<(u64, u64, u64)>>,
     /// `--external mnt[KEY]:PATH` of the restore (crate::mntns).
     pub ext_mnt: Vec<(String, String)>,
+    /// `--inherit-fd` (crate::inherit): (key, the fd every process holds
+    /// it on until its own fd table is built; above [`ChildPlan::above_all`]).
+    pub inherit: Vec<(String, i32)>,
 }
 
 /// Per task: the offset of its mapped files' service fds (see
@@ -139,6 +142,11 @@ impl ChildPlan {
     /// builds its fd table goes at or above it.
     pub fn above_all(&self) -> i32 {
         self.sync_base + 4 * self.plan.share_groups.len() as i32
+    }
+
+    /// The fd holding the inherited file of `key` (`--inherit-fd`).
+    pub fn inherited(&self, key: &str) -> Option<i32> {
+        self.inherit.iter().find(|(k, _)| k == key).map(|&(_, fd)| fd)
     }
 
     fn shared_range(&self) -> std::ops::Range<i32> {
@@ -184,7 +192,11 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         crate::utsipc::enter(tree)?;
         // and its own network namespace, before any socket is made
         if let Some(n) = &tree.net {
-            crate::netns::enter(n)?;
+            match &n.ext_key {
+                // an external one (--inherit-fd fd[N]:KEY): joined
+                Some(k) => crate::inherit::join_netns(plan.inherited(k).ok_or_else(|| format!("no inherited fd for the external network namespace {k}"))?, k)?,
+                None => crate::netns::enter(n)?,
+            }
         }
         if let Some(tn) = &plan.timens {
             enter_timens(tn)?;
@@ -349,6 +361,10 @@ fn run(plan: &ChildPlan, tree: &Tree, n: usize, i: usize, terminal: Option<i32>)
     }
     if !share.files {
         for fd in plan.shared_range() {
+            p::close(fd);
+        }
+        // (--inherit-fd: this table is built, its children have forked)
+        for &(_, fd) in &plan.inherit {
             p::close(fd);
         }
     }
@@ -519,6 +535,7 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
         keep.extend(terminal);
         keep.extend(plan.root.as_ref().map(|r| r.fd.as_raw_fd()));
         keep.extend(plan.shared_range());
+        keep.extend(plan.inherit.iter().map(|&(_, fd)| fd));
         if n != 0 {
             keep.extend(files::shared_memfd_slots(plan));
         }

@@ -315,6 +315,9 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         return Err(RestoreError::Unsupported("the engine must be single-threaded to fork restore children".into()));
     }
     check_namespaces(tree)?;
+    // --inherit-fd: criu's fds open, and what the image makes of them
+    crate::inherit::check_open(&opts.inherit_fds).map_err(RestoreError::Unsupported)?;
+    let inherit_fds = crate::inherit::check_tree(tree, &opts.inherit_fds).map_err(RestoreError::Unsupported)?;
     crate::mntns::check_restore(tree, opts.root.as_deref(), &opts.ext_mnt).map_err(RestoreError::Unsupported)?;
     let plan = plan::make(tree)?;
     let live: Vec<usize> = (0..tree.tasks.len()).filter(|&i| tree.tasks[i].zombie_exit.is_none()).collect();
@@ -379,6 +382,8 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     let map_off = child::map_offsets(&plan, &map_files);
     let max_map = map_files.iter().zip(&map_off).map(|(m, o)| m.len() as i32 + o).max().unwrap_or(0);
     let sync_base = svc_base + 3 + max_map;
+    // the inherited fds, above every fd the children place by number
+    let inherit = crate::inherit::Held::hold(&inherit_fds, sync_base + 4 * plan.share_groups.len() as i32 + 8).map_err(RestoreError::Unsupported)?;
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
     let engine_fd = if opts.sibling { Some(p::pidfd_open(std::process::id() as Pid).map_err(ioe(0, "a pidfd of the engine"))?) } else { None };
     // --root: opened once, above the service fds; paths are resolved in it
@@ -411,6 +416,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         cow,
         parked,
         ext_mnt: opts.ext_mnt.clone(),
+        inherit: inherit.slots(),
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;

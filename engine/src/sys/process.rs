@@ -1213,6 +1213,19 @@ pub fn send_fd_abstract(name: &[u8], fd: std::os::fd::BorrowedFd<'_>) -> io::Res
     Ok(())
 }
 
+/// A new fd (close-on-exec) at `min` or above for the file open on fd
+/// number `n` of this process (F_DUPFD_CLOEXEC), for a file the caller
+/// knows only by number (criu's own fds named by `--inherit-fd`).
+pub fn dup_number_above(n: i32, min: i32) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes integers; `n` is not assumed owned.
+    let r = unsafe { libc::fcntl(n, libc::F_DUPFD_CLOEXEC, min) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: the kernel just created fd `r` for this process; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1264,4 +1277,5 @@ mod tests {
         assert!(mm_map_size().map(|n| n > 0).unwrap_or(true));
     }
 }
+
 
