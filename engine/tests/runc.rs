@@ -121,3 +121,98 @@ fn runc_checkpoint_and_restore_with_our_criu() {
     drop(c);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Lines read from one pipe (a container's stdout or stderr), and whether
+/// it reached end of file.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<(Vec<String>, bool)>>);
+
+impl Lines {
+    fn read(rd: std::os::fd::OwnedFd) -> Lines {
+        let l = Lines::default();
+        let seen = l.0.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(std::fs::File::from(rd)).lines() {
+                let Ok(line) = line else { break };
+                seen.lock().unwrap().0.push(line);
+            }
+            seen.lock().unwrap().1 = true;
+        });
+        l
+    }
+
+    fn ticks(&self) -> Vec<u64> {
+        self.0.lock().unwrap().0.iter().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).collect()
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().0.join("\n")
+    }
+
+    fn eof(&self) -> bool {
+        self.0.lock().unwrap().1
+    }
+}
+
+/// A pipe: its lines as they come, and its write end.
+fn pipe_lines() -> (Lines, std::os::fd::OwnedFd) {
+    let (rd, wr) = engine::sys::process::pipe().unwrap();
+    (Lines::read(rd), wr)
+}
+
+/// runc with its stdout and stderr on `out` and `err` (a container it
+/// runs detached keeps them as its stdio).
+fn runc_stdio(bundle: &Path, args: &[&str], out: std::os::fd::OwnedFd, err: std::os::fd::OwnedFd) -> bool {
+    Command::new("runc").args(args).current_dir(bundle).stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err)).status().unwrap().success()
+}
+
+/// The container's stdio are pipes (runc run -d with the caller's
+/// stdout and stderr pipes, as conmon and shells start containers): runc
+/// records them (descriptors.json) and `runc restore -d` asks criu to
+/// inherit them (`inherit_fd` {pipe:[INO], 1 and 2}: criu's own stdio,
+/// which runc hands down). After the restore the container's output
+/// arrives on the restoring caller's new pipes, numbered on; the old
+/// ones end.
+#[test]
+fn runc_restore_with_stdio_pipes() {
+    require!(why_not());
+    let tmp = test_dir("runc-stdio");
+    let criu = private_criu(&tmp);
+    let criu = criu.to_str().unwrap().to_string();
+    let b = bundle(&tmp);
+    // the loop also says each tick on its stdout, and something on its stderr
+    let cfg = b.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(r#"echo \"tick $i ok\" >> /tmp/progress.log;"#, r#"echo \"tick $i ok\" >> /tmp/progress.log; echo \"tick $i ok\"; echo \"err $i\" >&2;"#);
+    assert!(text.contains(r#"echo \"err $i\""#), "config.json's loop not replaced:\n{text}");
+    std::fs::write(&cfg, text).unwrap();
+    let id = format!("criu-rs-stdio-{}", std::process::id());
+    let c = Container { bundle: &b, id: id.clone() };
+    let (out1, w1) = pipe_lines();
+    let (err1, e1) = pipe_lines();
+    assert!(runc_stdio(&b, &["run", "-d", &id], w1, e1), "runc run -d failed: {}", err1.text());
+    wait_until("ticks on the container's stdout", Duration::from_secs(20), || out1.ticks().len() >= 3);
+    let img = tmp.join("ck");
+    let img_s = img.to_str().unwrap();
+    let (ok, err) = runc(&b, &["--criu", &criu, "checkpoint", "--image-path", img_s, &id]);
+    assert!(ok, "runc checkpoint: {err}\n{}", std::fs::read_to_string(img.join("dump.log")).unwrap_or_default());
+    wait_until("the old stdout pipe's end", Duration::from_secs(10), || out1.eof() && err1.eof());
+    let before = *out1.ticks().last().unwrap();
+    let (out2, w2) = pipe_lines();
+    let (err2, e2) = pipe_lines();
+    let ok = runc_stdio(&b, &["--criu", &criu, "restore", "-d", "--image-path", img_s, &id], w2, e2);
+    let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+    assert!(ok, "runc restore: {}\n{log}", err2.text());
+    assert!(log.contains("inherit fd 1") && log.contains("inherit fd 2"), "runc asked for its stdio pipes to be inherited:\n{log}");
+    wait_until(&format!("ticks on the new stdout pipe (stderr: {})", err2.text()), Duration::from_secs(20), || out2.ticks().len() >= 5);
+    let t = out2.ticks();
+    assert!(t[0] > before && t.windows(2).all(|w| w[1] == w[0] + 1), "the ticks go on from {before}: {t:?}");
+    assert!(err2.text().lines().any(|l| l.starts_with("err ")), "the container's stderr on the new pipe:\n{}", err2.text());
+    assert_eq!(*out1.ticks().last().unwrap(), before, "nothing more on the old pipe");
+    // its init's fd 1 is the new pipe, reopened (runc's own ended)
+    let pid = pid_of(&b, &id);
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    assert!(link.to_string_lossy().starts_with("pipe:["), "{link:?}");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
