@@ -181,6 +181,17 @@ Options:
   --empty-ns net         dump, restore, tfork: the tree's own network
                          namespace is not dumped; restore makes a new,
                          empty one (for the runtime to set up)
+  --inherit-fd fd[N]:KEY restore (repeatable): criu's open fd N stands for
+                         the resource KEY of the image: pipe:[INO], a pipe
+                         whose other end was outside the tree (each fd of
+                         it a new open of fd N's pipe, the dumped end's
+                         direction and flags), or the name of an external
+                         network namespace (joined); other kinds refused
+  --external net[INO]:KEY
+                         dump: the tree's network namespace INO is not
+                         dumped, only named KEY (restore joins the one
+                         given with --inherit-fd fd[N]:KEY); also
+                         mnt[MOUNTPOINT]:KEY (dump), mnt[KEY]:PATH (restore)
   --tcp-close            dump and restore: TCP connections restored closed;
                          tfork: the source's TCP connections to peers
                          outside the tree closed in the clones (without
@@ -924,6 +935,13 @@ fn probe_timens() -> Result<(), String> {
     std::fs::metadata(p).map(drop).map_err(|e| format!("{p}: {e} (kernel without time namespaces)"))
 }
 
+fn probe_external_net_ns() -> Result<(), String> {
+    // --external net[INO]:KEY / --inherit-fd fd[N]:KEY: the restore setns's
+    // into an inherited network namespace (crate::inherit)
+    let p = "/proc/self/ns/net";
+    std::fs::metadata(p).map(drop).map_err(|e| format!("{p}: {e} (kernel without network namespaces)"))
+}
+
 fn probe_openat2() -> Result<(), String> {
     // --root resolves every path with openat2(RESOLVE_IN_ROOT) (sys/ns.rs)
     let root = crate::sys::ns::open_root_dir(Path::new("/"), 3).map_err(|e| format!("opening /: {e}"))?;
@@ -1036,7 +1054,7 @@ const FEATURES: &[(&str, Answer)] = &[
     ("link_nsid", Answer::No("network namespaces are not dumped")),
     ("kcmp_epoll", Answer::Probe(probe_kcmp_epoll)),
     ("timens", Answer::Probe(probe_timens)),
-    ("external_net_ns", Answer::No("network namespaces are not dumped")),
+    ("external_net_ns", Answer::Probe(probe_external_net_ns)),
     ("newifindex", Answer::No("network namespaces are not dumped")),
     ("nftables", Answer::No("the network lock is iptables' (--network-lock nftables is refused)")),
     ("has_ipt_legacy", Answer::No("the network lock runs iptables-restore, whichever backend it has")),
