@@ -276,6 +276,12 @@ fn restore_into_new_pipe(criu: &Path, p: &mut Prog, imgs: &Path) {
         p.ticks.eof() && p.ticks.last() == before,
         "nothing more on the old pipe"
     );
+    // nothing of the restore left in it: its own three fds
+    let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    assert_eq!(fds.len(), 3, "the restored program holds fds {fds:?}");
     // the new pipe's only writer is the program: our criu held no copy
     p.ticks = ticks;
 }
@@ -315,6 +321,15 @@ fn pipe_inherited_cli() {
         || p.ticks.eof(),
     );
     restore_into_new_pipe(Path::new(CRIU), &mut p, &imgs2);
+    // the program was the new pipe's only writer: criu kept no copy
+    let _ = Command::new("kill")
+        .args(["-9", &p.pid.to_string()])
+        .status();
+    wait_until(
+        "end of file on the new pipe once the program is gone",
+        Duration::from_secs(10),
+        || p.ticks.eof(),
+    );
 }
 
 /// Without --inherit-fd the pipe is made anew with nobody reading it, as
@@ -512,6 +527,14 @@ fn pipe_inherited_swrk() {
     assert_eq!(p.fd_link(1), format!("pipe:[{ino}]"));
     ticks.more(5, "ticks on the new pipe");
     assert!(ticks.seen.lock().unwrap().0[0] > before);
+    let _ = Command::new("kill")
+        .args(["-9", &p.pid.to_string()])
+        .status();
+    wait_until(
+        "end of file on the new pipe once the program is gone",
+        Duration::from_secs(10),
+        || ticks.eof(),
+    );
     // a bad key is bad input naming the field
     let (_t2, wr2, _) = new_pipe();
     let o = CriuOpts {

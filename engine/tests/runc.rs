@@ -213,6 +213,9 @@ fn runc_restore_with_stdio_pipes() {
     let pid = pid_of(&b, &id);
     let link = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
     assert!(link.to_string_lossy().starts_with("pipe:["), "{link:?}");
+    // the container was the new pipes' only writer: neither runc nor criu
+    // kept a copy
     drop(c);
+    wait_until("end of file on the new pipes once the container is gone", Duration::from_secs(10), || out2.eof() && err2.eof());
     let _ = std::fs::remove_dir_all(&tmp);
 }
