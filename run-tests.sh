@@ -44,6 +44,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 # a runc container (busybox) checkpointed and restored with our criu (tests/runc.rs)
 command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 [ -x /usr/bin/busybox ] || need_apt+=(busybox-static)
+# podman (runtime runc) checkpointing and restoring one with our criu (tests/podman.rs)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -1,0 +1,118 @@
+//! podman (4.3, runtime runc) pointed at our binary, unchanged: podman
+//! finds criu through runc and runc through PATH, so our `criu` is put
+//! first in PATH. `podman container checkpoint` and `restore` of a
+//! busybox container: conmon holds the container's stdio pipes (runc's
+//! RESTORE asks for them with `inherit_fd` {pipe:[INO], 1 and 2}) and
+//! podman keeps its network namespace (DUMP `external`
+//! `net[INO]:extRootNetNS`, RESTORE `inherit_fd` {extRootNetNS, N}).
+//! After each restore the container's output goes on in `podman logs`,
+//! numbered on, and it is in the same network namespace.
+//!
+//! The container's loop forks nothing (it waits with `read -t` on a FIFO
+//! it holds): a child that exits between the thaw of a `--freeze-cgroup`
+//! dump and its stop fails the dump ("thread N exited while being
+//! frozen"), a race of the tree freeze that is not what this test is
+//! about (runc.rs's loop forks a `sleep` a tick).
+//!
+//! Needs root, podman, runc, busybox (podman needs `--ulimit` for nofile
+//! and nproc here: no CAP_SYS_RESOURCE); otherwise skips with the reason,
+//! or fails under CI=true.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn why_not() -> Option<String> {
+    why_not_root().or_else(|| why_not_tools(&["podman", "runc", "busybox"]))
+}
+
+/// `podman ARGS` with our criu first in PATH: success and output.
+fn podman(bin: &Path, args: &[&str]) -> (bool, String) {
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("podman").args(args).env("PATH", path).stdin(Stdio::null()).output().expect("run podman");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The `tick N` lines of `podman logs`.
+fn ticks(bin: &Path, name: &str) -> Vec<u64> {
+    podman(bin, &["logs", name]).1.lines().filter_map(|l| l.strip_prefix("tick ")?.trim().parse().ok()).collect()
+}
+
+fn init_pid(bin: &Path, name: &str) -> i32 {
+    let (ok, out) = podman(bin, &["inspect", "-f", "{{.State.Pid}}", name]);
+    assert!(ok, "podman inspect: {out}");
+    out.trim().parse().unwrap_or_else(|_| panic!("no pid in {out:?}"))
+}
+
+fn netns(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The container and image, removed on drop.
+struct Cleanup {
+    bin: PathBuf,
+    name: String,
+    image: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = podman(&self.bin, &["rm", "-f", &self.name]);
+        let _ = podman(&self.bin, &["rmi", "-f", &self.image]);
+    }
+}
+
+#[test]
+fn podman_checkpoint_and_restore_with_our_criu() {
+    require!(why_not());
+    let tmp = test_dir("podman");
+    // our criu as `criu`, first in PATH
+    let bin = tmp.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(CRIU, bin.join("criu")).unwrap();
+    // a busybox image, imported from a root file system tarball
+    let rootfs = tmp.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let bb = std::fs::canonicalize("/usr/bin/busybox").unwrap();
+    std::fs::copy(bb, rootfs.join("bin/busybox")).unwrap();
+    for c in ["sh", "mkfifo"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
+    }
+    let tar = tmp.join("rootfs.tar");
+    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    let pid = std::process::id();
+    let c = Cleanup { bin: bin.clone(), name: format!("criu-rs-podman-{pid}"), image: format!("localhost/criu-rs-bb-{pid}") };
+    let (ok, out) = podman(&bin, &["import", tar.to_str().unwrap(), &c.image]);
+    assert!(ok, "podman import: {out}");
+    let lp = "mkfifo /tmp/w; exec 3<>/tmp/w; i=0; while true; do i=$((i+1)); echo tick $i; read -t 0.1 x <&3; done";
+    let run = ["--runtime", "runc", "run", "-d", "--name", &c.name, "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", &c.image, "sh", "-c", lp];
+    let (ok, out) = podman(&bin, &run);
+    assert!(ok, "podman run: {out}");
+    wait_until("ticks in podman logs", Duration::from_secs(20), || ticks(&bin, &c.name).len() >= 3);
+    let ns0 = netns(init_pid(&bin, &c.name));
+    for round in 0..2 {
+        let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "checkpoint", "--keep", &c.name]);
+        assert!(ok, "round {round}: podman container checkpoint: {out}");
+        let before = *ticks(&bin, &c.name).last().unwrap();
+        let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "restore", "--keep", &c.name]);
+        assert!(ok, "round {round}: podman container restore: {out}");
+        wait_until(&format!("round {round}: ticks after the restore"), Duration::from_secs(20), || ticks(&bin, &c.name).last().is_some_and(|&t| t >= before + 5));
+        let t = ticks(&bin, &c.name);
+        assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "round {round}: the ticks go on, numbered on: {t:?}");
+        let p = init_pid(&bin, &c.name);
+        // (podman may make the namespace anew for a restore: the one it names now)
+        let (ok, key) = podman(&bin, &["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", &c.name]);
+        assert!(ok && key.trim().starts_with('/'), "podman inspect: {key}");
+        let want = format!("net:[{}]", std::fs::metadata(key.trim()).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0));
+        assert_eq!(netns(p), want, "round {round}: the restored container is in podman's network namespace {} (before the checkpoints: {ns0})", key.trim());
+        let fd1 = std::fs::read_link(format!("/proc/{p}/fd/1")).unwrap();
+        assert!(fd1.to_string_lossy().starts_with("pipe:["), "round {round}: its stdout is conmon's pipe: {fd1:?}");
+    }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
