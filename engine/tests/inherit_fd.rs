@@ -36,18 +36,23 @@ const K: i32 = 7;
 #[derive(Clone, Default)]
 struct Ticks {
     seen: Arc<Mutex<(Vec<u64>, bool)>>,
+    /// The `ctick N` lines of a forked child (`stdoutticks fork`).
+    kids: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Ticks {
     fn read(rd: OwnedFd) -> Ticks {
         let t = Ticks::default();
         let seen = t.seen.clone();
+        let kids = t.kids.clone();
         std::thread::spawn(move || {
             let r = std::io::BufReader::new(std::fs::File::from(rd));
             for l in r.lines() {
                 let Ok(l) = l else { break };
                 if let Some(n) = l.strip_prefix("tick ").and_then(|n| n.parse().ok()) {
                     seen.lock().unwrap().0.push(n);
+                } else if let Some(n) = l.strip_prefix("ctick ").and_then(|n| n.parse().ok()) {
+                    kids.lock().unwrap().push(n);
                 }
             }
             seen.lock().unwrap().1 = true;
@@ -103,6 +108,11 @@ impl Prog {
     /// Started in a session of its own; `netns`: in that network
     /// namespace (a path under /run/netns).
     fn start(name: &str, netns: Option<&Path>) -> Prog {
+        Self::start_args(name, netns, &[])
+    }
+
+    /// [`Prog::start`] with arguments (`fork`: a child ticking too).
+    fn start_args(name: &str, netns: Option<&Path>, args: &[&str]) -> Prog {
         let dir = test_dir(name);
         let bin = build_prog(&dir);
         let (rd, wr) = engine::sys::process::pipe().unwrap();
@@ -114,6 +124,7 @@ impl Prog {
         let ns = netns.map(|p| std::fs::File::open(p).expect("open the netns"));
         let nsfd = ns.as_ref().map(|f| f.as_raw_fd());
         let mut cmd = Command::new(&bin);
+        cmd.args(args);
         only_stdio(&mut cmd)
             .current_dir(&work)
             .stdin(Stdio::null())
@@ -420,6 +431,43 @@ fn refusals_name_the_value() {
         "{st:?}:\n{log}"
     );
     assert!(!alive(p.pid), "nothing restored");
+}
+
+/// A tree: the program and a child it forked, both writing on the one
+/// open file description of the outside pipe. Restored with the pipe
+/// inherited (ours, and upstream's restore of our dump): both tick on
+/// into the new pipe through one description again (kcmp), holding
+/// nothing else of the restore.
+#[test]
+fn pipe_inherited_by_a_tree() {
+    require!(why_not_here());
+    for restorer in [PathBuf::from(CRIU), upstream()] {
+        if restorer != Path::new(CRIU) && why_not_upstream().is_some() {
+            // (upstream's half: pipe_inherited_upstream_both_ways requires it)
+            continue;
+        }
+        let mut p = Prog::start_args("inheritfd-tree", None, &["fork"]);
+        wait_until("the child's ticks", Duration::from_secs(10), || p.ticks.kids.lock().unwrap().len() >= 3);
+        let kid: i32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", p.pid)).unwrap().trim().parse().expect("one child");
+        let imgs = p.imgs("imgs");
+        dump_ours(&mut p, &imgs);
+        let kid_before = *p.ticks.kids.lock().unwrap().last().unwrap();
+        let (ticks, wr, ino) = new_pipe();
+        let arg = format!("fd[{K}]:pipe:[{}]", p.ino);
+        let (st, log) = criu_with_fds(&restorer, &["restore", "-d", "--inherit-fd", &arg], &imgs, "restore.log", &[(wr.as_raw_fd(), K)]);
+        assert!(st.success(), "{} restore --inherit-fd {arg} failed ({st:?}):\n{log}", restorer.display());
+        drop(wr);
+        ticks.more(5, "the parent's ticks on the new pipe");
+        wait_until("the child's ticks on the new pipe", Duration::from_secs(10), || ticks.kids.lock().unwrap().len() >= 5);
+        assert!(ticks.kids.lock().unwrap()[0] > kid_before, "the child ticks on");
+        for pid in [p.pid, kid] {
+            assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap().to_string_lossy(), format!("pipe:[{ino}]"), "{pid}");
+            assert_eq!(std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count(), 3, "{pid} holds only its own fds");
+        }
+        assert!(engine::sys::process::kcmp_file(p.pid, 1, kid, 1).unwrap(), "parent and child share one description of the pipe");
+        let _ = Command::new("kill").args(["-9", &p.pid.to_string(), &kid.to_string()]).status();
+        wait_until("end of file on the new pipe once the tree is gone", Duration::from_secs(10), || ticks.eof());
+    }
 }
 
 fn why_not_upstream_here() -> Option<String> {
