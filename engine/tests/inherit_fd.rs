@@ -610,6 +610,12 @@ fn pipe_inherited_swrk() {
         "{:?}",
         r.cr_errmsg
     );
+    // an fd the service does not have: named by field
+    let (_t3, wr3, _) = new_pipe();
+    let o = CriuOpts { images_dir_fd: dir.as_raw_fd(), inherit_fd: vec![InheritFd { key: format!("pipe:[{}]", p.ino), fd: 57 }], ..CriuOpts::default() };
+    let r = swrk_call(&CriuReq { r#type: T::Restore as i32, opts: Some(o), ..CriuReq::default() }, wr3);
+    let m = r.cr_errmsg.as_deref().unwrap_or("");
+    assert!(!r.success && m.contains("criu_opts.inherit_fd[0]") && m.contains("fd 57 is not open"), "{m}");
     // (the restored one, our child through rst_sibling, is reaped by Drop's kill)
     p.child = None;
 }

@@ -501,6 +501,13 @@ fn handle(sock: BorrowedFd<'_>, peer: i32, req: &CriuReq) -> CriuResp {
     if let Err(e) = setup_log(&o) {
         return failed(kind, &bad(format!("criu_opts.log_file: {e}")));
     }
+    // inherit_fd names the service's own fds (inherited from the client):
+    // each open here, named by field (the restore checks them again)
+    for (k, e) in copts.inherit_fd.iter().enumerate() {
+        if let Err(err) = crate::inherit::check_open(&[(e.fd, e.key.clone())]) {
+            return failed(kind, &bad(format!("criu_opts.inherit_fd[{k}]: {err} (criu swrk's own fd, which it inherited from the client)")));
+        }
+    }
     crate::pr_info!("swrk: {} request from pid {peer}", k.as_str_name());
     if m.notify && matches!(k, T::Dump | T::Restore) {
         // (a duplicate of the socket, owned by the handler)
