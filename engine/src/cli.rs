@@ -185,8 +185,10 @@ Options:
                          the resource KEY of the image: pipe:[INO], a pipe
                          whose other end was outside the tree (each fd of
                          it a new open of fd N's pipe, the dumped end's
-                         direction and flags), or the name of an external
-                         network namespace (joined); other kinds refused
+                         direction and flags), the name of an external
+                         network namespace (joined), or a regular file's
+                         path without its leading / (fd N's own open file
+                         description); sockets, terminals refused
   --external net[INO]:KEY
                          dump: the tree's network namespace INO is not
                          dumped, only named KEY (restore joins the one

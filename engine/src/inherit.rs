@@ -15,11 +15,14 @@
 //!   is not ours any more, as upstream);
 //! - a name given at dump with `--external net[INO]:KEY` (runc's and
 //!   podman's `extRootNetNS`): the restored tree joins the network
-//!   namespace of the inherited fd (setns) instead of one being made.
+//!   namespace of the inherited fd (setns) instead of one being made;
+//! - a regular file's path without its leading `/` (`tmp/app.log`):
+//!   every fd of that file in the tree is the inherited fd's own open
+//!   file description (upstream dups it: offset and flags shared with
+//!   the caller), its status flags set as dumped; not a mapping's file.
 //!
 //! Refused by name: the other kinds upstream inherits (`socket:[INO]`,
-//! `tty[RDEV:DEV]`, `file[MNT:INO]`, a regular file's path) and
-//! upstream's `debug[N]:TEXT`. A key that names nothing of the image is
+//! `tty[RDEV:DEV]`, `file[MNT:INO]`) and upstream's `debug[N]:TEXT`. A key that names nothing of the image is
 //! ignored with a warning, as upstream ignores it (runtimes send their
 //! stdio pipes whatever the image holds).
 //!
@@ -80,9 +83,8 @@ pub fn classify(key: &str) -> Result<Key, String> {
             return Err(format!("{key:?}: inheriting {what} is not supported yet (pipe:[INODE] and external network namespaces are)"));
         }
     }
-    if key.contains('/') {
-        // upstream's key of a regular file is its path without the leading /
-        return Err(format!("{key:?}: inheriting regular files is not supported yet (pipe:[INODE] and external network namespaces are)"));
+    if key.starts_with('/') {
+        return Err(format!("{key:?}: a regular file's key is its path without the leading /"));
     }
     Ok(Key::Name(key.to_string()))
 }
@@ -167,7 +169,7 @@ pub fn check_tree(
         let hit = match classify(key).map_err(|e| format!("--inherit-fd fd[{n}]:{key}: {e}"))? {
             Key::Pipe(ino) => pipes.contains(&ino),
             Key::Name(name) if net_key.as_deref() == Some(name.as_str()) => true,
-            Key::Name(name) if reg(&name) => return Err(format!("--inherit-fd fd[{n}]:{key}: names the regular file /{name}: inheriting regular files is not supported yet")),
+            Key::Name(name) if reg(&name) => true,
             Key::Name(_) => false,
         };
         if hit {
@@ -250,7 +252,7 @@ mod tests {
             "fd[1]:socket:[5]",
             "fd[1]:tty[88:3]",
             "fd[1]:file[3:4]",
-            "fd[1]:tmp/log",
+            "fd[1]:/tmp/log",
             "debug[1]:hello",
             "",
         ] {

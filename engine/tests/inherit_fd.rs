@@ -392,8 +392,8 @@ fn refusals_name_the_value() {
         ("fd[x]:pipe:[5]", "want fd[N]:KEY"),
         ("fd[3]:pipe:[five]", "want pipe:[INODE]"),
         (
-            "fd[3]:etc/passwd",
-            "inheriting regular files is not supported yet",
+            "fd[3]:/etc/passwd",
+            "without the leading /",
         ),
         ("debug[3]:hello", "debug[N]:TEXT"),
     ] {
@@ -467,6 +467,70 @@ fn pipe_inherited_by_a_tree() {
         assert!(engine::sys::process::kcmp_file(p.pid, 1, kid, 1).unwrap(), "parent and child share one description of the pipe");
         let _ = Command::new("kill").args(["-9", &p.pid.to_string(), &kid.to_string()]).status();
         wait_until("end of file on the new pipe once the tree is gone", Duration::from_secs(10), || ticks.eof());
+    }
+}
+
+/// A regular file: the program's stdout a log file; restored with
+/// `--inherit-fd fd[K]:PATH` (the log's path without its leading /) and a
+/// new log open on K: its ticks go on in the new file (the inherited
+/// description itself, as upstream dups it), nothing more in the old one.
+#[test]
+fn regular_file_inherited() {
+    require!(why_not_here());
+    reg_round("inheritfd-reg", Path::new(CRIU));
+}
+
+/// [`regular_file_inherited`], our dump restored by upstream 4.2.
+#[test]
+fn regular_file_inherited_upstream() {
+    require!(why_not_upstream_here());
+    reg_round("inheritfd-reg-up", &upstream());
+}
+
+fn reg_round(name: &str, restorer: &Path) {
+    let dir = test_dir(name);
+    let bin = build_prog(&dir);
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let old = dir.join("old.log");
+    let mut cmd = Command::new(&bin);
+    only_stdio(&mut cmd).current_dir(&work).stdin(Stdio::null()).stdout(std::fs::File::create(&old).unwrap()).stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let ticks_in = |f: &Path| -> Vec<u64> { std::fs::read_to_string(f).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("tick ")?.parse().ok()).collect() };
+    wait_until("ticks in the old log", Duration::from_secs(10), || ticks_in(&old).len() >= 3);
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    criu_ok(Path::new(CRIU), &["dump", "-t", &pid.to_string()], &imgs, "dump.log");
+    child.wait().unwrap();
+    let before = *ticks_in(&old).last().unwrap();
+    let new = dir.join("new.log");
+    let nf = std::fs::File::create(&new).unwrap();
+    let key = format!("fd[{K}]:{}", old.to_str().unwrap().trim_start_matches('/'));
+    let (st, log) = criu_with_fds(restorer, &["restore", "-d", "--inherit-fd", &key], &imgs, "restore.log", &[(nf.as_raw_fd(), K)]);
+    let _guard = KillOnDrop(pid);
+    assert!(st.success(), "restore --inherit-fd {key} failed ({st:?}):\n{log}");
+    wait_until("ticks in the new log", Duration::from_secs(10), || ticks_in(&new).len() >= 3);
+    assert!(ticks_in(&new)[0] > before, "the ticks go on from {before}");
+    assert_eq!(*ticks_in(&old).last().unwrap(), before, "nothing more in the old log");
+    assert!(engine::sys::process::kcmp_file(std::process::id() as i32, nf.as_raw_fd(), pid, 1).unwrap(), "the restored stdout is the inherited description itself");
+}
+
+/// Kills a pid on drop.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
     }
 }
 

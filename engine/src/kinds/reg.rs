@@ -213,6 +213,15 @@ impl FileKind for Reg {
         use crate::sys::process as p;
         let (n, plan, path) = (cx.fd, cx.plan, &self.path);
         let fl = self.flags as i32;
+        // --inherit-fd fd[N]:PATH (the path without its leading /, as
+        // upstream keys a regular file): the inherited fd's own open file
+        // description (upstream dups it), its status flags set as dumped
+        if let Some(from) = path.strip_prefix('/').and_then(|k| plan.inherited(k)) {
+            let f = crate::sys::tty::dup_number(from).map_err(|e| format!("dup of the inherited fd {from} for {path}: {e}"))?;
+            super::set_status_flags(&f, self.flags)?;
+            crate::pr_debug!("fd {n} ({path}): the inherited fd {from}");
+            return Ok(f);
+        }
         let f = match (&self.ghost, &self.link) {
             // (opened onto its number, as the open through the old name
             // needs a target; the phase gets a second handle of it)
