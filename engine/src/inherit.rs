@@ -117,12 +117,7 @@ pub fn check_open(list: &[(i32, String)]) -> Result<(), String> {
             list.len()
         ));
     }
-    for (k, (n, key)) in list.iter().enumerate() {
-        if let Some((m, _)) = list[..k].iter().find(|(_, k2)| k2 == key) {
-            return Err(format!(
-                "--inherit-fd fd[{n}]:{key}: the key is given twice (also fd {m})"
-            ));
-        }
+    for (n, key) in list {
         let (mode, _) = crate::sys::process::fstat_mode_size(*n)
             .map_err(|e| format!("--inherit-fd fd[{n}]:{key}: fd {n} is not open in criu: {e}"))?;
         if let Ok(Key::Pipe(_)) = classify(key) {
@@ -164,8 +159,14 @@ pub fn check_tree(
             return Err(format!("the image's network namespace is external ({k}, dumped with --external net[INO]:{k}): give its fd with --inherit-fd fd[N]:{k}"));
         }
     }
-    let mut used = Vec::new();
+    let mut used: Vec<(i32, String)> = Vec::new();
     for (n, key) in list {
+        // (runc sends one entry per stdio fd: a key twice when stdout and
+        // stderr were one pipe; the first is used, as upstream's lookup)
+        if let Some((m, _)) = used.iter().find(|(_, k)| k == key) {
+            crate::pr_info!("--inherit-fd fd[{n}]:{key}: the key is given again; fd {m} is used");
+            continue;
+        }
         let hit = match classify(key).map_err(|e| format!("--inherit-fd fd[{n}]:{key}: {e}"))? {
             Key::Pipe(ino) => pipes.contains(&ino),
             Key::Name(name) if net_key.as_deref() == Some(name.as_str()) => true,

@@ -622,6 +622,12 @@ fn pipe_inherited_swrk() {
                 key: "pipe:[1]".into(),
                 fd: 1,
             },
+            // (the key again, on the service's stderr, a pipe too: as runc
+            // sends it when stdout and stderr were one pipe; the first is used)
+            InheritFd {
+                key: format!("pipe:[{}]", p.ino),
+                fd: 2,
+            },
         ],
         ..CriuOpts::default()
     };
