@@ -342,7 +342,6 @@ fn engine_options(o: &Opts) -> EngineOptions {
         cgroup_root: o.cgroup_root.clone(),
         ext_mnt: o.ext_mnt.clone(),
         inherit_fds: o.inherit_fd.clone(),
-        ext_net: o.ext_net.clone(),
     }
 }
 

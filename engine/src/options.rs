@@ -60,9 +60,6 @@ pub struct Options {
     /// `--inherit-fd fd[N]:KEY` / RPC `inherit_fd` (restore): criu's fd N
     /// stands for the resource KEY (crate::inherit).
     pub inherit_fds: Vec<(i32, String)>,
-    /// `--external net[INO]:KEY` / RPC `external` (dump): the tree's
-    /// network namespace INO is external, named KEY (crate::netns).
-    pub ext_net: Option<(u64, String)>,
 }
 
 impl Default for Options {
@@ -85,7 +82,6 @@ impl Default for Options {
             cgroup_root: Vec::new(),
             ext_mnt: Vec::new(),
             inherit_fds: Vec::new(),
-            ext_net: None,
         }
     }
 }
