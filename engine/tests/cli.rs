@@ -459,7 +459,12 @@ fn readme_synopsis_options_are_accepted() {
         }
         seen += 1;
         // (an option whose value is a word: the one the README shows)
-        let val = if opt == "--empty-ns" { "net" } else { "1" };
+        let val = match opt {
+            "--empty-ns" => "net",
+            "--external" => "net[1]:k",
+            "--inherit-fd" => "fd[0]:pipe:[1]",
+            _ => "1",
+        };
         let out = criu(&["--help", opt, val]);
         assert_eq!(out.status.code(), Some(0), "README shows {opt}, the binary says: {}", String::from_utf8_lossy(&out.stderr));
     }
