@@ -219,3 +219,45 @@ fn runc_restore_with_stdio_pipes() {
     wait_until("end of file on the new pipes once the container is gone", Duration::from_secs(10), || out2.eof() && err2.eof());
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The container's stdout and stderr one pipe (`runc run -d ... 2>&1`):
+/// runc asks for the key twice (fds 1 and 2) and the first is used, as
+/// upstream's lookup; the restoring caller's stdout and stderr are one new
+/// pipe too, and both streams arrive on it.
+#[test]
+fn runc_restore_with_stdout_and_stderr_on_one_pipe() {
+    require!(why_not());
+    let tmp = test_dir("runc-onepipe");
+    let criu = private_criu(&tmp);
+    let criu = criu.to_str().unwrap().to_string();
+    let b = bundle(&tmp);
+    let cfg = b.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(r#"echo \"tick $i ok\" >> /tmp/progress.log;"#, r#"echo \"tick $i ok\" >> /tmp/progress.log; echo \"tick $i ok\"; echo \"err $i\" >&2;"#);
+    assert!(text.contains(r#"echo \"err $i\""#), "config.json's loop not replaced:\n{text}");
+    std::fs::write(&cfg, text).unwrap();
+    let id = format!("criu-rs-onepipe-{}", std::process::id());
+    let c = Container { bundle: &b, id: id.clone() };
+    let (out1, w1) = pipe_lines();
+    let e1 = w1.try_clone().unwrap();
+    assert!(runc_stdio(&b, &["run", "-d", &id], w1, e1), "runc run -d failed: {}", out1.text());
+    wait_until("ticks on the container's stdout", Duration::from_secs(20), || out1.ticks().len() >= 3);
+    let img = tmp.join("ck");
+    let img_s = img.to_str().unwrap();
+    let (ok, err) = runc(&b, &["--criu", &criu, "checkpoint", "--image-path", img_s, &id]);
+    assert!(ok, "runc checkpoint: {err}\n{}", std::fs::read_to_string(img.join("dump.log")).unwrap_or_default());
+    wait_until("the old pipe's end", Duration::from_secs(10), || out1.eof());
+    let before = *out1.ticks().last().unwrap();
+    let (out2, w2) = pipe_lines();
+    let e2 = w2.try_clone().unwrap();
+    let ok = runc_stdio(&b, &["--criu", &criu, "restore", "-d", "--image-path", img_s, &id], w2, e2);
+    let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+    assert!(ok, "runc restore: {}\n{log}", out2.text());
+    assert!(log.contains("the key is given again; fd 1 is used"), "runc sent the key twice:\n{log}");
+    wait_until("ticks and errs on the new pipe", Duration::from_secs(20), || out2.ticks().len() >= 5 && out2.text().lines().any(|l| l.starts_with("err ")));
+    assert!(out2.ticks()[0] > before, "the ticks go on from {before}");
+    let pid = pid_of(&b, &id);
+    assert!(engine::sys::process::kcmp_file(pid, 1, pid, 2).unwrap_or(false) || std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap() == std::fs::read_link(format!("/proc/{pid}/fd/2")).unwrap(), "stdout and stderr on one pipe again");
+    drop(c);
+    wait_until("end of file on the new pipe once the container is gone", Duration::from_secs(10), || out2.eof());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
