@@ -306,7 +306,16 @@ pub fn classify(ms: &[Mount]) -> Result<(Vec<How>, Vec<usize>), String> {
         if !seen.insert(m.mnt_id) {
             return Err(format!("{}: its mount id appears twice", m.name()));
         }
-        if !clean(&m.mountpoint) || !clean(&m.root) {
+        // (an external mount's root is not used: an nsfs bind's is
+        // "net:[INO]", as `ip netns add` makes them)
+        if m.fstype == "nsfs" && m.ext_key.is_none() {
+            return Err(format!(
+                "{}: a namespace file bind-mounted (nsfs) is not made anew: give it as external (--external mnt[{}]:KEY at dump)",
+                m.name(),
+                m.mountpoint
+            ));
+        }
+        if !clean(&m.mountpoint) || (m.ext_key.is_none() && !clean(&m.root)) {
             return Err(format!("{}: its mount point and root must be absolute paths without . or ..", m.name()));
         }
     }
@@ -1006,5 +1015,20 @@ mod tests {
         assert!(classify(&ms).unwrap_err().contains("stacked"));
         ms[1].mountpoint = "/../proc".into();
         assert!(classify(&ms).is_err());
+    }
+
+    /// A namespace file bind-mounted (`ip netns add`'s /run/netns/NAME):
+    /// refused by name unless external (tfork's copies from the source
+    /// make every such mount external), whose root "net:[INO]" is no path.
+    #[test]
+    fn nsfs_bind_is_refused_by_name_unless_external() {
+        let text = format!("{CONTAINER}80 69 0:4 net:[4026532181] /run/netns/x rw - nsfs nsfs rw\n");
+        let mut ms = mounts(&text);
+        ms.retain(|m| m.mnt_id != 79);
+        let e = classify(&ms).unwrap_err();
+        assert!(e.contains("mount 80 at /run/netns/x (nsfs") && e.contains("--external mnt[/run/netns/x]:KEY"), "{e}");
+        ms.last_mut().unwrap().ext_key = Some("/run/netns/x".into());
+        let (how, _) = classify(&ms).unwrap();
+        assert_eq!(how.last(), Some(&How::External("/run/netns/x".into())));
     }
 }

@@ -13,7 +13,7 @@
 //! mount namespace, its root and /data copies of the source's mounts, its
 //! tmpfs as at the freeze; `--root-snapshot overlay`; failures and
 //! refusals leaving the source as it was). Needs root, gcc, unshare,
-//! setsid, tar; upstream's tests its binary too.
+//! setsid, tar, ip; upstream's tests its binary too.
 //!
 //! On main the dump fails ("dumping namespaces other than pid, time, uts
 //! and ipc ones is not supported yet"): every test but the restore-side
@@ -30,11 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn why_not() -> Option<String> {
-    why_not_here().or_else(|| why_not_tool("tar"))
-}
-
-fn ns_link(pid: i32, kind: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
+    why_not_here().or_else(|| why_not_tools(&["tar", "ip"]))
 }
 
 /// A running mntns in its rootfs; killed on drop.
@@ -56,9 +52,7 @@ impl Prog {
         std::fs::create_dir_all(&host).unwrap();
         let marker = format!("host {tag}-{}", std::process::id());
         std::fs::write(host.join("marker"), &marker).unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/mntns.c");
-        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(rootfs.join("mntns")).arg(&src).status().expect("gcc");
-        assert!(st.success(), "building mntns");
+        build_test_prog("mntns", &rootfs);
         let mut child = only_stdio(Command::new("unshare").args(["--mount", "--pid", "--fork", "setsid"]))
             .arg(rootfs.join("mntns"))
             .arg("run")
@@ -167,24 +161,8 @@ impl Drop for Prog {
     }
 }
 
-/// Our engine (a private copy); `CRIU_RS_TEST_ENGINE=PATH` runs another
-/// build (to show a test fails without the change).
 fn ours(dir: &Path) -> PathBuf {
-    let criu = match std::env::var_os("CRIU_RS_TEST_ENGINE") {
-        Some(p) => {
-            let dst = dir.join("criu");
-            std::fs::copy(p, &dst).expect("copy the engine under test");
-            dst
-        }
-        None => private_criu(dir),
-    };
-    for _ in 0..100 {
-        match Command::new(&criu).arg("--version").stdout(Stdio::null()).status() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
-            _ => break,
-        }
-    }
-    criu
+    engine_under_test(dir)
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -670,6 +648,19 @@ fn tfork_of_a_process_in_a_copy_of_the_host_mount_namespace() {
     let bin = build("counter", &dir);
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
+    // a namespace file bind-mounted in the host's namespace (`ip netns
+    // add`, as on many hosts), copied into the counter's: its root
+    // "net:[INO]" is no path (the tfork failed on it before)
+    let netns = format!("criu-rs-mntns-hostcopy-{}", std::process::id());
+    let st = Command::new("ip").args(["netns", "add", &netns]).status().expect("ip netns add");
+    assert!(st.success(), "ip netns add {netns}");
+    struct DelNetns(String);
+    impl Drop for DelNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+        }
+    }
+    let _n = DelNetns(netns.clone());
     let mut child = only_stdio(Command::new("setsid").args(["unshare", "--mount", "--propagation", "private"]))
         .arg(&bin)
         .current_dir(&work)
@@ -700,6 +691,7 @@ fn tfork_of_a_process_in_a_copy_of_the_host_mount_namespace() {
         v
     };
     let src_points = points(src);
+    assert!(src_points.iter().any(|l| l.contains(&netns)), "the nsfs bind in the counter's namespace: {src_points:?}");
     let img = dir.join("img");
     std::fs::create_dir_all(&img).unwrap();
     let criu = ours(&dir);
