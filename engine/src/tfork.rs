@@ -1447,7 +1447,7 @@ pub fn ns_init_main() -> ! {
 /// restored by a helper process forked for it (with `snap`, in a mount
 /// namespace of its own with the snapshot `(plan, dir)` mounted; for a
 /// source owning its mount namespace, the overlay's directories made and
-/// handed to the clone's root, `crate::mntns::set_root_overlay`), its root
+/// handed to the clone's root, `crate::mntns::set_root_snapshot`), its root
 /// a child of this engine (`--restore-sibling` of the helper), in a new
 /// pid namespace: made by the restore when the root owned its namespace
 /// (the root is its pid 1), else (`stand_in`) by the helper, whose first
@@ -1486,7 +1486,7 @@ fn restore_in_new_pid_ns(
             if let Some((plan, top)) = snap {
                 if tree.mnt.is_some() {
                     // (its own mount namespace: the overlay is its root mount, crate::mntns)
-                    crate::mntns::set_root_overlay(Some(plan.overlay_dirs(top).map_err(|e| format!("--root-snapshot: {e}"))?));
+                    crate::mntns::set_root_snapshot(Some(plan.root_snapshot(top).map_err(|e| format!("--root-snapshot: {e}"))?));
                 } else {
                     plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
                 }
