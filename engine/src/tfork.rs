@@ -823,28 +823,56 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     let mut snap_dirs = SnapDirs::default();
     let mut clones = Vec::with_capacity(opts.copies);
     let mut first = None;
-    for k in 0..opts.copies {
-        // the clone's snapshot directory is named by its pid once known
-        let top = plan.as_ref().map(|p| p.base.join(format!(".ns-{}-{k}", std::process::id())));
-        if let Some(t) = &top {
-            snap_dirs.0.push(t.clone());
+    // Clone trees after the first are restored up to one per CPU at once:
+    // each by its own helper process (the engine only forks it and reads
+    // its report), so their restores run on every CPU; the first alone
+    // (it runs soonest that way).
+    let width = std::env::var("CRIU_RS_TFORK_RESTORERS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| cpu_count().clamp(1, 8)).max(1);
+    let mut inflight: std::collections::VecDeque<(usize, Option<std::path::PathBuf>, Restoring)> = std::collections::VecDeque::new();
+    let mut next = 0;
+    let r = (|| -> Result<(), TforkError> {
+        while next < opts.copies || !inflight.is_empty() {
+            let room = if clones.is_empty() { 1 } else { width };
+            if next < opts.copies && inflight.len() < room {
+                // the clone's snapshot directory is named by its pid once known
+                let top = plan.as_ref().map(|p| p.base.join(format!(".ns-{}-{next}", std::process::id())));
+                if let Some(t) = &top {
+                    snap_dirs.0.push(t.clone());
+                }
+                let pending: Vec<i32> = inflight.iter().filter_map(|(_, _, h)| h.ctl_fd()).collect();
+                let h = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &inits, &pending, pre_inits.pop_front())?;
+                inflight.push_back((next, top, h));
+                next += 1;
+                continue;
+            }
+            let Some((_, top, h)) = inflight.pop_front() else { break };
+            let (c, init) = h.finish(&mut inits)?;
+            unreleased.0.push(c);
+            if let (Some(p), Some(t)) = (&plan, &top) {
+                let dest = p.made(c);
+                std::fs::rename(t, &dest).map_err(ioe(c, format!("renaming {} to {}", t.display(), dest.display())))?;
+                if let Some(d) = snap_dirs.0.iter_mut().find(|d| *d == t) {
+                    *d = dest;
+                }
+            }
+            match init {
+                None => pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace ({} processes)", tree.tasks.len()),
+                Some(i) => pr_info!("clone {c} of {pid}: pid {} of a new pid namespace whose pid 1 is {i} ({} processes)", tree.root().pid, tree.tasks.len()),
+            }
+            clones.push(c);
+            first.get_or_insert_with(|| t0.elapsed());
+            crate::fault::point("tforktree-clone-made");
         }
-        let (c, init) = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits, pre_inits.pop_front())?;
-        unreleased.0.push(c);
-        if let (Some(p), Some(t)) = (&plan, &top) {
-            let dest = p.made(c);
-            std::fs::rename(t, &dest).map_err(ioe(c, format!("renaming {} to {}", t.display(), dest.display())))?;
-            if let Some(last) = snap_dirs.0.last_mut() {
-                *last = dest;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        // (the helpers still at work report first: what they made is killed with the rest)
+        for (_, _, h) in inflight.drain(..) {
+            if let Ok((c, _)) = h.finish(&mut inits) {
+                unreleased.0.push(c);
             }
         }
-        match init {
-            None => pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace ({} processes)", tree.tasks.len()),
-            Some(i) => pr_info!("clone {c} of {pid}: pid {} of a new pid namespace whose pid 1 is {i} ({} processes)", tree.root().pid, tree.tasks.len()),
-        }
-        clones.push(c);
-        first.get_or_insert_with(|| t0.elapsed());
-        crate::fault::point("tforktree-clone-made");
+        return Err(e);
     }
     let all = t0.elapsed();
     // (the clones hold their own copy-on-write copies now)
@@ -1569,23 +1597,27 @@ pub fn ns_init_main() -> ! {
 /// (PDEATHSIG), and the clone it was making with it (PTRACE_O_EXITKILL);
 /// the init with the engine's end of its pipe. Returns the root's host
 /// pid and the init's.
+///
+/// The helper is started here; [`Restoring::finish`] waits for its
+/// report. `pending`: the stand-in inits' pipes of helpers started and not
+/// yet finished (closed in this one, as those of `inits`).
 fn restore_in_new_pid_ns(
     src: Pid,
     tree: &crate::model::Tree,
     mems: &[&dyn crate::mem_source::MemSource],
     snap: Option<(&crate::root_snapshot::Plan, &std::path::Path)>,
     stand_in: bool,
-    inits: &mut NsInits,
+    inits: &NsInits,
+    pending: &[i32],
     made: Option<Pid>,
-) -> Result<(Pid, Option<Pid>), TforkError> {
-    use std::io::Read;
+) -> Result<Restoring, TforkError> {
     use std::os::fd::AsRawFd;
     let (rd, wr) = p::pipe().map_err(ioe(src, "a pipe for the restoring helper"))?;
     // (an init made already by the engine is in `inits`, its pipe closed
     // in the helper with the others')
     let ctl = if stand_in && made.is_none() { Some(p::pipe().map_err(ioe(src, "a pipe for the stand-in init"))?) } else { None };
     let engine = std::process::id() as Pid;
-    let others: Vec<i32> = inits.0.iter().map(|(_, f)| f.as_raw_fd()).chain(ctl.as_ref().map(|(_, w)| w.as_raw_fd())).collect();
+    let others: Vec<i32> = inits.0.iter().map(|(_, f)| f.as_raw_fd()).chain(pending.iter().copied()).chain(ctl.as_ref().map(|(_, w)| w.as_raw_fd())).collect();
     let helper = p::fork3(0, &[], libc::SIGCHLD, || {
         let res = (|| -> Result<(Pid, Option<Pid>), String> {
             p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
@@ -1626,7 +1658,32 @@ fn restore_in_new_pid_ns(
     })
     .map_err(ioe(src, "forking the restoring helper"))?;
     drop(wr);
-    let ctl_wr = ctl.map(|(_, w)| w);
+    Ok(Restoring { src, helper, rd, ctl_wr: ctl.map(|(_, w)| w), made })
+}
+
+/// A clone tree's restoring helper started by [`restore_in_new_pid_ns`]
+/// (its report pipe, its stand-in init's pipe when the helper makes the
+/// init, the init the engine made for it).
+struct Restoring {
+    src: Pid,
+    helper: Pid,
+    rd: std::os::fd::OwnedFd,
+    ctl_wr: Option<std::os::fd::OwnedFd>,
+    made: Option<Pid>,
+}
+
+impl Restoring {
+    /// The write end of the pipe of the stand-in init this helper makes.
+    fn ctl_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.ctl_wr.as_ref().map(|w| w.as_raw_fd())
+    }
+
+    /// Wait for the helper's report: the clone root's host pid and the
+    /// init's (recorded in `inits`).
+    fn finish(self, inits: &mut NsInits) -> Result<(Pid, Option<Pid>), TforkError> {
+    use std::io::Read;
+    let Restoring { src, helper, rd, ctl_wr, made } = self;
     // one line (not to the end of the pipe: nothing but the helper holds it, but a line is enough)
     let mut out = Vec::new();
     let mut f = std::fs::File::from(rd);
@@ -1661,6 +1718,7 @@ fn restore_in_new_pid_ns(
         }
         Some(("err", e)) => Err(TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {e}"))),
         _ => Err(TforkError::Unsupported(format!("restoring helper {helper} of {src} ended without a report"))),
+    }
     }
 }
 
