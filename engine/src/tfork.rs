@@ -1601,6 +1601,7 @@ pub fn ns_init_main() -> ! {
 /// The helper is started here; [`Restoring::finish`] waits for its
 /// report. `pending`: the stand-in inits' pipes of helpers started and not
 /// yet finished (closed in this one, as those of `inits`).
+#[allow(clippy::too_many_arguments)]
 fn restore_in_new_pid_ns(
     src: Pid,
     tree: &crate::model::Tree,

@@ -380,23 +380,18 @@ fn clone_trees_restored_at_once_leave_nothing_when_the_engine_dies() {
     let src = tree_of(fx.pid);
     let src_shape = shape(&src);
     let inits0 = our_inits();
-    for (at, engine_dies) in [("tforktree-clone-made@2", true)] {
-        let img = dir.join(format!("img-{}", at.replace([':', '@'], "-")));
-        std::fs::create_dir_all(&img).unwrap();
-        let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "3"], &[("CRIU_RS_FAULT_AT", at), ("CRIU_RS_TFORK_RESTORERS", "2")]);
-        if engine_dies {
-            assert_killed(st, at, &log);
-        } else {
-            assert_eq!(st.code(), Some(1), "{at}: {log}");
-        }
-        assert!(clones.is_empty(), "{at}: clones reported: {clones:?}");
-        fx.ticks_on(3, &format!("(the source) after {at}"));
-        assert_eq!(without_snapshot_zombies(tree_of(fx.pid), &src), src, "{at}: the source tree's processes");
-        assert_eq!(shape(&src), src_shape, "{at}: the source tree's shape");
-        let others = |v: Vec<i32>| -> Vec<i32> { v.into_iter().filter(|p| !src.contains(p)).collect() };
-        wait_until(&format!("{at}: no clone process left"), Duration::from_secs(5), || others(live_with_exe(&fx.bin)).is_empty());
-        wait_until(&format!("{at}: no stand-in init left"), Duration::from_secs(5), || our_inits().iter().all(|p| inits0.contains(p)));
-    }
+    let at = "tforktree-clone-made@2";
+    let img = dir.join("img-clone-made-2");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "3"], &[("CRIU_RS_FAULT_AT", at), ("CRIU_RS_TFORK_RESTORERS", "2")]);
+    assert_killed(st, at, &log);
+    assert!(clones.is_empty(), "{at}: clones reported: {clones:?}");
+    fx.ticks_on(3, &format!("(the source) after {at}"));
+    assert_eq!(without_snapshot_zombies(tree_of(fx.pid), &src), src, "{at}: the source tree's processes");
+    assert_eq!(shape(&src), src_shape, "{at}: the source tree's shape");
+    let others = |v: Vec<i32>| -> Vec<i32> { v.into_iter().filter(|p| !src.contains(p)).collect() };
+    wait_until(&format!("{at}: no clone process left"), Duration::from_secs(5), || others(live_with_exe(&fx.bin)).is_empty());
+    wait_until(&format!("{at}: no stand-in init left"), Duration::from_secs(5), || our_inits().iter().all(|p| inits0.contains(p)));
 }
 
 /// What a tree tfork still refuses, by name: a process of the tree in a
