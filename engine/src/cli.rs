@@ -223,8 +223,9 @@ Options:
                          (upper dir -D/tfork-root/CLONE_PID/upper), or
                          btrfs[:DIR], a snapshot of its subvolume
                          (-D/tfork-root/CLONE_PID/snap, -D on that btrfs)
-                         (a source owning its mount namespace: overlay,
-                         of its root mount)
+                         (a source owning its mount namespace: of its
+                         root mount; btrfs where that root directory is
+                         on btrfs)
   --feature NAME         check: one feature by upstream's name
   --extra, --experimental, --all
                          check: accepted; every probe always runs

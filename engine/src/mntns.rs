@@ -306,7 +306,16 @@ pub fn classify(ms: &[Mount]) -> Result<(Vec<How>, Vec<usize>), String> {
         if !seen.insert(m.mnt_id) {
             return Err(format!("{}: its mount id appears twice", m.name()));
         }
-        if !clean(&m.mountpoint) || !clean(&m.root) {
+        // (an external mount's root is not used: an nsfs bind's is
+        // "net:[INO]", as `ip netns add` makes them)
+        if m.fstype == "nsfs" && m.ext_key.is_none() {
+            return Err(format!(
+                "{}: a namespace file bind-mounted (nsfs) is not made anew: give it as external (--external mnt[{}]:KEY at dump)",
+                m.name(),
+                m.mountpoint
+            ));
+        }
+        if !clean(&m.mountpoint) || (m.ext_key.is_none() && !clean(&m.root)) {
             return Err(format!("{}: its mount point and root must be absolute paths without . or ..", m.name()));
         }
     }
@@ -427,17 +436,27 @@ pub fn set_from_source(on: bool) {
     FROM_SOURCE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// tfork `--root-snapshot overlay` (set in the restoring helper of one
-/// clone, inherited by its root): the upper and work directories of an
-/// overlayfs [`enter`] mounts over the copy of the source's root mount.
-static ROOT_OVERLAY: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+/// tfork `--root-snapshot` of a source owning its mount namespace: what
+/// the clone's root mount is made of instead of a plain copy of the
+/// source's ([`set_root_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSnapshot {
+    /// An overlayfs, the copy of the source's root its lower layer, these
+    /// its upper and work directories.
+    Overlay { upper: String, work: String },
+    /// A bind of this directory (the clone's btrfs snapshot of the
+    /// source's root directory), in the engine's namespace.
+    Bind(String),
+}
 
-/// For tfork `--root-snapshot overlay` of a source owning its mount
-/// namespace: the clone restored next (by this process) gets an overlayfs
-/// as its root mount, the source's root its lower layer, `dirs` its upper
-/// and work directories.
-pub fn set_root_overlay(dirs: Option<(String, String)>) {
-    *ROOT_OVERLAY.lock().unwrap_or_else(|e| e.into_inner()) = dirs;
+/// Set in the restoring helper of one clone, inherited by its root.
+static ROOT_SNAPSHOT: std::sync::Mutex<Option<RootSnapshot>> = std::sync::Mutex::new(None);
+
+/// For tfork `--root-snapshot` of a source owning its mount namespace:
+/// the clone restored next (by this process) gets `snap` as its root
+/// mount ([`RootSnapshot`]).
+pub fn set_root_snapshot(snap: Option<RootSnapshot>) {
+    *ROOT_SNAPSHOT.lock().unwrap_or_else(|e| e.into_inner()) = snap;
 }
 
 /// [`collect`] with the pairs [`set_dump_external`] set (or, for tfork,
@@ -760,8 +779,8 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
         // the source's root, stacked on ours (pivot_root makes it /)
         (Some(c), _) => {
             let slash = std::fs::File::open("/").map_err(|e| format!("opening / to attach the copy of the source's root: {e}"))?;
-            let overlay = ROOT_OVERLAY.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match overlay {
+            let snap = ROOT_SNAPSHOT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match snap {
                 None => {
                     move_mount(&c, slash.as_fd()).map_err(|e| format!("{}: attaching the copy of the source's root (move_mount): {e}", ns.mounts[root_at].name()))?;
                     c
@@ -769,13 +788,22 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
                 // --root-snapshot: an overlayfs whose lower layer is that
                 // copy, detached (the overlay holds its own private clone of
                 // it), attached in its place
-                Some((upper, work)) => {
+                Some(RootSnapshot::Overlay { upper, work }) => {
                     let o = crate::sys::mount::overlay_mount(&proc_fd(&c), &upper, &work)
                         .map_err(|e| format!("{}: --root-snapshot overlay over the copy of the source's root: {e}", ns.mounts[root_at].name()))?;
                     drop(c);
                     move_mount(&o, slash.as_fd()).map_err(|e| format!("{}: attaching the --root-snapshot overlay (move_mount): {e}", ns.mounts[root_at].name()))?;
                     crate::pr_info!("{}: an overlay of the source's root, upper {upper}", ns.mounts[root_at].name());
                     o
+                }
+                // --root-snapshot btrfs: a bind of the clone's snapshot
+                // (its path in this namespace, a copy of the engine's)
+                Some(RootSnapshot::Bind(src)) => {
+                    drop(c);
+                    let b = crate::sys::mount::clone_mount(&src).map_err(|e| format!("{}: --root-snapshot btrfs: a bind of {src} (open_tree): {e}", ns.mounts[root_at].name()))?;
+                    move_mount(&b, slash.as_fd()).map_err(|e| format!("{}: attaching the --root-snapshot btrfs snapshot {src} (move_mount): {e}", ns.mounts[root_at].name()))?;
+                    crate::pr_info!("{}: a btrfs snapshot of the source's root, {src}", ns.mounts[root_at].name());
+                    b
                 }
             }
         }
@@ -1006,5 +1034,20 @@ mod tests {
         assert!(classify(&ms).unwrap_err().contains("stacked"));
         ms[1].mountpoint = "/../proc".into();
         assert!(classify(&ms).is_err());
+    }
+
+    /// A namespace file bind-mounted (`ip netns add`'s /run/netns/NAME):
+    /// refused by name unless external (tfork's copies from the source
+    /// make every such mount external), whose root "net:[INO]" is no path.
+    #[test]
+    fn nsfs_bind_is_refused_by_name_unless_external() {
+        let text = format!("{CONTAINER}80 69 0:4 net:[4026532181] /run/netns/x rw - nsfs nsfs rw\n");
+        let mut ms = mounts(&text);
+        ms.retain(|m| m.mnt_id != 79);
+        let e = classify(&ms).unwrap_err();
+        assert!(e.contains("mount 80 at /run/netns/x (nsfs") && e.contains("--external mnt[/run/netns/x]:KEY"), "{e}");
+        ms.last_mut().unwrap().ext_key = Some("/run/netns/x".into());
+        let (how, _) = classify(&ms).unwrap();
+        assert_eq!(how.last(), Some(&How::External("/run/netns/x".into())));
     }
 }

@@ -44,11 +44,13 @@
 //! exe link names the source's binary.
 //!
 //! A source that owns its mount namespace (a container, cloned by
-//! restore): `overlay` only, of its root mount ([`Plan::new_for_mount_ns`]):
-//! the restoring helper makes the clone's upper and work directories
-//! ([`Plan::overlay_dirs`]) and `crate::mntns::enter` mounts the overlay as
-//! the root mount of the clone's new namespace, over a copy of the
-//! source's.
+//! restore): a snapshot of its root mount only ([`Plan::new_for_mount_ns`]):
+//! the restoring helper makes the clone's upper and work directories, or
+//! the btrfs snapshot of the subvolume holding the source's root directory
+//! (`/proc/PID/root` as the engine's namespace names it)
+//! ([`Plan::root_snapshot`]), and `crate::mntns::enter` mounts the overlay
+//! (over a copy of the source's root mount) or a bind of the snapshot's
+//! directory as the root mount of the clone's new namespace.
 
 use crate::model::{FileDesc, Task};
 use crate::restore::space::Space;
@@ -187,43 +189,52 @@ impl Plan {
 
     /// [`Plan`] for a source that owns its mount namespace (a container,
     /// cloned by restore, `crate::mntns`): each clone's root mount is an
-    /// overlayfs over a copy of the source's, made in the clone's new
-    /// namespace ([`Plan::overlay_dirs`], `mntns::set_root_overlay`); its
-    /// other mounts are as without `--root-snapshot`. Refused by name: btrfs
-    /// (not supported yet for such a source) and a DIR other than `/`.
+    /// overlayfs over a copy of the source's, or a bind of a btrfs snapshot
+    /// of the subvolume holding its root directory, made in the clone's new
+    /// namespace ([`Plan::root_snapshot`], `mntns::set_root_snapshot`); its
+    /// other mounts are as without `--root-snapshot`. Refused by name: a
+    /// DIR other than `/`, a root not on btrfs for `btrfs`.
     pub fn new_for_mount_ns(mode: &Mode, pid: Pid, base: &Path) -> Result<Plan, String> {
-        match mode {
-            Mode::Btrfs { .. } => {
-                return Err(format!(
-                    "--root-snapshot btrfs: process {pid} owns its mount namespace (a container's): a btrfs snapshot of its root per clone is not supported yet (overlay is)"
-                ))
-            }
-            Mode::Overlay { dir: Some(d) } if !d.trim_end_matches('/').is_empty() => {
-                return Err(format!(
-                    "--root-snapshot overlay:{d}: process {pid} owns its mount namespace (a container's): its root mount is what each clone gets a snapshot of; a directory below it is not supported (give overlay)"
-                ))
-            }
-            Mode::Overlay { .. } => {}
+        let (Mode::Overlay { dir: Some(d) } | Mode::Btrfs { dir: Some(d) }) = mode else {
+            return Self::root_plan(mode, pid, base);
+        };
+        if !d.trim_end_matches('/').is_empty() {
+            let m = if matches!(mode, Mode::Btrfs { .. }) { "btrfs" } else { "overlay" };
+            return Err(format!(
+                "--root-snapshot {m}:{d}: process {pid} owns its mount namespace (a container's): its root mount is what each clone gets a snapshot of; a directory below it is not supported (give {m})"
+            ));
         }
+        Self::root_plan(mode, pid, base)
+    }
+
+    fn root_plan(mode: &Mode, pid: Pid, base: &Path) -> Result<Plan, String> {
         let parent = base.parent().unwrap_or(Path::new("."));
         let parent = std::fs::canonicalize(parent).map_err(|e| format!("--root-snapshot: {}: {e}", parent.display()))?;
         let base = parent.join(base.file_name().unwrap_or_default());
         if base.to_str().is_none() {
             return Err(format!("--root-snapshot: {} is not UTF-8", base.display()));
         }
+        let kind = match mode {
+            Mode::Overlay { .. } => Kind::Overlay,
+            // the source's root directory, as this namespace names it
+            // (/proc/PID/root: the directory its root mount shows)
+            Mode::Btrfs { .. } => btrfs_kind(&root_in_engine_ns(pid)?)?,
+        };
         std::fs::create_dir_all(&base).map_err(|e| format!("--root-snapshot: creating {}: {e}", base.display()))?;
-        Ok(Plan { dir: "/".into(), base, kind: Kind::Overlay })
+        Ok(Plan { dir: "/".into(), base, kind })
     }
 
-    /// Clone directory `top` of an overlay plan made: its upper and work
-    /// directories (for `mntns::set_root_overlay`).
-    pub fn overlay_dirs(&self, top: &Path) -> Result<(String, String), String> {
+    /// Clone directory `top` of a plan made for a source owning its mount
+    /// namespace ([`Plan::new_for_mount_ns`]): the overlay's upper and work
+    /// directories, or the btrfs snapshot's directory that is the clone's
+    /// root (for `mntns::set_root_snapshot`).
+    pub fn root_snapshot(&self, top: &Path) -> Result<crate::mntns::RootSnapshot, String> {
         let (upper, work, bind) = self.make_top(top)?;
-        if bind.is_some() {
-            return Err("a btrfs snapshot plan has no overlay directories".into());
-        }
         let s = |p: PathBuf| p.into_os_string().into_string().map_err(|p| format!("{} is not UTF-8", Path::new(&p).display()));
-        Ok((s(upper)?, s(work)?))
+        Ok(match bind {
+            Some(src) => crate::mntns::RootSnapshot::Bind(src),
+            None => crate::mntns::RootSnapshot::Overlay { upper: s(upper)?, work: s(work)? },
+        })
     }
 
     /// The directory of clone `pid`'s files: its overlay's upper
@@ -362,6 +373,39 @@ impl Plan {
     }
 }
 
+/// The path, in the engine's mount namespace, of the directory that is
+/// process `pid`'s root (a container's rootfs after pivot_root: readlink
+/// of /proc/PID/root says only "/" for a mount of another namespace): the
+/// file system and root of the mount at its "/", found below a mount of
+/// the same file system in the engine's namespace, and checked to be the
+/// same directory (device and inode).
+fn root_in_engine_ns(pid: Pid) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let read = |p: &str| -> Result<Vec<crate::mntns::MountInfo>, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("--root-snapshot btrfs: {p}: {e}"))?;
+        crate::mntns::parse_mountinfo(&text).map_err(|e| format!("--root-snapshot btrfs: {p}: {e}"))
+    };
+    let theirs = read(&format!("/proc/{pid}/mountinfo"))?;
+    let top = theirs.iter().rev().find(|m| m.mountpoint == "/").ok_or_else(|| format!("--root-snapshot btrfs: process {pid} has no mount at /"))?;
+    let want = std::fs::metadata(format!("/proc/{pid}/root")).map_err(|e| format!("--root-snapshot btrfs: the root of process {pid}: {e}"))?;
+    let mut best: Option<String> = None;
+    for m in read("/proc/self/mountinfo")?.iter().filter(|m| (m.major, m.minor) == (top.major, top.minor)) {
+        let rest = if m.root == "/" { top.root.strip_prefix('/') } else { top.root.strip_prefix(m.root.as_str()).and_then(|r| if r.is_empty() { Some(r) } else { r.strip_prefix('/') }) };
+        let Some(rest) = rest else { continue };
+        let path = if rest.is_empty() { m.mountpoint.clone() } else { format!("{}/{rest}", m.mountpoint.trim_end_matches('/')) };
+        if std::fs::metadata(&path).is_ok_and(|h| (h.dev(), h.ino()) == (want.dev(), want.ino())) {
+            best = Some(path);
+            break;
+        }
+    }
+    best.ok_or_else(|| {
+        format!(
+            "--root-snapshot btrfs: the root of process {pid} ({} of device {}:{}) is no directory the engine's mount namespace shows",
+            top.root, top.major, top.minor
+        )
+    })
+}
+
 /// The btrfs subvolume holding `dir` and `dir`'s path in it.
 fn btrfs_kind(dir: &str) -> Result<Kind, String> {
     use std::os::unix::fs::MetadataExt;
@@ -432,17 +476,21 @@ mod tests {
     }
 
     #[test]
-    fn a_source_owning_its_mount_namespace_gets_overlay_of_its_root_only() {
+    fn a_source_owning_its_mount_namespace_gets_a_snapshot_of_its_root_only() {
         let base = std::env::temp_dir().join(format!("criu-rs-rootsnap-unit-{}", std::process::id()));
-        let e = Plan::new_for_mount_ns(&Mode::Btrfs { dir: None }, 7, &base.join("b")).unwrap_err();
-        assert!(e.contains("--root-snapshot btrfs") && e.contains("process 7 owns its mount namespace"), "{e}");
-        let e = Plan::new_for_mount_ns(&Mode::Overlay { dir: Some("/srv".into()) }, 7, &base.join("b")).unwrap_err();
-        assert!(e.contains("overlay:/srv") && e.contains("(give overlay)"), "{e}");
+        let me = std::process::id() as Pid;
         std::fs::create_dir_all(&base).unwrap();
+        // this test's root (/) is no btrfs here: refused naming the type
+        let e = Plan::new_for_mount_ns(&Mode::Btrfs { dir: None }, me, &base.join("b")).unwrap_err();
+        assert!(e.contains("--root-snapshot btrfs") && (e.contains("is not on btrfs") || e.contains("no subvolume")), "{e}");
+        for (m, name) in [(Mode::Overlay { dir: Some("/srv".into()) }, "overlay"), (Mode::Btrfs { dir: Some("/srv".into()) }, "btrfs")] {
+            let e = Plan::new_for_mount_ns(&m, 7, &base.join("b")).unwrap_err();
+            assert!(e.contains(&format!("{name}:/srv")) && e.contains(&format!("(give {name})")), "{e}");
+        }
         for m in [Mode::Overlay { dir: None }, Mode::Overlay { dir: Some("/".into()) }] {
             let p = Plan::new_for_mount_ns(&m, 7, &base.join("b")).unwrap();
             assert_eq!(p.dir, "/");
-            let (u, w) = p.overlay_dirs(&p.made(9)).unwrap();
+            let crate::mntns::RootSnapshot::Overlay { upper: u, work: w } = p.root_snapshot(&p.made(9)).unwrap() else { panic!("an overlay") };
             assert!(u.ends_with("/b/9/upper") && w.ends_with("/b/9/work") && Path::new(&u).is_dir() && Path::new(&w).is_dir(), "{u} {w}");
         }
         let _ = std::fs::remove_dir_all(&base);

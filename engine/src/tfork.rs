@@ -384,46 +384,44 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let mut clones = Vec::with_capacity(opts.copies);
     let mut first = None;
     // Forkers: S and, once the first clone runs, up to one more unfinished
-    // fork of S per CPU; each round every forker forks one clone at the
-    // same time (a fork's time is its page-table copy, in the forker's own
-    // context: forks of different processes run in parallel on different
-    // CPUs). Forkers are finished last, S the very last.
+    // fork of S per CPU. Every forker always has a fork in flight while
+    // more clones are wanted (a fork's time is its page-table copy, in the
+    // forker's own context: forks of different processes run in parallel
+    // on different CPUs): as soon as one ends, the forker starts the next
+    // and only then is the new clone finished, by this thread, while the
+    // forks run. Forkers are finished last, S the very last.
     let max_forkers = opts.forkers.unwrap_or_else(|| cpu_count().clamp(1, 8)).max(1);
     let mut forkers: Vec<(Injector, Space)> = vec![(Injector::new(s, sp.gadget).map_err(ioe(s, "registers"))?, sp)];
-    let mut made = 1;
-    while made < opts.copies {
-        let k = forkers.len().min(opts.copies - made);
+    let mut fan = Fan::default();
+    let r = (|| -> Result<(), TforkError> {
         let args = sibling_fork_args();
-        for (inj, fsp) in forkers.iter_mut().take(k) {
-            inj.cloned.clear();
-            let a = fsp.write(0, &args)?;
-            inj.begin(libc::SYS_clone3, &[a, args.len() as u64]).map_err(ioe(inj.tid, "forking a clone"))?;
+        let mut made = 1;
+        if opts.copies > 1 {
+            fan.begin(&mut forkers, 0, &args)?;
         }
-        let mut born = Vec::with_capacity(k);
-        for (inj, fsp) in forkers.iter_mut().take(k) {
-            let f = inj.tid;
-            let r = inj.end(libc::SYS_clone3).map_err(ioe(f, "forking a clone"))?;
-            if let Some(&c) = inj.cloned.last() {
-                unreleased.0.push(c);
-                parasite::wait_first_stop(c).map_err(ioe(c, "waiting for a new clone"))?;
-                born.push((c, fsp.for_fork(c, c)?));
+        while let Some(k) = fan.next() {
+            let (c, csp) = fan.end(&mut forkers, k, &mut unreleased)?;
+            made += 1;
+            if made + fan.inflight() < opts.copies {
+                fan.begin(&mut forkers, k, &args)?;
             }
-            crate::sys::check_raw(r).map_err(ioe(f, "injected clone3(CLONE_PARENT)"))?;
-            if inj.cloned.is_empty() {
-                return Err(TforkError::Unsupported(format!("no fork event from {f}")));
-            }
-        }
-        made += born.len();
-        crate::fault::point("tfork-clone-forked");
-        for (c, csp) in born {
-            if first.is_some() && forkers.len() < max_forkers && made < opts.copies {
+            crate::fault::point("tfork-clone-forked");
+            if first.is_some() && forkers.len() < max_forkers && made + fan.inflight() < opts.copies {
                 forkers.push((Injector::new(c, csp.gadget).map_err(ioe(c, "registers"))?, csp));
+                let last = forkers.len() - 1;
+                fan.begin(&mut forkers, last, &args)?;
                 continue;
             }
             finish(c, task, &csp, plan.as_ref(), &mut snap_dirs, &net, &dontfork, &copies)?;
             clones.push(c);
             first.get_or_insert_with(|| t0.elapsed());
         }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        // (the forks still running end first: their clones are killed with the rest)
+        fan.drain(&mut forkers, &mut unreleased);
+        return Err(e);
     }
     // the forkers, S last
     for (inj, fsp) in forkers.into_iter().rev() {
@@ -452,6 +450,61 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         Unreleased(vec![d]).kill_all();
     }
     Ok(TforkReport { source: pid, clones, pause, first: first.unwrap_or(all), all, persisted })
+}
+
+/// The forks in flight of tfork's forkers (by index into the forkers),
+/// oldest first: each forker has at most one.
+#[derive(Debug, Default)]
+struct Fan(std::collections::VecDeque<usize>);
+
+impl Fan {
+    fn inflight(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The forker whose fork began first, if any is in flight.
+    fn next(&self) -> Option<usize> {
+        self.0.front().copied()
+    }
+
+    /// Start forker `k`'s next fork (`args`: its clone_args).
+    fn begin(&mut self, forkers: &mut [(Injector, Space)], k: usize, args: &[u8]) -> Result<(), TforkError> {
+        let (inj, fsp) = &mut forkers[k];
+        inj.cloned.clear();
+        let a = fsp.write(0, args)?;
+        inj.begin(libc::SYS_clone3, &[a, args.len() as u64]).map_err(ioe(inj.tid, "forking a clone"))?;
+        self.0.push_back(k);
+        Ok(())
+    }
+
+    /// Wait for forker `k`'s fork (the oldest in flight): the new clone,
+    /// stopped at its first stop, in `unreleased`.
+    fn end(&mut self, forkers: &mut [(Injector, Space)], k: usize, unreleased: &mut Unreleased) -> Result<(Pid, Space), TforkError> {
+        self.0.retain(|&i| i != k);
+        let (inj, fsp) = &mut forkers[k];
+        let f = inj.tid;
+        let r = inj.end(libc::SYS_clone3).map_err(ioe(f, "forking a clone"));
+        let c = inj.cloned.last().copied();
+        if let Some(c) = c {
+            unreleased.0.push(c);
+        }
+        let r = r?;
+        let Some(c) = c else {
+            crate::sys::check_raw(r).map_err(ioe(f, "injected clone3(CLONE_PARENT)"))?;
+            return Err(TforkError::Unsupported(format!("no fork event from {f}")));
+        };
+        parasite::wait_first_stop(c).map_err(ioe(c, "waiting for a new clone"))?;
+        crate::sys::check_raw(r).map_err(ioe(f, "injected clone3(CLONE_PARENT)"))?;
+        Ok((c, fsp.for_fork(c, c)?))
+    }
+
+    /// On an error: end every fork still in flight, its clone (if made)
+    /// put in `unreleased` to be killed with the others.
+    fn drain(&mut self, forkers: &mut [(Injector, Space)], unreleased: &mut Unreleased) {
+        while let Some(k) = self.next() {
+            let _ = self.end(forkers, k, unreleased);
+        }
+    }
 }
 
 /// The socket choices of the collection and of the restores (global to
@@ -770,28 +823,56 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     let mut snap_dirs = SnapDirs::default();
     let mut clones = Vec::with_capacity(opts.copies);
     let mut first = None;
-    for k in 0..opts.copies {
-        // the clone's snapshot directory is named by its pid once known
-        let top = plan.as_ref().map(|p| p.base.join(format!(".ns-{}-{k}", std::process::id())));
-        if let Some(t) = &top {
-            snap_dirs.0.push(t.clone());
+    // Clone trees after the first are restored up to one per CPU at once:
+    // each by its own helper process (the engine only forks it and reads
+    // its report), so their restores run on every CPU; the first alone
+    // (it runs soonest that way).
+    let width = std::env::var("CRIU_RS_TFORK_RESTORERS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| cpu_count().clamp(1, 8)).max(1);
+    let mut inflight: std::collections::VecDeque<(usize, Option<std::path::PathBuf>, Restoring)> = std::collections::VecDeque::new();
+    let mut next = 0;
+    let r = (|| -> Result<(), TforkError> {
+        while next < opts.copies || !inflight.is_empty() {
+            let room = if clones.is_empty() { 1 } else { width };
+            if next < opts.copies && inflight.len() < room {
+                // the clone's snapshot directory is named by its pid once known
+                let top = plan.as_ref().map(|p| p.base.join(format!(".ns-{}-{next}", std::process::id())));
+                if let Some(t) = &top {
+                    snap_dirs.0.push(t.clone());
+                }
+                let pending: Vec<i32> = inflight.iter().filter_map(|(_, _, h)| h.ctl_fd()).collect();
+                let h = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &inits, &pending, pre_inits.pop_front())?;
+                inflight.push_back((next, top, h));
+                next += 1;
+                continue;
+            }
+            let Some((_, top, h)) = inflight.pop_front() else { break };
+            let (c, init) = h.finish(&mut inits)?;
+            unreleased.0.push(c);
+            if let (Some(p), Some(t)) = (&plan, &top) {
+                let dest = p.made(c);
+                std::fs::rename(t, &dest).map_err(ioe(c, format!("renaming {} to {}", t.display(), dest.display())))?;
+                if let Some(d) = snap_dirs.0.iter_mut().find(|d| *d == t) {
+                    *d = dest;
+                }
+            }
+            match init {
+                None => pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace ({} processes)", tree.tasks.len()),
+                Some(i) => pr_info!("clone {c} of {pid}: pid {} of a new pid namespace whose pid 1 is {i} ({} processes)", tree.root().pid, tree.tasks.len()),
+            }
+            clones.push(c);
+            first.get_or_insert_with(|| t0.elapsed());
+            crate::fault::point("tforktree-clone-made");
         }
-        let (c, init) = restore_in_new_pid_ns(pid, rtree, &mems, plan.as_ref().zip(top.as_deref()), !own_ns, &mut inits, pre_inits.pop_front())?;
-        unreleased.0.push(c);
-        if let (Some(p), Some(t)) = (&plan, &top) {
-            let dest = p.made(c);
-            std::fs::rename(t, &dest).map_err(ioe(c, format!("renaming {} to {}", t.display(), dest.display())))?;
-            if let Some(last) = snap_dirs.0.last_mut() {
-                *last = dest;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        // (the helpers still at work report first: what they made is killed with the rest)
+        for (_, _, h) in inflight.drain(..) {
+            if let Ok((c, _)) = h.finish(&mut inits) {
+                unreleased.0.push(c);
             }
         }
-        match init {
-            None => pr_info!("clone {c} of {pid}: pid 1 of a new pid namespace ({} processes)", tree.tasks.len()),
-            Some(i) => pr_info!("clone {c} of {pid}: pid {} of a new pid namespace whose pid 1 is {i} ({} processes)", tree.root().pid, tree.tasks.len()),
-        }
-        clones.push(c);
-        first.get_or_insert_with(|| t0.elapsed());
-        crate::fault::point("tforktree-clone-made");
+        return Err(e);
     }
     let all = t0.elapsed();
     // (the clones hold their own copy-on-write copies now)
@@ -982,33 +1063,78 @@ impl Snapshots {
     }
 
     fn fork_all(&mut self, tree: &crate::model::Tree, frozen: &dump::freeze::FrozenTree) -> Result<(), String> {
+        // an injection session in every live process, all open at once
+        let mut sess: Vec<Option<(Pid, u64, Parasite)>> = Vec::with_capacity(frozen.members.len());
         for (m, t) in frozen.members.iter().zip(&tree.tasks) {
             let Some(k) = m.frozen.filter(|_| t.zombie_exit.is_none()) else {
-                self.pids.push(None);
+                sess.push(None);
                 continue;
             };
             let f = &frozen.procs[k];
-            let mut par = Parasite::start(f, f.gadget).map_err(|e| format!("injection session in {}: {e}", m.pid))?;
+            let par = Parasite::start(f, f.gadget).map_err(|e| format!("injection session in {}: {e}", m.pid))?;
+            sess.push(Some((m.pid, f.gadget, par)));
+        }
+        // Every fork started, then each waited for: a fork's time is its
+        // page-table copy, made in the forking process's own context, so
+        // the processes copy theirs on every CPU at once.
+        let args = p::clone_args_bytes(0, 0, 0);
+        let mut began = Vec::with_capacity(sess.len());
+        let mut err = None;
+        for (i, s) in sess.iter_mut().enumerate() {
+            let Some((pid, _, par)) = s else { continue };
+            match par.fork_call_begin(&args, ptrace::O_TRACEFORK | ptrace::O_TRACECLONE) {
+                Ok(()) => began.push(i),
+                Err(e) => {
+                    err = Some(format!("injected clone3 in {pid}: {e}"));
+                    break;
+                }
+            }
+        }
+        let mut made: Vec<Option<Pid>> = vec![None; sess.len()];
+        for &i in &began {
+            let Some((pid, gadget, par)) = &mut sess[i] else { continue };
+            let r = par.fork_call_end().map_err(|e| format!("injected clone3 in {pid}: {e}"));
+            match r.and_then(|(ret, child)| self.adopt(*pid, *gadget, par, ret, child)) {
+                Ok(snap) => made[i] = Some(snap),
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = err {
+            // (the sessions end here, before the snapshots made are reaped)
+            return Err(e);
+        }
+        for (s, first) in sess.iter_mut().zip(made) {
+            let Some((pid, gadget, par)) = s else {
+                self.pids.push(None);
+                continue;
+            };
+            let (pid, gadget) = (*pid, *gadget);
             let main = par.main_tid();
             // VMAs marked MADV_DONTFORK (node's V8 heap) are not in a fork:
             // forked again with them, as for the fork-made clones; an AIO
             // ring (also left out) can't be: the copy then
+            let first = std::cell::Cell::new(first);
             let r = fork_whole(
-                m.pid,
-                &mut par,
+                pid,
+                par,
                 self,
-                |snaps, par| snaps.fork_one(m.pid, f.gadget, par).map_err(TforkError::Unsupported),
+                |snaps, par| match first.take() {
+                    Some(snap) => Ok(snap),
+                    None => snaps.fork_one(pid, gadget, par).map_err(TforkError::Unsupported),
+                },
                 |snaps, par, snap| {
                     // this snapshot goes, reaped by its source in this session
                     let ns = snaps.reap.iter().find(|r| r.1 == snap).map_or(snap, |r| r.2);
                     snaps.reap.retain(|r| r.1 != snap);
                     kill_collect(snap);
                     let flags = (libc::WEXITED | libc::__WCLONE | libc::WNOHANG) as u32 as u64;
-                    par.raw(main, libc::SYS_waitid, &[libc::P_PID as u64, ns as u64, 0, flags, 0]).map_err(ioe(m.pid, "injected waitid"))?;
+                    par.raw(main, libc::SYS_waitid, &[libc::P_PID as u64, ns as u64, 0, flags, 0]).map_err(ioe(pid, "injected waitid"))?;
                     Ok(())
                 },
                 |missing| {
-                    let maps = std::fs::read_to_string(format!("/proc/{}/maps", m.pid)).unwrap_or_default();
+                    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
                     missing
                         .iter()
                         .any(|&(a, b)| maps.lines().any(|l| l.starts_with(&format!("{a:x}-{b:x} ")) && l.contains("[aio]")))
@@ -1018,9 +1144,10 @@ impl Snapshots {
             )
             .map(|(snap, _)| snap)
             .map_err(|e| crate::log::error_chain(&e));
-            drop(par);
             self.pids.push(Some(r?));
         }
+        // (the sessions end: each source process's registers and masks back)
+        drop(sess);
         Ok(())
     }
 
@@ -1029,6 +1156,14 @@ impl Snapshots {
     fn fork_one(&mut self, pid: Pid, gadget: u64, par: &mut Parasite) -> Result<Pid, String> {
         let args = p::clone_args_bytes(0, 0, 0);
         let (ret, child) = par.fork_call(&args, ptrace::O_TRACEFORK | ptrace::O_TRACECLONE).map_err(|e| format!("injected clone3 in {pid}: {e}"))?;
+        self.adopt(pid, gadget, par, ret, child)
+    }
+
+    /// The snapshot `child` that clone3 (result `ret`) made in the process
+    /// `pid` (syscall gadget `gadget`) of session `par`: recorded to be
+    /// reaped, traced with PTRACE_O_EXITKILL, named, its fds closed; its
+    /// host pid.
+    fn adopt(&mut self, pid: Pid, gadget: u64, par: &Parasite, ret: i64, child: Option<Pid>) -> Result<Pid, String> {
         let (code, _) = par.mapping();
         // (clone3 returns the snapshot's pid in the source's pid namespace)
         let mut ns = None;
@@ -1284,6 +1419,8 @@ impl Parking {
         let mut paths: Vec<(std::path::PathBuf, std::fs::File)> = Vec::new();
         let mut park = Parking(Vec::with_capacity(want.len()));
         let mut bytes = 0u64;
+        // (region address, length, file index in `paths`, offset)
+        let mut fills: Vec<(u64, u64, usize, u64)> = Vec::new();
         for (mine, m) in want.iter().zip(mems) {
             let files = m.files();
             let mut out = Vec::with_capacity(mine.len());
@@ -1309,8 +1446,7 @@ impl Parking {
                             paths.len() - 1
                         }
                     };
-                    crate::sys::park::fill(at + (a - v.start), len, &paths[k].1, off)
-                        .map_err(ioe(src, format!("filling parked {a:#x}+{len:#x} from {}", path.display())))?;
+                    fills.push((at + (a - v.start), len, k, off));
                     bytes += len;
                 }
                 out.push((v.start, v.end, at));
@@ -1318,8 +1454,13 @@ impl Parking {
             }
             park.0.push(out);
         }
+        // the copy, on every CPU of the engine at once
+        // (`CRIU_RS_TFORK_PARK_THREADS=N` for measurements)
+        let threads = std::env::var("CRIU_RS_TFORK_PARK_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| cpu_count().clamp(1, 8));
+        let jobs: Vec<(u64, u64, &std::fs::File, u64)> = fills.iter().map(|&(a, len, k, off)| (a, len, &paths[k].1, off)).collect();
+        crate::sys::park::fill_all(&jobs, threads).map_err(ioe(src, format!("filling the parked memory ({} KiB) from {} files", bytes / 1024, paths.len())))?;
         let n: usize = park.0.iter().map(Vec::len).sum();
-        pr_info!("memory of {src}'s clones parked: {n} VMAs, {} KiB of pages, in {:.2} ms", bytes / 1024, t0.elapsed().as_secs_f64() * 1e3);
+        pr_info!("memory of {src}'s clones parked: {n} VMAs, {} KiB of pages, by {threads} threads, in {:.2} ms", bytes / 1024, t0.elapsed().as_secs_f64() * 1e3);
         Ok(Some(park))
     }
 }
@@ -1447,7 +1588,7 @@ pub fn ns_init_main() -> ! {
 /// restored by a helper process forked for it (with `snap`, in a mount
 /// namespace of its own with the snapshot `(plan, dir)` mounted; for a
 /// source owning its mount namespace, the overlay's directories made and
-/// handed to the clone's root, `crate::mntns::set_root_overlay`), its root
+/// handed to the clone's root, `crate::mntns::set_root_snapshot`), its root
 /// a child of this engine (`--restore-sibling` of the helper), in a new
 /// pid namespace: made by the restore when the root owned its namespace
 /// (the root is its pid 1), else (`stand_in`) by the helper, whose first
@@ -1456,23 +1597,28 @@ pub fn ns_init_main() -> ! {
 /// (PDEATHSIG), and the clone it was making with it (PTRACE_O_EXITKILL);
 /// the init with the engine's end of its pipe. Returns the root's host
 /// pid and the init's.
+///
+/// The helper is started here; [`Restoring::finish`] waits for its
+/// report. `pending`: the stand-in inits' pipes of helpers started and not
+/// yet finished (closed in this one, as those of `inits`).
+#[allow(clippy::too_many_arguments)]
 fn restore_in_new_pid_ns(
     src: Pid,
     tree: &crate::model::Tree,
     mems: &[&dyn crate::mem_source::MemSource],
     snap: Option<(&crate::root_snapshot::Plan, &std::path::Path)>,
     stand_in: bool,
-    inits: &mut NsInits,
+    inits: &NsInits,
+    pending: &[i32],
     made: Option<Pid>,
-) -> Result<(Pid, Option<Pid>), TforkError> {
-    use std::io::Read;
+) -> Result<Restoring, TforkError> {
     use std::os::fd::AsRawFd;
     let (rd, wr) = p::pipe().map_err(ioe(src, "a pipe for the restoring helper"))?;
     // (an init made already by the engine is in `inits`, its pipe closed
     // in the helper with the others')
     let ctl = if stand_in && made.is_none() { Some(p::pipe().map_err(ioe(src, "a pipe for the stand-in init"))?) } else { None };
     let engine = std::process::id() as Pid;
-    let others: Vec<i32> = inits.0.iter().map(|(_, f)| f.as_raw_fd()).chain(ctl.as_ref().map(|(_, w)| w.as_raw_fd())).collect();
+    let others: Vec<i32> = inits.0.iter().map(|(_, f)| f.as_raw_fd()).chain(pending.iter().copied()).chain(ctl.as_ref().map(|(_, w)| w.as_raw_fd())).collect();
     let helper = p::fork3(0, &[], libc::SIGCHLD, || {
         let res = (|| -> Result<(Pid, Option<Pid>), String> {
             p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
@@ -1486,7 +1632,7 @@ fn restore_in_new_pid_ns(
             if let Some((plan, top)) = snap {
                 if tree.mnt.is_some() {
                     // (its own mount namespace: the overlay is its root mount, crate::mntns)
-                    crate::mntns::set_root_overlay(Some(plan.overlay_dirs(top).map_err(|e| format!("--root-snapshot: {e}"))?));
+                    crate::mntns::set_root_snapshot(Some(plan.root_snapshot(top).map_err(|e| format!("--root-snapshot: {e}"))?));
                 } else {
                     plan.mount_here(top).map_err(|e| format!("--root-snapshot: {e}"))?;
                 }
@@ -1513,7 +1659,32 @@ fn restore_in_new_pid_ns(
     })
     .map_err(ioe(src, "forking the restoring helper"))?;
     drop(wr);
-    let ctl_wr = ctl.map(|(_, w)| w);
+    Ok(Restoring { src, helper, rd, ctl_wr: ctl.map(|(_, w)| w), made })
+}
+
+/// A clone tree's restoring helper started by [`restore_in_new_pid_ns`]
+/// (its report pipe, its stand-in init's pipe when the helper makes the
+/// init, the init the engine made for it).
+struct Restoring {
+    src: Pid,
+    helper: Pid,
+    rd: std::os::fd::OwnedFd,
+    ctl_wr: Option<std::os::fd::OwnedFd>,
+    made: Option<Pid>,
+}
+
+impl Restoring {
+    /// The write end of the pipe of the stand-in init this helper makes.
+    fn ctl_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.ctl_wr.as_ref().map(|w| w.as_raw_fd())
+    }
+
+    /// Wait for the helper's report: the clone root's host pid and the
+    /// init's (recorded in `inits`).
+    fn finish(self, inits: &mut NsInits) -> Result<(Pid, Option<Pid>), TforkError> {
+    use std::io::Read;
+    let Restoring { src, helper, rd, ctl_wr, made } = self;
     // one line (not to the end of the pipe: nothing but the helper holds it, but a line is enough)
     let mut out = Vec::new();
     let mut f = std::fs::File::from(rd);
@@ -1548,6 +1719,7 @@ fn restore_in_new_pid_ns(
         }
         Some(("err", e)) => Err(TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {e}"))),
         _ => Err(TforkError::Unsupported(format!("restoring helper {helper} of {src} ended without a report"))),
+    }
     }
 }
 

@@ -6,7 +6,7 @@
 //! hostile images refused by name. Needs root, gcc, unshare, setsid.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
@@ -15,71 +15,41 @@ use engine::kinds::Kind;
 use images_proto::{image, magic, pb};
 use engine::model::{Fd, FileDesc};
 
-use common::{criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream};
+use common::{build_test_prog_with, criu_ok, live_with_exe, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream, Find, OwnNsProg};
 
 /// A running evobjs, started `unshare --pid --fork setsid evobjs WORDS...`
 /// (pid 1 of its own pid namespace and a session leader, as the shared
 /// fixtures are, so that upstream CRIU dumps it too); killed on drop.
 struct Ev {
-    dir: PathBuf,
-    bin: PathBuf,
-    work: PathBuf,
-    pid: i32,
+    p: OwnNsProg,
     /// It holds the 20 ms timer read every 5th tick (fd 19).
     periodic: bool,
 }
 
+impl std::ops::Deref for Ev {
+    type Target = OwnNsProg;
+    fn deref(&self) -> &OwnNsProg {
+        &self.p
+    }
+}
+
+impl std::ops::DerefMut for Ev {
+    fn deref_mut(&mut self) -> &mut OwnNsProg {
+        &mut self.p
+    }
+}
+
 impl Ev {
+    /// Pid 1 of its namespace (with `fork`, its child runs the same binary).
     fn start(name: &str, words: &[&str]) -> Ev {
         let dir = test_dir(&format!("kinds-{name}"));
-        let bin = dir.join("evobjs");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/evobjs.c");
-        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).arg("-lrt").status().expect("gcc");
-        assert!(st.success(), "building evobjs");
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
-            .arg(&bin)
-            .args(words)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start evobjs");
-        std::thread::spawn(move || child.wait());
-        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-        let periodic = words.contains(&"periodic");
-        let mut ev = Ev { dir, bin, work, pid: 0, periodic };
-        wait_until("first tick", Duration::from_secs(10), || ev.tick() >= 1);
-        ev.refind();
-        ev
-    }
-
-    /// The program's pid again: pid 1 of its namespace (with `fork`, its
-    /// child runs the same binary).
-    fn refind(&mut self) {
-        let pids = live_with_exe(&self.bin);
-        let ns_one = |p: &i32| {
-            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-            st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
-        };
-        let roots: Vec<i32> = pids.iter().copied().filter(ns_one).collect();
-        assert_eq!(roots.len(), 1, "one evobjs root expected, found {roots:?} of {pids:?}");
-        self.pid = roots[0];
-    }
-
-    fn log(&self) -> PathBuf {
-        self.work.join("progress.log")
-    }
-
-    fn tick(&self) -> u64 {
-        last_tick(&self.log())
-    }
-
-    fn ticks_on(&self, n: u64, what: &str) {
-        let t = self.tick();
-        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || self.tick() >= t + n);
+        let bin = build_test_prog_with("evobjs", &dir, &["-lrt"]);
+        let p = OwnNsProg::run(dir, bin, Find::NsInit, |bin| {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "setsid"]).arg(bin).args(words);
+            c
+        });
+        Ev { p, periodic: words.contains(&"periodic") }
     }
 
     /// Right after a tick 5k+1, when the program holds fd 19: that timer
@@ -89,13 +59,6 @@ impl Ev {
         if self.periodic {
             wait_until("a tick 5k+1", Duration::from_secs(5), || self.tick() % 5 == 1);
         }
-    }
-
-    fn images(&self, name: &str) -> PathBuf {
-        let d = self.dir.join(name);
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 
     /// The fdinfo lines that describe the objects, sorted (not positions,
@@ -127,9 +90,7 @@ impl Ev {
 
 impl Drop for Ev {
     fn drop(&mut self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-        }
+        self.kill_all();
         // the files of the fanotify mount mark, named after the work dir's inode
         if let Ok(m) = std::fs::metadata(&self.work) {
             use std::os::unix::fs::MetadataExt;

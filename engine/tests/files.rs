@@ -351,6 +351,10 @@ fn unsupported_fd_kinds_refused_by_name() {
         // with --link-remap", which then failed on a cross-device link
         ("secretfd", "a memfd_secret(2) area"),
         ("secretmap", "it is memfd_secret(2) memory"),
+        // before: dumped as the path "/", reopened in the namespace's tree
+        ("detached", "in neither the process's mount namespace nor criu's"),
+        ("io_uring", "anonymous inode (io_uring)"),
+        ("perf_event", "anonymous inode (perf_event)"),
     ] {
         let s = Scene::start_args("fdrefuse", kind, &[kind]);
         let log = dump_refused(&s, kind);

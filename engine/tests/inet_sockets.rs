@@ -11,85 +11,48 @@
 //! unshare, setsid.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
 use images_proto::{image, magic, pb};
 
-use common::{criu_env, criu_ok, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream};
+use common::{criu_env, criu_ok, live_with_exe, private_criu, require, upstream_ok, wait_until, why_not_here, why_not_upstream, Find, OwnNsProg};
 
 /// A running inetsk, started `unshare --pid --fork setsid inetsk WORDS...`
 /// (pid 1 of its own pid namespace and a session leader, so that upstream
 /// CRIU dumps it too); killed on drop.
 struct Sk {
-    dir: PathBuf,
-    bin: PathBuf,
-    work: PathBuf,
-    pid: i32,
+    p: OwnNsProg,
+}
+
+impl std::ops::Deref for Sk {
+    type Target = OwnNsProg;
+    fn deref(&self) -> &OwnNsProg {
+        &self.p
+    }
+}
+
+impl std::ops::DerefMut for Sk {
+    fn deref_mut(&mut self) -> &mut OwnNsProg {
+        &mut self.p
+    }
 }
 
 impl Sk {
+    /// Pid 1 of its namespace.
     fn start(name: &str, words: &[&str]) -> Sk {
-        let dir = test_dir(&format!("inet-{name}"));
-        let bin = dir.join("inetsk");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/inetsk.c");
-        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
-        assert!(st.success(), "building inetsk");
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
-            .arg(&bin)
-            .args(words)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start inetsk");
-        std::thread::spawn(move || child.wait());
-        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-        let mut sk = Sk { dir, bin, work, pid: 0 };
-        wait_until("first tick", Duration::from_secs(10), || sk.tick() >= 1);
-        sk.refind();
-        sk
-    }
-
-    /// The program's pid again (pid 1 of its namespace).
-    fn refind(&mut self) {
-        let pids = common::roots_with_exe(&self.bin);
-        let ns_one = |p: &i32| {
-            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-            st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
-        };
-        let all = live_with_exe(&self.bin);
-        let roots: Vec<i32> = all.iter().copied().filter(ns_one).collect();
-        assert_eq!(roots.len(), 1, "one inetsk expected, found {roots:?} of {all:?} ({pids:?})");
-        self.pid = roots[0];
-    }
-
-    fn tick(&self) -> u64 {
-        last_tick(&self.work.join("progress.log"))
-    }
-
-    fn ticks_on(&self, n: u64, what: &str) {
-        let t = self.tick();
-        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || self.tick() >= t + n);
-    }
-
-    fn images(&self, name: &str) -> PathBuf {
-        let d = self.dir.join(name);
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        let p = OwnNsProg::launch(&format!("inet-{name}"), "inetsk", Find::NsInit, |bin| {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "setsid"]).arg(bin).args(words);
+            c
+        });
+        Sk { p }
     }
 
     fn kill(&self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
-        }
-        wait_until("the program gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
+        self.kill_all();
     }
 
     /// The listening sockets of the program as `ss` shows them: local
@@ -109,14 +72,6 @@ impl Sk {
             .collect();
         v.sort();
         v
-    }
-}
-
-impl Drop for Sk {
-    fn drop(&mut self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
-        }
     }
 }
 
@@ -266,6 +221,7 @@ fn tcp_close_images_both_ways_with_upstream() {
     drop(sk);
     // ours of a fresh program restored by upstream
     let mut sk = Sk::start("tcp-close-to-upstream", &["established"]);
+    let criu = private_criu(&sk.dir);
     sk.ticks_on(2, "before our dump");
     let img = sk.images("img-ours");
     criu_ok(&criu, &["dump", "-t", &sk.pid.to_string(), "--tcp-close"], &img, "dump.log");

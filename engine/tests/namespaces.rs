@@ -16,22 +16,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn engine(dir: &Path) -> PathBuf {
-    match std::env::var_os("CRIU_RS_TEST_ENGINE") {
-        Some(p) => {
-            let dst = dir.join("criu");
-            std::fs::copy(p, &dst).expect("copy the engine under test");
-            dst
-        }
-        None => private_criu(dir),
-    }
+    engine_under_test(dir)
 }
 
 fn build_nsstate(dir: &Path) -> PathBuf {
-    let bin = dir.join("nsstate");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/nsstate.c");
-    let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
-    assert!(st.success(), "building nsstate");
-    bin
+    build_test_prog("nsstate", dir)
 }
 
 /// A running nsstate; killed on drop.

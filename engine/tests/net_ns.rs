@@ -28,17 +28,21 @@ fn why_not() -> Option<String> {
     why_not_here().or_else(|| why_not_tools(&["nsenter", "ip", "iptables-restore", "iptables-legacy-save", "nft"]))
 }
 
-fn ns_link(pid: i32, kind: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 /// A running netsk tree (its root pid 1 of its own pid and net
 /// namespaces); every netsk of this test killed on drop.
-struct Prog {
-    dir: PathBuf,
-    bin: PathBuf,
-    work: PathBuf,
-    pid: i32,
+struct Prog(OwnNsProg);
+
+impl std::ops::Deref for Prog {
+    type Target = OwnNsProg;
+    fn deref(&self) -> &OwnNsProg {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Prog {
+    fn deref_mut(&mut self) -> &mut OwnNsProg {
+        &mut self.0
+    }
 }
 
 impl Prog {
@@ -55,62 +59,18 @@ impl Prog {
 
     /// `unshare UNSHARE setsid sh -c SCRIPT netsk`.
     fn start_in(tag: &str, unshare: &[&str], script: &str) -> Prog {
-        let dir = test_dir(&format!("netns-{tag}"));
-        let bin = dir.join("netsk");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/netsk.c");
-        let out = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).output().expect("gcc");
-        assert!(out.status.success(), "building netsk: {}", String::from_utf8_lossy(&out.stderr));
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(unshare).args(["setsid", "sh", "-c", script]))
-            .arg(&bin)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start netsk");
-        std::thread::spawn(move || child.wait());
-        let mut p = Prog { dir, bin, work, pid: 0 };
-        wait_until("ready", Duration::from_secs(10), || p.work.join("ready").exists() || p.log_text().contains("FAIL"));
+        let p = Prog(OwnNsProg::launch(&format!("netns-{tag}"), "netsk", Find::OneTree, |bin| {
+            let mut c = Command::new("unshare");
+            c.args(unshare).args(["setsid", "sh", "-c", script]).arg(bin);
+            c
+        }));
         p.ticks_on(2, "at start");
-        p.refind();
         p
     }
 
     /// lo up with 127.42.0.1/16, max_dgram_qlen 33; the sockets of `up`.
     fn start_up(tag: &str) -> Prog {
         Self::start(tag, "up", "ip link set lo up && ip addr add 127.42.0.1/16 dev lo && echo 33 > /proc/sys/net/unix/max_dgram_qlen")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.work.join("progress.log")).unwrap_or_default()
-    }
-
-    fn refind(&mut self) {
-        let pids = roots_with_exe(&self.bin);
-        assert_eq!(pids.len(), 1, "one netsk tree expected, found roots {pids:?}");
-        self.pid = pids[0];
-    }
-
-    /// `n` more ticks, and no FAIL line meanwhile.
-    fn ticks_on(&self, n: u64, what: &str) {
-        let log = self.work.join("progress.log");
-        let t = last_tick(&log);
-        let fails = || self.log_text().lines().filter(|l| l.starts_with("FAIL")).map(str::to_string).collect::<Vec<_>>();
-        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || last_tick(&log) >= t + n || !fails().is_empty());
-        assert!(fails().is_empty(), "{what}: {:?}", fails());
-    }
-
-    fn images(&self, name: &str) -> PathBuf {
-        let d = self.dir.join(name);
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn gone(&self) {
-        wait_until("the dumped tree gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
     }
 
     fn dump(&self, criu: &Path, img: &Path) {
@@ -125,16 +85,7 @@ impl Prog {
 
     /// Restore `img` with `criu` (ours or upstream's) in the working dir.
     fn restore(&mut self, criu: &Path, img: &Path) {
-        let st = Command::new(criu)
-            .args(["restore", "-d", "--tcp-established", "-v4", "-o", "restore.log", "-D"])
-            .arg(img)
-            .current_dir(&self.work)
-            .stdin(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "restore by {} failed:\n{}", criu.display(), std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
-        self.refind();
-        self.ticks_on(5, "after restore");
+        self.restore_in_work(criu, img, &["--tcp-established"]);
     }
 
     /// What the test sees from outside: the tree's network namespace is
@@ -146,54 +97,22 @@ impl Prog {
         for p in live_with_exe(&self.bin) {
             assert_eq!(ns_link(p, "net"), ns_link(self.pid, "net"), "{p} must be in its root's network namespace");
         }
-        let addr = nsenter(self.pid, &["ip", "-o", "addr", "show", "dev", "lo"]);
+        let addr = in_net(self.pid, &["ip", "-o", "addr", "show", "dev", "lo"]);
         assert!(addr.contains("inet 127.42.0.1/16"), "lo lacks 127.42.0.1/16:\n{addr}");
-        let link = nsenter(self.pid, &["ip", "-o", "link", "show", "dev", "lo"]);
+        let link = in_net(self.pid, &["ip", "-o", "link", "show", "dev", "lo"]);
         assert_eq!(link.contains("<LOOPBACK,UP,LOWER_UP>"), up, "lo's flags: {link}");
-        let rules = nsenter(self.pid, &["nft", "list", "ruleset"]);
+        let rules = in_net(self.pid, &["nft", "list", "ruleset"]);
         assert!(!rules.contains("CRIU"), "the network lock is still there:\n{rules}");
     }
 }
 
-impl Drop for Prog {
-    fn drop(&mut self) {
-        let deleted = format!("{} (deleted)", self.bin.display());
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
-            if Path::new(&exe) == self.bin || exe == deleted {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// `nsenter -t PID --net cmd...`: its trimmed stdout.
-fn nsenter(pid: i32, cmd: &[&str]) -> String {
-    let out = Command::new("nsenter").args(["-t", &pid.to_string(), "--net"]).args(cmd).output().expect("nsenter");
-    assert!(out.status.success(), "nsenter -t {pid} --net {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+fn in_net(pid: i32, cmd: &[&str]) -> String {
+    nsenter(pid, &["--net"], cmd)
 }
 
-/// Our engine (a private copy); `CRIU_RS_TEST_ENGINE=PATH` runs another
-/// build (to show a test fails without the change).
 fn ours(dir: &Path) -> PathBuf {
-    let criu = match std::env::var_os("CRIU_RS_TEST_ENGINE") {
-        Some(p) => {
-            let dst = dir.join("criu");
-            std::fs::copy(p, &dst).expect("copy the engine under test");
-            dst
-        }
-        None => private_criu(dir),
-    };
-    for _ in 0..100 {
-        match Command::new(&criu).arg("--version").stdout(Stdio::null()).status() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
-            _ => break,
-        }
-    }
-    criu
+    engine_under_test(dir)
 }
 
 /// The images upstream 4.2 writes for such a namespace (ID: the root's
@@ -289,7 +208,7 @@ fn veth_device_is_refused() {
     assert!(log.contains("device v") && log.contains("driver veth") && log.contains("only the loopback device is supported"), "the error should name the veth device:\n{log}");
     assert!(!img.join("inventory.img").exists());
     p.ticks_on(3, "after the refused dump");
-    let rules = nsenter(p.pid, &["nft", "list", "ruleset"]);
+    let rules = in_net(p.pid, &["nft", "list", "ruleset"]);
     assert!(!rules.contains("CRIU"), "the refused dump left its lock:\n{rules}");
 }
 
@@ -338,7 +257,7 @@ fn empty_ns_net_leaves_the_namespace_to_the_runtime() {
     p.refind();
     p.ticks_on(3, "after restore");
     assert_ne!(ns_link(p.pid, "net"), ns_link(std::process::id() as i32, "net"));
-    let link = nsenter(p.pid, &["ip", "-o", "addr"]);
+    let link = in_net(p.pid, &["ip", "-o", "addr"]);
     assert!(!link.contains("127.42.0.1") && !link.contains("UP"), "an empty namespace expected:\n{link}");
 }
 
@@ -364,11 +283,11 @@ fn tfork_keeps_in_tree_connections(p: &mut Prog, root: i32) {
     let nss: Vec<String> = trees.iter().map(|&t| ns_link(t, "net")).collect();
     assert!(nss[0] != nss[1] && nss[0] != nss[2] && nss[1] != nss[2], "network namespaces must all differ: {nss:?}");
     for &c in &clones {
-        let addr = nsenter(c, &["ip", "-o", "addr", "show", "dev", "lo"]);
-        assert!(addr.contains("inet 127.42.0.1/16") && nsenter(c, &["ip", "-o", "link", "show", "dev", "lo"]).contains("UP"), "clone {c}: lo as the source's:\n{addr}");
-        assert!(!nsenter(c, &["nft", "list", "ruleset"]).contains("CRIU"), "clone {c}: the lock is still there");
+        let addr = in_net(c, &["ip", "-o", "addr", "show", "dev", "lo"]);
+        assert!(addr.contains("inet 127.42.0.1/16") && in_net(c, &["ip", "-o", "link", "show", "dev", "lo"]).contains("UP"), "clone {c}: lo as the source's:\n{addr}");
+        assert!(!in_net(c, &["nft", "list", "ruleset"]).contains("CRIU"), "clone {c}: the lock is still there");
     }
-    assert!(!nsenter(root, &["nft", "list", "ruleset"]).contains("CRIU"), "the source's lock is still there");
+    assert!(!in_net(root, &["nft", "list", "ruleset"]).contains("CRIU"), "the source's lock is still there");
     // each alone: the others killed one by one, it ticks on
     let mut alive: Vec<usize> = vec![0, 1, 2];
     for victim in [1, 0] {

@@ -21,12 +21,7 @@ use std::time::Duration;
 
 #[test]
 fn restore_right_after_dump_gets_the_pid_20_rounds() {
-    rounds("nsstate", |dir| {
-        let bin = dir.join("nsstate");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/nsstate.c");
-        assert!(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&bin).arg(&src).status().unwrap().success());
-        (bin, vec!["plain"])
-    });
+    rounds("nsstate", |dir| (build_test_prog("nsstate", dir), vec!["plain"]));
 }
 
 /// The same with the threads fixture: every thread's tid must be free too.
@@ -38,14 +33,7 @@ fn restore_right_after_dump_gets_the_tids_20_rounds() {
 fn rounds(tag: &str, make: impl FnOnce(&Path) -> (std::path::PathBuf, Vec<&'static str>)) {
     test_support::require!(common::why_not_here());
     let tmp = test_dir(&format!("ns-pid-reuse-{tag}"));
-    let criu = match std::env::var_os("CRIU_RS_TEST_ENGINE") {
-        Some(p) => {
-            let dst = tmp.join("criu");
-            std::fs::copy(p, &dst).unwrap();
-            dst
-        }
-        None => private_criu(&tmp),
-    };
+    let criu = engine_under_test(&tmp);
     let work = tmp.join("work");
     std::fs::create_dir_all(&work).unwrap();
     let (bin, args) = make(&tmp);

@@ -11,14 +11,14 @@
 //! gcc, unshare, setsid.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
 use images_proto::{magic, pb};
 
-use common::{criu_env, criu_ok, edited_image as edited, last_tick, live_with_exe, only_stdio, private_criu, require, test_dir, upstream_ok, wait_until, why_not_here, why_not_upstream};
+use common::{criu_env, criu_ok, edited_image as edited, live_with_exe, private_criu, require, upstream_ok, wait_until, why_not_here, why_not_upstream, Find, OwnNsProg};
 
 /// An fd table as (fd, link).
 type Links = Vec<(i32, String)>;
@@ -27,10 +27,8 @@ type Links = Vec<(i32, String)>;
 /// WORDS...` (pid 1 of its own pid namespace, a session leader without a
 /// terminal); killed on drop.
 struct Pt {
-    dir: PathBuf,
-    bin: PathBuf,
-    work: PathBuf,
-    pid: i32,
+    /// Dropped first: the program killed before `_serial` is released.
+    p: OwnNsProg,
     /// pts indices of A, D and B (-1 without `tree`), from ./ready.
     indices: Vec<i32>,
     /// Held while the program lives: the kernel hands out the lowest free
@@ -42,67 +40,29 @@ struct Pt {
 /// One ptys program at a time (see `Pt::_serial`).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+impl std::ops::Deref for Pt {
+    type Target = OwnNsProg;
+    fn deref(&self) -> &OwnNsProg {
+        &self.p
+    }
+}
+
+impl std::ops::DerefMut for Pt {
+    fn deref_mut(&mut self) -> &mut OwnNsProg {
+        &mut self.p
+    }
+}
+
 impl Pt {
     fn start(name: &str, words: &[&str]) -> Pt {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = test_dir(&format!("pty-{name}"));
-        let bin = dir.join("ptys");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/ptys.c");
-        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
-        assert!(st.success(), "building ptys");
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
-            .arg(&bin)
-            .args(words)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ptys");
-        std::thread::spawn(move || child.wait());
-        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-        let indices = std::fs::read_to_string(work.join("ready")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
-        let mut pt = Pt { dir, bin, work, pid: 0, indices, _serial: serial };
-        wait_until("first tick", Duration::from_secs(10), || pt.tick() >= 1);
-        pt.refind();
-        pt
-    }
-
-    /// The program's pid again: pid 1 of its namespace.
-    fn refind(&mut self) {
-        let pids = live_with_exe(&self.bin);
-        let ns_one = |p: &i32| {
-            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-            st.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
-        };
-        let roots: Vec<i32> = pids.iter().copied().filter(ns_one).collect();
-        assert_eq!(roots.len(), 1, "one ptys root expected, found {roots:?} of {pids:?}");
-        self.pid = roots[0];
-    }
-
-    fn log(&self) -> PathBuf {
-        self.work.join("progress.log")
-    }
-
-    fn tick(&self) -> u64 {
-        last_tick(&self.log())
-    }
-
-    fn ticks_on(&self, n: u64, what: &str) {
-        let t = self.tick();
-        let log = self.log();
-        let fails = || std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.starts_with("FAIL")).map(str::to_string).collect::<Vec<_>>();
-        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || self.tick() >= t + n || !fails().is_empty());
-        assert!(fails().is_empty(), "{what}: {:?}", fails());
-    }
-
-    fn images(&self, name: &str) -> PathBuf {
-        let d = self.dir.join(name);
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        let p = OwnNsProg::launch(&format!("pty-{name}"), "ptys", Find::NsInit, |bin| {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "setsid"]).arg(bin).args(words);
+            c
+        });
+        let indices = std::fs::read_to_string(p.work.join("ready")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+        Pt { p, indices, _serial: serial }
     }
 
     /// Every process of the program: (its controlling terminal from
@@ -123,20 +83,6 @@ impl Pt {
         v.into_iter().map(|(_, t, l)| (t, l)).collect()
     }
 
-    fn kill_all(&self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-        }
-        wait_until("the program gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
-    }
-}
-
-impl Drop for Pt {
-    fn drop(&mut self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-        }
-    }
 }
 
 /// Dump (killing it, or `--leave-running` and then killed) and restore

@@ -412,6 +412,44 @@ fn engine_killed_at_each_fault_point() {
 }
 
 #[test]
+fn engine_killed_mid_fan_out_leaves_only_whole_clones() {
+    require!(why_not());
+    let dir = test_dir("tfork-fanout-faults");
+    let src = Src::start(&dir, 2, 8);
+    // --copies 6: the engine dies while it finishes the third clone
+    // (`tfork-mid-clone@3`: one thread of it made) or right after the
+    // fourth fork (`tfork-clone-forked@4`), with other forks of the
+    // fan-out in flight (one forker beside S), two clones released: those
+    // run on whole, nothing else is left, the source as it was
+    for point in ["tfork-mid-clone@3", "tfork-clone-forked@4"] {
+        let fds0 = steady_fds(src.pid);
+        let masks0 = sigmasks(src.pid);
+        let (st, out, log) = run_tfork(&dir, &["-t", &src.pid.to_string(), "--copies", "6"], &[("CRIU_RS_FAULT_AT", point)]);
+        assert_killed(st, point, &log);
+        assert!(out.is_empty(), "{point}: no clone reported");
+        // (the clone being finished and those whose fork was in flight die
+        // with the engine, PTRACE_O_EXITKILL, a moment after it)
+        let released = log.matches("released (2 threads)").count();
+        assert_eq!(released, 2, "{point}: two clones released before the death\n{log}");
+        let others = || -> Vec<i32> { live_with_exe(&src.bin).into_iter().filter(|&p| p != src.pid).collect() };
+        wait_until(&format!("{point}: only the released clones left"), Duration::from_secs(5), || others().len() == released);
+        let left = others();
+        let mut procs = left.clone();
+        procs.push(src.pid);
+        src.all_tick(&procs, 3, &format!("after the engine died at {point}"));
+        for &c in &left {
+            assert_eq!(threads_of(c), 2, "{point}: clone {c} is whole");
+            // SAFETY: kill(2) of a clone this test made.
+            unsafe { libc::kill(c, libc::SIGKILL) };
+        }
+        wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
+        reap_zombies();
+        assert_eq!(steady_fds(src.pid), fds0, "{point}: fds");
+        assert_eq!(sigmasks(src.pid), masks0, "{point}: threads and their masks");
+    }
+}
+
+#[test]
 fn a_failing_tfork_leaves_no_clone() {
     require!(why_not());
     let dir = test_dir("tfork-fail");

@@ -368,6 +368,32 @@ fn engine_killed_at_the_tree_fault_points() {
     kill_and_wait_gone(&inits, "the clone trees");
 }
 
+/// Clone trees after the first are restored two at once (one helper per
+/// CPU): the engine killed when the second is made, the third still being
+/// restored by its helper, leaves no clone process and no stand-in init,
+/// the source tree as it was.
+#[test]
+fn clone_trees_restored_at_once_leave_nothing_when_the_engine_dies() {
+    require!(why_not_here());
+    let dir = test_dir("tforktree-parallel-faults");
+    let fx = Fixture::start("tree", &dir, Ns::Host);
+    let src = tree_of(fx.pid);
+    let src_shape = shape(&src);
+    let inits0 = our_inits();
+    let at = "tforktree-clone-made@2";
+    let img = dir.join("img-clone-made-2");
+    std::fs::create_dir_all(&img).unwrap();
+    let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "3"], &[("CRIU_RS_FAULT_AT", at), ("CRIU_RS_TFORK_RESTORERS", "2")]);
+    assert_killed(st, at, &log);
+    assert!(clones.is_empty(), "{at}: clones reported: {clones:?}");
+    fx.ticks_on(3, &format!("(the source) after {at}"));
+    assert_eq!(without_snapshot_zombies(tree_of(fx.pid), &src), src, "{at}: the source tree's processes");
+    assert_eq!(shape(&src), src_shape, "{at}: the source tree's shape");
+    let others = |v: Vec<i32>| -> Vec<i32> { v.into_iter().filter(|p| !src.contains(p)).collect() };
+    wait_until(&format!("{at}: no clone process left"), Duration::from_secs(5), || others(live_with_exe(&fx.bin)).is_empty());
+    wait_until(&format!("{at}: no stand-in init left"), Duration::from_secs(5), || our_inits().iter().all(|p| inits0.contains(p)));
+}
+
 /// What a tree tfork still refuses, by name: a process of the tree in a
 /// pid namespace nested below its root's.
 #[test]

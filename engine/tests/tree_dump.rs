@@ -40,6 +40,13 @@ fn cannot_run(test: &str, need_upstream: bool) -> bool {
     true
 }
 
+/// A new directory `name` in `tmp`.
+fn fresh(tmp: &Path, name: &str) -> PathBuf {
+    let d = tmp.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// gcc -O2 -static `src` (a fixture of ../shared/fixtures/progs, or of tests/progs).
 fn build_static(src: &Path, out: &Path) {
     let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(out).arg(src).args(["-lpthread", "-lrt"]).status().expect("gcc");
@@ -106,6 +113,23 @@ impl TreeFx {
     fn ticks_on(&self, n: u64, what: &str) {
         let t = self.tick();
         wait_until(&format!("{n} ticks {what}"), Duration::from_secs(15), || self.tick() >= t + n);
+    }
+
+    /// Dump the tree with ours into `dir` (`-t ROOT`, killing it) and wait
+    /// until every process of it is gone.
+    fn dump_gone(&self, dir: &Path) {
+        let members = self.members();
+        criu_ok(Path::new(CRIU), &["dump", "-t", &self.root.to_string()], dir, "dump.log");
+        wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
+    }
+
+    /// Restore `dir` with `r` in the tree's work dir: more than `n` ticks
+    /// after it, and the root found again.
+    fn restore_ticks(&mut self, r: Restorer, dir: &Path, n: u64) {
+        let t = self.tick();
+        restore_by(r, dir, &self.work);
+        wait_until("ticks after the restore", Duration::from_secs(15), || self.tick() > t + n);
+        self.refind();
     }
 
     /// The root and its descendants, zombies included, depth first.
@@ -226,8 +250,7 @@ fn leave_running_tree_runs_on_unchanged() {
         return;
     }
     let (tmp, fx) = start_tree("leave");
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img");
     let before = fx.snapshot();
     assert_eq!(before.len(), 5, "root, writer, reader, grandchild, zombie: {before:#?}");
     criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
@@ -276,15 +299,9 @@ fn upstream_restores_our_tree_dump_by(r: Restorer) {
         return;
     }
     let (tmp, mut fx) = start_tree(&format!("upstream-{r:?}"));
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
-    let members = fx.members();
-    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
-    wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
-    let t = fx.tick();
-    restore_by(r, &dir, &fx.work);
-    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 5);
-    fx.refind();
+    let dir = fresh(&tmp, "img");
+    fx.dump_gone(&dir);
+    fx.restore_ticks(r, &dir, 5);
     let live = fx.members().into_iter().filter(|&p| alive(p)).count();
     assert_eq!((live, fx.members().len()), (4, 5), "4 live processes and the zombie restored");
     drop(fx);
@@ -310,8 +327,7 @@ fn upstream_restores_shared_anonymous_memory_of_a_tree_by(r: Restorer) {
         return;
     }
     let (tmp, mut fx) = start_fixture(&format!("mem-{r:?}"), "mem");
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img");
     let members = fx.members();
     assert_eq!(members.len(), 2);
     criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
@@ -328,10 +344,7 @@ fn upstream_restores_shared_anonymous_memory_of_a_tree_by(r: Restorer) {
         assert!(mm[0].vmas.iter().any(|v| v.shmid == shmid), "pid {}: no VMA of shmem {shmid}", e.pid);
     }
     wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
-    let t = fx.tick();
-    restore_by(r, &dir, &fx.work);
-    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 5);
-    fx.refind();
+    fx.restore_ticks(r, &dir, 5);
     assert_eq!(fx.members().len(), 2);
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
@@ -361,8 +374,7 @@ fn shared_memory_mapped_differently_is_refused_by_name() {
     let members = fx.members();
     assert_eq!(members.len(), 2);
     let before = fx.snapshot();
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img");
     let (st, log) = criu_env(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log", &[]);
     assert_eq!(st.code(), Some(1), "{log}");
     assert!(
@@ -402,8 +414,7 @@ fn stopped_process_of_a_tree_stays_stopped() {
     assert_eq!(send_signal(gc, libc::SIGSTOP), 0);
     wait_until("grandchild stopped", Duration::from_secs(5), || state_letter(gc) == 'T');
     let before = fx.snapshot();
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img");
     criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
     fx.ticks_on(3, "after the dump");
     wait_until("grandchild stopped again", Duration::from_secs(5), || state_letter(gc) == 'T');
@@ -497,8 +508,7 @@ fn tree_with_another_uid_dumps_by(r: Restorer) {
         kids.iter().all(|&p| comm(p) == "sleep") && uids(&kids).iter().any(|u| u.starts_with("65534"))
     });
     let before = uids(&kids);
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img");
     criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log");
     assert_eq!(pstree(&dir).len(), 3);
     // the restored processes: their cmdline carries the tag
@@ -553,8 +563,7 @@ fn nested_pid_namespace_is_refused_by_name() {
     wait_until("a process in the nested pid namespace", Duration::from_secs(10), || {
         kids.iter().any(|p| !std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default().trim().is_empty())
     });
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img");
     let (st, log) = criu_env(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log", &[]);
     let ok = kids.iter().all(|&p| alive(p)) && alive(root);
     let mut all = kids.clone();
@@ -579,8 +588,7 @@ fn threads_in_every_process_of_a_tree_by(r: Restorer) {
     let bin = tmp.join("treethreads");
     build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/treethreads.c"), &bin);
     let mut fx = TreeFx::start(bin, tmp.join("work"));
-    let dir = tmp.join("img0");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img0");
     let before = fx.snapshot();
     criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
     fx.ticks_on(3, "after the --leave-running dump");
@@ -591,15 +599,9 @@ fn threads_in_every_process_of_a_tree_by(r: Restorer) {
     for t in ps.iter().flat_map(|e| &e.threads) {
         assert!(dir.join(format!("core-{t}.img")).exists(), "no core of thread {t}");
     }
-    let dir = tmp.join("img1");
-    std::fs::create_dir_all(&dir).unwrap();
-    let members = fx.members();
-    criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
-    wait_until("the tree gone after the dump", Duration::from_secs(5), || members.iter().all(|&p| !alive(p)));
-    let t = fx.tick();
-    restore_by(r, &dir, &fx.work);
-    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 5);
-    fx.refind();
+    let dir = fresh(&tmp, "img1");
+    fx.dump_gone(&dir);
+    fx.restore_ticks(r, &dir, 5);
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -628,8 +630,7 @@ fn host_pid_namespace_tree_restores_with_upstream_by(r: Restorer) {
     let mut fx = TreeFx::start_in(bin, tmp.join("work"), false);
     let members = fx.members();
     assert_eq!(members.len(), 5);
-    let dir = tmp.join("img");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img");
     let t0 = std::time::Instant::now();
     criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string()], &dir, "dump.log");
     let took = t0.elapsed();
@@ -642,10 +643,7 @@ fn host_pid_namespace_tree_restores_with_upstream_by(r: Restorer) {
     assert_eq!(pids, want, "host pids in the images");
     assert!(members.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()), "pids still taken when the dump returned");
     assert!(took < Duration::from_secs(5), "the dump took {took:?}");
-    let t = fx.tick();
-    restore_by(r, &dir, &fx.work);
-    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 5);
-    fx.refind();
+    fx.restore_ticks(r, &dir, 5);
     let mut now = fx.members();
     now.sort_unstable();
     assert_eq!(now, want, "restored with the same pids");
@@ -673,8 +671,7 @@ fn forking_tree_is_frozen_consistently_by(r: Restorer) {
     let mut fx = TreeFx::start(bin, tmp.join("work"));
     let mut sizes = Vec::new();
     for round in 0..5 {
-        let dir = tmp.join(format!("img{round}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh(&tmp, &format!("img{round}"));
         let log = criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running"], &dir, "dump.log");
         if why_not_two_cpus().is_none() {
             assert!(log.contains("by 2 tracer threads"), "round {round}: the tree was not dumped by the tracer threads:\n{log}");
@@ -692,15 +689,11 @@ fn forking_tree_is_frozen_consistently_by(r: Restorer) {
     eprintln!("forkloop: trees of {sizes:?} processes dumped");
     assert!(sizes.iter().any(|&n| n > 2), "never caught a child with its grandchild: {sizes:?}");
     // the last one for real: upstream restores it and no child goes missing
-    let dir = tmp.join("last");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "last");
     let root = fx.root;
     criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &dir, "dump.log");
     wait_until("the tree gone after the dump", Duration::from_secs(5), || !alive(root));
-    let t = fx.tick();
-    restore_by(r, &dir, &fx.work);
-    wait_until("ticks after the restore", Duration::from_secs(15), || fx.tick() > t + 3);
-    fx.refind();
+    fx.restore_ticks(r, &dir, 3);
     drop(fx);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -726,8 +719,7 @@ fn engine_killed_during_a_tree_dump_leaves_the_tree_running() {
         .iter()
         .enumerate()
     {
-        let dir = tmp.join(format!("img{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh(&tmp, &format!("img{i}"));
         // as for one process (tests/faults.rs): an injection session cut
         // short, the page pump's included, may leave its scratch mapping;
         // with tracer threads (two CPUs) also the other thread's session,
@@ -773,8 +765,7 @@ fn tracer_threads_stopped_midway_leave_the_tree_running() {
     let (tmp, fx) = start_tree("tracers-faults");
     let criu = private_criu(&tmp);
     for (i, point) in ["mid-tracers", "mid-tracers:fail", "mid-inject@12", "mid-pump@3", "mid-memory@2"].iter().enumerate() {
-        let dir = tmp.join(format!("img{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh(&tmp, &format!("img{i}"));
         // (as for one process, tests/faults.rs: an injection session cut
         // short may leave its scratch mapping: here the other thread's too;
         // a failure leaves nothing)
@@ -843,8 +834,7 @@ fn freeze_cgroup_seizes_the_whole_tree() {
     let live: Vec<i32> = fx.members().into_iter().filter(|&p| alive(p)).collect();
     // the root alone first: its children are outside the cgroup
     std::fs::write(cg.0.join("cgroup.procs"), fx.root.to_string()).unwrap();
-    let dir = tmp.join("img0");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img0");
     let before = fx.snapshot();
     let (st, log) = criu_env(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--freeze-cgroup", cg.0.to_str().unwrap()], &dir, "dump.log", &[]);
     assert_eq!(st.code(), Some(1), "{log}");
@@ -855,8 +845,7 @@ fn freeze_cgroup_seizes_the_whole_tree() {
     for p in &live[1..] {
         std::fs::write(cg.0.join("cgroup.procs"), p.to_string()).unwrap();
     }
-    let dir = tmp.join("img1");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh(&tmp, "img1");
     let log = criu_ok(Path::new(CRIU), &["dump", "-t", &fx.root.to_string(), "--leave-running", "--freeze-cgroup", cg.0.to_str().unwrap()], &dir, "dump.log");
     for p in &live {
         assert!(log.contains(&format!("Seized task {p}")), "{p} not seized:\n{log}");

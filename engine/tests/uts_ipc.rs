@@ -26,17 +26,21 @@ fn why_not() -> Option<String> {
     why_not_here().or_else(|| why_not_tool("nsenter"))
 }
 
-fn ns_link(pid: i32, kind: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 /// A running utsipc (pid 1 of its own pid, uts and ipc namespaces); every
 /// utsipc of this test killed on drop.
-struct Prog {
-    dir: PathBuf,
-    bin: PathBuf,
-    work: PathBuf,
-    pid: i32,
+struct Prog(OwnNsProg);
+
+impl std::ops::Deref for Prog {
+    type Target = OwnNsProg;
+    fn deref(&self) -> &OwnNsProg {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Prog {
+    fn deref_mut(&mut self) -> &mut OwnNsProg {
+        &mut self.0
+    }
 }
 
 impl Prog {
@@ -47,71 +51,22 @@ impl Prog {
 
     /// [`Prog::start`] with other `unshare` options.
     fn start_in(tag: &str, unshare: &[&str], pre: &[&str], host: &str, words: &[&str]) -> Prog {
-        let dir = test_dir(&format!("nsuts-{tag}"));
-        let bin = dir.join("utsipc");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/utsipc.c");
-        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
-        assert!(st.success(), "building utsipc");
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(unshare).arg("setsid"))
-            .args(pre)
-            .arg(&bin)
-            .args(["run", host, &format!("{host}.example")])
-            .args(words)
-            .env("UTSIPC_HOST_UTS", ns_link(std::process::id() as i32, "uts"))
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start utsipc");
-        std::thread::spawn(move || child.wait());
-        let mut p = Prog { dir, bin, work, pid: 0 };
-        wait_until("ready", Duration::from_secs(10), || p.work.join("ready").exists() || p.log_text().contains("FAIL"));
-        wait_until("first tick", Duration::from_secs(10), || last_tick(&p.log()) >= 1);
-        p.refind();
-        p
-    }
-
-    fn log(&self) -> PathBuf {
-        self.work.join("progress.log")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
-
-    fn refind(&mut self) {
-        let pids = live_with_exe(&self.bin);
-        assert_eq!(pids.len(), 1, "one utsipc expected, found {pids:?}");
-        self.pid = pids[0];
-    }
-
-    fn ticks_on(&self, n: u64, what: &str) {
-        let t = last_tick(&self.log());
-        wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || last_tick(&self.log()) >= t + n);
-    }
-
-    fn images(&self, name: &str) -> PathBuf {
-        let d = self.dir.join(name);
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn gone(&self) {
-        wait_until("the dumped program gone", Duration::from_secs(5), || live_with_exe(&self.bin).is_empty());
+        Prog(OwnNsProg::launch(&format!("nsuts-{tag}"), "utsipc", Find::OneProcess, |bin| {
+            let mut c = Command::new("unshare");
+            c.args(unshare)
+                .arg("setsid")
+                .args(pre)
+                .arg(bin)
+                .args(["run", host, &format!("{host}.example")])
+                .args(words)
+                .env("UTSIPC_HOST_UTS", ns_link(std::process::id() as i32, "uts"));
+            c
+        }))
     }
 
     /// Restore `img` with `criu` (ours or upstream's) in the working dir.
     fn restore(&mut self, criu: &Path, img: &Path) {
-        let mut cmd = Command::new(criu);
-        cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(img).current_dir(&self.work).stdin(Stdio::null());
-        let st = cmd.status().unwrap();
-        assert!(st.success(), "restore by {} failed:\n{}", criu.display(), std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
-        self.ticks_on(5, "after restore");
-        self.refind();
+        self.restore_in_work(criu, img, &[]);
     }
 
     /// What the test sees from outside: the namespaces are not the
@@ -121,56 +76,15 @@ impl Prog {
         for kind in ["uts", "ipc"] {
             assert_ne!(ns_link(self.pid, kind), ns_link(me, kind), "{} must be in a {kind} namespace of its own", self.pid);
         }
-        assert_eq!(nsenter(self.pid, "--uts", &["hostname"]), host);
+        assert_eq!(nsenter(self.pid, &["--uts"], &["hostname"]), host);
         if let Some(m) = marker {
-            assert_eq!(nsenter(self.pid, "--ipc", &[self.bin.to_str().unwrap(), "peek"]), m);
+            assert_eq!(nsenter(self.pid, &["--ipc"], &[self.bin.to_str().unwrap(), "peek"]), m);
         }
     }
 }
 
-impl Drop for Prog {
-    /// Every utsipc of this test killed (also once its binary is gone:
-    /// `NAME (deleted)`), then the test directory removed.
-    fn drop(&mut self) {
-        let deleted = format!("{} (deleted)", self.bin.display());
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
-            if Path::new(&exe) == self.bin || exe == deleted {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `nsenter -t PID FLAG cmd...`: its trimmed stdout.
-fn nsenter(pid: i32, flag: &str, cmd: &[&str]) -> String {
-    let out = Command::new("nsenter").args(["-t", &pid.to_string(), flag]).args(cmd).output().expect("nsenter");
-    assert!(out.status.success(), "nsenter -t {pid} {flag} {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Our engine (a private copy); `CRIU_RS_TEST_ENGINE=PATH` runs another
-/// build (to show a test fails without the change).
 fn ours(dir: &Path) -> PathBuf {
-    let criu = match std::env::var_os("CRIU_RS_TEST_ENGINE") {
-        Some(p) => {
-            let dst = dir.join("criu");
-            std::fs::copy(p, &dst).expect("copy the engine under test");
-            dst
-        }
-        None => private_criu(dir),
-    };
-    // a fork of another test thread may hold the copy's write fd for a
-    // moment (ETXTBSY until it execs)
-    for _ in 0..100 {
-        match Command::new(&criu).arg("--version").stdout(Stdio::null()).status() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
-            _ => break,
-        }
-    }
-    criu
+    engine_under_test(dir)
 }
 
 /// Ours dumps and restores twice (what a restore made must dump again):
@@ -231,7 +145,7 @@ fn uts_namespace_alone_survives() {
     assert!(ns[0].starts_with("utsns-"));
     p.gone();
     p.restore(&criu, &img);
-    assert_eq!(nsenter(p.pid, "--uts", &["hostname"]), "uts-only");
+    assert_eq!(nsenter(p.pid, &["--uts"], &["hostname"]), "uts-only");
     let me = std::process::id() as i32;
     assert_ne!(ns_link(p.pid, "uts"), ns_link(me, "uts"));
     assert_eq!(ns_link(p.pid, "ipc"), ns_link(me, "ipc"), "the ipc namespace is criu's again");
@@ -313,13 +227,13 @@ fn tfork_clones_get_their_own_uts_and_ipc_namespaces() {
         assert!(links[0] != links[1] && links[0] != links[2] && links[1] != links[2], "{kind} namespaces must all differ: {links:?}");
     }
     for &c in &clones {
-        assert_eq!(nsenter(c, "--uts", &["hostname"]), "box3");
-        assert_eq!(nsenter(c, "--ipc", &[p.bin.to_str().unwrap(), "peek"]), "1");
+        assert_eq!(nsenter(c, &["--uts"], &["hostname"]), "box3");
+        assert_eq!(nsenter(c, &["--ipc"], &[p.bin.to_str().unwrap(), "peek"]), "1");
     }
-    nsenter(clones[0], "--ipc", &[p.bin.to_str().unwrap(), "poke", "77"]);
-    assert_eq!(nsenter(clones[0], "--ipc", &[p.bin.to_str().unwrap(), "peek"]), "77");
-    assert_eq!(nsenter(p.pid, "--ipc", &[p.bin.to_str().unwrap(), "peek"]), "1", "the source saw a clone's write");
-    assert_eq!(nsenter(clones[1], "--ipc", &[p.bin.to_str().unwrap(), "peek"]), "1", "a clone saw another's write");
+    nsenter(clones[0], &["--ipc"], &[p.bin.to_str().unwrap(), "poke", "77"]);
+    assert_eq!(nsenter(clones[0], &["--ipc"], &[p.bin.to_str().unwrap(), "peek"]), "77");
+    assert_eq!(nsenter(p.pid, &["--ipc"], &[p.bin.to_str().unwrap(), "peek"]), "1", "the source saw a clone's write");
+    assert_eq!(nsenter(clones[1], &["--ipc"], &[p.bin.to_str().unwrap(), "peek"]), "1", "a clone saw another's write");
     p.ticks_on(3, "after the write into a clone's segment");
     for c in clones {
         // SAFETY: kill(2) of a clone this test made.
@@ -414,7 +328,7 @@ fn host_pid_namespace_owner_round_trips_and_its_tfork_clones_by_restore() {
     let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert_eq!(clones.len(), 1, "{log}");
     let c = clones[0];
-    assert_eq!(nsenter(c, "--uts", &["hostname"]), "box8", "the clone's hostname");
+    assert_eq!(nsenter(c, &["--uts"], &["hostname"]), "box8", "the clone's hostname");
     for kind in ["uts", "ipc"] {
         assert_ne!(ns_link(c, kind), ns_link(p.pid, kind), "the clone's {kind} namespace is its own");
     }

@@ -910,6 +910,36 @@ impl Parasite {
         Ok((regs.ax as i64, child))
     }
 
+    /// [`fork_call`](Self::fork_call) in two halves, so that several
+    /// frozen processes fork at once (tfork's snapshot forks): this one
+    /// returns once the clone3 runs (past its syscall-entry stop);
+    /// [`fork_call_end`](Self::fork_call_end) waits for it. Nothing else
+    /// may be done with this session in between.
+    pub fn fork_call_begin(&mut self, args: &[u8], options: u64) -> io::Result<()> {
+        let tid = self.order[0];
+        self.write(0, args)?;
+        let mut r = call_regs(&self.threads[&tid].parked, libc::SYS_clone3, &[self.scratch, args.len() as u64]);
+        r.ip = self.code + FORK_OFF;
+        let base = ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP;
+        ptrace::set_options(tid, base | options)?;
+        let out = fork_enter(tid, &r, &self.stop_seen);
+        if out.is_err() {
+            let _ = ptrace::set_options(tid, base);
+        }
+        out
+    }
+
+    /// The end of the fork [`fork_call_begin`](Self::fork_call_begin)
+    /// started: as [`fork_call`](Self::fork_call)'s result.
+    pub fn fork_call_end(&mut self) -> io::Result<(i64, Option<Pid>)> {
+        let tid = self.order[0];
+        let out = fork_leave(tid, &self.stop_seen);
+        let back = ptrace::set_options(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP);
+        let (regs, child) = out?;
+        back?;
+        Ok((regs.ax as i64, child))
+    }
+
     /// Read `len` bytes at scratch offset `off`.
     pub fn read(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut v = vec![0u8; len];
@@ -1017,6 +1047,66 @@ fn fork_step(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> i
                 return Err(io::Error::other(format!("thread {tid} stopped unexpectedly during an injected clone3: {other:?}")));
             }
         }
+    }
+    Err(io::Error::other(format!("thread {tid} did not finish an injected clone3 after 1000 stops")))
+}
+
+/// The first half of [`fork_step`]: load `r` and run to its
+/// syscall-entry stop, then resume the thread into the syscall and return
+/// while it runs ([`fork_leave`] waits for the rest).
+fn fork_enter(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<()> {
+    ptrace::set_regs(tid, r)?;
+    for _ in 0..1000 {
+        ptrace::cont_syscall(tid, 0)?;
+        match ptrace::wait(tid)? {
+            Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
+                crate::fault::point("tfork-fork");
+                return ptrace::cont_syscall(tid, 0);
+            }
+            Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
+                crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
+                stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
+                crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
+            }
+            other => {
+                return Err(io::Error::other(format!("thread {tid} stopped unexpectedly during an injected clone3: {other:?}")));
+            }
+        }
+    }
+    Err(io::Error::other(format!("thread {tid} did not enter an injected clone3 after 1000 stops")))
+}
+
+/// The second half of [`fork_step`], after [`fork_enter`]: the exit
+/// stop's registers and the new child's pid, once it is in its first stop.
+fn fork_leave(tid: Pid, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<(Regs, Option<Pid>)> {
+    let mut child = None;
+    for _ in 0..1000 {
+        match ptrace::wait(tid)? {
+            Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
+                if let Some(c) = child {
+                    wait_first_stop(c)?;
+                }
+                return Ok((ptrace::get_regs(tid)?, child));
+            }
+            Wait::Stopped { sig: libc::SIGTRAP, event } if event == ptrace::EVENT_FORK || event == ptrace::EVENT_CLONE => {
+                let c = ptrace::event_msg(tid)?;
+                child = Some(i32::try_from(c).map_err(io::Error::other)?);
+                crate::fault::point("tfork-forked");
+            }
+            Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
+                crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
+                stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
+                crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
+            }
+            other => {
+                return Err(io::Error::other(format!("thread {tid} stopped unexpectedly during an injected clone3: {other:?}")));
+            }
+        }
+        ptrace::cont_syscall(tid, 0)?;
     }
     Err(io::Error::other(format!("thread {tid} did not finish an injected clone3 after 1000 stops")))
 }

@@ -64,6 +64,26 @@ pub struct Reg {
 #[derive(Default)]
 struct Taken(HashMap<(u64, u64), Box<Ghost>>);
 
+/// Dump, per fd table: the mount ids of the process's mount namespace and
+/// of criu's (/proc/PID/mountinfo, /proc/self/mountinfo), read at its
+/// first file opened by path.
+#[derive(Default)]
+struct Mounts(Option<std::collections::HashSet<u32>>);
+
+impl Mounts {
+    fn of(&mut self, pid: crate::sys::Pid) -> Result<&std::collections::HashSet<u32>, FilesError> {
+        if self.0.is_none() {
+            let mut ids = std::collections::HashSet::new();
+            for path in [format!("/proc/{pid}/mountinfo"), "/proc/self/mountinfo".to_string()] {
+                let text = std::fs::read_to_string(&path).map_err(|e| FilesError::Io { pid, fd: -1, source: e })?;
+                ids.extend(text.lines().filter_map(|l| l.split(' ').next()?.parse::<u32>().ok()));
+            }
+            self.0 = Some(ids);
+        }
+        Ok(self.0.as_ref().expect("just read"))
+    }
+}
+
 /// Image, for the whole tree: link remap path -> the file id of its REG
 /// entry.
 #[derive(Default)]
@@ -92,6 +112,18 @@ impl FileKind for Reg {
         let ft = meta.file_type();
         let reg = |path: &str, size, ghost, link| Reg { path: path.to_string(), flags, pos, mode: meta.mode(), size, ghost, link };
         let link = cx.link;
+        // a file on a mount neither its process's namespace nor criu's
+        // shows (a detached tree of open_tree(2)/fsmount(2), or a third
+        // namespace's mount): its path would reopen another file at
+        // restore (memfd_secret's files are on an internal mount: refused
+        // below; a file opened in criu's namespace, as a container's stdio
+        // /dev/null, is reopened by path as before)
+        let mnt = crate::dump::proc::parse_fdinfo(cx.fdinfo).2;
+        if mnt != 0 && link != "/secretmem (deleted)" && !cx.scratch.get::<Mounts>().of(pid)?.contains(&mnt) {
+            return Err(unsupported(format!(
+                "{link} on mount {mnt}, which is in neither the process's mount namespace nor criu's (a detached mount of open_tree/fsmount, or another namespace's)"
+            )));
+        }
         let Some(orig) = link.strip_suffix(" (deleted)") else {
             if ft.is_char_device() {
                 let major = dev_major(meta.rdev());

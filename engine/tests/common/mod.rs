@@ -319,31 +319,75 @@ pub fn upstream_ok(args: &[&str], dir: &Path, log: &str) {
     assert!(st.success(), "upstream criu {args:?} failed ({st:?}):\n{text}");
 }
 
-/// A test program `tests/progs/NAME.c` running as pid 1 of a pid namespace
-/// of its own (`unshare --pid --fork setsid NAME WORDS...`, so a restore
-/// finds its pids free and upstream CRIU dumps it too), in `work`; it
-/// writes `./ready`, then ticks in `./progress.log`. Killed on drop.
+/// How a test program's processes are found again (after a restore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Find {
+    /// One live process runs the binary.
+    OneProcess,
+    /// One tree of processes runs it: its root.
+    OneTree,
+    /// The one process running it that is pid 1 of its pid namespace
+    /// (its children may run the same binary).
+    NsInit,
+}
+
+/// A test program `tests/progs/NAME.c` running in namespaces of its own
+/// (by default pid 1 of a pid namespace of its own, `unshare --pid --fork
+/// setsid NAME WORDS...`, so a restore finds its pids free and upstream
+/// CRIU dumps it too), in `work`; it writes `./ready`, then ticks in
+/// `./progress.log`. Every process running the binary (also once it is
+/// deleted) is killed on drop, and the test dir removed.
 pub struct OwnNsProg {
     pub dir: PathBuf,
     pub bin: PathBuf,
     pub work: PathBuf,
     pub pid: i32,
+    pub find: Find,
+}
+
+/// `gcc -O2 -static -Wall -o DIR/NAME tests/progs/NAME.c`: the binary.
+pub fn build_test_prog(name: &str, dir: &Path) -> PathBuf {
+    build_test_prog_with(name, dir, &[])
+}
+
+/// [`build_test_prog`] with more gcc arguments after the source (`-lrt`).
+pub fn build_test_prog_with(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let bin = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/progs/{name}.c"));
+    let out = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).args(extra).output().expect("gcc");
+    assert!(out.status.success(), "building {name}: {}", String::from_utf8_lossy(&out.stderr));
+    bin
 }
 
 impl OwnNsProg {
-    /// Build `name` into a test dir of `tag` and start it with `words`.
+    /// Build `name` into a test dir of `tag` and start it with `words`
+    /// as pid 1 of a pid namespace of its own.
     pub fn start(tag: &str, name: &str, words: &[&str]) -> OwnNsProg {
+        Self::launch(tag, name, Find::OneProcess, |bin| {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "setsid"]).arg(bin).args(words);
+            c
+        })
+    }
+
+    /// Build `name` into a test dir of `tag` and run the command
+    /// `launcher` makes of the binary's path (in `work`, stdio on
+    /// /dev/null, no fd but 0-2 inherited); wait for `./ready` (or a FAIL
+    /// line) and the first tick, and find its pid as `find` says.
+    pub fn launch(tag: &str, name: &str, find: Find, launcher: impl FnOnce(&Path) -> Command) -> OwnNsProg {
         let dir = test_dir(tag);
-        let bin = dir.join(name);
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/progs/{name}.c"));
-        let st = Command::new("gcc").args(["-O2", "-static", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
-        assert!(st.success(), "building {name}");
+        let bin = build_test_prog(name, &dir);
+        Self::run(dir, bin, find, launcher)
+    }
+
+    /// [`OwnNsProg::launch`] of a binary already built into test dir `dir`.
+    pub fn run(dir: PathBuf, bin: PathBuf, find: Find, launcher: impl FnOnce(&Path) -> Command) -> OwnNsProg {
+        let name = bin.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let work = dir.join("work");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
-        let mut child = only_stdio(Command::new("unshare").args(["--pid", "--fork", "setsid"]))
-            .arg(&bin)
-            .args(words)
+        let mut cmd = launcher(&bin);
+        let mut child = only_stdio(&mut cmd)
             .current_dir(&work)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -351,29 +395,59 @@ impl OwnNsProg {
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         std::thread::spawn(move || child.wait());
-        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-        let mut s = OwnNsProg { dir, bin, work, pid: 0 };
-        wait_until("first tick", Duration::from_secs(10), || s.tick() >= 1);
+        let mut s = OwnNsProg { dir, bin, work, pid: 0, find };
+        wait_until("ready", Duration::from_secs(10), || s.work.join("ready").exists() || s.log_text().contains("FAIL"));
+        wait_until("first tick", Duration::from_secs(10), || s.tick() >= 1 || s.log_text().contains("FAIL"));
+        assert!(!s.log_text().contains("FAIL"), "{name} at start: {}", s.log_text());
         s.refind();
         s
     }
 
+    /// `work/progress.log`.
+    pub fn log(&self) -> PathBuf {
+        self.work.join("progress.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    /// Restore `img` with `criu` (ours or upstream's) from the working
+    /// dir (`restore -d -v4 -o restore.log -D IMG EXTRA...`); the
+    /// program's pid found again, 5 ticks after.
+    pub fn restore_in_work(&mut self, criu: &Path, img: &Path, extra: &[&str]) {
+        let st = Command::new(criu)
+            .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+            .arg(img)
+            .args(extra)
+            .current_dir(&self.work)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "restore by {} failed:\n{}", criu.display(), std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+        self.refind();
+        self.ticks_on(5, "after restore");
+    }
+
     /// The program's pid again (after a restore).
     pub fn refind(&mut self) {
-        let pids = live_with_exe(&self.bin);
-        assert_eq!(pids.len(), 1, "one {} expected, found {pids:?}", self.bin.display());
+        let pids = match self.find {
+            Find::OneProcess => live_with_exe(&self.bin),
+            Find::OneTree => roots_with_exe(&self.bin),
+            Find::NsInit => live_with_exe(&self.bin).into_iter().filter(|&p| ns_pid(p) == Some(1)).collect(),
+        };
+        assert_eq!(pids.len(), 1, "one {} ({:?}) expected, found {pids:?}", self.bin.display(), self.find);
         self.pid = pids[0];
     }
 
     pub fn tick(&self) -> u64 {
-        last_tick(&self.work.join("progress.log"))
+        last_tick(&self.log())
     }
 
     /// `n` more ticks, and no FAIL line meanwhile.
     pub fn ticks_on(&self, n: u64, what: &str) {
         let t = self.tick();
-        let log = self.work.join("progress.log");
-        let fails = || std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.starts_with("FAIL")).map(str::to_string).collect::<Vec<_>>();
+        let fails = || self.log_text().lines().filter(|l| l.starts_with("FAIL")).map(str::to_string).collect::<Vec<_>>();
         wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || self.tick() >= t + n || !fails().is_empty());
         assert!(fails().is_empty(), "{what}: {:?}", fails());
     }
@@ -384,6 +458,14 @@ impl OwnNsProg {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Kill every process running the binary, and wait until they are gone.
+    pub fn kill_all(&self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+        }
+        self.gone();
     }
 
     /// Wait until the dumped program is gone.
@@ -466,11 +548,60 @@ pub fn edited_image<M: prost::Message + Default>(
 }
 
 impl Drop for OwnNsProg {
+    /// Every process running the binary killed (also once it is deleted:
+    /// `NAME (deleted)`), then the test directory removed.
     fn drop(&mut self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        let deleted = format!("{} (deleted)", self.bin.display());
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+            if Path::new(&exe) == self.bin || exe == deleted {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The process's pid in its own pid namespace (NSpid's last field).
+pub fn ns_pid(pid: i32) -> Option<i32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines().find(|l| l.starts_with("NSpid:"))?.split_whitespace().last()?.parse().ok()
+}
+
+/// The namespace link `/proc/PID/ns/KIND` (empty if the process is gone).
+pub fn ns_link(pid: i32, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// `nsenter -t PID FLAGS... CMD...`: its trimmed stdout (asserted to
+/// succeed).
+pub fn nsenter(pid: i32, flags: &[&str], cmd: &[&str]) -> String {
+    let out = Command::new("nsenter").args(["-t", &pid.to_string()]).args(flags).args(cmd).output().expect("nsenter");
+    assert!(out.status.success(), "nsenter -t {pid} {flags:?} {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The engine under test, as a private copy in `dir`: ours, or the build
+/// `CRIU_RS_TEST_ENGINE=PATH` names (to show a test fails without a
+/// change). Waits out ETXTBSY: a fork of another test thread may hold the
+/// copy's write fd for a moment, until it execs.
+pub fn engine_under_test(dir: &Path) -> PathBuf {
+    let criu = match std::env::var_os("CRIU_RS_TEST_ENGINE") {
+        Some(p) => {
+            let dst = dir.join("criu");
+            std::fs::copy(p, &dst).expect("copy the engine under test");
+            dst
+        }
+        None => private_criu(dir),
+    };
+    for _ in 0..100 {
+        match Command::new(&criu).arg("--version").stdout(Stdio::null()).status() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
+            _ => break,
         }
     }
+    criu
 }
 
 /// The u64 at `addr` in `pid`'s memory (through /proc/PID/mem).

@@ -1,7 +1,9 @@
 /* Holds one fd of a kind the engine does not support, chosen by argv[1]:
  * memfd, socket, pidfd, userfaultfd, misc (a misc character device), rawname
  * (a file whose name is not UTF-8), secretfd (a memfd_secret fd), secretmap
- * (a memfd_secret area mapped, its fd closed); and one supported: rdonly (plain.bin
+ * (a memfd_secret area mapped, its fd closed), detached (an O_PATH fd of a
+ * detached copy of /tmp's mount, open_tree(OPEN_TREE_CLONE)), io_uring,
+ * perf_event; and one supported: rdonly (plain.bin
  * opened read-only, for the test that replaces it with a FIFO). */
 #include "fx.h"
 #include <sys/syscall.h>
@@ -9,6 +11,9 @@
 #include <linux/netlink.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
+
+#include <linux/io_uring.h>
+#include <linux/perf_event.h>
 
 #ifndef SYS_memfd_secret
 #define SYS_memfd_secret 447
@@ -45,6 +50,20 @@ int main(int argc, char **argv)
 			close(fd);
 			fd = 0;
 		}
+	}
+	else if (!strcmp(k, "detached"))
+		fd = syscall(SYS_open_tree, AT_FDCWD, "/tmp", 1 /* OPEN_TREE_CLONE */);
+	else if (!strcmp(k, "io_uring")) {
+		struct io_uring_params p;
+		memset(&p, 0, sizeof(p));
+		fd = syscall(SYS_io_uring_setup, 8, &p);
+	} else if (!strcmp(k, "perf_event")) {
+		struct perf_event_attr a;
+		memset(&a, 0, sizeof(a));
+		a.type = PERF_TYPE_SOFTWARE;
+		a.size = sizeof(a);
+		a.config = PERF_COUNT_SW_TASK_CLOCK;
+		fd = syscall(SYS_perf_event_open, &a, 0, -1, -1, 0);
 	}
 	else if (!strcmp(k, "rdonly"))
 		fd = open("plain.bin", O_RDONLY | O_CREAT, 0600);
