@@ -22,9 +22,11 @@
 //!   the caller), its status flags set as dumped; not a mapping's file.
 //!
 //! Refused by name: the other kinds upstream inherits (`socket:[INO]`,
-//! `tty[RDEV:DEV]`, `file[MNT:INO]`) and upstream's `debug[N]:TEXT`. A key that names nothing of the image is
-//! ignored with a warning, as upstream ignores it (runtimes send their
-//! stdio pipes whatever the image holds).
+//! `tty[RDEV:DEV]`, `file[MNT:INO]`) and upstream's `debug[N]:TEXT`. A
+//! key that names nothing of the image is ignored with a warning, as
+//! upstream ignores it (runtimes send their stdio pipes whatever the
+//! image holds); a key given again uses the first fd, as upstream's
+//! lookup (runc's stdout and stderr on one pipe).
 //!
 //! The engine holds each inherited fd on a number above every fd the
 //! restore children place by number ([`Held`]); every child keeps them
@@ -44,7 +46,8 @@ pub enum Key {
     /// `pipe:[INO]`.
     Pipe(u32),
     /// Any other accepted key: an external namespace's name
-    /// (`--external net[INO]:KEY`), matched against the image.
+    /// (`--external net[INO]:KEY`) or a regular file's path without its
+    /// leading `/`, matched against the image.
     Name(String),
 }
 
