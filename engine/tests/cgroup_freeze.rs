@@ -88,3 +88,67 @@ fn freeze_cgroup_v2() {
 fn freeze_cgroup_v1() {
     scenario("v1", "/sys/fs/cgroup/freezer");
 }
+
+/// A shell loop that forks short-lived children all the time (as a
+/// container's `while :; do sleep 0.01; done` does), dumped 30 times with
+/// `--leave-running --freeze-cgroup` (v2): a child that exits between the
+/// thaw and its stop is no member any more, not a failed dump. Failed
+/// before: "thread N exited while being frozen" now and then (runc and
+/// podman always freeze the cgroup).
+#[test]
+fn freeze_cgroup_of_a_loop_forking_short_lived_children() {
+    require!(why_not_here());
+    let parent = Path::new("/sys/fs/cgroup/unified");
+    if !parent.join("cgroup.procs").exists() {
+        skip("freeze-cgroup v2: no cgroup v2 hierarchy at /sys/fs/cgroup/unified".to_string());
+        return;
+    }
+    let cg = Cgroup(parent.join(format!("criu-rs-test-forkloop-{}", std::process::id())));
+    std::fs::create_dir_all(&cg.0).unwrap();
+    let tmp = test_dir("freeze-cgroup-forkloop");
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let criu = engine_under_test(&tmp);
+    let script = "i=0; while :; do /bin/true; i=$((i+1)); if [ $((i % 20)) = 0 ]; then echo \"tick $i ok\" >> progress.log; fi; done";
+    let mut child = only_stdio(std::process::Command::new("setsid").args(["unshare", "--pid", "--fork", "sh", "-c", script]))
+        .current_dir(&work)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let outer = child.id() as i32;
+    std::thread::spawn(move || child.wait());
+    // the loop: the unshare's child (pid 1 of its namespace)
+    let mut root = 0;
+    wait_until("the loop started", Duration::from_secs(10), || {
+        root = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).unwrap_or_default().split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        root != 0
+    });
+    struct Kill(i32, i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for p in [self.0, self.1] {
+                let _ = std::process::Command::new("kill").args(["-9", &p.to_string()]).stderr(std::process::Stdio::null()).status();
+            }
+        }
+    }
+    let _k = Kill(root, outer);
+    std::fs::write(cg.0.join("cgroup.procs"), root.to_string()).unwrap();
+    let log = work.join("progress.log");
+    wait_until("ticks", Duration::from_secs(10), || last_tick(&log) >= 20);
+    let mut raced = 0;
+    for round in 0..30 {
+        let img = tmp.join(format!("img{round}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let dlog = criu_ok(&criu, &["dump", "-t", &root.to_string(), "--leave-running", "--freeze-cgroup", cg.0.to_str().unwrap()], &img, "dump.log");
+        raced += usize::from(dlog.contains("exited after the thaw"));
+        assert!(thawed(&cg.0), "round {round}: the cgroup thawed again");
+        let t = last_tick(&log);
+        wait_until(&format!("round {round}: the loop runs on"), Duration::from_secs(10), || last_tick(&log) > t);
+        let _ = std::fs::remove_dir_all(&img);
+    }
+    eprintln!("freeze-cgroup forkloop: a child exited between thaw and stop in {raced} of 30 dumps");
+    drop(_k);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

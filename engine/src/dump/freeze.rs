@@ -213,13 +213,26 @@ impl Frozen {
     /// as [`Frozen::freeze`] does (a thread created since is picked up by
     /// the same loop).
     pub fn stop_seized(&mut self) -> Result<(), FreezeError> {
-        for i in 0..self.threads.len() {
+        let mut i = 0;
+        while i < self.threads.len() {
             let tid = self.threads[i].tid;
-            let sig = stop_one(tid)?;
+            let sig = match stop_one(tid) {
+                Ok(sig) => sig,
+                // a thread that ended between the thaw and its stop (its
+                // exit collected by stop_one's wait): not one of the
+                // process's any more, the process runs on
+                Err(FreezeError::Gone { how, .. }) if tid != self.pid && state(self.pid) == State::Alive => {
+                    pr_info!("thread {tid} of {} exited after the thaw ({how:?})", self.pid);
+                    self.threads.remove(i);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             self.note_stop(tid, sig);
             self.threads[i].regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
             self.threads[i].sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
             pr_info!("Seized task {tid}");
+            i += 1;
         }
         self.seize_new_threads()?;
         let pid = self.pid;
@@ -491,19 +504,47 @@ impl FrozenTree {
         })?;
         let pids: Vec<Pid> = t.procs.iter().map(|f| f.pid).collect();
         thaw(&pids)?;
-        let jobs: Vec<tracer::Work<'_, '_, Result<(), FreezeError>>> = t
+        // each process stopped by its tracer; one (not the root) that
+        // exits between the thaw and its stop (a shell's `sleep` ending)
+        // is no member any more: its threads' exits collected (its parent
+        // reaps it, or it is found a zombie by the walk below)
+        let stop = |f: &mut Frozen| -> Result<bool, FreezeError> {
+            match f.stop_seized() {
+                Ok(()) => Ok(false),
+                Err(e) if f.pid != root && state(f.pid) != State::Alive => {
+                    pr_info!("{} exited after the thaw ({e})", f.pid);
+                    let tids: Vec<Pid> = f.threads.iter().map(|t| t.tid).collect();
+                    collect_exits(f.pid, &tids);
+                    // (nothing to detach, and no SIGSTOP for a pid that may be reused)
+                    f.threads.clear();
+                    f.stop_signo = None;
+                    f.stop_seen.store(false, Ordering::Relaxed);
+                    Ok(true)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let stop = &stop;
+        let jobs: Vec<tracer::Work<'_, '_, Result<bool, FreezeError>>> = t
             .procs
             .iter_mut()
             .map(|f| {
                 let tr = f.tracer.clone();
                 (None, Box::new(move || match tr {
-                    None => f.stop_seized(),
-                    Some(tr) => tr.run(|| f.stop_seized()).unwrap_or_else(|e| Err(FreezeError::Seize { tid: f.pid, source: io::Error::other(e.to_string()) })),
-                }) as Box<dyn FnOnce() -> Result<(), FreezeError> + Send + '_>)
+                    None => stop(f),
+                    Some(tr) => tr.run(|| stop(f)).unwrap_or_else(|e| Err(FreezeError::Seize { tid: f.pid, source: io::Error::other(e.to_string()) })),
+                }) as Box<dyn FnOnce() -> Result<bool, FreezeError> + Send + '_>)
             })
             .collect();
-        for r in tracer::run_all(jobs) {
-            r.map_err(|e| FreezeError::Seize { tid: root, source: io::Error::other(e.to_string()) })??;
+        let mut exited = Vec::new();
+        for (k, r) in tracer::run_all(jobs).into_iter().enumerate() {
+            if r.map_err(|e| FreezeError::Seize { tid: root, source: io::Error::other(e.to_string()) })?? {
+                exited.push(k);
+            }
+        }
+        // (their Frozen hold no thread: nothing to detach)
+        for k in exited.into_iter().rev() {
+            drop(t.procs.remove(k));
         }
         t.grow(root, |pids| match tracers {
             [] => freeze_here(pids, Frozen::freeze),
