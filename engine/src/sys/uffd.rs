@@ -319,8 +319,7 @@ const CACHED_CHUNK: usize = 256 << 10;
 /// source (`CRIU_RS_UFFD_COPIERS=N` overrides). A short file is an error
 /// naming it. `files` are (file, its path for errors).
 pub fn copy_from_cache(uffd: &OwnedFd, pieces: &[FilePiece], files: &[(std::fs::File, String)], pid: Pid) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     let chunks: Vec<FilePiece> = pieces
         .iter()
         .flat_map(|p| {
@@ -333,21 +332,16 @@ pub fn copy_from_cache(uffd: &OwnedFd, pieces: &[FilePiece], files: &[(std::fs::
     let total: usize = pieces.iter().map(|p| p.len).sum();
     let next = AtomicUsize::new(0);
     let copier = || -> io::Result<()> {
-        let mut buf = super::mmap::AnonBuf::new(CACHED_CHUNK)?;
-        let mut since_fault = 0usize;
-        loop {
-            let Some(c) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) else { return Ok(()) };
-            let (f, name) = files.get(c.file).ok_or_else(|| io::Error::other(format!("no pages file number {}", c.file)))?;
-            f.read_exact_at(&mut buf.as_mut_slice()[..c.len], c.off)
-                .map_err(|e| io::Error::new(e.kind(), format!("read of {} bytes at offset {:#x} of {name}: {e}", c.len, c.off)))?;
-            copy_chunk(uffd, c.dst, &buf.as_slice()[..c.len], pid)?;
-            // (the tests' fault point, every CHUNK bytes as in `copy`)
-            since_fault += c.len;
-            if since_fault >= CHUNK {
-                since_fault = 0;
-                fill_fault()?;
-            }
-        }
+        // the thread's buffer from an earlier fill (a restore worker fills
+        // one process after another): a fresh one would take a page fault
+        // and a zeroed page per 4 KiB at every fill
+        let mut buf = match CACHED_BUF.with(|b| b.take()) {
+            Some(b) => b,
+            None => super::mmap::AnonBuf::new(CACHED_CHUNK)?,
+        };
+        let r = copy_cached_chunks(uffd, &chunks, &next, files, &mut buf, pid);
+        CACHED_BUF.with(|b| b.set(Some(buf)));
+        r
     };
     let n = if total <= CHUNK {
         1
@@ -369,6 +363,32 @@ pub fn copy_from_cache(uffd: &OwnedFd, pieces: &[FilePiece], files: &[(std::fs::
     };
     r?;
     fill_fault()
+}
+
+thread_local! {
+    /// Each thread's buffer of [`copy_from_cache`], kept from one fill to
+    /// the next.
+    static CACHED_BUF: std::cell::Cell<Option<super::mmap::AnonBuf>> = const { std::cell::Cell::new(None) };
+}
+
+/// One copying thread of [`copy_from_cache`]: the next chunk not yet
+/// taken (`next`), read into `buf` and copied, until none is left.
+fn copy_cached_chunks(uffd: &OwnedFd, chunks: &[FilePiece], next: &std::sync::atomic::AtomicUsize, files: &[(std::fs::File, String)], buf: &mut super::mmap::AnonBuf, pid: Pid) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut since_fault = 0usize;
+    loop {
+        let Some(c) = chunks.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) else { return Ok(()) };
+        let (f, name) = files.get(c.file).ok_or_else(|| io::Error::other(format!("no pages file number {}", c.file)))?;
+        f.read_exact_at(&mut buf.as_mut_slice()[..c.len], c.off)
+            .map_err(|e| io::Error::new(e.kind(), format!("read of {} bytes at offset {:#x} of {name}: {e}", c.len, c.off)))?;
+        copy_chunk(uffd, c.dst, &buf.as_slice()[..c.len], pid)?;
+        // (the tests' fault point, every CHUNK bytes as in `copy`)
+        since_fault += c.len;
+        if since_fault >= CHUNK {
+            since_fault = 0;
+            fill_fault()?;
+        }
+    }
 }
 
 /// Whether at least 90% of the source pages are in the page cache.
