@@ -312,7 +312,7 @@ const CACHED_CHUNK: usize = 256 << 10;
 /// CPU's cache costs less than mapping the page-cache pages into the
 /// engine (MADV_POPULATE_READ sets a PTE and takes a reference per 4 KiB
 /// page, and dropping the mapping's page tables after the fill undoes
-/// each): a warm 17 MiB pages file filled in 4.3 ms against 5.2 ms
+/// each): a warm 17 MiB pages file filled in 4.4 ms against 5.2 ms
 /// through its populated mapping (best of 10, docs/PERFORMANCE.md). One
 /// thread, the caller, for [`CHUNK`] bytes or less (a tree's processes,
 /// each filled by a restore worker); else two, as [`copy`] has for a warm
