@@ -231,11 +231,12 @@ fn restore_faults_counter_own_pidns() {
 }
 
 /// The engine dies in the middle of the memory fill, copying from the
-/// mapped pages file and from O_DIRECT reads (the reader threads and the
-/// buffer ring die with it): nothing is left.
+/// mapped pages file, from plain reads of it and from O_DIRECT reads (the
+/// reader threads and the buffer ring die with it): nothing is left.
 #[test]
 fn restore_faults_mid_fill() {
     restore_faults_with("counter", Ns::OwnPidNs, &["mid-fill"], &[("CRIU_RS_FILL_READ", "mmap")]);
+    restore_faults_with("counter", Ns::OwnPidNs, &["mid-fill"], &[("CRIU_RS_FILL_READ", "pread")]);
     restore_faults_with("counter", Ns::OwnPidNs, &["mid-fill"], &[("CRIU_RS_FILL_READ", "direct")]);
 }
 

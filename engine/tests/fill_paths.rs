@@ -1,7 +1,9 @@
 //! The ways restore fills private memory give the same running process:
-//! UFFDIO_COPY (the default) from the mapped pages file or from O_DIRECT
-//! reads of it (`CRIU_RS_FILL_READ=mmap|direct`; cold restores of 128 MiB
-//! and more read directly), the target's own preadv, and writes through
+//! UFFDIO_COPY (the default) from the mapped pages file, from plain reads
+//! of it into a small buffer, or from O_DIRECT reads of it
+//! (`CRIU_RS_FILL_READ=mmap|pread|direct`; a warm restore reads with
+//! pread, cold restores of 128 MiB and more read directly), the target's
+//! own preadv, and writes through
 //! /proc/PID/mem (`CRIU_RS_FILL=uffd|preadv|mem`). The counter fixture
 //! checks all of its 8 MiB every tick. Needs root, gcc, unshare; otherwise
 //! skips with the reason, or fails under CI=true.
@@ -32,9 +34,10 @@ fn every_fill_path_restores_a_ticking_process() {
     let dumped = fx.pid;
     criu_ok(&criu, &["dump", "-t", &fx.pid.to_string()], &img, "dump.log");
     wait_until("dumped process gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{dumped}")).exists());
-    for mode in ["uffd", "uffd-direct", "preadv", "mem"] {
+    for mode in ["uffd", "uffd-pread", "uffd-direct", "preadv", "mem"] {
         let env: &[(&str, &str)] = match mode {
             "uffd" => &[("CRIU_RS_FILL", "uffd"), ("CRIU_RS_FILL_READ", "mmap")],
+            "uffd-pread" => &[("CRIU_RS_FILL", "uffd"), ("CRIU_RS_FILL_READ", "pread")],
             "uffd-direct" => &[("CRIU_RS_FILL", "uffd"), ("CRIU_RS_FILL_READ", "direct")],
             m => &[("CRIU_RS_FILL", m)],
         };
@@ -42,8 +45,10 @@ fn every_fill_path_restores_a_ticking_process() {
         assert!(st.success(), "restore with {mode}:\n{log}");
         let (total, by_uffd, by_preadv) = counts(&log);
         let direct = log.contains("by userfaultfd from O_DIRECT reads");
+        let cached = log.contains("by userfaultfd from reads of the cached pages files");
         match mode {
-            "uffd" => assert!(by_uffd >= 2048 && !direct, "{mode}: the 8 MiB buffer must go through userfaultfd from the mapping ({by_uffd} of {total})"),
+            "uffd" => assert!(by_uffd >= 2048 && !direct && !cached, "{mode}: the 8 MiB buffer must go through userfaultfd from the mapping ({by_uffd} of {total})"),
+            "uffd-pread" => assert!(by_uffd >= 2048 && cached, "{mode}: the 8 MiB buffer must go through userfaultfd from reads of the pages file ({by_uffd} of {total}):\n{log}"),
             "uffd-direct" => {
                 assert!(by_uffd >= 2048, "{mode}: the 8 MiB buffer must go through userfaultfd ({by_uffd} of {total})");
                 // a file system without O_DIRECT makes it fall back, and says so

@@ -231,7 +231,13 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
             pr_debug!("filling {pid} by userfaultfd from O_DIRECT reads of the pages files");
             uffd::copy_from_files(&ufd, &fp, &files, pid).map_err(ioe(pid, "filling by userfaultfd"))?
         }
-        None => uffd::copy(&ufd, &pieces, pid).map_err(ioe(pid, "filling by userfaultfd"))?,
+        None => match cached_pieces(mem, &pieces) {
+            Some((files, fp)) => {
+                pr_debug!("filling {pid} by userfaultfd from reads of the cached pages files");
+                uffd::copy_from_cache(&ufd, &fp, &files, pid).map_err(ioe(pid, "filling by userfaultfd"))?
+            }
+            None => uffd::copy(&ufd, &pieces, pid).map_err(ioe(pid, "filling by userfaultfd"))?,
+        },
     }
     pr_debug!("userfaultfd of {pid}: {copied} bytes copied");
     for &(a, l) in &registered {
@@ -274,6 +280,37 @@ fn direct_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<DirectP
             Ok(f) => files.push((f, path.display().to_string())),
             Err(e) => {
                 pr_debug!("no O_DIRECT reads of {}: {e}; copying from its mapping", path.display());
+                return None;
+            }
+        }
+    }
+    Some((files, fp))
+}
+
+/// The pieces as plain reads of the pages files, with those files opened,
+/// when the fill should read that way ([`uffd::copy_from_cache`]): at
+/// least 90% of it in the page cache (a cold fill reads faster through the
+/// mapping's populate, or O_DIRECT).
+/// `CRIU_RS_FILL_READ=pread` chooses it whatever the size and cache,
+/// `mmap` never, for comparisons. `None`: copy from the mappings.
+fn cached_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<DirectPlan> {
+    match std::env::var("CRIU_RS_FILL_READ").as_deref() {
+        Ok("mmap") => return None,
+        Ok("pread") => {}
+        _ if !uffd::mostly_warm(pieces) => return None,
+        _ => {}
+    }
+    let mut fp = Vec::with_capacity(pieces.len());
+    for &(dst, src) in pieces {
+        let (file, off) = mem.file_range(dst, src.len() as u64)?;
+        fp.push(uffd::FilePiece { dst, file, off, len: src.len() });
+    }
+    let mut files = Vec::new();
+    for path in mem.files() {
+        match std::fs::File::open(&path) {
+            Ok(f) => files.push((f, path.display().to_string())),
+            Err(e) => {
+                pr_debug!("no plain reads of {}: {e}; copying from its mapping", path.display());
                 return None;
             }
         }
