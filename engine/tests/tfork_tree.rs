@@ -268,20 +268,32 @@ fn clone_trees(name: &str, ns: Ns) {
 
 #[test]
 fn tree_fixture_clone_trees_in_the_host_namespace() {
+    let _serial = serial();
     clone_trees("tree", Ns::Host);
 }
 
 #[test]
 fn mem_fixture_clone_trees_in_the_host_namespace() {
+    let _serial = serial();
     clone_trees("mem", Ns::Host);
 }
 
 #[test]
 fn tree_fixture_in_its_own_pid_namespace_clone_trees() {
+    let _serial = serial();
     clone_trees("tree", Ns::OwnPidNs);
 }
 
 /// Stand-in inits running our criu binary.
+/// Held by every test of this file: the fault tests look for stand-in
+/// inits left anywhere (`our_inits`), which another test's clone trees,
+/// made meanwhile on the other test thread, would be.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn our_inits() -> Vec<i32> {
     all_pids().into_iter().filter(|&p| comm(p) == "criu-tfork-init" && std::fs::read_link(format!("/proc/{p}/exe")).ok().as_deref() == Some(Path::new(CRIU))).collect()
 }
@@ -295,6 +307,7 @@ fn our_inits() -> Vec<i32> {
 /// tmpfs set a killed engine left.
 #[test]
 fn engine_killed_at_the_tree_fault_points() {
+    let _serial = serial();
     require!(why_not_here());
     let dir = test_dir("tforktree-faults");
     let fx = Fixture::start("tree", &dir, Ns::Host);
@@ -374,6 +387,7 @@ fn engine_killed_at_the_tree_fault_points() {
 /// the source tree as it was.
 #[test]
 fn clone_trees_restored_at_once_leave_nothing_when_the_engine_dies() {
+    let _serial = serial();
     require!(why_not_here());
     let dir = test_dir("tforktree-parallel-faults");
     let fx = Fixture::start("tree", &dir, Ns::Host);
@@ -398,6 +412,7 @@ fn clone_trees_restored_at_once_leave_nothing_when_the_engine_dies() {
 /// pid namespace nested below its root's.
 #[test]
 fn a_tree_with_a_nested_pid_namespace_is_refused_by_name() {
+    let _serial = serial();
     require!(why_not_here());
     let dir = test_dir("tforktree-refused");
     let mut sh = Command::new("setsid").args(["sh", "-c", "unshare --pid --fork sleep 100 & wait"]).stdin(Stdio::null()).spawn().unwrap();
@@ -417,6 +432,7 @@ fn a_tree_with_a_nested_pid_namespace_is_refused_by_name() {
 /// tick, the source ticks on, no set is left in the small tmpfs.
 #[test]
 fn a_full_tmpfs_falls_back_to_the_frozen_source() {
+    let _serial = serial();
     require!(why_not_here());
     let dir = test_dir("tforktree-fulltmpfs");
     let small = dir.join("small");
@@ -471,6 +487,7 @@ fn exit_signal(pid: i32) -> Option<i32> {
 /// the next tfork of the tree has its processes reap.
 #[test]
 fn snapshot_forks_are_gone_after_success_failure_and_a_killed_engine() {
+    let _serial = serial();
     require!(why_not_here());
     let dir = test_dir("tforktree-snapgone");
     let fx = Fixture::start("tree", &dir, Ns::Host);
