@@ -171,6 +171,26 @@ fn ours(dir: &Path) -> PathBuf {
     engine_under_test(dir)
 }
 
+/// `criu tfork -t PID --copies N EXTRA... -D IMG -v4 -o tfork.log` with
+/// `env`, asserted to succeed: the N clone pids it prints, and its log.
+fn tfork_ok(criu: &Path, pid: i32, n: usize, extra: &[&str], img: &Path, env: &[(&str, &str)]) -> (Vec<i32>, String) {
+    let out = Command::new(criu)
+        .args(["tfork", "-t", &pid.to_string(), "--copies", &n.to_string()])
+        .args(extra)
+        .arg("-D")
+        .arg(img)
+        .args(["-v4", "-o", "tfork.log"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
+    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
+    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(clones.len(), n, "{n} clone pids expected:\n{log}");
+    (clones, log)
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(|s| s.as_str()).collect()
 }
@@ -390,18 +410,7 @@ fn tfork_two(tag: &str, env: &[(&str, &str)], upstream: bool) {
     // a file of the source's /tmp as of the freeze
     std::fs::write(format!("/proc/{}/root/tmp/before", p.pid), "before the freeze").unwrap();
     let img = p.images("tfork");
-    let out = Command::new(&criu)
-        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "2", "--persist=sync", "-D"])
-        .arg(&img)
-        .args(["-v4", "-o", "tfork.log"])
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
-    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
-    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
-    assert_eq!(clones.len(), 2, "two clone pids expected:\n{log}");
+    let (clones, _) = tfork_ok(&criu, p.pid, 2, &["--persist=sync"], &img, env);
     let all: Vec<i32> = [p.pid].iter().chain(&clones).copied().collect();
     // each ticks on in its own /tmp, and none writes FAIL
     let t0: Vec<u64> = all.iter().map(|&c| own_tick(c)).collect();
@@ -555,17 +564,7 @@ fn tfork_root_snapshot_gives_each_clone_its_own_root_files() {
     let src_shape = mount_shape(p.pid);
     std::fs::write(p.rootfs.join("shared.txt"), "frozen").unwrap();
     let img = p.images("tfork");
-    let out = Command::new(&criu)
-        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "2", "--root-snapshot", "overlay", "-D"])
-        .arg(&img)
-        .args(["-v4", "-o", "tfork.log"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
-    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
-    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
-    assert_eq!(clones.len(), 2, "two clone pids expected:\n{log}");
+    let (clones, _) = tfork_ok(&criu, p.pid, 2, &["--root-snapshot", "overlay"], &img, &[]);
     let all: Vec<i32> = [p.pid].iter().chain(&clones).copied().collect();
     let t0: Vec<u64> = all.iter().map(|&c| own_tick(c)).collect();
     wait_until("source and clones tick on", Duration::from_secs(20), || all.iter().zip(&t0).all(|(&c, &t)| own_tick(c) >= t + 5));
@@ -599,15 +598,6 @@ fn tfork_root_snapshot_gives_each_clone_its_own_root_files() {
     assert!(!p.log_text().contains("FAIL"), "{}", p.log_text());
 }
 
-/// A loop-mounted btrfs for the guard's life.
-struct LoopBtrfs(PathBuf);
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// `tfork --copies 2 --root-snapshot btrfs` of the container whose rootfs
 /// is a directory of a btrfs subvolume (a loop-mounted btrfs, -D on it):
 /// each clone's root mount is a bind of its own snapshot of the
@@ -618,16 +608,8 @@ impl Drop for LoopBtrfs {
 #[test]
 fn tfork_root_snapshot_btrfs_gives_each_clone_its_own_root_snapshot() {
     test_support::require!(why_not().or_else(|| why_not_tools(&["mkfs.btrfs", "btrfs", "mount", "umount"])));
-    let fs = test_dir("mntns-btrfs-fs");
-    let (file, mnt) = (fs.join("fs.btrfs"), fs.join("mnt"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    std::fs::File::create(&file).unwrap().set_len(300 << 20).unwrap();
-    let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
-    assert!(ok(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&file)), "mkfs.btrfs");
-    assert!(ok(Command::new("mount").args(["-o", "loop"]).arg(&file).arg(&mnt)), "mounting the btrfs image");
-    let _fs = LoopBtrfs(mnt.clone());
-    let vol = mnt.join("vol");
-    assert!(ok(Command::new("btrfs").args(["subvolume", "create"]).arg(&vol)), "btrfs subvolume create");
+    let fs = LoopBtrfs::new(&test_dir("mntns-btrfs-fs"));
+    let vol = fs.subvolume("vol");
     let rootfs = vol.join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
     let p = Prog::start_in("tforkbtrfs", &["sys", "hold"], Some(rootfs.clone()));
@@ -635,19 +617,9 @@ fn tfork_root_snapshot_btrfs_gives_each_clone_its_own_root_snapshot() {
     let src_mnt = ns_link(p.pid, "mnt");
     let src_shape = mount_shape(p.pid);
     std::fs::write(rootfs.join("shared.txt"), "frozen").unwrap();
-    let img = mnt.join("img");
+    let img = fs.mnt.join("img");
     std::fs::create_dir_all(&img).unwrap();
-    let out = Command::new(&criu)
-        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "2", "--root-snapshot", "btrfs", "-D"])
-        .arg(&img)
-        .args(["-v4", "-o", "tfork.log"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
-    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
-    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
-    assert_eq!(clones.len(), 2, "two clone pids expected:\n{log}");
+    let (clones, _) = tfork_ok(&criu, p.pid, 2, &["--root-snapshot", "btrfs"], &img, &[]);
     let all: Vec<i32> = [p.pid].iter().chain(&clones).copied().collect();
     let t0: Vec<u64> = all.iter().map(|&c| own_tick(c)).collect();
     wait_until("source and clones tick on", Duration::from_secs(20), || all.iter().zip(&t0).all(|(&c, &t)| own_tick(c) >= t + 5));
@@ -701,16 +673,7 @@ fn read_only_tmpfs_survives_dump_restore_and_tfork() {
     };
     assert!(ro(p.pid), "/ro read-only again");
     let img = p.images("tfork");
-    let out = Command::new(&criu)
-        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "1", "-D"])
-        .arg(&img)
-        .args(["-v4", "-o", "tfork.log"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
-    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
-    let clone: i32 = String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.trim().parse().ok()).expect("a clone pid");
+    let clone = tfork_ok(&criu, p.pid, 1, &[], &img, &[]).0[0];
     let t = own_tick(clone);
     wait_until("the clone ticks on", Duration::from_secs(20), || own_tick(clone) >= t + 3);
     assert!(ro(clone), "the clone's /ro read-only");

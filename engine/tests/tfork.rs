@@ -921,32 +921,15 @@ fn fixture_files_clones_own_their_files() {
     fixture_clones_own_their_files("files", true);
 }
 
-/// A loop-mounted btrfs for the guard's life.
-struct LoopBtrfs(PathBuf);
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// `--root-snapshot btrfs`: `counter` in a subvolume of a loop-mounted
 /// btrfs, 4 clones each with a snapshot of the subvolume bind-mounted
 /// over its directory.
 #[test]
 fn fixture_counter_clones_own_btrfs_snapshots() {
     require!(why_not_here().or_else(|| why_not_tools(&["mkfs.btrfs", "btrfs", "mount", "umount"])));
-    let dir = test_dir("tfork-snap-btrfs");
-    let (file, mnt) = (dir.join("fs.btrfs"), dir.join("mnt"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    std::fs::File::create(&file).unwrap().set_len(300 << 20).unwrap();
-    let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
-    assert!(ok(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&file)), "mkfs.btrfs");
-    assert!(ok(Command::new("mount").args(["-o", "loop"]).arg(&file).arg(&mnt)), "mounting the btrfs image");
-    let _fs = LoopBtrfs(mnt.clone());
-    let vol = mnt.join("vol");
-    assert!(ok(Command::new("btrfs").args(["subvolume", "create"]).arg(&vol)), "btrfs subvolume create");
-    let img = mnt.join("img");
+    let fs = LoopBtrfs::new(&test_dir("tfork-snap-btrfs"));
+    let vol = fs.subvolume("vol");
+    let img = fs.mnt.join("img");
     clones_own_their_files("counter", "btrfs", &vol, &img, |c| img.join(format!("tfork-root/{c}/snap/work/progress.log")));
 }
 

@@ -1015,40 +1015,8 @@ fn step(tid: Pid, r: &Regs, fault_points: &[&str], stop_seen: &std::sync::atomic
 /// the exit stop's registers and the new child's pid, once it is in its
 /// first stop.
 fn fork_step(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<(Regs, Option<Pid>)> {
-    ptrace::set_regs(tid, r)?;
-    let mut seen_entry = false;
-    let mut child = None;
-    for _ in 0..1000 {
-        ptrace::cont_syscall(tid, 0)?;
-        match ptrace::wait(tid)? {
-            Wait::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
-                if seen_entry {
-                    if let Some(c) = child {
-                        wait_first_stop(c)?;
-                    }
-                    return Ok((ptrace::get_regs(tid)?, child));
-                }
-                seen_entry = true;
-                crate::fault::point("tfork-fork");
-            }
-            Wait::Stopped { sig: libc::SIGTRAP, event } if event == ptrace::EVENT_FORK || event == ptrace::EVENT_CLONE => {
-                let c = ptrace::event_msg(tid)?;
-                child = Some(i32::try_from(c).map_err(io::Error::other)?);
-                crate::fault::point("tfork-forked");
-            }
-            Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
-                crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
-                stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
-                crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
-            }
-            other => {
-                return Err(io::Error::other(format!("thread {tid} stopped unexpectedly during an injected clone3: {other:?}")));
-            }
-        }
-    }
-    Err(io::Error::other(format!("thread {tid} did not finish an injected clone3 after 1000 stops")))
+    fork_enter(tid, r, stop_seen)?;
+    fork_leave(tid, stop_seen)
 }
 
 /// The first half of [`fork_step`]: load `r` and run to its

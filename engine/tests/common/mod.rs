@@ -637,3 +637,37 @@ pub fn build_go(tmp: &Path, src: &Path) -> PathBuf {
     assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
     bin
 }
+
+/// A btrfs file system in a 300 MiB image file in `dir`, loop-mounted at
+/// `dir/mnt` for the guard's life (unmounted, lazily, on drop).
+pub struct LoopBtrfs {
+    pub mnt: PathBuf,
+}
+
+impl LoopBtrfs {
+    /// Needs mkfs.btrfs, mount and umount (the caller checks:
+    /// `why_not_tools(&["mkfs.btrfs", "btrfs", "mount", "umount"])`).
+    pub fn new(dir: &Path) -> LoopBtrfs {
+        let (file, mnt) = (dir.join("fs.btrfs"), dir.join("mnt"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::File::create(&file).unwrap().set_len(300 << 20).unwrap();
+        let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
+        assert!(ok(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&file)), "mkfs.btrfs");
+        assert!(ok(Command::new("mount").args(["-o", "loop"]).arg(&file).arg(&mnt)), "mounting the btrfs image");
+        LoopBtrfs { mnt }
+    }
+
+    /// `btrfs subvolume create MNT/NAME`: its path.
+    pub fn subvolume(&self, name: &str) -> PathBuf {
+        let vol = self.mnt.join(name);
+        let st = Command::new("btrfs").args(["subvolume", "create"]).arg(&vol).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+        assert!(st.success(), "btrfs subvolume create {}", vol.display());
+        vol
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
