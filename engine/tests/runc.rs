@@ -167,6 +167,17 @@ fn runc_stdio(bundle: &Path, args: &[&str], out: std::os::fd::OwnedFd, err: std:
     Command::new("runc").args(args).current_dir(bundle).stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err)).status().unwrap().success()
 }
 
+/// [`bundle`] whose loop also says each tick on its stdout, and
+/// something on its stderr.
+fn talking_bundle(tmp: &Path) -> PathBuf {
+    let b = bundle(tmp);
+    let cfg = b.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(r#"echo \"tick $i ok\" >> /tmp/progress.log;"#, r#"echo \"tick $i ok\" >> /tmp/progress.log; echo \"tick $i ok\"; echo \"err $i\" >&2;"#);
+    assert!(text.contains(r#"echo \"err $i\""#), "config.json's loop not replaced:\n{text}");
+    std::fs::write(&cfg, text).unwrap();
+    b
+}
+
 /// The container's stdio are pipes (runc run -d with the caller's
 /// stdout and stderr pipes, as conmon and shells start containers): runc
 /// records them (descriptors.json) and `runc restore -d` asks criu to
@@ -180,12 +191,7 @@ fn runc_restore_with_stdio_pipes() {
     let tmp = test_dir("runc-stdio");
     let criu = private_criu(&tmp);
     let criu = criu.to_str().unwrap().to_string();
-    let b = bundle(&tmp);
-    // the loop also says each tick on its stdout, and something on its stderr
-    let cfg = b.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(r#"echo \"tick $i ok\" >> /tmp/progress.log;"#, r#"echo \"tick $i ok\" >> /tmp/progress.log; echo \"tick $i ok\"; echo \"err $i\" >&2;"#);
-    assert!(text.contains(r#"echo \"err $i\""#), "config.json's loop not replaced:\n{text}");
-    std::fs::write(&cfg, text).unwrap();
+    let b = talking_bundle(&tmp);
     let id = format!("criu-rs-stdio-{}", std::process::id());
     let c = Container { bundle: &b, id: id.clone() };
     let (out1, w1) = pipe_lines();
@@ -230,11 +236,7 @@ fn runc_restore_with_stdout_and_stderr_on_one_pipe() {
     let tmp = test_dir("runc-onepipe");
     let criu = private_criu(&tmp);
     let criu = criu.to_str().unwrap().to_string();
-    let b = bundle(&tmp);
-    let cfg = b.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(r#"echo \"tick $i ok\" >> /tmp/progress.log;"#, r#"echo \"tick $i ok\" >> /tmp/progress.log; echo \"tick $i ok\"; echo \"err $i\" >&2;"#);
-    assert!(text.contains(r#"echo \"err $i\""#), "config.json's loop not replaced:\n{text}");
-    std::fs::write(&cfg, text).unwrap();
+    let b = talking_bundle(&tmp);
     let id = format!("criu-rs-onepipe-{}", std::process::id());
     let c = Container { bundle: &b, id: id.clone() };
     let (out1, w1) = pipe_lines();

@@ -739,14 +739,7 @@ impl Parasite {
                     stopped = Some(ptrace::get_siginfo(tid)?);
                     break;
                 }
-                Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
-                    crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
-                    self.stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
-                    crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
-                }
-                other => return Err(io::Error::other(format!("thread {tid} stopped unexpectedly in a batch of injected syscalls: {other:?}"))),
+                other => other_stop(tid, other, &self.stop_seen, || "in a batch of injected syscalls".into())?,
             }
             ptrace::cont(tid, 0)?;
         }
@@ -993,19 +986,7 @@ fn step(tid: Pid, r: &Regs, fault_points: &[&str], stop_seen: &std::sync::atomic
                     crate::fault::stop_point(p, tid);
                 }
             }
-            Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
-                crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
-                stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
-                crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
-            }
-            other => {
-                return Err(io::Error::other(format!(
-                    "thread {tid} stopped unexpectedly during injected syscall {}: {other:?}",
-                    r.ax
-                )))
-            }
+            other => other_stop(tid, other, stop_seen, || format!("during injected syscall {}", r.ax))?,
         }
     }
     Err(io::Error::other(format!("thread {tid} did not finish injected syscall {} after 1000 stops", r.ax)))
@@ -1017,6 +998,26 @@ fn step(tid: Pid, r: &Regs, fault_points: &[&str], stop_seen: &std::sync::atomic
 fn fork_step(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<(Regs, Option<Pid>)> {
     fork_enter(tid, r, stop_seen)?;
     fork_leave(tid, stop_seen)
+}
+
+/// A stop of `tid` during injection other than the one awaited: a
+/// SIGSTOP is taken off and recorded in `stop_seen` (the process is
+/// stopped again when released), a group-stop or interrupt trap is
+/// resumed (by the caller's next resume); anything else is an error
+/// saying what was injected (`during`).
+fn other_stop(tid: Pid, w: Wait, stop_seen: &std::sync::atomic::AtomicBool, during: impl FnOnce() -> String) -> io::Result<()> {
+    match w {
+        Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
+            crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
+            stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
+            crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
+            Ok(())
+        }
+        other => Err(io::Error::other(format!("thread {tid} stopped unexpectedly {}: {other:?}", during()))),
+    }
 }
 
 /// The first half of [`fork_step`]: load `r` and run to its
@@ -1031,16 +1032,7 @@ fn fork_enter(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> 
                 crate::fault::point("tfork-fork");
                 return ptrace::cont_syscall(tid, 0);
             }
-            Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
-                crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
-                stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
-                crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
-            }
-            other => {
-                return Err(io::Error::other(format!("thread {tid} stopped unexpectedly during an injected clone3: {other:?}")));
-            }
+            other => other_stop(tid, other, stop_seen, || "during an injected clone3".into())?,
         }
     }
     Err(io::Error::other(format!("thread {tid} did not enter an injected clone3 after 1000 stops")))
@@ -1063,16 +1055,7 @@ fn fork_leave(tid: Pid, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result
                 child = Some(i32::try_from(c).map_err(io::Error::other)?);
                 crate::fault::point("tfork-forked");
             }
-            Wait::Stopped { sig: libc::SIGSTOP, event: 0 } => {
-                crate::pr_info!("thread {tid} got a SIGSTOP during injection: the process is stopped again when released");
-                stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Wait::Stopped { event: ptrace::EVENT_STOP, sig } => {
-                crate::pr_debug!("thread {tid}: group-stop or interrupt trap ({sig}) during injection, resumed");
-            }
-            other => {
-                return Err(io::Error::other(format!("thread {tid} stopped unexpectedly during an injected clone3: {other:?}")));
-            }
+            other => other_stop(tid, other, stop_seen, || "during an injected clone3".into())?,
         }
         ptrace::cont_syscall(tid, 0)?;
     }

@@ -44,36 +44,13 @@ pub fn map(start: u64, len: u64, norsv: bool, thp: Option<i32>) -> io::Result<()
 /// (inside one region; whole pages), allocated first in one call
 /// (MADV_POPULATE_WRITE, advice only).
 pub fn fill(addr: u64, len: u64, file: &File, off: u64) -> io::Result<()> {
-    const MADV_POPULATE_WRITE: i32 = 23;
     if !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let _held = REGIONS.holding(addr, len)?;
-    // SAFETY: the range is inside one of our regions (checked, kept mapped
-    // by the lock), which no Rust reference points into; this advice only
-    // allocates its pages.
-    let _ = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, MADV_POPULATE_WRITE) };
-    let mut done = 0u64;
-    while done < len {
-        let chunk = (len - done).min(1 << 30);
-        let Ok(at) = libc::off_t::try_from(off + done) else { return Err(io::Error::from_raw_os_error(libc::EOVERFLOW)) };
-        // SAFETY: the destination lies inside one of our writable
-        // regions (see above); only the kernel writes it, and the lock
-        // keeps it mapped for the call.
-        let n = unsafe { libc::pread(file.as_raw_fd(), (addr + done) as *mut libc::c_void, chunk as usize, at) };
-        if n < 0 {
-            let e = last_err();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("pages file ends at offset {}", off + done)));
-        }
-        done += n as u64;
-    }
-    Ok(())
+    // SAFETY: `holding` checked the range is inside one of our regions and
+    // keeps it mapped until `_held` drops, after the call.
+    unsafe { fill_locked(addr, len, file, off) }
 }
 
 /// [`fill`] of every job `(addr, len, file, off)` (each inside one
@@ -116,7 +93,9 @@ pub fn fill_all(jobs: &[(u64, u64, &File, u64)], threads: usize) -> io::Result<(
             if failed.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(());
             }
-            if let Err(e) = fill_shared(a, l, f, o) {
+            // SAFETY: each piece was checked inside a region of `_held`,
+            // which this function keeps until every thread has ended.
+            if let Err(e) = unsafe { fill_locked(a, l, f, o) } {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Err(e);
             }
@@ -158,21 +137,27 @@ fn threads_now() -> usize {
         .unwrap_or(0)
 }
 
-/// [`fill`]'s copy, for [`fill_all`], whose caller holds the region
-/// table (checked there) for the whole fill.
-fn fill_shared(addr: u64, len: u64, file: &File, off: u64) -> io::Result<()> {
+/// The copy of [`fill`] and [`fill_all`]: allocate the range's pages
+/// (MADV_POPULATE_WRITE, advice only), then pread `len` bytes of `file` at
+/// `off` into it.
+///
+/// # Safety
+/// `[addr, addr + len)` lies inside one of our regions, kept mapped (the
+/// region table held by the caller) until this returns, and no Rust
+/// reference points into it; several threads may fill disjoint ranges.
+unsafe fn fill_locked(addr: u64, len: u64, file: &File, off: u64) -> io::Result<()> {
     const MADV_POPULATE_WRITE: i32 = 23;
-    // SAFETY: the range is inside one of our regions (checked by
-    // `fill_all`, kept mapped by the table lock its caller holds until
-    // every copying thread has ended), which no Rust reference points
-    // into; this advice only allocates its pages.
+    // SAFETY: the range is one of our mapped regions' (the caller's
+    // contract); this advice only allocates its pages.
     let _ = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, MADV_POPULATE_WRITE) };
     let mut done = 0u64;
     while done < len {
+        let chunk = (len - done).min(1 << 30);
         let Ok(at) = libc::off_t::try_from(off + done) else { return Err(io::Error::from_raw_os_error(libc::EOVERFLOW)) };
         // SAFETY: the destination lies inside one of our writable regions
-        // (see above); only the kernel writes it, each byte by one thread.
-        let n = unsafe { libc::pread(file.as_raw_fd(), (addr + done) as *mut libc::c_void, (len - done) as usize, at) };
+        // (the caller's contract); only the kernel writes it, each byte by
+        // one thread.
+        let n = unsafe { libc::pread(file.as_raw_fd(), (addr + done) as *mut libc::c_void, chunk as usize, at) };
         if n < 0 {
             let e = last_err();
             if e.kind() == io::ErrorKind::Interrupted {
