@@ -33,6 +33,7 @@
 //! upstream 4.2 leaves it); its image is restored only with `--tcp-close`
 //! too.
 
+use super::sk_opts::{SkOpts, Sizes};
 use super::{Collect, FileKind, ImageAcc, Read, Restore};
 use crate::dump::files::FilesError;
 use crate::images_io::ImagesError;
@@ -107,34 +108,6 @@ pub(crate) fn is_connection(s: u32) -> bool {
 
 /// IPV6_FREEBIND (linux/in6.h).
 const IPV6_FREEBIND: i32 = 78;
-/// SO_BUF_LOCK (asm-generic/socket.h): SOCK_SNDBUF_LOCK 1, SOCK_RCVBUF_LOCK 2.
-const SO_BUF_LOCK: i32 = 72;
-
-/// Socket-level options (`sk_opts_entry`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SkOpts {
-    /// As getsockopt reports them (twice what the program asked for).
-    pub sndbuf: u32,
-    pub rcvbuf: u32,
-    pub snd_tmo: (u64, u64),
-    pub rcv_tmo: (u64, u64),
-    pub reuseaddr: bool,
-    pub reuseport: bool,
-    pub priority: u32,
-    pub rcvlowat: u32,
-    pub mark: u32,
-    pub broadcast: bool,
-    pub keepalive: bool,
-    pub dontroute: bool,
-    pub oobinline: bool,
-    /// SO_LINGER on, with its seconds.
-    pub linger: Option<u32>,
-    /// SOCK_SNDBUF_LOCK | SOCK_RCVBUF_LOCK: the sizes the program set.
-    pub buf_lock: u32,
-    /// SO_BINDTODEVICE.
-    pub bound_dev: Option<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inet {
     /// File status flags (O_RDWR, O_NONBLOCK, ...).
@@ -188,31 +161,7 @@ type TcpOpts = (bool, bool, Option<(u32, u32, u32)>);
 fn read_opts(s: BorrowedFd<'_>, proto: i32) -> std::io::Result<(SkOpts, TcpOpts)> {
     let int = |l, n| si::get_int(s, l, n);
     let flag = |l, n| int(l, n).map(|v| v != 0);
-    let sol = libc::SOL_SOCKET;
-    let dev = {
-        let mut b = [0u8; libc::IFNAMSIZ];
-        let n = si::get_bytes(s, sol, libc::SO_BINDTODEVICE, &mut b)?;
-        let name = b[..n].split(|&c| c == 0).next().unwrap_or(&[]);
-        (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
-    };
-    let o = SkOpts {
-        sndbuf: int(sol, libc::SO_SNDBUF)? as u32,
-        rcvbuf: int(sol, libc::SO_RCVBUF)? as u32,
-        snd_tmo: si::get_timeval(s, sol, libc::SO_SNDTIMEO)?,
-        rcv_tmo: si::get_timeval(s, sol, libc::SO_RCVTIMEO)?,
-        reuseaddr: flag(sol, libc::SO_REUSEADDR)?,
-        reuseport: flag(sol, libc::SO_REUSEPORT)?,
-        priority: int(sol, libc::SO_PRIORITY)? as u32,
-        rcvlowat: int(sol, libc::SO_RCVLOWAT)? as u32,
-        mark: int(sol, libc::SO_MARK)? as u32,
-        broadcast: flag(sol, libc::SO_BROADCAST)?,
-        keepalive: flag(sol, libc::SO_KEEPALIVE)?,
-        dontroute: flag(sol, libc::SO_DONTROUTE)?,
-        oobinline: flag(sol, libc::SO_OOBINLINE)?,
-        linger: si::get_linger(s)?,
-        buf_lock: int(sol, SO_BUF_LOCK).unwrap_or(0) as u32,
-        bound_dev: dev,
-    };
+    let o = SkOpts::read(s)?;
     let t = libc::IPPROTO_TCP;
     let tcp = if proto == t {
         let keep = if o.keepalive {
@@ -229,52 +178,8 @@ fn read_opts(s: BorrowedFd<'_>, proto: i32) -> std::io::Result<(SkOpts, TcpOpts)
 
 /// Set the options of `o` (and TCP's) on a restored socket.
 fn apply_opts(s: BorrowedFd<'_>, k: &Inet) -> Result<(), String> {
-    let o = &k.opts;
-    let sol = libc::SOL_SOCKET;
+    k.opts.apply(s, Sizes::Locked)?;
     let set = |l, n, v: i32, what: &str| si::set_int(s, l, n, v).map_err(|e| format!("setsockopt {what} {v}: {e}"));
-    set(sol, libc::SO_REUSEADDR, o.reuseaddr as i32, "SO_REUSEADDR")?;
-    // sizes the kernel chose (not locked) are left to it; a set one is
-    // given back halved (setsockopt doubles it), forced past the sysctl
-    // limits the program's own call may have been under
-    for (bit, force, plain, v, what) in [(1, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, o.sndbuf, "SO_SNDBUF"), (2, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, o.rcvbuf, "SO_RCVBUF")] {
-        if o.buf_lock & bit != 0 {
-            let half = (v / 2) as i32;
-            if si::set_int(s, sol, force, half).is_err() {
-                set(sol, plain, half, what)?;
-            }
-        }
-    }
-    if o.buf_lock != 0 {
-        set(sol, SO_BUF_LOCK, o.buf_lock as i32, "SO_BUF_LOCK")?;
-    }
-    if o.snd_tmo != (0, 0) {
-        si::set_timeval(s, sol, libc::SO_SNDTIMEO, o.snd_tmo.0, o.snd_tmo.1).map_err(|e| format!("setsockopt SO_SNDTIMEO: {e}"))?;
-    }
-    if o.rcv_tmo != (0, 0) {
-        si::set_timeval(s, sol, libc::SO_RCVTIMEO, o.rcv_tmo.0, o.rcv_tmo.1).map_err(|e| format!("setsockopt SO_RCVTIMEO: {e}"))?;
-    }
-    if o.priority != 0 {
-        set(sol, libc::SO_PRIORITY, o.priority as i32, "SO_PRIORITY")?;
-    }
-    if o.rcvlowat > 1 {
-        set(sol, libc::SO_RCVLOWAT, o.rcvlowat.min(i32::MAX as u32) as i32, "SO_RCVLOWAT")?;
-    }
-    if o.mark != 0 {
-        set(sol, libc::SO_MARK, o.mark as i32, "SO_MARK")?;
-    }
-    for (on, n, what) in [
-        (o.broadcast, libc::SO_BROADCAST, "SO_BROADCAST"),
-        (o.keepalive, libc::SO_KEEPALIVE, "SO_KEEPALIVE"),
-        (o.dontroute, libc::SO_DONTROUTE, "SO_DONTROUTE"),
-        (o.oobinline, libc::SO_OOBINLINE, "SO_OOBINLINE"),
-    ] {
-        if on {
-            set(sol, n, 1, what)?;
-        }
-    }
-    if let Some(secs) = o.linger {
-        si::set_linger(s, secs).map_err(|e| format!("setsockopt SO_LINGER {secs}: {e}"))?;
-    }
     if k.proto == libc::IPPROTO_TCP {
         if k.nodelay {
             set(libc::IPPROTO_TCP, libc::TCP_NODELAY, 1, "TCP_NODELAY")?;
@@ -413,30 +318,8 @@ impl FileKind for Inet {
         }
         let n = Addr::len(self.family);
         let dst = self.dst.unwrap_or(Addr::any(self.family));
-        let o = &self.opts;
         let tcp = self.proto == libc::IPPROTO_TCP;
-        let opts = pb::SkOptsEntry {
-            so_sndbuf: o.sndbuf,
-            so_rcvbuf: o.rcvbuf,
-            so_snd_tmo_sec: o.snd_tmo.0,
-            so_snd_tmo_usec: o.snd_tmo.1,
-            so_rcv_tmo_sec: o.rcv_tmo.0,
-            so_rcv_tmo_usec: o.rcv_tmo.1,
-            reuseaddr: Some(o.reuseaddr),
-            so_priority: Some(o.priority),
-            so_rcvlowat: Some(o.rcvlowat),
-            so_mark: (o.mark != 0).then_some(o.mark),
-            so_dontroute: Some(o.dontroute),
-            so_no_check: Some(false),
-            so_bound_dev: o.bound_dev.clone(),
-            so_reuseport: Some(o.reuseport),
-            so_broadcast: Some(o.broadcast),
-            so_keepalive: Some(o.keepalive),
-            so_oobinline: Some(o.oobinline as u32),
-            so_linger: o.linger,
-            so_buf_lock: Some(o.buf_lock),
-            ..Default::default()
-        };
+        let opts = self.opts.to_image();
         Ok(pb::FileEntry {
             r#type: Self::TYPE as i32,
             id,
@@ -513,32 +396,7 @@ impl FileKind for Inet {
             return Err(cx.bad(e, "isk.dst_port", "0 for a connected UDP socket"));
         }
         let o = &m.opts;
-        for (f, usec) in [("isk.opts.so_snd_tmo_usec", o.so_snd_tmo_usec), ("isk.opts.so_rcv_tmo_usec", o.so_rcv_tmo_usec)] {
-            if usec >= 1_000_000 {
-                return Err(cx.bad(e, f, format!("{usec} is a second or more")));
-            }
-        }
-        if let Some(b) = o.so_buf_lock.filter(|b| *b > 3) {
-            return Err(cx.bad(e, "isk.opts.so_buf_lock", format!("{b:#x} has bits other than SOCK_SNDBUF_LOCK|SOCK_RCVBUF_LOCK")));
-        }
-        let opts = SkOpts {
-            sndbuf: o.so_sndbuf,
-            rcvbuf: o.so_rcvbuf,
-            snd_tmo: (o.so_snd_tmo_sec, o.so_snd_tmo_usec),
-            rcv_tmo: (o.so_rcv_tmo_sec, o.so_rcv_tmo_usec),
-            reuseaddr: o.reuseaddr.unwrap_or(false),
-            reuseport: o.so_reuseport.unwrap_or(false),
-            priority: o.so_priority.unwrap_or(0),
-            rcvlowat: o.so_rcvlowat.unwrap_or(1),
-            mark: o.so_mark.unwrap_or(0),
-            broadcast: o.so_broadcast.unwrap_or(false),
-            keepalive: o.so_keepalive.unwrap_or(false),
-            dontroute: o.so_dontroute.unwrap_or(false),
-            oobinline: o.so_oobinline.unwrap_or(0) != 0,
-            linger: o.so_linger,
-            buf_lock: o.so_buf_lock.unwrap_or(0),
-            bound_dev: o.so_bound_dev.clone().filter(|d| !d.is_empty()),
-        };
+        let opts = SkOpts::from_image(o).map_err(|(f, why)| cx.bad(e, &format!("isk.{f}"), why))?;
         let t = m.tcp_opts.as_ref();
         // the keepalive timings, from tcp_opts or (older images) sk_opts
         let keep = match (tcp && opts.keepalive, t) {
@@ -593,9 +451,7 @@ impl FileKind for Inet {
             if self.family == libc::AF_INET6 {
                 si::set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, self.v6only as i32).map_err(|e| format!("setsockopt IPV6_V6ONLY: {e}"))?;
             }
-            if let Some(dev) = &self.opts.bound_dev {
-                si::set_bytes(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes()).map_err(|e| format!("setsockopt SO_BINDTODEVICE {dev:?}: {e}"))?;
-            }
+            self.opts.bind_to_device(s)?;
             if self.opts.reuseport {
                 si::set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| format!("setsockopt SO_REUSEPORT: {e}"))?;
             }
@@ -611,9 +467,7 @@ impl FileKind for Inet {
                 let (l, n) = if self.family == libc::AF_INET6 { (libc::IPPROTO_IPV6, IPV6_FREEBIND) } else { (libc::IPPROTO_IP, libc::IP_FREEBIND) };
                 si::set_int(s, l, n, 1).map_err(|e| format!("setsockopt FREEBIND: {e}"))?;
             }
-            if let Some(dev) = &self.opts.bound_dev {
-                si::set_bytes(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes()).map_err(|e| format!("setsockopt SO_BINDTODEVICE {dev:?}: {e}"))?;
-            }
+            self.opts.bind_to_device(s)?;
             if self.src != Addr::any(self.family) {
                 si::set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(|e| format!("setsockopt SO_REUSEADDR: {e}"))?;
                 si::bind(s, self.src).map_err(|e| format!("bind to {}: {e}", ip(&self.src)))?;

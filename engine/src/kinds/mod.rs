@@ -48,6 +48,7 @@ pub mod pipe;
 pub mod pty;
 pub mod reg;
 pub mod signalfd;
+pub mod sk_opts;
 pub mod tcp_stream;
 pub mod timerfd;
 pub mod tty;

@@ -40,6 +40,7 @@
 //! (an accepted one, or a client) does not get its name back: only its
 //! peer name shows it.
 
+use super::sk_opts::{SkOpts, Sizes};
 use super::{Collect, FileKind, ImageAcc, Read, Restore};
 use crate::dump::files::FilesError;
 use crate::dump::unix_diag::{self, UnixDiag, ST_CLOSE, ST_ESTABLISHED, ST_LISTEN};
@@ -76,34 +77,6 @@ const PEEK_CHUNK: usize = 256 << 10;
 /// A queue larger than this is refused (it is held in memory).
 const QUEUE_MAX: usize = 1 << 30;
 
-/// Socket options as upstream records them (`sk_opts_entry`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Opts {
-    pub sndbuf: u32,
-    pub rcvbuf: u32,
-    /// (seconds, microseconds).
-    pub snd_tmo: (u64, u64),
-    pub rcv_tmo: (u64, u64),
-    pub reuseaddr: bool,
-    pub priority: u32,
-    pub rcvlowat: u32,
-    pub mark: u32,
-    pub passcred: bool,
-    pub passsec: bool,
-    pub dontroute: bool,
-    pub no_check: bool,
-    /// SO_BINDTODEVICE, empty when unbound.
-    pub bound_dev: String,
-    pub reuseport: bool,
-    pub broadcast: bool,
-    pub keepalive: bool,
-    pub oobinline: u32,
-    /// SO_LINGER's seconds when lingering is on.
-    pub linger: Option<u32>,
-    /// SO_BUF_LOCK (SOCK_SNDBUF_LOCK 1 | SOCK_RCVBUF_LOCK 2).
-    pub buf_lock: u32,
-}
-
 /// One unix socket (model value).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnixSk {
@@ -126,7 +99,7 @@ pub struct UnixSk {
     /// RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2.
     pub shutdown: u8,
     pub uflags: u32,
-    pub opts: Opts,
+    pub opts: SkOpts,
     /// The receive queue: datagrams or records one each, a stream's bytes
     /// in chunks.
     pub queue: Vec<Vec<u8>>,
@@ -332,42 +305,6 @@ fn bind_perms(pid: Pid) -> std::io::Result<(u32, u32, u32)> {
     Ok((libc::S_IFSOCK | (0o777 & !umask), fs("Uid:"), fs("Gid:")))
 }
 
-/// The options of a socket, as upstream reads them.
-pub(crate) fn read_opts(s: BorrowedFd<'_>) -> std::io::Result<Opts> {
-    let int = |name| sock::get_int(s, libc::SOL_SOCKET, name);
-    let u = |name| int(name).map(|v| v as u32);
-    let b = |name| int(name).map(|v| v != 0);
-    let tmo = |name| sock::get_timeval(s, libc::SOL_SOCKET, name).map(|(a, b)| (a as u64, b as u64));
-    let mut dev = [0u8; 32];
-    let n = sock::get_bytes(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, &mut dev)?;
-    let dev = String::from_utf8_lossy(&dev[..n]).trim_end_matches('\0').to_string();
-    let mut linger = [0u8; 8];
-    sock::get_bytes(s, libc::SOL_SOCKET, libc::SO_LINGER, &mut linger)?;
-    let onoff = i32::from_ne_bytes(linger[..4].try_into().unwrap_or_default());
-    let secs = u32::from_ne_bytes(linger[4..].try_into().unwrap_or_default());
-    Ok(Opts {
-        sndbuf: u(libc::SO_SNDBUF)?,
-        rcvbuf: u(libc::SO_RCVBUF)?,
-        snd_tmo: tmo(libc::SO_SNDTIMEO)?,
-        rcv_tmo: tmo(libc::SO_RCVTIMEO)?,
-        reuseaddr: b(libc::SO_REUSEADDR)?,
-        priority: u(libc::SO_PRIORITY)?,
-        rcvlowat: u(libc::SO_RCVLOWAT)?,
-        mark: u(libc::SO_MARK)?,
-        passcred: b(libc::SO_PASSCRED)?,
-        passsec: b(libc::SO_PASSSEC)?,
-        dontroute: b(libc::SO_DONTROUTE)?,
-        no_check: b(libc::SO_NO_CHECK)?,
-        bound_dev: dev,
-        reuseport: b(libc::SO_REUSEPORT)?,
-        broadcast: b(libc::SO_BROADCAST)?,
-        keepalive: b(libc::SO_KEEPALIVE)?,
-        oobinline: u(libc::SO_OOBINLINE)?,
-        linger: (onoff != 0).then_some(secs),
-        buf_lock: u(libc::SO_BUF_LOCK)?,
-    })
-}
-
 /// The receive queue of `s` (type `ty`), not consumed: SO_PEEK_OFF 0,
 /// recvmsg(MSG_PEEK) until nothing is left, the old peek offset put back.
 /// `stream_len` is what sock_diag counted for a stream (cross-check).
@@ -531,7 +468,7 @@ impl FileKind for UnixSk {
         }
         let pidfd = &st.pidfd.as_ref().unwrap_or_else(|| unreachable!()).1;
         let dup = p::pidfd_getfd(pidfd, fd).map_err(|e| FilesError::Io { pid, fd, source: e })?;
-        let opts = read_opts(dup.as_fd()).map_err(|e| refuse(format!("reading its options: {e}")))?;
+        let opts = SkOpts::read(dup.as_fd()).map_err(|e| refuse(format!("reading its options: {e}")))?;
         if sock::get_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER).unwrap_or(0) > 0 {
             return Err(refuse("a socket filter (SO_ATTACH_FILTER) is attached: not supported yet".to_string()));
         }
@@ -570,34 +507,7 @@ impl FileKind for UnixSk {
     }
 
     fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
-        let o = &self.opts;
-        let opts = pb::SkOptsEntry {
-            so_sndbuf: o.sndbuf,
-            so_rcvbuf: o.rcvbuf,
-            so_snd_tmo_sec: o.snd_tmo.0,
-            so_snd_tmo_usec: o.snd_tmo.1,
-            so_rcv_tmo_sec: o.rcv_tmo.0,
-            so_rcv_tmo_usec: o.rcv_tmo.1,
-            reuseaddr: Some(o.reuseaddr),
-            so_priority: Some(o.priority),
-            so_rcvlowat: Some(o.rcvlowat),
-            so_mark: (o.mark != 0).then_some(o.mark),
-            so_passcred: Some(o.passcred),
-            so_passsec: Some(o.passsec),
-            so_dontroute: Some(o.dontroute),
-            so_no_check: Some(o.no_check),
-            so_bound_dev: (!o.bound_dev.is_empty()).then(|| o.bound_dev.clone()),
-            so_filter: Vec::new(),
-            so_reuseport: Some(o.reuseport),
-            so_broadcast: Some(o.broadcast),
-            so_keepalive: Some(o.keepalive),
-            tcp_keepcnt: None,
-            tcp_keepidle: None,
-            tcp_keepintvl: None,
-            so_oobinline: Some(o.oobinline),
-            so_linger: o.linger,
-            so_buf_lock: Some(o.buf_lock),
-        };
+        let opts = self.opts.to_image();
         // the files in flight are the REG entries right after this one
         let mut next = id + 1;
         for (i, m) in self.queue.iter().enumerate() {
@@ -701,7 +611,7 @@ impl FileKind for UnixSk {
         if !queue.is_empty() && state == ST_LISTEN {
             return Err(ImagesError::Bad { file: "sk-queues.img".to_string(), what: format!("data queued on listening socket:[{}] (file {})", u.ino, e.id) });
         }
-        let o = &u.opts;
+        let opts = SkOpts::from_image(&u.opts).map_err(|(f, why)| cx.bad(e, &format!("usk.{f}"), why))?;
         Ok(UnixSk {
             ino: u.ino,
             ty,
@@ -714,27 +624,7 @@ impl FileKind for UnixSk {
             perms: u.file_perms.as_ref().map(|f| (f.mode, f.uid, f.gid)),
             shutdown,
             uflags: u.uflags,
-            opts: Opts {
-                sndbuf: o.so_sndbuf,
-                rcvbuf: o.so_rcvbuf,
-                snd_tmo: (o.so_snd_tmo_sec, o.so_snd_tmo_usec),
-                rcv_tmo: (o.so_rcv_tmo_sec, o.so_rcv_tmo_usec),
-                reuseaddr: o.reuseaddr.unwrap_or(false),
-                priority: o.so_priority.unwrap_or(0),
-                rcvlowat: o.so_rcvlowat.unwrap_or(1),
-                mark: o.so_mark.unwrap_or(0),
-                passcred: o.so_passcred.unwrap_or(false),
-                passsec: o.so_passsec.unwrap_or(false),
-                dontroute: o.so_dontroute.unwrap_or(false),
-                no_check: o.so_no_check.unwrap_or(false),
-                bound_dev: o.so_bound_dev.clone().unwrap_or_default(),
-                reuseport: o.so_reuseport.unwrap_or(false),
-                broadcast: o.so_broadcast.unwrap_or(false),
-                keepalive: o.so_keepalive.unwrap_or(false),
-                oobinline: o.so_oobinline.unwrap_or(0),
-                linger: o.so_linger,
-                buf_lock: o.so_buf_lock.unwrap_or(0),
-            },
+            opts,
             queue,
             passed,
             ext_peer,
@@ -912,51 +802,10 @@ fn fill_queue(from: BorrowedFd<'_>, u: &UnixSk, to: Option<&[u8]>) -> Result<(),
     Ok(())
 }
 
-/// The dumped options back on `s`: buffer sizes (the kernel doubles what
-/// it is given), timeouts, flags, then the buffer locks.
+/// The dumped options back on `s`: buffer sizes forced (the queue
+/// restored into it needs the room it had), then the locks as dumped.
 fn apply_opts(s: BorrowedFd<'_>, u: &UnixSk) -> Result<(), String> {
-    let o = &u.opts;
-    let set = |name: i32, what: &str, v: i32| sock::set_int(s, libc::SOL_SOCKET, name, v).map_err(ioerr(format!("{}: setsockopt {what} {v}", u.what())));
-    let half = |v: u32| i32::try_from(v / 2).unwrap_or(i32::MAX);
-    set(libc::SO_SNDBUFFORCE, "SO_SNDBUFFORCE", half(o.sndbuf))?;
-    set(libc::SO_RCVBUFFORCE, "SO_RCVBUFFORCE", half(o.rcvbuf))?;
-    let tv = |name: i32, what: &str, (sec, usec): (u64, u64)| {
-        sock::set_timeval(s, libc::SOL_SOCKET, name, sec as i64, usec as i64).map_err(ioerr(format!("{}: setsockopt {what}", u.what())))
-    };
-    tv(libc::SO_SNDTIMEO, "SO_SNDTIMEO", o.snd_tmo)?;
-    tv(libc::SO_RCVTIMEO, "SO_RCVTIMEO", o.rcv_tmo)?;
-    let flag = |name: i32, what: &str, on: bool| if on { set(name, what, 1) } else { Ok(()) };
-    flag(libc::SO_REUSEADDR, "SO_REUSEADDR", o.reuseaddr)?;
-    flag(libc::SO_REUSEPORT, "SO_REUSEPORT", o.reuseport)?;
-    flag(libc::SO_PASSCRED, "SO_PASSCRED", o.passcred)?;
-    flag(libc::SO_PASSSEC, "SO_PASSSEC", o.passsec)?;
-    flag(libc::SO_DONTROUTE, "SO_DONTROUTE", o.dontroute)?;
-    flag(libc::SO_NO_CHECK, "SO_NO_CHECK", o.no_check)?;
-    flag(libc::SO_BROADCAST, "SO_BROADCAST", o.broadcast)?;
-    flag(libc::SO_KEEPALIVE, "SO_KEEPALIVE", o.keepalive)?;
-    if o.priority != 0 {
-        set(libc::SO_PRIORITY, "SO_PRIORITY", o.priority as i32)?;
-    }
-    if o.rcvlowat > 1 {
-        set(libc::SO_RCVLOWAT, "SO_RCVLOWAT", o.rcvlowat as i32)?;
-    }
-    if o.mark != 0 {
-        set(libc::SO_MARK, "SO_MARK", o.mark as i32)?;
-    }
-    if o.oobinline != 0 {
-        set(libc::SO_OOBINLINE, "SO_OOBINLINE", 1)?;
-    }
-    if !o.bound_dev.is_empty() {
-        sock::set_bytes(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, o.bound_dev.as_bytes()).map_err(ioerr(format!("{}: SO_BINDTODEVICE", u.what())))?;
-    }
-    if let Some(secs) = o.linger {
-        let mut v = [0u8; 8];
-        v[..4].copy_from_slice(&1i32.to_ne_bytes());
-        v[4..].copy_from_slice(&secs.to_ne_bytes());
-        sock::set_bytes(s, libc::SOL_SOCKET, libc::SO_LINGER, &v).map_err(ioerr(format!("{}: SO_LINGER", u.what())))?;
-    }
-    // setting the sizes locked both; put the dumped locks back
-    set(libc::SO_BUF_LOCK, "SO_BUF_LOCK", (o.buf_lock & 3) as i32)
+    u.opts.apply(s, Sizes::Forced).and_then(|()| u.opts.bind_to_device(s)).map_err(|e| format!("{}: {e}", u.what()))
 }
 
 /// With `--root`: unix sockets bound to a path are not supported yet (the

@@ -85,55 +85,9 @@ pub fn socket(family: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// getsockopt(2) of an int option.
-pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v and l are valid for writing for the sizes given.
-    check(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, &mut v as *mut _ as *mut libc::c_void, &mut l) })?;
-    Ok(v)
-}
-
-/// setsockopt(2) of an int option.
-pub fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, v: i32) -> io::Result<()> {
-    // SAFETY: v is valid for reading for its size.
-    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, &v as *const _ as *const libc::c_void, std::mem::size_of::<libc::c_int>() as libc::socklen_t) })
-        .map(drop)
-}
-
-/// A timeval option (SO_SNDTIMEO/SO_RCVTIMEO): (seconds, microseconds).
-pub fn get_timeval(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<(u64, u64)> {
-    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
-    let mut l = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
-    // SAFETY: tv and l are valid for writing for the sizes given.
-    check(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, &mut tv as *mut _ as *mut libc::c_void, &mut l) })?;
-    Ok((tv.tv_sec.max(0) as u64, tv.tv_usec.max(0) as u64))
-}
-
-/// Set a timeval option.
-pub fn set_timeval(fd: BorrowedFd<'_>, level: i32, name: i32, sec: u64, usec: u64) -> io::Result<()> {
-    let tv = libc::timeval { tv_sec: sec.min(i64::MAX as u64) as libc::time_t, tv_usec: usec.min(999_999) as libc::suseconds_t };
-    // SAFETY: tv is valid for reading for its size.
-    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as libc::socklen_t) })
-        .map(drop)
-}
-
-/// SO_LINGER: Some(seconds) when on.
-pub fn get_linger(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
-    let mut lg = libc::linger { l_onoff: 0, l_linger: 0 };
-    let mut l = std::mem::size_of::<libc::linger>() as libc::socklen_t;
-    // SAFETY: lg and l are valid for writing for the sizes given.
-    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &mut lg as *mut _ as *mut libc::c_void, &mut l) })?;
-    Ok((lg.l_onoff != 0).then_some(lg.l_linger.max(0) as u32))
-}
-
-/// Set SO_LINGER on with `secs`.
-pub fn set_linger(fd: BorrowedFd<'_>, secs: u32) -> io::Result<()> {
-    let lg = libc::linger { l_onoff: 1, l_linger: secs.min(i32::MAX as u32) as i32 };
-    // SAFETY: lg is valid for reading for its size.
-    check(unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &lg as *const _ as *const libc::c_void, std::mem::size_of::<libc::linger>() as libc::socklen_t) })
-        .map(drop)
-}
+// The socket options' calls are sys/sock.rs's (one wrapper for every
+// family), named here too for the inet kinds.
+pub use super::sock::{get_bytes, get_int, get_linger, get_timeval, set_bytes, set_int, set_linger, set_timeval};
 
 /// getsockname(2) (`peer`: getpeername(2)); None when not connected or of
 /// another family.
@@ -219,20 +173,6 @@ pub fn sock_proto_name(path: &std::path::Path) -> io::Result<String> {
     let b = &buf[..r as usize];
     let b = b.split(|&c| c == 0).next().unwrap_or(b);
     Ok(String::from_utf8_lossy(b).into_owned())
-}
-
-/// getsockopt(2) of a byte option into `buf`: the length written.
-pub fn get_bytes(fd: BorrowedFd<'_>, level: i32, name: i32, buf: &mut [u8]) -> io::Result<usize> {
-    let mut l = buf.len() as libc::socklen_t;
-    // SAFETY: buf and l are valid for writing for the sizes given.
-    check(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr() as *mut libc::c_void, &mut l) })?;
-    Ok(l as usize)
-}
-
-/// setsockopt(2) of a byte option.
-pub fn set_bytes(fd: BorrowedFd<'_>, level: i32, name: i32, v: &[u8]) -> io::Result<()> {
-    // SAFETY: v is valid for reading for its length.
-    check(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, v.as_ptr() as *const libc::c_void, v.len() as libc::socklen_t) }).map(drop)
 }
 
 /// shutdown(2); on a TCP socket that is not connected it still marks both

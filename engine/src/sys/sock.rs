@@ -66,12 +66,21 @@ pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
 
 /// getsockopt(2) of a `struct timeval` option (SO_SNDTIMEO, SO_RCVTIMEO):
 /// (seconds, microseconds).
-pub fn get_timeval(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<(i64, i64)> {
+pub fn get_timeval(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<(u64, u64)> {
     let mut v = libc::timeval { tv_sec: 0, tv_usec: 0 };
     let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
     // SAFETY: `v` and `len` are valid for writes; `len` is the size of `v`.
     check(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&raw mut v).cast(), &raw mut len) })?;
-    Ok((v.tv_sec, v.tv_usec))
+    Ok((v.tv_sec.max(0) as u64, v.tv_usec.max(0) as u64))
+}
+
+/// SO_LINGER: Some(seconds) when on.
+pub fn get_linger(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    let mut v = libc::linger { l_onoff: 0, l_linger: 0 };
+    let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for writes; `len` is the size of `v`.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw mut v).cast(), &raw mut len) })?;
+    Ok((v.l_onoff != 0).then_some(v.l_linger.max(0) as u32))
 }
 
 /// getsockopt(2) of an option whose value is bytes (SO_BINDTODEVICE): the
@@ -92,12 +101,23 @@ pub fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, v: i32) -> io::Result<
     Ok(())
 }
 
-/// setsockopt(2) of a `struct timeval` option.
-pub fn set_timeval(fd: BorrowedFd<'_>, level: i32, name: i32, sec: i64, usec: i64) -> io::Result<()> {
-    let v = libc::timeval { tv_sec: sec, tv_usec: usec };
+/// setsockopt(2) of a `struct timeval` option (seconds, microseconds:
+/// clamped to what a timeval holds).
+pub fn set_timeval(fd: BorrowedFd<'_>, level: i32, name: i32, sec: u64, usec: u64) -> io::Result<()> {
+    let v = libc::timeval { tv_sec: sec.min(i64::MAX as u64) as libc::time_t, tv_usec: usec.min(999_999) as libc::suseconds_t };
     // SAFETY: `v` is a readable timeval and the length says so.
     check(unsafe {
         libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const v).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t)
+    })?;
+    Ok(())
+}
+
+/// Set SO_LINGER on with `secs`.
+pub fn set_linger(fd: BorrowedFd<'_>, secs: u32) -> io::Result<()> {
+    let v = libc::linger { l_onoff: 1, l_linger: i32::try_from(secs).unwrap_or(i32::MAX) };
+    // SAFETY: `v` is a readable linger and the length says so.
+    check(unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const v).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t)
     })?;
     Ok(())
 }

@@ -76,7 +76,7 @@ impl Plan {
         let mut plan = Plan::default();
         let mut seen = std::collections::HashSet::new();
         let mut epolls = Vec::new();
-        let mut fresh: std::collections::HashMap<u8, crate::kinds::unix::Opts> = std::collections::HashMap::new();
+        let mut fresh: std::collections::HashMap<u8, crate::kinds::sk_opts::SkOpts> = std::collections::HashMap::new();
         for f in &task.fds {
             let FileDesc::Kind(k) = &f.file;
             if !seen.insert(f.desc) {
@@ -122,7 +122,7 @@ impl Plan {
                         None => {
                             use std::os::fd::AsFd;
                             let (x, _y) = crate::sys::sock::socketpair(i32::from(u.ty) | libc::SOCK_CLOEXEC).map_err(|e| format!("a socketpair to compare options with: {e}"))?;
-                            let d = crate::kinds::unix::read_opts(x.as_fd()).map_err(|e| format!("options of a fresh socketpair: {e}"))?;
+                            let d = crate::kinds::sk_opts::SkOpts::read(x.as_fd()).map_err(|e| format!("options of a fresh socketpair: {e}"))?;
                             fresh.insert(u.ty, d.clone());
                             d
                         }
