@@ -30,6 +30,16 @@ fn bad(file: &str, what: impl Into<String>) -> ImagesError {
     ImagesError::Bad { file: file.to_string(), what: what.into() }
 }
 
+/// A malformed field of an image: `FILE: entry I, field F: what` (`field
+/// F: what` for an image of one entry).
+pub fn field_error(file: &str, entry: Option<usize>, field: &str, what: impl std::fmt::Display) -> ImagesError {
+    let at = match entry {
+        Some(i) => format!("entry {i}, field {field}"),
+        None => format!("field {field}"),
+    };
+    ImagesError::Bad { file: file.to_string(), what: format!("{at}: {what}") }
+}
+
 // VMA status bits (criu/include/image.h)
 const VMA_AREA_REGULAR: u32 = 1 << 0;
 const VMA_AREA_VSYSCALL: u32 = 1 << 2;

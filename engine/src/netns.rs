@@ -32,6 +32,7 @@
 //!   `iptables-legacy-restore`, `ip6tables-legacy-restore`, `nft -f -` fed
 //!   the blobs; the tree's sockets are made after, inside it.
 
+use crate::images_io::field_error as bad;
 use crate::images_io::ImagesError;
 use crate::model::KobjIds;
 use crate::sys::netdev;
@@ -492,13 +493,6 @@ pub fn write_images(dir: &Path, n: &NetNs, id: u32) -> Result<(), ImagesError> {
     Ok(())
 }
 
-fn bad(file: &str, entry: Option<usize>, field: &str, what: impl std::fmt::Display) -> ImagesError {
-    let at = match entry {
-        Some(i) => format!("entry {i}, field {field}"),
-        None => format!("field {field}"),
-    };
-    ImagesError::Bad { file: file.to_string(), what: format!("{at}: {what}") }
-}
 
 /// Sysctl entries of `field` checked against `names` (at most as many,
 /// each of the type its name has, a string at most 200 bytes without NUL).

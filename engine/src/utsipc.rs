@@ -14,6 +14,7 @@
 //! namespace's mqueue file system, a shm segment marked for removal while
 //! attached, SHM_LOCK'ed segments, a sysctl a restore can't write.
 
+use crate::images_io::field_error as bad;
 use crate::images_io::ImagesError;
 use crate::model::{IpcDesc, IpcMsgQueue, IpcNs, IpcSem, IpcShm, IpcVar, KobjIds, Tree, UtsNs};
 use crate::sys::sysv;
@@ -254,13 +255,6 @@ pub fn write_images(dir: &Path, tree: &Tree, pages_id: &mut u32) -> Result<(), I
     Ok(())
 }
 
-fn bad(file: &str, entry: Option<usize>, field: &str, what: impl std::fmt::Display) -> ImagesError {
-    let at = match entry {
-        Some(i) => format!("entry {i}, field {field}"),
-        None => format!("field {field}"),
-    };
-    ImagesError::Bad { file: file.to_string(), what: format!("{at}: {what}") }
-}
 
 fn desc_from(d: &pb::IpcDescEntry, file: &str, i: usize, seen: &mut std::collections::HashSet<u32>) -> Result<IpcDesc, ImagesError> {
     if d.mode > 0o777 {

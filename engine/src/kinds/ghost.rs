@@ -78,7 +78,13 @@ pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metad
         off = end;
     }
     pr_debug!("Dumping ghost file contents for fd {fd} ({path}, {size} bytes, {} extents, {total} bytes of data)", extents.len());
-    Ok(Ghost {
+    Ok(Ghost { size, extents, ..of_inode(meta, 0, None) })
+}
+
+/// A ghost of the inode `meta` describes (owner, mode, times to the
+/// microsecond), with no contents.
+fn of_inode(meta: &std::fs::Metadata, rdev: u64, target: Option<String>) -> Ghost {
+    Ghost {
         dev: meta.dev(),
         ino: meta.ino(),
         uid: meta.uid(),
@@ -86,11 +92,11 @@ pub fn ghost_of(open: &str, pid: Pid, fd: i32, path: &str, meta: &std::fs::Metad
         mode: meta.mode(),
         atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
         mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
-        rdev: 0,
-        target: None,
-        size,
-        extents,
-    })
+        rdev,
+        target,
+        size: 0,
+        extents: Vec::new(),
+    }
 }
 
 /// A deleted directory, memory device node or symlink held open (as
@@ -112,19 +118,7 @@ pub(crate) fn special_ghost(pid: Pid, fd: i32, path: &str, meta: &std::fs::Metad
     };
     let rdev = if ft.is_char_device() || ft.is_block_device() { meta.rdev() } else { 0 };
     pr_debug!("Dumping ghost {path} (mode {:o}, rdev {rdev:#x}, target {target:?}) for fd {fd}", meta.mode());
-    Ok(Ghost {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mode: meta.mode(),
-        atime: (meta.atime() as u64, meta.atime_nsec() as u64 / 1000),
-        mtime: (meta.mtime() as u64, meta.mtime_nsec() as u64 / 1000),
-        rdev,
-        target,
-        size: 0,
-        extents: Vec::new(),
-    })
+    Ok(of_inode(meta, rdev, target))
 }
 
 // ---- image

@@ -772,16 +772,7 @@ pub fn close_all_except(keep: &[i32]) {
 /// descriptions order (`Equal`: one shared description). The kernel orders
 /// them by an obfuscated pointer, consistently within one boot.
 pub fn kcmp_file_order(pid: Pid, a: i32, b: i32) -> io::Result<std::cmp::Ordering> {
-    const KCMP_FILE: i32 = 0;
-    // SAFETY: integer-only syscall.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a as usize, b as usize) };
-    match r {
-        0 => Ok(std::cmp::Ordering::Equal),
-        1 => Ok(std::cmp::Ordering::Less),
-        2 => Ok(std::cmp::Ordering::Greater),
-        r if r < 0 => Err(last_err()),
-        r => Err(io::Error::other(format!("kcmp(KCMP_FILE) gave no ordering ({r})"))),
-    }
+    kcmp_files_order(pid, a, pid, b)
 }
 
 /// [`kcmp_file_order`] of fd `a` of `pid1` and fd `b` of `pid2` (two
