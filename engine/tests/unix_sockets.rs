@@ -18,46 +18,31 @@ use images_proto::image::{ImageReader, ImageWriter};
 use images_proto::magic as mg;
 use images_proto::pb;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 /// A program of tests/fdsupport/progs started as the shared fixtures are
 /// (`unshare --pid --fork setsid BIN ARGS`, so upstream CRIU can dump it
-/// too), in its own scratch directory; killed on drop.
-struct Prog {
-    tmp: PathBuf,
-    work: PathBuf,
-    bin: PathBuf,
-    pid: i32,
-    launcher: std::process::Child,
+/// too), in its own scratch directory; killed on drop; run by our criu or
+/// upstream's.
+struct Prog(Scene);
+
+impl std::ops::Deref for Prog {
+    type Target = Scene;
+    fn deref(&self) -> &Scene {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Prog {
+    fn deref_mut(&mut self) -> &mut Scene {
+        &mut self.0
+    }
 }
 
 impl Prog {
     fn start(name: &str, tag: &str, args: &[&str]) -> Prog {
-        let tmp = std::env::temp_dir().join(format!("criu-rs-sockets-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let work = tmp.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let bin = build(name, &tmp);
-        let launcher = only_stdio(&mut Command::new("unshare"))
-            .args(["--pid", "--fork", "setsid"])
-            .arg(&bin)
-            .args(args)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start program");
-        let log = work.join("progress.log");
-        wait_until("ready", Duration::from_secs(10), || work.join("ready").exists());
-        wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
-        let pid = pid_of(&bin).expect("program running");
-        Prog { tmp, work, bin, pid, launcher }
-    }
-
-    fn log(&self) -> PathBuf {
-        self.work.join("progress.log")
+        Prog(Scene::launch(name, tag, args, Launch::SessionLeader))
     }
 
     fn images(&self, n: &str) -> PathBuf {
@@ -102,19 +87,6 @@ impl Prog {
             let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
         }
         wait_until("the program gone", Duration::from_secs(5), || pid_of(&self.bin).is_none());
-    }
-}
-
-impl Drop for Prog {
-    fn drop(&mut self) {
-        if let Some(p) = pid_of(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-        }
-        let _ = self.launcher.kill();
-        let _ = self.launcher.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
     }
 }
 

@@ -11,7 +11,7 @@ pub const CRIU: &str = env!("CARGO_BIN_EXE_criu");
 
 #[path = "../common/mod.rs"]
 mod common;
-pub use common::{only_stdio, require, skip, skip_reason, upstream, why_not_fixture, why_not_here, why_not_root, why_not_tool, why_not_upstream};
+pub use common::{last_tick, only_stdio, require, wait_until, skip, skip_reason, upstream, why_not_fixture, why_not_here, why_not_root, why_not_tool, why_not_upstream};
 
 /// The old form of `require!(why_not_root())`, for tests that print and
 /// return themselves: when not root it already records the skip (and fails
@@ -48,20 +48,6 @@ pub fn build(name: &str, out: &Path) -> PathBuf {
     bin
 }
 
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-pub fn last_tick(log: &Path) -> u64 {
-    let s = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(!s.contains("FAIL"), "fixture reported a failure:\n{s}");
-    s.lines().filter_map(|l| l.strip_prefix("tick ")?.split_whitespace().next()?.parse().ok()).next_back().unwrap_or(0)
-}
-
 /// Newest process whose argv[0] is `bin`.
 pub fn pid_of(bin: &Path) -> Option<i32> {
     let mut found = None;
@@ -73,6 +59,17 @@ pub fn pid_of(bin: &Path) -> Option<i32> {
         }
     }
     found
+}
+
+/// How a [`Scene`]'s program is started.
+pub enum Launch {
+    /// `setsid unshare --pid --fork BIN`: pid 1 of a pid namespace of its
+    /// own, in the launcher's session (its leader outside the namespace).
+    SessionOutside,
+    /// `unshare --pid --fork setsid BIN`: pid 1 and the leader of a session
+    /// of its own, as the shared fixtures are started (upstream CRIU can
+    /// dump it too).
+    SessionLeader,
 }
 
 /// A scratch directory with `work/` (the program's cwd) and a built program.
@@ -93,13 +90,23 @@ impl Scene {
 
     /// As `start`, with arguments for the program.
     pub fn start_args(name: &str, tag: &str, args: &[&str]) -> Scene {
+        Scene::launch(name, tag, args, Launch::SessionOutside)
+    }
+
+    /// Build `name` and start it with `args` as `how` says; wait for its
+    /// first tick.
+    pub fn launch(name: &str, tag: &str, args: &[&str], how: Launch) -> Scene {
         let tmp = std::env::temp_dir().join(format!("criu-rs-fdtest-{name}-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let work = tmp.join("work");
         std::fs::create_dir_all(&work).unwrap();
         let bin = build(name, &tmp);
-        let launcher = only_stdio(&mut Command::new("setsid"))
-            .args(["unshare", "--pid", "--fork"])
+        let words: &[&str] = match how {
+            Launch::SessionOutside => &["setsid", "unshare", "--pid", "--fork"],
+            Launch::SessionLeader => &["unshare", "--pid", "--fork", "setsid"],
+        };
+        let launcher = only_stdio(&mut Command::new(words[0]))
+            .args(&words[1..])
             .arg(&bin)
             .args(args)
             .current_dir(&work)
