@@ -340,12 +340,7 @@ fn hostile_event_images_are_refused() {
         ("fanotify mark type", edited(&img, "bad-mark", |f| { let i = fanotify(f); f[i].ffy.as_mut().unwrap().mark[0].r#type = 7 }), "ffy.mark[0].type: 7 is not a mark type"),
         ("timerfd nanoseconds", edited(&img, "bad-nsec", |f| { let i = timer(f); f[i].tfd.as_mut().unwrap().insec = 1_000_000_000 }), "tfd.insec: 1000000000 nanoseconds is not below one second"),
     ];
-    for (what, dir, want) in cases {
-        let (st, log) = common::criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
-        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
-        assert!(log.contains(want), "{what}: the error must say {want:?}:\n{log}");
-        assert!(live_with_exe(&ev.bin).is_empty(), "{what}: a refused image must not start anything");
-    }
+    common::refused_restores(&criu, &ev.bin, cases);
 }
 
 /// The event objects of upstream CRIU 4.2's dump of the `ipc` fixture

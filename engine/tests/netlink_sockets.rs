@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use images_proto::{image, magic, pb};
+use images_proto::pb;
 use engine::kinds::Kind;
 use engine::model::FileDesc;
 
-use common::{copy_images, criu_env, criu_ok, live_with_exe, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
+use common::{criu_ok, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
 
 
 /// The netlink sockets of image set `img` as read back.
@@ -65,22 +65,11 @@ fn hostile_netlink_images_are_refused() {
     let img = s.images("img");
     criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
     s.gone();
-    let edit = |name: &str, f: &dyn Fn(&mut pb::NetlinkSkEntry)| -> PathBuf {
-        let out = copy_images(&img, name);
-        let mut v: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
-        v.iter_mut().filter_map(|e| e.nlsk.as_mut()).for_each(f);
-        image::write_all(&out, "files.img", &magic::FILES, &v).unwrap();
-        out
-    };
+    let edit = |name: &str, f: &dyn Fn(&mut pb::NetlinkSkEntry)| common::edited_files(&img, name, |e| e.nlsk.iter_mut().for_each(f));
     let cases: Vec<(&str, PathBuf, &str)> = vec![
         ("protocol", edit("bad-proto", &|e| e.protocol = 40), "nlsk.protocol: 40 is not a netlink protocol"),
         ("groups", edit("bad-groups", &|e| e.groups = vec![1; 100]), "nlsk.groups: 100 bitmap words"),
         ("dst_group", edit("bad-dst", &|e| e.dst_group = u32::MAX), "nlsk.dst_group: 4294967295 is past the groups"),
     ];
-    for (what, dir, want) in cases {
-        let (st, log) = criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
-        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
-        assert!(log.contains(want), "{what}: the error must say {want:?}:\n{log}");
-        assert!(live_with_exe(&s.bin).is_empty(), "{what}: a refused image must not start anything");
-    }
+    common::refused_restores(&criu, &s.bin, cases);
 }

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use images_proto::{image, magic, pb};
+use images_proto::pb;
 use engine::kinds::Kind;
 use engine::model::FileDesc;
 
-use common::{copy_images, criu_env, criu_ok, live_with_exe, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
+use common::{criu_ok, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
 
 
 /// The packet sockets of image set `img` as read back.
@@ -75,13 +75,7 @@ fn hostile_packet_images_are_refused() {
     let img = s.images("img");
     criu_ok(&criu, &["dump", "-t", &s.pid.to_string()], &img, "dump.log");
     s.gone();
-    let edit = |name: &str, f: &dyn Fn(&mut pb::PacketSockEntry)| -> PathBuf {
-        let out = copy_images(&img, name);
-        let mut v: Vec<pb::FileEntry> = image::read_all(&out, "files.img", &magic::FILES).unwrap();
-        v.iter_mut().filter_map(|e| e.psk.as_mut()).for_each(f);
-        image::write_all(&out, "files.img", &magic::FILES, &v).unwrap();
-        out
-    };
+    let edit = |name: &str, f: &dyn Fn(&mut pb::PacketSockEntry)| common::edited_files(&img, name, |e| e.psk.iter_mut().for_each(f));
     let ring = pb::PacketRing { block_size: 4096, block_nr: 1, frame_size: 2048, frame_nr: 2, retire_tmo: 0, sizeof_priv: 0, features: 0 };
     let cases: Vec<(&str, PathBuf, &str)> = vec![
         ("type", edit("bad-type", &|e| e.r#type = 7), "psk.type: 7 is neither SOCK_RAW nor SOCK_DGRAM"),
@@ -89,10 +83,5 @@ fn hostile_packet_images_are_refused() {
         ("ring", edit("bad-ring", &|e| e.rx_ring = Some(ring)), "psk.rx_ring: rings are not supported yet"),
         ("mclist addr", edit("bad-addr", &|e| e.mclist.iter_mut().for_each(|m| m.addr = vec![1; 40])), "bytes, more than a membership holds"),
     ];
-    for (what, dir, want) in cases {
-        let (st, log) = criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
-        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
-        assert!(log.contains(want), "{what}: the error must say {want:?}:\n{log}");
-        assert!(live_with_exe(&s.bin).is_empty(), "{what}: a refused image must not start anything");
-    }
+    common::refused_restores(&criu, &s.bin, cases);
 }

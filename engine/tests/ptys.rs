@@ -242,10 +242,5 @@ fn hostile_pty_images_are_refused() {
     std::fs::write(cut.join("tty-data.img"), &data[..data.len() - 3]).unwrap();
     let mut cases = cases;
     cases.push(("truncated data", cut, "tty-data.img"));
-    for (what, dir, want) in cases {
-        let (st, log) = criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
-        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
-        assert!(log.contains(want), "{what}: the error must say {want:?}:\n{log}");
-        assert!(live_with_exe(&pt.bin).is_empty(), "{what}: a refused image must not start anything");
-    }
+    common::refused_restores(&criu, &pt.bin, cases);
 }

@@ -13,7 +13,7 @@ mod common;
 
 use images_proto::{image, magic, pb};
 
-use common::{copy_images, criu_env, criu_ok, live_with_exe, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
+use common::{copy_images, criu_ok, private_criu, require, why_not_here, why_not_upstream, OwnNsProg};
 
 
 /// The messages of `img` that carry files: (rights count) per entry.
@@ -82,10 +82,5 @@ fn hostile_files_in_flight_are_refused() {
         ("socket", edit("bad-socket", &|e| e.scm[0].rights[0] = sock_id), format!("file {sock_id} in flight is a UNIXSK")),
         ("type", edit("bad-type", &|e| e.scm[0].r#type = 2), "ancillary data of type 2".to_string()),
     ];
-    for (what, dir, want) in cases {
-        let (st, log) = criu_env(&criu, &["restore", "-d"], &dir, "restore.log", &[]);
-        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
-        assert!(log.contains(&want), "{what}: the error must say {want:?}:\n{log}");
-        assert!(live_with_exe(&s.bin).is_empty(), "{what}: a refused image must not start anything");
-    }
+    common::refused_restores(&criu, &s.bin, cases);
 }

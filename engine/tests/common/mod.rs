@@ -547,6 +547,24 @@ pub fn edited_image<M: prost::Message + Default>(
     out
 }
 
+/// [`edited_image`] of files.img: `edit` applied to every file entry.
+pub fn edited_files(img: &Path, name: &str, edit: impl Fn(&mut images_proto::pb::FileEntry)) -> PathBuf {
+    edited_image(img, name, "files.img", &images_proto::magic::FILES, |v: &mut Vec<images_proto::pb::FileEntry>| v.iter_mut().for_each(edit))
+}
+
+/// Hostile image sets: `criu restore -d` of each case's set (what it
+/// is, its directory, what the error must say) fails with exit code 1,
+/// saying so, and starts no process running `bin`.
+pub fn refused_restores<S: AsRef<str>>(criu: &Path, bin: &Path, cases: Vec<(&str, PathBuf, S)>) {
+    for (what, dir, want) in cases {
+        let want = want.as_ref();
+        let (st, log) = criu_env(criu, &["restore", "-d"], &dir, "restore.log", &[]);
+        assert_eq!(st.code(), Some(1), "{what}: the restore must fail:\n{log}");
+        assert!(log.contains(want), "{what}: the error must say {want:?}:\n{log}");
+        assert!(live_with_exe(bin).is_empty(), "{what}: a refused image must not start anything");
+    }
+}
+
 impl Drop for OwnNsProg {
     /// Every process running the binary killed (also once it is deleted:
     /// `NAME (deleted)`), then the test directory removed.
