@@ -342,6 +342,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         manage_cgroups: o.manage_cgroups,
         cgroup_root: o.cgroup_root.clone(),
         ext_mnt: o.ext_mnt.clone(),
+        auto_ext_mnt: o.auto_ext_mnt,
         inherit_fds: o.inherit_fd.clone(),
     }
 }

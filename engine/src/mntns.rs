@@ -417,11 +417,70 @@ pub fn classify(ms: &[Mount]) -> Result<(Vec<How>, Vec<usize>), String> {
 
 /// `--external mnt[MOUNTPOINT]:KEY` pairs of the running dump (set by
 /// `dump::collect_tree_opts`, as the other per-dump choices are).
-static DUMP_EXTERNAL: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+static DUMP_EXTERNAL: std::sync::Mutex<(Vec<(String, String)>, bool)> = std::sync::Mutex::new((Vec::new(), false));
 
-/// Set the dump's `--external mnt[MOUNTPOINT]:KEY` pairs.
-pub fn set_dump_external(ext: &[(String, String)]) {
-    *DUMP_EXTERNAL.lock().unwrap_or_else(|e| e.into_inner()) = ext.to_vec();
+/// Set the dump's `--external mnt[MOUNTPOINT]:KEY` pairs, and `auto`
+/// (`--external mnt[]`: [`auto_external`]).
+pub fn set_dump_external(ext: &[(String, String)], auto: bool) {
+    *DUMP_EXTERNAL.lock().unwrap_or_else(|e| e.into_inner()) = (ext.to_vec(), auto);
+}
+
+/// `--external mnt[]`: each mount of `ms` that a restore would make
+/// neither anew ([`NEW_MOUNT`]) nor as a bind of another mount of the
+/// namespace (the first of its file system, as [`classify`] picks it),
+/// but the root, becomes external when criu's own namespace (`own`) shows
+/// its file system's directory: its key is the path it shows at there
+/// (the deepest such mount's mount point and the rest of the root), for
+/// a restore on this host to bind (`--ext-mount-map auto`). Others are
+/// left to [`classify`]'s refusal. A mount made external can make the
+/// next of its file system the first: repeated until none changes.
+fn auto_external(ms: &mut [Mount], own: &[MountInfo]) {
+    let ids: std::collections::HashSet<u32> = ms.iter().map(|m| m.mnt_id).collect();
+    loop {
+        let mut changed = false;
+        for i in 0..ms.len() {
+            let m = &ms[i];
+            if m.ext_key.is_some() || !ids.contains(&m.parent_mnt_id) || NEW_MOUNT.contains(&m.fstype.as_str()) {
+                continue;
+            }
+            // the first of its file system: the widest root, then the
+            // lowest id (the root mount, which owns its own, is skipped)
+            let first = (0..ms.len())
+                .filter(|&j| ms[j].root_dev == m.root_dev && ms[j].ext_key.is_none())
+                .min_by_key(|&j| (ids.contains(&ms[j].parent_mnt_id), ms[j].root.len(), ms[j].mnt_id));
+            if first != Some(i) {
+                continue;
+            }
+            let shown = own
+                .iter()
+                .filter(|o| kdev(o.major, o.minor) == m.root_dev)
+                .filter_map(|o| under(&m.root, &o.root).map(|rest| (o.root.len(), o.mountpoint.clone(), rest)))
+                .max_by_key(|(depth, ..)| *depth);
+            if let Some((_, at, rest)) = shown {
+                let key = if rest.is_empty() { at } else { format!("{}/{rest}", at.trim_end_matches('/')) };
+                crate::pr_info!("{}: external (--external mnt[]), bound from {key} at restore", m.name());
+                ms[i].ext_key = Some(key);
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
+/// `--ext-mount-map auto` at restore: `ext` with each external key of the
+/// tree's mount namespace that is an absolute path and that `ext` does not
+/// give added as its own path ([`auto_external`]'s keys).
+pub fn with_auto_paths(tree: &Tree, ext: &[(String, String)], auto: bool) -> Vec<(String, String)> {
+    let mut out = ext.to_vec();
+    let Some(ns) = tree.mnt.as_ref().filter(|_| auto) else { return out };
+    for k in ns.mounts.iter().filter_map(|m| m.ext_key.as_ref()) {
+        if k.starts_with('/') && !out.iter().any(|(key, _)| key == k) {
+            out.push((k.clone(), k.clone()));
+        }
+    }
+    out
 }
 
 /// tfork's collection: mounts restore would not make anew are copied
@@ -462,17 +521,19 @@ pub fn set_root_snapshot(snap: Option<RootSnapshot>) {
 /// [`collect`] with the pairs [`set_dump_external`] set (or, for tfork,
 /// [`set_from_source`]).
 pub fn collect_dump(pid: i32) -> Result<MntNs, String> {
-    let ext = DUMP_EXTERNAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    collect(pid, &ext, FROM_SOURCE.load(std::sync::atomic::Ordering::Relaxed))
+    let (ext, auto) = DUMP_EXTERNAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    collect(pid, &ext, auto, FROM_SOURCE.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// The mounts of `pid`'s mount namespace (it must own one: the caller
 /// checks), classified ([`classify`]) and with each tmpfs's files.
 /// `ext`: `--external mnt[MOUNTPOINT]:KEY` pairs of the dump; one naming
-/// no mount point of the namespace is refused. `from_source` (tfork):
+/// no mount point of the namespace is refused. `auto`: the mounts a
+/// restore would not make anew that criu's namespace shows are external
+/// ([`auto_external`]). `from_source` (tfork):
 /// every mount not made anew (but the root) is external, its key its
 /// mount point, copied from the live source at restore.
-pub fn collect(pid: i32, ext: &[(String, String)], from_source: bool) -> Result<MntNs, String> {
+pub fn collect(pid: i32, ext: &[(String, String)], auto: bool, from_source: bool) -> Result<MntNs, String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).map_err(|e| format!("reading /proc/{pid}/mountinfo: {e}"))?;
     let lines = parse_mountinfo(&text)?;
     let mut mounts = Vec::with_capacity(lines.len());
@@ -506,6 +567,10 @@ pub fn collect(pid: i32, ext: &[(String, String)], from_source: bool) -> Result<
         for m in mounts.iter_mut().filter(|m| ids.contains(&m.parent_mnt_id) && !NEW_MOUNT.contains(&m.fstype.as_str())) {
             m.ext_key = Some(m.mountpoint.clone());
         }
+    }
+    if auto && !from_source {
+        let own = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading criu's /proc/self/mountinfo: {e}"))?;
+        auto_external(&mut mounts, &parse_mountinfo(&own)?);
     }
     // (runc names every device and cgroup mount it may have made: one that
     // is not a mount here is unused, as upstream leaves it)
@@ -809,9 +874,15 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
         }
         (None, Some((r, _))) => {
             let rootp = r.to_str().ok_or_else(|| format!("--root {}: not UTF-8", r.display()))?;
-            // a new mount of its own, the namespace's root
-            mount(Some(rootp), rootp, None, libc::MS_BIND, None).map_err(|e| format!("bind-mounting --root {rootp} on itself: {e}"))?;
-            crate::sys::ns::open_root_dir(r, 3).map_err(|e| format!("opening --root {rootp}: {e}"))?
+            // a new mount of its own, the namespace's root: a bind of
+            // --root alone (what is mounted below it is not the image's),
+            // stacked on ours as a tfork's copy is (a bind of --root on
+            // itself would leave "/" naming the old root, submounts and
+            // all, when --root is /)
+            let b = clone_mount(rootp).map_err(|e| format!("a bind of --root {rootp} (open_tree): {e}"))?;
+            let slash = std::fs::File::open("/").map_err(|e| format!("opening / to attach the bind of --root: {e}"))?;
+            move_mount(&b, slash.as_fd()).map_err(|e| format!("attaching the bind of --root {rootp} (move_mount): {e}"))?;
+            b
         }
         (None, None) => return Err(format!("{}: the root of the tree's mount namespace needs --root DIR", ns.mounts[root_at].name())),
     };

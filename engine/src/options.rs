@@ -57,6 +57,12 @@ pub struct Options {
     /// `--external mnt[A]:B` / `--ext-mount-map A:B` / RPC `ext_mnt`: at
     /// dump (mount point, key), at restore (key, path).
     pub ext_mnt: Vec<(String, String)>,
+    /// `--external mnt[]` / `--ext-mount-map auto` / RPC `auto_ext_mnt`:
+    /// at dump, each mount a restore would not make anew that criu's own
+    /// namespace shows is external, its key the path it shows at; at
+    /// restore, such a key (an absolute path) not given is bound from
+    /// that path (crate::mntns).
+    pub auto_ext_mnt: bool,
     /// `--inherit-fd fd[N]:KEY` / RPC `inherit_fd` (restore): criu's fd N
     /// stands for the resource KEY (crate::inherit).
     pub inherit_fds: Vec<(i32, String)>,
@@ -81,6 +87,7 @@ impl Default for Options {
             manage_cgroups: crate::cgroups::Mode::Soft,
             cgroup_root: Vec::new(),
             ext_mnt: Vec::new(),
+            auto_ext_mnt: false,
             inherit_fds: Vec::new(),
         }
     }

@@ -761,3 +761,79 @@ fn tfork_of_a_process_in_a_copy_of_the_host_mount_namespace() {
     assert!(!text.contains("FAIL"), "{text}");
     assert!(ours_naming(&dir).is_empty(), "nothing mounted in the engine's namespace: {:?}", ours_naming(&dir));
 }
+
+/// A process in a copy of the host's mount namespace (`unshare --pid
+/// --fork --mount --mount-proc`, the shared fixture `counter`): its cgroup
+/// v1 mounts (on a hybrid host; any file system a restore does not make
+/// anew) are not its own to make, so a plain dump names one and asks for
+/// it as external; `--external mnt[]` makes each mount criu's namespace
+/// shows external, keyed by the path it shows at, and `--ext-mount-map
+/// auto --root /` restores it on this host: the same mount points, ticks
+/// on. Without `auto` the restore names the external key it lacks. Failed
+/// before: `mnt[]` and `auto` were refused, and `--root /` restored over
+/// the host's own submounts (a new sysfs on the host's /sys: EBUSY).
+#[test]
+fn a_copy_of_the_host_mount_namespace_with_external_mnt_auto() {
+    test_support::require!(why_not());
+    let dir = test_dir("mntns-auto");
+    let bin = build("counter", &dir);
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut child = only_stdio(Command::new("setsid").args(["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private"]))
+        .arg(&bin)
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start counter");
+    std::thread::spawn(move || child.wait());
+    struct Kill(PathBuf, PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for p in live_with_exe(&self.0) {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _k = Kill(bin.clone(), dir.clone());
+    let log = work.join("progress.log");
+    wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+    let pid = roots_with_exe(&bin)[0];
+    let points = |pid: i32| -> Vec<String> {
+        let mut v: Vec<String> = mount_shape(pid).into_iter().map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
+        v.sort();
+        v
+    };
+    let before = points(pid);
+    let criu = ours(&dir);
+    // without mnt[]: refused naming a mount and the option, the counter left running
+    let not_new = mount_shape(pid).iter().any(|l| l.contains(" cgroup ") && !l.contains("cgroup2"));
+    if not_new {
+        let img = dir.join("img-plain");
+        std::fs::create_dir_all(&img).unwrap();
+        let (st, text) = criu_env(&criu, &["dump", "-t", &pid.to_string()], &img, "dump.log", &[]);
+        assert!(!st.success() && text.contains("--external mnt["), "a cgroup v1 mount named:\n{text}");
+        assert!(alive(pid), "the refused dump left the counter running");
+    }
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let text = criu_ok(&criu, &["dump", "-t", &pid.to_string(), "--external", "mnt[]"], &img, "dump.log");
+    if not_new {
+        assert!(text.contains("external (--external mnt[]), bound from /sys/fs/cgroup/"), "cgroup v1 mounts made external:\n{text}");
+    }
+    wait_until("the dumped counter gone", Duration::from_secs(5), || live_with_exe(&bin).is_empty());
+    if not_new {
+        let (st, text) = criu_env(&criu, &["restore", "-d", "--root", "/"], &img, "restore-noauto.log", &[]);
+        assert!(!st.success() && text.contains("is external (key \"/sys/fs/cgroup/"), "the missing external named:\n{text}");
+        assert!(live_with_exe(&bin).is_empty(), "a refused restore starts nothing");
+    }
+    let t = last_tick(&log);
+    criu_ok(&criu, &["restore", "-d", "--ext-mount-map", "auto", "--root", "/"], &img, "restore.log");
+    wait_until("ticks after the restore", Duration::from_secs(10), || last_tick(&log) >= t + 5);
+    let now = roots_with_exe(&bin);
+    assert_eq!(now.len(), 1, "one counter: {now:?}");
+    assert_eq!(points(now[0]), before, "the restored mount points and file systems are the dumped ones");
+    assert!(ours_naming(&dir).is_empty(), "nothing mounted in the engine's namespace");
+}

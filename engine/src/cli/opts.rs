@@ -270,6 +270,8 @@ pub struct Opts {
     pub root_snapshot: Option<String>,
     /// `--external mnt[A]:B`, `--ext-mount-map A:B`: (A, B) pairs.
     pub ext_mnt: Vec<(String, String)>,
+    /// `--external mnt[]`, `--ext-mount-map auto`.
+    pub auto_ext_mnt: bool,
     /// `--inherit-fd fd[N]:KEY`, each time given: (N, KEY).
     pub inherit_fd: Vec<(i32, String)>,
     /// `--external net[INO]:KEY` (dump): (INO, KEY).
@@ -422,7 +424,8 @@ impl Opts {
                 let val = v();
                 let pair = if spec.long == "ext-mount-map" {
                     if val == "auto" {
-                        return Err(Problem::new(format!("{shown} auto (external mounts found by criu) is not supported yet")));
+                        self.auto_ext_mnt = true;
+                        return Ok(());
                     }
                     val.split_once(':').map(|(a, b)| (a.to_string(), b.to_string()))
                 } else if let Some(rest) = val.strip_prefix("net[") {
@@ -435,6 +438,11 @@ impl Opts {
                         }
                         _ => return Err(Problem::new(format!("{shown} {val}: want net[INODE]:KEY (the namespace's inode number, a name without / for --inherit-fd)"))),
                     }
+                } else if val == "mnt[]" || val == "mnt[]:" {
+                    self.auto_ext_mnt = true;
+                    return Ok(());
+                } else if let Some(flags) = val.strip_prefix("mnt[]:") {
+                    return Err(Problem::new(format!("{shown} {val}: the flags {flags:?} (external shared and slave mounts) are not supported yet: shared and slave mounts are refused")));
                 } else if let Some(rest) = val.strip_prefix("mnt[") {
                     rest.split_once("]:").map(|(a, b)| (a.to_string(), b.to_string()))
                 } else {
@@ -443,7 +451,7 @@ impl Opts {
                 };
                 match pair {
                     Some((a, b)) if !a.is_empty() && !b.is_empty() => self.ext_mnt.push((a, b)),
-                    _ => return Err(Problem::new(format!("{shown} {val}: want mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore (mnt[] and keyless forms are not supported yet)"))),
+                    _ => return Err(Problem::new(format!("{shown} {val}: want mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore (or mnt[] for the mounts criu's namespace shows)"))),
                 }
             }
             InheritFd => {

@@ -44,7 +44,7 @@ const MAX_PATH: usize = 4096;
 /// `criu_opts` fields accepted although they change nothing here, and why
 /// (docs/ARCHITECTURE.md "swrk RPC" has the same table).
 pub const ACCEPTED: &[(&str, &str)] = &[
-    ("auto_ext_mnt, ext_sharing, ext_masters, skip_mnt, enable_fs (set to false or empty)", "ask for nothing beyond what a mount namespace's dump does (ext_mnt is --external mnt[KEY]:VAL)"),
+    ("ext_sharing, ext_masters, skip_mnt, enable_fs (set to false or empty)", "ask for nothing beyond what a mount namespace's dump does (ext_mnt is --external mnt[KEY]:VAL)"),
     ("root (on DUMP)", "the root of the dumped mount namespace: the dumped tree must share criu's, whose paths are the image's"),
     ("orphan_pts_master", "a pty master handed to the client for a slave whose master was outside the tree: such a slave is refused at dump (but for --shell-job's terminal), so there is none to hand"),
     ("evasive_devices", "lets a restore open a device by another path when its own fails: the devices restored here (/dev/null, /dev/zero) are opened by path, a failure names it"),
@@ -164,7 +164,6 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     no(c.ps.is_some(), "ps", "no page server");
     no(!c.veths.is_empty(), "veths", "veth pairs are not restored (a network namespace holding only lo is)");
     no(!c.exec_cmd.is_empty(), "exec_cmd", "not supported");
-    no(t(c.auto_ext_mnt), "auto_ext_mnt", "external mounts found by criu are not supported yet (give them in ext_mnt)");
     no(t(c.ext_sharing) || t(c.ext_masters), "ext_sharing/ext_masters", "shared and slave mounts are not supported yet");
     no(!c.skip_mnt.is_empty(), "skip_mnt", "skipping mounts is not supported yet");
     no(!c.enable_fs.is_empty(), "enable_fs", "file systems criu-rs does not mount anew are external mounts (ext_mnt)");
@@ -272,6 +271,7 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         }
         o.ext_mnt.push((e.key.clone(), e.val.clone()));
     }
+    o.auto_ext_mnt = c.auto_ext_mnt == Some(true);
     // inherit_fd: criu's own fds (the service inherited them from the
     // client), checked open when the restore starts
     if c.inherit_fd.len() > crate::inherit::MAX_INHERIT {

@@ -205,7 +205,7 @@ pub fn collect_tree_opts(pid: Pid, opts: &crate::options::Options) -> Result<(Tr
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
-    crate::mntns::set_dump_external(&opts.ext_mnt);
+    crate::mntns::set_dump_external(&opts.ext_mnt, opts.auto_ext_mnt);
     collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups, &[])
 }
 
@@ -218,7 +218,7 @@ pub fn collect_tree_on(pid: Pid, opts: &crate::options::Options, tracers: &[Trac
     crate::kinds::unix::allow_external_peers(opts.ext_unix_sk);
     crate::kinds::inet::set_tcp_close(opts.tcp_close);
     crate::kinds::inet::set_tcp_established(opts.tcp_established);
-    crate::mntns::set_dump_external(&opts.ext_mnt);
+    crate::mntns::set_dump_external(&opts.ext_mnt, opts.auto_ext_mnt);
     collect_tree(pid, opts.freeze_cgroup.as_deref(), opts.freeze_timeout, true, &opts.file_opts(), opts.manage_cgroups, tracers)
 }
 

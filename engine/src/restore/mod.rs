@@ -318,7 +318,8 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     // --inherit-fd: criu's fds open, and what the image makes of them
     crate::inherit::check_open(&opts.inherit_fds).map_err(RestoreError::Unsupported)?;
     let inherit_fds = crate::inherit::check_tree(tree, &opts.inherit_fds).map_err(RestoreError::Unsupported)?;
-    crate::mntns::check_restore(tree, opts.root.as_deref(), &opts.ext_mnt).map_err(RestoreError::Unsupported)?;
+    let ext_mnt = crate::mntns::with_auto_paths(tree, &opts.ext_mnt, opts.auto_ext_mnt);
+    crate::mntns::check_restore(tree, opts.root.as_deref(), &ext_mnt).map_err(RestoreError::Unsupported)?;
     let plan = plan::make(tree)?;
     let live: Vec<usize> = (0..tree.tasks.len()).filter(|&i| tree.tasks[i].zombie_exit.is_none()).collect();
     // pages files, so each process reads its memory itself (paths of the
@@ -415,7 +416,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         sync_base,
         cow,
         parked,
-        ext_mnt: opts.ext_mnt.clone(),
+        ext_mnt,
         inherit: inherit.slots(),
     };
     for &i in &live {
