@@ -682,6 +682,44 @@ fn read_only_tmpfs_survives_dump_restore_and_tfork() {
     assert!(!p.log_text().contains("FAIL"), "{}", p.log_text());
 }
 
+/// The shared fixture `counter` built in `dir` and started in
+/// `dir/work` by `setsid unshare ARGS` (stdio only), its first tick
+/// awaited; every process of it killed and `dir` removed on drop.
+struct Counter {
+    bin: PathBuf,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Counter {
+    fn start(dir: &Path, unshare: &[&str]) -> Counter {
+        let bin = build("counter", dir);
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut child = only_stdio(Command::new("setsid").arg("unshare").args(unshare))
+            .arg(&bin)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start counter");
+        std::thread::spawn(move || child.wait());
+        let c = Counter { bin, log: work.join("progress.log"), dir: dir.to_path_buf() };
+        wait_until("first tick", Duration::from_secs(10), || last_tick(&c.log) >= 1);
+        c
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A process of the host's pid namespace in a private copy of the host's
 /// mount namespace (`unshare --mount`, the shared fixture `counter`): a
 /// fork-made clone would share its namespace, so it is cloned by restore,
@@ -694,9 +732,6 @@ fn read_only_tmpfs_survives_dump_restore_and_tfork() {
 fn tfork_of_a_process_in_a_copy_of_the_host_mount_namespace() {
     test_support::require!(why_not());
     let dir = test_dir("mntns-hostcopy");
-    let bin = build("counter", &dir);
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
     // a namespace file bind-mounted in the host's namespace (`ip netns
     // add`, as on many hosts), copied into the counter's: its root
     // "net:[INO]" is no path (the tfork failed on it before)
@@ -710,27 +745,8 @@ fn tfork_of_a_process_in_a_copy_of_the_host_mount_namespace() {
         }
     }
     let _n = DelNetns(netns.clone());
-    let mut child = only_stdio(Command::new("setsid").args(["unshare", "--mount", "--propagation", "private"]))
-        .arg(&bin)
-        .current_dir(&work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start counter");
-    std::thread::spawn(move || child.wait());
-    struct Kill(PathBuf, PathBuf);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            for p in live_with_exe(&self.0) {
-                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-            }
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _k = Kill(bin.clone(), dir.clone());
-    let log = work.join("progress.log");
-    wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+    let c = Counter::start(&dir, &["--mount", "--propagation", "private"]);
+    let (bin, log) = (c.bin.clone(), c.log.clone());
     let src = roots_with_exe(&bin)[0];
     let me = ns_link(std::process::id() as i32, "mnt");
     assert_ne!(ns_link(src, "mnt"), me, "the counter in a mount namespace of its own");
@@ -776,30 +792,8 @@ fn tfork_of_a_process_in_a_copy_of_the_host_mount_namespace() {
 fn a_copy_of_the_host_mount_namespace_with_external_mnt_auto() {
     test_support::require!(why_not());
     let dir = test_dir("mntns-auto");
-    let bin = build("counter", &dir);
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let mut child = only_stdio(Command::new("setsid").args(["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private"]))
-        .arg(&bin)
-        .current_dir(&work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start counter");
-    std::thread::spawn(move || child.wait());
-    struct Kill(PathBuf, PathBuf);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            for p in live_with_exe(&self.0) {
-                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-            }
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _k = Kill(bin.clone(), dir.clone());
-    let log = work.join("progress.log");
-    wait_until("first tick", Duration::from_secs(10), || last_tick(&log) >= 1);
+    let c = Counter::start(&dir, &["--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private"]);
+    let (bin, log) = (c.bin.clone(), c.log.clone());
     let pid = roots_with_exe(&bin)[0];
     let points = |pid: i32| -> Vec<String> {
         let mut v: Vec<String> = mount_shape(pid).into_iter().map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
