@@ -282,13 +282,18 @@ use crate::log::error_chain;
 
 /// A terminal among the dumped fds, refused unless `--shell-job`.
 #[track_caller]
-fn check_ttys(tree: &Tree, shell_job: bool) -> Result<(), Failure> {
+fn check_ttys(tree: &Tree, shell_job: bool, orphan_pts_master: bool) -> Result<(), Failure> {
     if shell_job {
         return Ok(());
     }
     for t in &tree.tasks {
         for fd in &t.fds {
-            if let FileDesc::Kind(crate::kinds::Kind::Tty(crate::kinds::tty::Tty { path, .. })) = &fd.file {
+            if let FileDesc::Kind(crate::kinds::Kind::Tty(crate::kinds::tty::Tty { path, slave, rdev, .. })) = &fd.file {
+                // (RPC orphan_pts_master: a pty slave whose master is
+                // outside, with its pair's state read)
+                if orphan_pts_master && slave.is_some() && crate::kinds::pty::slave_index(*rdev).is_some() {
+                    continue;
+                }
                 return Err(Failure::new(format!(
                     "fd {} of {} is a terminal ({path}). Task attached to shell job? Consider using --shell-job option.",
                     fd.fd, t.pid
@@ -343,6 +348,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         cgroup_root: o.cgroup_root.clone(),
         ext_mnt: o.ext_mnt.clone(),
         inherit_fds: o.inherit_fd.clone(),
+        orphan_pts_master: o.orphan_pts_master,
     }
 }
 
@@ -403,7 +409,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     link_remaps.0.sort();
     link_remaps.0.dedup();
     let t_frozen = Instant::now();
-    check_ttys(&tree, o.shell_job)?;
+    check_ttys(&tree, o.shell_job, o.orphan_pts_master)?;
     let dump_pages: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
     // the root's memory through the page pump when it pays off; the other
     // processes' (and the root's otherwise) read from outside
@@ -718,7 +724,15 @@ fn restore_root(o: &Opts) -> Result<crate::sys::Pid, Failure> {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }
     // read (and checked: pstree first) before the per-thread CPU check reads the cores again
-    let (tree, mut pages) = images_io::read_images(&dir).here()?;
+    let (mut tree, mut pages) = images_io::read_images(&dir).here()?;
+    // RPC orphan_pts_master: pty slaves whose master was outside the tree
+    // get new pairs, their masters handed to the client
+    if o.orphan_pts_master {
+        let n = crate::kinds::pty::adopt_orphans(&mut tree);
+        if n > 0 {
+            pr_info!("{n} pty slave(s) whose master was outside the tree: new pairs, masters to the client (orphan-pts-master)");
+        }
+    }
     // read once: each process's mappings let go of their page tables once
     // it is filled (not all torn down at the end, after the tree runs)
     pages.iter_mut().for_each(crate::mem_source::PagesImage::release_when_filled);

@@ -227,6 +227,8 @@ pub struct Opts {
     pub pidfile: Option<String>,
     pub freeze_cgroup: Option<String>,
     pub shell_job: bool,
+    /// RPC `orphan_pts_master` (no command-line option, as upstream).
+    pub orphan_pts_master: bool,
     /// `--ext-unix-sk`: a datagram socket connected to a named socket
     /// outside the dumped tree is dumped, and connected again on restore.
     pub ext_unix_sk: bool,
