@@ -113,7 +113,7 @@ impl Console {
         wait_until("the console's master", Duration::from_secs(10), || self.master.lock().unwrap().is_some());
         self.master.lock().unwrap().as_mut().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
         let want = format!("got {line}");
-        wait_until(&format!("{want:?} on the console"), Duration::from_secs(10), || self.lines().iter().any(|l| *l == want));
+        wait_until(&format!("{want:?} on the console"), Duration::from_secs(10), || self.lines().contains(&want));
     }
 }
 

@@ -640,6 +640,17 @@ mod tests {
     }
 
     #[test]
+    fn orphan_pts_master_on_dump_and_restore() {
+        // (runc sends it on every DUMP and RESTORE)
+        for k in [CriuReqType::Dump, CriuReqType::Restore] {
+            let m = map(k, &CriuOpts { images_dir_fd: 5, orphan_pts_master: Some(true), ..CriuOpts::default() }).unwrap();
+            assert!(m.opts.orphan_pts_master, "{k:?}");
+            let m = map(k, &CriuOpts { images_dir_fd: 5, ..CriuOpts::default() }).unwrap();
+            assert!(!m.opts.orphan_pts_master, "{k:?}");
+        }
+    }
+
+    #[test]
     fn refusals_name_every_field() {
         let c = CriuOpts { images_dir_fd: 5, track_mem: Some(true), parent_img: Some("x".into()), inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
         let e = map(CriuReqType::Dump, &c).err().unwrap();

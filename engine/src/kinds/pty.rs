@@ -440,7 +440,7 @@ impl Pty {
         let n = cx.fd;
         let plan = cx.plan;
         let made = cx.scratch.get::<Made>();
-        if !made.0.contains_key(&self.index) {
+        if let std::collections::hash_map::Entry::Vacant(v) = made.0.entry(self.index) {
             let dir = o.path.rsplit_once('/').map_or("/dev/pts", |(d, _)| d);
             let ptmx = format!("{}/ptmx", if dir.is_empty() { "/dev/pts" } else { dir });
             let index = self.index;
@@ -463,7 +463,7 @@ impl Pty {
             let s = tty::dup_number(sock).map_err(|e| format!("the engine's socket for the new master of {} (fd {sock}): {e}", o.path))?;
             crate::sys::sock::send_fds(s.as_fd(), &self.index.to_le_bytes(), libc::MSG_NOSIGNAL, None, &[m.as_fd()])
                 .map_err(|e| format!("handing the new master of {} to the engine: {e}", o.path))?;
-            made.0.insert(self.index, m);
+            v.insert(m);
         }
         let m = &made.0[&self.index];
         let fd = peer(m, self.flags as i32 & libc::O_ACCMODE, false).map_err(|e| format!("opening {} (TIOCGPTPEER of its new master): {e}", o.path))?;
