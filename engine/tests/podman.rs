@@ -131,14 +131,28 @@ fn busybox_image(tmp: &Path, bin: &Path, image: &str) {
     assert!(ok, "podman import: {out}");
 }
 
-/// A container with a terminal (`podman run -dt`): conmon holds the pty
+/// Type `line` into container `name`'s terminal (`podman attach` with
+/// its stdin a pipe) and wait for its `got LINE` in `podman logs`.
+fn type_line(bin: &Path, name: &str, line: &str) {
+    use std::io::Write as _;
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut a = Command::new("podman").args(["attach", "--sig-proxy=false", name]).env("PATH", path).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("podman attach");
+    a.stdin.as_mut().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
+    let want = format!("got {line}");
+    wait_until(&format!("{want:?} in podman logs"), Duration::from_secs(20), || podman(bin, &["logs", name]).1.lines().any(|l| l.trim_end_matches('\r') == want));
+    let _ = a.kill();
+    let _ = a.wait();
+}
+
+/// A container with a terminal (`podman run -dit`): conmon holds the pty
 /// master, the container's processes its slave (runc's console socket),
 /// so the tree holds a slave whose master is outside it: runc sends
 /// `orphan_pts_master`, our criu dumps the slave and at restore makes a
 /// new pair whose master it hands to runc (notify `orphan-pts-master`),
 /// which passes it to conmon. After each restore `podman logs` goes on,
-/// numbered on, and the container's init has the new slave on fds 0-2 as
-/// its controlling terminal.
+/// numbered on, a line typed through `podman attach` reaches the
+/// container's shell, and the container's init has the new slave on
+/// fds 0-2 as its controlling terminal.
 #[test]
 fn podman_terminal_container_with_our_criu() {
     require!(why_not());
@@ -150,10 +164,11 @@ fn podman_terminal_container_with_our_criu() {
     let c = Cleanup { bin: bin.clone(), name: format!("criu-rs-podman-tty-{pid}"), image: format!("localhost/criu-rs-bb-tty-{pid}") };
     busybox_image(&tmp, &bin, &c.image);
     let lp = "i=0; while true; do i=$((i+1)); echo tick $i; if read -t 0.2 l; then echo got $l; fi; done";
-    let run = ["--runtime", "runc", "run", "-dt", "--name", &c.name, "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", &c.image, "sh", "-c", lp];
+    let run = ["--runtime", "runc", "run", "-dit", "--name", &c.name, "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", &c.image, "sh", "-c", lp];
     let (ok, out) = podman(&bin, &run);
-    assert!(ok, "podman run -dt: {out}");
+    assert!(ok, "podman run -dit: {out}");
     wait_until("ticks in podman logs", Duration::from_secs(20), || ticks(&bin, &c.name).len() >= 3);
+    type_line(&bin, &c.name, "before");
     for round in 0..2 {
         let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "checkpoint", "--keep", &c.name]);
         assert!(ok, "round {round}: podman container checkpoint: {out}");
@@ -170,6 +185,7 @@ fn podman_terminal_container_with_our_criu() {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
         let tty: u64 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(4).unwrap().parse().unwrap();
         assert_eq!(tty, rdev, "round {round}: the slave is its controlling terminal");
+        type_line(&bin, &c.name, &format!("after{round}"));
     }
     drop(c);
     let _ = std::fs::remove_dir_all(&tmp);
