@@ -234,3 +234,50 @@ fn runc_terminal_container_across_engines() {
     rounds("runc-tty-x", &[(&criu, &up, false), (&up, &criu, false)]);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Hostile images: the orphan slave's `tty_info_entry` is checked as a
+/// pair's (a window size past 16 bits, a line discipline past a byte, a
+/// session that is no pid): runc's restore fails naming the field,
+/// nothing is left, and the intact image restores after.
+#[test]
+fn runc_terminal_hostile_tty_info_is_refused() {
+    require!(why_not());
+    let tmp = test_dir("runc-tty-bad");
+    let criu = private_criu(&tmp);
+    let criu_s = criu.to_str().unwrap();
+    let b = bundle(&tmp);
+    let id = format!("criu-rs-runc-tty-bad-{}", std::process::id());
+    let c = Container { bundle: &b, id: id.clone() };
+    let con = Console::listen(tmp.join("console0.sock"));
+    let (ok, err) = runc(&b, &["run", "-d", "--console-socket", con.arg(), &id]);
+    assert!(ok, "runc run -d --console-socket: {err}");
+    wait_until("ticks on the console", Duration::from_secs(20), || con.ticks().len() >= 3);
+    let img = tmp.join("ck");
+    let (ok, err) = runc(&b, &["--criu", criu_s, "checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    assert!(ok, "runc checkpoint: {err}\n{}", std::fs::read_to_string(img.join("dump.log")).unwrap_or_default());
+    type Edit = fn(&mut images_proto::pb::TtyInfoEntry);
+    let edits: [(&str, Edit, &str); 3] = [
+        ("winsize", |i| i.winsize.as_mut().unwrap().ws_row = 70000, "winsize.ws_row"),
+        ("line", |i| i.termios.as_mut().unwrap().c_line = 300, "tty_info.termios"),
+        ("sid", |i| i.sid = u32::MAX, "tty_info.sid"),
+    ];
+    for (k, (name, edit, field)) in edits.iter().enumerate() {
+        let bad = edited_image(&img, &format!("bad-{name}"), "tty-info.img", &images_proto::magic::TTY_INFO, |v: &mut Vec<images_proto::pb::TtyInfoEntry>| {
+            assert_eq!(v.len(), 1, "one terminal: the container's slave");
+            edit(&mut v[0]);
+        });
+        let next = Console::listen(tmp.join(format!("bad{k}.sock")));
+        let (ok, _) = runc(&b, &["--criu", criu_s, "restore", "-d", "--console-socket", next.arg(), "--image-path", bad.to_str().unwrap(), &id]);
+        let log = std::fs::read_to_string(bad.join("restore.log")).unwrap_or_default();
+        assert!(!ok, "{name}: the hostile image was restored");
+        assert!(log.contains(field) && log.contains("files.img: fd 0"), "{name}: the error names {field}:\n{log}");
+        let _ = runc(&b, &["delete", "-f", &id]);
+    }
+    let next = Console::listen(tmp.join("good.sock"));
+    let (ok, err) = runc(&b, &["--criu", criu_s, "restore", "-d", "--console-socket", next.arg(), "--image-path", img.to_str().unwrap(), &id]);
+    assert!(ok, "the intact image after the refusals: {err}\n{}", std::fs::read_to_string(img.join("restore.log")).unwrap_or_default());
+    wait_until("ticks on the new console", Duration::from_secs(20), || next.ticks().len() >= 3);
+    next.type_line("intact");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
