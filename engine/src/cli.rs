@@ -288,10 +288,10 @@ fn check_ttys(tree: &Tree, shell_job: bool, orphan_pts_master: bool) -> Result<(
     }
     for t in &tree.tasks {
         for fd in &t.fds {
-            if let FileDesc::Kind(crate::kinds::Kind::Tty(crate::kinds::tty::Tty { path, slave, rdev, .. })) = &fd.file {
+            if let FileDesc::Kind(crate::kinds::Kind::Tty(crate::kinds::tty::Tty { path, slave, rdev, ext, .. })) = &fd.file {
                 // (RPC orphan_pts_master: a pty slave whose master is
                 // outside, with its pair's state read)
-                if orphan_pts_master && slave.is_some() && crate::kinds::pty::slave_index(*rdev).is_some() {
+                if (orphan_pts_master || *ext) && slave.is_some() && crate::kinds::pty::slave_index(*rdev).is_some() {
                     continue;
                 }
                 return Err(Failure::new(format!(
@@ -389,7 +389,22 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     // clone allows only while the engine has one thread
     let tree_on_cpus = dump::has_children(pid) && !o.tcp_established;
     let tracers = dump::tracers(if tree_on_cpus { usize::MAX } else { 1 });
-    let (tree, mut frozen) = dump::collect_tree_on(pid, &engine_options(o), &tracers).here()?;
+    let (mut tree, mut frozen) = dump::collect_tree_on(pid, &engine_options(o), &tracers).here()?;
+    // --external tty[RDEV:DEV]: those terminals are outside (EXT_TTY)
+    for &(rdev, dev) in &o.ext_tty {
+        let mut hit = false;
+        for f in tree.tasks.iter_mut().flat_map(|t| t.fds.iter_mut()) {
+            if let FileDesc::Kind(crate::kinds::Kind::Tty(t)) = &mut f.file {
+                if t.rdev == rdev && t.dev.map(u64::from) == Some(dev) {
+                    t.ext = true;
+                    hit = true;
+                }
+            }
+        }
+        if !hit {
+            crate::pr_warn!("--external {}: no fd of the tree is that terminal", crate::inherit::tty_key(rdev, dev));
+        }
+    }
     // (a refusal from here on releases the tree as it was: `frozen` dropped)
     for stage in ["network-lock", "query-ext-files"] {
         crate::notify::script(stage, None).map_err(Failure::new)?;
@@ -727,11 +742,12 @@ fn restore_root(o: &Opts) -> Result<crate::sys::Pid, Failure> {
     let (mut tree, mut pages) = images_io::read_images(&dir).here()?;
     // RPC orphan_pts_master: pty slaves whose master was outside the tree
     // get new pairs, their masters handed to the client
-    if o.orphan_pts_master {
-        let n = crate::kinds::pty::adopt_orphans(&mut tree);
-        if n > 0 {
-            pr_info!("{n} pty slave(s) whose master was outside the tree: new pairs, masters to the client (orphan-pts-master)");
-        }
+    // (and --inherit-fd fd[N]:tty[RDEV:DEV] of a slave dumped with
+    // --external tty[RDEV:DEV]: restored from fd N)
+    let keys: Vec<String> = o.inherit_fd.iter().map(|(_, k)| k.clone()).collect();
+    let n = crate::kinds::pty::adopt_orphans(&mut tree, o.orphan_pts_master, &keys);
+    if n > 0 {
+        pr_info!("{n} pty slave(s) whose master was outside the tree: new pairs (masters to the client: orphan-pts-master) or inherited fds");
     }
     // read once: each process's mappings let go of their page tables once
     // it is filled (not all torn down at the end, after the tree runs)

@@ -101,6 +101,10 @@ pub struct Orphan {
     /// the fds are made): the path is the process's own; else it is
     /// resolved as every image path (`--root`).
     pub in_mntns: bool,
+    /// `--inherit-fd fd[N]:tty[RDEV:DEV]` of a slave dumped with
+    /// `--external tty[RDEV:DEV]`: the slave is a new open of the
+    /// inherited fd, no pair is made.
+    pub inherit: Option<String>,
 }
 
 fn ptmx_rdev() -> u64 {
@@ -439,6 +443,17 @@ impl Pty {
     fn restore_orphan(&self, o: &Orphan, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
         let n = cx.fd;
         let plan = cx.plan;
+        if let Some(key) = &o.inherit {
+            // a new open of the inherited slave, with the dumped flags
+            let at = plan.inherited(key).ok_or_else(|| format!("{}: no inherited fd for {key}", o.path))?;
+            let c = std::ffi::CString::new(format!("/proc/self/fd/{at}")).map_err(|_| "a NUL in a path".to_string())?;
+            let fd = tty::open(&c, (self.flags as i32 & !libc::O_CLOEXEC) | libc::O_NOCTTY).map_err(|e| format!("{}: reopening the inherited fd of {key}: {e}", o.path))?;
+            if !is_slave(&fd) {
+                return Err(format!("{}: the inherited fd of {key} is no pty slave", o.path));
+            }
+            super::set_status_flags(&fd, self.flags)?;
+            return Ok(fd);
+        }
         let made = cx.scratch.get::<Made>();
         if let std::collections::hash_map::Entry::Vacant(v) = made.0.entry(self.index) {
             let dir = o.path.rsplit_once('/').map_or("/dev/pts", |(d, _)| d);
@@ -687,16 +702,23 @@ fn ctty_of(pid: Pid) -> Option<(Pid, u64, Pid)> {
 /// Restore with `orphan_pts_master`: every pty slave whose master was
 /// outside the tree (a `tty` kind with its pair's state in the image)
 /// becomes a slave of a new pair ([`Orphan`]). Returns how many pairs.
-pub fn adopt_orphans(tree: &mut Tree) -> usize {
+/// With `--inherit-fd fd[N]:tty[RDEV:DEV]` (`inherit`: the keys given), a
+/// slave dumped with `--external tty[RDEV:DEV]` becomes one restored from
+/// that fd (with or without `orphan_pts_master`).
+pub fn adopt_orphans(tree: &mut Tree, orphan_pts_master: bool, inherit: &[String]) -> usize {
     let in_mntns = tree.mnt.is_some();
     let mut pairs = Vec::new();
     for f in tree.tasks.iter_mut().flat_map(|t| t.fds.iter_mut()) {
         let FileDesc::Kind(super::Kind::Tty(t)) = &f.file else { continue };
         let (Some(index), Some(st)) = (slave_index(t.rdev), t.slave.as_ref()) else { continue };
+        let key = t.dev.map(|d| crate::inherit::tty_key(t.rdev, u64::from(d))).filter(|k| t.ext && inherit.contains(k));
+        if key.is_none() && (t.ext || !orphan_pts_master) {
+            continue;
+        }
         if !pairs.contains(&index) {
             pairs.push(index);
         }
-        let orphan = Some(Box::new(Orphan { path: t.path.clone(), in_mntns }));
+        let orphan = Some(Box::new(Orphan { path: t.path.clone(), in_mntns, inherit: key }));
         f.file = FileDesc::Kind(super::Kind::Pty(Pty { index, master: false, flags: t.flags, state: (**st).clone(), orphan }));
     }
     pairs.len()

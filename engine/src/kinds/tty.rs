@@ -45,6 +45,9 @@ pub struct Tty {
     /// A pty slave's devpts instance (the minor of its st_dev: upstream's
     /// `tty_info.dev`).
     pub dev: Option<u32>,
+    /// Dumped with `--external tty[RDEV:DEV]`: an `EXT_TTY` info, restored
+    /// from `--inherit-fd fd[N]:tty[RDEV:DEV]` (as upstream).
+    pub ext: bool,
 }
 
 /// The state of a pty slave held by `pid` as `fd`, read through a
@@ -130,7 +133,7 @@ impl FileKind for Tty {
                 Err(e) => crate::pr_warn!("fd {} of {}: reading the state of pty slave {}: {e}", cx.fd, cx.pid, cx.link),
             }
         }
-        Ok(Tty { path: cx.link.to_string(), flags: cx.flags, rdev, slave, dev })
+        Ok(Tty { path: cx.link.to_string(), flags: cx.flags, rdev, slave, dev, ext: false })
     }
 
     fn write_entries(&self, cx: &mut Write<'_>) -> Result<u32, ImagesError> {
@@ -139,10 +142,16 @@ impl FileKind for Tty {
             Some(t) => t.id,
             None => {
                 let (kind, index) = tty_kind(self.rdev);
+                // (--external tty[RDEV:DEV]: upstream's EXT_TTY, no pty
+                // index, no path)
+                let (kind, index) = if self.ext { (pb::TtyType::ExtTty, None) } else { (kind, index) };
                 // as upstream numbers a pty's (2 * index), others apart
                 // from every pty's
                 let id = match index {
                     Some(i) => i * 2,
+                    // upstream 4.2 numbers an EXT_TTY 2026 (its restore
+                    // refuses an id past its table of terminals)
+                    None if self.ext => 2026 + 2 * st.0.iter().filter(|t| t.r#type == pb::TtyType::ExtTty as i32).count() as u32,
                     None => (1 << 30) + st.0.len() as u32,
                 };
                 let mut info = pb::TtyInfoEntry {
@@ -158,7 +167,7 @@ impl FileKind for Tty {
                     ..Default::default()
                 };
                 // a pty slave's pair state, as upstream writes it
-                if let (Some(st), Some(_)) = (&self.slave, index) {
+                if let (Some(st), true) = (&self.slave, index.is_some() || self.ext) {
                     super::pty::fill_info(&mut info, st);
                     info.dev = self.dev;
                 }
@@ -168,10 +177,10 @@ impl FileKind for Tty {
                 id
             }
         };
-        let regf_id = cx.push(crate::images_io::reg_entry(0, &self.path, self.flags, 0, 0o20620, None));
+        let regf_id = if self.ext { None } else { Some(cx.push(crate::images_io::reg_entry(0, &self.path, self.flags, 0, 0o20620, None))) };
         let e = pb::FileEntry {
             r#type: pb::FdTypes::Tty as i32,
-            tty: Some(pb::TtyFileEntry { id: 0, tty_info_id: info_id, flags: self.flags, fown: super::fown(), regf_id: Some(regf_id) }),
+            tty: Some(pb::TtyFileEntry { id: 0, tty_info_id: info_id, flags: self.flags, fown: super::fown(), regf_id }),
             ..Default::default()
         };
         Ok(cx.push(e))
@@ -200,18 +209,29 @@ impl FileKind for Tty {
         };
         // a pty slave's pair state (upstream writes it; so do we since
         // orphan_pts_master)
+        let ext = info.r#type == pb::TtyType::ExtTty as i32;
         let slave = match (&info.pty, &info.termios) {
             (Some(_), Some(_)) if info.r#type == pb::TtyType::Pty as i32 => {
                 Some(Box::new(super::pty::state_of(&info, Some(&info)).map_err(|(field, what)| cx.bad(e, field, what))?))
             }
+            (_, Some(_)) if ext => {
+                Some(Box::new(super::pty::state_of(&info, Some(&info)).map_err(|(field, what)| cx.bad(e, field, what))?))
+            }
             _ => None,
         };
-        Ok(Tty { path, flags: t.flags, rdev: u64::from(info.rdev), slave, dev: info.dev })
+        Ok(Tty { path, flags: t.flags, rdev: u64::from(info.rdev), slave, dev: info.dev, ext })
     }
 
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
         let n = cx.fd;
         let Some(t) = cx.terminal else {
+            if let (false, true, Some(dev)) = (cx.plan.shell_job, self.ext, self.dev) {
+                let key = crate::inherit::tty_key(self.rdev, u64::from(dev));
+                return Err(format!("fd {n} is a terminal dumped with --external {key}: restore with --inherit-fd fd[N]:{key} (or --shell-job)"));
+            }
+            if !cx.plan.shell_job && self.slave.is_some() {
+                return Err(format!("fd {n} is a pty slave ({}) whose master was outside the tree: restore with --shell-job, or through the RPC with orphan_pts_master (runc, podman)", self.path));
+            }
             return Err(if cx.plan.shell_job {
                 format!("fd {n} was a terminal ({}) but the restoring criu has none on fds 0..2", self.path)
             } else {

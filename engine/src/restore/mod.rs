@@ -245,7 +245,7 @@ fn orphan_pairs(tree: &Tree) -> usize {
     let mut seen = Vec::new();
     for f in tree.tasks.iter().flat_map(|t| &t.fds) {
         if let crate::model::FileDesc::Kind(crate::kinds::Kind::Pty(p)) = &f.file {
-            if p.orphan.is_some() && !seen.contains(&p.index) {
+            if p.orphan.as_ref().is_some_and(|o| o.inherit.is_none()) && !seen.contains(&p.index) {
                 seen.push(p.index);
             }
         }
