@@ -188,12 +188,16 @@ Options:
                          direction and flags), the name of an external
                          network namespace (joined), or a regular file's
                          path without its leading / (fd N's own open file
-                         description); sockets, terminals refused
+                         description), tty[RDEV:DEV] (a terminal dumped
+                         with --external tty[RDEV:DEV]: a new open of fd
+                         N, a pty slave); sockets refused
   --external net[INO]:KEY
                          dump: the tree's network namespace INO is not
                          dumped, only named KEY (restore joins the one
                          given with --inherit-fd fd[N]:KEY); also
-                         mnt[MOUNTPOINT]:KEY (dump), mnt[KEY]:PATH (restore)
+                         mnt[MOUNTPOINT]:KEY (dump), mnt[KEY]:PATH (restore),
+                         tty[RDEV:DEV] (dump: a pty slave whose master is
+                         outside the tree, st_rdev and st_dev in hex)
   --tcp-close            dump and restore: TCP connections restored closed;
                          tfork: the source's TCP connections to peers
                          outside the tree closed in the clones (without

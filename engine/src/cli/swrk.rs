@@ -194,10 +194,11 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         let f = path_field("config_file", f)?;
         no(std::path::Path::new(&f).exists(), "config_file", &format!("{f}: reading a config file over RPC is not supported"));
     }
-    // (net[INODE]:KEY on a DUMP is taken below; anything else named)
+    // (net[INODE]:KEY and tty[RDEV:DEV] on a DUMP are taken below;
+    // anything else named)
     for (k, e) in c.external.iter().enumerate() {
-        if !(kind == T::Dump && e.starts_with("net[")) {
-            refused.push(format!("criu_opts.external[{k}]: {e:?}: external resources other than a network namespace (net[INODE]:KEY, on DUMP) are not supported"));
+        if !(kind == T::Dump && (e.starts_with("net[") || e.starts_with("tty["))) {
+            refused.push(format!("criu_opts.external[{k}]: {e:?}: external resources other than a network namespace (net[INODE]:KEY) or a terminal (tty[RDEV:DEV]), on DUMP, are not supported"));
         }
     }
     if c.tfork.is_some() && kind != T::Tfork {
@@ -296,7 +297,10 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         if let Some(p) = probe.parse(&["--external".to_string(), e.clone()], false).into_iter().next() {
             return Err(bad(format!("criu_opts.external[{k}]: {}", p.msg)));
         }
-        o.ext_net = probe.ext_net;
+        if e.starts_with("net[") {
+            o.ext_net = probe.ext_net;
+        }
+        o.ext_tty.extend(probe.ext_tty);
     }
     if let Some(r) = &c.root {
         let r = path_field("root", r)?;
@@ -672,7 +676,9 @@ mod tests {
         }
         let d = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, external: vec!["net[4026532469]:extRootNetNS".into()], ..CriuOpts::default() }).unwrap();
         assert_eq!(d.opts.ext_net, Some((4026532469, "extRootNetNS".to_string())));
-        for e in ["net[x]:k", "net[5]:", "mnt[a]:b", "unix[5]"] {
+        let d = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, external: vec!["tty[8800:2b]".into()], ..CriuOpts::default() }).unwrap();
+        assert_eq!(d.opts.ext_tty, [(0x8800, 0x2b)]);
+        for e in ["net[x]:k", "net[5]:", "mnt[a]:b", "unix[5]", "tty[x:1]"] {
             let r = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, external: vec![e.into()], ..CriuOpts::default() }).err().unwrap();
             assert!(r.contains("criu_opts.external[0]"), "{r}");
         }
