@@ -188,12 +188,16 @@ Options:
                          direction and flags), the name of an external
                          network namespace (joined), or a regular file's
                          path without its leading / (fd N's own open file
-                         description); sockets, terminals refused
+                         description), tty[RDEV:DEV] (a terminal dumped
+                         with --external tty[RDEV:DEV]: a new open of fd
+                         N, a pty slave); sockets refused
   --external net[INO]:KEY
                          dump: the tree's network namespace INO is not
                          dumped, only named KEY (restore joins the one
                          given with --inherit-fd fd[N]:KEY); also
-                         mnt[MOUNTPOINT]:KEY (dump), mnt[KEY]:PATH (restore)
+                         mnt[MOUNTPOINT]:KEY (dump), mnt[KEY]:PATH (restore),
+                         tty[RDEV:DEV] (dump: a pty slave whose master is
+                         outside the tree, st_rdev and st_dev in hex)
   --tcp-close            dump and restore: TCP connections restored closed;
                          tfork: the source's TCP connections to peers
                          outside the tree closed in the clones (without
@@ -282,13 +286,18 @@ use crate::log::error_chain;
 
 /// A terminal among the dumped fds, refused unless `--shell-job`.
 #[track_caller]
-fn check_ttys(tree: &Tree, shell_job: bool) -> Result<(), Failure> {
+fn check_ttys(tree: &Tree, shell_job: bool, orphan_pts_master: bool) -> Result<(), Failure> {
     if shell_job {
         return Ok(());
     }
     for t in &tree.tasks {
         for fd in &t.fds {
-            if let FileDesc::Kind(crate::kinds::Kind::Tty(crate::kinds::tty::Tty { path, .. })) = &fd.file {
+            if let FileDesc::Kind(crate::kinds::Kind::Tty(crate::kinds::tty::Tty { path, slave, rdev, ext, .. })) = &fd.file {
+                // (RPC orphan_pts_master: a pty slave whose master is
+                // outside, with its pair's state read)
+                if (orphan_pts_master || *ext) && slave.is_some() && crate::kinds::pty::slave_index(*rdev).is_some() {
+                    continue;
+                }
                 return Err(Failure::new(format!(
                     "fd {} of {} is a terminal ({path}). Task attached to shell job? Consider using --shell-job option.",
                     fd.fd, t.pid
@@ -344,6 +353,7 @@ fn engine_options(o: &Opts) -> EngineOptions {
         ext_mnt: o.ext_mnt.clone(),
         auto_ext_mnt: o.auto_ext_mnt,
         inherit_fds: o.inherit_fd.clone(),
+        orphan_pts_master: o.orphan_pts_master,
     }
 }
 
@@ -384,7 +394,22 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     // clone allows only while the engine has one thread
     let tree_on_cpus = dump::has_children(pid) && !o.tcp_established;
     let tracers = dump::tracers(if tree_on_cpus { usize::MAX } else { 1 });
-    let (tree, mut frozen) = dump::collect_tree_on(pid, &engine_options(o), &tracers).here()?;
+    let (mut tree, mut frozen) = dump::collect_tree_on(pid, &engine_options(o), &tracers).here()?;
+    // --external tty[RDEV:DEV]: those terminals are outside (EXT_TTY)
+    for &(rdev, dev) in &o.ext_tty {
+        let mut hit = false;
+        for f in tree.tasks.iter_mut().flat_map(|t| t.fds.iter_mut()) {
+            if let FileDesc::Kind(crate::kinds::Kind::Tty(t)) = &mut f.file {
+                if t.rdev == rdev && t.dev.map(u64::from) == Some(dev) {
+                    t.ext = true;
+                    hit = true;
+                }
+            }
+        }
+        if !hit {
+            crate::pr_warn!("--external {}: no fd of the tree is that terminal", crate::inherit::tty_key(rdev, dev));
+        }
+    }
     // (a refusal from here on releases the tree as it was: `frozen` dropped)
     for stage in ["network-lock", "query-ext-files"] {
         crate::notify::script(stage, None).map_err(Failure::new)?;
@@ -404,7 +429,7 @@ fn run_dump(o: &Opts) -> Result<(), Failure> {
     link_remaps.0.sort();
     link_remaps.0.dedup();
     let t_frozen = Instant::now();
-    check_ttys(&tree, o.shell_job)?;
+    check_ttys(&tree, o.shell_job, o.orphan_pts_master)?;
     let dump_pages: u64 = tree.tasks.iter().flat_map(|t| &t.mm.pages).map(|r| r.nr_pages).sum();
     // the root's memory through the page pump when it pays off; the other
     // processes' (and the root's otherwise) read from outside
@@ -719,7 +744,16 @@ fn restore_root(o: &Opts) -> Result<crate::sys::Pid, Failure> {
         cpuinfo::check_image(&dir, o.cpu_cap).here()?;
     }
     // read (and checked: pstree first) before the per-thread CPU check reads the cores again
-    let (tree, mut pages) = images_io::read_images(&dir).here()?;
+    let (mut tree, mut pages) = images_io::read_images(&dir).here()?;
+    // RPC orphan_pts_master: pty slaves whose master was outside the tree
+    // get new pairs, their masters handed to the client
+    // (and --inherit-fd fd[N]:tty[RDEV:DEV] of a slave dumped with
+    // --external tty[RDEV:DEV]: restored from fd N)
+    let keys: Vec<String> = o.inherit_fd.iter().map(|(_, k)| k.clone()).collect();
+    let n = crate::kinds::pty::adopt_orphans(&mut tree, o.orphan_pts_master, &keys);
+    if n > 0 {
+        pr_info!("{n} pty slave(s) whose master was outside the tree: new pairs (masters to the client: orphan-pts-master) or inherited fds");
+    }
     // read once: each process's mappings let go of their page tables once
     // it is filled (not all torn down at the end, after the tree runs)
     pages.iter_mut().for_each(crate::mem_source::PagesImage::release_when_filled);

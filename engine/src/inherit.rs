@@ -45,10 +45,18 @@ pub const MAX_KEY: usize = 4096;
 pub enum Key {
     /// `pipe:[INO]`.
     Pipe(u32),
+    /// `tty[RDEV:DEV]` (hex, as upstream): a pty slave whose master was
+    /// outside the tree, dumped with `--external tty[RDEV:DEV]`.
+    Tty(u64, u64),
     /// Any other accepted key: an external namespace's name
     /// (`--external net[INO]:KEY`) or a regular file's path without its
     /// leading `/`, matched against the image.
     Name(String),
+}
+
+/// The key of terminal `rdev` on device `dev` (`tty[RDEV:DEV]`, hex).
+pub fn tty_key(rdev: u64, dev: u64) -> String {
+    format!("tty[{rdev:x}:{dev:x}]")
 }
 
 /// The pipe key of pipe `ino`, as the dump's link shows it.
@@ -77,9 +85,13 @@ pub fn classify(key: &str) -> Result<Key, String> {
             format!("{key:?}: want pipe:[INODE] (a pipe's inode, a 32-bit number)")
         });
     }
+    if let Some(rest) = key.strip_prefix("tty[") {
+        let hex = |d: &str| (!d.is_empty() && d.len() <= 16).then(|| u64::from_str_radix(d, 16).ok()).flatten();
+        let t = rest.strip_suffix(']').and_then(|r| r.split_once(':')).and_then(|(r, d)| Some((hex(r)?, hex(d)?)));
+        return t.map(|(r, d)| Key::Tty(r, d)).ok_or_else(|| format!("{key:?}: want tty[RDEV:DEV] (the terminal's st_rdev and st_dev, hex)"));
+    }
     for (prefix, what) in [
         ("socket:[", "sockets"),
-        ("tty[", "terminals"),
         ("file[", "external files"),
     ] {
         if key.starts_with(prefix) {
@@ -172,6 +184,13 @@ pub fn check_tree(
         }
         let hit = match classify(key).map_err(|e| format!("--inherit-fd fd[{n}]:{key}: {e}"))? {
             Key::Pipe(ino) => pipes.contains(&ino),
+            // (a pty slave dumped with --external tty[RDEV:DEV])
+            // (restored from it: kinds::pty::adopt_orphans)
+            Key::Tty(rdev, dev) => tree.tasks.iter().flat_map(|t| &t.fds).any(|f| match &f.file {
+                FileDesc::Kind(Kind::Tty(t)) => t.ext && t.rdev == rdev && t.dev.map(u64::from) == Some(dev),
+                FileDesc::Kind(Kind::Pty(p)) => p.orphan.as_ref().and_then(|o| o.inherit.as_deref()) == Some(key.as_str()),
+                _ => false,
+            }),
             Key::Name(name) if net_key.as_deref() == Some(name.as_str()) => true,
             Key::Name(name) if reg(&name) => true,
             Key::Name(_) => false,
@@ -242,6 +261,9 @@ mod tests {
             (0, "extRootNetNS".to_string())
         );
         assert_eq!(classify("pipe:[12]").unwrap(), Key::Pipe(12));
+        // upstream's tty[RDEV:DEV], hex
+        assert_eq!(classify("tty[8800:1a]").unwrap(), Key::Tty(0x8800, 0x1a));
+        assert_eq!(tty_key(0x8800, 0x1a), "tty[8800:1a]");
         for bad in [
             "fd[]:pipe:[1]",
             "fd[-1]:pipe:[1]",
@@ -254,7 +276,9 @@ mod tests {
             "fd[1]:pipe:[4294967296]",
             "fd[1]:pipe:[1",
             "fd[1]:socket:[5]",
-            "fd[1]:tty[88:3]",
+            "fd[1]:tty[88]",
+            "fd[1]:tty[zz:3]",
+            "fd[1]:tty[88:3",
             "fd[1]:file[3:4]",
             "fd[1]:/tmp/log",
             "debug[1]:hello",

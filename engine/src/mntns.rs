@@ -893,6 +893,18 @@ pub fn enter(ns: &MntNs, root: Option<(&Path, i32)>, ext: &[(String, String)]) -
     for &i in &order {
         let m = &ns.mounts[i];
         let name = m.name();
+        // a bind of one slave of a devpts made anew (runc's /dev/console):
+        // that pty made first, for its slave to exist (kinds::pty keeps it
+        // for the slave's restore)
+        if let How::Bind { of, sub } = &how[i] {
+            let d = &ns.mounts[*of];
+            if d.fstype == "devpts" {
+                if let Ok(index) = sub.trim_matches('/').parse::<u32>() {
+                    let ptmx = format!("{}/ptmx", d.mountpoint.trim_end_matches('/'));
+                    crate::kinds::pty::premake(&|fl| at_root(&ptmx, fl), index).map_err(|e| format!("{name}: a bind of /dev/pts/{index}: {e}"))?;
+                }
+            }
+        }
         let target_fd = match &how[i] {
             How::Root => None,
             h => {

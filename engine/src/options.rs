@@ -66,6 +66,11 @@ pub struct Options {
     /// `--inherit-fd fd[N]:KEY` / RPC `inherit_fd` (restore): criu's fd N
     /// stands for the resource KEY (crate::inherit).
     pub inherit_fds: Vec<(i32, String)>,
+    // ---- terminals (crate::kinds::pty) ----
+    /// RPC `orphan_pts_master`: at dump, a pty slave whose master is
+    /// outside the tree is dumped (its pair's state); at restore it gets a
+    /// new pair, whose master is handed to the client (`orphan-pts-master`).
+    pub orphan_pts_master: bool,
 }
 
 impl Default for Options {
@@ -89,6 +94,7 @@ impl Default for Options {
             ext_mnt: Vec::new(),
             auto_ext_mnt: false,
             inherit_fds: Vec::new(),
+            orphan_pts_master: false,
         }
     }
 }

@@ -115,3 +115,78 @@ fn podman_checkpoint_and_restore_with_our_criu() {
     drop(c);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A busybox image (`podman import` of a root file system with `sh`),
+/// named `image`.
+fn busybox_image(tmp: &Path, bin: &Path, image: &str) {
+    let rootfs = tmp.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(std::fs::canonicalize("/usr/bin/busybox").unwrap(), rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    let tar = tmp.join("rootfs.tar");
+    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    let (ok, out) = podman(bin, &["import", tar.to_str().unwrap(), image]);
+    assert!(ok, "podman import: {out}");
+}
+
+/// Type `line` into container `name`'s terminal (`podman attach` with
+/// its stdin a pipe) and wait for its `got LINE` in `podman logs`.
+fn type_line(bin: &Path, name: &str, line: &str) {
+    use std::io::Write as _;
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut a = Command::new("podman").args(["attach", "--sig-proxy=false", name]).env("PATH", path).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("podman attach");
+    a.stdin.as_mut().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
+    let want = format!("got {line}");
+    wait_until(&format!("{want:?} in podman logs"), Duration::from_secs(20), || podman(bin, &["logs", name]).1.lines().any(|l| l.trim_end_matches('\r') == want));
+    let _ = a.kill();
+    let _ = a.wait();
+}
+
+/// A container with a terminal (`podman run -dit`): conmon holds the pty
+/// master, the container's processes its slave (runc's console socket),
+/// so the tree holds a slave whose master is outside it: runc sends
+/// `orphan_pts_master`, our criu dumps the slave and at restore makes a
+/// new pair whose master it hands to runc (notify `orphan-pts-master`),
+/// which passes it to conmon. After each restore `podman logs` goes on,
+/// numbered on, a line typed through `podman attach` reaches the
+/// container's shell, and the container's init has the new slave on
+/// fds 0-2 as its controlling terminal.
+#[test]
+fn podman_terminal_container_with_our_criu() {
+    require!(why_not());
+    let tmp = test_dir("podman-tty");
+    let bin = tmp.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(CRIU, bin.join("criu")).unwrap();
+    let pid = std::process::id();
+    let c = Cleanup { bin: bin.clone(), name: format!("criu-rs-podman-tty-{pid}"), image: format!("localhost/criu-rs-bb-tty-{pid}") };
+    busybox_image(&tmp, &bin, &c.image);
+    let lp = "i=0; while true; do i=$((i+1)); echo tick $i; if read -t 0.2 l; then echo got $l; fi; done";
+    let run = ["--runtime", "runc", "run", "-dit", "--name", &c.name, "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", &c.image, "sh", "-c", lp];
+    let (ok, out) = podman(&bin, &run);
+    assert!(ok, "podman run -dit: {out}");
+    wait_until("ticks in podman logs", Duration::from_secs(20), || ticks(&bin, &c.name).len() >= 3);
+    type_line(&bin, &c.name, "before");
+    for round in 0..2 {
+        let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "checkpoint", "--keep", &c.name]);
+        assert!(ok, "round {round}: podman container checkpoint: {out}");
+        let before = *ticks(&bin, &c.name).last().unwrap();
+        let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "restore", "--keep", &c.name]);
+        assert!(ok, "round {round}: podman container restore: {out}");
+        wait_until(&format!("round {round}: ticks after the restore"), Duration::from_secs(20), || ticks(&bin, &c.name).last().is_some_and(|&t| t >= before + 5));
+        let t = ticks(&bin, &c.name);
+        assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "round {round}: the ticks go on, numbered on: {t:?}");
+        let p = init_pid(&bin, &c.name);
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(format!("/proc/{p}/fd/0")).unwrap().rdev();
+        assert!((136..=143).contains(&libc::major(rdev)), "round {round}: fd 0 of the restored init is a pty slave ({rdev:#x})");
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+        let tty: u64 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(4).unwrap().parse().unwrap();
+        assert_eq!(tty, rdev, "round {round}: the slave is its controlling terminal");
+        type_line(&bin, &c.name, &format!("after{round}"));
+    }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

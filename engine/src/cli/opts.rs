@@ -227,6 +227,8 @@ pub struct Opts {
     pub pidfile: Option<String>,
     pub freeze_cgroup: Option<String>,
     pub shell_job: bool,
+    /// RPC `orphan_pts_master` (no command-line option, as upstream).
+    pub orphan_pts_master: bool,
     /// `--ext-unix-sk`: a datagram socket connected to a named socket
     /// outside the dumped tree is dumped, and connected again on restore.
     pub ext_unix_sk: bool,
@@ -276,6 +278,8 @@ pub struct Opts {
     pub inherit_fd: Vec<(i32, String)>,
     /// `--external net[INO]:KEY` (dump): (INO, KEY).
     pub ext_net: Option<(u64, String)>,
+    /// `--external tty[RDEV:DEV]` (dump): terminals outside the tree.
+    pub ext_tty: Vec<(u64, u64)>,
     /// Config files read (for the log).
     pub configs_read: Vec<String>,
     /// Config files that were not there.
@@ -445,9 +449,19 @@ impl Opts {
                     return Err(Problem::new(format!("{shown} {val}: the flags {flags:?} (external shared and slave mounts) are not supported yet: shared and slave mounts are refused")));
                 } else if let Some(rest) = val.strip_prefix("mnt[") {
                     rest.split_once("]:").map(|(a, b)| (a.to_string(), b.to_string()))
+                } else if val.starts_with("tty[") {
+                    // a terminal outside the tree (a pty slave whose master
+                    // is elsewhere): tty[RDEV:DEV], hex, as upstream
+                    match crate::inherit::classify(&val) {
+                        Ok(crate::inherit::Key::Tty(rdev, dev)) => {
+                            self.ext_tty.push((rdev, dev));
+                            return Ok(());
+                        }
+                        _ => return Err(Problem::new(format!("{shown} {val}: want tty[RDEV:DEV] (the terminal's st_rdev and st_dev, hex)"))),
+                    }
                 } else {
                     let kind = val.split('[').next().unwrap_or_default();
-                    return Err(Problem::new(format!("{shown} {val}: external {kind} objects are not supported yet (only mnt[A]:B and net[INODE]:KEY)")));
+                    return Err(Problem::new(format!("{shown} {val}: external {kind} objects are not supported yet (only mnt[A]:B, net[INODE]:KEY and tty[RDEV:DEV])")));
                 };
                 match pair {
                     Some((a, b)) if !a.is_empty() && !b.is_empty() => self.ext_mnt.push((a, b)),

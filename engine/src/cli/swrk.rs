@@ -46,7 +46,6 @@ const MAX_PATH: usize = 4096;
 pub const ACCEPTED: &[(&str, &str)] = &[
     ("ext_sharing, ext_masters, skip_mnt, enable_fs (set to false or empty)", "ask for nothing beyond what a mount namespace's dump does (ext_mnt is --external mnt[KEY]:VAL)"),
     ("root (on DUMP)", "the root of the dumped mount namespace: the dumped tree must share criu's, whose paths are the image's"),
-    ("orphan_pts_master", "a pty master handed to the client for a slave whose master was outside the tree: such a slave is refused at dump (but for --shell-job's terminal), so there is none to hand"),
     ("evasive_devices", "lets a restore open a device by another path when its own fails: the devices restored here (/dev/null, /dev/zero) are opened by path, a failure names it"),
     ("config_file (when the file does not exist)", "upstream skips a missing config file too (runc always names /etc/criu/runc.conf); an existing one is refused"),
     ("force_irmap, irmap_scan_paths", "as the command line's: inotify watch paths; inotify fds are dumped by handle"),
@@ -194,10 +193,11 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         let f = path_field("config_file", f)?;
         no(std::path::Path::new(&f).exists(), "config_file", &format!("{f}: reading a config file over RPC is not supported"));
     }
-    // (net[INODE]:KEY on a DUMP is taken below; anything else named)
+    // (net[INODE]:KEY and tty[RDEV:DEV] on a DUMP are taken below;
+    // anything else named)
     for (k, e) in c.external.iter().enumerate() {
-        if !(kind == T::Dump && e.starts_with("net[")) {
-            refused.push(format!("criu_opts.external[{k}]: {e:?}: external resources other than a network namespace (net[INODE]:KEY, on DUMP) are not supported"));
+        if !(kind == T::Dump && (e.starts_with("net[") || e.starts_with("tty["))) {
+            refused.push(format!("criu_opts.external[{k}]: {e:?}: external resources other than a network namespace (net[INODE]:KEY) or a terminal (tty[RDEV:DEV]), on DUMP, are not supported"));
         }
     }
     if c.tfork.is_some() && kind != T::Tfork {
@@ -227,6 +227,10 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
     }
     o.leave_running = t(c.leave_running);
     o.shell_job = t(c.shell_job);
+    // a pty slave whose master is outside the tree: dumped, and given a
+    // new pair at restore whose master goes to the client (notify
+    // `orphan-pts-master` with the fd)
+    o.orphan_pts_master = t(c.orphan_pts_master) && matches!(kind, T::Dump | T::Restore);
     o.ext_unix_sk = t(c.ext_unix_sk);
     o.file_locks = t(c.file_locks);
     o.link_remap = t(c.link_remap);
@@ -293,7 +297,10 @@ fn map_opts(kind: CriuReqType, c: &CriuOpts, peer: i32, open_dir: &mut dyn FnMut
         if let Some(p) = probe.parse(&["--external".to_string(), e.clone()], false).into_iter().next() {
             return Err(bad(format!("criu_opts.external[{k}]: {}", p.msg)));
         }
-        o.ext_net = probe.ext_net;
+        if e.starts_with("net[") {
+            o.ext_net = probe.ext_net;
+        }
+        o.ext_tty.extend(probe.ext_tty);
     }
     if let Some(r) = &c.root {
         let r = path_field("root", r)?;
@@ -420,9 +427,19 @@ fn send(sock: BorrowedFd<'_>, r: &CriuResp) -> std::io::Result<()> {
 }
 
 /// The client's answer to one NOTIFY.
-fn ask(sock: BorrowedFd<'_>, script: &str, pid: Option<i32>) -> Result<(), String> {
+fn ask(sock: BorrowedFd<'_>, script: &str, pid: Option<i32>, fd: Option<BorrowedFd<'_>>) -> Result<(), String> {
     let n = CriuResp { notify: Some(CriuNotify { script: Some(script.to_string()), pid }), ..reply(CriuReqType::Notify as i32, true) };
-    send(sock, &n).map_err(|e| format!("sending the notification: {e}"))?;
+    match fd {
+        None => send(sock, &n).map_err(|e| format!("sending the notification: {e}"))?,
+        // (upstream's orphan-pts-master: the fd with the message)
+        Some(fd) => {
+            let buf = n.encode_to_vec();
+            let sent = crate::sys::sock::send_fds(sock, &buf, libc::MSG_NOSIGNAL, None, &[fd]).map_err(|e| format!("sending the notification with its fd: {e}"))?;
+            if sent != buf.len() {
+                return Err(format!("sending the notification: {sent} of {} bytes sent", buf.len()));
+            }
+        }
+    }
     let mut buf = vec![0u8; MAX_MSG];
     let (len, trunc) = match crate::sys::rpc::recv_packet(sock, &mut buf) {
         Ok(Some(x)) => x,
@@ -512,7 +529,7 @@ fn handle(sock: BorrowedFd<'_>, peer: i32, req: &CriuReq) -> CriuResp {
     if m.notify && matches!(k, T::Dump | T::Restore) {
         // (a duplicate of the socket, owned by the handler)
         match sock.try_clone_to_owned() {
-            Ok(s) => crate::notify::set_handler(Some(Box::new(move |script: &str, pid: Option<i32>| ask(s.as_fd(), script, pid)))),
+            Ok(s) => crate::notify::set_handler(Some(Box::new(move |script: &str, pid: Option<i32>, fd: Option<BorrowedFd<'_>>| ask(s.as_fd(), script, pid, fd)))),
             Err(e) => return failed(kind, &bad(format!("criu_opts.notify_scripts: duplicating the socket: {e}"))),
         }
     }
@@ -627,6 +644,17 @@ mod tests {
     }
 
     #[test]
+    fn orphan_pts_master_on_dump_and_restore() {
+        // (runc sends it on every DUMP and RESTORE)
+        for k in [CriuReqType::Dump, CriuReqType::Restore] {
+            let m = map(k, &CriuOpts { images_dir_fd: 5, orphan_pts_master: Some(true), ..CriuOpts::default() }).unwrap();
+            assert!(m.opts.orphan_pts_master, "{k:?}");
+            let m = map(k, &CriuOpts { images_dir_fd: 5, ..CriuOpts::default() }).unwrap();
+            assert!(!m.opts.orphan_pts_master, "{k:?}");
+        }
+    }
+
+    #[test]
     fn refusals_name_every_field() {
         let c = CriuOpts { images_dir_fd: 5, track_mem: Some(true), parent_img: Some("x".into()), inherit_fd: vec![images_proto::rpc::InheritFd { key: "x".into(), fd: 1 }], ..CriuOpts::default() };
         let e = map(CriuReqType::Dump, &c).err().unwrap();
@@ -648,7 +676,9 @@ mod tests {
         }
         let d = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, external: vec!["net[4026532469]:extRootNetNS".into()], ..CriuOpts::default() }).unwrap();
         assert_eq!(d.opts.ext_net, Some((4026532469, "extRootNetNS".to_string())));
-        for e in ["net[x]:k", "net[5]:", "mnt[a]:b", "unix[5]"] {
+        let d = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, external: vec!["tty[8800:2b]".into()], ..CriuOpts::default() }).unwrap();
+        assert_eq!(d.opts.ext_tty, [(0x8800, 0x2b)]);
+        for e in ["net[x]:k", "net[5]:", "mnt[a]:b", "unix[5]", "tty[x:1]"] {
             let r = map(CriuReqType::Dump, &CriuOpts { images_dir_fd: 5, external: vec![e.into()], ..CriuOpts::default() }).err().unwrap();
             assert!(r.contains("criu_opts.external[0]"), "{r}");
         }

@@ -84,6 +84,27 @@ pub struct Pty {
     /// File status flags (no O_CLOEXEC).
     pub flags: u32,
     pub state: PtyState,
+    /// A slave whose master was outside the tree (a container's terminal),
+    /// restored with RPC `orphan_pts_master` ([`adopt_orphans`]): a new
+    /// pair, made from the `ptmx` of the slave's devpts, whose master goes
+    /// to the engine (and from it to the client) instead of the tree.
+    pub orphan: Option<Box<Orphan>>,
+}
+
+/// Where the new pair of an orphan slave is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The slave's dumped path (`/dev/pts/0`): the pair comes from the
+    /// `ptmx` beside it.
+    pub path: String,
+    /// The tree's own mount namespace is restored (pivot_root'ed before
+    /// the fds are made): the path is the process's own; else it is
+    /// resolved as every image path (`--root`).
+    pub in_mntns: bool,
+    /// `--inherit-fd fd[N]:tty[RDEV:DEV]` of a slave dumped with
+    /// `--external tty[RDEV:DEV]`: the slave is a new open of the
+    /// inherited fd, no pair is made.
+    pub inherit: Option<String>,
 }
 
 fn ptmx_rdev() -> u64 {
@@ -263,7 +284,7 @@ impl FileKind for Pty {
             crate::pr_warn!("fd {fd} of {pid}: /dev/pts/{index} had never been opened: its master reads as hung up now (the dump opened the slave to read its queue)");
         }
         crate::pr_debug!("pty {index} of {pid} fd {fd}: sid {sid} pgrp {pgrp}, {} + {} bytes queued", st.to_master.len(), st.to_slave.len());
-        Ok(Pty { index, master: true, flags: cx.flags, state: st })
+        Ok(Pty { index, master: true, flags: cx.flags, state: st, orphan: None })
     }
 
     fn write(&self, id: u32, acc: &mut ImageAcc) -> Result<pb::FileEntry, ImagesError> {
@@ -271,28 +292,14 @@ impl FileKind for Pty {
         for master in [true, false] {
             let iid = info_id(self.index, master);
             let rdev = if master { ptmx_rdev() } else { libc::makedev(136 + self.index / 256, self.index % 256) };
-            let info = pb::TtyInfoEntry {
+            let mut info = pb::TtyInfoEntry {
                 id: iid,
                 r#type: pb::TtyType::Pty as i32,
-                locked: st.locked,
-                exclusive: st.exclusive,
-                packet_mode: st.packet,
-                sid: st.sid as u32,
-                pgrp: st.pgrp as u32,
                 rdev: rdev as u32,
-                termios: Some(termios_entry(&st.termios)),
-                termios_locked: Some(termios_entry(&st.locked_termios)),
-                winsize: Some(pb::WinsizeEntry {
-                    ws_row: u32::from(st.winsize.row),
-                    ws_col: u32::from(st.winsize.col),
-                    ws_xpixel: u32::from(st.winsize.xpixel),
-                    ws_ypixel: u32::from(st.winsize.ypixel),
-                }),
                 pty: Some(pb::TtyPtyEntry { index: self.index }),
-                dev: None,
-                uid: Some(st.uid),
-                gid: Some(st.gid),
+                ..Default::default()
             };
+            fill_info(&mut info, st);
             acc.push_once(&mg::TTY_INFO, u64::from(iid), &info, Vec::new());
             let data = if master { &st.to_master } else { &st.to_slave };
             if !data.is_empty() {
@@ -353,16 +360,130 @@ impl FileKind for Pty {
     }
 
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
+        if let Some(o) = &self.orphan {
+            return self.restore_orphan(o, cx);
+        }
         let made = cx.scratch.get::<Made>();
         let m = match made.0.entry(self.index) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(make_master(self.index, &self.state, if self.master { self.flags } else { libc::O_RDWR as u32 })?),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let flags = if self.master { self.flags } else { libc::O_RDWR as u32 };
+                let open = |fl: i32| tty::open(c"/dev/ptmx", fl).map_err(|e| format!("opening /dev/ptmx for /dev/pts/{}: {e}", self.index));
+                v.insert(make_master(self.index, &self.state, flags, &open, true)?)
+            }
         };
         let fd = if self.master {
             m.try_clone().map_err(|e| format!("dup of the master of /dev/pts/{}: {e}", self.index))?
         } else {
             peer(m, self.flags as i32 & libc::O_ACCMODE, self.state.locked).map_err(|e| format!("opening /dev/pts/{} (TIOCGPTPEER): {e}", self.index))?
         };
+        super::set_status_flags(&fd, self.flags)?;
+        Ok(fd)
+    }
+}
+
+/// Pairs made while the mount namespace is built (a bind of one slave
+/// of a devpts made anew, as runc's `/dev/console`: the slave must exist
+/// for the bind), by index, on fds at or above [`PREMADE_FLOOR`] (above
+/// every fd the restore places); an orphan slave's restore takes its
+/// pair from here ([`Pty::restore_orphan`]), the rest are closed with
+/// [`drop_premade`].
+static PREMADE: std::sync::Mutex<Vec<(u32, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+static PREMADE_FLOOR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// In a restore child, before its mount namespace is built: where the
+/// pairs [`premake`] makes are kept.
+pub fn set_premade_floor(fd: i32) {
+    PREMADE_FLOOR.store(fd, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Make pty `index` of a devpts instance (`open`: of its `ptmx`), unlocked,
+/// so that its slave exists; kept for an orphan slave's restore.
+pub fn premake(open: &dyn Fn(i32) -> std::io::Result<OwnedFd>, index: u32) -> Result<(), String> {
+    let mut pre = PREMADE.lock().unwrap_or_else(|e| e.into_inner());
+    if index >= MAX_INDEX || pre.iter().any(|(i, _)| *i == index) {
+        return Ok(());
+    }
+    let mut below = Vec::new();
+    let m = loop {
+        let f = open(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).map_err(|e| format!("ptmx for /dev/pts/{index}: {e}"))?;
+        let got = tty::index(f.as_fd()).map_err(|e| format!("TIOCGPTN: {e}"))?;
+        match got.cmp(&index) {
+            std::cmp::Ordering::Equal => break f,
+            std::cmp::Ordering::Less => below.push(f),
+            std::cmp::Ordering::Greater => return Err(format!("/dev/pts/{index} is taken (ptmx gave {got})")),
+        }
+    };
+    drop(below);
+    tty::set_locked(m.as_fd(), false).map_err(|e| format!("/dev/pts/{index}: TIOCSPTLCK 0: {e}"))?;
+    let floor = PREMADE_FLOOR.load(std::sync::atomic::Ordering::Relaxed);
+    let m = crate::sys::process::dup_number_above(std::os::fd::AsRawFd::as_raw_fd(&m), floor).map_err(|e| format!("/dev/pts/{index}: moving its master above fd {floor}: {e}"))?;
+    pre.push((index, m));
+    Ok(())
+}
+
+fn take_premade(index: u32) -> Option<OwnedFd> {
+    let mut pre = PREMADE.lock().unwrap_or_else(|e| e.into_inner());
+    let at = pre.iter().position(|(i, _)| *i == index)?;
+    Some(pre.remove(at).1)
+}
+
+/// Close the pairs [`premake`] made that no orphan slave took.
+pub fn drop_premade() {
+    PREMADE.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+impl Pty {
+    /// A slave whose master was outside the tree: the first of its index
+    /// in this walk makes a new pair from the `ptmx` beside the dumped
+    /// slave (its devpts instance: a container's own) with the dumped
+    /// index and state, and hands the master to the engine (the plan's
+    /// `orphan_sock`), which passes it on to the client; the slave is a
+    /// new open of the master's peer.
+    fn restore_orphan(&self, o: &Orphan, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
+        let n = cx.fd;
+        let plan = cx.plan;
+        if let Some(key) = &o.inherit {
+            // a new open of the inherited slave, with the dumped flags
+            let at = plan.inherited(key).ok_or_else(|| format!("{}: no inherited fd for {key}", o.path))?;
+            let c = std::ffi::CString::new(format!("/proc/self/fd/{at}")).map_err(|_| "a NUL in a path".to_string())?;
+            let fd = tty::open(&c, (self.flags as i32 & !libc::O_CLOEXEC) | libc::O_NOCTTY).map_err(|e| format!("{}: reopening the inherited fd of {key}: {e}", o.path))?;
+            if !is_slave(&fd) {
+                return Err(format!("{}: the inherited fd of {key} is no pty slave", o.path));
+            }
+            super::set_status_flags(&fd, self.flags)?;
+            return Ok(fd);
+        }
+        let made = cx.scratch.get::<Made>();
+        if let std::collections::hash_map::Entry::Vacant(v) = made.0.entry(self.index) {
+            let dir = o.path.rsplit_once('/').map_or("/dev/pts", |(d, _)| d);
+            let ptmx = format!("{}/ptmx", if dir.is_empty() { "/dev/pts" } else { dir });
+            let index = self.index;
+            let open = |fl: i32| -> Result<OwnedFd, String> {
+                // (made already for a bind of its slave: mntns)
+                if let Some(m) = take_premade(index) {
+                    return Ok(m);
+                }
+                if o.in_mntns || plan.root.is_none() {
+                    let c = std::ffi::CString::new(ptmx.as_str()).map_err(|_| format!("{ptmx:?}: a NUL in the path"))?;
+                    tty::open(&c, fl).map_err(|e| format!("opening {ptmx} for /dev/pts/{}: {e}", self.index))
+                } else {
+                    let m = crate::restore::files::open_image_path_own(plan, &ptmx, fl, n)?;
+                    super::set_status_flags(&m, (fl & libc::O_ACCMODE) as u32)?;
+                    Ok(m)
+                }
+            };
+            let m = make_master(self.index, &self.state, libc::O_RDWR as u32, &open, false)?;
+            let sock = plan.orphan_sock.ok_or_else(|| format!("{}: a slave whose master was outside the tree, and nowhere to hand its new master", o.path))?;
+            let s = tty::dup_number(sock).map_err(|e| format!("the engine's socket for the new master of {} (fd {sock}): {e}", o.path))?;
+            crate::sys::sock::send_fds(s.as_fd(), &self.index.to_le_bytes(), libc::MSG_NOSIGNAL, None, &[m.as_fd()])
+                .map_err(|e| format!("handing the new master of {} to the engine: {e}", o.path))?;
+            v.insert(m);
+        }
+        let m = &made.0[&self.index];
+        let fd = peer(m, self.flags as i32 & libc::O_ACCMODE, false).map_err(|e| format!("opening {} (TIOCGPTPEER of its new master): {e}", o.path))?;
+        // the dumped owner (devpts gives a new slave to its opener)
+        std::os::unix::fs::fchown(&fd, Some(self.state.uid), Some(self.state.gid)).map_err(|e| format!("{}: fchown: {e}", o.path))?;
         super::set_status_flags(&fd, self.flags)?;
         Ok(fd)
     }
@@ -388,16 +509,46 @@ fn read_entry(e: &pb::FileEntry, t: &pb::TtyFileEntry, infos: &[pb::TtyInfoEntry
         .find(|i| u64::from(i.rdev) == ptmx_rdev() && i.pty.as_ref().map(|p| p.index) == Some(index))
         .ok_or_else(|| cx.bad(e, "tty.tty_info_id", format!("/dev/pts/{index} has no master in tty-info.img")))?;
     let si = infos.iter().find(|i| slave_index(u64::from(i.rdev)) == Some(index) && i.pty.as_ref().map(|p| p.index) == Some(index));
-    let termios = termios_of(mi.termios.as_ref().ok_or_else(|| cx.bad(e, "tty_info.termios", "missing"))?).map_err(|w| cx.bad(e, "tty_info.termios", w))?;
+    let mut st = state_of(mi, si).map_err(|(field, what)| cx.bad(e, field, what))?;
+    st.to_master = data.get(&mi.id).cloned().unwrap_or_default();
+    st.to_slave = si.and_then(|s| data.get(&s.id)).cloned().unwrap_or_default();
+    Ok(Pty { index, master, flags: t.flags, state: st, orphan: None })
+}
+
+/// Write a pair's state into its `tty_info_entry` (either side's), as
+/// upstream 4.2 writes it.
+pub fn fill_info(info: &mut pb::TtyInfoEntry, st: &PtyState) {
+    info.locked = st.locked;
+    info.exclusive = st.exclusive;
+    info.packet_mode = st.packet;
+    info.sid = st.sid as u32;
+    info.pgrp = st.pgrp as u32;
+    info.termios = Some(termios_entry(&st.termios));
+    info.termios_locked = Some(termios_entry(&st.locked_termios));
+    info.winsize = Some(pb::WinsizeEntry {
+        ws_row: u32::from(st.winsize.row),
+        ws_col: u32::from(st.winsize.col),
+        ws_xpixel: u32::from(st.winsize.xpixel),
+        ws_ypixel: u32::from(st.winsize.ypixel),
+    });
+    info.uid = Some(st.uid);
+    info.gid = Some(st.gid);
+}
+
+/// A pair's state from its master's info `mi` (for an orphan slave, the
+/// slave's own) and its slave's `si` (owner), checked (untrusted): the
+/// field and what is wrong with it. No queued bytes.
+pub fn state_of(mi: &pb::TtyInfoEntry, si: Option<&pb::TtyInfoEntry>) -> Result<PtyState, (&'static str, String)> {
+    let termios = termios_of(mi.termios.as_ref().ok_or(("tty_info.termios", "missing".to_string()))?).map_err(|w| ("tty_info.termios", w))?;
     let locked_termios = match &mi.termios_locked {
-        Some(l) => termios_of(l).map_err(|w| cx.bad(e, "tty_info.termios_locked", w))?,
+        Some(l) => termios_of(l).map_err(|w| ("tty_info.termios_locked", w))?,
         None => Termios::default(),
     };
     let ws = mi.winsize.unwrap_or(pb::WinsizeEntry { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 });
-    let w16 = |v: u32, f: &str| u16::try_from(v).map_err(|_| cx.bad(e, f, format!("{v} is past 65535")));
+    let w16 = |v: u32, f: &'static str| u16::try_from(v).map_err(|_| (f, format!("{v} is past 65535")));
     let winsize = Winsize { row: w16(ws.ws_row, "winsize.ws_row")?, col: w16(ws.ws_col, "winsize.ws_col")?, xpixel: w16(ws.ws_xpixel, "winsize.ws_xpixel")?, ypixel: w16(ws.ws_ypixel, "winsize.ws_ypixel")? };
-    let pid = |v: u32, f: &str| i32::try_from(v).ok().filter(|&p| p <= 4 * 1024 * 1024).ok_or_else(|| cx.bad(e, f, format!("{v} is no pid")));
-    let st = PtyState {
+    let pid = |v: u32, f: &'static str| i32::try_from(v).ok().filter(|&p| p <= 4 * 1024 * 1024).ok_or_else(|| (f, format!("{v} is no pid")));
+    Ok(PtyState {
         termios,
         locked_termios,
         winsize,
@@ -406,13 +557,12 @@ fn read_entry(e: &pb::FileEntry, t: &pb::TtyFileEntry, infos: &[pb::TtyInfoEntry
         exclusive: mi.exclusive,
         sid: pid(mi.sid, "tty_info.sid")?,
         pgrp: pid(mi.pgrp, "tty_info.pgrp")?,
-        to_master: data.get(&mi.id).cloned().unwrap_or_default(),
-        to_slave: si.and_then(|s| data.get(&s.id)).cloned().unwrap_or_default(),
+        to_master: Vec::new(),
+        to_slave: Vec::new(),
         uid: si.and_then(|s| s.uid).unwrap_or(0),
         gid: si.and_then(|s| s.gid).unwrap_or(0),
         slave_mode: libc::S_IFCHR | 0o620,
-    };
-    Ok(Pty { index, master, flags: t.flags, state: st })
+    })
 }
 
 #[derive(Default)]
@@ -436,11 +586,12 @@ pub fn is_pair(t: &pb::TtyFileEntry, infos: &[pb::TtyInfoEntry]) -> bool {
 /// Open `/dev/ptmx` until the kernel gives index `index` (it gives the
 /// lowest free one: the ones below are held until then), and give the new
 /// pair the dumped state.
-fn make_master(index: u32, st: &PtyState, flags: u32) -> Result<OwnedFd, String> {
+/// (`open`: of the ptmx to use; `chown`: the slave's owner set through
+/// its path `/dev/pts/N`.)
+fn make_master(index: u32, st: &PtyState, flags: u32, open: &dyn Fn(i32) -> Result<OwnedFd, String>, chown: bool) -> Result<OwnedFd, String> {
     let mut below = Vec::new();
     let m = loop {
-        let f = tty::open(c"/dev/ptmx", (flags as i32 & libc::O_ACCMODE) | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .map_err(|e| format!("opening /dev/ptmx for /dev/pts/{index}: {e}"))?;
+        let f = open((flags as i32 & libc::O_ACCMODE) | libc::O_NOCTTY | libc::O_CLOEXEC)?;
         let got = tty::index(f.as_fd()).map_err(|e| format!("TIOCGPTN: {e}"))?;
         match got.cmp(&index) {
             std::cmp::Ordering::Equal => break f,
@@ -472,6 +623,7 @@ fn make_master(index: u32, st: &PtyState, flags: u32) -> Result<OwnedFd, String>
     }
     let path = format!("/dev/pts/{index}");
     match std::fs::metadata(&path) {
+        _ if !chown => {}
         Ok(md) if std::os::unix::fs::MetadataExt::uid(&md) == st.uid && std::os::unix::fs::MetadataExt::gid(&md) == st.gid => {}
         _ => std::os::unix::fs::chown(&path, Some(st.uid), Some(st.gid)).map_err(e("chown"))?,
     }
@@ -508,16 +660,68 @@ pub fn check_tree(tables: &mut [(Pid, &mut Vec<Fd>)], ns_pid: &HashMap<Pid, i32>
             pairs.insert(p.index, st.clone());
         }
     }
+    // the processes' controlling terminals (/proc stat: session, tty_nr,
+    // tpgid; host pids), for slaves whose master is outside
+    let mut cttys: Vec<(Pid, u64, Pid)> = Vec::new();
+    for (pid, _) in tables.iter() {
+        if let Some(c) = ctty_of(*pid) {
+            cttys.push(c);
+        }
+    }
     for (_, fds) in tables.iter_mut() {
         for f in fds.iter_mut() {
-            let FileDesc::Kind(super::Kind::Tty(super::tty::Tty { flags, rdev, .. })) = &f.file else { continue };
-            let Some(index) = slave_index(*rdev) else { continue };
+            let FileDesc::Kind(super::Kind::Tty(t)) = &mut f.file else { continue };
+            let Some(index) = slave_index(t.rdev) else { continue };
             if let Some(st) = pairs.get(&index) {
-                f.file = FileDesc::Kind(super::Kind::Pty(Pty { index, master: false, flags: *flags, state: st.clone() }));
+                f.file = FileDesc::Kind(super::Kind::Pty(Pty { index, master: false, flags: t.flags, state: st.clone(), orphan: None }));
+            } else if let Some(st) = t.slave.as_mut() {
+                // its master is outside: the session it is the terminal of
+                // and that session's foreground group, when in the tree
+                if let Some(&(sid, _, tpgid)) = cttys.iter().find(|(_, tty, _)| *tty == t.rdev) {
+                    st.sid = ns_pid.get(&sid).copied().unwrap_or(0);
+                    st.pgrp = if st.sid == 0 { 0 } else { ns_pid.get(&tpgid).copied().unwrap_or(0) };
+                }
             }
         }
     }
     Ok(())
+}
+
+/// (session, controlling terminal, its foreground group) of `pid`, from
+/// /proc/PID/stat; None without a terminal.
+fn ctty_of(pid: Pid) -> Option<(Pid, u64, Pid)> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = st.rsplit_once(')')?.1.split_whitespace().collect();
+    // (after the comm: state ppid pgrp session tty_nr tpgid)
+    let sid: Pid = f.get(3)?.parse().ok()?;
+    let tty: i64 = f.get(4)?.parse().ok()?;
+    let tpgid: Pid = f.get(5)?.parse().ok()?;
+    (tty > 0).then_some((sid, tty as u64, tpgid))
+}
+
+/// Restore with `orphan_pts_master`: every pty slave whose master was
+/// outside the tree (a `tty` kind with its pair's state in the image)
+/// becomes a slave of a new pair ([`Orphan`]). Returns how many pairs.
+/// With `--inherit-fd fd[N]:tty[RDEV:DEV]` (`inherit`: the keys given), a
+/// slave dumped with `--external tty[RDEV:DEV]` becomes one restored from
+/// that fd (with or without `orphan_pts_master`).
+pub fn adopt_orphans(tree: &mut Tree, orphan_pts_master: bool, inherit: &[String]) -> usize {
+    let in_mntns = tree.mnt.is_some();
+    let mut pairs = Vec::new();
+    for f in tree.tasks.iter_mut().flat_map(|t| t.fds.iter_mut()) {
+        let FileDesc::Kind(super::Kind::Tty(t)) = &f.file else { continue };
+        let (Some(index), Some(st)) = (slave_index(t.rdev), t.slave.as_ref()) else { continue };
+        let key = t.dev.map(|d| crate::inherit::tty_key(t.rdev, u64::from(d))).filter(|k| t.ext && inherit.contains(k));
+        if key.is_none() && (t.ext || !orphan_pts_master) {
+            continue;
+        }
+        if !pairs.contains(&index) {
+            pairs.push(index);
+        }
+        let orphan = Some(Box::new(Orphan { path: t.path.clone(), in_mntns, inherit: key }));
+        f.file = FileDesc::Kind(super::Kind::Pty(Pty { index, master: false, flags: t.flags, state: (**st).clone(), orphan }));
+    }
+    pairs.len()
 }
 
 /// Restore plan check: a pair's session is a session of the tree whose
@@ -547,7 +751,7 @@ fn led_by<'t>(tree: &'t Tree, shared: &HashMap<u32, i32>, sid: i32) -> Vec<(u32,
     let mut out: Vec<(u32, Option<i32>, &PtyState)> = Vec::new();
     for f in tree.tasks.iter().flat_map(|t| &t.fds) {
         if let FileDesc::Kind(super::Kind::Pty(p)) = &f.file {
-            if p.master && p.state.sid == sid && !out.iter().any(|(i, _, _)| *i == p.index) {
+            if (p.master || p.orphan.is_some()) && p.state.sid == sid && !out.iter().any(|(i, _, _)| *i == p.index) {
                 out.push((p.index, shared.get(&f.desc).copied(), &p.state));
             }
         }
@@ -562,10 +766,21 @@ pub fn take_ctty(tree: &Tree, shared: &HashMap<u32, i32>, pid: i32) -> Result<()
     for (index, fd, st) in led_by(tree, shared, pid) {
         let fd = fd.ok_or_else(|| format!("/dev/pts/{index}: its master is not made for the tree"))?;
         let m = tty::dup_number(fd).map_err(|e| format!("/dev/pts/{index}: master fd {fd}: {e}"))?;
-        let s = peer(&m, libc::O_RDWR, st.locked).map_err(|e| format!("opening /dev/pts/{index} (TIOCGPTPEER): {e}"))?;
+        // (an orphan slave's description is the slave itself)
+        let s = if is_slave(&m) { m } else { peer(&m, libc::O_RDWR, st.locked).map_err(|e| format!("opening /dev/pts/{index} (TIOCGPTPEER): {e}"))? };
         tty::make_controlling(s.as_fd()).map_err(|e| format!("/dev/pts/{index} as the controlling terminal of session {pid} (TIOCSCTTY): {e}"))?;
     }
     Ok(())
+}
+
+fn is_slave(fd: &OwnedFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::File::from(match fd.try_clone() {
+        Ok(f) => f,
+        Err(_) => return false,
+    })
+    .metadata()
+    .is_ok_and(|m| slave_index(m.rdev()).is_some())
 }
 
 /// In the restore child of session leader `pid`, after its forks: the

@@ -13,6 +13,16 @@
 //! every pty's for the others) in tty-info.img. Restore: a new open file
 //! description of the restoring criu's terminal (found on its fds 0..2 and
 //! parked by `restore::files::park_terminal`), with the dumped flags.
+//!
+//! A pty slave whose master is outside the tree (a container's terminal:
+//! runc's console socket or conmon holds the master) is also read as its
+//! pair's state through the slave (termios, locked termios, window size,
+//! exclusive flag, owner; session and foreground group from the
+//! processes' /proc stat in `pty::check_tree`), written as upstream 4.2
+//! writes it (a full `tty_info_entry` of type PTY with its devpts `dev`).
+//! With RPC `orphan_pts_master` it is dumped without `--shell-job`, and
+//! restored as a slave of a new pair (`pty::adopt_orphans`), whose master
+//! goes to the client.
 
 use super::{Collect, FileKind, Read, Restore, Write};
 use crate::dump::files::{dev_major, FilesError};
@@ -29,6 +39,37 @@ pub struct Tty {
     pub flags: u32,
     /// The device number (glibc encoding).
     pub rdev: u64,
+    /// A pty slave's pair state, read through the slave (see the module
+    /// doc); None for other terminals, or when the image has none.
+    pub slave: Option<Box<super::pty::PtyState>>,
+    /// A pty slave's devpts instance (the minor of its st_dev: upstream's
+    /// `tty_info.dev`).
+    pub dev: Option<u32>,
+    /// Dumped with `--external tty[RDEV:DEV]`: an `EXT_TTY` info, restored
+    /// from `--inherit-fd fd[N]:tty[RDEV:DEV]` (as upstream).
+    pub ext: bool,
+}
+
+/// The state of a pty slave held by `pid` as `fd`, read through a
+/// duplicate of it (nothing of the terminal changes).
+fn slave_state(pid: crate::sys::Pid, fd: i32) -> std::io::Result<(super::pty::PtyState, u32)> {
+    use crate::sys::tty;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let pidfd = crate::sys::process::pidfd_open(pid)?;
+    let s = crate::sys::process::pidfd_getfd(&pidfd, fd)?;
+    let md = std::fs::File::from(s.try_clone()?).metadata()?;
+    let st = super::pty::PtyState {
+        termios: tty::get_termios(s.as_fd())?,
+        locked_termios: tty::get_locked_termios(s.as_fd())?,
+        winsize: tty::get_winsize(s.as_fd())?,
+        exclusive: tty::exclusive(s.as_fd())?,
+        uid: md.uid(),
+        gid: md.gid(),
+        slave_mode: md.mode(),
+        ..Default::default()
+    };
+    Ok((st, libc::minor(md.dev())))
 }
 
 /// Major numbers of terminals: VT/serial (4), /dev/tty + console + ptmx
@@ -84,7 +125,15 @@ impl FileKind for Tty {
 
     fn collect(cx: &mut Collect<'_>) -> Result<Self, FilesError> {
         use std::os::unix::fs::MetadataExt;
-        Ok(Tty { path: cx.link.to_string(), flags: cx.flags, rdev: cx.meta.rdev() })
+        let rdev = cx.meta.rdev();
+        let (mut slave, mut dev) = (None, None);
+        if super::pty::slave_index(rdev).is_some() {
+            match slave_state(cx.pid, cx.fd) {
+                Ok((st, d)) => (slave, dev) = (Some(Box::new(st)), Some(d)),
+                Err(e) => crate::pr_warn!("fd {} of {}: reading the state of pty slave {}: {e}", cx.fd, cx.pid, cx.link),
+            }
+        }
+        Ok(Tty { path: cx.link.to_string(), flags: cx.flags, rdev, slave, dev, ext: false })
     }
 
     fn write_entries(&self, cx: &mut Write<'_>) -> Result<u32, ImagesError> {
@@ -93,13 +142,19 @@ impl FileKind for Tty {
             Some(t) => t.id,
             None => {
                 let (kind, index) = tty_kind(self.rdev);
+                // (--external tty[RDEV:DEV]: upstream's EXT_TTY, no pty
+                // index, no path)
+                let (kind, index) = if self.ext { (pb::TtyType::ExtTty, None) } else { (kind, index) };
                 // as upstream numbers a pty's (2 * index), others apart
                 // from every pty's
                 let id = match index {
                     Some(i) => i * 2,
+                    // upstream 4.2 numbers an EXT_TTY 2026 (its restore
+                    // refuses an id past its table of terminals)
+                    None if self.ext => 2026 + 2 * st.0.iter().filter(|t| t.r#type == pb::TtyType::ExtTty as i32).count() as u32,
                     None => (1 << 30) + st.0.len() as u32,
                 };
-                let info = pb::TtyInfoEntry {
+                let mut info = pb::TtyInfoEntry {
                     id,
                     r#type: kind as i32,
                     locked: false,
@@ -111,16 +166,21 @@ impl FileKind for Tty {
                     pty: index.map(|index| pb::TtyPtyEntry { index }),
                     ..Default::default()
                 };
+                // a pty slave's pair state, as upstream writes it
+                if let (Some(st), true) = (&self.slave, index.is_some() || self.ext) {
+                    super::pty::fill_info(&mut info, st);
+                    info.dev = self.dev;
+                }
                 // (one tty-info.img with the pty kind's entries)
                 cx.acc.push_once(&mg::TTY_INFO, u64::from(id), &info, Vec::new());
                 cx.acc.state::<WriteState>().0.push(info);
                 id
             }
         };
-        let regf_id = cx.push(crate::images_io::reg_entry(0, &self.path, self.flags, 0, 0o20620, None));
+        let regf_id = if self.ext { None } else { Some(cx.push(crate::images_io::reg_entry(0, &self.path, self.flags, 0, 0o20620, None))) };
         let e = pb::FileEntry {
             r#type: pb::FdTypes::Tty as i32,
-            tty: Some(pb::TtyFileEntry { id: 0, tty_info_id: info_id, flags: self.flags, fown: super::fown(), regf_id: Some(regf_id) }),
+            tty: Some(pb::TtyFileEntry { id: 0, tty_info_id: info_id, flags: self.flags, fown: super::fown(), regf_id }),
             ..Default::default()
         };
         Ok(cx.push(e))
@@ -147,12 +207,31 @@ impl FileKind for Tty {
                 None => "/dev/tty".to_string(),
             },
         };
-        Ok(Tty { path, flags: t.flags, rdev: u64::from(info.rdev) })
+        // a pty slave's pair state (upstream writes it; so do we since
+        // orphan_pts_master)
+        let ext = info.r#type == pb::TtyType::ExtTty as i32;
+        let slave = match (&info.pty, &info.termios) {
+            (Some(_), Some(_)) if info.r#type == pb::TtyType::Pty as i32 => {
+                Some(Box::new(super::pty::state_of(&info, Some(&info)).map_err(|(field, what)| cx.bad(e, field, what))?))
+            }
+            (_, Some(_)) if ext => {
+                Some(Box::new(super::pty::state_of(&info, Some(&info)).map_err(|(field, what)| cx.bad(e, field, what))?))
+            }
+            _ => None,
+        };
+        Ok(Tty { path, flags: t.flags, rdev: u64::from(info.rdev), slave, dev: info.dev, ext })
     }
 
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
         let n = cx.fd;
         let Some(t) = cx.terminal else {
+            if let (false, true, Some(dev)) = (cx.plan.shell_job, self.ext, self.dev) {
+                let key = crate::inherit::tty_key(self.rdev, u64::from(dev));
+                return Err(format!("fd {n} is a terminal dumped with --external {key}: restore with --inherit-fd fd[N]:{key} (or --shell-job)"));
+            }
+            if !cx.plan.shell_job && self.slave.is_some() {
+                return Err(format!("fd {n} is a pty slave ({}) whose master was outside the tree: restore with --shell-job, or through the RPC with orphan_pts_master (runc, podman)", self.path));
+            }
             return Err(if cx.plan.shell_job {
                 format!("fd {n} was a terminal ({}) but the restoring criu has none on fds 0..2", self.path)
             } else {

@@ -103,6 +103,11 @@ pub struct ChildPlan {
     /// `--inherit-fd` (crate::inherit): (key, the fd every process holds
     /// it on until its own fd table is built; above [`ChildPlan::above_all`]).
     pub inherit: Vec<(String, i32)>,
+    /// The root's end of a socket to the engine (above [`ChildPlan::above_all`]),
+    /// when the tree has pty slaves whose master was outside it
+    /// (`kinds::pty::adopt_orphans`): the root sends the new masters on
+    /// it (SCM_RIGHTS) and closes it once its shared descriptions are made.
+    pub orphan_sock: Option<i32>,
 }
 
 /// Per task: the offset of its mapped files' service fds (see
@@ -204,6 +209,8 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         // the root's own mount namespace, below --root or from tfork's source
         // (checked before the fork)
         if let Some(ns) = &tree.mnt {
+            // (a pty made for a bind of its slave: kept above every fd)
+            crate::kinds::pty::set_premade_floor(plan.above_all() + 64);
             crate::mntns::enter(ns, plan.root.as_ref().map(|r| (r.path.as_path(), r.fd.as_raw_fd())), &plan.ext_mnt)?;
         }
         // the memfds several processes use, for all of them to inherit
@@ -211,6 +218,11 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         if !plan.plan.shared.is_empty() || !plan.map_ghosts.is_empty() {
             files::restore_shared(plan, tree, terminal)?;
         }
+        // (the new masters of orphan slaves are the engine's now)
+        if let Some(s) = plan.orphan_sock {
+            p::close(s);
+        }
+        crate::kinds::pty::drop_premade();
     }
     // a session leader's pty (the root's, inherited), before its forks
     if node.setsid {
@@ -541,6 +553,7 @@ pub fn child_main(plan: &ChildPlan, tree: &Tree, n: usize, under_helper: bool) -
         }
         if n == 0 {
             keep.extend(plan.engine.map(|(_, to)| to));
+            keep.extend(plan.orphan_sock);
         }
         match plan.plan.share_of(n) {
             // one fd table with its parent, already set as the owner left it

@@ -239,6 +239,20 @@ struct Ready<'a> {
     tids: Vec<Pid>,
 }
 
+/// How many new pty pairs the restore makes for slaves whose master was
+/// outside the tree.
+fn orphan_pairs(tree: &Tree) -> usize {
+    let mut seen = Vec::new();
+    for f in tree.tasks.iter().flat_map(|t| &t.fds) {
+        if let crate::model::FileDesc::Kind(crate::kinds::Kind::Pty(p)) = &f.file {
+            if p.orphan.as_ref().is_some_and(|o| o.inherit.is_none()) && !seen.contains(&p.index) {
+                seen.push(p.index);
+            }
+        }
+    }
+    seen.len()
+}
+
 /// Restore `tree`, process `i` with page contents from `mems[i]`. Returns
 /// the host pid of the root.
 pub fn restore(tree: &Tree, mems: &[&dyn MemSource], opts: &crate::options::Options) -> Result<Pid, RestoreError> {
@@ -385,6 +399,16 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     let sync_base = svc_base + 3 + max_map;
     // the inherited fds, above every fd the children place by number
     let inherit = crate::inherit::Held::hold(&inherit_fds, sync_base + 4 * plan.share_groups.len() as i32 + 8).map_err(RestoreError::Unsupported)?;
+    // pty slaves whose master was outside the tree: the root hands their
+    // new masters to the engine on a socket (kinds::pty::Orphan)
+    let orphans = orphan_pairs(tree);
+    let orphan_sock = if orphans > 0 {
+        let (mine, theirs) = crate::sys::sock::socketpair(libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC).map_err(ioe(0, "the socket for the new pty masters"))?;
+        let theirs = p::dup_number_above(theirs.as_raw_fd(), sync_base + 4 * plan.share_groups.len() as i32 + 4).map_err(ioe(0, "the socket for the new pty masters"))?;
+        Some((mine, theirs))
+    } else {
+        None
+    };
     let (rd, wr): (OwnedFd, OwnedFd) = p::pipe().map_err(ioe(0, "report pipe"))?;
     let engine_fd = if opts.sibling { Some(p::pidfd_open(std::process::id() as Pid).map_err(ioe(0, "a pidfd of the engine"))?) } else { None };
     // --root: opened once, above the service fds; paths are resolved in it
@@ -418,6 +442,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         parked,
         ext_mnt,
         inherit: inherit.slots(),
+        orphan_sock: orphan_sock.as_ref().map(|(_, t)| t.as_raw_fd()),
     };
     for &i in &live {
         creds::check_rlimits(&tree.tasks[i])?;
@@ -480,6 +505,22 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     pr_debug!("{} processes prepared their fds and process state", hosts.len());
     crate::fault::point("after-reports");
     crate::notify::script("post-setup-namespaces", None).map_err(RestoreError::Unsupported)?;
+    // the new masters of orphan slaves, to the client (as upstream, right
+    // after post-setup-namespaces)
+    if let Some((mine, theirs)) = orphan_sock.as_ref() {
+        let _ = theirs;
+        for k in 0..orphans {
+            let mut buf = [0u8; 4];
+            let got = crate::sys::sock::recv_rights(mine.as_fd(), &mut buf).map_err(ioe(child, "receiving a new pty master"))?;
+            let Some(mut got) = got.filter(|g| g.fds.len() == 1) else {
+                return Err(RestoreError::Child { pid: child, msg: format!("the root handed {k} of the {orphans} new pty masters") });
+            };
+            let m = got.fds.remove(0);
+            pr_info!("orphan-pts-master: the new master of /dev/pts/{}", u32::from_le_bytes(buf));
+            crate::notify::script_fd("orphan-pts-master", m.as_fd()).map_err(RestoreError::Unsupported)?;
+        }
+    }
+    drop(orphan_sock);
     // CLONE_NEWPID: set_tid can't name the root's host pid; the others are
     // known from their reports
     let host_of = |i: usize| if i == 0 { Some(child) } else { hosts.get(&tree.tasks[i].pid).copied() };

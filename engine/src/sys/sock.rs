@@ -151,6 +151,17 @@ pub struct Peeked {
 /// message (which the kernel duplicates into the engine even when peeking)
 /// are handed back in `fds`.
 pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked>> {
+    recvmsg_rights(fd, buf, libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC)
+}
+
+/// recvmsg(2) with MSG_DONTWAIT of one message into `buf`, consuming it,
+/// the fds passed with it (SCM_RIGHTS) handed back owned (close-on-exec).
+/// `Ok(None)` when nothing is queued (EAGAIN).
+pub fn recv_rights(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked>> {
+    recvmsg_rights(fd, buf, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC)
+}
+
+fn recvmsg_rights(fd: BorrowedFd<'_>, buf: &mut [u8], flags: i32) -> io::Result<Option<Peeked>> {
     // room for a few cmsgs: credentials and up to 64 fds
     let mut control = [0u64; 64];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
@@ -163,7 +174,7 @@ pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked>> {
     // SAFETY: `msg` points at `iov` (describing `buf`, writable and
     // exclusively borrowed) and at `control` (writable, its size in
     // msg_controllen), all alive during the call.
-    let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+    let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, flags) };
     if r < 0 {
         let e = io::Error::last_os_error();
         return if e.raw_os_error() == Some(libc::EAGAIN) { Ok(None) } else { Err(e) };
