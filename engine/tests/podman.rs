@@ -64,6 +64,21 @@ impl Drop for Cleanup {
     }
 }
 
+/// `podman container checkpoint --keep` then `restore --keep` of
+/// `name` (runtime runc): its log's ticks go on, numbered on, at least 5
+/// past the checkpoint's; the restored init's host pid.
+fn checkpoint_and_restore(bin: &Path, name: &str, round: usize) -> i32 {
+    let (ok, out) = podman(bin, &["--runtime", "runc", "container", "checkpoint", "--keep", name]);
+    assert!(ok, "round {round}: podman container checkpoint: {out}");
+    let before = *ticks(bin, name).last().unwrap();
+    let (ok, out) = podman(bin, &["--runtime", "runc", "container", "restore", "--keep", name]);
+    assert!(ok, "round {round}: podman container restore: {out}");
+    wait_until(&format!("round {round}: ticks after the restore"), Duration::from_secs(20), || ticks(bin, name).last().is_some_and(|&t| t >= before + 5));
+    let t = ticks(bin, name);
+    assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "round {round}: the ticks go on, numbered on: {t:?}");
+    init_pid(bin, name)
+}
+
 #[test]
 fn podman_checkpoint_and_restore_with_our_criu() {
     require!(why_not());
@@ -95,15 +110,7 @@ fn podman_checkpoint_and_restore_with_our_criu() {
     wait_until("ticks in podman logs", Duration::from_secs(20), || ticks(&bin, &c.name).len() >= 3);
     let ns0 = netns(init_pid(&bin, &c.name));
     for round in 0..2 {
-        let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "checkpoint", "--keep", &c.name]);
-        assert!(ok, "round {round}: podman container checkpoint: {out}");
-        let before = *ticks(&bin, &c.name).last().unwrap();
-        let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "restore", "--keep", &c.name]);
-        assert!(ok, "round {round}: podman container restore: {out}");
-        wait_until(&format!("round {round}: ticks after the restore"), Duration::from_secs(20), || ticks(&bin, &c.name).last().is_some_and(|&t| t >= before + 5));
-        let t = ticks(&bin, &c.name);
-        assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "round {round}: the ticks go on, numbered on: {t:?}");
-        let p = init_pid(&bin, &c.name);
+        let p = checkpoint_and_restore(&bin, &c.name, round);
         // (podman may make the namespace anew for a restore: the one it names now)
         let (ok, key) = podman(&bin, &["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", &c.name]);
         assert!(ok && key.trim().starts_with('/'), "podman inspect: {key}");
@@ -170,15 +177,7 @@ fn podman_terminal_container_with_our_criu() {
     wait_until("ticks in podman logs", Duration::from_secs(20), || ticks(&bin, &c.name).len() >= 3);
     type_line(&bin, &c.name, "before");
     for round in 0..2 {
-        let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "checkpoint", "--keep", &c.name]);
-        assert!(ok, "round {round}: podman container checkpoint: {out}");
-        let before = *ticks(&bin, &c.name).last().unwrap();
-        let (ok, out) = podman(&bin, &["--runtime", "runc", "container", "restore", "--keep", &c.name]);
-        assert!(ok, "round {round}: podman container restore: {out}");
-        wait_until(&format!("round {round}: ticks after the restore"), Duration::from_secs(20), || ticks(&bin, &c.name).last().is_some_and(|&t| t >= before + 5));
-        let t = ticks(&bin, &c.name);
-        assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "round {round}: the ticks go on, numbered on: {t:?}");
-        let p = init_pid(&bin, &c.name);
+        let p = checkpoint_and_restore(&bin, &c.name, round);
         use std::os::unix::fs::MetadataExt;
         let rdev = std::fs::metadata(format!("/proc/{p}/fd/0")).unwrap().rdev();
         assert!((136..=143).contains(&libc::major(rdev)), "round {round}: fd 0 of the restored init is a pty slave ({rdev:#x})");
