@@ -1419,8 +1419,9 @@ impl Parking {
         let mut paths: Vec<(std::path::PathBuf, std::fs::File)> = Vec::new();
         let mut park = Parking(Vec::with_capacity(want.len()));
         let mut bytes = 0u64;
-        // (region address, length, file index in `paths`, offset)
-        let mut fills: Vec<(u64, u64, usize, u64)> = Vec::new();
+        // (region address, length, file index in `paths`, offset, by
+        // UFFDIO_COPY: a region of 4 KiB pages, `park::small_pages`)
+        let mut fills: Vec<(u64, u64, usize, u64, bool)> = Vec::new();
         for (mine, m) in want.iter().zip(mems) {
             let files = m.files();
             let mut out = Vec::with_capacity(mine.len());
@@ -1446,7 +1447,7 @@ impl Parking {
                             paths.len() - 1
                         }
                     };
-                    fills.push((at + (a - v.start), len, k, off));
+                    fills.push((at + (a - v.start), len, k, off, crate::sys::park::small_pages(thp)));
                     bytes += len;
                 }
                 out.push((v.start, v.end, at));
@@ -1457,10 +1458,17 @@ impl Parking {
         // the copy, on every CPU of the engine at once
         // (`CRIU_RS_TFORK_PARK_THREADS=N` for measurements)
         let threads = std::env::var("CRIU_RS_TFORK_PARK_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| cpu_count().clamp(1, 8));
-        let jobs: Vec<(u64, u64, &std::fs::File, u64)> = fills.iter().map(|&(a, len, k, off)| (a, len, &paths[k].1, off)).collect();
-        crate::sys::park::fill_all(&jobs, threads).map_err(ioe(src, format!("filling the parked memory ({} KiB) from {} files", bytes / 1024, paths.len())))?;
+        let jobs: Vec<(u64, u64, &std::fs::File, u64, bool)> = fills.iter().map(|&(a, len, k, off, c)| (a, len, &paths[k].1, off, c)).collect();
+        let filled = crate::sys::park::fill_all(&jobs, threads).map_err(ioe(src, format!("filling the parked memory ({} KiB) from {} files", bytes / 1024, paths.len())))?;
         let n: usize = park.0.iter().map(Vec::len).sum();
-        pr_info!("memory of {src}'s clones parked: {n} VMAs, {} KiB of pages, by {threads} threads, in {:.2} ms", bytes / 1024, t0.elapsed().as_secs_f64() * 1e3);
+        let why = filled.why_not_copied.map(|w| format!(" (not by UFFDIO_COPY: {w})")).unwrap_or_default();
+        pr_info!(
+            "memory of {src}'s clones parked: {n} VMAs, {} KiB of pages ({} KiB by UFFDIO_COPY, {} KiB read in place{why}), by {threads} threads, in {:.2} ms",
+            bytes / 1024,
+            filled.copied / 1024,
+            filled.read / 1024,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         Ok(Some(park))
     }
 }

@@ -100,6 +100,30 @@ fn regions(pid: i32) -> (u64, u64) {
     (find(MIB << 20), find(4 << 20))
 }
 
+/// KiB of the parked memory filled by UFFDIO_COPY and read in place, from
+/// the engine's log line.
+fn parked_by(log: &str) -> (u64, u64) {
+    let line = log.lines().find(|l| l.contains("parked:")).unwrap_or_default();
+    let num = |after: &str| -> u64 {
+        line.split(after).next().and_then(|h| h.rsplit(['(', ' ']).next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no '{after}' in {line:?}"))
+    };
+    (num(" KiB by UFFDIO_COPY"), num(" KiB read in place"))
+}
+
+/// AnonHugePages (KiB) of the VMA of `pid` starting at `start`.
+fn huge_kib(pid: i32, start: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let head = format!("{start:x}-");
+    smaps
+        .split('\n')
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(1)
+        .take_while(|l| l.split_whitespace().next().is_some_and(|k| k.ends_with(':')))
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// parktree with `children` children in `work`, in the host's pid
 /// namespace or as pid 1 of its own; its root's host pid.
 fn start(bin: &Path, work: &Path, children: u32, own_ns: bool) -> i32 {
@@ -181,6 +205,18 @@ fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
     let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert_eq!(clones.len(), 3, "{log}");
     assert!(log.contains("parked:"), "the clones' memory was not parked: {log}");
+    // how it was parked: the 4 KiB-page regions by UFFDIO_COPY, the
+    // MADV_HUGEPAGE one in place (so that it gets huge pages), as the
+    // kernel's THP setting has it
+    let (copied, read) = parked_by(&log);
+    assert!(!log.contains("not by UFFDIO_COPY"), "the parking fill did not use userfaultfd: {log}");
+    assert!(copied >= MIB * 1024 / 2, "{copied} KiB parked by UFFDIO_COPY: {log}");
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[never]") {
+        assert_eq!(read, 0, "{log}");
+    } else {
+        assert!(read >= 4096, "the MADV_HUGEPAGE region not read in place ({read} KiB): {log}");
+    }
     let trees: Vec<Vec<i32>> = clones.iter().map(|&c| tree_of(c)).collect();
     let by_ns = |t: &[i32], n: i32| *t.iter().find(|&&p| ns_pid(p) == n).unwrap_or_else(|| panic!("no process {n} in {t:?}"));
     for t in &trees {
@@ -207,6 +243,12 @@ fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
         }
         assert!(all > (MIB << 20) / PAGE / 2, "process {n}: only {all} pages present in every clone");
         assert!(same * 10 >= all * 9, "process {n}: {same} of {all} pages on the same frame in the 3 clones (copy-on-write sharing expected)");
+        // huge pages where the source has them
+        if huge_kib(s, huge) > 0 {
+            for &p in &procs {
+                assert!(huge_kib(p, huge) > 0, "clone process {p}: no huge page in its MADV_HUGEPAGE region, the source {s} has {} KiB", huge_kib(s, huge));
+            }
+        }
     }
     // each clone tree: PSS well below RSS (its private pages shared 3 ways)
     for t in &trees {
