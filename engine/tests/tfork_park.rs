@@ -100,14 +100,14 @@ fn regions(pid: i32) -> (u64, u64) {
     (find(MIB << 20), find(4 << 20))
 }
 
-/// KiB of the parked memory filled by UFFDIO_COPY and read in place, from
-/// the engine's log line.
-fn parked_by(log: &str) -> (u64, u64) {
+/// KiB of the parked memory filled by UFFDIO_COPY in the snapshots, by
+/// UFFDIO_COPY in the engine and read in place, from the engine's log line.
+fn parked_by(log: &str) -> (u64, u64, u64) {
     let line = log.lines().find(|l| l.contains("parked:")).unwrap_or_default();
     let num = |after: &str| -> u64 {
         line.split(after).next().and_then(|h| h.rsplit(['(', ' ']).next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no '{after}' in {line:?}"))
     };
-    (num(" KiB by UFFDIO_COPY"), num(" KiB read in place"))
+    (num(" KiB by UFFDIO_COPY in the snapshots"), num(" KiB by UFFDIO_COPY,"), num(" KiB read in place"))
 }
 
 /// AnonHugePages (KiB) of the VMA of `pid` starting at `start`.
@@ -176,6 +176,13 @@ impl Drop for KillOnDrop {
 /// tfork parktree (`children` children; own pid namespace or the host's)
 /// into 3 clone trees and check the memory of every clone process.
 fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
+    clones_share_memory_filled(tag, children, own_ns, None);
+}
+
+/// [`clones_share_memory`], the parking fill forced down another path
+/// (`CRIU_RS_TFORK_PARK_FILL`: `pread`, UFFDIO_COPY by the engine's own
+/// threads; `read`, every region read in place).
+fn clones_share_memory_filled(tag: &str, children: u32, own_ns: bool, fill: Option<&str>) {
     require!(why_not());
     let dir = test_dir(tag);
     let bin = dir.join("parktree");
@@ -197,6 +204,7 @@ fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
         .args(["tfork", "-t", &root.to_string(), "--copies", "3", "-D"])
         .arg(&img)
         .args(["-v4", "-o", "tfork.log"])
+        .env("CRIU_RS_TFORK_PARK_FILL", fill.unwrap_or("default"))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -205,14 +213,30 @@ fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
     let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert_eq!(clones.len(), 3, "{log}");
     assert!(log.contains("parked:"), "the clones' memory was not parked: {log}");
-    // how it was parked: the 4 KiB-page regions by UFFDIO_COPY, the
+    // how it was parked: the 4 KiB-page regions by UFFDIO_COPY injected
+    // into the snapshot forks (each copying its own pages), the
     // MADV_HUGEPAGE one in place (so that it gets huge pages), as the
     // kernel's THP setting has it
-    let (copied, read) = parked_by(&log);
-    assert!(!log.contains("not by UFFDIO_COPY"), "the parking fill did not use userfaultfd: {log}");
-    assert!(copied >= MIB * 1024 / 2, "{copied} KiB parked by UFFDIO_COPY: {log}");
+    let (by_snaps, copied, read) = parked_by(&log);
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if thp.contains("[never]") {
+    match fill {
+        None => {
+            assert!(!log.contains("not by UFFDIO_COPY"), "the parking fill did not use userfaultfd: {log}");
+            assert!(by_snaps >= MIB * 1024 / 2, "{by_snaps} KiB parked by UFFDIO_COPY in the snapshots: {log}");
+            assert_eq!(copied, 0, "parked by UFFDIO_COPY in the engine, not the snapshots: {log}");
+        }
+        Some("pread") => {
+            assert_eq!(by_snaps, 0, "{log}");
+            assert!(copied >= MIB * 1024 / 2, "{copied} KiB parked by UFFDIO_COPY in the engine: {log}");
+        }
+        Some(_) => {
+            assert_eq!(by_snaps + copied, 0, "{log}");
+            assert!(log.contains("not by UFFDIO_COPY: CRIU_RS_TFORK_PARK_FILL=read"), "{log}");
+        }
+    }
+    if fill == Some("read") {
+        assert!(read >= MIB * 1024 / 2, "{log}");
+    } else if thp.contains("[never]") {
         assert_eq!(read, 0, "{log}");
     } else {
         assert!(read >= 4096, "the MADV_HUGEPAGE region not read in place ({read} KiB): {log}");
@@ -304,4 +328,14 @@ fn tree_clones_in_the_host_namespace_share_their_memory_copy_on_write() {
 #[test]
 fn tree_clones_in_their_own_pid_namespace_share_their_memory_copy_on_write() {
     clones_share_memory("tforkpark-ownns", 2, true);
+}
+
+/// The parking fill's other paths give the same clones: UFFDIO_COPY by
+/// the engine's threads from /proc/SNAP/mem (where the snapshots can't copy
+/// their own memory), every region read in place (where userfaultfd is
+/// refused).
+#[test]
+fn tree_clones_parked_by_the_engine_or_in_place_share_their_memory() {
+    clones_share_memory_filled("tforkpark-pread", 2, false, Some("pread"));
+    clones_share_memory_filled("tforkpark-read", 2, false, Some("read"));
 }
