@@ -110,6 +110,21 @@ fn parked_by(log: &str) -> (u64, u64, u64) {
     (num(" KiB by UFFDIO_COPY in the snapshots"), num(" KiB by UFFDIO_COPY,"), num(" KiB read in place"))
 }
 
+/// Whether the VMA of `pid` starting at `start` has `flag` in its VmFlags.
+fn vm_flag(pid: i32, start: u64, flag: &str) -> bool {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let head = format!("{start:x}-");
+    smaps
+        .split('\n')
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(1)
+        .take_while(|l| l.split_whitespace().next().is_some_and(|k| k.ends_with(':')))
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .unwrap_or_else(|| panic!("no VMA at {start:x} in {pid}"))
+        .split_whitespace()
+        .any(|f| f == flag)
+}
+
 /// AnonHugePages (KiB) of the VMA of `pid` starting at `start`.
 fn huge_kib(pid: i32, start: u64) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
@@ -267,6 +282,13 @@ fn clones_share_memory_filled(tag: &str, children: u32, own_ns: bool, fill: Opti
         }
         assert!(all > (MIB << 20) / PAGE / 2, "process {n}: only {all} pages present in every clone");
         assert!(same * 10 >= all * 9, "process {n}: {same} of {all} pages on the same frame in the 3 clones (copy-on-write sharing expected)");
+        // MADV_DONTFORK ("dc") as the source has it (the restore's forks
+        // mark the parked memory so for a moment)
+        for &p in &procs {
+            for at in [big, huge] {
+                assert_eq!(vm_flag(p, at, "dc"), vm_flag(s, at, "dc"), "clone process {p}: VM_DONTCOPY of {at:#x} not as in the source {s}");
+            }
+        }
         // huge pages where the source has them
         if huge_kib(s, huge) > 0 {
             for &p in &procs {

@@ -168,7 +168,7 @@ pub fn fill_all(jobs: &[(u64, u64, &File, u64, bool)], threads: usize, from: &[O
     // the jobs the snapshots copy themselves (pieces keep their job's order)
     let mut done_jobs = vec![false; jobs.len()];
     if let Some(u) = uffd.as_ref().filter(|_| from.len() == jobs.len() && std::env::var("CRIU_RS_TFORK_PARK_FILL").as_deref() != Ok("pread")) {
-        let mut mine: Vec<(Snap, Vec<(usize, u64, u64, u64)>)> = Vec::new();
+        let mut mine: Vec<(Snap, Vec<SnapJob>)> = Vec::new();
         for (k, &(a, l, _, o, _)) in jobs.iter().enumerate() {
             let Some(sn) = from[k] else { continue };
             let registered = copy_regions.iter().any(|&(s, e)| s <= a && a + l <= e);
@@ -427,6 +427,10 @@ const AT_CTL: u64 = 0x1040;
 const AT_HDR: u64 = 0x1080;
 const AT_COPY: u64 = 0x1100;
 
+/// A job a snapshot copies: (job index, destination, its source address,
+/// length).
+type SnapJob = (usize, u64, u64, u64);
+
 /// One snapshot copying its jobs ([`ParkUffd::copy_in_snapshots`]): its
 /// injector, its /proc/PID/mem, the userfaultfd's number in it, the jobs
 /// left `(job, dst, src, len)` and the one in flight.
@@ -547,7 +551,7 @@ impl ParkUffd {
     /// Every `dst..dst + len` lies inside a region registered with this
     /// userfaultfd, kept mapped and registered (the caller holds the
     /// table) until this returns, with no Rust reference into it.
-    unsafe fn copy_in_snapshots(&self, work: &[(Snap, Vec<(usize, u64, u64, u64)>)]) -> Vec<usize> {
+    unsafe fn copy_in_snapshots(&self, work: &[(Snap, Vec<SnapJob>)]) -> Vec<usize> {
         use std::os::fd::AsFd;
         let mut cs: Vec<SnapCopier> = Vec::with_capacity(work.len());
         for (sn, jobs) in work {
@@ -635,6 +639,42 @@ pub fn regions() -> Vec<(u64, u64)> {
 /// otherwise).
 pub fn unmap(start: u64, end: u64) -> io::Result<()> {
     REGIONS.unmap(start, end)
+}
+
+/// Before a fork that is to take only the regions `keep` (a restore
+/// process forking a child: the child's subtree's): MADV_DOFORK on those,
+/// MADV_DONTFORK on every other region, so that the fork copies no page
+/// table of the others (a fork's cost is its page-table copy, and the
+/// child would only unmap them). The child must call [`forget_others`]
+/// with the same `keep` before anything else; the parent, once its forks
+/// are made, [`fork_all_again`].
+pub fn fork_only(keep: &[(u64, u64)]) -> io::Result<()> {
+    for (s, e) in REGIONS.list() {
+        let advice = if keep.contains(&(s, e)) { libc::MADV_DOFORK } else { libc::MADV_DONTFORK };
+        let _held = REGIONS.holding(s, e - s)?;
+        // SAFETY: one of our regions, kept mapped by `_held`; this advice
+        // only changes whether a fork copies it, never its contents.
+        if unsafe { libc::madvise(s as *mut libc::c_void, (e - s) as usize, advice) } != 0 {
+            return Err(last_err());
+        }
+    }
+    Ok(())
+}
+
+/// In the child of a fork prepared by [`fork_only`] (its first call: the
+/// table still lists the regions the fork left out, which this process
+/// does not have, and nothing may be mapped where they were before they
+/// are forgotten): the table keeps only `keep`.
+pub fn forget_others(keep: &[(u64, u64)]) {
+    REGIONS.retain(|r| keep.contains(&r));
+}
+
+/// After the forks [`fork_only`] prepared: every region MADV_DOFORK again
+/// (a region moved into place keeps the flag, and the clone's own forks
+/// must copy its memory).
+pub fn fork_all_again() -> io::Result<()> {
+    let all = REGIONS.list();
+    fork_only(&all)
 }
 
 /// Unmap every region in a process that inherited them (a fork of the
