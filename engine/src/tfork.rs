@@ -1172,7 +1172,7 @@ impl Snapshots {
     /// reaped, traced with PTRACE_O_EXITKILL, named, its fds closed; its
     /// host pid.
     fn adopt(&mut self, pid: Pid, gadget: u64, par: &Parasite, ret: i64, child: Option<Pid>) -> Result<Pid, String> {
-        let (code, _) = par.mapping();
+        let (code, scratch_len) = par.mapping();
         // (clone3 returns the snapshot's pid in the source's pid namespace)
         let mut ns = None;
         if let Some(c) = child {
@@ -1187,7 +1187,10 @@ impl Snapshots {
             return Err(format!("clone3 in {pid} made {made}, but the fork event named {child:?} (pid {ns:?} in its namespace)"));
         };
         mark_snapshot(snap, code).map_err(|e| format!("naming the snapshot {snap} of {pid}: {e}"))?;
-        self.scratch.push((snap, code));
+        // (room for the parking copy's calls: `park::Snap`)
+        if scratch_len >= 0x2000 {
+            self.scratch.push((snap, code));
+        }
         Ok(snap)
     }
 
