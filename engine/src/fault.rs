@@ -33,8 +33,8 @@
 //! yet written: `--persist=sync|async`); tfork by restore (trees,
 //! namespace inits) `tforktree-snapshot` (the frozen tree copied into a
 //! tmpfs image set, the source not yet released), `tforktree-mid-park` (a
-//! piece of the clones' memory parked, the engine's userfaultfd still
-//! registered), `tforktree-ns-made` (in the restoring helper: the
+//! page run of the clones' memory parked, by a snapshot or a fill thread,
+//! the engine's userfaultfd still registered), `tforktree-ns-made` (in the restoring helper: the
 //! clone tree's pid namespace and stand-in init made), `tforktree-clone-made`
 //! (a clone tree restored, its init not told to go on), `tforktree-before-go`,
 //! `mntns-made` (in a restored root that owns its mount namespace, a
@@ -104,8 +104,8 @@ pub const POINTS: &[&str] = &[
     // restored yet; in the engine, a clone tree restored and running (its
     // init not yet told to go on), and every clone tree made, none told
     "tforktree-snapshot",
-    // the parking fill: a piece of the clones' memory parked (by
-    // UFFDIO_COPY where it can), on a fill thread
+    // the parking fill: a page run of the clones' memory parked, by a
+    // snapshot's injected UFFDIO_COPY or on a fill thread
     "tforktree-mid-park",
     "tforktree-ns-made",
     "tforktree-clone-made",
