@@ -215,14 +215,14 @@ fn clones_share_memory_filled(tag: &str, children: u32, own_ns: bool, fill: Opti
     assert_eq!(src.len(), 1 + children as usize, "{src:?}");
     let img = dir.join("img");
     std::fs::create_dir_all(&img).unwrap();
-    let out = Command::new(CRIU)
-        .args(["tfork", "-t", &root.to_string(), "--copies", "3", "-D"])
-        .arg(&img)
-        .args(["-v4", "-o", "tfork.log"])
-        .env("CRIU_RS_TFORK_PARK_FILL", fill.unwrap_or("default"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(CRIU);
+    cmd.args(["tfork", "-t", &root.to_string(), "--copies", "3", "-D"]).arg(&img).args(["-v4", "-o", "tfork.log"]).stdin(Stdio::null());
+    match fill {
+        Some("snapshot-fails") => cmd.env("CRIU_RS_FAULT_AT", "tforktree-mid-park:fail"),
+        Some(f) => cmd.env("CRIU_RS_TFORK_PARK_FILL", f),
+        None => &mut cmd,
+    };
+    let out = cmd.output().unwrap();
     let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
@@ -242,6 +242,14 @@ fn clones_share_memory_filled(tag: &str, children: u32, own_ns: bool, fill: Opti
         }
         Some("pread") => {
             assert_eq!(by_snaps, 0, "{log}");
+            assert!(copied >= MIB * 1024 / 2, "{copied} KiB parked by UFFDIO_COPY in the engine: {log}");
+        }
+        Some("snapshot-fails") => {
+            // every snapshot gave up after its first page run, whose pages
+            // the engine's threads then find there (skipped) and the rest
+            // they copy
+            assert_eq!(by_snaps, 0, "{log}");
+            assert!(log.contains("stops copying its memory into the parked regions (injected failure"), "{log}");
             assert!(copied >= MIB * 1024 / 2, "{copied} KiB parked by UFFDIO_COPY in the engine: {log}");
         }
         Some(_) => {
@@ -360,4 +368,13 @@ fn tree_clones_in_their_own_pid_namespace_share_their_memory_copy_on_write() {
 fn tree_clones_parked_by_the_engine_or_in_place_share_their_memory() {
     clones_share_memory_filled("tforkpark-pread", 2, false, Some("pread"));
     clones_share_memory_filled("tforkpark-read", 2, false, Some("read"));
+}
+
+/// A snapshot that stops copying its memory (fault point
+/// `tforktree-mid-park:fail`, after its first page run) leaves the rest to
+/// the engine's threads, which skip the pages already there: the clones'
+/// memory is whole all the same.
+#[test]
+fn tree_clones_parked_after_the_snapshots_stop_copying_share_their_memory() {
+    clones_share_memory_filled("tforkpark-snapfail", 2, false, Some("snapshot-fails"));
 }
