@@ -34,7 +34,8 @@
 //! namespace inits) `tforktree-snapshot` (the frozen tree copied into a
 //! tmpfs image set, the source not yet released), `tforktree-mid-park` (a
 //! page run of the clones' memory parked, by a snapshot or a fill thread,
-//! the engine's userfaultfd still registered), `tforktree-ns-made` (in the restoring helper: the
+//! the engine's userfaultfd still registered; `:fail`, every snapshot
+//! stops copying after its first), `tforktree-ns-made` (in the restoring helper: the
 //! clone tree's pid namespace and stand-in init made), `tforktree-clone-made`
 //! (a clone tree restored, its init not told to go on), `tforktree-before-go`,
 //! `mntns-made` (in a restored root that owns its mount namespace, a
