@@ -32,7 +32,10 @@
 //! `tfork-before-release`, `tfork-mid-persist` (the image set staged, not
 //! yet written: `--persist=sync|async`); tfork by restore (trees,
 //! namespace inits) `tforktree-snapshot` (the frozen tree copied into a
-//! tmpfs image set, the source not yet released), `tforktree-ns-made` (in the restoring helper: the
+//! tmpfs image set, the source not yet released), `tforktree-mid-park` (a
+//! page run of the clones' memory parked, by a snapshot or a fill thread,
+//! the engine's userfaultfd still registered; `:fail`, every snapshot
+//! stops copying after its first), `tforktree-ns-made` (in the restoring helper: the
 //! clone tree's pid namespace and stand-in init made), `tforktree-clone-made`
 //! (a clone tree restored, its init not told to go on), `tforktree-before-go`,
 //! `mntns-made` (in a restored root that owns its mount namespace, a
@@ -102,6 +105,9 @@ pub const POINTS: &[&str] = &[
     // restored yet; in the engine, a clone tree restored and running (its
     // init not yet told to go on), and every clone tree made, none told
     "tforktree-snapshot",
+    // the parking fill: a page run of the clones' memory parked, by a
+    // snapshot's injected UFFDIO_COPY or on a fill thread
+    "tforktree-mid-park",
     "tforktree-ns-made",
     "tforktree-clone-made",
     "tforktree-before-go",

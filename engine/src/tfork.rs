@@ -797,7 +797,12 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
         plain = own_mems.iter().map(|m| m.as_ref().unwrap_or(root_mem) as &dyn crate::mem_source::MemSource).collect();
         fill_from = snap_pages.iter().map(|m| m as &dyn crate::mem_source::MemSource).collect();
     }
-    let parking = match (tmp.is_some() || snaps.is_some()).then(|| Parking::make(rtree, &fill_from, pid)) {
+    // (the snapshots copy their own memory into the parked regions where they can)
+    let snap_from: Vec<Option<crate::sys::park::Snap>> = match &snaps {
+        Some(s) if tmp.is_none() => s.pids.iter().map(|p| p.and_then(|p| s.scratch.iter().find(|x| x.0 == p)).map(|&(pid, scratch)| crate::sys::park::Snap { pid, scratch })).collect(),
+        _ => Vec::new(),
+    };
+    let parking = match (tmp.is_some() || snaps.is_some()).then(|| Parking::make(rtree, &fill_from, &snap_from, pid)) {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(pk))) => Some(pk),
         Some(Err(e)) => {
@@ -1034,6 +1039,9 @@ struct Snapshots {
     /// (source process, snapshot, snapshot's pid in the source's pid
     /// namespace, the source's syscall gadget), still to end.
     reap: Vec<(Pid, Pid, Pid, u64)>,
+    /// (snapshot, its copy of the scratch mapping): calls can be injected
+    /// into it there ([`mark_snapshot`]'s gadget), e.g. the parking copy's.
+    scratch: Vec<(Pid, u64)>,
 }
 
 impl Snapshots {
@@ -1164,7 +1172,7 @@ impl Snapshots {
     /// reaped, traced with PTRACE_O_EXITKILL, named, its fds closed; its
     /// host pid.
     fn adopt(&mut self, pid: Pid, gadget: u64, par: &Parasite, ret: i64, child: Option<Pid>) -> Result<Pid, String> {
-        let (code, _) = par.mapping();
+        let (code, scratch_len) = par.mapping();
         // (clone3 returns the snapshot's pid in the source's pid namespace)
         let mut ns = None;
         if let Some(c) = child {
@@ -1179,6 +1187,10 @@ impl Snapshots {
             return Err(format!("clone3 in {pid} made {made}, but the fork event named {child:?} (pid {ns:?} in its namespace)"));
         };
         mark_snapshot(snap, code).map_err(|e| format!("naming the snapshot {snap} of {pid}: {e}"))?;
+        // (room for the parking copy's calls: `park::Snap`)
+        if scratch_len >= 0x2000 {
+            self.scratch.push((snap, code));
+        }
         Ok(snap)
     }
 
@@ -1357,7 +1369,7 @@ impl Parking {
     /// Park the memory of `tree` (pages from `mems`, pages files of the
     /// tmpfs set). `None` when `CRIU_RS_TFORK_PARK=off` (measurements:
     /// each clone then fills its own copy, as before).
-    fn make(tree: &crate::model::Tree, mems: &[&dyn crate::mem_source::MemSource], src: Pid) -> Result<Option<Parking>, TforkError> {
+    fn make(tree: &crate::model::Tree, mems: &[&dyn crate::mem_source::MemSource], snaps: &[Option<crate::sys::park::Snap>], src: Pid) -> Result<Option<Parking>, TforkError> {
         const HUGE: u64 = 2 << 20;
         const PAGE: u64 = 4096;
         if std::env::var("CRIU_RS_TFORK_PARK").as_deref() == Ok("off") {
@@ -1419,9 +1431,11 @@ impl Parking {
         let mut paths: Vec<(std::path::PathBuf, std::fs::File)> = Vec::new();
         let mut park = Parking(Vec::with_capacity(want.len()));
         let mut bytes = 0u64;
-        // (region address, length, file index in `paths`, offset)
-        let mut fills: Vec<(u64, u64, usize, u64)> = Vec::new();
-        for (mine, m) in want.iter().zip(mems) {
+        // (region address, length, file index in `paths`, offset, by
+        // UFFDIO_COPY: a region of 4 KiB pages, `park::small_pages`; the
+        // snapshot that can copy it itself: the VMA readable)
+        let mut fills: Vec<(u64, u64, usize, u64, bool, Option<crate::sys::park::Snap>)> = Vec::new();
+        for (ti, (mine, m)) in want.iter().zip(mems).enumerate() {
             let files = m.files();
             let mut out = Vec::with_capacity(mine.len());
             for (v, pieces) in mine {
@@ -1446,7 +1460,8 @@ impl Parking {
                             paths.len() - 1
                         }
                     };
-                    fills.push((at + (a - v.start), len, k, off));
+                    let snap = snaps.get(ti).copied().flatten().filter(|_| v.prot & libc::PROT_READ as u32 != 0);
+                    fills.push((at + (a - v.start), len, k, off, crate::sys::park::small_pages(thp), snap));
                     bytes += len;
                 }
                 out.push((v.start, v.end, at));
@@ -1457,10 +1472,19 @@ impl Parking {
         // the copy, on every CPU of the engine at once
         // (`CRIU_RS_TFORK_PARK_THREADS=N` for measurements)
         let threads = std::env::var("CRIU_RS_TFORK_PARK_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| cpu_count().clamp(1, 8));
-        let jobs: Vec<(u64, u64, &std::fs::File, u64)> = fills.iter().map(|&(a, len, k, off)| (a, len, &paths[k].1, off)).collect();
-        crate::sys::park::fill_all(&jobs, threads).map_err(ioe(src, format!("filling the parked memory ({} KiB) from {} files", bytes / 1024, paths.len())))?;
+        let jobs: Vec<(u64, u64, &std::fs::File, u64, bool)> = fills.iter().map(|&(a, len, k, off, c, _)| (a, len, &paths[k].1, off, c)).collect();
+        let from: Vec<Option<crate::sys::park::Snap>> = fills.iter().map(|f| f.5).collect();
+        let filled = crate::sys::park::fill_all(&jobs, threads, &from).map_err(ioe(src, format!("filling the parked memory ({} KiB) from {} files", bytes / 1024, paths.len())))?;
         let n: usize = park.0.iter().map(Vec::len).sum();
-        pr_info!("memory of {src}'s clones parked: {n} VMAs, {} KiB of pages, by {threads} threads, in {:.2} ms", bytes / 1024, t0.elapsed().as_secs_f64() * 1e3);
+        let why = filled.why_not_copied.map(|w| format!(" (not by UFFDIO_COPY: {w})")).unwrap_or_default();
+        pr_info!(
+            "memory of {src}'s clones parked: {n} VMAs, {} KiB of pages ({} KiB by UFFDIO_COPY in the snapshots, {} KiB by UFFDIO_COPY, {} KiB read in place{why}), by {threads} threads, in {:.2} ms",
+            bytes / 1024,
+            filled.by_snapshots / 1024,
+            filled.copied / 1024,
+            filled.read / 1024,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         Ok(Some(park))
     }
 }

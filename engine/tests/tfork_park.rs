@@ -100,6 +100,45 @@ fn regions(pid: i32) -> (u64, u64) {
     (find(MIB << 20), find(4 << 20))
 }
 
+/// KiB of the parked memory filled by UFFDIO_COPY in the snapshots, by
+/// UFFDIO_COPY in the engine and read in place, from the engine's log line.
+fn parked_by(log: &str) -> (u64, u64, u64) {
+    let line = log.lines().find(|l| l.contains("parked:")).unwrap_or_default();
+    let num = |after: &str| -> u64 {
+        line.split(after).next().and_then(|h| h.rsplit(['(', ' ']).next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no '{after}' in {line:?}"))
+    };
+    (num(" KiB by UFFDIO_COPY in the snapshots"), num(" KiB by UFFDIO_COPY,"), num(" KiB read in place"))
+}
+
+/// Whether the VMA of `pid` starting at `start` has `flag` in its VmFlags.
+fn vm_flag(pid: i32, start: u64, flag: &str) -> bool {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let head = format!("{start:x}-");
+    smaps
+        .split('\n')
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(1)
+        .take_while(|l| l.split_whitespace().next().is_some_and(|k| k.ends_with(':')))
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .unwrap_or_else(|| panic!("no VMA at {start:x} in {pid}"))
+        .split_whitespace()
+        .any(|f| f == flag)
+}
+
+/// AnonHugePages (KiB) of the VMA of `pid` starting at `start`.
+fn huge_kib(pid: i32, start: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let head = format!("{start:x}-");
+    smaps
+        .split('\n')
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(1)
+        .take_while(|l| l.split_whitespace().next().is_some_and(|k| k.ends_with(':')))
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// parktree with `children` children in `work`, in the host's pid
 /// namespace or as pid 1 of its own; its root's host pid.
 fn start(bin: &Path, work: &Path, children: u32, own_ns: bool) -> i32 {
@@ -152,6 +191,13 @@ impl Drop for KillOnDrop {
 /// tfork parktree (`children` children; own pid namespace or the host's)
 /// into 3 clone trees and check the memory of every clone process.
 fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
+    clones_share_memory_filled(tag, children, own_ns, None);
+}
+
+/// [`clones_share_memory`], the parking fill forced down another path
+/// (`CRIU_RS_TFORK_PARK_FILL`: `pread`, UFFDIO_COPY by the engine's own
+/// threads; `read`, every region read in place).
+fn clones_share_memory_filled(tag: &str, children: u32, own_ns: bool, fill: Option<&str>) {
     require!(why_not());
     let dir = test_dir(tag);
     let bin = dir.join("parktree");
@@ -169,18 +215,55 @@ fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
     assert_eq!(src.len(), 1 + children as usize, "{src:?}");
     let img = dir.join("img");
     std::fs::create_dir_all(&img).unwrap();
-    let out = Command::new(CRIU)
-        .args(["tfork", "-t", &root.to_string(), "--copies", "3", "-D"])
-        .arg(&img)
-        .args(["-v4", "-o", "tfork.log"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(CRIU);
+    cmd.args(["tfork", "-t", &root.to_string(), "--copies", "3", "-D"]).arg(&img).args(["-v4", "-o", "tfork.log"]).stdin(Stdio::null());
+    match fill {
+        Some("snapshot-fails") => cmd.env("CRIU_RS_FAULT_AT", "tforktree-mid-park:fail"),
+        Some(f) => cmd.env("CRIU_RS_TFORK_PARK_FILL", f),
+        None => &mut cmd,
+    };
+    let out = cmd.output().unwrap();
     let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert_eq!(clones.len(), 3, "{log}");
     assert!(log.contains("parked:"), "the clones' memory was not parked: {log}");
+    // how it was parked: the 4 KiB-page regions by UFFDIO_COPY injected
+    // into the snapshot forks (each copying its own pages), the
+    // MADV_HUGEPAGE one in place (so that it gets huge pages), as the
+    // kernel's THP setting has it
+    let (by_snaps, copied, read) = parked_by(&log);
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    match fill {
+        None => {
+            assert!(!log.contains("not by UFFDIO_COPY"), "the parking fill did not use userfaultfd: {log}");
+            assert!(by_snaps >= MIB * 1024 / 2, "{by_snaps} KiB parked by UFFDIO_COPY in the snapshots: {log}");
+            assert_eq!(copied, 0, "parked by UFFDIO_COPY in the engine, not the snapshots: {log}");
+        }
+        Some("pread") => {
+            assert_eq!(by_snaps, 0, "{log}");
+            assert!(copied >= MIB * 1024 / 2, "{copied} KiB parked by UFFDIO_COPY in the engine: {log}");
+        }
+        Some("snapshot-fails") => {
+            // every snapshot gave up after its first page run, whose pages
+            // the engine's threads then find there (skipped) and the rest
+            // they copy
+            assert_eq!(by_snaps, 0, "{log}");
+            assert!(log.contains("stops copying its memory into the parked regions (injected failure"), "{log}");
+            assert!(copied >= MIB * 1024 / 2, "{copied} KiB parked by UFFDIO_COPY in the engine: {log}");
+        }
+        Some(_) => {
+            assert_eq!(by_snaps + copied, 0, "{log}");
+            assert!(log.contains("not by UFFDIO_COPY: CRIU_RS_TFORK_PARK_FILL=read"), "{log}");
+        }
+    }
+    if fill == Some("read") {
+        assert!(read >= MIB * 1024 / 2, "{log}");
+    } else if thp.contains("[never]") {
+        assert_eq!(read, 0, "{log}");
+    } else {
+        assert!(read >= 4096, "the MADV_HUGEPAGE region not read in place ({read} KiB): {log}");
+    }
     let trees: Vec<Vec<i32>> = clones.iter().map(|&c| tree_of(c)).collect();
     let by_ns = |t: &[i32], n: i32| *t.iter().find(|&&p| ns_pid(p) == n).unwrap_or_else(|| panic!("no process {n} in {t:?}"));
     for t in &trees {
@@ -207,6 +290,19 @@ fn clones_share_memory(tag: &str, children: u32, own_ns: bool) {
         }
         assert!(all > (MIB << 20) / PAGE / 2, "process {n}: only {all} pages present in every clone");
         assert!(same * 10 >= all * 9, "process {n}: {same} of {all} pages on the same frame in the 3 clones (copy-on-write sharing expected)");
+        // MADV_DONTFORK ("dc") as the source has it (the restore's forks
+        // mark the parked memory so for a moment)
+        for &p in &procs {
+            for at in [big, huge] {
+                assert_eq!(vm_flag(p, at, "dc"), vm_flag(s, at, "dc"), "clone process {p}: VM_DONTCOPY of {at:#x} not as in the source {s}");
+            }
+        }
+        // huge pages where the source has them
+        if huge_kib(s, huge) > 0 {
+            for &p in &procs {
+                assert!(huge_kib(p, huge) > 0, "clone process {p}: no huge page in its MADV_HUGEPAGE region, the source {s} has {} KiB", huge_kib(s, huge));
+            }
+        }
     }
     // each clone tree: PSS well below RSS (its private pages shared 3 ways)
     for t in &trees {
@@ -262,4 +358,23 @@ fn tree_clones_in_the_host_namespace_share_their_memory_copy_on_write() {
 #[test]
 fn tree_clones_in_their_own_pid_namespace_share_their_memory_copy_on_write() {
     clones_share_memory("tforkpark-ownns", 2, true);
+}
+
+/// The parking fill's other paths give the same clones: UFFDIO_COPY by
+/// the engine's threads from /proc/SNAP/mem (where the snapshots can't copy
+/// their own memory), every region read in place (where userfaultfd is
+/// refused).
+#[test]
+fn tree_clones_parked_by_the_engine_or_in_place_share_their_memory() {
+    clones_share_memory_filled("tforkpark-pread", 2, false, Some("pread"));
+    clones_share_memory_filled("tforkpark-read", 2, false, Some("read"));
+}
+
+/// A snapshot that stops copying its memory (fault point
+/// `tforktree-mid-park:fail`, after its first page run) leaves the rest to
+/// the engine's threads, which skip the pages already there: the clones'
+/// memory is whole all the same.
+#[test]
+fn tree_clones_parked_after_the_snapshots_stop_copying_share_their_memory() {
+    clones_share_memory_filled("tforkpark-snapfail", 2, false, Some("snapshot-fails"));
 }

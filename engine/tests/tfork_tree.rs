@@ -316,6 +316,8 @@ fn engine_killed_at_the_tree_fault_points() {
     let inits0 = our_inits();
     let cases = [
         ("tforktree-snapshot", true),
+        // (the parking fill, the engine's userfaultfd registered)
+        ("tforktree-mid-park", true),
         ("tforktree-clone-made", true),
         ("tforktree-clone-made@2", true),
         ("tforktree-before-go", true),

@@ -258,12 +258,27 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
             crate::sys::park::unmap(r.0, r.1).map_err(|e| format!("unmapping parked memory {:#x}-{:#x}: {e}", r.0, r.1))?;
         }
     }
+    // (`CRIU_RS_TFORK_PARK_DONTFORK=off`: every fork copies all the
+    // parked memory the parent still has, for measurements)
+    let parked = plan.parked.iter().any(|v| !v.is_empty()) && std::env::var("CRIU_RS_TFORK_PARK_DONTFORK").as_deref() != Ok("off");
     for &c in &node.children {
         let pid = plan.plan.nodes[c].pid;
         let under_helper = node.role == Role::Helper;
         // a member of a share group: CLONE_FILES / CLONE_FS as it was made
         let flags = plan.plan.share_of(c).map_or(0, |(_, s)| s.clone_flags());
-        match p::fork3(flags, &[pid], libc::SIGCHLD, || child_main(plan, tree, c, under_helper)) {
+        // (parked memory: the fork copies the page tables of the child's
+        // subtree's regions only, the others MADV_DONTFORK meanwhile)
+        let keep = if parked { parked_of(plan, &subtree_tasks(plan, c)) } else { Vec::new() };
+        if parked {
+            crate::sys::park::fork_only(&keep).map_err(|e| format!("marking parked memory for the fork of pid {pid}: {e}"))?;
+        }
+        let child = || {
+            if parked {
+                crate::sys::park::forget_others(&keep);
+            }
+            child_main(plan, tree, c, under_helper)
+        };
+        match p::fork3(flags, &[pid], libc::SIGCHLD, child) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Err(format!("pid {pid} of the image is in use")),
             Err(e) => return Err(format!("clone3 of pid {pid}: {e}")),
@@ -272,6 +287,10 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         for r in parked_of(plan, &subtree_tasks(plan, c)).into_iter().filter(|r| !own.contains(r)) {
             crate::sys::park::unmap(r.0, r.1).map_err(|e| format!("unmapping parked memory {:#x}-{:#x}: {e}", r.0, r.1))?;
         }
+    }
+    if parked && !node.children.is_empty() {
+        // (its own regions are moved into place: forked again by its forks)
+        crate::sys::park::fork_all_again().map_err(|e| format!("parked memory forked again: {e}"))?;
     }
     Ok(())
 }

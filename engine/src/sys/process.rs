@@ -356,7 +356,9 @@ pub fn tee(from: impl AsFd, to: impl AsFd, len: usize, flags: u32) -> io::Result
 /// Whether userfaultfd(2) with `flags` works here: one is created and
 /// closed at once. The engine never keeps a userfaultfd of its own mm (one
 /// it could register its own memory with, which `uffd::copy` would then
-/// write into): the restore fill uses the target's, taken by pidfd_getfd.
+/// write into): the restore fill uses the target's, taken by pidfd_getfd
+/// (tfork's parking fill makes one for its own regions, private to
+/// `park::fill_all` and closed before it returns).
 pub fn probe_userfaultfd(flags: i32) -> io::Result<()> {
     // SAFETY: integer-only syscall.
     let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };

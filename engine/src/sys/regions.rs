@@ -6,7 +6,8 @@
 //! Soundness rests on three facts: a region is made with
 //! `MAP_FIXED_NOREPLACE`, so it overlaps no mapping (and no Rust object)
 //! that existed before; it leaves the table only through
-//! [`Regions::unmap`] or [`Regions::unmap_all`]; and its memory is touched
+//! [`Regions::unmap`] or [`Regions::unmap_all`] (or [`Regions::retain`],
+//! in a fork that did not get it); and its memory is touched
 //! only while the table's lock is held, after [`Regions::holding`] checked
 //! that the range lies inside one region (no Rust reference to it exists
 //! outside such a call). A fork inherits the table with the mappings.
@@ -73,6 +74,13 @@ impl Regions {
         let i = t.partition_point(|r| r.0 < start);
         t.insert(i, (start, start + len));
         Ok(())
+    }
+
+    /// Drop from the table (without unmapping) every region `keep` refuses:
+    /// for a process that does not have them (a fork that left them out,
+    /// MADV_DONTFORK), before anything can be mapped where they were.
+    pub fn retain(&self, keep: impl Fn((u64, u64)) -> bool) {
+        self.lock().retain(|&r| keep(r));
     }
 
     /// The regions of this process (made here or inherited through fork).

@@ -54,9 +54,11 @@ const MADV_POPULATE_READ: i32 = 22;
 /// UFFDIO_COPY each `(dst, src)` piece into the uffd's mm, all of it.
 /// Safe for any `uffd`: the kernel writes only into ranges of the mm the
 /// uffd was created in that were registered with it, and the engine never
-/// registers its own memory (sys has no wrapper for a local
-/// UFFDIO_REGISTER, and keeps no userfaultfd of its own: see
-/// `process::probe_userfaultfd`), so no piece can land in the engine.
+/// registers its own memory but for tfork's parking fill (`park.rs`,
+/// whose userfaultfd is private to `park::fill_all` and closed before it
+/// returns: no caller of this function can hold it), and keeps no other
+/// userfaultfd of its own (see `process::probe_userfaultfd`), so no piece
+/// can land in the engine.
 ///
 /// Retries the partial copies and EAGAIN the kernel may return. The
 /// sources are a file mapping: a second thread populates them ahead, chunk
