@@ -110,8 +110,9 @@ fn parked_by(log: &str) -> (u64, u64, u64) {
     (num(" KiB by UFFDIO_COPY in the snapshots"), num(" KiB by UFFDIO_COPY,"), num(" KiB read in place"))
 }
 
-/// Whether the VMA of `pid` starting at `start` has `flag` in its VmFlags.
-fn vm_flag(pid: i32, start: u64, flag: &str) -> bool {
+/// The value of smaps field `key` (e.g. "VmFlags:") of the VMA of `pid`
+/// starting at `start`; None when the VMA or the field is not there.
+fn smaps_field(pid: i32, start: u64, key: &str) -> Option<String> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let head = format!("{start:x}-");
     smaps
@@ -119,24 +120,18 @@ fn vm_flag(pid: i32, start: u64, flag: &str) -> bool {
         .skip_while(|l| !l.starts_with(&head))
         .skip(1)
         .take_while(|l| l.split_whitespace().next().is_some_and(|k| k.ends_with(':')))
-        .find_map(|l| l.strip_prefix("VmFlags:"))
-        .unwrap_or_else(|| panic!("no VMA at {start:x} in {pid}"))
-        .split_whitespace()
-        .any(|f| f == flag)
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::to_string)
+}
+
+/// Whether the VMA of `pid` starting at `start` has `flag` in its VmFlags.
+fn vm_flag(pid: i32, start: u64, flag: &str) -> bool {
+    smaps_field(pid, start, "VmFlags:").unwrap_or_else(|| panic!("no VMA at {start:x} in {pid}")).split_whitespace().any(|f| f == flag)
 }
 
 /// AnonHugePages (KiB) of the VMA of `pid` starting at `start`.
 fn huge_kib(pid: i32, start: u64) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let head = format!("{start:x}-");
-    smaps
-        .split('\n')
-        .skip_while(|l| !l.starts_with(&head))
-        .skip(1)
-        .take_while(|l| l.split_whitespace().next().is_some_and(|k| k.ends_with(':')))
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    smaps_field(pid, start, "AnonHugePages:").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 /// parktree with `children` children in `work`, in the host's pid

@@ -369,24 +369,15 @@ impl ParkUffd {
         let mut done = 0u64;
         while done < len {
             let chunk = (len - done).min(b.len() as u64) as usize;
-            let mut got = 0usize;
-            while got < chunk {
-                let Ok(at) = libc::off_t::try_from(off + done + got as u64) else { return Err(io::Error::from_raw_os_error(libc::EOVERFLOW)) };
-                // SAFETY: `b[got..chunk]` is writable memory of `buf`,
-                // borrowed mutably for the call.
-                let n = unsafe { libc::pread(file.as_raw_fd(), b[got..].as_mut_ptr().cast(), chunk - got, at) };
-                if n < 0 {
-                    let e = last_err();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e);
+            // (the engine's own buffer: std's read_exact_at, which retries
+            // EINTR and short reads)
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut b[..chunk], off + done).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, format!("pages file ends before offset {}", off + done + chunk as u64))
+                } else {
+                    e
                 }
-                if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("pages file ends at offset {}", off + done + got as u64)));
-                }
-                got += n as usize;
-            }
+            })?;
             let mut copied = 0usize;
             while copied < chunk {
                 // struct uffdio_copy: dst, src, len, mode, copy (out)
