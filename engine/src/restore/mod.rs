@@ -232,12 +232,13 @@ fn memfds_of(tree: &Tree) -> Result<(Vec<crate::model::Memfd>, Vec<usize>), Rest
 }
 
 /// Whether most of the pages the live processes read from their pages
-/// files are in the page cache (mincore of the sources' mappings).
+/// files are in the page cache (mincore of the sources' mappings, of the
+/// first 64 KiB of each page run: a sample, as mincore costs per page).
 fn pages_cached(tree: &Tree, mems: &[&dyn MemSource], live: &[usize]) -> bool {
     let mut pieces: Vec<(u64, &[u8])> = Vec::new();
     for &i in live {
         for r in &tree.tasks[i].mm.pages {
-            let Ok(len) = usize::try_from(r.nr_pages.saturating_mul(4096)) else { return false };
+            let Ok(len) = usize::try_from(r.nr_pages.min(16) * 4096) else { return false };
             match mems[i].slice(r.vaddr, len) {
                 Some(s) => pieces.push((r.vaddr, s)),
                 None => return false,

@@ -177,8 +177,10 @@ fn fill_mode() -> &'static str {
 /// being zeroed and no fault is taken per page. Returns the pieces left for
 /// the preadv path: those of other VMAs, of MADV_HUGEPAGE VMAs (UFFDIO_COPY
 /// would fill them with 4 KiB pages) and everything when userfaultfd is not
-/// available (the fill then falls back).
-fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, place: batch::Place, pieces: Vec<(u64, u64)>) -> Result<(Vec<(u64, u64)>, u64), RestoreError> {
+/// available (the fill then falls back). The target's userfaultfd, once
+/// the copy is done and unregistered, is the caller's to close (its next
+/// batch): its fd is the third value.
+fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, place: batch::Place, pieces: Vec<(u64, u64)>) -> Result<(Vec<(u64, u64)>, u64, Option<u64>), RestoreError> {
     const MADV_HUGEPAGE_BIT: u64 = 1 << 14;
     let pid = main.tid;
     let anon: Vec<&Vma> = task
@@ -200,7 +202,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         }
     }
     if mine.is_empty() {
-        return Ok((rest, 0));
+        return Ok((rest, 0, None));
     }
     let give_back = |mine: Vec<(u64, u64, usize)>, mut rest: Vec<(u64, u64)>| {
         rest.extend(mine.into_iter().map(|(a, l, _)| (a, l)));
@@ -211,7 +213,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         Ok(fd) => fd,
         Err(e) => {
             crate::pr_debug!("userfaultfd in {pid}: {e}; filling with preadv");
-            return Ok((give_back(mine, rest), 0));
+            return Ok((give_back(mine, rest), 0, None));
         }
     };
     let words = |w: &[u64]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -239,7 +241,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
             // closing the target's userfaultfd drops every registration
             crate::pr_debug!("userfaultfd setup in {pid}: {e}; filling with preadv");
             let _ = main.call("close", libc::SYS_close, &[tfd]);
-            return Ok((give_back(mine, rest), 0));
+            return Ok((give_back(mine, rest), 0, None));
         }
     };
     let mut copied = 0u64;
@@ -269,8 +271,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         uffd::unregister(&ufd, a, l).map_err(ioe(pid, format!("UFFDIO_UNREGISTER {a:#x}+{l:#x}")))?;
     }
     drop(ufd);
-    main.call("close", libc::SYS_close, &[tfd]).map_err(ioe(pid, "closing the userfaultfd"))?;
-    Ok((rest, copied))
+    Ok((rest, copied, Some(tfd)))
 }
 
 /// The pages files opened with O_DIRECT (with their paths, for errors) and
@@ -375,7 +376,7 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     }
     const IOV_MAX: usize = 1024;
     const MAX_BATCH: u64 = 1 << 30;
-    let (pieces, by_uffd) = if fill_mode() == "uffd" { fill_uffd(main, memf, task, mem, place, pieces)? } else { (pieces, 0) };
+    let (pieces, by_uffd, uffd_fd) = if fill_mode() == "uffd" { fill_uffd(main, memf, task, mem, place, pieces)? } else { (pieces, 0, None) };
     let use_preadv = fill_mode() != "mem";
     let mut buf = vec![0u8; 1 << 20];
     let mut by_preadv = 0u64;
@@ -424,7 +425,18 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
         }
         i += 1;
     }
-    if !pending.is_empty() && !preadv_in_one_batch(main, memf, place, &pending) {
+    // the target's userfaultfd closed by the file pages' batch when there
+    // is one (a stop fewer), else on its own; again after a failed batch
+    // (EBADF if the batch closed it: nothing else made an fd since)
+    let close_uffd = |main: &mut Injector, fd: u64| main.call("close", libc::SYS_close, &[fd]).map(drop).map_err(ioe(pid, "closing the userfaultfd"));
+    if pending.is_empty() {
+        if let Some(fd) = uffd_fd {
+            close_uffd(main, fd)?;
+        }
+    } else if !preadv_in_one_batch(main, memf, place, &pending, uffd_fd) {
+        if let Some(fd) = uffd_fd {
+            let _ = close_uffd(main, fd);
+        }
         for (fd, off, batch) in &pending {
             let t0 = std::time::Instant::now();
             populate(main, batch);
@@ -448,9 +460,12 @@ type FileBatch = (u64, u64, Vec<(u64, u64)>);
 /// read again on its own (`preadv_all`). `false` when the batch failed
 /// (a kernel without MADV_POPULATE_WRITE, a read error): the caller
 /// reads them one by one as before (reading a piece again is harmless).
-fn preadv_in_one_batch(main: &mut Injector, memf: &File, place: batch::Place, pending: &[FileBatch]) -> bool {
+fn preadv_in_one_batch(main: &mut Injector, memf: &File, place: batch::Place, pending: &[FileBatch], close_first: Option<u64>) -> bool {
     const MADV_POPULATE_WRITE: u64 = 23;
     let mut b = Batch::new();
+    if let Some(fd) = close_first {
+        b.push("close(userfaultfd)", libc::SYS_close, &[fd]);
+    }
     let mut reads = Vec::with_capacity(pending.len());
     for (fd, off, batch) in pending {
         let mut i = 0;
