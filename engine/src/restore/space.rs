@@ -170,6 +170,10 @@ fn fill_mode() -> &'static str {
     }
 }
 
+/// What [`fill_uffd`] left (the pieces for the preadv path), copied (bytes)
+/// and leaves to close (the target's userfaultfd).
+type UffdFilled = (Vec<(u64, u64)>, u64, Option<u64>);
+
 /// Fill the pieces that lie in private anonymous VMAs with UFFDIO_COPY
 /// (`sys/uffd.rs`): the target creates a userfaultfd and registers those
 /// VMAs (injected), the engine takes the fd with pidfd_getfd and copies
@@ -180,7 +184,7 @@ fn fill_mode() -> &'static str {
 /// available (the fill then falls back). The target's userfaultfd, once
 /// the copy is done and unregistered, is the caller's to close (its next
 /// batch): its fd is the third value.
-fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, place: batch::Place, pieces: Vec<(u64, u64)>) -> Result<(Vec<(u64, u64)>, u64, Option<u64>), RestoreError> {
+fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, place: batch::Place, pieces: Vec<(u64, u64)>) -> Result<UffdFilled, RestoreError> {
     const MADV_HUGEPAGE_BIT: u64 = 1 << 14;
     let pid = main.tid;
     let anon: Vec<&Vma> = task
