@@ -797,7 +797,9 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
     // The int3 after each injected syscall made the kernel reset SIGTRAP's
     // action to SIG_DFL (a forced SIGTRAP that is blocked or ignored does
     // that): the dumped action again, from a stepped call that runs no int3.
-    if let Some(act) = task.sigactions.get(libc::SIGTRAP as usize - 1) {
+    // (Only the handler is reset: a dumped SIG_DFL one is as it was, two
+    // stops saved.)
+    if let Some(act) = task.sigactions.get(libc::SIGTRAP as usize - 1).filter(|a| a.handler != libc::SIG_DFL as u64) {
         let b: Vec<u8> = [act.handler, act.flags, act.restorer, act.mask].iter().flat_map(|w| w.to_le_bytes()).collect();
         let ptr = sp.write(0, &b)?;
         main.call_stepped("rt_sigaction(SIGTRAP)", libc::SYS_rt_sigaction, &[libc::SIGTRAP as u64, ptr, 0, 8])

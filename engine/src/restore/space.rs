@@ -921,9 +921,10 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     for v in task.mm.vmas.iter().filter(|v| v.flags & libc::MAP_LOCKED as u32 != 0) {
         b.push(format!("mlock2 {:#x}-{:#x}", v.start, v.end), libc::SYS_mlock2, &[v.start, v.len(), 0]);
     }
-    run(main, &b, "final protections and locks")?;
     let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid, batch: place };
-    // 8. mm fields
+    // 8. mm fields (PR_SET_MM_MAP in the same batch, after the locks: its
+    // struct and the auxv are in the scratch area, the batch's own buffer
+    // is apart)
     let mm = &task.mm;
     let mut auxv = mm.auxv.clone();
     auxv.extend([0, 0]);
@@ -948,8 +949,8 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     let mptr = sp.write(0, &m)?;
     const PR_SET_MM: u64 = 35;
     const PR_SET_MM_MAP: u64 = 14;
-    main.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, mptr, m.len() as u64, 0])
-        .map_err(e("PR_SET_MM_MAP"))?;
+    b.push("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, mptr, m.len() as u64, 0]);
+    sp.run(main, &b, "final protections, locks and PR_SET_MM_MAP")?;
     Ok(sp)
 }
 
