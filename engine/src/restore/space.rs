@@ -828,6 +828,19 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         }
     }
     let nadvice = if one_stop { b.len() - first_mmap - nmaps } else { advice.len() };
+    // the pages files the target reads itself (step 7): read front to back
+    // (advice on a regular file's fd; in the layout batch, after the advice,
+    // when that is one stop)
+    let page_fds: Vec<Option<u64>> = mem
+        .files()
+        .iter()
+        .map(|p| map_files.iter().position(|(m, _)| Path::new(m) == p).map(|i| (svc_base + 1 + i as i32) as u64))
+        .collect();
+    if one_stop {
+        for fd in page_fds.iter().flatten() {
+            b.push("fadvise64(POSIX_FADV_SEQUENTIAL)", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
+        }
+    }
     let res = run(main, &b, if one_stop { "setting up the address space" } else { "mapping the VMAs" })?;
     for (&got, want) in res.iter().skip(first_mmap).zip(starts) {
         if got != want {
@@ -876,14 +889,11 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     }
     pr_debug!("{nadvice} madvise calls");
     // 7. contents, then the final protection of regions filled writable
-    let page_fds: Vec<Option<u64>> = mem
-        .files()
-        .iter()
-        .map(|p| map_files.iter().position(|(m, _)| Path::new(m) == p).map(|i| (svc_base + 1 + i as i32) as u64))
-        .collect();
-    for fd in page_fds.iter().flatten() {
-        // the target's own open file of the pages image: read front to back
-        let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
+    if !one_stop {
+        for fd in page_fds.iter().flatten() {
+            // the target's own open file of the pages image: read front to back
+            let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
+        }
     }
     if kept.len() > parked.len() {
         let bytes: u64 = kept[..kept.len() - parked.len()].iter().map(|(s, e)| e - s).sum();
