@@ -726,10 +726,10 @@ fn host_pids_below(root: Pid) -> std::collections::HashMap<i32, Pid> {
 
 /// Seize process `pid` (waiting to be seized, its fds and process state
 /// set) and inject the rest: address space, threads, process-wide state,
-/// credentials, final registers. Not released.
+/// credentials, final registers. Not released. `report_fd`: the report
+/// pipe's fd, which the process may not have closed yet when it is seized
+/// right after its report (pipelined).
 #[allow(clippy::too_many_arguments)]
-/// `report_fd`: the report pipe's fd, which the process may not have
-/// closed yet when it is seized right after its report (pipelined).
 fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>, kept: &[(u64, u64)], report_fd: Option<i32>) -> Result<Ready<'a>, RestoreError> {
     // O_SUSPEND_SECCOMP: filters installed near the end must not hit the engine's injected syscalls
     let opts_ = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
