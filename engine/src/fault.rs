@@ -44,7 +44,9 @@
 //! restore `after-clone`, `after-reports` (every process of the tree
 //! forked and set up, none seized yet), `mid-mm` (half the VMAs mapped), `mid-fill`
 //! (after the first chunk of memory is copied in), `mid-threads` (after the
-//! first extra thread is created), `before-detach`, `mid-detach` (every
+//! first extra thread is created), `report-pipe-held` (only `:fail`:
+//! the restore children keep their end of the report pipe after their
+//! report, for the pipelined restore to close it), `before-detach`, `mid-detach` (every
 //! thread but the main one detached; `:fail` waits 300 ms first, so that
 //! whatever was released would show).
 
@@ -89,6 +91,9 @@ pub const POINTS: &[&str] = &[
     "mid-threads",
     // a tree restored by several engine threads: its second process restored
     "mid-workers",
+    // (only `:fail`) every restore child keeps its end of the report pipe
+    // after its report, as one seized before it closed it does
+    "report-pipe-held",
     "before-detach",
     "mid-detach",
     "tfork-fork",

@@ -33,6 +33,11 @@ pub fn set_handler(h: Option<Handler>) {
     HANDLER.with(|c| *c.borrow_mut() = h);
 }
 
+/// Whether a handler is set (the stages are asked).
+pub fn active() -> bool {
+    HANDLER.with(|c| c.borrow().is_some())
+}
+
 /// The engine reached stage `name`: ask the handler, if any.
 pub fn script(name: &str, pid: Option<i32>) -> Result<(), String> {
     HANDLER.with(|c| match c.borrow_mut().as_mut() {

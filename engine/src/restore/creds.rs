@@ -77,6 +77,13 @@ pub fn check_rlimits(task: &Task) -> Result<(), RestoreError> {
 
 /// Process-wide values written through /proc by the engine (host pid `pid`).
 pub fn apply_proc(pid: Pid, task: &Task) {
+    // the restore child inherited the engine's value: nothing to read when
+    // the image has that one (the engine's read once)
+    static ENGINE: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    let engine = *ENGINE.get_or_init(|| std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|v| v.trim().parse::<i32>().ok()));
+    if engine == Some(task.oom_score_adj) {
+        return;
+    }
     let path = format!("/proc/{pid}/oom_score_adj");
     let now = std::fs::read_to_string(&path).ok().and_then(|v| v.trim().parse::<i32>().ok());
     if now != Some(task.oom_score_adj) {
@@ -127,7 +134,9 @@ fn apply_seccomp(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), Resto
 }
 
 fn cap_last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(40)
+    // (read once per engine: a tree's processes each ask)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(40))
 }
 
 /// uids, gids, groups, securebits, capabilities, no_new_privs of the

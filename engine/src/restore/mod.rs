@@ -231,6 +231,23 @@ fn memfds_of(tree: &Tree) -> Result<(Vec<crate::model::Memfd>, Vec<usize>), Rest
     Ok((out, shared))
 }
 
+/// Whether most of the pages the live processes read from their pages
+/// files are in the page cache (mincore of the sources' mappings, of the
+/// first 64 KiB of each page run: a sample, as mincore costs per page).
+fn pages_cached(tree: &Tree, mems: &[&dyn MemSource], live: &[usize]) -> bool {
+    let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+    for &i in live {
+        for r in &tree.tasks[i].mm.pages {
+            let Ok(len) = usize::try_from(r.nr_pages.min(16) * 4096) else { return false };
+            match mems[i].slice(r.vaddr, len) {
+                Some(s) => pieces.push((r.vaddr, s)),
+                None => return false,
+            }
+        }
+    }
+    !crate::sys::uffd::mostly_cold(&pieces)
+}
+
 /// A restored process, ready for its release.
 struct Ready<'a> {
     task: &'a Task,
@@ -497,7 +514,44 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     drop(wr);
     crate::notify::script("setup-namespaces", Some(child)).map_err(RestoreError::Unsupported)?;
     let mut notes = std::collections::HashMap::new();
-    let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard, &mut notes)?;
+    let workers = workers::count(live.len()).filter(|_| live.iter().all(|&i| mems[i].as_sync().is_some()));
+    // Pipelined: the workers set up each process as soon as it has
+    // reported, while the root still forks the others. Only where nothing
+    // must happen between the last report and the first seize: no notify
+    // stage to answer (post-setup-namespaces), no cgroups to join, no
+    // mount namespace (host pids resolved after all reports), no shared
+    // fd tables or fs structs (their members work on after their
+    // report), and pages files in the page cache (a cold restore reads
+    // them ahead once all have reported, so the forked children's own
+    // reads don't wait behind the fill's).
+    let pipelined = workers.is_some()
+        && !crate::notify::active()
+        && !cgroups.any()
+        && tree.mnt.is_none()
+        && cplan.plan.share_groups.is_empty()
+        && std::env::var("CRIU_RS_RESTORE_PIPELINE").as_deref() != Ok("off")
+        && pages_cached(tree, mems, &live);
+    let mut pool = None;
+    if let Some(n) = workers.filter(|_| pipelined) {
+        pr_debug!("{} processes set up by {n} engine threads as they report", live.len());
+        pool = Some(workers::Pool::start_fed(scope, tree, &live, n));
+    }
+    let mut on_ok = |ns: i32, host: Pid, note: &str| {
+        let Some(pl) = pool.as_mut() else { return };
+        let Some(i) = live.iter().copied().find(|&i| tree.tasks[i].pid == ns) else { return };
+        let Some(mem) = mems[i].as_sync() else { return };
+        pl.offer(workers::Job {
+            idx: i,
+            pid: if i == 0 { child } else { host },
+            mem,
+            svc_base: svc_base + cplan.map_off[i],
+            map_files: map_files[i].clone(),
+            close_first: if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None },
+            kept: cplan.cow.kept(i, note),
+            report_fd: Some(cplan.svc_base),
+        });
+    };
+    let hosts = collect_reports(&cplan, tree, rd, child, CHILD_REPORT_TIMEOUT_MS, &mut guard, &mut notes, &mut on_ok)?;
     // the pages files read ahead of the fill, in the order the processes
     // are filled; only now: the forked children's own reads (cow.rs) would
     // wait behind it (the engine forks nothing more: a thread may run)
@@ -533,9 +587,9 @@ fn restore_in_scope<'scope, 'e: 'scope>(
     let mut ready = Vec::with_capacity(live.len());
     // several processes at once on threads of their own, one per CPU
     // (dropped before the guard: its workers end before it kills)
-    let mut pool = None;
-    let workers = workers::count(live.len()).filter(|_| live.iter().all(|&i| mems[i].as_sync().is_some()));
-    if let Some(n) = workers {
+    if let Some(pl) = pool.as_mut() {
+        ready = pl.wait_ready(tree)?;
+    } else if let Some(n) = workers {
         let mut jobs = Vec::with_capacity(live.len());
         for &i in &live {
             let pid = host_of(i).ok_or_else(|| RestoreError::Child { pid: child, msg: format!("process {} did not report", tree.tasks[i].pid) })?;
@@ -548,6 +602,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
                 map_files: map_files[i].clone(),
                 close_first: if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None },
                 kept: cplan.cow.kept(i, notes.get(&tree.tasks[i].pid).map_or("", String::as_str)),
+                report_fd: None,
             });
         }
         pr_debug!("{} processes set up by {n} engine threads", jobs.len());
@@ -560,7 +615,7 @@ fn restore_in_scope<'scope, 'e: 'scope>(
         let close_first = if i == 0 { cplan.engine.map(|(_, fd)| fd) } else { None };
         // the memory it inherited copy-on-write and kept (cow.rs)
         let kept = cplan.cow.kept(i, notes.get(&tree.tasks[i].pid).map_or("", String::as_str));
-        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base + cplan.map_off[i], &map_files[i], &mut shm, close_first, &kept)?);
+        ready.push(restore_process(&tree.tasks[i], pid, mems[i], svc_base + cplan.map_off[i], &map_files[i], &mut shm, close_first, &kept, None)?);
         mems[i].filled();
     }
     for (stage, pid) in [("post-restore", Some(child)), ("network-unlock", None), ("pre-resume", None)] {
@@ -604,8 +659,20 @@ fn restore_in_scope<'scope, 'e: 'scope>(
 /// the tree's namespace. A process that failed is named with its reason;
 /// one that died without a word, or did not report within `timeout_ms`
 /// (stuck in a syscall: named with its wchan), fails the restore.
-/// `notes`: what follows `ok` in a line, by pid in the tree's namespace.
-fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid, timeout_ms: u64, guard: &mut RestoreGuard, notes: &mut std::collections::HashMap<i32, String>) -> Result<std::collections::HashMap<i32, Pid>, RestoreError> {
+/// `notes`: what follows `ok` in a line, by pid in the tree's namespace;
+/// `on_ok` is told of each process that reported ok (pid in the tree's
+/// namespace, host pid, note) as its line comes.
+#[allow(clippy::too_many_arguments)]
+fn collect_reports(
+    cplan: &child::ChildPlan,
+    tree: &Tree,
+    rd: OwnedFd,
+    root: Pid,
+    timeout_ms: u64,
+    guard: &mut RestoreGuard,
+    notes: &mut std::collections::HashMap<i32, String>,
+    on_ok: &mut dyn FnMut(i32, Pid, &str),
+) -> Result<std::collections::HashMap<i32, Pid>, RestoreError> {
     use std::collections::HashMap;
     let want = cplan.plan.nodes.len();
     let mut hosts: HashMap<i32, Pid> = HashMap::new();
@@ -650,6 +717,7 @@ fn collect_reports(cplan: &child::ChildPlan, tree: &Tree, rd: OwnedFd, root: Pid
                 return Err(RestoreError::Child { pid: host, msg: format!("(pid {ns} of the image) {rest}") });
             }
             hosts.insert(ns, host);
+            on_ok(ns, host, rest);
             if !rest.is_empty() {
                 notes.insert(ns, rest.to_string());
             }
@@ -700,9 +768,11 @@ fn host_pids_below(root: Pid) -> std::collections::HashMap<i32, Pid> {
 
 /// Seize process `pid` (waiting to be seized, its fds and process state
 /// set) and inject the rest: address space, threads, process-wide state,
-/// credentials, final registers. Not released.
+/// credentials, final registers. Not released. `report_fd`: the report
+/// pipe's fd, which the process may not have closed yet when it is seized
+/// right after its report (pipelined).
 #[allow(clippy::too_many_arguments)]
-fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>, kept: &[(u64, u64)]) -> Result<Ready<'a>, RestoreError> {
+fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], shm: &mut space::SharedAnon, close_first: Option<i32>, kept: &[(u64, u64)], report_fd: Option<i32>) -> Result<Ready<'a>, RestoreError> {
     // O_SUSPEND_SECCOMP: filters installed near the end must not hit the engine's injected syscalls
     let opts_ = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_EXITKILL | ptrace::O_SUSPEND_SECCOMP;
     ptrace::seize(child, opts_).map_err(ioe(child, "seize"))?;
@@ -718,6 +788,11 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
     if let Some(fd) = close_first {
         // the engine's pidfd the root watched until now (--restore-sibling)
         main.call("close", libc::SYS_close, &[fd as u64]).map_err(ioe(child, "closing the engine's pidfd"))?;
+    }
+    // (stopped between its report and closing the pipe: closed here, so
+    // the pipe's end still tells the engine that every process let go)
+    if let Some(fd) = report_fd.filter(|fd| std::fs::symlink_metadata(format!("/proc/{child}/fd/{fd}")).is_ok()) {
+        main.call("close", libc::SYS_close, &[fd as u64]).map_err(ioe(child, "closing the report pipe"))?;
     }
     // The restore is injected calls but for the memory fill: the engine and
     // the target on one CPU, so each call is a local switch, not a wakeup
@@ -764,7 +839,9 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
     // The int3 after each injected syscall made the kernel reset SIGTRAP's
     // action to SIG_DFL (a forced SIGTRAP that is blocked or ignored does
     // that): the dumped action again, from a stepped call that runs no int3.
-    if let Some(act) = task.sigactions.get(libc::SIGTRAP as usize - 1) {
+    // (Only the handler is reset: a dumped SIG_DFL one is as it was, two
+    // stops saved.)
+    if let Some(act) = task.sigactions.get(libc::SIGTRAP as usize - 1).filter(|a| a.handler != libc::SIG_DFL as u64) {
         let b: Vec<u8> = [act.handler, act.flags, act.restorer, act.mask].iter().flat_map(|w| w.to_le_bytes()).collect();
         let ptr = sp.write(0, &b)?;
         main.call_stepped("rt_sigaction(SIGTRAP)", libc::SYS_rt_sigaction, &[libc::SIGTRAP as u64, ptr, 0, 8])

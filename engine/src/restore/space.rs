@@ -100,6 +100,31 @@ fn without_kept(s: u64, e: u64, kept: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// The ranges that unmap the engine's mappings `cur` (sorted, as
+/// /proc/PID/maps lists them) but the `keep` ranges and the gadget: one
+/// range across neighbouring mappings and the unmapped holes between them
+/// (unmapping a hole does nothing) as long as nothing kept lies in
+/// between, so a few munmap calls instead of one per mapping (each call
+/// takes the mmap lock, updates the VMA tree and flushes the TLB once).
+/// `[vsyscall]` is not a VMA and stays.
+fn unmap_ranges(cur: Vec<(u64, u64, String)>, keep: &[(u64, u64)], gadget: (u64, u64)) -> Vec<(u64, u64)> {
+    let mut fence: Vec<(u64, u64)> = keep.to_vec();
+    fence.push(gadget);
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for (s, e, name) in cur {
+        if name == "[vsyscall]" || (s >= gadget.0 && e <= gadget.1) {
+            continue;
+        }
+        match spans.last_mut() {
+            Some(last) if last.1 <= s && !fence.iter().any(|&(fs, fe)| fs < s && fe > last.1) => last.1 = e,
+            _ => spans.push((s, e)),
+        }
+    }
+    // (a kept VMA may lie inside a span, or have merged with a mapping of
+    // the engine's)
+    spans.into_iter().flat_map(|(s, e)| without_kept(s, e, keep)).collect()
+}
+
 /// First gap of `len` bytes at or above 1 MiB free in both lists of ranges.
 fn free_gap(a: &[(u64, u64)], len: u64) -> Option<u64> {
     let mut v = a.to_vec();
@@ -145,6 +170,10 @@ fn fill_mode() -> &'static str {
     }
 }
 
+/// What [`fill_uffd`] left (the pieces for the preadv path), copied (bytes)
+/// and leaves to close (the target's userfaultfd).
+type UffdFilled = (Vec<(u64, u64)>, u64, Option<u64>);
+
 /// Fill the pieces that lie in private anonymous VMAs with UFFDIO_COPY
 /// (`sys/uffd.rs`): the target creates a userfaultfd and registers those
 /// VMAs (injected), the engine takes the fd with pidfd_getfd and copies
@@ -152,8 +181,10 @@ fn fill_mode() -> &'static str {
 /// being zeroed and no fault is taken per page. Returns the pieces left for
 /// the preadv path: those of other VMAs, of MADV_HUGEPAGE VMAs (UFFDIO_COPY
 /// would fill them with 4 KiB pages) and everything when userfaultfd is not
-/// available (the fill then falls back).
-fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, place: batch::Place, pieces: Vec<(u64, u64)>) -> Result<(Vec<(u64, u64)>, u64), RestoreError> {
+/// available (the fill then falls back). The target's userfaultfd, once
+/// the copy is done and unregistered, is the caller's to close (its next
+/// batch): its fd is the third value.
+fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, place: batch::Place, pieces: Vec<(u64, u64)>) -> Result<UffdFilled, RestoreError> {
     const MADV_HUGEPAGE_BIT: u64 = 1 << 14;
     let pid = main.tid;
     let anon: Vec<&Vma> = task
@@ -175,7 +206,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         }
     }
     if mine.is_empty() {
-        return Ok((rest, 0));
+        return Ok((rest, 0, None));
     }
     let give_back = |mine: Vec<(u64, u64, usize)>, mut rest: Vec<(u64, u64)>| {
         rest.extend(mine.into_iter().map(|(a, l, _)| (a, l)));
@@ -186,7 +217,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         Ok(fd) => fd,
         Err(e) => {
             crate::pr_debug!("userfaultfd in {pid}: {e}; filling with preadv");
-            return Ok((give_back(mine, rest), 0));
+            return Ok((give_back(mine, rest), 0, None));
         }
     };
     let words = |w: &[u64]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -214,7 +245,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
             // closing the target's userfaultfd drops every registration
             crate::pr_debug!("userfaultfd setup in {pid}: {e}; filling with preadv");
             let _ = main.call("close", libc::SYS_close, &[tfd]);
-            return Ok((give_back(mine, rest), 0));
+            return Ok((give_back(mine, rest), 0, None));
         }
     };
     let mut copied = 0u64;
@@ -244,8 +275,7 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         uffd::unregister(&ufd, a, l).map_err(ioe(pid, format!("UFFDIO_UNREGISTER {a:#x}+{l:#x}")))?;
     }
     drop(ufd);
-    main.call("close", libc::SYS_close, &[tfd]).map_err(ioe(pid, "closing the userfaultfd"))?;
-    Ok((rest, copied))
+    Ok((rest, copied, Some(tfd)))
 }
 
 /// The pages files opened with O_DIRECT (with their paths, for errors) and
@@ -350,7 +380,7 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     }
     const IOV_MAX: usize = 1024;
     const MAX_BATCH: u64 = 1 << 30;
-    let (pieces, by_uffd) = if fill_mode() == "uffd" { fill_uffd(main, memf, task, mem, place, pieces)? } else { (pieces, 0) };
+    let (pieces, by_uffd, uffd_fd) = if fill_mode() == "uffd" { fill_uffd(main, memf, task, mem, place, pieces)? } else { (pieces, 0, None) };
     let use_preadv = fill_mode() != "mem";
     let mut buf = vec![0u8; 1 << 20];
     let mut by_preadv = 0u64;
@@ -399,7 +429,18 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
         }
         i += 1;
     }
-    if !pending.is_empty() && !preadv_in_one_batch(main, memf, place, &pending) {
+    // the target's userfaultfd closed by the file pages' batch when there
+    // is one (a stop fewer), else on its own; again after a failed batch
+    // (EBADF if the batch closed it: nothing else made an fd since)
+    let close_uffd = |main: &mut Injector, fd: u64| main.call("close", libc::SYS_close, &[fd]).map(drop).map_err(ioe(pid, "closing the userfaultfd"));
+    if pending.is_empty() {
+        if let Some(fd) = uffd_fd {
+            close_uffd(main, fd)?;
+        }
+    } else if !preadv_in_one_batch(main, memf, place, &pending, uffd_fd) {
+        if let Some(fd) = uffd_fd {
+            let _ = close_uffd(main, fd);
+        }
         for (fd, off, batch) in &pending {
             let t0 = std::time::Instant::now();
             populate(main, batch);
@@ -423,9 +464,12 @@ type FileBatch = (u64, u64, Vec<(u64, u64)>);
 /// read again on its own (`preadv_all`). `false` when the batch failed
 /// (a kernel without MADV_POPULATE_WRITE, a read error): the caller
 /// reads them one by one as before (reading a piece again is harmless).
-fn preadv_in_one_batch(main: &mut Injector, memf: &File, place: batch::Place, pending: &[FileBatch]) -> bool {
+fn preadv_in_one_batch(main: &mut Injector, memf: &File, place: batch::Place, pending: &[FileBatch], close_first: Option<u64>) -> bool {
     const MADV_POPULATE_WRITE: u64 = 23;
     let mut b = Batch::new();
+    if let Some(fd) = close_first {
+        b.push("close(userfaultfd)", libc::SYS_close, &[fd]);
+    }
     let mut reads = Vec::with_capacity(pending.len());
     for (fd, off, batch) in pending {
         let mut i = 0;
@@ -631,13 +675,15 @@ fn map_shared_from(main: &mut Injector, memf: &File, task: &Task, shmid: u64, ow
 pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], pinned: &p::PinnedHere, shm: &mut SharedAnon, kept: &[(u64, u64)]) -> Result<Space, RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
-    // 1. the engine's rseq registration must go before its memory does
-    let rc = crate::sys::ptrace::rseq_config(pid).map_err(e("rseq configuration"))?;
-    if rc.rseq_abi_pointer != 0 {
-        main.call("rseq(unregister)", libc::SYS_rseq, &[rc.rseq_abi_pointer, u64::from(rc.rseq_abi_size), 1, u64::from(rc.signature)])
-            .map_err(e("unregistering rseq"))?;
-    }
-    // 2. gadget page, free in the child now and in the image
+    // The layout calls (rseq unregistered, the engine's memory unmapped,
+    // the vdso, every VMA, its advice) go into one batch, one stop, when
+    // nothing between them needs a result first: parked or cherry-picked
+    // memory (tfork) and shared memory (5b, 5c) split it as before.
+    let one_stop = mem.parked().is_empty()
+        && mem.cherry_pick_source().is_none()
+        && !task.mm.vmas.iter().any(|v| v.shmid != 0 || matches!(v.kind, VmaKind::SysvShm(_)));
+    // 1. gadget page, free in the child now and in the image (mapped from
+    // the engine's own gadget, which the copy has)
     let cur = current_maps(pid)?;
     let mut used: Vec<(u64, u64)> = cur.iter().map(|(s, e, _)| (*s, *e)).collect();
     used.extend(task.mm.vmas.iter().map(|v| (v.start, v.end)));
@@ -655,27 +701,34 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     let place = batch::Place { stub: g + STUB_OFF, buf: g + BATCH_OFF, buf_len: BATCH_LEN };
     let run = |main: &mut Injector, b: &Batch, what: &str| batch::run(main, &memf, place, b).map_err(e(what));
     pr_debug!("restore gadget at {g:#x}");
+    // 2. the engine's rseq registration must go before its memory does
+    // (the first call of the layout batch)
+    let mut lay = Batch::new();
+    let rc = crate::sys::ptrace::rseq_config(pid).map_err(e("rseq configuration"))?;
+    if rc.rseq_abi_pointer != 0 {
+        lay.push("rseq(unregister)", libc::SYS_rseq, &[rc.rseq_abi_pointer, u64::from(rc.rseq_abi_size), 1, u64::from(rc.signature)]);
+    }
     // 3. drop everything of the engine's (but this process's parked
     // memory, moved into place in 4a; other processes' parked memory goes)
     let parked = mem.parked();
     let mut keep: Vec<(u64, u64)> = kept.to_vec();
     keep.extend(parked.iter().map(|&(s, e, at)| (at, at + (e - s))));
-    let mut b = Batch::new();
-    for (s, end, name) in cur {
-        if name == "[vsyscall]" || (s >= g && end <= g + GADGET_LEN) {
-            continue;
-        }
-        // (a kept VMA may have merged with a mapping of the engine's)
-        for (s, end) in without_kept(s, end, &keep) {
-            b.push(format!("munmap {s:#x}-{end:#x}"), libc::SYS_munmap, &[s, end - s]);
-        }
+    let engine_maps = cur.len();
+    let munmaps = lay.len();
+    for (s, end) in unmap_ranges(cur, &keep, (g, g + GADGET_LEN)) {
+        lay.push(format!("munmap {s:#x}-{end:#x}"), libc::SYS_munmap, &[s, end - s]);
     }
-    run(main, &b, "unmapping the engine's memory")?;
-    pr_debug!("{} mappings of the engine's unmapped", b.len());
-    // 4. vdso where it was
-    if let Some(vvar) = task.mm.vmas.iter().find(|v| v.kind == VmaKind::Vvar) {
+    pr_debug!("{engine_maps} mappings in the restore child ({} munmap calls)", lay.len() - munmaps);
+    // 4. vdso where it was (checked once the batch has run)
+    let vvar = task.mm.vmas.iter().find(|v| v.kind == VmaKind::Vvar);
+    if let Some(vvar) = vvar {
         const ARCH_MAP_VDSO_64: u64 = 0x2003;
-        main.call("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, &[ARCH_MAP_VDSO_64, vvar.start]).map_err(e("mapping the vdso"))?;
+        lay.push("arch_prctl(ARCH_MAP_VDSO_64)", libc::SYS_arch_prctl, &[ARCH_MAP_VDSO_64, vvar.start]);
+    }
+    let check_vdso = || -> Result<(), RestoreError> {
+        if vvar.is_none() {
+            return Ok(());
+        }
         let now = current_maps(pid)?;
         if let Some(vd) = task.mm.vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
             if !now.iter().any(|(s, en, n)| n == "[vdso]" && *s == vd.start && *en == vd.end) {
@@ -685,6 +738,12 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
                 )));
             }
         }
+        Ok(())
+    };
+    if !one_stop {
+        run(main, &lay, "unmapping the engine's memory")?;
+        lay = Batch::new();
+        check_vdso()?;
     }
     // 4a. parked memory (tfork's restored clones): each region moved to
     // its VMA's place with its pages, still anonymous and copy-on-write
@@ -714,8 +773,10 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         Some(src) => crate::tfork::cherry_pick_vmas(main, &memf, task, src, g + SCRATCH_OFF)?,
         None => Vec::new(),
     };
-    // 5. every VMA, in batches
-    let mut b = Batch::new();
+    // 5. every VMA, in batches (after the layout calls above when they
+    // are still to run: their results come first)
+    let mut b = lay;
+    let first_mmap = b.len();
     let mut starts = Vec::new();
     for v in &task.mm.vmas {
         if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall) || picked.iter().any(|&(s, _)| s == v.start) {
@@ -747,12 +808,49 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         b.push(format!("mmap {:#x}-{:#x}", v.start, v.end), libc::SYS_mmap, &[v.start, v.len(), u64::from(fill_prot(task, v)), flags, fd, off]);
         starts.push(v.start);
     }
-    for (got, want) in run(main, &b, "mapping the VMAs")?.into_iter().zip(starts) {
+    let nmaps = b.len() - first_mmap;
+    // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled
+    // (in the same batch when nothing comes between: 5b and 5c below)
+    let mut advice = Batch::new();
+    for v in &task.mm.vmas {
+        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall | VmaKind::Aio) {
+            continue;
+        }
+        for bit in 0..64u64 {
+            if v.madv & (1 << bit) != 0 {
+                let what = format!("madvise({bit}) {:#x}", v.start);
+                if one_stop {
+                    b.push(what, libc::SYS_madvise, &[v.start, v.len(), bit]);
+                } else {
+                    advice.push(what, libc::SYS_madvise, &[v.start, v.len(), bit]);
+                }
+            }
+        }
+    }
+    let nadvice = if one_stop { b.len() - first_mmap - nmaps } else { advice.len() };
+    // the pages files the target reads itself (step 7): read front to back
+    // (advice on a regular file's fd; in the layout batch, after the advice,
+    // when that is one stop)
+    let page_fds: Vec<Option<u64>> = mem
+        .files()
+        .iter()
+        .map(|p| map_files.iter().position(|(m, _)| Path::new(m) == p).map(|i| (svc_base + 1 + i as i32) as u64))
+        .collect();
+    if one_stop {
+        for fd in page_fds.iter().flatten() {
+            b.push("fadvise64(POSIX_FADV_SEQUENTIAL)", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
+        }
+    }
+    let res = run(main, &b, if one_stop { "setting up the address space" } else { "mapping the VMAs" })?;
+    for (&got, want) in res.iter().skip(first_mmap).zip(starts) {
         if got != want {
             return Err(RestoreError::Unsupported(format!("mmap of {want:#x} landed at {got:#x}")));
         }
     }
-    pr_debug!("{} VMAs mapped", b.len());
+    if one_stop {
+        check_vdso()?;
+    }
+    pr_debug!("{nmaps} VMAs mapped");
     crate::fault::point("mid-mm");
     // 5b. shared anonymous memory, filled before it gets its final place
     let mut shmids: Vec<u64> = task.mm.vmas.iter().filter(|v| v.shmid != 0).map(|v| v.shmid).collect();
@@ -786,29 +884,16 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             return Err(RestoreError::Unsupported(format!("SysV shm segment {id} was attached at {got:#x}, wanted {:#x}", v.start)));
         }
     }
-    // 6. advice first: MADV_HUGEPAGE regions get huge pages while filled
-    let mut b = Batch::new();
-    for v in &task.mm.vmas {
-        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::Vsyscall | VmaKind::Aio) {
-            continue;
-        }
-        for bit in 0..64u64 {
-            if v.madv & (1 << bit) != 0 {
-                b.push(format!("madvise({bit}) {:#x}", v.start), libc::SYS_madvise, &[v.start, v.len(), bit]);
-            }
-        }
+    if !advice.is_empty() {
+        run(main, &advice, "madvise")?;
     }
-    run(main, &b, "madvise")?;
-    pr_debug!("{} madvise calls", b.len());
+    pr_debug!("{nadvice} madvise calls");
     // 7. contents, then the final protection of regions filled writable
-    let page_fds: Vec<Option<u64>> = mem
-        .files()
-        .iter()
-        .map(|p| map_files.iter().position(|(m, _)| Path::new(m) == p).map(|i| (svc_base + 1 + i as i32) as u64))
-        .collect();
-    for fd in page_fds.iter().flatten() {
-        // the target's own open file of the pages image: read front to back
-        let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
+    if !one_stop {
+        for fd in page_fds.iter().flatten() {
+            // the target's own open file of the pages image: read front to back
+            let _ = main.call("fadvise64", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
+        }
     }
     if kept.len() > parked.len() {
         let bytes: u64 = kept[..kept.len() - parked.len()].iter().map(|(s, e)| e - s).sum();
@@ -846,9 +931,10 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     for v in task.mm.vmas.iter().filter(|v| v.flags & libc::MAP_LOCKED as u32 != 0) {
         b.push(format!("mlock2 {:#x}-{:#x}", v.start, v.end), libc::SYS_mlock2, &[v.start, v.len(), 0]);
     }
-    run(main, &b, "final protections and locks")?;
     let sp = Space { pid, gadget_page: g, gadget: g, scratch: g + SCRATCH_OFF, mem: memf, ns_pid: task.pid, batch: place };
-    // 8. mm fields
+    // 8. mm fields (PR_SET_MM_MAP in the same batch, after the locks: its
+    // struct and the auxv are in the scratch area, the batch's own buffer
+    // is apart)
     let mm = &task.mm;
     let mut auxv = mm.auxv.clone();
     auxv.extend([0, 0]);
@@ -873,8 +959,8 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     let mptr = sp.write(0, &m)?;
     const PR_SET_MM: u64 = 35;
     const PR_SET_MM_MAP: u64 = 14;
-    main.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, mptr, m.len() as u64, 0])
-        .map_err(e("PR_SET_MM_MAP"))?;
+    b.push("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, mptr, m.len() as u64, 0]);
+    sp.run(main, &b, "final protections, locks and PR_SET_MM_MAP")?;
     Ok(sp)
 }
 

@@ -18,6 +18,12 @@
 //! On any failure the main thread stops the queue, joins the workers (a
 //! worker ends after the process it is on) and its `RestoreGuard` kills
 //! every process of the tree.
+//!
+//! The queue is a channel: all items are sent at once ([`Pool::start`]),
+//! or one by one as the processes report while the tree is still being
+//! forked ([`Pool::start_fed`], [`Pool::offer`]: a queue item once every
+//! process of it has reported), so that the workers set up the first
+//! processes while the root still forks the others.
 
 use super::{restore_process, space, Ready, RestoreError};
 use crate::mem_source::MemSource;
@@ -40,6 +46,9 @@ pub(crate) struct Job<'e> {
     pub map_files: Vec<(String, i32)>,
     pub close_first: Option<i32>,
     pub kept: Vec<(u64, u64)>,
+    /// The report pipe's fd when the process may still hold it (seized
+    /// right after its report: `Pool::start_fed`).
+    pub report_fd: Option<i32>,
 }
 
 /// A worker's word to the main thread.
@@ -52,13 +61,25 @@ enum Msg {
 }
 
 /// The running workers of one restore.
-pub(crate) struct Pool<'scope> {
+pub(crate) struct Pool<'scope, 'e> {
+    /// The queue's sending end while items may still come ([`Pool::offer`]).
+    feed: Option<Feed<'e>>,
     cmds: Vec<mpsc::Sender<bool>>,
     msgs: mpsc::Receiver<Msg>,
     stop: Arc<AtomicBool>,
     handles: Vec<ScopedJoinHandle<'scope, ()>>,
     /// Worker of each restored process, by index in `tree.tasks`.
     owner: Vec<(usize, usize)>,
+}
+
+/// Items sent as their processes report: the queue item of each task (by
+/// index in `tree.tasks`), the jobs of each item so far and how many it
+/// takes.
+struct Feed<'e> {
+    tx: mpsc::Sender<Vec<Job<'e>>>,
+    item_of: std::collections::HashMap<usize, usize>,
+    pending: Vec<Vec<Job<'e>>>,
+    size: Vec<usize>,
 }
 
 /// CPUs the engine may run on, when there is more than one.
@@ -74,10 +95,23 @@ fn max_workers() -> usize {
     std::env::var("CRIU_RS_RESTORE_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX)
 }
 
-/// The jobs in queue items: processes sharing anonymous shared memory
-/// (transitively) in one item, items and each item's jobs in pstree order.
-fn items<'e>(tree: &Tree, jobs: Vec<Job<'e>>) -> Vec<Vec<Job<'e>>> {
-    let n = jobs.len();
+/// The queue item of each of the tasks `idx` (indices in `tree.tasks`, in
+/// pstree order), as [`items`] groups them: item numbers in pstree order
+/// of their first task.
+fn item_numbers(tree: &Tree, idx: &[usize]) -> Vec<usize> {
+    let mut slot: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(idx.len());
+    for r in groups(tree, idx) {
+        let next = slot.len();
+        out.push(*slot.entry(r).or_insert(next));
+    }
+    out
+}
+
+/// For each of the tasks `idx`, the position in `idx` of the first task of
+/// its group: tasks sharing anonymous shared memory (transitively).
+fn groups(tree: &Tree, idx: &[usize]) -> Vec<usize> {
+    let n = idx.len();
     let mut group: Vec<usize> = (0..n).collect();
     fn root(g: &mut [usize], mut i: usize) -> usize {
         while g[i] != i {
@@ -87,8 +121,8 @@ fn items<'e>(tree: &Tree, jobs: Vec<Job<'e>>) -> Vec<Vec<Job<'e>>> {
         i
     }
     let mut first: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
-    for (k, j) in jobs.iter().enumerate() {
-        for v in tree.tasks[j.idx].mm.vmas.iter().filter(|v| v.shmid != 0) {
+    for (k, &i) in idx.iter().enumerate() {
+        for v in tree.tasks[i].mm.vmas.iter().filter(|v| v.shmid != 0) {
             match first.get(&v.shmid) {
                 None => {
                     first.insert(v.shmid, k);
@@ -100,17 +134,19 @@ fn items<'e>(tree: &Tree, jobs: Vec<Job<'e>>) -> Vec<Vec<Job<'e>>> {
             }
         }
     }
+    (0..n).map(|k| root(&mut group, k)).collect()
+}
+
+/// The jobs in queue items: processes sharing anonymous shared memory
+/// (transitively) in one item, items and each item's jobs in pstree order.
+fn items<'e>(tree: &Tree, jobs: Vec<Job<'e>>) -> Vec<Vec<Job<'e>>> {
+    let idx: Vec<usize> = jobs.iter().map(|j| j.idx).collect();
     let mut out: Vec<Vec<Job<'e>>> = Vec::new();
-    let mut slot: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
-    for (k, j) in jobs.into_iter().enumerate() {
-        let r = root(&mut group, k);
-        match slot.get(&r) {
-            Some(&s) => out[s].push(j),
-            None => {
-                slot.insert(r, out.len());
-                out.push(vec![j]);
-            }
+    for (j, k) in jobs.into_iter().zip(item_numbers(tree, &idx)) {
+        if k == out.len() {
+            out.push(Vec::new());
         }
+        out[k].push(j);
     }
     out
 }
@@ -122,10 +158,49 @@ pub(crate) fn count(live: usize) -> Option<usize> {
     (n >= 2).then_some(n)
 }
 
-impl<'scope> Pool<'scope> {
+impl<'scope, 'e: 'scope> Pool<'scope, 'e> {
     /// Start `n` workers on `jobs` (in pstree order; the root's first).
-    pub(crate) fn start<'e: 'scope>(scope: &'scope Scope<'scope, 'e>, tree: &'e Tree, jobs: Vec<Job<'e>>, n: usize) -> Pool<'scope> {
-        let queue = Arc::new(Mutex::new(items(tree, jobs).into_iter()));
+    pub(crate) fn start(scope: &'scope Scope<'scope, 'e>, tree: &'e Tree, jobs: Vec<Job<'e>>, n: usize) -> Pool<'scope, 'e> {
+        let (tx, rx) = mpsc::channel();
+        for item in items(tree, jobs) {
+            let _ = tx.send(item);
+        }
+        drop(tx);
+        Self::spawn(scope, tree, rx, n, None)
+    }
+
+    /// Start `n` workers on an empty queue, for the processes `live`
+    /// (indices in `tree.tasks`, pstree order) to be given one by one with
+    /// [`Pool::offer`] as they report.
+    pub(crate) fn start_fed(scope: &'scope Scope<'scope, 'e>, tree: &'e Tree, live: &[usize], n: usize) -> Pool<'scope, 'e> {
+        let (tx, rx) = mpsc::channel();
+        let nums = item_numbers(tree, live);
+        let items = nums.iter().max().map_or(0, |m| m + 1);
+        let mut size = vec![0; items];
+        for &k in &nums {
+            size[k] += 1;
+        }
+        let item_of = live.iter().copied().zip(nums).collect();
+        let feed = Feed { tx, item_of, pending: (0..items).map(|_| Vec::new()).collect(), size };
+        Self::spawn(scope, tree, rx, n, Some(feed))
+    }
+
+    /// A process that has reported: queued once every process of its item
+    /// has (in pstree order within the item).
+    pub(crate) fn offer(&mut self, job: Job<'e>) {
+        let Some(f) = self.feed.as_mut() else { return };
+        let Some(&k) = f.item_of.get(&job.idx) else { return };
+        f.pending[k].push(job);
+        if f.pending[k].len() == f.size[k] {
+            let mut item = std::mem::take(&mut f.pending[k]);
+            item.sort_by_key(|j| j.idx);
+            // (no worker left to take it: the failure comes with wait_ready)
+            let _ = f.tx.send(item);
+        }
+    }
+
+    fn spawn(scope: &'scope Scope<'scope, 'e>, tree: &'e Tree, rx: mpsc::Receiver<Vec<Job<'e>>>, n: usize, feed: Option<Feed<'e>>) -> Pool<'scope, 'e> {
+        let queue = Arc::new(Mutex::new(rx));
         let stop = Arc::new(AtomicBool::new(false));
         let restored = Arc::new(AtomicUsize::new(0));
         let cpus = cpus();
@@ -140,12 +215,18 @@ impl<'scope> Pool<'scope> {
             let (queue, stop, restored) = (queue.clone(), stop.clone(), restored.clone());
             handles.push(scope.spawn(move || work(w, cpu, tree, &queue, &stop, &restored, mtx, crx)));
         }
-        Pool { cmds, msgs, stop, handles, owner: Vec::new() }
+        Pool { feed, cmds, msgs, stop, handles, owner: Vec::new() }
     }
 
     /// Wait until every worker has restored its processes: the ready
     /// processes in pstree order, or the first failure.
-    pub(crate) fn wait_ready<'e>(&mut self, tree: &'e Tree) -> Result<Vec<Ready<'e>>, RestoreError> {
+    pub(crate) fn wait_ready(&mut self, tree: &'e Tree) -> Result<Vec<Ready<'e>>, RestoreError> {
+        // (nothing more comes: the workers end once the queue is empty)
+        if let Some(f) = self.feed.take() {
+            if f.pending.iter().any(|p| !p.is_empty()) {
+                return Err(RestoreError::Unsupported("a process of the tree was not set up: another process of its shared memory did not report".into()));
+            }
+        }
         let mut out: Vec<(usize, Ready<'e>)> = Vec::new();
         for _ in 0..self.cmds.len() {
             match self.msgs.recv() {
@@ -163,6 +244,9 @@ impl<'scope> Pool<'scope> {
         Ok(out.into_iter().map(|(_, r)| r).collect())
     }
 
+}
+
+impl Pool<'_, '_> {
     /// Detach every restored process from its worker: the workers that do
     /// not hold the root first, then the root's, which detaches the root
     /// last (until then the engine's death takes it, and in a pid
@@ -198,12 +282,14 @@ impl<'scope> Pool<'scope> {
     }
 }
 
-impl Drop for Pool<'_> {
+impl Drop for Pool<'_, '_> {
     /// Stop the queue and join the workers: a worker ends after the
     /// process it is on, or at once when it waits for its detach (its
     /// processes, not detached, are killed as its thread ends: EXITKILL).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // (a worker waiting for the next item: the closed queue ends it)
+        self.feed = None;
         self.cmds.clear();
         for h in self.handles.drain(..) {
             let _ = h.join();
@@ -220,7 +306,7 @@ fn work<'e>(
     w: usize,
     cpu: Option<usize>,
     tree: &'e Tree,
-    queue: &Mutex<std::vec::IntoIter<Vec<Job<'e>>>>,
+    queue: &Mutex<mpsc::Receiver<Vec<Job<'e>>>>,
     stop: &AtomicBool,
     restored: &AtomicUsize,
     msgs: mpsc::Sender<Msg>,
@@ -239,11 +325,13 @@ fn work<'e>(
             if stop.load(Ordering::SeqCst) {
                 return Err(RestoreError::Unsupported("stopped".into()));
             }
-            let item = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-            let Some(item) = item else { return Ok(()) };
+            // (waits for the next item while the processes still report;
+            // a closed and empty queue is the end)
+            let item = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(item) = item else { return Ok(()) };
             for j in item {
                 let task = &tree.tasks[j.idx];
-                ready.push(restore_process(task, j.pid, j.mem, j.svc_base, &j.map_files, &mut shm, j.close_first, &j.kept)?);
+                ready.push(restore_process(task, j.pid, j.mem, j.svc_base, &j.map_files, &mut shm, j.close_first, &j.kept, j.report_fd)?);
                 j.mem.filled();
                 idxs.push(j.idx);
                 // the second process of the tree restored (by whichever
@@ -266,10 +354,14 @@ fn work<'e>(
     }
     let Ok(root_last) = cmds.recv() else { return };
     let res = (|| -> Result<(), RestoreError> {
-        let n = ready.len();
-        for (k, r) in ready.iter().enumerate().rev() {
+        // children before parents, the reverse of pstree order, so the
+        // root last (fed as they report, the root came last, not first)
+        let mut order: Vec<usize> = (0..ready.len()).collect();
+        order.sort_by_key(|&k| std::cmp::Reverse(idxs[k]));
+        for (&k, last) in order.iter().zip((0..order.len()).map(|j| j + 1 == order.len())) {
+            let r = &ready[k];
             for (i, &tid) in r.tids.iter().enumerate() {
-                if root_last && k == 0 && i + 1 == r.tids.len() && n > 0 {
+                if root_last && last && i + 1 == r.tids.len() {
                     crate::fault::point("mid-detach");
                     if crate::fault::fails("mid-detach") {
                         std::thread::sleep(std::time::Duration::from_millis(300));

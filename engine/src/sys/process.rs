@@ -716,8 +716,15 @@ impl PinnedHere {
             return PinnedHere { saved: [!0; 16], cpu: None };
         };
         let cpu = current_cpu().filter(|&c| c < 1024 && saved[c / 64] & (1 << (c % 64)) != 0);
-        let cpu = cpu.filter(|&c| sched_setaffinity(0, &one_cpu(c)).is_ok());
+        // (a thread pinned to that one CPU already, e.g. a restore worker:
+        // nothing to set, here nor in `released` and on drop)
+        let cpu = cpu.filter(|&c| saved == one_cpu(c) || sched_setaffinity(0, &one_cpu(c)).is_ok());
         PinnedHere { saved, cpu }
+    }
+
+    /// Whether the calling thread was on this one CPU before.
+    fn was_pinned(&self) -> bool {
+        self.cpu.is_some_and(|c| self.saved == one_cpu(c))
     }
 
     /// The CPU pinned to, if any.
@@ -733,7 +740,7 @@ impl PinnedHere {
     /// Run `f` on the calling thread's own CPUs (threads it starts inherit
     /// them), pinned again after.
     pub fn released<R>(&self, f: impl FnOnce() -> R) -> R {
-        let Some(c) = self.cpu else { return f() };
+        let Some(c) = self.cpu.filter(|_| !self.was_pinned()) else { return f() };
         let _ = sched_setaffinity(0, &self.saved);
         let r = f();
         let _ = sched_setaffinity(0, &one_cpu(c));
@@ -743,7 +750,7 @@ impl PinnedHere {
 
 impl Drop for PinnedHere {
     fn drop(&mut self) {
-        if self.cpu.is_some() {
+        if self.cpu.is_some() && !self.was_pinned() {
             let _ = sched_setaffinity(0, &self.saved);
         }
     }
