@@ -23,64 +23,10 @@ mod common;
 use common::*;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const CHILDREN: usize = 3;
 const CHILD_MIB: u64 = 24;
-
-fn ns_pid(pid: i32) -> i32 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    st.lines().find(|l| l.starts_with("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0)
-}
-
-/// The tree's processes, killed when dropped.
-struct Hog {
-    bin: PathBuf,
-    work: PathBuf,
-}
-
-impl Drop for Hog {
-    fn drop(&mut self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
-        }
-    }
-}
-
-impl Hog {
-    fn start(tmp: &Path) -> Hog {
-        let bin = tmp.join("treehog");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/bench/treehog.c");
-        let st = Command::new("gcc").args(["-O2", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
-        assert!(st.success(), "building treehog");
-        let work = tmp.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut cmd = Command::new("unshare");
-        only_stdio(&mut cmd).args(["--pid", "--fork", "setsid"]).arg(&bin).args([CHILDREN.to_string(), CHILD_MIB.to_string(), "1".into()]).current_dir(&work);
-        let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start treehog");
-        std::thread::spawn(move || starter.wait());
-        let h = Hog { bin, work };
-        wait_until("treehog ready", Duration::from_secs(30), || h.work.join("ready").exists() && h.ticks() >= 1);
-        h
-    }
-
-    fn ticks(&self) -> usize {
-        std::fs::read_to_string(self.work.join("progress.log")).unwrap_or_default().lines().filter(|l| l.starts_with("tick ") && l.ends_with(" ok")).count()
-    }
-
-    fn fails(&self) -> Vec<String> {
-        std::fs::read_to_string(self.work.join("progress.log")).unwrap_or_default().lines().filter(|l| l.contains("FAIL")).map(String::from).collect()
-    }
-
-    fn root(&self) -> Option<i32> {
-        live_with_exe(&self.bin).into_iter().find(|&p| ns_pid(p) == 1)
-    }
-
-    fn gone(&self) {
-        wait_until("treehog's processes gone", Duration::from_secs(10), || live_with_exe(&self.bin).is_empty());
-    }
-}
 
 fn pages_files(img: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(img)
@@ -118,9 +64,9 @@ fn evict(files: &[PathBuf]) -> Option<String> {
 }
 
 /// A treehog tree dumped by our engine: (tree handle, images, pages files).
-fn dumped(tag: &str) -> (PathBuf, Hog, PathBuf, Vec<PathBuf>) {
+fn dumped(tag: &str) -> (PathBuf, TreeHog, PathBuf, Vec<PathBuf>) {
     let tmp = test_dir(&format!("cold-restore-{tag}"));
-    let h = Hog::start(&tmp);
+    let h = TreeHog::start(&tmp, CHILDREN, CHILD_MIB, true);
     let img = tmp.join("img");
     std::fs::create_dir_all(&img).unwrap();
     let root = h.root().expect("treehog's root");

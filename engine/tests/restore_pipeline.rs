@@ -19,84 +19,28 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const CHILDREN: usize = 16;
-
-fn ns_pid(pid: i32) -> i32 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    st.lines().find(|l| l.starts_with("NSpid:")).and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0)
-}
 
 fn why_not_two_cpus() -> Option<String> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     (n < 2).then(|| format!("needs 2 CPUs for the restore's worker threads ({n} here)"))
 }
 
-/// The tree's processes, killed when dropped.
-struct Hog {
-    bin: PathBuf,
-    work: PathBuf,
-}
-
-impl Drop for Hog {
-    fn drop(&mut self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
-        }
-    }
-}
-
-impl Hog {
-    fn start(tmp: &Path) -> Hog {
-        let bin = tmp.join("treehog");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/bench/treehog.c");
-        let st = Command::new("gcc").args(["-O2", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
-        assert!(st.success(), "building treehog");
-        let work = tmp.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut cmd = Command::new("unshare");
-        only_stdio(&mut cmd).args(["--pid", "--fork", "setsid"]).arg(&bin).args([CHILDREN.to_string(), "1".into(), "0".into()]).current_dir(&work);
-        let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start treehog");
-        std::thread::spawn(move || starter.wait());
-        let h = Hog { bin, work };
-        wait_until("treehog ready", Duration::from_secs(30), || h.work.join("ready").exists() && h.ticks() >= 1);
-        h
-    }
-
-    fn ticks(&self) -> usize {
-        std::fs::read_to_string(self.work.join("progress.log")).unwrap_or_default().lines().filter(|l| l.starts_with("tick ") && l.ends_with(" ok")).count()
-    }
-
-    fn fails(&self) -> Vec<String> {
-        std::fs::read_to_string(self.work.join("progress.log")).unwrap_or_default().lines().filter(|l| l.contains("FAIL")).map(String::from).collect()
-    }
-
-    /// Each process's fd numbers, by its pid in the tree's namespace.
-    fn fds(&self) -> BTreeMap<i32, Vec<i32>> {
-        live_with_exe(&self.bin)
-            .into_iter()
-            .map(|p| {
-                let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{p}/fd")).map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
-                v.sort_unstable();
-                (ns_pid(p), v)
-            })
-            .collect()
-    }
-
-    fn gone(&self) {
-        wait_until("treehog's processes gone", Duration::from_secs(10), || live_with_exe(&self.bin).is_empty());
-    }
-
-    /// Kill the restored tree and wait for it to be gone.
-    fn kill_all(&self) {
-        for p in live_with_exe(&self.bin) {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
-        }
-        self.gone();
-    }
+/// Each process of `h` and its fd numbers, by its pid in the tree's
+/// namespace.
+fn fds(h: &TreeHog) -> BTreeMap<i32, Vec<i32>> {
+    live_with_exe(&h.bin)
+        .into_iter()
+        .map(|p| {
+            let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{p}/fd")).map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
+            v.sort_unstable();
+            (ns_pid(p).unwrap_or(0), v)
+        })
+        .collect()
 }
 
 /// Read the image set's pages files, so they are in the page cache.
@@ -109,7 +53,7 @@ fn warm(img: &Path) {
 }
 
 /// A -v4 restore of `img` with `env`: its log.
-fn restore(h: &Hog, img: &Path, env: &[(&str, &str)]) -> String {
+fn restore(h: &TreeHog, img: &Path, env: &[(&str, &str)]) -> String {
     warm(img);
     let mut cmd = Command::new(CRIU);
     cmd.args(["restore", "-d", "-v4", "-o", "restore.log", "-D"]).arg(img).current_dir(&h.work);
@@ -135,11 +79,11 @@ fn tree_is_set_up_as_its_processes_report() {
     require!(why_not_here());
     require!(why_not_two_cpus());
     let tmp = test_dir("restore-pipeline");
-    let h = Hog::start(&tmp);
+    let h = TreeHog::start(&tmp, CHILDREN, 1, false);
     let img = tmp.join("img");
     std::fs::create_dir_all(&img).unwrap();
-    let root = live_with_exe(&h.bin).into_iter().find(|&p| ns_pid(p) == 1).expect("treehog's root");
-    let before = h.fds();
+    let root = live_with_exe(&h.bin).into_iter().find(|&p| ns_pid(p) == Some(1)).expect("treehog's root");
+    let before = fds(&h);
     assert_eq!(before.len(), CHILDREN + 1, "the tree's processes: {before:?}");
     criu_ok(Path::new(CRIU), &["dump", "-t", &root.to_string()], &img, "dump.log");
     h.gone();
@@ -150,7 +94,7 @@ fn tree_is_set_up_as_its_processes_report() {
     let t = h.ticks();
     wait_until("ticks after the restore", Duration::from_secs(15), || h.ticks() >= t + 3);
     assert!(h.fails().is_empty(), "the restored tree found wrong memory: {:?}", h.fails());
-    assert_eq!(h.fds(), before, "the restored processes' fds differ from the dumped ones (the report pipe left open?)");
+    assert_eq!(fds(&h), before, "the restored processes' fds differ from the dumped ones (the report pipe left open?)");
     h.kill_all();
 
     // set up while the root still forks (timing: the first of three tries)

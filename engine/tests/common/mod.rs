@@ -581,6 +581,69 @@ impl Drop for OwnNsProg {
     }
 }
 
+/// tools/bench/treehog.c built in `tmp` and started as pid 1 of a pid
+/// namespace of its own (`unshare --pid --fork setsid`, in `tmp/work`):
+/// a root and CHILDREN children of MIB MiB each (THP 1: huge pages),
+/// every process checking its memory every tick; ready once it ticked.
+/// Every process of it killed on drop.
+pub struct TreeHog {
+    pub bin: PathBuf,
+    pub work: PathBuf,
+}
+
+impl TreeHog {
+    pub fn start(tmp: &Path, children: usize, mib: u64, thp: bool) -> TreeHog {
+        let bin = tmp.join("treehog");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/bench/treehog.c");
+        let st = Command::new("gcc").args(["-O2", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+        assert!(st.success(), "building treehog");
+        let work = tmp.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut cmd = Command::new("unshare");
+        only_stdio(&mut cmd).args(["--pid", "--fork", "setsid"]).arg(&bin).args([children.to_string(), mib.to_string(), u8::from(thp).to_string()]).current_dir(&work);
+        let mut starter = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start treehog");
+        std::thread::spawn(move || starter.wait());
+        let h = TreeHog { bin, work };
+        wait_until("treehog ready", Duration::from_secs(30), || h.work.join("ready").exists() && h.ticks() >= 1);
+        h
+    }
+
+    /// Its `tick N ok` lines so far.
+    pub fn ticks(&self) -> usize {
+        std::fs::read_to_string(self.work.join("progress.log")).unwrap_or_default().lines().filter(|l| l.starts_with("tick ") && l.ends_with(" ok")).count()
+    }
+
+    /// Its FAIL lines.
+    pub fn fails(&self) -> Vec<String> {
+        std::fs::read_to_string(self.work.join("progress.log")).unwrap_or_default().lines().filter(|l| l.contains("FAIL")).map(String::from).collect()
+    }
+
+    /// Its root: pid 1 of its namespace.
+    pub fn root(&self) -> Option<i32> {
+        live_with_exe(&self.bin).into_iter().find(|&p| ns_pid(p) == Some(1))
+    }
+
+    pub fn gone(&self) {
+        wait_until("treehog's processes gone", Duration::from_secs(10), || live_with_exe(&self.bin).is_empty());
+    }
+
+    /// Kill every process of it and wait for them to be gone.
+    pub fn kill_all(&self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+        }
+        self.gone();
+    }
+}
+
+impl Drop for TreeHog {
+    fn drop(&mut self) {
+        for p in live_with_exe(&self.bin) {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
 /// The process's pid in its own pid namespace (NSpid's last field).
 pub fn ns_pid(pid: i32) -> Option<i32> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
