@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::runc_support::{busybox_bundle, pid_of, runc, Container};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,35 +21,7 @@ fn why_not() -> Option<String> {
 /// A bundle: rootfs with busybox, `runc spec` made non-terminal, the
 /// process a loop appending `tick N ok` to /tmp/progress.log.
 fn bundle(dir: &Path) -> PathBuf {
-    let b = dir.join("bundle");
-    for d in ["bin", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(b.join("rootfs").join(d)).unwrap();
-    }
-    let bb = std::fs::read_link("/usr/bin/busybox").map(|p| if p.is_absolute() { p } else { PathBuf::from("/usr/bin").join(p) }).unwrap_or_else(|_| PathBuf::from("/usr/bin/busybox"));
-    std::fs::copy(bb, b.join("rootfs/bin/busybox")).unwrap();
-    for c in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(c)).unwrap();
-    }
-    assert!(Command::new("runc").arg("spec").current_dir(&b).status().unwrap().success(), "runc spec");
-    let cfg = b.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let loop_ = r#"i=0; while true; do i=$((i+1)); echo \"tick $i ok\" >> /tmp/progress.log; sleep 0.1; done"#;
-    let text = text
-        .replace("\"terminal\": true", "\"terminal\": false")
-        .replace("\"readonly\": true", "\"readonly\": false")
-        .replace("\"sh\"\n\t\t]", &format!("\"sh\", \"-c\", \"{loop_}\"\n\t\t]"));
-    assert!(text.contains("tick $i ok"), "config.json's args not replaced:\n{text}");
-    std::fs::write(&cfg, text).unwrap();
-    b
-}
-
-/// Run runc; its stderr through a file (a container started by `run -d`
-/// keeps runc's stdio: a pipe would never end).
-fn runc(bundle: &Path, args: &[&str]) -> (bool, String) {
-    let err = bundle.with_file_name("runc.err");
-    let f = std::fs::File::create(&err).unwrap();
-    let st = Command::new("runc").args(args).current_dir(bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(f).status().unwrap();
-    (st.success(), std::fs::read_to_string(&err).unwrap_or_default())
+    busybox_bundle(dir, &["sh", "sleep"], false, r#"i=0; while true; do i=$((i+1)); echo \"tick $i ok\" >> /tmp/progress.log; sleep 0.1; done"#)
 }
 
 fn last(bundle: &Path) -> u64 {
@@ -58,23 +31,6 @@ fn last(bundle: &Path) -> u64 {
 fn ticks_on(bundle: &Path, n: u64, what: &str) {
     let t = last(bundle);
     wait_until(&format!("{n} ticks {what}"), Duration::from_secs(20), || last(bundle) >= t + n);
-}
-
-fn pid_of(bundle: &Path, id: &str) -> i32 {
-    let out = Command::new("runc").args(["state", id]).current_dir(bundle).output().unwrap();
-    let s = String::from_utf8_lossy(&out.stdout);
-    s.split("\"pid\":").nth(1).and_then(|r| r.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or_else(|| panic!("no pid in runc state {id}: {s}"))
-}
-
-struct Container<'a> {
-    bundle: &'a Path,
-    id: String,
-}
-
-impl Drop for Container<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("runc").args(["delete", "-f", &self.id]).current_dir(self.bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
 }
 
 #[test]

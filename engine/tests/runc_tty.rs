@@ -18,11 +18,11 @@
 
 mod common;
 
+use common::runc_support::{busybox_bundle, pid_of, runc, Container};
 use common::*;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,22 +33,7 @@ fn why_not() -> Option<String> {
 /// A bundle: busybox rootfs, `runc spec` (terminal), the process a shell
 /// saying `tick N` and answering each line it reads with `got LINE`.
 fn bundle(dir: &Path) -> PathBuf {
-    let b = dir.join("bundle");
-    for d in ["bin", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(b.join("rootfs").join(d)).unwrap();
-    }
-    let bb = std::fs::canonicalize("/usr/bin/busybox").unwrap();
-    std::fs::copy(bb, b.join("rootfs/bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", b.join("rootfs/bin/sh")).unwrap();
-    assert!(Command::new("runc").arg("spec").current_dir(&b).status().unwrap().success(), "runc spec");
-    let cfg = b.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    assert!(text.contains("\"terminal\": true"), "runc spec makes a terminal container:\n{text}");
-    let loop_ = r#"i=0; while true; do i=$((i+1)); echo \"tick $i\"; if read -t 0.2 l; then echo \"got $l\"; fi; done"#;
-    let text = text.replace("\"readonly\": true", "\"readonly\": false").replace("\"sh\"\n\t\t]", &format!("\"sh\", \"-c\", \"{loop_}\"\n\t\t]"));
-    assert!(text.contains("tick $i"), "config.json's args not replaced:\n{text}");
-    std::fs::write(&cfg, text).unwrap();
-    b
+    busybox_bundle(dir, &["sh"], true, r#"i=0; while true; do i=$((i+1)); echo \"tick $i\"; if read -t 0.2 l; then echo \"got $l\"; fi; done"#)
 }
 
 /// The console socket's receiving end: the master it is given, what the
@@ -117,20 +102,6 @@ impl Console {
     }
 }
 
-/// runc with its stderr through a file; success and stderr.
-fn runc(bundle: &Path, args: &[&str]) -> (bool, String) {
-    let err = bundle.with_file_name("runc.err");
-    let f = std::fs::File::create(&err).unwrap();
-    let st = Command::new("runc").args(args).current_dir(bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(f).status().unwrap();
-    (st.success(), std::fs::read_to_string(&err).unwrap_or_default())
-}
-
-fn pid_of(bundle: &Path, id: &str) -> i32 {
-    let out = Command::new("runc").args(["state", id]).current_dir(bundle).output().unwrap();
-    let s = String::from_utf8_lossy(&out.stdout);
-    s.split("\"pid\":").nth(1).and_then(|r| r.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or_else(|| panic!("no pid in runc state {id}: {s}"))
-}
-
 /// The container's init: its fds 0-2 are one pty slave, which is its
 /// controlling terminal, its own group in the foreground.
 fn check_terminal(pid: i32, what: &str) {
@@ -144,17 +115,6 @@ fn check_terminal(pid: i32, what: &str) {
     let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     let (pgrp, sid, tty, tpgid): (i32, i32, u64, i32) = (f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap(), f[5].parse().unwrap());
     assert_eq!((sid, tty, tpgid), (pid, rdev, pgrp), "{what}: {pid} leads its session, the slave its controlling terminal, its group ({pgrp}) in the foreground");
-}
-
-struct Container<'a> {
-    bundle: &'a Path,
-    id: String,
-}
-
-impl Drop for Container<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("runc").args(["delete", "-f", &self.id]).current_dir(self.bundle).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
 }
 
 /// Run the container, then per round checkpoint with `dumper` (and

@@ -6,6 +6,8 @@
 //! fails under CI=true (see the test-support crate).
 #![allow(dead_code, unused_imports)]
 
+pub mod runc_support;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
