@@ -1176,8 +1176,9 @@ fn write_task(
         }
     }
     let fdinfo = write_fds(dir, task, files, fd_images)?;
-    let cwd_id = file_id(files, reg_entry(0, &task.fs.cwd, 0, 0, 0o40755, None));
-    let root_id = file_id(files, reg_entry(0, &task.fs.root, 0, 0, 0o40755, None));
+    let dir_mode = |m: u32| if m == 0 { 0o40755 } else { m };
+    let cwd_id = file_id(files, reg_entry(0, &task.fs.cwd, 0, 0, dir_mode(task.fs.cwd_mode), None));
+    let root_id = file_id(files, reg_entry(0, &task.fs.root, 0, 0, dir_mode(task.fs.root_mode), None));
     let pid = task.pid;
     let ids = ids_to_pb(&task.ids);
     write_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO, &fdinfo)?;
@@ -1543,10 +1544,13 @@ fn read_task(
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &mg::FDINFO.file_name(ids.files_id), &mg::FDINFO)?;
     let fds = read_fds(dir, files, &fdinfo)?;
     let fse: pb::FsEntry = read_one(dir, &mg::FS.file_name(pid), &mg::FS)?;
+    let (cwd, root) = (reg(fse.cwd_id, "cwd")?, reg(fse.root_id, "root")?);
     let fs = Fs {
-        cwd: reg(fse.cwd_id, "cwd")?.name.clone(),
-        root: reg(fse.root_id, "root")?.name.clone(),
+        cwd: cwd.name.clone(),
+        root: root.name.clone(),
         umask: fse.umask.unwrap_or(0o22),
+        cwd_mode: cwd.mode.unwrap_or(0),
+        root_mode: root.mode.unwrap_or(0),
     };
     let mme: pb::MmEntry = read_one(dir, &mg::MM.file_name(pid), &mg::MM)?;
     // files unlinked while mapped: a GHOST remap of their files.img entry

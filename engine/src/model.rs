@@ -325,6 +325,10 @@ pub struct Fs {
     pub cwd: String,
     pub root: String,
     pub umask: u32,
+    /// st_mode of the cwd and root directories (0: not known, written as
+    /// 040755): upstream's restore checks a path's mode against its image.
+    pub cwd_mode: u32,
+    pub root_mode: u32,
 }
 
 /// What a dumped fd refers to.

@@ -709,3 +709,19 @@ fn deleted_executable_with_upstream() {
     s.ticks_on(3, "after our restore of upstream's images");
     assert!(!s.bin.exists(), "the recreated executable must be unlinked again");
 }
+
+/// A process whose cwd is a directory of mode 0555 (a container image's
+/// read-only-looking root, as podman's busybox has it): the image set
+/// records the cwd's and root's real modes, which upstream 4.2's restore
+/// checks ("File . has bad mode 040555 (expect 040755)" when we wrote
+/// 040755 for every cwd and root); both ways with upstream.
+#[test]
+fn cwd_of_mode_0555_both_ways_with_upstream() {
+    require!(why_not_upstream());
+    let mut s = OwnNsProg::start("cwd0555", "stackpat", &[]);
+    let criu = private_criu(&s.dir);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&s.work, std::fs::Permissions::from_mode(0o555)).unwrap();
+    s.upstream_both_ways(&criu, |_| {});
+    std::fs::set_permissions(&s.work, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

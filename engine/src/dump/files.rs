@@ -426,6 +426,12 @@ pub fn fs_path(pid: Pid, what: &'static str) -> Result<String, FilesError> {
     Ok(s.to_string())
 }
 
+/// st_mode of `pid`'s cwd or root directory (`what`), 0 when it can't be
+/// read (written as 040755 then).
+pub fn fs_mode(pid: Pid, what: &'static str) -> u32 {
+    std::fs::metadata(format!("/proc/{pid}/{what}")).map(|m| m.mode()).unwrap_or(0)
+}
+
 /// A file type in words.
 pub(crate) fn type_name(ft: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;

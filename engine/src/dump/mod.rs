@@ -590,5 +590,6 @@ fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool, file_o
     task.mm.thp_disabled = thp_disabled;
     (task.fds, task.locks) = files::collect_fds(pid, file_opts)?;
     (task.fs.cwd, task.fs.root) = (files::fs_path(pid, "cwd")?, files::fs_path(pid, "root")?);
+    (task.fs.cwd_mode, task.fs.root_mode) = (files::fs_mode(pid, "cwd"), files::fs_mode(pid, "root"));
     Ok(task)
 }

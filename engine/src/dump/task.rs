@@ -316,6 +316,7 @@ pub fn collect_process(pid: Pid, par: &mut Parasite, t: &mut Task) -> Result<(),
     t.fs.umask = proc::status_field(status, "Umask").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0o22);
     t.fs.cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(io_err(pid, "cwd"))?.to_string_lossy().into();
     t.fs.root = std::fs::read_link(format!("/proc/{pid}/root")).map_err(io_err(pid, "root"))?.to_string_lossy().into();
+    (t.fs.cwd_mode, t.fs.root_mode) = (super::files::fs_mode(pid, "cwd"), super::files::fs_mode(pid, "root"));
     Ok(())
 }
 
