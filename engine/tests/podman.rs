@@ -65,18 +65,27 @@ impl Drop for Cleanup {
 }
 
 /// `podman container checkpoint --keep` then `restore --keep` of
-/// `name` (runtime runc): its log's ticks go on, numbered on, at least 5
-/// past the checkpoint's; the restored init's host pid.
-fn checkpoint_and_restore(bin: &Path, name: &str, round: usize) -> i32 {
-    let (ok, out) = podman(bin, &["--runtime", "runc", "container", "checkpoint", "--keep", name]);
+/// `name` (runtime runc), the checkpoint with the criu of `dump` first in
+/// PATH and the restore with `restore`'s: its log's ticks go on, numbered
+/// on, at least 5 past the checkpoint's; the restored init's host pid.
+fn checkpoint_and_restore(dump: &Path, restore: &Path, name: &str, round: usize) -> i32 {
+    let (ok, out) = podman(dump, &["--runtime", "runc", "container", "checkpoint", "--keep", name]);
     assert!(ok, "round {round}: podman container checkpoint: {out}");
-    let before = *ticks(bin, name).last().unwrap();
-    let (ok, out) = podman(bin, &["--runtime", "runc", "container", "restore", "--keep", name]);
+    let before = *ticks(dump, name).last().unwrap();
+    let (ok, out) = podman(restore, &["--runtime", "runc", "container", "restore", "--keep", name]);
     assert!(ok, "round {round}: podman container restore: {out}");
-    wait_until(&format!("round {round}: ticks after the restore"), Duration::from_secs(20), || ticks(bin, name).last().is_some_and(|&t| t >= before + 5));
-    let t = ticks(bin, name);
+    wait_until(&format!("round {round}: ticks after the restore"), Duration::from_secs(20), || ticks(restore, name).last().is_some_and(|&t| t >= before + 5));
+    let t = ticks(restore, name);
     assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "round {round}: the ticks go on, numbered on: {t:?}");
-    init_pid(bin, name)
+    init_pid(restore, name)
+}
+
+/// A directory holding `criu` as the binary at `criu`, for PATH.
+fn criu_dir(tmp: &Path, name: &str, criu: &Path) -> PathBuf {
+    let bin = tmp.join(name);
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(criu, bin.join("criu")).unwrap();
+    bin
 }
 
 #[test]
@@ -84,25 +93,10 @@ fn podman_checkpoint_and_restore_with_our_criu() {
     require!(why_not());
     let tmp = test_dir("podman");
     // our criu as `criu`, first in PATH
-    let bin = tmp.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(CRIU, bin.join("criu")).unwrap();
-    // a busybox image, imported from a root file system tarball
-    let rootfs = tmp.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let bb = std::fs::canonicalize("/usr/bin/busybox").unwrap();
-    std::fs::copy(bb, rootfs.join("bin/busybox")).unwrap();
-    for c in ["sh", "mkfifo"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
-    }
-    let tar = tmp.join("rootfs.tar");
-    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    let bin = criu_dir(&tmp, "bin", Path::new(CRIU));
     let pid = std::process::id();
     let c = Cleanup { bin: bin.clone(), name: format!("criu-rs-podman-{pid}"), image: format!("localhost/criu-rs-bb-{pid}") };
-    let (ok, out) = podman(&bin, &["import", tar.to_str().unwrap(), &c.image]);
-    assert!(ok, "podman import: {out}");
+    busybox_image(&tmp, &bin, &c.image);
     let lp = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
     let run = ["--runtime", "runc", "run", "-d", "--name", &c.name, "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", &c.image, "sh", "-c", lp];
     let (ok, out) = podman(&bin, &run);
@@ -110,7 +104,7 @@ fn podman_checkpoint_and_restore_with_our_criu() {
     wait_until("ticks in podman logs", Duration::from_secs(20), || ticks(&bin, &c.name).len() >= 3);
     let ns0 = netns(init_pid(&bin, &c.name));
     for round in 0..2 {
-        let p = checkpoint_and_restore(&bin, &c.name, round);
+        let p = checkpoint_and_restore(&bin, &bin, &c.name, round);
         // (podman may make the namespace anew for a restore: the one it names now)
         let (ok, key) = podman(&bin, &["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", &c.name]);
         assert!(ok && key.trim().starts_with('/'), "podman inspect: {key}");
@@ -164,9 +158,7 @@ fn type_line(bin: &Path, name: &str, line: &str) {
 fn podman_terminal_container_with_our_criu() {
     require!(why_not());
     let tmp = test_dir("podman-tty");
-    let bin = tmp.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(CRIU, bin.join("criu")).unwrap();
+    let bin = criu_dir(&tmp, "bin", Path::new(CRIU));
     let pid = std::process::id();
     let c = Cleanup { bin: bin.clone(), name: format!("criu-rs-podman-tty-{pid}"), image: format!("localhost/criu-rs-bb-tty-{pid}") };
     busybox_image(&tmp, &bin, &c.image);
@@ -177,7 +169,7 @@ fn podman_terminal_container_with_our_criu() {
     wait_until("ticks in podman logs", Duration::from_secs(20), || ticks(&bin, &c.name).len() >= 3);
     type_line(&bin, &c.name, "before");
     for round in 0..2 {
-        let p = checkpoint_and_restore(&bin, &c.name, round);
+        let p = checkpoint_and_restore(&bin, &bin, &c.name, round);
         use std::os::unix::fs::MetadataExt;
         let rdev = std::fs::metadata(format!("/proc/{p}/fd/0")).unwrap().rdev();
         assert!((136..=143).contains(&libc::major(rdev)), "round {round}: fd 0 of the restored init is a pty slave ({rdev:#x})");
@@ -186,6 +178,31 @@ fn podman_terminal_container_with_our_criu() {
         assert_eq!(tty, rdev, "round {round}: the slave is its controlling terminal");
         type_line(&bin, &c.name, &format!("after{round}"));
     }
+    drop(c);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Both ways with upstream CRIU 4.2 under podman: the container
+/// checkpointed with our criu first in PATH and restored with upstream's,
+/// then checkpointed with upstream's and restored with ours. Upstream's
+/// restore of ours failed before on the container's root directory
+/// (busybox's 0555: "File . has bad mode 040555 (expect 040755)").
+#[test]
+fn podman_checkpoints_cross_engines_with_upstream() {
+    require!(why_not().or_else(why_not_upstream));
+    let tmp = test_dir("podman-x");
+    let ours = criu_dir(&tmp, "bin", Path::new(CRIU));
+    let theirs = criu_dir(&tmp, "bin-upstream", &upstream());
+    let pid = std::process::id();
+    let c = Cleanup { bin: ours.clone(), name: format!("criu-rs-podman-x-{pid}"), image: format!("localhost/criu-rs-bb-x-{pid}") };
+    busybox_image(&tmp, &ours, &c.image);
+    let lp = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+    let run = ["--runtime", "runc", "run", "-d", "--name", &c.name, "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", &c.image, "sh", "-c", lp];
+    let (ok, out) = podman(&ours, &run);
+    assert!(ok, "podman run: {out}");
+    wait_until("ticks in podman logs", Duration::from_secs(20), || ticks(&ours, &c.name).len() >= 3);
+    checkpoint_and_restore(&ours, &theirs, &c.name, 0);
+    checkpoint_and_restore(&theirs, &ours, &c.name, 1);
     drop(c);
     let _ = std::fs::remove_dir_all(&tmp);
 }
