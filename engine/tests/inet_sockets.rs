@@ -18,7 +18,7 @@ mod common;
 
 use images_proto::{image, magic, pb};
 
-use common::{criu_env, criu_ok, live_with_exe, private_criu, require, upstream_ok, wait_until, why_not_here, why_not_upstream, Find, OwnNsProg};
+use common::{alive, upstream, criu_env, criu_ok, live_with_exe, private_criu, require, upstream_ok, wait_until, why_not_here, why_not_upstream, Find, OwnNsProg};
 
 /// A running inetsk, started `unshare --pid --fork setsid inetsk WORDS...`
 /// (pid 1 of its own pid namespace and a session leader, so that upstream
@@ -53,6 +53,26 @@ impl Sk {
 
     fn kill(&self) {
         self.kill_all();
+    }
+
+    /// `criu dump -t PID` by `criu` (ours or upstream's) into
+    /// `img`. The program connects to its own listeners for a moment every
+    /// tick: a dump landing in that moment finds a TCP connection and is
+    /// refused (without --tcp-close), the program running on; it is
+    /// tried again after the next tick, up to 5 times.
+    fn dump_between_connections(&self, criu: &Path, img: &Path, log: &str) {
+        let pid = self.pid.to_string();
+        let args = ["dump", "-t", pid.as_str()];
+        for attempt in 1..=5 {
+            let (st, text) = criu_env(criu, &args, img, log, &[]);
+            if st.success() {
+                return;
+            }
+            let connection = text.contains("Connected TCP socket") || text.contains("TCP connection");
+            assert!(connection && attempt < 5, "{} {args:?} failed ({st:?}), attempt {attempt}:\n{text}", criu.display());
+            assert!(alive(self.pid), "the refused dump left the program running");
+            self.ticks_on(1, "after a dump refused for a connection of the moment");
+        }
     }
 
     /// The listening sockets of the program as `ss` shows them: local
@@ -241,7 +261,7 @@ fn upstream_restores_our_images() {
     sk.ticks_on(2, "before the dump");
     let listeners = sk.listeners();
     let img = sk.images("img");
-    criu_ok(&criu, &["dump", "-t", &sk.pid.to_string()], &img, "dump.log");
+    sk.dump_between_connections(&criu, &img, "dump.log");
     sk.kill();
     upstream_ok(&["restore", "-d"], &img, "restore-upstream.log");
     sk.refind();
@@ -258,7 +278,7 @@ fn we_restore_upstream_dumps() {
     sk.ticks_on(2, "before the dump");
     let listeners = sk.listeners();
     let img = sk.images("img");
-    upstream_ok(&["dump", "-t", &sk.pid.to_string()], &img, "dump-upstream.log");
+    sk.dump_between_connections(&upstream(), &img, "dump-upstream.log");
     assert_eq!(inet_entries(&img).len(), 7);
     wait_until("the dumped process gone", Duration::from_secs(5), || live_with_exe(&sk.bin).is_empty());
     criu_ok(&criu, &["restore", "-d"], &img, "restore.log");
@@ -286,7 +306,7 @@ fn hostile_inet_images_are_refused() {
     let criu = private_criu(&sk.dir);
     sk.ticks_on(1, "before the dump");
     let img = sk.images("img");
-    criu_ok(&criu, &["dump", "-t", &sk.pid.to_string()], &img, "dump.log");
+    sk.dump_between_connections(&criu, &img, "dump.log");
     sk.kill();
     let (tcp, udp, v4, v6) = (6, 17, 2, 10);
     let cases: Vec<(&str, PathBuf, &str)> = vec![
