@@ -196,6 +196,9 @@ Options:
                          dumped, only named KEY (restore joins the one
                          given with --inherit-fd fd[N]:KEY); also
                          mnt[MOUNTPOINT]:KEY (dump), mnt[KEY]:PATH (restore),
+                         mnt[] (dump: every mount criu's own namespace
+                         shows, keyed by its path there; restore them
+                         with --ext-mount-map auto),
                          tty[RDEV:DEV] (dump: a pty slave whose master is
                          outside the tree, st_rdev and st_dev in hex)
   --tcp-close            dump and restore: TCP connections restored closed;
