@@ -274,11 +274,7 @@ fn tick_in(p: &Prog, ns: &str) -> u64 {
 fn tfork_keeps_in_tree_connections(p: &mut Prog, root: i32) {
     let criu = ours(&p.dir);
     let img = p.images("tfork");
-    let out = Command::new(&criu).args(["tfork", "-t", &root.to_string(), "--copies", "2", "-D"]).arg(&img).args(["-v4", "-o", "tfork.log"]).stdin(Stdio::null()).output().unwrap();
-    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
-    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
-    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
-    assert_eq!(clones.len(), 2, "two clone pids expected:\n{log}");
+    let (clones, _) = tfork_ok(&criu, root, 2, &[], &img, &[]);
     let trees: Vec<i32> = [root].into_iter().chain(clones.iter().copied()).collect();
     let nss: Vec<String> = trees.iter().map(|&t| ns_link(t, "net")).collect();
     assert!(nss[0] != nss[1] && nss[0] != nss[2] && nss[1] != nss[2], "network namespaces must all differ: {nss:?}");

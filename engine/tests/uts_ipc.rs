@@ -210,17 +210,7 @@ fn tfork_clones_get_their_own_uts_and_ipc_namespaces() {
     let mut p = Prog::start("tfork", &[], "box3", &["shm", "sem", "msg", "attach"]);
     let criu = ours(&p.dir);
     let img = p.images("tfork");
-    let out = Command::new(&criu)
-        .args(["tfork", "-t", &p.pid.to_string(), "--copies", "2", "--persist=sync", "-D"])
-        .arg(&img)
-        .args(["-v4", "-o", "tfork.log"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
-    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
-    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
-    assert_eq!(clones.len(), 2, "two clone pids expected:\n{log}");
+    let (clones, _) = tfork_ok(&criu, p.pid, 2, &["--persist=sync"], &img, &[]);
     p.ticks_on(3, "after tfork (source and clones)");
     for kind in ["uts", "ipc"] {
         let links: Vec<String> = [p.pid].iter().chain(&clones).map(|&c| ns_link(c, kind)).collect();

@@ -889,18 +889,10 @@ impl Parasite {
     /// (its registers at the syscall's return, in its copy of this
     /// mapping) and traced with the caller's options (`options`).
     pub fn fork_call(&mut self, args: &[u8], options: u64) -> io::Result<(i64, Option<Pid>)> {
-        let tid = self.order[0];
-        self.write(0, args)?;
-        let mut r = call_regs(&self.threads[&tid].parked, libc::SYS_clone3, &[self.scratch, args.len() as u64]);
-        r.ip = self.code + FORK_OFF;
-        let base = ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP;
-        ptrace::set_options(tid, base | options)?;
-        let out = fork_step(tid, &r, &self.stop_seen);
-        let back = ptrace::set_options(tid, base);
-        let (regs, child) = out?;
-        back?;
-        // the thread sits at `test %rax,%rax` on its way to rt_sigreturn: parked
-        Ok((regs.ax as i64, child))
+        // (the thread then sits at `test %rax,%rax` on its way to
+        // rt_sigreturn: parked)
+        self.fork_call_begin(args, options)?;
+        self.fork_call_end()
     }
 
     /// [`fork_call`](Self::fork_call) in two halves, so that several
@@ -992,14 +984,6 @@ fn step(tid: Pid, r: &Regs, fault_points: &[&str], stop_seen: &std::sync::atomic
     Err(io::Error::other(format!("thread {tid} did not finish injected syscall {} after 1000 stops", r.ax)))
 }
 
-/// [`step`] for a clone3 that reports a fork or clone event on the way:
-/// the exit stop's registers and the new child's pid, once it is in its
-/// first stop.
-fn fork_step(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<(Regs, Option<Pid>)> {
-    fork_enter(tid, r, stop_seen)?;
-    fork_leave(tid, stop_seen)
-}
-
 /// A stop of `tid` during injection other than the one awaited: a
 /// SIGSTOP is taken off and recorded in `stop_seen` (the process is
 /// stopped again when released), a group-stop or interrupt trap is
@@ -1020,7 +1004,7 @@ fn other_stop(tid: Pid, w: Wait, stop_seen: &std::sync::atomic::AtomicBool, duri
     }
 }
 
-/// The first half of [`fork_step`]: load `r` and run to its
+/// The first half of an injected fork ([`Parasite::fork_call`]): load `r` and run to its
 /// syscall-entry stop, then resume the thread into the syscall and return
 /// while it runs ([`fork_leave`] waits for the rest).
 fn fork_enter(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<()> {
@@ -1038,7 +1022,7 @@ fn fork_enter(tid: Pid, r: &Regs, stop_seen: &std::sync::atomic::AtomicBool) -> 
     Err(io::Error::other(format!("thread {tid} did not enter an injected clone3 after 1000 stops")))
 }
 
-/// The second half of [`fork_step`], after [`fork_enter`]: the exit
+/// The second half of an injected fork, after [`fork_enter`]: the exit
 /// stop's registers and the new child's pid, once it is in its first stop.
 fn fork_leave(tid: Pid, stop_seen: &std::sync::atomic::AtomicBool) -> io::Result<(Regs, Option<Pid>)> {
     let mut child = None;

@@ -214,6 +214,19 @@ const DIRECT_READERS: usize = 2;
 /// 1 GiB, bound by the disk read, no difference.
 const DIRECT_COPIERS: usize = 2;
 
+/// `pieces` cut into pieces of at most `chunk` bytes, in order.
+fn split(pieces: &[FilePiece], chunk: usize) -> Vec<FilePiece> {
+    pieces
+        .iter()
+        .flat_map(|p| {
+            (0..p.len.div_ceil(chunk)).map(move |k| {
+                let at = k * chunk;
+                FilePiece { dst: p.dst + at as u64, file: p.file, off: p.off + at as u64, len: (p.len - at).min(chunk) }
+            })
+        })
+        .collect()
+}
+
 /// UFFDIO_COPY every piece from `files` (opened with O_DIRECT, so the
 /// pages never enter the page cache): reader threads fill a ring of
 /// page-aligned buffers straight from the disk and the calling thread
@@ -227,15 +240,7 @@ pub fn copy_from_files(uffd: &OwnedFd, pieces: &[FilePiece], files: &[(std::fs::
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{mpsc, Mutex};
-    let chunks: Vec<FilePiece> = pieces
-        .iter()
-        .flat_map(|p| {
-            (0..p.len.div_ceil(DIRECT_CHUNK)).map(move |k| {
-                let at = k * DIRECT_CHUNK;
-                FilePiece { dst: p.dst + at as u64, file: p.file, off: p.off + at as u64, len: (p.len - at).min(DIRECT_CHUNK) }
-            })
-        })
-        .collect();
+    let chunks = split(pieces, DIRECT_CHUNK);
     if chunks.is_empty() {
         return Ok(());
     }
@@ -322,15 +327,7 @@ const CACHED_CHUNK: usize = 256 << 10;
 /// naming it. `files` are (file, its path for errors).
 pub fn copy_from_cache(uffd: &OwnedFd, pieces: &[FilePiece], files: &[(std::fs::File, String)], pid: Pid) -> io::Result<()> {
     use std::sync::atomic::AtomicUsize;
-    let chunks: Vec<FilePiece> = pieces
-        .iter()
-        .flat_map(|p| {
-            (0..p.len.div_ceil(CACHED_CHUNK)).map(move |k| {
-                let at = k * CACHED_CHUNK;
-                FilePiece { dst: p.dst + at as u64, file: p.file, off: p.off + at as u64, len: (p.len - at).min(CACHED_CHUNK) }
-            })
-        })
-        .collect();
+    let chunks = split(pieces, CACHED_CHUNK);
     let total: usize = pieces.iter().map(|p| p.len).sum();
     let next = AtomicUsize::new(0);
     let copier = || -> io::Result<()> {

@@ -583,6 +583,26 @@ impl Drop for OwnNsProg {
     }
 }
 
+/// `criu tfork -t PID --copies N EXTRA... -D IMG -v4 -o tfork.log` with
+/// `env`, asserted to succeed: the N clone pids it prints, and its log.
+pub fn tfork_ok(criu: &Path, pid: i32, n: usize, extra: &[&str], img: &Path, env: &[(&str, &str)]) -> (Vec<i32>, String) {
+    let out = Command::new(criu)
+        .args(["tfork", "-t", &pid.to_string(), "--copies", &n.to_string()])
+        .args(extra)
+        .arg("-D")
+        .arg(img)
+        .args(["-v4", "-o", "tfork.log"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(img.join("tfork.log")).unwrap_or_default();
+    assert!(out.status.success(), "tfork failed:\n{log}{}", String::from_utf8_lossy(&out.stderr));
+    let clones: Vec<i32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(clones.len(), n, "{n} clone pids expected:\n{log}");
+    (clones, log)
+}
+
 /// tools/bench/treehog.c built in `tmp` and started as pid 1 of a pid
 /// namespace of its own (`unshare --pid --fork setsid`, in `tmp/work`):
 /// a root and CHILDREN children of MIB MiB each (THP 1: huge pages),
