@@ -119,21 +119,26 @@ impl Drop for Src {
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
-        reap_zombies();
+        reap_zombies(&self.bin);
     }
 }
 
-/// Reap every exited child of this test process (clones are its children:
-/// siblings of the source, which it started) other than the sources held
-/// as `Child`ren (reaped by pid only, never with -1).
-fn reap_zombies() {
+/// Reap the exited clones of `bin` among this test process's children
+/// (clones are its children: siblings of the source, which it started),
+/// by pid, never with -1. Only zombies named as `bin` are taken: a `criu`
+/// another test thread started is a zombie for a moment before its
+/// `Command` reaps it, and reaping it here would fail that wait (ECHILD).
+fn reap_zombies(bin: &Path) {
     let me = std::process::id().to_string();
+    let name = bin.file_name().unwrap().to_string_lossy();
+    let comm = &name.as_bytes()[..name.len().min(15)];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = st.rsplit_once(") ") else { continue };
+        let Some((head, rest)) = st.rsplit_once(") ") else { continue };
+        let Some((_, c)) = head.split_once(" (") else { continue };
         let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 1 && f[0] == "Z" && f[1] == me {
+        if f.len() > 1 && f[0] == "Z" && f[1] == me && c.as_bytes() == comm {
             // SAFETY: waitpid of one exited child of ours, by pid.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
         }
@@ -319,7 +324,7 @@ fn killing_a_clone_leaves_the_others() {
     // SAFETY: kill(2) of a clone this test made.
     unsafe { libc::kill(clones[1], libc::SIGKILL) };
     wait_until("the clone gone", Duration::from_secs(5), || !alive(clones[1]));
-    reap_zombies();
+    reap_zombies(&src.bin);
     src.all_tick(&[src.pid, clones[0], clones[2]], 3, "after a clone was killed");
     // the source too, and its clones without it
     // SAFETY: as above.
@@ -387,7 +392,7 @@ fn engine_killed_at_each_fault_point() {
         } else {
             assert!(left.is_empty(), "{point}: processes left: {left:?}\n{log}");
         }
-        reap_zombies();
+        reap_zombies(&src.bin);
         assert_eq!(steady_fds(src.pid), fds0, "{point}: fds");
         assert_eq!(sigmasks(src.pid), masks0, "{point}: threads and their masks");
         // maps as before, but for the dump's scratch mapping a death inside
@@ -443,7 +448,7 @@ fn engine_killed_mid_fan_out_leaves_only_whole_clones() {
             unsafe { libc::kill(c, libc::SIGKILL) };
         }
         wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
-        reap_zombies();
+        reap_zombies(&src.bin);
         assert_eq!(steady_fds(src.pid), fds0, "{point}: fds");
         assert_eq!(sigmasks(src.pid), masks0, "{point}: threads and their masks");
     }
@@ -467,7 +472,7 @@ fn a_failing_tfork_leaves_no_clone() {
         assert!(left.is_empty(), "{at}: left {left:?}\n{log}");
         src.all_tick(&[src.pid], 2, &format!("after the failure at {at}"));
         wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
-        reap_zombies();
+        reap_zombies(&src.bin);
     }
 }
 
@@ -516,7 +521,7 @@ fn persist_sync_restorable(name: &str, env: &[(&str, &str)], how: &str) {
         let _ = c.wait();
     }
     wait_until("source and clones gone", Duration::from_secs(5), || {
-        reap_zombies();
+        reap_zombies(&src.bin);
         live_with_exe(&src.bin).is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
     });
     std::fs::remove_file(src.log(pid)).unwrap();
@@ -650,7 +655,7 @@ fn persist_async_returns_with_the_clones_and_reports_the_write() {
         unsafe { libc::kill(c, libc::SIGKILL) };
     }
     wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
-    reap_zombies();
+    reap_zombies(&src.bin);
     src.all_tick(&[src.pid], 2, "after the async tforks");
 }
 
@@ -687,7 +692,7 @@ fn fixture_clones(name: &str) {
         unsafe { libc::kill(c, libc::SIGKILL) };
     }
     wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&fx.bin) == vec![fx.pid]);
-    reap_zombies();
+    reap_zombies(&fx.bin);
 }
 
 #[test]
@@ -796,7 +801,7 @@ fn a_full_disk_fails_the_background_write_and_leaves_no_set() {
         assert!(log.contains(how), "{label}: the write through io_uring failed: {log}");
         assert!(leftovers(&img).is_empty(), "{label}: {:?} left", leftovers(&img));
         wait_until("no clone left by the failed sync tfork", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
-        reap_zombies();
+        reap_zombies(&src.bin);
 
         let img = mnt.join(format!("async-{label}"));
         std::fs::create_dir_all(&img).unwrap();
@@ -816,7 +821,7 @@ fn a_full_disk_fails_the_background_write_and_leaves_no_set() {
             unsafe { libc::kill(c, libc::SIGKILL) };
         }
         wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&src.bin) == vec![src.pid]);
-        reap_zombies();
+        reap_zombies(&src.bin);
         std::fs::remove_dir_all(mnt.join(format!("sync-{label}"))).unwrap();
         std::fs::remove_dir_all(&img).unwrap();
     }
@@ -881,7 +886,7 @@ fn clones_own_their_files(name: &str, mode: &str, dir: &Path, img: &Path, own_lo
     // SAFETY: kill(2) of a clone this test made.
     unsafe { libc::kill(clones[0], libc::SIGKILL) };
     wait_until("the killed clone gone", Duration::from_secs(5), || {
-        reap_zombies();
+        reap_zombies(&fx.bin);
         !alive(clones[0])
     });
     let t1: Vec<u64> = clones[1..].iter().map(|&c| last_tick(&clone_log(c))).collect();
@@ -892,7 +897,7 @@ fn clones_own_their_files(name: &str, mode: &str, dir: &Path, img: &Path, own_lo
         unsafe { libc::kill(c, libc::SIGKILL) };
     }
     wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&fx.bin) == vec![fx.pid]);
-    reap_zombies();
+    reap_zombies(&fx.bin);
 }
 
 #[test]
@@ -987,7 +992,7 @@ fn engine_killed_during_a_root_snapshot_leaves_no_clone() {
         assert_killed(st, point, &log);
         assert!(out.is_empty(), "{point}: no clone reported");
         wait_until(&format!("{point}: no clone left"), Duration::from_secs(5), || {
-            reap_zombies();
+            reap_zombies(&fx.bin);
             live_with_exe(&fx.bin) == vec![fx.pid]
         });
         let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -1131,7 +1136,7 @@ fn ns_init_clones(name: &str) {
         unsafe { libc::kill(c, libc::SIGKILL) };
     }
     wait_until("clones gone", Duration::from_secs(5), || live_with_exe(&fx.bin).is_empty());
-    reap_zombies();
+    reap_zombies(&fx.bin);
     // the image set of the frozen moment, durable when the command returned
     assert!(log.contains("image set durable after"), "{log}");
     assert!(img.join("inventory.img").exists() && img.join("core-1.img").exists());
@@ -1227,7 +1232,7 @@ fn namespace_init_pause_does_not_copy_its_memory() {
                 // SAFETY: kill(2) of a clone this test made.
                 unsafe { libc::kill(c, libc::SIGKILL) };
             }
-            reap_zombies();
+            reap_zombies(&src.bin);
         }
     }
     src.all_tick(&[src.pid], 2, "after the tforks");
@@ -1268,5 +1273,5 @@ fn namespace_init_with_dontfork_memory_gets_its_snapshot() {
         // SAFETY: kill(2) of a clone this test made.
         unsafe { libc::kill(c, libc::SIGKILL) };
     }
-    reap_zombies();
+    reap_zombies(&src.bin);
 }
