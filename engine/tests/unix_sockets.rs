@@ -506,7 +506,7 @@ fn we_restore_upstream_ipc_images() {
     let text = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
     if !test_support::cpu_has("avx512f") {
         assert_eq!(out.status.code(), Some(1), "this CPU lacks avx512f: the restore must be refused:\n{text}");
-        assert!(text.to_ascii_lowercase().contains("avx512"), "the refusal must name AVX-512:\n{text}");
+        assert!(text.contains("AVX-512"), "the refusal must name AVX-512:\n{text}");
         return;
     }
     assert!(out.status.success(), "restore of upstream's ipc images failed:\n{text}");

@@ -48,18 +48,21 @@ int main(int argc, char **argv)
 	for (unsigned long n = 1;; n++) {
 		struct timespec ts = {0, 50 * 1000 * 1000};
 		nanosleep(&ts, NULL);
-		sigset_t pend, want;
+		sigset_t pend;
 		sigpending(&pend);
-		sigemptyset(&want);
-		if (none)
-			sigaddset(&want, SIGCHLD);
+		/* (compared signal by signal: sigpending and sigemptyset touch
+		 * only the kernel's 64 bits of the 1024-bit sigset_t) */
+		unsigned long long bits = 0, want = none ? 1ULL << (SIGCHLD - 1) : 0;
+		for (int s = 1; s <= 64; s++)
+			if (sigismember(&pend, s) == 1)
+				bits |= 1ULL << (s - 1);
 		FILE *log = fopen("progress.log", "a");
 		if (!log)
 			continue;
 		if (handled)
 			fprintf(log, "FAIL: handler of signal %d ran\n", (int)handled);
-		else if (memcmp(&pend, &want, sizeof(pend)))
-			fprintf(log, "FAIL: pending signals changed (SIGURG %d SIGWINCH %d SIGCHLD %d)\n", sigismember(&pend, SIGURG),
+		else if (bits != want)
+			fprintf(log, "FAIL: pending signals changed to %#llx (SIGURG %d SIGWINCH %d SIGCHLD %d)\n", bits, sigismember(&pend, SIGURG),
 				sigismember(&pend, SIGWINCH), sigismember(&pend, SIGCHLD));
 		else
 			fprintf(log, "tick %lu ok\n", n);
