@@ -362,13 +362,17 @@ fn host_xcr0() -> u64 {
 pub fn check_threads(dir: &Path, cap: u32) -> Result<(), String> {
     let ps: Vec<pb::PstreeEntry> = read_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE).map_err(|e| crate::log::error_chain(&e))?;
     let have = host_xcr0() | 0b11;
+    let read = |tid: u32| -> Result<pb::CoreEntry, String> { read_one(dir, &mg::CORE.file_name(tid), &mg::CORE).map_err(|e| crate::log::error_chain(&e)) };
     for p in &ps {
+        // a zombie (core-PID says TASK_DEAD) has no registers, whatever its
+        // one thread id is (0, or no set value in upstream's images)
+        let own = read(p.pid)?;
+        if own.tc.as_ref().is_some_and(|tc| tc.task_state == crate::images_io::TASK_DEAD) {
+            continue;
+        }
         for &tid in &p.threads {
-            // a zombie is listed with one thread 0, its core is core-PID
-            // (as upstream writes it); it has no registers
-            let tid = if tid == 0 { p.pid } else { tid };
             let name = mg::CORE.file_name(tid);
-            let core: pb::CoreEntry = read_one(dir, &name, &mg::CORE).map_err(|e| crate::log::error_chain(&e))?;
+            let core = if tid == p.pid { own.clone() } else { read(tid)? };
             let Some(bv) = core.thread_info.as_ref().and_then(|t| t.fpregs.xsave.as_ref()).map(|x| x.xstate_bv) else {
                 continue;
             };

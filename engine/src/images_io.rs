@@ -60,7 +60,8 @@ const TASK_ALIVE: u32 = 1;
 /// Upstream's TASK_STOPPED (compel's COMPEL_TASK_STOPPED): a process in
 /// group-stop, its stop signal in `stop_signo`.
 const TASK_STOPPED: u32 = 3;
-const TASK_DEAD: u32 = 2;
+/// Upstream's TASK_DEAD: a zombie (core-PID holds its exit code).
+pub const TASK_DEAD: u32 = 2;
 
 fn regs_to_pb(r: &Regs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
@@ -1439,8 +1440,16 @@ fn read_images_now(dir: &Path) -> Result<(Tree, Vec<PagesImage>), ImagesError> {
         return Err(bad("inventory.img", format!("image version {} is not supported (want 2)", inv.img_version)));
     }
     let ps: Vec<pb::PstreeEntry> = read_all(dir, &mg::PSTREE.file_name(""), &mg::PSTREE)?;
+    // (a zombie's one thread id is whatever upstream's memory held: its
+    // core says it is one, read here only for a thread list that is not
+    // the process's own)
+    let dead = |p: &pb::PstreeEntry| {
+        p.threads.len() == 1
+            && p.threads[0] != p.pid
+            && read_one::<pb::CoreEntry>(dir, &mg::CORE.file_name(p.pid), &mg::CORE).is_ok_and(|c| c.tc.is_some_and(|tc| tc.task_state == TASK_DEAD))
+    };
     let shape: Vec<crate::validate::PstreeShape> =
-        ps.iter().map(|p| crate::validate::PstreeShape { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, threads: p.threads.clone() }).collect();
+        ps.iter().map(|p| crate::validate::PstreeShape { pid: p.pid, ppid: p.ppid, pgid: p.pgid, sid: p.sid, threads: p.threads.clone(), dead: dead(p) }).collect();
     crate::validate::pstree(&mg::PSTREE.file_name(""), &shape)?;
     let files: Vec<pb::FileEntry> = read_all(dir, &mg::FILES.file_name(""), &mg::FILES)?;
     let seccomp_img: Vec<pb::SeccompFilter> = if dir.join(mg::SECCOMP.file_name("")).exists() {

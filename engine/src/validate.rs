@@ -90,6 +90,10 @@ pub struct PstreeShape {
     pub pgid: u32,
     pub sid: u32,
     pub threads: Vec<u32>,
+    /// Its core image says it is a zombie (TASK_DEAD), whatever its thread
+    /// list holds (upstream 4.2 writes one thread of no set value for a
+    /// zombie: 0, or whatever its memory held).
+    pub dead: bool,
 }
 
 /// The kernel's largest pid (PID_MAX_LIMIT on 64-bit).
@@ -102,7 +106,7 @@ const MAX_TASKS: usize = 1 << 16;
 /// and thread ids in range and unique across the tree, every entry's
 /// parent an earlier entry (the root's parent outside the tree), a live
 /// process's first thread its own pid, a zombie (thread list `[0]` or
-/// empty) with no children, a session leader leading its own group.
+/// empty, or `dead`) with no children, a session leader leading its own group.
 pub fn pstree(file: &str, ps: &[PstreeShape]) -> Result<(), ImagesError> {
     use std::collections::HashMap;
     if ps.is_empty() {
@@ -139,7 +143,7 @@ pub fn pstree(file: &str, ps: &[PstreeShape]) -> Result<(), ImagesError> {
                 _ => return Err(e(format!("its parent {} is not an earlier entry", p.ppid))),
             }
         }
-        zombie[i] = p.threads.is_empty() || p.threads == [0];
+        zombie[i] = p.dead || p.threads.is_empty() || p.threads == [0];
         if zombie[i] {
             continue;
         }

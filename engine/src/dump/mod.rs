@@ -411,6 +411,7 @@ fn collect_tree(
         files::share_descriptions(&mut tables)?;
         crate::kinds::unix::check_tree(&mut tables)?;
         crate::kinds::pty::check_tree(&mut tables, &ns_pid)?;
+        crate::kinds::pidfd::check_tree(&tables, &ns_pid)?;
         // established TCP connections (--tcp-established): locked all at
         // once, then read in repair mode
         crate::kinds::tcp_stream::read_all(&mut tables)?;

@@ -44,6 +44,7 @@ pub mod inotify;
 pub mod memfd;
 pub mod netlink;
 pub mod packet;
+pub mod pidfd;
 pub mod pipe;
 pub mod pty;
 pub mod reg;
@@ -503,6 +504,7 @@ kinds! {
     Epoll(epoll::Epoll),
     Inotify(inotify::Inotify),
     Fanotify(fanotify::Fanotify),
+    Pidfd(pidfd::Pidfd),
     // (inet first: the unix kind claims every socket the others leave)
     Inet(inet::Inet),
     Netlink(netlink::Netlink),

@@ -118,6 +118,7 @@ pub fn make(tree: &Tree) -> Result<Plan, RestoreError> {
     let tasks = &tree.tasks;
     check_unshared(tree)?;
     crate::kinds::pty::check_sessions(tree).map_err(refuse)?;
+    crate::kinds::pidfd::check_image(tree).map_err(refuse)?;
     let index: HashMap<i32, usize> = tasks.iter().enumerate().map(|(i, t)| (t.pid, i)).collect();
     let mut nodes: Vec<Node> = Vec::with_capacity(tasks.len());
     // per node: (sid, pgid) its children inherit (the ids at the time it

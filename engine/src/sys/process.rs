@@ -492,9 +492,14 @@ pub fn kcmp_order(pid1: Pid, pid2: Pid, kind: i32) -> io::Result<std::cmp::Order
 
 /// pidfd_open(2).
 pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
+    pidfd_open_flags(pid, 0)
+}
+
+/// pidfd_open(2) with `flags` (PIDFD_NONBLOCK, PIDFD_THREAD).
+pub fn pidfd_open_flags(pid: Pid, flags: u32) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: integer-only syscall.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
     if r < 0 {
         return Err(last_err());
     }

@@ -74,6 +74,8 @@ fn kind_route(k: &Kind, fds: &[crate::model::Fd]) -> Option<&'static str> {
         Kind::Packet(_) => Some("a packet socket"),
         Kind::Memfd(_) => Some("a memfd"),
         Kind::Pty(_) => Some("a pseudo-terminal master"),
+        // (a fork's names the source's process, not the clone's)
+        Kind::Pidfd(_) => Some("a pidfd"),
     }
 }
 
