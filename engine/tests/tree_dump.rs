@@ -200,7 +200,7 @@ fn start_tree(name: &str) -> (PathBuf, TreeFx) {
 fn start_fixture(name: &str, prog: &str) -> (PathBuf, TreeFx) {
     let tmp = test_dir(&format!("treedump-{name}"));
     let bin = tmp.join(format!("fx-{prog}"));
-    build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../shared/fixtures/progs/{prog}.c")), &bin);
+    build_static(&test_support::fixtures_dir().expect("shared fixtures").join(format!("progs/{prog}.c")), &bin);
     let fx = TreeFx::start(bin, tmp.join("work"));
     (tmp, fx)
 }
@@ -626,7 +626,7 @@ fn host_pid_namespace_tree_restores_with_upstream_by(r: Restorer) {
     }
     let tmp = test_dir(&format!("treedump-hostns-{r:?}"));
     let bin = tmp.join("fx-tree");
-    build_static(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/progs/tree.c"), &bin);
+    build_static(&test_support::fixtures_dir().expect("shared fixtures").join("progs/tree.c"), &bin);
     let mut fx = TreeFx::start_in(bin, tmp.join("work"), false);
     let members = fx.members();
     assert_eq!(members.len(), 5);

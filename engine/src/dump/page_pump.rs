@@ -60,7 +60,9 @@ pub const PUMP_MAX: u64 = 1 << 30;
 /// Bytes the pump splices before it judges its rate.
 const SWITCH_PROBE: u64 = 4 << 20;
 
-/// Below this rate (bytes/s of the splicer's own time) the pump hands
+/// Below this rate (bytes per second of the splicer's own CPU time, not
+/// of the wall clock: on a loaded machine the splicer also waits for a
+/// CPU, which O_DIRECT would not save) the pump hands
 /// the rest to the two-copy path with O_DIRECT writes, which runs at the
 /// disk's 1.2-1.8 GB/s whatever the page cache costs. On this VM the
 /// pump's new page cache runs at 2-3 GB/s while the kernel hands out memory
@@ -69,14 +71,27 @@ const SWITCH_PROBE: u64 = 4 << 20;
 /// in advance: so the pump starts, and steps aside when it is slow.
 const SWITCH_RATE: f64 = 1.5e9;
 
-/// The rate under which the pump steps aside; `None` with
-/// `CRIU_RS_PUMP=always` (the pump to the end, for comparisons).
-/// `CRIU_RS_PUMP_MIN_RATE` (bytes/s) overrides, for tests.
+/// The rate (bytes/s) of the last hand-over's O_DIRECT writes in this
+/// engine, 0 until one was made. The disk is not always at its
+/// 1.2-1.8 GB/s: while other writers keep it busy it ran at 0.07-0.17 GB/s
+/// here, under the page cache's slow 0.5 GB/s; so once a hand-over has
+/// measured it, a later pump (the next process of a tree) steps aside only
+/// for a page cache slower than that.
+static DIRECT_RATE: AtomicU64 = AtomicU64::new(0);
+
+/// The rate under which the pump steps aside: [`SWITCH_RATE`], or the
+/// O_DIRECT rate measured last if lower; `None` with `CRIU_RS_PUMP=always`
+/// (the pump to the end, for comparisons). `CRIU_RS_PUMP_MIN_RATE`
+/// (bytes/s) overrides, for tests.
 fn switch_rate() -> Option<f64> {
     if std::env::var("CRIU_RS_PUMP").as_deref() == Ok("always") {
         return None;
     }
-    Some(std::env::var("CRIU_RS_PUMP_MIN_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(SWITCH_RATE))
+    if let Some(v) = std::env::var("CRIU_RS_PUMP_MIN_RATE").ok().and_then(|v| v.parse().ok()) {
+        return Some(v);
+    }
+    let direct = DIRECT_RATE.load(Ordering::Relaxed) as f64;
+    Some(if direct > 0.0 { SWITCH_RATE.min(direct) } else { SWITCH_RATE })
 }
 
 /// Whether the pump is the path for `bytes` of pages: up to [`PUMP_MAX`]
@@ -322,7 +337,7 @@ impl MemSource for PagePump {
         // the copy took 19.7 s against 6.8 s with one.
         let per_pipe = std::env::var("CRIU_RS_PUMP_SPLICERS").as_deref() == Ok("2");
         let min_rate = switch_rate();
-        // (bytes, nanoseconds) the splicer has moved and spent
+        // (bytes, CPU nanoseconds) the splicer has moved and spent
         let spliced = (AtomicU64::new(0), AtomicU64::new(0));
         let spliced = &spliced;
         let mut pos = off as i64;
@@ -341,11 +356,21 @@ impl MemSource for PagePump {
                     let r = (|| {
                         while let Ok((k, len, pos)) = rx.recv() {
                             let t0 = Instant::now();
+                            let c0 = thread_cpu_ns();
                             drain(rds[k], pid, out, pos, len)?;
                             let d = t0.elapsed();
                             busy += d;
                             spliced.0.fetch_add(len as u64, Ordering::Relaxed);
-                            spliced.1.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+                            // the splicer's own CPU time, not the wall
+                            // time: on a loaded machine the splicer waits
+                            // for a CPU, and that is no cost of the page
+                            // cache (O_DIRECT would wait as long, and for
+                            // the disk besides)
+                            let spent = match (c0, thread_cpu_ns()) {
+                                (Some(a), Some(b)) => b.saturating_sub(a),
+                                _ => d.as_nanos() as u64,
+                            };
+                            spliced.1.fetch_add(spent, Ordering::Relaxed);
                             flow_ref.0.lock().expect("flow lock").in_pipe[k] = 0;
                             flow_ref.1.notify_all();
                         }
@@ -417,12 +442,17 @@ impl MemSource for PagePump {
             let rest: Vec<(u64, u64)> = work[i..].iter().flatten().copied().collect();
             let left: u64 = rest.iter().map(|r| r.1).sum();
             crate::pr_debug!(
-                "page pump: {} bytes in {:.3} s, under {:.1} GB/s: switching to O_DIRECT for the other {left} bytes",
+                "page pump: {} bytes in {:.3} s (splicer CPU {:.3} s), under {:.1} GB/s: switching to O_DIRECT for the other {left} bytes",
                 pos as u64 - off,
                 t.elapsed().as_secs_f64(),
+                spliced.1.load(Ordering::Relaxed) as f64 / 1e9,
                 min_rate.unwrap_or(0.0) / 1e9
             );
+            let td = Instant::now();
             self.mem.copy_to_direct(&rest, out, pos as u64)?;
+            let rate = left as f64 / td.elapsed().as_secs_f64().max(1e-9);
+            DIRECT_RATE.store(rate as u64, Ordering::Relaxed);
+            crate::pr_debug!("page pump: O_DIRECT wrote {left} bytes at {:.2} GB/s", rate / 1e9);
         }
         let s = t.elapsed().as_secs_f64();
         crate::pr_debug!(
@@ -434,6 +464,11 @@ impl MemSource for PagePump {
         crate::pr_info!("Copied {total} bytes of {} in {:.3} s ({:.2} GB/s, {how})", self.pid, s, total as f64 / s.max(1e-9) / 1e9);
         Ok(())
     }
+}
+
+/// CPU time of the calling thread, ns (`None` if the clock fails).
+fn thread_cpu_ns() -> Option<u64> {
+    crate::sys::process::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID).ok().map(|(s, ns)| s * 1_000_000_000 + ns)
 }
 
 /// Splice exactly `n` bytes out of pipe `rd` into `out` at `pos`.

@@ -22,6 +22,17 @@
 //! prints each run's pair too, with the load average and how much of each
 //! engine's pages files the page cache held right after its dump (`fincore`).
 //!
+//! Every engine's run starts from the same state of the machine: each dump
+//! writes into a directory of its own, none is removed before the end of
+//! the invocation (on an ext4 without a journal, as here, a file created
+//! within minutes of a deletion scans past every recently freed inode of
+//! its group: removing the previous run's ~700 image files made the next
+//! dump, either engine's, pay for them, more with every run); dirty pages
+//! are written back (`sync`) before each dump, so no dump runs against
+//! the write-back of the images before it; and the restored tree of the
+//! previous run is gone (its pid namespace reaped) before the next starts.
+//! The image sets are removed once all runs are done.
+//!
 //! Needs root and gcc; the upstream binary defaults to
 //! ../shared/upstream-criu/criu-4.2 (its columns are NaN without it).
 
@@ -105,6 +116,10 @@ fn pss_mib(root: i32) -> f64 {
 
 struct Run {
     dump: f64,
+    /// CPU seconds (user + system) of the dump's engine process and the
+    /// children it waited for (not its injected code, which runs in the
+    /// tree's processes).
+    dump_cpu: f64,
     restore: f64,
     pss_before: f64,
     pss_after: f64,
@@ -144,9 +159,19 @@ fn drop_caches() -> Result<(), String> {
     fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("drop_caches: {e}"))
 }
 
-/// Start the tree, dump it with `criu`, restore it; the times and memory.
+/// CPU seconds (user + system) of the children waited for so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the zeroed rusage it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
+/// Start the tree, dump it with `criu` into `dir` (a directory not used
+/// before in this invocation), restore it; the times and memory.
 fn one(criu: &Path, prog: &Path, dir: &Path, (n, child, shared): (usize, usize, usize), cold: bool) -> Result<Run, String> {
-    let _ = fs::remove_dir_all(dir);
     let work = dir.join("work");
     let img = dir.join("img");
     fs::create_dir_all(&work).unwrap();
@@ -166,46 +191,56 @@ fn one(criu: &Path, prog: &Path, dir: &Path, (n, child, shared): (usize, usize, 
     let log = work.join("progress.log");
     wait_for("the workload", Duration::from_secs(120), || work.join("ready").exists() && ok_ticks(&log).unwrap_or(0) >= 2)?;
     let pss_before = pss_mib(root);
-    let run = |args: &[&str], logname: &str| -> Result<f64, String> {
+    let run = |args: &[&str], logname: &str| -> Result<(f64, f64), String> {
+        let c = children_cpu();
         let t = Instant::now();
         let out = Command::new(criu).args(args).args(["-o", logname]).arg("-D").arg(&img).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
         let secs = t.elapsed().as_secs_f64();
+        let cpu = children_cpu() - c;
         if !out.status.success() {
             let text = fs::read_to_string(img.join(logname)).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(4).collect();
             return Err(format!("{} {} failed: {tail:?}", criu.display(), args[0]));
         }
-        Ok(secs)
+        Ok((secs, cpu))
     };
+    // no dirty pages of an earlier run's images written back meanwhile
+    Command::new("sync").status().map_err(|e| format!("sync: {e}"))?;
     let dump = run(&["dump", "-t", &root.to_string()], "dump.log");
     if dump.is_err() {
         kill(root);
     }
-    let dump = dump?;
+    let (dump, dump_cpu) = dump?;
     let cached = cached_share(&img);
     wait_for("the dumped tree's exit", Duration::from_secs(10), || !Path::new(&format!("/proc/{root}")).exists())?;
     if cold {
         drop_caches()?;
     }
     let pidfile = img.join("restored.pid");
-    let restore = run(&["restore", "-d", "--pidfile", pidfile.to_str().unwrap()], "restore.log")?;
+    let (restore, _) = run(&["restore", "-d", "--pidfile", pidfile.to_str().unwrap()], "restore.log")?;
     let new_root: i32 = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).ok_or("no pidfile")?;
     let before = ok_ticks(&log)?;
     let ticked = wait_for("ticks after restore", Duration::from_secs(30), || ok_ticks(&log).unwrap_or(0) >= before + 2);
     let pss_after = pss_mib(new_root);
     let alive = members(new_root).len();
     kill(new_root);
+    // the next run starts once this tree is gone (its init, killed, exits
+    // when every process of its namespace is reaped)
+    let gone = wait_for("the restored tree's exit", Duration::from_secs(30), || !tools::bench::alive(new_root));
     ticked?;
+    gone?;
     ok_ticks(&log)?;
     if alive != n + 1 {
         return Err(format!("{alive} processes after the restore, {} dumped", n + 1));
     }
-    Ok(Run { dump, restore, pss_before, pss_after, cached })
+    Ok(Run { dump, dump_cpu, restore, pss_before, pss_after, cached })
 }
 
 fn main() {
     let o = opts();
     fs::create_dir_all(&o.dir).unwrap();
+    // (image sets an interrupted invocation left)
+    remove_runs(&o.dir);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/treehog.c");
     let prog = o.dir.join("treehog");
     let st = Command::new("gcc").args(["-O2", "-o"]).arg(&prog).arg(&src).status().expect("gcc");
@@ -218,21 +253,23 @@ fn main() {
         let mut base: Vec<Run> = Vec::new();
         let mut up: Vec<Run> = Vec::new();
         let mut note = String::new();
-        for _ in 0..o.runs {
+        for r in 0..o.runs {
             let l0 = load();
             let (n0, u0) = (ours.len(), up.len());
-            match one(&o.criu, &prog, &o.dir.join("ours"), case, o.cold) {
+            let (n, c, s) = case;
+            let dir = |who: &str| o.dir.join(format!("{n}x{c}+{s}-run{r}-{who}"));
+            match one(&o.criu, &prog, &dir("ours"), case, o.cold) {
                 Ok(r) => ours.push(r),
                 Err(e) => note = format!("ours: {e}"),
             }
             if let Some(b) = &o.base {
-                match one(b, &prog, &o.dir.join("base"), case, o.cold) {
+                match one(b, &prog, &dir("base"), case, o.cold) {
                     Ok(r) => base.push(r),
                     Err(e) => note = format!("base: {e}"),
                 }
             }
             if have_up {
-                match one(&o.upstream, &prog, &o.dir.join("upstream"), case, o.cold) {
+                match one(&o.upstream, &prog, &dir("upstream"), case, o.cold) {
                     Ok(r) => up.push(r),
                     Err(e) => note = format!("upstream: {e}"),
                 }
@@ -242,14 +279,15 @@ fn main() {
             eprintln!("{case:?} run dump s: ours {:.3} base {:.3} upstream {:.3}", last(&ours), last(&base), last(&up));
             if o.rounds && ours.len() > n0 && up.len() > u0 {
                 if let (Some(a), Some(b)) = (ours.last(), up.last()) {
-                    let (n, c, s) = case;
                     eprintln!(
-                        "round {n} x {c} + {s}{}: load {l0:.1}-{:.1}; dump ours {:.3} up {:.3} ({:.2}); restore ours {:.3} up {:.3} ({:.2}); pages cached after dump: ours {:.0}%, up {:.0}%",
+                        "round {n} x {c} + {s}{}: load {l0:.1}-{:.1}; dump ours {:.3} up {:.3} ({:.2}), engine cpu ours {:.3} up {:.3}; restore ours {:.3} up {:.3} ({:.2}); pages cached after dump: ours {:.0}%, up {:.0}%",
                         if o.cold { " cold" } else { "" },
                         load(),
                         a.dump,
                         b.dump,
                         a.dump / b.dump,
+                        a.dump_cpu,
+                        b.dump_cpu,
                         a.restore,
                         b.restore,
                         a.restore / b.restore,
@@ -281,5 +319,15 @@ fn main() {
     }
     if !have_up {
         println!("(no upstream binary at {}: its columns are NaN)", o.upstream.display());
+    }
+    remove_runs(&o.dir);
+}
+
+/// Remove the runs' directories (images and workload dirs) under `dir`.
+fn remove_runs(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.contains("-run")) {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
