@@ -1290,6 +1290,8 @@ fn write_task(
             blk_sigset_extended: None,
             rseq_entry: t.rseq.map(|r| pb::RseqEntry { rseq_abi_pointer: r.ptr, rseq_abi_size: r.len, signature: r.sig, rseq_cs_pointer: None }),
             cg_set: Some(task.cg_set.max(1)),
+            rs_cpu_affinity: t.cpus.clone(),
+            rs_ioprio: (t.ioprio != 0).then_some(t.ioprio),
         };
         let tc = (i == 0).then(|| pb::TaskCoreEntry {
             task_state: if task.stop_signo.is_some() { TASK_STOPPED } else { TASK_ALIVE },
@@ -1813,6 +1815,17 @@ fn read_task(
             sched_nice: tcore.sched_nice.unwrap_or(0),
             sched_policy: tcore.sched_policy.unwrap_or(0),
             sched_prio: tcore.sched_prio.unwrap_or(0),
+            cpus: {
+                if tcore.rs_cpu_affinity.len() > 16 {
+                    return Err(bad(&name, format!("thread {tid}: rs_cpu_affinity: {} words, past the 1024 CPUs restore sets", tcore.rs_cpu_affinity.len())));
+                }
+                tcore.rs_cpu_affinity.clone()
+            },
+            ioprio: match tcore.rs_ioprio.unwrap_or(0) {
+                // class (none, real time, best effort, idle) and a level below 8
+                p if p >> 13 <= 3 && p & 0x1fff < 8 => p,
+                p => return Err(bad(&name, format!("thread {tid}: rs_ioprio: {p:#x} is no I/O priority (class {} level {})", p >> 13, p & 0x1fff))),
+            },
             pdeath_sig: tcore.pdeath_sig.unwrap_or(0),
             seccomp_mode: tcore.seccomp_mode.unwrap_or(0) as u32,
             seccomp: match tcore.seccomp_filter {

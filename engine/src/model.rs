@@ -210,6 +210,11 @@ pub struct Thread {
     pub sched_policy: u32,
     /// Real-time priority (SCHED_FIFO/RR), 0 otherwise.
     pub sched_prio: u32,
+    /// CPU affinity when pinned to part of the CPUs online at dump (64-bit
+    /// words, CPU 0 in bit 0 of the first); empty: every CPU.
+    pub cpus: Vec<u64>,
+    /// I/O priority (ioprio_get: class << 13 | level); 0: the default.
+    pub ioprio: u32,
     pub pdeath_sig: u32,
     /// SECCOMP_MODE_* of the thread.
     pub seccomp_mode: u32,

@@ -2136,8 +2136,8 @@ fn finish(
     }
     main.call_stepped("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, restore::space::GADGET_LEN]).map_err(ioe(pid, "unmapping the gadget"))?;
     thread::load_final(pid, &tc.threads[0])?;
-    for &t in &tids {
-        p::sched_setaffinity(t, &mask).map_err(ioe(t, "giving back the CPU mask"))?;
+    for (&t, th) in tids.iter().zip(&tc.threads) {
+        p::sched_setaffinity(t, &restore::creds::final_cpu_mask(th, &mask)).map_err(ioe(t, "giving back the CPU mask"))?;
     }
     drop(pinned);
     crate::fault::point("tfork-before-release");

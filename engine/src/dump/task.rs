@@ -180,6 +180,9 @@ pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i
     let regs = fixup_syscall_restart(ft.regs);
     let sched_policy = proc::stat_field(&f, 41) as u32;
     let rt = sched_policy == libc::SCHED_FIFO as u32 || sched_policy == libc::SCHED_RR as u32;
+    // (read from outside, by host tid)
+    let cpus = pinned_cpus(tid).map_err(io_err(tid, "sched_getaffinity"))?;
+    let ioprio = crate::sys::process::ioprio_get(tid).map_err(io_err(tid, "ioprio_get"))?;
     Ok(Thread {
         tid: ns_tid,
         regs,
@@ -196,10 +199,22 @@ pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i
         sched_nice: proc::stat_field(&f, 19) as i64 as i32,
         sched_policy,
         sched_prio: if rt { proc::stat_field(&f, 40) as u32 } else { 0 },
+        cpus,
+        ioprio,
         pdeath_sig: u32::from_le_bytes(pdeath_sig.try_into().expect("4")),
         seccomp_mode,
         seccomp,
     })
+}
+
+/// Thread `tid`'s CPU affinity when it leaves out some CPU online now
+/// (`taskset`, sched_setaffinity); empty when it has them all.
+fn pinned_cpus(tid: Pid) -> std::io::Result<Vec<u64>> {
+    let mask = crate::sys::process::sched_getaffinity(tid)?;
+    let online = crate::sys::process::online_cpus()?;
+    let all = online.iter().enumerate().all(|(i, w)| mask.get(i).copied().unwrap_or(0) & w == *w);
+    let used = mask.iter().rposition(|w| *w != 0).map_or(0, |i| i + 1);
+    Ok(if all { Vec::new() } else { mask[..used].to_vec() })
 }
 
 /// The id of host thread `tid` of `pid` in the task's own pid namespace.

@@ -105,6 +105,36 @@ fn apply_sched(b: &mut Batch, t: &Thread) {
         );
     }
     b.push(format!("setpriority(nice {})", t.sched_nice), libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, t.sched_nice as i64 as u64]);
+    if t.ioprio != 0 {
+        b.push(format!("ioprio_set({:#x})", t.ioprio), libc::SYS_ioprio_set, &[crate::sys::process::IOPRIO_WHO_PROCESS as u64, 0, u64::from(t.ioprio)]);
+    }
+}
+
+/// The CPU mask thread `t` is given back at the end of its restore: its
+/// dumped affinity (when it was pinned) on the CPUs online here, else
+/// `inherited` (what the restore found it with). A pinning none of whose
+/// CPUs is online here leaves it on `inherited`, with a warning.
+pub fn final_cpu_mask(t: &Thread, inherited: &[u64; 16]) -> [u64; 16] {
+    if t.cpus.is_empty() {
+        return *inherited;
+    }
+    let online = crate::sys::process::online_cpus().unwrap_or_default();
+    let mut mask = [0u64; 16];
+    for (i, m) in mask.iter_mut().enumerate() {
+        *m = t.cpus.get(i).copied().unwrap_or(0) & online.get(i).copied().unwrap_or(0);
+    }
+    if mask.iter().all(|w| *w == 0) {
+        pr_warn!("thread {}: none of the CPUs it was pinned to ({}) is online here: left on {}", t.tid, cpu_list(&t.cpus), cpu_list(inherited));
+        return *inherited;
+    }
+    pr_debug!("thread {}: pinned to CPUs {} again", t.tid, cpu_list(&mask));
+    mask
+}
+
+/// CPUs of a mask in words, as `0,2,5`.
+fn cpu_list(words: &[u64]) -> String {
+    let cpus: Vec<String> = (0..words.len() * 64).filter(|c| words[c / 64] >> (c % 64) & 1 == 1).map(|c| c.to_string()).collect();
+    cpus.join(",")
 }
 
 /// Install the thread's seccomp filters, oldest first.

@@ -851,8 +851,9 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
     main.call_stepped("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, space::GADGET_LEN]).map_err(ioe(child, "unmapping the gadget"))?;
     thread::load_final(child, &task.threads[0])?;
     let tids: Vec<Pid> = injs.iter().map(|(tid, _, _)| *tid).chain([child]).collect();
-    for &tid in &tids {
-        p::sched_setaffinity(tid, &target_mask).map_err(ioe(tid, "giving back the CPU mask"))?;
+    // (each its dumped pinning, if it had one; else the mask it came with)
+    for (tid, t) in injs.iter().map(|(tid, _, t)| (*tid, *t)).chain([(child, &task.threads[0])]) {
+        p::sched_setaffinity(tid, &creds::final_cpu_mask(t, &target_mask)).map_err(ioe(tid, "giving back the CPU mask"))?;
     }
     drop(pinned);
     Ok(Ready { task, pid: child, tids })

@@ -490,6 +490,41 @@ pub fn kcmp_order(pid1: Pid, pid2: Pid, kind: i32) -> io::Result<std::cmp::Order
     }
 }
 
+/// ioprio_get(IOPRIO_WHO_PROCESS, tid): thread `tid`'s I/O priority.
+pub fn ioprio_get(tid: Pid) -> io::Result<u32> {
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(r as u32)
+}
+
+/// IOPRIO_WHO_PROCESS: ioprio_get/set of one thread.
+pub const IOPRIO_WHO_PROCESS: i32 = 1;
+
+/// The CPUs online on this machine (/sys/devices/system/cpu/online) as
+/// 64-bit words of a mask.
+pub fn online_cpus() -> io::Result<Vec<u64>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("/sys/devices/system/cpu/online: {:?}", text.trim()));
+    let mut words: Vec<u64> = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a > b || b >= 8192 {
+            return Err(bad());
+        }
+        for c in a..=b {
+            if words.len() <= c / 64 {
+                words.resize(c / 64 + 1, 0);
+            }
+            words[c / 64] |= 1 << (c % 64);
+        }
+    }
+    Ok(words)
+}
+
 /// pidfd_open(2).
 pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
     pidfd_open_flags(pid, 0)

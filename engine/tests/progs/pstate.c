@@ -4,7 +4,8 @@
  *             ambient and bounding sets, securebits, no_new_privs, two
  *             seccomp filters (one returns an errno, one kills), umask,
  *             personality, lowered rlimits, pdeath signal, child subreaper,
- *             SCHED_BATCH + nice.
+ *             SCHED_BATCH + nice, CPU affinity (the last CPU online, when
+ *             there are two or more), I/O priority best-effort level 5.
  *   timers  - ITIMER_REAL/VIRTUAL/PROF, POSIX timers (process-directed and
  *             SIGEV_THREAD_ID at a helper thread), sigaltstack in two
  *             threads, glibc's rseq registration in every thread, a thread
@@ -109,6 +110,9 @@ static void install_filter(int nr, uint32_t action)
 		fail("setup seccomp", nr);
 }
 
+/* IOPRIO_CLASS_BE << 13 | 5 */
+#define IOPRIO_BE5 ((2 << 13) | 5)
+
 static void creds_setup(void)
 {
 	/* a process-directed SIGTRAP stays pending (blocked) through every restore */
@@ -154,6 +158,16 @@ static void creds_setup(void)
 		fail("setup SCHED_BATCH", 0);
 	if (setpriority(PRIO_PROCESS, 0, 5) < 0)
 		fail("setup nice", 0);
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (cpus >= 2) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(cpus - 1, &set);
+		if (sched_setaffinity(0, sizeof(set), &set) < 0)
+			fail("setup affinity", 0);
+	}
+	if (syscall(SYS_ioprio_set, 1, 0, IOPRIO_BE5) < 0)
+		fail("setup ioprio", 0);
 }
 
 static int status_num(const char *key)
@@ -216,6 +230,14 @@ static void creds_check(void)
 	CHECK(sched_getscheduler(0) == SCHED_BATCH, "sched policy", sched_getscheduler(0));
 	errno = 0;
 	CHECK(getpriority(PRIO_PROCESS, 0) == 5, "nice", getpriority(PRIO_PROCESS, 0));
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (cpus >= 2) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CHECK(sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) == 1 && CPU_ISSET(cpus - 1, &set), "CPU affinity", CPU_COUNT(&set));
+	}
+	long io = syscall(SYS_ioprio_get, 1, 0);
+	CHECK(io == IOPRIO_BE5, "I/O priority", io);
 	if (access("trigger-kill", F_OK) == 0) {
 		say("calling the killed syscall");
 		syscall(KILL_NR, 0);
