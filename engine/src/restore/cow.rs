@@ -49,8 +49,8 @@ struct Piece {
 pub struct CowVma {
     pub start: u64,
     pub end: u64,
-    /// MAP_* flags it is mapped with (PRIVATE | ANONYMOUS [| NORESERVE]
-    /// [| GROWSDOWN], or PRIVATE for a file's).
+    /// MAP_* flags it is mapped with (PRIVATE | ANONYMOUS [| NORESERVE],
+    /// or PRIVATE for a file's).
     flags: u32,
     /// A private mapping of a regular file: its path in the image (a key
     /// of `map_files`) and the byte offset it maps from.
@@ -85,7 +85,8 @@ pub struct CowPlan {
 }
 
 /// Whether `v` may be kept through a fork as it is: private anonymous
-/// memory (the main stack too), or a private mapping of a regular file
+/// memory (not the main stack: see docs/ARCHITECTURE.md), or a private
+/// mapping of a regular file
 /// (the pages a process wrote in its libraries' data and relocations,
 /// which its children had copy-on-write).
 fn eligible(v: &Vma) -> bool {
@@ -95,12 +96,8 @@ fn eligible(v: &Vma) -> bool {
         return common && plain && v.kind == VmaKind::File && v.flags == libc::MAP_PRIVATE as u32;
     }
     let base = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
-    let extra = match v.kind {
-        VmaKind::Anon | VmaKind::Heap => libc::MAP_NORESERVE as u32,
-        VmaKind::Stack => (libc::MAP_NORESERVE | libc::MAP_GROWSDOWN) as u32,
-        _ => return false,
-    };
-    common && v.flags & base == base && v.flags & !(base | extra) == 0
+    let flags_ok = v.flags & base == base && v.flags & !(base | libc::MAP_NORESERVE as u32) == 0;
+    common && matches!(v.kind, VmaKind::Anon | VmaKind::Heap) && flags_ok
 }
 
 /// The file a candidate maps and from where (`None` for anonymous memory).

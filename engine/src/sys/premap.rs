@@ -15,11 +15,11 @@ use std::io;
 static REGIONS: Regions = Regions::new();
 
 /// Map `[start, start+len)` as a region ([`Regions::map_with`]): `flags`
-/// is `MAP_PRIVATE | MAP_ANONYMOUS`, with `MAP_NORESERVE` or
-/// `MAP_GROWSDOWN` or not; any other flag is refused with EINVAL.
+/// is `MAP_PRIVATE | MAP_ANONYMOUS`, with `MAP_NORESERVE` or not; any
+/// other flag is refused with EINVAL.
 pub fn map(start: u64, len: u64, flags: u32) -> io::Result<()> {
     let base = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
-    let allowed = base | (libc::MAP_NORESERVE | libc::MAP_GROWSDOWN) as u32;
+    let allowed = base | libc::MAP_NORESERVE as u32;
     if flags & !allowed != 0 || flags & base != base {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }

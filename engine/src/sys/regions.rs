@@ -59,13 +59,12 @@ impl Regions {
     }
 
     /// Like [`map`](Self::map), with `flags` added to `MAP_PRIVATE`
-    /// (`MAP_ANONYMOUS`, `MAP_NORESERVE`, `MAP_GROWSDOWN`; any other flag
-    /// is EINVAL) and, without `MAP_ANONYMOUS`, a private mapping of
+    /// (`MAP_ANONYMOUS`, `MAP_NORESERVE`; any other flag is EINVAL) and, without `MAP_ANONYMOUS`, a private mapping of
     /// `file` (fd, byte offset): its pages read from the file until
     /// written, never written back to it.
     pub fn map_with(&self, start: u64, len: u64, flags: i32, file: Option<(std::os::fd::BorrowedFd<'_>, u64)>) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        let allowed = libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_GROWSDOWN;
+        let allowed = libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
         let anon = flags & libc::MAP_ANONYMOUS != 0;
         if !start.is_multiple_of(PAGE) || len == 0 || !len.is_multiple_of(PAGE) || start.checked_add(len).is_none() || flags & !allowed != 0 || anon == file.is_some() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
