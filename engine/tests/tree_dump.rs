@@ -47,6 +47,12 @@ fn fresh(tmp: &Path, name: &str) -> PathBuf {
     d
 }
 
+/// Source `name` of ../shared/fixtures/progs (found as test_support finds
+/// the fixtures: a worktree need not sit beside `shared`).
+fn fixture_src(name: &str) -> PathBuf {
+    test_support::fixtures_dir().unwrap_or_else(|e| panic!("{e}")).join("progs").join(name)
+}
+
 /// gcc -O2 -static `src` (a fixture of ../shared/fixtures/progs, or of tests/progs).
 fn build_static(src: &Path, out: &Path) {
     let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(out).arg(src).args(["-lpthread", "-lrt"]).status().expect("gcc");
@@ -200,7 +206,7 @@ fn start_tree(name: &str) -> (PathBuf, TreeFx) {
 fn start_fixture(name: &str, prog: &str) -> (PathBuf, TreeFx) {
     let tmp = test_dir(&format!("treedump-{name}"));
     let bin = tmp.join(format!("fx-{prog}"));
-    build_static(&test_support::fixtures_dir().expect("shared fixtures").join(format!("progs/{prog}.c")), &bin);
+    build_static(&fixture_src(&format!("{prog}.c")), &bin);
     let fx = TreeFx::start(bin, tmp.join("work"));
     (tmp, fx)
 }
@@ -626,7 +632,7 @@ fn host_pid_namespace_tree_restores_with_upstream_by(r: Restorer) {
     }
     let tmp = test_dir(&format!("treedump-hostns-{r:?}"));
     let bin = tmp.join("fx-tree");
-    build_static(&test_support::fixtures_dir().expect("shared fixtures").join("progs/tree.c"), &bin);
+    build_static(&fixture_src("tree.c"), &bin);
     let mut fx = TreeFx::start_in(bin, tmp.join("work"), false);
     let members = fx.members();
     assert_eq!(members.len(), 5);

@@ -242,7 +242,7 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
     }
     if let Role::Task(i) = node.role {
         // what the children inherit copy-on-write, before they fork
-        super::cow::prepare(&plan.cow, i)?;
+        super::cow::prepare(&plan.cow, i, &|path| files::open_image_path_own(plan, path, libc::O_RDONLY, -1))?;
     }
     // parked memory (tfork): none of another subtree's goes through a fork
     let own: Vec<(u64, u64)> = match node.role {
@@ -286,6 +286,11 @@ fn setup_and_fork(plan: &ChildPlan, tree: &Tree, n: usize, terminal: Option<i32>
         // (that child's subtree has its parked memory now)
         for r in parked_of(plan, &subtree_tasks(plan, c)).into_iter().filter(|r| !own.contains(r)) {
             crate::sys::park::unmap(r.0, r.1).map_err(|e| format!("unmapping parked memory {:#x}-{:#x}: {e}", r.0, r.1))?;
+        }
+    }
+    if let Role::Task(i) = node.role {
+        if !node.children.is_empty() {
+            super::cow::after_forks(&plan.cow, i)?;
         }
     }
     if parked && !node.children.is_empty() {

@@ -49,8 +49,12 @@ struct Piece {
 pub struct CowVma {
     pub start: u64,
     pub end: u64,
-    /// MAP_* flags it is mapped with (PRIVATE | ANONYMOUS [| NORESERVE]).
+    /// MAP_* flags it is mapped with (PRIVATE | ANONYMOUS [| NORESERVE],
+    /// or PRIVATE for a file's).
     flags: u32,
+    /// A private mapping of a regular file: its path in the image (a key
+    /// of `map_files`) and the byte offset it maps from.
+    file: Option<(String, u64)>,
     /// MADV_HUGEPAGE or MADV_NOHUGEPAGE, applied before the fill.
     thp: Option<i32>,
     /// The process inherits it from the process that forks it.
@@ -62,6 +66,11 @@ pub struct CowVma {
     /// Where its parent has pages and it has none: dropped from the
     /// inherited copy.
     drop: Vec<(u64, u64)>,
+    /// For its children, a child's pages instead of its own (`prefork`),
+    /// its own put back once they forked, and `undo` (where that child
+    /// has pages and it has none) dropped then: see [`CowPlan::new`].
+    prefork: Option<Vec<Piece>>,
+    undo: Vec<(u64, u64)>,
 }
 
 /// The candidates of every process of the tree, and the pages files they
@@ -75,11 +84,25 @@ pub struct CowPlan {
     tasks: Vec<Vec<CowVma>>,
 }
 
-/// Whether `v` may be kept through a fork as it is.
+/// Whether `v` may be kept through a fork as it is: private anonymous
+/// memory (not the main stack: see docs/ARCHITECTURE.md), or a private
+/// mapping of a regular file
+/// (the pages a process wrote in its libraries' data and relocations,
+/// which its children had copy-on-write).
 fn eligible(v: &Vma) -> bool {
+    let common = v.shmid == 0 && v.madv & NOT_INHERITED == 0 && !v.is_empty();
+    if let Some(f) = &v.file {
+        let plain = f.memfd.is_none() && f.ghost.is_none() && !f.path.starts_with('\0') && f.path.starts_with('/');
+        return common && plain && v.kind == VmaKind::File && v.flags == libc::MAP_PRIVATE as u32;
+    }
     let base = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     let flags_ok = v.flags & base == base && v.flags & !(base | libc::MAP_NORESERVE as u32) == 0;
-    v.file.is_none() && v.shmid == 0 && matches!(v.kind, VmaKind::Anon | VmaKind::Heap) && flags_ok && v.madv & NOT_INHERITED == 0 && !v.is_empty()
+    common && matches!(v.kind, VmaKind::Anon | VmaKind::Heap) && flags_ok
+}
+
+/// The file a candidate maps and from where (`None` for anonymous memory).
+fn file_of(v: &Vma) -> Option<(String, u64)> {
+    v.file.as_ref().map(|f| (crate::images_io::map_key(f), v.pgoff))
 }
 
 /// `task`'s page runs clipped to `[s, e)`, as (start, end).
@@ -187,7 +210,7 @@ impl CowPlan {
             let (pt, ct) = (&tree.tasks[p], &tree.tasks[c]);
             for v in ct.mm.vmas.iter().filter(|v| eligible(v)) {
                 let i = pt.mm.vmas.partition_point(|w| w.start < v.start);
-                let Some(w) = pt.mm.vmas.get(i).filter(|w| w.start == v.start && w.end == v.end && w.flags == v.flags && eligible(w)) else { continue };
+                let Some(w) = pt.mm.vmas.get(i).filter(|w| w.start == v.start && w.end == v.end && w.flags == v.flags && eligible(w) && file_of(w) == file_of(v)) else { continue };
                 let p_runs = runs_in(pt, w.start, w.end);
                 if p_runs.is_empty() {
                     continue; // nothing to share
@@ -211,6 +234,36 @@ impl CowPlan {
                 }
                 if let Some(pv) = cand.get_mut(&(p, w.start)) {
                     pv.for_children = true;
+                }
+            }
+        }
+        // A library's data that the children share with each other but not
+        // with their parent (it wrote its own after the forks): the parent
+        // maps the first child's pages for the forks, then its own
+        // (copy-on-write broken in it alone). Only where the parent
+        // inherits nothing itself, and only for private file mappings,
+        // small (the compare after the forks reads all its pages again);
+        // not the main stack, where each child differs from the others in
+        // more pages than from its parent.
+        for &(p, c) in &edges {
+            let starts: Vec<u64> = cand.iter().filter(|((t, _), v)| *t == p && v.for_children && !v.from_parent && v.prefork.is_none() && v.file.is_some()).map(|((_, s), _)| *s).collect();
+            for s in starts {
+                let Some(cv) = cand.get(&(c, s)).filter(|cv| cv.from_parent) else { continue };
+                let c_pieces = cv.pieces.clone();
+                let c_runs: Vec<(u64, u64)> = c_pieces.iter().map(|pc| (pc.vaddr, pc.vaddr + pc.len)).collect();
+                let pv = cand.get_mut(&(p, s)).expect("listed");
+                let p_runs: Vec<(u64, u64)> = pv.pieces.iter().map(|pc| (pc.vaddr, pc.vaddr + pc.len)).collect();
+                pv.undo = minus(&c_runs, &p_runs);
+                pv.prefork = Some(c_pieces);
+                // every child of p inherits c's pages now
+                for &(p2, c2) in &edges {
+                    if p2 != p {
+                        continue;
+                    }
+                    if let Some(v2) = cand.get_mut(&(c2, s)).filter(|v2| v2.from_parent) {
+                        let runs: Vec<(u64, u64)> = v2.pieces.iter().map(|pc| (pc.vaddr, pc.vaddr + pc.len)).collect();
+                        v2.drop = minus(&c_runs, &runs);
+                    }
                 }
             }
         }
@@ -264,7 +317,7 @@ struct Maps(Vec<Option<(std::fs::File, MappedFile)>>);
 impl Maps {
     fn open(cp: &CowPlan, vmas: &[CowVma]) -> Maps {
         let mut m: Vec<Option<(std::fs::File, MappedFile)>> = (0..cp.files.len()).map(|_| None).collect();
-        for f in vmas.iter().flat_map(|v| v.pieces.iter().map(|pc| pc.file)) {
+        for f in vmas.iter().flat_map(|v| v.pieces.iter().chain(v.prefork.iter().flatten()).map(|pc| pc.file)) {
             if m[f].is_none() {
                 m[f] = images_proto::image::open_regular(&cp.files[f]).ok().and_then(|file| {
                     let map = MappedFile::map(&file).ok()?;
@@ -277,7 +330,7 @@ impl Maps {
     }
 
     fn usable(&self, v: &CowVma) -> bool {
-        v.pieces.iter().all(|pc| self.0.get(pc.file).is_some_and(Option::is_some))
+        v.pieces.iter().chain(v.prefork.iter().flatten()).all(|pc| self.0.get(pc.file).is_some_and(Option::is_some))
     }
 
     /// The bytes of `pc` in its pages file, their page-table entries made
@@ -292,6 +345,18 @@ impl Maps {
     }
 }
 
+/// Map candidate `v` of file `path` from byte `off`, when the file
+/// covers the whole mapping now (a page past its end would fault).
+fn map_file(v: &CowVma, path: &str, off: u64, open: &dyn Fn(&str) -> Result<std::os::fd::OwnedFd, String>) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let fd = open(path).map_err(std::io::Error::other)?;
+    let size = std::fs::File::from(fd.try_clone()?).metadata()?.len();
+    if off.saturating_add(v.end - v.start) > size.next_multiple_of(PAGE) {
+        return Err(std::io::Error::other(format!("{path} is {size} bytes, shorter than the mapping")));
+    }
+    premap::map_file(v.start, v.end - v.start, fd.as_fd(), off)
+}
+
 fn new_vma(v: &Vma, pieces: Vec<Piece>) -> CowVma {
     let thp = if v.madv & MADV_HUGEPAGE_BIT != 0 {
         Some(libc::MADV_HUGEPAGE)
@@ -300,13 +365,14 @@ fn new_vma(v: &Vma, pieces: Vec<Piece>) -> CowVma {
     } else {
         None
     };
-    CowVma { start: v.start, end: v.end, flags: v.flags, thp, from_parent: false, for_children: false, pieces, drop: Vec::new() }
+    CowVma { start: v.start, end: v.end, flags: v.flags, file: file_of(v), thp, from_parent: false, for_children: false, pieces, drop: Vec::new(), prefork: None, undo: Vec::new() }
 }
 
 /// In the restore child of task `i`, before it forks: keep and correct
 /// what it inherited, unmap the other inherited regions, map and fill
-/// what its children need (see the module's doc).
-pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
+/// what its children need (see the module's doc). `open` opens a mapped
+/// file of the image read-only (by its path in the image).
+pub fn prepare(cp: &CowPlan, i: usize, open: &dyn Fn(&str) -> Result<std::os::fd::OwnedFd, String>) -> Result<(), String> {
     let vmas: &[CowVma] = cp.tasks.get(i).map_or(&[], Vec::as_slice);
     let inherited = premap::regions();
     if vmas.is_empty() && inherited.is_empty() {
@@ -335,7 +401,14 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
         if !v.for_children || kept.contains(&(v.start, v.end)) || !maps.usable(v) {
             continue;
         }
-        let mapped = if refused_for_test(k) { Err(std::io::Error::from_raw_os_error(libc::EEXIST)) } else { premap::map(v.start, v.end - v.start, v.flags) };
+        let mapped = if refused_for_test(k) {
+            Err(std::io::Error::from_raw_os_error(libc::EEXIST))
+        } else {
+            match &v.file {
+                None => premap::map(v.start, v.end - v.start, v.flags),
+                Some((path, off)) => map_file(v, path, *off, open),
+            }
+        };
         if let Err(e) = mapped {
             // (the engine copy's own memory is there: the ordinary path)
             crate::pr_debug!("premapping {:#x}-{:#x}: {e}; restored without sharing", v.start, v.end);
@@ -344,7 +417,7 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
         if let Some(a) = v.thp {
             let _ = premap::advise(v.start, v.end - v.start, a);
         }
-        for pc in &v.pieces {
+        for pc in v.prefork.as_ref().unwrap_or(&v.pieces) {
             const MADV_POPULATE_WRITE: i32 = 23;
             // one allocation call instead of a fault per page (advice only)
             let _ = premap::advise(pc.vaddr, pc.len, MADV_POPULATE_WRITE);
@@ -354,6 +427,30 @@ pub fn prepare(cp: &CowPlan, i: usize) -> Result<(), String> {
         kept.push((v.start, v.end));
     }
     crate::pr_debug!("copy-on-write: {} VMAs kept, {same} inherited pages shared, {written} rewritten, {filled} filled", kept.len());
+    Ok(())
+}
+
+/// In the restore child of task `i`, once its children forked: its own
+/// pages where it mapped a child's for them ([`prepare`]).
+pub fn after_forks(cp: &CowPlan, i: usize) -> Result<(), String> {
+    let vmas: Vec<&CowVma> = cp.tasks.get(i).map_or(&[][..], Vec::as_slice).iter().filter(|v| v.prefork.is_some()).collect();
+    if vmas.is_empty() {
+        return Ok(());
+    }
+    let have = premap::regions();
+    let owned: Vec<CowVma> = vmas.iter().map(|v| (*v).clone()).collect();
+    let maps = Maps::open(cp, &owned);
+    for v in vmas.iter().filter(|v| have.contains(&(v.start, v.end))) {
+        if !maps.usable(v) {
+            return Err(format!("pages of {:#x}-{:#x} no longer readable after the forks", v.start, v.end));
+        }
+        for pc in &v.pieces {
+            premap::sync(pc.vaddr, maps.src(pc)?).map_err(|e| format!("own pages at {:#x}: {e}", pc.vaddr))?;
+        }
+        for &(s, e) in &v.undo {
+            premap::advise(s, e - s, libc::MADV_DONTNEED).map_err(|err| format!("dropping a child's pages {s:#x}-{e:#x}: {err}"))?;
+        }
+    }
     Ok(())
 }
 
@@ -398,7 +495,7 @@ mod tests {
 
     #[test]
     fn kept_reads_the_note() {
-        let v = |s| CowVma { start: s, end: s + PAGE, flags: 0, thp: None, from_parent: true, for_children: false, pieces: vec![], drop: vec![] };
+        let v = |s| CowVma { start: s, end: s + PAGE, flags: 0, file: None, thp: None, from_parent: true, for_children: false, pieces: vec![], drop: vec![], prefork: None, undo: vec![] };
         let cp = CowPlan { files: vec![], tasks: vec![vec![v(0x1000), v(0x3000)]] };
         assert_eq!(cp.kept(0, ""), vec![(0x1000, 0x2000), (0x3000, 0x4000)]);
         assert_eq!(cp.kept(0, " nocow 3000"), vec![(0x1000, 0x2000)]);

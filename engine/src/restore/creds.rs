@@ -241,19 +241,41 @@ pub fn finish_thread(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), R
         sp.run(inj, &b, "restoring the scheduling policy")?;
         apply_seccomp(inj, sp, t)?;
         let mut b = Batch::new();
-        let check = apply_creds(&mut b, &t.creds);
-        b.push("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, u64::from(t.pdeath_sig)]);
+        let check = creds_calls(&mut b, t);
         let out = sp.run(inj, &b, "restoring creds")?;
-        let fsuid = u64::from(t.creds.uid[3]);
-        if out[check] != fsuid {
-            return Err(RestoreError::Unsupported(format!("thread {tid}: fsuid is {} after setting {fsuid}", out[check])));
-        }
-        Ok(())
+        check_fsuid(tid, t, out[check])
     })();
     if let Err(e) = &r {
         crate::pr_err!("thread {tid}: {e}");
     }
     r
+}
+
+/// [`finish_thread`] of a thread without seccomp as calls appended to one
+/// batch (`b`); the index of the result [`check_fsuid`] checks.
+pub fn finish_thread_calls(b: &mut Batch, t: &Thread) -> usize {
+    apply_sched(b, t);
+    creds_calls(b, t)
+}
+
+/// Whether the thread has seccomp state to restore (not batched).
+pub fn has_seccomp(t: &Thread) -> bool {
+    t.seccomp_mode != 0 || !t.seccomp.is_empty()
+}
+
+fn creds_calls(b: &mut Batch, t: &Thread) -> usize {
+    let check = apply_creds(b, &t.creds);
+    b.push("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, u64::from(t.pdeath_sig)]);
+    check
+}
+
+/// The fsuid a second setfsuid returned (`got`) is the one set.
+pub fn check_fsuid(tid: Pid, t: &Thread, got: u64) -> Result<(), RestoreError> {
+    let fsuid = u64::from(t.creds.uid[3]);
+    if got != fsuid {
+        return Err(RestoreError::Unsupported(format!("thread {tid}: fsuid is {got} after setting {fsuid}")));
+    }
+    Ok(())
 }
 
 /// After every thread's creds: dumpable again (an euid change resets it).
@@ -265,4 +287,13 @@ pub fn finish_process(main: &mut Injector, task: &Task) -> Result<(), RestoreErr
     main.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, u64::from(task.mm.dumpable)])
         .map_err(ioe(main.tid, "PR_SET_DUMPABLE"))?;
     Ok(())
+}
+
+/// [`finish_process`] appended to a batch.
+pub fn finish_process_calls(b: &mut Batch, task: &Task) {
+    if task.mm.dumpable > 1 {
+        pr_warn!("dumpable {} can't be set with prctl; leaving it as the creds made it", task.mm.dumpable);
+        return;
+    }
+    b.push("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, u64::from(task.mm.dumpable)]);
 }

@@ -808,7 +808,24 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
             pr_debug!("can't move {child} to CPU {c}: {e}");
         }
     }
-    let sp = space::build(&mut main, task, mem, svc_base, map_files, &pinned, shm, kept)?;
+    let (sp, mut last) = space::build(&mut main, task, mem, svc_base, map_files, &pinned, shm, kept)?;
+    let t0 = &task.threads[0];
+    // A process of one thread without pending signals, POSIX timers or
+    // seccomp: the rest (thread state, process state, the service fds
+    // closed, sched, creds, dumpable) joins the address space's last batch,
+    // one stop for what took six. Else that batch runs now and the rest
+    // comes step by step as it needs.
+    if task.threads.len() == 1 && t0.pending.is_empty() && task.posix_timers.is_empty() && !creds::has_seccomp(t0) {
+        thread::setup_calls(&mut last, t0);
+        space::finish_calls(&mut last, task, svc_base, map_files.len())?;
+        creds::apply_proc(child, task);
+        let check = creds::finish_thread_calls(&mut last, t0);
+        creds::finish_process_calls(&mut last, task);
+        let out = sp.run(&mut main, &last, "final protections, PR_SET_MM_MAP, thread state, creds")?;
+        creds::check_fsuid(child, t0, out[check])?;
+        return finish_main(task, child, main, &sp, Vec::new(), target_mask, pinned);
+    }
+    sp.run(&mut main, &last, "final protections, locks and PR_SET_MM_MAP")?;
     // threads
     let mut injs = vec![];
     for t in task.threads.iter().skip(1) {
@@ -836,6 +853,14 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
     for (tid, _, t) in &injs {
         thread::load_final(*tid, t)?;
     }
+    let tids: Vec<Pid> = injs.iter().map(|(tid, _, _)| *tid).collect();
+    finish_main(task, child, main, &sp, tids, target_mask, pinned)
+}
+
+/// The main thread's last steps (SIGTRAP's action, the gadget unmapped,
+/// its registers), then every thread's CPU mask given back: `tids` are
+/// the other threads, already loaded.
+fn finish_main<'a>(task: &'a Task, child: Pid, mut main: Injector, sp: &space::Space, tids: Vec<Pid>, target_mask: [u64; 16], pinned: p::PinnedHere) -> Result<Ready<'a>, RestoreError> {
     // The int3 after each injected syscall made the kernel reset SIGTRAP's
     // action to SIG_DFL (a forced SIGTRAP that is blocked or ignored does
     // that): the dumped action again, from a stepped call that runs no int3.
@@ -850,11 +875,11 @@ fn restore_process<'a>(task: &'a Task, child: Pid, mem: &dyn MemSource, svc_base
     // last syscall of the main thread: unmap the gadget page
     main.call_stepped("munmap(gadget)", libc::SYS_munmap, &[sp.gadget_page, space::GADGET_LEN]).map_err(ioe(child, "unmapping the gadget"))?;
     thread::load_final(child, &task.threads[0])?;
-    let tids: Vec<Pid> = injs.iter().map(|(tid, _, _)| *tid).chain([child]).collect();
     // (each its dumped pinning, if it had one; else the mask it came with)
-    for (tid, t) in injs.iter().map(|(tid, _, t)| (*tid, *t)).chain([(child, &task.threads[0])]) {
+    for (&tid, t) in tids.iter().zip(&task.threads[1..]).chain([(&child, &task.threads[0])]) {
         p::sched_setaffinity(tid, &creds::final_cpu_mask(t, &target_mask)).map_err(ioe(tid, "giving back the CPU mask"))?;
     }
+    let tids: Vec<Pid> = tids.into_iter().chain([child]).collect();
     drop(pinned);
     Ok(Ready { task, pid: child, tids })
 }

@@ -353,7 +353,10 @@ fn cached_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<DirectP
 /// read by the target itself with injected `preadv` (up to 1024 iovecs,
 /// one contiguous file range per call: one copy, page cache -> its fresh
 /// pages); anything else is written through /proc/PID/mem.
-fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, page_fds: &[Option<u64>], scratch: u64, place: batch::Place) -> Result<(), RestoreError> {
+///
+/// Returns the target's userfaultfd when it is still open, for the
+/// caller's next batch to close.
+fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, page_fds: &[Option<u64>], scratch: u64, place: batch::Place) -> Result<Option<u64>, RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     // pieces: page runs clipped to private VMAs, in address order (each
@@ -430,13 +433,13 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
         i += 1;
     }
     // the target's userfaultfd closed by the file pages' batch when there
-    // is one (a stop fewer), else on its own; again after a failed batch
-    // (EBADF if the batch closed it: nothing else made an fd since)
+    // is one (a stop fewer), else by the caller's next batch; again after
+    // a failed batch (EBADF if the batch closed it: nothing else made an
+    // fd since)
     let close_uffd = |main: &mut Injector, fd: u64| main.call("close", libc::SYS_close, &[fd]).map(drop).map_err(ioe(pid, "closing the userfaultfd"));
     if pending.is_empty() {
-        if let Some(fd) = uffd_fd {
-            close_uffd(main, fd)?;
-        }
+        pr_info!("Restored {total} pages ({} by userfaultfd)", by_uffd / 4096);
+        return Ok(uffd_fd);
     } else if !preadv_in_one_batch(main, memf, place, &pending, uffd_fd) {
         if let Some(fd) = uffd_fd {
             let _ = close_uffd(main, fd);
@@ -450,7 +453,7 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
         }
     }
     pr_info!("Restored {total} pages ({} by userfaultfd, {} by the target's preadv)", by_uffd / 4096, by_preadv / 4096);
-    Ok(())
+    Ok(None)
 }
 
 /// Pieces back to back in a pages file the target has open: (its fd, the
@@ -672,7 +675,12 @@ fn map_shared_from(main: &mut Injector, memf: &File, task: &Task, shmid: u64, ow
 /// at their place, inherited copy-on-write and filled (`cow.rs`): left
 /// mapped, not mapped or filled again, given their final protection.
 #[allow(clippy::too_many_arguments)]
-pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], pinned: &p::PinnedHere, shm: &mut SharedAnon, kept: &[(u64, u64)]) -> Result<Space, RestoreError> {
+///
+/// Returns the space and its last batch, not yet run (final protections,
+/// locks, PR_SET_MM_MAP, whose struct and auxv wait in the scratch area):
+/// the caller appends what else needs no result in between and runs it
+/// before anything else writes the scratch area.
+pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i32, map_files: &[(String, i32)], pinned: &p::PinnedHere, shm: &mut SharedAnon, kept: &[(u64, u64)]) -> Result<(Space, Batch), RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     // The layout calls (rseq unregistered, the engine's memory unmapped,
@@ -908,12 +916,15 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         unpicked = crate::tfork::without_ranges(task, &skip);
         &unpicked
     };
-    pinned.released(|| fill_private(main, &memf, to_fill, mem, &page_fds, g + SCRATCH_OFF, place))?;
+    let uffd_open = pinned.released(|| fill_private(main, &memf, to_fill, mem, &page_fds, g + SCRATCH_OFF, place))?;
     // 7b. AIO rings: new contexts with the dumped events, moved into place
     for v in task.mm.vmas.iter().filter(|v| v.kind == VmaKind::Aio) {
         super::aio::restore_ring(main, &memf, mem, v, g + SCRATCH_OFF)?;
     }
     let mut b = Batch::new();
+    if let Some(fd) = uffd_open {
+        b.push("close (the userfaultfd)", libc::SYS_close, &[fd]);
+    }
     // (kept VMAs were mapped read-write)
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     for v in task.mm.vmas.iter().filter(|v| fill_prot(task, v) != v.prot || (v.prot != rw && kept.contains(&(v.start, v.end)))) {
@@ -960,8 +971,53 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
     const PR_SET_MM: u64 = 35;
     const PR_SET_MM_MAP: u64 = 14;
     b.push("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, mptr, m.len() as u64, 0]);
-    sp.run(main, &b, "final protections, locks and PR_SET_MM_MAP")?;
-    Ok(sp)
+    Ok((sp, b))
+}
+
+/// [`finish_process`] of a process without POSIX timers, as calls
+/// appended to one batch (their data in the batch's own buffer).
+pub fn finish_calls(b: &mut Batch, task: &Task, svc_base: i32, nfiles: usize) -> Result<(), RestoreError> {
+    for (which, t) in task.itimers.iter().enumerate() {
+        let (vsec, mut vusec) = (t.vsec, t.vusec);
+        if vsec == 0 && vusec == 0 {
+            if t.isec == 0 && t.iusec == 0 {
+                continue;
+            }
+            vusec = 1; // expired at dump time and not yet re-armed: due now
+        }
+        let d: Vec<u8> = [t.isec, t.iusec, vsec, vusec].iter().flat_map(|w| w.to_le_bytes()).collect();
+        b.push_data("setitimer", libc::SYS_setitimer, &[which as u64, 0, 0], 1, &d);
+    }
+    for si in &task.shared_pending {
+        let signo = u64::from(u32::from_le_bytes(si[0..4].try_into().expect("4")));
+        b.push_data("rt_sigqueueinfo (a shared signal)", libc::SYS_rt_sigqueueinfo, &[task.pid as u64, signo, 0], 2, si);
+    }
+    if nfiles > 0 {
+        let (first, last) = ((svc_base + 1) as u64, (svc_base + nfiles as i32) as u64);
+        b.push("close_range (the service fds)", libc::SYS_close_range, &[first, last, 0]);
+    }
+    if task.mm.dumpable != 1 {
+        b.push("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, u64::from(task.mm.dumpable)]);
+    }
+    const PR_SET_THP_DISABLE: u64 = 41;
+    if task.mm.thp_disabled {
+        b.push("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[PR_SET_THP_DISABLE, 1, 0, 0, 0]);
+    }
+    for cmd in membarrier_cmds(task)? {
+        b.push(format!("membarrier registration {cmd:#x}"), libc::SYS_membarrier, &[u64::from(cmd), 0, 0]);
+    }
+    Ok(())
+}
+
+/// The membarrier registrations of the image, one command each.
+fn membarrier_cmds(task: &Task) -> Result<Vec<u32>, RestoreError> {
+    /// REGISTER_GLOBAL_EXPEDITED, _PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ
+    const MEMBARRIER_REGISTER_CMDS: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+    let unknown = task.membarrier & !MEMBARRIER_REGISTER_CMDS.iter().fold(0, |a, b| a | b);
+    if unknown != 0 {
+        return Err(RestoreError::Unsupported(format!("membarrier registrations {unknown:#x} of the image are not known to this engine")));
+    }
+    Ok(MEMBARRIER_REGISTER_CMDS.into_iter().filter(|c| task.membarrier & c != 0).collect())
 }
 
 /// Process-wide state set last: timers, pending signals, dumpable,
@@ -1006,17 +1062,11 @@ pub fn finish_process(main: &mut Injector, sp: &Space, task: &Task, svc_base: i3
 /// membarrier registrations, one MEMBARRIER_CMD_REGISTER_* call per bit.
 fn mm_wide_state(main: &mut Injector, task: &Task) -> Result<(), RestoreError> {
     const PR_SET_THP_DISABLE: u64 = 41;
-    /// REGISTER_GLOBAL_EXPEDITED, _PRIVATE_EXPEDITED, _SYNC_CORE, _RSEQ
-    const MEMBARRIER_REGISTER_CMDS: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
     let pid = main.tid;
     if task.mm.thp_disabled {
         main.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[PR_SET_THP_DISABLE, 1, 0, 0, 0]).map_err(ioe(pid, "PR_SET_THP_DISABLE"))?;
     }
-    let unknown = task.membarrier & !MEMBARRIER_REGISTER_CMDS.iter().fold(0, |a, b| a | b);
-    if unknown != 0 {
-        return Err(RestoreError::Unsupported(format!("membarrier registrations {unknown:#x} of the image are not known to this engine")));
-    }
-    for cmd in MEMBARRIER_REGISTER_CMDS.into_iter().filter(|c| task.membarrier & c != 0) {
+    for cmd in membarrier_cmds(task)? {
         main.call("membarrier(register)", libc::SYS_membarrier, &[u64::from(cmd), 0, 0])
             .map_err(ioe(pid, format!("membarrier registration {cmd:#x}")))?;
     }

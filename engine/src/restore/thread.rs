@@ -49,6 +49,25 @@ pub fn setup(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), RestoreEr
     let tid = inj.tid;
     let e = |what: &str| ioe(tid, what.to_string());
     let mut b = Batch::new();
+    setup_calls(&mut b, t);
+    sp.run(inj, &b, "thread state")?;
+    for si in &t.pending {
+        let p = sp.write(0, si)?;
+        let signo = u64::from(u32::from_le_bytes(si[0..4].try_into().expect("4")));
+        if signo == libc::SIGTRAP as u64 {
+            // a trap's SIGTRAP would merge with this one and be discarded with it
+            inj.stop_trapping();
+        }
+        // rt_tgsigqueueinfo takes ids of the caller's pid namespace: the task's own
+        inj.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, &[sp_tgid(sp, t), t.tid as u64, signo, p]).map_err(e("queueing a signal"))?;
+    }
+    Ok(())
+}
+
+/// The calls of [`setup`] that make one batch (all but the pending
+/// signals), appended to `b`: they use no memory of the target's but the
+/// batch's own.
+pub fn setup_calls(b: &mut Batch, t: &Thread) {
     if t.robust_list.0 != 0 {
         b.push("set_robust_list", libc::SYS_set_robust_list, &[t.robust_list.0, t.robust_list.1]);
     }
@@ -81,18 +100,6 @@ pub fn setup(inj: &mut Injector, sp: &Space, t: &Thread) -> Result<(), RestoreEr
     if let Some(r) = t.rseq {
         b.push("rseq", libc::SYS_rseq, &[r.ptr, u64::from(r.len), 0, u64::from(r.sig)]);
     }
-    sp.run(inj, &b, "thread state")?;
-    for si in &t.pending {
-        let p = sp.write(0, si)?;
-        let signo = u64::from(u32::from_le_bytes(si[0..4].try_into().expect("4")));
-        if signo == libc::SIGTRAP as u64 {
-            // a trap's SIGTRAP would merge with this one and be discarded with it
-            inj.stop_trapping();
-        }
-        // rt_tgsigqueueinfo takes ids of the caller's pid namespace: the task's own
-        inj.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, &[sp_tgid(sp, t), t.tid as u64, signo, p]).map_err(e("queueing a signal"))?;
-    }
-    Ok(())
 }
 
 fn sp_tgid(sp: &Space, _t: &Thread) -> u64 {

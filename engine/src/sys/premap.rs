@@ -1,4 +1,5 @@
-//! Private anonymous regions a restore child maps at the dumped addresses
+//! Private regions (anonymous, or private mappings of a file) a restore
+//! child maps at the dumped addresses
 //! in its own address space before it forks its children, so that they
 //! inherit them copy-on-write (`restore/cow.rs`).
 //!
@@ -13,16 +14,23 @@ use std::io;
 
 static REGIONS: Regions = Regions::new();
 
-/// Map `[start, start+len)` as a region ([`Regions::map`]): `flags` is
-/// `MAP_PRIVATE | MAP_ANONYMOUS`, with `MAP_NORESERVE` or not; any other
-/// flag is refused with EINVAL.
+/// Map `[start, start+len)` as a region ([`Regions::map_with`]): `flags`
+/// is `MAP_PRIVATE | MAP_ANONYMOUS`, with `MAP_NORESERVE` or not; any
+/// other flag is refused with EINVAL.
 pub fn map(start: u64, len: u64, flags: u32) -> io::Result<()> {
     let base = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     let allowed = base | libc::MAP_NORESERVE as u32;
     if flags & !allowed != 0 || flags & base != base {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    REGIONS.map(start, len, flags & libc::MAP_NORESERVE as u32 != 0)
+    REGIONS.map_with(start, len, (flags & !(libc::MAP_PRIVATE as u32)) as i32, None)
+}
+
+/// Map `[start, start+len)` as a region that is a private mapping of
+/// `file` from byte `off` (`MAP_PRIVATE`, read-write: writes stay in this
+/// process and its forks, copy-on-write).
+pub fn map_file(start: u64, len: u64, file: std::os::fd::BorrowedFd<'_>, off: u64) -> io::Result<()> {
+    REGIONS.map_with(start, len, 0, Some((file, off)))
 }
 
 /// The regions of this process (made here or inherited through fork).
@@ -36,7 +44,7 @@ pub fn unmap(start: u64, end: u64) -> io::Result<()> {
 }
 
 /// madvise(2) on a range inside one region: MADV_DONTNEED (the range
-/// reads as zeros again), MADV_HUGEPAGE, MADV_NOHUGEPAGE or
+/// reads as zeros again, or as its file), MADV_HUGEPAGE, MADV_NOHUGEPAGE or
 /// MADV_POPULATE_WRITE; any other advice is refused with EINVAL.
 pub fn advise(addr: u64, len: u64, advice: i32) -> io::Result<()> {
     const MADV_POPULATE_WRITE: i32 = 23;

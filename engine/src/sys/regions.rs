@@ -1,4 +1,5 @@
-//! A table of private anonymous regions this process mapped at fixed
+//! A table of private regions (anonymous, or private mappings of a file)
+//! this process mapped at fixed
 //! addresses, reached only through the module that owns the table
 //! (`premap`: a restore child's inherited memory; `park`: tfork's parked
 //! memory). Each owner keeps one `static` [`Regions`].
@@ -53,15 +54,32 @@ impl Regions {
     /// `MAP_FIXED_NOREPLACE`, which takes it as a hint and maps
     /// elsewhere, gets EEXIST too). EINVAL for a range not of whole pages.
     pub fn map(&self, start: u64, len: u64, noreserve: bool) -> io::Result<()> {
-        if !start.is_multiple_of(PAGE) || len == 0 || !len.is_multiple_of(PAGE) || start.checked_add(len).is_none() {
+        let fl = libc::MAP_ANONYMOUS | if noreserve { libc::MAP_NORESERVE } else { 0 };
+        self.map_with(start, len, fl, None)
+    }
+
+    /// Like [`map`](Self::map), with `flags` added to `MAP_PRIVATE`
+    /// (`MAP_ANONYMOUS`, `MAP_NORESERVE`; any other flag is EINVAL) and, without `MAP_ANONYMOUS`, a private mapping of
+    /// `file` (fd, byte offset): its pages read from the file until
+    /// written, never written back to it.
+    pub fn map_with(&self, start: u64, len: u64, flags: i32, file: Option<(std::os::fd::BorrowedFd<'_>, u64)>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let allowed = libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let anon = flags & libc::MAP_ANONYMOUS != 0;
+        if !start.is_multiple_of(PAGE) || len == 0 || !len.is_multiple_of(PAGE) || start.checked_add(len).is_none() || flags & !allowed != 0 || anon == file.is_some() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
+        let (fd, off) = match file {
+            Some((f, off)) => (f.as_raw_fd(), i64::try_from(off).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?),
+            None => (-1, 0),
+        };
         let mut t = self.lock();
-        let fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | if noreserve { libc::MAP_NORESERVE } else { 0 };
+        let fl = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE | flags;
         // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
-        // the new one aliases no memory of this process; a result at another
+        // the new one aliases no memory of this process (a private file
+        // mapping's writes stay in this process's copy); a result at another
         // address (an old kernel's hint) is unmapped again below.
-        let p = unsafe { libc::mmap(start as *mut libc::c_void, len as usize, libc::PROT_READ | libc::PROT_WRITE, fl, -1, 0) };
+        let p = unsafe { libc::mmap(start as *mut libc::c_void, len as usize, libc::PROT_READ | libc::PROT_WRITE, fl, fd, off) };
         if p == libc::MAP_FAILED {
             return Err(last_err());
         }
