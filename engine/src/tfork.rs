@@ -1716,8 +1716,10 @@ fn restore_in_new_pid_ns(
 /// parent), dying with it until seized (PR_SET_PDEATHSIG), then traced
 /// with PTRACE_O_EXITKILL until released, as a `criu restore`'s; the
 /// stand-in init's pipe is held by the engine alone (the restore's
-/// processes close every fd they do not restore). The later clone trees'
-/// helpers are forked once the restore's threads are gone.
+/// processes close every fd they do not restore); a failed restore reaps
+/// only its own processes (the engine's other children, the inits and
+/// snapshots, do not exit: [`restore::others_waiting`]). The later clone
+/// trees' helpers are forked once the restore's threads are gone.
 fn restore_here(
     src: Pid,
     tree: &crate::model::Tree,
@@ -1740,8 +1742,10 @@ fn restore_here(
     let root = tree.mnt.as_ref().and_then(|m| m.source).map(|s| std::path::PathBuf::from(format!("/proc/{s}/root")));
     let o = crate::options::Options { root, ..Default::default() };
     let ns = init.map(|i| std::path::PathBuf::from(format!("/proc/{i}/ns/pid")));
-    let c = restore::restore_in(tree, mems, &o, ns.as_deref())
-        .map_err(|e| TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {}", crate::log::error_chain(&e))))?;
+    restore::others_waiting(true);
+    let c = restore::restore_in(tree, mems, &o, ns.as_deref());
+    restore::others_waiting(false);
+    let c = c.map_err(|e| TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {}", crate::log::error_chain(&e))))?;
     // (its worker threads may still be counted a moment: the next helper's fork needs one)
     p::single_threaded_soon();
     pr_info!("clone tree {c} of {src} restored by the engine itself (no restoring helper)");
