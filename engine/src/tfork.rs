@@ -835,10 +835,23 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
     let width = std::env::var("CRIU_RS_TFORK_RESTORERS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| cpu_count().clamp(1, 8)).max(1);
     let mut inflight: std::collections::VecDeque<(usize, Option<std::path::PathBuf>, Restoring)> = std::collections::VecDeque::new();
     let mut next = 0;
+    // (not with --root-snapshot: the helper mounts the clone tree's
+    // snapshot in a mount namespace of its own, which the engine must not
+    // enter; `CRIU_RS_TFORK_FIRST_HERE=off` for measurements)
+    let here = plan.is_none() && std::env::var("CRIU_RS_TFORK_FIRST_HERE").as_deref() != Ok("off");
     let r = (|| -> Result<(), TforkError> {
         while next < opts.copies || !inflight.is_empty() {
             let room = if clones.is_empty() { 1 } else { width };
-            if next < opts.copies && inflight.len() < room {
+            // the first clone tree restored by the engine itself where it
+            // can be ([`restore_here`]): no helper fork (a copy of the page
+            // tables of all the parked memory) before it
+            let made = if next == 0 && here {
+                next += 1;
+                Some((restore_here(pid, rtree, &mems, !own_ns, &mut inits, pre_inits.pop_front())?, None))
+            } else {
+                None
+            };
+            if made.is_none() && next < opts.copies && inflight.len() < room {
                 // the clone's snapshot directory is named by its pid once known
                 let top = plan.as_ref().map(|p| p.base.join(format!(".ns-{}-{next}", std::process::id())));
                 if let Some(t) = &top {
@@ -850,8 +863,13 @@ fn tfork_restored_in(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pi
                 next += 1;
                 continue;
             }
-            let Some((_, top, h)) = inflight.pop_front() else { break };
-            let (c, init) = h.finish(&mut inits)?;
+            let ((c, init), top) = match made {
+                Some(m) => m,
+                None => {
+                    let Some((_, top, h)) = inflight.pop_front() else { break };
+                    (h.finish(&mut inits)?, top)
+                }
+            };
             unreleased.0.push(c);
             if let (Some(p), Some(t)) = (&plan, &top) {
                 let dest = p.made(c);
@@ -1684,6 +1702,54 @@ fn restore_in_new_pid_ns(
     .map_err(ioe(src, "forking the restoring helper"))?;
     drop(wr);
     Ok(Restoring { src, helper, rd, ctl_wr: ctl.map(|(_, w)| w), made })
+}
+
+/// The first clone tree of `src` restored by the engine itself, as a
+/// restoring helper restores the others ([`restore_in_new_pid_ns`]), into
+/// a new pid namespace (beside the stand-in init `made`, or one made now,
+/// with `stand_in`). Chosen for the first: a helper is a fork of the
+/// engine, which copies the page tables of all the parked memory (~9 ms
+/// for 256 MiB of 4 KiB pages on a quiet machine, more under load) and
+/// later unmaps them, all before the first clone tree's root is forked;
+/// the engine only waited for its report meanwhile. The restore's root is
+/// then the engine's own child (not a sibling of a helper: the same
+/// parent), dying with it until seized (PR_SET_PDEATHSIG), then traced
+/// with PTRACE_O_EXITKILL until released, as a `criu restore`'s; the
+/// stand-in init's pipe is held by the engine alone (the restore's
+/// processes close every fd they do not restore); a failed restore reaps
+/// only its own processes (the engine's other children, the inits and
+/// snapshots, do not exit: [`restore::others_waiting`]). The later clone
+/// trees' helpers are forked once the restore's threads are gone.
+fn restore_here(
+    src: Pid,
+    tree: &crate::model::Tree,
+    mems: &[&dyn crate::mem_source::MemSource],
+    stand_in: bool,
+    inits: &mut NsInits,
+    made: Option<Pid>,
+) -> Result<(Pid, Option<Pid>), TforkError> {
+    let init = match (stand_in, made) {
+        (false, _) => None,
+        (true, Some(i)) => Some(i),
+        (true, None) => {
+            let (rd, wr) = p::pipe().map_err(ioe(src, "a pipe for the stand-in init"))?;
+            let i = spawn_ns_init(&rd, false).map_err(|e| TforkError::Unsupported(format!("tfork of {src}: {e}")))?;
+            drop(rd);
+            inits.0.push((i, wr));
+            Some(i)
+        }
+    };
+    let root = tree.mnt.as_ref().and_then(|m| m.source).map(|s| std::path::PathBuf::from(format!("/proc/{s}/root")));
+    let o = crate::options::Options { root, ..Default::default() };
+    let ns = init.map(|i| std::path::PathBuf::from(format!("/proc/{i}/ns/pid")));
+    restore::others_waiting(true);
+    let c = restore::restore_in(tree, mems, &o, ns.as_deref());
+    restore::others_waiting(false);
+    let c = c.map_err(|e| TforkError::Unsupported(format!("restoring a clone of {src} in a new pid namespace: {}", crate::log::error_chain(&e))))?;
+    // (its worker threads may still be counted a moment: the next helper's fork needs one)
+    p::single_threaded_soon();
+    pr_info!("clone tree {c} of {src} restored by the engine itself (no restoring helper)");
+    Ok((c, init))
 }
 
 /// A clone tree's restoring helper started by [`restore_in_new_pid_ns`]

@@ -410,6 +410,55 @@ fn clone_trees_restored_at_once_leave_nothing_when_the_engine_dies() {
     wait_until(&format!("{at}: no stand-in init left"), Duration::from_secs(5), || our_inits().iter().all(|p| inits0.contains(p)));
 }
 
+/// Without `--root-snapshot` the first clone tree is restored by the
+/// engine itself (no restoring helper): the engine killed while it
+/// restores it (the clone root forked, `after-clone`; half its VMAs
+/// mapped, `mid-mm`; its threads being released, `mid-detach`), or that
+/// restore failing (`mid-detach:fail`), leaves no clone process and no
+/// stand-in init, the source tree as it was; in the host's pid namespace
+/// and in its own. Then a tfork of 2 works, the first tree restored so
+/// (the log says it), the second by a helper, both of the source's shape.
+#[test]
+fn engine_killed_while_it_restores_the_first_clone_tree() {
+    let _serial = serial();
+    require!(why_not_here());
+    for ns in [Ns::Host, Ns::OwnPidNs] {
+        let dir = test_dir(&format!("tforktree-here-{}", if ns == Ns::Host { "host" } else { "ownns" }));
+        let fx = Fixture::start("tree", &dir, ns);
+        let src = tree_of(fx.pid);
+        let src_shape = shape(&src);
+        let inits0 = our_inits();
+        let others = |v: Vec<i32>| -> Vec<i32> { v.into_iter().filter(|p| !src.contains(p)).collect() };
+        for (at, engine_dies) in [("after-clone", true), ("mid-mm", true), ("mid-detach", true), ("mid-detach:fail", false)] {
+            let img = dir.join(format!("img-{}", at.replace([':', '@'], "-")));
+            std::fs::create_dir_all(&img).unwrap();
+            let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2"], &[("CRIU_RS_FAULT_AT", at)]);
+            if engine_dies {
+                assert_killed(st, at, &log);
+            } else {
+                assert_eq!(st.code(), Some(1), "{at}: {log}");
+            }
+            assert!(clones.is_empty(), "{at}: clones reported: {clones:?}");
+            fx.ticks_on(3, &format!("(the source) after {at}"));
+            assert_eq!(without_snapshot_zombies(tree_of(fx.pid), &src), src, "{at}: the source tree's processes");
+            assert_eq!(shape(&src), src_shape, "{at}: the source tree's shape");
+            wait_until(&format!("{at}: no clone process left"), Duration::from_secs(5), || others(live_with_exe(&fx.bin)).is_empty());
+            wait_until(&format!("{at}: no stand-in init left"), Duration::from_secs(5), || our_inits().iter().all(|p| inits0.contains(p)));
+        }
+        let img = dir.join("img-after");
+        std::fs::create_dir_all(&img).unwrap();
+        let (st, clones, log) = run_tfork(&img, &["-t", &fx.pid.to_string(), "--copies", "2"], &[]);
+        assert!(st.success(), "{log}");
+        assert_eq!(clones.len(), 2, "{log}");
+        assert!(log.contains(&format!("clone tree {} of {} restored by the engine itself", clones[0], fx.pid)), "the first clone tree not restored by the engine: {log}");
+        for &c in &clones {
+            assert_eq!(shape(&clone_tree(c)), src_shape, "clone tree {c}");
+        }
+        let gone: Vec<i32> = clones.iter().map(|&c| init_of(c).unwrap_or(c)).collect();
+        kill_and_wait_gone(&gone, "the clone trees");
+    }
+}
+
 /// What a tree tfork still refuses, by name: a process of the tree in a
 /// pid namespace nested below its root's.
 #[test]

@@ -9,7 +9,8 @@
 # -v4 log (ms from the freeze): the source pause, the parking fill, the
 # first clone tree running, all N running; helper = parking done to the
 # restore's first fork, forks = that to "prepared their fds" (the clone
-# tree's processes forked and set up); PSS (MiB) of the first clone tree;
+# tree's processes forked and set up), parked_to_first = parking done to
+# the first clone tree running (its whole restore); PSS (MiB) of the first clone tree;
 # the load average.
 #
 # tfork-tree-ab.sh [ROUNDS] [NS...]   (defaults 3, 1 4)
@@ -41,11 +42,12 @@ one() { # label root bin N
 	sleep 1
 	first_c=$(head -1 $D/pids)
 	pss=$(pss_of $first_c)
-	local t1 t2 t3 rs
+	local t1 t2 t3 t4 rs
 	t1=$(grep -m1 'parked: ' $D/tfork.log | sed -n 's/^(\([0-9.]*\)).*/\1/p')
 	t2=$(grep -m1 'Forking task' $D/tfork.log | sed -n 's/^(\([0-9.]*\)).*/\1/p')
 	t3=$(grep -m1 'prepared their fds' $D/tfork.log | sed -n 's/^(\([0-9.]*\)).*/\1/p')
-	rs=$(awk -v a=$t1 -v b=$t2 -v c=$t3 'BEGIN{printf "helper=%.1f forks=%.1f", (b-a)*1000, (c-b)*1000}')
+	t4=$(grep -m1 -E 'clone (tree )?[0-9]+ of [0-9]+: pid' $D/tfork.log | sed -n 's/^(\([0-9.]*\)).*/\1/p')
+	rs=$(awk -v a=$t1 -v b=$t2 -v c=$t3 -v d=$t4 'BEGIN{printf "helper=%.1f forks=%.1f parked_to_first=%.1f", (b-a)*1000, (c-b)*1000, (d-a)*1000}')
 	echo "$1 N=$4 pause=$pause park=$park first=$first all=$all $rs pss_mib=$pss load=$(cut -d' ' -f1 /proc/loadavg)"
 	for c in $(cat $D/pids); do for p in $(ns_procs $c); do [ "$(cat /proc/$p/comm 2>/dev/null)" = criu-tfork-init ] && kill -9 $p; done; done
 	sleep 1.5

@@ -87,13 +87,46 @@ impl Drop for RestoreGuard {
         // Threads we trace must be reaped (with __WALL) before their
         // leader can be: waiting for the root alone hangs when the tree
         // had threads. Reap every child and tracee until none is left (the
-        // engine has no other children during a restore).
+        // engine has no other children during a restore), or, where it has
+        // ([`others_waiting`]: tfork's engine restoring a clone tree
+        // itself holds its stand-in inits and snapshot forks, which do not
+        // exit meanwhile), until every process of the guard is dead,
+        // reaping what is the engine's to reap.
+        if OTHER_CHILDREN.load(std::sync::atomic::Ordering::Relaxed) {
+            // (no blocking wait: a process already released and killed is
+            // its parent's to reap, or its namespace init's)
+            let mut left = self.pids.clone();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                while matches!(ptrace::wait_flags(-1, libc::__WALL | libc::WNOHANG), Ok(Some(_))) {}
+                left.retain(|&p| proc_state(p).is_some_and(|(s, _)| s != 'Z' && s != 'X'));
+                if left.is_empty() || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            while matches!(ptrace::wait_flags(-1, libc::__WALL | libc::WNOHANG), Ok(Some(_))) {}
+            return;
+        }
         for _ in 0..100_000 {
             if ptrace::wait_any().is_err() {
                 break; // ECHILD: nothing left
             }
         }
     }
+}
+
+/// Whether the engine has children besides the tree being restored
+/// (see [`others_waiting`]).
+static OTHER_CHILDREN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The engine has children of its own, besides the tree it restores, that
+/// do not exit meanwhile (tfork restoring a clone tree in the engine: its
+/// stand-in inits, its snapshot forks): a failed restore then reaps only
+/// its own processes ([`RestoreGuard`]), not every child until none is
+/// left, which would wait for those forever.
+pub fn others_waiting(on: bool) {
+    OTHER_CHILDREN.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// State letter and parent of `pid` from /proc/PID/stat.
