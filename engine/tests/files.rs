@@ -337,13 +337,13 @@ fn deleted_cwd_refused() {
 
 /// Kinds the engine does not support are refused by name, and the program
 /// runs on (before: a misc device was reopened by path, a non-UTF-8 name
-/// was mangled, memfd_secret was taken for a deleted file; memfds, once refused here, are supported: more_files.rs).
+/// was mangled, memfd_secret was taken for a deleted file; memfds, once refused here, are supported: more_files.rs;
+/// pidfds too, and those still refused are pidfds.rs's).
 #[test]
 fn unsupported_fd_kinds_refused_by_name() {
     require!(why_not_here());
     for (kind, want) in [
         ("socket", "a socket of another family than AF_UNIX"),
-        ("pidfd", "anonymous inode (pidfd)"),
         ("userfaultfd", "anonymous inode (userfaultfd)"),
         ("misc", "/dev/loop-control, character device 10:237"),
         ("rawname", "a path that is not UTF-8"),

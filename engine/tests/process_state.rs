@@ -104,9 +104,29 @@ fn dump_restore(mode: &str) -> Option<(Run, PathBuf)> {
     Some((run, dir))
 }
 
+/// `rs_cpu_affinity` of every thread of the image set's core-*.img.
+fn affinities(dir: &Path) -> Vec<Vec<u64>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("core-") {
+            let core: images_proto::pb::CoreEntry = images_proto::image::read_one(dir, &name, &images_proto::magic::CORE).unwrap();
+            v.push(core.thread_core.map(|t| t.rs_cpu_affinity).unwrap_or_default());
+        }
+    }
+    v
+}
+
 #[test]
 fn creds_seccomp_and_prctl_state() {
     let Some((run, dir)) = dump_restore("creds") else { return };
+    // pinned to the last CPU (the program's setup, with two or more): that
+    // mask, not the one the dump pins a thread to for its injected calls
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        let want = vec![1u64 << ((cpus - 1) % 64)];
+        assert_eq!(affinities(&dir), vec![want], "the pinned thread's affinity in its image");
+    }
     let log = run.work.join("progress.log");
     // the kill filter is in force after restore: the program dies on its syscall
     std::fs::write(run.work.join("trigger-kill"), b"").unwrap();
@@ -120,6 +140,10 @@ fn creds_seccomp_and_prctl_state() {
 #[test]
 fn timers_altstack_rseq_state() {
     let Some((run, dir)) = dump_restore("timers") else { return };
+    // no thread of it is pinned: none records an affinity (the dump's own
+    // pin of the main thread for its injected calls is not the program's)
+    let a = affinities(&dir);
+    assert!(a.len() >= 3 && a.iter().all(Vec::is_empty), "affinities in the image of unpinned threads: {a:?}");
     let log = run.work.join("progress.log");
     last_tick(&log);
     // no thread was dumped inside the rseq critical section: the spinner

@@ -41,6 +41,9 @@ pub struct FrozenThread {
     pub tid: Pid,
     pub regs: Regs,
     pub sigmask: u64,
+    /// Its CPU mask as seized (before the dump pins it to the engine's
+    /// CPU for injected calls: what the image records).
+    pub affinity: [u64; 16],
 }
 
 /// Every thread of one process stopped under ptrace.
@@ -181,14 +184,16 @@ impl Frozen {
             for tid in new {
                 ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| seize_error(tid, e))?;
                 // From here Drop detaches it, stopped or not.
-                self.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
+                self.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0, affinity: [0; 16] });
                 let sig = stop_one(tid)?;
                 self.note_stop(tid, sig);
                 let regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+                let affinity = crate::sys::process::sched_getaffinity(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
                 let t = self.threads.last_mut().expect("just pushed");
                 t.regs = regs;
                 t.sigmask = sigmask;
+                t.affinity = affinity;
                 pr_info!("Seized task {tid}");
             }
         }
@@ -204,7 +209,7 @@ impl Frozen {
         let mut f = Frozen::empty(pid);
         for tid in tids {
             ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| seize_error(tid, e))?;
-            f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0 });
+            f.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0, affinity: [0; 16] });
         }
         Ok(f)
     }
@@ -231,6 +236,7 @@ impl Frozen {
             self.note_stop(tid, sig);
             self.threads[i].regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
             self.threads[i].sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
+            self.threads[i].affinity = crate::sys::process::sched_getaffinity(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
             pr_info!("Seized task {tid}");
             i += 1;
         }

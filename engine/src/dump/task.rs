@@ -181,7 +181,7 @@ pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i
     let sched_policy = proc::stat_field(&f, 41) as u32;
     let rt = sched_policy == libc::SCHED_FIFO as u32 || sched_policy == libc::SCHED_RR as u32;
     // (read from outside, by host tid)
-    let cpus = pinned_cpus(tid).map_err(io_err(tid, "sched_getaffinity"))?;
+    let cpus = pinned_cpus(&ft.affinity).map_err(io_err(tid, "the CPUs online"))?;
     let ioprio = crate::sys::process::ioprio_get(tid).map_err(io_err(tid, "ioprio_get"))?;
     Ok(Thread {
         tid: ns_tid,
@@ -207,10 +207,10 @@ pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i
     })
 }
 
-/// Thread `tid`'s CPU affinity when it leaves out some CPU online now
-/// (`taskset`, sched_setaffinity); empty when it has them all.
-fn pinned_cpus(tid: Pid) -> std::io::Result<Vec<u64>> {
-    let mask = crate::sys::process::sched_getaffinity(tid)?;
+/// A thread's CPU affinity `mask` (as seized, before the dump pinned it)
+/// when it leaves out some CPU online now (`taskset`, sched_setaffinity);
+/// empty when it has them all.
+fn pinned_cpus(mask: &[u64; 16]) -> std::io::Result<Vec<u64>> {
     let online = crate::sys::process::online_cpus()?;
     let all = online.iter().enumerate().all(|(i, w)| mask.get(i).copied().unwrap_or(0) & w == *w);
     let used = mask.iter().rposition(|w| *w != 0).map_or(0, |i| i + 1);

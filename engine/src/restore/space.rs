@@ -438,7 +438,7 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     // fd since)
     let close_uffd = |main: &mut Injector, fd: u64| main.call("close", libc::SYS_close, &[fd]).map(drop).map_err(ioe(pid, "closing the userfaultfd"));
     if pending.is_empty() {
-        pr_info!("Restored {total} pages ({} by userfaultfd)", by_uffd / 4096);
+        pr_info!("Restored {total} pages ({} by userfaultfd, 0 by the target's preadv)", by_uffd / 4096);
         return Ok(uffd_fd);
     } else if !preadv_in_one_batch(main, memf, place, &pending, uffd_fd) {
         if let Some(fd) = uffd_fd {

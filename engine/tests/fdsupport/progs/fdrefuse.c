@@ -1,5 +1,5 @@
 /* Holds one fd of a kind the engine does not support, chosen by argv[1]:
- * memfd, socket, pidfd, userfaultfd, misc (a misc character device), rawname
+ * memfd, socket, userfaultfd, misc (a misc character device), rawname
  * (a file whose name is not UTF-8), secretfd (a memfd_secret fd), secretmap
  * (a memfd_secret area mapped, its fd closed), detached (an O_PATH fd of a
  * detached copy of /tmp's mount, open_tree(OPEN_TREE_CLONE)), io_uring,
@@ -34,8 +34,6 @@ int main(int argc, char **argv)
 		if (fd < 0)
 			fd = socket(44 /* AF_XDP */, SOCK_RAW, 0);
 	}
-	else if (!strcmp(k, "pidfd"))
-		fd = syscall(SYS_pidfd_open, getpid(), 0);
 	else if (!strcmp(k, "userfaultfd"))
 		fd = syscall(SYS_userfaultfd, 0);
 	else if (!strcmp(k, "misc"))
