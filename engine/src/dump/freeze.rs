@@ -189,7 +189,7 @@ impl Frozen {
             // every new thread seized and interrupted before any stop is
             // waited for: the threads stop all at once, not each after
             // the one before it has been scheduled and seen stopped (16
-            // threads: 1.6 ms on a quiet machine, 12-35 ms loaded, one by one)
+            // threads one by one: 0.4-1.6 ms at load 2-5, 12-35 ms at load 7)
             for &tid in &new {
                 ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| seize_error(tid, e))?;
                 // From here Drop detaches it, stopped or not.
