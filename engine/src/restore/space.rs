@@ -358,6 +358,7 @@ fn cached_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<DirectP
 ///
 /// Returns the target's userfaultfd when it is still open, for the
 /// caller's next batch to close.
+#[allow(clippy::too_many_arguments)] // (the layout batch's userfaultfd, 8th)
 fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, page_fds: &[Option<u64>], scratch: u64, place: batch::Place, made_uffd: Option<u64>) -> Result<Option<u64>, RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
