@@ -184,7 +184,7 @@ type UffdFilled = (Vec<(u64, u64)>, u64, Option<u64>);
 /// available (the fill then falls back). The target's userfaultfd, once
 /// the copy is done and unregistered, is the caller's to close (its next
 /// batch): its fd is the third value.
-fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, place: batch::Place, pieces: Vec<(u64, u64)>) -> Result<UffdFilled, RestoreError> {
+fn fill_uffd(main: &mut Injector, task: &Task, mem: &dyn MemSource, pieces: Vec<(u64, u64)>, made: Option<u64>) -> Result<UffdFilled, RestoreError> {
     const MADV_HUGEPAGE_BIT: u64 = 1 << 14;
     let pid = main.tid;
     let anon: Vec<&Vma> = task
@@ -206,48 +206,50 @@ fn fill_uffd(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource,
         }
     }
     if mine.is_empty() {
-        return Ok((rest, 0, None));
+        // (a userfaultfd the layout batch made is closed by the next batch)
+        return Ok((rest, 0, made));
     }
     let give_back = |mine: Vec<(u64, u64, usize)>, mut rest: Vec<(u64, u64)>| {
         rest.extend(mine.into_iter().map(|(a, l, _)| (a, l)));
         rest.sort_unstable();
         rest
     };
-    let tfd = match main.call("userfaultfd", libc::SYS_userfaultfd, &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64]) {
-        Ok(fd) => fd,
-        Err(e) => {
-            crate::pr_debug!("userfaultfd in {pid}: {e}; filling with preadv");
-            return Ok((give_back(mine, rest), 0, None));
-        }
+    // the target's userfaultfd: made by its layout batch, else now
+    let tfd = match made {
+        Some(fd) => fd,
+        None => match main.call("userfaultfd", libc::SYS_userfaultfd, &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64]) {
+            Ok(fd) => fd,
+            Err(e) => {
+                crate::pr_debug!("userfaultfd in {pid}: {e}; filling with preadv");
+                return Ok((give_back(mine, rest), 0, None));
+            }
+        },
     };
-    let words = |w: &[u64]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    // API handshake, then one registration per VMA that gets pages, in
-    // one batch
+    // the engine's copy; the API handshake and one registration per VMA
+    // that gets pages through it (they act on the target's mm: no stop)
     let mut registered: Vec<(u64, u64)> = Vec::new();
-    let mut b = Batch::new();
-    b.push_data("ioctl(UFFDIO_API)", libc::SYS_ioctl, &[tfd, uffd::UFFDIO_API, 0], 2, &words(&[uffd::UFFD_API, 0, 0]));
     let mut idx: Vec<usize> = mine.iter().map(|m| m.2).collect();
     idx.dedup();
-    for i in idx {
-        let (start, len) = (anon[i].start, anon[i].len());
-        b.push_data(format!("ioctl(UFFDIO_REGISTER {start:#x}+{len:#x})"), libc::SYS_ioctl, &[tfd, uffd::UFFDIO_REGISTER, 0], 2, &words(&[start, len, uffd::UFFDIO_REGISTER_MODE_MISSING, 0]));
-        registered.push((start, len));
-    }
-    let setup = batch::run(main, memf, place, &b).map(drop);
-    pr_debug!("userfaultfd of {pid}: {} VMAs registered", registered.len());
-    let ours = setup.and_then(|()| {
-        let pidfd = p::pidfd_open(pid)?;
-        uffd::pidfd_getfd(&pidfd, tfd as i32)
+    let ours = p::pidfd_open(pid).and_then(|pidfd| uffd::pidfd_getfd(&pidfd, tfd as i32)).and_then(|ufd| {
+        uffd::api(&ufd).map_err(|e| std::io::Error::new(e.kind(), format!("UFFDIO_API: {e}")))?;
+        for &i in &idx {
+            let (start, len) = (anon[i].start, anon[i].len());
+            uffd::register(&ufd, start, len).map_err(|e| std::io::Error::new(e.kind(), format!("UFFDIO_REGISTER {start:#x}+{len:#x}: {e}")))?;
+            registered.push((start, len));
+        }
+        Ok(ufd)
     });
     let ufd = match ours {
         Ok(f) => f,
         Err(e) => {
-            // closing the target's userfaultfd drops every registration
+            // closing the target's userfaultfd (the engine's copy is
+            // already dropped) drops every registration
             crate::pr_debug!("userfaultfd setup in {pid}: {e}; filling with preadv");
             let _ = main.call("close", libc::SYS_close, &[tfd]);
             return Ok((give_back(mine, rest), 0, None));
         }
     };
+    pr_debug!("userfaultfd of {pid}: {} VMAs registered", registered.len());
     let mut copied = 0u64;
     let mut pieces = Vec::with_capacity(mine.len());
     for &(a, l, _) in &mine {
@@ -356,7 +358,8 @@ fn cached_pieces(mem: &dyn MemSource, pieces: &[(u64, &[u8])]) -> Option<DirectP
 ///
 /// Returns the target's userfaultfd when it is still open, for the
 /// caller's next batch to close.
-fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, page_fds: &[Option<u64>], scratch: u64, place: batch::Place) -> Result<Option<u64>, RestoreError> {
+#[allow(clippy::too_many_arguments)] // (the layout batch's userfaultfd, 8th)
+fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSource, page_fds: &[Option<u64>], scratch: u64, place: batch::Place, made_uffd: Option<u64>) -> Result<Option<u64>, RestoreError> {
     let pid = main.tid;
     let e = |what: &str| ioe(pid, what.to_string());
     // pieces: page runs clipped to private VMAs, in address order (each
@@ -383,9 +386,12 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
     }
     const IOV_MAX: usize = 1024;
     const MAX_BATCH: u64 = 1 << 30;
-    let (pieces, by_uffd, uffd_fd) = if fill_mode() == "uffd" { fill_uffd(main, memf, task, mem, place, pieces)? } else { (pieces, 0, None) };
+    let (pieces, by_uffd, uffd_fd) = if fill_mode() == "uffd" { fill_uffd(main, task, mem, pieces, made_uffd)? } else { (pieces, 0, None) };
     let use_preadv = fill_mode() != "mem";
-    let mut buf = vec![0u8; 1 << 20];
+    // (only for pieces outside the pages files' mappings: made when one
+    // comes, not 1 MiB zeroed for every process)
+    let mut buf: Vec<u8> = Vec::new();
+    const BUF_LEN: usize = 1 << 20;
     let mut by_preadv = 0u64;
     // file batches, read once all are known: in one injected batch
     let mut pending: Vec<FileBatch> = Vec::new();
@@ -419,10 +425,11 @@ fn fill_private(main: &mut Injector, memf: &File, task: &Task, mem: &dyn MemSour
         // no file for this piece: through /proc/PID/mem
         let mut p = a;
         while p < a + len {
-            let n = usize::try_from((a + len - p).min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = usize::try_from((a + len - p).min(BUF_LEN as u64)).unwrap_or(BUF_LEN);
             let data: &[u8] = match mem.slice(p, n) {
                 Some(s) => s,
                 None => {
+                    buf.resize(BUF_LEN, 0);
                     mem.read(p, &mut buf[..n])?;
                     &buf[..n]
                 }
@@ -849,7 +856,20 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
             b.push("fadvise64(POSIX_FADV_SEQUENTIAL)", libc::SYS_fadvise64, &[*fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL as u64]);
         }
     }
-    let res = run(main, &b, if one_stop { "setting up the address space" } else { "mapping the VMAs" })?;
+    // the target's userfaultfd for the fill (step 7), last in the layout
+    // batch when that is one stop: a stop fewer than a call of its own
+    // (its failure, e.g. no userfaultfd in this kernel, only leaves the
+    // fill to the preadv path, as a failed call of its own would)
+    let uffd_at = (one_stop && fill_mode() == "uffd" && !task.mm.pages.is_empty()).then(|| {
+        b.push("userfaultfd", libc::SYS_userfaultfd, &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64]);
+        b.len() - 1
+    });
+    let what = if one_stop { "setting up the address space" } else { "mapping the VMAs" };
+    let (res, uffd_err) = batch::run_tail_optional(main, &memf, place, &b, uffd_at.unwrap_or(b.len())).map_err(e(what))?;
+    let made_uffd = uffd_at.and_then(|i| res.get(i).copied());
+    if let Some(err) = uffd_err {
+        pr_debug!("userfaultfd in {pid}: {err}; filling with preadv");
+    }
     for (&got, want) in res.iter().skip(first_mmap).zip(starts) {
         if got != want {
             return Err(RestoreError::Unsupported(format!("mmap of {want:#x} landed at {got:#x}")));
@@ -916,7 +936,7 @@ pub fn build(main: &mut Injector, task: &Task, mem: &dyn MemSource, svc_base: i3
         unpicked = crate::tfork::without_ranges(task, &skip);
         &unpicked
     };
-    let uffd_open = pinned.released(|| fill_private(main, &memf, to_fill, mem, &page_fds, g + SCRATCH_OFF, place))?;
+    let uffd_open = pinned.released(|| fill_private(main, &memf, to_fill, mem, &page_fds, g + SCRATCH_OFF, place, made_uffd))?;
     // 7b. AIO rings: new contexts with the dumped events, moved into place
     for v in task.mm.vmas.iter().filter(|v| v.kind == VmaKind::Aio) {
         super::aio::restore_ring(main, &memf, mem, v, g + SCRATCH_OFF)?;

@@ -140,6 +140,15 @@ pub struct Place {
 /// A thread that must not trap ([`Injector::is_stepped`]) gets the calls
 /// one at a time through the injector instead.
 pub fn run(inj: &mut Injector, mem: &File, place: Place, batch: &Batch) -> io::Result<Vec<u64>> {
+    run_tail_optional(inj, mem, place, batch, batch.len()).map(|(out, _)| out)
+}
+
+/// [`run`], where the calls from index `optional` on may fail without
+/// failing the batch: a failure there ends the batch (the calls after it
+/// are not run) and comes back beside the results of the calls before it.
+/// A call to try last, whose failure the caller can do without (the
+/// restore's userfaultfd at the end of the layout batch).
+pub fn run_tail_optional(inj: &mut Injector, mem: &File, place: Place, batch: &Batch, optional: usize) -> io::Result<(Vec<u64>, Option<io::Error>)> {
     let mut out = Vec::with_capacity(batch.len());
     let tid = inj.tid;
     if inj.is_stepped() {
@@ -151,9 +160,13 @@ pub fn run(inj: &mut Injector, mem: &File, place: Place, batch: &Batch) -> io::R
                 args[1 + arg] = at;
                 at += (data.len() as u64).next_multiple_of(8);
             }
-            out.push(inj.call(&c.what, args[0] as i64, &args[1..])?);
+            match inj.call(&c.what, args[0] as i64, &args[1..]) {
+                Ok(r) => out.push(r),
+                Err(e) if out.len() >= optional => return Ok((out, Some(e))),
+                Err(e) => return Err(e),
+            }
         }
-        return Ok(out);
+        return Ok((out, None));
     }
     let mut rest = &batch.calls[..];
     let mut bytes = Vec::new();
@@ -197,11 +210,17 @@ pub fn run(inj: &mut Injector, mem: &File, place: Place, batch: &Batch) -> io::R
             if r == NOT_RUN {
                 return Err(io::Error::other(format!("batch in {tid} stopped before {} without an error", c.what)));
             }
-            super::check_raw(r as i64).map_err(|e| io::Error::new(e.kind(), format!("injected {} in {tid}: {e}", c.what)))?;
+            if let Err(e) = super::check_raw(r as i64) {
+                let e = io::Error::new(e.kind(), format!("injected {} in {tid}: {e}", c.what));
+                if out.len() >= optional {
+                    return Ok((out, Some(e)));
+                }
+                return Err(e);
+            }
             out.push(r);
         }
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// Point the thread at the stub with `rbx` = the records, resume it, and

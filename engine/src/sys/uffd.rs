@@ -1,6 +1,8 @@
-//! userfaultfd for the restore fill: the target creates and registers the
-//! uffd (by injected syscalls, so it belongs to the target's mm), the engine
-//! takes a copy of it with pidfd_getfd(2) and fills the target's fresh
+//! userfaultfd for the restore fill: the target creates the uffd (by an
+//! injected syscall, so it belongs to the target's mm; the last call of its
+//! layout batch), the engine takes a copy of it with pidfd_getfd(2),
+//! registers the target's VMAs through it (registration acts on the uffd's
+//! mm) and fills the target's fresh
 //! anonymous memory with UFFDIO_COPY straight from its mmap of the pages
 //! file: the kernel allocates each page and copies into it without zeroing
 //! it first, and no page fault is taken per 4 KiB page.
@@ -408,6 +410,32 @@ fn fill_fault() -> io::Result<()> {
     crate::fault::point("mid-fill");
     if crate::fault::fails("mid-fill") {
         return Err(io::Error::other("injected failure in the fill (CRIU_RS_FAULT_AT)"));
+    }
+    Ok(())
+}
+
+/// The UFFDIO_API handshake (no features), from whichever process holds
+/// a copy of the fd: it acts on the userfaultfd's context.
+pub fn api(uffd: &OwnedFd) -> io::Result<()> {
+    let mut a: [u64; 3] = [UFFD_API, 0, 0]; // api, features, ioctls (out)
+    // SAFETY: `a` is a valid struct uffdio_api (three u64s) for the duration
+    // of the call; the kernel writes only into it.
+    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API as _, a.as_mut_ptr()) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// UFFDIO_REGISTER `start..start+len` (missing-page mode) in the mm the
+/// userfaultfd was created in (the target's: registration acts on the
+/// context's mm, not the caller's, so the engine registers through its
+/// pidfd_getfd copy without an injected call).
+pub fn register(uffd: &OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut r: [u64; 4] = [start, len, UFFDIO_REGISTER_MODE_MISSING, 0]; // range, mode, ioctls (out)
+    // SAFETY: `r` is a valid struct uffdio_register for the duration of the
+    // call; the kernel writes only into it.
+    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER as _, r.as_mut_ptr()) } < 0 {
+        return Err(last_err());
     }
     Ok(())
 }
