@@ -102,8 +102,8 @@ pub trait MemSource {
 }
 
 /// Whether a two-copy dump of `total` bytes writes with O_DIRECT: when it
-/// is not a small dump (`dump::page_pump::small_dump`: over 1 GiB, or
-/// past half the dirty background threshold). There the page cache is
+/// is not a small dump (`dump::page_pump::direct_from_start`: over 1 GiB,
+/// or past the dirty background threshold). There the page cache is
 /// the cost: on this VM filling it runs at 0.25-4 GB/s depending on
 /// whether the host still backs the memory it gets, and past the dirty
 /// threshold writeback throttles buffered writers to the disk's speed
@@ -113,7 +113,7 @@ fn direct_pays_off(total: u64) -> bool {
     match std::env::var("CRIU_RS_DUMP_DIRECT").as_deref() {
         Ok("always") => true,
         Ok("never") => false,
-        _ => !crate::dump::page_pump::small_dump(total),
+        _ => crate::dump::page_pump::direct_from_start(total),
     }
 }
 

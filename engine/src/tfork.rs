@@ -283,6 +283,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
         return tfork_restored(pid, opts, on_running, Some(why));
     }
     let t0 = Instant::now();
+    pr_debug!("freezing {pid}");
     // connections recorded (not refused by the collection): [`net::plan`] decides
     set_net_opts(true);
     let collected = dump::collect_state(pid);
@@ -321,7 +322,8 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
     let mut unreleased = Unreleased::default();
     let (s, scratch, dontfork) = {
         let root = &frozen.procs[0];
-        let mut par = Parasite::start(root, root.gadget).map_err(ioe(pid, "injection session for the fork"))?;
+        let mut par = Parasite::start_main(root, root.gadget).map_err(ioe(pid, "injection session for the fork"))?;
+        pr_debug!("fork session of {pid} ready at {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         // (forked again where the fork lacks MADV_DONTFORK memory: V8's
         // heap in node, for one; every clone gets the marks back in `finish`)
         let (s, dontfork) = fork_whole(
@@ -339,6 +341,7 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
                 if child != Some(s) {
                     return Err(TforkError::Unsupported(format!("clone3 in {pid} made {s}, but the fork event named {child:?}")));
                 }
+                pr_debug!("{pid} forked {s} at {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
                 Ok(s)
             },
             |unreleased, _, s| {
@@ -353,9 +356,11 @@ pub fn tfork_with(pid: Pid, opts: &TforkOpts, on_running: &mut dyn FnMut(&[Pid])
             "forked again with them",
         )?;
         ptrace::set_options(s, CLONE_TRACE).map_err(ioe(s, "tracing the source's fork with PTRACE_O_EXITKILL"))?;
+        pr_debug!("{s}'s mappings checked at {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         (s, par.mapping(), dontfork)
         // the parasite session ends: the source's registers and masks back
     };
+    pr_debug!("fork session of {pid} ended at {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
     drop(frozen);
     let pause = t0.elapsed();
     pr_info!("source {pid} paused {:.2} ms, forked {s}", pause.as_secs_f64() * 1e3);
@@ -1097,7 +1102,7 @@ impl Snapshots {
                 continue;
             };
             let f = &frozen.procs[k];
-            let par = Parasite::start(f, f.gadget).map_err(|e| format!("injection session in {}: {e}", m.pid))?;
+            let par = Parasite::start_main(f, f.gadget).map_err(|e| format!("injection session in {}: {e}", m.pid))?;
             sess.push(Some((m.pid, f.gadget, par)));
         }
         // Every fork started, then each waited for: a fork's time is its

@@ -129,6 +129,11 @@ fn wait_stop(tid: Pid) -> Result<Wait, FreezeError> {
 /// trap of a group-stop carries it, an interrupt's carries SIGTRAP).
 fn stop_one(tid: Pid) -> Result<Option<i32>, FreezeError> {
     ptrace::interrupt(tid).map_err(|e| FreezeError::Seize { tid, source: e })?;
+    wait_stopped(tid)
+}
+
+/// The rest of [`stop_one`] once `tid` has been interrupted: its stop.
+fn wait_stopped(tid: Pid) -> Result<Option<i32>, FreezeError> {
     loop {
         match wait_stop(tid)? {
             Wait::Stopped { event: ptrace::EVENT_STOP, sig } => return Ok(is_stop_signal(sig).then_some(sig)),
@@ -200,16 +205,23 @@ impl Frozen {
             if new.is_empty() {
                 return Ok(());
             }
-            for tid in new {
+            // every new thread seized and interrupted before any stop is
+            // waited for: the threads stop all at once, not each after
+            // the one before it has been scheduled and seen stopped (16
+            // threads one by one: 0.4-1.6 ms at load 2-5, 12-35 ms at load 7)
+            for &tid in &new {
                 ptrace::seize(tid, ptrace::O_TRACESYSGOOD | ptrace::O_SUSPEND_SECCOMP).map_err(|e| seize_error(tid, e))?;
                 // From here Drop detaches it, stopped or not.
                 self.threads.push(FrozenThread { tid, regs: Regs::default(), sigmask: 0, affinity: [0; 16] });
-                let sig = stop_one(tid)?;
+                ptrace::interrupt(tid).map_err(|e| FreezeError::Seize { tid, source: e })?;
+            }
+            for tid in new {
+                let sig = wait_stopped(tid)?;
                 self.note_stop(tid, sig);
                 let regs = ptrace::get_regs(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
                 let affinity = crate::sys::process::sched_getaffinity(tid).map_err(|e| FreezeError::Regs { tid, source: e })?;
-                let t = self.threads.last_mut().expect("just pushed");
+                let t = self.threads.iter_mut().find(|t| t.tid == tid).expect("seized above");
                 t.regs = regs;
                 t.sigmask = sigmask;
                 t.affinity = affinity;

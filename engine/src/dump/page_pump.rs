@@ -54,8 +54,18 @@ const PIPES: usize = PUMP_FDS / 2;
 /// against 0.057-0.092 s with O_DIRECT; 256 MiB 0.095-0.129 s against
 /// 0.155-0.214 s; in a slow hour, without the hand-over, 64 MiB took
 /// 0.03-0.24 s and 256 MiB 0.48-1.26 s through the pump. 4 GiB buffered
-/// took 12.6-16.7 s against 2.1-2.6 s with O_DIRECT.
-pub const PUMP_MAX: u64 = 1 << 30;
+/// took 12.6-16.7 s against 2.1-2.6 s with O_DIRECT. 1 GiB (session 14,
+/// `dump --leave-running` of a 1 GiB process, whole command, page cache
+/// dropped before each): the pump 0.56-0.80 s, O_DIRECT from the start
+/// 2.7-2.8 s (the disk at 0.35-0.7 GB/s that hour), upstream 0.78-0.86 s;
+/// so the bound is 2 GiB (and the dirty background threshold,
+/// [`under_dirty_threshold`]: ~2 GiB on this 24 GiB machine; half of it,
+/// as before, kept a 1 GiB process out of the pump by a few MiB).
+pub const PUMP_MAX: u64 = 2 << 30;
+
+/// Above this many bytes (or past the dirty background threshold) a
+/// two-copy dump writes with O_DIRECT ([`direct_from_start`]).
+const DIRECT_FROM: u64 = 1 << 30;
 
 /// Bytes the pump splices before it judges its rate.
 const SWITCH_PROBE: u64 = 4 << 20;
@@ -95,27 +105,32 @@ fn switch_rate() -> Option<f64> {
 }
 
 /// Whether the pump is the path for `bytes` of pages: up to [`PUMP_MAX`]
-/// and while the new page cache stays under half the dirty background
+/// and while the new page cache stays under the dirty background
 /// threshold. `CRIU_RS_PUMP=always|never` overrides.
 pub fn pays_off(bytes: u64) -> bool {
     match std::env::var("CRIU_RS_PUMP").as_deref() {
         Ok("always") => true,
         Ok("never") => false,
-        _ => small_dump(bytes),
+        _ => bytes <= PUMP_MAX && under_dirty_threshold(bytes),
     }
 }
 
-/// At most [`PUMP_MAX`] and under half the dirty background threshold.
-pub fn small_dump(bytes: u64) -> bool {
-    bytes <= PUMP_MAX && under_dirty_threshold(bytes)
+/// Whether a two-copy dump of `bytes` writes with O_DIRECT from the start:
+/// over [`DIRECT_FROM`] or past the dirty background threshold.
+pub fn direct_from_start(bytes: u64) -> bool {
+    bytes > DIRECT_FROM || !under_dirty_threshold(bytes)
 }
 
-/// Whether `bytes` of new page cache stay under half the dirty background
+/// Whether `bytes` of new page cache stay under the dirty background
 /// threshold (`vm.dirty_background_bytes`, or `dirty_background_ratio`% of
-/// MemAvailable), where no writeback throttling starts.
-/// (The threshold is read once per dump: `super::cache::dirty_background`.)
+/// MemAvailable). Past it the kernel starts writing back in the
+/// background, which does not stop the writer; writers are throttled only
+/// past the midpoint between it and the dirty limit (`dirty_ratio`, 20%
+/// by default), so staying under it leaves room for other writers' dirty
+/// pages too. (The threshold is read once per dump:
+/// `super::cache::dirty_background`.)
 pub fn under_dirty_threshold(bytes: u64) -> bool {
-    bytes <= super::cache::dirty_background() / 2
+    bytes <= super::cache::dirty_background()
 }
 
 /// One pipe of the pump: the engine's read end, the source's write end.

@@ -445,12 +445,24 @@ impl Parasite {
     /// scratch mapping: the code page, the data area, and one frame slot
     /// per thread where that thread's `rt_sigframe` goes.
     pub fn start(f: &Frozen, gadget: u64) -> io::Result<Parasite> {
+        Self::start_on(f, gadget, &f.threads)
+    }
+
+    /// [`start`](Self::start) on the main thread only (the others stay
+    /// stopped as they are, with their own registers): enough for
+    /// [`fork_call`](Self::fork_call) and calls in the main thread, without
+    /// a frame written and put back per thread (tfork's fork, in the pause).
+    pub fn start_main(f: &Frozen, gadget: u64) -> io::Result<Parasite> {
+        Self::start_on(f, gadget, &f.threads[..f.threads.len().min(1)])
+    }
+
+    fn start_on(f: &Frozen, gadget: u64, threads: &[super::freeze::FrozenThread]) -> io::Result<Parasite> {
         let pid = f.pid;
         let mem = f.mem()?.try_clone()?;
-        let mut xsaves = Vec::with_capacity(f.threads.len());
+        let mut xsaves = Vec::with_capacity(threads.len());
         let mut max_frame = 0;
         let mut status = BTreeMap::new();
-        for t in &f.threads {
+        for t in threads {
             let tid = t.tid;
             // (kept for thread_status: one read of the file per session)
             let st = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
@@ -468,12 +480,12 @@ impl Parasite {
             xsaves.push(xsave);
         }
         let slot = frame_slot(max_frame);
-        let n = u64::try_from(f.threads.len()).map_err(io::Error::other)?;
+        let n = u64::try_from(threads.len()).map_err(io::Error::other)?;
         let len = CODE_LEN + SCRATCH_LEN + n * slot;
-        let main = &f.threads[0];
+        let main = threads.first().ok_or_else(|| io::Error::other(format!("{pid}: no thread to inject into")))?;
         let mut p = Parasite {
             pid,
-            order: f.threads.iter().map(|t| t.tid).collect(),
+            order: threads.iter().map(|t| t.tid).collect(),
             threads: BTreeMap::new(),
             code: 0,
             code_ready: false,
@@ -489,7 +501,7 @@ impl Parasite {
         p.mem.write_all_at(&CODE, p.code)?;
         p.code_ready = true;
         let frames = p.code + CODE_LEN + SCRATCH_LEN;
-        for (i, (t, xsave)) in f.threads.iter().zip(&xsaves).enumerate() {
+        for (i, (t, xsave)) in threads.iter().zip(&xsaves).enumerate() {
             let tid = t.tid;
             let top = frames + (i as u64 + 1) * slot - REDZONE;
             let frame = build_sigframe(&fixup_syscall_restart(t.regs), t.sigmask, xsave, top);

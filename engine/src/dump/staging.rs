@@ -18,6 +18,15 @@
 //! leaves its files without `inventory.img`: an incomplete set, which
 //! restore refuses, and which makes the directory not fresh for the next
 //! dump (staged as above).
+//!
+//! The directory is fsynced only for a set whose files were synced
+//! ([`Staging::sync_files`]: tfork's `--persist`): the inventory-last order
+//! holds against an engine killed at any point without it (renames and
+//! creations are visible at once), and for a power loss a directory sync
+//! without the files' data synced promises nothing. Upstream's dump syncs
+//! nothing either. A directory fsync flushes the disk's write cache: after
+//! the O_DIRECT writes of a 1 GiB dump it took 1.3 s here (the host
+//! writing its cache out), where the dump itself took 0.8-2.1 s.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,6 +54,9 @@ pub struct Staging {
     /// Written straight into `dir` (`tmp` == `dir`): the names that were
     /// there before, which an unpublished dump leaves.
     direct: Option<std::collections::HashSet<std::ffi::OsString>>,
+    /// The files were synced ([`Staging::sync_files`]): the directory is
+    /// synced around the inventory too.
+    durable: std::cell::Cell<bool>,
 }
 
 impl Staging {
@@ -61,7 +73,7 @@ impl Staging {
         let tmp = dir.join(format!("{PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(ioe("creating the staging directory", &tmp))?;
-        Ok(Staging { dir: dir.to_path_buf(), tmp, published: false, direct: None })
+        Ok(Staging { dir: dir.to_path_buf(), tmp, published: false, direct: None, durable: false.into() })
     }
 
     /// [`Staging::new`], but straight into `dir` when it is fresh: no
@@ -81,7 +93,7 @@ impl Staging {
         // (its own, empty, staging directory gone with it)
         drop(staged);
         before.retain(|n| !n.to_string_lossy().starts_with(PREFIX));
-        Ok(Staging { dir: dir.to_path_buf(), tmp: dir.to_path_buf(), published: false, direct: Some(before) })
+        Ok(Staging { dir: dir.to_path_buf(), tmp: dir.to_path_buf(), published: false, direct: Some(before), durable: false.into() })
     }
 
     /// Whether the images go straight into the images directory.
@@ -90,11 +102,11 @@ impl Staging {
     }
 
     /// Before the inventory is written into [`Staging::path`]: written
-    /// straight, the directory synced (every other file's name durable
-    /// first, as `publish` does before it moves the inventory in).
+    /// straight and durable, the directory synced (every other file's name
+    /// durable first, as `publish` does before it moves the inventory in).
     pub fn before_inventory(&self) -> Result<(), StagingError> {
         if self.direct.is_some() {
-            sync_dir(&self.dir)?;
+            self.sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -114,6 +126,7 @@ impl Staging {
             let p = e.path();
             files.push(std::fs::File::open(&p).map_err(ioe("opening to sync", &p))?);
         }
+        self.durable.set(true);
         if uring {
             match crate::sys::uring::fsync_all(&files) {
                 Ok(r) => return r.map(|()| "io_uring").map_err(ioe("syncing the files of", &self.tmp)),
@@ -133,13 +146,13 @@ impl Staging {
             if !self.dir.join(INVENTORY).exists() {
                 return Err(ioe("no inventory written in", &self.dir)(io::ErrorKind::NotFound.into()));
             }
-            sync_dir(&self.dir)?;
+            self.sync_dir(&self.dir)?;
             self.published = true;
             return Ok(());
         }
         let old_inv = self.dir.join(INVENTORY);
         match std::fs::remove_file(&old_inv) {
-            Ok(()) => sync_dir(&self.dir)?,
+            Ok(()) => self.sync_dir(&self.dir)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(ioe("removing the old", &old_inv)(e)),
         }
@@ -153,19 +166,25 @@ impl Staging {
         for n in names {
             let (from, to) = (self.tmp.join(&n), self.dir.join(&n));
             if n == INVENTORY {
-                sync_dir(&self.dir)?;
+                self.sync_dir(&self.dir)?;
             }
             std::fs::rename(&from, &to).map_err(ioe("moving into place", &to))?;
         }
-        sync_dir(&self.dir)?;
+        self.sync_dir(&self.dir)?;
         std::fs::remove_dir(&self.tmp).map_err(ioe("removing", &self.tmp))?;
         self.published = true;
         Ok(())
     }
 }
 
-fn sync_dir(d: &Path) -> Result<(), StagingError> {
-    std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(ioe("syncing", d))
+impl Staging {
+    /// fsync `d` when the set is durable (see the module's comment).
+    fn sync_dir(&self, d: &Path) -> Result<(), StagingError> {
+        if !self.durable.get() {
+            return Ok(());
+        }
+        std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(ioe("syncing", d))
+    }
 }
 
 impl Drop for Staging {

@@ -122,9 +122,9 @@ impl FileKind for Pidfd {
 
     fn restore(&self, cx: &mut Restore<'_>) -> Result<OwnedFd, String> {
         if self.nspid == -1 {
-            let above = cx.plan.plan.nodes.iter().map(|n| n.pid).max().unwrap_or(1);
+            let tree: HashSet<Pid> = cx.plan.plan.nodes.iter().map(|n| n.pid).collect();
             let stand_ins = cx.scratch.get::<StandIns>();
-            let pid = stand_ins.of(self.ino, above)?;
+            let pid = stand_ins.of(self.ino, &tree)?;
             return p::pidfd_open_flags(pid, self.flags).map_err(|e| format!("pidfd_open of the stand-in {pid} for a reaped process: {e}"));
         }
         let start = Instant::now();
@@ -138,6 +138,9 @@ impl FileKind for Pidfd {
     }
 }
 
+/// Pids tried for one stand-in before giving up.
+const MAX_STAND_IN_TRIES: u32 = 4096;
+
 /// Stand-ins for reaped processes, by pidfs inode: children that exited at
 /// once, left zombies until the fd table is built (then reaped, on drop).
 #[derive(Default)]
@@ -145,17 +148,36 @@ struct StandIns(HashMap<u64, Pid>);
 
 impl StandIns {
     /// The stand-in of inode `ino`, made the first time, on a free pid
-    /// above `above` (the tree's largest).
-    fn of(&mut self, ino: u64, above: Pid) -> Result<Pid, String> {
+    /// above the tree's largest (none of the tree's processes, some of
+    /// which may not exist yet, can want it); where those are past
+    /// pid_max (set_tid refused with EINVAL), on a free pid below it that
+    /// is not the tree's.
+    fn of(&mut self, ino: u64, tree: &HashSet<Pid>) -> Result<Pid, String> {
         if let Some(&pid) = self.0.get(&ino) {
             return Ok(pid);
         }
-        let mut want = above.saturating_add(1 + self.0.len() as Pid);
+        let top = tree.iter().copied().max().unwrap_or(1);
+        let mut want = top.saturating_add(1 + self.0.len() as Pid);
+        let mut down = false;
+        let mut tries = 0;
         let pid = loop {
+            tries += 1;
+            if tries > MAX_STAND_IN_TRIES || want < 2 {
+                return Err(format!("no free pid for a stand-in of a reaped process in {MAX_STAND_IN_TRIES} tries (the tree's largest pid is {top})"));
+            }
+            if down && tree.contains(&want) {
+                want -= 1;
+                continue;
+            }
             // (exit signal 0: its end sends the parent no SIGCHLD)
             match p::fork3(0, &[want], 0, || p::exit_now(0)) {
                 Ok(pid) => break pid,
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && want < above.saturating_add(4096) => want += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => want = if down { want - 1 } else { want + 1 },
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !down => {
+                    crate::pr_debug!("pid {want} refused for a stand-in ({e}: past pid_max): looking below the tree's pids");
+                    down = true;
+                    want = top - 1;
+                }
                 Err(e) => return Err(format!("clone3 of a stand-in for a reaped process (pid {want}): {e}")),
             }
         };

@@ -33,7 +33,11 @@
 //! engine and of upstream 4.2 (wall time, and wall time until its files
 //! and directory are fsynced after it: neither dump syncs). Medians.
 //!
-//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--runs N] [--dir DIR] [--persist-only]`
+//! `tfork-bench [--criu PATH] [--upstream PATH] [--sizes 256,1024] [--threads 1,16] [--copies 1,4,16,100] [--thp 0,1] [--runs N] [--dir DIR] [--persist-only] [--tfork-only]`
+//!
+//! `--tfork-only`: the tfork rows alone (no `--persist=sync` run, no
+//! dump + restore baseline): the pause and the clones, quickly, e.g. to
+//! compare two binaries (`--criu`) run after one another.
 
 use tools::bench::{each_option, alive, kill, ns_init_pid, parse_list};
 use std::fs;
@@ -53,6 +57,7 @@ struct Opts {
     runs: usize,
     dir: PathBuf,
     persist_only: bool,
+    tfork_only: bool,
 }
 
 fn opts() -> Opts {
@@ -67,9 +72,11 @@ fn opts() -> Opts {
         runs: 3,
         dir: PathBuf::from("/tmp/tfork-bench"),
         persist_only: false,
+        tfork_only: false,
     };
     let mut persist_only = false;
-    each_option(&["--persist-only"], |name, value| {
+    let mut tfork_only = false;
+    each_option(&["--persist-only", "--tfork-only"], |name, value| {
         match name {
             "--criu" => o.criu = PathBuf::from(value),
             "--upstream" => o.upstream = PathBuf::from(value),
@@ -80,11 +87,13 @@ fn opts() -> Opts {
             "--runs" => o.runs = value.parse().unwrap_or(1).max(1),
             "--dir" => o.dir = PathBuf::from(value),
             "--persist-only" => persist_only = true,
+            "--tfork-only" => tfork_only = true,
             _ => return false,
         }
         true
     });
     o.persist_only = persist_only;
+    o.tfork_only = tfork_only;
     o
 }
 
@@ -460,7 +469,7 @@ fn main() {
                 }
                 rows.push((mib, threads, thp, n, r));
             }
-            if thp == 0 {
+            if thp == 0 && !o.tfork_only {
                 let p = ready.clone().and_then(|()| persist_sync(&o, pid));
                 if let Err(e) = &p {
                     eprintln!("{mib} MiB, {threads} threads, --persist=sync: {e}");
@@ -469,7 +478,7 @@ fn main() {
             }
             let _ = src.kill();
             let _ = src.wait();
-            if thp == 0 {
+            if thp == 0 && !o.tfork_only {
                 let b = baseline(&o, &memhog, mib, threads);
                 if let Err(e) = &b {
                     eprintln!("{mib} MiB, {threads} threads, baseline: {e}");
