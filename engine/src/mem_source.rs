@@ -191,9 +191,13 @@ pub enum PagesWrite {
 
 impl ProcessMem {
     pub fn open(pid: i32) -> io::Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?;
+        Ok(Self::with_file(pid, std::fs::OpenOptions::new().read(true).open(format!("/proc/{pid}/mem"))?))
+    }
+
+    /// [`ProcessMem::open`] with `pid`'s /proc/PID/mem already open as `file`.
+    pub fn with_file(pid: i32, file: File) -> Self {
         let vm_readv = std::env::var("CRIU_RS_DUMP_READ").as_deref() != Ok("mem");
-        Ok(ProcessMem { pid, file, vm_readv, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default(), pick: false })
+        ProcessMem { pid, file, vm_readv, uring: false, always_direct: false, wrote: WROTE_NONE.into(), refused: Default::default(), pick: false }
     }
 
     /// Read through /proc/PID/mem only: for memory shared copy-on-write

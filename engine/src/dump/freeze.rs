@@ -68,6 +68,10 @@ pub struct Frozen {
     /// dumped on several CPUs: [`FrozenTree::freeze_on`]): every ptrace
     /// request about it must come from there, its release included.
     pub tracer: Option<Tracer>,
+    /// /proc/PID/mem, opened for reading and writing at its first use
+    /// ([`Frozen::mem`]) and kept: the gadget search, the rseq fixup, each
+    /// injection session and the page copy share it.
+    mem: std::sync::OnceLock<std::fs::File>,
 }
 
 /// The stop signals (SIG_KERNEL_STOP_MASK).
@@ -158,7 +162,22 @@ impl Frozen {
             stop_seen: Arc::new(AtomicBool::new(false)),
             in_tree: false,
             tracer: None,
+            mem: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The process's /proc/PID/mem (read and write), opened once.
+    pub fn mem(&self) -> io::Result<&std::fs::File> {
+        if let Some(f) = self.mem.get() {
+            return Ok(f);
+        }
+        let pid = self.pid;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|e| io::Error::new(e.kind(), format!("opening /proc/{pid}/mem: {e}")))?;
+        Ok(self.mem.get_or_init(|| f))
     }
 
     fn note_stop(&mut self, tid: Pid, sig: Option<i32>) {

@@ -64,7 +64,30 @@ fn rd(pid: Pid, what: &'static str) -> Result<String, MmError> {
     std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| MmError::Read { pid, what, source: e })
 }
 
-fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap<(u64, u64), std::sync::Arc<crate::model::Ghost>>, ghost_limit: u64) -> Result<Vma, MmError> {
+/// What a mapped file's path shows through the process's root: size,
+/// mode, build-id (one stat a path per process, not one per mapping: a
+/// library is mapped 4 or 5 times).
+type Seen = (Option<u64>, u32, Vec<u32>);
+
+fn seen_through_root(pid: Pid, path: &str) -> Seen {
+    // (the path as the process sees it: through its root, which may be in
+    // a mount namespace of its own)
+    let seen = format!("/proc/{pid}/root{path}");
+    let meta = std::fs::metadata(&seen).ok();
+    (
+        meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
+        meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
+        super::elf::build_id_known(std::path::Path::new(&seen), meta.as_ref()).unwrap_or_default(),
+    )
+}
+
+fn vma_from_smaps(
+    pid: Pid,
+    s: &SmapsVma,
+    ghosts: &mut std::collections::HashMap<(u64, u64), std::sync::Arc<crate::model::Ghost>>,
+    paths: &mut std::collections::HashMap<String, Seen>,
+    ghost_limit: u64,
+) -> Result<Vma, MmError> {
     let m = &s.map;
     let mut prot = 0u32;
     if m.r {
@@ -168,16 +191,13 @@ fn vma_from_smaps(pid: Pid, s: &SmapsVma, ghosts: &mut std::collections::HashMap
             memfd: None,
         },
         (false, None) => {
-            // (the path as the process sees it: through its root, which
-            // may be in a mount namespace of its own)
-            let seen = format!("/proc/{pid}/root{}", m.name);
-            let meta = std::fs::metadata(&seen).ok();
+            let (size, mode, build_id) = paths.entry(m.name.clone()).or_insert_with(|| seen_through_root(pid, &m.name)).clone();
             MapFile {
                 path: m.name.clone(),
                 flags: if m.shared && m.w { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 },
-                size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
-                mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
-                build_id: super::elf::build_id_known(std::path::Path::new(&seen), meta.as_ref()).unwrap_or_default(),
+                size,
+                mode,
+                build_id,
                 ghost: None,
                 memfd: None,
             }
@@ -213,8 +233,9 @@ pub fn collect_vmas(pid: Pid, ghost_limit: u64) -> Result<Vec<Vma>, MmError> {
     let text = rd(pid, "smaps")?;
     let mut out: Vec<Vma> = Vec::new();
     let mut ghosts = std::collections::HashMap::new();
+    let mut paths = std::collections::HashMap::new();
     for s in proc::parse_smaps(&text) {
-        let v = vma_from_smaps(pid, &s, &mut ghosts, ghost_limit)?;
+        let v = vma_from_smaps(pid, &s, &mut ghosts, &mut paths, ghost_limit)?;
         // [vvar_vclock] folds into [vvar], as upstream 4.2 records it
         if s.map.name == "[vvar_vclock]" {
             if let Some(prev) = out.last_mut() {
@@ -504,9 +525,6 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         // memfd as its exe file, which is not done yet)
         return Err(MmError::MemfdExe { pid, path: exe_path });
     }
-    // (its exe as the process sees it: through its root)
-    let exe_seen = format!("/proc/{pid}/root{exe_path}");
-    let meta = std::fs::metadata(&exe_seen).ok();
     // an executable deleted (or replaced, as a package upgrade does) while
     // it runs: its mapping's ghost serves as the exe file too, as one
     // file entry (before: "NAME (deleted)" was written as a path, which
@@ -530,15 +548,20 @@ pub fn collect_mm(pid: Pid, vmas: Vec<Vma>, pages: Vec<PageRun>, brk: u64) -> Re
         env_start: proc::stat_field(&f, 50),
         env_end: proc::stat_field(&f, 51),
         auxv,
-        exe: Some(deleted_exe.unwrap_or(MapFile {
-            memfd: None,
-            build_id: super::elf::build_id_known(std::path::Path::new(&exe_seen), meta.as_ref()).unwrap_or_default(),
-            path: exe_path,
-            flags: libc::O_RDONLY as u32,
-            size: meta.as_ref().map(std::os::unix::fs::MetadataExt::size),
-            mode: meta.as_ref().map(std::os::unix::fs::MetadataExt::mode).unwrap_or(0),
-            ghost: None,
-        })),
+        exe: Some(match deleted_exe {
+            Some(f) => f,
+            None => {
+                // (its exe as the process sees it, through its root: as a
+                // mapping of the same path saw it, when one does)
+                let (size, mode, build_id) = vmas
+                    .iter()
+                    .filter_map(|v| v.file.as_ref())
+                    .find(|f| f.path == exe_path && f.ghost.is_none() && f.memfd.is_none())
+                    .map(|f| (f.size, f.mode, f.build_id.clone()))
+                    .unwrap_or_else(|| seen_through_root(pid, &exe_path));
+                MapFile { memfd: None, build_id, path: exe_path, flags: libc::O_RDONLY as u32, size, mode, ghost: None }
+            }
+        }),
         dumpable: 1,
         thp_disabled,
         guards: collect_guards(pid, &vmas)?,

@@ -3,6 +3,7 @@
 //! page contents are read from the still-frozen process through
 //! [`ProcessMem`](crate::mem_source::ProcessMem).
 
+pub mod cache;
 pub mod cgroup_freeze;
 pub mod elf;
 pub mod files;
@@ -280,6 +281,8 @@ fn collect_tree(
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Err(DumpError::NoProcess(pid));
     };
+    // (what an earlier dump of this engine process read is stale now)
+    cache::reset();
     // /proc/TID answers for a thread too (it is only left out of /proc's
     // listing): a thread's id would be taken for a process of its own
     if let Some(tgid) = status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<Pid>().ok()) {
@@ -545,7 +548,7 @@ fn collect_process(frozen: &mut Frozen, zero_pfn: u64, with_memory: bool, file_o
         let exec = maps.lines().filter_map(proc::parse_maps_line).filter(|m| m.x && m.name != "[vsyscall]").map(|m| (m.start, m.end)).collect();
         (Vec::new(), Vec::new(), exec)
     };
-    let gadget = parasite::find_gadget(pid, frozen.threads[0].regs.ip, &exec).map_err(io_err("syscall gadget"))?;
+    let gadget = frozen.mem().and_then(|mem| parasite::find_gadget_in(mem, pid, frozen.threads[0].regs.ip, &exec)).map_err(io_err("syscall gadget"))?;
     frozen.gadget = gadget;
     task::fixup_rseq_all(pid, frozen)?;
     let mut par = Parasite::start(frozen, gadget).map_err(io_err("parasite session"))?;

@@ -127,21 +127,10 @@ pub fn direct_from_start(bytes: u64) -> bool {
 /// background, which does not stop the writer; writers are throttled only
 /// past the midpoint between it and the dirty limit (`dirty_ratio`, 20%
 /// by default), so staying under it leaves room for other writers' dirty
-/// pages too.
+/// pages too. (The threshold is read once per dump:
+/// `super::cache::dirty_background`.)
 pub fn under_dirty_threshold(bytes: u64) -> bool {
-    let num = |f: &str| std::fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<u64>().ok());
-    let bg = match num("/proc/sys/vm/dirty_background_bytes") {
-        Some(b) if b > 0 => b,
-        _ => {
-            let ratio = num("/proc/sys/vm/dirty_background_ratio").unwrap_or(10);
-            let avail_kib = std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemAvailable:")?.split_whitespace().next()?.parse::<u64>().ok()))
-                .unwrap_or(0);
-            avail_kib * 1024 / 100 * ratio
-        }
-    };
-    bytes <= bg
+    bytes <= super::cache::dirty_background()
 }
 
 /// One pipe of the pump: the engine's read end, the source's write end.
@@ -174,7 +163,7 @@ impl PagePump {
     /// Start the pump in the frozen `f`; an error means "use [`ProcessMem`]".
     pub fn start(f: &Frozen) -> io::Result<PagePump> {
         let pid = f.pid;
-        let mem = ProcessMem::open(pid)?;
+        let mem = ProcessMem::with_file(pid, f.mem()?.try_clone()?);
         let mut par = Parasite::start(f, f.gadget)?;
         // the engine and the source's main thread on one CPU: each injected
         // call is then a local switch, not a wakeup of an idle vCPU
@@ -187,7 +176,7 @@ impl PagePump {
         let pidfd = p::pidfd_open(pid).map_err(other(format!("pidfd_open({pid})")))?;
         // the biggest pipe an unprivileged owner may have; the default
         // (64 KiB) if even that is refused (pipe-user-pages-soft)
-        let max: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+        let max: u64 = super::cache::pipe_max_size();
         let mut pipes = Vec::new();
         let mut cap = usize::MAX;
         // the pipes made in one batch (their fds written straight into the
@@ -300,7 +289,7 @@ pub struct PumpOnDemand<'a> {
 
 impl<'a> PumpOnDemand<'a> {
     pub fn new(frozen: &'a Frozen) -> io::Result<Self> {
-        Ok(PumpOnDemand { frozen, mem: ProcessMem::open(frozen.pid)? })
+        Ok(PumpOnDemand { frozen, mem: ProcessMem::with_file(frozen.pid, frozen.mem()?.try_clone()?) })
     }
 }
 

@@ -283,7 +283,11 @@ pub fn build_sigframe(regs: &Regs, sigmask: u64, xsave: &[u8], top: u64) -> SigF
 /// first right before the main thread's ip (it is usually in a syscall),
 /// then anywhere in executable memory.
 pub fn find_gadget(pid: Pid, ip: u64, exec_ranges: &[(u64, u64)]) -> io::Result<u64> {
-    let mem = File::open(format!("/proc/{pid}/mem"))?;
+    find_gadget_in(&File::open(format!("/proc/{pid}/mem"))?, pid, ip, exec_ranges)
+}
+
+/// [`find_gadget`] through `mem`, `pid`'s /proc/PID/mem already open.
+pub fn find_gadget_in(mem: &File, pid: Pid, ip: u64, exec_ranges: &[(u64, u64)]) -> io::Result<u64> {
     let mut b = [0u8; 2];
     if ip >= 2 && mem.read_exact_at(&mut b, ip - 2).is_ok() && b == [0x0f, 0x05] {
         return Ok(ip - 2);
@@ -454,11 +458,7 @@ impl Parasite {
 
     fn start_on(f: &Frozen, gadget: u64, threads: &[super::freeze::FrozenThread]) -> io::Result<Parasite> {
         let pid = f.pid;
-        let mem = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(format!("/proc/{pid}/mem"))
-            .map_err(|e| io::Error::new(e.kind(), format!("opening /proc/{pid}/mem: {e}")))?;
+        let mem = f.mem()?.try_clone()?;
         let mut xsaves = Vec::with_capacity(threads.len());
         let mut max_frame = 0;
         let mut status = BTreeMap::new();

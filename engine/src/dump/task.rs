@@ -94,19 +94,20 @@ const RSEQ_CS_FLAG_NO_RESTART_ON_SIGNAL: u32 = 1 << 1;
 /// Must run before any syscall is injected: the kernel handles the pending
 /// rseq notification on that syscall's return, sees an ip outside the
 /// section and clears rseq_cs.
-pub fn fixup_rseq_all(pid: Pid, frozen: &mut super::freeze::Frozen) -> Result<(), TaskError> {
-    for ft in frozen.threads.iter_mut() {
-        let rc = ptrace::rseq_config(ft.tid).map_err(io_err(ft.tid, "rseq configuration"))?;
+pub fn fixup_rseq_all(_pid: Pid, frozen: &mut super::freeze::Frozen) -> Result<(), TaskError> {
+    for i in 0..frozen.threads.len() {
+        let tid = frozen.threads[i].tid;
+        let rc = ptrace::rseq_config(tid).map_err(io_err(tid, "rseq configuration"))?;
         if rc.rseq_abi_pointer != 0 {
-            fixup_rseq(pid, ft.tid, rc.rseq_abi_pointer, &mut ft.regs)?;
+            let mem = frozen.mem().map_err(io_err(tid, "rseq area"))?.try_clone().map_err(io_err(tid, "rseq area"))?;
+            fixup_rseq(&mem, tid, rc.rseq_abi_pointer, &mut frozen.threads[i].regs)?;
         }
     }
     Ok(())
 }
 
-fn fixup_rseq(pid: Pid, tid: Pid, rseq_ptr: u64, regs: &mut Regs) -> Result<(), TaskError> {
+fn fixup_rseq(mem: &std::fs::File, tid: Pid, rseq_ptr: u64, regs: &mut Regs) -> Result<(), TaskError> {
     use std::os::unix::fs::FileExt;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(io_err(tid, "rseq area"))?;
     let mut b = [0u8; 8];
     mem.read_exact_at(&mut b, rseq_ptr + 8).map_err(io_err(tid, "rseq area"))?;
     let cs_ptr = u64::from_le_bytes(b);
@@ -211,7 +212,7 @@ pub fn collect_thread(pid: Pid, ft: &FrozenThread, par: &mut Parasite, ns_tid: i
 /// when it leaves out some CPU online now (`taskset`, sched_setaffinity);
 /// empty when it has them all.
 fn pinned_cpus(mask: &[u64; 16]) -> std::io::Result<Vec<u64>> {
-    let online = crate::sys::process::online_cpus()?;
+    let online = super::cache::online_cpus()?;
     let all = online.iter().enumerate().all(|(i, w)| mask.get(i).copied().unwrap_or(0) & w == *w);
     let used = mask.iter().rposition(|w| *w != 0).map_or(0, |i| i + 1);
     Ok(if all { Vec::new() } else { mask[..used].to_vec() })

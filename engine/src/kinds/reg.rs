@@ -65,20 +65,16 @@ pub struct Reg {
 struct Taken(HashMap<(u64, u64), Box<Ghost>>);
 
 /// Dump, per fd table: the mount ids of the process's mount namespace and
-/// of criu's (/proc/PID/mountinfo, /proc/self/mountinfo), read at its
-/// first file opened by path.
+/// of criu's (/proc/PID/mountinfo, /proc/self/mountinfo), asked for at its
+/// first file opened by path (read once per mount namespace per dump:
+/// `dump::cache::mount_ids`).
 #[derive(Default)]
-struct Mounts(Option<std::collections::HashSet<u32>>);
+struct Mounts(Option<std::sync::Arc<std::collections::HashSet<u32>>>);
 
 impl Mounts {
     fn of(&mut self, pid: crate::sys::Pid) -> Result<&std::collections::HashSet<u32>, FilesError> {
         if self.0.is_none() {
-            let mut ids = std::collections::HashSet::new();
-            for path in [format!("/proc/{pid}/mountinfo"), "/proc/self/mountinfo".to_string()] {
-                let text = std::fs::read_to_string(&path).map_err(|e| FilesError::Io { pid, fd: -1, source: e })?;
-                ids.extend(text.lines().filter_map(|l| l.split(' ').next()?.parse::<u32>().ok()));
-            }
-            self.0 = Some(ids);
+            self.0 = Some(crate::dump::cache::mount_ids(pid).map_err(|e| FilesError::Io { pid, fd: -1, source: e })?);
         }
         Ok(self.0.as_ref().expect("just read"))
     }
