@@ -483,11 +483,28 @@ fn cross_check(img: &Path, tmp: &Path) -> (String, String) {
     (what, "same".into())
 }
 
-fn tempdir(tag: &str) -> PathBuf {
+/// A scratch directory of one test, removed when the test ends (passed or
+/// failed: on drop, which a panic's unwinding runs too).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(tag: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("crit-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 /// Deterministic PRNG (xorshift) for mutations.
